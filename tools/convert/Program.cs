@@ -1,0 +1,6 @@
+namespace Qwen3Cuda.Convert;
+
+public static class Program
+{
+    public static int Main(string[] args) => 0;
+}
