@@ -1,6 +1,19 @@
+using System.CommandLine;
+
 namespace Qwen3Cuda.Cli;
 
+/// <summary>
+/// The `qwen3cuda` command. Each verb lives in Commands/&lt;Verb&gt;Command.cs as a static class with
+/// <c>public static Command Create()</c>; this list is the whole CLI.
+/// </summary>
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static RootCommand BuildRoot()
+    {
+        var root = new RootCommand("qwen3cuda: Qwen3 inference runtime with NVRTC-compiled CUDA kernels");
+        // Verbs, one line each:
+        return root;
+    }
+
+    public static int Main(string[] args) => BuildRoot().Parse(args).Invoke();
 }
