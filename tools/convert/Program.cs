@@ -1,4 +1,4 @@
-namespace Qwen3Cuda.Convert;
+namespace Qwen3Cuda.ConvertTool;
 
 public static class Program
 {
