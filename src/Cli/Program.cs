@@ -14,6 +14,7 @@ public static class Program
         // Verbs, one line each:
         root.Subcommands.Add(Commands.InfoCommand.Create());
         root.Subcommands.Add(Commands.KernelsCommand.Create());
+        root.Subcommands.Add(Commands.LogitsCommand.Create());
         return root;
     }
 
