@@ -26,6 +26,7 @@ public sealed class StreamingDecoder
     public string Push(int id)
     {
         if (_skipSpecial && _tokenizer.IsSpecial(id)) return "";
+        if ((uint)id >= (uint)_tokenizer.VocabSize) return ""; // model vocabularies may be padded past the tokenizer's
         foreach (var b in _tokenizer.TokenBytes(id)) _pending.Add(b);
         var span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_pending);
         int complete = span.Length - IncompleteTailLength(span);
