@@ -108,6 +108,7 @@ internal sealed partial class Warp
     private WarpStatus Barrier(Instr ins, uint exec)
     {
         if (!Collective(ins, ref exec)) return WarpStatus.Running;
+        if (exec == 0) { Pc++; return WarpStatus.Running; } // guarded off for the whole warp
         var o = ins.Ops;
         Load(o[0], A, PtxType.U32);
         int id = (int)(A[BitOperations.TrailingZeroCount(Active)] & 15);
