@@ -124,6 +124,24 @@ public static class Compare
         Assert.That(bad, Is.Zero, $"{what}: {bad} of {actual.Length} elements out of tolerance (atol {atol}, rtol {rtol}):\n{sb}");
     }
 
+    /// <summary>Asserts |actual - expected| &lt;= tol[i] element-wise (per-element bounds computed by the caller).</summary>
+    public static void AssertWithin(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, ReadOnlySpan<float> tol, string what)
+    {
+        Assert.That(actual.Length, Is.EqualTo(expected.Length), $"{what}: length");
+        int bad = 0;
+        var sb = new StringBuilder();
+        for (int i = 0; i < actual.Length; i++)
+        {
+            double d = Math.Abs((double)actual[i] - expected[i]);
+            if (!(d <= tol[i]))
+            {
+                if (bad < 8) sb.AppendLine($"  [{i}] got {actual[i]} expected {expected[i]} (|d| {d:g4} > tol {tol[i]:g4})");
+                bad++;
+            }
+        }
+        Assert.That(bad, Is.Zero, $"{what}: {bad} of {actual.Length} elements out of tolerance:\n{sb}");
+    }
+
     public static void AssertCloseBf16(ReadOnlySpan<ushort> actual, ReadOnlySpan<float> expected, double atol, double rtol, string what) =>
         AssertClose(Bf16.ToFloats(actual), expected, atol, rtol, what);
 }
