@@ -87,6 +87,9 @@ public class ReferenceModelTests
         }
         Assert.That(trace.Tensors.Keys, Does.Contain("layers.1.router_logits").And.Contain("final_norm").And.Contain("layers.0.q"));
         Assert.That(trace["logits"], Is.EqualTo(logits));
+        var (keys, values) = m.KvCache(0, 1);
+        Assert.That(keys.ToArray(), Is.EqualTo(trace["layers.1.k"]), "the cache holds K after norm and RoPE");
+        Assert.That(values.ToArray(), Is.EqualTo(trace["layers.1.v"]));
     }
 
     [Test]
@@ -207,5 +210,19 @@ public class ReferenceModelTests
         Assert.That(byName["lm_head.weight"].Shape, Is.EqualTo(new long[] { 151936, 2048 }));
         long total = plan.Sum(t => t.ByteLength);
         Assert.That(total, Is.GreaterThan(1L << 30), "more than the 1 GiB shard limit, so it is written sharded with an index");
+    }
+
+    [Test]
+    public void FindsTheRealTokenizerFromTheTestAssembly()
+    {
+        // .ci/setup installs it under the repo's .cache; the search walks up from the assembly directory.
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Qwen3Cuda.sln"))) root = root.Parent;
+        Assert.That(root, Is.Not.Null, "repo root (Qwen3Cuda.sln) above the test assembly");
+        if (!File.Exists(Path.Combine(root!.FullName, SyntheticCheckpoint.TokenizerRelativeDir, "tokenizer.json")))
+            Assert.Ignore("the tokenizer files are not installed in this checkout's .cache (run .ci/setup)");
+        string? dir = SyntheticCheckpoint.FindTokenizerDir();
+        Assert.That(dir, Is.Not.Null);
+        Assert.That(File.Exists(Path.Combine(dir!, "tokenizer.json")), Is.True);
     }
 }
