@@ -12,7 +12,10 @@ public static class Program
     {
         var root = new RootCommand("qwen3cuda: Qwen3 inference runtime with NVRTC-compiled CUDA kernels");
         // Verbs, one line each:
+        root.Subcommands.Add(Commands.InfoCommand.Create());
+        root.Subcommands.Add(Commands.KernelsCommand.Create());
         root.Subcommands.Add(Commands.LogitsCommand.Create());
+        root.Subcommands.Add(Commands.EmulateCommand.Create());
         root.Subcommands.Add(Commands.GenerateCommand.Create());
         root.Subcommands.Add(Commands.ChatCommand.Create());
         root.Subcommands.Add(Commands.TokenizeCommand.Create());
@@ -21,5 +24,10 @@ public static class Program
         return root;
     }
 
-    public static int Main(string[] args) => BuildRoot().Parse(args).Invoke();
+    public static int Main(string[] args)
+    {
+        // Redirected output (pipes, tests, CI) gets wide tables instead of Spectre's 80-column default.
+        if (Console.IsOutputRedirected) Spectre.Console.AnsiConsole.Profile.Width = 200;
+        return BuildRoot().Parse(args).Invoke();
+    }
 }

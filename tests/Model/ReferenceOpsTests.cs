@@ -186,4 +186,31 @@ public class ReferenceOpsTests
         ReferenceOps.SwiGluMlp(new float[] { 2 }, W(0.5f), W(2), W(1), y, rows: 1, hidden: 1, inter: 1);
         Assert.That(y[0], Is.EqualTo(2.921875f));
     }
+
+    [Test]
+    public void MoeBlockWeightsTheChosenExperts()
+    {
+        // hidden 1, I 1, two experts. h = 2; router rows [1], [0.5] -> logits [2, 1], p = [0.7310586, 0.2689414].
+        // Expert 0: gate 0.5, up 2, down 1 -> 2.921875 (see SiluAndSwiGluMatchHandValues). Expert 1: gate 1, up 1, down -1:
+        // g = 2, silu(2) = 1.7615942 -> bf16 1.765625; times u = 2 -> 3.53125; down -1 -> -3.53125.
+        Bf16Weight M(float v, string name) => new(W(v), 1, 1, name);
+        var moe = new MoeWeights(new Bf16Weight(W(1, 0.5f), 2, 1, "router"), new[]
+        {
+            new MlpWeights(M(0.5f, "g0"), M(2, "u0"), M(1, "d0")),
+            new MlpWeights(M(1, "g1"), M(1, "u1"), M(-1, "d1")),
+        });
+        var y = new float[1];
+        var experts = new int[2];
+        var weights = new float[2];
+        // Top-1 renormalised: weight 1 on expert 0 -> y = 2.921875.
+        ReferenceOps.MoeBlock(new float[] { 2 }, moe, 1, true, y, 1, experts: experts.AsSpan(0, 1), weights: weights.AsSpan(0, 1));
+        Assert.That((experts[0], weights[0], y[0]), Is.EqualTo((0, 1f, 2.921875f)));
+        // Top-1 not renormalised: 0.7310586 * 2.921875 = 2.1360618 -> bf16 (ulp 2^-6 in [2, 4)) 137/64 = 2.140625.
+        ReferenceOps.MoeBlock(new float[] { 2 }, moe, 1, false, y, 1);
+        Assert.That(y[0], Is.EqualTo(2.140625f));
+        // Top-2 not renormalised: 0.7310586 * 2.921875 + 0.2689414 * -3.53125 = 2.1360618 - 0.9497118 = 1.18635 -> bf16 1.1875 (152/128).
+        ReferenceOps.MoeBlock(new float[] { 2 }, moe, 2, false, y, 1, experts: experts, weights: weights);
+        Assert.That(experts, Is.EqualTo(new[] { 0, 1 }));
+        Assert.That(y[0], Is.EqualTo(1.1875f));
+    }
 }

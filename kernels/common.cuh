@@ -1,0 +1,61 @@
+// common.cuh: the few definitions every kernel shares. NVRTC 11.8 has no CUDA toolkit headers
+// (no cuda_bf16.h, no <cstdint>), so bf16 is a raw 16-bit value here and conversions use the
+// sm_80 cvt instructions directly. Include nothing else.
+#pragma once
+
+typedef unsigned short bf16;          // raw IEEE bfloat16 bits
+typedef unsigned int bf16x2;          // two bf16: element 0 in bits [15:0], element 1 in bits [31:16]
+typedef unsigned long long u64;
+
+#define QC_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float bf16_to_f32(bf16 v) { return __uint_as_float(((unsigned int)v) << 16); }
+__device__ __forceinline__ float bf16x2_lo(bf16x2 v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16x2_hi(bf16x2 v) { return __uint_as_float(v & 0xffff0000u); }
+
+// Round to nearest even (cvt.rn.bf16.f32, sm_80+).
+__device__ __forceinline__ bf16 f32_to_bf16(float f)
+{
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+// Packs (lo, hi) into one bf16x2 with lo in bits [15:0]. The PTX operand order is (hi, lo).
+__device__ __forceinline__ bf16x2 pack_bf16x2(float lo, float hi)
+{
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// bf16 round of x, kept in fp32 (what a PyTorch bf16 op does to its output).
+__device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over the whole block; every thread gets the result. `scratch` holds 32 floats of shared memory.
+// Contains __syncthreads(): every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.f;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may be reused by the caller
+    return v;
+}

@@ -1,0 +1,190 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace Qwen3Cuda.Runtime.Emulation;
+
+/// <summary>
+/// One thread block: its warps, shared memory (poison-filled), per-thread local memory, barriers and the
+/// shared-memory race checker. Reused for many CTAs by one worker thread. Warps run until they block
+/// (barrier, exit, or a quantum of instructions for spin loops), then the next warp runs.
+/// </summary>
+internal sealed unsafe class Cta
+{
+    public const int Quantum = 10_000;
+    public readonly LaunchState Launch;
+    public readonly Counters Counters = new();
+    public readonly Warp[] Warps;
+    private readonly byte[] _shared, _local;
+    public readonly byte* SharedPtr, LocalPtr;
+    public readonly RaceChecker? Race;
+    public (uint X, uint Y, uint Z) CtaId;
+    public long Linear;
+    private readonly int[] _arrived = new int[16];
+
+    public Cta(LaunchState launch)
+    {
+        Launch = launch;
+        int threads = (int)launch.Block.Count;
+        Warps = new Warp[(threads + 31) / 32];
+        for (int i = 0; i < Warps.Length; i++) Warps[i] = new Warp(this, i);
+        _shared = GC.AllocateUninitializedArray<byte>(Math.Max(launch.SharedBytes, 16), pinned: true);
+        _local = GC.AllocateUninitializedArray<byte>(Math.Max(launch.LocalPerThread * Warps.Length * 32, 16), pinned: true);
+        SharedPtr = (byte*)Unsafe.AsPointer(ref _shared[0]);
+        LocalPtr = (byte*)Unsafe.AsPointer(ref _local[0]);
+        if (launch.RaceCheck && launch.SharedBytes > 0) Race = new RaceChecker(launch.SharedBytes, this);
+    }
+
+    public string BlockText => $"({CtaId.X},{CtaId.Y},{CtaId.Z})";
+
+    public void Run(long linear)
+    {
+        var L = Launch;
+        Linear = linear;
+        CtaId = ((uint)(linear % L.Grid.X), (uint)(linear / L.Grid.X % L.Grid.Y), (uint)(linear / ((long)L.Grid.X * L.Grid.Y)));
+        _shared.AsSpan().Fill(DeviceMemory.Poison);
+        _local.AsSpan().Fill(DeviceMemory.Poison);
+        Array.Clear(_arrived);
+        Race?.Reset();
+        int threads = (int)L.Block.Count;
+        for (int i = 0; i < Warps.Length; i++) Warps[i].Reset(L.Function, Math.Min(32, threads - 32 * i));
+        var status = new WarpStatus[Warps.Length];
+        while (true)
+        {
+            bool anyLive = false;
+            for (int w = 0; w < Warps.Length; w++)
+            {
+                if (status[w] is WarpStatus.Done or WarpStatus.AtBarrier) continue;
+                status[w] = Warps[w].Run(Quantum);
+                anyLive = true;
+            }
+            bool allDone = true;
+            for (int w = 0; w < Warps.Length; w++) if (status[w] != WarpStatus.Done) allDone = false;
+            if (allDone) return;
+            if (TryReleaseBarriers(status)) continue;
+            if (!anyLive || AllBlocked(status)) throw Deadlock(status);
+        }
+    }
+
+    private static bool AllBlocked(WarpStatus[] status)
+    {
+        foreach (var s in status) if (s is WarpStatus.Running or WarpStatus.Yield) return false;
+        return true;
+    }
+
+    public void Arrive(int id, int count, Warp w)
+    {
+        _arrived[id] += 32;
+        _ = count; _ = w;
+    }
+
+    private bool TryReleaseBarriers(WarpStatus[] status)
+    {
+        bool released = false;
+        for (int id = 0; id < 16; id++)
+        {
+            int waiting = 0, live = 0, count = 0;
+            for (int w = 0; w < Warps.Length; w++)
+            {
+                if (status[w] == WarpStatus.Done) continue;
+                live++;
+                if (status[w] == WarpStatus.AtBarrier && Warps[w].BarrierId == id) { waiting++; count = Math.Max(count, Warps[w].BarrierCount); }
+            }
+            if (waiting == 0) continue;
+            bool complete = count > 0 ? waiting * 32 + _arrived[id] >= count : waiting == live;
+            if (!complete) continue;
+            long popc = 0;
+            bool any = false, all = true;
+            for (int w = 0; w < Warps.Length; w++)
+            {
+                if (status[w] != WarpStatus.AtBarrier || Warps[w].BarrierId != id) continue;
+                uint v = Warps[w].BarRedValue;
+                popc += BitOperations.PopCount(v);
+                any |= v != 0;
+                all &= (v & Warps[w].Live) == Warps[w].Live;
+            }
+            for (int w = 0; w < Warps.Length; w++)
+            {
+                if (status[w] != WarpStatus.AtBarrier || Warps[w].BarrierId != id) continue;
+                Warps[w].ReleaseBarrier(popc, any, all);
+                status[w] = WarpStatus.Running;
+            }
+            _arrived[id] = 0;
+            Counters.Barriers++;
+            Race?.NextEpoch();
+            released = true;
+        }
+        return released;
+    }
+
+    private EmulatorFaultException Deadlock(WarpStatus[] status)
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.Append($"synccheck: barrier deadlock in kernel {Launch.KernelName}, block {BlockText}: ");
+        sb.Append("some warps wait at a barrier that the other warps never reach (a __syncthreads() inside divergent code?)");
+        for (int w = 0; w < Warps.Length; w++)
+        {
+            var wp = Warps[w];
+            if (status[w] == WarpStatus.Done) { sb.Append($"\n  warp {w}: exited"); continue; }
+            var ins = Launch.Function.Code[Math.Min(wp.Pc, Launch.Function.Code.Length - 1)];
+            sb.Append($"\n  warp {w}: {(status[w] == WarpStatus.AtBarrier ? $"waits at barrier {wp.BarrierId}" : "blocked")}, {wp.Where(ins)}: {ins.Text}");
+        }
+        return new EmulatorFaultException(sb.ToString());
+    }
+}
+
+/// <summary>
+/// Shared-memory race detection at warp granularity (design doc §4.7): a shadow entry per 4-byte word
+/// records the epoch (CTA barrier generation) and warp of the last write and the reader warps; two
+/// different warps touching a word in the same epoch with at least one write is a hazard.
+/// </summary>
+internal sealed class RaceChecker
+{
+    private readonly int[] _writeEpoch, _readEpoch, _writerLine;
+    private readonly short[] _writer;
+    private readonly ulong[] _readers;
+    private readonly Cta _cta;
+    private int _epoch = 1;
+
+    public RaceChecker(int sharedBytes, Cta cta)
+    {
+        int words = (sharedBytes + 3) / 4;
+        _writeEpoch = new int[words]; _readEpoch = new int[words]; _writerLine = new int[words];
+        _writer = new short[words]; _readers = new ulong[words];
+        _cta = cta;
+    }
+
+    public void Reset()
+    {
+        Array.Clear(_writeEpoch); Array.Clear(_readEpoch);
+        _epoch = 1;
+    }
+
+    public void NextEpoch() => _epoch++;
+
+    public void Access(uint offset, int bytes, bool write, int warp, Warp w, Instr ins, int lane)
+    {
+        int e = _epoch;
+        ulong bit = 1UL << (warp & 63);
+        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _writeEpoch.Length; i++)
+        {
+            if (write)
+            {
+                if (_writeEpoch[i] == e && _writer[i] != warp)
+                    throw w.Fault($"racecheck: write-after-write hazard on shared memory offset {i * 4}: warp {_writer[i]} wrote it (PTX line {_writerLine[i]}) and warp {warp} writes it with no barrier in between", ins, lane);
+                if (_readEpoch[i] == e && (_readers[i] & ~bit) != 0)
+                    throw w.Fault($"racecheck: write-after-read hazard on shared memory offset {i * 4}: warp {BitOperations.TrailingZeroCount(_readers[i] & ~bit)} read it and warp {warp} writes it with no barrier in between", ins, lane);
+                _writeEpoch[i] = e;
+                _writer[i] = (short)warp;
+                _writerLine[i] = ins.PtxLine;
+            }
+            else
+            {
+                if (_writeEpoch[i] == e && _writer[i] != warp)
+                    throw w.Fault($"racecheck: read-after-write hazard on shared memory offset {i * 4}: warp {_writer[i]} wrote it (PTX line {_writerLine[i]}) and warp {warp} reads it with no barrier in between", ins, lane);
+                if (_readEpoch[i] != e) { _readEpoch[i] = e; _readers[i] = 0; }
+                _readers[i] |= bit;
+            }
+        }
+        _ = _cta;
+    }
+}

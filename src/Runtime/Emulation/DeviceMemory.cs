@@ -1,0 +1,162 @@
+using System.Runtime.InteropServices;
+
+namespace Qwen3Cuda.Runtime.Emulation;
+
+/// <summary>One device allocation: a device address range backed by native memory.</summary>
+internal sealed unsafe class Allocation
+{
+    public required ulong Start { get; init; }
+    public required long Size { get; init; }
+    public byte* Host { get; set; }
+    public bool Freed { get; set; }
+    public string Label { get; init; } = "";
+    /// <summary>Strict mode: one bit per byte, set once the byte is written.</summary>
+    public ulong[]? Written { get; set; }
+    /// <summary>One bit per 32-byte sector touched in the current launch (distinct-sector counter).</summary>
+    public ulong[]? Sectors { get; set; }
+    public long SectorEpoch { get; set; } = -1;
+    public ulong End => Start + (ulong)Size;
+    public override string ToString() => $"{(Freed ? "freed " : "")}allocation {Label}[0x{Start:x}, 0x{End:x}) of {Size} bytes";
+}
+
+/// <summary>
+/// The emulated global memory: device addresses start at 0x7f00_0000_0000, every allocation gets a fresh,
+/// 256-byte aligned range (freed ranges are never reused: quarantine), native backing filled with a poison
+/// pattern, and a sorted table that every access is checked against.
+/// </summary>
+internal sealed unsafe class DeviceMemory : IDisposable
+{
+    public const ulong HeapBase = 0x7f00_0000_0000UL;
+    public const byte Poison = 0xFF;
+    private readonly List<Allocation> _table = []; // sorted by Start (addresses only grow)
+    private readonly object _lock = new();
+    private ulong _next = HeapBase;
+    private readonly bool _strict;
+    public long LiveBytes { get; private set; }
+    public long LimitBytes { get; }
+
+    public DeviceMemory(long limitBytes, bool strict)
+    {
+        LimitBytes = limitBytes;
+        _strict = strict;
+    }
+
+    public Allocation Allocate(long bytes, string label = "")
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(bytes);
+        lock (_lock)
+        {
+            if (LiveBytes + bytes > LimitBytes)
+                throw new DeviceOutOfMemoryException(bytes, $"emulated device out of memory: {bytes} bytes requested, {LimitBytes - LiveBytes} of the {LimitBytes}-byte heap limit free");
+            var a = new Allocation { Start = _next, Size = bytes, Label = label };
+            a.Host = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 256);
+            new Span<byte>(a.Host, (int)Math.Min(bytes, int.MaxValue)).Fill(Poison);
+            if (bytes > int.MaxValue) NativeMemory.Fill(a.Host, (nuint)bytes, Poison);
+            if (_strict) a.Written = new ulong[(bytes + 63) / 64];
+            _next += ((ulong)Math.Max(bytes, 1) + 255 + 4096) & ~255UL; // a gap between allocations: OOB never lands in a neighbour
+            _table.Add(a);
+            LiveBytes += bytes;
+            return a;
+        }
+    }
+
+    public void Free(ulong address)
+    {
+        lock (_lock)
+        {
+            var a = Find(address);
+            if (a == null || a.Start != address)
+                throw new DeviceException($"free of 0x{address:x}, which is not the start of an allocation{Describe(address)}");
+            if (a.Freed) throw new DeviceException($"double free of 0x{address:x} ({a})");
+            a.Freed = true;
+            NativeMemory.AlignedFree(a.Host);
+            a.Host = null;
+            a.Written = null;
+            a.Sectors = null;
+            LiveBytes -= a.Size;
+        }
+    }
+
+    /// <summary>The allocation whose range (or, for 0-byte ones, start) contains <paramref name="address"/>, live or freed.</summary>
+    public Allocation? Find(ulong address)
+    {
+        var t = _table;
+        int lo = 0, hi = t.Count - 1;
+        while (lo <= hi)
+        {
+            int mid = (lo + hi) >> 1;
+            var a = t[mid];
+            if (address < a.Start) hi = mid - 1;
+            else if (address >= a.Start + (ulong)Math.Max(a.Size, 1)) lo = mid + 1;
+            else return a;
+        }
+        return null;
+    }
+
+    /// <summary>" (nearest: ...)" text naming the allocation nearest to an address, with the offset.</summary>
+    public string Describe(ulong address)
+    {
+        lock (_lock)
+        {
+            Allocation? best = null;
+            ulong bestDist = ulong.MaxValue;
+            foreach (var a in _table)
+            {
+                ulong d = address < a.Start ? a.Start - address : address >= a.End ? address - a.End + 1 : 0;
+                if (d < bestDist || (d == bestDist && !a.Freed)) { best = a; bestDist = d; }
+            }
+            if (best == null) return " (no allocations exist)";
+            long off = (long)(address - best.Start);
+            return $" (nearest: {best}, offset {off})";
+        }
+    }
+
+    /// <summary>Checked host pointer for a host-side copy; throws with a clear message when outside a live allocation.</summary>
+    public byte* HostRange(ulong address, long bytes, string what)
+    {
+        Allocation? a;
+        lock (_lock) a = Find(address);
+        if (a == null || a.Freed || address + (ulong)bytes > a.End)
+            throw new DeviceException($"{what}: [0x{address:x}, +{bytes}) is not inside a live allocation{Describe(address)}");
+        return a.Host + (address - a.Start);
+    }
+
+    public Allocation? FindLocked(ulong address)
+    {
+        lock (_lock) return Find(address);
+    }
+
+    public void MarkWritten(Allocation a, ulong address, long bytes)
+    {
+        var w = a.Written;
+        if (w == null) return;
+        long off = (long)(address - a.Start);
+        for (long i = off; i < off + bytes; i++) Interlocked.Or(ref w[i >> 6], 1UL << (int)(i & 63));
+    }
+
+    /// <summary>Strict mode: the first offset in the range never written, or -1.</summary>
+    public static long FirstUnwritten(Allocation a, ulong address, int bytes)
+    {
+        var w = a.Written;
+        if (w == null) return -1;
+        long off = (long)(address - a.Start);
+        for (long i = off; i < off + bytes; i++)
+            if ((Volatile.Read(ref w[i >> 6]) & (1UL << (int)(i & 63))) == 0) return i;
+        return -1;
+    }
+
+    public List<Allocation> Live()
+    {
+        lock (_lock) return _table.Where(a => !a.Freed).ToList();
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var a in _table)
+                if (!a.Freed && a.Host != null) { NativeMemory.AlignedFree(a.Host); a.Host = null; a.Freed = true; }
+            LiveBytes = 0;
+        }
+    }
+}

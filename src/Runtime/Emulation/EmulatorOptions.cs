@@ -1,0 +1,32 @@
+namespace Qwen3Cuda.Runtime.Emulation;
+
+/// <summary>Configuration of an <see cref="EmulatedDevice"/>: the GPU it pretends to be and how it checks.</summary>
+public sealed record EmulatorOptions
+{
+    public string Name { get; init; } = "Qwen3Cuda PTX emulator (sm_90)";
+    public int ComputeMajor { get; init; } = 9;
+    public int ComputeMinor { get; init; }
+    public int MultiprocessorCount { get; init; } = 132;
+    public int SharedMemoryPerMultiprocessor { get; init; } = 228 * 1024;
+    public int SharedMemoryPerBlockOptin { get; init; } = 227 * 1024;
+    public int SharedMemoryPerBlock { get; init; } = 48 * 1024;
+    /// <summary>Memory reported by <see cref="IDevice.GetMemoryInfo"/> (80 GiB like an H100).</summary>
+    public long ReportedMemoryBytes { get; init; } = 80L << 30;
+    /// <summary>Host memory the emulated heap may really use.</summary>
+    public long HeapLimitBytes { get; init; } = 4L << 30;
+    /// <summary>Report reads of global memory that was never written (initcheck).</summary>
+    public bool Strict { get; init; }
+    /// <summary>Run CTAs one after another (bit-reproducible float atomics) instead of in parallel.</summary>
+    public bool Sequential { get; init; }
+    /// <summary>Shared-memory race detection (warp granularity).</summary>
+    public bool RaceCheck { get; init; } = true;
+    /// <summary>Where device printf output goes (null: Console.Out).</summary>
+    public TextWriter? PrintfOutput { get; init; }
+
+    /// <summary>An sm_80 (A100-like) configuration.</summary>
+    public static EmulatorOptions Sm80 => new()
+    {
+        Name = "Qwen3Cuda PTX emulator (sm_80)", ComputeMajor = 8, ComputeMinor = 0, MultiprocessorCount = 108,
+        SharedMemoryPerMultiprocessor = 164 * 1024, SharedMemoryPerBlockOptin = 163 * 1024,
+    };
+}

@@ -1,0 +1,93 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+
+namespace Qwen3Cuda.Runtime.Emulation;
+
+/// <summary>Everything one kernel launch shares across its CTAs (read-only while CTAs run, except counters of sectors).</summary>
+internal sealed unsafe class LaunchState
+{
+    public required string KernelName { get; init; }
+    public required PtxModule Module { get; init; }
+    public required PtxFunction Function { get; init; }
+    public required Dim3 Grid { get; init; }
+    public required Dim3 Block { get; init; }
+    public required int StaticShared { get; init; }
+    public required int DynamicShared { get; init; }
+    public required int DynamicBase { get; init; }
+    public required int LocalPerThread { get; init; }
+    public required byte[] ParamBytes { get; init; }
+    public required DeviceMemory Memory { get; init; }
+    public required bool Sequential { get; init; }
+    public required bool RaceCheck { get; init; }
+    public required long LaunchId { get; init; }
+    public required DeviceInfo Device { get; init; }
+    public TextWriter? PrintOut { get; init; }
+    public int SharedBytes => DynamicBase + DynamicShared;
+    public byte* ParamPtr;
+
+    /// <summary>Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones.</summary>
+    public void TouchSector(Allocation a, ulong addr, int bytes, Counters c)
+    {
+        if (a.SectorEpoch != LaunchId)
+        {
+            lock (a)
+            {
+                if (a.SectorEpoch != LaunchId)
+                {
+                    a.Sectors = new ulong[(a.Size / 32 + 64) / 64 + 1];
+                    a.SectorEpoch = LaunchId;
+                }
+            }
+        }
+        var bits = a.Sectors!;
+        for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)bytes - 1) >> 5; s++)
+        {
+            ulong m = 1UL << (int)(s & 63);
+            ref ulong w = ref bits[s >> 6];
+            if ((Volatile.Read(ref w) & m) != 0) continue;
+            if ((Interlocked.Or(ref w, m) & m) == 0) c.DistinctSectors++;
+        }
+    }
+
+    /// <summary>Runs every CTA of the grid (in parallel unless <see cref="Sequential"/>) and returns the merged counters.</summary>
+    public Counters Run()
+    {
+        var pin = System.Runtime.InteropServices.GCHandle.Alloc(ParamBytes, System.Runtime.InteropServices.GCHandleType.Pinned);
+        try
+        {
+            ParamPtr = (byte*)pin.AddrOfPinnedObject();
+            long total = (long)Grid.Count;
+            var merged = new Counters();
+            if (Sequential || total == 1 || Environment.ProcessorCount == 1)
+            {
+                var cta = new Cta(this);
+                for (long i = 0; i < total; i++) cta.Run(i);
+                merged.Add(cta.Counters);
+                return merged;
+            }
+            Exception? first = null;
+            var gate = new object();
+            Parallel.For(0L, total, () => new Cta(this), (i, state, cta) =>
+            {
+                if (state.ShouldExitCurrentIteration) return cta;
+                try { cta.Run(i); }
+                catch (Exception e)
+                {
+                    lock (gate) first ??= e;
+                    state.Stop();
+                }
+                return cta;
+            }, cta => { lock (gate) merged.Add(cta.Counters); });
+            if (first != null) ExceptionDispatchInfoThrow(first);
+            return merged;
+        }
+        finally { pin.Free(); }
+    }
+
+    [StackTraceHidden]
+    private static void ExceptionDispatchInfoThrow(Exception e) => System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e).Throw();
+
+    public static int Align(int v, int a) => (v + a - 1) / a * a;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static long AlignL(long v, int a) => (v + a - 1) / a * a;
+}

@@ -1,0 +1,186 @@
+using System.Numerics;
+
+namespace Qwen3Cuda.Runtime.Emulation;
+
+/// <summary>mma.sync (m16n8k16 / m16n8k8, bf16/f16 → f32), ldmatrix, cp.async (design doc §3.1–3.3).</summary>
+internal sealed unsafe partial class Warp
+{
+    private readonly double[] _ma = new double[16 * 16], _mb = new double[16 * 8], _mc = new double[16 * 8];
+    private readonly ulong[][] _frag = [new ulong[32], new ulong[32], new ulong[32], new ulong[32]];
+
+    private void LoadVec(Operand v, int count, Instr ins)
+    {
+        if (v.Kind != OpKind.Vec || v.Elems.Length != count) throw Fault($"expected a vector of {count} registers, found {v.Name}", ins, 0);
+        for (int i = 0; i < count; i++) Load(v.Elems[i], _frag[i], PtxType.B32);
+    }
+
+    private void Mma(Instr ins)
+    {
+        int k = ins.Shape;
+        bool bf = ins.T2 == PtxType.BF16;
+        var o = ins.Ops;
+        int na = k == 16 ? 4 : 2, nb = k == 16 ? 2 : 1;
+        LoadVec(o[1], na, ins);
+        for (int lane = 0; lane < 32; lane++)
+        {
+            int g = lane >> 2, t = lane & 3;
+            for (int r = 0; r < na; r++)
+            {
+                int row = g + ((r & 1) != 0 ? 8 : 0), col = 2 * t + (r >= 2 ? 8 : 0);
+                ulong v = _frag[r][lane];
+                _ma[row * 16 + col] = Half(v, bf);
+                _ma[row * 16 + col + 1] = Half(v >> 16, bf);
+            }
+        }
+        LoadVec(o[2], nb, ins);
+        for (int lane = 0; lane < 32; lane++)
+        {
+            int g = lane >> 2, t = lane & 3;
+            for (int r = 0; r < nb; r++)
+            {
+                int row = 2 * t + (r == 1 ? 8 : 0);
+                ulong v = _frag[r][lane];
+                _mb[row * 8 + g] = Half(v, bf);
+                _mb[(row + 1) * 8 + g] = Half(v >> 16, bf);
+            }
+        }
+        LoadVec(o[3], 4, ins);
+        for (int lane = 0; lane < 32; lane++)
+        {
+            int g = lane >> 2, t = lane & 3;
+            for (int r = 0; r < 4; r++) _mc[(g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1)] = FloatMath.AsF32(_frag[r][lane]);
+        }
+        // D = A·B + C, products exact in f64, one rounding to f32 at the end
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 8; j++)
+            {
+                double s = _mc[i * 8 + j];
+                for (int kk = 0; kk < k; kk++) s += _ma[i * 16 + kk] * _mb[kk * 8 + j];
+                _mc[i * 8 + j] = s;
+            }
+        var d = o[0];
+        if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);
+        for (int r = 0; r < 4; r++)
+        {
+            for (int lane = 0; lane < 32; lane++)
+            {
+                int g = lane >> 2, t = lane & 3;
+                D[lane] = FloatMath.Bits((float)_mc[(g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1)]);
+            }
+            Store(d.Elems[r], D, 0xFFFFFFFF & Live, PtxType.F32);
+        }
+        Cta.Counters.MmaCount++;
+    }
+
+    private static double Half(ulong v, bool bf) => bf ? FloatMath.FromBf16(v) : FloatMath.FromF16(v & 0xFFFF);
+
+    private void Ldmatrix(Instr ins)
+    {
+        int num = ins.Shape;
+        var d = ins.Ops[0];
+        if (d.Kind != OpKind.Vec || d.Elems.Length != num) throw Fault($"ldmatrix .x{num} needs {num} destination registers", ins, 0);
+        var addrOp = ins.Ops[1];
+        Span<ulong> rowPtr = stackalloc ulong[32];
+        Span<uint> rowOff = stackalloc uint[32];
+        for (int i = 0; i < num * 8; i++)
+        {
+            ulong a = LaneAddress(addrOp, i);
+            Space sp = Route(ins.Space, ref a);
+            if (sp != Space.Shared) throw Fault($"memcheck: ldmatrix row address 0x{a:x} (lane {i}) is not in shared memory", ins, i);
+            rowPtr[i] = (ulong)Translate(Space.Shared, a, 16, false, ins, i);
+            rowOff[i] = (uint)a;
+            Cta.Race?.Access((uint)a, 16, false, Index, this, ins, i);
+        }
+        for (int m = 0; m < num; m++)
+        {
+            for (int lane = 0; lane < 32; lane++)
+            {
+                int r = lane >> 2, c = 2 * (lane & 3);
+                ushort lo, hi;
+                if (!ins.Trans)
+                {
+                    ushort* row = (ushort*)rowPtr[8 * m + r];
+                    lo = row[c]; hi = row[c + 1];
+                }
+                else
+                {
+                    lo = ((ushort*)rowPtr[8 * m + c])[r];
+                    hi = ((ushort*)rowPtr[8 * m + c + 1])[r];
+                }
+                D[lane] = (uint)(lo | (hi << 16));
+            }
+            Store(d.Elems[m], D, Live, PtxType.B32);
+            // bank wavefronts: 8 rows of 16 B per matrix
+            for (int i = 0; i < 8; i++) _bankWords[i] = rowOff[8 * m + i];
+            CountBanks(8, 16);
+        }
+        Cta.Counters.SharedLoadRequests++;
+    }
+
+    // ---------------- cp.async ----------------
+
+    private readonly record struct PendingCopy(int Lane, uint Dst, nint Src, int SrcBytes, int Bytes, int Group, Instr Ins);
+    private readonly List<PendingCopy> _pending = [];
+    private readonly int[] _committed = new int[32];
+
+    private void ResetAsync()
+    {
+        _pending.Clear();
+        Array.Clear(_committed);
+    }
+
+    private void CpAsync(Instr ins, uint exec)
+    {
+        var o = ins.Ops;
+        int cpSize = (int)o[2].Imm;
+        if (o[2].Kind != OpKind.Imm || cpSize is not (4 or 8 or 16)) throw Fault("cp.async cp-size must be 4, 8 or 16", ins, 0);
+        bool hasSrcSize = o.Length == 4 && o[3].Kind != OpKind.Pred;
+        if (hasSrcSize) Load(o[3], C, PtxType.U32);
+        uint ignore = o.Length == 4 && o[3].Kind == OpKind.Pred ? PredValue(o[3]) : 0;
+        for (uint e = exec; e != 0; e &= e - 1)
+        {
+            int l = BitOperations.TrailingZeroCount(e);
+            ulong dst = LaneAddress(o[0], l);
+            Space dsp = Route(Space.Shared, ref dst);
+            Translate(dsp, dst, cpSize, true, ins, l);
+            int srcBytes = ((ignore >> l) & 1) != 0 ? 0 : hasSrcSize ? (int)Math.Min(C[l], (ulong)cpSize) : cpSize;
+            nint src = 0;
+            if (srcBytes > 0)
+            {
+                ulong s = LaneAddress(o[1], l);
+                Space ssp = Route(Space.Global, ref s);
+                if ((s & (ulong)(cpSize - 1)) != 0) throw Fault($"memcheck: misaligned cp.async source 0x{s:x} (cp-size {cpSize})", ins, l);
+                src = (nint)Translate(ssp, s, srcBytes, false, ins, l, align: 1);
+                Cta.Launch.TouchSector(_lastAlloc!, s, srcBytes, Cta.Counters);
+            }
+            _pending.Add(new PendingCopy(l, (uint)dst, src, srcBytes, cpSize, -1, ins));
+            Cta.Counters.CpAsyncBytes += cpSize;
+        }
+    }
+
+    private void CommitGroup(uint exec)
+    {
+        for (int i = 0; i < _pending.Count; i++)
+        {
+            var p = _pending[i];
+            if (p.Group < 0 && ((exec >> p.Lane) & 1) != 0) _pending[i] = p with { Group = _committed[p.Lane] };
+        }
+        for (uint e = exec; e != 0; e &= e - 1) _committed[BitOperations.TrailingZeroCount(e)]++;
+    }
+
+    /// <summary>Completes (copies) every committed group of the exec lanes except the newest <paramref name="n"/>.</summary>
+    private void WaitGroup(Instr ins, uint exec, int n)
+    {
+        for (int i = 0; i < _pending.Count; i++)
+        {
+            var p = _pending[i];
+            if (p.Group < 0 || ((exec >> p.Lane) & 1) == 0 || p.Group >= _committed[p.Lane] - n) continue;
+            byte* dst = Cta.SharedPtr + p.Dst;
+            if (p.SrcBytes > 0) Buffer.MemoryCopy((void*)p.Src, dst, p.Bytes, p.SrcBytes);
+            new Span<byte>(dst + p.SrcBytes, p.Bytes - p.SrcBytes).Clear();
+            Cta.Race?.Access(p.Dst, p.Bytes, true, Index, this, p.Ins, p.Lane);
+            _pending.RemoveAt(i--);
+        }
+        _ = ins;
+    }
+}

@@ -1,0 +1,162 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using Qwen3Cuda.Runtime.Native;
+
+namespace Qwen3Cuda.Runtime;
+
+/// <summary>What to build: PTX only (the emulator, or driver JIT), or PTX + CUBIN for a real architecture.</summary>
+public enum CompileTarget { Ptx, Cubin }
+
+/// <summary>One compilation request. <see cref="Arch"/> is "sm_80", "sm_90", ...</summary>
+public sealed record KernelBuild(string FileName, string Arch, CompileTarget Target)
+{
+    /// <summary>Compile-time constants (-DNAME=VALUE), e.g. HEAD_DIM=128.</summary>
+    public IReadOnlyDictionary<string, string> Defines { get; init; } = new Dictionary<string, string>();
+    /// <summary>Emit .loc line information (the emulator names CUDA source lines in its errors).</summary>
+    public bool LineInfo { get; init; } = true;
+}
+
+/// <summary>
+/// Compiles kernels/*.cu with NVRTC, always with -std=c++17 (NVRTC 11.8 defaults to C++03), and keeps
+/// the results in a disk cache keyed by a hash of source, headers, options and NVRTC version. The cache
+/// lives under $QWEN3CUDA_CACHE_DIR, else $XDG_CACHE_HOME/qwen3cuda/kernels, else ~/.cache/qwen3cuda/kernels.
+/// </summary>
+public sealed class KernelCompiler
+{
+    public const string CacheEnvironmentVariable = "QWEN3CUDA_CACHE_DIR";
+
+    /// <summary>null disables the disk cache.</summary>
+    public string? CacheDirectory { get; }
+
+    public KernelCompiler(string? cacheDirectory = null, bool useCache = true)
+    {
+        CacheDirectory = useCache ? cacheDirectory ?? DefaultCacheDirectory() : null;
+    }
+
+    public static string DefaultCacheDirectory()
+    {
+        string? env = Environment.GetEnvironmentVariable(CacheEnvironmentVariable);
+        if (!string.IsNullOrWhiteSpace(env)) return env;
+        string? xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        string root = !string.IsNullOrWhiteSpace(xdg) ? xdg
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(root, "qwen3cuda", "kernels");
+    }
+
+    /// <summary>Compiles an embedded kernel file.</summary>
+    public CompiledModule Compile(KernelBuild build) =>
+        CompileSource(build.FileName, KernelSources.Read(build.FileName), build);
+
+    /// <summary>Compiles CUDA source given as text (the `emulate` verb, tests). Embedded headers are available to #include.</summary>
+    public CompiledModule CompileSource(string name, string source, KernelBuild build)
+    {
+        int archNumber = ParseArch(build.Arch);
+        var options = new List<string> { "-std=c++17" };
+        bool cubin = build.Target == CompileTarget.Cubin;
+        if (cubin && !NvrtcLibrary.SupportedArchs().Contains(archNumber))
+            cubin = false; // NVRTC does not know this arch: PTX for the driver to JIT
+        options.Add(cubin ? $"--gpu-architecture=sm_{archNumber}" : $"--gpu-architecture=compute_{archNumber}");
+        if (cubin) options.Add("--ptxas-options=-v");
+        if (build.LineInfo) options.Add("-lineinfo");
+        foreach (var (define, value) in build.Defines.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            options.Add(string.IsNullOrEmpty(value) ? $"-D{define}" : $"-D{define}={value}");
+
+        var (major, minor) = NvrtcLibrary.Version;
+        string key = CacheKey(name, source, options, $"{major}.{minor}");
+        if (TryLoad(key, name, options) is { } cached) return cached;
+
+        var sw = Stopwatch.StartNew();
+        using var program = new NvrtcProgram(source, name, KernelSources.Headers);
+        string log = program.Compile(options);
+        string ptx = program.Ptx();
+        byte[]? bin = cubin ? program.Cubin() : null;
+        sw.Stop();
+
+        var module = new CompiledModule
+        {
+            Name = name,
+            PtxArch = $"compute_{archNumber}",
+            Ptx = ptx,
+            CubinArch = cubin ? $"sm_{archNumber}" : null,
+            Cubin = bin,
+            Log = log,
+            PtxasInfo = PtxasReport.Parse(log),
+            Options = options,
+            CompileMilliseconds = sw.Elapsed.TotalMilliseconds,
+        };
+        Store(key, module);
+        return module;
+    }
+
+    /// <summary>"sm_90" or "90" or "compute_90" -> 90, with a clear error otherwise.</summary>
+    public static int ParseArch(string arch)
+    {
+        string digits = arch.StartsWith("sm_", StringComparison.Ordinal) ? arch[3..]
+            : arch.StartsWith("compute_", StringComparison.Ordinal) ? arch[8..] : arch;
+        if (!int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out int n) || n < 80)
+            throw new ArgumentException($"--arch '{arch}': expected sm_80 or newer (sm_80, sm_86, sm_89, sm_90, ...); our kernels use the sm_80 feature set", nameof(arch));
+        return n;
+    }
+
+    private static string CacheKey(string name, string source, IReadOnlyList<string> options, string nvrtcVersion)
+    {
+        var sb = new StringBuilder();
+        sb.Append("v1\0").Append(name).Append('\0').Append(source).Append('\0').Append(nvrtcVersion).Append('\0');
+        foreach (string o in options) sb.Append(o).Append('\0');
+        foreach (var (h, text) in KernelSources.Headers) sb.Append(h).Append('\0').Append(text).Append('\0');
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..32];
+    }
+
+    private sealed record CacheMeta(string Name, string PtxArch, string? CubinArch, string Log);
+
+    private CompiledModule? TryLoad(string key, string name, IReadOnlyList<string> options)
+    {
+        if (CacheDirectory == null) return null;
+        try
+        {
+            string meta = Path.Combine(CacheDirectory, key + ".json");
+            if (!File.Exists(meta)) return null;
+            var m = JsonSerializer.Deserialize<CacheMeta>(File.ReadAllText(meta));
+            if (m == null || m.Name != name) return null;
+            string ptx = File.ReadAllText(Path.Combine(CacheDirectory, key + ".ptx"));
+            byte[]? bin = m.CubinArch != null ? File.ReadAllBytes(Path.Combine(CacheDirectory, key + ".cubin")) : null;
+            return new CompiledModule
+            {
+                Name = name, PtxArch = m.PtxArch, Ptx = ptx, CubinArch = m.CubinArch, Cubin = bin, Log = m.Log,
+                PtxasInfo = PtxasReport.Parse(m.Log), Options = options, FromCache = true,
+            };
+        }
+        catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException)
+        {
+            return null; // a damaged cache entry is rebuilt
+        }
+    }
+
+    private void Store(string key, CompiledModule module)
+    {
+        if (CacheDirectory == null) return;
+        try
+        {
+            Directory.CreateDirectory(CacheDirectory);
+            WriteAtomic(Path.Combine(CacheDirectory, key + ".ptx"), Encoding.UTF8.GetBytes(module.Ptx));
+            if (module.Cubin != null) WriteAtomic(Path.Combine(CacheDirectory, key + ".cubin"), module.Cubin);
+            var meta = new CacheMeta(module.Name, module.PtxArch, module.CubinArch, module.Log);
+            // the metadata goes last: an entry is valid only once it exists
+            WriteAtomic(Path.Combine(CacheDirectory, key + ".json"), JsonSerializer.SerializeToUtf8Bytes(meta));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // the cache is an optimisation; a read-only or full disk must not fail a compile
+        }
+    }
+
+    private static void WriteAtomic(string path, byte[] bytes)
+    {
+        string tmp = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        File.WriteAllBytes(tmp, bytes);
+        File.Move(tmp, path, overwrite: true);
+    }
+}
