@@ -83,3 +83,27 @@ public class TokenizerUnitTests
         finally { Directory.Delete(dir, true); }
     }
 }
+
+/// <summary>The heap merge (long pieces) must give exactly the scan merge's ids.</summary>
+public class BytePairMergerTests
+{
+    [Test]
+    public void HeapAndScanMergesAgreeOnRandomPieces()
+    {
+        var tok = TextTestSupport.RealTokenizer();
+        var rnd = new Random(17);
+        string[] alphabet = ["a", "b", "e", "t", "h", "n", " ", "中", "文", "ก", "า", "ร", "é", "🚀", "\n", "0"];
+        for (int trial = 0; trial < 300; trial++)
+        {
+            var sb = new StringBuilder();
+            int len = rnd.Next(1, 300);
+            for (int i = 0; i < len; i++) sb.Append(alphabet[rnd.Next(alphabet.Length)]);
+            var bytes = Encoding.UTF8.GetBytes(sb.ToString());
+            var scan = new List<int>();
+            var heap = new List<int>();
+            tok.Merger.Encode(bytes, scan, useHeap: false);
+            tok.Merger.Encode(bytes, heap, useHeap: true);
+            Assert.That(heap, Is.EqualTo(scan), $"trial {trial}: {sb}");
+        }
+    }
+}

@@ -35,6 +35,7 @@ public sealed class Qwen3Tokenizer
     public static readonly char[] ByteToChar = BuildByteToChar();
 
     public IReadOnlyList<AddedToken> AddedTokens { get; }
+    internal BytePairMerger Merger => _merger;
     /// <summary>One more than the largest id (vocabulary plus added tokens).</summary>
     public int VocabSize => _tokenBytes.Length;
 
