@@ -120,6 +120,9 @@ public static unsafe class ReferenceOps
     /// inv_freq [D/2] and attention_scaling as transformers computes them: default
     /// inv_freq[j] = 1 / theta^(2j/D) (fp32), or YaRN (blend of interpolated and extrapolated
     /// frequencies over the correction range from beta_fast/beta_slow; attention_factor from mscale).
+    /// The explicit rope_scaling.factor is used, as in current transformers; some 4.5x releases replaced it by
+    /// max_position_embeddings / original_max_position_embeddings whenever the latter is present. The two agree
+    /// when config.json is consistent (max_position_embeddings = factor x original).
     /// </summary>
     public static (float[] InvFreq, float AttentionScaling) RopeParameters(int headDim, double theta, RopeScalingConfig? scaling, int maxPositionEmbeddings)
     {
