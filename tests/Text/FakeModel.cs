@@ -7,7 +7,7 @@ namespace Qwen3Cuda.Tests.Text;
 /// Deterministic stand-in for a model: the next token is chosen by <see cref="Next"/> from the sequence's
 /// history, written as logit 10 (others 0; a negative choice gives flat logits). Records forward calls to check what was prefilled.
 /// </summary>
-sealed class FakeModel(int vocabSize, int contextLength, Func<IReadOnlyList<int>, int> next) : ICausalLanguageModel, ISequenceTruncation
+sealed class FakeModel(int vocabSize, int contextLength, Func<IReadOnlyList<int>, int> next) : ICausalLanguageModel
 {
     readonly List<int>[] _seqs = [new(), new()];
     public Func<IReadOnlyList<int>, int> Next { get; set; } = next;

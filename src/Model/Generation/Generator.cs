@@ -13,8 +13,8 @@ namespace Qwen3Cuda.Model.Generation;
 /// token at a time until an EOS id, a stop string, the token budget, the context limit or cancellation.
 /// Splits reasoning from the answer at &lt;think&gt;/&lt;/think&gt; (looked up by text in the tokenizer).
 /// Keeps the tokens in the KV cache so that a following prompt sharing a prefix (the next chat turn)
-/// only prefills the new part; a prompt that diverges keeps the common prefix when the model implements
-/// <see cref="ISequenceTruncation"/>, else resets the sequence.
+/// only prefills the new part; a prompt that diverges keeps the common prefix
+/// (<see cref="ICausalLanguageModel.TruncateSequence"/>).
 /// </summary>
 public sealed class Generator
 {
@@ -122,9 +122,9 @@ public sealed class Generator
         if (common == prompt.Count) common--; // the last prompt token must run to produce logits
         if (common < _cached.Count)
         {
-            if (_model is ISequenceTruncation t && common > 0)
+            if (common > 0)
             {
-                t.TruncateSequence(_sequence, common);
+                _model.TruncateSequence(_sequence, common);
                 _cached.RemoveRange(common, _cached.Count - common);
             }
             else { Reset(); common = 0; }
