@@ -69,5 +69,21 @@ public class MoeBlockTests
     }
 
     [Test]
-    public void Decode_RealShape_OneToken() => RunAndCompare(MoeCase.Create(Real, 1, seed: 1), "real shape, 1 token (decode GEMVs)");
+    public void Decode_Small_ThreeTokens_NoNorm_WithResidual() =>
+        RunAndCompare(MoeCase.Create(Small with { NormTopkProb = false }, 3, seed: 3), "small shape, 3 tokens, norm_topk_prob false, residual", residual: true);
+
+    [Test]
+    public void Prefill_Small_64Tokens() => RunAndCompare(MoeCase.Create(Small, 64, seed: 4), "small shape, 64 tokens (grouped GEMMs)");
+
+    [Test]
+    public void Prefill_Small_300Tokens() => RunAndCompare(MoeCase.Create(Small, 300, seed: 5), "small shape, 300 tokens (grouped GEMMs)");
+
+    /// <summary>Every token picks among 10 of 32 experts: ~240 slots per used expert (several full tiles), 22 experts get none.</summary>
+    [Test]
+    public void Prefill_Small_300Tokens_HotExperts() =>
+        RunAndCompare(MoeCase.Create(Small, 300, seed: 6, hotExperts: 10), "small shape, 300 tokens, 10 hot experts, 22 unused", residual: true);
+
+    /// <summary>Nine tokens: the smallest count that takes the prefill path; partial tiles everywhere.</summary>
+    [Test]
+    public void Prefill_Small_NineTokens() => RunAndCompare(MoeCase.Create(Small, 9, seed: 7), "small shape, 9 tokens (grouped GEMMs)");
 }
