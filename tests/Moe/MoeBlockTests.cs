@@ -93,4 +93,19 @@ public class MoeBlockTests
     /// <summary>Nine tokens: the smallest count that takes the prefill path; partial tiles everywhere.</summary>
     [Test]
     public void Prefill_Small_NineTokens() => RunAndCompare(MoeCase.Create(Small, 9, seed: 7), "small shape, 9 tokens (grouped GEMMs)", repeat: false);
+
+    /// <summary>Decode path with all 8 tokens routed to the same 8 experts: every expert row is read by 8 slots.</summary>
+    [Test]
+    public void Decode_Small_EightTokens_SameExperts() =>
+        RunAndCompare(MoeCase.Create(Small, 8, seed: 8, hotExperts: 8), "small shape, 8 tokens on the same 8 experts (decode)");
+
+    [Test]
+    public void MoeBlock_RejectsASmallWorkspace()
+    {
+        using var dev = new MoeDevice(Small);
+        long need = MoeWorkspace.Compute(16, Small).TotalBytes;
+        var p = dev.Device.Allocate(64);
+        Assert.That(() => dev.Moe.MoeBlock(dev.Device.DefaultStream, Small, 16, p, p, p, p, default, p, p, need - 1),
+            Throws.ArgumentException.With.Message.Contains($"smaller than the {need} bytes"));
+    }
 }
