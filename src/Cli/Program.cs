@@ -12,8 +12,15 @@ public static class Program
     {
         var root = new RootCommand("qwen3cuda: Qwen3 inference runtime with NVRTC-compiled CUDA kernels");
         // Verbs, one line each:
+        root.Subcommands.Add(Commands.InfoCommand.Create());
         root.Subcommands.Add(Commands.KernelsCommand.Create());
         root.Subcommands.Add(Commands.LogitsCommand.Create());
+        root.Subcommands.Add(Commands.EmulateCommand.Create());
+        root.Subcommands.Add(Commands.GenerateCommand.Create());
+        root.Subcommands.Add(Commands.ChatCommand.Create());
+        root.Subcommands.Add(Commands.TokenizeCommand.Create());
+        root.Subcommands.Add(Commands.DetokenizeCommand.Create());
+        root.Subcommands.Add(Commands.TemplateCommand.Create());
         return root;
     }
 

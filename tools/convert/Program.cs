@@ -1,6 +1,6 @@
 using Qwen3Cuda.Model.Checkpoint;
 
-namespace Qwen3Cuda.Convert;
+namespace Qwen3Cuda.ConvertTool;
 
 /// <summary>
 /// qwen3cuda-convert: checkpoint tooling. Verbs:

@@ -158,6 +158,9 @@ internal sealed class PtxModule
     public List<PtxSymbol> Globals { get; } = [];
     public List<PtxSymbol> ModuleShared { get; } = [];
     public Dictionary<int, string> Files { get; } = [];
+    /// <summary>Register slots and predicates a warp needs: the largest entry plus every .func (see PtxParser.RebaseRegisters).</summary>
+    public int TotalRegs { get; set; }
+    public int TotalPreds { get; set; }
     public IEnumerable<PtxFunction> Entries => Functions.Values.Where(f => f.IsEntry);
 }
 

@@ -31,7 +31,38 @@ internal sealed partial class PtxParser
         var p = new PtxParser(ptx);
         p.ParseModule();
         ResolveCalls(p._m, p);
+        RebaseRegisters(p._m);
         return p._m;
+    }
+
+    /// <summary>
+    /// Gives every .func its own register slots after the largest entry's, so a callee never clobbers its
+    /// caller (entries start at slot 0: one warp runs one entry). Sets the module's register totals.
+    /// </summary>
+    private static void RebaseRegisters(PtxModule m)
+    {
+        int regBase = m.Entries.Select(f => f.NumRegs).DefaultIfEmpty(0).Max();
+        int predBase = m.Entries.Select(f => f.NumPreds).DefaultIfEmpty(0).Max();
+        foreach (var f in m.Functions.Values.Where(f => !f.IsEntry && !f.IsExtern))
+        {
+            foreach (var ins in f.Code)
+            {
+                if (ins.GuardPred >= 0) ins.GuardPred += predBase;
+                foreach (var o in ins.Ops) Rebase(o, regBase, predBase);
+            }
+            regBase += f.NumRegs;
+            predBase += f.NumPreds;
+        }
+        m.TotalRegs = regBase;
+        m.TotalPreds = predBase;
+    }
+
+    private static void Rebase(Operand o, int regBase, int predBase)
+    {
+        if (o.Kind == OpKind.Pred) o.Reg += predBase;
+        else if (o.Kind is OpKind.Reg || (o.Kind == OpKind.Addr && o.Reg >= 0)) o.Reg += regBase;
+        if (o.PairPred >= 0) o.PairPred += predBase;
+        foreach (var e in o.Elems) Rebase(e, regBase, predBase);
     }
 
     private Token Peek(int k = 0) => _t[Math.Min(_p + k, _t.Count - 1)];

@@ -51,9 +51,10 @@ internal sealed partial class Warp
     {
         _fn = fn;
         _code = fn.Code;
-        int need = fn.NumRegs * 32;
+        var mod = Cta.Launch.Module;
+        int need = Math.Max(mod.TotalRegs, fn.NumRegs) * 32;
         if (R.Length < need) R = new ulong[need];
-        if (P.Length < fn.NumPreds) P = new uint[Math.Max(fn.NumPreds, 1)];
+        if (P.Length < Math.Max(mod.TotalPreds, fn.NumPreds)) P = new uint[Math.Max(Math.Max(mod.TotalPreds, fn.NumPreds), 1)];
         Array.Clear(R, 0, need);
         Array.Clear(P);
         Existing = threadsInWarp >= 32 ? 0xFFFFFFFFu : (1u << threadsInWarp) - 1;

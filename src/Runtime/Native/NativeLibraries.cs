@@ -8,8 +8,9 @@ public sealed class NativeLibraryMissingException(string message) : Exception(me
 
 /// <summary>
 /// Resolves the logical library names used by the [LibraryImport] declarations ("nvrtc", "cuda") to a
-/// probed native library. NVRTC: the environment variable QWEN3CUDA_NVRTC, then libnvrtc.so.13, .so.12,
-/// .so.11.2 (and the Windows names). Driver: QWEN3CUDA_LIBCUDA, then libcuda.so.1 / nvcuda.dll.
+/// probed native library. NVRTC: the file named by QWEN3CUDA_NVRTC if set (and nothing else), otherwise
+/// libnvrtc.so.13, .so.12, .so.11.2 (and the Windows names), newest first. Driver: QWEN3CUDA_LIBCUDA if
+/// set, otherwise libcuda.so.1 / nvcuda.dll.
 /// Callers check <see cref="EnsureNvrtc"/> / <see cref="EnsureCuda"/> first, so a missing library is one
 /// clear sentence and never a DllNotFoundException from deep inside a call.
 /// </summary>
@@ -48,7 +49,7 @@ public static class NativeLibraries
     {
         var list = new List<string>();
         string? env = Environment.GetEnvironmentVariable(NvrtcEnvironmentVariable);
-        if (!string.IsNullOrWhiteSpace(env)) list.Add(env);
+        if (!string.IsNullOrWhiteSpace(env)) return [env]; // an explicit choice is the only candidate
         if (OperatingSystem.IsWindows())
             list.AddRange(["nvrtc64_130_0.dll", "nvrtc64_120_0.dll", "nvrtc64_112_0.dll"]);
         else
@@ -58,11 +59,9 @@ public static class NativeLibraries
 
     public static IReadOnlyList<string> CudaCandidates()
     {
-        var list = new List<string>();
         string? env = Environment.GetEnvironmentVariable(CudaEnvironmentVariable);
-        if (!string.IsNullOrWhiteSpace(env)) list.Add(env);
-        list.Add(OperatingSystem.IsWindows() ? "nvcuda.dll" : "libcuda.so.1");
-        return list;
+        if (!string.IsNullOrWhiteSpace(env)) return [env]; // an explicit choice is the only candidate
+        return [OperatingSystem.IsWindows() ? "nvcuda.dll" : "libcuda.so.1"];
     }
 
     public static bool TryNvrtc(out nint handle)
