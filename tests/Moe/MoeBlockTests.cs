@@ -69,6 +69,7 @@ public class MoeBlockTests
         return run;
     }
 
+    /// <summary>Bitwise repeatability (repeat) is checked on the 3-token decode, 8-token shared-expert decode and 64-token prefill cases.</summary>
     static void RunAndCompare(MoeCase c, string what, bool residual = false, bool repeat = true)
     {
         using var dev = new MoeDevice(c.Shape, c);
@@ -88,7 +89,7 @@ public class MoeBlockTests
     /// <summary>Every token picks among 10 of 32 experts: ~240 slots per used expert (several full tiles), 22 experts get none.</summary>
     [Test]
     public void Prefill_Small_300Tokens_HotExperts() =>
-        RunAndCompare(MoeCase.Create(Small, 300, seed: 6, hotExperts: 10), "small shape, 300 tokens, 10 hot experts, 22 unused", residual: true);
+        RunAndCompare(MoeCase.Create(Small, 300, seed: 6, hotExperts: 10), "small shape, 300 tokens, 10 hot experts, 22 unused", residual: true, repeat: false);
 
     /// <summary>Nine tokens: the smallest count that takes the prefill path; partial tiles everywhere.</summary>
     [Test]
