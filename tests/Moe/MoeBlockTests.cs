@@ -109,4 +109,14 @@ public class MoeBlockTests
         Assert.That(() => dev.Moe.MoeBlock(dev.Device.DefaultStream, Small, 16, p, p, p, p, default, p, p, need - 1),
             Throws.ArgumentException.With.Message.Contains($"smaller than the {need} bytes"));
     }
+
+    /// <summary>The same kernels compiled for sm_80 (the A100 feature set the tensor-core path is limited to).</summary>
+    [Test]
+    public void Prefill_Small_TwelveTokens_Sm80()
+    {
+        var c = MoeCase.Create(Small, 12, seed: 9);
+        using var dev = new MoeDevice(c.Shape, Qwen3Cuda.Runtime.Emulation.EmulatorOptions.Sm80, c);
+        Assert.That(dev.Device.Info.Arch, Is.EqualTo("sm_80"));
+        RunAndCompare(dev, c, "small shape, 12 tokens on sm_80 (grouped GEMMs)", repeat: false);
+    }
 }

@@ -135,10 +135,12 @@ public sealed class MoeDevice : IDisposable
     public DevicePtr GateUp { get; }
     public DevicePtr Down { get; }
 
-    public MoeDevice(MoeShape s, params MoeCase[] cases)
+    public MoeDevice(MoeShape s, params MoeCase[] cases) : this(s, null, cases) { }
+
+    public MoeDevice(MoeShape s, EmulatorOptions? options, params MoeCase[] cases)
     {
         Shape = s;
-        Device = new EmulatedDevice();
+        Device = new EmulatedDevice(options);
         Loader = new KernelLoader(Device);
         Moe = new MoeLaunchers(Loader);
         if (cases.Length == 0) return; // kernel-level tests without experts
