@@ -95,6 +95,21 @@ public sealed class GemvKernelTests
         }
     }
 
+    /// <summary>lm_head at the real shape (151936 x 2048, 311 MB of weights): the same checks as DecodeShapeCounters.
+    /// Explicit because it takes minutes on the emulator; run it with --filter Name=LmHeadDecodeCounters.</summary>
+    [Test, Explicit("311 MB of weights: minutes on the emulator")]
+    public void LmHeadDecodeCounters()
+    {
+        const int t = 1, n = 151936, k = 2048;
+        var (plan, launch) = RunAndCheck(t, n, k, false, 7);
+        long minBytes = (long)n * k * 2 + (long)t * k * 2 + (long)t * n * 2;
+        double ratio = launch.DistinctSectors * 32.0 / minBytes;
+        TestContext.Out.WriteLine($"| lm_head ({t}, {n}, {k}) | {launch.GridBlocks} | {plan.SplitK} | {ratio:F3} | {launch.CoalescingEfficiency:F3} |");
+        Assert.That(launch.GridBlocks, Is.GreaterThanOrEqualTo(132), "lm_head: grid");
+        Assert.That(ratio, Is.LessThanOrEqualTo(1.05), "lm_head: weights read once");
+        Assert.That(launch.CoalescingEfficiency, Is.GreaterThanOrEqualTo(0.95), "lm_head: coalescing");
+    }
+
     [Test]
     public void ParamsMirrorMatchesCuda() => StructLayoutCheck.AssertMatches(typeof(GemvParams), "gemv.cu", "GemvParams");
 
