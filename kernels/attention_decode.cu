@@ -1,0 +1,204 @@
+// attention_decode.cu: flash decoding over the paged KV cache, one query token per sequence, GQA.
+//
+//   out[s, h, :] = softmax(q[s, h] . K[kvh]^T * D^-0.5) . V[kvh],   kvh = h / (nH / nKV), keys 0..len_s-1
+//
+// KV cache layout (see rope.cu): [pages, page_size, nKV, D] bf16; key j of sequence s lives in slot
+// block_table[s * max_pages_per_seq + j / page_size] * page_size + j % page_size.
+//
+// attn_decode_split: grid (splits, nKV, seqs), 128 threads = 4 warps. One CTA serves ALL query heads of
+//   one KV head (the GQA group, up to 8: warp w owns group heads 2w and 2w+1), so each K/V tile is read
+//   from global memory once per group. The context of sequence s is cut into `splits` ranges of
+//   ceil(len / splits) keys rounded up to the 32-key tile; each CTA runs an online softmax (fp32, log2
+//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range.
+//   Per tile: the 128 threads load K and V rows (16-byte ld.global.nc, 16 threads per 256-byte row:
+//   fully used sectors) into registers one tile ahead, then store them to shared memory (K rows padded
+//   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
+//   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
+//   p_j comes from lane j by shuffle.
+//   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
+//   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
+// attn_decode_combine: grid (seqs, nH), D threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
+// Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
+// Variants: this one only; the CPU reference in tests/Kernels is its oracle.
+#include "common.cuh"
+
+#ifndef HEAD_DIM
+#define HEAD_DIM 128
+#endif
+static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32, at most 256");
+
+#define DEC_TILE 32                          // keys per tile
+#define DEC_THREADS 128
+#define DEC_MAX_GROUP 8                      // query heads per KV head
+#define DEC_ROW_CHUNKS (HEAD_DIM / 8)        // 16-byte chunks per K/V row
+#define DEC_KSTRIDE (HEAD_DIM + 8)           // padded K row in shared memory (bf16 elements)
+#define DEC_LOADS (DEC_TILE * DEC_ROW_CHUNKS / DEC_THREADS)   // chunks per thread per tile and tensor
+#define DEC_E (HEAD_DIM / 32)                // output dims per lane
+
+struct AttnDecodeParams {
+    const bf16* q;             // [seqs, q_stride] bf16, head h at columns h*D .. h*D+D-1
+    const bf16* k_cache;       // [pages, page_size, nKV, D] bf16
+    const bf16* v_cache;       // [pages, page_size, nKV, D] bf16
+    const int* block_table;    // [seqs, max_pages_per_seq] int32
+    const int* context_lens;   // [seqs] int32: keys 0 .. len-1 (the current token included)
+    float* partial_out;        // [seqs, nH, splits, D] fp32 (splits > 1)
+    float* partial_lse;        // [seqs, nH, splits] fp32, log2 domain (splits > 1)
+    bf16* out;                 // [seqs, out_stride] bf16
+    int seqs;
+    int num_q_heads;
+    int num_kv_heads;
+    int page_size;
+    int max_pages_per_seq;
+    int splits;
+    int q_stride;              // elements
+    int out_stride;            // elements
+    float scale_log2;          // D^-0.5 * log2(e)
+};
+
+__device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(AttnDecodeParams p)
+{
+    __shared__ __align__(16) bf16 k_s[DEC_TILE * DEC_KSTRIDE];
+    __shared__ __align__(16) bf16 v_s[DEC_TILE * HEAD_DIM];
+    __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
+
+    const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int group = p.num_q_heads / p.num_kv_heads;
+    const int len = p.context_lens[seq];
+    const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+    const int begin = split * chunk;
+    const int end = min(len, begin + chunk);
+
+    // q of the whole group, pre-scaled into the log2 domain
+    const bf16* q = p.q + (size_t)seq * p.q_stride + (size_t)kvh * group * HEAD_DIM;
+    for (int i = tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS)
+        q_s[i] = i < group * HEAD_DIM ? bf16_to_f32(q[i]) * p.scale_log2 : 0.f;
+
+    const int h0 = warp * 2;                 // this warp's two group heads (h0 + 1 may be >= group)
+    float m[2] = {-QC_INF, -QC_INF}, l[2] = {0.f, 0.f};
+    float acc[2][DEC_E];
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int e = 0; e < DEC_E; e++) acc[h][e] = 0.f;
+
+    const int* table = p.block_table + (size_t)seq * p.max_pages_per_seq;
+    uint4 k_reg[DEC_LOADS], v_reg[DEC_LOADS];
+    auto load_tile = [&](int t0) {
+#pragma unroll
+        for (int r = 0; r < DEC_LOADS; r++) {
+            const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
+            const int key = t0 + row;
+            if (key < end) {
+                const int slot = table[key / p.page_size] * p.page_size + key % p.page_size;
+                const size_t off = ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + col * 8;
+                k_reg[r] = ldg_nc_v4(p.k_cache + off);
+                v_reg[r] = ldg_nc_v4(p.v_cache + off);
+            } else {
+                k_reg[r] = make_uint4(0, 0, 0, 0);
+                v_reg[r] = make_uint4(0, 0, 0, 0);
+            }
+        }
+    };
+
+    if (begin < end) load_tile(begin);
+    for (int t0 = begin; t0 < end; t0 += DEC_TILE) {
+#pragma unroll
+        for (int r = 0; r < DEC_LOADS; r++) {
+            const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
+            *reinterpret_cast<uint4*>(&k_s[row * DEC_KSTRIDE + col * 8]) = k_reg[r];
+            *reinterpret_cast<uint4*>(&v_s[row * HEAD_DIM + col * 8]) = v_reg[r];
+        }
+        __syncthreads();
+        if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE);   // next tile in flight during the math
+
+        // scores: lane = key
+        float s[2] = {0.f, 0.f};
+        const float* q0 = q_s + h0 * HEAD_DIM;
+        const float* q1 = q0 + HEAD_DIM;
+#pragma unroll 4
+        for (int c = 0; c < DEC_ROW_CHUNKS; c++) {
+            const uint4 kv = *reinterpret_cast<const uint4*>(&k_s[lane * DEC_KSTRIDE + c * 8]);
+            const float4 a0 = *reinterpret_cast<const float4*>(q0 + c * 8), a1 = *reinterpret_cast<const float4*>(q0 + c * 8 + 4);
+            const float4 b0 = *reinterpret_cast<const float4*>(q1 + c * 8), b1 = *reinterpret_cast<const float4*>(q1 + c * 8 + 4);
+            const float k0 = bf16x2_lo(kv.x), k1 = bf16x2_hi(kv.x), k2 = bf16x2_lo(kv.y), k3 = bf16x2_hi(kv.y);
+            const float k4 = bf16x2_lo(kv.z), k5 = bf16x2_hi(kv.z), k6 = bf16x2_lo(kv.w), k7 = bf16x2_hi(kv.w);
+            s[0] += a0.x * k0 + a0.y * k1 + a0.z * k2 + a0.w * k3 + a1.x * k4 + a1.y * k5 + a1.z * k6 + a1.w * k7;
+            s[1] += b0.x * k0 + b0.y * k1 + b0.z * k2 + b0.w * k3 + b1.x * k4 + b1.y * k5 + b1.z * k6 + b1.w * k7;
+        }
+        const bool valid = t0 + lane < end;
+        float pr[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float sv = valid ? s[h] : -QC_INF;
+            const float m_new = fmaxf(m[h], warp_max(sv));      // finite: every tile has a valid key
+            const float alpha = exp2f(m[h] - m_new);            // 0 on the first tile (m = -inf)
+            pr[h] = valid ? exp2f(sv - m_new) : 0.f;
+            l[h] = l[h] * alpha + warp_sum(pr[h]);
+            m[h] = m_new;
+#pragma unroll
+            for (int e = 0; e < DEC_E; e++) acc[h][e] *= alpha;
+        }
+        // P . V: lane owns dims lane*E .. lane*E+E-1
+#pragma unroll 8
+        for (int j = 0; j < DEC_TILE; j++) {
+            const float p0 = __shfl_sync(0xffffffffu, pr[0], j), p1 = __shfl_sync(0xffffffffu, pr[1], j);
+            const bf16* vrow = &v_s[j * HEAD_DIM + lane * DEC_E];
+#pragma unroll
+            for (int e = 0; e < DEC_E; e += 2) {
+                const bf16x2 v2 = *reinterpret_cast<const bf16x2*>(vrow + e);
+                const float va = bf16x2_lo(v2), vb = bf16x2_hi(v2);
+                acc[0][e] += p0 * va; acc[0][e + 1] += p0 * vb;
+                acc[1][e] += p1 * va; acc[1][e + 1] += p1 * vb;
+            }
+        }
+        __syncthreads();   // the tile in shared memory is overwritten next iteration
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int gh = h0 + h;
+        if (gh >= group) continue;
+        const int head = kvh * group + gh;
+        const float inv_l = l[h] > 0.f ? 1.f / l[h] : 0.f;
+        if (p.splits == 1) {
+            bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + lane * DEC_E;
+#pragma unroll
+            for (int e = 0; e < DEC_E; e += 2)
+                *reinterpret_cast<bf16x2*>(o + e) = pack_bf16x2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
+        } else {
+            const size_t row = ((size_t)seq * p.num_q_heads + head) * p.splits + split;
+            float* o = p.partial_out + row * HEAD_DIM + lane * DEC_E;
+#pragma unroll
+            for (int e = 0; e < DEC_E; e += 2)
+                *reinterpret_cast<float2*>(o + e) = make_float2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
+            if (lane == 0) p.partial_lse[row] = l[h] > 0.f ? m[h] + __log2f(l[h]) : -QC_INF;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(HEAD_DIM) attn_decode_combine(AttnDecodeParams p)
+{
+    const int seq = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
+    const size_t row0 = ((size_t)seq * p.num_q_heads + head) * p.splits;
+    float mx = -QC_INF;
+    for (int s = 0; s < p.splits; s++) mx = fmaxf(mx, p.partial_lse[row0 + s]);
+    float num = 0.f, den = 0.f;
+    if (mx > -QC_INF) {
+        for (int s = 0; s < p.splits; s++) {
+            const float lse = p.partial_lse[row0 + s];
+            if (lse == -QC_INF) continue;
+            const float w = exp2f(lse - mx);
+            den += w;
+            num += w * p.partial_out[(row0 + s) * HEAD_DIM + d];
+        }
+    }
+    p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(den > 0.f ? num / den : 0.f);
+}

@@ -1,0 +1,142 @@
+// gemv.cu: decode-shape matrix products, y[T, N] = x[T, K] . W[N, K]^T for T = 1..8 tokens.
+//
+//   y = bf16(acc)                               (residual == null)
+//   y = bf16(residual + bf16(acc))              (residual != null: o_proj / down_proj + residual add)
+//
+// acc in fp32. Weights are streamed exactly once with 16-byte ld.global.nc (8 bf16 per lane, 512
+// contiguous bytes per warp instruction, four loads in flight per lane); the K-slice of x is staged
+// in shared memory (bf16, T * k_split * 2 bytes <= 32 KiB) and read back as conflict-free 16-byte rows.
+// Thread mapping: 256 threads = 8 warps; a CTA owns 8 * rows_per_warp consecutive rows of W (warp w:
+// rows base + w * rows_per_warp ...), and one K-slice (blockIdx.y) of k_split elements. Each warp
+// reduces a row with shuffles; the CTA's results are staged in shared memory and written row-
+// contiguously. grid = (ceil(N / (8 * rows_per_warp)), split_k).
+// split_k == 1: the CTA writes bf16 y (with the residual epilogue). split_k > 1: fp32 partials
+// [split_k, T, N]; gemv_splitk_combine sums them in split order (deterministic) and applies the epilogue.
+// Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials].
+// Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane).
+#include "common.cuh"
+
+#define GEMV_THREADS 256
+#define GEMV_WARPS 8
+#define GEMV_MAX_RPW 8
+
+struct GemvParams {
+    bf16* y;                  // [T, ldy] bf16
+    const bf16* x;            // [T, ldx] bf16
+    const bf16* w;            // [N, K] bf16, rows contiguous
+    const bf16* residual;     // [T, ldy] bf16 or null
+    float* partial;           // [split_k, T, N] fp32 (split_k > 1)
+    int tokens;               // T, must equal the kernel's template T
+    int n;
+    int k;                    // multiple of 8
+    int ldx;                  // elements, multiple of 8
+    int ldy;                  // elements
+    int rows_per_warp;        // 1 .. 8
+    int k_split;              // elements per K-slice, multiple of 8
+    int split_k;
+};
+
+__device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc)
+{
+    acc += bf16x2_lo(a.x) * bf16x2_lo(b.x) + bf16x2_hi(a.x) * bf16x2_hi(b.x);
+    acc += bf16x2_lo(a.y) * bf16x2_lo(b.y) + bf16x2_hi(a.y) * bf16x2_hi(b.y);
+    acc += bf16x2_lo(a.z) * bf16x2_lo(b.z) + bf16x2_hi(a.z) * bf16x2_hi(b.z);
+    acc += bf16x2_lo(a.w) * bf16x2_lo(b.w) + bf16x2_hi(a.w) * bf16x2_hi(b.w);
+    return acc;
+}
+
+template <int T>
+__device__ __forceinline__ void gemv_body(const GemvParams& p)
+{
+    extern __shared__ uint4 x_s[];                          // [T][k_split / 8] chunks
+    __shared__ float y_s[T][GEMV_WARPS * GEMV_MAX_RPW];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int k0 = blockIdx.y * p.k_split;
+    const int klen = min(p.k_split, p.k - k0);
+    const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
+    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+        const int t = i / slice_chunks, c = i - t * slice_chunks;
+        x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+
+    const int rows_cta = GEMV_WARPS * p.rows_per_warp;
+    const int row_base = blockIdx.x * rows_cta;
+    for (int r = 0; r < p.rows_per_warp; r++) {
+        const int local = warp * p.rows_per_warp + r;
+        const int row = row_base + local;
+        if (row >= p.n) break;
+        const bf16* wrow = p.w + (size_t)row * p.k + k0;
+        float acc[T];
+#pragma unroll
+        for (int t = 0; t < T; t++) acc[t] = 0.f;
+        for (int c0 = 0; c0 < kchunks; c0 += 128) {
+            uint4 wv[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int c = c0 + u * 32 + lane;
+                wv[u] = c < kchunks ? ldg_stream_v4(wrow + c * 8) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int c = c0 + u * 32 + lane;
+                if (c < kchunks) {
+#pragma unroll
+                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s[t * slice_chunks + c], acc[t]);
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            const float v = warp_sum(acc[t]);
+            if (lane == t) y_s[t][local] = v;
+        }
+    }
+    __syncthreads();
+
+    // row-contiguous writes of the CTA's results
+    const int rows_here = min(rows_cta, p.n - row_base);
+    for (int i = tid; i < T * rows_here; i += GEMV_THREADS) {
+        const int t = i / rows_here, local = i - t * rows_here, row = row_base + local;
+        const float v = y_s[t][local];
+        if (p.split_k > 1) {
+            p.partial[((size_t)blockIdx.y * T + t) * p.n + row] = v;
+        } else {
+            float out = round_bf16(v);
+            if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+            p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
+        }
+    }
+}
+
+#define GEMV_INSTANCE(T) \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_t##T(GemvParams p) { gemv_body<T>(p); }
+GEMV_INSTANCE(1)
+GEMV_INSTANCE(2)
+GEMV_INSTANCE(3)
+GEMV_INSTANCE(4)
+GEMV_INSTANCE(5)
+GEMV_INSTANCE(6)
+GEMV_INSTANCE(7)
+GEMV_INSTANCE(8)
+
+// y[t, n] = epilogue(sum over splits of partial[s, t, n]), one thread per output element.
+extern "C" __global__ void __launch_bounds__(256) gemv_splitk_combine(GemvParams p)
+{
+    const int i = blockIdx.x * 256 + threadIdx.x;
+    if (i >= p.tokens * p.n) return;
+    const int t = i / p.n, row = i - t * p.n;
+    float acc = 0.f;
+    for (int s = 0; s < p.split_k; s++) acc += p.partial[((size_t)s * p.tokens + t) * p.n + row];
+    float out = round_bf16(acc);
+    if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+    p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
+}

@@ -1,0 +1,132 @@
+// rope.cu: the attention prologue after the fused q|k|v projection, in one pass over the qkv rows:
+//
+//   q_h = rope(RMSNorm_D(q_h) * q_norm_w)         written to q_out (own buffer, or in place in qkv)
+//   k_h = rope(RMSNorm_D(k_h) * k_norm_w)         written to the paged K cache at slot_mapping[t]
+//   v_h                                             copied to the paged V cache at slot_mapping[t]
+//
+// RMSNorm: fp32 statistics, out = bf16(w * bf16(x * rsqrt(mean(x^2) + eps))) (two roundings).
+// RoPE (rotate-half, element i pairs with i + D/2): f = pos * inv_freq[i mod D/2] in fp32; precise
+// sincosf; c = bf16(cos f * attention_scaling), s = bf16(sin f * attention_scaling);
+//   x'[i]       = bf16(bf16(x[i] * c) + bf16(-x[i+D/2] * s))
+//   x'[i+D/2]   = bf16(bf16(x[i+D/2] * c) + bf16(x[i] * s))      (PyTorch's bf16 op roundings)
+// inv_freq [D/2] fp32 is precomputed by the host (plain theta^(-2j/D) or YaRN), so this kernel knows
+// nothing about rope scaling except attention_scaling.
+//
+// Paged KV cache layout (per layer, K and V separately): [pages, page_size, num_kv_heads, D] bf16,
+// i.e. slot-major: token slot s = page * page_size + offset holds all KV heads of that token, and head
+// kvh of slot s starts at element (s * num_kv_heads + kvh) * D. The host turns per-sequence block
+// tables into slot_mapping[t]; slot < 0 means "do not write" (padding tokens).
+//
+// Thread mapping: grid (tokens, ceil(heads / 8)), 256 threads = 8 warps, one warp per head row of
+// D = HEAD_DIM (32 * E elements, E = D / 32 contiguous elements per lane). The RoPE partner element
+// i + D/2 lives in lane ^ 16, fetched with one shuffle per element. Heads 0..nH-1 are q, then nKV k
+// heads, then nKV v heads (the column order of the fused projection).
+// Bytes moved per token: read (nH + 2 nKV) * D * 2, write the same (q_out + K + V), plus tables.
+// Variants: this fused kernel; rmsnorm_heads_bf16 (rmsnorm.cu) + a CPU RoPE is its test oracle.
+#include "common.cuh"
+
+#ifndef HEAD_DIM
+#define HEAD_DIM 128
+#endif
+#define ROPE_E (HEAD_DIM / 32)
+static_assert(HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM must be 64, 128 or 256");
+
+struct QkNormRopeParams {
+    const bf16* qkv;            // [tokens, qkv_stride] bf16: q heads | k heads | v heads
+    bf16* q_out;                // row t at q_out + t * q_out_stride, [num_q_heads * D]; may alias qkv
+    bf16* k_cache;              // [pages, page_size, num_kv_heads, D]
+    bf16* v_cache;              // [pages, page_size, num_kv_heads, D]
+    const bf16* q_norm_weight;  // [D]
+    const bf16* k_norm_weight;  // [D]
+    const float* inv_freq;      // [D / 2]
+    const int* positions;       // [tokens]
+    const int* slot_mapping;    // [tokens]; < 0: skip the cache write
+    int tokens;
+    int num_q_heads;
+    int num_kv_heads;
+    int qkv_stride;             // elements per qkv row, >= (num_q_heads + 2 * num_kv_heads) * D
+    int q_out_stride;           // elements per q_out row
+    float eps;
+    float attention_scaling;
+};
+
+template <int E> struct RowVec;
+template <> struct RowVec<2> { typedef unsigned int T; };
+template <> struct RowVec<4> { typedef uint2 T; };
+template <> struct RowVec<8> { typedef uint4 T; };
+
+__device__ __forceinline__ void load_row(const bf16* src, float (&x)[ROPE_E])
+{
+    const unsigned int* s = reinterpret_cast<const unsigned int*>(src);
+    unsigned int w[ROPE_E / 2];
+    typedef typename RowVec<ROPE_E>::T V;
+    *reinterpret_cast<V*>(w) = *reinterpret_cast<const V*>(s);
+#pragma unroll
+    for (int i = 0; i < ROPE_E / 2; i++) { x[2 * i] = bf16x2_lo(w[i]); x[2 * i + 1] = bf16x2_hi(w[i]); }
+}
+
+__device__ __forceinline__ void store_row(bf16* dst, const float (&x)[ROPE_E])
+{
+    unsigned int w[ROPE_E / 2];
+#pragma unroll
+    for (int i = 0; i < ROPE_E / 2; i++) w[i] = pack_bf16x2(x[2 * i], x[2 * i + 1]);
+    typedef typename RowVec<ROPE_E>::T V;
+    *reinterpret_cast<V*>(dst) = *reinterpret_cast<const V*>(w);
+}
+
+extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRopeParams p)
+{
+    const int lane = threadIdx.x & 31;
+    const int t = blockIdx.x;
+    const int head = blockIdx.y * 8 + (threadIdx.x >> 5);
+    const int heads = p.num_q_heads + 2 * p.num_kv_heads;
+    if (head >= heads) return;
+
+    const int slot = p.slot_mapping[t];
+    const bool is_q = head < p.num_q_heads;
+    const bool is_k = !is_q && head < p.num_q_heads + p.num_kv_heads;
+    if (!is_q && slot < 0) return;               // padding token: nothing to store for k / v
+
+    float x[ROPE_E];
+    load_row(p.qkv + (size_t)t * p.qkv_stride + (size_t)head * HEAD_DIM + lane * ROPE_E, x);
+
+    if (!is_q && !is_k) {                        // v: straight copy into the cache
+        const int kvh = head - p.num_q_heads - p.num_kv_heads;
+        store_row(p.v_cache + ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x);
+        return;
+    }
+
+    // per-head RMSNorm
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < ROPE_E; e++) ss += x[e] * x[e];
+    ss = warp_sum(ss);
+    const float inv_rms = rsqrtf(ss / (float)HEAD_DIM + p.eps);
+    float w[ROPE_E];
+    load_row((is_q ? p.q_norm_weight : p.k_norm_weight) + lane * ROPE_E, w);
+#pragma unroll
+    for (int e = 0; e < ROPE_E; e++) x[e] = round_bf16(w[e] * round_bf16(x[e] * inv_rms));
+
+    // rotate-half RoPE: partner element i +- D/2 is in lane ^ 16
+    const float pos = (float)p.positions[t];
+    const bool first_half = lane < 16;
+    float y[ROPE_E];
+#pragma unroll
+    for (int e = 0; e < ROPE_E; e++) {
+        const int j = (lane & 15) * ROPE_E + e;
+        float s, c;
+        sincosf(pos * __ldg(&p.inv_freq[j]), &s, &c);
+        c = round_bf16(c * p.attention_scaling);
+        s = round_bf16(s * p.attention_scaling);
+        const float partner = __shfl_xor_sync(0xffffffffu, x[e], 16);
+        const float rot = first_half ? -partner : partner;
+        y[e] = round_bf16(round_bf16(x[e] * c) + round_bf16(rot * s));
+    }
+
+    if (is_q) {
+        store_row(p.q_out + (size_t)t * p.q_out_stride + (size_t)head * HEAD_DIM + lane * ROPE_E, y);
+    } else {
+        const int kvh = head - p.num_q_heads;
+        store_row(p.k_cache + ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, y);
+    }
+}

@@ -1,0 +1,96 @@
+using System.Runtime.InteropServices;
+
+namespace Qwen3Cuda.Runtime.Launchers;
+
+/// <summary>Mirror of <c>GemvParams</c> in kernels/gemv.cu (layout checked by a test).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct GemvParams
+{
+    public DevicePtr Y;          // [T, Ldy] bf16
+    public DevicePtr X;          // [T, Ldx] bf16
+    public DevicePtr W;          // [N, K] bf16
+    public DevicePtr Residual;   // [T, Ldy] bf16 or null
+    public DevicePtr Partial;    // [SplitK, T, N] fp32 when SplitK > 1
+    public int Tokens;
+    public int N;
+    public int K;
+    public int Ldx;
+    public int Ldy;
+    public int RowsPerWarp;
+    public int KSplit;
+    public int SplitK;
+}
+
+/// <summary>The launch shape the GEMV launcher picked (exposed for tests and benchmarks).</summary>
+public readonly record struct GemvPlan(int RowsPerWarp, int SplitK, int KSplit, int GridX)
+{
+    public int Ctas => GridX * SplitK;
+    /// <summary>fp32 partial workspace the plan needs, in bytes (0 when SplitK is 1).</summary>
+    public long PartialBytes(int tokens, int n) => SplitK > 1 ? (long)SplitK * tokens * n * sizeof(float) : 0;
+}
+
+/// <summary>
+/// Launchers for kernels/gemv.cu: y[T, N] = x[T, K] W[N, K]^T for decode (T = 1..8), optionally + residual.
+/// The launcher picks rows per warp and split-K so the grid covers the multiprocessors several times and the staged
+/// x slice fits in 32 KiB of shared memory. Nothing here allocates or synchronises.
+/// </summary>
+public sealed class GemvLaunchers
+{
+    public const string File = "gemv.cu";
+    public const int MaxTokens = 8;
+    private const int Warps = 8, MaxRowsPerWarp = 8, MaxSliceBytes = 32 * 1024;
+    private readonly DeviceKernel[] _kernels = new DeviceKernel[MaxTokens + 1];
+    private readonly DeviceKernel _combine;
+    private readonly IDevice _device;
+
+    public GemvLaunchers(KernelLoader loader)
+    {
+        _device = loader.Device;
+        for (int t = 1; t <= MaxTokens; t++) _kernels[t] = loader.Get(File, $"gemv_bf16_t{t}");
+        _combine = loader.Get(File, "gemv_splitk_combine");
+    }
+
+    /// <summary>Rows per warp so that the grid is at least ~4 waves, then split-K when rows alone cannot fill the SMs
+    /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
+    public GemvPlan Plan(int tokens, int n, int k)
+    {
+        int sms = _device.Info.MultiprocessorCount;
+        int rpw = Math.Clamp(n / (Warps * sms * 4), 1, MaxRowsPerWarp);
+        int gridX = (n + Warps * rpw - 1) / (Warps * rpw);
+        int maxSlice = MaxSliceBytes / (2 * tokens) / 256 * 256;        // elements, whole warp passes
+        int split = Math.Max((k + maxSlice - 1) / maxSlice, 1);
+        if (gridX * split < sms) split = Math.Max(split, Math.Min((sms + gridX - 1) / gridX, Math.Max(1, k / 256)));
+        int kSplit = ((k + split - 1) / split + 7) / 8 * 8;
+        split = (k + kSplit - 1) / kSplit;
+        return new GemvPlan(rpw, split, kSplit, gridX);
+    }
+
+    /// <summary>
+    /// y = x W^T (+ residual), bf16, fp32 accumulation. <paramref name="partial"/> is fp32 workspace of
+    /// <see cref="GemvPlan.PartialBytes"/> bytes for the plan <see cref="Plan"/> returns (may be null when that is 0).
+    /// </summary>
+    public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr w, DevicePtr residual,
+        int tokens, int n, int k, DevicePtr partial, long partialBytes)
+    {
+        if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
+        if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
+        if (ldx < k || ldx % 8 != 0) throw new ArgumentException($"gemv: ldx {ldx} must be >= K {k} and a multiple of 8", nameof(ldx));
+        if (ldy < n) throw new ArgumentException($"gemv: ldy {ldy} must be >= N {n}", nameof(ldy));
+        GemvPlan plan = Plan(tokens, n, k);
+        long need = plan.PartialBytes(tokens, n);
+        if (need > 0 && (partial.IsNull || partialBytes < need))
+            throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K {plan.SplitK} ways and needs {need} bytes of fp32 workspace, got {partialBytes}", nameof(partial));
+        var p = new GemvParams
+        {
+            Y = y, X = x, W = w, Residual = residual, Partial = partial, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
+            RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK,
+        };
+        var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
+        args.Add(p);
+        int smem = tokens * plan.KSplit * 2;
+        _device.Launch(_kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem), stream, args);
+        if (plan.SplitK > 1)
+            _device.Launch(_combine, new LaunchConfig((tokens * n + 255) / 256, 256), stream, args);
+        return plan;
+    }
+}
