@@ -1,0 +1,123 @@
+// moe_decode.cu: the experts of a MoE block for a few tokens (decode, T <= 8): GEMVs over only the
+// selected experts, reading the stacked expert weights (see MoeWeightPacking.cs for the layout):
+//   gate_up [E, 2I, H] bf16: rows 0..I-1 are gate_proj, rows I..2I-1 are up_proj (concatenated, not interleaved)
+//   down    [E, H, I]  bf16: down_proj as stored
+// Slot s = t*k + j is token t's rank-j choice, expert topk_ids[s].
+//
+// moe_gate_up_gemv: inter[s, i] = bf16( bf16(silu(bf16(g))) * bf16(u) ),
+//     g = hidden[t] . gate_up[e, i],  u = hidden[t] . gate_up[e, I + i]   (fp32 accumulate)
+//   Grid (ceil(I / 8), T*k), 128 threads: warp w owns i = bx*8 + 2w + {0, 1}, i.e. 4 weight rows (2 gate,
+//   2 up); each lane streams 16-byte chunks lane, lane+32, ... of those rows and of hidden[t]; lane partial
+//   sums reduce by a fixed shuffle tree (deterministic). Bytes: T*k*2I*H*2 weights (each read once) + hidden.
+// moe_down_gemv: y[s, h] = bf16( inter[s] . down[e, h] )
+//   Grid (ceil(H / 16), T*k), 128 threads: warp w owns rows h = bx*16 + 4w .. +3. Bytes: T*k*H*I*2 + inter.
+// The combine (kernels/moe_combine.cu) then sums the k rows of y per token in rank order.
+// Variants: these GEMVs (decode); kernels/moe_gemm.cu is the tensor-core path for many tokens.
+#include "common.cuh"
+
+#define GEMV_THREADS 128
+#define GATE_UP_I_PER_WARP 2
+#define DOWN_ROWS_PER_WARP 4
+
+struct MoeGateUpGemvParams {
+    const bf16* hidden;      // [T, H]
+    const bf16* gate_up;     // [E, 2I, H]
+    const int* topk_ids;     // [T*k]
+    bf16* inter;             // [T*k, I] SwiGLU activations per slot
+    int slots;               // T*k
+    int top_k;
+    int hidden_size;         // H, multiple of 8
+    int inter_size;          // I
+};
+
+struct MoeDownGemvParams {
+    const bf16* inter;       // [T*k, I]
+    const bf16* down;        // [E, H, I]
+    const int* topk_ids;     // [T*k]
+    bf16* y;                 // [T*k, H] expert outputs per slot (bf16, the Linear's output)
+    int slots;
+    int hidden_size;         // H
+    int inter_size;          // I, multiple of 8
+};
+
+__device__ __forceinline__ float dot8(uint4 a, uint4 b)
+{
+    float s = bf16x2_lo(a.x) * bf16x2_lo(b.x);
+    s = fmaf(bf16x2_hi(a.x), bf16x2_hi(b.x), s);
+    s = fmaf(bf16x2_lo(a.y), bf16x2_lo(b.y), s);
+    s = fmaf(bf16x2_hi(a.y), bf16x2_hi(b.y), s);
+    s = fmaf(bf16x2_lo(a.z), bf16x2_lo(b.z), s);
+    s = fmaf(bf16x2_hi(a.z), bf16x2_hi(b.z), s);
+    s = fmaf(bf16x2_lo(a.w), bf16x2_lo(b.w), s);
+    s = fmaf(bf16x2_hi(a.w), bf16x2_hi(b.w), s);
+    return s;
+}
+
+// silu then the product, with the reference's rounding points (gate, up already bf16).
+__device__ __forceinline__ float swiglu_bf16(float gate, float up)
+{
+    const float s = round_bf16(gate / (1.f + expf(-gate)));
+    return round_bf16(s * up);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeGateUpGemvParams p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s = blockIdx.y;
+    const int t = s / p.top_k;
+    const int e = p.topk_ids[s];
+    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
+    if (i0 >= p.inter_size) return;
+    const bool two = i0 + 1 < p.inter_size;
+    const int chunks = p.hidden_size >> 3;
+    const uint4* x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size);
+    const size_t row_chunks = (size_t)chunks;
+    const uint4* wg = reinterpret_cast<const uint4*>(p.gate_up + ((size_t)e * 2 * p.inter_size + i0) * p.hidden_size);
+    const uint4* wu = wg + (size_t)p.inter_size * row_chunks;
+    float g0 = 0.f, g1 = 0.f, u0 = 0.f, u1 = 0.f;
+#pragma unroll 2
+    for (int c = lane; c < chunks; c += 32) {
+        const uint4 xc = __ldg(&x[c]);
+        g0 += dot8(__ldg(&wg[c]), xc);
+        u0 += dot8(__ldg(&wu[c]), xc);
+        if (two) {
+            g1 += dot8(__ldg(&wg[row_chunks + c]), xc);
+            u1 += dot8(__ldg(&wu[row_chunks + c]), xc);
+        }
+    }
+    g0 = round_bf16(warp_sum(g0));
+    u0 = round_bf16(warp_sum(u0));
+    g1 = round_bf16(warp_sum(g1));
+    u1 = round_bf16(warp_sum(u1));
+    if (lane == 0) {
+        bf16* out = p.inter + (size_t)s * p.inter_size + i0;
+        out[0] = f32_to_bf16(swiglu_bf16(g0, u0));
+        if (two) out[1] = f32_to_bf16(swiglu_bf16(g1, u1));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDownGemvParams p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s = blockIdx.y;
+    const int e = p.topk_ids[s];
+    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
+    if (h0 >= p.hidden_size) return;
+    const int chunks = p.inter_size >> 3;
+    const uint4* x = reinterpret_cast<const uint4*>(p.inter + (size_t)s * p.inter_size);
+    const uint4* w = reinterpret_cast<const uint4*>(p.down + ((size_t)e * p.hidden_size + h0) * p.inter_size);
+    float acc[DOWN_ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
+    for (int c = lane; c < chunks; c += 32) {
+        const uint4 xc = x[c];
+#pragma unroll
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
+            if (h0 + r < p.hidden_size) acc[r] += dot8(__ldg(&w[(size_t)r * chunks + c]), xc);
+    }
+#pragma unroll
+    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
+    }
+}

@@ -1,0 +1,150 @@
+// moe_router.cu: the MoE router of Qwen3-MoE, fused into one kernel (design/qwen3-moe-reference.md, MoE block 1-4).
+//
+//   logits[t, e] = bf16(sum_h hidden[t, h] * w_gate[e, h])     fp32 accumulate, bf16 round (nn.Linear output)
+//   p[t, :]      = softmax_fp32(logits[t, :]) over all E        stable (max subtracted)
+//   (w, idx)     = top-k of p[t, :], values descending; exact ties go to the LOWER expert index
+//                  (deterministic: the arg-max key is (value, -index), compared exactly)
+//   w           /= sum(w) in fp32                               only when norm_topk_prob
+//
+// Thread mapping: grid (ceil(E / 4), ceil(T / 8)), 128 threads = 4 warps. Warp w of block (bx, by) owns
+// expert row e = bx*4 + w and the <= 8 tokens of token block by: the lane streams its 16-byte chunks of
+// the router row once and multiplies each by the same chunk of every token (hidden rows are re-read from
+// L1/L2), lane partials are summed by a fixed shuffle tree, so every logit is bit-reproducible.
+// Fusion of the top-k: each block stores its logits, fences, and takes a ticket (an integer atomic on
+// counters[by]); the block that takes the last ticket of its token block runs softmax + top-k for those
+// tokens (one warp per token) and resets the counter to 0. The integer ticket only decides WHICH block
+// does the top-k, never the values, so results are deterministic. counters[] must be zero before the
+// first launch (the launcher memsets it). Bytes moved: E*H*2 (router weight, once per token block)
+// + T*H*2 (hidden, once per expert block from cache) + T*E*4 (logits) + T*k*8 (outputs).
+// Limits: E <= 256 (8 probabilities per lane), 1 <= k <= min(16, E), H a multiple of 8.
+// Variants: this one only (used for decode and prefill alike).
+#include "common.cuh"
+
+#define ROUTER_WARPS 4
+#define ROUTER_TOKENS 8
+#define ROUTER_MAX_E_PER_LANE 8
+
+struct MoeRouterParams {
+    const bf16* hidden;      // [T, H]
+    const bf16* w_gate;      // [E, H] (mlp.gate.weight)
+    float* logits;           // [T, E] workspace: bf16-rounded logits as fp32
+    int* counters;           // [ceil(T / 8)] workspace tickets, zero on entry, left zero on exit
+    int* topk_ids;           // [T, k] expert ids, rank order (descending weight)
+    float* topk_weights;     // [T, k] routing weights (fp32)
+    int tokens;              // T
+    int hidden_size;         // H, multiple of 8
+    int experts;             // E <= 256
+    int top_k;               // k <= 16
+    int norm_topk_prob;      // 1: renormalise the k weights to sum 1
+};
+
+__device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b)
+{
+    float s = bf16x2_lo(a.x) * bf16x2_lo(b.x);
+    s = fmaf(bf16x2_hi(a.x), bf16x2_hi(b.x), s);
+    s = fmaf(bf16x2_lo(a.y), bf16x2_lo(b.y), s);
+    s = fmaf(bf16x2_hi(a.y), bf16x2_hi(b.y), s);
+    s = fmaf(bf16x2_lo(a.z), bf16x2_lo(b.z), s);
+    s = fmaf(bf16x2_hi(a.z), bf16x2_hi(b.z), s);
+    s = fmaf(bf16x2_lo(a.w), bf16x2_lo(b.w), s);
+    s = fmaf(bf16x2_hi(a.w), bf16x2_hi(b.w), s);
+    return s;
+}
+
+__device__ __forceinline__ float ld_cg_f32(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+// Softmax + top-k of one token, run by one warp. Lane l holds experts l, l+32, ..., (< E).
+__device__ void router_topk_token(const MoeRouterParams& p, int t)
+{
+    const int lane = threadIdx.x & 31;
+    float v[ROUTER_MAX_E_PER_LANE];
+    float mx = -QC_INF;
+#pragma unroll
+    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+        const int e = lane + 32 * i;
+        v[i] = e < p.experts ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : -QC_INF;
+        mx = fmaxf(mx, v[i]);
+    }
+    mx = warp_max(mx);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+        const int e = lane + 32 * i;
+        v[i] = e < p.experts ? expf(v[i] - mx) : 0.f;
+        sum += v[i];
+    }
+    sum = warp_sum(sum);
+#pragma unroll
+    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) v[i] = lane + 32 * i < p.experts ? v[i] / sum : -1.f;
+
+    // Lane j keeps the rank-j choice (no local-memory arrays); wsum adds the weights in rank order.
+    float my_w = 0.f;
+    int my_e = 0;
+    float wsum = 0.f;
+    for (int j = 0; j < p.top_k; j++) {
+        // Lane-local best (lowest index wins ties since i ascends), then a warp arg-max on (value, -index).
+        float bv = -2.f;
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++)
+            if (v[i] > bv) { bv = v[i]; be = lane + 32 * i; }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+            const int oe = __shfl_xor_sync(0xffffffffu, be, off);
+            if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
+        }
+        if (lane == j) { my_w = bv; my_e = be; }
+        wsum += bv;
+#pragma unroll
+        for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++)
+            if (lane + 32 * i == be) v[i] = -1.f;   // taken
+    }
+    if (lane < p.top_k) {
+        p.topk_ids[(size_t)t * p.top_k + lane] = my_e;
+        p.topk_weights[(size_t)t * p.top_k + lane] = p.norm_topk_prob ? my_w / wsum : my_w;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(MoeRouterParams p)
+{
+    __shared__ int is_last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int e = blockIdx.x * ROUTER_WARPS + warp;
+    const int t0 = blockIdx.y * ROUTER_TOKENS;
+    const int nt = min(ROUTER_TOKENS, p.tokens - t0);
+
+    if (e < p.experts) {
+        float acc[ROUTER_TOKENS];
+#pragma unroll
+        for (int i = 0; i < ROUTER_TOKENS; i++) acc[i] = 0.f;
+        const uint4* w = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
+        const int chunks = p.hidden_size >> 3;
+        for (int c = lane; c < chunks; c += 32) {
+            const uint4 wc = __ldg(&w[c]);
+#pragma unroll
+            for (int i = 0; i < ROUTER_TOKENS; i++)
+                if (i < nt) acc[i] += dot_bf16x8(wc, __ldg(reinterpret_cast<const uint4*>(p.hidden + (size_t)(t0 + i) * p.hidden_size) + c));
+        }
+#pragma unroll
+        for (int i = 0; i < ROUTER_TOKENS; i++) {
+            const float s = warp_sum(acc[i]);
+            if (lane == 0 && i < nt) p.logits[(size_t)(t0 + i) * p.experts + e] = round_bf16(s);
+        }
+    }
+
+    // Ticket: the last block of this token block does the softmax + top-k.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&p.counters[blockIdx.y], 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int i = warp; i < nt; i += ROUTER_WARPS) router_topk_token(p, t0 + i);
+    if (threadIdx.x == 0) p.counters[blockIdx.y] = 0;
+}

@@ -1,0 +1,177 @@
+namespace Qwen3Cuda.Runtime.Launchers;
+
+/// <summary>
+/// Launchers for the MoE kernels (kernels/moe_router.cu, moe_align.cu, moe_decode.cu, moe_gemm.cu,
+/// moe_combine.cu) and the block-level entry point <see cref="MoeBlock"/>. Nothing here allocates or
+/// synchronises; every launch goes to the given stream (graph-capturable).
+/// </summary>
+public sealed class MoeLaunchers
+{
+    /// <summary>At most this many tokens take the GEMV (decode) path; more take the grouped tensor-core GEMMs.</summary>
+    public const int DecodeMaxTokens = 8;
+    public const int MaxExperts = 256;
+    public const int MaxTopK = 16;
+
+    private readonly IDevice _device;
+    private readonly DeviceKernel _router, _alignCount, _alignScatter, _gateUpGemv, _downGemv, _gateUpGemm, _downGemm, _combine;
+
+    public MoeLaunchers(KernelLoader loader)
+    {
+        _device = loader.Device;
+        _router = loader.Get("moe_router.cu", "moe_router_topk");
+        _alignCount = loader.Get("moe_align.cu", "moe_align_count");
+        _alignScatter = loader.Get("moe_align.cu", "moe_align_scatter");
+        _gateUpGemv = loader.Get("moe_decode.cu", "moe_gate_up_gemv");
+        _downGemv = loader.Get("moe_decode.cu", "moe_down_gemv");
+        _gateUpGemm = loader.Get("moe_gemm.cu", "moe_gate_up_gemm");
+        _downGemm = loader.Get("moe_gemm.cu", "moe_down_gemm");
+        _combine = loader.Get("moe_combine.cu", "moe_combine");
+    }
+
+    /// <summary>
+    /// The whole MoE block of <paramref name="tokens"/> tokens: router -> (token grouping) -> experts -> combine.
+    /// <c>output[t] = bf16(sum_j w[t,j] * Expert_{idx[t,j]}(hidden[t]))</c>, or <c>bf16(residual[t] + that)</c> when
+    /// <paramref name="residual"/> is not null (residual may equal output). T &lt;= <see cref="DecodeMaxTokens"/>: GEMVs
+    /// over the selected experts; otherwise grouped GEMMs. <paramref name="workspace"/> must hold
+    /// <see cref="MoeWorkspace.Compute(int, in MoeShape)"/>.TotalBytes bytes; the layout's offsets name every intermediate.
+    /// </summary>
+    public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
+        DevicePtr gateUp, DevicePtr down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes)
+    {
+        CheckShape(shape, decodeOnly: false);
+        if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
+        if (tokens == 0) return;
+        var ws = MoeWorkspace.Compute(tokens, shape);
+        if (workspaceBytes < ws.TotalBytes)
+            throw new ArgumentException($"MoeBlock: workspace of {workspaceBytes} bytes is smaller than the {ws.TotalBytes} bytes needed for {tokens} tokens", nameof(workspaceBytes));
+        DevicePtr ids = workspace + ws.TopkIds, weights = workspace + ws.TopkWeights, slotOut = workspace + ws.SlotOut, inter = workspace + ws.Inter;
+
+        Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
+        if (tokens <= DecodeMaxTokens)
+        {
+            GateUpGemv(stream, shape, tokens, hidden, gateUp, ids, inter);
+            DownGemv(stream, shape, tokens, inter, down, ids, slotOut);
+        }
+        else
+        {
+            DevicePtr sorted = workspace + ws.SortedSlots, tileExpert = workspace + ws.TileExpert, numTiles = workspace + ws.NumTiles;
+            Align(stream, shape.Experts, tokens * shape.TopK, ids, workspace + ws.Counts, workspace + ws.Offsets, sorted, tileExpert, numTiles);
+            GateUpGemm(stream, shape, tokens, hidden, gateUp, sorted, tileExpert, numTiles, inter);
+            DownGemm(stream, shape, tokens, inter, down, sorted, tileExpert, numTiles, slotOut);
+        }
+        Combine(stream, shape, tokens, slotOut, weights, residual, output);
+    }
+
+    /// <summary>
+    /// Router logits (bf16-rounded, kept as fp32 in <paramref name="logits"/> [T, E]), softmax, top-k with ties to the
+    /// lower expert index, optional renormalisation: <paramref name="topkIds"/> int [T, k], <paramref name="topkWeights"/>
+    /// fp32 [T, k]. <paramref name="counters"/>: ceil(T/8) ints, zeroed here with one memset.
+    /// </summary>
+    public void Router(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr routerWeight,
+        DevicePtr logits, DevicePtr counters, DevicePtr topkIds, DevicePtr topkWeights)
+    {
+        CheckShape(s, decodeOnly: true);
+        if (tokens <= 0) return;
+        int tokenBlocks = (tokens + 7) / 8;
+        _device.MemsetAsync(counters, 0, tokenBlocks * 4L, stream);
+        var p = new MoeRouterParams
+        {
+            Hidden = hidden, WGate = routerWeight, Logits = logits, Counters = counters, TopkIds = topkIds, TopkWeights = topkWeights,
+            Tokens = tokens, HiddenSize = s.Hidden, Experts = s.Experts, TopK = s.TopK, NormTopkProb = s.NormTopkProb ? 1 : 0,
+        };
+        Launch(_router, new LaunchConfig(new Dim3((uint)((s.Experts + 3) / 4), (uint)tokenBlocks), 128), stream, p);
+    }
+
+    /// <summary>Token grouping (moe_align_block_size): counts, padded offsets, expert-sorted slots, tile experts, tile count.</summary>
+    public void Align(DeviceStream stream, int experts, int slots, DevicePtr topkIds, DevicePtr counts, DevicePtr offsets,
+        DevicePtr sortedSlots, DevicePtr tileExpert, DevicePtr numTiles)
+    {
+        if (experts < 1 || experts > 1024) throw new ArgumentOutOfRangeException(nameof(experts), $"moe_align: {experts} experts; supported 1..1024");
+        if (slots < 0) throw new ArgumentOutOfRangeException(nameof(slots), $"moe_align: slot count {slots} is negative");
+        var p = new MoeAlignParams
+        {
+            TopkIds = topkIds, Counts = counts, Offsets = offsets, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles,
+            Slots = slots, Experts = experts, BlockM = MoeWorkspace.TileRows,
+        };
+        Launch(_alignCount, new LaunchConfig(1, 1024), stream, p);
+        Launch(_alignScatter, new LaunchConfig(experts, 256), stream, p);
+    }
+
+    /// <summary>Decode: <c>inter[s] = SwiGLU_e(hidden[s / k])</c> for every slot s = t*k + j, e = topk_ids[s].</summary>
+    public void GateUpGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr topkIds, DevicePtr inter)
+    {
+        CheckShape(s, decodeOnly: true);
+        int slots = tokens * s.TopK;
+        if (slots <= 0) return;
+        var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter };
+        Launch(_gateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128), stream, p);
+    }
+
+    /// <summary>Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot.</summary>
+    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr topkIds, DevicePtr slotOut)
+    {
+        CheckShape(s, decodeOnly: true);
+        int slots = tokens * s.TopK;
+        if (slots <= 0) return;
+        var p = new MoeDownGemvParams { Inter = inter, Down = down, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter };
+        Launch(_downGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128), stream, p);
+    }
+
+    /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
+    public void GateUpGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr sortedSlots,
+        DevicePtr tileExpert, DevicePtr numTiles, DevicePtr inter)
+    {
+        CheckShape(s, decodeOnly: false);
+        int maxTiles = MoeWorkspace.MaxTilesFor(tokens, s.Experts, s.TopK);
+        if (maxTiles <= 0) return;
+        var p = new MoeGateUpGemmParams
+        {
+            Hidden = hidden, GateUp = gateUp, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Inter = inter,
+            TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter,
+        };
+        Launch(_gateUpGemm, new LaunchConfig(new Dim3((uint)maxTiles, (uint)(s.Inter / 64)), 128), stream, p);
+    }
+
+    /// <summary>Prefill: grouped down GEMM, writing <c>y[slot]</c> for the real rows.</summary>
+    public void DownGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr sortedSlots,
+        DevicePtr tileExpert, DevicePtr numTiles, DevicePtr slotOut)
+    {
+        CheckShape(s, decodeOnly: false);
+        int maxTiles = MoeWorkspace.MaxTilesFor(tokens, s.Experts, s.TopK);
+        if (maxTiles <= 0) return;
+        var p = new MoeDownGemmParams
+        {
+            Inter = inter, Down = down, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Y = slotOut,
+            HiddenSize = s.Hidden, InterSize = s.Inter,
+        };
+        Launch(_downGemm, new LaunchConfig(new Dim3((uint)maxTiles, (uint)(s.Hidden / 128)), 128), stream, p);
+    }
+
+    /// <summary>Deterministic combine: <c>out[t] = bf16(sum_j w[t,j] y[t*k+j])</c> in rank order (+ residual, bf16 add).</summary>
+    public void Combine(DeviceStream stream, in MoeShape s, int tokens, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output)
+    {
+        CheckShape(s, decodeOnly: true);
+        if (tokens <= 0) return;
+        var p = new MoeCombineParams { Y = slotOut, TopkWeights = topkWeights, Residual = residual, Out = output, Tokens = tokens, TopK = s.TopK, HiddenSize = s.Hidden };
+        int chunks = s.Hidden / 8;
+        Launch(_combine, new LaunchConfig(new Dim3((uint)((chunks + 127) / 128), (uint)tokens), 128), stream, p);
+    }
+
+    /// <summary>Supported shapes: E 1..256, k 1..min(16, E); H and I multiples of 8 (decode) or H % 128 == 0 and I % 64 == 0 (grouped GEMMs).</summary>
+    public static void CheckShape(in MoeShape s, bool decodeOnly)
+    {
+        if (s.Experts < 1 || s.Experts > MaxExperts) throw new ArgumentException($"MoE: {s.Experts} experts; supported 1..{MaxExperts}");
+        if (s.TopK < 1 || s.TopK > Math.Min(MaxTopK, s.Experts)) throw new ArgumentException($"MoE: top-k {s.TopK}; supported 1..{Math.Min(MaxTopK, s.Experts)} for {s.Experts} experts");
+        if (s.Hidden <= 0 || s.Hidden % 8 != 0) throw new ArgumentException($"MoE: hidden size {s.Hidden} must be a positive multiple of 8");
+        if (s.Inter <= 0 || s.Inter % 8 != 0) throw new ArgumentException($"MoE: expert intermediate size {s.Inter} must be a positive multiple of 8");
+        if (!decodeOnly && (s.Hidden % 128 != 0 || s.Inter % 64 != 0))
+            throw new ArgumentException($"MoE grouped GEMM: hidden size {s.Hidden} must be a multiple of 128 and intermediate size {s.Inter} a multiple of 64");
+    }
+
+    private void Launch<T>(DeviceKernel kernel, in LaunchConfig config, DeviceStream stream, T p) where T : unmanaged
+    {
+        var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
+        args.Add(p);
+        _device.Launch(kernel, config, stream, args);
+    }
+}

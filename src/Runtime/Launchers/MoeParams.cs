@@ -1,0 +1,106 @@
+using System.Runtime.InteropServices;
+
+namespace Qwen3Cuda.Runtime.Launchers;
+
+// C# mirrors of the params structs of kernels/moe_*.cu (layouts checked by tests/Moe/MoeParamsLayoutTests.cs).
+
+/// <summary>Mirror of <c>MoeRouterParams</c> (kernels/moe_router.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeRouterParams
+{
+    public DevicePtr Hidden;        // [T, H] bf16
+    public DevicePtr WGate;         // [E, H] bf16
+    public DevicePtr Logits;        // [T, E] fp32
+    public DevicePtr Counters;      // [ceil(T/8)] int, zero
+    public DevicePtr TopkIds;       // [T, k] int
+    public DevicePtr TopkWeights;   // [T, k] fp32
+    public int Tokens;
+    public int HiddenSize;
+    public int Experts;
+    public int TopK;
+    public int NormTopkProb;
+}
+
+/// <summary>Mirror of <c>MoeAlignParams</c> (kernels/moe_align.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeAlignParams
+{
+    public DevicePtr TopkIds;       // [slots] int
+    public DevicePtr Counts;        // [E] int
+    public DevicePtr Offsets;       // [E+1] int
+    public DevicePtr SortedSlots;   // [padded rows] int
+    public DevicePtr TileExpert;    // [tiles] int
+    public DevicePtr NumTiles;      // [1] int
+    public int Slots;
+    public int Experts;
+    public int BlockM;
+}
+
+/// <summary>Mirror of <c>MoeGateUpGemvParams</c> (kernels/moe_decode.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeGateUpGemvParams
+{
+    public DevicePtr Hidden;        // [T, H] bf16
+    public DevicePtr GateUp;        // [E, 2I, H] bf16
+    public DevicePtr TopkIds;       // [T*k] int
+    public DevicePtr Inter;         // [T*k, I] bf16
+    public int Slots;
+    public int TopK;
+    public int HiddenSize;
+    public int InterSize;
+}
+
+/// <summary>Mirror of <c>MoeDownGemvParams</c> (kernels/moe_decode.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeDownGemvParams
+{
+    public DevicePtr Inter;         // [T*k, I] bf16
+    public DevicePtr Down;          // [E, H, I] bf16
+    public DevicePtr TopkIds;       // [T*k] int
+    public DevicePtr Y;             // [T*k, H] bf16
+    public int Slots;
+    public int HiddenSize;
+    public int InterSize;
+}
+
+/// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeGateUpGemmParams
+{
+    public DevicePtr Hidden;        // [T, H] bf16
+    public DevicePtr GateUp;        // [E, 2I, H] bf16
+    public DevicePtr SortedSlots;   // [padded rows] int
+    public DevicePtr TileExpert;    // [tiles] int
+    public DevicePtr NumTiles;      // [1] int
+    public DevicePtr Inter;         // [padded rows, I] bf16
+    public int TopK;
+    public int HiddenSize;
+    public int InterSize;
+}
+
+/// <summary>Mirror of <c>MoeDownGemmParams</c> (kernels/moe_gemm.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeDownGemmParams
+{
+    public DevicePtr Inter;         // [padded rows, I] bf16
+    public DevicePtr Down;          // [E, H, I] bf16
+    public DevicePtr SortedSlots;
+    public DevicePtr TileExpert;
+    public DevicePtr NumTiles;
+    public DevicePtr Y;             // [T*k, H] bf16
+    public int HiddenSize;
+    public int InterSize;
+}
+
+/// <summary>Mirror of <c>MoeCombineParams</c> (kernels/moe_combine.cu).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeCombineParams
+{
+    public DevicePtr Y;             // [T*k, H] bf16
+    public DevicePtr TopkWeights;   // [T, k] fp32
+    public DevicePtr Residual;      // [T, H] bf16 or null
+    public DevicePtr Out;           // [T, H] bf16
+    public int Tokens;
+    public int TopK;
+    public int HiddenSize;
+}
