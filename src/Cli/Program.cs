@@ -15,6 +15,11 @@ public static class Program
         root.Subcommands.Add(Commands.InfoCommand.Create());
         root.Subcommands.Add(Commands.KernelsCommand.Create());
         root.Subcommands.Add(Commands.LogitsCommand.Create());
+        root.Subcommands.Add(Commands.GenerateCommand.Create());
+        root.Subcommands.Add(Commands.ChatCommand.Create());
+        root.Subcommands.Add(Commands.TokenizeCommand.Create());
+        root.Subcommands.Add(Commands.DetokenizeCommand.Create());
+        root.Subcommands.Add(Commands.TemplateCommand.Create());
         return root;
     }
 

@@ -208,4 +208,18 @@ public class ReferenceModelTests
         long total = plan.Sum(t => t.ByteLength);
         Assert.That(total, Is.GreaterThan(1L << 30), "more than the 1 GiB shard limit, so it is written sharded with an index");
     }
+
+    [Test]
+    public void FindsTheRealTokenizerFromTheTestAssembly()
+    {
+        // .ci/setup installs it under the repo's .cache; the search walks up from the assembly directory.
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Qwen3Cuda.sln"))) root = root.Parent;
+        Assert.That(root, Is.Not.Null, "repo root (Qwen3Cuda.sln) above the test assembly");
+        if (!File.Exists(Path.Combine(root!.FullName, SyntheticCheckpoint.TokenizerRelativeDir, "tokenizer.json")))
+            Assert.Ignore("the tokenizer files are not installed in this checkout's .cache (run .ci/setup)");
+        string? dir = SyntheticCheckpoint.FindTokenizerDir();
+        Assert.That(dir, Is.Not.Null);
+        Assert.That(File.Exists(Path.Combine(dir!, "tokenizer.json")), Is.True);
+    }
 }

@@ -51,6 +51,8 @@ public sealed record ModelConfig
 
     public static ModelConfig Load(string modelDirOrFile)
     {
+        if (!Directory.Exists(modelDirOrFile) && !File.Exists(modelDirOrFile))
+            throw new ConfigException($"{modelDirOrFile}: model directory not found");
         string path = Directory.Exists(modelDirOrFile) ? Path.Combine(modelDirOrFile, FileName) : modelDirOrFile;
         if (!File.Exists(path)) throw new ConfigException($"{path}: file not found");
         string text;

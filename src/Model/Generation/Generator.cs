@@ -1,0 +1,253 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Qwen3Cuda.Model.Sampling;
+using Qwen3Cuda.Model.Tokenization;
+
+namespace Qwen3Cuda.Model.Generation;
+
+/// <summary>
+/// Autoregressive generation over an <see cref="ICausalLanguageModel"/> sequence: prefill, then one
+/// token at a time until an EOS id, a stop string, the token budget, the context limit or cancellation.
+/// Splits reasoning from the answer at &lt;think&gt;/&lt;/think&gt; (looked up by text in the tokenizer).
+/// Keeps the tokens in the KV cache so that a following prompt sharing a prefix (the next chat turn)
+/// only prefills the new part; a prompt that diverges resets the sequence.
+/// </summary>
+public sealed class Generator
+{
+    readonly ICausalLanguageModel _model;
+    readonly Qwen3Tokenizer _tokenizer;
+    readonly int _sequence;
+    readonly HashSet<int> _eos;
+    readonly int? _thinkStart, _thinkEnd;
+    readonly List<int> _cached = new();
+    readonly float[] _logits;
+
+    public Generator(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, IEnumerable<int> eosTokenIds, int sequence = 0)
+    {
+        _model = model;
+        _tokenizer = tokenizer;
+        _sequence = sequence;
+        _eos = eosTokenIds.ToHashSet();
+        _thinkStart = tokenizer.TokenToId("<think>");
+        _thinkEnd = tokenizer.TokenToId("</think>");
+        _logits = new float[model.VocabSize];
+        if (sequence < 0 || sequence >= model.MaxSequences)
+            throw new ArgumentOutOfRangeException(nameof(sequence), $"sequence {sequence} is outside 0..{model.MaxSequences - 1}");
+        model.ResetSequence(sequence);
+    }
+
+    public IReadOnlySet<int> EosTokenIds => _eos;
+
+    /// <summary>
+    /// EOS ids: generation_config.json's eos_token_id (a number or a list) when present, plus
+    /// &lt;|im_end|&gt; and &lt;|endoftext|&gt; when the tokenizer has them.
+    /// </summary>
+    public static IReadOnlyList<int> DefaultEosTokenIds(Qwen3Tokenizer tokenizer, string? modelDir)
+    {
+        var ids = new List<int>();
+        var path = modelDir == null ? null : Path.Combine(modelDir, "generation_config.json");
+        if (path != null && File.Exists(path))
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            if (doc.RootElement.TryGetProperty("eos_token_id", out var e))
+            {
+                if (e.ValueKind == JsonValueKind.Number) ids.Add(e.GetInt32());
+                else if (e.ValueKind == JsonValueKind.Array) ids.AddRange(e.EnumerateArray().Select(x => x.GetInt32()));
+            }
+        }
+        foreach (var s in new[] { "<|im_end|>", "<|endoftext|>" })
+            if (tokenizer.TokenToId(s) is int id && !ids.Contains(id)) ids.Add(id);
+        return ids;
+    }
+
+    /// <summary>Forgets the KV cache (the next prompt is prefilled from scratch).</summary>
+    public void Reset()
+    {
+        _model.ResetSequence(_sequence);
+        _cached.Clear();
+    }
+
+    public IAsyncEnumerable<GenerationPiece> GenerateStreamAsync(IReadOnlyList<int> prompt, GenerationOptions options,
+        CancellationToken cancellationToken = default) => GenerateStreamAsync(prompt, options, null, cancellationToken);
+
+    /// <summary>Streams pieces as they are decoded; <paramref name="onFinished"/> receives the result.</summary>
+    public async IAsyncEnumerable<GenerationPiece> GenerateStreamAsync(IReadOnlyList<int> prompt, GenerationOptions options,
+        Action<GenerationResult>? onFinished, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var channel = Channel.CreateUnbounded<GenerationPiece>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var worker = Task.Run(() =>
+        {
+            try
+            {
+                var result = Generate(prompt, options, p => channel.Writer.TryWrite(p), cancellationToken);
+                onFinished?.Invoke(result);
+                channel.Writer.Complete();
+            }
+            catch (Exception e)
+            {
+                channel.Writer.Complete(e);
+            }
+        }, CancellationToken.None);
+        await foreach (var piece in channel.Reader.ReadAllAsync(CancellationToken.None)) yield return piece;
+        await worker;
+    }
+
+    /// <summary>
+    /// Generates from <paramref name="prompt"/>. Cancellation stops after the current token and returns
+    /// normally with <see cref="StopReason.Cancelled"/>; the generator stays usable.
+    /// </summary>
+    public GenerationResult Generate(IReadOnlyList<int> prompt, GenerationOptions options, Action<GenerationPiece>? onPiece = null,
+        CancellationToken cancellationToken = default)
+    {
+        options.Sampling.Validate();
+        if (options.MaxNewTokens < 1) throw new ArgumentException($"--max-new-tokens must be >= 1, got {options.MaxNewTokens}");
+        if (prompt.Count == 0) throw new ArgumentException("the prompt is empty (0 tokens)");
+        if (prompt.Count > _model.ContextLength)
+            throw new ArgumentException($"the prompt has {prompt.Count} tokens but the model's context holds {_model.ContextLength}");
+        foreach (int t in prompt)
+            if ((uint)t >= (uint)_model.VocabSize) throw new ArgumentException($"prompt token id {t} is outside the model's vocabulary (0..{_model.VocabSize - 1})");
+
+        var sampler = new Sampler(options.Sampling);
+        var stopIds = new HashSet<int>(_eos);
+        stopIds.UnionWith(options.ExtraStopTokenIds);
+        var clock = Stopwatch.StartNew();
+
+        // Prefill what the KV cache does not already hold.
+        int common = 0;
+        while (common < _cached.Count && common < prompt.Count && _cached[common] == prompt[common]) common++;
+        if (common == prompt.Count) common--; // the last prompt token must run to produce logits
+        if (common < _cached.Count) { Reset(); common = 0; }
+        var suffix = new int[prompt.Count - common];
+        for (int i = 0; i < suffix.Length; i++) suffix[i] = prompt[common + i];
+        _model.Forward(_sequence, suffix, _logits);
+        _cached.AddRange(suffix);
+        var prefillTime = clock.Elapsed;
+
+        var stream = new TextStream(options.StopStrings, onPiece);
+        stream.Kind = StartsInThinking(prompt) ? PieceKind.Thinking : PieceKind.Content;
+        var decoder = _tokenizer.CreateStreamingDecoder(skipSpecialTokens: true);
+        var all = new List<int>(prompt.Count + options.MaxNewTokens);
+        all.AddRange(prompt);
+        var generated = new List<int>();
+        TimeSpan firstToken = TimeSpan.Zero;
+        StopReason reason;
+        while (true)
+        {
+            if (cancellationToken.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
+            int token = sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
+                System.Runtime.InteropServices.CollectionsMarshal.AsSpan(generated));
+            if (generated.Count == 0) firstToken = clock.Elapsed;
+            generated.Add(token);
+            all.Add(token);
+            if (stopIds.Contains(token)) { reason = StopReason.EndOfSequence; break; }
+            if (token == _thinkStart && _thinkStart != null)
+            {
+                stream.Write(decoder.Flush());
+                stream.Kind = PieceKind.Thinking;
+            }
+            else if (token == _thinkEnd && _thinkEnd != null)
+            {
+                stream.Write(decoder.Flush());
+                stream.Kind = PieceKind.Content;
+            }
+            else stream.Write(decoder.Push(token));
+            if (stream.Stopped) { reason = StopReason.StopString; break; }
+            if (generated.Count >= options.MaxNewTokens) { reason = StopReason.MaxNewTokens; break; }
+            if (_model.SequenceLength(_sequence) >= _model.ContextLength) { reason = StopReason.ContextFull; break; }
+            _model.Forward(_sequence, [token], _logits);
+            _cached.Add(token);
+        }
+        if (!stream.Stopped)
+        {
+            stream.Write(decoder.Flush());
+            stream.Finish();
+        }
+        var total = clock.Elapsed;
+        var stats = new GenerationStats
+        {
+            PromptTokens = prompt.Count,
+            PrefilledTokens = suffix.Length,
+            GeneratedTokens = generated.Count,
+            PrefillTime = prefillTime,
+            TimeToFirstToken = generated.Count > 0 ? firstToken : TimeSpan.Zero,
+            TotalTime = total,
+        };
+        return new GenerationResult(stream.Thinking.ToString().Trim('\n'), stream.Content.ToString().TrimStart('\n'), generated, reason, stats);
+    }
+
+    /// <summary>True when the prompt's last &lt;think&gt; is not closed (templates that open the think block for the model).</summary>
+    bool StartsInThinking(IReadOnlyList<int> prompt)
+    {
+        if (_thinkStart == null) return false;
+        for (int i = prompt.Count - 1; i >= 0; i--)
+        {
+            if (prompt[i] == _thinkEnd) return false;
+            if (prompt[i] == _thinkStart) return true;
+        }
+        return false;
+    }
+
+    /// <summary>Routes text to the thinking or content stream, holding back a tail that may begin a stop string.</summary>
+    sealed class TextStream(IReadOnlyList<string> stopStrings, Action<GenerationPiece>? onPiece)
+    {
+        PieceKind _kind;
+        string _held = "";
+        public readonly StringBuilder Thinking = new(), Content = new();
+        public bool Stopped { get; private set; }
+
+        public PieceKind Kind
+        {
+            get => _kind;
+            set
+            {
+                if (value == _kind) return;
+                Finish();
+                _kind = value;
+            }
+        }
+
+        public void Write(string text)
+        {
+            if (text.Length == 0 || Stopped) return;
+            if (stopStrings.Count == 0) { Emit(text); return; }
+            _held += text;
+            int at = -1, stopLength = 0;
+            foreach (var s in stopStrings)
+            {
+                if (s.Length == 0) continue;
+                int k = _held.IndexOf(s, StringComparison.Ordinal);
+                if (k >= 0 && (at < 0 || k < at)) { at = k; stopLength = s.Length; }
+            }
+            if (at >= 0)
+            {
+                Emit(_held[..at]);
+                _held = "";
+                Stopped = true;
+                return;
+            }
+            int keep = 0;
+            foreach (var s in stopStrings)
+                for (int len = Math.Min(s.Length - 1, _held.Length); len > keep; len--)
+                    if (_held.AsSpan(_held.Length - len).SequenceEqual(s.AsSpan(0, len))) { keep = len; break; }
+            Emit(_held[..^keep]);
+            _held = _held[^keep..];
+        }
+
+        /// <summary>Emits the held-back tail (no stop string can complete any more).</summary>
+        public void Finish()
+        {
+            if (_held.Length > 0) Emit(_held);
+            _held = "";
+        }
+
+        void Emit(string text)
+        {
+            if (text.Length == 0) return;
+            (_kind == PieceKind.Thinking ? Thinking : Content).Append(text);
+            onPiece?.Invoke(new GenerationPiece(text, _kind));
+        }
+    }
+}
