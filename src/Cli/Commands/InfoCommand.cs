@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Runtime;
 using Qwen3Cuda.Runtime.Cuda;
 using Qwen3Cuda.Runtime.Memory;
 using Qwen3Cuda.Runtime.Native;
@@ -25,13 +26,23 @@ public static class InfoCommand
         var mem = new Option<string?>("--gpu-memory") { Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)" };
         var seqs = new Option<int>("--sequences") { Description = "Sequences held at once", DefaultValueFactory = _ => 1 };
         var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs };
-        cmd.SetAction(parse => CliErrors.Run(() => parse.GetValue(model) is string dir
-            ? RunPlan(dir, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs))
-            : Run()));
+        cmd.SetAction(parse => parse.GetValue(model) is string dir
+            ? PlanGuard(parse.InvocationConfiguration.Error, () => RunPlan(parse.InvocationConfiguration.Output, dir, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs)))
+            : CliErrors.Run(Run));
         return cmd;
     }
 
-    private static int RunPlan(string modelDir, int? ctxSize, string? gpuMemory, int sequences)
+    private static int PlanGuard(TextWriter stderr, Func<int> action)
+    {
+        try { return action(); }
+        catch (Exception e) when (e is ArgumentException or FormatException or IOException or InvalidOperationException or DeviceException)
+        {
+            stderr.WriteLine($"error: {CliErrors.Message(e)}");
+            return 1;
+        }
+    }
+
+    private static int RunPlan(TextWriter stdout, string modelDir, int? ctxSize, string? gpuMemory, int sequences)
     {
         if (!Directory.Exists(modelDir) && !File.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
         ModelConfig config;
@@ -48,8 +59,8 @@ public static class InfoCommand
         }
         var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory is null ? null : budget, MaxSequences = sequences };
         var plan = MemoryPlan.Compute(config, options, budget, checkpointHasLmHead: false);
-        Console.Write(plan.Describe());
-        if (gpuMemory is null) Console.WriteLine($"  (device memory {source})");
+        stdout.Write(plan.Describe());
+        if (gpuMemory is null) stdout.WriteLine($"  (device memory {source})");
         plan.ThrowIfDoesNotFit();
         return 0;
     }
