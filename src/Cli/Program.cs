@@ -15,6 +15,7 @@ public static class Program
         root.Subcommands.Add(Commands.InfoCommand.Create());
         root.Subcommands.Add(Commands.KernelsCommand.Create());
         root.Subcommands.Add(Commands.LogitsCommand.Create());
+        root.Subcommands.Add(Commands.EmulateCommand.Create());
         root.Subcommands.Add(Commands.GenerateCommand.Create());
         root.Subcommands.Add(Commands.ChatCommand.Create());
         root.Subcommands.Add(Commands.TokenizeCommand.Create());

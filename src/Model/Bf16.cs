@@ -26,6 +26,7 @@ public static class Bf16
     public static float Round(float value) => ToFloat(FromFloat(value));
 
     /// <summary>Rounds every element to bf16 in place (vectorised).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RoundInPlace(Span<float> values)
     {
         int i = 0;
@@ -50,6 +51,7 @@ public static class Bf16
     }
 
     /// <summary>Widens bf16 bits to float32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ToFloat(ReadOnlySpan<ushort> source, Span<float> destination)
     {
         if (destination.Length < source.Length) throw new ArgumentException("destination too short", nameof(destination));
@@ -69,6 +71,7 @@ public static class Bf16
     }
 
     /// <summary>Rounds float32 values to bf16 bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void FromFloat(ReadOnlySpan<float> source, Span<ushort> destination)
     {
         if (destination.Length < source.Length) throw new ArgumentException("destination too short", nameof(destination));

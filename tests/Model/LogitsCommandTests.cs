@@ -58,6 +58,7 @@ public class LogitsCommandTests
         Assert.That(exit, Is.Not.EqualTo(0));
         Assert.That(err, Does.Contain(expected));
         Assert.That(err, Does.Not.Contain("   at "), "no stack trace");
+        Assert.That(err, Does.Not.Contain("(Parameter '"), "no .NET parameter suffix");
     }
 
     [Test]
@@ -74,13 +75,13 @@ public class LogitsCommandTests
     {
         string dir = TestCheckpoints.NewDir("convert");
         var output = new StringWriter();
-        int exit = Qwen3Cuda.Convert.Program.Run(new[] { "synth", "--preset", "tiny", "--seed", "7", "--out", dir, "--layers", "1", "--mlp-only-layers", "0" }, output);
+        int exit = Qwen3Cuda.ConvertTool.Program.Run(new[] { "synth", "--preset", "tiny", "--seed", "7", "--out", dir, "--layers", "1", "--mlp-only-layers", "0" }, output);
         Assert.That(exit, Is.EqualTo(0));
         Assert.That(output.ToString(), Does.Contain("tokenizer: none"));
         using var m = ReferenceModel.Load(dir);
         Assert.That(m.Config.NumHiddenLayers, Is.EqualTo(1));
         Assert.That(m.Config.IsMoeLayer(0), Is.False);
-        Assert.That(Assert.Throws<ArgumentException>(() => Qwen3Cuda.Convert.Program.Run(new[] { "synth", "--preset", "huge", "--out", dir }, output))!.Message,
+        Assert.That(Assert.Throws<ArgumentException>(() => Qwen3Cuda.ConvertTool.Program.Run(new[] { "synth", "--preset", "huge", "--out", dir }, output))!.Message,
             Does.Contain("--preset 'huge' is not one of tiny, small, real-shape-slice"));
         Assert.That(SyntheticCheckpoint.TryParsePreset("real-shape-slice", out var p) && p == SyntheticPreset.RealShapeSlice, Is.True);
     }

@@ -87,6 +87,9 @@ public class ReferenceModelTests
         }
         Assert.That(trace.Tensors.Keys, Does.Contain("layers.1.router_logits").And.Contain("final_norm").And.Contain("layers.0.q"));
         Assert.That(trace["logits"], Is.EqualTo(logits));
+        var (keys, values) = m.KvCache(0, 1);
+        Assert.That(keys.ToArray(), Is.EqualTo(trace["layers.1.k"]), "the cache holds K after norm and RoPE");
+        Assert.That(values.ToArray(), Is.EqualTo(trace["layers.1.v"]));
     }
 
     [Test]

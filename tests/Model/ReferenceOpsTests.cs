@@ -186,4 +186,70 @@ public class ReferenceOpsTests
         ReferenceOps.SwiGluMlp(new float[] { 2 }, W(0.5f), W(2), W(1), y, rows: 1, hidden: 1, inter: 1);
         Assert.That(y[0], Is.EqualTo(2.921875f));
     }
+
+    [Test]
+    public void MoeBlockWeightsTheChosenExperts()
+    {
+        // hidden 1, I 1, two experts. h = 2; router rows [1], [0.5] -> logits [2, 1], p = [0.7310586, 0.2689414].
+        // Expert 0: gate 0.5, up 2, down 1 -> 2.921875 (see SiluAndSwiGluMatchHandValues). Expert 1: gate 1, up 1, down -1:
+        // g = 2, silu(2) = 1.7615942 -> bf16 1.765625; times u = 2 -> 3.53125; down -1 -> -3.53125.
+        Bf16Weight M(float v, string name) => new(W(v), 1, 1, name);
+        var moe = new MoeWeights(new Bf16Weight(W(1, 0.5f), 2, 1, "router"), new[]
+        {
+            new MlpWeights(M(0.5f, "g0"), M(2, "u0"), M(1, "d0")),
+            new MlpWeights(M(1, "g1"), M(1, "u1"), M(-1, "d1")),
+        });
+        var y = new float[1];
+        var experts = new int[2];
+        var weights = new float[2];
+        // Top-1 renormalised: weight 1 on expert 0 -> y = 2.921875.
+        ReferenceOps.MoeBlock(new float[] { 2 }, moe, 1, true, y, 1, experts: experts.AsSpan(0, 1), weights: weights.AsSpan(0, 1));
+        Assert.That((experts[0], weights[0], y[0]), Is.EqualTo((0, 1f, 2.921875f)));
+        // Top-1 not renormalised: 0.7310586 * 2.921875 = 2.1360618 -> bf16 (ulp 2^-6 in [2, 4)) 137/64 = 2.140625.
+        ReferenceOps.MoeBlock(new float[] { 2 }, moe, 1, false, y, 1);
+        Assert.That(y[0], Is.EqualTo(2.140625f));
+        // Top-2 not renormalised: 0.7310586 * 2.921875 + 0.2689414 * -3.53125 = 2.1360618 - 0.9497118 = 1.18635 -> bf16 1.1875 (152/128).
+        ReferenceOps.MoeBlock(new float[] { 2 }, moe, 2, false, y, 1, experts: experts, weights: weights);
+        Assert.That(experts, Is.EqualTo(new[] { 0, 1 }));
+        Assert.That(y[0], Is.EqualTo(1.1875f));
+    }
+
+    [Test]
+    public void GqaUsesContiguousGroupsAtTheRealShape()
+    {
+        // 30B-A3B attention: nH 32, nKV 4, D 128 -> query head h reads KV head h / 8 (contiguous groups, not h % 4).
+        // Every value row of KV head g is the constant g + 1, so whatever the (random) scores, head h outputs (h / 8) + 1.
+        int nH = 32, nKV = 4, d = 128, seen = 5;
+        var rng = new Random(3);
+        var keys = Enumerable.Range(0, seen * nKV * d).Select(_ => Bf16.Round((float)rng.NextDouble() - 0.5f)).ToArray();
+        var values = new float[seen * nKV * d];
+        for (int s = 0; s < seen; s++) for (int g = 0; g < nKV; g++) for (int j = 0; j < d; j++) values[(s * nKV + g) * d + j] = g + 1;
+        var q = Enumerable.Range(0, nH * d).Select(_ => Bf16.Round((float)rng.NextDouble() - 0.5f)).ToArray();
+        var o = new float[nH * d];
+        ReferenceOps.Attention(q, keys, values, o, tokens: 1, firstPosition: seen - 1, numHeads: nH, numKvHeads: nKV, headDim: d);
+        // A convex combination of equal values: exact up to fp32 rounding of sum(p) != 1 (a few ulps), gone after bf16 rounding.
+        for (int h = 0; h < nH; h++) Assert.That(o[h * d + 7], Is.EqualTo((float)(h / 8 + 1)), $"head {h}");
+    }
+
+    [Test]
+    public void RopeTableAtTheRealShapeMatchesDoubleTrigonometry()
+    {
+        // D 128, theta 1e6, position 40959 (last of the 40960 context). The angle pos * inv_freq is formed in fp32 as
+        // transformers does; cos/sin of it are then rounded to bf16. Compared with double cos/sin of the same fp32
+        // angle, the only error is the bf16 rounding (plus fp32 cos/sin error, far smaller): at most half a bf16 ulp, <= 2^-9 absolute for |value| <= 1.
+        var (inv, scale) = ReferenceOps.RopeParameters(128, 1e6, null, 40960);
+        var cos = new float[128];
+        var sin = new float[128];
+        ReferenceOps.RopeCosSin(inv, scale, 40959, cos, sin);
+        for (int j = 0; j < 64; j++)
+        {
+            // inv_freq itself is fp32 (within a few fp32 ulps of the exact value); at position 40959 one ulp of it moves
+            // the angle by ~2e-3 rad, so the angle is formed from the table's own inv_freq, as the kernels must do.
+            Assert.That(inv[j], Is.EqualTo(1.0 / Math.Pow(1e6, 2.0 * j / 128)).Within(1e-5).Percent, $"inv_freq j={j}");
+            float angle = 40959f * inv[j];
+            Assert.That(cos[j], Is.EqualTo(Math.Cos(angle)).Within(1.0 / 512), $"cos j={j}");
+            Assert.That(sin[j], Is.EqualTo(Math.Sin(angle)).Within(1.0 / 512), $"sin j={j}");
+            Assert.That((cos[j + 64], sin[j + 64]), Is.EqualTo((cos[j], sin[j])), "cat(freqs, freqs)");
+        }
+    }
 }

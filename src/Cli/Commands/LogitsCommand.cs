@@ -34,7 +34,7 @@ public static class LogitsCommand
             }
             catch (Exception e) when (e is ConfigException or CheckpointException or ArgumentException or IOException or UnauthorizedAccessException)
             {
-                stderr.WriteLine($"error: {e.Message}");
+                stderr.WriteLine($"error: {CliErrors.Message(e)}");
                 return 1;
             }
         });

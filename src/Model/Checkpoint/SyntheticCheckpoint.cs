@@ -226,6 +226,7 @@ public static class SyntheticCheckpoint
 
     static void Fill(ulong tensorSeed, float scale, float offset, long firstElement, Span<ushort> dest)
     {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         static void Range(ulong seed, float scale, float offset, long first, Span<ushort> d)
         {
             for (int i = 0; i < d.Length; i++)

@@ -3,18 +3,36 @@ using Qwen3Cuda.Model.Config;
 
 namespace Qwen3Cuda.Model.Reference;
 
-/// <summary>A bf16 weight in the memory-mapped checkpoint: row-major [Rows, Cols] (vectors: Rows = 1).</summary>
+/// <summary>
+/// A bf16 weight, row-major [Rows, Cols] (vectors: Rows = 1): either a view into the memory-mapped
+/// checkpoint, or an in-memory array (for kernel tests that build weights directly).
+/// </summary>
 public readonly struct Bf16Weight
 {
-    public TensorView View { get; }
+    readonly TensorView _view;
+    readonly ushort[]? _array;
+    readonly string? _name;
     public int Rows { get; }
     public int Cols { get; }
-    public Bf16Weight(TensorView view, int rows, int cols) { View = view; Rows = rows; Cols = cols; }
-    public string Name => View.Info.Name;
+
+    public Bf16Weight(TensorView view, int rows, int cols) { _view = view; _array = null; _name = null; Rows = rows; Cols = cols; }
+
+    /// <summary>An in-memory weight of rows * cols bf16 values.</summary>
+    public Bf16Weight(ushort[] bf16, int rows, int cols, string name = "in-memory")
+    {
+        if (bf16.Length != (long)rows * cols) throw new ArgumentException($"{name}: {bf16.Length} values, expected {rows} x {cols}", nameof(bf16));
+        _view = default; _array = bf16; _name = name; Rows = rows; Cols = cols;
+    }
+
+    public bool IsMapped => _array is null;
+    public string Name => _array is null ? _view.Info.Name : _name!;
+    /// <summary>The checkpoint view (mapped weights only).</summary>
+    public TensorView View => _array is null ? _view : throw new InvalidOperationException($"{_name} is an in-memory weight, not a checkpoint view");
     /// <summary>bf16 bits, Rows * Cols elements.</summary>
-    public ReadOnlySpan<ushort> Span => View.AsBf16();
-    public nint Pointer => View.Pointer;
-    public long ByteLength => View.ByteLength;
+    public ReadOnlySpan<ushort> Span => _array ?? _view.AsBf16();
+    /// <summary>The raw little-endian bytes (2 per element).</summary>
+    public ReadOnlySpan<byte> Bytes => System.Runtime.InteropServices.MemoryMarshal.AsBytes(Span);
+    public long ByteLength => 2L * Rows * Cols;
 }
 
 public sealed record AttentionWeights(

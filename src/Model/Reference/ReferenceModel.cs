@@ -50,6 +50,19 @@ public sealed class ReferenceModel : ICausalLanguageModel
 
     public void ResetSequence(int sequence) => Seq(sequence).Length = 0;
 
+    /// <summary>
+    /// A sequence's cache for one layer: keys (after k_norm and RoPE) and values, each [SequenceLength, nKV*D],
+    /// bf16-exact floats. Valid until the next Forward or Reset of that sequence.
+    /// </summary>
+    public (ReadOnlyMemory<float> Keys, ReadOnlyMemory<float> Values) KvCache(int sequence, int layer)
+    {
+        var seq = Seq(sequence);
+        if ((uint)layer >= (uint)Config.NumHiddenLayers) throw new ArgumentOutOfRangeException(nameof(layer));
+        int n = seq.Length * Config.KeyValueDim;
+        if (n == 0) return (ReadOnlyMemory<float>.Empty, ReadOnlyMemory<float>.Empty);
+        return (seq.Keys[layer].AsMemory(0, n), seq.Values[layer].AsMemory(0, n));
+    }
+
     public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits)
     {
         if (lastLogits.Length != VocabSize) throw new ArgumentException($"lastLogits has {lastLogits.Length} elements, expected vocab size {VocabSize}", nameof(lastLogits));

@@ -46,6 +46,7 @@ public static unsafe class ReferenceOps
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void MatmulRows(float* x, ushort* w, float* y, int rows, int inDim, int outDim, int o0, int o1, bool round)
     {
         Span<float> wRow = inDim <= 8192 ? stackalloc float[inDim] : new float[inDim];
@@ -70,7 +71,7 @@ public static unsafe class ReferenceOps
         fixed (float* pa = a) fixed (float* pb = b) return Dot(pa, pb, a.Length);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     static float Dot(float* a, float* b, int n)
     {
         int i = 0;
@@ -96,6 +97,7 @@ public static unsafe class ReferenceOps
     /// Row-wise RMSNorm over rows of length n: y = bf16(w * bf16(x * rsqrt(mean(x^2) + eps))), fp32
     /// statistics, no mean subtraction. x and y [rows, n] (may alias), weight [n] bf16.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<ushort> weight, float eps, Span<float> y, int n)
     {
         if (n <= 0 || x.Length % n != 0) throw new ArgumentException($"x length {x.Length} is not a multiple of n {n}");
@@ -118,6 +120,9 @@ public static unsafe class ReferenceOps
     /// inv_freq [D/2] and attention_scaling as transformers computes them: default
     /// inv_freq[j] = 1 / theta^(2j/D) (fp32), or YaRN (blend of interpolated and extrapolated
     /// frequencies over the correction range from beta_fast/beta_slow; attention_factor from mscale).
+    /// The explicit rope_scaling.factor is used, as in current transformers; some 4.5x releases replaced it by
+    /// max_position_embeddings / original_max_position_embeddings whenever the latter is present. The two agree
+    /// when config.json is consistent (max_position_embeddings = factor x original).
     /// </summary>
     public static (float[] InvFreq, float AttentionScaling) RopeParameters(int headDim, double theta, RopeScalingConfig? scaling, int maxPositionEmbeddings)
     {
@@ -177,6 +182,7 @@ public static unsafe class ReferenceOps
     /// In-place rotate-half RoPE on x [heads, D] with bf16 ops: for i &lt; D/2,
     /// x'[i] = bf16(bf16(x[i]c[i]) + bf16(-x[i+D/2]s[i])), x'[i+D/2] = bf16(bf16(x[i+D/2]c[i+D/2]) + bf16(x[i]s[i+D/2])).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ApplyRope(Span<float> x, int heads, int headDim, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
     {
         CheckLength(x, (long)heads * headDim, nameof(x));
@@ -215,6 +221,7 @@ public static unsafe class ReferenceOps
         fixed (float* pq = q) fixed (float* pk = keys) fixed (float* pv = values) fixed (float* po = output)
         {
             nint aq = (nint)pq, ak = (nint)pk, av = (nint)pv, ao = (nint)po;
+            [MethodImpl(MethodImplOptions.AggressiveOptimization)]
             void One(int item)
             {
                 int t = item / numHeads, h = item % numHeads, kvh = h / group, last = firstPosition + t;
@@ -252,6 +259,7 @@ public static unsafe class ReferenceOps
     // ---------------------------------------------------------------- routing and MLPs
 
     /// <summary>Numerically stable softmax in fp32, in place.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Softmax(Span<float> x)
     {
         float max = float.NegativeInfinity;
@@ -266,6 +274,7 @@ public static unsafe class ReferenceOps
     /// top-k by value descending with ties going to the lower expert index; if normTopkProb the k
     /// weights are divided by their fp32 sum. experts/weights [k].
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RouterTopK(ReadOnlySpan<float> routerLogits, int k, bool normTopkProb, Span<int> experts, Span<float> weights)
     {
         int n = routerLogits.Length;
@@ -301,6 +310,7 @@ public static unsafe class ReferenceOps
     /// SwiGLU MLP: y = bf16(down(bf16(bf16(silu(bf16(h Wg^T))) * bf16(h Wu^T)))). h [rows, hidden],
     /// gate/up [inter, hidden], down [hidden, inter], y [rows, hidden].
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SwiGluMlp(ReadOnlySpan<float> h, ReadOnlySpan<ushort> gate, ReadOnlySpan<ushort> up, ReadOnlySpan<ushort> down,
         Span<float> y, int rows, int hidden, int inter)
     {
@@ -321,6 +331,7 @@ public static unsafe class ReferenceOps
     /// y = bf16(sum_k w_k * y_k) accumulated in fp32 in rank order. Optional outputs: routerLogits
     /// [rows, E], experts and weights [rows, K].
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void MoeBlock(ReadOnlySpan<float> h, MoeWeights w, int topK, bool normTopkProb, Span<float> y, int rows,
         Span<float> routerLogits = default, Span<int> experts = default, Span<float> weights = default)
     {
@@ -367,6 +378,7 @@ public static unsafe class ReferenceOps
     }
 
     /// <summary>y = bf16(a + b) elementwise (a bf16 residual add). y may alias a or b.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AddBf16(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y)
     {
         CheckLength(b, a.Length, nameof(b));
