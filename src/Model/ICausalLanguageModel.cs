@@ -20,6 +20,13 @@ public interface ICausalLanguageModel : IDisposable
     void ResetSequence(int sequence);
 
     /// <summary>
+    /// Keeps the first <paramref name="length"/> tokens of a sequence's KV cache and drops the rest. The
+    /// generator uses it to keep the prefix a new chat prompt shares with the cache (the Qwen3 template
+    /// re-renders earlier turns without their reasoning, so prompts diverge inside the last answer).
+    /// </summary>
+    void TruncateSequence(int sequence, int length);
+
+    /// <summary>
     /// Appends <paramref name="tokens"/> to the sequence (prefill when many, decode when one) and writes the
     /// logits of the last appended token into <paramref name="lastLogits"/> (length <see cref="VocabSize"/>).
     /// Throws <see cref="ArgumentException"/> when the sequence would exceed <see cref="ContextLength"/>.

@@ -1,4 +1,5 @@
 using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Generation;
 
 namespace Qwen3Cuda.Tests.Text;
 
@@ -32,6 +33,8 @@ sealed class FakeModel(int vocabSize, int contextLength, Func<IReadOnlyList<int>
     /// <summary>A model that, after the prompt, emits <paramref name="script"/> and then repeats its last token.</summary>
     public static FakeModel Scripted(int vocabSize, int contextLength, int promptLength, IReadOnlyList<int> script) =>
         new(vocabSize, contextLength, h => script[Math.Min(h.Count - promptLength, script.Count - 1)]);
+
+    public void TruncateSequence(int sequence, int length) => _seqs[sequence].RemoveRange(length, _seqs[sequence].Count - length);
 
     public void Dispose() { }
 }

@@ -149,6 +149,22 @@ public class GeneratorTests
     }
 
     [Test]
+    public void ChatPromptThatDropsEarlierReasoningKeepsTheSharedPrefix()
+    {
+        // Turn 1 answers with reasoning; turn 2's prompt re-renders that answer without it (as the Qwen3 template does).
+        var (gen, model, prompt) = Setup("<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n", "<think>\nr\n</think>\n\nA1");
+        var r1 = gen.Generate(prompt, new GenerationOptions());
+        Assert.That(r1.Content, Is.EqualTo("A1"));
+        var turn2 = Tok.Encode("<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n");
+        model.Next = _ => ImEnd;
+        model.ForwardSizes.Clear();
+        gen.Generate(turn2, new GenerationOptions());
+        // Only what follows the shared prefix (the original prompt) is prefilled, and the cache now holds turn 2's prompt.
+        Assert.That(model.ForwardSizes[0], Is.EqualTo(turn2.Length - prompt.Length));
+        Assert.That(model.History(0).Take(turn2.Length), Is.EqualTo(turn2));
+    }
+
+    [Test]
     public async Task AsyncStreamYieldsTheSamePiecesAsTheCallback()
     {
         var (gen, _, prompt) = Setup("x", "<think>\nr\n</think>\n\nhello world");

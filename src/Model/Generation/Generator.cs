@@ -13,7 +13,8 @@ namespace Qwen3Cuda.Model.Generation;
 /// token at a time until an EOS id, a stop string, the token budget, the context limit or cancellation.
 /// Splits reasoning from the answer at &lt;think&gt;/&lt;/think&gt; (looked up by text in the tokenizer).
 /// Keeps the tokens in the KV cache so that a following prompt sharing a prefix (the next chat turn)
-/// only prefills the new part; a prompt that diverges resets the sequence.
+/// only prefills the new part; a prompt that diverges keeps the common prefix
+/// (<see cref="ICausalLanguageModel.TruncateSequence"/>).
 /// </summary>
 public sealed class Generator
 {
@@ -119,7 +120,15 @@ public sealed class Generator
         int common = 0;
         while (common < _cached.Count && common < prompt.Count && _cached[common] == prompt[common]) common++;
         if (common == prompt.Count) common--; // the last prompt token must run to produce logits
-        if (common < _cached.Count) { Reset(); common = 0; }
+        if (common < _cached.Count)
+        {
+            if (common > 0)
+            {
+                _model.TruncateSequence(_sequence, common);
+                _cached.RemoveRange(common, _cached.Count - common);
+            }
+            else { Reset(); common = 0; }
+        }
         var suffix = new int[prompt.Count - common];
         for (int i = 0; i < suffix.Length; i++) suffix[i] = prompt[common + i];
         _model.Forward(_sequence, suffix, _logits);

@@ -50,6 +50,14 @@ public sealed class ReferenceModel : ICausalLanguageModel
 
     public void ResetSequence(int sequence) => Seq(sequence).Length = 0;
 
+    public void TruncateSequence(int sequence, int length)
+    {
+        var seq = Seq(sequence);
+        if (length < 0 || length > seq.Length)
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence {sequence} holds {seq.Length} tokens; cannot keep {length}");
+        seq.Length = length; // later positions are overwritten by the next Forward
+    }
+
     /// <summary>
     /// A sequence's cache for one layer: keys (after k_norm and RoPE) and values, each [SequenceLength, nKV*D],
     /// bf16-exact floats. Valid until the next Forward or Reset of that sequence.

@@ -24,8 +24,14 @@ public sealed class BytePairMerger
 
     public static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;
 
+    /// <summary>Pieces longer than this use the heap (O(n log n)) instead of the O(n^2) scan for the best pair.</summary>
+    const int HeapThresholdBytes = 64;
+
     /// <summary>Appends the ids of <paramref name="bytes"/> (one piece) to <paramref name="output"/>.</summary>
-    public void Encode(ReadOnlySpan<byte> bytes, List<int> output)
+    public void Encode(ReadOnlySpan<byte> bytes, List<int> output) => Encode(bytes, output, bytes.Length > HeapThresholdBytes);
+
+    /// <summary>Same result either way; <paramref name="useHeap"/> picks the algorithm (tests compare the two).</summary>
+    internal void Encode(ReadOnlySpan<byte> bytes, List<int> output, bool useHeap)
     {
         int n = bytes.Length;
         if (n == 0) return;
@@ -50,7 +56,8 @@ public sealed class BytePairMerger
                 prev[i] = i - 1;
             }
             for (int i = 0; i < n; i++) Pair(i, sym, next, rank, merged);
-            while (true)
+            if (useHeap) MergeWithHeap(n, sym, next, prev, rank, merged);
+            else while (true)
             {
                 int best = -1, bestRank = int.MaxValue;
                 for (int i = 0; i >= 0; i = next[i])
@@ -68,6 +75,37 @@ public sealed class BytePairMerger
         finally
         {
             if (rented != null) ArrayPool<int>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>
+    /// The same merge order with a priority queue of (rank, position): entries go stale when a neighbour
+    /// merges and are checked on the way out (the left symbol and its right neighbour must be unchanged).
+    /// </summary>
+    void MergeWithHeap(int n, Span<int> sym, Span<int> next, Span<int> prev, Span<int> rank, Span<int> merged)
+    {
+        var heap = new PriorityQueue<(int Pos, int Left, int Right, int RightPos), long>(n);
+        void Push(int i, Span<int> sym, Span<int> next, Span<int> rank)
+        {
+            if (i >= 0 && rank[i] != int.MaxValue) heap.Enqueue((i, sym[i], sym[next[i]], next[i]), ((long)rank[i] << 32) | (uint)i);
+        }
+        for (int i = 0; i < n; i++) Push(i, sym, next, rank);
+        while (heap.TryDequeue(out var e, out _))
+        {
+            int p = e.Pos;
+            if (sym[p] != e.Left || next[p] != e.RightPos || sym[e.RightPos] != e.Right) continue; // stale
+            int q = next[p];
+            sym[p] = merged[p];
+            sym[q] = -1; // removed
+            next[p] = next[q];
+            if (next[q] >= 0) prev[next[q]] = p;
+            Pair(p, sym, next, rank, merged);
+            Push(p, sym, next, rank);
+            if (prev[p] >= 0)
+            {
+                Pair(prev[p], sym, next, rank, merged);
+                Push(prev[p], sym, next, rank);
+            }
         }
     }
 

@@ -90,7 +90,50 @@ public static class Nfc
         return true;
     }
 
-    public static string Normalize(string s) => IsQuickNormalized(s) ? s : NormalizeSlow(s);
+    public static string Normalize(string s) => IsQuickNormalized(s) ? s : NormalizeRegions(s);
+
+    /// <summary>NFC of a span (a new string; callers check <see cref="IsQuickNormalized"/> first to avoid the copy).</summary>
+    public static string Normalize(ReadOnlySpan<char> s) => IsQuickNormalized(s) ? s.ToString() : NormalizeRegions(s);
+
+    static bool IsStable(ReadOnlySpan<char> s, int i, BitArray unstable, out int width)
+    {
+        char c = s[i];
+        width = 1;
+        if (c < 0x300) return true;
+        int cp = c;
+        if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1]))
+        {
+            cp = char.ConvertToUtf32(c, s[i + 1]);
+            width = 2;
+        }
+        return !unstable[cp];
+    }
+
+    /// <summary>
+    /// Normalises only the regions around unstable code points: a stable code point (NFC_Quick_Check Yes,
+    /// combining class 0, never the second of a composition) is a boundary nothing before it interacts with,
+    /// so each region runs from the stable starter before an unstable run to the next stable code point.
+    /// </summary>
+    static string NormalizeRegions(ReadOnlySpan<char> s)
+    {
+        var unstable = Data.Value.Unstable;
+        var sb = new StringBuilder(s.Length + 8);
+        int copied = 0, i = 0, lastStable = -1;
+        while (i < s.Length)
+        {
+            if (IsStable(s, i, unstable, out int w)) { lastStable = i; i += w; continue; }
+            int start = lastStable >= copied ? lastStable : copied;
+            int end = i + w;
+            while (end < s.Length && !IsStable(s, end, unstable, out int w2)) end += w2;
+            sb.Append(s.Slice(copied, start - copied));
+            sb.Append(NormalizeSlow(s.Slice(start, end - start).ToString()));
+            copied = end;
+            i = end;
+            lastStable = -1;
+        }
+        sb.Append(s.Slice(copied));
+        return sb.ToString();
+    }
 
     static string NormalizeSlow(string s)
     {

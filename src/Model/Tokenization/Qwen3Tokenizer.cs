@@ -35,6 +35,7 @@ public sealed class Qwen3Tokenizer
     public static readonly char[] ByteToChar = BuildByteToChar();
 
     public IReadOnlyList<AddedToken> AddedTokens { get; }
+    internal BytePairMerger Merger => _merger;
     /// <summary>One more than the largest id (vocabulary plus added tokens).</summary>
     public int VocabSize => _tokenBytes.Length;
 
@@ -189,6 +190,12 @@ public sealed class Qwen3Tokenizer
         return map;
     }
 
+    /// <summary>Empties the piece cache (benchmarks of cold encoding).</summary>
+    public void ClearCache()
+    {
+        lock (_cacheLock) _cache.Clear();
+    }
+
     /// <summary>Id of a token given as text: an added token's content, or a vocabulary entry in byte-level form.</summary>
     public int? TokenToId(string token)
     {
@@ -241,7 +248,7 @@ public sealed class Qwen3Tokenizer
     void EncodeOrdinary(ReadOnlySpan<char> text, List<int> ids)
     {
         if (text.IsEmpty) return;
-        if (_nfc && !Nfc.IsQuickNormalized(text)) text = Nfc.Normalize(text.ToString()).AsSpan();
+        if (_nfc && !Nfc.IsQuickNormalized(text)) text = Nfc.Normalize(text).AsSpan();
         var sink = new EncodeSink { Owner = this, Ids = ids };
         QwenPreTokenizer.Split(text, ref sink);
     }
