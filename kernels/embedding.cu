@@ -1,0 +1,30 @@
+// embedding.cu: token embedding gather, out[t, :] = table[ids[t], :] (bf16 rows).
+//
+// Ids are validated: an id outside [0, vocab) writes a row of zeros and sets *error_flag = 1 (when
+// error_flag is not null), so a bad id never reads out of bounds and the host can report it after
+// the step (the flag is sticky: the host clears it).
+// Thread mapping: one block per token, threads copy 16-byte chunks (width must be a multiple of 8).
+// Bytes moved: tokens * width * 2 read + written.
+#include "common.cuh"
+
+struct EmbeddingParams {
+    bf16* out;              // [tokens, width]
+    const bf16* table;      // [vocab, width]
+    const int* ids;         // [tokens]
+    int* error_flag;        // set to 1 on an out-of-range id; may be null
+    int tokens;
+    int vocab;
+    int width;              // multiple of 8
+};
+
+extern "C" __global__ void __launch_bounds__(256) embedding_gather_bf16(EmbeddingParams p)
+{
+    const int t = blockIdx.x;
+    const int id = p.ids[t];
+    const bool ok = id >= 0 && id < p.vocab;
+    if (!ok && threadIdx.x == 0 && p.error_flag) *p.error_flag = 1;
+    const int chunks = p.width >> 3;
+    const uint4* src = reinterpret_cast<const uint4*>(p.table + (size_t)(ok ? id : 0) * p.width);
+    uint4* dst = reinterpret_cast<uint4*>(p.out + (size_t)t * p.width);
+    for (int i = threadIdx.x; i < chunks; i += blockDim.x) dst[i] = ok ? __ldg(&src[i]) : make_uint4(0, 0, 0, 0);
+}

@@ -1,0 +1,65 @@
+using System.Runtime.InteropServices;
+
+namespace Qwen3Cuda.Runtime.Launchers;
+
+/// <summary>Mirror of <c>GemmParams</c> in kernels/gemm.cu (layout checked by a test).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct GemmParams
+{
+    public DevicePtr C;          // [M, Ldc] bf16
+    public DevicePtr A;          // [M, Lda] bf16
+    public DevicePtr W;          // [N, Ldw] bf16
+    public DevicePtr Residual;   // [M, Ldc] bf16 or null
+    public int M;
+    public int N;
+    public int K;
+    public int Lda;
+    public int Ldw;
+    public int Ldc;
+}
+
+/// <summary>The GEMM tile variants of kernels/gemm.cu.</summary>
+public enum GemmTile { Tile64x64, Tile128x128 }
+
+/// <summary>
+/// Launchers for kernels/gemm.cu: C = A W^T (+ residual) on tensor cores, for prefill. The launcher picks the tile:
+/// 128x128 when that still gives a full wave of CTAs, else 64x64. Nothing here allocates or synchronises.
+/// </summary>
+public sealed class GemmLaunchers
+{
+    public const string File = "gemm.cu";
+    private readonly DeviceKernel _k64, _k128;
+    private readonly IDevice _device;
+
+    public GemmLaunchers(KernelLoader loader)
+    {
+        _device = loader.Device;
+        _k64 = loader.Get(File, "gemm_bf16_64x64");
+        _k128 = loader.Get(File, "gemm_bf16_128x128");
+    }
+
+    public GemmTile ChooseTile(int m, int n)
+    {
+        long big = (long)((m + 127) / 128) * ((n + 127) / 128);
+        return m >= 128 && big >= _device.Info.MultiprocessorCount ? GemmTile.Tile128x128 : GemmTile.Tile64x64;
+    }
+
+    /// <summary>C[M, N] = A[M, K] W[N, K]^T (+ residual), bf16 in and out, fp32 accumulation. Returns the tile used.</summary>
+    public GemmTile Gemm(DeviceStream stream, DevicePtr c, int ldc, DevicePtr a, int lda, DevicePtr w, int ldw, DevicePtr residual,
+        int m, int n, int k, GemmTile? tile = null)
+    {
+        if (m < 0 || n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemm: M {m} N {n} K {k}: N positive, K a positive multiple of 8");
+        if (lda < k || ldw < k || lda % 8 != 0 || ldw % 8 != 0)
+            throw new ArgumentException($"gemm: lda {lda} / ldw {ldw} must be >= K {k} and multiples of 8 (16-byte rows for cp.async)");
+        if (ldc < n || ldc % 2 != 0) throw new ArgumentException($"gemm: ldc {ldc} must be >= N {n} and even", nameof(ldc));
+        if (m == 0) return tile ?? GemmTile.Tile64x64;
+        GemmTile t = tile ?? ChooseTile(m, n);
+        int bm = t == GemmTile.Tile128x128 ? 128 : 64;
+        var p = new GemmParams { C = c, A = a, W = w, Residual = residual, M = m, N = n, K = k, Lda = lda, Ldw = ldw, Ldc = ldc };
+        var args = new KernelArgs(stackalloc byte[96], stackalloc nint[1]);
+        args.Add(p);
+        var grid = new Dim3((uint)((n + bm - 1) / bm), (uint)((m + bm - 1) / bm));
+        _device.Launch(t == GemmTile.Tile128x128 ? _k128 : _k64, new LaunchConfig(grid, bm == 128 ? 256 : 128), stream, args);
+        return t;
+    }
+}
