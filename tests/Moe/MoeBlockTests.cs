@@ -40,32 +40,40 @@ public class MoeBlockTests
         Assert.That(rms, Is.GreaterThan(1e-3), "degenerate test data: outputs are ~0");
     }
 
-    static void RunAndCompare(MoeCase c, string what, bool residual = false)
+    /// <summary>Runs the case's first <paramref name="tokens"/> tokens and checks routing, output and (optionally) bitwise repeatability.</summary>
+    public static MoeRun RunAndCompare(MoeDevice dev, MoeCase c, string what, bool residual = false, int tokens = -1, bool repeat = true)
     {
-        var sw = Stopwatch.StartNew();
-        using var d = new MoeDeviceCase(c);
+        var run = new MoeRun(dev, c, tokens);
+        int T = run.Tokens, H = c.Shape.Hidden, k = c.Shape.TopK;
         ushort[]? res = null;
         var resPtr = default(Qwen3Cuda.Runtime.DevicePtr);
         if (residual)
         {
-            res = new ushort[c.Tokens * c.Shape.Hidden];
+            res = new ushort[c.Tokens * H];
             MoeCase.Fill(res, 999);
-            resPtr = d.Upload(res);
+            resPtr = dev.Upload(res);
         }
-        long setup = sw.ElapsedMilliseconds;
-        d.Run(resPtr);
-        var first = d.ReadOutput();
-        long run = sw.ElapsedMilliseconds - setup;
-        var ids = d.Read<int>(d.Workspace + d.Layout.TopkIds, c.Tokens * c.Shape.TopK);
-        Assert.That(ids, Is.EqualTo(c.RefIds), $"{what}: expert ids differ from the reference router (exact: logits are exact)");
-        var w = d.Read<float>(d.Workspace + d.Layout.TopkWeights, c.Tokens * c.Shape.TopK);
-        // Routing weights: softmax in fp32 with a different exp and summation order: a few fp32 ulps.
-        Assert.That(w, Is.EqualTo(c.RefWeights).Within(2e-6f), $"{what}: routing weights");
-        AssertClose(c.Reference(res), first, c.Shape.Hidden, what);
-        // Deterministic: a second run gives the same bits.
-        d.Run(resPtr);
-        Assert.That(d.ReadOutput(), Is.EqualTo(first), $"{what}: a second run differs bitwise");
-        TestContext.Out.WriteLine($"{what}: setup {setup} ms, one emulated MoE block {run} ms");
+        var sw = Stopwatch.StartNew();
+        run.Run(resPtr);
+        var first = run.ReadOutput();
+        TestContext.Out.WriteLine($"{what}: one emulated MoE block {sw.ElapsedMilliseconds} ms");
+        Assert.That(run.ReadIds(), Is.EqualTo(c.RefIds.AsSpan(0, T * k).ToArray()), $"{what}: expert ids differ from the reference router (exact: logits are exact)");
+        // Routing weights: softmax in fp32 with a different exp and summation order: a few fp32 ulps of values <= 1.
+        Assert.That(run.ReadWeights(), Is.EqualTo(c.RefWeights.AsSpan(0, T * k).ToArray()).Within(2e-6f), $"{what}: routing weights");
+        AssertClose(c.Reference(res).AsSpan(0, T * H).ToArray(), first, H, what);
+        if (repeat)
+        {
+            run.Run(resPtr);
+            Assert.That(run.ReadOutput(), Is.EqualTo(first), $"{what}: a second run differs bitwise");
+        }
+        return run;
+    }
+
+    /// <summary>Bitwise repeatability (repeat) is checked on the 3-token decode, 8-token shared-expert decode and 64-token prefill cases.</summary>
+    static void RunAndCompare(MoeCase c, string what, bool residual = false, bool repeat = true)
+    {
+        using var dev = new MoeDevice(c.Shape, c);
+        RunAndCompare(dev, c, what, residual, repeat: repeat);
     }
 
     [Test]
@@ -76,14 +84,39 @@ public class MoeBlockTests
     public void Prefill_Small_64Tokens() => RunAndCompare(MoeCase.Create(Small, 64, seed: 4), "small shape, 64 tokens (grouped GEMMs)");
 
     [Test]
-    public void Prefill_Small_300Tokens() => RunAndCompare(MoeCase.Create(Small, 300, seed: 5), "small shape, 300 tokens (grouped GEMMs)");
+    public void Prefill_Small_300Tokens() => RunAndCompare(MoeCase.Create(Small, 300, seed: 5), "small shape, 300 tokens (grouped GEMMs)", repeat: false);
 
     /// <summary>Every token picks among 10 of 32 experts: ~240 slots per used expert (several full tiles), 22 experts get none.</summary>
     [Test]
     public void Prefill_Small_300Tokens_HotExperts() =>
-        RunAndCompare(MoeCase.Create(Small, 300, seed: 6, hotExperts: 10), "small shape, 300 tokens, 10 hot experts, 22 unused", residual: true);
+        RunAndCompare(MoeCase.Create(Small, 300, seed: 6, hotExperts: 10), "small shape, 300 tokens, 10 hot experts, 22 unused", residual: true, repeat: false);
 
     /// <summary>Nine tokens: the smallest count that takes the prefill path; partial tiles everywhere.</summary>
     [Test]
-    public void Prefill_Small_NineTokens() => RunAndCompare(MoeCase.Create(Small, 9, seed: 7), "small shape, 9 tokens (grouped GEMMs)");
+    public void Prefill_Small_NineTokens() => RunAndCompare(MoeCase.Create(Small, 9, seed: 7), "small shape, 9 tokens (grouped GEMMs)", repeat: false);
+
+    /// <summary>Decode path with all 8 tokens routed to the same 8 experts: every expert row is read by 8 slots.</summary>
+    [Test]
+    public void Decode_Small_EightTokens_SameExperts() =>
+        RunAndCompare(MoeCase.Create(Small, 8, seed: 8, hotExperts: 8), "small shape, 8 tokens on the same 8 experts (decode)");
+
+    [Test]
+    public void MoeBlock_RejectsASmallWorkspace()
+    {
+        using var dev = new MoeDevice(Small);
+        long need = MoeWorkspace.Compute(16, Small).TotalBytes;
+        var p = dev.Device.Allocate(64);
+        Assert.That(() => dev.Moe.MoeBlock(dev.Device.DefaultStream, Small, 16, p, p, p, p, default, p, p, need - 1),
+            Throws.ArgumentException.With.Message.Contains($"smaller than the {need} bytes"));
+    }
+
+    /// <summary>The same kernels compiled for sm_80 (the A100 feature set the tensor-core path is limited to).</summary>
+    [Test]
+    public void Prefill_Small_TwelveTokens_Sm80()
+    {
+        var c = MoeCase.Create(Small, 12, seed: 9);
+        using var dev = new MoeDevice(c.Shape, Qwen3Cuda.Runtime.Emulation.EmulatorOptions.Sm80, c);
+        Assert.That(dev.Device.Info.Arch, Is.EqualTo("sm_80"));
+        RunAndCompare(dev, c, "small shape, 12 tokens on sm_80 (grouped GEMMs)", repeat: false);
+    }
 }

@@ -32,7 +32,7 @@ public sealed class MoeCase
     /// experts 0..hotExperts-1 spread over the index range (the rest get no token): the first 512 hidden columns are
     /// +1/8 for every token and the hot experts' router rows are +1/8 there (cold rows -1/8), a logit gap of 16.
     /// </summary>
-    public static MoeCase Create(MoeShape s, int tokens, int seed, int hotExperts = 0, bool tiedRouter = false)
+    public static MoeCase Create(MoeShape s, int tokens, int seed, int hotExperts = 0, bool tiedRouter = false, bool withExperts = true)
     {
         int H = s.Hidden, E = s.Experts, I = s.Inter, k = s.TopK;
         var hidden = new ushort[tokens * H];
@@ -62,12 +62,13 @@ public sealed class MoeCase
             ReferenceOps.RouterTopK(logits.AsSpan(t * E, E), k, s.NormTopkProb, ids.AsSpan(t * k, k), wts.AsSpan(t * k, k));
         var gateUp = new ushort[]?[E];
         var down = new ushort[]?[E];
-        foreach (int e in ids.Distinct())
+        foreach (int e in withExperts ? ids.Distinct() : [])
         {
+            // Expert weights depend on the expert index only, so cases of one shape can share a device.
             gateUp[e] = new ushort[2 * I * H];
-            Fill(gateUp[e]!, seed * 7919 + 100 + 2 * e);
+            Fill(gateUp[e]!, 100 + 2 * e);
             down[e] = new ushort[H * I];
-            Fill(down[e]!, seed * 7919 + 101 + 2 * e);
+            Fill(down[e]!, 101 + 2 * e);
         }
         return new MoeCase { Shape = s, Tokens = tokens, Hidden = hidden, Router = router, GateUp = gateUp, Down = down, RefIds = ids, RefWeights = wts };
     }
@@ -124,50 +125,46 @@ public sealed class MoeCase
     }
 }
 
-/// <summary>An emulated device with the case's tensors uploaded in the stacked layout, plus a workspace.</summary>
-public sealed class MoeDeviceCase : IDisposable
+/// <summary>An emulated device holding the stacked expert weights used by one or more cases of one shape.</summary>
+public sealed class MoeDevice : IDisposable
 {
     public EmulatedDevice Device { get; }
     public KernelLoader Loader { get; }
     public MoeLaunchers Moe { get; }
-    public MoeCase Case { get; }
-    public MoeWorkspace Layout { get; }
-    public DevicePtr Hidden, Router, GateUp, Down, Output, Workspace;
+    public MoeShape Shape { get; }
+    public DevicePtr GateUp { get; }
+    public DevicePtr Down { get; }
 
-    public MoeDeviceCase(MoeCase c, EmulatorOptions? options = null)
+    public MoeDevice(MoeShape s, params MoeCase[] cases) : this(s, null, cases) { }
+
+    public MoeDevice(MoeShape s, EmulatorOptions? options, params MoeCase[] cases)
     {
-        Case = c;
-        var s = c.Shape;
+        Shape = s;
         Device = new EmulatedDevice(options);
         Loader = new KernelLoader(Device);
         Moe = new MoeLaunchers(Loader);
-        Hidden = Upload(c.Hidden);
-        Router = Upload(c.Router);
+        if (cases.Length == 0) return; // kernel-level tests without experts
         // Full stacked arrays; experts no token uses keep the emulator's poison (0xFFFF = bf16 NaN), so reading
         // one by mistake turns outputs into NaN.
         GateUp = Device.Allocate(MoeWeightPacking.GateUpElements(s.Experts, s.Inter, s.Hidden) * 2);
         Down = Device.Allocate(MoeWeightPacking.DownElements(s.Experts, s.Hidden, s.Inter) * 2);
         for (int e = 0; e < s.Experts; e++)
         {
-            if (c.GateUp[e] is { } g) Device.CopyToDevice(GateUp + MoeWeightPacking.GateUpExpertOffsetBytes(e, s.Inter, s.Hidden), AsBytes(g));
-            if (c.Down[e] is { } d) Device.CopyToDevice(Down + MoeWeightPacking.DownExpertOffsetBytes(e, s.Hidden, s.Inter), AsBytes(d));
+            if (cases.Select(c => c.GateUp[e]).FirstOrDefault(g => g != null) is { } g)
+                Device.CopyToDevice(GateUp + MoeWeightPacking.GateUpExpertOffsetBytes(e, s.Inter, s.Hidden), AsBytes(g));
+            if (cases.Select(c => c.Down[e]).FirstOrDefault(d => d != null) is { } d)
+                Device.CopyToDevice(Down + MoeWeightPacking.DownExpertOffsetBytes(e, s.Hidden, s.Inter), AsBytes(d));
         }
-        Output = Device.Allocate((long)c.Tokens * s.Hidden * 2);
-        Layout = MoeWorkspace.Compute(c.Tokens, s);
-        Workspace = Device.Allocate(Layout.TotalBytes);
     }
 
-    public DevicePtr Upload(ushort[] data)
+    public DevicePtr Upload<T>(T[] data) where T : unmanaged
     {
-        var p = Device.Allocate(data.Length * 2L);
+        var p = Device.Allocate(Math.Max(1, AsBytes(data).Length));
         Device.CopyToDevice(p, AsBytes(data));
         return p;
     }
 
     public static ReadOnlySpan<byte> AsBytes<T>(T[] a) where T : unmanaged => System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan());
-
-    public void Run(DevicePtr residual = default) =>
-        Moe.MoeBlock(Device.DefaultStream, Case.Shape, Case.Tokens, Hidden, Router, GateUp, Down, residual, Output, Workspace, Layout.TotalBytes);
 
     public T[] Read<T>(DevicePtr p, int count) where T : unmanaged
     {
@@ -176,11 +173,39 @@ public sealed class MoeDeviceCase : IDisposable
         return a;
     }
 
-    public ushort[] ReadOutput() => Read<ushort>(Output, Case.Tokens * Case.Shape.Hidden);
-
     public void Dispose()
     {
         Loader.Dispose();
         Device.Dispose();
     }
+}
+
+/// <summary>One case's inputs, output and workspace on a <see cref="MoeDevice"/>.</summary>
+public sealed class MoeRun
+{
+    public MoeDevice Dev { get; }
+    public MoeCase Case { get; }
+    public int Tokens { get; }
+    public MoeWorkspace Layout { get; }
+    public DevicePtr Hidden, Router, Output, Workspace;
+
+    /// <summary>Runs the first <paramref name="tokens"/> tokens of the case (all by default).</summary>
+    public MoeRun(MoeDevice dev, MoeCase c, int tokens = -1)
+    {
+        Dev = dev;
+        Case = c;
+        Tokens = tokens < 0 ? c.Tokens : tokens;
+        Hidden = dev.Upload(c.Hidden);
+        Router = dev.Upload(c.Router);
+        Output = dev.Device.Allocate((long)Tokens * c.Shape.Hidden * 2);
+        Layout = MoeWorkspace.Compute(Tokens, c.Shape);
+        Workspace = dev.Device.Allocate(Layout.TotalBytes);
+    }
+
+    public void Run(DevicePtr residual = default) =>
+        Dev.Moe.MoeBlock(Dev.Device.DefaultStream, Case.Shape, Tokens, Hidden, Router, Dev.GateUp, Dev.Down, residual, Output, Workspace, Layout.TotalBytes);
+
+    public ushort[] ReadOutput() => Dev.Read<ushort>(Output, Tokens * Case.Shape.Hidden);
+    public int[] ReadIds() => Dev.Read<int>(Workspace + Layout.TopkIds, Tokens * Case.Shape.TopK);
+    public float[] ReadWeights() => Dev.Read<float>(Workspace + Layout.TopkWeights, Tokens * Case.Shape.TopK);
 }

@@ -118,6 +118,7 @@ internal static class InstrDecoder
         if (types.Count > 2) ins.T3 = types[^1];
         if (op == Op.Mma) { ins.T = types[0]; ins.T2 = types[1]; ins.T3 = types[^1]; }
         Validate(ins, opcode, ops, err);
+        Warp.Classify(ins);
         // 0f literals used by f64 instructions are widened; 0d literals used by f32 instructions narrowed
         foreach (var o in ops)
         {

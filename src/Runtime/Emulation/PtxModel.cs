@@ -115,6 +115,7 @@ internal sealed class Instr
     public Operand[] Ops = [];
     public int Target = -1;
     public PtxFunction? Callee;
+    public FastKind Fast;
     public int Shape; // mma: k (8/16); ldmatrix: number of matrices
     public int PtxLine;
     public int SrcFile, SrcLine;

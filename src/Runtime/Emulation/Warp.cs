@@ -92,6 +92,7 @@ internal sealed partial class Warp
             cnt.WarpInstructions++;
             cnt.ThreadInstructions += BitOperations.PopCount(exec);
             if (exec == 0 && ins.Op is not (Op.Bra or Op.Bar or Op.BarRed or Op.BarArrive)) { Pc++; continue; }
+            if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { ExecFast(ins); Pc++; continue; }
             switch (ins.Op)
             {
                 case Op.Bra: Branch(ins, exec); continue;

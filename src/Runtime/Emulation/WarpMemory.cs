@@ -108,6 +108,8 @@ internal sealed unsafe partial class Warp
     private void Ld(Instr ins, uint exec) => Access(ins, exec, write: false);
     private void St(Instr ins, uint exec) => Access(ins, exec, write: true);
 
+    private readonly ulong[] _addr = new ulong[32];
+
     private void Access(Instr ins, uint exec, bool write)
     {
         var addrOp = ins.Ops[write ? 0 : 1];
@@ -116,9 +118,17 @@ internal sealed unsafe partial class Warp
         int vec = ins.Vec;
         int total = size * vec;
         Space sp0 = SpaceOf(ins, addrOp);
-        var elems = dataOp.Kind == OpKind.Vec ? dataOp.Elems : [dataOp];
-        if (elems.Length != vec) throw Fault($"vector width {vec} does not match {elems.Length} operands", ins, 0);
-        if (write) for (int i = 0; i < vec; i++) Load(elems[i], i == 0 ? A : i == 1 ? B : i == 2 ? C : E, ins.T);
+        if (vec == 1)
+        {
+            if (dataOp.Kind == OpKind.Vec) throw Fault("vector operand for a scalar access", ins, 0);
+            if (write) Load(dataOp, A, ins.T);
+        }
+        else
+        {
+            if (dataOp.Kind != OpKind.Vec || dataOp.Elems.Length != vec) throw Fault($"vector width {vec} does not match the operand {dataOp.Name}", ins, 0);
+            if (write) for (int i = 0; i < vec; i++) Load(dataOp.Elems[i], Buf(i), ins.T);
+        }
+        if (sp0 == Space.Global && TryGlobalFast(ins, exec, addrOp, size, vec, total, write)) { FinishLoad(ins, exec, dataOp, vec, write); return; }
         int nsec = 0;
         Space spSeen = Space.Generic;
         int lanes = 0;
@@ -131,7 +141,7 @@ internal sealed unsafe partial class Warp
             if (sp == Space.Shared && Cta.Race != null) Cta.Race.Access((uint)addr, total, write, Index, this, ins, l);
             for (int i = 0; i < vec; i++)
             {
-                var buf = i == 0 ? A : i == 1 ? B : i == 2 ? C : E;
+                var buf = Buf(i);
                 if (write) WriteN(p + i * size, size, buf[l]);
                 else buf[l] = ReadN(p + i * size, size);
             }
@@ -145,19 +155,99 @@ internal sealed unsafe partial class Warp
             else if (sp == Space.Shared) _bankWords[lanes - 1] = (uint)addr;
             else if (sp == Space.Local) Cta.Counters.LocalBytes += total;
         }
-        if (!write) for (int i = 0; i < vec; i++) Store(elems[i], i == 0 ? A : i == 1 ? B : i == 2 ? C : E, exec, ins.T);
+        FinishLoad(ins, exec, dataOp, vec, write);
         var c = Cta.Counters;
-        if (spSeen == Space.Global)
-        {
-            int distinct = Distinct(_sectors, nsec);
-            if (write) { c.GlobalStoreRequests++; c.GlobalStoreBytes += (long)lanes * total; c.GlobalStoreSectors += distinct; }
-            else { c.GlobalLoadRequests++; c.GlobalLoadBytes += (long)lanes * total; c.GlobalLoadSectors += distinct; }
-        }
+        if (spSeen == Space.Global) CountGlobal(write, lanes, total, Distinct(_sectors, nsec));
         else if (spSeen == Space.Shared)
         {
             if (write) c.SharedStoreRequests++; else c.SharedLoadRequests++;
             CountBanks(lanes, total);
         }
+    }
+
+    private ulong[] Buf(int i) => i == 0 ? A : i == 1 ? B : i == 2 ? C : E;
+
+    private void FinishLoad(Instr ins, uint exec, Operand dataOp, int vec, bool write)
+    {
+        if (write) return;
+        if (vec == 1) Store(dataOp, A, exec, ins.T);
+        else for (int i = 0; i < vec; i++) Store(dataOp.Elems[i], Buf(i), exec, ins.T);
+    }
+
+    private void CountGlobal(bool write, int lanes, int total, int sectors)
+    {
+        var c = Cta.Counters;
+        if (write) { c.GlobalStoreRequests++; c.GlobalStoreBytes += (long)lanes * total; c.GlobalStoreSectors += sectors; }
+        else { c.GlobalLoadRequests++; c.GlobalLoadBytes += (long)lanes * total; c.GlobalLoadSectors += sectors; }
+    }
+
+    /// <summary>
+    /// Fast path for an explicit .global access: when every lane's range lies in one live allocation (checked
+    /// once on [min, max]) and is aligned, copy without per-lane lookups. False sends the access to the
+    /// per-lane path, which reports the exact fault.
+    /// </summary>
+    private bool TryGlobalFast(Instr ins, uint exec, Operand addrOp, int size, int vec, int total, bool write)
+    {
+        var ad = _addr;
+        ulong lo = ulong.MaxValue, hi = 0, misalign = 0;
+        int baseSlot = addrOp.Reg * 32;
+        ulong off = (ulong)addrOp.Offset;
+        if (addrOp.Reg < 0) return false;
+        var r = R;
+        for (uint e = exec; e != 0; e &= e - 1)
+        {
+            int l = BitOperations.TrailingZeroCount(e);
+            ulong a = r[baseSlot + l] + off;
+            ad[l] = a;
+            if (a < lo) lo = a;
+            if (a > hi) hi = a;
+            misalign |= a;
+        }
+        if ((misalign & (ulong)(total - 1)) != 0) return false;
+        var al = _lastAlloc;
+        if (al == null || al.Freed || lo < al.Start || hi + (ulong)total > al.End)
+        {
+            al = Cta.Launch.Memory.Find(lo);
+            if (al == null || al.Freed || hi + (ulong)total > al.End) return false;
+            _lastAlloc = al;
+        }
+        if (al.Written != null) return false;
+        byte* host = al.Host - (long)al.Start;
+        int lanes = 0, distinct = 0;
+        ulong lastSec = ulong.MaxValue;
+        bool monotonic = true;
+        int nsec = 0;
+        for (uint e = exec; e != 0; e &= e - 1)
+        {
+            int l = BitOperations.TrailingZeroCount(e);
+            ulong a = ad[l];
+            byte* p = host + (long)a;
+            if (vec == 1)
+            {
+                if (write) WriteN(p, size, A[l]); else A[l] = ReadN(p, size);
+            }
+            else
+                for (int i = 0; i < vec; i++)
+                {
+                    var buf = Buf(i);
+                    if (write) WriteN(p + i * size, size, buf[l]); else buf[l] = ReadN(p + i * size, size);
+                }
+            lanes++;
+            ulong s0 = a >> 5, s1 = (a + (ulong)total - 1) >> 5;
+            for (ulong s = s0; s <= s1; s++)
+            {
+                if (nsec < _sectors.Length) _sectors[nsec++] = s;
+                if (s != lastSec)
+                {
+                    if (lastSec != ulong.MaxValue && s < lastSec) monotonic = false;
+                    distinct++;
+                    lastSec = s;
+                    Cta.Launch.TouchSector(al, s << 5, 1, Cta.Counters);
+                }
+            }
+        }
+        CountGlobal(write, lanes, total, monotonic ? distinct : Distinct(_sectors, nsec));
+        return true;
     }
 
     private static int Distinct(ulong[] a, int n)

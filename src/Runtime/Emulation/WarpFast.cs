@@ -1,0 +1,154 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Qwen3Cuda.Runtime.Emulation;
+
+internal enum FastKind : byte { None, Mov, Add32, Add64, Sub32, And32, Or32, Shl32Imm, ShrU32Imm, MulWideS32, MulWideU32, MulLo32, MadLo32, FmaF32, AddF32, MulF32, SubF32 }
+
+/// <summary>
+/// Specialised handlers for the most frequent instructions when all 32 lanes execute: they work directly on
+/// the register file (no gather/scatter through scratch arrays), with Vector256 for the plain integer ops.
+/// The generic handlers stay the reference; <see cref="Classify"/> only picks forms with identical results.
+/// </summary>
+internal sealed partial class Warp
+{
+    public static void Classify(Instr ins)
+    {
+        var o = ins.Ops;
+        bool RegOrImm(int i) => i < o.Length && (o[i].Kind == OpKind.Reg || o[i].Kind == OpKind.Imm);
+        bool DstReg() => o.Length > 0 && o[0].Kind == OpKind.Reg;
+        if (ins.GuardPred >= 0 && ins.Op is Op.Bra) return;
+        PtxType t = ins.T;
+        bool is32 = t is PtxType.U32 or PtxType.S32 or PtxType.B32;
+        bool is64 = t is PtxType.U64 or PtxType.S64 or PtxType.B64;
+        bool plainF = t == PtxType.F32 && !ins.Ftz && !ins.Sat && ins.Rnd is Rnd.None or Rnd.Rn;
+        if (!DstReg()) return;
+        ins.Fast = ins.Op switch
+        {
+            Op.Mov when o[1].Kind == OpKind.Reg && o[1].RegBits == o[0].RegBits && PtxTypes.Size(t) * 8 >= o[0].RegBits => FastKind.Mov,
+            Op.Mov when o[1].Kind == OpKind.Reg && o[1].RegBits == o[0].RegBits && (is32 || t == PtxType.F32) => FastKind.Mov,
+            Op.Add when is32 && !ins.Sat && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Add32,
+            Op.Add when is64 && RegOrImm(1) && RegOrImm(2) => FastKind.Add64,
+            Op.Sub when is32 && !ins.Sat && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Sub32,
+            Op.And when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.And32,
+            Op.Or when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Or32,
+            Op.Shl when is32 && RegOrImm(1) && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.Shl32Imm,
+            Op.Shr when t is PtxType.U32 or PtxType.B32 && RegOrImm(1) && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.ShrU32Imm,
+            Op.Mul when ins.Wide && t == PtxType.S32 && RegOrImm(1) && RegOrImm(2) => FastKind.MulWideS32,
+            Op.Mul when ins.Wide && t == PtxType.U32 && RegOrImm(1) && RegOrImm(2) => FastKind.MulWideU32,
+            Op.Mul when !ins.Wide && !ins.Hi && is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.MulLo32,
+            Op.Mad when !ins.Wide && !ins.Hi && is32 && RegOrImm(1) && RegOrImm(2) && RegOrImm(3) && o[0].RegBits == 32 => FastKind.MadLo32,
+            Op.Fma or Op.Mad when plainF && RegOrImm(1) && RegOrImm(2) && RegOrImm(3) => FastKind.FmaF32,
+            Op.Add when plainF && RegOrImm(1) && RegOrImm(2) => FastKind.AddF32,
+            Op.Sub when plainF && RegOrImm(1) && RegOrImm(2) => FastKind.SubF32,
+            Op.Mul when plainF && RegOrImm(1) && RegOrImm(2) => FastKind.MulF32,
+            _ => FastKind.None,
+        };
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ReadOnlySpan<ulong> Src(Operand o, ulong[] scratch)
+    {
+        if (o.Kind == OpKind.Reg) return new ReadOnlySpan<ulong>(R, o.Reg * 32, 32);
+        scratch.AsSpan().Fill(o.Imm);
+        return scratch;
+    }
+
+    /// <summary>Runs a classified instruction over all 32 lanes.</summary>
+    private void ExecFast(Instr ins)
+    {
+        var o = ins.Ops;
+        var d = new Span<ulong>(R, o[0].Reg * 32, 32);
+        switch (ins.Fast)
+        {
+            case FastKind.Mov:
+                {
+                    ulong m = FloatMath.Mask(o[0].RegBits);
+                    var a = new ReadOnlySpan<ulong>(R, o[1].Reg * 32, 32);
+                    for (int l = 0; l < 32; l++) d[l] = a[l] & m;
+                    return;
+                }
+            case FastKind.Add32: Vec2(Src(o[1], A), Src(o[2], B), d, 0); return;
+            case FastKind.Sub32: Vec2(Src(o[1], A), Src(o[2], B), d, 1); return;
+            case FastKind.And32: Vec2(Src(o[1], A), Src(o[2], B), d, 2); return;
+            case FastKind.Or32: Vec2(Src(o[1], A), Src(o[2], B), d, 3); return;
+            case FastKind.Add64: Vec2(Src(o[1], A), Src(o[2], B), d, 4); return;
+            case FastKind.Shl32Imm:
+                {
+                    var a = Src(o[1], A);
+                    int k = (int)o[2].Imm;
+                    for (int l = 0; l < 32; l++) d[l] = (a[l] << k) & 0xFFFFFFFF;
+                    return;
+                }
+            case FastKind.ShrU32Imm:
+                {
+                    var a = Src(o[1], A);
+                    int k = (int)o[2].Imm;
+                    for (int l = 0; l < 32; l++) d[l] = (a[l] & 0xFFFFFFFF) >> k;
+                    return;
+                }
+            case FastKind.MulWideS32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    for (int l = 0; l < 32; l++) d[l] = (ulong)((long)(int)a[l] * (int)b[l]);
+                    return;
+                }
+            case FastKind.MulWideU32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    for (int l = 0; l < 32; l++) d[l] = (a[l] & 0xFFFFFFFF) * (b[l] & 0xFFFFFFFF);
+                    return;
+                }
+            case FastKind.MulLo32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    for (int l = 0; l < 32; l++) d[l] = (uint)(a[l] * b[l]);
+                    return;
+                }
+            case FastKind.MadLo32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B); var c = Src(o[3], C);
+                    for (int l = 0; l < 32; l++) d[l] = (uint)(a[l] * b[l] + c[l]);
+                    return;
+                }
+            case FastKind.FmaF32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B); var c = Src(o[3], C);
+                    for (int l = 0; l < 32; l++)
+                        d[l] = FloatMath.Bits(MathF.FusedMultiplyAdd(FloatMath.AsF32(a[l]), FloatMath.AsF32(b[l]), FloatMath.AsF32(c[l])));
+                    return;
+                }
+            case FastKind.AddF32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    for (int l = 0; l < 32; l++) d[l] = FloatMath.Bits(FloatMath.AsF32(a[l]) + FloatMath.AsF32(b[l]));
+                    return;
+                }
+            case FastKind.SubF32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    for (int l = 0; l < 32; l++) d[l] = FloatMath.Bits(FloatMath.AsF32(a[l]) - FloatMath.AsF32(b[l]));
+                    return;
+                }
+            case FastKind.MulF32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    for (int l = 0; l < 32; l++) d[l] = FloatMath.Bits(FloatMath.AsF32(a[l]) * FloatMath.AsF32(b[l]));
+                    return;
+                }
+        }
+    }
+
+    /// <summary>Vector256 add/sub/and/or over 32 lanes; kind 0-3 are 32-bit (masked), 4 is a 64-bit add.</summary>
+    private static void Vec2(ReadOnlySpan<ulong> a, ReadOnlySpan<ulong> b, Span<ulong> d, int kind)
+    {
+        var m = Vector256.Create(kind == 4 ? ulong.MaxValue : 0xFFFFFFFFUL);
+        for (int i = 0; i < 32; i += 4)
+        {
+            var x = Vector256.Create(a.Slice(i, 4));
+            var y = Vector256.Create(b.Slice(i, 4));
+            var r = kind switch { 1 => x - y, 2 => x & y, 3 => x | y, _ => x + y };
+            (r & m).CopyTo(d.Slice(i, 4));
+        }
+    }
+}
