@@ -54,6 +54,7 @@ public static class ModelOpener
         public int MaxSequences => model.MaxSequences;
         public int SequenceLength(int sequence) => model.SequenceLength(sequence);
         public void ResetSequence(int sequence) => model.ResetSequence(sequence);
+        public void TruncateSequence(int sequence, int length) => model.TruncateSequence(sequence, length);
         public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits) => model.Forward(sequence, tokens, lastLogits);
         public void Dispose() { model.Dispose(); device.Dispose(); }
     }

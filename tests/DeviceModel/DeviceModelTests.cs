@@ -84,15 +84,12 @@ public class DeviceModelTests
     }
 
     /// <summary>
-    /// Small model, chunks of 16 (grouped expert GEMMs for T &gt; 8, the GEMV in 8-row slices), 20-token prompt = 2 chunks,
-    /// then 4 teacher-forced decode steps (both models get the reference's greedy token). Looser than the tiny case:
-    /// with 32 experts the router's bf16-rounded logits often tie or nearly tie, so a one-ulp difference in h can swap
-    /// an expert for a token and move that token's hidden state; measured on a 37-token prompt the worst logit moved
-    /// by 1.15 (of 7.0). We require NMSE &lt;= 2e-3 and the same top-1 wherever the reference's top-2 margin exceeds
-    /// 0.25 (16 bf16 ulps at |logit| ~ 4).
+    /// Small model, chunks of 16 tokens (tensor-core GEMM for the projections, grouped expert GEMMs, the decode attention
+    /// kernel with one query row per attention row), a 20-token prompt = 2 chunks, then 8 decode steps with the
+    /// reference's greedy token fed to both. Same tolerance as the tiny case (measured: bit-exact).
     /// </summary>
     [Test]
-    public void Small_ChunkedPrefillWithGroupedExperts_CloseToReference()
+    public void Small_ChunkedPrefillWithGemmAndGroupedExperts_MatchesReference()
     {
         string dir = DeviceCheckpoints.Small();
         using var device = new EmulatedDevice();
@@ -103,18 +100,40 @@ public class DeviceModelTests
         float[] a = new float[V], b = new float[V];
         dm.Forward(0, prompt, a);
         rm.Forward(0, prompt, b);
+        double worst = 0;
         for (int s = 0; ; s++)
         {
-            var (rel, nmse) = Compare(a, b);
-            TestContext.Out.WriteLine($"step {s}: max|d|/max|ref| {rel:G3}, NMSE {nmse:G3}");
-            Assert.That(nmse, Is.LessThanOrEqualTo(2e-3), $"step {s}: normalised MSE");
-            var sorted = b.OrderByDescending(x => x).ToArray();
-            if (sorted[0] - sorted[1] > 0.25f) Assert.That(ArgMax(a), Is.EqualTo(ArgMax(b)), $"step {s}: top-1 with a clear margin");
-            if (s == 4) break;
+            AssertClose(a, b, $"step {s}", ref worst);
+            Assert.That(ArgMax(a), Is.EqualTo(ArgMax(b)), $"step {s}: greedy token");
+            if (s == 8) break;
             int t = ArgMax(b);
             dm.Forward(0, [t], a);
             rm.Forward(0, [t], b);
         }
+        TestContext.Out.WriteLine($"small: worst max|d|/max|ref| {worst:G3}");
+    }
+
+    /// <summary>
+    /// The optional flash prefill attention (kern1's attention_prefill.cu) on the same prompt: its softmax weights are
+    /// bf16 for the mma, so it leaves the reference's fp32 softmax; measured NMSE 9.5e-4 on the prefill logits. We
+    /// require NMSE &lt;= 2e-3 and the same top-1 (documented deviation, see DeviceModelOptions.FlashPrefillAttention).
+    /// </summary>
+    [Test]
+    public void Small_FlashPrefillAttention_CloseToReference()
+    {
+        string dir = DeviceCheckpoints.Small();
+        using var device = new EmulatedDevice();
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, dir, new DeviceModelOptions { ContextLength = 64, PageSize = 8, PrefillChunkTokens = 16, MaxBatch = 2, FlashPrefillAttention = true, UseGraphs = false });
+        using var rm = ReferenceModel.Load(dir, 1, dm.ContextLength);
+        int V = dm.VocabSize;
+        var prompt = Prompt(20, V, 2);
+        float[] a = new float[V], b = new float[V];
+        dm.Forward(0, prompt, a);
+        rm.Forward(0, prompt, b);
+        var (rel, nmse) = Compare(a, b);
+        TestContext.Out.WriteLine($"flash prefill: max|d|/max|ref| {rel:G3}, NMSE {nmse:G3}");
+        Assert.That(nmse, Is.LessThanOrEqualTo(2e-3));
+        Assert.That(ArgMax(a), Is.EqualTo(ArgMax(b)));
     }
 
     /// <summary>

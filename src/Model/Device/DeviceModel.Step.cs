@@ -23,6 +23,7 @@ public sealed partial class DeviceModel
         {
             int n = Math.Min(chunk, tokens.Length - start);
             int pos = _kv.Length(sequence);
+            bool flash = n > GemvLaunchers.MaxTokens && Plan.Options.FlashPrefillAttention;
             var ids = InputSpan(Plan.Workspace.Tokens, n);
             var positions = InputSpan(Plan.Workspace.Positions, n);
             var slots = InputSpan(Plan.Workspace.Slots, n);
@@ -36,9 +37,12 @@ public sealed partial class DeviceModel
                 positions[i] = pos + i;
                 slots[i] = _kv.Slot(sequence, pos + i);
                 lens[i] = pos + i + 1;                   // row i attends to keys 0..pos+i (causal)
-                if (i > 0) tables[..stride].CopyTo(tables.Slice(i * stride, stride));
+                if (i > 0 && !flash) tables[..stride].CopyTo(tables.Slice(i * stride, stride));   // decode attention: one table row per query row
             }
-            CopyInputs(n);
+            var qStart = InputSpan(Plan.Workspace.QStart, 2);
+            qStart[0] = 0; qStart[1] = n;
+            CopyInputs(n, tableRows: flash ? 1 : n);
+            if (flash) CopyInput(Plan.Workspace.QStart, 2 * sizeof(int));
             RunStep(n, lastRowOnly: true);
             _kv.Advance(sequence, n);
         }
@@ -83,7 +87,7 @@ public sealed partial class DeviceModel
                 row.Clear();
             }
         }
-        CopyInputs(bucket);
+        CopyInputs(bucket, bucket);
         if (_graphs.TryGetValue(bucket, out var graph)) _device.Launch(graph, _stream);
         else RunStep(bucket, lastRowOnly: false);
         for (int i = 0; i < count; i++) _kv.Advance(sequences[i], 1);
@@ -99,15 +103,18 @@ public sealed partial class DeviceModel
         _inputs.AsSpan<int>().Slice((int)((offset - Plan.Workspace.InputsBegin) / sizeof(int)), count);
 
     /// <summary>Five async copies from the pinned mirror: token ids, positions, slots, context lengths, block tables.</summary>
-    private void CopyInputs(int rows)
+    private void CopyInput(long offset, long bytes) =>
+        _device.CopyToDeviceAsync(_workspace.Base + offset, _inputs, offset - Plan.Workspace.InputsBegin, bytes, _stream);
+
+    private void CopyInputs(int rows, int tableRows)
     {
         var w = Plan.Workspace;
-        void Copy(long offset, long bytes) => _device.CopyToDeviceAsync(_workspace.Base + offset, _inputs, offset - w.InputsBegin, bytes, _stream);
+        void Copy(long offset, long bytes) => CopyInput(offset, bytes);
         Copy(w.Tokens, rows * 4L);
         Copy(w.Positions, rows * 4L);
         Copy(w.Slots, rows * 4L);
         Copy(w.ContextLens, rows * 4L);
-        Copy(w.BlockTables, (long)rows * w.MaxPagesPerSeq * 4);
+        Copy(w.BlockTables, (long)tableRows * w.MaxPagesPerSeq * 4);
     }
 
     // ---------------- graphs ----------------
@@ -173,8 +180,18 @@ public sealed partial class DeviceModel
             NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, QkvStride = qkvDim, QOutStride = qDim,
             Eps = eps, AttentionScaling = _attentionScaling,
         });
-        // Attention: flash decoding (split-K + combine) over the paged cache, one query row per attention row
-        _attn.Decode(_stream, new DecodeAttentionArgs(
+        // Attention: a prefill chunk (T > 8): causal flash attention of the chunk's rows over the sequence's pages;
+        // otherwise flash decoding (split-K + combine), one query row per attention row (the chunk's rows see
+        // context lengths p0+1 .. p0+T, which is the causal mask).
+        if (rows > GemvLaunchers.MaxTokens && Plan.Options.FlashPrefillAttention)
+            _attnPrefill.Prefill(_stream, new AttnPrefillParams
+            {
+                Q = Ws(w.Q), KCache = _kv.K(layer), VCache = _kv.V(layer), BlockTable = Ws(w.BlockTables),
+                ContextLens = Ws(w.ContextLens) + (rows - 1) * sizeof(int), QStart = Ws(w.QStart), Out = Ws(w.Attn), Seqs = 1,
+                NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, PageSize = _kv.PageSize,
+                MaxPagesPerSeq = w.MaxPagesPerSeq, QStride = qDim, OutStride = qDim,
+            }, rows);
+        else _attn.Decode(_stream, new DecodeAttentionArgs(
             Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
             Ws(w.ContextLens), rows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
             Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / rows)));
@@ -188,10 +205,15 @@ public sealed partial class DeviceModel
             Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
     }
 
-    /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV, over slices of at most 8 rows for longer chunks.</summary>
+    /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for prefill chunks.</summary>
     private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr weight, DevicePtr residual, int rows, int n, int k)
     {
         var w = Plan.Workspace;
+        if (rows > GemvLaunchers.MaxTokens)
+        {
+            _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
+            return;
+        }
         for (int r = 0; r < rows; r += GemvLaunchers.MaxTokens)
         {
             int t = Math.Min(GemvLaunchers.MaxTokens, rows - r);

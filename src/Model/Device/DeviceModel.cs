@@ -27,8 +27,10 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly PinnedBuffer _result;       // logits (bf16) or sampled ids of the last step
     private readonly RmsNormLaunchers _rms;
     private readonly GemvLaunchers _gemv;
+    private readonly GemmLaunchers _gemm;
     private readonly RopeLaunchers _rope;
     private readonly AttentionDecodeLaunchers _attn;
+    private readonly AttentionPrefillLaunchers _attnPrefill;
     private readonly MoeLaunchers _moe;
     private readonly TokenIoLaunchers _io;
     private readonly MoeShape[] _mlpShapes;
@@ -69,8 +71,10 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             _rms = new RmsNormLaunchers(_loader);
             _gemv = new GemvLaunchers(_loader);
+            _gemm = new GemmLaunchers(_loader);
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
+            _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
             _moe = new MoeLaunchers(_loader);
             _io = new TokenIoLaunchers(_loader);
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
@@ -144,6 +148,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     public int SequenceLength(int sequence) => _kv.Length(CheckSequence(sequence));
 
     public void ResetSequence(int sequence) => _kv.Reset(CheckSequence(sequence));
+
+    /// <summary>Keeps the first <paramref name="length"/> tokens of a sequence (its KV pages beyond them are freed).</summary>
+    public void TruncateSequence(int sequence, int length) => _kv.Truncate(CheckSequence(sequence), length);
 
     /// <summary>Appends tokens (one: a decode step; more: chunked prefill) and writes the last token's logits.</summary>
     public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits)

@@ -33,6 +33,8 @@ public sealed record WorkspaceLayout
     public long Slots { get; init; }
     public long ContextLens { get; init; }
     public long BlockTables { get; init; }
+    /// <summary>int32 [2] = {0, T}: the query rows of a prefill chunk for the flash-attention kernel.</summary>
+    public long QStart { get; init; }
     public long X { get; init; }
     public long H { get; init; }
     public long Qkv { get; init; }
@@ -61,6 +63,7 @@ public sealed record WorkspaceLayout
         long bf = sizeof(ushort);
         long tokens = a.Take("tokens", rows * 4L), positions = a.Take("positions", rows * 4L), slots = a.Take("slots", rows * 4L);
         long ctx = a.Take("ctx_lens", rows * 4L), tables = a.Take("block_tables", (long)rows * maxPages * 4);
+        long qstart = a.Take("q_start", 2 * 4L);
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
@@ -93,7 +96,7 @@ public sealed record WorkspaceLayout
         return new WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxPagesPerSeq = maxPages,
-            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, InputsEnd = inputsEnd,
+            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             Moe = moe, MoeBytes = moeBytes, Logits = logits, Sampled = sampled, TotalBytes = a.TotalBytes,

@@ -66,6 +66,17 @@ public sealed class PagedKvCache : IDisposable
 
     public void Advance(int sequence, int tokens) => _lengths[sequence] += tokens;
 
+    /// <summary>Keeps the first <paramref name="length"/> tokens of a sequence; whole pages past them go back to the free list.</summary>
+    public void Truncate(int sequence, int length)
+    {
+        if (length < 0 || length > _lengths[sequence])
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence {sequence} holds {_lengths[sequence]} tokens; truncate to 0..{_lengths[sequence]}");
+        var table = _tables[sequence];
+        int keep = (length + PageSize - 1) / PageSize;
+        for (int i = table.Count - 1; i >= keep; i--) { _free.Push(table[i]); table.RemoveAt(i); }
+        _lengths[sequence] = length;
+    }
+
     /// <summary>Returns a sequence's pages to the free list.</summary>
     public void Reset(int sequence)
     {
