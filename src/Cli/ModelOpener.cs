@@ -31,7 +31,12 @@ public static class ModelOpener
     /// <summary>The device model on a backend; the model owns the device (disposing the model closes it).</summary>
     public static ICausalLanguageModel OpenDevice(string modelDir, BackendKind backend, int maxSequences, int? contextLength)
     {
-        var device = DeviceFactory.Open(backend);
+        IDevice device;
+        try { device = DeviceFactory.Open(backend); }
+        catch (Exception e) when (e is DeviceException or Runtime.Native.NativeLibraryMissingException)
+        {
+            throw new ArgumentException($"--device {backend.ToString().ToLowerInvariant()} is not available on this machine: {e.Message}", e);
+        }
         try
         {
             var options = new DeviceModelOptions

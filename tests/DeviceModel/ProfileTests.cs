@@ -47,3 +47,28 @@ public class ProfileTests
         Assert.That(error.ToString(), Does.Contain("/nonexistent"));
     }
 }
+
+/// <summary>The CLI verbs on the device model: logits and generate with --device emulator agree with --device cpu.</summary>
+[NonParallelizable]
+public class DeviceCliTests
+{
+    static (int Exit, string Out, string Err) Cli(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        return (exit, output.ToString(), error.ToString());
+    }
+
+    /// <summary>Top-3 logits of every position (JSON) from the emulator equal the CPU reference's: the tiny device model is bit-exact (see DeviceModelTests).</summary>
+    [Test]
+    public void Logits_Emulator_EqualsCpu()
+    {
+        string dir = DeviceCheckpoints.Tiny();
+        var cpu = Cli("logits", "--model", dir, "--tokens", "3,4,5", "--top", "3", "--json");
+        var emu = Cli("logits", "--model", dir, "--tokens", "3,4,5", "--top", "3", "--json", "--device", "emulator");
+        Assert.That(cpu.Exit, Is.EqualTo(0), cpu.Err);
+        Assert.That(emu.Exit, Is.EqualTo(0), emu.Err);
+        Assert.That(emu.Out, Is.EqualTo(cpu.Out));
+    }
+}
