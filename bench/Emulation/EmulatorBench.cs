@@ -9,7 +9,7 @@ namespace Qwen3Cuda.Bench.Emulation;
 /// Emulated throughput of the PTX interpreter (checks and counters on, CTAs sequential on one core):
 /// a bandwidth kernel (bf16 → f32 scale-add with 16-byte loads) and an mma.sync GEMM. Global setup prints
 /// M warp-instructions/s and G thread-instructions/s of one run of each.
-/// Run: dotnet run -c Release --project bench -- --filter '*EmulatorBench*' --job short
+/// Run: dotnet run -c Release --project bench -- --filter '*EmulatorBench*' --job short --inProcess
 /// </summary>
 [MemoryDiagnoser]
 public class EmulatorBench
@@ -83,12 +83,23 @@ public class EmulatorBench
     private void Report(string name, Action run)
     {
         for (int i = 0; i < 5; i++) run(); // warm-up (tiered JIT)
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        run();
-        double s = sw.Elapsed.TotalSeconds;
+        // best of 10 runs, by wall clock and by process CPU time (the CI box is shared; CPU time is the fairer figure)
+        double s = double.MaxValue, cpu = double.MaxValue;
+        var proc = System.Diagnostics.Process.GetCurrentProcess();
+        for (int i = 0; i < 10; i++)
+        {
+            proc.Refresh();
+            var c0 = proc.TotalProcessorTime;
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            run();
+            s = Math.Min(s, sw.Elapsed.TotalSeconds);
+            proc.Refresh();
+            cpu = Math.Min(cpu, Math.Max((proc.TotalProcessorTime - c0).TotalSeconds, 1e-6));
+        }
         var r = _dev.LastLaunch!;
-        Console.WriteLine($"// {name}: {r.WarpInstructions / s / 1e6:F1} M warp-instr/s, {r.ThreadInstructions / s / 1e9:F2} G thread-instr/s, " +
-            $"{r.WarpInstructions} warp-instr in {s * 1e3:F1} ms, mma {r.MmaCount} ({r.MmaCount / s / 1e6:F2} M mma/s)");
+        Console.WriteLine($"// {name}: {r.WarpInstructions / s / 1e6:F1} M warp-instr/s wall ({r.WarpInstructions / cpu / 1e6:F1} per CPU-second), " +
+            $"{r.ThreadInstructions / s / 1e9:F2} G thread-instr/s, {r.WarpInstructions} warp-instr in {s * 1e3:F1} ms, " +
+            $"mma {r.MmaCount} ({r.MmaCount / s / 1e6:F2} M mma/s)");
     }
 
     [Benchmark]

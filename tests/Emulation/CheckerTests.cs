@@ -31,6 +31,15 @@ public class CheckerTests
           out[threadIdx.x] = 1.0f;
           __syncthreads();
         }
+        extern "C" __global__ void raw(float* out) {
+          __shared__ float s[32];
+          if (threadIdx.x < 32) s[threadIdx.x] = 1.0f;
+          else out[threadIdx.x] = s[threadIdx.x - 32];
+        }
+        extern "C" __global__ void deadlock(float* out) {
+          if (threadIdx.x < 32) asm volatile("bar.sync 1, 64;");
+          out[threadIdx.x] = 1.0f;
+        }
         extern "C" __global__ void uninit_read(float* out, const float* in) {
           out[threadIdx.x] = in[threadIdx.x];
         }
@@ -99,6 +108,30 @@ public class CheckerTests
         Assert.That(e.Message, Does.Contain("kernel race"));
         // the same kernel in one warp has no inter-warp race
         kit.Launch("race", 1, 32, 0, d);
+    }
+
+    [Test]
+    public void SharedMemoryReadAfterWrite()
+    {
+        using var kit = new EmuKit(Source);
+        var d = kit.Zeros<float>(64);
+        var e = Fault(() => kit.Launch("raw", 1, 64, 0, d));
+        Assert.That(e.Message, Does.Contain("racecheck: read-after-write hazard on shared memory offset 0"));
+        Assert.That(e.Message, Does.Contain("warp 0 wrote it"));
+        Assert.That(e.Message, Does.Contain("warp 1 reads it"));
+        Assert.That(e.Message, Does.Contain("thread (32,0,0)"));
+    }
+
+    [Test]
+    public void BarrierDeadlock()
+    {
+        using var kit = new EmuKit(Source);
+        var d = kit.Zeros<float>(64);
+        // warp 0 waits for 64 threads at barrier 1; warp 1 never arrives and exits
+        var e = Fault(() => kit.Launch("deadlock", 1, 64, 0, d));
+        Assert.That(e.Message, Does.Contain("synccheck: barrier deadlock in kernel deadlock"));
+        Assert.That(e.Message, Does.Contain("warp 0: waits at barrier 1"));
+        Assert.That(e.Message, Does.Contain("warp 1: exited"));
     }
 
     [Test]

@@ -40,7 +40,9 @@ public sealed class AttentionPrefillKernelTests
             ContextLens = _emu.Upload(ctxLens), QStart = _emu.Upload(qStart), Out = dOut, Seqs = seqs, NumQHeads = nH,
             NumKvHeads = nKV, PageSize = pageSize, MaxPagesPerSeq = kv.MaxPagesPerSeq, QStride = nH * d, OutStride = nH * d,
         }, qLens.Max());
-        Assert.That(_emu.Device.LastLaunch!.MmaCount, Is.GreaterThan(0), "tensor-core path");
+        var launch = _emu.Device.LastLaunch!;
+        Assert.That(launch.MmaCount, Is.GreaterThan(0), "tensor-core path");
+        TestContext.Out.WriteLine($"| attn_prefill q {string.Join("/", qLens)} ctx {string.Join("/", ctxLens)} heads {nH}/{nKV} | grid {launch.Grid} | mma {launch.MmaCount} | coalescing {launch.CoalescingEfficiency:F3} |");
 
         var exp = new float[totalQ * nH * d];
         int group = nH / nKV;

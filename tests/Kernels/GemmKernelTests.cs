@@ -36,6 +36,7 @@ public sealed class GemmKernelTests
         _gemm.Gemm(_emu.Stream, dC, ldc, _emu.Upload(a), k, _emu.Upload(w), k, withResidual ? _emu.Upload(r) : DevicePtr.Null, m, n, k, tile);
         var launch = _emu.Device.LastLaunch!;
         Assert.That(launch.MmaCount, Is.GreaterThan(0), "runs on the tensor-core path");
+        TestContext.Out.WriteLine($"| {launch.Kernel} M {m} N {n} K {k} | grid {launch.Grid} | mma {launch.MmaCount} | coalescing {launch.CoalescingEfficiency:F3} | distinct sectors x32 / (A+W+C bytes) {launch.DistinctSectors * 32.0 / (2.0 * ((long)m * k + (long)n * k + (long)m * n * (withResidual ? 2 : 1))):F3} |");
 
         float[] af = Bf16.ToFloats(a), wf = Bf16.ToFloats(w);
         var exp = new float[m * n];

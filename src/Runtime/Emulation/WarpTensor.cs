@@ -5,7 +5,7 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// <summary>mma.sync (m16n8k16 / m16n8k8, bf16/f16 → f32), ldmatrix, cp.async (design doc §3.1–3.3).</summary>
 internal sealed unsafe partial class Warp
 {
-    private readonly double[] _ma = new double[16 * 16], _mb = new double[16 * 8], _mc = new double[16 * 8];
+    private readonly double[] _ma = new double[16 * 16], _mb = new double[8 * 16], _mc = new double[16 * 8];
     private readonly ulong[][] _frag = [new ulong[32], new ulong[32], new ulong[32], new ulong[32]];
 
     private void LoadVec(Operand v, int count, Instr ins)
@@ -40,8 +40,8 @@ internal sealed unsafe partial class Warp
             {
                 int row = 2 * t + (r == 1 ? 8 : 0);
                 ulong v = _frag[r][lane];
-                _mb[row * 8 + g] = Half(v, bf);
-                _mb[(row + 1) * 8 + g] = Half(v >> 16, bf);
+                _mb[g * 16 + row] = Half(v, bf); // stored transposed: [n][k]
+                _mb[g * 16 + row + 1] = Half(v >> 16, bf);
             }
         }
         LoadVec(o[3], 4, ins);
@@ -51,13 +51,24 @@ internal sealed unsafe partial class Warp
             for (int r = 0; r < 4; r++) _mc[(g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1)] = FloatMath.AsF32(_frag[r][lane]);
         }
         // D = A·B + C, products exact in f64, one rounding to f32 at the end
+        var ma = _ma.AsSpan();
+        var mb = _mb.AsSpan();
         for (int i = 0; i < 16; i++)
+        {
+            var arow = ma.Slice(i * 16, 16);
+            var a0 = System.Runtime.Intrinsics.Vector256.Create<double>(arow[..4]);
+            var a1 = System.Runtime.Intrinsics.Vector256.Create<double>(arow.Slice(4, 4));
+            var a2 = k == 16 ? System.Runtime.Intrinsics.Vector256.Create<double>(arow.Slice(8, 4)) : default;
+            var a3 = k == 16 ? System.Runtime.Intrinsics.Vector256.Create<double>(arow.Slice(12, 4)) : default;
             for (int j = 0; j < 8; j++)
             {
-                double s = _mc[i * 8 + j];
-                for (int kk = 0; kk < k; kk++) s += _ma[i * 16 + kk] * _mb[kk * 8 + j];
-                _mc[i * 8 + j] = s;
+                var brow = mb.Slice(j * 16, 16);
+                var acc = a0 * System.Runtime.Intrinsics.Vector256.Create<double>(brow[..4]) + a1 * System.Runtime.Intrinsics.Vector256.Create<double>(brow.Slice(4, 4));
+                if (k == 16) acc += a2 * System.Runtime.Intrinsics.Vector256.Create<double>(brow.Slice(8, 4)) + a3 * System.Runtime.Intrinsics.Vector256.Create<double>(brow.Slice(12, 4));
+                // products of bf16/f16 are exact in f64; the sum of 16 of them is exact in nearly all cases
+                _mc[i * 8 + j] += System.Runtime.Intrinsics.Vector256.Sum(acc);
             }
+        }
         var d = o[0];
         if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);
         for (int r = 0; r < 4; r++)
