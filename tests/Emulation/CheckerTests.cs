@@ -40,6 +40,15 @@ public class CheckerTests
           if (threadIdx.x < 32) asm volatile("bar.sync 1, 64;");
           out[threadIdx.x] = 1.0f;
         }
+        extern "C" __global__ void early_consume(float* out, const float* in, int wait) {
+          __shared__ __align__(16) float tile[128];
+          unsigned dst = (unsigned)__cvta_generic_to_shared(&tile[4 * threadIdx.x]);
+          asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(in + 4 * threadIdx.x));
+          asm volatile("cp.async.commit_group;");
+          if (wait) asm volatile("cp.async.wait_group 0;");
+          out[threadIdx.x] = tile[4 * threadIdx.x];
+          asm volatile("cp.async.wait_all;");
+        }
         extern "C" __global__ void uninit_read(float* out, const float* in) {
           out[threadIdx.x] = in[threadIdx.x];
         }
@@ -120,6 +129,18 @@ public class CheckerTests
         Assert.That(e.Message, Does.Contain("warp 0 wrote it"));
         Assert.That(e.Message, Does.Contain("warp 1 reads it"));
         Assert.That(e.Message, Does.Contain("thread (32,0,0)"));
+    }
+
+    [Test]
+    public void CpAsyncConsumedBeforeWait()
+    {
+        using var kit = new EmuKit(Source);
+        var input = kit.Zeros<float>(128);
+        var output = kit.Zeros<float>(32);
+        var e = Fault(() => kit.Launch("early_consume", 1, 32, 0, output, input, 0));
+        Assert.That(e.Message, Does.Contain("destination of a cp.async by warp 0 that has not completed"));
+        Assert.That(e.Message, Does.Contain("read before cp.async.wait_group"));
+        kit.Launch("early_consume", 1, 32, 0, output, input, 1);
     }
 
     [Test]

@@ -98,3 +98,21 @@ public class EmulatedDeviceTests
         Assert.That(kit.Dev.MaxActiveBlocksPerMultiprocessor(k, 256, 0), Is.GreaterThan(0));
     }
 }
+
+/// <summary>Device printf (vprintf system call) and __noinline__ calls with local-memory frames.</summary>
+public class PrintfTests
+{
+    [Test]
+    public void PrintfFormatsArguments()
+    {
+        const string src = """
+            extern "C" __global__ void hello(int base) {
+              if (threadIdx.x < 2) printf("t=%d v=%f w=%.2f u=%u\n", threadIdx.x + base, 0.5f * threadIdx.x, 1.0f / 3, 7u);
+            }
+            """;
+        var sw = new StringWriter();
+        using var kit = new EmuKit(src, new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { Sequential = true, PrintfOutput = sw });
+        kit.Launch("hello", 1, 32, 0, 10);
+        Assert.That(sw.ToString(), Is.EqualTo("t=10 v=0.000000 w=0.33 u=7\nt=11 v=0.500000 w=0.33 u=7\n"));
+    }
+}

@@ -47,7 +47,7 @@ public class MemoryTests
           int t = threadIdx.x;
           unsigned dst = (unsigned)__cvta_generic_to_shared(&tile[4 * t]);
           int bytes = (4 * t < valid) ? 16 : 0;
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(in + 4 * t), "r"(bytes));
+          asm volatile("cp.async.cg.shared::cta.global.L2::128B [%0], [%1], 16, %2;" :: "r"(dst), "l"(in + 4 * t), "r"(bytes));
           asm volatile("cp.async.commit_group;");
           asm volatile("cp.async.wait_group 0;");
           __syncthreads();

@@ -142,6 +142,8 @@ internal sealed class RaceChecker
     private readonly int[] _writeEpoch, _readEpoch, _writerLine;
     private readonly short[] _writer;
     private readonly ulong[] _readers;
+    /// <summary>Per word: 1 + the warp whose cp.async to it has not completed (wait_group) yet; 0 when none.</summary>
+    private readonly short[] _pending;
     private readonly Cta _cta;
     private int _epoch = 1;
 
@@ -149,17 +151,23 @@ internal sealed class RaceChecker
     {
         int words = (sharedBytes + 3) / 4;
         _writeEpoch = new int[words]; _readEpoch = new int[words]; _writerLine = new int[words];
-        _writer = new short[words]; _readers = new ulong[words];
+        _writer = new short[words]; _readers = new ulong[words]; _pending = new short[words];
         _cta = cta;
     }
 
     public void Reset()
     {
-        Array.Clear(_writeEpoch); Array.Clear(_readEpoch);
+        Array.Clear(_writeEpoch); Array.Clear(_readEpoch); Array.Clear(_pending);
         _epoch = 1;
     }
 
     public void NextEpoch() => _epoch++;
+
+    /// <summary>Marks (or clears) the destination words of an in-flight cp.async.</summary>
+    public void MarkPending(uint offset, int bytes, int warp, bool pending)
+    {
+        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _pending.Length; i++) _pending[i] = pending ? (short)(warp + 1) : (short)0;
+    }
 
     public void Access(uint offset, int bytes, bool write, int warp, Warp w, Instr ins, int lane)
     {
@@ -167,6 +175,9 @@ internal sealed class RaceChecker
         ulong bit = 1UL << (warp & 63);
         for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _writeEpoch.Length; i++)
         {
+            if (_pending[i] != 0)
+                throw w.Fault($"racecheck: shared memory offset {i * 4} is the destination of a cp.async by warp {_pending[i] - 1} that has not completed: " +
+                    $"it is {(write ? "written" : "read")} before cp.async.wait_group{(_pending[i] - 1 != warp ? " and a barrier" : "")}", ins, lane);
             if (write)
             {
                 if (_writeEpoch[i] == e && _writer[i] != warp)

@@ -72,7 +72,7 @@ internal static class InstrDecoder
                 case "nc": ins.Nc = true; continue;
                 case "volatile": ins.Volatile = true; continue;
                 case "global": if (op == Op.CpAsync && sawShared) continue; ins.Space = Space.Global; continue;
-                case "shared": sawShared = true; ins.Space = Space.Shared; continue;
+                case "shared": case "shared::cta": sawShared = true; ins.Space = Space.Shared; continue;
                 case "local": ins.Space = Space.Local; continue;
                 case "param": ins.Space = Space.Param; continue;
                 case "const": ins.Space = Space.Const; continue;

@@ -74,7 +74,9 @@ internal static class PtxLexer
             if (IsIdentChar(c))
             {
                 int s = i;
-                while (i < n && IsIdentChar(text[i])) i++;
+                // "::" inside an opcode (ld.shared::cta, L2::cache_hint) belongs to the identifier; a label ends in one ':'
+                while (i < n && (IsIdentChar(text[i]) || (text[i] == ':' && i + 2 < n && text[i + 1] == ':' && IsIdentChar(text[i + 2]))))
+                    i += text[i] == ':' ? 2 : 1;
                 toks.Add(new Token(TokKind.Ident, text[s..i], line));
                 continue;
             }

@@ -91,7 +91,7 @@ internal sealed partial class Warp
             if (ins.GuardPred >= 0) exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
             cnt.WarpInstructions++;
             cnt.ThreadInstructions += BitOperations.PopCount(exec);
-            if (exec == 0 && ins.Op is not (Op.Bra or Op.Bar or Op.BarRed or Op.BarArrive)) { Pc++; continue; }
+            if (exec == 0 && !ins.IsCollective && ins.Op is not (Op.Bra or Op.BarArrive)) { Pc++; continue; }
             if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { ExecFast(ins); Pc++; continue; }
             switch (ins.Op)
             {
@@ -106,6 +106,7 @@ internal sealed partial class Warp
                     }
                 case Op.Shfl: case Op.Vote: case Op.Match: case Op.Redux: case Op.BarWarp: case Op.Mma: case Op.Ldmatrix:
                     if (!Collective(ins, ref exec)) continue;
+                    if (exec == 0) break; // every arrived lane is guarded off: nothing to do, but the group stayed together
                     switch (ins.Op)
                     {
                         case Op.Shfl: Shfl(ins, exec); break;
@@ -242,7 +243,7 @@ internal sealed partial class Warp
             Active = arrived;
             exec = Active;
             if (ins.GuardPred >= 0) exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
-            if (ins.Aligned && exec != Live)
+            if (ins.Aligned && exec != 0 && exec != Live)
                 throw Fault($"synccheck: {ins.Op} is .aligned but only lanes 0x{exec:x8} of the live lanes 0x{Live:x8} execute it", ins, BitOperations.TrailingZeroCount(exec | 1));
             return true;
         }

@@ -108,6 +108,7 @@ internal sealed partial class Warp
     private WarpStatus Barrier(Instr ins, uint exec)
     {
         if (!Collective(ins, ref exec)) return WarpStatus.Running;
+        if (exec == 0) { Pc++; return WarpStatus.Running; } // guarded off for the whole warp
         var o = ins.Ops;
         Load(o[0], A, PtxType.U32);
         int id = (int)(A[BitOperations.TrailingZeroCount(Active)] & 15);
@@ -181,6 +182,16 @@ internal sealed partial class Warp
         }
     }
 
+    /// <summary>The precision of a printf conversion spec ("%.3f" → 3), 6 when absent, as in C.</summary>
+    private static int Precision(ReadOnlySpan<char> spec)
+    {
+        int dot = spec.IndexOf('.');
+        if (dot < 0) return 6;
+        int p = 0;
+        for (int i = dot + 1; i < spec.Length && char.IsDigit(spec[i]); i++) p = p * 10 + (spec[i] - '0');
+        return p;
+    }
+
     private unsafe string FormatPrintf(string fmt, ulong argAddr, Instr ins, int lane)
     {
         var sb = new System.Text.StringBuilder();
@@ -205,7 +216,9 @@ internal sealed partial class Warp
             {
                 'd' or 'i' => (size == 8 ? (long)v : (int)v).ToString(ci),
                 'u' => v.ToString(ci), 'x' => v.ToString("x", ci), 'X' => v.ToString("X", ci),
-                'f' or 'e' or 'g' => FloatMath.AsF64(v).ToString("G9", ci),
+                'f' => FloatMath.AsF64(v).ToString("F" + Precision(fmt.AsSpan(i + 1, j - i - 1)), ci),
+                'e' => FloatMath.AsF64(v).ToString((Precision(fmt.AsSpan(i + 1, j - i - 1)) > 0 ? "0." + new string('0', Precision(fmt.AsSpan(i + 1, j - i - 1))) : "0") + "e+00", ci),
+                'g' => FloatMath.AsF64(v).ToString("G" + Precision(fmt.AsSpan(i + 1, j - i - 1)), ci),
                 'c' => ((char)v).ToString(), 'p' => "0x" + v.ToString("x", ci),
                 _ => "?",
             });

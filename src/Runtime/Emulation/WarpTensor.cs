@@ -165,6 +165,7 @@ internal sealed unsafe partial class Warp
                 Cta.Launch.TouchSector(_lastAlloc!, s, srcBytes, Cta.Counters);
             }
             _pending.Add(new PendingCopy(l, (uint)dst, src, srcBytes, cpSize, -1, ins));
+            Cta.Race?.MarkPending((uint)dst, cpSize, Index, true);
             Cta.Counters.CpAsyncBytes += cpSize;
         }
     }
@@ -189,6 +190,7 @@ internal sealed unsafe partial class Warp
             byte* dst = Cta.SharedPtr + p.Dst;
             if (p.SrcBytes > 0) Buffer.MemoryCopy((void*)p.Src, dst, p.Bytes, p.SrcBytes);
             new Span<byte>(dst + p.SrcBytes, p.Bytes - p.SrcBytes).Clear();
+            Cta.Race?.MarkPending(p.Dst, p.Bytes, Index, false);
             Cta.Race?.Access(p.Dst, p.Bytes, true, Index, this, p.Ins, p.Lane);
             _pending.RemoveAt(i--);
         }
