@@ -170,8 +170,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     {
         Span<int> next = stackalloc int[1];
         if (tokens.Length == 1) { DecodeBatchGreedy([sequence], tokens, next); return next[0]; }
-        Prefill(sequence, tokens);
-        _io.Argmax(_stream, _workspace.Base + Plan.Workspace.Logits, VocabSize, _workspace.Base + Plan.Workspace.Sampled, 1, VocabSize);
+        Prefill(sequence, tokens);                // the step ends with the argmax of its last row
         CopyIdsBack(next);
         return next[0];
     }
