@@ -1,10 +1,11 @@
 // token_io.cu: the two ends of a forward pass that touch token ids on the device.
+// (Named token_* to stay distinct from kern1's embedding.cu / sampling.cu, which the device model may switch to.)
 //
-// embedding_gather_bf16: out[t, :] = table[ids[t], :]  (bf16 rows of `width` elements; width % 8 == 0).
+// token_embedding_bf16: out[t, :] = table[ids[t], :]  (bf16 rows of `width` elements; width % 8 == 0).
 //   Grid (tokens), 128 threads; each thread copies 16-byte chunks (8 bf16) of the row, so a warp moves 512
 //   contiguous bytes per instruction (fully used sectors). Ids outside [0, rows) write a zero row.
 //   Bytes: tokens * width * 2 read + the same written + tokens * 4.
-// argmax_bf16: ids[r] = argmax_j logits[r, j] over `cols` bf16 values, ties to the LOWER index (greedy decoding
+// token_argmax_bf16: ids[r] = argmax_j logits[r, j] over `cols` bf16 values, ties to the LOWER index (greedy decoding
 //   on device: only the id goes back to the host). Grid (rows), 256 threads: strided scan with (value, index)
 //   kept per thread, warp shuffle reduction then a shared-memory reduction over the 8 warps.
 //   Bytes: rows * cols * 2 read, rows * 4 written.
@@ -20,7 +21,7 @@ struct EmbeddingParams {
     int width;            // hidden size, multiple of 8
 };
 
-extern "C" __global__ void __launch_bounds__(128) embedding_gather_bf16(EmbeddingParams p)
+extern "C" __global__ void __launch_bounds__(128) token_embedding_bf16(EmbeddingParams p)
 {
     const int t = blockIdx.x;
     if (t >= p.tokens) return;
@@ -50,7 +51,7 @@ __device__ __forceinline__ void argmax_pick(float& v, int& i, float ov, int oi)
     if (ov > v || (ov == v && oi < i) || (v != v && ov == ov)) { v = ov; i = oi; }
 }
 
-extern "C" __global__ void __launch_bounds__(256) argmax_bf16(ArgmaxParams p)
+extern "C" __global__ void __launch_bounds__(256) token_argmax_bf16(ArgmaxParams p)
 {
     __shared__ float sv[8];
     __shared__ int si[8];

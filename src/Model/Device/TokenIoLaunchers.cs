@@ -30,14 +30,14 @@ public struct ArgmaxParams
 public sealed class TokenIoLaunchers(KernelLoader loader)
 {
     public const string File = "token_io.cu";
-    private readonly DeviceKernel _gather = loader.Get(File, "embedding_gather_bf16");
-    private readonly DeviceKernel _argmax = loader.Get(File, "argmax_bf16");
+    private readonly DeviceKernel _gather = loader.Get(File, "token_embedding_bf16");
+    private readonly DeviceKernel _argmax = loader.Get(File, "token_argmax_bf16");
     private readonly IDevice _device = loader.Device;
 
     /// <summary><c>out[t] = table[ids[t]]</c> for <paramref name="tokens"/> rows of <paramref name="width"/> bf16 (ids read on the device).</summary>
     public void Embedding(DeviceStream stream, DevicePtr output, DevicePtr table, DevicePtr ids, int tokens, int rows, int width)
     {
-        if (width <= 0 || width % 8 != 0) throw new ArgumentException($"embedding_gather_bf16: width {width} must be a positive multiple of 8", nameof(width));
+        if (width <= 0 || width % 8 != 0) throw new ArgumentException($"token_embedding_bf16: width {width} must be a positive multiple of 8", nameof(width));
         if (tokens <= 0) return;
         var p = new EmbeddingParams { Out = output, Table = table, Ids = ids, Tokens = tokens, Rows = rows, Width = width };
         var args = new KernelArgs(stackalloc byte[64], stackalloc nint[1]);
@@ -48,7 +48,7 @@ public sealed class TokenIoLaunchers(KernelLoader loader)
     /// <summary><c>ids[r] = argmax logits[r, 0..cols)</c>, ties to the lower index.</summary>
     public void Argmax(DeviceStream stream, DevicePtr logits, int ld, DevicePtr ids, int rows, int cols)
     {
-        if (cols <= 0 || ld < cols) throw new ArgumentException($"argmax_bf16: cols {cols} must be positive and at most ld {ld}", nameof(cols));
+        if (cols <= 0 || ld < cols) throw new ArgumentException($"token_argmax_bf16: cols {cols} must be positive and at most ld {ld}", nameof(cols));
         if (rows <= 0) return;
         var p = new ArgmaxParams { Logits = logits, Ids = ids, Rows = rows, Cols = cols, Ld = ld };
         var args = new KernelArgs(stackalloc byte[64], stackalloc nint[1]);
