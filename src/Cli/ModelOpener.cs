@@ -1,11 +1,14 @@
 using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Device;
 using Qwen3Cuda.Model.Reference;
+using Qwen3Cuda.Runtime;
 
 namespace Qwen3Cuda.Cli;
 
 /// <summary>
 /// Where `generate` and `chat` get their model: the one place to wire a device backend in.
-/// cpu (and auto, for now) is the CPU reference; emulator and cuda are not wired yet.
+/// cpu is the CPU reference; emulator and cuda open the <see cref="DeviceModel"/> on that backend; auto is cuda when a
+/// driver and a GPU are present, else the CPU reference (the emulator is a checking tool, far too slow to chat with).
 /// </summary>
 public static class ModelOpener
 {
@@ -16,9 +19,48 @@ public static class ModelOpener
         if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"--model: directory '{modelDir}' does not exist");
         return device switch
         {
-            "cpu" or "auto" => ReferenceModel.Load(modelDir, maxSequences, contextLength),
-            "emulator" or "cuda" => throw new NotSupportedException($"--device {device} is not available yet for generate/chat (use --device cpu)"),
+            "cpu" => ReferenceModel.Load(modelDir, maxSequences, contextLength),
+            "auto" => Runtime.Cuda.CudaDriver.IsDeviceAvailable() ? OpenDevice(modelDir, BackendKind.Cuda, maxSequences, contextLength)
+                : ReferenceModel.Load(modelDir, maxSequences, contextLength),
+            "emulator" => OpenDevice(modelDir, BackendKind.Emulator, maxSequences, contextLength),
+            "cuda" => OpenDevice(modelDir, BackendKind.Cuda, maxSequences, contextLength),
             _ => throw new ArgumentException($"--device must be one of {string.Join(", ", Devices)}, got '{device}'"),
         };
+    }
+
+    /// <summary>The device model on a backend; the model owns the device (disposing the model closes it).</summary>
+    public static ICausalLanguageModel OpenDevice(string modelDir, BackendKind backend, int maxSequences, int? contextLength)
+    {
+        IDevice device;
+        try { device = DeviceFactory.Open(backend); }
+        catch (Exception e) when (e is DeviceException or Runtime.Native.NativeLibraryMissingException)
+        {
+            throw new ArgumentException($"--device {backend.ToString().ToLowerInvariant()} is not available on this machine: {e.Message}", e);
+        }
+        try
+        {
+            var options = new DeviceModelOptions
+            {
+                MaxSequences = maxSequences,
+                ContextLength = contextLength ?? (backend == BackendKind.Emulator ? 4096 : null),
+                MaxBatch = Math.Min(8, Math.Max(1, maxSequences)),
+                PrefillChunkTokens = backend == BackendKind.Emulator ? 64 : 512,
+            };
+            return new OwningModel(DeviceModel.Load(device, modelDir, options), device);
+        }
+        catch { device.Dispose(); throw; }
+    }
+
+    /// <summary>A model that also disposes its device.</summary>
+    private sealed class OwningModel(DeviceModel model, IDevice device) : ICausalLanguageModel
+    {
+        public int VocabSize => model.VocabSize;
+        public int ContextLength => model.ContextLength;
+        public int MaxSequences => model.MaxSequences;
+        public int SequenceLength(int sequence) => model.SequenceLength(sequence);
+        public void ResetSequence(int sequence) => model.ResetSequence(sequence);
+        public void TruncateSequence(int sequence, int length) => model.TruncateSequence(sequence, length);
+        public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits) => model.Forward(sequence, tokens, lastLogits);
+        public void Dispose() { model.Dispose(); device.Dispose(); }
     }
 }

@@ -21,6 +21,8 @@ public static class Program
         root.Subcommands.Add(Commands.TokenizeCommand.Create());
         root.Subcommands.Add(Commands.DetokenizeCommand.Create());
         root.Subcommands.Add(Commands.TemplateCommand.Create());
+        root.Subcommands.Add(Commands.ProfileCommand.Create());
+        root.Subcommands.Add(Commands.BenchCommand.Create());
         return root;
     }
 

@@ -115,7 +115,7 @@ public class CliTextTests
     }
 
     [TestCase(new[] { "generate", "--prompt", "x", "--top-p", "1.5" }, "--top-p must be in (0, 1], got 1.5")]
-    [TestCase(new[] { "generate", "--prompt", "x", "--device", "cuda" }, "--device cuda is not available yet")]
+    [TestCase(new[] { "generate", "--prompt", "x", "--device", "cuda" }, "--device cuda is not available")]
     [TestCase(new[] { "generate" }, "--prompt TEXT or --prompt-file")]
     [TestCase(new[] { "detokenize", "--ids", "1,x" }, "--ids: 'x' is not")]
     [TestCase(new[] { "template", "--messages", "/nonexistent/m.json" }, "--messages: file '/nonexistent/m.json' does not exist")]

@@ -1,18 +1,68 @@
 using System.CommandLine;
 using System.Globalization;
+using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Runtime;
 using Qwen3Cuda.Runtime.Cuda;
+using Qwen3Cuda.Runtime.Memory;
 using Qwen3Cuda.Runtime.Native;
 
 namespace Qwen3Cuda.Cli.Commands;
 
-/// <summary>`qwen3cuda info`: NVRTC version, driver version and devices (or why there are none).</summary>
+/// <summary>
+/// `qwen3cuda info`: NVRTC version, driver version and devices (or why there are none).
+/// `qwen3cuda info --model DIR [--ctx-size N] [--gpu-memory 80GiB]`: the device memory plan (weights, KV cache,
+/// workspace, free) from config.json alone; exit code 1 with the missing amount when the model does not fit.
+/// </summary>
 public static class InfoCommand
 {
+    /// <summary>The budget assumed when neither --gpu-memory nor a CUDA device says otherwise (an 80 GB H100).</summary>
+    public const long DefaultGpuMemoryBytes = 80L << 30;
+
     public static Command Create()
     {
-        var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices");
-        cmd.SetAction(_ => CliErrors.Run(Run));
+        var model = new Option<string?>("--model") { Description = "Model directory: print the device memory plan from its config.json (no weights read)" };
+        var ctx = new Option<int?>("--ctx-size") { Description = "Tokens of context per sequence (default: as many as fit, at most max_position_embeddings)" };
+        var mem = new Option<string?>("--gpu-memory") { Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)" };
+        var seqs = new Option<int>("--sequences") { Description = "Sequences held at once", DefaultValueFactory = _ => 1 };
+        var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs };
+        cmd.SetAction(parse => parse.GetValue(model) is string dir
+            ? PlanGuard(parse.InvocationConfiguration.Error, () => RunPlan(parse.InvocationConfiguration.Output, dir, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs)))
+            : CliErrors.Run(Run));
         return cmd;
+    }
+
+    private static int PlanGuard(TextWriter stderr, Func<int> action)
+    {
+        try { return action(); }
+        catch (Exception e) when (e is ArgumentException or FormatException or IOException or InvalidOperationException or DeviceException)
+        {
+            stderr.WriteLine($"error: {CliErrors.Message(e)}");
+            return 1;
+        }
+    }
+
+    private static int RunPlan(TextWriter stdout, string modelDir, int? ctxSize, string? gpuMemory, int sequences)
+    {
+        if (!Directory.Exists(modelDir) && !File.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
+        ModelConfig config;
+        try { config = ModelConfig.Load(modelDir); }
+        catch (ConfigException e) { throw new InvalidDataException(e.Message, e); }
+        long budget = DefaultGpuMemoryBytes;
+        string source = "assumed (no --gpu-memory, no CUDA device)";
+        if (gpuMemory is not null) { budget = ByteSize.Parse(gpuMemory, "--gpu-memory"); source = "--gpu-memory"; }
+        else if (CudaDriver.IsDeviceAvailable())
+        {
+            using var device = Runtime.DeviceFactory.Open(Runtime.BackendKind.Cuda);
+            budget = device.GetMemoryInfo().FreeBytes;
+            source = $"free on {device.Info.Name}";
+        }
+        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory is null ? null : budget, MaxSequences = sequences };
+        var plan = MemoryPlan.Compute(config, options, budget, checkpointHasLmHead: false);
+        stdout.Write(plan.Describe());
+        if (gpuMemory is null) stdout.WriteLine($"  (device memory {source})");
+        plan.ThrowIfDoesNotFit();
+        return 0;
     }
 
     private static int Run()

@@ -18,7 +18,7 @@ public static class LogitsCommand
     {
         var model = new Option<string>("--model") { Description = "Checkpoint directory (config.json + safetensors)", Required = true };
         var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
-        var device = new Option<string>("--device") { Description = "Backend: cpu (the reference); others are not wired in yet", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = "Backend: cpu (the reference), emulator, cuda or auto (the device model)", DefaultValueFactory = _ => "cpu" };
         var output = new Option<string?>("--out") { Description = "Write float32 little-endian logits [tokens, vocab] to this file" };
         var top = new Option<int?>("--top") { Description = "Print the K largest logits of every position (default 5 when --out is absent)" };
         var json = new Option<bool>("--json") { Description = "Print --top results as JSON" };
@@ -43,12 +43,24 @@ public static class LogitsCommand
 
     static int Run(string modelDir, string tokenText, string device, string? outFile, int? top, bool json, TextWriter stdout)
     {
-        if (device != "cpu") throw new ArgumentException($"--device {device} is not wired into `logits` yet (only --device cpu works)");
         int[] ids = ParseTokens(tokenText);
         if (top is int k && k < 1) throw new ArgumentException($"--top must be at least 1, got {k}");
-        using var m = ReferenceModel.Load(modelDir, maxSequences: 1, contextLength: Math.Max(ids.Length, 1));
-        float[] logits = m.ForwardAllLogits(0, ids);
-        int vocab = m.VocabSize;
+        float[] logits;
+        int vocab;
+        if (device == "cpu")
+        {
+            using var m = ReferenceModel.Load(modelDir, maxSequences: 1, contextLength: Math.Max(ids.Length, 1));
+            logits = m.ForwardAllLogits(0, ids);
+            vocab = m.VocabSize;
+        }
+        else
+        {
+            // Device backends: one decode step per token gives every position's logits (the device model keeps only the last).
+            using var m = ModelOpener.Open(modelDir, device, maxSequences: 1, contextLength: Math.Max(ids.Length, 16));
+            vocab = m.VocabSize;
+            logits = new float[(long)ids.Length * vocab];
+            for (int i = 0; i < ids.Length; i++) m.Forward(0, ids.AsSpan(i, 1), logits.AsSpan(i * vocab, vocab));
+        }
         if (outFile is not null)
         {
             using var fs = File.Create(outFile);

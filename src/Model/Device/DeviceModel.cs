@@ -1,0 +1,236 @@
+using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Model.Reference;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Launchers;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Model.Device;
+
+/// <summary>
+/// Qwen3 / Qwen3-MoE on an <see cref="IDevice"/> (CUDA or the PTX emulator): the weights in one device arena, a
+/// workspace arena for activations, a paged KV cache, and one step function per layer (DeviceModel.Step.cs)
+/// that launches the kernels of kern1/kern2 in the reference's order. Prefill runs in chunks; decode steps of
+/// 1..MaxBatch sequences are captured once per batch bucket as graphs and replayed, their inputs (token ids,
+/// positions, slots, context lengths, block tables) copied from pinned memory into fixed device buffers first.
+/// Nothing is allocated inside a step; the only host synchronisation is the wait for the result copy.
+/// Not thread-safe: one call at a time.
+/// </summary>
+public sealed partial class DeviceModel : ICausalLanguageModel
+{
+    private readonly IDevice _device;
+    private readonly KernelLoader _loader;
+    private readonly bool _ownsLoader;
+    private readonly DeviceStream _stream;
+    private readonly DeviceArena _weights, _workspace;
+    private readonly PagedKvCache _kv;
+    private readonly PinnedBuffer _inputs;       // mirror of the workspace's step-input arrays
+    private readonly PinnedBuffer _result;       // logits (bf16) or sampled ids of the last step
+    private readonly RmsNormLaunchers _rms;
+    private readonly GemvLaunchers _gemv;
+    private readonly GemmLaunchers _gemm;
+    private readonly RopeLaunchers _rope;
+    private readonly AttentionDecodeLaunchers _attn;
+    private readonly AttentionPrefillLaunchers _attnPrefill;
+    private readonly MoeLaunchers _moe;
+    private readonly TokenIoLaunchers _io;
+    private readonly MoeShape[] _mlpShapes;
+    private readonly float _attentionScaling;
+    private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
+    private readonly int[] _buckets;
+
+    public ModelConfig Config { get; }
+    public MemoryPlan Plan { get; }
+    public IDevice Device => _device;
+    public int VocabSize => Config.VocabSize;
+    public int ContextLength => Plan.ContextLength;
+    public int MaxSequences => Plan.Options.MaxSequences;
+    public int MaxBatch => Plan.Options.MaxBatch;
+    /// <summary>Batch sizes with a captured decode graph (empty when graphs are off).</summary>
+    public IReadOnlyCollection<int> GraphBuckets => _graphs.Keys;
+
+    /// <summary>Opens config.json + safetensors in <paramref name="modelDir"/> and uploads the weights.</summary>
+    public static DeviceModel Load(IDevice device, string modelDir, DeviceModelOptions? options = null, KernelLoader? loader = null)
+    {
+        using var weights = ModelWeights.Load(modelDir);
+        return new DeviceModel(device, weights, options ?? new DeviceModelOptions(), loader);
+    }
+
+    /// <summary>Plans memory, uploads <paramref name="weights"/> (which stay owned by the caller) and captures the decode graphs.</summary>
+    public DeviceModel(IDevice device, ModelWeights weights, DeviceModelOptions options, KernelLoader? loader = null)
+    {
+        _device = device;
+        Config = weights.Config;
+        var c = Config;
+        bool hasLmHead = weights.Checkpoint.Contains("lm_head.weight");
+        Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo().FreeBytes, device.Info.MultiprocessorCount, hasLmHead);
+        Plan.ThrowIfDoesNotFit();
+        _ownsLoader = loader is null;
+        _loader = loader ?? new KernelLoader(device);
+        var disposables = new List<IDisposable>();
+        try
+        {
+            _rms = new RmsNormLaunchers(_loader);
+            _gemv = new GemvLaunchers(_loader);
+            _gemm = new GemmLaunchers(_loader);
+            _rope = new RopeLaunchers(_loader, c.HeadDim);
+            _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
+            _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
+            _moe = new MoeLaunchers(_loader);
+            _io = new TokenIoLaunchers(_loader);
+            _mlpShapes = new MoeShape[c.NumHiddenLayers];
+            for (int l = 0; l < _mlpShapes.Length; l++)
+            {
+                _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
+                MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
+            }
+            CheckGemvWorkspace();
+
+            _stream = device.CreateStream(); disposables.Add(_stream);
+            _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
+            _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
+            _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
+                options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
+            _inputs = device.AllocatePinned(Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_inputs);
+            _result = device.AllocatePinned((long)options.MaxBatch * c.VocabSize * sizeof(ushort)); disposables.Add(_result);
+            _inputs.Span.Clear();
+            (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
+            UploadWeights(weights, invFreq, options.LoadProgress);
+            _buckets = [.. options.BatchBuckets()];
+            if (options.UseGraphs) CaptureDecodeGraphs();
+        }
+        catch
+        {
+            foreach (var g in _graphs.Values) g.Dispose();
+            for (int i = disposables.Count - 1; i >= 0; i--) disposables[i].Dispose();
+            if (_ownsLoader) _loader.Dispose();
+            throw;
+        }
+    }
+
+    private void CheckGemvWorkspace()
+    {
+        var c = Config;
+        int qkv = c.QueryDim + 2 * c.KeyValueDim;
+        for (int t = 1; t <= Math.Min(Plan.Workspace.Rows, GemvLaunchers.MaxTokens); t++)
+            foreach (var (n, k) in new[] { (qkv, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) })
+            {
+                long need = _gemv.Plan(t, n, k).PartialBytes(t, n);
+                if (need > Plan.Workspace.GemvPartialCapacity)
+                    throw new InvalidOperationException($"workspace plan out of date: gemv T={t} N={n} K={k} needs {need} bytes of split-K workspace, the plan has {Plan.Workspace.GemvPartialCapacity}");
+            }
+    }
+
+    private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)
+    {
+        var ckpt = weights.Checkpoint;
+        long total = Plan.Weights.Tensors.SelectMany(t => t.Sources).Sum(s => s.Bytes) + invFreq.Length * sizeof(float);
+        using var up = new StagedUploader(_device, total, progress);
+        foreach (var t in Plan.Weights.Tensors)
+        {
+            DevicePtr dst = _weights.Base + t.Offset;
+            if (t.IsDerived) { up.Zero(dst, t.Bytes); continue; }
+            foreach (var s in t.Sources)
+            {
+                var view = ckpt.Get(s.CheckpointName);
+                if (view.DType != Checkpoint.SafetensorsDType.BF16 || view.ByteLength != s.Bytes)
+                    throw new InvalidDataException($"{s.CheckpointName}: expected {s.Bytes} bytes of BF16 for device tensor {t.Name} {t.Shape}, the checkpoint has {view.ByteLength} bytes of {view.DType}");
+                up.Upload(dst + s.DeviceOffset, view.Pointer, s.Bytes, s.CheckpointName);
+            }
+        }
+        unsafe
+        {
+            fixed (float* p = invFreq) { up.Upload(_weights.Base + Plan.Weights.InvFreq, (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
+        }
+    }
+
+    // ---------------- ICausalLanguageModel ----------------
+
+    public int SequenceLength(int sequence) => _kv.Length(CheckSequence(sequence));
+
+    public void ResetSequence(int sequence) => _kv.Reset(CheckSequence(sequence));
+
+    /// <summary>Keeps the first <paramref name="length"/> tokens of a sequence (its KV pages beyond them are freed).</summary>
+    public void TruncateSequence(int sequence, int length) => _kv.Truncate(CheckSequence(sequence), length);
+
+    /// <summary>Appends tokens (one: a decode step; more: chunked prefill) and writes the last token's logits.</summary>
+    public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits)
+    {
+        if (lastLogits.Length != VocabSize) throw new ArgumentException($"lastLogits has {lastLogits.Length} elements, expected vocab size {VocabSize}", nameof(lastLogits));
+        if (tokens.Length == 1)
+        {
+            DecodeBatch([sequence], tokens, lastLogits);
+            return;
+        }
+        Prefill(sequence, tokens);
+        CopyLogitsBack(1, lastLogits);
+    }
+
+    /// <summary>Prefill, then greedy argmax of the last token on the device: only the id comes back.</summary>
+    public int ForwardGreedy(int sequence, ReadOnlySpan<int> tokens)
+    {
+        Span<int> next = stackalloc int[1];
+        if (tokens.Length == 1) { DecodeBatchGreedy([sequence], tokens, next); return next[0]; }
+        Prefill(sequence, tokens);                // the step ends with the argmax of its last row
+        CopyIdsBack(next);
+        return next[0];
+    }
+
+    /// <summary>
+    /// One decode step of several sequences at once: token <paramref name="tokens"/>[i] appended to sequence
+    /// <paramref name="sequences"/>[i]; <paramref name="logits"/> receives [count, V] (row i for sequence i).
+    /// </summary>
+    public void DecodeBatch(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, Span<float> logits)
+    {
+        if (logits.Length != (long)sequences.Length * VocabSize)
+            throw new ArgumentException($"logits has {logits.Length} elements, expected {sequences.Length} x {VocabSize}", nameof(logits));
+        DecodeStep(sequences, tokens);
+        CopyLogitsBack(sequences.Length, logits);
+    }
+
+    /// <summary>Like <see cref="DecodeBatch"/>, with greedy sampling on the device: only the token ids come back.</summary>
+    public void DecodeBatchGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, Span<int> nextTokens)
+    {
+        if (nextTokens.Length != sequences.Length) throw new ArgumentException($"nextTokens has {nextTokens.Length} elements, expected {sequences.Length}", nameof(nextTokens));
+        DecodeStep(sequences, tokens);
+        CopyIdsBack(nextTokens);
+    }
+
+    private void CopyLogitsBack(int rows, Span<float> logits)
+    {
+        long bytes = (long)rows * VocabSize * sizeof(ushort);
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + Plan.Workspace.Logits, bytes, _stream);
+        _device.Synchronize(_stream);
+        Bf16.ToFloat(_result.AsSpan<ushort>()[..(rows * VocabSize)], logits);
+    }
+
+    private void CopyIdsBack(Span<int> ids)
+    {
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + Plan.Workspace.Sampled, ids.Length * sizeof(int), _stream);
+        _device.Synchronize(_stream);
+        _result.AsSpan<int>()[..ids.Length].CopyTo(ids);
+    }
+
+    private int CheckSequence(int sequence) =>
+        (uint)sequence < (uint)MaxSequences ? sequence
+        : throw new ArgumentOutOfRangeException(nameof(sequence), sequence, $"sequence id must be in [0, {MaxSequences})");
+
+    private void CheckTokens(ReadOnlySpan<int> tokens)
+    {
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)VocabSize) throw new ArgumentException($"token id {t} is outside the vocabulary [0, {VocabSize})", nameof(tokens));
+    }
+
+    public void Dispose()
+    {
+        if (!_stream.IsDisposed) _device.Synchronize(_stream);
+        foreach (var g in _graphs.Values) g.Dispose();
+        _graphs.Clear();
+        _result.Dispose();
+        _inputs.Dispose();
+        _kv.Dispose();
+        _workspace.Dispose();
+        _weights.Dispose();
+        _stream.Dispose();
+        if (_ownsLoader) _loader.Dispose();
+    }
+}

@@ -1,0 +1,103 @@
+using System.Globalization;
+using System.Text;
+using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Model.Device;
+
+/// <summary>Thrown when weights + KV cache + workspace do not fit the memory budget; the message says how much is missing.</summary>
+public sealed class ModelDoesNotFitException(string message) : InvalidOperationException(message);
+
+/// <summary>
+/// What the device model will allocate, computed from config.json ALONE (no weight is read): the weight
+/// arena (<see cref="WeightLayout"/>), the workspace (<see cref="WorkspaceLayout"/>) and the paged KV cache.
+/// The KV cache holds <see cref="ContextLength"/> tokens for each of MaxSequences sequences (+ one scratch
+/// page); without --ctx-size the context is as long as the memory left allows, at most max_position_embeddings.
+/// </summary>
+public sealed class MemoryPlan
+{
+    /// <summary>Without --ctx-size, the automatic plan needs room for at least this many tokens per sequence.</summary>
+    public const int MinAutoContext = 4096;
+
+    public ModelConfig Config { get; }
+    public DeviceModelOptions Options { get; }
+    public WeightLayout Weights { get; }
+    public WorkspaceLayout Workspace { get; }
+    public long BudgetBytes { get; }
+    public int ContextLength { get; }
+    public int KvPages { get; }
+    public long KvBytesPerToken { get; }
+    public long KvBytes { get; }
+    public long TotalBytes => Weights.TotalBytes + KvBytes + Workspace.TotalBytes;
+    public long FreeBytes => BudgetBytes - TotalBytes;
+    public bool Fits => FreeBytes >= 0;
+
+    private MemoryPlan(ModelConfig c, DeviceModelOptions o, WeightLayout w, WorkspaceLayout ws, long budget, int ctx, int pages)
+    {
+        Config = c; Options = o; Weights = w; Workspace = ws; BudgetBytes = budget; ContextLength = ctx; KvPages = pages;
+        KvBytesPerToken = KvBytesPerTokenOf(c);
+        KvBytes = 2L * c.NumHiddenLayers * pages * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
+    }
+
+    /// <summary>K and V of every layer: L x 2 x nKV x D x 2 bytes (96 KiB for Qwen3-30B-A3B).</summary>
+    public static long KvBytesPerTokenOf(ModelConfig c) => 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * sizeof(ushort);
+
+    /// <summary>
+    /// The plan for <paramref name="budgetBytes"/> of device memory (options.GpuMemoryBytes wins when set).
+    /// Never throws for lack of memory: check <see cref="Fits"/> or call <see cref="ThrowIfDoesNotFit"/>.
+    /// </summary>
+    public static MemoryPlan Compute(ModelConfig c, DeviceModelOptions o, long budgetBytes, int multiprocessors = 132, bool checkpointHasLmHead = false)
+    {
+        o.Validate();
+        long budget = o.GpuMemoryBytes ?? budgetBytes;
+        int maxPos = c.MaxPositionEmbeddings;
+        var weights = new WeightLayout(c, checkpointHasLmHead);
+        int rows = Math.Max(o.PrefillChunkTokens, o.MaxBatch);
+        int ctx;
+        if (o.ContextLength is int fixedCtx) ctx = fixedCtx;
+        else
+        {
+            // Size the workspace for the longest context first (its split buffers grow with it), then fill what is left with KV pages.
+            var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, maxPos, o.PageSize, multiprocessors);
+            long pageBytes = 2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
+            long left = budget - weights.TotalBytes - wsMax.TotalBytes - pageBytes;   // one scratch page
+            long pagesPerSeq = Math.Max(0, left / pageBytes / o.MaxSequences);
+            ctx = (int)Math.Min(maxPos, pagesPerSeq * o.PageSize);
+            if (ctx < Math.Min(maxPos, MinAutoContext)) ctx = Math.Min(maxPos, MinAutoContext);   // does not fit: report against the minimum
+        }
+        var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, ctx, o.PageSize, multiprocessors);
+        int pages = checked(o.MaxSequences * ((ctx + o.PageSize - 1) / o.PageSize) + 1);
+        return new MemoryPlan(c, o, weights, ws, budget, ctx, pages);
+    }
+
+    /// <summary>"model needs 61.2 GiB (weights 56.9 GiB + KV 3.0 GiB + workspace 1.3 GiB) but --gpu-memory is 40.0 GiB: 21.2 GiB missing".</summary>
+    public void ThrowIfDoesNotFit()
+    {
+        if (Fits) return;
+        string budget = Options.GpuMemoryBytes is null ? $"the device has {ByteSize.Format(BudgetBytes)} free" : $"--gpu-memory is {ByteSize.Format(BudgetBytes)}";
+        throw new ModelDoesNotFitException(
+            $"model needs {ByteSize.Format(TotalBytes)} (weights {ByteSize.Format(Weights.TotalBytes)} + KV {ByteSize.Format(KvBytes)} " +
+            $"for {ContextLength} tokens x {Options.MaxSequences} sequence(s) + workspace {ByteSize.Format(Workspace.TotalBytes)}) " +
+            $"but {budget}: {ByteSize.Format(-FreeBytes)} missing");
+    }
+
+    /// <summary>The plan as the lines `info --model` prints.</summary>
+    public string Describe()
+    {
+        var c = Config;
+        var sb = new StringBuilder();
+        void Line(string name, string value) => sb.Append(CultureInfo.InvariantCulture, $"  {name,-22}{value}\n");
+        string experts = c.IsMoeModel ? $"{c.NumExperts} experts top-{c.NumExpertsPerTok} (I {c.MoeIntermediateSize}), " : "";
+        sb.Append(CultureInfo.InvariantCulture,
+            $"Model: {c.ModelType}, {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, heads {c.NumAttentionHeads}/{c.NumKeyValueHeads} x {c.HeadDim}, {experts}vocab {c.VocabSize}, {Weights.ParameterCount / 1e9:F2} B parameters\n");
+        sb.Append("Memory plan (from config.json; no weights read):\n");
+        Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, bf16, one arena)");
+        Line("KV per token", $"{ByteSize.Format(KvBytesPerToken),12}  ({c.NumHiddenLayers} layers x K,V x {c.NumKeyValueHeads} heads x {c.HeadDim} x bf16)");
+        Line("KV cache", $"{ByteSize.Format(KvBytes),12}  ({ContextLength} tokens x {Options.MaxSequences} sequence(s), {KvPages} pages of {Options.PageSize})");
+        Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch})");
+        Line("total", $"{ByteSize.Format(TotalBytes),12}");
+        Line(Options.GpuMemoryBytes is null ? "device memory" : "--gpu-memory", $"{ByteSize.Format(BudgetBytes),12}");
+        Line(Fits ? "free" : "MISSING", $"{ByteSize.Format(Math.Abs(FreeBytes)),12}");
+        return sb.ToString();
+    }
+}

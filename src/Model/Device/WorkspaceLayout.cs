@@ -1,0 +1,127 @@
+using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Runtime.Launchers;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Model.Device;
+
+/// <summary>
+/// Offsets of every activation buffer in the workspace arena, sized for the largest step: <see cref="Rows"/> =
+/// max(prefill chunk, decode batch) token rows. One layout serves every step; buffers are reused layer after
+/// layer. Step inputs (token ids, positions, slots, context lengths, block tables) are int32 arrays that the
+/// host fills in a pinned mirror and copies in before the step (or the graph launch).
+/// <code>
+/// tokens, positions, slots, ctx_lens   int32 [Rows]
+/// block_tables    int32 [Rows, MaxPagesPerSeq]  one row per attention row (prefill: the sequence's table repeated)
+/// x               bf16 [Rows, H]          residual stream
+/// h               bf16 [Rows, H]          normed activations
+/// qkv             bf16 [Rows, (nH + 2 nKV) D]
+/// q, attn         bf16 [Rows, nH D]
+/// gemv_partial    fp32 split-K partials of the decode GEMV
+/// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
+/// moe             MoeWorkspace(Rows) of the larger MLP shape (experts, or a dense layer as one expert)
+/// logits          bf16 [MaxBatch, V]      lm_head output (last position of a prefill, or one row per decoded sequence)
+/// sampled         int32 [MaxBatch]        device argmax
+/// </code>
+/// </summary>
+public sealed record WorkspaceLayout
+{
+    public int Rows { get; init; }
+    public int MaxBatch { get; init; }
+    public int MaxPagesPerSeq { get; init; }
+    public long Tokens { get; init; }
+    public long Positions { get; init; }
+    public long Slots { get; init; }
+    public long ContextLens { get; init; }
+    public long BlockTables { get; init; }
+    /// <summary>int32 [2] = {0, T}: the query rows of a prefill chunk for the flash-attention kernel.</summary>
+    public long QStart { get; init; }
+    public long X { get; init; }
+    public long H { get; init; }
+    public long Qkv { get; init; }
+    public long Q { get; init; }
+    public long Attn { get; init; }
+    public long GemvPartial { get; init; }
+    public long GemvPartialCapacity { get; init; }
+    public long AttnPartialOut { get; init; }
+    public long AttnPartialLse { get; init; }
+    /// <summary>Attention (row x split) pairs the partial buffers hold.</summary>
+    public int AttnSplitRows { get; init; }
+    public long Moe { get; init; }
+    public long MoeBytes { get; init; }
+    public long Logits { get; init; }
+    public long Sampled { get; init; }
+    public long TotalBytes { get; init; }
+    /// <summary>Offset of the first step-input array and the end of the last (their pinned mirror has the same layout).</summary>
+    public long InputsBegin => Tokens;
+    public long InputsEnd { get; init; }
+
+    public static WorkspaceLayout Compute(ModelConfig c, int rows, int maxBatch, int contextLength, int pageSize, int multiprocessors)
+    {
+        int maxPages = (contextLength + pageSize - 1) / pageSize;
+        int qkvDim = c.QueryDim + 2 * c.KeyValueDim;
+        var a = new ArenaLayout();
+        long bf = sizeof(ushort);
+        long tokens = a.Take("tokens", rows * 4L), positions = a.Take("positions", rows * 4L), slots = a.Take("slots", rows * 4L);
+        long ctx = a.Take("ctx_lens", rows * 4L), tables = a.Take("block_tables", (long)rows * maxPages * 4);
+        long qstart = a.Take("q_start", 2 * 4L);
+        long inputsEnd = a.TotalBytes;
+        long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
+        long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
+
+        long gemv = 0;
+        for (int t = 1; t <= Math.Min(rows, GemvLaunchers.MaxTokens); t++)
+            foreach (var (n, k) in new[] { (qkvDim, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) })
+                gemv = Math.Max(gemv, GemvPartialBytes(multiprocessors, t, n, k));
+        long gemvPartial = a.Take("gemv_partial", gemv);
+
+        int tiles = Math.Max(1, (contextLength + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys);
+        int splitRows = 0;
+        for (int t = 1; t <= rows; t++)
+        {
+            int target = (multiprocessors + t * c.NumKeyValueHeads - 1) / (t * c.NumKeyValueHeads);
+            splitRows = Math.Max(splitRows, t * Math.Max(1, Math.Min(target, tiles)));
+        }
+        long lse = (long)splitRows * c.NumAttentionHeads * sizeof(float);
+        long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
+
+        long moeBytes = 0;
+        for (int l = 0; l < c.NumHiddenLayers; l++)
+        {
+            var s = MlpShape(c, l);
+            moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, s).TotalBytes);
+        }
+        long moe = a.Take("moe", moeBytes);
+        long logits = a.Take("logits", (long)maxBatch * c.VocabSize * bf);
+        long sampled = a.Take("sampled", maxBatch * 4L);
+        return new WorkspaceLayout
+        {
+            Rows = rows, MaxBatch = maxBatch, MaxPagesPerSeq = maxPages,
+            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, InputsEnd = inputsEnd,
+            X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
+            AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
+            Moe = moe, MoeBytes = moeBytes, Logits = logits, Sampled = sampled, TotalBytes = a.TotalBytes,
+        };
+    }
+
+    /// <summary>The MLP of layer <paramref name="layer"/> as a MoE shape: the routed experts, or the dense MLP as one expert of weight 1.</summary>
+    public static MoeShape MlpShape(ModelConfig c, int layer) => c.IsMoeLayer(layer)
+        ? new MoeShape(c.NumExperts, c.NumExpertsPerTok, c.HiddenSize, c.MoeIntermediateSize, c.NormTopkProb)
+        : new MoeShape(1, 1, c.HiddenSize, c.IntermediateSize, false);
+
+    /// <summary>
+    /// The fp32 split-K workspace kernels/gemv.cu needs for (T, N, K) on a device of <paramref name="sms"/>
+    /// multiprocessors: the same rule as <see cref="GemvLaunchers.Plan"/> (the device model checks the two agree).
+    /// </summary>
+    public static long GemvPartialBytes(int sms, int tokens, int n, int k)
+    {
+        const int warps = 8, maxRowsPerWarp = 8, maxSliceBytes = 32 * 1024;
+        int rpw = Math.Clamp(n / (warps * sms * 4), 1, maxRowsPerWarp);
+        int gridX = (n + warps * rpw - 1) / (warps * rpw);
+        int maxSlice = maxSliceBytes / (2 * tokens) / 256 * 256;
+        int split = Math.Max((k + maxSlice - 1) / maxSlice, 1);
+        if (gridX * split < sms) split = Math.Max(split, Math.Min((sms + gridX - 1) / gridX, Math.Max(1, k / 256)));
+        int kSplit = ((k + split - 1) / split + 7) / 8 * 8;
+        split = (k + kSplit - 1) / kSplit;
+        return split > 1 ? (long)split * tokens * n * sizeof(float) : 0;
+    }
+}

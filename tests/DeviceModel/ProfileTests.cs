@@ -1,0 +1,74 @@
+using System.CommandLine;
+using Qwen3Cuda.Cli;
+using Qwen3Cuda.Cli.Commands;
+using Qwen3Cuda.Runtime;
+
+namespace Qwen3Cuda.Tests.DeviceModel;
+
+[NonParallelizable]
+public class ProfileTests
+{
+    /// <summary>
+    /// `profile` on the emulator: the decode step runs the layer-step kernels, and its DRAM
+    /// traffic (distinct sectors per launch, summed) is at least the minimum it must move (every active weight is
+    /// read) - a lower bound that would fail if the minimum were overstated or a weight were skipped. The tiny model's
+    /// ratio is large (its weights are small next to fixed costs: split-K partials, the argmax re-read of the logits);
+    /// the real-shape figure is in the report.
+    /// </summary>
+    [Test]
+    public void Profile_Tiny_DecodeStepTraffic_IsAtLeastTheMinimum()
+    {
+        var r = ProfileCommand.Measure(DeviceCheckpoints.Tiny(), BackendKind.Emulator, tokens: 5);
+        TestContext.Out.Write(Qwen3Cuda.Model.Device.DeviceProfiler.Table(r.Decode, true));
+        var kernels = r.Decode.Kernels.Select(k => k.Kernel).ToList();
+        Assert.That(kernels.Take(2), Is.EqualTo(new[] { "token_embedding_bf16", "add_rmsnorm_bf16" }));
+        Assert.That(kernels, Is.SupersetOf(new[]
+        {
+            "gemv_bf16_t1", "qk_norm_rope_kv_write", "attn_decode_split", "moe_router_topk", "moe_gate_up_gemv", "moe_down_gemv",
+            "moe_combine", "token_argmax_bf16",
+        }));
+        Assert.That(r.Decode.DramBytes, Is.GreaterThanOrEqualTo(r.MinimumDecodeBytes));
+        TestContext.Out.WriteLine($"decode DRAM {r.Decode.DramBytes} B, minimum {r.MinimumDecodeBytes} B, ratio {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}");
+        Assert.That(r.Prefill.Launches, Is.GreaterThan(0));
+    }
+
+    [Test]
+    public void ProfileAndBench_Cli_OnTheEmulator()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int exit = Program.BuildRoot().Parse(["bench", "--model", DeviceCheckpoints.Tiny(), "--device", "emulator", "-p", "4", "-n", "2"])
+            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        Assert.That(exit, Is.EqualTo(0), error.ToString());
+        Assert.That(output.ToString(), Does.Contain("simulated-traffic").And.Contain("decode step DRAM"));
+        exit = Program.BuildRoot().Parse(["profile", "--model", "/nonexistent", "--device", "emulator"])
+            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        Assert.That(exit, Is.EqualTo(1));
+        Assert.That(error.ToString(), Does.Contain("/nonexistent"));
+    }
+}
+
+/// <summary>The CLI verbs on the device model: logits and generate with --device emulator agree with --device cpu.</summary>
+[NonParallelizable]
+public class DeviceCliTests
+{
+    static (int Exit, string Out, string Err) Cli(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        return (exit, output.ToString(), error.ToString());
+    }
+
+    /// <summary>Top-3 logits of every position (JSON) from the emulator equal the CPU reference's: the tiny device model is bit-exact (see DeviceModelTests).</summary>
+    [Test]
+    public void Logits_Emulator_EqualsCpu()
+    {
+        string dir = DeviceCheckpoints.Tiny();
+        var cpu = Cli("logits", "--model", dir, "--tokens", "3,4,5", "--top", "3", "--json");
+        var emu = Cli("logits", "--model", dir, "--tokens", "3,4,5", "--top", "3", "--json", "--device", "emulator");
+        Assert.That(cpu.Exit, Is.EqualTo(0), cpu.Err);
+        Assert.That(emu.Exit, Is.EqualTo(0), emu.Err);
+        Assert.That(emu.Out, Is.EqualTo(cpu.Out));
+    }
+}
