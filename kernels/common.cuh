@@ -32,6 +32,20 @@ __device__ __forceinline__ bf16x2 pack_bf16x2(float lo, float hi)
 // bf16 round of x, kept in fp32 (what a PyTorch bf16 op does to its output).
 __device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
+// Dot product of 8 bf16 pairs (two 16-byte chunks) in fp32, in element order: a product then 7 fmas.
+__device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b)
+{
+    float s = bf16x2_lo(a.x) * bf16x2_lo(b.x);
+    s = fmaf(bf16x2_hi(a.x), bf16x2_hi(b.x), s);
+    s = fmaf(bf16x2_lo(a.y), bf16x2_lo(b.y), s);
+    s = fmaf(bf16x2_hi(a.y), bf16x2_hi(b.y), s);
+    s = fmaf(bf16x2_lo(a.z), bf16x2_lo(b.z), s);
+    s = fmaf(bf16x2_hi(a.z), bf16x2_hi(b.z), s);
+    s = fmaf(bf16x2_lo(a.w), bf16x2_lo(b.w), s);
+    s = fmaf(bf16x2_hi(a.w), bf16x2_hi(b.w), s);
+    return s;
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

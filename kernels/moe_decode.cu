@@ -40,19 +40,6 @@ struct MoeDownGemvParams {
     int inter_size;          // I, multiple of 8
 };
 
-__device__ __forceinline__ float dot8(uint4 a, uint4 b)
-{
-    float s = bf16x2_lo(a.x) * bf16x2_lo(b.x);
-    s = fmaf(bf16x2_hi(a.x), bf16x2_hi(b.x), s);
-    s = fmaf(bf16x2_lo(a.y), bf16x2_lo(b.y), s);
-    s = fmaf(bf16x2_hi(a.y), bf16x2_hi(b.y), s);
-    s = fmaf(bf16x2_lo(a.z), bf16x2_lo(b.z), s);
-    s = fmaf(bf16x2_hi(a.z), bf16x2_hi(b.z), s);
-    s = fmaf(bf16x2_lo(a.w), bf16x2_lo(b.w), s);
-    s = fmaf(bf16x2_hi(a.w), bf16x2_hi(b.w), s);
-    return s;
-}
-
 // silu then the product, with the reference's rounding points (gate, up already bf16).
 __device__ __forceinline__ float swiglu_bf16(float gate, float up)
 {
@@ -78,11 +65,11 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
 #pragma unroll 2
     for (int c = lane; c < chunks; c += 32) {
         const uint4 xc = __ldg(&x[c]);
-        g0 += dot8(__ldg(&wg[c]), xc);
-        u0 += dot8(__ldg(&wu[c]), xc);
+        g0 += dot_bf16x8(__ldg(&wg[c]), xc);
+        u0 += dot_bf16x8(__ldg(&wu[c]), xc);
         if (two) {
-            g1 += dot8(__ldg(&wg[row_chunks + c]), xc);
-            u1 += dot8(__ldg(&wu[row_chunks + c]), xc);
+            g1 += dot_bf16x8(__ldg(&wg[row_chunks + c]), xc);
+            u1 += dot_bf16x8(__ldg(&wu[row_chunks + c]), xc);
         }
     }
     g0 = round_bf16(warp_sum(g0));
@@ -113,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
         const uint4 xc = x[c];
 #pragma unroll
         for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
-            if (h0 + r < p.hidden_size) acc[r] += dot8(__ldg(&w[(size_t)r * chunks + c]), xc);
+            if (h0 + r < p.hidden_size) acc[r] += dot_bf16x8(__ldg(&w[(size_t)r * chunks + c]), xc);
     }
 #pragma unroll
     for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {

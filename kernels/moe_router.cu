@@ -38,19 +38,6 @@ struct MoeRouterParams {
     int norm_topk_prob;      // 1: renormalise the k weights to sum 1
 };
 
-__device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b)
-{
-    float s = bf16x2_lo(a.x) * bf16x2_lo(b.x);
-    s = fmaf(bf16x2_hi(a.x), bf16x2_hi(b.x), s);
-    s = fmaf(bf16x2_lo(a.y), bf16x2_lo(b.y), s);
-    s = fmaf(bf16x2_hi(a.y), bf16x2_hi(b.y), s);
-    s = fmaf(bf16x2_lo(a.z), bf16x2_lo(b.z), s);
-    s = fmaf(bf16x2_hi(a.z), bf16x2_hi(b.z), s);
-    s = fmaf(bf16x2_lo(a.w), bf16x2_lo(b.w), s);
-    s = fmaf(bf16x2_hi(a.w), bf16x2_hi(b.w), s);
-    return s;
-}
-
 __device__ __forceinline__ float ld_cg_f32(const float* p)
 {
     float v;
