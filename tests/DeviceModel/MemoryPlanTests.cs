@@ -26,13 +26,7 @@ public class MemoryPlanTests
         return dir;   // config.json ONLY: a plan that tried to read a weight would fail
     }
 
-    static (int Exit, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (exit, output.ToString(), error.ToString());
-    }
+    static (int Exit, string Out, string Err) Cli(params string[] args) => Support.CliRunner.Run(args);
 
     [Test]
     public void RealConfig_Plan_MatchesTheArchitectureFigures()

@@ -52,13 +52,7 @@ public class ProfileTests
 [NonParallelizable]
 public class DeviceCliTests
 {
-    static (int Exit, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (exit, output.ToString(), error.ToString());
-    }
+    static (int Exit, string Out, string Err) Cli(params string[] args) => Support.CliRunner.Run(args);
 
     /// <summary>Top-3 logits of every position (JSON) from the emulator equal the CPU reference's: the tiny device model is bit-exact (see DeviceModelTests).</summary>
     [Test]

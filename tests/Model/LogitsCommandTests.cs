@@ -8,13 +8,7 @@ namespace Qwen3Cuda.Tests.Model;
 
 public class LogitsCommandTests
 {
-    static (int Exit, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (exit, output.ToString(), error.ToString());
-    }
+    static (int Exit, string Out, string Err) Cli(params string[] args) => Support.CliRunner.Run(args);
 
     [Test]
     public void WritesFloat32LogitsOfEveryPosition()
