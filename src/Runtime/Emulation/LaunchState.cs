@@ -25,6 +25,25 @@ internal sealed unsafe class LaunchState
     public int SharedBytes => DynamicBase + DynamicShared;
     public byte* ParamPtr;
 
+    /// <summary>The allocation's per-launch bitmap of touched 32-byte sectors (bit i: sector i from its start), cleared on first use in a launch.</summary>
+    public ulong[] SectorBits(Allocation a)
+    {
+        if (a.SectorEpoch != LaunchId)
+        {
+            lock (a)
+            {
+                if (a.SectorEpoch != LaunchId)
+                {
+                    long words = (a.Size / 32 + 64) / 64 + 1;
+                    if (a.Sectors?.Length == words) Array.Clear(a.Sectors);
+                    else a.Sectors = new ulong[words];
+                    a.SectorEpoch = LaunchId;
+                }
+            }
+        }
+        return a.Sectors!;
+    }
+
     /// <summary>Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones.</summary>
     public void TouchSector(Allocation a, ulong addr, int bytes, Counters c)
     {
