@@ -116,6 +116,8 @@ internal sealed class Instr
     public int Target = -1;
     public PtxFunction? Callee;
     public FastKind Fast;
+    /// <summary>Fast-path argument: the comparison of a classified setp (<see cref="IntCmp"/>).</summary>
+    public IntCmp FastCmp;
     public int Shape; // mma: k (8/16); ldmatrix: number of matrices
     public int PtxLine;
     public int SrcFile, SrcLine;

@@ -3,7 +3,11 @@ using System.Runtime.Intrinsics;
 
 namespace Qwen3Cuda.Runtime.Emulation;
 
-internal enum FastKind : byte { None, Mov, Add32, Add64, Sub32, And32, Or32, Shl32Imm, ShrU32Imm, MulWideS32, MulWideU32, MulLo32, MadLo32, FmaF32, AddF32, MulF32, SubF32 }
+internal enum FastKind : byte { None, Mov, Add32, Add64, Sub32, And32, Or32, Shl32Imm, ShrU32Imm, MulWideS32, MulWideU32, MulLo32, MadLo32, FmaF32, AddF32, MulF32, SubF32,
+    Xor32, Shl64Imm, ShrS32Imm, ShrU64Imm, CvtS64S32, CvtU64U32, SetpS32, SetpU32 }
+
+/// <summary>Integer comparison of a classified setp.</summary>
+internal enum IntCmp : byte { Eq, Ne, Lt, Le, Gt, Ge }
 
 /// <summary>
 /// Specialised handlers for the most frequent instructions when all 32 lanes execute: they work directly on
@@ -22,7 +26,20 @@ internal sealed partial class Warp
         bool is32 = t is PtxType.U32 or PtxType.S32 or PtxType.B32;
         bool is64 = t is PtxType.U64 or PtxType.S64 or PtxType.B64;
         bool plainF = t == PtxType.F32 && !ins.Ftz && !ins.Sat && ins.Rnd is Rnd.None or Rnd.Rn;
+        if (ins.Op == Op.Setp && o.Length == 3 && o[0].Kind == OpKind.Pred && RegOrImm(1) && RegOrImm(2) && ins.Mode2 == "" && t is PtxType.S32 or PtxType.U32 or PtxType.B32)
+        {
+            IntCmp? c = ins.Mode switch
+            {
+                "eq" => IntCmp.Eq, "ne" => IntCmp.Ne, "lt" or "lo" => IntCmp.Lt, "le" or "ls" => IntCmp.Le, "gt" or "hi" => IntCmp.Gt, "ge" or "hs" => IntCmp.Ge, _ => null,
+            };
+            bool signed = t == PtxType.S32;
+            if (c == null || (signed && ins.Mode is "lo" or "ls" or "hi" or "hs")) return; // the generic handler reports these
+            ins.FastCmp = c.Value;
+            ins.Fast = signed ? FastKind.SetpS32 : FastKind.SetpU32;
+            return;
+        }
         if (!DstReg()) return;
+        bool reg64To64 = o.Length > 1 && o[1].Kind == OpKind.Reg && o[1].RegBits == 64 && o[0].RegBits == 64;
         ins.Fast = ins.Op switch
         {
             Op.Mov when o[1].Kind == OpKind.Reg && o[1].RegBits == o[0].RegBits && PtxTypes.Size(t) * 8 >= o[0].RegBits => FastKind.Mov,
@@ -32,6 +49,13 @@ internal sealed partial class Warp
             Op.Sub when is32 && !ins.Sat && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Sub32,
             Op.And when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.And32,
             Op.Or when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Or32,
+            Op.Xor when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Xor32,
+            Op.Shl when is64 && o[1].Kind == OpKind.Reg && o[1].RegBits == 64 && o[2].Kind == OpKind.Imm && o[2].Imm < 64 && o[0].RegBits == 64 => FastKind.Shl64Imm,
+            Op.Shr when t is PtxType.U64 or PtxType.B64 && o[1].Kind == OpKind.Reg && o[1].RegBits == 64 && o[2].Kind == OpKind.Imm && o[2].Imm < 64 && o[0].RegBits == 64 => FastKind.ShrU64Imm,
+            Op.Shr when t == PtxType.S32 && o[1].Kind == OpKind.Reg && o[1].RegBits == 32 && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.ShrS32Imm,
+            Op.Cvta when reg64To64 && t == PtxType.U64 && ins.Space == Space.Global => FastKind.Mov,
+            Op.Cvt when !ins.Sat && ins.Rnd == Rnd.None && o.Length == 2 && t == PtxType.S64 && ins.T2 == PtxType.S32 && o[1].Kind == OpKind.Reg && o[0].RegBits == 64 => FastKind.CvtS64S32,
+            Op.Cvt when !ins.Sat && ins.Rnd == Rnd.None && o.Length == 2 && t == PtxType.U64 && ins.T2 == PtxType.U32 && o[1].Kind == OpKind.Reg && o[0].RegBits == 64 => FastKind.CvtU64U32,
             Op.Shl when is32 && RegOrImm(1) && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.Shl32Imm,
             Op.Shr when t is PtxType.U32 or PtxType.B32 && RegOrImm(1) && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.ShrU32Imm,
             Op.Mul when ins.Wide && t == PtxType.S32 && RegOrImm(1) && RegOrImm(2) => FastKind.MulWideS32,
@@ -58,9 +82,44 @@ internal sealed partial class Warp
     private void ExecFast(Instr ins)
     {
         var o = ins.Ops;
+        if (ins.Fast is FastKind.SetpS32 or FastKind.SetpU32) { SetpFast(ins); return; }
         var d = new Span<ulong>(R, o[0].Reg * 32, 32);
         switch (ins.Fast)
         {
+            case FastKind.Xor32: Vec2(Src(o[1], A), Src(o[2], B), d, 5); return;
+            case FastKind.Shl64Imm:
+                {
+                    var a = Src(o[1], A);
+                    int k = (int)o[2].Imm;
+                    for (int l = 0; l < 32; l++) d[l] = a[l] << k;
+                    return;
+                }
+            case FastKind.ShrU64Imm:
+                {
+                    var a = Src(o[1], A);
+                    int k = (int)o[2].Imm;
+                    for (int l = 0; l < 32; l++) d[l] = a[l] >> k;
+                    return;
+                }
+            case FastKind.ShrS32Imm:
+                {
+                    var a = Src(o[1], A);
+                    int k = (int)o[2].Imm;
+                    for (int l = 0; l < 32; l++) d[l] = (uint)((int)(uint)a[l] >> k);
+                    return;
+                }
+            case FastKind.CvtS64S32:
+                {
+                    var a = Src(o[1], A);
+                    for (int l = 0; l < 32; l++) d[l] = (ulong)(long)(int)(uint)a[l];
+                    return;
+                }
+            case FastKind.CvtU64U32:
+                {
+                    var a = Src(o[1], A);
+                    for (int l = 0; l < 32; l++) d[l] = a[l] & 0xFFFFFFFF;
+                    return;
+                }
             case FastKind.Mov:
                 {
                     ulong m = FloatMath.Mask(o[0].RegBits);
@@ -147,8 +206,42 @@ internal sealed partial class Warp
         {
             var x = Vector256.Create(a.Slice(i, 4));
             var y = Vector256.Create(b.Slice(i, 4));
-            var r = kind switch { 1 => x - y, 2 => x & y, 3 => x | y, _ => x + y };
+            var r = kind switch { 1 => x - y, 2 => x & y, 3 => x | y, 5 => x ^ y, _ => x + y };
             (r & m).CopyTo(d.Slice(i, 4));
         }
+    }
+
+    /// <summary>setp on 32-bit integers over all 32 lanes: one lane mask, written to the predicate (and ~mask to its pair).</summary>
+    private void SetpFast(Instr ins)
+    {
+        var o = ins.Ops;
+        var a = Src(o[1], A); var b = Src(o[2], B);
+        uint r = 0;
+        if (ins.Fast == FastKind.SetpS32)
+        {
+            switch (ins.FastCmp)
+            {
+                case IntCmp.Eq: for (int l = 0; l < 32; l++) r |= ((uint)a[l] == (uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Ne: for (int l = 0; l < 32; l++) r |= ((uint)a[l] != (uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Lt: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] < (int)(uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Le: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] <= (int)(uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Gt: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] > (int)(uint)b[l] ? 1u : 0u) << l; break;
+                default: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] >= (int)(uint)b[l] ? 1u : 0u) << l; break;
+            }
+        }
+        else
+        {
+            switch (ins.FastCmp)
+            {
+                case IntCmp.Eq: for (int l = 0; l < 32; l++) r |= ((uint)a[l] == (uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Ne: for (int l = 0; l < 32; l++) r |= ((uint)a[l] != (uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Lt: for (int l = 0; l < 32; l++) r |= ((uint)a[l] < (uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Le: for (int l = 0; l < 32; l++) r |= ((uint)a[l] <= (uint)b[l] ? 1u : 0u) << l; break;
+                case IntCmp.Gt: for (int l = 0; l < 32; l++) r |= ((uint)a[l] > (uint)b[l] ? 1u : 0u) << l; break;
+                default: for (int l = 0; l < 32; l++) r |= ((uint)a[l] >= (uint)b[l] ? 1u : 0u) << l; break;
+            }
+        }
+        P[o[0].Reg] = r;
+        if (o[0].PairPred >= 0) P[o[0].PairPred] = ~r;
     }
 }
