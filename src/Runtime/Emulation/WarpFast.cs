@@ -1,5 +1,7 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Qwen3Cuda.Runtime.Emulation;
 
@@ -120,32 +122,15 @@ internal sealed partial class Warp
                     for (int l = 0; l < 32; l++) d[l] = a[l] & 0xFFFFFFFF;
                     return;
                 }
-            case FastKind.Mov:
-                {
-                    ulong m = FloatMath.Mask(o[0].RegBits);
-                    var a = new ReadOnlySpan<ulong>(R, o[1].Reg * 32, 32);
-                    for (int l = 0; l < 32; l++) d[l] = a[l] & m;
-                    return;
-                }
+            case FastKind.Mov: VecMov(o[1].Reg, o[0].Reg, o[0].RegBits); return;
             case FastKind.Add32: Vec2(Src(o[1], A), Src(o[2], B), d, 0); return;
             case FastKind.Sub32: Vec2(Src(o[1], A), Src(o[2], B), d, 1); return;
             case FastKind.And32: Vec2(Src(o[1], A), Src(o[2], B), d, 2); return;
             case FastKind.Or32: Vec2(Src(o[1], A), Src(o[2], B), d, 3); return;
             case FastKind.Add64: Vec2(Src(o[1], A), Src(o[2], B), d, 4); return;
-            case FastKind.Shl32Imm:
-                {
-                    var a = Src(o[1], A);
-                    int k = (int)o[2].Imm;
-                    for (int l = 0; l < 32; l++) d[l] = (a[l] << k) & 0xFFFFFFFF;
-                    return;
-                }
-            case FastKind.ShrU32Imm:
-                {
-                    var a = Src(o[1], A);
-                    int k = (int)o[2].Imm;
-                    for (int l = 0; l < 32; l++) d[l] = (a[l] & 0xFFFFFFFF) >> k;
-                    return;
-                }
+            case FastKind.Shl32Imm: VecShift(o[1], o[0].Reg, (int)o[2].Imm, left: true); return;
+            case FastKind.ShrU32Imm: VecShift(o[1], o[0].Reg, (int)o[2].Imm, left: false); return;
+            case FastKind.MulWideS32 when Avx2.IsSupported: VecMulWideS32(o[1], o[2], o[0].Reg); return;
             case FastKind.MulWideS32:
                 {
                     var a = Src(o[1], A); var b = Src(o[2], B);
@@ -170,31 +155,10 @@ internal sealed partial class Warp
                     for (int l = 0; l < 32; l++) d[l] = (uint)(a[l] * b[l] + c[l]);
                     return;
                 }
-            case FastKind.FmaF32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B); var c = Src(o[3], C);
-                    for (int l = 0; l < 32; l++)
-                        d[l] = FloatMath.Bits(MathF.FusedMultiplyAdd(FloatMath.AsF32(a[l]), FloatMath.AsF32(b[l]), FloatMath.AsF32(c[l])));
-                    return;
-                }
-            case FastKind.AddF32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    for (int l = 0; l < 32; l++) d[l] = FloatMath.Bits(FloatMath.AsF32(a[l]) + FloatMath.AsF32(b[l]));
-                    return;
-                }
-            case FastKind.SubF32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    for (int l = 0; l < 32; l++) d[l] = FloatMath.Bits(FloatMath.AsF32(a[l]) - FloatMath.AsF32(b[l]));
-                    return;
-                }
-            case FastKind.MulF32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    for (int l = 0; l < 32; l++) d[l] = FloatMath.Bits(FloatMath.AsF32(a[l]) * FloatMath.AsF32(b[l]));
-                    return;
-                }
+            case FastKind.FmaF32: VecF32(o[1], o[2], o[3], o[0].Reg, 3); return;
+            case FastKind.AddF32: VecF32(o[1], o[2], o[2], o[0].Reg, 0); return;
+            case FastKind.SubF32: VecF32(o[1], o[2], o[2], o[0].Reg, 1); return;
+            case FastKind.MulF32: VecF32(o[1], o[2], o[2], o[0].Reg, 2); return;
         }
     }
 
@@ -243,5 +207,76 @@ internal sealed partial class Warp
         }
         P[o[0].Reg] = r;
         if (o[0].PairPred >= 0) P[o[0].PairPred] = ~r;
+    }
+
+    /// <summary>Lanes i..i+3 of a register (or a broadcast immediate) as 64-bit values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Vector256<ulong> V64(Operand o, int i) =>
+        o.Kind == OpKind.Reg ? Vector256.LoadUnsafe(ref MemoryMarshal.GetArrayDataReference(R), (nuint)(o.Reg * 32 + i)) : Vector256.Create(o.Imm);
+
+    /// <summary>Lanes i..i+7 of a register (or an immediate) as f32: the low 32 bits of each slot.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Vector256<float> F8(Operand o, int i) =>
+        o.Kind == OpKind.Reg ? Vector256.Narrow(V64(o, i), V64(o, i + 4)).AsSingle() : Vector256.Create((uint)o.Imm).AsSingle();
+
+    /// <summary>Writes 8 f32 results zero-extended into lanes i..i+7 of register slot <paramref name="dReg"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void StoreF8(int dReg, int i, Vector256<float> v)
+    {
+        ref ulong d = ref MemoryMarshal.GetArrayDataReference(R);
+        var u = v.AsUInt32();
+        Vector256.WidenLower(u).StoreUnsafe(ref d, (nuint)(dReg * 32 + i));
+        Vector256.WidenUpper(u).StoreUnsafe(ref d, (nuint)(dReg * 32 + i + 4));
+    }
+
+    /// <summary>f32 add (0), sub (1), mul (2) or fma (3), round to nearest, 8 lanes at a time (same IEEE results as the scalar forms).</summary>
+    private void VecF32(Operand a, Operand b, Operand c, int dReg, int kind)
+    {
+        if (dReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
+        for (int i = 0; i < 32; i += 8)
+        {
+            var x = F8(a, i);
+            var y = F8(b, i);
+            var r = kind switch
+            {
+                0 => x + y,
+                1 => x - y,
+                2 => x * y,
+                _ => Vector256.FusedMultiplyAdd(x, y, F8(c, i)),
+            };
+            StoreF8(dReg, i, r);
+        }
+    }
+
+    private void VecMov(int sReg, int dReg, int bits)
+    {
+        if (dReg * 32 + 32 > R.Length || sReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
+        var m = Vector256.Create(FloatMath.Mask(bits));
+        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
+        for (int i = 0; i < 32; i += 4)
+            (Vector256.LoadUnsafe(ref r, (nuint)(sReg * 32 + i)) & m).StoreUnsafe(ref r, (nuint)(dReg * 32 + i));
+    }
+
+    /// <summary>32-bit shl / shr.u by an immediate k &lt; 32 (result masked to 32 bits, source chopped to 32 bits).</summary>
+    private void VecShift(Operand a, int dReg, int k, bool left)
+    {
+        if (dReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
+        var m = Vector256.Create(0xFFFFFFFFUL);
+        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
+        for (int i = 0; i < 32; i += 4)
+        {
+            var x = V64(a, i);
+            var y = left ? Vector256.ShiftLeft(x, k) & m : Vector256.ShiftRightLogical(x & m, k);
+            y.StoreUnsafe(ref r, (nuint)(dReg * 32 + i));
+        }
+    }
+
+    /// <summary>mul.wide.s32: vpmuldq multiplies the sign-extended low 32 bits of each 64-bit slot into a 64-bit product.</summary>
+    private void VecMulWideS32(Operand a, Operand b, int dReg)
+    {
+        if (dReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
+        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
+        for (int i = 0; i < 32; i += 4)
+            Avx2.Multiply(V64(a, i).AsInt32(), V64(b, i).AsInt32()).AsUInt64().StoreUnsafe(ref r, (nuint)(dReg * 32 + i));
     }
 }

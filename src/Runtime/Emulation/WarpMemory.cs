@@ -121,14 +121,14 @@ internal sealed unsafe partial class Warp
         if (vec == 1)
         {
             if (dataOp.Kind == OpKind.Vec) throw Fault("vector operand for a scalar access", ins, 0);
-            if (write) Load(dataOp, A, ins.T);
         }
-        else
+        else if (dataOp.Kind != OpKind.Vec || dataOp.Elems.Length != vec) throw Fault($"vector width {vec} does not match the operand {dataOp.Name}", ins, 0);
+        if (sp0 == Space.Global && TryGlobalFast(ins, exec, addrOp, dataOp, size, vec, total, write)) return;
+        if (write)
         {
-            if (dataOp.Kind != OpKind.Vec || dataOp.Elems.Length != vec) throw Fault($"vector width {vec} does not match the operand {dataOp.Name}", ins, 0);
-            if (write) for (int i = 0; i < vec; i++) Load(dataOp.Elems[i], Buf(i), ins.T);
+            if (vec == 1) Load(dataOp, A, ins.T);
+            else for (int i = 0; i < vec; i++) Load(dataOp.Elems[i], Buf(i), ins.T);
         }
-        if (sp0 == Space.Global && TryGlobalFast(ins, exec, addrOp, size, vec, total, write)) { FinishLoad(ins, exec, dataOp, vec, write); return; }
         if (sp0 == Space.Param && addrOp.Reg < 0 && !write)
         {
             // a kernel parameter: one address for every lane, checked once
@@ -195,7 +195,7 @@ internal sealed unsafe partial class Warp
     /// per-lane path, which reports the exact fault. An aligned access of at most 32 bytes never crosses a
     /// sector, so each lane touches exactly the sector <c>addr &gt;&gt; 5</c>.
     /// </summary>
-    private bool TryGlobalFast(Instr ins, uint exec, Operand addrOp, int size, int vec, int total, bool write)
+    private bool TryGlobalFast(Instr ins, uint exec, Operand addrOp, Operand dataOp, int size, int vec, int total, bool write)
     {
         if (addrOp.Reg < 0 || total > 32) return false;
         var ad = _addr;
@@ -222,8 +222,21 @@ internal sealed unsafe partial class Warp
         }
         if (al.Written != null) return false;
         byte* host = al.Host - (long)al.Start;
-        if (vec == 1) CopyLanes(host, ad, exec, size, A, write);
-        else for (int i = 0; i < vec; i++) CopyLanes(host + i * size, ad, exec, size, Buf(i), write);
+        bool sext = PtxTypes.IsSigned(ins.T);
+        for (int i = 0; i < vec; i++)
+        {
+            var el = vec == 1 ? dataOp : dataOp.Elems[i];
+            // registers move directly when no masking or sign extension is involved (a store truncates to size bytes anyway)
+            if (el.Kind == OpKind.Reg && (write || (el.RegBits >= size * 8 && !(sext && el.RegBits > size * 8))))
+                CopyLanes(host + i * size, ad, exec, size, R, el.Reg * 32, write);
+            else
+            {
+                var buf = Buf(i);
+                if (write) Load(el, buf, ins.T);
+                CopyLanes(host + i * size, ad, exec, size, buf, 0, write);
+                if (!write) Store(el, buf, exec, ins.T);
+            }
+        }
         // distinct sectors of this request, and first touches in this launch (per-allocation bitmap)
         var cnt = Cta.Counters;
         var bits = Cta.Launch.SectorBits(al);
@@ -253,8 +266,10 @@ internal sealed unsafe partial class Warp
     }
 
     /// <summary>Moves one <paramref name="size"/>-byte element per exec lane between <paramref name="buf"/> and host + address.</summary>
-    private static void CopyLanes(byte* host, ulong[] ad, uint exec, int size, ulong[] buf, bool write)
+    private static void CopyLanes(byte* host, ulong[] ad, uint exec, int size, ulong[] regs, int off, bool write)
     {
+        if (off + 32 > regs.Length) throw new InvalidOperationException("register slot outside the register file");
+        var buf = new Span<ulong>(regs, off, 32);
         switch (size, write)
         {
             case (4, false):
