@@ -164,6 +164,8 @@ internal sealed class PtxModule
     /// <summary>Register slots and predicates a warp needs: the largest entry plus every .func (see PtxParser.RebaseRegisters).</summary>
     public int TotalRegs { get; set; }
     public int TotalPreds { get; set; }
+    /// <summary>True when the module has .func bodies (their registers live above every entry's).</summary>
+    public bool HasFunctions { get; set; }
     public IEnumerable<PtxFunction> Entries => Functions.Values.Where(f => f.IsEntry);
 }
 
