@@ -6,7 +6,7 @@ using System.Runtime.Intrinsics.X86;
 namespace Qwen3Cuda.Runtime.Emulation;
 
 internal enum FastKind : byte { None, Mov, Add32, Add64, Sub32, And32, Or32, Shl32Imm, ShrU32Imm, MulWideS32, MulWideU32, MulLo32, MadLo32, FmaF32, AddF32, MulF32, SubF32,
-    Xor32, Shl64Imm, ShrS32Imm, ShrU64Imm, CvtS64S32, CvtU64U32, SetpS32, SetpU32 }
+    Xor32, Shl64Imm, ShrS32Imm, ShrU64Imm, CvtS64S32, CvtU64U32, SetpS32, SetpU32, Selp32 }
 
 /// <summary>Integer comparison of a classified setp.</summary>
 internal enum IntCmp : byte { Eq, Ne, Lt, Le, Gt, Ge }
@@ -51,6 +51,7 @@ internal sealed partial class Warp
             Op.Sub when is32 && !ins.Sat && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Sub32,
             Op.And when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.And32,
             Op.Or when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Or32,
+            Op.Selp when (is32 || t == PtxType.F32) && o.Length == 4 && RegOrImm(1) && RegOrImm(2) && o[3].Kind == OpKind.Pred && o[0].RegBits == 32 => FastKind.Selp32,
             Op.Xor when is32 && RegOrImm(1) && RegOrImm(2) && o[0].RegBits == 32 => FastKind.Xor32,
             Op.Shl when is64 && o[1].Kind == OpKind.Reg && o[1].RegBits == 64 && o[2].Kind == OpKind.Imm && o[2].Imm < 64 && o[0].RegBits == 64 => FastKind.Shl64Imm,
             Op.Shr when t is PtxType.U64 or PtxType.B64 && o[1].Kind == OpKind.Reg && o[1].RegBits == 64 && o[2].Kind == OpKind.Imm && o[2].Imm < 64 && o[0].RegBits == 64 => FastKind.ShrU64Imm,
@@ -89,6 +90,13 @@ internal sealed partial class Warp
         switch (ins.Fast)
         {
             case FastKind.Xor32: Vec2(Src(o[1], A), Src(o[2], B), d, 5); return;
+            case FastKind.Selp32:
+                {
+                    var a = Src(o[1], A); var b = Src(o[2], B);
+                    uint p = PredValue(o[3]);
+                    for (int l = 0; l < 32; l++) d[l] = (((p >> l) & 1) != 0 ? a[l] : b[l]) & 0xFFFFFFFF;
+                    return;
+                }
             case FastKind.Shl64Imm:
                 {
                     var a = Src(o[1], A);
