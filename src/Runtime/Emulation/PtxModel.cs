@@ -18,7 +18,13 @@ internal static class PtxTypes
         _ => null,
     };
 
-    public static int Size(PtxType t) => t switch
+    // sizes in bytes indexed by PtxType (the switch below is the definition; the table is built from it)
+    private static readonly byte[] Sizes = Enumerable.Range(0, (int)PtxType.TF32 + 1).Select(i => (byte)SizeOf((PtxType)i)).ToArray();
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static int Size(PtxType t) => (uint)t < (uint)Sizes.Length ? Sizes[(int)t] : 0;
+
+    private static int SizeOf(PtxType t) => t switch
     {
         PtxType.B8 or PtxType.U8 or PtxType.S8 => 1,
         PtxType.B16 or PtxType.U16 or PtxType.S16 or PtxType.F16 or PtxType.BF16 => 2,

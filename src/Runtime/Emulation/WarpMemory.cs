@@ -203,15 +203,28 @@ internal sealed unsafe partial class Warp
         int baseSlot = addrOp.Reg * 32;
         ulong off = (ulong)addrOp.Offset;
         var r = R;
-        for (uint e = exec; e != 0; e &= e - 1)
+        if (exec == 0xFFFFFFFF)
         {
-            int l = BitOperations.TrailingZeroCount(e);
-            ulong a = r[baseSlot + l] + off;
-            ad[l] = a;
-            if (a < lo) lo = a;
-            if (a > hi) hi = a;
-            misalign |= a;
+            var src = new ReadOnlySpan<ulong>(r, baseSlot, 32);
+            for (int l = 0; l < 32; l++)
+            {
+                ulong a = src[l] + off;
+                ad[l] = a;
+                lo = Math.Min(lo, a);
+                hi = Math.Max(hi, a);
+                misalign |= a;
+            }
         }
+        else
+            for (uint e = exec; e != 0; e &= e - 1)
+            {
+                int l = BitOperations.TrailingZeroCount(e);
+                ulong a = r[baseSlot + l] + off;
+                ad[l] = a;
+                if (a < lo) lo = a;
+                if (a > hi) hi = a;
+                misalign |= a;
+            }
         if ((misalign & (ulong)(total - 1)) != 0) return false;
         var al = _lastAlloc;
         if (al == null || al.Freed || lo < al.Start || hi + (ulong)total > al.End)
