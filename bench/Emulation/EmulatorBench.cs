@@ -82,24 +82,23 @@ public class EmulatorBench
 
     private void Report(string name, Action run)
     {
-        for (int i = 0; i < 5; i++) run(); // warm-up (tiered JIT)
-        // best of 10 runs, by wall clock and by process CPU time (the CI box is shared; CPU time is the fairer figure)
-        double s = double.MaxValue, cpu = double.MaxValue;
+        // warm-up long enough for tiered JIT to reach optimized code (a handful of runs would time tier-0 code)
+        var warm = System.Diagnostics.Stopwatch.StartNew();
+        while (warm.Elapsed.TotalSeconds < 2) run();
+        // then ~2 s of runs, by wall clock and by process CPU time (the CI box is shared; CPU time is the fairer figure)
         var proc = System.Diagnostics.Process.GetCurrentProcess();
-        for (int i = 0; i < 10; i++)
-        {
-            proc.Refresh();
-            var c0 = proc.TotalProcessorTime;
-            var sw = System.Diagnostics.Stopwatch.StartNew();
-            run();
-            s = Math.Min(s, sw.Elapsed.TotalSeconds);
-            proc.Refresh();
-            cpu = Math.Min(cpu, Math.Max((proc.TotalProcessorTime - c0).TotalSeconds, 1e-6));
-        }
+        proc.Refresh();
+        var c0 = proc.TotalProcessorTime;
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        int runs = 0;
+        while (sw.Elapsed.TotalSeconds < 2) { run(); runs++; }
+        double s = sw.Elapsed.TotalSeconds / runs;
+        proc.Refresh();
+        double cpu = Math.Max((proc.TotalProcessorTime - c0).TotalSeconds, 1e-6) / runs;
         var r = _dev.LastLaunch!;
         Console.WriteLine($"// {name}: {r.WarpInstructions / s / 1e6:F1} M warp-instr/s wall ({r.WarpInstructions / cpu / 1e6:F1} per CPU-second), " +
-            $"{r.ThreadInstructions / s / 1e9:F2} G thread-instr/s, {r.WarpInstructions} warp-instr in {s * 1e3:F1} ms, " +
-            $"mma {r.MmaCount} ({r.MmaCount / s / 1e6:F2} M mma/s)");
+            $"{r.ThreadInstructions / s / 1e9:F2} G thread-instr/s, {r.WarpInstructions} warp-instr in {s * 1e3:F2} ms, " +
+            $"mma {r.MmaCount} ({r.MmaCount / s / 1e6:F2} M mma/s), mean of {runs} runs");
     }
 
     [Benchmark]

@@ -11,27 +11,56 @@ namespace Qwen3Cuda.Runtime.Emulation;
 internal sealed unsafe class Cta
 {
     public const int Quantum = 10_000;
-    public readonly LaunchState Launch;
-    public readonly Counters Counters = new();
-    public readonly Warp[] Warps;
-    private readonly byte[] _shared, _local;
-    public readonly byte* SharedPtr, LocalPtr;
-    public readonly RaceChecker? Race;
+    public LaunchState Launch { get; private set; }
+    public Counters Counters { get; private set; } = new();
+    public Warp[] Warps { get; private set; } = [];
+    private byte[] _shared = [], _local = [];
+    public byte* SharedPtr { get; private set; }
+    public byte* LocalPtr { get; private set; }
+    public RaceChecker? Race { get; private set; }
     public (uint X, uint Y, uint Z) CtaId;
     public long Linear;
     private readonly int[] _arrived = new int[16];
+    private WarpStatus[] _status = [];
 
     public Cta(LaunchState launch)
     {
         Launch = launch;
+        Bind(launch);
+    }
+
+    /// <summary>
+    /// Prepares this context for a launch: fresh counters; warps, shared memory, local memory and the race
+    /// checker are kept from earlier launches when large enough (contexts are pooled per device, so steady-state
+    /// launches allocate almost nothing).
+    /// </summary>
+    [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(Launch))]
+    public void Bind(LaunchState launch)
+    {
+        Launch = launch;
+        Counters = new Counters();
         int threads = (int)launch.Block.Count;
-        Warps = new Warp[(threads + 31) / 32];
-        for (int i = 0; i < Warps.Length; i++) Warps[i] = new Warp(this, i);
-        _shared = GC.AllocateUninitializedArray<byte>(Math.Max(launch.SharedBytes, 16), pinned: true);
-        _local = GC.AllocateUninitializedArray<byte>(Math.Max(launch.LocalPerThread * Warps.Length * 32, 16), pinned: true);
-        SharedPtr = (byte*)Unsafe.AsPointer(ref _shared[0]);
-        LocalPtr = (byte*)Unsafe.AsPointer(ref _local[0]);
-        if (launch.RaceCheck && launch.SharedBytes > 0) Race = new RaceChecker(launch.SharedBytes, this);
+        int nw = (threads + 31) / 32;
+        if (Warps.Length != nw)
+        {
+            var ws = new Warp[nw];
+            for (int i = 0; i < nw; i++) ws[i] = i < Warps.Length ? Warps[i] : new Warp(this, i);
+            Warps = ws;
+            _status = new WarpStatus[nw];
+        }
+        int sharedNeed = Math.Max(launch.SharedBytes, 16), localNeed = Math.Max(launch.LocalPerThread * nw * 32, 16);
+        if (_shared.Length < sharedNeed)
+        {
+            _shared = GC.AllocateUninitializedArray<byte>(sharedNeed, pinned: true);
+            SharedPtr = (byte*)Unsafe.AsPointer(ref _shared[0]);
+        }
+        if (_local.Length < localNeed)
+        {
+            _local = GC.AllocateUninitializedArray<byte>(localNeed, pinned: true);
+            LocalPtr = (byte*)Unsafe.AsPointer(ref _local[0]);
+        }
+        if (!launch.RaceCheck || launch.SharedBytes == 0) Race = null;
+        else if (Race == null || Race.Words != (launch.SharedBytes + 3) / 4) Race = new RaceChecker(launch.SharedBytes, this);
     }
 
     public string BlockText => $"({CtaId.X},{CtaId.Y},{CtaId.Z})";
@@ -41,13 +70,14 @@ internal sealed unsafe class Cta
         var L = Launch;
         Linear = linear;
         CtaId = ((uint)(linear % L.Grid.X), (uint)(linear / L.Grid.X % L.Grid.Y), (uint)(linear / ((long)L.Grid.X * L.Grid.Y)));
-        _shared.AsSpan().Fill(DeviceMemory.Poison);
-        _local.AsSpan().Fill(DeviceMemory.Poison);
+        _shared.AsSpan(0, Math.Max(L.SharedBytes, 16)).Fill(DeviceMemory.Poison);
+        _local.AsSpan(0, Math.Max(L.LocalPerThread * Warps.Length * 32, 16)).Fill(DeviceMemory.Poison);
         Array.Clear(_arrived);
         Race?.Reset();
         int threads = (int)L.Block.Count;
         for (int i = 0; i < Warps.Length; i++) Warps[i].Reset(L.Function, Math.Min(32, threads - 32 * i));
-        var status = new WarpStatus[Warps.Length];
+        var status = _status;
+        Array.Clear(status);
         while (true)
         {
             bool anyLive = false;
@@ -146,6 +176,8 @@ internal sealed class RaceChecker
     private readonly short[] _pending;
     private readonly Cta _cta;
     private int _epoch = 1;
+
+    public int Words => _writeEpoch.Length;
 
     public RaceChecker(int sharedBytes, Cta cta)
     {

@@ -15,6 +15,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private readonly EmuStream _default;
     private readonly List<LaunchRecord> _launches = [];
     private long _launchId;
+    private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
     private bool _disposed;
 
     public EmulatedDevice(EmulatorOptions? options = null)
@@ -241,7 +242,7 @@ public sealed unsafe class EmulatedDevice : IDevice
             KernelName = k.Name, Module = k.Module.Ptx, Function = f, Grid = c.Grid, Block = c.Block,
             StaticShared = k.StaticShared, DynamicShared = c.DynamicSharedBytes, DynamicBase = k.DynamicBase,
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
-            RaceCheck = _opt.RaceCheck, LaunchId = ++_launchId, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
+            RaceCheck = _opt.RaceCheck, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
         };
         var sw = Stopwatch.StartNew();
         var counters = L.Run();

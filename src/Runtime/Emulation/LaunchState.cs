@@ -22,8 +22,29 @@ internal sealed unsafe class LaunchState
     public required long LaunchId { get; init; }
     public required DeviceInfo Device { get; init; }
     public TextWriter? PrintOut { get; init; }
+    /// <summary>Reusable CTA contexts of the device (shared across launches).</summary>
+    public required System.Collections.Concurrent.ConcurrentBag<Cta> CtaPool { get; init; }
     public int SharedBytes => DynamicBase + DynamicShared;
     public byte* ParamPtr;
+
+    /// <summary>The allocation's per-launch bitmap of touched 32-byte sectors (bit i: sector i from its start), cleared on first use in a launch.</summary>
+    public ulong[] SectorBits(Allocation a)
+    {
+        if (a.SectorEpoch != LaunchId)
+        {
+            lock (a)
+            {
+                if (a.SectorEpoch != LaunchId)
+                {
+                    long words = (a.Size / 32 + 64) / 64 + 1;
+                    if (a.Sectors?.Length == words) Array.Clear(a.Sectors);
+                    else a.Sectors = new ulong[words];
+                    a.SectorEpoch = LaunchId;
+                }
+            }
+        }
+        return a.Sectors!;
+    }
 
     /// <summary>Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones.</summary>
     public void TouchSector(Allocation a, ulong addr, int bytes, Counters c)
@@ -60,14 +81,15 @@ internal sealed unsafe class LaunchState
             var merged = new Counters();
             if (Sequential || total == 1 || Environment.ProcessorCount == 1)
             {
-                var cta = new Cta(this);
+                var cta = Rent();
                 for (long i = 0; i < total; i++) cta.Run(i);
                 merged.Add(cta.Counters);
+                CtaPool.Add(cta);
                 return merged;
             }
             Exception? first = null;
             var gate = new object();
-            Parallel.For(0L, total, () => new Cta(this), (i, state, cta) =>
+            Parallel.For(0L, total, Rent, (i, state, cta) =>
             {
                 if (state.ShouldExitCurrentIteration) return cta;
                 try { cta.Run(i); }
@@ -77,11 +99,18 @@ internal sealed unsafe class LaunchState
                     state.Stop();
                 }
                 return cta;
-            }, cta => { lock (gate) merged.Add(cta.Counters); });
+            }, cta => { lock (gate) merged.Add(cta.Counters); CtaPool.Add(cta); });
             if (first != null) ExceptionDispatchInfoThrow(first);
             return merged;
         }
         finally { pin.Free(); }
+    }
+
+    private Cta Rent()
+    {
+        if (!CtaPool.TryTake(out var cta)) return new Cta(this);
+        cta.Bind(this);
+        return cta;
     }
 
     [StackTraceHidden]

@@ -18,7 +18,13 @@ internal static class PtxTypes
         _ => null,
     };
 
-    public static int Size(PtxType t) => t switch
+    // sizes in bytes indexed by PtxType (the switch below is the definition; the table is built from it)
+    private static readonly byte[] Sizes = Enumerable.Range(0, (int)PtxType.TF32 + 1).Select(i => (byte)SizeOf((PtxType)i)).ToArray();
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static int Size(PtxType t) => (uint)t < (uint)Sizes.Length ? Sizes[(int)t] : 0;
+
+    private static int SizeOf(PtxType t) => t switch
     {
         PtxType.B8 or PtxType.U8 or PtxType.S8 => 1,
         PtxType.B16 or PtxType.U16 or PtxType.S16 or PtxType.F16 or PtxType.BF16 => 2,
@@ -116,6 +122,8 @@ internal sealed class Instr
     public int Target = -1;
     public PtxFunction? Callee;
     public FastKind Fast;
+    /// <summary>Fast-path argument: the comparison of a classified setp (<see cref="IntCmp"/>).</summary>
+    public IntCmp FastCmp;
     public int Shape; // mma: k (8/16); ldmatrix: number of matrices
     public int PtxLine;
     public int SrcFile, SrcLine;
@@ -162,6 +170,8 @@ internal sealed class PtxModule
     /// <summary>Register slots and predicates a warp needs: the largest entry plus every .func (see PtxParser.RebaseRegisters).</summary>
     public int TotalRegs { get; set; }
     public int TotalPreds { get; set; }
+    /// <summary>True when the module has .func bodies (their registers live above every entry's).</summary>
+    public bool HasFunctions { get; set; }
     public IEnumerable<PtxFunction> Entries => Functions.Values.Where(f => f.IsEntry);
 }
 

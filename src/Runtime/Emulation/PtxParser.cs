@@ -53,6 +53,7 @@ internal sealed partial class PtxParser
             regBase += f.NumRegs;
             predBase += f.NumPreds;
         }
+        m.HasFunctions = m.Functions.Values.Any(f => !f.IsEntry && !f.IsExtern);
         m.TotalRegs = regBase;
         m.TotalPreds = predBase;
     }

@@ -54,6 +54,8 @@ internal sealed partial class Warp
         var mod = Cta.Launch.Module;
         int need = Math.Max(mod.TotalRegs, fn.NumRegs) * 32;
         if (R.Length < need) R = new ulong[need];
+        // registers start at zero; without .func bodies the entry touches only its own slots, so only those need clearing
+        if (!mod.HasFunctions) need = fn.NumRegs * 32;
         if (P.Length < Math.Max(mod.TotalPreds, fn.NumPreds)) P = new uint[Math.Max(Math.Max(mod.TotalPreds, fn.NumPreds), 1)];
         Array.Clear(R, 0, need);
         Array.Clear(P);

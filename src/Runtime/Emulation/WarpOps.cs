@@ -26,7 +26,10 @@ internal sealed partial class Warp
                 dst.AsSpan().Fill(tb > 0 && tb < 64 ? o.Imm & Mask(tb) : o.Imm);
                 break;
             case OpKind.Special:
-                for (int l = 0; l < 32; l++) dst[l] = SpecialValue(o.Special, l);
+                if (o.Special is SpecialReg.TidX or SpecialReg.TidY or SpecialReg.TidZ or SpecialReg.LaneId or SpecialReg.LanemaskEq
+                    or SpecialReg.LanemaskLe or SpecialReg.LanemaskLt or SpecialReg.LanemaskGe or SpecialReg.LanemaskGt)
+                    for (int l = 0; l < 32; l++) dst[l] = SpecialValue(o.Special, l);
+                else dst.AsSpan().Fill(SpecialValue(o.Special, 0)); // the same for every lane of the warp
                 break;
             case OpKind.Sym:
                 dst.AsSpan().Fill(SymbolValue(o.Sym!));

@@ -1,4 +1,6 @@
 using System.Numerics;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace Qwen3Cuda.Runtime.Emulation;
 
@@ -8,10 +10,36 @@ internal sealed unsafe partial class Warp
     private readonly double[] _ma = new double[16 * 16], _mb = new double[8 * 16], _mc = new double[16 * 8];
     private readonly ulong[][] _frag = [new ulong[32], new ulong[32], new ulong[32], new ulong[32]];
 
-    private void LoadVec(Operand v, int count, Instr ins)
+    // Fragment maps of mma.m16n8k16 (ISA 9.7.14.5.8), per (register r, lane): the element index of the low half.
+    // A: 16x16 row-major [m][k]; B stored transposed [n][k]; C/D: 16x8 row-major [m][n].
+    private static readonly int[] MmaAIndex = BuildMap(4, (r, g, t) => (g + ((r & 1) != 0 ? 8 : 0)) * 16 + 2 * t + (r >= 2 ? 8 : 0));
+    private static readonly int[] MmaBIndex = BuildMap(2, (r, g, t) => g * 16 + 2 * t + (r == 1 ? 8 : 0));
+    private static readonly int[] MmaCIndex = BuildMap(4, (r, g, t) => (g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1));
+
+    private static int[] BuildMap(int regs, Func<int, int, int, int> at)
+    {
+        var m = new int[regs * 32];
+        for (int r = 0; r < regs; r++)
+            for (int lane = 0; lane < 32; lane++) m[r * 32 + lane] = at(r, lane >> 2, lane & 3);
+        return m;
+    }
+
+    /// <summary>Register slot of fragment element <paramref name="i"/> of vector operand <paramref name="v"/> (checked: a 32-bit register).</summary>
+    private int FragSlot(Operand v, int count, int i, Instr ins)
     {
         if (v.Kind != OpKind.Vec || v.Elems.Length != count) throw Fault($"expected a vector of {count} registers, found {v.Name}", ins, 0);
-        for (int i = 0; i < count; i++) Load(v.Elems[i], _frag[i], PtxType.B32);
+        var e = v.Elems[i];
+        if (e.Kind != OpKind.Reg || e.RegBits != 32) return -1;
+        return e.Reg * 32;
+    }
+
+    /// <summary>Lane values of fragment register <paramref name="i"/>: straight from the register file, or through Load for other operand kinds.</summary>
+    private ReadOnlySpan<ulong> Frag(Operand v, int count, int i, Instr ins)
+    {
+        int slot = FragSlot(v, count, i, ins);
+        if (slot >= 0) return new ReadOnlySpan<ulong>(R, slot, 32);
+        Load(v.Elems[i], _frag[i], PtxType.B32);
+        return _frag[i];
     }
 
     private void Mma(Instr ins)
@@ -20,70 +48,68 @@ internal sealed unsafe partial class Warp
         bool bf = ins.T2 == PtxType.BF16;
         var o = ins.Ops;
         int na = k == 16 ? 4 : 2, nb = k == 16 ? 2 : 1;
-        LoadVec(o[1], na, ins);
-        for (int lane = 0; lane < 32; lane++)
+        var ma = _ma;
+        var mb = _mb;
+        var mc = _mc;
+        for (int r = 0; r < na; r++)
         {
-            int g = lane >> 2, t = lane & 3;
-            for (int r = 0; r < na; r++)
+            var v = Frag(o[1], na, r, ins);
+            // k = 8 uses the first two A registers with the k = 16 map restricted to columns 0..7 (same rows and columns)
+            for (int lane = 0; lane < 32; lane++)
             {
-                int row = g + ((r & 1) != 0 ? 8 : 0), col = 2 * t + (r >= 2 ? 8 : 0);
-                ulong v = _frag[r][lane];
-                _ma[row * 16 + col] = Half(v, bf);
-                _ma[row * 16 + col + 1] = Half(v >> 16, bf);
+                int at = MmaAIndex[r * 32 + lane];
+                uint w = (uint)v[lane];
+                ma[at] = Half(w, bf);
+                ma[at + 1] = Half(w >> 16, bf);
             }
         }
-        LoadVec(o[2], nb, ins);
-        for (int lane = 0; lane < 32; lane++)
+        for (int r = 0; r < nb; r++)
         {
-            int g = lane >> 2, t = lane & 3;
-            for (int r = 0; r < nb; r++)
+            var v = Frag(o[2], nb, r, ins);
+            for (int lane = 0; lane < 32; lane++)
             {
-                int row = 2 * t + (r == 1 ? 8 : 0);
-                ulong v = _frag[r][lane];
-                _mb[g * 16 + row] = Half(v, bf); // stored transposed: [n][k]
-                _mb[g * 16 + row + 1] = Half(v >> 16, bf);
+                int at = MmaBIndex[r * 32 + lane];
+                uint w = (uint)v[lane];
+                mb[at] = Half(w, bf);
+                mb[at + 1] = Half(w >> 16, bf);
             }
         }
-        LoadVec(o[3], 4, ins);
-        for (int lane = 0; lane < 32; lane++)
+        for (int r = 0; r < 4; r++)
         {
-            int g = lane >> 2, t = lane & 3;
-            for (int r = 0; r < 4; r++) _mc[(g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1)] = FloatMath.AsF32(_frag[r][lane]);
+            var v = Frag(o[3], 4, r, ins);
+            for (int lane = 0; lane < 32; lane++) mc[MmaCIndex[r * 32 + lane]] = FloatMath.AsF32(v[lane]);
         }
         // D = A·B + C, products exact in f64, one rounding to f32 at the end
-        var ma = _ma.AsSpan();
-        var mb = _mb.AsSpan();
+        ref double pa = ref MemoryMarshal.GetArrayDataReference(ma);
+        ref double pb = ref MemoryMarshal.GetArrayDataReference(mb);
         for (int i = 0; i < 16; i++)
         {
-            var arow = ma.Slice(i * 16, 16);
-            var a0 = System.Runtime.Intrinsics.Vector256.Create<double>(arow[..4]);
-            var a1 = System.Runtime.Intrinsics.Vector256.Create<double>(arow.Slice(4, 4));
-            var a2 = k == 16 ? System.Runtime.Intrinsics.Vector256.Create<double>(arow.Slice(8, 4)) : default;
-            var a3 = k == 16 ? System.Runtime.Intrinsics.Vector256.Create<double>(arow.Slice(12, 4)) : default;
+            nuint ar = (nuint)(i * 16);
+            var a0 = Vector256.LoadUnsafe(ref pa, ar);
+            var a1 = Vector256.LoadUnsafe(ref pa, ar + 4);
+            var a2 = k == 16 ? Vector256.LoadUnsafe(ref pa, ar + 8) : default;
+            var a3 = k == 16 ? Vector256.LoadUnsafe(ref pa, ar + 12) : default;
             for (int j = 0; j < 8; j++)
             {
-                var brow = mb.Slice(j * 16, 16);
-                var acc = a0 * System.Runtime.Intrinsics.Vector256.Create<double>(brow[..4]) + a1 * System.Runtime.Intrinsics.Vector256.Create<double>(brow.Slice(4, 4));
-                if (k == 16) acc += a2 * System.Runtime.Intrinsics.Vector256.Create<double>(brow.Slice(8, 4)) + a3 * System.Runtime.Intrinsics.Vector256.Create<double>(brow.Slice(12, 4));
+                nuint br = (nuint)(j * 16);
+                var acc = a0 * Vector256.LoadUnsafe(ref pb, br) + a1 * Vector256.LoadUnsafe(ref pb, br + 4);
+                if (k == 16) acc += a2 * Vector256.LoadUnsafe(ref pb, br + 8) + a3 * Vector256.LoadUnsafe(ref pb, br + 12);
                 // products of bf16/f16 are exact in f64; the sum of 16 of them is exact in nearly all cases
-                _mc[i * 8 + j] += System.Runtime.Intrinsics.Vector256.Sum(acc);
+                mc[i * 8 + j] += Vector256.Sum(acc);
             }
         }
         var d = o[0];
         if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);
         for (int r = 0; r < 4; r++)
         {
-            for (int lane = 0; lane < 32; lane++)
-            {
-                int g = lane >> 2, t = lane & 3;
-                D[lane] = FloatMath.Bits((float)_mc[(g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1)]);
-            }
+            for (int lane = 0; lane < 32; lane++) D[lane] = FloatMath.Bits((float)mc[MmaCIndex[r * 32 + lane]]);
             Store(d.Elems[r], D, 0xFFFFFFFF & Live, PtxType.F32);
         }
         Cta.Counters.MmaCount++;
     }
 
-    private static double Half(ulong v, bool bf) => bf ? FloatMath.FromBf16(v) : FloatMath.FromF16(v & 0xFFFF);
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static double Half(uint v, bool bf) => bf ? FloatMath.FromBf16(v) : FloatMath.FromF16(v & 0xFFFF);
 
     private void Ldmatrix(Instr ins)
     {
