@@ -8,14 +8,15 @@ namespace Qwen3Cuda.Tests.Moe;
 /// Qwen3-30B-A3B shapes (E 128, k 8, H 2048, I 768) on the emulator, sharing one device whose stacked expert arrays
 /// have the full [128, 1536, 2048] / [128, 2048, 768] size (only the experts the cases route to are filled; the
 /// rest stay NaN poison). Random-routing prefill at 64/300 tokens would touch ~all 128 experts with ~128 mostly
-/// padded tiles, minutes on the emulator, so those counts run at the reduced shape (MoeBlockTests) and the
-/// real-shape prefill check uses 64 tokens routed to 8 hot experts (one full 64-row tile each).
+/// padded tiles, so random routing at those counts runs at the reduced shape (MoeBlockTests); at the real shape
+/// the prefill checks route 64 tokens to 8 hot experts (one full 64-row tile each) and 300 tokens among 24 hot
+/// experts (uneven tiles with padding; 104 experts get none).
 /// </summary>
 [TestFixture]
 public class MoeRealShapeTests
 {
     MoeDevice _dev = null!;
-    MoeCase _decode = null!, _hot = null!;
+    MoeCase _decode = null!, _hot = null!, _hot300 = null!;
 
     [OneTimeSetUp]
     public void SetUp()
@@ -23,7 +24,8 @@ public class MoeRealShapeTests
         var sw = Stopwatch.StartNew();
         _decode = MoeCase.Create(MoeBlockTests.Real, 3, seed: 1);
         _hot = MoeCase.Create(MoeBlockTests.Real, 64, seed: 2, hotExperts: 8);
-        _dev = new MoeDevice(MoeBlockTests.Real, _decode, _hot);
+        _hot300 = MoeCase.Create(MoeBlockTests.Real, 300, seed: 3, hotExperts: 24);
+        _dev = new MoeDevice(MoeBlockTests.Real, _decode, _hot, _hot300);
         TestContext.Out.WriteLine($"real-shape setup (data, 1.2 GB of stacked expert arrays, kernels): {sw.ElapsedMilliseconds} ms");
     }
 
@@ -78,11 +80,14 @@ public class MoeRealShapeTests
     public void Decode_ThreeTokens_MatchesReference() =>
         MoeBlockTests.RunAndCompare(_dev, _decode, "real shape, 3 tokens (decode)", residual: true, repeat: false);
 
-    /// <summary>
-    /// 64 tokens all routed to the same 8 experts (64 slots each = one full tile), 120 experts get none. Passes, but
-    /// takes 15-80 s on the emulator (8 tiles x 28 N-blocks of emulated mma), so it runs only when named.
-    /// </summary>
-    [Test, Explicit("real-shape grouped GEMMs: 15-80 s on the emulator; run by name")]
+    /// <summary>64 tokens all routed to the same 8 experts (64 slots each = one full tile), 120 experts get none.</summary>
+    [Test]
     public void Prefill_64Tokens_HotExperts_MatchesReference() =>
         MoeBlockTests.RunAndCompare(_dev, _hot, "real shape, 64 tokens, 8 hot experts (grouped GEMMs)", repeat: false);
+
+    /// <summary>300 tokens choosing 8 of 24 hot experts (uneven counts, padded tiles), 104 experts get none; run twice
+    /// to check the result is bitwise repeatable.</summary>
+    [Test]
+    public void Prefill_300Tokens_HotExperts_MatchesReference() =>
+        MoeBlockTests.RunAndCompare(_dev, _hot300, "real shape, 300 tokens, 24 hot experts (grouped GEMMs)", repeat: true);
 }
