@@ -146,13 +146,13 @@ public sealed partial class DeviceModel
         var c = Config;
         var w = Plan.Workspace;
         int H = c.HiddenSize;
-        _io.Embedding(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), rows, c.VocabSize, H);
+        _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), Ws(w.EmbedError), rows, c.VocabSize, H);
         for (int l = 0; l < c.NumHiddenLayers; l++) LayerStep(l, rows);
         int first = lastRowOnly ? rows - 1 : 0, outRows = rows - first;
         DevicePtr x = Ws(w.X) + (long)first * H * sizeof(ushort);
         _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), outRows, H, (float)c.RmsNormEps);
         Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, W(Plan.Weights.LmHead), DevicePtr.Null, outRows, c.VocabSize, H);
-        _io.Argmax(_stream, Ws(w.Logits), c.VocabSize, Ws(w.Sampled), outRows, c.VocabSize);
+        _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, outRows, c.VocabSize, Ws(w.Sampled));
     }
 
     /// <summary>

@@ -24,7 +24,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly DeviceArena _weights, _workspace;
     private readonly PagedKvCache _kv;
     private readonly PinnedBuffer _inputs;       // mirror of the workspace's step-input arrays
-    private readonly PinnedBuffer _result;       // logits (bf16) or sampled ids of the last step
+    private readonly PinnedBuffer _result;       // the workspace's result region: embed error flag | sampled ids | logits (bf16)
     private readonly RmsNormLaunchers _rms;
     private readonly GemvLaunchers _gemv;
     private readonly GemmLaunchers _gemm;
@@ -32,7 +32,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly AttentionDecodeLaunchers _attn;
     private readonly AttentionPrefillLaunchers _attnPrefill;
     private readonly MoeLaunchers _moe;
-    private readonly TokenIoLaunchers _io;
+    private readonly EmbeddingLaunchers _embedding;
+    private readonly SamplingLaunchers _sampling;
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
@@ -76,7 +77,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
             _moe = new MoeLaunchers(_loader);
-            _io = new TokenIoLaunchers(_loader);
+            _embedding = new EmbeddingLaunchers(_loader);
+            _sampling = new SamplingLaunchers(_loader);
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
@@ -91,8 +93,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
                 options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
             _inputs = device.AllocatePinned(Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_inputs);
-            _result = device.AllocatePinned((long)options.MaxBatch * c.VocabSize * sizeof(ushort)); disposables.Add(_result);
+            _result = device.AllocatePinned(Plan.Workspace.ResultBytes(options.MaxBatch, c.VocabSize)); disposables.Add(_result);
             _inputs.Span.Clear();
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             UploadWeights(weights, invFreq, options.LoadProgress);
             _buckets = [.. options.BatchBuckets()];
@@ -195,19 +198,39 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         CopyIdsBack(nextTokens);
     }
 
+    // The result region (error flag | ids | logits) comes back in one copy, so the flag costs no extra copy or sync.
     private void CopyLogitsBack(int rows, Span<float> logits)
     {
-        long bytes = (long)rows * VocabSize * sizeof(ushort);
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + Plan.Workspace.Logits, bytes, _stream);
+        var w = Plan.Workspace;
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, w.ResultBytes(rows, VocabSize), _stream);
         _device.Synchronize(_stream);
-        Bf16.ToFloat(_result.AsSpan<ushort>()[..(rows * VocabSize)], logits);
+        CheckEmbedError();
+        Bf16.ToFloat(_result.AsSpan<ushort>().Slice((int)((w.Logits - w.EmbedError) / sizeof(ushort)), rows * VocabSize), logits);
     }
 
     private void CopyIdsBack(Span<int> ids)
     {
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + Plan.Workspace.Sampled, ids.Length * sizeof(int), _stream);
+        var w = Plan.Workspace;
+        long idsEnd = w.Sampled - w.EmbedError + ids.Length * sizeof(int);
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, idsEnd, _stream);
         _device.Synchronize(_stream);
-        _result.AsSpan<int>()[..ids.Length].CopyTo(ids);
+        CheckEmbedError();
+        _result.AsSpan<int>().Slice((int)((w.Sampled - w.EmbedError) / sizeof(int)), ids.Length).CopyTo(ids);
+    }
+
+    /// <summary>
+    /// Second line of defence behind <see cref="CheckTokens"/>: the embedding kernel flags an id outside [0, V)
+    /// (it wrote a zero row instead of reading out of bounds). The flag is sticky, so it covers every chunk since the last read.
+    /// </summary>
+    private void CheckEmbedError()
+    {
+        if (_result.AsSpan<int>()[0] == 0) return;
+        _device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+        var ids = InputSpan(Plan.Workspace.Tokens, Plan.Workspace.Rows);
+        string where = "";
+        for (int i = 0; i < ids.Length; i++)
+            if ((uint)ids[i] >= (uint)VocabSize) { where = $" (row {i} of the last step inputs holds token id {ids[i]})"; break; }
+        throw new InvalidOperationException($"the embedding kernel saw a token id outside the vocabulary [0, {VocabSize}){where}; its output row was zeroed, the results are invalid");
     }
 
     private int CheckSequence(int sequence) =>

@@ -19,8 +19,10 @@ namespace Qwen3Cuda.Model.Device;
 /// gemv_partial    fp32 split-K partials of the decode GEMV
 /// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
 /// moe             MoeWorkspace(Rows) of the larger MLP shape (experts, or a dense layer as one expert)
-/// logits          bf16 [MaxBatch, V]      lm_head output (last position of a prefill, or one row per decoded sequence)
-/// sampled         int32 [MaxBatch]        device argmax
+/// result:  one contiguous region, so that the host reads the error flag with the result in ONE copy
+///   embed_error   int32 (16 bytes)        sticky flag of the embedding kernel (a token id outside [0, V))
+///   sampled       int32 [MaxBatch] (the three padded so that logits stay 256-byte aligned)  device argmax / sampled token ids
+///   logits        bf16 [MaxBatch, V]      lm_head output (last position of a prefill, or one row per decoded sequence)
 /// </code>
 /// </summary>
 public sealed record WorkspaceLayout
@@ -48,8 +50,12 @@ public sealed record WorkspaceLayout
     public int AttnSplitRows { get; init; }
     public long Moe { get; init; }
     public long MoeBytes { get; init; }
-    public long Logits { get; init; }
+    /// <summary>Start of the result region: the embedding error flag, then <see cref="Sampled"/>, then <see cref="Logits"/>.</summary>
+    public long EmbedError { get; init; }
     public long Sampled { get; init; }
+    public long Logits { get; init; }
+    /// <summary>Bytes from <see cref="EmbedError"/> to the end of the logits row <paramref name="rows"/> - 1.</summary>
+    public long ResultBytes(int rows, int vocab) => Logits - EmbedError + (long)rows * vocab * sizeof(ushort);
     public long TotalBytes { get; init; }
     /// <summary>Offset of the first step-input array and the end of the last (their pinned mirror has the same layout).</summary>
     public long InputsBegin => Tokens;
@@ -91,15 +97,17 @@ public sealed record WorkspaceLayout
             moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, s).TotalBytes);
         }
         long moe = a.Take("moe", moeBytes);
-        long logits = a.Take("logits", (long)maxBatch * c.VocabSize * bf);
-        long sampled = a.Take("sampled", maxBatch * 4L);
+        const long flagBytes = 16;
+        long head = ByteSize.AlignUp(flagBytes + maxBatch * 4L, DeviceArena.Alignment);   // logits keep the arena alignment
+        long embedError = a.Take("result (embed_error | sampled | logits)", head + (long)maxBatch * c.VocabSize * bf);
+        long sampled = embedError + flagBytes, logits = embedError + head;
         return new WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxPagesPerSeq = maxPages,
             Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
-            Moe = moe, MoeBytes = moeBytes, Logits = logits, Sampled = sampled, TotalBytes = a.TotalBytes,
+            Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }
 
