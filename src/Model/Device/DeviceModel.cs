@@ -37,6 +37,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
+    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sample_rows_bf16
     private readonly int[] _buckets;
 
     public ModelConfig Config { get; }
@@ -104,6 +105,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         catch
         {
             foreach (var g in _graphs.Values) g.Dispose();
+            foreach (var g in _sampleGraphs.Values) g.Dispose();
             for (int i = disposables.Count - 1; i >= 0; i--) disposables[i].Dispose();
             if (_ownsLoader) _loader.Dispose();
             throw;
@@ -199,6 +201,34 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     }
 
     // The result region (error flag | ids | logits) comes back in one copy, so the flag costs no extra copy or sync.
+    /// <summary>
+    /// Prefill or decode step, then samples the next token on the device with <paramref name="settings"/> (greedy
+    /// settings: argmax); only the id comes back. The Philox counter is the new token's position, so a seeded run
+    /// is reproducible.
+    /// </summary>
+    public int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings)
+    {
+        Span<int> next = stackalloc int[1];
+        if (tokens.Length == 1) { DecodeBatchSampled([sequence], tokens, settings, next); return next[0]; }
+        SamplingLaunchers.Validate(settings);
+        Prefill(sequence, tokens, settings);
+        CopyIdsBack(next);
+        return next[0];
+    }
+
+    /// <summary>
+    /// Like <see cref="DecodeBatchGreedy"/>, sampling each row on the device with <paramref name="settings"/> inside
+    /// the bucket's captured graph: the settings and the per-sequence counter (the new token's position) are step
+    /// inputs in device memory, so changing them needs no re-capture. Only the token ids come back.
+    /// </summary>
+    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, in SamplingSettings settings, Span<int> nextTokens)
+    {
+        if (nextTokens.Length != sequences.Length) throw new ArgumentException($"nextTokens has {nextTokens.Length} elements, expected {sequences.Length}", nameof(nextTokens));
+        SamplingLaunchers.Validate(settings);
+        DecodeStep(sequences, tokens, settings);
+        CopyIdsBack(nextTokens);
+    }
+
     private void CopyLogitsBack(int rows, Span<float> logits)
     {
         var w = Plan.Workspace;
@@ -247,7 +277,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     {
         if (!_stream.IsDisposed) _device.Synchronize(_stream);
         foreach (var g in _graphs.Values) g.Dispose();
+        foreach (var g in _sampleGraphs.Values) g.Dispose();
         _graphs.Clear();
+        _sampleGraphs.Clear();
         _result.Dispose();
         _inputs.Dispose();
         _kv.Dispose();

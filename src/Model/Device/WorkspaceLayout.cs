@@ -12,6 +12,7 @@ namespace Qwen3Cuda.Model.Device;
 /// <code>
 /// tokens, positions, slots, ctx_lens   int32 [Rows]
 /// block_tables    int32 [Rows, MaxPagesPerSeq]  one row per attention row (prefill: the sequence's table repeated)
+/// q_start int32 [2]; sample_settings  SampleRowSettings [MaxBatch] (sampled decode steps only)
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
@@ -37,6 +38,8 @@ public sealed record WorkspaceLayout
     public long BlockTables { get; init; }
     /// <summary>int32 [2] = {0, T}: the query rows of a prefill chunk for the flash-attention kernel.</summary>
     public long QStart { get; init; }
+    /// <summary>SampleRowSettings [MaxBatch]: per-row sampling settings of a sampled decode step (a step input).</summary>
+    public long SampleSettings { get; init; }
     public long X { get; init; }
     public long H { get; init; }
     public long Qkv { get; init; }
@@ -70,6 +73,7 @@ public sealed record WorkspaceLayout
         long tokens = a.Take("tokens", rows * 4L), positions = a.Take("positions", rows * 4L), slots = a.Take("slots", rows * 4L);
         long ctx = a.Take("ctx_lens", rows * 4L), tables = a.Take("block_tables", (long)rows * maxPages * 4);
         long qstart = a.Take("q_start", 2 * 4L);
+        long sampleSettings = a.Take("sample_settings", maxBatch * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
@@ -104,7 +108,7 @@ public sealed record WorkspaceLayout
         return new WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxPagesPerSeq = maxPages,
-            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, InputsEnd = inputsEnd,
+            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, SampleSettings = sampleSettings, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
