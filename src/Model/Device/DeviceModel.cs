@@ -15,7 +15,7 @@ namespace Qwen3Cuda.Model.Device;
 /// Nothing is allocated inside a step; the only host synchronisation is the wait for the result copy.
 /// Not thread-safe: one call at a time.
 /// </summary>
-public sealed partial class DeviceModel : ICausalLanguageModel
+public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDeviceSampler
 {
     private readonly IDevice _device;
     private readonly KernelLoader _loader;
