@@ -177,5 +177,7 @@ public sealed class EmbeddingSamplingKernelTests
         StructLayoutCheck.AssertMatches(typeof(EmbeddingParams), "embedding.cu", "EmbeddingParams");
         StructLayoutCheck.AssertMatches(typeof(ArgmaxParams), "sampling.cu", "ArgmaxParams");
         StructLayoutCheck.AssertMatches(typeof(SampleParams), "sampling.cu", "SampleParams");
+        StructLayoutCheck.AssertMatches(typeof(SampleRowSettings), "sampling.cu", "SampleRowSettings");
+        StructLayoutCheck.AssertMatches(typeof(SampleRowsParams), "sampling.cu", "SampleRowsParams");
     }
 }
