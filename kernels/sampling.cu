@@ -14,6 +14,7 @@
 // each thread owns a contiguous vocabulary segment, an inclusive block scan of the segments' masses
 // picks the segment, and that thread walks it in index order.
 // Bytes moved: vocab * 2 per pass (L2-resident after the first).
+// sample_rows_bf16: the same per row with settings read from device memory (graph-capturable); greedy rows argmax.
 #include "common.cuh"
 
 #define SAMPLE_THREADS 1024
@@ -116,15 +117,13 @@ __device__ __forceinline__ uint4 philox4x32_10(uint4 ctr, uint2 key)
     return ctr;
 }
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_bf16(SampleParams p)
+// One row's draw (the whole block): writes the token to *out (thread 0). ctr_row: the third Philox counter word.
+__device__ __forceinline__ void sample_row(const bf16* row, int* out, int vocab, float it, int top_k, float top_p, float min_p,
+                                           unsigned long long seed, unsigned long long step, unsigned int ctr_row,
+                                           float* sv, int* si, float* scan_s, int& chosen_s)
 {
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    __shared__ float scan_s[32];
-    __shared__ int chosen_s;
+    struct { int vocab; int top_k; float top_p; float min_p; unsigned long long seed, step; } p = {vocab, top_k, top_p, min_p, seed, step};
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const bf16* row = p.logits + (size_t)blockIdx.x * p.ld;
-    const float it = p.inv_temperature;
 
     float best;
     int best_i;
@@ -200,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_bf16(SampleP
     float excl = __shfl_up_sync(0xffffffffu, incl, 1);
     if (lane == 0) excl = warp > 0 ? scan_s[warp - 1] : 0.f;
 
-    const uint4 r = philox4x32_10(make_uint4((unsigned int)p.step, (unsigned int)(p.step >> 32), (unsigned int)blockIdx.x, 0u),
+    const uint4 r = philox4x32_10(make_uint4((unsigned int)p.step, (unsigned int)(p.step >> 32), ctr_row, 0u),
                                   make_uint2((unsigned int)p.seed, (unsigned int)(p.seed >> 32)));
     const float u = (float)(r.x >> 8) * (1.f / 16777216.f) * total;
     if (mine > 0.f && u >= excl && u < incl) {
@@ -216,5 +215,53 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_bf16(SampleP
         chosen_s = pick >= 0 ? pick : last;   // fp32 rounding at the segment end: its last kept token
     }
     __syncthreads();
-    if (tid == 0) p.out_ids[blockIdx.x] = chosen_s >= 0 ? chosen_s : best_i;
+    if (tid == 0) *out = chosen_s >= 0 ? chosen_s : best_i;
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_bf16(SampleParams p)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ float scan_s[32];
+    __shared__ int chosen_s;
+    sample_row(p.logits + (size_t)blockIdx.x * p.ld, p.out_ids + blockIdx.x, p.vocab, p.inv_temperature, p.top_k, p.top_p, p.min_p,
+               p.seed, p.step, blockIdx.x, sv, si, scan_s, chosen_s);
+}
+
+// Per-row settings read from device memory, so a captured graph picks up new seeds / steps / temperatures.
+struct SampleRowSettings {
+    unsigned long long seed;
+    unsigned long long step;  // Philox counter (step, 0): a row's draw does not depend on its batch slot
+    float inv_temperature;    // <= 0: greedy (argmax)
+    int top_k;
+    float top_p;
+    float min_p;
+};
+
+struct SampleRowsParams {
+    const bf16* logits;                    // [rows, ld]
+    int* out_ids;                          // [rows]
+    const SampleRowSettings* settings;     // [rows]
+    int rows;
+    int vocab;
+    int ld;
+};
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_bf16(SampleRowsParams p)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ float scan_s[32];
+    __shared__ int chosen_s;
+    const SampleRowSettings s = p.settings[blockIdx.x];
+    const bf16* row = p.logits + (size_t)blockIdx.x * p.ld;
+    if (s.inv_temperature <= 0.f || s.top_k == 1) {
+        float best;
+        int best_i;
+        row_argmax(row, p.vocab, best, best_i, sv, si);
+        if (threadIdx.x == 0) p.out_ids[blockIdx.x] = best_i == 0x7fffffff ? 0 : best_i;
+        return;
+    }
+    sample_row(row, p.out_ids + blockIdx.x, p.vocab, s.inv_temperature, s.top_k, s.top_p, s.min_p, s.seed, s.step, 0u,
+               sv, si, scan_s, chosen_s);
 }

@@ -56,7 +56,7 @@ public sealed class EmbeddingSamplingKernelTests
     }
 
     /// <summary>The distribution transformers' warpers define (temperature, top-k, top-p, min-p), computed on the CPU.</summary>
-    private static double[] ExpectedDistribution(float[] logits, SamplingSettings s)
+    internal static double[] ExpectedDistribution(float[] logits, SamplingSettings s)
     {
         int n = logits.Length;
         var x = logits.Select(v => (double)(v * (1f / s.Temperature))).ToArray();
@@ -85,7 +85,7 @@ public sealed class EmbeddingSamplingKernelTests
     }
 
     /// <summary>Philox4x32-10, counter (step lo, step hi, row, 0), key (seed lo, seed hi): the kernel's generator.</summary>
-    private static uint Philox(ulong seed, ulong step, uint row)
+    internal static uint Philox(ulong seed, ulong step, uint row)
     {
         uint c0 = (uint)step, c1 = (uint)(step >> 32), c2 = row, c3 = 0, k0 = (uint)seed, k1 = (uint)(seed >> 32);
         for (int r = 0; r < 10; r++)
@@ -177,5 +177,7 @@ public sealed class EmbeddingSamplingKernelTests
         StructLayoutCheck.AssertMatches(typeof(EmbeddingParams), "embedding.cu", "EmbeddingParams");
         StructLayoutCheck.AssertMatches(typeof(ArgmaxParams), "sampling.cu", "ArgmaxParams");
         StructLayoutCheck.AssertMatches(typeof(SampleParams), "sampling.cu", "SampleParams");
+        StructLayoutCheck.AssertMatches(typeof(SampleRowSettings), "sampling.cu", "SampleRowSettings");
+        StructLayoutCheck.AssertMatches(typeof(SampleRowsParams), "sampling.cu", "SampleRowsParams");
     }
 }

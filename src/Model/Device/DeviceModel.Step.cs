@@ -9,7 +9,7 @@ public sealed partial class DeviceModel
     // ---------------- step inputs ----------------
 
     /// <summary>Chunked prefill of one sequence; leaves the last token's logits in the workspace (row 0).</summary>
-    private void Prefill(int sequence, ReadOnlySpan<int> tokens)
+    private void Prefill(int sequence, ReadOnlySpan<int> tokens, SamplingSettings? sampling = null)
     {
         CheckSequence(sequence);
         CheckTokens(tokens);
@@ -43,13 +43,19 @@ public sealed partial class DeviceModel
             qStart[0] = 0; qStart[1] = n;
             CopyInputs(n, tableRows: flash ? 1 : n);
             if (flash) CopyInput(Plan.Workspace.QStart, 2 * sizeof(int));
-            RunStep(n, lastRowOnly: true);
+            bool sample = sampling is not null && start + n == tokens.Length;
+            if (sample)
+            {
+                SettingsSpan(1)[0] = SampleRowSettings.From(sampling!.Value, (ulong)(pos + n));   // counter: the new token's position
+                CopyInput(Plan.Workspace.SampleSettings, SettingsBytes(1));
+            }
+            RunStep(n, lastRowOnly: true, sample);
             _kv.Advance(sequence, n);
         }
     }
 
     /// <summary>Fills the inputs of a decode step (padded to its bucket), then replays the bucket's graph or launches the step.</summary>
-    private void DecodeStep(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens)
+    private void DecodeStep(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, SamplingSettings? sampling = null)
     {
         int count = sequences.Length;
         if (count < 1 || count > MaxBatch) throw new ArgumentException($"decode batch of {count} sequences; supported 1..{MaxBatch}", nameof(sequences));
@@ -88,8 +94,16 @@ public sealed partial class DeviceModel
             }
         }
         CopyInputs(bucket, bucket);
-        if (_graphs.TryGetValue(bucket, out var graph)) _device.Launch(graph, _stream);
-        else RunStep(bucket, lastRowOnly: false);
+        bool sample = sampling is not null;
+        if (sample)
+        {
+            var settings = SettingsSpan(bucket);
+            for (int i = 0; i < bucket; i++)   // padding rows: greedy (cheapest), their ids are ignored
+                settings[i] = i < count ? SampleRowSettings.From(sampling!.Value, (ulong)(positions[i] + 1)) : default;
+            CopyInput(Plan.Workspace.SampleSettings, SettingsBytes(bucket));
+        }
+        if ((sample ? _sampleGraphs : _graphs).TryGetValue(bucket, out var graph)) _device.Launch(graph, _stream);
+        else RunStep(bucket, lastRowOnly: false, sample);
         for (int i = 0; i < count; i++) _kv.Advance(sequences[i], 1);
     }
 
@@ -98,6 +112,11 @@ public sealed partial class DeviceModel
         foreach (int b in _buckets) if (b >= count) return b;
         return _buckets[^1];
     }
+
+    private Span<SampleRowSettings> SettingsSpan(int count) =>
+        _inputs.AsSpan<SampleRowSettings>().Slice((int)((Plan.Workspace.SampleSettings - Plan.Workspace.InputsBegin) / SettingsBytes(1)), count);
+
+    private static long SettingsBytes(int count) => count * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>();
 
     private Span<int> InputSpan(long offset, int count) =>
         _inputs.AsSpan<int>().Slice((int)((offset - Plan.Workspace.InputsBegin) / sizeof(int)), count);
@@ -124,11 +143,14 @@ public sealed partial class DeviceModel
     {
         foreach (int b in _buckets)
         {
-            _device.BeginCapture(_stream);
-            try { RunStep(b, lastRowOnly: false); }
-            catch { _device.EndCapture(_stream).Dispose(); throw; }
-            using var graph = _device.EndCapture(_stream);
-            _graphs[b] = _device.Instantiate(graph);
+            foreach (bool sample in (bool[])[false, true])
+            {
+                _device.BeginCapture(_stream);
+                try { RunStep(b, lastRowOnly: false, sample); }
+                catch { _device.EndCapture(_stream).Dispose(); throw; }
+                using var graph = _device.EndCapture(_stream);
+                (sample ? _sampleGraphs : _graphs)[b] = _device.Instantiate(graph);
+            }
         }
     }
 
@@ -141,18 +163,19 @@ public sealed partial class DeviceModel
     /// Embedding -> every layer -> final norm -> lm_head (last row only, or every row for a decode batch) -> argmax.
     /// Inputs are already in the workspace; everything goes to <see cref="_stream"/> (capturable).
     /// </summary>
-    private void RunStep(int rows, bool lastRowOnly)
+    private void RunStep(int rows, bool lastRowOnly, bool sample = false)
     {
         var c = Config;
         var w = Plan.Workspace;
         int H = c.HiddenSize;
-        _io.Embedding(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), rows, c.VocabSize, H);
+        _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), Ws(w.EmbedError), rows, c.VocabSize, H);
         for (int l = 0; l < c.NumHiddenLayers; l++) LayerStep(l, rows);
         int first = lastRowOnly ? rows - 1 : 0, outRows = rows - first;
         DevicePtr x = Ws(w.X) + (long)first * H * sizeof(ushort);
         _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), outRows, H, (float)c.RmsNormEps);
         Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, W(Plan.Weights.LmHead), DevicePtr.Null, outRows, c.VocabSize, H);
-        _io.Argmax(_stream, Ws(w.Logits), c.VocabSize, Ws(w.Sampled), outRows, c.VocabSize);
+        if (sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, outRows, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
+        else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, outRows, c.VocabSize, Ws(w.Sampled));
     }
 
     /// <summary>

@@ -15,7 +15,7 @@ namespace Qwen3Cuda.Model.Device;
 /// Nothing is allocated inside a step; the only host synchronisation is the wait for the result copy.
 /// Not thread-safe: one call at a time.
 /// </summary>
-public sealed partial class DeviceModel : ICausalLanguageModel
+public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDeviceSampler
 {
     private readonly IDevice _device;
     private readonly KernelLoader _loader;
@@ -24,7 +24,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly DeviceArena _weights, _workspace;
     private readonly PagedKvCache _kv;
     private readonly PinnedBuffer _inputs;       // mirror of the workspace's step-input arrays
-    private readonly PinnedBuffer _result;       // logits (bf16) or sampled ids of the last step
+    private readonly PinnedBuffer _result;       // the workspace's result region: embed error flag | sampled ids | logits (bf16)
     private readonly RmsNormLaunchers _rms;
     private readonly GemvLaunchers _gemv;
     private readonly GemmLaunchers _gemm;
@@ -32,10 +32,12 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly AttentionDecodeLaunchers _attn;
     private readonly AttentionPrefillLaunchers _attnPrefill;
     private readonly MoeLaunchers _moe;
-    private readonly TokenIoLaunchers _io;
+    private readonly EmbeddingLaunchers _embedding;
+    private readonly SamplingLaunchers _sampling;
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
+    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sample_rows_bf16
     private readonly int[] _buckets;
 
     public ModelConfig Config { get; }
@@ -76,7 +78,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
             _moe = new MoeLaunchers(_loader);
-            _io = new TokenIoLaunchers(_loader);
+            _embedding = new EmbeddingLaunchers(_loader);
+            _sampling = new SamplingLaunchers(_loader);
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
@@ -91,8 +94,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
                 options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
             _inputs = device.AllocatePinned(Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_inputs);
-            _result = device.AllocatePinned((long)options.MaxBatch * c.VocabSize * sizeof(ushort)); disposables.Add(_result);
+            _result = device.AllocatePinned(Plan.Workspace.ResultBytes(options.MaxBatch, c.VocabSize)); disposables.Add(_result);
             _inputs.Span.Clear();
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             UploadWeights(weights, invFreq, options.LoadProgress);
             _buckets = [.. options.BatchBuckets()];
@@ -101,6 +105,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         catch
         {
             foreach (var g in _graphs.Values) g.Dispose();
+            foreach (var g in _sampleGraphs.Values) g.Dispose();
             for (int i = disposables.Count - 1; i >= 0; i--) disposables[i].Dispose();
             if (_ownsLoader) _loader.Dispose();
             throw;
@@ -195,19 +200,67 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         CopyIdsBack(nextTokens);
     }
 
+    // The result region (error flag | ids | logits) comes back in one copy, so the flag costs no extra copy or sync.
+    /// <summary>
+    /// Prefill or decode step, then samples the next token on the device with <paramref name="settings"/> (greedy
+    /// settings: argmax); only the id comes back. The Philox counter is the new token's position, so a seeded run
+    /// is reproducible.
+    /// </summary>
+    public int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings)
+    {
+        Span<int> next = stackalloc int[1];
+        if (tokens.Length == 1) { DecodeBatchSampled([sequence], tokens, settings, next); return next[0]; }
+        SamplingLaunchers.Validate(settings);
+        Prefill(sequence, tokens, settings);
+        CopyIdsBack(next);
+        return next[0];
+    }
+
+    /// <summary>
+    /// Like <see cref="DecodeBatchGreedy"/>, sampling each row on the device with <paramref name="settings"/> inside
+    /// the bucket's captured graph: the settings and the per-sequence counter (the new token's position) are step
+    /// inputs in device memory, so changing them needs no re-capture. Only the token ids come back.
+    /// </summary>
+    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, in SamplingSettings settings, Span<int> nextTokens)
+    {
+        if (nextTokens.Length != sequences.Length) throw new ArgumentException($"nextTokens has {nextTokens.Length} elements, expected {sequences.Length}", nameof(nextTokens));
+        SamplingLaunchers.Validate(settings);
+        DecodeStep(sequences, tokens, settings);
+        CopyIdsBack(nextTokens);
+    }
+
     private void CopyLogitsBack(int rows, Span<float> logits)
     {
-        long bytes = (long)rows * VocabSize * sizeof(ushort);
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + Plan.Workspace.Logits, bytes, _stream);
+        var w = Plan.Workspace;
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, w.ResultBytes(rows, VocabSize), _stream);
         _device.Synchronize(_stream);
-        Bf16.ToFloat(_result.AsSpan<ushort>()[..(rows * VocabSize)], logits);
+        CheckEmbedError();
+        Bf16.ToFloat(_result.AsSpan<ushort>().Slice((int)((w.Logits - w.EmbedError) / sizeof(ushort)), rows * VocabSize), logits);
     }
 
     private void CopyIdsBack(Span<int> ids)
     {
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + Plan.Workspace.Sampled, ids.Length * sizeof(int), _stream);
+        var w = Plan.Workspace;
+        long idsEnd = w.Sampled - w.EmbedError + ids.Length * sizeof(int);
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, idsEnd, _stream);
         _device.Synchronize(_stream);
-        _result.AsSpan<int>()[..ids.Length].CopyTo(ids);
+        CheckEmbedError();
+        _result.AsSpan<int>().Slice((int)((w.Sampled - w.EmbedError) / sizeof(int)), ids.Length).CopyTo(ids);
+    }
+
+    /// <summary>
+    /// Second line of defence behind <see cref="CheckTokens"/>: the embedding kernel flags an id outside [0, V)
+    /// (it wrote a zero row instead of reading out of bounds). The flag is sticky, so it covers every chunk since the last read.
+    /// </summary>
+    private void CheckEmbedError()
+    {
+        if (_result.AsSpan<int>()[0] == 0) return;
+        _device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+        var ids = InputSpan(Plan.Workspace.Tokens, Plan.Workspace.Rows);
+        string where = "";
+        for (int i = 0; i < ids.Length; i++)
+            if ((uint)ids[i] >= (uint)VocabSize) { where = $" (row {i} of the last step inputs holds token id {ids[i]})"; break; }
+        throw new InvalidOperationException($"the embedding kernel saw a token id outside the vocabulary [0, {VocabSize}){where}; its output row was zeroed, the results are invalid");
     }
 
     private int CheckSequence(int sequence) =>
@@ -224,7 +277,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     {
         if (!_stream.IsDisposed) _device.Synchronize(_stream);
         foreach (var g in _graphs.Values) g.Dispose();
+        foreach (var g in _sampleGraphs.Values) g.Dispose();
         _graphs.Clear();
+        _sampleGraphs.Clear();
         _result.Dispose();
         _inputs.Dispose();
         _kv.Dispose();

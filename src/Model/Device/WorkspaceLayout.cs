@@ -12,6 +12,7 @@ namespace Qwen3Cuda.Model.Device;
 /// <code>
 /// tokens, positions, slots, ctx_lens   int32 [Rows]
 /// block_tables    int32 [Rows, MaxPagesPerSeq]  one row per attention row (prefill: the sequence's table repeated)
+/// q_start int32 [2]; sample_settings  SampleRowSettings [MaxBatch] (sampled decode steps only)
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
@@ -19,8 +20,10 @@ namespace Qwen3Cuda.Model.Device;
 /// gemv_partial    fp32 split-K partials of the decode GEMV
 /// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
 /// moe             MoeWorkspace(Rows) of the larger MLP shape (experts, or a dense layer as one expert)
-/// logits          bf16 [MaxBatch, V]      lm_head output (last position of a prefill, or one row per decoded sequence)
-/// sampled         int32 [MaxBatch]        device argmax
+/// result:  one contiguous region, so that the host reads the error flag with the result in ONE copy
+///   embed_error   int32 (16 bytes)        sticky flag of the embedding kernel (a token id outside [0, V))
+///   sampled       int32 [MaxBatch] (the three padded so that logits stay 256-byte aligned)  device argmax / sampled token ids
+///   logits        bf16 [MaxBatch, V]      lm_head output (last position of a prefill, or one row per decoded sequence)
 /// </code>
 /// </summary>
 public sealed record WorkspaceLayout
@@ -35,6 +38,8 @@ public sealed record WorkspaceLayout
     public long BlockTables { get; init; }
     /// <summary>int32 [2] = {0, T}: the query rows of a prefill chunk for the flash-attention kernel.</summary>
     public long QStart { get; init; }
+    /// <summary>SampleRowSettings [MaxBatch]: per-row sampling settings of a sampled decode step (a step input).</summary>
+    public long SampleSettings { get; init; }
     public long X { get; init; }
     public long H { get; init; }
     public long Qkv { get; init; }
@@ -48,8 +53,12 @@ public sealed record WorkspaceLayout
     public int AttnSplitRows { get; init; }
     public long Moe { get; init; }
     public long MoeBytes { get; init; }
-    public long Logits { get; init; }
+    /// <summary>Start of the result region: the embedding error flag, then <see cref="Sampled"/>, then <see cref="Logits"/>.</summary>
+    public long EmbedError { get; init; }
     public long Sampled { get; init; }
+    public long Logits { get; init; }
+    /// <summary>Bytes from <see cref="EmbedError"/> to the end of the logits row <paramref name="rows"/> - 1.</summary>
+    public long ResultBytes(int rows, int vocab) => Logits - EmbedError + (long)rows * vocab * sizeof(ushort);
     public long TotalBytes { get; init; }
     /// <summary>Offset of the first step-input array and the end of the last (their pinned mirror has the same layout).</summary>
     public long InputsBegin => Tokens;
@@ -64,6 +73,7 @@ public sealed record WorkspaceLayout
         long tokens = a.Take("tokens", rows * 4L), positions = a.Take("positions", rows * 4L), slots = a.Take("slots", rows * 4L);
         long ctx = a.Take("ctx_lens", rows * 4L), tables = a.Take("block_tables", (long)rows * maxPages * 4);
         long qstart = a.Take("q_start", 2 * 4L);
+        long sampleSettings = a.Take("sample_settings", maxBatch * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
@@ -91,15 +101,17 @@ public sealed record WorkspaceLayout
             moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, s).TotalBytes);
         }
         long moe = a.Take("moe", moeBytes);
-        long logits = a.Take("logits", (long)maxBatch * c.VocabSize * bf);
-        long sampled = a.Take("sampled", maxBatch * 4L);
+        const long flagBytes = 16;
+        long head = ByteSize.AlignUp(flagBytes + maxBatch * 4L, DeviceArena.Alignment);   // logits keep the arena alignment
+        long embedError = a.Take("result (embed_error | sampled | logits)", head + (long)maxBatch * c.VocabSize * bf);
+        long sampled = embedError + flagBytes, logits = embedError + head;
         return new WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxPagesPerSeq = maxPages,
-            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, InputsEnd = inputsEnd,
+            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, SampleSettings = sampleSettings, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
-            Moe = moe, MoeBytes = moeBytes, Logits = logits, Sampled = sampled, TotalBytes = a.TotalBytes,
+            Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }
 

@@ -112,6 +112,12 @@ public sealed class Generator
             if ((uint)t >= (uint)_model.VocabSize) throw new ArgumentException($"prompt token id {t} is outside the model's vocabulary (0..{_model.VocabSize - 1})");
 
         var sampler = new Sampler(options.Sampling);
+        var o = options.Sampling;
+        // Device sampling (only the id comes back) when the model offers it and no penalty needs the host's logits.
+        var deviceSampler = o.PresencePenalty == 0f && o.RepetitionPenalty == 1f ? _model as IDeviceSampler : null;
+        var deviceSettings = new Qwen3Cuda.Runtime.Launchers.SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP,
+            o.Seed ?? (ulong)Random.Shared.NextInt64());
+        int deviceToken = -1;
         var stopIds = new HashSet<int>(_eos);
         stopIds.UnionWith(options.ExtraStopTokenIds);
         var clock = Stopwatch.StartNew();
@@ -131,7 +137,8 @@ public sealed class Generator
         }
         var suffix = new int[prompt.Count - common];
         for (int i = 0; i < suffix.Length; i++) suffix[i] = prompt[common + i];
-        _model.Forward(_sequence, suffix, _logits);
+        if (deviceSampler != null) deviceToken = deviceSampler.ForwardSampled(_sequence, suffix, deviceSettings);
+        else _model.Forward(_sequence, suffix, _logits);
         _cached.AddRange(suffix);
         var prefillTime = clock.Elapsed;
 
@@ -146,7 +153,7 @@ public sealed class Generator
         while (true)
         {
             if (cancellationToken.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
-            int token = sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
+            int token = deviceSampler != null ? deviceToken : sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
                 System.Runtime.InteropServices.CollectionsMarshal.AsSpan(generated));
             if (generated.Count == 0) firstToken = clock.Elapsed;
             generated.Add(token);
@@ -166,7 +173,8 @@ public sealed class Generator
             if (stream.Stopped) { reason = StopReason.StopString; break; }
             if (generated.Count >= options.MaxNewTokens) { reason = StopReason.MaxNewTokens; break; }
             if (_model.SequenceLength(_sequence) >= _model.ContextLength) { reason = StopReason.ContextFull; break; }
-            _model.Forward(_sequence, [token], _logits);
+            if (deviceSampler != null) deviceToken = deviceSampler.ForwardSampled(_sequence, [token], deviceSettings);
+            else _model.Forward(_sequence, [token], _logits);
             _cached.Add(token);
         }
         if (!stream.Stopped)

@@ -1,0 +1,52 @@
+using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Model.Generation;
+using Qwen3Cuda.Model.Sampling;
+using Qwen3Cuda.Model.Tokenization;
+using Qwen3Cuda.Runtime.Emulation;
+using Qwen3Cuda.Tests.Text;
+
+namespace Qwen3Cuda.Tests.DeviceModel;
+
+/// <summary>The Generator samples on the device when the model is an <see cref="IDeviceSampler"/> and no penalty is asked for.</summary>
+[NonParallelizable]
+public class GeneratorDeviceSamplingTests
+{
+    /// <summary>Hides <see cref="IDeviceSampler"/>: the Generator falls back to host sampling over the copied logits.</summary>
+    sealed class HostOnly(ICausalLanguageModel m) : ICausalLanguageModel
+    {
+        public int VocabSize => m.VocabSize;
+        public int ContextLength => m.ContextLength;
+        public int MaxSequences => m.MaxSequences;
+        public int SequenceLength(int sequence) => m.SequenceLength(sequence);
+        public void ResetSequence(int sequence) => m.ResetSequence(sequence);
+        public void TruncateSequence(int sequence, int length) => m.TruncateSequence(sequence, length);
+        public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits) => m.Forward(sequence, tokens, lastLogits);
+        public void Dispose() { }
+    }
+
+    [Test]
+    public void Greedy_DeviceSamplingEqualsHostSampling_SeededSamplingRepeats()
+    {
+        if (!Directory.Exists(TextTestSupport.QwenTokenizerDir)) Assert.Ignore("Qwen3 tokenizer not installed (bash .ci/setup)");
+        var tok = Qwen3Tokenizer.FromModelDirectory(TextTestSupport.QwenTokenizerDir);
+        using var device = new EmulatedDevice();
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(),
+            new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 8, MaxBatch = 1, MaxSequences = 2 });
+        int[] prompt = [5, 17, 42, 99, 7];
+        var greedy = new GenerationOptions { Sampling = SamplingOptions.Greedy, MaxNewTokens = 8 };
+        var onDevice = new Generator(dm, tok, [], sequence: 0).Generate(prompt, greedy);
+        var onHost = new Generator(new HostOnly(dm), tok, [], sequence: 1).Generate(prompt, greedy);
+        // Exact: both take the argmax of the same bf16 logits, ties to the lower index on both sides.
+        Assert.That(onDevice.Tokens, Is.EqualTo(onHost.Tokens));
+        Assert.That(onDevice.Tokens, Has.Count.EqualTo(8));
+
+        var sampled = new GenerationOptions { Sampling = new SamplingOptions { Temperature = 1.2f, TopK = 40, TopP = 0.9f, Seed = 11 }, MaxNewTokens = 8 };
+        dm.ResetSequence(0);
+        dm.ResetSequence(1);
+        var a = new Generator(dm, tok, [], sequence: 0).Generate(prompt, sampled);
+        var b = new Generator(dm, tok, [], sequence: 1).Generate(prompt, sampled);
+        Assert.That(b.Tokens, Is.EqualTo(a.Tokens), "seeded device sampling repeats");
+        Assert.That(a.Tokens, Has.All.InRange(0, dm.VocabSize - 1));
+    }
+}
