@@ -7,7 +7,8 @@ namespace Qwen3Cuda.Bench.Emulation;
 
 /// <summary>
 /// Emulated throughput of the PTX interpreter (checks and counters on, CTAs sequential on one core):
-/// a bandwidth kernel (bf16 → f32 scale-add with 16-byte loads) and an mma.sync GEMM. Global setup prints
+/// a bandwidth kernel (bf16 → f32 scale-add with 16-byte loads), an arithmetic kernel (register-only fp32
+/// fma/mul/add chains with integer index math) and an mma.sync GEMM. Global setup prints
 /// M warp-instructions/s and G thread-instructions/s of one run of each.
 /// Run: dotnet run -c Release --project bench -- --filter '*EmulatorBench*' --job short --inProcess
 /// </summary>
@@ -28,6 +29,24 @@ public class EmulatorBench
             q.z += a * __uint_as_float(w[3] << 16); q.w += a * __uint_as_float(w[3] & 0xffff0000u);
             yy[0] = p; yy[1] = q;
           }
+        }
+        // register-only fp32 fma/mul/add chains plus integer index math, like an unrolled GEMV inner loop on registers
+        extern "C" __global__ void arith_f32(float* out, const float* in, int iters, int K) {
+          int i = blockIdx.x * blockDim.x + threadIdx.x;
+          float x = in[i], a0 = x, a1 = 0.5f * x, a2 = 0.25f * x, a3 = 0.125f * x;
+          int row = i * K;
+          for (int it = 0; it < iters; it++) {
+            #pragma unroll
+            for (int j = 0; j < 8; j++) {
+              int k = row + it * 8 + j;
+              float w = (float)(k & 1023) * 0.0009765625f;
+              a0 = fmaf(w, a1, a0 * 0.5f);
+              a1 = fmaf(w, a2, a1 * 0.5f) + 0.25f;
+              a2 = a2 * 0.5f + a3 * w;
+              a3 = fmaf(a3, 0.5f, w);
+            }
+          }
+          out[i] = a0 + a1 + a2 + a3;
         }
         // C[M][N] = A[M][K] * B[N][K]^T, bf16 in, f32 out; one warp per 16x8 tile, fragments straight from global.
         extern "C" __global__ void gemm_mma(float* c, const unsigned* a, const unsigned* b, int M, int N, int K) {
@@ -50,8 +69,9 @@ public class EmulatorBench
 
     private EmulatedDevice _dev = null!;
     private DeviceModule _module = null!;
-    private DeviceKernel _axpy = null!, _gemm = null!;
-    private DevicePtr _x, _y, _a, _b, _c;
+    private DeviceKernel _axpy = null!, _gemm = null!, _arith = null!;
+    private DevicePtr _x, _y, _a, _b, _c, _in, _out;
+    private const int ArithThreads = 64 * 256, ArithIters = 16;
     private const int N8 = 1 << 15, M = 128, N = 128, K = 256;
 
     [GlobalSetup]
@@ -62,12 +82,16 @@ public class EmulatorBench
         _module = _dev.LoadModule(compiled);
         _axpy = _dev.GetKernel(_module, "axpy_bf16");
         _gemm = _dev.GetKernel(_module, "gemm_mma");
+        _arith = _dev.GetKernel(_module, "arith_f32");
         _x = Fill(N8 * 16, 0x3f80);
         _y = Fill(N8 * 32, 0);
         _a = Fill(M * K * 2, 0x3f80);
         _b = Fill(N * K * 2, 0x3f80);
         _c = Fill(M * N * 4, 0);
+        _in = Fill(ArithThreads * 4, 0x3f80);
+        _out = Fill(ArithThreads * 4, 0);
         Report("bandwidth axpy_bf16", Axpy);
+        Report("arithmetic arith_f32", Arith);
         Report("mma gemm 128x128x256", Gemm);
     }
 
@@ -115,6 +139,14 @@ public class EmulatorBench
         var args = new KernelArgs(stackalloc byte[64], stackalloc nint[8]);
         args.Add(_c.Address); args.Add(_a.Address); args.Add(_b.Address); args.Add(M); args.Add(N); args.Add(K);
         _dev.Launch(_gemm, new LaunchConfig(M / 16 * (N / 8) / 4, 128), _dev.DefaultStream, args);
+    }
+
+    [Benchmark]
+    public void Arith()
+    {
+        var args = new KernelArgs(stackalloc byte[64], stackalloc nint[8]);
+        args.Add(_out.Address); args.Add(_in.Address); args.Add(ArithIters); args.Add(1024);
+        _dev.Launch(_arith, new LaunchConfig(ArithThreads / 256, 256), _dev.DefaultStream, args);
     }
 
     [GlobalCleanup]

@@ -15,7 +15,7 @@ public class FastPathTests
           int a = xi[t], b = xi[63 - t];
           float f = xf[t], g = xf[63 - t];
           unsigned w = xb[t];
-          unsigned* o = out + t * 12;
+          unsigned* o = out + t * 13;
           o[0] = (a < b) + 2 * (a >= b) + 4 * ((unsigned)a < (unsigned)b) + 8 * (a == b) + 16 * ((unsigned)a > (unsigned)b) + 32 * (a != b);
           o[1] = a > b ? (unsigned)a : (unsigned)b;
           o[2] = ((unsigned)a << 7) ^ ((unsigned)b >> 3) ^ (unsigned)(a >> 5);
@@ -30,6 +30,7 @@ public class FastPathTests
           o[9] = __float_as_uint(fmaf(f, g, f));
           o[10] = __float_as_uint(__uint_as_float(w << 16) * f) ^ __float_as_uint(__uint_as_float(w & 0xffff0000u));
           o[11] = (w & 0xffff0000u) | (unsigned)(a * b + t);
+          o[12] = __float_as_uint((float)a) ^ __float_as_uint((float)(a >> 9));
         }
         """;
 
@@ -51,14 +52,14 @@ public class FastPathTests
         var pi = kit.Upload(xi);
         var pf = kit.Upload(xf);
         var pb = kit.Upload(xb);
-        var full = kit.Zeros<uint>(32 * 12);
-        var partial = kit.Zeros<uint>(32 * 12);
+        var full = kit.Zeros<uint>(32 * 13);
+        var partial = kit.Zeros<uint>(32 * 13);
         kit.Launch("mix", new Dim3(1), new Dim3(32), 0, full, pi, pf, pb);
         kit.Launch("mix", new Dim3(1), new Dim3(31), 0, partial, pi, pf, pb);
-        var a = kit.Download<uint>(full, 31 * 12);
-        var b = kit.Download<uint>(partial, 31 * 12);
+        var a = kit.Download<uint>(full, 31 * 13);
+        var b = kit.Download<uint>(partial, 31 * 13);
         // bit-exact: both paths implement the same IEEE / integer operations (no NaN inputs, whose payloads are not specified)
         for (int i = 0; i < a.Length; i++)
-            Assert.That(a[i], Is.EqualTo(b[i]), $"thread {i / 12}, output {i % 12}: full-warp path 0x{a[i]:x8}, per-lane path 0x{b[i]:x8}");
+            Assert.That(a[i], Is.EqualTo(b[i]), $"thread {i / 13}, output {i % 13}: full-warp path 0x{a[i]:x8}, per-lane path 0x{b[i]:x8}");
     }
 }

@@ -78,69 +78,84 @@ internal sealed partial class Warp
     public WarpStatus Run(int quantum)
     {
         var cnt = Cta.Counters;
-        while (quantum-- > 0)
+        long fastCount = 0; // unguarded full-warp fast-path instructions not yet added to the counters (flushed before anything else runs)
+        try
         {
-            if (Active == 0 || Pc >= _nextMin)
+            while (quantum-- > 0)
             {
-                if (!Reschedule())
+                if (Active == 0 || Pc >= _nextMin)
                 {
-                    if (IsDone) return WarpStatus.Done;
-                    ReleaseBlockedOrThrow();
+                    if (!Reschedule())
+                    {
+                        if (IsDone) return WarpStatus.Done;
+                        ReleaseBlockedOrThrow();
+                    }
                 }
+                var ins = _code[Pc];
+                uint exec = Active;
+                if (ins.GuardPred < 0)
+                {
+                    // converged, unguarded, classified: the common case goes straight to its handler
+                    if (exec == 0xFFFFFFFF && ins.Fast != FastKind.None) { fastCount++; ExecFast(ins); Pc++; continue; }
+                }
+                else exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
+                if (fastCount != 0) { cnt.WarpInstructions += fastCount; cnt.ThreadInstructions += 32 * fastCount; fastCount = 0; }
+                cnt.WarpInstructions++;
+                cnt.ThreadInstructions += BitOperations.PopCount(exec);
+                if (exec == 0 && !ins.IsCollective && ins.Op is not (Op.Bra or Op.BarArrive)) { Pc++; continue; }
+                if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { ExecFast(ins); Pc++; continue; }
+                switch (ins.Op)
+                {
+                    case Op.Bra: Branch(ins, exec); continue;
+                    case Op.Ret: case Op.Exit: Return(ins, exec); continue;
+                    case Op.Call: Call(ins, exec); continue;
+                    case Op.Bar: case Op.BarRed: case Op.BarArrive:
+                        {
+                            var st = Barrier(ins, exec);
+                            if (st != WarpStatus.Running) return st;
+                            continue;
+                        }
+                    case Op.Shfl: case Op.Vote: case Op.Match: case Op.Redux: case Op.BarWarp: case Op.Mma: case Op.Ldmatrix:
+                        if (!Collective(ins, ref exec)) continue;
+                        if (exec == 0) break; // every arrived lane is guarded off: nothing to do, but the group stayed together
+                        switch (ins.Op)
+                        {
+                            case Op.Shfl: Shfl(ins, exec); break;
+                            case Op.Vote: Vote(ins, exec); break;
+                            case Op.Match: Match(ins, exec); break;
+                            case Op.Redux: Redux(ins, exec); break;
+                            case Op.Mma: Mma(ins); break;
+                            case Op.Ldmatrix: Ldmatrix(ins); break;
+                        }
+                        break;
+                    case Op.Mov: Mov(ins, exec); break;
+                    case Op.Ld: Ld(ins, exec); break;
+                    case Op.St: St(ins, exec); break;
+                    case Op.Cvt: Cvt(ins, exec); break;
+                    case Op.Cvta: Cvta(ins, exec); break;
+                    case Op.Setp: Setp(ins, exec); break;
+                    case Op.Selp: Selp(ins, exec); break;
+                    case Op.Slct: Slct(ins, exec); break;
+                    case Op.Atom: case Op.Red: Atom(ins, exec); break;
+                    case Op.CpAsync: CpAsync(ins, exec); break;
+                    case Op.CpAsyncCommit: CommitGroup(exec); break;
+                    case Op.CpAsyncWait: WaitGroup(ins, exec, (int)ins.Ops[0].Imm); break;
+                    case Op.CpAsyncWaitAll: CommitGroup(exec); WaitGroup(ins, exec, 0); break;
+                    case Op.Activemask: Fill(D, Active); Store(ins.Ops[0], D, exec, PtxType.B32); break;
+                    case Op.Membar: case Op.Nanosleep: case Op.Prefetch: case Op.Nop: case Op.Brkpt:
+                        if (ins.Op == Op.Membar && !Cta.Launch.Sequential) Interlocked.MemoryBarrier();
+                        break;
+                    case Op.Trap: throw Fault("trap instruction executed", ins, BitOperations.TrailingZeroCount(exec));
+                    case Op.Isspacep: Isspacep(ins, exec); break;
+                    default: ExecAlu(ins, exec); break;
+                }
+                Pc++;
             }
-            var ins = _code[Pc];
-            uint exec = Active;
-            if (ins.GuardPred >= 0) exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
-            cnt.WarpInstructions++;
-            cnt.ThreadInstructions += BitOperations.PopCount(exec);
-            if (exec == 0 && !ins.IsCollective && ins.Op is not (Op.Bra or Op.BarArrive)) { Pc++; continue; }
-            if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { ExecFast(ins); Pc++; continue; }
-            switch (ins.Op)
-            {
-                case Op.Bra: Branch(ins, exec); continue;
-                case Op.Ret: case Op.Exit: Return(ins, exec); continue;
-                case Op.Call: Call(ins, exec); continue;
-                case Op.Bar: case Op.BarRed: case Op.BarArrive:
-                    {
-                        var st = Barrier(ins, exec);
-                        if (st != WarpStatus.Running) return st;
-                        continue;
-                    }
-                case Op.Shfl: case Op.Vote: case Op.Match: case Op.Redux: case Op.BarWarp: case Op.Mma: case Op.Ldmatrix:
-                    if (!Collective(ins, ref exec)) continue;
-                    if (exec == 0) break; // every arrived lane is guarded off: nothing to do, but the group stayed together
-                    switch (ins.Op)
-                    {
-                        case Op.Shfl: Shfl(ins, exec); break;
-                        case Op.Vote: Vote(ins, exec); break;
-                        case Op.Match: Match(ins, exec); break;
-                        case Op.Redux: Redux(ins, exec); break;
-                        case Op.Mma: Mma(ins); break;
-                        case Op.Ldmatrix: Ldmatrix(ins); break;
-                    }
-                    break;
-                case Op.Mov: Mov(ins, exec); break;
-                case Op.Ld: Ld(ins, exec); break;
-                case Op.St: St(ins, exec); break;
-                case Op.Cvt: Cvt(ins, exec); break;
-                case Op.Cvta: Cvta(ins, exec); break;
-                case Op.Setp: Setp(ins, exec); break;
-                case Op.Selp: Selp(ins, exec); break;
-                case Op.Slct: Slct(ins, exec); break;
-                case Op.Atom: case Op.Red: Atom(ins, exec); break;
-                case Op.CpAsync: CpAsync(ins, exec); break;
-                case Op.CpAsyncCommit: CommitGroup(exec); break;
-                case Op.CpAsyncWait: WaitGroup(ins, exec, (int)ins.Ops[0].Imm); break;
-                case Op.CpAsyncWaitAll: CommitGroup(exec); WaitGroup(ins, exec, 0); break;
-                case Op.Activemask: Fill(D, Active); Store(ins.Ops[0], D, exec, PtxType.B32); break;
-                case Op.Membar: case Op.Nanosleep: case Op.Prefetch: case Op.Nop: case Op.Brkpt:
-                    if (ins.Op == Op.Membar && !Cta.Launch.Sequential) Interlocked.MemoryBarrier();
-                    break;
-                case Op.Trap: throw Fault("trap instruction executed", ins, BitOperations.TrailingZeroCount(exec));
-                case Op.Isspacep: Isspacep(ins, exec); break;
-                default: ExecAlu(ins, exec); break;
-            }
-            Pc++;
+        }
+        finally
+        {
+            cnt.WarpInstructions += fastCount;
+            cnt.ThreadInstructions += 32 * fastCount;
         }
         return WarpStatus.Yield;
     }

@@ -6,7 +6,7 @@ using System.Runtime.Intrinsics.X86;
 namespace Qwen3Cuda.Runtime.Emulation;
 
 internal enum FastKind : byte { None, Mov, Add32, Add64, Sub32, And32, Or32, Shl32Imm, ShrU32Imm, MulWideS32, MulWideU32, MulLo32, MadLo32, FmaF32, AddF32, MulF32, SubF32,
-    Xor32, Shl64Imm, ShrS32Imm, ShrU64Imm, CvtS64S32, CvtU64U32, SetpS32, SetpU32, Selp32 }
+    Xor32, Shl64Imm, ShrS32Imm, ShrU64Imm, CvtS64S32, CvtU64U32, SetpS32, SetpU32, Selp32, CvtRnF32S32 }
 
 /// <summary>Integer comparison of a classified setp.</summary>
 internal enum IntCmp : byte { Eq, Ne, Lt, Le, Gt, Ge }
@@ -59,6 +59,7 @@ internal sealed partial class Warp
             Op.Cvta when reg64To64 && t == PtxType.U64 && ins.Space == Space.Global => FastKind.Mov,
             Op.Cvt when !ins.Sat && ins.Rnd == Rnd.None && o.Length == 2 && t == PtxType.S64 && ins.T2 == PtxType.S32 && o[1].Kind == OpKind.Reg && o[0].RegBits == 64 => FastKind.CvtS64S32,
             Op.Cvt when !ins.Sat && ins.Rnd == Rnd.None && o.Length == 2 && t == PtxType.U64 && ins.T2 == PtxType.U32 && o[1].Kind == OpKind.Reg && o[0].RegBits == 64 => FastKind.CvtU64U32,
+            Op.Cvt when !ins.Sat && !ins.Ftz && ins.Rnd == Rnd.Rn && o.Length == 2 && t == PtxType.F32 && ins.T2 == PtxType.S32 && o[1].Kind == OpKind.Reg && o[0].RegBits == 32 => FastKind.CvtRnF32S32,
             Op.Shl when is32 && RegOrImm(1) && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.Shl32Imm,
             Op.Shr when t is PtxType.U32 or PtxType.B32 && RegOrImm(1) && o[2].Kind == OpKind.Imm && o[2].Imm < 32 && o[0].RegBits == 32 => FastKind.ShrU32Imm,
             Op.Mul when ins.Wide && t == PtxType.S32 && RegOrImm(1) && RegOrImm(2) => FastKind.MulWideS32,
@@ -122,6 +123,13 @@ internal sealed partial class Warp
                 {
                     var a = Src(o[1], A);
                     for (int l = 0; l < 32; l++) d[l] = (ulong)(long)(int)(uint)a[l];
+                    return;
+                }
+            case FastKind.CvtRnF32S32:
+                {
+                    // int32 -> f32 round-to-nearest-even: the C# conversion (the generic path goes through an exact double)
+                    var a = Src(o[1], A);
+                    for (int l = 0; l < 32; l++) d[l] = BitConverter.SingleToUInt32Bits((float)(int)(uint)a[l]);
                     return;
                 }
             case FastKind.CvtU64U32:
