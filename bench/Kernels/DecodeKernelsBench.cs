@@ -1,6 +1,5 @@
 using BenchmarkDotNet.Attributes;
 using Qwen3Cuda.Runtime;
-using Qwen3Cuda.Runtime.Cuda;
 using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Launchers;
 
@@ -23,28 +22,19 @@ public class DecodeKernelsBench
     private RopeLaunchers _rope = null!;
     private GemvLaunchers _gemv = null!;
     private AttentionDecodeLaunchers _attn = null!;
-    private readonly List<DevicePtr> _buffers = [];
+    private BenchBuffers _buffers = null!;
     private DevicePtr _hidden, _delta, _normW, _normed, _qkvW, _qkv, _q, _k, _v, _invFreq, _pos, _slot, _table, _lens, _attnOut;
     private DevicePtr _oW, _lmW, _logits, _partOut, _partLse, _gemvWs;
     private long _gemvWsBytes;
     private int _lmRows;
 
-    private DevicePtr Alloc(long bytes, byte fill = 0)
-    {
-        DevicePtr p = _device.Allocate(bytes);
-        var zeros = new byte[Math.Min(bytes, 1 << 20)];
-        Array.Fill(zeros, fill);
-        for (long o = 0; o < bytes; o += zeros.Length)
-            _device.CopyToDevice(p + o, zeros.AsSpan(0, (int)Math.Min(zeros.Length, bytes - o)));
-        _buffers.Add(p);
-        return p;
-    }
+    private DevicePtr Alloc(long bytes, byte fill = 0) => _buffers.Alloc(bytes, fill);
 
     [GlobalSetup]
     public void Setup()
     {
-        try { _device = CudaDevice.Open(); }
-        catch (Exception) { _device = new EmulatedDevice(); }
+        _device = DeviceFactory.Open(BackendKind.Auto);   // CUDA when a GPU is present, else the emulator
+        _buffers = new BenchBuffers(_device);
         _loader = new KernelLoader(_device);
         _norm = new RmsNormLaunchers(_loader);
         _rope = new RopeLaunchers(_loader, D);
@@ -106,7 +96,7 @@ public class DecodeKernelsBench
         if (_device is EmulatedDevice emu)
             foreach (var l in emu.Launches.DistinctBy(l => l.Kernel))
                 Console.WriteLine($"// emulator {l.Kernel}: grid {l.Grid}, distinct sectors {l.DistinctSectors} ({l.DistinctSectors * 32.0 / 1e6:F2} MB), coalescing {l.CoalescingEfficiency:F3}, warp instructions {l.WarpInstructions}");
-        foreach (var p in _buffers) _device.Free(p);
+        _buffers.Dispose();
         _loader.Dispose();
         _device.Dispose();
     }

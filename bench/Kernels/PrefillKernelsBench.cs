@@ -1,6 +1,5 @@
 using BenchmarkDotNet.Attributes;
 using Qwen3Cuda.Runtime;
-using Qwen3Cuda.Runtime.Cuda;
 using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Launchers;
 
@@ -18,28 +17,20 @@ public class PrefillKernelsBench
     private KernelLoader _loader = null!;
     private GemmLaunchers _gemm = null!;
     private AttentionPrefillLaunchers _attn = null!;
-    private readonly List<DevicePtr> _buffers = [];
+    private BenchBuffers _buffers = null!;
     private DevicePtr _x, _qkvW, _qkv, _k, _v, _table, _lens, _qStart, _attnOut, _oW, _hidden;
     private int _maxPages;
 
     public int Tokens { get; private set; }
 
-    private DevicePtr Alloc(long bytes)
-    {
-        DevicePtr p = _device.Allocate(bytes);
-        var fill = new byte[Math.Min(bytes, 1 << 20)];
-        Array.Fill(fill, (byte)0x3c); // bf16 0x3c3c ~ 0.0115: finite everywhere
-        for (long o = 0; o < bytes; o += fill.Length)
-            _device.CopyToDevice(p + o, fill.AsSpan(0, (int)Math.Min(fill.Length, bytes - o)));
-        _buffers.Add(p);
-        return p;
-    }
+    // bf16 0x3c3c ~ 0.0115: finite everywhere
+    private DevicePtr Alloc(long bytes) => _buffers.Alloc(bytes, 0x3c);
 
     [GlobalSetup]
     public void Setup()
     {
-        try { _device = CudaDevice.Open(); }
-        catch (Exception) { _device = new EmulatedDevice(); }
+        _device = DeviceFactory.Open(BackendKind.Auto);   // CUDA when a GPU is present, else the emulator
+        _buffers = new BenchBuffers(_device);
         Tokens = _device.Info.Backend == BackendKind.Cuda ? 512 : 64;
         _loader = new KernelLoader(_device);
         _gemm = new GemmLaunchers(_loader);
@@ -79,7 +70,7 @@ public class PrefillKernelsBench
         if (_device is EmulatedDevice emu)
             foreach (var l in emu.Launches.DistinctBy(l => l.Kernel))
                 Console.WriteLine($"// emulator {l.Kernel}: grid {l.Grid}, mma {l.MmaCount}, distinct sectors {l.DistinctSectors}, coalescing {l.CoalescingEfficiency:F3}");
-        foreach (var p in _buffers) _device.Free(p);
+        _buffers.Dispose();
         _loader.Dispose();
         _device.Dispose();
     }
