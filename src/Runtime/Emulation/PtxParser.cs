@@ -49,6 +49,7 @@ internal sealed partial class PtxParser
             {
                 if (ins.GuardPred >= 0) ins.GuardPred += predBase;
                 foreach (var o in ins.Ops) Rebase(o, regBase, predBase);
+                Warp.PrepareFast(ins); // its operand rows moved
             }
             regBase += f.NumRegs;
             predBase += f.NumPreds;

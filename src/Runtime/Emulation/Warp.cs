@@ -91,14 +91,28 @@ internal sealed partial class Warp
                         ReleaseBlockedOrThrow();
                     }
                 }
-                var ins = _code[Pc];
+                var code = _code;
+                var ins = code[Pc];
                 uint exec = Active;
-                if (ins.GuardPred < 0)
+                if (ins.FastGo && exec == 0xFFFFFFFF)
                 {
-                    // converged, unguarded, classified: the common case goes straight to its handler
-                    if (exec == 0xFFFFFFFF && ins.Fast != FastKind.None) { fastCount++; ExecFast(ins); Pc++; continue; }
+                    // converged, unguarded, classified: the common case runs straight through its handlers until an
+                    // instruction needs the general path (a full warp has no parked lanes, so no merge point lies ahead)
+                    int pc = Pc, limit = Math.Min(_nextMin, code.Length);
+                    ExecFast(ins);
+                    pc++;
+                    fastCount++;
+                    while (pc < limit && quantum > 0 && (ins = code[pc]).FastGo)
+                    {
+                        ExecFast(ins);
+                        pc++;
+                        fastCount++;
+                        quantum--;
+                    }
+                    Pc = pc;
+                    continue;
                 }
-                else exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
+                if (ins.GuardPred >= 0) exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
                 if (fastCount != 0) { cnt.WarpInstructions += fastCount; cnt.ThreadInstructions += 32 * fastCount; fastCount = 0; }
                 cnt.WarpInstructions++;
                 cnt.ThreadInstructions += BitOperations.PopCount(exec);
