@@ -178,13 +178,16 @@ internal sealed partial class Warp
             case FastKind.MulWideU32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (Get(ref r, a, ia, l) & 0xFFFFFFFF) * (Get(ref r, b, ib, l) & 0xFFFFFFFF); return;
             case FastKind.MulLo32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (uint)(Get(ref r, a, ia, l) * Get(ref r, b, ib, l)); return;
             case FastKind.MadLo32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (uint)(Get(ref r, a, ia, l) * Get(ref r, b, ib, l) + Get(ref r, c, ic, l)); return;
+            // f32 in the low half of each 64-bit slot: operate on all 8 floats of a vector and clear the high halves
+            // after (no narrowing shuffles); the high halves of 32-bit registers are zero, and whatever they compute is discarded
             case FastKind.FmaF32:
-                for (int i = 0; i < 32; i += 8)
-                    Store32(ref r, d, i, Vector256.FusedMultiplyAdd(V32(ref r, a, ia, i).AsSingle(), V32(ref r, b, ib, i).AsSingle(), V32(ref r, c, ic, i).AsSingle()).AsUInt32());
+                for (int i = 0; i < 32; i += 4)
+                    (Vector256.FusedMultiplyAdd(V(ref r, a, ia, i).AsSingle(), V(ref r, b, ib, i).AsSingle(), V(ref r, c, ic, i).AsSingle()).AsUInt64() & m32)
+                        .StoreUnsafe(ref r, (nuint)(d + i));
                 return;
-            case FastKind.AddF32: for (int i = 0; i < 32; i += 8) Store32(ref r, d, i, (V32(ref r, a, ia, i).AsSingle() + V32(ref r, b, ib, i).AsSingle()).AsUInt32()); return;
-            case FastKind.SubF32: for (int i = 0; i < 32; i += 8) Store32(ref r, d, i, (V32(ref r, a, ia, i).AsSingle() - V32(ref r, b, ib, i).AsSingle()).AsUInt32()); return;
-            case FastKind.MulF32: for (int i = 0; i < 32; i += 8) Store32(ref r, d, i, (V32(ref r, a, ia, i).AsSingle() * V32(ref r, b, ib, i).AsSingle()).AsUInt32()); return;
+            case FastKind.AddF32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i).AsSingle() + V(ref r, b, ib, i).AsSingle()).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.SubF32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i).AsSingle() - V(ref r, b, ib, i).AsSingle()).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.MulF32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i).AsSingle() * V(ref r, b, ib, i).AsSingle()).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
             case FastKind.Selp32:
                 {
                     uint p = PredValue(ins.Ops[3]);
