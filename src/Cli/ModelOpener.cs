@@ -65,6 +65,7 @@ public static class ModelOpener
     /// <summary>A model that also disposes its device; it keeps the device model's on-device sampling visible to the Generator.</summary>
     private sealed class OwningModel(DeviceModel model, IDevice device) : ICausalLanguageModel, IDeviceSampler
     {
+        public int MaxBatch => model.MaxBatch;
         public int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings) => model.ForwardSampled(sequence, tokens, settings);
         public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> settings, Span<int> nextTokens) =>
             model.DecodeBatchSampled(sequences, tokens, settings, nextTokens);

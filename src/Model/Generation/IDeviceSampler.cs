@@ -8,6 +8,9 @@ namespace Qwen3Cuda.Model.Generation;
 /// </summary>
 public interface IDeviceSampler
 {
+    /// <summary>Most sequences one <see cref="DecodeBatchSampled"/> call takes.</summary>
+    int MaxBatch { get; }
+
     /// <summary>Appends <paramref name="tokens"/> to <paramref name="sequence"/> and returns the sampled next token.</summary>
     int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings);
 
