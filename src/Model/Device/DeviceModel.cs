@@ -43,6 +43,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     public ModelConfig Config { get; }
     public MemoryPlan Plan { get; }
     public IDevice Device => _device;
+    /// <summary>The stream every step of this model runs on (non-blocking on CUDA: time it with events recorded here).</summary>
+    public DeviceStream Stream => _stream;
     public int VocabSize => Config.VocabSize;
     public int ContextLength => Plan.ContextLength;
     public int MaxSequences => Plan.Options.MaxSequences;

@@ -15,7 +15,8 @@ public sealed record KernelProfile(string Kernel, int Launches, long WarpInstruc
 
 /// <summary>
 /// One profiled step: per-kernel rows in first-launch order and the totals. <see cref="Milliseconds"/>: the step as
-/// the model runs it (decode: one graph replay), from events around it; meaningful on CUDA only.
+/// the model runs it (decode: one graph replay), from events on the model's stream around it: input copies, kernels,
+/// result copy and the host's wait for it; meaningful on CUDA only.
 /// </summary>
 public sealed record StepProfile(string Name, int Tokens, IReadOnlyList<KernelProfile> Kernels, double Milliseconds)
 {
@@ -50,9 +51,9 @@ public static class DeviceProfiler
         using (var end = device.CreateEvent())
         {
             device.Synchronize();
-            device.Record(start, device.DefaultStream);
+            device.Record(start, model.Stream);
             step();
-            device.Record(end, device.DefaultStream);
+            device.Record(end, model.Stream);
             device.Synchronize();
             ms = device.ElapsedMilliseconds(start, end);
         }
@@ -142,7 +143,7 @@ public static class DeviceProfiler
                 sb.Append(inv, $"  {k.Kernel,-28}{k.Launches,9}{k.WarpInstructions,14:N0}{ByteSize.Format(k.GlobalBytes),14}{ByteSize.Format(k.DramBytes),14}{k.Coalescing,12:F3}\n");
             return sb.ToString();
         }
-        sb.Append(inv, $"{p.Name} ({p.Tokens} token(s)): {p.Milliseconds:F3} ms as run (CUDA events around the step)");
+        sb.Append(inv, $"{p.Name} ({p.Tokens} token(s)): {p.Milliseconds:F3} ms as run (CUDA events around the step: input copies, kernels, result copy)");
         if (p.KernelMilliseconds is not double total)
         {
             sb.Append('\n');
