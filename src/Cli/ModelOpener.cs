@@ -33,10 +33,7 @@ public static class ModelOpener
 
     private static ICausalLanguageModel OpenAuto(string modelDir, int maxSequences, int? contextLength, TextWriter? stderr)
     {
-        var choice = DeviceFactory.ChooseAuto();
-        stderr?.WriteLine($"--device auto: {choice.Reason}");
-        stderr?.Flush();
-        return OpenDevice(modelDir, choice.Backend, maxSequences, contextLength);
+        return OpenDevice(modelDir, DeviceFactory.Resolve(BackendKind.Auto, stderr), maxSequences, contextLength);
     }
 
     /// <summary>The device model on a backend; the model owns the device (disposing the model closes it).</summary>

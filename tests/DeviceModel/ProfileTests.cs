@@ -87,5 +87,10 @@ public class DeviceCliTests
             Assert.That(auto.Out, Is.EqualTo(emu.Out), "auto ran the emulator");
         }
         else Assert.That(lines[0], Does.Contain("running on the GPU"));
+
+        var profile = Cli("profile", "--model", dir, "--device", "auto", "--tokens", "2");
+        Assert.That(profile.Exit, Is.EqualTo(0), profile.Err);
+        Assert.That(profile.Err, Does.Contain("--device auto: " + expected.Reason));
+        Assert.That(profile.Out, Does.Contain(expected.Backend == BackendKind.Emulator ? "emulator counters, no timings" : "GPU ms"));
     }
 }

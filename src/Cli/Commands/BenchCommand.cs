@@ -30,13 +30,7 @@ public static class BenchCommand
     private static int Run(string modelDir, int pp, int tg, int reps, string deviceText, TextWriter stdout, TextWriter stderr)
     {
         if (pp < 1 || tg < 1 || reps < 1) throw new ArgumentException($"-p {pp}, -n {tg} and -r {reps} must be positive");
-        var backend = DeviceFactory.Parse(deviceText);
-        if (backend == BackendKind.Auto)
-        {
-            var choice = DeviceFactory.ChooseAuto();
-            stderr.WriteLine($"--device auto: {choice.Reason}");
-            backend = choice.Backend;
-        }
+        var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
         if (backend == BackendKind.Cpu) throw new ArgumentException("bench measures a device backend (cuda); use --device cuda or emulator");
         if (backend == BackendKind.Emulator)
         {

@@ -22,7 +22,7 @@ public static class ProfileCommand
         var tokens = new Option<int>("--tokens") { Description = "Prompt tokens of the profiled prefill", DefaultValueFactory = _ => 8 };
         var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step") { model, device, tokens };
         cmd.SetAction(parse => Guard(parse.InvocationConfiguration.Error, () =>
-            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.InvocationConfiguration.Output)));
+            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
         return cmd;
     }
 
@@ -59,9 +59,10 @@ public static class ProfileCommand
         return new Result(prefill, decode, DeviceProfiler.MinimumDecodeBytes(dm.Plan, tokens + 1), backend == BackendKind.Emulator);
     }
 
-    private static int Run(string modelDir, string deviceText, int tokens, TextWriter stdout)
+    private static int Run(string modelDir, string deviceText, int tokens, TextWriter stdout, TextWriter stderr)
     {
-        var r = Measure(modelDir, DeviceFactory.Parse(deviceText), tokens);
+        var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
+        var r = Measure(modelDir, backend, tokens);
         stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
         stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
         if (r.Emulator)

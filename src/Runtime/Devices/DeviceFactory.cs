@@ -19,6 +19,16 @@ public static class DeviceFactory
     /// <summary>Auto resolves to CUDA when a driver loads and device 0 opens, else to the emulator (<see cref="ChooseAuto()"/>).</summary>
     public static BackendKind Resolve(BackendKind kind) => kind == BackendKind.Auto ? ChooseAuto().Backend : kind;
 
+    /// <summary>Like <see cref="Resolve(BackendKind)"/>; for auto also writes "--device auto: REASON" (one line) to <paramref name="log"/>.</summary>
+    public static BackendKind Resolve(BackendKind kind, TextWriter? log)
+    {
+        if (kind != BackendKind.Auto) return kind;
+        var choice = ChooseAuto();
+        log?.WriteLine($"--device auto: {choice.Reason}");
+        log?.Flush();
+        return choice.Backend;
+    }
+
     /// <summary>What `--device auto` picks on this machine: probes the driver (<see cref="CudaDriver.Probe"/>) and decides.</summary>
     public static BackendChoice ChooseAuto()
     {
