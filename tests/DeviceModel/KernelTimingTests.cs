@@ -71,6 +71,37 @@ public class KernelTimingTests
         Assert.That(counting.GraphLaunches, Is.EqualTo(1));
     }
 
+    /// <summary>
+    /// The timing device times only launches between Begin and End that are not being captured (a captured launch
+    /// becomes a graph node; events there would too), names them by DeviceKernel.Name, and refuses a nested Begin or
+    /// an End without Begin.
+    /// </summary>
+    [Test]
+    public void TimingDevice_TimesUncapturedLaunchesBetweenBeginAndEnd()
+    {
+        using var emu = new EmulatedDevice();
+        using var timing = new KernelTimingDevice(emu);
+        using var loader = new KernelLoader(timing);
+        var sampling = new Qwen3Cuda.Runtime.Launchers.SamplingLaunchers(loader);
+        using var stream = timing.CreateStream();
+        DevicePtr logits = timing.Allocate(64 * sizeof(ushort)), ids = timing.Allocate(sizeof(int));
+        timing.MemsetAsync(logits, 0, 64 * sizeof(ushort), stream);
+        sampling.Argmax(stream, logits, 64, 1, 64, ids);                 // before Begin: not timed
+        timing.Begin();
+        Assert.Throws<InvalidOperationException>(() => timing.Begin());
+        sampling.Argmax(stream, logits, 64, 1, 64, ids);                 // timed
+        timing.BeginCapture(stream);
+        sampling.Argmax(stream, logits, 64, 1, 64, ids);                 // captured: not timed
+        using (var graph = timing.EndCapture(stream)) Assert.That(graph.KernelNodeCount, Is.EqualTo(1), "the captured launch went into the graph");
+        var launches = timing.End();
+        Assert.That(launches, Has.Count.EqualTo(1));
+        Assert.That(launches[0].Kernel, Is.EqualTo("argmax_bf16"));
+        Assert.That((launches[0].Config.Grid, launches[0].Config.Block), Is.EqualTo((new Dim3(1), new Dim3(1024))));
+        Assert.Throws<InvalidOperationException>(() => timing.End());
+        timing.Free(ids);
+        timing.Free(logits);
+    }
+
     /// <summary>On the emulator the profile has counters and no time column: its events read the host clock.</summary>
     [Test]
     public void EmulatorProfile_HasNoGpuTimes()
