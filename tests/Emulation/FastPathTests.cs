@@ -35,8 +35,10 @@ public class FastPathTests
         }
         """;
 
-    [Test]
-    public void FullWarpFastPathsMatchGenericHandlers()
+    /// <summary>Both handler widths: Vector512 (when this CPU has AVX-512; otherwise both runs use Vector256) and Vector256.</summary>
+    [TestCase(true)]
+    [TestCase(false)]
+    public void FullWarpFastPathsMatchGenericHandlers(bool avx512)
     {
         var rnd = new Random(7);
         var xi = new int[64];
@@ -49,7 +51,7 @@ public class FastPathTests
             xf[i] = i < specials.Length ? specials[i] : (float)((rnd.NextDouble() - 0.5) * Math.Pow(2, rnd.Next(-130, 120)));
             xb[i] = (uint)rnd.Next() ^ ((uint)rnd.Next() << 16);
         }
-        using var kit = new EmuKit(Source);
+        using var kit = new EmuKit(Source, new EmulatorOptions { Sequential = true, UseAvx512 = avx512, PrintfOutput = TextWriter.Null });
         var pi = kit.Upload(xi);
         var pf = kit.Upload(xf);
         var pb = kit.Upload(xb);

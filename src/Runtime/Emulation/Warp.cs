@@ -78,6 +78,7 @@ internal sealed partial class Warp
     public WarpStatus Run(int quantum)
     {
         var cnt = Cta.Counters;
+        bool wide = Cta.Launch.Wide512;
         long fastCount = 0; // unguarded full-warp fast-path instructions not yet added to the counters (flushed before anything else runs)
         try
         {
@@ -99,12 +100,12 @@ internal sealed partial class Warp
                     // converged, unguarded, classified: the common case runs straight through its handlers until an
                     // instruction needs the general path (a full warp has no parked lanes, so no merge point lies ahead)
                     int pc = Pc, limit = Math.Min(_nextMin, code.Length);
-                    ExecFast(ins);
+                    if (wide) ExecFast512(ins); else ExecFast(ins);
                     pc++;
                     fastCount++;
                     while (pc < limit && quantum > 0 && (ins = code[pc]).FastGo)
                     {
-                        ExecFast(ins);
+                        if (wide) ExecFast512(ins); else ExecFast(ins);
                         pc++;
                         fastCount++;
                         quantum--;
@@ -117,7 +118,7 @@ internal sealed partial class Warp
                 cnt.WarpInstructions++;
                 cnt.ThreadInstructions += BitOperations.PopCount(exec);
                 if (exec == 0 && !ins.IsCollective && ins.Op is not (Op.Bra or Op.BarArrive)) { Pc++; continue; }
-                if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { ExecFast(ins); Pc++; continue; }
+                if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { if (wide) ExecFast512(ins); else ExecFast(ins); Pc++; continue; }
                 switch (ins.Op)
                 {
                     case Op.Bra: Branch(ins, exec); continue;
