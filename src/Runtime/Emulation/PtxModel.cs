@@ -158,6 +158,8 @@ internal sealed class PtxFunction
     public int FrameBytes { get; set; }
     public int ParamBytes { get; set; }
     public int MaxNtid { get; set; }
+    /// <summary>Entry only: registers that may be read before written (<see cref="RegisterLiveness"/>); the rows a warp must clear.</summary>
+    public int[] LiveInRows { get; set; } = [];
     public int DeclaredRegisters { get; set; }
     public int StaticSharedBytes { get; set; }
     public int DynamicSharedAlign { get; set; } = 16;

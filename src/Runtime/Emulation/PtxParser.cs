@@ -32,6 +32,7 @@ internal sealed partial class PtxParser
         p.ParseModule();
         ResolveCalls(p._m, p);
         RebaseRegisters(p._m);
+        foreach (var f in p._m.Entries) f.LiveInRows = RegisterLiveness.LiveIn(f);
         return p._m;
     }
 

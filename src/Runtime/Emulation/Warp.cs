@@ -54,10 +54,13 @@ internal sealed partial class Warp
         var mod = Cta.Launch.Module;
         int need = Math.Max(mod.TotalRegs, fn.NumRegs) * 32;
         if (R.Length < need) R = new ulong[need];
-        // registers start at zero; without .func bodies the entry touches only its own slots, so only those need clearing
-        if (!mod.HasFunctions) need = fn.NumRegs * 32;
+        // registers start at zero. Without .func bodies a full warp only needs the rows its threads may read before
+        // writing (liveness at the entry): every other row is written before any thread reads it. Partial warps and
+        // modules with calls clear everything (a shuffle may read a missing lane; a callee's rows are not analysed).
         if (P.Length < Math.Max(mod.TotalPreds, fn.NumPreds)) P = new uint[Math.Max(Math.Max(mod.TotalPreds, fn.NumPreds), 1)];
-        Array.Clear(R, 0, need);
+        if (!mod.HasFunctions && threadsInWarp >= 32 && fn.IsEntry)
+            foreach (int row in fn.LiveInRows) Array.Clear(R, row * 32, 32);
+        else Array.Clear(R, 0, mod.HasFunctions ? need : fn.NumRegs * 32);
         Array.Clear(P);
         Existing = threadsInWarp >= 32 ? 0xFFFFFFFFu : (1u << threadsInWarp) - 1;
         Exited = ~Existing;
