@@ -10,6 +10,9 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// </summary>
 public sealed unsafe class EmulatedDevice : IDevice
 {
+    /// <summary>True where the interpreter's full-warp handlers can use Vector512 (see <see cref="EmulatorOptions.UseAvx512"/>).</summary>
+    public static bool Avx512Available => Warp.Avx512Available;
+
     private readonly DeviceMemory _mem;
     private readonly EmulatorOptions _opt;
     private readonly EmuStream _default;
