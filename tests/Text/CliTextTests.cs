@@ -45,7 +45,7 @@ public class CliTextTests
     [Test]
     public void GenerateAtTemperatureZeroEqualsGreedyDecodingThroughTheReferenceModel()
     {
-        var (code, _, err) = Run("generate", "--model", _dir, "--prompt", "Hello world, the cat", "--temperature", "0",
+        var (code, _, err) = Run("generate", "--model", _dir, "--device", "cpu", "--prompt", "Hello world, the cat", "--temperature", "0",
             "--max-new-tokens", "12", "--print-token-ids");
         Assert.That(code, Is.Zero, err);
         var cliIds = PrintedIds(err);
@@ -70,7 +70,7 @@ public class CliTextTests
     [Test]
     public void SeededSamplingIsReproducible()
     {
-        string[] args = ["generate", "--model", _dir, "--prompt", "the dog", "--chat", "--temperature", "1.5", "--top-k", "0",
+        string[] args = ["generate", "--model", _dir, "--device", "cpu", "--prompt", "the dog", "--chat", "--temperature", "1.5", "--top-k", "0",
             "--top-p", "1", "--seed", "1234", "--max-new-tokens", "16", "--print-token-ids"];
         var a = Run(args);
         var b = Run(args);
@@ -86,7 +86,7 @@ public class CliTextTests
         try
         {
             Console.SetIn(new StringReader("Hello\n/no_think\nthe cat\n/exit\nnever read\n"));
-            var (code, output, err) = Run("chat", "--model", _dir, "--temperature", "0", "--max-new-tokens", "6");
+            var (code, output, err) = Run("chat", "--model", _dir, "--device", "cpu", "--temperature", "0", "--max-new-tokens", "6");
             Assert.That(code, Is.Zero, err);
             Assert.That(output, Does.Contain("[thinking off]"));
             // One stats line per answered turn.
@@ -125,6 +125,16 @@ public class CliTextTests
         Assert.That(code, Is.EqualTo(1));
         Assert.That(err, Does.StartWith("error: ").And.Contain(message));
         Assert.That(err, Does.Not.Contain("   at "), "no stack trace");
+    }
+
+    /// <summary>Without --device, generate picks a backend itself (a GPU when one opens, else the PTX emulator) and says which.</summary>
+    [Test]
+    public void GenerateDefaultsToAutoAndSaysWhichBackend()
+    {
+        var (code, _, err) = Run("generate", "--model", _dir, "--prompt", "the cat", "--temperature", "0", "--max-new-tokens", "2");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(err, Does.Contain("--device auto: "));
+        Assert.That(err.Split('\n').Count(l => l.Contains("--device auto: ")), Is.EqualTo(1), "one line saying which backend");
     }
 
     [Test]

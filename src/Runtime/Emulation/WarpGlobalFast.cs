@@ -88,14 +88,16 @@ internal sealed unsafe partial class Warp
             (lo, hi) = stride >= 0 ? (a0, a31) : (a31, a0);
             return true;
         }
-        lo = ulong.MaxValue;
-        hi = 0;
-        for (int l = 0; l < 32; l++)
+        var mn = Vector256.LoadUnsafe(ref ad);
+        var mx = mn;
+        for (int i = 4; i < 32; i += 4)
         {
-            ulong a = Unsafe.Add(ref ad, l);
-            lo = Math.Min(lo, a);
-            hi = Math.Max(hi, a);
+            var v = Vector256.LoadUnsafe(ref ad, (nuint)i);
+            mn = Vector256.Min(mn, v);
+            mx = Vector256.Max(mx, v);
         }
+        lo = Math.Min(Math.Min(mn[0], mn[1]), Math.Min(mn[2], mn[3]));
+        hi = Math.Max(Math.Max(mx[0], mx[1]), Math.Max(mx[2], mx[3]));
         return false;
     }
 
@@ -218,6 +220,15 @@ internal sealed unsafe partial class Warp
     {
         if (off + 32 > regs.Length) throw new InvalidOperationException("register slot outside the register file");
         var buf = new Span<ulong>(regs, off, 32);
+        if (exec == 0xFFFFFFFF && size == 4)
+        {
+            // a full warp at no uniform stride (e.g. an mma fragment's rows): every lane, no mask walk
+            ref ulong b = ref MemoryMarshal.GetReference(buf);
+            ref ulong a = ref MemoryMarshal.GetArrayDataReference(ad);
+            if (write) for (int l = 0; l < 32; l++) *(uint*)(host + Unsafe.Add(ref a, l)) = (uint)Unsafe.Add(ref b, l);
+            else for (int l = 0; l < 32; l++) Unsafe.Add(ref b, l) = *(uint*)(host + Unsafe.Add(ref a, l));
+            return;
+        }
         switch (size, write)
         {
             case (4, false):

@@ -82,23 +82,35 @@ internal sealed unsafe partial class Warp
             for (int lane = 0; lane < 32; lane++) mc[MmaCIndex[r * 32 + lane]] = FloatMath.AsF32(v[lane]);
         }
         // D = A·B + C: products of bf16/f16 values are exact in f64 and their sum with C is exact in nearly all cases
-        // (53-bit significand); one rounding to f32 at the end. Row i of D accumulates as two 4-wide vectors over k.
+        // (53-bit significand); one rounding to f32 at the end. Four rows of D at a time, each as two 4-wide vectors
+        // accumulating over k: eight independent add chains keep the FMA units busy.
         ref double pa = ref MemoryMarshal.GetArrayDataReference(ma);
         ref double pb = ref MemoryMarshal.GetArrayDataReference(mb);
         ref double pc = ref MemoryMarshal.GetArrayDataReference(mc);
-        for (int i = 0; i < 16; i++)
+        for (int i = 0; i < 16; i += 4)
         {
             nuint cr = (nuint)(i * 8);
-            var c0 = Vector256.LoadUnsafe(ref pc, cr);
-            var c1 = Vector256.LoadUnsafe(ref pc, cr + 4);
+            var c00 = Vector256.LoadUnsafe(ref pc, cr); var c01 = Vector256.LoadUnsafe(ref pc, cr + 4);
+            var c10 = Vector256.LoadUnsafe(ref pc, cr + 8); var c11 = Vector256.LoadUnsafe(ref pc, cr + 12);
+            var c20 = Vector256.LoadUnsafe(ref pc, cr + 16); var c21 = Vector256.LoadUnsafe(ref pc, cr + 20);
+            var c30 = Vector256.LoadUnsafe(ref pc, cr + 24); var c31 = Vector256.LoadUnsafe(ref pc, cr + 28);
             for (int kk = 0; kk < k; kk++)
             {
-                var av = Vector256.Create(Unsafe.Add(ref pa, i * 16 + kk));
-                c0 += av * Vector256.LoadUnsafe(ref pb, (nuint)(kk * 8));
-                c1 += av * Vector256.LoadUnsafe(ref pb, (nuint)(kk * 8 + 4));
+                var b0 = Vector256.LoadUnsafe(ref pb, (nuint)(kk * 8));
+                var b1 = Vector256.LoadUnsafe(ref pb, (nuint)(kk * 8 + 4));
+                var a0 = Vector256.Create(Unsafe.Add(ref pa, i * 16 + kk));
+                var a1 = Vector256.Create(Unsafe.Add(ref pa, i * 16 + 16 + kk));
+                var a2 = Vector256.Create(Unsafe.Add(ref pa, i * 16 + 32 + kk));
+                var a3 = Vector256.Create(Unsafe.Add(ref pa, i * 16 + 48 + kk));
+                c00 += a0 * b0; c01 += a0 * b1;
+                c10 += a1 * b0; c11 += a1 * b1;
+                c20 += a2 * b0; c21 += a2 * b1;
+                c30 += a3 * b0; c31 += a3 * b1;
             }
-            c0.StoreUnsafe(ref pc, cr);
-            c1.StoreUnsafe(ref pc, cr + 4);
+            c00.StoreUnsafe(ref pc, cr); c01.StoreUnsafe(ref pc, cr + 4);
+            c10.StoreUnsafe(ref pc, cr + 8); c11.StoreUnsafe(ref pc, cr + 12);
+            c20.StoreUnsafe(ref pc, cr + 16); c21.StoreUnsafe(ref pc, cr + 20);
+            c30.StoreUnsafe(ref pc, cr + 24); c31.StoreUnsafe(ref pc, cr + 28);
         }
         var d = o[0];
         if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);
