@@ -14,7 +14,7 @@
 //   fully used sectors) into registers one tile ahead, then store them to shared memory (K rows padded
 //   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
 //   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
-//   p_j comes from lane j by shuffle.
+//   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
 // attn_decode_combine: grid (seqs, nH), D threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
@@ -151,6 +151,11 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         for (int j = 0; j < DEC_TILE; j++) {
             const float p0 = __shfl_sync(0xffffffffu, pr[0], j), p1 = __shfl_sync(0xffffffffu, pr[1], j);
             const bf16* vrow = &v_s[j * HEAD_DIM + lane * DEC_E];
+#if DEC_E == 1
+            const float va = bf16_to_f32(vrow[0]);
+            acc[0][0] += p0 * va;
+            acc[1][0] += p1 * va;
+#else
 #pragma unroll
             for (int e = 0; e < DEC_E; e += 2) {
                 const bf16x2 v2 = *reinterpret_cast<const bf16x2*>(vrow + e);
@@ -158,6 +163,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
                 acc[0][e] += p0 * va; acc[0][e + 1] += p0 * vb;
                 acc[1][e] += p1 * va; acc[1][e + 1] += p1 * vb;
             }
+#endif
         }
         __syncthreads();   // the tile in shared memory is overwritten next iteration
     }
@@ -170,15 +176,23 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         const float inv_l = l[h] > 0.f ? 1.f / l[h] : 0.f;
         if (p.splits == 1) {
             bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + lane * DEC_E;
+#if DEC_E == 1
+            o[0] = f32_to_bf16(acc[h][0] * inv_l);
+#else
 #pragma unroll
             for (int e = 0; e < DEC_E; e += 2)
                 *reinterpret_cast<bf16x2*>(o + e) = pack_bf16x2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
+#endif
         } else {
             const size_t row = ((size_t)seq * p.num_q_heads + head) * p.splits + split;
             float* o = p.partial_out + row * HEAD_DIM + lane * DEC_E;
+#if DEC_E == 1
+            o[0] = acc[h][0] * inv_l;
+#else
 #pragma unroll
             for (int e = 0; e < DEC_E; e += 2)
                 *reinterpret_cast<float2*>(o + e) = make_float2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
+#endif
             if (lane == 0) p.partial_lse[row] = l[h] > 0.f ? m[h] + __log2f(l[h]) : -QC_INF;
         }
     }

@@ -18,7 +18,8 @@
 // tables into slot_mapping[t]; slot < 0 means "do not write" (padding tokens).
 //
 // Thread mapping: grid (tokens, ceil(heads / 8)), 256 threads = 8 warps, one warp per head row of
-// D = HEAD_DIM (32 * E elements, E = D / 32 contiguous elements per lane). The RoPE partner element
+// D = HEAD_DIM (32 * E elements, E = D / 32 contiguous elements per lane; D 32 has E = 1, one scalar
+// bf16 per lane, selected at compile time, so D 64/128/256 compile as before). The RoPE partner element
 // i + D/2 lives in lane ^ 16, fetched with one shuffle per element. Heads 0..nH-1 are q, then nKV k
 // heads, then nKV v heads (the column order of the fused projection).
 // Bytes moved per token: read (nH + 2 nKV) * D * 2, write the same (q_out + K + V), plus tables.
@@ -29,7 +30,7 @@
 #define HEAD_DIM 128
 #endif
 #define ROPE_E (HEAD_DIM / 32)
-static_assert(HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM must be 64, 128 or 256");
+static_assert(HEAD_DIM == 32 || HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM must be 32, 64, 128 or 256");
 
 struct QkNormRopeParams {
     const bf16* qkv;            // [tokens, qkv_stride] bf16: q heads | k heads | v heads
@@ -57,21 +58,29 @@ template <> struct RowVec<8> { typedef uint4 T; };
 
 __device__ __forceinline__ void load_row(const bf16* src, float (&x)[ROPE_E])
 {
+#if HEAD_DIM == 32
+    x[0] = bf16_to_f32(*src);
+#else
     const unsigned int* s = reinterpret_cast<const unsigned int*>(src);
     unsigned int w[ROPE_E / 2];
     typedef typename RowVec<ROPE_E>::T V;
     *reinterpret_cast<V*>(w) = *reinterpret_cast<const V*>(s);
 #pragma unroll
     for (int i = 0; i < ROPE_E / 2; i++) { x[2 * i] = bf16x2_lo(w[i]); x[2 * i + 1] = bf16x2_hi(w[i]); }
+#endif
 }
 
 __device__ __forceinline__ void store_row(bf16* dst, const float (&x)[ROPE_E])
 {
+#if HEAD_DIM == 32
+    *dst = f32_to_bf16(x[0]);
+#else
     unsigned int w[ROPE_E / 2];
 #pragma unroll
     for (int i = 0; i < ROPE_E / 2; i++) w[i] = pack_bf16x2(x[2 * i], x[2 * i + 1]);
     typedef typename RowVec<ROPE_E>::T V;
     *reinterpret_cast<V*>(dst) = *reinterpret_cast<const V*>(w);
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRopeParams p)

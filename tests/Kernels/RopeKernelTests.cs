@@ -23,6 +23,8 @@ public sealed class RopeKernelTests
     [TestCase(128, 32, 4, new[] { 5 }, 1.25f, true)]                // one token, q in place, attention_scaling (YaRN-like)
     [TestCase(64, 6, 2, new[] { 3, 4, 5, 6, 7 }, 1.0f, false)]      // odd: 10 heads (partial warp group), D 64
     [TestCase(256, 2, 1, new[] { 100, 1 }, 1.0f, true)]             // D 256
+    [TestCase(32, 4, 2, new[] { 0, 9, 3000 }, 1.0f, false)]        // D 32 (one element per lane; the tiny/small presets)
+    [TestCase(32, 8, 2, new[] { 7, 2 }, 1.25f, true)]              // D 32, q in place, 12 heads (partial warp group)
     public void MatchesReference(int d, int nH, int nKV, int[] positions, float scaling, bool inPlace)
     {
         var launchers = new RopeLaunchers(_emu.Loader, d);
