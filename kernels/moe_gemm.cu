@@ -16,11 +16,12 @@
 //   phase touches 8 distinct bank groups. Static shared memory: 3 * (64 + 128) * 32 * 2 = 36 KiB.
 // Bytes: each B tile is read once per row tile of its expert; A rows once per N block (from L2).
 // Limits: H % 128 == 0, I % 64 == 0 (checked by the launcher). Fixed accumulation order per output:
-// results are deterministic.
-// Variant MOE_GEMM_GUARD_N=1 (small models, e.g. H 64 or I 32): the N block may run past the end (I for gate_up,
-// H for down): B rows beyond it are zero-filled instead of loaded, and their output columns are not stored; then
-// only H % 32 == 0 and I % 32 == 0 are needed (K steps of 32). The launcher picks it per GEMM only when the
-// shape needs it; with the default MOE_GEMM_GUARD_N=0 the guards compile away (the real-shape code is unchanged). The GEMV kernels in moe_decode.cu compute the same math (test oracle).
+// results are deterministic. The GEMV kernels in moe_decode.cu compute the same math (test oracle).
+// Variant MOE_GEMM_GUARD_N=1 (small models, e.g. the tiny preset's H 64 and I 32): the last N block may run past
+// the end (of I for gate_up, of H for down; grid.y = ceil): B rows beyond it are zero-filled instead of loaded and
+// their output columns are not stored, so only H % 32 == 0 and I % 32 == 0 are needed (K steps of 32). The
+// launcher picks it per GEMM only when the shape needs it; at the default MOE_GEMM_GUARD_N=0 the guards compile
+// away (the real-shape PTX is unchanged).
 #include "common.cuh"
 
 #ifndef MOE_GEMM_GUARD_N
