@@ -4,12 +4,18 @@ namespace Qwen3Cuda.Tests.Kernels;
 
 /// <summary>
 /// The `kernels` verb (tests/Compiler) checks every kernel file at its default defines; this checks the variants the
-/// launchers build for small models (the synth presets): head_dim 32 and the guarded grouped expert GEMMs. Each must
+/// launchers build for small models (the synth presets): head_dim 16 and 32 and the guarded grouped expert GEMMs. Each must
 /// compile for sm_80 and sm_90 with a ptxas report and no register spills.
 /// </summary>
 [TestFixture]
 public sealed class KernelVariantSpillTests
 {
+    [TestCase("sm_80", "rope.cu", "HEAD_DIM", "16")]
+    [TestCase("sm_80", "attention_decode.cu", "HEAD_DIM", "16")]
+    [TestCase("sm_80", "attention_prefill.cu", "HEAD_DIM", "16")]
+    [TestCase("sm_90", "rope.cu", "HEAD_DIM", "16")]
+    [TestCase("sm_90", "attention_decode.cu", "HEAD_DIM", "16")]
+    [TestCase("sm_90", "attention_prefill.cu", "HEAD_DIM", "16")]
     [TestCase("sm_80", "rope.cu", "HEAD_DIM", "32")]
     [TestCase("sm_80", "attention_decode.cu", "HEAD_DIM", "32")]
     [TestCase("sm_80", "attention_prefill.cu", "HEAD_DIM", "32")]

@@ -25,6 +25,7 @@ public sealed class RopeKernelTests
     [TestCase(256, 2, 1, new[] { 100, 1 }, 1.0f, true)]             // D 256
     [TestCase(32, 4, 2, new[] { 0, 9, 3000 }, 1.0f, false)]        // D 32 (one element per lane; the tiny/small presets)
     [TestCase(32, 8, 2, new[] { 7, 2 }, 1.25f, true)]              // D 32, q in place, 12 heads (partial warp group)
+    [TestCase(16, 4, 2, new[] { 0, 5, 900 }, 1.0f, false)]         // D 16 (lanes 0..15; 16..31 idle)
     public void MatchesReference(int d, int nH, int nKV, int[] positions, float scaling, bool inPlace)
     {
         var launchers = new RopeLaunchers(_emu.Loader, d);

@@ -34,7 +34,7 @@ public sealed class RopeLaunchers
 {
     public const string File = "rope.cu";
     /// <summary>Head dimensions the kernel is built for (lane ^ 16 holds the rotate-half partner).</summary>
-    public static readonly int[] SupportedHeadDims = [32, 64, 128, 256];
+    public static readonly int[] SupportedHeadDims = [16, 32, 64, 128, 256];
 
     private readonly DeviceKernel _kernel;
     private readonly IDevice _device;

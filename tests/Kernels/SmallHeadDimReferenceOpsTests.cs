@@ -5,15 +5,15 @@ using Qwen3Cuda.Runtime.Launchers;
 namespace Qwen3Cuda.Tests.Kernels;
 
 /// <summary>
-/// The attention kernels at head_dim 32 (the synth presets' shape: heads 4/2 x 32 like tiny) against the model's own
+/// The attention kernels at head_dim 16 and 32 (the synth presets use 32: heads 4/2 x 32 in tiny) against the model's own
 /// reference ops (Qwen3Cuda.Model.Reference.ReferenceOps), one prompt of 70 tokens (3 key tiles) in a paged cache of
 /// 4-token pages in scrambled page order: qk_norm_rope_kv_write vs ReferenceOps.RmsNorm + RopeCosSin + ApplyRope, then, on the
 /// device's own q / K / V, attn_prefill (all rows, causal) and attn_decode_split (the last row) vs ReferenceOps.Attention.
 /// </summary>
 [TestFixture]
-public sealed class HeadDim32ReferenceOpsTests
+public sealed class SmallHeadDimReferenceOpsTests
 {
-    const int D = 32, NH = 4, NKV = 2, Tokens = 70, PageSize = 4;
+    const int NH = 4, NKV = 2, Tokens = 70, PageSize = 4;
     const float Eps = 1e-6f;
 
     private EmulatorContext _emu = null!;
@@ -24,10 +24,11 @@ public sealed class HeadDim32ReferenceOpsTests
     [OneTimeTearDown]
     public void TearDown() => _emu.Dispose();
 
-    [Test]
-    public void RopeThenPrefillAndDecodeAttention_MatchReferenceOps()
+    [TestCase(32)]
+    [TestCase(16)]
+    public void RopeThenPrefillAndDecodeAttention_MatchReferenceOps(int D)
     {
-        var rng = new Random(32);
+        var rng = new Random(D);
         int heads = NH + 2 * NKV, stride = heads * D;
         // q and k columns in [-3, 3) (normed values up to ~3, as RopeKernelTests); v columns in [-1, 1) (attention bounds below)
         var qkv = new ushort[Tokens * stride];
@@ -82,8 +83,8 @@ public sealed class HeadDim32ReferenceOpsTests
             for (int i = 0; i < NKV * D; i++)   // V is copied bit for bit
                 Assert.That(values[t * NKV * D + i], Is.EqualTo(Bf16.ToFloat(qkv[t * stride + (NH + NKV) * D + i])), $"v token {t} element {i}");
         }
-        Compare.AssertClose(q, expQ, 0.04, 1.0 / 64, "q after norm + rope (D 32)");
-        Compare.AssertClose(keys, expK, 0.04, 1.0 / 64, "K cache after norm + rope (D 32)");
+        Compare.AssertClose(q, expQ, 0.04, 1.0 / 64, $"q after norm + rope (D {D})");
+        Compare.AssertClose(keys, expK, 0.04, 1.0 / 64, $"K cache after norm + rope (D {D})");
 
         // Attention reference on the device's own q / K / V: fp32 scores and softmax, output rounded to bf16 once.
         var expAttn = new float[Tokens * NH * D];
@@ -99,7 +100,7 @@ public sealed class HeadDim32ReferenceOpsTests
             Q = dQ, KCache = dK, VCache = dV, BlockTable = dTable, ContextLens = dLens, QStart = _emu.Upload(new[] { 0, Tokens }),
             Out = dOut, Seqs = 1, NumQHeads = NH, NumKvHeads = NKV, PageSize = PageSize, MaxPagesPerSeq = pages, QStride = NH * D, OutStride = NH * D,
         }, Tokens);
-        Compare.AssertCloseBf16(_emu.Download<ushort>(dOut, Tokens * NH * D), expAttn, 2e-3, 1.0 / 128, "prefill attention (D 32)");
+        Compare.AssertCloseBf16(_emu.Download<ushort>(dOut, Tokens * NH * D), expAttn, 2e-3, 1.0 / 128, $"prefill attention (D {D})");
 
         // Decode of the last row: fp32 online softmax (ex2.approx) against the fp32 reference, 5e-4 absolute as
         // AttentionDecodeKernelTests, plus one bf16 ulp of the rounded outputs (2^-7 relative). Split path (workspace for 8).
@@ -109,6 +110,6 @@ public sealed class HeadDim32ReferenceOpsTests
         int splits = decode.Decode(_emu.Stream, new DecodeAttentionArgs(dQ + (long)(Tokens - 1) * NH * D * sizeof(ushort), NH * D, dK, dV,
             dTable, pages, PageSize, dLens, 1, Tokens, NH, NKV, dLast, NH * D, _emu.Alloc<byte>(wsBytes), _emu.Alloc<byte>(lseBytes), 8));
         Assert.That(splits, Is.GreaterThan(1), "split path (partials + combine)");
-        Compare.AssertCloseBf16(_emu.Download<ushort>(dLast, NH * D), expAttn.AsSpan((Tokens - 1) * NH * D, NH * D), 5e-4, 1.0 / 128, "decode attention, last row (D 32)");
+        Compare.AssertCloseBf16(_emu.Download<ushort>(dLast, NH * D), expAttn.AsSpan((Tokens - 1) * NH * D, NH * D), 5e-4, 1.0 / 128, $"decode attention, last row (D {D})");
     }
 }
