@@ -5,7 +5,7 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 /// <summary>
 /// The device model's test checkpoints: the `qwen3cuda-convert synth` presets themselves (SyntheticCheckpoint), written
 /// once per run through the model tests' cache (tests/Model/TestCheckpoints). tiny: H 64, 2 layers, 8 experts top-2,
-/// heads 4/2 x 32, I 32, vocab 512; small: H 256, 4 layers, 32 experts top-4, heads 8/2 x 32, I 128, vocab 2048.
+/// heads 4/2 x 16, I 32, vocab 512; small: H 256, 4 layers, 32 experts top-4, heads 8/2 x 32, I 128, vocab 2048.
 /// </summary>
 public static class DeviceCheckpoints
 {

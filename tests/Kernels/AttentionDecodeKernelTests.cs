@@ -53,10 +53,10 @@ public sealed class AttentionDecodeKernelTests
     [TestCase(new[] { 33, 5 }, 32, 4, 16, 1, 2, 128)]          // one split: direct bf16 output, no combine
     [TestCase(new[] { 70 }, 6, 2, 16, 64, 3, 128)]             // odd: group of 3 (warp 1 has one head), tail tile of 6 keys
     [TestCase(new[] { 300, 31 }, 8, 1, 8, 64, 4, 128)]         // group of 8 over one KV head, page size 8
-    [TestCase(new[] { 1, 40, 75 }, 8, 2, 4, 64, 5, 32)]        // D 32 (one dim per lane; the tiny/small presets), split path, page size 4
+    [TestCase(new[] { 1, 40, 75 }, 8, 2, 4, 64, 5, 32)]        // D 32 (one dim per lane; the small preset), split path, page size 4
     [TestCase(new[] { 45, 3 }, 4, 2, 8, 1, 6, 32)]             // D 32, one split: scalar bf16 output
     [TestCase(new[] { 50 }, 4, 2, 16, 64, 7, 64)]              // D 64
-    [TestCase(new[] { 2, 66 }, 4, 2, 4, 64, 8, 16)]            // D 16 (half the threads load; lanes 16..31 do not store)
+    [TestCase(new[] { 2, 66 }, 4, 2, 4, 64, 8, 16)]            // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
     public void MatchesReference(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d)
     {
         var (launchers, a, kv, q, dOut) = Setup(lens, nH, nKV, d, pageSize, workspaceSplits, seed);

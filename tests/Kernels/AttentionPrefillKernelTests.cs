@@ -23,8 +23,8 @@ public sealed class AttentionPrefillKernelTests
     [TestCase(new[] { 5 }, new[] { 5 }, 4, 1, 1, 128)]                    // one short prompt, group of 4
     [TestCase(new[] { 70, 1 }, new[] { 70, 40 }, 8, 2, 2, 128)]           // 2 query tiles (ragged), and a 1-token chunk after 39 keys
     [TestCase(new[] { 33 }, new[] { 133 }, 32, 4, 3, 128)]                // chunked prefill after 100 keys of context, real heads
-    [TestCase(new[] { 20, 16 }, new[] { 20, 50 }, 4, 2, 4, 32)]           // D 32 (the tiny/small presets): a prompt, and a chunk after 34 keys
-    [TestCase(new[] { 9 }, new[] { 40 }, 4, 2, 5, 16)]                     // D 16: a chunk after 31 keys
+    [TestCase(new[] { 20, 16 }, new[] { 20, 50 }, 4, 2, 4, 32)]           // D 32 (the small preset): a prompt, and a chunk after 34 keys
+    [TestCase(new[] { 9 }, new[] { 40 }, 4, 2, 5, 16)]                     // D 16 (the tiny preset): a chunk after 31 keys
     public void MatchesReference(int[] qLens, int[] ctxLens, int nH, int nKV, int seed, int d)
     {
         const int pageSize = 16;

@@ -5,7 +5,7 @@ using Qwen3Cuda.Runtime.Launchers;
 namespace Qwen3Cuda.Tests.Kernels;
 
 /// <summary>
-/// The attention kernels at head_dim 16 and 32 (the synth presets use 32: heads 4/2 x 32 in tiny) against the model's own
+/// The attention kernels at head_dim 16 and 32 (the synth presets: tiny heads 4/2 x 16, small 8/2 x 32) against the model's own
 /// reference ops (Qwen3Cuda.Model.Reference.ReferenceOps), one prompt of 70 tokens (3 key tiles) in a paged cache of
 /// 4-token pages in scrambled page order: qk_norm_rope_kv_write vs ReferenceOps.RmsNorm + RopeCosSin + ApplyRope, then, on the
 /// device's own q / K / V, attn_prefill (all rows, causal) and attn_decode_split (the last row) vs ReferenceOps.Attention.

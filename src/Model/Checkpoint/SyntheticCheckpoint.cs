@@ -4,7 +4,7 @@ namespace Qwen3Cuda.Model.Checkpoint;
 
 public enum SyntheticPreset
 {
-    /// <summary>H 64, 2 layers, 8 experts top-2, heads 4/2, head_dim 32, I 32, vocab 512 (runs on every device backend).</summary>
+    /// <summary>H 64, 2 layers, 8 experts top-2, heads 4/2, head_dim 16, I 32, vocab 512 (runs on every device backend).</summary>
     Tiny,
     /// <summary>H 256, 4 layers, 32 experts top-4, heads 8/2, head_dim 32, I 128, vocab 2048 (runs on every device backend).</summary>
     Small,
@@ -63,7 +63,7 @@ public static class SyntheticCheckpoint
         {
             SyntheticPreset.Tiny => new ModelConfig
             {
-                HiddenSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 32,
+                HiddenSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16,
                 NumExperts = 8, NumExpertsPerTok = 2, MoeIntermediateSize = 32, IntermediateSize = 128,
                 VocabSize = 512, MaxPositionEmbeddings = 2048, BosTokenId = 1, EosTokenIds = new[] { 2 },
             },

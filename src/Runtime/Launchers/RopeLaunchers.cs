@@ -33,7 +33,7 @@ public struct QkNormRopeParams
 public sealed class RopeLaunchers
 {
     public const string File = "rope.cu";
-    /// <summary>Head dimensions the kernel is built for (lane ^ 16 holds the rotate-half partner).</summary>
+    /// <summary>Head dimensions the kernel is built for (one warp per head row; D 16 uses half the warp).</summary>
     public static readonly int[] SupportedHeadDims = [16, 32, 64, 128, 256];
 
     private readonly DeviceKernel _kernel;
