@@ -67,6 +67,10 @@ public class EmulatorBench
         }
         """;
 
+    /// <summary>Vector512 fast handlers (where the CPU has AVX-512) or Vector256 only.</summary>
+    [Params(true, false)]
+    public bool Avx512 { get; set; }
+
     private EmulatedDevice _dev = null!;
     private DeviceModule _module = null!;
     private DeviceKernel _axpy = null!, _gemm = null!, _arith = null!;
@@ -78,7 +82,7 @@ public class EmulatorBench
     public void Setup()
     {
         var compiled = new KernelCompiler().CompileSource("emu_bench.cu", Source, new KernelBuild("emu_bench.cu", "sm_80", CompileTarget.Ptx));
-        _dev = new EmulatedDevice(new EmulatorOptions { Sequential = true });
+        _dev = new EmulatedDevice(new EmulatorOptions { Sequential = true, UseAvx512 = Avx512 });
         _module = _dev.LoadModule(compiled);
         _axpy = _dev.GetKernel(_module, "axpy_bf16");
         _gemm = _dev.GetKernel(_module, "gemm_mma");
@@ -120,7 +124,8 @@ public class EmulatorBench
         proc.Refresh();
         double cpu = Math.Max((proc.TotalProcessorTime - c0).TotalSeconds, 1e-6) / runs;
         var r = _dev.LastLaunch!;
-        Console.WriteLine($"// {name}: {r.WarpInstructions / s / 1e6:F1} M warp-instr/s wall ({r.WarpInstructions / cpu / 1e6:F1} per CPU-second), " +
+        string width = Avx512 && EmulatedDevice.Avx512Available ? "Vector512" : "Vector256";
+        Console.WriteLine($"// {name} ({width}): {r.WarpInstructions / s / 1e6:F1} M warp-instr/s wall ({r.WarpInstructions / cpu / 1e6:F1} per CPU-second), " +
             $"{r.ThreadInstructions / s / 1e9:F2} G thread-instr/s, {r.WarpInstructions} warp-instr in {s * 1e3:F2} ms, " +
             $"mma {r.MmaCount} ({r.MmaCount / s / 1e6:F2} M mma/s), mean of {runs} runs");
     }

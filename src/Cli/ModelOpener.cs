@@ -1,31 +1,39 @@
 using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Model.Generation;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Cli;
 
 /// <summary>
 /// Where `generate` and `chat` get their model: the one place to wire a device backend in.
 /// cpu is the CPU reference; emulator and cuda open the <see cref="DeviceModel"/> on that backend; auto is cuda when a
-/// driver and a GPU are present, else the CPU reference (the emulator is a checking tool, far too slow to chat with).
+/// driver loads and a GPU opens, else the emulator (<see cref="DeviceFactory.ChooseAuto()"/>), and says which and why
+/// in one line on stderr (the emulator is slow: the line points at --device cpu).
 /// </summary>
 public static class ModelOpener
 {
     public static readonly string[] Devices = ["cpu", "emulator", "cuda", "auto"];
 
-    public static ICausalLanguageModel Open(string modelDir, string device, int maxSequences, int? contextLength)
+    /// <param name="stderr">Receives the one line saying what --device auto chose and why.</param>
+    public static ICausalLanguageModel Open(string modelDir, string device, int maxSequences, int? contextLength, TextWriter? stderr = null)
     {
         if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"--model: directory '{modelDir}' does not exist");
         return device switch
         {
             "cpu" => ReferenceModel.Load(modelDir, maxSequences, contextLength),
-            "auto" => Runtime.Cuda.CudaDriver.IsDeviceAvailable() ? OpenDevice(modelDir, BackendKind.Cuda, maxSequences, contextLength)
-                : ReferenceModel.Load(modelDir, maxSequences, contextLength),
+            "auto" => OpenAuto(modelDir, maxSequences, contextLength, stderr),
             "emulator" => OpenDevice(modelDir, BackendKind.Emulator, maxSequences, contextLength),
             "cuda" => OpenDevice(modelDir, BackendKind.Cuda, maxSequences, contextLength),
             _ => throw new ArgumentException($"--device must be one of {string.Join(", ", Devices)}, got '{device}'"),
         };
+    }
+
+    private static ICausalLanguageModel OpenAuto(string modelDir, int maxSequences, int? contextLength, TextWriter? stderr)
+    {
+        return OpenDevice(modelDir, DeviceFactory.Resolve(BackendKind.Auto, stderr), maxSequences, contextLength);
     }
 
     /// <summary>The device model on a backend; the model owns the device (disposing the model closes it).</summary>
@@ -51,9 +59,13 @@ public static class ModelOpener
         catch { device.Dispose(); throw; }
     }
 
-    /// <summary>A model that also disposes its device.</summary>
-    private sealed class OwningModel(DeviceModel model, IDevice device) : ICausalLanguageModel
+    /// <summary>A model that also disposes its device; it keeps the device model's on-device sampling visible to the Generator.</summary>
+    private sealed class OwningModel(DeviceModel model, IDevice device) : ICausalLanguageModel, IDeviceSampler
     {
+        public int MaxBatch => model.MaxBatch;
+        public int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings) => model.ForwardSampled(sequence, tokens, settings);
+        public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> settings, Span<int> nextTokens) =>
+            model.DecodeBatchSampled(sequences, tokens, settings, nextTokens);
         public int VocabSize => model.VocabSize;
         public int ContextLength => model.ContextLength;
         public int MaxSequences => model.MaxSequences;

@@ -66,7 +66,7 @@ sealed class SamplingCliOptions
     public readonly Option<float?> RepetitionPenalty = new("--repetition-penalty") { Description = "Repetition penalty (> 0, 1 = off)" };
     public readonly Option<ulong?> Seed = new("--seed") { Description = "Random seed for reproducible sampling" };
     public readonly Option<int> MaxNewTokens = new("--max-new-tokens") { Description = "Most tokens to generate per answer", DefaultValueFactory = _ => 512 };
-    public readonly Option<string> Device = new("--device") { Description = "cpu | emulator | cuda | auto", DefaultValueFactory = _ => "cpu" };
+    public readonly Option<string> Device = new("--device") { Description = "cpu (the C# reference) | emulator (PTX emulator, slow) | cuda | auto (cuda when a GPU opens, else the emulator)", DefaultValueFactory = _ => "cpu" };
     public readonly Option<int?> Context = new("--context") { Description = "Context length in tokens (default: the model's max_position_embeddings)" };
     public readonly Option<bool> NoThink = new("--no-think") { Description = "Disable thinking (enable_thinking=false in the chat template)" };
 

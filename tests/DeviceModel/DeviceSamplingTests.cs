@@ -94,6 +94,77 @@ public class DeviceSamplingTests
         Assert.That(exact, Is.GreaterThanOrEqualTo(5), "boundary cases are rare: most draws must match exactly");
     }
 
+    /// <summary>
+    /// The CPU's draw from one row of bf16 logits: the warpers' distribution for <paramref name="s"/> and
+    /// u = Philox(seed, counter, 0); also the distance from u to the nearest cumulative boundary of <paramref name="drawn"/>.
+    /// </summary>
+    static (int Want, double BoundaryDistance, bool Allowed) CpuDraw(float[] logits, SamplingSettings s, ulong counter, int drawn)
+    {
+        double[] p = EmbeddingSamplingKernelTests.ExpectedDistribution(logits, s);
+        double u = (EmbeddingSamplingKernelTests.Philox(s.Seed, counter, 0) >> 8) / 16777216.0;
+        int want = -1;
+        double cum = 0, before = 0;
+        for (int i = 0; i < p.Length && want < 0; i++)
+        {
+            if (p[i] > 0 && cum + p[i] > u) want = i;
+            cum += p[i];
+        }
+        for (int i = 0; i < drawn; i++) before += p[i];
+        return (want, Math.Min(Math.Abs(before - u), Math.Abs(before + p[drawn] - u)), p[drawn] > 0);
+    }
+
+    /// <summary>
+    /// Two sequences with their own seed, temperature, top-k, top-p and min-p decoded in one batch (bucket 2, one graph):
+    /// each row's token is the CPU's draw from that row's logits with that row's settings and u = Philox(its seed, its
+    /// new position, 0), and it is the token the sequence draws decoded alone with the same settings. The logits come
+    /// from sequences 2 and 3 decoded as a batch with the same inputs (same kernels, same data: bit-identical, see
+    /// GraphReplay_EqualsDirectLaunches); the alone runs (sequences 4, 5) are teacher-forced with the batch's tokens so
+    /// every step is compared. Tolerance as in SampledTokens_AreTheCpuDrawFromTheSameLogits: a CPU/device difference is
+    /// accepted only when u lies within 1e-4 of the drawn token's boundary (fp32 cumulative sums).
+    /// </summary>
+    [Test]
+    public void PerSequenceSettings_InOneBatch_EachRowDrawsWithItsOwnSeed()
+    {
+        using var device = new EmulatedDevice();
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, KernelTimingTests.TinyModel(), Options with { MaxSequences = 6 });
+        int V = dm.VocabSize;
+        SamplingSettings[] settings = [new(1.3f, 50, 1f, 0f, Seed: 7), new(0.8f, 0, 0.9f, 0.05f, Seed: 99)];
+        int[][] prompts = [[3, 14, 15, 92, 65], [2, 71, 82]];
+        var tokens = new int[2];
+        var rowLogits = new float[V];
+        for (int r = 0; r < 2; r++)
+        {
+            tokens[r] = dm.ForwardSampled(r, prompts[r], settings[r]);
+            dm.Forward(2 + r, prompts[r], rowLogits);
+            Assert.That(dm.ForwardSampled(4 + r, prompts[r], settings[r]), Is.EqualTo(tokens[r]), $"sequence {r}: prefill draw repeats");
+        }
+        var ids = new int[2];
+        var one = new int[1];
+        var logits = new float[2 * V];
+        int exact = 0, steps = 5;
+        for (int step = 0; step < steps; step++)
+        {
+            int[] input = [.. tokens];
+            dm.DecodeBatchSampled([0, 1], input, settings, ids);
+            dm.DecodeBatch([2, 3], input, logits);
+            for (int r = 0; r < 2; r++)
+            {
+                ulong counter = (ulong)dm.SequenceLength(r);   // the new token's position
+                logits.AsSpan(r * V, V).CopyTo(rowLogits);
+                var (want, distance, allowed) = CpuDraw(rowLogits, settings[r], counter, ids[r]);
+                Assert.That(allowed, $"step {step} row {r}: token {ids[r]} is outside its top-k/top-p/min-p set");
+                if (ids[r] == want) exact++;
+                else Assert.That(distance, Is.LessThan(1e-4), $"step {step} row {r}: its own seed selects {want}, the device drew {ids[r]}");
+                dm.DecodeBatchSampled([4 + r], [input[r]], settings[r], one);
+                Assert.That(one[0], Is.EqualTo(ids[r]), $"step {step}: sequence {r} alone draws what it drew in the batch");
+            }
+            tokens = ids.ToArray();
+        }
+        Assert.That(exact, Is.GreaterThanOrEqualTo(2 * steps - 1), "boundary cases are rare: almost every draw must match exactly");
+        Assert.Throws<ArgumentException>(() => dm.DecodeBatchSampled([0, 1], [1, 2], [settings[0], settings[1], settings[0]], ids),
+            "three settings for two sequences");
+    }
+
     [Test]
     public void SampledDecodeStep_IsOneGraphLaunch_NoAllocation()
     {

@@ -65,4 +65,32 @@ public class DeviceCliTests
         Assert.That(emu.Exit, Is.EqualTo(0), emu.Err);
         Assert.That(emu.Out, Is.EqualTo(cpu.Out));
     }
+
+    /// <summary>
+    /// `--device auto` names its choice on stderr in one line: here (no GPU in CI) the emulator, with the reason and the
+    /// --device cpu hint; with a GPU, CUDA. The logits are the backend's (on the emulator: equal to the CPU's, see above).
+    /// </summary>
+    [Test]
+    public void Logits_Auto_ReportsTheChosenBackend()
+    {
+        string dir = KernelTimingTests.TinyModel();
+        var auto = Cli("logits", "--model", dir, "--tokens", "3,4", "--top", "3", "--json", "--device", "auto");
+        Assert.That(auto.Exit, Is.EqualTo(0), auto.Err);
+        var lines = auto.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => l.StartsWith("--device auto:", StringComparison.Ordinal)).ToList();
+        Assert.That(lines, Has.Count.EqualTo(1), auto.Err);
+        var expected = Qwen3Cuda.Runtime.DeviceFactory.ChooseAuto();
+        Assert.That(lines[0], Is.EqualTo("--device auto: " + expected.Reason));
+        if (expected.Backend == BackendKind.Emulator)
+        {
+            Assert.That(lines[0], Does.Contain("running on the PTX emulator").And.Contain("--device cpu"));
+            var emu = Cli("logits", "--model", dir, "--tokens", "3,4", "--top", "3", "--json", "--device", "emulator");
+            Assert.That(auto.Out, Is.EqualTo(emu.Out), "auto ran the emulator");
+        }
+        else Assert.That(lines[0], Does.Contain("running on the GPU"));
+
+        var profile = Cli("profile", "--model", dir, "--device", "auto", "--tokens", "2");
+        Assert.That(profile.Exit, Is.EqualTo(0), profile.Err);
+        Assert.That(profile.Err, Does.Contain("--device auto: " + expected.Reason));
+        Assert.That(profile.Out, Does.Contain(expected.Backend == BackendKind.Emulator ? "emulator counters, no timings" : "GPU ms"));
+    }
 }

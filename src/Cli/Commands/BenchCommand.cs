@@ -23,14 +23,14 @@ public static class BenchCommand
         var device = new Option<string>("--device") { Description = "cuda | emulator | auto", DefaultValueFactory = _ => "auto" };
         var cmd = new Command("bench", "Prompt processing and generation throughput (llama-bench style)") { model, prompt, gen, reps, device };
         cmd.SetAction(parse => ProfileCommand.Guard(parse.InvocationConfiguration.Error, () => Run(parse.GetValue(model)!, parse.GetValue(prompt),
-            parse.GetValue(gen), parse.GetValue(reps), parse.GetValue(device)!, parse.InvocationConfiguration.Output)));
+            parse.GetValue(gen), parse.GetValue(reps), parse.GetValue(device)!, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
         return cmd;
     }
 
-    private static int Run(string modelDir, int pp, int tg, int reps, string deviceText, TextWriter stdout)
+    private static int Run(string modelDir, int pp, int tg, int reps, string deviceText, TextWriter stdout, TextWriter stderr)
     {
         if (pp < 1 || tg < 1 || reps < 1) throw new ArgumentException($"-p {pp}, -n {tg} and -r {reps} must be positive");
-        var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText));
+        var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
         if (backend == BackendKind.Cpu) throw new ArgumentException("bench measures a device backend (cuda); use --device cuda or emulator");
         if (backend == BackendKind.Emulator)
         {

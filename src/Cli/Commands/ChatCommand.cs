@@ -32,7 +32,7 @@ public static class ChatCommand
             s.Sampling(parse, dir, thinking: false);
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             var template = ChatTemplate.FromModelDirectory(dir);
-            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context);
+            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr);
             var session = new ChatSession(lm, tokenizer, template, Generator.DefaultEosTokenIds(tokenizer, dir),
                 thinking => s.Sampling(parse, dir, thinking), maxNew, parse.GetValue(system))
             {

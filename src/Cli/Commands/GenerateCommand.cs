@@ -40,7 +40,7 @@ public static class GenerateCommand
             if (parse.GetValue(chat))
                 text = ChatTemplate.FromModelDirectory(dir).Render([new ChatMessage("user", text)], addGenerationPrompt: true, enableThinking: thinking);
             var ids = tokenizer.Encode(text);
-            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context);
+            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr);
             var generator = new Generator(lm, tokenizer, Generator.DefaultEosTokenIds(tokenizer, dir));
             var writer = new PieceWriter(stdout, ansi: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
             using var cts = new CancellationTokenSource();

@@ -18,7 +18,7 @@ public static class LogitsCommand
     {
         var model = new Option<string>("--model") { Description = "Checkpoint directory (config.json + safetensors)", Required = true };
         var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
-        var device = new Option<string>("--device") { Description = "Backend: cpu (the reference), emulator, cuda or auto (the device model)", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = "Backend: cpu (the C# reference), emulator (PTX emulator, slow), cuda, or auto (cuda when a GPU opens, else the emulator)", DefaultValueFactory = _ => "cpu" };
         var output = new Option<string?>("--out") { Description = "Write float32 little-endian logits [tokens, vocab] to this file" };
         var top = new Option<int?>("--top") { Description = "Print the K largest logits of every position (default 5 when --out is absent)" };
         var json = new Option<bool>("--json") { Description = "Print --top results as JSON" };
@@ -30,7 +30,7 @@ public static class LogitsCommand
             try
             {
                 return Run(parse.GetValue(model)!, parse.GetValue(tokens)!, parse.GetValue(device) ?? "cpu",
-                    parse.GetValue(output), parse.GetValue(top), parse.GetValue(json), stdout);
+                    parse.GetValue(output), parse.GetValue(top), parse.GetValue(json), stdout, stderr);
             }
             catch (Exception e) when (e is ConfigException or CheckpointException or ArgumentException or IOException or UnauthorizedAccessException)
             {
@@ -41,7 +41,7 @@ public static class LogitsCommand
         return cmd;
     }
 
-    static int Run(string modelDir, string tokenText, string device, string? outFile, int? top, bool json, TextWriter stdout)
+    static int Run(string modelDir, string tokenText, string device, string? outFile, int? top, bool json, TextWriter stdout, TextWriter stderr)
     {
         int[] ids = ParseTokens(tokenText);
         if (top is int k && k < 1) throw new ArgumentException($"--top must be at least 1, got {k}");
@@ -56,7 +56,7 @@ public static class LogitsCommand
         else
         {
             // Device backends: one decode step per token gives every position's logits (the device model keeps only the last).
-            using var m = ModelOpener.Open(modelDir, device, maxSequences: 1, contextLength: Math.Max(ids.Length, 16));
+            using var m = ModelOpener.Open(modelDir, device, maxSequences: 1, contextLength: Math.Max(ids.Length, 16), stderr);
             vocab = m.VocabSize;
             logits = new float[(long)ids.Length * vocab];
             for (int i = 0; i < ids.Length; i++) m.Forward(0, ids.AsSpan(i, 1), logits.AsSpan(i * vocab, vocab));

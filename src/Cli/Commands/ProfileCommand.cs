@@ -9,18 +9,20 @@ namespace Qwen3Cuda.Cli.Commands;
 /// <summary>
 /// `qwen3cuda profile --model DIR [--device emulator|cuda|auto] [--tokens N]`: one prefill of N tokens and one decode
 /// step. On the emulator: a per-kernel table (launches, warp instructions, global bytes, distinct DRAM sectors,
-/// coalescing) and the decode step's DRAM bytes against the minimum it must move. On CUDA: step times (CUDA events).
+/// coalescing) and the decode step's DRAM bytes against the minimum it must move. On CUDA: each step's time as the
+/// model runs it (decode: the graph replay), and a per-kernel GPU time table from the step run again with its kernels
+/// launched one by one between CUDA events (<see cref="DeviceProfiler"/>).
 /// </summary>
 public static class ProfileCommand
 {
     public static Command Create()
     {
         var model = new Option<string>("--model") { Description = "Model directory (config.json + safetensors)", Required = true };
-        var device = new Option<string>("--device") { Description = "emulator | cuda | auto", DefaultValueFactory = _ => "emulator" };
+        var device = new Option<string>("--device") { Description = "emulator (counters: instructions, bytes, DRAM sectors) | cuda (per-kernel GPU times) | auto (cuda when a GPU opens)", DefaultValueFactory = _ => "emulator" };
         var tokens = new Option<int>("--tokens") { Description = "Prompt tokens of the profiled prefill", DefaultValueFactory = _ => 8 };
         var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step") { model, device, tokens };
         cmd.SetAction(parse => Guard(parse.InvocationConfiguration.Error, () =>
-            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.InvocationConfiguration.Output)));
+            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
         return cmd;
     }
 
@@ -45,20 +47,22 @@ public static class ProfileCommand
         backend = DeviceFactory.Resolve(backend);
         if (backend == BackendKind.Cpu) throw new ArgumentException("--device cpu has no kernels to profile (use emulator or cuda)");
         using var device = DeviceFactory.Open(backend);
+        using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
         var options = new DeviceModelOptions { ContextLength = tokens + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16 };
-        using var dm = DeviceModel.Load(device, modelDir, options);
+        using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
         var prompt = Enumerable.Range(0, tokens).Select(i => (i * 7919 + 11) % V).ToArray();
         var logits = new float[V];
-        var prefill = DeviceProfiler.Profile(dm, "prefill", tokens, () => dm.Forward(0, prompt, logits));
+        var prefill = DeviceProfiler.Profile(dm, "prefill", tokens, () => dm.Forward(0, prompt, logits), undo: () => dm.ResetSequence(0));
         int next = Array.IndexOf(logits, logits.Max());
-        var decode = DeviceProfiler.Profile(dm, "decode", 1, () => dm.Forward(0, [next], logits));
+        var decode = DeviceProfiler.Profile(dm, "decode", 1, () => dm.Forward(0, [next], logits), undo: () => dm.TruncateSequence(0, tokens));
         return new Result(prefill, decode, DeviceProfiler.MinimumDecodeBytes(dm.Plan, tokens + 1), backend == BackendKind.Emulator);
     }
 
-    private static int Run(string modelDir, string deviceText, int tokens, TextWriter stdout)
+    private static int Run(string modelDir, string deviceText, int tokens, TextWriter stdout, TextWriter stderr)
     {
-        var r = Measure(modelDir, DeviceFactory.Parse(deviceText), tokens);
+        var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
+        var r = Measure(modelDir, backend, tokens);
         stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
         stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
         if (r.Emulator)

@@ -55,7 +55,8 @@ public sealed partial class DeviceModel
     }
 
     /// <summary>Fills the inputs of a decode step (padded to its bucket), then replays the bucket's graph or launches the step.</summary>
-    private void DecodeStep(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, SamplingSettings? sampling = null)
+    /// <remarks><paramref name="sampling"/>: empty for no sampling (argmax), one element for every row, or one per sequence.</remarks>
+    private void DecodeStep(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> sampling = default)
     {
         int count = sequences.Length;
         if (count < 1 || count > MaxBatch) throw new ArgumentException($"decode batch of {count} sequences; supported 1..{MaxBatch}", nameof(sequences));
@@ -94,15 +95,15 @@ public sealed partial class DeviceModel
             }
         }
         CopyInputs(bucket, bucket);
-        bool sample = sampling is not null;
+        bool sample = !sampling.IsEmpty;
         if (sample)
         {
             var settings = SettingsSpan(bucket);
             for (int i = 0; i < bucket; i++)   // padding rows: greedy (cheapest), their ids are ignored
-                settings[i] = i < count ? SampleRowSettings.From(sampling!.Value, (ulong)(positions[i] + 1)) : default;
+                settings[i] = i < count ? SampleRowSettings.From(sampling[sampling.Length == 1 ? 0 : i], (ulong)(positions[i] + 1)) : default;
             CopyInput(Plan.Workspace.SampleSettings, SettingsBytes(bucket));
         }
-        if ((sample ? _sampleGraphs : _graphs).TryGetValue(bucket, out var graph)) _device.Launch(graph, _stream);
+        if (ReplayGraphs && (sample ? _sampleGraphs : _graphs).TryGetValue(bucket, out var graph)) _device.Launch(graph, _stream);
         else RunStep(bucket, lastRowOnly: false, sample);
         for (int i = 0; i < count; i++) _kv.Advance(sequences[i], 1);
     }

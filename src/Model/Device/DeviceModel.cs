@@ -43,12 +43,21 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     public ModelConfig Config { get; }
     public MemoryPlan Plan { get; }
     public IDevice Device => _device;
+    /// <summary>The stream every step of this model runs on (non-blocking on CUDA: time it with events recorded here).</summary>
+    public DeviceStream Stream => _stream;
     public int VocabSize => Config.VocabSize;
     public int ContextLength => Plan.ContextLength;
     public int MaxSequences => Plan.Options.MaxSequences;
     public int MaxBatch => Plan.Options.MaxBatch;
     /// <summary>Batch sizes with a captured decode graph (empty when graphs are off).</summary>
     public IReadOnlyCollection<int> GraphBuckets => _graphs.Keys;
+
+    /// <summary>
+    /// When false, decode steps launch their kernels one by one instead of replaying the bucket's captured graph: the
+    /// same launches (the graph recorded exactly these) on the same buffers, so the same results. The profiler's
+    /// per-kernel timing path (<see cref="DeviceProfiler"/>); true (the default) is the fast path.
+    /// </summary>
+    public bool ReplayGraphs { get; set; } = true;
 
     /// <summary>Opens config.json + safetensors in <paramref name="modelDir"/> and uploads the weights.</summary>
     public static DeviceModel Load(IDevice device, string modelDir, DeviceModelOptions? options = null, KernelLoader? loader = null)
@@ -207,10 +216,21 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     /// the bucket's captured graph: the settings and the per-sequence counter (the new token's position) are step
     /// inputs in device memory, so changing them needs no re-capture. Only the token ids come back.
     /// </summary>
-    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, in SamplingSettings settings, Span<int> nextTokens)
+    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, in SamplingSettings settings, Span<int> nextTokens) =>
+        DecodeBatchSampled(sequences, tokens, new ReadOnlySpan<SamplingSettings>(in settings), nextTokens);
+
+    /// <summary>
+    /// Like <see cref="DecodeBatchSampled(ReadOnlySpan{int}, ReadOnlySpan{int}, in SamplingSettings, Span{int})"/> with
+    /// settings per sequence: row i is sampled with <paramref name="settings"/>[i] (its own seed, temperature, top-k,
+    /// top-p, min-p), or every row with <paramref name="settings"/>[0] when one is given. A row's random number depends
+    /// only on its seed and its new token's position, so each sequence draws what it would draw alone.
+    /// </summary>
+    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> settings, Span<int> nextTokens)
     {
         if (nextTokens.Length != sequences.Length) throw new ArgumentException($"nextTokens has {nextTokens.Length} elements, expected {sequences.Length}", nameof(nextTokens));
-        SamplingLaunchers.Validate(settings);
+        if (settings.Length != 1 && settings.Length != sequences.Length)
+            throw new ArgumentException($"{settings.Length} sampling settings for {sequences.Length} sequences: give one for all or one per sequence", nameof(settings));
+        foreach (var s in settings) SamplingLaunchers.Validate(s);
         DecodeStep(sequences, tokens, settings);
         CopyIdsBack(nextTokens);
     }

@@ -208,7 +208,7 @@ public sealed class Generator
     }
 
     /// <summary>Routes text to the thinking or content stream, holding back a tail that may begin a stop string.</summary>
-    sealed class TextStream(IReadOnlyList<string> stopStrings, Action<GenerationPiece>? onPiece)
+    internal sealed class TextStream(IReadOnlyList<string> stopStrings, Action<GenerationPiece>? onPiece)
     {
         PieceKind _kind;
         string _held = "";

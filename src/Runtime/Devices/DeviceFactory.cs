@@ -16,9 +16,45 @@ public static class DeviceFactory
         _ => throw new ArgumentException($"--device '{value}': expected cuda, emulator, cpu or auto", nameof(value)),
     };
 
-    /// <summary>Auto resolves to CUDA when a driver and a device are present, else to the emulator.</summary>
-    public static BackendKind Resolve(BackendKind kind) =>
-        kind == BackendKind.Auto ? (CudaDriver.IsDeviceAvailable() ? BackendKind.Cuda : BackendKind.Emulator) : kind;
+    /// <summary>Auto resolves to CUDA when a driver loads and device 0 opens, else to the emulator (<see cref="ChooseAuto()"/>).</summary>
+    public static BackendKind Resolve(BackendKind kind) => kind == BackendKind.Auto ? ChooseAuto().Backend : kind;
+
+    /// <summary>Like <see cref="Resolve(BackendKind)"/>; for auto also writes "--device auto: REASON" (one line) to <paramref name="log"/>.</summary>
+    public static BackendKind Resolve(BackendKind kind, TextWriter? log)
+    {
+        if (kind != BackendKind.Auto) return kind;
+        var choice = ChooseAuto();
+        log?.WriteLine($"--device auto: {choice.Reason}");
+        log?.Flush();
+        return choice.Backend;
+    }
+
+    /// <summary>What `--device auto` picks on this machine: probes the driver (<see cref="CudaDriver.Probe"/>) and decides.</summary>
+    public static BackendChoice ChooseAuto()
+    {
+        CudaDriverStatus status;
+        try { status = CudaDriver.Probe(); }
+        catch (DeviceException e)
+        {
+            status = new CudaDriverStatus(true, null, 0, [], $"the CUDA driver failed while listing devices: {e.Message}");
+        }
+        return ChooseAuto(status);
+    }
+
+    /// <summary>
+    /// The decision of `--device auto` from a driver probe: CUDA device 0 when the probe opened at least one device,
+    /// otherwise the emulator, with the probe's problem as the reason. Pure (testable without a GPU).
+    /// </summary>
+    public static BackendChoice ChooseAuto(CudaDriverStatus status)
+    {
+        if (status.Devices.Count > 0)
+        {
+            var d = status.Devices[0];
+            return new BackendChoice(BackendKind.Cuda, $"CUDA device 0 ({d.Name}, {d.Arch}, driver {status.DriverVersionText}): running on the GPU");
+        }
+        string why = status.Problem ?? (status.DriverLoaded ? "no CUDA device present" : "no CUDA driver found");
+        return new BackendChoice(BackendKind.Emulator, $"{why}: running on the PTX emulator (slow; --device cpu for the C# reference)");
+    }
 
     /// <summary>Opens a device backend. <see cref="BackendKind.Cpu"/> is not a device: the caller uses the reference model.</summary>
     public static IDevice Open(BackendKind kind, int ordinal = 0, EmulatorOptions? emulator = null) => Resolve(kind) switch
@@ -29,3 +65,6 @@ public static class DeviceFactory
         var k => throw new ArgumentOutOfRangeException(nameof(kind), $"unknown backend {k}"),
     };
 }
+
+/// <summary>A backend picked by `--device auto` and the one-line reason the CLI prints on stderr.</summary>
+public readonly record struct BackendChoice(BackendKind Backend, string Reason);

@@ -10,6 +10,9 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// </summary>
 public sealed unsafe class EmulatedDevice : IDevice
 {
+    /// <summary>True where the interpreter's full-warp handlers can use Vector512 (see <see cref="EmulatorOptions.UseAvx512"/>).</summary>
+    public static bool Avx512Available => Warp.Avx512Available;
+
     private readonly DeviceMemory _mem;
     private readonly EmulatorOptions _opt;
     private readonly EmuStream _default;
@@ -242,7 +245,7 @@ public sealed unsafe class EmulatedDevice : IDevice
             KernelName = k.Name, Module = k.Module.Ptx, Function = f, Grid = c.Grid, Block = c.Block,
             StaticShared = k.StaticShared, DynamicShared = c.DynamicSharedBytes, DynamicBase = k.DynamicBase,
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
-            RaceCheck = _opt.RaceCheck, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
+            RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
         };
         var sw = Stopwatch.StartNew();
         var counters = L.Run();

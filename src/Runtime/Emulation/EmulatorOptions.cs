@@ -20,6 +20,8 @@ public sealed record EmulatorOptions
     public bool Sequential { get; init; }
     /// <summary>Shared-memory race detection (warp granularity).</summary>
     public bool RaceCheck { get; init; } = true;
+    /// <summary>Full-warp fast handlers use Vector512 where the CPU has AVX-512 (off: Vector256 everywhere; same results).</summary>
+    public bool UseAvx512 { get; init; } = true;
     /// <summary>Where device printf output goes (null: Console.Out).</summary>
     public TextWriter? PrintfOutput { get; init; }
 

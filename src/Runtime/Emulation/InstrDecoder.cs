@@ -127,6 +127,7 @@ internal static class InstrDecoder
             if (o.RegBits == 32 && ft == PtxType.F64) o.Imm = BitConverter.DoubleToUInt64Bits(BitConverter.UInt32BitsToSingle((uint)o.Imm));
             else if (o.RegBits == 64 && ft == PtxType.F32) o.Imm = BitConverter.SingleToUInt32Bits((float)BitConverter.UInt64BitsToDouble(o.Imm));
         }
+        Warp.PrepareFast(ins);
     }
 
     private static void Validate(Instr ins, string opcode, List<Operand> ops, Func<string, Exception> err)

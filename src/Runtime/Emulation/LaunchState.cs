@@ -19,6 +19,8 @@ internal sealed unsafe class LaunchState
     public required DeviceMemory Memory { get; init; }
     public required bool Sequential { get; init; }
     public required bool RaceCheck { get; init; }
+    /// <summary>Full-warp fast handlers use Vector512 (AVX-512 present and allowed by the options).</summary>
+    public bool Wide512 { get; init; }
     public required long LaunchId { get; init; }
     public required DeviceInfo Device { get; init; }
     public TextWriter? PrintOut { get; init; }

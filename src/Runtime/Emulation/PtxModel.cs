@@ -124,6 +124,13 @@ internal sealed class Instr
     public FastKind Fast;
     /// <summary>Fast-path argument: the comparison of a classified setp (<see cref="IntCmp"/>).</summary>
     public IntCmp FastCmp;
+    /// <summary>Fast-path operands (<see cref="Warp.PrepareFast"/>): register rows (slot·32), -1 for an immediate (then FImm*).</summary>
+    public int FD = -1, FA = -1, FB = -1, FC = -1;
+    public ulong FImmA, FImmB, FImmC;
+    /// <summary>Highest register row + 32 over the fast operands (checked against the register file once per instruction).</summary>
+    public int FRowsEnd;
+    /// <summary>Classified and unguarded: a converged warp runs it through <see cref="Warp.ExecFast"/> directly.</summary>
+    public bool FastGo;
     public int Shape; // mma: k (8/16); ldmatrix: number of matrices
     public int PtxLine;
     public int SrcFile, SrcLine;
@@ -151,6 +158,8 @@ internal sealed class PtxFunction
     public int FrameBytes { get; set; }
     public int ParamBytes { get; set; }
     public int MaxNtid { get; set; }
+    /// <summary>Entry only: registers that may be read before written (<see cref="RegisterLiveness"/>); the rows a warp must clear.</summary>
+    public int[] LiveInRows { get; set; } = [];
     public int DeclaredRegisters { get; set; }
     public int StaticSharedBytes { get; set; }
     public int DynamicSharedAlign { get; set; } = 16;

@@ -32,6 +32,7 @@ internal sealed partial class PtxParser
         p.ParseModule();
         ResolveCalls(p._m, p);
         RebaseRegisters(p._m);
+        foreach (var f in p._m.Entries) f.LiveInRows = RegisterLiveness.LiveIn(f);
         return p._m;
     }
 
@@ -49,6 +50,7 @@ internal sealed partial class PtxParser
             {
                 if (ins.GuardPred >= 0) ins.GuardPred += predBase;
                 foreach (var o in ins.Ops) Rebase(o, regBase, predBase);
+                Warp.PrepareFast(ins); // its operand rows moved
             }
             regBase += f.NumRegs;
             predBase += f.NumPreds;

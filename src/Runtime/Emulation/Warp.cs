@@ -54,10 +54,13 @@ internal sealed partial class Warp
         var mod = Cta.Launch.Module;
         int need = Math.Max(mod.TotalRegs, fn.NumRegs) * 32;
         if (R.Length < need) R = new ulong[need];
-        // registers start at zero; without .func bodies the entry touches only its own slots, so only those need clearing
-        if (!mod.HasFunctions) need = fn.NumRegs * 32;
+        // registers start at zero. Without .func bodies a full warp only needs the rows its threads may read before
+        // writing (liveness at the entry): every other row is written before any thread reads it. Partial warps and
+        // modules with calls clear everything (a shuffle may read a missing lane; a callee's rows are not analysed).
         if (P.Length < Math.Max(mod.TotalPreds, fn.NumPreds)) P = new uint[Math.Max(Math.Max(mod.TotalPreds, fn.NumPreds), 1)];
-        Array.Clear(R, 0, need);
+        if (!mod.HasFunctions && threadsInWarp >= 32 && fn.IsEntry)
+            foreach (int row in fn.LiveInRows) Array.Clear(R, row * 32, 32);
+        else Array.Clear(R, 0, mod.HasFunctions ? need : fn.NumRegs * 32);
         Array.Clear(P);
         Existing = threadsInWarp >= 32 ? 0xFFFFFFFFu : (1u << threadsInWarp) - 1;
         Exited = ~Existing;
@@ -78,6 +81,7 @@ internal sealed partial class Warp
     public WarpStatus Run(int quantum)
     {
         var cnt = Cta.Counters;
+        bool wide = Cta.Launch.Wide512;
         long fastCount = 0; // unguarded full-warp fast-path instructions not yet added to the counters (flushed before anything else runs)
         try
         {
@@ -91,19 +95,33 @@ internal sealed partial class Warp
                         ReleaseBlockedOrThrow();
                     }
                 }
-                var ins = _code[Pc];
+                var code = _code;
+                var ins = code[Pc];
                 uint exec = Active;
-                if (ins.GuardPred < 0)
+                if (ins.FastGo && exec == 0xFFFFFFFF)
                 {
-                    // converged, unguarded, classified: the common case goes straight to its handler
-                    if (exec == 0xFFFFFFFF && ins.Fast != FastKind.None) { fastCount++; ExecFast(ins); Pc++; continue; }
+                    // converged, unguarded, classified: the common case runs straight through its handlers until an
+                    // instruction needs the general path (a full warp has no parked lanes, so no merge point lies ahead)
+                    int pc = Pc, limit = Math.Min(_nextMin, code.Length);
+                    if (wide) ExecFast512(ins); else ExecFast(ins);
+                    pc++;
+                    fastCount++;
+                    while (pc < limit && quantum > 0 && (ins = code[pc]).FastGo)
+                    {
+                        if (wide) ExecFast512(ins); else ExecFast(ins);
+                        pc++;
+                        fastCount++;
+                        quantum--;
+                    }
+                    Pc = pc;
+                    continue;
                 }
-                else exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
+                if (ins.GuardPred >= 0) exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
                 if (fastCount != 0) { cnt.WarpInstructions += fastCount; cnt.ThreadInstructions += 32 * fastCount; fastCount = 0; }
                 cnt.WarpInstructions++;
                 cnt.ThreadInstructions += BitOperations.PopCount(exec);
                 if (exec == 0 && !ins.IsCollective && ins.Op is not (Op.Bra or Op.BarArrive)) { Pc++; continue; }
-                if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { ExecFast(ins); Pc++; continue; }
+                if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { if (wide) ExecFast512(ins); else ExecFast(ins); Pc++; continue; }
                 switch (ins.Op)
                 {
                     case Op.Bra: Branch(ins, exec); continue;

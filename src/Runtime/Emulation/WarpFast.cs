@@ -74,225 +74,166 @@ internal sealed partial class Warp
         };
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ReadOnlySpan<ulong> Src(Operand o, ulong[] scratch)
+    /// <summary>
+    /// Resolves a classified instruction's operands into register rows (slot·32) or immediates, so that
+    /// <see cref="ExecFast"/> touches no <see cref="Operand"/> objects. Runs after immediates got their final width.
+    /// </summary>
+    public static void PrepareFast(Instr ins)
     {
-        if (o.Kind == OpKind.Reg) return new ReadOnlySpan<ulong>(R, o.Reg * 32, 32);
-        scratch.AsSpan().Fill(o.Imm);
-        return scratch;
+        ins.FastGo = false;
+        if (ins.Fast == FastKind.None) return;
+        var o = ins.Ops;
+        int end = 0;
+        int Row(int i, out ulong imm)
+        {
+            imm = 0;
+            if (i >= o.Length) return -1;
+            if (o[i].Kind == OpKind.Reg) { end = Math.Max(end, o[i].Reg * 32 + 32); return o[i].Reg * 32; }
+            imm = o[i].Imm;
+            return -1;
+        }
+        bool setp = ins.Fast is FastKind.SetpS32 or FastKind.SetpU32;
+        ins.FD = setp ? -1 : Row(0, out _);
+        ins.FA = Row(1, out ins.FImmA);
+        ins.FB = Row(2, out ins.FImmB);
+        ins.FC = ins.Fast == FastKind.Selp32 ? -1 : Row(3, out ins.FImmC);
+        if (ins.Fast == FastKind.Mov) ins.FImmC = FloatMath.Mask(o[0].RegBits);
+        ins.FRowsEnd = end;
+        ins.FastGo = ins.GuardPred < 0;
     }
 
-    /// <summary>Runs a classified instruction over all 32 lanes.</summary>
+    /// <summary>Lanes i..i+3 of a row, or a broadcast immediate when the row is -1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<ulong> V(ref ulong r, int row, ulong imm, int i) =>
+        row >= 0 ? Vector256.LoadUnsafe(ref r, (nuint)(row + i)) : Vector256.Create(imm);
+
+    /// <summary>Lanes i..i+7 of a row (or an immediate) as 32-bit values: the low half of each slot.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> V32(ref ulong r, int row, ulong imm, int i) =>
+        row >= 0 ? Vector256.Narrow(Vector256.LoadUnsafe(ref r, (nuint)(row + i)), Vector256.LoadUnsafe(ref r, (nuint)(row + i + 4)))
+                 : Vector256.Create((uint)imm);
+
+    /// <summary>Writes 8 32-bit results zero-extended into lanes i..i+7 of a row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store32(ref ulong r, int row, int i, Vector256<uint> v)
+    {
+        Vector256.WidenLower(v).StoreUnsafe(ref r, (nuint)(row + i));
+        Vector256.WidenUpper(v).StoreUnsafe(ref r, (nuint)(row + i + 4));
+    }
+
+    /// <summary>Runs a classified instruction over all 32 lanes (operand rows resolved by <see cref="PrepareFast"/>).</summary>
     private void ExecFast(Instr ins)
     {
-        var o = ins.Ops;
-        if (ins.Fast is FastKind.SetpS32 or FastKind.SetpU32) { SetpFast(ins); return; }
-        var d = new Span<ulong>(R, o[0].Reg * 32, 32);
+        if (ins.FRowsEnd > R.Length) throw new InvalidOperationException("register slot outside the register file");
+        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
+        int d = ins.FD, a = ins.FA, b = ins.FB, c = ins.FC;
+        ulong ia = ins.FImmA, ib = ins.FImmB, ic = ins.FImmC;
+        var m32 = Vector256.Create(0xFFFFFFFFUL);
         switch (ins.Fast)
         {
-            case FastKind.Xor32: Vec2(Src(o[1], A), Src(o[2], B), d, 5); return;
+            case FastKind.Mov:
+                {
+                    var m = Vector256.Create(ic);
+                    for (int i = 0; i < 32; i += 4) (V(ref r, a, ia, i) & m).StoreUnsafe(ref r, (nuint)(d + i));
+                    return;
+                }
+            case FastKind.Add32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i) + V(ref r, b, ib, i)) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.Sub32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i) - V(ref r, b, ib, i)) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.And32: for (int i = 0; i < 32; i += 4) (V(ref r, a, ia, i) & V(ref r, b, ib, i) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.Or32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i) | V(ref r, b, ib, i)) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.Xor32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i) ^ V(ref r, b, ib, i)) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.Add64: for (int i = 0; i < 32; i += 4) (V(ref r, a, ia, i) + V(ref r, b, ib, i)).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.Shl32Imm: for (int i = 0; i < 32; i += 4) (Vector256.ShiftLeft(V(ref r, a, ia, i), (int)ib) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.ShrU32Imm: for (int i = 0; i < 32; i += 4) Vector256.ShiftRightLogical(V(ref r, a, ia, i) & m32, (int)ib).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.ShrS32Imm:
+                for (int i = 0; i < 32; i += 4)
+                    (Vector256.ShiftRightArithmetic(Vector256.ShiftLeft(V(ref r, a, ia, i), 32).AsInt64(), 32 + (int)ib).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.Shl64Imm: for (int i = 0; i < 32; i += 4) Vector256.ShiftLeft(V(ref r, a, ia, i), (int)ib).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.ShrU64Imm: for (int i = 0; i < 32; i += 4) Vector256.ShiftRightLogical(V(ref r, a, ia, i), (int)ib).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.CvtS64S32:
+                for (int i = 0; i < 32; i += 4)
+                    Vector256.ShiftRightArithmetic(Vector256.ShiftLeft(V(ref r, a, ia, i), 32).AsInt64(), 32).AsUInt64().StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.CvtU64U32: for (int i = 0; i < 32; i += 4) (V(ref r, a, ia, i) & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.CvtRnF32S32:
+                // int32 -> f32 round-to-nearest-even (vcvtdq2ps under the default MXCSR mode; the generic path goes through an exact double)
+                for (int i = 0; i < 32; i += 8) Store32(ref r, d, i, Vector256.ConvertToSingle(V32(ref r, a, ia, i).AsInt32()).AsUInt32());
+                return;
+            case FastKind.MulWideS32 when Avx2.IsSupported:
+                // vpmuldq: the sign-extended low 32 bits of each 64-bit slot into a 64-bit product
+                for (int i = 0; i < 32; i += 4) Avx2.Multiply(V(ref r, a, ia, i).AsInt32(), V(ref r, b, ib, i).AsInt32()).AsUInt64().StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.MulWideU32 when Avx2.IsSupported:
+                for (int i = 0; i < 32; i += 4) Avx2.Multiply(V(ref r, a, ia, i).AsUInt32(), V(ref r, b, ib, i).AsUInt32()).StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.MulLo32 when Avx2.IsSupported:
+                for (int i = 0; i < 32; i += 4) (Avx2.Multiply(V(ref r, a, ia, i).AsUInt32(), V(ref r, b, ib, i).AsUInt32()) & m32).StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.MadLo32 when Avx2.IsSupported:
+                for (int i = 0; i < 32; i += 4)
+                    ((Avx2.Multiply(V(ref r, a, ia, i).AsUInt32(), V(ref r, b, ib, i).AsUInt32()) + V(ref r, c, ic, i)) & m32).StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.MulWideS32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (ulong)((long)(int)Get(ref r, a, ia, l) * (int)Get(ref r, b, ib, l)); return;
+            case FastKind.MulWideU32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (Get(ref r, a, ia, l) & 0xFFFFFFFF) * (Get(ref r, b, ib, l) & 0xFFFFFFFF); return;
+            case FastKind.MulLo32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (uint)(Get(ref r, a, ia, l) * Get(ref r, b, ib, l)); return;
+            case FastKind.MadLo32: for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (uint)(Get(ref r, a, ia, l) * Get(ref r, b, ib, l) + Get(ref r, c, ic, l)); return;
+            // f32 in the low half of each 64-bit slot: operate on all 8 floats of a vector and clear the high halves
+            // after (no narrowing shuffles); the high halves of 32-bit registers are zero, and whatever they compute is discarded
+            case FastKind.FmaF32:
+                for (int i = 0; i < 32; i += 4)
+                    (Vector256.FusedMultiplyAdd(V(ref r, a, ia, i).AsSingle(), V(ref r, b, ib, i).AsSingle(), V(ref r, c, ic, i).AsSingle()).AsUInt64() & m32)
+                        .StoreUnsafe(ref r, (nuint)(d + i));
+                return;
+            case FastKind.AddF32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i).AsSingle() + V(ref r, b, ib, i).AsSingle()).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.SubF32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i).AsSingle() - V(ref r, b, ib, i).AsSingle()).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
+            case FastKind.MulF32: for (int i = 0; i < 32; i += 4) ((V(ref r, a, ia, i).AsSingle() * V(ref r, b, ib, i).AsSingle()).AsUInt64() & m32).StoreUnsafe(ref r, (nuint)(d + i)); return;
             case FastKind.Selp32:
                 {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    uint p = PredValue(o[3]);
-                    for (int l = 0; l < 32; l++) d[l] = (((p >> l) & 1) != 0 ? a[l] : b[l]) & 0xFFFFFFFF;
+                    uint p = PredValue(ins.Ops[3]);
+                    for (int l = 0; l < 32; l++) Lane(ref r, d, l) = (((p >> l) & 1) != 0 ? Get(ref r, a, ia, l) : Get(ref r, b, ib, l)) & 0xFFFFFFFF;
                     return;
                 }
-            case FastKind.Shl64Imm:
-                {
-                    var a = Src(o[1], A);
-                    int k = (int)o[2].Imm;
-                    for (int l = 0; l < 32; l++) d[l] = a[l] << k;
-                    return;
-                }
-            case FastKind.ShrU64Imm:
-                {
-                    var a = Src(o[1], A);
-                    int k = (int)o[2].Imm;
-                    for (int l = 0; l < 32; l++) d[l] = a[l] >> k;
-                    return;
-                }
-            case FastKind.ShrS32Imm:
-                {
-                    var a = Src(o[1], A);
-                    int k = (int)o[2].Imm;
-                    for (int l = 0; l < 32; l++) d[l] = (uint)((int)(uint)a[l] >> k);
-                    return;
-                }
-            case FastKind.CvtS64S32:
-                {
-                    var a = Src(o[1], A);
-                    for (int l = 0; l < 32; l++) d[l] = (ulong)(long)(int)(uint)a[l];
-                    return;
-                }
-            case FastKind.CvtRnF32S32:
-                {
-                    // int32 -> f32 round-to-nearest-even: the C# conversion (the generic path goes through an exact double)
-                    var a = Src(o[1], A);
-                    for (int l = 0; l < 32; l++) d[l] = BitConverter.SingleToUInt32Bits((float)(int)(uint)a[l]);
-                    return;
-                }
-            case FastKind.CvtU64U32:
-                {
-                    var a = Src(o[1], A);
-                    for (int l = 0; l < 32; l++) d[l] = a[l] & 0xFFFFFFFF;
-                    return;
-                }
-            case FastKind.Mov: VecMov(o[1].Reg, o[0].Reg, o[0].RegBits); return;
-            case FastKind.Add32: Vec2(Src(o[1], A), Src(o[2], B), d, 0); return;
-            case FastKind.Sub32: Vec2(Src(o[1], A), Src(o[2], B), d, 1); return;
-            case FastKind.And32: Vec2(Src(o[1], A), Src(o[2], B), d, 2); return;
-            case FastKind.Or32: Vec2(Src(o[1], A), Src(o[2], B), d, 3); return;
-            case FastKind.Add64: Vec2(Src(o[1], A), Src(o[2], B), d, 4); return;
-            case FastKind.Shl32Imm: VecShift(o[1], o[0].Reg, (int)o[2].Imm, left: true); return;
-            case FastKind.ShrU32Imm: VecShift(o[1], o[0].Reg, (int)o[2].Imm, left: false); return;
-            case FastKind.MulWideS32 when Avx2.IsSupported: VecMulWideS32(o[1], o[2], o[0].Reg); return;
-            case FastKind.MulWideS32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    for (int l = 0; l < 32; l++) d[l] = (ulong)((long)(int)a[l] * (int)b[l]);
-                    return;
-                }
-            case FastKind.MulWideU32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    for (int l = 0; l < 32; l++) d[l] = (a[l] & 0xFFFFFFFF) * (b[l] & 0xFFFFFFFF);
-                    return;
-                }
-            case FastKind.MulLo32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B);
-                    for (int l = 0; l < 32; l++) d[l] = (uint)(a[l] * b[l]);
-                    return;
-                }
-            case FastKind.MadLo32:
-                {
-                    var a = Src(o[1], A); var b = Src(o[2], B); var c = Src(o[3], C);
-                    for (int l = 0; l < 32; l++) d[l] = (uint)(a[l] * b[l] + c[l]);
-                    return;
-                }
-            case FastKind.FmaF32: VecF32(o[1], o[2], o[3], o[0].Reg, 3); return;
-            case FastKind.AddF32: VecF32(o[1], o[2], o[2], o[0].Reg, 0); return;
-            case FastKind.SubF32: VecF32(o[1], o[2], o[2], o[0].Reg, 1); return;
-            case FastKind.MulF32: VecF32(o[1], o[2], o[2], o[0].Reg, 2); return;
+            case FastKind.SetpS32: case FastKind.SetpU32: SetpFast(ins, ref r); return;
         }
+        throw new InvalidOperationException($"fast kind {ins.Fast} has no handler");
     }
 
-    /// <summary>Vector256 add/sub/and/or over 32 lanes; kind 0-3 are 32-bit (masked), 4 is a 64-bit add.</summary>
-    private static void Vec2(ReadOnlySpan<ulong> a, ReadOnlySpan<ulong> b, Span<ulong> d, int kind)
-    {
-        var m = Vector256.Create(kind == 4 ? ulong.MaxValue : 0xFFFFFFFFUL);
-        for (int i = 0; i < 32; i += 4)
-        {
-            var x = Vector256.Create(a.Slice(i, 4));
-            var y = Vector256.Create(b.Slice(i, 4));
-            var r = kind switch { 1 => x - y, 2 => x & y, 3 => x | y, 5 => x ^ y, _ => x + y };
-            (r & m).CopyTo(d.Slice(i, 4));
-        }
-    }
-
-    /// <summary>setp on 32-bit integers over all 32 lanes: one lane mask, written to the predicate (and ~mask to its pair).</summary>
-    private void SetpFast(Instr ins)
-    {
-        var o = ins.Ops;
-        var a = Src(o[1], A); var b = Src(o[2], B);
-        uint r = 0;
-        if (ins.Fast == FastKind.SetpS32)
-        {
-            switch (ins.FastCmp)
-            {
-                case IntCmp.Eq: for (int l = 0; l < 32; l++) r |= ((uint)a[l] == (uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Ne: for (int l = 0; l < 32; l++) r |= ((uint)a[l] != (uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Lt: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] < (int)(uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Le: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] <= (int)(uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Gt: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] > (int)(uint)b[l] ? 1u : 0u) << l; break;
-                default: for (int l = 0; l < 32; l++) r |= ((int)(uint)a[l] >= (int)(uint)b[l] ? 1u : 0u) << l; break;
-            }
-        }
-        else
-        {
-            switch (ins.FastCmp)
-            {
-                case IntCmp.Eq: for (int l = 0; l < 32; l++) r |= ((uint)a[l] == (uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Ne: for (int l = 0; l < 32; l++) r |= ((uint)a[l] != (uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Lt: for (int l = 0; l < 32; l++) r |= ((uint)a[l] < (uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Le: for (int l = 0; l < 32; l++) r |= ((uint)a[l] <= (uint)b[l] ? 1u : 0u) << l; break;
-                case IntCmp.Gt: for (int l = 0; l < 32; l++) r |= ((uint)a[l] > (uint)b[l] ? 1u : 0u) << l; break;
-                default: for (int l = 0; l < 32; l++) r |= ((uint)a[l] >= (uint)b[l] ? 1u : 0u) << l; break;
-            }
-        }
-        P[o[0].Reg] = r;
-        if (o[0].PairPred >= 0) P[o[0].PairPred] = ~r;
-    }
-
-    /// <summary>Lanes i..i+3 of a register (or a broadcast immediate) as 64-bit values.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private Vector256<ulong> V64(Operand o, int i) =>
-        o.Kind == OpKind.Reg ? Vector256.LoadUnsafe(ref MemoryMarshal.GetArrayDataReference(R), (nuint)(o.Reg * 32 + i)) : Vector256.Create(o.Imm);
+    private static ref ulong Lane(ref ulong r, int row, int lane) => ref Unsafe.Add(ref r, row + lane);
 
-    /// <summary>Lanes i..i+7 of a register (or an immediate) as f32: the low 32 bits of each slot.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private Vector256<float> F8(Operand o, int i) =>
-        o.Kind == OpKind.Reg ? Vector256.Narrow(V64(o, i), V64(o, i + 4)).AsSingle() : Vector256.Create((uint)o.Imm).AsSingle();
+    private static ulong Get(ref ulong r, int row, ulong imm, int lane) => row >= 0 ? Unsafe.Add(ref r, row + lane) : imm;
 
-    /// <summary>Writes 8 f32 results zero-extended into lanes i..i+7 of register slot <paramref name="dReg"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void StoreF8(int dReg, int i, Vector256<float> v)
+    /// <summary>setp on 32-bit integers over all 32 lanes, 8 lanes per compare: one lane mask, written to the predicate (and ~mask to its pair).</summary>
+    private void SetpFast(Instr ins, ref ulong r)
     {
-        ref ulong d = ref MemoryMarshal.GetArrayDataReference(R);
-        var u = v.AsUInt32();
-        Vector256.WidenLower(u).StoreUnsafe(ref d, (nuint)(dReg * 32 + i));
-        Vector256.WidenUpper(u).StoreUnsafe(ref d, (nuint)(dReg * 32 + i + 4));
-    }
-
-    /// <summary>f32 add (0), sub (1), mul (2) or fma (3), round to nearest, 8 lanes at a time (same IEEE results as the scalar forms).</summary>
-    private void VecF32(Operand a, Operand b, Operand c, int dReg, int kind)
-    {
-        if (dReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
+        int a = ins.FA, b = ins.FB;
+        ulong ia = ins.FImmA, ib = ins.FImmB;
+        bool signed = ins.Fast == FastKind.SetpS32;
+        var flip = Vector256.Create(0x80000000u);
+        uint mask = 0;
         for (int i = 0; i < 32; i += 8)
         {
-            var x = F8(a, i);
-            var y = F8(b, i);
-            var r = kind switch
+            var x = V32(ref r, a, ia, i);
+            var y = V32(ref r, b, ib, i);
+            // unsigned order = signed order after flipping the sign bits
+            if (!signed) { x ^= flip; y ^= flip; }
+            var xs = x.AsInt32();
+            var ys = y.AsInt32();
+            var t = ins.FastCmp switch
             {
-                0 => x + y,
-                1 => x - y,
-                2 => x * y,
-                _ => Vector256.FusedMultiplyAdd(x, y, F8(c, i)),
+                IntCmp.Eq => Vector256.Equals(xs, ys),
+                IntCmp.Ne => ~Vector256.Equals(xs, ys),
+                IntCmp.Lt => Vector256.LessThan(xs, ys),
+                IntCmp.Le => Vector256.LessThanOrEqual(xs, ys),
+                IntCmp.Gt => Vector256.GreaterThan(xs, ys),
+                _ => Vector256.GreaterThanOrEqual(xs, ys),
             };
-            StoreF8(dReg, i, r);
+            mask |= t.ExtractMostSignificantBits() << i;
         }
-    }
-
-    private void VecMov(int sReg, int dReg, int bits)
-    {
-        if (dReg * 32 + 32 > R.Length || sReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
-        var m = Vector256.Create(FloatMath.Mask(bits));
-        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
-        for (int i = 0; i < 32; i += 4)
-            (Vector256.LoadUnsafe(ref r, (nuint)(sReg * 32 + i)) & m).StoreUnsafe(ref r, (nuint)(dReg * 32 + i));
-    }
-
-    /// <summary>32-bit shl / shr.u by an immediate k &lt; 32 (result masked to 32 bits, source chopped to 32 bits).</summary>
-    private void VecShift(Operand a, int dReg, int k, bool left)
-    {
-        if (dReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
-        var m = Vector256.Create(0xFFFFFFFFUL);
-        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
-        for (int i = 0; i < 32; i += 4)
-        {
-            var x = V64(a, i);
-            var y = left ? Vector256.ShiftLeft(x, k) & m : Vector256.ShiftRightLogical(x & m, k);
-            y.StoreUnsafe(ref r, (nuint)(dReg * 32 + i));
-        }
-    }
-
-    /// <summary>mul.wide.s32: vpmuldq multiplies the sign-extended low 32 bits of each 64-bit slot into a 64-bit product.</summary>
-    private void VecMulWideS32(Operand a, Operand b, int dReg)
-    {
-        if (dReg * 32 + 32 > R.Length) throw new InvalidOperationException("register slot outside the register file");
-        ref ulong r = ref MemoryMarshal.GetArrayDataReference(R);
-        for (int i = 0; i < 32; i += 4)
-            Avx2.Multiply(V64(a, i).AsInt32(), V64(b, i).AsInt32()).AsUInt64().StoreUnsafe(ref r, (nuint)(dReg * 32 + i));
+        var o = ins.Ops;
+        P[o[0].Reg] = mask;
+        if (o[0].PairPred >= 0) P[o[0].PairPred] = ~mask;
     }
 }

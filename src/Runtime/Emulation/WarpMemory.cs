@@ -110,6 +110,7 @@ internal sealed unsafe partial class Warp
 
     private readonly ulong[] _addr = new ulong[32];
 
+    [MethodImpl(MethodImplOptions.NoInlining)] // keeps the run loop's frame small
     private void Access(Instr ins, uint exec, bool write)
     {
         var addrOp = ins.Ops[write ? 0 : 1];
@@ -187,124 +188,6 @@ internal sealed unsafe partial class Warp
         var c = Cta.Counters;
         if (write) { c.GlobalStoreRequests++; c.GlobalStoreBytes += (long)lanes * total; c.GlobalStoreSectors += sectors; }
         else { c.GlobalLoadRequests++; c.GlobalLoadBytes += (long)lanes * total; c.GlobalLoadSectors += sectors; }
-    }
-
-    /// <summary>
-    /// Fast path for an explicit .global access: when every lane's range lies in one live allocation (checked
-    /// once on [min, max]) and is aligned, copy without per-lane lookups. False sends the access to the
-    /// per-lane path, which reports the exact fault. An aligned access of at most 32 bytes never crosses a
-    /// sector, so each lane touches exactly the sector <c>addr &gt;&gt; 5</c>.
-    /// </summary>
-    private bool TryGlobalFast(Instr ins, uint exec, Operand addrOp, Operand dataOp, int size, int vec, int total, bool write)
-    {
-        if (addrOp.Reg < 0 || total > 32) return false;
-        var ad = _addr;
-        ulong lo = ulong.MaxValue, hi = 0, misalign = 0;
-        int baseSlot = addrOp.Reg * 32;
-        ulong off = (ulong)addrOp.Offset;
-        var r = R;
-        if (exec == 0xFFFFFFFF)
-        {
-            var src = new ReadOnlySpan<ulong>(r, baseSlot, 32);
-            for (int l = 0; l < 32; l++)
-            {
-                ulong a = src[l] + off;
-                ad[l] = a;
-                lo = Math.Min(lo, a);
-                hi = Math.Max(hi, a);
-                misalign |= a;
-            }
-        }
-        else
-            for (uint e = exec; e != 0; e &= e - 1)
-            {
-                int l = BitOperations.TrailingZeroCount(e);
-                ulong a = r[baseSlot + l] + off;
-                ad[l] = a;
-                if (a < lo) lo = a;
-                if (a > hi) hi = a;
-                misalign |= a;
-            }
-        if ((misalign & (ulong)(total - 1)) != 0) return false;
-        var al = _lastAlloc;
-        if (al == null || al.Freed || lo < al.Start || hi + (ulong)total > al.End)
-        {
-            al = Cta.Launch.Memory.Find(lo);
-            if (al == null || al.Freed || hi + (ulong)total > al.End) return false;
-            _lastAlloc = al;
-        }
-        if (al.Written != null) return false;
-        byte* host = al.Host - (long)al.Start;
-        bool sext = PtxTypes.IsSigned(ins.T);
-        for (int i = 0; i < vec; i++)
-        {
-            var el = vec == 1 ? dataOp : dataOp.Elems[i];
-            // registers move directly when no masking or sign extension is involved (a store truncates to size bytes anyway)
-            if (el.Kind == OpKind.Reg && (write || (el.RegBits >= size * 8 && !(sext && el.RegBits > size * 8))))
-                CopyLanes(host + i * size, ad, exec, size, R, el.Reg * 32, write);
-            else
-            {
-                var buf = Buf(i);
-                if (write) Load(el, buf, ins.T);
-                CopyLanes(host + i * size, ad, exec, size, buf, 0, write);
-                if (!write) Store(el, buf, exec, ins.T);
-            }
-        }
-        // distinct sectors of this request, and first touches in this launch (per-allocation bitmap)
-        var cnt = Cta.Counters;
-        var bits = Cta.Launch.SectorBits(al);
-        bool atomic = !Cta.Launch.Sequential;
-        ulong baseSec = al.Start >> 5;
-        int distinct = 0, nsec = 0;
-        ulong lastSec = ulong.MaxValue;
-        bool monotonic = true;
-        var secs = _sectors;
-        for (uint e = exec; e != 0; e &= e - 1)
-        {
-            ulong s = ad[BitOperations.TrailingZeroCount(e)] >> 5;
-            secs[nsec++] = s;
-            if (s == lastSec) continue;
-            if (lastSec != ulong.MaxValue && s < lastSec) monotonic = false;
-            distinct++;
-            lastSec = s;
-            ulong idx = s - baseSec;
-            ulong m = 1UL << (int)(idx & 63);
-            ref ulong w = ref bits[idx >> 6];
-            if ((Volatile.Read(ref w) & m) != 0) continue;
-            if (!atomic) { w |= m; cnt.DistinctSectors++; }
-            else if ((Interlocked.Or(ref w, m) & m) == 0) cnt.DistinctSectors++;
-        }
-        CountGlobal(write, nsec, total, monotonic ? distinct : Distinct(secs, nsec));
-        return true;
-    }
-
-    /// <summary>Moves one <paramref name="size"/>-byte element per exec lane between <paramref name="buf"/> and host + address.</summary>
-    private static void CopyLanes(byte* host, ulong[] ad, uint exec, int size, ulong[] regs, int off, bool write)
-    {
-        if (off + 32 > regs.Length) throw new InvalidOperationException("register slot outside the register file");
-        var buf = new Span<ulong>(regs, off, 32);
-        switch (size, write)
-        {
-            case (4, false):
-                for (uint e = exec; e != 0; e &= e - 1) { int l = BitOperations.TrailingZeroCount(e); buf[l] = *(uint*)(host + ad[l]); }
-                return;
-            case (4, true):
-                for (uint e = exec; e != 0; e &= e - 1) { int l = BitOperations.TrailingZeroCount(e); *(uint*)(host + ad[l]) = (uint)buf[l]; }
-                return;
-            case (8, false):
-                for (uint e = exec; e != 0; e &= e - 1) { int l = BitOperations.TrailingZeroCount(e); buf[l] = *(ulong*)(host + ad[l]); }
-                return;
-            case (8, true):
-                for (uint e = exec; e != 0; e &= e - 1) { int l = BitOperations.TrailingZeroCount(e); *(ulong*)(host + ad[l]) = buf[l]; }
-                return;
-            default:
-                for (uint e = exec; e != 0; e &= e - 1)
-                {
-                    int l = BitOperations.TrailingZeroCount(e);
-                    if (write) WriteN(host + ad[l], size, buf[l]); else buf[l] = ReadN(host + ad[l], size);
-                }
-                return;
-        }
     }
 
     private static int Distinct(ulong[] a, int n)

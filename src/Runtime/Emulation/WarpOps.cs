@@ -25,6 +25,13 @@ internal sealed partial class Warp
             case OpKind.Imm:
                 dst.AsSpan().Fill(tb > 0 && tb < 64 ? o.Imm & Mask(tb) : o.Imm);
                 break;
+            case OpKind.Special when Cta.Launch.Block.Y == 1 && Cta.Launch.Block.Z == 1 && o.Special is SpecialReg.TidX or SpecialReg.TidY or SpecialReg.TidZ:
+                {
+                    // 1-D block: %tid.x is the thread's linear index (no division per lane), %tid.y/z are 0
+                    ulong first = o.Special == SpecialReg.TidX ? (ulong)(Index * 32) : 0, step = o.Special == SpecialReg.TidX ? 1UL : 0;
+                    for (int l = 0; l < 32; l++) dst[l] = first + step * (ulong)l;
+                    break;
+                }
             case OpKind.Special:
                 if (o.Special is SpecialReg.TidX or SpecialReg.TidY or SpecialReg.TidZ or SpecialReg.LaneId or SpecialReg.LanemaskEq
                     or SpecialReg.LanemaskLe or SpecialReg.LanemaskLt or SpecialReg.LanemaskGe or SpecialReg.LanemaskGt)

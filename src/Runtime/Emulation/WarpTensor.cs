@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
@@ -13,7 +14,8 @@ internal sealed unsafe partial class Warp
     // Fragment maps of mma.m16n8k16 (ISA 9.7.14.5.8), per (register r, lane): the element index of the low half.
     // A: 16x16 row-major [m][k]; B stored transposed [n][k]; C/D: 16x8 row-major [m][n].
     private static readonly int[] MmaAIndex = BuildMap(4, (r, g, t) => (g + ((r & 1) != 0 ? 8 : 0)) * 16 + 2 * t + (r >= 2 ? 8 : 0));
-    private static readonly int[] MmaBIndex = BuildMap(2, (r, g, t) => g * 16 + 2 * t + (r == 1 ? 8 : 0));
+    // B is kept as [k][n] (16x8) so that D rows accumulate as 8-wide vectors: the high half of a pair is at +8 (next k)
+    private static readonly int[] MmaBIndex = BuildMap(2, (r, g, t) => (2 * t + (r == 1 ? 8 : 0)) * 8 + g);
     private static readonly int[] MmaCIndex = BuildMap(4, (r, g, t) => (g + (r >= 2 ? 8 : 0)) * 8 + 2 * t + (r & 1));
 
     private static int[] BuildMap(int regs, Func<int, int, int, int> at)
@@ -71,7 +73,7 @@ internal sealed unsafe partial class Warp
                 int at = MmaBIndex[r * 32 + lane];
                 uint w = (uint)v[lane];
                 mb[at] = Half(w, bf);
-                mb[at + 1] = Half(w >> 16, bf);
+                mb[at + 8] = Half(w >> 16, bf);
             }
         }
         for (int r = 0; r < 4; r++)
@@ -79,24 +81,24 @@ internal sealed unsafe partial class Warp
             var v = Frag(o[3], 4, r, ins);
             for (int lane = 0; lane < 32; lane++) mc[MmaCIndex[r * 32 + lane]] = FloatMath.AsF32(v[lane]);
         }
-        // D = A·B + C, products exact in f64, one rounding to f32 at the end
+        // D = A·B + C: products of bf16/f16 values are exact in f64 and their sum with C is exact in nearly all cases
+        // (53-bit significand); one rounding to f32 at the end. Row i of D accumulates as two 4-wide vectors over k.
         ref double pa = ref MemoryMarshal.GetArrayDataReference(ma);
         ref double pb = ref MemoryMarshal.GetArrayDataReference(mb);
+        ref double pc = ref MemoryMarshal.GetArrayDataReference(mc);
         for (int i = 0; i < 16; i++)
         {
-            nuint ar = (nuint)(i * 16);
-            var a0 = Vector256.LoadUnsafe(ref pa, ar);
-            var a1 = Vector256.LoadUnsafe(ref pa, ar + 4);
-            var a2 = k == 16 ? Vector256.LoadUnsafe(ref pa, ar + 8) : default;
-            var a3 = k == 16 ? Vector256.LoadUnsafe(ref pa, ar + 12) : default;
-            for (int j = 0; j < 8; j++)
+            nuint cr = (nuint)(i * 8);
+            var c0 = Vector256.LoadUnsafe(ref pc, cr);
+            var c1 = Vector256.LoadUnsafe(ref pc, cr + 4);
+            for (int kk = 0; kk < k; kk++)
             {
-                nuint br = (nuint)(j * 16);
-                var acc = a0 * Vector256.LoadUnsafe(ref pb, br) + a1 * Vector256.LoadUnsafe(ref pb, br + 4);
-                if (k == 16) acc += a2 * Vector256.LoadUnsafe(ref pb, br + 8) + a3 * Vector256.LoadUnsafe(ref pb, br + 12);
-                // products of bf16/f16 are exact in f64; the sum of 16 of them is exact in nearly all cases
-                mc[i * 8 + j] += Vector256.Sum(acc);
+                var av = Vector256.Create(Unsafe.Add(ref pa, i * 16 + kk));
+                c0 += av * Vector256.LoadUnsafe(ref pb, (nuint)(kk * 8));
+                c1 += av * Vector256.LoadUnsafe(ref pb, (nuint)(kk * 8 + 4));
             }
+            c0.StoreUnsafe(ref pc, cr);
+            c1.StoreUnsafe(ref pc, cr + 4);
         }
         var d = o[0];
         if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);

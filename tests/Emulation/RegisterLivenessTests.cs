@@ -1,0 +1,79 @@
+using System.Runtime.InteropServices;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Tests.Emulation;
+
+/// <summary>
+/// A full warp clears only the registers its threads may read before writing (<see cref="RegisterLiveness"/>);
+/// a kernel must still see zeros in every such register even when the warp's register file was left dirty by
+/// an earlier launch.
+/// </summary>
+public class RegisterLivenessTests
+{
+    // "dirty" fills registers with non-zero values; "reads" reads %r4 (never written) and %r2 (written only by
+    // thread 0, under a guard) and %r5 (written before any read): only %r2 and %r4 are live at the entry.
+    private const string Ptx = """
+        .version 7.8
+        .target sm_80
+        .address_size 64
+        .visible .entry dirty(.param .u64 dirty_p0)
+        {
+          .reg .b32 %r<8>;
+          .reg .b64 %rd<3>;
+          ld.param.u64 %rd1, [dirty_p0];
+          mov.u32 %r1, 111; mov.u32 %r2, 222; mov.u32 %r3, 333; mov.u32 %r4, 444; mov.u32 %r5, 555; mov.u32 %r6, 666;
+          mov.u32 %r7, %tid.x;
+          mul.wide.u32 %rd2, %r7, 4;
+          add.s64 %rd2, %rd1, %rd2;
+          add.s32 %r1, %r1, %r2; add.s32 %r1, %r1, %r3; add.s32 %r1, %r1, %r4; add.s32 %r1, %r1, %r5; add.s32 %r1, %r1, %r6;
+          st.global.u32 [%rd2], %r1;
+          ret;
+        }
+        .visible .entry reads(.param .u64 reads_p0)
+        {
+          .reg .pred %p<2>;
+          .reg .b32 %r<8>;
+          .reg .b64 %rd<3>;
+          ld.param.u64 %rd1, [reads_p0];
+          mov.u32 %r1, %tid.x;
+          setp.eq.s32 %p1, %r1, 0;
+          @%p1 mov.u32 %r2, 7;
+          mov.u32 %r5, 1000;
+          add.s32 %r3, %r2, %r4;
+          add.s32 %r3, %r3, %r5;
+          mul.wide.u32 %rd2, %r1, 4;
+          add.s64 %rd2, %rd1, %rd2;
+          st.global.u32 [%rd2], %r3;
+          ret;
+        }
+        """;
+
+    [Test]
+    public void LiveInRegistersAreTheOnesReadBeforeWritten()
+    {
+        var module = PtxParser.Parse(Ptx);
+        var reads = module.Functions["reads"];
+        var dirty = module.Functions["dirty"];
+        Assert.That(reads.LiveInRows, Has.Length.EqualTo(2), "reads: %r2 (guarded write) and %r4 (never written)");
+        Assert.That(dirty.LiveInRows, Is.Empty, "dirty writes every register before reading it");
+    }
+
+    [Test]
+    public void DirtyRegisterFileIsInvisibleToTheNextLaunch()
+    {
+        using var dev = new EmulatedDevice(new EmulatorOptions { Sequential = true });
+        using var module = dev.LoadModule(new CompiledModule { Name = "liveness.ptx", PtxArch = "compute_80", Ptx = Ptx });
+        var buf = dev.Allocate(32 * 4);
+        foreach (var name in new[] { "dirty", "reads" })
+        {
+            var args = new KernelArgs(new byte[16], new nint[2]);
+            args.Add(buf.Address);
+            dev.Launch(dev.GetKernel(module, name), new LaunchConfig(1, 32), dev.DefaultStream, args);
+        }
+        var got = new uint[32];
+        dev.CopyToHost(MemoryMarshal.AsBytes(got.AsSpan()), buf);
+        for (int t = 0; t < 32; t++)
+            Assert.That(got[t], Is.EqualTo(t == 0 ? 1007u : 1000u), $"thread {t}: uninitialised registers must read as zero");
+    }
+}
