@@ -111,6 +111,20 @@ public class MoeBlockTests
     public void Prefill_PartialNBlocks_40Tokens() =>
         RunAndCompare(MoeCase.Create(new MoeShape(8, 2, 192, 96, false), 40, seed: 11), "H 192 / I 96, 40 tokens (partial last N blocks)", residual: true, repeat: false);
 
+    /// <summary>Launchers built for the real shape skip the guarded variant and say so if a small shape's GEMM comes anyway.</summary>
+    [Test]
+    public void LaunchersForRealShapes_RejectAShapeThatNeedsTheGuardedGemm()
+    {
+        using var dev = new MoeDevice(Small);
+        var tiny = new MoeShape(8, 2, 64, 32, true);
+        Assert.That(MoeLaunchers.NeedsGuardedGemm(Real) || MoeLaunchers.NeedsGuardedGemm(Small), Is.False);
+        Assert.That(MoeLaunchers.NeedsGuardedGemm(tiny), Is.True);
+        var moe = new MoeLaunchers(dev.Loader, [Real, Small]);
+        var p = dev.Device.Allocate(64);
+        Assert.That(() => moe.GateUpGemm(dev.Device.DefaultStream, tiny, 16, p, p, p, p, p, p),
+            Throws.InvalidOperationException.With.Message.Contains("needs the guarded moe_gemm.cu variant"));
+    }
+
     [Test]
     public void MoeBlock_RejectsASmallWorkspace()
     {

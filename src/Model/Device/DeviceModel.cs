@@ -86,7 +86,6 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
-            _moe = new MoeLaunchers(_loader);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
@@ -95,6 +94,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
                 MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
             }
+            _moe = new MoeLaunchers(_loader, _mlpShapes);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);

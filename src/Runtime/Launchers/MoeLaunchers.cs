@@ -17,9 +17,13 @@ public sealed class MoeLaunchers
     private readonly IDevice _device;
     private readonly DeviceKernel _router, _alignCount, _alignScatter, _gateUpGemv, _downGemv, _gateUpGemm, _downGemm, _combine;
     // moe_gemm.cu built with MOE_GEMM_GUARD_N=1: for I % 64 != 0 (gate_up) or H % 128 != 0 (down), small models only.
-    private readonly DeviceKernel _gateUpGemmGuarded, _downGemmGuarded;
+    private readonly DeviceKernel? _gateUpGemmGuarded, _downGemmGuarded;
 
-    public MoeLaunchers(KernelLoader loader)
+    /// <summary>
+    /// Loads the kernels. <paramref name="shapes"/>: the MoE shapes that will run; the guarded grouped-GEMM variant is
+    /// compiled only when one of them needs it (null: always, e.g. for tests of many shapes).
+    /// </summary>
+    public MoeLaunchers(KernelLoader loader, IEnumerable<MoeShape>? shapes = null)
     {
         _device = loader.Device;
         _router = loader.Get("moe_router.cu", "moe_router_topk");
@@ -29,9 +33,12 @@ public sealed class MoeLaunchers
         _downGemv = loader.Get("moe_decode.cu", "moe_down_gemv");
         _gateUpGemm = loader.Get("moe_gemm.cu", "moe_gate_up_gemm");
         _downGemm = loader.Get("moe_gemm.cu", "moe_down_gemm");
-        var guarded = new Dictionary<string, string> { ["MOE_GEMM_GUARD_N"] = "1" };
-        _gateUpGemmGuarded = loader.Get("moe_gemm.cu", "moe_gate_up_gemm", guarded);
-        _downGemmGuarded = loader.Get("moe_gemm.cu", "moe_down_gemm", guarded);
+        if (shapes is null || shapes.Any(NeedsGuardedGemm))
+        {
+            var guarded = new Dictionary<string, string> { ["MOE_GEMM_GUARD_N"] = "1" };
+            _gateUpGemmGuarded = loader.Get("moe_gemm.cu", "moe_gate_up_gemm", guarded);
+            _downGemmGuarded = loader.Get("moe_gemm.cu", "moe_down_gemm", guarded);
+        }
         _combine = loader.Get("moe_combine.cu", "moe_combine");
     }
 
@@ -137,7 +144,7 @@ public sealed class MoeLaunchers
             TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter,
         };
         bool exact = s.Inter % GateUpBlockN == 0;
-        Launch(exact ? _gateUpGemm : _gateUpGemmGuarded, new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Inter + GateUpBlockN - 1) / GateUpBlockN)), 128), stream, p);
+        Launch(exact ? _gateUpGemm : _gateUpGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Inter + GateUpBlockN - 1) / GateUpBlockN)), 128), stream, p);
     }
 
     /// <summary>Prefill: grouped down GEMM, writing <c>y[slot]</c> for the real rows.</summary>
@@ -153,7 +160,7 @@ public sealed class MoeLaunchers
             HiddenSize = s.Hidden, InterSize = s.Inter,
         };
         bool exact = s.Hidden % DownBlockN == 0;
-        Launch(exact ? _downGemm : _downGemmGuarded, new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Hidden + DownBlockN - 1) / DownBlockN)), 128), stream, p);
+        Launch(exact ? _downGemm : _downGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Hidden + DownBlockN - 1) / DownBlockN)), 128), stream, p);
     }
 
     /// <summary>Deterministic combine: <c>out[t] = bf16(sum_j w[t,j] y[t*k+j])</c> in rank order (+ residual, bf16 add).</summary>
@@ -180,6 +187,12 @@ public sealed class MoeLaunchers
         if (!decodeOnly && (s.Hidden % GemmKStep != 0 || s.Inter % GemmKStep != 0))
             throw new ArgumentException($"MoE grouped GEMM: hidden size {s.Hidden} and intermediate size {s.Inter} must be multiples of {GemmKStep}");
     }
+
+    /// <summary>True when a grouped GEMM of this shape runs the guarded variant (I % 64 != 0 or H % 128 != 0).</summary>
+    public static bool NeedsGuardedGemm(MoeShape s) => s.Inter % GateUpBlockN != 0 || s.Hidden % DownBlockN != 0;
+
+    private static InvalidOperationException NotLoaded(in MoeShape s) =>
+        new($"MoE grouped GEMM: H {s.Hidden} / I {s.Inter} needs the guarded moe_gemm.cu variant, but these launchers were built for other shapes");
 
     private void Launch<T>(DeviceKernel kernel, in LaunchConfig config, DeviceStream stream, T p) where T : unmanaged
     {
