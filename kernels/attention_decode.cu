@@ -14,7 +14,7 @@
 //   fully used sectors) into registers one tile ahead, then store them to shared memory (K rows padded
 //   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
 //   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
-//   p_j comes from lane j by shuffle.
+//   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
 // attn_decode_combine: grid (seqs, nH), D threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
@@ -25,15 +25,25 @@
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
 #endif
-static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32, at most 256");
+static_assert((HEAD_DIM % 32 == 0 || HEAD_DIM == 16) && HEAD_DIM <= 256, "HEAD_DIM must be 16 or a multiple of 32, at most 256");
 
 #define DEC_TILE 32                          // keys per tile
 #define DEC_THREADS 128
 #define DEC_MAX_GROUP 8                      // query heads per KV head
 #define DEC_ROW_CHUNKS (HEAD_DIM / 8)        // 16-byte chunks per K/V row
 #define DEC_KSTRIDE (HEAD_DIM + 8)           // padded K row in shared memory (bf16 elements)
-#define DEC_LOADS (DEC_TILE * DEC_ROW_CHUNKS / DEC_THREADS)   // chunks per thread per tile and tensor
+#define DEC_LOADS ((DEC_TILE * DEC_ROW_CHUNKS + DEC_THREADS - 1) / DEC_THREADS)   // chunks per thread per tile and tensor
+#if HEAD_DIM == 16                           // D 16: half the threads load a tile; lane & 15 owns one dim (lanes 16..31
+#define DEC_E 1                              // duplicate lanes 0..15 and do not store); selected at compile time
+#define DEC_DIM0(lane) ((lane) & 15)
+#define DEC_STORES(lane) ((lane) < 16)
+#define DEC_ROW_OK(row) ((row) < DEC_TILE)
+#else
 #define DEC_E (HEAD_DIM / 32)                // output dims per lane
+#define DEC_DIM0(lane) ((lane) * DEC_E)
+#define DEC_STORES(lane) true
+#define DEC_ROW_OK(row) true
+#endif
 
 struct AttnDecodeParams {
     const bf16* q;             // [seqs, q_stride] bf16, head h at columns h*D .. h*D+D-1
@@ -96,7 +106,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         for (int r = 0; r < DEC_LOADS; r++) {
             const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
             const int key = t0 + row;
-            if (key < end) {
+            if (DEC_ROW_OK(row) && key < end) {
                 const int slot = table[key / p.page_size] * p.page_size + key % p.page_size;
                 const size_t off = ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + col * 8;
                 k_reg[r] = ldg_nc_v4(p.k_cache + off);
@@ -113,6 +123,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
             const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
+            if (!DEC_ROW_OK(row)) continue;
             *reinterpret_cast<uint4*>(&k_s[row * DEC_KSTRIDE + col * 8]) = k_reg[r];
             *reinterpret_cast<uint4*>(&v_s[row * HEAD_DIM + col * 8]) = v_reg[r];
         }
@@ -150,7 +161,12 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
 #pragma unroll 8
         for (int j = 0; j < DEC_TILE; j++) {
             const float p0 = __shfl_sync(0xffffffffu, pr[0], j), p1 = __shfl_sync(0xffffffffu, pr[1], j);
-            const bf16* vrow = &v_s[j * HEAD_DIM + lane * DEC_E];
+            const bf16* vrow = &v_s[j * HEAD_DIM + DEC_DIM0(lane)];
+#if DEC_E == 1
+            const float va = bf16_to_f32(vrow[0]);
+            acc[0][0] += p0 * va;
+            acc[1][0] += p1 * va;
+#else
 #pragma unroll
             for (int e = 0; e < DEC_E; e += 2) {
                 const bf16x2 v2 = *reinterpret_cast<const bf16x2*>(vrow + e);
@@ -158,6 +174,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
                 acc[0][e] += p0 * va; acc[0][e + 1] += p0 * vb;
                 acc[1][e] += p1 * va; acc[1][e + 1] += p1 * vb;
             }
+#endif
         }
         __syncthreads();   // the tile in shared memory is overwritten next iteration
     }
@@ -167,18 +184,27 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         const int gh = h0 + h;
         if (gh >= group) continue;
         const int head = kvh * group + gh;
+        if (!DEC_STORES(lane)) continue;
         const float inv_l = l[h] > 0.f ? 1.f / l[h] : 0.f;
         if (p.splits == 1) {
-            bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + lane * DEC_E;
+            bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + DEC_DIM0(lane);
+#if DEC_E == 1
+            o[0] = f32_to_bf16(acc[h][0] * inv_l);
+#else
 #pragma unroll
             for (int e = 0; e < DEC_E; e += 2)
                 *reinterpret_cast<bf16x2*>(o + e) = pack_bf16x2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
+#endif
         } else {
             const size_t row = ((size_t)seq * p.num_q_heads + head) * p.splits + split;
-            float* o = p.partial_out + row * HEAD_DIM + lane * DEC_E;
+            float* o = p.partial_out + row * HEAD_DIM + DEC_DIM0(lane);
+#if DEC_E == 1
+            o[0] = acc[h][0] * inv_l;
+#else
 #pragma unroll
             for (int e = 0; e < DEC_E; e += 2)
                 *reinterpret_cast<float2*>(o + e) = make_float2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
+#endif
             if (lane == 0) p.partial_lse[row] = l[h] > 0.f ? m[h] + __log2f(l[h]) : -QC_INF;
         }
     }

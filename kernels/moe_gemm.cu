@@ -17,7 +17,16 @@
 // Bytes: each B tile is read once per row tile of its expert; A rows once per N block (from L2).
 // Limits: H % 128 == 0, I % 64 == 0 (checked by the launcher). Fixed accumulation order per output:
 // results are deterministic. The GEMV kernels in moe_decode.cu compute the same math (test oracle).
+// Variant MOE_GEMM_GUARD_N=1 (small models, e.g. the tiny preset's H 64 and I 32): the last N block may run past
+// the end (of I for gate_up, of H for down; grid.y = ceil): B rows beyond it are zero-filled instead of loaded and
+// their output columns are not stored, so only H % 32 == 0 and I % 32 == 0 are needed (K steps of 32). The
+// launcher picks it per GEMM only when the shape needs it; at the default MOE_GEMM_GUARD_N=0 the guards compile
+// away (the real-shape PTX is unchanged).
 #include "common.cuh"
+
+#ifndef MOE_GEMM_GUARD_N
+#define MOE_GEMM_GUARD_N 0
+#endif
 
 #define GM_BM 64
 #define GM_BROWS 128
@@ -84,7 +93,8 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
 }
 
 // The shared main loop: acc[mi][j] += A[rows] x B[rows]^T over K. a_src[i] / b_src[i] point at this thread's
-// 16-byte chunks of k-tile 0 (a_src null: a zero padding row). b_row0[jp] is the B-tile row of the warp's
+// 16-byte chunks of k-tile 0 (a_src null: a zero padding row; b_src null, guarded variant only: a zero row
+// past the end of N). b_row0[jp] is the B-tile row of the warp's
 // n8-tile pair jp.
 __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4], const bf16* const (&a_src)[2],
                                               const bf16* const (&b_src)[4], const int (&b_row0)[4], int k_tiles)
@@ -102,7 +112,11 @@ __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
-            cp_async16(&sm.b[stage][swz(row, chunk)], b_src[i] + kt * GM_BK);
+            bf16* dst = &sm.b[stage][swz(row, chunk)];
+#if MOE_GEMM_GUARD_N
+            if (!b_src[i]) { *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0); continue; }
+#endif
+            cp_async16(dst, b_src[i] + kt * GM_BK);
         }
     };
 
@@ -164,6 +178,9 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGat
         const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
         const int wrow = row < 64 ? n0 + row : I + n0 + (row - 64);   // gate rows, then the matching up rows
         b_src[i] = p.gate_up + ((size_t)e * 2 * I + wrow) * H + chunk * 8;
+#if MOE_GEMM_GUARD_N
+        if (n0 + (row & 63) >= I) b_src[i] = nullptr;
+#endif
     }
     // Warp's n8 tiles 0..3: gate columns wn*32 .. +31; tiles 4..7: the same up columns (B rows 64 + ...).
     const int b_row0[4] = {wn * 32, wn * 32 + 16, 64 + wn * 32, 64 + wn * 32 + 16};
@@ -187,6 +204,9 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGat
             bf16x2* out = reinterpret_cast<bf16x2*>(p.inter + (size_t)row * I + n0 + wn * 32 + 2 * t4);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
+#if MOE_GEMM_GUARD_N
+                if (n0 + wn * 32 + j * 8 >= I) continue;
+#endif
                 float v[2];
 #pragma unroll
                 for (int q = 0; q < 2; q++) {
@@ -220,6 +240,9 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGe
     for (int i = 0; i < 4; i++) {
         const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
         b_src[i] = p.down + ((size_t)e * H + n0 + row) * I + chunk * 8;
+#if MOE_GEMM_GUARD_N
+        if (n0 + row >= H) b_src[i] = nullptr;
+#endif
     }
     const int b_row0[4] = {wn * 64, wn * 64 + 16, wn * 64 + 32, wn * 64 + 48};
 
@@ -242,6 +265,11 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGe
             if (slot < 0) continue;
             bf16x2* out = reinterpret_cast<bf16x2*>(p.y + (size_t)slot * H + n0 + wn * 64 + 2 * t4);
 #pragma unroll
-            for (int j = 0; j < 8; j++) out[j * 4] = pack_bf16x2(acc[mi][j][half * 2], acc[mi][j][half * 2 + 1]);
+            for (int j = 0; j < 8; j++) {
+#if MOE_GEMM_GUARD_N
+                if (n0 + wn * 64 + j * 8 >= H) continue;
+#endif
+                out[j * 4] = pack_bf16x2(acc[mi][j][half * 2], acc[mi][j][half * 2 + 1]);
+            }
         }
 }

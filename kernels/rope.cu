@@ -18,8 +18,10 @@
 // tables into slot_mapping[t]; slot < 0 means "do not write" (padding tokens).
 //
 // Thread mapping: grid (tokens, ceil(heads / 8)), 256 threads = 8 warps, one warp per head row of
-// D = HEAD_DIM (32 * E elements, E = D / 32 contiguous elements per lane). The RoPE partner element
-// i + D/2 lives in lane ^ 16, fetched with one shuffle per element. Heads 0..nH-1 are q, then nKV k
+// D = HEAD_DIM (32 * E elements, E = D / 32 contiguous elements per lane; D 32 has E = 1, one scalar
+// bf16 per lane; D 16 uses lanes 0..15 only, lanes 16..31 hold zeros and just join the shuffles; both are
+// selected at compile time, so D 64/128/256 compile as before). The RoPE partner element i + D/2 lives in
+// lane ^ (lanes / 2) (lane ^ 16 for D >= 32), fetched with one shuffle per element. Heads 0..nH-1 are q, then nKV k
 // heads, then nKV v heads (the column order of the fused projection).
 // Bytes moved per token: read (nH + 2 nKV) * D * 2, write the same (q_out + K + V), plus tables.
 // Variants: this fused kernel; rmsnorm_heads_bf16 (rmsnorm.cu) + a CPU RoPE is its test oracle.
@@ -28,8 +30,16 @@
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
 #endif
-#define ROPE_E (HEAD_DIM / 32)
-static_assert(HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM must be 64, 128 or 256");
+#if HEAD_DIM == 16
+#define ROPE_LANES 16                // lanes holding the row; the rest hold zeros
+#define ROPE_ACTIVE(lane) ((lane) < 16)
+#else
+#define ROPE_LANES 32
+#define ROPE_ACTIVE(lane) true
+#endif
+#define ROPE_E (HEAD_DIM / ROPE_LANES)
+#define ROPE_HALF (ROPE_LANES / 2)   // the rotate-half partner is in lane ^ ROPE_HALF
+static_assert(HEAD_DIM == 16 || HEAD_DIM == 32 || HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM must be 16, 32, 64, 128 or 256");
 
 struct QkNormRopeParams {
     const bf16* qkv;            // [tokens, qkv_stride] bf16: q heads | k heads | v heads
@@ -57,21 +67,29 @@ template <> struct RowVec<8> { typedef uint4 T; };
 
 __device__ __forceinline__ void load_row(const bf16* src, float (&x)[ROPE_E])
 {
+#if ROPE_E == 1
+    x[0] = bf16_to_f32(*src);
+#else
     const unsigned int* s = reinterpret_cast<const unsigned int*>(src);
     unsigned int w[ROPE_E / 2];
     typedef typename RowVec<ROPE_E>::T V;
     *reinterpret_cast<V*>(w) = *reinterpret_cast<const V*>(s);
 #pragma unroll
     for (int i = 0; i < ROPE_E / 2; i++) { x[2 * i] = bf16x2_lo(w[i]); x[2 * i + 1] = bf16x2_hi(w[i]); }
+#endif
 }
 
 __device__ __forceinline__ void store_row(bf16* dst, const float (&x)[ROPE_E])
 {
+#if ROPE_E == 1
+    *dst = f32_to_bf16(x[0]);
+#else
     unsigned int w[ROPE_E / 2];
 #pragma unroll
     for (int i = 0; i < ROPE_E / 2; i++) w[i] = pack_bf16x2(x[2 * i], x[2 * i + 1]);
     typedef typename RowVec<ROPE_E>::T V;
     *reinterpret_cast<V*>(dst) = *reinterpret_cast<const V*>(w);
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRopeParams p)
@@ -88,11 +106,14 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
     if (!is_q && slot < 0) return;               // padding token: nothing to store for k / v
 
     float x[ROPE_E];
-    load_row(p.qkv + (size_t)t * p.qkv_stride + (size_t)head * HEAD_DIM + lane * ROPE_E, x);
+#if HEAD_DIM == 16
+    x[0] = 0.f;
+#endif
+    if (ROPE_ACTIVE(lane)) load_row(p.qkv + (size_t)t * p.qkv_stride + (size_t)head * HEAD_DIM + lane * ROPE_E, x);
 
     if (!is_q && !is_k) {                        // v: straight copy into the cache
         const int kvh = head - p.num_q_heads - p.num_kv_heads;
-        store_row(p.v_cache + ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x);
+        if (ROPE_ACTIVE(lane)) store_row(p.v_cache + ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x);
         return;
     }
 
@@ -103,26 +124,30 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
     ss = warp_sum(ss);
     const float inv_rms = rsqrtf(ss / (float)HEAD_DIM + p.eps);
     float w[ROPE_E];
-    load_row((is_q ? p.q_norm_weight : p.k_norm_weight) + lane * ROPE_E, w);
+#if HEAD_DIM == 16
+    w[0] = 0.f;
+#endif
+    if (ROPE_ACTIVE(lane)) load_row((is_q ? p.q_norm_weight : p.k_norm_weight) + lane * ROPE_E, w);
 #pragma unroll
     for (int e = 0; e < ROPE_E; e++) x[e] = round_bf16(w[e] * round_bf16(x[e] * inv_rms));
 
-    // rotate-half RoPE: partner element i +- D/2 is in lane ^ 16
+    // rotate-half RoPE: partner element i +- D/2 is in lane ^ ROPE_HALF
     const float pos = (float)p.positions[t];
-    const bool first_half = lane < 16;
+    const bool first_half = lane < ROPE_HALF;
     float y[ROPE_E];
 #pragma unroll
     for (int e = 0; e < ROPE_E; e++) {
-        const int j = (lane & 15) * ROPE_E + e;
+        const int j = (lane & (ROPE_HALF - 1)) * ROPE_E + e;
         float s, c;
         sincosf(pos * __ldg(&p.inv_freq[j]), &s, &c);
         c = round_bf16(c * p.attention_scaling);
         s = round_bf16(s * p.attention_scaling);
-        const float partner = __shfl_xor_sync(0xffffffffu, x[e], 16);
+        const float partner = __shfl_xor_sync(0xffffffffu, x[e], ROPE_HALF);
         const float rot = first_half ? -partner : partner;
         y[e] = round_bf16(round_bf16(x[e] * c) + round_bf16(rot * s));
     }
 
+    if (!ROPE_ACTIVE(lane)) return;
     if (is_q) {
         store_row(p.q_out + (size_t)t * p.q_out_stride + (size_t)head * HEAD_DIM + lane * ROPE_E, y);
     } else {

@@ -49,13 +49,16 @@ public sealed class AttentionDecodeKernelTests
         return exp;
     }
 
-    [TestCase(new[] { 1, 17, 100 }, 32, 4, 16, 64, 1)]    // real heads; 1 key, page-crossing lengths; split path
-    [TestCase(new[] { 33, 5 }, 32, 4, 16, 1, 2)]          // one split: direct bf16 output, no combine
-    [TestCase(new[] { 70 }, 6, 2, 16, 64, 3)]             // odd: group of 3 (warp 1 has one head), tail tile of 6 keys
-    [TestCase(new[] { 300, 31 }, 8, 1, 8, 64, 4)]         // group of 8 over one KV head, page size 8
-    public void MatchesReference(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed)
+    [TestCase(new[] { 1, 17, 100 }, 32, 4, 16, 64, 1, 128)]    // real heads; 1 key, page-crossing lengths; split path
+    [TestCase(new[] { 33, 5 }, 32, 4, 16, 1, 2, 128)]          // one split: direct bf16 output, no combine
+    [TestCase(new[] { 70 }, 6, 2, 16, 64, 3, 128)]             // odd: group of 3 (warp 1 has one head), tail tile of 6 keys
+    [TestCase(new[] { 300, 31 }, 8, 1, 8, 64, 4, 128)]         // group of 8 over one KV head, page size 8
+    [TestCase(new[] { 1, 40, 75 }, 8, 2, 4, 64, 5, 32)]        // D 32 (one dim per lane; the small preset), split path, page size 4
+    [TestCase(new[] { 45, 3 }, 4, 2, 8, 1, 6, 32)]             // D 32, one split: scalar bf16 output
+    [TestCase(new[] { 50 }, 4, 2, 16, 64, 7, 64)]              // D 64
+    [TestCase(new[] { 2, 66 }, 4, 2, 4, 64, 8, 16)]            // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
+    public void MatchesReference(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d)
     {
-        const int d = 128;
         var (launchers, a, kv, q, dOut) = Setup(lens, nH, nKV, d, pageSize, workspaceSplits, seed);
         int splits = launchers.Decode(_emu.Stream, a);
         Assert.That(splits, workspaceSplits == 1 ? Is.EqualTo(1) : Is.GreaterThan(1), "split count");

@@ -20,12 +20,14 @@ public sealed class AttentionPrefillKernelTests
     private const double Atol = 2e-3, Rtol = 1.0 / 256;
 
     /// <param name="qLens">new tokens per sequence; <param name="ctxLens">keys per sequence (earlier context + new tokens)</param>
-    [TestCase(new[] { 5 }, new[] { 5 }, 4, 1, 1)]                    // one short prompt, group of 4
-    [TestCase(new[] { 70, 1 }, new[] { 70, 40 }, 8, 2, 2)]           // 2 query tiles (ragged), and a 1-token chunk after 39 keys
-    [TestCase(new[] { 33 }, new[] { 133 }, 32, 4, 3)]                // chunked prefill after 100 keys of context, real heads
-    public void MatchesReference(int[] qLens, int[] ctxLens, int nH, int nKV, int seed)
+    [TestCase(new[] { 5 }, new[] { 5 }, 4, 1, 1, 128)]                    // one short prompt, group of 4
+    [TestCase(new[] { 70, 1 }, new[] { 70, 40 }, 8, 2, 2, 128)]           // 2 query tiles (ragged), and a 1-token chunk after 39 keys
+    [TestCase(new[] { 33 }, new[] { 133 }, 32, 4, 3, 128)]                // chunked prefill after 100 keys of context, real heads
+    [TestCase(new[] { 20, 16 }, new[] { 20, 50 }, 4, 2, 4, 32)]           // D 32 (the small preset): a prompt, and a chunk after 34 keys
+    [TestCase(new[] { 9 }, new[] { 40 }, 4, 2, 5, 16)]                     // D 16 (the tiny preset): a chunk after 31 keys
+    public void MatchesReference(int[] qLens, int[] ctxLens, int nH, int nKV, int seed, int d)
     {
-        const int d = 128, pageSize = 16;
+        const int pageSize = 16;
         var rng = new Random(seed);
         var kv = new PagedKvFixture(rng, ctxLens, nKV, d, pageSize);
         var launchers = new AttentionPrefillLaunchers(_emu.Loader, d);

@@ -23,6 +23,9 @@ public sealed class RopeKernelTests
     [TestCase(128, 32, 4, new[] { 5 }, 1.25f, true)]                // one token, q in place, attention_scaling (YaRN-like)
     [TestCase(64, 6, 2, new[] { 3, 4, 5, 6, 7 }, 1.0f, false)]      // odd: 10 heads (partial warp group), D 64
     [TestCase(256, 2, 1, new[] { 100, 1 }, 1.0f, true)]             // D 256
+    [TestCase(32, 4, 2, new[] { 0, 9, 3000 }, 1.0f, false)]        // D 32 (one element per lane; the small preset)
+    [TestCase(32, 8, 2, new[] { 7, 2 }, 1.25f, true)]              // D 32, q in place, 12 heads (partial warp group)
+    [TestCase(16, 4, 2, new[] { 0, 5, 900 }, 1.0f, false)]         // D 16 (lanes 0..15; 16..31 idle; the tiny preset)
     public void MatchesReference(int d, int nH, int nKV, int[] positions, float scaling, bool inPlace)
     {
         var launchers = new RopeLaunchers(_emu.Loader, d);

@@ -39,7 +39,7 @@ public class LogitsCommandTests
         Assert.That(top, Is.Ordered.Descending);
     }
 
-    [TestCase("--device", "emulator", "rope.cu: head_dim 16 is not supported")]   // the tiny preset's head_dim; the device model runs 64/128/256
+    [TestCase("--device", "tpu", "--device must be one of cpu, emulator, cuda, auto, got 'tpu'")]   // (the emulator runs the tiny preset: tests/DeviceModel/ProfileTests)
     [TestCase("--tokens", "1,x", "--tokens: 'x' is not a non-negative integer token id")]
     [TestCase("--tokens", "1,600", "token id 600 is outside the vocabulary [0, 512)")]
     [TestCase("--top", "0", "--top must be at least 1")]

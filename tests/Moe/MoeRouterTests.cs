@@ -72,7 +72,9 @@ public class MoeRouterTests
     {
         Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(300, 8, 2048, 768, true), true), Throws.ArgumentException.With.Message.Contains("300 experts"));
         Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(128, 17, 2048, 768, true), true), Throws.ArgumentException.With.Message.Contains("top-k 17"));
-        Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(128, 8, 2048, 96, true), false), Throws.ArgumentException.With.Message.Contains("multiple of 64"));
-        Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(128, 8, 2048, 96, true), true), Throws.Nothing);
+        // The grouped GEMMs step K by 32: I 80 decodes (GEMVs) but has no grouped GEMM; I 96 takes the guarded variant.
+        Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(128, 8, 2048, 80, true), false), Throws.ArgumentException.With.Message.Contains("must be multiples of 32"));
+        Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(128, 8, 2048, 80, true), true), Throws.Nothing);
+        Assert.That(() => MoeLaunchers.CheckShape(new MoeShape(128, 8, 2048, 96, true), false), Throws.Nothing);
     }
 }

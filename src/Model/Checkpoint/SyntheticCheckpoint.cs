@@ -4,9 +4,9 @@ namespace Qwen3Cuda.Model.Checkpoint;
 
 public enum SyntheticPreset
 {
-    /// <summary>H 64, 2 layers, 8 experts top-2, heads 4/2, head_dim 16, I 32, vocab 512.</summary>
+    /// <summary>H 64, 2 layers, 8 experts top-2, heads 4/2, head_dim 16, I 32, vocab 512 (runs on every device backend).</summary>
     Tiny,
-    /// <summary>H 256, 4 layers, 32 experts top-4, heads 8/2, head_dim 32, I 128, vocab 2048.</summary>
+    /// <summary>H 256, 4 layers, 32 experts top-4, heads 8/2, head_dim 32, I 128, vocab 2048 (runs on every device backend).</summary>
     Small,
     /// <summary>The real Qwen3-30B-A3B dimensions (vocab 151936) with only a few layers (default 2); sharded.</summary>
     RealShapeSlice,

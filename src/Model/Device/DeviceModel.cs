@@ -86,7 +86,6 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
-            _moe = new MoeLaunchers(_loader);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
@@ -95,7 +94,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
                 MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
             }
-            CheckGemvWorkspace();
+            _moe = new MoeLaunchers(_loader, _mlpShapes);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
@@ -119,19 +118,6 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             if (_ownsLoader) _loader.Dispose();
             throw;
         }
-    }
-
-    private void CheckGemvWorkspace()
-    {
-        var c = Config;
-        int qkv = c.QueryDim + 2 * c.KeyValueDim;
-        for (int t = 1; t <= Math.Min(Plan.Workspace.Rows, GemvLaunchers.MaxTokens); t++)
-            foreach (var (n, k) in new[] { (qkv, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) })
-            {
-                long need = _gemv.Plan(t, n, k).PartialBytes(t, n);
-                if (need > Plan.Workspace.GemvPartialCapacity)
-                    throw new InvalidOperationException($"workspace plan out of date: gemv T={t} N={n} K={k} needs {need} bytes of split-K workspace, the plan has {Plan.Workspace.GemvPartialCapacity}");
-            }
     }
 
     private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)

@@ -78,10 +78,10 @@ public sealed record WorkspaceLayout
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
 
-        long gemv = 0;
+        long gemv = 0;   // split-K partials: the launcher's own plan for every GEMV the step runs
         for (int t = 1; t <= Math.Min(rows, GemvLaunchers.MaxTokens); t++)
             foreach (var (n, k) in new[] { (qkvDim, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) })
-                gemv = Math.Max(gemv, GemvPartialBytes(multiprocessors, t, n, k));
+                gemv = Math.Max(gemv, GemvLaunchers.Plan(multiprocessors, t, n, k).PartialBytes(t, n));
         long gemvPartial = a.Take("gemv_partial", gemv);
 
         int tiles = Math.Max(1, (contextLength + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys);
@@ -119,21 +119,4 @@ public sealed record WorkspaceLayout
     public static MoeShape MlpShape(ModelConfig c, int layer) => c.IsMoeLayer(layer)
         ? new MoeShape(c.NumExperts, c.NumExpertsPerTok, c.HiddenSize, c.MoeIntermediateSize, c.NormTopkProb)
         : new MoeShape(1, 1, c.HiddenSize, c.IntermediateSize, false);
-
-    /// <summary>
-    /// The fp32 split-K workspace kernels/gemv.cu needs for (T, N, K) on a device of <paramref name="sms"/>
-    /// multiprocessors: the same rule as <see cref="GemvLaunchers.Plan"/> (the device model checks the two agree).
-    /// </summary>
-    public static long GemvPartialBytes(int sms, int tokens, int n, int k)
-    {
-        const int warps = 8, maxRowsPerWarp = 8, maxSliceBytes = 32 * 1024;
-        int rpw = Math.Clamp(n / (warps * sms * 4), 1, maxRowsPerWarp);
-        int gridX = (n + warps * rpw - 1) / (warps * rpw);
-        int maxSlice = maxSliceBytes / (2 * tokens) / 256 * 256;
-        int split = Math.Max((k + maxSlice - 1) / maxSlice, 1);
-        if (gridX * split < sms) split = Math.Max(split, Math.Min((sms + gridX - 1) / gridX, Math.Max(1, k / 256)));
-        int kSplit = ((k + split - 1) / split + 7) / 8 * 8;
-        split = (k + kSplit - 1) / kSplit;
-        return split > 1 ? (long)split * tokens * n * sizeof(float) : 0;
-    }
 }

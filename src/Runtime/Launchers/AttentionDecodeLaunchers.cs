@@ -48,8 +48,8 @@ public sealed class AttentionDecodeLaunchers
 
     public AttentionDecodeLaunchers(KernelLoader loader, int headDim = 128)
     {
-        if (headDim % 32 != 0 || headDim <= 0 || headDim > 256)
-            throw new ArgumentException($"attention_decode.cu: head_dim {headDim} must be a multiple of 32, at most 256", nameof(headDim));
+        if ((headDim % 32 != 0 && headDim != 16) || headDim <= 0 || headDim > 256)
+            throw new ArgumentException($"attention_decode.cu: head_dim {headDim} must be 16 or a multiple of 32, at most 256", nameof(headDim));
         HeadDim = headDim;
         _device = loader.Device;
         var defines = new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture) };

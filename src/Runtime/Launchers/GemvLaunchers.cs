@@ -52,9 +52,12 @@ public sealed class GemvLaunchers
 
     /// <summary>Rows per warp so that the grid is at least ~4 waves, then split-K when rows alone cannot fill the SMs
     /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
-    public GemvPlan Plan(int tokens, int n, int k)
+    public GemvPlan Plan(int tokens, int n, int k) => Plan(_device.Info.MultiprocessorCount, tokens, n, k);
+
+    /// <summary>The same rule for a device of <paramref name="sms"/> multiprocessors, for planning workspace before any launch
+    /// (the device model's workspace plan sizes its split-K partials with it).</summary>
+    public static GemvPlan Plan(int sms, int tokens, int n, int k)
     {
-        int sms = _device.Info.MultiprocessorCount;
         int rpw = Math.Clamp(n / (Warps * sms * 4), 1, MaxRowsPerWarp);
         int gridX = (n + Warps * rpw - 1) / (Warps * rpw);
         int maxSlice = MaxSliceBytes / (2 * tokens) / 256 * 256;        // elements, whole warp passes

@@ -11,11 +11,19 @@ public sealed class MoeLaunchers
     public const int DecodeMaxTokens = 8;
     public const int MaxExperts = 256;
     public const int MaxTopK = 16;
+    /// <summary>moe_gemm.cu: K step (GM_BK) and the N block of each GEMM (gate_up: 64 columns of I; down: 128 columns of H).</summary>
+    public const int GemmKStep = 32, GateUpBlockN = 64, DownBlockN = 128;
 
     private readonly IDevice _device;
     private readonly DeviceKernel _router, _alignCount, _alignScatter, _gateUpGemv, _downGemv, _gateUpGemm, _downGemm, _combine;
+    // moe_gemm.cu built with MOE_GEMM_GUARD_N=1: for I % 64 != 0 (gate_up) or H % 128 != 0 (down), small models only.
+    private readonly DeviceKernel? _gateUpGemmGuarded, _downGemmGuarded;
 
-    public MoeLaunchers(KernelLoader loader)
+    /// <summary>
+    /// Loads the kernels. <paramref name="shapes"/>: the MoE shapes that will run; the guarded grouped-GEMM variant is
+    /// compiled only when one of them needs it (null: always, e.g. for tests of many shapes).
+    /// </summary>
+    public MoeLaunchers(KernelLoader loader, IEnumerable<MoeShape>? shapes = null)
     {
         _device = loader.Device;
         _router = loader.Get("moe_router.cu", "moe_router_topk");
@@ -25,6 +33,12 @@ public sealed class MoeLaunchers
         _downGemv = loader.Get("moe_decode.cu", "moe_down_gemv");
         _gateUpGemm = loader.Get("moe_gemm.cu", "moe_gate_up_gemm");
         _downGemm = loader.Get("moe_gemm.cu", "moe_down_gemm");
+        if (shapes is null || shapes.Any(NeedsGuardedGemm))
+        {
+            var guarded = new Dictionary<string, string> { ["MOE_GEMM_GUARD_N"] = "1" };
+            _gateUpGemmGuarded = loader.Get("moe_gemm.cu", "moe_gate_up_gemm", guarded);
+            _downGemmGuarded = loader.Get("moe_gemm.cu", "moe_down_gemm", guarded);
+        }
         _combine = loader.Get("moe_combine.cu", "moe_combine");
     }
 
@@ -129,7 +143,8 @@ public sealed class MoeLaunchers
             Hidden = hidden, GateUp = gateUp, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Inter = inter,
             TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter,
         };
-        Launch(_gateUpGemm, new LaunchConfig(new Dim3((uint)maxTiles, (uint)(s.Inter / 64)), 128), stream, p);
+        bool exact = s.Inter % GateUpBlockN == 0;
+        Launch(exact ? _gateUpGemm : _gateUpGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Inter + GateUpBlockN - 1) / GateUpBlockN)), 128), stream, p);
     }
 
     /// <summary>Prefill: grouped down GEMM, writing <c>y[slot]</c> for the real rows.</summary>
@@ -144,7 +159,8 @@ public sealed class MoeLaunchers
             Inter = inter, Down = down, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Y = slotOut,
             HiddenSize = s.Hidden, InterSize = s.Inter,
         };
-        Launch(_downGemm, new LaunchConfig(new Dim3((uint)maxTiles, (uint)(s.Hidden / 128)), 128), stream, p);
+        bool exact = s.Hidden % DownBlockN == 0;
+        Launch(exact ? _downGemm : _downGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Hidden + DownBlockN - 1) / DownBlockN)), 128), stream, p);
     }
 
     /// <summary>Deterministic combine: <c>out[t] = bf16(sum_j w[t,j] y[t*k+j])</c> in rank order (+ residual, bf16 add).</summary>
@@ -157,16 +173,26 @@ public sealed class MoeLaunchers
         Launch(_combine, new LaunchConfig(new Dim3((uint)((chunks + 127) / 128), (uint)tokens), 128), stream, p);
     }
 
-    /// <summary>Supported shapes: E 1..256, k 1..min(16, E); H and I multiples of 8 (decode) or H % 128 == 0 and I % 64 == 0 (grouped GEMMs).</summary>
+    /// <summary>
+    /// Supported shapes: E 1..256, k 1..min(16, E); H and I multiples of 8 (decode), and for the grouped GEMMs multiples of
+    /// <see cref="GemmKStep"/> (their K steps). I % 64 == 0 and H % 128 == 0 (the real shapes) run the exact-tile kernels;
+    /// other shapes the guarded variant (MOE_GEMM_GUARD_N) that skips the part of the last N block past the end.
+    /// </summary>
     public static void CheckShape(in MoeShape s, bool decodeOnly)
     {
         if (s.Experts < 1 || s.Experts > MaxExperts) throw new ArgumentException($"MoE: {s.Experts} experts; supported 1..{MaxExperts}");
         if (s.TopK < 1 || s.TopK > Math.Min(MaxTopK, s.Experts)) throw new ArgumentException($"MoE: top-k {s.TopK}; supported 1..{Math.Min(MaxTopK, s.Experts)} for {s.Experts} experts");
         if (s.Hidden <= 0 || s.Hidden % 8 != 0) throw new ArgumentException($"MoE: hidden size {s.Hidden} must be a positive multiple of 8");
         if (s.Inter <= 0 || s.Inter % 8 != 0) throw new ArgumentException($"MoE: expert intermediate size {s.Inter} must be a positive multiple of 8");
-        if (!decodeOnly && (s.Hidden % 128 != 0 || s.Inter % 64 != 0))
-            throw new ArgumentException($"MoE grouped GEMM: hidden size {s.Hidden} must be a multiple of 128 and intermediate size {s.Inter} a multiple of 64");
+        if (!decodeOnly && (s.Hidden % GemmKStep != 0 || s.Inter % GemmKStep != 0))
+            throw new ArgumentException($"MoE grouped GEMM: hidden size {s.Hidden} and intermediate size {s.Inter} must be multiples of {GemmKStep}");
     }
+
+    /// <summary>True when a grouped GEMM of this shape runs the guarded variant (I % 64 != 0 or H % 128 != 0).</summary>
+    public static bool NeedsGuardedGemm(MoeShape s) => s.Inter % GateUpBlockN != 0 || s.Hidden % DownBlockN != 0;
+
+    private static InvalidOperationException NotLoaded(in MoeShape s) =>
+        new($"MoE grouped GEMM: H {s.Hidden} / I {s.Inter} needs the guarded moe_gemm.cu variant, but these launchers were built for other shapes");
 
     private void Launch<T>(DeviceKernel kernel, in LaunchConfig config, DeviceStream stream, T p) where T : unmanaged
     {

@@ -33,8 +33,8 @@ public struct QkNormRopeParams
 public sealed class RopeLaunchers
 {
     public const string File = "rope.cu";
-    /// <summary>Head dimensions the kernel is built for (lane ^ 16 holds the rotate-half partner).</summary>
-    public static readonly int[] SupportedHeadDims = [64, 128, 256];
+    /// <summary>Head dimensions the kernel is built for (one warp per head row; D 16 uses half the warp).</summary>
+    public static readonly int[] SupportedHeadDims = [16, 32, 64, 128, 256];
 
     private readonly DeviceKernel _kernel;
     private readonly IDevice _device;
