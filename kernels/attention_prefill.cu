@@ -12,8 +12,9 @@
 // Thread mapping: grid (ceil(max q_len / 64), nH, seqs), 128 threads = 4 warps, warp w owns query rows
 // 16w .. 16w+15 of the CTA's 64-row tile. Per 64-key tile: S = Q K^T by mma.sync m16n8k16 (Q fragments
 // held in registers, K fragments by ldmatrix from shared), causal mask, online softmax in fp32 (log2
-// domain, exp2f; row statistics reduced over the 4 lanes of a quad), P converted to bf16 A fragments in
-// registers, O += P V with V fragments by ldmatrix.trans. K/V tiles are gathered through the block
+// domain, exp2f; row statistics reduced over the 4 lanes of a quad), P split into two bf16 A fragments in
+// registers (hi = bf16(p), lo = bf16(p - hi): the fp32 weights to ~2^-17), O += P_lo V + P_hi V with V
+// fragments by ldmatrix.trans. K/V tiles are gathered through the block
 // table with cp.async (16 bytes, zero-fill beyond the context) into a two-stage buffer: tile j+1 loads
 // while tile j computes. Shared rows are padded to D + 8 elements (conflict-free ldmatrix).
 // Dynamic shared memory: (64 + 2 * 64 + 2 * 64) * (D + 8) * 2 bytes = 87,040 for D = 128 (opt-in).
@@ -166,7 +167,10 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill(AttnPrefillParams
             o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
             o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
         }
-        unsigned int pf[PF_BK / 16][4];
+        // P as two bf16 A fragments, hi = bf16(p) and lo = bf16(p - hi): hi + lo carries ~16 significant bits of
+        // p, so P·V keeps the fp32 softmax weights to ~2^-17 relative (one bf16 P alone is ~2^-9, FlashAttention-2's
+        // choice) for one more mma per P·V step; the registers of S die as these are written.
+        unsigned int pf[PF_BK / 16][4], pl[PF_BK / 16][4];
 #pragma unroll
         for (int n = 0; n < PF_BK / 8; n++) {
             const float p0 = exp2f(s[n][0] - mref[0]), p1 = exp2f(s[n][1] - mref[0]);
@@ -175,15 +179,19 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill(AttnPrefillParams
             l[1] += p2 + p3;
             pf[n >> 1][(n & 1) * 2] = pack_bf16x2(p0, p1);
             pf[n >> 1][(n & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+            pl[n >> 1][(n & 1) * 2] = pack_bf16x2(p0 - round_bf16(p0), p1 - round_bf16(p1));
+            pl[n >> 1][(n & 1) * 2 + 1] = pack_bf16x2(p2 - round_bf16(p2), p3 - round_bf16(p3));
         }
 
-        // O += P V
+        // O += P V = P_hi V + P_lo V
 #pragma unroll
         for (int kk = 0; kk < PF_BK / 16; kk++) {
 #pragma unroll
             for (int n = 0; n < PF_DN; n += 2) {
                 unsigned int b[4];
                 ldmatrix_x4_trans(b, &vs[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PF_STRIDE + (n + (lane >> 4)) * 8]);
+                mma_bf16_16816(o[n], pl[kk], b[0], b[1]);
+                mma_bf16_16816(o[n + 1], pl[kk], b[2], b[3]);
                 mma_bf16_16816(o[n], pf[kk], b[0], b[1]);
                 mma_bf16_16816(o[n + 1], pf[kk], b[2], b[3]);
             }

@@ -14,10 +14,11 @@ public sealed class AttentionPrefillKernelTests
     [OneTimeTearDown]
     public void TearDown() => _emu.Dispose();
 
-    // Like flash attention, P is rounded to bf16 before P.V (relative 2^-9 per weight) and the output once more to bf16
-    // (2^-9): the output, a convex combination of values in [-1, 1], is within 2^-8 relative + 2e-3 absolute (the bf16
-    // rounding of P, which does not cancel, summed against |v| <= 1) of the fp64 reference.
-    private const double Atol = 2e-3, Rtol = 1.0 / 256;
+    // P goes into the mma as bf16 hi + lo (~2^-17 relative per weight, against FlashAttention-2's single bf16 P at
+    // 2^-9) and the output is rounded once to bf16 (2^-9): within 2^-8 relative + 5e-4 absolute (fp32 accumulation
+    // order, exp2f, the residual P error summed against |v| <= 1) of the fp64 reference, the decode kernel's tolerance.
+    // With a single bf16 P this needed 2e-3 absolute; 5e-4 fails for it.
+    private const double Atol = 5e-4, Rtol = 1.0 / 256;
 
     /// <param name="qLens">new tokens per sequence; <param name="ctxLens">keys per sequence (earlier context + new tokens)</param>
     [TestCase(new[] { 5 }, new[] { 5 }, 4, 1, 1, 128)]                    // one short prompt, group of 4

@@ -17,11 +17,11 @@ public sealed record DeviceModelOptions
     public long? GpuMemoryBytes { get; init; }
     /// <summary>Capture decode steps as CUDA graphs (one per batch bucket) and replay them.</summary>
     public bool UseGraphs { get; init; } = true;
-    /// <summary>Prefill chunks of more than 8 tokens use kern1's tensor-core flash attention (attention_prefill.cu).
-    /// Off by default: the decode kernel with one query row per attention row (the context lengths p0+1..p0+T make it
-    /// causal) matches the reference bit for bit on the test models, while the flash kernel measured NMSE ~1e-3 on the
-    /// logits of a 20-token prefill of the small test model (its softmax weights are bf16 for the mma).</summary>
-    public bool FlashPrefillAttention { get; init; }
+    /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
+    /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
+    /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
+    /// which reads the keys once per query row.</summary>
+    public bool FlashPrefillAttention { get; init; } = true;
     /// <summary>Progress of the weight upload (bytes done, total, tensor).</summary>
     public Action<Runtime.Memory.UploadProgress>? LoadProgress { get; init; }
 
