@@ -94,4 +94,17 @@ public class EmulateCommandTests
         (code, _, stderr) = Run("emulate", "--source", cu, "--kernel", "nope", "--grid", "1", "--block", "8", "--args", few);
         Assert.That(stderr, Does.Contain("kernel 'nope' is not in the module"));
     }
+
+    [Test]
+    public void KernelThatNeverEndsStopsAtTheTimeout()
+    {
+        string cu = Write("spin.cu", """
+            extern "C" __global__ void spin(volatile int* flag) { while (flag[0] == 0) { } }
+            """);
+        string args = Write("args.json", """{"args": [{"type": "i32", "zeros": 1}]}""");
+        var (code, _, stderr) = Run("emulate", "--source", cu, "--kernel", "spin", "--grid", "1", "--block", "32", "--args", args, "--timeout", "0.3");
+        Assert.That(code, Is.Not.EqualTo(0));
+        Assert.That(stderr, Does.Contain("watchdog: kernel spin ran longer than 0.3 s").And.Contain("PTX line"));
+        Assert.That(stderr, Does.Not.Contain("   at "), "no stack trace");
+    }
 }

@@ -25,17 +25,19 @@ public static class EmulateCommand
         var shared = new Option<int>("--shared") { Description = "dynamic shared memory in bytes", DefaultValueFactory = _ => 0 };
         var args = new Option<FileInfo>("--args") { Description = "JSON file {\"args\": [...]} with one entry per kernel parameter", Required = true };
         var arch = new Option<string>("--arch") { Description = "emulated architecture (sm_80 or sm_90)", DefaultValueFactory = _ => "sm_90" };
+        var timeout = new Option<double>("--timeout") { Description = "seconds the launch may run before the watchdog stops it (a spin-wait that never ends)", DefaultValueFactory = _ => 600 };
         var cmd = new Command("emulate", "Run one CUDA kernel on the PTX emulator with memory/race checking and print its outputs and counters")
-            { source, kernel, grid, block, shared, args, arch };
+            { source, kernel, grid, block, shared, args, arch, timeout };
         cmd.SetAction(p => CliErrors.Run(() => Run(p.GetValue(source)!, p.GetValue(kernel)!, p.GetValue(grid)!, p.GetValue(block)!,
-            p.GetValue(shared), p.GetValue(args)!, p.GetValue(arch)!)));
+            p.GetValue(shared), p.GetValue(args)!, p.GetValue(arch)!, p.GetValue(timeout))));
         return cmd;
     }
 
     private sealed record Arg(string Type, int Size, bool IsBuffer, byte[] Bytes, long Count);
 
-    public static int Run(FileInfo source, string kernelName, string grid, string block, int shared, FileInfo argsFile, string arch)
+    public static int Run(FileInfo source, string kernelName, string grid, string block, int shared, FileInfo argsFile, string arch, double timeoutSeconds = 600)
     {
+        if (!(timeoutSeconds > 0) || double.IsInfinity(timeoutSeconds)) throw new ArgumentException($"--timeout: must be a positive number of seconds, got {timeoutSeconds}");
         int archNumber = KernelCompiler.ParseArch(arch);
         if (!source.Exists) throw new FileNotFoundException($"--source: {source.FullName} does not exist");
         if (!argsFile.Exists) throw new FileNotFoundException($"--args: {argsFile.FullName} does not exist");
@@ -46,7 +48,7 @@ public static class EmulateCommand
         var compiled = new KernelCompiler().CompileSource(source.Name, File.ReadAllText(source.FullName),
             new KernelBuild(source.Name, $"sm_{archNumber}", CompileTarget.Ptx));
         var options = archNumber < 90 ? EmulatorOptions.Sm80 : new EmulatorOptions();
-        options = options with { PrintfOutput = Console.Error };
+        options = options with { PrintfOutput = Console.Error, Watchdog = TimeSpan.FromSeconds(timeoutSeconds) };
         using var dev = new EmulatedDevice(options);
         using var module = dev.LoadModule(compiled);
         var k = dev.GetKernel(module, kernelName);

@@ -92,6 +92,7 @@ internal sealed unsafe class Cta
             if (allDone) return;
             if (TryReleaseBarriers(status)) continue;
             if (!anyLive || AllBlocked(status)) throw Deadlock(status);
+            if (L.DeadlineTimestamp != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > L.DeadlineTimestamp) throw WatchdogFault(status);
         }
     }
 
@@ -144,6 +145,21 @@ internal sealed unsafe class Cta
             released = true;
         }
         return released;
+    }
+
+    private EmulatorFaultException WatchdogFault(WarpStatus[] status)
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.Append($"watchdog: kernel {Launch.KernelName} ran longer than {Launch.Watchdog!.Value.TotalSeconds:G4} s (EmulatorOptions.Watchdog), block {BlockText} still running. ");
+        sb.Append("A spin-wait on another block (the emulator may run it later, or never while this one runs) or on another lane of the same warp?");
+        for (int w = 0; w < Warps.Length; w++)
+        {
+            var wp = Warps[w];
+            if (status[w] == WarpStatus.Done) { sb.Append($"\n  warp {w}: exited"); continue; }
+            var ins = Launch.Function.Code[Math.Min(wp.Pc, Launch.Function.Code.Length - 1)];
+            sb.Append($"\n  warp {w}: {(status[w] == WarpStatus.AtBarrier ? $"waits at barrier {wp.BarrierId}" : "running")}, {wp.Where(ins)}: {ins.Text}");
+        }
+        return new EmulatorFaultException(sb.ToString());
     }
 
     private EmulatorFaultException Deadlock(WarpStatus[] status)

@@ -20,6 +20,12 @@ public sealed record EmulatorOptions
     public bool Sequential { get; init; }
     /// <summary>Shared-memory race detection (warp granularity).</summary>
     public bool RaceCheck { get; init; } = true;
+    /// <summary>
+    /// A launch that runs longer than this fails with the PTX lines its warps are at, instead of hanging: a spin-wait
+    /// that never ends (on a flag another CTA sets, which the emulator may run later or not at all, or on another lane
+    /// of the same warp, which the lowest-PC scheduling may never run). Null: no limit.
+    /// </summary>
+    public TimeSpan? Watchdog { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>Full-warp fast handlers use Vector512 where the CPU has AVX-512 (off: Vector256 everywhere; same results).</summary>
     public bool UseAvx512 { get; init; } = true;
     /// <summary>Where device printf output goes (null: Console.Out).</summary>

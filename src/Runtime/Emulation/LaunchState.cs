@@ -19,6 +19,10 @@ internal sealed unsafe class LaunchState
     public required DeviceMemory Memory { get; init; }
     public required bool Sequential { get; init; }
     public required bool RaceCheck { get; init; }
+    /// <summary>Longest run time of the launch (<see cref="EmulatorOptions.Watchdog"/>); null: none.</summary>
+    public TimeSpan? Watchdog { get; init; }
+    /// <summary>Stopwatch timestamp after which CTAs fail with a watchdog fault (0: none); set when the launch starts.</summary>
+    public long DeadlineTimestamp;
     /// <summary>Full-warp fast handlers use Vector512 (AVX-512 present and allowed by the options).</summary>
     public bool Wide512 { get; init; }
     public required long LaunchId { get; init; }
@@ -79,6 +83,7 @@ internal sealed unsafe class LaunchState
         try
         {
             ParamPtr = (byte*)pin.AddrOfPinnedObject();
+            DeadlineTimestamp = Watchdog is { } w ? System.Diagnostics.Stopwatch.GetTimestamp() + (long)(w.TotalSeconds * System.Diagnostics.Stopwatch.Frequency) : 0;
             long total = (long)Grid.Count;
             var merged = new Counters();
             if (Sequential || total == 1 || Environment.ProcessorCount == 1)
