@@ -24,8 +24,7 @@ internal static class RegisterLiveness
             bool firstIsDef = WritesFirstOperand(ins.Op) && ins.GuardPred < 0;
             for (int k = 0; k < o.Length; k++)
             {
-                if (k == 0 && firstIsDef) Mark(o[k], def, i * words, fn.NumRegs, addressIsUse: true, use);
-                else Mark(o[k], use, i * words, fn.NumRegs, addressIsUse: true, use);
+                Mark(o[k], k == 0 && firstIsDef ? def : use, use, i * words, fn.NumRegs);
             }
         }
         // live[i] = use[i] | (live[succ...] & ~def[i]); iterate to a fixed point (loops converge in a few passes)
@@ -56,7 +55,8 @@ internal static class RegisterLiveness
         return [.. rows];
     }
 
-    private static void Mark(Operand o, ulong[] set, int at, int numRegs, bool addressIsUse, ulong[] use)
+    /// <summary>Adds the registers of <paramref name="o"/> to <paramref name="set"/> (an address's base register always to <paramref name="use"/>).</summary>
+    private static void Mark(Operand o, ulong[] set, ulong[] use, int at, int numRegs)
     {
         switch (o.Kind)
         {
@@ -69,7 +69,7 @@ internal static class RegisterLiveness
                 break;
             case OpKind.Vec:
             case OpKind.List:
-                foreach (var e in o.Elems) Mark(e, set, at, numRegs, addressIsUse, use);
+                foreach (var e in o.Elems) Mark(e, set, use, at, numRegs);
                 break;
         }
     }
