@@ -92,7 +92,7 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// The shared main loop: acc[mi][j] += A[rows] x B[rows]^T over K. a_src[i] / b_src[i] point at this thread's
+// The shared main loop: acc[mi][j] = A[rows] x B[rows]^T over K (acc is zeroed here). a_src[i] / b_src[i] point at this thread's
 // 16-byte chunks of k-tile 0 (a_src null: a zero padding row; b_src null, guarded variant only: a zero row
 // past the end of N). b_row0[jp] is the B-tile row of the warp's
 // n8-tile pair jp.
@@ -100,6 +100,12 @@ __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4
                                               const bf16* const (&b_src)[4], const int (&b_row0)[4], int k_tiles)
 {
     const int tid = threadIdx.x, lane = tid & 31, wm = (tid >> 5) >> 1;
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) acc[mi][j][r] = 0.f;
 
     auto load_stage = [&](int stage, int kt) {
 #pragma unroll
@@ -186,12 +192,6 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGat
     const int b_row0[4] = {wn * 32, wn * 32 + 16, 64 + wn * 32, 64 + wn * 32 + 16};
 
     float acc[2][8][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) acc[mi][j][r] = 0.f;
 
     gemm_mainloop(sm, acc, a_src, b_src, b_row0, H / GM_BK);
 
@@ -247,12 +247,6 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGe
     const int b_row0[4] = {wn * 64, wn * 64 + 16, wn * 64 + 32, wn * 64 + 48};
 
     float acc[2][8][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) acc[mi][j][r] = 0.f;
 
     gemm_mainloop(sm, acc, a_src, b_src, b_row0, I / GM_BK);
 
