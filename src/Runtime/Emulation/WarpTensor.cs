@@ -53,29 +53,9 @@ internal sealed unsafe partial class Warp
         var ma = _ma;
         var mb = _mb;
         var mc = _mc;
-        for (int r = 0; r < na; r++)
-        {
-            var v = Frag(o[1], na, r, ins);
-            // k = 8 uses the first two A registers with the k = 16 map restricted to columns 0..7 (same rows and columns)
-            for (int lane = 0; lane < 32; lane++)
-            {
-                int at = MmaAIndex[r * 32 + lane];
-                uint w = (uint)v[lane];
-                ma[at] = Half(w, bf);
-                ma[at + 1] = Half(w >> 16, bf);
-            }
-        }
-        for (int r = 0; r < nb; r++)
-        {
-            var v = Frag(o[2], nb, r, ins);
-            for (int lane = 0; lane < 32; lane++)
-            {
-                int at = MmaBIndex[r * 32 + lane];
-                uint w = (uint)v[lane];
-                mb[at] = Half(w, bf);
-                mb[at + 8] = Half(w >> 16, bf);
-            }
-        }
+        // k = 8 uses the first two A registers with the k = 16 map restricted to columns 0..7 (same rows and columns)
+        for (int r = 0; r < na; r++) UnpackPairs(Frag(o[1], na, r, ins), MmaAIndex, r, ma, highOffset: 1, bf);
+        for (int r = 0; r < nb; r++) UnpackPairs(Frag(o[2], nb, r, ins), MmaBIndex, r, mb, highOffset: 8, bf);
         for (int r = 0; r < 4; r++)
         {
             var v = Frag(o[3], 4, r, ins);
@@ -120,6 +100,19 @@ internal sealed unsafe partial class Warp
             Store(d.Elems[r], D, 0xFFFFFFFF & Live, PtxType.F32);
         }
         Cta.Counters.MmaCount++;
+    }
+
+    /// <summary>Fragment register <paramref name="r"/> (two bf16/f16 per lane) into the f64 matrix: the low half at
+    /// <c>map[r·32 + lane]</c>, the high half <paramref name="highOffset"/> elements further (next k).</summary>
+    private static void UnpackPairs(ReadOnlySpan<ulong> v, int[] map, int r, double[] dst, int highOffset, bool bf)
+    {
+        for (int lane = 0; lane < 32; lane++)
+        {
+            int at = map[r * 32 + lane];
+            uint w = (uint)v[lane];
+            dst[at] = Half(w, bf);
+            dst[at + highOffset] = Half(w >> 16, bf);
+        }
     }
 
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
