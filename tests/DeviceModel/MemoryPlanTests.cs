@@ -121,7 +121,8 @@ public class MemoryPlanTests
     public void KvCache_PagesAreReservedReleasedAndMapped()
     {
         using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
-        using var kv = new PagedKvCache(device, layers: 2, numKvHeads: 2, headDim: 64, pageSize: 4, pages: 5, maxSequences: 2, maxPagesPerSequence: 3);
+        using var stream = device.CreateStream();
+        using var kv = new PagedKvCache(device, stream, layers: 2, numKvHeads: 2, headDim: 64, pageSize: 4, pages: 5, maxSequences: 2, maxPagesPerSequence: 3);
         kv.Reserve(0, 6);                          // 2 pages
         Assert.That(kv.BlockTable(0), Has.Count.EqualTo(2).And.Not.Contains(0), "page 0 is the scratch page");
         Assert.That(kv.Slot(0, 5), Is.EqualTo(kv.BlockTable(0)[1] * 4 + 1));

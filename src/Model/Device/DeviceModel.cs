@@ -99,7 +99,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             _stream = device.CreateStream(); disposables.Add(_stream);
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
-            _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
+            _kv = new PagedKvCache(device, _stream, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
                 options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
             _inputs = device.AllocatePinned(Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_inputs);
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(options.MaxBatch, c.VocabSize)); disposables.Add(_result);

@@ -70,8 +70,8 @@ internal sealed unsafe class Cta
         var L = Launch;
         Linear = linear;
         CtaId = ((uint)(linear % L.Grid.X), (uint)(linear / L.Grid.X % L.Grid.Y), (uint)(linear / ((long)L.Grid.X * L.Grid.Y)));
-        _shared.AsSpan(0, Math.Max(L.SharedBytes, 16)).Fill(DeviceMemory.Poison);
-        _local.AsSpan(0, Math.Max(L.LocalPerThread * Warps.Length * 32, 16)).Fill(DeviceMemory.Poison);
+        _shared.AsSpan(0, Math.Max(L.SharedBytes, 16)).Fill(L.Memory.Poison);
+        _local.AsSpan(0, Math.Max(L.LocalPerThread * Warps.Length * 32, 16)).Fill(L.Memory.Poison);
         Array.Clear(_arrived);
         Race?.Reset();
         int threads = (int)L.Block.Count;

@@ -24,7 +24,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     public EmulatedDevice(EmulatorOptions? options = null)
     {
         _opt = options ?? new EmulatorOptions();
-        _mem = new DeviceMemory(_opt.HeapLimitBytes, _opt.Strict);
+        _mem = new DeviceMemory(_opt.HeapLimitBytes, _opt.Strict, _opt.Modes.Poison);
         _default = new EmuStream(this);
         Info = new DeviceInfo
         {
@@ -114,7 +114,13 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (a != null) _mem.MarkWritten(a, address, bytes);
     }
 
-    public PinnedBuffer AllocatePinned(long bytes) => NativePinnedBuffer.Allocate(bytes);
+    /// <summary>Host memory for async copies; like cuMemAllocHost it is not zeroed: it starts poison-filled.</summary>
+    public PinnedBuffer AllocatePinned(long bytes)
+    {
+        var b = NativePinnedBuffer.Allocate(bytes);
+        unsafe { System.Runtime.InteropServices.NativeMemory.Fill((void*)b.Pointer, (nuint)bytes, _mem.Poison); }
+        return b;
+    }
 
     // ---------------- modules and kernels ----------------
 

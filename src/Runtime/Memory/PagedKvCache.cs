@@ -5,7 +5,9 @@ namespace Qwen3Cuda.Runtime.Memory;
 /// slot-major layout of kernels/rope.cu and attention_decode.cu; slot = page * pageSize + offset), all
 /// carved from ONE device allocation. Pages are handed to sequences on demand from a free list; each
 /// sequence's block table (page ids in order) lives on the host and is copied to the device with the
-/// step inputs. Page 0 is reserved as a scratch page: padding rows of a batch point at it and never write.
+/// step inputs. Page 0 is reserved as a scratch page: padding rows of a batch point at it and never write. Device
+/// memory is not zeroed at allocation, so the constructor zeroes page 0 of every pool (on the given stream): a padding
+/// row reads zeros (finite scores, a finite output), never what the allocation held.
 /// </summary>
 public sealed class PagedKvCache : IDisposable
 {
@@ -14,7 +16,8 @@ public sealed class PagedKvCache : IDisposable
     private readonly List<int>[] _tables;
     private readonly int[] _lengths;
 
-    public PagedKvCache(IDevice device, int layers, int numKvHeads, int headDim, int pageSize, int pages, int maxSequences, int maxPagesPerSequence)
+    /// <param name="stream">The stream the cache is used on: page 0 is zeroed there, before any work queued after the constructor.</param>
+    public PagedKvCache(IDevice device, DeviceStream stream, int layers, int numKvHeads, int headDim, int pageSize, int pages, int maxSequences, int maxPagesPerSequence)
     {
         if (layers < 1 || numKvHeads < 1 || headDim < 1) throw new ArgumentException($"KV cache: layers {layers}, KV heads {numKvHeads}, head_dim {headDim} must be positive");
         if (pageSize < 1) throw new ArgumentOutOfRangeException(nameof(pageSize), $"KV cache: page size {pageSize} must be positive");
@@ -23,6 +26,20 @@ public sealed class PagedKvCache : IDisposable
         MaxPagesPerSequence = maxPagesPerSequence;
         PoolBytes = PageBytes(numKvHeads, headDim, pageSize) * pages;
         _arena = new DeviceArena(device, checked(PoolBytes * 2 * layers), "KV cache");
+        long page0 = PageBytes(numKvHeads, headDim, pageSize);
+        try
+        {
+            for (int l = 0; l < layers; l++)
+            {
+                device.MemsetAsync(K(l), 0, page0, stream);
+                device.MemsetAsync(V(l), 0, page0, stream);
+            }
+        }
+        catch
+        {
+            _arena.Dispose();
+            throw;
+        }
         for (int p = pages - 1; p >= 1; p--) _free.Push(p);
         _tables = new List<int>[maxSequences];
         _lengths = new int[maxSequences];
