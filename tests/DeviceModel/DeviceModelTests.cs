@@ -88,6 +88,20 @@ public class DeviceModelTests
     }
 
     /// <summary>
+    /// Issue 12, fault 1: a prompt longer than two prefill chunks (16 + 16 + 8 tokens) on strict streams, where queued
+    /// work runs only at the host's synchronisation, as late as a GPU may run it. Before the step inputs got their own
+    /// staging per chunk, the host rewrote the pinned input mirror for chunk k+1 while chunk k's copies were still queued:
+    /// on strict streams this failed with "the host changed pinned buffer bytes after CopyToDeviceAsync queued a copy"
+    /// (on a GPU: K/V written to the wrong slots). Logits and 4 greedy steps must match the reference at the suite tolerance.
+    /// </summary>
+    [Test]
+    public void Tiny_PromptOfThreeChunks_StrictStreams_MatchesReference()
+    {
+        Assert.That(EmulatorModes.Ambient.StrictStreams, "the test suite runs the emulator with strict streams");
+        RunGreedy(DeviceCheckpoints.Tiny(), new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2 }, promptLength: 40, steps: 4);
+    }
+
+    /// <summary>
     /// The tiny preset with layer 1 dense (`synth --mlp-only-layers 1`: the dense SwiGLU MLP runs as one expert of I 128),
     /// chunked prefill 16 + 4 and 8 decode steps, same tolerance. Measured: bit-exact through step 8. (Over 32 steps this
     /// checkpoint is not: from step 9 one fp32 rounding-order difference flips a bf16 value that stays in the KV cache,

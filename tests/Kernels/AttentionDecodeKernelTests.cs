@@ -72,6 +72,7 @@ public sealed class AttentionDecodeKernelTests
         var (launchers, a, kv, q, dOut) = Setup([len], nH, nKV, d, pageSize, 128, 11);
         _emu.Device.ClearLaunches();
         int splits = launchers.Decode(_emu.Stream, a);
+        _emu.Device.Synchronize(_emu.Stream);   // launch records exist once the kernels ran
         var launch = _emu.Device.Launches[0];
         Compare.AssertCloseBf16(_emu.Download<ushort>(dOut, nH * d), Reference(kv, q, nH, d), Atol, Rtol, "decode attention over 4096 keys");
 

@@ -43,6 +43,7 @@ public sealed class AttentionPrefillKernelTests
             ContextLens = _emu.Upload(ctxLens), QStart = _emu.Upload(qStart), Out = dOut, Seqs = seqs, NumQHeads = nH,
             NumKvHeads = nKV, PageSize = pageSize, MaxPagesPerSeq = kv.MaxPagesPerSeq, QStride = nH * d, OutStride = nH * d,
         }, qLens.Max());
+        _emu.Device.Synchronize(_emu.Stream);   // launch records exist once the kernel ran
         var launch = _emu.Device.LastLaunch!;
         Assert.That(launch.MmaCount, Is.GreaterThan(0), "tensor-core path");
         TestContext.Out.WriteLine($"| attn_prefill q {string.Join("/", qLens)} ctx {string.Join("/", ctxLens)} heads {nH}/{nKV} | grid {launch.Grid} | mma {launch.MmaCount} | coalescing {launch.CoalescingEfficiency:F3} |");

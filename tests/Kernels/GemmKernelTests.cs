@@ -34,6 +34,7 @@ public sealed class GemmKernelTests
         ushort[] a = Bf16.Random(rng, m * k), w = Bf16.Random(rng, n * k), r = Bf16.Random(rng, m * ldc, 4f);
         DevicePtr dC = _emu.AllocFilled<ushort>(m * ldc);
         _gemm.Gemm(_emu.Stream, dC, ldc, _emu.Upload(a), k, _emu.Upload(w), k, withResidual ? _emu.Upload(r) : DevicePtr.Null, m, n, k, tile);
+        _emu.Device.Synchronize(_emu.Stream);   // launch records exist once the kernel ran
         var launch = _emu.Device.LastLaunch!;
         Assert.That(launch.MmaCount, Is.GreaterThan(0), "runs on the tensor-core path");
         TestContext.Out.WriteLine($"| {launch.Kernel} M {m} N {n} K {k} | grid {launch.Grid} | mma {launch.MmaCount} | coalescing {launch.CoalescingEfficiency:F3} | distinct sectors x32 / (A+W+C bytes) {launch.DistinctSectors * 32.0 / (2.0 * ((long)m * k + (long)n * k + (long)m * n * (withResidual ? 2 : 1))):F3} |");

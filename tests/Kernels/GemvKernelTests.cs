@@ -37,6 +37,7 @@ public sealed class GemvKernelTests
         DevicePtr dX = _emu.Upload(x), dW = _emu.Upload(w), dR = withResidual ? _emu.Upload(r) : DevicePtr.Null;
         _emu.Device.ClearLaunches();
         _gemv.Gemv(_emu.Stream, dY, n, dX, k, dW, dR, tokens, n, k, dPartial, ws);
+        _emu.Device.Synchronize(_emu.Stream);   // launch records exist once the kernels ran
         LaunchRecord launch = _emu.Device.Launches[0];
 
         float[] xf = Bf16.ToFloats(x), wf = Bf16.ToFloats(w);

@@ -83,6 +83,7 @@ public static class EmulateCommand
             try
             {
                 dev.Launch(k, new LaunchConfig(g, b, shared), dev.DefaultStream, ka);
+                dev.Synchronize(dev.DefaultStream);   // strict streams run the kernel here: its fault is reported below
             }
             catch (EmulatorFaultException e)
             {
