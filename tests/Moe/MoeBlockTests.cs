@@ -14,28 +14,35 @@ public class MoeBlockTests
     public static readonly MoeShape Small = new(32, 8, 256, 128, true);
 
     /// <summary>
-    /// Tolerance per element: |d| <= 2^-7 |ref| + 2^-8 rms(ref). The routing and the bf16 gate/up values are exact
+    /// Tolerance per element: |d| <= 2^-7 |ref| + 2^-7 rms(ref). The routing and the bf16 gate/up values are exact
     /// (exact-sum data), so differences come from silu's exp (fp32 ulps, sometimes one bf16 ulp of an activation) and
     /// the down projection's fp32 summation order (sometimes one bf16 ulp of an expert output): one carried ulp
-    /// (2^-8 relative) plus the final rounding; the absolute term covers outputs that cancel to near zero.
+    /// (2^-8 relative) plus the final rounding. The absolute term covers outputs that cancel to near zero: the error of
+    /// such an output is the flipped activations' share, 2^-8 |a w| each. On a GPU (and the emulator's hardware-like
+    /// math) expf rests on ex2.approx, 2 ulp from the correctly rounded result (PTX ISA) where the exact mode is within
+    /// half an ulp, so about five times as many activations lie within reach of a bf16 rounding boundary and a cancelling
+    /// output may carry two flipped terms: 2 x 2^-8 rms. (With one, 2^-8 rms, the 300-token case measured up to 1.32x
+    /// that bound over hardware-math seeds 0-5; exact math 0.44x.)
     /// </summary>
     public static void AssertClose(float[] reference, ushort[] actual, int hidden, string what)
     {
         Assert.That(actual, Has.Length.EqualTo(reference.Length));
         double rms = Math.Sqrt(reference.Select(v => (double)v * v).Average());
         int bad = 0, exact = 0;
+        double worstRatio = 0;
         string first = "";
         for (int i = 0; i < reference.Length; i++)
         {
             float a = Bf16.ToFloat(actual[i]), r = reference[i];
             if (a == r) exact++;
-            double tol = Math.Abs(r) / 128.0 + rms / 256.0;
+            double tol = Math.Abs(r) / 128.0 + rms / 128.0;
+            worstRatio = Math.Max(worstRatio, Math.Abs(a - r) / tol);
             if (!(Math.Abs(a - r) <= tol))
             {
                 if (bad++ == 0) first = $"first at token {i / hidden}, column {i % hidden}: device {a}, reference {r}, tolerance {tol:g3}";
             }
         }
-        TestContext.Out.WriteLine($"{what}: {reference.Length} outputs, {exact} bitwise equal to the reference, {bad} outside tolerance, rms {rms:g3}");
+        TestContext.Out.WriteLine($"{what}: {reference.Length} outputs, {exact} bitwise equal to the reference, {bad} outside tolerance, rms {rms:g3}, worst |d|/tol {worstRatio:g3}");
         Assert.That(bad, Is.Zero, $"{what}: {bad} of {reference.Length} outputs outside tolerance; {first}");
         // Sanity check against all-zero outputs (the tolerance scales with rms): the tiny preset shape (H 64, I 32) gives rms ~3e-4.
         Assert.That(rms, Is.GreaterThan(1e-4), "degenerate test data: outputs are ~0");
