@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Runtime;
@@ -86,8 +87,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         try
         {
             _rms = new RmsNormLaunchers(_loader);
-            _gemv = new GemvLaunchers(_loader);
-            _gemm = new GemmLaunchers(_loader);
+            _gemv = new GemvLaunchers(_loader, Plan.Weights.DenseFormats);
+            _gemm = new GemmLaunchers(_loader, Plan.Weights.DenseFormats);
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
@@ -99,7 +100,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
                 MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
             }
-            _moe = new MoeLaunchers(_loader, _mlpShapes);   // the guarded grouped GEMMs only when a shape needs them
+            _moe = new MoeLaunchers(_loader, _mlpShapes, Plan.Weights.ExpertFormats);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
@@ -126,6 +127,12 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         }
     }
 
+    private DevicePtr W(DeviceTensor t) => _weights.Base + t.Offset;
+
+    /// <summary>A weight matrix as the launchers take it: its format picks the kernel variant.</summary>
+    private WeightOperand Operand(DeviceTensor t) =>
+        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null);
+
     private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)
     {
         var ckpt = weights.Checkpoint;
@@ -138,14 +145,14 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             foreach (var s in t.Sources)
             {
                 var view = ckpt.Get(s.CheckpointName);
-                if (view.DType != Checkpoint.SafetensorsDType.BF16 || view.ByteLength != s.Bytes)
-                    throw new InvalidDataException($"{s.CheckpointName}: expected {s.Bytes} bytes of BF16 for device tensor {t.Name} {t.Shape}, the checkpoint has {view.ByteLength} bytes of {view.DType}");
+                if (view.DType != t.DType || view.ByteLength != s.Bytes)
+                    throw new InvalidDataException($"{view.Info.FilePath}: tensor '{s.CheckpointName}': expected {s.Bytes} bytes of {t.DType.Name()} for device tensor {t.Name} {t.ShapeText}, the checkpoint has {view.ByteLength} bytes of {view.DType.Name()}");
                 up.Upload(dst + s.DeviceOffset, view.Pointer, s.Bytes, s.CheckpointName);
             }
         }
         unsafe
         {
-            fixed (float* p = invFreq) { up.Upload(_weights.Base + Plan.Weights.InvFreq, (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
+            fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
         }
     }
 
