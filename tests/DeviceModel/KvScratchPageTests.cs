@@ -9,18 +9,19 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 /// Issue 12, fault 4: KV page 0 is the scratch page that the padding rows of a decode batch read (block table row of
 /// zeros, context length 1: key 0 of page 0). Device memory is not zeroed by cudaMalloc, so the page must be zeroed
 /// at construction; otherwise a padding row attends over whatever the allocation held (on the emulator: poison, NaN or
-/// ~3.4e38 by seed). Both tests failed before PagedKvCache zeroed the page: the first read back 0xFF/0x7F bytes, the
-/// second stopped at the attention kernel's initcheck fault naming the KV cache allocation.
+/// ~3.4e38 by seed). The padded-batch test failed before the page was zeroed: the attention kernel's initcheck fault named
+/// the KV cache allocation (offset 32: page 0, key 0, head 1); the page-0 read-back showed 0xFF / 0x7F bytes.
 /// </summary>
 public class KvScratchPageTests
 {
     [TestCase(0)]
     [TestCase(1)]
-    public void PageZero_OfEveryPool_IsZeroAfterConstruction(int poisonSeed)
+    public void ZeroScratchPage_ClearsPageZeroOfEveryPool_Only(int poisonSeed)
     {
         using var device = new EmulatedDevice(new EmulatorOptions { Modes = EmulatorModes.Ambient with { PoisonSeed = poisonSeed } });
         using var stream = device.CreateStream();
-        using var kv = new PagedKvCache(device, stream, layers: 3, numKvHeads: 2, headDim: 16, pageSize: 4, pages: 5, maxSequences: 1, maxPagesPerSequence: 4);
+        using var kv = new PagedKvCache(device, layers: 3, numKvHeads: 2, headDim: 16, pageSize: 4, pages: 5, maxSequences: 1, maxPagesPerSequence: 4);
+        kv.ZeroScratchPage(stream);   // DeviceModel does this at construction, on its stream
         device.Synchronize(stream);
         long page = PagedKvCache.PageBytes(2, 16, 4);
         var bytes = new byte[page];
