@@ -178,6 +178,7 @@ internal sealed unsafe partial class Warp
         var addrOp = ins.Ops[1];
         Span<ulong> rowPtr = stackalloc ulong[32];
         Span<uint> rowOff = stackalloc uint[32];
+        RaceTime++;
         for (int i = 0; i < num * 8; i++)
         {
             ulong a = LaneAddress(addrOp, i);
@@ -268,6 +269,7 @@ internal sealed unsafe partial class Warp
     /// <summary>Completes (copies) every committed group of the exec lanes except the newest <paramref name="n"/>.</summary>
     private void WaitGroup(Instr ins, uint exec, int n)
     {
+        RaceTime++;   // the completed copies write now
         for (int i = 0; i < _pending.Count; i++)
         {
             var p = _pending[i];
