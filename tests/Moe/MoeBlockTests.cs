@@ -111,6 +111,33 @@ public class MoeBlockTests
     public void Prefill_PartialNBlocks_40Tokens() =>
         RunAndCompare(MoeCase.Create(new MoeShape(8, 2, 192, 96, false), 40, seed: 11), "H 192 / I 96, 40 tokens (partial last N blocks)", residual: true, repeat: false);
 
+    /// <summary>
+    /// A token whose hidden row is all NaN (issue 12, fault 3): its router logits are all NaN. The block must stay in bounds
+    /// (before the fix the router gave expert id 0x7fffffff, which the decode GEMVs and moe_align used as an index: the
+    /// emulator's bounds check stopped the launch), the other tokens must match the reference, and the NaN token's output
+    /// must be NaN (visible, not a silently plausible row).
+    /// </summary>
+    [TestCase(3, 1)]    // decode path: expert GEMVs
+    [TestCase(12, 5)]   // prefill path: moe_align + grouped GEMMs
+    public void NaNToken_StaysInBounds_AndTheOtherTokensMatch(int tokens, int nanToken)
+    {
+        var c = MoeCase.Create(Small, tokens, seed: 20 + tokens);
+        using var dev = new MoeDevice(c.Shape, c);
+        var run = new MoeRun(dev, c);
+        int H = c.Shape.Hidden, k = c.Shape.TopK;
+        var nanRow = Enumerable.Repeat((ushort)0x7fc0, H).ToArray();
+        dev.Device.CopyToDevice(run.Hidden + (long)nanToken * H * 2, MoeDevice.AsBytes(nanRow));
+        run.Run();
+        var ids = run.ReadIds();
+        Assert.That(ids, Is.All.InRange(0, c.Shape.Experts - 1), "expert ids");
+        var output = run.ReadOutput();
+        var reference = c.Reference();
+        var keep = Enumerable.Range(0, tokens).Where(t => t != nanToken).ToArray();
+        Assert.That(keep.SelectMany(t => ids.Skip(t * k).Take(k)), Is.EqualTo(keep.SelectMany(t => c.RefIds.Skip(t * k).Take(k))), "ids of the finite tokens");
+        AssertClose(keep.SelectMany(t => reference.Skip(t * H).Take(H)).ToArray(), keep.SelectMany(t => output.Skip(t * H).Take(H)).ToArray(), H, "finite tokens");
+        Assert.That(output.Skip(nanToken * H).Take(H).Select(Bf16.ToFloat), Is.All.NaN, "the NaN token's output is NaN");
+    }
+
     /// <summary>Launchers built for the real shape skip the guarded variant and say so if a small shape's GEMM comes anyway.</summary>
     [Test]
     public void LaunchersForRealShapes_RejectAShapeThatNeedsTheGuardedGemm()

@@ -67,6 +67,51 @@ public class MoeRouterTests
         }
     }
 
+    /// <summary>
+    /// Non-finite router logits (issue 12, fault 3): expert 5's router row holds a NaN (its logit is NaN for every token),
+    /// token 2's hidden row is all NaN (all its logits NaN) and token 3's holds +inf (logits +inf, -inf or NaN, as
+    /// inf * 0 is NaN). A NaN logit counts as -inf, so tokens 0, 1, 4.. route exactly as the reference with expert 5
+    /// excluded; tokens 2 and 3 get k distinct ids in [0, E). Before the fix every id of every token was 0x7fffffff
+    /// (the NaN sum made every probability NaN, and no comparison with NaN is true), which the decode GEMVs and
+    /// moe_align then used as an index.
+    /// </summary>
+    [Test]
+    public void NonFiniteLogits_NeverGiveAnInvalidExpertId()
+    {
+        var s = new MoeShape(128, 8, 256, 64, true);
+        const int tokens = 11;
+        var c = MoeCase.Create(s, tokens, seed: 16, withExperts: false);
+        var router = (ushort[])c.Router.Clone();
+        var hidden = (ushort[])c.Hidden.Clone();
+        router[5 * s.Hidden + 17] = 0x7fc0;                                           // NaN in expert 5's row
+        for (int h = 0; h < s.Hidden; h++) hidden[2 * s.Hidden + h] = 0x7fc0;        // token 2: all NaN
+        hidden[3 * s.Hidden + 9] = 0x7f80;                                           // token 3: +inf in one column
+        using var dev = new MoeDevice(s);
+        var logits = dev.Device.Allocate(tokens * s.Experts * 4L);
+        var counters = dev.Device.Allocate(4 * ((tokens + 7) / 8));
+        var ids = dev.Device.Allocate(tokens * s.TopK * 4L);
+        var wts = dev.Device.Allocate(tokens * s.TopK * 4L);
+        dev.Moe.Router(dev.Device.DefaultStream, s, tokens, dev.Upload(hidden), dev.Upload(router), logits, counters, ids, wts);
+        var gotIds = dev.Read<int>(ids, tokens * s.TopK);
+        var gotW = dev.Read<float>(wts, tokens * s.TopK);
+        var gotLogits = dev.Read<float>(logits, tokens * s.Experts);
+        Assert.That(float.IsNaN(gotLogits[5]) && float.IsNaN(gotLogits[2 * s.Experts]), Is.True, "the case really has NaN logits");
+        for (int t = 0; t < tokens; t++)
+        {
+            var row = gotIds.AsSpan(t * s.TopK, s.TopK).ToArray();
+            Assert.That(row, Is.All.InRange(0, s.Experts - 1), $"token {t}: expert ids");
+            Assert.That(row, Is.Unique, $"token {t}: expert ids");
+            if (t is 2 or 3) continue;
+            var refIds = new int[s.TopK];
+            var refW = new float[s.TopK];
+            ReferenceOps.RouterTopK(gotLogits.AsSpan(t * s.Experts, s.Experts), s.TopK, s.NormTopkProb, refIds, refW);
+            Assert.That(row, Is.EqualTo(refIds).And.Not.Contains(5), $"token {t}: ids as the reference with the NaN expert 5 excluded");
+            // As RealRouter_TwentyTokens_ThreeTokenBlocks: fp32 softmax in another order, a few ulps of values <= 1.
+            Assert.That(gotW.AsSpan(t * s.TopK, s.TopK).ToArray(), Is.EqualTo(refW).Within(2e-6f), $"token {t}: weights");
+        }
+        Assert.That(dev.Read<int>(counters, (tokens + 7) / 8), Is.All.Zero, "tickets are reset for the next launch");
+    }
+
     [Test]
     public void UnsupportedShapes_AreRejectedWithAClearMessage()
     {
