@@ -146,6 +146,96 @@ public sealed class EmbeddingSamplingKernelTests
         Assert.That(_emu.Download<int>(ids2, rows), Is.EqualTo(got), "same seed and step: same tokens");
     }
 
+    /// <summary>
+    /// Issue 12, fault 5: the draw at a warp boundary of the block scan. 1024 tokens (one per thread); logit -k_i at inverse
+    /// temperature ln 2 (fp32 0x3f317218, for which (-k * it) * log2(e) is exactly -k in fp32 for every k used here), so every
+    /// kept mass is exactly 2^-k_i and the CPU can redo the kernel's fp32 scan bit for bit. The exponents (a counter hash,
+    /// 1..25, 1..3 at warp edges, 0 for the maximum at token 1023) and the Philox step are chosen so that u falls where the
+    /// old per-thread claim (excl &lt;= u &lt; incl, lane 31's incl from the warp scan + the previous warps' prefix, lane 0's excl
+    /// from the warp-level scan) left a gap (no claimant: the kernel fell back to the argmax, token 1023) or an overlap
+    /// (two claimants writing the result: scheduling decides). <see cref="OldClaimants"/> shows that it does. The draw must be
+    /// the token whose exact (double) cumulative interval holds u, or its neighbour across a boundary within the fp32 scan's
+    /// rounding of u: at most 11 roundings of 2^-24 of the total per prefix, plus ex2.approx's 2^-22 relative on each mass,
+    /// so 2^-19 of the total; the two tokens at the boundary carry 2^-3 or more, so only they qualify.
+    /// </summary>
+    [TestCase(1, 1160271ul, 0)]   // gap at the warp 24 / 25 boundary: nobody claimed u
+    [TestCase(0, 1995517ul, 2)]   // overlap at the warp 26 / 27 boundary: two threads claimed u
+    public void SampleClaimsExactlyOneTokenAtAWarpBoundary(int pattern, ulong step, int oldClaimants)
+    {
+        const int vocab = 1024;
+        const ulong seed = 1234;
+        float it = BitConverter.Int32BitsToSingle(0x3f317218);
+        int[] k = Enumerable.Range(0, vocab).Select(i => ScanBoundaryExponent(pattern, i)).ToArray();
+        foreach (int e in k.Distinct()) Assert.That((-(float)e * it - 0f) * 1.44269502f, Is.EqualTo(-(float)e), $"mass 2^-{e} is exact");
+        float[] mass = k.Select(e => MathF.Pow(2f, -e)).ToArray();
+        var (u, claimants) = OldClaimants(mass, seed, step);
+        Assert.That(claimants, Has.Count.EqualTo(oldClaimants), $"the case hits the old claim's {(oldClaimants == 0 ? "gap" : "overlap")} (u {u:R})");
+
+        double total = mass.Sum(m => (double)m), tol = total / (1 << 19), cum = 0;
+        var accepted = new List<int>();
+        for (int i = 0; i < vocab; i++)
+        {
+            if (cum - tol <= u && u < cum + mass[i] + tol) accepted.Add(i);   // exact: sums of powers of two in double
+            cum += mass[i];
+        }
+        Assert.That(accepted, Has.Count.EqualTo(2).And.Not.Contains(vocab - 1), "u sits at a boundary between two heavy tokens");
+
+        var launcher = new SamplingLaunchers(_emu.Loader);
+        DevicePtr logits = _emu.Upload(Bf16.FromFloats(k.Select(e => -(float)e).ToArray()));
+        var settings = new SampleRowSettings { Seed = seed, Step = step, InvTemperature = it, TopK = 0, TopP = 1f, MinP = 0f };
+        DevicePtr ids = _emu.AllocFilled<int>(1);
+        launcher.SampleRows(_emu.Stream, logits, vocab, 1, vocab, _emu.Upload(new[] { settings }), ids);
+        int rows = _emu.Download<int>(ids, 1)[0];
+        Assert.That(accepted, Does.Contain(rows), $"sample_rows_bf16 drew {rows} for u {u:R}; the tokens at the boundary are {string.Join(", ", accepted)}");
+        float temperature = 1f / it;
+        Assert.That(1f / temperature, Is.EqualTo(it), "sample_bf16 gets the same inverse temperature");
+        launcher.Sample(_emu.Stream, logits, vocab, 1, vocab, ids, new SamplingSettings(temperature, 0, 1f, 0f, seed), step);
+        Assert.That(_emu.Download<int>(ids, 1)[0], Is.EqualTo(rows), "sample_bf16 (row 0: the same Philox counter) draws the same token");
+    }
+
+    /// <summary>Exponent k_i of token i's mass 2^-k_i in <see cref="SampleClaimsExactlyOneTokenAtAWarpBoundary"/>.</summary>
+    private static int ScanBoundaryExponent(int pattern, int i)
+    {
+        if (i == 1023) return 0;   // the maximum (argmax), far from the boundaries that matter
+        ulong x = (ulong)(uint)pattern * 0x9E3779B97F4A7C15UL ^ (ulong)i * 0xD1B54A32D192ED03UL;
+        x ^= x >> 31; x *= 0xBF58476D1CE4E5B9UL; x ^= x >> 29;
+        if (i % 32 is 0 or 31) return 1 + (int)(x % 3);
+        int[] exact = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25];
+        return exact[x % (ulong)exact.Length];
+    }
+
+    /// <summary>
+    /// The pre-fix kernel's claim on one row of 1024 segments of one token each, in the kernel's fp32 order: Hillis-Steele
+    /// inclusive scan within each warp (shfl_up by 1, 2, 4, 8, 16), the same over the 32 warp totals, lane incl += the
+    /// previous warps' prefix; excl = the previous lane's incl, or for lane 0 the previous warps' prefix. Returns u and
+    /// the threads for which excl &lt;= u &lt; incl held.
+    /// </summary>
+    private static (float U, List<int> Claimants) OldClaimants(float[] mass, ulong seed, ulong step)
+    {
+        static void Scan(Span<float> v)
+        {
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                var old = v.ToArray();
+                for (int l = o; l < 32; l++) v[l] = old[l] + old[l - o];
+            }
+        }
+        var incl = (float[])mass.Clone();
+        for (int w = 0; w < 32; w++) Scan(incl.AsSpan(w * 32, 32));
+        var warps = new float[32];
+        for (int w = 0; w < 32; w++) warps[w] = incl[w * 32 + 31];
+        Scan(warps);
+        for (int t = 32; t < 1024; t++) incl[t] += warps[t / 32 - 1];
+        float u = (float)(Philox(seed, step, 0) >> 8) * (1f / 16777216f) * warps[31];
+        var claimants = new List<int>();
+        for (int t = 0; t < 1024; t++)
+        {
+            float excl = t % 32 != 0 ? incl[t - 1] : t == 0 ? 0f : warps[t / 32 - 1];
+            if (mass[t] > 0 && u >= excl && u < incl[t]) claimants.Add(t);
+        }
+        return (u, claimants);
+    }
+
     [Test]
     public void TopKOfOneIsGreedy()
     {
