@@ -44,7 +44,7 @@ struct MoeRouterParams {
 __device__ __forceinline__ float ld_cg_f32(const float* p)
 {
     float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
     return v;
 }
 
