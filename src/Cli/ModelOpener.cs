@@ -56,7 +56,7 @@ public static class ModelOpener
             };
             return new OwningModel(DeviceModel.Load(device, modelDir, options), device);
         }
-        catch { device.Dispose(); throw; }
+        catch (Exception original) { DeviceCapture.CleanupKeeping(original, "device dispose", device.Dispose); throw; }
     }
 
     /// <summary>A model that also disposes its device; it keeps the device model's on-device sampling visible to the Generator.</summary>

@@ -146,10 +146,8 @@ public sealed partial class DeviceModel
         {
             foreach (bool sample in (bool[])[false, true])
             {
-                _device.BeginCapture(_stream);
-                try { RunStep(b, lastRowOnly: false, sample); }
-                catch { _device.EndCapture(_stream).Dispose(); throw; }
-                using var graph = _device.EndCapture(_stream);
+                // A failed launch keeps its own exception (EndCapture of an invalidated capture fails too on CUDA).
+                using var graph = _device.Capture(_stream, () => RunStep(b, lastRowOnly: false, sample));
                 (sample ? _sampleGraphs : _graphs)[b] = _device.Instantiate(graph);
             }
         }

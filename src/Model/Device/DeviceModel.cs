@@ -110,12 +110,13 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             _buckets = [.. options.BatchBuckets()];
             if (options.UseGraphs) CaptureDecodeGraphs();
         }
-        catch
+        catch (Exception original)
         {
-            foreach (var g in _graphs.Values) g.Dispose();
-            foreach (var g in _sampleGraphs.Values) g.Dispose();
-            for (int i = disposables.Count - 1; i >= 0; i--) disposables[i].Dispose();
-            if (_ownsLoader) _loader.Dispose();
+            // Cleanup after a device error may fail too (CUDA errors are sticky): keep the exception that says what went wrong.
+            foreach (var g in _graphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
+            foreach (var g in _sampleGraphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
+            for (int i = disposables.Count - 1; i >= 0; i--) DeviceCapture.CleanupKeeping(original, "dispose", disposables[i].Dispose);
+            if (_ownsLoader) DeviceCapture.CleanupKeeping(original, "kernel loader dispose", _loader.Dispose);
             throw;
         }
     }
