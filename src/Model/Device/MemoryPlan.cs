@@ -58,14 +58,14 @@ public sealed class MemoryPlan
         else
         {
             // Size the workspace for the longest context first (its split buffers grow with it), then fill what is left with KV pages.
-            var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, maxPos, o.PageSize, multiprocessors);
+            var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, maxPos, o.PageSize, multiprocessors);
             long pageBytes = 2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
             long left = budget - weights.TotalBytes - wsMax.TotalBytes - pageBytes;   // one scratch page
             long pagesPerSeq = Math.Max(0, left / pageBytes / o.MaxSequences);
             ctx = (int)Math.Min(maxPos, pagesPerSeq * o.PageSize);
             if (ctx < Math.Min(maxPos, MinAutoContext)) ctx = Math.Min(maxPos, MinAutoContext);   // does not fit: report against the minimum
         }
-        var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, ctx, o.PageSize, multiprocessors);
+        var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, ctx, o.PageSize, multiprocessors);
         int pages = checked(o.MaxSequences * ((ctx + o.PageSize - 1) / o.PageSize) + 1);
         return new MemoryPlan(c, o, weights, ws, budget, ctx, pages);
     }
