@@ -78,13 +78,13 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         Config = weights.Config;
         var c = Config;
         bool hasLmHead = weights.Checkpoint.Contains("lm_head.weight");
-        Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo().FreeBytes, device.Info.MultiprocessorCount, hasLmHead);
-        Plan.ThrowIfDoesNotFit();
+        options.Validate();
         _ownsLoader = loader is null;
         _loader = loader ?? new KernelLoader(device);
         var disposables = new List<IDisposable>();
         try
         {
+            // Fixed allocations first (kernel modules, the stream), then the plan from the memory they leave (issue 12).
             _rms = new RmsNormLaunchers(_loader);
             _gemv = new GemvLaunchers(_loader);
             _gemm = new GemmLaunchers(_loader);
@@ -97,11 +97,13 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
-                MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
+                MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Math.Max(options.PrefillChunkTokens, options.MaxBatch) <= MoeLaunchers.DecodeMaxTokens);
             }
             _moe = new MoeLaunchers(_loader, _mlpShapes);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
+            Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo(), device.Info.MultiprocessorCount, hasLmHead);
+            Plan.ThrowIfDoesNotFit();
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
