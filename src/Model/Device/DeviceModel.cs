@@ -36,6 +36,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly MoeLaunchers _moe;
     private readonly EmbeddingLaunchers _embedding;
     private readonly SamplingLaunchers _sampling;
+    private readonly CheckFiniteLaunchers? _checkFinite;   // debug: DeviceModelOptions.CheckFinite
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
@@ -93,6 +94,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
+            _checkFinite = options.CheckFinite ? new CheckFiniteLaunchers(_loader) : null;
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
@@ -112,6 +114,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
             _deviceRow = new int[Plan.Workspace.Rows];
             device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
             _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             UploadWeights(weights, invFreq, options.LoadProgress);

@@ -34,6 +34,18 @@ public sealed record DeviceModelOptions
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
     /// which reads the keys once per query row.</summary>
     public bool FlashPrefillAttention { get; init; } = true;
+    /// <summary>
+    /// Debug: after the embedding and after every layer, check the residual stream for NaN / inf (check_finite.cu, one
+    /// extra read of the activations per layer, inside the captured graphs too); the next result read throws naming the
+    /// first layer, token row, position and column that went non-finite. Default: on when the environment variable
+    /// QWEN3CUDA_DEBUG_FINITE is 1 or true.
+    /// </summary>
+    public bool CheckFinite { get; init; } = CheckFiniteFromEnvironment();
+    public const string CheckFiniteEnvironmentVariable = "QWEN3CUDA_DEBUG_FINITE";
+
+    /// <summary>QWEN3CUDA_DEBUG_FINITE is "1" or "true" (any case).</summary>
+    public static bool CheckFiniteFromEnvironment() =>
+        Environment.GetEnvironmentVariable(CheckFiniteEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
     /// <summary>Progress of the weight upload (bytes done, total, tensor).</summary>
     public Action<Runtime.Memory.UploadProgress>? LoadProgress { get; init; }
 
