@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-using System.Text.Json;
 using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Device;
@@ -17,28 +15,10 @@ public class CheckFiniteTests
 {
     static readonly DeviceModelOptions Options = new() { ContextLength = 32, PageSize = 4, PrefillChunkTokens = 8, MaxBatch = 2, CheckFinite = true };
 
-    /// <summary>A copy of the tiny checkpoint with bf16 element <paramref name="element"/> of <paramref name="tensor"/> set to <paramref name="bits"/>.</summary>
-    static string Patched(string tensor, long element, ushort bits)
-    {
-        string src = DeviceCheckpoints.Tiny(), dir = Model.TestCheckpoints.NewDir("tiny-nan");
-        foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
-        string file = Path.Combine(dir, SafetensorsCheckpoint.SingleFileName);
-        using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite);
-        var len = new byte[8];
-        fs.ReadExactly(len);
-        long headerBytes = (long)BinaryPrimitives.ReadUInt64LittleEndian(len);
-        var header = new byte[headerBytes];
-        fs.ReadExactly(header);
-        long begin = JsonDocument.Parse(header).RootElement.GetProperty(tensor).GetProperty("data_offsets")[0].GetInt64();
-        fs.Position = 8 + headerBytes + begin + element * 2;
-        fs.Write(BitConverter.GetBytes(bits));
-        return dir;
-    }
-
     [Test]
     public void NaNInALayerNormWeight_IsReportedAfterThatLayer()
     {
-        string dir = Patched("model.layers.1.input_layernorm.weight", 5, 0x7fc0);
+        string dir = DeviceCheckpoints.TinyPatched("model.layers.1.input_layernorm.weight", 5, 0x7fc0);
         using var device = new EmulatedDevice();
         using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, dir, Options);
         var logits = new float[dm.VocabSize];
@@ -58,7 +38,7 @@ public class CheckFiniteTests
     {
         using var weights = Qwen3Cuda.Model.Reference.ModelWeights.Load(DeviceCheckpoints.Tiny());
         int H = weights.Config.HiddenSize;
-        string dir = Patched("model.embed_tokens.weight", 7L * H + 3, 0xff80);   // -inf
+        string dir = DeviceCheckpoints.TinyPatched("model.embed_tokens.weight", 7L * H + 3, 0xff80);   // -inf
         using var device = new EmulatedDevice();
         using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, dir, Options);
         Assert.That(dm.GraphBuckets, Is.Not.Empty);
