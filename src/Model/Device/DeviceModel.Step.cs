@@ -235,7 +235,6 @@ public sealed partial class DeviceModel
 
     // ---------------- the forward pass ----------------
 
-    private DevicePtr W(long offset) => _weights.Base + offset;
     private DevicePtr Ws(long offset) => _workspace.Base + offset;
 
     /// <summary>
@@ -255,7 +254,7 @@ public sealed partial class DeviceModel
         DevicePtr x = Ws(w.X);
         if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
         _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), s.Outputs, H, (float)c.RmsNormEps);
-        Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, W(Plan.Weights.LmHead), DevicePtr.Null, s.Outputs, c.VocabSize, H);
+        Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H);
         if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
         else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled));
     }
@@ -279,7 +278,7 @@ public sealed partial class DeviceModel
         // AddRmsNorm: h = RMSNorm(x) * w_in   (the residual adds are fused into o_proj and the MoE combine)
         _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.InputNorm), rows, H, eps);
         // QkvProj: qkv = h [q|k|v]^T
-        Project(Ws(w.Qkv), qkvDim, Ws(w.H), H, W(L.Qkv), DevicePtr.Null, rows, qkvDim, H);
+        Project(Ws(w.Qkv), qkvDim, Ws(w.H), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H);
         // QkNormRopeKvWrite: q -> q buffer; k, v -> the layer's KV pages at slot[t]
         _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
         {
@@ -310,19 +309,20 @@ public sealed partial class DeviceModel
             }, s.MaxFlashRows);
         }
         // OProj (+residual): x = x + attn Wo^T
-        Project(Ws(w.X), H, Ws(w.Attn), qDim, W(L.OProj), Ws(w.X), rows, H, qDim);
+        Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
         // AddRmsNorm: h = RMSNorm(x) * w_post
         _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
         // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
         // (a dense layer is the same block with one expert of weight 1 and a zero router row)
-        _moe.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router), W(L.GateUp), W(L.Down),
+        _moe.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router), Operand(L.GateUp), Operand(L.Down),
             Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
     }
 
     /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows.</summary>
-    private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr weight, DevicePtr residual, int rows, int n, int k)
+    private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k)
     {
         var w = Plan.Workspace;
+        var weight = Operand(matrix);
         if (rows > GemvLaunchers.MaxTokens)
         {
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);

@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Runtime;
@@ -85,10 +86,12 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         var disposables = new List<IDisposable>();
         try
         {
-            // Fixed allocations first (kernel modules, the stream), then the plan from the memory they leave (issue 12).
+            // Fixed allocations first (kernel modules, the stream), then the plan from the memory they leave (issue 12); the
+            // kernel variants depend only on the weight layout, which config.json alone gives.
+            var layout = new WeightLayout(c, hasLmHead);
             _rms = new RmsNormLaunchers(_loader);
-            _gemv = new GemvLaunchers(_loader);
-            _gemm = new GemmLaunchers(_loader);
+            _gemv = new GemvLaunchers(_loader, layout.DenseFormats);
+            _gemm = new GemmLaunchers(_loader, layout.DenseFormats);
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
@@ -101,7 +104,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
                 MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Math.Max(options.PrefillChunkTokens, options.MaxBatch) <= MoeLaunchers.DecodeMaxTokens);
             }
-            _moe = new MoeLaunchers(_loader, _mlpShapes);   // the guarded grouped GEMMs only when a shape needs them
+            _moe = new MoeLaunchers(_loader, _mlpShapes, layout.ExpertFormats);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
             Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo(), device.Info.MultiprocessorCount, hasLmHead);
@@ -132,6 +135,12 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         }
     }
 
+    private DevicePtr W(DeviceTensor t) => _weights.Base + t.Offset;
+
+    /// <summary>A weight matrix as the launchers take it: its format picks the kernel variant.</summary>
+    private WeightOperand Operand(DeviceTensor t) =>
+        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null);
+
     private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)
     {
         var ckpt = weights.Checkpoint;
@@ -144,14 +153,14 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             foreach (var s in t.Sources)
             {
                 var view = ckpt.Get(s.CheckpointName);
-                if (view.DType != Checkpoint.SafetensorsDType.BF16 || view.ByteLength != s.Bytes)
-                    throw new InvalidDataException($"{s.CheckpointName}: expected {s.Bytes} bytes of BF16 for device tensor {t.Name} {t.Shape}, the checkpoint has {view.ByteLength} bytes of {view.DType}");
+                if (view.DType != t.DType || view.ByteLength != s.Bytes)
+                    throw new InvalidDataException($"{view.Info.FilePath}: tensor '{s.CheckpointName}': expected {s.Bytes} bytes of {t.DType.Name()} for device tensor {t.Name} {t.ShapeText}, the checkpoint has {view.ByteLength} bytes of {view.DType.Name()}");
                 up.Upload(dst + s.DeviceOffset, view.Pointer, s.Bytes, s.CheckpointName);
             }
         }
         unsafe
         {
-            fixed (float* p = invFreq) { up.Upload(_weights.Base + Plan.Weights.InvFreq, (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
+            fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
         }
     }
 

@@ -130,7 +130,7 @@ public sealed class MemoryPlan
         sb.Append(CultureInfo.InvariantCulture,
             $"Model: {c.ModelType}, {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, heads {c.NumAttentionHeads}/{c.NumKeyValueHeads} x {c.HeadDim}, {experts}vocab {c.VocabSize}, {Weights.ParameterCount / 1e9:F2} B parameters\n");
         sb.Append("Memory plan (from config.json; no weights read):\n");
-        Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, bf16, one arena)");
+        Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, {Weights.Format.Name}, one arena)");
         Line("KV per token", $"{ByteSize.Format(KvBytesPerToken),12}  ({c.NumHiddenLayers} layers x K,V x {c.NumKeyValueHeads} heads x {c.HeadDim} x bf16)");
         Line("KV cache", $"{ByteSize.Format(KvBytes),12}  ({ContextLength} tokens x {Options.MaxSequences} sequence(s), {KvPages} pages of {Options.PageSize})");
         Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch})");
