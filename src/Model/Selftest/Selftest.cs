@@ -52,13 +52,15 @@ public static class Selftest
         void Add(SelftestRow r) { rows.Add(r); options.Progress?.Invoke(r); }
         bool emulator = device.Info.Backend == BackendKind.Emulator;
 
-        using var ctx = new KernelCheckContext(device, ownsDevice: false);
-        foreach (var r in CompileAll(ctx)) Add(r);
-        foreach (var c in KernelCases.All())
+        using (var ctx = new KernelCheckContext(device, ownsDevice: false))   // freed before the bandwidth probe and the model
         {
-            if (emulator && c.Heavy && !options.AllCases) continue;
-            if (options.Families is { } only && !only.Contains(c.Family)) continue;
-            Add(RunCase(ctx, c));
+            foreach (var r in CompileAll(ctx)) Add(r);
+            foreach (var c in KernelCases.All())
+            {
+                if (emulator && c.Heavy && !options.AllCases) continue;
+                if (options.Families is { } only && !only.Contains(c.Family)) continue;
+                Add(RunCase(ctx, c));
+            }
         }
         Add(Bandwidth(device));
         if (options.ModelDir is string dir)
