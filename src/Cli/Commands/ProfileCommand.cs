@@ -21,9 +21,11 @@ public static class ProfileCommand
         var model = new Option<string>("--model") { Description = "Model directory (config.json + safetensors)", Required = true };
         var device = new Option<string>("--device") { Description = "emulator (counters: instructions, bytes, DRAM sectors) | cuda (per-kernel GPU times) | auto (cuda when a GPU opens)", DefaultValueFactory = _ => "emulator" };
         var tokens = new Option<int>("--tokens") { Description = "Prompt tokens of the profiled prefill", DefaultValueFactory = _ => 8 };
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step") { model, device, tokens };
+        var util = GpuMemoryCliOption.Create();
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step") { model, device, tokens, util };
         cmd.SetAction(parse => Guard(parse.InvocationConfiguration.Error, () =>
-            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
+            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), GpuMemoryCliOption.Parse(parse.GetValue(util)),
+                parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
         return cmd;
     }
 
@@ -41,7 +43,7 @@ public static class ProfileCommand
     /// <summary>The result of <see cref="Measure"/>: both steps and the decode minimum.</summary>
     public sealed record Result(StepProfile Prefill, StepProfile Decode, long MinimumDecodeBytes, bool Emulator);
 
-    public static Result Measure(string modelDir, BackendKind backend, int tokens)
+    public static Result Measure(string modelDir, BackendKind backend, int tokens, double? gpuMemoryUtilization = null)
     {
         if (tokens < 1) throw new ArgumentException($"--tokens must be at least 1, got {tokens}");
         if (!Directory.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
@@ -49,7 +51,10 @@ public static class ProfileCommand
         if (backend == BackendKind.Cpu) throw new ArgumentException("--device cpu has no kernels to profile (use emulator or cuda)");
         using var device = DeviceFactory.Open(backend);
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
-        var options = new DeviceModelOptions { ContextLength = tokens + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16 };
+        var options = new DeviceModelOptions
+        {
+            ContextLength = tokens + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = gpuMemoryUtilization,
+        };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
         var prompt = Enumerable.Range(0, tokens).Select(i => (i * 7919 + 11) % V).ToArray();
@@ -60,10 +65,10 @@ public static class ProfileCommand
         return new Result(prefill, decode, DeviceProfiler.MinimumDecodeBytes(dm.Plan, tokens + 1), backend == BackendKind.Emulator);
     }
 
-    private static int Run(string modelDir, string deviceText, int tokens, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelDir, string deviceText, int tokens, double? utilization, TextWriter stdout, TextWriter stderr)
     {
         var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
-        var r = Measure(modelDir, backend, tokens);
+        var r = Measure(modelDir, backend, tokens, utilization);
         stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
         stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
         if (r.Emulator)
