@@ -279,8 +279,9 @@ public static class JinjaJson
 }
 
 /// <summary>A template error: names the construct and, when known, the line and column in the template source.</summary>
-public sealed class JinjaException : Exception
+public sealed class JinjaException : Runtime.Qwen3CudaException
 {
+    public override Runtime.ErrorKind Kind => Runtime.ErrorKind.InvalidInput;
     public int Line { get; }
     public int Column { get; }
     public JinjaException(string message) : base(message) { }

@@ -31,6 +31,9 @@ public sealed class KernelCompiler
     /// <summary>null disables the disk cache.</summary>
     public string? CacheDirectory { get; }
 
+    /// <summary>Called with the file name before NVRTC compiles a module the cache does not hold (seconds each on a cold cache).</summary>
+    public Action<string>? CompileStarting { get; set; }
+
     public KernelCompiler(string? cacheDirectory = null, bool useCache = true)
     {
         CacheDirectory = useCache ? cacheDirectory ?? DefaultCacheDirectory() : null;
@@ -68,6 +71,7 @@ public sealed class KernelCompiler
         string key = CacheKey(name, source, options, $"{major}.{minor}");
         if (TryLoad(key, name, options) is { } cached) return cached;
 
+        CompileStarting?.Invoke(name);
         var sw = Stopwatch.StartNew();
         using var program = new NvrtcProgram(source, name, KernelSources.Headers);
         string log = program.Compile(options);
