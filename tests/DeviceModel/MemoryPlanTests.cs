@@ -59,8 +59,11 @@ public class MemoryPlanTests
     public void InfoModel_TooSmall_SaysHowMuchIsMissing()
     {
         var (exit, stdout, err) = Cli("info", "--model", RealConfigDir(), "--gpu-memory", "40GiB", "--ctx-size", "32768");
-        Assert.That(exit, Is.EqualTo(1));
+        Assert.That(exit, Is.EqualTo(ExitCodes.OutOfMemory));
         Assert.That(err, Does.Match(@"error: model needs 59\.\d GiB \(weights 56\.9 GiB \+ KV 3\.0 GiB .*\) but --gpu-memory is 40\.0 GiB: 19\.\d GiB missing"));
+        Assert.That(err, Does.Contain("No context fits: the bf16 weights alone are 56.9 GiB"));
+        Assert.That(err, Does.Match(@"FP8 2\d\.\d GiB of weights \(fits with up to 40960 tokens of context\)"));
+        Assert.That(err, Does.Match(@"GPTQ-Int4 1\d\.\d GiB of weights \(fits with up to 40960 tokens of context\)"));
         Assert.That(stdout, Does.Contain("MISSING"));
     }
 
@@ -68,7 +71,7 @@ public class MemoryPlanTests
     public void InfoModel_BadArguments_AreClearErrors()
     {
         var (exit, _, err) = Cli("info", "--model", RealConfigDir(), "--gpu-memory", "lots");
-        Assert.That((exit, err), Is.EqualTo((1, "error: --gpu-memory 'lots': expected a number with an optional unit, e.g. 80GiB\n")));
+        Assert.That((exit, err), Is.EqualTo((ExitCodes.Usage, "error: --gpu-memory 'lots': expected a number with an optional unit, e.g. 80GiB (see qwen3cuda info --help)\n")));
         (exit, _, err) = Cli("info", "--model", "/nonexistent/model");
         Assert.That(exit, Is.EqualTo(1));
         Assert.That(err, Does.Contain("/nonexistent/model"));
