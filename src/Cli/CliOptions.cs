@@ -95,10 +95,6 @@ public static class CliOptions
         },
     };
 
-    /// <summary>An option naming a file, or - for stdin (when <paramref name="stdinAllowed"/>).</summary>
-    public static Option<string?> InputFile(string name, string[] aliases, string description) =>
-        new(name, aliases) { Description = description, HelpName = "FILE" };
-
     /// <summary>A choice among fixed words.</summary>
     public static Option<string> Choice(string name, string[] aliases, string description, string defaultValue, params string[] allowed) =>
         new(name, aliases)

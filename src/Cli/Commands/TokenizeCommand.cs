@@ -12,6 +12,9 @@ namespace Qwen3Cuda.Cli.Commands;
 /// </summary>
 public static class TokenizeCommand
 {
+    /// <summary>JSON strings as people read them: only quotes, backslashes and control characters escaped.</summary>
+    static readonly JsonSerializerOptions Readable = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     public static Command Create()
     {
         var model = CliOptions.Model();
@@ -36,10 +39,10 @@ public static class TokenizeCommand
             var ids = tokenizer.Encode(input);
             if (parse.GetValue(idsOnly)) stdout.WriteLine("[" + string.Join(",", ids) + "]");
             else if (parse.GetValue(json))
-                stdout.WriteLine(JsonSerializer.Serialize(ids.Select(id => new { id, piece = TextCliSupport.Piece(tokenizer, id) })));
+                stdout.WriteLine(JsonSerializer.Serialize(ids.Select(id => new { id, piece = TextCliSupport.Piece(tokenizer, id) }), Readable));
             else
             {
-                foreach (int id in ids) stdout.WriteLine($"{id,7}  {JsonSerializer.Serialize(TextCliSupport.Piece(tokenizer, id))}");
+                foreach (int id in ids) stdout.WriteLine($"{id,7}  {JsonSerializer.Serialize(TextCliSupport.Piece(tokenizer, id), Readable)}");
                 stdout.WriteLine($"{ids.Length} tokens");
             }
             return 0;
