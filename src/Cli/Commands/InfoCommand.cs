@@ -39,6 +39,7 @@ public static class InfoCommand
     {
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
         var config = ModelConfig.Load(modelDir);
+        Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
         CliOptions.ContextCheck(ctxSize, config, stderr);
         long budget = DefaultGpuMemoryBytes;
         string source = "assumed (no --gpu-memory, no CUDA device)";
