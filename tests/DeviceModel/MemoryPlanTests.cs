@@ -130,7 +130,7 @@ public class MemoryPlanTests
         Assert.That(kv.Table.Slot(0, 5), Is.EqualTo(kv.Table.BlockTable(0)[1] * 4 + 1));
         kv.Table.Advance(0, 6);
         kv.Table.Reserve(1, 8);                          // 2 more pages: all 4 usable pages taken
-        Assert.That(() => kv.Table.Reserve(0, 3), Throws.InstanceOf<InvalidOperationException>().With.Message.Contains("KV cache full"));
+        Assert.That(() => kv.Table.Reserve(0, 3), Throws.InstanceOf<KvCacheFullException>().With.Message.Contains("KV cache full"));
         Assert.That(() => kv.Table.Reserve(1, 13), Throws.ArgumentException.With.Message.Contains("3 pages"));
         kv.Table.Reset(1);
         Assert.That(kv.Table.FreePages, Is.EqualTo(2));

@@ -35,7 +35,7 @@ public sealed record SyntheticOptions
     public bool TieWordEmbeddings { get; init; }
     /// <summary>
     /// A folder holding the real Qwen3 tokenizer.json and tokenizer_config.json to copy into the checkpoint (needs the
-    /// real vocabulary: presets real-shape-slice and demo). Null: searched in .cache/npm (<see cref="FindTokenizerDir"/>).
+    /// real vocabulary: presets real-shape-slice and demo). Null: searched in .cache/npm (<c>FindTokenizerDir</c>).
     /// </summary>
     public string? TokenizerDir { get; init; }
     /// <summary>Shard when the tensors exceed this many bytes (default: 1 GiB for real-shape-slice, unlimited otherwise).</summary>
