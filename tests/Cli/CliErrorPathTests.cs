@@ -9,7 +9,7 @@ using Qwen3Cuda.Tests.Support;
 namespace Qwen3Cuda.Tests.Cli;
 
 /// <summary>
-/// Issue 17's crashes and hang, each through the real entry point (<see cref="Program.Run"/>, or the built qwen3cuda.dll
+/// The crashes and the hang a newcomer met (each of these failed before the one error path), each through the real entry point (<see cref="Program.Run"/>, or the built qwen3cuda.dll
 /// in a child process where an environment variable or a signal is the input): one "error: ..." line, no stack trace,
 /// the documented exit code (<see cref="ExitCodes"/>).
 /// </summary>

@@ -7,7 +7,7 @@ using Qwen3Cuda.Tests.Text;
 
 namespace Qwen3Cuda.Tests.Cli;
 
-/// <summary>The small things issue 17 lists, each through <see cref="Program.Run"/> on the tiny text model (CPU reference).</summary>
+/// <summary>The small things a newcomer expects, each through <see cref="Program.Run"/> on the tiny text model (CPU reference).</summary>
 [NonParallelizable]
 public class CliFeatureTests
 {

@@ -9,7 +9,7 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 
 public class MemoryPlanTests
 {
-    /// <summary>Qwen3-30B-A3B's config.json, written from the facts in design/qwen3-moe-reference.md.</summary>
+    /// <summary>Qwen3-30B-A3B's config.json, as published (docs/model-formats.md lists its facts).</summary>
     const string Qwen3_30B_A3B = """
         {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
          "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
@@ -33,7 +33,7 @@ public class MemoryPlanTests
     {
         var c = ModelConfig.Parse(Qwen3_30B_A3B);
         var plan = MemoryPlan.Compute(c, new DeviceModelOptions { ContextLength = 32768, GpuMemoryBytes = 80L << 30 }, 0);
-        // Weights: 30.5 B bf16 parameters = 56.9 GiB (architecture.md); 256-byte alignment adds < 1 MiB.
+        // Weights: 30.5 B bf16 parameters = 56.9 GiB (docs/architecture.md, memory plan); 256-byte alignment adds < 1 MiB.
         Assert.That(plan.Weights.ParameterCount, Is.EqualTo(30_532_122_624L));
         Assert.That(plan.Weights.TotalBytes - 2 * plan.Weights.ParameterCount, Is.InRange(0, 1L << 20));
         Assert.That(ByteSize.Format(plan.Weights.TotalBytes), Is.EqualTo("56.9 GiB"));

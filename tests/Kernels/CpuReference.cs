@@ -1,7 +1,7 @@
 namespace Qwen3Cuda.Tests.Kernels;
 
 /// <summary>
-/// Small CPU references for the kernel tests, following /work/shared/design/qwen3-moe-reference.md
+/// Small CPU references for the kernel tests, following docs/architecture.md ("A decode step")
 /// (bf16 values held as floats; every bf16 rounding of the reference is an explicit Bf16.Round).
 /// </summary>
 public static class CpuReference

@@ -12,7 +12,7 @@ namespace Qwen3Cuda.Tests.Moe;
 /// exact in fp32 whatever the summation order (products are multiples of 2^-12, sums stay far below 2^24 units).
 /// That makes routing and the bf16 gate/up values identical on CPU and device; only silu's exp (fp32 ulps)
 /// and the down projection's fp32 reduction order can differ, which the tolerances below cover.
-/// The reference follows design/qwen3-moe-reference.md through Qwen3Cuda.Model.Reference.ReferenceOps
+/// The reference follows docs/architecture.md ("A decode step") through Qwen3Cuda.Model.Reference.ReferenceOps
 /// (Matmul, RouterTopK, SwiGluMlp) and combines in fp32 in rank order, rounding once.
 /// </summary>
 public sealed class MoeCase
