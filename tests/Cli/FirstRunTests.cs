@@ -86,6 +86,16 @@ public class FirstRunTests
         Assert.That(Directory.Exists(Path.Combine(cache, ModelLocator.DemoFolderName)), Is.False, "no half-made demo");
     }
 
+    /// <summary>profile on the emulator refuses prompts it would take hours over, before running anything.</summary>
+    [Test]
+    public void Profile_LongPromptOnTheEmulator_IsRefusedAtOnce()
+    {
+        CliModels.UseTestModelCache();
+        var (exit, _, err) = CliRunner.Run("profile", "-m", "demo", "-p", "5000", "--device", "emulator");
+        Assert.That(exit, Is.EqualTo(ExitCodes.Usage), err);
+        Assert.That(err, Does.Contain("error: --n-prompt 5000: the emulator profiles at most 4096 prompt tokens"));
+    }
+
     /// <summary>Without a GPU, --device auto runs generation on the CPU reference (not the 30-40x slower emulator) and says so in one line.</summary>
     [Test]
     public void AutoWithoutAGpu_GeneratesOnTheCpuReference()

@@ -35,7 +35,8 @@ public static class ProfileCommand
     /// seconds per token on a real-shape model; beyond this, profile on a GPU (the traffic per token is what matters).</summary>
     public const int EmulatorMaxTokens = 4096;
 
-    public static Result Measure(string modelDir, BackendKind backend, int tokens)
+    /// <param name="log">Hears, for a long prompt on the emulator, that this will take a while.</param>
+    public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
         if (!Directory.Exists(modelDir)) throw new ModelNotFoundException($"--model: folder '{modelDir}' does not exist");
@@ -45,6 +46,9 @@ public static class ProfileCommand
         backend = DeviceFactory.Resolve(backend);
         if (backend == BackendKind.Emulator && tokens > EmulatorMaxTokens)
             throw new UsageException($"--n-prompt {tokens}: the emulator profiles at most {EmulatorMaxTokens} prompt tokens (it checks every memory access; a longer prefill takes hours); use --device cuda for longer prompts");
+        if (backend == BackendKind.Emulator && tokens > 64)
+            log?.WriteLine($"profile: a prefill of {tokens} tokens on the PTX emulator checks every memory access of every thread and can take minutes " +
+                "(what profile measures, the traffic per token, shows at -p 8)");
         if (backend == BackendKind.Cpu) throw new ArgumentException("--device cpu has no kernels to profile (use emulator or cuda)");
         using var device = DeviceFactory.Open(backend);
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
@@ -63,7 +67,7 @@ public static class ProfileCommand
     {
         string dir = ModelOpener.Resolve(modelDir, stderr);
         var backend = ModelOpener.ChooseBackend(deviceText, stderr, autoFallback: BackendKind.Emulator);
-        var r = Measure(dir, backend, tokens);
+        var r = Measure(dir, backend, tokens, stderr);
         stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
         stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
         if (r.Emulator)
