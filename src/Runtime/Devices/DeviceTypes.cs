@@ -55,6 +55,8 @@ public sealed record DeviceInfo
     public required int MaxThreadsPerBlock { get; init; }
     public required int WarpSize { get; init; }
     public required long TotalMemoryBytes { get; init; }
+    /// <summary>The memory's peak bandwidth from the driver (2 x memory clock x bus width); null when unknown (the emulator).</summary>
+    public double? PeakMemoryBandwidthBytesPerSecond { get; init; }
     /// <summary>Architecture string for NVRTC, e.g. "sm_90".</summary>
     public string Arch => $"sm_{ComputeMajor}{ComputeMinor}";
 }
@@ -64,10 +66,11 @@ public readonly record struct KernelAttributes(
     int Registers, int StaticSharedBytes, int LocalBytesPerThread, int MaxThreadsPerBlock, int MaxDynamicSharedBytes);
 
 /// <summary>Thrown for device errors: a failed driver call, an emulator fault, out of device memory.</summary>
-public class DeviceException : Exception
+public class DeviceException : Qwen3CudaException
 {
     public DeviceException(string message) : base(message) { }
     public DeviceException(string message, Exception inner) : base(message, inner) { }
+    public override ErrorKind Kind => ErrorKind.DeviceFault;
 }
 
 /// <summary>Thrown when the device has not enough free memory for an allocation.</summary>
@@ -75,4 +78,5 @@ public sealed class DeviceOutOfMemoryException : DeviceException
 {
     public long RequestedBytes { get; }
     public DeviceOutOfMemoryException(long requestedBytes, string message) : base(message) => RequestedBytes = requestedBytes;
+    public override ErrorKind Kind => ErrorKind.OutOfMemory;
 }

@@ -6,7 +6,7 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// <see cref="IDevice"/> on the CPU: runs the PTX of a <see cref="CompiledModule"/> with the warp interpreter,
 /// checks every memory access (memcheck), shared-memory races (racecheck) and warp/CTA synchronisation
 /// (synccheck), and records counters per launch (<see cref="LastLaunch"/>, <see cref="Launches"/>).
-/// By default streams execute eagerly: a launch runs to completion before <see cref="Launch"/> returns. Under strict
+/// By default streams execute eagerly: a launch runs to completion before <c>Launch</c> returns. Under strict
 /// streams (<see cref="EmulatorModes.StrictStreams"/>) work is queued and runs only when the host synchronises
 /// (<see cref="StreamScheduler"/>), as late as a GPU may run it; see docs/emulator.md.
 /// </summary>

@@ -4,8 +4,10 @@ using System.Text;
 namespace Qwen3Cuda.Runtime.Native;
 
 /// <summary>An NVRTC failure: the call, the NVRTC error, and for compile errors the full compile log.</summary>
-public sealed class NvrtcException(string message, string log = "") : Exception(message)
+public sealed class NvrtcException(string message, string log = "") : Qwen3CudaException(message)
 {
+    /// <summary>A source that does not compile is an input problem (the `emulate` verb's file, or a kernel edit).</summary>
+    public override ErrorKind Kind => ErrorKind.InvalidInput;
     /// <summary>The compile log (empty unless the failure was a compilation).</summary>
     public string Log { get; } = log;
 }
@@ -23,15 +25,35 @@ public static unsafe class NvrtcLibrary
         }
     }
 
-    /// <summary>Real architectures NVRTC can emit (e.g. 35 .. 90), as numbers like 80, 90.</summary>
+    /// <summary>
+    /// Real architectures NVRTC can emit (e.g. 35 .. 90), as numbers like 80, 90: nvrtcGetSupportedArchs, or for an NVRTC
+    /// without it (before 11.2) the list its version shipped with (<see cref="ArchsOfVersion"/>).
+    /// </summary>
     public static IReadOnlyList<int> SupportedArchs()
     {
         NativeLibraries.EnsureNvrtc();
-        Check(Nvrtc.nvrtcGetNumSupportedArchs(out int n), "nvrtcGetNumSupportedArchs");
-        var archs = new int[n];
-        fixed (int* p = archs) Check(Nvrtc.nvrtcGetSupportedArchs(p), "nvrtcGetSupportedArchs");
-        return archs;
+        try
+        {
+            Check(Nvrtc.nvrtcGetNumSupportedArchs(out int n), "nvrtcGetNumSupportedArchs");
+            var archs = new int[n];
+            fixed (int* p = archs) Check(Nvrtc.nvrtcGetSupportedArchs(p), "nvrtcGetSupportedArchs");
+            return archs;
+        }
+        catch (EntryPointNotFoundException)
+        {
+            var (major, minor) = Version;
+            return ArchsOfVersion(major, minor);
+        }
     }
+
+    /// <summary>The architectures of an NVRTC without nvrtcGetSupportedArchs (11.0 and 11.1), from the CUDA release notes.</summary>
+    public static IReadOnlyList<int> ArchsOfVersion(int major, int minor) =>
+        (major, minor) switch
+        {
+            (11, 0) => [35, 37, 50, 52, 53, 60, 61, 62, 70, 72, 75, 80],
+            (11, 1) => [35, 37, 50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86],
+            _ => throw new NotSupportedException($"NVRTC {major}.{minor} has no nvrtcGetSupportedArchs and no known architecture list: use NVRTC 11.2 or newer"),
+        };
 
     internal static void Check(Nvrtc.Result r, string call)
     {
