@@ -32,6 +32,23 @@ public class RoundTripCounterTests
             int j = idx[t];
             out[t] = idx[j];
         }
+        // four guarded loads (the decode GEMV's pattern: in the PTX each sits in its own if-then block): one round trip
+        extern "C" __global__ void guarded(const float* x, int n, float* out)
+        {
+            int t = threadIdx.x;
+            float a = t < n ? x[t] : 0.f, b = t + 32 < n ? x[t + 32] : 0.f, c = t + 64 < n ? x[t + 64] : 0.f, d = t + 96 < n ? x[t + 96] : 0.f;
+            out[t] = a + b + c + d;
+        }
+        // a loop that is not unrolled: the next iteration's load waits for this one's add (in-order issue), one trip each
+        extern "C" __global__ void rolled(const float* x, int iters, float* out)
+        {
+            float s = 0.f;
+        #pragma unroll 1
+            for (int i = 0; i < iters; i++) s += x[i * 32 + threadIdx.x];
+            out[threadIdx.x] = s;
+        }
+        extern "C" __global__ void fill(float* y) { int t = blockIdx.x * blockDim.x + threadIdx.x; y[t] = (float)t; }
+        extern "C" __global__ void copy_plus_one(const float* x, float* y) { int t = blockIdx.x * blockDim.x + threadIdx.x; y[t] = x[t] + 1.f; }
         // one ex2 (SFU) and five shuffles per warp
         extern "C" __global__ void sfu_shuffle(const float* x, float* out)
         {
@@ -87,6 +104,53 @@ public class RoundTripCounterTests
         Assert.That(kit.Download<int>(dout, 32), Is.EqualTo(Enumerable.Range(0, 32).ToArray()));
         Assert.That((r.DramRoundTrips, r.L2RoundTrips), Is.EqualTo((1L, 1L)));
         Assert.That((r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips), Is.EqualTo((1L, 1L)));
+    }
+
+    [Test]
+    public void GuardedLoadsInIfThenBlocks_ShareOneTrip()
+    {
+        using var kit = new EmuKit(Source);
+        var x = kit.Upload(Enumerable.Range(0, 128).Select(i => (float)i).ToArray());
+        var dout = kit.Zeros<float>(32);
+        var r = kit.Launch("guarded", 1, 32, 0, x, 128, dout);
+        Assert.That(kit.Download<float>(dout, 32)[1], Is.EqualTo(1 + 33 + 65 + 97));
+        Assert.That((r.DramRoundTrips, r.L2RoundTrips), Is.EqualTo((1L, 0L)));
+    }
+
+    [Test]
+    public void RolledLoop_OneTripPerIteration()
+    {
+        using var kit = new EmuKit(Source);
+        const int iters = 5;
+        var x = kit.Upload(Enumerable.Range(0, 32 * iters).Select(i => 1f).ToArray());
+        var dout = kit.Zeros<float>(32);
+        var r = kit.Launch("rolled", 1, 32, 0, x, iters, dout);
+        Assert.That(kit.Download<float>(dout, 32), Is.All.EqualTo((float)iters));
+        Assert.That(r.DramRoundTrips, Is.EqualTo(iters));
+    }
+
+    /// <summary>
+    /// Data a kernel wrote is still in L2 for the next kernel (an L2 trip, its sectors counted resident) until more than
+    /// EmulatorOptions.L2ResidentBytes of DRAM traffic has passed (here 4 KiB; an 8 KiB copy in between evicts it).
+    /// </summary>
+    [Test]
+    public void DataAnEarlierKernelWrote_IsL2ResidentUntilEnoughTrafficPassed()
+    {
+        using var kit = new EmuKit(Source, new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null, L2ResidentBytes = 4096 });
+        var a = kit.Zeros<float>(32);
+        var b = kit.Zeros<float>(32);
+        var big = kit.Zeros<float>(2048);
+        var big2 = kit.Zeros<float>(2048);
+        kit.Launch("fill", 1, 32, 0, a);
+        var soon = kit.Launch("copy_plus_one", 1, 32, 0, a, b);
+        Assert.That(soon.DistinctSectors, Is.EqualTo(8), "a's 4 sectors read, b's 4 written");
+        Assert.That(soon.L2ResidentSectors, Is.EqualTo(4), "a was written by the launch before");
+        Assert.That((soon.DramRoundTrips, soon.L2RoundTrips), Is.EqualTo((0L, 1L)));
+        kit.Launch("copy_plus_one", 64, 32, 0, big, big2);   // 16 KiB of DRAM traffic (big is not kernel-written: not tracked)
+        var late = kit.Launch("copy_plus_one", 1, 32, 0, a, b);
+        Assert.That(late.L2ResidentSectors, Is.EqualTo(0));
+        Assert.That((late.DramRoundTrips, late.L2RoundTrips), Is.EqualTo((1L, 0L)));
+        Assert.That(kit.Download<float>(b, 32)[5], Is.EqualTo(6f));
     }
 
     [Test]

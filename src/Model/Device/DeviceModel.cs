@@ -152,6 +152,38 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     /// <summary>Keeps the first <paramref name="length"/> tokens of a sequence (its KV pages beyond them are freed).</summary>
     public void TruncateSequence(int sequence, int length) => _kv.Truncate(CheckSequence(sequence), length);
 
+    /// <summary>
+    /// Appends <paramref name="count"/> positions to a sequence without computing them: their KV pages are taken and
+    /// their K and V set to zero in every layer. A profiling aid (`profile --context`): a step at a long context does the
+    /// same work whatever the cached values are, so it can be run or emulated without the prefill before it.
+    /// </summary>
+    public void SkipTokens(int sequence, int count)
+    {
+        CheckSequence(sequence);
+        if (count < 0) throw new ArgumentOutOfRangeException(nameof(count), count, "cannot skip a negative number of tokens");
+        int p0 = _kv.Length(sequence);
+        if ((long)p0 + count > ContextLength)
+            throw new ArgumentException($"sequence {sequence} would hold {(long)p0 + count} tokens, more than the context length {ContextLength}", nameof(count));
+        _kv.Reserve(sequence, count);
+        long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1);
+        var table = _kv.BlockTable(sequence);
+        int P = _kv.PageSize;
+        for (int pos = p0; pos < p0 + count;)
+        {
+            // one run of consecutive slots: to the end of the page, extended over following pages that are consecutive too
+            int page = pos / P, first = table[page] * P + pos % P, slots = Math.Min(P - pos % P, p0 + count - pos);
+            while (pos + slots < p0 + count && (pos + slots) % P == 0 && table[(pos + slots) / P] == table[(pos + slots) / P - 1] + 1)
+                slots += Math.Min(P, p0 + count - pos - slots);
+            for (int l = 0; l < Config.NumHiddenLayers; l++)
+            {
+                _device.MemsetAsync(_kv.K(l) + first * slotBytes, 0, slots * slotBytes, _stream);
+                _device.MemsetAsync(_kv.V(l) + first * slotBytes, 0, slots * slotBytes, _stream);
+            }
+            pos += slots;
+        }
+        _kv.Advance(sequence, count);
+    }
+
     /// <summary>Appends tokens (one: a decode step; more: chunked prefill) and writes the last token's logits.</summary>
     public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits)
     {

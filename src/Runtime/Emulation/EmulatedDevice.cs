@@ -18,6 +18,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private readonly EmuStream _default;
     private readonly List<LaunchRecord> _launches = [];
     private long _launchId;
+    private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
     private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
     private bool _disposed;
 
@@ -260,10 +261,13 @@ public sealed unsafe class EmulatedDevice : IDevice
             StaticShared = k.StaticShared, DynamicShared = c.DynamicSharedBytes, DynamicBase = k.DynamicBase,
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
             Watchdog = _opt.Watchdog,
+            TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
         };
         var sw = Stopwatch.StartNew();
         var counters = L.Run();
+        _trafficClock += (uint)counters.DramSectors;
+        if (_trafficClock == 0) _trafficClock = 1;
         var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying };
         LastLaunch = rec;
         _launches.Add(rec);

@@ -5,7 +5,9 @@ internal sealed class Counters
 {
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
-    public long GlobalAtomics, DistinctSectors;
+    public long GlobalAtomics, DistinctSectors, L2ResidentSectors;
+    /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
+    public long DramSectors => DistinctSectors - L2ResidentSectors;
     public long SharedLoadRequests, SharedStoreRequests, SharedWavefronts, SharedBankConflicts;
     public long LocalBytes, Barriers, MmaCount, CpAsyncBytes, DivergentBranches;
     public long SpecialFunctionInstructions, Shuffles, Warps, DramRoundTrips, L2RoundTrips;
@@ -27,7 +29,7 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
@@ -62,6 +64,11 @@ public sealed record LaunchRecord
     public long GlobalStoreSectors { get; init; }
     /// <summary>Distinct 32-byte sectors touched over the whole launch: a DRAM-traffic proxy.</summary>
     public long DistinctSectors { get; init; }
+    /// <summary>
+    /// Of <see cref="DistinctSectors"/>, those an earlier launch touched (in memory a kernel has written) within the last
+    /// <see cref="EmulatorOptions.L2ResidentBytes"/> of DRAM traffic: taken to be still in L2.
+    /// </summary>
+    public long L2ResidentSectors { get; init; }
     public long GlobalAtomics { get; init; }
     public long SharedLoadRequests { get; init; }
     public long SharedStoreRequests { get; init; }
@@ -81,7 +88,7 @@ public sealed record LaunchRecord
     /// <summary>
     /// Dependent global-memory round trips, summed over warps: a trip is a group of global loads issued before the warp
     /// reads any of their results (see RoundTripAnalysis); a DRAM trip fetched at least one 32-byte sector first touched
-    /// in this launch, an L2 trip only sectors touched before in it (data written by an earlier launch counts as DRAM).
+    /// in this launch and not left in L2 by an earlier one (<see cref="L2ResidentSectors"/>), an L2 trip only others.
     /// </summary>
     public long DramRoundTrips { get; init; }
     public long L2RoundTrips { get; init; }
@@ -115,7 +122,7 @@ public sealed record LaunchRecord
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,

@@ -2,22 +2,24 @@ namespace Qwen3Cuda.Runtime.Emulation;
 
 /// <summary>
 /// Marks the global loads of a function that start a new dependent memory round trip (<see cref="Instr.RoundTripStart"/>),
-/// per basic block, as a scheduler that issues loads early would see them (ptxas hoists loads and their address
-/// arithmetic; NVRTC's PTX keeps source order).
+/// per region (a loop body, or the code between loops: straight-line code and forward branches), as a scheduler that
+/// issues loads early would see them (ptxas hoists loads and their address arithmetic, and if-converts the small
+/// if-then blocks around guarded loads; NVRTC's PTX keeps source order and branches).
 /// <para>
-/// Each instruction of a block gets an epoch: the number of memory round trips the warp must have waited for before it
+/// Each instruction of a region gets an epoch: the number of memory round trips the warp must have waited for before it
 /// can issue. A register written by a global load (ld.global or generic ld, an atom with a result, cp.async) is
 /// available one epoch after the load; any other result in the epoch of its instruction; every value from before the
-/// block in epoch 0. An instruction's epoch is the latest availability of what it reads (registers, guard predicate).
+/// region in epoch 0; code in a forward-branch's shadow is taken as executed. An instruction's epoch is the latest availability of what it reads (registers, guard predicate).
 /// Loads may move up past anything but memory-ordering points: a load's epoch is at least that of the last store to
 /// global or generic memory, atomic or volatile load before it, and at least that of the last fence (bar, membar,
-/// call, cp.async wait), which nothing crosses. The first load of each distinct epoch in a block starts a round trip;
+/// call, cp.async wait), which nothing crosses. The first load of each distinct epoch in a region starts a round trip;
 /// the others share it. Four independent loads then their sum: one trip; a pointer chase: one per hop; a loop body:
 /// one per iteration plus one per dependent level inside it.
 /// </para>
 /// <para>
-/// Values crossing a block boundary count as ready, so loads in different blocks never share a trip (an overcount
-/// when independent loads are split by a branch), and a software-pipelined loop counts one trip per iteration.
+/// Values entering a region count as ready, so loads in different regions never share a trip (one loop iteration's
+/// loads never overlap the next's unless the compiler unrolled the loop in the PTX), and a software-pipelined loop
+/// counts one trip per iteration.
 /// cp.async results are a pseudo-register read by cp.async.wait_group / wait_all. At run time a warp counts a trip at
 /// each executed load that starts one (<see cref="Warp"/>). See docs/timing-model.md.
 /// </para>
@@ -32,35 +34,39 @@ internal static class RoundTripAnalysis
         if (n == 0) return;
         int asyncSlot = Math.Max(registers, fn.NumRegs);
         int preds = 1 + code.Max(i => Math.Max(i.GuardPred, i.Ops.Length == 0 ? -1 : Math.Max(i.Ops[0].Kind == OpKind.Pred ? i.Ops[0].Reg : -1, i.Ops[0].PairPred)));
+        // regions: straight-line code and forward branches (if-then blocks around guarded loads, which ptxas if-converts);
+        // a loop header (a backward branch's target), the instruction after a backward branch and code after an
+        // unconditional exit start a new region
         var leader = new bool[n + 1];
         leader[0] = true;
         for (int i = 0; i < n; i++)
         {
-            if (code[i].Op is Op.Bra or Op.Ret or Op.Exit or Op.Trap or Op.Call) leader[i + 1] = true;
-            if (code[i].Op == Op.Bra && code[i].Target >= 0 && code[i].Target < n) leader[code[i].Target] = true;
+            var ins = code[i];
+            if (ins.Op == Op.Bra && ins.Target >= 0 && ins.Target <= i) { leader[ins.Target] = true; leader[i + 1] = true; }
+            if (ins.GuardPred < 0 && ins.Op is Op.Ret or Op.Exit or Op.Trap) leader[i + 1] = true;
         }
-        // availability epochs, valid when the stamp is the current block's (so nothing is cleared per block)
+        // availability epochs, valid when the stamp is the current region's (so nothing is cleared per region)
         var regEpoch = new int[asyncSlot + 1];
         var regStamp = new int[asyncSlot + 1];
         var predEpoch = new int[Math.Max(preds, 1)];
         var predStamp = new int[Math.Max(preds, 1)];
         var epochsWithTrip = new List<int>();
-        int block = 0, fenceEpoch = 0, orderEpoch = 0, maxEpoch = 0, maxLoadEpoch = 0;
+        int region = 0, fenceEpoch = 0, orderEpoch = 0, maxEpoch = 0, maxLoadEpoch = 0;
         var reads = new List<int>(8);
         var writes = new List<int>(4);
         for (int i = 0; i < n; i++)
         {
             if (leader[i])
             {
-                block++;
+                region++;
                 fenceEpoch = orderEpoch = maxEpoch = maxLoadEpoch = 0;
                 epochsWithTrip.Clear();
             }
             var ins = code[i];
             Registers(ins, asyncSlot, reads, writes);
             int ready = 0;
-            foreach (int r in reads) if (regStamp[r] == block) ready = Math.Max(ready, regEpoch[r]);
-            if (ins.GuardPred >= 0 && predStamp[ins.GuardPred] == block) ready = Math.Max(ready, predEpoch[ins.GuardPred]);
+            foreach (int r in reads) if (regStamp[r] == region) ready = Math.Max(ready, regEpoch[r]);
+            if (ins.GuardPred >= 0 && predStamp[ins.GuardPred] == region) ready = Math.Max(ready, predEpoch[ins.GuardPred]);
             bool load = IsGlobalLoad(ins);
             int epoch;
             if (IsFence(ins)) epoch = fenceEpoch = Math.Max(ready, maxEpoch);
@@ -75,12 +81,12 @@ internal static class RoundTripAnalysis
                 if (ins.RoundTripStart) epochsWithTrip.Add(epoch);
             }
             int available = load ? epoch + 1 : epoch;
-            foreach (int w in writes) { regEpoch[w] = available; regStamp[w] = block; }
+            foreach (int w in writes) { regEpoch[w] = available; regStamp[w] = region; }
             if (ins.Ops.Length > 0)
             {
                 var d = ins.Ops[0];
-                if (d.Kind == OpKind.Pred && d.Reg >= 0 && d.Reg < preds) { predEpoch[d.Reg] = available; predStamp[d.Reg] = block; }
-                if (d.PairPred >= 0 && d.PairPred < preds) { predEpoch[d.PairPred] = available; predStamp[d.PairPred] = block; }
+                if (d.Kind == OpKind.Pred && d.Reg >= 0 && d.Reg < preds) { predEpoch[d.Reg] = available; predStamp[d.Reg] = region; }
+                if (d.PairPred >= 0 && d.PairPred < preds) { predEpoch[d.PairPred] = available; predStamp[d.PairPred] = region; }
             }
         }
     }

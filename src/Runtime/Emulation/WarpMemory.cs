@@ -124,10 +124,10 @@ internal sealed unsafe partial class Warp
             if (dataOp.Kind == OpKind.Vec) throw Fault("vector operand for a scalar access", ins, 0);
         }
         else if (dataOp.Kind != OpKind.Vec || dataOp.Elems.Length != vec) throw Fault($"vector width {vec} does not match the operand {dataOp.Name}", ins, 0);
-        long distinct0 = Cta.Counters.DistinctSectors;
+        long dram0 = Cta.Counters.DramSectors;
         if (sp0 == Space.Global && TryGlobalFast(ins, exec, addrOp, dataOp, size, vec, total, write))
         {
-            if (!write) NoteGlobalRead(ins, Cta.Counters.DistinctSectors != distinct0);
+            if (!write) NoteGlobalRead(ins, Cta.Counters.DramSectors != dram0);
             return;
         }
         if (write)
@@ -164,6 +164,7 @@ internal sealed unsafe partial class Warp
             if (sp == Space.Global)
             {
                 for (ulong s = addr >> 5; s <= (addr + (ulong)total - 1) >> 5; s++) if (nsec < _sectors.Length) _sectors[nsec++] = s;
+                if (write) LaunchState.Track(_lastAlloc!);
                 Cta.Launch.TouchSector(_lastAlloc!, addr, total, Cta.Counters);
             }
             else if (sp == Space.Shared) _bankWords[lanes - 1] = (uint)addr;
@@ -174,7 +175,7 @@ internal sealed unsafe partial class Warp
         if (spSeen == Space.Global)
         {
             CountGlobal(write, lanes, total, Distinct(_sectors, nsec));
-            if (!write) NoteGlobalRead(ins, c.DistinctSectors != distinct0);
+            if (!write) NoteGlobalRead(ins, c.DramSectors != dram0);
         }
         else if (spSeen == Space.Shared)
         {
