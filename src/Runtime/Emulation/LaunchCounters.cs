@@ -140,7 +140,7 @@ public enum DeviceOperationKind { CopyToDevice, CopyToHost, CopyDeviceToDevice, 
 /// One asynchronous copy or memset on the emulator: its size, whether it ran as a node of a graph launch, and how many
 /// kernel launches came before it (its place among <see cref="EmulatedDevice.Launches"/>).
 /// </summary>
-public sealed record DeviceOperation(DeviceOperationKind Kind, long Bytes, bool InGraph, int LaunchesBefore);
+public readonly record struct DeviceOperation(DeviceOperationKind Kind, long Bytes, bool InGraph, int LaunchesBefore);
 
 /// <summary>A memory-check, race-check or sync-check violation found while running a kernel.</summary>
 public sealed class EmulatorFaultException(string message) : DeviceException(message);
