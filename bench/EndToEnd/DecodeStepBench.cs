@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model;
 using BenchmarkDotNet.Attributes;
 using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Device;

@@ -1,4 +1,5 @@
 using BenchmarkDotNet.Attributes;
+using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Device;
 using Qwen3Cuda.Runtime;

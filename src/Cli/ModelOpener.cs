@@ -1,9 +1,7 @@
 using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Device;
-using Qwen3Cuda.Model.Generation;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Runtime;
-using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Cli;
 
@@ -59,20 +57,16 @@ public static class ModelOpener
         catch { device.Dispose(); throw; }
     }
 
-    /// <summary>A model that also disposes its device; it keeps the device model's on-device sampling visible to the Generator.</summary>
-    private sealed class OwningModel(DeviceModel model, IDevice device) : ICausalLanguageModel, IDeviceSampler
+    /// <summary>A model that also disposes its device.</summary>
+    private sealed class OwningModel(DeviceModel model, IDevice device) : ICausalLanguageModel
     {
-        public int MaxBatch => model.MaxBatch;
-        public int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings) => model.ForwardSampled(sequence, tokens, settings);
-        public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> settings, Span<int> nextTokens) =>
-            model.DecodeBatchSampled(sequences, tokens, settings, nextTokens);
         public int VocabSize => model.VocabSize;
         public int ContextLength => model.ContextLength;
         public int MaxSequences => model.MaxSequences;
-        public int SequenceLength(int sequence) => model.SequenceLength(sequence);
-        public void ResetSequence(int sequence) => model.ResetSequence(sequence);
-        public void TruncateSequence(int sequence, int length) => model.TruncateSequence(sequence, length);
-        public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits) => model.Forward(sequence, tokens, lastLogits);
+        public int MaxStepRows => model.MaxStepRows;
+        public int MaxOutputRows => model.MaxOutputRows;
+        public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => model.Kv;
+        public void Step(StepBatch batch) => model.Step(batch);
         public void Dispose() { model.Dispose(); device.Dispose(); }
     }
 }

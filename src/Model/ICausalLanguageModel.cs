@@ -1,9 +1,14 @@
+using Qwen3Cuda.Runtime.Memory;
+
 namespace Qwen3Cuda.Model;
 
 /// <summary>
-/// What the generator needs from a model, whichever backend computes it (the CPU reference, or the
-/// device model on CUDA or the emulator). A model holds the KV cache of several sequences, each
-/// identified by a small integer; positions of a sequence continue from its current length.
+/// A causal language model on some backend (the CPU reference, or the device model on CUDA or the emulator), reached
+/// through ONE entry point: <see cref="Step"/> (docs/architecture.md, "The step contract"). The model holds the KV
+/// cache of up to <see cref="MaxSequences"/> sequences, identified by small integers; <see cref="Kv"/> says which pages
+/// each holds and how long it is, and is where a scheduler resets, truncates or shares them (prefix caching).
+/// Conveniences built on Step (Forward, DecodeBatch, ...) are in <see cref="CausalLanguageModelExtensions"/>.
+/// Not thread-safe: one Step at a time.
 /// </summary>
 public interface ICausalLanguageModel : IDisposable
 {
@@ -12,24 +17,17 @@ public interface ICausalLanguageModel : IDisposable
     int ContextLength { get; }
     /// <summary>Sequences that can be held at once (ids 0 .. MaxSequences-1).</summary>
     int MaxSequences { get; }
-
-    /// <summary>Tokens already in sequence <paramref name="sequence"/>'s KV cache.</summary>
-    int SequenceLength(int sequence);
-
-    /// <summary>Empties a sequence's KV cache.</summary>
-    void ResetSequence(int sequence);
-
-    /// <summary>
-    /// Keeps the first <paramref name="length"/> tokens of a sequence's KV cache and drops the rest. The
-    /// generator uses it to keep the prefix a new chat prompt shares with the cache (the Qwen3 template
-    /// re-renders earlier turns without their reasoning, so prompts diverge inside the last answer).
-    /// </summary>
-    void TruncateSequence(int sequence, int length);
+    /// <summary>Token rows one step takes (the token budget of a step).</summary>
+    int MaxStepRows { get; }
+    /// <summary>Rows with an output (logits or a sampled token) one step takes.</summary>
+    int MaxOutputRows { get; }
+    /// <summary>The KV page table: sequence lengths, block tables, free pages, prefix cache.</summary>
+    KvPageTable Kv { get; }
 
     /// <summary>
-    /// Appends <paramref name="tokens"/> to the sequence (prefill when many, decode when one) and writes the
-    /// logits of the last appended token into <paramref name="lastLogits"/> (length <see cref="VocabSize"/>).
-    /// Throws <see cref="ArgumentException"/> when the sequence would exceed <see cref="ContextLength"/>.
+    /// Runs one forward over the rows of <paramref name="batch"/> (prefill chunks and decode rows of several sequences),
+    /// appends their K/V to the sequences, and fills the batch's results. Invalid batches throw before anything changes
+    /// (see <see cref="StepBatch.Prepare"/>).
     /// </summary>
-    void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits);
+    void Step(StepBatch batch);
 }

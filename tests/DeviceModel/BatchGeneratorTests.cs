@@ -51,7 +51,13 @@ public class BatchGeneratorTests
         var penalised = new GenerationRequest(prompt, new GenerationOptions { Sampling = SamplingOptions.Greedy with { RepetitionPenalty = 1.1f } });
         var e = Assert.Throws<ArgumentException>(() => new BatchGenerator(dm, tok, []).Generate([penalised]));
         Assert.That(e!.Message, Does.Contain("request 0").And.Contain("penalties"));
-        using var cpu = ReferenceModel.Load(dir, 1, 16);
-        Assert.Throws<ArgumentException>(() => new BatchGenerator(cpu, tok, []));
+        // The CPU reference implements the same step contract (sampling with the device sampler's semantics): a batched
+        // greedy request there yields what it yields alone through the Generator (the reference runs each sequence alone).
+        using var cpu = ReferenceModel.Load(dir, 2, 16);
+        var greedy = new GenerationRequest(prompt, new GenerationOptions { Sampling = SamplingOptions.Greedy, MaxNewTokens = 4 });
+        var onCpu = new BatchGenerator(cpu, tok, []).Generate([greedy, greedy]);
+        var cpuAlone = new Generator(cpu, tok, [], sequence: 1).Generate(prompt, greedy.Options);
+        Assert.That(onCpu[0].Tokens, Is.EqualTo(cpuAlone.Tokens));
+        Assert.That(onCpu[1].Tokens, Is.EqualTo(cpuAlone.Tokens));
     }
 }

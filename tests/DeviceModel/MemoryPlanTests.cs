@@ -122,15 +122,15 @@ public class MemoryPlanTests
     {
         using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
         using var kv = new PagedKvCache(device, layers: 2, numKvHeads: 2, headDim: 64, pageSize: 4, pages: 5, maxSequences: 2, maxPagesPerSequence: 3);
-        kv.Reserve(0, 6);                          // 2 pages
-        Assert.That(kv.BlockTable(0), Has.Count.EqualTo(2).And.Not.Contains(0), "page 0 is the scratch page");
-        Assert.That(kv.Slot(0, 5), Is.EqualTo(kv.BlockTable(0)[1] * 4 + 1));
-        kv.Advance(0, 6);
-        kv.Reserve(1, 8);                          // 2 more pages: all 4 usable pages taken
-        Assert.That(() => kv.Reserve(0, 3), Throws.InstanceOf<InvalidOperationException>().With.Message.Contains("KV cache full"));
-        Assert.That(() => kv.Reserve(1, 13), Throws.ArgumentException.With.Message.Contains("3 pages"));
-        kv.Reset(1);
-        Assert.That(kv.FreePages, Is.EqualTo(2));
+        kv.Table.Reserve(0, 6);                          // 2 pages
+        Assert.That(kv.Table.BlockTable(0), Has.Count.EqualTo(2).And.Not.Contains(0), "page 0 is the scratch page");
+        Assert.That(kv.Table.Slot(0, 5), Is.EqualTo(kv.Table.BlockTable(0)[1] * 4 + 1));
+        kv.Table.Advance(0, 6);
+        kv.Table.Reserve(1, 8);                          // 2 more pages: all 4 usable pages taken
+        Assert.That(() => kv.Table.Reserve(0, 3), Throws.InstanceOf<InvalidOperationException>().With.Message.Contains("KV cache full"));
+        Assert.That(() => kv.Table.Reserve(1, 13), Throws.ArgumentException.With.Message.Contains("3 pages"));
+        kv.Table.Reset(1);
+        Assert.That(kv.Table.FreePages, Is.EqualTo(2));
         Assert.That((long)(kv.V(1).Address - kv.K(0).Address), Is.EqualTo(3 * kv.PoolBytes));
     }
 }

@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;

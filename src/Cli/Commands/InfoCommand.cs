@@ -35,7 +35,7 @@ public static class InfoCommand
     private static int PlanGuard(TextWriter stderr, Func<int> action)
     {
         try { return action(); }
-        catch (Exception e) when (e is ArgumentException or FormatException or IOException or InvalidOperationException or DeviceException)
+        catch (Exception e) when (e is ArgumentException or FormatException or IOException or InvalidDataException or InvalidOperationException or DeviceException)
         {
             stderr.WriteLine($"error: {CliErrors.Message(e)}");
             return 1;
@@ -46,7 +46,11 @@ public static class InfoCommand
     {
         if (!Directory.Exists(modelDir) && !File.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
         ModelConfig config;
-        try { config = ModelConfig.Load(modelDir); }
+        try
+        {
+            config = ModelConfig.Load(modelDir);
+            Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
+        }
         catch (ConfigException e) { throw new InvalidDataException(e.Message, e); }
         long budget = DefaultGpuMemoryBytes;
         string source = "assumed (no --gpu-memory, no CUDA device)";

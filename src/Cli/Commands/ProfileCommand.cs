@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model;
 using System.CommandLine;
 using System.Globalization;
 using System.Text;

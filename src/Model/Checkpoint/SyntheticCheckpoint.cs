@@ -101,45 +101,9 @@ public static class SyntheticCheckpoint
         return c;
     }
 
-    /// <summary>Every tensor of a checkpoint for <paramref name="c"/>, in file order, with transformers' names.</summary>
-    public static IReadOnlyList<TensorSpec> TensorPlan(ModelConfig c)
-    {
-        var list = new List<TensorSpec>();
-        void Add(string name, params long[] shape) => list.Add(new TensorSpec(name, SafetensorsDType.BF16, shape));
-        long h = c.HiddenSize;
-        Add("model.embed_tokens.weight", c.VocabSize, h);
-        for (int l = 0; l < c.NumHiddenLayers; l++)
-        {
-            string p = $"model.layers.{l}.";
-            Add(p + "input_layernorm.weight", h);
-            Add(p + "self_attn.q_proj.weight", c.QueryDim, h);
-            Add(p + "self_attn.k_proj.weight", c.KeyValueDim, h);
-            Add(p + "self_attn.v_proj.weight", c.KeyValueDim, h);
-            Add(p + "self_attn.o_proj.weight", h, c.QueryDim);
-            Add(p + "self_attn.q_norm.weight", c.HeadDim);
-            Add(p + "self_attn.k_norm.weight", c.HeadDim);
-            Add(p + "post_attention_layernorm.weight", h);
-            if (c.IsMoeLayer(l))
-            {
-                Add(p + "mlp.gate.weight", c.NumExperts, h);
-                for (int e = 0; e < c.NumExperts; e++)
-                {
-                    Add($"{p}mlp.experts.{e}.gate_proj.weight", c.MoeIntermediateSize, h);
-                    Add($"{p}mlp.experts.{e}.up_proj.weight", c.MoeIntermediateSize, h);
-                    Add($"{p}mlp.experts.{e}.down_proj.weight", h, c.MoeIntermediateSize);
-                }
-            }
-            else
-            {
-                Add(p + "mlp.gate_proj.weight", c.IntermediateSize, h);
-                Add(p + "mlp.up_proj.weight", c.IntermediateSize, h);
-                Add(p + "mlp.down_proj.weight", h, c.IntermediateSize);
-            }
-        }
-        Add("model.norm.weight", h);
-        if (!c.TieWordEmbeddings) Add("lm_head.weight", c.VocabSize, h);
-        return list;
-    }
+    /// <summary>Every tensor of a checkpoint for <paramref name="c"/>, in file order, with transformers' names (<see cref="ModelTensors"/>).</summary>
+    public static IReadOnlyList<TensorSpec> TensorPlan(ModelConfig c) =>
+        new ModelTensors(c).All.Select(t => new TensorSpec(t.Name, SafetensorsDType.BF16, t.Shape)).ToList();
 
     public static SyntheticResult Write(SyntheticPreset preset, ulong seed, string directory, int? layers = null) =>
         Write(new SyntheticOptions { Preset = preset, Seed = seed, Layers = layers }, directory);
@@ -147,12 +111,13 @@ public static class SyntheticCheckpoint
     public static SyntheticResult Write(SyntheticOptions o, string directory)
     {
         var config = BuildConfig(o);
+        var tensors = new ModelTensors(config).All.ToList();
         var plan = TensorPlan(config);
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, ModelConfig.FileName), config.ToJson());
         long maxShard = o.MaxShardBytes ?? (o.Preset == SyntheticPreset.RealShapeSlice ? 1L << 30 : long.MaxValue);
         var seeds = plan.Select(t => TensorSeed(o.Seed, t.Name)).ToArray();
-        var scales = plan.Select(t => (Scale: ScaleOf(t), Offset: IsNorm(t.Name) ? 1.0f : 0.0f)).ToArray();
+        var scales = tensors.Select(t => (Scale: ScaleOf(t), Offset: t.IsNorm ? 1.0f : 0.0f)).ToArray();
         var files = SafetensorsWriter.WriteCheckpoint(directory, plan, (i, byteOffset, chunk) =>
             Fill(seeds[i], scales[i].Scale, scales[i].Offset, byteOffset / 2, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(chunk)),
             maxShard).ToList();
@@ -197,15 +162,13 @@ public static class SyntheticCheckpoint
         return null;
     }
 
-    static bool IsNorm(string name) => name.EndsWith("norm.weight", StringComparison.Ordinal);
-
-    static float ScaleOf(TensorSpec t)
+    static float ScaleOf(ModelTensor t)
     {
-        if (IsNorm(t.Name)) return 0.2f;                       // 1 +- 0.2
-        if (t.Name == "model.embed_tokens.weight") return 1.0f;
+        if (t.IsNorm) return 0.2f;                            // 1 +- 0.2
+        if (t.Role == TensorRole.Embedding) return 1.0f;
         float fanIn = t.Shape[^1];
         float uniformStd = MathF.Sqrt(3.0f / fanIn);           // uniform(-a, a) has std a / sqrt(3)
-        bool wide = t.Name == "lm_head.weight" || t.Name.EndsWith("mlp.gate.weight", StringComparison.Ordinal);
+        bool wide = t.Role is TensorRole.LmHead or TensorRole.Router;
         return wide ? 2 * uniformStd : uniformStd;
     }
 

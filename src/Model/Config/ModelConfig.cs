@@ -34,6 +34,8 @@ public sealed record ModelConfig
     public int? BosTokenId { get; init; }
     public IReadOnlyList<int> EosTokenIds { get; init; } = Array.Empty<int>();
     public string? TorchDtype { get; init; }
+    /// <summary>config.json quantization_config (null: a plain bf16 checkpoint); see Checkpoint.CheckpointFormat.</summary>
+    public QuantizationConfig? Quantization { get; init; }
 
     public bool IsMoeModel => ModelType == "qwen3_moe" && NumExperts > 0;
     public int QueryDim => NumAttentionHeads * HeadDim;       // nH*D
@@ -111,6 +113,7 @@ public sealed record ModelConfig
                 BosTokenId = r.Int("bos_token_id"),
                 EosTokenIds = r.IntOrIntList("eos_token_id") ?? Array.Empty<int>(),
                 TorchDtype = r.String("torch_dtype") ?? r.String("dtype"),
+                Quantization = QuantizationConfig.Parse(doc.RootElement, fileName),
             };
             cfg.Validate(fileName);
             return cfg;
@@ -245,6 +248,7 @@ public sealed record ModelConfig
             w.WriteNumber("rope_theta", RopeTheta);
             w.WriteBoolean("tie_word_embeddings", TieWordEmbeddings);
             if (TorchDtype is not null) w.WriteString("torch_dtype", TorchDtype);
+            Quantization?.Write(w);
             w.WriteBoolean("use_cache", true);
             w.WriteBoolean("use_sliding_window", false);
             w.WriteNumber("vocab_size", VocabSize);

@@ -3,109 +3,185 @@ using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Model.Device;
 
-/// <summary>The forward pass itself: step inputs, one function per layer in the reference's order, graphs.</summary>
+/// <summary>The forward pass itself: the step contract, step inputs, one function per layer in the reference's order, graphs.</summary>
 public sealed partial class DeviceModel
 {
-    // ---------------- step inputs ----------------
+    /// <summary>A sequence's run of rows goes through the tensor-core flash attention when it has more rows than this (and the option is on).</summary>
+    public const int MaxDecodeAttentionRows = GemvLaunchers.MaxTokens;
 
-    /// <summary>Chunked prefill of one sequence; leaves the last token's logits in the workspace (row 0).</summary>
-    private void Prefill(int sequence, ReadOnlySpan<int> tokens, SamplingSettings? sampling = null)
+    private readonly int[] _deviceRow;   // batch row -> row in the step's device order
+
+    /// <summary>How a step's rows map onto the kernels (host-known sizes; device inputs carry the rest).</summary>
+    /// <param name="Rows">token rows (a graph step: the padded bucket)</param>
+    /// <param name="DecodeRows">rows 0..DecodeRows-1 go through the decode attention, one row each with its own table and length</param>
+    /// <param name="FlashSegments">runs of rows after them, one per sequence, through the flash prefill attention</param>
+    /// <param name="MaxFlashRows">longest of those runs</param>
+    /// <param name="Outputs">rows through the final norm and lm_head</param>
+    /// <param name="Gather">the output rows are gathered by the output_rows input (else they are rows 0..Outputs-1)</param>
+    /// <param name="Sample">run the sampling kernel over the output rows with their settings (else the argmax: greedy rows, logits rows)</param>
+    private readonly record struct StepShape(int Rows, int DecodeRows, int FlashSegments, int MaxFlashRows, int Outputs, bool Gather, bool Sample);
+
+    // ---------------- the step contract ----------------
+
+    /// <summary>
+    /// One forward over the rows of <paramref name="batch"/> (see <see cref="StepBatch"/>): prefill runs longer than
+    /// <see cref="MaxDecodeAttentionRows"/> use the flash prefill attention, other rows the paged decode attention. A step
+    /// of one decode row per sequence, every row with an output, at most MaxBatch rows, replays the bucket's captured
+    /// graph. The host waits only when the step has outputs (their copy back).
+    /// </summary>
+    public void Step(StepBatch batch)
     {
-        CheckSequence(sequence);
-        CheckTokens(tokens);
-        if (tokens.Length == 0) throw new ArgumentException("no tokens to forward", nameof(tokens));
-        int p0 = _kv.Length(sequence);
-        if ((long)p0 + tokens.Length > ContextLength)
-            throw new ArgumentException($"sequence {sequence} would hold {p0 + tokens.Length} tokens, more than the context length {ContextLength}", nameof(tokens));
-        _kv.Reserve(sequence, tokens.Length);
-        int chunk = Plan.Options.PrefillChunkTokens;
-        for (int start = 0; start < tokens.Length; start += chunk)
+        var table = _kv.Table;
+        batch.Prepare(VocabSize, ContextLength, MaxStepRows, MaxOutputRows, table);
+        batch.ReservePages(table);
+        _kv.ApplyPendingCopies(_stream);
+        var inputs = _staging.Acquire();
+        StepShape shape;
+        try { shape = WriteInputs(batch, inputs); }
+        catch { _staging.Abandon(); throw; }
+        _staging.Release(_stream);
+        bool graph = shape.DecodeRows == shape.Rows && !shape.Gather && shape.Rows <= MaxBatch;
+        if (graph && ReplayGraphs && (shape.Sample ? _sampleGraphs : _graphs).TryGetValue(shape.Rows, out var exec)) _device.Launch(exec, _stream);
+        else RunStep(shape);
+        batch.AdvanceSequences(table);
+        if (batch.OutputCount > 0) ReadResults(batch);
+    }
+
+    /// <summary>
+    /// Fills a staging slot with the step inputs in device row order (decode-attention rows first, then the flash
+    /// segments), queues their copies into the workspace, and returns the step's shape. A batch that fits a graph
+    /// bucket is padded to it: padding rows read key 0 of the scratch page 0, write nothing (slot -1), and are ignored.
+    /// </summary>
+    private StepShape WriteInputs(StepBatch batch, PinnedBuffer inputs)
+    {
+        var w = Plan.Workspace;
+        var segments = batch.Segments;
+        bool flashOn = Plan.Options.FlashPrefillAttention;
+        int decodeRows = 0, flashSegments = 0, maxFlash = 0;
+        foreach (var g in segments)
         {
-            int n = Math.Min(chunk, tokens.Length - start);
-            int pos = _kv.Length(sequence);
-            bool flash = n > GemvLaunchers.MaxTokens && Plan.Options.FlashPrefillAttention;
-            var ids = InputSpan(Plan.Workspace.Tokens, n);
-            var positions = InputSpan(Plan.Workspace.Positions, n);
-            var slots = InputSpan(Plan.Workspace.Slots, n);
-            var lens = InputSpan(Plan.Workspace.ContextLens, n);
-            int stride = Plan.Workspace.MaxPagesPerSeq;
-            var tables = InputSpan(Plan.Workspace.BlockTables, n * stride);
-            _kv.WriteBlockTable(sequence, tables[..stride]);
-            for (int i = 0; i < n; i++)
+            if (flashOn && g.Rows > MaxDecodeAttentionRows) { flashSegments++; maxFlash = Math.Max(maxFlash, g.Rows); }
+            else decodeRows += g.Rows;
+        }
+        int rows = batch.Count, outputs = batch.OutputCount;
+        bool decodeOnly = decodeRows == rows && segments.Count == rows && outputs == rows;
+        int padded = decodeOnly && rows <= MaxBatch ? BucketFor(rows) : rows;   // graphs on or off: the same launches
+
+        var ids = Input<int>(inputs, w.Tokens, padded);
+        var positions = Input<int>(inputs, w.Positions, padded);
+        var slots = Input<int>(inputs, w.Slots, padded);
+        int attnRows = decodeRows + flashSegments + (padded - rows);
+        var lens = Input<int>(inputs, w.ContextLens, attnRows);
+        int stride = w.MaxPagesPerSeq;
+        var tables = Input<int>(inputs, w.BlockTables, attnRows * stride);
+        var qStart = Input<int>(inputs, w.QStart, flashSegments + 1);
+        var table = _kv.Table;
+
+        // Decode-attention rows first (in batch order), then each flash segment's rows.
+        int next = 0, seg = 0, flashRow = decodeRows;
+        qStart[0] = 0;
+        foreach (var g in segments)
+        {
+            bool flash = flashOn && g.Rows > MaxDecodeAttentionRows;
+            int first = flash ? flashRow : next;
+            for (int i = 0; i < g.Rows; i++)
             {
-                ids[i] = tokens[start + i];
-                positions[i] = pos + i;
-                slots[i] = _kv.Slot(sequence, pos + i);
-                lens[i] = pos + i + 1;                   // row i attends to keys 0..pos+i (causal)
-                if (i > 0 && !flash) tables[..stride].CopyTo(tables.Slice(i * stride, stride));   // decode attention: one table row per query row
+                int r = g.FirstRow + i, d = first + i, pos = g.FirstPosition + i;
+                _deviceRow[r] = d;
+                ids[d] = batch.Token(r);
+                positions[d] = pos;
+                slots[d] = table.Slot(g.Sequence, pos);
+                if (flash) continue;
+                lens[d] = pos + 1;                               // row d attends to keys 0..pos (causal within the run)
+                var row = tables.Slice(d * stride, stride);
+                if (i == 0) table.WriteBlockTable(g.Sequence, row);
+                else tables.Slice(first * stride, stride).CopyTo(row);
             }
-            var qStart = InputSpan(Plan.Workspace.QStart, 2);
-            qStart[0] = 0; qStart[1] = n;
-            CopyInputs(n, tableRows: flash ? 1 : n);
-            if (flash) CopyInput(Plan.Workspace.QStart, 2 * sizeof(int));
-            bool sample = sampling is not null && start + n == tokens.Length;
-            if (sample)
+            if (flash)
             {
-                SettingsSpan(1)[0] = SampleRowSettings.From(sampling!.Value, (ulong)(pos + n));   // counter: the new token's position
-                CopyInput(Plan.Workspace.SampleSettings, SettingsBytes(1));
+                int at = decodeRows + seg;
+                lens[at] = g.FirstPosition + g.Rows;
+                table.WriteBlockTable(g.Sequence, tables.Slice(at * stride, stride));
+                qStart[seg + 1] = qStart[seg] + g.Rows;
+                seg++;
+                flashRow += g.Rows;
             }
-            RunStep(n, lastRowOnly: true, sample);
-            _kv.Advance(sequence, n);
+            else next += g.Rows;
+        }
+        for (int d = rows; d < padded; d++)
+        {
+            ids[d] = 0; positions[d] = 0; slots[d] = -1; lens[d] = 1;
+            tables.Slice(d * stride, stride).Clear();
+        }
+
+        // Output rows (batch order) and their sampling settings.
+        // Without a gather the output rows are rows 0..rows-1 in order (a decode batch: its padding rows compute too).
+        var outputRows = Input<int>(inputs, w.OutputRows, outputs);
+        var batchOutputs = batch.OutputRows;
+        bool gather = outputs != rows;
+        for (int o = 0; o < outputs; o++)
+        {
+            outputRows[o] = _deviceRow[batchOutputs[o]];
+            gather |= outputRows[o] != o;
+        }
+        bool sample = false;   // every sampled row greedy: the argmax, no settings to copy
+        foreach (int r in batchOutputs) sample |= batch.Output(r) == StepOutput.Sample && !batch.Sampling(r).IsGreedy;
+        int outputRowsTotal = gather ? outputs : padded;
+        if (sample)
+        {
+            var settings = Input<SampleRowSettings>(inputs, w.SampleSettings, outputRowsTotal);
+            for (int o = 0; o < outputRowsTotal; o++)
+            {
+                if (o >= outputs) { settings[o] = default; continue; }   // padding rows: greedy (cheapest), ignored
+                int r = batchOutputs[o];
+                settings[o] = batch.Output(r) == StepOutput.Sample
+                    ? SampleRowSettings.From(batch.Sampling(r), (ulong)batch.Position(r) + 1)   // counter: the new token's position
+                    : default;
+            }
+        }
+
+        Copy(inputs, w.Tokens, padded * 4L);
+        Copy(inputs, w.Positions, padded * 4L);
+        Copy(inputs, w.Slots, padded * 4L);
+        Copy(inputs, w.ContextLens, attnRows * 4L);
+        Copy(inputs, w.BlockTables, (long)attnRows * stride * 4);
+        if (flashSegments > 0) Copy(inputs, w.QStart, (flashSegments + 1) * 4L);
+        if (gather) Copy(inputs, w.OutputRows, outputs * 4L);
+        if (sample) Copy(inputs, w.SampleSettings, SettingsBytes(outputRowsTotal));
+        return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample);
+    }
+
+    /// <summary>Copies the result region back (error flag, sampled ids, and the logits when a row asked for them), waits, and fills the batch's results.</summary>
+    private void ReadResults(StepBatch batch)
+    {
+        var w = Plan.Workspace;
+        int outputs = batch.OutputCount;
+        long bytes = batch.LogitsCount > 0 ? w.ResultBytes(outputs, VocabSize) : w.Sampled - w.EmbedError + outputs * sizeof(int);
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, bytes, _stream);
+        _device.Synchronize(_stream);
+        _staging.StreamSynchronized();
+        CheckEmbedError();
+        var sampled = _result.AsSpan<int>().Slice((int)((w.Sampled - w.EmbedError) / sizeof(int)), outputs);
+        var logits = batch.LogitsCount > 0 ? _result.AsSpan<ushort>().Slice((int)((w.Logits - w.EmbedError) / sizeof(ushort)), outputs * VocabSize) : default;
+        var rows = batch.OutputRows;
+        for (int o = 0; o < outputs; o++)
+        {
+            int r = rows[o];
+            if (batch.Output(r) == StepOutput.Sample) batch.SetSampled(o, sampled[o]);
+            else Bf16.ToFloat(logits.Slice(o * VocabSize, VocabSize), batch.LogitsBuffer(r));
         }
     }
 
-    /// <summary>Fills the inputs of a decode step (padded to its bucket), then replays the bucket's graph or launches the step.</summary>
-    /// <remarks><paramref name="sampling"/>: empty for no sampling (argmax), one element for every row, or one per sequence.</remarks>
-    private void DecodeStep(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> sampling = default)
+    /// <summary>
+    /// Second line of defence behind <see cref="StepBatch.Prepare"/>'s token check: the embedding kernel flags an id
+    /// outside [0, V) (it wrote a zero row instead of reading out of bounds). The flag is sticky: it covers every step
+    /// since the last read.
+    /// </summary>
+    private void CheckEmbedError()
     {
-        int count = sequences.Length;
-        if (count < 1 || count > MaxBatch) throw new ArgumentException($"decode batch of {count} sequences; supported 1..{MaxBatch}", nameof(sequences));
-        if (tokens.Length != count) throw new ArgumentException($"{tokens.Length} tokens for {count} sequences", nameof(tokens));
-        CheckTokens(tokens);
-        for (int i = 0; i < count; i++)
-        {
-            int s = CheckSequence(sequences[i]);
-            for (int j = 0; j < i; j++)
-                if (sequences[j] == s) throw new ArgumentException($"sequence {s} appears twice in one decode batch", nameof(sequences));
-            if (_kv.Length(s) + 1 > ContextLength)
-                throw new ArgumentException($"sequence {s} would hold {_kv.Length(s) + 1} tokens, more than the context length {ContextLength}", nameof(tokens));
-        }
-        for (int i = 0; i < count; i++) _kv.Reserve(sequences[i], 1);
-        int bucket = BucketFor(count);
-        int stride = Plan.Workspace.MaxPagesPerSeq;
-        var ids = InputSpan(Plan.Workspace.Tokens, bucket);
-        var positions = InputSpan(Plan.Workspace.Positions, bucket);
-        var slots = InputSpan(Plan.Workspace.Slots, bucket);
-        var lens = InputSpan(Plan.Workspace.ContextLens, bucket);
-        var tables = InputSpan(Plan.Workspace.BlockTables, bucket * stride);
-        for (int i = 0; i < bucket; i++)
-        {
-            var row = tables.Slice(i * stride, stride);
-            if (i < count)
-            {
-                int s = sequences[i], pos = _kv.Length(s);
-                ids[i] = tokens[i]; positions[i] = pos; slots[i] = _kv.Slot(s, pos); lens[i] = pos + 1;
-                _kv.WriteBlockTable(s, row);
-            }
-            else
-            {
-                // Padding row: reads key 0 of the scratch page 0, writes nothing (slot -1); its outputs are ignored.
-                ids[i] = 0; positions[i] = 0; slots[i] = -1; lens[i] = 1;
-                row.Clear();
-            }
-        }
-        CopyInputs(bucket, bucket);
-        bool sample = !sampling.IsEmpty;
-        if (sample)
-        {
-            var settings = SettingsSpan(bucket);
-            for (int i = 0; i < bucket; i++)   // padding rows: greedy (cheapest), their ids are ignored
-                settings[i] = i < count ? SampleRowSettings.From(sampling[sampling.Length == 1 ? 0 : i], (ulong)(positions[i] + 1)) : default;
-            CopyInput(Plan.Workspace.SampleSettings, SettingsBytes(bucket));
-        }
-        if (ReplayGraphs && (sample ? _sampleGraphs : _graphs).TryGetValue(bucket, out var graph)) _device.Launch(graph, _stream);
-        else RunStep(bucket, lastRowOnly: false, sample);
-        for (int i = 0; i < count; i++) _kv.Advance(sequences[i], 1);
+        if (_result.AsSpan<int>()[0] == 0) return;
+        _device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+        throw new InvalidOperationException($"the embedding kernel saw a token id outside the vocabulary [0, {VocabSize}) since the last result; its output row was zeroed, the results are invalid");
     }
 
     private int BucketFor(int count)
@@ -114,32 +190,20 @@ public sealed partial class DeviceModel
         return _buckets[^1];
     }
 
-    private Span<SampleRowSettings> SettingsSpan(int count) =>
-        _inputs.AsSpan<SampleRowSettings>().Slice((int)((Plan.Workspace.SampleSettings - Plan.Workspace.InputsBegin) / SettingsBytes(1)), count);
-
     private static long SettingsBytes(int count) => count * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>();
 
-    private Span<int> InputSpan(long offset, int count) =>
-        _inputs.AsSpan<int>().Slice((int)((offset - Plan.Workspace.InputsBegin) / sizeof(int)), count);
+    /// <summary>The step-input array at workspace offset <paramref name="offset"/> inside a staging slot (same layout).</summary>
+    private Span<T> Input<T>(PinnedBuffer slot, long offset, int count) where T : unmanaged =>
+        slot.AsSpan<T>().Slice((int)((offset - Plan.Workspace.InputsBegin) / System.Runtime.CompilerServices.Unsafe.SizeOf<T>()), count);
 
-    /// <summary>Five async copies from the pinned mirror: token ids, positions, slots, context lengths, block tables.</summary>
-    private void CopyInput(long offset, long bytes) =>
-        _device.CopyToDeviceAsync(_workspace.Base + offset, _inputs, offset - Plan.Workspace.InputsBegin, bytes, _stream);
-
-    private void CopyInputs(int rows, int tableRows)
+    private void Copy(PinnedBuffer slot, long offset, long bytes)
     {
-        var w = Plan.Workspace;
-        void Copy(long offset, long bytes) => CopyInput(offset, bytes);
-        Copy(w.Tokens, rows * 4L);
-        Copy(w.Positions, rows * 4L);
-        Copy(w.Slots, rows * 4L);
-        Copy(w.ContextLens, rows * 4L);
-        Copy(w.BlockTables, (long)tableRows * w.MaxPagesPerSeq * 4);
+        if (bytes > 0) _device.CopyToDeviceAsync(_workspace.Base + offset, slot, offset - Plan.Workspace.InputsBegin, bytes, _stream);
     }
 
     // ---------------- graphs ----------------
 
-    /// <summary>Captures one decode step per batch bucket (1, 2, 4, 8): the launches read their inputs from the fixed buffers.</summary>
+    /// <summary>Captures one decode step per batch bucket (1, 2, 4, 8), ending in the argmax or in sampling: the launches read their inputs from the fixed buffers.</summary>
     private void CaptureDecodeGraphs()
     {
         foreach (int b in _buckets)
@@ -147,8 +211,12 @@ public sealed partial class DeviceModel
             foreach (bool sample in (bool[])[false, true])
             {
                 _device.BeginCapture(_stream);
-                try { RunStep(b, lastRowOnly: false, sample); }
-                catch { _device.EndCapture(_stream).Dispose(); throw; }
+                try { RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)); }
+                catch
+                {
+                    try { _device.EndCapture(_stream).Dispose(); } catch { /* the capture's own failure is the one to report */ }
+                    throw;
+                }
                 using var graph = _device.EndCapture(_stream);
                 (sample ? _sampleGraphs : _graphs)[b] = _device.Instantiate(graph);
             }
@@ -157,44 +225,45 @@ public sealed partial class DeviceModel
 
     // ---------------- the forward pass ----------------
 
-    private DevicePtr W(long offset) => _weights.Base + offset;
     private DevicePtr Ws(long offset) => _workspace.Base + offset;
 
     /// <summary>
-    /// Embedding -> every layer -> final norm -> lm_head (last row only, or every row for a decode batch) -> argmax.
-    /// Inputs are already in the workspace; everything goes to <see cref="_stream"/> (capturable).
+    /// Embedding -> every layer -> output rows (gathered when needed) -> final norm -> lm_head -> sampling. Inputs are
+    /// already in the workspace; everything goes to <see cref="_stream"/> (capturable).
     /// </summary>
-    private void RunStep(int rows, bool lastRowOnly, bool sample = false)
+    private void RunStep(StepShape s)
     {
         var c = Config;
         var w = Plan.Workspace;
         int H = c.HiddenSize;
-        _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), Ws(w.EmbedError), rows, c.VocabSize, H);
-        for (int l = 0; l < c.NumHiddenLayers; l++) LayerStep(l, rows);
-        int first = lastRowOnly ? rows - 1 : 0, outRows = rows - first;
-        DevicePtr x = Ws(w.X) + (long)first * H * sizeof(ushort);
-        _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), outRows, H, (float)c.RmsNormEps);
-        Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, W(Plan.Weights.LmHead), DevicePtr.Null, outRows, c.VocabSize, H);
-        if (sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, outRows, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
-        else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, outRows, c.VocabSize, Ws(w.Sampled));
+        _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), Ws(w.EmbedError), s.Rows, c.VocabSize, H);
+        for (int l = 0; l < c.NumHiddenLayers; l++) LayerStep(l, s);
+        if (s.Outputs == 0) return;
+        // The output rows' hidden states: rows 0..Outputs-1 of x, or gathered into h (the gather kernel is the embedding's, over x).
+        DevicePtr x = Ws(w.X);
+        if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
+        _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), s.Outputs, H, (float)c.RmsNormEps);
+        Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H);
+        if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
+        else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled));
     }
 
     /// <summary>
-    /// One decoder layer for <paramref name="rows"/> token rows (a prefill chunk of one sequence, or one token of
-    /// each sequence of a decode batch): x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x)).
+    /// One decoder layer for the step's rows (prefill runs and decode rows of several sequences): x += Attn(RMSNorm(x));
+    /// x += MLP(RMSNorm(x)).
     /// </summary>
-    private void LayerStep(int layer, int rows)
+    private void LayerStep(int layer, StepShape s)
     {
         var c = Config;
         var w = Plan.Workspace;
         var L = Plan.Weights.Layers[layer];
-        int H = c.HiddenSize, qDim = c.QueryDim, qkvDim = qDim + 2 * c.KeyValueDim;
+        int rows = s.Rows, H = c.HiddenSize, qDim = c.QueryDim, qkvDim = qDim + 2 * c.KeyValueDim;
         float eps = (float)c.RmsNormEps;
 
         // AddRmsNorm: h = RMSNorm(x) * w_in   (the residual adds are fused into o_proj and the MoE combine)
         _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.InputNorm), rows, H, eps);
-        // QkvProj: qkv = h [q|k|v]^T   (GEMV; prefill chunks as slices of 8 rows until the GEMM lands)
-        Project(Ws(w.Qkv), qkvDim, Ws(w.H), H, W(L.Qkv), DevicePtr.Null, rows, qkvDim, H);
+        // QkvProj: qkv = h [q|k|v]^T
+        Project(Ws(w.Qkv), qkvDim, Ws(w.H), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H);
         // QkNormRopeKvWrite: q -> q buffer; k, v -> the layer's KV pages at slot[t]
         _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
         {
@@ -204,46 +273,46 @@ public sealed partial class DeviceModel
             NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, QkvStride = qkvDim, QOutStride = qDim,
             Eps = eps, AttentionScaling = _attentionScaling,
         });
-        // Attention: a prefill chunk (T > 8): causal flash attention of the chunk's rows over the sequence's pages;
-        // otherwise flash decoding (split-K + combine), one query row per attention row (the chunk's rows see
-        // context lengths p0+1 .. p0+T, which is the causal mask).
-        if (rows > GemvLaunchers.MaxTokens && Plan.Options.FlashPrefillAttention)
+        // Attention: decode rows by flash decoding (split-K + combine), one query row per attention row with its own
+        // table and context length (a short run of one sequence is causal through lengths p+1); then the flash prefill
+        // segments (causal flash attention of each run over its sequence's pages).
+        if (s.DecodeRows > 0)
+            _attn.Decode(_stream, new DecodeAttentionArgs(
+                Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
+                Ws(w.ContextLens), s.DecodeRows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
+                Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / s.DecodeRows)));
+        if (s.FlashSegments > 0)
+        {
+            long skip = (long)s.DecodeRows;
             _attnPrefill.Prefill(_stream, new AttnPrefillParams
             {
-                Q = Ws(w.Q), KCache = _kv.K(layer), VCache = _kv.V(layer), BlockTable = Ws(w.BlockTables),
-                ContextLens = Ws(w.ContextLens) + (rows - 1) * sizeof(int), QStart = Ws(w.QStart), Out = Ws(w.Attn), Seqs = 1,
+                Q = Ws(w.Q) + skip * qDim * sizeof(ushort), KCache = _kv.K(layer), VCache = _kv.V(layer),
+                BlockTable = Ws(w.BlockTables) + skip * w.MaxPagesPerSeq * sizeof(int), ContextLens = Ws(w.ContextLens) + skip * sizeof(int),
+                QStart = Ws(w.QStart), Out = Ws(w.Attn) + skip * qDim * sizeof(ushort), Seqs = s.FlashSegments,
                 NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, PageSize = _kv.PageSize,
                 MaxPagesPerSeq = w.MaxPagesPerSeq, QStride = qDim, OutStride = qDim,
-            }, rows);
-        else _attn.Decode(_stream, new DecodeAttentionArgs(
-            Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
-            Ws(w.ContextLens), rows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
-            Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / rows)));
+            }, s.MaxFlashRows);
+        }
         // OProj (+residual): x = x + attn Wo^T
-        Project(Ws(w.X), H, Ws(w.Attn), qDim, W(L.OProj), Ws(w.X), rows, H, qDim);
+        Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
         // AddRmsNorm: h = RMSNorm(x) * w_post
         _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
         // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
         // (a dense layer is the same block with one expert of weight 1 and a zero router row)
-        _moe.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router), W(L.GateUp), W(L.Down),
+        _moe.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router), Operand(L.GateUp), Operand(L.Down),
             Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
     }
 
-    /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for prefill chunks.</summary>
-    private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr weight, DevicePtr residual, int rows, int n, int k)
+    /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows.</summary>
+    private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k)
     {
         var w = Plan.Workspace;
+        var weight = Operand(matrix);
         if (rows > GemvLaunchers.MaxTokens)
         {
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
             return;
         }
-        for (int r = 0; r < rows; r += GemvLaunchers.MaxTokens)
-        {
-            int t = Math.Min(GemvLaunchers.MaxTokens, rows - r);
-            DevicePtr yr = y + (long)r * ldy * sizeof(ushort);
-            DevicePtr res = residual.IsNull ? DevicePtr.Null : residual + (long)r * ldy * sizeof(ushort);
-            _gemv.Gemv(_stream, yr, ldy, x + (long)r * ldx * sizeof(ushort), ldx, weight, res, t, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity);
-        }
+        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity);
     }
 }

@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Runtime;
@@ -8,14 +9,16 @@ namespace Qwen3Cuda.Model.Device;
 
 /// <summary>
 /// Qwen3 / Qwen3-MoE on an <see cref="IDevice"/> (CUDA or the PTX emulator): the weights in one device arena, a
-/// workspace arena for activations, a paged KV cache, and one step function per layer (DeviceModel.Step.cs)
-/// that launches the kernels of kern1/kern2 in the reference's order. Prefill runs in chunks; decode steps of
-/// 1..MaxBatch sequences are captured once per batch bucket as graphs and replayed, their inputs (token ids,
-/// positions, slots, context lengths, block tables) copied from pinned memory into fixed device buffers first.
-/// Nothing is allocated inside a step; the only host synchronisation is the wait for the result copy.
+/// workspace arena for activations, a paged KV cache, and one forward per step (DeviceModel.Step.cs) that launches the
+/// kernels layer by layer in the reference's order. Its one entry point is <see cref="Step"/> (docs/architecture.md,
+/// "The step contract"): rows of several sequences, prefill chunks and decode rows mixed. Decode steps of 1..MaxBatch
+/// sequences are captured once per batch bucket as graphs and replayed. Step inputs (token ids, positions, slots,
+/// context lengths, block tables, output rows, sampling settings) are written into a slot of a pinned staging ring and
+/// copied into fixed device buffers; a slot is reused only after an event says its copies ran. Nothing is allocated
+/// inside a step; the only host synchronisation is the wait for the result copy of a step that has outputs.
 /// Not thread-safe: one call at a time.
 /// </summary>
-public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDeviceSampler
+public sealed partial class DeviceModel : ICausalLanguageModel
 {
     private readonly IDevice _device;
     private readonly KernelLoader _loader;
@@ -23,7 +26,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     private readonly DeviceStream _stream;
     private readonly DeviceArena _weights, _workspace;
     private readonly PagedKvCache _kv;
-    private readonly PinnedBuffer _inputs;       // mirror of the workspace's step-input arrays
+    private readonly StagingRing _staging;       // pinned slots mirroring the workspace's step-input arrays
     private readonly PinnedBuffer _result;       // the workspace's result region: embed error flag | sampled ids | logits (bf16)
     private readonly RmsNormLaunchers _rms;
     private readonly GemvLaunchers _gemv;
@@ -49,6 +52,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     public int ContextLength => Plan.ContextLength;
     public int MaxSequences => Plan.Options.MaxSequences;
     public int MaxBatch => Plan.Options.MaxBatch;
+    /// <summary>Token rows one step takes: the workspace's rows (max of the prefill chunk and the decode batch).</summary>
+    public int MaxStepRows => Plan.Workspace.Rows;
+    public int MaxOutputRows => Plan.Workspace.MaxOutputs;
     /// <summary>Batch sizes with a captured decode graph (empty when graphs are off).</summary>
     public IReadOnlyCollection<int> GraphBuckets => _graphs.Keys;
 
@@ -81,8 +87,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
         try
         {
             _rms = new RmsNormLaunchers(_loader);
-            _gemv = new GemvLaunchers(_loader);
-            _gemm = new GemmLaunchers(_loader);
+            _gemv = new GemvLaunchers(_loader, Plan.Weights.DenseFormats);
+            _gemm = new GemmLaunchers(_loader, Plan.Weights.DenseFormats);
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
@@ -94,17 +100,18 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
                 MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
             }
-            _moe = new MoeLaunchers(_loader, _mlpShapes);   // the guarded grouped GEMMs only when a shape needs them
+            _moe = new MoeLaunchers(_loader, _mlpShapes, Plan.Weights.ExpertFormats);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
                 options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
-            _inputs = device.AllocatePinned(Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_inputs);
-            _result = device.AllocatePinned(Plan.Workspace.ResultBytes(options.MaxBatch, c.VocabSize)); disposables.Add(_result);
-            _inputs.Span.Clear();
+            _staging = new StagingRing(device, Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_staging);
+            _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
+            _deviceRow = new int[Plan.Workspace.Rows];
             device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+            _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             UploadWeights(weights, invFreq, options.LoadProgress);
             _buckets = [.. options.BatchBuckets()];
@@ -120,6 +127,12 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
         }
     }
 
+    private DevicePtr W(DeviceTensor t) => _weights.Base + t.Offset;
+
+    /// <summary>A weight matrix as the launchers take it: its format picks the kernel variant.</summary>
+    private WeightOperand Operand(DeviceTensor t) =>
+        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null);
+
     private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)
     {
         var ckpt = weights.Checkpoint;
@@ -132,25 +145,20 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             foreach (var s in t.Sources)
             {
                 var view = ckpt.Get(s.CheckpointName);
-                if (view.DType != Checkpoint.SafetensorsDType.BF16 || view.ByteLength != s.Bytes)
-                    throw new InvalidDataException($"{s.CheckpointName}: expected {s.Bytes} bytes of BF16 for device tensor {t.Name} {t.Shape}, the checkpoint has {view.ByteLength} bytes of {view.DType}");
+                if (view.DType != t.DType || view.ByteLength != s.Bytes)
+                    throw new InvalidDataException($"{view.Info.FilePath}: tensor '{s.CheckpointName}': expected {s.Bytes} bytes of {t.DType.Name()} for device tensor {t.Name} {t.ShapeText}, the checkpoint has {view.ByteLength} bytes of {view.DType.Name()}");
                 up.Upload(dst + s.DeviceOffset, view.Pointer, s.Bytes, s.CheckpointName);
             }
         }
         unsafe
         {
-            fixed (float* p = invFreq) { up.Upload(_weights.Base + Plan.Weights.InvFreq, (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
+            fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
         }
     }
 
     // ---------------- ICausalLanguageModel ----------------
 
-    public int SequenceLength(int sequence) => _kv.Length(CheckSequence(sequence));
-
-    public void ResetSequence(int sequence) => _kv.Reset(CheckSequence(sequence));
-
-    /// <summary>Keeps the first <paramref name="length"/> tokens of a sequence (its KV pages beyond them are freed).</summary>
-    public void TruncateSequence(int sequence, int length) => _kv.Truncate(CheckSequence(sequence), length);
+    public KvPageTable Kv => _kv.Table;
 
     /// <summary>
     /// Appends <paramref name="count"/> positions to a sequence without computing them: their KV pages are taken and
@@ -159,20 +167,21 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
     /// </summary>
     public void SkipTokens(int sequence, int count)
     {
-        CheckSequence(sequence);
+        var table = _kv.Table;
         if (count < 0) throw new ArgumentOutOfRangeException(nameof(count), count, "cannot skip a negative number of tokens");
-        int p0 = _kv.Length(sequence);
+        int p0 = table.Length(sequence);
         if ((long)p0 + count > ContextLength)
             throw new ArgumentException($"sequence {sequence} would hold {(long)p0 + count} tokens, more than the context length {ContextLength}", nameof(count));
-        _kv.Reserve(sequence, count);
+        table.Reserve(sequence, count);
+        _kv.ApplyPendingCopies(_stream);
         long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1);
-        var table = _kv.BlockTable(sequence);
-        int P = _kv.PageSize;
+        var pages = table.BlockTable(sequence);
+        int P = table.PageSize;
         for (int pos = p0; pos < p0 + count;)
         {
             // one run of consecutive slots: to the end of the page, extended over following pages that are consecutive too
-            int page = pos / P, first = table[page] * P + pos % P, slots = Math.Min(P - pos % P, p0 + count - pos);
-            while (pos + slots < p0 + count && (pos + slots) % P == 0 && table[(pos + slots) / P] == table[(pos + slots) / P - 1] + 1)
+            int first = pages[pos / P] * P + pos % P, slots = Math.Min(P - pos % P, p0 + count - pos);
+            while (pos + slots < p0 + count && (pos + slots) % P == 0 && pages[(pos + slots) / P] == pages[(pos + slots) / P - 1] + 1)
                 slots += Math.Min(P, p0 + count - pos - slots);
             for (int l = 0; l < Config.NumHiddenLayers; l++)
             {
@@ -181,134 +190,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
             }
             pos += slots;
         }
-        _kv.Advance(sequence, count);
-    }
-
-    /// <summary>Appends tokens (one: a decode step; more: chunked prefill) and writes the last token's logits.</summary>
-    public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits)
-    {
-        if (lastLogits.Length != VocabSize) throw new ArgumentException($"lastLogits has {lastLogits.Length} elements, expected vocab size {VocabSize}", nameof(lastLogits));
-        if (tokens.Length == 1)
-        {
-            DecodeBatch([sequence], tokens, lastLogits);
-            return;
-        }
-        Prefill(sequence, tokens);
-        CopyLogitsBack(1, lastLogits);
-    }
-
-    /// <summary>Prefill, then greedy argmax of the last token on the device: only the id comes back.</summary>
-    public int ForwardGreedy(int sequence, ReadOnlySpan<int> tokens)
-    {
-        Span<int> next = stackalloc int[1];
-        if (tokens.Length == 1) { DecodeBatchGreedy([sequence], tokens, next); return next[0]; }
-        Prefill(sequence, tokens);                // the step ends with the argmax of its last row
-        CopyIdsBack(next);
-        return next[0];
-    }
-
-    /// <summary>
-    /// One decode step of several sequences at once: token <paramref name="tokens"/>[i] appended to sequence
-    /// <paramref name="sequences"/>[i]; <paramref name="logits"/> receives [count, V] (row i for sequence i).
-    /// </summary>
-    public void DecodeBatch(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, Span<float> logits)
-    {
-        if (logits.Length != (long)sequences.Length * VocabSize)
-            throw new ArgumentException($"logits has {logits.Length} elements, expected {sequences.Length} x {VocabSize}", nameof(logits));
-        DecodeStep(sequences, tokens);
-        CopyLogitsBack(sequences.Length, logits);
-    }
-
-    /// <summary>Like <see cref="DecodeBatch"/>, with greedy sampling on the device: only the token ids come back.</summary>
-    public void DecodeBatchGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, Span<int> nextTokens)
-    {
-        if (nextTokens.Length != sequences.Length) throw new ArgumentException($"nextTokens has {nextTokens.Length} elements, expected {sequences.Length}", nameof(nextTokens));
-        DecodeStep(sequences, tokens);
-        CopyIdsBack(nextTokens);
-    }
-
-    // The result region (error flag | ids | logits) comes back in one copy, so the flag costs no extra copy or sync.
-    /// <summary>
-    /// Prefill or decode step, then samples the next token on the device with <paramref name="settings"/> (greedy
-    /// settings: argmax); only the id comes back. The Philox counter is the new token's position, so a seeded run
-    /// is reproducible.
-    /// </summary>
-    public int ForwardSampled(int sequence, ReadOnlySpan<int> tokens, in SamplingSettings settings)
-    {
-        Span<int> next = stackalloc int[1];
-        if (tokens.Length == 1) { DecodeBatchSampled([sequence], tokens, settings, next); return next[0]; }
-        SamplingLaunchers.Validate(settings);
-        Prefill(sequence, tokens, settings);
-        CopyIdsBack(next);
-        return next[0];
-    }
-
-    /// <summary>
-    /// Like <see cref="DecodeBatchGreedy"/>, sampling each row on the device with <paramref name="settings"/> inside
-    /// the bucket's captured graph: the settings and the per-sequence counter (the new token's position) are step
-    /// inputs in device memory, so changing them needs no re-capture. Only the token ids come back.
-    /// </summary>
-    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, in SamplingSettings settings, Span<int> nextTokens) =>
-        DecodeBatchSampled(sequences, tokens, new ReadOnlySpan<SamplingSettings>(in settings), nextTokens);
-
-    /// <summary>
-    /// Like <see cref="DecodeBatchSampled(ReadOnlySpan{int}, ReadOnlySpan{int}, in SamplingSettings, Span{int})"/> with
-    /// settings per sequence: row i is sampled with <paramref name="settings"/>[i] (its own seed, temperature, top-k,
-    /// top-p, min-p), or every row with <paramref name="settings"/>[0] when one is given. A row's random number depends
-    /// only on its seed and its new token's position, so each sequence draws what it would draw alone.
-    /// </summary>
-    public void DecodeBatchSampled(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, ReadOnlySpan<SamplingSettings> settings, Span<int> nextTokens)
-    {
-        if (nextTokens.Length != sequences.Length) throw new ArgumentException($"nextTokens has {nextTokens.Length} elements, expected {sequences.Length}", nameof(nextTokens));
-        if (settings.Length != 1 && settings.Length != sequences.Length)
-            throw new ArgumentException($"{settings.Length} sampling settings for {sequences.Length} sequences: give one for all or one per sequence", nameof(settings));
-        foreach (var s in settings) SamplingLaunchers.Validate(s);
-        DecodeStep(sequences, tokens, settings);
-        CopyIdsBack(nextTokens);
-    }
-
-    private void CopyLogitsBack(int rows, Span<float> logits)
-    {
-        var w = Plan.Workspace;
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, w.ResultBytes(rows, VocabSize), _stream);
-        _device.Synchronize(_stream);
-        CheckEmbedError();
-        Bf16.ToFloat(_result.AsSpan<ushort>().Slice((int)((w.Logits - w.EmbedError) / sizeof(ushort)), rows * VocabSize), logits);
-    }
-
-    private void CopyIdsBack(Span<int> ids)
-    {
-        var w = Plan.Workspace;
-        long idsEnd = w.Sampled - w.EmbedError + ids.Length * sizeof(int);
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, idsEnd, _stream);
-        _device.Synchronize(_stream);
-        CheckEmbedError();
-        _result.AsSpan<int>().Slice((int)((w.Sampled - w.EmbedError) / sizeof(int)), ids.Length).CopyTo(ids);
-    }
-
-    /// <summary>
-    /// Second line of defence behind <see cref="CheckTokens"/>: the embedding kernel flags an id outside [0, V)
-    /// (it wrote a zero row instead of reading out of bounds). The flag is sticky, so it covers every chunk since the last read.
-    /// </summary>
-    private void CheckEmbedError()
-    {
-        if (_result.AsSpan<int>()[0] == 0) return;
-        _device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
-        var ids = InputSpan(Plan.Workspace.Tokens, Plan.Workspace.Rows);
-        string where = "";
-        for (int i = 0; i < ids.Length; i++)
-            if ((uint)ids[i] >= (uint)VocabSize) { where = $" (row {i} of the last step inputs holds token id {ids[i]})"; break; }
-        throw new InvalidOperationException($"the embedding kernel saw a token id outside the vocabulary [0, {VocabSize}){where}; its output row was zeroed, the results are invalid");
-    }
-
-    private int CheckSequence(int sequence) =>
-        (uint)sequence < (uint)MaxSequences ? sequence
-        : throw new ArgumentOutOfRangeException(nameof(sequence), sequence, $"sequence id must be in [0, {MaxSequences})");
-
-    private void CheckTokens(ReadOnlySpan<int> tokens)
-    {
-        foreach (int t in tokens)
-            if ((uint)t >= (uint)VocabSize) throw new ArgumentException($"token id {t} is outside the vocabulary [0, {VocabSize})", nameof(tokens));
+        table.Advance(sequence, count);
     }
 
     public void Dispose()
@@ -319,7 +201,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel, Generation.IDevi
         _graphs.Clear();
         _sampleGraphs.Clear();
         _result.Dispose();
-        _inputs.Dispose();
+        _staging.Dispose();
         _kv.Dispose();
         _workspace.Dispose();
         _weights.Dispose();

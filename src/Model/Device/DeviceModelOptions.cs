@@ -9,7 +9,11 @@ public sealed record DeviceModelOptions
     public int MaxSequences { get; init; } = 1;
     /// <summary>Sequences decoded in one step (the largest graph bucket).</summary>
     public int MaxBatch { get; init; } = 8;
-    /// <summary>Tokens per prefill chunk: a longer prompt runs as several chunks.</summary>
+    /// <summary>Rows with an output (logits or a sampled token) one step may have. Null: <see cref="MaxBatch"/>.</summary>
+    public int? MaxOutputRows { get; init; }
+    /// <summary>Rows with an output one step may have (<see cref="MaxOutputRows"/> or <see cref="MaxBatch"/>).</summary>
+    public int OutputRows => MaxOutputRows ?? MaxBatch;
+    /// <summary>Tokens per prefill chunk: a step holds at most max(this, MaxBatch) rows.</summary>
     public int PrefillChunkTokens { get; init; } = 512;
     /// <summary>Tokens per KV page.</summary>
     public int PageSize { get; init; } = 16;
@@ -39,6 +43,8 @@ public sealed record DeviceModelOptions
         if (MaxSequences < 1 || MaxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(MaxSequences), $"max sequences {MaxSequences} must be in [1, 4096]");
         if (MaxBatch < 1 || MaxBatch > 8) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, 8] (the decode GEMV takes up to 8 tokens)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > 8192) throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk {PrefillChunkTokens} must be in [1, 8192]");
+        if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))
+            throw new ArgumentOutOfRangeException(nameof(MaxOutputRows), $"max output rows {MaxOutputRows} must be in [{MaxBatch}, {Math.Max(PrefillChunkTokens, MaxBatch)}] (the decode batch .. the rows of a step)");
         if (PageSize < 1 || PageSize > 4096) throw new ArgumentOutOfRangeException(nameof(PageSize), $"KV page size {PageSize} must be in [1, 4096]");
         if (ContextLength is < 1) throw new ArgumentOutOfRangeException(nameof(ContextLength), $"--ctx-size {ContextLength} must be positive");
         if (GpuMemoryBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(GpuMemoryBytes), $"--gpu-memory {GpuMemoryBytes} must be positive");

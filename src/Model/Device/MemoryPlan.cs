@@ -58,14 +58,14 @@ public sealed class MemoryPlan
         else
         {
             // Size the workspace for the longest context first (its split buffers grow with it), then fill what is left with KV pages.
-            var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, maxPos, o.PageSize, multiprocessors);
+            var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, maxPos, o.PageSize, multiprocessors);
             long pageBytes = 2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
             long left = budget - weights.TotalBytes - wsMax.TotalBytes - pageBytes;   // one scratch page
             long pagesPerSeq = Math.Max(0, left / pageBytes / o.MaxSequences);
             ctx = (int)Math.Min(maxPos, pagesPerSeq * o.PageSize);
             if (ctx < Math.Min(maxPos, MinAutoContext)) ctx = Math.Min(maxPos, MinAutoContext);   // does not fit: report against the minimum
         }
-        var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, ctx, o.PageSize, multiprocessors);
+        var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, ctx, o.PageSize, multiprocessors);
         int pages = checked(o.MaxSequences * ((ctx + o.PageSize - 1) / o.PageSize) + 1);
         return new MemoryPlan(c, o, weights, ws, budget, ctx, pages);
     }
@@ -91,7 +91,7 @@ public sealed class MemoryPlan
         sb.Append(CultureInfo.InvariantCulture,
             $"Model: {c.ModelType}, {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, heads {c.NumAttentionHeads}/{c.NumKeyValueHeads} x {c.HeadDim}, {experts}vocab {c.VocabSize}, {Weights.ParameterCount / 1e9:F2} B parameters\n");
         sb.Append("Memory plan (from config.json; no weights read):\n");
-        Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, bf16, one arena)");
+        Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, {Weights.Format.Name}, one arena)");
         Line("KV per token", $"{ByteSize.Format(KvBytesPerToken),12}  ({c.NumHiddenLayers} layers x K,V x {c.NumKeyValueHeads} heads x {c.HeadDim} x bf16)");
         Line("KV cache", $"{ByteSize.Format(KvBytes),12}  ({ContextLength} tokens x {Options.MaxSequences} sequence(s), {KvPages} pages of {Options.PageSize})");
         Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch})");

@@ -1,120 +1,162 @@
+using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Runtime.Launchers;
 using Qwen3Cuda.Runtime.Memory;
 
 namespace Qwen3Cuda.Model.Device;
 
-/// <summary>One checkpoint tensor copied verbatim (bf16 bytes) to <see cref="DeviceOffset"/> inside a device tensor.</summary>
+/// <summary>One checkpoint tensor copied verbatim to <see cref="DeviceOffset"/> inside a device tensor.</summary>
 public readonly record struct WeightSource(string CheckpointName, long DeviceOffset, long Bytes);
 
-/// <summary>A tensor of the device weight arena: its offset, size, shape, and the checkpoint tensors it is built from.</summary>
-public sealed record DeviceTensor(string Name, long Offset, long Bytes, string Shape, IReadOnlyList<WeightSource> Sources)
+/// <summary>
+/// A typed tensor of the device weight arena: its element type, logical shape, offset and size, the checkpoint tensors
+/// it is built from and, for a weight matrix, the format the kernels read it in and the scale tensors that format needs
+/// (none for bf16).
+/// </summary>
+public sealed record DeviceTensor(string Name, SafetensorsDType DType, long[] Shape, long Offset, long Bytes, IReadOnlyList<WeightSource> Sources)
 {
+    /// <summary>How the matrix kernels read this tensor (bf16 for every tensor of a bf16 checkpoint).</summary>
+    public WeightFormat Format { get; init; } = WeightFormat.Bf16;
+    /// <summary>The scale tensors of a quantized matrix (also in the arena); empty for bf16.</summary>
+    public IReadOnlyList<DeviceTensor> Scales { get; init; } = [];
+    /// <summary>What the tensor holds beyond its sources (e.g. "zeros", "fp32 computed on the host"), for `info`.</summary>
+    public string? Note { get; init; }
+
     /// <summary>True for tensors not read from the checkpoint (zero router of a dense layer, RoPE table).</summary>
     public bool IsDerived => Sources.Count == 0;
+    public string ShapeText => TensorInfo.FormatShape(Shape) + (Note is null ? "" : " " + Note);
 }
 
-/// <summary>Offsets (in the weight arena) of one decoder layer's tensors, in the order the step uses them.</summary>
-public sealed record LayerOffsets(
+/// <summary>One decoder layer's device tensors, in the order the step uses them.</summary>
+public sealed record DeviceLayer(
     int Index,
     bool IsMoe,
-    long InputNorm,   // [H]
-    long Qkv,         // [(nH + 2 nKV) * D, H]: q_proj rows, then k_proj, then v_proj
-    long QNorm,       // [D]
-    long KNorm,       // [D]
-    long OProj,       // [H, nH * D]
-    long PostNorm,    // [H]
-    long Router,      // [E, H]; a dense layer: [1, H] zeros (its MLP runs as one expert of weight 1)
-    long GateUp,      // [E, 2I, H]: per expert gate_proj rows then up_proj rows (kern2's MoeWeightPacking)
-    long Down,        // [E, H, I]
-    int Experts,      // E (1 for a dense layer)
-    int TopK,         // k (1 for a dense layer)
-    int Inter);       // I (intermediate_size for a dense layer)
+    DeviceTensor InputNorm,   // [H]
+    DeviceTensor Qkv,         // [(nH + 2 nKV) * D, H]: q_proj rows, then k_proj, then v_proj
+    DeviceTensor QNorm,       // [D]
+    DeviceTensor KNorm,       // [D]
+    DeviceTensor OProj,       // [H, nH * D]
+    DeviceTensor PostNorm,    // [H]
+    DeviceTensor Router,      // [E, H]; a dense layer: [1, H] zeros (its MLP runs as one expert of weight 1)
+    DeviceTensor GateUp,      // [E, 2I, H]: per expert gate_proj rows then up_proj rows (kern2's MoeWeightPacking)
+    DeviceTensor Down,        // [E, H, I]
+    int Experts,              // E (1 for a dense layer)
+    int TopK,                 // k (1 for a dense layer)
+    int Inter);               // I (intermediate_size for a dense layer)
 
 /// <summary>
 /// The device weight layout of a checkpoint, computed from config.json alone (no weight is read): every
 /// tensor 256-byte aligned in ONE arena. Fused q|k|v, stacked experts, dense MLPs as a one-expert MoE.
+/// Checkpoint names and shapes come from <see cref="ModelTensors"/>; the weight format from
+/// <see cref="CheckpointFormat"/> (config.json's quantization_config).
 /// </summary>
 public sealed class WeightLayout
 {
     private readonly List<DeviceTensor> _tensors = [];
+    private readonly ArenaLayout _arena = new();
 
     public ModelConfig Config { get; }
+    public CheckpointFormat Format { get; }
+    public ModelTensors Checkpoint { get; }
+    /// <summary>Every tensor of the arena (scale tensors included), in offset order.</summary>
     public IReadOnlyList<DeviceTensor> Tensors => _tensors;
-    public IReadOnlyList<LayerOffsets> Layers { get; }
-    public long Embedding { get; }     // [V, H]
-    public long FinalNorm { get; }     // [H]
-    public long LmHead { get; }        // [V, H] (= Embedding when tied and no lm_head.weight)
-    public long InvFreq { get; }       // [D/2] fp32, computed on the host (plain or YaRN)
-    public long TotalBytes { get; }
+    public IReadOnlyList<DeviceLayer> Layers { get; }
+    public DeviceTensor Embedding { get; }     // [V, H]
+    public DeviceTensor FinalNorm { get; }     // [H]
+    public DeviceTensor LmHead { get; }        // [V, H] (= Embedding when tied and no lm_head.weight)
+    public DeviceTensor InvFreq { get; }       // [D/2] fp32, computed on the host (plain or YaRN)
+    public long TotalBytes => _arena.TotalBytes;
 
     public WeightLayout(ModelConfig c, bool checkpointHasLmHead = false)
     {
-        var arena = new ArenaLayout();
-        long H = c.HiddenSize, D = c.HeadDim, bf = sizeof(ushort);
-        long Add(string name, long bytes, string shape, params WeightSource[] sources)
-        {
-            long off = arena.Take(name, bytes);
-            _tensors.Add(new DeviceTensor(name, off, bytes, shape, sources));
-            return off;
-        }
-        WeightSource Src(string name, long at, long elements) => new(name, at, elements * bf);
+        Config = c;
+        Format = CheckpointFormat.FromConfig(c);
+        var names = Checkpoint = new ModelTensors(c, hasLmHead: !c.TieWordEmbeddings || checkpointHasLmHead);
+        long H = c.HiddenSize, D = c.HeadDim;
 
-        Embedding = Add("embed_tokens", c.VocabSize * H * bf, $"[{c.VocabSize}, {H}]", Src("model.embed_tokens.weight", 0, c.VocabSize * H));
-        var layers = new LayerOffsets[c.NumHiddenLayers];
+        Embedding = Vector("embed_tokens", names.Embedding);
+        var layers = new DeviceLayer[c.NumHiddenLayers];
         for (int l = 0; l < layers.Length; l++)
         {
-            string p = $"model.layers.{l}.", n = $"layers.{l}.";
-            long inNorm = Add(n + "input_norm", H * bf, $"[{H}]", Src(p + "input_layernorm.weight", 0, H));
-            long qRows = c.QueryDim, kvRows = c.KeyValueDim, qkvRows = qRows + 2 * kvRows;
-            long qkv = Add(n + "qkv", qkvRows * H * bf, $"[{qkvRows}, {H}]",
-                Src(p + "self_attn.q_proj.weight", 0, qRows * H),
-                Src(p + "self_attn.k_proj.weight", qRows * H * bf, kvRows * H),
-                Src(p + "self_attn.v_proj.weight", (qRows + kvRows) * H * bf, kvRows * H));
-            long qn = Add(n + "q_norm", D * bf, $"[{D}]", Src(p + "self_attn.q_norm.weight", 0, D));
-            long kn = Add(n + "k_norm", D * bf, $"[{D}]", Src(p + "self_attn.k_norm.weight", 0, D));
-            long o = Add(n + "o_proj", H * qRows * bf, $"[{H}, {qRows}]", Src(p + "self_attn.o_proj.weight", 0, H * qRows));
-            long post = Add(n + "post_norm", H * bf, $"[{H}]", Src(p + "post_attention_layernorm.weight", 0, H));
-            long router, gateUp, down;
+            var t = names.Layers[l];
+            string n = $"layers.{l}.";
+            var inNorm = Vector(n + "input_norm", t.InputNorm);
+            var qkv = Matrix(n + "qkv", [c.QueryDim + 2L * c.KeyValueDim, H], [t.QProj, t.KProj, t.VProj]);
+            var qn = Vector(n + "q_norm", t.QNorm);
+            var kn = Vector(n + "k_norm", t.KNorm);
+            var o = Matrix(n + "o_proj", [H, c.QueryDim], [t.OProj]);
+            var post = Vector(n + "post_norm", t.PostNorm);
+            DeviceTensor router, gateUp, down;
             int E, K, I;
-            bool moe = c.IsMoeLayer(l);
-            if (moe)
+            if (t.IsMoe)
             {
                 E = c.NumExperts; K = c.NumExpertsPerTok; I = c.MoeIntermediateSize;
-                router = Add(n + "router", E * H * bf, $"[{E}, {H}]", Src(p + "mlp.gate.weight", 0, E * H));
-                var gu = new WeightSource[2 * E];
-                var dn = new WeightSource[E];
-                for (int e = 0; e < E; e++)
-                {
-                    long expert = (long)e * 2 * I * H * bf;
-                    gu[2 * e] = Src($"{p}mlp.experts.{e}.gate_proj.weight", expert, (long)I * H);
-                    gu[2 * e + 1] = Src($"{p}mlp.experts.{e}.up_proj.weight", expert + (long)I * H * bf, (long)I * H);
-                    dn[e] = Src($"{p}mlp.experts.{e}.down_proj.weight", (long)e * H * I * bf, H * I);
-                }
-                gateUp = Add(n + "gate_up", (long)E * 2 * I * H * bf, $"[{E}, {2 * I}, {H}]", gu);
-                down = Add(n + "down", (long)E * H * I * bf, $"[{E}, {H}, {I}]", dn);
+                router = Vector(n + "router", t.Router!);     // the router stays bf16 in every format (CheckpointFormat)
+                gateUp = Matrix(n + "gate_up", [E, 2L * I, H], t.Experts!.SelectMany(x => new[] { x.Gate, x.Up }).ToArray());
+                down = Matrix(n + "down", [E, H, I], t.Experts!.Select(x => x.Down).ToArray());
             }
             else
             {
                 E = 1; K = 1; I = c.IntermediateSize;
-                router = Add(n + "router", H * bf, $"[1, {H}] zeros");
-                gateUp = Add(n + "gate_up", 2L * I * H * bf, $"[1, {2 * I}, {H}]",
-                    Src(p + "mlp.gate_proj.weight", 0, (long)I * H), Src(p + "mlp.up_proj.weight", (long)I * H * bf, (long)I * H));
-                down = Add(n + "down", H * I * bf, $"[1, {H}, {I}]", Src(p + "mlp.down_proj.weight", 0, H * I));
+                router = Add(new DeviceTensor(n + "router", SafetensorsDType.BF16, [1, H], 0, H * sizeof(ushort), []) { Note = "zeros" });
+                gateUp = Matrix(n + "gate_up", [1, 2L * I, H], [t.Mlp!.Gate, t.Mlp.Up]);
+                down = Matrix(n + "down", [1, H, I], [t.Mlp.Down]);
             }
-            layers[l] = new LayerOffsets(l, moe, inNorm, qkv, qn, kn, o, post, router, gateUp, down, E, K, I);
+            layers[l] = new DeviceLayer(l, t.IsMoe, inNorm, qkv, qn, kn, o, post, router, gateUp, down, E, K, I);
         }
         Layers = layers;
-        FinalNorm = Add("final_norm", H * bf, $"[{H}]", Src("model.norm.weight", 0, H));
-        bool tied = c.TieWordEmbeddings && !checkpointHasLmHead;
-        LmHead = tied ? Embedding : Add("lm_head", c.VocabSize * H * bf, $"[{c.VocabSize}, {H}]", Src("lm_head.weight", 0, c.VocabSize * H));
-        InvFreq = Add("rope.inv_freq", D / 2 * sizeof(float), $"[{D / 2}] fp32");
-        TotalBytes = arena.TotalBytes;
-        Config = c;
+        FinalNorm = Vector("final_norm", names.FinalNorm);
+        LmHead = names.LmHead is { } head ? Matrix("lm_head", [c.VocabSize, H], [head]) : Embedding;
+        InvFreq = Add(new DeviceTensor("rope.inv_freq", SafetensorsDType.F32, [D / 2], 0, D / 2 * sizeof(float), []) { Note = "computed on the host" });
+    }
+
+    private DeviceTensor Add(DeviceTensor t)
+    {
+        var placed = t with { Offset = _arena.Take(t.Name, t.Bytes) };
+        _tensors.Add(placed);
+        return placed;
+    }
+
+    /// <summary>A bf16 tensor copied verbatim (embedding, norms, router).</summary>
+    private DeviceTensor Vector(string name, ModelTensor source)
+    {
+        long bytes = source.Elements * sizeof(ushort);
+        return Add(new DeviceTensor(name, SafetensorsDType.BF16, source.Shape, 0, bytes, [new WeightSource(source.Name, 0, bytes)]));
+    }
+
+    /// <summary>
+    /// A weight matrix made of <paramref name="sources"/> stacked along the output rows (q|k|v, experts' gate|up, ...), stored
+    /// in the layout's weight format; the format's scale tensors follow it in the arena.
+    /// </summary>
+    private DeviceTensor Matrix(string name, long[] shape, ModelTensor[] sources)
+    {
+        var format = Format.FormatOf(sources[0]);
+        if (format != WeightFormat.Bf16)   // the table of CheckpointFormat grows with the formats; each brings its packing here
+            throw new NotSupportedException($"{name}: device packing of weight format {format.Name()} is not implemented");
+        var list = new WeightSource[sources.Length];
+        long at = 0;
+        for (int i = 0; i < sources.Length; i++)
+        {
+            long bytes = sources[i].Elements * sizeof(ushort);
+            list[i] = new WeightSource(sources[i].Name, at, bytes);
+            at += bytes;
+        }
+        long total = shape.Aggregate(1L, (a, b) => a * b) * sizeof(ushort);
+        if (at != total) throw new InvalidOperationException($"{name}: sources hold {at} bytes, shape {TensorInfo.FormatShape(shape)} needs {total}");
+        return Add(new DeviceTensor(name, SafetensorsDType.BF16, shape, 0, total, list) { Format = format });
     }
 
     /// <summary>Every checkpoint tensor name the layout reads.</summary>
     public IEnumerable<string> SourceNames => _tensors.SelectMany(t => t.Sources).Select(s => s.CheckpointName);
 
-    /// <summary>Parameters of the checkpoint (elements of the tensors read).</summary>
-    public long ParameterCount => _tensors.SelectMany(t => t.Sources).Sum(s => s.Bytes / sizeof(ushort));
+    /// <summary>Parameters of the model (elements of the logical tensors read; a quantized matrix counts its weights, not its bytes).</summary>
+    public long ParameterCount => Checkpoint.All.Sum(t => t.Elements);
+
+    /// <summary>The formats of the matrices the GEMV / GEMM launchers read (qkv, o_proj, lm_head): the variants to load.</summary>
+    public IReadOnlyCollection<WeightFormat> DenseFormats =>
+        Layers.SelectMany(l => new[] { l.Qkv, l.OProj }).Append(LmHead).Select(t => t.Format).Distinct().ToArray();
+
+    /// <summary>The formats of the stacked expert matrices the MoE launchers read (gate_up, down).</summary>
+    public IReadOnlyCollection<WeightFormat> ExpertFormats =>
+        Layers.SelectMany(l => new[] { l.GateUp, l.Down }).Select(t => t.Format).Distinct().ToArray();
 }

@@ -11,8 +11,10 @@ namespace Qwen3Cuda.Model.Device;
 /// host fills in a pinned mirror and copies in before the step (or the graph launch).
 /// <code>
 /// tokens, positions, slots, ctx_lens   int32 [Rows]
-/// block_tables    int32 [Rows, MaxPagesPerSeq]  one row per attention row (prefill: the sequence's table repeated)
-/// q_start int32 [2]; sample_settings  SampleRowSettings [MaxBatch] (sampled decode steps only)
+/// block_tables    int32 [Rows, MaxPagesPerSeq]  one row per decode-attention row, then one per flash-prefill segment
+/// q_start         int32 [Rows + 1]        query row offsets of the flash-prefill segments
+/// output_rows     int32 [MaxOutputs]      the rows whose logits the step computes (gathered, in batch order)
+/// sample_settings SampleRowSettings [MaxOutputs] (steps with sampled rows only)
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
@@ -22,23 +24,27 @@ namespace Qwen3Cuda.Model.Device;
 /// moe             MoeWorkspace(Rows) of the larger MLP shape (experts, or a dense layer as one expert)
 /// result:  one contiguous region, so that the host reads the error flag with the result in ONE copy
 ///   embed_error   int32 (16 bytes)        sticky flag of the embedding kernel (a token id outside [0, V))
-///   sampled       int32 [MaxBatch] (the three padded so that logits stay 256-byte aligned)  device argmax / sampled token ids
-///   logits        bf16 [MaxBatch, V]      lm_head output (last position of a prefill, or one row per decoded sequence)
+///   sampled       int32 [MaxOutputs] (the three padded so that logits stay 256-byte aligned)  sampled token ids
+///   logits        bf16 [MaxOutputs, V]    lm_head output of the step's output rows
 /// </code>
 /// </summary>
 public sealed record WorkspaceLayout
 {
     public int Rows { get; init; }
     public int MaxBatch { get; init; }
+    /// <summary>Rows with an output (logits or a sampled token) one step can have.</summary>
+    public int MaxOutputs { get; init; }
     public int MaxPagesPerSeq { get; init; }
     public long Tokens { get; init; }
     public long Positions { get; init; }
     public long Slots { get; init; }
     public long ContextLens { get; init; }
     public long BlockTables { get; init; }
-    /// <summary>int32 [2] = {0, T}: the query rows of a prefill chunk for the flash-attention kernel.</summary>
+    /// <summary>int32 [Rows + 1]: query row offsets of the flash-prefill segments (relative to the first of their rows).</summary>
     public long QStart { get; init; }
-    /// <summary>SampleRowSettings [MaxBatch]: per-row sampling settings of a sampled decode step (a step input).</summary>
+    /// <summary>int32 [MaxOutputs]: the rows whose hidden states go through the final norm and lm_head, in output order.</summary>
+    public long OutputRows { get; init; }
+    /// <summary>SampleRowSettings [MaxOutputs]: per-output-row sampling settings (a step input).</summary>
     public long SampleSettings { get; init; }
     public long X { get; init; }
     public long H { get; init; }
@@ -64,7 +70,7 @@ public sealed record WorkspaceLayout
     public long InputsBegin => Tokens;
     public long InputsEnd { get; init; }
 
-    public static WorkspaceLayout Compute(ModelConfig c, int rows, int maxBatch, int contextLength, int pageSize, int multiprocessors)
+    public static WorkspaceLayout Compute(ModelConfig c, int rows, int maxBatch, int maxOutputs, int contextLength, int pageSize, int multiprocessors)
     {
         int maxPages = (contextLength + pageSize - 1) / pageSize;
         int qkvDim = c.QueryDim + 2 * c.KeyValueDim;
@@ -72,8 +78,9 @@ public sealed record WorkspaceLayout
         long bf = sizeof(ushort);
         long tokens = a.Take("tokens", rows * 4L), positions = a.Take("positions", rows * 4L), slots = a.Take("slots", rows * 4L);
         long ctx = a.Take("ctx_lens", rows * 4L), tables = a.Take("block_tables", (long)rows * maxPages * 4);
-        long qstart = a.Take("q_start", 2 * 4L);
-        long sampleSettings = a.Take("sample_settings", maxBatch * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
+        long qstart = a.Take("q_start", (rows + 1) * 4L);
+        long outputRows = a.Take("output_rows", maxOutputs * 4L);
+        long sampleSettings = a.Take("sample_settings", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
@@ -102,13 +109,14 @@ public sealed record WorkspaceLayout
         }
         long moe = a.Take("moe", moeBytes);
         const long flagBytes = 16;
-        long head = ByteSize.AlignUp(flagBytes + maxBatch * 4L, DeviceArena.Alignment);   // logits keep the arena alignment
-        long embedError = a.Take("result (embed_error | sampled | logits)", head + (long)maxBatch * c.VocabSize * bf);
+        long head = ByteSize.AlignUp(flagBytes + maxOutputs * 4L, DeviceArena.Alignment);   // logits keep the arena alignment
+        long embedError = a.Take("result (embed_error | sampled | logits)", head + (long)maxOutputs * c.VocabSize * bf);
         long sampled = embedError + flagBytes, logits = embedError + head;
         return new WorkspaceLayout
         {
-            Rows = rows, MaxBatch = maxBatch, MaxPagesPerSeq = maxPages,
-            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, SampleSettings = sampleSettings, InputsEnd = inputsEnd,
+            Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
+            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
+            SampleSettings = sampleSettings, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,

@@ -8,9 +8,8 @@ namespace Qwen3Cuda.Model.Generation;
 public sealed record GenerationRequest(IReadOnlyList<int> Prompt, GenerationOptions Options);
 
 /// <summary>
-/// Generates several prompts at once on a model that samples on its device (<see cref="IDeviceSampler"/>): request i
-/// is prefilled in sequence i, then each round advances every unfinished sequence by one token in decode steps of up to
-/// <see cref="IDeviceSampler.MaxBatch"/> sequences, each row sampled with its own request's settings (seed, temperature,
+/// Generates several prompts at once, sampling on the model's backend: request i is prefilled in sequence i, then each
+/// round advances every unfinished sequence by one token in decode steps of up to the model's output rows, each row sampled with its own request's settings (seed, temperature,
 /// top-k, top-p, min-p). A row's random number depends on its seed and position only, so with a fixed seed a request
 /// yields the tokens it yields alone through <see cref="Generator"/>. Stops per request exactly as
 /// <see cref="Generator"/> does (EOS, extra stop ids, stop strings, token budget, full context); reasoning is split at
@@ -20,7 +19,6 @@ public sealed record GenerationRequest(IReadOnlyList<int> Prompt, GenerationOpti
 public sealed class BatchGenerator
 {
     readonly ICausalLanguageModel _model;
-    readonly IDeviceSampler _sampler;
     readonly Qwen3Tokenizer _tokenizer;
     readonly HashSet<int> _eos;
     readonly int? _thinkStart, _thinkEnd;
@@ -28,8 +26,6 @@ public sealed class BatchGenerator
     public BatchGenerator(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, IEnumerable<int> eosTokenIds)
     {
         _model = model;
-        _sampler = model as IDeviceSampler
-            ?? throw new ArgumentException("batched generation samples on the device: the model must be a device model (--device cuda or emulator)", nameof(model));
         _tokenizer = tokenizer;
         _eos = eosTokenIds.ToHashSet();
         _thinkStart = tokenizer.TokenToId("<think>");
@@ -48,9 +44,9 @@ public sealed class BatchGenerator
         foreach (var s in states)
         {
             _model.ResetSequence(s.Sequence);
-            s.Accept(_sampler.ForwardSampled(s.Sequence, s.Prompt, s.Settings), clock.Elapsed, prefill: true);
+            s.Accept(_model.ForwardSampled(s.Sequence, s.Prompt, s.Settings), clock.Elapsed, prefill: true);
         }
-        int maxBatch = Math.Max(1, _sampler.MaxBatch);
+        int maxBatch = Math.Max(1, Math.Min(_model.MaxOutputRows, _model.MaxStepRows));
         var sequences = new int[maxBatch];
         var tokens = new int[maxBatch];
         var settings = new SamplingSettings[maxBatch];
@@ -79,7 +75,7 @@ public sealed class BatchGenerator
 
         void Step(int n)
         {
-            _sampler.DecodeBatchSampled(sequences.AsSpan(0, n), tokens.AsSpan(0, n), settings.AsSpan(0, n), next.AsSpan(0, n));
+            _model.DecodeBatchSampled(sequences.AsSpan(0, n), tokens.AsSpan(0, n), settings.AsSpan(0, n), next.AsSpan(0, n));
             var now = clock.Elapsed;
             for (int i = 0; i < n; i++) batch[i].Accept(next[i], now, prefill: false);
         }

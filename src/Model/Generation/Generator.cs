@@ -25,6 +25,7 @@ public sealed class Generator
     readonly int? _thinkStart, _thinkEnd;
     readonly List<int> _cached = new();
     readonly float[] _logits;
+    readonly StepBatch _batch = new();
 
     public Generator(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, IEnumerable<int> eosTokenIds, int sequence = 0)
     {
@@ -113,11 +114,11 @@ public sealed class Generator
 
         var sampler = new Sampler(options.Sampling);
         var o = options.Sampling;
-        // Device sampling (only the id comes back) when the model offers it and no penalty needs the host's logits.
-        var deviceSampler = o.PresencePenalty == 0f && o.RepetitionPenalty == 1f ? _model as IDeviceSampler : null;
-        var deviceSettings = new Qwen3Cuda.Runtime.Launchers.SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP,
+        // Sampling on the model's backend (only the id comes back) unless a penalty needs the logits on the host.
+        bool backendSampling = o.PresencePenalty == 0f && o.RepetitionPenalty == 1f;
+        var settings = new Qwen3Cuda.Runtime.Launchers.SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP,
             o.Seed ?? (ulong)Random.Shared.NextInt64());
-        int deviceToken = -1;
+        int sampledToken = -1;
         var stopIds = new HashSet<int>(_eos);
         stopIds.UnionWith(options.ExtraStopTokenIds);
         var clock = Stopwatch.StartNew();
@@ -137,9 +138,15 @@ public sealed class Generator
         }
         var suffix = new int[prompt.Count - common];
         for (int i = 0; i < suffix.Length; i++) suffix[i] = prompt[common + i];
-        if (deviceSampler != null) deviceToken = deviceSampler.ForwardSampled(_sequence, suffix, deviceSettings);
-        else _model.Forward(_sequence, suffix, _logits);
-        _cached.AddRange(suffix);
+        // Prefill in steps of at most MaxStepRows tokens; only the last row has an output.
+        int chunk = _model.MaxStepRows;
+        for (int start = 0; start < suffix.Length; start += chunk)
+        {
+            if (cancellationToken.IsCancellationRequested) break;
+            int n = Math.Min(chunk, suffix.Length - start);
+            sampledToken = Run(suffix.AsSpan(start, n), start + n == suffix.Length, backendSampling, settings);
+            _cached.AddRange(suffix.AsSpan(start, n));
+        }
         var prefillTime = clock.Elapsed;
 
         var stream = new TextStream(options.StopStrings, onPiece);
@@ -153,7 +160,7 @@ public sealed class Generator
         while (true)
         {
             if (cancellationToken.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
-            int token = deviceSampler != null ? deviceToken : sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
+            int token = backendSampling ? sampledToken : sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
                 System.Runtime.InteropServices.CollectionsMarshal.AsSpan(generated));
             if (generated.Count == 0) firstToken = clock.Elapsed;
             generated.Add(token);
@@ -173,8 +180,7 @@ public sealed class Generator
             if (stream.Stopped) { reason = StopReason.StopString; break; }
             if (generated.Count >= options.MaxNewTokens) { reason = StopReason.MaxNewTokens; break; }
             if (_model.SequenceLength(_sequence) >= _model.ContextLength) { reason = StopReason.ContextFull; break; }
-            if (deviceSampler != null) deviceToken = deviceSampler.ForwardSampled(_sequence, [token], deviceSettings);
-            else _model.Forward(_sequence, [token], _logits);
+            sampledToken = Run([token], true, backendSampling, settings);
             _cached.Add(token);
         }
         if (!stream.Stopped)
@@ -193,6 +199,18 @@ public sealed class Generator
             TotalTime = total,
         };
         return new GenerationResult(stream.Thinking.ToString().Trim('\n'), stream.Content.ToString().TrimStart('\n'), generated, reason, stats);
+    }
+
+    /// <summary>One step of this generator's sequence; the last row samples on the backend or returns its logits into _logits.</summary>
+    int Run(ReadOnlySpan<int> tokens, bool output, bool backendSampling, in Qwen3Cuda.Runtime.Launchers.SamplingSettings settings)
+    {
+        _batch.Clear();
+        var kind = !output ? StepOutput.None : backendSampling ? StepOutput.Sample : StepOutput.Logits;
+        _batch.AddTokens(_sequence, tokens, _model.Kv.Length(_sequence), kind, settings);
+        _model.Step(_batch);
+        int last = _batch.Count - 1;
+        if (kind == StepOutput.Logits) _batch.Logits(last).CopyTo(_logits);
+        return kind == StepOutput.Sample ? _batch.SampledToken(last) : -1;
     }
 
     /// <summary>True when the prompt's last &lt;think&gt; is not closed (templates that open the think block for the model).</summary>

@@ -69,14 +69,16 @@ public sealed class ModelWeights : IDisposable
 {
     public ModelConfig Config { get; }
     public SafetensorsCheckpoint Checkpoint { get; }
+    /// <summary>The checkpoint's weight format (from config.json, checked against the tensors).</summary>
+    public CheckpointFormat Format { get; }
     public Bf16Weight EmbedTokens { get; }             // [V, H]
     public IReadOnlyList<LayerWeights> Layers { get; }
     public Bf16Weight FinalNorm { get; }               // [H]
     public Bf16Weight LmHead { get; }                  // [V, H] (the embedding when tie_word_embeddings)
 
-    ModelWeights(ModelConfig config, SafetensorsCheckpoint ckpt, Bf16Weight embed, IReadOnlyList<LayerWeights> layers, Bf16Weight norm, Bf16Weight lmHead)
+    ModelWeights(ModelConfig config, SafetensorsCheckpoint ckpt, CheckpointFormat format, Bf16Weight embed, IReadOnlyList<LayerWeights> layers, Bf16Weight norm, Bf16Weight lmHead)
     {
-        Config = config; Checkpoint = ckpt; EmbedTokens = embed; Layers = layers; FinalNorm = norm; LmHead = lmHead;
+        Config = config; Checkpoint = ckpt; Format = format; EmbedTokens = embed; Layers = layers; FinalNorm = norm; LmHead = lmHead;
     }
 
     /// <summary>Reads config.json and the safetensors checkpoint in <paramref name="modelDir"/>.</summary>
@@ -88,47 +90,30 @@ public sealed class ModelWeights : IDisposable
         catch { ckpt.Dispose(); throw; }
     }
 
-    /// <summary>Looks up every tensor the config implies (names as in transformers), checking dtype BF16 and shape.</summary>
+    /// <summary>
+    /// Looks up every tensor the config implies (names and shapes from <see cref="ModelTensors"/>), after checking that the
+    /// checkpoint is stored in the format config.json declares (<see cref="CheckpointFormat"/>).
+    /// </summary>
     public static ModelWeights Bind(ModelConfig c, SafetensorsCheckpoint ckpt)
     {
-        Bf16Weight M(string name, int rows, int cols) => new(ckpt.Get(name, SafetensorsDType.BF16, rows, cols), rows, cols);
-        Bf16Weight V(string name, int n) => new(ckpt.Get(name, SafetensorsDType.BF16, n), 1, n);
-        int h = c.HiddenSize, d = c.HeadDim;
-        var embed = M("model.embed_tokens.weight", c.VocabSize, h);
+        var format = CheckpointFormat.FromConfig(c);
+        var names = new ModelTensors(c, hasLmHead: !c.TieWordEmbeddings || ckpt.Contains("lm_head.weight"));
+        format.CheckTensors(names, ckpt);
+        Bf16Weight W(ModelTensor t) => new(ckpt.Get(t.Name, SafetensorsDType.BF16, t.Shape), (int)t.Rows, (int)t.Cols);
+        MlpWeights Mlp(MlpTensors m) => new(W(m.Gate), W(m.Up), W(m.Down));
+        var embed = W(names.Embedding);
         var layers = new LayerWeights[c.NumHiddenLayers];
         for (int l = 0; l < layers.Length; l++)
         {
-            string p = $"model.layers.{l}.";
-            var attn = new AttentionWeights(
-                M(p + "self_attn.q_proj.weight", c.QueryDim, h),
-                M(p + "self_attn.k_proj.weight", c.KeyValueDim, h),
-                M(p + "self_attn.v_proj.weight", c.KeyValueDim, h),
-                M(p + "self_attn.o_proj.weight", h, c.QueryDim),
-                V(p + "self_attn.q_norm.weight", d),
-                V(p + "self_attn.k_norm.weight", d));
-            MoeWeights? moe = null;
-            MlpWeights? mlp = null;
-            if (c.IsMoeLayer(l))
-            {
-                var experts = new MlpWeights[c.NumExperts];
-                for (int e = 0; e < experts.Length; e++)
-                {
-                    string q = $"{p}mlp.experts.{e}.";
-                    experts[e] = new MlpWeights(M(q + "gate_proj.weight", c.MoeIntermediateSize, h),
-                        M(q + "up_proj.weight", c.MoeIntermediateSize, h), M(q + "down_proj.weight", h, c.MoeIntermediateSize));
-                }
-                moe = new MoeWeights(M(p + "mlp.gate.weight", c.NumExperts, h), experts);
-            }
-            else
-            {
-                mlp = new MlpWeights(M(p + "mlp.gate_proj.weight", c.IntermediateSize, h),
-                    M(p + "mlp.up_proj.weight", c.IntermediateSize, h), M(p + "mlp.down_proj.weight", h, c.IntermediateSize));
-            }
-            layers[l] = new LayerWeights(l, V(p + "input_layernorm.weight", h), attn, V(p + "post_attention_layernorm.weight", h), moe, mlp);
+            var t = names.Layers[l];
+            var attn = new AttentionWeights(W(t.QProj), W(t.KProj), W(t.VProj), W(t.OProj), W(t.QNorm), W(t.KNorm));
+            MoeWeights? moe = t.IsMoe ? new MoeWeights(W(t.Router!), t.Experts!.Select(Mlp).ToArray()) : null;
+            MlpWeights? mlp = t.IsMoe ? null : Mlp(t.Mlp!);
+            layers[l] = new LayerWeights(l, W(t.InputNorm), attn, W(t.PostNorm), moe, mlp);
         }
-        var norm = V("model.norm.weight", h);
-        var lmHead = c.TieWordEmbeddings && !ckpt.Contains("lm_head.weight") ? embed : M("lm_head.weight", c.VocabSize, h);
-        return new ModelWeights(c, ckpt, embed, layers, norm, lmHead);
+        var norm = W(names.FinalNorm);
+        var lmHead = names.LmHead is { } head ? W(head) : embed;
+        return new ModelWeights(c, ckpt, format, embed, layers, norm, lmHead);
     }
 
     public void Dispose() => Checkpoint.Dispose();

@@ -1,24 +1,36 @@
 using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Model.Sampling;
+using Qwen3Cuda.Runtime.Memory;
 
 namespace Qwen3Cuda.Model.Reference;
 
 /// <summary>
-/// The CPU reference of Qwen3 / Qwen3-MoE (design/qwen3-moe-reference.md): fp32 math on the bf16
-/// weights of a memory-mapped checkpoint, with the bf16 rounding points of transformers' bf16 forward.
-/// Holds a KV cache per sequence (K after norm and RoPE, V raw, both bf16-exact floats) that grows on
-/// demand up to <see cref="ContextLength"/>. Not thread-safe: one Forward at a time (each op is parallel inside).
+/// The CPU reference of Qwen3 / Qwen3-MoE (docs/architecture.md, "The CPU reference"): fp32 math on the bf16 weights of
+/// a memory-mapped checkpoint, with the bf16 rounding points of transformers' bf16 forward. Implements the step contract
+/// like the device model: a paged KV cache (K after norm and RoPE, V raw, both bf16-exact floats, in pages allocated on
+/// first use) behind the same <see cref="KvPageTable"/>, so prefix sharing works here too. A step runs each sequence's
+/// rows as one forward (so a sequence's results do not depend on what else is in the batch); sampled rows use
+/// <see cref="CounterSampler"/> (the device sampler's semantics). Not thread-safe: one Step at a time (each op is
+/// parallel inside).
 /// </summary>
 public sealed class ReferenceModel : ICausalLanguageModel
 {
-    readonly SequenceCache[] _sequences;
+    public const int DefaultPageSize = 16;
     readonly float[] _invFreq;
     readonly float _attentionScaling;
+    readonly float[]?[][] _kPages, _vPages;   // [layer][page] -> [pageSize, nKV * D]; both levels grow on first write
+    readonly CounterSampler _sampler = new();
+    float[] _kScratch = [], _vScratch = [];
 
     public ModelWeights Weights { get; }
     public ModelConfig Config => Weights.Config;
     public int VocabSize => Config.VocabSize;
     public int ContextLength { get; }
-    public int MaxSequences => _sequences.Length;
+    public int MaxSequences => Kv.MaxSequences;
+    /// <summary>The reference has no workspace limit: a step may hold a whole context.</summary>
+    public int MaxStepRows => ContextLength;
+    public int MaxOutputRows => ContextLength;
+    public KvPageTable Kv { get; }
     /// <summary>When set, the next forwards record named intermediates into it (a copy each; meant for tests).</summary>
     public ReferenceTrace? Trace { get; set; }
 
@@ -30,8 +42,8 @@ public sealed class ReferenceModel : ICausalLanguageModel
         catch { weights.Dispose(); throw; }
     }
 
-    /// <summary>Takes ownership of <paramref name="weights"/>.</summary>
-    public ReferenceModel(ModelWeights weights, int maxSequences = 1, int? contextLength = null)
+    /// <summary>Takes ownership of <paramref name="weights"/>. The page table holds <paramref name="maxSequences"/> full contexts.</summary>
+    public ReferenceModel(ModelWeights weights, int maxSequences = 1, int? contextLength = null, int pageSize = DefaultPageSize)
     {
         var c = weights.Config;
         if (maxSequences < 1 || maxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(maxSequences), maxSequences, "must be in [1, 4096]");
@@ -39,71 +51,61 @@ public sealed class ReferenceModel : ICausalLanguageModel
         double maxCtx = c.MaxPositionEmbeddings * (c.RopeScaling?.Factor ?? 1.0);
         if (ctx < 1 || ctx > maxCtx)
             throw new ArgumentOutOfRangeException(nameof(contextLength), ctx, $"must be in [1, {maxCtx}] (max_position_embeddings x rope scaling factor)");
+        if (pageSize < 1 || pageSize > 4096) throw new ArgumentOutOfRangeException(nameof(pageSize), pageSize, "KV page size must be in [1, 4096]");
         Weights = weights;
         ContextLength = ctx;
         (_invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
-        _sequences = new SequenceCache[maxSequences];
-        for (int i = 0; i < maxSequences; i++) _sequences[i] = new SequenceCache(c.NumHiddenLayers, c.KeyValueDim);
-    }
-
-    public int SequenceLength(int sequence) => Seq(sequence).Length;
-
-    public void ResetSequence(int sequence) => Seq(sequence).Length = 0;
-
-    public void TruncateSequence(int sequence, int length)
-    {
-        var seq = Seq(sequence);
-        if (length < 0 || length > seq.Length)
-            throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence {sequence} holds {seq.Length} tokens; cannot keep {length}");
-        seq.Length = length; // later positions are overwritten by the next Forward
+        int pagesPerSeq = (ctx + pageSize - 1) / pageSize;
+        Kv = new KvPageTable(checked(maxSequences * pagesPerSeq + 1), pageSize, maxSequences, pagesPerSeq);
+        _kPages = new float[]?[c.NumHiddenLayers][];
+        _vPages = new float[]?[c.NumHiddenLayers][];
+        for (int l = 0; l < c.NumHiddenLayers; l++) { _kPages[l] = []; _vPages[l] = []; }
     }
 
     /// <summary>
     /// A sequence's cache for one layer: keys (after k_norm and RoPE) and values, each [SequenceLength, nKV*D],
-    /// bf16-exact floats. Valid until the next Forward or Reset of that sequence.
+    /// bf16-exact floats (copies).
     /// </summary>
     public (ReadOnlyMemory<float> Keys, ReadOnlyMemory<float> Values) KvCache(int sequence, int layer)
     {
-        var seq = Seq(sequence);
         if ((uint)layer >= (uint)Config.NumHiddenLayers) throw new ArgumentOutOfRangeException(nameof(layer));
-        int n = seq.Length * Config.KeyValueDim;
-        if (n == 0) return (ReadOnlyMemory<float>.Empty, ReadOnlyMemory<float>.Empty);
-        return (seq.Keys[layer].AsMemory(0, n), seq.Values[layer].AsMemory(0, n));
+        int n = Kv.Length(sequence) * Config.KeyValueDim;
+        var keys = new float[n];
+        var values = new float[n];
+        GatherKv(sequence, layer, Kv.Length(sequence), keys, values);
+        return (keys, values);
     }
 
-    public void Forward(int sequence, ReadOnlySpan<int> tokens, Span<float> lastLogits)
+    public void Step(StepBatch batch)
     {
-        if (lastLogits.Length != VocabSize) throw new ArgumentException($"lastLogits has {lastLogits.Length} elements, expected vocab size {VocabSize}", nameof(lastLogits));
-        Run(sequence, tokens, lastLogits, allPositions: false);
+        batch.Prepare(VocabSize, ContextLength, MaxStepRows, MaxOutputRows, Kv);
+        batch.ReservePages(Kv);
+        ApplyPendingCopies();
+        foreach (var g in batch.Segments)
+        {
+            Run(batch, g);
+            Kv.Advance(g.Sequence, g.Rows);
+        }
     }
 
-    /// <summary>Like <see cref="Forward"/>, but writes the logits of every appended token: logits [tokens, V].</summary>
-    public void ForwardAllLogits(int sequence, ReadOnlySpan<int> tokens, Span<float> logits)
+    /// <summary>Copy-on-write of shared pages that a sequence is about to write into (see <see cref="KvPageTable"/>).</summary>
+    void ApplyPendingCopies()
     {
-        if (logits.Length != (long)tokens.Length * VocabSize)
-            throw new ArgumentException($"logits has {logits.Length} elements, expected {tokens.Length} x {VocabSize}", nameof(logits));
-        Run(sequence, tokens, logits, allPositions: true);
+        foreach (var (src, dst) in Kv.TakePendingCopies())
+            for (int l = 0; l < _kPages.Length; l++)
+            {
+                Page(_kPages, l, src).CopyTo(Page(_kPages, l, dst), 0);
+                Page(_vPages, l, src).CopyTo(Page(_vPages, l, dst), 0);
+            }
     }
 
-    public float[] ForwardAllLogits(int sequence, ReadOnlySpan<int> tokens)
+    /// <summary>One sequence's rows of a step: every layer over its T tokens, then the final norm and lm_head for its output rows.</summary>
+    void Run(StepBatch batch, StepSegment g)
     {
-        var logits = new float[(long)tokens.Length * VocabSize];
-        ForwardAllLogits(sequence, tokens, logits);
-        return logits;
-    }
-
-    void Run(int sequence, ReadOnlySpan<int> tokens, Span<float> logitsOut, bool allPositions)
-    {
-        var seq = Seq(sequence);
         var c = Config;
-        int T = tokens.Length, H = c.HiddenSize, D = c.HeadDim, nH = c.NumAttentionHeads, nKV = c.NumKeyValueHeads;
-        int qDim = c.QueryDim, kvDim = c.KeyValueDim, p0 = seq.Length;
-        if (T == 0) throw new ArgumentException("no tokens to forward", nameof(tokens));
-        if ((long)p0 + T > ContextLength)
-            throw new ArgumentException($"sequence {sequence} would hold {p0 + T} tokens, more than the context length {ContextLength}", nameof(tokens));
-        foreach (int t in tokens)
-            if ((uint)t >= (uint)VocabSize) throw new ArgumentException($"token id {t} is outside the vocabulary [0, {VocabSize})", nameof(tokens));
-        seq.EnsureCapacity(p0 + T, ContextLength);
+        int sequence = g.Sequence, T = g.Rows, H = c.HiddenSize, D = c.HeadDim, nH = c.NumAttentionHeads, nKV = c.NumKeyValueHeads;
+        int qDim = c.QueryDim, kvDim = c.KeyValueDim, p0 = g.FirstPosition;
+        var tokens = batch.Tokens.Slice(g.FirstRow, T);
         var trace = Trace;
         float eps = (float)c.RmsNormEps;
 
@@ -121,6 +123,8 @@ public sealed class ReferenceModel : ICausalLanguageModel
         var cos = new float[(long)T * D];
         var sin = new float[(long)T * D];
         for (int t = 0; t < T; t++) ReferenceOps.RopeCosSin(_invFreq, _attentionScaling, p0 + t, cos.AsSpan(t * D, D), sin.AsSpan(t * D, D));
+        int seen = p0 + T;
+        EnsureScratch((long)seen * kvDim);
 
         foreach (var layer in Weights.Layers)
         {
@@ -143,10 +147,9 @@ public sealed class ReferenceModel : ICausalLanguageModel
             trace?.Add($"layers.{l}.q", q);
             trace?.Add($"layers.{l}.k", k);
             trace?.Add($"layers.{l}.v", v);
-            k.CopyTo(seq.Keys[l].AsSpan(p0 * kvDim));
-            v.CopyTo(seq.Values[l].AsSpan(p0 * kvDim));
-            int seen = p0 + T;
-            ReferenceOps.Attention(q, seq.Keys[l].AsSpan(0, seen * kvDim), seq.Values[l].AsSpan(0, seen * kvDim), attn, T, p0, nH, nKV, D);
+            ScatterKv(sequence, l, p0, T, k, v);
+            GatherKv(sequence, l, seen, _kScratch, _vScratch);
+            ReferenceOps.Attention(q, _kScratch.AsSpan(0, seen * kvDim), _vScratch.AsSpan(0, seen * kvDim), attn, T, p0, nH, nKV, D);
             trace?.Add($"layers.{l}.attn", attn);
             ReferenceOps.Matmul(attn, a.OProj.Span, y, T, qDim, H);
             ReferenceOps.AddBf16(x, y, x);
@@ -175,44 +178,69 @@ public sealed class ReferenceModel : ICausalLanguageModel
             trace?.Add($"layers.{l}.out", x);
         }
 
-        int rows = allPositions ? T : 1;
-        var last = x.AsSpan((T - rows) * H, rows * H);
-        var normed = new float[rows * H];
-        ReferenceOps.RmsNorm(last, Weights.FinalNorm.Span, eps, normed, H);
+        // Final norm and lm_head for the rows with an output (a bf16 Linear: its logits are bf16 values, widened).
+        int outputs = 0;
+        for (int t = 0; t < T; t++) if (batch.Output(g.FirstRow + t) != StepOutput.None) outputs++;
+        if (outputs == 0) return;
+        var rows = new float[(long)outputs * H];
+        var rowIndex = new int[outputs];
+        for (int t = 0, o = 0; t < T; t++)
+            if (batch.Output(g.FirstRow + t) != StepOutput.None) { x.AsSpan(t * H, H).CopyTo(rows.AsSpan(o * H, H)); rowIndex[o++] = g.FirstRow + t; }
+        var normed = new float[rows.Length];
+        ReferenceOps.RmsNorm(rows, Weights.FinalNorm.Span, eps, normed, H);
         trace?.Add("final_norm", normed);
-        // lm_head is a bf16 Linear: its logits are bf16 values (returned widened to float32).
-        ReferenceOps.Matmul(normed, Weights.LmHead.Span, logitsOut, rows, H, VocabSize);
-        trace?.Add("logits", logitsOut);
-        seq.Length = p0 + T;
+        var logits = new float[(long)outputs * VocabSize];
+        ReferenceOps.Matmul(normed, Weights.LmHead.Span, logits, outputs, H, VocabSize);
+        trace?.Add("logits", logits);
+        for (int o = 0; o < outputs; o++)
+        {
+            int row = rowIndex[o];
+            var rowLogits = logits.AsSpan(o * VocabSize, VocabSize);
+            if (batch.Output(row) == StepOutput.Logits) rowLogits.CopyTo(batch.LogitsBuffer(row));
+            else batch.SetSampled(batch.OutputIndex(row), _sampler.Sample(rowLogits, batch.Sampling(row), (ulong)batch.Position(row) + 1));
+        }
     }
 
-    SequenceCache Seq(int sequence)
+    /// <summary>Writes K/V of positions p0 .. p0+T-1 of a sequence into its pages (reserved by the step).</summary>
+    void ScatterKv(int sequence, int layer, int p0, int T, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
-        if ((uint)sequence >= (uint)_sequences.Length)
-            throw new ArgumentOutOfRangeException(nameof(sequence), sequence, $"sequence id must be in [0, {_sequences.Length})");
-        return _sequences[sequence];
+        int kvDim = Config.KeyValueDim, ps = Kv.PageSize;
+        var table = Kv.BlockTable(sequence);
+        for (int t = 0; t < T; t++)
+        {
+            int pos = p0 + t, page = table[pos / ps], at = pos % ps * kvDim;
+            k.Slice(t * kvDim, kvDim).CopyTo(Page(_kPages, layer, page).AsSpan(at, kvDim));
+            v.Slice(t * kvDim, kvDim).CopyTo(Page(_vPages, layer, page).AsSpan(at, kvDim));
+        }
+    }
+
+    /// <summary>Copies the first <paramref name="tokens"/> keys and values of a sequence into contiguous [tokens, nKV*D] arrays.</summary>
+    void GatherKv(int sequence, int layer, int tokens, Span<float> keys, Span<float> values)
+    {
+        int kvDim = Config.KeyValueDim, ps = Kv.PageSize;
+        var table = Kv.BlockTable(sequence);
+        for (int start = 0; start < tokens; start += ps)
+        {
+            int n = Math.Min(ps, tokens - start) * kvDim, page = table[start / ps];
+            Page(_kPages, layer, page).AsSpan(0, n).CopyTo(keys.Slice(start * kvDim, n));
+            Page(_vPages, layer, page).AsSpan(0, n).CopyTo(values.Slice(start * kvDim, n));
+        }
+    }
+
+    /// <summary>Page <paramref name="page"/> of a layer's pool, allocated (zeroed) on first use.</summary>
+    float[] Page(float[]?[][] pool, int layer, int page)
+    {
+        ref var pages = ref pool[layer];
+        if (page >= pages.Length) Array.Resize(ref pages, Math.Max(page + 1, pages.Length * 2));
+        return pages[page] ??= new float[Kv.PageSize * Config.KeyValueDim];
+    }
+
+    void EnsureScratch(long elements)
+    {
+        if (_kScratch.Length >= elements) return;
+        _kScratch = new float[elements];
+        _vScratch = new float[elements];
     }
 
     public void Dispose() => Weights.Dispose();
-
-    /// <summary>One sequence's KV cache: per layer K and V [capacity, nKV*D], grown by doubling.</summary>
-    sealed class SequenceCache(int layers, int kvDim)
-    {
-        public int Length;
-        public float[][] Keys = new float[layers][];
-        public float[][] Values = new float[layers][];
-        int _capacity;
-
-        public void EnsureCapacity(int tokens, int max)
-        {
-            if (tokens <= _capacity) return;
-            int cap = (int)Math.Min(max, Math.Max(tokens, Math.Max(16L, 2L * _capacity)));
-            for (int l = 0; l < Keys.Length; l++)
-            {
-                Array.Resize(ref Keys[l], cap * kvDim);
-                Array.Resize(ref Values[l], cap * kvDim);
-            }
-            _capacity = cap;
-        }
-    }
 }

@@ -23,19 +23,31 @@ public enum GemmTile { Tile64x64, Tile128x128 }
 
 /// <summary>
 /// Launchers for kernels/gemm.cu: C = A W^T (+ residual) on tensor cores, for prefill. The launcher picks the tile:
-/// 128x128 when that still gives a full wave of CTAs, else 64x64. Nothing here allocates or synchronises.
+/// 128x128 when that still gives a full wave of CTAs, else 64x64; the variant's kernels come from <see cref="Variants"/>,
+/// keyed by the weight format. Nothing here allocates or synchronises.
 /// </summary>
 public sealed class GemmLaunchers
 {
     public const string File = "gemm.cu";
-    private readonly DeviceKernel _k64, _k128;
+
+    /// <summary>The supported weight formats and their kernels (64x64 tile, 128x128 tile).</summary>
+    public static readonly IReadOnlyDictionary<WeightFormat, (string Tile64, string Tile128)> Variants = new Dictionary<WeightFormat, (string, string)>
+    {
+        [WeightFormat.Bf16] = ("gemm_bf16_64x64", "gemm_bf16_128x128"),
+    };
+
+    private readonly Dictionary<WeightFormat, (DeviceKernel Tile64, DeviceKernel Tile128)> _kernels = [];
     private readonly IDevice _device;
 
-    public GemmLaunchers(KernelLoader loader)
+    /// <summary>Loads the kernels of <paramref name="formats"/> (default: bf16 only).</summary>
+    public GemmLaunchers(KernelLoader loader, IEnumerable<WeightFormat>? formats = null)
     {
         _device = loader.Device;
-        _k64 = loader.Get(File, "gemm_bf16_64x64");
-        _k128 = loader.Get(File, "gemm_bf16_128x128");
+        foreach (var f in (formats ?? [WeightFormat.Bf16]).Distinct())
+        {
+            var (k64, k128) = WeightFormats.Select(Variants, f, "gemm");
+            _kernels[f] = (loader.Get(File, k64), loader.Get(File, k128));
+        }
     }
 
     public GemmTile ChooseTile(int m, int n)
@@ -46,8 +58,15 @@ public sealed class GemmLaunchers
 
     /// <summary>C[M, N] = A[M, K] W[N, K]^T (+ residual), bf16 in and out, fp32 accumulation. Returns the tile used.</summary>
     public GemmTile Gemm(DeviceStream stream, DevicePtr c, int ldc, DevicePtr a, int lda, DevicePtr w, int ldw, DevicePtr residual,
+        int m, int n, int k, GemmTile? tile = null) =>
+        Gemm(stream, c, ldc, a, lda, WeightOperand.Bf16(w), ldw, residual, m, n, k, tile);
+
+    /// <summary>C[M, N] = A[M, K] W[N, K]^T (+ residual) with W in any loaded format. Returns the tile used.</summary>
+    public GemmTile Gemm(DeviceStream stream, DevicePtr c, int ldc, DevicePtr a, int lda, in WeightOperand w, int ldw, DevicePtr residual,
         int m, int n, int k, GemmTile? tile = null)
     {
+        var kernels = _kernels.TryGetValue(w.Format, out var ks) ? ks
+            : throw new InvalidOperationException($"gemm: {w.Format.Name()} kernels were not loaded by these launchers (loaded: {string.Join(", ", _kernels.Keys.Select(WeightFormats.Name))})");
         if (m < 0 || n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemm: M {m} N {n} K {k}: N positive, K a positive multiple of 8");
         if (lda < k || ldw < k || lda % 8 != 0 || ldw % 8 != 0)
             throw new ArgumentException($"gemm: lda {lda} / ldw {ldw} must be >= K {k} and multiples of 8 (16-byte rows for cp.async)");
@@ -55,11 +74,11 @@ public sealed class GemmLaunchers
         if (m == 0) return tile ?? GemmTile.Tile64x64;
         GemmTile t = tile ?? ChooseTile(m, n);
         int bm = t == GemmTile.Tile128x128 ? 128 : 64;
-        var p = new GemmParams { C = c, A = a, W = w, Residual = residual, M = m, N = n, K = k, Lda = lda, Ldw = ldw, Ldc = ldc };
+        var p = new GemmParams { C = c, A = a, W = w.Data, Residual = residual, M = m, N = n, K = k, Lda = lda, Ldw = ldw, Ldc = ldc };
         var args = new KernelArgs(stackalloc byte[96], stackalloc nint[1]);
         args.Add(p);
         var grid = new Dim3((uint)((n + bm - 1) / bm), (uint)((m + bm - 1) / bm));
-        _device.Launch(t == GemmTile.Tile128x128 ? _k128 : _k64, new LaunchConfig(grid, bm == 128 ? 256 : 128), stream, args);
+        _device.Launch(t == GemmTile.Tile128x128 ? kernels.Tile128 : kernels.Tile64, new LaunchConfig(grid, bm == 128 ? 256 : 128), stream, args);
         return t;
     }
 }

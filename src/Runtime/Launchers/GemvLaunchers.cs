@@ -32,21 +32,35 @@ public readonly record struct GemvPlan(int RowsPerWarp, int SplitK, int KSplit, 
 /// <summary>
 /// Launchers for kernels/gemv.cu: y[T, N] = x[T, K] W[N, K]^T for decode (T = 1..8), optionally + residual.
 /// The launcher picks rows per warp and split-K so the grid covers the multiprocessors several times and the staged
-/// x slice fits in 32 KiB of shared memory. Nothing here allocates or synchronises.
+/// x slice fits in 32 KiB of shared memory. The kernel variant comes from <see cref="Variants"/>, keyed by the weight format.
+/// Nothing here allocates or synchronises.
 /// </summary>
 public sealed class GemvLaunchers
 {
     public const string File = "gemv.cu";
     public const int MaxTokens = 8;
     private const int Warps = 8, MaxRowsPerWarp = 8, MaxSliceBytes = 32 * 1024;
-    private readonly DeviceKernel[] _kernels = new DeviceKernel[MaxTokens + 1];
+    /// <summary>The supported weight formats and the kernel name prefix of each (the kernel of T tokens is prefix + T).</summary>
+    public static readonly IReadOnlyDictionary<WeightFormat, string> Variants = new Dictionary<WeightFormat, string>
+    {
+        [WeightFormat.Bf16] = "gemv_bf16_t",
+    };
+
+    private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
     private readonly DeviceKernel _combine;
     private readonly IDevice _device;
 
-    public GemvLaunchers(KernelLoader loader)
+    /// <summary>Loads the kernels of <paramref name="formats"/> (default: bf16 only).</summary>
+    public GemvLaunchers(KernelLoader loader, IEnumerable<WeightFormat>? formats = null)
     {
         _device = loader.Device;
-        for (int t = 1; t <= MaxTokens; t++) _kernels[t] = loader.Get(File, $"gemv_bf16_t{t}");
+        foreach (var f in (formats ?? [WeightFormat.Bf16]).Distinct())
+        {
+            string prefix = WeightFormats.Select(Variants, f, "gemv");
+            var byTokens = new DeviceKernel[MaxTokens + 1];
+            for (int t = 1; t <= MaxTokens; t++) byTokens[t] = loader.Get(File, prefix + t);
+            _kernels[f] = byTokens;
+        }
         _combine = loader.Get(File, "gemv_splitk_combine");
     }
 
@@ -73,8 +87,17 @@ public sealed class GemvLaunchers
     /// <see cref="GemvPlan.PartialBytes"/> bytes for the plan <see cref="Plan"/> returns (may be null when that is 0).
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr w, DevicePtr residual,
+        int tokens, int n, int k, DevicePtr partial, long partialBytes) =>
+        Gemv(stream, y, ldy, x, ldx, WeightOperand.Bf16(w), residual, tokens, n, k, partial, partialBytes);
+
+    /// <summary>
+    /// y = x W^T (+ residual) with W in any loaded format (the variant from <see cref="Variants"/>). <paramref name="partial"/>
+    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <see cref="Plan"/> returns.
+    /// </summary>
+    public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
         int tokens, int n, int k, DevicePtr partial, long partialBytes)
     {
+        var kernels = Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
         if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
         if (ldx < k || ldx % 8 != 0) throw new ArgumentException($"gemv: ldx {ldx} must be >= K {k} and a multiple of 8", nameof(ldx));
@@ -85,15 +108,19 @@ public sealed class GemvLaunchers
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K {plan.SplitK} ways and needs {need} bytes of fp32 workspace, got {partialBytes}", nameof(partial));
         var p = new GemvParams
         {
-            Y = y, X = x, W = w, Residual = residual, Partial = partial, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
+            Y = y, X = x, W = w.Data, Residual = residual, Partial = partial, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK,
         };
         var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
         args.Add(p);
         int smem = tokens * plan.KSplit * 2;
-        _device.Launch(_kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem), stream, args);
+        _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem), stream, args);
         if (plan.SplitK > 1)
             _device.Launch(_combine, new LaunchConfig((tokens * n + 255) / 256, 256), stream, args);
         return plan;
     }
+
+    private DeviceKernel[] Kernels(WeightFormat f) =>
+        _kernels.TryGetValue(f, out var k) ? k
+        : throw new InvalidOperationException($"gemv: {f.Name()} kernels were not loaded by these launchers (loaded: {string.Join(", ", _kernels.Keys.Select(WeightFormats.Name))})");
 }

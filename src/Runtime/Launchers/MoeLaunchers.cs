@@ -14,30 +14,44 @@ public sealed class MoeLaunchers
     /// <summary>moe_gemm.cu: K step (GM_BK) and the N block of each GEMM (gate_up: 64 columns of I; down: 128 columns of H).</summary>
     public const int GemmKStep = 32, GateUpBlockN = 64, DownBlockN = 128;
 
+    /// <summary>The expert kernels of one weight format: decode GEMVs (moe_decode.cu) and grouped GEMMs (moe_gemm.cu).</summary>
+    public readonly record struct ExpertVariant(string GateUpGemv, string DownGemv, string GateUpGemm, string DownGemm);
+
+    /// <summary>The supported expert weight formats and their kernels (the router always reads a bf16 [E, H] weight).</summary>
+    public static readonly IReadOnlyDictionary<WeightFormat, ExpertVariant> Variants = new Dictionary<WeightFormat, ExpertVariant>
+    {
+        [WeightFormat.Bf16] = new("moe_gate_up_gemv", "moe_down_gemv", "moe_gate_up_gemm", "moe_down_gemm"),
+    };
+
+    private sealed record ExpertKernels(DeviceKernel GateUpGemv, DeviceKernel DownGemv, DeviceKernel GateUpGemm, DeviceKernel DownGemm,
+        DeviceKernel? GateUpGemmGuarded, DeviceKernel? DownGemmGuarded);
+
     private readonly IDevice _device;
-    private readonly DeviceKernel _router, _alignCount, _alignScatter, _gateUpGemv, _downGemv, _gateUpGemm, _downGemm, _combine;
+    private readonly DeviceKernel _router, _alignCount, _alignScatter, _combine;
     // moe_gemm.cu built with MOE_GEMM_GUARD_N=1: for I % 64 != 0 (gate_up) or H % 128 != 0 (down), small models only.
-    private readonly DeviceKernel? _gateUpGemmGuarded, _downGemmGuarded;
+    private readonly Dictionary<WeightFormat, ExpertKernels> _experts = [];
 
     /// <summary>
     /// Loads the kernels. <paramref name="shapes"/>: the MoE shapes that will run; the guarded grouped-GEMM variant is
-    /// compiled only when one of them needs it (null: always, e.g. for tests of many shapes).
+    /// compiled only when one of them needs it (null: always, e.g. for tests of many shapes). <paramref name="formats"/>:
+    /// the expert weight formats to load (default: bf16 only).
     /// </summary>
-    public MoeLaunchers(KernelLoader loader, IEnumerable<MoeShape>? shapes = null)
+    public MoeLaunchers(KernelLoader loader, IEnumerable<MoeShape>? shapes = null, IEnumerable<WeightFormat>? formats = null)
     {
         _device = loader.Device;
         _router = loader.Get("moe_router.cu", "moe_router_topk");
         _alignCount = loader.Get("moe_align.cu", "moe_align_count");
         _alignScatter = loader.Get("moe_align.cu", "moe_align_scatter");
-        _gateUpGemv = loader.Get("moe_decode.cu", "moe_gate_up_gemv");
-        _downGemv = loader.Get("moe_decode.cu", "moe_down_gemv");
-        _gateUpGemm = loader.Get("moe_gemm.cu", "moe_gate_up_gemm");
-        _downGemm = loader.Get("moe_gemm.cu", "moe_down_gemm");
-        if (shapes is null || shapes.Any(NeedsGuardedGemm))
+        bool guarded = shapes is null || shapes.Any(NeedsGuardedGemm);
+        var guard = new Dictionary<string, string> { ["MOE_GEMM_GUARD_N"] = "1" };
+        foreach (var f in (formats ?? [WeightFormat.Bf16]).Distinct())
         {
-            var guarded = new Dictionary<string, string> { ["MOE_GEMM_GUARD_N"] = "1" };
-            _gateUpGemmGuarded = loader.Get("moe_gemm.cu", "moe_gate_up_gemm", guarded);
-            _downGemmGuarded = loader.Get("moe_gemm.cu", "moe_down_gemm", guarded);
+            var v = WeightFormats.Select(Variants, f, "MoE experts");
+            _experts[f] = new ExpertKernels(
+                loader.Get("moe_decode.cu", v.GateUpGemv), loader.Get("moe_decode.cu", v.DownGemv),
+                loader.Get("moe_gemm.cu", v.GateUpGemm), loader.Get("moe_gemm.cu", v.DownGemm),
+                guarded ? loader.Get("moe_gemm.cu", v.GateUpGemm, guard) : null,
+                guarded ? loader.Get("moe_gemm.cu", v.DownGemm, guard) : null);
         }
         _combine = loader.Get("moe_combine.cu", "moe_combine");
     }
@@ -50,7 +64,12 @@ public sealed class MoeLaunchers
     /// <see cref="MoeWorkspace.Compute(int, in MoeShape)"/>.TotalBytes bytes; the layout's offsets name every intermediate.
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
-        DevicePtr gateUp, DevicePtr down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes)
+        DevicePtr gateUp, DevicePtr down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes) =>
+        MoeBlock(stream, shape, tokens, hidden, routerWeight, WeightOperand.Bf16(gateUp), WeightOperand.Bf16(down), residual, output, workspace, workspaceBytes);
+
+    /// <summary>The MoE block with the stacked expert weights in any loaded format (the variant from <see cref="Variants"/>).</summary>
+    public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
+        in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes)
     {
         CheckShape(shape, decodeOnly: false);
         if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
@@ -112,55 +131,77 @@ public sealed class MoeLaunchers
     }
 
     /// <summary>Decode: <c>inter[s] = SwiGLU_e(hidden[s / k])</c> for every slot s = t*k + j, e = topk_ids[s].</summary>
-    public void GateUpGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr topkIds, DevicePtr inter)
+    public void GateUpGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr topkIds, DevicePtr inter) =>
+        GateUpGemv(stream, s, tokens, hidden, WeightOperand.Bf16(gateUp), topkIds, inter);
+
+    /// <summary>Decode gate+up GEMV with the experts' weights in any loaded format.</summary>
+    public void GateUpGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, DevicePtr topkIds, DevicePtr inter)
     {
+        var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: true);
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter };
-        Launch(_gateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128), stream, p);
+        var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter };
+        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128), stream, p);
     }
 
     /// <summary>Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot.</summary>
-    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr topkIds, DevicePtr slotOut)
+    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr topkIds, DevicePtr slotOut) =>
+        DownGemv(stream, s, tokens, inter, WeightOperand.Bf16(down), topkIds, slotOut);
+
+    /// <summary>Decode down GEMV with the experts' weights in any loaded format.</summary>
+    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, in WeightOperand down, DevicePtr topkIds, DevicePtr slotOut)
     {
+        var kernels = Experts(down.Format);
         CheckShape(s, decodeOnly: true);
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeDownGemvParams { Inter = inter, Down = down, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter };
-        Launch(_downGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128), stream, p);
+        var p = new MoeDownGemvParams { Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter };
+        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128), stream, p);
     }
 
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
     public void GateUpGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr sortedSlots,
+        DevicePtr tileExpert, DevicePtr numTiles, DevicePtr inter) =>
+        GateUpGemm(stream, s, tokens, hidden, WeightOperand.Bf16(gateUp), sortedSlots, tileExpert, numTiles, inter);
+
+    /// <summary>Prefill grouped gate+up GEMM with the experts' weights in any loaded format.</summary>
+    public void GateUpGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, DevicePtr sortedSlots,
         DevicePtr tileExpert, DevicePtr numTiles, DevicePtr inter)
     {
+        var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: false);
         int maxTiles = MoeWorkspace.MaxTilesFor(tokens, s.Experts, s.TopK);
         if (maxTiles <= 0) return;
         var p = new MoeGateUpGemmParams
         {
-            Hidden = hidden, GateUp = gateUp, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Inter = inter,
+            Hidden = hidden, GateUp = gateUp.Data, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Inter = inter,
             TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter,
         };
         bool exact = s.Inter % GateUpBlockN == 0;
-        Launch(exact ? _gateUpGemm : _gateUpGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Inter + GateUpBlockN - 1) / GateUpBlockN)), 128), stream, p);
+        Launch(exact ? kernels.GateUpGemm : kernels.GateUpGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Inter + GateUpBlockN - 1) / GateUpBlockN)), 128), stream, p);
     }
 
     /// <summary>Prefill: grouped down GEMM, writing <c>y[slot]</c> for the real rows.</summary>
     public void DownGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr sortedSlots,
+        DevicePtr tileExpert, DevicePtr numTiles, DevicePtr slotOut) =>
+        DownGemm(stream, s, tokens, inter, WeightOperand.Bf16(down), sortedSlots, tileExpert, numTiles, slotOut);
+
+    /// <summary>Prefill grouped down GEMM with the experts' weights in any loaded format.</summary>
+    public void DownGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, in WeightOperand down, DevicePtr sortedSlots,
         DevicePtr tileExpert, DevicePtr numTiles, DevicePtr slotOut)
     {
+        var kernels = Experts(down.Format);
         CheckShape(s, decodeOnly: false);
         int maxTiles = MoeWorkspace.MaxTilesFor(tokens, s.Experts, s.TopK);
         if (maxTiles <= 0) return;
         var p = new MoeDownGemmParams
         {
-            Inter = inter, Down = down, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Y = slotOut,
+            Inter = inter, Down = down.Data, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Y = slotOut,
             HiddenSize = s.Hidden, InterSize = s.Inter,
         };
         bool exact = s.Hidden % DownBlockN == 0;
-        Launch(exact ? _downGemm : _downGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Hidden + DownBlockN - 1) / DownBlockN)), 128), stream, p);
+        Launch(exact ? kernels.DownGemm : kernels.DownGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Hidden + DownBlockN - 1) / DownBlockN)), 128), stream, p);
     }
 
     /// <summary>Deterministic combine: <c>out[t] = bf16(sum_j w[t,j] y[t*k+j])</c> in rank order (+ residual, bf16 add).</summary>
@@ -193,6 +234,10 @@ public sealed class MoeLaunchers
 
     private static InvalidOperationException NotLoaded(in MoeShape s) =>
         new($"MoE grouped GEMM: H {s.Hidden} / I {s.Inter} needs the guarded moe_gemm.cu variant, but these launchers were built for other shapes");
+
+    private ExpertKernels Experts(WeightFormat f) =>
+        _experts.TryGetValue(f, out var k) ? k
+        : throw new InvalidOperationException($"MoE experts: {f.Name()} kernels were not loaded by these launchers (loaded: {string.Join(", ", _experts.Keys.Select(WeightFormats.Name))})");
 
     private void Launch<T>(DeviceKernel kernel, in LaunchConfig config, DeviceStream stream, T p) where T : unmanaged
     {
