@@ -5,6 +5,9 @@
 //   (w, idx)     = top-k of p[t, :], values descending; exact ties go to the LOWER expert index
 //                  (deterministic: the arg-max key is (value, -index), compared exactly)
 //   w           /= sum(w) in fp32                               only when norm_topk_prob
+//   Non-finite logits never make an invalid id: a NaN logit counts as -inf (never chosen over a number), a NaN
+//   probability (all logits -inf/NaN, or an +inf logit: inf - inf) counts as 0, so the k ids are always k distinct
+//   experts in [0, E) (with garbage weights, NaN after renormalisation, which the forward's debug check reports).
 //
 // Thread mapping: grid (ceil(E / 4), ceil(T / 8)), 128 threads = 4 warps. Warp w of block (bx, by) owns
 // expert row e = bx*4 + w and the <= 8 tokens of token block by: the lane streams its 16-byte chunks of
@@ -41,7 +44,7 @@ struct MoeRouterParams {
 __device__ __forceinline__ float ld_cg_f32(const float* p)
 {
     float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
     return v;
 }
 
@@ -54,7 +57,8 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
 #pragma unroll
     for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
         const int e = lane + 32 * i;
-        v[i] = e < p.experts ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : -QC_INF;
+        const float x = e < p.experts ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : -QC_INF;
+        v[i] = x == x ? x : -QC_INF;   // NaN: -inf
         mx = fmaxf(mx, v[i]);
     }
     mx = warp_max(mx);
@@ -67,7 +71,10 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
     }
     sum = warp_sum(sum);
 #pragma unroll
-    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) v[i] = lane + 32 * i < p.experts ? v[i] / sum : -1.f;
+    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+        const float pr = v[i] / sum;
+        v[i] = lane + 32 * i < p.experts ? (pr >= 0.f ? pr : 0.f) : -1.f;   // NaN probability: 0, still above -1 (taken / no expert)
+    }
 
     // Lane j keeps the rank-j choice (no local-memory arrays); wsum adds the weights in rank order.
     float my_w = 0.f;
@@ -93,7 +100,9 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
             if (lane + 32 * i == be) v[i] = -1.f;   // taken
     }
     if (lane < p.top_k) {
-        p.topk_ids[(size_t)t * p.top_k + lane] = my_e;
+        // Every candidate now holds a probability >= 0 > -1, so be < E always; the clamp keeps even a future
+        // mistake from indexing past the stacked expert weights.
+        p.topk_ids[(size_t)t * p.top_k + lane] = min(max(my_e, 0), p.experts - 1);
         p.topk_weights[(size_t)t * p.top_k + lane] = p.norm_topk_prob ? my_w / wsum : my_w;
     }
 }

@@ -12,7 +12,11 @@
 // over the row (from L2) each for top-k and top-p (skipped when disabled), each pass a block count or
 // block fp32 mass. The draw: u = uniform(Philox4x32-10(key = seed, counter = (step, row))) * kept mass;
 // each thread owns a contiguous vocabulary segment, an inclusive block scan of the segments' masses
-// picks the segment, and that thread walks it in index order.
+// picks the segment, and that thread walks it in index order. The segment is picked by a block reduction,
+// not by each thread testing excl <= u < incl: adjacent warps' scan boundaries come from different fp32
+// addition orders and may overlap or leave a gap of an ulp (two claimants, or none); the reduction names
+// exactly one owner (the lowest thread with kept mass whose inclusive prefix exceeds u, else the highest
+// thread with kept mass).
 // Bytes moved: vocab * 2 per pass (L2-resident after the first).
 // sample_rows_bf16: the same per row with settings read from device memory (graph-capturable); greedy rows argmax.
 #include "common.cuh"
@@ -120,7 +124,7 @@ __device__ __forceinline__ uint4 philox4x32_10(uint4 ctr, uint2 key)
 // One row's draw (the whole block): writes the token to *out (thread 0). ctr_row: the third Philox counter word.
 __device__ __forceinline__ void sample_row(const bf16* row, int* out, int vocab, float it, int top_k, float top_p, float min_p,
                                            unsigned long long seed, unsigned long long step, unsigned int ctr_row,
-                                           float* sv, int* si, float* scan_s, int& chosen_s)
+                                           float* sv, int* si, float* scan_s, int* claim_s, int& chosen_s)
 {
     struct { int vocab; int top_k; float top_p; float min_p; unsigned long long seed, step; } p = {vocab, top_k, top_p, min_p, seed, step};
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -182,7 +186,7 @@ __device__ __forceinline__ void sample_row(const bf16* row, int* out, int vocab,
         if (lane >= o) incl += n;
     }
     if (lane == 31) scan_s[warp] = incl;
-    if (tid == 0) chosen_s = -1;
+    if (tid == 0) { chosen_s = -1; claim_s[0] = SAMPLE_THREADS; claim_s[1] = -1; }
     __syncthreads();
     if (warp == 0) {
         float w = scan_s[lane];
@@ -202,7 +206,17 @@ __device__ __forceinline__ void sample_row(const bf16* row, int* out, int vocab,
     const uint4 r = philox4x32_10(make_uint4((unsigned int)p.step, (unsigned int)(p.step >> 32), ctr_row, 0u),
                                   make_uint2((unsigned int)p.seed, (unsigned int)(p.seed >> 32)));
     const float u = (float)(r.x >> 8) * (1.f / 16777216.f) * total;
-    if (mine > 0.f && u >= excl && u < incl) {
+    // One owner: the lowest thread with kept mass and u < incl; if none (u at or past every prefix through rounding),
+    // the highest thread with kept mass. Per warp a ballot, then one shared atomic per warp.
+    const unsigned int kept_w = __ballot_sync(0xffffffffu, mine > 0.f);
+    const unsigned int over_w = __ballot_sync(0xffffffffu, mine > 0.f && u < incl);
+    if (lane == 0) {
+        if (over_w) atomicMin(&claim_s[0], warp * 32 + __ffs(over_w) - 1);
+        if (kept_w) atomicMax(&claim_s[1], warp * 32 + 31 - __clz(kept_w));
+    }
+    __syncthreads();
+    const int owner = claim_s[0] < SAMPLE_THREADS ? claim_s[0] : claim_s[1];
+    if (tid == owner) {
         float cum = excl;
         int pick = -1, last = -1;
         for (int i = b0; i < b1; i++) {
@@ -223,9 +237,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_bf16(SampleP
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ float scan_s[32];
+    __shared__ int claim_s[2];
     __shared__ int chosen_s;
     sample_row(p.logits + (size_t)blockIdx.x * p.ld, p.out_ids + blockIdx.x, p.vocab, p.inv_temperature, p.top_k, p.top_p, p.min_p,
-               p.seed, p.step, blockIdx.x, sv, si, scan_s, chosen_s);
+               p.seed, p.step, blockIdx.x, sv, si, scan_s, claim_s, chosen_s);
 }
 
 // Per-row settings read from device memory, so a captured graph picks up new seeds / steps / temperatures.
@@ -252,6 +267,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_bf16(Sa
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ float scan_s[32];
+    __shared__ int claim_s[2];
     __shared__ int chosen_s;
     const SampleRowSettings s = p.settings[blockIdx.x];
     const bf16* row = p.logits + (size_t)blockIdx.x * p.ld;
@@ -263,5 +279,5 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_bf16(Sa
         return;
     }
     sample_row(row, p.out_ids + blockIdx.x, p.vocab, s.inv_temperature, s.top_k, s.top_p, s.min_p, s.seed, s.step, 0u,
-               sv, si, scan_s, chosen_s);
+               sv, si, scan_s, claim_s, chosen_s);
 }

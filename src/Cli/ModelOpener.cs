@@ -16,26 +16,23 @@ public static class ModelOpener
     public static readonly string[] Devices = ["cpu", "emulator", "cuda", "auto"];
 
     /// <param name="stderr">Receives the one line saying what --device auto chose and why.</param>
-    public static ICausalLanguageModel Open(string modelDir, string device, int maxSequences, int? contextLength, TextWriter? stderr = null)
+    /// <param name="gpuMemoryUtilization">--gpu-memory-utilization (device backends; the CPU reference ignores it).</param>
+    public static ICausalLanguageModel Open(string modelDir, string device, int maxSequences, int? contextLength, TextWriter? stderr = null,
+        double? gpuMemoryUtilization = null)
     {
         if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"--model: directory '{modelDir}' does not exist");
         return device switch
         {
             "cpu" => ReferenceModel.Load(modelDir, maxSequences, contextLength),
-            "auto" => OpenAuto(modelDir, maxSequences, contextLength, stderr),
-            "emulator" => OpenDevice(modelDir, BackendKind.Emulator, maxSequences, contextLength),
-            "cuda" => OpenDevice(modelDir, BackendKind.Cuda, maxSequences, contextLength),
+            "auto" => OpenDevice(modelDir, DeviceFactory.Resolve(BackendKind.Auto, stderr), maxSequences, contextLength, gpuMemoryUtilization),
+            "emulator" => OpenDevice(modelDir, BackendKind.Emulator, maxSequences, contextLength, gpuMemoryUtilization),
+            "cuda" => OpenDevice(modelDir, BackendKind.Cuda, maxSequences, contextLength, gpuMemoryUtilization),
             _ => throw new ArgumentException($"--device must be one of {string.Join(", ", Devices)}, got '{device}'"),
         };
     }
 
-    private static ICausalLanguageModel OpenAuto(string modelDir, int maxSequences, int? contextLength, TextWriter? stderr)
-    {
-        return OpenDevice(modelDir, DeviceFactory.Resolve(BackendKind.Auto, stderr), maxSequences, contextLength);
-    }
-
     /// <summary>The device model on a backend; the model owns the device (disposing the model closes it).</summary>
-    public static ICausalLanguageModel OpenDevice(string modelDir, BackendKind backend, int maxSequences, int? contextLength)
+    public static ICausalLanguageModel OpenDevice(string modelDir, BackendKind backend, int maxSequences, int? contextLength, double? gpuMemoryUtilization = null)
     {
         IDevice device;
         try { device = DeviceFactory.Open(backend); }
@@ -51,10 +48,11 @@ public static class ModelOpener
                 ContextLength = contextLength ?? (backend == BackendKind.Emulator ? 4096 : null),
                 MaxBatch = Math.Min(8, Math.Max(1, maxSequences)),
                 PrefillChunkTokens = backend == BackendKind.Emulator ? 64 : 512,
+                GpuMemoryUtilization = gpuMemoryUtilization,
             };
             return new OwningModel(DeviceModel.Load(device, modelDir, options), device);
         }
-        catch { device.Dispose(); throw; }
+        catch (Exception original) { DeviceCapture.CleanupKeeping(original, "device dispose", device.Dispose); throw; }
     }
 
     /// <summary>A model that also disposes its device.</summary>

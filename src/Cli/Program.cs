@@ -23,6 +23,7 @@ public static class Program
         root.Subcommands.Add(Commands.TemplateCommand.Create());
         root.Subcommands.Add(Commands.ProfileCommand.Create());
         root.Subcommands.Add(Commands.BenchCommand.Create());
+        root.Subcommands.Add(Commands.SelftestCommand.Create());
         return root;
     }
 

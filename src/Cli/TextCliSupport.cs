@@ -26,7 +26,7 @@ static class TextCliSupport
         }
         catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException or InvalidDataException
                                       or NotSupportedException or JsonException or JinjaException or ConfigException
-                                      or CheckpointException or FormatException)
+                                      or CheckpointException or FormatException or Model.Device.ModelDoesNotFitException)
         {
             stdout.Flush();
             stderr.WriteLine($"error: {e.Message}");
@@ -69,10 +69,11 @@ sealed class SamplingCliOptions
     public readonly Option<string> Device = new("--device") { Description = "auto (default: cuda when a GPU opens, else the PTX emulator; says which on stderr) | cuda | emulator (slow) | cpu (the C# reference)", DefaultValueFactory = _ => "auto" };
     public readonly Option<int?> Context = new("--context") { Description = "Context length in tokens (default: the model's max_position_embeddings)" };
     public readonly Option<bool> NoThink = new("--no-think") { Description = "Disable thinking (enable_thinking=false in the chat template)" };
+    public readonly Option<string?> GpuMemoryUtilization = GpuMemoryCliOption.Create();
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Device, Context, NoThink })
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Device, Context, NoThink, GpuMemoryUtilization })
             cmd.Options.Add(o);
     }
 
@@ -99,6 +100,8 @@ sealed class SamplingCliOptions
         if (n < 1) throw new ArgumentException($"--max-new-tokens must be >= 1, got {n}");
         return n;
     }
+
+    public double? CheckedGpuMemoryUtilization(ParseResult p) => GpuMemoryCliOption.Parse(p.GetValue(GpuMemoryUtilization));
 
     public int? CheckedContext(ParseResult p)
     {

@@ -82,6 +82,49 @@ public class KernelCompilerTests
         Assert.That(e.Log, Does.Contain("error"));
     }
 
+    /// <summary>
+    /// Issue 12, fault 6: a GPU newer than NVRTC (NVRTC 11.8 knows sm_35..sm_90; a B200 is sm_100). The compiler used to
+    /// pass --gpu-architecture=compute_100, which NVRTC 11.8 rejects; it now builds PTX for the newest architecture NVRTC
+    /// knows that is not newer than the device (compute_90), which the driver JIT-compiles forward.
+    /// </summary>
+    [Test]
+    public void NewerGpuThanNvrtc_GetsPtxOfTheNewestArchNvrtcKnows()
+    {
+        var supported = NvrtcLibrary.SupportedArchs();
+        int newest = supported.Max();
+        int device = newest + 10;   // 100 with NVRTC 11.8
+        var m = new KernelCompiler(_cache).Compile(new KernelBuild("rmsnorm.cu", $"sm_{device}", CompileTarget.Cubin));
+        Assert.That(m.Cubin, Is.Null, "no CUBIN for an architecture NVRTC does not know");
+        Assert.That(m.CubinArch, Is.Null);
+        Assert.That(m.PtxArch, Is.EqualTo($"compute_{newest}"));
+        Assert.That(m.Ptx, Does.Contain($".target sm_{newest}").And.Contain(".entry add_rmsnorm_bf16("));
+    }
+
+    /// <summary>An older NVRTC (its arch list given to the compiler): sm_89 and sm_90 devices get compute_86 PTX.</summary>
+    [Test]
+    public void OlderNvrtcArchList_FallsBackToItsNewestArchBelowTheDevice()
+    {
+        IReadOnlyList<int> nvrtc111 = NvrtcLibrary.ArchsOfVersion(11, 1);
+        var m = new KernelCompiler(_cache, supportedArchs: () => nvrtc111).Compile(new KernelBuild("rmsnorm.cu", "sm_90", CompileTarget.Cubin));
+        Assert.That((m.PtxArch, m.CubinArch), Is.EqualTo(("compute_86", (string?)null)));
+        Assert.That(m.Ptx, Does.Contain(".target sm_86"));
+        Assert.That(m.Options, Does.Contain("--gpu-architecture=compute_86"));
+    }
+
+    [Test]
+    public void ChooseTarget_Table()
+    {
+        int[] v118 = [35, 37, 50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90];
+        Assert.That(KernelCompiler.ChooseTarget(90, CompileTarget.Cubin, v118), Is.EqualTo((90, true)), "known: CUBIN");
+        Assert.That(KernelCompiler.ChooseTarget(90, CompileTarget.Ptx, v118), Is.EqualTo((90, false)), "the emulator: PTX");
+        Assert.That(KernelCompiler.ChooseTarget(100, CompileTarget.Cubin, v118), Is.EqualTo((90, false)), "Blackwell on NVRTC 11.8");
+        Assert.That(KernelCompiler.ChooseTarget(120, CompileTarget.Ptx, v118), Is.EqualTo((90, false)));
+        Assert.That(KernelCompiler.ChooseTarget(88, CompileTarget.Cubin, v118), Is.EqualTo((87, false)), "never newer than the device");
+        var e = Assert.Throws<NotSupportedException>(() => KernelCompiler.ChooseTarget(90, CompileTarget.Cubin, [35, 50, 75]));
+        Assert.That(e!.Message, Does.Contain("sm_80").And.Contain("sm_90").And.Contain(NativeLibraries.NvrtcEnvironmentVariable));
+        Assert.That(() => NvrtcLibrary.ArchsOfVersion(10, 2), Throws.InstanceOf<NotSupportedException>().With.Message.Contains("11.2"));
+    }
+
     [Test]
     public void ArchBelowSm80IsRejectedClearly()
     {

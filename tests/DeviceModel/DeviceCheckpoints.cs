@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.Text.Json;
 using Qwen3Cuda.Model.Checkpoint;
 
 namespace Qwen3Cuda.Tests.DeviceModel;
@@ -17,4 +19,22 @@ public static class DeviceCheckpoints
     public static string Tiny() => Model.TestCheckpoints.Get(TinyOptions);
     public static string TinyWithDenseLayer() => Model.TestCheckpoints.Get(TinyDenseLayerOptions);
     public static string Small() => Model.TestCheckpoints.Get(SmallOptions);
+
+    /// <summary>A copy of the tiny checkpoint (a new directory) with bf16 element <paramref name="element"/> of <paramref name="tensor"/> set to <paramref name="bits"/>.</summary>
+    public static string TinyPatched(string tensor, long element, ushort bits)
+    {
+        string src = Tiny(), dir = Model.TestCheckpoints.NewDir("tiny-nan");
+        foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        string file = Path.Combine(dir, SafetensorsCheckpoint.SingleFileName);
+        using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite);
+        var len = new byte[8];
+        fs.ReadExactly(len);
+        long headerBytes = (long)BinaryPrimitives.ReadUInt64LittleEndian(len);
+        var header = new byte[headerBytes];
+        fs.ReadExactly(header);
+        long begin = JsonDocument.Parse(header).RootElement.GetProperty(tensor).GetProperty("data_offsets")[0].GetInt64();
+        fs.Position = 8 + headerBytes + begin + element * 2;
+        fs.Write(BitConverter.GetBytes(bits));
+        return dir;
+    }
 }

@@ -70,8 +70,8 @@ public class DeviceSamplingTests
         for (int step = 0; step < 6; step++)
         {
             ulong position = (ulong)dm.SequenceLength(1);   // the counter: the new token's position
-            double[] p = EmbeddingSamplingKernelTests.ExpectedDistribution(logits, s);
-            double u = (EmbeddingSamplingKernelTests.Philox(s.Seed, position, 0) >> 8) / 16777216.0;
+            double[] p = Qwen3Cuda.Model.Selftest.SamplingCases.ExpectedDistribution(logits, s);
+            double u = (Qwen3Cuda.Model.Selftest.SamplingCases.Philox(s.Seed, position, 0) >> 8) / 16777216.0;
             int want = -1;
             double cum = 0, before = 0;
             for (int i = 0; i < V && want < 0; i++)
@@ -100,8 +100,8 @@ public class DeviceSamplingTests
     /// </summary>
     static (int Want, double BoundaryDistance, bool Allowed) CpuDraw(float[] logits, SamplingSettings s, ulong counter, int drawn)
     {
-        double[] p = EmbeddingSamplingKernelTests.ExpectedDistribution(logits, s);
-        double u = (EmbeddingSamplingKernelTests.Philox(s.Seed, counter, 0) >> 8) / 16777216.0;
+        double[] p = Qwen3Cuda.Model.Selftest.SamplingCases.ExpectedDistribution(logits, s);
+        double u = (Qwen3Cuda.Model.Selftest.SamplingCases.Philox(s.Seed, counter, 0) >> 8) / 16777216.0;
         int want = -1;
         double cum = 0, before = 0;
         for (int i = 0; i < p.Length && want < 0; i++)

@@ -64,6 +64,7 @@ public static class ProbeProgram
         Print("device.arch", dev.Info.Arch);
         Print("device.sms", dev.Info.MultiprocessorCount);
         Print("device.smem_optin", dev.Info.SharedMemoryPerBlockOptin);
+        Print("device.peak_bandwidth", dev.Info.PeakMemoryBandwidthBytesPerSecond ?? -1);
 
         // memory: allocate, copy in, memset part, copy device-to-device, copy out
         DevicePtr a = dev.Allocate(256), b = dev.Allocate(256);

@@ -43,6 +43,7 @@ public class StubDriverAbiTests
         Assert.That(Get("device.arch"), Is.EqualTo("sm_90"));
         Assert.That(Get("device.sms"), Is.EqualTo("132"));
         Assert.That(Get("device.smem_optin"), Is.EqualTo((227 * 1024).ToString(CultureInfo.InvariantCulture)));
+        Assert.That(Get("device.peak_bandwidth"), Is.EqualTo("3352320000000"), "2 x 2619 MHz x 5120 bits / 8: the H100 SXM's 3.35 TB/s");
         Assert.That(Get("attr.set"), Is.EqualTo("100000"), "cuFuncSetAttribute value");
         Assert.That(Get("attr.regs"), Is.EqualTo("40"));
         Assert.That(Get("occupancy"), Is.EqualTo("8"), "2048 / 256 threads in the stub");

@@ -6,43 +6,6 @@ using Qwen3Cuda.Runtime.Emulation;
 
 namespace Qwen3Cuda.Tests.Kernels;
 
-/// <summary>bf16 helpers for CPU references: round to nearest even, as cvt.rn.bf16.f32 and PyTorch do.</summary>
-public static class Bf16
-{
-    public static ushort FromFloat(float f)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(f);
-        if (float.IsNaN(f)) return (ushort)((bits >> 16) | 0x40);
-        uint rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
-        return (ushort)(rounded >> 16);
-    }
-
-    public static float ToFloat(ushort b) => BitConverter.UInt32BitsToSingle((uint)b << 16);
-    public static float Round(float f) => ToFloat(FromFloat(f));
-
-    public static ushort[] FromFloats(ReadOnlySpan<float> v)
-    {
-        var r = new ushort[v.Length];
-        for (int i = 0; i < v.Length; i++) r[i] = FromFloat(v[i]);
-        return r;
-    }
-
-    public static float[] ToFloats(ReadOnlySpan<ushort> v)
-    {
-        var r = new float[v.Length];
-        for (int i = 0; i < v.Length; i++) r[i] = ToFloat(v[i]);
-        return r;
-    }
-
-    /// <summary>Random bf16 values uniform in [-scale, scale), from a seeded generator.</summary>
-    public static ushort[] Random(Random rng, int count, float scale = 1f)
-    {
-        var r = new ushort[count];
-        for (int i = 0; i < count; i++) r[i] = FromFloat((float)(rng.NextDouble() * 2 - 1) * scale);
-        return r;
-    }
-}
-
 /// <summary>An emulated sm_90 device plus a kernel loader, disposed together. One per test fixture.</summary>
 public sealed class EmulatorContext : IDisposable
 {
@@ -96,54 +59,6 @@ public sealed class EmulatorContext : IDisposable
         Loader.Dispose();
         Device.Dispose();
     }
-}
-
-public static class Compare
-{
-    /// <summary>
-    /// Asserts |actual - expected| &lt;= atol + rtol * |expected| element-wise, and prints the first mismatches.
-    /// Callers state why their atol/rtol are what they are.
-    /// </summary>
-    public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, double atol, double rtol, string what)
-    {
-        Assert.That(actual.Length, Is.EqualTo(expected.Length), $"{what}: length");
-        int bad = 0;
-        double worst = 0;
-        var sb = new StringBuilder();
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double d = Math.Abs((double)actual[i] - expected[i]);
-            double tol = atol + rtol * Math.Abs(expected[i]);
-            if (!(d <= tol))
-            {
-                if (bad < 8) sb.AppendLine($"  [{i}] got {actual[i]} expected {expected[i]} (|d| {d:g4} > tol {tol:g4})");
-                bad++;
-            }
-            if (tol > 0) worst = Math.Max(worst, d / tol);
-        }
-        Assert.That(bad, Is.Zero, $"{what}: {bad} of {actual.Length} elements out of tolerance (atol {atol}, rtol {rtol}):\n{sb}");
-    }
-
-    /// <summary>Asserts |actual - expected| &lt;= tol[i] element-wise (per-element bounds computed by the caller).</summary>
-    public static void AssertWithin(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, ReadOnlySpan<float> tol, string what)
-    {
-        Assert.That(actual.Length, Is.EqualTo(expected.Length), $"{what}: length");
-        int bad = 0;
-        var sb = new StringBuilder();
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double d = Math.Abs((double)actual[i] - expected[i]);
-            if (!(d <= tol[i]))
-            {
-                if (bad < 8) sb.AppendLine($"  [{i}] got {actual[i]} expected {expected[i]} (|d| {d:g4} > tol {tol[i]:g4})");
-                bad++;
-            }
-        }
-        Assert.That(bad, Is.Zero, $"{what}: {bad} of {actual.Length} elements out of tolerance:\n{sb}");
-    }
-
-    public static void AssertCloseBf16(ReadOnlySpan<ushort> actual, ReadOnlySpan<float> expected, double atol, double rtol, string what) =>
-        AssertClose(Bf16.ToFloats(actual), expected, atol, rtol, what);
 }
 
 /// <summary>

@@ -66,6 +66,8 @@ CUresult cuDeviceGetAttribute(int *v, int attr, int d)
     case 8: *v = 48 * 1024; return OK;       /* shared per block */
     case 10: *v = 32; return OK;             /* warp size */
     case 16: *v = 132; return OK;            /* SMs */
+    case 36: *v = 2619000; return OK;        /* memory clock, kHz (H100 SXM) */
+    case 37: *v = 5120; return OK;           /* memory bus width, bits */
     case 75: *v = 9; return OK;              /* major */
     case 76: *v = 0; return OK;              /* minor */
     case 81: *v = 228 * 1024; return OK;     /* shared per SM */

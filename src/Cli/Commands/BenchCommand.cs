@@ -22,13 +22,15 @@ public static class BenchCommand
         var gen = new Option<int>("-n", "--n-gen") { Description = "Generated tokens (tg test)", DefaultValueFactory = _ => 128 };
         var reps = new Option<int>("-r", "--repetitions") { Description = "Repetitions of each test", DefaultValueFactory = _ => 3 };
         var device = new Option<string>("--device") { Description = "cuda | emulator | auto", DefaultValueFactory = _ => "auto" };
-        var cmd = new Command("bench", "Prompt processing and generation throughput (llama-bench style)") { model, prompt, gen, reps, device };
+        var util = GpuMemoryCliOption.Create();
+        var cmd = new Command("bench", "Prompt processing and generation throughput (llama-bench style)") { model, prompt, gen, reps, device, util };
         cmd.SetAction(parse => ProfileCommand.Guard(parse.InvocationConfiguration.Error, () => Run(parse.GetValue(model)!, parse.GetValue(prompt),
-            parse.GetValue(gen), parse.GetValue(reps), parse.GetValue(device)!, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
+            parse.GetValue(gen), parse.GetValue(reps), parse.GetValue(device)!, GpuMemoryCliOption.Parse(parse.GetValue(util)),
+            parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
         return cmd;
     }
 
-    private static int Run(string modelDir, int pp, int tg, int reps, string deviceText, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelDir, int pp, int tg, int reps, string deviceText, double? utilization, TextWriter stdout, TextWriter stderr)
     {
         if (pp < 1 || tg < 1 || reps < 1) throw new ArgumentException($"-p {pp}, -n {tg} and -r {reps} must be positive");
         var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
@@ -36,14 +38,17 @@ public static class BenchCommand
         if (backend == BackendKind.Emulator)
         {
             stdout.WriteLine("bench: no CUDA device; the emulator's timings are meaningless, so this is the simulated-traffic view of one prefill and one decode step (qwen3cuda profile):");
-            var r = ProfileCommand.Measure(modelDir, backend, Math.Min(pp, 16));
+            var r = ProfileCommand.Measure(modelDir, backend, Math.Min(pp, 16), gpuMemoryUtilization: utilization);
             stdout.Write(DeviceProfiler.Table(r.Prefill, true));
             stdout.Write(DeviceProfiler.Table(r.Decode, true));
             stdout.WriteLine($"decode step DRAM {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)}; at 3.35 TB/s (H100 SXM) that bounds tg at {3.35e12 / r.Decode.DramBytes:F0} t/s");
             return 0;
         }
         using var device = DeviceFactory.Open(backend);
-        using var dm = DeviceModel.Load(device, modelDir, new DeviceModelOptions { ContextLength = pp + tg + 1, PrefillChunkTokens = Math.Min(pp, 512), MaxBatch = 1 });
+        using var dm = DeviceModel.Load(device, modelDir, new DeviceModelOptions
+        {
+            ContextLength = pp + tg + 1, PrefillChunkTokens = Math.Min(pp, 512), MaxBatch = 1, GpuMemoryUtilization = utilization,
+        });
         int V = dm.VocabSize;
         var prompt = Enumerable.Range(0, pp).Select(i => (i * 7919 + 11) % V).ToArray();
         var logits = new float[V];

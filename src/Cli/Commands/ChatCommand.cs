@@ -27,12 +27,13 @@ public static class ChatCommand
             var dir = parse.GetValue(model)!;
             int maxNew = s.CheckedMaxNewTokens(parse);
             int? context = s.CheckedContext(parse);
+            double? utilization = s.CheckedGpuMemoryUtilization(parse);
             // Validate sampling options up front (both modes), so a bad value fails before the model loads.
             s.Sampling(parse, dir, thinking: true);
             s.Sampling(parse, dir, thinking: false);
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             var template = ChatTemplate.FromModelDirectory(dir);
-            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr);
+            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr, utilization);
             var session = new ChatSession(lm, tokenizer, template, Generator.DefaultEosTokenIds(tokenizer, dir),
                 thinking => s.Sampling(parse, dir, thinking), maxNew, parse.GetValue(system))
             {

@@ -36,11 +36,12 @@ public static class GenerateCommand
             var sampling = s.Sampling(parse, dir, thinking);
             int maxNew = s.CheckedMaxNewTokens(parse);
             int? context = s.CheckedContext(parse);
+            double? utilization = s.CheckedGpuMemoryUtilization(parse);
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             if (parse.GetValue(chat))
                 text = ChatTemplate.FromModelDirectory(dir).Render([new ChatMessage("user", text)], addGenerationPrompt: true, enableThinking: thinking);
             var ids = tokenizer.Encode(text);
-            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr);
+            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr, utilization);
             var generator = new Generator(lm, tokenizer, Generator.DefaultEosTokenIds(tokenizer, dir));
             var writer = new PieceWriter(stdout, ansi: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
             using var cts = new CancellationTokenSource();

@@ -11,8 +11,9 @@ namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
 /// `qwen3cuda info`: NVRTC version, driver version and devices (or why there are none).
-/// `qwen3cuda info --model DIR [--ctx-size N] [--gpu-memory 80GiB]`: the device memory plan (weights, KV cache,
-/// workspace, free) from config.json alone; exit code 1 with the missing amount when the model does not fit.
+/// `qwen3cuda info --model DIR [--ctx-size N] [--gpu-memory 80GiB | --gpu-memory-utilization U]`: the device memory plan
+/// (weights, KV cache, workspace, reserve, free) from config.json alone; exit code 1 with the missing amount when the model
+/// does not fit.
 /// </summary>
 public static class InfoCommand
 {
@@ -25,10 +26,12 @@ public static class InfoCommand
         var ctx = new Option<int?>("--ctx-size") { Description = "Tokens of context per sequence (default: as many as fit, at most max_position_embeddings)" };
         var mem = new Option<string?>("--gpu-memory") { Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)" };
         var seqs = new Option<int>("--sequences") { Description = "Sequences held at once", DefaultValueFactory = _ => 1 };
-        var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs };
+        var util = GpuMemoryCliOption.Create();
+        var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs, util };
         cmd.SetAction(parse => parse.GetValue(model) is string dir
-            ? PlanGuard(parse.InvocationConfiguration.Error, () => RunPlan(parse.InvocationConfiguration.Output, dir, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs)))
-            : CliErrors.Run(Run));
+            ? PlanGuard(parse.InvocationConfiguration.Error, () => RunPlan(parse.InvocationConfiguration.Output, dir, parse.GetValue(ctx), parse.GetValue(mem),
+                parse.GetValue(seqs), GpuMemoryCliOption.Parse(parse.GetValue(util))))
+            : PlanGuard(parse.InvocationConfiguration.Error, () => { GpuMemoryCliOption.Parse(parse.GetValue(util)); return CliErrors.Run(Run); }));
         return cmd;
     }
 
@@ -42,7 +45,7 @@ public static class InfoCommand
         }
     }
 
-    private static int RunPlan(TextWriter stdout, string modelDir, int? ctxSize, string? gpuMemory, int sequences)
+    private static int RunPlan(TextWriter stdout, string modelDir, int? ctxSize, string? gpuMemory, int sequences, double? utilization)
     {
         if (!Directory.Exists(modelDir) && !File.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
         ModelConfig config;
@@ -52,19 +55,26 @@ public static class InfoCommand
             Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
         }
         catch (ConfigException e) { throw new InvalidDataException(e.Message, e); }
-        long budget = DefaultGpuMemoryBytes;
-        string source = "assumed (no --gpu-memory, no CUDA device)";
-        if (gpuMemory is not null) { budget = ByteSize.Parse(gpuMemory, "--gpu-memory"); source = "--gpu-memory"; }
-        else if (CudaDriver.IsDeviceAvailable())
+        long? budget = gpuMemory is null ? null : ByteSize.Parse(gpuMemory, "--gpu-memory");
+        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = budget, GpuMemoryUtilization = utilization, MaxSequences = sequences };
+        options.Validate();
+        MemoryPlan plan;
+        string? source = null;
+        if (budget is long b) plan = MemoryPlan.Compute(config, options, b, checkpointHasLmHead: false);
+        else
         {
-            using var device = Runtime.DeviceFactory.Open(Runtime.BackendKind.Cuda);
-            budget = device.GetMemoryInfo().FreeBytes;
-            source = $"free on {device.Info.Name}";
+            (long Free, long Total) memory = (DefaultGpuMemoryBytes, DefaultGpuMemoryBytes);
+            source = "assumed: an 80 GiB device (no --gpu-memory, no CUDA device)";
+            if (CudaDriver.IsDeviceAvailable())
+            {
+                using var device = Runtime.DeviceFactory.Open(Runtime.BackendKind.Cuda);
+                memory = device.GetMemoryInfo();
+                source = $"measured on {device.Info.Name} now; loading the model's kernels takes some more";
+            }
+            plan = MemoryPlan.Compute(config, options, memory, checkpointHasLmHead: false);
         }
-        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory is null ? null : budget, MaxSequences = sequences };
-        var plan = MemoryPlan.Compute(config, options, budget, checkpointHasLmHead: false);
         stdout.Write(plan.Describe());
-        if (gpuMemory is null) stdout.WriteLine($"  (device memory {source})");
+        if (source is not null) stdout.WriteLine($"  (device memory {source})");
         plan.ThrowIfDoesNotFit();
         return 0;
     }

@@ -23,7 +23,8 @@ public static class LogitsCommand
         var output = new Option<string?>("--out") { Description = "Write float32 little-endian logits [tokens, vocab] to this file" };
         var top = new Option<int?>("--top") { Description = "Print the K largest logits of every position (default 5 when --out is absent)" };
         var json = new Option<bool>("--json") { Description = "Print --top results as JSON" };
-        var cmd = new Command("logits", "Logits of every position of one forward over the given token ids") { model, tokens, device, output, top, json };
+        var util = GpuMemoryCliOption.Create();
+        var cmd = new Command("logits", "Logits of every position of one forward over the given token ids") { model, tokens, device, output, top, json, util };
         cmd.SetAction(parse =>
         {
             var stdout = parse.InvocationConfiguration.Output;
@@ -31,9 +32,10 @@ public static class LogitsCommand
             try
             {
                 return Run(parse.GetValue(model)!, parse.GetValue(tokens)!, parse.GetValue(device) ?? "cpu",
-                    parse.GetValue(output), parse.GetValue(top), parse.GetValue(json), stdout, stderr);
+                    parse.GetValue(output), parse.GetValue(top), parse.GetValue(json), GpuMemoryCliOption.Parse(parse.GetValue(util)), stdout, stderr);
             }
-            catch (Exception e) when (e is ConfigException or CheckpointException or ArgumentException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is ConfigException or CheckpointException or ArgumentException or IOException or UnauthorizedAccessException
+                                          or Model.Device.ModelDoesNotFitException)
             {
                 stderr.WriteLine($"error: {CliErrors.Message(e)}");
                 return 1;
@@ -42,7 +44,7 @@ public static class LogitsCommand
         return cmd;
     }
 
-    static int Run(string modelDir, string tokenText, string device, string? outFile, int? top, bool json, TextWriter stdout, TextWriter stderr)
+    static int Run(string modelDir, string tokenText, string device, string? outFile, int? top, bool json, double? utilization, TextWriter stdout, TextWriter stderr)
     {
         int[] ids = ParseTokens(tokenText);
         if (top is int k && k < 1) throw new ArgumentException($"--top must be at least 1, got {k}");
@@ -57,7 +59,7 @@ public static class LogitsCommand
         else
         {
             // Device backends: one decode step per token gives every position's logits (the device model keeps only the last).
-            using var m = ModelOpener.Open(modelDir, device, maxSequences: 1, contextLength: Math.Max(ids.Length, 16), stderr);
+            using var m = ModelOpener.Open(modelDir, device, maxSequences: 1, contextLength: Math.Max(ids.Length, 16), stderr, utilization);
             vocab = m.VocabSize;
             logits = new float[(long)ids.Length * vocab];
             for (int i = 0; i < ids.Length; i++) m.Forward(0, ids.AsSpan(i, 1), logits.AsSpan(i * vocab, vocab));

@@ -23,7 +23,7 @@ namespace Qwen3Cuda.Cli.Commands;
 public static class ProfileCommand
 {
     /// <summary>Host memory the emulator may use for a --predict run (a cap, not a reservation).</summary>
-    public const long PredictHeapBytes = 8L << 30;
+    public const long PredictHeapBytes = 12L << 30;
 
     public static Command Create()
     {
@@ -33,10 +33,11 @@ public static class ProfileCommand
         var context = new Option<int?>("--context") { Description = "Context length of the profiled decode step (default: the prompt + 1); earlier positions are skipped, not computed (their K, V are zero)" };
         var predict = new Option<string?>("--predict") { Description = $"Predict each kernel's time on a GPU with the timing model: {string.Join("|", GpuCatalog.All.Select(g => g.Key))} (on CUDA: default the GPU present, when described)" };
         var scale = new Option<int?>("--scale-layers") { Description = "Also predict the steps with this many decoder layers (a slice of a model with alike layers, e.g. 48 for Qwen3-30B-A3B)" };
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale };
+        var util = GpuMemoryCliOption.Create();
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util };
         cmd.SetAction(parse => Guard(parse.InvocationConfiguration.Error, () =>
             Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
-                parse.GetValue(scale), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
+                parse.GetValue(scale), GpuMemoryCliOption.Parse(parse.GetValue(util)), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
         return cmd;
     }
 
@@ -62,7 +63,7 @@ public static class ProfileCommand
     /// <paramref name="context"/> (default tokens + 1; the positions before the prefill are skipped). With
     /// <paramref name="emulateAs"/>, the backend is an emulator presenting itself as that GPU.
     /// </summary>
-    public static Result Measure(string modelDir, BackendKind backend, int tokens, int? context = null, GpuSpec? emulateAs = null)
+    public static Result Measure(string modelDir, BackendKind backend, int tokens, int? context = null, GpuSpec? emulateAs = null, double? gpuMemoryUtilization = null)
     {
         if (tokens < 1) throw new ArgumentException($"--tokens must be at least 1, got {tokens}");
         int ctx = context ?? tokens + 1;
@@ -73,7 +74,10 @@ public static class ProfileCommand
         using var device = emulateAs is not null && backend == BackendKind.Emulator
             ? new EmulatedDevice(emulateAs.EmulatorOptions(PredictHeapBytes)) : DeviceFactory.Open(backend);
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
-        var options = new DeviceModelOptions { ContextLength = ctx + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16 };
+        var options = new DeviceModelOptions
+        {
+            ContextLength = ctx + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = gpuMemoryUtilization,
+        };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
         int skipped = ctx - 1 - tokens;
@@ -106,7 +110,7 @@ public static class ProfileCommand
         return new Predictions(One(r.Prefill), One(r.Decode), One(r.SampledDecode), minimum);
     }
 
-    private static int Run(string modelDir, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelDir, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : GpuCatalog.Get(predictKey);
         if (scaleLayers is < 1) throw new ArgumentException($"--scale-layers must be at least 1, got {scaleLayers}");
@@ -114,7 +118,7 @@ public static class ProfileCommand
         if (backend == BackendKind.Emulator)
         {
             if (scaleLayers is not null && gpu is null) throw new ArgumentException("--scale-layers scales the predicted steps: give --predict GPU too");
-            var r = Measure(modelDir, backend, tokens, context, gpu);
+            var r = Measure(modelDir, backend, tokens, context, gpu, utilization);
             stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
@@ -123,7 +127,7 @@ public static class ProfileCommand
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, stdout);
             return 0;
         }
-        var measured = Measure(modelDir, backend, tokens, context);
+        var measured = Measure(modelDir, backend, tokens, context, gpuMemoryUtilization: utilization);
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
         stdout.Write(DeviceProfiler.Table(measured.SampledDecode, false));

@@ -181,9 +181,25 @@ public sealed partial class DeviceModel
     /// </summary>
     private void CheckEmbedError()
     {
+        CheckNonFinite();
         if (_result.AsSpan<int>()[0] == 0) return;
         _device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
         throw new InvalidOperationException($"the embedding kernel saw a token id outside the vocabulary [0, {VocabSize}) since the last result; its output row was zeroed, the results are invalid");
+    }
+
+    /// <summary>
+    /// The debug check (<see cref="DeviceModelOptions.CheckFinite"/>): the first stage (embedding, layer), token row and
+    /// column whose activation went NaN / inf in any step since the last read. The record is sticky; it is reset here.
+    /// </summary>
+    private void CheckNonFinite()
+    {
+        var w = Plan.Workspace;
+        ulong key = _result.AsSpan<ulong>()[(int)((w.NonFinite - w.EmbedError) / sizeof(ulong))];
+        if (NonFiniteRecord.Decode(key) is not { } r) return;
+        _device.MemsetAsync(_workspace.Base + w.NonFinite, 0xff, sizeof(ulong), _stream);
+        throw new InvalidOperationException($"non-finite hidden state (NaN or inf) {r.Where}: token row {r.Row} of the step (position " +
+            $"{(r.Position == 0xfffff ? ">= 1048575" : r.Position)}), column {r.Column}; the results are invalid " +
+            $"({DeviceModelOptions.CheckFiniteEnvironmentVariable} check; earlier stages were finite)");
     }
 
     private int BucketFor(int count)
@@ -212,14 +228,8 @@ public sealed partial class DeviceModel
         {
             foreach (bool sample in (bool[])[false, true])
             {
-                _device.BeginCapture(_stream);
-                try { RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)); }
-                catch
-                {
-                    try { _device.EndCapture(_stream).Dispose(); } catch { /* the capture's own failure is the one to report */ }
-                    throw;
-                }
-                using var graph = _device.EndCapture(_stream);
+                // A failed launch keeps its own exception (EndCapture of an invalidated capture fails too on CUDA).
+                using var graph = _device.Capture(_stream, () => RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)));
                 (sample ? _sampleGraphs : _graphs)[b] = _device.Instantiate(graph);
             }
         }
@@ -239,7 +249,8 @@ public sealed partial class DeviceModel
         var w = Plan.Workspace;
         int H = c.HiddenSize;
         _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), Ws(w.EmbedError), s.Rows, c.VocabSize, H);
-        for (int l = 0; l < c.NumHiddenLayers; l++) LayerStep(l, s);
+        CheckFinite(0, s);
+        for (int l = 0; l < c.NumHiddenLayers; l++) { LayerStep(l, s); CheckFinite(l + 1, s); }
         if (s.Outputs == 0) return;
         // The output rows' hidden states: rows 0..Outputs-1 of x, or gathered into h (the gather kernel is the embedding's, over x).
         DevicePtr x = Ws(w.X);
@@ -249,6 +260,10 @@ public sealed partial class DeviceModel
         if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
         else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled));
     }
+
+    /// <summary>Debug only (<see cref="DeviceModelOptions.CheckFinite"/>): folds the first NaN / inf of x into the sticky record.</summary>
+    private void CheckFinite(int stage, StepShape s) =>
+        _checkFinite?.CheckFinite(_stream, Ws(Plan.Workspace.X), Config.HiddenSize, Ws(Plan.Workspace.Positions), s.Rows, Config.HiddenSize, stage, Ws(Plan.Workspace.NonFinite));
 
     /// <summary>
     /// One decoder layer for the step's rows (prefill runs and decode rows of several sequences): x += Attn(RMSNorm(x));

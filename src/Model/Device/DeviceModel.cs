@@ -37,6 +37,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly MoeLaunchers _moe;
     private readonly EmbeddingLaunchers _embedding;
     private readonly SamplingLaunchers _sampling;
+    private readonly CheckFiniteLaunchers? _checkFinite;   // debug: DeviceModelOptions.CheckFinite
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
@@ -79,30 +80,35 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         Config = weights.Config;
         var c = Config;
         bool hasLmHead = weights.Checkpoint.Contains("lm_head.weight");
-        Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo().FreeBytes, device.Info.MultiprocessorCount, hasLmHead);
-        Plan.ThrowIfDoesNotFit();
+        options.Validate();
         _ownsLoader = loader is null;
         _loader = loader ?? new KernelLoader(device);
         var disposables = new List<IDisposable>();
         try
         {
+            // Fixed allocations first (kernel modules, the stream), then the plan from the memory they leave (issue 12); the
+            // kernel variants depend only on the weight layout, which config.json alone gives.
+            var layout = new WeightLayout(c, hasLmHead);
             _rms = new RmsNormLaunchers(_loader);
-            _gemv = new GemvLaunchers(_loader, Plan.Weights.DenseFormats);
-            _gemm = new GemmLaunchers(_loader, Plan.Weights.DenseFormats);
+            _gemv = new GemvLaunchers(_loader, layout.DenseFormats);
+            _gemm = new GemmLaunchers(_loader, layout.DenseFormats);
             _rope = new RopeLaunchers(_loader, c.HeadDim);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
+            _checkFinite = options.CheckFinite ? new CheckFiniteLaunchers(_loader) : null;
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
-                MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Plan.Workspace.Rows <= MoeLaunchers.DecodeMaxTokens);
+                MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Math.Max(options.PrefillChunkTokens, options.MaxBatch) <= MoeLaunchers.DecodeMaxTokens);
             }
-            _moe = new MoeLaunchers(_loader, _mlpShapes, Plan.Weights.ExpertFormats);   // the guarded grouped GEMMs only when a shape needs them
+            _moe = new MoeLaunchers(_loader, _mlpShapes, layout.ExpertFormats);   // the guarded grouped GEMMs only when a shape needs them
 
             _stream = device.CreateStream(); disposables.Add(_stream);
+            Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo(), device.Info.MultiprocessorCount, hasLmHead);
+            Plan.ThrowIfDoesNotFit();
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
@@ -111,18 +117,20 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
             _deviceRow = new int[Plan.Workspace.Rows];
             device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
             _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             UploadWeights(weights, invFreq, options.LoadProgress);
             _buckets = [.. options.BatchBuckets()];
             if (options.UseGraphs) CaptureDecodeGraphs();
         }
-        catch
+        catch (Exception original)
         {
-            foreach (var g in _graphs.Values) g.Dispose();
-            foreach (var g in _sampleGraphs.Values) g.Dispose();
-            for (int i = disposables.Count - 1; i >= 0; i--) disposables[i].Dispose();
-            if (_ownsLoader) _loader.Dispose();
+            // Cleanup after a device error may fail too (CUDA errors are sticky): keep the exception that says what went wrong.
+            foreach (var g in _graphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
+            foreach (var g in _sampleGraphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
+            for (int i = disposables.Count - 1; i >= 0; i--) DeviceCapture.CleanupKeeping(original, "dispose", disposables[i].Dispose);
+            if (_ownsLoader) DeviceCapture.CleanupKeeping(original, "kernel loader dispose", _loader.Dispose);
             throw;
         }
     }

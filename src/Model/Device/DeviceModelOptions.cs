@@ -17,8 +17,16 @@ public sealed record DeviceModelOptions
     public int PrefillChunkTokens { get; init; } = 512;
     /// <summary>Tokens per KV page.</summary>
     public int PageSize { get; init; } = 16;
-    /// <summary>Memory the plan may use (--gpu-memory). Null: the device's free memory.</summary>
+    /// <summary>Memory the plan's pools (weights, KV cache, workspace) may use (--gpu-memory), no reserve kept. Null: the
+    /// device's free memory after the fixed allocations, less the reserve (<see cref="GpuMemoryUtilization"/>).</summary>
     public long? GpuMemoryBytes { get; init; }
+    /// <summary>
+    /// --gpu-memory-utilization (vLLM's option), in (0, 1]: the fraction of the device's total memory in use once the model
+    /// is loaded. Memory already in use when the plan is made (the CUDA context, our kernel modules, other processes)
+    /// counts against it; (1 - U) x total stays free for what is allocated later (graphs, launch-time driver memory).
+    /// Null: keep max(1 GiB, 3% of total) free (<see cref="MemoryPlan.DefaultReserveBytes"/>).
+    /// </summary>
+    public double? GpuMemoryUtilization { get; init; }
     /// <summary>Capture decode steps as CUDA graphs (one per batch bucket) and replay them.</summary>
     public bool UseGraphs { get; init; } = true;
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
@@ -26,6 +34,18 @@ public sealed record DeviceModelOptions
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
     /// which reads the keys once per query row.</summary>
     public bool FlashPrefillAttention { get; init; } = true;
+    /// <summary>
+    /// Debug: after the embedding and after every layer, check the residual stream for NaN / inf (check_finite.cu, one
+    /// extra read of the activations per layer, inside the captured graphs too); the next result read throws naming the
+    /// first layer, token row, position and column that went non-finite. Default: on when the environment variable
+    /// QWEN3CUDA_DEBUG_FINITE is 1 or true.
+    /// </summary>
+    public bool CheckFinite { get; init; } = CheckFiniteFromEnvironment();
+    public const string CheckFiniteEnvironmentVariable = "QWEN3CUDA_DEBUG_FINITE";
+
+    /// <summary>QWEN3CUDA_DEBUG_FINITE is "1" or "true" (any case).</summary>
+    public static bool CheckFiniteFromEnvironment() =>
+        Environment.GetEnvironmentVariable(CheckFiniteEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
     /// <summary>Progress of the weight upload (bytes done, total, tensor).</summary>
     public Action<Runtime.Memory.UploadProgress>? LoadProgress { get; init; }
 
@@ -48,5 +68,9 @@ public sealed record DeviceModelOptions
         if (PageSize < 1 || PageSize > 4096) throw new ArgumentOutOfRangeException(nameof(PageSize), $"KV page size {PageSize} must be in [1, 4096]");
         if (ContextLength is < 1) throw new ArgumentOutOfRangeException(nameof(ContextLength), $"--ctx-size {ContextLength} must be positive");
         if (GpuMemoryBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(GpuMemoryBytes), $"--gpu-memory {GpuMemoryBytes} must be positive");
+        if (GpuMemoryUtilization is double u && !(u > 0 && u <= 1))
+            throw new ArgumentOutOfRangeException(nameof(GpuMemoryUtilization), $"--gpu-memory-utilization {u.ToString(System.Globalization.CultureInfo.InvariantCulture)} must be in (0, 1]");
+        if (GpuMemoryBytes is not null && GpuMemoryUtilization is not null)
+            throw new ArgumentException("give --gpu-memory (the pools' budget) or --gpu-memory-utilization (a fraction of the device's memory), not both");
     }
 }

@@ -13,6 +13,9 @@ public sealed class ModelDoesNotFitException(string message) : InvalidOperationE
 /// arena (<see cref="WeightLayout"/>), the workspace (<see cref="WorkspaceLayout"/>) and the paged KV cache.
 /// The KV cache holds <see cref="ContextLength"/> tokens for each of MaxSequences sequences (+ one scratch
 /// page); without --ctx-size the context is as long as the memory left allows, at most max_position_embeddings.
+/// The budget is the device's free memory measured after the fixed allocations (context, kernel modules, stream)
+/// less a reserve that stays free for what comes later (graph instantiation, launch-time driver allocations, other
+/// processes): (1 - --gpu-memory-utilization) x total, by default max(1 GiB, 3% of total) (docs/memory.md).
 /// </summary>
 public sealed class MemoryPlan
 {
@@ -23,7 +26,12 @@ public sealed class MemoryPlan
     public DeviceModelOptions Options { get; }
     public WeightLayout Weights { get; }
     public WorkspaceLayout Workspace { get; }
+    /// <summary>Bytes the pools may use: free memory less <see cref="ReserveBytes"/>, or --gpu-memory.</summary>
     public long BudgetBytes { get; }
+    /// <summary>The device memory the budget came from (null: --gpu-memory or an explicit budget).</summary>
+    public (long FreeBytes, long TotalBytes)? DeviceMemory { get; private init; }
+    /// <summary>Memory kept free beyond the pools (0 with --gpu-memory or an explicit budget).</summary>
+    public long ReserveBytes { get; private init; }
     public int ContextLength { get; }
     public int KvPages { get; }
     public long KvBytesPerToken { get; }
@@ -42,9 +50,33 @@ public sealed class MemoryPlan
     /// <summary>K and V of every layer: L x 2 x nKV x D x 2 bytes (96 KiB for Qwen3-30B-A3B).</summary>
     public static long KvBytesPerTokenOf(ModelConfig c) => 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * sizeof(ushort);
 
+    /// <summary>The default reserve: max(1 GiB, 3% of the device's total memory).</summary>
+    public static long DefaultReserveBytes(long totalBytes) => Math.Max(1L << 30, (long)Math.Ceiling(totalBytes * 0.03));
+
+    /// <summary>The reserve for <paramref name="o"/>: (1 - GpuMemoryUtilization) x total, or <see cref="DefaultReserveBytes"/>.</summary>
+    public static long ReserveFor(DeviceModelOptions o, long totalBytes) =>
+        o.GpuMemoryUtilization is double u ? (long)Math.Ceiling((1 - u) * totalBytes) : DefaultReserveBytes(totalBytes);
+
     /// <summary>
-    /// The plan for <paramref name="budgetBytes"/> of device memory (options.GpuMemoryBytes wins when set).
+    /// The plan for a device with <paramref name="memory"/> free and total bytes, measured after the fixed allocations:
+    /// budget = free - reserve (<see cref="ReserveFor"/>); options.GpuMemoryBytes, when set, is the budget instead.
     /// Never throws for lack of memory: check <see cref="Fits"/> or call <see cref="ThrowIfDoesNotFit"/>.
+    /// </summary>
+    public static MemoryPlan Compute(ModelConfig c, DeviceModelOptions o, (long FreeBytes, long TotalBytes) memory, int multiprocessors = 132, bool checkpointHasLmHead = false)
+    {
+        o.Validate();
+        if (o.GpuMemoryBytes is not null) return Compute(c, o, o.GpuMemoryBytes.Value, multiprocessors, checkpointHasLmHead);
+        long reserve = ReserveFor(o, memory.TotalBytes);
+        var plan = Compute(c, o, memory.FreeBytes - reserve, multiprocessors, checkpointHasLmHead);
+        return new MemoryPlan(plan.Config, o, plan.Weights, plan.Workspace, plan.BudgetBytes, plan.ContextLength, plan.KvPages)
+        {
+            DeviceMemory = memory, ReserveBytes = reserve,
+        };
+    }
+
+    /// <summary>
+    /// The plan for an explicit budget of <paramref name="budgetBytes"/> for the pools, no reserve (options.GpuMemoryBytes wins
+    /// when set). Never throws for lack of memory: check <see cref="Fits"/> or call <see cref="ThrowIfDoesNotFit"/>.
     /// </summary>
     public static MemoryPlan Compute(ModelConfig c, DeviceModelOptions o, long budgetBytes, int multiprocessors = 132, bool checkpointHasLmHead = false)
     {
@@ -74,12 +106,19 @@ public sealed class MemoryPlan
     public void ThrowIfDoesNotFit()
     {
         if (Fits) return;
-        string budget = Options.GpuMemoryBytes is null ? $"the device has {ByteSize.Format(BudgetBytes)} free" : $"--gpu-memory is {ByteSize.Format(BudgetBytes)}";
+        string budget = Options.GpuMemoryBytes is not null ? $"--gpu-memory is {ByteSize.Format(BudgetBytes)}"
+            : DeviceMemory is var (free, total)
+                ? $"the device has {ByteSize.Format(free)} free of {ByteSize.Format(total)} and keeps {ByteSize.Format(ReserveBytes)} free ({ReserveText()})"
+                : $"the budget is {ByteSize.Format(BudgetBytes)}";
         throw new ModelDoesNotFitException(
             $"model needs {ByteSize.Format(TotalBytes)} (weights {ByteSize.Format(Weights.TotalBytes)} + KV {ByteSize.Format(KvBytes)} " +
             $"for {ContextLength} tokens x {Options.MaxSequences} sequence(s) + workspace {ByteSize.Format(Workspace.TotalBytes)}) " +
             $"but {budget}: {ByteSize.Format(-FreeBytes)} missing");
     }
+
+    private string ReserveText() => Options.GpuMemoryUtilization is double u
+        ? string.Create(CultureInfo.InvariantCulture, $"--gpu-memory-utilization {u:0.###}: {1 - u:0.###} of total")
+        : "max(1 GiB, 3% of total); --gpu-memory-utilization U keeps (1 - U) of total";
 
     /// <summary>The plan as the lines `info --model` prints.</summary>
     public string Describe()
@@ -96,7 +135,12 @@ public sealed class MemoryPlan
         Line("KV cache", $"{ByteSize.Format(KvBytes),12}  ({ContextLength} tokens x {Options.MaxSequences} sequence(s), {KvPages} pages of {Options.PageSize})");
         Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch})");
         Line("total", $"{ByteSize.Format(TotalBytes),12}");
-        Line(Options.GpuMemoryBytes is null ? "device memory" : "--gpu-memory", $"{ByteSize.Format(BudgetBytes),12}");
+        if (DeviceMemory is var (free, total))
+        {
+            Line("device memory", $"{ByteSize.Format(free),12}  free of {ByteSize.Format(total)}");
+            Line("reserve", $"{ByteSize.Format(ReserveBytes),12}  ({ReserveText()})");
+        }
+        Line(Options.GpuMemoryBytes is null ? "budget" : "--gpu-memory", $"{ByteSize.Format(BudgetBytes),12}");
         Line(Fits ? "free" : "MISSING", $"{ByteSize.Format(Math.Abs(FreeBytes)),12}");
         return sb.ToString();
     }

@@ -23,7 +23,8 @@ namespace Qwen3Cuda.Model.Device;
 /// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
 /// moe             MoeWorkspace(Rows) of the larger MLP shape (experts, or a dense layer as one expert)
 /// result:  one contiguous region, so that the host reads the error flag with the result in ONE copy
-///   embed_error   int32 (16 bytes)        sticky flag of the embedding kernel (a token id outside [0, V))
+///   embed_error   int32 (16 bytes)        sticky flag of the embedding kernel (a token id outside [0, V)); at +8 the
+///                                         uint64 record of the debug non-finite check (check_finite.cu; ~0: none)
 ///   sampled       int32 [MaxOutputs] (the three padded so that logits stay 256-byte aligned)  sampled token ids
 ///   logits        bf16 [MaxOutputs, V]    lm_head output of the step's output rows
 /// </code>
@@ -62,6 +63,8 @@ public sealed record WorkspaceLayout
     /// <summary>Start of the result region: the embedding error flag, then <see cref="Sampled"/>, then <see cref="Logits"/>.</summary>
     public long EmbedError { get; init; }
     public long Sampled { get; init; }
+    /// <summary>uint64 record of the debug check for non-finite activations (check_finite.cu), inside the flag header.</summary>
+    public long NonFinite => EmbedError + 8;
     public long Logits { get; init; }
     /// <summary>Bytes from <see cref="EmbedError"/> to the end of the logits row <paramref name="rows"/> - 1.</summary>
     public long ResultBytes(int rows, int vocab) => Logits - EmbedError + (long)rows * vocab * sizeof(ushort);

@@ -91,6 +91,21 @@ public sealed class ModelWeights : IDisposable
     }
 
     /// <summary>
+    /// Like <see cref="Load(string)"/>, keeping only the first <paramref name="layers"/> decoder layers (the embedding, those
+    /// layers, the final norm and lm_head: a truncated model whose config says <paramref name="layers"/> layers). `selftest
+    /// --model` compares the first layers of a large model with the CPU reference this way.
+    /// </summary>
+    public static ModelWeights Load(string modelDir, int layers)
+    {
+        var config = ModelConfig.Load(modelDir);
+        if (layers < 1) throw new ArgumentOutOfRangeException(nameof(layers), $"--layers {layers} must be at least 1");
+        config = config with { NumHiddenLayers = Math.Min(layers, config.NumHiddenLayers), MlpOnlyLayers = [.. config.MlpOnlyLayers.Where(l => l < layers)] };
+        var ckpt = SafetensorsCheckpoint.Open(modelDir);
+        try { return Bind(config, ckpt); }
+        catch { ckpt.Dispose(); throw; }
+    }
+
+    /// <summary>
     /// Looks up every tensor the config implies (names and shapes from <see cref="ModelTensors"/>), after checking that the
     /// checkpoint is stored in the format config.json declares (<see cref="CheckpointFormat"/>).
     /// </summary>

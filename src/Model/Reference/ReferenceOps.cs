@@ -272,7 +272,8 @@ public static unsafe class ReferenceOps
     /// <summary>
     /// Router for one token: p = softmax_fp32(routerLogits) over all E (logits already bf16-rounded),
     /// top-k by value descending with ties going to the lower expert index; if normTopkProb the k
-    /// weights are divided by their fp32 sum. experts/weights [k].
+    /// weights are divided by their fp32 sum. experts/weights [k]. A NaN logit counts as -inf (as in moe_router.cu:
+    /// garbage never selects an expert outside [0, E)).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RouterTopK(ReadOnlySpan<float> routerLogits, int k, bool normTopkProb, Span<int> experts, Span<float> weights)
@@ -282,7 +283,7 @@ public static unsafe class ReferenceOps
         CheckLength(experts, k, nameof(experts));
         CheckLength(weights, k, nameof(weights));
         Span<float> p = n <= 1024 ? stackalloc float[n] : new float[n];
-        routerLogits.CopyTo(p);
+        for (int e = 0; e < n; e++) p[e] = float.IsNaN(routerLogits[e]) ? float.NegativeInfinity : routerLogits[e];
         Softmax(p);
         Span<bool> taken = n <= 1024 ? stackalloc bool[n] : new bool[n];
         taken.Clear();

@@ -68,7 +68,17 @@ public sealed unsafe partial class CudaDevice : IDevice
             MaxThreadsPerBlock = Attr(CuDeviceAttribute.MaxThreadsPerBlock),
             WarpSize = Attr(CuDeviceAttribute.WarpSize),
             TotalMemoryBytes = (long)total,
+            PeakMemoryBandwidthBytesPerSecond = PeakBandwidth(device),
         };
+    }
+
+    /// <summary>2 x memory clock x bus width (DDR), or null when the driver does not report them.</summary>
+    private static double? PeakBandwidth(int device)
+    {
+        if (CudaApi.cuDeviceGetAttribute(out int clockKHz, CuDeviceAttribute.MemoryClockRate, device) != CuResult.Success
+            || CudaApi.cuDeviceGetAttribute(out int busBits, CuDeviceAttribute.GlobalMemoryBusWidth, device) != CuResult.Success
+            || clockKHz <= 0 || busBits <= 0) return null;
+        return 2.0 * clockKHz * 1000 * busBits / 8;
     }
 
     // ---- memory ----

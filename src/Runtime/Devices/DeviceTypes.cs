@@ -55,6 +55,8 @@ public sealed record DeviceInfo
     public required int MaxThreadsPerBlock { get; init; }
     public required int WarpSize { get; init; }
     public required long TotalMemoryBytes { get; init; }
+    /// <summary>The memory's peak bandwidth from the driver (2 x memory clock x bus width); null when unknown (the emulator).</summary>
+    public double? PeakMemoryBandwidthBytesPerSecond { get; init; }
     /// <summary>Architecture string for NVRTC, e.g. "sm_90".</summary>
     public string Arch => $"sm_{ComputeMajor}{ComputeMinor}";
 }

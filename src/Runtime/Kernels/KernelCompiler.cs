@@ -31,9 +31,14 @@ public sealed class KernelCompiler
     /// <summary>null disables the disk cache.</summary>
     public string? CacheDirectory { get; }
 
-    public KernelCompiler(string? cacheDirectory = null, bool useCache = true)
+    private readonly Func<IReadOnlyList<int>> _supportedArchs;
+
+    /// <param name="supportedArchs">The architectures NVRTC can build (default: <see cref="NvrtcLibrary.SupportedArchs"/>);
+    /// tests pass an older NVRTC's list.</param>
+    public KernelCompiler(string? cacheDirectory = null, bool useCache = true, Func<IReadOnlyList<int>>? supportedArchs = null)
     {
         CacheDirectory = useCache ? cacheDirectory ?? DefaultCacheDirectory() : null;
+        _supportedArchs = supportedArchs ?? NvrtcLibrary.SupportedArchs;
     }
 
     public static string DefaultCacheDirectory()
@@ -53,11 +58,8 @@ public sealed class KernelCompiler
     /// <summary>Compiles CUDA source given as text (the `emulate` verb, tests). Embedded headers are available to #include.</summary>
     public CompiledModule CompileSource(string name, string source, KernelBuild build)
     {
-        int archNumber = ParseArch(build.Arch);
+        var (archNumber, cubin) = ChooseTarget(ParseArch(build.Arch), build.Target, _supportedArchs());
         var options = new List<string> { "-std=c++17" };
-        bool cubin = build.Target == CompileTarget.Cubin;
-        if (cubin && !NvrtcLibrary.SupportedArchs().Contains(archNumber))
-            cubin = false; // NVRTC does not know this arch: PTX for the driver to JIT
         options.Add(cubin ? $"--gpu-architecture=sm_{archNumber}" : $"--gpu-architecture=compute_{archNumber}");
         if (cubin) options.Add("--ptxas-options=-v");
         if (build.LineInfo) options.Add("-lineinfo");
@@ -89,6 +91,23 @@ public sealed class KernelCompiler
         };
         Store(key, module);
         return module;
+    }
+
+    /// <summary>
+    /// What NVRTC builds for a device of architecture <paramref name="device"/> (e.g. 100) given the architectures it
+    /// supports: the device's own architecture when NVRTC knows it (a CUBIN for <see cref="CompileTarget.Cubin"/>, else
+    /// PTX); otherwise PTX for the newest architecture NVRTC knows that is not newer than the device (the driver
+    /// JIT-compiles PTX for newer GPUs, never for older ones): NVRTC 11.8 on a Blackwell GPU (sm_100) builds compute_90
+    /// PTX instead of failing on an option it does not know. Nothing at or above sm_80 (our kernels' feature set) is an error.
+    /// </summary>
+    public static (int Arch, bool Cubin) ChooseTarget(int device, CompileTarget target, IReadOnlyCollection<int> supported)
+    {
+        if (supported.Contains(device)) return (device, target == CompileTarget.Cubin);
+        int best = supported.Where(a => a >= 80 && a <= device).DefaultIfEmpty(0).Max();
+        if (best == 0)
+            throw new NotSupportedException($"NVRTC supports sm_{string.Join(", sm_", supported.Order())}: nothing from sm_80 (our kernels' feature set) " +
+                $"up to the device's sm_{device}; install a newer NVRTC (set {NativeLibraries.NvrtcEnvironmentVariable} to choose one)");
+        return (best, false);
     }
 
     /// <summary>"sm_90" or "90" or "compute_90" -> 90, with a clear error otherwise.</summary>

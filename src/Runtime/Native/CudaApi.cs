@@ -90,6 +90,7 @@ public enum CuResult
 internal enum CuDeviceAttribute
 {
     MaxThreadsPerBlock = 1, MaxSharedMemoryPerBlock = 8, WarpSize = 10, MultiprocessorCount = 16,
+    MemoryClockRate = 36, GlobalMemoryBusWidth = 37,
     ComputeCapabilityMajor = 75, ComputeCapabilityMinor = 76, MaxSharedMemoryPerMultiprocessor = 81,
     MaxSharedMemoryPerBlockOptin = 97,
 }

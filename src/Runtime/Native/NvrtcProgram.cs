@@ -23,15 +23,35 @@ public static unsafe class NvrtcLibrary
         }
     }
 
-    /// <summary>Real architectures NVRTC can emit (e.g. 35 .. 90), as numbers like 80, 90.</summary>
+    /// <summary>
+    /// Real architectures NVRTC can emit (e.g. 35 .. 90), as numbers like 80, 90: nvrtcGetSupportedArchs, or for an NVRTC
+    /// without it (before 11.2) the list its version shipped with (<see cref="ArchsOfVersion"/>).
+    /// </summary>
     public static IReadOnlyList<int> SupportedArchs()
     {
         NativeLibraries.EnsureNvrtc();
-        Check(Nvrtc.nvrtcGetNumSupportedArchs(out int n), "nvrtcGetNumSupportedArchs");
-        var archs = new int[n];
-        fixed (int* p = archs) Check(Nvrtc.nvrtcGetSupportedArchs(p), "nvrtcGetSupportedArchs");
-        return archs;
+        try
+        {
+            Check(Nvrtc.nvrtcGetNumSupportedArchs(out int n), "nvrtcGetNumSupportedArchs");
+            var archs = new int[n];
+            fixed (int* p = archs) Check(Nvrtc.nvrtcGetSupportedArchs(p), "nvrtcGetSupportedArchs");
+            return archs;
+        }
+        catch (EntryPointNotFoundException)
+        {
+            var (major, minor) = Version;
+            return ArchsOfVersion(major, minor);
+        }
     }
+
+    /// <summary>The architectures of an NVRTC without nvrtcGetSupportedArchs (11.0 and 11.1), from the CUDA release notes.</summary>
+    public static IReadOnlyList<int> ArchsOfVersion(int major, int minor) =>
+        (major, minor) switch
+        {
+            (11, 0) => [35, 37, 50, 52, 53, 60, 61, 62, 70, 72, 75, 80],
+            (11, 1) => [35, 37, 50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86],
+            _ => throw new NotSupportedException($"NVRTC {major}.{minor} has no nvrtcGetSupportedArchs and no known architecture list: use NVRTC 11.2 or newer"),
+        };
 
     internal static void Check(Nvrtc.Result r, string call)
     {

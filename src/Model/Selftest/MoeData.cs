@@ -1,19 +1,16 @@
-using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Runtime;
-using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Launchers;
 
-namespace Qwen3Cuda.Tests.Moe;
+namespace Qwen3Cuda.Model.Selftest;
 
 /// <summary>
-/// Inputs of one MoE block test and its CPU reference. Values are "exact-sum" bf16: multiples of 2^-6 in
-/// [-1/8, 1/8] for hidden, router and gate/up weights, so every router logit and every gate/up dot product is
-/// exact in fp32 whatever the summation order (products are multiples of 2^-12, sums stay far below 2^24 units).
-/// That makes routing and the bf16 gate/up values identical on CPU and device; only silu's exp (fp32 ulps)
-/// and the down projection's fp32 reduction order can differ, which the tolerances below cover.
-/// The reference follows design/qwen3-moe-reference.md through Qwen3Cuda.Model.Reference.ReferenceOps
-/// (Matmul, RouterTopK, SwiGluMlp) and combines in fp32 in rank order, rounding once.
+/// Inputs of one MoE block check and its CPU reference. Values are "exact-sum" bf16: multiples of 2^-6 in [-1/8, 1/8] for
+/// hidden, router and gate/up weights, so every router logit and every gate/up dot product is exact in fp32 whatever the
+/// summation order (products are multiples of 2^-12, sums stay far below 2^24 units). That makes routing and the bf16
+/// gate/up values identical on CPU and device; only silu's exp (fp32 ulps) and the down projection's fp32 reduction order
+/// can differ, which <see cref="MoeCase.Compare"/>'s tolerance covers. The reference is ReferenceOps (Matmul, RouterTopK,
+/// SwiGluMlp), combined in fp32 in rank order and rounded once.
 /// </summary>
 public sealed class MoeCase
 {
@@ -26,6 +23,11 @@ public sealed class MoeCase
     public required ushort[]?[] Down { get; init; }        // per expert [H, I] or null
     public required int[] RefIds { get; init; }           // [T, k]
     public required float[] RefWeights { get; init; }     // [T, k]
+
+    /// <summary>Qwen3-30B-A3B: E 128, k 8, H 2048, I 768, norm_topk_prob true.</summary>
+    public static readonly MoeShape Real = new(128, 8, 2048, 768, true);
+    /// <summary>Reduced shape for large token counts on the emulator (same k, fewer/smaller experts).</summary>
+    public static readonly MoeShape Small = new(32, 8, 256, 128, true);
 
     /// <summary>
     /// Random case. <paramref name="hotExperts"/> > 0 crafts the router so that every token picks only among
@@ -53,7 +55,7 @@ public sealed class MoeCase
             }
         }
         // Router on the CPU (exact logits), then weights only for the experts that are used.
-        var hf = ToFloat(hidden);
+        var hf = KernelData.ToFloats(hidden);
         var logits = new float[tokens * E];
         ReferenceOps.Matmul(hf, router, logits, tokens, H, E);
         var ids = new int[tokens * k];
@@ -88,18 +90,11 @@ public sealed class MoeCase
         });
     }
 
-    public static float[] ToFloat(ushort[] bits)
-    {
-        var f = new float[bits.Length];
-        Bf16.ToFloat(bits, f);
-        return f;
-    }
-
     /// <summary>The reference output bf16(sum_j w_j * Expert_j(h)) [T, H] (+ residual as a bf16 add when given).</summary>
     public float[] Reference(ushort[]? residual = null)
     {
         int H = Shape.Hidden, I = Shape.Inter, k = Shape.TopK;
-        var hf = ToFloat(Hidden);
+        var hf = KernelData.ToFloats(Hidden);
         var slotOut = new float[Tokens * k * H];
         Parallel.For(0, Tokens * k, s =>
         {
@@ -123,89 +118,97 @@ public sealed class MoeCase
         }
         return y;
     }
+
+    /// <summary>
+    /// Tolerance per element: |d| &lt;= 2^-7 |ref| + 2^-8 rms(ref). The routing and the bf16 gate/up values are exact
+    /// (exact-sum data), so differences come from silu's exp (fp32 ulps, sometimes one bf16 ulp of an activation) and the
+    /// down projection's fp32 summation order (sometimes one bf16 ulp of an expert output): one carried ulp (2^-8
+    /// relative) plus the final rounding; the absolute term covers outputs that cancel to near zero. Also a sanity check
+    /// against all-zero outputs (the tolerance scales with rms): the tiny preset shape (H 64, I 32) gives rms ~3e-4.
+    /// </summary>
+    public static void Compare(Checker c, float[] reference, ushort[] actual, string what)
+    {
+        double rms = Math.Sqrt(reference.Select(v => (double)v * v).Average());
+        var tol = reference.Select(r => (float)(Math.Abs(r) / 128.0 + rms / 256.0)).ToArray();
+        c.Within(KernelData.ToFloats(actual), reference, tol, "2^-7|ref| + 2^-8 rms(ref)", what);
+        c.True(rms > 1e-4, "test data not degenerate (rms of the reference > 1e-4)", $"rms {rms:G3}");
+    }
 }
 
-/// <summary>An emulated device holding the stacked expert weights used by one or more cases of one shape.</summary>
-public sealed class MoeDevice : IDisposable
+/// <summary>
+/// The stacked expert weights of one shape on a check context (freed with it), shared by every case of that shape: expert
+/// weights depend on the expert index only (<see cref="MoeCase.Create"/>), so <see cref="Ensure"/> uploads each expert a
+/// case routes to once. Experts no case uses are left as the device leaves them (the emulator's poison, NaN by default), so
+/// reading one by mistake shows in the outputs.
+/// </summary>
+public sealed class MoeWeightsOnDevice
 {
-    public EmulatedDevice Device { get; }
-    public KernelLoader Loader { get; }
-    public MoeLaunchers Moe { get; }
+    private readonly KernelCheckContext _ctx;
+    private readonly bool[] _uploaded;
     public MoeShape Shape { get; }
     public DevicePtr GateUp { get; }
     public DevicePtr Down { get; }
 
-    public MoeDevice(MoeShape s, params MoeCase[] cases) : this(s, null, cases) { }
-
-    public MoeDevice(MoeShape s, EmulatorOptions? options, params MoeCase[] cases)
+    public MoeWeightsOnDevice(KernelCheckContext ctx, MoeShape s)
     {
+        _ctx = ctx;
         Shape = s;
-        Device = new EmulatedDevice(options);
-        Loader = new KernelLoader(Device);
-        Moe = new MoeLaunchers(Loader);
-        if (cases.Length == 0) return; // kernel-level tests without experts
-        // Full stacked arrays; experts no token uses keep the emulator's poison (0xFFFF = bf16 NaN), so reading
-        // one by mistake turns outputs into NaN.
-        GateUp = Device.Allocate(MoeWeightPacking.GateUpElements(s.Experts, s.Inter, s.Hidden) * 2);
-        Down = Device.Allocate(MoeWeightPacking.DownElements(s.Experts, s.Hidden, s.Inter) * 2);
+        _uploaded = new bool[s.Experts];
+        GateUp = ctx.Alloc<ushort>(MoeWeightPacking.GateUpElements(s.Experts, s.Inter, s.Hidden));
+        Down = ctx.Alloc<ushort>(MoeWeightPacking.DownElements(s.Experts, s.Hidden, s.Inter));
+    }
+
+    /// <summary>The shared weights of <paramref name="s"/> on <paramref name="ctx"/>, with the experts of <paramref name="c"/> uploaded.</summary>
+    public static MoeWeightsOnDevice For(KernelCheckContext ctx, MoeShape s, MoeCase c)
+    {
+        var w = ctx.Cached($"moe-weights {s.Experts}x{s.Hidden}x{s.Inter}", () => new MoeWeightsOnDevice(ctx, s with { NormTopkProb = true }));
+        w.Ensure(c);
+        return w;
+    }
+
+    public void Ensure(MoeCase c)
+    {
+        var s = Shape;
         for (int e = 0; e < s.Experts; e++)
         {
-            if (cases.Select(c => c.GateUp[e]).FirstOrDefault(g => g != null) is { } g)
-                Device.CopyToDevice(GateUp + MoeWeightPacking.GateUpExpertOffsetBytes(e, s.Inter, s.Hidden), AsBytes(g));
-            if (cases.Select(c => c.Down[e]).FirstOrDefault(d => d != null) is { } d)
-                Device.CopyToDevice(Down + MoeWeightPacking.DownExpertOffsetBytes(e, s.Hidden, s.Inter), AsBytes(d));
+            if (_uploaded[e] || c.GateUp[e] is not { } g || c.Down[e] is not { } d) continue;
+            _ctx.Device.CopyToDevice(GateUp + MoeWeightPacking.GateUpExpertOffsetBytes(e, s.Inter, s.Hidden), System.Runtime.InteropServices.MemoryMarshal.AsBytes(g.AsSpan()));
+            _ctx.Device.CopyToDevice(Down + MoeWeightPacking.DownExpertOffsetBytes(e, s.Hidden, s.Inter), System.Runtime.InteropServices.MemoryMarshal.AsBytes(d.AsSpan()));
+            _uploaded[e] = true;
         }
-    }
-
-    public DevicePtr Upload<T>(T[] data) where T : unmanaged
-    {
-        var p = Device.Allocate(Math.Max(1, AsBytes(data).Length));
-        Device.CopyToDevice(p, AsBytes(data));
-        return p;
-    }
-
-    public static ReadOnlySpan<byte> AsBytes<T>(T[] a) where T : unmanaged => System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan());
-
-    public T[] Read<T>(DevicePtr p, int count) where T : unmanaged
-    {
-        var a = new T[count];
-        Device.CopyToHost(System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()), p);
-        return a;
-    }
-
-    public void Dispose()
-    {
-        Loader.Dispose();
-        Device.Dispose();
     }
 }
 
-/// <summary>One case's inputs, output and workspace on a <see cref="MoeDevice"/>.</summary>
+/// <summary>One case's inputs, output and workspace on a context, and the MoE block run over them.</summary>
 public sealed class MoeRun
 {
-    public MoeDevice Dev { get; }
+    public KernelCheckContext Ctx { get; }
     public MoeCase Case { get; }
+    public MoeWeightsOnDevice Weights { get; }
+    public MoeLaunchers Moe { get; }
     public int Tokens { get; }
     public MoeWorkspace Layout { get; }
     public DevicePtr Hidden, Router, Output, Workspace;
 
     /// <summary>Runs the first <paramref name="tokens"/> tokens of the case (all by default).</summary>
-    public MoeRun(MoeDevice dev, MoeCase c, int tokens = -1)
+    public MoeRun(KernelCheckContext ctx, MoeWeightsOnDevice weights, MoeCase c, int tokens = -1)
     {
-        Dev = dev;
+        Ctx = ctx;
         Case = c;
+        Weights = weights;
+        Moe = ctx.Cached("moe", () => new MoeLaunchers(ctx.Loader));
         Tokens = tokens < 0 ? c.Tokens : tokens;
-        Hidden = dev.Upload(c.Hidden);
-        Router = dev.Upload(c.Router);
-        Output = dev.Device.Allocate((long)Tokens * c.Shape.Hidden * 2);
+        Hidden = ctx.Upload(c.Hidden);
+        Router = ctx.Upload(c.Router);
+        Output = ctx.Alloc<ushort>((long)Tokens * c.Shape.Hidden);
         Layout = MoeWorkspace.Compute(Tokens, c.Shape);
-        Workspace = dev.Device.Allocate(Layout.TotalBytes);
+        Workspace = ctx.Alloc<byte>(Layout.TotalBytes);
     }
 
     public void Run(DevicePtr residual = default) =>
-        Dev.Moe.MoeBlock(Dev.Device.DefaultStream, Case.Shape, Tokens, Hidden, Router, Dev.GateUp, Dev.Down, residual, Output, Workspace, Layout.TotalBytes);
+        Moe.MoeBlock(Ctx.Stream, Case.Shape, Tokens, Hidden, Router, Weights.GateUp, Weights.Down, residual, Output, Workspace, Layout.TotalBytes);
 
-    public ushort[] ReadOutput() => Dev.Read<ushort>(Output, Tokens * Case.Shape.Hidden);
-    public int[] ReadIds() => Dev.Read<int>(Workspace + Layout.TopkIds, Tokens * Case.Shape.TopK);
-    public float[] ReadWeights() => Dev.Read<float>(Workspace + Layout.TopkWeights, Tokens * Case.Shape.TopK);
+    public ushort[] ReadOutput() => Ctx.Download<ushort>(Output, Tokens * Case.Shape.Hidden);
+    public int[] ReadIds() => Ctx.Download<int>(Workspace + Layout.TopkIds, Tokens * Case.Shape.TopK);
+    public float[] ReadWeights() => Ctx.Download<float>(Workspace + Layout.TopkWeights, Tokens * Case.Shape.TopK);
 }

@@ -1,0 +1,243 @@
+using Qwen3Cuda.Model.Reference;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Launchers;
+
+namespace Qwen3Cuda.Model.Selftest;
+
+/// <summary>
+/// attention_decode.cu (flash decoding: split-K + combine) and attention_prefill.cu (causal flash attention on tensor cores)
+/// over a paged KV cache in scrambled page order, against fp64 softmax attention; and the rope -> prefill -> decode
+/// pipeline at head_dim 16 and 32 against the model's own ReferenceOps.
+/// </summary>
+public static class AttentionCases
+{
+    // Decode: the output is a convex combination of bf16 values in [-1, 1], rounded once to bf16 (half an ulp: 2^-9
+    // relative); fp32 online softmax with ex2.approx (2^-22 relative) and fp32 accumulation over up to 4096 keys adds < 1e-4
+    // absolute against the fp64 reference. So rtol 2^-8 and atol 5e-4.
+    // Prefill: P goes into the mma as bf16 hi + lo (~2^-17 relative per weight) and the output is rounded once to bf16: the
+    // decode kernel's tolerance (with a single bf16 P this needed 2e-3 absolute; 5e-4 fails for it).
+    private const double Atol = 5e-4, Rtol = 1.0 / 256;
+
+    public static IEnumerable<KernelCase> Decode()
+    {
+        yield return DecodeCase([1, 17, 100], 32, 4, 16, 64, 1, 128, real: true);   // real heads; 1 key, page-crossing lengths; split path
+        yield return DecodeCase([33, 5], 32, 4, 16, 1, 2, 128, real: true);         // one split: direct bf16 output, no combine
+        yield return DecodeCase([70], 6, 2, 16, 64, 3, 128);                        // odd: group of 3 (warp 1 has one head), tail tile of 6 keys
+        yield return DecodeCase([300, 31], 8, 1, 8, 64, 4, 128);                    // group of 8 over one KV head, page size 8
+        yield return DecodeCase([1, 40, 75], 8, 2, 4, 64, 5, 32);                   // D 32 (one dim per lane; the small preset), split path, page size 4
+        yield return DecodeCase([45, 3], 4, 2, 8, 1, 6, 32);                        // D 32, one split: scalar bf16 output
+        yield return DecodeCase([50], 4, 2, 16, 64, 7, 64);                         // D 64
+        yield return DecodeCase([2, 66], 4, 2, 4, 64, 8, 16);                       // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
+        yield return DecodeCase([4096], 32, 4, 16, 128, 11, 128, real: true, counters: true);   // real heads, 4096 keys: K/V read once
+    }
+
+    public static IEnumerable<KernelCase> Prefill()
+    {
+        yield return PrefillCase([5], [5], 4, 1, 1, 128);                  // one short prompt, group of 4
+        yield return PrefillCase([70, 1], [70, 40], 8, 2, 2, 128);         // 2 query tiles (ragged), and a 1-token chunk after 39 keys
+        yield return PrefillCase([33], [133], 32, 4, 3, 128, real: true);  // chunked prefill after 100 keys of context, real heads
+        yield return PrefillCase([20, 16], [20, 50], 4, 2, 4, 32);         // D 32 (the small preset): a prompt, and a chunk after 34 keys
+        yield return PrefillCase([9], [40], 4, 2, 5, 16);                  // D 16 (the tiny preset): a chunk after 31 keys
+        yield return new KernelCase("attention_prefill", "attn_prefill: the first token sees only itself (output = V[0] bitwise)", false, FirstTokenAttendsOnlyToItself);
+    }
+
+    public static IEnumerable<KernelCase> SmallHeadDimPipeline()
+    {
+        yield return new KernelCase("attention_prefill", "rope + prefill + decode attention at D 32 vs ReferenceOps (70 tokens, 4-token pages)", false, ctx => Pipeline(ctx, 32));
+        yield return new KernelCase("attention_prefill", "rope + prefill + decode attention at D 16 vs ReferenceOps (70 tokens, 4-token pages)", false, ctx => Pipeline(ctx, 16));
+    }
+
+    public static IEnumerable<KernelCase> All() => Decode().Concat(Prefill()).Concat(SmallHeadDimPipeline());
+
+    static float[] Reference(PagedKvFixture kv, ushort[] q, int nH, int d)
+    {
+        int seqs = kv.ContextLens.Length, group = nH / kv.NumKvHeads;
+        var exp = new float[seqs * nH * d];
+        Parallel.For(0, seqs * nH, sh =>
+        {
+            int s = sh / nH, h = sh % nH, kvh = h / group;
+            KernelReference.AttendOne(KernelData.ToFloats(q.AsSpan((s * nH + h) * d, d)), (j, i) => kv.KAt(s, j, kvh, i),
+                (j, i) => kv.VAt(s, j, kvh, i), kv.ContextLens[s], d, exp.AsSpan((s * nH + h) * d, d));
+        });
+        return exp;
+    }
+
+    static KernelCase DecodeCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false, bool counters = false) =>
+        new("attention_decode", $"attn_decode ctx {string.Join("/", lens)} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}", real, ctx =>
+        {
+            var rng = new Random(seed);
+            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize);
+            var launchers = ctx.Cached($"attn_decode{d}", () => new AttentionDecodeLaunchers(ctx.Loader, d));
+            int seqs = lens.Length;
+            ushort[] q = KernelData.Random(rng, seqs * nH * d, 2f);
+            long wsBytes = launchers.WorkspaceBytes(seqs, nH, workspaceSplits, out long lseBytes);
+            DevicePtr dOut = ctx.AllocFilled<ushort>(seqs * nH * d);
+            var a = new DecodeAttentionArgs(ctx.Upload(q), nH * d, ctx.Upload(kv.K), ctx.Upload(kv.V), ctx.Upload(kv.BlockTable),
+                kv.MaxPagesPerSeq, pageSize, ctx.Upload(lens), seqs, lens.Max(), nH, nKV, dOut, nH * d,
+                ctx.Alloc<byte>(wsBytes), ctx.Alloc<byte>(lseBytes), workspaceSplits);
+            int splits = 0;
+            var launches = ctx.RecordLaunches(() => splits = launchers.Decode(ctx.Stream, a));
+            var c = new Checker();
+            c.True(workspaceSplits == 1 ? splits == 1 : splits > 1, "split count", $"{splits} splits for a workspace of {workspaceSplits}");
+            c.CloseBf16(ctx.Download<ushort>(dOut, seqs * nH * d), Reference(kv, q, nH, d), Atol, Rtol, "decode attention output");
+            if (counters && launches.Count > 0)
+            {
+                var l = launches[0];
+                long kvBytes = (long)lens[0] * nKV * d * 2 * 2;
+                long partialBytes = (long)nH * splits * (d + 1) * 4;
+                long minBytes = kvBytes + nH * d * 2 + (lens[0] / pageSize) * 4 + 4 + partialBytes;
+                c.AtLeast(l.GridBlocks, 132, "emulator: CTAs");
+                c.AtMost(l.DistinctSectors * 32.0 / minBytes, 1.05, "emulator: distinct DRAM bytes / minimum (K/V read once)");
+                c.AtLeast(l.CoalescingEfficiency, 0.95, "emulator: coalescing");
+            }
+            return c.Result();
+        });
+
+    /// <param name="qLens">new tokens per sequence</param><param name="ctxLens">keys per sequence (earlier context + new tokens)</param>
+    static KernelCase PrefillCase(int[] qLens, int[] ctxLens, int nH, int nKV, int seed, int d, bool real = false) =>
+        new("attention_prefill", $"attn_prefill q {string.Join("/", qLens)} ctx {string.Join("/", ctxLens)} heads {nH}/{nKV} D {d}", real, ctx =>
+        {
+            const int pageSize = 16;
+            var rng = new Random(seed);
+            var kv = new PagedKvFixture(rng, ctxLens, nKV, d, pageSize);
+            var launchers = ctx.Cached($"attn_prefill{d}", () => new AttentionPrefillLaunchers(ctx.Loader, d));
+            int seqs = qLens.Length, totalQ = qLens.Sum();
+            var qStart = new int[seqs + 1];
+            for (int s = 0; s < seqs; s++) qStart[s + 1] = qStart[s] + qLens[s];
+            ushort[] q = KernelData.Random(rng, totalQ * nH * d, 2f);
+            DevicePtr dOut = ctx.AllocFilled<ushort>(totalQ * nH * d);
+            var p = new AttnPrefillParams
+            {
+                Q = ctx.Upload(q), KCache = ctx.Upload(kv.K), VCache = ctx.Upload(kv.V), BlockTable = ctx.Upload(kv.BlockTable),
+                ContextLens = ctx.Upload(ctxLens), QStart = ctx.Upload(qStart), Out = dOut, Seqs = seqs, NumQHeads = nH,
+                NumKvHeads = nKV, PageSize = pageSize, MaxPagesPerSeq = kv.MaxPagesPerSeq, QStride = nH * d, OutStride = nH * d,
+            };
+            var launches = ctx.RecordLaunches(() => launchers.Prefill(ctx.Stream, p, qLens.Max()));
+            var exp = new float[totalQ * nH * d];
+            int group = nH / nKV;
+            Parallel.For(0, totalQ * nH, rh =>
+            {
+                int row = rh / nH, h = rh % nH, s = Array.FindLastIndex(qStart, x => x <= row), i = row - qStart[s], kvh = h / group;
+                if (s >= seqs) s = seqs - 1;
+                int visible = ctxLens[s] - qLens[s] + i + 1;     // causal: keys 0 .. own position
+                KernelReference.AttendOne(KernelData.ToFloats(q.AsSpan((row * nH + h) * d, d)), (j, cc) => kv.KAt(s, j, kvh, cc),
+                    (j, cc) => kv.VAt(s, j, kvh, cc), visible, d, exp.AsSpan((row * nH + h) * d, d));
+            });
+            var c = new Checker();
+            c.CloseBf16(ctx.Download<ushort>(dOut, totalQ * nH * d), exp, Atol, Rtol, "prefill attention output");
+            if (launches.Count > 0) c.AtLeast(launches[0].MmaCount, 1, "emulator: tensor-core path (mma count)");
+            return c.Result();
+        });
+
+    /// <summary>Analytic: with no earlier context, query 0 sees only key 0, so its output is exactly V[0] (softmax of one score).</summary>
+    static CheckResult FirstTokenAttendsOnlyToItself(KernelCheckContext ctx)
+    {
+        const int d = 128;
+        var rng = new Random(9);
+        var kv = new PagedKvFixture(rng, [3], 1, d, 16);
+        var launchers = ctx.Cached($"attn_prefill{d}", () => new AttentionPrefillLaunchers(ctx.Loader, d));
+        DevicePtr dOut = ctx.AllocFilled<ushort>(3 * d);
+        launchers.Prefill(ctx.Stream, new AttnPrefillParams
+        {
+            Q = ctx.Upload(KernelData.Random(rng, 3 * d, 3f)), KCache = ctx.Upload(kv.K), VCache = ctx.Upload(kv.V),
+            BlockTable = ctx.Upload(kv.BlockTable), ContextLens = ctx.Upload(new[] { 3 }), QStart = ctx.Upload(new[] { 0, 3 }),
+            Out = dOut, Seqs = 1, NumQHeads = 1, NumKvHeads = 1, PageSize = 16, MaxPagesPerSeq = kv.MaxPagesPerSeq, QStride = d, OutStride = d,
+        }, 3);
+        var c = new Checker();
+        c.Exact<ushort>(ctx.Download<ushort>(dOut, d), kv.V.AsSpan((int)kv.Offset(0, 0, 0), d), "row 0 = V[0] (p = 1 exactly)");
+        return c.Result();
+    }
+
+    /// <summary>
+    /// The attention kernels at head_dim 16 and 32 (the synth presets) against ReferenceOps, one prompt of 70 tokens (3 key
+    /// tiles) in a paged cache of 4-token pages in scrambled page order: qk_norm_rope_kv_write vs RmsNorm + RopeCosSin +
+    /// ApplyRope, then, on the device's own q / K / V, attn_prefill (all rows, causal) and attn_decode_split (the last row)
+    /// vs ReferenceOps.Attention.
+    /// </summary>
+    static CheckResult Pipeline(KernelCheckContext ctx, int D)
+    {
+        const int NH = 4, NKV = 2, Tokens = 70, PageSize = 4;
+        const float Eps = 1e-6f;
+        var rng = new Random(D);
+        int heads = NH + 2 * NKV, stride = heads * D;
+        // q and k columns in [-3, 3) (normed values up to ~3); v columns in [-1, 1) (attention bounds below)
+        var qkv = new ushort[Tokens * stride];
+        for (int t = 0; t < Tokens; t++)
+        {
+            KernelData.Random(rng, (NH + NKV) * D, 3f).CopyTo(qkv, t * stride);
+            KernelData.Random(rng, NKV * D, 1f).CopyTo(qkv, t * stride + (NH + NKV) * D);
+        }
+        ushort[] qw = KernelData.Random(rng, D, 1.5f), kw = KernelData.Random(rng, D, 1.5f);
+        var (invFreq, scaling) = ReferenceOps.RopeParameters(D, 1_000_000, null, 2048);
+        int pages = (Tokens + PageSize - 1) / PageSize;
+        int[] table = Enumerable.Range(0, pages).Select(i => (i * 5 + 3) % pages).ToArray();   // a permutation (gcd(5, 18) = 1)
+        int[] positions = Enumerable.Range(0, Tokens).ToArray();
+        int[] slots = positions.Select(t => table[t / PageSize] * PageSize + t % PageSize).ToArray();
+        long cacheElems = (long)pages * PageSize * NKV * D;
+
+        DevicePtr dQkv = ctx.Upload(qkv), dQ = ctx.AllocFilled<ushort>(Tokens * NH * D);
+        DevicePtr dK = ctx.AllocFilled<ushort>(cacheElems, 0), dV = ctx.AllocFilled<ushort>(cacheElems, 0);
+        ctx.Cached($"rope{D}", () => new RopeLaunchers(ctx.Loader, D)).QkNormRopeKvWrite(ctx.Stream, new QkNormRopeParams
+        {
+            Qkv = dQkv, QOut = dQ, KCache = dK, VCache = dV, QNormWeight = ctx.Upload(qw), KNormWeight = ctx.Upload(kw),
+            InvFreq = ctx.Upload(invFreq), Positions = ctx.Upload(positions), SlotMapping = ctx.Upload(slots),
+            Tokens = Tokens, NumQHeads = NH, NumKvHeads = NKV, QkvStride = stride, QOutStride = NH * D, Eps = Eps, AttentionScaling = scaling,
+        });
+        float[] q = KernelData.ToFloats(ctx.Download<ushort>(dQ, Tokens * NH * D));
+        ushort[] kCache = ctx.Download<ushort>(dK, cacheElems), vCache = ctx.Download<ushort>(dV, cacheElems);
+        var keys = new float[Tokens * NKV * D];
+        var values = new float[Tokens * NKV * D];
+        var expV = new float[Tokens * NKV * D];
+        for (int t = 0; t < Tokens; t++)
+            for (int i = 0; i < NKV * D; i++)
+            {
+                keys[t * NKV * D + i] = Bf16.ToFloat(kCache[(long)slots[t] * NKV * D + i]);
+                values[t * NKV * D + i] = Bf16.ToFloat(vCache[(long)slots[t] * NKV * D + i]);
+                expV[t * NKV * D + i] = Bf16.ToFloat(qkv[t * stride + (NH + NKV) * D + i]);
+            }
+
+        // Rope: tolerance as the rope cases (0.04 absolute + 2^-6 relative).
+        var cos = new float[D];
+        var sin = new float[D];
+        var expQ = new float[Tokens * NH * D];
+        var expK = new float[Tokens * NKV * D];
+        for (int t = 0; t < Tokens; t++)
+        {
+            float[] row = KernelData.ToFloats(qkv.AsSpan(t * stride, (NH + NKV) * D));
+            ReferenceOps.RmsNorm(row.AsSpan(0, NH * D), qw, Eps, expQ.AsSpan(t * NH * D, NH * D), D);
+            ReferenceOps.RmsNorm(row.AsSpan(NH * D, NKV * D), kw, Eps, expK.AsSpan(t * NKV * D, NKV * D), D);
+            ReferenceOps.RopeCosSin(invFreq, scaling, positions[t], cos, sin);
+            ReferenceOps.ApplyRope(expQ.AsSpan(t * NH * D, NH * D), NH, D, cos, sin);
+            ReferenceOps.ApplyRope(expK.AsSpan(t * NKV * D, NKV * D), NKV, D, cos, sin);
+        }
+        var c = new Checker();
+        c.Close(values, expV, 0, 0, $"V cache (copied bit for bit, D {D})");
+        c.Close(q, expQ, 0.04, 1.0 / 64, $"q after norm + rope (D {D})");
+        c.Close(keys, expK, 0.04, 1.0 / 64, $"K cache after norm + rope (D {D})");
+
+        // Attention reference on the device's own q / K / V: fp32 scores and softmax, output rounded to bf16 once.
+        var expAttn = new float[Tokens * NH * D];
+        ReferenceOps.Attention(q, keys, values, expAttn, Tokens, 0, NH, NKV, D);
+        DevicePtr dTable = ctx.Upload(table), dLens = ctx.Upload(new[] { Tokens });
+        // Prefill: 2e-3 absolute for a convex combination of |v| <= 1 (the reference rounds P differently), and both sides
+        // round the output to bf16 once, so they may sit one bf16 ulp apart (2^-7 relative).
+        DevicePtr dOut = ctx.AllocFilled<ushort>(Tokens * NH * D);
+        ctx.Cached($"attn_prefill{D}", () => new AttentionPrefillLaunchers(ctx.Loader, D)).Prefill(ctx.Stream, new AttnPrefillParams
+        {
+            Q = dQ, KCache = dK, VCache = dV, BlockTable = dTable, ContextLens = dLens, QStart = ctx.Upload(new[] { 0, Tokens }),
+            Out = dOut, Seqs = 1, NumQHeads = NH, NumKvHeads = NKV, PageSize = PageSize, MaxPagesPerSeq = pages, QStride = NH * D, OutStride = NH * D,
+        }, Tokens);
+        c.CloseBf16(ctx.Download<ushort>(dOut, Tokens * NH * D), expAttn, 2e-3, 1.0 / 128, $"prefill attention (D {D})");
+
+        // Decode of the last row: fp32 online softmax (ex2.approx) against the fp32 reference, 5e-4 absolute as the decode
+        // cases, plus one bf16 ulp of the rounded outputs (2^-7 relative). Split path (workspace for 8).
+        var decode = ctx.Cached($"attn_decode{D}", () => new AttentionDecodeLaunchers(ctx.Loader, D));
+        long wsBytes = decode.WorkspaceBytes(1, NH, 8, out long lseBytes);
+        DevicePtr dLast = ctx.AllocFilled<ushort>(NH * D);
+        int splits = decode.Decode(ctx.Stream, new DecodeAttentionArgs(dQ + (long)(Tokens - 1) * NH * D * sizeof(ushort), NH * D, dK, dV,
+            dTable, pages, PageSize, dLens, 1, Tokens, NH, NKV, dLast, NH * D, ctx.Alloc<byte>(wsBytes), ctx.Alloc<byte>(lseBytes), 8));
+        c.True(splits > 1, "decode: split path (partials + combine)", $"{splits} split");
+        c.CloseBf16(ctx.Download<ushort>(dLast, NH * D), expAttn.AsSpan((Tokens - 1) * NH * D, NH * D), 5e-4, 1.0 / 128, $"decode attention, last row (D {D})");
+        return c.Result();
+    }
+}

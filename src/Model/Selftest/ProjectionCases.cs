@@ -1,0 +1,90 @@
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+using Qwen3Cuda.Runtime.Launchers;
+
+namespace Qwen3Cuda.Model.Selftest;
+
+/// <summary>
+/// gemv.cu (the decode GEMV, split-K) and gemm.cu (the prefill tensor-core GEMM) against the fp64 product rounded as the
+/// kernels round (<see cref="KernelReference.ProjectBf16"/>). On the emulator the real decode shapes also hold their
+/// DRAM traffic and coalescing to bounds.
+/// </summary>
+public static class ProjectionCases
+{
+    public static IEnumerable<KernelCase> Gemv()
+    {
+        yield return GemvCase(8, 512, 4096, true);     // o_proj K + residual, 8 tokens: x slice too big, split-K 2
+        yield return GemvCase(2, 128, 2048, false);    // router: split-K to fill the SMs
+        yield return GemvCase(5, 37, 24, false);       // odd: N not a multiple of the CTA rows, K of 3 chunks
+        yield return GemvCase(3, 1000, 136, true);     // odd: ragged chunk count, residual epilogue
+        yield return GemvCase(1, 20000, 64, false);    // many rows per warp (the lm_head plan with a small K)
+        yield return GemvCase(1, 5120, 2048, false, "qkv");            // real decode shapes: weights read once, coalesced, >= 132 CTAs
+        yield return GemvCase(1, 2048, 4096, false, "o_proj");
+        yield return GemvCase(1, 151936, 2048, false, "lm_head", heavy: true);   // 311 MB of weights: ~40 s on the emulator
+    }
+
+    public static IEnumerable<KernelCase> Gemm()
+    {
+        yield return GemmCase(64, 64, 32, false, GemmTile.Tile64x64);       // exactly one tile
+        yield return GemmCase(77, 93, 136, true, GemmTile.Tile64x64);       // odd M, N; K = 4 tiles + 8 (zero-filled tail); residual
+        yield return GemmCase(1, 10, 8, false, GemmTile.Tile64x64);         // one row, tiny K
+        yield return GemmCase(130, 200, 96, true, GemmTile.Tile128x128);    // big tile with ragged edges
+        yield return GemmCase(40, 512, 2048, false, null, real: true);      // k_proj of a 40-token prefill chunk (launcher's choice)
+    }
+
+    public static IEnumerable<KernelCase> All() => Gemv().Concat(Gemm());
+
+    static KernelCase GemvCase(int tokens, int n, int k, bool residual, string? realName = null, bool heavy = false) =>
+        new("gemv", $"gemv T {tokens} N {n} K {k}{(residual ? " + residual" : "")}{(realName is null ? "" : $" ({realName})")}", realName is not null, ctx =>
+        {
+            var gemv = ctx.Cached("gemv", () => new GemvLaunchers(ctx.Loader));
+            var rng = new Random(realName is null ? tokens * 1000 + n + k : n + k);
+            ushort[] x = KernelData.Random(rng, tokens * k), w = KernelData.Random(rng, n * k), r = KernelData.Random(rng, tokens * n, 4f);
+            DevicePtr dY = ctx.AllocFilled<ushort>(tokens * n);
+            GemvPlan plan = gemv.Plan(tokens, n, k);
+            long ws = plan.PartialBytes(tokens, n);
+            DevicePtr dPartial = ws > 0 ? ctx.Alloc<byte>(ws) : DevicePtr.Null;
+            DevicePtr dX = ctx.Upload(x), dW = ctx.Upload(w), dR = residual ? ctx.Upload(r) : DevicePtr.Null;
+            var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY, n, dX, k, dW, dR, tokens, n, k, dPartial, ws));
+            var (exp, tol) = KernelReference.ProjectBf16(x, w, residual ? r : null, n, tokens, n, k);
+            var c = new Checker();
+            c.Within(KernelData.ToFloats(ctx.Download<ushort>(dY, tokens * n)), exp, tol, KernelReference.ProjectToleranceText, $"y (split-K {plan.SplitK})");
+            if (realName is not null && launches.Count > 0)
+            {
+                // Decode is memory-bound: the weights read once (distinct 32-byte sectors within 5% of the bytes that must
+                // move), coalesced accesses, and enough CTAs for 132 SMs.
+                LaunchRecord l = launches[0];
+                long minBytes = (long)n * k * 2 + (long)tokens * k * 2 + (long)tokens * n * 2;
+                c.AtMost(l.DistinctSectors * 32.0 / minBytes, 1.05, "emulator: distinct DRAM bytes / minimum");
+                c.AtLeast(l.CoalescingEfficiency, 0.95, "emulator: coalescing");
+                c.AtLeast(l.GridBlocks, 132, "emulator: CTAs");
+            }
+            return c.Result();
+        }, heavy);
+
+    static KernelCase GemmCase(int m, int n, int k, bool withResidual, GemmTile? tile, bool real = false) =>
+        new("gemm", $"gemm M {m} N {n} K {k}{(withResidual ? " + residual" : "")} tile {tile?.ToString() ?? "auto"}", real, ctx =>
+        {
+            var gemm = ctx.Cached("gemm", () => new GemmLaunchers(ctx.Loader));
+            var rng = new Random(m * 31 + n * 7 + k);
+            int ldc = n + (n & 1);   // odd N: C and residual rows padded to an even stride (bf16x2 stores)
+            ushort[] a = KernelData.Random(rng, m * k), w = KernelData.Random(rng, n * k), r = KernelData.Random(rng, m * ldc, 4f);
+            DevicePtr dC = ctx.AllocFilled<ushort>(m * ldc);
+            DevicePtr dA = ctx.Upload(a), dW = ctx.Upload(w), dR = withResidual ? ctx.Upload(r) : DevicePtr.Null;
+            var launches = ctx.RecordLaunches(() => gemm.Gemm(ctx.Stream, dC, ldc, dA, k, dW, k, dR, m, n, k, tile));
+            var (exp, tol) = KernelReference.ProjectBf16(a, w, withResidual ? r : null, ldc, m, n, k);
+            ushort[] got = ctx.Download<ushort>(dC, m * ldc);
+            var packed = new float[m * n];
+            int padWritten = 0;
+            for (int i = 0; i < m; i++)
+            {
+                for (int j = 0; j < n; j++) packed[i * n + j] = Bf16.ToFloat(got[i * ldc + j]);
+                if (ldc > n && got[i * ldc + n] != 0xffff) padWritten++;
+            }
+            var c = new Checker();
+            c.Within(packed, exp, tol, KernelReference.ProjectToleranceText, "C");
+            c.True(padWritten == 0, "padding column untouched", $"{padWritten} rows had their padding column written");
+            if (launches.Count > 0) c.AtLeast(launches[0].MmaCount, 1, "emulator: runs on the tensor-core path (mma count)");
+            return c.Result();
+        });
+}
