@@ -1,4 +1,4 @@
-// moe_router.cu: the MoE router of Qwen3-MoE, fused into one kernel (design/qwen3-moe-reference.md, MoE block 1-4).
+// moe_router.cu: the MoE router of Qwen3-MoE, fused into one kernel (docs/architecture.md, "A decode step": the MoE router).
 //
 //   logits[t, e] = bf16(sum_h hidden[t, h] * w_gate[e, h])     fp32 accumulate, bf16 round (nn.Linear output)
 //   p[t, :]      = softmax_fp32(logits[t, :]) over all E        stable (max subtracted)

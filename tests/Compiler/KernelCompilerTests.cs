@@ -170,7 +170,7 @@ public class KernelCompilerTests
     {
         var r = ChildProcess.Run(ChildProcess.DotnetHost, [Path.Combine(AppContext.BaseDirectory, "qwen3cuda.dll"), "kernels", "--arch", "sm_90", "--no-cache"],
             new Dictionary<string, string> { [NativeLibraries.NvrtcEnvironmentVariable] = "/nonexistent/libnvrtc.so.12" });
-        Assert.That(r.ExitCode, Is.EqualTo(1));
+        Assert.That(r.ExitCode, Is.EqualTo(Qwen3Cuda.Cli.ExitCodes.Unavailable));
         Assert.That(r.Stderr.Trim(), Does.StartWith("error: No NVRTC library found (tried /nonexistent/libnvrtc.so.12)"));
         Assert.That(r.Stderr, Does.Not.Contain("DllNotFoundException").And.Not.Contain("   at "));
     }

@@ -9,7 +9,7 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 
 public class MemoryPlanTests
 {
-    /// <summary>Qwen3-30B-A3B's config.json, written from the facts in design/qwen3-moe-reference.md.</summary>
+    /// <summary>Qwen3-30B-A3B's config.json, as published (docs/model-formats.md lists its facts).</summary>
     const string Qwen3_30B_A3B = """
         {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
          "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
@@ -33,7 +33,7 @@ public class MemoryPlanTests
     {
         var c = ModelConfig.Parse(Qwen3_30B_A3B);
         var plan = MemoryPlan.Compute(c, new DeviceModelOptions { ContextLength = 32768, GpuMemoryBytes = 80L << 30 }, 0);
-        // Weights: 30.5 B bf16 parameters = 56.9 GiB (architecture.md); 256-byte alignment adds < 1 MiB.
+        // Weights: 30.5 B bf16 parameters = 56.9 GiB (docs/architecture.md, memory plan); 256-byte alignment adds < 1 MiB.
         Assert.That(plan.Weights.ParameterCount, Is.EqualTo(30_532_122_624L));
         Assert.That(plan.Weights.TotalBytes - 2 * plan.Weights.ParameterCount, Is.InRange(0, 1L << 20));
         Assert.That(ByteSize.Format(plan.Weights.TotalBytes), Is.EqualTo("56.9 GiB"));
@@ -59,8 +59,11 @@ public class MemoryPlanTests
     public void InfoModel_TooSmall_SaysHowMuchIsMissing()
     {
         var (exit, stdout, err) = Cli("info", "--model", RealConfigDir(), "--gpu-memory", "40GiB", "--ctx-size", "32768");
-        Assert.That(exit, Is.EqualTo(1));
+        Assert.That(exit, Is.EqualTo(ExitCodes.OutOfMemory));
         Assert.That(err, Does.Match(@"error: model needs 59\.\d GiB \(weights 56\.9 GiB \+ KV 3\.0 GiB .*\) but --gpu-memory is 40\.0 GiB: 19\.\d GiB missing"));
+        Assert.That(err, Does.Contain("No context fits: the bf16 weights alone are 56.9 GiB"));
+        Assert.That(err, Does.Match(@"FP8 2\d\.\d GiB of weights \(fits with up to 40960 tokens of context\)"));
+        Assert.That(err, Does.Match(@"GPTQ-Int4 1\d\.\d GiB of weights \(fits with up to 40960 tokens of context\)"));
         Assert.That(stdout, Does.Contain("MISSING"));
     }
 
@@ -68,7 +71,7 @@ public class MemoryPlanTests
     public void InfoModel_BadArguments_AreClearErrors()
     {
         var (exit, _, err) = Cli("info", "--model", RealConfigDir(), "--gpu-memory", "lots");
-        Assert.That((exit, err), Is.EqualTo((1, "error: --gpu-memory 'lots': expected a number with an optional unit, e.g. 80GiB\n")));
+        Assert.That((exit, err), Is.EqualTo((ExitCodes.Usage, "error: --gpu-memory 'lots': expected a number with an optional unit, e.g. 80GiB (see qwen3cuda info --help)\n")));
         (exit, _, err) = Cli("info", "--model", "/nonexistent/model");
         Assert.That(exit, Is.EqualTo(1));
         Assert.That(err, Does.Contain("/nonexistent/model"));
@@ -127,7 +130,7 @@ public class MemoryPlanTests
         Assert.That(kv.Table.Slot(0, 5), Is.EqualTo(kv.Table.BlockTable(0)[1] * 4 + 1));
         kv.Table.Advance(0, 6);
         kv.Table.Reserve(1, 8);                          // 2 more pages: all 4 usable pages taken
-        Assert.That(() => kv.Table.Reserve(0, 3), Throws.InstanceOf<InvalidOperationException>().With.Message.Contains("KV cache full"));
+        Assert.That(() => kv.Table.Reserve(0, 3), Throws.InstanceOf<KvCacheFullException>().With.Message.Contains("KV cache full"));
         Assert.That(() => kv.Table.Reserve(1, 13), Throws.ArgumentException.With.Message.Contains("3 pages"));
         kv.Table.Reset(1);
         Assert.That(kv.Table.FreePages, Is.EqualTo(2));

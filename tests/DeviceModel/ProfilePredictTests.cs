@@ -42,7 +42,7 @@ public class ProfilePredictTests
     [Test]
     public void Cli_ProfilePredict_PrintsPredictedTables()
     {
-        var (exit, stdout, stderr) = Cli("profile", "--model", DeviceCheckpoints.Tiny(), "--predict", "a100", "--tokens", "3", "--context", "20", "--scale-layers", "4");
+        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4");
         Assert.That(exit, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("decode (1 token(s), context 20, greedy, 2 layer(s)) on NVIDIA A100-SXM4-80GB: PREDICTED"));
         Assert.That(stdout, Does.Contain("sampled decode (1 token(s), context 20, sampled"));
@@ -60,17 +60,19 @@ public class ProfilePredictTests
     {
         string tiny = DeviceCheckpoints.Tiny();
         var bad = Cli("profile", "--model", tiny, "--predict", "v100");
-        Assert.That(bad.Exit, Is.EqualTo(1));
-        Assert.That(bad.Err.Trim(), Does.StartWith("error: --predict 'v100'").And.Contain("a100, h100, h200, rtx4090, l40s"));
+        Assert.That(bad.Exit, Is.EqualTo(2), "a usage error");
+        Assert.That(bad.Err.Trim(), Does.StartWith("error: --predict: 'v100' is not a described GPU").And.Contain("a100, h100, h200, rtx4090, l40s"));
         var noPredict = Cli("profile", "--model", tiny, "--scale-layers", "48");
-        Assert.That(noPredict.Exit, Is.EqualTo(1));
+        Assert.That(noPredict.Exit, Is.EqualTo(2));
         Assert.That(noPredict.Err, Does.Contain("--scale-layers").And.Contain("--predict"));
-        var ctx = Cli("profile", "--model", tiny, "--tokens", "8", "--context", "8");
-        Assert.That(ctx.Exit, Is.EqualTo(1));
-        Assert.That(ctx.Err, Does.Contain("--context 8"));
+        var ctx = Cli("profile", "--model", tiny, "-p", "8", "-c", "8");
+        Assert.That(ctx.Exit, Is.EqualTo(2));
+        Assert.That(ctx.Err, Does.Contain("--ctx-size 8: must be at least --n-prompt + 1 = 9"));
         var layers = Cli("profile", "--model", tiny, "--predict", "h100", "--scale-layers", "0");
-        Assert.That(layers.Exit, Is.EqualTo(1));
-        Assert.That(layers.Err, Does.Contain("--scale-layers must be at least 1"));
+        Assert.That(layers.Exit, Is.EqualTo(2));
+        Assert.That(layers.Err, Does.Contain("--scale-layers: 0 is out of range"));
+        foreach (var r in new[] { bad, noPredict, ctx, layers })
+            Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 
     /// <summary>On a GPU: measured next to predicted per kernel (the GPU's description matched by name). Skipped without one.</summary>

@@ -60,16 +60,12 @@ public class ProfileTests
     [Test]
     public void ProfileAndBench_Cli_OnTheEmulator()
     {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int exit = Program.BuildRoot().Parse(["bench", "--model", DeviceCheckpoints.Tiny(), "--device", "emulator", "-p", "4", "-n", "2"])
-            .Invoke(new InvocationConfiguration { Output = output, Error = error });
-        Assert.That(exit, Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("simulated-traffic").And.Contain("decode step DRAM"));
-        exit = Program.BuildRoot().Parse(["profile", "--model", "/nonexistent", "--device", "emulator"])
-            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        var (exit, output, error) = Support.CliRunner.Run("bench", "--model", DeviceCheckpoints.Tiny(), "--device", "emulator", "-p", "4", "-n", "2");
+        Assert.That(exit, Is.EqualTo(0), error);
+        Assert.That(output, Does.Contain("simulated-traffic").And.Contain("decode step DRAM"));
+        (exit, _, error) = Support.CliRunner.Run("profile", "--model", "/nonexistent", "--device", "emulator");
         Assert.That(exit, Is.EqualTo(1));
-        Assert.That(error.ToString(), Does.Contain("/nonexistent"));
+        Assert.That(error, Does.Contain("/nonexistent"));
     }
 }
 

@@ -39,17 +39,17 @@ public class LogitsCommandTests
         Assert.That(top, Is.Ordered.Descending);
     }
 
-    [TestCase("--device", "tpu", "--device must be one of cpu, emulator, cuda, auto, got 'tpu'")]   // (the emulator runs the tiny preset: tests/DeviceModel/ProfileTests)
+    [TestCase("--device", "tpu", "--device: 'tpu' is not one of cpu, emulator, cuda, auto")]   // (the emulator runs the tiny preset: tests/DeviceModel/ProfileTests)
     [TestCase("--tokens", "1,x", "--tokens: 'x' is not a non-negative integer token id")]
-    [TestCase("--tokens", "1,600", "token id 600 is outside the vocabulary [0, 512)")]
-    [TestCase("--top", "0", "--top must be at least 1")]
+    [TestCase("--tokens", "1,600", "--tokens: token id 600 is outside the vocabulary (0..511)")]
+    [TestCase("--top", "0", "--top: 0 is out of range (at least 1)")]
     public void BadArgumentsGiveClearErrors(string option, string value, string expected)
     {
         var args = new List<string> { "logits", "--model", TestCheckpoints.Tiny(), "--tokens", "1,2" };
         int i = args.IndexOf(option);
         if (i >= 0) args[i + 1] = value; else args.AddRange(new[] { option, value });
         var (exit, _, err) = Cli(args.ToArray());
-        Assert.That(exit, Is.Not.EqualTo(0));
+        Assert.That(exit, Is.EqualTo(ExitCodes.Usage));
         Assert.That(err, Does.Contain(expected));
         Assert.That(err, Does.Not.Contain("   at "), "no stack trace");
         Assert.That(err, Does.Not.Contain("(Parameter '"), "no .NET parameter suffix");
@@ -60,8 +60,8 @@ public class LogitsCommandTests
     {
         string dir = Path.Combine(TestCheckpoints.Root, "does-not-exist");
         var (exit, _, err) = Cli("logits", "--model", dir, "--tokens", "1");
-        Assert.That(exit, Is.EqualTo(1));
-        Assert.That(err, Does.Contain($"error: {dir}: model directory not found"));
+        Assert.That(exit, Is.EqualTo(ExitCodes.Error));
+        Assert.That(err, Does.Contain($"error: --model: folder '{dir}' does not exist"));
     }
 
     [Test]

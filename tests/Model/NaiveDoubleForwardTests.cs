@@ -7,7 +7,7 @@ namespace Qwen3Cuda.Tests.Model;
 
 /// <summary>
 /// Independent check of the whole reference forward. Method: a second implementation, written in this file
-/// straight from the pseudo-code of design/qwen3-moe-reference.md and sharing no code with Qwen3Cuda.Model
+/// straight from the pseudo-code of docs/architecture.md ("A decode step") and sharing no code with Qwen3Cuda.Model
 /// (its own safetensors parsing, config reading, bf16 rounding, loops in double precision, one token at a time,
 /// no KV cache: attention recomputed over the prefix). It applies the doc's bf16 rounding points but does every
 /// sum in double, so the two differ only by fp32-vs-double accumulation before each bf16 rounding: an

@@ -168,7 +168,7 @@ public class TimingModelTests
         Assert.That(s.Operations.Count(o => o.Kind == DeviceOperationKind.Memset), Is.EqualTo(5), "one memset per layer");
         Assert.That(s.GraphNodes, Is.EqualTo(18 + 5));
         Near(s.KernelUs, p.KernelUs / 9 * 18, "every launch here predicts the same time");
-        Assert.That(() => StepPredictor.ScaleLayers(p with { Launches = p.Launches.Take(6).ToList() }, 4), Throws.InvalidOperationException.With.Message.Contains("--scale-layers"));
+        Assert.That(() => StepPredictor.ScaleLayers(p with { Launches = p.Launches.Take(6).ToList() }, 4), Throws.ArgumentException.With.Message.Contains("--scale-layers"));
     }
 
     /// <summary>The shipped descriptions parse, have the five GPUs, and every number of each has a stated source.</summary>

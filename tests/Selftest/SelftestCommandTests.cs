@@ -50,16 +50,17 @@ public class SelftestCommandTests
         Assert.That(stdout, Does.Contain("\nFAIL model: prefill of 16 tokens").And.Match(@"\d+ passed, [1-9]\d* failed"));
     }
 
-    [TestCase(new[] { "--device", "cpu" }, "selftest checks a device backend")]
-    [TestCase(new[] { "--device", "tpu" }, "--device 'tpu': expected cuda, emulator, cpu or auto")]
-    [TestCase(new[] { "--device", "emulator", "--layers", "0", "--model", "." }, "--layers must be at least 1")]
-    [TestCase(new[] { "--device", "emulator", "--layers", "2" }, "--layers needs --model")]
-    [TestCase(new[] { "--device", "emulator", "--model", "/nonexistent/model" }, "--model: directory '/nonexistent/model' does not exist")]
-    [TestCase(new[] { "--device", "emulator", "--only", "rmsnorm,warp_drive" }, "--only 'rmsnorm,warp_drive': expected kernel families from rmsnorm, ")]
-    public void BadInput_IsOneClearLine(string[] args, string message)
+    // Exit codes (docs/troubleshooting.md): 2 for a bad command line, 1 for bad input.
+    [TestCase(new[] { "--device", "cpu" }, 2, "--device: 'cpu' is not one of auto, cuda, emulator")]
+    [TestCase(new[] { "--device", "tpu" }, 2, "--device: 'tpu' is not one of auto, cuda, emulator")]
+    [TestCase(new[] { "--device", "emulator", "--layers", "0", "--model", "." }, 2, "--layers: 0 is out of range (at least 1)")]
+    [TestCase(new[] { "--device", "emulator", "--layers", "2" }, 2, "--layers needs --model")]
+    [TestCase(new[] { "--device", "emulator", "--model", "/nonexistent/model" }, 1, "--model: folder '/nonexistent/model' does not exist")]
+    [TestCase(new[] { "--device", "emulator", "--only", "rmsnorm,warp_drive" }, 2, "--only 'rmsnorm,warp_drive': expected kernel families from rmsnorm, ")]
+    public void BadInput_IsOneClearLine(string[] args, int code, string message)
     {
         var (exit, _, err) = Cli(["selftest", .. args]);
-        Assert.That(exit, Is.EqualTo(1));
+        Assert.That(exit, Is.EqualTo(code));
         Assert.That(err, Does.StartWith("error: ").And.Contain(message));
         Assert.That(err, Does.Not.Contain("   at "));
     }
@@ -69,7 +70,7 @@ public class SelftestCommandTests
     {
         if (Runtime.Cuda.CudaDriver.IsDeviceAvailable()) Assert.Ignore("a CUDA device is present");
         var (exit, _, err) = Cli("selftest", "--device", "cuda");
-        Assert.That(exit, Is.EqualTo(1));
-        Assert.That(err, Does.StartWith("error: --device cuda is not available on this machine: "));
+        Assert.That(exit, Is.EqualTo(3), "exit code 3: unavailable (docs/troubleshooting.md)");
+        Assert.That(err, Does.StartWith("error: ").And.Contain("cuda"));
     }
 }

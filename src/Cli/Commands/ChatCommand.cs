@@ -8,40 +8,46 @@ using Qwen3Cuda.Model.Tokenization;
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda chat --model DIR [--system TEXT] [--no-think] [sampling options]`: a multi-turn REPL on stdin.
-/// /think and /no_think switch thinking, /reset clears the conversation, /exit (or end of input) quits,
-/// Ctrl+C cancels the answer being generated. Thinking is shown dimmed (or between [thinking] markers when
-/// output is redirected) and kept out of the history, as the chat template does.
+/// `qwen3cuda chat -m MODEL [--system TEXT] [--tools F.json] [--no-think] [--stop TEXT] [sampling options]`: a multi-turn
+/// REPL on stdin. /think and /no_think switch thinking, /reset clears the conversation, /exit (or end of input) quits,
+/// Ctrl+C cancels the answer being generated, and at the prompt ends the chat (saying so; exit code 130). Thinking is
+/// shown dimmed (or between [thinking] markers when output is redirected) and kept out of the history, as the chat
+/// template does.
 /// </summary>
 public static class ChatCommand
 {
     public static Command Create()
     {
-        var model = TextCliSupport.ModelOption();
-        var system = new Option<string?>("--system") { Description = "System prompt" };
+        var model = CliOptions.Model();
+        var system = new Option<string?>("--system") { Description = "System prompt", HelpName = "TEXT" };
+        var tools = new Option<string?>("--tools") { Description = "JSON file with an array of tool definitions for the chat template", HelpName = "FILE" };
         var s = new SamplingCliOptions();
-        var cmd = new Command("chat", "Interactive multi-turn chat") { model, system };
+        var cmd = new Command("chat", "Interactive multi-turn chat") { model, system, tools };
         s.AddTo(cmd);
-        cmd.SetAction(parse => TextCliSupport.Guard(parse, (stdout, stderr) =>
+        cmd.SetAction(parse =>
         {
-            var dir = parse.GetValue(model)!;
-            int maxNew = s.CheckedMaxNewTokens(parse);
-            int? context = s.CheckedContext(parse);
-            double? utilization = s.CheckedGpuMemoryUtilization(parse);
-            // Validate sampling options up front (both modes), so a bad value fails before the model loads.
-            s.Sampling(parse, dir, thinking: true);
-            s.Sampling(parse, dir, thinking: false);
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
+            var toolsJson = TextCliSupport.ReadTools(parse.GetValue(tools));
+            var dir = ModelOpener.Resolve(parse.GetValue(model)!, stderr);
+            ulong seed = s.ChooseSeed(parse);
+            // Check the sampling options against the model's defaults up front (both modes), before the model loads.
+            bool sampled = !s.Sampling(parse, dir, thinking: true, seed).IsGreedy | !s.Sampling(parse, dir, thinking: false, seed).IsGreedy;
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             var template = ChatTemplate.FromModelDirectory(dir);
-            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr, utilization);
-            var session = new ChatSession(lm, tokenizer, template, Generator.DefaultEosTokenIds(tokenizer, dir),
-                thinking => s.Sampling(parse, dir, thinking), maxNew, parse.GetValue(system))
+            var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
+            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization));
+            if (sampled) stderr.WriteLine($"sampling seed {seed} (--seed {seed} repeats this chat)");
+            var session = new ChatSession(lm.Model, tokenizer, template, Generator.DefaultEosTokenIds(tokenizer, dir),
+                thinking => s.Sampling(parse, dir, thinking, seed), parse.GetValue(s.MaxNewTokens), parse.GetValue(system))
             {
                 Thinking = !parse.GetValue(s.NoThink),
+                Tools = toolsJson,
+                StopStrings = s.StopStrings(parse),
             };
             bool interactive = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected && !Console.IsInputRedirected;
             return session.Run(Console.In, stdout, stderr, interactive);
-        }));
+        });
         return cmd;
     }
 }
@@ -55,6 +61,9 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
     CancellationTokenSource? _current;
 
     public bool Thinking { get; set; } = true;
+    /// <summary>Tool definitions passed to the chat template (null: none).</summary>
+    public System.Text.Json.JsonElement? Tools { get; init; }
+    public IReadOnlyList<string> StopStrings { get; init; } = [];
     public IReadOnlyList<ChatMessage> History => _history;
 
     static List<ChatMessage> InitialHistory(string? system) => system is null ? [] : [new ChatMessage("system", system)];
@@ -64,7 +73,15 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
             var cts = _current;
-            if (cts is null) return; // at the prompt: Ctrl+C quits as usual
+            if (cts is null)
+            {
+                // At the prompt: Ctrl+C ends the chat, with a word rather than silently (the default handler then ends the process: exit code 130).
+                output.Flush();
+                error.WriteLine();
+                error.WriteLine("[Ctrl+C] chat ended (use /exit next time; Ctrl+C during an answer stops only the answer)");
+                error.Flush();
+                return;
+            }
             e.Cancel = true;
             cts.Cancel();
         };
@@ -103,7 +120,7 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
     void Answer(string userText, TextWriter output, TextWriter error, bool ansi)
     {
         _history.Add(new ChatMessage("user", userText));
-        var prompt = template.Render(_history, addGenerationPrompt: true, enableThinking: Thinking);
+        var prompt = template.Render(_history, addGenerationPrompt: true, enableThinking: Thinking, Tools);
         var ids = tokenizer.Encode(prompt);
         if (ids.Length >= model.ContextLength)
         {
@@ -116,7 +133,7 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
         GenerationResult result;
         try
         {
-            result = _generator.Generate(ids, new GenerationOptions { Sampling = sampling(Thinking), MaxNewTokens = maxNewTokens },
+            result = _generator.Generate(ids, new GenerationOptions { Sampling = sampling(Thinking), MaxNewTokens = maxNewTokens, StopStrings = StopStrings },
                 writer.Write, _current.Token);
         }
         finally

@@ -16,34 +16,42 @@ namespace Qwen3Cuda.Cli.Commands;
 /// </summary>
 public static class EmulateCommand
 {
+    /// <summary>The --args file format, as --help shows it.</summary>
+    public const string ArgsFormat =
+        "JSON file {\"args\": [...]} with one entry per kernel parameter, in order: a buffer {\"type\": T, \"data\": [1, 2.5, ...]} " +
+        "or {\"type\": T, \"zeros\": N} (N elements), or a scalar {\"type\": T, \"value\": x}; T is one of f64 f32 f16 bf16 i8 u8 i16 u16 i32 u32 i64 u64. " +
+        "Example: {\"args\": [{\"type\": \"f32\", \"zeros\": 5}, {\"type\": \"bf16\", \"data\": [1, 2, 3, 4, 5]}, {\"type\": \"i32\", \"value\": 5}]}. " +
+        "Buffers are printed back after the launch, in order (NaN and infinities as strings)";
+
     public static Command Create()
     {
-        var source = new Option<FileInfo>("--source") { Description = "CUDA source file (.cu)", Required = true };
-        var kernel = new Option<string>("--kernel") { Description = "extern \"C\" kernel name", Required = true };
-        var grid = new Option<string>("--grid") { Description = "grid dimensions X[,Y,Z]", Required = true };
-        var block = new Option<string>("--block") { Description = "block dimensions X[,Y,Z]", Required = true };
-        var shared = new Option<int>("--shared") { Description = "dynamic shared memory in bytes", DefaultValueFactory = _ => 0 };
-        var args = new Option<FileInfo>("--args") { Description = "JSON file {\"args\": [...]} with one entry per kernel parameter", Required = true };
-        var arch = new Option<string>("--arch") { Description = "emulated architecture (sm_80 or sm_90)", DefaultValueFactory = _ => "sm_90" };
-        var timeout = new Option<double>("--timeout") { Description = "seconds the launch may run before the watchdog stops it (a spin-wait that never ends)", DefaultValueFactory = _ => 600 };
-        var cmd = new Command("emulate", "Run one CUDA kernel on the PTX emulator with memory/race checking and print its outputs and counters")
+        var source = new Option<FileInfo>("--source") { Description = "CUDA source file (.cu)", Required = true, HelpName = "FILE" };
+        var kernel = new Option<string>("--kernel") { Description = "extern \"C\" kernel name", Required = true, HelpName = "NAME" };
+        var grid = new Option<string>("--grid") { Description = "grid dimensions X[,Y,Z]", Required = true, HelpName = "X[,Y,Z]" };
+        var block = new Option<string>("--block") { Description = "block dimensions X[,Y,Z]", Required = true, HelpName = "X[,Y,Z]" };
+        var shared = CliOptions.Int("--shared", [], "dynamic shared memory in bytes", 0, 0, 1 << 20, "BYTES");
+        var args = new Option<FileInfo>("--args") { Description = ArgsFormat, Required = true, HelpName = "ARGS.json" };
+        var arch = new Option<string>("--arch") { Description = "emulated architecture (sm_80 or sm_90)", DefaultValueFactory = _ => "sm_90", HelpName = "sm_80|sm_90" };
+        var timeout = CliOptions.Seconds("--timeout", "seconds the launch may run before the watchdog stops it (a spin-wait that never ends)", 600);
+        var cmd = new Command("emulate", "Run one CUDA kernel on the PTX emulator with memory/race checking and print its outputs and counters as JSON")
             { source, kernel, grid, block, shared, args, arch, timeout };
-        cmd.SetAction(p => CliErrors.Run(() => Run(p.GetValue(source)!, p.GetValue(kernel)!, p.GetValue(grid)!, p.GetValue(block)!,
-            p.GetValue(shared), p.GetValue(args)!, p.GetValue(arch)!, p.GetValue(timeout))));
+        cmd.SetAction(p => Run(p.GetValue(source)!, p.GetValue(kernel)!, p.GetValue(grid)!, p.GetValue(block)!,
+            p.GetValue(shared), p.GetValue(args)!, p.GetValue(arch)!, p.GetValue(timeout), p.InvocationConfiguration.Output));
         return cmd;
     }
 
     private sealed record Arg(string Type, int Size, bool IsBuffer, byte[] Bytes, long Count);
 
-    public static int Run(FileInfo source, string kernelName, string grid, string block, int shared, FileInfo argsFile, string arch, double timeoutSeconds = 600)
+    public static int Run(FileInfo source, string kernelName, string grid, string block, int shared, FileInfo argsFile, string arch, double timeoutSeconds = 600,
+        TextWriter? stdout = null)
     {
-        if (!(timeoutSeconds > 0) || double.IsInfinity(timeoutSeconds)) throw new ArgumentException($"--timeout: must be a positive number of seconds, got {timeoutSeconds}");
-        int archNumber = KernelCompiler.ParseArch(arch);
+        stdout ??= Console.Out;
+        if (!(timeoutSeconds > 0) || double.IsInfinity(timeoutSeconds)) throw new UsageException($"--timeout: must be a positive number of seconds, got {timeoutSeconds}");
+        int archNumber = ParseArch(arch);
         if (!source.Exists) throw new FileNotFoundException($"--source: {source.FullName} does not exist");
         if (!argsFile.Exists) throw new FileNotFoundException($"--args: {argsFile.FullName} does not exist");
         var g = ParseDim(grid, "--grid");
         var b = ParseDim(block, "--block");
-        if (shared < 0) throw new ArgumentException("--shared: must be >= 0");
         var parsed = ParseArgs(argsFile);
         var compiled = new KernelCompiler().CompileSource(source.Name, File.ReadAllText(source.FullName),
             new KernelBuild(source.Name, $"sm_{archNumber}", CompileTarget.Ptx));
@@ -80,15 +88,7 @@ public static class EmulateCommand
                     }
                 }
             }
-            try
-            {
-                dev.Launch(k, new LaunchConfig(g, b, shared), dev.DefaultStream, ka);
-            }
-            catch (EmulatorFaultException e)
-            {
-                Console.Error.WriteLine(e.Message);
-                return 2;
-            }
+            dev.Launch(k, new LaunchConfig(g, b, shared), dev.DefaultStream, ka);   // a fault is an EmulatorFaultException: exit code 5
         }
         finally { handle.Free(); }
         var buffers = new JsonArray();
@@ -104,18 +104,25 @@ public static class EmulateCommand
         counters["grid"] = rec.Grid.ToString();
         counters["block"] = rec.Block.ToString();
         var root = new JsonObject { ["buffers"] = buffers, ["counters"] = counters };
-        Console.WriteLine(root.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
+        stdout.WriteLine(root.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
         return 0;
+    }
+
+    /// <summary>--arch through <see cref="KernelCompiler.ParseArch"/>, as a usage error.</summary>
+    internal static int ParseArch(string arch)
+    {
+        try { return KernelCompiler.ParseArch(arch); }
+        catch (ArgumentException e) { throw new UsageException(CliErrors.Message(e)); }
     }
 
     private static Dim3 ParseDim(string s, string option)
     {
         var parts = s.Split(',');
-        if (parts.Length is < 1 or > 3) throw new ArgumentException($"{option}: expected X[,Y,Z], got '{s}'");
+        if (parts.Length is < 1 or > 3) throw new UsageException($"{option}: expected X[,Y,Z], got '{s}'");
         var v = new uint[] { 1, 1, 1 };
         for (int i = 0; i < parts.Length; i++)
             if (!uint.TryParse(parts[i].Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out v[i]) || v[i] == 0)
-                throw new ArgumentException($"{option}: '{parts[i]}' is not a positive integer (expected X[,Y,Z], got '{s}')");
+                throw new UsageException($"{option}: '{parts[i]}' is not a positive integer (expected X[,Y,Z], got '{s}')");
         return new Dim3(v[0], v[1], v[2]);
     }
 

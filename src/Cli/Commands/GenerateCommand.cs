@@ -6,43 +6,56 @@ using Qwen3Cuda.Model.Tokenization;
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda generate --model DIR --prompt TEXT|--prompt-file F [--chat] [--no-think] [sampling options]
-/// [--max-new-tokens N] [--device cpu|emulator|cuda|auto]`: streams the completion to stdout, then prints
-/// prompt/eval token counts, time to first token and tokens/s to stderr. Ctrl+C stops the answer.
+/// `qwen3cuda generate -m MODEL -p TEXT|-f FILE [--chat] [--system TEXT] [--tools F.json] [--stop TEXT] [--no-think]
+/// [sampling options] [-n N] [-c N] [--device auto|cuda|cpu|emulator]`: streams the completion to stdout, then prompt/eval
+/// token counts, time to first token, tokens/s, load time and seed to stderr. - for TEXT or FILE reads stdin. Ctrl+C
+/// stops the answer (exit code 130 after the stats).
 /// </summary>
 public static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = TextCliSupport.ModelOption();
-        var prompt = new Option<string?>("--prompt") { Description = "Prompt text" };
-        var promptFile = new Option<string?>("--prompt-file") { Description = "File holding the prompt text (UTF-8)" };
+        var model = CliOptions.Model();
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (- reads it from stdin)", HelpName = "TEXT" };
+        var promptFile = new Option<string?>("--prompt-file", "-f") { Description = "File holding the prompt text, UTF-8 (- is stdin)", HelpName = "FILE" };
         var chat = new Option<bool>("--chat") { Description = "Wrap the prompt as a user message in the model's chat template" };
+        var system = new Option<string?>("--system") { Description = "System prompt (implies --chat)", HelpName = "TEXT" };
+        var tools = new Option<string?>("--tools") { Description = "JSON file with an array of tool definitions for the chat template (implies --chat)", HelpName = "FILE" };
         var printIds = new Option<bool>("--print-token-ids") { Description = "Also print the generated token ids (JSON) to stderr" };
         var s = new SamplingCliOptions();
-        var cmd = new Command("generate", "Generate text from a prompt") { model, prompt, promptFile, chat, printIds };
+        var cmd = new Command("generate", "Generate text from a prompt") { model, prompt, promptFile, chat, system, tools, printIds };
         s.AddTo(cmd);
-        cmd.SetAction(parse => TextCliSupport.Guard(parse, (stdout, stderr) =>
+        cmd.SetAction(parse =>
         {
-            var dir = parse.GetValue(model)!;
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             var text = (parse.GetValue(prompt), parse.GetValue(promptFile)) switch
             {
+                ("-", null) => Console.In.ReadToEnd(),
                 (string p, null) => p,
                 (null, string f) => TextCliSupport.ReadText(f, "--prompt-file"),
-                (null, null) => throw new ArgumentException("give the prompt with --prompt TEXT or --prompt-file FILE"),
-                _ => throw new ArgumentException("give either --prompt or --prompt-file, not both"),
+                (null, null) => throw new UsageException("give the prompt with -p TEXT (--prompt) or -f FILE (--prompt-file); - reads stdin"),
+                _ => throw new UsageException("give either --prompt or --prompt-file, not both"),
             };
+            var toolsJson = TextCliSupport.ReadTools(parse.GetValue(tools));
+            string? systemText = parse.GetValue(system);
+            bool asChat = parse.GetValue(chat) || systemText is not null || toolsJson is not null;
+            var dir = ModelOpener.Resolve(parse.GetValue(model)!, stderr);
             bool thinking = !parse.GetValue(s.NoThink);
-            var sampling = s.Sampling(parse, dir, thinking);
-            int maxNew = s.CheckedMaxNewTokens(parse);
-            int? context = s.CheckedContext(parse);
-            double? utilization = s.CheckedGpuMemoryUtilization(parse);
+            ulong seed = s.ChooseSeed(parse);
+            var sampling = s.Sampling(parse, dir, thinking, seed);
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
-            if (parse.GetValue(chat))
-                text = ChatTemplate.FromModelDirectory(dir).Render([new ChatMessage("user", text)], addGenerationPrompt: true, enableThinking: thinking);
+            if (asChat)
+            {
+                var messages = new List<ChatMessage>();
+                if (systemText is not null) messages.Add(new ChatMessage("system", systemText));
+                messages.Add(new ChatMessage("user", text));
+                text = ChatTemplate.FromModelDirectory(dir).Render(messages, addGenerationPrompt: true, enableThinking: thinking, toolsJson);
+            }
             var ids = tokenizer.Encode(text);
-            using var lm = ModelOpener.Open(dir, parse.GetValue(s.Device)!, maxSequences: 1, contextLength: context, stderr, utilization);
-            var generator = new Generator(lm, tokenizer, Generator.DefaultEosTokenIds(tokenizer, dir));
+            var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
+            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization));
+            var generator = new Generator(lm.Model, tokenizer, Generator.DefaultEosTokenIds(tokenizer, dir));
             var writer = new PieceWriter(stdout, ansi: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
@@ -50,16 +63,19 @@ public static class GenerateCommand
             GenerationResult result;
             try
             {
-                result = generator.Generate(ids, new GenerationOptions { Sampling = sampling, MaxNewTokens = maxNew }, writer.Write, cts.Token);
+                result = generator.Generate(ids, new GenerationOptions
+                {
+                    Sampling = sampling, MaxNewTokens = parse.GetValue(s.MaxNewTokens), StopStrings = s.StopStrings(parse),
+                }, writer.Write, cts.Token);
             }
             finally { Console.CancelKeyPress -= onCancel; }
             writer.End();
             stdout.WriteLine();
             stdout.Flush();
-            stderr.WriteLine(PieceWriter.Stats(result));
+            stderr.WriteLine(PieceWriter.Stats(result, sampling.IsGreedy ? null : seed, lm.LoadTime));
             if (parse.GetValue(printIds)) stderr.WriteLine("token ids: [" + string.Join(",", result.Tokens) + "]");
-            return 0;
-        }));
+            return result.StopReason == StopReason.Cancelled ? ExitCodes.Interrupted : ExitCodes.Ok;
+        });
         return cmd;
     }
 }

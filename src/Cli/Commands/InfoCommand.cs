@@ -11,9 +11,8 @@ namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
 /// `qwen3cuda info`: NVRTC version, driver version and devices (or why there are none).
-/// `qwen3cuda info --model DIR [--ctx-size N] [--gpu-memory 80GiB | --gpu-memory-utilization U]`: the device memory plan
-/// (weights, KV cache, workspace, reserve, free) from config.json alone; exit code 1 with the missing amount when the model
-/// does not fit.
+/// `qwen3cuda info -m MODEL [-c N] [--gpu-memory 80GiB]`: the device memory plan (weights, KV cache,
+/// workspace, free) from config.json alone; exit code 1 with the missing amount when the model does not fit.
 /// </summary>
 public static class InfoCommand
 {
@@ -22,45 +21,32 @@ public static class InfoCommand
 
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "Model directory: print the device memory plan from its config.json (no weights read)" };
-        var ctx = new Option<int?>("--ctx-size") { Description = "Tokens of context per sequence (default: as many as fit, at most max_position_embeddings)" };
-        var mem = new Option<string?>("--gpu-memory") { Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)" };
-        var seqs = new Option<int>("--sequences") { Description = "Sequences held at once", DefaultValueFactory = _ => 1 };
-        var util = GpuMemoryCliOption.Create();
+        var model = CliOptions.Model(required: false);
+        model.Description = "Print the device memory plan of this model from its config.json (no weights read). " + CliOptions.ModelDescription;
+        var ctx = CliOptions.CtxSize();
+        ctx.Description = "Tokens of context per sequence (default: as many as fit, at most max_position_embeddings)";
+        var mem = CliOptions.GpuMemory();
+        mem.Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)";
+        var seqs = CliOptions.Int("--sequences", [], "Sequences held at once", 1, 1, 4096);
+        var util = CliOptions.GpuMemoryUtilization();
         var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs, util };
-        cmd.SetAction(parse => parse.GetValue(model) is string dir
-            ? PlanGuard(parse.InvocationConfiguration.Error, () => RunPlan(parse.InvocationConfiguration.Output, dir, parse.GetValue(ctx), parse.GetValue(mem),
-                parse.GetValue(seqs), GpuMemoryCliOption.Parse(parse.GetValue(util))))
-            : PlanGuard(parse.InvocationConfiguration.Error, () => { GpuMemoryCliOption.Parse(parse.GetValue(util)); return CliErrors.Run(Run); }));
+        cmd.SetAction(parse => parse.GetValue(model) is string m
+            ? RunPlan(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, m, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs), parse.GetValue(util))
+            : Run(parse.InvocationConfiguration.Output));
         return cmd;
     }
 
-    private static int PlanGuard(TextWriter stderr, Func<int> action)
+    private static int RunPlan(TextWriter stdout, TextWriter stderr, string modelSpec, int? ctxSize, long? gpuMemory, int sequences, double? utilization)
     {
-        try { return action(); }
-        catch (Exception e) when (e is ArgumentException or FormatException or IOException or InvalidDataException or InvalidOperationException or DeviceException)
-        {
-            stderr.WriteLine($"error: {CliErrors.Message(e)}");
-            return 1;
-        }
-    }
-
-    private static int RunPlan(TextWriter stdout, string modelDir, int? ctxSize, string? gpuMemory, int sequences, double? utilization)
-    {
-        if (!Directory.Exists(modelDir) && !File.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
-        ModelConfig config;
-        try
-        {
-            config = ModelConfig.Load(modelDir);
-            Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
-        }
-        catch (ConfigException e) { throw new InvalidDataException(e.Message, e); }
-        long? budget = gpuMemory is null ? null : ByteSize.Parse(gpuMemory, "--gpu-memory");
-        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = budget, GpuMemoryUtilization = utilization, MaxSequences = sequences };
+        string modelDir = ModelOpener.Resolve(modelSpec, stderr);
+        var config = ModelConfig.Load(modelDir);
+        Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
+        CliOptions.ContextCheck(ctxSize, config, stderr);
+        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences };
         options.Validate();
         MemoryPlan plan;
         string? source = null;
-        if (budget is long b) plan = MemoryPlan.Compute(config, options, b, checkpointHasLmHead: false);
+        if (gpuMemory is long budget) plan = MemoryPlan.Compute(config, options, budget, checkpointHasLmHead: false);
         else
         {
             (long Free, long Total) memory = (DefaultGpuMemoryBytes, DefaultGpuMemoryBytes);
@@ -75,35 +61,36 @@ public static class InfoCommand
         }
         stdout.Write(plan.Describe());
         if (source is not null) stdout.WriteLine($"  (device memory {source})");
+        stdout.Flush();
         plan.ThrowIfDoesNotFit();
         return 0;
     }
 
-    private static int Run()
+    private static int Run(TextWriter stdout)
     {
         if (NativeLibraries.TryNvrtc(out _))
         {
             var (major, minor) = NvrtcLibrary.Version;
-            Console.WriteLine($"NVRTC: {major}.{minor} ({NativeLibraries.NvrtcPath}), archs sm_{string.Join(" sm_", NvrtcLibrary.SupportedArchs())}");
+            stdout.WriteLine($"NVRTC: {major}.{minor} ({NativeLibraries.NvrtcPath}), archs sm_{string.Join(" sm_", NvrtcLibrary.SupportedArchs())}");
         }
         else
         {
-            Console.WriteLine("NVRTC: not found (tried " + string.Join(", ", NativeLibraries.NvrtcCandidates()) + "): kernels cannot be compiled");
+            stdout.WriteLine("NVRTC: not found (tried " + string.Join(", ", NativeLibraries.NvrtcCandidates()) + "): kernels cannot be compiled");
         }
 
         CudaDriverStatus driver = CudaDriver.Probe();
         if (!driver.DriverLoaded)
         {
-            Console.WriteLine("CUDA driver: " + driver.Problem);
-            Console.WriteLine("Devices: none (use --device emulator or --device cpu)");
+            stdout.WriteLine("CUDA driver: " + driver.Problem);
+            stdout.WriteLine("Devices: none (use --device emulator or --device cpu)");
             return 0;
         }
-        Console.WriteLine($"CUDA driver: {driver.DriverVersionText} ({driver.LibraryPath})");
-        if (driver.Problem != null) Console.WriteLine("Devices: none: " + driver.Problem);
+        stdout.WriteLine($"CUDA driver: {driver.DriverVersionText} ({driver.LibraryPath})");
+        if (driver.Problem != null) stdout.WriteLine("Devices: none: " + driver.Problem);
         for (int i = 0; i < driver.Devices.Count; i++)
         {
             var d = driver.Devices[i];
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"Device {i}: {d.Name}, {d.Arch}, {d.MultiprocessorCount} SMs, {d.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, {d.SharedMemoryPerBlockOptin / 1024} KiB shared memory per block (opt-in)"));
         }
         return 0;

@@ -11,11 +11,11 @@ public static class KernelsCommand
 {
     public static Command Create()
     {
-        var arch = new Option<string>("--arch") { Description = "target architecture: sm_80, sm_86, sm_89, sm_90, ...", DefaultValueFactory = _ => "sm_90" };
+        var arch = new Option<string>("--arch") { Description = "target architecture: sm_80, sm_86, sm_89, sm_90, ...", DefaultValueFactory = _ => "sm_90", HelpName = "sm_XX" };
         var json = new Option<bool>("--json") { Description = "print JSON instead of a table" };
         var noCache = new Option<bool>("--no-cache") { Description = "compile even when the disk cache has the result" };
         var cmd = new Command("kernels", "Compile every kernel with NVRTC and print registers, spills, shared memory and compile time") { arch, json, noCache };
-        cmd.SetAction(parse => CliErrors.Run(() => Run(parse.GetValue(arch)!, parse.GetValue(json), parse.GetValue(noCache))));
+        cmd.SetAction(parse => Run(parse.GetValue(arch)!, parse.GetValue(json), parse.GetValue(noCache)));
         return cmd;
     }
 
@@ -30,7 +30,7 @@ public static class KernelsCommand
         {
             CompiledModule m = compiler.Compile(new KernelBuild(file, arch, CompileTarget.Cubin) { LineInfo = false });
             if (m.PtxasInfo.Count == 0)
-                throw new InvalidOperationException($"{file}: NVRTC built no CUBIN for {arch}, so there is no ptxas report (NVRTC knows: sm_{string.Join(", sm_", Qwen3Cuda.Runtime.Native.NvrtcLibrary.SupportedArchs())})");
+                throw new UsageException($"--arch {arch}: NVRTC built no CUBIN for {file}, so there is no ptxas report (NVRTC knows: sm_{string.Join(", sm_", Qwen3Cuda.Runtime.Native.NvrtcLibrary.SupportedArchs())})");
             foreach (PtxasKernelInfo k in m.PtxasInfo)
                 rows.Add(new Row(file, k.Kernel, k.Arch, k.Registers, k.SpillStoreBytes, k.SpillLoadBytes, k.StackFrameBytes,
                     k.StaticSharedBytes, PtxUsesMma(m.Ptx, k.Kernel), m.CompileMilliseconds, m.FromCache));
@@ -50,7 +50,7 @@ public static class KernelsCommand
 
     private static int Run(string arch, bool json, bool noCache)
     {
-        KernelCompiler.ParseArch(arch);
+        EmulateCommand.ParseArch(arch);
         var rows = CompileAll(arch, !noCache);
         if (json)
         {

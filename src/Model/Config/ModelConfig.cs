@@ -56,11 +56,13 @@ public sealed record ModelConfig
         if (!Directory.Exists(modelDirOrFile) && !File.Exists(modelDirOrFile))
             throw new ConfigException($"{modelDirOrFile}: model directory not found");
         string path = Directory.Exists(modelDirOrFile) ? Path.Combine(modelDirOrFile, FileName) : modelDirOrFile;
-        if (!File.Exists(path)) throw new ConfigException($"{path}: file not found");
+        if (!File.Exists(path))
+            throw new ConfigException($"{path}: file not found (a model folder holds config.json, the *.safetensors weights, tokenizer.json and tokenizer_config.json)");
         string text;
         try { text = File.ReadAllText(path); }
-        catch (IOException e) { throw new ConfigException($"{path}: cannot read: {e.Message}", e); }
-        return Parse(text, Path.GetFileName(path));
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ConfigException($"{path}: cannot read: {e.Message}", e); }
+        if (string.IsNullOrWhiteSpace(text)) throw new ConfigException($"{path}: the file is empty");
+        return Parse(text, path);
     }
 
     /// <summary>Parses and validates config.json text; <paramref name="fileName"/> prefixes error messages.</summary>

@@ -6,7 +6,10 @@ using Qwen3Cuda.Runtime.Memory;
 namespace Qwen3Cuda.Model.Device;
 
 /// <summary>Thrown when weights + KV cache + workspace do not fit the memory budget; the message says how much is missing.</summary>
-public sealed class ModelDoesNotFitException(string message) : InvalidOperationException(message);
+public sealed class ModelDoesNotFitException(string message) : Runtime.Qwen3CudaException(message)
+{
+    public override Runtime.ErrorKind Kind => Runtime.ErrorKind.OutOfMemory;
+}
 
 /// <summary>
 /// What the device model will allocate, computed from config.json ALONE (no weight is read): the weight
@@ -39,10 +42,14 @@ public sealed class MemoryPlan
     public long TotalBytes => Weights.TotalBytes + KvBytes + Workspace.TotalBytes;
     public long FreeBytes => BudgetBytes - TotalBytes;
     public bool Fits => FreeBytes >= 0;
+    /// <summary>The SM count the workspace was sized for, and whether the checkpoint has its own lm_head (the inputs of Compute).</summary>
+    public int Multiprocessors { get; }
+    public bool CheckpointHasLmHead { get; }
 
-    private MemoryPlan(ModelConfig c, DeviceModelOptions o, WeightLayout w, WorkspaceLayout ws, long budget, int ctx, int pages)
+    private MemoryPlan(ModelConfig c, DeviceModelOptions o, WeightLayout w, WorkspaceLayout ws, long budget, int ctx, int pages, int multiprocessors, bool hasLmHead)
     {
         Config = c; Options = o; Weights = w; Workspace = ws; BudgetBytes = budget; ContextLength = ctx; KvPages = pages;
+        Multiprocessors = multiprocessors; CheckpointHasLmHead = hasLmHead;
         KvBytesPerToken = KvBytesPerTokenOf(c);
         KvBytes = 2L * c.NumHiddenLayers * pages * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
     }
@@ -68,7 +75,7 @@ public sealed class MemoryPlan
         if (o.GpuMemoryBytes is not null) return Compute(c, o, o.GpuMemoryBytes.Value, multiprocessors, checkpointHasLmHead);
         long reserve = ReserveFor(o, memory.TotalBytes);
         var plan = Compute(c, o, memory.FreeBytes - reserve, multiprocessors, checkpointHasLmHead);
-        return new MemoryPlan(plan.Config, o, plan.Weights, plan.Workspace, plan.BudgetBytes, plan.ContextLength, plan.KvPages)
+        return new MemoryPlan(plan.Config, o, plan.Weights, plan.Workspace, plan.BudgetBytes, plan.ContextLength, plan.KvPages, multiprocessors, checkpointHasLmHead)
         {
             DeviceMemory = memory, ReserveBytes = reserve,
         };
@@ -99,10 +106,11 @@ public sealed class MemoryPlan
         }
         var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, ctx, o.PageSize, multiprocessors);
         int pages = checked(o.MaxSequences * ((ctx + o.PageSize - 1) / o.PageSize) + 1);
-        return new MemoryPlan(c, o, weights, ws, budget, ctx, pages);
+        return new MemoryPlan(c, o, weights, ws, budget, ctx, pages, multiprocessors, checkpointHasLmHead);
     }
 
-    /// <summary>"model needs 61.2 GiB (weights 56.9 GiB + KV 3.0 GiB + workspace 1.3 GiB) but --gpu-memory is 40.0 GiB: 21.2 GiB missing".</summary>
+    /// <summary>"model needs 61.2 GiB (weights 56.9 GiB + KV 3.0 GiB + workspace 1.3 GiB) but --gpu-memory is 40.0 GiB: 21.2 GiB missing",
+    /// then what would fit (<see cref="FitAdvice.Describe"/>).</summary>
     public void ThrowIfDoesNotFit()
     {
         if (Fits) return;
@@ -113,7 +121,7 @@ public sealed class MemoryPlan
         throw new ModelDoesNotFitException(
             $"model needs {ByteSize.Format(TotalBytes)} (weights {ByteSize.Format(Weights.TotalBytes)} + KV {ByteSize.Format(KvBytes)} " +
             $"for {ContextLength} tokens x {Options.MaxSequences} sequence(s) + workspace {ByteSize.Format(Workspace.TotalBytes)}) " +
-            $"but {budget}: {ByteSize.Format(-FreeBytes)} missing");
+            $"but {budget}: {ByteSize.Format(-FreeBytes)} missing. {FitAdvice.Describe(this)}");
     }
 
     private string ReserveText() => Options.GpuMemoryUtilization is double u

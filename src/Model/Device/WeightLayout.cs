@@ -38,7 +38,7 @@ public sealed record DeviceLayer(
     DeviceTensor OProj,       // [H, nH * D]
     DeviceTensor PostNorm,    // [H]
     DeviceTensor Router,      // [E, H]; a dense layer: [1, H] zeros (its MLP runs as one expert of weight 1)
-    DeviceTensor GateUp,      // [E, 2I, H]: per expert gate_proj rows then up_proj rows (kern2's MoeWeightPacking)
+    DeviceTensor GateUp,      // [E, 2I, H]: per expert gate_proj rows then up_proj rows (MoeWeightPacking)
     DeviceTensor Down,        // [E, H, I]
     int Experts,              // E (1 for a dense layer)
     int TopK,                 // k (1 for a dense layer)

@@ -36,10 +36,14 @@ public sealed record GenerationStats
     public double PrefillTokensPerSecond => PrefilledTokens > 0 && PrefillTime > TimeSpan.Zero ? PrefilledTokens / PrefillTime.TotalSeconds : 0;
 }
 
+/// <summary>What a generation produced.</summary>
+/// <param name="Thinking">Reasoning text between &lt;think&gt; and &lt;/think&gt; (without the tags).</param>
+/// <param name="Content">Answer text (after &lt;/think&gt;, or all of it without thinking), stop string removed.</param>
+/// <param name="Tokens">The generated token ids.</param>
+/// <param name="StopReason">Why generation stopped.</param>
+/// <param name="Stats">Token counts and timings.</param>
 public sealed record GenerationResult(
-    /// <summary>Reasoning text between &lt;think&gt; and &lt;/think&gt; (without the tags).</summary>
     string Thinking,
-    /// <summary>Answer text (after &lt;/think&gt;, or all of it without thinking), stop string removed.</summary>
     string Content,
     IReadOnlyList<int> Tokens,
     StopReason StopReason,

@@ -14,7 +14,7 @@ namespace Qwen3Cuda.Model.Generation;
 /// Splits reasoning from the answer at &lt;think&gt;/&lt;/think&gt; (looked up by text in the tokenizer).
 /// Keeps the tokens in the KV cache so that a following prompt sharing a prefix (the next chat turn)
 /// only prefills the new part; a prompt that diverges keeps the common prefix
-/// (<see cref="ICausalLanguageModel.TruncateSequence"/>).
+/// (<c>TruncateSequence</c>).
 /// </summary>
 public sealed class Generator
 {

@@ -83,7 +83,7 @@ public static class StepPredictor
         if (layers == p.Layers) return p;
         var records = p.Launches.Select(l => l.Launch).ToList();
         var split = FindLayers(records, p.Layers)
-            ?? throw new InvalidOperationException($"{p.Name}: cannot split the step's {records.Count} launches into {p.Layers} layers of the same kernels and shapes; --scale-layers needs a model whose layers are alike");
+            ?? throw new ArgumentException($"{p.Name}: cannot split the step's {records.Count} launches into {p.Layers} layers of the same kernels and shapes; --scale-layers needs a model whose layers are alike");
         (int prefix, int n) = split;
         int end = prefix + p.Layers * n;
         int Segment(int launchesBefore) => launchesBefore < prefix ? -1 : launchesBefore >= end ? p.Layers : (launchesBefore - prefix) / n;
@@ -164,7 +164,7 @@ public sealed class PtxasResources(KernelCompiler compiler, string arch)
             _modules[key] = infos = module.PtxasInfo;
         }
         var info = infos.FirstOrDefault(i => i.Kernel == r.Kernel)
-            ?? throw new InvalidOperationException($"no ptxas report for kernel {r.Kernel} of {r.ModuleName} built for {arch} (does this NVRTC know {arch}?)");
+            ?? throw new DeviceUnavailableException($"no ptxas report for kernel {r.Kernel} of {r.ModuleName} built for {arch}: this NVRTC cannot build {arch} CUBINs, which the prediction's register counts come from");
         return new KernelResources(info.Registers, info.StaticSharedBytes);
     }
 }

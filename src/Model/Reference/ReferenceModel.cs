@@ -48,9 +48,9 @@ public sealed class ReferenceModel : ICausalLanguageModel
         var c = weights.Config;
         if (maxSequences < 1 || maxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(maxSequences), maxSequences, "must be in [1, 4096]");
         int ctx = contextLength ?? c.MaxPositionEmbeddings;
-        double maxCtx = c.MaxPositionEmbeddings * (c.RopeScaling?.Factor ?? 1.0);
-        if (ctx < 1 || ctx > maxCtx)
-            throw new ArgumentOutOfRangeException(nameof(contextLength), ctx, $"must be in [1, {maxCtx}] (max_position_embeddings x rope scaling factor)");
+        // Like the device model, any positive length runs (RoPE is defined at every position); past max_position_embeddings
+        // (x the YaRN factor) the model was not trained, which the CLI warns about (CliOptions.ContextCheck).
+        if (ctx < 1) throw new ArgumentOutOfRangeException(nameof(contextLength), ctx, $"context length {ctx} must be at least 1");
         if (pageSize < 1 || pageSize > 4096) throw new ArgumentOutOfRangeException(nameof(pageSize), pageSize, "KV page size must be in [1, 4096]");
         Weights = weights;
         ContextLength = ctx;

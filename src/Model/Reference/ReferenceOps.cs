@@ -5,7 +5,7 @@ using Qwen3Cuda.Model.Config;
 namespace Qwen3Cuda.Model.Reference;
 
 /// <summary>
-/// The CPU reference of every op of the Qwen3-MoE forward (design/qwen3-moe-reference.md), public so
+/// The CPU reference of every op of the Qwen3-MoE forward (docs/architecture.md, "A decode step"), public so
 /// kernel tests can compare against them. Activations are float32 spans holding bf16-exact values
 /// where the reference rounds; weights are bf16 bits (ushort), row-major as stored ([out, in]).
 /// Math is fp32 with the doc's bf16 rounding points; matmuls run in parallel over output rows and are

@@ -8,7 +8,7 @@ public sealed record ChatMessage(string Role, string Content, string? ReasoningC
     /// <summary>Tool calls of an assistant message, as JSON ([{"type":"function","function":{"name":..,"arguments":{..}}}]).</summary>
     public JsonElement? ToolCalls { get; init; }
 
-    public JinjaDict ToJinja()
+    internal JinjaDict ToJinja()
     {
         var d = new JinjaDict();
         d.Entries["role"] = new JinjaString(Role);
@@ -77,7 +77,7 @@ public sealed class ChatTemplate
     public string Render(JsonElement messages, bool addGenerationPrompt, bool? enableThinking = null, JsonElement? tools = null)
         => Render(JinjaValue.FromJson(messages), addGenerationPrompt, enableThinking, tools is JsonElement t ? JinjaValue.FromJson(t) : null);
 
-    public string Render(JinjaValue messages, bool addGenerationPrompt, bool? enableThinking, JinjaValue? tools,
+    internal string Render(JinjaValue messages, bool addGenerationPrompt, bool? enableThinking, JinjaValue? tools,
         IReadOnlyDictionary<string, JinjaValue>? extra = null)
     {
         var globals = JinjaInterpreter.CreateGlobals();

@@ -3,7 +3,7 @@ using System.Text;
 namespace Qwen3Cuda.Model.Templates;
 
 /// <summary>A variable scope; lookups walk up to the parent (globals at the root).</summary>
-public sealed class JinjaEnvironment(JinjaEnvironment? parent = null)
+internal sealed class JinjaEnvironment(JinjaEnvironment? parent = null)
 {
     readonly Dictionary<string, JinjaValue> _vars = new(StringComparer.Ordinal);
     public JinjaEnvironment? Parent { get; } = parent;
@@ -22,7 +22,7 @@ public sealed class JinjaEnvironment(JinjaEnvironment? parent = null)
 /// Evaluates a parsed template. Scoping follows @huggingface/jinja: `set` writes the current scope,
 /// a for loop has its own scope (shared by its iterations), macros see the caller's scope.
 /// </summary>
-public sealed class JinjaInterpreter
+internal sealed class JinjaInterpreter
 {
     sealed class BreakSignal : Exception;
     sealed class ContinueSignal : Exception;

@@ -2,7 +2,7 @@ using System.Text;
 
 namespace Qwen3Cuda.Model.Templates;
 
-public enum JinjaTokenType
+internal enum JinjaTokenType
 {
     Text, NumericLiteral, StringLiteral, Identifier, Equals, OpenParen, CloseParen, OpenStatement, CloseStatement,
     OpenExpression, CloseExpression, OpenSquareBracket, CloseSquareBracket, OpenCurlyBracket, CloseCurlyBracket,
@@ -11,13 +11,13 @@ public enum JinjaTokenType
 }
 
 /// <summary>A token and where it starts in the original template (1-based line and column).</summary>
-public sealed record JinjaToken(string Value, JinjaTokenType Type, int Line, int Column);
+internal sealed record JinjaToken(string Value, JinjaTokenType Type, int Line, int Column);
 
 /// <summary>
 /// Jinja lexer with the whitespace handling of transformers' chat templates (and @huggingface/jinja):
 /// one trailing newline dropped, lstrip_blocks and trim_blocks on, {%- -%} {{- -}} {#- -#} trimming.
 /// </summary>
-public static class JinjaLexer
+internal static class JinjaLexer
 {
     static readonly (string Seq, JinjaTokenType Type)[] Table =
     [

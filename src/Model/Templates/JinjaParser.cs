@@ -8,7 +8,7 @@ namespace Qwen3Cuda.Model.Templates;
 /// Statements: if/elif/else, for (with else and inline if), set (also block set and tuple/attribute
 /// targets), macro, call, filter, break, continue. Anything else is an error naming it and its position.
 /// </summary>
-public sealed class JinjaParser
+internal sealed class JinjaParser
 {
     readonly List<JinjaToken> _t;
     int _i;

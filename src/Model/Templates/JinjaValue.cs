@@ -9,7 +9,7 @@ namespace Qwen3Cuda.Model.Templates;
 /// chat templates are tested against): JSON numbers that are whole become integers, undefined and
 /// none print as nothing, lists and dicts print as JSON, booleans print as true/false.
 /// </summary>
-public abstract class JinjaValue
+internal abstract class JinjaValue
 {
     public abstract string TypeName { get; }
     public virtual bool IsTruthy => true;
@@ -94,21 +94,21 @@ public abstract class JinjaValue
     }
 }
 
-public sealed class JinjaUndefined : JinjaValue
+internal sealed class JinjaUndefined : JinjaValue
 {
     public override string TypeName => "undefined";
     public override bool IsTruthy => false;
     public override string ToString() => "";
 }
 
-public sealed class JinjaNone : JinjaValue
+internal sealed class JinjaNone : JinjaValue
 {
     public override string TypeName => "none";
     public override bool IsTruthy => false;
     public override string ToString() => "";
 }
 
-public sealed class JinjaBool(bool value) : JinjaValue
+internal sealed class JinjaBool(bool value) : JinjaValue
 {
     public bool Value { get; } = value;
     public override string TypeName => "boolean";
@@ -116,7 +116,7 @@ public sealed class JinjaBool(bool value) : JinjaValue
     public override string ToString() => Value ? "true" : "false";
 }
 
-public sealed class JinjaInt(long value) : JinjaValue
+internal sealed class JinjaInt(long value) : JinjaValue
 {
     public long Value { get; } = value;
     public override string TypeName => "integer";
@@ -124,7 +124,7 @@ public sealed class JinjaInt(long value) : JinjaValue
     public override string ToString() => Value.ToString(CultureInfo.InvariantCulture);
 }
 
-public sealed class JinjaFloat(double value) : JinjaValue
+internal sealed class JinjaFloat(double value) : JinjaValue
 {
     public double Value { get; } = value;
     public override string TypeName => "float";
@@ -135,7 +135,7 @@ public sealed class JinjaFloat(double value) : JinjaValue
         : FormatJsNumber(Value);
 }
 
-public sealed class JinjaString(string value) : JinjaValue
+internal sealed class JinjaString(string value) : JinjaValue
 {
     public string Value { get; } = value;
     public override string TypeName => "string";
@@ -143,7 +143,7 @@ public sealed class JinjaString(string value) : JinjaValue
     public override string ToString() => Value;
 }
 
-public sealed class JinjaList(List<JinjaValue> items, bool isTuple = false) : JinjaValue
+internal sealed class JinjaList(List<JinjaValue> items, bool isTuple = false) : JinjaValue
 {
     public List<JinjaValue> Items { get; } = items;
     public bool IsTuple { get; } = isTuple;
@@ -153,7 +153,7 @@ public sealed class JinjaList(List<JinjaValue> items, bool isTuple = false) : Ji
 }
 
 /// <summary>A dict (insertion-ordered). Also the keyword-arguments bag passed to functions.</summary>
-public class JinjaDict : JinjaValue
+internal class JinjaDict : JinjaValue
 {
     public OrderedDictionary<string, JinjaValue> Entries { get; }
     public JinjaDict() => Entries = new OrderedDictionary<string, JinjaValue>(StringComparer.Ordinal);
@@ -168,7 +168,7 @@ public class JinjaDict : JinjaValue
 }
 
 /// <summary>Result of namespace(...): attributes can be assigned with {% set ns.x = ... %}.</summary>
-public sealed class JinjaNamespace : JinjaValue
+internal sealed class JinjaNamespace : JinjaValue
 {
     public OrderedDictionary<string, JinjaValue> Entries { get; } = new(StringComparer.Ordinal);
     public override string TypeName => "namespace";
@@ -176,7 +176,7 @@ public sealed class JinjaNamespace : JinjaValue
 }
 
 /// <summary>A callable: macros, namespace(), range(), raise_exception(), string methods.</summary>
-public sealed class JinjaFunction(string name, Func<List<JinjaValue>, JinjaDict, JinjaEnvironment, JinjaValue> call) : JinjaValue
+internal sealed class JinjaFunction(string name, Func<List<JinjaValue>, JinjaDict, JinjaEnvironment, JinjaValue> call) : JinjaValue
 {
     public string Name { get; } = name;
     public Func<List<JinjaValue>, JinjaDict, JinjaEnvironment, JinjaValue> Call { get; } = call;
@@ -185,7 +185,7 @@ public sealed class JinjaFunction(string name, Func<List<JinjaValue>, JinjaDict,
 }
 
 /// <summary>The tojson filter: Python json.dumps layout (", " and ": " separators by default), no ASCII escaping by default.</summary>
-public static class JinjaJson
+internal static class JinjaJson
 {
     public sealed record Options(int? Indent, bool EnsureAscii, string? ItemSeparator, string? KeySeparator, bool SortKeys)
     {
@@ -279,8 +279,9 @@ public static class JinjaJson
 }
 
 /// <summary>A template error: names the construct and, when known, the line and column in the template source.</summary>
-public sealed class JinjaException : Exception
+public sealed class JinjaException : Runtime.Qwen3CudaException
 {
+    public override Runtime.ErrorKind Kind => Runtime.ErrorKind.InvalidInput;
     public int Line { get; }
     public int Column { get; }
     public JinjaException(string message) : base(message) { }

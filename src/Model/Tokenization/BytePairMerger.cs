@@ -8,7 +8,7 @@ namespace Qwen3Cuda.Model.Tokenization;
 /// token ids: every byte starts as its single-byte token, and a merge maps (left id, right id) to
 /// (rank, merged id).
 /// </summary>
-public sealed class BytePairMerger
+internal sealed class BytePairMerger
 {
     readonly int[] _byteTokenId;                 // [256]
     readonly Dictionary<long, long> _merges;     // key (left << 32 | right) -> (rank << 32 | merged id)

@@ -10,7 +10,7 @@ namespace Qwen3Cuda.Model.Tokenization;
 /// <see cref="string.Normalize()"/> returns its input unchanged. Strings made only of code points
 /// with NFC_Quick_Check = Yes that cannot combine with a predecessor are returned as they are.
 /// </summary>
-public static class Nfc
+internal static class Nfc
 {
     const int SBase = 0xAC00, LBase = 0x1100, VBase = 0x1161, TBase = 0x11A7;
     const int LCount = 19, VCount = 21, TCount = 28, NCount = VCount * TCount, SCount = LCount * NCount;

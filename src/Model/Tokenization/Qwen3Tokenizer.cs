@@ -32,7 +32,7 @@ public sealed class Qwen3Tokenizer
     readonly Lock _cacheLock = new();
 
     /// <summary>GPT-2's byte-to-printable-character map used by byte-level BPE vocabularies.</summary>
-    public static readonly char[] ByteToChar = BuildByteToChar();
+    internal static readonly char[] ByteToChar = BuildByteToChar();
 
     public IReadOnlyList<AddedToken> AddedTokens { get; }
     internal BytePairMerger Merger => _merger;

@@ -11,7 +11,7 @@ namespace Qwen3Cuda.Model.Tokenization;
 /// with "Isolated" behaviour. Every code point is covered by some alternative, so the pieces tile the
 /// input. \s is JavaScript's white space set (the reference tokenizer runs on a JS regex).
 /// </summary>
-public static class QwenPreTokenizer
+internal static class QwenPreTokenizer
 {
     /// <summary>Character classes of the pattern; "Other" is [^\s\p{L}\p{N}].</summary>
     enum Cls : byte { Other, Letter, Number, Space, LineBreak }
@@ -154,7 +154,7 @@ public static class QwenPreTokenizer
 }
 
 /// <summary>Receives the pieces found by <see cref="QwenPreTokenizer.Split{TSink}"/>.</summary>
-public interface IPieceSink
+internal interface IPieceSink
 {
     void Piece(ReadOnlySpan<char> text, int start, int length);
 }

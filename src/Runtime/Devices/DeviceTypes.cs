@@ -66,10 +66,11 @@ public readonly record struct KernelAttributes(
     int Registers, int StaticSharedBytes, int LocalBytesPerThread, int MaxThreadsPerBlock, int MaxDynamicSharedBytes);
 
 /// <summary>Thrown for device errors: a failed driver call, an emulator fault, out of device memory.</summary>
-public class DeviceException : Exception
+public class DeviceException : Qwen3CudaException
 {
     public DeviceException(string message) : base(message) { }
     public DeviceException(string message, Exception inner) : base(message, inner) { }
+    public override ErrorKind Kind => ErrorKind.DeviceFault;
 }
 
 /// <summary>Thrown when the device has not enough free memory for an allocation.</summary>
@@ -77,4 +78,5 @@ public sealed class DeviceOutOfMemoryException : DeviceException
 {
     public long RequestedBytes { get; }
     public DeviceOutOfMemoryException(long requestedBytes, string message) : base(message) => RequestedBytes = requestedBytes;
+    public override ErrorKind Kind => ErrorKind.OutOfMemory;
 }

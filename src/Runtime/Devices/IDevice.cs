@@ -6,7 +6,7 @@ namespace Qwen3Cuda.Runtime;
 /// Rules every implementation keeps:
 /// <list type="bullet">
 /// <item>Allocations are 256-byte aligned and not zeroed. Out of memory throws <see cref="DeviceOutOfMemoryException"/>.</item>
-/// <item>Work on a stream runs in issue order; <see cref="Launch"/> and the *Async copies never synchronise the host.</item>
+/// <item>Work on a stream runs in issue order; <c>Launch</c> and the *Async copies never synchronise the host.</item>
 /// <item>Synchronous copies (no stream argument) wait for all prior work on the device first, like cuMemcpy.</item>
 /// <item>Between <see cref="BeginCapture"/> and <see cref="EndCapture"/> work on that stream is recorded, not run.</item>
 /// </list>

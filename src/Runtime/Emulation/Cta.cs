@@ -189,7 +189,7 @@ internal sealed unsafe class Cta
 }
 
 /// <summary>
-/// Shared-memory race detection at warp granularity (design doc §4.7): a shadow entry per 4-byte word
+/// Shared-memory race detection at warp granularity (docs/emulator.md): a shadow entry per 4-byte word
 /// records the epoch (CTA barrier generation) and warp of the last write and the reader warps; two
 /// different warps touching a word in the same epoch with at least one write is a hazard.
 /// </summary>

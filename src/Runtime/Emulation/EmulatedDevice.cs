@@ -6,7 +6,7 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// <see cref="IDevice"/> on the CPU: runs the PTX of a <see cref="CompiledModule"/> with the warp interpreter,
 /// checks every memory access (memcheck), shared-memory races (racecheck) and warp/CTA synchronisation
 /// (synccheck), and records counters per launch (<see cref="LastLaunch"/>, <see cref="Launches"/>).
-/// Streams execute eagerly and in order: a launch runs to completion before <see cref="Launch"/> returns.
+/// Streams execute eagerly and in order: a launch runs to completion before <c>Launch</c> returns.
 /// </summary>
 public sealed unsafe class EmulatedDevice : IDevice
 {

@@ -2,7 +2,7 @@ using System.Runtime.CompilerServices;
 
 namespace Qwen3Cuda.Runtime.Emulation;
 
-/// <summary>PTX floating-point semantics that C# does not give directly (design doc §3.6).</summary>
+/// <summary>PTX floating-point semantics that C# does not give directly (docs/emulator.md).</summary>
 internal static class FloatMath
 {
     public const uint CanonicalNaN32 = 0x7FFFFFFF;

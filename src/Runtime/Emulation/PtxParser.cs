@@ -3,7 +3,7 @@ using System.Globalization;
 namespace Qwen3Cuda.Runtime.Emulation;
 
 /// <summary>
-/// Recursive-descent parser for the PTX that NVRTC 11.8 emits (see docs/design ptx-emulator.md §2.4).
+/// Recursive-descent parser for the PTX that NVRTC 11.8 emits (docs/emulator.md).
 /// Registers are resolved to slots while parsing (inline-asm <c>{ }</c> scopes shadow), labels after
 /// each function; <see cref="InstrDecoder"/> turns opcode strings into <see cref="Instr"/> fields.
 /// </summary>

@@ -7,7 +7,7 @@ internal enum WarpStatus : byte { Running, Done, AtBarrier, Yield }
 
 /// <summary>
 /// One warp in lockstep: a structure-of-arrays register file (<c>R[slot*32 + lane]</c>, every register
-/// held as 64 bits), predicates as 32-bit lane masks, and min-PC reconvergence (design doc §4.4):
+/// held as 64 bits), predicates as 32-bit lane masks, and min-PC reconvergence (docs/emulator.md):
 /// the group with the lowest PC runs; lanes that branch elsewhere are parked with their PC and merge
 /// back when the running group reaches it.
 /// </summary>

@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics;
 
 namespace Qwen3Cuda.Runtime.Emulation;
 
-/// <summary>mma.sync (m16n8k16 / m16n8k8, bf16/f16 → f32), ldmatrix, cp.async (design doc §3.1–3.3).</summary>
+/// <summary>mma.sync (m16n8k16 / m16n8k8, bf16/f16 → f32), ldmatrix, cp.async (docs/emulator.md).</summary>
 internal sealed unsafe partial class Warp
 {
     private readonly double[] _ma = new double[16 * 16], _mb = new double[8 * 16], _mc = new double[16 * 8];

@@ -33,6 +33,11 @@ public sealed class KernelCompiler
 
     private readonly Func<IReadOnlyList<int>> _supportedArchs;
 
+    /// <summary>Called with the file name before NVRTC compiles a module the cache does not hold (seconds each on a cold cache).</summary>
+    public Action<string>? CompileStarting { get; set; }
+
+    /// <param name="cacheDirectory">Where compiled modules are cached (default: <see cref="DefaultCacheDirectory"/>).</param>
+    /// <param name="useCache">False disables the disk cache.</param>
     /// <param name="supportedArchs">The architectures NVRTC can build (default: <see cref="NvrtcLibrary.SupportedArchs"/>);
     /// tests pass an older NVRTC's list.</param>
     public KernelCompiler(string? cacheDirectory = null, bool useCache = true, Func<IReadOnlyList<int>>? supportedArchs = null)
@@ -70,6 +75,7 @@ public sealed class KernelCompiler
         string key = CacheKey(name, source, options, $"{major}.{minor}");
         if (TryLoad(key, name, options) is { } cached) return cached;
 
+        CompileStarting?.Invoke(name);
         var sw = Stopwatch.StartNew();
         using var program = new NvrtcProgram(source, name, KernelSources.Headers);
         string log = program.Compile(options);

@@ -17,6 +17,9 @@ public struct CheckFiniteParams
 
 /// <summary>The first non-finite element a <see cref="CheckFiniteLaunchers.CheckFinite"/> launch saw, decoded from its key.</summary>
 /// <param name="Stage">0: the embedding output; l + 1: the residual stream after layer l.</param>
+/// <param name="Row">The token row of the step.</param>
+/// <param name="Column">The element within the row.</param>
+/// <param name="Position">The row's position in its sequence.</param>
 public readonly record struct NonFiniteRecord(int Stage, int Row, int Column, int Position)
 {
     /// <summary>The record's value when nothing was found (set it before the first check and after reading one).</summary>

@@ -84,7 +84,7 @@ public sealed class GemvLaunchers
 
     /// <summary>
     /// y = x W^T (+ residual), bf16, fp32 accumulation. <paramref name="partial"/> is fp32 workspace of
-    /// <see cref="GemvPlan.PartialBytes"/> bytes for the plan <see cref="Plan"/> returns (may be null when that is 0).
+    /// <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns (may be null when that is 0).
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr w, DevicePtr residual,
         int tokens, int n, int k, DevicePtr partial, long partialBytes) =>
@@ -92,7 +92,7 @@ public sealed class GemvLaunchers
 
     /// <summary>
     /// y = x W^T (+ residual) with W in any loaded format (the variant from <see cref="Variants"/>). <paramref name="partial"/>
-    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <see cref="Plan"/> returns.
+    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns.
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
         int tokens, int n, int k, DevicePtr partial, long partialBytes)

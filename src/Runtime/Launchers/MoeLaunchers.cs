@@ -2,7 +2,7 @@ namespace Qwen3Cuda.Runtime.Launchers;
 
 /// <summary>
 /// Launchers for the MoE kernels (kernels/moe_router.cu, moe_align.cu, moe_decode.cu, moe_gemm.cu,
-/// moe_combine.cu) and the block-level entry point <see cref="MoeBlock"/>. Nothing here allocates or
+/// moe_combine.cu) and the block-level entry point <c>MoeBlock</c>. Nothing here allocates or
 /// synchronises; every launch goes to the given stream (graph-capturable).
 /// </summary>
 public sealed class MoeLaunchers

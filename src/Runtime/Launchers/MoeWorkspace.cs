@@ -4,7 +4,7 @@ namespace Qwen3Cuda.Runtime.Launchers;
 public readonly record struct MoeShape(int Experts, int TopK, int Hidden, int Inter, bool NormTopkProb);
 
 /// <summary>
-/// Byte offsets of every buffer <see cref="MoeLaunchers.MoeBlock"/> carves out of the caller's workspace for T tokens
+/// Byte offsets of every buffer <c>MoeLaunchers.MoeBlock</c> carves out of the caller's workspace for T tokens
 /// (each 256-byte aligned). Sizes (T tokens, E experts, k, I, H; BM = 64 the GEMM tile height):
 /// <code>
 /// logits        fp32 [T, E]                router logits (bf16 values)

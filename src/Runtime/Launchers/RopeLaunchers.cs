@@ -52,8 +52,8 @@ public sealed class RopeLaunchers
     public int HeadDim { get; }
 
     /// <summary>
-    /// q/k norm + RoPE for <paramref name="tokens"/> rows of the fused qkv projection; q to <paramref name="qOut"/>,
-    /// k and v to the paged caches at <paramref name="slotMapping"/>[t] (int32 on device).
+    /// q/k norm + RoPE for <c>p.Tokens</c> rows of the fused qkv projection; q to <c>p.QOut</c>,
+    /// k and v to the paged caches at <c>p.SlotMapping</c>[t] (int32 on device).
     /// </summary>
     public void QkNormRopeKvWrite(DeviceStream stream, in QkNormRopeParams p)
     {

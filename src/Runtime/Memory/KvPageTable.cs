@@ -1,7 +1,10 @@
 namespace Qwen3Cuda.Runtime.Memory;
 
 /// <summary>Thrown when a sequence needs more KV pages than are free (the caller may preempt another sequence and retry).</summary>
-public sealed class KvCacheFullException(string message) : InvalidOperationException(message);
+public sealed class KvCacheFullException(string message) : Qwen3CudaException(message)
+{
+    public override ErrorKind Kind => ErrorKind.OutOfMemory;
+}
 
 /// <summary>
 /// The host side of a paged KV cache (docs/architecture.md, "KV pages"): which pages each sequence holds, in order (its
@@ -33,6 +36,9 @@ public sealed class KvPageTable
     private readonly List<(int Source, int Destination)> _pendingCopies = [];
 
     /// <param name="pages">Pages in the pool, the scratch page 0 included.</param>
+    /// <param name="pageSize">Tokens per page.</param>
+    /// <param name="maxSequences">Sequences held at once (ids 0 .. maxSequences - 1).</param>
+    /// <param name="maxPagesPerSequence">Longest block table of one sequence.</param>
     public KvPageTable(int pages, int pageSize, int maxSequences, int maxPagesPerSequence)
     {
         if (pages < 2) throw new ArgumentOutOfRangeException(nameof(pages), $"KV cache: {pages} pages; at least 2 are needed (page 0 is the scratch page)");

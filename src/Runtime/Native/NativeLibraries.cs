@@ -4,7 +4,10 @@ using System.Runtime.InteropServices;
 namespace Qwen3Cuda.Runtime.Native;
 
 /// <summary>Thrown when NVRTC or the CUDA driver cannot be loaded; the message lists every name tried.</summary>
-public sealed class NativeLibraryMissingException(string message) : Exception(message);
+public sealed class NativeLibraryMissingException(string message) : Qwen3CudaException(message)
+{
+    public override ErrorKind Kind => ErrorKind.Unavailable;
+}
 
 /// <summary>
 /// Resolves the logical library names used by the [LibraryImport] declarations ("nvrtc", "cuda") to a

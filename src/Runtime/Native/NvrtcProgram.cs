@@ -4,8 +4,10 @@ using System.Text;
 namespace Qwen3Cuda.Runtime.Native;
 
 /// <summary>An NVRTC failure: the call, the NVRTC error, and for compile errors the full compile log.</summary>
-public sealed class NvrtcException(string message, string log = "") : Exception(message)
+public sealed class NvrtcException(string message, string log = "") : Qwen3CudaException(message)
 {
+    /// <summary>A source that does not compile is an input problem (the `emulate` verb's file, or a kernel edit).</summary>
+    public override ErrorKind Kind => ErrorKind.InvalidInput;
     /// <summary>The compile log (empty unless the failure was a compilation).</summary>
     public string Log { get; } = log;
 }

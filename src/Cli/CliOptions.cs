@@ -1,0 +1,260 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Globalization;
+using Qwen3Cuda.Model.Sampling;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Cli;
+
+/// <summary>
+/// Every option of every verb is made here, so that one name means one thing everywhere and every value is
+/// checked while parsing, with a one-line message that names the option as typed (never a .NET type).
+/// The naming scheme (llama.cpp's where it has one; old spellings stay as aliases):
+/// <list type="bullet">
+/// <item>-m/--model: a model folder, a Hugging Face repo id in the local cache, or demo;</item>
+/// <item>-c/--ctx-size (alias --context): tokens of context per sequence;</item>
+/// <item>--ids (alias --tokens on logits): token ids as a list; -p/--n-prompt and -n/--n-gen (bench, profile): token counts;</item>
+/// <item>-p/--prompt TEXT and -f/--prompt-file F (generate), - meaning stdin; -n/--max-new-tokens (alias --n-predict);</item>
+/// <item>-s/--seed, --temperature (alias --temp) and the other sampling options; --device; --gpu-memory or --gpu-memory-utilization.</item>
+/// </list>
+/// </summary>
+public static class CliOptions
+{
+    /// <summary>The largest --ctx-size accepted at all (16 M tokens); the model's own limit only warns (see <see cref="ContextCheck"/>).</summary>
+    public const int MaxContextTokens = 1 << 24;
+
+    public const string ModelDescription =
+        "Model: a folder with config.json, *.safetensors, tokenizer.json and tokenizer_config.json; a Hugging Face repo id " +
+        "found in the local Hugging Face cache (e.g. Qwen/Qwen3-30B-A3B); or demo (a small random model with the real Qwen3 " +
+        "tokenizer, made on first use: its text is meaningless)";
+
+    public static Option<string> Model(bool required = true) =>
+        new("--model", "-m") { Description = ModelDescription, Required = required, HelpName = "DIR|ORG/NAME|demo" };
+
+    /// <summary>--device with the backends a verb supports; auto's meaning is the verb's (see its description).</summary>
+    public static Option<string> Device(string defaultValue, string description, params string[] allowed) =>
+        new("--device")
+        {
+            Description = description,
+            DefaultValueFactory = _ => defaultValue,
+            HelpName = string.Join("|", allowed),
+            CustomParser = r =>
+            {
+                string v = Token(r).Trim().ToLowerInvariant();
+                v = v switch { "gpu" => "cuda", "emu" => "emulator", _ => v };
+                if (!allowed.Contains(v)) r.AddError($"{Name(r)}: '{Token(r)}' is not one of {string.Join(", ", allowed)}");
+                return v;
+            },
+        };
+
+    public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context"],
+        "Tokens of context per sequence (default: the model's max_position_embeddings, or on a GPU as many as fit)", 1, MaxContextTokens, "N");
+
+    public static Option<long?> GpuMemory() => new("--gpu-memory")
+    {
+        Description = "Device memory to plan for, e.g. 24GiB (default: the device's free memory)",
+        HelpName = "BYTES",
+        CustomParser = r =>
+        {
+            try
+            {
+                long v = ByteSize.Parse(Token(r), Name(r));
+                if (v <= 0) r.AddError($"{Name(r)}: must be positive, got '{Token(r)}'");
+                return v;
+            }
+            catch (FormatException e) { r.AddError(e.Message); return null; }
+        },
+    };
+
+    /// <summary>
+    /// --gpu-memory-utilization U (vLLM's name and meaning): the fraction of the device's total memory in use once the model
+    /// is loaded; (1 - U) x total stays free. Default: keep max(1 GiB, 3% of total) free.
+    /// </summary>
+    public static Option<double?> GpuMemoryUtilization() => new("--gpu-memory-utilization")
+    {
+        Description = "Fraction of the device's total memory the model may fill, in (0, 1] (memory already in use counts against it; " +
+                      "default: keep max(1 GiB, 3%) free). Device backends only",
+        HelpName = "U",
+        CustomParser = r =>
+        {
+            if (!double.TryParse(Token(r), NumberStyles.Float, CultureInfo.InvariantCulture, out double u) || !(u > 0 && u <= 1))
+            {
+                r.AddError($"{Name(r)}: '{Token(r)}' is not a fraction of the device's memory in (0, 1], e.g. 0.9");
+                return null;
+            }
+            return u;
+        },
+    };
+
+    /// <summary>An int option with a default, checked against [min, max].</summary>
+    public static Option<int> Int(string name, string[] aliases, string description, int defaultValue, int min, int max, string helpName = "N") =>
+        new(name, aliases)
+        {
+            Description = description,
+            DefaultValueFactory = _ => defaultValue,
+            HelpName = helpName,
+            CustomParser = r => ParseInt(r, min, max) ?? defaultValue,
+        };
+
+    public static Option<int?> NullableInt(string name, string[] aliases, string description, int min, int max, string helpName = "N") =>
+        new(name, aliases) { Description = description, HelpName = helpName, CustomParser = r => ParseInt(r, min, max) };
+
+    public static Option<double> Seconds(string name, string description, double defaultValue) => new(name)
+    {
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        HelpName = "S",
+        CustomParser = r =>
+        {
+            if (!double.TryParse(Token(r), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !(v > 0) || double.IsInfinity(v))
+            {
+                r.AddError($"{Name(r)}: '{Token(r)}' is not a positive number of seconds");
+                return defaultValue;
+            }
+            return v;
+        },
+    };
+
+    /// <summary>A choice among fixed words.</summary>
+    public static Option<string> Choice(string name, string[] aliases, string description, string defaultValue, params string[] allowed) =>
+        new(name, aliases)
+        {
+            Description = description,
+            DefaultValueFactory = _ => defaultValue,
+            HelpName = string.Join("|", allowed),
+            CustomParser = r =>
+            {
+                string v = Token(r).Trim().ToLowerInvariant();
+                if (!allowed.Contains(v)) r.AddError($"{Name(r)}: '{Token(r)}' is not one of {string.Join(", ", allowed)}");
+                return v;
+            },
+        };
+
+    internal static int? ParseInt(ArgumentResult r, int min, int max)
+    {
+        string t = Token(r);
+        if (!long.TryParse(t, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long v))
+        {
+            r.AddError($"{Name(r)}: '{t}' is not a whole number{Range(min, max)}");
+            return null;
+        }
+        if (v < min || v > max)
+        {
+            r.AddError($"{Name(r)}: {t} is out of range{Range(min, max)}");
+            return null;
+        }
+        return (int)v;
+    }
+
+    static string Range(long min, long max) => max == int.MaxValue ? $" (at least {min})" : $" ({min} to {max})";
+
+    internal static string Token(ArgumentResult r) => r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
+
+    /// <summary>The option as the user typed it (an alias stays an alias).</summary>
+    internal static string Name(ArgumentResult r) =>
+        r.Parent is OptionResult o ? o.IdentifierToken?.Value ?? o.Option.Name : r.Argument.Name;
+
+    /// <summary>
+    /// The context length a verb will use, checked against the model: beyond max_position_embeddings (times the YaRN
+    /// factor when config.json has rope_scaling) positions were never trained, so it warns and says how to extend the
+    /// context with YaRN; it does not refuse (the kernels and the reference run any length).
+    /// </summary>
+    public static void ContextCheck(int? ctx, Model.Config.ModelConfig config, TextWriter stderr)
+    {
+        if (ctx is not int n) return;
+        double limit = config.MaxPositionEmbeddings * (config.RopeScaling?.Factor ?? 1.0);
+        if (n <= limit) return;
+        string why = config.RopeScaling is null
+            ? $"the model's max_position_embeddings is {config.MaxPositionEmbeddings}"
+            : $"the model's max_position_embeddings {config.MaxPositionEmbeddings} x rope_scaling factor {config.RopeScaling.Factor} is {limit:F0}";
+        string yarn = config.RopeScaling is null
+            ? "; Qwen3 reaches 131072 tokens with YaRN: add \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768} to config.json (see docs/model-formats.md)"
+            : "; raise rope_scaling.factor in config.json for a longer context (see docs/model-formats.md)";
+        stderr.WriteLine($"warning: --ctx-size {n} is beyond what the model was trained for ({why}): output degrades past that position{yarn}");
+    }
+}
+
+/// <summary>The sampling and generation options of generate and chat; unset values come from the model's defaults.</summary>
+sealed class SamplingCliOptions
+{
+    public readonly Option<float?> Temperature = Float("--temperature", ["--temp"], "Sampling temperature (0 = greedy)", v => new SamplingOptions { Temperature = v });
+    public readonly Option<int?> TopK = CliOptions.NullableInt("--top-k", [], "Keep the K most likely tokens (0 = off)", 0, int.MaxValue, "K");
+    public readonly Option<float?> TopP = Float("--top-p", [], "Nucleus sampling mass in (0, 1]", v => new SamplingOptions { TopP = v });
+    public readonly Option<float?> MinP = Float("--min-p", [], "Drop tokens below this fraction of the most likely one, in [0, 1]", v => new SamplingOptions { MinP = v });
+    public readonly Option<float?> PresencePenalty = Float("--presence-penalty", [], "Subtracted from logits of generated tokens, in [-2, 2]", v => new SamplingOptions { PresencePenalty = v });
+    public readonly Option<float?> RepetitionPenalty = Float("--repetition-penalty", [], "Repetition penalty (> 0, 1 = off)", v => new SamplingOptions { RepetitionPenalty = v });
+    public readonly Option<ulong?> Seed = new("--seed", "-s")
+    {
+        Description = "Random seed (0 to 18446744073709551615); the seed used is printed with the stats, so a run can be repeated",
+        HelpName = "N",
+        CustomParser = r =>
+        {
+            if (ulong.TryParse(CliOptions.Token(r), NumberStyles.None, CultureInfo.InvariantCulture, out ulong v)) return v;
+            r.AddError($"{CliOptions.Name(r)}: '{CliOptions.Token(r)}' is not a whole number from 0 to 18446744073709551615");
+            return null;
+        },
+    };
+    public readonly Option<int> MaxNewTokens = CliOptions.Int("--max-new-tokens", ["-n", "--n-predict"], "Most tokens to generate per answer", 512, 1, 1 << 24);
+    public readonly Option<string> Device = CliOptions.Device("auto",
+        "auto (default): cuda when a GPU opens, else the CPU reference (says which on stderr) | cuda | cpu (the C# reference) | emulator (the CUDA kernels on the PTX emulator: for testing, 30-40x slower than cpu)",
+        "auto", "cuda", "cpu", "emulator");
+    public readonly Option<int?> Context = CliOptions.CtxSize();
+    public readonly Option<long?> GpuMemory = CliOptions.GpuMemory();
+    public readonly Option<double?> GpuMemoryUtilization = CliOptions.GpuMemoryUtilization();
+    public readonly Option<bool> NoThink = new("--no-think") { Description = "Disable thinking (enable_thinking=false in the chat template)" };
+    public readonly Option<string[]> Stop = new("--stop")
+    {
+        Description = "Stop when the answer contains this text (repeat for several); the stop text is not printed",
+        HelpName = "TEXT",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    /// <summary>A float option whose range rule is <see cref="SamplingOptions.Validate"/>'s (one rule for the library and the CLI).</summary>
+    static Option<float?> Float(string name, string[] aliases, string description, Func<float, SamplingOptions> probe) => new(name, aliases)
+    {
+        Description = description,
+        HelpName = "X",
+        CustomParser = r =>
+        {
+            string t = CliOptions.Token(r);
+            if (!float.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out float v) || !float.IsFinite(v))
+            {
+                r.AddError($"{CliOptions.Name(r)}: '{t}' is not a number");
+                return null;
+            }
+            try { probe(v).Validate(); }
+            catch (ArgumentException e) { r.AddError(e.Message.Replace(name, CliOptions.Name(r), StringComparison.Ordinal)); return null; }
+            return v;
+        },
+    };
+
+    public void AddTo(Command cmd)
+    {
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, GpuMemory, GpuMemoryUtilization, NoThink })
+            cmd.Options.Add(o);
+    }
+
+    /// <summary>The sampling options: the command line over the model's defaults, with a seed always chosen (and so printable).</summary>
+    public SamplingOptions Sampling(ParseResult p, string modelDir, bool thinking, ulong seed)
+    {
+        var d = SamplingOptions.DefaultsFor(modelDir, thinking);
+        var o = d with
+        {
+            Temperature = p.GetValue(Temperature) ?? d.Temperature,
+            TopK = p.GetValue(TopK) ?? d.TopK,
+            TopP = p.GetValue(TopP) ?? d.TopP,
+            MinP = p.GetValue(MinP) ?? d.MinP,
+            PresencePenalty = p.GetValue(PresencePenalty) ?? d.PresencePenalty,
+            RepetitionPenalty = p.GetValue(RepetitionPenalty) ?? d.RepetitionPenalty,
+            Seed = seed,
+        };
+        o.Validate();
+        return o;
+    }
+
+    /// <summary>--seed, else a random one (printed with the stats so the run can be repeated).</summary>
+    public ulong ChooseSeed(ParseResult p) => p.GetValue(Seed) ?? (ulong)Random.Shared.NextInt64(0, 1L << 53);
+
+    public IReadOnlyList<string> StopStrings(ParseResult p) =>
+        p.GetValue(Stop) is { } s ? s.Where(x => x.Length > 0).ToArray() : [];
+}

@@ -1,0 +1,34 @@
+using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Checkpoint;
+using Qwen3Cuda.Tests.Model;
+using Qwen3Cuda.Tests.Text;
+
+namespace Qwen3Cuda.Tests.Cli;
+
+/// <summary>Models for CLI tests: the tiny preset with the tiny test tokenizer (text in, text out, vocab 512), and the demo.</summary>
+public static class CliModels
+{
+    static readonly Lazy<string> TinyTextDir = new(() =>
+    {
+        string dir = TestCheckpoints.NewDir("tiny-text");
+        SyntheticCheckpoint.Write(SyntheticPreset.Tiny, seed: 7, dir);
+        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
+            File.Copy(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model", f), Path.Combine(dir, f), overwrite: true);
+        return dir;
+    });
+
+    /// <summary>The tiny preset (H 64, 2 layers, vocab 512, max_position_embeddings 2048) with a tokenizer and chat template.</summary>
+    public static string TinyText() => TinyTextDir.Value;
+
+    /// <summary>
+    /// Points <see cref="ModelLocator.CacheEnvironmentVariable"/> at a folder under the test run's temp root, so `--model demo`
+    /// makes its demo there (once per run) instead of in the user's cache; Assert.Ignore without the real tokenizer.
+    /// </summary>
+    public static string UseTestModelCache()
+    {
+        TextTestSupport.RequireQwenTokenizerDir();
+        string cache = Path.Combine(TestCheckpoints.Root, "model-cache");
+        Environment.SetEnvironmentVariable(ModelLocator.CacheEnvironmentVariable, cache);
+        return cache;
+    }
+}
