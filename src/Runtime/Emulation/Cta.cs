@@ -84,12 +84,22 @@ internal sealed unsafe class Cta
             for (int w = 0; w < Warps.Length; w++)
             {
                 if (status[w] is WarpStatus.Done or WarpStatus.AtBarrier) continue;
+                long before = Counters.WarpInstructions;
                 status[w] = Warps[w].Run(Quantum);
+                Warps[w].Instructions += Counters.WarpInstructions - before;
                 anyLive = true;
             }
             bool allDone = true;
             for (int w = 0; w < Warps.Length; w++) if (status[w] != WarpStatus.Done) allDone = false;
-            if (allDone) return;
+            if (allDone)
+            {
+                foreach (var wp in Warps)
+                {
+                    wp.CloseTrip();
+                    Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips);
+                }
+                return;
+            }
             if (TryReleaseBarriers(status)) continue;
             if (!anyLive || AllBlocked(status)) throw Deadlock(status);
             if (L.DeadlineTimestamp != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > L.DeadlineTimestamp) throw WatchdogFault(status);

@@ -18,6 +18,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private readonly EmuStream _default;
     private readonly List<LaunchRecord> _launches = [];
     private long _launchId;
+    private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
     private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
     private bool _disposed;
 
@@ -43,7 +44,17 @@ public sealed unsafe class EmulatedDevice : IDevice
     public LaunchRecord? LastLaunch { get; private set; }
     /// <summary>Every launch since the last <see cref="ClearLaunches"/>, in order.</summary>
     public IReadOnlyList<LaunchRecord> Launches => _launches;
-    public void ClearLaunches() => _launches.Clear();
+    /// <summary>Every asynchronous copy and memset since the last <see cref="ClearLaunches"/>, in order (graph nodes included).</summary>
+    public IReadOnlyList<DeviceOperation> Operations => _operations;
+    public void ClearLaunches()
+    {
+        _launches.Clear();
+        _operations.Clear();
+    }
+
+    private readonly List<DeviceOperation> _operations = [];
+    private bool _replaying;
+    private void Note(DeviceOperationKind kind, long bytes) => _operations.Add(new DeviceOperation(kind, bytes, _replaying, _launches.Count));
 
     // ---------------- memory ----------------
 
@@ -80,6 +91,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     {
         src.CheckRange(srcOffset, bytes, nameof(src));
         if (Capturing(stream) is { } cap) { cap.Add(new CopyToDeviceCommand(dst, src, srcOffset, bytes)); return; }
+        Note(DeviceOperationKind.CopyToDevice, bytes);
         CopyToDevice(dst, src.Span.Slice((int)srcOffset, (int)bytes));
     }
 
@@ -87,12 +99,14 @@ public sealed unsafe class EmulatedDevice : IDevice
     {
         dst.CheckRange(dstOffset, bytes, nameof(dst));
         if (Capturing(stream) is { } cap) { cap.Add(new CopyToHostCommand(dst, dstOffset, src, bytes)); return; }
+        Note(DeviceOperationKind.CopyToHost, bytes);
         CopyToHost(dst.Span.Slice((int)dstOffset, (int)bytes), src);
     }
 
     public void CopyDeviceToDeviceAsync(DevicePtr dst, DevicePtr src, long bytes, DeviceStream stream)
     {
         if (Capturing(stream) is { } cap) { cap.Add(new CopyDeviceCommand(dst, src, bytes)); return; }
+        Note(DeviceOperationKind.CopyDeviceToDevice, bytes);
         byte* s = _mem.HostRange(src.Address, bytes, "device copy source");
         byte* d = _mem.HostRange(dst.Address, bytes, "device copy destination");
         Buffer.MemoryCopy(s, d, bytes, bytes);
@@ -102,6 +116,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     public void MemsetAsync(DevicePtr dst, byte value, long bytes, DeviceStream stream)
     {
         if (Capturing(stream) is { } cap) { cap.Add(new MemsetCommand(dst, value, bytes)); return; }
+        Note(DeviceOperationKind.Memset, bytes);
         byte* d = _mem.HostRange(dst.Address, bytes, "memset destination");
         System.Runtime.InteropServices.NativeMemory.Fill(d, (nuint)bytes, value);
         MarkWritten(dst.Address, bytes);
@@ -134,7 +149,7 @@ public sealed unsafe class EmulatedDevice : IDevice
             if (_opt.Strict) _mem.MarkWritten(a, a.Start, g.Size);
             globals.Add(a);
         }
-        var em = new EmuModule(this, ptx, globals) { OnRelease = gs => { foreach (var a in gs) if (!a.Freed) _mem.Free(a.Start); } };
+        var em = new EmuModule(this, ptx, globals) { SourceName = module.Name, Options = module.Options, OnRelease = gs => { foreach (var a in gs) if (!a.Freed) _mem.Free(a.Start); } };
         // shared layout: module-scope shared (and .func-local shared) first, then each entry's own
         long prefix = 0;
         foreach (var s in ptx.ModuleShared.Concat(ptx.Functions.Values.Where(f => !f.IsEntry).SelectMany(f => f.SharedVars)))
@@ -246,11 +261,14 @@ public sealed unsafe class EmulatedDevice : IDevice
             StaticShared = k.StaticShared, DynamicShared = c.DynamicSharedBytes, DynamicBase = k.DynamicBase,
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
             Watchdog = _opt.Watchdog,
+            TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
         };
         var sw = Stopwatch.StartNew();
         var counters = L.Run();
-        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds);
+        _trafficClock += (uint)counters.DramSectors;
+        if (_trafficClock == 0) _trafficClock = 1;
+        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying };
         LastLaunch = rec;
         _launches.Add(rec);
     }
@@ -320,7 +338,17 @@ public sealed unsafe class EmulatedDevice : IDevice
     {
         var e = DeviceHandle.Own<EmuGraphExec>(exec, this, nameof(exec));
         if (Capturing(stream) is { } cap) { cap.AddRange(e.Commands); return; }
-        foreach (var c in e.Commands)
+        _replaying = true;
+        try
+        {
+            Replay(e.Commands, stream);
+        }
+        finally { _replaying = false; }
+    }
+
+    private void Replay(List<GraphCommand> commands, DeviceStream stream)
+    {
+        foreach (var c in commands)
         {
             switch (c)
             {

@@ -36,6 +36,10 @@ internal sealed partial class Warp
     private int _frameBase;
     private readonly Stack<Frame> _frames = new();
     private uint _returned;
+    // dependent global-memory round trips of this warp (RoundTripAnalysis): the open trip, and whether it fetched a
+    // sector first touched in this launch (then it went to DRAM, else it hit in L2)
+    public long DramTrips, L2Trips, Instructions;
+    private bool _tripOpen, _tripFresh;
 
     private sealed record Frame(Instr[] Code, PtxFunction Fn, int ReturnPc, uint Parked, uint Blocked, int[] LanePc, int FrameBase, uint Returned, Instr Call);
 
@@ -73,6 +77,28 @@ internal sealed partial class Warp
         _frameBase = 0;
         _frames.Clear();
         ResetAsync();
+        DramTrips = L2Trips = Instructions = 0;
+        _tripOpen = _tripFresh = false;
+    }
+
+    /// <summary>A global read by <paramref name="ins"/>; <paramref name="fresh"/>: it touched a sector first in this launch.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void NoteGlobalRead(Instr ins, bool fresh)
+    {
+        if (ins.RoundTripStart || !_tripOpen)
+        {
+            CloseTrip();
+            _tripOpen = true;
+        }
+        _tripFresh |= fresh;
+    }
+
+    /// <summary>Counts the open round trip (at the next trip's start and when the warp is done).</summary>
+    public void CloseTrip()
+    {
+        if (!_tripOpen) return;
+        if (_tripFresh) DramTrips++; else L2Trips++;
+        _tripOpen = _tripFresh = false;
     }
 
     public bool IsDone => Live == 0;
@@ -138,7 +164,7 @@ internal sealed partial class Warp
                         if (exec == 0) break; // every arrived lane is guarded off: nothing to do, but the group stayed together
                         switch (ins.Op)
                         {
-                            case Op.Shfl: Shfl(ins, exec); break;
+                            case Op.Shfl: Shfl(ins, exec); cnt.Shuffles++; break;
                             case Op.Vote: Vote(ins, exec); break;
                             case Op.Match: Match(ins, exec); break;
                             case Op.Redux: Redux(ins, exec); break;
@@ -165,7 +191,10 @@ internal sealed partial class Warp
                         break;
                     case Op.Trap: throw Fault("trap instruction executed", ins, BitOperations.TrailingZeroCount(exec));
                     case Op.Isspacep: Isspacep(ins, exec); break;
-                    default: ExecAlu(ins, exec); break;
+                    default:
+                        if (ins.IsSpecialFunction) cnt.SpecialFunctionInstructions++;
+                        ExecAlu(ins, exec);
+                        break;
                 }
                 Pc++;
             }
