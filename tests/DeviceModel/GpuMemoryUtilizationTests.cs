@@ -172,8 +172,8 @@ public class GpuMemoryUtilizationCliTests
     public void BadValues_AreOneClearLine_OnEveryVerb([ValueSource(nameof(Verbs))] string verb, [Values("0", "1.5", "-1", "lots", "NaN")] string value)
     {
         var (exit, _, err) = Cli([.. VerbArgs(verb, _dir), "--gpu-memory-utilization", value]);
-        Assert.That(exit, Is.EqualTo(1), err);
-        Assert.That(err, Does.StartWith("error: --gpu-memory-utilization ").And.Contain("(0, 1]"));
+        Assert.That(exit, Is.EqualTo(2), "exit code 2: a bad command line (docs/troubleshooting.md); " + err);
+        Assert.That(err, Does.StartWith("error: --gpu-memory-utilization").And.Contain("(0, 1]"));
         Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), "one line");
     }
 
@@ -199,7 +199,7 @@ public class GpuMemoryUtilizationCliTests
     public void Utilization_ReachesTheDevicePlan(string verb)
     {
         var (exit, _, err) = Cli([.. VerbArgs(verb, _dir), "--gpu-memory-utilization", "0.05"]);
-        Assert.That(exit, Is.EqualTo(1));
+        Assert.That(exit, Is.EqualTo(4), "exit code 4: does not fit in device memory (docs/troubleshooting.md)");
         Assert.That(err, Does.StartWith("error: model needs").And.Contain("--gpu-memory-utilization 0.05"));
         Assert.That(err, Does.Not.Contain("   at "));
         (exit, _, err) = Cli([.. VerbArgs(verb, _dir), "--gpu-memory-utilization", "1"]);

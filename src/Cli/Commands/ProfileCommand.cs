@@ -1,50 +1,93 @@
+using Qwen3Cuda.Model;
 using System.CommandLine;
 using System.Globalization;
-using Qwen3Cuda.Model;
+using System.Text;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Model.Performance;
 using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Memory;
 
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda profile -m MODEL [--device emulator|cuda|auto] [-p N]`: one prefill of N tokens and one decode
-/// step. On the emulator: a per-kernel table (launches, warp instructions, global bytes, distinct DRAM sectors,
-/// coalescing) and the decode step's DRAM bytes against the minimum it must move. On CUDA: each step's time as the
-/// model runs it (decode: the graph replay), and a per-kernel GPU time table from the step run again with its kernels
-/// launched one by one between CUDA events (<see cref="DeviceProfiler"/>).
+/// `qwen3cuda profile --model DIR [--device emulator|cuda|auto] [--tokens N] [--context N] [--predict GPU] [--scale-layers N]`:
+/// one prefill of N tokens and one decode step at context length --context (the positions before the prefill are
+/// skipped, not computed: <see cref="DeviceModel.SkipTokens"/>). On the emulator: a per-kernel table (launches, warp
+/// instructions, global bytes, distinct DRAM sectors, coalescing) and the decode step's DRAM bytes against the minimum
+/// it must move; with --predict, the emulator presents itself as that GPU and the timing model predicts each kernel's
+/// time, the step's tok/s and the roofline (Model.Performance, docs/timing-model.md). On CUDA: each step's time as the
+/// model runs it, a per-kernel GPU time table from the step run again kernel by kernel between CUDA events, and, for a
+/// GPU with a description (or --predict) and a model that fits the emulator, predicted next to measured per kernel.
 /// </summary>
 public static class ProfileCommand
 {
+    /// <summary>Host memory the emulator may use for a --predict run (a cap, not a reservation).</summary>
+    public const long PredictHeapBytes = 12L << 30;
+
     public static Command Create()
     {
         var model = CliOptions.Model();
         var device = CliOptions.Device("emulator", "emulator (default; counters: instructions, bytes, DRAM sectors) | cuda (per-kernel GPU times) | auto (cuda when a GPU opens, else the emulator)",
             "emulator", "cuda", "auto");
-        var tokens = CliOptions.Int("--n-prompt", ["-p", "--tokens"], "Prompt tokens of the profiled prefill (the decode step follows it)", 8, 1, CliOptions.MaxContextTokens);
+        var tokens = CliOptions.Int("--n-prompt", ["-p", "--tokens"], "Prompt tokens of the profiled prefill (the decode steps follow it)", 8, 1, CliOptions.MaxContextTokens);
+        var context = CliOptions.NullableInt("--ctx-size", ["-c", "--context"],
+            "Context length of the profiled decode steps (default: the prompt + 1); the positions before the prefill are skipped, not computed (their K, V are zero)", 2, CliOptions.MaxContextTokens);
+        var predict = PredictOption();
+        var scale = CliOptions.NullableInt("--scale-layers", [], "Also predict the steps with this many decoder layers (a slice of a model whose layers are alike, e.g. 48 for Qwen3-30B-A3B); needs a prediction", 1, 4096, "L");
         var util = CliOptions.GpuMemoryUtilization();
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step") { model, device, tokens, util };
-        cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(util),
-            parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util };
+        cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
+            parse.GetValue(scale), parse.GetValue(util), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
-    /// <summary>The result of <see cref="Measure"/>: both steps and the decode minimum.</summary>
-    public sealed record Result(StepProfile Prefill, StepProfile Decode, long MinimumDecodeBytes, bool Emulator);
+    /// <summary>--predict KEY: one of the GPUs gpus.json describes (checked while parsing).</summary>
+    private static Option<string?> PredictOption()
+    {
+        string[] keys = [.. GpuCatalog.All.Select(g => g.Key)];
+        return new Option<string?>("--predict")
+        {
+            Description = $"Predict each kernel's time on this GPU with the timing model (docs/timing-model.md); on CUDA the default is the GPU present, when described",
+            HelpName = string.Join("|", keys),
+            CustomParser = r =>
+            {
+                string v = CliOptions.Token(r).Trim().ToLowerInvariant();
+                if (!keys.Contains(v)) r.AddError($"{CliOptions.Name(r)}: '{CliOptions.Token(r)}' is not a described GPU; known: {string.Join(", ", keys)}");
+                return v;
+            },
+        };
+    }
+
+    /// <summary>The result of <see cref="Measure"/>: both steps, the decode minimum and where they ran.</summary>
+    public sealed record Result(StepProfile Prefill, StepProfile Decode, StepProfile SampledDecode, long MinimumDecodeBytes, bool Emulator, int Context, MemoryPlan Plan, string DeviceName);
+
+    /// <summary>The sampled decode step's settings: Qwen3's recommended thinking-mode sampling (temperature 0.6, top-k 20, top-p 0.95).</summary>
+    public static readonly Runtime.Launchers.SamplingSettings ProfileSampling = new(Temperature: 0.6f, TopK: 20, TopP: 0.95f, MinP: 0f, Seed: 1);
 
     /// <summary>Most prompt tokens profiled on the emulator: it checks every access of every thread, so a prefill costs
     /// seconds per token on a real-shape model; beyond this, profile on a GPU (the traffic per token is what matters).</summary>
     public const int EmulatorMaxTokens = 4096;
 
+    /// <summary>
+    /// Profiles one prefill of <paramref name="tokens"/> tokens and a greedy and a sampled decode step at context length
+    /// <paramref name="context"/> (default tokens + 1; the positions before the prefill are skipped). With
+    /// <paramref name="emulateAs"/>, the backend is an emulator presenting itself as that GPU.
+    /// </summary>
     /// <param name="log">Hears, for a long prompt on the emulator, that this will take a while.</param>
-    public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null)
+    public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
+        int? context = null, GpuSpec? emulateAs = null)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
+        int ctx = context ?? tokens + 1;
+        if (ctx < tokens + 1) throw new UsageException($"--ctx-size {ctx}: must be at least --n-prompt + 1 = {tokens + 1} (the prompt and the decoded token)");
         if (!Directory.Exists(modelDir)) throw new ModelNotFoundException($"--model: folder '{modelDir}' does not exist");
         var config = ModelConfig.Load(modelDir);
-        if (tokens + 1 > config.MaxPositionEmbeddings)
-            throw new UsageException($"--n-prompt {tokens}: the prefill and one decode step need {tokens + 1} positions, the model's context is {config.MaxPositionEmbeddings} (max_position_embeddings)");
+        if (ctx > config.MaxPositionEmbeddings)
+            throw new UsageException(context is null
+                ? $"--n-prompt {tokens}: the prefill and one decode step need {tokens + 1} positions, the model's context is {config.MaxPositionEmbeddings} (max_position_embeddings)"
+                : $"--ctx-size {ctx}: more than the model's context of {config.MaxPositionEmbeddings} (max_position_embeddings)");
         backend = DeviceFactory.Resolve(backend);
         if (backend == BackendKind.Emulator && tokens > EmulatorMaxTokens)
             throw new UsageException($"--n-prompt {tokens}: the emulator profiles at most {EmulatorMaxTokens} prompt tokens (it checks every memory access; a longer prefill takes hours); use --device cuda for longer prompts");
@@ -52,32 +95,125 @@ public static class ProfileCommand
             log?.WriteLine($"profile: a prefill of {tokens} tokens on the PTX emulator checks every memory access of every thread and can take minutes " +
                 "(what profile measures, the traffic per token, shows at -p 8)");
         if (backend == BackendKind.Cpu) throw new ArgumentException("--device cpu has no kernels to profile (use emulator or cuda)");
-        using var device = DeviceFactory.Open(backend);
+        using var device = emulateAs is not null && backend == BackendKind.Emulator
+            ? new EmulatedDevice(emulateAs.EmulatorOptions(PredictHeapBytes)) : DeviceFactory.Open(backend);
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
         var options = new DeviceModelOptions
         {
-            ContextLength = tokens + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
+            ContextLength = ctx + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
+        int skipped = ctx - 1 - tokens;
+        dm.SkipTokens(0, skipped);
         var prompt = Enumerable.Range(0, tokens).Select(i => (i * 7919 + 11) % V).ToArray();
         var logits = new float[V];
-        var prefill = DeviceProfiler.Profile(dm, "prefill", tokens, () => dm.Forward(0, prompt, logits), undo: () => dm.ResetSequence(0));
-        int next = Array.IndexOf(logits, logits.Max());
-        var decode = DeviceProfiler.Profile(dm, "decode", 1, () => dm.Forward(0, [next], logits), undo: () => dm.TruncateSequence(0, tokens));
-        return new Result(prefill, decode, DeviceProfiler.MinimumDecodeBytes(dm.Plan, tokens + 1), backend == BackendKind.Emulator);
+        var prefill = DeviceProfiler.Profile(dm, "prefill", tokens, () => dm.Forward(0, prompt, logits), undo: () => dm.TruncateSequence(0, skipped));
+        int[] next = [Array.IndexOf(logits, logits.Max())], ids = new int[1];
+        // the decode steps as generation runs them: the captured graph, only the token id comes back
+        var decode = DeviceProfiler.Profile(dm, "decode", 1, () => dm.DecodeBatchGreedy([0], next, ids), undo: () => dm.TruncateSequence(0, ctx - 1));
+        dm.TruncateSequence(0, ctx - 1);
+        var sampled = DeviceProfiler.Profile(dm, "sampled decode", 1, () => dm.DecodeBatchSampled([0], next, ProfileSampling, ids), undo: () => dm.TruncateSequence(0, ctx - 1));
+        return new Result(prefill, decode, sampled, DeviceProfiler.MinimumDecodeBytes(dm.Plan, ctx), backend == BackendKind.Emulator, ctx, dm.Plan, device.Info.Name);
     }
 
-    private static int Run(string modelDir, string deviceText, int tokens, double? utilization, TextWriter stdout, TextWriter stderr)
+    /// <summary>The timing model's prefill and decode predictions from an emulator <see cref="Result"/>, optionally scaled to <paramref name="layers"/> decoder layers.</summary>
+    public sealed record Predictions(StepPrediction Prefill, StepPrediction Decode, StepPrediction SampledDecode, long MinimumDecodeBytes);
+
+    public static Predictions Predict(Result r, GpuSpec gpu, int? layers = null)
     {
-        string dir = ModelOpener.Resolve(modelDir, stderr);
+        if (!r.Emulator) throw new ArgumentException("predictions need the emulator's counters");
+        var resources = new PtxasResources(new KernelCompiler(), gpu.Arch);
+        int ran = r.Plan.Config.NumHiddenLayers;
+        StepPrediction One(StepProfile s)
+        {
+            var p = StepPredictor.Predict(gpu, s.Name, s.Tokens, ran, s.Records, s.Operations, resources.For);
+            return layers is int n ? StepPredictor.ScaleLayers(p, n) : p;
+        }
+        long minimum = layers is int l ? DeviceProfiler.MinimumDecodeBytes(r.Plan, r.Context, l) : r.MinimumDecodeBytes;
+        return new Predictions(One(r.Prefill), One(r.Decode), One(r.SampledDecode), minimum);
+    }
+
+    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, TextWriter stdout, TextWriter stderr)
+    {
+        GpuSpec? gpu = predictKey is null ? null : GpuCatalog.Get(predictKey);
+        string modelDir = ModelOpener.Resolve(modelSpec, stderr);
         var backend = ModelOpener.ChooseBackend(deviceText, stderr, autoFallback: BackendKind.Emulator);
-        var r = Measure(dir, backend, tokens, stderr, utilization);
-        stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
-        stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
-        if (r.Emulator)
+        if (backend == BackendKind.Emulator)
+        {
+            if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
+            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu);
+            stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
+            stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
+            stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
+            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, stdout);
+            return 0;
+        }
+        var measured = Measure(modelDir, backend, tokens, stderr, utilization, context);
+        stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
+        stdout.Write(DeviceProfiler.Table(measured.Decode, false));
+        stdout.Write(DeviceProfiler.Table(measured.SampledDecode, false));
+        gpu ??= GpuCatalog.ForDeviceName(measured.DeviceName);
+        if (gpu is null)
+        {
+            stdout.WriteLine($"predicted: none (no description of '{measured.DeviceName}' in gpus.json; pass --predict {string.Join("|", GpuCatalog.All.Select(g => g.Key))})");
+            return 0;
+        }
+        Result emulated;
+        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, stderr, null, context, gpu); }
+        catch (Qwen3CudaException e) when (e.Kind == ErrorKind.OutOfMemory)
+        {
+            stdout.WriteLine($"predicted: skipped ({CliErrors.Message(e)}; the prediction runs the model on the emulator: profile a slice, e.g. qwen3cuda-convert synth --preset real-shape-slice)");
+            return 0;
+        }
+        var predicted = Predict(emulated, gpu);
+        stdout.Write(Comparison(measured.Prefill, predicted.Prefill));
+        stdout.Write(Comparison(measured.Decode, predicted.Decode));
+        stdout.Write(Comparison(measured.SampledDecode, predicted.SampledDecode));
+        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, stdout);
         return 0;
+    }
+
+    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, TextWriter stdout)
+    {
+        void Write(Predictions p)
+        {
+            stdout.Write(StepPredictor.Table(p.Prefill, $"positions {r.Context - 1 - r.Prefill.Tokens}..{r.Context - 2}", null));
+            stdout.Write(StepPredictor.Table(p.Decode, $"context {r.Context}, greedy", p.MinimumDecodeBytes));
+            stdout.Write(StepPredictor.Table(p.SampledDecode, $"context {r.Context}, {Describe(ProfileSampling)}", p.MinimumDecodeBytes));
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"predicted sampled decode / greedy decode: {p.SampledDecode.TotalUs / p.Decode.TotalUs:F3}x the time ({p.SampledDecode.Layers} layers)"));
+        }
+        Write(Predict(r, gpu));
+        if (scaleLayers is int n && n != r.Plan.Config.NumHiddenLayers)
+        {
+            stdout.WriteLine($"scaled from {r.Plan.Config.NumHiddenLayers} to {n} layers (the layers' launches repeated; predicted):");
+            Write(Predict(r, gpu, n));
+        }
+    }
+
+    private static string Describe(Runtime.Launchers.SamplingSettings s) =>
+        string.Create(CultureInfo.InvariantCulture, $"sampled: temperature {s.Temperature}, top-k {s.TopK}, top-p {s.TopP}");
+
+    /// <summary>Measured (CUDA events around each launch, the step run kernel by kernel) next to predicted, per kernel.</summary>
+    public static string Comparison(StepProfile measured, StepPrediction predicted)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.Append(inv, $"{measured.Name}: measured on the GPU vs PREDICTED for {predicted.Gpu.Name} (timing model, docs/timing-model.md)\n");
+        sb.Append(inv, $"  {"kernel",-28}{"launches",9}{"measured us",13}{"predicted us",14}{"pred/meas",11}\n");
+        var pred = predicted.Launches.GroupBy(l => l.Kernel).ToDictionary(g => g.Key, g => (Count: g.Count(), Us: g.Sum(x => x.Microseconds)));
+        foreach (var k in measured.Kernels)
+        {
+            double meas = 1000 * (k.GpuMilliseconds ?? 0);
+            if (pred.TryGetValue(k.Kernel, out var p))
+                sb.Append(inv, $"  {k.Kernel,-28}{k.Launches,9}{meas,13:F1}{p.Us,14:F1}{(meas > 0 ? p.Us / meas : 0),11:F2}\n");
+            else sb.Append(inv, $"  {k.Kernel,-28}{k.Launches,9}{meas,13:F1}{"(not emulated)",14}\n");
+        }
+        double measuredKernels = 1000 * (measured.KernelMilliseconds ?? 0);
+        sb.Append(inv, $"  kernels: measured {measuredKernels:F1} us, predicted {predicted.KernelUs:F1} us; step as run: measured {1000 * measured.Milliseconds:F1} us, predicted {predicted.TotalUs:F1} us\n");
+        return sb.ToString();
     }
 }

@@ -58,8 +58,9 @@ public sealed partial class DeviceModel
         var segments = batch.Segments;
         bool flashOn = Plan.Options.FlashPrefillAttention;
         int decodeRows = 0, flashSegments = 0, maxFlash = 0;
-        foreach (var g in segments)
+        for (int k = 0; k < segments.Count; k++)   // indexed: foreach over the IReadOnlyList would box its enumerator every step
         {
+            var g = segments[k];
             if (flashOn && g.Rows > MaxDecodeAttentionRows) { flashSegments++; maxFlash = Math.Max(maxFlash, g.Rows); }
             else decodeRows += g.Rows;
         }
@@ -80,8 +81,9 @@ public sealed partial class DeviceModel
         // Decode-attention rows first (in batch order), then each flash segment's rows.
         int next = 0, seg = 0, flashRow = decodeRows;
         qStart[0] = 0;
-        foreach (var g in segments)
+        for (int k = 0; k < segments.Count; k++)
         {
+            var g = segments[k];
             bool flash = flashOn && g.Rows > MaxDecodeAttentionRows;
             int first = flash ? flashRow : next;
             for (int i = 0; i < g.Rows; i++)

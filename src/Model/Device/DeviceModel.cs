@@ -168,6 +168,39 @@ public sealed partial class DeviceModel : ICausalLanguageModel
 
     public KvPageTable Kv => _kv.Table;
 
+    /// <summary>
+    /// Appends <paramref name="count"/> positions to a sequence without computing them: their KV pages are taken and
+    /// their K and V set to zero in every layer. A profiling aid (`profile --context`): a step at a long context does the
+    /// same work whatever the cached values are, so it can be run or emulated without the prefill before it.
+    /// </summary>
+    public void SkipTokens(int sequence, int count)
+    {
+        var table = _kv.Table;
+        if (count < 0) throw new ArgumentOutOfRangeException(nameof(count), count, "cannot skip a negative number of tokens");
+        int p0 = table.Length(sequence);
+        if ((long)p0 + count > ContextLength)
+            throw new ArgumentException($"sequence {sequence} would hold {(long)p0 + count} tokens, more than the context length {ContextLength}", nameof(count));
+        table.Reserve(sequence, count);
+        _kv.ApplyPendingCopies(_stream);
+        long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1);
+        var pages = table.BlockTable(sequence);
+        int P = table.PageSize;
+        for (int pos = p0; pos < p0 + count;)
+        {
+            // one run of consecutive slots: to the end of the page, extended over following pages that are consecutive too
+            int first = pages[pos / P] * P + pos % P, slots = Math.Min(P - pos % P, p0 + count - pos);
+            while (pos + slots < p0 + count && (pos + slots) % P == 0 && pages[(pos + slots) / P] == pages[(pos + slots) / P - 1] + 1)
+                slots += Math.Min(P, p0 + count - pos - slots);
+            for (int l = 0; l < Config.NumHiddenLayers; l++)
+            {
+                _device.MemsetAsync(_kv.K(l) + first * slotBytes, 0, slots * slotBytes, _stream);
+                _device.MemsetAsync(_kv.V(l) + first * slotBytes, 0, slots * slotBytes, _stream);
+            }
+            pos += slots;
+        }
+        table.Advance(sequence, count);
+    }
+
     public void Dispose()
     {
         if (!_stream.IsDisposed) _device.Synchronize(_stream);

@@ -20,6 +20,12 @@ public sealed record KernelProfile(string Kernel, int Launches, long WarpInstruc
 /// </summary>
 public sealed record StepProfile(string Name, int Tokens, IReadOnlyList<KernelProfile> Kernels, double Milliseconds)
 {
+    /// <summary>The emulator's launch records of the step in order (empty on CUDA): the timing model's input.</summary>
+    public IReadOnlyList<LaunchRecord> Records { get; init; } = [];
+    /// <summary>The emulator's copies and memsets of the step in order (empty on CUDA).</summary>
+    public IReadOnlyList<DeviceOperation> Operations { get; init; } = [];
+    /// <summary>On CUDA with per-kernel timing: each launch's GPU time in issue order.</summary>
+    public IReadOnlyList<TimedLaunch> TimedLaunches { get; init; } = [];
     public long DramBytes => Kernels.Sum(k => k.DramBytes);
     public int Launches => Kernels.Sum(k => k.Launches);
     /// <summary>Sum of the per-kernel GPU times (the step launched one kernel at a time); null without them.</summary>
@@ -61,13 +67,13 @@ public static class DeviceProfiler
         {
             var rows = emu.Launches.GroupBy(r => r.Kernel).Select(g => new KernelProfile(g.Key, g.Count(), g.Sum(r => r.WarpInstructions),
                 g.Sum(r => r.GlobalLoadBytes + r.GlobalStoreBytes), g.Sum(r => r.DistinctSectors * 32), Coalescing(g), null)).ToList();
-            return new StepProfile(name, tokens, rows, ms);
+            return new StepProfile(name, tokens, rows, ms) { Records = [.. emu.Launches], Operations = [.. emu.Operations] };
         }
         if (device is not KernelTimingDevice timing) return new StepProfile(name, tokens, [], ms);
         undo();
         var launches = TimeKernels(model, timing, step);
         var timed = launches.GroupBy(l => l.Kernel).Select(g => new KernelProfile(g.Key, g.Count(), 0, 0, 0, 0, g.Sum(l => l.Milliseconds))).ToList();
-        return new StepProfile(name, tokens, timed, ms);
+        return new StepProfile(name, tokens, timed, ms) { TimedLaunches = launches };
     }
 
     /// <summary>
@@ -108,21 +114,25 @@ public static class DeviceProfiler
     /// router and the top-k selected experts (a dense layer: its whole MLP), the final norm, lm_head, one embedding
     /// row, the K and V read for the context and the new token's K and V written.
     /// </summary>
-    public static long MinimumDecodeBytes(MemoryPlan plan, int context)
+    /// <remarks>
+    /// <paramref name="layers"/>: the count of decoder layers to account for (null: the plan's); other than the plan's,
+    /// the layers' bytes (weights and KV) are scaled from the plan's average layer (a slice of a model whose layers are alike).
+    /// </remarks>
+    public static long MinimumDecodeBytes(MemoryPlan plan, int context, int? layers = null)
     {
         var c = plan.Config;
         long bf = sizeof(ushort), H = c.HiddenSize, D = c.HeadDim;
-        long total = 0;
+        long layerBytes = 0;
         foreach (var l in plan.Weights.Layers)
         {
-            total += ((long)c.QueryDim + 2 * c.KeyValueDim) * H * bf + H * c.QueryDim * bf + (2 * H + 2 * D) * bf;
+            layerBytes += ((long)c.QueryDim + 2 * c.KeyValueDim) * H * bf + H * c.QueryDim * bf + (2 * H + 2 * D) * bf;
             long expert = 3L * l.Inter * H * bf;
-            total += l.IsMoe ? (long)l.Experts * H * bf + l.TopK * expert : expert;
+            layerBytes += l.IsMoe ? (long)l.Experts * H * bf + l.TopK * expert : expert;
         }
-        total += H * bf + (long)c.VocabSize * H * bf + H * bf;
-        total += (long)context * plan.KvBytesPerToken;        // K, V read (the new token's included)
-        total += plan.KvBytesPerToken;                        // the new token's K, V written
-        return total;
+        layerBytes += (long)context * plan.KvBytesPerToken;   // K, V read (the new token's included)
+        layerBytes += plan.KvBytesPerToken;                   // the new token's K, V written
+        if (layers is int n && n != c.NumHiddenLayers) layerBytes = (long)Math.Round((double)layerBytes * n / c.NumHiddenLayers);
+        return layerBytes + H * bf + (long)c.VocabSize * H * bf + H * bf;
     }
 
     /// <summary>

@@ -67,6 +67,7 @@ public static class FitAdvice
     /// <summary>The longest context (tokens per sequence) whose plan fits <paramref name="budgetBytes"/>, or null when not even one token fits.</summary>
     public static int? LargestContext(MemoryPlan plan, long budgetBytes)
     {
+        if (budgetBytes <= 0) return null;   // the reserve alone exceeds the device's free memory
         var o = plan.Options with { GpuMemoryBytes = budgetBytes, GpuMemoryUtilization = null };
         bool Fits(int ctx) => MemoryPlan.Compute(plan.Config, o with { ContextLength = ctx }, budgetBytes, plan.Multiprocessors, plan.CheckpointHasLmHead).Fits;
         int hi = Math.Max(plan.Config.MaxPositionEmbeddings, plan.ContextLength);

@@ -94,12 +94,22 @@ internal sealed unsafe class Cta
             {
                 int w = its ? _order[k] : k;
                 if (status[w] is WarpStatus.Done or WarpStatus.AtBarrier) continue;
+                long before = Counters.WarpInstructions;
                 status[w] = Warps[w].Run(its ? 1 + Random(48) : Quantum);   // interleaved: warps take turns of 1..48 instructions in a random order
+                Warps[w].Instructions += Counters.WarpInstructions - before;
                 anyLive = true;
             }
             bool allDone = true;
             for (int w = 0; w < Warps.Length; w++) if (status[w] != WarpStatus.Done) allDone = false;
-            if (allDone) return;
+            if (allDone)
+            {
+                foreach (var wp in Warps)
+                {
+                    wp.CloseTrip();
+                    Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips);
+                }
+                return;
+            }
             if (TryReleaseBarriers(status)) continue;
             if (!anyLive || AllBlocked(status)) throw Deadlock(status);
             if (L.DeadlineTimestamp != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > L.DeadlineTimestamp) throw WatchdogFault(status);

@@ -15,6 +15,12 @@ internal sealed unsafe class Allocation
     /// <summary>One bit per 32-byte sector touched in the current launch (distinct-sector counter).</summary>
     public ulong[]? Sectors { get; set; }
     public long SectorEpoch { get; set; } = -1;
+    /// <summary>
+    /// Per 32-byte sector: the device's DRAM-traffic clock when a kernel last touched it (0: never). Allocated when a
+    /// kernel first writes here: data kernels produce (activations, KV, partials) may still be in L2 when the next kernels
+    /// read it; weights, written only by copies, are not tracked (see <see cref="LaunchState.FirstTouchIsResident"/>).
+    /// </summary>
+    public uint[]? LastTouch { get; set; }
     public ulong End => Start + (ulong)Size;
     public override string ToString() => $"{(Freed ? "freed " : "")}allocation {Label}[0x{Start:x}, 0x{End:x}) of {Size} bytes";
 }

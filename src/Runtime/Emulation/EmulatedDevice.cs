@@ -20,6 +20,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private readonly EmuStream _default;
     private readonly List<LaunchRecord> _launches = [];
     private long _launchId;
+    private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
     private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
     private readonly StreamScheduler? _queues;   // strict streams only
     private readonly List<EmuStream> _capturing = [];
@@ -48,7 +49,17 @@ public sealed unsafe class EmulatedDevice : IDevice
     public LaunchRecord? LastLaunch { get; private set; }
     /// <summary>Every launch since the last <see cref="ClearLaunches"/>, in order.</summary>
     public IReadOnlyList<LaunchRecord> Launches => _launches;
-    public void ClearLaunches() => _launches.Clear();
+    /// <summary>Every asynchronous copy and memset since the last <see cref="ClearLaunches"/>, in order (graph nodes included).</summary>
+    public IReadOnlyList<DeviceOperation> Operations => _operations;
+    public void ClearLaunches()
+    {
+        _launches.Clear();
+        _operations.Clear();
+    }
+
+    private readonly List<DeviceOperation> _operations = [];
+    private bool _replaying;
+    private void Note(DeviceOperationKind kind, long bytes) => _operations.Add(new DeviceOperation(kind, bytes, _replaying, _launches.Count));
 
     // ---------------- memory ----------------
 
@@ -143,6 +154,7 @@ public sealed unsafe class EmulatedDevice : IDevice
                 $"(copy of {bytes} bytes from pinned offset {srcOffset} to {dst}; first changed byte at pinned offset {srcOffset + at}: 0x{issued[at]:x2} when queued, 0x{now[at]:x2} now). " +
                 "On a GPU the copy may read either; wait for an event recorded after the copy before rewriting the buffer, or use another buffer.");
         }
+        Note(DeviceOperationKind.CopyToDevice, bytes);
         byte* p = _mem.HostRange(dst.Address, bytes, "CopyToDeviceAsync destination");
         now.CopyTo(new Span<byte>(p, (int)bytes));
         MarkWritten(dst.Address, bytes);
@@ -151,12 +163,14 @@ public sealed unsafe class EmulatedDevice : IDevice
     private void ExecCopyToHost(PinnedBuffer dst, long dstOffset, DevicePtr src, long bytes)
     {
         if (dst.IsDisposed) throw new DeviceException($"strict streams: the pinned buffer of a queued CopyToHostAsync ({bytes} bytes from {src}) was freed before the copy ran");
+        Note(DeviceOperationKind.CopyToHost, bytes);
         byte* p = _mem.HostRange(src.Address, bytes, "CopyToHostAsync source");
         new ReadOnlySpan<byte>(p, (int)bytes).CopyTo(dst.Span.Slice((int)dstOffset, (int)bytes));
     }
 
     private void ExecCopyDevice(DevicePtr dst, DevicePtr src, long bytes)
     {
+        Note(DeviceOperationKind.CopyDeviceToDevice, bytes);
         byte* s = _mem.HostRange(src.Address, bytes, "device copy source");
         byte* d = _mem.HostRange(dst.Address, bytes, "device copy destination");
         Buffer.MemoryCopy(s, d, bytes, bytes);
@@ -165,6 +179,7 @@ public sealed unsafe class EmulatedDevice : IDevice
 
     private void ExecMemset(DevicePtr dst, byte value, long bytes)
     {
+        Note(DeviceOperationKind.Memset, bytes);
         byte* d = _mem.HostRange(dst.Address, bytes, "memset destination");
         System.Runtime.InteropServices.NativeMemory.Fill(d, (nuint)bytes, value);
         MarkWritten(dst.Address, bytes);
@@ -205,6 +220,7 @@ public sealed unsafe class EmulatedDevice : IDevice
         }
         var em = new EmuModule(this, ptx, globals)
         {
+            SourceName = module.Name, Options = module.Options,
             OnRelease = gs =>
             {
                 if (_queues is not null && _capturing.Count == 0 && !_disposed) _queues.DrainAll();   // queued launches of the module run first
@@ -325,11 +341,14 @@ public sealed unsafe class EmulatedDevice : IDevice
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
             Watchdog = _opt.Watchdog, HardwareMath = _opt.Modes.HardwareMath, MathSeed = _opt.Modes.MathSeed,
             Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
+            TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
         };
         var sw = Stopwatch.StartNew();
         var counters = L.Run();
-        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds);
+        _trafficClock += (uint)counters.DramSectors;
+        if (_trafficClock == 0) _trafficClock = 1;
+        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying };
         LastLaunch = rec;
         _launches.Add(rec);
     }
@@ -471,17 +490,22 @@ public sealed unsafe class EmulatedDevice : IDevice
         }
         Submit(s, $"graph of {commands.Count} nodes", () =>
         {
-            for (int i = 0; i < commands.Count; i++)
+            _replaying = true;
+            try
             {
-                switch (commands[i])
+                for (int i = 0; i < commands.Count; i++)
                 {
-                    case LaunchCommand l: Run(l.Kernel, l.Config, l.Args.Select(a => (byte[])a.Clone()).ToArray()); break;
-                    case CopyToDeviceCommand h: ExecCopyToDevice(h.Dst, h.Src, h.SrcOffset, h.Bytes, issued?[i]); break;
-                    case CopyToHostCommand d: ExecCopyToHost(d.Dst, d.DstOffset, d.Src, d.Bytes); break;
-                    case CopyDeviceCommand dd: ExecCopyDevice(dd.Dst, dd.Src, dd.Bytes); break;
-                    case MemsetCommand m: ExecMemset(m.Dst, m.Value, m.Bytes); break;
+                    switch (commands[i])
+                    {
+                        case LaunchCommand l: Run(l.Kernel, l.Config, l.Args.Select(a => (byte[])a.Clone()).ToArray()); break;
+                        case CopyToDeviceCommand h: ExecCopyToDevice(h.Dst, h.Src, h.SrcOffset, h.Bytes, issued?[i]); break;
+                        case CopyToHostCommand d: ExecCopyToHost(d.Dst, d.DstOffset, d.Src, d.Bytes); break;
+                        case CopyDeviceCommand dd: ExecCopyDevice(dd.Dst, dd.Src, dd.Bytes); break;
+                        case MemsetCommand m: ExecMemset(m.Dst, m.Value, m.Bytes); break;
+                    }
                 }
             }
+            finally { _replaying = false; }
         });
     }
 

@@ -3,6 +3,9 @@ namespace Qwen3Cuda.Runtime.Emulation;
 internal sealed class EmuModule(IDevice owner, PtxModule module, List<Allocation> globals) : DeviceModule(owner)
 {
     public PtxModule Ptx { get; } = module;
+    /// <summary>The compiled module's file name and NVRTC options (for the launch records).</summary>
+    public string SourceName { get; init; } = "";
+    public IReadOnlyList<string> Options { get; init; } = [];
     public Dictionary<string, EmuKernel> Kernels { get; } = new(StringComparer.Ordinal);
     public override IReadOnlyList<string> KernelNames => Kernels.Keys.ToList();
     public Action<List<Allocation>>? OnRelease { get; set; }

@@ -32,6 +32,12 @@ public sealed record EmulatorOptions
     /// <summary>Strictness modes (poison pattern, strict streams, interleaved scheduling, hardware-like math); by default
     /// the process-wide <see cref="EmulatorModes.Ambient"/> (QWEN3CUDA_EMULATOR).</summary>
     public EmulatorModes Modes { get; init; } = EmulatorModes.Ambient;
+    /// <summary>
+    /// For the counters only: data an earlier launch touched, in memory kernels write, counts as still in L2 (not a DRAM
+    /// access, <see cref="LaunchRecord.L2ResidentSectors"/>) while less than this much DRAM traffic happened since
+    /// (default: half of an H100's 50 MB L2; a timing-model run sets its GPU's figure).
+    /// </summary>
+    public long L2ResidentBytes { get; init; } = 25L << 20;
     /// <summary>Where device printf output goes (null: Console.Out).</summary>
     public TextWriter? PrintfOutput { get; init; }
 
@@ -39,6 +45,6 @@ public sealed record EmulatorOptions
     public static EmulatorOptions Sm80 => new()
     {
         Name = "Qwen3Cuda PTX emulator (sm_80)", ComputeMajor = 8, ComputeMinor = 0, MultiprocessorCount = 108,
-        SharedMemoryPerMultiprocessor = 164 * 1024, SharedMemoryPerBlockOptin = 163 * 1024,
+        SharedMemoryPerMultiprocessor = 164 * 1024, SharedMemoryPerBlockOptin = 163 * 1024, L2ResidentBytes = 20L << 20,
     };
 }

@@ -5,9 +5,23 @@ internal sealed class Counters
 {
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
-    public long GlobalAtomics, DistinctSectors;
+    public long GlobalAtomics, DistinctSectors, L2ResidentSectors;
+    /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
+    public long DramSectors => DistinctSectors - L2ResidentSectors;
     public long SharedLoadRequests, SharedStoreRequests, SharedWavefronts, SharedBankConflicts;
     public long LocalBytes, Barriers, MmaCount, CpAsyncBytes, DivergentBranches;
+    public long SpecialFunctionInstructions, Shuffles, Warps, DramRoundTrips, L2RoundTrips;
+    public long MaxWarpInstructions, MaxWarpDramRoundTrips, MaxWarpL2RoundTrips;   // maxima over warps, not sums
+
+    /// <summary>Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed).</summary>
+    public void AddWarp(long instructions, long dramTrips, long l2Trips)
+    {
+        Warps++;
+        DramRoundTrips += dramTrips; L2RoundTrips += l2Trips;
+        MaxWarpInstructions = Math.Max(MaxWarpInstructions, instructions);
+        MaxWarpDramRoundTrips = Math.Max(MaxWarpDramRoundTrips, dramTrips);
+        MaxWarpL2RoundTrips = Math.Max(MaxWarpL2RoundTrips, l2Trips);
+    }
 
     public void Add(Counters o)
     {
@@ -15,11 +29,16 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
         DivergentBranches += o.DivergentBranches;
+        SpecialFunctionInstructions += o.SpecialFunctionInstructions; Shuffles += o.Shuffles; Warps += o.Warps;
+        DramRoundTrips += o.DramRoundTrips; L2RoundTrips += o.L2RoundTrips;
+        MaxWarpInstructions = Math.Max(MaxWarpInstructions, o.MaxWarpInstructions);
+        MaxWarpDramRoundTrips = Math.Max(MaxWarpDramRoundTrips, o.MaxWarpDramRoundTrips);
+        MaxWarpL2RoundTrips = Math.Max(MaxWarpL2RoundTrips, o.MaxWarpL2RoundTrips);
     }
 
 }
@@ -45,6 +64,11 @@ public sealed record LaunchRecord
     public long GlobalStoreSectors { get; init; }
     /// <summary>Distinct 32-byte sectors touched over the whole launch: a DRAM-traffic proxy.</summary>
     public long DistinctSectors { get; init; }
+    /// <summary>
+    /// Of <see cref="DistinctSectors"/>, those an earlier launch touched (in memory a kernel has written) within the last
+    /// <see cref="EmulatorOptions.L2ResidentBytes"/> of DRAM traffic: taken to be still in L2.
+    /// </summary>
+    public long L2ResidentSectors { get; init; }
     public long GlobalAtomics { get; init; }
     public long SharedLoadRequests { get; init; }
     public long SharedStoreRequests { get; init; }
@@ -55,7 +79,35 @@ public sealed record LaunchRecord
     public long MmaCount { get; init; }
     public long CpAsyncBytes { get; init; }
     public long DivergentBranches { get; init; }
+    /// <summary>Warp instructions on the special-function unit (rcp, sqrt, rsqrt, ex2, lg2, sin, cos, tanh).</summary>
+    public long SpecialFunctionInstructions { get; init; }
+    /// <summary>Warp shuffles (shfl.sync).</summary>
+    public long Shuffles { get; init; }
+    /// <summary>Warps that ran (grid × warps per block).</summary>
+    public long Warps { get; init; }
+    /// <summary>
+    /// Dependent global-memory round trips, summed over warps: a trip is a group of global loads issued before the warp
+    /// reads any of their results (see RoundTripAnalysis); a DRAM trip fetched at least one 32-byte sector first touched
+    /// in this launch and not left in L2 by an earlier one (<see cref="L2ResidentSectors"/>), an L2 trip only others.
+    /// </summary>
+    public long DramRoundTrips { get; init; }
+    public long L2RoundTrips { get; init; }
+    /// <summary>The largest per-warp figures of the launch (possibly of different warps): instructions, DRAM and L2 round trips.</summary>
+    public long MaxWarpInstructions { get; init; }
+    public long MaxWarpDramRoundTrips { get; init; }
+    public long MaxWarpL2RoundTrips { get; init; }
+    /// <summary>The module the kernel came from: its file name (e.g. "gemv.cu") and NVRTC options (-D defines), so it can be rebuilt for another architecture.</summary>
+    public string ModuleName { get; init; } = "";
+    public IReadOnlyList<string> ModuleOptions { get; init; } = [];
+    /// <summary>The launch ran as a node of a graph launch (else it was launched on a stream by itself).</summary>
+    public bool InGraph { get; init; }
     public double ElapsedMilliseconds { get; init; }
+
+    /// <summary>
+    /// Bytes served by the cache hierarchy rather than DRAM: sectors requested (loads, stores, cp.async) beyond the
+    /// distinct ones, × 32.
+    /// </summary>
+    public long CacheReuseBytes => Math.Max(0, (GlobalLoadSectors + GlobalStoreSectors) * 32 + CpAsyncBytes - DistinctSectors * 32);
 
     public long GridBlocks => (long)Grid.Count;
     public double SectorsPerRequest => GlobalLoadRequests + GlobalStoreRequests == 0 ? 0
@@ -63,20 +115,32 @@ public sealed record LaunchRecord
     public double CoalescingEfficiency => GlobalLoadSectors + GlobalStoreSectors == 0 ? 1
         : (double)(GlobalLoadBytes + GlobalStoreBytes) / ((GlobalLoadSectors + GlobalStoreSectors) * 32.0);
 
-    internal static LaunchRecord From(string kernel, in LaunchConfig cfg, Counters c, double ms) => new()
+    internal static LaunchRecord From(string kernel, in LaunchConfig cfg, Counters c, double ms, string moduleName = "", IReadOnlyList<string>? moduleOptions = null) => new()
     {
-        Kernel = kernel, Grid = cfg.Grid, Block = cfg.Block, DynamicSharedBytes = cfg.DynamicSharedBytes,
+        Kernel = kernel, ModuleName = moduleName, ModuleOptions = moduleOptions ?? [], Grid = cfg.Grid, Block = cfg.Block, DynamicSharedBytes = cfg.DynamicSharedBytes,
         WarpInstructions = c.WarpInstructions, ThreadInstructions = c.ThreadInstructions,
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,
         DivergentBranches = c.DivergentBranches, ElapsedMilliseconds = ms,
+        SpecialFunctionInstructions = c.SpecialFunctionInstructions, Shuffles = c.Shuffles, Warps = c.Warps,
+        DramRoundTrips = c.DramRoundTrips, L2RoundTrips = c.L2RoundTrips, MaxWarpInstructions = c.MaxWarpInstructions,
+        MaxWarpDramRoundTrips = c.MaxWarpDramRoundTrips, MaxWarpL2RoundTrips = c.MaxWarpL2RoundTrips,
     };
 }
+
+/// <summary>What a non-kernel stream operation did.</summary>
+public enum DeviceOperationKind { CopyToDevice, CopyToHost, CopyDeviceToDevice, Memset }
+
+/// <summary>
+/// One asynchronous copy or memset on the emulator: its size, whether it ran as a node of a graph launch, and how many
+/// kernel launches came before it (its place among <see cref="EmulatedDevice.Launches"/>).
+/// </summary>
+public readonly record struct DeviceOperation(DeviceOperationKind Kind, long Bytes, bool InGraph, int LaunchesBefore);
 
 /// <summary>A memory-check, race-check or sync-check violation found while running a kernel.</summary>
 public sealed class EmulatorFaultException(string message) : DeviceException(message);

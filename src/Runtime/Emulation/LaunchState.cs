@@ -37,6 +37,32 @@ internal sealed unsafe class LaunchState
     /// <summary>Reusable CTA contexts of the device (shared across launches).</summary>
     public required System.Collections.Concurrent.ConcurrentBag<Cta> CtaPool { get; init; }
     public int SharedBytes => DynamicBase + DynamicShared;
+    /// <summary>The device's DRAM-traffic clock (32-byte sectors, never 0) when this launch started.</summary>
+    public uint TrafficStamp { get; init; } = 1;
+    /// <summary>Sectors of DRAM traffic after which data an earlier launch touched counts as evicted from L2.</summary>
+    public uint ResidentWindowSectors { get; init; }
+
+    /// <summary>Tracks the last touch of each sector of <paramref name="a"/> from now on (a kernel writes there).</summary>
+    public static void Track(Allocation a)
+    {
+        if (a.LastTouch != null) return;
+        lock (a) a.LastTouch ??= new uint[a.Size / 32 + 2];
+    }
+
+    /// <summary>
+    /// Sector <paramref name="index"/> of <paramref name="a"/> is touched for the first time in this launch: stamps it and
+    /// returns true when an earlier launch touched it within the last <see cref="ResidentWindowSectors"/> of DRAM traffic
+    /// (so it is taken to come from L2, not DRAM).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool FirstTouchIsResident(Allocation a, ulong index)
+    {
+        var lt = a.LastTouch;
+        if (lt == null) return false;
+        uint prior = lt[index];
+        lt[index] = TrafficStamp;
+        return prior != 0 && TrafficStamp - prior <= ResidentWindowSectors;
+    }
     public byte* ParamPtr;
 
     /// <summary>The allocation's per-launch bitmap of touched 32-byte sectors (bit i: sector i from its start), cleared on first use in a launch.</summary>
@@ -78,7 +104,11 @@ internal sealed unsafe class LaunchState
             ulong m = 1UL << (int)(s & 63);
             ref ulong w = ref bits[s >> 6];
             if ((Volatile.Read(ref w) & m) != 0) continue;
-            if ((Interlocked.Or(ref w, m) & m) == 0) c.DistinctSectors++;
+            if ((Interlocked.Or(ref w, m) & m) == 0)
+            {
+                c.DistinctSectors++;
+                if (FirstTouchIsResident(a, s)) c.L2ResidentSectors++;
+            }
         }
     }
 

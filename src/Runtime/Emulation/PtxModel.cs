@@ -132,6 +132,10 @@ internal sealed class Instr
     /// <summary>Classified and unguarded: a converged warp runs it through <see cref="Warp.ExecFast"/> directly.</summary>
     public bool FastGo;
     public int Shape; // mma: k (8/16); ldmatrix: number of matrices
+    /// <summary>A global load that starts a new dependent memory round trip (<see cref="RoundTripAnalysis"/>).</summary>
+    public bool RoundTripStart;
+    /// <summary>Runs on the special-function unit (MUFU: rcp, sqrt, rsqrt, ex2, lg2, sin, cos, tanh).</summary>
+    public bool IsSpecialFunction => Op is Op.Rcp or Op.Sqrt or Op.Rsqrt or Op.Ex2 or Op.Lg2 or Op.Sin or Op.Cos or Op.Tanh;
     public int PtxLine;
     public int SrcFile, SrcLine;
     public string Text = "";

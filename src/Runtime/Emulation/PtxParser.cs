@@ -33,6 +33,7 @@ internal sealed partial class PtxParser
         ResolveCalls(p._m, p);
         RebaseRegisters(p._m);
         foreach (var f in p._m.Entries) f.LiveInRows = RegisterLiveness.LiveIn(f);
+        foreach (var f in p._m.Functions.Values) RoundTripAnalysis.Mark(f, p._m.TotalRegs);
         return p._m;
     }
 

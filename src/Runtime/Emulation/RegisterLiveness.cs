@@ -75,7 +75,7 @@ internal static class RegisterLiveness
     }
 
     /// <summary>Instructions whose first operand is a destination that every executing thread writes in full.</summary>
-    private static bool WritesFirstOperand(Op op) => op is Op.Add or Op.Sub or Op.Mul or Op.Mad or Op.Fma or Op.Div or Op.Rem
+    internal static bool WritesFirstOperand(Op op) => op is Op.Add or Op.Sub or Op.Mul or Op.Mad or Op.Fma or Op.Div or Op.Rem
         or Op.Abs or Op.Neg or Op.Min or Op.Max or Op.Mov or Op.Ld or Op.Cvt or Op.Cvta or Op.Selp or Op.Slct or Op.And or Op.Or
         or Op.Xor or Op.Not or Op.Cnot or Op.Shl or Op.Shr or Op.Shf or Op.Popc or Op.Clz or Op.Brev or Op.Bfe or Op.Bfi
         or Op.Bfind or Op.Prmt or Op.Lop3 or Op.Dp4a or Op.Dp2a or Op.Rcp or Op.Sqrt or Op.Rsqrt or Op.Ex2 or Op.Lg2 or Op.Sin

@@ -36,6 +36,10 @@ internal sealed partial class Warp
     private int _frameBase;
     private readonly Stack<Frame> _frames = new();
     private uint _returned;
+    // dependent global-memory round trips of this warp (RoundTripAnalysis): the open trip, and whether it fetched a
+    // sector first touched in this launch (then it went to DRAM, else it hit in L2)
+    public long DramTrips, L2Trips, Instructions;
+    private bool _tripOpen, _tripFresh;
 
     // interleaved scheduling (EmulatorModes.Scheduling): lane groups of a diverged warp take turns at random
     private bool _its;
@@ -87,6 +91,8 @@ internal sealed partial class Warp
         _itsLeft = 0;
         RaceTime = LastFullSync = 0;
         if (_pairSync != null) Array.Clear(_pairSync);
+        DramTrips = L2Trips = Instructions = 0;
+        _tripOpen = _tripFresh = false;
     }
 
     /// <summary>Lane-level racecheck: true when an access by lane <paramref name="a"/> at <paramref name="time"/> is ordered
@@ -103,6 +109,26 @@ internal sealed partial class Warp
         for (uint a = lanes; a != 0; a &= a - 1)
             for (uint b = lanes; b != 0; b &= b - 1)
                 _pairSync[BitOperations.TrailingZeroCount(a) * 32 + BitOperations.TrailingZeroCount(b)] = RaceTime;
+    }
+
+    /// <summary>A global read by <paramref name="ins"/>; <paramref name="fresh"/>: it touched a sector first in this launch.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void NoteGlobalRead(Instr ins, bool fresh)
+    {
+        if (ins.RoundTripStart || !_tripOpen)
+        {
+            CloseTrip();
+            _tripOpen = true;
+        }
+        _tripFresh |= fresh;
+    }
+
+    /// <summary>Counts the open round trip (at the next trip's start and when the warp is done).</summary>
+    public void CloseTrip()
+    {
+        if (!_tripOpen) return;
+        if (_tripFresh) DramTrips++; else L2Trips++;
+        _tripOpen = _tripFresh = false;
     }
 
     public bool IsDone => Live == 0;
@@ -169,7 +195,7 @@ internal sealed partial class Warp
                         if (ins.Op is not (Op.Mma or Op.Ldmatrix)) SyncLanes(exec);   // the lanes of a .sync collective are ordered
                         switch (ins.Op)
                         {
-                            case Op.Shfl: Shfl(ins, exec); break;
+                            case Op.Shfl: Shfl(ins, exec); cnt.Shuffles++; break;
                             case Op.Vote: Vote(ins, exec); break;
                             case Op.Match: Match(ins, exec); break;
                             case Op.Redux: Redux(ins, exec); break;
@@ -196,7 +222,10 @@ internal sealed partial class Warp
                         break;
                     case Op.Trap: throw Fault("trap instruction executed", ins, BitOperations.TrailingZeroCount(exec));
                     case Op.Isspacep: Isspacep(ins, exec); break;
-                    default: ExecAlu(ins, exec); break;
+                    default:
+                        if (ins.IsSpecialFunction) cnt.SpecialFunctionInstructions++;
+                        ExecAlu(ins, exec);
+                        break;
                 }
                 Pc++;
             }

@@ -53,6 +53,7 @@ internal sealed unsafe partial class Warp
             else CopyLanes(host + i * size, _addr, exec, size, regs, row, write);
             if (!direct && !write) Store(el, regs, exec, ins.T);
         }
+        if (write) LaunchState.Track(al);
         if (uniform && stride >= 0 && stride <= 32) CountSectorRange(al, a0 >> 5, (a0 + 31 * (ulong)stride) >> 5, write, total);
         else CountSectorsPerLane(al, exec, write, total);
         return true;
@@ -277,6 +278,9 @@ internal sealed unsafe partial class Warp
             if (atomic) old = Interlocked.Or(ref cell, m);
             else cell = old | m;
             fresh += BitOperations.PopCount(m & ~old);
+            if (al.LastTouch != null)
+                for (ulong f = m & ~old; f != 0; f &= f - 1)
+                    if (Cta.Launch.FirstTouchIsResident(al, (w << 6) + (ulong)BitOperations.TrailingZeroCount(f))) cnt.L2ResidentSectors++;
         }
         cnt.DistinctSectors += fresh;
         CountGlobal(write, 32, total, (int)(last - first + 1));
@@ -306,8 +310,10 @@ internal sealed unsafe partial class Warp
             ulong m = 1UL << (int)(idx & 63);
             ref ulong w = ref bits[idx >> 6];
             if ((Volatile.Read(ref w) & m) != 0) continue;
-            if (!atomic) { w |= m; cnt.DistinctSectors++; }
-            else if ((Interlocked.Or(ref w, m) & m) == 0) cnt.DistinctSectors++;
+            if (!atomic) w |= m;
+            else if ((Interlocked.Or(ref w, m) & m) != 0) continue;
+            cnt.DistinctSectors++;
+            if (Cta.Launch.FirstTouchIsResident(al, idx)) cnt.L2ResidentSectors++;
         }
         CountGlobal(write, nsec, total, monotonic ? distinct : Distinct(secs, nsec));
     }

@@ -124,7 +124,12 @@ internal sealed unsafe partial class Warp
             if (dataOp.Kind == OpKind.Vec) throw Fault("vector operand for a scalar access", ins, 0);
         }
         else if (dataOp.Kind != OpKind.Vec || dataOp.Elems.Length != vec) throw Fault($"vector width {vec} does not match the operand {dataOp.Name}", ins, 0);
-        if (sp0 == Space.Global && TryGlobalFast(ins, exec, addrOp, dataOp, size, vec, total, write)) return;
+        long dram0 = Cta.Counters.DramSectors;
+        if (sp0 == Space.Global && TryGlobalFast(ins, exec, addrOp, dataOp, size, vec, total, write))
+        {
+            if (!write) NoteGlobalRead(ins, Cta.Counters.DramSectors != dram0);
+            return;
+        }
         if (write)
         {
             if (vec == 1) Load(dataOp, A, ins.T);
@@ -162,6 +167,7 @@ internal sealed unsafe partial class Warp
             if (sp == Space.Global)
             {
                 for (ulong s = addr >> 5; s <= (addr + (ulong)total - 1) >> 5; s++) if (nsec < _sectors.Length) _sectors[nsec++] = s;
+                if (write) LaunchState.Track(_lastAlloc!);
                 Cta.Launch.TouchSector(_lastAlloc!, addr, total, Cta.Counters);
             }
             else if (sp == Space.Shared) _bankWords[lanes - 1] = (uint)addr;
@@ -169,7 +175,11 @@ internal sealed unsafe partial class Warp
         }
         FinishLoad(ins, exec, dataOp, vec, write);
         var c = Cta.Counters;
-        if (spSeen == Space.Global) CountGlobal(write, lanes, total, Distinct(_sectors, nsec));
+        if (spSeen == Space.Global)
+        {
+            CountGlobal(write, lanes, total, Distinct(_sectors, nsec));
+            if (!write) NoteGlobalRead(ins, c.DramSectors != dram0);
+        }
         else if (spSeen == Space.Shared)
         {
             if (write) c.SharedStoreRequests++; else c.SharedLoadRequests++;
@@ -287,6 +297,7 @@ internal sealed unsafe partial class Warp
             if (sp == Space.Global) Cta.Counters.GlobalAtomics++;
         }
         if (!isRed) Store(o[0], D, exec, ins.T);
+        if (!isRed && exec != 0) NoteGlobalRead(ins, fresh: false);   // a returning atomic waits for the L2 (shared-memory ones: noted too, rare)
     }
 
     private static ulong AtomCompute(Instr ins, ulong cur, ulong b, ulong c, bool ftz)

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Qwen3Cuda.Runtime.Native;
@@ -119,10 +120,45 @@ internal static class CudaCheck
     public static void Check(CuResult result, string call)
     {
         if (result == CuResult.Success) return;
+        Throw(result, call);
+    }
+
+    /// <summary>
+    /// Like <see cref="Check(CuResult, string)"/> for an interpolated call text (<c>$"cuMemcpyHtoDAsync_v2({dst}, {bytes})"</c>):
+    /// the text is formatted only when the call failed, so the success path (every copy and launch of a decode step)
+    /// allocates nothing.
+    /// </summary>
+    public static void Check(CuResult result, [InterpolatedStringHandlerArgument(nameof(result))] ref CallText call)
+    {
+        if (result == CuResult.Success) return;
+        Throw(result, call.ToStringAndClear());
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void Throw(CuResult result, string call)
+    {
         var (name, text) = Describe(result);
         if (result == CuResult.OutOfMemory)
             throw new DeviceOutOfMemoryException(0, $"{call} failed: {name} ({text})");
         throw new CudaException(call, result, name, text);
+    }
+
+    /// <summary>An interpolated call text that is built only for a failed result.</summary>
+    [InterpolatedStringHandler]
+    public ref struct CallText
+    {
+        private DefaultInterpolatedStringHandler _text;
+
+        public CallText(int literalLength, int formattedCount, CuResult result, out bool build)
+        {
+            build = result != CuResult.Success;
+            _text = build ? new DefaultInterpolatedStringHandler(literalLength, formattedCount) : default;
+        }
+
+        public void AppendLiteral(string s) => _text.AppendLiteral(s);
+        public void AppendFormatted<T>(T value) => _text.AppendFormatted(value);
+        public void AppendFormatted<T>(T value, string? format) => _text.AppendFormatted(value, format);
+        public string ToStringAndClear() => _text.ToStringAndClear();
     }
 
     public static (string Name, string Text) Describe(CuResult result)

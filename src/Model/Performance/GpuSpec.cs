@@ -1,0 +1,128 @@
+using System.Reflection;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Model.Performance;
+
+/// <summary>
+/// What the timing model needs to know about one GPU (docs/timing-model.md). Loaded from the embedded gpus.json, where
+/// every number has its source or is marked as an assumption (<see cref="Sources"/>, by property name in camelCase).
+/// </summary>
+public sealed record GpuSpec
+{
+    public required string Key { get; init; }
+    public required string Name { get; init; }
+    /// <summary>Substrings of the CUDA device name that identify this GPU (for `profile --device cuda` without --predict).</summary>
+    public IReadOnlyList<string> Match { get; init; } = [];
+    /// <summary>"sm_80", "sm_89", "sm_90": the CUBIN the register counts come from and the emulator's compute capability.</summary>
+    public required string Arch { get; init; }
+    public required long MemoryBytes { get; init; }
+    public required int Sms { get; init; }
+    /// <summary>SM clock under load, GHz.</summary>
+    public required double ClockGHz { get; init; }
+    /// <summary>The vendor's peak DRAM bandwidth (the roofline's), GB/s (10^9 bytes).</summary>
+    public required double DramPeakGBps { get; init; }
+    /// <summary>What a streaming read reaches, GB/s: the bandwidth of a kernel with enough bytes in flight.</summary>
+    public required double DramAchievableGBps { get; init; }
+    public required long L2Bytes { get; init; }
+    /// <summary>Data a kernel touched counts as still in L2 for the next kernels until this fraction of <see cref="L2Bytes"/> of other DRAM traffic has passed.</summary>
+    public required double L2ResidencyFraction { get; init; }
+    public required double L2BytesPerClock { get; init; }
+    /// <summary>Bytes one SM can receive from L2 per clock.</summary>
+    public required double SmFillBytesPerClock { get; init; }
+    public required double DramLatencyNs { get; init; }
+    public required double L2LatencyNs { get; init; }
+    public required int MaxWarpsPerSm { get; init; }
+    public required int MaxBlocksPerSm { get; init; }
+    public required int RegistersPerSm { get; init; }
+    public required int RegisterAllocationUnit { get; init; }
+    public required int MaxRegistersPerThread { get; init; }
+    public required int SharedPerSmBytes { get; init; }
+    public required int SharedPerBlockOptinBytes { get; init; }
+    public required int SharedAllocationUnit { get; init; }
+    public required int SharedReservedPerBlockBytes { get; init; }
+    /// <summary>Warp instructions an SM issues per clock (one per scheduler).</summary>
+    public required double IssuePerSmPerClock { get; init; }
+    /// <summary>Warp instructions one warp issues per clock on its own.</summary>
+    public required double SingleWarpIpc { get; init; }
+    public required double SfuLanesPerSm { get; init; }
+    public required double LsuRequestsPerSmPerClock { get; init; }
+    /// <summary>Dense BF16 FLOP per clock per SM through mma.sync with FP32 accumulation.</summary>
+    public required double MmaFlopsPerClockPerSm { get; init; }
+    public required double GraphNodeGapUs { get; init; }
+    public required double StreamLaunchGapUs { get; init; }
+    public required double SmallCopyUs { get; init; }
+    public required double HostCopyGBps { get; init; }
+    public required double SyncWakeUs { get; init; }
+    /// <summary>Where each number comes from, by camelCase property name.</summary>
+    public IReadOnlyDictionary<string, string> Sources { get; init; } = new Dictionary<string, string>();
+
+    public int ComputeMajor => Arch[3] - '0';
+    public int ComputeMinor => Arch[4] - '0';
+    public double ClockHz => ClockGHz * 1e9;
+
+    /// <summary>
+    /// An emulator that presents itself as this GPU (SM count, compute capability, shared memory, memory size), so the
+    /// launchers pick this GPU's grids (split-K and attention splits follow the SM count).
+    /// </summary>
+    public EmulatorOptions EmulatorOptions(long heapLimitBytes) => new()
+    {
+        Name = $"PTX emulator as {Name} ({Arch})", ComputeMajor = ComputeMajor, ComputeMinor = ComputeMinor,
+        MultiprocessorCount = Sms, SharedMemoryPerMultiprocessor = SharedPerSmBytes, SharedMemoryPerBlockOptin = SharedPerBlockOptinBytes,
+        ReportedMemoryBytes = MemoryBytes, HeapLimitBytes = heapLimitBytes, L2ResidentBytes = (long)(L2Bytes * L2ResidencyFraction),
+    };
+}
+
+/// <summary>The GPU descriptions shipped in gpus.json (embedded).</summary>
+public static class GpuCatalog
+{
+    private static readonly Lazy<IReadOnlyList<GpuSpec>> Specs = new(Load);
+
+    public static IReadOnlyList<GpuSpec> All => Specs.Value;
+
+    /// <summary>The GPU with this key (a100, h100, h200, rtx4090, l40s; case-insensitive), with a clear error naming the known keys.</summary>
+    public static GpuSpec Get(string key) =>
+        All.FirstOrDefault(g => string.Equals(g.Key, key.Trim(), StringComparison.OrdinalIgnoreCase))
+        ?? throw new ArgumentException($"--predict '{key}': no description of that GPU; known: {string.Join(", ", All.Select(g => g.Key))}");
+
+    /// <summary>The description whose match strings occur in a CUDA device name, or null.</summary>
+    public static GpuSpec? ForDeviceName(string deviceName) =>
+        All.FirstOrDefault(g => g.Match.Any(m => deviceName.Contains(m, StringComparison.OrdinalIgnoreCase)));
+
+    private static IReadOnlyList<GpuSpec> Load()
+    {
+        using var stream = typeof(GpuCatalog).Assembly.GetManifestResourceStream("Qwen3Cuda.Model.Performance.gpus.json")
+            ?? throw new InvalidOperationException("embedded resource gpus.json is missing");
+        return Parse(new StreamReader(stream).ReadToEnd());
+    }
+
+    /// <summary>Parses a gpus.json text: each GPU's fields over the common ones, sources merged the same way.</summary>
+    public static IReadOnlyList<GpuSpec> Parse(string json)
+    {
+        var root = JsonNode.Parse(json)?.AsObject() ?? throw new InvalidDataException("gpus.json: not a JSON object");
+        var common = root["common"]?.AsObject() ?? new JsonObject();
+        var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase, UnmappedMemberHandling = System.Text.Json.Serialization.JsonUnmappedMemberHandling.Disallow };
+        var result = new List<GpuSpec>();
+        foreach (var node in root["gpus"]?.AsArray() ?? throw new InvalidDataException("gpus.json: no \"gpus\" array"))
+        {
+            var merged = common.DeepClone().AsObject();
+            var sources = merged["sources"]?.DeepClone().AsObject() ?? new JsonObject();
+            foreach (var (k, v) in node!.AsObject())
+            {
+                if (k == "sources") foreach (var (sk, sv) in v!.AsObject()) sources[sk] = sv?.DeepClone();
+                else merged[k] = v?.DeepClone();
+            }
+            merged["sources"] = sources;
+            try { result.Add(merged.Deserialize<GpuSpec>(options)!); }
+            catch (JsonException e) { throw new InvalidDataException($"gpus.json: GPU '{node["key"]}': {e.Message}", e); }
+        }
+        return result;
+    }
+
+    /// <summary>The camelCase names of the numeric fields of <see cref="GpuSpec"/> (each must have a source).</summary>
+    public static IEnumerable<string> NumericFields() =>
+        typeof(GpuSpec).GetProperties(BindingFlags.Public | BindingFlags.Instance)
+            .Where(p => p.CanWrite && (p.PropertyType == typeof(int) || p.PropertyType == typeof(long) || p.PropertyType == typeof(double)))
+            .Select(p => JsonNamingPolicy.CamelCase.ConvertName(p.Name));
+}

@@ -1,0 +1,162 @@
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Model.Performance;
+
+/// <summary>Registers per thread and static shared memory of a kernel, from the ptxas report of its CUBIN for the GPU.</summary>
+public sealed record KernelResources(int RegistersPerThread, int StaticSharedBytes);
+
+/// <summary>What bounds the CTAs resident on one SM.</summary>
+public enum OccupancyLimit { Warps, Blocks, Registers, SharedMemory }
+
+/// <summary>CTAs of a kernel resident on one SM at once, and which resource bounds them.</summary>
+public readonly record struct Occupancy(int BlocksPerSm, int WarpsPerBlock, OccupancyLimit Limit)
+{
+    public int WarpsPerSm => BlocksPerSm * WarpsPerBlock;
+}
+
+/// <summary>The term that set a kernel's predicted time (the largest in its longest wave).</summary>
+public enum TimeBound { Dram, L2, SmFill, Issue, Latency }
+
+/// <summary>
+/// One kernel launch's predicted time and the terms behind it. Times are summed over the launch's waves; each wave
+/// takes the largest of its terms (<see cref="KernelTimingModel"/>, docs/timing-model.md).
+/// </summary>
+public sealed record KernelPrediction
+{
+    public required LaunchRecord Launch { get; init; }
+    public required KernelResources Resources { get; init; }
+    public required Occupancy Occupancy { get; init; }
+    public string Kernel => Launch.Kernel;
+    public long Ctas => (long)Launch.Grid.Count;
+    /// <summary>Waves of <see cref="Occupancy"/>.BlocksPerSm × SMs CTAs; the last may be a partial tail of <see cref="TailCtas"/>.</summary>
+    public required long FullWaves { get; init; }
+    public required long TailCtas { get; init; }
+    /// <summary>Bytes from DRAM (distinct sectors; plus re-reads that miss a too-small L2) and from L2 (the rest of the re-reads).</summary>
+    public required long DramBytes { get; init; }
+    public required long L2Bytes { get; init; }
+    /// <summary>DRAM bytes in flight per active SM in the first wave: resident warps × bytes per warp per round trip.</summary>
+    public required double InFlightBytesPerSm { get; init; }
+    /// <summary>Bandwidth those bytes in flight sustain over the DRAM latency (Little's law), GB/s, over the first wave's SMs.</summary>
+    public required double LittleGBps { get; init; }
+    public required double DramUs { get; init; }
+    public required double L2Us { get; init; }
+    public required double SmFillUs { get; init; }
+    public required double IssueUs { get; init; }
+    public required double LatencyUs { get; init; }
+    public required double Microseconds { get; init; }
+    public required TimeBound Bound { get; init; }
+}
+
+/// <summary>
+/// The per-kernel timing model (docs/timing-model.md has the derivation and every assumption). A launch runs in waves
+/// of R = blocks-per-SM × SMs CTAs (blocks per SM from threads, registers, shared memory and the block limit), the last
+/// wave holding the remainder (the tail). A wave of c CTAs takes the largest of:
+/// <list type="bullet">
+/// <item>DRAM: one DRAM latency plus its DRAM bytes at the achievable bandwidth, or, if longer, the bytes at Little's-law
+/// bandwidth: DRAM bytes in flight (resident warps × DRAM bytes per warp per round trip) over the DRAM latency, which
+/// comes to the average warp's DRAM round trips × the latency;</item>
+/// <item>L2: its re-read bytes at the L2 bandwidth;</item>
+/// <item>SM fill: the bytes of the busiest SM's CTAs at one SM's fill bandwidth;</item>
+/// <item>issue: the busiest SM's warp instructions at min(issue rate, resident warps × one warp's rate), or its SFU,
+/// load/store or tensor pipe if that is slower;</item>
+/// <item>latency: the critical warp's dependent chain: its DRAM and L2 round trips at their latencies plus its own
+/// instructions at one warp's issue rate.</item>
+/// </list>
+/// Inputs are the emulator's counters of the launch (<see cref="LaunchRecord"/>), averaged per CTA and per warp.
+/// </summary>
+public static class KernelTimingModel
+{
+    /// <summary>FLOP of one mma.sync m16n8k16 (the shape our kernels use): 2 × 16 × 8 × 16.</summary>
+    public const double FlopsPerMma = 4096;
+
+    /// <summary>CTAs of <paramref name="threadsPerBlock"/> threads resident per SM (the CUDA occupancy calculator's rules).</summary>
+    public static Occupancy Occupancy(GpuSpec g, int threadsPerBlock, int registersPerThread, int sharedBytesPerBlock)
+    {
+        if (threadsPerBlock < 1) throw new ArgumentOutOfRangeException(nameof(threadsPerBlock), threadsPerBlock, "a block has at least one thread");
+        if (registersPerThread > g.MaxRegistersPerThread)
+            throw new ArgumentOutOfRangeException(nameof(registersPerThread), registersPerThread, $"more than {g.MaxRegistersPerThread} registers per thread on {g.Name}");
+        int warps = (threadsPerBlock + 31) / 32;
+        int byWarps = g.MaxWarpsPerSm / warps;
+        int regsPerWarp = RoundUp(Math.Max(registersPerThread, 1) * 32, g.RegisterAllocationUnit);
+        int byRegisters = g.RegistersPerSm / regsPerWarp / warps;
+        int sharedPerBlock = RoundUp(sharedBytesPerBlock, g.SharedAllocationUnit) + g.SharedReservedPerBlockBytes;
+        int byShared = sharedBytesPerBlock > g.SharedPerBlockOptinBytes ? 0 : g.SharedPerSmBytes / sharedPerBlock;
+        (int blocks, OccupancyLimit limit) = (g.MaxBlocksPerSm, OccupancyLimit.Blocks);
+        if (byWarps < blocks) (blocks, limit) = (byWarps, OccupancyLimit.Warps);
+        if (byRegisters < blocks) (blocks, limit) = (byRegisters, OccupancyLimit.Registers);
+        if (byShared < blocks) (blocks, limit) = (byShared, OccupancyLimit.SharedMemory);
+        if (blocks < 1)
+            throw new ArgumentException($"a block of {threadsPerBlock} threads with {registersPerThread} registers per thread and {sharedBytesPerBlock} bytes of shared memory does not fit on an SM of {g.Name} (limited by {limit})");
+        return new Occupancy(blocks, warps, limit);
+    }
+
+    /// <summary>Predicts one launch on <paramref name="g"/>.</summary>
+    public static KernelPrediction Predict(LaunchRecord r, KernelResources res, GpuSpec g)
+    {
+        long ctas = (long)r.Grid.Count;
+        var occ = Occupancy(g, (int)r.Block.Count, res.RegistersPerThread, res.StaticSharedBytes + r.DynamicSharedBytes);
+        long perWave = (long)occ.BlocksPerSm * g.Sms;
+        long fullWaves = ctas / perWave, tail = ctas % perWave;
+
+        // bytes: distinct sectors come from DRAM unless an earlier kernel left them in L2; re-reads within the launch hit L2
+        // while its footprint fits in it
+        long distinct = r.DistinctSectors * 32, resident = r.L2ResidentSectors * 32, reuse = r.CacheReuseBytes;
+        double missFraction = distinct > g.L2Bytes ? 1.0 - (double)g.L2Bytes / distinct : 0;
+        long dram = distinct - resident + (long)(reuse * missFraction), l2 = resident + reuse - (long)(reuse * missFraction);
+
+        long warps = Math.Max(1, r.Warps > 0 ? r.Warps : ctas * occ.WarpsPerBlock);
+        double dramPerCta = (double)dram / ctas, l2PerCta = (double)l2 / ctas;
+        double tripsPerWarp = (double)r.DramRoundTrips / warps;
+        double instrPerCta = (double)r.WarpInstructions / ctas;
+        double sfuCyclesPerCta = r.SpecialFunctionInstructions * (32.0 / g.SfuLanesPerSm) / ctas;
+        double lsuCyclesPerCta = (r.GlobalLoadRequests + r.GlobalStoreRequests + r.SharedWavefronts + r.Shuffles) / g.LsuRequestsPerSmPerClock / ctas;
+        double mmaCyclesPerCta = r.MmaCount * FlopsPerMma / g.MmaFlopsPerClockPerSm / ctas;
+        double latencyUs = (r.MaxWarpDramRoundTrips * g.DramLatencyNs + r.MaxWarpL2RoundTrips * g.L2LatencyNs) / 1000.0
+            + r.MaxWarpInstructions / g.SingleWarpIpc / g.ClockHz * 1e6;
+
+        Wave Run(long c)
+        {
+            long k = (c + g.Sms - 1) / g.Sms;                       // CTAs on the busiest SM
+            double bytes = c * dramPerCta;
+            // the first bytes arrive one latency after the wave starts, then they stream at the achievable bandwidth
+            double atPeak = bytes > 0 ? (g.DramLatencyNs + bytes / g.DramAchievableGBps) / 1000.0 : 0;   // bytes / (GB/s) = ns
+            double little = tripsPerWarp * g.DramLatencyNs / 1000.0; // = bytes / (bytes in flight / latency)
+            double l2Us = c * l2PerCta / (g.L2BytesPerClock * g.ClockHz) * 1e6;
+            double fill = k * (dramPerCta + l2PerCta) / (g.SmFillBytesPerClock * g.ClockHz) * 1e6;
+            double ipc = Math.Min(g.IssuePerSmPerClock, k * occ.WarpsPerBlock * g.SingleWarpIpc);
+            double cycles = k * Math.Max(Math.Max(instrPerCta / ipc, sfuCyclesPerCta), Math.Max(lsuCyclesPerCta, mmaCyclesPerCta));
+            double issue = cycles / g.ClockHz * 1e6;
+            return new Wave(Math.Max(atPeak, little), l2Us, fill, issue, latencyUs);
+        }
+
+        var waves = new List<(Wave W, long Count)>();
+        if (fullWaves > 0) waves.Add((Run(perWave), fullWaves));
+        if (tail > 0) waves.Add((Run(tail), 1));
+        double total = waves.Sum(w => w.W.Max * w.Count);
+        var longest = waves.MaxBy(w => w.W.Max * w.Count).W;
+
+        long firstWave = fullWaves > 0 ? perWave : tail;
+        long activeSms = Math.Min(firstWave, g.Sms);
+        double bytesPerWarpTrip = r.DramRoundTrips > 0 ? (double)dram / r.DramRoundTrips : 0;
+        double inFlightPerSm = (double)firstWave * occ.WarpsPerBlock * bytesPerWarpTrip / activeSms;
+        return new KernelPrediction
+        {
+            Launch = r, Resources = res, Occupancy = occ, FullWaves = fullWaves, TailCtas = tail,
+            DramBytes = dram, L2Bytes = l2, InFlightBytesPerSm = inFlightPerSm,
+            LittleGBps = inFlightPerSm * activeSms / g.DramLatencyNs,   // bytes per ns = GB/s
+            DramUs = waves.Sum(w => w.W.Dram * w.Count), L2Us = waves.Sum(w => w.W.L2 * w.Count),
+            SmFillUs = waves.Sum(w => w.W.Fill * w.Count), IssueUs = waves.Sum(w => w.W.Issue * w.Count),
+            LatencyUs = waves.Sum(w => w.W.Latency * w.Count), Microseconds = total, Bound = longest.Bound,
+        };
+    }
+
+    private readonly record struct Wave(double Dram, double L2, double Fill, double Issue, double Latency)
+    {
+        public double Max => Math.Max(Math.Max(Dram, L2), Math.Max(Math.Max(Fill, Issue), Latency));
+        public TimeBound Bound =>
+            Max == Latency ? TimeBound.Latency : Max == Dram ? TimeBound.Dram : Max == Issue ? TimeBound.Issue : Max == Fill ? TimeBound.SmFill : TimeBound.L2;
+    }
+
+    private static int RoundUp(int v, int unit) => (v + unit - 1) / unit * unit;
+}

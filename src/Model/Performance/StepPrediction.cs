@@ -1,0 +1,170 @@
+using System.Globalization;
+using System.Text;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Model.Performance;
+
+/// <summary>
+/// The predicted time of one step (a prefill chunk or a decode step) on a GPU: its kernels one after another (each waits
+/// for the last), a gap per graph node or per stream launch, the small host copies outside the graph and the host's
+/// wake-up after the result copy. <see cref="Layers"/> is the layer count it stands for (see <see cref="StepPredictor.ScaleLayers"/>).
+/// </summary>
+public sealed record StepPrediction
+{
+    public required GpuSpec Gpu { get; init; }
+    public required string Name { get; init; }
+    public required int Tokens { get; init; }
+    public required int Layers { get; init; }
+    public required IReadOnlyList<KernelPrediction> Launches { get; init; }
+    public required IReadOnlyList<DeviceOperation> Operations { get; init; }
+
+    /// <summary>Kernels and memsets/device copies that ran as nodes of a graph launch.</summary>
+    public int GraphNodes => Launches.Count(l => l.Launch.InGraph) + Operations.Count(o => o.InGraph);
+    /// <summary>Kernels, memsets and device-to-device copies issued on a stream by themselves.</summary>
+    public int StreamNodes => Launches.Count(l => !l.Launch.InGraph) + Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.Memset or DeviceOperationKind.CopyDeviceToDevice);
+    /// <summary>Host-device copies outside graphs (the step's inputs and its result).</summary>
+    public int HostCopies => Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost);
+    public double KernelUs => Launches.Sum(l => l.Microseconds);
+    public double GapUs => GraphNodes * Gpu.GraphNodeGapUs + StreamNodes * Gpu.StreamLaunchGapUs;
+    /// <summary>Each host copy outside a graph: its fixed cost plus its bytes at the host link's bandwidth.</summary>
+    public double CopyUs => Operations.Where(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost)
+        .Sum(o => Gpu.SmallCopyUs + o.Bytes / Gpu.HostCopyGBps / 1000.0);
+    public double SyncUs => Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost) ? Gpu.SyncWakeUs : 0;
+    public double TotalUs => KernelUs + GapUs + CopyUs + SyncUs;
+    public double TokensPerSecond => Tokens / TotalUs * 1e6;
+    public long DramBytes => Launches.Sum(l => l.DramBytes);
+}
+
+/// <summary>Predicts steps from the emulator's launch records (docs/timing-model.md).</summary>
+public static class StepPredictor
+{
+    /// <summary>
+    /// Predicts a step from its launches and non-kernel operations in order; <paramref name="resources"/> gives each
+    /// launch's registers and static shared memory on <paramref name="gpu"/>.
+    /// </summary>
+    public static StepPrediction Predict(GpuSpec gpu, string name, int tokens, int layers, IReadOnlyList<LaunchRecord> launches,
+        IReadOnlyList<DeviceOperation> operations, Func<LaunchRecord, KernelResources> resources) => new()
+    {
+        Gpu = gpu, Name = name, Tokens = tokens, Layers = layers, Operations = operations,
+        Launches = launches.Select(r => KernelTimingModel.Predict(r, resources(r), gpu)).ToList(),
+    };
+
+    /// <summary>
+    /// Finds the layers in a step's launches: the smallest prefix p and the largest n such that <paramref name="layers"/>
+    /// consecutive runs of n launches starting at p have the same kernels, grids, blocks and shared memory. Null when there
+    /// is no such split (layers of different shapes).
+    /// </summary>
+    public static (int Prefix, int PerLayer)? FindLayers(IReadOnlyList<LaunchRecord> launches, int layers)
+    {
+        if (layers < 1) return null;
+        static bool Same(LaunchRecord a, LaunchRecord b) =>
+            a.Kernel == b.Kernel && a.Grid == b.Grid && a.Block == b.Block && a.DynamicSharedBytes == b.DynamicSharedBytes;
+        for (int p = 0; p < launches.Count; p++)
+            for (int n = (launches.Count - p) / layers; n >= 1; n--)
+            {
+                bool ok = true;
+                for (int l = 1; l < layers && ok; l++)
+                    for (int i = 0; i < n && ok; i++) ok = Same(launches[p + i], launches[p + l * n + i]);
+                if (ok) return (p, n);
+            }
+        return null;
+    }
+
+    /// <summary>
+    /// The step with <paramref name="layers"/> decoder layers instead of the <see cref="StepPrediction.Layers"/> it ran:
+    /// the launches before and after the layers are kept, the layers' launches (and the memsets and copies among them)
+    /// repeated in turn. For a slice of a model (its layers have the same shapes) profiled at the same context length.
+    /// </summary>
+    public static StepPrediction ScaleLayers(StepPrediction p, int layers)
+    {
+        if (layers < 1) throw new ArgumentException($"--scale-layers must be at least 1, got {layers}");
+        if (layers == p.Layers) return p;
+        var records = p.Launches.Select(l => l.Launch).ToList();
+        var split = FindLayers(records, p.Layers)
+            ?? throw new ArgumentException($"{p.Name}: cannot split the step's {records.Count} launches into {p.Layers} layers of the same kernels and shapes; --scale-layers needs a model whose layers are alike");
+        (int prefix, int n) = split;
+        int end = prefix + p.Layers * n;
+        int Segment(int launchesBefore) => launchesBefore < prefix ? -1 : launchesBefore >= end ? p.Layers : (launchesBefore - prefix) / n;
+        var launches = new List<KernelPrediction>(p.Launches.Take(prefix));
+        var ops = new List<DeviceOperation>(p.Operations.Where(o => Segment(o.LaunchesBefore) < 0));
+        for (int l = 0; l < layers; l++)
+        {
+            int src = l % p.Layers;
+            launches.AddRange(p.Launches.Skip(prefix + src * n).Take(n));
+            ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == src));
+        }
+        launches.AddRange(p.Launches.Skip(end));
+        ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == p.Layers));
+        return p with { Layers = layers, Launches = launches, Operations = ops };
+    }
+
+    /// <summary>
+    /// The predicted table of a step: one row per launch shape (kernel, grid, block), in first-launch order, then the
+    /// step's time, tokens per second and, for decode, the roofline (<paramref name="minimumBytes"/> at the peak DRAM
+    /// bandwidth). Everything is labelled predicted.
+    /// </summary>
+    public static string Table(StepPrediction p, string context, long? minimumBytes)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        var g = p.Gpu;
+        sb.Append(inv, $"{p.Name} ({p.Tokens} token(s), {context}, {p.Layers} layer(s)) on {g.Name}: PREDICTED by the timing model (docs/timing-model.md), not measured\n");
+        sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"block",7}{"regs",6}{"blk/SM",7}{"waves",7}{"DRAM",11}{"L2",10}{"trips",7}{"inflight/SM",12}{"bound",9}{"pred us",10}{"pred %",8}\n");
+        double total = p.TotalUs;
+        foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes)))
+        {
+            var f = grp.First();
+            int count = grp.Count();
+            double us = grp.Sum(x => x.Microseconds);
+            string waves = f.TailCtas > 0 ? $"{f.FullWaves}+t" : $"{f.FullWaves}";
+            double trips = (double)grp.Sum(x => x.Launch.MaxWarpDramRoundTrips + x.Launch.MaxWarpL2RoundTrips) / count;
+            sb.Append(inv, $"  {Trim(f.Kernel, 25),-26}{count,9}{f.Launch.Grid.ToString(),8}{f.Launch.Block.ToString(),7}{f.Resources.RegistersPerThread,6}{f.Occupancy.BlocksPerSm,7}{waves,7}");
+            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{trips,7:F0}{ByteSize.Format((long)f.InFlightBytesPerSm),12}{f.Bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
+        }
+        sb.Append(inv, $"  predicted {p.Name} step: kernels {p.KernelUs:F1} us + {p.GraphNodes} graph node(s) x {g.GraphNodeGapUs} us + {p.StreamNodes} stream launch(es) x {g.StreamLaunchGapUs} us");
+        sb.Append(inv, $" + {p.HostCopies} host copies {p.CopyUs:F1} us + sync {p.SyncUs} us = {total:F1} us: {p.TokensPerSecond:F0} tok/s predicted\n");
+        sb.Append(inv, $"  predicted time by part: kernels {100 * p.KernelUs / total:F1}%, launch gaps {100 * p.GapUs / total:F1}%, host copies and sync {100 * (p.CopyUs + p.SyncUs) / total:F1}%; {p.Launches.Count} kernel launches, DRAM {ByteSize.Format(p.DramBytes)}\n");
+        if (minimumBytes is long min)
+        {
+            double roofUs = min / g.DramPeakGBps / 1000.0;
+            double roofTokS = p.Tokens / roofUs * 1e6;
+            sb.Append(inv, $"  roofline: {ByteSize.Format(min)} a step must move / {g.DramPeakGBps:F0} GB/s peak = {roofUs:F1} us: {roofTokS:F0} tok/s; predicted {100 * p.TokensPerSecond / roofTokS:F1}% of the roofline\n");
+        }
+        return sb.ToString();
+    }
+
+    private static string Trim(string s, int n) => s.Length <= n ? s : s[..(n - 1)] + "~";
+}
+
+/// <summary>
+/// Registers per thread and static shared memory of each launched kernel on a GPU: the launch's module (file and -D
+/// defines, from its <see cref="LaunchRecord"/>) rebuilt as a CUBIN for the GPU's architecture, and ptxas's report of
+/// it. Builds are cached (the compiler's disk cache too).
+/// </summary>
+public sealed class PtxasResources(KernelCompiler compiler, string arch)
+{
+    private readonly Dictionary<string, IReadOnlyList<PtxasKernelInfo>> _modules = [];
+
+    public KernelResources For(LaunchRecord r)
+    {
+        if (string.IsNullOrEmpty(r.ModuleName)) throw new InvalidOperationException($"launch of {r.Kernel} has no module name: cannot rebuild it for {arch}");
+        var defines = new Dictionary<string, string>();
+        foreach (string o in r.ModuleOptions.Where(o => o.StartsWith("-D", StringComparison.Ordinal)))
+        {
+            int eq = o.IndexOf('=', StringComparison.Ordinal);
+            defines[eq < 0 ? o[2..] : o[2..eq]] = eq < 0 ? "" : o[(eq + 1)..];
+        }
+        bool lineInfo = false;   // line info does not change the code; the `kernels` verb builds without it too (its cache entries are shared)
+        string key = r.ModuleName + "|" + string.Join(";", defines.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value)) + "|" + lineInfo;
+        if (!_modules.TryGetValue(key, out var infos))
+        {
+            var module = compiler.Compile(new KernelBuild(r.ModuleName, arch, CompileTarget.Cubin) { Defines = defines, LineInfo = lineInfo });
+            _modules[key] = infos = module.PtxasInfo;
+        }
+        var info = infos.FirstOrDefault(i => i.Kernel == r.Kernel)
+            ?? throw new DeviceUnavailableException($"no ptxas report for kernel {r.Kernel} of {r.ModuleName} built for {arch}: this NVRTC cannot build {arch} CUBINs, which the prediction's register counts come from");
+        return new KernelResources(info.Registers, info.StaticSharedBytes);
+    }
+}

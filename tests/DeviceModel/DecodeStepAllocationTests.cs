@@ -1,0 +1,44 @@
+using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+using Qwen3Cuda.Runtime.Launchers;
+
+namespace Qwen3Cuda.Tests.DeviceModel;
+
+/// <summary>
+/// A decode step as the generator runs it (<see cref="Qwen3Cuda.Model.Device.DeviceModel.Step"/> with one reused
+/// <see cref="StepBatch"/>, graphs on) allocates no managed memory: this thread's allocation counter over 20 steps of
+/// each kind (greedy, sampled, logits), the device's work dropped by <see cref="HostOnlyDevice"/> over the emulator (the
+/// emulator's own log of copies is cleared each step; the struct list keeps its capacity). It failed with 96 bytes per
+/// step while WriteInputs enumerated the batch's segments with foreach over an IReadOnlyList (a boxed enumerator).
+/// Time per step is bench/Host/HostOverheadBench's business, not this test's.
+/// </summary>
+[NonParallelizable]
+public class DecodeStepAllocationTests
+{
+    [TestCase(StepOutput.Sample, 0f, TestName = "DecodeStep_AllocatesNothing(greedy)")]
+    [TestCase(StepOutput.Sample, 0.6f, TestName = "DecodeStep_AllocatesNothing(sampled)")]
+    [TestCase(StepOutput.Logits, 0f, TestName = "DecodeStep_AllocatesNothing(logits)")]
+    public void DecodeStep_AllocatesNothing(StepOutput output, float temperature)
+    {
+        using var emu = new EmulatedDevice();
+        var device = new HostOnlyDevice(emu);
+        using var model = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(), new DeviceModelOptions { ContextLength = 256, MaxBatch = 1 });
+        var settings = new SamplingSettings(Temperature: temperature, TopK: 20, TopP: 0.95f, Seed: 1);
+        var batch = new StepBatch(1);
+        void Step()
+        {
+            batch.Clear();
+            batch.Add(0, 7, model.Kv.Length(0), output, settings);
+            model.Step(batch);
+            emu.ClearLaunches();
+        }
+        for (int i = 0; i < 5; i++) Step();   // first-use allocations (JIT, lazy statics)
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 20; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.That(device.GraphLaunches, Is.EqualTo(25), "every step replayed the captured graph");
+        Assert.That(allocated, Is.Zero, $"{allocated / 20.0:F0} bytes per step");
+    }
+}

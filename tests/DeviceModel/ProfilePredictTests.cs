@@ -1,0 +1,87 @@
+using Qwen3Cuda.Cli.Commands;
+using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Model.Performance;
+using Qwen3Cuda.Runtime;
+
+namespace Qwen3Cuda.Tests.DeviceModel;
+
+/// <summary>
+/// `profile --predict` on the tiny synthetic model (the emulator presenting itself as the GPU): predicted tables for the
+/// prefill, the greedy and the sampled decode step, labelled predicted, with the roofline; layer scaling; --context; bad
+/// input. The timing model's arithmetic is pinned in Performance/TimingModelTests.
+/// </summary>
+[NonParallelizable]
+public class ProfilePredictTests
+{
+    static (int Exit, string Out, string Err) Cli(params string[] args) => Support.CliRunner.Run(args);
+
+    [Test]
+    public void Measure_AsH100_PredictsEveryLaunch_AndScalesLayers()
+    {
+        var gpu = GpuCatalog.Get("h100");
+        var r = ProfileCommand.Measure(DeviceCheckpoints.Tiny(), BackendKind.Emulator, tokens: 4, context: 40, emulateAs: gpu);
+        Assert.That(r.Context, Is.EqualTo(40));
+        Assert.That(r.DeviceName, Does.Contain("H100"), "the emulator presents itself as the GPU");
+        var p = ProfileCommand.Predict(r, gpu);
+        Assert.That(p.Decode.Launches, Has.Count.EqualTo(r.Decode.Records.Count));
+        Assert.That(p.Decode.Launches.All(l => l.Microseconds > 0 && l.Resources.RegistersPerThread > 0), "every launch has a time and its ptxas registers");
+        Assert.That(p.SampledDecode.Launches.Select(l => l.Kernel), Does.Contain("sample_rows_bf16"));
+        Assert.That(p.Decode.Launches.Select(l => l.Kernel), Does.Contain("argmax_bf16"));
+        Assert.That(p.Decode.GraphNodes, Is.GreaterThanOrEqualTo(p.Decode.Launches.Count), "the decode step is a graph replay");
+        Assert.That(p.Prefill.GraphNodes, Is.EqualTo(0), "prefill launches on the stream");
+
+        var split = StepPredictor.FindLayers(r.Decode.Records, 2);
+        Assert.That(split, Is.Not.Null);
+        var scaled = ProfileCommand.Predict(r, gpu, layers: 5);
+        Assert.That(scaled.Decode.Launches, Has.Count.EqualTo(r.Decode.Records.Count + 3 * split!.Value.PerLayer));
+        Assert.That(scaled.Decode.TotalUs, Is.GreaterThan(p.Decode.TotalUs));
+        Assert.That(scaled.MinimumDecodeBytes, Is.EqualTo(DeviceProfiler.MinimumDecodeBytes(r.Plan, 40, 5)));
+        Assert.That(scaled.MinimumDecodeBytes, Is.GreaterThan(p.MinimumDecodeBytes));
+    }
+
+    [Test]
+    public void Cli_ProfilePredict_PrintsPredictedTables()
+    {
+        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4");
+        Assert.That(exit, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("decode (1 token(s), context 20, greedy, 2 layer(s)) on NVIDIA A100-SXM4-80GB: PREDICTED"));
+        Assert.That(stdout, Does.Contain("sampled decode (1 token(s), context 20, sampled"));
+        Assert.That(stdout, Does.Contain("prefill (3 token(s), positions 16..18"));
+        Assert.That(stdout, Does.Contain("tok/s predicted").And.Contain("roofline:").And.Contain("of the roofline"));
+        Assert.That(stdout, Does.Contain("scaled from 2 to 4 layers").And.Contain("4 layer(s)) on NVIDIA A100"));
+        Assert.That(stdout, Does.Contain("predicted sampled decode / greedy decode"));
+        // every table line that carries a time is under a heading that says predicted
+        foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))
+            Assert.That(heading, Does.Contain("PREDICTED"));
+    }
+
+    [Test]
+    public void Cli_ProfilePredict_BadInput_OneLineErrors()
+    {
+        string tiny = DeviceCheckpoints.Tiny();
+        var bad = Cli("profile", "--model", tiny, "--predict", "v100");
+        Assert.That(bad.Exit, Is.EqualTo(2), "a usage error");
+        Assert.That(bad.Err.Trim(), Does.StartWith("error: --predict: 'v100' is not a described GPU").And.Contain("a100, h100, h200, rtx4090, l40s"));
+        var noPredict = Cli("profile", "--model", tiny, "--scale-layers", "48");
+        Assert.That(noPredict.Exit, Is.EqualTo(2));
+        Assert.That(noPredict.Err, Does.Contain("--scale-layers").And.Contain("--predict"));
+        var ctx = Cli("profile", "--model", tiny, "-p", "8", "-c", "8");
+        Assert.That(ctx.Exit, Is.EqualTo(2));
+        Assert.That(ctx.Err, Does.Contain("--ctx-size 8: must be at least --n-prompt + 1 = 9"));
+        var layers = Cli("profile", "--model", tiny, "--predict", "h100", "--scale-layers", "0");
+        Assert.That(layers.Exit, Is.EqualTo(2));
+        Assert.That(layers.Err, Does.Contain("--scale-layers: 0 is out of range"));
+        foreach (var r in new[] { bad, noPredict, ctx, layers })
+            Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
+    }
+
+    /// <summary>On a GPU: measured next to predicted per kernel (the GPU's description matched by name). Skipped without one.</summary>
+    [Test]
+    public void Cli_ProfileCuda_PrintsMeasuredNextToPredicted()
+    {
+        if (!Runtime.Cuda.CudaDriver.IsDeviceAvailable()) Assert.Ignore("no CUDA device: measured-vs-predicted needs a GPU");
+        var (exit, stdout, stderr) = Cli("profile", "--model", DeviceCheckpoints.Tiny(), "--device", "cuda", "--tokens", "3", "--predict", "h100");
+        Assert.That(exit, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("measured on the GPU vs PREDICTED").And.Contain("pred/meas"));
+    }
+}

@@ -1,0 +1,203 @@
+using Qwen3Cuda.Model.Performance;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Tests.Performance;
+
+/// <summary>
+/// The timing model's arithmetic on hand-computed cases (docs/timing-model.md), on a toy GPU with round numbers:
+/// 10 SMs at 1 GHz, 800 GB/s achievable DRAM (1000 peak), DRAM latency 500 ns, L2 latency 200 ns, L2 1000 B/clk,
+/// SM fill 100 B/clk, 64 warps / 32 blocks / 64K registers / 100 KiB shared memory per SM. Tolerances: 1e-9 relative
+/// (the model is plain double arithmetic; the expected values are exact decimal sums).
+/// </summary>
+public class TimingModelTests
+{
+    internal static GpuSpec Toy => new()
+    {
+        Key = "toy", Name = "toy GPU", Arch = "sm_80", MemoryBytes = 1L << 30, Sms = 10, ClockGHz = 1.0,
+        DramPeakGBps = 1000, DramAchievableGBps = 800, L2Bytes = 1 << 20, L2BytesPerClock = 1000, L2ResidencyFraction = 0.5,
+        SmFillBytesPerClock = 100, DramLatencyNs = 500, L2LatencyNs = 200, MaxWarpsPerSm = 64, MaxBlocksPerSm = 32,
+        RegistersPerSm = 65536, RegisterAllocationUnit = 256, MaxRegistersPerThread = 255, SharedPerSmBytes = 102400,
+        SharedPerBlockOptinBytes = 101376, SharedAllocationUnit = 128, SharedReservedPerBlockBytes = 1024,
+        IssuePerSmPerClock = 4, SingleWarpIpc = 0.5, SfuLanesPerSm = 16, LsuRequestsPerSmPerClock = 1, MmaFlopsPerClockPerSm = 1024,
+        GraphNodeGapUs = 1, StreamLaunchGapUs = 2, SmallCopyUs = 2, HostCopyGBps = 10, SyncWakeUs = 1,
+    };
+
+    static LaunchRecord Launch(uint grid, uint block, long dramBytes, long warpDramTrips, long maxWarpInstructions = 0, long l2ReuseBytes = 0,
+        long warpL2Trips = 0, string kernel = "k") => new()
+    {
+        Kernel = kernel, Grid = new Dim3(grid), Block = new Dim3(block), DistinctSectors = dramBytes / 32,
+        GlobalLoadSectors = (dramBytes + l2ReuseBytes) / 32, Warps = grid * ((block + 31) / 32),
+        DramRoundTrips = warpDramTrips * grid * ((block + 31) / 32), MaxWarpDramRoundTrips = warpDramTrips,
+        L2RoundTrips = warpL2Trips * grid * ((block + 31) / 32), MaxWarpL2RoundTrips = warpL2Trips,
+        MaxWarpInstructions = maxWarpInstructions, WarpInstructions = maxWarpInstructions * grid * ((block + 31) / 32),
+    };
+
+    static void Near(double actual, double expected, string what) => Assert.That(actual, Is.EqualTo(expected).Within(1e-9 * Math.Max(1, Math.Abs(expected))), what);
+
+    [Test]
+    public void Occupancy_LimitedByRegisters_WithTheAllocationGranularity()
+    {
+        // 128 registers: 4096 per warp, 16 warps per SM, 2 blocks of 8 warps
+        Assert.That(KernelTimingModel.Occupancy(Toy, 256, 128, 0), Is.EqualTo(new Occupancy(2, 8, OccupancyLimit.Registers)));
+        // 65 registers: 65 x 32 = 2080 rounds up to 2304 per warp; 65536 / 2304 = 28 warps; 3 blocks of 8 warps
+        Assert.That(KernelTimingModel.Occupancy(Toy, 256, 65, 0), Is.EqualTo(new Occupancy(3, 8, OccupancyLimit.Registers)));
+        // 32 registers: registers allow 64 warps, the warp limit 64 / 8 = 8 blocks binds first
+        Assert.That(KernelTimingModel.Occupancy(Toy, 256, 32, 0), Is.EqualTo(new Occupancy(8, 8, OccupancyLimit.Warps)));
+        // tiny blocks: the 32-block limit
+        Assert.That(KernelTimingModel.Occupancy(Toy, 32, 16, 0), Is.EqualTo(new Occupancy(32, 1, OccupancyLimit.Blocks)));
+    }
+
+    [Test]
+    public void Occupancy_LimitedBySharedMemory_WithTheReservedKilobyte()
+    {
+        // 30000 bytes round up to 30080, + 1024 reserved = 31104 per block; 102400 / 31104 = 3 blocks
+        Assert.That(KernelTimingModel.Occupancy(Toy, 128, 32, 30000), Is.EqualTo(new Occupancy(3, 4, OccupancyLimit.SharedMemory)));
+        // 33000 bytes -> 33024 + 1024 = 34048: 3 blocks (102144 bytes) still fit
+        Assert.That(KernelTimingModel.Occupancy(Toy, 128, 32, 33000).BlocksPerSm, Is.EqualTo(3));
+        // 33200 -> 33280 + 1024 = 34304: only 2
+        Assert.That(KernelTimingModel.Occupancy(Toy, 128, 32, 33200).BlocksPerSm, Is.EqualTo(2));
+        Assert.That(() => KernelTimingModel.Occupancy(Toy, 128, 32, 101377), Throws.ArgumentException.With.Message.Contains("does not fit"));
+    }
+
+    /// <summary>
+    /// 100 CTAs of 8 warps, 32 registers: 8 per SM, so a wave of 80 and a tail of 20. 800 KB of DRAM per CTA, 4 trips per
+    /// warp. Full wave: 500 ns + 64 MB / 800 GB/s = 80.5 us (SM fill 6.4 MB / 100 B/ns = 64 us, issue 1.6 us, latency
+    /// 4 x 0.5 + 100 / 0.5 ns = 2.2 us). Tail: 500 ns + 16 MB / 800 GB/s = 20.5 us. Total 101 us, DRAM-bound.
+    /// </summary>
+    [Test]
+    public void PureBandwidthKernel_TwoWaves()
+    {
+        var r = Launch(100, 256, dramBytes: 100 * 800_000L, warpDramTrips: 4, maxWarpInstructions: 100);
+        var p = KernelTimingModel.Predict(r, new KernelResources(32, 0), Toy);
+        Assert.That((p.FullWaves, p.TailCtas), Is.EqualTo((1L, 20L)));
+        Assert.That(p.DramBytes, Is.EqualTo(80_000_000L));
+        Near(p.DramUs, 80.5 + 20.5, "DRAM term over both waves");
+        Near(p.SmFillUs, 64 + 16, "SM fill: 8 then 2 CTAs of 800 KB at 100 B/ns");
+        Near(p.LatencyUs, 2 * 2.2, "critical warp in each wave");
+        Near(p.Microseconds, 101.0, "time");
+        Assert.That(p.Bound, Is.EqualTo(TimeBound.Dram));
+        // Little's law: 8 CTAs x 8 warps x (80 MB / 3200 trips = 25000 bytes per warp trip) in flight per SM
+        Near(p.InFlightBytesPerSm, 64 * 25_000.0, "bytes in flight per SM");
+        Near(p.LittleGBps, 10 * 64 * 25_000.0 / 500, "Little's-law bandwidth (bytes per ns)");
+    }
+
+    /// <summary>
+    /// One warp chasing 10 dependent pointers (320 bytes, 50 instructions): latency 10 x 500 ns + 50 / 0.5 ns = 5.1 us;
+    /// the DRAM term is 5 us (Little: 10 trips x 500 ns), bandwidth negligible. Latency-bound.
+    /// </summary>
+    [Test]
+    public void LatencyBoundOneCtaKernel()
+    {
+        var r = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50);
+        var p = KernelTimingModel.Predict(r, new KernelResources(16, 0), Toy);
+        Assert.That((p.FullWaves, p.TailCtas), Is.EqualTo((0L, 1L)));
+        Near(p.DramUs, 5.0, "Little: 10 trips at 500 ns");
+        Near(p.Microseconds, 5.1, "time");
+        Assert.That(p.Bound, Is.EqualTo(TimeBound.Latency));
+    }
+
+    /// <summary>
+    /// One CTA of 32 warps making 66 passes over 300 KiB (the first from DRAM, 65 re-reads from L2): the SM's fill path
+    /// bounds it: (307200 + 65 x 307200) bytes / 100 B/ns = 202.752 us (issue: 32 x 20000 instr / 4 per clock = 160 us;
+    /// L2 bandwidth 19.968 us; latency 0.5 + 65 x 0.2 + 20000 / 0.5 ns = 53.5 us).
+    /// </summary>
+    [Test]
+    public void OneCtaManyPassesOverL2_IsBoundByTheSmFillPath()
+    {
+        var r = Launch(1, 1024, dramBytes: 307200, warpDramTrips: 1, maxWarpInstructions: 20000, l2ReuseBytes: 65 * 307200L, warpL2Trips: 65);
+        var p = KernelTimingModel.Predict(r, new KernelResources(32, 0), Toy);
+        Assert.That(p.L2Bytes, Is.EqualTo(65 * 307200L));
+        Near(p.SmFillUs, 202.752, "SM fill");
+        Near(p.IssueUs, 160.0, "issue");
+        Near(p.L2Us, 19.968, "L2 bandwidth");
+        Near(p.LatencyUs, 53.5, "critical warp");
+        Near(p.Microseconds, 202.752, "time");
+        Assert.That(p.Bound, Is.EqualTo(TimeBound.SmFill));
+    }
+
+    /// <summary>
+    /// Wave quantisation: 80 CTAs (one full wave of 8 per SM) take 10.5 us (500 ns + 8 MB / 800 GB/s); one more CTA adds a
+    /// whole tail wave of 1 us (its 100 KB at one SM's 100 B/ns); 160 CTAs are exactly two waves.
+    /// </summary>
+    [Test]
+    public void TailEffect_OneCtaMoreAddsAWave()
+    {
+        KernelPrediction P(uint grid) => KernelTimingModel.Predict(Launch(grid, 256, dramBytes: grid * 100_000L, warpDramTrips: 1), new KernelResources(32, 0), Toy);
+        Near(P(80).Microseconds, 10.5, "one full wave");
+        Near(P(81).Microseconds, 11.5, "a full wave and a one-CTA tail");
+        Assert.That(P(81).TailCtas, Is.EqualTo(1));
+        Near(P(160).Microseconds, 21.0, "two full waves");
+    }
+
+    [Test]
+    public void Step_SumsKernelsGapsCopiesAndSync()
+    {
+        var k = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50) with { InGraph = true };   // 5.1 us each
+        var ops = new List<DeviceOperation>
+        {
+            new(DeviceOperationKind.CopyToDevice, 40_000, false, 0),          // 2 us + 40000 B / 10 GB/s = 6 us
+            new(DeviceOperationKind.Memset, 64, true, 1),                      // a graph node
+            new(DeviceOperationKind.CopyToHost, 10_000, false, 2),             // 2 + 1 = 3 us
+        };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, [k, k], ops, _ => new KernelResources(16, 0));
+        Assert.That((p.GraphNodes, p.StreamNodes, p.HostCopies), Is.EqualTo((3, 0, 2)));
+        Near(p.KernelUs, 10.2, "kernels");
+        Near(p.GapUs, 3.0, "three graph nodes at 1 us");
+        Near(p.CopyUs, 9.0, "copies");
+        Near(p.TotalUs, 10.2 + 3 + 9 + 1, "total with the 1 us wake-up");
+        Near(p.TokensPerSecond, 1e6 / 23.2, "tok/s");
+        string table = StepPredictor.Table(p, "context 9", minimumBytes: 1_000_000);
+        Assert.That(table, Does.Contain("PREDICTED").And.Contain("tok/s predicted").And.Contain("roofline"));
+        // roofline: 1 MB / 1000 GB/s = 1 us -> 1,000,000 tok/s
+        Assert.That(table, Does.Contain("1.0 us: 1000000 tok/s"));
+    }
+
+    [Test]
+    public void ScaleLayers_RepeatsTheLayerLaunchesAndTheirOperations()
+    {
+        LaunchRecord L(string k, uint grid = 1) => Launch(grid, 32, 320, 1, kernel: k) with { InGraph = true };
+        var launches = new[] { L("embed"), L("a"), L("b", 2), L("c"), L("a"), L("b", 2), L("c"), L("norm"), L("head", 4) };
+        Assert.That(StepPredictor.FindLayers(launches, 2), Is.EqualTo(((int, int)?)(1, 3)));
+        Assert.That(StepPredictor.FindLayers(launches.Select((l, i) => i == 5 ? l with { Grid = new Dim3(3) } : l).ToList(), 2), Is.Null, "layers of different shapes");
+        var ops = new List<DeviceOperation> { new(DeviceOperationKind.CopyToDevice, 4, false, 0), new(DeviceOperationKind.Memset, 8, true, 2), new(DeviceOperationKind.Memset, 8, true, 5) };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 2, launches, ops, _ => new KernelResources(16, 0));
+        var s = StepPredictor.ScaleLayers(p, 5);
+        Assert.That(s.Layers, Is.EqualTo(5));
+        Assert.That(s.Launches.Select(l => l.Kernel), Is.EqualTo(new[] { "embed" }.Concat(Enumerable.Repeat(new[] { "a", "b", "c" }, 5).SelectMany(x => x)).Concat(["norm", "head"])));
+        Assert.That(s.Operations.Count(o => o.Kind == DeviceOperationKind.Memset), Is.EqualTo(5), "one memset per layer");
+        Assert.That(s.GraphNodes, Is.EqualTo(18 + 5));
+        Near(s.KernelUs, p.KernelUs / 9 * 18, "every launch here predicts the same time");
+        Assert.That(() => StepPredictor.ScaleLayers(p with { Launches = p.Launches.Take(6).ToList() }, 4), Throws.ArgumentException.With.Message.Contains("--scale-layers"));
+    }
+
+    /// <summary>The shipped descriptions parse, have the five GPUs, and every number of each has a stated source.</summary>
+    [Test]
+    public void Catalog_EveryNumberHasASource()
+    {
+        Assert.That(GpuCatalog.All.Select(g => g.Key), Is.EquivalentTo(new[] { "a100", "h100", "h200", "rtx4090", "l40s" }));
+        foreach (var g in GpuCatalog.All)
+            foreach (string field in GpuCatalog.NumericFields())
+                Assert.That(g.Sources.TryGetValue(field, out var src) && !string.IsNullOrWhiteSpace(src), $"{g.Key}.{field} has no source");
+        var h100 = GpuCatalog.Get("H100");
+        Assert.That((h100.Sms, h100.Arch, h100.DramPeakGBps), Is.EqualTo((132, "sm_90", 3350.0)));
+        // the derived clock: 989.4 TFLOPS dense BF16 / (132 x 4096 FLOP/clock)
+        Assert.That(h100.ClockGHz, Is.EqualTo(989.4e12 / (132 * 4096.0) / 1e9).Within(0.01));
+        Assert.That(GpuCatalog.ForDeviceName("NVIDIA H100 80GB HBM3")?.Key, Is.EqualTo("h100"));
+        Assert.That(GpuCatalog.ForDeviceName("NVIDIA GeForce RTX 3090"), Is.Null);
+        Assert.That(() => GpuCatalog.Get("v100"), Throws.ArgumentException.With.Message.Contains("known: a100, h100, h200, rtx4090, l40s"));
+    }
+
+    /// <summary>docs/timing-model.md lists every number of gpus.json as the file has it (regenerate section 5 when it changes).</summary>
+    [Test]
+    public void Docs_ListEveryNumberOfTheCatalog()
+    {
+        string doc = File.ReadAllText(Path.Combine(Support.RepoPaths.Root, "docs", "timing-model.md"));
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(Support.RepoPaths.Root, "src", "Model", "Performance", "gpus.json")))!;
+        foreach (var (k, v) in root["common"]!.AsObject().Where(kv => kv.Key != "sources"))
+            Assert.That(doc, Does.Contain($"| {k} | {v!.ToJsonString()} |"), $"common {k}");
+        foreach (var gpu in root["gpus"]!.AsArray())
+            foreach (var (k, v) in gpu!.AsObject().Where(kv => kv.Value is System.Text.Json.Nodes.JsonValue jv && jv.GetValueKind() == System.Text.Json.JsonValueKind.Number))
+                Assert.That(doc, Does.Contain($"- {k} = {v!.ToJsonString()}: {gpu["sources"]![k]!.GetValue<string>()}"), $"{gpu["key"]} {k}");
+    }
+}
