@@ -56,6 +56,12 @@ public class CheckerTests
 
     private static EmulatorFaultException Fault(Action a) => Assert.Throws<EmulatorFaultException>(() => a())!;
 
+    /// <summary>Warps run until they block, in order (interleaved scheduling finds the same races in another order).</summary>
+    private static EmulatorOptions LockstepOptions => new()
+    {
+        Sequential = true, PrintfOutput = TextWriter.Null, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Lockstep },
+    };
+
     [Test]
     public void OutOfBoundsGlobalWrite()
     {
@@ -108,7 +114,7 @@ public class CheckerTests
     [Test]
     public void SharedMemoryRace()
     {
-        using var kit = new EmuKit(Source);
+        using var kit = new EmuKit(Source, LockstepOptions);   // the report names the first conflict of the lockstep schedule
         var d = kit.Zeros<float>(64);
         var e = Fault(() => kit.Launch("race", 1, 64, 0, d));
         // warp 0 runs until it blocks: it reads s[32..63] before warp 1 has written them
@@ -122,7 +128,7 @@ public class CheckerTests
     [Test]
     public void SharedMemoryReadAfterWrite()
     {
-        using var kit = new EmuKit(Source);
+        using var kit = new EmuKit(Source, LockstepOptions);
         var d = kit.Zeros<float>(64);
         var e = Fault(() => kit.Launch("raw", 1, 64, 0, d));
         Assert.That(e.Message, Does.Contain("racecheck: read-after-write hazard on shared memory offset 0"));

@@ -38,7 +38,7 @@ internal sealed class EmuKit : IDisposable
         return r;
     }
 
-    /// <summary>Launches with arguments given as DevicePtr, int, uint, float, long, ulong or an unmanaged struct via <see cref="Raw"/>.</summary>
+    /// <summary>Launches and waits for the kernel, with arguments given as DevicePtr, int, uint, float, long, ulong or an unmanaged struct via <see cref="Raw"/>.</summary>
     public LaunchRecord Launch(string kernel, Dim3 grid, Dim3 block, int sharedBytes, params object[] args)
     {
         var k = Dev.GetKernel(Module, kernel);
@@ -58,6 +58,7 @@ internal sealed class EmuKit : IDisposable
             }
         }
         Dev.Launch(k, new LaunchConfig(grid, block, sharedBytes), Dev.DefaultStream, a);
+        Dev.Synchronize(Dev.DefaultStream);   // strict streams: the launch runs (and faults) here
         return Dev.LastLaunch!;
     }
 

@@ -96,6 +96,37 @@ public class EmulateCommandTests
     }
 
     [Test]
+    public void Modes_PickStrictnessModes_AnIntraWarpRaceShowsOnlyUnderIts()
+    {
+        string cu = Write("neighbour.cu", """
+            extern "C" __global__ void neighbour(int* out) {
+              __shared__ int s[32];
+              s[threadIdx.x] = threadIdx.x;
+              out[threadIdx.x] = s[threadIdx.x ^ 1];
+            }
+            """);
+        string args = Write("args.json", """{"args": [{"type": "i32", "zeros": 32}]}""");
+        var (code, stdout, stderr) = Run("emulate", "--source", cu, "--kernel", "neighbour", "--grid", "1", "--block", "32", "--args", args, "--modes", "lockstep,hw-math=4,poison=1");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        var root = JsonNode.Parse(stdout)!;
+        Assert.That(root["modes"]!.GetValue<string>(), Does.Contain("lockstep").And.Contain("hw-math=4").And.Contain("poison=1"));
+        Assert.That(root["buffers"]![0]!.AsArray().Select(v => v!.GetValue<int>()), Is.EqualTo(Enumerable.Range(0, 32).Select(i => i ^ 1)), "lockstep: the lanes happen to be in step");
+
+        (code, stdout, stderr) = Run("emulate", "--source", cu, "--kernel", "neighbour", "--grid", "1", "--block", "32", "--args", args, "--modes", "its=2");
+        Assert.That(code, Is.Not.EqualTo(0));
+        Assert.That(stderr, Does.Contain("racecheck (intra-warp): read-after-write hazard").And.Contain("__syncwarp"));
+        Assert.That(stdout, Is.Empty);
+
+        (code, _, stderr) = Run("emulate", "--source", cu, "--kernel", "neighbour", "--grid", "1", "--block", "32", "--args", args, "--modes", "its,turbo");
+        Assert.That(code, Is.EqualTo(2), "a usage error");
+        Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1), "one line");
+        Assert.That(stderr, Does.Contain("--modes: unknown emulator mode 'turbo'"));
+
+        var (_, help, _) = Run("emulate", "--help");
+        Assert.That(help, Does.Contain("--modes").And.Contain("strict-streams").And.Contain("its[=SEED]").And.Contain("hw-math[=SEED]").And.Contain("poison=SEED"));
+    }
+
+    [Test]
     public void KernelThatNeverEndsStopsAtTheTimeout()
     {
         string cu = Write("spin.cu", """

@@ -55,7 +55,7 @@ public class EmulatedDeviceTests
         Assert.That(q.Address % 256, Is.Zero);
         var back = new byte[1000];
         dev.CopyToHost(back, p);
-        Assert.That(back, Is.All.EqualTo((byte)0xFF), "fresh allocations are poison-filled, not zeroed");
+        Assert.That(back, Is.All.EqualTo(dev.Options.Modes.Poison), "fresh allocations are poison-filled, not zeroed");
         Assert.That(() => dev.Allocate(2 << 20), Throws.InstanceOf<DeviceOutOfMemoryException>());
         Assert.That(() => dev.CopyToDevice(q, new byte[11]), Throws.InstanceOf<DeviceException>().With.Message.Contains("not inside a live allocation"));
         dev.Free(p);

@@ -9,9 +9,10 @@ using Qwen3Cuda.Runtime.Emulation;
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda emulate --source K.cu --kernel NAME --grid X[,Y,Z] --block X[,Y,Z] [--shared BYTES] --args ARGS.json [--arch sm_80]`:
-/// compiles one kernel with NVRTC, runs it on the PTX emulator (memcheck, racecheck, synccheck on) and prints
-/// JSON <c>{"buffers": [[...], ...], "counters": {...}}</c>. ARGS.json is <c>{"args": [...]}</c>, one entry per kernel
+/// `qwen3cuda emulate --source K.cu --kernel NAME --grid X[,Y,Z] --block X[,Y,Z] [--shared BYTES] --args ARGS.json [--arch sm_80]
+/// [--modes LIST]`: compiles one kernel with NVRTC, runs it on the PTX emulator (memcheck, racecheck, synccheck on; the
+/// strictness modes of docs/emulator.md as --modes or QWEN3CUDA_EMULATOR choose) and prints
+/// JSON <c>{"buffers": [[...], ...], "counters": {...}, "modes": "..."}</c>. ARGS.json is <c>{"args": [...]}</c>, one entry per kernel
 /// parameter: a buffer <c>{"type": T, "data": [..]}</c> or <c>{"type": T, "zeros": N}</c>, or a scalar <c>{"type": T, "value": x}</c>.
 /// </summary>
 public static class EmulateCommand
@@ -33,17 +34,39 @@ public static class EmulateCommand
         var args = new Option<FileInfo>("--args") { Description = ArgsFormat, Required = true, HelpName = "ARGS.json" };
         var arch = new Option<string>("--arch") { Description = "emulated architecture (sm_80 or sm_90)", DefaultValueFactory = _ => "sm_90", HelpName = "sm_80|sm_90" };
         var timeout = CliOptions.Seconds("--timeout", "seconds the launch may run before the watchdog stops it (a spin-wait that never ends)", 600);
+        var modes = Modes();
         var cmd = new Command("emulate", "Run one CUDA kernel on the PTX emulator with memory/race checking and print its outputs and counters as JSON")
-            { source, kernel, grid, block, shared, args, arch, timeout };
+            { source, kernel, grid, block, shared, args, arch, timeout, modes };
         cmd.SetAction(p => Run(p.GetValue(source)!, p.GetValue(kernel)!, p.GetValue(grid)!, p.GetValue(block)!,
-            p.GetValue(shared), p.GetValue(args)!, p.GetValue(arch)!, p.GetValue(timeout), p.InvocationConfiguration.Output));
+            p.GetValue(shared), p.GetValue(args)!, p.GetValue(arch)!, p.GetValue(timeout), p.InvocationConfiguration.Output, p.GetValue(modes)));
         return cmd;
     }
+
+    /// <summary>--modes LIST: the emulator's strictness modes (EmulatorModes.Parse), applied over QWEN3CUDA_EMULATOR's.</summary>
+    public static Option<EmulatorModes> Modes() => new("--modes")
+    {
+        Description = "emulator strictness modes, comma-separated, applied over $QWEN3CUDA_EMULATOR (default: none of them): " +
+            "strict-streams (queued work runs only at a synchronisation), its[=SEED] (interleaved thread scheduling and the " +
+            "intra-warp shared-memory racecheck), hw-math[=SEED] (.approx results anywhere within the PTX ISA's error bound, " +
+            "tensor-core mma accumulation), poison=SEED (uninitialised memory: even seeds NaN bytes, odd seeds large finite " +
+            "ones), strict (strict-streams,its,hw-math), fast (none); see docs/emulator.md. Example: --modes its=3,hw-math,poison=1",
+        HelpName = "LIST",
+        DefaultValueFactory = _ => EmulatorModes.Ambient,
+        CustomParser = r =>
+        {
+            try { return EmulatorModes.Parse(CliOptions.Token(r), EmulatorModes.Ambient); }
+            catch (ArgumentException e)
+            {
+                r.AddError($"--modes: {e.Message}");
+                return EmulatorModes.Ambient;
+            }
+        },
+    };
 
     private sealed record Arg(string Type, int Size, bool IsBuffer, byte[] Bytes, long Count);
 
     public static int Run(FileInfo source, string kernelName, string grid, string block, int shared, FileInfo argsFile, string arch, double timeoutSeconds = 600,
-        TextWriter? stdout = null)
+        TextWriter? stdout = null, EmulatorModes? modes = null)
     {
         stdout ??= Console.Out;
         if (!(timeoutSeconds > 0) || double.IsInfinity(timeoutSeconds)) throw new UsageException($"--timeout: must be a positive number of seconds, got {timeoutSeconds}");
@@ -56,7 +79,7 @@ public static class EmulateCommand
         var compiled = new KernelCompiler().CompileSource(source.Name, File.ReadAllText(source.FullName),
             new KernelBuild(source.Name, $"sm_{archNumber}", CompileTarget.Ptx));
         var options = archNumber < 90 ? EmulatorOptions.Sm80 : new EmulatorOptions();
-        options = options with { PrintfOutput = Console.Error, Watchdog = TimeSpan.FromSeconds(timeoutSeconds) };
+        options = options with { PrintfOutput = Console.Error, Watchdog = TimeSpan.FromSeconds(timeoutSeconds), Modes = modes ?? EmulatorModes.Ambient };
         using var dev = new EmulatedDevice(options);
         using var module = dev.LoadModule(compiled);
         var k = dev.GetKernel(module, kernelName);
@@ -89,6 +112,7 @@ public static class EmulateCommand
                 }
             }
             dev.Launch(k, new LaunchConfig(g, b, shared), dev.DefaultStream, ka);   // a fault is an EmulatorFaultException: exit code 5
+            dev.Synchronize(dev.DefaultStream);   // strict streams run the kernel here, where its fault surfaces
         }
         finally { handle.Free(); }
         var buffers = new JsonArray();
@@ -103,7 +127,7 @@ public static class EmulateCommand
         var counters = JsonSerializer.SerializeToNode(rec, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase })!.AsObject();
         counters["grid"] = rec.Grid.ToString();
         counters["block"] = rec.Block.ToString();
-        var root = new JsonObject { ["buffers"] = buffers, ["counters"] = counters };
+        var root = new JsonObject { ["buffers"] = buffers, ["counters"] = counters, ["modes"] = dev.Options.Modes.ToString() };
         stdout.WriteLine(root.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
         return 0;
     }

@@ -120,17 +120,22 @@ public sealed class MoeCase
     }
 
     /// <summary>
-    /// Tolerance per element: |d| &lt;= 2^-7 |ref| + 2^-8 rms(ref). The routing and the bf16 gate/up values are exact
+    /// Tolerance per element: |d| &lt;= 2^-7 |ref| + 2^-7 rms(ref). The routing and the bf16 gate/up values are exact
     /// (exact-sum data), so differences come from silu's exp (fp32 ulps, sometimes one bf16 ulp of an activation) and the
     /// down projection's fp32 summation order (sometimes one bf16 ulp of an expert output): one carried ulp (2^-8
-    /// relative) plus the final rounding; the absolute term covers outputs that cancel to near zero. Also a sanity check
-    /// against all-zero outputs (the tolerance scales with rms): the tiny preset shape (H 64, I 32) gives rms ~3e-4.
+    /// relative) plus the final rounding. The absolute term covers outputs that cancel to near zero, whose error is the
+    /// flipped activations' share, 2^-8 |a w| each. On a GPU (and the emulator's hardware-like math) expf rests on
+    /// ex2.approx, 2 ulp from the correctly rounded result (PTX ISA), where the exact emulator is within half an ulp: about
+    /// five times as many activations lie within reach of a bf16 rounding boundary, and a cancelling output may carry two
+    /// flipped terms: 2 x 2^-8 rms. (With one, 2^-8 rms, the small 300-token case measured up to 1.32x that bound over
+    /// hardware-math seeds 0-5; exact math 0.44x.) Also a sanity check against all-zero outputs (the tolerance scales with
+    /// rms): the tiny preset shape (H 64, I 32) gives rms ~3e-4.
     /// </summary>
     public static void Compare(Checker c, float[] reference, ushort[] actual, string what)
     {
         double rms = Math.Sqrt(reference.Select(v => (double)v * v).Average());
-        var tol = reference.Select(r => (float)(Math.Abs(r) / 128.0 + rms / 256.0)).ToArray();
-        c.Within(KernelData.ToFloats(actual), reference, tol, "2^-7|ref| + 2^-8 rms(ref)", what);
+        var tol = reference.Select(r => (float)(Math.Abs(r) / 128.0 + rms / 128.0)).ToArray();
+        c.Within(KernelData.ToFloats(actual), reference, tol, "2^-7|ref| + 2^-7 rms(ref)", what);
         c.True(rms > 1e-4, "test data not degenerate (rms of the reference > 1e-4)", $"rms {rms:G3}");
     }
 }

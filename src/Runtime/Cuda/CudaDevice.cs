@@ -116,15 +116,19 @@ public sealed unsafe partial class CudaDevice : IDevice
         return ((long)free, (long)total);
     }
 
+    // The IDevice contract: a synchronous copy waits for all prior work. cuMemcpy runs on the legacy default stream,
+    // which does not wait for our streams (created CU_STREAM_NON_BLOCKING), so synchronise the context first.
     public void CopyToDevice(DevicePtr dst, ReadOnlySpan<byte> src)
     {
         MakeCurrent();
+        CudaCheck.Check(CudaApi.cuCtxSynchronize(), "cuCtxSynchronize (before a synchronous copy)");
         fixed (byte* p = src) CudaCheck.Check(CudaApi.cuMemcpyHtoD_v2(dst.Address, p, (nuint)src.Length), $"cuMemcpyHtoD_v2({dst}, {src.Length})");
     }
 
     public void CopyToHost(Span<byte> dst, DevicePtr src)
     {
         MakeCurrent();
+        CudaCheck.Check(CudaApi.cuCtxSynchronize(), "cuCtxSynchronize (before a synchronous copy)");
         fixed (byte* p = dst) CudaCheck.Check(CudaApi.cuMemcpyDtoH_v2(p, src.Address, (nuint)dst.Length), $"cuMemcpyDtoH_v2({src}, {dst.Length})");
     }
 

@@ -6,7 +6,8 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// <summary>
 /// One thread block: its warps, shared memory (poison-filled), per-thread local memory, barriers and the
 /// shared-memory race checker. Reused for many CTAs by one worker thread. Warps run until they block
-/// (barrier, exit, or a quantum of instructions for spin loops), then the next warp runs.
+/// (barrier, exit, or a quantum of instructions for spin loops), then the next warp runs; under interleaved scheduling
+/// (<see cref="EmulatorModes.Scheduling"/>) warps take turns of a few instructions in a seeded random order.
 /// </summary>
 internal sealed unsafe class Cta
 {
@@ -60,7 +61,7 @@ internal sealed unsafe class Cta
             LocalPtr = (byte*)Unsafe.AsPointer(ref _local[0]);
         }
         if (!launch.RaceCheck || launch.SharedBytes == 0) Race = null;
-        else if (Race == null || Race.Words != (launch.SharedBytes + 3) / 4) Race = new RaceChecker(launch.SharedBytes, this);
+        else if (Race == null || Race.Words != (launch.SharedBytes + 3) / 4 || Race.LaneLevel != launch.Interleaved) Race = new RaceChecker(launch.SharedBytes, launch.Interleaved);
     }
 
     public string BlockText => $"({CtaId.X},{CtaId.Y},{CtaId.Z})";
@@ -70,22 +71,31 @@ internal sealed unsafe class Cta
         var L = Launch;
         Linear = linear;
         CtaId = ((uint)(linear % L.Grid.X), (uint)(linear / L.Grid.X % L.Grid.Y), (uint)(linear / ((long)L.Grid.X * L.Grid.Y)));
-        _shared.AsSpan(0, Math.Max(L.SharedBytes, 16)).Fill(DeviceMemory.Poison);
-        _local.AsSpan(0, Math.Max(L.LocalPerThread * Warps.Length * 32, 16)).Fill(DeviceMemory.Poison);
+        _shared.AsSpan(0, Math.Max(L.SharedBytes, 16)).Fill(L.Memory.Poison);
+        _local.AsSpan(0, Math.Max(L.LocalPerThread * Warps.Length * 32, 16)).Fill(L.Memory.Poison);
         Array.Clear(_arrived);
         Race?.Reset();
         int threads = (int)L.Block.Count;
         for (int i = 0; i < Warps.Length; i++) Warps[i].Reset(L.Function, Math.Min(32, threads - 32 * i));
         var status = _status;
         Array.Clear(status);
+        bool its = L.Interleaved;
+        if (its)
+        {
+            _rng = Mix((ulong)L.ScheduleSeed * 0x9E3779B97F4A7C15UL ^ (ulong)L.LaunchId << 20 ^ (ulong)linear) | 1;
+            if (_order.Length != Warps.Length) _order = new int[Warps.Length];
+            for (int i = 0; i < _order.Length; i++) _order[i] = i;
+        }
         while (true)
         {
             bool anyLive = false;
-            for (int w = 0; w < Warps.Length; w++)
+            if (its) for (int i = _order.Length - 1; i > 0; i--) { int j = Random(i + 1); (_order[i], _order[j]) = (_order[j], _order[i]); }
+            for (int k = 0; k < Warps.Length; k++)
             {
+                int w = its ? _order[k] : k;
                 if (status[w] is WarpStatus.Done or WarpStatus.AtBarrier) continue;
                 long before = Counters.WarpInstructions;
-                status[w] = Warps[w].Run(Quantum);
+                status[w] = Warps[w].Run(its ? 1 + Random(48) : Quantum);   // interleaved: warps take turns of 1..48 instructions in a random order
                 Warps[w].Instructions += Counters.WarpInstructions - before;
                 anyLive = true;
             }
@@ -104,6 +114,23 @@ internal sealed unsafe class Cta
             if (!anyLive || AllBlocked(status)) throw Deadlock(status);
             if (L.DeadlineTimestamp != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > L.DeadlineTimestamp) throw WatchdogFault(status);
         }
+    }
+
+    private ulong _rng;
+    private int[] _order = [];
+
+    /// <summary>A pseudo-random number in [0, n) from this block's seeded generator (interleaved scheduling).</summary>
+    public int Random(int n)
+    {
+        _rng ^= _rng << 13; _rng ^= _rng >> 7; _rng ^= _rng << 17;
+        return (int)((_rng >> 33) % (ulong)n);
+    }
+
+    private static ulong Mix(ulong h)
+    {
+        h ^= h >> 30; h *= 0xBF58476D1CE4E5B9UL;
+        h ^= h >> 27; h *= 0x94D049BB133111EBUL;
+        return h ^ (h >> 31);
     }
 
     private static bool AllBlocked(WarpStatus[] status)
@@ -151,7 +178,7 @@ internal sealed unsafe class Cta
             }
             _arrived[id] = 0;
             Counters.Barriers++;
-            Race?.NextEpoch();
+            Race?.NextEpoch();   // a CTA barrier orders everything before it, the lanes of each warp included
             released = true;
         }
         return released;
@@ -185,75 +212,5 @@ internal sealed unsafe class Cta
             sb.Append($"\n  warp {w}: {(status[w] == WarpStatus.AtBarrier ? $"waits at barrier {wp.BarrierId}" : "blocked")}, {wp.Where(ins)}: {ins.Text}");
         }
         return new EmulatorFaultException(sb.ToString());
-    }
-}
-
-/// <summary>
-/// Shared-memory race detection at warp granularity (docs/emulator.md): a shadow entry per 4-byte word
-/// records the epoch (CTA barrier generation) and warp of the last write and the reader warps; two
-/// different warps touching a word in the same epoch with at least one write is a hazard.
-/// </summary>
-internal sealed class RaceChecker
-{
-    private readonly int[] _writeEpoch, _readEpoch, _writerLine;
-    private readonly short[] _writer;
-    private readonly ulong[] _readers;
-    /// <summary>Per word: 1 + the warp whose cp.async to it has not completed (wait_group) yet; 0 when none.</summary>
-    private readonly short[] _pending;
-    private readonly Cta _cta;
-    private int _epoch = 1;
-
-    public int Words => _writeEpoch.Length;
-
-    public RaceChecker(int sharedBytes, Cta cta)
-    {
-        int words = (sharedBytes + 3) / 4;
-        _writeEpoch = new int[words]; _readEpoch = new int[words]; _writerLine = new int[words];
-        _writer = new short[words]; _readers = new ulong[words]; _pending = new short[words];
-        _cta = cta;
-    }
-
-    public void Reset()
-    {
-        Array.Clear(_writeEpoch); Array.Clear(_readEpoch); Array.Clear(_pending);
-        _epoch = 1;
-    }
-
-    public void NextEpoch() => _epoch++;
-
-    /// <summary>Marks (or clears) the destination words of an in-flight cp.async.</summary>
-    public void MarkPending(uint offset, int bytes, int warp, bool pending)
-    {
-        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _pending.Length; i++) _pending[i] = pending ? (short)(warp + 1) : (short)0;
-    }
-
-    public void Access(uint offset, int bytes, bool write, int warp, Warp w, Instr ins, int lane)
-    {
-        int e = _epoch;
-        ulong bit = 1UL << (warp & 63);
-        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _writeEpoch.Length; i++)
-        {
-            if (_pending[i] != 0)
-                throw w.Fault($"racecheck: shared memory offset {i * 4} is the destination of a cp.async by warp {_pending[i] - 1} that has not completed: " +
-                    $"it is {(write ? "written" : "read")} before cp.async.wait_group{(_pending[i] - 1 != warp ? " and a barrier" : "")}", ins, lane);
-            if (write)
-            {
-                if (_writeEpoch[i] == e && _writer[i] != warp)
-                    throw w.Fault($"racecheck: write-after-write hazard on shared memory offset {i * 4}: warp {_writer[i]} wrote it (PTX line {_writerLine[i]}) and warp {warp} writes it with no barrier in between", ins, lane);
-                if (_readEpoch[i] == e && (_readers[i] & ~bit) != 0)
-                    throw w.Fault($"racecheck: write-after-read hazard on shared memory offset {i * 4}: warp {BitOperations.TrailingZeroCount(_readers[i] & ~bit)} read it and warp {warp} writes it with no barrier in between", ins, lane);
-                _writeEpoch[i] = e;
-                _writer[i] = (short)warp;
-                _writerLine[i] = ins.PtxLine;
-            }
-            else
-            {
-                if (_writeEpoch[i] == e && _writer[i] != warp)
-                    throw w.Fault($"racecheck: read-after-write hazard on shared memory offset {i * 4}: warp {_writer[i]} wrote it (PTX line {_writerLine[i]}) and warp {warp} reads it with no barrier in between", ins, lane);
-                if (_readEpoch[i] != e) { _readEpoch[i] = e; _readers[i] = 0; }
-                _readers[i] |= bit;
-            }
-        }
-        _ = _cta;
     }
 }

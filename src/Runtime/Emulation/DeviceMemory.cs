@@ -28,12 +28,13 @@ internal sealed unsafe class Allocation
 /// <summary>
 /// The emulated global memory: device addresses start at 0x7f00_0000_0000, every allocation gets a fresh,
 /// 256-byte aligned range (freed ranges are never reused: quarantine), native backing filled with a poison
-/// pattern, and a sorted table that every access is checked against.
+/// pattern (NaN or large finite bytes, <see cref="EmulatorModes.PoisonSeed"/>), and a sorted table that every access is checked against.
 /// </summary>
 internal sealed unsafe class DeviceMemory : IDisposable
 {
     public const ulong HeapBase = 0x7f00_0000_0000UL;
-    public const byte Poison = 0xFF;
+    /// <summary>The byte fresh allocations are filled with (<see cref="EmulatorModes.PoisonByte"/>).</summary>
+    public byte Poison { get; }
     private readonly List<Allocation> _table = []; // sorted by Start (addresses only grow)
     private readonly object _lock = new();
     private ulong _next = HeapBase;
@@ -41,8 +42,9 @@ internal sealed unsafe class DeviceMemory : IDisposable
     public long LiveBytes { get; private set; }
     public long LimitBytes { get; }
 
-    public DeviceMemory(long limitBytes, bool strict)
+    public DeviceMemory(long limitBytes, bool strict, byte poison = 0xFF)
     {
+        Poison = poison;
         LimitBytes = limitBytes;
         _strict = strict;
     }

@@ -6,7 +6,9 @@ namespace Qwen3Cuda.Runtime.Emulation;
 /// <see cref="IDevice"/> on the CPU: runs the PTX of a <see cref="CompiledModule"/> with the warp interpreter,
 /// checks every memory access (memcheck), shared-memory races (racecheck) and warp/CTA synchronisation
 /// (synccheck), and records counters per launch (<see cref="LastLaunch"/>, <see cref="Launches"/>).
-/// Streams execute eagerly and in order: a launch runs to completion before <c>Launch</c> returns.
+/// By default streams execute eagerly: a launch runs to completion before <c>Launch</c> returns. Under strict
+/// streams (<see cref="EmulatorModes.StrictStreams"/>) work is queued and runs only when the host synchronises
+/// (<see cref="StreamScheduler"/>), as late as a GPU may run it; see docs/emulator.md.
 /// </summary>
 public sealed unsafe class EmulatedDevice : IDevice
 {
@@ -20,13 +22,16 @@ public sealed unsafe class EmulatedDevice : IDevice
     private long _launchId;
     private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
     private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
+    private readonly StreamScheduler? _queues;   // strict streams only
+    private readonly List<EmuStream> _capturing = [];
     private bool _disposed;
 
     public EmulatedDevice(EmulatorOptions? options = null)
     {
         _opt = options ?? new EmulatorOptions();
-        _mem = new DeviceMemory(_opt.HeapLimitBytes, _opt.Strict);
+        _mem = new DeviceMemory(_opt.HeapLimitBytes, _opt.Strict, _opt.Modes.Poison);
         _default = new EmuStream(this);
+        if (_opt.Modes.StrictStreams) _queues = new StreamScheduler(_opt.Modes.ScheduleSeed);
         Info = new DeviceInfo
         {
             Name = _opt.Name, Backend = BackendKind.Emulator, ComputeMajor = _opt.ComputeMajor, ComputeMinor = _opt.ComputeMinor,
@@ -64,48 +69,107 @@ public sealed unsafe class EmulatedDevice : IDevice
         return new DevicePtr(_mem.Allocate(bytes).Start);
     }
 
+    /// <summary>Frees device memory; like cuMemFree it first waits for all queued work (which may still use it).</summary>
     public void Free(DevicePtr ptr)
     {
         ThrowIfDisposed();
         if (ptr.IsNull) return;
+        HostWait("Free");
         _mem.Free(ptr.Address);
     }
 
     public (long FreeBytes, long TotalBytes) GetMemoryInfo() =>
         (Math.Max(0, Math.Min(_opt.ReportedMemoryBytes, _opt.HeapLimitBytes) - _mem.LiveBytes), _opt.ReportedMemoryBytes);
 
+    /// <summary>Synchronous upload: waits for all queued work first (the IDevice contract), then copies.</summary>
     public void CopyToDevice(DevicePtr dst, ReadOnlySpan<byte> src)
     {
+        HostWait("CopyToDevice");
         byte* p = _mem.HostRange(dst.Address, src.Length, "CopyToDevice destination");
         src.CopyTo(new Span<byte>(p, src.Length));
         MarkWritten(dst.Address, src.Length);
     }
 
+    /// <summary>Synchronous download: waits for all queued work first, then copies.</summary>
     public void CopyToHost(Span<byte> dst, DevicePtr src)
     {
+        HostWait("CopyToHost");
         byte* p = _mem.HostRange(src.Address, dst.Length, "CopyToHost source");
         new ReadOnlySpan<byte>(p, dst.Length).CopyTo(dst);
     }
 
+    /// <summary>
+    /// Queues a host-to-device copy that reads <paramref name="src"/> when it runs. Strict streams: the source bytes are
+    /// remembered here and compared when the copy runs; a difference means the host rewrote a pinned buffer that a
+    /// queued copy still had to read (a race on a GPU) and fails the synchronisation that runs the copy.
+    /// </summary>
     public void CopyToDeviceAsync(DevicePtr dst, PinnedBuffer src, long srcOffset, long bytes, DeviceStream stream)
     {
         src.CheckRange(srcOffset, bytes, nameof(src));
-        if (Capturing(stream) is { } cap) { cap.Add(new CopyToDeviceCommand(dst, src, srcOffset, bytes)); return; }
-        Note(DeviceOperationKind.CopyToDevice, bytes);
-        CopyToDevice(dst, src.Span.Slice((int)srcOffset, (int)bytes));
+        var s = Stream(stream);
+        if (s.Capture is { } cap) { cap.Add(new CopyToDeviceCommand(dst, src, srcOffset, bytes)); return; }
+        _mem.HostRange(dst.Address, bytes, "CopyToDeviceAsync destination");
+        if (_queues is null) { ExecCopyToDevice(dst, src, srcOffset, bytes, null); return; }
+        var issued = src.Span.Slice((int)srcOffset, (int)bytes).ToArray();
+        Enqueue(s, $"CopyToDeviceAsync of {bytes} bytes to {dst}", () => ExecCopyToDevice(dst, src, srcOffset, bytes, issued));
     }
 
+    /// <summary>Queues a device-to-host copy. Strict streams: the destination range holds poison until the copy runs,
+    /// so host code that reads it before synchronising sees garbage, as it may on a GPU.</summary>
     public void CopyToHostAsync(PinnedBuffer dst, long dstOffset, DevicePtr src, long bytes, DeviceStream stream)
     {
         dst.CheckRange(dstOffset, bytes, nameof(dst));
-        if (Capturing(stream) is { } cap) { cap.Add(new CopyToHostCommand(dst, dstOffset, src, bytes)); return; }
-        Note(DeviceOperationKind.CopyToHost, bytes);
-        CopyToHost(dst.Span.Slice((int)dstOffset, (int)bytes), src);
+        var s = Stream(stream);
+        if (s.Capture is { } cap) { cap.Add(new CopyToHostCommand(dst, dstOffset, src, bytes)); return; }
+        _mem.HostRange(src.Address, bytes, "CopyToHostAsync source");
+        if (_queues is null) { ExecCopyToHost(dst, dstOffset, src, bytes); return; }
+        dst.Span.Slice((int)dstOffset, (int)bytes).Fill(_mem.Poison);
+        Enqueue(s, $"CopyToHostAsync of {bytes} bytes from {src}", () => ExecCopyToHost(dst, dstOffset, src, bytes));
     }
 
     public void CopyDeviceToDeviceAsync(DevicePtr dst, DevicePtr src, long bytes, DeviceStream stream)
     {
-        if (Capturing(stream) is { } cap) { cap.Add(new CopyDeviceCommand(dst, src, bytes)); return; }
+        var s = Stream(stream);
+        if (s.Capture is { } cap) { cap.Add(new CopyDeviceCommand(dst, src, bytes)); return; }
+        Submit(s, $"CopyDeviceToDeviceAsync of {bytes} bytes", () => ExecCopyDevice(dst, src, bytes));
+    }
+
+    public void MemsetAsync(DevicePtr dst, byte value, long bytes, DeviceStream stream)
+    {
+        var s = Stream(stream);
+        if (s.Capture is { } cap) { cap.Add(new MemsetCommand(dst, value, bytes)); return; }
+        Submit(s, $"MemsetAsync of {bytes} bytes at {dst}", () => ExecMemset(dst, value, bytes));
+    }
+
+    private void ExecCopyToDevice(DevicePtr dst, PinnedBuffer src, long srcOffset, long bytes, byte[]? issued)
+    {
+        if (src.IsDisposed)
+            throw new DeviceException($"strict streams: the pinned buffer of a queued CopyToDeviceAsync ({bytes} bytes to {dst}) was freed before the copy ran; keep it alive until an event or a synchronisation says the copy is done");
+        var now = src.Span.Slice((int)srcOffset, (int)bytes);
+        if (issued is not null && !now.SequenceEqual(issued))
+        {
+            int at = 0;
+            while (now[at] == issued[at]) at++;
+            throw new DeviceException($"strict streams: the host changed pinned buffer bytes after CopyToDeviceAsync queued a copy of them and before the copy ran " +
+                $"(copy of {bytes} bytes from pinned offset {srcOffset} to {dst}; first changed byte at pinned offset {srcOffset + at}: 0x{issued[at]:x2} when queued, 0x{now[at]:x2} now). " +
+                "On a GPU the copy may read either; wait for an event recorded after the copy before rewriting the buffer, or use another buffer.");
+        }
+        Note(DeviceOperationKind.CopyToDevice, bytes);
+        byte* p = _mem.HostRange(dst.Address, bytes, "CopyToDeviceAsync destination");
+        now.CopyTo(new Span<byte>(p, (int)bytes));
+        MarkWritten(dst.Address, bytes);
+    }
+
+    private void ExecCopyToHost(PinnedBuffer dst, long dstOffset, DevicePtr src, long bytes)
+    {
+        if (dst.IsDisposed) throw new DeviceException($"strict streams: the pinned buffer of a queued CopyToHostAsync ({bytes} bytes from {src}) was freed before the copy ran");
+        Note(DeviceOperationKind.CopyToHost, bytes);
+        byte* p = _mem.HostRange(src.Address, bytes, "CopyToHostAsync source");
+        new ReadOnlySpan<byte>(p, (int)bytes).CopyTo(dst.Span.Slice((int)dstOffset, (int)bytes));
+    }
+
+    private void ExecCopyDevice(DevicePtr dst, DevicePtr src, long bytes)
+    {
         Note(DeviceOperationKind.CopyDeviceToDevice, bytes);
         byte* s = _mem.HostRange(src.Address, bytes, "device copy source");
         byte* d = _mem.HostRange(dst.Address, bytes, "device copy destination");
@@ -113,9 +177,8 @@ public sealed unsafe class EmulatedDevice : IDevice
         MarkWritten(dst.Address, bytes);
     }
 
-    public void MemsetAsync(DevicePtr dst, byte value, long bytes, DeviceStream stream)
+    private void ExecMemset(DevicePtr dst, byte value, long bytes)
     {
-        if (Capturing(stream) is { } cap) { cap.Add(new MemsetCommand(dst, value, bytes)); return; }
         Note(DeviceOperationKind.Memset, bytes);
         byte* d = _mem.HostRange(dst.Address, bytes, "memset destination");
         System.Runtime.InteropServices.NativeMemory.Fill(d, (nuint)bytes, value);
@@ -129,7 +192,13 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (a != null) _mem.MarkWritten(a, address, bytes);
     }
 
-    public PinnedBuffer AllocatePinned(long bytes) => NativePinnedBuffer.Allocate(bytes);
+    /// <summary>Host memory for async copies; like cuMemAllocHost it is not zeroed: it starts poison-filled.</summary>
+    public PinnedBuffer AllocatePinned(long bytes)
+    {
+        var b = NativePinnedBuffer.Allocate(bytes);
+        unsafe { System.Runtime.InteropServices.NativeMemory.Fill((void*)b.Pointer, (nuint)bytes, _mem.Poison); }
+        return b;
+    }
 
     // ---------------- modules and kernels ----------------
 
@@ -149,7 +218,15 @@ public sealed unsafe class EmulatedDevice : IDevice
             if (_opt.Strict) _mem.MarkWritten(a, a.Start, g.Size);
             globals.Add(a);
         }
-        var em = new EmuModule(this, ptx, globals) { SourceName = module.Name, Options = module.Options, OnRelease = gs => { foreach (var a in gs) if (!a.Freed) _mem.Free(a.Start); } };
+        var em = new EmuModule(this, ptx, globals)
+        {
+            SourceName = module.Name, Options = module.Options,
+            OnRelease = gs =>
+            {
+                if (_queues is not null && _capturing.Count == 0 && !_disposed) _queues.DrainAll();   // queued launches of the module run first
+                foreach (var a in gs) if (!a.Freed) _mem.Free(a.Start);
+            },
+        };
         // shared layout: module-scope shared (and .func-local shared) first, then each entry's own
         long prefix = 0;
         foreach (var s in ptx.ModuleShared.Concat(ptx.Functions.Values.Where(f => !f.IsEntry).SelectMany(f => f.SharedVars)))
@@ -228,8 +305,10 @@ public sealed unsafe class EmulatedDevice : IDevice
         var argBytes = new byte[args.Count][];
         for (int i = 0; i < args.Count; i++) argBytes[i] = args.Bytes(i).ToArray();
         Validate(k, config, argBytes);
-        if (Capturing(stream) is { } cap) { cap.Add(new LaunchCommand(k, config, argBytes)); return; }
-        Run(k, config, argBytes);
+        var s = Stream(stream);
+        if (s.Capture is { } cap) { cap.Add(new LaunchCommand(k, config, argBytes)); return; }
+        var c = config;
+        Submit(s, $"kernel {k.Name}", () => Run(k, c, argBytes));
     }
 
     private void Validate(EmuKernel k, in LaunchConfig c, byte[][] args)
@@ -260,7 +339,8 @@ public sealed unsafe class EmulatedDevice : IDevice
             KernelName = k.Name, Module = k.Module.Ptx, Function = f, Grid = c.Grid, Block = c.Block,
             StaticShared = k.StaticShared, DynamicShared = c.DynamicSharedBytes, DynamicBase = k.DynamicBase,
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
-            Watchdog = _opt.Watchdog,
+            Watchdog = _opt.Watchdog, HardwareMath = _opt.Modes.HardwareMath, MathSeed = _opt.Modes.MathSeed,
+            Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
             TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
         };
@@ -275,46 +355,101 @@ public sealed unsafe class EmulatedDevice : IDevice
 
     // ---------------- streams, events, graphs ----------------
 
+    private EmuStream Stream(DeviceStream stream) => DeviceHandle.Own<EmuStream>(stream, this, nameof(stream));
+
+    /// <summary>Runs work now (eager streams) or queues it on the stream (strict streams).</summary>
+    private void Submit(EmuStream s, string what, Action work)
+    {
+        if (_queues is null) work();
+        else Enqueue(s, what, work);
+    }
+
+    private void Enqueue(EmuStream s, string what, Action work) => _queues!.Enqueue(s, new RunWork { What = what, Run = work });
+
+    /// <summary>A host call that waits for the whole device (synchronous copies, Free, device sync): runs every queue.
+    /// Strict streams reject it during a capture, as CUDA's thread-local capture mode does.</summary>
+    private void HostWait(string what)
+    {
+        if (_queues is null) return;
+        CheckNotCapturing(what);
+        _queues.DrainAll();
+    }
+
+    private void CheckNotCapturing(string what)
+    {
+        if (_capturing.Count > 0)
+            throw new DeviceException($"{what} while a stream is capturing a graph: CUDA does not allow a call that waits for the device during stream capture (thread-local capture mode)");
+    }
+
     public DeviceStream CreateStream() => new EmuStream(this);
-    public void Synchronize(DeviceStream stream) => DeviceHandle.Own<EmuStream>(stream, this, nameof(stream));
-    public void Synchronize() { }
+
+    public void Synchronize(DeviceStream stream)
+    {
+        var s = Stream(stream);
+        if (_queues is null) return;
+        if (s.Capture is not null) throw new DeviceException("Synchronize: the stream is capturing a graph (CUDA does not allow synchronising a capturing stream)");
+        CheckNotCapturing("Synchronize(stream)");
+        _queues.Drain(s);
+    }
+
+    public void Synchronize() => HostWait("Synchronize()");
+
     public DeviceEvent CreateEvent(bool timing = true) => new EmuEvent(this);
 
     public void Record(DeviceEvent evt, DeviceStream stream)
     {
         var e = DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
-        DeviceHandle.Own<EmuStream>(stream, this, nameof(stream));
-        e.Timestamp = Stopwatch.GetTimestamp();
+        var s = Stream(stream);
+        if (s.Capture is not null) return;   // an event inside a capture orders nothing the emulator runs
+        var mark = new EventMark(s);
+        e.Last = mark;
+        if (_queues is null) { mark.Timestamp = Stopwatch.GetTimestamp(); mark.Done = true; }
+        else _queues.Enqueue(s, new RecordWork { What = "event record", Mark = mark });
     }
 
-    public void Wait(DeviceStream stream, DeviceEvent evt) => DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
-    public void Synchronize(DeviceEvent evt) => DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
+    /// <summary>Work issued to <paramref name="stream"/> after this call runs after the event's latest record (none: no wait).</summary>
+    public void Wait(DeviceStream stream, DeviceEvent evt)
+    {
+        var e = DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
+        var s = Stream(stream);
+        if (_queues is null || s.Capture is not null || e.Last is not { Done: false } mark) return;
+        _queues.Enqueue(s, new WaitWork { What = "event wait", Mark = mark });
+    }
+
+    public void Synchronize(DeviceEvent evt)
+    {
+        var e = DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
+        if (_queues is null || e.Last is null) return;
+        CheckNotCapturing("Synchronize(event)");
+        _queues.RunUntil(e.Last);
+    }
 
     public float ElapsedMilliseconds(DeviceEvent start, DeviceEvent end)
     {
         var a = DeviceHandle.Own<EmuEvent>(start, this, nameof(start));
         var b = DeviceHandle.Own<EmuEvent>(end, this, nameof(end));
-        if (a.Timestamp == null || b.Timestamp == null) throw new DeviceException("ElapsedMilliseconds: an event has not been recorded");
-        return (float)Stopwatch.GetElapsedTime(a.Timestamp.Value, b.Timestamp.Value).TotalMilliseconds;
+        if (a.Last == null || b.Last == null) throw new DeviceException("ElapsedMilliseconds: an event has not been recorded");
+        if (!a.Last.Done || !b.Last.Done) throw new DeviceException("ElapsedMilliseconds: an event has not completed yet (synchronise on it first; CUDA returns CUDA_ERROR_NOT_READY)");
+        return (float)Stopwatch.GetElapsedTime(a.Last.Timestamp, b.Last.Timestamp).TotalMilliseconds;
     }
-
-    private List<GraphCommand>? Capturing(DeviceStream stream) => DeviceHandle.Own<EmuStream>(stream, this, nameof(stream)).Capture;
 
     public void BeginCapture(DeviceStream stream)
     {
-        var s = DeviceHandle.Own<EmuStream>(stream, this, nameof(stream));
+        var s = Stream(stream);
         if (s.Capture != null) throw new DeviceException("BeginCapture: the stream is already capturing");
         if (ReferenceEquals(s, _default)) throw new DeviceException("BeginCapture: the default stream cannot be captured");
         s.Capture = [];
         s.IsCapturing = true;
+        _capturing.Add(s);
     }
 
     public DeviceGraph EndCapture(DeviceStream stream)
     {
-        var s = DeviceHandle.Own<EmuStream>(stream, this, nameof(stream));
+        var s = Stream(stream);
         var cmds = s.Capture ?? throw new DeviceException("EndCapture: the stream is not capturing");
         s.Capture = null;
         s.IsCapturing = false;
+        _capturing.Remove(s);
         return new EmuGraph(this, cmds);
     }
 
@@ -334,39 +469,54 @@ public sealed unsafe class EmulatedDevice : IDevice
         return true;
     }
 
+    /// <summary>Runs (eager) or queues (strict) the graph's nodes in capture order. Strict streams: the launch uses the
+    /// graph as it is now (a later TryUpdate affects later launches only), and its host-to-device nodes read their
+    /// pinned sources when they run, checked against the bytes at launch like <see cref="CopyToDeviceAsync"/>.</summary>
     public void Launch(DeviceGraphExec exec, DeviceStream stream)
     {
         var e = DeviceHandle.Own<EmuGraphExec>(exec, this, nameof(exec));
-        if (Capturing(stream) is { } cap) { cap.AddRange(e.Commands); return; }
-        _replaying = true;
-        try
+        var s = Stream(stream);
+        if (s.Capture is { } cap) { cap.AddRange(e.Commands); return; }
+        var commands = e.Commands;
+        byte[]?[]? issued = null;
+        if (_queues is not null)
         {
-            Replay(e.Commands, stream);
-        }
-        finally { _replaying = false; }
-    }
-
-    private void Replay(List<GraphCommand> commands, DeviceStream stream)
-    {
-        foreach (var c in commands)
-        {
-            switch (c)
+            issued = new byte[]?[commands.Count];
+            for (int i = 0; i < commands.Count; i++)
             {
-                case LaunchCommand l: Run(l.Kernel, l.Config, l.Args.Select(a => (byte[])a.Clone()).ToArray()); break;
-                case CopyToDeviceCommand h: CopyToDeviceAsync(h.Dst, h.Src, h.SrcOffset, h.Bytes, stream); break;
-                case CopyToHostCommand d: CopyToHostAsync(d.Dst, d.DstOffset, d.Src, d.Bytes, stream); break;
-                case CopyDeviceCommand dd: CopyDeviceToDeviceAsync(dd.Dst, dd.Src, dd.Bytes, stream); break;
-                case MemsetCommand m: MemsetAsync(m.Dst, m.Value, m.Bytes, stream); break;
+                if (commands[i] is CopyToDeviceCommand h && !h.Src.IsDisposed) issued[i] = h.Src.Span.Slice((int)h.SrcOffset, (int)h.Bytes).ToArray();
+                if (commands[i] is CopyToHostCommand d && !d.Dst.IsDisposed) d.Dst.Span.Slice((int)d.DstOffset, (int)d.Bytes).Fill(_mem.Poison);
             }
         }
+        Submit(s, $"graph of {commands.Count} nodes", () =>
+        {
+            _replaying = true;
+            try
+            {
+                for (int i = 0; i < commands.Count; i++)
+                {
+                    switch (commands[i])
+                    {
+                        case LaunchCommand l: Run(l.Kernel, l.Config, l.Args.Select(a => (byte[])a.Clone()).ToArray()); break;
+                        case CopyToDeviceCommand h: ExecCopyToDevice(h.Dst, h.Src, h.SrcOffset, h.Bytes, issued?[i]); break;
+                        case CopyToHostCommand d: ExecCopyToHost(d.Dst, d.DstOffset, d.Src, d.Bytes); break;
+                        case CopyDeviceCommand dd: ExecCopyDevice(dd.Dst, dd.Src, dd.Bytes); break;
+                        case MemsetCommand m: ExecMemset(m.Dst, m.Value, m.Bytes); break;
+                    }
+                }
+            }
+            finally { _replaying = false; }
+        });
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
+    /// <summary>Frees everything; work still queued (strict streams) is dropped.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        _queues?.Discard();
         _mem.Dispose();
     }
 }

@@ -25,12 +25,15 @@ internal sealed class EmuKernel(IDevice owner, EmuModule module, PtxFunction fn)
 internal sealed class EmuStream(IDevice owner) : DeviceStream(owner)
 {
     public List<GraphCommand>? Capture { get; set; }
+    /// <summary>Strict streams: work issued and not yet run (a disposed stream's work still runs, as on CUDA).</summary>
+    public Queue<StreamWork> Pending { get; } = new();
     protected override void Release() { }
 }
 
 internal sealed class EmuEvent(IDevice owner) : DeviceEvent(owner)
 {
-    public long? Timestamp { get; set; }
+    /// <summary>The latest record of the event (null: never recorded).</summary>
+    public EventMark? Last { get; set; }
     protected override void Release() { }
 }
 

@@ -29,6 +29,9 @@ public sealed record EmulatorOptions
     public TimeSpan? Watchdog { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>Full-warp fast handlers use Vector512 where the CPU has AVX-512 (off: Vector256 everywhere; same results).</summary>
     public bool UseAvx512 { get; init; } = true;
+    /// <summary>Strictness modes (poison pattern, strict streams, interleaved scheduling, hardware-like math); by default
+    /// the process-wide <see cref="EmulatorModes.Ambient"/> (QWEN3CUDA_EMULATOR).</summary>
+    public EmulatorModes Modes { get; init; } = EmulatorModes.Ambient;
     /// <summary>
     /// For the counters only: data an earlier launch touched, in memory kernels write, counts as still in L2 (not a DRAM
     /// access, <see cref="LaunchRecord.L2ResidentSectors"/>) while less than this much DRAM traffic happened since

@@ -60,7 +60,7 @@ internal static class InstrDecoder
                 case "ftz": ins.Ftz = true; continue;
                 case "sat": case "satfinite": ins.Sat = true; continue;
                 case "approx": ins.Approx = true; continue;
-                case "full": continue;
+                case "full": ins.Full = true; continue;
                 case "uni": ins.Uni = true; continue;
                 case "wide": ins.Wide = true; continue;
                 case "hi": if (op is Op.Mul or Op.Mad or Op.Mul24 or Op.Mad24) { ins.Hi = true; continue; } break;

@@ -23,6 +23,12 @@ internal sealed unsafe class LaunchState
     public TimeSpan? Watchdog { get; init; }
     /// <summary>Stopwatch timestamp after which CTAs fail with a watchdog fault (0: none); set when the launch starts.</summary>
     public long DeadlineTimestamp;
+    /// <summary>Hardware-like math (<see cref="EmulatorModes.HardwareMath"/>): noisy .approx functions, tensor-core mma accumulation.</summary>
+    public bool HardwareMath { get; init; }
+    public int MathSeed { get; init; }
+    /// <summary>Interleaved scheduling (<see cref="EmulatorModes.Scheduling"/>) and its seed.</summary>
+    public bool Interleaved { get; init; }
+    public int ScheduleSeed { get; init; }
     /// <summary>Full-warp fast handlers use Vector512 (AVX-512 present and allowed by the options).</summary>
     public bool Wide512 { get; init; }
     public required long LaunchId { get; init; }

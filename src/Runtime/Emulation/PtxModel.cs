@@ -110,7 +110,7 @@ internal sealed class Instr
     public Op Op;
     public PtxType T, T2, T3;
     public Rnd Rnd;
-    public bool Ftz, Sat, Approx, Uni, Wide, Hi, Relu, NanMode, Trans, Nc, Volatile, Aligned;
+    public bool Ftz, Sat, Approx, Full, Uni, Wide, Hi, Relu, NanMode, Trans, Nc, Volatile, Aligned;
     public Space Space;
     public int Vec = 1;
     /// <summary>Sub-mode: compare op for setp, atomic op, shuffle mode, vote mode, bool combiner, shf direction.</summary>

@@ -41,6 +41,16 @@ internal sealed partial class Warp
     public long DramTrips, L2Trips, Instructions;
     private bool _tripOpen, _tripFresh;
 
+    // interleaved scheduling (EmulatorModes.Scheduling): lane groups of a diverged warp take turns at random
+    private bool _its;
+    private int _itsLeft;
+
+    /// <summary>Lane-level racecheck clock: ticks once per shared-memory instruction and per warp synchronisation.</summary>
+    public long RaceTime;
+    /// <summary><see cref="RaceTime"/> of the last synchronisation of all live lanes (bar.warp.sync, a .sync collective, a CTA barrier).</summary>
+    public long LastFullSync;
+    private long[]? _pairSync;   // [a*32+b]: time of the last partial synchronisation that lanes a and b both took part in
+
     private sealed record Frame(Instr[] Code, PtxFunction Fn, int ReturnPc, uint Parked, uint Blocked, int[] LanePc, int FrameBase, uint Returned, Instr Call);
 
     public Warp(Cta cta, int index)
@@ -77,8 +87,28 @@ internal sealed partial class Warp
         _frameBase = 0;
         _frames.Clear();
         ResetAsync();
+        _its = Cta.Launch.Interleaved;
+        _itsLeft = 0;
+        RaceTime = LastFullSync = 0;
+        if (_pairSync != null) Array.Clear(_pairSync);
         DramTrips = L2Trips = Instructions = 0;
         _tripOpen = _tripFresh = false;
+    }
+
+    /// <summary>Lane-level racecheck: true when an access by lane <paramref name="a"/> at <paramref name="time"/> is ordered
+    /// before the current accesses of lane <paramref name="b"/> (same lane, or a synchronisation of both since).</summary>
+    public bool Ordered(int a, int b, long time) => a == b || LastFullSync > time || (_pairSync != null && _pairSync[a * 32 + b] > time);
+
+    /// <summary>Records a warp synchronisation of <paramref name="lanes"/> for the lane-level racecheck.</summary>
+    private void SyncLanes(uint lanes)
+    {
+        if (lanes == 0 || Cta.Race is not { LaneLevel: true }) return;
+        RaceTime++;
+        if ((lanes & Live) == Live) { LastFullSync = RaceTime; return; }
+        _pairSync ??= new long[32 * 32];
+        for (uint a = lanes; a != 0; a &= a - 1)
+            for (uint b = lanes; b != 0; b &= b - 1)
+                _pairSync[BitOperations.TrailingZeroCount(a) * 32 + BitOperations.TrailingZeroCount(b)] = RaceTime;
     }
 
     /// <summary>A global read by <paramref name="ins"/>; <paramref name="fresh"/>: it touched a sector first in this launch.</summary>
@@ -113,7 +143,7 @@ internal sealed partial class Warp
         {
             while (quantum-- > 0)
             {
-                if (Active == 0 || Pc >= _nextMin)
+                if (Active == 0 || Pc >= _nextMin || (_its && Parked != 0 && --_itsLeft < 0))
                 {
                     if (!Reschedule())
                     {
@@ -162,6 +192,7 @@ internal sealed partial class Warp
                     case Op.Shfl: case Op.Vote: case Op.Match: case Op.Redux: case Op.BarWarp: case Op.Mma: case Op.Ldmatrix:
                         if (!Collective(ins, ref exec)) continue;
                         if (exec == 0) break; // every arrived lane is guarded off: nothing to do, but the group stayed together
+                        if (ins.Op is not (Op.Mma or Op.Ldmatrix)) SyncLanes(exec);   // the lanes of a .sync collective are ordered
                         switch (ins.Op)
                         {
                             case Op.Shfl: Shfl(ins, exec); cnt.Shuffles++; break;
@@ -231,14 +262,23 @@ internal sealed partial class Warp
             return false;
         }
         int min = int.MaxValue;
-        for (uint m = Parked; m != 0; m &= m - 1) min = Math.Min(min, _lanePc[BitOperations.TrailingZeroCount(m)]);
+        if (_its)
+        {
+            // interleaved: a random parked lane's group runs next, for a random number of instructions; it merges with
+            // parked lanes when it reaches their PC (next: the nearest parked PC ahead of it)
+            uint m = Parked;
+            for (int k = Cta.Random(BitOperations.PopCount(Parked)); k > 0; k--) m &= m - 1;
+            min = _lanePc[BitOperations.TrailingZeroCount(m)];
+            _itsLeft = Cta.Random(24);
+        }
+        else for (uint m = Parked; m != 0; m &= m - 1) min = Math.Min(min, _lanePc[BitOperations.TrailingZeroCount(m)]);
         uint group = 0;
         int next = int.MaxValue;
         for (uint m = Parked; m != 0; m &= m - 1)
         {
             int l = BitOperations.TrailingZeroCount(m);
             if (_lanePc[l] == min) group |= 1u << l;
-            else if (_lanePc[l] < next) next = _lanePc[l];
+            else if (_lanePc[l] < next && _lanePc[l] > min) next = _lanePc[l];
         }
         Parked &= ~group;
         Active = group;

@@ -22,6 +22,8 @@ internal sealed partial class Warp
         var a = A; var b = B; var c = C; var d = D;
         bool ftz = ins.Ftz;
         Rnd r = ins.Rnd;
+        bool hw = Cta.Launch.HardwareMath && Environment.GetEnvironmentVariable("XX_NOAPPROX") == null;   // .approx results anywhere within the ISA's error bound (ApproxMath)
+        int seed = Cta.Launch.MathSeed;
         for (int l = 0; l < 32; l++)
         {
             float x = AsF32(a[l]), y = AsF32(b[l]), z = AsF32(c[l]);
@@ -37,22 +39,24 @@ internal sealed partial class Warp
                     if (ins.Approx)
                     {
                         float ay = MathF.Abs(y);
-                        v = ay > 8.507059e37f && !float.IsInfinity(ay) ? (float.IsInfinity(x) ? float.NaN : 0f * x * MathF.Sign(y)) : x * (1f / y);
+                        v = ay > 8.507059e37f && !float.IsInfinity(ay) ? (float.IsInfinity(x) ? float.NaN : 0f * x * MathF.Sign(y))
+                            : hw ? ApproxMath.Div(x / y, x, y, seed) : x * (1f / y);
                     }
+                    else if (ins.Full && hw) v = ApproxMath.Div(x / y, x, y, seed);
                     else v = r is Rnd.None or Rnd.Rn ? x / y : RoundDirected((double)x / y, 0, r);
                     break;
                 case Op.Abs: v = MathF.Abs(x); break;
                 case Op.Neg: v = -x; break;
                 case Op.Min: v = FloatMath.Min(x, y, ins.NanMode); break;
                 case Op.Max: v = FloatMath.Max(x, y, ins.NanMode); break;
-                case Op.Rcp: v = r is Rnd.None or Rnd.Rn || ins.Approx ? 1f / x : RoundDirected(1.0 / x, 0, r); break;
-                case Op.Sqrt: v = MathF.Sqrt(x); break;
-                case Op.Rsqrt: v = (float)(1.0 / Math.Sqrt(x)); break;
-                case Op.Ex2: v = MathF.Pow(2f, x); break;
-                case Op.Lg2: v = MathF.Log2(x); break;
-                case Op.Sin: v = MathF.Sin(x); break;
-                case Op.Cos: v = MathF.Cos(x); break;
-                case Op.Tanh: v = MathF.Tanh(x); break;
+                case Op.Rcp: v = ins.Approx && hw ? ApproxMath.Rcp(x, seed) : r is Rnd.None or Rnd.Rn || ins.Approx ? 1f / x : RoundDirected(1.0 / x, 0, r); break;
+                case Op.Sqrt: v = ins.Approx && hw ? ApproxMath.Sqrt(x, seed) : MathF.Sqrt(x); break;
+                case Op.Rsqrt: v = hw ? ApproxMath.Rsqrt(x, seed) : (float)(1.0 / Math.Sqrt(x)); break;
+                case Op.Ex2: v = hw ? ApproxMath.Ex2(x, seed) : MathF.Pow(2f, x); break;
+                case Op.Lg2: v = hw ? ApproxMath.Lg2(x, seed) : MathF.Log2(x); break;
+                case Op.Sin: v = hw ? ApproxMath.Sin(x, seed) : MathF.Sin(x); break;
+                case Op.Cos: v = hw ? ApproxMath.Cos(x, seed) : MathF.Cos(x); break;
+                case Op.Tanh: v = hw ? ApproxMath.Tanh(x, seed) : MathF.Tanh(x); break;
                 case Op.Copysign: v = MathF.CopySign(y, x); break;
                 case Op.Testp:
                     d[l] = (ins.Mode switch

@@ -146,13 +146,16 @@ internal sealed unsafe partial class Warp
         int nsec = 0;
         Space spSeen = Space.Generic;
         int lanes = 0;
+        RaceTime++;   // one racecheck tick per memory instruction: its lanes access "at the same time"
+        var race = Cta.Race;
         for (uint e = exec; e != 0; e &= e - 1)
         {
             int l = BitOperations.TrailingZeroCount(e);
             ulong addr = LaneAddress(addrOp, l);
             Space sp = Route(sp0, ref addr);
             byte* p = Translate(sp, addr, total, write, ins, l);
-            if (sp == Space.Shared && Cta.Race != null) Cta.Race.Access((uint)addr, total, write, Index, this, ins, l);
+            if (sp == Space.Shared && race != null)
+                race.Access((uint)addr, total, write, Index, this, ins, l, race.LaneLevel && write && Unchanged(p, vec, size, l));
             for (int i = 0; i < vec; i++)
             {
                 var buf = Buf(i);
@@ -185,6 +188,14 @@ internal sealed unsafe partial class Warp
     }
 
     private ulong[] Buf(int i) => i == 0 ? A : i == 1 ? B : i == 2 ? C : E;
+
+    /// <summary>True when lane <paramref name="l"/>'s store would leave the bytes at <paramref name="p"/> as they are.</summary>
+    private bool Unchanged(byte* p, int vec, int size, int l)
+    {
+        for (int i = 0; i < vec; i++)
+            if (ReadN(p + i * size, size) != (Buf(i)[l] & FloatMath.Mask(size * 8))) return false;
+        return true;
+    }
 
     private void FinishLoad(Instr ins, uint exec, Operand dataOp, int vec, bool write)
     {

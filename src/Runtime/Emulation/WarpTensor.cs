@@ -61,6 +61,24 @@ internal sealed unsafe partial class Warp
             var v = Frag(o[3], 4, r, ins);
             for (int lane = 0; lane < 32; lane++) mc[MmaCIndex[r * 32 + lane]] = FloatMath.AsF32(v[lane]);
         }
+        if (Cta.Launch.HardwareMath && Environment.GetEnvironmentVariable("XX_NOMMA") == null) TensorCoreAccumulate(k);
+        else ExactAccumulate(k);
+        var d = o[0];
+        if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);
+        for (int r = 0; r < 4; r++)
+        {
+            for (int lane = 0; lane < 32; lane++) D[lane] = FloatMath.Bits((float)mc[MmaCIndex[r * 32 + lane]]);
+            Store(d.Elems[r], D, 0xFFFFFFFF & Live, PtxType.F32);
+        }
+        Cta.Counters.MmaCount++;
+    }
+
+    /// <summary>D = A·B + C in f64 (the fast default), rounded once to f32 by the caller.</summary>
+    private void ExactAccumulate(int k)
+    {
+        var ma = _ma;
+        var mb = _mb;
+        var mc = _mc;
         // D = A·B + C: products of bf16/f16 values are exact in f64 and their sum with C is exact in nearly all cases
         // (53-bit significand); one rounding to f32 at the end. Four rows of D at a time, each as two 4-wide vectors
         // accumulating over k: eight independent add chains keep the FMA units busy.
@@ -92,14 +110,48 @@ internal sealed unsafe partial class Warp
             c20.StoreUnsafe(ref pc, cr + 16); c21.StoreUnsafe(ref pc, cr + 20);
             c30.StoreUnsafe(ref pc, cr + 24); c31.StoreUnsafe(ref pc, cr + 28);
         }
-        var d = o[0];
-        if (d.Kind != OpKind.Vec || d.Elems.Length != 4) throw Fault("mma destination must be 4 registers", ins, 0);
-        for (int r = 0; r < 4; r++)
+    }
+
+    /// <summary>
+    /// Hardware-like mma accumulation (docs/emulator.md, after Khattak and Mikaitis' tensor-core models): each element of
+    /// D is C plus the products in blocks of 8 (sm_80) or 16 (sm_90); within a block the exact products and the running
+    /// sum are aligned to the largest exponent, each cut (towards zero) to 24 + extra bits (1 on sm_80, 2 on sm_90) below
+    /// it, added exactly, and the block's sum is truncated to f32 (round towards zero), which feeds the next block.
+    /// </summary>
+    private void TensorCoreAccumulate(int k)
+    {
+        bool hopper = Cta.Launch.Device.ComputeMajor >= 9;
+        int block = Math.Min(k, hopper ? 16 : 8), extraBits = hopper ? 2 : 1;
+        Span<double> terms = stackalloc double[17];
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 8; j++)
+            {
+                float acc = (float)_mc[i * 8 + j];
+                for (int k0 = 0; k0 < k; k0 += block)
+                {
+                    for (int kk = 0; kk < block; kk++) terms[kk] = _ma[i * 16 + k0 + kk] * _mb[(k0 + kk) * 8 + j];
+                    terms[block] = acc;
+                    acc = TensorCoreBlock(terms[..(block + 1)], extraBits);
+                }
+                _mc[i * 8 + j] = acc;
+            }
+    }
+
+    /// <summary>One block of exact products plus the accumulator: aligned, truncated, summed, truncated to f32.</summary>
+    internal static float TensorCoreBlock(ReadOnlySpan<double> terms, int extraBits)
+    {
+        double exact = 0;
+        int emax = int.MinValue;
+        foreach (double t in terms)
         {
-            for (int lane = 0; lane < 32; lane++) D[lane] = FloatMath.Bits((float)mc[MmaCIndex[r * 32 + lane]]);
-            Store(d.Elems[r], D, 0xFFFFFFFF & Live, PtxType.F32);
+            exact += t;
+            if (t != 0 && double.IsFinite(t)) emax = Math.Max(emax, Math.ILogB(t));
         }
-        Cta.Counters.MmaCount++;
+        if (!double.IsFinite(exact) || emax == int.MinValue) return (float)exact;   // Inf/NaN as IEEE; all zero keeps the IEEE zero sign
+        double quantum = Math.ScaleB(1.0, emax - 23 - extraBits);
+        double sum = 0;
+        foreach (double t in terms) sum += Math.Truncate(t / quantum) * quantum;   // scaling by a power of two: exact
+        return sum == 0 ? 0f : FloatMath.RoundDirected(sum, 0, Rnd.Rz);
     }
 
     /// <summary>Fragment register <paramref name="r"/> (two bf16/f16 per lane) into the f64 matrix: the low half at
@@ -126,6 +178,7 @@ internal sealed unsafe partial class Warp
         var addrOp = ins.Ops[1];
         Span<ulong> rowPtr = stackalloc ulong[32];
         Span<uint> rowOff = stackalloc uint[32];
+        RaceTime++;
         for (int i = 0; i < num * 8; i++)
         {
             ulong a = LaneAddress(addrOp, i);
@@ -218,6 +271,7 @@ internal sealed unsafe partial class Warp
     /// <summary>Completes (copies) every committed group of the exec lanes except the newest <paramref name="n"/>.</summary>
     private void WaitGroup(Instr ins, uint exec, int n)
     {
+        RaceTime++;   // the completed copies write now
         for (int i = 0; i < _pending.Count; i++)
         {
             var p = _pending[i];
