@@ -61,7 +61,8 @@ public class RoundTripCounterTests
     [Test]
     public void PointerChase_CountsOneDramTripPerHop()
     {
-        using var kit = new EmuKit(Source);
+        // Warps in lockstep order (warp 1 after warp 0), whatever QWEN3CUDA_EMULATOR says: the DRAM/L2 split below depends on it.
+        using var kit = new EmuKit(Source, new EmulatorOptions { Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Lockstep } });
         const int hops = 5;
         var next = new int[64 * (hops + 1)];
         for (int h = 0; h < hops; h++) next[64 * h] = 64 * (h + 1);

@@ -110,6 +110,13 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (s.Capture is { } cap) { cap.Add(new CopyToDeviceCommand(dst, src, srcOffset, bytes)); return; }
         _mem.HostRange(dst.Address, bytes, "CopyToDeviceAsync destination");
         if (_queues is null) { ExecCopyToDevice(dst, src, srcOffset, bytes, null); return; }
+        QueueCopyToDevice(s, dst, src, srcOffset, bytes);
+    }
+
+    // The strict-stream paths live in their own methods: a lambda's captured parameters would otherwise allocate their
+    // closure on every call, eager ones included.
+    private void QueueCopyToDevice(EmuStream s, DevicePtr dst, PinnedBuffer src, long srcOffset, long bytes)
+    {
         var issued = src.Span.Slice((int)srcOffset, (int)bytes).ToArray();
         Enqueue(s, $"CopyToDeviceAsync of {bytes} bytes to {dst}", () => ExecCopyToDevice(dst, src, srcOffset, bytes, issued));
     }
@@ -123,6 +130,11 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (s.Capture is { } cap) { cap.Add(new CopyToHostCommand(dst, dstOffset, src, bytes)); return; }
         _mem.HostRange(src.Address, bytes, "CopyToHostAsync source");
         if (_queues is null) { ExecCopyToHost(dst, dstOffset, src, bytes); return; }
+        QueueCopyToHost(s, dst, dstOffset, src, bytes);
+    }
+
+    private void QueueCopyToHost(EmuStream s, PinnedBuffer dst, long dstOffset, DevicePtr src, long bytes)
+    {
         dst.Span.Slice((int)dstOffset, (int)bytes).Fill(_mem.Poison);
         Enqueue(s, $"CopyToHostAsync of {bytes} bytes from {src}", () => ExecCopyToHost(dst, dstOffset, src, bytes));
     }
@@ -401,10 +413,18 @@ public sealed unsafe class EmulatedDevice : IDevice
         var e = DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
         var s = Stream(stream);
         if (s.Capture is not null) return;   // an event inside a capture orders nothing the emulator runs
+        if (_queues is null)
+        {
+            // Eager streams: the record completes now; an event re-recorded on the same stream reuses its mark (no allocation per step).
+            var done = e.Last is { Done: true } old && old.Stream == s ? old : new EventMark(s);
+            done.Timestamp = Stopwatch.GetTimestamp();
+            done.Done = true;
+            e.Last = done;
+            return;
+        }
         var mark = new EventMark(s);
         e.Last = mark;
-        if (_queues is null) { mark.Timestamp = Stopwatch.GetTimestamp(); mark.Done = true; }
-        else _queues.Enqueue(s, new RecordWork { What = "event record", Mark = mark });
+        _queues.Enqueue(s, new RecordWork { What = "event record", Mark = mark });
     }
 
     /// <summary>Work issued to <paramref name="stream"/> after this call runs after the event's latest record (none: no wait).</summary>
