@@ -42,8 +42,9 @@ public sealed class ReferenceModel : ICausalLanguageModel
         catch { weights.Dispose(); throw; }
     }
 
-    /// <summary>Takes ownership of <paramref name="weights"/>. The page table holds <paramref name="maxSequences"/> full contexts.</summary>
-    public ReferenceModel(ModelWeights weights, int maxSequences = 1, int? contextLength = null, int pageSize = DefaultPageSize)
+    /// <summary>Takes ownership of <paramref name="weights"/>. The page table holds <paramref name="maxSequences"/> full contexts,
+    /// or <paramref name="kvPages"/> pages (the scratch page included) when given (a smaller cache, for schedulers under page pressure).</summary>
+    public ReferenceModel(ModelWeights weights, int maxSequences = 1, int? contextLength = null, int pageSize = DefaultPageSize, int? kvPages = null)
     {
         var c = weights.Config;
         if (maxSequences < 1 || maxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(maxSequences), maxSequences, "must be in [1, 4096]");
@@ -56,7 +57,8 @@ public sealed class ReferenceModel : ICausalLanguageModel
         ContextLength = ctx;
         (_invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
         int pagesPerSeq = (ctx + pageSize - 1) / pageSize;
-        Kv = new KvPageTable(checked(maxSequences * pagesPerSeq + 1), pageSize, maxSequences, pagesPerSeq);
+        if (kvPages is < 2) throw new ArgumentOutOfRangeException(nameof(kvPages), kvPages, "KV pages must be at least 2 (page 0 is the scratch page)");
+        Kv = new KvPageTable(kvPages ?? checked(maxSequences * pagesPerSeq + 1), pageSize, maxSequences, pagesPerSeq);
         _kPages = new float[]?[c.NumHiddenLayers][];
         _vPages = new float[]?[c.NumHiddenLayers][];
         for (int l = 0; l < c.NumHiddenLayers; l++) { _kPages[l] = []; _vPages[l] = []; }

@@ -1,0 +1,460 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using Qwen3Cuda.Model.Sampling;
+using Qwen3Cuda.Model.Templates;
+using Qwen3Cuda.Model.Tokenization;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Model.Serving;
+
+/// <summary>Counters the worker keeps (copied into <see cref="EngineMetrics"/> snapshots).</summary>
+internal sealed class EngineStatistics
+{
+    public long PrefixQueries, PrefixHits, PromptTokens, GeneratedTokens, RequestsFinished, Preemptions, Steps;
+    public readonly LatencyHistogram TimeToFirstToken = new(), InterTokenLatency = new();
+}
+
+/// <summary>
+/// The one generation engine (docs/architecture.md, "Engine"): requests arrive and leave at any step; one worker thread
+/// owns the model and runs steps (<see cref="ICausalLanguageModel.Step"/>), each made of a decode row of every running
+/// request plus prefill chunks of the others under a token budget (<see cref="EngineOptions.MaxNumBatchedTokens"/>)
+/// and a sequence cap (<see cref="EngineOptions.MaxNumSeqs"/>). Requests are admitted first come, first served while
+/// KV pages are free; when a running request needs a page and none is free, the newest running request is preempted
+/// (its pages freed, its tokens recomputed when it is admitted again). Full pages are shared through the prefix cache
+/// of the model's <see cref="KvPageTable"/>. Callers talk to the worker through channels; nothing here blocks on the
+/// model.
+/// </summary>
+public sealed class Engine : IAsyncDisposable
+{
+    private readonly ICausalLanguageModel _model;
+    private readonly ChatTemplate? _template;
+    private readonly EngineOptions _options;
+    private readonly ConcurrentQueue<RequestState> _incoming = new();
+    private readonly ManualResetEventSlim _wake = new(false);
+    private readonly Thread _worker;
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly int _seqCap, _stepTokens;
+    private readonly EngineStatistics _stats = new();
+    private volatile bool _accepting = true, _stopWhenIdle, _cancelAll;
+    private volatile Exception? _fault;
+    private volatile EngineMetrics _metrics;
+    private int _waitingCount;
+    private long _nextId;
+
+    // worker-owned
+    private readonly List<RequestState> _running = [];           // by admission order (oldest first)
+    private readonly LinkedList<RequestState> _waiting = new();  // first come, first served; preempted ones go first
+    private readonly Stack<int> _freeSequences = new();
+    private readonly StepBatch _batch;
+    private readonly List<(RequestState Request, int Rows, int Row)> _scheduled = [];
+    private readonly CounterSampler _sampler = new();
+    private readonly float[] _logits;
+
+    /// <summary>Takes ownership of <paramref name="model"/> (disposed with the engine).</summary>
+    public Engine(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, ChatTemplate? template, IReadOnlyList<int> eosTokenIds, EngineOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _model = model;
+        _template = template;
+        _options = options;
+        Tokenizer = tokenizer;
+        EosTokenIds = new HashSet<int>(eosTokenIds);
+        ModelName = options.ModelName ?? "model";
+        ThinkStart = tokenizer.TokenToId("<think>");
+        ThinkEnd = tokenizer.TokenToId("</think>");
+        ToolCallStart = tokenizer.TokenToId("<tool_call>");
+        ToolCallEnd = tokenizer.TokenToId("</tool_call>");
+        _seqCap = Math.Min(options.MaxNumSeqs, model.MaxSequences);
+        _stepTokens = Math.Min(options.MaxNumBatchedTokens, model.MaxStepRows);
+        for (int s = model.MaxSequences - 1; s >= 0; s--) _freeSequences.Push(s);
+        model.Kv.PrefixCaching = options.EnablePrefixCaching;
+        _batch = new StepBatch(Math.Min(_stepTokens, 4096));
+        _logits = new float[model.VocabSize];
+        _metrics = Snapshot();
+        _worker = new Thread(Run) { IsBackground = true, Name = "qwen3cuda engine" };
+        _worker.Start();
+    }
+
+    /// <summary>Loads <paramref name="model"/> (a folder, a Hugging Face repo id in the local cache, or demo) and starts an engine on it.</summary>
+    public static Task<Engine> LoadAsync(string model, EngineOptions options, CancellationToken ct = default) =>
+        Task.Run(() => ModelLoader.LoadEngine(model, options, ct), ct);
+
+    public string ModelName { get; }
+    public Qwen3Tokenizer Tokenizer { get; }
+    public int ContextLength => _model.ContextLength;
+    public int VocabSize => _model.VocabSize;
+    public IReadOnlySet<int> EosTokenIds { get; }
+    public ChatTemplate? Template => _template;
+    internal int? ThinkStart { get; }
+    internal int? ThinkEnd { get; }
+    internal int? ToolCallStart { get; }
+    internal int? ToolCallEnd { get; }
+
+    /// <summary>The latest snapshot of the counters (refreshed after every step).</summary>
+    public EngineMetrics Metrics => _metrics;
+
+    /// <summary>The prompt ids of a conversation: the chat template with the generation prompt, the options' tools and enable_thinking.</summary>
+    public IReadOnlyList<int> RenderChat(IReadOnlyList<ChatMessage> messages, RequestOptions options)
+    {
+        if (_template is null) throw new InvalidRequestException("messages", "this model has no chat template (tokenizer_config.json has no chat_template); send a plain prompt");
+        if (messages.Count == 0) throw new InvalidRequestException("messages", "messages is empty");
+        return Tokenizer.Encode(_template.Render(messages, addGenerationPrompt: true, options.EnableThinking, options.Tools));
+    }
+
+    /// <summary>
+    /// Queues a request. Throws <see cref="InvalidRequestException"/> for bad options or prompt tokens,
+    /// <see cref="PromptTooLongException"/> for a prompt the context cannot hold with one answer token,
+    /// <see cref="EngineOverloadedException"/> when the waiting queue is full, <see cref="EngineShutDownException"/>
+    /// after shutdown. Never blocks on the model. Cancelling <paramref name="ct"/> stops the request at the next step.
+    /// </summary>
+    public EngineRequest Submit(IReadOnlyList<int> promptTokens, RequestOptions options, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(promptTokens);
+        if (options is null) throw new InvalidRequestException("options", "request options are missing");
+        if (_fault is { } fault) throw new EngineShutDownException($"the engine stopped after a model fault: {fault.Message}", fault);
+        if (!_accepting) throw new EngineShutDownException("the engine is shutting down and takes no new requests");
+        options.Validate(VocabSize);
+        if (promptTokens.Count == 0) throw new InvalidRequestException("prompt", "the prompt is empty (0 tokens)");
+        for (int i = 0; i < promptTokens.Count; i++)
+            if ((uint)promptTokens[i] >= (uint)VocabSize) throw new InvalidRequestException("prompt", $"prompt token {i} has id {promptTokens[i]}, outside the vocabulary [0, {VocabSize})");
+        if (promptTokens.Count >= ContextLength) throw new PromptTooLongException(promptTokens.Count, ContextLength);
+        if (Interlocked.Increment(ref _waitingCount) > _options.MaxWaitingRequests)
+        {
+            Interlocked.Decrement(ref _waitingCount);
+            throw new EngineOverloadedException($"the engine has {_options.MaxWaitingRequests} requests waiting; try again later");
+        }
+        var state = new RequestState(this, Interlocked.Increment(ref _nextId), promptTokens, options);
+        if (ct.CanBeCanceled) state.Registration = ct.Register(static s => ((RequestState)s!).RequestCancel(), state);
+        _incoming.Enqueue(state);
+        Wake();
+        return new EngineRequest(state);
+    }
+
+    public IAsyncEnumerable<EnginePiece> GenerateAsync(IReadOnlyList<int> promptTokens, RequestOptions options, CancellationToken ct = default) =>
+        Submit(promptTokens, options, ct).Pieces;
+
+    public IAsyncEnumerable<EnginePiece> ChatAsync(IReadOnlyList<ChatMessage> messages, RequestOptions options, CancellationToken ct = default) =>
+        GenerateAsync(RenderChat(messages, options), options, ct);
+
+    /// <summary>Runs a request to its end and returns its result (pieces are not streamed).</summary>
+    public async Task<RequestResult> CompleteAsync(IReadOnlyList<int> promptTokens, RequestOptions options, CancellationToken ct = default)
+    {
+        var request = Submit(promptTokens, options, ct);
+        await foreach (var _ in request.Pieces.ConfigureAwait(false)) { }
+        return await request.Result.ConfigureAwait(false);
+    }
+
+    /// <summary>Stops admitting requests; finishes the ones in flight (or cancels them) and stops the worker.</summary>
+    public async Task ShutdownAsync(bool cancelInFlight, CancellationToken ct = default)
+    {
+        _accepting = false;
+        if (cancelInFlight) _cancelAll = true;
+        _stopWhenIdle = true;
+        Wake();
+        await _stopped.Task.WaitAsync(ct).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await ShutdownAsync(cancelInFlight: true).ConfigureAwait(false);
+        _worker.Join();
+        _model.Dispose();
+        _wake.Dispose();
+    }
+
+    internal void Wake() => _wake.Set();
+
+    // ---------------- the worker ----------------
+
+    private void Run()
+    {
+        try
+        {
+            while (true)
+            {
+                Intake();
+                Reap();
+                if (_running.Count == 0 && _waiting.Count == 0)
+                {
+                    _metrics = Snapshot();
+                    if (_stopWhenIdle && _incoming.IsEmpty) break;
+                    _wake.Wait();
+                    _wake.Reset();
+                    continue;
+                }
+                if (!Schedule()) { _wake.Wait(TimeSpan.FromMilliseconds(1)); _wake.Reset(); continue; }
+                _model.Step(_batch);
+                _stats.Steps++;
+                Collect();
+                _metrics = Snapshot();
+            }
+        }
+        catch (Exception e)
+        {
+            _fault = e;
+            _accepting = false;
+            foreach (var r in _running) r.Fail(e);
+            foreach (var r in _waiting) r.Fail(e);
+            while (_incoming.TryDequeue(out var r)) r.Fail(e);
+            _running.Clear();
+            _waiting.Clear();
+        }
+        finally
+        {
+            _metrics = Snapshot();
+            _stopped.TrySetResult();
+        }
+    }
+
+    private void Intake()
+    {
+        while (_incoming.TryDequeue(out var r)) _waiting.AddLast(r);
+    }
+
+    /// <summary>Finishes cancelled requests (running ones free their pages now).</summary>
+    private void Reap()
+    {
+        bool all = _cancelAll;
+        long now = Stopwatch.GetTimestamp();
+        for (int i = _running.Count - 1; i >= 0; i--)
+        {
+            var r = _running[i];
+            if (!all && !r.CancelRequested) continue;
+            Release(r);
+            _running.RemoveAt(i);
+            r.Finish(FinishReason.Cancelled, now);
+            _stats.RequestsFinished++;
+        }
+        for (var n = _waiting.First; n is not null;)
+        {
+            var next = n.Next;
+            if (all || n.Value.CancelRequested)
+            {
+                if (!n.Value.Admitted) Interlocked.Decrement(ref _waitingCount);
+                _waiting.Remove(n);
+                n.Value.Finish(FinishReason.Cancelled, now);
+                _stats.RequestsFinished++;
+            }
+            n = next;
+        }
+    }
+
+    /// <summary>
+    /// Builds the next step: every running request gets its remaining rows (a decode row, or the next prefill chunk)
+    /// within the token budget, oldest first, preempting the newest when pages run out; then waiting requests are
+    /// admitted while a sequence, the budget and pages allow. False when nothing could be scheduled.
+    /// </summary>
+    private bool Schedule()
+    {
+        var kv = _model.Kv;
+        _batch.Clear();
+        _scheduled.Clear();
+        int budget = _stepTokens, outputs = _model.MaxOutputRows;
+        long planned = 0;
+        for (int i = 0; i < _running.Count && budget > 0;)
+        {
+            var r = _running[i];
+            if (r.Tokens.Count - r.Computed == 1 && outputs == 0) { i++; continue; }   // out of output rows, not pages
+            int n = Fit(r, budget, outputs, kv.FreePages - planned);
+            if (n > 0) { planned += Add(r, n, ref budget, ref outputs); i++; continue; }
+            if (_running.Count == 1 && planned == 0)
+            {
+                _running.RemoveAt(i);
+                Release(r);
+                r.Fail(new KvCacheFullException($"KV cache full: the request needs more pages than the whole cache has ({kv.Pages - 1} pages of {kv.PageSize} tokens)"));
+                _stats.RequestsFinished++;
+                continue;
+            }
+            var victim = _running[^1];   // the newest: its pages go, it is recomputed later
+            Preempt(victim);
+            if (victim == r) break;
+        }
+        while (_waiting.First is { } node && budget > 0 && _running.Count < _seqCap && _freeSequences.Count > 0)
+        {
+            var r = node.Value;
+            int seq = _freeSequences.Peek();
+            int cached = r.Computed = kv.MatchPrefix(seq, r.TokenSpan);
+            r.Sequence = seq;
+            int n = Fit(r, budget, outputs, kv.FreePages - planned);
+            if (n == 0)
+            {
+                kv.Reset(seq);
+                r.Sequence = -1;
+                r.Computed = 0;
+                if (_running.Count > 0 || planned > 0) break;   // wait for pages to come free
+                _waiting.RemoveFirst();
+                if (!r.Admitted) Interlocked.Decrement(ref _waitingCount);
+                r.Fail(new KvCacheFullException($"KV cache full: the request needs more pages than the whole cache has ({kv.Pages - 1} pages of {kv.PageSize} tokens)"));
+                _stats.RequestsFinished++;
+                continue;
+            }
+            _freeSequences.Pop();
+            _waiting.RemoveFirst();
+            if (!r.Admitted)
+            {
+                r.Admitted = true;
+                r.CachedPromptTokens = cached;
+                _stats.PrefixQueries += r.PromptLength;
+                _stats.PrefixHits += cached;
+                _stats.PromptTokens += r.PromptLength;
+                Interlocked.Decrement(ref _waitingCount);
+            }
+            _running.Add(r);
+            planned += Add(r, n, ref budget, ref outputs);
+        }
+        return _batch.Count > 0;
+    }
+
+    /// <summary>Rows request <paramref name="r"/> can run this step: its remaining tokens within the budget, the output
+    /// rows and <paramref name="freePages"/> (0 when none fit).</summary>
+    private int Fit(RequestState r, int budget, int outputs, long freePages)
+    {
+        var kv = _model.Kv;
+        int remaining = r.Tokens.Count - r.Computed;
+        int n = Math.Min(remaining, budget);
+        if (n == remaining && outputs == 0) n = remaining - 1;   // no output row left: stop the chunk short of the last token
+        if (n <= 0) return 0;
+        if (kv.PagesNeeded(r.Sequence, n) > freePages)
+        {
+            long room = (long)kv.BlockTable(r.Sequence).Count * kv.PageSize - kv.Length(r.Sequence) + freePages * kv.PageSize;
+            n = (int)Math.Min(n, Math.Max(0, room));
+            while (n > 0 && kv.PagesNeeded(r.Sequence, n) > freePages) n--;
+        }
+        return n;
+    }
+
+    /// <summary>Appends the request's next <paramref name="n"/> rows; returns the pages they take.</summary>
+    private int Add(RequestState r, int n, ref int budget, ref int outputs)
+    {
+        var kv = _model.Kv;
+        bool output = r.Computed + n == r.Tokens.Count;
+        int pages = kv.PagesNeeded(r.Sequence, n);
+        int first = _batch.Count;
+        _batch.AddTokens(r.Sequence, r.TokenSpan.Slice(r.Computed, n), r.Computed, output ? r.OutputKind : StepOutput.None, r.Settings);
+        budget -= n;
+        if (output) outputs--;
+        _scheduled.Add((r, n, first + n - 1));
+        return pages;
+    }
+
+    /// <summary>Frees a running request's pages; it waits (first in line) to be recomputed.</summary>
+    private void Preempt(RequestState r)
+    {
+        _running.Remove(r);
+        Release(r);
+        _waiting.AddFirst(r);
+        _stats.Preemptions++;
+    }
+
+    private void Release(RequestState r)
+    {
+        if (r.Sequence < 0) return;
+        _model.Kv.Reset(r.Sequence);
+        _freeSequences.Push(r.Sequence);
+        r.Sequence = -1;
+        r.Computed = 0;
+    }
+
+    /// <summary>After a step: advances the requests, takes their tokens, finishes the ones that are done.</summary>
+    private void Collect()
+    {
+        var kv = _model.Kv;
+        long now = Stopwatch.GetTimestamp();
+        foreach (var (r, rows, row) in _scheduled)
+        {
+            r.Computed += rows;
+            kv.Commit(r.Sequence, r.TokenSpan);
+            if (_batch.Output(row) == StepOutput.None) continue;
+            TokenLogprob? logprob = null;
+            int token;
+            if (_batch.Output(row) == StepOutput.Sample) token = _batch.SampledToken(row);
+            else
+            {
+                var logits = _logits.AsSpan();
+                _batch.Logits(row).CopyTo(logits);
+                var o = r.Options;
+                Penalties.Apply(logits, r.OutputCounts, r.Seen, o.EffectivePresencePenalty, o.FrequencyPenalty, o.EffectiveRepetitionPenalty);
+                token = _sampler.Sample(logits, r.Settings, (ulong)_batch.Position(row) + 1);
+                if (o.TopLogprobs >= 0) logprob = Logprobs(_batch.Logits(row), token, o.TopLogprobs);
+            }
+            if (r.Accept(token, logprob, now, _stats) is FinishReason reason)
+            {
+                Release(r);
+                _running.Remove(r);
+                r.Finish(reason, now);
+                _stats.RequestsFinished++;
+            }
+        }
+    }
+
+    /// <summary>The log-probabilities (log-softmax of the model's logits, before penalties) of the chosen token and the <paramref name="top"/> most likely ones.</summary>
+    private TokenLogprob Logprobs(ReadOnlySpan<float> logits, int token, int top)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in logits) max = Math.Max(max, v);
+        double sum = 0;
+        foreach (float v in logits) sum += Math.Exp(v - max);
+        float logZ = max + (float)Math.Log(sum);
+        var best = new List<(int Token, string Text, float Logprob)>(top);
+        if (top > 0)
+        {
+            var heap = new PriorityQueue<int, (float, int)>(top + 1);   // min-heap of the best so far: lowest logit, then highest id, first
+            for (int i = 0; i < logits.Length; i++)
+            {
+                heap.Enqueue(i, (logits[i], -i));
+                if (heap.Count > top) heap.Dequeue();
+            }
+            while (heap.TryDequeue(out int id, out var key)) best.Add((id, Tokenizer.Decode([id]), key.Item1 - logZ));
+            best.Reverse();
+        }
+        return new TokenLogprob(token, Tokenizer.Decode([token]), logits[token] - logZ, best);
+    }
+
+    private EngineMetrics Snapshot()
+    {
+        var kv = _model.Kv;
+        return new EngineMetrics
+        {
+            Running = _running.Count,
+            Waiting = Volatile.Read(ref _waitingCount),
+            KvPagesUsed = kv.UsedPages,
+            KvPagesTotal = kv.Pages - 1,
+            PrefixCacheQueries = _stats.PrefixQueries,
+            PrefixCacheHits = _stats.PrefixHits,
+            PromptTokens = _stats.PromptTokens,
+            GeneratedTokens = _stats.GeneratedTokens,
+            RequestsFinished = _stats.RequestsFinished,
+            Preemptions = _stats.Preemptions,
+            Steps = _stats.Steps,
+            TimeToFirstToken = _stats.TimeToFirstToken.Copy(),
+            InterTokenLatency = _stats.InterTokenLatency.Copy(),
+        };
+    }
+
+    /// <summary>
+    /// EOS ids: generation_config.json's eos_token_id (a number or a list) when present, plus &lt;|im_end|&gt; and
+    /// &lt;|endoftext|&gt; when the tokenizer has them.
+    /// </summary>
+    public static IReadOnlyList<int> DefaultEosTokenIds(Qwen3Tokenizer tokenizer, string? modelDir)
+    {
+        var ids = new List<int>();
+        var path = modelDir == null ? null : Path.Combine(modelDir, "generation_config.json");
+        if (path != null && File.Exists(path))
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            if (doc.RootElement.TryGetProperty("eos_token_id", out var e))
+            {
+                if (e.ValueKind == JsonValueKind.Number) ids.Add(e.GetInt32());
+                else if (e.ValueKind == JsonValueKind.Array) ids.AddRange(e.EnumerateArray().Select(x => x.GetInt32()));
+            }
+        }
+        foreach (var s in new[] { "<|im_end|>", "<|endoftext|>" })
+            if (tokenizer.TokenToId(s) is int id && !ids.Contains(id)) ids.Add(id);
+        return ids;
+    }
+}

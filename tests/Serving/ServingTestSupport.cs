@@ -1,0 +1,34 @@
+using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Reference;
+using Qwen3Cuda.Model.Serving;
+using Qwen3Cuda.Model.Templates;
+using Qwen3Cuda.Model.Tokenization;
+using Qwen3Cuda.Tests.Text;
+
+namespace Qwen3Cuda.Tests.Serving;
+
+/// <summary>Engines over the tiny synthetic checkpoint (vocab 512) with the tiny test tokenizer (tests/Text/Data/tiny-model).</summary>
+static class ServingTestSupport
+{
+    static readonly Lazy<Qwen3Tokenizer> TinyTokenizer = new(() => Qwen3Tokenizer.FromModelDirectory(TinyTokenizerDir));
+    public static string TinyTokenizerDir => Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model");
+    public static Qwen3Tokenizer Tokenizer => TinyTokenizer.Value;
+    public static ChatTemplate Template => ChatTemplate.FromModelDirectory(TinyTokenizerDir);
+
+    /// <summary>The CPU reference on the tiny checkpoint: <paramref name="sequences"/> sequences of <paramref name="context"/> tokens in pages of <paramref name="pageSize"/>.</summary>
+    public static ReferenceModel CpuModel(int sequences, int context = 96, int pageSize = 4, int? kvPages = null) =>
+        new(ModelWeights.Load(DeviceModel.DeviceCheckpoints.Tiny()), sequences, context, pageSize, kvPages);
+
+    /// <summary>An engine without EOS ids (the random model's greedy answers run to their budget).</summary>
+    public static Engine CpuEngine(int sequences = 16, EngineOptions? options = null, int context = 96, int pageSize = 4, int? kvPages = null, IReadOnlyList<int>? eos = null) =>
+        new(CpuModel(sequences, context, pageSize, kvPages), Tokenizer, Template, eos ?? [], options ?? new EngineOptions { MaxNumSeqs = sequences });
+
+    /// <summary>A prompt of <paramref name="length"/> ids in [1, 300) from <paramref name="seed"/>.</summary>
+    public static int[] Prompt(int length, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, length).Select(_ => rng.Next(1, 300))];
+    }
+
+    public static RequestOptions Greedy(int maxNewTokens) => new() { Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy, MaxNewTokens = maxNewTokens };
+}
