@@ -29,6 +29,7 @@ public static class Program
         root.Subcommands.Add(Commands.BenchCommand.Create());
         root.Subcommands.Add(Commands.SelftestCommand.Create());
         root.Subcommands.Add(Commands.DemoCommand.Create());
+        root.Subcommands.Add(Commands.ServeCommand.Create());
         return root;
     }
 
