@@ -30,6 +30,7 @@ public static class Program
         root.Subcommands.Add(Commands.SelftestCommand.Create());
         root.Subcommands.Add(Commands.DemoCommand.Create());
         root.Subcommands.Add(Commands.ServeCommand.Create());
+        root.Subcommands.Add(Commands.BenchServeCommand.Create());
         return root;
     }
 

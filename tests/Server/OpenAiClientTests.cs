@@ -14,9 +14,14 @@ namespace Qwen3Cuda.Tests.Server;
 /// chat template) on the CPU reference: whole and streamed chat agree, usage, completions, a prompt beyond the context,
 /// and a client that aborts mid-stream.
 /// </summary>
-[TestFixture, CancelAfter(120_000)]
+[TestFixture, NonParallelizable, CancelAfter(120_000)]
 public sealed class OpenAiClientTests
 {
+    string? _oldCache;
+
+    [OneTimeSetUp] public void SaveCache() => _oldCache = Environment.GetEnvironmentVariable(ModelLocator.CacheEnvironmentVariable);
+    [OneTimeTearDown] public void RestoreCache() => Environment.SetEnvironmentVariable(ModelLocator.CacheEnvironmentVariable, _oldCache);
+
     static string Script => Path.Combine(TextTestSupport.TextTestsDir, "..", "Server", "openai-client.cjs");
 
     static JsonElement RunClient(Uri address, string apiKey, string scenario)
