@@ -47,6 +47,13 @@ public static class CliOptions
             },
         };
 
+    /// <summary>--max-num-seqs (vLLM's): requests running at once on the engine.</summary>
+    public static Option<int> MaxNumSeqs() => Int("--max-num-seqs", [], "Requests running at once (sequences with KV pages; decode rows per step)", 64, 1, 4096);
+
+    /// <summary>--max-num-batched-tokens (vLLM's): token rows per engine step (decode rows plus prefill chunks). Null: the backend's step size.</summary>
+    public static Option<int?> MaxNumBatchedTokens() => NullableInt("--max-num-batched-tokens", [],
+        "Token rows per step: decode rows plus prefill chunks (default: 2048 for serving; for generate/chat the backend's prefill chunk, 512 on a GPU, 64 on the emulator)", 1, 1 << 20);
+
     public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context"],
         "Tokens of context per sequence (default: the model's max_position_embeddings, or on a GPU as many as fit)", 1, MaxContextTokens, "N");
 
@@ -199,6 +206,7 @@ sealed class SamplingCliOptions
         "auto (default): cuda when a GPU opens, else the CPU reference (says which on stderr) | cuda | cpu (the C# reference) | emulator (the CUDA kernels on the PTX emulator: for testing, 30-40x slower than cpu)",
         "auto", "cuda", "cpu", "emulator");
     public readonly Option<int?> Context = CliOptions.CtxSize();
+    public readonly Option<int?> MaxNumBatchedTokens = CliOptions.MaxNumBatchedTokens();
     public readonly Option<long?> GpuMemory = CliOptions.GpuMemory();
     public readonly Option<double?> GpuMemoryUtilization = CliOptions.GpuMemoryUtilization();
     public readonly Option<bool> NoThink = new("--no-think") { Description = "Disable thinking (enable_thinking=false in the chat template)" };
@@ -230,9 +238,29 @@ sealed class SamplingCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, GpuMemory, GpuMemoryUtilization, NoThink })
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, MaxNumBatchedTokens, GpuMemory, GpuMemoryUtilization, NoThink })
             cmd.Options.Add(o);
     }
+
+    /// <summary>How generate and chat load their model: one sequence, --ctx-size, --max-num-batched-tokens, the memory options.</summary>
+    public Model.ModelLoadOptions LoadOptions(ParseResult p) => new()
+    {
+        MaxSequences = 1,
+        MaxStepTokens = p.GetValue(MaxNumBatchedTokens),
+        ContextLength = p.GetValue(Context),
+        GpuMemoryBytes = p.GetValue(GpuMemory),
+        GpuMemoryUtilization = p.GetValue(GpuMemoryUtilization),
+    };
+
+    /// <summary>The request options of one answer (raw tool-call text: the CLI shows what the model wrote).</summary>
+    public Model.Serving.RequestOptions RequestOptions(ParseResult p, SamplingOptions sampling, bool thinking) => new()
+    {
+        Sampling = sampling,
+        MaxNewTokens = p.GetValue(MaxNewTokens),
+        Stop = StopStrings(p),
+        EnableThinking = thinking,
+        ParseToolCalls = false,
+    };
 
     /// <summary>The sampling options: the command line over the model's defaults, with a seed always chosen (and so printable).</summary>
     public SamplingOptions Sampling(ParseResult p, string modelDir, bool thinking, ulong seed)

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
-using Qwen3Cuda.Model.Generation;
+using Qwen3Cuda.Model;
+using Qwen3Cuda.Model.Serving;
 
 namespace Qwen3Cuda.Cli;
 
@@ -38,6 +39,14 @@ static class TextCliSupport
         return tools;
     }
 
+    /// <summary>
+    /// An engine for one CLI session over a loaded model (it takes the model over): one sequence,
+    /// --max-num-batched-tokens rows per step, EOS ids from the model folder.
+    /// </summary>
+    public static Engine StartEngine(LoadedModel lm, Qwen3Cuda.Model.Tokenization.Qwen3Tokenizer tokenizer, Qwen3Cuda.Model.Templates.ChatTemplate? template, int maxBatchedTokens) =>
+        new(lm.Model, tokenizer, template, Engine.DefaultEosTokenIds(tokenizer, lm.Directory),
+            new EngineOptions { MaxNumSeqs = 1, MaxNumBatchedTokens = maxBatchedTokens, MaxWaitingRequests = 1, ModelName = Path.GetFileName(lm.Directory) });
+
     /// <summary>One token as text for people: its UTF-8 text when its bytes are whole characters, else its bytes in hex.</summary>
     public static string Piece(Qwen3Cuda.Model.Tokenization.Qwen3Tokenizer tokenizer, int id)
     {
@@ -50,49 +59,61 @@ static class TextCliSupport
 /// <summary>Writes streamed pieces: thinking dimmed (ANSI) on a terminal, or between [thinking] markers when redirected.</summary>
 sealed class PieceWriter(TextWriter output, bool ansi)
 {
-    PieceKind? _last;
-    bool _contentStarted;
+    bool _thinking, _started, _contentStarted;
 
-    public void Write(GenerationPiece p)
+    public void Write(EnginePiece p)
     {
-        if (p.Kind == PieceKind.Thinking)
+        if (p.Kind == PieceKind.Reasoning)
         {
-            if (_last != PieceKind.Thinking) output.Write(ansi ? "\x1b[2m" : "[thinking]\n");
-            var text = _last != PieceKind.Thinking ? p.Text.TrimStart('\n') : p.Text;
+            if (!_thinking || !_started) output.Write(ansi ? "\x1b[2m" : "[thinking]\n");
+            var text = !_thinking || !_started ? p.Text.TrimStart('\n') : p.Text;
             output.Write(text);
+            _thinking = true;
         }
         else
         {
-            if (_last == PieceKind.Thinking) output.Write(ansi ? "\x1b[0m\n\n" : "\n[/thinking]\n");
-            var text = _contentStarted ? p.Text : p.Text.TrimStart('\n');
+            if (_thinking) output.Write(ansi ? "\x1b[0m\n\n" : "\n[/thinking]\n");
+            // The CLI asks for raw text (no tool-call parsing); a parsed call is shown as the model wrote it.
+            var raw = p.Kind == PieceKind.ToolCall ? "<tool_call>\n" + p.Text + "\n</tool_call>" : p.Text;
+            var text = _contentStarted ? raw : raw.TrimStart('\n');
             if (text.Length > 0) _contentStarted = true;
             output.Write(text);
+            _thinking = false;
         }
-        _last = p.Kind;
+        _started = true;
         output.Flush();
     }
 
     public void End()
     {
-        if (_last == PieceKind.Thinking) output.Write(ansi ? "\x1b[0m\n" : "\n[/thinking]\n");
+        if (_thinking) output.Write(ansi ? "\x1b[0m\n" : "\n[/thinking]\n");
         output.Flush();
     }
 
+    /// <summary>Runs one request on the engine, streaming its pieces here; returns its result (cancelled by <paramref name="ct"/>: a Cancelled result).</summary>
+    public RequestResult Run(Engine engine, IReadOnlyList<int> prompt, RequestOptions options, CancellationToken ct)
+    {
+        var request = engine.Submit(prompt, options, ct);
+        return Task.Run(async () =>
+        {
+            await foreach (var p in request.Pieces) Write(p);
+            return await request.Result;
+        }).GetAwaiter().GetResult();
+    }
+
     /// <summary>The stats line after an answer; <paramref name="seed"/> when sampling (so the run can be repeated), the load time once.</summary>
-    public static string Stats(GenerationResult r, ulong? seed = null, TimeSpan? loadTime = null) =>
+    public static string Stats(RequestResult r, ulong? seed = null, TimeSpan? loadTime = null) =>
         string.Create(System.Globalization.CultureInfo.InvariantCulture,
-            $"prompt {r.Stats.PromptTokens} tokens ({r.Stats.PrefilledTokens} prefilled, {r.Stats.PrefillTokensPerSecond:F1} tok/s), " +
-            $"eval {r.Stats.GeneratedTokens} tokens, TTFT {r.Stats.TimeToFirstToken.TotalMilliseconds:F0} ms, " +
-            $"{r.Stats.DecodeTokensPerSecond:F2} tok/s, stop: {StopText(r.StopReason)}") +
+            $"prompt {r.Usage.PromptTokens} tokens ({r.Usage.PrefilledTokens} prefilled, {r.Usage.PrefillTokensPerSecond:F1} tok/s), " +
+            $"eval {r.Usage.CompletionTokens} tokens, TTFT {r.Usage.TimeToFirstToken.TotalMilliseconds:F0} ms, " +
+            $"{r.Usage.DecodeTokensPerSecond:F2} tok/s, stop: {StopText(r)}") +
         (loadTime is { } t ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $", load {t.TotalSeconds:F2} s") : "") +
         (seed is { } s ? $", seed {s}" : "");
 
-    static string StopText(StopReason r) => r switch
+    static string StopText(RequestResult r) => r.FinishReason switch
     {
-        StopReason.EndOfSequence => "end of turn",
-        StopReason.StopString => "stop string",
-        StopReason.MaxNewTokens => "max new tokens",
-        StopReason.ContextFull => "context full",
+        FinishReason.Stop or FinishReason.ToolCalls => r.StopString is not null ? "stop string" : "end of turn",
+        FinishReason.Length => r.ContextFull ? "context full" : "max new tokens",
         _ => "cancelled",
     };
 }

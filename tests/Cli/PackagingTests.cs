@@ -124,7 +124,7 @@ public class PackagingTests
         var model = typeof(Qwen3Cuda.Model.Templates.ChatTemplate).Assembly.GetExportedTypes().Select(t => t.Name).ToList();
         Assert.That(model.Where(n => n.StartsWith("Jinja", StringComparison.Ordinal)), Is.EqualTo(new[] { "JinjaException" }));
         Assert.That(model, Has.None.EndsWith("Node").And.None.EqualTo("BytePairMerger").And.None.EqualTo("Nfc").And.None.EqualTo("QwenPreTokenizer"));
-        Assert.That(model, Does.Contain("ChatTemplate").And.Contain("Qwen3Tokenizer").And.Contain("Generator").And.Contain("ModelLocator"));
+        Assert.That(model, Does.Contain("ChatTemplate").And.Contain("Qwen3Tokenizer").And.Contain("Engine").And.Contain("ModelLocator"));
         var runtime = typeof(Qwen3Cuda.Runtime.IDevice).Assembly.GetExportedTypes().Where(t => t.Namespace == "Qwen3Cuda.Runtime.Emulation").Select(t => t.Name);
         Assert.That(runtime.Where(n => n.StartsWith("Warp", StringComparison.Ordinal) || n is "Cta" or "InstrDecoder" or "PtxParser" or "PtxLexer"), Is.Empty);
         var exceptions = new[] { typeof(Qwen3Cuda.Model.Templates.ChatTemplate).Assembly, typeof(Qwen3Cuda.Runtime.IDevice).Assembly }

@@ -60,6 +60,172 @@ public class EngineTests
         Assert.That(m.GeneratedTokens, Is.EqualTo(budgets.Sum()));
     }
 
+    static async Task<RequestResult> Run(Engine engine, int[] prompt, RequestOptions options) => await engine.CompleteAsync(prompt, options);
+
+    [Test]
+    public async Task PrefixCache_SecondPromptSharingAPrefix_PrefillsOnlyTheRest_WithTheSameTokensAndLogprobs()
+    {
+        var shared = Prompt(33, 5);
+        int[] first = [.. shared, .. Prompt(5, 6)], second = [.. shared, .. Prompt(7, 8)];
+        var options = Greedy(6) with { TopLogprobs = 3 };
+        RequestResult[] cached, uncached;
+        List<TokenLogprob> cachedLogprobs = [], uncachedLogprobs = [];
+        EngineMetrics metrics;
+        await using (var engine = CpuEngine(2))
+        {
+            await Run(engine, first, options);
+            cached = [await Run(engine, second, options)];
+            var r = engine.Submit(second, options);
+            await foreach (var p in r.Pieces) cachedLogprobs.AddRange(p.Logprobs ?? []);
+            cached = [.. cached, await r.Result];
+            metrics = engine.Metrics;
+        }
+        await using (var engine = CpuEngine(2, new EngineOptions { MaxNumSeqs = 2, EnablePrefixCaching = false }))
+        {
+            await Run(engine, first, options);
+            var r = engine.Submit(second, options);
+            await foreach (var p in r.Pieces) uncachedLogprobs.AddRange(p.Logprobs ?? []);
+            uncached = [await r.Result];
+            Assert.That(engine.Metrics.PrefixCacheHits, Is.Zero);
+            Assert.That(uncached[0].Usage.CachedPromptTokens, Is.Zero);
+        }
+        // Page size 4: the 33 shared tokens fill 8 pages (32 tokens) that the second prompt adopts; the third run adopts
+        // its own whole prompt but the last token (9 full pages of 40 tokens: 36).
+        Assert.That(cached[0].Usage.CachedPromptTokens, Is.EqualTo(32));
+        Assert.That(cached[1].Usage.CachedPromptTokens, Is.EqualTo(36));
+        Assert.That(cached[0].Tokens, Is.EqualTo(uncached[0].Tokens));
+        Assert.That(cached[1].Tokens, Is.EqualTo(uncached[0].Tokens));
+        Assert.That(uncached[0].Tokens, Is.EqualTo(Alone(second, 6)));
+        // The cached pages hold the K/V the prefill wrote, so the CPU reference's logits (and log-probabilities) are equal bit for bit.
+        Assert.That(cachedLogprobs.Select(l => (l.Token, l.Logprob)), Is.EqualTo(uncachedLogprobs.Select(l => (l.Token, l.Logprob))));
+        Assert.That(cachedLogprobs.Select(l => l.Top.Select(t => (t.Token, t.Logprob)).ToArray()),
+            Is.EqualTo(uncachedLogprobs.Select(l => l.Top.Select(t => (t.Token, t.Logprob)).ToArray())));
+        Assert.That(cachedLogprobs, Has.Count.EqualTo(6));
+        Assert.That(cachedLogprobs.All(l => l.Top.Count == 3 && l.Top[0].Logprob >= l.Top[1].Logprob && l.Logprob <= l.Top[0].Logprob), Is.True);
+        Assert.That(metrics.PrefixCacheQueries, Is.EqualTo(first.Length + 2 * second.Length));
+        Assert.That(metrics.PrefixCacheHits, Is.EqualTo(32 + 36));
+        Assert.That(metrics.PrefixCacheHitRate, Is.EqualTo(68.0 / (first.Length + 2 * second.Length)).Within(1e-12));
+    }
+
+    [Test]
+    public async Task UnderATinyPageBudget_RequestsArePreemptedAndRecomputed_AndStillGetTheirTokens()
+    {
+        // 24 pages of 4 tokens (96 tokens) for 8 requests that need up to 9 pages each: running requests run out of pages
+        // and the newest is preempted (its pages freed, its tokens prefilled again later).
+        var prompts = Enumerable.Range(0, 8).Select(i => Prompt(10 + 2 * i, 300 + i)).ToArray();
+        await using var engine = CpuEngine(8, new EngineOptions { MaxNumSeqs = 8, MaxNumBatchedTokens = 32 }, kvPages: 25);
+        var requests = prompts.Select(p => engine.Submit(p, Greedy(12))).ToList();
+        var results = await Task.WhenAll(requests.Select(async r => { await foreach (var _ in r.Pieces) { } return await r.Result; }));
+        for (int i = 0; i < 8; i++) Assert.That(results[i].Tokens, Is.EqualTo(Alone(prompts[i], 12)), $"request {i}");
+        Assert.That(engine.Metrics.Preemptions, Is.GreaterThan(0), "the budget forces preemption");
+        Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
+        Assert.That(engine.Metrics.KvPagesTotal, Is.EqualTo(24));
+    }
+
+    [Test]
+    public async Task LoadTest_200RequestsAtConcurrency32_AllCompleteOnce_AndFreeEveryPage()
+    {
+        await using var engine = CpuEngine(16, new EngineOptions { MaxNumSeqs = 16, MaxNumBatchedTokens = 64 });
+        using var gate = new SemaphoreSlim(32);
+        int inFlight = 0, maxInFlight = 0;
+        var tasks = Enumerable.Range(0, 200).Select(async i =>
+        {
+            await gate.WaitAsync();
+            try
+            {
+                int now = Interlocked.Increment(ref inFlight);
+                InterlockedMax(ref maxInFlight, now);
+                var prompt = Prompt(3 + i % 9, 1000 + i);
+                var r = engine.Submit(prompt, Greedy(2 + i % 5));
+                var text = new System.Text.StringBuilder();
+                await foreach (var p in r.Pieces) text.Append(p.Text);
+                var result = await r.Result;
+                Interlocked.Decrement(ref inFlight);
+                return (i, prompt, result, text.ToString());
+            }
+            finally { gate.Release(); }
+        }).ToList();
+        var done = await Task.WhenAll(tasks);
+        Assert.That(done.Select(d => d.i).Distinct().Count(), Is.EqualTo(200));
+        foreach (var (i, prompt, result, text) in done)
+        {
+            Assert.That(result.Tokens, Has.Count.EqualTo(2 + i % 5), $"request {i}: a complete answer");
+            Assert.That(result.FinishReason, Is.EqualTo(FinishReason.Length));
+            Assert.That(result.Reasoning, Is.Empty);
+            Assert.That(text.TrimStart('\n'), Is.EqualTo(result.Content), $"request {i}: its stream is its answer (the result trims leading newlines)");
+            if (i % 20 == 0) Assert.That(result.Tokens, Is.EqualTo(Alone(prompt, 2 + i % 5)), $"request {i}");
+        }
+        var m = engine.Metrics;
+        Assert.That(m.RequestsFinished, Is.EqualTo(200));
+        Assert.That(m.GeneratedTokens, Is.EqualTo(done.Sum(d => d.result.Tokens.Count)), "no token counted twice or lost");
+        Assert.That(m.KvPagesUsed, Is.Zero);
+        Assert.That(m.Running + m.Waiting, Is.Zero);
+        Assert.That(maxInFlight, Is.EqualTo(32));
+    }
+
+    static void InterlockedMax(ref int target, int value)
+    {
+        int seen;
+        while ((seen = Volatile.Read(ref target)) < value && Interlocked.CompareExchange(ref target, value, seen) != seen) { }
+    }
+
+    [Test]
+    public async Task Cancelling_OrAbandoningTheStream_StopsTheRequestAndFreesItsPages()
+    {
+        var gated = new GatedModel(CpuModel(2));
+        await using var engine = new Engine(gated, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 2 });
+        using var cts = new CancellationTokenSource();
+        var r = engine.Submit(Prompt(20, 9), Greedy(70), cts.Token);
+        gated.Steps.Release(3);   // the prefill and two decode steps
+        await WaitUntil(() => engine.Metrics.Steps == 3, "three steps ran");
+        Assert.That(engine.Metrics.KvPagesUsed, Is.GreaterThan(0));
+        cts.Cancel();
+        gated.Steps.Release(1000);
+        var result = await r.Result;
+        Assert.That(result.FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        // The worker had scheduled the fourth step (waiting at the gate) when the token was cancelled: that step
+        // finishes, and the request ends before the fifth.
+        Assert.That(result.Tokens, Has.Count.EqualTo(4), "cancelled at the next step");
+        await foreach (var _ in r.Pieces) { }   // the stream ends
+        await WaitUntil(() => engine.Metrics.KvPagesUsed == 0 && engine.Metrics.Running == 0, "the pages are freed");
+
+        // A reader that stops reading early (break) abandons the request.
+        var gate = new GatedModel(CpuModel(2));
+        await using var engine2 = new Engine(gate, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 2 });
+        var abandoned = engine2.Submit(Prompt(20, 10), Greedy(70));
+        var reader = Task.Run(async () => { await foreach (var p in abandoned.Pieces) break; });
+        while (!reader.IsCompleted) { gate.Steps.Release(1); await Task.Delay(20); }
+        await reader;
+        gate.Steps.Release(1000);
+        var ar = await abandoned.Result;
+        Assert.That(ar.FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That(ar.Tokens.Count, Is.LessThan(70));
+        await WaitUntil(() => engine2.Metrics.KvPagesUsed == 0 && engine2.Metrics.Running == 0, "the abandoned request's pages are freed");
+        // The engine still serves.
+        Assert.That((await engine2.CompleteAsync(Prompt(5, 11), Greedy(3))).Tokens, Has.Count.EqualTo(3));
+    }
+
+    [Test]
+    public async Task ShutDownEngine_RefusesRequests_AndAFullQueueIsOverloaded()
+    {
+        var gated = new GatedModel(CpuModel(1));
+        var engine = new Engine(gated, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 1, MaxWaitingRequests = 2 });
+        var running = engine.Submit(Prompt(20, 1), Greedy(60));
+        await WaitUntil(() => engine.Metrics.Running == 1, "the first request runs");
+        var w1 = engine.Submit(Prompt(4, 2), Greedy(2));
+        var w2 = engine.Submit(Prompt(4, 3), Greedy(2));
+        Assert.Throws<EngineOverloadedException>(() => engine.Submit(Prompt(4, 4), Greedy(2)));
+        var shutdown = engine.ShutdownAsync(cancelInFlight: true);
+        Assert.Throws<EngineShutDownException>(() => engine.Submit(Prompt(4, 6), Greedy(2)), "no new requests once shutting down");
+        gated.Steps.Release(1000);
+        await shutdown;
+        Assert.That((await running.Result).FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That((await w1.Result).FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That((await w2.Result).FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.Throws<EngineShutDownException>(() => engine.Submit(Prompt(4, 5), Greedy(2)));
+        await engine.DisposeAsync();
+    }
+
     [Test]
     public void BadOptions_AreRefusedNamingTheField()
     {
@@ -96,5 +262,23 @@ public class EngineTests
             Assert.That(engine.Metrics.RequestsFinished + engine.Metrics.Waiting, Is.Zero, "nothing was queued");
         }
         finally { engine.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+    }
+
+    /// <summary>A model whose steps each wait for a release of <see cref="Steps"/> (requests stay where the test wants them).</summary>
+    sealed class GatedModel(ICausalLanguageModel inner) : ICausalLanguageModel
+    {
+        public readonly SemaphoreSlim Steps = new(0);
+        public int VocabSize => inner.VocabSize;
+        public int ContextLength => inner.ContextLength;
+        public int MaxSequences => inner.MaxSequences;
+        public int MaxStepRows => inner.MaxStepRows;
+        public int MaxOutputRows => inner.MaxOutputRows;
+        public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
+        public void Step(StepBatch batch)
+        {
+            Steps.Wait();
+            inner.Step(batch);
+        }
+        public void Dispose() { inner.Dispose(); Steps.Dispose(); }
     }
 }

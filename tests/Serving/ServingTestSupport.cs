@@ -31,4 +31,17 @@ static class ServingTestSupport
     }
 
     public static RequestOptions Greedy(int maxNewTokens) => new() { Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy, MaxNewTokens = maxNewTokens };
+
+    /// <summary>A model the test keeps (an engine disposing it does not dispose the model).</summary>
+    public sealed class Borrowed(ICausalLanguageModel inner) : ICausalLanguageModel
+    {
+        public int VocabSize => inner.VocabSize;
+        public int ContextLength => inner.ContextLength;
+        public int MaxSequences => inner.MaxSequences;
+        public int MaxStepRows => inner.MaxStepRows;
+        public int MaxOutputRows => inner.MaxOutputRows;
+        public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
+        public void Step(StepBatch batch) => inner.Step(batch);
+        public void Dispose() { }
+    }
 }

@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Text.Json;
 using Qwen3Cuda.Cli;
 using Qwen3Cuda.Model.Checkpoint;
-using Qwen3Cuda.Model.Generation;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Model.Tokenization;
 
@@ -51,7 +50,7 @@ public class CliTextTests
         var cliIds = PrintedIds(err);
 
         var tokenizer = Qwen3Tokenizer.FromModelDirectory(_dir);
-        var eos = Generator.DefaultEosTokenIds(tokenizer, _dir).ToHashSet();
+        var eos = Qwen3Cuda.Model.Serving.Engine.DefaultEosTokenIds(tokenizer, _dir).ToHashSet();
         using var model = ReferenceModel.Load(_dir);
         var logits = new float[model.VocabSize];
         model.Forward(0, tokenizer.Encode("Hello world, the cat"), logits);

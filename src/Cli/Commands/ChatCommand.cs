@@ -1,6 +1,6 @@
 using System.CommandLine;
 using Qwen3Cuda.Model;
-using Qwen3Cuda.Model.Generation;
+using Qwen3Cuda.Model.Serving;
 using Qwen3Cuda.Model.Sampling;
 using Qwen3Cuda.Model.Templates;
 using Qwen3Cuda.Model.Tokenization;
@@ -36,34 +36,37 @@ public static class ChatCommand
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             var template = ChatTemplate.FromModelDirectory(dir);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization));
-            if (sampled) stderr.WriteLine($"sampling seed {seed} (--seed {seed} repeats this chat)");
-            var session = new ChatSession(lm.Model, tokenizer, template, Generator.DefaultEosTokenIds(tokenizer, dir),
-                thinking => s.Sampling(parse, dir, thinking, seed), parse.GetValue(s.MaxNewTokens), parse.GetValue(system))
+            var lm = ModelOpener.Open(dir, backend, s.LoadOptions(parse), stderr);
+            var engine = TextCliSupport.StartEngine(lm, tokenizer, template, parse.GetValue(s.MaxNumBatchedTokens) ?? lm.Model.MaxStepRows);
+            try
             {
-                Thinking = !parse.GetValue(s.NoThink),
-                Tools = toolsJson,
-                StopStrings = s.StopStrings(parse),
-            };
-            bool interactive = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected && !Console.IsInputRedirected;
-            return session.Run(Console.In, stdout, stderr, interactive);
+                if (sampled) stderr.WriteLine($"sampling seed {seed} (--seed {seed} repeats this chat)");
+                var session = new ChatSession(engine, thinking => s.RequestOptions(parse, s.Sampling(parse, dir, thinking, seed), thinking), parse.GetValue(system))
+                {
+                    Thinking = !parse.GetValue(s.NoThink),
+                    Tools = toolsJson,
+                };
+                bool interactive = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected && !Console.IsInputRedirected;
+                return session.Run(Console.In, stdout, stderr, interactive);
+            }
+            finally { engine.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
         });
         return cmd;
     }
 }
 
-/// <summary>The chat REPL's state: history in the template's format, thinking switch, the generator with its KV cache.</summary>
-public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, ChatTemplate template, IEnumerable<int> eosIds,
-    Func<bool, SamplingOptions> sampling, int maxNewTokens, string? systemPrompt)
+/// <summary>
+/// The chat REPL's state: history in the template's format and the thinking switch. Answers run on the engine, whose
+/// prefix cache keeps the conversation's full KV pages, so a turn prefills little more than its new messages.
+/// </summary>
+public sealed class ChatSession(Engine engine, Func<bool, RequestOptions> options, string? systemPrompt)
 {
-    readonly Generator _generator = new(model, tokenizer, eosIds);
     readonly List<ChatMessage> _history = InitialHistory(systemPrompt);
     CancellationTokenSource? _current;
 
     public bool Thinking { get; set; } = true;
     /// <summary>Tool definitions passed to the chat template (null: none).</summary>
     public System.Text.Json.JsonElement? Tools { get; init; }
-    public IReadOnlyList<string> StopStrings { get; init; } = [];
     public IReadOnlyList<ChatMessage> History => _history;
 
     static List<ChatMessage> InitialHistory(string? system) => system is null ? [] : [new ChatMessage("system", system)];
@@ -105,7 +108,6 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
                     case "/reset":
                         _history.Clear();
                         _history.AddRange(InitialHistory(systemPrompt));
-                        _generator.Reset();
                         output.WriteLine("[conversation reset]");
                         continue;
                 }
@@ -120,21 +122,20 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
     void Answer(string userText, TextWriter output, TextWriter error, bool ansi)
     {
         _history.Add(new ChatMessage("user", userText));
-        var prompt = template.Render(_history, addGenerationPrompt: true, enableThinking: Thinking, Tools);
-        var ids = tokenizer.Encode(prompt);
-        if (ids.Length >= model.ContextLength)
+        var request = options(Thinking) with { Tools = Tools };
+        var ids = engine.RenderChat(_history, request);
+        if (ids.Count >= engine.ContextLength)
         {
             _history.RemoveAt(_history.Count - 1);
-            error.WriteLine($"error: the conversation has {ids.Length} tokens, the context holds {model.ContextLength}; use /reset");
+            error.WriteLine($"error: the conversation has {ids.Count} tokens, the context holds {engine.ContextLength}; use /reset");
             return;
         }
         var writer = new PieceWriter(output, ansi);
         _current = new CancellationTokenSource();
-        GenerationResult result;
+        RequestResult result;
         try
         {
-            result = _generator.Generate(ids, new GenerationOptions { Sampling = sampling(Thinking), MaxNewTokens = maxNewTokens, StopStrings = StopStrings },
-                writer.Write, _current.Token);
+            result = writer.Run(engine, ids, request, _current.Token);
         }
         finally
         {
@@ -143,10 +144,10 @@ public sealed class ChatSession(ICausalLanguageModel model, Qwen3Tokenizer token
         }
         writer.End();
         output.WriteLine();
-        if (result.StopReason == StopReason.Cancelled) output.WriteLine("[cancelled]");
+        if (result.FinishReason == FinishReason.Cancelled) output.WriteLine("[cancelled]");
         output.Flush();
         error.WriteLine(PieceWriter.Stats(result));
         // History keeps the answer; the template drops reasoning of earlier turns itself.
-        _history.Add(new ChatMessage("assistant", result.Content, result.Thinking.Length > 0 ? result.Thinking : null));
+        _history.Add(new ChatMessage("assistant", result.Content, result.Reasoning.Length > 0 ? result.Reasoning : null));
     }
 }

@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Qwen3Cuda.Model.Generation;
+using Qwen3Cuda.Model.Serving;
 using Qwen3Cuda.Model.Templates;
 using Qwen3Cuda.Model.Tokenization;
 
@@ -54,27 +54,25 @@ public static class GenerateCommand
             }
             var ids = tokenizer.Encode(text);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization));
-            var generator = new Generator(lm.Model, tokenizer, Generator.DefaultEosTokenIds(tokenizer, dir));
-            var writer = new PieceWriter(stdout, ansi: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
-            using var cts = new CancellationTokenSource();
-            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
-            Console.CancelKeyPress += onCancel;
-            GenerationResult result;
+            var lm = ModelOpener.Open(dir, backend, s.LoadOptions(parse), stderr);
+            var engine = TextCliSupport.StartEngine(lm, tokenizer, null, parse.GetValue(s.MaxNumBatchedTokens) ?? lm.Model.MaxStepRows);
             try
             {
-                result = generator.Generate(ids, new GenerationOptions
-                {
-                    Sampling = sampling, MaxNewTokens = parse.GetValue(s.MaxNewTokens), StopStrings = s.StopStrings(parse),
-                }, writer.Write, cts.Token);
+                var writer = new PieceWriter(stdout, ansi: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
+                using var cts = new CancellationTokenSource();
+                ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+                Console.CancelKeyPress += onCancel;
+                RequestResult result;
+                try { result = writer.Run(engine, ids, s.RequestOptions(parse, sampling, thinking), cts.Token); }
+                finally { Console.CancelKeyPress -= onCancel; }
+                writer.End();
+                stdout.WriteLine();
+                stdout.Flush();
+                stderr.WriteLine(PieceWriter.Stats(result, sampling.IsGreedy ? null : seed, lm.LoadTime));
+                if (parse.GetValue(printIds)) stderr.WriteLine("token ids: [" + string.Join(",", result.Tokens) + "]");
+                return result.FinishReason == FinishReason.Cancelled ? ExitCodes.Interrupted : ExitCodes.Ok;
             }
-            finally { Console.CancelKeyPress -= onCancel; }
-            writer.End();
-            stdout.WriteLine();
-            stdout.Flush();
-            stderr.WriteLine(PieceWriter.Stats(result, sampling.IsGreedy ? null : seed, lm.LoadTime));
-            if (parse.GetValue(printIds)) stderr.WriteLine("token ids: [" + string.Join(",", result.Tokens) + "]");
-            return result.StopReason == StopReason.Cancelled ? ExitCodes.Interrupted : ExitCodes.Ok;
+            finally { engine.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
         });
         return cmd;
     }

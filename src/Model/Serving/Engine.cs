@@ -39,7 +39,7 @@ public sealed class Engine : IAsyncDisposable
     private readonly EngineStatistics _stats = new();
     private volatile bool _accepting = true, _stopWhenIdle, _cancelAll;
     private volatile Exception? _fault;
-    private volatile EngineMetrics _metrics;
+    private int _runningCount, _kvPagesUsed;   // published by the worker under lock (_stats)
     private int _waitingCount;
     private long _nextId;
 
@@ -75,7 +75,7 @@ public sealed class Engine : IAsyncDisposable
         model.Kv.PrefixCaching = options.EnablePrefixCaching;
         _batch = new StepBatch(Math.Min(_stepTokens, 4096));
         _logits = new float[model.VocabSize];
-        _metrics = Snapshot();
+        _kvPagesUsed = model.Kv.UsedPages;
         _worker = new Thread(Run) { IsBackground = true, Name = "qwen3cuda engine" };
         _worker.Start();
     }
@@ -95,8 +95,11 @@ public sealed class Engine : IAsyncDisposable
     internal int? ToolCallStart { get; }
     internal int? ToolCallEnd { get; }
 
-    /// <summary>The latest snapshot of the counters (refreshed after every step).</summary>
-    public EngineMetrics Metrics => _metrics;
+    /// <summary>A snapshot of the counters (as of the last step scheduled or finished).</summary>
+    public EngineMetrics Metrics
+    {
+        get { lock (_stats) return Snapshot(); }
+    }
 
     /// <summary>The prompt ids of a conversation: the chat template with the generation prompt, the options' tools and enable_thinking.</summary>
     public IReadOnlyList<int> RenderChat(IReadOnlyList<ChatMessage> messages, RequestOptions options)
@@ -178,26 +181,35 @@ public sealed class Engine : IAsyncDisposable
             while (true)
             {
                 Intake();
-                Reap();
+                bool scheduled;
+                lock (_stats)
+                {
+                    Reap();
+                    scheduled = _running.Count + _waiting.Count > 0 && Schedule();
+                    Publish();
+                }
                 if (_running.Count == 0 && _waiting.Count == 0)
                 {
-                    _metrics = Snapshot();
                     if (_stopWhenIdle && _incoming.IsEmpty) break;
                     _wake.Wait();
                     _wake.Reset();
                     continue;
                 }
-                if (!Schedule()) { _wake.Wait(TimeSpan.FromMilliseconds(1)); _wake.Reset(); continue; }
+                if (!scheduled) { _wake.Wait(TimeSpan.FromMilliseconds(1)); _wake.Reset(); continue; }
                 _model.Step(_batch);
-                _stats.Steps++;
-                Collect();
-                _metrics = Snapshot();
+                lock (_stats)
+                {
+                    _stats.Steps++;
+                    Collect();
+                    Publish();
+                }
             }
         }
         catch (Exception e)
         {
             _fault = e;
             _accepting = false;
+            Monitor.Enter(_stats);   // released in finally
             foreach (var r in _running) r.Fail(e);
             foreach (var r in _waiting) r.Fail(e);
             while (_incoming.TryDequeue(out var r)) r.Fail(e);
@@ -206,7 +218,9 @@ public sealed class Engine : IAsyncDisposable
         }
         finally
         {
-            _metrics = Snapshot();
+            if (!Monitor.IsEntered(_stats)) Monitor.Enter(_stats);
+            Publish();
+            Monitor.Exit(_stats);
             _stopped.TrySetResult();
         }
     }
@@ -409,21 +423,30 @@ public sealed class Engine : IAsyncDisposable
                 heap.Enqueue(i, (logits[i], -i));
                 if (heap.Count > top) heap.Dequeue();
             }
-            while (heap.TryDequeue(out int id, out var key)) best.Add((id, Tokenizer.Decode([id]), key.Item1 - logZ));
+            while (heap.TryDequeue(out int id, out var key)) best.Add((id, TokenText(id), key.Item1 - logZ));
             best.Reverse();
         }
-        return new TokenLogprob(token, Tokenizer.Decode([token]), logits[token] - logZ, best);
+        return new TokenLogprob(token, TokenText(token), logits[token] - logZ, best);
+    }
+
+    /// <summary>A token's text ("" for ids past the tokenizer's vocabulary, which model vocabularies pad to).</summary>
+    private string TokenText(int id) => (uint)id < (uint)Tokenizer.VocabSize ? Tokenizer.Decode([id]) : "";
+
+    /// <summary>Copies what the worker's lists and page table say into fields <see cref="Metrics"/> reads (under lock (_stats)).</summary>
+    private void Publish()
+    {
+        _runningCount = _running.Count;
+        _kvPagesUsed = _model.Kv.UsedPages;
     }
 
     private EngineMetrics Snapshot()
     {
-        var kv = _model.Kv;
         return new EngineMetrics
         {
-            Running = _running.Count,
+            Running = _runningCount,
             Waiting = Volatile.Read(ref _waitingCount),
-            KvPagesUsed = kv.UsedPages,
-            KvPagesTotal = kv.Pages - 1,
+            KvPagesUsed = _kvPagesUsed,
+            KvPagesTotal = _model.Kv.Pages - 1,
             PrefixCacheQueries = _stats.PrefixQueries,
             PrefixCacheHits = _stats.PrefixHits,
             PromptTokens = _stats.PromptTokens,

@@ -70,6 +70,7 @@ internal sealed class RequestState
     private readonly OutputText _text;
     private readonly List<TokenLogprob> _pendingLogprobs = [];
     private long _firstTokenTicks, _lastTokenTicks;
+    private int? _stopToken;
     private volatile bool _cancel;
 
     public readonly long Id;
@@ -146,7 +147,7 @@ internal sealed class RequestState
         if (Options.EffectiveRepetitionPenalty != 1f) Seen.Add(token);
         if (logprob is not null) _pendingLogprobs.Add(logprob);
 
-        if ((!Options.IgnoreEos && _engine.EosTokenIds.Contains(token)) || Options.StopTokenIds.Contains(token)) return FinishReason.Stop;
+        if ((!Options.IgnoreEos && _engine.EosTokenIds.Contains(token)) || Options.StopTokenIds.Contains(token)) { _stopToken = token; return FinishReason.Stop; }
         if (token == _engine.ThinkStart) { _text.Write(_decoder.Flush()); _text.Kind = PieceKind.Reasoning; }
         else if (token == _engine.ThinkEnd) { _text.Write(_decoder.Flush()); _text.Kind = PieceKind.Content; }
         else if (token == _engine.ToolCallStart) _text.Write(_decoder.Flush() + "<tool_call>");   // written as text even when the tokenizer calls it special
@@ -172,7 +173,7 @@ internal sealed class RequestState
             Generated > 0 ? Stopwatch.GetElapsedTime(SubmitTicks, _firstTokenTicks) : TimeSpan.Zero,
             Stopwatch.GetElapsedTime(SubmitTicks, Generated > 0 && reason != FinishReason.Cancelled ? _lastTokenTicks : nowTicks));
         var result = new RequestResult(_text.Reasoning.ToString().Trim('\n'), _text.Content.ToString().TrimStart('\n'), [.. _text.ToolCalls],
-            Tokens.GetRange(PromptLength, Generated), reason, usage) { ContextFull = contextFull };
+            Tokens.GetRange(PromptLength, Generated), reason, usage) { ContextFull = contextFull, StopString = _text.StopString, StopTokenId = _stopToken };
         Output.Writer.TryComplete();
         Completion.TrySetResult(result);
     }

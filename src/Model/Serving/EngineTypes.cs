@@ -152,6 +152,10 @@ public sealed record RequestResult(string Reasoning, string Content, IReadOnlyLi
 {
     /// <summary>True when the request stopped because the context was full (a <see cref="FinishReason.Length"/> finish short of the token budget).</summary>
     public bool ContextFull { get; init; }
+    /// <summary>The stop string that ended the answer (vLLM's stop_reason), if one did.</summary>
+    public string? StopString { get; init; }
+    /// <summary>The EOS or stop token id that ended the answer, if one did.</summary>
+    public int? StopTokenId { get; init; }
 }
 
 /// <summary>A request parameter is invalid; <see cref="Parameter"/> names it as the OpenAI API does (top_p, max_tokens, messages, ...).</summary>
@@ -167,7 +171,7 @@ public sealed class PromptTooLongException(int promptTokens, int contextLength)
 {
     public int PromptTokens { get; } = promptTokens;
     public int ContextLength { get; } = contextLength;
-    public override ErrorKind Kind => ErrorKind.InvalidArgument;
+    public override ErrorKind Kind => ErrorKind.InvalidInput;
 }
 
 /// <summary>The waiting queue is full (the server answers 429 with Retry-After).</summary>

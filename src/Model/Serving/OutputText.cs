@@ -20,6 +20,8 @@ internal sealed class OutputText(IReadOnlyList<string> stopStrings, bool parseTo
     public readonly StringBuilder Reasoning = new(), Content = new();
     public readonly List<ToolCall> ToolCalls = [];
     public bool Stopped { get; private set; }
+    /// <summary>The stop string that matched.</summary>
+    public string? StopString { get; private set; }
 
     public PieceKind Kind
     {
@@ -42,7 +44,7 @@ internal sealed class OutputText(IReadOnlyList<string> stopStrings, bool parseTo
         {
             if (s.Length == 0) continue;
             int k = _held.IndexOf(s, StringComparison.Ordinal);
-            if (k >= 0 && (at < 0 || k < at)) at = k;
+            if (k >= 0 && (at < 0 || k < at)) { at = k; StopString = s; }
         }
         if (at >= 0)
         {
