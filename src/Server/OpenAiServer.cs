@@ -83,7 +83,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         return server;
     }
 
-    static IPAddress ResolveHost(string host)
+    /// <summary>The address for --host (an IP, localhost, or a name resolved here); <see cref="ServerBindException"/> when it resolves to none.</summary>
+    public static IPAddress ResolveHost(string host)
     {
         if (IPAddress.TryParse(host, out var ip)) return ip;
         if (host == "localhost") return IPAddress.Loopback;

@@ -44,6 +44,7 @@ public static class ServeCommand
             if (key is { Length: 0 }) throw new UsageException("--api-key is empty: give a key, or leave the option out to serve without one");
             string? name = parse.GetValue(served);
             if (name is { Length: 0 }) throw new UsageException("--served-model-name is empty");
+            OpenAiServer.ResolveHost(parse.GetValue(host)!);   // a bad --host fails before the model loads
             string dir = ModelOpener.Resolve(modelSpec, stderr);
             var options = new EngineOptions
             {
