@@ -250,10 +250,36 @@ public sealed class OpenAiServer : IAsyncDisposable
         await Generate(ctx, req, prompts, chat: false, started).ConfigureAwait(false);
     }
 
+    /// <summary>Bytes past the limit read and dropped before a 413, so that a client still sending gets the answer
+    /// instead of a reset connection; a larger body gets the 413 and the connection closes.</summary>
+    const long DrainBytes = 8L << 20;
+
     async Task<JsonDocument> ReadJson(HttpContext ctx)
     {
-        if (ctx.Request.ContentLength > _options.MaxBodyBytes) throw ApiException.TooLarge(_options.MaxBodyBytes);
-        try { return await JsonDocument.ParseAsync(ctx.Request.Body, default, ctx.RequestAborted).ConfigureAwait(false); }
+        // The limit is enforced here rather than by Kestrel, which would close the connection under a client still sending.
+        if (ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size)
+            size.MaxRequestBodySize = null;
+        long limit = _options.MaxBodyBytes;
+        var body = ctx.Request.Body;
+        var ct = ctx.RequestAborted;
+        var chunk = new byte[16 * 1024];
+        async Task<ApiException> TooLarge(long read)
+        {
+            int n;
+            while (read < limit + DrainBytes && (n = await body.ReadAsync(chunk, ct).ConfigureAwait(false)) > 0) read += n;
+            ctx.Response.Headers.Connection = "close";
+            return ApiException.TooLarge(limit);
+        }
+        if (ctx.Request.ContentLength > limit) throw await TooLarge(0).ConfigureAwait(false);
+        using var buffer = new MemoryStream();
+        int read;
+        while ((read = await body.ReadAsync(chunk, ct).ConfigureAwait(false)) > 0)
+        {
+            if (buffer.Length + read > limit) throw await TooLarge(buffer.Length + read).ConfigureAwait(false);
+            buffer.Write(chunk, 0, read);
+        }
+        buffer.Position = 0;
+        try { return JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length)); }
         catch (JsonException e) { throw ApiException.BadJson($"The request body is not valid JSON: {e.Message}"); }
     }
 
