@@ -13,6 +13,7 @@ public sealed class EngineBackend(Engine engine, string modelDirectory) : IServi
     public int VocabSize => Engine.Tokenizer.VocabSize;
     public SamplingOptions DefaultSampling(bool thinking) => SamplingOptions.DefaultsFor(modelDirectory, thinking);
     public IReadOnlyList<int> Tokenize(string text) => Engine.Tokenizer.Encode(text);
+    public string Detokenize(IReadOnlyList<int> ids) => Engine.Tokenizer.Decode([.. ids]);
     public IReadOnlyList<int> RenderChat(IReadOnlyList<ChatMessage> messages, RequestOptions options) => Engine.RenderChat(messages, options);
     public IServingRequest Submit(IReadOnlyList<int> promptTokens, RequestOptions options, CancellationToken ct) =>
         new Request(Engine.Submit(promptTokens, options, ct));

@@ -234,6 +234,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         var req = RequestParser.ParseChat(doc.RootElement, _engine);
         CheckModel(req.Model);
         var ids = _engine.RenderChat(req.Messages, req.Options);
+        if (req.ForcedTool is { } forced) ids = [.. ids, .. _engine.Tokenize(ForcedToolCalls.Prefill(forced, _engine, ids))];
         CheckLength(ids.Count, req.MaxTokens, "messages");
         await Generate(ctx, req, [ids], chat: true, started).ConfigureAwait(false);
     }
@@ -298,8 +299,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     /// <summary>One choice in flight: its engine request, and what it streamed so far.</summary>
-    sealed class Choice(int index, int prompt, IServingRequest request)
+    sealed class Choice(int index, int prompt, IServingRequest request, ForcedToolCall? forced)
     {
+        public ForcedToolCall? Forced { get; } = forced;
         public int Index { get; } = index;
         public int Prompt { get; } = prompt;
         public IServingRequest Request { get; } = request;
@@ -321,7 +323,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 for (int i = 0; i < req.N; i++)
                 {
                     var options = req.Options with { Sampling = req.Options.Sampling with { Seed = unchecked(req.Seed + (ulong)i) } };
-                    choices.Add(new Choice(choices.Count, p, _engine.Submit(prompts[p], options, cts.Token)));
+                    choices.Add(new Choice(choices.Count, p, _engine.Submit(prompts[p], options, cts.Token), req.ForcedTool));
                 }
         }
         catch
@@ -375,7 +377,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (piece.Logprobs is { } lps) c.Logprobs.AddRange(lps);
             if (piece.Kind != PieceKind.ToolCall) c.Text.Append(piece.Text);
         }
-        c.Result = await c.Request.Result.WaitAsync(ct).ConfigureAwait(false);
+        c.Result = ForcedToolCalls.Apply(c.Forced, await c.Request.Result.WaitAsync(ct).ConfigureAwait(false));
     }
 
     static string FinishReasonText(RequestResult r) => r.FinishReason switch
@@ -591,6 +593,8 @@ public sealed class OpenAiServer : IAsyncDisposable
                     case PieceKind.Reasoning when chat:
                         await Send(Chunk(c, w => WriteReasoning(w, piece.Text, always: false), piece.Logprobs, null)).ConfigureAwait(false);
                         break;
+                    case PieceKind.Content when c.Forced is not null:
+                        break;   // the forced call's arguments: sent as a tool call when complete
                     default:
                         if (piece.Kind == PieceKind.ToolCall) break;
                         c.Text.Append(piece.Text);
@@ -599,6 +603,17 @@ public sealed class OpenAiServer : IAsyncDisposable
                 }
             }
             c.Result = await c.Request.Result.WaitAsync(ct).ConfigureAwait(false);
+            if (c.Forced is not null)
+            {
+                c.Result = ForcedToolCalls.Apply(c.Forced, c.Result);
+                if (c.Result.ToolCalls is [var t, ..])
+                {
+                    await Send(Chunk(c, w => { w.WriteStartArray("tool_calls"); WriteToolCall(w, t, 0, withHeader: true, ""); w.WriteEndArray(); }, null, null)).ConfigureAwait(false);
+                    await Send(Chunk(c, w => { w.WriteStartArray("tool_calls"); WriteToolCall(w, t, 0, withHeader: false, t.ArgumentsJson); w.WriteEndArray(); }, null, null)).ConfigureAwait(false);
+                }
+                else if (c.Result.Content.Length > 0)
+                    await Send(Chunk(c, w => w.WriteString("content", c.Result.Content), null, null)).ConfigureAwait(false);
+            }
             await Send(Chunk(c, null, null, FinishReasonText(c.Result))).ConfigureAwait(false);
         }
 

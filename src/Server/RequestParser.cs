@@ -26,7 +26,12 @@ public sealed record ParsedRequest
     // completions: one prompt (text or token ids) per entry
     public IReadOnlyList<object> Prompts { get; init; } = [];
     public bool Echo { get; init; }
+    /// <summary>tool_choice "required" (any tool) or a named function: the answer is made to start a call (see docs/serving.md).</summary>
+    public ForcedToolCall? ForcedTool { get; init; }
 }
+
+/// <summary>A tool call the request forces: <see cref="Name"/> null for "required" (the model picks the tool).</summary>
+public sealed record ForcedToolCall(string? Name);
 
 /// <summary>
 /// Reads the JSON bodies of POST /v1/chat/completions and /v1/completions into <see cref="ParsedRequest"/>: the fields of
@@ -36,6 +41,8 @@ public sealed record ParsedRequest
 public static class RequestParser
 {
     static readonly string[] Roles = ["system", "developer", "user", "assistant", "tool"];
+    /// <summary>Where Qwen's tool call ends; a forced call stops there.</summary>
+    public const string ToolCallEnd = "</tool_call>";
 
     public static ParsedRequest ParseChat(JsonElement root, IServingEngine engine)
     {
@@ -61,7 +68,10 @@ public static class RequestParser
             ParseToolCalls = tools is not null && choice != "none",
             TopLogprobs = logprobs ? top ?? 0 : -1,
         };
-        return common with { Messages = messages, Options = options, Logprobs = logprobs };
+        ForcedToolCall? forced = choice switch { "required" => new ForcedToolCall(null), ['=', .. var name] => new ForcedToolCall(name), _ => null };
+        if (forced is not null)
+            options = options with { ParseToolCalls = false, Stop = [.. options.Stop, ToolCallEnd] };
+        return common with { Messages = messages, Options = options, Logprobs = logprobs, ForcedTool = forced };
     }
 
     public static ParsedRequest ParseCompletion(JsonElement root, IServingEngine engine)
@@ -277,24 +287,24 @@ public static class RequestParser
         return tools.Clone();
     }
 
-    /// <summary>"auto" (default with tools), "none", or an error for what this server cannot honour.</summary>
+    /// <summary>"none", "auto" (the default with tools), "required", or "=NAME" for a named function.</summary>
     static string ParseToolChoice(JsonElement root, JsonElement? tools)
     {
         if (Prop(root, "tool_choice") is not { ValueKind: not JsonValueKind.Null } tc) return tools is null ? "none" : "auto";
         string? word = tc.ValueKind == JsonValueKind.String ? tc.GetString() : null;
         if (word == "none") return "none";
         if (tools is null) throw ApiException.BadRequest("tool_choice", "'tool_choice' other than 'none' needs 'tools'");
-        if (word == "auto") return "auto";
-        string? named = null;
-        if (tc.ValueKind == JsonValueKind.Object && Prop(tc, "function") is { ValueKind: JsonValueKind.Object } f && Prop(f, "name") is { ValueKind: JsonValueKind.String } n)
-            named = n.GetString();
-        if (word is null && named is null)
+        if (word is "auto" or "required") return word;
+        if (word is not null)
+            throw ApiException.BadRequest("tool_choice", $"'tool_choice' is '{word}'; it must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}");
+        if (tc.ValueKind != JsonValueKind.Object || Prop(tc, "function") is not { ValueKind: JsonValueKind.Object } f)
             throw ApiException.BadRequest("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}");
-        if (word is not null && word != "required")
-            throw ApiException.BadRequest("tool_choice", $"'tool_choice' is '{word}'; it must be 'none', 'auto', 'required' or a named function");
-        if (named is not null && !tools.Value.EnumerateArray().Any(t => Prop(t, "function") is { } tf && Prop(tf, "name") is { ValueKind: JsonValueKind.String } tn && tn.GetString() == named))
+        if (Prop(f, "name") is not { ValueKind: JsonValueKind.String } n || n.GetString()!.Length == 0)
+            throw ApiException.BadRequest("tool_choice.function.name", "'tool_choice.function.name' must be a non-empty string");
+        string named = n.GetString()!;
+        if (!tools.Value.EnumerateArray().Any(t => Prop(t, "function") is { } tf && Prop(tf, "name") is { ValueKind: JsonValueKind.String } tn && tn.GetString() == named))
             throw ApiException.BadRequest("tool_choice.function.name", $"'tool_choice' names '{named}', which is not in 'tools'");
-        throw ApiException.BadRequest("tool_choice", $"'tool_choice' {(named is null ? "'required'" : $"naming '{named}'")} is not supported yet: it needs constrained decoding, which this engine lacks; use 'auto'", "unsupported_parameter");
+        return "=" + named;
     }
 
     static int[] TokenIds(JsonElement a, string at, int vocab, bool allowEmpty = false)

@@ -20,6 +20,7 @@ public interface IServingEngine
     /// <summary>The model's sampling defaults (generation_config.json) for a request that leaves them unset.</summary>
     SamplingOptions DefaultSampling(bool thinking);
     IReadOnlyList<int> Tokenize(string text);
+    string Detokenize(IReadOnlyList<int> ids);
     /// <summary>The prompt ids of a conversation through the model's chat template (tools and enable_thinking from <paramref name="options"/>).</summary>
     IReadOnlyList<int> RenderChat(IReadOnlyList<ChatMessage> messages, RequestOptions options);
     /// <summary>Queues a request; throws InvalidRequestException, PromptTooLongException, EngineOverloadedException or

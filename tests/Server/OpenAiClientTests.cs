@@ -114,6 +114,18 @@ public sealed class OpenAiClientTests
         Assert.That(completion.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), Is.EqualTo(engine.Tokenizer.Encode("Once upon a time").Length));
         Assert.That(completion.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.InRange(1, 5));
 
+        // A named tool_choice: the call's start is in the prompt (after an empty think block: thinking was left on), the
+        // random model's continuation is read back as get_weather's arguments.
+        var forced = r.GetProperty("forced");
+        var forcedCall = forced.GetProperty("message").GetProperty("tool_calls")[0];
+        Assert.That(forcedCall.GetProperty("function").GetProperty("name").GetString(), Is.EqualTo("get_weather"));
+        Assert.That(forcedCall.GetProperty("id").GetString(), Does.StartWith("call_"));
+        Assert.That(forced.GetProperty("finish").GetString(), Is.AnyOf("length", "tool_calls"));
+        var weatherIds = engine.RenderChat([new("user", "Weather in Paris?")], new RequestOptions { Tools = JsonDocument.Parse(
+            """[{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]""").RootElement });
+        int prefill = engine.Tokenizer.Encode("<think>\n\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ").Length;
+        Assert.That(forced.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), Is.EqualTo(weatherIds.Count + prefill));
+
         var tooLong = r.GetProperty("tooLong");
         Assert.That(tooLong.GetProperty("status").GetInt32(), Is.EqualTo(400));
         Assert.That(tooLong.GetProperty("code").GetString(), Is.EqualTo("context_length_exceeded"));

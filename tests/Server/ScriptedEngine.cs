@@ -35,6 +35,7 @@ sealed class ScriptedEngine : IServingEngine
 
     public SamplingOptions DefaultSampling(bool thinking) => SamplingOptions.Greedy;
     public IReadOnlyList<int> Tokenize(string text) => text.Select(c => c % VocabSize).ToArray();
+    public string Detokenize(IReadOnlyList<int> ids) => new(ids.Select(i => (char)i).ToArray());
 
     public IReadOnlyList<int> RenderChat(IReadOnlyList<ChatMessage> messages, RequestOptions options)
     {

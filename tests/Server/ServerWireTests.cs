@@ -177,7 +177,7 @@ public sealed class ServerWireTests
     }
 
     [Test]
-    public async Task ToolChoice_NoneDropsTools_RequiredIsRefusedClearly()
+    public async Task ToolChoice_NoneDropsTools_UnknownNameIs400()
     {
         var engine = new ScriptedEngine();
         var (server, http) = await Start(engine);
@@ -186,13 +186,65 @@ public sealed class ServerWireTests
         Assert.That(s1, Is.EqualTo(HttpStatusCode.OK));
         Assert.That(engine.Rendered.Single().Options.Tools, Is.Null);
         Assert.That(engine.Rendered.Single().Options.ParseToolCalls, Is.False);
-        var (s2, j2, _) = await Post(http, "/v1/chat/completions", $$"""{"messages": [{"role": "user", "content": "x"}], "tools": {{Tools}}, "tool_choice": "required"}""");
-        Assert.That(s2, Is.EqualTo(HttpStatusCode.BadRequest));
-        Assert.That(j2.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo("tool_choice"));
-        Assert.That(j2.GetProperty("error").GetProperty("message").GetString(), Does.Contain("not supported"));
         var (s3, j3, _) = await Post(http, "/v1/chat/completions", $$"""{"messages": [{"role": "user", "content": "x"}], "tools": {{Tools}}, "tool_choice": {"type": "function", "function": {"name": "nope"} } }""");
         Assert.That(s3, Is.EqualTo(HttpStatusCode.BadRequest));
         Assert.That(j3.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo("tool_choice.function.name"));
+        var (s4, j4, _) = await Post(http, "/v1/chat/completions", $$"""{"messages": [{"role": "user", "content": "x"}], "tools": {{Tools}}, "tool_choice": "always"}""");
+        Assert.That(s4, Is.EqualTo(HttpStatusCode.BadRequest));
+        Assert.That(j4.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo("tool_choice"));
+    }
+
+    [Test]
+    public async Task ToolChoiceNamed_PrefillsTheCallStart_AndReadsTheAnswerAsTheCall_WholeAndStreamed()
+    {
+        // The model's text after the prefill `<tool_call>\n{"name": "get_weather", "arguments": ` (the server stops it at </tool_call>).
+        var engine = new ScriptedEngine { Script = [new(PieceKind.Content, "{\"city\": "), new(PieceKind.Content, "\"Paris\"}}")] };
+        var (server, http) = await Start(engine);
+        await using var owned = server;
+        const string choice = """ "tool_choice": {"type": "function", "function": {"name": "get_weather"} } """;
+        var (status, json, _) = await Post(http, "/v1/chat/completions", $$"""{"messages": [{"role": "user", "content": "x"}], "tools": {{Tools}}, {{choice}} }""");
+        Assert.That(status, Is.EqualTo(HttpStatusCode.OK), json.ToString());
+        var sent = engine.Submitted.Single();
+        Assert.That(engine.Detokenize(sent.Prompt), Does.EndWith("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "));
+        Assert.That(sent.Options.ParseToolCalls, Is.False);
+        Assert.That(sent.Options.Stop, Does.Contain("</tool_call>"));
+        var message = json.GetProperty("choices")[0].GetProperty("message");
+        Assert.That(message.GetProperty("content").ValueKind, Is.EqualTo(JsonValueKind.Null));
+        var call = message.GetProperty("tool_calls")[0];
+        Assert.That(call.GetProperty("id").GetString(), Does.StartWith("call_"));
+        Assert.That(call.GetProperty("function").GetProperty("name").GetString(), Is.EqualTo("get_weather"));
+        Assert.That(call.GetProperty("function").GetProperty("arguments").GetString(), Is.EqualTo("{\"city\": \"Paris\"}"));
+        Assert.That(json.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("tool_calls"));
+
+        var r = await http.PostAsync("/v1/chat/completions", Body($$"""{"messages": [{"role": "user", "content": "x"}], "tools": {{Tools}}, {{choice}}, "stream": true}"""));
+        var deltas = SseEvents(await r.Content.ReadAsStringAsync()).SkipLast(1).Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0]).ToList();
+        Assert.That(deltas.Any(d => d.GetProperty("delta").TryGetProperty("content", out var c) && c.GetString()!.Length > 0), Is.False, "no content deltas");
+        var calls = deltas.Where(d => d.GetProperty("delta").TryGetProperty("tool_calls", out _)).Select(d => d.GetProperty("delta").GetProperty("tool_calls")[0]).ToList();
+        Assert.That(calls[0].GetProperty("function").GetProperty("name").GetString(), Is.EqualTo("get_weather"));
+        Assert.That(string.Concat(calls.Select(c => c.GetProperty("function").GetProperty("arguments").GetString())), Is.EqualTo("{\"city\": \"Paris\"}"));
+        Assert.That(deltas[^1].GetProperty("finish_reason").GetString(), Is.EqualTo("tool_calls"));
+    }
+
+    [Test]
+    public async Task ToolChoiceRequired_TheModelNamesTheTool_UnparsableOutputStaysContent()
+    {
+        var engine = new ScriptedEngine { Script = [new(PieceKind.Content, "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}")] };
+        var (server, http) = await Start(engine);
+        await using var owned = server;
+        string body = $$"""{"messages": [{"role": "user", "content": "x"}], "tools": {{Tools}}, "tool_choice": "required"}""";
+        var (status, json, _) = await Post(http, "/v1/chat/completions", body);
+        Assert.That(status, Is.EqualTo(HttpStatusCode.OK), json.ToString());
+        Assert.That(engine.Detokenize(engine.Submitted.Single().Prompt), Does.EndWith("<tool_call>\n"));
+        var call = json.GetProperty("choices")[0].GetProperty("message").GetProperty("tool_calls")[0];
+        Assert.That(call.GetProperty("function").GetProperty("name").GetString(), Is.EqualTo("get_weather"));
+        Assert.That(call.GetProperty("function").GetProperty("arguments").GetString(), Is.EqualTo("{\"city\": \"Oslo\"}"));
+
+        engine.Script = [new(PieceKind.Content, "no idea")];
+        var (s2, j2, _) = await Post(http, "/v1/chat/completions", body);
+        Assert.That(s2, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That(j2.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), Is.EqualTo("no idea"));
+        Assert.That(j2.GetProperty("choices")[0].GetProperty("message").TryGetProperty("tool_calls", out _), Is.False);
+        Assert.That(j2.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("stop"));
     }
 
     [Test]

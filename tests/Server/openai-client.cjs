@@ -68,6 +68,9 @@ async function real() {
   r.stream = await stream(params);
   const completion = await client.completions.create({ model: "demo", prompt: "Once upon a time", max_tokens: 5, temperature: 0 });
   r.completion = { text: completion.choices[0].text, finish: completion.choices[0].finish_reason, usage: completion.usage };
+  const forced = await client.chat.completions.create({ model: "demo", messages: [{ role: "user", content: "Weather in Paris?" }],
+    tools, tool_choice: { type: "function", function: { name: "get_weather" } }, max_tokens: 6, temperature: 0 });
+  r.forced = { message: forced.choices[0].message, finish: forced.choices[0].finish_reason, usage: forced.usage };
   r.tooLong = await error(client.chat.completions.create({ model: "demo", messages: [{ role: "user", content: "word ".repeat(600) }] }));
   // A client that goes away mid-stream: abort after the second chunk.
   const controller = new AbortController();

@@ -1,0 +1,63 @@
+using System.Text.Json;
+using Qwen3Cuda.Model.Serving;
+
+namespace Qwen3Cuda.Server;
+
+/// <summary>
+/// tool_choice "required" and named functions without constrained decoding: the prompt is extended with the start of a
+/// Qwen tool call (an empty think block when the template left thinking open, then <c>&lt;tool_call&gt;</c> and, for a
+/// named function, <c>{"name": "NAME", "arguments": </c>), the answer stops at <c>&lt;/tool_call&gt;</c>, and the text
+/// the model wrote is read back as the call. The model writes the arguments freely: they are JSON when the model writes
+/// JSON (docs/serving.md, tool_choice).
+/// </summary>
+public static class ForcedToolCalls
+{
+    /// <summary>The text appended to the prompt ids <paramref name="prompt"/> (the chat template with its generation prompt).</summary>
+    public static string Prefill(ForcedToolCall forced, IServingEngine engine, IReadOnlyList<int> prompt)
+    {
+        string tail = engine.Detokenize(prompt.Skip(Math.Max(0, prompt.Count - 8)).ToList());
+        // Qwen3 templates close an empty think block themselves when thinking is off; otherwise the model would think first.
+        bool thinkingOpen = engine.Tokenize("<think>").Count == 1 && !tail.TrimEnd().EndsWith("</think>", StringComparison.Ordinal);
+        return (thinkingOpen ? "<think>\n\n</think>\n\n" : "") + "<tool_call>\n" + Head(forced);
+    }
+
+    static string Head(ForcedToolCall forced) => forced.Name is null ? "" : $"{{\"name\": {JsonSerializer.Serialize(forced.Name)}, \"arguments\": ";
+
+    /// <summary>The result with its content read as the forced call (finish_reason tool_calls when it ended at
+    /// &lt;/tool_call&gt;); unchanged when nothing was forced, or when "required" output names no tool.</summary>
+    public static RequestResult Apply(ForcedToolCall? forced, RequestResult r)
+    {
+        if (forced is null) return r;
+        var call = Parse(forced, r.Content);
+        if (call is null) return r;
+        return r with
+        {
+            Content = "",
+            ToolCalls = [call],
+            FinishReason = r.FinishReason == FinishReason.Stop ? FinishReason.ToolCalls : r.FinishReason,
+        };
+    }
+
+    /// <summary>The call in <paramref name="content"/> (the text after the prefill, up to &lt;/tool_call&gt;).</summary>
+    public static ToolCall? Parse(ForcedToolCall forced, string content)
+    {
+        string text = content.Trim();
+        string id = "call_" + Guid.NewGuid().ToString("N")[..24];
+        try
+        {
+            using var doc = JsonDocument.Parse(Head(forced) + text);
+            var root = doc.RootElement;
+            string? name = root.ValueKind == JsonValueKind.Object && root.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : forced.Name;
+            if (name is null) return null;
+            string args = root.TryGetProperty("arguments", out var a) ? a.ValueKind == JsonValueKind.String ? a.GetString()! : a.GetRawText() : "{}";
+            return new ToolCall(id, name, args);
+        }
+        catch (JsonException)
+        {
+            if (forced.Name is null) return null;
+            // Not JSON as a whole: the arguments are the text the model wrote, less the call's closing brace.
+            if (text.EndsWith('}')) text = text[..^1].TrimEnd();
+            return new ToolCall(id, forced.Name, text);
+        }
+    }
+}
