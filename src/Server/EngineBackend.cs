@@ -29,6 +29,7 @@ public sealed class EngineBackend(Engine engine, string modelDirectory) : IServi
                 Running = m.Running, Waiting = m.Waiting, KvPagesUsed = m.KvPagesUsed, KvPagesTotal = m.KvPagesTotal,
                 PrefixCacheQueries = m.PrefixCacheQueries, PrefixCacheHits = m.PrefixCacheHits,
                 PromptTokens = m.PromptTokens, GeneratedTokens = m.GeneratedTokens, RequestsFinished = m.RequestsFinished,
+                Preemptions = m.Preemptions,
             };
         }
     }

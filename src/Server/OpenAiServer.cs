@@ -133,8 +133,12 @@ public sealed class OpenAiServer : IAsyncDisposable
             else Log($"{ctx.Request.Method} {ctx.Request.Path}: error after the response started: {e.Message}");
         }
         catch (OperationCanceledException) { /* the client went away; its request was cancelled */ }
-        Log($"{ctx.Request.Method} {ctx.Request.Path} {(ctx.RequestAborted.IsCancellationRequested ? "client disconnected" : ctx.Response.StatusCode.ToString())} {sw.Elapsed.TotalSeconds:F3}s");
+        string tokens = ctx.Items.TryGetValue(TokensKey, out var t) ? $" {t}" : "";
+        Log(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"{ctx.Request.Method} {ctx.Request.Path} {(ctx.RequestAborted.IsCancellationRequested ? "client disconnected" : ctx.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture))}{tokens} {sw.Elapsed.TotalSeconds:F3}s"));
     }
+
+    const string TokensKey = "qwen3cuda.tokens";
 
     /// <summary>Every exception a handler lets out, as the status and JSON error a client gets.</summary>
     ApiException ToApiError(Exception e) => e switch
@@ -355,6 +359,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             cts.Cancel();
             int completion = choices.Sum(c => c.Result?.Usage.CompletionTokens ?? 0);
             Metrics.RequestFinished(outcome, prompts.Sum(p => p.Count), completion);
+            ctx.Items[TokensKey] = $"prompt {prompts.Sum(p => p.Count)} completion {completion} {outcome}";
             if (choices.All(c => c.Result is not null)) Metrics.RequestLatency.Observe(Seconds(started));
         }
     }

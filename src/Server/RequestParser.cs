@@ -113,6 +113,14 @@ public static class RequestParser
     /// <summary>The fields chat and completions share.</summary>
     static ParsedRequest Common(JsonElement root, IServingEngine engine, bool thinking, int? maxTokens)
     {
+        // Fields that would change the answer and that this server cannot honour are refused, not ignored.
+        if (Prop(root, "response_format") is { ValueKind: JsonValueKind.Object } rf && Prop(rf, "type") is { ValueKind: JsonValueKind.String } rft && rft.GetString() != "text")
+            throw ApiException.BadRequest("response_format", $"'response_format' type '{rft.GetString()}' needs constrained decoding, which this server does not have; leave it out or use 'text'", "unsupported_parameter");
+        if (Prop(root, "logit_bias") is { ValueKind: JsonValueKind.Object } lb && lb.EnumerateObject().Any())
+            throw ApiException.BadRequest("logit_bias", "'logit_bias' is not supported by this server", "unsupported_parameter");
+        foreach (var legacy in new[] { "functions", "function_call" })
+            if (Prop(root, legacy) is { ValueKind: not JsonValueKind.Null })
+                throw ApiException.BadRequest(legacy, $"'{legacy}' (the deprecated function-calling API) is not supported; use 'tools' and 'tool_choice'", "unsupported_parameter");
         string? model = Prop(root, "model") is { } m ? Str(m, "model") : null;
         bool stream = Prop(root, "stream") is { } s && Bool(s, "stream");
         bool includeUsage = false;

@@ -47,6 +47,7 @@ public sealed class ServerMetrics
         Metric("qwen3cuda_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", $"{engine.PrefixCacheQueries}");
         Metric("qwen3cuda_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", $"{engine.PrefixCacheHits}");
         Metric("qwen3cuda_prefix_cache_hit_rate", "gauge", "Prefix cache hits over queries since start (0 to 1).", $"{(engine.PrefixCacheQueries > 0 ? (double)engine.PrefixCacheHits / engine.PrefixCacheQueries : 0)}");
+        Metric("qwen3cuda_num_preemptions_total", "counter", "Requests preempted (KV pages freed, recomputed later) because pages ran out.", $"{engine.Preemptions}");
         Metric("qwen3cuda_engine_prompt_tokens_total", "counter", "Prompt tokens the engine took in.", $"{engine.PromptTokens}");
         Metric("qwen3cuda_engine_generation_tokens_total", "counter", "Tokens the engine generated.", $"{engine.GeneratedTokens}");
         lock (_requests)

@@ -52,4 +52,6 @@ public sealed record ServingMetrics
     public long PromptTokens { get; init; }
     public long GeneratedTokens { get; init; }
     public long RequestsFinished { get; init; }
+    /// <summary>Requests preempted (pages freed, recomputed later) because KV pages ran out.</summary>
+    public long Preemptions { get; init; }
 }

@@ -156,6 +156,9 @@ public sealed class ServerWireTests
     [TestCase("""{"messages": [{"role": "user", "content": "x"}], "tools": {"not": "a list"}}""", "tools")]
     [TestCase("""{"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}""", "tool_choice")]
     [TestCase("""{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}""", "messages[0].tool_calls[0].function.arguments")]
+    [TestCase("""{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}""", "response_format")]
+    [TestCase("""{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"12": 5}}""", "logit_bias")]
+    [TestCase("""{"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}""", "functions")]
     public async Task BadParameter_Is400NamingIt(string body, string param)
     {
         var engine = new ScriptedEngine();
