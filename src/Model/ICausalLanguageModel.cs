@@ -21,6 +21,9 @@ public interface ICausalLanguageModel : IDisposable
     int MaxStepRows { get; }
     /// <summary>Rows with an output (logits or a sampled token) one step takes.</summary>
     int MaxOutputRows { get; }
+    /// <summary>Penalty entries (token, count) one step may carry (<see cref="StepBatch.SetPenalties"/>); a scheduler samples
+    /// the rows past it on the host from their logits.</summary>
+    int MaxPenaltyEntries => int.MaxValue;
     /// <summary>The KV page table: sequence lengths, block tables, free pages, prefix cache.</summary>
     KvPageTable Kv { get; }
 

@@ -161,6 +161,7 @@ public static class ModelLoader
         public int MaxSequences => model.MaxSequences;
         public int MaxStepRows => model.MaxStepRows;
         public int MaxOutputRows => model.MaxOutputRows;
+        public int MaxPenaltyEntries => model.MaxPenaltyEntries;
         public KvPageTable Kv => model.Kv;
         public void Step(StepBatch batch) => model.Step(batch);
         public void Dispose() { model.Dispose(); loader.Dispose(); device.Dispose(); }

@@ -34,6 +34,9 @@ public sealed class StepBatch
     private StepOutput[] _outputs;
     private SamplingSettings[] _sampling;
     private int[] _outputRows = [], _sampled = [], _logitsIndex = [];
+    private PenaltySettings[] _penalties;
+    private int[] _penaltyStart, _penaltyLength;
+    private int[] _penaltyTokens = [], _penaltyCounts = [];
     private float[] _logits = [];
     private readonly List<StepSegment> _segments = [];
     private int[] _seen = [];        // per sequence id: the Prepare stamp that last saw it
@@ -45,6 +48,7 @@ public sealed class StepBatch
         capacity = Math.Max(1, capacity);
         _sequences = new int[capacity]; _tokens = new int[capacity]; _positions = new int[capacity]; _outputIndex = new int[capacity];
         _outputs = new StepOutput[capacity]; _sampling = new SamplingSettings[capacity];
+        _penalties = new PenaltySettings[capacity]; _penaltyStart = new int[capacity]; _penaltyLength = new int[capacity];
     }
 
     /// <summary>Rows in the batch.</summary>
@@ -56,9 +60,14 @@ public sealed class StepBatch
     /// <summary>Rows with <see cref="StepOutput.Sample"/>.</summary>
     public int SampleCount => OutputCount - LogitsCount;
 
+    /// <summary>(token, count) entries of every row's penalties (<see cref="SetPenalties"/>).</summary>
+    public int PenaltyEntries { get; private set; }
+    /// <summary>Rows with penalties.</summary>
+    public int PenaltyRows { get; private set; }
+
     public void Clear()
     {
-        Count = 0; OutputCount = 0; LogitsCount = 0;
+        Count = 0; OutputCount = 0; LogitsCount = 0; PenaltyEntries = 0; PenaltyRows = 0;
         _segments.Clear();
     }
 
@@ -69,6 +78,7 @@ public sealed class StepBatch
         int r = Count++;
         _sequences[r] = sequence; _tokens[r] = token; _positions[r] = position; _outputs[r] = output;
         _sampling[r] = output == StepOutput.Sample ? sampling : default;
+        _penalties[r] = default; _penaltyLength[r] = 0;
         _outputIndex[r] = output == StepOutput.None ? -1 : OutputCount++;
         if (output == StepOutput.Logits) LogitsCount++;
         return r;
@@ -80,6 +90,42 @@ public sealed class StepBatch
         for (int i = 0; i < tokens.Length; i++)
             Add(sequence, tokens[i], firstPosition + i, i == tokens.Length - 1 ? lastOutput : StepOutput.None, sampling);
     }
+
+    /// <summary>
+    /// Gives a <see cref="StepOutput.Sample"/> row penalties applied to its logits before sampling (kernels/penalties.cu,
+    /// Sampling/Penalties.cs): <paramref name="tokens"/> are the distinct ids of the sequence's prompt and answer (the
+    /// repetition penalty's set; the answer's alone when repetition is off), <paramref name="counts"/> their occurrences
+    /// in the answer. Copied into the batch (which grows once, then allocates nothing).
+    /// </summary>
+    public void SetPenalties(int row, in PenaltySettings settings, ReadOnlySpan<int> tokens, ReadOnlySpan<int> counts)
+    {
+        if (Output(row) != StepOutput.Sample) throw new InvalidOperationException($"row {row} asks for {Output(row)}: penalties apply to sampled rows (a logits row returns the model's logits)");
+        if (counts.Length != tokens.Length) throw new ArgumentException($"{counts.Length} counts for {tokens.Length} penalty tokens", nameof(counts));
+        if (_penaltyLength[row] > 0) throw new InvalidOperationException($"row {row} already has penalties");
+        if (settings.IsNone || tokens.IsEmpty) return;
+        int need = PenaltyEntries + tokens.Length;
+        if (_penaltyTokens.Length < need)
+        {
+            int size = Math.Max(need, _penaltyTokens.Length * 2);
+            Array.Resize(ref _penaltyTokens, size);
+            Array.Resize(ref _penaltyCounts, size);
+        }
+        tokens.CopyTo(_penaltyTokens.AsSpan(PenaltyEntries));
+        counts.CopyTo(_penaltyCounts.AsSpan(PenaltyEntries));
+        _penalties[row] = settings;
+        _penaltyStart[row] = PenaltyEntries;
+        _penaltyLength[row] = tokens.Length;
+        PenaltyEntries = need;
+        PenaltyRows++;
+    }
+
+    /// <summary>The row's penalties (default: none).</summary>
+    public ref readonly PenaltySettings Penalties(int row) => ref _penalties[CheckRow(row)];
+    /// <summary>The row's penalty tokens (distinct ids) and their answer counts.</summary>
+    public ReadOnlySpan<int> PenaltyTokens(int row) => _penaltyTokens.AsSpan(_penaltyStart[CheckRow(row)], _penaltyLength[row]);
+    public ReadOnlySpan<int> PenaltyCounts(int row) => _penaltyCounts.AsSpan(_penaltyStart[CheckRow(row)], _penaltyLength[row]);
+    /// <summary>Offset of the row's entries among all <see cref="PenaltyEntries"/>.</summary>
+    public int PenaltyStart(int row) => _penaltyStart[CheckRow(row)];
 
     public int Sequence(int row) => _sequences[CheckRow(row)];
     public int Token(int row) => _tokens[CheckRow(row)];
@@ -128,9 +174,10 @@ public sealed class StepBatch
     /// step past the context, more rows or outputs than the model takes, invalid sampling settings, or too few free KV
     /// pages (<see cref="KvCacheFullException"/>).
     /// </summary>
-    public void Prepare(int vocabSize, int contextLength, int maxRows, int maxOutputRows, KvPageTable kv)
+    public void Prepare(int vocabSize, int contextLength, int maxRows, int maxOutputRows, KvPageTable kv, int maxPenaltyEntries = int.MaxValue)
     {
         if (Count == 0) throw new ArgumentException("the step has no rows");
+        if (PenaltyEntries > maxPenaltyEntries) throw new ArgumentException($"the step has {PenaltyEntries} penalty entries; the model takes at most {maxPenaltyEntries} per step");
         if (Count > maxRows) throw new ArgumentException($"the step has {Count} rows; the model takes at most {maxRows} per step");
         if (OutputCount > maxOutputRows) throw new ArgumentException($"the step asks for {OutputCount} outputs; the model returns at most {maxOutputRows} per step");
         if (_seen.Length < kv.MaxSequences) _seen = new int[kv.MaxSequences];
@@ -144,7 +191,7 @@ public sealed class StepBatch
             if ((uint)_tokens[r] >= (uint)vocabSize) throw new ArgumentException($"row {r}: token id {_tokens[r]} is outside the vocabulary [0, {vocabSize})");
             if (_outputs[r] == StepOutput.Sample)
             {
-                try { SamplingLaunchers.Validate(_sampling[r]); }
+                try { SamplingLaunchers.Validate(_sampling[r]); if (_penaltyLength[r] > 0) _penalties[r].Validate(); }
                 catch (ArgumentException e) { throw new ArgumentException($"row {r} (sequence {s}): {e.Message}", e); }
             }
             if (r > 0 && _sequences[r - 1] == s)
@@ -204,5 +251,6 @@ public sealed class StepBatch
     {
         Array.Resize(ref _sequences, capacity); Array.Resize(ref _tokens, capacity); Array.Resize(ref _positions, capacity);
         Array.Resize(ref _outputIndex, capacity); Array.Resize(ref _outputs, capacity); Array.Resize(ref _sampling, capacity);
+        Array.Resize(ref _penalties, capacity); Array.Resize(ref _penaltyStart, capacity); Array.Resize(ref _penaltyLength, capacity);
     }
 }

@@ -4,7 +4,7 @@ using Qwen3Cuda.Runtime.Launchers;
 namespace Qwen3Cuda.Tests.Kernels;
 
 /// <summary>
-/// embedding.cu, sampling.cu and check_finite.cu on every backend present (checks: src/Model/Selftest/SamplingCases.cs),
+/// embedding.cu, sampling.cu, penalties.cu and check_finite.cu on every backend present (checks: src/Model/Selftest/SamplingCases.cs),
 /// including issue 12's fault 5 (the draw at a warp boundary of the scan: a gap or an overlap of the old per-thread claim).
 /// </summary>
 [TestFixtureSource(typeof(KernelBackends), nameof(KernelBackends.All))]
@@ -25,6 +25,8 @@ public sealed class EmbeddingSamplingLauncherTests
         StructLayoutCheck.AssertMatches(typeof(SampleRowSettings), "sampling.cu", "SampleRowSettings");
         StructLayoutCheck.AssertMatches(typeof(SampleRowsParams), "sampling.cu", "SampleRowsParams");
         StructLayoutCheck.AssertMatches(typeof(CheckFiniteParams), "check_finite.cu", "CheckFiniteParams");
+        StructLayoutCheck.AssertMatches(typeof(PenaltyRow), "penalties.cu", "PenaltyRow");
+        StructLayoutCheck.AssertMatches(typeof(PenaltiesParams), "penalties.cu", "PenaltiesParams");
     }
 
     [Test]

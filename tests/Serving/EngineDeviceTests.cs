@@ -64,4 +64,24 @@ public class EngineDeviceTests
         Assert.That(engine.Metrics.PrefixCacheHits, Is.GreaterThan(0), "requests 0 and 1 share two pages");
         Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
     }
+
+    [Test]
+    public async Task Penalties_OnTheDevice_EqualTheHostReference()
+    {
+        using var device = new EmulatedDevice();
+        using var dm = Load(device, 3);
+        var penalties = new PenaltySettings(Presence: 1.5f, Frequency: 0.75f, Repetition: 1.8f);
+        int[][] prompts = [Prompt(5, 51), Prompt(11, 52)];
+        int[][] expected = [.. prompts.Select(p => EngineTests.AlonePenalised(dm, 0, p, 6, penalties))];
+        var plain = Alone(dm, 0, prompts[1], new SamplingSettings(Temperature: 0f), 6);
+        dm.Kv.ClearPrefixCache();
+        await using var engine = new Engine(new Borrowed(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 3, MaxNumBatchedTokens = 8 });
+        var options = new RequestOptions { Sampling = SamplingOptions.Greedy, MaxNewTokens = 6, PresencePenalty = 1.5f, FrequencyPenalty = 0.75f, RepetitionPenalty = 1.8f };
+        var onDevice = prompts.Select(p => engine.Submit(p, options)).ToList();
+        var onHost = engine.Submit(prompts[1], options with { TopLogprobs = 0 });
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.That((await onDevice[i].Result).Tokens, Is.EqualTo(expected[i]), $"request {i}: penalties.cu before the device's argmax");
+        Assert.That((await onHost.Result).Tokens, Is.EqualTo(expected[1]), "the host's penalties on the device's logits");
+        Assert.That(expected[1], Is.Not.EqualTo(plain), "the penalties change the answer");
+    }
 }

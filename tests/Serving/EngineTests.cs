@@ -226,6 +226,50 @@ public class EngineTests
         await engine.DisposeAsync();
     }
 
+    /// <summary>Greedy tokens with penalties, alone: the model's logits, Penalties.Apply with this loop's own counts, argmax.</summary>
+    internal static int[] AlonePenalised(ICausalLanguageModel m, int sequence, int[] prompt, int newTokens, Qwen3Cuda.Runtime.Launchers.PenaltySettings p)
+    {
+        var counts = new Dictionary<int, int>();
+        if (p.Repetition != 1f) foreach (int t in prompt) counts.TryAdd(t, 0);
+        var logits = new float[m.VocabSize];
+        var tokens = new List<int>();
+        m.Forward(sequence, prompt, logits);
+        while (true)
+        {
+            Penalties.Apply(logits, [.. counts.Keys], [.. counts.Values], p);
+            int t = CounterSampler.ArgMax(logits);
+            tokens.Add(t);
+            counts[t] = counts.GetValueOrDefault(t) + 1;
+            if (tokens.Count == newTokens) break;
+            m.Forward(sequence, [t], logits);
+        }
+        m.ResetSequence(sequence);
+        return [.. tokens];
+    }
+
+    [Test]
+    public async Task Penalties_InBatchedSteps_GiveWhatTheyGiveAlone_OnTheBackendAndOnTheHost()
+    {
+        // Strong penalties so that the answer differs from the unpenalised one within a few tokens.
+        var penalties = new Qwen3Cuda.Runtime.Launchers.PenaltySettings(Presence: 1.5f, Frequency: 0.75f, Repetition: 1.8f);
+        var prompts = Enumerable.Range(0, 4).Select(i => Prompt(6 + 5 * i, 700 + i)).ToArray();
+        int[][] expected;
+        using (var m = CpuModel(1)) expected = [.. prompts.Select(p => AlonePenalised(m, 0, p, 10, penalties))];
+        await using var engine = CpuEngine(4, new EngineOptions { MaxNumSeqs = 4, MaxNumBatchedTokens = 16 });
+        var options = Greedy(10) with { PresencePenalty = penalties.Presence, FrequencyPenalty = penalties.Frequency, RepetitionPenalty = penalties.Repetition };
+        var onBackend = prompts.Select(p => engine.Submit(p, options)).ToList();
+        var onHost = prompts.Select(p => engine.Submit(p, options with { TopLogprobs = 0 })).ToList();   // logits rows: the host applies them
+        var plain = prompts.Select(p => engine.Submit(p, Greedy(10))).ToList();
+        bool anyDiffers = false;
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.That((await onBackend[i].Result).Tokens, Is.EqualTo(expected[i]), $"request {i} (penalties in the step)");
+            Assert.That((await onHost[i].Result).Tokens, Is.EqualTo(expected[i]), $"request {i} (penalties on the host)");
+            anyDiffers |= !(await plain[i].Result).Tokens.SequenceEqual(expected[i]);
+        }
+        Assert.That(anyDiffers, Is.True, "the penalties change the answers");
+    }
+
     [Test]
     public void BadOptions_AreRefusedNamingTheField()
     {
@@ -273,6 +317,7 @@ public class EngineTests
         public int MaxSequences => inner.MaxSequences;
         public int MaxStepRows => inner.MaxStepRows;
         public int MaxOutputRows => inner.MaxOutputRows;
+        public int MaxPenaltyEntries => inner.MaxPenaltyEntries;
         public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
         public void Step(StepBatch batch)
         {

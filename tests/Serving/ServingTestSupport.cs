@@ -40,6 +40,7 @@ static class ServingTestSupport
         public int MaxSequences => inner.MaxSequences;
         public int MaxStepRows => inner.MaxStepRows;
         public int MaxOutputRows => inner.MaxOutputRows;
+        public int MaxPenaltyEntries => inner.MaxPenaltyEntries;
         public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
         public void Step(StepBatch batch) => inner.Step(batch);
         public void Dispose() { }

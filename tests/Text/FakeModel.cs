@@ -42,7 +42,11 @@ sealed class FakeModel(int vocabSize, int contextLength, Func<IReadOnlyList<int>
                 int choice = Next(seq);
                 if (choice >= 0) logits[choice] = 10f; // a negative choice leaves all logits equal (a flat distribution)
                 if (batch.Output(r) == StepOutput.Logits) logits.CopyTo(batch.LogitsBuffer(r));
-                else batch.SetSampled(batch.OutputIndex(r), _sampler.Sample(logits, batch.Sampling(r), (ulong)batch.Position(r) + 1));
+                else
+                {
+                    if (batch.PenaltyTokens(r).Length > 0) Penalties.Apply(logits, batch.PenaltyTokens(r), batch.PenaltyCounts(r), batch.Penalties(r));
+                    batch.SetSampled(batch.OutputIndex(r), _sampler.Sample(logits, batch.Sampling(r), (ulong)batch.Position(r) + 1));
+                }
             }
         }
         batch.AdvanceSequences(Kv);

@@ -19,7 +19,8 @@ public sealed partial class DeviceModel
     /// <param name="Outputs">rows through the final norm and lm_head</param>
     /// <param name="Gather">the output rows are gathered by the output_rows input (else they are rows 0..Outputs-1)</param>
     /// <param name="Sample">run the sampling kernel over the output rows with their settings (else the argmax: greedy rows, logits rows)</param>
-    private readonly record struct StepShape(int Rows, int DecodeRows, int FlashSegments, int MaxFlashRows, int Outputs, bool Gather, bool Sample);
+    /// <param name="Penalties">run the penalties kernel over the output rows' logits first (penalties.cu)</param>
+    private readonly record struct StepShape(int Rows, int DecodeRows, int FlashSegments, int MaxFlashRows, int Outputs, bool Gather, bool Sample, bool Penalties = false);
 
     // ---------------- the step contract ----------------
 
@@ -32,7 +33,7 @@ public sealed partial class DeviceModel
     public void Step(StepBatch batch)
     {
         var table = _kv.Table;
-        batch.Prepare(VocabSize, ContextLength, MaxStepRows, MaxOutputRows, table);
+        batch.Prepare(VocabSize, ContextLength, MaxStepRows, MaxOutputRows, table, MaxPenaltyEntries);
         batch.ReservePages(table);
         _kv.ApplyPendingCopies(_stream);
         var inputs = _staging.Acquire();
@@ -40,7 +41,7 @@ public sealed partial class DeviceModel
         try { shape = WriteInputs(batch, inputs); }
         catch { _staging.Abandon(); throw; }
         _staging.Release(_stream);
-        bool graph = shape.DecodeRows == shape.Rows && !shape.Gather && shape.Rows <= MaxBatch;
+        bool graph = shape.DecodeRows == shape.Rows && !shape.Gather && shape.Rows <= MaxBatch && !shape.Penalties;   // the graphs have no penalties kernel
         if (graph && ReplayGraphs && (shape.Sample ? _sampleGraphs : _graphs).TryGetValue(shape.Rows, out var exec)) _device.Launch(exec, _stream);
         else RunStep(shape);
         batch.AdvanceSequences(table);
@@ -142,6 +143,25 @@ public sealed partial class DeviceModel
             }
         }
 
+        bool penalties = batch.PenaltyRows > 0;
+        if (penalties)
+        {
+            var penaltyRows = Input<PenaltyRow>(inputs, w.PenaltyRows, outputRowsTotal);
+            var entries = Input<int>(inputs, w.PenaltyEntries, 2 * batch.PenaltyEntries);
+            for (int o = 0; o < outputRowsTotal; o++)
+            {
+                if (o >= outputs) { penaltyRows[o] = default; continue; }   // padding rows: none
+                int r = batchOutputs[o];
+                var tokens = batch.Output(r) == StepOutput.Sample ? batch.PenaltyTokens(r) : default;
+                if (tokens.IsEmpty) { penaltyRows[o] = default; continue; }
+                ref readonly var ps = ref batch.Penalties(r);
+                int start = batch.PenaltyStart(r);
+                penaltyRows[o] = new PenaltyRow { Start = start, Count = tokens.Length, Presence = ps.Presence, Frequency = ps.Frequency, Repetition = ps.Repetition };
+                var counts = batch.PenaltyCounts(r);
+                for (int i = 0; i < tokens.Length; i++) { entries[2 * (start + i)] = tokens[i]; entries[2 * (start + i) + 1] = counts[i]; }
+            }
+        }
+
         Copy(inputs, w.Tokens, padded * 4L);
         Copy(inputs, w.Positions, padded * 4L);
         Copy(inputs, w.Slots, padded * 4L);
@@ -150,7 +170,12 @@ public sealed partial class DeviceModel
         if (flashSegments > 0) Copy(inputs, w.QStart, (flashSegments + 1) * 4L);
         if (gather) Copy(inputs, w.OutputRows, outputs * 4L);
         if (sample) Copy(inputs, w.SampleSettings, SettingsBytes(outputRowsTotal));
-        return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample);
+        if (penalties)
+        {
+            Copy(inputs, w.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
+            Copy(inputs, w.PenaltyEntries, batch.PenaltyEntries * 8L);
+        }
+        return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample, penalties);
     }
 
     /// <summary>Copies the result region back (error flag, sampled ids, and the logits when a row asked for them), waits, and fills the batch's results.</summary>
@@ -211,8 +236,9 @@ public sealed partial class DeviceModel
     private static long SettingsBytes(int count) => count * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>();
 
     /// <summary>The step-input array at workspace offset <paramref name="offset"/> inside a staging slot (same layout).</summary>
-    private Span<T> Input<T>(PinnedBuffer slot, long offset, int count) where T : unmanaged =>
-        slot.AsSpan<T>().Slice((int)((offset - Plan.Workspace.InputsBegin) / System.Runtime.CompilerServices.Unsafe.SizeOf<T>()), count);
+    private Span<T> Input<T>(PinnedBuffer slot, long offset, int count) where T : unmanaged =>   // by bytes: an array need not start at a multiple of sizeof(T)
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(
+            slot.AsSpan<byte>().Slice((int)(offset - Plan.Workspace.InputsBegin), count * System.Runtime.CompilerServices.Unsafe.SizeOf<T>()));
 
     private void Copy(PinnedBuffer slot, long offset, long bytes)
     {
@@ -257,6 +283,7 @@ public sealed partial class DeviceModel
         if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
         _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), s.Outputs, H, (float)c.RmsNormEps);
         Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H);
+        if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
         if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
         else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled));
     }

@@ -37,6 +37,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly MoeLaunchers _moe;
     private readonly EmbeddingLaunchers _embedding;
     private readonly SamplingLaunchers _sampling;
+    private readonly PenaltiesLaunchers _penalties;
     private readonly CheckFiniteLaunchers? _checkFinite;   // debug: DeviceModelOptions.CheckFinite
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
@@ -56,6 +57,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     /// <summary>Token rows one step takes: the workspace's rows (max of the prefill chunk and the decode batch).</summary>
     public int MaxStepRows => Plan.Workspace.Rows;
     public int MaxOutputRows => Plan.Workspace.MaxOutputs;
+    /// <summary>Penalty entries one step carries (the workspace's penalty_entries).</summary>
+    public int MaxPenaltyEntries => Plan.Workspace.PenaltyCapacity;
     /// <summary>Batch sizes with a captured decode graph (empty when graphs are off).</summary>
     public IReadOnlyCollection<int> GraphBuckets => _graphs.Keys;
 
@@ -97,6 +100,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
+            _penalties = new PenaltiesLaunchers(_loader);
             _checkFinite = options.CheckFinite ? new CheckFiniteLaunchers(_loader) : null;
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
             for (int l = 0; l < _mlpShapes.Length; l++)

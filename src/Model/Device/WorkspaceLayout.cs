@@ -15,6 +15,8 @@ namespace Qwen3Cuda.Model.Device;
 /// q_start         int32 [Rows + 1]        query row offsets of the flash-prefill segments
 /// output_rows     int32 [MaxOutputs]      the rows whose logits the step computes (gathered, in batch order)
 /// sample_settings SampleRowSettings [MaxOutputs] (steps with sampled rows only)
+/// penalty_rows    PenaltyRow [MaxOutputs]  (steps with penalties only; penalties.cu)
+/// penalty_entries int32 [PenaltyCapacity, 2]  token id, occurrences in the answer
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
@@ -47,6 +49,14 @@ public sealed record WorkspaceLayout
     public long OutputRows { get; init; }
     /// <summary>SampleRowSettings [MaxOutputs]: per-output-row sampling settings (a step input).</summary>
     public long SampleSettings { get; init; }
+    /// <summary>PenaltyRow [MaxOutputs]: per-output-row penalties (a step input).</summary>
+    public long PenaltyRows { get; init; }
+    /// <summary>int32 [PenaltyCapacity, 2]: the rows' (token, count) entries (a step input).</summary>
+    public long PenaltyEntries { get; init; }
+    /// <summary>Penalty entries one step can carry: MaxOutputs x the context, at most <see cref="MaxPenaltyCapacity"/>.</summary>
+    public int PenaltyCapacity { get; init; }
+    /// <summary>Cap of <see cref="PenaltyCapacity"/> (2 MiB of entries); rows past it sample on the host.</summary>
+    public const int MaxPenaltyCapacity = 1 << 18;
     public long X { get; init; }
     public long H { get; init; }
     public long Qkv { get; init; }
@@ -84,6 +94,9 @@ public sealed record WorkspaceLayout
         long qstart = a.Take("q_start", (rows + 1) * 4L);
         long outputRows = a.Take("output_rows", maxOutputs * 4L);
         long sampleSettings = a.Take("sample_settings", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
+        long penaltyRows = a.Take("penalty_rows", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
+        int penaltyCapacity = (int)Math.Min((long)maxOutputs * contextLength, MaxPenaltyCapacity);
+        long penaltyEntries = a.Take("penalty_entries", penaltyCapacity * 8L);
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
@@ -119,7 +132,7 @@ public sealed record WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
             Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
-            SampleSettings = sampleSettings, InputsEnd = inputsEnd,
+            SampleSettings = sampleSettings, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,

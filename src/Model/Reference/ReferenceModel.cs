@@ -199,7 +199,12 @@ public sealed class ReferenceModel : ICausalLanguageModel
             int row = rowIndex[o];
             var rowLogits = logits.AsSpan(o * VocabSize, VocabSize);
             if (batch.Output(row) == StepOutput.Logits) rowLogits.CopyTo(batch.LogitsBuffer(row));
-            else batch.SetSampled(batch.OutputIndex(row), _sampler.Sample(rowLogits, batch.Sampling(row), (ulong)batch.Position(row) + 1));
+            else
+            {
+                // Penalties first (kernels/penalties.cu's semantics, bf16-rounded like the device's logits).
+                if (batch.PenaltyTokens(row).Length > 0) Penalties.Apply(rowLogits, batch.PenaltyTokens(row), batch.PenaltyCounts(row), batch.Penalties(row));
+                batch.SetSampled(batch.OutputIndex(row), _sampler.Sample(rowLogits, batch.Sampling(row), (ulong)batch.Position(row) + 1));
+            }
         }
     }
 

@@ -3,7 +3,7 @@ using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Model.Selftest;
 
-/// <summary>embedding.cu, sampling.cu (argmax, sample, sample_rows) and check_finite.cu against CPU computations.</summary>
+/// <summary>embedding.cu, sampling.cu (argmax, sample, sample_rows), penalties.cu and check_finite.cu against CPU computations.</summary>
 public static class SamplingCases
 {
     public static IEnumerable<KernelCase> All()
@@ -18,9 +18,45 @@ public static class SamplingCases
         yield return new KernelCase("sampling", "sample_bf16 at the real vocabulary stays in the top 20", true, SampleAtRealVocabularyStaysInTheTopK);
         yield return ScanBoundary(1, 1160271ul, 0);   // gap at the warp 24 / 25 boundary: the old claim had no claimant
         yield return ScanBoundary(0, 1995517ul, 2);   // overlap at the warp 26 / 27 boundary: the old claim had two
+        yield return Penalties(vocab: 37, rows: 4, entriesPerRow: 9);
+        yield return Penalties(vocab: 151936, rows: 3, entriesPerRow: 700, real: true);
         yield return CheckFinite(5, 2048, 2048, real: true);
         yield return CheckFinite(3, 136, 144);
     }
+
+    /// <summary>
+    /// apply_penalties_bf16 against Sampling/Penalties.cs: every row with its own presence / frequency / repetition (one
+    /// row without penalties), entries at distinct random ids with counts 0 (prompt only) to 5, logits of both signs.
+    /// Exact: both sides do the same IEEE fp32 operations and round to bf16 once.
+    /// </summary>
+    static KernelCase Penalties(int vocab, int rows, int entriesPerRow, bool real = false) =>
+        new("penalties", $"apply_penalties_bf16 vocab {vocab}, {rows} rows x {entriesPerRow} entries, against the host reference", real, ctx =>
+        {
+            var launcher = ctx.Cached("penalties", () => new PenaltiesLaunchers(ctx.Loader));
+            var rng = new Random(vocab + rows);
+            int ld = vocab + (vocab % 8 == 0 ? 0 : 8 - vocab % 8);   // a padded row stride
+            ushort[] logits = KernelData.Random(rng, rows * ld, 8f);
+            PenaltySettings[] settings = [new(0.5f, 0.25f, 1.3f), new(-1.5f, 0f, 1f), new(0f, 1.75f, 0.8f), new(0f, 0f, 1f)];
+            var table = new PenaltyRow[rows];
+            var entries = new List<int>();
+            var expected = KernelData.ToFloats(logits);
+            for (int r = 0; r < rows; r++)
+            {
+                var s = settings[r % settings.Length];
+                int[] ids = [.. Enumerable.Range(0, vocab).OrderBy(_ => rng.Next()).Take(entriesPerRow)];
+                int[] counts = [.. ids.Select(_ => rng.Next(0, 6))];
+                int n = s.IsNone ? 0 : ids.Length;
+                table[r] = new PenaltyRow { Start = entries.Count / 2, Count = n, Presence = s.Presence, Frequency = s.Frequency, Repetition = s.Repetition };
+                for (int i = 0; i < n; i++) { entries.Add(ids[i]); entries.Add(counts[i]); }
+                Sampling.Penalties.Apply(expected.AsSpan(r * ld, vocab), ids.AsSpan(0, n), counts.AsSpan(0, n), s);
+            }
+            DevicePtr dLogits = ctx.Upload(logits);
+            launcher.ApplyPenalties(ctx.Stream, dLogits, ld, rows, vocab, ctx.Upload(table), ctx.Upload(entries.ToArray()));
+            var got = ctx.Download<ushort>(dLogits, rows * ld);
+            var c = new Checker();
+            c.Exact<ushort>(got, KernelData.FromFloats(expected), "penalised logits (bit for bit; untouched ids and the padding unchanged)");
+            return c.Result();
+        });
 
     static CheckResult Embedding(KernelCheckContext ctx)
     {

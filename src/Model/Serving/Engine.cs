@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using Qwen3Cuda.Model.Sampling;
 using Qwen3Cuda.Model.Templates;
@@ -349,7 +349,14 @@ public sealed class Engine : IAsyncDisposable
         bool output = r.Computed + n == r.Tokens.Count;
         int pages = kv.PagesNeeded(r.Sequence, n);
         int first = _batch.Count;
-        _batch.AddTokens(r.Sequence, r.TokenSpan.Slice(r.Computed, n), r.Computed, output ? r.OutputKind : StepOutput.None, r.Settings);
+        var kind = output ? r.OutputKind : StepOutput.None;
+        // Penalties go with the sampled row to the backend while the step has room for their entries; past it the row
+        // returns logits and the host applies them (the same operations, Sampling/Penalties.cs).
+        bool penalties = output && !r.Penalties.IsNone && r.PenaltyTokens.Count > 0;
+        if (penalties && kind == StepOutput.Sample && (long)_batch.PenaltyEntries + r.PenaltyTokens.Count > _model.MaxPenaltyEntries) kind = StepOutput.Logits;
+        _batch.AddTokens(r.Sequence, r.TokenSpan.Slice(r.Computed, n), r.Computed, kind, r.Settings);
+        if (penalties && kind == StepOutput.Sample)
+            _batch.SetPenalties(first + n - 1, r.Penalties, CollectionsMarshal.AsSpan(r.PenaltyTokens), CollectionsMarshal.AsSpan(r.PenaltyCounts));
         budget -= n;
         if (output) outputs--;
         _scheduled.Add((r, n, first + n - 1));
@@ -391,10 +398,9 @@ public sealed class Engine : IAsyncDisposable
             {
                 var logits = _logits.AsSpan();
                 _batch.Logits(row).CopyTo(logits);
-                var o = r.Options;
-                Penalties.Apply(logits, r.OutputCounts, r.Seen, o.EffectivePresencePenalty, o.FrequencyPenalty, o.EffectiveRepetitionPenalty);
+                Penalties.Apply(logits, CollectionsMarshal.AsSpan(r.PenaltyTokens), CollectionsMarshal.AsSpan(r.PenaltyCounts), r.Penalties);
                 token = _sampler.Sample(logits, r.Settings, (ulong)_batch.Position(row) + 1);
-                if (o.TopLogprobs >= 0) logprob = Logprobs(_batch.Logits(row), token, o.TopLogprobs);
+                if (r.Options.TopLogprobs >= 0) logprob = Logprobs(_batch.Logits(row), token, r.Options.TopLogprobs);
             }
             if (r.Accept(token, logprob, now, _stats) is FinishReason reason)
             {

@@ -81,10 +81,12 @@ internal sealed class RequestState
     public readonly long SubmitTicks = Stopwatch.GetTimestamp();
     public readonly Channel<EnginePiece> Output = Channel.CreateUnbounded<EnginePiece>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
     public readonly TaskCompletionSource<RequestResult> Completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    /// <summary>Per generated token id: occurrences (frequency and presence penalties).</summary>
-    public readonly Dictionary<int, int> OutputCounts = [];
-    /// <summary>Token ids in the prompt or generated (repetition penalty).</summary>
-    public readonly HashSet<int> Seen = [];
+    /// <summary>The request's penalties (none: <see cref="PenaltySettings.IsNone"/>).</summary>
+    public readonly PenaltySettings Penalties;
+    /// <summary>The penalty state: distinct token ids (the prompt's when the repetition penalty is on, and the answer's)
+    /// and their occurrences in the answer, in the layout a step takes (<see cref="StepBatch.SetPenalties"/>).</summary>
+    public readonly List<int> PenaltyTokens = [], PenaltyCounts = [];
+    private readonly Dictionary<int, int> _penaltyIndex = [];
 
     public int Sequence = -1;       // the model sequence holding its K/V, -1 while waiting
     public int Computed;            // tokens whose K/V are in the sequence
@@ -101,7 +103,9 @@ internal sealed class RequestState
         PromptLength = prompt.Count;
         Tokens = new List<int>(prompt.Count + Math.Min(options.MaxNewTokens ?? 256, 4096));
         Tokens.AddRange(prompt);
-        if (options.EffectiveRepetitionPenalty != 1f) Seen.UnionWith(prompt);
+        Penalties = new PenaltySettings(options.EffectivePresencePenalty, options.FrequencyPenalty, options.EffectiveRepetitionPenalty);
+        if (Penalties.Repetition != 1f)
+            foreach (int t in prompt) if (_penaltyIndex.TryAdd(t, PenaltyTokens.Count)) { PenaltyTokens.Add(t); PenaltyCounts.Add(0); }
         var s = options.Sampling;
         Settings = new SamplingSettings(s.Temperature, s.TopK, s.TopP, s.MinP, s.Seed ?? (ulong)Random.Shared.NextInt64());
         _decoder = engine.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true);
@@ -110,8 +114,8 @@ internal sealed class RequestState
 
     public bool CancelRequested => _cancel;
     public int Generated => Tokens.Count - PromptLength;
-    /// <summary>The step's output row: a sampled token on the backend, or logits for host sampling (penalties, logprobs).</summary>
-    public StepOutput OutputKind => Options.HasPenalties || Options.TopLogprobs >= 0 ? StepOutput.Logits : StepOutput.Sample;
+    /// <summary>The step's output row: a token sampled on the backend (penalties applied there), or logits for host sampling (logprobs).</summary>
+    public StepOutput OutputKind => Options.TopLogprobs >= 0 ? StepOutput.Logits : StepOutput.Sample;
     public Span<int> TokenSpan => CollectionsMarshal.AsSpan(Tokens);
 
     public void RequestCancel()
@@ -143,8 +147,11 @@ internal sealed class RequestState
         _lastTokenTicks = nowTicks;
         stats.GeneratedTokens++;
         Tokens.Add(token);
-        CollectionsMarshal.GetValueRefOrAddDefault(OutputCounts, token, out _)++;
-        if (Options.EffectiveRepetitionPenalty != 1f) Seen.Add(token);
+        if (!Penalties.IsNone)
+        {
+            if (_penaltyIndex.TryGetValue(token, out int at)) PenaltyCounts[at]++;
+            else { _penaltyIndex[token] = PenaltyTokens.Count; PenaltyTokens.Add(token); PenaltyCounts.Add(1); }
+        }
         if (logprob is not null) _pendingLogprobs.Add(logprob);
 
         if ((!Options.IgnoreEos && _engine.EosTokenIds.Contains(token)) || Options.StopTokenIds.Contains(token)) { _stopToken = token; return FinishReason.Stop; }
