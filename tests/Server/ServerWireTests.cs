@@ -141,6 +141,64 @@ public sealed class ServerWireTests
         Assert.That(models.GetProperty("data")[0].GetProperty("max_model_len").GetInt32(), Is.EqualTo(256));
     }
 
+    [Test]
+    public async Task RequestFields_ReachTheEngineOptions()
+    {
+        var engine = new ScriptedEngine();
+        var (server, http) = await Start(engine);
+        await using var owned = server;
+        var (status, json, _) = await Post(http, "/v1/chat/completions", """
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                          {"role": "assistant", "content": "c", "reasoning_content": "r"}, {"role": "developer", "content": "d"}],
+             "temperature": 0.5, "top_p": 0.9, "top_k": 7, "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": -0.25,
+             "repetition_penalty": 1.1, "seed": 42, "stop": "END", "stop_token_ids": [5, 6], "ignore_eos": true,
+             "max_completion_tokens": 9, "logprobs": true, "top_logprobs": 3, "chat_template_kwargs": {"enable_thinking": false}}
+            """);
+        Assert.That(status, Is.EqualTo(HttpStatusCode.OK), json.ToString());
+        var o = engine.Submitted.Single().Options;
+        Assert.That((o.Sampling.Temperature, o.Sampling.TopP, o.Sampling.TopK, o.Sampling.MinP, o.Sampling.Seed), Is.EqualTo((0.5f, 0.9f, 7, 0.05f, (ulong?)42)));
+        Assert.That((o.PresencePenalty, o.FrequencyPenalty, o.RepetitionPenalty), Is.EqualTo((0.5f, -0.25f, 1.1f)));
+        Assert.That(o.Stop, Is.EqualTo(new[] { "END" }));
+        Assert.That(o.StopTokenIds, Is.EqualTo(new[] { 5, 6 }));
+        Assert.That((o.IgnoreEos, o.MaxNewTokens, o.TopLogprobs, o.EnableThinking), Is.EqualTo((true, (int?)9, 3, (bool?)false)));
+        var m = engine.Rendered.Single().Messages;
+        Assert.That(m.Select(x => (x.Role, x.Content)), Is.EqualTo(new[] { ("system", "s"), ("user", "ab"), ("assistant", "c"), ("system", "d") }));
+        Assert.That(m[2].ReasoningContent, Is.EqualTo("r"));
+
+        var (cs, _, _) = await Post(http, "/v1/completions", """{"prompt": [[1, 2, 3], "hi"], "n": 2}""");
+        Assert.That(cs, Is.EqualTo(HttpStatusCode.OK));
+        var prompts = engine.Submitted.Skip(1).Select(x => x.Prompt).ToList();
+        Assert.That(prompts, Has.Count.EqualTo(4), "two prompts, two choices each");
+        Assert.That(prompts[0], Is.EqualTo(new[] { 1, 2, 3 }));
+        Assert.That(prompts[3], Is.EqualTo(engine.Tokenize("hi")));
+        Assert.That(engine.Submitted.Skip(1).All(x => x.Options.MaxNewTokens == 16 && !x.Options.ParseToolCalls), "completions: 16 tokens by default, no tool parsing");
+    }
+
+    [Test]
+    public async Task Logprobs_ChatAndCompletionShapes()
+    {
+        var lp = new TokenLogprob(17, "Hi", -0.5f, [(17, "Hi", -0.5f), (18, "Yo", -1.25f)]);
+        var engine = new ScriptedEngine { Script = [new(PieceKind.Content, "Hi") { Logprobs = [lp] }] };
+        var (server, http) = await Start(engine);
+        await using var owned = server;
+        var (_, chat, _) = await Post(http, "/v1/chat/completions", """{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 2}""");
+        var content = chat.GetProperty("choices")[0].GetProperty("logprobs").GetProperty("content")[0];
+        Assert.That(content.GetProperty("token").GetString(), Is.EqualTo("Hi"));
+        Assert.That(content.GetProperty("logprob").GetSingle(), Is.EqualTo(-0.5f));
+        Assert.That(content.GetProperty("bytes").EnumerateArray().Select(b => b.GetInt32()), Is.EqualTo(new[] { 72, 105 }));
+        Assert.That(content.GetProperty("top_logprobs")[1].GetProperty("token").GetString(), Is.EqualTo("Yo"));
+        Assert.That(content.GetProperty("top_logprobs")[1].GetProperty("logprob").GetSingle(), Is.EqualTo(-1.25f));
+        var (_, none, _) = await Post(http, "/v1/chat/completions", """{"messages": [{"role": "user", "content": "x"}]}""");
+        Assert.That(none.GetProperty("choices")[0].GetProperty("logprobs").ValueKind, Is.EqualTo(JsonValueKind.Null));
+        var (_, cmpl, _) = await Post(http, "/v1/completions", """{"prompt": "x", "logprobs": 2}""");
+        var l = cmpl.GetProperty("choices")[0].GetProperty("logprobs");
+        Assert.That(l.GetProperty("tokens")[0].GetString(), Is.EqualTo("Hi"));
+        Assert.That(l.GetProperty("token_logprobs")[0].GetSingle(), Is.EqualTo(-0.5f));
+        Assert.That(l.GetProperty("top_logprobs")[0].GetProperty("Yo").GetSingle(), Is.EqualTo(-1.25f));
+        Assert.That(l.GetProperty("text_offset")[0].GetInt32(), Is.EqualTo(0));
+        Assert.That(engine.Submitted.Last().Options.TopLogprobs, Is.EqualTo(2));
+    }
+
     [TestCase("""{"messages": [{"role": "user", "content": "x"}], "top_p": 2}""", "top_p")]
     [TestCase("""{"messages": [{"role": "user", "content": "x"}], "n": 0}""", "n")]
     [TestCase("""{"messages": [{"role": "user", "content": "x"}], "temperature": -1}""", "temperature")]
