@@ -313,6 +313,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         public readonly StringBuilder Text = new();
         public int ToolCalls;
         public long LastPiece;
+        public PieceKind? LastKind;
         public RequestResult? Result;
     }
 
@@ -344,7 +345,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (req.Stream) await Stream(ctx, req, chat, choices, id, created, started, cts.Token).ConfigureAwait(false);
             else
             {
-                await Task.WhenAll(choices.Select(c => Drain(c, started, cts.Token))).ConfigureAwait(false);
+                await Task.WhenAll(choices.Select(c => Drain(c, chat, started, cts.Token))).ConfigureAwait(false);
                 await WriteJson(ctx, w => WholeResponse(w, req, chat, choices, prompts, id, created)).ConfigureAwait(false);
             }
             outcome = choices.Count == 1 ? FinishReasonText(choices[0].Result!) : "stop";
@@ -374,15 +375,24 @@ public sealed class OpenAiServer : IAsyncDisposable
         c.LastPiece = now;
     }
 
-    async Task Drain(Choice c, long started, CancellationToken ct)
+    async Task Drain(Choice c, bool chat, long started, CancellationToken ct)
     {
         await foreach (var piece in c.Request.Pieces.WithCancellation(ct).ConfigureAwait(false))
         {
             Observe(c, started);
             if (piece.Logprobs is { } lps) c.Logprobs.AddRange(lps);
-            if (piece.Kind != PieceKind.ToolCall) c.Text.Append(piece.Text);
+            if (piece.Kind != PieceKind.ToolCall) c.Text.Append(chat ? piece.Text : RawText(c, piece));
         }
         c.Result = ForcedToolCalls.Apply(c.Forced, await c.Request.Result.WaitAsync(ct).ConfigureAwait(false));
+    }
+
+    /// <summary>A completion's text as the model wrote it: the engine splits reasoning from content at &lt;think&gt; and
+    /// &lt;/think&gt; (and drops those tokens); a raw completion puts the tags back where the kind switches.</summary>
+    static string RawText(Choice c, EnginePiece piece)
+    {
+        string tag = c.LastKind is { } last && last != piece.Kind ? piece.Kind == PieceKind.Reasoning ? "<think>" : "</think>" : "";
+        c.LastKind = piece.Kind;
+        return tag + piece.Text;
     }
 
     static string FinishReasonText(RequestResult r) => r.FinishReason switch
@@ -602,8 +612,9 @@ public sealed class OpenAiServer : IAsyncDisposable
                         break;   // the forced call's arguments: sent as a tool call when complete
                     default:
                         if (piece.Kind == PieceKind.ToolCall) break;
-                        c.Text.Append(piece.Text);
-                        await Send(Chunk(c, w => w.WriteString("content", piece.Text), piece.Logprobs, null, piece.Text)).ConfigureAwait(false);
+                        string text = chat ? piece.Text : RawText(c, piece);
+                        c.Text.Append(text);
+                        await Send(Chunk(c, w => w.WriteString("content", text), piece.Logprobs, null, text)).ConfigureAwait(false);
                         break;
                 }
             }

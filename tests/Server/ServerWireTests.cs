@@ -175,6 +175,43 @@ public sealed class ServerWireTests
     }
 
     [Test]
+    public async Task Completions_ReturnTheRawText_WithTheThinkTagsTheEngineSplitOn()
+    {
+        var engine = new ScriptedEngine { Script = [new(PieceKind.Content, "a "), new(PieceKind.Reasoning, "hmm"), new(PieceKind.Content, "b")] };
+        var (server, http) = await Start(engine);
+        await using var owned = server;
+        var (_, whole, _) = await Post(http, "/v1/completions", """{"prompt": "x"}""");
+        Assert.That(whole.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo("a <think>hmm</think>b"));
+        var r = await http.PostAsync("/v1/completions", Body("""{"prompt": "x", "stream": true}"""));
+        var text = string.Concat(SseEvents(await r.Content.ReadAsStringAsync()).SkipLast(1).Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0].GetProperty("text").GetString()));
+        Assert.That(text, Is.EqualTo("a <think>hmm</think>b"));
+        // A prompt that opened the think block itself: the answer starts in reasoning, and no tag is invented before it.
+        engine.Script = [new(PieceKind.Reasoning, "hmm"), new(PieceKind.Content, "b")];
+        var (_, open, _) = await Post(http, "/v1/completions", """{"prompt": "x"}""");
+        Assert.That(open.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo("hmm</think>b"));
+    }
+
+    [Test]
+    public async Task Stop_CancelsWhatIsStillRunningAfterTheShutdownTimeout()
+    {
+        var engine = new ScriptedEngine { Script = [new(PieceKind.Content, "first")], Hang = true };
+        var (server, http) = await Start(engine, new ServerOptions { ShutdownTimeout = TimeSpan.FromSeconds(1) });
+        var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
+            { Content = Body("""{"messages": [{"role": "user", "content": "x"}], "stream": true}""") }, HttpCompletionOption.ResponseHeadersRead);
+        var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        string? line;
+        while ((line = await reader.ReadLineAsync()) != null && !line.Contains("first")) { }
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        await server.DisposeAsync();
+        Assert.That(sw.Elapsed, Is.GreaterThanOrEqualTo(TimeSpan.FromSeconds(0.9)), "in-flight requests had the shutdown timeout to finish");
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (engine.Cancelled == 0 && DateTime.UtcNow < deadline) await Task.Delay(20);
+        Assert.That(engine.Cancelled, Is.EqualTo(1), "the hanging request was cancelled");
+        Assert.That(engine.ShutDown, Is.True);
+        response.Dispose();
+    }
+
+    [Test]
     public async Task Logprobs_ChatAndCompletionShapes()
     {
         var lp = new TokenLogprob(17, "Hi", -0.5f, [(17, "Hi", -0.5f), (18, "Yo", -1.25f)]);
