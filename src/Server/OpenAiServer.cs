@@ -121,8 +121,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         var sw = Stopwatch.StartNew();
         try
         {
-            if (_options.ApiKey is { } key && ctx.Request.Path.StartsWithSegments("/v1") &&
-                ctx.Request.Headers.Authorization.ToString() != "Bearer " + key)
+            if (_options.ApiKey is { } key && ctx.Request.Path.StartsWithSegments("/v1") && !Authorized(ctx.Request.Headers.Authorization.ToString(), key))
                 throw ApiException.Unauthorized();
             await next(ctx).ConfigureAwait(false);
         }
@@ -139,6 +138,10 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     const string TokensKey = "qwen3cuda.tokens";
+
+    /// <summary>"Bearer KEY", compared in constant time.</summary>
+    static bool Authorized(string header, string key) =>
+        System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header), Encoding.UTF8.GetBytes("Bearer " + key));
 
     /// <summary>Every exception a handler lets out, as the status and JSON error a client gets.</summary>
     ApiException ToApiError(Exception e) => e switch
