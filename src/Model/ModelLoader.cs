@@ -79,8 +79,10 @@ public static class ModelLoader
             var compiler = new KernelCompiler { CompileStarting = o.CompileStarting };
             loader = new KernelLoader(device, compiler);
             bool emulator = backend == BackendKind.Emulator;
-            int maxBatch = Math.Min(8, Math.Max(1, o.MaxSequences));
-            int stepTokens = Math.Max(maxBatch, o.MaxStepTokens ?? (emulator ? 64 : 512));
+            int stepTokens = Math.Max(1, o.MaxStepTokens ?? (emulator ? 64 : 512));
+            // Decode graphs for every bucket up to the sequence cap (a decode step has one row per running sequence).
+            int maxBatch = Math.Clamp(Math.Min(o.MaxSequences, Math.Max(stepTokens, 8)), 1, DeviceModelOptions.MaxBatchLimit);
+            stepTokens = Math.Max(stepTokens, maxBatch);
             var options = new DeviceModelOptions
             {
                 MaxSequences = o.MaxSequences,

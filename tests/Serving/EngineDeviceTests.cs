@@ -84,4 +84,37 @@ public class EngineDeviceTests
         Assert.That((await onHost.Result).Tokens, Is.EqualTo(expected[1]), "the host's penalties on the device's logits");
         Assert.That(expected[1], Is.Not.EqualTo(plain), "the penalties change the answer");
     }
+
+    /// <summary>
+    /// Graph buckets grow to the sequence cap: with MaxBatch 16, a decode step of 12 sequences replays the 16-row graph
+    /// (GEMMs and the MoE's grouped GEMMs past 8 rows), and gives the tokens of the same steps run eagerly.
+    /// </summary>
+    [Test]
+    public async Task DecodeGraphsPastEightRows_ReplayWhatTheEagerStepsCompute()
+    {
+        var prompts = Enumerable.Range(0, 12).Select(i => Prompt(2 + i % 3, 60 + i)).ToArray();
+        var results = new List<int[]>[2];
+        for (int pass = 0; pass < 2; pass++)
+        {
+            using var device = new EmulatedDevice();
+            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceModel.DeviceCheckpoints.Tiny(),
+                new DeviceModelOptions { ContextLength = 16, PageSize = 4, PrefillChunkTokens = 48, MaxBatch = 16, MaxOutputRows = 16, MaxSequences = 12 });
+            Assert.That(dm.GraphBuckets, Is.EquivalentTo(new[] { 1, 2, 4, 8, 16 }));
+            dm.ReplayGraphs = pass == 0;
+            var gated = new EngineTests.GatedModel(new Borrowed(dm));   // the first step waits until all 12 are queued
+            await using var engine = new Engine(gated, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 12, MaxNumBatchedTokens = 48 });
+            var requests = prompts.Select((p, i) => engine.Submit(p, new RequestOptions
+            {
+                Sampling = i % 2 == 0 ? SamplingOptions.Greedy : new SamplingOptions { Temperature = 1f, TopK = 0, TopP = 1f, Seed = (ulong)i },
+                MaxNewTokens = 4,
+            })).ToList();
+            gated.Steps.Release(100);
+            results[pass] = [];
+            foreach (var r in requests) results[pass].Add([.. (await r.Result).Tokens]);
+            // One prefill step and three decode steps of all 12 (a 12-row step: the 16-row graph); one more when the worker
+            // scheduled its first step before the last submissions.
+            Assert.That(engine.Metrics.Steps, Is.InRange(4, 5));
+        }
+        Assert.That(results[0], Is.EqualTo(results[1]));
+    }
 }

@@ -309,7 +309,7 @@ public class EngineTests
     }
 
     /// <summary>A model whose steps each wait for a release of <see cref="Steps"/> (requests stay where the test wants them).</summary>
-    sealed class GatedModel(ICausalLanguageModel inner) : ICausalLanguageModel
+    internal sealed class GatedModel(ICausalLanguageModel inner) : ICausalLanguageModel
     {
         public readonly SemaphoreSlim Steps = new(0);
         public int VocabSize => inner.VocabSize;

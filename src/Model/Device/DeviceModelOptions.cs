@@ -7,7 +7,8 @@ public sealed record DeviceModelOptions
     public int? ContextLength { get; init; }
     /// <summary>Sequences held at once (KV cache of each).</summary>
     public int MaxSequences { get; init; } = 1;
-    /// <summary>Sequences decoded in one step (the largest graph bucket).</summary>
+    /// <summary>Sequences decoded in one step (the largest graph bucket): up to 8 the decode GEMVs, past 8 the tensor-core
+    /// GEMMs and the MoE's grouped GEMMs (all captured: their grids are sized for the bucket).</summary>
     public int MaxBatch { get; init; } = 8;
     /// <summary>Rows with an output (logits or a sampled token) one step may have. Null: <see cref="MaxBatch"/>.</summary>
     public int? MaxOutputRows { get; init; }
@@ -49,7 +50,10 @@ public sealed record DeviceModelOptions
     /// <summary>Progress of the weight upload (bytes done, total, tensor).</summary>
     public Action<Runtime.Memory.UploadProgress>? LoadProgress { get; init; }
 
-    /// <summary>The decode batch buckets a graph is captured for (1, 2, 4, 8 up to <see cref="MaxBatch"/>).</summary>
+    /// <summary>Largest <see cref="MaxBatch"/> (graph bucket).</summary>
+    public const int MaxBatchLimit = 256;
+
+    /// <summary>The decode batch buckets a graph is captured for (1, 2, 4, 8, 16, ... up to <see cref="MaxBatch"/>).</summary>
     public IReadOnlyList<int> BatchBuckets()
     {
         var list = new List<int>();
@@ -61,7 +65,7 @@ public sealed record DeviceModelOptions
     public void Validate()
     {
         if (MaxSequences < 1 || MaxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(MaxSequences), $"max sequences {MaxSequences} must be in [1, 4096]");
-        if (MaxBatch < 1 || MaxBatch > 8) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, 8] (the decode GEMV takes up to 8 tokens)");
+        if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > 8192) throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk {PrefillChunkTokens} must be in [1, 8192]");
         if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))
             throw new ArgumentOutOfRangeException(nameof(MaxOutputRows), $"max output rows {MaxOutputRows} must be in [{MaxBatch}, {Math.Max(PrefillChunkTokens, MaxBatch)}] (the decode batch .. the rows of a step)");
