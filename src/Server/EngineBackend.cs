@@ -30,6 +30,7 @@ public sealed class EngineBackend(Engine engine, string modelDirectory) : IServi
                 PrefixCacheQueries = m.PrefixCacheQueries, PrefixCacheHits = m.PrefixCacheHits,
                 PromptTokens = m.PromptTokens, GeneratedTokens = m.GeneratedTokens, RequestsFinished = m.RequestsFinished,
                 Preemptions = m.Preemptions,
+                EngineTimeToFirstToken = m.TimeToFirstToken, EngineInterTokenLatency = m.InterTokenLatency,
             };
         }
     }

@@ -62,7 +62,26 @@ public sealed class ServerMetrics
         TimeToFirstToken.Render(sb, "qwen3cuda_time_to_first_token_seconds", "Time from the request's arrival to its first streamed token.", label);
         InterTokenLatency.Render(sb, "qwen3cuda_inter_token_latency_seconds", "Time between successive output pieces of a request.", label);
         RequestLatency.Render(sb, "qwen3cuda_e2e_request_latency_seconds", "Time from the request's arrival to its last token.", label);
+        if (engine.EngineTimeToFirstToken is { } ettft)
+            RenderEngine(sb, ettft, "qwen3cuda_engine_time_to_first_token_seconds", "The engine's time from a request's submission to its first token (no HTTP).", label);
+        if (engine.EngineInterTokenLatency is { } eitl)
+            RenderEngine(sb, eitl, "qwen3cuda_engine_inter_token_latency_seconds", "The engine's time between successive tokens of a request.", label);
         return sb.ToString();
+    }
+
+    static void RenderEngine(StringBuilder sb, Qwen3Cuda.Model.Serving.LatencyHistogram h, string name, string help, string label)
+    {
+        sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append('\n');
+        sb.Append("# TYPE ").Append(name).Append(" histogram\n");
+        long cumulative = 0;
+        for (int i = 0; i < h.Bounds.Count; i++)
+        {
+            cumulative += h.Counts[i];
+            sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{{label},le=\"{h.Bounds[i]}\"}} {cumulative}\n");
+        }
+        sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{{label},le=\"+Inf\"}} {h.Count}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"{name}_sum{{{label}}} {h.Sum}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"{name}_count{{{label}}} {h.Count}\n");
     }
 
     static string Escape(string s) => s.Replace("\\", "\\\\").Replace("\"", "\\\"").Replace("\n", "\\n");

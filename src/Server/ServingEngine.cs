@@ -54,4 +54,7 @@ public sealed record ServingMetrics
     public long RequestsFinished { get; init; }
     /// <summary>Requests preempted (pages freed, recomputed later) because KV pages ran out.</summary>
     public long Preemptions { get; init; }
+    /// <summary>The engine's own latencies (from admission, without HTTP), when it keeps them.</summary>
+    public LatencyHistogram? EngineTimeToFirstToken { get; init; }
+    public LatencyHistogram? EngineInterTokenLatency { get; init; }
 }

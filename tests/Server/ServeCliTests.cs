@@ -116,6 +116,13 @@ public sealed class ServeCliTests
         Assert.That(engine.Metrics.Running + engine.Metrics.Waiting, Is.Zero);
         Assert.That(engine.Metrics.KvPagesUsed, Is.Zero, "every KV page is free at the end");
         Assert.That(server.Metrics.TimeToFirstToken.Count, Is.EqualTo(200));
+        using var http = new HttpClient { BaseAddress = server.Address };
+        var metrics = ServerWireTests.ParsePrometheus(await http.GetStringAsync("/metrics"));
+        Assert.That(metrics["qwen3cuda_requests_total{outcome=\"length\"}"], Is.EqualTo(200));
+        Assert.That(metrics["qwen3cuda_generation_tokens_total"], Is.EqualTo(800));
+        Assert.That(metrics["qwen3cuda_num_requests_running"] + metrics["qwen3cuda_num_requests_waiting"], Is.Zero);
+        Assert.That(metrics["qwen3cuda_engine_time_to_first_token_seconds_count"], Is.EqualTo(200), "one engine TTFT per request");
+        Assert.That(metrics["qwen3cuda_engine_inter_token_latency_seconds_count"], Is.EqualTo(200 * 3), "three gaps between four tokens");
         string report = ServeBenchmark.Format(result, null);
         Assert.That(report, Does.Contain("Successful requests:").And.Contain("P99 ITL (ms):"));
     }
