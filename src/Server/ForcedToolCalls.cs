@@ -25,10 +25,10 @@ public static class ForcedToolCalls
 
     /// <summary>The result with its content read as the forced call (finish_reason tool_calls when it ended at
     /// &lt;/tool_call&gt;); unchanged when nothing was forced, or when "required" output names no tool.</summary>
-    public static RequestResult Apply(ForcedToolCall? forced, RequestResult r)
+    public static RequestResult Apply(ForcedToolCall? forced, RequestResult r, string? id = null)
     {
         if (forced is null) return r;
-        var call = Parse(forced, r.Content);
+        var call = Parse(forced, r.Content, id);
         if (call is null) return r;
         return r with
         {
@@ -39,10 +39,10 @@ public static class ForcedToolCalls
     }
 
     /// <summary>The call in <paramref name="content"/> (the text after the prefill, up to &lt;/tool_call&gt;).</summary>
-    public static ToolCall? Parse(ForcedToolCall forced, string content)
+    public static ToolCall? Parse(ForcedToolCall forced, string content, string? id = null)
     {
         string text = content.Trim();
-        string id = "call_" + Guid.NewGuid().ToString("N")[..24];
+        id ??= NewId();
         try
         {
             using var doc = JsonDocument.Parse(Head(forced) + text);
@@ -59,5 +59,34 @@ public static class ForcedToolCalls
             if (text.EndsWith('}')) text = text[..^1].TrimEnd();
             return new ToolCall(id, forced.Name, text);
         }
+    }
+
+    public static string NewId() => "call_" + Guid.NewGuid().ToString("N")[..24];
+
+    /// <summary>
+    /// The arguments of a named forced call as they stream: everything up to the last character that is neither white
+    /// space nor '}' is sent (what is held back may be the call's own closing brace); <see cref="Finish"/> sends the rest
+    /// of the final arguments. Arguments that do not start as a JSON object are held whole until the end.
+    /// </summary>
+    public sealed class ArgumentStream
+    {
+        readonly System.Text.StringBuilder _raw = new();
+        string _sent = "";
+
+        public string Add(string text)
+        {
+            _raw.Append(text);
+            string t = _raw.ToString().TrimStart();
+            if (t.Length == 0 || t[0] != '{') return "";
+            int end = t.Length - 1;
+            while (end >= 0 && (char.IsWhiteSpace(t[end]) || t[end] == '}')) end--;
+            if (end + 1 <= _sent.Length) return "";
+            string delta = t[_sent.Length..(end + 1)];
+            _sent = t[..(end + 1)];
+            return delta;
+        }
+
+        /// <summary>The rest of <paramref name="arguments"/> (the parsed call's) after what was sent; what was sent is always its prefix.</summary>
+        public string Finish(string arguments) => arguments.StartsWith(_sent, StringComparison.Ordinal) ? arguments[_sent.Length..] : "";
     }
 }

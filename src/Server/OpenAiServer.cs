@@ -597,6 +597,20 @@ public sealed class OpenAiServer : IAsyncDisposable
         async Task Pump(Choice c)
         {
             if (chat) await Send(Chunk(c, w => { w.WriteString("role", "assistant"); w.WriteString("content", ""); }, null, null)).ConfigureAwait(false);
+            // A named forced call streams: its header now, its arguments as the model writes them.
+            var named = c.Forced is { Name: { } forcedName } ? new ForcedToolCalls.ArgumentStream() : null;
+            var forcedId = ForcedToolCalls.NewId();
+            if (named is not null)
+            {
+                var header = new ToolCall(forcedId, c.Forced!.Name!, "");
+                await Send(Chunk(c, w => { w.WriteStartArray("tool_calls"); WriteToolCall(w, header, 0, withHeader: true, ""); w.WriteEndArray(); }, null, null)).ConfigureAwait(false);
+            }
+            async Task SendArguments(string delta)
+            {
+                if (delta.Length == 0) return;
+                var part = new ToolCall(forcedId, "", delta);
+                await Send(Chunk(c, w => { w.WriteStartArray("tool_calls"); WriteToolCall(w, part, 0, withHeader: false, delta); w.WriteEndArray(); }, null, null)).ConfigureAwait(false);
+            }
             await foreach (var piece in c.Request.Pieces.WithCancellation(ct).ConfigureAwait(false))
             {
                 Observe(c, started);
@@ -612,7 +626,9 @@ public sealed class OpenAiServer : IAsyncDisposable
                         await Send(Chunk(c, w => WriteReasoning(w, piece.Text, always: false), piece.Logprobs, null)).ConfigureAwait(false);
                         break;
                     case PieceKind.Content when c.Forced is not null:
-                        break;   // the forced call's arguments: sent as a tool call when complete
+                        // The forced call's arguments: streamed for a named call, sent whole at the end for "required".
+                        if (named is not null) await SendArguments(named.Add(piece.Text)).ConfigureAwait(false);
+                        break;
                     default:
                         if (piece.Kind == PieceKind.ToolCall) break;
                         string text = chat ? piece.Text : RawText(c, piece);
@@ -624,8 +640,10 @@ public sealed class OpenAiServer : IAsyncDisposable
             c.Result = await c.Request.Result.WaitAsync(ct).ConfigureAwait(false);
             if (c.Forced is not null)
             {
-                c.Result = ForcedToolCalls.Apply(c.Forced, c.Result);
-                if (c.Result.ToolCalls is [var t, ..])
+                c.Result = ForcedToolCalls.Apply(c.Forced, c.Result, forcedId);
+                if (named is not null && c.Result.ToolCalls is [var call, ..])
+                    await SendArguments(named.Finish(call.ArgumentsJson)).ConfigureAwait(false);
+                else if (c.Result.ToolCalls is [var t, ..])
                 {
                     await Send(Chunk(c, w => { w.WriteStartArray("tool_calls"); WriteToolCall(w, t, 0, withHeader: true, ""); w.WriteEndArray(); }, null, null)).ConfigureAwait(false);
                     await Send(Chunk(c, w => { w.WriteStartArray("tool_calls"); WriteToolCall(w, t, 0, withHeader: false, t.ArgumentsJson); w.WriteEndArray(); }, null, null)).ConfigureAwait(false);

@@ -319,8 +319,25 @@ public sealed class ServerWireTests
         Assert.That(deltas.Any(d => d.GetProperty("delta").TryGetProperty("content", out var c) && c.GetString()!.Length > 0), Is.False, "no content deltas");
         var calls = deltas.Where(d => d.GetProperty("delta").TryGetProperty("tool_calls", out _)).Select(d => d.GetProperty("delta").GetProperty("tool_calls")[0]).ToList();
         Assert.That(calls[0].GetProperty("function").GetProperty("name").GetString(), Is.EqualTo("get_weather"));
+        Assert.That(calls[0].GetProperty("id").GetString(), Does.StartWith("call_"));
         Assert.That(string.Concat(calls.Select(c => c.GetProperty("function").GetProperty("arguments").GetString())), Is.EqualTo("{\"city\": \"Paris\"}"));
+        Assert.That(calls.Skip(1).Select(c => c.GetProperty("function").GetProperty("arguments").GetString()),
+            Is.EqualTo(new[] { "{\"city\":", " \"Paris\"", "}" }), "the arguments stream as the model writes them; the call's own brace is held back");
+        Assert.That(calls.Skip(1).All(c => !c.TryGetProperty("id", out _)), "only the header carries the id");
         Assert.That(deltas[^1].GetProperty("finish_reason").GetString(), Is.EqualTo("tool_calls"));
+    }
+
+    [TestCase(new[] { " {\"a\": {\"b\": 1}", "}", "\n}" }, "{\"a\": {\"b\": 1}}")]
+    [TestCase(new[] { "{\"a\": [1, 2]}", "}" }, "{\"a\": [1, 2]}")]
+    [TestCase(new[] { "\"text args\"}" }, "text args")]
+    [TestCase(new[] { "{\"a\": 1", ", \"b\"" }, "{\"a\": 1, \"b\"")]
+    public void ForcedArgumentStream_ConcatenatesToTheParsedArguments(string[] pieces, string arguments)
+    {
+        var stream = new ForcedToolCalls.ArgumentStream();
+        string sent = string.Concat(pieces.Select(stream.Add));
+        var call = ForcedToolCalls.Parse(new ForcedToolCall("f"), string.Concat(pieces))!;
+        Assert.That(call.ArgumentsJson, Is.EqualTo(arguments));
+        Assert.That(sent + stream.Finish(call.ArgumentsJson), Is.EqualTo(arguments));
     }
 
     [Test]
