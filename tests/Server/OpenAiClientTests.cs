@@ -89,6 +89,28 @@ public sealed class OpenAiClientTests
     }
 
     [Test]
+    public async Task OpenAiClient_SeesOversizeQueueFullAndShutdownAs413_429_503WithRetryAfter()
+    {
+        var (tooLarge, _) = await ServerWireTests.Start(new ScriptedEngine(), new ServerOptions { MaxBodyBytes = 1000 });
+        var (queueFull, _) = await ServerWireTests.Start(new ScriptedEngine { SubmitThrows = new EngineOverloadedException("the waiting queue is full") });
+        var (shuttingDown, _) = await ServerWireTests.Start(new ScriptedEngine { SubmitThrows = new EngineShutDownException("the engine is shutting down") });
+        await using var a = tooLarge;
+        await using var b = queueFull;
+        await using var c = shuttingDown;
+        string urls = string.Join(",", new[] { ("tooLarge", tooLarge), ("queueFull", queueFull), ("shuttingDown", shuttingDown) }
+            .Select(p => $"{p.Item1}={new Uri(p.Item2.Address, "v1")}"));
+        if (!File.Exists(Path.Combine(TextTestSupport.NodeModules, "openai", "package.json")))
+            Assert.Ignore($"the openai npm package is not in {TextTestSupport.NodeModules}: run `bash .ci/setup`");
+        var r = JsonDocument.Parse(await Task.Run(() => TextTestSupport.RunNode(Script, TimeSpan.FromSeconds(60), TextTestSupport.NodeModules, urls, "k", "statuses"))).RootElement;
+        Assert.That(r.GetProperty("tooLarge").GetProperty("status").GetInt32(), Is.EqualTo(413), r.ToString());
+        Assert.That(r.GetProperty("queueFull").GetProperty("status").GetInt32(), Is.EqualTo(429), r.ToString());
+        Assert.That(r.GetProperty("queueFull").GetProperty("type").GetString(), Is.EqualTo("rate_limit_error"));
+        Assert.That(r.GetProperty("queueFull").GetProperty("retryAfter").GetString(), Is.EqualTo("1"));
+        Assert.That(r.GetProperty("shuttingDown").GetProperty("status").GetInt32(), Is.EqualTo(503), r.ToString());
+        Assert.That(r.GetProperty("shuttingDown").GetProperty("retryAfter").GetString(), Is.EqualTo("1"));
+    }
+
+    [Test]
     public async Task OpenAiClient_DemoModelOnCpu_WholeAndStreamedAgree_UsageErrorsAndAbort()
     {
         CliModels.UseTestModelCache();

@@ -1,5 +1,6 @@
 // Drives `qwen3cuda serve` with the official OpenAI client (the openai npm package that .ci/setup installs).
-// Usage: node openai-client.cjs <npm node_modules dir> <base url, e.g. http://127.0.0.1:PORT/v1> <api key> <scripted|real>
+// Usage: node openai-client.cjs <npm node_modules dir> <base url, e.g. http://127.0.0.1:PORT/v1> <api key> <scripted|real|statuses>
+// (statuses: the base URL argument is a comma-separated list name=url of servers set up to answer 413, 429 and 503)
 // Prints one JSON object with what each scenario saw; the C# test (OpenAiClientTests) checks it.
 const path = require("path");
 const [, , modules, baseURL, apiKey, scenario] = process.argv;
@@ -11,7 +12,10 @@ const tools = [{ type: "function", function: { name: "get_weather", description:
 
 async function error(promise) {
   try { await promise; return { status: 200 }; }
-  catch (e) { return { status: e.status, type: e.type ?? e.error?.type, param: e.param ?? e.error?.param, code: e.code ?? e.error?.code, message: e.message }; }
+  catch (e) {
+    return { status: e.status, type: e.type ?? e.error?.type, param: e.param ?? e.error?.param, code: e.code ?? e.error?.code,
+             message: e.message, retryAfter: e.headers?.get?.("retry-after") ?? null };
+  }
 }
 
 async function stream(params) {
@@ -83,6 +87,17 @@ async function real() {
   return r;
 }
 
-(scenario === "scripted" ? scripted() : real()).then(
+async function statuses() {
+  const r = {};
+  for (const pair of baseURL.split(",")) {
+    const [name, url] = pair.split("=");
+    const c = new OpenAI({ baseURL: url, apiKey, maxRetries: 0 });
+    const content = name === "tooLarge" ? "x".repeat(5000) : "hi";
+    r[name] = await error(c.chat.completions.create({ model: "scripted", messages: [{ role: "user", content }] }));
+  }
+  return r;
+}
+
+({ scripted, real, statuses })[scenario]().then(
   r => { process.stdout.write(JSON.stringify(r)); },
   e => { console.error(e); process.exit(1); });
