@@ -271,6 +271,35 @@ public class EngineTests
     }
 
     [Test]
+    public async Task AModelFault_FailsTheRequestsInFlight_AndStopsTheEngine()
+    {
+        var gated = new GatedModel(new FaultyModel(CpuModel(2)));
+        var engine = new Engine(gated, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 2 });
+        var r = engine.Submit(Prompt(5, 1), Greedy(4));
+        gated.Steps.Release(10);
+        var e = Assert.ThrowsAsync<InvalidOperationException>(async () => await r.Result)!;
+        Assert.That(e.Message, Does.Contain("injected fault"));
+        Assert.ThrowsAsync<InvalidOperationException>(async () => { await foreach (var _ in r.Pieces) { } });
+        var refused = Assert.Throws<EngineShutDownException>(() => engine.Submit(Prompt(5, 2), Greedy(4)))!;
+        Assert.That(refused.Message, Does.Contain("model fault").And.Contain("injected fault"));
+        await engine.DisposeAsync();
+        await engine.DisposeAsync();   // twice is harmless
+    }
+
+    /// <summary>A model whose every step throws (a device fault).</summary>
+    sealed class FaultyModel(ICausalLanguageModel inner) : ICausalLanguageModel
+    {
+        public int VocabSize => inner.VocabSize;
+        public int ContextLength => inner.ContextLength;
+        public int MaxSequences => inner.MaxSequences;
+        public int MaxStepRows => inner.MaxStepRows;
+        public int MaxOutputRows => inner.MaxOutputRows;
+        public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
+        public void Step(StepBatch batch) => throw new InvalidOperationException("injected fault");
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Test]
     public void BadOptions_AreRefusedNamingTheField()
     {
         using var cts = new CancellationTokenSource();
