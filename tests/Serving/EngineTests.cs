@@ -300,6 +300,29 @@ public class EngineTests
     }
 
     [Test]
+    public async Task LoadAsync_OpensAFolderOnTheCpu_AndChats()
+    {
+        string dir = Cli.CliModels.TinyText();
+        var log = new StringWriter();
+        await using var engine = await Engine.LoadAsync(dir, new EngineOptions { Device = "cpu", MaxNumSeqs = 2, ContextLength = 64, Log = log });
+        Assert.That(engine.ModelName, Is.EqualTo(Path.GetFileName(dir)));
+        Assert.That(engine.ContextLength, Is.EqualTo(64));
+        Assert.That(log.ToString(), Does.Contain("on the CPU reference"));
+        var options = Greedy(5) with { EnableThinking = false };
+        var messages = new List<Qwen3Cuda.Model.Templates.ChatMessage> { new("user", "hi") };
+        var text = new System.Text.StringBuilder();
+        await foreach (var piece in engine.ChatAsync(messages, options)) text.Append(piece.Text);
+        // The same prompt through RenderChat and CompleteAsync: the same answer (EOS ids from generation_config.json end it early or not).
+        var prompt = engine.RenderChat(messages, options);
+        Assert.That(Tokenizer.Decode([.. prompt]), Does.EndWith("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+        var result = await engine.CompleteAsync(prompt, options);
+        Assert.That(text.ToString().TrimStart('\n'), Is.EqualTo(result.Content));
+        Assert.That(result.Usage.PromptTokens, Is.EqualTo(prompt.Count));
+        Assert.That(engine.EosTokenIds, Is.EquivalentTo(new[] { 314, 312 }), "generation_config.json's eos_token_id");
+        Assert.ThrowsAsync<Qwen3Cuda.Model.ModelNotFoundException>(() => Engine.LoadAsync("/nonexistent/model", new EngineOptions { Device = "cpu" }));
+    }
+
+    [Test]
     public void BadOptions_AreRefusedNamingTheField()
     {
         using var cts = new CancellationTokenSource();
