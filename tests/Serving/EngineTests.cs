@@ -323,6 +323,23 @@ public class EngineTests
     }
 
     [Test]
+    public void Generate_WithPenalties_GivesThePenalisedGreedyTokens()
+    {
+        string dir = Cli.CliModels.TinyText();
+        var (exit, _, err) = Support.CliRunner.Run("generate", "-m", dir, "-p", "the cat sat on the mat", "-n", "10", "--temperature", "0",
+            "--repetition-penalty", "1.8", "--presence-penalty", "1.5", "--device", "cpu", "--print-token-ids");
+        Assert.That(exit, Is.Zero, err);
+        var line = err.Split('\n').Single(l => l.StartsWith("token ids: ", StringComparison.Ordinal));
+        var ids = System.Text.Json.JsonSerializer.Deserialize<int[]>(line["token ids: ".Length..])!;
+        var prompt = Qwen3Cuda.Model.Tokenization.Qwen3Tokenizer.FromModelDirectory(dir).Encode("the cat sat on the mat");
+        using var m = Qwen3Cuda.Model.Reference.ReferenceModel.Load(dir, 1, 64);
+        var expected = AlonePenalised(m, 0, prompt, 10, new Qwen3Cuda.Runtime.Launchers.PenaltySettings(Presence: 1.5f, Repetition: 1.8f));
+        var eos = Engine.DefaultEosTokenIds(Qwen3Cuda.Model.Tokenization.Qwen3Tokenizer.FromModelDirectory(dir), dir);
+        int end = Array.FindIndex(expected, eos.Contains);
+        Assert.That(ids, Is.EqualTo(end < 0 ? expected : expected[..(end + 1)]));
+    }
+
+    [Test]
     public void BadOptions_AreRefusedNamingTheField()
     {
         using var cts = new CancellationTokenSource();
