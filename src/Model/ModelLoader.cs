@@ -34,7 +34,7 @@ public sealed record ModelLoadOptions
     public int MaxSequences { get; init; } = 1;
     /// <summary>Token rows of one step on a device (the prefill chunk). Null: 512 on CUDA, 64 on the emulator.</summary>
     public int? MaxStepTokens { get; init; }
-    /// <summary>Rows with an output one device step may have. Null: the decode batch (at most 8).</summary>
+    /// <summary>Rows with an output one device step may have. Null: the decode batch (the sequences, at most the step).</summary>
     public int? MaxOutputRows { get; init; }
     public int? ContextLength { get; init; }
     public long? GpuMemoryBytes { get; init; }

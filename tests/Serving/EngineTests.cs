@@ -271,6 +271,75 @@ public class EngineTests
     }
 
     [Test]
+    public async Task AModelFault_FailsTheRequestsInFlight_AndStopsTheEngine()
+    {
+        var gated = new GatedModel(new FaultyModel(CpuModel(2)));
+        var engine = new Engine(gated, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 2 });
+        var r = engine.Submit(Prompt(5, 1), Greedy(4));
+        gated.Steps.Release(10);
+        var e = Assert.ThrowsAsync<InvalidOperationException>(async () => await r.Result)!;
+        Assert.That(e.Message, Does.Contain("injected fault"));
+        Assert.ThrowsAsync<InvalidOperationException>(async () => { await foreach (var _ in r.Pieces) { } });
+        var refused = Assert.Throws<EngineShutDownException>(() => engine.Submit(Prompt(5, 2), Greedy(4)))!;
+        Assert.That(refused.Message, Does.Contain("model fault").And.Contain("injected fault"));
+        await engine.DisposeAsync();
+        await engine.DisposeAsync();   // twice is harmless
+    }
+
+    /// <summary>A model whose every step throws (a device fault).</summary>
+    sealed class FaultyModel(ICausalLanguageModel inner) : ICausalLanguageModel
+    {
+        public int VocabSize => inner.VocabSize;
+        public int ContextLength => inner.ContextLength;
+        public int MaxSequences => inner.MaxSequences;
+        public int MaxStepRows => inner.MaxStepRows;
+        public int MaxOutputRows => inner.MaxOutputRows;
+        public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
+        public void Step(StepBatch batch) => throw new InvalidOperationException("injected fault");
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Test]
+    public async Task LoadAsync_OpensAFolderOnTheCpu_AndChats()
+    {
+        string dir = Cli.CliModels.TinyText();
+        var log = new StringWriter();
+        await using var engine = await Engine.LoadAsync(dir, new EngineOptions { Device = "cpu", MaxNumSeqs = 2, ContextLength = 64, Log = log });
+        Assert.That(engine.ModelName, Is.EqualTo(Path.GetFileName(dir)));
+        Assert.That(engine.ContextLength, Is.EqualTo(64));
+        Assert.That(log.ToString(), Does.Contain("on the CPU reference"));
+        var options = Greedy(5) with { EnableThinking = false };
+        var messages = new List<Qwen3Cuda.Model.Templates.ChatMessage> { new("user", "hi") };
+        var text = new System.Text.StringBuilder();
+        await foreach (var piece in engine.ChatAsync(messages, options)) text.Append(piece.Text);
+        // The same prompt through RenderChat and CompleteAsync: the same answer (EOS ids from generation_config.json end it early or not).
+        var prompt = engine.RenderChat(messages, options);
+        Assert.That(Tokenizer.Decode([.. prompt]), Does.EndWith("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+        var result = await engine.CompleteAsync(prompt, options);
+        Assert.That(text.ToString().TrimStart('\n'), Is.EqualTo(result.Content));
+        Assert.That(result.Usage.PromptTokens, Is.EqualTo(prompt.Count));
+        Assert.That(engine.EosTokenIds, Is.EquivalentTo(new[] { 314, 312 }), "generation_config.json's eos_token_id");
+        Assert.ThrowsAsync<Qwen3Cuda.Model.ModelNotFoundException>(() => Engine.LoadAsync("/nonexistent/model", new EngineOptions { Device = "cpu" }));
+    }
+
+    [Test]
+    public void Generate_WithPenalties_GivesThePenalisedGreedyTokens()
+    {
+        string dir = Cli.CliModels.TinyText();
+        var (exit, _, err) = Support.CliRunner.Run("generate", "-m", dir, "-p", "the cat sat on the mat", "-n", "10", "--temperature", "0",
+            "--repetition-penalty", "1.8", "--presence-penalty", "1.5", "--device", "cpu", "--print-token-ids");
+        Assert.That(exit, Is.Zero, err);
+        var line = err.Split('\n').Single(l => l.StartsWith("token ids: ", StringComparison.Ordinal));
+        var ids = System.Text.Json.JsonSerializer.Deserialize<int[]>(line["token ids: ".Length..])!;
+        var prompt = Qwen3Cuda.Model.Tokenization.Qwen3Tokenizer.FromModelDirectory(dir).Encode("the cat sat on the mat");
+        using var m = Qwen3Cuda.Model.Reference.ReferenceModel.Load(dir, 1, 64);
+        var expected = AlonePenalised(m, 0, prompt, 10, new Qwen3Cuda.Runtime.Launchers.PenaltySettings(Presence: 1.5f, Repetition: 1.8f));
+        var eos = Engine.DefaultEosTokenIds(Qwen3Cuda.Model.Tokenization.Qwen3Tokenizer.FromModelDirectory(dir), dir);
+        int end = Array.FindIndex(expected, eos.Contains);
+        Assert.That(ids, Is.EqualTo(end < 0 ? expected : expected[..(end + 1)]));
+    }
+
+    [Test]
     public void BadOptions_AreRefusedNamingTheField()
     {
         using var cts = new CancellationTokenSource();

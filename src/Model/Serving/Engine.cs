@@ -40,7 +40,7 @@ public sealed class Engine : IAsyncDisposable
     private volatile bool _accepting = true, _stopWhenIdle, _cancelAll;
     private volatile Exception? _fault;
     private int _runningCount, _kvPagesUsed;   // published by the worker under lock (_stats)
-    private int _waitingCount;
+    private int _waitingCount, _disposed;
     private long _nextId;
 
     // worker-owned
@@ -119,8 +119,9 @@ public sealed class Engine : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(promptTokens);
         if (options is null) throw new InvalidRequestException("options", "request options are missing");
-        if (_fault is { } fault) throw new EngineShutDownException($"the engine stopped after a model fault: {fault.Message}", fault);
-        if (!_accepting) throw new EngineShutDownException("the engine is shutting down and takes no new requests");
+        if (!_accepting) throw _fault is { } fault
+            ? new EngineShutDownException($"the engine stopped after a model fault: {fault.Message}", fault)
+            : new EngineShutDownException("the engine is shutting down and takes no new requests");
         options.Validate(VocabSize);
         if (promptTokens.Count == 0) throw new InvalidRequestException("prompt", "the prompt is empty (0 tokens)");
         for (int i = 0; i < promptTokens.Count; i++)
@@ -132,8 +133,18 @@ public sealed class Engine : IAsyncDisposable
             throw new EngineOverloadedException($"the engine has {_options.MaxWaitingRequests} requests waiting; try again later");
         }
         var state = new RequestState(this, Interlocked.Increment(ref _nextId), promptTokens, options);
+        lock (_incoming)   // against the worker's decision to stop: a request is either refused here or seen by the worker
+        {
+            if (!_accepting)
+            {
+                Interlocked.Decrement(ref _waitingCount);
+                throw _fault is { } fault
+                    ? new EngineShutDownException($"the engine stopped after a model fault: {fault.Message}", fault)
+                    : new EngineShutDownException("the engine is shutting down and takes no new requests");
+            }
+            _incoming.Enqueue(state);
+        }
         if (ct.CanBeCanceled) state.Registration = ct.Register(static s => ((RequestState)s!).RequestCancel(), state);
-        _incoming.Enqueue(state);
         Wake();
         return new EngineRequest(state);
     }
@@ -155,7 +166,7 @@ public sealed class Engine : IAsyncDisposable
     /// <summary>Stops admitting requests; finishes the ones in flight (or cancels them) and stops the worker.</summary>
     public async Task ShutdownAsync(bool cancelInFlight, CancellationToken ct = default)
     {
-        _accepting = false;
+        lock (_incoming) _accepting = false;
         if (cancelInFlight) _cancelAll = true;
         _stopWhenIdle = true;
         Wake();
@@ -165,6 +176,7 @@ public sealed class Engine : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await ShutdownAsync(cancelInFlight: true).ConfigureAwait(false);
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _worker.Join();
         _model.Dispose();
         _wake.Dispose();
@@ -190,7 +202,7 @@ public sealed class Engine : IAsyncDisposable
                 }
                 if (_running.Count == 0 && _waiting.Count == 0)
                 {
-                    if (_stopWhenIdle && _incoming.IsEmpty) break;
+                    if (_stopWhenIdle) lock (_incoming) if (_incoming.IsEmpty) break;   // Submit refuses from now on (_accepting is false)
                     _wake.Wait();
                     _wake.Reset();
                     continue;
@@ -208,7 +220,7 @@ public sealed class Engine : IAsyncDisposable
         catch (Exception e)
         {
             _fault = e;
-            _accepting = false;
+            lock (_incoming) _accepting = false;
             Monitor.Enter(_stats);   // released in finally
             foreach (var r in _running) r.Fail(e);
             foreach (var r in _waiting) r.Fail(e);
