@@ -351,7 +351,8 @@ public sealed class OpenAiServer : IAsyncDisposable
                 await Task.WhenAll(choices.Select(c => Drain(c, chat, started, cts.Token))).ConfigureAwait(false);
                 await WriteJson(ctx, w => WholeResponse(w, req, chat, choices, prompts, id, created)).ConfigureAwait(false);
             }
-            outcome = choices.Count == 1 ? FinishReasonText(choices[0].Result!) : "stop";
+            var reasons = choices.Select(c => FinishReasonText(c.Result!)).Distinct().ToList();
+            outcome = reasons.Count == 1 ? reasons[0] : "mixed";   // n > 1 choices that ended differently
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {

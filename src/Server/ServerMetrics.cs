@@ -54,7 +54,7 @@ public sealed class ServerMetrics
         {
             Metric("qwen3cuda_prompt_tokens_total", "counter", "Prompt tokens of finished HTTP requests.", $"{_promptTokens}");
             Metric("qwen3cuda_generation_tokens_total", "counter", "Tokens generated for finished HTTP requests.", $"{_generationTokens}");
-            sb.Append("# HELP qwen3cuda_requests_total HTTP generation requests by outcome (stop, length, tool_calls, abort, error, cancelled).\n");
+            sb.Append("# HELP qwen3cuda_requests_total HTTP generation requests by outcome (stop, length, tool_calls, abort, mixed, error, cancelled).\n");
             sb.Append("# TYPE qwen3cuda_requests_total counter\n");
             foreach (var (outcome, count) in _requests.OrderBy(kv => kv.Key, StringComparer.Ordinal))
                 sb.Append(CultureInfo.InvariantCulture, $"qwen3cuda_requests_total{{{label},outcome=\"{outcome}\"}} {count}\n");
