@@ -133,13 +133,13 @@ public sealed class ServeCliTests
         CliModels.UseTestModelCache();
         string dir = ModelLocator.EnsureDemo();
         // One running sequence and one waiting place: of eight requests sent at once, at most two are taken while the
-        // first generates its 24 tokens.
+        // first generates its 64 tokens.
         await using var engine = await Engine.LoadAsync(dir, new EngineOptions { Device = "cpu", ContextLength = 128, MaxNumSeqs = 1, MaxWaitingRequests = 1, ModelName = "demo" });
         var server = await OpenAiServer.StartAsync(new EngineBackend(engine, dir), new ServerOptions { Host = "127.0.0.1", Port = 0, RetryAfterSeconds = 3 });
         await using var owned = server;
         using var http = new HttpClient { BaseAddress = server.Address };
         var responses = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => http.PostAsync("/v1/completions", new StringContent(
-            $$"""{"prompt": [{{100 + i}}, 200, 300], "max_tokens": 24, "ignore_eos": true}""", System.Text.Encoding.UTF8, "application/json"))));
+            $$"""{"prompt": [{{100 + i}}, 200, 300], "max_tokens": 64, "ignore_eos": true}""", System.Text.Encoding.UTF8, "application/json"))));
         var ok = responses.Where(r => r.StatusCode == System.Net.HttpStatusCode.OK).ToList();
         var refused = responses.Where(r => r.StatusCode == System.Net.HttpStatusCode.TooManyRequests).ToList();
         Assert.That(ok.Count + refused.Count, Is.EqualTo(8), string.Join(", ", responses.Select(r => r.StatusCode)));
@@ -148,7 +148,7 @@ public sealed class ServeCliTests
         var error = JsonDocument.Parse(await refused[0].Content.ReadAsStringAsync()).RootElement.GetProperty("error");
         Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("rate_limit_error"));
         foreach (var r in ok)
-            Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(24));
+            Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(64));
     }
 
     [Test]
