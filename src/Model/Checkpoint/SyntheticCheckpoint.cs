@@ -32,6 +32,8 @@ public sealed record SyntheticOptions
     /// <summary>Write model_type "qwen3" (dense MLP in every layer, no experts).</summary>
     public bool Dense { get; init; }
     public RopeScalingConfig? RopeScaling { get; init; }
+    /// <summary>max_position_embeddings (null: the preset's); small values let tests pass it (dynamic NTK).</summary>
+    public int? MaxPositionEmbeddings { get; init; }
     public bool TieWordEmbeddings { get; init; }
     /// <summary>
     /// A folder holding the real Qwen3 tokenizer.json and tokenizer_config.json to copy into the checkpoint (needs the
@@ -121,6 +123,7 @@ public static class SyntheticCheckpoint
             RmsNormEps = 1e-6,
             RopeTheta = 1_000_000,
             RopeScaling = o.RopeScaling,
+            MaxPositionEmbeddings = o.MaxPositionEmbeddings ?? c.MaxPositionEmbeddings,
             TieWordEmbeddings = o.TieWordEmbeddings,
             TorchDtype = "bfloat16",
         };

@@ -40,6 +40,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly CheckFiniteLaunchers? _checkFinite;   // debug: DeviceModelOptions.CheckFinite
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
+    private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
     private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sample_rows_bf16
     private readonly int[] _buckets;
@@ -120,6 +121,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
             _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
+            _defaultInvFreq = invFreq;
             UploadWeights(weights, invFreq, options.LoadProgress);
             _buckets = [.. options.BatchBuckets()];
             if (options.UseGraphs) CaptureDecodeGraphs();

@@ -15,6 +15,7 @@ namespace Qwen3Cuda.Model.Device;
 /// q_start         int32 [Rows + 1]        query row offsets of the flash-prefill segments
 /// output_rows     int32 [MaxOutputs]      the rows whose logits the step computes (gathered, in batch order)
 /// sample_settings SampleRowSettings [MaxOutputs] (steps with sampled rows only)
+/// rope_inv_freq   fp32 [Rows, D/2]        dynamic NTK only (else empty): each row's RoPE table, that of its sequence's length
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
@@ -47,6 +48,9 @@ public sealed record WorkspaceLayout
     public long OutputRows { get; init; }
     /// <summary>SampleRowSettings [MaxOutputs]: per-output-row sampling settings (a step input).</summary>
     public long SampleSettings { get; init; }
+    /// <summary>fp32 [Rows, D/2]: per-row RoPE inv_freq (dynamic NTK rope_scaling; empty otherwise). A step input.</summary>
+    public long RopeInvFreq { get; init; }
+    public bool PerRowRope { get; init; }
     public long X { get; init; }
     public long H { get; init; }
     public long Qkv { get; init; }
@@ -84,6 +88,8 @@ public sealed record WorkspaceLayout
         long qstart = a.Take("q_start", (rows + 1) * 4L);
         long outputRows = a.Take("output_rows", maxOutputs * 4L);
         long sampleSettings = a.Take("sample_settings", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
+        bool perRowRope = c.RopeScaling is { IsDynamic: true };
+        long ropeInvFreq = a.Take("rope_inv_freq", perRowRope ? (long)rows * (c.HeadDim / 2) * sizeof(float) : 0);
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
@@ -119,7 +125,7 @@ public sealed record WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
             Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
-            SampleSettings = sampleSettings, InputsEnd = inputsEnd,
+            SampleSettings = sampleSettings, RopeInvFreq = ropeInvFreq, PerRowRope = perRowRope, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
