@@ -332,10 +332,18 @@ public sealed partial class DeviceModel
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
         // AddRmsNorm: h = RMSNorm(x) * w_post
         _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
-        // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
-        // (a dense layer is the same block with one expert of weight 1 and a zero router row)
-        _moe.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router), Operand(L.GateUp), Operand(L.Down),
-            Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
+        if (L.IsMoe)
+        {
+            // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
+            _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
+                Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
+            return;
+        }
+        // Dense SwiGLU MLP: GateUpProj -> SwiGlu -> DownProj (+residual): x = x + down(bf16(silu(gate)) * up)
+        int I = L.Inter;
+        Project(Ws(w.MlpGateUp), 2 * I, Ws(w.H), H, L.GateUp, DevicePtr.Null, rows, 2 * I, H);
+        _swiglu!.SwiGlu(_stream, Ws(w.MlpAct), I, Ws(w.MlpGateUp), 2 * I, rows, I);
+        Project(Ws(w.X), H, Ws(w.MlpAct), I, L.Down, Ws(w.X), rows, H, I);
     }
 
     /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows.</summary>
