@@ -55,7 +55,7 @@ public static class ModelOpener
     /// <summary>Loads the model in <paramref name="dir"/> (a resolved folder) on <paramref name="backend"/> (not auto).</summary>
     /// <param name="gpuMemoryUtilization">--gpu-memory-utilization (device backends only).</param>
     public static LoadedModel Open(string dir, BackendKind backend, int maxSequences, int? contextLength, long? gpuMemoryBytes, TextWriter stderr,
-        double? gpuMemoryUtilization = null)
+        double? gpuMemoryUtilization = null, int? maxOutputRows = null)
     {
         var config = ModelConfig.Load(dir);
         CliOptions.ContextCheck(contextLength, config, stderr);
@@ -88,6 +88,7 @@ public static class ModelOpener
                 GpuMemoryBytes = gpuMemoryBytes,
                 GpuMemoryUtilization = gpuMemoryUtilization,
                 MaxBatch = Math.Min(8, Math.Max(1, maxSequences)),
+                MaxOutputRows = maxOutputRows is int rows && rows > Math.Min(8, Math.Max(1, maxSequences)) ? rows : null,
                 PrefillChunkTokens = backend == BackendKind.Emulator ? 64 : 512,
                 LoadProgress = progress.Upload,
             };

@@ -10,6 +10,10 @@ public sealed record GenerationOptions
     public IReadOnlyList<string> StopStrings { get; init; } = [];
     /// <summary>Extra token ids that end generation (besides the generator's EOS ids).</summary>
     public IReadOnlyList<int> ExtraStopTokenIds { get; init; } = [];
+    /// <summary>Speculative decoding (docs/speculative.md): the drafter proposing tokens (null: plain decoding). Not owned.</summary>
+    public Speculative.IDrafter? Drafter { get; init; }
+    /// <summary>Tokens the drafter proposes per verification step (k).</summary>
+    public int NumDraftTokens { get; init; } = 4;
 }
 
 public enum PieceKind { Thinking, Content }
@@ -29,6 +33,8 @@ public sealed record GenerationStats
     public TimeSpan PrefillTime { get; init; }
     public TimeSpan TimeToFirstToken { get; init; }
     public TimeSpan TotalTime { get; init; }
+    /// <summary>Acceptance counts when the generation used speculative decoding (else null).</summary>
+    public Speculative.SpeculationStats? Speculation { get; init; }
 
     /// <summary>Decode rate after the first token (tokens 2..n over the time they took).</summary>
     public double DecodeTokensPerSecond => GeneratedTokens > 1 && TotalTime > TimeToFirstToken

@@ -114,6 +114,11 @@ public sealed class Generator
 
         var sampler = new Sampler(options.Sampling);
         var o = options.Sampling;
+        if (options.Drafter is not null && (o.PresencePenalty != 0f || o.RepetitionPenalty != 1f))
+            throw new ArgumentException("presence and repetition penalties are not supported with speculative decoding yet (drop --draft / --draft-model, or the penalty)");
+        using var speculative = options.Drafter is { } drafter ? new Speculative.SpeculativeDecoder(_model, _sequence, drafter, options.NumDraftTokens) : null;
+        var pending = new Queue<int>();   // tokens a speculative round emitted, not yet processed
+        var emitted = new List<int>();
         // Sampling on the model's backend (only the id comes back) unless a penalty needs the logits on the host.
         bool backendSampling = o.PresencePenalty == 0f && o.RepetitionPenalty == 1f;
         var settings = new Qwen3Cuda.Runtime.Launchers.SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP,
@@ -160,7 +165,8 @@ public sealed class Generator
         while (true)
         {
             if (cancellationToken.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
-            int token = backendSampling ? sampledToken : sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
+            int token = pending.Count > 0 ? pending.Dequeue()
+                : backendSampling ? sampledToken : sampler.Sample(_logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all),
                 System.Runtime.InteropServices.CollectionsMarshal.AsSpan(generated));
             if (generated.Count == 0) firstToken = clock.Elapsed;
             generated.Add(token);
@@ -179,9 +185,25 @@ public sealed class Generator
             else stream.Write(decoder.Push(token));
             if (stream.Stopped) { reason = StopReason.StopString; break; }
             if (generated.Count >= options.MaxNewTokens) { reason = StopReason.MaxNewTokens; break; }
-            if (_model.SequenceLength(_sequence) >= _model.ContextLength) { reason = StopReason.ContextFull; break; }
+            if (all.Count - 1 >= _model.ContextLength) { reason = StopReason.ContextFull; break; }   // the KV cache holds all but the last token
+            if (speculative is not null)
+            {
+                if (pending.Count > 0) continue;
+                emitted.Clear();
+                speculative.Step(all, settings, options.MaxNewTokens - generated.Count, emitted);
+                foreach (int t in emitted) pending.Enqueue(t);
+                continue;
+            }
             sampledToken = Run([token], true, backendSampling, settings);
             _cached.Add(token);
+        }
+        if (speculative is not null)
+        {
+            // The cache may hold emitted tokens past where generation stopped: keep all processed tokens but the last.
+            int keep = Math.Min(_model.SequenceLength(_sequence), all.Count - 1);
+            _model.TruncateSequence(_sequence, keep);
+            _cached.Clear();
+            for (int i = 0; i < keep; i++) _cached.Add(all[i]);
         }
         if (!stream.Stopped)
         {
@@ -197,6 +219,7 @@ public sealed class Generator
             PrefillTime = prefillTime,
             TimeToFirstToken = generated.Count > 0 ? firstToken : TimeSpan.Zero,
             TotalTime = total,
+            Speculation = speculative?.Stats,
         };
         return new GenerationResult(stream.Thinking.ToString().Trim('\n'), stream.Content.ToString().TrimStart('\n'), generated, reason, stats);
     }

@@ -1,0 +1,129 @@
+using Qwen3Cuda.Model.Checkpoint;
+using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Model.Reference;
+using Qwen3Cuda.Model.Speculative;
+using Qwen3Cuda.Runtime.Emulation;
+using Qwen3Cuda.Runtime.Launchers;
+using Qwen3Cuda.Tests.DeviceModel;
+
+namespace Qwen3Cuda.Tests.Speculative;
+
+/// <summary>
+/// Greedy speculative decoding is token for token the target's own greedy output (docs/speculative.md), with a dense
+/// draft model made by synth, with the target itself as the draft (every proposal accepted), and with prompt lookup,
+/// on the CPU reference and on the device model (emulator).
+/// </summary>
+[NonParallelizable]
+public class SpeculativeGreedyTests
+{
+    internal static readonly SamplingSettings Greedy = new(Temperature: 0f);
+    /// <summary>
+    /// A dense one-layer draft of the tiny preset (`synth --preset tiny --dense --layers 1`, the target's seed): it shares
+    /// the target's embedding, lm_head, norms and layer-0 attention (same tensor names, same seed), so its guesses are
+    /// sometimes right and sometimes wrong, which exercises acceptance, rejection and rollback.
+    /// </summary>
+    internal static readonly SyntheticOptions DraftOptions = new() { Preset = SyntheticPreset.Tiny, Seed = 7, Dense = true, Layers = 1 };
+
+    /// <summary>A prompt that repeats itself (so prompt lookup has something to find).</summary>
+    internal static readonly int[] Prompt = [5, 17, 300, 42, 9, 77, 5, 17, 300, 42, 9, 3, 128];
+
+    /// <summary>The target's greedy tokens, one decode step per token.</summary>
+    internal static List<int> PlainGreedy(ICausalLanguageModel m, int seq, int[] prompt, int n)
+    {
+        m.ResetSequence(seq);
+        var tokens = new List<int> { m.ForwardGreedy(seq, prompt) };
+        while (tokens.Count < n) tokens.Add(m.ForwardGreedy(seq, [tokens[^1]]));
+        return tokens;
+    }
+
+    /// <summary>The first token by a plain prefill (as the Generator), then speculative rounds until n tokens.</summary>
+    internal static List<int> Speculative(ICausalLanguageModel target, int seq, IDrafter drafter, int k, int[] prompt, int n, in SamplingSettings s,
+        out SpeculationStats stats)
+    {
+        target.ResetSequence(seq);
+        var history = new List<int>(prompt) { target.ForwardSampled(seq, prompt, s) };
+        using var decoder = new SpeculativeDecoder(target, seq, drafter, k);
+        var emitted = new List<int>();
+        while (history.Count - prompt.Length < n)
+        {
+            emitted.Clear();
+            int got = decoder.Step(history, s, n - (history.Count - prompt.Length), emitted);
+            Assert.That(got, Is.EqualTo(emitted.Count).And.InRange(1, k + 1));
+            history.AddRange(emitted);
+            Assert.That(target.Kv.Length(seq), Is.EqualTo(history.Count - 1), "the target's cache holds all but the last token");
+        }
+        stats = decoder.Stats;
+        return history.Skip(prompt.Length).ToList();
+    }
+
+    static void Report(string what, SpeculationStats s) => TestContext.Out.WriteLine($"{what}: {s}");
+
+    [Test]
+    public void Reference_MoeTargetDenseDraft_IsTokenIdentical()
+    {
+        using var target = ReferenceModel.Load(DeviceCheckpoints.Tiny(), 1, 128);
+        using var draftModel = ReferenceModel.Load(Model.TestCheckpoints.Get(DraftOptions), 1, 128);
+        var plain = PlainGreedy(target, 0, Prompt, 40);
+        using var drafter = new ModelDrafter(draftModel);
+        var spec = Speculative(target, 0, drafter, 4, Prompt, 40, Greedy, out var stats);
+        Report("reference, dense draft k 4", stats);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptedTokens, Is.GreaterThan(0).And.LessThan(stats.DraftedTokens), "some proposals accepted, some rejected (rolled back)");
+    }
+
+    [Test]
+    public void Reference_TargetAsItsOwnDraft_AcceptsEverything()
+    {
+        using var target = ReferenceModel.Load(DeviceCheckpoints.Tiny(), 2, 128);
+        var plain = PlainGreedy(target, 0, Prompt, 30);
+        using var drafter = new ModelDrafter(target, sequence: 1);
+        var spec = Speculative(target, 0, drafter, 5, Prompt, 30, Greedy, out var stats);
+        Report("reference, self draft k 5", stats);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptanceRate, Is.EqualTo(1.0));
+        Assert.That(stats.MeanAcceptedLength, Is.GreaterThan(4.0), "full rounds of 5 (the last one shortened by the token budget)");
+    }
+
+    [Test]
+    public void Reference_PromptLookup_IsTokenIdentical()
+    {
+        using var target = ReferenceModel.Load(DeviceCheckpoints.Tiny(), 1, 128);
+        var plain = PlainGreedy(target, 0, Prompt, 40);
+        var spec = Speculative(target, 0, new NgramDrafter(), 3, Prompt, 40, Greedy, out var stats);
+        Report("reference, ngram k 3", stats);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.DraftedTokens, Is.GreaterThan(0), "the repeated prompt gives the lookup matches");
+    }
+
+    /// <summary>
+    /// The device model on the emulator: verification steps of k + 1 rows (the decode GEMVs for 1..8 rows and the paged
+    /// decode attention with per-row lengths) give the same argmax as one-row decode steps, so the output is identical,
+    /// with a dense draft on the device too and with the target as its own draft (every proposal accepted).
+    /// </summary>
+    [Test]
+    public void Emulator_MoeTargetDenseDraftAndSelfDraft_AreTokenIdentical()
+    {
+        using var device = new EmulatedDevice();
+        var options = new DeviceModelOptions { ContextLength = 96, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, MaxSequences = 2, MaxOutputRows = 6 };
+        using var target = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(), options);
+        using var draftModel = Qwen3Cuda.Model.Device.DeviceModel.Load(device, Model.TestCheckpoints.Get(DraftOptions), options with { MaxSequences = 1, MaxOutputRows = null });
+        var plain = PlainGreedy(target, 0, Prompt, 24);
+        using (var drafter = new ModelDrafter(draftModel))
+        {
+            var spec = Speculative(target, 0, drafter, 4, Prompt, 24, Greedy, out var stats);
+            Report("emulator, dense draft k 4", stats);
+            Assert.That(spec, Is.EqualTo(plain));
+            Assert.That(stats.AcceptedTokens, Is.GreaterThan(0).And.LessThan(stats.DraftedTokens), "some proposals accepted, some rolled back");
+        }
+        using (var self = new ModelDrafter(target, sequence: 1))
+        {
+            var spec = Speculative(target, 0, self, 5, Prompt, 24, Greedy, out var stats);
+            Report("emulator, self draft k 5", stats);
+            Assert.That(spec, Is.EqualTo(plain));
+            Assert.That(stats.AcceptanceRate, Is.EqualTo(1.0));
+        }
+        var lookup = Speculative(target, 0, new NgramDrafter(), 3, Prompt, 24, Greedy, out var ngramStats);
+        Report("emulator, ngram k 3", ngramStats);
+        Assert.That(lookup, Is.EqualTo(plain));
+    }
+}
