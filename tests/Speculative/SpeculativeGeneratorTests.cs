@@ -1,0 +1,66 @@
+using Qwen3Cuda.Model.Generation;
+using Qwen3Cuda.Model.Speculative;
+using Qwen3Cuda.Model.Tokenization;
+using Qwen3Cuda.Tests.Text;
+
+namespace Qwen3Cuda.Tests.Speculative;
+
+/// <summary>The Generator with a drafter (what `generate --draft ...` runs): the same tokens, text and stop as without, the cache left consistent.</summary>
+public class SpeculativeGeneratorTests
+{
+    static readonly Lazy<Qwen3Tokenizer> Tok = new(() => Qwen3Tokenizer.FromModelDirectory(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model")));
+
+    static (GenerationResult Result, FakeModel Model) Run(string scriptText, GenerationOptions options, IDrafter? drafter)
+    {
+        var tok = Tok.Value;
+        var prompt = tok.Encode("<|im_start|>user\nthe cat the cat<|im_end|>\n<|im_start|>assistant\n");
+        var script = new List<int>(tok.Encode(scriptText)) { tok.TokenToId("<|im_end|>")!.Value };
+        var model = FakeModel.Scripted(tok.VocabSize, 256, prompt.Length, script);
+        var gen = new Generator(model, tok, Generator.DefaultEosTokenIds(tok, null));
+        var r = gen.Generate(prompt, options with { Drafter = drafter, NumDraftTokens = 4 });
+        Assert.That(model.Kv.Length(0), Is.EqualTo(prompt.Length + r.Tokens.Count - 1), "the cache holds the prompt and every generated token but the last");
+        return (r, model);
+    }
+
+    [TestCase(0f)]
+    [TestCase(0.8f)]
+    public void SameOutputWithPromptLookup(float temperature)
+    {
+        // The scripted model is deterministic (logit 10 on its choice), so sampled output equals greedy here too.
+        const string text = "the cat the cat the cat sat on the mat the cat sat on the mat";
+        var options = new GenerationOptions { Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy with { Temperature = temperature, Seed = 3 } };
+        var (plain, _) = Run(text, options, null);
+        var (spec, _) = Run(text, options, new NgramDrafter());
+        Assert.That(spec.Tokens, Is.EqualTo(plain.Tokens));
+        Assert.That(spec.Content, Is.EqualTo(text));
+        Assert.That(spec.StopReason, Is.EqualTo(StopReason.EndOfSequence));
+        Assert.That(plain.Stats.Speculation, Is.Null);
+        var st = spec.Stats.Speculation!;
+        TestContext.Out.WriteLine(st);
+        Assert.That(st.AcceptedTokens, Is.GreaterThan(0), "the repeated text is found by prompt lookup");
+        Assert.That(st.EmittedTokens, Is.EqualTo(spec.Tokens.Count - 1), "every token after the first came from a speculative round");
+    }
+
+    [Test]
+    public void StopsMidRoundAtAStopStringOrTheTokenBudget()
+    {
+        const string text = "the cat the cat the cat sat on the mat";
+        var stop = new GenerationOptions { StopStrings = ["sat"] };
+        var (plainStop, _) = Run(text, stop, null);
+        var (specStop, _) = Run(text, stop, new NgramDrafter());
+        Assert.That((specStop.Content, specStop.StopReason, specStop.Tokens), Is.EqualTo((plainStop.Content, plainStop.StopReason, plainStop.Tokens)));
+        var budget = new GenerationOptions { MaxNewTokens = 6 };
+        var (specBudget, _) = Run(text, budget, new NgramDrafter());
+        var (plainBudget, _) = Run(text, budget, null);
+        Assert.That(specBudget.Tokens, Is.EqualTo(plainBudget.Tokens));
+        Assert.That(specBudget.StopReason, Is.EqualTo(StopReason.MaxNewTokens));
+    }
+
+    [Test]
+    public void PenaltiesWithSpeculation_AreRefused()
+    {
+        var options = new GenerationOptions { Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy with { PresencePenalty = 0.5f } };
+        var e = Assert.Throws<ArgumentException>(() => Run("x", options, new NgramDrafter()));
+        Assert.That(e!.Message, Does.StartWith("presence and repetition penalties are not supported with speculative decoding yet"));
+    }
+}
