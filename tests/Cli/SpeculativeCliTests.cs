@@ -74,3 +74,27 @@ public class SpeculativeCliTests
         Assert.That(kind.Err, Does.Contain("--draft: 'eagle' is not one of ngram"));
     }
 }
+
+/// <summary>`bench` with speculation: a measured tg row on cpu, the timing model's prediction on the emulator.</summary>
+[NonParallelizable]
+public class SpeculativeBenchCliTests
+{
+    [Test]
+    public void Cpu_AddsASpeculativeTgRow_AndPrintsAcceptance()
+    {
+        var (exit, output, err) = CliRunner.Run("bench", "-m", CliModels.TinyText(), "--device", "cpu", "-p", "8", "-n", "8", "-r", "1", "-o", "csv", "--draft", "ngram", "--num-draft-tokens", "3");
+        Assert.That(exit, Is.Zero, err);
+        Assert.That(output, Does.Contain(",tg8+spec3,8,"));
+        Assert.That(err, Does.Contain("bench tg8 with prompt lookup, k 3: speculation: "));
+    }
+
+    [Test]
+    public void Emulator_PrintsThePredictedSpeedup()
+    {
+        var (exit, output, err) = CliRunner.Run("bench", "-m", CliModels.TinyText(), "--device", "emulator", "-p", "8", "-n", "8", "--draft", "ngram", "--num-draft-tokens", "2");
+        Assert.That(exit, Is.Zero, err);
+        Assert.That(output, Does.Contain("speculative decoding, predicted on NVIDIA H100 SXM5 80GB by the timing model"));
+        Assert.That(output, Does.Match(@"verification step of 3 rows [0-9.]+ us"));
+        Assert.That(output, Does.Match(@"tg without speculation [0-9.]+ t/s; with it [0-9.]+ t/s \([0-9.]+x\)"));
+    }
+}
