@@ -63,7 +63,43 @@ public class SpeculativeSamplingTests
         return (chi, cells - 1);
     }
 
-    static long[] SpeculativeCounts(ToyModel target, ToyModel draft, int k, in SamplingSettings settings)
+    /// <summary>A presence penalty of 1 over every token seen (the history and the proposals before the row).</summary>
+    static void Presence(Span<float> logits, IReadOnlyList<int> history, ReadOnlySpan<int> proposed)
+    {
+        var seen = new HashSet<int>(history);
+        foreach (int t in proposed) seen.Add(t);
+        foreach (int t in seen) logits[t] -= 1f;
+    }
+
+    /// <summary>Exact joint of (a, b, c) after token 0 with <see cref="Presence"/> applied to each step's logits.</summary>
+    static double[] Joint3WithPresence(ToyModel m, SamplingSettings s)
+    {
+        var sampler = new CounterSampler();
+        var logits = new float[Vocab];
+        var p = new double[Vocab];
+        double[] Next(List<int> h)
+        {
+            m.Logits(h[^1], logits);
+            Presence(logits, h, default);
+            var r = new double[Vocab];
+            sampler.Probabilities(logits, s, r);
+            return r;
+        }
+        var joint = new double[Vocab * Vocab * Vocab];
+        var pa = Next([0]);
+        for (int a = 0; a < Vocab; a++)
+        {
+            var pb = Next([0, a]);
+            for (int b = 0; b < Vocab; b++)
+            {
+                var pc = Next([0, a, b]);
+                for (int c = 0; c < Vocab; c++) joint[(a * Vocab + b) * Vocab + c] = pa[a] * pb[b] * pc[c];
+            }
+        }
+        return joint;
+    }
+
+    static long[] SpeculativeCounts(ToyModel target, ToyModel draft, int k, in SamplingSettings settings, LogitsProcessor? processor = null)
     {
         var counts = new long[Vocab * Vocab * Vocab];
         var emitted = new List<int>();
@@ -75,7 +111,7 @@ public class SpeculativeSamplingTests
             target.ResetSequence(0);
             history.Clear();
             history.Add(0);                                 // the prompt: token 0 (the cache holds none of it)
-            using var decoder = new SpeculativeDecoder(target, 0, drafter, k);
+            using var decoder = new SpeculativeDecoder(target, 0, drafter, k) { Processor = processor };
             while (history.Count < 4)
             {
                 emitted.Clear();
@@ -103,6 +139,24 @@ public class SpeculativeSamplingTests
         // approach), and the draft was rejected often enough to exercise the residual draws.
         var (chiDraft, _) = ChiSquareLenient(counts, Joint3(draft, 0, settings), Draws);
         Assert.That(chiDraft, Is.GreaterThan(10 * Critical(df)), "the draft's distribution is distinguishable");
+    }
+
+    /// <summary>
+    /// A penalty applied to the target's rows only (the draft draws without it): the output follows the penalised target
+    /// distribution, each row with its own context.
+    /// </summary>
+    [Test]
+    public void SampledTokensWithPresencePenalty_FollowThePenalisedDistribution()
+    {
+        var target = new ToyModel(ToyModel.RandomTable(Vocab, 1));
+        var draft = new ToyModel(ToyModel.RandomTable(Vocab, 2));
+        var settings = new SamplingSettings(0.9f, 0, 1f, 0f);
+        var counts = SpeculativeCounts(target, draft, 3, settings, Presence);
+        var (chi, df) = ChiSquare(counts, Joint3WithPresence(target, settings), Draws);
+        TestContext.Out.WriteLine($"chi2 {chi:F1} with {df} degrees of freedom; 0.1% point {Critical(df):F1}");
+        Assert.That(chi, Is.LessThan(Critical(df)));
+        var (chiPlain, _) = ChiSquareLenient(counts, Joint3(target, 0, settings), Draws);
+        Assert.That(chiPlain, Is.GreaterThan(3 * Critical(df)), "distinguishable from the unpenalised distribution");
     }
 
     /// <summary>Chi-square without the zero-cell assertion (against a distribution the samples need not follow).</summary>

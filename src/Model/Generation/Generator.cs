@@ -114,9 +114,20 @@ public sealed class Generator
 
         var sampler = new Sampler(options.Sampling);
         var o = options.Sampling;
-        if (options.Drafter is not null && (o.PresencePenalty != 0f || o.RepetitionPenalty != 1f))
-            throw new ArgumentException("presence and repetition penalties are not supported with speculative decoding yet (drop --draft / --draft-model, or the penalty)");
-        using var speculative = options.Drafter is { } drafter ? new Speculative.SpeculativeDecoder(_model, _sequence, drafter, options.NumDraftTokens) : null;
+        // Speculation: penalties apply to the target's verification rows with the row's own context (prompt, generated
+        // tokens, and the proposals before the row), as plain decoding applies them to its one row.
+        var penaltyScratch = new List<int>();
+        void Penalties(Span<float> logits, IReadOnlyList<int> history, ReadOnlySpan<int> proposed)
+        {
+            penaltyScratch.Clear();
+            for (int i = 0; i < history.Count; i++) penaltyScratch.Add(history[i]);
+            foreach (int t in proposed) penaltyScratch.Add(t);
+            var context = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(penaltyScratch);
+            sampler.ApplyPenalties(logits, context, context[prompt.Count..]);
+        }
+        using var speculative = options.Drafter is { } drafter
+            ? new Speculative.SpeculativeDecoder(_model, _sequence, drafter, options.NumDraftTokens) { Processor = o.PresencePenalty == 0f && o.RepetitionPenalty == 1f ? null : Penalties }
+            : null;
         var pending = new Queue<int>();   // tokens a speculative round emitted, not yet processed
         var emitted = new List<int>();
         // Sampling on the model's backend (only the id comes back) unless a penalty needs the logits on the host.

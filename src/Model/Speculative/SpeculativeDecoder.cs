@@ -10,6 +10,12 @@ public sealed class SpeculativeDecodingException(string message, ErrorKind kind 
     public override ErrorKind Kind => kind;
 }
 
+/// <summary>
+/// Changes a verification row's logits in place before acceptance (penalties): <paramref name="history"/> is the sequence
+/// before the round, <paramref name="proposed"/> the proposals before this row (d1..dj for row j).
+/// </summary>
+public delegate void LogitsProcessor(Span<float> logits, IReadOnlyList<int> history, ReadOnlySpan<int> proposed);
+
 /// <summary>Counts of one request's speculation (or of several, <see cref="Add"/>).</summary>
 public sealed class SpeculationStats
 {
@@ -75,6 +81,7 @@ public sealed class SpeculativeDecoder : IDisposable
     private readonly CounterSampler _sampler = new();
     private readonly int[] _draft;
     private double[] _q = [], _p = [];
+    private float[] _rowLogits = [];
 
     /// <param name="target">the model whose output this produces</param>
     /// <param name="sequence">the target's sequence id</param>
@@ -104,6 +111,11 @@ public sealed class SpeculativeDecoder : IDisposable
     public IDrafter Drafter { get; }
     public int NumDraftTokens { get; }
     public SpeculationStats Stats { get; } = new();
+    /// <summary>
+    /// Applied to the target's logits of every verification row (presence / repetition penalties). Only the target's side
+    /// needs it for the output to be right: the acceptance rule is exact for whatever distribution the draft drew from.
+    /// </summary>
+    public LogitsProcessor? Processor { get; init; }
 
     /// <summary>The largest k a target takes: <see cref="MaxDraftTokens"/>, and k + 1 rows with outputs in one step.</summary>
     public static int MaxDraftLimit(ICausalLanguageModel target) => Math.Min(MaxDraftTokens, Math.Min(target.MaxStepRows, target.MaxOutputRows) - 1);
@@ -133,13 +145,15 @@ public sealed class SpeculativeDecoder : IDisposable
         int V = _target.VocabSize;
         int k = Math.Max(0, Math.Min(Math.Min(NumDraftTokens, maxNewTokens - 1), _target.ContextLength - L));
         if (sample && _p.Length < V) { _q = new double[(long)NumDraftTokens * V]; _p = new double[V]; }   // once per decoder
+        if (Processor is not null && _rowLogits.Length < V) _rowLogits = new float[V];
         int drafted = k > 0 ? Drafter.Propose(history, k, sampling, _draft.AsSpan(0, k), sample ? _q.AsSpan(0, k * V) : default, (ulong)L) : 0;
         if (drafted < 0 || drafted > k) throw new InvalidOperationException($"the drafter proposed {drafted} tokens, asked for at most {k}");
         for (int j = 0; j < drafted; j++)
             if ((uint)_draft[j] >= (uint)V) throw new InvalidOperationException($"the drafter proposed token id {_draft[j]}, outside the target's vocabulary [0, {V})");
 
-        // Verification: the last history token and the proposals, every row with an output.
-        var output = sample ? StepOutput.Logits : StepOutput.Sample;
+        // Verification: the last history token and the proposals, every row with an output (greedy without a processor:
+        // the argmax on the backend, ids only; else the logits).
+        var output = sample || Processor is not null ? StepOutput.Logits : StepOutput.Sample;
         _batch.Clear();
         _batch.Add(Sequence, history[L - 1], L - 1, output, Greedy);
         for (int j = 0; j < drafted; j++) _batch.Add(Sequence, _draft[j], L + j, output, Greedy);
@@ -148,10 +162,10 @@ public sealed class SpeculativeDecoder : IDisposable
         int accepted = 0, next;
         if (!sample)
         {
-            while (accepted < drafted && _batch.SampledToken(accepted) == _draft[accepted]) accepted++;
-            next = _batch.SampledToken(accepted);
+            while (accepted < drafted && GreedyToken(history, accepted) == _draft[accepted]) accepted++;
+            next = GreedyToken(history, accepted);
         }
-        else next = AcceptSampled(sampling, L, drafted, V, ref accepted);
+        else next = AcceptSampled(history, sampling, L, drafted, V, ref accepted);
 
         _target.Kv.Truncate(Sequence, L + accepted);   // keep the history and the accepted proposals
         for (int j = 0; j < accepted; j++) emitted.Add(_draft[j]);
@@ -160,13 +174,28 @@ public sealed class SpeculativeDecoder : IDisposable
         return accepted + 1;
     }
 
+    /// <summary>Verification row <paramref name="row"/>'s logits, through the processor when there is one.</summary>
+    private ReadOnlySpan<float> RowLogits(IReadOnlyList<int> history, int row)
+    {
+        if (Processor is null) return _batch.Logits(row);
+        var l = _rowLogits.AsSpan(0, _target.VocabSize);
+        _batch.Logits(row).CopyTo(l);
+        Processor(l, history, _draft.AsSpan(0, row));
+        return l;
+    }
+
+    /// <summary>The greedy token of verification row <paramref name="row"/>.</summary>
+    private int GreedyToken(IReadOnlyList<int> history, int row) =>
+        _batch.Output(row) == StepOutput.Sample ? _batch.SampledToken(row) : Sampler.ArgMax(RowLogits(history, row));
+
     /// <summary>The rejection scheme over the verification rows; returns the round's last token (correction or bonus).</summary>
-    private int AcceptSampled(in SamplingSettings s, int L, int drafted, int V, ref int accepted)
+    private int AcceptSampled(IReadOnlyList<int> history, in SamplingSettings s, int L, int drafted, int V, ref int accepted)
     {
         var p = _p.AsSpan(0, V);
         for (int j = 0; ; j++)
         {
-            _sampler.Probabilities(_batch.Logits(j), s, p);
+            var logits = RowLogits(history, j);
+            _sampler.Probabilities(logits, s, p);
             ulong position = (ulong)(L + j);
             if (j == drafted) return Draw(p, Uniform(s.Seed, position, ResidualStream));   // all accepted: the bonus token
             int x = _draft[j];
@@ -176,7 +205,7 @@ public sealed class SpeculativeDecoder : IDisposable
             // rejected: draw from max(0, p - q), renormalised (Draw normalises)
             double mass = 0;
             for (int i = 0; i < V; i++) { double r = p[i] - q[i]; p[i] = r > 0 ? r : 0; mass += p[i]; }
-            if (mass <= 0) _sampler.Probabilities(_batch.Logits(j), s, p);   // p == q up to rounding: p itself
+            if (mass <= 0) _sampler.Probabilities(logits, s, p);   // p == q up to rounding: p itself
             return Draw(p, Uniform(s.Seed, position, ResidualStream));
         }
     }
