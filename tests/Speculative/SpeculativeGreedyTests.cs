@@ -126,4 +126,23 @@ public class SpeculativeGreedyTests
         Report("emulator, ngram k 3", ngramStats);
         Assert.That(lookup, Is.EqualTo(plain));
     }
+
+    /// <summary>
+    /// k 10: the verification step has 11 rows, more than the decode GEMV's 8, so it runs the tensor-core GEMMs, the
+    /// grouped expert GEMMs and the flash prefill attention (as a prefill chunk), where plain decoding runs GEMVs: still the
+    /// same greedy tokens on this checkpoint, and every proposal of the target as its own draft accepted.
+    /// </summary>
+    [Test]
+    public void Emulator_LongDraft_VerifiesThroughThePrefillKernels()
+    {
+        using var device = new EmulatedDevice();
+        var options = new DeviceModelOptions { ContextLength = 96, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, MaxSequences = 2, MaxOutputRows = 11 };
+        using var target = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(), options);
+        var plain = PlainGreedy(target, 0, Prompt, 24);
+        using var self = new ModelDrafter(target, sequence: 1);
+        var spec = Speculative(target, 0, self, 10, Prompt, 24, Greedy, out var stats);
+        Report("emulator, self draft k 10", stats);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptanceRate, Is.EqualTo(1.0));
+    }
 }
