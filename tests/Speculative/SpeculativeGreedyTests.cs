@@ -145,4 +145,47 @@ public class SpeculativeGreedyTests
         Assert.That(spec, Is.EqualTo(plain));
         Assert.That(stats.AcceptanceRate, Is.EqualTo(1.0));
     }
+
+    /// <summary>
+    /// Continuous batching: the decoder's phases (Propose, AddVerificationRows into a shared batch, Accept) with another
+    /// sequence decoding plainly in the same steps; both sequences produce their own greedy output.
+    /// </summary>
+    [Test]
+    public void Reference_VerificationRowsShareAStepWithAnotherSequence()
+    {
+        using var target = ReferenceModel.Load(DeviceCheckpoints.Tiny(), 2, 128);
+        int[] other = [9, 8, 7, 6, 5];
+        var plain0 = PlainGreedy(target, 0, Prompt, 20);
+        var plain1 = PlainGreedy(target, 1, other, 20);
+        target.ResetSequence(0);
+        target.ResetSequence(1);
+        using var draftModel = ReferenceModel.Load(Model.TestCheckpoints.Get(DraftOptions), 1, 128);
+        using var decoder = new SpeculativeDecoder(target, 0, new ModelDrafter(draftModel), 3, ownsDrafter: true);
+        var h0 = new List<int>(Prompt) { target.ForwardGreedy(0, Prompt) };
+        var h1 = new List<int>(other) { target.ForwardGreedy(1, other) };
+        var batch = new StepBatch();
+        var emitted = new List<int>();
+        while (h0.Count - Prompt.Length < 20 || h1.Count - other.Length < 20)
+        {
+            bool spec = h0.Count - Prompt.Length < 20, step1 = h1.Count - other.Length < 20;
+            batch.Clear();
+            if (step1) batch.Add(1, h1[^1], h1.Count - 1, StepOutput.Sample, Greedy);
+            if (spec)
+            {
+                decoder.Propose(h0, Greedy, 20 - (h0.Count - Prompt.Length));
+                decoder.AddVerificationRows(batch, h0);
+            }
+            target.Step(batch);
+            if (step1) h1.Add(batch.SampledToken(0));
+            if (spec)
+            {
+                emitted.Clear();
+                decoder.Accept(batch, h0, emitted);
+                h0.AddRange(emitted);
+            }
+        }
+        Assert.That(h0.Skip(Prompt.Length), Is.EqualTo(plain0));
+        Assert.That(h1.Skip(other.Length), Is.EqualTo(plain1));
+        Assert.That(decoder.Stats.AcceptedTokens, Is.GreaterThan(0));
+    }
 }

@@ -82,6 +82,9 @@ public sealed class SpeculativeDecoder : IDisposable
     private readonly int[] _draft;
     private double[] _q = [], _p = [];
     private float[] _rowLogits = [];
+    private Round? _round;
+    private StepBatch? _verify;   // the batch Accept reads
+    private int _firstRow;
 
     /// <param name="target">the model whose output this produces</param>
     /// <param name="sequence">the target's sequence id</param>
@@ -132,8 +135,24 @@ public sealed class SpeculativeDecoder : IDisposable
     /// <paramref name="emitted"/>; returns how many. <paramref name="history"/> is the sequence so far (prompt and
     /// generated tokens; the target's KV cache holds all but its last token, and holds all but the last emitted token
     /// afterwards). <paramref name="maxNewTokens"/> caps the tokens emitted (the draft is shortened, never the output cut).
+    /// A serving loop that batches several sequences calls the three phases itself: <see cref="Propose"/>,
+    /// <see cref="AddVerificationRows"/> into its shared batch, its Step, then <see cref="Accept"/>.
     /// </summary>
     public int Step(IReadOnlyList<int> history, in SamplingSettings sampling, int maxNewTokens, List<int> emitted)
+    {
+        Propose(history, sampling, maxNewTokens);
+        _batch.Clear();
+        AddVerificationRows(_batch, history);
+        _target.Step(_batch);
+        return Accept(_batch, history, emitted);
+    }
+
+    /// <summary>
+    /// Phase 1: the drafter's proposals for the sequence <paramref name="history"/> (at most k, fewer near the context end
+    /// or the token budget <paramref name="maxNewTokens"/>); returns how many. Checks the target's cache holds all of the
+    /// history but its last token.
+    /// </summary>
+    public int Propose(IReadOnlyList<int> history, in SamplingSettings sampling, int maxNewTokens)
     {
         int L = history.Count;
         if (L == 0) throw new ArgumentException("the history is empty", nameof(history));
@@ -150,43 +169,68 @@ public sealed class SpeculativeDecoder : IDisposable
         if (drafted < 0 || drafted > k) throw new InvalidOperationException($"the drafter proposed {drafted} tokens, asked for at most {k}");
         for (int j = 0; j < drafted; j++)
             if ((uint)_draft[j] >= (uint)V) throw new InvalidOperationException($"the drafter proposed token id {_draft[j]}, outside the target's vocabulary [0, {V})");
+        _round = new Round(L, drafted, sampling, -1);
+        return drafted;
+    }
 
-        // Verification: the last history token and the proposals, every row with an output (greedy without a processor:
-        // the argmax on the backend, ids only; else the logits).
-        var output = sample || Processor is not null ? StepOutput.Logits : StepOutput.Sample;
-        _batch.Clear();
-        _batch.Add(Sequence, history[L - 1], L - 1, output, Greedy);
-        for (int j = 0; j < drafted; j++) _batch.Add(Sequence, _draft[j], L + j, output, Greedy);
-        _target.Step(_batch);
+    /// <summary>
+    /// Phase 2: appends the verification rows (the history's last token and the proposals, consecutive, every row with an
+    /// output: greedy without a processor samples the argmax on the backend, else the rows return logits) to
+    /// <paramref name="batch"/>, which may hold other sequences' rows.
+    /// </summary>
+    public void AddVerificationRows(StepBatch batch, IReadOnlyList<int> history)
+    {
+        if (_round is not { } r || r.FirstRow >= 0) throw new InvalidOperationException("AddVerificationRows follows Propose, once per round");
+        if (history.Count != r.Length) throw new ArgumentException($"the history has {history.Count} tokens; Propose saw {r.Length}", nameof(history));
+        var output = !r.Sampling.IsGreedy || Processor is not null ? StepOutput.Logits : StepOutput.Sample;
+        int first = batch.Add(Sequence, history[r.Length - 1], r.Length - 1, output, Greedy);
+        for (int j = 0; j < r.Drafted; j++) batch.Add(Sequence, _draft[j], r.Length + j, output, Greedy);
+        _round = r with { FirstRow = first };
+    }
 
+    /// <summary>
+    /// Phase 3, after the target's step over <paramref name="batch"/>: the acceptance rule, the rollback of the rejected
+    /// positions (<see cref="Runtime.Memory.KvPageTable.Truncate"/>), and the emitted tokens appended to <paramref name="emitted"/>;
+    /// returns how many (1 .. proposals + 1).
+    /// </summary>
+    public int Accept(StepBatch batch, IReadOnlyList<int> history, List<int> emitted)
+    {
+        if (_round is not { FirstRow: >= 0 } r) throw new InvalidOperationException("Accept follows AddVerificationRows and the target's step");
+        _round = null;
+        _verify = batch;
+        _firstRow = r.FirstRow;
         int accepted = 0, next;
-        if (!sample)
+        if (r.Sampling.IsGreedy)
         {
-            while (accepted < drafted && GreedyToken(history, accepted) == _draft[accepted]) accepted++;
+            while (accepted < r.Drafted && GreedyToken(history, accepted) == _draft[accepted]) accepted++;
             next = GreedyToken(history, accepted);
         }
-        else next = AcceptSampled(history, sampling, L, drafted, V, ref accepted);
+        else next = AcceptSampled(history, r.Sampling, r.Length, r.Drafted, _target.VocabSize, ref accepted);
+        _verify = null;
 
-        _target.Kv.Truncate(Sequence, L + accepted);   // keep the history and the accepted proposals
+        _target.Kv.Truncate(Sequence, r.Length + accepted);   // keep the history and the accepted proposals
         for (int j = 0; j < accepted; j++) emitted.Add(_draft[j]);
         emitted.Add(next);
-        Stats.Record(drafted, accepted);
+        Stats.Record(r.Drafted, accepted);
         return accepted + 1;
     }
+
+    /// <summary>The round in progress: history length, proposals, settings, first verification row (-1: not added yet).</summary>
+    private readonly record struct Round(int Length, int Drafted, SamplingSettings Sampling, int FirstRow);
 
     /// <summary>Verification row <paramref name="row"/>'s logits, through the processor when there is one.</summary>
     private ReadOnlySpan<float> RowLogits(IReadOnlyList<int> history, int row)
     {
-        if (Processor is null) return _batch.Logits(row);
+        if (Processor is null) return _verify!.Logits(_firstRow + row);
         var l = _rowLogits.AsSpan(0, _target.VocabSize);
-        _batch.Logits(row).CopyTo(l);
+        _verify!.Logits(_firstRow + row).CopyTo(l);
         Processor(l, history, _draft.AsSpan(0, row));
         return l;
     }
 
     /// <summary>The greedy token of verification row <paramref name="row"/>.</summary>
     private int GreedyToken(IReadOnlyList<int> history, int row) =>
-        _batch.Output(row) == StepOutput.Sample ? _batch.SampledToken(row) : Sampler.ArgMax(RowLogits(history, row));
+        _verify!.Output(_firstRow + row) == StepOutput.Sample ? _verify.SampledToken(_firstRow + row) : Sampler.ArgMax(RowLogits(history, row));
 
     /// <summary>The rejection scheme over the verification rows; returns the round's last token (correction or bonus).</summary>
     private int AcceptSampled(IReadOnlyList<int> history, in SamplingSettings s, int L, int drafted, int V, ref int accepted)
