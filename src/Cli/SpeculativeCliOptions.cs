@@ -13,6 +13,8 @@ namespace Qwen3Cuda.Cli;
 sealed class SpeculativeCliOptions
 {
     public const int DefaultDraftTokens = 4;
+    /// <summary>The draft model's context without --ctx-size (Qwen3-0.6B: 112 KiB of KV per token, 1.75 GiB at 16384).</summary>
+    public const int DefaultDraftContext = 16384;
     public readonly Option<string?> DraftModel = new("--draft-model")
     {
         Description = "Speculative decoding with this draft model (a folder or Hugging Face id of a smaller model with the same tokenizer, e.g. Qwen3-0.6B)",
@@ -60,7 +62,10 @@ sealed class SpeculativeCliOptions
         else
             throw new SpeculativeDecodingException($"--draft-model {modelSpec}: {Path.Combine(dir, "tokenizer.json")} not found; the draft's tokenizer must be checked against the target's", ErrorKind.InvalidInput);
         stderr.Write("draft model: ");
-        var loaded = ModelOpener.Open(dir, backend, maxSequences: 1, contextLength ?? Math.Min(config.MaxPositionEmbeddings, target.MaxPositionEmbeddings), null, stderr);
+        // The draft's KV cache: --ctx-size, else at most DefaultDraftContext tokens (past its context the draft proposes
+        // nothing and decoding continues without speculation), so that the target keeps the memory for its own.
+        int draftContext = contextLength ?? Math.Min(DefaultDraftContext, Math.Min(config.MaxPositionEmbeddings, target.MaxPositionEmbeddings));
+        var loaded = ModelOpener.Open(dir, backend, maxSequences: 1, draftContext, null, stderr);
         return new ModelDrafter(loaded.Model, 0, ownsModel: true);
     }
 }
