@@ -188,4 +188,17 @@ public class SpeculativeGreedyTests
         Assert.That(h1.Skip(other.Length), Is.EqualTo(plain1));
         Assert.That(decoder.Stats.AcceptedTokens, Is.GreaterThan(0));
     }
+
+    /// <summary>A draft whose context is shorter than the sequence stops proposing there; decoding goes on, the same tokens.</summary>
+    [Test]
+    public void Reference_DraftPastItsContext_ProposesNothing()
+    {
+        using var target = ReferenceModel.Load(DeviceCheckpoints.Tiny(), 1, 128);
+        using var draftModel = ReferenceModel.Load(Model.TestCheckpoints.Get(DraftOptions), 1, contextLength: 24);
+        var plain = PlainGreedy(target, 0, Prompt, 30);
+        using var drafter = new ModelDrafter(draftModel);
+        var spec = Speculative(target, 0, drafter, 4, Prompt, 30, Greedy, out var stats);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.DraftedTokens, Is.GreaterThan(0).And.LessThan(4 * stats.Rounds), "proposals up to the draft's context only");
+    }
 }
