@@ -113,10 +113,12 @@ public sealed record WorkspaceLayout
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
 
+        bool anyDense = Enumerable.Range(0, c.NumHiddenLayers).Any(l => !c.IsMoeLayer(l));
+        var gemvShapes = new List<(int N, int K)> { (qkvDim, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) };
+        if (anyDense) gemvShapes.AddRange([(2 * c.IntermediateSize, c.HiddenSize), (c.HiddenSize, c.IntermediateSize)]);   // dense MLPs
         long gemv = 0;   // split-K partials: the launcher's own plan for every GEMV the step runs
         for (int t = 1; t <= Math.Min(rows, GemvLaunchers.MaxTokens); t++)
-            foreach (var (n, k) in new[] { (qkvDim, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize),
-                                           (2 * c.IntermediateSize, c.HiddenSize), (c.HiddenSize, c.IntermediateSize) })
+            foreach (var (n, k) in gemvShapes)
                 gemv = Math.Max(gemv, GemvLaunchers.Plan(multiprocessors, t, n, k).PartialBytes(t, n));
         long gemvPartial = a.Take("gemv_partial", gemv);
 
@@ -131,10 +133,9 @@ public sealed record WorkspaceLayout
         long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
 
         long moeBytes = 0;
-        bool anyDense = false;
         for (int l = 0; l < c.NumHiddenLayers; l++)
         {
-            if (!c.IsMoeLayer(l)) { anyDense = true; continue; }
+            if (!c.IsMoeLayer(l)) continue;
             moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, MlpShape(c, l)).TotalBytes);
         }
         long moe = a.Take("moe", moeBytes);
