@@ -10,7 +10,8 @@
 //   x'[i]       = bf16(bf16(x[i] * c) + bf16(-x[i+D/2] * s))
 //   x'[i+D/2]   = bf16(bf16(x[i+D/2] * c) + bf16(x[i] * s))      (PyTorch's bf16 op roundings)
 // inv_freq [D/2] fp32 is precomputed by the host (plain theta^(-2j/D) or YaRN), so this kernel knows
-// nothing about rope scaling except attention_scaling.
+// nothing about rope scaling except attention_scaling. With inv_freq_per_token = 1 the table is [tokens, D/2]
+// (token t reads row t): dynamic NTK, where each sequence of a step has the table of its own length.
 //
 // Paged KV cache layout (per layer, K and V separately): [pages, page_size, num_kv_heads, D] bf16,
 // i.e. slot-major: token slot s = page * page_size + offset holds all KV heads of that token, and head
@@ -58,6 +59,7 @@ struct QkNormRopeParams {
     int q_out_stride;           // elements per q_out row
     float eps;
     float attention_scaling;
+    int inv_freq_per_token;     // 0: one shared table [D/2]; 1: one row per token [tokens, D/2]
 };
 
 template <int E> struct RowVec;
@@ -133,13 +135,14 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
 
     // rotate-half RoPE: partner element i +- D/2 is in lane ^ ROPE_HALF
     const float pos = (float)p.positions[t];
+    const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)t * (HEAD_DIM / 2) : 0);
     const bool first_half = lane < ROPE_HALF;
     float y[ROPE_E];
 #pragma unroll
     for (int e = 0; e < ROPE_E; e++) {
         const int j = (lane & (ROPE_HALF - 1)) * ROPE_E + e;
         float s, c;
-        sincosf(pos * __ldg(&p.inv_freq[j]), &s, &c);
+        sincosf(pos * __ldg(&inv_freq[j]), &s, &c);
         c = round_bf16(c * p.attention_scaling);
         s = round_bf16(s * p.attention_scaling);
         const float partner = __shfl_xor_sync(0xffffffffu, x[e], ROPE_HALF);

@@ -137,6 +137,20 @@ public static class CliOptions
             },
         };
 
+    /// <summary>An optional choice among fixed words (null when absent).</summary>
+    public static Option<string?> NullableChoice(string name, string[] aliases, string description, params string[] allowed) =>
+        new(name, aliases)
+        {
+            Description = description,
+            HelpName = string.Join("|", allowed),
+            CustomParser = r =>
+            {
+                string v = Token(r).Trim().ToLowerInvariant();
+                if (!allowed.Contains(v)) r.AddError($"{Name(r)}: '{Token(r)}' is not one of {string.Join(", ", allowed)}");
+                return v;
+            },
+        };
+
     internal static int? ParseInt(ArgumentResult r, int min, int max)
     {
         string t = Token(r);

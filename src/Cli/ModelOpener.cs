@@ -36,8 +36,12 @@ public static class ModelOpener
     /// <summary>Loads the model in <paramref name="dir"/> (a resolved folder) on <paramref name="backend"/> (not auto), with progress and the summary line on stderr.</summary>
     /// <param name="gpuMemoryUtilization">--gpu-memory-utilization (device backends only).</param>
     public static LoadedModel Open(string dir, BackendKind backend, int maxSequences, int? contextLength, long? gpuMemoryBytes, TextWriter stderr,
-        double? gpuMemoryUtilization = null) =>
-        Open(dir, backend, new ModelLoadOptions { MaxSequences = maxSequences, ContextLength = contextLength, GpuMemoryBytes = gpuMemoryBytes, GpuMemoryUtilization = gpuMemoryUtilization }, stderr);
+        double? gpuMemoryUtilization = null, int? maxOutputRows = null) =>
+        Open(dir, backend, new ModelLoadOptions
+        {
+            MaxSequences = maxSequences, ContextLength = contextLength, GpuMemoryBytes = gpuMemoryBytes, GpuMemoryUtilization = gpuMemoryUtilization,
+            MaxOutputRows = maxOutputRows,
+        }, stderr);
 
     /// <summary>Loads with <paramref name="options"/> (the progress callbacks are the CLI's); the summary line goes to stderr.</summary>
     public static LoadedModel Open(string dir, BackendKind backend, ModelLoadOptions options, TextWriter stderr)

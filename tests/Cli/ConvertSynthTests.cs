@@ -26,8 +26,22 @@ public class ConvertSynthTests
     {
         var (exit, output, err) = Convert("synth", "--help");
         Assert.That(exit, Is.Zero, err);
-        foreach (var option in new[] { "--preset", "--out", "--seed", "--layers", "--mlp-only-layers", "--dense", "--max-shard-bytes", "--tokenizer", "demo" })
+        foreach (var option in new[] { "--preset", "--out", "--seed", "--layers", "--mlp-only-layers", "--dense", "--tied", "--max-shard-bytes", "--tokenizer", "demo", "qwen3-0.6b" })
             Assert.That(output, Does.Contain(option));
+    }
+
+    [Test]
+    public void DenseTiedOptions_WriteADenseModelWithoutLmHead()
+    {
+        string dir = TestCheckpoints.NewDir("synth-dense-tied");
+        var (exit, _, err) = Convert("synth", "--preset", "tiny", "--dense", "--tied", "--layers", "1", "--out", dir);
+        Assert.That(exit, Is.Zero, err);
+        var c = ModelConfig.Load(dir);
+        Assert.That((c.ModelType, c.TieWordEmbeddings, c.NumExperts, c.NumHiddenLayers), Is.EqualTo(("qwen3", true, 0, 1)));
+        using var ckpt = SafetensorsCheckpoint.Open(dir);
+        Assert.That(ckpt.Contains("lm_head.weight"), Is.False);
+        Assert.That(ckpt.Contains("model.layers.0.mlp.gate_proj.weight"), Is.True);
+        Assert.That(SyntheticCheckpoint.TryParsePreset("qwen3-0.6b", out var p) && p == SyntheticPreset.Qwen3_0_6B, Is.True);
     }
 
     [Test]

@@ -91,7 +91,7 @@ public class ConfigTests
     }
 
     [TestCase("num_key_value_heads", "5", "config.json: num_attention_heads (32) must be a multiple of num_key_value_heads (5)")]
-    [TestCase("rope_scaling", """{"rope_type":"linear","factor":2}""", "config.json: rope_scaling type 'linear' is not supported (supported: default, yarn)")]
+    [TestCase("rope_scaling", """{"rope_type":"linear","factor":2}""", "config.json: rope_scaling type 'linear' is not supported (supported: default, yarn, dynamic)")]
     [TestCase("rope_scaling", """{"factor":2}""", "config.json: rope_scaling has neither rope_type nor type")]
     [TestCase("rope_scaling", """{"rope_type":"yarn"}""", "config.json: required field rope_scaling.factor is missing")]
     [TestCase("hidden_size", "\"2048\"", "config.json: hidden_size must be an integer, got string \"2048\"")]

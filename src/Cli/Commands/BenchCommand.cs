@@ -5,6 +5,7 @@ using System.Globalization;
 using System.Text.Json;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Model.Performance;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Model.Sampling;
 using Qwen3Cuda.Runtime;
@@ -33,14 +34,33 @@ public static class BenchCommand
             "auto", "cuda", "cpu", "emulator");
         var output = CliOptions.Choice("--output", ["-o"], "Output format: md (a markdown table), json or csv", "md", "md", "json", "csv");
         var util = CliOptions.GpuMemoryUtilization();
+        var spec = new SpeculativeCliOptions();
         var cmd = new Command("bench", "Prompt processing and generation throughput (llama-bench style)") { model, prompt, gen, reps, device, output, util };
+        spec.AddTo(cmd);
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(prompt), parse.GetValue(gen), parse.GetValue(reps), parse.GetValue(device)!,
-            parse.GetValue(output)!, parse.GetValue(util), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(output)!, parse.GetValue(util), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, Speculation(parse, spec)));
         return cmd;
     }
 
-    private static int Run(string modelSpec, int pp, int tg, int reps, string deviceText, string format, double? utilization, TextWriter stdout, TextWriter stderr)
+    /// <summary>What `bench --draft-model DIR | --draft ngram [--num-draft-tokens K]` asked for (null: no speculation).</summary>
+    sealed record SpeculationRequest(string? DraftDir, int NumDraftTokens);
+
+    static SpeculationRequest? Speculation(ParseResult parse, SpeculativeCliOptions spec)
     {
+        string? draftModel = parse.GetValue(spec.DraftModel), kind = parse.GetValue(spec.Draft);
+        if (draftModel is not null && kind is not null) throw new UsageException("give either --draft-model DIR or --draft ngram, not both");
+        if (draftModel is null && kind is null)
+        {
+            if (parse.GetResult(spec.NumDraftTokens) is { Implicit: false }) throw new UsageException("--num-draft-tokens needs --draft-model DIR or --draft ngram");
+            return null;
+        }
+        return new SpeculationRequest(draftModel, parse.GetValue(spec.NumDraftTokens));
+    }
+
+    private static int Run(string modelSpec, int pp, int tg, int reps, string deviceText, string format, double? utilization, TextWriter stdout, TextWriter stderr,
+        SpeculationRequest? speculation = null)
+    {
+        string? draftDir = speculation?.DraftDir is string d ? ModelOpener.Resolve(d, stderr) : null;
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
         var config = ModelConfig.Load(modelDir);
         if (pp + tg > config.MaxPositionEmbeddings)
@@ -54,11 +74,34 @@ public static class BenchCommand
             stdout.Write(DeviceProfiler.Table(r.Prefill, true));
             stdout.Write(DeviceProfiler.Table(r.Decode, true));
             stdout.WriteLine($"decode step DRAM {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)}; at 3.35 TB/s (H100 SXM) that bounds tg at {3.35e12 / r.Decode.DramBytes:F0} t/s");
+            if (speculation is not null) SpeculativeBench.Predict(modelDir, draftDir, speculation.NumDraftTokens, Math.Min(tg, 32), GpuCatalog.Get("h100"), stdout);
             return 0;
         }
         var rows = backend == BackendKind.Cpu ? MeasureCpu(modelDir, config, pp, tg, reps) : MeasureCuda(modelDir, pp, tg, reps, utilization);
+        if (speculation is not null) rows = [.. rows, MeasureSpeculative(modelDir, draftDir, backend, pp, tg, reps, speculation.NumDraftTokens, rows[0], stderr)];
         Write(rows, format, stdout);
         return 0;
+    }
+
+    /// <summary>The tg test with speculation (greedy), on the target's backend; the acceptance stats of the last repetition go to stderr.</summary>
+    static Row MeasureSpeculative(string modelDir, string? draftDir, BackendKind backend, int pp, int tg, int reps, int k, Row like, TextWriter stderr)
+    {
+        using var target = ModelOpener.Open(modelDir, backend, maxSequences: 1, pp + tg + k + 1, null, TextWriter.Null, null, k + 1);
+        using var draft = draftDir is null ? null : ModelOpener.Open(draftDir, backend, maxSequences: 1, pp + tg + k + 1, null, TextWriter.Null);
+        Model.Speculative.SpeculativeDecoder.CheckVocabulary(target.Model.VocabSize, draft?.Model.VocabSize);
+        var prompt = Prompt(pp, target.Model.VocabSize);
+        var rates = new List<double>();
+        Model.Speculative.SpeculationStats? stats = null;
+        for (int r = 0; r <= reps; r++)
+        {
+            using Model.Speculative.IDrafter drafter = draft is null ? new Model.Speculative.NgramDrafter() : new Model.Speculative.ModelDrafter(draft.Model);
+            var (rate, s) = SpeculativeBench.MeasureGreedy(target.Model, drafter, k, prompt, tg);
+            if (r == 0) continue;   // warm-up
+            rates.Add(rate);
+            stats = s;
+        }
+        stderr.WriteLine($"bench tg{tg} with {(draftDir is null ? "prompt lookup" : "a draft model")}, k {k}: {stats}");
+        return Make(like.Model, like.SizeBytes, like.Parameters, like.Backend, $"tg{tg}+spec{k}", tg, rates);
     }
 
     static int[] Prompt(int n, int vocab) => Enumerable.Range(0, n).Select(i => (i * 7919 + 11) % vocab).ToArray();

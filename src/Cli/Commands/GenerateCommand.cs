@@ -7,8 +7,8 @@ namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
 /// `qwen3cuda generate -m MODEL -p TEXT|-f FILE [--chat] [--system TEXT] [--tools F.json] [--stop TEXT] [--no-think]
-/// [sampling options] [-n N] [-c N] [--device auto|cuda|cpu|emulator]`: streams the completion to stdout, then prompt/eval
-/// token counts, time to first token, tokens/s, load time and seed to stderr. - for TEXT or FILE reads stdin. Ctrl+C
+/// [sampling options] [-n N] [-c N] [--device auto|cuda|cpu|emulator] [--draft-model DIR | --draft ngram] [--num-draft-tokens K]`: streams the completion to stdout, then prompt/eval
+/// token counts, time to first token, tokens/s, load time and seed to stderr (with speculation: its acceptance stats). - for TEXT or FILE reads stdin. Ctrl+C
 /// stops the answer (exit code 130 after the stats).
 /// </summary>
 public static class GenerateCommand
@@ -23,8 +23,10 @@ public static class GenerateCommand
         var tools = new Option<string?>("--tools") { Description = "JSON file with an array of tool definitions for the chat template (implies --chat)", HelpName = "FILE" };
         var printIds = new Option<bool>("--print-token-ids") { Description = "Also print the generated token ids (JSON) to stderr" };
         var s = new SamplingCliOptions();
+        var spec = new SpeculativeCliOptions();
         var cmd = new Command("generate", "Generate text from a prompt") { model, prompt, promptFile, chat, system, tools, printIds };
         s.AddTo(cmd);
+        spec.AddTo(cmd);
         cmd.SetAction(parse =>
         {
             var stdout = parse.InvocationConfiguration.Output;
@@ -54,7 +56,9 @@ public static class GenerateCommand
             }
             var ids = tokenizer.Encode(text);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            var lm = ModelOpener.Open(dir, backend, s.LoadOptions(parse), stderr);
+            // A draft model loads first (its KV cache sized to the context), the target then plans the memory left.
+            using var drafter = spec.Open(parse, Qwen3Cuda.Model.Config.ModelConfig.Load(dir), tokenizer, backend, parse.GetValue(s.Context), stderr);
+            var lm = ModelOpener.Open(dir, backend, s.LoadOptions(parse) with { MaxOutputRows = spec.TargetOutputRows(parse) }, stderr);
             var engine = TextCliSupport.StartEngine(lm, tokenizer, null, parse.GetValue(s.MaxNumBatchedTokens) ?? lm.Model.MaxStepRows);
             try
             {
@@ -63,12 +67,14 @@ public static class GenerateCommand
                 ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
                 Console.CancelKeyPress += onCancel;
                 RequestResult result;
-                try { result = writer.Run(engine, ids, s.RequestOptions(parse, sampling, thinking), cts.Token); }
+                var options = s.RequestOptions(parse, sampling, thinking) with { Drafter = drafter, NumDraftTokens = parse.GetValue(spec.NumDraftTokens) };
+                try { result = writer.Run(engine, ids, options, cts.Token); }
                 finally { Console.CancelKeyPress -= onCancel; }
                 writer.End();
                 stdout.WriteLine();
                 stdout.Flush();
                 stderr.WriteLine(PieceWriter.Stats(result, sampling.IsGreedy ? null : seed, lm.LoadTime));
+                if (result.Speculation is { } st) stderr.WriteLine(st);
                 if (parse.GetValue(printIds)) stderr.WriteLine("token ids: [" + string.Join(",", result.Tokens) + "]");
                 return result.FinishReason == FinishReason.Cancelled ? ExitCodes.Interrupted : ExitCodes.Ok;
             }

@@ -17,6 +17,12 @@ public enum SyntheticPreset
     /// The model behind `qwen3cuda --model demo`.
     /// </summary>
     Demo,
+    /// <summary>
+    /// Qwen3-0.6B's shapes, dense and tied: H 1024, 28 layers, heads 16/8 x 128, intermediate 3072, vocab 151936,
+    /// tie_word_embeddings (about 0.6 B parameters, 1.2 GB; use --layers for a slice). A draft model for speculative
+    /// decoding of the real-vocabulary presets (same vocabulary and tokenizer).
+    /// </summary>
+    Qwen3_0_6B,
 }
 
 /// <summary>What to generate. Null fields keep the preset's value.</summary>
@@ -32,6 +38,8 @@ public sealed record SyntheticOptions
     /// <summary>Write model_type "qwen3" (dense MLP in every layer, no experts).</summary>
     public bool Dense { get; init; }
     public RopeScalingConfig? RopeScaling { get; init; }
+    /// <summary>max_position_embeddings (null: the preset's); small values let tests pass it (dynamic NTK).</summary>
+    public int? MaxPositionEmbeddings { get; init; }
     public bool TieWordEmbeddings { get; init; }
     /// <summary>
     /// A folder holding the real Qwen3 tokenizer.json and tokenizer_config.json to copy into the checkpoint (needs the
@@ -61,7 +69,7 @@ public static class SyntheticCheckpoint
     public const string TokenizerEnvironmentVariable = "QWEN3CUDA_TOKENIZER_DIR";
 
     /// <summary>The preset names <see cref="TryParsePreset"/> accepts, as the CLI spells them.</summary>
-    public static readonly IReadOnlyList<string> PresetNames = ["tiny", "small", "real-shape-slice", "demo"];
+    public static readonly IReadOnlyList<string> PresetNames = ["tiny", "small", "real-shape-slice", "demo", "qwen3-0.6b"];
 
     /// <summary>The files of the real Qwen3 tokenizer a checkpoint carries.</summary>
     public static readonly IReadOnlyList<string> TokenizerFiles = ["tokenizer.json", "tokenizer_config.json"];
@@ -74,6 +82,7 @@ public static class SyntheticCheckpoint
             case "small": preset = SyntheticPreset.Small; return true;
             case "real-shape-slice": preset = SyntheticPreset.RealShapeSlice; return true;
             case "demo": preset = SyntheticPreset.Demo; return true;
+            case "qwen3-0.6b": preset = SyntheticPreset.Qwen3_0_6B; return true;
             default: preset = default; return false;
         }
     }
@@ -106,22 +115,30 @@ public static class SyntheticCheckpoint
                 NumExperts = 16, NumExpertsPerTok = 4, MoeIntermediateSize = 32, IntermediateSize = 128,
                 VocabSize = RealVocabSize, MaxPositionEmbeddings = 40960, BosTokenId = 151643, EosTokenIds = new[] { 151645 },
             },
+            SyntheticPreset.Qwen3_0_6B => new ModelConfig
+            {
+                HiddenSize = 1024, NumHiddenLayers = 28, NumAttentionHeads = 16, NumKeyValueHeads = 8, HeadDim = 128,
+                IntermediateSize = 3072, VocabSize = RealVocabSize, MaxPositionEmbeddings = 40960, BosTokenId = 151643,
+                EosTokenIds = new[] { 151645 },
+            },
             _ => throw new ArgumentOutOfRangeException(nameof(o)),
         };
+        bool dense = o.Dense || o.Preset == SyntheticPreset.Qwen3_0_6B;   // the 0.6B preset is dense and tied
         c = c with
         {
-            ModelType = o.Dense ? "qwen3" : "qwen3_moe",
+            ModelType = dense ? "qwen3" : "qwen3_moe",
             NumHiddenLayers = o.Layers ?? c.NumHiddenLayers,
-            NumExperts = o.Dense ? 0 : c.NumExperts,
-            NumExpertsPerTok = o.Dense ? 0 : c.NumExpertsPerTok,
-            MoeIntermediateSize = o.Dense ? 0 : c.MoeIntermediateSize,
+            NumExperts = dense ? 0 : c.NumExperts,
+            NumExpertsPerTok = dense ? 0 : c.NumExpertsPerTok,
+            MoeIntermediateSize = dense ? 0 : c.MoeIntermediateSize,
             MlpOnlyLayers = o.MlpOnlyLayers ?? Array.Empty<int>(),
             DecoderSparseStep = o.DecoderSparseStep ?? 1,
             NormTopkProb = o.NormTopkProb ?? true,
             RmsNormEps = 1e-6,
             RopeTheta = 1_000_000,
             RopeScaling = o.RopeScaling,
-            TieWordEmbeddings = o.TieWordEmbeddings,
+            MaxPositionEmbeddings = o.MaxPositionEmbeddings ?? c.MaxPositionEmbeddings,
+            TieWordEmbeddings = o.TieWordEmbeddings || o.Preset == SyntheticPreset.Qwen3_0_6B,
             TorchDtype = "bfloat16",
         };
         c.Validate("synthetic config");
@@ -143,7 +160,7 @@ public static class SyntheticCheckpoint
         var plan = TensorPlan(config);
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, ModelConfig.FileName), config.ToJson());
-        long maxShard = o.MaxShardBytes ?? (o.Preset == SyntheticPreset.RealShapeSlice ? 1L << 30 : long.MaxValue);
+        long maxShard = o.MaxShardBytes ?? (o.Preset is SyntheticPreset.RealShapeSlice or SyntheticPreset.Qwen3_0_6B ? 1L << 30 : long.MaxValue);
         var seeds = plan.Select(t => TensorSeed(o.Seed, t.Name)).ToArray();
         var scales = tensors.Select(t => (Scale: ScaleOf(t), Offset: t.IsNorm ? 1.0f : 0.0f)).ToArray();
         var files = SafetensorsWriter.WriteCheckpoint(directory, plan, (i, byteOffset, chunk) =>

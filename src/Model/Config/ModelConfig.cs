@@ -130,8 +130,8 @@ public sealed record ModelConfig
         string? type = r.String("rope_type") ?? r.String("type");
         if (type is null) throw new ConfigException($"{fileName}: rope_scaling has neither rope_type nor type");
         if (type == "default") return null;
-        if (type != "yarn")
-            throw new ConfigException($"{fileName}: rope_scaling type '{type}' is not supported (supported: default, yarn)");
+        if (type != "yarn" && type != "dynamic")
+            throw new ConfigException($"{fileName}: rope_scaling type '{type}' is not supported (supported: default, yarn, dynamic)");
         return new RopeScalingConfig
         {
             RopeType = type,
@@ -241,9 +241,12 @@ public sealed record ModelConfig
                 w.WriteString("rope_type", y.RopeType);
                 w.WriteNumber("factor", y.Factor);
                 if (y.OriginalMaxPositionEmbeddings is int o) w.WriteNumber("original_max_position_embeddings", o);
-                w.WriteNumber("beta_fast", y.BetaFast);
-                w.WriteNumber("beta_slow", y.BetaSlow);
-                if (y.AttentionFactor is double af) w.WriteNumber("attention_factor", af);
+                if (!y.IsDynamic)
+                {
+                    w.WriteNumber("beta_fast", y.BetaFast);
+                    w.WriteNumber("beta_slow", y.BetaSlow);
+                    if (y.AttentionFactor is double af) w.WriteNumber("attention_factor", af);
+                }
                 w.WriteEndObject();
             }
             else w.WriteNull("rope_scaling");

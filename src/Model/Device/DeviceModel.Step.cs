@@ -1,5 +1,6 @@
 using Qwen3Cuda.Runtime;
 using Qwen3Cuda.Runtime.Launchers;
+using Qwen3Cuda.Model.Reference;
 
 namespace Qwen3Cuda.Model.Device;
 
@@ -77,6 +78,8 @@ public sealed partial class DeviceModel
         int stride = w.MaxPagesPerSeq;
         var tables = Input<int>(inputs, w.BlockTables, attnRows * stride);
         var qStart = Input<int>(inputs, w.QStart, flashSegments + 1);
+        int half = Config.HeadDim / 2;
+        var ropeRows = w.PerRowRope ? Input<float>(inputs, w.RopeInvFreq, padded * half) : default;
         var table = _kv.Table;
 
         // Decode-attention rows first (in batch order), then each flash segment's rows.
@@ -87,6 +90,7 @@ public sealed partial class DeviceModel
             var g = segments[k];
             bool flash = flashOn && g.Rows > MaxDecodeAttentionRows;
             int first = flash ? flashRow : next;
+            if (w.PerRowRope) WriteDynamicRope(g, ropeRows, first, half);
             for (int i = 0; i < g.Rows; i++)
             {
                 int r = g.FirstRow + i, d = first + i, pos = g.FirstPosition + i;
@@ -115,6 +119,7 @@ public sealed partial class DeviceModel
         {
             ids[d] = 0; positions[d] = 0; slots[d] = -1; lens[d] = 1;
             tables.Slice(d * stride, stride).Clear();
+            if (w.PerRowRope) _defaultInvFreq.CopyTo(ropeRows.Slice(d * half, half));
         }
 
         // Output rows (batch order) and their sampling settings.
@@ -170,12 +175,25 @@ public sealed partial class DeviceModel
         if (flashSegments > 0) Copy(inputs, w.QStart, (flashSegments + 1) * 4L);
         if (gather) Copy(inputs, w.OutputRows, outputs * 4L);
         if (sample) Copy(inputs, w.SampleSettings, SettingsBytes(outputRowsTotal));
+        if (w.PerRowRope) Copy(inputs, w.RopeInvFreq, (long)padded * half * sizeof(float));
         if (penalties)
         {
             Copy(inputs, w.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
             Copy(inputs, w.PenaltyEntries, batch.PenaltyEntries * 8L);
         }
         return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample, penalties);
+    }
+
+    /// <summary>
+    /// Dynamic NTK (docs/model-formats.md, "RoPE scaling"): the rows of segment <paramref name="g"/> (device rows first ..)
+    /// get the inv_freq table of the sequence's length after this step, as the CPU reference computes it.
+    /// </summary>
+    private void WriteDynamicRope(StepSegment g, Span<float> ropeRows, int first, int half)
+    {
+        var c = Config;
+        var row0 = ropeRows.Slice(first * half, half);
+        ReferenceOps.DynamicNtkInvFreq(c.HeadDim, c.RopeTheta, c.RopeScaling!.Factor, c.MaxPositionEmbeddings, g.FirstPosition + g.Rows, row0);
+        for (int i = 1; i < g.Rows; i++) row0.CopyTo(ropeRows.Slice((first + i) * half, half));
     }
 
     /// <summary>Copies the result region back (error flag, sampled ids, and the logits when a row asked for them), waits, and fills the batch's results.</summary>
@@ -312,8 +330,8 @@ public sealed partial class DeviceModel
         _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
         {
             Qkv = Ws(w.Qkv), QOut = Ws(w.Q), KCache = _kv.K(layer), VCache = _kv.V(layer),
-            QNormWeight = W(L.QNorm), KNormWeight = W(L.KNorm), InvFreq = W(Plan.Weights.InvFreq),
-            Positions = Ws(w.Positions), SlotMapping = Ws(w.Slots), Tokens = rows,
+            QNormWeight = W(L.QNorm), KNormWeight = W(L.KNorm), InvFreq = w.PerRowRope ? Ws(w.RopeInvFreq) : W(Plan.Weights.InvFreq),
+            InvFreqPerToken = w.PerRowRope ? 1 : 0, Positions = Ws(w.Positions), SlotMapping = Ws(w.Slots), Tokens = rows,
             NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, QkvStride = qkvDim, QOutStride = qDim,
             Eps = eps, AttentionScaling = _attentionScaling,
         });
@@ -341,10 +359,18 @@ public sealed partial class DeviceModel
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
         // AddRmsNorm: h = RMSNorm(x) * w_post
         _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
-        // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
-        // (a dense layer is the same block with one expert of weight 1 and a zero router row)
-        _moe.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router), Operand(L.GateUp), Operand(L.Down),
-            Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
+        if (L.IsMoe)
+        {
+            // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
+            _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
+                Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
+            return;
+        }
+        // Dense SwiGLU MLP: GateUpProj -> SwiGlu -> DownProj (+residual): x = x + down(bf16(silu(gate)) * up)
+        int I = L.Inter;
+        Project(Ws(w.MlpGateUp), 2 * I, Ws(w.H), H, L.GateUp, DevicePtr.Null, rows, 2 * I, H);
+        _swiglu!.SwiGlu(_stream, Ws(w.MlpAct), I, Ws(w.MlpGateUp), 2 * I, rows, I);
+        Project(Ws(w.X), H, Ws(w.MlpAct), I, L.Down, Ws(w.X), rows, H, I);
     }
 
     /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows.</summary>

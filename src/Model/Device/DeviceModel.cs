@@ -34,13 +34,15 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly RopeLaunchers _rope;
     private readonly AttentionDecodeLaunchers _attn;
     private readonly AttentionPrefillLaunchers _attnPrefill;
-    private readonly MoeLaunchers _moe;
+    private readonly MoeLaunchers? _moe;       // null: no MoE layer
+    private readonly SwiGluLaunchers? _swiglu; // null: no dense layer
     private readonly EmbeddingLaunchers _embedding;
     private readonly SamplingLaunchers _sampling;
     private readonly PenaltiesLaunchers _penalties;
     private readonly CheckFiniteLaunchers? _checkFinite;   // debug: DeviceModelOptions.CheckFinite
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
+    private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
     private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sample_rows_bf16
     private readonly int[] _buckets;
@@ -106,9 +108,15 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
                 _mlpShapes[l] = WorkspaceLayout.MlpShape(c, l);
-                MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Math.Max(options.PrefillChunkTokens, options.MaxBatch) <= MoeLaunchers.DecodeMaxTokens);
+                if (c.IsMoeLayer(l)) MoeLaunchers.CheckShape(_mlpShapes[l], decodeOnly: Math.Max(options.PrefillChunkTokens, options.MaxBatch) <= MoeLaunchers.DecodeMaxTokens);
+                else if (c.IntermediateSize % 8 != 0)
+                    throw new NotSupportedException($"dense MLP: intermediate_size {c.IntermediateSize} must be a multiple of 8 on the device (swiglu.cu loads 8 values at once)");
             }
-            _moe = new MoeLaunchers(_loader, _mlpShapes, layout.ExpertFormats);   // the guarded grouped GEMMs only when a shape needs them
+            // The MoE kernels only when some layer routes (the guarded grouped GEMMs only when a shape needs them); the dense
+            // layers' SwiGLU activation otherwise (their projections are GEMV / GEMM launches).
+            var moeShapes = Enumerable.Range(0, c.NumHiddenLayers).Where(c.IsMoeLayer).Select(l => _mlpShapes[l]).ToArray();
+            _moe = moeShapes.Length > 0 ? new MoeLaunchers(_loader, moeShapes, layout.ExpertFormats) : null;
+            _swiglu = moeShapes.Length < c.NumHiddenLayers ? new SwiGluLaunchers(_loader) : null;
 
             _stream = device.CreateStream(); disposables.Add(_stream);
             Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo(), device.Info.MultiprocessorCount, hasLmHead);
@@ -124,6 +132,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
             _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
+            _defaultInvFreq = invFreq;
             UploadWeights(weights, invFreq, options.LoadProgress);
             _buckets = [.. options.BatchBuckets()];
             if (options.UseGraphs) CaptureDecodeGraphs();

@@ -22,7 +22,7 @@ public sealed record DeviceTensor(string Name, SafetensorsDType DType, long[] Sh
     /// <summary>What the tensor holds beyond its sources (e.g. "zeros", "fp32 computed on the host"), for `info`.</summary>
     public string? Note { get; init; }
 
-    /// <summary>True for tensors not read from the checkpoint (zero router of a dense layer, RoPE table).</summary>
+    /// <summary>True for tensors not read from the checkpoint (the RoPE table).</summary>
     public bool IsDerived => Sources.Count == 0;
     public string ShapeText => TensorInfo.FormatShape(Shape) + (Note is null ? "" : " " + Note);
 }
@@ -37,16 +37,17 @@ public sealed record DeviceLayer(
     DeviceTensor KNorm,       // [D]
     DeviceTensor OProj,       // [H, nH * D]
     DeviceTensor PostNorm,    // [H]
-    DeviceTensor Router,      // [E, H]; a dense layer: [1, H] zeros (its MLP runs as one expert of weight 1)
-    DeviceTensor GateUp,      // [E, 2I, H]: per expert gate_proj rows then up_proj rows (MoeWeightPacking)
+    DeviceTensor? Router,     // [E, H]; null for a dense layer
+    DeviceTensor GateUp,      // [E, 2I, H]: per expert gate_proj rows then up_proj rows (MoeWeightPacking); dense: [1, 2I, H], one [2I, H] projection
     DeviceTensor Down,        // [E, H, I]
-    int Experts,              // E (1 for a dense layer)
+    int Experts,              // E (1 for a dense layer: its MLP, run by the dense path, not as an expert)
     int TopK,                 // k (1 for a dense layer)
     int Inter);               // I (intermediate_size for a dense layer)
 
 /// <summary>
 /// The device weight layout of a checkpoint, computed from config.json alone (no weight is read): every
-/// tensor 256-byte aligned in ONE arena. Fused q|k|v, stacked experts, dense MLPs as a one-expert MoE.
+/// tensor 256-byte aligned in ONE arena. Fused q|k|v, stacked experts, a dense MLP's gate|up as one [2I, H] matrix.
+/// A tied lm_head is the embedding tensor itself (one copy, counted once).
 /// Checkpoint names and shapes come from <see cref="ModelTensors"/>; the weight format from
 /// <see cref="CheckpointFormat"/> (config.json's quantization_config).
 /// </summary>
@@ -86,7 +87,8 @@ public sealed class WeightLayout
             var kn = Vector(n + "k_norm", t.KNorm);
             var o = Matrix(n + "o_proj", [H, c.QueryDim], [t.OProj]);
             var post = Vector(n + "post_norm", t.PostNorm);
-            DeviceTensor router, gateUp, down;
+            DeviceTensor? router;
+            DeviceTensor gateUp, down;
             int E, K, I;
             if (t.IsMoe)
             {
@@ -98,7 +100,7 @@ public sealed class WeightLayout
             else
             {
                 E = 1; K = 1; I = c.IntermediateSize;
-                router = Add(new DeviceTensor(n + "router", SafetensorsDType.BF16, [1, H], 0, H * sizeof(ushort), []) { Note = "zeros" });
+                router = null;
                 gateUp = Matrix(n + "gate_up", [1, 2L * I, H], [t.Mlp!.Gate, t.Mlp.Up]);
                 down = Matrix(n + "down", [1, H, I], [t.Mlp.Down]);
             }
@@ -154,9 +156,10 @@ public sealed class WeightLayout
 
     /// <summary>The formats of the matrices the GEMV / GEMM launchers read (qkv, o_proj, lm_head): the variants to load.</summary>
     public IReadOnlyCollection<WeightFormat> DenseFormats =>
-        Layers.SelectMany(l => new[] { l.Qkv, l.OProj }).Append(LmHead).Select(t => t.Format).Distinct().ToArray();
+        Layers.SelectMany(l => l.IsMoe ? new[] { l.Qkv, l.OProj } : new[] { l.Qkv, l.OProj, l.GateUp, l.Down })
+            .Append(LmHead).Select(t => t.Format).Distinct().ToArray();
 
     /// <summary>The formats of the stacked expert matrices the MoE launchers read (gate_up, down).</summary>
     public IReadOnlyCollection<WeightFormat> ExpertFormats =>
-        Layers.SelectMany(l => new[] { l.GateUp, l.Down }).Select(t => t.Format).Distinct().ToArray();
+        Layers.Where(l => l.IsMoe).SelectMany(l => new[] { l.GateUp, l.Down }).Select(t => t.Format).Distinct().ToArray();
 }

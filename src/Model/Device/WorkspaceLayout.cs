@@ -17,13 +17,16 @@ namespace Qwen3Cuda.Model.Device;
 /// sample_settings SampleRowSettings [MaxOutputs] (steps with sampled rows only)
 /// penalty_rows    PenaltyRow [MaxOutputs]  (steps with penalties only; penalties.cu)
 /// penalty_entries int32 [PenaltyCapacity, 2]  token id, occurrences in the answer
+/// rope_inv_freq   fp32 [Rows, D/2]        dynamic NTK only (else empty): each row's RoPE table, that of its sequence's length
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
 /// q, attn         bf16 [Rows, nH D]
 /// gemv_partial    fp32 split-K partials of the decode GEMV
 /// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
-/// moe             MoeWorkspace(Rows) of the larger MLP shape (experts, or a dense layer as one expert)
+/// moe             MoeWorkspace(Rows) of the MoE layers' shape (empty for a dense model)
+/// mlp_gate_up     bf16 [Rows, 2 I]        dense layers: gate|up projection (I = intermediate_size; empty without dense layers)
+/// mlp_act         bf16 [Rows, I]          dense layers: bf16(silu(gate)) * up
 /// result:  one contiguous region, so that the host reads the error flag with the result in ONE copy
 ///   embed_error   int32 (16 bytes)        sticky flag of the embedding kernel (a token id outside [0, V)); at +8 the
 ///                                         uint64 record of the debug non-finite check (check_finite.cu; ~0: none)
@@ -57,6 +60,9 @@ public sealed record WorkspaceLayout
     public int PenaltyCapacity { get; init; }
     /// <summary>Cap of <see cref="PenaltyCapacity"/> (2 MiB of entries); rows past it sample on the host.</summary>
     public const int MaxPenaltyCapacity = 1 << 18;
+    /// <summary>fp32 [Rows, D/2]: per-row RoPE inv_freq (dynamic NTK rope_scaling; empty otherwise). A step input.</summary>
+    public long RopeInvFreq { get; init; }
+    public bool PerRowRope { get; init; }
     public long X { get; init; }
     public long H { get; init; }
     public long Qkv { get; init; }
@@ -70,6 +76,10 @@ public sealed record WorkspaceLayout
     public int AttnSplitRows { get; init; }
     public long Moe { get; init; }
     public long MoeBytes { get; init; }
+    /// <summary>bf16 [Rows, 2 I]: a dense layer's gate|up projection.</summary>
+    public long MlpGateUp { get; init; }
+    /// <summary>bf16 [Rows, I]: a dense layer's activation, input of its down projection.</summary>
+    public long MlpAct { get; init; }
     /// <summary>Start of the result region: the embedding error flag, then <see cref="Sampled"/>, then <see cref="Logits"/>.</summary>
     public long EmbedError { get; init; }
     public long Sampled { get; init; }
@@ -97,13 +107,18 @@ public sealed record WorkspaceLayout
         long penaltyRows = a.Take("penalty_rows", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
         int penaltyCapacity = (int)Math.Min((long)maxOutputs * contextLength, MaxPenaltyCapacity);
         long penaltyEntries = a.Take("penalty_entries", penaltyCapacity * 8L);
+        bool perRowRope = c.RopeScaling is { IsDynamic: true };
+        long ropeInvFreq = a.Take("rope_inv_freq", perRowRope ? (long)rows * (c.HeadDim / 2) * sizeof(float) : 0);
         long inputsEnd = a.TotalBytes;
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
 
+        bool anyDense = Enumerable.Range(0, c.NumHiddenLayers).Any(l => !c.IsMoeLayer(l));
+        var gemvShapes = new List<(int N, int K)> { (qkvDim, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) };
+        if (anyDense) gemvShapes.AddRange([(2 * c.IntermediateSize, c.HiddenSize), (c.HiddenSize, c.IntermediateSize)]);   // dense MLPs
         long gemv = 0;   // split-K partials: the launcher's own plan for every GEMV the step runs
         for (int t = 1; t <= Math.Min(rows, GemvLaunchers.MaxTokens); t++)
-            foreach (var (n, k) in new[] { (qkvDim, c.HiddenSize), (c.HiddenSize, c.QueryDim), (c.VocabSize, c.HiddenSize) })
+            foreach (var (n, k) in gemvShapes)
                 gemv = Math.Max(gemv, GemvLaunchers.Plan(multiprocessors, t, n, k).PartialBytes(t, n));
         long gemvPartial = a.Take("gemv_partial", gemv);
 
@@ -120,10 +135,12 @@ public sealed record WorkspaceLayout
         long moeBytes = 0;
         for (int l = 0; l < c.NumHiddenLayers; l++)
         {
-            var s = MlpShape(c, l);
-            moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, s).TotalBytes);
+            if (!c.IsMoeLayer(l)) continue;
+            moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, MlpShape(c, l)).TotalBytes);
         }
         long moe = a.Take("moe", moeBytes);
+        long I = anyDense ? c.IntermediateSize : 0;
+        long mlpGateUp = a.Take("mlp_gate_up", rows * 2 * I * bf), mlpAct = a.Take("mlp_act", rows * I * bf);
         const long flagBytes = 16;
         long head = ByteSize.AlignUp(flagBytes + maxOutputs * 4L, DeviceArena.Alignment);   // logits keep the arena alignment
         long embedError = a.Take("result (embed_error | sampled | logits)", head + (long)maxOutputs * c.VocabSize * bf);
@@ -132,14 +149,15 @@ public sealed record WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
             Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
-            SampleSettings = sampleSettings, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity, InputsEnd = inputsEnd,
+            SampleSettings = sampleSettings, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity,
+            RopeInvFreq = ropeInvFreq, PerRowRope = perRowRope, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
-            Moe = moe, MoeBytes = moeBytes, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
+            Moe = moe, MoeBytes = moeBytes, MlpGateUp = mlpGateUp, MlpAct = mlpAct, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }
 
-    /// <summary>The MLP of layer <paramref name="layer"/> as a MoE shape: the routed experts, or the dense MLP as one expert of weight 1.</summary>
+    /// <summary>The MLP of layer <paramref name="layer"/> as a MoE shape: the routed experts (a dense layer: one expert of I, for sizing only).</summary>
     public static MoeShape MlpShape(ModelConfig c, int layer) => c.IsMoeLayer(layer)
         ? new MoeShape(c.NumExperts, c.NumExpertsPerTok, c.HiddenSize, c.MoeIntermediateSize, c.NormTopkProb)
         : new MoeShape(1, 1, c.HiddenSize, c.IntermediateSize, false);

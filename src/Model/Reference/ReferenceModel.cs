@@ -124,7 +124,15 @@ public sealed class ReferenceModel : ICausalLanguageModel
         var y = new float[(long)T * H];
         var cos = new float[(long)T * D];
         var sin = new float[(long)T * D];
-        for (int t = 0; t < T; t++) ReferenceOps.RopeCosSin(_invFreq, _attentionScaling, p0 + t, cos.AsSpan(t * D, D), sin.AsSpan(t * D, D));
+        // Dynamic NTK: the whole run of rows uses the table of its sequence length (its last position + 1), as transformers
+        // does for one forward over a cache (docs/model-formats.md, "RoPE scaling").
+        var invFreq = _invFreq;
+        if (c.RopeScaling is { IsDynamic: true } dyn)
+        {
+            invFreq = new float[D / 2];
+            ReferenceOps.DynamicNtkInvFreq(D, c.RopeTheta, dyn.Factor, c.MaxPositionEmbeddings, p0 + T, invFreq);
+        }
+        for (int t = 0; t < T; t++) ReferenceOps.RopeCosSin(invFreq, _attentionScaling, p0 + t, cos.AsSpan(t * D, D), sin.AsSpan(t * D, D));
         int seen = p0 + T;
         EnsureScratch((long)seen * kvDim);
 

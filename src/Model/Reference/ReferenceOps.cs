@@ -131,7 +131,7 @@ public static unsafe class ReferenceOps
         var posFreqs = new float[half];
         for (int j = 0; j < half; j++) posFreqs[j] = (float)Math.Pow((float)theta, (float)(2 * j) / headDim);
         var invFreq = new float[half];
-        if (scaling is null)
+        if (scaling is null || scaling.IsDynamic)   // dynamic NTK: the default table up to max_position_embeddings
         {
             for (int j = 0; j < half; j++) invFreq[j] = 1.0f / posFreqs[j];
             return (invFreq, 1.0f);
@@ -158,6 +158,24 @@ public static unsafe class ReferenceOps
             invFreq[j] = interpolated * (1 - extrapolationFactor) + extrapolated * extrapolationFactor;
         }
         return (invFreq, (float)attentionFactor);
+    }
+
+    /// <summary>
+    /// Dynamic NTK inv_freq [D/2] for a forward whose last position is <paramref name="sequenceLength"/> - 1, as transformers
+    /// computes it: when sequenceLength &gt; max_position_embeddings the base becomes
+    /// theta * ((factor * sequenceLength / max_position_embeddings) - (factor - 1))^(D / (D - 2)) (double, like Python),
+    /// then inv_freq[j] = 1 / base^(2j/D) in fp32; otherwise the default table. attention_scaling stays 1.
+    /// Returns false (and writes the default table) when the length does not exceed max_position_embeddings.
+    /// </summary>
+    public static bool DynamicNtkInvFreq(int headDim, double theta, double factor, int maxPositionEmbeddings, int sequenceLength, Span<float> invFreq)
+    {
+        if (headDim <= 2 || headDim % 2 != 0) throw new ArgumentException($"head_dim {headDim} must be even and greater than 2");
+        CheckLength(invFreq, headDim / 2, nameof(invFreq));
+        bool scaled = sequenceLength > maxPositionEmbeddings;
+        double b = theta;
+        if (scaled) b = theta * Math.Pow(factor * sequenceLength / maxPositionEmbeddings - (factor - 1), (double)headDim / (headDim - 2));
+        for (int j = 0; j < invFreq.Length; j++) invFreq[j] = 1.0f / (float)Math.Pow((float)b, (float)(2 * j) / headDim);
+        return scaled;
     }
 
     /// <summary>

@@ -45,15 +45,62 @@ public sealed class CounterSampler
         SamplingLaunchers.Validate(s);
         if (s.IsGreedy) return ArgMax(logits);
         int n = logits.Length;
+        double max, lo;
+        var x = Warp(logits, s, out max, out lo);
+        double z = 0;
+        for (int i = 0; i < n; i++) if (x[i] >= lo) z += Math.Exp(x[i] - max);
+        double u = Uniform(s.Seed, step) * z, cumulative = 0;
+        int last = -1;
+        for (int i = 0; i < n; i++)
+        {
+            if (x[i] < lo) continue;
+            cumulative += Math.Exp(x[i] - max);
+            last = i;
+            if (cumulative > u) return i;
+        }
+        return last;   // u at the very top of the mass (rounding)
+    }
+
+    /// <summary>
+    /// The distribution <see cref="Sample"/> draws from, written into <paramref name="probs"/> [V]: softmax of
+    /// logit / temperature over the tokens the warpers keep (top-k, top-p, min-p; ties at a threshold kept), 0 elsewhere.
+    /// Greedy settings give a one-hot at the argmax. Used by speculative decoding to apply the same warpers to the target's
+    /// and the draft's logits (docs/speculative.md).
+    /// </summary>
+    public void Probabilities(ReadOnlySpan<float> logits, in SamplingSettings s, Span<double> probs)
+    {
+        SamplingLaunchers.Validate(s);
+        if (probs.Length != logits.Length) throw new ArgumentException($"probs has {probs.Length} elements, logits {logits.Length}", nameof(probs));
+        if (s.IsGreedy)
+        {
+            probs.Clear();
+            probs[ArgMax(logits)] = 1;
+            return;
+        }
+        var x = Warp(logits, s, out double max, out double lo);
+        double z = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            double e = x[i] >= lo ? Math.Exp(x[i] - max) : 0;
+            probs[i] = e;
+            z += e;
+        }
+        for (int i = 0; i < probs.Length; i++) probs[i] /= z;
+    }
+
+    /// <summary>x = logits / temperature (in fp32, as the kernel) in the scratch buffer, its maximum, and the threshold of the kept tokens (x &gt;= lo).</summary>
+    private Span<double> Warp(ReadOnlySpan<float> logits, in SamplingSettings s, out double max, out double lo)
+    {
+        int n = logits.Length;
         if (_x.Length < n) { _x = new double[n]; _order = new int[n]; }
         var x = _x.AsSpan(0, n);
         float invT = 1f / s.Temperature;
         for (int i = 0; i < n; i++) x[i] = logits[i] * invT;   // the kernel scales in fp32
-        double max = double.NegativeInfinity;
+        max = double.NegativeInfinity;
         foreach (double v in x) max = Math.Max(max, v);
 
         // Thresholds: keep x >= lo.
-        double lo = double.NegativeInfinity;
+        lo = double.NegativeInfinity;
         bool needOrder = (s.TopK > 0 && s.TopK < n) || s.TopP < 1f;
         var order = _order.AsSpan(0, n);
         if (needOrder)
@@ -77,17 +124,6 @@ public sealed class CounterSampler
         }
         if (s.MinP > 0f) lo = Math.Max(lo, max + Math.Log(s.MinP));
 
-        double z = 0;
-        for (int i = 0; i < n; i++) if (x[i] >= lo) z += Math.Exp(x[i] - max);
-        double u = Uniform(s.Seed, step) * z, cumulative = 0;
-        int last = -1;
-        for (int i = 0; i < n; i++)
-        {
-            if (x[i] < lo) continue;
-            cumulative += Math.Exp(x[i] - max);
-            last = i;
-            if (cumulative > u) return i;
-        }
-        return last;   // u at the very top of the mass (rounding)
+        return x;
     }
 }

@@ -47,7 +47,11 @@ public sealed class Sampler
         return Draw(logits);
     }
 
-    void ApplyPenalties(Span<float> logits, ReadOnlySpan<int> repetition, ReadOnlySpan<int> presence)
+    /// <summary>
+    /// The repetition penalty (HF: divides a positive logit, multiplies a negative one) over the distinct tokens of
+    /// <paramref name="repetition"/>, then the presence penalty over those of <paramref name="presence"/>, in place.
+    /// </summary>
+    public void ApplyPenalties(Span<float> logits, ReadOnlySpan<int> repetition, ReadOnlySpan<int> presence)
     {
         if (_o.RepetitionPenalty != 1f && !repetition.IsEmpty)
         {

@@ -40,6 +40,8 @@ public static class NormRopeCases
         yield return RopeCase(32, 4, 2, [0, 9, 3000], 1.0f, false);                    // D 32 (one element per lane; the small preset)
         yield return RopeCase(32, 8, 2, [7, 2], 1.25f, true);                          // D 32, q in place, 12 heads (partial warp group)
         yield return RopeCase(16, 4, 2, [0, 5, 900], 1.0f, false);                     // D 16 (lanes 0..15; 16..31 idle; the tiny preset)
+        yield return RopeCase(128, 16, 8, [40000, 40001, 70000], 1.0f, false, real: true, perToken: true); // dynamic NTK: a table per token (Qwen3-0.6B heads)
+        yield return RopeCase(16, 4, 2, [3, 900, 901, 4], 1.0f, true, perToken: true);             // per-token tables, D 16, in place
         yield return new KernelCase("rope", "rope at position 0 is the per-head norm (bitwise), D 128", true, PositionZeroIsNormOnly);
     }
 
@@ -97,8 +99,8 @@ public static class NormRopeCases
             return c.Result();
         });
 
-    static KernelCase RopeCase(int d, int nH, int nKV, int[] positions, float scaling, bool inPlace, bool real = false) =>
-        new("rope", $"qk_norm_rope_kv_write D {d} heads {nH}/{nKV} positions {string.Join("/", positions)}{(scaling != 1f ? $" scaling {scaling}" : "")}{(inPlace ? " in place" : "")}",
+    static KernelCase RopeCase(int d, int nH, int nKV, int[] positions, float scaling, bool inPlace, bool real = false, bool perToken = false) =>
+        new("rope", $"qk_norm_rope_kv_write D {d} heads {nH}/{nKV} positions {string.Join("/", positions)}{(scaling != 1f ? $" scaling {scaling}" : "")}{(inPlace ? " in place" : "")}{(perToken ? " inv_freq per token" : "")}",
             real, ctx =>
         {
             var launchers = ctx.Cached($"rope{d}", () => new RopeLaunchers(ctx.Loader, d));
@@ -107,7 +109,9 @@ public static class NormRopeCases
             var rng = new Random(d + nH * 13 + tokens);
             ushort[] qkv = KernelData.Random(rng, tokens * stride, 3f);
             ushort[] qw = KernelData.Random(rng, d, 1.5f), kw = KernelData.Random(rng, d, 1.5f);
-            float[] invFreq = KernelReference.InvFreq(d, 1e6);
+            // per token: row t has its own base (as dynamic NTK gives each sequence of a step the table of its length)
+            float[][] invFreqRows = Enumerable.Range(0, perToken ? tokens : 1).Select(t => KernelReference.InvFreq(d, 1e6 * (1 + 3.5 * t))).ToArray();
+            float[] invFreq = invFreqRows.SelectMany(r => r).ToArray();
             // slots spread over pages in a scrambled order; the last token of a multi-token case is padding (-1)
             var slots = new int[tokens];
             for (int t = 0; t < tokens; t++) slots[t] = (t * 37 + 5) % (pages * pageSize);
@@ -122,7 +126,7 @@ public static class NormRopeCases
                 Qkv = dQkv, QOut = dQ, KCache = dK, VCache = dV, QNormWeight = ctx.Upload(qw), KNormWeight = ctx.Upload(kw),
                 InvFreq = ctx.Upload(invFreq), Positions = ctx.Upload(positions), SlotMapping = ctx.Upload(slots),
                 Tokens = tokens, NumQHeads = nH, NumKvHeads = nKV, QkvStride = stride, QOutStride = inPlace ? stride : nH * d,
-                Eps = 1e-6f, AttentionScaling = scaling,
+                Eps = 1e-6f, AttentionScaling = scaling, InvFreqPerToken = perToken ? 1 : 0,
             };
             launchers.QkNormRopeKvWrite(ctx.Stream, p);
 
@@ -145,7 +149,7 @@ public static class NormRopeCases
                     if (!isQ && slots[t] < 0) continue;
                     var row = KernelData.ToFloats(qkv.AsSpan(t * stride + h * d, d));
                     KernelReference.RmsNorm(row.ToArray(), isQ ? wq : wk, 1e-6f, row);
-                    KernelReference.Rope(row, positions[t], invFreq, scaling);
+                    KernelReference.Rope(row, positions[t], invFreqRows[perToken ? t : 0], scaling);
                     long at = isQ ? (long)t * qStride + h * d : ((long)slots[t] * nKV + (h - nH)) * d;
                     for (int i = 0; i < d; i++)
                     {

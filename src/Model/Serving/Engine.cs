@@ -50,6 +50,7 @@ public sealed class Engine : IAsyncDisposable
     private readonly StepBatch _batch;
     private readonly List<(RequestState Request, int Rows, int Row)> _scheduled = [];
     private readonly CounterSampler _sampler = new();
+    private readonly List<int> _emitted = [];
     private readonly float[] _logits;
 
     /// <summary>Takes ownership of <paramref name="model"/> (disposed with the engine).</summary>
@@ -127,6 +128,13 @@ public sealed class Engine : IAsyncDisposable
         for (int i = 0; i < promptTokens.Count; i++)
             if ((uint)promptTokens[i] >= (uint)VocabSize) throw new InvalidRequestException("prompt", $"prompt token {i} has id {promptTokens[i]}, outside the vocabulary [0, {VocabSize})");
         if (promptTokens.Count >= ContextLength) throw new PromptTooLongException(promptTokens.Count, ContextLength);
+        if (options.Drafter is { } drafter)
+        {
+            int limit = Speculative.SpeculativeDecoder.MaxDraftLimit(_model);
+            if (options.NumDraftTokens > limit)
+                throw new InvalidRequestException("num_draft_tokens", $"num_draft_tokens {options.NumDraftTokens} needs {options.NumDraftTokens + 1} output rows in one step; the model takes {limit + 1} (at most {limit} draft tokens)");
+            Speculative.SpeculativeDecoder.CheckVocabulary(VocabSize, drafter.VocabSize);
+        }
         if (Interlocked.Increment(ref _waitingCount) > _options.MaxWaitingRequests)
         {
             Interlocked.Decrement(ref _waitingCount);
@@ -286,6 +294,7 @@ public sealed class Engine : IAsyncDisposable
         {
             var r = _running[i];
             if (r.Tokens.Count - r.Computed == 1 && outputs == 0) { i++; continue; }   // out of output rows, not pages
+            if (r.Options.Drafter is not null && r.Tokens.Count - r.Computed == 1 && TrySpeculate(r, ref budget, ref outputs, ref planned)) { i++; continue; }
             int n = Fit(r, budget, outputs, kv.FreePages - planned);
             if (n > 0) { planned += Add(r, n, ref budget, ref outputs); i++; continue; }
             if (_running.Count == 1 && planned == 0)
@@ -335,6 +344,30 @@ public sealed class Engine : IAsyncDisposable
         }
         return _batch.Count > 0;
     }
+
+    /// <summary>
+    /// A speculative round for a decoding request (docs/speculative.md) when the step has room for all k + 1
+    /// verification rows and their pages: the drafter proposes, the rows join the step; false: a plain decode row instead.
+    /// </summary>
+    private bool TrySpeculate(RequestState r, ref int budget, ref int outputs, ref long planned)
+    {
+        var kv = _model.Kv;
+        int rows = r.Options.NumDraftTokens + 1;
+        if (rows > budget || rows > outputs || kv.PagesNeeded(r.Sequence, rows) > kv.FreePages - planned) return false;
+        var decoder = r.SpeculativeDecoder(_model);
+        int left = r.Options.MaxNewTokens is int max ? max - r.Generated : int.MaxValue;
+        int drafted = decoder.Propose(r.Tokens, r.Settings, Math.Max(1, Math.Min(left, ContextLength - r.Tokens.Count + 1)));
+        int first = _batch.Count;
+        planned += kv.PagesNeeded(r.Sequence, drafted + 1);
+        decoder.AddVerificationRows(_batch, r.Tokens);
+        budget -= drafted + 1;
+        outputs -= drafted + 1;
+        _scheduled.Add((r, drafted + 1, SpeculativeRound));
+        return true;
+    }
+
+    /// <summary>Marks a speculative round in <see cref="_scheduled"/> (its rows are the decoder's).</summary>
+    private const int SpeculativeRound = -1;
 
     /// <summary>Rows request <paramref name="r"/> can run this step: its remaining tokens within the budget, the output
     /// rows and <paramref name="freePages"/> (0 when none fit).</summary>
@@ -386,6 +419,7 @@ public sealed class Engine : IAsyncDisposable
 
     private void Release(RequestState r)
     {
+        r.ReleaseSpeculative();
         if (r.Sequence < 0) return;
         _model.Kv.Reset(r.Sequence);
         _freeSequences.Push(r.Sequence);
@@ -400,6 +434,7 @@ public sealed class Engine : IAsyncDisposable
         long now = Stopwatch.GetTimestamp();
         foreach (var (r, rows, row) in _scheduled)
         {
+            if (row == SpeculativeRound) { CollectSpeculative(r, now); continue; }
             r.Computed += rows;
             kv.Commit(r.Sequence, r.TokenSpan);
             if (_batch.Output(row) == StepOutput.None) continue;
@@ -421,6 +456,25 @@ public sealed class Engine : IAsyncDisposable
                 r.Finish(reason, now);
                 _stats.RequestsFinished++;
             }
+        }
+    }
+
+    /// <summary>A speculative round's verification: the accepted tokens (and the correction or bonus) go through the request's rules one by one.</summary>
+    private void CollectSpeculative(RequestState r, long now)
+    {
+        var kv = _model.Kv;
+        kv.Commit(r.Sequence, r.TokenSpan);
+        _emitted.Clear();
+        r.Speculative!.Accept(_batch, r.Tokens, _emitted);   // rolls the sequence back to the history and the accepted proposals
+        r.Computed = kv.Length(r.Sequence);
+        foreach (int token in _emitted)
+        {
+            if (r.Accept(token, null, now, _stats) is not FinishReason reason) continue;
+            Release(r);
+            _running.Remove(r);
+            r.Finish(reason, now);
+            _stats.RequestsFinished++;
+            return;
         }
     }
 

@@ -94,6 +94,9 @@ internal sealed class RequestState
     public int CachedPromptTokens;
     public bool Finished;
     public CancellationTokenRegistration Registration;
+    /// <summary>Speculative decoding: the decoder while the request holds a sequence, and the counts over its rounds.</summary>
+    public Speculative.SpeculativeDecoder? Speculative;
+    public readonly Speculative.SpeculationStats? SpeculationStats;
 
     public RequestState(Engine engine, long id, IReadOnlyList<int> prompt, RequestOptions options)
     {
@@ -104,6 +107,7 @@ internal sealed class RequestState
         Tokens = new List<int>(prompt.Count + Math.Min(options.MaxNewTokens ?? 256, 4096));
         Tokens.AddRange(prompt);
         Penalties = new PenaltySettings(options.EffectivePresencePenalty, options.FrequencyPenalty, options.EffectiveRepetitionPenalty);
+        if (options.Drafter is not null) SpeculationStats = new();
         if (Penalties.Repetition != 1f)
             foreach (int t in prompt) if (_penaltyIndex.TryAdd(t, PenaltyTokens.Count)) { PenaltyTokens.Add(t); PenaltyCounts.Add(0); }
         var s = options.Sampling;
@@ -113,6 +117,36 @@ internal sealed class RequestState
     }
 
     public bool CancelRequested => _cancel;
+
+    /// <summary>
+    /// The speculative decoder for the request's current sequence (made on first use; with penalties, a processor applies
+    /// them to every verification row with that row's context: the answer so far and the proposals before the row).
+    /// </summary>
+    public Speculative.SpeculativeDecoder SpeculativeDecoder(ICausalLanguageModel target) =>
+        Speculative ??= new Speculative.SpeculativeDecoder(target, Sequence, Options.Drafter!, Options.NumDraftTokens)
+        {
+            Processor = Penalties.IsNone ? null : (logits, _, proposed) =>
+            {
+                var tokens = new List<int>(PenaltyTokens);
+                var counts = new List<int>(PenaltyCounts);
+                foreach (int t in proposed)
+                {
+                    int at = tokens.IndexOf(t);
+                    if (at >= 0) counts[at]++;
+                    else { tokens.Add(t); counts.Add(1); }
+                }
+                Sampling.Penalties.Apply(logits, CollectionsMarshal.AsSpan(tokens), CollectionsMarshal.AsSpan(counts), Penalties);
+            },
+        };
+
+    /// <summary>Drops the speculative decoder (the request leaves its sequence), keeping its counts.</summary>
+    public void ReleaseSpeculative()
+    {
+        if (Speculative is null) return;
+        SpeculationStats!.Add(Speculative.Stats);
+        Speculative.Dispose();
+        Speculative = null;
+    }
     public int Generated => Tokens.Count - PromptLength;
     /// <summary>The step's output row: a token sampled on the backend (penalties applied there), or logits for host sampling (logprobs).</summary>
     public StepOutput OutputKind => Options.TopLogprobs >= 0 ? StepOutput.Logits : StepOutput.Sample;
@@ -180,7 +214,7 @@ internal sealed class RequestState
             Generated > 0 ? Stopwatch.GetElapsedTime(SubmitTicks, _firstTokenTicks) : TimeSpan.Zero,
             Stopwatch.GetElapsedTime(SubmitTicks, Generated > 0 && reason != FinishReason.Cancelled ? _lastTokenTicks : nowTicks));
         var result = new RequestResult(_text.Reasoning.ToString().Trim('\n'), _text.Content.ToString().TrimStart('\n'), [.. _text.ToolCalls],
-            Tokens.GetRange(PromptLength, Generated), reason, usage) { ContextFull = contextFull, StopString = _text.StopString, StopTokenId = _stopToken };
+            Tokens.GetRange(PromptLength, Generated), reason, usage) { ContextFull = contextFull, StopString = _text.StopString, StopTokenId = _stopToken, Speculation = SpeculationStats };
         Output.Writer.TryComplete();
         Completion.TrySetResult(result);
     }

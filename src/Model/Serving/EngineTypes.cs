@@ -63,6 +63,11 @@ public sealed record RequestOptions
     public JsonElement? Tools { get; init; }
     /// <summary>Turn &lt;tool_call&gt;{"name":..,"arguments":..}&lt;/tool_call&gt; in the answer into <see cref="PieceKind.ToolCall"/> pieces.</summary>
     public bool ParseToolCalls { get; init; } = true;
+    /// <summary>Speculative decoding (docs/speculative.md): proposes tokens that one target step verifies; null: plain
+    /// decoding. Not owned, and used by this request alone (a draft model's drafter holds one sequence).</summary>
+    public Speculative.IDrafter? Drafter { get; init; }
+    /// <summary>Tokens the drafter proposes per verification step (k).</summary>
+    public int NumDraftTokens { get; init; } = 4;
 
     /// <summary>The presence penalty in effect (this record's, else the sampling options').</summary>
     public float EffectivePresencePenalty => PresencePenalty != 0f ? PresencePenalty : Sampling.PresencePenalty;
@@ -92,6 +97,8 @@ public sealed record RequestOptions
         if (StopTokenIds is null) throw new InvalidRequestException("stop_token_ids", "stop_token_ids must be a list of token ids");
         foreach (int id in StopTokenIds)
             if ((uint)id >= (uint)vocabSize) throw new InvalidRequestException("stop_token_ids", $"stop_token_ids: token id {id} is outside the vocabulary [0, {vocabSize})");
+        if (Drafter is not null && (NumDraftTokens < 1 || NumDraftTokens > Speculative.SpeculativeDecoder.MaxDraftTokens))
+            throw new InvalidRequestException("num_draft_tokens", $"num_draft_tokens must be in [1, {Speculative.SpeculativeDecoder.MaxDraftTokens}], got {NumDraftTokens}");
         if (Tools is { } tools && tools.ValueKind != JsonValueKind.Array) throw new InvalidRequestException("tools", $"tools must be an array of tool definitions, got {tools.ValueKind}");
     }
 }
@@ -156,6 +163,8 @@ public sealed record RequestResult(string Reasoning, string Content, IReadOnlyLi
     public string? StopString { get; init; }
     /// <summary>The EOS or stop token id that ended the answer, if one did.</summary>
     public int? StopTokenId { get; init; }
+    /// <summary>Acceptance counts when the request used speculative decoding (else null).</summary>
+    public Speculative.SpeculationStats? Speculation { get; init; }
 }
 
 /// <summary>A request parameter is invalid; <see cref="Parameter"/> names it as the OpenAI API does (top_p, max_tokens, messages, ...).</summary>

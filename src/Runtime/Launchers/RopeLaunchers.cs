@@ -13,7 +13,7 @@ public struct QkNormRopeParams
     public DevicePtr VCache;         // [pages, pageSize, NumKvHeads, D] bf16
     public DevicePtr QNormWeight;    // [D] bf16
     public DevicePtr KNormWeight;    // [D] bf16
-    public DevicePtr InvFreq;        // [D/2] fp32
+    public DevicePtr InvFreq;        // [D/2] fp32, or [Tokens, D/2] when InvFreqPerToken
     public DevicePtr Positions;      // [tokens] int32
     public DevicePtr SlotMapping;    // [tokens] int32, < 0: no cache write
     public int Tokens;
@@ -23,6 +23,7 @@ public struct QkNormRopeParams
     public int QOutStride;           // elements
     public float Eps;
     public float AttentionScaling;
+    public int InvFreqPerToken;      // 0: one shared table; 1: row t for token t (dynamic NTK)
 }
 
 /// <summary>

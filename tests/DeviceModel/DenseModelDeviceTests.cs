@@ -1,0 +1,58 @@
+using Qwen3Cuda.Model.Checkpoint;
+using Qwen3Cuda.Model.Device;
+
+namespace Qwen3Cuda.Tests.DeviceModel;
+
+/// <summary>
+/// Dense Qwen3 (model_type qwen3) on the device path: the dense SwiGLU MLP launches (GEMV / GEMM + swiglu.cu, not the MoE
+/// kernels) and tied embeddings (lm_head reads the embedding tensor; one copy in the weight arena).
+/// </summary>
+[NonParallelizable]
+public class DenseModelDeviceTests
+{
+    public static readonly SyntheticOptions TinyDenseTiedOptions = DeviceCheckpoints.TinyOptions with { Dense = true, TieWordEmbeddings = true };
+
+    /// <summary>
+    /// Tiny shapes, every layer dense, tied embeddings: chunked prefill (a 16-row chunk through the GEMMs, then 4 rows
+    /// through the GEMVs) and 16 greedy steps against the CPU reference at the suite's tolerance (DeviceModelTests).
+    /// </summary>
+    [Test]
+    public void TinyDenseTied_ChunkedPrefillAndDecode_MatchReference()
+    {
+        DeviceModelTests.RunGreedy(Model.TestCheckpoints.Get(TinyDenseTiedOptions),
+            new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4 }, promptLength: 20, steps: 16);
+    }
+
+    [Test]
+    public void DenseModel_LaunchesNoMoeKernel()
+    {
+        using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, Model.TestCheckpoints.Get(TinyDenseTiedOptions),
+            new DeviceModelOptions { ContextLength = 32, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false });
+        device.ClearLaunches();
+        dm.ForwardGreedy(0, [1, 2, 3]);
+        var launches = device.Launches.Select(r => r.Kernel).ToList();
+        Assert.That(launches, Has.Some.EqualTo("swiglu_bf16"));
+        Assert.That(launches.Where(k => k.StartsWith("moe_", StringComparison.Ordinal)), Is.Empty);
+        Assert.That(launches.Count(k => k == "swiglu_bf16"), Is.EqualTo(dm.Config.NumHiddenLayers));
+    }
+
+    /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>
+    [Test]
+    public void Qwen3_06B_Plan_CountsTheTiedEmbeddingOnce()
+    {
+        var tied = SyntheticCheckpoint.BuildConfig(new SyntheticOptions { Preset = SyntheticPreset.Qwen3_0_6B });
+        Assert.That((tied.ModelType, tied.TieWordEmbeddings, tied.NumHiddenLayers, tied.HiddenSize, tied.IntermediateSize, tied.NumAttentionHeads, tied.NumKeyValueHeads, tied.HeadDim),
+            Is.EqualTo(("qwen3", true, 28, 1024, 3072, 16, 8, 128)));
+        var layout = new WeightLayout(tied);
+        Assert.That(layout.LmHead, Is.SameAs(layout.Embedding));
+        Assert.That(layout.Tensors.Count(t => t.Name is "embed_tokens" or "lm_head"), Is.EqualTo(1));
+        Assert.That(layout.Layers.All(l => !l.IsMoe && l.Router is null && l.GateUp.Shape.SequenceEqual(new long[] { 1, 6144, 1024 })), Is.True);
+        var untied = new WeightLayout(tied with { TieWordEmbeddings = false });
+        long table = (long)tied.VocabSize * tied.HiddenSize * 2;   // 311 MB, a multiple of the 256-byte alignment
+        Assert.That(untied.TotalBytes - layout.TotalBytes, Is.EqualTo(table));
+        // ~0.6 B parameters (embedding once): 1.2 GB of bf16, within the alignment padding of the parameter bytes
+        Assert.That(layout.ParameterCount, Is.InRange(590_000_000L, 600_000_000L));
+        Assert.That(layout.TotalBytes - 2 * layout.ParameterCount, Is.InRange(0L, 256L * layout.Tensors.Count));
+    }
+}
