@@ -13,7 +13,11 @@
 //   Grid (ceil(H / 16), T*k), 128 threads: warp w owns rows h = bx*16 + 4w .. +3. Bytes: T*k*H*I*2 + inter.
 // The combine (kernels/moe_combine.cu) then sums the k rows of y per token in rank order.
 // Variants: these GEMVs (decode); kernels/moe_gemm.cu is the tensor-core path for many tokens.
-#include "common.cuh"
+// Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemv_fp8 / _int8 and moe_down_gemv_fp8 / _int8 read one
+// byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
+// reference's bf16 weights and accumulate like the bf16 kernels. The scale row of a weight row is that of the stacked
+// matrix: gate_up row e*2I + r, down row e*H + h. Bytes: T*k*2I*H (+ scales) and T*k*H*I (+ scales); H / I % 16 == 0.
+#include "quant.cuh"
 
 #define GEMV_THREADS 128
 #define GATE_UP_I_PER_WARP 2
@@ -28,6 +32,7 @@ struct MoeGateUpGemvParams {
     int top_k;
     int hidden_size;         // H, multiple of 8
     int inter_size;          // I
+    WeightScales ws;         // quantized variants only
 };
 
 struct MoeDownGemvParams {
@@ -38,6 +43,7 @@ struct MoeDownGemvParams {
     int slots;
     int hidden_size;         // H
     int inter_size;          // I, multiple of 8
+    WeightScales ws;         // quantized variants only
 };
 
 // silu then the product, with the reference's rounding points (gate, up already bf16).
@@ -108,3 +114,87 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
         if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
     }
 }
+
+// Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
+template <int QF>
+__device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams& p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s = blockIdx.y;
+    const int t = s / p.top_k;
+    const int e = p.topk_ids[s];
+    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
+    if (i0 >= p.inter_size) return;
+    const bool two = i0 + 1 < p.inter_size;
+    const int H = p.hidden_size, I = p.inter_size;
+    const int qchunks = H >> 4;
+    const uint4* x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * H);
+    const int grow = e * 2 * I + i0;                       // stacked row of gate row i0 (its up row: + I)
+    const unsigned char* wg = reinterpret_cast<const unsigned char*>(p.gate_up) + (size_t)grow * H;
+    const unsigned char* wu = wg + (size_t)I * H;
+    float g0 = 0.f, g1 = 0.f, u0 = 0.f, u1 = 0.f;
+    for (int c = lane; c < qchunks; c += 32) {
+        const uint4 xa = __ldg(&x[2 * c]), xb = __ldg(&x[2 * c + 1]);
+        const int k = c * 16;
+        uint4 a, b;
+        dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wg + k)), weight_scale(p.ws, grow, k), a, b);
+        g0 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+        dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wu + k)), weight_scale(p.ws, grow + I, k), a, b);
+        u0 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+        if (two) {
+            dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wg + H + k)), weight_scale(p.ws, grow + 1, k), a, b);
+            g1 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+            dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wu + H + k)), weight_scale(p.ws, grow + I + 1, k), a, b);
+            u1 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+        }
+    }
+    g0 = round_bf16(warp_sum(g0));
+    u0 = round_bf16(warp_sum(u0));
+    g1 = round_bf16(warp_sum(g1));
+    u1 = round_bf16(warp_sum(u1));
+    if (lane == 0) {
+        bf16* out = p.inter + (size_t)s * I + i0;
+        out[0] = f32_to_bf16(swiglu_bf16(g0, u0));
+        if (two) out[1] = f32_to_bf16(swiglu_bf16(g1, u1));
+    }
+}
+
+// Quantized down: the mapping of moe_down_gemv with 16-weight chunks.
+template <int QF>
+__device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s = blockIdx.y;
+    const int e = p.topk_ids[s];
+    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
+    if (h0 >= p.hidden_size) return;
+    const int H = p.hidden_size, I = p.inter_size;
+    const int qchunks = I >> 4;
+    const uint4* x = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
+    const int grow = e * H + h0;
+    const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * I;
+    float acc[DOWN_ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
+    for (int c = lane; c < qchunks; c += 32) {
+        const uint4 xa = x[2 * c], xb = x[2 * c + 1];
+        const int k = c * 16;
+#pragma unroll
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
+            if (h0 + r < H) {
+                uint4 a, b;
+                dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)r * I + k)), weight_scale(p.ws, grow + r, k), a, b);
+                acc[r] += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_fp8(MoeDownGemvParams p) { moe_down_gemv_quant<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_int8(MoeDownGemvParams p) { moe_down_gemv_quant<QF_INT8>(p); }

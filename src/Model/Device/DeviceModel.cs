@@ -139,7 +139,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
 
     /// <summary>A weight matrix as the launchers take it: its format picks the kernel variant.</summary>
     private WeightOperand Operand(DeviceTensor t) =>
-        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null);
+        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null) { ScaleRowShift = t.ScaleRowShift, ScaleKShift = t.ScaleKShift, ScaleCols = t.ScaleCols };
 
     private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)
     {
@@ -150,6 +150,17 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             DevicePtr dst = _weights.Base + t.Offset;
             if (t.IsDerived) { up.Zero(dst, t.Bytes); continue; }
+            if (t.ScaleSourceRows is { } sourceRows)
+            {
+                for (int i = 0; i < t.Sources.Count; i++)
+                {
+                    float[] scales = DeviceScales(ckpt.Get(t.Sources[i].CheckpointName), sourceRows[i], t);
+                    if (scales.Length * sizeof(float) != t.Sources[i].Bytes)
+                        throw new InvalidDataException($"{t.Sources[i].CheckpointName}: {scales.Length} fp32 scales for device tensor {t.Name}, expected {t.Sources[i].Bytes / sizeof(float)}");
+                    unsafe { fixed (float* p = scales) up.Upload(dst + t.Sources[i].DeviceOffset, (nint)p, t.Sources[i].Bytes, t.Sources[i].CheckpointName); }
+                }
+                continue;
+            }
             foreach (var s in t.Sources)
             {
                 var view = ckpt.Get(s.CheckpointName);
@@ -162,6 +173,21 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
         }
+    }
+
+    /// <summary>
+    /// One source's scales as the device holds them (docs/formats.md): fp32, one row per 2^ScaleRowShift weight rows; the
+    /// checkpoint's scale row of weight row r is r / ScaleBlockRows.
+    /// </summary>
+    private static float[] DeviceScales(Checkpoint.TensorView view, long weightRows, DeviceTensor scaleTensor)
+    {
+        float[] src = WeightQuantization.ScalesToFloat(view);
+        int cols = (int)scaleTensor.Shape[1];
+        long rows = weightRows >> scaleTensor.ScaleRowShift;
+        var dst = new float[rows * cols];
+        for (long j = 0; j < rows; j++)
+            Array.Copy(src, (j << scaleTensor.ScaleRowShift) / scaleTensor.ScaleBlockRows * cols, dst, j * cols, cols);
+        return dst;
     }
 
     // ---------------- ICausalLanguageModel ----------------
