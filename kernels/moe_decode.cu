@@ -17,6 +17,8 @@
 // byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
 // reference's bf16 weights and accumulate like the bf16 kernels. The scale row of a weight row is that of the stacked
 // matrix: gate_up row e*2I + r, down row e*H + h. Bytes: T*k*2I*H (+ scales) and T*k*H*I (+ scales); H / I % 16 == 0.
+// The slot's activation row (H or I bf16) is staged in dynamic shared memory first (coalesced 16-byte loads), since a
+// lane's 16 weights need 32 bytes of it.
 #include "quant.cuh"
 
 #define GEMV_THREADS 128
@@ -119,22 +121,26 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
 template <int QF>
 __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams& p)
 {
+    extern __shared__ uint4 x_s[];                         // [H / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int s = blockIdx.y;
     const int t = s / p.top_k;
     const int e = p.topk_ids[s];
-    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
-    if (i0 >= p.inter_size) return;
-    const bool two = i0 + 1 < p.inter_size;
     const int H = p.hidden_size, I = p.inter_size;
+    const uint4* xg = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * H);
+    for (int i = threadIdx.x; i < (H >> 3); i += GEMV_THREADS) x_s[i] = __ldg(&xg[i]);
+    __syncthreads();
+    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
+    if (i0 >= I) return;
+    const bool two = i0 + 1 < I;
     const int qchunks = H >> 4;
-    const uint4* x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * H);
+    const uint4* x = x_s;
     const int grow = e * 2 * I + i0;                       // stacked row of gate row i0 (its up row: + I)
     const unsigned char* wg = reinterpret_cast<const unsigned char*>(p.gate_up) + (size_t)grow * H;
     const unsigned char* wu = wg + (size_t)I * H;
     float g0 = 0.f, g1 = 0.f, u0 = 0.f, u1 = 0.f;
     for (int c = lane; c < qchunks; c += 32) {
-        const uint4 xa = __ldg(&x[2 * c]), xb = __ldg(&x[2 * c + 1]);
+        const uint4 xa = x[2 * c], xb = x[2 * c + 1];
         const int k = c * 16;
         uint4 a, b;
         dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wg + k)), weight_scale(p.ws, grow, k), a, b);
@@ -163,14 +169,18 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
 template <int QF>
 __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
 {
+    extern __shared__ uint4 x_s[];                         // [I / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int s = blockIdx.y;
     const int e = p.topk_ids[s];
-    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
-    if (h0 >= p.hidden_size) return;
     const int H = p.hidden_size, I = p.inter_size;
+    const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
+    for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = xg[i];
+    __syncthreads();
+    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
+    if (h0 >= H) return;
     const int qchunks = I >> 4;
-    const uint4* x = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
+    const uint4* x = x_s;
     const int grow = e * H + h0;
     const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * I;
     float acc[DOWN_ROWS_PER_WARP];

@@ -145,7 +145,8 @@ public sealed class MoeLaunchers
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
         var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales };
-        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128), stream, p);
+        int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : s.Hidden * sizeof(ushort);   // quantized: the hidden row staged in shared memory
+        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128, smem), stream, p);
     }
 
     /// <summary>Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot.</summary>
@@ -161,7 +162,8 @@ public sealed class MoeLaunchers
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
         var p = new MoeDownGemvParams { Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = down.KernelScales };
-        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128), stream, p);
+        int smem = down.Format == WeightFormat.Bf16 ? 0 : s.Inter * sizeof(ushort);
+        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem), stream, p);
     }
 
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
