@@ -24,6 +24,8 @@ public class QuantizedModelTests
     /// </summary>
     [TestCase(WeightFormat.Fp8Block, false)]
     [TestCase(WeightFormat.Fp8Block, true)]
+    [TestCase(WeightFormat.Int8Channel, false)]
+    [TestCase(WeightFormat.Int8Channel, true)]
     public void Tiny_PrefillAndGreedyDecode_MatchReference(WeightFormat format, bool denseLayer)
     {
         string dir = TinyIn(format, denseLayer);

@@ -114,6 +114,22 @@ public class WeightFormatTests
         Assert.That(() => new WeightLayout(c), Throws.InstanceOf<ConfigException>().With.Message.Contains($"'{method}'"));
     }
 
+    [TestCase("""{"quant_method": "int8", "bits": 8, "group_size": -1, "sym": true}""", null)]
+    [TestCase("""{"quant_method": "int8", "bits": 4}""", "quantization_config.bits 4 is not supported (quant_method int8 loads bits 8)")]
+    [TestCase("""{"quant_method": "int8", "group_size": 128}""", "quantization_config.group_size 128 is not supported (quant_method int8 loads group_size -1: one scale per output channel)")]
+    [TestCase("""{"quant_method": "int8", "sym": false}""", "quantization_config.sym false is not supported (quant_method int8 is symmetric: no zero points)")]
+    public void Int8Config_IsDetected_OrRefusedByField(string json, string? message)
+    {
+        var c = ModelConfig.Parse(WithQuantization(json));
+        if (message is null)
+        {
+            Assert.That(CheckpointFormat.FromConfig(c).LinearFormat, Is.EqualTo(WeightFormat.Int8Channel));
+            var l = new WeightLayout(c).Layers[0];
+            Assert.That((l.Qkv.DType, l.Qkv.Scales[0].Shape, l.Down.Scales[0].Shape), Is.EqualTo((SafetensorsDType.I8, new long[] { c.QueryDim + 2L * c.KeyValueDim, 1 }, new long[] { c.NumExperts * (long)c.HiddenSize, 1 })));
+        }
+        else Assert.That(() => CheckpointFormat.FromConfig(c), Throws.InstanceOf<ConfigException>().With.Message.EqualTo("config.json: " + message));
+    }
+
     [Test]
     public void UnsupportedQuantization_ThroughTheCli_IsOneClearLine()
     {

@@ -21,7 +21,20 @@ public sealed class CheckpointFormat
     public static readonly IReadOnlyList<(string QuantMethod, string Description, Func<QuantizationConfig, string, CheckpointFormat> Build)> Supported =
     [
         ("fp8", "fmt e4m3, weight_block_size [128, 128]", BuildFp8),
+        ("int8", "bits 8, group_size -1 (per output channel), sym: qwen3cuda-convert quantize --to int8", BuildInt8),
     ];
+
+    /// <summary>quant_method "int8": our W8A16 layout (docs/formats.md), int8 weights with one fp32 scale per output row.</summary>
+    public const string Int8QuantMethod = "int8";
+
+    private static CheckpointFormat BuildInt8(QuantizationConfig q, string fileName)
+    {
+        if (q.Bits is not (null or 8)) throw new ConfigException($"{fileName}: quantization_config.bits {q.Bits} is not supported (quant_method int8 loads bits 8)");
+        if (q.GroupSize is not (null or -1))
+            throw new ConfigException($"{fileName}: quantization_config.group_size {q.GroupSize} is not supported (quant_method int8 loads group_size -1: one scale per output channel)");
+        if (q.Sym is false) throw new ConfigException($"{fileName}: quantization_config.sym false is not supported (quant_method int8 is symmetric: no zero points)");
+        return new CheckpointFormat("int8 per-channel (W8A16)", WeightFormat.Int8Channel, q);
+    }
 
     private static CheckpointFormat BuildFp8(QuantizationConfig q, string fileName)
     {

@@ -27,7 +27,8 @@ public sealed class QuantizedWriter(IReadOnlyList<PlannedTensor> plan, Func<int,
         {
             QuantMethod = "fp8", Fmt = "e4m3", ActivationScheme = "dynamic", WeightBlockSize = [WeightQuantization.Fp8Block, WeightQuantization.Fp8Block],
         },
-        _ => throw new NotSupportedException($"writing weight format {format.Name()} is not supported yet (supported: bf16, fp8)"),
+        WeightFormat.Int8Channel => new QuantizationConfig { QuantMethod = CheckpointFormat.Int8QuantMethod, Bits = 8, GroupSize = -1, Sym = true },
+        _ => throw new NotSupportedException($"writing weight format {format.Name()} is not supported yet (supported: bf16, fp8, int8)"),
     };
 
     /// <summary>Every tensor of a checkpoint for <paramref name="c"/> in file order: bf16 tensors, and for each quantized Linear its weight then its scale.</summary>
