@@ -17,6 +17,7 @@
 // Quantized weights (quant.cuh, docs/formats.md): gemm_fp8_* and gemm_int8_* read W one byte per weight (8 bytes per
 // 8-weight chunk with plain loads), dequantize to bf16 in registers and store the chunk into the same shared tile the
 // bf16 variant fills with cp.async; the mma loop is unchanged (bf16 mma.sync: no FP8 tensor-core path on sm_80).
+// gemm_int4_* (GPTQ): 4 bytes per 8-weight chunk, fp16 group scales; ldw counts weights (2 per byte).
 #include "mma.cuh"
 #include "quant.cuh"
 
@@ -69,8 +70,10 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p)
             } else {
                 uint4 v = make_uint4(0, 0, 0, 0);
                 if (ok) {
-                    const uint2 q = __ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.w) + (size_t)(bn + r) * p.ldw + k0 + c));
-                    v = dequant_x8<QF>(q, weight_scale(p.ws, bn + r, k0 + c));
+                    const unsigned char* src = reinterpret_cast<const unsigned char*>(p.w) + ((size_t)(bn + r) * p.ldw + k0 + c) / QF_WPB(QF);
+                    const float sc = weight_scale_q<QF>(p.ws, bn + r, k0 + c);
+                    if constexpr (QF == QF_INT4) v = dequant_int4x8(__ldg(reinterpret_cast<const unsigned int*>(src)), sc);
+                    else v = dequant_x8<QF>(__ldg(reinterpret_cast<const uint2*>(src)), sc);
                 }
                 *reinterpret_cast<uint4*>(&w_s[stage][r * GEMM_SK + c]) = v;
             }
@@ -146,3 +149,5 @@ extern "C" __global__ void __launch_bounds__(128) gemm_fp8_64x64(GemmParams p) {
 extern "C" __global__ void __launch_bounds__(256) gemm_fp8_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, QF_FP8>(p); }
 extern "C" __global__ void __launch_bounds__(128) gemm_int8_64x64(GemmParams p) { gemm_body<64, 64, 2, 2, QF_INT8>(p); }
 extern "C" __global__ void __launch_bounds__(256) gemm_int8_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(128) gemm_int4_64x64(GemmParams p) { gemm_body<64, 64, 2, 2, QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_int4_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, QF_INT4>(p); }

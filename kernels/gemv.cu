@@ -18,7 +18,8 @@
 // scales) stream one byte per weight, 16 bytes per lane per load (16 weights, one scale, since 16 divides the 128-wide
 // scale blocks), dequantize in registers to the bf16 the reference uses and then accumulate as the bf16 variant does.
 // Bytes moved: N*K (W) + the scales (N/128 * K/128 * 4, or N * 4) + the same x / y / partial traffic; K and k_split
-// must be multiples of 16.
+// must be multiples of 16. gemv_int4_t1..8 (GPTQ, two codes per byte, fp16 group scales): 32 weights per 16-byte load,
+// K and k_split multiples of 32, N*K/2 weight bytes.
 #include "quant.cuh"
 
 #define GEMV_THREADS 256
@@ -140,7 +141,9 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     }
     __syncthreads();
 
-    const int qchunks = klen >> 4;                          // 16-weight chunks of this slice
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;         // weights per byte, per 16-byte load
+    const int qchunks = klen / WPL;                         // 16-byte chunks of this slice
+    const int row_bytes = p.k / WPB;
     const int rows_cta = GEMV_WARPS * p.rows_per_warp;
     const int row_base = blockIdx.x * rows_cta;
     const unsigned char* wq = reinterpret_cast<const unsigned char*>(p.w);
@@ -148,27 +151,38 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
         const int local = warp * p.rows_per_warp + r;
         const int row = row_base + local;
         if (row >= p.n) break;
-        const unsigned char* wrow = wq + (size_t)row * p.k + k0;
+        const unsigned char* wrow = wq + (size_t)row * row_bytes + k0 / WPB;
         float acc[T];
 #pragma unroll
         for (int t = 0; t < T; t++) acc[t] = 0.f;
-        for (int c0 = 0; c0 < qchunks; c0 += 128) {
-            uint4 wv[4];
+        constexpr int LIF = (WPB == 2 || T > 4) ? 2 : 4;     // 16-byte loads in flight per lane (fewer where registers are short)
+        for (int c0 = 0; c0 < qchunks; c0 += 32 * LIF) {
+            uint4 wv[LIF];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
+            for (int u = 0; u < LIF; u++) {
                 const int c = c0 + u * 32 + lane;
                 wv[u] = c < qchunks ? ldg_stream_v4(wrow + c * 16) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
+            for (int u = 0; u < LIF; u++) {
                 const int c = c0 + u * 32 + lane;
                 if (c < qchunks) {
-                    uint4 a, b;
-                    dequant_x16<QF>(wv[u], weight_scale(p.ws, row, k0 + c * 16), a, b);
+                    const float sc = weight_scale_q<QF>(p.ws, row, k0 + c * WPL);
+                    if constexpr (QF == QF_INT4) {                  // a part at a time: fewer live registers
 #pragma unroll
-                    for (int t = 0; t < T; t++) {
-                        acc[t] = dot8(a, x_s[t * slice_chunks + 2 * c], acc[t]);
-                        acc[t] = dot8(b, x_s[t * slice_chunks + 2 * c + 1], acc[t]);
+                        for (int h = 0; h < 2 * WPB; h++) {
+                            const uint4 w8 = dequant_part<QF>(wv[u], sc, h);
+#pragma unroll
+                            for (int t = 0; t < T; t++) acc[t] = dot8(w8, x_s[t * slice_chunks + 2 * WPB * c + h], acc[t]);
+                        }
+                    } else {
+                        uint4 a, b;
+                        dequant_x16<QF>(wv[u], sc, a, b);
+#pragma unroll
+                        for (int t = 0; t < T; t++) {
+                            acc[t] = dot8(a, x_s[t * slice_chunks + 2 * c], acc[t]);
+                            acc[t] = dot8(b, x_s[t * slice_chunks + 2 * c + 1], acc[t]);
+                        }
                     }
                 }
             }
@@ -208,7 +222,8 @@ GEMV_INSTANCE(8)
 
 #define GEMV_QUANT_INSTANCE(T) \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8_t##T(GemvParams p) { gemv_quant_body<T, QF_FP8>(p); } \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int8_t##T(GemvParams p) { gemv_quant_body<T, QF_INT8>(p); }
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int8_t##T(GemvParams p) { gemv_quant_body<T, QF_INT8>(p); } \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int4_t##T(GemvParams p) { gemv_quant_body<T, QF_INT4>(p); }
 GEMV_QUANT_INSTANCE(1)
 GEMV_QUANT_INSTANCE(2)
 GEMV_QUANT_INSTANCE(3)

@@ -17,6 +17,7 @@
 // byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
 // reference's bf16 weights and accumulate like the bf16 kernels. The scale row of a weight row is that of the stacked
 // matrix: gate_up row e*2I + r, down row e*H + h. Bytes: T*k*2I*H (+ scales) and T*k*H*I (+ scales); H / I % 16 == 0.
+// moe_*_gemv_int4 (GPTQ): 32 weights per 16-byte load, fp16 group scales; H / I % 32 == 0.
 // The slot's activation row (H or I bf16) is staged in dynamic shared memory first (coalesced 16-byte loads), since a
 // lane's 16 weights need 32 bytes of it.
 #include "quant.cuh"
@@ -133,25 +134,26 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
     const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
     if (i0 >= I) return;
     const bool two = i0 + 1 < I;
-    const int qchunks = H >> 4;
-    const uint4* x = x_s;
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;        // weights per byte, per 16-byte load
+    const int qchunks = H / WPL, row_bytes = H / WPB;
     const int grow = e * 2 * I + i0;                       // stacked row of gate row i0 (its up row: + I)
-    const unsigned char* wg = reinterpret_cast<const unsigned char*>(p.gate_up) + (size_t)grow * H;
-    const unsigned char* wu = wg + (size_t)I * H;
+    const unsigned char* wg = reinterpret_cast<const unsigned char*>(p.gate_up) + (size_t)grow * row_bytes;
+    const unsigned char* wu = wg + (size_t)I * row_bytes;
     float g0 = 0.f, g1 = 0.f, u0 = 0.f, u1 = 0.f;
+    auto dot = [&](const unsigned char* w, int row, int c) {
+        uint4 w8[2 * WPB];
+        dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + c * 16)), weight_scale_q<QF>(p.ws, row, c * WPL), w8);
+        float acc = 0.f;
+#pragma unroll
+        for (int h = 0; h < 2 * WPB; h++) acc += dot_bf16x8(w8[h], x_s[2 * WPB * c + h]);
+        return acc;
+    };
     for (int c = lane; c < qchunks; c += 32) {
-        const uint4 xa = x[2 * c], xb = x[2 * c + 1];
-        const int k = c * 16;
-        uint4 a, b;
-        dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wg + k)), weight_scale(p.ws, grow, k), a, b);
-        g0 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
-        dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wu + k)), weight_scale(p.ws, grow + I, k), a, b);
-        u0 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+        g0 += dot(wg, grow, c);
+        u0 += dot(wu, grow + I, c);
         if (two) {
-            dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wg + H + k)), weight_scale(p.ws, grow + 1, k), a, b);
-            g1 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
-            dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(wu + H + k)), weight_scale(p.ws, grow + I + 1, k), a, b);
-            u1 += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+            g1 += dot(wg + row_bytes, grow + 1, c);
+            u1 += dot(wu + row_bytes, grow + I + 1, c);
         }
     }
     g0 = round_bf16(warp_sum(g0));
@@ -179,22 +181,23 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
     __syncthreads();
     const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
     if (h0 >= H) return;
-    const int qchunks = I >> 4;
-    const uint4* x = x_s;
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
+    const int qchunks = I / WPL, row_bytes = I / WPB;
     const int grow = e * H + h0;
-    const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * I;
+    const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * row_bytes;
     float acc[DOWN_ROWS_PER_WARP];
 #pragma unroll
     for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
     for (int c = lane; c < qchunks; c += 32) {
-        const uint4 xa = x[2 * c], xb = x[2 * c + 1];
-        const int k = c * 16;
 #pragma unroll
         for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
             if (h0 + r < H) {
-                uint4 a, b;
-                dequant_x16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)r * I + k)), weight_scale(p.ws, grow + r, k), a, b);
-                acc[r] += dot_bf16x8(a, xa) + dot_bf16x8(b, xb);
+                uint4 w8[2 * WPB];
+                dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)r * row_bytes + c * 16)), weight_scale_q<QF>(p.ws, grow + r, c * WPL), w8);
+                float d = 0.f;
+#pragma unroll
+                for (int h = 0; h < 2 * WPB; h++) d += dot_bf16x8(w8[h], x_s[2 * WPB * c + h]);
+                acc[r] += d;
             }
     }
 #pragma unroll
@@ -208,3 +211,5 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT8>(p); }
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_fp8(MoeDownGemvParams p) { moe_down_gemv_quant<QF_FP8>(p); }
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_int8(MoeDownGemvParams p) { moe_down_gemv_quant<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int4(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_int4(MoeDownGemvParams p) { moe_down_gemv_quant<QF_INT4>(p); }

@@ -25,6 +25,7 @@
 // Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemm_fp8 / _int8 and moe_down_gemm_fp8 / _int8 load the
 // B tile one byte per weight (8 bytes per 16-byte shared chunk, plain loads), dequantize it in registers to the
 // reference's bf16 weights and store it swizzled like the cp.async path; A and the mma loop are the bf16 ones.
+// moe_*_gemm_int4 (GPTQ): 4 bytes per 8-weight chunk, fp16 group scales.
 #include "quant.cuh"
 
 #ifndef MOE_GEMM_GUARD_N
@@ -100,6 +101,15 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
 // The shared main loop: acc[mi][j] = A[rows] x B[rows]^T over K (acc is zeroed here). a_src[i] / b_src[i] point at this thread's
 // 16-byte chunks of k-tile 0 (a_src null: a zero padding row; b_src null, guarded variant only: a zero row
 // past the end of N). b_row0[jp] is the B-tile row of the warp's
+// The scales of stacked row `grow` (fp32, or fp16 for QF_INT4: the pointer is then reinterpreted).
+template <int QF>
+__device__ __forceinline__ const float* scale_row(const WeightScales& s, size_t grow)
+{
+    const size_t i = (grow >> s.row_shift) * s.cols;
+    if (QF == QF_INT4) return reinterpret_cast<const float*>(reinterpret_cast<const unsigned short*>(s.scales) + i);
+    return s.scales + i;
+}
+
 // n8-tile pair jp. Quantized (QF != 0): b_src[i] points at one-byte weights, b_scale[i] at the row's scales (k_shift).
 template <int QF>
 __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4], const bf16* const (&a_src)[2],
@@ -133,8 +143,12 @@ __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4
                 cp_async16(dst, static_cast<const bf16*>(b_src[i]) + kt * GM_BK);
             } else {
                 const int k = kt * GM_BK + chunk * 8;
-                const uint2 q = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(b_src[i]) + kt * GM_BK));
-                *reinterpret_cast<uint4*>(dst) = dequant_x8<QF>(q, __ldg(&b_scale[i][k >> k_shift]));
+                const unsigned char* src = static_cast<const unsigned char*>(b_src[i]) + kt * GM_BK / QF_WPB(QF);
+                if constexpr (QF == QF_INT4)
+                    *reinterpret_cast<uint4*>(dst) = dequant_int4x8(__ldg(reinterpret_cast<const unsigned int*>(src)),
+                                                                    f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(b_scale[i]) + (k >> k_shift))));
+                else
+                    *reinterpret_cast<uint4*>(dst) = dequant_x8<QF>(__ldg(reinterpret_cast<const uint2*>(src)), __ldg(&b_scale[i][k >> k_shift]));
             }
         }
     };
@@ -200,8 +214,8 @@ __device__ __forceinline__ void moe_gate_up_gemm_body(const MoeGateUpGemmParams&
         const int wrow = row < 64 ? n0 + row : I + n0 + (row - 64);   // gate rows, then the matching up rows
         const size_t grow = (size_t)e * 2 * I + wrow;
         if (QF == 0) b_src[i] = p.gate_up + grow * H + chunk * 8;
-        else b_src[i] = reinterpret_cast<const unsigned char*>(p.gate_up) + grow * H + chunk * 8;
-        b_scale[i] = QF == 0 ? nullptr : p.ws.scales + (grow >> p.ws.row_shift) * p.ws.cols;
+        else b_src[i] = reinterpret_cast<const unsigned char*>(p.gate_up) + (grow * H + chunk * 8) / QF_WPB(QF);
+        b_scale[i] = QF == 0 ? nullptr : scale_row<QF>(p.ws, grow);
 #if MOE_GEMM_GUARD_N
         if (n0 + (row & 63) >= I) b_src[i] = nullptr;
 #endif
@@ -261,8 +275,8 @@ __device__ __forceinline__ void moe_down_gemm_body(const MoeDownGemmParams& p)
         const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
         const size_t grow = (size_t)e * H + n0 + row;
         if (QF == 0) b_src[i] = p.down + grow * I + chunk * 8;
-        else b_src[i] = reinterpret_cast<const unsigned char*>(p.down) + grow * I + chunk * 8;
-        b_scale[i] = QF == 0 ? nullptr : p.ws.scales + (grow >> p.ws.row_shift) * p.ws.cols;
+        else b_src[i] = reinterpret_cast<const unsigned char*>(p.down) + (grow * I + chunk * 8) / QF_WPB(QF);
+        b_scale[i] = QF == 0 ? nullptr : scale_row<QF>(p.ws, grow);
 #if MOE_GEMM_GUARD_N
         if (n0 + row >= H) b_src[i] = nullptr;
 #endif
@@ -297,3 +311,5 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm_fp8(Mo
 extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm_fp8(MoeDownGemmParams p) { moe_down_gemm_body<QF_FP8>(p); }
 extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm_int8(MoeGateUpGemmParams p) { moe_gate_up_gemm_body<QF_INT8>(p); }
 extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm_int8(MoeDownGemmParams p) { moe_down_gemm_body<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm_int4(MoeGateUpGemmParams p) { moe_gate_up_gemm_body<QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm_int4(MoeDownGemmParams p) { moe_down_gemm_body<QF_INT4>(p); }

@@ -5,9 +5,19 @@
 // Scales are fp32 on the device, indexed by a shifted row and a shifted column:
 //   scale(row, k) = scales[(row >> row_shift) * cols + (k >> k_shift)]
 // FP8 block-128: row_shift 7 (0 when a stacked matrix's parts are not 128-row aligned: one scale row per weight row),
-// k_shift 7, cols = ceil(K / 128). INT8 per output channel: row_shift 0, k_shift 30, cols 1.
+// k_shift 7, cols = ceil(K / 128). INT8 per output channel: row_shift 0, k_shift 30, cols 1. GPTQ int4 (symmetric,
+// zero point 8): two 4-bit codes per byte along K (low nibble first), fp16 scales [N, K / group]: row_shift 0,
+// k_shift log2(group), cols K / group; w = bf16((code - 8) x scale).
 #pragma once
 #include "common.cuh"
+
+// The quantized formats, selected by a template parameter: QF_FP8 (E4M3), QF_INT8, QF_INT4 (GPTQ, symmetric).
+#define QF_FP8 1
+#define QF_INT8 2
+#define QF_INT4 3
+
+// Weights per byte of a format.
+#define QF_WPB(QF) ((QF) == QF_INT4 ? 2 : 1)
 
 struct WeightScales {
     const float* scales;      // fp32, see above
@@ -19,6 +29,22 @@ struct WeightScales {
 __device__ __forceinline__ float weight_scale(const WeightScales& s, int row, int k)
 {
     return __ldg(&s.scales[(size_t)(row >> s.row_shift) * s.cols + (k >> s.k_shift)]);
+}
+
+__device__ __forceinline__ float f16_to_f32(unsigned short h)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// The scale of weight (row, k) in format QF: fp32, or fp16 for QF_INT4 (GPTQ keeps its fp16 scales on the device).
+template <int QF>
+__device__ __forceinline__ float weight_scale_q(const WeightScales& s, int row, int k)
+{
+    const size_t i = (size_t)(row >> s.row_shift) * s.cols + (k >> s.k_shift);
+    if (QF == QF_INT4) return f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(s.scales) + i));
+    return __ldg(&s.scales[i]);
 }
 
 // FP8 E4M3 (the "fn" variant: no infinities, S.1111.111 is NaN): bits moved into an fp32 with the exponent rebased by
@@ -49,9 +75,20 @@ __device__ __forceinline__ void dequant_int8x4(unsigned int w, float scale, bf16
     hi = pack_bf16x2(dequant_int8(w >> 16, scale), dequant_int8(w >> 24, scale));
 }
 
-// Byte-per-weight formats, selected by a template parameter: QF_FP8 (E4M3) or QF_INT8.
-#define QF_FP8 1
-#define QF_INT8 2
+
+// The bf16 weight of one 4-bit code (in the low 4 bits) with its group scale: (code - 8) x scale.
+__device__ __forceinline__ float dequant_int4(unsigned int q, float scale) { return round_bf16((float)((int)(q & 0xfu) - 8) * scale); }
+
+// Eight 4-bit codes of a 32-bit word (weight j in bits 4j..4j+3) -> 8 bf16 in one uint4.
+__device__ __forceinline__ uint4 dequant_int4x8(unsigned int w, float scale)
+{
+    uint4 r;
+    r.x = pack_bf16x2(dequant_int4(w, scale), dequant_int4(w >> 4, scale));
+    r.y = pack_bf16x2(dequant_int4(w >> 8, scale), dequant_int4(w >> 12, scale));
+    r.z = pack_bf16x2(dequant_int4(w >> 16, scale), dequant_int4(w >> 20, scale));
+    r.w = pack_bf16x2(dequant_int4(w >> 24, scale), dequant_int4(w >> 28, scale));
+    return r;
+}
 
 template <int QF>
 __device__ __forceinline__ void dequant_x4(unsigned int w, float scale, bf16x2& lo, bf16x2& hi)
@@ -68,6 +105,30 @@ __device__ __forceinline__ void dequant_x16(uint4 q, float scale, uint4& a, uint
     dequant_x4<QF>(q.y, scale, a.z, a.w);
     dequant_x4<QF>(q.z, scale, b.x, b.y);
     dequant_x4<QF>(q.w, scale, b.z, b.w);
+}
+
+// 16 bytes of one row, one scale -> 16 * QF_WPB(QF) bf16 in 2 * QF_WPB(QF) uint4 chunks of 8.
+template <int QF>
+__device__ __forceinline__ void dequant_load16(uint4 q, float scale, uint4 (&out)[2 * QF_WPB(QF)])
+{
+    if constexpr (QF == QF_INT4) {
+        out[0] = dequant_int4x8(q.x, scale); out[1] = dequant_int4x8(q.y, scale);
+        out[2] = dequant_int4x8(q.z, scale); out[3] = dequant_int4x8(q.w, scale);
+    } else {
+        dequant_x16<QF>(q, scale, out[0], out[1]);
+    }
+}
+
+// 8 bytes (8 weights, one scale) -> 8 bf16 in one uint4 (forward declaration for dequant_part).
+template <int QF>
+__device__ __forceinline__ uint4 dequant_x8(uint2 q, float scale);
+
+// Part h (0 .. 2 * QF_WPB(QF) - 1) of a 16-byte load as 8 bf16: one uint4 at a time keeps few registers live.
+template <int QF>
+__device__ __forceinline__ uint4 dequant_part(uint4 q, float scale, int h)
+{
+    if constexpr (QF == QF_INT4) return dequant_int4x8(h == 0 ? q.x : h == 1 ? q.y : h == 2 ? q.z : q.w, scale);
+    else return dequant_x8<QF>(h == 0 ? make_uint2(q.x, q.y) : make_uint2(q.z, q.w), scale);
 }
 
 // 8 bytes (8 weights, one scale) -> 8 bf16 in one uint4.

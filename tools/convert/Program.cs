@@ -9,7 +9,7 @@ namespace Qwen3Cuda.ConvertTool;
 /// </summary>
 public static class Program
 {
-    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8|int8]\n       qwen3cuda-convert quantize --to fp8|int8 --in DIR --out DIR [--max-shard-bytes B]";
+    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8|int8|int4]\n       qwen3cuda-convert quantize --to fp8|int8 --in DIR --out DIR [--max-shard-bytes B]";
 
     const string Help = Usage + """
 
@@ -35,7 +35,8 @@ public static class Program
                                  working directory, or in $QWEN3CUDA_TOKENIZER_DIR)
           --weight-format F      bf16 (default), fp8 (the Linear weights in FP8 E4M3 with 128x128 block scales:
                                  Qwen3-30B-A3B-FP8's layout and quantization_config) or int8 (W8A16, one scale per
-                                 output row), quantized from the same random values (docs/formats.md)
+                                 output row) or int4 (GPTQ 4-bit, symmetric, group 128 or the largest power of two
+                                 dividing the model's K), quantized from the same random values (docs/formats.md)
           -h, --help             this text
 
         quantize rewrites a bf16 checkpoint with its Linear weights (attention projections, experts, dense MLPs)
@@ -97,7 +98,8 @@ public static class Program
             "bf16" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Bf16,
             "fp8" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Fp8Block,
             "int8" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Int8Channel,
-            var other => throw new ArgumentException($"--weight-format '{other}' is not one of bf16, fp8, int8"),
+            "int4" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Int4Gptq,
+            var other => throw new ArgumentException($"--weight-format '{other}' is not one of bf16, fp8, int8, int4"),
         };
         var result = SyntheticCheckpoint.Write(new SyntheticOptions
         {

@@ -128,7 +128,10 @@ public static class SyntheticCheckpoint
             RopeScaling = o.RopeScaling,
             TieWordEmbeddings = o.TieWordEmbeddings,
             TorchDtype = "bfloat16",
-            Quantization = QuantizedWriter.ConfigFor(o.WeightFormat),
+        };
+        c = c with
+        {
+            Quantization = QuantizedWriter.ConfigFor(o.WeightFormat, o.WeightFormat == Qwen3Cuda.Runtime.Launchers.WeightFormat.Int4Gptq ? QuantizedWriter.DefaultGroupSize(c) : 128),
         };
         c.Validate("synthetic config");
         return c;

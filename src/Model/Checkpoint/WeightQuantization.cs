@@ -136,6 +136,72 @@ public static class WeightQuantization
         return (q, scales);
     }
 
+    /// <summary>
+    /// The bf16 weights [N, K] of a GPTQ 4-bit tensor (checkpoint_format gptq, v1): qweight I32 [K/8, N] (weight k is nibble
+    /// k % 8 of row k / 8, low nibble first), qzeros I32 [K/G, N/8] (zero of (g, n) is nibble n % 8, stored minus one),
+    /// scales [K/G, N]: w = bf16((q - (z + 1)) x scale).
+    /// </summary>
+    public static ushort[] DequantizeGptq(ReadOnlySpan<int> qweight, ReadOnlySpan<int> qzeros, ReadOnlySpan<float> scales, int n, int k, int group)
+    {
+        var w = new ushort[(long)n * k];
+        for (int kk = 0; kk < k; kk++)
+        {
+            int g = kk / group;
+            for (int c = 0; c < n; c++)
+            {
+                int q = (qweight[kk / 8 * n + c] >> (4 * (kk % 8))) & 0xF;
+                int z = ((qzeros[g * (n / 8) + c / 8] >> (4 * (c % 8))) & 0xF) + 1;
+                w[(long)c * k + kk] = Bf16.FromFloat((q - z) * scales[g * n + c]);
+            }
+        }
+        return w;
+    }
+
+    /// <summary>
+    /// Quantizes bf16 [N, K] to GPTQ 4-bit, symmetric, round to nearest (no GPTQ error compensation): per output column n
+    /// and group of <paramref name="group"/> inputs, scale = fp16(2 max|w| / 15) (1 for a zero group), zero 8,
+    /// q = clamp(round(w / scale) + 8, 0, 15). Returns the checkpoint tensors qweight, qzeros (8 - 1 = 7 everywhere), scales
+    /// (fp16 bits) and g_idx (k / group).
+    /// </summary>
+    public static (int[] QWeight, int[] QZeros, ushort[] Scales, int[] GIdx) QuantizeGptq(ReadOnlySpan<ushort> w, int n, int k, int group)
+    {
+        int groups = k / group;
+        var scales = new ushort[groups * n];
+        var qweight = new int[k / 8 * n];
+        for (int c = 0; c < n; c++)
+            for (int g = 0; g < groups; g++)
+            {
+                float amax = 0;
+                for (int kk = g * group; kk < (g + 1) * group; kk++) amax = MathF.Max(amax, MathF.Abs(Bf16.ToFloat(w[c * k + kk])));
+                Half sh = amax > 0 && float.IsFinite(amax) ? (Half)(2 * amax / 15) : (Half)1;
+                if (sh == Half.Zero || !Half.IsFinite(sh)) sh = (Half)1;
+                float sc = (float)sh;
+                scales[g * n + c] = BitConverter.HalfToUInt16Bits(sh);
+                for (int kk = g * group; kk < (g + 1) * group; kk++)
+                {
+                    int q = Math.Clamp((int)MathF.Round(Bf16.ToFloat(w[c * k + kk]) / sc, MidpointRounding.ToEven) + 8, 0, 15);
+                    qweight[kk / 8 * n + c] |= q << (4 * (kk % 8));
+                }
+            }
+        var qzeros = new int[groups * (n / 8)];
+        Array.Fill(qzeros, 0x77777777);
+        var gidx = new int[k];
+        for (int kk = 0; kk < k; kk++) gidx[kk] = kk / group;
+        return (qweight, qzeros, scales, gidx);
+    }
+
+    /// <summary>GPTQ qweight I32 [K/8, N] repacked for the device: row-major [N, K/2] bytes, weight k of row n in byte k/2 (low nibble: even k).</summary>
+    public static void RepackGptq(ReadOnlySpan<int> qweight, int n, int k, Span<byte> dst)
+    {
+        for (int c = 0; c < n; c++)
+            for (int kk = 0; kk < k; kk += 2)
+            {
+                int word = qweight[kk / 8 * n + c];
+                int lo = (word >> (4 * (kk % 8))) & 0xF, hi = (word >> (4 * (kk % 8 + 1))) & 0xF;
+                dst[c * (k / 2) + kk / 2] = (byte)(lo | hi << 4);
+            }
+    }
+
     /// <summary>A scale tensor as fp32 (F32 verbatim, BF16 / F16 widened exactly).</summary>
     public static float[] ScalesToFloat(TensorView v) => v.DType switch
     {

@@ -150,6 +150,27 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             DevicePtr dst = _weights.Base + t.Offset;
             if (t.IsDerived) { up.Zero(dst, t.Bytes); continue; }
+            if (t.GptqRepack is { } repack)
+            {
+                long k = t.GptqRepack == "gptq-qweight" ? t.Shape[^1] : t.Shape[1] * Plan.Weights.Format.GroupSize;
+                foreach (var s in t.Sources)
+                {
+                    var view = ckpt.Get(s.CheckpointName);
+                    int n = (int)view.Shape[1];
+                    var bytes = new byte[s.Bytes];
+                    if (repack == "gptq-qweight")
+                        WeightQuantization.RepackGptq(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(view.Bytes), n, (int)k, bytes);
+                    else
+                    {
+                        var src = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(view.Bytes);
+                        var transposed = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes.AsSpan());
+                        int groups = (int)view.Shape[0];
+                        for (int gi = 0; gi < groups; gi++) for (int c = 0; c < n; c++) transposed[c * groups + gi] = src[gi * n + c];
+                    }
+                    unsafe { fixed (byte* p = bytes) up.Upload(dst + s.DeviceOffset, (nint)p, s.Bytes, s.CheckpointName); }
+                }
+                continue;
+            }
             if (t.ScaleSourceRows is { } sourceRows)
             {
                 for (int i = 0; i < t.Sources.Count; i++)

@@ -30,6 +30,8 @@ public sealed record DeviceTensor(string Name, SafetensorsDType DType, long[] Sh
     /// weight rows one row of the checkpoint's scale tensor covers (128 for FP8 blocks, 1 per channel). Null otherwise.
     /// </summary>
     public IReadOnlyList<long>? ScaleSourceRows { get; init; }
+    /// <summary>GPTQ tensors repacked on the host at upload: "gptq-qweight" (to [N, K/2] bytes) or "gptq-scales" (to fp16 [N, K/G]).</summary>
+    public string? GptqRepack { get; init; }
     public int ScaleBlockRows { get; init; } = 1;
 
     /// <summary>True for tensors not read from the checkpoint (zero router of a dense layer, RoPE table).</summary>
@@ -144,6 +146,7 @@ public sealed class WeightLayout
         if (sources.Any(s => Format.FormatOf(s) != format))
             throw new NotSupportedException($"{name}: its parts {string.Join(", ", sources.Select(s => s.Module))} are not all in one weight format " +
                 "(quantization_config.modules_to_not_convert names only some of them)");
+        if (format == WeightFormat.Int4Gptq) return GptqMatrix(name, shape, sources);
         if (format != WeightFormat.Bf16) return QuantizedMatrix(name, shape, sources, format);
         var list = new WeightSource[sources.Length];
         long at = 0;
@@ -196,6 +199,32 @@ public sealed class WeightLayout
             ScaleRowShift = rowShift,
         });
         _tensors[_tensors.Count - 2] = data = data with { Scales = [scales], ScaleRowShift = rowShift, ScaleKShift = kShift, ScaleCols = cols };
+        return data;
+    }
+
+    /// <summary>
+    /// A GPTQ int4 matrix: the sources' qweight repacked row-major, two codes per byte along K ([rows, K/2] bytes), then
+    /// the fp16 scales transposed to [rows, K/G] (docs/formats.md). qzeros (all 8, checked at load) and g_idx (k / G) are
+    /// not needed on the device.
+    /// </summary>
+    private DeviceTensor GptqMatrix(string name, long[] shape, ModelTensor[] sources)
+    {
+        long k = shape[^1], rows = shape.Aggregate(1L, (a, b) => a * b) / k;
+        int g = Format.GroupSize;
+        if (k % g != 0) throw new ConfigException($"{sources[0].Module}: quantization_config.group_size {g} does not divide its K {k}");
+        var list = new WeightSource[sources.Length];
+        var scaleList = new WeightSource[sources.Length];
+        long at = 0, sat = 0;
+        for (int i = 0; i < sources.Length; i++)
+        {
+            list[i] = new WeightSource(CheckpointFormat.GptqName(sources[i], "qweight"), at, sources[i].Rows * k / 2);
+            scaleList[i] = new WeightSource(CheckpointFormat.GptqName(sources[i], "scales"), sat, sources[i].Rows * (k / g) * 2);
+            at += list[i].Bytes;
+            sat += scaleList[i].Bytes;
+        }
+        var data = Add(new DeviceTensor(name, SafetensorsDType.U8, shape, 0, rows * k / 2, list) { Format = WeightFormat.Int4Gptq, Note = "int4, 2 per byte", GptqRepack = "gptq-qweight" });
+        var scales = Add(new DeviceTensor(name + ".scales", SafetensorsDType.F16, [rows, k / g], 0, sat, scaleList) { Note = $"fp16 per {g} inputs", GptqRepack = "gptq-scales" });
+        _tensors[_tensors.Count - 2] = data = data with { Scales = [scales], ScaleRowShift = 0, ScaleKShift = System.Numerics.BitOperations.Log2((uint)g), ScaleCols = (int)(k / g) };
         return data;
     }
 

@@ -150,6 +150,12 @@ public sealed class ModelWeights : IDisposable
     public static ushort[] Dequantize(SafetensorsCheckpoint ckpt, ModelTensor t, WeightFormat format)
     {
         var scales = WeightQuantization.ScalesToFloat(ckpt.Get(CheckpointFormat.ScaleName(t, format)));
+        if (format == WeightFormat.Int4Gptq)
+        {
+            var qw = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(ckpt.Get(CheckpointFormat.GptqName(t, "qweight")).Bytes);
+            var qz = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(ckpt.Get(CheckpointFormat.GptqName(t, "qzeros")).Bytes);
+            return WeightQuantization.DequantizeGptq(qw, qz, scales, (int)t.Rows, (int)t.Cols, (int)(t.Cols / (scales.Length / t.Rows)));
+        }
         var q = ckpt.Get(t.Name);
         return format switch
         {

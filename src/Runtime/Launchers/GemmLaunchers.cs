@@ -37,6 +37,7 @@ public sealed class GemmLaunchers
         [WeightFormat.Bf16] = ("gemm_bf16_64x64", "gemm_bf16_128x128"),
         [WeightFormat.Fp8Block] = ("gemm_fp8_64x64", "gemm_fp8_128x128"),
         [WeightFormat.Int8Channel] = ("gemm_int8_64x64", "gemm_int8_128x128"),
+        [WeightFormat.Int4Gptq] = ("gemm_int4_64x64", "gemm_int4_128x128"),
     };
 
     private readonly Dictionary<WeightFormat, (DeviceKernel Tile64, DeviceKernel Tile128)> _kernels = [];

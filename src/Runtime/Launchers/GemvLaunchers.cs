@@ -47,6 +47,7 @@ public sealed class GemvLaunchers
         [WeightFormat.Bf16] = "gemv_bf16_t",
         [WeightFormat.Fp8Block] = "gemv_fp8_t",
         [WeightFormat.Int8Channel] = "gemv_int8_t",
+        [WeightFormat.Int4Gptq] = "gemv_int4_t",
     };
 
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
@@ -72,7 +73,7 @@ public sealed class GemvLaunchers
     public GemvPlan Plan(int tokens, int n, int k) => Plan(_device.Info.MultiprocessorCount, tokens, n, k);
 
     /// <summary>The plan for a weight of <paramref name="format"/>: quantized variants load 16 weights per lane, so their K-slices are multiples of 16.</summary>
-    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format) => Plan(_device.Info.MultiprocessorCount, tokens, n, k, format == WeightFormat.Bf16 ? 8 : 16);
+    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format) => Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 });
 
     /// <summary>The same rule for a device of <paramref name="sms"/> multiprocessors, for planning workspace before any launch
     /// (the device model's workspace plan sizes its split-K partials with it).</summary>

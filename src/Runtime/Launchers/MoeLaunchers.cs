@@ -23,6 +23,7 @@ public sealed class MoeLaunchers
         [WeightFormat.Bf16] = new("moe_gate_up_gemv", "moe_down_gemv", "moe_gate_up_gemm", "moe_down_gemm"),
         [WeightFormat.Fp8Block] = new("moe_gate_up_gemv_fp8", "moe_down_gemv_fp8", "moe_gate_up_gemm_fp8", "moe_down_gemm_fp8"),
         [WeightFormat.Int8Channel] = new("moe_gate_up_gemv_int8", "moe_down_gemv_int8", "moe_gate_up_gemm_int8", "moe_down_gemm_int8"),
+        [WeightFormat.Int4Gptq] = new("moe_gate_up_gemv_int4", "moe_down_gemv_int4", "moe_gate_up_gemm_int4", "moe_down_gemm_int4"),
     };
 
     private sealed record ExpertKernels(DeviceKernel GateUpGemv, DeviceKernel DownGemv, DeviceKernel GateUpGemm, DeviceKernel DownGemm,

@@ -13,6 +13,8 @@ public enum WeightFormat
     Fp8Block,
     /// <summary>INT8 [N, K] row-major with one fp32 scale per output row (W8A16, docs/formats.md).</summary>
     Int8Channel,
+    /// <summary>GPTQ 4-bit, symmetric: [N, K/2] bytes (two codes per byte along K, low nibble first), fp16 scales [N, K/group] (docs/formats.md).</summary>
+    Int4Gptq,
 }
 
 /// <summary>
@@ -47,6 +49,10 @@ public readonly record struct WeightOperand(DevicePtr Data, WeightFormat Format,
     /// <summary>Bytes per weight element of <see cref="Format"/>'s data.</summary>
     public int ElementBytes => Format == WeightFormat.Bf16 ? 2 : 1;
 
+    /// <summary>A GPTQ int4 weight [N, K] repacked row-major (two codes per byte) with fp16 scales [N, K / group]; group a power of two.</summary>
+    public static WeightOperand Int4(DevicePtr data, DevicePtr scales, int k, int group) =>
+        new(data, WeightFormat.Int4Gptq, scales) { ScaleRowShift = 0, ScaleKShift = System.Numerics.BitOperations.Log2((uint)group), ScaleCols = k / group };
+
     /// <summary>An FP8 block-128 weight [N, K] with fp32 scales; <paramref name="rowShift"/> 7 (128-row blocks) or 0 (a scale row per weight row).</summary>
     public static WeightOperand Fp8(DevicePtr data, DevicePtr scales, int k, int rowShift = 7) =>
         new(data, WeightFormat.Fp8Block, scales) { ScaleRowShift = rowShift, ScaleKShift = 7, ScaleCols = (k + 127) / 128 };
@@ -67,6 +73,7 @@ public static class WeightFormats
         WeightFormat.Bf16 => "bf16",
         WeightFormat.Fp8Block => "fp8",
         WeightFormat.Int8Channel => "int8",
+        WeightFormat.Int4Gptq => "int4",
         _ => $"#{(int)f}",
     };
 
@@ -86,6 +93,9 @@ public static class WeightFormats
     {
         if (w.Format == WeightFormat.Bf16) return;
         if (w.Scales.IsNull) throw new ArgumentException($"{launcher}: a {w.Format.Name()} weight needs its scales");
-        if (k % 16 != 0) throw new ArgumentException($"{launcher}: K {k} must be a multiple of 16 for {w.Format.Name()} weights (16-byte loads)");
+        int step = w.Format == WeightFormat.Int4Gptq ? 32 : 16;
+        if (k % step != 0) throw new ArgumentException($"{launcher}: K {k} must be a multiple of {step} for {w.Format.Name()} weights (16-byte loads)");
+        if (w.Format == WeightFormat.Int4Gptq && (1 << w.ScaleKShift) % step != 0)
+            throw new ArgumentException($"{launcher}: int4 group size {1 << w.ScaleKShift} must be a multiple of {step}");
     }
 }
