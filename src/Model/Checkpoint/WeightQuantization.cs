@@ -168,21 +168,24 @@ public static class WeightQuantization
         int groups = k / group;
         var scales = new ushort[groups * n];
         var qweight = new int[k / 8 * n];
-        for (int c = 0; c < n; c++)
+        var src = w.ToArray();
+        Parallel.For(0, n, c =>     // columns are independent: each writes its own qweight words and scales
+        {
             for (int g = 0; g < groups; g++)
             {
                 float amax = 0;
-                for (int kk = g * group; kk < (g + 1) * group; kk++) amax = MathF.Max(amax, MathF.Abs(Bf16.ToFloat(w[c * k + kk])));
+                for (int kk = g * group; kk < (g + 1) * group; kk++) amax = MathF.Max(amax, MathF.Abs(Bf16.ToFloat(src[c * k + kk])));
                 Half sh = amax > 0 && float.IsFinite(amax) ? (Half)(2 * amax / 15) : (Half)1;
                 if (sh == Half.Zero || !Half.IsFinite(sh)) sh = (Half)1;
                 float sc = (float)sh;
                 scales[g * n + c] = BitConverter.HalfToUInt16Bits(sh);
                 for (int kk = g * group; kk < (g + 1) * group; kk++)
                 {
-                    int q = Math.Clamp((int)MathF.Round(Bf16.ToFloat(w[c * k + kk]) / sc, MidpointRounding.ToEven) + 8, 0, 15);
+                    int q = Math.Clamp((int)MathF.Round(Bf16.ToFloat(src[c * k + kk]) / sc, MidpointRounding.ToEven) + 8, 0, 15);
                     qweight[kk / 8 * n + c] |= q << (4 * (kk % 8));
                 }
             }
+        });
         var qzeros = new int[groups * (n / 8)];
         Array.Fill(qzeros, 0x77777777);
         var gidx = new int[k];

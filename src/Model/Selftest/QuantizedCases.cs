@@ -13,14 +13,15 @@ namespace Qwen3Cuda.Model.Selftest;
 /// </summary>
 public static class QuantizedCases
 {
-    static readonly WeightFormat[] Formats = [WeightFormat.Fp8Block, WeightFormat.Int8Channel];
+    static readonly WeightFormat[] Formats = [WeightFormat.Fp8Block, WeightFormat.Int8Channel, WeightFormat.Int4Gptq];
 
     public static IEnumerable<KernelCase> Gemv()
     {
         foreach (var f in Formats)
         {
-            yield return GemvCase(f, 3, 1000, 144, true);     // odd: K = one full and one partial 128-block, ragged rows, residual
-            yield return GemvCase(f, 5, 37, 48, false);       // tiny K (3 chunks of 16), N below one CTA's rows
+            bool int4 = f == WeightFormat.Int4Gptq;           // int4: K a multiple of its 32-weight loads and groups
+            yield return GemvCase(f, 3, 1000, int4 ? 160 : 144, true);   // odd: K = one full and one partial 128-block (int4: 5 groups of 32), residual
+            yield return GemvCase(f, 5, 37, int4 ? 64 : 48, false);      // tiny K, N below one CTA's rows
             yield return GemvCase(f, 8, 512, 4096, true);     // split-K (the x slice of 8 tokens does not fit), residual
             yield return GemvCase(f, 1, 5120, 2048, false, "qkv");
             yield return GemvCase(f, 1, 2048, 4096, false, "o_proj");
@@ -31,7 +32,7 @@ public static class QuantizedCases
     {
         foreach (var f in Formats)
         {
-            yield return GemmCase(f, 77, 93, 144, true, GemmTile.Tile64x64);    // odd M, N; K = 4.5 tiles; residual
+            yield return GemmCase(f, 77, 93, f == WeightFormat.Int4Gptq ? 160 : 144, true, GemmTile.Tile64x64);    // odd M, N; K not a multiple of the 128 block; residual
             yield return GemmCase(f, 130, 200, 96, false, GemmTile.Tile128x128);
             yield return GemmCase(f, 40, 512, 2048, false, null, real: true);
         }
@@ -51,13 +52,19 @@ public static class QuantizedCases
     public static IEnumerable<KernelCase> All() => Gemv().Concat(Gemm()).Concat(MoeBlock());
 
     /// <summary>A random quantized matrix [n, k] in one of the formats: its stored bytes, fp32 scales (row shift 7 for FP8 blocks) and dequantized bf16.</summary>
-    public sealed record QuantizedMatrix(WeightFormat Format, byte[] Q, float[] Scales, ushort[] Dequantized, int Rows, int Cols)
+    public sealed record QuantizedMatrix(WeightFormat Format, byte[] Q, float[] Scales, ushort[] Dequantized, int Rows, int Cols, ushort[]? HalfScales = null, int Group = 0)
     {
-        public WeightOperand Operand(DevicePtr q, DevicePtr scales) =>
-            Format == WeightFormat.Fp8Block ? WeightOperand.Fp8(q, scales, Cols) : WeightOperand.Int8(q, scales);
+        public WeightOperand Operand(DevicePtr q, DevicePtr scales) => Format switch
+        {
+            WeightFormat.Fp8Block => WeightOperand.Fp8(q, scales, Cols),
+            WeightFormat.Int4Gptq => WeightOperand.Int4(q, scales, Cols, Group),
+            _ => WeightOperand.Int8(q, scales),
+        };
+
+        public DevicePtr UploadScales(KernelCheckContext ctx) => HalfScales is { } h ? ctx.Upload(h) : ctx.Upload(Scales);
 
         /// <summary>Distinct DRAM bytes a kernel that reads it all once must move: the weights and the scales.</summary>
-        public long Bytes => Q.Length + Scales.Length * 4L;
+        public long Bytes => Q.Length + (HalfScales is { } h ? h.Length * 2L : Scales.Length * 4L);
     }
 
     public static QuantizedMatrix RandomMatrix(Random rng, WeightFormat f, int n, int k)
@@ -71,6 +78,23 @@ public static class QuantizedCases
             scales = new float[WeightQuantization.Blocks(n) * WeightQuantization.Blocks(k)];
             for (int i = 0; i < scales.Length; i++) scales[i] = (float)(0.5 + rng.NextDouble()) / 256;     // |w| <= 448 * 1.5 / 256
             deq = WeightQuantization.DequantizeFp8(q, scales, n, k);
+        }
+        else if (f == WeightFormat.Int4Gptq)
+        {
+            // device layout: [n, k/2] bytes, two random codes each; fp16 scales [n, k/group] (the GPTQ dequantization, zero 8)
+            const int group = 32;
+            q = new byte[(long)n * k / 2];
+            rng.NextBytes(q);
+            var half = new ushort[n * (k / group)];
+            for (int i = 0; i < half.Length; i++) half[i] = BitConverter.HalfToUInt16Bits((Half)((0.5 + rng.NextDouble()) / 16));
+            deq = new ushort[(long)n * k];
+            for (int r = 0; r < n; r++)
+                for (int kk = 0; kk < k; kk++)
+                {
+                    int code = (q[(r * (long)k + kk) / 2] >> (4 * (kk & 1))) & 0xF;
+                    deq[r * (long)k + kk] = Bf16.FromFloat((code - 8) * (float)BitConverter.UInt16BitsToHalf(half[r * (k / group) + kk / group]));
+                }
+            return new QuantizedMatrix(f, q, [], deq, n, k, half, group);
         }
         else
         {
@@ -94,7 +118,7 @@ public static class QuantizedCases
             long ws = plan.PartialBytes(tokens, n);
             DevicePtr dPartial = ws > 0 ? ctx.Alloc<byte>(ws) : DevicePtr.Null;
             DevicePtr dX = ctx.Upload(x), dR = residual ? ctx.Upload(r) : DevicePtr.Null;
-            var op = w.Operand(ctx.Upload(w.Q), ctx.Upload(w.Scales));
+            var op = w.Operand(ctx.Upload(w.Q), w.UploadScales(ctx));
             var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY, n, dX, k, op, dR, tokens, n, k, dPartial, ws));
             var (exp, tol) = KernelReference.ProjectBf16(x, w.Dequantized, residual ? r : null, n, tokens, n, k);
             var c = new Checker();
@@ -121,7 +145,7 @@ public static class QuantizedCases
             ushort[] a = KernelData.Random(rng, m * k), r = KernelData.Random(rng, m * ldc, 4f);
             DevicePtr dC = ctx.AllocFilled<ushort>(m * ldc);
             DevicePtr dA = ctx.Upload(a), dR = withResidual ? ctx.Upload(r) : DevicePtr.Null;
-            var op = w.Operand(ctx.Upload(w.Q), ctx.Upload(w.Scales));
+            var op = w.Operand(ctx.Upload(w.Q), w.UploadScales(ctx));
             var launches = ctx.RecordLaunches(() => gemm.Gemm(ctx.Stream, dC, ldc, dA, k, op, k, dR, m, n, k, tile));
             var (exp, tol) = KernelReference.ProjectBf16(a, w.Dequantized, withResidual ? r : null, ldc, m, n, k);
             ushort[] got = ctx.Download<ushort>(dC, m * ldc);
@@ -183,19 +207,54 @@ public static class QuantizedCases
         });
 
     /// <summary>Stacked quantized expert weights [E, rows, cols] and their device scales.</summary>
-    sealed record Stacked(WeightFormat Format, byte[] Q, float[] Scales, int RowShift, int Cols, int Rows, int ExpertCount, long ExpertBytes)
+    sealed record Stacked(WeightFormat Format, byte[] Q, float[] Scales, int RowShift, int Cols, int Rows, int ExpertCount, long ExpertBytes, ushort[]? HalfScales = null, int Group = 0)
     {
-        public WeightOperand Upload(KernelCheckContext ctx)
+        public WeightOperand Upload(KernelCheckContext ctx) => Format switch
         {
-            var op = Format == WeightFormat.Fp8Block
-                ? WeightOperand.Fp8(ctx.Upload(Q), ctx.Upload(Scales), Cols, RowShift)
-                : WeightOperand.Int8(ctx.Upload(Q), ctx.Upload(Scales));
-            return op;
+            WeightFormat.Fp8Block => WeightOperand.Fp8(ctx.Upload(Q), ctx.Upload(Scales), Cols, RowShift),
+            WeightFormat.Int4Gptq => WeightOperand.Int4(ctx.Upload(Q), ctx.Upload(HalfScales!), Cols, Group),
+            _ => WeightOperand.Int8(ctx.Upload(Q), ctx.Upload(Scales)),
+        };
+    }
+
+    /// <summary>
+    /// GPTQ int4 (codes -8..7 around the zero point 8) cannot hold every level of MoeCase's data losslessly, so the
+    /// experts' bf16 weights are first adjusted in place (the reference then uses the adjusted values): per (row, group of
+    /// K) a scale of 2^-6 keeps the levels -8..7 (8 becomes 7), or 2^-5 keeps even levels (odd ones move one step towards
+    /// zero). The values stay multiples of 2^-6 in [-1/8, 1/8], so the bf16 block's exact-sum tolerance still holds.
+    /// </summary>
+    static Stacked StackInt4(ushort[]?[] experts, int rows, int cols, int count)
+    {
+        int group = cols % 128 == 0 ? 128 : 32, groups = cols / group;
+        var half = new ushort[(long)rows * count * groups];
+        int J(long row, int g) => (int)((((ulong)(row * 7919 + g * 104729 + 29) * 2654435761UL) >> 20) % 2);
+        for (long r = 0; r < (long)rows * count; r++)
+            for (int g = 0; g < groups; g++) half[r * groups + g] = BitConverter.HalfToUInt16Bits((Half)MathF.ScaleB(1, -6 + J(r, g)));
+        var q = new byte[(long)rows * count * cols / 2];
+        for (int e = 0; e < count; e++)
+        {
+            if (experts[e] is not { } w) continue;   // unused: codes 0 (never read)
+            for (int r = 0; r < rows; r++)
+            {
+                long grow = (long)e * rows + r;
+                for (int k = 0; k < cols; k++)
+                {
+                    int j = J(grow, k / group);
+                    int level = (int)(Bf16.ToFloat(w[r * cols + k]) * 64);
+                    level = j == 0 ? Math.Min(level, 7) : level / 2 * 2;
+                    w[r * cols + k] = Bf16.FromFloat(level / 64f);
+                    int code = (level >> j) + 8;
+                    q[(grow * cols + k) / 2] |= (byte)(code << (4 * (k & 1)));
+                }
+            }
         }
+        long expertBytes = (long)rows * cols / 2 + (long)rows * groups * 2;
+        return new Stacked(WeightFormat.Int4Gptq, q, [], 0, cols, rows, count, expertBytes, half, group);
     }
 
     static Stacked StackLossless(WeightFormat f, ushort[]?[] experts, int rows, int cols, int count, int sourceRows)
     {
+        if (f == WeightFormat.Int4Gptq) return StackInt4(experts, rows, cols, count);
         int rowShift = f == WeightFormat.Fp8Block && sourceRows % 128 == 0 ? 7 : 0;
         int scaleCols = f == WeightFormat.Fp8Block ? WeightQuantization.Blocks(cols) : 1;
         int kShift = f == WeightFormat.Fp8Block ? 7 : 30;
