@@ -27,11 +27,14 @@ public class ConvertQuantizeTests
 
     [TestCase("int8", WeightFormat.Int8Channel)]
     [TestCase("fp8", WeightFormat.Fp8Block)]
+    [TestCase("int4", WeightFormat.Int4Gptq)]
     public void RoundTrip_LoadedWeightsAreWhatWasWritten(string to, WeightFormat format)
     {
         string src = TestCheckpoints.Tiny();
         string dst = Path.Combine(TestCheckpoints.NewDir("quantize-" + to), "out");
-        var (exit, output, err) = Convert("quantize", "--to", to, "--in", src, "--out", dst);
+        var (exit, output, err) = format == WeightFormat.Int4Gptq
+            ? Convert("quantize", "--to", to, "--in", src, "--out", dst, "--group-size", "32")
+            : Convert("quantize", "--to", to, "--in", src, "--out", dst);
         Assert.That(exit, Is.Zero, err);
         Assert.That(output, Does.StartWith($"wrote {dst} ({to})"));
         Assert.That(err, Does.Contain("] ").And.Contain("/"), "a progress bar on stderr");
@@ -41,6 +44,29 @@ public class ConvertQuantizeTests
         using var quantized = ModelWeights.Load(dst);
         Assert.That(quantized.Format.LinearFormat, Is.EqualTo(format));
         var names = new ModelTensors(quantized.Config);
+        if (format == WeightFormat.Int4Gptq)
+        {
+            // what was written: the GPTQ tensors of the original values; dequantized = (q - 8) x scale in bf16
+            foreach (var (t, wq, wb) in new[] { (names.Layers[0].QProj, quantized.Layers[0].Attention.QProj, original.Layers[0].Attention.QProj) })
+            {
+                var parts = QuantizedWriter.QuantizeParts(wb.Span.ToArray(), t, format, 32);
+                foreach (var (part, name) in new[] { (QuantizedPart.Weight, "qweight"), (QuantizedPart.Zeros, "qzeros"), (QuantizedPart.Scale, "scales"), (QuantizedPart.GIdx, "g_idx") })
+                    Assert.That(quantized.Checkpoint.Get(CheckpointFormat.GptqName(t, name)).Bytes.SequenceEqual(parts[part]), $"{t.Module}.{name} as written");
+                var qw = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(parts[QuantizedPart.Weight]);
+                var sc = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(parts[QuantizedPart.Scale]);
+                int n = (int)t.Rows, k = (int)t.Cols;
+                for (int i = 0; i < wq.Span.Length; i++)
+                {
+                    int r = i / k, kk = i % k;
+                    int code = (qw[kk / 8 * n + r] >> (4 * (kk % 8))) & 0xF;
+                    float scale = (float)sc[kk / 32 * n + r];
+                    Assert.That(wq.Span[i], Is.EqualTo(Bf16.FromFloat((code - 8) * scale)), $"{t.Name}[{i}]");
+                    float x = Bf16.ToFloat(wb.Span[i]), y = Bf16.ToFloat(wq.Span[i]);
+                    Assert.That(Math.Abs(x - y), Is.LessThanOrEqualTo(scale / 2 + Math.Abs(y) / 256 + Math.Abs(x) / 1024 + 1e-12), $"{t.Name}[{i}] {x} -> {y}");
+                }
+            }
+            return;
+        }
         foreach (var (t, wq, wb) in new[]
         {
             (names.Layers[0].QProj, quantized.Layers[0].Attention.QProj, original.Layers[0].Attention.QProj),
@@ -96,7 +122,8 @@ public class ConvertQuantizeTests
         Assert.That(Directory.GetFileSystemEntries(parent), Is.Empty);
     }
 
-    [TestCase("--to int4 --in X --out Y", "--to 'int4' is not one of fp8, int8")]
+    [TestCase("--to int2 --in X --out Y", "--to 'int2' is not one of fp8, int8, int4")]
+    [TestCase("--to int4 --in X --out Y --group-size 96", "--group-size 96 must be a power of two")]
     [TestCase("--to fp8 --out Y", "--in is required")]
     [TestCase("--to fp8 --in /nonexistent/q --out Y", "--in: folder '/nonexistent/q' does not exist")]
     [TestCase("--to fp8 --in X --out Y --bits 3", "unknown option --bits")]

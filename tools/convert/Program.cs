@@ -9,7 +9,7 @@ namespace Qwen3Cuda.ConvertTool;
 /// </summary>
 public static class Program
 {
-    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8|int8|int4]\n       qwen3cuda-convert quantize --to fp8|int8 --in DIR --out DIR [--max-shard-bytes B]";
+    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8|int8|int4]\n       qwen3cuda-convert quantize --to fp8|int8|int4 --in DIR --out DIR [--max-shard-bytes B] [--group-size G]";
 
     const string Help = Usage + """
 
@@ -43,6 +43,8 @@ public static class Program
         quantized, round to nearest; embeddings, norms, routers and lm_head stay bf16 (docs/formats.md):
           --to fp8               FP8 E4M3, one fp32 scale per 128x128 block (quant_method fp8, as Qwen3-30B-A3B-FP8)
           --to int8              INT8, one fp32 scale per output channel (W8A16, quant_method int8)
+          --to int4              GPTQ 4-bit, symmetric, fp16 scale per group of --group-size inputs (default 128),
+                                 round to nearest (quant_method gptq, checkpoint_format gptq; no error compensation)
           --in DIR               the bf16 checkpoint (config.json + safetensors; other files are copied)
           --out DIR              a new folder: written under a temporary name next to it and renamed when complete
           --max-shard-bytes B    shard size (default 4 GiB)
@@ -112,7 +114,7 @@ public static class Program
         return 0;
     }
 
-    static readonly string[] QuantizeOptions = ["--to", "--in", "--out", "--max-shard-bytes"];
+    static readonly string[] QuantizeOptions = ["--to", "--in", "--out", "--max-shard-bytes", "--group-size"];
 
     /// <summary>quantize --to fp8|int8 --in DIR --out DIR: progress on stderr, the files written on stdout.</summary>
     static int Quantize(string[] args, TextWriter stdout)
@@ -129,14 +131,18 @@ public static class Program
         {
             "fp8" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Fp8Block,
             "int8" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Int8Channel,
-            var other => throw new ArgumentException($"--to '{other}' is not one of fp8, int8"),
+            "int4" => Qwen3Cuda.Runtime.Launchers.WeightFormat.Int4Gptq,
+            var other => throw new ArgumentException($"--to '{other}' is not one of fp8, int8, int4"),
         };
+        int group = opts.TryGetValue("--group-size", out var gs) ? (int)ParseULong(gs, "--group-size", 32, 1 << 20) : 128;
+        if ((group & (group - 1)) != 0) throw new ArgumentException($"--group-size {group} must be a power of two (32, 64, 128, ...)");
+        if (opts.ContainsKey("--group-size") && format != Qwen3Cuda.Runtime.Launchers.WeightFormat.Int4Gptq) throw new ArgumentException("--group-size applies to --to int4 only");
         string inDir = opts.GetValueOrDefault("--in") ?? throw new ArgumentException($"--in is required. {Usage}");
         string outDir = opts.GetValueOrDefault("--out") ?? throw new ArgumentException($"--out is required. {Usage}");
         if (!Directory.Exists(inDir)) throw new ArgumentException($"--in: folder '{inDir}' does not exist");
         long maxShard = opts.TryGetValue("--max-shard-bytes", out var ms) ? (long)ParseULong(ms, "--max-shard-bytes", 1, long.MaxValue) : 4L << 30;
         var err = Console.Error;
-        var files = CheckpointQuantizer.Quantize(inDir, outDir, format, maxShard, p =>
+        var files = CheckpointQuantizer.Quantize(inDir, outDir, format, maxShard, group, p =>
         {
             int width = 30, filled = p.Total == 0 ? width : p.Done * width / p.Total;
             err.Write($"\r[{new string('#', filled)}{new string('.', width - filled)}] {p.Done}/{p.Total} {p.Tensor,-60}");

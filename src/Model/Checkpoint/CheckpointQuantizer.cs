@@ -15,10 +15,10 @@ public static class CheckpointQuantizer
     /// <summary>Progress: tensors done of the total, and the tensor being written.</summary>
     public readonly record struct Progress(int Done, int Total, string Tensor);
 
-    public static IReadOnlyList<string> Quantize(string inDir, string outDir, WeightFormat format, long maxShardBytes = 4L << 30, Action<Progress>? progress = null)
+    public static IReadOnlyList<string> Quantize(string inDir, string outDir, WeightFormat format, long maxShardBytes = 4L << 30, int groupSize = 128, Action<Progress>? progress = null)
     {
-        if (format == WeightFormat.Bf16) throw new ArgumentException("--to: the target must be a quantized format (fp8, int8)");
-        QuantizedWriter.ConfigFor(format);   // throws for formats the writer does not have
+        if (format == WeightFormat.Bf16) throw new ArgumentException("--to: the target must be a quantized format (fp8, int8, int4)");
+        QuantizedWriter.ConfigFor(format, groupSize);   // throws for formats the writer does not have
         string outFull = Path.GetFullPath(outDir);
         if (Directory.Exists(outFull) || File.Exists(outFull))
             throw new IOException($"--out '{outDir}' already exists; choose a new folder (the quantized checkpoint is written to a temporary folder and renamed into place)");
@@ -31,7 +31,8 @@ public static class CheckpointQuantizer
         try
         {
             using var ckpt = SafetensorsCheckpoint.Open(inDir);
-            var outConfig = config with { Quantization = QuantizedWriter.ConfigFor(format) };
+            var outConfig = config with { Quantization = QuantizedWriter.ConfigFor(format, groupSize) };
+            new Device.WeightLayout(outConfig);   // the format must fit the model (e.g. the group size must divide every K)
             var plan = QuantizedWriter.Plan(outConfig);
             // the input must hold every tensor as bf16 (named errors from the reference's binding)
             CheckpointFormat.Bf16.CheckTensors(new ModelTensors(config, hasLmHead: !config.TieWordEmbeddings || ckpt.Contains("lm_head.weight")), ckpt);
