@@ -45,6 +45,36 @@ public class QuantizedPlanTests
         TestContext.Out.WriteLine($"fp8 weights {ByteSize.Format(fp8.Weights.TotalBytes)} vs bf16 {ByteSize.Format(bf16.Weights.TotalBytes)}");
     }
 
+    /// <summary>Qwen/Qwen3-30B-A3B-GPTQ-Int4's quantization_config on the same model.</summary>
+    static readonly string Qwen3_30B_A3B_Int4 = Qwen3_30B_A3B_Fp8.Replace(
+        """{"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}""",
+        """{"bits": 4, "group_size": 128, "desc_act": false, "sym": true, "checkpoint_format": "gptq", "quant_method": "gptq", "damp_percent": 0.01}""");
+
+    /// <summary>
+    /// `info -m` on Qwen3-30B-A3B-GPTQ-Int4's config alone: 4 bits per weight plus an fp16 scale per 128 inputs puts the
+    /// weights near 15.7 GiB, and a 24 GB GPU (22 GiB left for the pools after the default reserve and the driver) holds
+    /// them with the model's whole 40960-token context.
+    /// </summary>
+    [Test]
+    public void InfoModel_GptqInt4_FitsA24GBGpuWithContext()
+    {
+        var c = ModelConfig.Parse(Qwen3_30B_A3B_Int4);
+        var plan = MemoryPlan.Compute(c, new DeviceModelOptions { ContextLength = 4096 }, 80L << 30);
+        var bf16 = MemoryPlan.Compute(c with { Quantization = null }, new DeviceModelOptions { ContextLength = 4096 }, 80L << 30);
+        long expected = bf16.Weights.TotalBytes;
+        foreach (var (rows, cols) in FitAdvice.QuantizableMatrices(c)) expected += rows * cols / 2 + rows * (cols / 128) * 2 - rows * cols * 2;
+        Assert.That(plan.Weights.TotalBytes - expected, Is.InRange(0, 1L << 20), "int4 codes + fp16 group scales (qzeros and g_idx stay on the host)");
+        string dir = Model.TestCheckpoints.NewDir("qwen3-30b-a3b-int4-config");
+        File.WriteAllText(Path.Combine(dir, "config.json"), Qwen3_30B_A3B_Int4);
+        var (exit, stdout, err) = Support.CliRunner.Run("info", "--model", dir, "--gpu-memory", "22GiB");
+        TestContext.Out.WriteLine(stdout);
+        Assert.That(exit, Is.EqualTo(0), err);
+        Assert.That(stdout, Does.Contain("gptq int4 group 128"));
+        Assert.That(stdout, Does.Match(@"weights\s+15\.\d GiB"));
+        Assert.That(stdout, Does.Contain("40960 tokens"));
+        Assert.That(stdout, Does.Not.Contain("MISSING"));
+    }
+
     /// <summary>`info -m` on Qwen3-30B-A3B-FP8's config alone: a 48 GB GPU holds it with the whole 40960-token context.</summary>
     [Test]
     public void InfoModel_Fp8_FitsA48GiBGpu()
@@ -61,23 +91,25 @@ public class QuantizedPlanTests
     }
 
     /// <summary>
-    /// Issue 14's traffic criterion for FP8: `profile` of a real-shape slice (Qwen3-30B-A3B's dimensions, 1 layer, FP8
-    /// weights written by the synthetic writer) moves at most 5% more DRAM bytes in a decode step than the format's minimum
-    /// (the selected experts' and attention's FP8 weights and block scales, the bf16 router, norms, lm_head and embedding
-    /// row, the KV). The report prints the measured ratio.
+    /// Issue 14's traffic criterion: `profile` of a real-shape slice (Qwen3-30B-A3B's dimensions, 1 layer, FP8 or GPTQ
+    /// int4 weights written by the synthetic writer) moves at most 5% more DRAM bytes in a decode step than the format's
+    /// minimum (the selected experts' and attention's quantized weights and scales, the bf16 router, norms, lm_head and
+    /// embedding row, the KV). Measured: fp8 1.0012x; the report prints both.
     /// </summary>
-    [Test]
-    public void Profile_RealShapeSliceFp8_DecodeStepTraffic_WithinFivePercentOfTheMinimum()
+    [TestCase(WeightFormat.Fp8Block)]
+    [TestCase(WeightFormat.Int4Gptq)]
+    public void Profile_RealShapeSlice_DecodeStepTraffic_WithinFivePercentOfTheMinimum(WeightFormat format)
     {
-        string dir = Path.Combine(Path.GetTempPath(), "qwen3cuda-real-slice-fp8-" + Guid.NewGuid().ToString("N")[..8]);
+        string dir = Path.Combine(Path.GetTempPath(), $"qwen3cuda-real-slice-{format.Name()}-" + Guid.NewGuid().ToString("N")[..8]);
         try
         {
-            SyntheticCheckpoint.Write(new SyntheticOptions { Preset = SyntheticPreset.RealShapeSlice, Seed = 1, Layers = 1, WeightFormat = WeightFormat.Fp8Block }, dir);
+            SyntheticCheckpoint.Write(new SyntheticOptions { Preset = SyntheticPreset.RealShapeSlice, Seed = 1, Layers = 1, WeightFormat = format }, dir);
             var r = ProfileCommand.Measure(dir, BackendKind.Emulator, tokens: 4);
             double ratio = (double)r.Decode.DramBytes / r.MinimumDecodeBytes;
-            TestContext.Out.WriteLine($"real-shape slice fp8 decode DRAM {r.Decode.DramBytes} B, minimum {r.MinimumDecodeBytes} B, ratio {ratio:F4}");
-            Assert.That(r.Plan.Weights.Format.LinearFormat, Is.EqualTo(WeightFormat.Fp8Block));
-            Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Is.SupersetOf(new[] { "gemv_fp8_t1", "moe_gate_up_gemv_fp8", "moe_down_gemv_fp8", "gemv_bf16_t1" }));
+            TestContext.Out.WriteLine($"real-shape slice {format.Name()} decode DRAM {r.Decode.DramBytes} B, minimum {r.MinimumDecodeBytes} B, ratio {ratio:F4}");
+            Assert.That(r.Plan.Weights.Format.LinearFormat, Is.EqualTo(format));
+            string f = format.Name();
+            Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Is.SupersetOf(new[] { $"gemv_{f}_t1", $"moe_gate_up_gemv_{f}", $"moe_down_gemv_{f}", "gemv_bf16_t1" }));
             Assert.That(r.Decode.DramBytes, Is.GreaterThanOrEqualTo(r.MinimumDecodeBytes), "the minimum is a lower bound");
             Assert.That(ratio, Is.LessThanOrEqualTo(1.05));
         }
