@@ -25,6 +25,12 @@ public sealed class CheckpointFormat
         ("gptq", "bits 4, sym, desc_act false, group_size a power of two >= 32, checkpoint_format gptq", BuildGptq),
     ];
 
+    /// <summary>
+    /// GPTQ checkpoints keep their unquantized tensors (embedding, norms, router, lm_head) in fp16 (torch_dtype float16):
+    /// those are read as F16 and rounded to bf16 (nearest even) when loaded. Every other format stores them as BF16.
+    /// </summary>
+    public bool AcceptsF16 => LinearFormat == WeightFormat.Int4Gptq;
+
     /// <summary>GPTQ: weights per group of inputs sharing a scale (quantization_config.group_size).</summary>
     public int GroupSize { get; private init; }
 
@@ -116,7 +122,7 @@ public sealed class CheckpointFormat
             if (ckpt.Contains(t.Name))
             {
                 var info = ckpt.Info(t.Name);
-                if (info.DType != SafetensorsDType.BF16)
+                if (info.DType != SafetensorsDType.BF16 && !(AcceptsF16 && info.DType == SafetensorsDType.F16))
                     throw new CheckpointException($"{info.FilePath}: tensor '{t.Name}' has dtype {info.DType.Name()}, but config.json declares " +
                         $"{Describe()}, which stores it as BF16{Hint(info.DType)}");
                 foreach (string companion in new[] { t.Module + ".weight_scale_inv", t.Module + ".weight_scale" })

@@ -185,6 +185,11 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             foreach (var s in t.Sources)
             {
                 var view = ckpt.Get(s.CheckpointName);
+                if (view.DType == SafetensorsDType.F16 && t.DType == SafetensorsDType.BF16 && view.ByteLength == s.Bytes)
+                {
+                    UploadF16AsBf16(up, dst + s.DeviceOffset, view, s.CheckpointName);   // GPTQ's fp16 tensors (CheckpointFormat.AcceptsF16)
+                    continue;
+                }
                 if (view.DType != t.DType || view.ByteLength != s.Bytes)
                     throw new InvalidDataException($"{view.Info.FilePath}: tensor '{s.CheckpointName}': expected {s.Bytes} bytes of {t.DType.Name()} for device tensor {t.Name} {t.ShapeText}, the checkpoint has {view.ByteLength} bytes of {view.DType.Name()}");
                 up.Upload(dst + s.DeviceOffset, view.Pointer, s.Bytes, s.CheckpointName);
@@ -193,6 +198,24 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         unsafe
         {
             fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
+        }
+    }
+
+    /// <summary>An fp16 checkpoint tensor uploaded as bf16 (rounded to nearest even), converted a chunk at a time on the host.</summary>
+    private static void UploadF16AsBf16(StagedUploader up, DevicePtr dst, Checkpoint.TensorView view, string name)
+    {
+        const int Chunk = 1 << 20;
+        long n = view.ByteLength / 2;
+        var buf = new ushort[Math.Min(Chunk, n)];
+        for (long at = 0; at < n; at += Chunk)
+        {
+            int len = (int)Math.Min(Chunk, n - at);
+            unsafe
+            {
+                var src = new ReadOnlySpan<Half>((Half*)view.Pointer + at, len);
+                for (int i = 0; i < len; i++) buf[i] = Bf16.FromFloat((float)src[i]);
+                fixed (ushort* p = buf) up.Upload(dst + at * 2, (nint)p, len * 2L, name);
+            }
         }
     }
 

@@ -127,6 +127,8 @@ public sealed class ModelWeights : IDisposable
         format.CheckTensors(names, ckpt);
         Bf16Weight W(ModelTensor t) => format.FormatOf(t) switch
         {
+            WeightFormat.Bf16 when ckpt.Info(t.Name).DType == SafetensorsDType.F16 =>   // GPTQ's fp16 tensors (CheckpointFormat.AcceptsF16)
+                new(t.Name, (int)t.Rows, (int)t.Cols, () => F16ToBf16(ckpt.Get(t.Name, SafetensorsDType.F16, t.Shape).AsF16())),
             WeightFormat.Bf16 => new(ckpt.Get(t.Name, SafetensorsDType.BF16, t.Shape), (int)t.Rows, (int)t.Cols),
             var f => new(t.Name, (int)t.Rows, (int)t.Cols, () => Dequantize(ckpt, t, f)),
         };
@@ -144,6 +146,14 @@ public sealed class ModelWeights : IDisposable
         var norm = W(names.FinalNorm);
         var lmHead = names.LmHead is { } head ? W(head) : embed;
         return new ModelWeights(c, ckpt, format, embed, layers, norm, lmHead);
+    }
+
+    /// <summary>fp16 values rounded to bf16 (nearest even), as the device upload converts them.</summary>
+    public static ushort[] F16ToBf16(ReadOnlySpan<Half> src)
+    {
+        var dst = new ushort[src.Length];
+        for (int i = 0; i < src.Length; i++) dst[i] = Bf16.FromFloat((float)src[i]);
+        return dst;
     }
 
     /// <summary>The bf16 weights of a quantized Linear, exactly as the kernels dequantize them (docs/formats.md).</summary>
