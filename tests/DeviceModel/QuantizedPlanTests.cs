@@ -75,6 +75,18 @@ public class QuantizedPlanTests
         Assert.That(stdout, Does.Not.Contain("MISSING"));
     }
 
+    /// <summary>A quantized plan that does not fit names its own format, and offers no estimates meant for bf16 checkpoints.</summary>
+    [Test]
+    public void InfoModel_GptqInt4_TooSmall_NamesItsFormat()
+    {
+        string dir = Model.TestCheckpoints.NewDir("qwen3-30b-a3b-int4-small");
+        File.WriteAllText(Path.Combine(dir, "config.json"), Qwen3_30B_A3B_Int4);
+        var (exit, _, err) = Support.CliRunner.Run("info", "--model", dir, "--gpu-memory", "12GiB");
+        Assert.That(exit, Is.EqualTo(Qwen3Cuda.Cli.ExitCodes.OutOfMemory));
+        Assert.That(err, Does.Contain("No context fits: the gptq int4 group 128 weights alone are 15.5 GiB."));
+        Assert.That(err, Does.Not.Contain("A quantized checkpoint of this model"));
+    }
+
     /// <summary>`info -m` on Qwen3-30B-A3B-FP8's config alone: a 48 GB GPU holds it with the whole 40960-token context.</summary>
     [Test]
     public void InfoModel_Fp8_FitsA48GiBGpu()
