@@ -130,4 +130,17 @@ public class QuantizedPlanTests
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         }
     }
+
+    /// <summary>`profile` and `bench` on the emulator name the weight format and show the quantized kernels.</summary>
+    [Test]
+    public void ProfileAndBench_ReportTheWeightFormat()
+    {
+        string dir = QuantizedModelTests.TinyIn(WeightFormat.Int8Channel);
+        var (exit, stdout, err) = Support.CliRunner.Run("profile", "--model", dir, "--device", "emulator");
+        Assert.That(exit, Is.EqualTo(0), err);
+        Assert.That(stdout, Does.StartWith("weights: int8 per-channel (W8A16), ").And.Contain("moe_gate_up_gemv_int8").And.Contain("gemv_int8_t1"));
+        (exit, stdout, err) = Support.CliRunner.Run("bench", "--model", QuantizedModelTests.TinyIn(WeightFormat.Int4Gptq), "--device", "emulator", "-p", "4", "-n", "2");
+        Assert.That(exit, Is.EqualTo(0), err);
+        Assert.That(stdout, Does.Contain("weights: gptq int4 group 32, ").And.Contain("moe_down_gemv_int4"));
+    }
 }
