@@ -56,6 +56,39 @@ __device__ __forceinline__ float e4m3_to_f32(unsigned int b)
     return mag == 0x7fu ? __uint_as_float(0x7fc00000u) : f;
 }
 
+// The nearest FP8 E4M3 code of x (ties to even), saturated to +-448, NaN -> 0x7f: Fp8E4M3.FromFloat on the host.
+// Used for the FP8 KV cache (KV_FP8), whose values are bf16 first, so every product below is exact.
+__device__ __forceinline__ unsigned int f32_to_e4m3(float x)
+{
+    const unsigned int sign = (__float_as_uint(x) >> 24) & 0x80u;
+    const float a = fabsf(x);
+    if (a != a) return 0x7fu;
+    if (a >= 448.f) return sign | 0x7eu;
+    int code;
+    if (a < 0.015625f) {
+        code = __float2int_rn(a * 512.f);                                        // multiples of 2^-9
+    } else {
+        const int e = (int)((__float_as_uint(a) >> 23) & 0xffu) - 127;           // -6 .. 8
+        const int q = __float2int_rn(a * __uint_as_float((unsigned int)(127 - (e - 3)) << 23));   // 8 .. 16
+        code = ((e + 7) << 3) + (q - 8);
+    }
+    return sign | (unsigned int)min(code, 0x7e);
+}
+
+// An E4M3 code as bf16 bits: exact (3 mantissa bits, exponents within bf16's range).
+__device__ __forceinline__ unsigned int e4m3_to_bf16_bits(unsigned int b) { return __float_as_uint(e4m3_to_f32(b)) >> 16; }
+
+// Eight E4M3 codes (two words, byte order) -> 8 bf16 in one uint4.
+__device__ __forceinline__ uint4 e4m3x8_to_bf16(uint2 q)
+{
+    uint4 r;
+    r.x = e4m3_to_bf16_bits(q.x & 0xffu) | e4m3_to_bf16_bits((q.x >> 8) & 0xffu) << 16;
+    r.y = e4m3_to_bf16_bits((q.x >> 16) & 0xffu) | e4m3_to_bf16_bits(q.x >> 24) << 16;
+    r.z = e4m3_to_bf16_bits(q.y & 0xffu) | e4m3_to_bf16_bits((q.y >> 8) & 0xffu) << 16;
+    r.w = e4m3_to_bf16_bits((q.y >> 16) & 0xffu) | e4m3_to_bf16_bits(q.y >> 24) << 16;
+    return r;
+}
+
 // The bf16 weight of one FP8 byte (in the low 8 bits) with its block scale, as the CPU reference rounds it.
 __device__ __forceinline__ float dequant_fp8(unsigned int b, float scale) { return round_bf16(e4m3_to_f32(b) * scale); }
 

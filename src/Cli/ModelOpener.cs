@@ -54,8 +54,9 @@ public static class ModelOpener
 
     /// <summary>Loads the model in <paramref name="dir"/> (a resolved folder) on <paramref name="backend"/> (not auto).</summary>
     /// <param name="gpuMemoryUtilization">--gpu-memory-utilization (device backends only).</param>
+    /// <param name="kvCacheDtype">--kv-cache-dtype: the KV cache's storage (the CPU reference rounds its cache the same way).</param>
     public static LoadedModel Open(string dir, BackendKind backend, int maxSequences, int? contextLength, long? gpuMemoryBytes, TextWriter stderr,
-        double? gpuMemoryUtilization = null)
+        double? gpuMemoryUtilization = null, Qwen3Cuda.Runtime.Memory.KvCacheDtype kvCacheDtype = Qwen3Cuda.Runtime.Memory.KvCacheDtype.Bf16)
     {
         var config = ModelConfig.Load(dir);
         CliOptions.ContextCheck(contextLength, config, stderr);
@@ -64,7 +65,7 @@ public static class ModelOpener
         {
             if (gpuMemoryBytes is not null || gpuMemoryUtilization is not null)
                 throw new UsageException($"{(gpuMemoryBytes is not null ? "--gpu-memory" : "--gpu-memory-utilization")} plans device memory; --device cpu has none (drop it, or use --device cuda or emulator)");
-            var m = ReferenceModel.Load(dir, maxSequences, contextLength);
+            var m = ReferenceModel.Load(dir, maxSequences, contextLength, kvCacheDtype);
             sw.Stop();
             long kvPerToken = 2L * config.NumHiddenLayers * config.KeyValueDim * sizeof(float);
             long parameters = new WeightLayout(config, m.Weights.Checkpoint.Contains("lm_head.weight")).ParameterCount;
@@ -87,6 +88,7 @@ public static class ModelOpener
                 ContextLength = contextLength ?? (backend == BackendKind.Emulator ? Math.Min(4096, config.MaxPositionEmbeddings) : null),
                 GpuMemoryBytes = gpuMemoryBytes,
                 GpuMemoryUtilization = gpuMemoryUtilization,
+                KvCacheDtype = kvCacheDtype,
                 MaxBatch = Math.Min(8, Math.Max(1, maxSequences)),
                 PrefillChunkTokens = backend == BackendKind.Emulator ? 64 : 512,
                 LoadProgress = progress.Upload,

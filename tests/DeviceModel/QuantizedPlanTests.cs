@@ -73,6 +73,14 @@ public class QuantizedPlanTests
         Assert.That(stdout, Does.Match(@"weights\s+15\.\d GiB"));
         Assert.That(stdout, Does.Contain("40960 tokens"));
         Assert.That(stdout, Does.Not.Contain("MISSING"));
+        // --kv-cache-dtype fp8 halves the KV cache: 48 KiB per token
+        (exit, stdout, err) = Support.CliRunner.Run("info", "--model", dir, "--gpu-memory", "22GiB", "--kv-cache-dtype", "fp8");
+        Assert.That(exit, Is.EqualTo(0), err);
+        Assert.That(stdout, Does.Match(@"KV per token\s+48\.0 KiB  \(48 layers x K,V x 4 heads x 128 x fp8\)"));
+        Assert.That(stdout, Does.Match(@"KV cache\s+1\.9 GiB"));
+        (exit, _, err) = Support.CliRunner.Run("info", "--model", dir, "--kv-cache-dtype", "fp4");
+        Assert.That(exit, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("--kv-cache-dtype"));
     }
 
     /// <summary>A quantized plan that does not fit names its own format, and offers no estimates meant for bf16 checkpoints.</summary>

@@ -36,7 +36,8 @@ public static class ChatCommand
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             var template = ChatTemplate.FromModelDirectory(dir);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization));
+            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization),
+                CliOptions.ParseKvCacheDtype(parse.GetValue(s.KvCacheDtype)));
             if (sampled) stderr.WriteLine($"sampling seed {seed} (--seed {seed} repeats this chat)");
             var session = new ChatSession(lm.Model, tokenizer, template, Generator.DefaultEosTokenIds(tokenizer, dir),
                 thinking => s.Sampling(parse, dir, thinking, seed), parse.GetValue(s.MaxNewTokens), parse.GetValue(system))

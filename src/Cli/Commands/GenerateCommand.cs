@@ -54,7 +54,8 @@ public static class GenerateCommand
             }
             var ids = tokenizer.Encode(text);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization));
+            using var lm = ModelOpener.Open(dir, backend, maxSequences: 1, parse.GetValue(s.Context), parse.GetValue(s.GpuMemory), stderr, parse.GetValue(s.GpuMemoryUtilization),
+                CliOptions.ParseKvCacheDtype(parse.GetValue(s.KvCacheDtype)));
             var generator = new Generator(lm.Model, tokenizer, Generator.DefaultEosTokenIds(tokenizer, dir));
             var writer = new PieceWriter(stdout, ansi: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
             using var cts = new CancellationTokenSource();

@@ -92,9 +92,10 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _rms = new RmsNormLaunchers(_loader);
             _gemv = new GemvLaunchers(_loader, layout.DenseFormats);
             _gemm = new GemmLaunchers(_loader, layout.DenseFormats);
-            _rope = new RopeLaunchers(_loader, c.HeadDim);
-            _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
-            _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
+            bool kvFp8 = options.KvCacheDtype == KvCacheDtype.Fp8;
+            _rope = new RopeLaunchers(_loader, c.HeadDim, kvFp8);
+            _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim, kvFp8);
+            _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim, kvFp8);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
             _checkFinite = options.CheckFinite ? new CheckFiniteLaunchers(_loader) : null;
@@ -112,7 +113,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
-                options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
+                options.MaxSequences, Plan.Workspace.MaxPagesPerSeq, options.KvCacheDtype); disposables.Add(_kv);
             _staging = new StagingRing(device, Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_staging);
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
             _deviceRow = new int[Plan.Workspace.Rows];
@@ -252,7 +253,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             throw new ArgumentException($"sequence {sequence} would hold {(long)p0 + count} tokens, more than the context length {ContextLength}", nameof(count));
         table.Reserve(sequence, count);
         _kv.ApplyPendingCopies(_stream);
-        long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1);
+        long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1, Plan.Options.KvCacheDtype);
         var pages = table.BlockTable(sequence);
         int P = table.PageSize;
         for (int pos = p0; pos < p0 + count;)
