@@ -21,6 +21,14 @@
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
 // Variants: this one only; the CPU reference in tests/Kernels is its oracle.
 #include "common.cuh"
+// KV_FP8=1: the cache holds FP8 E4M3 codes (one byte per element, per-layer scale 1; docs/formats.md), decoded
+// exactly to bf16 as they are loaded; everything after the load is the bf16 kernel. KV bytes read are halved.
+#ifndef KV_FP8
+#define KV_FP8 0
+#endif
+#if KV_FP8
+#include "quant.cuh"
+#endif
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
@@ -109,8 +117,13 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
             if (DEC_ROW_OK(row) && key < end) {
                 const int slot = table[key / p.page_size] * p.page_size + key % p.page_size;
                 const size_t off = ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + col * 8;
+#if KV_FP8
+                k_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.k_cache) + off)));
+                v_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.v_cache) + off)));
+#else
                 k_reg[r] = ldg_nc_v4(p.k_cache + off);
                 v_reg[r] = ldg_nc_v4(p.v_cache + off);
+#endif
             } else {
                 k_reg[r] = make_uint4(0, 0, 0, 0);
                 v_reg[r] = make_uint4(0, 0, 0, 0);

@@ -21,6 +21,14 @@
 // HEAD_DIM is a compile-time constant (-D HEAD_DIM=128, the launcher passes it).
 // Variants: this one; the CPU reference in tests/Kernels is its oracle.
 #include "mma.cuh"
+// KV_FP8=1: the cache holds FP8 E4M3 codes (one byte per element, per-layer scale 1; docs/formats.md), decoded
+// exactly to bf16 as they are loaded; everything after the load is the bf16 kernel. KV bytes read are halved.
+#ifndef KV_FP8
+#define KV_FP8 0
+#endif
+#if KV_FP8
+#include "quant.cuh"
+#endif
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
@@ -91,8 +99,13 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill(AttnPrefillParams
                 const int slot = table[key / p.page_size] * p.page_size + key % p.page_size;
                 off = ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + c;
             }
+#if KV_FP8
+            *reinterpret_cast<uint4*>(&ks[r * PF_STRIDE + c]) = ok ? e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.k_cache) + off))) : make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(&vs[r * PF_STRIDE + c]) = ok ? e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.v_cache) + off))) : make_uint4(0, 0, 0, 0);
+#else
             cp_async_16(&ks[r * PF_STRIDE + c], p.k_cache + off, ok);
             cp_async_16(&vs[r * PF_STRIDE + c], p.v_cache + off, ok);
+#endif
         }
         cp_async_commit();
     };

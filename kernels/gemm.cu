@@ -14,7 +14,12 @@
 //   gemm_bf16_128x128  BM 128, BN 128, BK 32, 8 warps (2 x 4), warp tile 64 x 32
 // Requirements: K, lda, ldw multiples of 8 (16-byte rows); ldc even.
 // Bytes moved (ideal): M*K*2 * ceil(N/BN) + N*K*2 * ceil(M/BM) from L2, M*N*2 written.
+// Quantized weights (quant.cuh, docs/formats.md): gemm_fp8_* and gemm_int8_* read W one byte per weight (8 bytes per
+// 8-weight chunk with plain loads), dequantize to bf16 in registers and store the chunk into the same shared tile the
+// bf16 variant fills with cp.async; the mma loop is unchanged (bf16 mma.sync: no FP8 tensor-core path on sm_80).
+// gemm_int4_* (GPTQ): 4 bytes per 8-weight chunk, fp16 group scales; ldw counts weights (2 per byte).
 #include "mma.cuh"
+#include "quant.cuh"
 
 #define GEMM_BK 32
 #define GEMM_SK (GEMM_BK + 8)   // padded shared row, elements
@@ -30,9 +35,10 @@ struct GemmParams {
     int lda;
     int ldw;
     int ldc;
+    WeightScales ws;         // quantized variants only
 };
 
-template <int BM, int BN, int WARPS_M, int WARPS_N>
+template <int BM, int BN, int WARPS_M, int WARPS_N, int QF>
 __device__ __forceinline__ void gemm_body(const GemmParams& p)
 {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
@@ -58,8 +64,19 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p)
         for (int i = tid; i < BN * (GEMM_BK / 8); i += THREADS) {
             const int r = i / (GEMM_BK / 8), c = (i % (GEMM_BK / 8)) * 8;
             const bool ok = bn + r < p.n && k0 + c < p.k;
-            const bf16* src = ok ? p.w + (size_t)(bn + r) * p.ldw + k0 + c : p.w;
-            cp_async_16(&w_s[stage][r * GEMM_SK + c], src, ok);
+            if (QF == 0) {
+                const bf16* src = ok ? p.w + (size_t)(bn + r) * p.ldw + k0 + c : p.w;
+                cp_async_16(&w_s[stage][r * GEMM_SK + c], src, ok);
+            } else {
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (ok) {
+                    const unsigned char* src = reinterpret_cast<const unsigned char*>(p.w) + ((size_t)(bn + r) * p.ldw + k0 + c) / QF_WPB(QF);
+                    const float sc = weight_scale_q<QF>(p.ws, bn + r, k0 + c);
+                    if constexpr (QF == QF_INT4) v = dequant_int4x8(__ldg(reinterpret_cast<const unsigned int*>(src)), sc);
+                    else v = dequant_x8<QF>(__ldg(reinterpret_cast<const uint2*>(src)), sc);
+                }
+                *reinterpret_cast<uint4*>(&w_s[stage][r * GEMM_SK + c]) = v;
+            }
         }
         cp_async_commit();
     };
@@ -126,5 +143,11 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p)
             }
 }
 
-extern "C" __global__ void __launch_bounds__(128) gemm_bf16_64x64(GemmParams p) { gemm_body<64, 64, 2, 2>(p); }
-extern "C" __global__ void __launch_bounds__(256) gemm_bf16_128x128(GemmParams p) { gemm_body<128, 128, 2, 4>(p); }
+extern "C" __global__ void __launch_bounds__(128) gemm_bf16_64x64(GemmParams p) { gemm_body<64, 64, 2, 2, 0>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_bf16_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, 0>(p); }
+extern "C" __global__ void __launch_bounds__(128) gemm_fp8_64x64(GemmParams p) { gemm_body<64, 64, 2, 2, QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_fp8_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(128) gemm_int8_64x64(GemmParams p) { gemm_body<64, 64, 2, 2, QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_int8_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(128) gemm_int4_64x64(GemmParams p) { gemm_body<64, 64, 2, 2, QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_int4_128x128(GemmParams p) { gemm_body<128, 128, 2, 4, QF_INT4>(p); }

@@ -14,7 +14,13 @@
 // [split_k, T, N]; gemv_splitk_combine sums them in split order (deterministic) and applies the epilogue.
 // Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials].
 // Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane).
-#include "common.cuh"
+// Quantized weights (quant.cuh, docs/formats.md): gemv_fp8_t1..8 (E4M3, block scales) and gemv_int8_t1..8 (per-channel
+// scales) stream one byte per weight, 16 bytes per lane per load (16 weights, one scale, since 16 divides the 128-wide
+// scale blocks), dequantize in registers to the bf16 the reference uses and then accumulate as the bf16 variant does.
+// Bytes moved: N*K (W) + the scales (N/128 * K/128 * 4, or N * 4) + the same x / y / partial traffic; K and k_split
+// must be multiples of 16. gemv_int4_t1..8 (GPTQ, two codes per byte, fp16 group scales): 32 weights per 16-byte load,
+// K and k_split multiples of 32, N*K/2 weight bytes.
+#include "quant.cuh"
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS 8
@@ -34,6 +40,7 @@ struct GemvParams {
     int rows_per_warp;        // 1 .. 8
     int k_split;              // elements per K-slice, multiple of 8
     int split_k;
+    WeightScales ws;          // quantized variants only (docs/formats.md)
 };
 
 __device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
@@ -117,6 +124,91 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     }
 }
 
+// The quantized body: the same CTA mapping, x staging and epilogue as gemv_body; a lane's chunk is 16 weights.
+template <int T, int QF>
+__device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
+{
+    extern __shared__ uint4 x_s[];                          // [T][k_split / 8] chunks
+    __shared__ float y_s[T][GEMV_WARPS * GEMV_MAX_RPW];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int k0 = blockIdx.y * p.k_split;
+    const int klen = min(p.k_split, p.k - k0);
+    const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
+    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+        const int t = i / slice_chunks, c = i - t * slice_chunks;
+        x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;         // weights per byte, per 16-byte load
+    const int qchunks = klen / WPL;                         // 16-byte chunks of this slice
+    const int row_bytes = p.k / WPB;
+    const int rows_cta = GEMV_WARPS * p.rows_per_warp;
+    const int row_base = blockIdx.x * rows_cta;
+    const unsigned char* wq = reinterpret_cast<const unsigned char*>(p.w);
+    for (int r = 0; r < p.rows_per_warp; r++) {
+        const int local = warp * p.rows_per_warp + r;
+        const int row = row_base + local;
+        if (row >= p.n) break;
+        const unsigned char* wrow = wq + (size_t)row * row_bytes + k0 / WPB;
+        float acc[T];
+#pragma unroll
+        for (int t = 0; t < T; t++) acc[t] = 0.f;
+        constexpr int LIF = (WPB == 2 || T > 4) ? 2 : 4;     // 16-byte loads in flight per lane (fewer where registers are short)
+        for (int c0 = 0; c0 < qchunks; c0 += 32 * LIF) {
+            uint4 wv[LIF];
+#pragma unroll
+            for (int u = 0; u < LIF; u++) {
+                const int c = c0 + u * 32 + lane;
+                wv[u] = c < qchunks ? ldg_stream_v4(wrow + c * 16) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < LIF; u++) {
+                const int c = c0 + u * 32 + lane;
+                if (c < qchunks) {
+                    const float sc = weight_scale_q<QF>(p.ws, row, k0 + c * WPL);
+                    if constexpr (QF == QF_INT4) {                  // a part at a time: fewer live registers
+#pragma unroll
+                        for (int h = 0; h < 2 * WPB; h++) {
+                            const uint4 w8 = dequant_part<QF>(wv[u], sc, h);
+#pragma unroll
+                            for (int t = 0; t < T; t++) acc[t] = dot8(w8, x_s[t * slice_chunks + 2 * WPB * c + h], acc[t]);
+                        }
+                    } else {
+                        uint4 a, b;
+                        dequant_x16<QF>(wv[u], sc, a, b);
+#pragma unroll
+                        for (int t = 0; t < T; t++) {
+                            acc[t] = dot8(a, x_s[t * slice_chunks + 2 * c], acc[t]);
+                            acc[t] = dot8(b, x_s[t * slice_chunks + 2 * c + 1], acc[t]);
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            const float v = warp_sum(acc[t]);
+            if (lane == t) y_s[t][local] = v;
+        }
+    }
+    __syncthreads();
+
+    const int rows_here = min(rows_cta, p.n - row_base);
+    for (int i = tid; i < T * rows_here; i += GEMV_THREADS) {
+        const int t = i / rows_here, local = i - t * rows_here, row = row_base + local;
+        const float v = y_s[t][local];
+        if (p.split_k > 1) {
+            p.partial[((size_t)blockIdx.y * T + t) * p.n + row] = v;
+        } else {
+            float out = round_bf16(v);
+            if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+            p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
+        }
+    }
+}
+
 #define GEMV_INSTANCE(T) \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_t##T(GemvParams p) { gemv_body<T>(p); }
 GEMV_INSTANCE(1)
@@ -127,6 +219,19 @@ GEMV_INSTANCE(5)
 GEMV_INSTANCE(6)
 GEMV_INSTANCE(7)
 GEMV_INSTANCE(8)
+
+#define GEMV_QUANT_INSTANCE(T) \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8_t##T(GemvParams p) { gemv_quant_body<T, QF_FP8>(p); } \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int8_t##T(GemvParams p) { gemv_quant_body<T, QF_INT8>(p); } \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int4_t##T(GemvParams p) { gemv_quant_body<T, QF_INT4>(p); }
+GEMV_QUANT_INSTANCE(1)
+GEMV_QUANT_INSTANCE(2)
+GEMV_QUANT_INSTANCE(3)
+GEMV_QUANT_INSTANCE(4)
+GEMV_QUANT_INSTANCE(5)
+GEMV_QUANT_INSTANCE(6)
+GEMV_QUANT_INSTANCE(7)
+GEMV_QUANT_INSTANCE(8)
 
 // y[t, n] = epilogue(sum over splits of partial[s, t, n]), one thread per output element.
 extern "C" __global__ void __launch_bounds__(256) gemv_splitk_combine(GemvParams p)

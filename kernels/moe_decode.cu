@@ -13,7 +13,14 @@
 //   Grid (ceil(H / 16), T*k), 128 threads: warp w owns rows h = bx*16 + 4w .. +3. Bytes: T*k*H*I*2 + inter.
 // The combine (kernels/moe_combine.cu) then sums the k rows of y per token in rank order.
 // Variants: these GEMVs (decode); kernels/moe_gemm.cu is the tensor-core path for many tokens.
-#include "common.cuh"
+// Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemv_fp8 / _int8 and moe_down_gemv_fp8 / _int8 read one
+// byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
+// reference's bf16 weights and accumulate like the bf16 kernels. The scale row of a weight row is that of the stacked
+// matrix: gate_up row e*2I + r, down row e*H + h. Bytes: T*k*2I*H (+ scales) and T*k*H*I (+ scales); H / I % 16 == 0.
+// moe_*_gemv_int4 (GPTQ): 32 weights per 16-byte load, fp16 group scales; H / I % 32 == 0.
+// The slot's activation row (H or I bf16) is staged in dynamic shared memory first (coalesced 16-byte loads), since a
+// lane's 16 weights need 32 bytes of it.
+#include "quant.cuh"
 
 #define GEMV_THREADS 128
 #define GATE_UP_I_PER_WARP 2
@@ -28,6 +35,7 @@ struct MoeGateUpGemvParams {
     int top_k;
     int hidden_size;         // H, multiple of 8
     int inter_size;          // I
+    WeightScales ws;         // quantized variants only
 };
 
 struct MoeDownGemvParams {
@@ -38,6 +46,7 @@ struct MoeDownGemvParams {
     int slots;
     int hidden_size;         // H
     int inter_size;          // I, multiple of 8
+    WeightScales ws;         // quantized variants only
 };
 
 // silu then the product, with the reference's rounding points (gate, up already bf16).
@@ -108,3 +117,99 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
         if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
     }
 }
+
+// Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
+template <int QF>
+__device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams& p)
+{
+    extern __shared__ uint4 x_s[];                         // [H / 8]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s = blockIdx.y;
+    const int t = s / p.top_k;
+    const int e = p.topk_ids[s];
+    const int H = p.hidden_size, I = p.inter_size;
+    const uint4* xg = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * H);
+    for (int i = threadIdx.x; i < (H >> 3); i += GEMV_THREADS) x_s[i] = __ldg(&xg[i]);
+    __syncthreads();
+    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
+    if (i0 >= I) return;
+    const bool two = i0 + 1 < I;
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;        // weights per byte, per 16-byte load
+    const int qchunks = H / WPL, row_bytes = H / WPB;
+    const int grow = e * 2 * I + i0;                       // stacked row of gate row i0 (its up row: + I)
+    const unsigned char* wg = reinterpret_cast<const unsigned char*>(p.gate_up) + (size_t)grow * row_bytes;
+    const unsigned char* wu = wg + (size_t)I * row_bytes;
+    float g0 = 0.f, g1 = 0.f, u0 = 0.f, u1 = 0.f;
+    auto dot = [&](const unsigned char* w, int row, int c) {
+        uint4 w8[2 * WPB];
+        dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + c * 16)), weight_scale_q<QF>(p.ws, row, c * WPL), w8);
+        float acc = 0.f;
+#pragma unroll
+        for (int h = 0; h < 2 * WPB; h++) acc += dot_bf16x8(w8[h], x_s[2 * WPB * c + h]);
+        return acc;
+    };
+    for (int c = lane; c < qchunks; c += 32) {
+        g0 += dot(wg, grow, c);
+        u0 += dot(wu, grow + I, c);
+        if (two) {
+            g1 += dot(wg + row_bytes, grow + 1, c);
+            u1 += dot(wu + row_bytes, grow + I + 1, c);
+        }
+    }
+    g0 = round_bf16(warp_sum(g0));
+    u0 = round_bf16(warp_sum(u0));
+    g1 = round_bf16(warp_sum(g1));
+    u1 = round_bf16(warp_sum(u1));
+    if (lane == 0) {
+        bf16* out = p.inter + (size_t)s * I + i0;
+        out[0] = f32_to_bf16(swiglu_bf16(g0, u0));
+        if (two) out[1] = f32_to_bf16(swiglu_bf16(g1, u1));
+    }
+}
+
+// Quantized down: the mapping of moe_down_gemv with 16-weight chunks.
+template <int QF>
+__device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
+{
+    extern __shared__ uint4 x_s[];                         // [I / 8]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int s = blockIdx.y;
+    const int e = p.topk_ids[s];
+    const int H = p.hidden_size, I = p.inter_size;
+    const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
+    for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = xg[i];
+    __syncthreads();
+    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
+    if (h0 >= H) return;
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
+    const int qchunks = I / WPL, row_bytes = I / WPB;
+    const int grow = e * H + h0;
+    const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * row_bytes;
+    float acc[DOWN_ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
+    for (int c = lane; c < qchunks; c += 32) {
+#pragma unroll
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
+            if (h0 + r < H) {
+                uint4 w8[2 * WPB];
+                dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)r * row_bytes + c * 16)), weight_scale_q<QF>(p.ws, grow + r, c * WPL), w8);
+                float d = 0.f;
+#pragma unroll
+                for (int h = 0; h < 2 * WPB; h++) d += dot_bf16x8(w8[h], x_s[2 * WPB * c + h]);
+                acc[r] += d;
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_fp8(MoeDownGemvParams p) { moe_down_gemv_quant<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_int8(MoeDownGemvParams p) { moe_down_gemv_quant<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int4(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv_int4(MoeDownGemvParams p) { moe_down_gemv_quant<QF_INT4>(p); }

@@ -22,7 +22,11 @@
 // their output columns are not stored, so only H % 32 == 0 and I % 32 == 0 are needed (K steps of 32). The
 // launcher picks it per GEMM only when the shape needs it; at the default MOE_GEMM_GUARD_N=0 the guards compile
 // away (the real-shape PTX is unchanged).
-#include "common.cuh"
+// Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemm_fp8 / _int8 and moe_down_gemm_fp8 / _int8 load the
+// B tile one byte per weight (8 bytes per 16-byte shared chunk, plain loads), dequantize it in registers to the
+// reference's bf16 weights and store it swizzled like the cp.async path; A and the mma loop are the bf16 ones.
+// moe_*_gemm_int4 (GPTQ): 4 bytes per 8-weight chunk, fp16 group scales.
+#include "quant.cuh"
 
 #ifndef MOE_GEMM_GUARD_N
 #define MOE_GEMM_GUARD_N 0
@@ -44,6 +48,7 @@ struct MoeGateUpGemmParams {
     int top_k;
     int hidden_size;           // H (K of this GEMM)
     int inter_size;            // I
+    WeightScales ws;           // quantized variants only
 };
 
 struct MoeDownGemmParams {
@@ -55,6 +60,7 @@ struct MoeDownGemmParams {
     bf16* y;                   // [T*k, H] per-slot expert outputs
     int hidden_size;           // H
     int inter_size;            // I (K of this GEMM)
+    WeightScales ws;           // quantized variants only
 };
 
 struct GemmSmem {
@@ -95,9 +101,20 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
 // The shared main loop: acc[mi][j] = A[rows] x B[rows]^T over K (acc is zeroed here). a_src[i] / b_src[i] point at this thread's
 // 16-byte chunks of k-tile 0 (a_src null: a zero padding row; b_src null, guarded variant only: a zero row
 // past the end of N). b_row0[jp] is the B-tile row of the warp's
-// n8-tile pair jp.
+// The scales of stacked row `grow` (fp32, or fp16 for QF_INT4: the pointer is then reinterpreted).
+template <int QF>
+__device__ __forceinline__ const float* scale_row(const WeightScales& s, size_t grow)
+{
+    const size_t i = (grow >> s.row_shift) * s.cols;
+    if (QF == QF_INT4) return reinterpret_cast<const float*>(reinterpret_cast<const unsigned short*>(s.scales) + i);
+    return s.scales + i;
+}
+
+// n8-tile pair jp. Quantized (QF != 0): b_src[i] points at one-byte weights, b_scale[i] at the row's scales (k_shift).
+template <int QF>
 __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4], const bf16* const (&a_src)[2],
-                                              const bf16* const (&b_src)[4], const int (&b_row0)[4], int k_tiles)
+                                              const void* const (&b_src)[4], const float* const (&b_scale)[4], int k_shift,
+                                              const int (&b_row0)[4], int k_tiles)
 {
     const int tid = threadIdx.x, lane = tid & 31, wm = (tid >> 5) >> 1;
 #pragma unroll
@@ -122,7 +139,17 @@ __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4
 #if MOE_GEMM_GUARD_N
             if (!b_src[i]) { *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0); continue; }
 #endif
-            cp_async16(dst, b_src[i] + kt * GM_BK);
+            if (QF == 0) {
+                cp_async16(dst, static_cast<const bf16*>(b_src[i]) + kt * GM_BK);
+            } else {
+                const int k = kt * GM_BK + chunk * 8;
+                const unsigned char* src = static_cast<const unsigned char*>(b_src[i]) + kt * GM_BK / QF_WPB(QF);
+                if constexpr (QF == QF_INT4)
+                    *reinterpret_cast<uint4*>(dst) = dequant_int4x8(__ldg(reinterpret_cast<const unsigned int*>(src)),
+                                                                    f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(b_scale[i]) + (k >> k_shift))));
+                else
+                    *reinterpret_cast<uint4*>(dst) = dequant_x8<QF>(__ldg(reinterpret_cast<const uint2*>(src)), __ldg(&b_scale[i][k >> k_shift]));
+            }
         }
     };
 
@@ -161,7 +188,8 @@ __device__ __forceinline__ void gemm_mainloop(GemmSmem& sm, float (&acc)[2][8][4
     cp_async_wait<0>();
 }
 
-extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGateUpGemmParams p)
+template <int QF>
+__device__ __forceinline__ void moe_gate_up_gemm_body(const MoeGateUpGemmParams& p)
 {
     __shared__ __align__(128) GemmSmem sm;
     const int tile = blockIdx.x;
@@ -178,12 +206,16 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGat
         const int slot = p.sorted_slots[tile * GM_BM + row];
         a_src[i] = slot >= 0 ? p.hidden + (size_t)(slot / p.top_k) * H + chunk * 8 : nullptr;
     }
-    const bf16* b_src[4];
+    const void* b_src[4];
+    const float* b_scale[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
         const int wrow = row < 64 ? n0 + row : I + n0 + (row - 64);   // gate rows, then the matching up rows
-        b_src[i] = p.gate_up + ((size_t)e * 2 * I + wrow) * H + chunk * 8;
+        const size_t grow = (size_t)e * 2 * I + wrow;
+        if (QF == 0) b_src[i] = p.gate_up + grow * H + chunk * 8;
+        else b_src[i] = reinterpret_cast<const unsigned char*>(p.gate_up) + (grow * H + chunk * 8) / QF_WPB(QF);
+        b_scale[i] = QF == 0 ? nullptr : scale_row<QF>(p.ws, grow);
 #if MOE_GEMM_GUARD_N
         if (n0 + (row & 63) >= I) b_src[i] = nullptr;
 #endif
@@ -193,7 +225,7 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGat
 
     float acc[2][8][4];
 
-    gemm_mainloop(sm, acc, a_src, b_src, b_row0, H / GM_BK);
+    gemm_mainloop<QF>(sm, acc, a_src, b_src, b_scale, p.ws.k_shift, b_row0, H / GM_BK);
 
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
@@ -219,7 +251,8 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGat
         }
 }
 
-extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGemmParams p)
+template <int QF>
+__device__ __forceinline__ void moe_down_gemm_body(const MoeDownGemmParams& p)
 {
     __shared__ __align__(128) GemmSmem sm;
     const int tile = blockIdx.x;
@@ -235,11 +268,15 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGe
         const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
         a_src[i] = p.inter + (size_t)(tile * GM_BM + row) * I + chunk * 8;
     }
-    const bf16* b_src[4];
+    const void* b_src[4];
+    const float* b_scale[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int idx = tid + i * GM_THREADS, row = idx >> 2, chunk = idx & 3;
-        b_src[i] = p.down + ((size_t)e * H + n0 + row) * I + chunk * 8;
+        const size_t grow = (size_t)e * H + n0 + row;
+        if (QF == 0) b_src[i] = p.down + grow * I + chunk * 8;
+        else b_src[i] = reinterpret_cast<const unsigned char*>(p.down) + (grow * I + chunk * 8) / QF_WPB(QF);
+        b_scale[i] = QF == 0 ? nullptr : scale_row<QF>(p.ws, grow);
 #if MOE_GEMM_GUARD_N
         if (n0 + row >= H) b_src[i] = nullptr;
 #endif
@@ -248,7 +285,7 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGe
 
     float acc[2][8][4];
 
-    gemm_mainloop(sm, acc, a_src, b_src, b_row0, I / GM_BK);
+    gemm_mainloop<QF>(sm, acc, a_src, b_src, b_scale, p.ws.k_shift, b_row0, I / GM_BK);
 
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
@@ -267,3 +304,12 @@ extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGe
             }
         }
 }
+
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm(MoeGateUpGemmParams p) { moe_gate_up_gemm_body<0>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm(MoeDownGemmParams p) { moe_down_gemm_body<0>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm_fp8(MoeGateUpGemmParams p) { moe_gate_up_gemm_body<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm_fp8(MoeDownGemmParams p) { moe_down_gemm_body<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm_int8(MoeGateUpGemmParams p) { moe_gate_up_gemm_body<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm_int8(MoeDownGemmParams p) { moe_down_gemm_body<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_gate_up_gemm_int4(MoeGateUpGemmParams p) { moe_gate_up_gemm_body<QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(GM_THREADS) moe_down_gemm_int4(MoeDownGemmParams p) { moe_down_gemm_body<QF_INT4>(p); }

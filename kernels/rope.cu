@@ -13,6 +13,8 @@
 // nothing about rope scaling except attention_scaling. With inv_freq_per_token = 1 the table is [tokens, D/2]
 // (token t reads row t): dynamic NTK, where each sequence of a step has the table of its own length.
 //
+// KV_FP8=1 (the FP8 KV cache, docs/formats.md): k and v are stored as FP8 E4M3 codes of their bf16 values (nearest,
+// ties to even, saturating at +-448; per-layer scale 1), one byte per element, same layout.
 // Paged KV cache layout (per layer, K and V separately): [pages, page_size, num_kv_heads, D] bf16,
 // i.e. slot-major: token slot s = page * page_size + offset holds all KV heads of that token, and head
 // kvh of slot s starts at element (s * num_kv_heads + kvh) * D. The host turns per-sequence block
@@ -81,6 +83,33 @@ __device__ __forceinline__ void load_row(const bf16* src, float (&x)[ROPE_E])
 #endif
 }
 
+#ifndef KV_FP8
+#define KV_FP8 0
+#endif
+#if KV_FP8
+#include "quant.cuh"
+// The FP8 KV variant of store_row for the cache: the bf16 rounding the bf16 cache stores, then the E4M3 code.
+__device__ __forceinline__ void store_kv_row(bf16* cache, size_t element, const float (&x)[ROPE_E])
+{
+    unsigned char* dst = reinterpret_cast<unsigned char*>(cache) + element;
+    unsigned int w[2] = {0u, 0u};
+#pragma unroll
+    for (int i = 0; i < ROPE_E; i++) w[i / 4] |= f32_to_e4m3(bf16_to_f32(f32_to_bf16(x[i]))) << (8 * (i % 4));
+#if ROPE_E == 1
+    *dst = (unsigned char)w[0];
+#elif ROPE_E == 2
+    *reinterpret_cast<unsigned short*>(dst) = (unsigned short)w[0];
+#elif ROPE_E == 4
+    *reinterpret_cast<unsigned int*>(dst) = w[0];
+#else
+    *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
+#endif
+}
+#define STORE_KV(cache, element, x) store_kv_row(cache, element, x)
+#else
+#define STORE_KV(cache, element, x) store_row((cache) + (element), x)
+#endif
+
 __device__ __forceinline__ void store_row(bf16* dst, const float (&x)[ROPE_E])
 {
 #if ROPE_E == 1
@@ -115,7 +144,7 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
 
     if (!is_q && !is_k) {                        // v: straight copy into the cache
         const int kvh = head - p.num_q_heads - p.num_kv_heads;
-        if (ROPE_ACTIVE(lane)) store_row(p.v_cache + ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x);
+        if (ROPE_ACTIVE(lane)) STORE_KV(p.v_cache, ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x);
         return;
     }
 
@@ -155,6 +184,6 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
         store_row(p.q_out + (size_t)t * p.q_out_stride + (size_t)head * HEAD_DIM + lane * ROPE_E, y);
     } else {
         const int kvh = head - p.num_q_heads;
-        store_row(p.k_cache + ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, y);
+        STORE_KV(p.k_cache, ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, y);
     }
 }

@@ -93,6 +93,14 @@ public static class CliOptions
         },
     };
 
+    /// <summary>--kv-cache-dtype bf16|fp8: how the KV cache stores K and V (docs/formats.md).</summary>
+    public static Option<string> KvCacheDtype() => Choice("--kv-cache-dtype", [],
+        "KV cache storage: bf16 (default) or fp8 (E4M3 codes of the bf16 values, per-layer scale 1: half the KV bytes)", "bf16", "bf16", "fp8");
+
+    /// <summary>The <see cref="Qwen3Cuda.Runtime.Memory.KvCacheDtype"/> of a parsed --kv-cache-dtype value.</summary>
+    public static Qwen3Cuda.Runtime.Memory.KvCacheDtype ParseKvCacheDtype(string? value) =>
+        value == "fp8" ? Qwen3Cuda.Runtime.Memory.KvCacheDtype.Fp8 : Qwen3Cuda.Runtime.Memory.KvCacheDtype.Bf16;
+
     /// <summary>An int option with a default, checked against [min, max].</summary>
     public static Option<int> Int(string name, string[] aliases, string description, int defaultValue, int min, int max, string helpName = "N") =>
         new(name, aliases)
@@ -223,6 +231,7 @@ sealed class SamplingCliOptions
     public readonly Option<int?> MaxNumBatchedTokens = CliOptions.MaxNumBatchedTokens();
     public readonly Option<long?> GpuMemory = CliOptions.GpuMemory();
     public readonly Option<double?> GpuMemoryUtilization = CliOptions.GpuMemoryUtilization();
+    public readonly Option<string> KvCacheDtype = CliOptions.KvCacheDtype();
     public readonly Option<bool> NoThink = new("--no-think") { Description = "Disable thinking (enable_thinking=false in the chat template)" };
     public readonly Option<string[]> Stop = new("--stop")
     {
@@ -252,7 +261,7 @@ sealed class SamplingCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, MaxNumBatchedTokens, GpuMemory, GpuMemoryUtilization, NoThink })
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, MaxNumBatchedTokens, GpuMemory, GpuMemoryUtilization, KvCacheDtype, NoThink })
             cmd.Options.Add(o);
     }
 
@@ -264,6 +273,7 @@ sealed class SamplingCliOptions
         ContextLength = p.GetValue(Context),
         GpuMemoryBytes = p.GetValue(GpuMemory),
         GpuMemoryUtilization = p.GetValue(GpuMemoryUtilization),
+        KvCacheDtype = CliOptions.ParseKvCacheDtype(p.GetValue(KvCacheDtype)),
     };
 
     /// <summary>The request options of one answer (raw tool-call text: the CLI shows what the model wrote).</summary>

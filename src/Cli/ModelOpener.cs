@@ -35,6 +35,7 @@ public static class ModelOpener
 
     /// <summary>Loads the model in <paramref name="dir"/> (a resolved folder) on <paramref name="backend"/> (not auto), with progress and the summary line on stderr.</summary>
     /// <param name="gpuMemoryUtilization">--gpu-memory-utilization (device backends only).</param>
+    /// <param name="kvCacheDtype">--kv-cache-dtype: the KV cache's storage (the CPU reference rounds its cache the same way).</param>
     public static LoadedModel Open(string dir, BackendKind backend, int maxSequences, int? contextLength, long? gpuMemoryBytes, TextWriter stderr,
         double? gpuMemoryUtilization = null, int? maxOutputRows = null) =>
         Open(dir, backend, new ModelLoadOptions

@@ -39,6 +39,8 @@ public sealed record ModelLoadOptions
     public int? ContextLength { get; init; }
     public long? GpuMemoryBytes { get; init; }
     public double? GpuMemoryUtilization { get; init; }
+    /// <summary>The KV cache's storage (--kv-cache-dtype; the CPU reference rounds its cache the same way).</summary>
+    public Qwen3Cuda.Runtime.Memory.KvCacheDtype KvCacheDtype { get; init; } = Qwen3Cuda.Runtime.Memory.KvCacheDtype.Bf16;
     /// <summary>NVRTC starts compiling a kernel file (cold cache).</summary>
     public Action<string>? CompileStarting { get; init; }
     /// <summary>Weight upload progress.</summary>
@@ -62,7 +64,7 @@ public static class ModelLoader
         {
             if (o.GpuMemoryBytes is not null || o.GpuMemoryUtilization is not null)
                 throw new ArgumentException($"{(o.GpuMemoryBytes is not null ? "--gpu-memory" : "--gpu-memory-utilization")} plans device memory; --device cpu has none (drop it, or use --device cuda or emulator)");
-            var m = ReferenceModel.Load(dir, o.MaxSequences, o.ContextLength);
+            var m = ReferenceModel.Load(dir, o.MaxSequences, o.ContextLength, o.KvCacheDtype);
             sw.Stop();
             long kvPerToken = 2L * config.NumHiddenLayers * config.KeyValueDim * sizeof(float);
             long parameters = new WeightLayout(config, m.Weights.Checkpoint.Contains("lm_head.weight")).ParameterCount;
@@ -89,6 +91,7 @@ public static class ModelLoader
                 ContextLength = o.ContextLength ?? (emulator ? Math.Min(4096, config.MaxPositionEmbeddings) : null),
                 GpuMemoryBytes = o.GpuMemoryBytes,
                 GpuMemoryUtilization = o.GpuMemoryUtilization,
+                KvCacheDtype = o.KvCacheDtype,
                 MaxBatch = maxBatch,
                 MaxOutputRows = o.MaxOutputRows is int rows ? Math.Clamp(rows, maxBatch, stepTokens) : null,
                 PrefillChunkTokens = stepTokens,

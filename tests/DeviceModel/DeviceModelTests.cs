@@ -108,7 +108,7 @@ public class DeviceModelTests
     {
         using var device = new EmulatedDevice(emulator);
         using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, modelDir, options);
-        using var rm = ReferenceModel.Load(modelDir, 1, dm.ContextLength);
+        using var rm = ReferenceModel.Load(modelDir, 1, dm.ContextLength, options.KvCacheDtype);
         int V = dm.VocabSize;
         var prompt = Prompt(promptLength, V, 1);
         float[] a = new float[V], b = new float[V];

@@ -24,6 +24,12 @@ public sealed class KernelVariantSpillTests
     [TestCase("sm_90", "attention_decode.cu", "HEAD_DIM", "32")]
     [TestCase("sm_90", "attention_prefill.cu", "HEAD_DIM", "32")]
     [TestCase("sm_90", "moe_gemm.cu", "MOE_GEMM_GUARD_N", "1")]
+    [TestCase("sm_80", "rope.cu", "KV_FP8", "1")]                  // --kv-cache-dtype fp8 (head_dim 128)
+    [TestCase("sm_80", "attention_decode.cu", "KV_FP8", "1")]
+    [TestCase("sm_80", "attention_prefill.cu", "KV_FP8", "1")]
+    [TestCase("sm_90", "rope.cu", "KV_FP8", "1")]
+    [TestCase("sm_90", "attention_decode.cu", "KV_FP8", "1")]
+    [TestCase("sm_90", "attention_prefill.cu", "KV_FP8", "1")]
     public void SmallModelVariantCompilesWithoutSpills(string arch, string file, string define, string value)
     {
         var compiler = new KernelCompiler(useCache: true);

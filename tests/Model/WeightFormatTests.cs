@@ -104,9 +104,8 @@ public class WeightFormatTests
     public void QuantizationConfig_BadFields_AreNamed(string json, string message) =>
         Assert.That(() => ModelConfig.Parse(WithQuantization(json)), Throws.InstanceOf<ConfigException>().With.Message.EqualTo("config.json: " + message));
 
-    [TestCase(QwenFp8, "fp8")]
-    [TestCase(QwenGptq, "gptq")]
     [TestCase("""{"quant_method": "awq", "bits": 4}""", "awq")]
+    [TestCase("""{"quant_method": "compressed-tensors"}""", "compressed-tensors")]
     public void UnsupportedQuantization_IsRefusedByName(string json, string method)
     {
         var c = ModelConfig.Parse(WithQuantization(json));
@@ -115,14 +114,30 @@ public class WeightFormatTests
         Assert.That(() => new WeightLayout(c), Throws.InstanceOf<ConfigException>().With.Message.Contains($"'{method}'"));
     }
 
+    [TestCase("""{"quant_method": "int8", "bits": 8, "group_size": -1, "sym": true}""", null)]
+    [TestCase("""{"quant_method": "int8", "bits": 4}""", "quantization_config.bits 4 is not supported (quant_method int8 loads bits 8)")]
+    [TestCase("""{"quant_method": "int8", "group_size": 128}""", "quantization_config.group_size 128 is not supported (quant_method int8 loads group_size -1: one scale per output channel)")]
+    [TestCase("""{"quant_method": "int8", "sym": false}""", "quantization_config.sym false is not supported (quant_method int8 is symmetric: no zero points)")]
+    public void Int8Config_IsDetected_OrRefusedByField(string json, string? message)
+    {
+        var c = ModelConfig.Parse(WithQuantization(json));
+        if (message is null)
+        {
+            Assert.That(CheckpointFormat.FromConfig(c).LinearFormat, Is.EqualTo(WeightFormat.Int8Channel));
+            var l = new WeightLayout(c).Layers[0];
+            Assert.That((l.Qkv.DType, l.Qkv.Scales[0].Shape, l.Down.Scales[0].Shape), Is.EqualTo((SafetensorsDType.I8, new long[] { c.QueryDim + 2L * c.KeyValueDim, 1 }, new long[] { c.NumExperts * (long)c.HiddenSize, 1 })));
+        }
+        else Assert.That(() => CheckpointFormat.FromConfig(c), Throws.InstanceOf<ConfigException>().With.Message.EqualTo("config.json: " + message));
+    }
+
     [Test]
     public void UnsupportedQuantization_ThroughTheCli_IsOneClearLine()
     {
-        string dir = TestCheckpoints.NewDir("fp8-config");
-        File.WriteAllText(Path.Combine(dir, "config.json"), WithQuantization(QwenFp8));
+        string dir = TestCheckpoints.NewDir("awq-config");
+        File.WriteAllText(Path.Combine(dir, "config.json"), WithQuantization("""{"quant_method": "awq", "bits": 4}"""));
         var (exit, _, err) = Support.CliRunner.Run(["info", "--model", dir, "--gpu-memory", "1GiB"]);
         Assert.That(exit, Is.EqualTo(1));
-        Assert.That(err, Does.StartWith("error: ").And.Contain("config.json: quantization_config.quant_method 'fp8' is not supported"));
+        Assert.That(err, Does.StartWith("error: ").And.Contain("config.json: quantization_config.quant_method 'awq' is not supported (supported: fp8 (").And.Contain("gptq ("));
         Assert.That(err.TrimEnd('\n'), Does.Not.Contain("\n"), "one line");
     }
 
@@ -178,9 +193,9 @@ public class WeightFormatTests
     {
         var unknown = (WeightFormat)42;
         Assert.That(() => WeightFormats.Select(GemvLaunchers.Variants, unknown, "gemv"),
-            Throws.InstanceOf<NotSupportedException>().With.Message.EqualTo("gemv: no kernel for weight format #42 (supported: bf16)"));
-        Assert.That(() => WeightFormats.Select(GemmLaunchers.Variants, unknown, "gemm"), Throws.InstanceOf<NotSupportedException>().With.Message.Contains("(supported: bf16)"));
-        Assert.That(() => WeightFormats.Select(MoeLaunchers.Variants, unknown, "MoE experts"), Throws.InstanceOf<NotSupportedException>().With.Message.Contains("(supported: bf16)"));
+            Throws.InstanceOf<NotSupportedException>().With.Message.EqualTo("gemv: no kernel for weight format #42 (supported: bf16, fp8, int8, int4)"));
+        Assert.That(() => WeightFormats.Select(GemmLaunchers.Variants, unknown, "gemm"), Throws.InstanceOf<NotSupportedException>().With.Message.Contains("(supported: bf16, fp8, int8, int4)"));
+        Assert.That(() => WeightFormats.Select(MoeLaunchers.Variants, unknown, "MoE experts"), Throws.InstanceOf<NotSupportedException>().With.Message.Contains("(supported: bf16, fp8, int8, int4)"));
         using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
         using var loader = new Qwen3Cuda.Runtime.KernelLoader(device);
         Assert.That(() => new GemvLaunchers(loader, [unknown]), Throws.InstanceOf<NotSupportedException>().With.Message.StartWith("gemv: no kernel for weight format #42"));

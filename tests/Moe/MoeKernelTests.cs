@@ -23,6 +23,10 @@ public sealed class MoeKernelTests(string backend) : Kernels.KernelBackendFixtur
 
     [TestCaseSource(typeof(MoeCases), nameof(MoeCases.RealBlock))]
     public void RealShapeBlock(KernelCase c) => Passes(c);
+
+    /// <summary>fp8 / int8 experts (docs/formats.md): lossless quantizations of the bf16 cases, same reference and tolerance.</summary>
+    [TestCaseSource(typeof(QuantizedCases), nameof(QuantizedCases.MoeBlock))]
+    public void QuantizedBlock(KernelCase c) => Passes(c);
 }
 
 public sealed class MoeLauncherTests

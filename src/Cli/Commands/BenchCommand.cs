@@ -1,4 +1,5 @@
 using Qwen3Cuda.Model;
+using Qwen3Cuda.Runtime.Launchers;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -71,6 +72,7 @@ public static class BenchCommand
             if (format != "md") throw new UsageException($"-o {format} needs timings, and the emulator's mean nothing: use --device cpu or cuda");
             stdout.WriteLine("bench: the emulator's timings are meaningless, so this is the simulated-traffic view of one prefill and one decode step (qwen3cuda profile):");
             var r = ProfileCommand.Measure(modelDir, backend, Math.Min(pp, 16), utilization: utilization);
+            stdout.WriteLine(ProfileCommand.WeightsLine(r.Plan));
             stdout.Write(DeviceProfiler.Table(r.Prefill, true));
             stdout.Write(DeviceProfiler.Table(r.Decode, true));
             stdout.WriteLine($"decode step DRAM {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)}; at 3.35 TB/s (H100 SXM) that bounds tg at {3.35e12 / r.Decode.DramBytes:F0} t/s");
@@ -118,7 +120,7 @@ public static class BenchCommand
         var (ppRates, tgRates) = Repeat(reps, pp, tg,
             () => { dm.ResetSequence(0); dm.Forward(0, prompt, logits); },
             () => { int next = dm.ForwardGreedy(0, [1]); for (int i = 1; i < tg; i++) next = dm.ForwardGreedy(0, [next]); });
-        string name = $"{dm.Config.ModelType} {dm.Config.NumHiddenLayers}L bf16";
+        string name = $"{dm.Config.ModelType} {dm.Config.NumHiddenLayers}L {dm.Plan.Weights.Format.LinearFormat.Name()}";
         return [Make(name, dm.Plan.Weights.TotalBytes, dm.Plan.Weights.ParameterCount, "CUDA", $"pp{pp}", pp, ppRates),
                 Make(name, dm.Plan.Weights.TotalBytes, dm.Plan.Weights.ParameterCount, "CUDA", $"tg{tg}", tg, tgRates)];
     }
@@ -136,7 +138,7 @@ public static class BenchCommand
                 for (int i = 1; i < tg; i++) m.Forward(0, [Sampler.ArgMax(logits)], logits);
             });
         var layout = new WeightLayout(config, m.Weights.Checkpoint.Contains("lm_head.weight"));
-        string name = $"{config.ModelType} {config.NumHiddenLayers}L bf16";
+        string name = $"{config.ModelType} {config.NumHiddenLayers}L {layout.Format.LinearFormat.Name()}";
         return [Make(name, layout.TotalBytes, layout.ParameterCount, "CPU", $"pp{pp}", pp, ppRates),
                 Make(name, layout.TotalBytes, layout.ParameterCount, "CPU", $"tg{tg}", tg, tgRates)];
     }

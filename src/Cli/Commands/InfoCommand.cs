@@ -29,20 +29,22 @@ public static class InfoCommand
         mem.Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)";
         var seqs = CliOptions.Int("--sequences", [], "Sequences held at once", 1, 1, 4096);
         var util = CliOptions.GpuMemoryUtilization();
-        var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs, util };
+        var kv = CliOptions.KvCacheDtype();
+        var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs, util, kv };
         cmd.SetAction(parse => parse.GetValue(model) is string m
-            ? RunPlan(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, m, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs), parse.GetValue(util))
+            ? RunPlan(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, m, parse.GetValue(ctx), parse.GetValue(mem), parse.GetValue(seqs), parse.GetValue(util), CliOptions.ParseKvCacheDtype(parse.GetValue(kv)))
             : Run(parse.InvocationConfiguration.Output));
         return cmd;
     }
 
-    private static int RunPlan(TextWriter stdout, TextWriter stderr, string modelSpec, int? ctxSize, long? gpuMemory, int sequences, double? utilization)
+    private static int RunPlan(TextWriter stdout, TextWriter stderr, string modelSpec, int? ctxSize, long? gpuMemory, int sequences, double? utilization,
+        Qwen3Cuda.Runtime.Memory.KvCacheDtype kvCacheDtype)
     {
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
         var config = ModelConfig.Load(modelDir);
         Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
         CliOptions.ContextCheck(ctxSize, config, stderr);
-        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences };
+        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences, KvCacheDtype = kvCacheDtype };
         options.Validate();
         MemoryPlan plan;
         string? source = null;

@@ -120,6 +120,10 @@ public static class ProfileCommand
     /// <summary>The timing model's prefill and decode predictions from an emulator <see cref="Result"/>, optionally scaled to <paramref name="layers"/> decoder layers.</summary>
     public sealed record Predictions(StepPrediction Prefill, StepPrediction Decode, StepPrediction SampledDecode, long MinimumDecodeBytes);
 
+    /// <summary>"weights: fp8 e4m3 block 128x128, 29.0 GiB on the device": the weight format the kernels read (docs/formats.md).</summary>
+    public static string WeightsLine(MemoryPlan plan) =>
+        $"weights: {plan.Weights.Format.Name}, {ByteSize.Format(plan.Weights.TotalBytes)} on the device";
+
     public static Predictions Predict(Result r, GpuSpec gpu, int? layers = null)
     {
         if (!r.Emulator) throw new ArgumentException("predictions need the emulator's counters");
@@ -143,6 +147,7 @@ public static class ProfileCommand
         {
             if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
             var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu);
+            stdout.WriteLine(WeightsLine(r.Plan));
             stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
@@ -152,6 +157,7 @@ public static class ProfileCommand
             return 0;
         }
         var measured = Measure(modelDir, backend, tokens, stderr, utilization, context);
+        stdout.WriteLine(WeightsLine(measured.Plan));
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
         stdout.Write(DeviceProfiler.Table(measured.SampledDecode, false));

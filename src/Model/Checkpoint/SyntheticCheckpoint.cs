@@ -48,6 +48,11 @@ public sealed record SyntheticOptions
     public string? TokenizerDir { get; init; }
     /// <summary>Shard when the tensors exceed this many bytes (default: 1 GiB for real-shape-slice, unlimited otherwise).</summary>
     public long? MaxShardBytes { get; init; }
+    /// <summary>
+    /// How the Linear weights are stored: bf16 (default), or quantized from the same random bf16 values (round to
+    /// nearest) with the matching quantization_config, as <see cref="QuantizedWriter"/> writes them (docs/formats.md).
+    /// </summary>
+    public Qwen3Cuda.Runtime.Launchers.WeightFormat WeightFormat { get; init; } = Qwen3Cuda.Runtime.Launchers.WeightFormat.Bf16;
 }
 
 /// <summary>What <see cref="SyntheticCheckpoint.Write(SyntheticOptions, string)"/> produced.</summary>
@@ -141,13 +146,16 @@ public static class SyntheticCheckpoint
             TieWordEmbeddings = o.TieWordEmbeddings || o.Preset == SyntheticPreset.Qwen3_0_6B,
             TorchDtype = "bfloat16",
         };
+        c = c with
+        {
+            Quantization = QuantizedWriter.ConfigFor(o.WeightFormat, o.WeightFormat == Qwen3Cuda.Runtime.Launchers.WeightFormat.Int4Gptq ? QuantizedWriter.DefaultGroupSize(c) : 128),
+        };
         c.Validate("synthetic config");
         return c;
     }
 
     /// <summary>Every tensor of a checkpoint for <paramref name="c"/>, in file order, with transformers' names (<see cref="ModelTensors"/>).</summary>
-    public static IReadOnlyList<TensorSpec> TensorPlan(ModelConfig c) =>
-        new ModelTensors(c).All.Select(t => new TensorSpec(t.Name, SafetensorsDType.BF16, t.Shape)).ToList();
+    public static IReadOnlyList<TensorSpec> TensorPlan(ModelConfig c) => QuantizedWriter.Plan(c).Select(p => p.Spec).ToList();
 
     public static SyntheticResult Write(SyntheticPreset preset, ulong seed, string directory, int? layers = null) =>
         Write(new SyntheticOptions { Preset = preset, Seed = seed, Layers = layers }, directory);
@@ -156,16 +164,24 @@ public static class SyntheticCheckpoint
     {
         var config = BuildConfig(o);
         string? tokenizerSource = TokenizerSource(o, config, directory);
-        var tensors = new ModelTensors(config).All.ToList();
-        var plan = TensorPlan(config);
+        var plan = QuantizedWriter.Plan(config);
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, ModelConfig.FileName), config.ToJson());
         long maxShard = o.MaxShardBytes ?? (o.Preset is SyntheticPreset.RealShapeSlice or SyntheticPreset.Qwen3_0_6B ? 1L << 30 : long.MaxValue);
-        var seeds = plan.Select(t => TensorSeed(o.Seed, t.Name)).ToArray();
-        var scales = tensors.Select(t => (Scale: ScaleOf(t), Offset: t.IsNorm ? 1.0f : 0.0f)).ToArray();
-        var files = SafetensorsWriter.WriteCheckpoint(directory, plan, (i, byteOffset, chunk) =>
-            Fill(seeds[i], scales[i].Scale, scales[i].Offset, byteOffset / 2, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(chunk)),
-            maxShard).ToList();
+        var seeds = plan.Select(t => TensorSeed(o.Seed, t.Source.Name)).ToArray();
+        var scales = plan.Select(t => (Scale: ScaleOf(t.Source), Offset: t.Source.IsNorm ? 1.0f : 0.0f)).ToArray();
+        var quantizer = new QuantizedWriter(plan, i =>
+        {
+            var values = new ushort[plan[i].Source.Elements];
+            Fill(seeds[i], scales[i].Scale, scales[i].Offset, 0, values);
+            return values;
+        });
+        var files = SafetensorsWriter.WriteCheckpoint(directory, plan.Select(p => p.Spec).ToList(), (i, byteOffset, chunk) =>
+        {
+            if (plan[i].Part == QuantizedPart.Bf16)
+                Fill(seeds[i], scales[i].Scale, scales[i].Offset, byteOffset / 2, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(chunk));
+            else quantizer.Fill(i, byteOffset, chunk);
+        }, maxShard).ToList();
 
         var (copied, note) = CopyTokenizer(config, tokenizerSource, directory);
         File.WriteAllText(Path.Combine(directory, "README.md"),

@@ -97,9 +97,10 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _rms = new RmsNormLaunchers(_loader);
             _gemv = new GemvLaunchers(_loader, layout.DenseFormats);
             _gemm = new GemmLaunchers(_loader, layout.DenseFormats);
-            _rope = new RopeLaunchers(_loader, c.HeadDim);
-            _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim);
-            _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim);
+            bool kvFp8 = options.KvCacheDtype == KvCacheDtype.Fp8;
+            _rope = new RopeLaunchers(_loader, c.HeadDim, kvFp8);
+            _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim, kvFp8);
+            _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim, kvFp8);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
             _penalties = new PenaltiesLaunchers(_loader);
@@ -124,7 +125,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
-                options.MaxSequences, Plan.Workspace.MaxPagesPerSeq); disposables.Add(_kv);
+                options.MaxSequences, Plan.Workspace.MaxPagesPerSeq, options.KvCacheDtype); disposables.Add(_kv);
             _staging = new StagingRing(device, Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_staging);
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
             _deviceRow = new int[Plan.Workspace.Rows];
@@ -152,7 +153,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
 
     /// <summary>A weight matrix as the launchers take it: its format picks the kernel variant.</summary>
     private WeightOperand Operand(DeviceTensor t) =>
-        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null);
+        new(W(t), t.Format, t.Scales.Count > 0 ? W(t.Scales[0]) : DevicePtr.Null) { ScaleRowShift = t.ScaleRowShift, ScaleKShift = t.ScaleKShift, ScaleCols = t.ScaleCols };
 
     private void UploadWeights(ModelWeights weights, float[] invFreq, Action<UploadProgress>? progress)
     {
@@ -163,9 +164,46 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             DevicePtr dst = _weights.Base + t.Offset;
             if (t.IsDerived) { up.Zero(dst, t.Bytes); continue; }
+            if (t.GptqRepack is { } repack)
+            {
+                long k = t.GptqRepack == "gptq-qweight" ? t.Shape[^1] : t.Shape[1] * Plan.Weights.Format.GroupSize;
+                foreach (var s in t.Sources)
+                {
+                    var view = ckpt.Get(s.CheckpointName);
+                    int n = (int)view.Shape[1];
+                    var bytes = new byte[s.Bytes];
+                    if (repack == "gptq-qweight")
+                        WeightQuantization.RepackGptq(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(view.Bytes), n, (int)k, bytes);
+                    else
+                    {
+                        var src = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(view.Bytes);
+                        var transposed = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes.AsSpan());
+                        int groups = (int)view.Shape[0];
+                        for (int gi = 0; gi < groups; gi++) for (int c = 0; c < n; c++) transposed[c * groups + gi] = src[gi * n + c];
+                    }
+                    unsafe { fixed (byte* p = bytes) up.Upload(dst + s.DeviceOffset, (nint)p, s.Bytes, s.CheckpointName); }
+                }
+                continue;
+            }
+            if (t.ScaleSourceRows is { } sourceRows)
+            {
+                for (int i = 0; i < t.Sources.Count; i++)
+                {
+                    float[] scales = DeviceScales(ckpt.Get(t.Sources[i].CheckpointName), sourceRows[i], t);
+                    if (scales.Length * sizeof(float) != t.Sources[i].Bytes)
+                        throw new InvalidDataException($"{t.Sources[i].CheckpointName}: {scales.Length} fp32 scales for device tensor {t.Name}, expected {t.Sources[i].Bytes / sizeof(float)}");
+                    unsafe { fixed (float* p = scales) up.Upload(dst + t.Sources[i].DeviceOffset, (nint)p, t.Sources[i].Bytes, t.Sources[i].CheckpointName); }
+                }
+                continue;
+            }
             foreach (var s in t.Sources)
             {
                 var view = ckpt.Get(s.CheckpointName);
+                if (view.DType == SafetensorsDType.F16 && t.DType == SafetensorsDType.BF16 && view.ByteLength == s.Bytes)
+                {
+                    UploadF16AsBf16(up, dst + s.DeviceOffset, view, s.CheckpointName);   // GPTQ's fp16 tensors (CheckpointFormat.AcceptsF16)
+                    continue;
+                }
                 if (view.DType != t.DType || view.ByteLength != s.Bytes)
                     throw new InvalidDataException($"{view.Info.FilePath}: tensor '{s.CheckpointName}': expected {s.Bytes} bytes of {t.DType.Name()} for device tensor {t.Name} {t.ShapeText}, the checkpoint has {view.ByteLength} bytes of {view.DType.Name()}");
                 up.Upload(dst + s.DeviceOffset, view.Pointer, s.Bytes, s.CheckpointName);
@@ -175,6 +213,39 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
         }
+    }
+
+    /// <summary>An fp16 checkpoint tensor uploaded as bf16 (rounded to nearest even), converted a chunk at a time on the host.</summary>
+    private static void UploadF16AsBf16(StagedUploader up, DevicePtr dst, Checkpoint.TensorView view, string name)
+    {
+        const int Chunk = 1 << 20;
+        long n = view.ByteLength / 2;
+        var buf = new ushort[Math.Min(Chunk, n)];
+        for (long at = 0; at < n; at += Chunk)
+        {
+            int len = (int)Math.Min(Chunk, n - at);
+            unsafe
+            {
+                var src = new ReadOnlySpan<Half>((Half*)view.Pointer + at, len);
+                for (int i = 0; i < len; i++) buf[i] = Bf16.FromFloat((float)src[i]);
+                fixed (ushort* p = buf) up.Upload(dst + at * 2, (nint)p, len * 2L, name);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One source's scales as the device holds them (docs/formats.md): fp32, one row per 2^ScaleRowShift weight rows; the
+    /// checkpoint's scale row of weight row r is r / ScaleBlockRows.
+    /// </summary>
+    private static float[] DeviceScales(Checkpoint.TensorView view, long weightRows, DeviceTensor scaleTensor)
+    {
+        float[] src = WeightQuantization.ScalesToFloat(view);
+        int cols = (int)scaleTensor.Shape[1];
+        long rows = weightRows >> scaleTensor.ScaleRowShift;
+        var dst = new float[rows * cols];
+        for (long j = 0; j < rows; j++)
+            Array.Copy(src, (j << scaleTensor.ScaleRowShift) / scaleTensor.ScaleBlockRows * cols, dst, j * cols, cols);
+        return dst;
     }
 
     // ---------------- ICausalLanguageModel ----------------
@@ -195,7 +266,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             throw new ArgumentException($"sequence {sequence} would hold {(long)p0 + count} tokens, more than the context length {ContextLength}", nameof(count));
         table.Reserve(sequence, count);
         _kv.ApplyPendingCopies(_stream);
-        long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1);
+        long slotBytes = PagedKvCache.PageBytes(Config.NumKeyValueHeads, Config.HeadDim, 1, Plan.Options.KvCacheDtype);
         var pages = table.BlockTable(sequence);
         int P = table.PageSize;
         for (int pos = p0; pos < p0 + count;)

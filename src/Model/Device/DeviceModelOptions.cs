@@ -1,3 +1,5 @@
+using Qwen3Cuda.Runtime.Memory;
+
 namespace Qwen3Cuda.Model.Device;
 
 /// <summary>How the device model sizes its pools. Null fields are derived (see <see cref="MemoryPlan"/>).</summary>
@@ -18,6 +20,8 @@ public sealed record DeviceModelOptions
     public int PrefillChunkTokens { get; init; } = 512;
     /// <summary>Tokens per KV page.</summary>
     public int PageSize { get; init; } = 16;
+    /// <summary>How the KV cache stores K and V (--kv-cache-dtype): bf16, or FP8 E4M3 with per-layer scale 1 (half the bytes; docs/formats.md).</summary>
+    public KvCacheDtype KvCacheDtype { get; init; } = KvCacheDtype.Bf16;
     /// <summary>Memory the plan's pools (weights, KV cache, workspace) may use (--gpu-memory), no reserve kept. Null: the
     /// device's free memory after the fixed allocations, less the reserve (<see cref="GpuMemoryUtilization"/>).</summary>
     public long? GpuMemoryBytes { get; init; }

@@ -112,7 +112,8 @@ public static class DeviceProfiler
     /// The bytes one decode step of one sequence must move at context length <paramref name="context"/> (tokens already
     /// in the cache, the new one included): every layer's attention weights (fused qkv, o_proj, the four norms), the
     /// router and the top-k selected experts (a dense layer: its whole MLP), the final norm, lm_head, one embedding
-    /// row, the K and V read for the context and the new token's K and V written.
+    /// row, the K and V read for the context and the new token's K and V written. Matrices count in their weight format with
+    /// their scale tensors (docs/formats.md): the minimum of a quantized checkpoint is its quantized bytes.
     /// </summary>
     /// <remarks>
     /// <paramref name="layers"/>: the count of decoder layers to account for (null: the plan's); other than the plan's,
@@ -121,18 +122,20 @@ public static class DeviceProfiler
     public static long MinimumDecodeBytes(MemoryPlan plan, int context, int? layers = null)
     {
         var c = plan.Config;
-        long bf = sizeof(ushort), H = c.HiddenSize, D = c.HeadDim;
+        var w = plan.Weights;
+        long bf = sizeof(ushort), H = c.HiddenSize;
+        static long M(DeviceTensor t) => WeightLayout.BytesWithScales(t);   // a matrix in its format: weights + scales
         long layerBytes = 0;
-        foreach (var l in plan.Weights.Layers)
+        foreach (var l in w.Layers)
         {
-            layerBytes += ((long)c.QueryDim + 2 * c.KeyValueDim) * H * bf + H * c.QueryDim * bf + (2 * H + 2 * D) * bf;
-            long expert = 3L * l.Inter * H * bf;
-            layerBytes += l.IsMoe ? (long)l.Experts * H * bf + l.TopK * expert : expert;
+            layerBytes += M(l.Qkv) + M(l.OProj) + l.InputNorm.Bytes + l.QNorm.Bytes + l.KNorm.Bytes + l.PostNorm.Bytes;
+            long experts = M(l.GateUp) + M(l.Down);                       // all E experts
+            layerBytes += l.IsMoe ? l.Router!.Bytes + experts / l.Experts * l.TopK : experts;
         }
         layerBytes += (long)context * plan.KvBytesPerToken;   // K, V read (the new token's included)
         layerBytes += plan.KvBytesPerToken;                   // the new token's K, V written
         if (layers is int n && n != c.NumHiddenLayers) layerBytes = (long)Math.Round((double)layerBytes * n / c.NumHiddenLayers);
-        return layerBytes + H * bf + (long)c.VocabSize * H * bf + H * bf;
+        return layerBytes + H * bf + M(w.LmHead) + w.FinalNorm.Bytes;
     }
 
     /// <summary>

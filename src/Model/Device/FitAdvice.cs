@@ -89,8 +89,9 @@ public static class FitAdvice
         int? ctx = LargestContext(plan, plan.BudgetBytes);
         sb.Append(ctx is int n
             ? $"The largest context that fits is {n} tokens (--ctx-size {n})"
-            : $"No context fits: the bf16 weights alone are {ByteSize.Format(plan.Weights.TotalBytes)}");
+            : $"No context fits: the {(plan.Weights.Format.IsQuantized ? plan.Weights.Format.Name : "bf16")} weights alone are {ByteSize.Format(plan.Weights.TotalBytes)}");
         if (plan.Options.MaxSequences > 1) sb.Append(CultureInfo.InvariantCulture, $" with {plan.Options.MaxSequences} sequences");
+        if (plan.Weights.Format.IsQuantized) return sb.Append('.').ToString();   // already quantized: the estimates below are for bf16 checkpoints
         sb.Append(". A quantized checkpoint of this model would need about (estimated from config.json): ");
         var parts = new List<string>();
         foreach (var (format, bytes) in QuantizedWeightBytes(plan.Config, plan.Weights.TotalBytes))

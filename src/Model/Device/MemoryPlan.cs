@@ -50,12 +50,12 @@ public sealed class MemoryPlan
     {
         Config = c; Options = o; Weights = w; Workspace = ws; BudgetBytes = budget; ContextLength = ctx; KvPages = pages;
         Multiprocessors = multiprocessors; CheckpointHasLmHead = hasLmHead;
-        KvBytesPerToken = KvBytesPerTokenOf(c);
-        KvBytes = 2L * c.NumHiddenLayers * pages * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
+        KvBytesPerToken = KvBytesPerTokenOf(c, o.KvCacheDtype);
+        KvBytes = 2L * c.NumHiddenLayers * pages * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize, o.KvCacheDtype);
     }
 
     /// <summary>K and V of every layer: L x 2 x nKV x D x 2 bytes (96 KiB for Qwen3-30B-A3B).</summary>
-    public static long KvBytesPerTokenOf(ModelConfig c) => 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * sizeof(ushort);
+    public static long KvBytesPerTokenOf(ModelConfig c, KvCacheDtype dtype = KvCacheDtype.Bf16) => 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * dtype.ElementBytes();
 
     /// <summary>The default reserve: max(1 GiB, 3% of the device's total memory).</summary>
     public static long DefaultReserveBytes(long totalBytes) => Math.Max(1L << 30, (long)Math.Ceiling(totalBytes * 0.03));
@@ -98,7 +98,7 @@ public sealed class MemoryPlan
         {
             // Size the workspace for the longest context first (its split buffers grow with it), then fill what is left with KV pages.
             var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, maxPos, o.PageSize, multiprocessors);
-            long pageBytes = 2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize);
+            long pageBytes = 2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize, o.KvCacheDtype);
             long left = budget - weights.TotalBytes - wsMax.TotalBytes - pageBytes;   // one scratch page
             long pagesPerSeq = Math.Max(0, left / pageBytes / o.MaxSequences);
             ctx = (int)Math.Min(maxPos, pagesPerSeq * o.PageSize);
@@ -139,7 +139,7 @@ public sealed class MemoryPlan
             $"Model: {c.ModelType}, {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, heads {c.NumAttentionHeads}/{c.NumKeyValueHeads} x {c.HeadDim}, {experts}vocab {c.VocabSize}, {Weights.ParameterCount / 1e9:F2} B parameters\n");
         sb.Append("Memory plan (from config.json; no weights read):\n");
         Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, {Weights.Format.Name}, one arena)");
-        Line("KV per token", $"{ByteSize.Format(KvBytesPerToken),12}  ({c.NumHiddenLayers} layers x K,V x {c.NumKeyValueHeads} heads x {c.HeadDim} x bf16)");
+        Line("KV per token", $"{ByteSize.Format(KvBytesPerToken),12}  ({c.NumHiddenLayers} layers x K,V x {c.NumKeyValueHeads} heads x {c.HeadDim} x {Options.KvCacheDtype.Name()})");
         Line("KV cache", $"{ByteSize.Format(KvBytes),12}  ({ContextLength} tokens x {Options.MaxSequences} sequence(s), {KvPages} pages of {Options.PageSize})");
         Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch})");
         Line("total", $"{ByteSize.Format(TotalBytes),12}");

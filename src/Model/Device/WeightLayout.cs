@@ -21,6 +21,18 @@ public sealed record DeviceTensor(string Name, SafetensorsDType DType, long[] Sh
     public IReadOnlyList<DeviceTensor> Scales { get; init; } = [];
     /// <summary>What the tensor holds beyond its sources (e.g. "zeros", "fp32 computed on the host"), for `info`.</summary>
     public string? Note { get; init; }
+    /// <summary>A quantized matrix: its scale of weight (row, k) is Scales[0][(row &gt;&gt; ScaleRowShift) * ScaleCols + (k &gt;&gt; ScaleKShift)].</summary>
+    public int ScaleRowShift { get; init; }
+    public int ScaleKShift { get; init; }
+    public int ScaleCols { get; init; }
+    /// <summary>
+    /// A scale tensor (fp32 on the device, converted on the host at upload): the weight rows of each source, and how many
+    /// weight rows one row of the checkpoint's scale tensor covers (128 for FP8 blocks, 1 per channel). Null otherwise.
+    /// </summary>
+    public IReadOnlyList<long>? ScaleSourceRows { get; init; }
+    /// <summary>GPTQ tensors repacked on the host at upload: "gptq-qweight" (to [N, K/2] bytes) or "gptq-scales" (to fp16 [N, K/G]).</summary>
+    public string? GptqRepack { get; init; }
+    public int ScaleBlockRows { get; init; } = 1;
 
     /// <summary>True for tensors not read from the checkpoint (the RoPE table).</summary>
     public bool IsDerived => Sources.Count == 0;
@@ -133,8 +145,11 @@ public sealed class WeightLayout
     private DeviceTensor Matrix(string name, long[] shape, ModelTensor[] sources)
     {
         var format = Format.FormatOf(sources[0]);
-        if (format != WeightFormat.Bf16)   // the table of CheckpointFormat grows with the formats; each brings its packing here
-            throw new NotSupportedException($"{name}: device packing of weight format {format.Name()} is not implemented");
+        if (sources.Any(s => Format.FormatOf(s) != format))
+            throw new NotSupportedException($"{name}: its parts {string.Join(", ", sources.Select(s => s.Module))} are not all in one weight format " +
+                "(quantization_config.modules_to_not_convert names only some of them)");
+        if (format == WeightFormat.Int4Gptq) return GptqMatrix(name, shape, sources);
+        if (format != WeightFormat.Bf16) return QuantizedMatrix(name, shape, sources, format);
         var list = new WeightSource[sources.Length];
         long at = 0;
         for (int i = 0; i < sources.Length; i++)
@@ -148,11 +163,81 @@ public sealed class WeightLayout
         return Add(new DeviceTensor(name, SafetensorsDType.BF16, shape, 0, total, list) { Format = format });
     }
 
+    /// <summary>
+    /// A quantized matrix: the one-byte weights of the sources stacked along the rows, then its fp32 scale tensor. FP8
+    /// block scales keep one row per 128 weight rows when every source is 128-row aligned (the real shapes), else one row
+    /// per weight row (small models; docs/formats.md); INT8 has one scale per weight row.
+    /// </summary>
+    private DeviceTensor QuantizedMatrix(string name, long[] shape, ModelTensor[] sources, WeightFormat format)
+    {
+        long k = shape[^1], rows = shape.Aggregate(1L, (a, b) => a * b) / k;
+        var list = new WeightSource[sources.Length];
+        long at = 0;
+        for (int i = 0; i < sources.Length; i++)
+        {
+            list[i] = new WeightSource(sources[i].Name, at, sources[i].Elements);
+            at += sources[i].Elements;
+        }
+        if (at != rows * k) throw new InvalidOperationException($"{name}: sources hold {at} weights, shape {TensorInfo.FormatShape(shape)} needs {rows * k}");
+        var data = Add(new DeviceTensor(name, CheckpointFormat.StoredDType(format), shape, 0, rows * k, list) { Format = format });
+
+        int blockRows = format == WeightFormat.Fp8Block ? WeightQuantization.Fp8Block : 1;
+        int rowShift = format == WeightFormat.Fp8Block && sources.All(s => s.Rows % WeightQuantization.Fp8Block == 0) ? 7 : 0;
+        int cols = format == WeightFormat.Fp8Block ? WeightQuantization.Blocks(k) : 1;
+        int kShift = format == WeightFormat.Fp8Block ? 7 : 30;
+        var scaleList = new WeightSource[sources.Length];
+        long scaleRows = 0;
+        for (int i = 0; i < sources.Length; i++)
+        {
+            long r = sources[i].Rows >> rowShift;
+            scaleList[i] = new WeightSource(CheckpointFormat.ScaleName(sources[i], format), scaleRows * cols * sizeof(float), r * cols * sizeof(float));
+            scaleRows += r;
+        }
+        var scales = Add(new DeviceTensor(name + ".scales", SafetensorsDType.F32, [scaleRows, cols], 0, scaleRows * cols * sizeof(float), scaleList)
+        {
+            Note = rowShift == 7 ? "fp32 scale per 128x128 block" : format == WeightFormat.Fp8Block ? "fp32 block scale per weight row" : "fp32 scale per row",
+            ScaleSourceRows = sources.Select(s => s.Rows).ToArray(),
+            ScaleBlockRows = blockRows,
+            ScaleRowShift = rowShift,
+        });
+        _tensors[_tensors.Count - 2] = data = data with { Scales = [scales], ScaleRowShift = rowShift, ScaleKShift = kShift, ScaleCols = cols };
+        return data;
+    }
+
+    /// <summary>
+    /// A GPTQ int4 matrix: the sources' qweight repacked row-major, two codes per byte along K ([rows, K/2] bytes), then
+    /// the fp16 scales transposed to [rows, K/G] (docs/formats.md). qzeros (all 8, checked at load) and g_idx (k / G) are
+    /// not needed on the device.
+    /// </summary>
+    private DeviceTensor GptqMatrix(string name, long[] shape, ModelTensor[] sources)
+    {
+        long k = shape[^1], rows = shape.Aggregate(1L, (a, b) => a * b) / k;
+        int g = Format.GroupSize;
+        if (k % g != 0) throw new ConfigException($"{sources[0].Module}: quantization_config.group_size {g} does not divide its K {k}");
+        var list = new WeightSource[sources.Length];
+        var scaleList = new WeightSource[sources.Length];
+        long at = 0, sat = 0;
+        for (int i = 0; i < sources.Length; i++)
+        {
+            list[i] = new WeightSource(CheckpointFormat.GptqName(sources[i], "qweight"), at, sources[i].Rows * k / 2);
+            scaleList[i] = new WeightSource(CheckpointFormat.GptqName(sources[i], "scales"), sat, sources[i].Rows * (k / g) * 2);
+            at += list[i].Bytes;
+            sat += scaleList[i].Bytes;
+        }
+        var data = Add(new DeviceTensor(name, SafetensorsDType.U8, shape, 0, rows * k / 2, list) { Format = WeightFormat.Int4Gptq, Note = "int4, 2 per byte", GptqRepack = "gptq-qweight" });
+        var scales = Add(new DeviceTensor(name + ".scales", SafetensorsDType.F16, [rows, k / g], 0, sat, scaleList) { Note = $"fp16 per {g} inputs", GptqRepack = "gptq-scales" });
+        _tensors[_tensors.Count - 2] = data = data with { Scales = [scales], ScaleRowShift = 0, ScaleKShift = System.Numerics.BitOperations.Log2((uint)g), ScaleCols = (int)(k / g) };
+        return data;
+    }
+
     /// <summary>Every checkpoint tensor name the layout reads.</summary>
     public IEnumerable<string> SourceNames => _tensors.SelectMany(t => t.Sources).Select(s => s.CheckpointName);
 
     /// <summary>Parameters of the model (elements of the logical tensors read; a quantized matrix counts its weights, not its bytes).</summary>
     public long ParameterCount => Checkpoint.All.Sum(t => t.Elements);
+
+    /// <summary>Bytes of a matrix with its scale tensors (what a kernel streams to read all of it).</summary>
+    public static long BytesWithScales(DeviceTensor t) => t.Bytes + t.Scales.Sum(s => s.Bytes);
 
     /// <summary>The formats of the matrices the GEMV / GEMM launchers read (qkv, o_proj, lm_head): the variants to load.</summary>
     public IReadOnlyCollection<WeightFormat> DenseFormats =>

@@ -1,16 +1,19 @@
 using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Model.Reference;
 
 /// <summary>
-/// A bf16 weight, row-major [Rows, Cols] (vectors: Rows = 1): either a view into the memory-mapped
-/// checkpoint, or an in-memory array (for kernel tests that build weights directly).
+/// A bf16 weight, row-major [Rows, Cols] (vectors: Rows = 1): a view into the memory-mapped checkpoint, an in-memory
+/// array (for kernel tests that build weights directly), or the dequantized bf16 values of a quantized checkpoint tensor
+/// (computed on first use and kept: docs/formats.md).
 /// </summary>
 public readonly struct Bf16Weight
 {
     readonly TensorView _view;
     readonly ushort[]? _array;
+    readonly Lazy<ushort[]>? _dequantized;
     readonly string? _name;
     public int Rows { get; }
     public int Cols { get; }
@@ -21,15 +24,23 @@ public readonly struct Bf16Weight
     public Bf16Weight(ushort[] bf16, int rows, int cols, string name = "in-memory")
     {
         if (bf16.Length != (long)rows * cols) throw new ArgumentException($"{name}: {bf16.Length} values, expected {rows} x {cols}", nameof(bf16));
-        _view = default; _array = bf16; _name = name; Rows = rows; Cols = cols;
+        _view = default; _array = bf16; _dequantized = null; _name = name; Rows = rows; Cols = cols;
     }
 
-    public bool IsMapped => _array is null;
-    public string Name => _array is null ? _view.Info.Name : _name!;
+    /// <summary>The bf16 weights of quantized checkpoint tensor <paramref name="name"/>, computed by <paramref name="dequantize"/> on first use.</summary>
+    public Bf16Weight(string name, int rows, int cols, Func<ushort[]> dequantize)
+    {
+        _view = default; _array = null; _dequantized = new Lazy<ushort[]>(dequantize); _name = name; Rows = rows; Cols = cols;
+    }
+
+    public bool IsMapped => _array is null && _dequantized is null;
+    /// <summary>True for the dequantized values of a quantized tensor.</summary>
+    public bool IsDequantized => _dequantized is not null;
+    public string Name => IsMapped ? _view.Info.Name : _name!;
     /// <summary>The checkpoint view (mapped weights only).</summary>
-    public TensorView View => _array is null ? _view : throw new InvalidOperationException($"{_name} is an in-memory weight, not a checkpoint view");
+    public TensorView View => IsMapped ? _view : throw new InvalidOperationException($"{_name} is an in-memory weight, not a checkpoint view");
     /// <summary>bf16 bits, Rows * Cols elements.</summary>
-    public ReadOnlySpan<ushort> Span => _array ?? _view.AsBf16();
+    public ReadOnlySpan<ushort> Span => _array ?? _dequantized?.Value ?? _view.AsBf16();
     /// <summary>The raw little-endian bytes (2 per element).</summary>
     public ReadOnlySpan<byte> Bytes => System.Runtime.InteropServices.MemoryMarshal.AsBytes(Span);
     public long ByteLength => 2L * Rows * Cols;
@@ -114,7 +125,13 @@ public sealed class ModelWeights : IDisposable
         var format = CheckpointFormat.FromConfig(c);
         var names = new ModelTensors(c, hasLmHead: !c.TieWordEmbeddings || ckpt.Contains("lm_head.weight"));
         format.CheckTensors(names, ckpt);
-        Bf16Weight W(ModelTensor t) => new(ckpt.Get(t.Name, SafetensorsDType.BF16, t.Shape), (int)t.Rows, (int)t.Cols);
+        Bf16Weight W(ModelTensor t) => format.FormatOf(t) switch
+        {
+            WeightFormat.Bf16 when ckpt.Info(t.Name).DType == SafetensorsDType.F16 =>   // GPTQ's fp16 tensors (CheckpointFormat.AcceptsF16)
+                new(t.Name, (int)t.Rows, (int)t.Cols, () => F16ToBf16(ckpt.Get(t.Name, SafetensorsDType.F16, t.Shape).AsF16())),
+            WeightFormat.Bf16 => new(ckpt.Get(t.Name, SafetensorsDType.BF16, t.Shape), (int)t.Rows, (int)t.Cols),
+            var f => new(t.Name, (int)t.Rows, (int)t.Cols, () => Dequantize(ckpt, t, f)),
+        };
         MlpWeights Mlp(MlpTensors m) => new(W(m.Gate), W(m.Up), W(m.Down));
         var embed = W(names.Embedding);
         var layers = new LayerWeights[c.NumHiddenLayers];
@@ -129,6 +146,33 @@ public sealed class ModelWeights : IDisposable
         var norm = W(names.FinalNorm);
         var lmHead = names.LmHead is { } head ? W(head) : embed;
         return new ModelWeights(c, ckpt, format, embed, layers, norm, lmHead);
+    }
+
+    /// <summary>fp16 values rounded to bf16 (nearest even), as the device upload converts them.</summary>
+    public static ushort[] F16ToBf16(ReadOnlySpan<Half> src)
+    {
+        var dst = new ushort[src.Length];
+        for (int i = 0; i < src.Length; i++) dst[i] = Bf16.FromFloat((float)src[i]);
+        return dst;
+    }
+
+    /// <summary>The bf16 weights of a quantized Linear, exactly as the kernels dequantize them (docs/formats.md).</summary>
+    public static ushort[] Dequantize(SafetensorsCheckpoint ckpt, ModelTensor t, WeightFormat format)
+    {
+        var scales = WeightQuantization.ScalesToFloat(ckpt.Get(CheckpointFormat.ScaleName(t, format)));
+        if (format == WeightFormat.Int4Gptq)
+        {
+            var qw = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(ckpt.Get(CheckpointFormat.GptqName(t, "qweight")).Bytes);
+            var qz = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(ckpt.Get(CheckpointFormat.GptqName(t, "qzeros")).Bytes);
+            return WeightQuantization.DequantizeGptq(qw, qz, scales, (int)t.Rows, (int)t.Cols, (int)(t.Cols / (scales.Length / t.Rows)));
+        }
+        var q = ckpt.Get(t.Name);
+        return format switch
+        {
+            WeightFormat.Fp8Block => WeightQuantization.DequantizeFp8(q.AsF8E4M3(), scales, (int)t.Rows, (int)t.Cols),
+            WeightFormat.Int8Channel => WeightQuantization.DequantizeInt8(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, sbyte>(q.Bytes), scales, (int)t.Rows, (int)t.Cols),
+            _ => throw new NotSupportedException($"{t.Name}: no dequantization for weight format {format.Name()}"),
+        };
     }
 
     public void Dispose() => Checkpoint.Dispose();

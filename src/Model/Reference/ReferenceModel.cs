@@ -35,10 +35,11 @@ public sealed class ReferenceModel : ICausalLanguageModel
     public ReferenceTrace? Trace { get; set; }
 
     /// <summary>Opens config.json + safetensors in <paramref name="modelDir"/>. contextLength defaults to max_position_embeddings.</summary>
-    public static ReferenceModel Load(string modelDir, int maxSequences = 1, int? contextLength = null)
+    public static ReferenceModel Load(string modelDir, int maxSequences = 1, int? contextLength = null,
+        Qwen3Cuda.Runtime.Memory.KvCacheDtype kvCacheDtype = Qwen3Cuda.Runtime.Memory.KvCacheDtype.Bf16)
     {
         var weights = ModelWeights.Load(modelDir);
-        try { return new ReferenceModel(weights, maxSequences, contextLength); }
+        try { return new ReferenceModel(weights, maxSequences, contextLength) { KvCacheDtype = kvCacheDtype }; }
         catch { weights.Dispose(); throw; }
     }
 
@@ -216,16 +217,31 @@ public sealed class ReferenceModel : ICausalLanguageModel
         }
     }
 
+    /// <summary>
+    /// How the cache stores K and V, as the device's --kv-cache-dtype: bf16 values, or (Fp8) the FP8 E4M3 value nearest to
+    /// each bf16 value (ties to even, saturating at +-448, per-layer scale 1; docs/formats.md).
+    /// </summary>
+    public Qwen3Cuda.Runtime.Memory.KvCacheDtype KvCacheDtype { get; init; }
+
     /// <summary>Writes K/V of positions p0 .. p0+T-1 of a sequence into its pages (reserved by the step).</summary>
     void ScatterKv(int sequence, int layer, int p0, int T, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
         int kvDim = Config.KeyValueDim, ps = Kv.PageSize;
         var table = Kv.BlockTable(sequence);
+        bool fp8 = KvCacheDtype == Qwen3Cuda.Runtime.Memory.KvCacheDtype.Fp8;
         for (int t = 0; t < T; t++)
         {
             int pos = p0 + t, page = table[pos / ps], at = pos % ps * kvDim;
-            k.Slice(t * kvDim, kvDim).CopyTo(Page(_kPages, layer, page).AsSpan(at, kvDim));
-            v.Slice(t * kvDim, kvDim).CopyTo(Page(_vPages, layer, page).AsSpan(at, kvDim));
+            var kd = Page(_kPages, layer, page).AsSpan(at, kvDim);
+            var vd = Page(_vPages, layer, page).AsSpan(at, kvDim);
+            k.Slice(t * kvDim, kvDim).CopyTo(kd);
+            v.Slice(t * kvDim, kvDim).CopyTo(vd);
+            if (!fp8) continue;
+            for (int i = 0; i < kvDim; i++)
+            {
+                kd[i] = Checkpoint.Fp8E4M3.ToFloat(Checkpoint.Fp8E4M3.FromFloat(Bf16.Round(kd[i])));
+                vd[i] = Checkpoint.Fp8E4M3.ToFloat(Checkpoint.Fp8E4M3.FromFloat(Bf16.Round(vd[i])));
+            }
         }
     }
 

@@ -29,6 +29,10 @@ public static class AttentionCases
         yield return DecodeCase([50], 4, 2, 16, 64, 7, 64);                         // D 64
         yield return DecodeCase([2, 66], 4, 2, 4, 64, 8, 16);                       // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
         yield return DecodeCase([4096], 32, 4, 16, 128, 11, 128, real: true, counters: true);   // real heads, 4096 keys: K/V read once
+        // --kv-cache-dtype fp8 (KV_FP8): E4M3 codes decoded exactly, so the same reference and tolerance; K/V bytes halved
+        yield return DecodeCase([1, 17, 100], 32, 4, 16, 64, 12, 128, real: true, fp8: true);
+        yield return DecodeCase([4096], 32, 4, 16, 128, 13, 128, real: true, counters: true, fp8: true);
+        yield return DecodeCase([2, 66], 4, 2, 4, 64, 14, 16, fp8: true);
     }
 
     public static IEnumerable<KernelCase> Prefill()
@@ -38,6 +42,8 @@ public static class AttentionCases
         yield return PrefillCase([33], [133], 32, 4, 3, 128, real: true);  // chunked prefill after 100 keys of context, real heads
         yield return PrefillCase([20, 16], [20, 50], 4, 2, 4, 32);         // D 32 (the small preset): a prompt, and a chunk after 34 keys
         yield return PrefillCase([9], [40], 4, 2, 5, 16);                  // D 16 (the tiny preset): a chunk after 31 keys
+        yield return PrefillCase([70, 1], [70, 40], 8, 2, 6, 128, fp8: true);       // --kv-cache-dtype fp8
+        yield return PrefillCase([33], [133], 32, 4, 7, 128, real: true, fp8: true);
         yield return new KernelCase("attention_prefill", "attn_prefill: the first token sees only itself (output = V[0] bitwise)", false, FirstTokenAttendsOnlyToItself);
     }
 
@@ -62,17 +68,17 @@ public static class AttentionCases
         return exp;
     }
 
-    static KernelCase DecodeCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false, bool counters = false) =>
-        new("attention_decode", $"attn_decode ctx {string.Join("/", lens)} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}", real, ctx =>
+    static KernelCase DecodeCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false, bool counters = false, bool fp8 = false) =>
+        new("attention_decode", $"attn_decode ctx {string.Join("/", lens)} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}{(fp8 ? " fp8 KV" : "")}", real, ctx =>
         {
             var rng = new Random(seed);
-            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize);
-            var launchers = ctx.Cached($"attn_decode{d}", () => new AttentionDecodeLaunchers(ctx.Loader, d));
+            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize, fp8: fp8);
+            var launchers = ctx.Cached($"attn_decode{d}{(fp8 ? "-fp8" : "")}", () => new AttentionDecodeLaunchers(ctx.Loader, d, fp8));
             int seqs = lens.Length;
             ushort[] q = KernelData.Random(rng, seqs * nH * d, 2f);
             long wsBytes = launchers.WorkspaceBytes(seqs, nH, workspaceSplits, out long lseBytes);
             DevicePtr dOut = ctx.AllocFilled<ushort>(seqs * nH * d);
-            var a = new DecodeAttentionArgs(ctx.Upload(q), nH * d, ctx.Upload(kv.K), ctx.Upload(kv.V), ctx.Upload(kv.BlockTable),
+            var a = new DecodeAttentionArgs(ctx.Upload(q), nH * d, kv.UploadK(ctx), kv.UploadV(ctx), ctx.Upload(kv.BlockTable),
                 kv.MaxPagesPerSeq, pageSize, ctx.Upload(lens), seqs, lens.Max(), nH, nKV, dOut, nH * d,
                 ctx.Alloc<byte>(wsBytes), ctx.Alloc<byte>(lseBytes), workspaceSplits);
             int splits = 0;
@@ -83,7 +89,7 @@ public static class AttentionCases
             if (counters && launches.Count > 0)
             {
                 var l = launches[0];
-                long kvBytes = (long)lens[0] * nKV * d * 2 * 2;
+                long kvBytes = (long)lens[0] * nKV * d * 2 * (fp8 ? 1 : 2);
                 long partialBytes = (long)nH * splits * (d + 1) * 4;
                 long minBytes = kvBytes + nH * d * 2 + (lens[0] / pageSize) * 4 + 4 + partialBytes;
                 c.AtLeast(l.GridBlocks, 132, "emulator: CTAs");
@@ -94,13 +100,13 @@ public static class AttentionCases
         });
 
     /// <param name="qLens">new tokens per sequence</param><param name="ctxLens">keys per sequence (earlier context + new tokens)</param>
-    static KernelCase PrefillCase(int[] qLens, int[] ctxLens, int nH, int nKV, int seed, int d, bool real = false) =>
-        new("attention_prefill", $"attn_prefill q {string.Join("/", qLens)} ctx {string.Join("/", ctxLens)} heads {nH}/{nKV} D {d}", real, ctx =>
+    static KernelCase PrefillCase(int[] qLens, int[] ctxLens, int nH, int nKV, int seed, int d, bool real = false, bool fp8 = false) =>
+        new("attention_prefill", $"attn_prefill q {string.Join("/", qLens)} ctx {string.Join("/", ctxLens)} heads {nH}/{nKV} D {d}{(fp8 ? " fp8 KV" : "")}", real, ctx =>
         {
             const int pageSize = 16;
             var rng = new Random(seed);
-            var kv = new PagedKvFixture(rng, ctxLens, nKV, d, pageSize);
-            var launchers = ctx.Cached($"attn_prefill{d}", () => new AttentionPrefillLaunchers(ctx.Loader, d));
+            var kv = new PagedKvFixture(rng, ctxLens, nKV, d, pageSize, fp8: fp8);
+            var launchers = ctx.Cached($"attn_prefill{d}{(fp8 ? "-fp8" : "")}", () => new AttentionPrefillLaunchers(ctx.Loader, d, fp8));
             int seqs = qLens.Length, totalQ = qLens.Sum();
             var qStart = new int[seqs + 1];
             for (int s = 0; s < seqs; s++) qStart[s + 1] = qStart[s] + qLens[s];
@@ -108,7 +114,7 @@ public static class AttentionCases
             DevicePtr dOut = ctx.AllocFilled<ushort>(totalQ * nH * d);
             var p = new AttnPrefillParams
             {
-                Q = ctx.Upload(q), KCache = ctx.Upload(kv.K), VCache = ctx.Upload(kv.V), BlockTable = ctx.Upload(kv.BlockTable),
+                Q = ctx.Upload(q), KCache = kv.UploadK(ctx), VCache = kv.UploadV(ctx), BlockTable = ctx.Upload(kv.BlockTable),
                 ContextLens = ctx.Upload(ctxLens), QStart = ctx.Upload(qStart), Out = dOut, Seqs = seqs, NumQHeads = nH,
                 NumKvHeads = nKV, PageSize = pageSize, MaxPagesPerSeq = kv.MaxPagesPerSeq, QStride = nH * d, OutStride = nH * d,
             };

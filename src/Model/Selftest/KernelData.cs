@@ -121,7 +121,9 @@ public static class KernelReference
 /// </summary>
 public sealed class PagedKvFixture
 {
-    public PagedKvFixture(Random rng, int[] contextLens, int nKV, int d, int pageSize, float valueScale = 1f)
+    /// <param name="fp8">Also hold the cache as FP8 E4M3 codes (<see cref="K8"/>, <see cref="V8"/>; --kv-cache-dtype fp8): the bf16
+    /// values are first rounded to E4M3 values, which bf16 holds exactly, so the bf16 reference applies to both.</param>
+    public PagedKvFixture(Random rng, int[] contextLens, int nKV, int d, int pageSize, float valueScale = 1f, bool fp8 = false)
     {
         ContextLens = contextLens;
         NumKvHeads = nKV;
@@ -139,6 +141,13 @@ public sealed class PagedKvFixture
                 BlockTable[s * MaxPagesPerSeq + pg] = order[next++];
         K = KernelData.Random(rng, (int)((long)Pages * pageSize * nKV * d), valueScale);
         V = KernelData.Random(rng, K.Length, valueScale);
+        if (fp8)
+        {
+            K8 = K.Select(b => Checkpoint.Fp8E4M3.FromFloat(Bf16.ToFloat(b))).ToArray();
+            V8 = V.Select(b => Checkpoint.Fp8E4M3.FromFloat(Bf16.ToFloat(b))).ToArray();
+            K = K8.Select(b => Bf16.FromFloat(Checkpoint.Fp8E4M3.ToFloat(b))).ToArray();
+            V = V8.Select(b => Bf16.FromFloat(Checkpoint.Fp8E4M3.ToFloat(b))).ToArray();
+        }
         _kf = KernelData.ToFloats(K);
         _vf = KernelData.ToFloats(V);
     }
@@ -154,6 +163,12 @@ public sealed class PagedKvFixture
     public int[] BlockTable { get; }
     public ushort[] K { get; }
     public ushort[] V { get; }
+    /// <summary>The FP8 E4M3 codes of <see cref="K"/> / <see cref="V"/> (fixtures made with fp8 only).</summary>
+    public byte[]? K8 { get; }
+    public byte[]? V8 { get; }
+    /// <summary>The cache as the kernel of that dtype reads it.</summary>
+    public Qwen3Cuda.Runtime.DevicePtr UploadK(KernelCheckContext ctx) => K8 is { } k ? ctx.Upload(k) : ctx.Upload(K);
+    public Qwen3Cuda.Runtime.DevicePtr UploadV(KernelCheckContext ctx) => V8 is { } v ? ctx.Upload(v) : ctx.Upload(V);
 
     public long Offset(int seq, int key, int kvh)
     {

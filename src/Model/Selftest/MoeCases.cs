@@ -60,7 +60,7 @@ public static class MoeCases
         yield return BlockCheck("real shape, 300 tokens on 24 hot experts (grouped GEMMs), bitwise repeatable", () => MoeCase.Create(real, 300, seed: 3, hotExperts: 24), real: true, repeat: true, heavy: true);
     }
 
-    public static IEnumerable<KernelCase> All() => Router().Concat(Align()).Concat(Block()).Concat(RealBlock());
+    public static IEnumerable<KernelCase> All() => Router().Concat(Align()).Concat(Block()).Concat(RealBlock()).Concat(QuantizedCases.MoeBlock());
 
     // ---------------- router ----------------
 

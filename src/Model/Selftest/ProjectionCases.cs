@@ -21,6 +21,7 @@ public static class ProjectionCases
         yield return GemvCase(1, 5120, 2048, false, "qkv");            // real decode shapes: weights read once, coalesced, >= 132 CTAs
         yield return GemvCase(1, 2048, 4096, false, "o_proj");
         yield return GemvCase(1, 151936, 2048, false, "lm_head", heavy: true);   // 311 MB of weights: ~40 s on the emulator
+        foreach (var q in QuantizedCases.Gemv()) yield return q;               // fp8 / int8 weights (docs/formats.md)
     }
 
     public static IEnumerable<KernelCase> Gemm()
@@ -30,6 +31,7 @@ public static class ProjectionCases
         yield return GemmCase(1, 10, 8, false, GemmTile.Tile64x64);         // one row, tiny K
         yield return GemmCase(130, 200, 96, true, GemmTile.Tile128x128);    // big tile with ragged edges
         yield return GemmCase(40, 512, 2048, false, null, real: true);      // k_proj of a 40-token prefill chunk (launcher's choice)
+        foreach (var q in QuantizedCases.Gemm()) yield return q;
     }
 
     public static IEnumerable<KernelCase> All() => Gemv().Concat(Gemm());

@@ -46,13 +46,14 @@ public sealed class AttentionDecodeLaunchers
     private readonly DeviceKernel _split, _combine;
     private readonly IDevice _device;
 
-    public AttentionDecodeLaunchers(KernelLoader loader, int headDim = 128)
+    /// <summary><paramref name="kvFp8"/>: the KV cache holds FP8 E4M3 codes (attention_decode.cu's KV_FP8 variant).</summary>
+    public AttentionDecodeLaunchers(KernelLoader loader, int headDim = 128, bool kvFp8 = false)
     {
         if ((headDim % 32 != 0 && headDim != 16) || headDim <= 0 || headDim > 256)
             throw new ArgumentException($"attention_decode.cu: head_dim {headDim} must be 16 or a multiple of 32, at most 256", nameof(headDim));
         HeadDim = headDim;
         _device = loader.Device;
-        var defines = new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture) };
+        var defines = new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture), ["KV_FP8"] = kvFp8 ? "1" : "0" };
         _split = loader.Get(File, "attn_decode_split", defines);
         _combine = loader.Get(File, "attn_decode_combine", defines);
     }

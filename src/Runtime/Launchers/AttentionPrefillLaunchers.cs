@@ -36,13 +36,14 @@ public sealed class AttentionPrefillLaunchers
     private readonly DeviceKernel _kernel;
     private readonly IDevice _device;
 
-    public AttentionPrefillLaunchers(KernelLoader loader, int headDim = 128)
+    /// <summary><paramref name="kvFp8"/>: the KV cache holds FP8 E4M3 codes (attention_prefill.cu's KV_FP8 variant).</summary>
+    public AttentionPrefillLaunchers(KernelLoader loader, int headDim = 128, bool kvFp8 = false)
     {
         if (headDim % 16 != 0 || headDim <= 0 || headDim > 256)
             throw new ArgumentException($"attention_prefill.cu: head_dim {headDim} must be a multiple of 16, at most 256", nameof(headDim));
         HeadDim = headDim;
         _device = loader.Device;
-        _kernel = loader.Get(File, "attn_prefill", new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture) });
+        _kernel = loader.Get(File, "attn_prefill", new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture), ["KV_FP8"] = kvFp8 ? "1" : "0" });
         DynamicSharedBytes = (QueryTile + 4 * 64) * (headDim + 8) * 2;
         if (DynamicSharedBytes > _device.Info.SharedMemoryPerBlockOptin)
             throw new ArgumentException($"attention_prefill.cu: head_dim {headDim} needs {DynamicSharedBytes} bytes of shared memory; the device allows {_device.Info.SharedMemoryPerBlockOptin}");

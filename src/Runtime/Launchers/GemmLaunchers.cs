@@ -16,6 +16,7 @@ public struct GemmParams
     public int Lda;
     public int Ldw;
     public int Ldc;
+    public WeightScales Ws;      // quantized variants only
 }
 
 /// <summary>The GEMM tile variants of kernels/gemm.cu.</summary>
@@ -34,6 +35,9 @@ public sealed class GemmLaunchers
     public static readonly IReadOnlyDictionary<WeightFormat, (string Tile64, string Tile128)> Variants = new Dictionary<WeightFormat, (string, string)>
     {
         [WeightFormat.Bf16] = ("gemm_bf16_64x64", "gemm_bf16_128x128"),
+        [WeightFormat.Fp8Block] = ("gemm_fp8_64x64", "gemm_fp8_128x128"),
+        [WeightFormat.Int8Channel] = ("gemm_int8_64x64", "gemm_int8_128x128"),
+        [WeightFormat.Int4Gptq] = ("gemm_int4_64x64", "gemm_int4_128x128"),
     };
 
     private readonly Dictionary<WeightFormat, (DeviceKernel Tile64, DeviceKernel Tile128)> _kernels = [];
@@ -71,10 +75,11 @@ public sealed class GemmLaunchers
         if (lda < k || ldw < k || lda % 8 != 0 || ldw % 8 != 0)
             throw new ArgumentException($"gemm: lda {lda} / ldw {ldw} must be >= K {k} and multiples of 8 (16-byte rows for cp.async)");
         if (ldc < n || ldc % 2 != 0) throw new ArgumentException($"gemm: ldc {ldc} must be >= N {n} and even", nameof(ldc));
+        WeightFormats.CheckQuantized(w, k, "gemm");
         if (m == 0) return tile ?? GemmTile.Tile64x64;
         GemmTile t = tile ?? ChooseTile(m, n);
         int bm = t == GemmTile.Tile128x128 ? 128 : 64;
-        var p = new GemmParams { C = c, A = a, W = w.Data, Residual = residual, M = m, N = n, K = k, Lda = lda, Ldw = ldw, Ldc = ldc };
+        var p = new GemmParams { C = c, A = a, W = w.Data, Residual = residual, M = m, N = n, K = k, Lda = lda, Ldw = ldw, Ldc = ldc, Ws = w.KernelScales };
         var args = new KernelArgs(stackalloc byte[96], stackalloc nint[1]);
         args.Add(p);
         var grid = new Dim3((uint)((n + bm - 1) / bm), (uint)((m + bm - 1) / bm));

@@ -19,6 +19,7 @@ public struct GemvParams
     public int RowsPerWarp;
     public int KSplit;
     public int SplitK;
+    public WeightScales Ws;      // quantized variants only
 }
 
 /// <summary>The launch shape the GEMV launcher picked (exposed for tests and benchmarks).</summary>
@@ -44,6 +45,9 @@ public sealed class GemvLaunchers
     public static readonly IReadOnlyDictionary<WeightFormat, string> Variants = new Dictionary<WeightFormat, string>
     {
         [WeightFormat.Bf16] = "gemv_bf16_t",
+        [WeightFormat.Fp8Block] = "gemv_fp8_t",
+        [WeightFormat.Int8Channel] = "gemv_int8_t",
+        [WeightFormat.Int4Gptq] = "gemv_int4_t",
     };
 
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
@@ -68,16 +72,19 @@ public sealed class GemvLaunchers
     /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
     public GemvPlan Plan(int tokens, int n, int k) => Plan(_device.Info.MultiprocessorCount, tokens, n, k);
 
+    /// <summary>The plan for a weight of <paramref name="format"/>: quantized variants load 16 weights per lane, so their K-slices are multiples of 16.</summary>
+    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format) => Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 });
+
     /// <summary>The same rule for a device of <paramref name="sms"/> multiprocessors, for planning workspace before any launch
     /// (the device model's workspace plan sizes its split-K partials with it).</summary>
-    public static GemvPlan Plan(int sms, int tokens, int n, int k)
+    public static GemvPlan Plan(int sms, int tokens, int n, int k, int sliceAlign = 8)
     {
         int rpw = Math.Clamp(n / (Warps * sms * 4), 1, MaxRowsPerWarp);
         int gridX = (n + Warps * rpw - 1) / (Warps * rpw);
         int maxSlice = MaxSliceBytes / (2 * tokens) / 256 * 256;        // elements, whole warp passes
         int split = Math.Max((k + maxSlice - 1) / maxSlice, 1);
         if (gridX * split < sms) split = Math.Max(split, Math.Min((sms + gridX - 1) / gridX, Math.Max(1, k / 256)));
-        int kSplit = ((k + split - 1) / split + 7) / 8 * 8;
+        int kSplit = ((k + split - 1) / split + sliceAlign - 1) / sliceAlign * sliceAlign;
         split = (k + kSplit - 1) / kSplit;
         return new GemvPlan(rpw, split, kSplit, gridX);
     }
@@ -102,14 +109,15 @@ public sealed class GemvLaunchers
         if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
         if (ldx < k || ldx % 8 != 0) throw new ArgumentException($"gemv: ldx {ldx} must be >= K {k} and a multiple of 8", nameof(ldx));
         if (ldy < n) throw new ArgumentException($"gemv: ldy {ldy} must be >= N {n}", nameof(ldy));
-        GemvPlan plan = Plan(tokens, n, k);
+        WeightFormats.CheckQuantized(w, k, "gemv");
+        GemvPlan plan = Plan(tokens, n, k, w.Format);
         long need = plan.PartialBytes(tokens, n);
         if (need > 0 && (partial.IsNull || partialBytes < need))
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K {plan.SplitK} ways and needs {need} bytes of fp32 workspace, got {partialBytes}", nameof(partial));
         var p = new GemvParams
         {
             Y = y, X = x, W = w.Data, Residual = residual, Partial = partial, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
-            RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK,
+            RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
         };
         var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
         args.Add(p);

@@ -21,6 +21,9 @@ public sealed class MoeLaunchers
     public static readonly IReadOnlyDictionary<WeightFormat, ExpertVariant> Variants = new Dictionary<WeightFormat, ExpertVariant>
     {
         [WeightFormat.Bf16] = new("moe_gate_up_gemv", "moe_down_gemv", "moe_gate_up_gemm", "moe_down_gemm"),
+        [WeightFormat.Fp8Block] = new("moe_gate_up_gemv_fp8", "moe_down_gemv_fp8", "moe_gate_up_gemm_fp8", "moe_down_gemm_fp8"),
+        [WeightFormat.Int8Channel] = new("moe_gate_up_gemv_int8", "moe_down_gemv_int8", "moe_gate_up_gemm_int8", "moe_down_gemm_int8"),
+        [WeightFormat.Int4Gptq] = new("moe_gate_up_gemv_int4", "moe_down_gemv_int4", "moe_gate_up_gemm_int4", "moe_down_gemm_int4"),
     };
 
     private sealed record ExpertKernels(DeviceKernel GateUpGemv, DeviceKernel DownGemv, DeviceKernel GateUpGemm, DeviceKernel DownGemm,
@@ -139,10 +142,12 @@ public sealed class MoeLaunchers
     {
         var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: true);
+        WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter };
-        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128), stream, p);
+        var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales };
+        int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : s.Hidden * sizeof(ushort);   // quantized: the hidden row staged in shared memory
+        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128, smem), stream, p);
     }
 
     /// <summary>Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot.</summary>
@@ -154,10 +159,12 @@ public sealed class MoeLaunchers
     {
         var kernels = Experts(down.Format);
         CheckShape(s, decodeOnly: true);
+        WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeDownGemvParams { Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter };
-        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128), stream, p);
+        var p = new MoeDownGemvParams { Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = down.KernelScales };
+        int smem = down.Format == WeightFormat.Bf16 ? 0 : s.Inter * sizeof(ushort);
+        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem), stream, p);
     }
 
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
@@ -171,12 +178,13 @@ public sealed class MoeLaunchers
     {
         var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: false);
+        WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMM");
         int maxTiles = MoeWorkspace.MaxTilesFor(tokens, s.Experts, s.TopK);
         if (maxTiles <= 0) return;
         var p = new MoeGateUpGemmParams
         {
             Hidden = hidden, GateUp = gateUp.Data, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Inter = inter,
-            TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter,
+            TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales,
         };
         bool exact = s.Inter % GateUpBlockN == 0;
         Launch(exact ? kernels.GateUpGemm : kernels.GateUpGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Inter + GateUpBlockN - 1) / GateUpBlockN)), 128), stream, p);
@@ -193,12 +201,13 @@ public sealed class MoeLaunchers
     {
         var kernels = Experts(down.Format);
         CheckShape(s, decodeOnly: false);
+        WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMM");
         int maxTiles = MoeWorkspace.MaxTilesFor(tokens, s.Experts, s.TopK);
         if (maxTiles <= 0) return;
         var p = new MoeDownGemmParams
         {
             Inter = inter, Down = down.Data, SortedSlots = sortedSlots, TileExpert = tileExpert, NumTiles = numTiles, Y = slotOut,
-            HiddenSize = s.Hidden, InterSize = s.Inter,
+            HiddenSize = s.Hidden, InterSize = s.Inter, Ws = down.KernelScales,
         };
         bool exact = s.Hidden % DownBlockN == 0;
         Launch(exact ? kernels.DownGemm : kernels.DownGemmGuarded ?? throw NotLoaded(s), new LaunchConfig(new Dim3((uint)maxTiles, (uint)((s.Hidden + DownBlockN - 1) / DownBlockN)), 128), stream, p);

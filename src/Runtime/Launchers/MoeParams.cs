@@ -48,6 +48,7 @@ public struct MoeGateUpGemvParams
     public int TopK;
     public int HiddenSize;
     public int InterSize;
+    public WeightScales Ws;         // quantized variants only
 }
 
 /// <summary>Mirror of <c>MoeDownGemvParams</c> (kernels/moe_decode.cu).</summary>
@@ -61,6 +62,7 @@ public struct MoeDownGemvParams
     public int Slots;
     public int HiddenSize;
     public int InterSize;
+    public WeightScales Ws;         // quantized variants only
 }
 
 /// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>
@@ -76,6 +78,7 @@ public struct MoeGateUpGemmParams
     public int TopK;
     public int HiddenSize;
     public int InterSize;
+    public WeightScales Ws;         // quantized variants only
 }
 
 /// <summary>Mirror of <c>MoeDownGemmParams</c> (kernels/moe_gemm.cu).</summary>
@@ -90,6 +93,7 @@ public struct MoeDownGemmParams
     public DevicePtr Y;             // [T*k, H] bf16
     public int HiddenSize;
     public int InterSize;
+    public WeightScales Ws;         // quantized variants only
 }
 
 /// <summary>Mirror of <c>MoeCombineParams</c> (kernels/moe_combine.cu).</summary>

@@ -40,14 +40,15 @@ public sealed class RopeLaunchers
     private readonly DeviceKernel _kernel;
     private readonly IDevice _device;
 
-    public RopeLaunchers(KernelLoader loader, int headDim = 128)
+    /// <summary><paramref name="kvFp8"/>: write the KV cache as FP8 E4M3 (rope.cu's KV_FP8 variant).</summary>
+    public RopeLaunchers(KernelLoader loader, int headDim = 128, bool kvFp8 = false)
     {
         if (!SupportedHeadDims.Contains(headDim))
             throw new ArgumentException($"rope.cu: head_dim {headDim} is not supported (supported: {string.Join(", ", SupportedHeadDims)})", nameof(headDim));
         HeadDim = headDim;
         _device = loader.Device;
         _kernel = loader.Get(File, "qk_norm_rope_kv_write",
-            new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture) });
+            new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture), ["KV_FP8"] = kvFp8 ? "1" : "0" });
     }
 
     public int HeadDim { get; }

@@ -7,24 +7,35 @@ namespace Qwen3Cuda.Runtime.Memory;
 /// Block tables are copied to the device with each step's inputs. Page 0 is the scratch page: padding rows of a batch
 /// point at it and never write; it is zeroed at construction so that what they read is finite.
 /// </summary>
+/// <summary>How the paged KV cache stores K and V: bf16, or FP8 E4M3 codes of the bf16 values (per-layer scale 1; docs/formats.md).</summary>
+public enum KvCacheDtype { Bf16, Fp8 }
+
+public static class KvCacheDtypes
+{
+    public static int ElementBytes(this KvCacheDtype d) => d == KvCacheDtype.Fp8 ? 1 : 2;
+    public static string Name(this KvCacheDtype d) => d == KvCacheDtype.Fp8 ? "fp8" : "bf16";
+}
+
 public sealed class PagedKvCache : IDisposable
 {
     private readonly IDevice _device;
     private readonly DeviceArena _arena;
 
-    public PagedKvCache(IDevice device, int layers, int numKvHeads, int headDim, int pageSize, int pages, int maxSequences, int maxPagesPerSequence)
+    public PagedKvCache(IDevice device, int layers, int numKvHeads, int headDim, int pageSize, int pages, int maxSequences, int maxPagesPerSequence,
+        KvCacheDtype dtype = KvCacheDtype.Bf16)
     {
         if (layers < 1 || numKvHeads < 1 || headDim < 1) throw new ArgumentException($"KV cache: layers {layers}, KV heads {numKvHeads}, head_dim {headDim} must be positive");
         Table = new KvPageTable(pages, pageSize, maxSequences, maxPagesPerSequence);
         _device = device;
         Layers = layers; NumKvHeads = numKvHeads; HeadDim = headDim;
-        PageBytesPerPool = PageBytes(numKvHeads, headDim, pageSize);
+        PageBytesPerPool = PageBytes(numKvHeads, headDim, pageSize, dtype);
         PoolBytes = PageBytesPerPool * pages;
         _arena = new DeviceArena(device, checked(PoolBytes * 2 * layers), "KV cache");
     }
 
     /// <summary>Bytes of one page of one pool (K or V) of one layer.</summary>
-    public static long PageBytes(int numKvHeads, int headDim, int pageSize) => (long)pageSize * numKvHeads * headDim * sizeof(ushort);
+    public static long PageBytes(int numKvHeads, int headDim, int pageSize, KvCacheDtype dtype = KvCacheDtype.Bf16) =>
+        (long)pageSize * numKvHeads * headDim * dtype.ElementBytes();
 
     /// <summary>Which pages each sequence holds (host side).</summary>
     public KvPageTable Table { get; }
