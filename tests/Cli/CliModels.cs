@@ -8,17 +8,26 @@ namespace Qwen3Cuda.Tests.Cli;
 /// <summary>Models for CLI tests: the tiny preset with the tiny test tokenizer (text in, text out, vocab 512), and the demo.</summary>
 public static class CliModels
 {
-    static readonly Lazy<string> TinyTextDir = new(() =>
-    {
-        string dir = TestCheckpoints.NewDir("tiny-text");
-        SyntheticCheckpoint.Write(SyntheticPreset.Tiny, seed: 7, dir);
-        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
-            File.Copy(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model", f), Path.Combine(dir, f), overwrite: true);
-        return dir;
-    });
+    static readonly object Gate = new();
+    static string? _tinyText;
 
-    /// <summary>The tiny preset (H 64, 2 layers, vocab 512, max_position_embeddings 2048) with a tokenizer and chat template.</summary>
-    public static string TinyText() => TinyTextDir.Value;
+    /// <summary>
+    /// The tiny preset (H 64, 2 layers, vocab 512, max_position_embeddings 2048) with a tokenizer and chat template. Made
+    /// again when the folder is gone: <see cref="TestCheckpoints"/> deletes its temp root when the Model namespace's
+    /// fixtures end, and tests of other namespaces (Serving) may run after that.
+    /// </summary>
+    public static string TinyText()
+    {
+        lock (Gate)
+        {
+            if (_tinyText is not null && File.Exists(Path.Combine(_tinyText, "tokenizer.json"))) return _tinyText;
+            string dir = TestCheckpoints.NewDir("tiny-text");
+            SyntheticCheckpoint.Write(SyntheticPreset.Tiny, seed: 7, dir);
+            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
+                File.Copy(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model", f), Path.Combine(dir, f), overwrite: true);
+            return _tinyText = dir;
+        }
+    }
 
     /// <summary>
     /// Points <see cref="ModelLocator.CacheEnvironmentVariable"/> at a folder under the test run's temp root, so `--model demo`

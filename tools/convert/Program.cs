@@ -9,7 +9,7 @@ namespace Qwen3Cuda.ConvertTool;
 /// </summary>
 public static class Program
 {
-    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo|qwen3-0.6b --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--tied] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8|int8|int4]\n       qwen3cuda-convert quantize --to fp8|int8|int4 --in DIR --out DIR [--max-shard-bytes B] [--group-size G]";
+    const string Usage = "usage: qwen3cuda-convert synth --preset tiny|small|real-shape-slice|demo|qwen3-0.6b --out DIR [--seed N] [--layers L] [--mlp-only-layers 0,2] [--dense] [--tied] [--max-shard-bytes B] [--tokenizer DIR] [--weight-format bf16|fp8|int8|int4] | qwen3cuda-convert quantize --to fp8|int8|int4 --in DIR --out DIR [--max-shard-bytes B] [--group-size G]";
 
     const string Help = Usage + """
 
