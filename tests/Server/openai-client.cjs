@@ -81,7 +81,8 @@ async function real() {
   let seen = 0;
   try {
     const s = await client.chat.completions.create({ ...params, max_tokens: 400, stream: true }, { signal: controller.signal });
-    for await (const _ of s) { if (++seen === 2) controller.abort(); }
+    // Chunks already parsed may still arrive after abort(): count only up to the abort.
+    for await (const _ of s) { if (seen < 2 && ++seen === 2) controller.abort(); }
   } catch (e) { r.abortError = e.name; }
   r.abortedAfter = seen;
   return r;
