@@ -1,5 +1,7 @@
 using System.CommandLine;
+using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Config;
+using Qwen3Cuda.Model.Serving;
 using Qwen3Cuda.Model.Speculative;
 using Qwen3Cuda.Model.Tokenization;
 using Qwen3Cuda.Runtime;
@@ -13,8 +15,8 @@ namespace Qwen3Cuda.Cli;
 sealed class SpeculativeCliOptions
 {
     public const int DefaultDraftTokens = 4;
-    /// <summary>The draft model's context without --ctx-size (Qwen3-0.6B: 112 KiB of KV per token, 1.75 GiB at 16384).</summary>
-    public const int DefaultDraftContext = 16384;
+    /// <summary>The draft model's context without --ctx-size.</summary>
+    public const int DefaultDraftContext = ModelDraftSource.DefaultContextTokens;
     public readonly Option<string?> DraftModel = new("--draft-model")
     {
         Description = "Speculative decoding with this draft model (a folder or Hugging Face id of a smaller model with the same tokenizer, e.g. Qwen3-0.6B)",
@@ -37,30 +39,39 @@ sealed class SpeculativeCliOptions
     /// <summary>Output rows the target must take in one step (k + 1 with speculation; null: the model's default).</summary>
     public int? TargetOutputRows(ParseResult parse) => Enabled(parse) ? parse.GetValue(NumDraftTokens) + 1 : null;
 
+    /// <summary>Refuses contradicting options (both drafters; --num-draft-tokens alone); false when no speculation is asked for.</summary>
+    public bool Check(ParseResult parse)
+    {
+        string? modelSpec = parse.GetValue(DraftModel);
+        string? kind = parse.GetValue(Draft);
+        if (modelSpec is not null && kind is not null)
+            throw new UsageException("give either --draft-model DIR or --draft ngram, not both");
+        if (modelSpec is { Length: 0 }) throw new UsageException("--draft-model is empty: give a model folder or Hugging Face id");
+        if (modelSpec is null && kind is null)
+        {
+            if (parse.GetResult(NumDraftTokens) is { Implicit: false })
+                throw new UsageException("--num-draft-tokens needs --draft-model DIR or --draft ngram");
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>The engine options of `serve` with the speculation these options ask for (every request speculates).</summary>
+    public EngineOptions ApplyTo(ParseResult parse, EngineOptions options) => Check(parse)
+        ? options with { DraftModel = parse.GetValue(DraftModel), Draft = parse.GetValue(Draft), NumDraftTokens = parse.GetValue(NumDraftTokens) }
+        : options;
+
     /// <summary>
     /// The drafter the options ask for (null: none). A draft model is loaded on <paramref name="backend"/> after its config
     /// and tokenizer are checked against the target's (vocab_size, every token's bytes).
     /// </summary>
     public IDrafter? Open(ParseResult parse, ModelConfig target, Qwen3Tokenizer targetTokenizer, BackendKind backend, int? contextLength, TextWriter stderr)
     {
+        if (!Check(parse)) return null;
         string? modelSpec = parse.GetValue(DraftModel);
-        string? kind = parse.GetValue(Draft);
-        if (modelSpec is not null && kind is not null)
-            throw new UsageException("give either --draft-model DIR or --draft ngram, not both");
-        if (modelSpec is null && kind is null)
-        {
-            if (parse.GetResult(NumDraftTokens) is { Implicit: false })
-                throw new UsageException("--num-draft-tokens needs --draft-model DIR or --draft ngram");
-            return null;
-        }
-        if (kind == "ngram") return new NgramDrafter();
-        string dir = ModelOpener.Resolve(modelSpec!, stderr);
-        var config = ModelConfig.Load(dir);
-        SpeculativeDecoder.CheckVocabulary(target.VocabSize, config.VocabSize);
-        if (File.Exists(Path.Combine(dir, "tokenizer.json")))
-            DraftCompatibility.CheckTokenizers(targetTokenizer, Qwen3Tokenizer.FromModelDirectory(dir), $"--draft-model {modelSpec}");
-        else
-            throw new SpeculativeDecodingException($"--draft-model {modelSpec}: {Path.Combine(dir, "tokenizer.json")} not found; the draft's tokenizer must be checked against the target's", ErrorKind.InvalidInput);
+        if (modelSpec is null) return new NgramDrafter();
+        string dir = ModelOpener.Resolve(modelSpec, stderr);
+        var config = DraftCompatibility.CheckDraftModel(dir, $"--draft-model {modelSpec}", target, targetTokenizer);
         stderr.Write("draft model: ");
         // The draft's KV cache: --ctx-size, else at most DefaultDraftContext tokens (past its context the draft proposes
         // nothing and decoding continues without speculation), so that the target keeps the memory for its own.
@@ -68,4 +79,19 @@ sealed class SpeculativeCliOptions
         var loaded = ModelOpener.Open(dir, backend, maxSequences: 1, draftContext, null, stderr);
         return new ModelDrafter(loaded.Model, 0, ownsModel: true);
     }
+
+    /// <summary>
+    /// The drafter and the target for `generate` and `chat`: a draft model loads first (its KV cache sized to the
+    /// context), the target then plans the memory left, with k + 1 output rows per step when speculating. Dispose both.
+    /// </summary>
+    public (IDrafter? Drafter, LoadedModel Target) OpenWithTarget(ParseResult parse, SamplingCliOptions s, string dir, Qwen3Tokenizer tokenizer, BackendKind backend, TextWriter stderr)
+    {
+        var drafter = Open(parse, ModelConfig.Load(dir), tokenizer, backend, parse.GetValue(s.Context), stderr);
+        try { return (drafter, ModelOpener.Open(dir, backend, s.LoadOptions(parse) with { MaxOutputRows = TargetOutputRows(parse) }, stderr)); }
+        catch { drafter?.Dispose(); throw; }
+    }
+
+    /// <summary><paramref name="options"/> with <paramref name="drafter"/> and the options' k (unchanged without a drafter).</summary>
+    public RequestOptions Apply(ParseResult parse, RequestOptions options, IDrafter? drafter) =>
+        drafter is null ? options : options with { Drafter = drafter, NumDraftTokens = parse.GetValue(NumDraftTokens) };
 }

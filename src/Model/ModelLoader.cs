@@ -4,6 +4,7 @@ using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Device;
 using Qwen3Cuda.Model.Reference;
 using Qwen3Cuda.Model.Serving;
+using Qwen3Cuda.Model.Speculative;
 using Qwen3Cuda.Model.Templates;
 using Qwen3Cuda.Model.Tokenization;
 using Qwen3Cuda.Runtime;
@@ -147,15 +148,56 @@ public static class ModelLoader
         ChatTemplate? template = null;
         try { template = ChatTemplate.FromModelDirectory(dir); }
         catch (Exception e) when (e is FileNotFoundException or InvalidDataException) { Line($"no chat template ({e.Message}): chat requests are refused"); }
-        var loaded = Open(dir, backend, ForEngine(options));
+        // A draft model loads first (its KV cache sized to its sequences and context), the target then plans the memory left.
+        var drafts = OpenDraftSource(options, dir, tokenizer, backend, Line);
+        LoadedModel loaded;
+        try
+        {
+            ct.ThrowIfCancellationRequested();
+            var load = ForEngine(options);
+            // A verification step takes k + 1 output rows of every speculating request.
+            if (drafts is not null) load = load with { MaxOutputRows = options.MaxNumSeqs * ((options.NumDraftTokens ?? EngineOptions.DefaultNumDraftTokens) + 1) };
+            loaded = Open(dir, backend, load);
+        }
+        catch { drafts?.Dispose(); throw; }
         try
         {
             Line(loaded.Summary);
             ct.ThrowIfCancellationRequested();
             string name = options.ModelName ?? (model == ModelLocator.DemoName || !Directory.Exists(model) ? model : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir))));
-            return new Engine(loaded.Model, tokenizer, template, Engine.DefaultEosTokenIds(tokenizer, dir), options with { ModelName = name });
+            return new Engine(loaded.Model, tokenizer, template, Engine.DefaultEosTokenIds(tokenizer, dir), options with { ModelName = name }, drafts);
         }
-        catch { loaded.Dispose(); throw; }
+        catch { loaded.Dispose(); drafts?.Dispose(); throw; }
+    }
+
+    /// <summary>
+    /// The drafter source of an engine that speculates on every request (<see cref="EngineOptions.DraftModel"/> or
+    /// <see cref="EngineOptions.Draft"/>; null: none). A draft model is checked against the target (vocab_size, every
+    /// token's bytes) and loaded once, with one KV sequence per request the engine runs at once (--max-num-seqs), each of
+    /// --ctx-size tokens (default: at most <see cref="ModelDraftSource.DefaultContextTokens"/>).
+    /// </summary>
+    internal static IDraftSource? OpenDraftSource(EngineOptions options, string targetDir, Qwen3Tokenizer tokenizer, BackendKind backend, Action<string> log)
+    {
+        if (options.Draft == "ngram")
+        {
+            log($"speculative decoding: prompt lookup, {options.NumDraftTokens ?? EngineOptions.DefaultNumDraftTokens} draft tokens per step");
+            return new NgramDraftSource();
+        }
+        if (options.DraftModel is not { } spec) return null;
+        string draftDir = ModelLocator.Resolve(spec, log);
+        var target = ModelConfig.Load(targetDir);
+        var config = DraftCompatibility.CheckDraftModel(draftDir, $"--draft-model {spec}", target, tokenizer);
+        int context = options.ContextLength ?? Math.Min(ModelDraftSource.DefaultContextTokens, Math.Min(config.MaxPositionEmbeddings, target.MaxPositionEmbeddings));
+        var loaded = Open(draftDir, backend, new ModelLoadOptions
+        {
+            MaxSequences = options.MaxNumSeqs,
+            ContextLength = context,
+            MaxStepTokens = options.MaxNumBatchedTokens,
+            GpuMemoryBytes = null,
+        });
+        log($"draft model: {loaded.Summary}");
+        log($"speculative decoding: draft model {spec}, {options.NumDraftTokens ?? EngineOptions.DefaultNumDraftTokens} draft tokens per step, {options.MaxNumSeqs} draft sequence(s)");
+        return new ModelDraftSource(loaded.Model, spec, ownsModel: true);
     }
 
     /// <summary>A model that also disposes its kernel modules and device.</summary>

@@ -19,21 +19,7 @@ public sealed class EngineBackend(Engine engine, string modelDirectory) : IServi
         new Request(Engine.Submit(promptTokens, options, ct));
     public Task ShutdownAsync(bool cancelInFlight, CancellationToken ct) => Engine.ShutdownAsync(cancelInFlight, ct);
 
-    public ServingMetrics Metrics
-    {
-        get
-        {
-            var m = Engine.Metrics;
-            return new ServingMetrics
-            {
-                Running = m.Running, Waiting = m.Waiting, KvPagesUsed = m.KvPagesUsed, KvPagesTotal = m.KvPagesTotal,
-                PrefixCacheQueries = m.PrefixCacheQueries, PrefixCacheHits = m.PrefixCacheHits,
-                PromptTokens = m.PromptTokens, GeneratedTokens = m.GeneratedTokens, RequestsFinished = m.RequestsFinished,
-                Preemptions = m.Preemptions,
-                EngineTimeToFirstToken = m.TimeToFirstToken, EngineInterTokenLatency = m.InterTokenLatency,
-            };
-        }
-    }
+    public EngineMetrics Metrics => Engine.Metrics;
 
     sealed class Request(EngineRequest r) : IServingRequest
     {

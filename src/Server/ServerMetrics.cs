@@ -29,7 +29,7 @@ public sealed class ServerMetrics
         }
     }
 
-    public string Render(ServingMetrics engine, string modelName)
+    public string Render(Qwen3Cuda.Model.Serving.EngineMetrics engine, string modelName)
     {
         var sb = new StringBuilder();
         string label = $"model_name=\"{Escape(modelName)}\"";
@@ -50,6 +50,12 @@ public sealed class ServerMetrics
         Metric("qwen3cuda_num_preemptions_total", "counter", "Requests preempted (KV pages freed, recomputed later) because pages ran out.", $"{engine.Preemptions}");
         Metric("qwen3cuda_engine_prompt_tokens_total", "counter", "Prompt tokens the engine took in.", $"{engine.PromptTokens}");
         Metric("qwen3cuda_engine_generation_tokens_total", "counter", "Tokens the engine generated.", $"{engine.GeneratedTokens}");
+        // Speculative decoding, named as vLLM's spec_decode counters (all zero when the server does not speculate).
+        Metric("qwen3cuda_spec_decode_num_drafts_total", "counter", "Speculative verification rounds (one target step of a request's proposals).", $"{engine.SpecDecodeRounds}");
+        Metric("qwen3cuda_spec_decode_num_draft_tokens_total", "counter", "Tokens the drafters proposed.", $"{engine.SpecDecodeDraftTokens}");
+        Metric("qwen3cuda_spec_decode_num_accepted_tokens_total", "counter", "Proposed tokens the target accepted.", $"{engine.SpecDecodeAcceptedTokens}");
+        Metric("qwen3cuda_spec_decode_acceptance_rate", "gauge", "Accepted over proposed tokens since start (0 to 1).", $"{engine.SpecDecodeAcceptanceRate}");
+        Metric("qwen3cuda_spec_decode_mean_acceptance_length", "gauge", "Tokens emitted per verification round since start: accepted proposals plus the target's own (0 before the first).", $"{engine.SpecDecodeMeanAcceptanceLength}");
         lock (_requests)
         {
             Metric("qwen3cuda_prompt_tokens_total", "counter", "Prompt tokens of finished HTTP requests.", $"{_promptTokens}");
@@ -62,10 +68,8 @@ public sealed class ServerMetrics
         TimeToFirstToken.Render(sb, "qwen3cuda_time_to_first_token_seconds", "Time from the request's arrival to its first streamed token.", label);
         InterTokenLatency.Render(sb, "qwen3cuda_inter_token_latency_seconds", "Time between successive output pieces of a request.", label);
         RequestLatency.Render(sb, "qwen3cuda_e2e_request_latency_seconds", "Time from the request's arrival to its last token.", label);
-        if (engine.EngineTimeToFirstToken is { } ettft)
-            RenderEngine(sb, ettft, "qwen3cuda_engine_time_to_first_token_seconds", "The engine's time from a request's submission to its first token (no HTTP).", label);
-        if (engine.EngineInterTokenLatency is { } eitl)
-            RenderEngine(sb, eitl, "qwen3cuda_engine_inter_token_latency_seconds", "The engine's time between successive tokens of a request.", label);
+        RenderEngine(sb, engine.TimeToFirstToken, "qwen3cuda_engine_time_to_first_token_seconds", "The engine's time from a request's submission to its first token (no HTTP).", label);
+        RenderEngine(sb, engine.InterTokenLatency, "qwen3cuda_engine_inter_token_latency_seconds", "The engine's time between successive tokens of a request.", label);
         return sb.ToString();
     }
 

@@ -26,7 +26,8 @@ public interface IServingEngine
     /// <summary>Queues a request; throws InvalidRequestException, PromptTooLongException, EngineOverloadedException or
     /// EngineShutDownException. Cancelling <paramref name="ct"/> frees the request at the engine's next step.</summary>
     IServingRequest Submit(IReadOnlyList<int> promptTokens, RequestOptions options, CancellationToken ct);
-    ServingMetrics Metrics { get; }
+    /// <summary>The engine's gauges and counters that GET /metrics reports (the server adds its own latency histograms).</summary>
+    EngineMetrics Metrics { get; }
     /// <summary>Stops admitting; finishes (or cancels) what is in flight.</summary>
     Task ShutdownAsync(bool cancelInFlight, CancellationToken ct);
 }
@@ -37,24 +38,4 @@ public interface IServingRequest
     IAsyncEnumerable<EnginePiece> Pieces { get; }
     Task<RequestResult> Result { get; }
     int PromptTokens { get; }
-}
-
-/// <summary>The engine's gauges and counters that GET /metrics reports (the server adds its own latency histograms).</summary>
-public sealed record ServingMetrics
-{
-    public int Running { get; init; }
-    public int Waiting { get; init; }
-    public int KvPagesUsed { get; init; }
-    public int KvPagesTotal { get; init; }
-    /// <summary>Prompt tokens looked up in the prefix cache, and of those found there (cumulative).</summary>
-    public long PrefixCacheQueries { get; init; }
-    public long PrefixCacheHits { get; init; }
-    public long PromptTokens { get; init; }
-    public long GeneratedTokens { get; init; }
-    public long RequestsFinished { get; init; }
-    /// <summary>Requests preempted (pages freed, recomputed later) because KV pages ran out.</summary>
-    public long Preemptions { get; init; }
-    /// <summary>The engine's own latencies (from admission, without HTTP), when it keeps them.</summary>
-    public LatencyHistogram? EngineTimeToFirstToken { get; init; }
-    public LatencyHistogram? EngineInterTokenLatency { get; init; }
 }

@@ -5,14 +5,14 @@ using Qwen3Cuda.Tests.Text;
 
 namespace Qwen3Cuda.Tests.Cli;
 
-/// <summary>`generate --draft-model DIR | --draft ngram --num-draft-tokens K` (docs/speculative.md).</summary>
+/// <summary>`generate` and `chat` with `--draft-model DIR | --draft ngram --num-draft-tokens K` (docs/speculative.md).</summary>
 [NonParallelizable]
 public class SpeculativeCliTests
 {
     static string Tiny => CliModels.TinyText();
 
     /// <summary>A synthetic checkpoint with the tiny test tokenizer copied in.</summary>
-    static string WithTokenizer(SyntheticOptions options, string hint)
+    internal static string WithTokenizer(SyntheticOptions options, string hint)
     {
         string dir = TestCheckpoints.NewDir(hint);
         SyntheticCheckpoint.Write(options, dir);
@@ -21,7 +21,7 @@ public class SpeculativeCliTests
         return dir;
     }
 
-    static readonly Lazy<string> DenseDraft = new(() => WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Tiny, Seed = 7, Dense = true, Layers = 1 }, "draft"));
+    internal static readonly Lazy<string> DenseDraft = new(() => WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Tiny, Seed = 7, Dense = true, Layers = 1 }, "draft"));
 
     [Test]
     public void GreedyWithDraftModelOrPromptLookup_PrintsTheSameTokensAndStats()
@@ -40,6 +40,33 @@ public class SpeculativeCliTests
         Assert.That(draft.Err, Does.Contain("speculation: ").And.Contain("drafted tokens accepted"));
         Assert.That(ngram.Err, Does.Contain("speculation: "));
         Assert.That(plain.Err, Does.Not.Contain("speculation: "));
+    }
+
+    [Test]
+    public void Chat_WithPromptLookupOrDraftModel_AnswersAsWithout_AndPrintsStatsPerTurn()
+    {
+        const string input = "the cat sat on the mat, the cat sat\nand then the cat sat\n/exit\n";
+        string[] common = ["chat", "-m", Tiny, "-n", "12", "--temperature", "0", "--device", "cpu", "--no-think"];
+        var plain = CliRunner.RunWithInput(input, common);
+        var ngram = CliRunner.RunWithInput(input, [.. common, "--draft", "ngram", "--num-draft-tokens", "3"]);
+        var draft = CliRunner.RunWithInput(input, [.. common, "--draft-model", DenseDraft.Value]);
+        Assert.That(plain.Exit, Is.Zero, plain.Err);
+        Assert.That(ngram.Exit, Is.Zero, ngram.Err);
+        Assert.That(draft.Exit, Is.Zero, draft.Err);
+        Assert.That(ngram.Out, Is.EqualTo(plain.Out), "greedy answers are the same turn for turn");
+        Assert.That(draft.Out, Is.EqualTo(plain.Out));
+        int Turns(string err) => err.Split('\n').Count(l => l.StartsWith("speculation: ", StringComparison.Ordinal));
+        Assert.That(Turns(ngram.Err), Is.EqualTo(2), ngram.Err);
+        Assert.That(Turns(draft.Err), Is.EqualTo(2), draft.Err);
+        Assert.That(Turns(plain.Err), Is.Zero);
+    }
+
+    [Test]
+    public void Chat_NumDraftTokensWithoutADrafter_IsAUsageError()
+    {
+        var (exit, _, err) = CliRunner.RunWithInput("/exit\n", "chat", "-m", Tiny, "--device", "cpu", "--num-draft-tokens", "3");
+        Assert.That(exit, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("--num-draft-tokens needs --draft-model DIR or --draft ngram"));
     }
 
     [TestCase("0", "--num-draft-tokens: 0 is out of range (1 to 16)")]

@@ -52,7 +52,7 @@ sealed class ScriptedEngine : IServingEngine
         return new Request(this, promptTokens.Count, options, ct);
     }
 
-    public ServingMetrics Metrics => new() { Running = Running, RequestsFinished = Volatile.Read(ref _finished), KvPagesTotal = 16 };
+    public EngineMetrics Metrics => new() { Running = Running, RequestsFinished = Volatile.Read(ref _finished), KvPagesTotal = 16 };
 
     public Task ShutdownAsync(bool cancelInFlight, CancellationToken ct)
     {

@@ -8,7 +8,8 @@ using Qwen3Cuda.Model.Tokenization;
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda chat -m MODEL [--system TEXT] [--tools F.json] [--no-think] [--stop TEXT] [sampling options]`: a multi-turn
+/// `qwen3cuda chat -m MODEL [--system TEXT] [--tools F.json] [--no-think] [--stop TEXT] [sampling options]
+/// [--draft-model DIR | --draft ngram] [--num-draft-tokens K]`: a multi-turn
 /// REPL on stdin. /think and /no_think switch thinking, /reset clears the conversation, /exit (or end of input) quits,
 /// Ctrl+C cancels the answer being generated, and at the prompt ends the chat (saying so; exit code 130). Thinking is
 /// shown dimmed (or between [thinking] markers when output is redirected) and kept out of the history, as the chat
@@ -22,8 +23,10 @@ public static class ChatCommand
         var system = new Option<string?>("--system") { Description = "System prompt", HelpName = "TEXT" };
         var tools = new Option<string?>("--tools") { Description = "JSON file with an array of tool definitions for the chat template", HelpName = "FILE" };
         var s = new SamplingCliOptions();
+        var spec = new SpeculativeCliOptions();
         var cmd = new Command("chat", "Interactive multi-turn chat") { model, system, tools };
         s.AddTo(cmd);
+        spec.AddTo(cmd);
         cmd.SetAction(parse =>
         {
             var stdout = parse.InvocationConfiguration.Output;
@@ -36,12 +39,14 @@ public static class ChatCommand
             var tokenizer = Qwen3Tokenizer.FromModelDirectory(dir);
             var template = ChatTemplate.FromModelDirectory(dir);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            var lm = ModelOpener.Open(dir, backend, s.LoadOptions(parse), stderr);
+            // One answer runs at a time, so the chat's one drafter serves every turn (it re-synchronises from the history).
+            var (drafter, lm) = spec.OpenWithTarget(parse, s, dir, tokenizer, backend, stderr);
+            using var ownedDrafter = drafter;
             var engine = TextCliSupport.StartEngine(lm, tokenizer, template, parse.GetValue(s.MaxNumBatchedTokens) ?? lm.Model.MaxStepRows);
             try
             {
                 if (sampled) stderr.WriteLine($"sampling seed {seed} (--seed {seed} repeats this chat)");
-                var session = new ChatSession(engine, thinking => s.RequestOptions(parse, s.Sampling(parse, dir, thinking, seed), thinking), parse.GetValue(system))
+                var session = new ChatSession(engine, thinking => spec.Apply(parse, s.RequestOptions(parse, s.Sampling(parse, dir, thinking, seed), thinking), drafter), parse.GetValue(system))
                 {
                     Thinking = !parse.GetValue(s.NoThink),
                     Tools = toolsJson,
@@ -147,6 +152,7 @@ public sealed class ChatSession(Engine engine, Func<bool, RequestOptions> option
         if (result.FinishReason == FinishReason.Cancelled) output.WriteLine("[cancelled]");
         output.Flush();
         error.WriteLine(PieceWriter.Stats(result));
+        if (result.Speculation is { } speculation) error.WriteLine(speculation);
         // History keeps the answer; the template drops reasoning of earlier turns itself.
         _history.Add(new ChatMessage("assistant", result.Content, result.Reasoning.Length > 0 ? result.Reasoning : null));
     }

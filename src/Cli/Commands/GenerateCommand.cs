@@ -56,9 +56,8 @@ public static class GenerateCommand
             }
             var ids = tokenizer.Encode(text);
             var backend = ModelOpener.ChooseBackend(parse.GetValue(s.Device)!, stderr);
-            // A draft model loads first (its KV cache sized to the context), the target then plans the memory left.
-            using var drafter = spec.Open(parse, Qwen3Cuda.Model.Config.ModelConfig.Load(dir), tokenizer, backend, parse.GetValue(s.Context), stderr);
-            var lm = ModelOpener.Open(dir, backend, s.LoadOptions(parse) with { MaxOutputRows = spec.TargetOutputRows(parse) }, stderr);
+            var (drafter, lm) = spec.OpenWithTarget(parse, s, dir, tokenizer, backend, stderr);
+            using var ownedDrafter = drafter;
             var engine = TextCliSupport.StartEngine(lm, tokenizer, null, parse.GetValue(s.MaxNumBatchedTokens) ?? lm.Model.MaxStepRows);
             try
             {
@@ -67,7 +66,7 @@ public static class GenerateCommand
                 ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
                 Console.CancelKeyPress += onCancel;
                 RequestResult result;
-                var options = s.RequestOptions(parse, sampling, thinking) with { Drafter = drafter, NumDraftTokens = parse.GetValue(spec.NumDraftTokens) };
+                var options = spec.Apply(parse, s.RequestOptions(parse, sampling, thinking), drafter);
                 try { result = writer.Run(engine, ids, options, cts.Token); }
                 finally { Console.CancelKeyPress -= onCancel; }
                 writer.End();

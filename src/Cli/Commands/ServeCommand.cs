@@ -7,7 +7,8 @@ namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
 /// `qwen3cuda serve -m MODEL [--host 127.0.0.1] [--port 8000] [--api-key K] [--served-model-name N] [--max-num-seqs N]
-/// [--max-num-batched-tokens N] [--device D] [-c N]`: the OpenAI-compatible HTTP server (docs/serving.md) over one
+/// [--max-num-batched-tokens N] [--device D] [-c N] [--draft-model DIR | --draft ngram] [--num-draft-tokens K]`: the
+/// OpenAI-compatible HTTP server (docs/serving.md) over one
 /// <see cref="Engine"/>. Runs until SIGTERM or Ctrl+C, then stops taking requests, lets in-flight ones finish (up to
 /// --shutdown-timeout) and cancels the rest; exit code 0.
 /// </summary>
@@ -32,10 +33,12 @@ public static class ServeCommand
         var util = CliOptions.GpuMemoryUtilization();
         var shutdown = CliOptions.Seconds("--shutdown-timeout", "Seconds a shutdown lets in-flight requests finish before cancelling them", 30);
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No access log line per request on stderr" };
+        var spec = new SpeculativeCliOptions();
         var cmd = new Command("serve", "OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)")
         {
             model, host, port, apiKey, served, maxSeqs, maxTokens, maxWaiting, noPrefix, device, ctx, gpuMemory, util, shutdown, quiet,
         };
+        spec.AddTo(cmd);
         cmd.SetAction(parse =>
         {
             var stderr = parse.InvocationConfiguration.Error;
@@ -46,7 +49,7 @@ public static class ServeCommand
             if (name is { Length: 0 }) throw new UsageException("--served-model-name is empty");
             OpenAiServer.ResolveHost(parse.GetValue(host)!);   // a bad --host fails before the model loads
             string dir = ModelOpener.Resolve(modelSpec, stderr);
-            var options = new EngineOptions
+            var options = spec.ApplyTo(parse, new EngineOptions
             {
                 MaxNumSeqs = parse.GetValue(maxSeqs),
                 MaxNumBatchedTokens = parse.GetValue(maxTokens),
@@ -58,7 +61,7 @@ public static class ServeCommand
                 GpuMemoryUtilization = parse.GetValue(util),
                 ModelName = name ?? DefaultName(modelSpec),
                 Log = stderr,
-            };
+            });
             return Run(dir, options, new ServerOptions
             {
                 Host = parse.GetValue(host)!,
@@ -84,7 +87,7 @@ public static class ServeCommand
         var server = await OpenAiServer.StartAsync(backend, serverOptions).ConfigureAwait(false);
         try
         {
-            stderr.WriteLine($"serving {server.ModelName} (context {engine.ContextLength} tokens, up to {engineOptions.MaxNumSeqs} sequences) on {server.Address} " +
+            stderr.WriteLine($"serving {server.ModelName} (context {engine.ContextLength} tokens, up to {engineOptions.MaxNumSeqs} sequences{(engineOptions.Speculates ? $", speculative decoding with {engine.NumDraftTokens} draft tokens" : "")}) on {server.Address} " +
                              $"(POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics){(serverOptions.ApiKey is null ? "" : "; API key required")}; Ctrl+C or SIGTERM stops");
             stderr.Flush();
             await server.WaitForShutdownAsync().ConfigureAwait(false);

@@ -13,6 +13,8 @@ namespace Qwen3Cuda.Model.Serving;
 internal sealed class EngineStatistics
 {
     public long PrefixQueries, PrefixHits, PromptTokens, GeneratedTokens, RequestsFinished, Preemptions, Steps;
+    /// <summary>Speculative decoding: verification rounds, tokens proposed, proposals accepted.</summary>
+    public long SpecRounds, SpecDraftTokens, SpecAcceptedTokens;
     public readonly LatencyHistogram TimeToFirstToken = new(), InterTokenLatency = new();
 }
 
@@ -53,8 +55,13 @@ public sealed class Engine : IAsyncDisposable
     private readonly List<int> _emitted = [];
     private readonly float[] _logits;
 
-    /// <summary>Takes ownership of <paramref name="model"/> (disposed with the engine).</summary>
-    public Engine(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, ChatTemplate? template, IReadOnlyList<int> eosTokenIds, EngineOptions options)
+    private readonly Speculative.IDraftSource? _drafts;
+
+    /// <summary>Takes ownership of <paramref name="model"/> and <paramref name="drafts"/> (disposed with the engine).</summary>
+    /// <param name="drafts">speculative decoding for every request without a drafter of its own (docs/speculative.md):
+    /// each gets its own drafter from this source, proposing <see cref="EngineOptions.NumDraftTokens"/> tokens per round</param>
+    public Engine(ICausalLanguageModel model, Qwen3Tokenizer tokenizer, ChatTemplate? template, IReadOnlyList<int> eosTokenIds, EngineOptions options,
+        Speculative.IDraftSource? drafts = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -70,6 +77,15 @@ public sealed class Engine : IAsyncDisposable
         ThinkEnd = tokenizer.TokenToId("</think>");
         ToolCallStart = tokenizer.TokenToId("<tool_call>");
         ToolCallEnd = tokenizer.TokenToId("</tool_call>");
+        NumDraftTokens = options.NumDraftTokens ?? EngineOptions.DefaultNumDraftTokens;
+        if (drafts is not null)
+        {
+            int limit = Speculative.SpeculativeDecoder.MaxDraftLimit(model);
+            if (NumDraftTokens > limit)
+                throw new Speculative.SpeculativeDecodingException($"--num-draft-tokens {NumDraftTokens}: a verification step of {NumDraftTokens + 1} rows does not fit the model's step of {limit + 1} output rows (give at most {limit})");
+            Speculative.SpeculativeDecoder.CheckVocabulary(model.VocabSize, drafts.VocabSize);
+        }
+        _drafts = drafts;
         _seqCap = Math.Min(options.MaxNumSeqs, model.MaxSequences);
         _stepTokens = Math.Min(options.MaxNumBatchedTokens, model.MaxStepRows);
         for (int s = model.MaxSequences - 1; s >= 0; s--) _freeSequences.Push(s);
@@ -91,6 +107,10 @@ public sealed class Engine : IAsyncDisposable
     public int VocabSize => _model.VocabSize;
     public IReadOnlySet<int> EosTokenIds { get; }
     public ChatTemplate? Template => _template;
+    /// <summary>The source of every request's drafter when the engine speculates on all of them (null: only requests with <see cref="RequestOptions.Drafter"/>).</summary>
+    internal Speculative.IDraftSource? DraftSource => _drafts;
+    /// <summary>Tokens proposed per round with the engine's draft source.</summary>
+    public int NumDraftTokens { get; }
     internal int? ThinkStart { get; }
     internal int? ThinkEnd { get; }
     internal int? ToolCallStart { get; }
@@ -187,6 +207,7 @@ public sealed class Engine : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _worker.Join();
         _model.Dispose();
+        _drafts?.Dispose();
         _wake.Dispose();
     }
 
@@ -294,7 +315,7 @@ public sealed class Engine : IAsyncDisposable
         {
             var r = _running[i];
             if (r.Tokens.Count - r.Computed == 1 && outputs == 0) { i++; continue; }   // out of output rows, not pages
-            if (r.Options.Drafter is not null && r.Tokens.Count - r.Computed == 1 && TrySpeculate(r, ref budget, ref outputs, ref planned)) { i++; continue; }
+            if (r.Speculates && r.Tokens.Count - r.Computed == 1 && TrySpeculate(r, ref budget, ref outputs, ref planned)) { i++; continue; }
             int n = Fit(r, budget, outputs, kv.FreePages - planned);
             if (n > 0) { planned += Add(r, n, ref budget, ref outputs); i++; continue; }
             if (_running.Count == 1 && planned == 0)
@@ -352,8 +373,9 @@ public sealed class Engine : IAsyncDisposable
     private bool TrySpeculate(RequestState r, ref int budget, ref int outputs, ref long planned)
     {
         var kv = _model.Kv;
-        int rows = r.Options.NumDraftTokens + 1;
+        int rows = r.NumDraftTokens + 1;
         if (rows > budget || rows > outputs || kv.PagesNeeded(r.Sequence, rows) > kv.FreePages - planned) return false;
+        if (!r.EnsureDrafter(_drafts)) return false;   // every draft sequence is taken: a plain decode row this step
         var decoder = r.SpeculativeDecoder(_model);
         int left = r.Options.MaxNewTokens is int max ? max - r.Generated : int.MaxValue;
         int drafted = decoder.Propose(r.Tokens, r.Settings, Math.Max(1, Math.Min(left, ContextLength - r.Tokens.Count + 1)));
@@ -465,7 +487,12 @@ public sealed class Engine : IAsyncDisposable
         var kv = _model.Kv;
         kv.Commit(r.Sequence, r.TokenSpan);
         _emitted.Clear();
-        r.Speculative!.Accept(_batch, r.Tokens, _emitted);   // rolls the sequence back to the history and the accepted proposals
+        var stats = r.Speculative!.Stats;
+        long drafted = stats.DraftedTokens, accepted = stats.AcceptedTokens;
+        r.Speculative.Accept(_batch, r.Tokens, _emitted);
+        _stats.SpecRounds++;
+        _stats.SpecDraftTokens += stats.DraftedTokens - drafted;
+        _stats.SpecAcceptedTokens += stats.AcceptedTokens - accepted;   // rolls the sequence back to the history and the accepted proposals
         r.Computed = kv.Length(r.Sequence);
         foreach (int token in _emitted)
         {
@@ -526,6 +553,9 @@ public sealed class Engine : IAsyncDisposable
             RequestsFinished = _stats.RequestsFinished,
             Preemptions = _stats.Preemptions,
             Steps = _stats.Steps,
+            SpecDecodeRounds = _stats.SpecRounds,
+            SpecDecodeDraftTokens = _stats.SpecDraftTokens,
+            SpecDecodeAcceptedTokens = _stats.SpecAcceptedTokens,
             TimeToFirstToken = _stats.TimeToFirstToken.Copy(),
             InterTokenLatency = _stats.InterTokenLatency.Copy(),
         };

@@ -107,7 +107,9 @@ internal sealed class RequestState
         Tokens = new List<int>(prompt.Count + Math.Min(options.MaxNewTokens ?? 256, 4096));
         Tokens.AddRange(prompt);
         Penalties = new PenaltySettings(options.EffectivePresencePenalty, options.FrequencyPenalty, options.EffectiveRepetitionPenalty);
-        if (options.Drafter is not null) SpeculationStats = new();
+        NumDraftTokens = options.Drafter is not null ? options.NumDraftTokens : engine.NumDraftTokens;
+        // The engine's drafters serve requests without logprobs (a verification round reports tokens, not their logprobs).
+        if (options.Drafter is not null || (engine.DraftSource is not null && options.TopLogprobs < 0)) SpeculationStats = new();
         if (Penalties.Repetition != 1f)
             foreach (int t in prompt) if (_penaltyIndex.TryAdd(t, PenaltyTokens.Count)) { PenaltyTokens.Add(t); PenaltyCounts.Add(0); }
         var s = options.Sampling;
@@ -123,7 +125,7 @@ internal sealed class RequestState
     /// them to every verification row with that row's context: the answer so far and the proposals before the row).
     /// </summary>
     public Speculative.SpeculativeDecoder SpeculativeDecoder(ICausalLanguageModel target) =>
-        Speculative ??= new Speculative.SpeculativeDecoder(target, Sequence, Options.Drafter!, Options.NumDraftTokens)
+        Speculative ??= new Speculative.SpeculativeDecoder(target, Sequence, Drafter!, NumDraftTokens)
         {
             Processor = Penalties.IsNone ? null : (logits, _, proposed) =>
             {
@@ -139,13 +141,34 @@ internal sealed class RequestState
             },
         };
 
-    /// <summary>Drops the speculative decoder (the request leaves its sequence), keeping its counts.</summary>
+    /// <summary>True when the request decodes speculatively (its own drafter, or one from the engine's draft source).</summary>
+    public bool Speculates => SpeculationStats is not null;
+    /// <summary>Tokens proposed per round: the request's with its own drafter, else the engine's.</summary>
+    public readonly int NumDraftTokens;
+    private Speculative.IDrafter? _engineDrafter;   // made by the engine's draft source for this request alone
+    /// <summary>The request's drafter: its options' one, else the one the engine's source made for it (null: none yet).</summary>
+    public Speculative.IDrafter? Drafter => Options.Drafter ?? _engineDrafter;
+
+    /// <summary>Gets a drafter from <paramref name="source"/> when the request has none; false when none is free.</summary>
+    public bool EnsureDrafter(Speculative.IDraftSource? source)
+    {
+        if (Drafter is not null) return true;
+        _engineDrafter = source?.Create();
+        return _engineDrafter is not null;
+    }
+
+    /// <summary>Drops the speculative decoder (the request leaves its sequence), keeping its counts; an engine-made
+    /// drafter goes back to its source (a draft model's sequence is freed; a later round gets one again).</summary>
     public void ReleaseSpeculative()
     {
-        if (Speculative is null) return;
-        SpeculationStats!.Add(Speculative.Stats);
-        Speculative.Dispose();
-        Speculative = null;
+        if (Speculative is not null)
+        {
+            SpeculationStats!.Add(Speculative.Stats);
+            Speculative.Dispose();
+            Speculative = null;
+        }
+        _engineDrafter?.Dispose();
+        _engineDrafter = null;
     }
     public int Generated => Tokens.Count - PromptLength;
     /// <summary>The step's output row: a token sampled on the backend (penalties applied there), or logits for host sampling (logprobs).</summary>

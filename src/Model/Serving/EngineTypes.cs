@@ -26,6 +26,17 @@ public sealed record EngineOptions
     public string? ModelName { get; init; }
     /// <summary>Load progress and one-line notes; null: silent.</summary>
     public TextWriter? Log { get; init; }
+    /// <summary>--draft-model: speculative decoding on every request with this draft model (a folder or Hugging Face id of
+    /// a smaller model with the target's tokenizer), loaded once; each request drafts in a sequence of its own.</summary>
+    public string? DraftModel { get; init; }
+    /// <summary>--draft: speculative decoding on every request without a draft model ("ngram": prompt lookup).</summary>
+    public string? Draft { get; init; }
+    /// <summary>--num-draft-tokens: tokens proposed per verification step (k); null: <see cref="DefaultNumDraftTokens"/>
+    /// with a drafter, and refused without one.</summary>
+    public int? NumDraftTokens { get; init; }
+    public const int DefaultNumDraftTokens = 4;
+    /// <summary>True when every request speculates (<see cref="DraftModel"/> or <see cref="Draft"/>).</summary>
+    public bool Speculates => DraftModel is not null || Draft is not null;
 
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the option.</summary>
     public void Validate()
@@ -33,6 +44,16 @@ public sealed record EngineOptions
         if (MaxNumSeqs < 1 || MaxNumSeqs > 4096) throw new ArgumentOutOfRangeException(nameof(MaxNumSeqs), MaxNumSeqs, $"--max-num-seqs {MaxNumSeqs} must be in [1, 4096]");
         if (MaxNumBatchedTokens < 1) throw new ArgumentOutOfRangeException(nameof(MaxNumBatchedTokens), MaxNumBatchedTokens, $"--max-num-batched-tokens {MaxNumBatchedTokens} must be positive");
         if (MaxWaitingRequests < 0) throw new ArgumentOutOfRangeException(nameof(MaxWaitingRequests), MaxWaitingRequests, $"max waiting requests {MaxWaitingRequests} must be >= 0");
+        if (DraftModel is not null && Draft is not null)
+            throw new ArgumentException("give either --draft-model DIR or --draft ngram, not both", nameof(Draft));
+        if (DraftModel is { Length: 0 }) throw new ArgumentException("--draft-model is empty: give a model folder or Hugging Face id", nameof(DraftModel));
+        if (Draft is not null && Draft != "ngram") throw new ArgumentException($"--draft: '{Draft}' is not one of ngram", nameof(Draft));
+        if (NumDraftTokens is int k)
+        {
+            if (!Speculates) throw new ArgumentException("--num-draft-tokens needs --draft-model DIR or --draft ngram", nameof(NumDraftTokens));
+            if (k < 1 || k > Speculative.SpeculativeDecoder.MaxDraftTokens)
+                throw new ArgumentOutOfRangeException(nameof(NumDraftTokens), k, $"--num-draft-tokens: {k} is out of range (1 to {Speculative.SpeculativeDecoder.MaxDraftTokens})");
+        }
     }
 }
 
@@ -242,6 +263,17 @@ public sealed record EngineMetrics
     public long RequestsFinished { get; init; }
     public long Preemptions { get; init; }
     public long Steps { get; init; }
+    /// <summary>Speculative decoding (docs/speculative.md): verification rounds (vLLM's num_drafts), tokens the drafters
+    /// proposed, and of those the ones the target accepted.</summary>
+    public long SpecDecodeRounds { get; init; }
+    public long SpecDecodeDraftTokens { get; init; }
+    public long SpecDecodeAcceptedTokens { get; init; }
+    /// <summary>Accepted over proposed tokens (0 when none were proposed).</summary>
+    public double SpecDecodeAcceptanceRate => SpecDecodeDraftTokens > 0 ? (double)SpecDecodeAcceptedTokens / SpecDecodeDraftTokens : 0;
+    /// <summary>Tokens a verification round emits on average: the accepted proposals plus the target's own token (vLLM's
+    /// mean acceptance length; 0 before the first round).</summary>
+    public double SpecDecodeMeanAcceptanceLength => SpecDecodeRounds > 0 ? 1 + (double)SpecDecodeAcceptedTokens / SpecDecodeRounds : 0;
+    /// <summary>The engine's own latencies (from submission, without HTTP).</summary>
     public LatencyHistogram TimeToFirstToken { get; init; } = new();
     public LatencyHistogram InterTokenLatency { get; init; } = new();
 }

@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Tokenization;
 using Qwen3Cuda.Runtime;
 
@@ -17,5 +18,21 @@ public static class DraftCompatibility
         for (int id = 0; id < target.VocabSize; id++)
             if (!target.TokenBytes(id).SequenceEqual(draft.TokenBytes(id)))
                 throw new SpeculativeDecodingException($"{draftName}'s tokenizer differs from the target's at token id {id}: a draft must share the target's tokenizer", ErrorKind.InvalidInput);
+    }
+
+    /// <summary>
+    /// Checks a draft model folder against the target before it loads: vocab_size (config.json) and every token's bytes
+    /// (tokenizer.json, which must be there); returns the draft's config. <paramref name="label"/> names the draft in
+    /// messages ("--draft-model DIR").
+    /// </summary>
+    public static ModelConfig CheckDraftModel(string draftDirectory, string label, ModelConfig target, Qwen3Tokenizer targetTokenizer)
+    {
+        var config = ModelConfig.Load(draftDirectory);
+        SpeculativeDecoder.CheckVocabulary(target.VocabSize, config.VocabSize);
+        string tokenizerPath = Path.Combine(draftDirectory, "tokenizer.json");
+        if (!File.Exists(tokenizerPath))
+            throw new SpeculativeDecodingException($"{label}: {tokenizerPath} not found; the draft's tokenizer must be checked against the target's", ErrorKind.InvalidInput);
+        CheckTokenizers(targetTokenizer, Qwen3Tokenizer.FromModelDirectory(draftDirectory), label);
+        return config;
     }
 }
