@@ -43,4 +43,37 @@ public class DecodeStepAllocationTests
         Assert.That(device.GraphLaunches, Is.EqualTo(25), "every step replayed the captured graph");
         Assert.That(allocated, Is.Zero, $"{allocated / 20.0:F0} bytes per step");
     }
+
+    /// <summary>
+    /// The engine's decode step: one row of each of four running sequences at different lengths in one batch (the
+    /// batch-4 graph replayed), the pinned inputs of all four rows, the block tables, and their results. It failed with
+    /// 56 bytes over the 20 steps while a sequence's block table (a List) grew its array when the sequence took its fifth
+    /// page; the page table now sizes it for the longest sequence up front.
+    /// </summary>
+    [TestCase(StepOutput.Sample, 0f, TestName = "BatchedDecodeStep_AllocatesNothing(greedy)")]
+    [TestCase(StepOutput.Sample, 0.6f, TestName = "BatchedDecodeStep_AllocatesNothing(sampled)")]
+    [TestCase(StepOutput.Logits, 0f, TestName = "BatchedDecodeStep_AllocatesNothing(logits)")]
+    public void BatchedDecodeStep_AllocatesNothing(StepOutput output, float temperature)
+    {
+        const int rows = 4;
+        using var emu = new EmulatedDevice(new EmulatorOptions { Modes = EmulatorModes.Fast });
+        var device = new HostOnlyDevice(emu);
+        using var model = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(), new DeviceModelOptions { ContextLength = 256, MaxSequences = rows, MaxBatch = rows });
+        for (int s = 0; s < rows; s++) model.SkipTokens(s, 10 + 17 * s);   // different lengths and page counts per sequence
+        var settings = new SamplingSettings(Temperature: temperature, TopK: 20, TopP: 0.95f, Seed: 1);
+        var batch = new StepBatch(rows);
+        void Step()
+        {
+            batch.Clear();
+            for (int s = 0; s < rows; s++) batch.Add(s, 7 + s, model.Kv.Length(s), output, settings);
+            model.Step(batch);
+            emu.ClearLaunches();
+        }
+        for (int i = 0; i < 5; i++) Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 20; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.That(device.GraphLaunches, Is.EqualTo(25), "every step replayed the captured batch-4 graph");
+        Assert.That(allocated, Is.Zero, $"{allocated / 20.0:F0} bytes per step");
+    }
 }

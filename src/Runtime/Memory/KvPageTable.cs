@@ -50,7 +50,7 @@ public sealed class KvPageTable
         _cached = new CachedPage?[pages];
         _evictNode = new LinkedListNode<int>?[pages];
         _sequences = new SequencePages[maxSequences];
-        for (int s = 0; s < maxSequences; s++) _sequences[s] = new SequencePages();
+        for (int s = 0; s < maxSequences; s++) _sequences[s] = new SequencePages(maxPagesPerSequence);
     }
 
     public int Pages { get; }
@@ -292,9 +292,11 @@ public sealed class KvPageTable
         return h == 0 ? 1 : h;   // 0 is the root's parent key
     }
 
-    private sealed class SequencePages
+    /// <summary>A sequence's pages; the block table has room for the longest one from the start, so that taking a page in
+    /// a decode step allocates nothing (4 bytes per page: 64 KiB for 256k tokens in pages of 16).</summary>
+    private sealed class SequencePages(int maxPages)
     {
-        public readonly List<int> Pages = [];
+        public readonly List<int> Pages = new(maxPages);
         public readonly List<ulong> Keys = [];   // chained keys of the committed leading pages
         public int Length;
     }
