@@ -29,21 +29,21 @@ public sealed class ServeSpeculativeTests
 
     /// <summary>Starts an engine on the tiny text model (CPU reference) behind a server, sends every prompt at once
     /// (greedy, 24 tokens each) and returns the answers' texts and the scraped metrics.</summary>
-    static async Task<(string[] Texts, Dictionary<string, double> Metrics)> Serve(EngineOptions speculation)
+    static async Task<(string[] Texts, Dictionary<string, double> Metrics)> Serve(EngineOptions speculation, string device = "cpu", int maxTokens = 24)
     {
         string dir = CliModels.TinyText();
-        await using var engine = await Engine.LoadAsync(dir, speculation with { Device = "cpu", ContextLength = 96, MaxNumSeqs = 4, ModelName = "tiny" });
+        await using var engine = await Engine.LoadAsync(dir, speculation with { Device = device, ContextLength = 96, MaxNumSeqs = 4, ModelName = "tiny" });
         var server = await OpenAiServer.StartAsync(new EngineBackend(engine, dir), new ServerOptions { Host = "127.0.0.1", Port = 0 });
         await using var owned = server;
         using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromSeconds(120) };
         var answers = await Task.WhenAll(Prompts.Select(async p =>
         {
-            string body = $$"""{"prompt": [{{string.Join(",", p)}}], "max_tokens": 24, "temperature": 0, "ignore_eos": true}""";
+            string body = $$"""{"prompt": [{{string.Join(",", p)}}], "max_tokens": {{maxTokens}}, "temperature": 0, "ignore_eos": true}""";
             var r = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"));
             string text = await r.Content.ReadAsStringAsync();
             Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), text);
             var json = JsonDocument.Parse(text).RootElement;
-            Assert.That(json.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(24));
+            Assert.That(json.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(maxTokens));
             Assert.That(json.GetProperty("usage").EnumerateObject().Select(u => u.Name),
                 Is.EquivalentTo(new[] { "prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details" }), "usage keeps OpenAI's shape");
             return json.GetProperty("choices")[0].GetProperty("text").GetString()!;
@@ -90,6 +90,46 @@ public sealed class ServeSpeculativeTests
         Assert.That(spec.Texts, Is.EqualTo(plain.Texts));
         Assert.That(spec.Metrics["qwen3cuda_spec_decode_num_accepted_tokens_total"], Is.EqualTo(spec.Metrics["qwen3cuda_spec_decode_num_draft_tokens_total"]).And.GreaterThan(0));
         Assert.That(spec.Metrics["qwen3cuda_spec_decode_acceptance_rate"], Is.EqualTo(1.0));
+    }
+
+    [Test]
+    public async Task Emulator_DraftModel_GreedyAnswersEqualPlainServing()
+    {
+        // The device model's step takes k + 1 output rows per running request (4 x 4 here): the loader sizes them.
+        var plain = await Serve(new EngineOptions(), "emulator", maxTokens: 10);
+        var spec = await Serve(new EngineOptions { DraftModel = SpeculativeCliTests.DenseDraft.Value, NumDraftTokens = 3 }, "emulator", maxTokens: 10);
+        Assert.That(spec.Texts, Is.EqualTo(plain.Texts));
+        Report("emulator, dense draft k 3", spec.Metrics);
+        Assert.That(spec.Metrics["qwen3cuda_spec_decode_num_draft_tokens_total"], Is.GreaterThan(0));
+        AssertRatios(spec.Metrics, 3);
+    }
+
+    [Test]
+    public async Task SampledAndLogprobsRequests_AreServedToo()
+    {
+        string dir = CliModels.TinyText();
+        await using var engine = await Engine.LoadAsync(dir, new EngineOptions { Device = "cpu", ContextLength = 96, MaxNumSeqs = 2, ModelName = "tiny", Draft = "ngram" });
+        var server = await OpenAiServer.StartAsync(new EngineBackend(engine, dir), new ServerOptions { Host = "127.0.0.1", Port = 0 });
+        await using var owned = server;
+        using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromSeconds(120) };
+        async Task<JsonElement> Complete(string extra)
+        {
+            string body = $$"""{"prompt": [{{string.Join(",", Prompts[0])}}], "max_tokens": 12, "ignore_eos": true, {{extra}}}""";
+            var r = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+            string text = await r.Content.ReadAsStringAsync();
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), text);
+            return JsonDocument.Parse(text).RootElement;
+        }
+        var a = await Complete("\"temperature\": 0.8, \"top_k\": 50, \"seed\": 11");
+        var b = await Complete("\"temperature\": 0.8, \"top_k\": 50, \"seed\": 11");
+        Assert.That(a.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(12));
+        Assert.That(b.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(a.GetProperty("choices")[0].GetProperty("text").GetString()), "a seeded sampled request repeats");
+        double rounds = engine.Metrics.SpecDecodeRounds;
+        Assert.That(rounds, Is.GreaterThan(0), "the sampled requests speculated");
+        // logprobs: this request decodes without speculation (rounds report tokens, not logprobs), and gets one per token
+        var c = await Complete("\"temperature\": 0, \"logprobs\": 2");
+        Assert.That(c.GetProperty("choices")[0].GetProperty("logprobs").GetProperty("token_logprobs").GetArrayLength(), Is.EqualTo(12));
+        Assert.That(engine.Metrics.SpecDecodeRounds, Is.EqualTo(rounds), "no round for the logprobs request");
     }
 
     /// <summary>The gauges follow from the counters: rate = accepted / proposed, mean length = 1 + accepted / rounds (at most k + 1).</summary>
