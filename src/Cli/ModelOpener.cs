@@ -13,10 +13,10 @@ namespace Qwen3Cuda.Cli;
 /// </summary>
 public static class ModelOpener
 {
-    /// <summary>The folder for a --model value; for demo, says (one line) what the demo is.</summary>
-    public static string Resolve(string model, TextWriter stderr)
+    /// <summary>The folder for a --model value (or another option's: <paramref name="option"/>); for demo, says (one line) what the demo is.</summary>
+    public static string Resolve(string model, TextWriter stderr, string option = "--model")
     {
-        string dir = ModelLocator.Resolve(model, line => { stderr.WriteLine(line); stderr.Flush(); });
+        string dir = ModelLocator.Resolve(model, line => { stderr.WriteLine(line); stderr.Flush(); }, option);
         if (model == ModelLocator.DemoName)
             stderr.WriteLine($"demo model ({dir}): random weights with the real Qwen3 tokenizer, so its text is meaningless; it shows that everything runs. For real text, use --model with a Qwen3 checkpoint.");
         return dir;

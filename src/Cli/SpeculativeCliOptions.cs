@@ -70,7 +70,7 @@ sealed class SpeculativeCliOptions
         if (!Check(parse)) return null;
         string? modelSpec = parse.GetValue(DraftModel);
         if (modelSpec is null) return new NgramDrafter();
-        string dir = ModelOpener.Resolve(modelSpec, stderr);
+        string dir = ModelOpener.Resolve(modelSpec, stderr, "--draft-model");
         var config = DraftCompatibility.CheckDraftModel(dir, $"--draft-model {modelSpec}", target, targetTokenizer);
         stderr.Write("draft model: ");
         // The draft's KV cache: --ctx-size, else at most DefaultDraftContext tokens (past its context the draft proposes

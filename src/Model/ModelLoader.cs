@@ -184,7 +184,7 @@ public static class ModelLoader
             return new NgramDraftSource();
         }
         if (options.DraftModel is not { } spec) return null;
-        string draftDir = ModelLocator.Resolve(spec, log);
+        string draftDir = ModelLocator.Resolve(spec, log, "--draft-model");
         var target = ModelConfig.Load(targetDir);
         var config = DraftCompatibility.CheckDraftModel(draftDir, $"--draft-model {spec}", target, tokenizer);
         int context = options.ContextLength ?? Math.Min(ModelDraftSource.DefaultContextTokens, Math.Min(config.MaxPositionEmbeddings, target.MaxPositionEmbeddings));

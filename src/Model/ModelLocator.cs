@@ -40,18 +40,19 @@ public static partial class ModelLocator
 
     /// <summary>
     /// The folder for <paramref name="model"/>. <paramref name="log"/> hears about slow first-time work (writing the demo).
-    /// Throws <see cref="ModelNotFoundException"/> naming the paths tried.
+    /// Throws <see cref="ModelNotFoundException"/> naming the paths tried, and <paramref name="option"/> (--model, or
+    /// --draft-model for a draft).
     /// </summary>
-    public static string Resolve(string model, Action<string>? log = null)
+    public static string Resolve(string model, Action<string>? log = null, string option = "--model")
     {
-        if (string.IsNullOrWhiteSpace(model)) throw new ModelNotFoundException("--model is empty: give a folder, a Hugging Face repo id or demo");
+        if (string.IsNullOrWhiteSpace(model)) throw new ModelNotFoundException($"{option} is empty: give a folder, a Hugging Face repo id or demo");
         if (model == DemoName) return EnsureDemo(log: log);
         if (Directory.Exists(model)) return model;
         if (File.Exists(model))
-            throw new ModelNotFoundException($"--model '{model}' is a file; give the folder that holds config.json and the *.safetensors files");
+            throw new ModelNotFoundException($"{option} '{model}' is a file; give the folder that holds config.json and the *.safetensors files");
         if (RepoId().Match(model) is { Success: true } m && !model.StartsWith('.'))
-            return HuggingFaceSnapshot(m.Groups["org"].Value, m.Groups["name"].Value, m.Groups["rev"].Success ? m.Groups["rev"].Value : "main");
-        throw new ModelNotFoundException($"--model: folder '{model}' does not exist (give a model folder, a Hugging Face repo id like Qwen/Qwen3-30B-A3B, or demo)");
+            return HuggingFaceSnapshot(m.Groups["org"].Value, m.Groups["name"].Value, m.Groups["rev"].Success ? m.Groups["rev"].Value : "main", option);
+        throw new ModelNotFoundException($"{option}: folder '{model}' does not exist (give a model folder, a Hugging Face repo id like Qwen/Qwen3-30B-A3B, or demo)");
     }
 
     [GeneratedRegex(@"^(?<org>[A-Za-z0-9][\w.-]*)/(?<name>[\w.-]+)(@(?<rev>[\w.-]+))?$")]
@@ -71,14 +72,14 @@ public static partial class ModelLocator
     /// The snapshot folder of a repo in the Hugging Face cache: models--ORG--NAME/snapshots/COMMIT, COMMIT read from
     /// refs/REVISION (or REVISION itself when it names a snapshot).
     /// </summary>
-    public static string HuggingFaceSnapshot(string org, string name, string revision = "main")
+    public static string HuggingFaceSnapshot(string org, string name, string revision = "main", string option = "--model")
     {
         string id = $"{org}/{name}";
         string hub = HuggingFaceHubCache();
         string repo = Path.Combine(hub, $"models--{org}--{name}");
         string download = $"download it with `huggingface-cli download {id}` (or `hf download {id}`), or set HF_HOME / HF_HUB_CACHE to the cache that has it";
         if (!Directory.Exists(repo))
-            throw new ModelNotFoundException($"--model {id}: no folder of that name here, and not in the Hugging Face cache: '{repo}' does not exist; {download}");
+            throw new ModelNotFoundException($"{option} {id}: no folder of that name here, and not in the Hugging Face cache: '{repo}' does not exist; {download}");
         string? snapshot = null;
         string refFile = Path.Combine(repo, "refs", revision);
         if (File.Exists(refFile)) snapshot = Path.Combine(repo, "snapshots", File.ReadAllText(refFile).Trim());
@@ -88,11 +89,11 @@ public static partial class ModelLocator
             var all = Directory.Exists(Path.Combine(repo, "snapshots")) ? Directory.GetDirectories(Path.Combine(repo, "snapshots")) : [];
             if (all.Length == 1 && revision == "main") snapshot = all[0];
             else
-                throw new ModelNotFoundException($"--model {id}: '{refFile}' does not exist and {all.Length} snapshots are cached in '{Path.Combine(repo, "snapshots")}'" +
+                throw new ModelNotFoundException($"{option} {id}: '{refFile}' does not exist and {all.Length} snapshots are cached in '{Path.Combine(repo, "snapshots")}'" +
                     (all.Length > 1 ? $" (name one: {id}@{Path.GetFileName(all[0])})" : $"; {download}"));
         }
         if (!File.Exists(Path.Combine(snapshot, "config.json")))
-            throw new ModelNotFoundException($"--model {id}: the cached snapshot '{snapshot}' has no config.json (an interrupted download?); {download}");
+            throw new ModelNotFoundException($"{option} {id}: the cached snapshot '{snapshot}' has no config.json (an interrupted download?); {download}");
         return snapshot;
     }
 

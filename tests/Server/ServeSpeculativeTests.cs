@@ -6,6 +6,7 @@ using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Serving;
 using Qwen3Cuda.Server;
 using Qwen3Cuda.Tests.Cli;
+using Qwen3Cuda.Tests.Model;
 using Qwen3Cuda.Tests.Support;
 
 namespace Qwen3Cuda.Tests.Server;
@@ -159,6 +160,15 @@ public sealed class ServeSpeculativeTests
         Assert.That(exit, Is.EqualTo(ExitCodes.Usage), err);
         Assert.That(err.Trim().Split('\n'), Has.Length.EqualTo(1), err);
         Assert.That(err, Does.StartWith("error: ").And.Contain(message));
+    }
+
+    [Test]
+    public void MissingDraftModel_IsNamedAsTheDraftModel()
+    {
+        string missing = Path.Combine(TestCheckpoints.Root, "no-such-draft");
+        var (exit, _, err) = CliRunner.Run("serve", "-m", CliModels.TinyText(), "--device", "cpu", "--port", "0", "--draft-model", missing);
+        Assert.That(exit, Is.EqualTo(1), err);
+        Assert.That(err.Trim(), Is.EqualTo($"error: --draft-model: folder '{missing}' does not exist (give a model folder, a Hugging Face repo id like Qwen/Qwen3-30B-A3B, or demo)"));
     }
 
     [Test]
