@@ -19,6 +19,11 @@ namespace Qwen3Cuda.Tests.Server;
 [TestFixture, NonParallelizable, CancelAfter(300_000)]
 public sealed class ServeSpeculativeTests
 {
+    string? _oldCache;
+
+    [OneTimeSetUp] public void SaveCache() => _oldCache = Environment.GetEnvironmentVariable(Qwen3Cuda.Model.ModelLocator.CacheEnvironmentVariable);
+    [OneTimeTearDown] public void RestoreCache() => Environment.SetEnvironmentVariable(Qwen3Cuda.Model.ModelLocator.CacheEnvironmentVariable, _oldCache);
+
     /// <summary>Prompts (token ids of the tiny vocabulary) that repeat themselves, so prompt lookup finds proposals.</summary>
     static readonly int[][] Prompts =
     [
@@ -160,6 +165,20 @@ public sealed class ServeSpeculativeTests
         Assert.That(exit, Is.EqualTo(ExitCodes.Usage), err);
         Assert.That(err.Trim().Split('\n'), Has.Length.EqualTo(1), err);
         Assert.That(err, Does.StartWith("error: ").And.Contain(message));
+    }
+
+    [Test]
+    public void BenchServe_InProcessWithPromptLookup_ReportsAcceptance()
+    {
+        CliModels.UseTestModelCache();   // bench-serve's random prompts are ids of the real vocabulary: the demo model
+        var (exit, output, err) = CliRunner.Run("bench-serve", "-m", "demo", "--device", "cpu", "-c", "64", "--max-num-seqs", "4",
+            "--num-prompts", "8", "--max-concurrency", "4", "--input-len", "8", "--output-len", "8", "--draft", "ngram", "--num-draft-tokens", "2");
+        Assert.That(exit, Is.Zero, err);
+        Assert.That(output, Does.Contain("Successful requests:"));
+        Assert.That(err, Does.Match(@"speculative decoding: [1-9][0-9]* rounds, [0-9]+/[0-9]+ drafted tokens accepted"));
+        var url = CliRunner.Run("bench-serve", "--url", "http://127.0.0.1:1", "--num-prompts", "1", "--draft", "ngram");
+        Assert.That(url.Exit, Is.EqualTo(ExitCodes.Usage));
+        Assert.That(url.Err, Does.Contain("--draft-model, --draft and --num-draft-tokens set up a server started in process"));
     }
 
     [Test]

@@ -48,6 +48,8 @@ public static class BenchServeCommand
         {
             url, model, apiKey, name, prompts, rate, concurrency, inputLen, outputLen, seed, device, ctx, maxSeqs, maxTokens,
         };
+        var spec = new SpeculativeCliOptions();
+        spec.AddTo(cmd);
         cmd.SetAction(parse =>
         {
             var stdout = parse.InvocationConfiguration.Output;
@@ -69,6 +71,8 @@ public static class BenchServeCommand
             string? note = null;
             if (u is not null)
             {
+                if (parse.GetValue(spec.DraftModel) is not null || parse.GetValue(spec.Draft) is not null || parse.GetResult(spec.NumDraftTokens) is { Implicit: false })
+                    throw new UsageException("--draft-model, --draft and --num-draft-tokens set up a server started in process (-m MODEL); a server at --url speculates as it was started");
                 if (!Uri.TryCreate(u.EndsWith('/') ? u : u + "/", UriKind.Absolute, out var baseUrl) || baseUrl.Scheme is not ("http" or "https"))
                     throw new UsageException($"--url '{u}' is not an http(s) URL such as http://127.0.0.1:8000");
                 result = ServeBenchmark.RunAsync(baseUrl, options).GetAwaiter().GetResult();
@@ -79,11 +83,11 @@ public static class BenchServeCommand
                 // auto decided here, so that the report knows whether its times are GPU times.
                 var backend = ModelOpener.ChooseBackend(parse.GetValue(device)!, stderr);
                 string dev = backend.ToString().ToLowerInvariant();
-                var engineOptions = new EngineOptions
+                var engineOptions = spec.ApplyTo(parse, new EngineOptions
                 {
                     Device = dev, ContextLength = parse.GetValue(ctx), MaxNumSeqs = parse.GetValue(maxSeqs), MaxNumBatchedTokens = parse.GetValue(maxTokens),
                     MaxWaitingRequests = Math.Max(1024, options.NumPrompts), ModelName = ServeCommand.DefaultName(m!), Log = stderr,
-                };
+                });
                 result = InProcess(dir, engineOptions, options, stderr).GetAwaiter().GetResult();
                 if (backend != Qwen3Cuda.Runtime.BackendKind.Cuda)
                     note = $"note: on the {(backend == Qwen3Cuda.Runtime.BackendKind.Cpu ? "CPU reference" : "PTX emulator")} the counts (requests, tokens, failures) are meaningful; the times are not GPU times.";
@@ -105,7 +109,15 @@ public static class BenchServeCommand
         {
             stderr.WriteLine($"bench-serve: {options.NumPrompts} requests to {engine.ModelName} ({engineOptions.Device}) via {server.Address}");
             stderr.Flush();
-            return await ServeBenchmark.RunAsync(server.Address, options).ConfigureAwait(false);
+            var result = await ServeBenchmark.RunAsync(server.Address, options).ConfigureAwait(false);
+            if (engineOptions.Speculates)
+            {
+                var e = engine.Metrics;
+                stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"speculative decoding: {e.SpecDecodeRounds} rounds, {e.SpecDecodeAcceptedTokens}/{e.SpecDecodeDraftTokens} drafted tokens accepted ({e.SpecDecodeAcceptanceRate:P1}), mean acceptance length {e.SpecDecodeMeanAcceptanceLength:F2}"));
+                stderr.Flush();
+            }
+            return result;
         }
     }
 }
