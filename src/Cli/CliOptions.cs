@@ -54,8 +54,9 @@ public static class CliOptions
     public static Option<int?> MaxNumBatchedTokens() => NullableInt("--max-num-batched-tokens", [],
         "Token rows per step: decode rows plus prefill chunks (default: 2048 for serving; for generate/chat the backend's prefill chunk, 512 on a GPU, 64 on the emulator)", 1, 1 << 20);
 
-    public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context"],
-        "Tokens of context per sequence (default: the model's max_position_embeddings, or on a GPU as many as fit)", 1, MaxContextTokens, "N");
+    public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context", "--max-model-len"],
+        "Tokens of context per sequence, the longest a request may be (default: the model's max_position_embeddings; 4096 at most on the emulator). " +
+        "The KV cache is one pool of pages shared by the sequences, sized from the memory left (docs/memory.md)", 1, MaxContextTokens, "N");
 
     public static Option<long?> GpuMemory() => new("--gpu-memory")
     {
