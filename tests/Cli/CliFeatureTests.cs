@@ -72,6 +72,31 @@ public class CliFeatureTests
         Assert.That(stopped.Err, Does.Contain("stop: stop string"));
     }
 
+    /// <summary>
+    /// --frequency-penalty reaches the engine: the greedy answer with it is the library engine's answer with
+    /// RequestOptions.FrequencyPenalty (same prompt, CPU), and it differs from the answer without it (which repeats tokens).
+    /// </summary>
+    [Test]
+    public async Task FrequencyPenalty_ReachesTheEngine()
+    {
+        string[] common = ["generate", "-m", Tiny, "-p", "the dog", "-n", "24", "--temperature", "0", "--presence-penalty", "0", "--repetition-penalty", "1", "--device", "cpu", "--print-token-ids"];
+        var plain = CliRunner.Run(common);
+        var penalized = CliRunner.Run([.. common, "--frequency-penalty", "2"]);
+        Assert.That(plain.Exit, Is.Zero, plain.Err);
+        Assert.That(penalized.Exit, Is.Zero, penalized.Err);
+        var plainIds = PrintedIds(plain.Err);
+        Assume.That(plainIds.Distinct().Count(), Is.LessThan(plainIds.Length), "the unpenalized greedy answer repeats a token");
+
+        await using var engine = await Qwen3Cuda.Model.Serving.Engine.LoadAsync(Tiny, new Qwen3Cuda.Model.Serving.EngineOptions { Device = "cpu", MaxNumSeqs = 1 });
+        var prompt = Qwen3Tokenizer.FromModelDirectory(Tiny).Encode("the dog");
+        var expected = await engine.CompleteAsync(prompt, new Qwen3Cuda.Model.Serving.RequestOptions
+        {
+            Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy, MaxNewTokens = 24, FrequencyPenalty = 2,
+        });
+        Assert.That(PrintedIds(penalized.Err), Is.EqualTo(expected.Tokens));
+        Assert.That(PrintedIds(penalized.Err), Is.Not.EqualTo(plainIds));
+    }
+
     [Test]
     public void Seed_IsPrintedWhenSampling_AndRepeatsTheRun()
     {
