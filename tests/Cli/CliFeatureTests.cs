@@ -208,12 +208,12 @@ public class CliFeatureTests
         Assert.That(warm.ToString(), Is.Empty, "a warm cache prints nothing");
     }
 
-    /// <summary>The memory summary after a device load names weights, KV cache (context, pages) and workspace.</summary>
+    /// <summary>The memory summary after a device load names weights, the KV pool (pages, tokens, context, concurrency) and workspace.</summary>
     [Test]
     public void DeviceLoad_PrintsAMemorySummary()
     {
         var (exit, _, err) = CliRunner.Run("generate", "-m", Tiny, "-p", "hi", "-n", "1", "--temperature", "0", "--device", "emulator", "-c", "256");
         Assert.That(exit, Is.Zero, err);
-        Assert.That(err, Does.Match(@"loaded qwen3_moe \(0\.2 M parameters\) on .*emulator.* in \d+\.\d\d s; memory: weights 372\.5 KiB, KV cache 6\d\.\d KiB \(256 tokens x 1 sequence\(s\), 17 pages of 16\), workspace [\d.]+ KiB; device [\d.]+ GiB free of"));
+        Assert.That(err, Does.Match(@"loaded qwen3_moe \(0\.2 M parameters\) on .*emulator.* in \d+\.\d\d s; memory: weights 372\.5 KiB, KV cache 6\d\.\d KiB \(a pool of 16 pages of 16 = 256 tokens for up to 1 sequence\(s\) of up to 256 tokens; max concurrency at full context 1\.00x\), workspace [\d.]+ KiB; device [\d.]+ GiB free of"));
     }
 }
