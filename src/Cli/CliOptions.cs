@@ -54,8 +54,9 @@ public static class CliOptions
     public static Option<int?> MaxNumBatchedTokens() => NullableInt("--max-num-batched-tokens", [],
         "Token rows per step: decode rows plus prefill chunks (default: 2048 for serving; for generate/chat the backend's prefill chunk, 512 on a GPU, 64 on the emulator)", 1, 1 << 20);
 
-    public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context"],
-        "Tokens of context per sequence (default: the model's max_position_embeddings, or on a GPU as many as fit)", 1, MaxContextTokens, "N");
+    public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context", "--max-model-len"],
+        "Tokens of context per sequence, the longest a request may be (default: the model's max_position_embeddings; 4096 at most on the emulator). " +
+        "The KV cache is one pool of pages shared by the sequences, sized from the memory left (docs/memory.md)", 1, MaxContextTokens, "N");
 
     public static Option<long?> GpuMemory() => new("--gpu-memory")
     {
@@ -211,6 +212,8 @@ sealed class SamplingCliOptions
     public readonly Option<float?> TopP = Float("--top-p", [], "Nucleus sampling mass in (0, 1]", v => new SamplingOptions { TopP = v });
     public readonly Option<float?> MinP = Float("--min-p", [], "Drop tokens below this fraction of the most likely one, in [0, 1]", v => new SamplingOptions { MinP = v });
     public readonly Option<float?> PresencePenalty = Float("--presence-penalty", [], "Subtracted from logits of generated tokens, in [-2, 2]", v => new SamplingOptions { PresencePenalty = v });
+    public readonly Option<float?> FrequencyPenalty = Float("--frequency-penalty", [], "Subtracted from logits of generated tokens once per occurrence, in [-2, 2]",
+        v => { if (!(v >= -2 && v <= 2)) throw new ArgumentException($"--frequency-penalty must be in [-2, 2], got {v.ToString(CultureInfo.InvariantCulture)}"); });
     public readonly Option<float?> RepetitionPenalty = Float("--repetition-penalty", [], "Repetition penalty (> 0, 1 = off)", v => new SamplingOptions { RepetitionPenalty = v });
     public readonly Option<ulong?> Seed = new("--seed", "-s")
     {
@@ -241,7 +244,11 @@ sealed class SamplingCliOptions
     };
 
     /// <summary>A float option whose range rule is <see cref="SamplingOptions.Validate"/>'s (one rule for the library and the CLI).</summary>
-    static Option<float?> Float(string name, string[] aliases, string description, Func<float, SamplingOptions> probe) => new(name, aliases)
+    static Option<float?> Float(string name, string[] aliases, string description, Func<float, SamplingOptions> probe) =>
+        Float(name, aliases, description, v => probe(v).Validate());
+
+    /// <summary>A float option checked by <paramref name="check"/> (an <see cref="ArgumentException"/> naming the option).</summary>
+    static Option<float?> Float(string name, string[] aliases, string description, Action<float> check) => new(name, aliases)
     {
         Description = description,
         HelpName = "X",
@@ -253,7 +260,7 @@ sealed class SamplingCliOptions
                 r.AddError($"{CliOptions.Name(r)}: '{t}' is not a number");
                 return null;
             }
-            try { probe(v).Validate(); }
+            try { check(v); }
             catch (ArgumentException e) { r.AddError(e.Message.Replace(name, CliOptions.Name(r), StringComparison.Ordinal)); return null; }
             return v;
         },
@@ -261,7 +268,7 @@ sealed class SamplingCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, MaxNumBatchedTokens, GpuMemory, GpuMemoryUtilization, KvCacheDtype, NoThink })
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, PresencePenalty, FrequencyPenalty, RepetitionPenalty, Seed, MaxNewTokens, Stop, Device, Context, MaxNumBatchedTokens, GpuMemory, GpuMemoryUtilization, KvCacheDtype, NoThink })
             cmd.Options.Add(o);
     }
 
@@ -281,6 +288,7 @@ sealed class SamplingCliOptions
     {
         Sampling = sampling,
         MaxNewTokens = p.GetValue(MaxNewTokens),
+        FrequencyPenalty = p.GetValue(FrequencyPenalty) ?? 0f,
         Stop = StopStrings(p),
         EnableThinking = thinking,
         ParseToolCalls = false,

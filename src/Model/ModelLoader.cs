@@ -82,22 +82,7 @@ public static class ModelLoader
             var compiler = new KernelCompiler { CompileStarting = o.CompileStarting };
             loader = new KernelLoader(device, compiler);
             bool emulator = backend == BackendKind.Emulator;
-            int stepTokens = Math.Max(1, o.MaxStepTokens ?? (emulator ? 64 : 512));
-            // Decode graphs for every bucket up to the sequence cap (a decode step has one row per running sequence).
-            int maxBatch = Math.Clamp(Math.Min(o.MaxSequences, Math.Max(stepTokens, 8)), 1, DeviceModelOptions.MaxBatchLimit);
-            stepTokens = Math.Max(stepTokens, maxBatch);
-            var options = new DeviceModelOptions
-            {
-                MaxSequences = o.MaxSequences,
-                ContextLength = o.ContextLength ?? (emulator ? Math.Min(4096, config.MaxPositionEmbeddings) : null),
-                GpuMemoryBytes = o.GpuMemoryBytes,
-                GpuMemoryUtilization = o.GpuMemoryUtilization,
-                KvCacheDtype = o.KvCacheDtype,
-                MaxBatch = maxBatch,
-                MaxOutputRows = o.MaxOutputRows is int rows ? Math.Clamp(rows, maxBatch, stepTokens) : null,
-                PrefillChunkTokens = stepTokens,
-                LoadProgress = o.UploadProgress,
-            };
+            var options = DeviceOptions(o, config, emulator);
             DeviceModel dm;
             try { dm = DeviceModel.Load(device, dir, options, loader); }
             finally { o.UploadFinished?.Invoke(); }
@@ -106,8 +91,8 @@ public static class ModelLoader
             var p = dm.Plan;
             string summary = string.Create(CultureInfo.InvariantCulture,
                 $"loaded {config.ModelType} ({p.Weights.ParameterCount / 1e6:F1} M parameters) on {device.Info.Name} in {sw.Elapsed.TotalSeconds:F2} s; " +
-                $"memory: weights {ByteSize.Format(p.Weights.TotalBytes)}, KV cache {ByteSize.Format(p.KvBytes)} ({p.ContextLength} tokens x {p.Options.MaxSequences} sequence(s), " +
-                $"{p.KvPages} pages of {p.Options.PageSize}), workspace {ByteSize.Format(p.Workspace.TotalBytes)}; device {ByteSize.Format(free)} free of {ByteSize.Format(total)}");
+                $"memory: weights {ByteSize.Format(p.Weights.TotalBytes)}, KV cache {ByteSize.Format(p.KvBytes)} (a pool of {p.KvPages - 1} pages of {p.Options.PageSize} = {p.PoolTokens} tokens " +
+                $"for up to {p.Options.MaxSequences} sequence(s) of up to {p.ContextLength} tokens; max concurrency at full context {p.MaxConcurrencyAtFullContext:0.00}x), workspace {ByteSize.Format(p.Workspace.TotalBytes)}; device {ByteSize.Format(free)} free of {ByteSize.Format(total)}");
             return new LoadedModel(new OwningModel(dm, loader, device), dir, config, backend, device.Info.Name, sw.Elapsed, summary);
         }
         catch (Exception original)
@@ -116,6 +101,28 @@ public static class ModelLoader
             DeviceCapture.CleanupKeeping(original, "device dispose", device.Dispose);
             throw;
         }
+    }
+
+    /// <summary>The device model's options for <paramref name="o"/>: the step (prefill chunk) of 512 rows on CUDA, 64 on the emulator,
+    /// decode graphs for every bucket up to the sequence cap, the emulator's context at most 4096 tokens.</summary>
+    public static DeviceModelOptions DeviceOptions(ModelLoadOptions o, ModelConfig config, bool emulator)
+    {
+        int stepTokens = Math.Max(1, o.MaxStepTokens ?? (emulator ? 64 : 512));
+        // Decode graphs for every bucket up to the sequence cap (a decode step has one row per running sequence).
+        int maxBatch = Math.Clamp(Math.Min(o.MaxSequences, Math.Max(stepTokens, 8)), 1, DeviceModelOptions.MaxBatchLimit);
+        stepTokens = Math.Max(stepTokens, maxBatch);
+        return new DeviceModelOptions
+        {
+            MaxSequences = o.MaxSequences,
+            ContextLength = o.ContextLength ?? (emulator ? Math.Min(4096, config.MaxPositionEmbeddings) : null),
+            GpuMemoryBytes = o.GpuMemoryBytes,
+            GpuMemoryUtilization = o.GpuMemoryUtilization,
+            KvCacheDtype = o.KvCacheDtype,
+            MaxBatch = maxBatch,
+            MaxOutputRows = o.MaxOutputRows is int rows ? Math.Clamp(rows, maxBatch, stepTokens) : null,
+            PrefillChunkTokens = stepTokens,
+            LoadProgress = o.UploadProgress,
+        };
     }
 
     /// <summary>The load options an engine needs: its sequence cap, token budget and output rows.</summary>

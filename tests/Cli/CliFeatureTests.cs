@@ -72,6 +72,31 @@ public class CliFeatureTests
         Assert.That(stopped.Err, Does.Contain("stop: stop string"));
     }
 
+    /// <summary>
+    /// --frequency-penalty reaches the engine: the greedy answer with it is the library engine's answer with
+    /// RequestOptions.FrequencyPenalty (same prompt, CPU), and it differs from the answer without it (which repeats tokens).
+    /// </summary>
+    [Test]
+    public async Task FrequencyPenalty_ReachesTheEngine()
+    {
+        string[] common = ["generate", "-m", Tiny, "-p", "the dog", "-n", "24", "--temperature", "0", "--presence-penalty", "0", "--repetition-penalty", "1", "--device", "cpu", "--print-token-ids"];
+        var plain = CliRunner.Run(common);
+        var penalized = CliRunner.Run([.. common, "--frequency-penalty", "2"]);
+        Assert.That(plain.Exit, Is.Zero, plain.Err);
+        Assert.That(penalized.Exit, Is.Zero, penalized.Err);
+        var plainIds = PrintedIds(plain.Err);
+        Assume.That(plainIds.Distinct().Count(), Is.LessThan(plainIds.Length), "the unpenalized greedy answer repeats a token");
+
+        await using var engine = await Qwen3Cuda.Model.Serving.Engine.LoadAsync(Tiny, new Qwen3Cuda.Model.Serving.EngineOptions { Device = "cpu", MaxNumSeqs = 1 });
+        var prompt = Qwen3Tokenizer.FromModelDirectory(Tiny).Encode("the dog");
+        var expected = await engine.CompleteAsync(prompt, new Qwen3Cuda.Model.Serving.RequestOptions
+        {
+            Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy, MaxNewTokens = 24, FrequencyPenalty = 2,
+        });
+        Assert.That(PrintedIds(penalized.Err), Is.EqualTo(expected.Tokens));
+        Assert.That(PrintedIds(penalized.Err), Is.Not.EqualTo(plainIds));
+    }
+
     [Test]
     public void Seed_IsPrintedWhenSampling_AndRepeatsTheRun()
     {
@@ -183,12 +208,12 @@ public class CliFeatureTests
         Assert.That(warm.ToString(), Is.Empty, "a warm cache prints nothing");
     }
 
-    /// <summary>The memory summary after a device load names weights, KV cache (context, pages) and workspace.</summary>
+    /// <summary>The memory summary after a device load names weights, the KV pool (pages, tokens, context, concurrency) and workspace.</summary>
     [Test]
     public void DeviceLoad_PrintsAMemorySummary()
     {
         var (exit, _, err) = CliRunner.Run("generate", "-m", Tiny, "-p", "hi", "-n", "1", "--temperature", "0", "--device", "emulator", "-c", "256");
         Assert.That(exit, Is.Zero, err);
-        Assert.That(err, Does.Match(@"loaded qwen3_moe \(0\.2 M parameters\) on .*emulator.* in \d+\.\d\d s; memory: weights 372\.5 KiB, KV cache 6\d\.\d KiB \(256 tokens x 1 sequence\(s\), 17 pages of 16\), workspace [\d.]+ KiB; device [\d.]+ GiB free of"));
+        Assert.That(err, Does.Match(@"loaded qwen3_moe \(0\.2 M parameters\) on .*emulator.* in \d+\.\d\d s; memory: weights 372\.5 KiB, KV cache 6\d\.\d KiB \(a pool of 16 pages of 16 = 256 tokens for up to 1 sequence\(s\) of up to 256 tokens; max concurrency at full context 1\.00x\), workspace [\d.]+ KiB; device [\d.]+ GiB free of"));
     }
 }

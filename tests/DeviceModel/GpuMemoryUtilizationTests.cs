@@ -51,14 +51,16 @@ public class GpuMemoryUtilizationTests
 
     const long GiB = 1L << 30, MiB = 1L << 20;
 
-    /// <summary>The tiny preset (2048 positions, 256 bytes of KV per token); the KV cache is what the tests size.</summary>
-    static DeviceModelOptions Options(int sequences, double? utilization = null) => new()
+    /// <summary>The tiny preset (256 bytes of KV per token); the KV cache is what the tests size. One sequence of
+    /// <paramref name="contextTokens"/> (the pool must hold one at full context), or <paramref name="sequences"/> of 2048.</summary>
+    static DeviceModelOptions Options(int sequences, double? utilization = null, int contextTokens = 2048) => new()
     {
-        ContextLength = 2048, MaxSequences = sequences, PageSize = 16, PrefillChunkTokens = 16, MaxBatch = 1, UseGraphs = false,
+        ContextLength = contextTokens, MaxSequences = sequences, PageSize = 16, PrefillChunkTokens = 16, MaxBatch = 1, UseGraphs = false,
         GpuMemoryUtilization = utilization,
     };
 
-    static long KvBytes(int sequences) => (sequences * 2048L / 16 + 1) * 16 * 256;
+    /// <summary>The pool for one sequence of <paramref name="contextTokens"/>: its pages + the scratch page, 16 x 256 bytes each.</summary>
+    static long KvBytes(int contextTokens) => (contextTokens / 16 + 1) * 16L * 256;
 
     [Test]
     public void DefaultReserve_IsMaxOf1GiBAnd3PercentOfTotal()
@@ -83,41 +85,68 @@ public class GpuMemoryUtilizationTests
             Throws.ArgumentException.With.Message.Contains("not both"));
 
     /// <summary>
-    /// 1800 sequences x 2048 tokens: a 0.88 GiB KV cache on a 1.5 GiB device whose modules take 16 MiB each. The old plan
-    /// took the 1.5 GiB free before the modules existed, with no reserve, and loaded (0.4 GiB left: nothing for graphs
-    /// or the driver). Now the plan sees ~1.3 GiB free after the modules, keeps 1 GiB, and says so.
+    /// One sequence of 1800 x 2048 tokens: a 0.88 GiB KV pool (the least the plan takes: one sequence at full context) on a
+    /// 1.5 GiB device whose modules take 16 MiB each. A plan that took the 1.5 GiB free before the modules existed, with no
+    /// reserve, would load (0.4 GiB left: nothing for graphs or the driver). The plan sees ~1.3 GiB free after the modules,
+    /// keeps 1 GiB, and says so.
     /// </summary>
     [Test]
     public void ModelThatWouldEatTheReserve_IsRefusedWithAClearMessage()
     {
+        const int context = 1800 * 2048;
+        Assert.That(KvBytes(context), Is.InRange(0.85 * GiB, 0.9 * GiB));
         using var weights = ModelWeights.Load(DeviceCheckpoints.Tiny());
         using var device = new BudgetDevice(3 * GiB / 2, 16 * MiB);
-        var e = Assert.Throws<ModelDoesNotFitException>(() => new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(1800)));
+        var e = Assert.Throws<ModelDoesNotFitException>(() => new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(1, contextTokens: context)));
         TestContext.Out.WriteLine(e!.Message);
         Assert.That(e.Message, Does.Contain("keeps 1.0 GiB free").And.Contain("--gpu-memory-utilization"));
+        Assert.That(e.Message, Does.Contain($"one sequence of {context} tokens").And.Contain($"(--ctx-size {context})"));
         Assert.That(device.Allocated, Is.Zero, "nothing left allocated");
         Assert.That(device.ModuleBytes, Is.GreaterThan(0), "the modules were loaded before the plan");
 
         // Asked to fill the device (U = 1), the same model loads: the option reaches the plan.
-        using var dm = new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(1800, utilization: 1.0));
+        using var dm = new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(1, utilization: 1.0, contextTokens: context));
         Assert.That(dm.Plan.ReserveBytes, Is.Zero);
+        Assert.That(dm.Plan.KvPages, Is.EqualTo(context / 16 + 1));
         Assert.That(device.FreeBytes, Is.LessThan(GiB));
     }
 
     /// <summary>
-    /// 2700 sequences: 1.32 GiB of KV on the same device, with U = 1 (no reserve). It fits the 1.5 GiB free before the modules,
-    /// not the ~1.3 GiB after them: the old plan accepted it and the KV allocation then failed with a bare out-of-memory
-    /// error; planned after the modules, it is a clear "does not fit" before anything is allocated.
+    /// One sequence of 2700 x 2048 tokens: 1.32 GiB of KV on the same device, with U = 1 (no reserve). It fits the 1.5 GiB free
+    /// before the modules, not the ~1.3 GiB after them: a plan made before them would pass and the KV allocation then fail
+    /// with a bare out-of-memory error; planned after the modules, it is a clear "does not fit" before anything is allocated.
     /// </summary>
     [Test]
     public void PlanIsMadeAfterTheModulesAreLoaded()
     {
-        Assert.That(KvBytes(2700), Is.InRange(1.25 * GiB, 1.4 * GiB));
+        const int context = 2700 * 2048;
+        Assert.That(KvBytes(context), Is.InRange(1.25 * GiB, 1.4 * GiB));
         using var weights = ModelWeights.Load(DeviceCheckpoints.Tiny());
         using var device = new BudgetDevice(3 * GiB / 2, 16 * MiB);
-        var e = Assert.Throws<ModelDoesNotFitException>(() => new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(2700, utilization: 1.0)));
+        var e = Assert.Throws<ModelDoesNotFitException>(() => new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(1, utilization: 1.0, contextTokens: context)));
         Assert.That(e!.Message, Does.Contain("missing"));
         Assert.That(device.Allocated, Is.Zero);
+    }
+
+    /// <summary>
+    /// 4096 sequences of 2048 tokens could use 2 GiB of KV; a 2 GiB device keeps 1 GiB and its modules take some: the pool is
+    /// what the budget leaves (to within a page), not refused, every sequence keeps its 2048 tokens, and the reserve stays free.
+    /// </summary>
+    [Test]
+    public void ManySequences_ThePoolTakesTheBudget_AndTheReserveStaysFree()
+    {
+        using var weights = ModelWeights.Load(DeviceCheckpoints.Tiny());
+        using var device = new BudgetDevice(2 * GiB, 16 * MiB);
+        using var dm = new Qwen3Cuda.Model.Device.DeviceModel(device, weights, Options(4096));
+        var plan = dm.Plan;
+        TestContext.Out.Write(plan.Describe());
+        Assert.That(plan.ContextLength, Is.EqualTo(2048));
+        Assert.That(plan.PoolIsCapped, Is.False);
+        Assert.That(plan.KvPages, Is.LessThan(4096 * 128 + 1));
+        Assert.That(plan.FreeBytes, Is.InRange(0, plan.KvBytesPerPage - 1), "the pool takes every whole page the budget leaves");
+        Assert.That(dm.Kv.Pages, Is.EqualTo(plan.KvPages));
+        Assert.That(dm.Kv.MaxPagesPerSequence, Is.EqualTo(128), "every sequence may reach the full context");
+        Assert.That(device.FreeBytes, Is.GreaterThanOrEqualTo(plan.ReserveBytes), "free memory after loading");
     }
 
     /// <summary>A model that fits leaves at least the reserve free once loaded: the default, and U = 0.6 (40% of total free).</summary>

@@ -43,6 +43,94 @@ public class MemoryPlanTests
         Assert.That(plan.Fits, Is.True);
     }
 
+    /// <summary>
+    /// The KV cache is one pool sized from the budget (docs/memory.md): with 64 sequences on 80 GiB every sequence keeps the
+    /// model's full 40960 tokens (the old plan cut each to 80 GiB / 64), and the pool takes what the weights and the
+    /// workspace leave, to within one page.
+    /// </summary>
+    [Test]
+    public void RealConfig_64Sequences_KeepTheFullContext_AndThePoolFillsTheBudget()
+    {
+        var c = ModelConfig.Parse(Qwen3_30B_A3B);
+        var options = new DeviceModelOptions { MaxSequences = 64, MaxBatch = 64, PrefillChunkTokens = 2048, GpuMemoryBytes = 80L << 30 };
+        var plan = MemoryPlan.Compute(c, options, 0);
+        TestContext.Out.Write(plan.Describe());
+        Assert.That(plan.ContextLength, Is.EqualTo(40960), "max_position_embeddings, whatever the sequence count");
+        Assert.That(plan.PagesPerSequence, Is.EqualTo(40960 / 16));
+        Assert.That(plan.KvBytesPerPage, Is.EqualTo(16 * 96 * 1024));
+        Assert.That(plan.Fits, Is.True);
+        Assert.That(plan.FreeBytes, Is.InRange(0, plan.KvBytesPerPage - 1), "the pool takes every whole page the budget leaves");
+        Assert.That(plan.PoolIsCapped, Is.False);
+        // 80 GiB - 56.9 GiB of weights - the workspace leaves ~22.6 GiB: ~6 sequences of 3.75 GiB at full context.
+        Assert.That(plan.MaxConcurrencyAtFullContext, Is.EqualTo((double)plan.PoolTokens / 40960));
+        Assert.That(plan.MaxConcurrencyAtFullContext, Is.InRange(5.5, 6.5));
+        var one = MemoryPlan.Compute(c, options with { MaxSequences = 1 }, 0);
+        Assert.That(one.ContextLength, Is.EqualTo(40960));
+        Assert.That(one.KvPages, Is.EqualTo(2560 + 1), "one sequence never uses more than its full context + the scratch page");
+        Assert.That(one.PoolIsCapped, Is.True);
+    }
+
+    /// <summary>The pool never exceeds what MaxSequences sequences at full context could use, however large the budget.</summary>
+    [Test]
+    public void Pool_IsCappedAtEverySequenceAtFullContext()
+    {
+        var c = ModelConfig.Parse(Qwen3_30B_A3B);
+        var plan = MemoryPlan.Compute(c, new DeviceModelOptions { MaxSequences = 3, ContextLength = 4096, GpuMemoryBytes = 1L << 40 }, 0);
+        Assert.That(plan.KvPages, Is.EqualTo(3 * 256 + 1));
+        Assert.That(plan.PoolIsCapped, Is.True);
+        Assert.That(plan.MaxConcurrencyAtFullContext, Is.EqualTo(3.0));
+    }
+
+    /// <summary>
+    /// vLLM's rule: the plan fails only when the pool cannot hold ONE sequence at full context. A budget of exactly weights +
+    /// workspace + one full sequence + the scratch page fits (with any number of sequences); one byte less does not, and the
+    /// message names the context, where it came from, the options that change it and the numbers.
+    /// </summary>
+    [Test]
+    public void DoesNotFit_OnlyWhenOneFullContextSequenceDoesNot()
+    {
+        var c = ModelConfig.Parse(Qwen3_30B_A3B);
+        var o = new DeviceModelOptions { MaxSequences = 64, MaxBatch = 64, PrefillChunkTokens = 2048 };
+        var probe = MemoryPlan.Compute(c, o, 1L << 40);
+        long exact = probe.Weights.TotalBytes + probe.Workspace.TotalBytes + (2560 + 1) * probe.KvBytesPerPage;
+        var fits = MemoryPlan.Compute(c, o, exact);
+        Assert.That((fits.Fits, fits.KvPages, fits.ContextLength), Is.EqualTo((true, 2561, 40960)));
+        Assert.That(fits.MaxConcurrencyAtFullContext, Is.EqualTo(1.0));
+        Assert.That(fits.ThrowIfDoesNotFit, Throws.Nothing);
+        var tight = MemoryPlan.Compute(c, o with { GpuMemoryUtilization = 0.9 }, (exact - 1 + (8L << 30), 80L << 30));   // 80 GiB device, 8 GiB reserve
+        Assert.That(tight.Fits, Is.False);
+        Assert.That(tight.FreeBytes, Is.EqualTo(-1).Within(1), "one byte (rounding of the reserve) short");
+        var e = Assert.Throws<ModelDoesNotFitException>(tight.ThrowIfDoesNotFit);
+        TestContext.Out.WriteLine(e!.Message);
+        Assert.That(e.Message, Does.Contain("KV 3.8 GiB for one sequence of 40960 tokens"));
+        Assert.That(e.Message, Does.Contain("at least one sequence of the full context (max_position_embeddings 40960)"));
+        Assert.That(e.Message, Does.Contain("--ctx-size (--max-model-len)").And.Contain("a higher --gpu-memory-utilization (now 0.9)"));
+        Assert.That(e.Message, Does.Match(@"The largest context that fits is 409\d\d tokens \(--ctx-size 409\d\d\)"));
+    }
+
+    /// <summary>The block tables ([step rows, pages per sequence] int32) grow with the full context: at the serving defaults
+    /// (2048 rows, 40960 tokens in pages of 16) 20 MiB, a small part of the workspace.</summary>
+    [Test]
+    public void BlockTables_AtServingDefaults_StaySmall()
+    {
+        var c = ModelConfig.Parse(Qwen3_30B_A3B);
+        var plan = MemoryPlan.Compute(c, new DeviceModelOptions { MaxSequences = 64, MaxBatch = 64, PrefillChunkTokens = 2048, GpuMemoryBytes = 80L << 30 }, 0);
+        Assert.That(plan.Workspace.BlockTableBytes, Is.EqualTo(2048L * 2560 * 4));
+        Assert.That(plan.Workspace.QStart - plan.Workspace.BlockTables, Is.GreaterThanOrEqualTo(plan.Workspace.BlockTableBytes), "the arena holds them");
+        Assert.That(plan.Workspace.TotalBytes, Is.LessThan(2L << 30));
+    }
+
+    [Test]
+    public void InfoModel_MaxNumSeqs_ShowsThePoolAndTheConcurrency()
+    {
+        var (exit, stdout, err) = Cli("info", "--model", RealConfigDir(), "--gpu-memory", "80GiB", "--max-num-seqs", "64", "--max-model-len", "32768");
+        TestContext.Out.WriteLine(stdout);
+        Assert.That(exit, Is.EqualTo(0), err);
+        Assert.That(stdout, Does.Match(@"KV cache +2\d\.\d GiB +\(one pool of \d+ pages of 16 = \d+ tokens \+ a scratch page\)"));
+        Assert.That(stdout, Does.Match(@"context +32768 +tokens per sequence \(--ctx-size\), up to 64 sequence\(s\)"));
+        Assert.That(stdout, Does.Match(@"max concurrency +7\.\d\dx +\(at 32768 tokens per sequence"));
+    }
+
     [Test]
     public void InfoModel_RealConfig_PrintsThePlanFor80GiB_WithoutWeights()
     {

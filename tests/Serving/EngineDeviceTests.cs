@@ -65,6 +65,40 @@ public class EngineDeviceTests
         Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
     }
 
+    /// <summary>
+    /// The shared KV pool (docs/memory.md) on the device: a budget that leaves 14 pages of 4 tokens for 4 sequences of up to
+    /// 48 tokens (12 pages each; the old plan gave every sequence a fixed slice, so 4 x 48 tokens did not fit). Every
+    /// sequence keeps the full 48-token context: a 46-token request runs next to three others, which wait or are
+    /// preempted for pages and still yield what they yield alone; every page is free at the end.
+    /// </summary>
+    [Test]
+    public async Task SharedPool_SmallerThanAllSequencesAtFullContext_RunsThemAll()
+    {
+        var options = new DeviceModelOptions { ContextLength = 48, PageSize = 4, PrefillChunkTokens = 8, MaxBatch = 2, MaxOutputRows = 4, MaxSequences = 4 };
+        string dir = DeviceModel.DeviceCheckpoints.Tiny();
+        bool hasLmHead;
+        using (var ckpt = Qwen3Cuda.Model.Checkpoint.SafetensorsCheckpoint.Open(dir)) hasLmHead = ckpt.Contains("lm_head.weight");
+        using var device = new EmulatedDevice();
+        var probe = MemoryPlan.Compute(Qwen3Cuda.Model.Config.ModelConfig.Load(dir), options, 1L << 40, device.Info.MultiprocessorCount, hasLmHead);
+        long budget = probe.Weights.TotalBytes + probe.Workspace.TotalBytes + 15 * probe.KvBytesPerPage;
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, dir, options with { GpuMemoryBytes = budget });
+        Assert.That((dm.Plan.KvPages, dm.Kv.Pages, dm.Kv.MaxPagesPerSequence, dm.ContextLength), Is.EqualTo((15, 15, 12, 48)), "14 usable pages; 12 per sequence");
+        Assert.That(dm.Plan.MaxConcurrencyAtFullContext, Is.EqualTo(14 * 4 / 48.0));
+
+        int[][] prompts = [Prompt(30, 61), Prompt(10, 62), Prompt(9, 63), Prompt(11, 64)];
+        int[] budgets = [16, 8, 8, 8];   // 46 tokens (12 pages), then 18, 17 and 19 tokens (5 pages each)
+        var expected = new int[4][];
+        for (int i = 0; i < 4; i++) expected[i] = Alone(dm, 0, prompts[i], new SamplingSettings(Temperature: 0f), budgets[i]);
+        dm.Kv.ClearPrefixCache();
+        await using var engine = new Engine(new Borrowed(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 4, MaxNumBatchedTokens = 8, EnablePrefixCaching = false });
+        var requests = Enumerable.Range(0, 4).Select(i => engine.Submit(prompts[i], new RequestOptions { Sampling = SamplingOptions.Greedy, MaxNewTokens = budgets[i], IgnoreEos = true })).ToList();
+        for (int i = 0; i < 4; i++)
+            Assert.That((await requests[i].Result).Tokens, Is.EqualTo(expected[i]), $"request {i}");
+        Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
+        Assert.That(engine.Metrics.KvPagesTotal, Is.EqualTo(14));
+        Assert.That(engine.Metrics.Preemptions, Is.GreaterThan(0), "27 pages of demand on 14: some requests gave their pages back");
+    }
+
     [Test]
     public async Task Penalties_OnTheDevice_EqualTheHostReference()
     {

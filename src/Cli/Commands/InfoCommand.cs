@@ -24,10 +24,10 @@ public static class InfoCommand
         var model = CliOptions.Model(required: false);
         model.Description = "Print the device memory plan of this model from its config.json (no weights read). " + CliOptions.ModelDescription;
         var ctx = CliOptions.CtxSize();
-        ctx.Description = "Tokens of context per sequence (default: as many as fit, at most max_position_embeddings)";
+        ctx.Description = "Tokens of context per sequence (default: max_position_embeddings); the plan fails when the KV pool cannot hold one sequence of it";
         var mem = CliOptions.GpuMemory();
         mem.Description = "Device memory to plan for, e.g. 80GiB (default: the CUDA device's free memory, else 80 GiB)";
-        var seqs = CliOptions.Int("--sequences", [], "Sequences held at once", 1, 1, 4096);
+        var seqs = CliOptions.Int("--sequences", ["--max-num-seqs"], "Sequences held at once: the KV pool takes at most what they use at full context", 1, 1, 4096);
         var util = CliOptions.GpuMemoryUtilization();
         var kv = CliOptions.KvCacheDtype();
         var cmd = new Command("info", "Print the NVRTC version, the CUDA driver version and the devices, or a model's memory plan") { model, ctx, mem, seqs, util, kv };
@@ -44,7 +44,11 @@ public static class InfoCommand
         var config = ModelConfig.Load(modelDir);
         Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
         CliOptions.ContextCheck(ctxSize, config, stderr);
-        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences, KvCacheDtype = kvCacheDtype };
+        // The options a CUDA load with this many sequences gets (the engine's output rows; the 512-token step of generate/chat).
+        var options = Model.ModelLoader.DeviceOptions(new Model.ModelLoadOptions
+        {
+            ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences, MaxOutputRows = sequences, KvCacheDtype = kvCacheDtype,
+        }, config, emulator: false);
         options.Validate();
         MemoryPlan plan;
         string? source = null;

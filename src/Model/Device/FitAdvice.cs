@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Runtime.Memory;
@@ -64,7 +63,8 @@ public static class FitAdvice
         return [("FP8", rest + fp8), ("GPTQ-Int4", rest + int4)];
     }
 
-    /// <summary>The longest context (tokens per sequence) whose plan fits <paramref name="budgetBytes"/>, or null when not even one token fits.</summary>
+    /// <summary>The longest context (tokens per sequence) whose plan fits <paramref name="budgetBytes"/> (a pool that holds one
+    /// sequence of it), or null when not even one token fits.</summary>
     public static int? LargestContext(MemoryPlan plan, long budgetBytes)
     {
         if (budgetBytes <= 0) return null;   // the reserve alone exceeds the device's free memory
@@ -90,7 +90,6 @@ public static class FitAdvice
         sb.Append(ctx is int n
             ? $"The largest context that fits is {n} tokens (--ctx-size {n})"
             : $"No context fits: the {(plan.Weights.Format.IsQuantized ? plan.Weights.Format.Name : "bf16")} weights alone are {ByteSize.Format(plan.Weights.TotalBytes)}");
-        if (plan.Options.MaxSequences > 1) sb.Append(CultureInfo.InvariantCulture, $" with {plan.Options.MaxSequences} sequences");
         if (plan.Weights.Format.IsQuantized) return sb.Append('.').ToString();   // already quantized: the estimates below are for bf16 checkpoints
         sb.Append(". A quantized checkpoint of this model would need about (estimated from config.json): ");
         var parts = new List<string>();

@@ -14,17 +14,17 @@ public sealed class ModelDoesNotFitException(string message) : Runtime.Qwen3Cuda
 /// <summary>
 /// What the device model will allocate, computed from config.json ALONE (no weight is read): the weight
 /// arena (<see cref="WeightLayout"/>), the workspace (<see cref="WorkspaceLayout"/>) and the paged KV cache.
-/// The KV cache holds <see cref="ContextLength"/> tokens for each of MaxSequences sequences (+ one scratch
-/// page); without --ctx-size the context is as long as the memory left allows, at most max_position_embeddings.
+/// The KV cache is ONE pool of pages shared by all sequences (docs/memory.md): it takes the memory the budget has left
+/// after the weights and the workspace, at most what MaxSequences sequences at full context could ever use (+ one
+/// scratch page). Every sequence may grow to <see cref="ContextLength"/> tokens (--ctx-size / --max-model-len, by
+/// default max_position_embeddings), whatever MaxSequences is, as long as pages are free; the engine admits and
+/// preempts by free pages. The plan does not fit when the pool cannot hold even one sequence at full context.
 /// The budget is the device's free memory measured after the fixed allocations (context, kernel modules, stream)
 /// less a reserve that stays free for what comes later (graph instantiation, launch-time driver allocations, other
 /// processes): (1 - --gpu-memory-utilization) x total, by default max(1 GiB, 3% of total) (docs/memory.md).
 /// </summary>
 public sealed class MemoryPlan
 {
-    /// <summary>Without --ctx-size, the automatic plan needs room for at least this many tokens per sequence.</summary>
-    public const int MinAutoContext = 4096;
-
     public ModelConfig Config { get; }
     public DeviceModelOptions Options { get; }
     public WeightLayout Weights { get; }
@@ -35,9 +35,21 @@ public sealed class MemoryPlan
     public (long FreeBytes, long TotalBytes)? DeviceMemory { get; private init; }
     /// <summary>Memory kept free beyond the pools (0 with --gpu-memory or an explicit budget).</summary>
     public long ReserveBytes { get; private init; }
+    /// <summary>Tokens one sequence may hold (the model's max length: --ctx-size, or max_position_embeddings).</summary>
     public int ContextLength { get; }
+    /// <summary>Pages in the shared pool, the scratch page included (when the plan does not fit: one sequence at full context + scratch).</summary>
     public int KvPages { get; }
+    /// <summary>Pages one sequence at full context takes (the block table's length).</summary>
+    public int PagesPerSequence => Workspace.MaxPagesPerSeq;
+    /// <summary>Tokens the pool holds (its pages less the scratch page).</summary>
+    public long PoolTokens => (long)(KvPages - 1) * Options.PageSize;
+    /// <summary>Sequences the pool can hold at once at full context (vLLM's "maximum concurrency"); more run while they are shorter.</summary>
+    public double MaxConcurrencyAtFullContext => (double)PoolTokens / ContextLength;
+    /// <summary>The pool is as large as MaxSequences sequences at full context could ever use (the budget had room to spare).</summary>
+    public bool PoolIsCapped => KvPages == MaxUsefulPages(Options, PagesPerSequence);
     public long KvBytesPerToken { get; }
+    /// <summary>Bytes of one page: K and V of every layer for PageSize tokens.</summary>
+    public long KvBytesPerPage { get; }
     public long KvBytes { get; }
     public long TotalBytes => Weights.TotalBytes + KvBytes + Workspace.TotalBytes;
     public long FreeBytes => BudgetBytes - TotalBytes;
@@ -51,8 +63,16 @@ public sealed class MemoryPlan
         Config = c; Options = o; Weights = w; Workspace = ws; BudgetBytes = budget; ContextLength = ctx; KvPages = pages;
         Multiprocessors = multiprocessors; CheckpointHasLmHead = hasLmHead;
         KvBytesPerToken = KvBytesPerTokenOf(c, o.KvCacheDtype);
-        KvBytes = 2L * c.NumHiddenLayers * pages * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize, o.KvCacheDtype);
+        KvBytesPerPage = PageBytesOf(c, o);
+        KvBytes = pages * KvBytesPerPage;
     }
+
+    /// <summary>K and V of every layer for one page of <see cref="DeviceModelOptions.PageSize"/> tokens.</summary>
+    public static long PageBytesOf(ModelConfig c, DeviceModelOptions o) =>
+        2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize, o.KvCacheDtype);
+
+    /// <summary>The most pages the pool takes: every sequence at full context, + the scratch page (at most int.MaxValue).</summary>
+    static int MaxUsefulPages(DeviceModelOptions o, int pagesPerSequence) => (int)Math.Min((long)o.MaxSequences * pagesPerSequence + 1, int.MaxValue);
 
     /// <summary>K and V of every layer: L x 2 x nKV x D x 2 bytes (96 KiB for Qwen3-30B-A3B).</summary>
     public static long KvBytesPerTokenOf(ModelConfig c, KvCacheDtype dtype = KvCacheDtype.Bf16) => 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * dtype.ElementBytes();
@@ -89,28 +109,22 @@ public sealed class MemoryPlan
     {
         o.Validate();
         long budget = o.GpuMemoryBytes ?? budgetBytes;
-        int maxPos = c.MaxPositionEmbeddings;
         var weights = new WeightLayout(c, checkpointHasLmHead);
         int rows = Math.Max(o.PrefillChunkTokens, o.MaxBatch);
-        int ctx;
-        if (o.ContextLength is int fixedCtx) ctx = fixedCtx;
-        else
-        {
-            // Size the workspace for the longest context first (its split buffers grow with it), then fill what is left with KV pages.
-            var wsMax = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, maxPos, o.PageSize, multiprocessors);
-            long pageBytes = 2L * c.NumHiddenLayers * PagedKvCache.PageBytes(c.NumKeyValueHeads, c.HeadDim, o.PageSize, o.KvCacheDtype);
-            long left = budget - weights.TotalBytes - wsMax.TotalBytes - pageBytes;   // one scratch page
-            long pagesPerSeq = Math.Max(0, left / pageBytes / o.MaxSequences);
-            ctx = (int)Math.Min(maxPos, pagesPerSeq * o.PageSize);
-            if (ctx < Math.Min(maxPos, MinAutoContext)) ctx = Math.Min(maxPos, MinAutoContext);   // does not fit: report against the minimum
-        }
+        int ctx = o.ContextLength ?? c.MaxPositionEmbeddings;
         var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, ctx, o.PageSize, multiprocessors);
-        int pages = checked(o.MaxSequences * ((ctx + o.PageSize - 1) / o.PageSize) + 1);
+        // The pool: what the budget leaves after the weights and the workspace, at most every sequence at full context (+ scratch),
+        // at least one sequence at full context (+ scratch): less than that does not fit, and the plan reports it at that size.
+        long pageBytes = PageBytesOf(c, o);
+        long left = budget - weights.TotalBytes - ws.TotalBytes;
+        long fromBudget = left > 0 ? left / pageBytes : 0;
+        long least = ws.MaxPagesPerSeq + 1L, most = MaxUsefulPages(o, ws.MaxPagesPerSeq);
+        int pages = (int)Math.Clamp(fromBudget, least, Math.Max(least, most));
         return new MemoryPlan(c, o, weights, ws, budget, ctx, pages, multiprocessors, checkpointHasLmHead);
     }
 
-    /// <summary>"model needs 61.2 GiB (weights 56.9 GiB + KV 3.0 GiB + workspace 1.3 GiB) but --gpu-memory is 40.0 GiB: 21.2 GiB missing",
-    /// then what would fit (<see cref="FitAdvice.Describe"/>).</summary>
+    /// <summary>"model needs 61.2 GiB (weights 56.9 GiB + KV 3.0 GiB for one sequence of 32768 tokens + workspace 1.3 GiB) but
+    /// --gpu-memory is 40.0 GiB: 21.2 GiB missing", what to change, then what would fit (<see cref="FitAdvice.Describe"/>).</summary>
     public void ThrowIfDoesNotFit()
     {
         if (Fits) return;
@@ -118,10 +132,15 @@ public sealed class MemoryPlan
             : DeviceMemory is var (free, total)
                 ? $"the device has {ByteSize.Format(free)} free of {ByteSize.Format(total)} and keeps {ByteSize.Format(ReserveBytes)} free ({ReserveText()})"
                 : $"the budget is {ByteSize.Format(BudgetBytes)}";
+        string ctxSource = Options.ContextLength is null ? $"max_position_embeddings {ContextLength}" : $"--ctx-size {ContextLength}";
+        string more = Options.GpuMemoryBytes is not null ? "a larger --gpu-memory"
+            : Options.GpuMemoryUtilization is double u ? string.Create(CultureInfo.InvariantCulture, $"a higher --gpu-memory-utilization (now {u:0.###})")
+            : "--gpu-memory-utilization closer to 1";
         throw new ModelDoesNotFitException(
             $"model needs {ByteSize.Format(TotalBytes)} (weights {ByteSize.Format(Weights.TotalBytes)} + KV {ByteSize.Format(KvBytes)} " +
-            $"for {ContextLength} tokens x {Options.MaxSequences} sequence(s) + workspace {ByteSize.Format(Workspace.TotalBytes)}) " +
-            $"but {budget}: {ByteSize.Format(-FreeBytes)} missing. {FitAdvice.Describe(this)}");
+            $"for one sequence of {ContextLength} tokens + workspace {ByteSize.Format(Workspace.TotalBytes)}) " +
+            $"but {budget}: {ByteSize.Format(-FreeBytes)} missing. The KV cache must hold at least one sequence of the full context " +
+            $"({ctxSource}): lower it with --ctx-size (--max-model-len), or give the pool more memory with {more}. {FitAdvice.Describe(this)}");
     }
 
     private string ReserveText() => Options.GpuMemoryUtilization is double u
@@ -140,8 +159,13 @@ public sealed class MemoryPlan
         sb.Append("Memory plan (from config.json; no weights read):\n");
         Line("weights", $"{ByteSize.Format(Weights.TotalBytes),12}  ({Weights.Tensors.Count} device tensors, {Weights.Format.Name}, one arena)");
         Line("KV per token", $"{ByteSize.Format(KvBytesPerToken),12}  ({c.NumHiddenLayers} layers x K,V x {c.NumKeyValueHeads} heads x {c.HeadDim} x {Options.KvCacheDtype.Name()})");
-        Line("KV cache", $"{ByteSize.Format(KvBytes),12}  ({ContextLength} tokens x {Options.MaxSequences} sequence(s), {KvPages} pages of {Options.PageSize})");
-        Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch})");
+        string capped = PoolIsCapped ? $"; all {Options.MaxSequences} sequence(s) at full context" : "";
+        Line("KV cache", $"{ByteSize.Format(KvBytes),12}  (one pool of {KvPages - 1} pages of {Options.PageSize} = {PoolTokens} tokens + a scratch page{capped})");
+        Line("context", $"{ContextLength,12}  tokens per sequence ({(Options.ContextLength is null ? "max_position_embeddings" : "--ctx-size")}), up to {Options.MaxSequences} sequence(s)");
+        Line("max concurrency", string.Create(CultureInfo.InvariantCulture,
+            $"{MaxConcurrencyAtFullContext,11:0.00}x  (at {ContextLength} tokens per sequence; shorter sequences share the pool, the engine admits by free pages)"));
+        Line("workspace", $"{ByteSize.Format(Workspace.TotalBytes),12}  (prefill chunk {Options.PrefillChunkTokens} tokens, decode batch {Options.MaxBatch}, " +
+            $"block tables {ByteSize.Format(Workspace.BlockTableBytes)})");
         Line("total", $"{ByteSize.Format(TotalBytes),12}");
         if (DeviceMemory is var (free, total))
         {

@@ -46,6 +46,8 @@ public sealed record WorkspaceLayout
     public long Slots { get; init; }
     public long ContextLens { get; init; }
     public long BlockTables { get; init; }
+    /// <summary>int32 [Rows, MaxPagesPerSeq]: grows with the context and the step's rows (20 MiB for 2048 rows at 40960 tokens in pages of 16).</summary>
+    public long BlockTableBytes => (long)Rows * MaxPagesPerSeq * sizeof(int);
     /// <summary>int32 [Rows + 1]: query row offsets of the flash-prefill segments (relative to the first of their rows).</summary>
     public long QStart { get; init; }
     /// <summary>int32 [MaxOutputs]: the rows whose hidden states go through the final norm and lm_head, in output order.</summary>
