@@ -131,6 +131,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _deviceRow = new int[Plan.Workspace.Rows];
             device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
             device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
             _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             _defaultInvFreq = invFreq;
