@@ -44,7 +44,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly float _attentionScaling;
     private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
-    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sample_rows_bf16
+    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sampling (sample_reduce_bf16 + sample_draw_bf16)
     private readonly int[] _buckets;
 
     public ModelConfig Config { get; }

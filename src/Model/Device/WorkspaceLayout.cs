@@ -128,13 +128,9 @@ public sealed record WorkspaceLayout
                 gemv = Math.Max(gemv, GemvLaunchers.Plan(multiprocessors, t, n, k).PartialBytes(t, n));
         long gemvPartial = a.Take("gemv_partial", gemv);
 
-        int tiles = Math.Max(1, (contextLength + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys);
-        int splitRows = 0;
+        int splitRows = 0;   // the decode attention's own split plan for every decode batch up to `rows`
         for (int t = 1; t <= rows; t++)
-        {
-            int target = (multiprocessors + t * c.NumKeyValueHeads - 1) / (t * c.NumKeyValueHeads);
-            splitRows = Math.Max(splitRows, t * Math.Max(1, Math.Min(target, tiles)));
-        }
+            splitRows = Math.Max(splitRows, t * AttentionDecodeLaunchers.PlanSplits(multiprocessors, t, c.NumKeyValueHeads, contextLength));
         long lse = (long)splitRows * c.NumAttentionHeads * sizeof(float);
         long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
 

@@ -261,12 +261,12 @@ public static class SamplingCases
             var scratch = Scratch(ctx, 1, vocab);
             launcher.SampleRows(ctx.Stream, logits, vocab, 1, vocab, ctx.Upload(new[] { settings }), ids, scratch);
             int rows = ctx.Download<int>(ids, 1)[0];
-            c.True(accepted.Contains(rows), "sample_rows_bf16 draws a token at the boundary", $"drew {rows} for u {u:R}; the tokens at the boundary are {string.Join(", ", accepted)}");
+            c.True(accepted.Contains(rows), "sample rows draws a token at the boundary", $"drew {rows} for u {u:R}; the tokens at the boundary are {string.Join(", ", accepted)}");
             float temperature = 1f / it;
-            c.True(1f / temperature == it, "sample_bf16 gets the same inverse temperature");
+            c.True(1f / temperature == it, "sample (fixed settings) gets the same inverse temperature");
             launcher.Sample(ctx.Stream, logits, vocab, 1, vocab, ids, new SamplingSettings(temperature, 0, 1f, 0f, seed), step, scratch);
             int single = ctx.Download<int>(ids, 1)[0];
-            c.True(single == rows, "sample_bf16 (row 0: the same Philox counter) draws the same token", $"{single} vs {rows}");
+            c.True(single == rows, "sample (fixed settings; row 0: the same Philox counter) draws the same token", $"{single} vs {rows}");
             return c.Result();
         });
 
