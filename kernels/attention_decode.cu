@@ -9,15 +9,19 @@
 //   one KV head (the GQA group, up to 8: warp w owns group heads 2w and 2w+1), so each K/V tile is read
 //   from global memory once per group. The context of sequence s is cut into `splits` ranges of
 //   ceil(len / splits) keys rounded up to the 32-key tile; each CTA runs an online softmax (fp32, log2
-//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range.
+//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with
+//   the context (at most 8 tiles per split, at least one CTA per SM), so a long context runs several
+//   CTAs per SM, each a short chain of tile loads (docs/kernels.md "Decode attention").
 //   Per tile: the 128 threads load K and V rows (16-byte ld.global.nc, 16 threads per 256-byte row:
-//   fully used sectors) into registers one tile ahead, then store them to shared memory (K rows padded
+//   fully used sectors) into registers one tile ahead, with the block-table entries of the tile after
+//   that (no page lookup between a tile's loads and the previous tile's arrival), then store them to shared memory (K rows padded
 //   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
 //   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
 //   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
-// attn_decode_combine: grid (seqs, nH), D threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
+// attn_decode_combine: grid (seqs, nH), 128 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
+//   warp w sums splits w, w + 4, ... (several splits' loads per round trip), the 4 warp sums added in a fixed order.
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
 // Variants: this one only; the CPU reference in tests/Kernels is its oracle.
 #include "common.cuh"
