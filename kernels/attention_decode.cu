@@ -20,8 +20,8 @@
 //   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
-// attn_decode_combine: grid (seqs, nH), 128 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
-//   warp w sums splits w, w + 4, ... (several splits' loads per round trip), the 4 warp sums added in a fixed order.
+// attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
+//   warp w sums splits w, w + 8, ... (8 splits' loads per round trip), the 8 warp sums added in a fixed order.
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
 // Variants: this one only; the CPU reference in tests/Kernels is its oracle.
 #include "common.cuh"
@@ -241,10 +241,10 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
     }
 }
 
-// Combine: grid (seqs, nH), 128 threads. All threads find the largest lse over the splits; warp w then sums splits
-// w, w + 4, ... (lane owns dims DEC_DIM0(lane) .. + DEC_E, unrolled so several splits' loads share a round trip),
-// and the 4 warps' sums are added in a fixed order: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
-#define COMB_THREADS 128
+// Combine: grid (seqs, nH), 256 threads. All threads find the largest lse over the splits; warp w then sums splits
+// w, w + 8, ... (lane owns dims DEC_DIM0(lane) .. + DEC_E, unrolled so several splits' loads share a round trip),
+// and the 8 warps' sums are added in a fixed order: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
+#define COMB_THREADS 256
 #define COMB_WARPS (COMB_THREADS / 32)
 extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(AttnDecodeParams p)
 {
@@ -266,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
 #pragma unroll
     for (int e = 0; e < DEC_E; e++) num[e] = 0.f;
     if (mx > -QC_INF) {
-#pragma unroll 4
+#pragma unroll 8
         for (int s = warp; s < p.splits; s += COMB_WARPS) {
             const float lse = p.partial_lse[row0 + s];
             const float* o = p.partial_out + (row0 + s) * HEAD_DIM + DEC_DIM0(lane);

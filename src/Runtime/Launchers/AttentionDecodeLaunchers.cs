@@ -115,7 +115,7 @@ public sealed class AttentionDecodeLaunchers
         args.Add(p);
         _device.Launch(_split, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
         if (splits > 1)
-            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 128), stream, args);
+            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, args);
         return splits;
     }
 }
