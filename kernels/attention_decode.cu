@@ -9,15 +9,19 @@
 //   one KV head (the GQA group, up to 8: warp w owns group heads 2w and 2w+1), so each K/V tile is read
 //   from global memory once per group. The context of sequence s is cut into `splits` ranges of
 //   ceil(len / splits) keys rounded up to the 32-key tile; each CTA runs an online softmax (fp32, log2
-//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range.
+//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with
+//   the context (at most 8 tiles per split, at least one CTA per SM), so a long context runs several
+//   CTAs per SM, each a short chain of tile loads (docs/kernels.md "Decode attention").
 //   Per tile: the 128 threads load K and V rows (16-byte ld.global.nc, 16 threads per 256-byte row:
-//   fully used sectors) into registers one tile ahead, then store them to shared memory (K rows padded
+//   fully used sectors) into registers one tile ahead, with the block-table entries of the tile after
+//   that (no page lookup between a tile's loads and the previous tile's arrival), then store them to shared memory (K rows padded
 //   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
 //   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
 //   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
-// attn_decode_combine: grid (seqs, nH), D threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
+// attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
+//   warp w sums splits w, w + 8, ... (8 splits' loads per round trip), the 8 warp sums added in a fixed order.
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
 // Variants: this one only; the CPU reference in tests/Kernels is its oracle.
 #include "common.cuh"
@@ -109,13 +113,23 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
 
     const int* table = p.block_table + (size_t)seq * p.max_pages_per_seq;
     uint4 k_reg[DEC_LOADS], v_reg[DEC_LOADS];
+    int page[DEC_LOADS];                     // block-table entries of this thread's rows in the next tile to load
+    auto load_pages = [&](int t0) {
+#pragma unroll
+        for (int r = 0; r < DEC_LOADS; r++) {
+            const int row = (tid + r * DEC_THREADS) / DEC_ROW_CHUNKS, key = t0 + row;
+            page[r] = DEC_ROW_OK(row) && key < end ? table[key / p.page_size] : 0;
+        }
+    };
+    // Loads tile t0 (its pages are in page[]) and the pages of the tile after it, in the same round trip: the
+    // block-table lookup never stands between a tile's loads and the previous tile's arrival.
     auto load_tile = [&](int t0) {
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
             const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
             const int key = t0 + row;
             if (DEC_ROW_OK(row) && key < end) {
-                const int slot = table[key / p.page_size] * p.page_size + key % p.page_size;
+                const int slot = page[r] * p.page_size + key % p.page_size;
                 const size_t off = ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + col * 8;
 #if KV_FP8
                 k_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.k_cache) + off)));
@@ -129,9 +143,13 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
                 v_reg[r] = make_uint4(0, 0, 0, 0);
             }
         }
+        load_pages(t0 + DEC_TILE);
     };
 
-    if (begin < end) load_tile(begin);
+    if (begin < end) {
+        load_pages(begin);
+        load_tile(begin);
+    }
     for (int t0 = begin; t0 < end; t0 += DEC_TILE) {
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
@@ -223,21 +241,62 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
     }
 }
 
-extern "C" __global__ void __launch_bounds__(HEAD_DIM) attn_decode_combine(AttnDecodeParams p)
+// Combine: grid (seqs, nH), 256 threads. All threads find the largest lse over the splits; warp w then sums splits
+// w, w + 8, ... (lane owns dims DEC_DIM0(lane) .. + DEC_E, unrolled so several splits' loads share a round trip),
+// and the 8 warps' sums are added in a fixed order: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
+#define COMB_THREADS 256
+#define COMB_WARPS (COMB_THREADS / 32)
+extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(AttnDecodeParams p)
 {
-    const int seq = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
+    __shared__ float red_s[COMB_WARPS];
+    __shared__ float num_s[COMB_WARPS][HEAD_DIM];
+    __shared__ float den_s[COMB_WARPS];
+    const int seq = blockIdx.x, head = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t row0 = ((size_t)seq * p.num_q_heads + head) * p.splits;
     float mx = -QC_INF;
-    for (int s = 0; s < p.splits; s++) mx = fmaxf(mx, p.partial_lse[row0 + s]);
-    float num = 0.f, den = 0.f;
+    for (int s = tid; s < p.splits; s += COMB_THREADS) mx = fmaxf(mx, p.partial_lse[row0 + s]);
+    mx = warp_max(mx);
+    if (lane == 0) red_s[warp] = mx;
+    __syncthreads();
+    mx = red_s[0];
+#pragma unroll
+    for (int w = 1; w < COMB_WARPS; w++) mx = fmaxf(mx, red_s[w]);
+
+    float num[DEC_E], den = 0.f;
+#pragma unroll
+    for (int e = 0; e < DEC_E; e++) num[e] = 0.f;
     if (mx > -QC_INF) {
-        for (int s = 0; s < p.splits; s++) {
+#pragma unroll 8
+        for (int s = warp; s < p.splits; s += COMB_WARPS) {
             const float lse = p.partial_lse[row0 + s];
-            if (lse == -QC_INF) continue;
-            const float w = exp2f(lse - mx);
+            const float* o = p.partial_out + (row0 + s) * HEAD_DIM + DEC_DIM0(lane);
+            float v[DEC_E];
+#if DEC_E == 1
+            v[0] = o[0];
+#else
+#pragma unroll
+            for (int e = 0; e < DEC_E; e += 2) {
+                const float2 t = *reinterpret_cast<const float2*>(o + e);
+                v[e] = t.x;
+                v[e + 1] = t.y;
+            }
+#endif
+            const float w = lse == -QC_INF ? 0.f : exp2f(lse - mx);   // an empty split's partial is 0
             den += w;
-            num += w * p.partial_out[(row0 + s) * HEAD_DIM + d];
+#pragma unroll
+            for (int e = 0; e < DEC_E; e++) num[e] += w * v[e];
         }
     }
-    p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(den > 0.f ? num / den : 0.f);
+    if (DEC_STORES(lane)) {
+#pragma unroll
+        for (int e = 0; e < DEC_E; e++) num_s[warp][DEC_DIM0(lane) + e] = num[e];
+    }
+    if (lane == 0) den_s[warp] = den;
+    __syncthreads();
+    for (int d = tid; d < HEAD_DIM; d += COMB_THREADS) {
+        float n = 0.f, z = 0.f;
+#pragma unroll
+        for (int w = 0; w < COMB_WARPS; w++) { n += num_s[w][d]; z += den_s[w]; }
+        p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(z > 0.f ? n / z : 0.f);
+    }
 }

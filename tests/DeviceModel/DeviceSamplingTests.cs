@@ -6,7 +6,7 @@ using Qwen3Cuda.Tests.Kernels;
 namespace Qwen3Cuda.Tests.DeviceModel;
 
 /// <summary>
-/// Device sampling inside the captured decode graph (sample_rows_bf16 reading per-row settings from device memory):
+/// Device sampling inside the captured decode graph (sample_reduce_bf16 + sample_draw_bf16 reading per-row settings from device memory):
 /// seeded runs repeat, other seeds differ, each drawn token is the one the CPU computes from the same Philox number
 /// and the step's logits, and a sampled decode step is still one graph launch with no allocation.
 /// </summary>

@@ -86,17 +86,19 @@ public class KernelTimingTests
         using var stream = timing.CreateStream();
         DevicePtr logits = timing.Allocate(64 * sizeof(ushort)), ids = timing.Allocate(sizeof(int));
         timing.MemsetAsync(logits, 0, 64 * sizeof(ushort), stream);
-        sampling.Argmax(stream, logits, 64, 1, 64, ids);                 // before Begin: not timed
+        var scratch = new Qwen3Cuda.Runtime.Launchers.SamplingScratch(timing.Allocate(Qwen3Cuda.Runtime.Launchers.SamplingScratch.Bytes(1, 64)), 1, 64);
+        timing.MemsetAsync(scratch.Base, 0, Qwen3Cuda.Runtime.Launchers.SamplingScratch.Bytes(1, 64), stream);
+        sampling.Argmax(stream, logits, 64, 1, 64, ids, scratch);                 // before Begin: not timed
         timing.Begin();
         Assert.Throws<InvalidOperationException>(() => timing.Begin());
-        sampling.Argmax(stream, logits, 64, 1, 64, ids);                 // timed
+        sampling.Argmax(stream, logits, 64, 1, 64, ids, scratch);                 // timed
         timing.BeginCapture(stream);
-        sampling.Argmax(stream, logits, 64, 1, 64, ids);                 // captured: not timed
+        sampling.Argmax(stream, logits, 64, 1, 64, ids, scratch);                 // captured: not timed
         using (var graph = timing.EndCapture(stream)) Assert.That(graph.KernelNodeCount, Is.EqualTo(1), "the captured launch went into the graph");
         var launches = timing.End();
         Assert.That(launches, Has.Count.EqualTo(1));
-        Assert.That(launches[0].Kernel, Is.EqualTo("argmax_bf16"));
-        Assert.That((launches[0].Config.Grid, launches[0].Config.Block), Is.EqualTo((new Dim3(1), new Dim3(1024))));
+        Assert.That(launches[0].Kernel, Is.EqualTo("sample_reduce_bf16"));
+        Assert.That((launches[0].Config.Grid, launches[0].Config.Block), Is.EqualTo((new Dim3(1, 1), new Dim3(512))));
         Assert.Throws<InvalidOperationException>(() => timing.End());
         timing.Free(ids);
         timing.Free(logits);
@@ -144,7 +146,7 @@ public class KernelTimingTests
             Assert.That(step.Kernels.Select(k => k.GpuMilliseconds), Has.All.GreaterThan(0.0), step.Name);
             Assert.That(step.Kernels[0].Kernel, Is.EqualTo("embedding_gather_bf16"), step.Name);
         }
-        Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Does.Contain("argmax_bf16"));
+        Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Does.Contain("sample_reduce_bf16"));
         var (exit, stdout, stderr) = Support.CliRunner.Run("profile", "--model", TinyModel(), "--device", "cuda", "--tokens", "5");
         Assert.That(exit, Is.EqualTo(0), stderr);
         TestContext.Out.Write(stdout);

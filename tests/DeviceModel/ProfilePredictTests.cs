@@ -25,8 +25,8 @@ public class ProfilePredictTests
         var p = ProfileCommand.Predict(r, gpu);
         Assert.That(p.Decode.Launches, Has.Count.EqualTo(r.Decode.Records.Count));
         Assert.That(p.Decode.Launches.All(l => l.Microseconds > 0 && l.Resources.RegistersPerThread > 0), "every launch has a time and its ptxas registers");
-        Assert.That(p.SampledDecode.Launches.Select(l => l.Kernel), Does.Contain("sample_rows_bf16"));
-        Assert.That(p.Decode.Launches.Select(l => l.Kernel), Does.Contain("argmax_bf16"));
+        Assert.That(p.SampledDecode.Launches.Select(l => l.Kernel), Does.Contain("sample_draw_bf16"));
+        Assert.That(p.Decode.Launches.Select(l => l.Kernel), Does.Contain("sample_reduce_bf16").And.Not.Contain("sample_draw_bf16"), "greedy: the reduce kernel alone");
         Assert.That(p.Decode.GraphNodes, Is.GreaterThanOrEqualTo(p.Decode.Launches.Count), "the decode step is a graph replay");
         Assert.That(p.Prefill.GraphNodes, Is.EqualTo(0), "prefill launches on the stream");
 

@@ -20,8 +20,6 @@ public sealed class EmbeddingSamplingLauncherTests
     public void ParamsMirrorsMatchCuda()
     {
         StructLayoutCheck.AssertMatches(typeof(EmbeddingParams), "embedding.cu", "EmbeddingParams");
-        StructLayoutCheck.AssertMatches(typeof(ArgmaxParams), "sampling.cu", "ArgmaxParams");
-        StructLayoutCheck.AssertMatches(typeof(SampleParams), "sampling.cu", "SampleParams");
         StructLayoutCheck.AssertMatches(typeof(SampleRowSettings), "sampling.cu", "SampleRowSettings");
         StructLayoutCheck.AssertMatches(typeof(SampleRowsParams), "sampling.cu", "SampleRowsParams");
         StructLayoutCheck.AssertMatches(typeof(CheckFiniteParams), "check_finite.cu", "CheckFiniteParams");

@@ -1,6 +1,7 @@
 using Qwen3Cuda.Model.Sampling;
 using Qwen3Cuda.Model.Speculative;
 using Qwen3Cuda.Runtime.Launchers;
+using static Qwen3Cuda.Tests.Support.ChiSquareTest;
 
 namespace Qwen3Cuda.Tests.Speculative;
 
@@ -12,17 +13,6 @@ namespace Qwen3Cuda.Tests.Speculative;
 public class SpeculativeSamplingTests
 {
     const int Vocab = 5, Draws = 20000;
-
-    /// <summary>
-    /// Upper 0.1% point of chi-square with df degrees of freedom (Wilson-Hilferty; within 1% of the tables for df >= 10).
-    /// With fixed seeds the test is deterministic; the threshold says how unlikely a correct sampler would be to fail it.
-    /// </summary>
-    static double Critical(int df)
-    {
-        const double z = 3.0902;   // standard normal upper 0.1%
-        double a = 2.0 / (9 * df);
-        return df * Math.Pow(1 - a + z * Math.Sqrt(a), 3);
-    }
 
     /// <summary>Exact joint probability of tokens (a, b, c) after token <paramref name="start"/> under the model's warped distribution.</summary>
     static double[] Joint3(ToyModel m, int start, in SamplingSettings s)
@@ -42,25 +32,6 @@ public class SpeculativeSamplingTests
                 for (int c = 0; c < Vocab; c++)
                     joint[(a * Vocab + b) * Vocab + c] = dist[start][a] * dist[a][b] * dist[b][c];
         return joint;
-    }
-
-    /// <summary>Chi-square statistic of observed counts against expected probabilities (cells of zero probability must be empty) and its degrees of freedom.</summary>
-    static (double Chi2, int Df) ChiSquare(long[] observed, double[] expected, long n)
-    {
-        double chi = 0;
-        int cells = 0;
-        for (int i = 0; i < observed.Length; i++)
-        {
-            if (expected[i] == 0)
-            {
-                Assert.That(observed[i], Is.Zero, $"cell {i} has probability 0 but was drawn");
-                continue;
-            }
-            double e = expected[i] * n;
-            chi += (observed[i] - e) * (observed[i] - e) / e;
-            cells++;
-        }
-        return (chi, cells - 1);
     }
 
     /// <summary>A presence penalty of 1 over every token seen (the history and the proposals before the row).</summary>
@@ -157,20 +128,6 @@ public class SpeculativeSamplingTests
         Assert.That(chi, Is.LessThan(Critical(df)));
         var (chiPlain, _) = ChiSquareLenient(counts, Joint3(target, 0, settings), Draws);
         Assert.That(chiPlain, Is.GreaterThan(3 * Critical(df)), "distinguishable from the unpenalised distribution");
-    }
-
-    /// <summary>Chi-square without the zero-cell assertion (against a distribution the samples need not follow).</summary>
-    static (double Chi2, int Df) ChiSquareLenient(long[] observed, double[] expected, long n)
-    {
-        double chi = 0;
-        int cells = 0;
-        for (int i = 0; i < observed.Length; i++)
-        {
-            double e = Math.Max(expected[i], 1e-9) * n;
-            chi += (observed[i] - e) * (observed[i] - e) / e;
-            cells++;
-        }
-        return (chi, cells - 1);
     }
 
     /// <summary>The acceptance rule alone: with the target itself as the draft (p = q) every proposal is accepted.</summary>

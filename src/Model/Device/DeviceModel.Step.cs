@@ -302,8 +302,9 @@ public sealed partial class DeviceModel
         _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), s.Outputs, H, (float)c.RmsNormEps);
         Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H);
         if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
-        if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled));
-        else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled));
+        var scratch = new SamplingScratch(Ws(w.SampleScratch), w.MaxOutputs, c.VocabSize);
+        if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
+        else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled), scratch);
     }
 
     /// <summary>Debug only (<see cref="DeviceModelOptions.CheckFinite"/>): folds the first NaN / inf of x into the sticky record.</summary>

@@ -44,7 +44,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly float _attentionScaling;
     private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
-    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sample_rows_bf16
+    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sampling (sample_reduce_bf16 + sample_draw_bf16)
     private readonly int[] _buckets;
 
     public ModelConfig Config { get; }
@@ -131,6 +131,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _deviceRow = new int[Plan.Workspace.Rows];
             device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
             device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
             _kv.ZeroScratchPage(_stream);
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             _defaultInvFreq = invFreq;

@@ -16,6 +16,7 @@ namespace Qwen3Cuda.Model.Device;
 /// output_rows     int32 [MaxOutputs]      the rows whose logits the step computes (gathered, in batch order)
 /// sample_settings SampleRowSettings [MaxOutputs] (steps with sampled rows only)
 /// penalty_rows    PenaltyRow [MaxOutputs]  (steps with penalties only; penalties.cu)
+/// sample_scratch  SamplingScratch(MaxOutputs, V): sampling.cu's histograms, tickets (zeroed once at load), partials
 /// penalty_entries int32 [PenaltyCapacity, 2]  token id, occurrences in the answer
 /// rope_inv_freq   fp32 [Rows, D/2]        dynamic NTK only (else empty): each row's RoPE table, that of its sequence's length
 /// x               bf16 [Rows, H]          residual stream
@@ -54,6 +55,9 @@ public sealed record WorkspaceLayout
     public long OutputRows { get; init; }
     /// <summary>SampleRowSettings [MaxOutputs]: per-output-row sampling settings (a step input).</summary>
     public long SampleSettings { get; init; }
+    /// <summary>sampling.cu's scratch for <see cref="MaxOutputs"/> rows (not a step input; zeroed once at load).</summary>
+    public long SampleScratch { get; init; }
+    public long SampleScratchBytes { get; init; }
     /// <summary>PenaltyRow [MaxOutputs]: per-output-row penalties (a step input).</summary>
     public long PenaltyRows { get; init; }
     /// <summary>int32 [PenaltyCapacity, 2]: the rows' (token, count) entries (a step input).</summary>
@@ -112,6 +116,8 @@ public sealed record WorkspaceLayout
         bool perRowRope = c.RopeScaling is { IsDynamic: true };
         long ropeInvFreq = a.Take("rope_inv_freq", perRowRope ? (long)rows * (c.HeadDim / 2) * sizeof(float) : 0);
         long inputsEnd = a.TotalBytes;
+        long sampleScratchBytes = SamplingScratch.Bytes(maxOutputs, c.VocabSize);
+        long sampleScratch = a.Take("sample_scratch", sampleScratchBytes);
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
 
@@ -124,13 +130,9 @@ public sealed record WorkspaceLayout
                 gemv = Math.Max(gemv, GemvLaunchers.Plan(multiprocessors, t, n, k).PartialBytes(t, n));
         long gemvPartial = a.Take("gemv_partial", gemv);
 
-        int tiles = Math.Max(1, (contextLength + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys);
-        int splitRows = 0;
+        int splitRows = 0;   // the decode attention's own split plan for every decode batch up to `rows`
         for (int t = 1; t <= rows; t++)
-        {
-            int target = (multiprocessors + t * c.NumKeyValueHeads - 1) / (t * c.NumKeyValueHeads);
-            splitRows = Math.Max(splitRows, t * Math.Max(1, Math.Min(target, tiles)));
-        }
+            splitRows = Math.Max(splitRows, t * AttentionDecodeLaunchers.PlanSplits(multiprocessors, t, c.NumKeyValueHeads, contextLength));
         long lse = (long)splitRows * c.NumAttentionHeads * sizeof(float);
         long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
 
@@ -151,7 +153,7 @@ public sealed record WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
             Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
-            SampleSettings = sampleSettings, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity,
+            SampleSettings = sampleSettings, SampleScratch = sampleScratch, SampleScratchBytes = sampleScratchBytes, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity,
             RopeInvFreq = ropeInvFreq, PerRowRope = perRowRope, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,

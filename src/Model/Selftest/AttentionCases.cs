@@ -29,6 +29,7 @@ public static class AttentionCases
         yield return DecodeCase([50], 4, 2, 16, 64, 7, 64);                         // D 64
         yield return DecodeCase([2, 66], 4, 2, 4, 64, 8, 16);                       // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
         yield return DecodeCase([4096], 32, 4, 16, 128, 11, 128, real: true, counters: true);   // real heads, 4096 keys: K/V read once
+        yield return DecodeCase([20000, 3], 4, 2, 4, 512, 15, 32);                  // long context: 79 splits of <= 8 tiles (more than one per SM), 5000 pages; a 3-key row with empty splits
         // --kv-cache-dtype fp8 (KV_FP8): E4M3 codes decoded exactly, so the same reference and tolerance; K/V bytes halved
         yield return DecodeCase([1, 17, 100], 32, 4, 16, 64, 12, 128, real: true, fp8: true);
         yield return DecodeCase([4096], 32, 4, 16, 128, 13, 128, real: true, counters: true, fp8: true);
@@ -85,6 +86,9 @@ public static class AttentionCases
             var launches = ctx.RecordLaunches(() => splits = launchers.Decode(ctx.Stream, a));
             var c = new Checker();
             c.True(workspaceSplits == 1 ? splits == 1 : splits > 1, "split count", $"{splits} splits for a workspace of {workspaceSplits}");
+            int tiles = (lens.Max() + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys;
+            c.True(splits == workspaceSplits || (tiles + splits - 1) / splits <= AttentionDecodeLaunchers.MaxTilesPerSplit,
+                $"at most {AttentionDecodeLaunchers.MaxTilesPerSplit} tiles per split unless the workspace limits the splits", $"{splits} splits over {tiles} tiles");
             c.CloseBf16(ctx.Download<ushort>(dOut, seqs * nH * d), Reference(kv, q, nH, d), Atol, Rtol, "decode attention output");
             if (counters && launches.Count > 0)
             {

@@ -14,8 +14,8 @@ public static class SamplingCases
         yield return Sample(0.7f, 5, 1f, 0f);      // temperature + top-k
         yield return Sample(1.3f, 0, 0.8f, 0f);    // top-p
         yield return Sample(1f, 6, 0.95f, 0.08f);  // all three
-        yield return new KernelCase("sampling", "sample_bf16 top_k 1 is the argmax, lower index on ties", false, TopKOfOneIsGreedy);
-        yield return new KernelCase("sampling", "sample_bf16 at the real vocabulary stays in the top 20", true, SampleAtRealVocabularyStaysInTheTopK);
+        yield return new KernelCase("sampling", "sample (fixed settings) top_k 1 is the argmax, lower index on ties", false, TopKOfOneIsGreedy);
+        yield return new KernelCase("sampling", "sample (fixed settings) at the real vocabulary (38 CTAs) stays in the top 20", true, SampleAtRealVocabularyStaysInTheTopK);
         yield return ScanBoundary(1, 1160271ul, 0);   // gap at the warp 24 / 25 boundary: the old claim had no claimant
         yield return ScanBoundary(0, 1995517ul, 2);   // overlap at the warp 26 / 27 boundary: the old claim had two
         yield return Penalties(vocab: 37, rows: 4, entriesPerRow: 9);
@@ -58,6 +58,10 @@ public static class SamplingCases
             return c.Result();
         });
 
+    /// <summary>A zeroed <see cref="SamplingScratch"/> for <paramref name="rows"/> rows of <paramref name="vocab"/> logits.</summary>
+    public static SamplingScratch Scratch(KernelCheckContext ctx, int rows, int vocab) =>
+        new(ctx.AllocFilled<byte>(SamplingScratch.Bytes(rows, vocab), 0), rows, vocab);
+
     static CheckResult Embedding(KernelCheckContext ctx)
     {
         var launcher = ctx.Cached("embedding", () => new EmbeddingLaunchers(ctx.Loader));
@@ -80,7 +84,7 @@ public static class SamplingCases
     }
 
     static KernelCase Argmax(int vocab, bool real = false) =>
-        new("sampling", $"argmax_bf16 vocab {vocab}, ties to the lower index", real, ctx =>
+        new("sampling", $"argmax (sample_reduce_bf16) vocab {vocab}, ties to the lower index", real, ctx =>
         {
             var launcher = ctx.Cached("sampling", () => new SamplingLaunchers(ctx.Loader));
             var rng = new Random(vocab);
@@ -91,7 +95,7 @@ public static class SamplingCases
             logits[vocab + vocab / 3] = Bf16.FromFloat(20f);
             logits[vocab + vocab - 1] = Bf16.FromFloat(20f);
             DevicePtr ids = ctx.AllocFilled<int>(rows);
-            launcher.Argmax(ctx.Stream, ctx.Upload(logits), vocab, rows, vocab, ids);
+            launcher.Argmax(ctx.Stream, ctx.Upload(logits), vocab, rows, vocab, ids, Scratch(ctx, rows, vocab));
             var c = new Checker();
             c.Exact<int>(ctx.Download<int>(ids, rows), [vocab / 2, vocab / 3], "argmax ids");
             return c.Result();
@@ -146,7 +150,7 @@ public static class SamplingCases
     /// move a boundary by ~1e-6, so a different token is accepted only when u lies within 1e-4 of the boundary between the two.
     /// </summary>
     static KernelCase Sample(float temperature, int topK, float topP, float minP) =>
-        new("sampling", $"sample_bf16 temperature {temperature} top_k {topK} top_p {topP} min_p {minP}: the token of its random number", false, ctx =>
+        new("sampling", $"sample (fixed settings) temperature {temperature} top_k {topK} top_p {topP} min_p {minP}: the token of its random number", false, ctx =>
         {
             var launcher = ctx.Cached("sampling", () => new SamplingLaunchers(ctx.Loader));
             const int vocab = 12, rows = 8;
@@ -157,7 +161,8 @@ public static class SamplingCases
             var s = new SamplingSettings(temperature, topK, topP, minP, Seed: 1234);
             DevicePtr ids = ctx.AllocFilled<int>(rows);
             DevicePtr dLogits = ctx.Upload(all);
-            launcher.Sample(ctx.Stream, dLogits, vocab, rows, vocab, ids, s, step: 7);
+            var scratch = Scratch(ctx, rows, vocab);
+            launcher.Sample(ctx.Stream, dLogits, vocab, rows, vocab, ids, s, step: 7, scratch);
             int[] got = ctx.Download<int>(ids, rows);
             double[] p = ExpectedDistribution(KernelData.ToFloats(row), s);
             var c = new Checker();
@@ -184,7 +189,7 @@ public static class SamplingCases
             }
             c.True(bad.Count == 0, "each row's token is the one its u selects (or a neighbour within 1e-4 of a boundary)", string.Join("\n", bad));
             DevicePtr ids2 = ctx.AllocFilled<int>(rows);
-            launcher.Sample(ctx.Stream, dLogits, vocab, rows, vocab, ids2, s, step: 7);
+            launcher.Sample(ctx.Stream, dLogits, vocab, rows, vocab, ids2, s, step: 7, scratch);
             c.Exact<int>(ctx.Download<int>(ids2, rows), got, "same seed and step: same tokens");
             return c.Result();
         });
@@ -194,7 +199,7 @@ public static class SamplingCases
         var launcher = ctx.Cached("sampling", () => new SamplingLaunchers(ctx.Loader));
         ushort[] logits = KernelData.FromFloats([0.5f, 4f, 4f, -2f, 3.9f]);
         DevicePtr ids = ctx.AllocFilled<int>(1);
-        launcher.Sample(ctx.Stream, ctx.Upload(logits), 5, 1, 5, ids, new SamplingSettings(1f, 1, 1f, 0f, 5), step: 3);
+        launcher.Sample(ctx.Stream, ctx.Upload(logits), 5, 1, 5, ids, new SamplingSettings(1f, 1, 1f, 0f, 5), step: 3, Scratch(ctx, 1, 5));
         var c = new Checker();
         c.Exact<int>(ctx.Download<int>(ids, 1), [1], "top_k 1 is argmax, lower index on ties");
         return c.Result();
@@ -207,7 +212,7 @@ public static class SamplingCases
         var rng = new Random(3);
         ushort[] logits = KernelData.Random(rng, vocab, 8f);
         DevicePtr ids = ctx.AllocFilled<int>(1);
-        launcher.Sample(ctx.Stream, ctx.Upload(logits), vocab, 1, vocab, ids, new SamplingSettings(1f, 20, 1f, 0f, Seed: 99), step: 1);
+        launcher.Sample(ctx.Stream, ctx.Upload(logits), vocab, 1, vocab, ids, new SamplingSettings(1f, 20, 1f, 0f, Seed: 99), step: 1, Scratch(ctx, 1, vocab));
         int id = ctx.Download<int>(ids, 1)[0];
         float[] f = KernelData.ToFloats(logits);
         float kth = f.OrderDescending().ElementAt(19);
@@ -229,7 +234,7 @@ public static class SamplingCases
     /// total; the two tokens at the boundary carry 2^-3 or more, so only they qualify.
     /// </summary>
     public static KernelCase ScanBoundary(int pattern, ulong step, int oldClaimants) =>
-        new("sampling", $"sample_rows_bf16 draw at a warp boundary of the scan ({(oldClaimants == 0 ? "gap" : "overlap")} of the old claim)", false, ctx =>
+        new("sampling", $"sample rows (settings in device memory): draw at a warp boundary of the scan ({(oldClaimants == 0 ? "gap" : "overlap")} of the old claim)", false, ctx =>
         {
             const int vocab = 1024;
             const ulong seed = 1234;
@@ -253,14 +258,15 @@ public static class SamplingCases
             DevicePtr logits = ctx.Upload(KernelData.FromFloats(k.Select(e => -(float)e).ToArray()));
             var settings = new SampleRowSettings { Seed = seed, Step = step, InvTemperature = it, TopK = 0, TopP = 1f, MinP = 0f };
             DevicePtr ids = ctx.AllocFilled<int>(1);
-            launcher.SampleRows(ctx.Stream, logits, vocab, 1, vocab, ctx.Upload(new[] { settings }), ids);
+            var scratch = Scratch(ctx, 1, vocab);
+            launcher.SampleRows(ctx.Stream, logits, vocab, 1, vocab, ctx.Upload(new[] { settings }), ids, scratch);
             int rows = ctx.Download<int>(ids, 1)[0];
-            c.True(accepted.Contains(rows), "sample_rows_bf16 draws a token at the boundary", $"drew {rows} for u {u:R}; the tokens at the boundary are {string.Join(", ", accepted)}");
+            c.True(accepted.Contains(rows), "sample rows draws a token at the boundary", $"drew {rows} for u {u:R}; the tokens at the boundary are {string.Join(", ", accepted)}");
             float temperature = 1f / it;
-            c.True(1f / temperature == it, "sample_bf16 gets the same inverse temperature");
-            launcher.Sample(ctx.Stream, logits, vocab, 1, vocab, ids, new SamplingSettings(temperature, 0, 1f, 0f, seed), step);
+            c.True(1f / temperature == it, "sample (fixed settings) gets the same inverse temperature");
+            launcher.Sample(ctx.Stream, logits, vocab, 1, vocab, ids, new SamplingSettings(temperature, 0, 1f, 0f, seed), step, scratch);
             int single = ctx.Download<int>(ids, 1)[0];
-            c.True(single == rows, "sample_bf16 (row 0: the same Philox counter) draws the same token", $"{single} vs {rows}");
+            c.True(single == rows, "sample (fixed settings; row 0: the same Philox counter) draws the same token", $"{single} vs {rows}");
             return c.Result();
         });
 

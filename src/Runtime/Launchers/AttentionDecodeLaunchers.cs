@@ -67,14 +67,27 @@ public sealed class AttentionDecodeLaunchers
         return lseBytes * HeadDim;
     }
 
-    /// <summary>The split count the launcher will use: about one wave of CTAs (one per multiprocessor), at most one split per 32-key tile.</summary>
-    public int ChooseSplits(int seqs, int numKvHeads, int maxContextLen, int workspaceSplits)
+    /// <summary>Longest split in 32-key tiles before the context is cut into more splits (see <see cref="PlanSplits"/>).</summary>
+    public const int MaxTilesPerSplit = 8;
+
+    /// <summary>
+    /// The split count for a GPU of <paramref name="multiprocessors"/> SMs, unbounded by any workspace: at least one CTA
+    /// per multiprocessor, and at most <see cref="MaxTilesPerSplit"/> tiles per split so that a long context runs
+    /// several CTAs per SM, each with few dependent tile loads (bytes in flight grow with the context; docs/kernels.md
+    /// "attention_decode"); at most one split per tile.
+    /// </summary>
+    public static int PlanSplits(int multiprocessors, int seqs, int numKvHeads, int maxContextLen)
     {
-        int ctas = seqs * numKvHeads;
-        int target = (_device.Info.MultiprocessorCount + ctas - 1) / ctas;
+        int ctas = Math.Max(1, seqs * numKvHeads);
+        int target = (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
         int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
-        return Math.Max(1, Math.Min(Math.Min(target, tiles), Math.Max(1, workspaceSplits)));
+        int forLength = (tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit;
+        return Math.Max(1, Math.Min(tiles, Math.Max(target, forLength)));
     }
+
+    /// <summary>The split count the launcher will use: <see cref="PlanSplits"/> for this device's SM count, at most <paramref name="workspaceSplits"/>.</summary>
+    public int ChooseSplits(int seqs, int numKvHeads, int maxContextLen, int workspaceSplits) =>
+        Math.Max(1, Math.Min(PlanSplits(_device.Info.MultiprocessorCount, seqs, numKvHeads, maxContextLen), Math.Max(1, workspaceSplits)));
 
     /// <summary>Runs attention for one query token per sequence; returns the split count used.</summary>
     public int Decode(DeviceStream stream, in DecodeAttentionArgs a)
@@ -102,7 +115,7 @@ public sealed class AttentionDecodeLaunchers
         args.Add(p);
         _device.Launch(_split, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
         if (splits > 1)
-            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), HeadDim), stream, args);
+            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, args);
         return splits;
     }
 }

@@ -2,34 +2,6 @@ using System.Runtime.InteropServices;
 
 namespace Qwen3Cuda.Runtime.Launchers;
 
-/// <summary>Mirror of <c>ArgmaxParams</c> in kernels/sampling.cu (layout checked by a test).</summary>
-[StructLayout(LayoutKind.Sequential)]
-public struct ArgmaxParams
-{
-    public DevicePtr Logits;    // [Rows, Ld] bf16
-    public DevicePtr OutIds;    // [Rows] int32
-    public int Rows;
-    public int Vocab;
-    public int Ld;
-}
-
-/// <summary>Mirror of <c>SampleParams</c> in kernels/sampling.cu (layout checked by a test).</summary>
-[StructLayout(LayoutKind.Sequential)]
-public struct SampleParams
-{
-    public DevicePtr Logits;     // [Rows, Ld] bf16
-    public DevicePtr OutIds;     // [Rows] int32
-    public ulong Seed;
-    public ulong Step;
-    public int Rows;
-    public int Vocab;
-    public int Ld;
-    public int TopK;
-    public float InvTemperature;
-    public float TopP;
-    public float MinP;
-}
-
 /// <summary>Mirror of <c>SampleRowSettings</c> in kernels/sampling.cu: one row's settings, read by the kernel from device memory.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct SampleRowSettings
@@ -52,16 +24,49 @@ public struct SampleRowSettings
     }
 }
 
-/// <summary>Mirror of <c>SampleRowsParams</c> in kernels/sampling.cu.</summary>
+/// <summary>Mirror of <c>SampleRowsParams</c> in kernels/sampling.cu (layout checked by a test).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct SampleRowsParams
 {
     public DevicePtr Logits;     // [Rows, Ld] bf16
     public DevicePtr OutIds;     // [Rows] int32
-    public DevicePtr Settings;   // [Rows] SampleRowSettings
+    public DevicePtr Settings;   // [Rows] SampleRowSettings, or null: Fixed for every row
+    public DevicePtr Hist;       // [rows, 65536] uint32, zero on entry and exit
+    public DevicePtr Tickets;    // [rows, 2] uint32, zero on entry and exit
+    public DevicePtr Parts;      // [rows, Ctas] SamplePart (16 bytes)
+    public DevicePtr SliceMass;  // [rows, Ctas] fp32
+    public DevicePtr State;      // [rows] SampleRowState (32 bytes)
+    public SampleRowSettings Fixed;
     public int Rows;
     public int Vocab;
     public int Ld;
+    public int Ctas;
+    public int ArgmaxOnly;
+}
+
+/// <summary>
+/// Device memory the sampling kernels need between their two launches, for up to <see cref="Rows"/> rows of up to
+/// <see cref="Vocab"/> logits: the per-row histogram of bf16 values and tickets (both must be zero before the first
+/// launch, e.g. from <see cref="IDevice.MemsetAsync"/>; the kernels leave them zero), the CTAs' partials and the row
+/// state. Size: <see cref="Bytes"/> (about 256 KiB per row).
+/// </summary>
+public readonly record struct SamplingScratch(DevicePtr Base, int Rows, int Vocab)
+{
+    public const int Buckets = 65536;
+
+    public static long Bytes(int rows, int vocab)
+    {
+        long ctas = SamplingLaunchers.CtasFor(vocab);
+        return HistBytes(rows) + TicketBytes(rows) + rows * ctas * 20L + rows * 32L;
+    }
+
+    private static long HistBytes(int rows) => rows * (long)Buckets * sizeof(uint);
+    private static long TicketBytes(int rows) => (rows * 8L + 255) / 256 * 256;
+    internal DevicePtr Hist => Base;
+    internal DevicePtr Tickets => Base + HistBytes(Rows);
+    internal DevicePtr Parts => Tickets + TicketBytes(Rows);
+    internal DevicePtr SliceMass => Parts + Rows * (long)SamplingLaunchers.CtasFor(Vocab) * 16;
+    internal DevicePtr State => SliceMass + Rows * (long)SamplingLaunchers.CtasFor(Vocab) * 4;
 }
 
 /// <summary>Sampling settings (transformers' names). Temperature 0 means greedy.</summary>
@@ -72,55 +77,72 @@ public readonly record struct SamplingSettings(float Temperature = 1f, int TopK 
 
 /// <summary>
 /// Launchers for kernels/sampling.cu: greedy argmax, or temperature / top-k / top-p / min-p sampling with a
-/// counter-based Philox generator keyed by (seed, step, row): the same inputs always give the same token. One block
-/// per logits row; the token ids stay on the device. Nothing here allocates or synchronises.
+/// counter-based Philox generator keyed by (seed, step, row): the same inputs always give the same token. Each row is
+/// spread over ceil(vocab / 4096) CTAs: <c>sample_reduce_bf16</c> (argmax, histogram, thresholds), then for sampled
+/// rows <c>sample_draw_bf16</c> (the draw). The token ids stay on the device. Nothing here allocates or synchronises;
+/// the caller provides a <see cref="SamplingScratch"/>.
 /// </summary>
 public sealed class SamplingLaunchers(KernelLoader loader)
 {
     public const string File = "sampling.cu";
-    private readonly DeviceKernel _argmax = loader.Get(File, "argmax_bf16");
-    private readonly DeviceKernel _sample = loader.Get(File, "sample_bf16");
-    private readonly DeviceKernel _sampleRows = loader.Get(File, "sample_rows_bf16");
+    /// <summary>Tokens per CTA (512 threads x 8).</summary>
+    public const int SliceTokens = 4096;
+    /// <summary>CTAs per row at most (the draw scans the slices with one thread each).</summary>
+    public const int MaxCtas = 512;
+    private readonly DeviceKernel _reduce = loader.Get(File, "sample_reduce_bf16");
+    private readonly DeviceKernel _draw = loader.Get(File, "sample_draw_bf16");
     private readonly IDevice _device = loader.Device;
 
-    public void Argmax(DeviceStream stream, DevicePtr logits, int ld, int rows, int vocab, DevicePtr outIds)
+    public static int CtasFor(int vocab) => Math.Max(1, (vocab + SliceTokens - 1) / SliceTokens);
+
+    /// <summary>The largest logit of each row (ties to the lower index).</summary>
+    public void Argmax(DeviceStream stream, DevicePtr logits, int ld, int rows, int vocab, DevicePtr outIds, in SamplingScratch scratch)
     {
-        Validate(ld, rows, vocab);
+        Validate(ld, rows, vocab, scratch);
         if (rows == 0) return;
-        var p = new ArgmaxParams { Logits = logits, OutIds = outIds, Rows = rows, Vocab = vocab, Ld = ld };
-        var args = new KernelArgs(stackalloc byte[64], stackalloc nint[1]);
-        args.Add(p);
-        _device.Launch(_argmax, new LaunchConfig(rows, 1024), stream, args);
+        var p = Params(logits, ld, rows, vocab, outIds, DevicePtr.Null, default, scratch, argmaxOnly: true);
+        Launch(_reduce, stream, p);
     }
 
-    /// <summary>Samples one token per row; greedy settings run <see cref="Argmax"/>. <paramref name="step"/> must change
-    /// every call (e.g. the decode position) or the same random number is drawn again.</summary>
-    public void Sample(DeviceStream stream, DevicePtr logits, int ld, int rows, int vocab, DevicePtr outIds, in SamplingSettings s, ulong step)
+    /// <summary>Samples one token per row with the same settings (Philox counter word 2 = the row index); greedy settings
+    /// run <see cref="Argmax"/>. <paramref name="step"/> must change every call (e.g. the decode position) or the same
+    /// random number is drawn again.</summary>
+    public void Sample(DeviceStream stream, DevicePtr logits, int ld, int rows, int vocab, DevicePtr outIds, in SamplingSettings s, ulong step, in SamplingScratch scratch)
     {
         Validate(s);
-        if (s.IsGreedy) { Argmax(stream, logits, ld, rows, vocab, outIds); return; }
-        Validate(ld, rows, vocab);
+        if (s.IsGreedy) { Argmax(stream, logits, ld, rows, vocab, outIds, scratch); return; }
+        Validate(ld, rows, vocab, scratch);
         if (rows == 0) return;
-        var p = new SampleParams
-        {
-            Logits = logits, OutIds = outIds, Seed = s.Seed, Step = step, Rows = rows, Vocab = vocab, Ld = ld, TopK = s.TopK,
-            InvTemperature = 1f / s.Temperature, TopP = s.TopP, MinP = s.MinP,
-        };
-        var args = new KernelArgs(stackalloc byte[96], stackalloc nint[1]);
-        args.Add(p);
-        _device.Launch(_sample, new LaunchConfig(rows, 1024), stream, args);
+        var p = Params(logits, ld, rows, vocab, outIds, DevicePtr.Null, SampleRowSettings.From(s, step), scratch, argmaxOnly: false);
+        Launch(_reduce, stream, p);
+        Launch(_draw, stream, p);
     }
 
     /// <summary>Samples row r with <c>settings[r]</c> (<see cref="SampleRowSettings"/> in device memory, so a captured
-    /// graph sees new values); a row with InvTemperature &lt;= 0 or TopK 1 takes the argmax.</summary>
-    public void SampleRows(DeviceStream stream, DevicePtr logits, int ld, int rows, int vocab, DevicePtr settings, DevicePtr outIds)
+    /// graph sees new values; Philox counter word 2 = 0); a row with InvTemperature &lt;= 0 or TopK 1 takes the argmax.</summary>
+    public void SampleRows(DeviceStream stream, DevicePtr logits, int ld, int rows, int vocab, DevicePtr settings, DevicePtr outIds, in SamplingScratch scratch)
     {
-        Validate(ld, rows, vocab);
+        Validate(ld, rows, vocab, scratch);
+        if (settings.IsNull) throw new ArgumentException("sampling: SampleRows needs the settings array", nameof(settings));
         if (rows == 0) return;
-        var p = new SampleRowsParams { Logits = logits, OutIds = outIds, Settings = settings, Rows = rows, Vocab = vocab, Ld = ld };
-        var args = new KernelArgs(stackalloc byte[64], stackalloc nint[1]);
+        var p = Params(logits, ld, rows, vocab, outIds, settings, default, scratch, argmaxOnly: false);
+        Launch(_reduce, stream, p);
+        Launch(_draw, stream, p);
+    }
+
+    private static SampleRowsParams Params(DevicePtr logits, int ld, int rows, int vocab, DevicePtr outIds, DevicePtr settings,
+        SampleRowSettings fixedSettings, in SamplingScratch scratch, bool argmaxOnly) => new()
+    {
+        Logits = logits, OutIds = outIds, Settings = settings, Hist = scratch.Hist, Tickets = scratch.Tickets, Parts = scratch.Parts,
+        SliceMass = scratch.SliceMass, State = scratch.State, Fixed = fixedSettings, Rows = rows, Vocab = vocab, Ld = ld,
+        Ctas = CtasFor(vocab), ArgmaxOnly = argmaxOnly ? 1 : 0,
+    };
+
+    private void Launch(DeviceKernel kernel, DeviceStream stream, in SampleRowsParams p)
+    {
+        var args = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
         args.Add(p);
-        _device.Launch(_sampleRows, new LaunchConfig(rows, 1024), stream, args);
+        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)p.Ctas, (uint)p.Rows), 512), stream, args);
     }
 
     public static void Validate(in SamplingSettings s)
@@ -131,9 +153,13 @@ public sealed class SamplingLaunchers(KernelLoader loader)
         if (s.TopK < 0) throw new ArgumentOutOfRangeException(nameof(s), $"sampling: top_k {s.TopK} must be >= 0 (0: off)");
     }
 
-    private static void Validate(int ld, int rows, int vocab)
+    private static void Validate(int ld, int rows, int vocab, in SamplingScratch scratch)
     {
         if (rows < 0 || vocab <= 0 || ld < vocab)
             throw new ArgumentException($"sampling: rows {rows}, vocab {vocab}, ld {ld}: need rows >= 0, vocab > 0, ld >= vocab");
+        if (CtasFor(vocab) > MaxCtas)
+            throw new ArgumentException($"sampling: vocab {vocab} exceeds the {MaxCtas * SliceTokens} tokens sampling.cu supports");
+        if (scratch.Base.IsNull || rows > scratch.Rows || vocab > scratch.Vocab)
+            throw new ArgumentException($"sampling: the scratch (rows {scratch.Rows}, vocab {scratch.Vocab}) does not cover rows {rows}, vocab {vocab}", nameof(scratch));
     }
 }
