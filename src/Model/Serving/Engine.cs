@@ -468,6 +468,17 @@ public sealed class Engine : IAsyncDisposable
                 var logits = _logits.AsSpan();
                 _batch.Logits(row).CopyTo(logits);
                 Penalties.Apply(logits, CollectionsMarshal.AsSpan(r.PenaltyTokens), CollectionsMarshal.AsSpan(r.PenaltyCounts), r.Penalties);
+                // A guided tool call masks the tokens that would break it before temperature, top-k, top-p and min-p
+                // (vLLM's order: logits processors first); none allowed cannot happen while the call is open (every byte
+                // has a token), but ends the request rather than sampling from nothing.
+                if (r.Constraint is { } constraint && constraint.Mask(logits) == 0)
+                {
+                    Release(r);
+                    _running.Remove(r);
+                    r.Fail(new InvalidOperationException($"request {r.Id}: no token continues its guided tool call"));
+                    _stats.RequestsFinished++;
+                    continue;
+                }
                 token = _sampler.Sample(logits, r.Settings, (ulong)_batch.Position(row) + 1);
                 if (r.Options.TopLogprobs >= 0) logprob = Logprobs(_batch.Logits(row), token, r.Options.TopLogprobs);
             }
