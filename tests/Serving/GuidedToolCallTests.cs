@@ -5,7 +5,9 @@ using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Sampling;
 using Qwen3Cuda.Model.Serving;
 using Qwen3Cuda.Model.Serving.Constraints;
+using Qwen3Cuda.Model.Templates;
 using Qwen3Cuda.Model.Tokenization;
+using Qwen3Cuda.Server;
 using Qwen3Cuda.Runtime.Memory;
 
 namespace Qwen3Cuda.Tests.Serving;
@@ -218,14 +220,16 @@ public class GuidedToolCallTests
         public void Dispose() { }
     }
 
-    static Qwen3Tokenizer RealTokenizer()
+    static string RealTokenizerDir()
     {
         string? dir = SyntheticCheckpoint.FindTokenizerDir(AppContext.BaseDirectory);
         if (dir is null) Assert.Ignore("the real Qwen3 tokenizer is not installed in .cache (run .ci/setup)");
-        return Qwen3Tokenizer.FromModelDirectory(dir!);
+        return dir!;
     }
 
-    static Engine JsonishEngine(Qwen3Tokenizer tok)
+    static Qwen3Tokenizer RealTokenizer() => Qwen3Tokenizer.FromModelDirectory(RealTokenizerDir());
+
+    static Engine JsonishEngine(Qwen3Tokenizer tok, ChatTemplate? template = null)
     {
         var favoured = new Dictionary<int, float>();
         void Favour(string text, float bias)
@@ -237,7 +241,7 @@ public class GuidedToolCallTests
         foreach (var t in new[] { ",", ":", " ", "1", "0", ".", "true", "null", "\"a", "\"b", "\":", " \"", "\\", "e", "-", "x" }) Favour(t, 11f);
         foreach (var t in new[] { "{", "[", "{\"", "<|im_end|>", "</tool_call>", "<tool_call>" }) Favour(t, 10f);
         var model = new JsonishModel(tok.VocabSize + 64, 512, favoured);   // padded rows past the tokenizer, as real checkpoints have
-        return new Engine(model, tok, null, Engine.DefaultEosTokenIds(tok, null), new EngineOptions { MaxNumSeqs = 8 });
+        return new Engine(model, tok, template, Engine.DefaultEosTokenIds(tok, null), new EngineOptions { MaxNumSeqs = 8, ModelName = "jsonish" });
     }
 
     static readonly SamplingOptions[] Settings =
@@ -292,6 +296,47 @@ public class GuidedToolCallTests
             Assert.That(r.Tokens, Has.None.EqualTo(tok.TokenToId("<|im_end|>")), at);
         }
         Assert.That(nonTrivial, Is.GreaterThan(0), "some calls have arguments (not all '{}')");
+        Assert.That(engine.Metrics.KvPagesUsed, Is.EqualTo(0));
+    }
+
+    [Test, CancelAfter(300_000)]
+    public async Task Server_ToolChoiceNamedAndRequired_ReturnToolCallsWhoseArgumentsParse_WholeAndStreamed()
+    {
+        string dir = RealTokenizerDir();
+        var tok = Qwen3Tokenizer.FromModelDirectory(dir);
+        await using var engine = JsonishEngine(tok, ChatTemplate.FromModelDirectory(dir));
+        var server = await OpenAiServer.StartAsync(new EngineBackend(engine, dir), new ServerOptions { Host = "127.0.0.1", Port = 0 });
+        await using var owned = server;
+        using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromSeconds(240) };
+        const string tools = """[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}, {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]""";
+        const string named = """{"type": "function", "function": {"name": "get_time"}}""";
+
+        foreach (var (choice, seed) in new[] { (named, 7), ("\"required\"", 7), (named, 8), ("\"required\"", 9) })
+        {
+            string body = $$"""{"messages": [{"role": "user", "content": "Time in Oslo?"}], "tools": {{tools}}, "tool_choice": {{choice}}, "temperature": 1.0, "top_p": 0.95, "seed": {{seed}}, "max_tokens": 300""";
+            string at = $"tool_choice {choice}, seed {seed}";
+
+            var whole = await http.PostAsync("/v1/chat/completions", new StringContent(body + "}", Encoding.UTF8, "application/json"));
+            var json = JsonDocument.Parse(await whole.Content.ReadAsStringAsync()).RootElement;
+            Assert.That(whole.IsSuccessStatusCode, Is.True, json.ToString());
+            var c = json.GetProperty("choices")[0];
+            Assert.That(c.GetProperty("finish_reason").GetString(), Is.EqualTo("tool_calls"), $"{at}: {c}");
+            var call = c.GetProperty("message").GetProperty("tool_calls")[0].GetProperty("function");
+            string name = call.GetProperty("name").GetString()!;
+            if (choice == named) Assert.That(name, Is.EqualTo("get_time"), at);
+            else Assert.That(name, Is.AnyOf("get_weather", "get_time"), at);
+            string arguments = call.GetProperty("arguments").GetString()!;
+            using (var parsed = JsonDocument.Parse(arguments)) Assert.That(parsed.RootElement.ValueKind, Is.EqualTo(JsonValueKind.Object), $"{at}: {arguments}");
+
+            // Streamed with the same seed: the same call, its arguments concatenated from the deltas.
+            var streamed = await http.PostAsync("/v1/chat/completions", new StringContent(body + ", \"stream\": true}", Encoding.UTF8, "application/json"));
+            var events = (await streamed.Content.ReadAsStringAsync()).Split("\n").Where(l => l.StartsWith("data: ", StringComparison.Ordinal) && l != "data: [DONE]")
+                .Select(l => JsonDocument.Parse(l["data: ".Length..]).RootElement.GetProperty("choices")[0]).ToList();
+            var deltas = events.Where(e => e.GetProperty("delta").TryGetProperty("tool_calls", out _)).Select(e => e.GetProperty("delta").GetProperty("tool_calls")[0].GetProperty("function")).ToList();
+            Assert.That(deltas[0].GetProperty("name").GetString(), Is.EqualTo(name), at);
+            Assert.That(string.Concat(deltas.Select(d => d.GetProperty("arguments").GetString())), Is.EqualTo(arguments), at);
+            Assert.That(events[^1].GetProperty("finish_reason").GetString(), Is.EqualTo("tool_calls"), at);
+        }
         Assert.That(engine.Metrics.KvPagesUsed, Is.EqualTo(0));
     }
 }
