@@ -152,6 +152,9 @@ public class GuidedToolCallTests
         Assert.That(tail.IsComplete, Is.True);
         Assert.That(tail.AllowedTokens(), Is.Empty);
 
+        Assert.That(After(named, Ids("{", "\"")).AllowedTokens(), Is.EqualTo(Ids("{", "}", "\"", ":", " ", "1", "1.", "true", ",", "x")),
+            "inside a key: plain text, or the closing quote alone ('\"a\"' and '\"}' continue wrongly after it; '}\\n' holds a control character)");
+
         var alt = After(named, Ids("{", "}", "}"));
         Assert.That(alt.AllowedTokens(), Is.EqualTo(Ids("\n</tool_call>")));
         Assert.That(alt.Advance(11), Is.False, "<|im_end|> does not continue the call");
@@ -176,6 +179,54 @@ public class GuidedToolCallTests
         Assert.That(kept.All(i => logits[i] == 1.5f), Is.True, "allowed logits untouched");
 
         Assert.Throws<InvalidRequestException>(() => _ = new ToolCallConstraint(new GuidedToolCall(null, []), HandVocabulary()));
+    }
+
+    /// <summary>The tokens an independent byte-by-byte check allows after <paramref name="prefix"/> (a named call's
+    /// arguments so far): a fresh validator runs the prefix and the token; once the object closes, the rest must follow
+    /// the tail; added tokens never inside the arguments.</summary>
+    static List<int> OracleAllowed(Qwen3Tokenizer tok, string prefix)
+    {
+        byte[] tail = Encoding.UTF8.GetBytes(GuidedToolCall.Tail), before = Encoding.UTF8.GetBytes(prefix);
+        var check = new JsonPrefixValidator(objectOnly: true);
+        Assert.That(check.Push(before), Is.True, prefix);
+        bool inArguments = !check.IsComplete;
+        var ids = new List<int>();
+        for (int id = 0; id < tok.VocabSize; id++)
+        {
+            var bytes = tok.TokenBytes(id);
+            if (bytes.IsEmpty || (tok.IsAddedToken(id) && inArguments)) continue;
+            byte[] all = [.. before, .. bytes];
+            var v = new JsonPrefixValidator(objectOnly: true);
+            int i = 0;
+            bool ok = true;
+            while (ok && i < all.Length && !v.IsComplete) ok = v.Push(all[i++]);
+            if (!ok) continue;
+            int rest = all.Length - i;
+            if (rest > tail.Length || !all.AsSpan(i).SequenceEqual(tail.AsSpan(0, rest))) continue;
+            ids.Add(id);
+        }
+        return ids;
+    }
+
+    [TestCase("")]
+    [TestCase("{")]
+    [TestCase("{\"city\": \"Par")]
+    [TestCase("{\"k\": \"a\\")]
+    [TestCase("{\"a\": 12")]
+    [TestCase("{\"a\": [1, {\"b\": tr")]
+    [TestCase("{\"a\": \"x\"}")]
+    public void Mask_OnTheRealVocabulary_EqualsAnIndependentByteByByteCheck(string arguments)
+    {
+        var tok = RealTokenizer();
+        var c = new ToolCallConstraint(new GuidedToolCall("f", ["f"]), TokenVocabulary.For(tok));
+        foreach (int t in tok.Encode(arguments, parseAddedTokens: false)) Assert.That(c.Advance(t), Is.True, $"token {t} of '{arguments}'");
+        var logits = new float[tok.VocabSize + 100];
+        int allowed = c.Mask(logits);
+        var kept = Enumerable.Range(0, logits.Length).Where(i => !float.IsNegativeInfinity(logits[i])).ToList();
+        var expected = OracleAllowed(tok, arguments);
+        Assert.That(kept, Is.EqualTo(expected));
+        Assert.That(allowed, Is.EqualTo(expected.Count));
+        Assert.That(expected, Is.Not.Empty);
     }
 
     // ---- the engine, on a synthetic model with the real vocabulary ----

@@ -38,6 +38,10 @@ public sealed class JsonPrefixValidator
     /// <summary>Open objects and arrays.</summary>
     public int Depth => _depth;
 
+    /// <summary>True inside a string (key or value) at a character boundary with no escape open: any bytes without
+    /// '"', '\' or control characters that are whole UTF-8 characters keep the state as it is.</summary>
+    public bool InStringBody => _state == State.String && _utf8Left == 0;
+
     /// <summary>Makes this validator's state <paramref name="other"/>'s (same <c>objectOnly</c>).</summary>
     public void CopyFrom(JsonPrefixValidator other)
     {

@@ -30,13 +30,20 @@ public sealed class TokenVocabulary
     static readonly ConditionalWeakTable<Qwen3Tokenizer, TokenVocabulary> Cache = new();
 
     readonly byte[][] _bytes;
-    readonly bool[] _added;
+    readonly bool[] _added, _plainString;
 
     public TokenVocabulary(IReadOnlyList<byte[]> bytes, IReadOnlyList<bool> added)
     {
         if (bytes.Count != added.Count) throw new ArgumentException($"{bytes.Count} token byte strings but {added.Count} added flags", nameof(added));
         _bytes = [.. bytes];
         _added = [.. added];
+        _plainString = new bool[_bytes.Length];
+        for (int id = 0; id < _bytes.Length; id++)
+        {
+            var b = _bytes[id];
+            _plainString[id] = !_added[id] && b.Length > 0 && System.Text.Unicode.Utf8.IsValid(b)
+                && b.AsSpan().IndexOfAny((byte)'"', (byte)'\\') < 0 && !b.AsSpan().ContainsAnyInRange((byte)0, (byte)0x1F);
+        }
     }
 
     /// <summary>The vocabulary of <paramref name="tokenizer"/>, built on first use and kept as long as the tokenizer.</summary>
@@ -55,14 +62,18 @@ public sealed class TokenVocabulary
     public int Count => _bytes.Length;
     public ReadOnlySpan<byte> Bytes(int id) => _bytes[id];
     public bool IsAdded(int id) => _added[id];
+    /// <summary>Not an added token, and whole UTF-8 characters without '"', '\' or control characters: inside a JSON
+    /// string it is always allowed and changes nothing (<see cref="JsonPrefixValidator.InStringBody"/>).</summary>
+    public bool IsPlainString(int id) => _plainString[id];
 }
 
 /// <summary>
 /// The per-request token constraint of a <see cref="GuidedToolCall"/>: a byte-level state (the header alternatives as a
 /// sorted range, the arguments through a <see cref="JsonPrefixValidator"/>, the tail) advanced by each chosen token, and
 /// the set of tokens whose bytes keep it a valid prefix. <see cref="Mask"/> tests every token of the vocabulary on the host
-/// (about 152k per step for Qwen3): a table of the bytes allowed next rejects most on their first byte, the rest run
-/// through a copy of the state until their first refused byte (docs/serving.md, tool_choice).
+/// (about 152k per step for Qwen3): inside a string, tokens of plain text are allowed outright; otherwise a table of the
+/// bytes allowed next rejects most on their first byte, and the rest run through a copy of the state until their first
+/// refused byte (docs/serving.md, tool_choice).
 /// </summary>
 public sealed class ToolCallConstraint
 {
@@ -141,23 +152,28 @@ public sealed class ToolCallConstraint
     public int Mask(Span<float> logits)
     {
         FillFirstBytes();
+        bool inString = InStringBody;
         int allowed = 0;
         for (int id = 0; id < logits.Length; id++)
         {
-            if (id < _vocab.Count && Test(id)) allowed++;
+            if (id < _vocab.Count && ((inString && _vocab.IsPlainString(id)) || Test(id))) allowed++;
             else logits[id] = float.NegativeInfinity;
         }
         return allowed;
     }
 
-    /// <summary>The ids allowed next (tests, and what <see cref="Mask"/> keeps).</summary>
+    /// <summary>The ids allowed next (what <see cref="Mask"/> keeps).</summary>
     public IReadOnlyList<int> AllowedTokens()
     {
         FillFirstBytes();
+        bool inString = InStringBody;
         var ids = new List<int>();
-        for (int id = 0; id < _vocab.Count; id++) if (Test(id)) ids.Add(id);
+        for (int id = 0; id < _vocab.Count; id++) if ((inString && _vocab.IsPlainString(id)) || Test(id)) ids.Add(id);
         return ids;
     }
+
+    /// <summary>Inside a string of the arguments (the common case): plain tokens are allowed without running them.</summary>
+    bool InStringBody => _state.Phase == Phase.Arguments && _state.Json.InStringBody;
 
     bool Allows(int token)
     {
