@@ -214,8 +214,6 @@ internal sealed class RequestState
             else { _penaltyIndex[token] = PenaltyTokens.Count; PenaltyTokens.Add(token); PenaltyCounts.Add(1); }
         }
         if (logprob is not null) _pendingLogprobs.Add(logprob);
-        if (Constraint is not null && !Constraint.Advance(token))
-            throw new InvalidOperationException($"request {Id}: token {token} breaks its guided tool call (the mask allowed it)");
 
         if ((!Options.IgnoreEos && _engine.EosTokenIds.Contains(token)) || Options.StopTokenIds.Contains(token)) { _stopToken = token; return FinishReason.Stop; }
         if (token == _engine.ThinkStart) { _text.Write(_decoder.Flush()); _text.Kind = PieceKind.Reasoning; }
