@@ -1,14 +1,16 @@
 using System.Text.Json;
 using Qwen3Cuda.Model.Serving;
+using Qwen3Cuda.Model.Serving.Constraints;
 
 namespace Qwen3Cuda.Server;
 
 /// <summary>
-/// tool_choice "required" and named functions without constrained decoding: the prompt is extended with the start of a
-/// Qwen tool call (an empty think block when the template left thinking open, then <c>&lt;tool_call&gt;</c> and, for a
-/// named function, <c>{"name": "NAME", "arguments": </c>), the answer stops at <c>&lt;/tool_call&gt;</c>, and the text
-/// the model wrote is read back as the call. The model writes the arguments freely: they are JSON when the model writes
-/// JSON (docs/serving.md, tool_choice).
+/// tool_choice "required" and named functions: the prompt is extended with the start of a Qwen tool call (an empty think
+/// block when the template left thinking open, then <c>&lt;tool_call&gt;</c> and, for a named function,
+/// <c>{"name": "NAME", "arguments": </c>), the engine guides the answer (<see cref="GuidedToolCall"/>: one of the tools'
+/// names for "required", a JSON object as the arguments, then <c>}</c> and <c>&lt;/tool_call&gt;</c>), and the text the
+/// model wrote is read back as the call. A call cut short by the token budget is returned as far as it got
+/// (docs/serving.md, tool_choice).
 /// </summary>
 public static class ForcedToolCalls
 {
@@ -21,7 +23,7 @@ public static class ForcedToolCalls
         return (thinkingOpen ? "<think>\n\n</think>\n\n" : "") + "<tool_call>\n" + Head(forced);
     }
 
-    static string Head(ForcedToolCall forced) => forced.Name is null ? "" : $"{{\"name\": {JsonSerializer.Serialize(forced.Name)}, \"arguments\": ";
+    static string Head(ForcedToolCall forced) => forced.Name is null ? "" : GuidedToolCall.Header(forced.Name);
 
     /// <summary>The result with its content read as the forced call (finish_reason tool_calls when it ended at
     /// &lt;/tool_call&gt;); unchanged when nothing was forced, or when "required" output names no tool.</summary>

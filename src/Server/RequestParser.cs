@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using Qwen3Cuda.Model.Sampling;
 using Qwen3Cuda.Model.Serving;
+using Qwen3Cuda.Model.Serving.Constraints;
 using Qwen3Cuda.Model.Templates;
 
 namespace Qwen3Cuda.Server;
@@ -70,7 +71,11 @@ public static class RequestParser
         };
         ForcedToolCall? forced = choice switch { "required" => new ForcedToolCall(null), ['=', .. var name] => new ForcedToolCall(name), _ => null };
         if (forced is not null)
-            options = options with { ParseToolCalls = false, Stop = [.. options.Stop, ToolCallEnd] };
+        {
+            // Guided decoding: the engine masks every token that would not continue the call (docs/serving.md, tool_choice).
+            var names = tools!.Value.EnumerateArray().Select(t => t.GetProperty("function").GetProperty("name").GetString()!).ToList();
+            options = options with { ParseToolCalls = false, Stop = [.. options.Stop, ToolCallEnd], ToolCall = new GuidedToolCall(forced.Name, names) };
+        }
         return common with { Messages = messages, Options = options, Logprobs = logprobs, ForcedTool = forced };
     }
 

@@ -306,6 +306,9 @@ public sealed class ServerWireTests
         Assert.That(engine.Detokenize(sent.Prompt), Does.EndWith("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "));
         Assert.That(sent.Options.ParseToolCalls, Is.False);
         Assert.That(sent.Options.Stop, Does.Contain("</tool_call>"));
+        Assert.That(sent.Options.ToolCall, Is.Not.Null, "the engine guides the call");
+        Assert.That(sent.Options.ToolCall!.Name, Is.EqualTo("get_weather"));
+        Assert.That(sent.Options.ToolCall.ToolNames, Is.EqualTo(new[] { "get_weather" }));
         var message = json.GetProperty("choices")[0].GetProperty("message");
         Assert.That(message.GetProperty("content").ValueKind, Is.EqualTo(JsonValueKind.Null));
         var call = message.GetProperty("tool_calls")[0];
@@ -350,6 +353,8 @@ public sealed class ServerWireTests
         var (status, json, _) = await Post(http, "/v1/chat/completions", body);
         Assert.That(status, Is.EqualTo(HttpStatusCode.OK), json.ToString());
         Assert.That(engine.Detokenize(engine.Submitted.Single().Prompt), Does.EndWith("<tool_call>\n"));
+        Assert.That(engine.Submitted.Single().Options.ToolCall, Is.EqualTo(new Qwen3Cuda.Model.Serving.Constraints.GuidedToolCall(null, ["get_weather"])).Using<Qwen3Cuda.Model.Serving.Constraints.GuidedToolCall>(
+            (a, b) => a.Name == b.Name && a.ToolNames.SequenceEqual(b.ToolNames)), "the engine guides the call to one of the tools");
         var call = json.GetProperty("choices")[0].GetProperty("message").GetProperty("tool_calls")[0];
         Assert.That(call.GetProperty("function").GetProperty("name").GetString(), Is.EqualTo("get_weather"));
         Assert.That(call.GetProperty("function").GetProperty("arguments").GetString(), Is.EqualTo("{\"city\": \"Oslo\"}"));

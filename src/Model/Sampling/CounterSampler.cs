@@ -53,7 +53,7 @@ public sealed class CounterSampler
         int last = -1;
         for (int i = 0; i < n; i++)
         {
-            if (x[i] < lo) continue;
+            if (x[i] < lo || double.IsNegativeInfinity(x[i])) continue;   // masked tokens (-inf) are never drawn, even at the top of the mass
             cumulative += Math.Exp(x[i] - max);
             last = i;
             if (cumulative > u) return i;

@@ -468,7 +468,21 @@ public sealed class Engine : IAsyncDisposable
                 var logits = _logits.AsSpan();
                 _batch.Logits(row).CopyTo(logits);
                 Penalties.Apply(logits, CollectionsMarshal.AsSpan(r.PenaltyTokens), CollectionsMarshal.AsSpan(r.PenaltyCounts), r.Penalties);
+                // A guided tool call masks the tokens that would break it before temperature, top-k, top-p and min-p
+                // (vLLM's order: logits processors first); none allowed cannot happen while the call is open (every byte
+                // has a token), but ends the request rather than sampling from nothing.
+                if (r.Constraint is { } constraint && constraint.Mask(logits) == 0)
+                {
+                    FailGuided(r, "no token continues its guided tool call");
+                    continue;
+                }
                 token = _sampler.Sample(logits, r.Settings, (ulong)_batch.Position(row) + 1);
+                // Only logits that are NaN everywhere could make the sampler pick a masked token: that request fails alone.
+                if (r.Constraint is { } c && !c.Advance(token))
+                {
+                    FailGuided(r, $"token {token} does not continue its guided tool call (the model's logits are not finite?)");
+                    continue;
+                }
                 if (r.Options.TopLogprobs >= 0) logprob = Logprobs(_batch.Logits(row), token, r.Options.TopLogprobs);
             }
             if (r.Accept(token, logprob, now, _stats) is FinishReason reason)
@@ -479,6 +493,14 @@ public sealed class Engine : IAsyncDisposable
                 _stats.RequestsFinished++;
             }
         }
+    }
+
+    private void FailGuided(RequestState r, string why)
+    {
+        Release(r);
+        _running.Remove(r);
+        r.Fail(new InvalidOperationException($"request {r.Id}: {why}"));
+        _stats.RequestsFinished++;
     }
 
     /// <summary>A speculative round's verification: the accepted tokens (and the correction or bonus) go through the request's rules one by one.</summary>

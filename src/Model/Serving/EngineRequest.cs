@@ -97,6 +97,8 @@ internal sealed class RequestState
     /// <summary>Speculative decoding: the decoder while the request holds a sequence, and the counts over its rounds.</summary>
     public Speculative.SpeculativeDecoder? Speculative;
     public readonly Speculative.SpeculationStats? SpeculationStats;
+    /// <summary>The guided tool call's token constraint (null: unconstrained); its rows return logits for the host to mask and sample.</summary>
+    public readonly Constraints.ToolCallConstraint? Constraint;
 
     public RequestState(Engine engine, long id, IReadOnlyList<int> prompt, RequestOptions options)
     {
@@ -109,7 +111,9 @@ internal sealed class RequestState
         Penalties = new PenaltySettings(options.EffectivePresencePenalty, options.FrequencyPenalty, options.EffectiveRepetitionPenalty);
         NumDraftTokens = options.Drafter is not null ? options.NumDraftTokens : engine.NumDraftTokens;
         // The engine's drafters serve requests without logprobs (a verification round reports tokens, not their logprobs).
-        if (options.Drafter is not null || (engine.DraftSource is not null && options.TopLogprobs < 0)) SpeculationStats = new();
+        // A guided tool call samples every token on the host from masked logits: it never speculates.
+        if (options.ToolCall is { } call) Constraint = new Constraints.ToolCallConstraint(call, Constraints.TokenVocabulary.For(engine.Tokenizer));
+        else if (options.Drafter is not null || (engine.DraftSource is not null && options.TopLogprobs < 0)) SpeculationStats = new();
         if (Penalties.Repetition != 1f)
             foreach (int t in prompt) if (_penaltyIndex.TryAdd(t, PenaltyTokens.Count)) { PenaltyTokens.Add(t); PenaltyCounts.Add(0); }
         var s = options.Sampling;
@@ -171,8 +175,8 @@ internal sealed class RequestState
         _engineDrafter = null;
     }
     public int Generated => Tokens.Count - PromptLength;
-    /// <summary>The step's output row: a token sampled on the backend (penalties applied there), or logits for host sampling (logprobs).</summary>
-    public StepOutput OutputKind => Options.TopLogprobs >= 0 ? StepOutput.Logits : StepOutput.Sample;
+    /// <summary>The step's output row: a token sampled on the backend (penalties applied there), or logits for host sampling (logprobs, a guided tool call).</summary>
+    public StepOutput OutputKind => Options.TopLogprobs >= 0 || Constraint is not null ? StepOutput.Logits : StepOutput.Sample;
     public Span<int> TokenSpan => CollectionsMarshal.AsSpan(Tokens);
 
     public void RequestCancel()
@@ -218,6 +222,7 @@ internal sealed class RequestState
         else if (token == _engine.ToolCallEnd) _text.Write(_decoder.Flush() + "</tool_call>");
         else _text.Write(_decoder.Push(token));
         if (_text.Stopped) return FinishReason.Stop;
+        if (Constraint is { IsComplete: true }) return FinishReason.Stop;   // the call's closing tag is written
         if (Options.MaxNewTokens is int max && Generated >= max) return FinishReason.Length;
         if (Tokens.Count >= _engine.ContextLength) return FinishReason.Length;
         return null;

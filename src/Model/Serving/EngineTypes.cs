@@ -89,6 +89,9 @@ public sealed record RequestOptions
     public Speculative.IDrafter? Drafter { get; init; }
     /// <summary>Tokens the drafter proposes per verification step (k).</summary>
     public int NumDraftTokens { get; init; } = 4;
+    /// <summary>Guided decoding of a forced tool call (tool_choice required or named, docs/serving.md): each token is
+    /// sampled on the host from the logits with the tokens that would break the call masked out; null: unconstrained.</summary>
+    public Constraints.GuidedToolCall? ToolCall { get; init; }
 
     /// <summary>The presence penalty in effect (this record's, else the sampling options').</summary>
     public float EffectivePresencePenalty => PresencePenalty != 0f ? PresencePenalty : Sampling.PresencePenalty;
@@ -120,6 +123,13 @@ public sealed record RequestOptions
             if ((uint)id >= (uint)vocabSize) throw new InvalidRequestException("stop_token_ids", $"stop_token_ids: token id {id} is outside the vocabulary [0, {vocabSize})");
         if (Drafter is not null && (NumDraftTokens < 1 || NumDraftTokens > Speculative.SpeculativeDecoder.MaxDraftTokens))
             throw new InvalidRequestException("num_draft_tokens", $"num_draft_tokens must be in [1, {Speculative.SpeculativeDecoder.MaxDraftTokens}], got {NumDraftTokens}");
+        if (ToolCall is { } call)
+        {
+            if (call.ToolNames is null || call.ToolNames.Any(string.IsNullOrEmpty)) throw new InvalidRequestException("tools", "a guided tool call needs the tools' names (non-empty strings)");
+            if (call.Name is null && call.ToolNames.Count == 0) throw new InvalidRequestException("tool_choice", "tool_choice 'required' needs at least one tool");
+            if (call.Name is { Length: 0 }) throw new InvalidRequestException("tool_choice", "the named tool_choice has an empty name");
+            if (Drafter is not null) throw new InvalidRequestException("tool_choice", "a guided tool call (tool_choice required or named) does not combine with speculative decoding");
+        }
         if (Tools is { } tools && tools.ValueKind != JsonValueKind.Array) throw new InvalidRequestException("tools", $"tools must be an array of tool definitions, got {tools.ValueKind}");
     }
 }
