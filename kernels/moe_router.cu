@@ -17,7 +17,7 @@
 // counters[by]); the block that takes the last ticket of its token block runs softmax + top-k for those
 // tokens (one warp per token) and resets the counter to 0. The integer ticket only decides WHICH block
 // does the top-k, never the values, so results are deterministic. counters[] must be zero before the
-// first launch (the launcher memsets it). Bytes moved: E*H*2 (router weight, once per token block)
+// first launch (cleared once with the workspace, MoeLaunchers.ClearTickets; no memset per launch). Bytes moved: E*H*2 (router weight, once per token block)
 // + T*H*2 (hidden, once per expert block from cache) + T*E*4 (logits) + T*k*8 (outputs).
 // Limits: E <= 256 (8 probabilities per lane), 1 <= k <= min(16, E), H a multiple of 8.
 // Variants: this one only (used for decode and prefill alike).

@@ -176,6 +176,7 @@ public static class QuantizedCases
             var dOut = ctx.Alloc<ushort>((long)tokens * H);
             var layout = MoeWorkspace.Compute(tokens, s);
             var dWs = ctx.Alloc<byte>(layout.TotalBytes);
+            moe.ClearTickets(ctx.Stream, dWs, layout);
             var gu = gateUp.Upload(ctx);
             var dn = down.Upload(ctx);
             var launches = ctx.RecordLaunches(() => moe.MoeBlock(ctx.Stream, s, tokens, dHidden, dRouter, gu, dn, DevicePtr.Null, dOut, dWs, layout.TotalBytes));
@@ -191,7 +192,8 @@ public static class QuantizedCases
                 var min = new Dictionary<string, long>
                 {
                     [$"moe_gate_up_gemv_{f.Name()}"] = used * gateUp.ExpertBytes + hidden + idBytes + inter,
-                    [$"moe_down_gemv_{f.Name()}"] = used * down.ExpertBytes + inter + idBytes + y,
+                    [$"moe_down_gemv_{f.Name()}"] = used * down.ExpertBytes + inter + idBytes + y   // + the fused combine's weights, output, tickets
+                        + Sec(tokens * s.TopK * 4L) + Sec(tokens * H * 2L) + Sec(tokens * MoeWorkspace.DownTicketsPerToken(H) * 4L),
                 };
                 foreach (var l in launches)
                 {

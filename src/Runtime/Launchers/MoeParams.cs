@@ -59,9 +59,14 @@ public struct MoeDownGemvParams
     public DevicePtr Down;          // [E, H, I] bf16
     public DevicePtr TopkIds;       // [T*k] int
     public DevicePtr Y;             // [T*k, H] bf16
+    public DevicePtr TopkWeights;   // [T, k] fp32 (the fused combine)
+    public DevicePtr Residual;      // [T, H] bf16 or null
+    public DevicePtr Out;           // [T, H] bf16
+    public DevicePtr Tickets;       // [T, ceil(H/16)] int, zero
     public int Slots;
     public int HiddenSize;
     public int InterSize;
+    public int TopK;
     public WeightScales Ws;         // quantized variants only
 }
 
