@@ -20,6 +20,12 @@
 // Bytes moved: N*K (W) + the scales (N/128 * K/128 * 4, or N * 4) + the same x / y / partial traffic; K and k_split
 // must be multiples of 16. gemv_int4_t1..8 (GPTQ, two codes per byte, fp16 group scales): 32 weights per 16-byte load,
 // K and k_split multiples of 32, N*K/2 weight bytes.
+// RMSNorm prologue (norm_weight != null; docs/kernels.md, "Fusions"): x is the residual stream and the product takes
+// h = bf16(norm_weight * bf16(x * rsqrt(mean(x^2) + eps))) instead (K = the norm width). Every CTA first sums the squares
+// of each of its T full rows of x (L2-resident: the previous kernel wrote them) with the thread layout and reduction tree
+// of add_rmsnorm_bf16 (virtual threads: ceil32(K / 8) of them, clamped to 32..1024, mapped onto the 8 warps), so the
+// staged h is bitwise that kernel's output; then it stages its normalised K-slice. Extra bytes: T*K*2 (x, from L2) per
+// CTA + the slice of the norm weight; the separate norm kernel and its h round trip are gone.
 #include "quant.cuh"
 
 #define GEMV_THREADS 256
@@ -32,6 +38,7 @@ struct GemvParams {
     const bf16* w;            // [N, K] bf16, rows contiguous
     const bf16* residual;     // [T, ldy] bf16 or null
     float* partial;           // [split_k, T, N] fp32 (split_k > 1)
+    const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
     int tokens;               // T, must equal the kernel's template T
     int n;
     int k;                    // multiple of 8
@@ -40,8 +47,66 @@ struct GemvParams {
     int rows_per_warp;        // 1 .. 8
     int k_split;              // elements per K-slice, multiple of 8
     int split_k;
+    float eps;                // RMSNorm epsilon (norm_weight != null)
     WeightScales ws;          // quantized variants only (docs/formats.md)
 };
+
+// Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
+// past the end of K; ends with a barrier.
+template <int T>
+__device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, int k0, int kchunks, int slice_chunks)
+{
+    const int tid = threadIdx.x;
+    if (!p.norm_weight) {
+        for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+            const int t = i / slice_chunks, c = i - t * slice_chunks;
+            x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+        }
+        __syncthreads();
+        return;
+    }
+    __shared__ float red_s[T][32];
+    __shared__ float inv_s[T];
+    const int lane = tid & 31, warp = tid >> 5;
+    const int chunks = p.k >> 3;
+    const int rthreads = min(max((chunks + 31) / 32 * 32, 32), 1024), rwarps = rthreads >> 5;
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const uint4* xr = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx);
+        for (int vw = warp; vw < rwarps; vw += GEMV_WARPS) {
+            float sumsq = 0.f;
+            for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
+                const uint4 h = xr[i];
+                sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
+            }
+            sumsq = warp_sum(sumsq);
+            if (lane == 0) red_s[t][vw] = sumsq;
+        }
+    }
+    __syncthreads();
+    if (warp < T) {                                         // T <= 8 warps: warp t finishes token t
+        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.k + p.eps);
+    }
+    __syncthreads();
+    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight + k0);
+    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+        const int t = i / slice_chunks, c = i - t * slice_chunks;
+        uint4 o = make_uint4(0, 0, 0, 0);
+        if (c < kchunks) {
+            const uint4 h = *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8);
+            const uint4 w = __ldg(&nw[c]);
+            const float inv = inv_s[t];
+            o.x = norm_bf16x2(h.x, w.x, inv);
+            o.y = norm_bf16x2(h.y, w.y, inv);
+            o.z = norm_bf16x2(h.z, w.z, inv);
+            o.w = norm_bf16x2(h.w, w.w, inv);
+        }
+        x_s[i] = o;
+    }
+    __syncthreads();
+}
 
 __device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
 {
@@ -69,11 +134,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     const int k0 = blockIdx.y * p.k_split;
     const int klen = min(p.k_split, p.k - k0);
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
-    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
-        const int t = i / slice_chunks, c = i - t * slice_chunks;
-        x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
-    }
-    __syncthreads();
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
 
     const int rows_cta = GEMV_WARPS * p.rows_per_warp;
     const int row_base = blockIdx.x * rows_cta;
@@ -135,11 +196,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     const int k0 = blockIdx.y * p.k_split;
     const int klen = min(p.k_split, p.k - k0);
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
-    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
-        const int t = i / slice_chunks, c = i - t * slice_chunks;
-        x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
-    }
-    __syncthreads();
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
 
     constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;         // weights per byte, per 16-byte load
     const int qchunks = klen / WPL;                         // 16-byte chunks of this slice

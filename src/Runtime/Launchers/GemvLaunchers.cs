@@ -11,6 +11,7 @@ public struct GemvParams
     public DevicePtr W;          // [N, K] bf16
     public DevicePtr Residual;   // [T, Ldy] bf16 or null
     public DevicePtr Partial;    // [SplitK, T, N] fp32 when SplitK > 1
+    public DevicePtr NormWeight; // [K] bf16 RMSNorm weight of the prologue, or null
     public int Tokens;
     public int N;
     public int K;
@@ -19,6 +20,7 @@ public struct GemvParams
     public int RowsPerWarp;
     public int KSplit;
     public int SplitK;
+    public float Eps;            // RMSNorm epsilon (NormWeight not null)
     public WeightScales Ws;      // quantized variants only
 }
 
@@ -99,10 +101,12 @@ public sealed class GemvLaunchers
 
     /// <summary>
     /// y = x W^T (+ residual) with W in any loaded format (the variant from <see cref="Variants"/>). <paramref name="partial"/>
-    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns.
+    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns. With a
+    /// <paramref name="normWeight"/> ([K] bf16) the product takes RMSNorm(x) * normWeight instead of x (the prologue of
+    /// gemv.cu, bitwise <c>add_rmsnorm_bf16</c>'s output; docs/kernels.md, "Fusions").
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
-        int tokens, int n, int k, DevicePtr partial, long partialBytes)
+        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f)
     {
         var kernels = Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
@@ -118,6 +122,7 @@ public sealed class GemvLaunchers
         {
             Y = y, X = x, W = w.Data, Residual = residual, Partial = partial, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
+            NormWeight = normWeight, Eps = normEps,
         };
         var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
         args.Add(p);
