@@ -29,6 +29,7 @@ public class MoeParamsLayoutTests
     [TestCase("moe_decode.cu", "moe_gate_up_gemv_fp8", typeof(MoeGateUpGemvParams))]
     [TestCase("moe_decode.cu", "moe_down_gemv_int8", typeof(MoeDownGemvParams))]
     [TestCase("moe_decode.cu", "moe_down_gemv", typeof(MoeDownGemvParams))]
+    [TestCase("moe_router.cu", "moe_router_norm_topk", typeof(MoeRouterParams))]
     [TestCase("moe_gemm.cu", "moe_gate_up_gemm_fp8", typeof(MoeGateUpGemmParams))]
     [TestCase("moe_gemm.cu", "moe_down_gemm", typeof(MoeDownGemmParams))]
     [TestCase("gemv.cu", "gemv_fp8_t3", typeof(GemvParams))]
@@ -41,7 +42,7 @@ public class MoeParamsLayoutTests
         Assert.That(Marshal.SizeOf(mirror), Is.EqualTo(int.Parse(m.Groups[1].Value)));
     }
 
-    [Test] public void Router() => Expect<MoeRouterParams>(6, 5);
+    [Test] public void Router() => Expect<MoeRouterParams>(8, 6);
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);

@@ -358,9 +358,15 @@ public sealed partial class DeviceModel
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
         if (L.IsMoe)
         {
-            // AddRmsNorm: h = RMSNorm(x) * w_post (the router and the experts read h)
+            // PostNorm -> Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(RMSNorm(x) * w_post).
+            // Decode: the router kernel computes the norm and writes h for the experts; prefill: the norm kernel first.
+            if (rows <= MoeLaunchers.DecodeMaxTokens)
+            {
+                _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H));
+                return;
+            }
             _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
-            // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
             _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
                 Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
             return;

@@ -30,7 +30,7 @@ public sealed class MoeLaunchers
         DeviceKernel? GateUpGemmGuarded, DeviceKernel? DownGemmGuarded);
 
     private readonly IDevice _device;
-    private readonly DeviceKernel _router, _alignCount, _alignScatter, _combine;
+    private readonly DeviceKernel _router, _routerNorm, _alignCount, _alignScatter, _combine;
     // moe_gemm.cu built with MOE_GEMM_GUARD_N=1: for I % 64 != 0 (gate_up) or H % 128 != 0 (down), small models only.
     private readonly Dictionary<WeightFormat, ExpertKernels> _experts = [];
 
@@ -43,6 +43,7 @@ public sealed class MoeLaunchers
     {
         _device = loader.Device;
         _router = loader.Get("moe_router.cu", "moe_router_topk");
+        _routerNorm = loader.Get("moe_router.cu", "moe_router_norm_topk");
         _alignCount = loader.Get("moe_align.cu", "moe_align_count");
         _alignScatter = loader.Get("moe_align.cu", "moe_align_scatter");
         bool guarded = shapes is null || shapes.Any(NeedsGuardedGemm);
@@ -72,19 +73,32 @@ public sealed class MoeLaunchers
         DevicePtr gateUp, DevicePtr down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes) =>
         MoeBlock(stream, shape, tokens, hidden, routerWeight, WeightOperand.Bf16(gateUp), WeightOperand.Bf16(down), residual, output, workspace, workspaceBytes);
 
-    /// <summary>The MoE block with the stacked expert weights in any loaded format (the variant from <see cref="Variants"/>).</summary>
+    /// <summary>
+    /// The MoE block with the stacked expert weights in any loaded format (the variant from <see cref="Variants"/>). With a
+    /// <paramref name="normWeight"/> (decode only, T &lt;= <see cref="DecodeMaxTokens"/>) <paramref name="hidden"/> is the
+    /// residual stream x and the block runs on h = RMSNorm(x) * normWeight, which the router computes
+    /// (<see cref="RouterNorm"/>) and writes to <paramref name="normOut"/> for the experts.
+    /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
-        in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes)
+        in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
+        DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default)
     {
         CheckShape(shape, decodeOnly: false);
         if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
+        if (!normWeight.IsNull && tokens > DecodeMaxTokens)
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: the fused RMSNorm takes at most {DecodeMaxTokens} tokens (decode), got {tokens}; run the norm kernel first");
         if (tokens == 0) return;
         var ws = MoeWorkspace.Compute(tokens, shape);
         if (workspaceBytes < ws.TotalBytes)
             throw new ArgumentException($"MoeBlock: workspace of {workspaceBytes} bytes is smaller than the {ws.TotalBytes} bytes needed for {tokens} tokens", nameof(workspaceBytes));
         DevicePtr ids = workspace + ws.TopkIds, weights = workspace + ws.TopkWeights, slotOut = workspace + ws.SlotOut, inter = workspace + ws.Inter;
 
-        Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
+        if (!normWeight.IsNull)
+        {
+            RouterNorm(stream, shape, tokens, hidden, normWeight, normEps, routerWeight, normOut, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
+            hidden = normOut;
+        }
+        else Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
         if (tokens <= DecodeMaxTokens)
         {
             GateUpGemv(stream, shape, tokens, hidden, gateUp, ids, inter);
@@ -119,6 +133,28 @@ public sealed class MoeLaunchers
             Tokens = tokens, HiddenSize = s.Hidden, Experts = s.Experts, TopK = s.TopK, NormTopkProb = s.NormTopkProb ? 1 : 0,
         };
         Launch(_router, new LaunchConfig(new Dim3((uint)((s.Experts + 3) / 4), (uint)tokenBlocks), 128), stream, p);
+    }
+
+    /// <summary>
+    /// Decode (T &lt;= <see cref="DecodeMaxTokens"/>): the post-attention RMSNorm, the router and the top-k in one kernel
+    /// (<c>moe_router_norm_topk</c>) over E CTAs: <paramref name="hOut"/> = RMSNorm(<paramref name="x"/>) *
+    /// <paramref name="normWeight"/> (bitwise <c>add_rmsnorm_bf16</c>'s output), then what <see cref="Router"/> computes from
+    /// it. <paramref name="counters"/>: one int, zero on entry and left zero.
+    /// </summary>
+    public void RouterNorm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr x, DevicePtr normWeight, float eps, DevicePtr routerWeight,
+        DevicePtr hOut, DevicePtr logits, DevicePtr counters, DevicePtr topkIds, DevicePtr topkWeights)
+    {
+        CheckShape(s, decodeOnly: true);
+        if (tokens <= 0) return;
+        if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_router_norm_topk: {tokens} tokens; it takes at most {DecodeMaxTokens} (decode)");
+        if (normWeight.IsNull || hOut.IsNull) throw new ArgumentException("moe_router_norm_topk: needs the norm weight and the h output");
+        var p = new MoeRouterParams
+        {
+            Hidden = x, WGate = routerWeight, Logits = logits, Counters = counters, TopkIds = topkIds, TopkWeights = topkWeights,
+            HOut = hOut, NormWeight = normWeight, Tokens = tokens, HiddenSize = s.Hidden, Experts = s.Experts, TopK = s.TopK,
+            NormTopkProb = s.NormTopkProb ? 1 : 0, Eps = eps,
+        };
+        Launch(_routerNorm, new LaunchConfig(s.Experts, 256), stream, p);
     }
 
     /// <summary>
