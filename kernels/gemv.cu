@@ -11,7 +11,9 @@
 // reduces a row with shuffles; the CTA's results are staged in shared memory and written row-
 // contiguously. grid = (ceil(N / (8 * rows_per_warp)), split_k).
 // split_k == 1: the CTA writes bf16 y (with the residual epilogue). split_k > 1: fp32 partials
-// [split_k, T, N]; gemv_splitk_combine sums them in split order (deterministic) and applies the epilogue.
+// [split_k, T, N]; the last CTA of each row block (an integer ticket on tickets[blockIdx.x] after a fence; it resets the
+// ticket to 0) sums them in split order and applies the epilogue, the same sum in the same order as the
+// separate combine kernel it replaces; tickets[] are zero before the first launch (docs/kernels.md, "Fusions").
 // Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials].
 // Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane).
 // Quantized weights (quant.cuh, docs/formats.md): gemv_fp8_t1..8 (E4M3, block scales) and gemv_int8_t1..8 (per-channel
@@ -39,6 +41,7 @@ struct GemvParams {
     const bf16* residual;     // [T, ldy] bf16 or null
     float* partial;           // [split_k, T, N] fp32 (split_k > 1)
     const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
+    int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
     int tokens;               // T, must equal the kernel's template T
     int n;
     int k;                    // multiple of 8
@@ -50,6 +53,40 @@ struct GemvParams {
     float eps;                // RMSNorm epsilon (norm_weight != null)
     WeightScales ws;          // quantized variants only (docs/formats.md)
 };
+
+__device__ __forceinline__ float ld_cg_partial(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// y = epilogue(sum over splits of partial[s, t, row]), in split order from 0 (deterministic).
+__device__ __forceinline__ void gemv_combine_one(const GemvParams& p, int t, int row)
+{
+    float acc = 0.f;
+    for (int s = 0; s < p.split_k; s++) acc += ld_cg_partial(p.partial + ((size_t)s * p.tokens + t) * p.n + row);
+    float out = round_bf16(acc);
+    if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+    p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
+}
+
+// Split-K: after the CTA wrote its partials, the last CTA of the row block combines all splits of its rows.
+__device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_base, int rows_here, int T)
+{
+    __shared__ int is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&p.tickets[blockIdx.x], 1) == p.split_k - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < T * rows_here; i += GEMV_THREADS) {
+        const int t = i / rows_here, local = i - t * rows_here;
+        gemv_combine_one(p, t, row_base + local);
+    }
+    if (threadIdx.x == 0) p.tickets[blockIdx.x] = 0;
+}
 
 // Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
 // past the end of K; ends with a barrier.
@@ -183,6 +220,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
+    if (p.split_k > 1) gemv_splitk_tail(p, row_base, rows_here, T);
 }
 
 // The quantized body: the same CTA mapping, x staging and epilogue as gemv_body; a lane's chunk is 16 weights.
@@ -264,6 +302,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
+    if (p.split_k > 1) gemv_splitk_tail(p, row_base, rows_here, T);
 }
 
 #define GEMV_INSTANCE(T) \
@@ -289,16 +328,3 @@ GEMV_QUANT_INSTANCE(5)
 GEMV_QUANT_INSTANCE(6)
 GEMV_QUANT_INSTANCE(7)
 GEMV_QUANT_INSTANCE(8)
-
-// y[t, n] = epilogue(sum over splits of partial[s, t, n]), one thread per output element.
-extern "C" __global__ void __launch_bounds__(256) gemv_splitk_combine(GemvParams p)
-{
-    const int i = blockIdx.x * 256 + threadIdx.x;
-    if (i >= p.tokens * p.n) return;
-    const int t = i / p.n, row = i - t * p.n;
-    float acc = 0.f;
-    for (int s = 0; s < p.split_k; s++) acc += p.partial[((size_t)s * p.tokens + t) * p.n + row];
-    float out = round_bf16(acc);
-    if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
-    p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
-}

@@ -116,7 +116,7 @@ public static class QuantizedCases
             DevicePtr dY = ctx.AllocFilled<ushort>(tokens * n);
             GemvPlan plan = gemv.Plan(tokens, n, k, f);
             long ws = plan.PartialBytes(tokens, n);
-            DevicePtr dPartial = ws > 0 ? ctx.Alloc<byte>(ws) : DevicePtr.Null;
+            DevicePtr dPartial = ws > 0 ? ctx.AllocFilled<byte>(ws, 0) : DevicePtr.Null;   // the split-K tickets start at zero
             DevicePtr dX = ctx.Upload(x), dR = residual ? ctx.Upload(r) : DevicePtr.Null;
             var op = w.Operand(ctx.Upload(w.Q), w.UploadScales(ctx));
             var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY, n, dX, k, op, dR, tokens, n, k, dPartial, ws));
