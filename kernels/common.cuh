@@ -32,6 +32,20 @@ __device__ __forceinline__ bf16x2 pack_bf16x2(float lo, float hi)
 // bf16 round of x, kept in fp32 (what a PyTorch bf16 op does to its output).
 __device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
+// RMSNorm pieces (rmsnorm.cu, gemv.cu's prologue): the squares of a bf16 pair, and bf16(w * bf16(v * inv_rms)).
+__device__ __forceinline__ float sumsq_bf16x2(bf16x2 v)
+{
+    float lo = bf16x2_lo(v), hi = bf16x2_hi(v);
+    return lo * lo + hi * hi;
+}
+
+__device__ __forceinline__ bf16x2 norm_bf16x2(bf16x2 v, bf16x2 w, float inv_rms)
+{
+    float lo = round_bf16(bf16x2_lo(v) * inv_rms) * bf16x2_lo(w);
+    float hi = round_bf16(bf16x2_hi(v) * inv_rms) * bf16x2_hi(w);
+    return pack_bf16x2(lo, hi);
+}
+
 // Dot product of 8 bf16 pairs (two 16-byte chunks) in fp32, in element order: a product then 7 fmas.
 __device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b)
 {

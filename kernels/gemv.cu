@@ -11,7 +11,9 @@
 // reduces a row with shuffles; the CTA's results are staged in shared memory and written row-
 // contiguously. grid = (ceil(N / (8 * rows_per_warp)), split_k).
 // split_k == 1: the CTA writes bf16 y (with the residual epilogue). split_k > 1: fp32 partials
-// [split_k, T, N]; gemv_splitk_combine sums them in split order (deterministic) and applies the epilogue.
+// [split_k, T, N]; the last CTA of each row block (an integer ticket on tickets[blockIdx.x] after a fence; it resets the
+// ticket to 0) sums them in split order and applies the epilogue, the same sum in the same order as the
+// separate combine kernel it replaces; tickets[] are zero before the first launch (docs/kernels.md, "Fusions").
 // Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials].
 // Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane).
 // Quantized weights (quant.cuh, docs/formats.md): gemv_fp8_t1..8 (E4M3, block scales) and gemv_int8_t1..8 (per-channel
@@ -20,6 +22,12 @@
 // Bytes moved: N*K (W) + the scales (N/128 * K/128 * 4, or N * 4) + the same x / y / partial traffic; K and k_split
 // must be multiples of 16. gemv_int4_t1..8 (GPTQ, two codes per byte, fp16 group scales): 32 weights per 16-byte load,
 // K and k_split multiples of 32, N*K/2 weight bytes.
+// RMSNorm prologue (norm_weight != null; docs/kernels.md, "Fusions"): x is the residual stream and the product takes
+// h = bf16(norm_weight * bf16(x * rsqrt(mean(x^2) + eps))) instead (K = the norm width). Every CTA first sums the squares
+// of each of its T full rows of x (L2-resident: the previous kernel wrote them) with the thread layout and reduction tree
+// of add_rmsnorm_bf16 (virtual threads: ceil32(K / 8) of them, clamped to 32..1024, mapped onto the 8 warps), so the
+// staged h is bitwise that kernel's output; then it stages its normalised K-slice. Extra bytes: T*K*2 (x, from L2) per
+// CTA + the slice of the norm weight; the separate norm kernel and its h round trip are gone.
 #include "quant.cuh"
 
 #define GEMV_THREADS 256
@@ -32,6 +40,8 @@ struct GemvParams {
     const bf16* w;            // [N, K] bf16, rows contiguous
     const bf16* residual;     // [T, ldy] bf16 or null
     float* partial;           // [split_k, T, N] fp32 (split_k > 1)
+    const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
+    int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
     int tokens;               // T, must equal the kernel's template T
     int n;
     int k;                    // multiple of 8
@@ -40,8 +50,100 @@ struct GemvParams {
     int rows_per_warp;        // 1 .. 8
     int k_split;              // elements per K-slice, multiple of 8
     int split_k;
+    float eps;                // RMSNorm epsilon (norm_weight != null)
     WeightScales ws;          // quantized variants only (docs/formats.md)
 };
+
+__device__ __forceinline__ float ld_cg_partial(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// y = epilogue(sum over splits of partial[s, t, row]), in split order from 0 (deterministic).
+__device__ __forceinline__ void gemv_combine_one(const GemvParams& p, int t, int row)
+{
+    float acc = 0.f;
+    for (int s = 0; s < p.split_k; s++) acc += ld_cg_partial(p.partial + ((size_t)s * p.tokens + t) * p.n + row);
+    float out = round_bf16(acc);
+    if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+    p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
+}
+
+// Split-K: after the CTA wrote its partials, the last CTA of the row block combines all splits of its rows.
+__device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_base, int rows_here, int T)
+{
+    __shared__ int is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&p.tickets[blockIdx.x], 1) == p.split_k - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < T * rows_here; i += GEMV_THREADS) {
+        const int t = i / rows_here, local = i - t * rows_here;
+        gemv_combine_one(p, t, row_base + local);
+    }
+    if (threadIdx.x == 0) p.tickets[blockIdx.x] = 0;
+}
+
+// Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
+// past the end of K; ends with a barrier.
+template <int T>
+__device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, int k0, int kchunks, int slice_chunks)
+{
+    const int tid = threadIdx.x;
+    if (!p.norm_weight) {
+        for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+            const int t = i / slice_chunks, c = i - t * slice_chunks;
+            x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+        }
+        __syncthreads();
+        return;
+    }
+    __shared__ float red_s[T][32];
+    __shared__ float inv_s[T];
+    const int lane = tid & 31, warp = tid >> 5;
+    const int chunks = p.k >> 3;
+    const int rthreads = min(max((chunks + 31) / 32 * 32, 32), 1024), rwarps = rthreads >> 5;
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const uint4* xr = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx);
+        for (int vw = warp; vw < rwarps; vw += GEMV_WARPS) {
+            float sumsq = 0.f;
+            for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
+                const uint4 h = xr[i];
+                sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
+            }
+            sumsq = warp_sum(sumsq);
+            if (lane == 0) red_s[t][vw] = sumsq;
+        }
+    }
+    __syncthreads();
+    if (warp < T) {                                         // T <= 8 warps: warp t finishes token t
+        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.k + p.eps);
+    }
+    __syncthreads();
+    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight + k0);
+    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+        const int t = i / slice_chunks, c = i - t * slice_chunks;
+        uint4 o = make_uint4(0, 0, 0, 0);
+        if (c < kchunks) {
+            const uint4 h = *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8);
+            const uint4 w = __ldg(&nw[c]);
+            const float inv = inv_s[t];
+            o.x = norm_bf16x2(h.x, w.x, inv);
+            o.y = norm_bf16x2(h.y, w.y, inv);
+            o.z = norm_bf16x2(h.z, w.z, inv);
+            o.w = norm_bf16x2(h.w, w.w, inv);
+        }
+        x_s[i] = o;
+    }
+    __syncthreads();
+}
 
 __device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
 {
@@ -69,11 +171,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     const int k0 = blockIdx.y * p.k_split;
     const int klen = min(p.k_split, p.k - k0);
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
-    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
-        const int t = i / slice_chunks, c = i - t * slice_chunks;
-        x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
-    }
-    __syncthreads();
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
 
     const int rows_cta = GEMV_WARPS * p.rows_per_warp;
     const int row_base = blockIdx.x * rows_cta;
@@ -122,6 +220,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
+    if (p.split_k > 1) gemv_splitk_tail(p, row_base, rows_here, T);
 }
 
 // The quantized body: the same CTA mapping, x staging and epilogue as gemv_body; a lane's chunk is 16 weights.
@@ -135,11 +234,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     const int k0 = blockIdx.y * p.k_split;
     const int klen = min(p.k_split, p.k - k0);
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
-    for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
-        const int t = i / slice_chunks, c = i - t * slice_chunks;
-        x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
-    }
-    __syncthreads();
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
 
     constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;         // weights per byte, per 16-byte load
     const int qchunks = klen / WPL;                         // 16-byte chunks of this slice
@@ -207,6 +302,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
+    if (p.split_k > 1) gemv_splitk_tail(p, row_base, rows_here, T);
 }
 
 #define GEMV_INSTANCE(T) \
@@ -232,16 +328,3 @@ GEMV_QUANT_INSTANCE(5)
 GEMV_QUANT_INSTANCE(6)
 GEMV_QUANT_INSTANCE(7)
 GEMV_QUANT_INSTANCE(8)
-
-// y[t, n] = epilogue(sum over splits of partial[s, t, n]), one thread per output element.
-extern "C" __global__ void __launch_bounds__(256) gemv_splitk_combine(GemvParams p)
-{
-    const int i = blockIdx.x * 256 + threadIdx.x;
-    if (i >= p.tokens * p.n) return;
-    const int t = i / p.n, row = i - t * p.n;
-    float acc = 0.f;
-    for (int s = 0; s < p.split_k; s++) acc += p.partial[((size_t)s * p.tokens + t) * p.n + row];
-    float out = round_bf16(acc);
-    if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
-    p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
-}

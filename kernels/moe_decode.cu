@@ -9,9 +9,15 @@
 //   Grid (ceil(I / 8), T*k), 128 threads: warp w owns i = bx*8 + 2w + {0, 1}, i.e. 4 weight rows (2 gate,
 //   2 up); each lane streams 16-byte chunks lane, lane+32, ... of those rows and of hidden[t]; lane partial
 //   sums reduce by a fixed shuffle tree (deterministic). Bytes: T*k*2I*H*2 weights (each read once) + hidden.
-// moe_down_gemv: y[s, h] = bf16( inter[s] . down[e, h] )
+// moe_down_gemv: y[s, h] = bf16( inter[s] . down[e, h] ), then the combine of kernels/moe_combine.cu fused into the
+//   last CTA (docs/kernels.md, "Fusions"): out[t, h] = bf16(sum_j w[t, j] * y[t*k + j, h]) in rank order (fp32, every
+//   product and sum rounded separately), or bf16(residual[t, h] + bf16(that)) (residual may alias out).
 //   Grid (ceil(H / 16), T*k), 128 threads: warp w owns rows h = bx*16 + 4w .. +3. Bytes: T*k*H*I*2 + inter.
-// The combine (kernels/moe_combine.cu) then sums the k rows of y per token in rank order.
+//   Ticket: after writing its 16 values of y, a CTA fences and adds 1 to tickets[t * gridDim.x + bx]; the k-th CTA of
+//   token t and row block bx (the last of its k slots) reads the k rows of y for those 16 columns back (ld.global.cg,
+//   L2), combines them and resets the ticket to 0. The ticket decides only which CTA combines, never the order, so the
+//   output is deterministic and bitwise the separate kernel's. tickets[] are zero before the first launch (cleared once
+//   with the workspace). Extra bytes: T*k*4 (weights) + T*H*2 (out) [+ T*H*2 residual] + T*ceil(H/16)*4 (tickets).
 // Variants: these GEMVs (decode); kernels/moe_gemm.cu is the tensor-core path for many tokens.
 // Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemv_fp8 / _int8 and moe_down_gemv_fp8 / _int8 read one
 // byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
@@ -43,11 +49,56 @@ struct MoeDownGemvParams {
     const bf16* down;        // [E, H, I]
     const int* topk_ids;     // [T*k]
     bf16* y;                 // [T*k, H] expert outputs per slot (bf16, the Linear's output)
+    const float* topk_weights; // [T, k] routing weights (the fused combine)
+    const bf16* residual;    // [T, H] or null (may alias out)
+    bf16* out;               // [T, H] combined output
+    int* tickets;            // [T, ceil(H / 16)] zero on entry, left zero on exit
     int slots;
     int hidden_size;         // H
     int inter_size;          // I, multiple of 8
+    int top_k;
     WeightScales ws;         // quantized variants only
 };
+
+#define DOWN_ROWS_PER_CTA (DOWN_ROWS_PER_WARP * GEMV_THREADS / 32)
+#define DOWN_MAX_TOPK 16
+
+__device__ __forceinline__ float ld_cg_bf16(const bf16* p)
+{
+    unsigned short v;
+    asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p) : "memory");
+    return bf16_to_f32(v);
+}
+
+// The fused combine, run by every CTA after it wrote its rows of y (all threads reach it: no early return before).
+__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s)
+{
+    __shared__ int is_last;
+    const int t = s / p.top_k, k = p.top_k;
+    int* ticket = p.tickets + (size_t)t * gridDim.x + blockIdx.x;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(ticket, 1) == k - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const int h = blockIdx.x * DOWN_ROWS_PER_CTA + threadIdx.x;
+    if (threadIdx.x < DOWN_ROWS_PER_CTA && h < p.hidden_size) {
+        float v[DOWN_MAX_TOPK], w[DOWN_MAX_TOPK];
+#pragma unroll
+        for (int j = 0; j < DOWN_MAX_TOPK; j++) {   // all k loads first: one L2 round trip
+            v[j] = j < k ? ld_cg_bf16(p.y + ((size_t)t * k + j) * p.hidden_size + h) : 0.f;
+            w[j] = j < k ? p.topk_weights[(size_t)t * k + j] : 0.f;
+        }
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < DOWN_MAX_TOPK; j++)
+            if (j < k) acc = __fadd_rn(acc, __fmul_rn(w[j], v[j]));
+        if (p.residual) acc = round_bf16(acc) + bf16_to_f32(p.residual[(size_t)t * p.hidden_size + h]);
+        p.out[(size_t)t * p.hidden_size + h] = f32_to_bf16(acc);
+    }
+    if (threadIdx.x == 0) *ticket = 0;
+}
 
 // silu then the product, with the reference's rounding points (gate, up already bf16).
 __device__ __forceinline__ float swiglu_bf16(float gate, float up)
@@ -98,24 +149,26 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
     const int s = blockIdx.y;
     const int e = p.topk_ids[s];
     const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
-    if (h0 >= p.hidden_size) return;
-    const int chunks = p.inter_size >> 3;
-    const uint4* x = reinterpret_cast<const uint4*>(p.inter + (size_t)s * p.inter_size);
-    const uint4* w = reinterpret_cast<const uint4*>(p.down + ((size_t)e * p.hidden_size + h0) * p.inter_size);
-    float acc[DOWN_ROWS_PER_WARP];
+    if (h0 < p.hidden_size) {
+        const int chunks = p.inter_size >> 3;
+        const uint4* x = reinterpret_cast<const uint4*>(p.inter + (size_t)s * p.inter_size);
+        const uint4* w = reinterpret_cast<const uint4*>(p.down + ((size_t)e * p.hidden_size + h0) * p.inter_size);
+        float acc[DOWN_ROWS_PER_WARP];
 #pragma unroll
-    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
-    for (int c = lane; c < chunks; c += 32) {
-        const uint4 xc = x[c];
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
+        for (int c = lane; c < chunks; c += 32) {
+            const uint4 xc = x[c];
 #pragma unroll
-        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
-            if (h0 + r < p.hidden_size) acc[r] += dot_bf16x8(__ldg(&w[(size_t)r * chunks + c]), xc);
+            for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
+                if (h0 + r < p.hidden_size) acc[r] += dot_bf16x8(__ldg(&w[(size_t)r * chunks + c]), xc);
+        }
+#pragma unroll
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
+            const float v = warp_sum(acc[r]);
+            if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
+        }
     }
-#pragma unroll
-    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
-        const float v = warp_sum(acc[r]);
-        if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
-    }
+    down_combine_tail(p, s);
 }
 
 // Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
@@ -180,31 +233,33 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
     for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = xg[i];
     __syncthreads();
     const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
-    if (h0 >= H) return;
-    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
-    const int qchunks = I / WPL, row_bytes = I / WPB;
-    const int grow = e * H + h0;
-    const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * row_bytes;
-    float acc[DOWN_ROWS_PER_WARP];
+    if (h0 < H) {
+        constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
+        const int qchunks = I / WPL, row_bytes = I / WPB;
+        const int grow = e * H + h0;
+        const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down) + (size_t)grow * row_bytes;
+        float acc[DOWN_ROWS_PER_WARP];
 #pragma unroll
-    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
-    for (int c = lane; c < qchunks; c += 32) {
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
+        for (int c = lane; c < qchunks; c += 32) {
 #pragma unroll
-        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
-            if (h0 + r < H) {
-                uint4 w8[2 * WPB];
-                dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)r * row_bytes + c * 16)), weight_scale_q<QF>(p.ws, grow + r, c * WPL), w8);
-                float d = 0.f;
+            for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
+                if (h0 + r < H) {
+                    uint4 w8[2 * WPB];
+                    dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)r * row_bytes + c * 16)), weight_scale_q<QF>(p.ws, grow + r, c * WPL), w8);
+                    float d = 0.f;
 #pragma unroll
-                for (int h = 0; h < 2 * WPB; h++) d += dot_bf16x8(w8[h], x_s[2 * WPB * c + h]);
-                acc[r] += d;
-            }
+                    for (int h = 0; h < 2 * WPB; h++) d += dot_bf16x8(w8[h], x_s[2 * WPB * c + h]);
+                    acc[r] += d;
+                }
+        }
+#pragma unroll
+        for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
+            const float v = warp_sum(acc[r]);
+            if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
+        }
     }
-#pragma unroll
-    for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) {
-        const float v = warp_sum(acc[r]);
-        if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
-    }
+    down_combine_tail(p, s);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_FP8>(p); }

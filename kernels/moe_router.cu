@@ -17,10 +17,19 @@
 // counters[by]); the block that takes the last ticket of its token block runs softmax + top-k for those
 // tokens (one warp per token) and resets the counter to 0. The integer ticket only decides WHICH block
 // does the top-k, never the values, so results are deterministic. counters[] must be zero before the
-// first launch (the launcher memsets it). Bytes moved: E*H*2 (router weight, once per token block)
+// first launch (cleared once with the workspace, MoeLaunchers.ClearTickets; no memset per launch). Bytes moved: E*H*2 (router weight, once per token block)
 // + T*H*2 (hidden, once per expert block from cache) + T*E*4 (logits) + T*k*8 (outputs).
 // Limits: E <= 256 (8 probabilities per lane), 1 <= k <= min(16, E), H a multiple of 8.
-// Variants: this one only (used for decode and prefill alike).
+// Variants: moe_router_topk (prefill, and the oracle of the next one);
+// moe_router_norm_topk (decode, T <= 8; docs/kernels.md, "Fusions"): the post-attention RMSNorm, the router and the
+//   top-k in one kernel spread over E CTAs of 256 threads (one expert row each, every SM busy). hidden is then the
+//   residual stream x; every CTA normalises the T rows itself, h = bf16(norm_weight * bf16(x * rsqrt(mean(x^2) + eps))),
+//   summing the squares in add_rmsnorm_bf16's thread layout and tree (so h is bitwise that kernel's output); CTA 0 also
+//   writes h for the experts. Each thread owns 16-byte chunks tid, tid + 256, ... of the expert's router row; the first
+//   one is loaded before the norm, so the router weight's DRAM trip overlaps the x reads (L2). Logits reduce per CTA by a
+//   fixed tree (warp shuffles, then the 8 warp sums in order), then the ticket on counters[0] elects the last CTA, whose
+//   warp t runs the softmax + top-k of token t and resets the ticket. Bytes: E*H*2 (router weight, once) + E*T*H*2 (x,
+//   from L2) + E*H*2 (norm weight, from L2) + T*H*2 (h) + T*E*4 + T*k*8.
 #include "common.cuh"
 
 #define ROUTER_WARPS 4
@@ -34,12 +43,18 @@ struct MoeRouterParams {
     int* counters;           // [ceil(T / 8)] workspace tickets, zero on entry, left zero on exit
     int* topk_ids;           // [T, k] expert ids, rank order (descending weight)
     float* topk_weights;     // [T, k] routing weights (fp32)
+    bf16* h_out;             // [T, H] moe_router_norm_topk: the normalised rows, for the experts
+    const bf16* norm_weight; // [H] moe_router_norm_topk: the post-attention RMSNorm weight
     int tokens;              // T
     int hidden_size;         // H, multiple of 8
     int experts;             // E <= 256
     int top_k;               // k <= 16
     int norm_topk_prob;      // 1: renormalise the k weights to sum 1
+    float eps;               // moe_router_norm_topk: RMSNorm epsilon
 };
+
+#define ROUTER_NORM_THREADS 256
+#define ROUTER_NORM_WARPS (ROUTER_NORM_THREADS / 32)
 
 __device__ __forceinline__ float ld_cg_f32(const float* p)
 {
@@ -143,4 +158,88 @@ extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(
     __threadfence();
     for (int i = warp; i < nt; i += ROUTER_WARPS) router_topk_token(p, t0 + i);
     if (threadIdx.x == 0) p.counters[blockIdx.y] = 0;
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_norm_topk(MoeRouterParams p)
+{
+    __shared__ float red_s[ROUTER_TOKENS][32];
+    __shared__ float inv_s[ROUTER_TOKENS];
+    __shared__ int is_last;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int e = blockIdx.x, nt = p.tokens;                 // nt <= ROUTER_TOKENS (the launcher checks)
+    const int chunks = p.hidden_size >> 3;
+    const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
+    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    const uint4 w0 = tid < chunks ? __ldg(&wrow[tid]) : zero;     // issued first: overlaps the norm below
+    const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
+
+    // Sum of squares of each token's row in add_rmsnorm_bf16's layout: ceil32(chunks) virtual threads (32..1024).
+    const int rthreads = min(max((chunks + 31) / 32 * 32, 32), 1024), rwarps = rthreads >> 5;
+#pragma unroll
+    for (int t = 0; t < ROUTER_TOKENS; t++) {
+        if (t >= nt) break;
+        const uint4* xr = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size);
+        for (int vw = warp; vw < rwarps; vw += ROUTER_NORM_WARPS) {
+            float sumsq = 0.f;
+            for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
+                const uint4 h = xr[i];
+                sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
+            }
+            sumsq = warp_sum(sumsq);
+            if (lane == 0) red_s[t][vw] = sumsq;
+        }
+    }
+    __syncthreads();
+    if (warp < nt) {
+        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.hidden_size + p.eps);
+    }
+    __syncthreads();
+
+    // Logits: h chunk by chunk (CTA 0 stores it), dotted with the expert's row.
+    float acc[ROUTER_TOKENS];
+#pragma unroll
+    for (int t = 0; t < ROUTER_TOKENS; t++) acc[t] = 0.f;
+    for (int c = tid; c < chunks; c += ROUTER_NORM_THREADS) {
+        const uint4 wc = c == tid ? w0 : __ldg(&wrow[c]);
+        const uint4 nc = c == tid ? n0 : __ldg(&nw[c]);
+#pragma unroll
+        for (int t = 0; t < ROUTER_TOKENS; t++) {
+            if (t < nt) {
+                const uint4 x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size)[c];
+                const float inv = inv_s[t];
+                uint4 h;
+                h.x = norm_bf16x2(x.x, nc.x, inv);
+                h.y = norm_bf16x2(x.y, nc.y, inv);
+                h.z = norm_bf16x2(x.z, nc.z, inv);
+                h.w = norm_bf16x2(x.w, nc.w, inv);
+                if (e == 0) reinterpret_cast<uint4*>(p.h_out + (size_t)t * p.hidden_size)[c] = h;
+                acc[t] += dot_bf16x8(wc, h);
+            }
+        }
+    }
+    __syncthreads();                                          // red_s is reused
+#pragma unroll
+    for (int t = 0; t < ROUTER_TOKENS; t++) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0 && t < nt) red_s[t][warp] = v;
+    }
+    __syncthreads();
+    if (warp < nt) {
+        float v = lane < ROUTER_NORM_WARPS ? red_s[warp][lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) p.logits[(size_t)warp * p.experts + e] = round_bf16(v);
+    }
+
+    // Ticket: the last CTA does the softmax + top-k of every token.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(&p.counters[0], 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (warp < nt) router_topk_token(p, warp);
+    if (tid == 0) p.counters[0] = 0;
 }

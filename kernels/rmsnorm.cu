@@ -39,18 +39,7 @@ __device__ __forceinline__ uint4 add_bf16x8(uint4 a, uint4 b)
     return r;
 }
 
-__device__ __forceinline__ float sumsq_bf16x2(bf16x2 v)
-{
-    float lo = bf16x2_lo(v), hi = bf16x2_hi(v);
-    return lo * lo + hi * hi;
-}
-
-__device__ __forceinline__ bf16x2 norm_bf16x2(bf16x2 v, bf16x2 w, float inv_rms)
-{
-    float lo = round_bf16(bf16x2_lo(v) * inv_rms) * bf16x2_lo(w);
-    float hi = round_bf16(bf16x2_hi(v) * inv_rms) * bf16x2_hi(w);
-    return pack_bf16x2(lo, hi);
-}
+// sumsq_bf16x2 and norm_bf16x2 are in common.cuh (gemv.cu's RMSNorm prologue uses them too).
 
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_bf16(AddRmsNormParams p)
 {

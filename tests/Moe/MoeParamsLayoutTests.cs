@@ -28,6 +28,8 @@ public class MoeParamsLayoutTests
     /// <summary>The size NVRTC gives the kernel's by-value struct parameter equals the C# mirror's, for the quantized variants too.</summary>
     [TestCase("moe_decode.cu", "moe_gate_up_gemv_fp8", typeof(MoeGateUpGemvParams))]
     [TestCase("moe_decode.cu", "moe_down_gemv_int8", typeof(MoeDownGemvParams))]
+    [TestCase("moe_decode.cu", "moe_down_gemv", typeof(MoeDownGemvParams))]
+    [TestCase("moe_router.cu", "moe_router_norm_topk", typeof(MoeRouterParams))]
     [TestCase("moe_gemm.cu", "moe_gate_up_gemm_fp8", typeof(MoeGateUpGemmParams))]
     [TestCase("moe_gemm.cu", "moe_down_gemm", typeof(MoeDownGemmParams))]
     [TestCase("gemv.cu", "gemv_fp8_t3", typeof(GemvParams))]
@@ -40,10 +42,10 @@ public class MoeParamsLayoutTests
         Assert.That(Marshal.SizeOf(mirror), Is.EqualTo(int.Parse(m.Groups[1].Value)));
     }
 
-    [Test] public void Router() => Expect<MoeRouterParams>(6, 5);
+    [Test] public void Router() => Expect<MoeRouterParams>(8, 6);
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
-    [Test] public void DownGemv() => Expect<MoeDownGemvParams>(4, 3, scales: true);
+    [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);
     [Test] public void GateUpGemm() => Expect<MoeGateUpGemmParams>(6, 3, scales: true);
     [Test] public void DownGemm() => Expect<MoeDownGemmParams>(6, 2, scales: true);
     [Test] public void Combine() => Expect<MoeCombineParams>(4, 3);

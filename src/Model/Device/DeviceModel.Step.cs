@@ -299,8 +299,8 @@ public sealed partial class DeviceModel
         // The output rows' hidden states: rows 0..Outputs-1 of x, or gathered into h (the gather kernel is the embedding's, over x).
         DevicePtr x = Ws(w.X);
         if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
-        _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, W(Plan.Weights.FinalNorm), s.Outputs, H, (float)c.RmsNormEps);
-        Project(Ws(w.Logits), c.VocabSize, Ws(w.H), H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H);
+        // Final norm -> lm_head (the norm in the GEMV's prologue on the decode path)
+        Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm));
         if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
         var scratch = new SamplingScratch(Ws(w.SampleScratch), w.MaxOutputs, c.VocabSize);
         if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
@@ -323,10 +323,9 @@ public sealed partial class DeviceModel
         int rows = s.Rows, H = c.HiddenSize, qDim = c.QueryDim, qkvDim = qDim + 2 * c.KeyValueDim;
         float eps = (float)c.RmsNormEps;
 
-        // AddRmsNorm: h = RMSNorm(x) * w_in   (the residual adds are fused into o_proj and the MoE combine)
-        _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.InputNorm), rows, H, eps);
-        // QkvProj: qkv = h [q|k|v]^T
-        Project(Ws(w.Qkv), qkvDim, Ws(w.H), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H);
+        // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
+        // the residual adds are fused into o_proj and the MoE down GEMV / combine)
+        Project(Ws(w.Qkv), qkvDim, Ws(w.X), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H, W(L.InputNorm));
         // QkNormRopeKvWrite: q -> q buffer; k, v -> the layer's KV pages at slot[t]
         _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
         {
@@ -358,32 +357,50 @@ public sealed partial class DeviceModel
         }
         // OProj (+residual): x = x + attn Wo^T
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
-        // AddRmsNorm: h = RMSNorm(x) * w_post
-        _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
         if (L.IsMoe)
         {
-            // Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(h)
+            // PostNorm -> Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(RMSNorm(x) * w_post).
+            // Decode: the router kernel computes the norm and writes h for the experts; prefill: the norm kernel first.
+            if (rows <= MoeLaunchers.DecodeMaxTokens)
+            {
+                _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H));
+                return;
+            }
+            _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
             _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.H), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
                 Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes);
             return;
         }
-        // Dense SwiGLU MLP: GateUpProj -> SwiGlu -> DownProj (+residual): x = x + down(bf16(silu(gate)) * up)
+        // Dense SwiGLU MLP: PostNorm -> GateUpProj -> SwiGlu -> DownProj (+residual): x = x + down(bf16(silu(gate)) * up)
         int I = L.Inter;
-        Project(Ws(w.MlpGateUp), 2 * I, Ws(w.H), H, L.GateUp, DevicePtr.Null, rows, 2 * I, H);
+        Project(Ws(w.MlpGateUp), 2 * I, Ws(w.X), H, L.GateUp, DevicePtr.Null, rows, 2 * I, H, W(L.PostNorm));
         _swiglu!.SwiGlu(_stream, Ws(w.MlpAct), I, Ws(w.MlpGateUp), 2 * I, rows, I);
         Project(Ws(w.X), H, Ws(w.MlpAct), I, L.Down, Ws(w.X), rows, H, I);
     }
 
-    /// <summary>y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows.</summary>
-    private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k)
+    /// <summary>
+    /// y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows. With a
+    /// <paramref name="norm"/> weight the product takes RMSNorm(x) * norm: in the GEMV's prologue (no separate norm launch),
+    /// or, for the GEMM, by the norm kernel into h first (in place when x is h: the gathered output rows).
+    /// </summary>
+    private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k,
+        DevicePtr norm = default)
     {
         var w = Plan.Workspace;
         var weight = Operand(matrix);
+        float eps = (float)Config.RmsNormEps;
         if (rows > GemvLaunchers.MaxTokens)
         {
+            if (!norm.IsNull)
+            {
+                _rms.AddRmsNorm(_stream, Ws(w.H), x, DevicePtr.Null, norm, rows, k, eps);
+                x = Ws(w.H);
+                ldx = k;
+            }
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
             return;
         }
-        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity);
+        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps);
     }
 }

@@ -133,6 +133,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
             device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
             _kv.ZeroScratchPage(_stream);
+            _gemv.ClearTickets(_stream, _workspace.Base + Plan.Workspace.GemvPartial, Plan.Workspace.GemvPartialCapacity);   // split-K tickets, likewise
+            foreach (var shape in moeShapes.Distinct())   // the MoE tickets start at zero and every kernel leaves them so: no memset in a step
+                _moe!.ClearTickets(_stream, _workspace.Base + Plan.Workspace.Moe, MoeWorkspace.Compute(Plan.Workspace.Rows, shape));
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             _defaultInvFreq = invFreq;
             UploadWeights(weights, invFreq, options.LoadProgress);

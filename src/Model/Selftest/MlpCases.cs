@@ -87,7 +87,7 @@ public static class MlpCases
             DevicePtr dMid = ctx.AllocFilled<ushort>((long)tokens * 2 * inter), dAct = ctx.AllocFilled<ushort>((long)tokens * inter);
             long partial = Math.Max(tokens <= GemvLaunchers.MaxTokens ? gemv.Plan(tokens, 2 * inter, hidden).PartialBytes(tokens, 2 * inter) : 0,
                                     tokens <= GemvLaunchers.MaxTokens ? gemv.Plan(tokens, hidden, inter).PartialBytes(tokens, hidden) : 0);
-            DevicePtr dPartial = partial > 0 ? ctx.Alloc<byte>(partial) : DevicePtr.Null;
+            DevicePtr dPartial = partial > 0 ? ctx.AllocFilled<byte>(partial, 0) : DevicePtr.Null;   // the split-K tickets start at zero
             void Project(DevicePtr y, DevicePtr x, DevicePtr w, DevicePtr res, int n, int k)
             {
                 if (tokens > GemvLaunchers.MaxTokens) gemm.Gemm(ctx.Stream, y, n, x, k, w, k, res, tokens, n, k);

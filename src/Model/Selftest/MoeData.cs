@@ -208,6 +208,7 @@ public sealed class MoeRun
         Output = ctx.Alloc<ushort>((long)Tokens * c.Shape.Hidden);
         Layout = MoeWorkspace.Compute(Tokens, c.Shape);
         Workspace = ctx.Alloc<byte>(Layout.TotalBytes);
+        Moe.ClearTickets(ctx.Stream, Workspace, Layout);
     }
 
     public void Run(DevicePtr residual = default) =>

@@ -8,7 +8,7 @@ public static class NormRopeCases
 {
     // Two bf16 roundings, each of which may land on the other side of a rounding boundary because the kernel's
     // rsqrt.approx and fp32 sum order differ from the fp64 reference: at most 2 bf16 ulps = 2 * 2^-7 relative.
-    private const double RmsRtol = 1.0 / 64, RmsAtol = 1e-6;
+    internal const double RmsRtol = 1.0 / 64, RmsAtol = 1e-6;
 
     // Normed values are at most ~3 in magnitude (bf16 ulp there: 2^-6). A rounding flip in the norm (2 ulps: rsqrt.approx vs
     // fp64) or in bf16(cos/sin) (sincosf is within 2 fp32 ulps of the true value) moves a product by about one ulp of the

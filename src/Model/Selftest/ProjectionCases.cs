@@ -22,6 +22,11 @@ public static class ProjectionCases
         yield return GemvCase(1, 2048, 4096, false, "o_proj");
         yield return GemvCase(1, 151936, 2048, false, "lm_head", heavy: true);   // 311 MB of weights: ~40 s on the emulator
         foreach (var q in QuantizedCases.Gemv()) yield return q;               // fp8 / int8 weights (docs/formats.md)
+        // RMSNorm prologue (the input norm -> qkv, the final norm -> lm_head, a dense layer's post norm -> gate_up)
+        yield return GemvNormCase(1, 5120, 2048, "qkv + input norm");           // real decode shape, one row of x per CTA's norm
+        yield return GemvNormCase(3, 1000, 136);                               // 17 chunks: ragged last warp of the norm
+        yield return GemvNormCase(8, 512, 4104);                               // 513 chunks (544 norm threads on 8 warps), split-K 3
+        yield return GemvNormCase(5, 37, 24);                                  // 3 chunks: one partial warp
     }
 
     public static IEnumerable<KernelCase> Gemm()
@@ -45,12 +50,18 @@ public static class ProjectionCases
             DevicePtr dY = ctx.AllocFilled<ushort>(tokens * n);
             GemvPlan plan = gemv.Plan(tokens, n, k);
             long ws = plan.PartialBytes(tokens, n);
-            DevicePtr dPartial = ws > 0 ? ctx.Alloc<byte>(ws) : DevicePtr.Null;
+            DevicePtr dPartial = ws > 0 ? ctx.AllocFilled<byte>(ws, 0) : DevicePtr.Null;   // the split-K tickets start at zero
             DevicePtr dX = ctx.Upload(x), dW = ctx.Upload(w), dR = residual ? ctx.Upload(r) : DevicePtr.Null;
             var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY, n, dX, k, dW, dR, tokens, n, k, dPartial, ws));
             var (exp, tol) = KernelReference.ProjectBf16(x, w, residual ? r : null, n, tokens, n, k);
             var c = new Checker();
             c.Within(KernelData.ToFloats(ctx.Download<ushort>(dY, tokens * n)), exp, tol, KernelReference.ProjectToleranceText, $"y (split-K {plan.SplitK})");
+            if (plan.SplitK > 1)
+            {
+                // The last CTA of each row block combined the partials and reset its ticket: one launch, tickets zero again.
+                c.Exact<int>(ctx.Download<int>(dPartial, plan.GridX), new int[plan.GridX], "split-K tickets reset for the next launch");
+                if (launches.Count > 0) c.True(launches.Count == 1, "emulator: no separate split-K combine launch", string.Join(",", launches.Select(l => l.Kernel)));
+            }
             if (realName is not null && launches.Count > 0)
             {
                 // Decode is memory-bound: the weights read once (distinct 32-byte sectors within 5% of the bytes that must
@@ -63,6 +74,40 @@ public static class ProjectionCases
             }
             return c.Result();
         }, heavy);
+
+    /// <summary>
+    /// The GEMV with its RMSNorm prologue against the unfused pair (add_rmsnorm_bf16 into h, then the plain GEMV): y bitwise
+    /// equal (the prologue sums the squares in add_rmsnorm_bf16's order), in one launch instead of two; the pair's h against
+    /// the fp64 RMSNorm reference and its y against the product reference of that h, at the existing tolerances.
+    /// </summary>
+    static KernelCase GemvNormCase(int tokens, int n, int k, string? realName = null) =>
+        new("gemv", $"gemv T {tokens} N {n} K {k} with the RMSNorm prologue{(realName is null ? "" : $" ({realName})")}", realName is not null, ctx =>
+        {
+            var gemv = ctx.Cached("gemv", () => new GemvLaunchers(ctx.Loader));
+            var rms = ctx.Cached("rmsnorm", () => new RmsNormLaunchers(ctx.Loader));
+            var rng = new Random(tokens * 77 + n + k);
+            ushort[] x = KernelData.Random(rng, tokens * k, 4f), w = KernelData.Random(rng, n * k), nw = KernelData.Random(rng, k, 1.5f);
+            const float eps = 1e-6f;
+            GemvPlan plan = gemv.Plan(tokens, n, k);
+            long ws = plan.PartialBytes(tokens, n);
+            DevicePtr dPartial = ws > 0 ? ctx.AllocFilled<byte>(ws, 0) : DevicePtr.Null;   // the split-K tickets start at zero
+            DevicePtr dX = ctx.Upload(x), dW = ctx.Upload(w), dNw = ctx.Upload(nw);
+            DevicePtr dH = ctx.AllocFilled<ushort>(tokens * k), dY1 = ctx.AllocFilled<ushort>(tokens * n), dY2 = ctx.AllocFilled<ushort>(tokens * n);
+            rms.AddRmsNorm(ctx.Stream, dH, dX, DevicePtr.Null, dNw, tokens, k, eps);
+            gemv.Gemv(ctx.Stream, dY1, n, dH, k, dW, DevicePtr.Null, tokens, n, k, dPartial, ws);
+            ctx.Synchronize();   // the pair's launches stay out of the record below
+            var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY2, n, dX, k, WeightOperand.Bf16(dW), DevicePtr.Null, tokens, n, k, dPartial, ws, dNw, eps));
+            ushort[] h = ctx.Download<ushort>(dH, tokens * k), y1 = ctx.Download<ushort>(dY1, tokens * n), y2 = ctx.Download<ushort>(dY2, tokens * n);
+            var c = new Checker();
+            c.Exact<ushort>(y2, y1, $"fused y == add_rmsnorm_bf16 + gemv y, bitwise (split-K {plan.SplitK})");
+            if (launches.Count > 0) c.True(launches.Count == 1, "emulator: one launch (no norm kernel, no split-K combine)", string.Join(",", launches.Select(l => l.Kernel)));
+            float[] xf = KernelData.ToFloats(x), nwf = KernelData.ToFloats(nw), hRef = new float[tokens * k];
+            for (int t = 0; t < tokens; t++) KernelReference.RmsNorm(xf.AsSpan(t * k, k), nwf, eps, hRef.AsSpan(t * k, k));
+            c.CloseBf16(h, hRef, NormRopeCases.RmsAtol, NormRopeCases.RmsRtol, "h (the unfused norm) vs the fp64 RMSNorm");
+            var (exp, tol) = KernelReference.ProjectBf16(h, w, null, n, tokens, n, k);
+            c.Within(KernelData.ToFloats(y1), exp, tol, KernelReference.ProjectToleranceText, "y of that h");
+            return c.Result();
+        });
 
     static KernelCase GemmCase(int m, int n, int k, bool withResidual, GemmTile? tile, bool real = false) =>
         new("gemm", $"gemm M {m} N {n} K {k}{(withResidual ? " + residual" : "")} tile {tile?.ToString() ?? "auto"}", real, ctx =>

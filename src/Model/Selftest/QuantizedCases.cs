@@ -116,7 +116,7 @@ public static class QuantizedCases
             DevicePtr dY = ctx.AllocFilled<ushort>(tokens * n);
             GemvPlan plan = gemv.Plan(tokens, n, k, f);
             long ws = plan.PartialBytes(tokens, n);
-            DevicePtr dPartial = ws > 0 ? ctx.Alloc<byte>(ws) : DevicePtr.Null;
+            DevicePtr dPartial = ws > 0 ? ctx.AllocFilled<byte>(ws, 0) : DevicePtr.Null;   // the split-K tickets start at zero
             DevicePtr dX = ctx.Upload(x), dR = residual ? ctx.Upload(r) : DevicePtr.Null;
             var op = w.Operand(ctx.Upload(w.Q), w.UploadScales(ctx));
             var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY, n, dX, k, op, dR, tokens, n, k, dPartial, ws));
@@ -176,6 +176,7 @@ public static class QuantizedCases
             var dOut = ctx.Alloc<ushort>((long)tokens * H);
             var layout = MoeWorkspace.Compute(tokens, s);
             var dWs = ctx.Alloc<byte>(layout.TotalBytes);
+            moe.ClearTickets(ctx.Stream, dWs, layout);
             var gu = gateUp.Upload(ctx);
             var dn = down.Upload(ctx);
             var launches = ctx.RecordLaunches(() => moe.MoeBlock(ctx.Stream, s, tokens, dHidden, dRouter, gu, dn, DevicePtr.Null, dOut, dWs, layout.TotalBytes));
@@ -191,7 +192,8 @@ public static class QuantizedCases
                 var min = new Dictionary<string, long>
                 {
                     [$"moe_gate_up_gemv_{f.Name()}"] = used * gateUp.ExpertBytes + hidden + idBytes + inter,
-                    [$"moe_down_gemv_{f.Name()}"] = used * down.ExpertBytes + inter + idBytes + y,
+                    [$"moe_down_gemv_{f.Name()}"] = used * down.ExpertBytes + inter + idBytes + y   // + the fused combine's weights, output, tickets
+                        + Sec(tokens * s.TopK * 4L) + Sec(tokens * H * 2L) + Sec(tokens * MoeWorkspace.DownTicketsPerToken(H) * 4L),
                 };
                 foreach (var l in launches)
                 {

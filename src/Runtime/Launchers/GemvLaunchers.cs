@@ -11,6 +11,8 @@ public struct GemvParams
     public DevicePtr W;          // [N, K] bf16
     public DevicePtr Residual;   // [T, Ldy] bf16 or null
     public DevicePtr Partial;    // [SplitK, T, N] fp32 when SplitK > 1
+    public DevicePtr NormWeight; // [K] bf16 RMSNorm weight of the prologue, or null
+    public DevicePtr Tickets;    // [GridX] int split-K tickets, zero
     public int Tokens;
     public int N;
     public int K;
@@ -19,6 +21,7 @@ public struct GemvParams
     public int RowsPerWarp;
     public int KSplit;
     public int SplitK;
+    public float Eps;            // RMSNorm epsilon (NormWeight not null)
     public WeightScales Ws;      // quantized variants only
 }
 
@@ -26,8 +29,11 @@ public struct GemvParams
 public readonly record struct GemvPlan(int RowsPerWarp, int SplitK, int KSplit, int GridX)
 {
     public int Ctas => GridX * SplitK;
-    /// <summary>fp32 partial workspace the plan needs, in bytes (0 when SplitK is 1).</summary>
-    public long PartialBytes(int tokens, int n) => SplitK > 1 ? (long)SplitK * tokens * n * sizeof(float) : 0;
+    /// <summary>
+    /// Workspace the plan needs, in bytes (0 when SplitK is 1): the split-K tickets (<see cref="GemvLaunchers.TicketBytes"/>,
+    /// first, the same place for every plan) and the fp32 partials.
+    /// </summary>
+    public long PartialBytes(int tokens, int n) => SplitK > 1 ? GemvLaunchers.TicketBytes + (long)SplitK * tokens * n * sizeof(float) : 0;
 }
 
 /// <summary>
@@ -41,6 +47,11 @@ public sealed class GemvLaunchers
     public const string File = "gemv.cu";
     public const int MaxTokens = 8;
     private const int Warps = 8, MaxRowsPerWarp = 8, MaxSliceBytes = 32 * 1024;
+    /// <summary>
+    /// The split-K tickets at the start of a GEMV workspace: one int per row block (grid x) of a split GEMV, zero between
+    /// launches (the last CTA of a row block resets its ticket), so they are cleared once (<see cref="ClearTickets"/>).
+    /// </summary>
+    public const int TicketBytes = 64 * 1024;
     /// <summary>The supported weight formats and the kernel name prefix of each (the kernel of T tokens is prefix + T).</summary>
     public static readonly IReadOnlyDictionary<WeightFormat, string> Variants = new Dictionary<WeightFormat, string>
     {
@@ -51,7 +62,6 @@ public sealed class GemvLaunchers
     };
 
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
-    private readonly DeviceKernel _combine;
     private readonly IDevice _device;
 
     /// <summary>Loads the kernels of <paramref name="formats"/> (default: bf16 only).</summary>
@@ -65,7 +75,6 @@ public sealed class GemvLaunchers
             for (int t = 1; t <= MaxTokens; t++) byTokens[t] = loader.Get(File, prefix + t);
             _kernels[f] = byTokens;
         }
-        _combine = loader.Get(File, "gemv_splitk_combine");
     }
 
     /// <summary>Rows per warp so that the grid is at least ~4 waves, then split-K when rows alone cannot fill the SMs
@@ -90,8 +99,9 @@ public sealed class GemvLaunchers
     }
 
     /// <summary>
-    /// y = x W^T (+ residual), bf16, fp32 accumulation. <paramref name="partial"/> is fp32 workspace of
-    /// <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns (may be null when that is 0).
+    /// y = x W^T (+ residual), bf16, fp32 accumulation. <paramref name="partial"/> is workspace of
+    /// <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns (may be null when that is 0), its tickets
+    /// zeroed once (<see cref="ClearTickets"/>).
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, DevicePtr w, DevicePtr residual,
         int tokens, int n, int k, DevicePtr partial, long partialBytes) =>
@@ -99,10 +109,12 @@ public sealed class GemvLaunchers
 
     /// <summary>
     /// y = x W^T (+ residual) with W in any loaded format (the variant from <see cref="Variants"/>). <paramref name="partial"/>
-    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns.
+    /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns. With a
+    /// <paramref name="normWeight"/> ([K] bf16) the product takes RMSNorm(x) * normWeight instead of x (the prologue of
+    /// gemv.cu, bitwise <c>add_rmsnorm_bf16</c>'s output; docs/kernels.md, "Fusions").
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
-        int tokens, int n, int k, DevicePtr partial, long partialBytes)
+        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f)
     {
         var kernels = Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
@@ -114,18 +126,25 @@ public sealed class GemvLaunchers
         long need = plan.PartialBytes(tokens, n);
         if (need > 0 && (partial.IsNull || partialBytes < need))
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K {plan.SplitK} ways and needs {need} bytes of fp32 workspace, got {partialBytes}", nameof(partial));
+        if (need > 0 && plan.GridX > TicketBytes / sizeof(int))
+            throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K over {plan.GridX} row blocks; the split-K tickets cover {TicketBytes / sizeof(int)}");
         var p = new GemvParams
         {
-            Y = y, X = x, W = w.Data, Residual = residual, Partial = partial, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
+            Y = y, X = x, W = w.Data, Residual = residual, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
+            NormWeight = normWeight, Eps = normEps, Tickets = partial, Partial = need > 0 ? partial + TicketBytes : DevicePtr.Null,
         };
         var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
         args.Add(p);
         int smem = tokens * plan.KSplit * 2;
         _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem), stream, args);
-        if (plan.SplitK > 1)
-            _device.Launch(_combine, new LaunchConfig((tokens * n + 255) / 256, 256), stream, args);
-        return plan;
+        return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
+    }
+
+    /// <summary>Zeroes the split-K tickets at the start of a GEMV workspace: once after allocating it, outside any graph.</summary>
+    public void ClearTickets(DeviceStream stream, DevicePtr partial, long partialBytes)
+    {
+        if (partialBytes > 0) _device.MemsetAsync(partial, 0, Math.Min(partialBytes, TicketBytes), stream);
     }
 
     private DeviceKernel[] Kernels(WeightFormat f) =>

@@ -30,7 +30,7 @@ public sealed class MoeLaunchers
         DeviceKernel? GateUpGemmGuarded, DeviceKernel? DownGemmGuarded);
 
     private readonly IDevice _device;
-    private readonly DeviceKernel _router, _alignCount, _alignScatter, _combine;
+    private readonly DeviceKernel _router, _routerNorm, _alignCount, _alignScatter, _combine;
     // moe_gemm.cu built with MOE_GEMM_GUARD_N=1: for I % 64 != 0 (gate_up) or H % 128 != 0 (down), small models only.
     private readonly Dictionary<WeightFormat, ExpertKernels> _experts = [];
 
@@ -43,6 +43,7 @@ public sealed class MoeLaunchers
     {
         _device = loader.Device;
         _router = loader.Get("moe_router.cu", "moe_router_topk");
+        _routerNorm = loader.Get("moe_router.cu", "moe_router_norm_topk");
         _alignCount = loader.Get("moe_align.cu", "moe_align_count");
         _alignScatter = loader.Get("moe_align.cu", "moe_align_scatter");
         bool guarded = shapes is null || shapes.Any(NeedsGuardedGemm);
@@ -65,28 +66,44 @@ public sealed class MoeLaunchers
     /// <paramref name="residual"/> is not null (residual may equal output). T &lt;= <see cref="DecodeMaxTokens"/>: GEMVs
     /// over the selected experts; otherwise grouped GEMMs. <paramref name="workspace"/> must hold
     /// <see cref="MoeWorkspace.Compute(int, in MoeShape)"/>.TotalBytes bytes; the layout's offsets name every intermediate.
+    /// Its tickets must be zero before the first block (<see cref="ClearTickets"/> once after allocating it): the kernels that
+    /// take a ticket leave it zero, so a step needs no memset (and a captured graph no memset node).
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         DevicePtr gateUp, DevicePtr down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes) =>
         MoeBlock(stream, shape, tokens, hidden, routerWeight, WeightOperand.Bf16(gateUp), WeightOperand.Bf16(down), residual, output, workspace, workspaceBytes);
 
-    /// <summary>The MoE block with the stacked expert weights in any loaded format (the variant from <see cref="Variants"/>).</summary>
+    /// <summary>
+    /// The MoE block with the stacked expert weights in any loaded format (the variant from <see cref="Variants"/>). With a
+    /// <paramref name="normWeight"/> (decode only, T &lt;= <see cref="DecodeMaxTokens"/>) <paramref name="hidden"/> is the
+    /// residual stream x and the block runs on h = RMSNorm(x) * normWeight, which the router computes
+    /// (<see cref="RouterNorm"/>) and writes to <paramref name="normOut"/> for the experts.
+    /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
-        in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes)
+        in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
+        DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default)
     {
         CheckShape(shape, decodeOnly: false);
         if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
+        if (!normWeight.IsNull && tokens > DecodeMaxTokens)
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: the fused RMSNorm takes at most {DecodeMaxTokens} tokens (decode), got {tokens}; run the norm kernel first");
         if (tokens == 0) return;
         var ws = MoeWorkspace.Compute(tokens, shape);
         if (workspaceBytes < ws.TotalBytes)
             throw new ArgumentException($"MoeBlock: workspace of {workspaceBytes} bytes is smaller than the {ws.TotalBytes} bytes needed for {tokens} tokens", nameof(workspaceBytes));
         DevicePtr ids = workspace + ws.TopkIds, weights = workspace + ws.TopkWeights, slotOut = workspace + ws.SlotOut, inter = workspace + ws.Inter;
 
-        Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
+        if (!normWeight.IsNull)
+        {
+            RouterNorm(stream, shape, tokens, hidden, normWeight, normEps, routerWeight, normOut, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
+            hidden = normOut;
+        }
+        else Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
         if (tokens <= DecodeMaxTokens)
         {
             GateUpGemv(stream, shape, tokens, hidden, gateUp, ids, inter);
-            DownGemv(stream, shape, tokens, inter, down, ids, slotOut);
+            DownGemv(stream, shape, tokens, inter, down, ids, slotOut, weights, residual, output, workspace + ws.DownTickets);
+            return;   // the combine ran in the down GEMV's last CTAs
         }
         else
         {
@@ -101,7 +118,8 @@ public sealed class MoeLaunchers
     /// <summary>
     /// Router logits (bf16-rounded, kept as fp32 in <paramref name="logits"/> [T, E]), softmax, top-k with ties to the
     /// lower expert index, optional renormalisation: <paramref name="topkIds"/> int [T, k], <paramref name="topkWeights"/>
-    /// fp32 [T, k]. <paramref name="counters"/>: ceil(T/8) ints, zeroed here with one memset.
+    /// fp32 [T, k]. <paramref name="counters"/>: ceil(T/8) ints, zero on entry and left zero on exit (the last CTA of each
+    /// token block resets its ticket), so only a new buffer needs clearing (<see cref="ClearTickets"/>).
     /// </summary>
     public void Router(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         DevicePtr logits, DevicePtr counters, DevicePtr topkIds, DevicePtr topkWeights)
@@ -109,7 +127,6 @@ public sealed class MoeLaunchers
         CheckShape(s, decodeOnly: true);
         if (tokens <= 0) return;
         int tokenBlocks = (tokens + 7) / 8;
-        _device.MemsetAsync(counters, 0, tokenBlocks * 4L, stream);
         var p = new MoeRouterParams
         {
             Hidden = hidden, WGate = routerWeight, Logits = logits, Counters = counters, TopkIds = topkIds, TopkWeights = topkWeights,
@@ -117,6 +134,35 @@ public sealed class MoeLaunchers
         };
         Launch(_router, new LaunchConfig(new Dim3((uint)((s.Experts + 3) / 4), (uint)tokenBlocks), 128), stream, p);
     }
+
+    /// <summary>
+    /// Decode (T &lt;= <see cref="DecodeMaxTokens"/>): the post-attention RMSNorm, the router and the top-k in one kernel
+    /// (<c>moe_router_norm_topk</c>) over E CTAs: <paramref name="hOut"/> = RMSNorm(<paramref name="x"/>) *
+    /// <paramref name="normWeight"/> (bitwise <c>add_rmsnorm_bf16</c>'s output), then what <see cref="Router"/> computes from
+    /// it. <paramref name="counters"/>: one int, zero on entry and left zero.
+    /// </summary>
+    public void RouterNorm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr x, DevicePtr normWeight, float eps, DevicePtr routerWeight,
+        DevicePtr hOut, DevicePtr logits, DevicePtr counters, DevicePtr topkIds, DevicePtr topkWeights)
+    {
+        CheckShape(s, decodeOnly: true);
+        if (tokens <= 0) return;
+        if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_router_norm_topk: {tokens} tokens; it takes at most {DecodeMaxTokens} (decode)");
+        if (normWeight.IsNull || hOut.IsNull) throw new ArgumentException("moe_router_norm_topk: needs the norm weight and the h output");
+        var p = new MoeRouterParams
+        {
+            Hidden = x, WGate = routerWeight, Logits = logits, Counters = counters, TopkIds = topkIds, TopkWeights = topkWeights,
+            HOut = hOut, NormWeight = normWeight, Tokens = tokens, HiddenSize = s.Hidden, Experts = s.Experts, TopK = s.TopK,
+            NormTopkProb = s.NormTopkProb ? 1 : 0, Eps = eps,
+        };
+        Launch(_routerNorm, new LaunchConfig(s.Experts, 256), stream, p);
+    }
+
+    /// <summary>
+    /// Zeroes the tickets at the start of a MoE workspace laid out by <paramref name="layout"/> (the layout of the most tokens it
+    /// will serve: the tickets of fewer tokens are a prefix). Once after allocating the workspace, outside any graph.
+    /// </summary>
+    public void ClearTickets(DeviceStream stream, DevicePtr workspace, in MoeWorkspace layout) =>
+        _device.MemsetAsync(workspace, 0, layout.TicketBytes, stream);
 
     /// <summary>Token grouping (moe_align_block_size): counts, padded offsets, expert-sorted slots, tile experts, tile count.</summary>
     public void Align(DeviceStream stream, int experts, int slots, DevicePtr topkIds, DevicePtr counts, DevicePtr offsets,
@@ -150,19 +196,31 @@ public sealed class MoeLaunchers
         Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128, smem), stream, p);
     }
 
-    /// <summary>Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot.</summary>
-    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr topkIds, DevicePtr slotOut) =>
-        DownGemv(stream, s, tokens, inter, WeightOperand.Bf16(down), topkIds, slotOut);
+    /// <summary>
+    /// Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot, then the combine of <see cref="Combine"/> in the last CTA of
+    /// each (token, 16-row block): <c>output[t] = bf16(sum_j w[t,j] y[t*k+j])</c> (+ residual). <paramref name="tickets"/>:
+    /// <see cref="MoeWorkspace.DownTicketsPerToken"/> ints per token, zero on entry, left zero.
+    /// </summary>
+    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, DevicePtr down, DevicePtr topkIds, DevicePtr slotOut,
+        DevicePtr topkWeights, DevicePtr residual, DevicePtr output, DevicePtr tickets) =>
+        DownGemv(stream, s, tokens, inter, WeightOperand.Bf16(down), topkIds, slotOut, topkWeights, residual, output, tickets);
 
-    /// <summary>Decode down GEMV with the experts' weights in any loaded format.</summary>
-    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, in WeightOperand down, DevicePtr topkIds, DevicePtr slotOut)
+    /// <summary>Decode down GEMV + combine with the experts' weights in any loaded format.</summary>
+    public void DownGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr inter, in WeightOperand down, DevicePtr topkIds, DevicePtr slotOut,
+        DevicePtr topkWeights, DevicePtr residual, DevicePtr output, DevicePtr tickets)
     {
+        if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoE down GEMV: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its tickets are sized for that)");
+        if (tickets.IsNull || output.IsNull || topkWeights.IsNull) throw new ArgumentException("MoE down GEMV: the fused combine needs tickets, routing weights and an output");
         var kernels = Experts(down.Format);
         CheckShape(s, decodeOnly: true);
         WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeDownGemvParams { Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = down.KernelScales };
+        var p = new MoeDownGemvParams
+        {
+            Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, TopkWeights = topkWeights, Residual = residual, Out = output, Tickets = tickets,
+            Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, TopK = s.TopK, Ws = down.KernelScales,
+        };
         int smem = down.Format == WeightFormat.Bf16 ? 0 : s.Inter * sizeof(ushort);
         Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem), stream, p);
     }

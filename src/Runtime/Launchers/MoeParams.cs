@@ -14,11 +14,14 @@ public struct MoeRouterParams
     public DevicePtr Counters;      // [ceil(T/8)] int, zero
     public DevicePtr TopkIds;       // [T, k] int
     public DevicePtr TopkWeights;   // [T, k] fp32
+    public DevicePtr HOut;          // [T, H] bf16 (moe_router_norm_topk)
+    public DevicePtr NormWeight;    // [H] bf16 (moe_router_norm_topk)
     public int Tokens;
     public int HiddenSize;
     public int Experts;
     public int TopK;
     public int NormTopkProb;
+    public float Eps;               // moe_router_norm_topk
 }
 
 /// <summary>Mirror of <c>MoeAlignParams</c> (kernels/moe_align.cu).</summary>
@@ -59,9 +62,14 @@ public struct MoeDownGemvParams
     public DevicePtr Down;          // [E, H, I] bf16
     public DevicePtr TopkIds;       // [T*k] int
     public DevicePtr Y;             // [T*k, H] bf16
+    public DevicePtr TopkWeights;   // [T, k] fp32 (the fused combine)
+    public DevicePtr Residual;      // [T, H] bf16 or null
+    public DevicePtr Out;           // [T, H] bf16
+    public DevicePtr Tickets;       // [T, ceil(H/16)] int, zero
     public int Slots;
     public int HiddenSize;
     public int InterSize;
+    public int TopK;
     public WeightScales Ws;         // quantized variants only
 }
 

@@ -7,8 +7,9 @@ public readonly record struct MoeShape(int Experts, int TopK, int Hidden, int In
 /// Byte offsets of every buffer <c>MoeLaunchers.MoeBlock</c> carves out of the caller's workspace for T tokens
 /// (each 256-byte aligned). Sizes (T tokens, E experts, k, I, H; BM = 64 the GEMM tile height):
 /// <code>
+/// down_tickets  int  [8, ceil(H / 16)]      the decode down GEMV's combine tickets (first: the same place for every T)
+/// counters      int  [ceil(T / 8)]         router tickets (the same place for every T; both zero between launches)
 /// logits        fp32 [T, E]                router logits (bf16 values)
-/// counters      int  [ceil(T / 8)]         router tickets
 /// topk_ids      int  [T*k],  topk_weights fp32 [T*k]
 /// counts        int  [E],    offsets int [E + 1]
 /// sorted_slots  int  [MaxTiles * BM]       MaxTiles = min(T*k, (T*k + min(E, T*k) * (BM - 1)) / BM)
@@ -23,8 +24,11 @@ public readonly record struct MoeWorkspace
     public const int TileRows = 64;
     public int Tokens { get; init; }
     public int MaxTiles { get; init; }
-    public long Logits { get; init; }
+    public long DownTickets { get; init; }
     public long Counters { get; init; }
+    /// <summary>End of the tickets at the start of the workspace: zeroed once (<c>MoeLaunchers.ClearTickets</c>), every kernel that takes one leaves it zero.</summary>
+    public long TicketBytes { get; init; }
+    public long Logits { get; init; }
     public long TopkIds { get; init; }
     public long TopkWeights { get; init; }
     public long Counts { get; init; }
@@ -42,6 +46,9 @@ public readonly record struct MoeWorkspace
         return (int)Math.Min(slots, (slots + Math.Min(experts, slots) * (TileRows - 1)) / TileRows);
     }
 
+    /// <summary>Combine tickets of one token in the decode down GEMV: one per block of 16 output rows (its grid's x).</summary>
+    public static int DownTicketsPerToken(int hidden) => (hidden + 15) / 16;
+
     /// <summary>The layout for <paramref name="tokens"/> tokens of a block of shape (E, k, I, H).</summary>
     public static MoeWorkspace Compute(int tokens, int experts, int topK, int inter, int hidden)
     {
@@ -57,8 +64,10 @@ public readonly record struct MoeWorkspace
         {
             Tokens = tokens,
             MaxTiles = maxTiles,
-            Logits = Take((long)tokens * experts * 4),
+            DownTickets = Take(DownTicketsPerToken(hidden) * 4L * MoeLaunchers.DecodeMaxTokens),
             Counters = Take((tokens + 7) / 8 * 4L),
+            TicketBytes = at,
+            Logits = Take((long)tokens * experts * 4),
             TopkIds = Take(slots * 4),
             TopkWeights = Take(slots * 4),
             Counts = Take(experts * 4L),
