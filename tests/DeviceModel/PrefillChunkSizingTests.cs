@@ -113,4 +113,20 @@ public class PrefillChunkSizingTests
             ModelLoader.Open(DeviceCheckpoints.Tiny(), BackendKind.Emulator, new ModelLoadOptions { MaxStepTokens = 9000 }));
         Assert.That(e!.Message, Does.StartWith("--max-num-batched-tokens 9000: a device step holds 1 to 8192 token rows"));
     }
+
+    /// <summary>`info` plans the chunk a GPU load would take: 2048 on 80 GiB, 512 where only that fits.</summary>
+    [Test]
+    public void Info_ShowsTheChosenChunk()
+    {
+        string dir = Model.TestCheckpoints.NewDir("qwen3-30b-a3b-config-chunk");
+        File.WriteAllText(Path.Combine(dir, "config.json"), Qwen3_30B_A3B);
+        var roomy = Support.CliRunner.Run("info", "--model", dir, "--gpu-memory", "80GiB", "--ctx-size", "32768");
+        Assert.That(roomy.Exit, Is.EqualTo(0), roomy.Err);
+        Assert.That(roomy.Out, Does.Contain("(prefill chunk 2048 tokens"));
+        long tight = TotalBytes(1024, 32768) - 1;
+        var small = Support.CliRunner.Run("info", "--model", dir, "--gpu-memory", tight.ToString(System.Globalization.CultureInfo.InvariantCulture), "--ctx-size", "32768");
+        Assert.That(small.Exit, Is.EqualTo(0), small.Err);
+        Assert.That(small.Out, Does.Contain("(prefill chunk 512 tokens"));
+        TestContext.Out.WriteLine($"workspace 512 rows: {TotalBytes(512, 32768) - TotalBytes(1, 32768)} B over 8 rows; 2048 rows: {TotalBytes(2048, 32768) - TotalBytes(1, 32768)} B");
+    }
 }

@@ -44,11 +44,17 @@ public static class InfoCommand
         var config = ModelConfig.Load(modelDir);
         Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
         CliOptions.ContextCheck(ctxSize, config, stderr);
-        var options = new DeviceModelOptions { ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences, KvCacheDtype = kvCacheDtype };
+        // the prefill chunk as a GPU load without --max-num-batched-tokens chooses it (docs/memory.md, "The prefill chunk")
+        var options = new DeviceModelOptions
+        {
+            ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences, KvCacheDtype = kvCacheDtype,
+            PrefillChunkTokens = PrefillChunkSizing.DefaultMaxChunkTokens, AutoPrefillChunk = true,
+        };
         options.Validate();
         MemoryPlan plan;
         string? source = null;
-        if (gpuMemory is long budget) plan = MemoryPlan.Compute(config, options, budget, checkpointHasLmHead: false);
+        if (gpuMemory is long budget)
+            plan = MemoryPlan.Compute(config, PrefillChunkSizing.Choose(config, options, (budget, budget), 132, false), budget, checkpointHasLmHead: false);
         else
         {
             (long Free, long Total) memory = (DefaultGpuMemoryBytes, DefaultGpuMemoryBytes);
@@ -59,7 +65,7 @@ public static class InfoCommand
                 memory = device.GetMemoryInfo();
                 source = $"measured on {device.Info.Name} now; loading the model's kernels takes some more";
             }
-            plan = MemoryPlan.Compute(config, options, memory, checkpointHasLmHead: false);
+            plan = MemoryPlan.Compute(config, PrefillChunkSizing.Choose(config, options, memory, 132, false), memory, checkpointHasLmHead: false);
         }
         stdout.Write(plan.Describe());
         if (source is not null) stdout.WriteLine($"  (device memory {source})");
