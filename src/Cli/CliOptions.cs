@@ -52,7 +52,13 @@ public static class CliOptions
 
     /// <summary>--max-num-batched-tokens (vLLM's): token rows per engine step (decode rows plus prefill chunks). Null: the backend's step size.</summary>
     public static Option<int?> MaxNumBatchedTokens() => NullableInt("--max-num-batched-tokens", [],
-        "Token rows per step: decode rows plus prefill chunks (default: 2048 for serving; for generate/chat the backend's prefill chunk, 512 on a GPU, 64 on the emulator)", 1, 1 << 20);
+        "Token rows per step: decode rows plus prefill chunks (default: 2048 for serving; for generate/chat the backend's prefill chunk: on a GPU the largest of 2048, 1024, 512 that fits next to the weights and the context's KV cache, 64 on the emulator)", 1, 1 << 20);
+
+    /// <summary>--max-num-batched-tokens / --prefill-chunk for profile and bench: the prefill chunk (token rows of one
+    /// device step). Null: the prompt, at most 2048, halved down to 512 while the memory does not allow it.</summary>
+    public static Option<int?> PrefillChunk() => NullableInt("--max-num-batched-tokens", ["--prefill-chunk"],
+        $"Prefill chunk: token rows of one device step, 1 to {Qwen3Cuda.Model.Device.PrefillChunkSizing.MaxChunkTokens} (default: the prompt, at most {Qwen3Cuda.Model.Device.PrefillChunkSizing.DefaultMaxChunkTokens}, halved down to {Qwen3Cuda.Model.Device.PrefillChunkSizing.MinAutoChunkTokens} while it does not fit next to the weights and the context's KV cache)",
+        1, Qwen3Cuda.Model.Device.PrefillChunkSizing.MaxChunkTokens);
 
     public static Option<int?> CtxSize() => NullableInt("--ctx-size", ["-c", "--context", "--max-model-len"],
         "Tokens of context per sequence, the longest a request may be (default: the model's max_position_embeddings; 4096 at most on the emulator). " +

@@ -33,7 +33,8 @@ public sealed record ModelLoadOptions
 {
     /// <summary>Sequences held at once.</summary>
     public int MaxSequences { get; init; } = 1;
-    /// <summary>Token rows of one step on a device (the prefill chunk). Null: 512 on CUDA, 64 on the emulator.</summary>
+    /// <summary>Token rows of one step on a device (the prefill chunk), 1 to 8192. Null: on CUDA the largest of 2048, 1024,
+    /// 512 that fits the memory (<see cref="PrefillChunkSizing"/>), 64 on the emulator.</summary>
     public int? MaxStepTokens { get; init; }
     /// <summary>Rows with an output one device step may have. Null: the decode batch (the sequences, at most the step).</summary>
     public int? MaxOutputRows { get; init; }
@@ -107,7 +108,11 @@ public static class ModelLoader
     /// decode graphs for every bucket up to the sequence cap, the emulator's context at most 4096 tokens.</summary>
     public static DeviceModelOptions DeviceOptions(ModelLoadOptions o, ModelConfig config, bool emulator)
     {
-        int stepTokens = Math.Max(1, o.MaxStepTokens ?? (emulator ? 64 : 512));
+        if (o.MaxStepTokens is < 1 or > PrefillChunkSizing.MaxChunkTokens)
+            throw new ArgumentOutOfRangeException("--max-num-batched-tokens",
+                $"--max-num-batched-tokens {o.MaxStepTokens}: a device step holds 1 to {PrefillChunkSizing.MaxChunkTokens} token rows (the prefill chunk)");
+        // No --max-num-batched-tokens: on a GPU the largest chunk up to 2048 that the memory allows (PrefillChunkSizing).
+        int stepTokens = o.MaxStepTokens ?? (emulator ? 64 : PrefillChunkSizing.DefaultMaxChunkTokens);
         // Decode graphs for every bucket up to the sequence cap (a decode step has one row per running sequence).
         int maxBatch = Math.Clamp(Math.Min(o.MaxSequences, Math.Max(stepTokens, 8)), 1, DeviceModelOptions.MaxBatchLimit);
         stepTokens = Math.Max(stepTokens, maxBatch);
@@ -121,6 +126,7 @@ public static class ModelLoader
             MaxBatch = maxBatch,
             MaxOutputRows = o.MaxOutputRows is int rows ? Math.Clamp(rows, maxBatch, stepTokens) : null,
             PrefillChunkTokens = stepTokens,
+            AutoPrefillChunk = o.MaxStepTokens is null && !emulator,
             LoadProgress = o.UploadProgress,
         };
     }

@@ -113,7 +113,9 @@ public static class BenchCommand
         using var device = DeviceFactory.Open(BackendKind.Cuda);
         using var dm = DeviceModel.Load(device, modelDir, new DeviceModelOptions
         {
-            ContextLength = pp + tg + 1, PrefillChunkTokens = Math.Min(pp, 512), MaxBatch = 1, GpuMemoryUtilization = utilization,
+            ContextLength = pp + tg + 1, MaxBatch = 1, GpuMemoryUtilization = utilization,
+            // the prompt in one chunk up to 2048 tokens, smaller when the memory does not allow it (PrefillChunkSizing)
+            PrefillChunkTokens = Math.Min(pp, PrefillChunkSizing.DefaultMaxChunkTokens), AutoPrefillChunk = true,
         });
         var prompt = Prompt(pp, dm.VocabSize);
         var logits = new float[dm.VocabSize];

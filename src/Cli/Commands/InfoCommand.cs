@@ -44,7 +44,8 @@ public static class InfoCommand
         var config = ModelConfig.Load(modelDir);
         Model.Checkpoint.CheckpointFormat.FromConfig(config);   // an unsupported quantization_config is refused by name
         CliOptions.ContextCheck(ctxSize, config, stderr);
-        // The options a CUDA load with this many sequences gets (the engine's output rows; the 512-token step of generate/chat).
+        // The options a CUDA load with this many sequences gets (the engine's output rows; the prefill chunk as a GPU load
+        // without --max-num-batched-tokens chooses it: docs/memory.md, "The prefill chunk").
         var options = Model.ModelLoader.DeviceOptions(new Model.ModelLoadOptions
         {
             ContextLength = ctxSize, GpuMemoryBytes = gpuMemory, GpuMemoryUtilization = utilization, MaxSequences = sequences, MaxOutputRows = sequences, KvCacheDtype = kvCacheDtype,
@@ -52,7 +53,8 @@ public static class InfoCommand
         options.Validate();
         MemoryPlan plan;
         string? source = null;
-        if (gpuMemory is long budget) plan = MemoryPlan.Compute(config, options, budget, checkpointHasLmHead: false);
+        if (gpuMemory is long budget)
+            plan = MemoryPlan.Compute(config, PrefillChunkSizing.Choose(config, options, (budget, budget), 132, false), budget, checkpointHasLmHead: false);
         else
         {
             (long Free, long Total) memory = (DefaultGpuMemoryBytes, DefaultGpuMemoryBytes);
@@ -63,7 +65,7 @@ public static class InfoCommand
                 memory = device.GetMemoryInfo();
                 source = $"measured on {device.Info.Name} now; loading the model's kernels takes some more";
             }
-            plan = MemoryPlan.Compute(config, options, memory, checkpointHasLmHead: false);
+            plan = MemoryPlan.Compute(config, PrefillChunkSizing.Choose(config, options, memory, 132, false), memory, checkpointHasLmHead: false);
         }
         stdout.Write(plan.Describe());
         if (source is not null) stdout.WriteLine($"  (device memory {source})");

@@ -37,9 +37,10 @@ public static class ProfileCommand
         var predict = PredictOption();
         var scale = CliOptions.NullableInt("--scale-layers", [], "Also predict the steps with this many decoder layers (a slice of a model whose layers are alike, e.g. 48 for Qwen3-30B-A3B); needs a prediction", 1, 4096, "L");
         var util = CliOptions.GpuMemoryUtilization();
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util };
+        var chunk = CliOptions.PrefillChunk();
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
-            parse.GetValue(scale), parse.GetValue(util), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
@@ -76,10 +77,14 @@ public static class ProfileCommand
     /// <paramref name="emulateAs"/>, the backend is an emulator presenting itself as that GPU.
     /// </summary>
     /// <param name="log">Hears, for a long prompt on the emulator, that this will take a while.</param>
+    /// <param name="prefillChunk">--max-num-batched-tokens: token rows per prefill chunk; null: the prompt, at most
+    /// <see cref="PrefillChunkSizing.DefaultMaxChunkTokens"/>, smaller when the memory does not allow it (<see cref="PrefillChunkSizing"/>).</param>
     public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
-        int? context = null, GpuSpec? emulateAs = null)
+        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
+        if (prefillChunk is < 1 or > PrefillChunkSizing.MaxChunkTokens)
+            throw new UsageException($"--max-num-batched-tokens {prefillChunk}: the prefill chunk must be 1 to {PrefillChunkSizing.MaxChunkTokens} token rows");
         int ctx = context ?? tokens + 1;
         if (ctx < tokens + 1) throw new UsageException($"--ctx-size {ctx}: must be at least --n-prompt + 1 = {tokens + 1} (the prompt and the decoded token)");
         if (!Directory.Exists(modelDir)) throw new ModelNotFoundException($"--model: folder '{modelDir}' does not exist");
@@ -100,7 +105,8 @@ public static class ProfileCommand
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
         var options = new DeviceModelOptions
         {
-            ContextLength = ctx + 16, PrefillChunkTokens = Math.Min(tokens, 512), MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
+            ContextLength = ctx + 16, MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
+            PrefillChunkTokens = prefillChunk ?? Math.Min(tokens, PrefillChunkSizing.DefaultMaxChunkTokens), AutoPrefillChunk = prefillChunk is null,
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
@@ -127,6 +133,8 @@ public static class ProfileCommand
     public static Predictions Predict(Result r, GpuSpec gpu, int? layers = null)
     {
         if (!r.Emulator) throw new ArgumentException("predictions need the emulator's counters");
+        if (layers is not null && r.Prefill.Tokens > r.Plan.Options.PrefillChunkTokens)
+            throw new UsageException(ScaleChunksMessage(r.Prefill.Tokens, r.Plan.Options.PrefillChunkTokens));
         var resources = new PtxasResources(new KernelCompiler(), gpu.Arch);
         int ran = r.Plan.Config.NumHiddenLayers;
         StepPrediction One(StepProfile s)
@@ -138,7 +146,7 @@ public static class ProfileCommand
         return new Predictions(One(r.Prefill), One(r.Decode), One(r.SampledDecode), minimum);
     }
 
-    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : GpuCatalog.Get(predictKey);
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
@@ -146,7 +154,8 @@ public static class ProfileCommand
         if (backend == BackendKind.Emulator)
         {
             if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
-            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu);
+            if (scaleLayers is not null && chunk < tokens) throw new UsageException(ScaleChunksMessage(tokens, chunk.Value));
+            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk);
             stdout.WriteLine(WeightsLine(r.Plan));
             stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
@@ -156,7 +165,7 @@ public static class ProfileCommand
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, stdout);
             return 0;
         }
-        var measured = Measure(modelDir, backend, tokens, stderr, utilization, context);
+        var measured = Measure(modelDir, backend, tokens, stderr, utilization, context, prefillChunk: chunk);
         stdout.WriteLine(WeightsLine(measured.Plan));
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
@@ -168,7 +177,7 @@ public static class ProfileCommand
             return 0;
         }
         Result emulated;
-        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, stderr, null, context, gpu); }
+        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, stderr, null, context, gpu, chunk); }
         catch (Qwen3CudaException e) when (e.Kind == ErrorKind.OutOfMemory)
         {
             stdout.WriteLine($"predicted: skipped ({CliErrors.Message(e)}; the prediction runs the model on the emulator: profile a slice, e.g. qwen3cuda-convert synth --preset real-shape-slice)");
@@ -199,6 +208,10 @@ public static class ProfileCommand
             Write(Predict(r, gpu, n));
         }
     }
+
+    /// <summary>Scaling finds the layers of one chunk (<see cref="StepPredictor.FindLayers"/>); a prefill of several chunks repeats the whole model per chunk.</summary>
+    private static string ScaleChunksMessage(int tokens, int chunk) =>
+        $"--scale-layers predicts a prefill of one chunk: -p {tokens} runs in chunks of {chunk} (--max-num-batched-tokens); give -p {chunk} or a larger chunk";
 
     private static string Describe(Runtime.Launchers.SamplingSettings s) =>
         string.Create(CultureInfo.InvariantCulture, $"sampled: temperature {s.Temperature}, top-k {s.TopK}, top-p {s.TopP}");

@@ -120,6 +120,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _swiglu = moeShapes.Length < c.NumHiddenLayers ? new SwiGluLaunchers(_loader) : null;
 
             _stream = device.CreateStream(); disposables.Add(_stream);
+            options = PrefillChunkSizing.Choose(c, options, device.GetMemoryInfo(), device.Info.MultiprocessorCount, hasLmHead);
             Plan = MemoryPlan.Compute(c, options, device.GetMemoryInfo(), device.Info.MultiprocessorCount, hasLmHead);
             Plan.ThrowIfDoesNotFit();
             _weights = new DeviceArena(device, Plan.Weights.TotalBytes, "weight arena"); disposables.Add(_weights);

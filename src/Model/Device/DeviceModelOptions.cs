@@ -16,8 +16,13 @@ public sealed record DeviceModelOptions
     public int? MaxOutputRows { get; init; }
     /// <summary>Rows with an output one step may have (<see cref="MaxOutputRows"/> or <see cref="MaxBatch"/>).</summary>
     public int OutputRows => MaxOutputRows ?? MaxBatch;
-    /// <summary>Tokens per prefill chunk: a step holds at most max(this, MaxBatch) rows.</summary>
+    /// <summary>Tokens per prefill chunk: a step holds at most max(this, MaxBatch) rows. With <see cref="AutoPrefillChunk"/>,
+    /// the largest chunk to try.</summary>
     public int PrefillChunkTokens { get; init; } = 512;
+    /// <summary>Choose the chunk from the memory budget: <see cref="PrefillChunkTokens"/> or, halving, down to 512 (the
+    /// largest whose workspace fits next to the weights and the KV cache the smallest chunk leaves room for;
+    /// <see cref="PrefillChunkSizing"/>). Off: exactly <see cref="PrefillChunkTokens"/>.</summary>
+    public bool AutoPrefillChunk { get; init; }
     /// <summary>Tokens per KV page.</summary>
     public int PageSize { get; init; } = 16;
     /// <summary>How the KV cache stores K and V (--kv-cache-dtype): bf16, or FP8 E4M3 with per-layer scale 1 (half the bytes; docs/formats.md).</summary>
@@ -70,7 +75,8 @@ public sealed record DeviceModelOptions
     {
         if (MaxSequences < 1 || MaxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(MaxSequences), $"max sequences {MaxSequences} must be in [1, 4096]");
         if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
-        if (PrefillChunkTokens < 1 || PrefillChunkTokens > 8192) throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk {PrefillChunkTokens} must be in [1, 8192]");
+        if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
+            throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");
         if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))
             throw new ArgumentOutOfRangeException(nameof(MaxOutputRows), $"max output rows {MaxOutputRows} must be in [{MaxBatch}, {Math.Max(PrefillChunkTokens, MaxBatch)}] (the decode batch .. the rows of a step)");
         if (PageSize < 1 || PageSize > 4096) throw new ArgumentOutOfRangeException(nameof(PageSize), $"KV page size {PageSize} must be in [1, 4096]");

@@ -130,8 +130,11 @@ public sealed record WorkspaceLayout
                 gemv = Math.Max(gemv, GemvLaunchers.Plan(multiprocessors, t, n, k).PartialBytes(t, n));
         long gemvPartial = a.Take("gemv_partial", gemv);
 
-        int splitRows = 0;   // the decode attention's own split plan for every decode batch up to `rows`
-        for (int t = 1; t <= rows; t++)
+        // The decode attention's own split plan for every decode batch up to 8 rows (the latency-bound batches that need
+        // the splits); a larger batch has rows x KV heads CTAs of its own and takes AttnSplitRows / rows splits per row
+        // (the launcher's workspaceSplits), so the partials stay a few MiB instead of growing with the step's rows.
+        int splitRows = 0;
+        for (int t = 1; t <= Math.Min(rows, GemvLaunchers.MaxTokens); t++)
             splitRows = Math.Max(splitRows, t * AttentionDecodeLaunchers.PlanSplits(multiprocessors, t, c.NumKeyValueHeads, contextLength));
         long lse = (long)splitRows * c.NumAttentionHeads * sizeof(float);
         long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
