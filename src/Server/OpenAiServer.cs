@@ -480,6 +480,17 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteStartObject("prompt_tokens_details");
         w.WriteNumber("cached_tokens", cached);
         w.WriteEndObject();
+        // Speculative decoding, per request, in OpenAI's fields for predicted tokens (present only when a choice
+        // speculated): proposals the target accepted and those it rejected (docs/speculative.md).
+        var speculated = choices.Select(c => c.Result?.Speculation).OfType<Qwen3Cuda.Model.Speculative.SpeculationStats>().ToList();
+        if (speculated.Count > 0)
+        {
+            long accepted = speculated.Sum(x => x.AcceptedTokens), drafted = speculated.Sum(x => x.DraftedTokens);
+            w.WriteStartObject("completion_tokens_details");
+            w.WriteNumber("accepted_prediction_tokens", accepted);
+            w.WriteNumber("rejected_prediction_tokens", drafted - accepted);
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
     }
 

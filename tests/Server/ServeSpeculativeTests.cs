@@ -50,13 +50,27 @@ public sealed class ServeSpeculativeTests
             Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), text);
             var json = JsonDocument.Parse(text).RootElement;
             Assert.That(json.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(maxTokens));
-            Assert.That(json.GetProperty("usage").EnumerateObject().Select(u => u.Name),
-                Is.EquivalentTo(new[] { "prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details" }), "usage keeps OpenAI's shape");
-            return json.GetProperty("choices")[0].GetProperty("text").GetString()!;
+            var usage = json.GetProperty("usage");
+            bool speculates = speculation.Draft is not null || speculation.DraftModel is not null;
+            Assert.That(usage.EnumerateObject().Select(u => u.Name),
+                Is.EquivalentTo(speculates
+                    ? new[] { "prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details" }
+                    : new[] { "prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details" }), "usage keeps OpenAI's shape");
+            long accepted = 0, rejected = 0;
+            if (speculates)
+            {
+                var details = usage.GetProperty("completion_tokens_details");
+                accepted = details.GetProperty("accepted_prediction_tokens").GetInt64();
+                rejected = details.GetProperty("rejected_prediction_tokens").GetInt64();
+            }
+            return (Text: json.GetProperty("choices")[0].GetProperty("text").GetString()!, Accepted: accepted, Rejected: rejected);
         }));
         var metrics = ServerWireTests.ParsePrometheus(await http.GetStringAsync("/metrics"));
+        // The per-request counts in usage add up to the engine's counters.
+        Assert.That(answers.Sum(a => a.Accepted), Is.EqualTo(metrics["qwen3cuda_spec_decode_num_accepted_tokens_total"]));
+        Assert.That(answers.Sum(a => a.Accepted + a.Rejected), Is.EqualTo(metrics["qwen3cuda_spec_decode_num_draft_tokens_total"]));
         Assert.That(engine.Metrics.KvPagesUsed, Is.Zero, "every target page is free at the end (rolled-back rows too)");
-        return (answers, metrics);
+        return ([.. answers.Select(a => a.Text)], metrics);
     }
 
     static readonly Lazy<Task<(string[] Texts, Dictionary<string, double> Metrics)>> Plain = new(() => Serve(new EngineOptions()));
