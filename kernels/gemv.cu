@@ -305,8 +305,11 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     if (p.split_k > 1) gemv_splitk_tail(p, row_base, rows_here, T);
 }
 
+// No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2
+// at sm_80, int4 t8 and bf16 t6 at sm_90) at 48-64 registers; without it none spills and the register counts stay
+// 40-76 (256 threads x 76 registers fit an SM many times over). The launcher always uses GEMV_THREADS.
 #define GEMV_INSTANCE(T) \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_t##T(GemvParams p) { gemv_body<T>(p); }
+    extern "C" __global__ void gemv_bf16_t##T(GemvParams p) { gemv_body<T>(p); }
 GEMV_INSTANCE(1)
 GEMV_INSTANCE(2)
 GEMV_INSTANCE(3)
@@ -317,9 +320,9 @@ GEMV_INSTANCE(7)
 GEMV_INSTANCE(8)
 
 #define GEMV_QUANT_INSTANCE(T) \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8_t##T(GemvParams p) { gemv_quant_body<T, QF_FP8>(p); } \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int8_t##T(GemvParams p) { gemv_quant_body<T, QF_INT8>(p); } \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_int4_t##T(GemvParams p) { gemv_quant_body<T, QF_INT4>(p); }
+    extern "C" __global__ void gemv_fp8_t##T(GemvParams p) { gemv_quant_body<T, QF_FP8>(p); } \
+    extern "C" __global__ void gemv_int8_t##T(GemvParams p) { gemv_quant_body<T, QF_INT8>(p); } \
+    extern "C" __global__ void gemv_int4_t##T(GemvParams p) { gemv_quant_body<T, QF_INT4>(p); }
 GEMV_QUANT_INSTANCE(1)
 GEMV_QUANT_INSTANCE(2)
 GEMV_QUANT_INSTANCE(3)

@@ -16,16 +16,32 @@ public static class CliModels
     /// again when the folder is gone: <see cref="TestCheckpoints"/> deletes its temp root when the Model namespace's
     /// fixtures end, and tests of other namespaces (Serving) may run after that.
     /// </summary>
-    public static string TinyText()
+    public static string TinyText() =>
+        Kept(ref _tinyText, () => WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Tiny, Seed = 7 }, "tiny-text"));
+
+    static string? _denseDraft;
+
+    /// <summary>A one-layer dense draft of the tiny preset (same embedding seed) with the same tokenizer; made again when gone, as <see cref="TinyText"/>.</summary>
+    public static string DenseDraft() =>
+        Kept(ref _denseDraft, () => WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Tiny, Seed = 7, Dense = true, Layers = 1 }, "draft"));
+
+    /// <summary>A synthetic checkpoint with the tiny test tokenizer, chat template and generation config.</summary>
+    public static string WithTokenizer(SyntheticOptions options, string hint)
+    {
+        string dir = TestCheckpoints.NewDir(hint);
+        SyntheticCheckpoint.Write(options, dir);
+        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
+            File.Copy(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model", f), Path.Combine(dir, f), overwrite: true);
+        return dir;
+    }
+
+    /// <summary>The model folder in <paramref name="field"/> while it exists, else a new one from <paramref name="make"/>.</summary>
+    static string Kept(ref string? field, Func<string> make)
     {
         lock (Gate)
         {
-            if (_tinyText is not null && File.Exists(Path.Combine(_tinyText, "tokenizer.json"))) return _tinyText;
-            string dir = TestCheckpoints.NewDir("tiny-text");
-            SyntheticCheckpoint.Write(SyntheticPreset.Tiny, seed: 7, dir);
-            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
-                File.Copy(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model", f), Path.Combine(dir, f), overwrite: true);
-            return _tinyText = dir;
+            if (field is not null && File.Exists(Path.Combine(field, "tokenizer.json"))) return field;
+            return field = make();
         }
     }
 

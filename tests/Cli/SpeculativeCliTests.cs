@@ -12,23 +12,12 @@ public class SpeculativeCliTests
     static string Tiny => CliModels.TinyText();
 
     /// <summary>A synthetic checkpoint with the tiny test tokenizer copied in.</summary>
-    internal static string WithTokenizer(SyntheticOptions options, string hint)
-    {
-        string dir = TestCheckpoints.NewDir(hint);
-        SyntheticCheckpoint.Write(options, dir);
-        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "generation_config.json" })
-            File.Copy(Path.Combine(TextTestSupport.TextTestsDir, "Data", "tiny-model", f), Path.Combine(dir, f), overwrite: true);
-        return dir;
-    }
-
-    internal static readonly Lazy<string> DenseDraft = new(() => WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Tiny, Seed = 7, Dense = true, Layers = 1 }, "draft"));
-
     [Test]
     public void GreedyWithDraftModelOrPromptLookup_PrintsTheSameTokensAndStats()
     {
         string[] common = ["generate", "-m", Tiny, "-p", "the cat sat on the mat, the cat sat", "-n", "16", "--temperature", "0", "--device", "cpu", "--print-token-ids"];
         var plain = CliRunner.Run(common);
-        var draft = CliRunner.Run([.. common, "--draft-model", DenseDraft.Value, "--num-draft-tokens", "3"]);
+        var draft = CliRunner.Run([.. common, "--draft-model", CliModels.DenseDraft(), "--num-draft-tokens", "3"]);
         var ngram = CliRunner.Run([.. common, "--draft", "ngram"]);
         Assert.That(plain.Exit, Is.Zero, plain.Err);
         Assert.That(draft.Exit, Is.Zero, draft.Err);
@@ -49,7 +38,7 @@ public class SpeculativeCliTests
         string[] common = ["chat", "-m", Tiny, "-n", "12", "--temperature", "0", "--device", "cpu", "--no-think"];
         var plain = CliRunner.RunWithInput(input, common);
         var ngram = CliRunner.RunWithInput(input, [.. common, "--draft", "ngram", "--num-draft-tokens", "3"]);
-        var draft = CliRunner.RunWithInput(input, [.. common, "--draft-model", DenseDraft.Value]);
+        var draft = CliRunner.RunWithInput(input, [.. common, "--draft-model", CliModels.DenseDraft()]);
         Assert.That(plain.Exit, Is.Zero, plain.Err);
         Assert.That(ngram.Exit, Is.Zero, ngram.Err);
         Assert.That(draft.Exit, Is.Zero, draft.Err);
@@ -81,7 +70,7 @@ public class SpeculativeCliTests
     [Test]
     public void DraftModelWithAnotherVocabulary_IsRefused()
     {
-        string other = WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Small, Seed = 1, Layers = 1 }, "other-vocab");   // vocab 2048
+        string other = CliModels.WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Small, Seed = 1, Layers = 1 }, "other-vocab");   // vocab 2048
         var (exit, _, err) = CliRunner.Run("generate", "-m", Tiny, "-p", "hi", "-n", "2", "--device", "cpu", "--draft-model", other);
         Assert.That(exit, Is.EqualTo(1));
         Assert.That(err, Does.Contain("the draft model's vocabulary (2048 tokens) differs from the target's (512)"));
@@ -90,7 +79,7 @@ public class SpeculativeCliTests
     [Test]
     public void DraftOptionsThatContradict_AreUsageErrors()
     {
-        var both = CliRunner.Run("generate", "-m", Tiny, "-p", "hi", "-n", "2", "--device", "cpu", "--draft", "ngram", "--draft-model", DenseDraft.Value);
+        var both = CliRunner.Run("generate", "-m", Tiny, "-p", "hi", "-n", "2", "--device", "cpu", "--draft", "ngram", "--draft-model", CliModels.DenseDraft());
         Assert.That(both.Exit, Is.EqualTo(2));
         Assert.That(both.Err, Does.Contain("give either --draft-model DIR or --draft ngram, not both"));
         var alone = CliRunner.Run("generate", "-m", Tiny, "-p", "hi", "-n", "2", "--device", "cpu", "--num-draft-tokens", "3");

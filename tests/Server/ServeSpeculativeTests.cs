@@ -93,7 +93,7 @@ public sealed class ServeSpeculativeTests
     public async Task DraftModel_GreedyAnswersEqualPlainServing_MetricsCountProposals()
     {
         var plain = await Plain.Value;
-        var spec = await Serve(new EngineOptions { DraftModel = SpeculativeCliTests.DenseDraft.Value, NumDraftTokens = 4 });
+        var spec = await Serve(new EngineOptions { DraftModel = CliModels.DenseDraft(), NumDraftTokens = 4 });
         Assert.That(spec.Texts, Is.EqualTo(plain.Texts));
         Report("dense draft k 4", spec.Metrics);
         Assert.That(spec.Metrics["qwen3cuda_spec_decode_num_drafts_total"], Is.GreaterThan(0));
@@ -117,7 +117,7 @@ public sealed class ServeSpeculativeTests
     {
         // The device model's step takes k + 1 output rows per running request (4 x 4 here): the loader sizes them.
         var plain = await Serve(new EngineOptions(), "emulator", maxTokens: 10);
-        var spec = await Serve(new EngineOptions { DraftModel = SpeculativeCliTests.DenseDraft.Value, NumDraftTokens = 3 }, "emulator", maxTokens: 10);
+        var spec = await Serve(new EngineOptions { DraftModel = CliModels.DenseDraft(), NumDraftTokens = 3 }, "emulator", maxTokens: 10);
         Assert.That(spec.Texts, Is.EqualTo(plain.Texts));
         Report("emulator, dense draft k 3", spec.Metrics);
         Assert.That(spec.Metrics["qwen3cuda_spec_decode_num_draft_tokens_total"], Is.GreaterThan(0));
@@ -174,7 +174,7 @@ public sealed class ServeSpeculativeTests
     public void BadSpeculationOptions_AreOneLineUsageErrors_Exit2(string args, string message)
     {
         var argv = new List<string> { "serve", "-m", CliModels.TinyText(), "--device", "cpu", "--port", "0" };
-        argv.AddRange(args.Split(' ').Select(a => a == "DRAFT" ? SpeculativeCliTests.DenseDraft.Value : a));
+        argv.AddRange(args.Split(' ').Select(a => a == "DRAFT" ? CliModels.DenseDraft() : a));
         var (exit, _, err) = CliRunner.Run([.. argv]);
         Assert.That(exit, Is.EqualTo(ExitCodes.Usage), err);
         Assert.That(err.Trim().Split('\n'), Has.Length.EqualTo(1), err);
@@ -207,7 +207,7 @@ public sealed class ServeSpeculativeTests
     [Test]
     public void DraftModelWithAnotherVocabulary_IsRefusedBeforeServing()
     {
-        string other = SpeculativeCliTests.WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Small, Seed = 1, Layers = 1 }, "other-vocab");   // vocab 2048
+        string other = CliModels.WithTokenizer(new SyntheticOptions { Preset = SyntheticPreset.Small, Seed = 1, Layers = 1 }, "other-vocab");   // vocab 2048
         var (exit, _, err) = CliRunner.Run("serve", "-m", CliModels.TinyText(), "--device", "cpu", "--port", "0", "--draft-model", other);
         Assert.That(exit, Is.EqualTo(1), err);
         Assert.That(err, Does.Contain("the draft model's vocabulary (2048 tokens) differs from the target's (512)"));
