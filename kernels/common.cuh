@@ -67,6 +67,41 @@ __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
+// The inverse RMS of `rows` (<= MAX_ROWS) rows of bf16 x (row stride `ld` elements, `width` a multiple of 8) summed in
+// add_rmsnorm_bf16's layout and tree (ceil32(width / 8) virtual threads, clamped to 32..1024, mapped onto the block's
+// WARPS warps; one warp per row finishes), so a kernel that fuses the norm in its prologue stages bitwise that kernel's
+// h: inv_s[t] = rsqrt(sum_t / width + eps). red_s [MAX_ROWS][32] and inv_s [MAX_ROWS] are the caller's shared arrays;
+// needs WARPS >= rows; ends with a barrier (docs/kernels.md, "Fusions").
+template <int MAX_ROWS, int WARPS>
+__device__ __forceinline__ void rms_inv_rows(const bf16* x, size_t ld, int rows, int width, float eps,
+                                             float (*red_s)[32], float* inv_s)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int chunks = width >> 3;
+    const int rthreads = min(max((chunks + 31) / 32 * 32, 32), 1024), rwarps = rthreads >> 5;
+#pragma unroll
+    for (int t = 0; t < MAX_ROWS; t++) {
+        if (t >= rows) break;
+        const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)t * ld);
+        for (int vw = warp; vw < rwarps; vw += WARPS) {
+            float sumsq = 0.f;
+            for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
+                const uint4 h = xr[i];
+                sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
+            }
+            sumsq = warp_sum(sumsq);
+            if (lane == 0) red_s[t][vw] = sumsq;
+        }
+    }
+    __syncthreads();
+    if (warp < rows) {
+        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)width + eps);
+    }
+    __syncthreads();
+}
+
 __device__ __forceinline__ float warp_max(float v)
 {
 #pragma unroll

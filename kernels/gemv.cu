@@ -104,29 +104,7 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, in
     }
     __shared__ float red_s[T][32];
     __shared__ float inv_s[T];
-    const int lane = tid & 31, warp = tid >> 5;
-    const int chunks = p.k >> 3;
-    const int rthreads = min(max((chunks + 31) / 32 * 32, 32), 1024), rwarps = rthreads >> 5;
-#pragma unroll
-    for (int t = 0; t < T; t++) {
-        const uint4* xr = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx);
-        for (int vw = warp; vw < rwarps; vw += GEMV_WARPS) {
-            float sumsq = 0.f;
-            for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
-                const uint4 h = xr[i];
-                sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
-            }
-            sumsq = warp_sum(sumsq);
-            if (lane == 0) red_s[t][vw] = sumsq;
-        }
-    }
-    __syncthreads();
-    if (warp < T) {                                         // T <= 8 warps: warp t finishes token t
-        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
-        v = warp_sum(v);
-        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.k + p.eps);
-    }
-    __syncthreads();
+    rms_inv_rows<T, GEMV_WARPS>(p.x, (size_t)p.ldx, T, p.k, p.eps, red_s, inv_s);   // T <= 8 warps
     const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight + k0);
     for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
         const int t = i / slice_chunks, c = i - t * slice_chunks;

@@ -174,29 +174,8 @@ extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_nor
     const uint4 w0 = tid < chunks ? __ldg(&wrow[tid]) : zero;     // issued first: overlaps the norm below
     const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
 
-    // Sum of squares of each token's row in add_rmsnorm_bf16's layout: ceil32(chunks) virtual threads (32..1024).
-    const int rthreads = min(max((chunks + 31) / 32 * 32, 32), 1024), rwarps = rthreads >> 5;
-#pragma unroll
-    for (int t = 0; t < ROUTER_TOKENS; t++) {
-        if (t >= nt) break;
-        const uint4* xr = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size);
-        for (int vw = warp; vw < rwarps; vw += ROUTER_NORM_WARPS) {
-            float sumsq = 0.f;
-            for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
-                const uint4 h = xr[i];
-                sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
-            }
-            sumsq = warp_sum(sumsq);
-            if (lane == 0) red_s[t][vw] = sumsq;
-        }
-    }
-    __syncthreads();
-    if (warp < nt) {
-        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
-        v = warp_sum(v);
-        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.hidden_size + p.eps);
-    }
-    __syncthreads();
+    // Inverse RMS of each token's row in add_rmsnorm_bf16's layout (bitwise its h).
+    rms_inv_rows<ROUTER_TOKENS, ROUTER_NORM_WARPS>(p.hidden, (size_t)p.hidden_size, nt, p.hidden_size, p.eps, red_s, inv_s);
 
     // Logits: h chunk by chunk (CTA 0 stores it), dotted with the expert's row.
     float acc[ROUTER_TOKENS];
