@@ -10,7 +10,7 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 public class MemoryPlanTests
 {
     /// <summary>Qwen3-30B-A3B's config.json, as published (docs/model-formats.md lists its facts).</summary>
-    const string Qwen3_30B_A3B = """
+    internal const string Qwen3_30B_A3B = """
         {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
          "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
          "moe_intermediate_size": 768, "intermediate_size": 6144, "norm_topk_prob": true, "decoder_sparse_step": 1,

@@ -15,15 +15,8 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 [NonParallelizable]
 public class PrefillChunkSizingTests
 {
-    /// <summary>Qwen3-30B-A3B's config.json (as in MemoryPlanTests).</summary>
-    const string Qwen3_30B_A3B = """
-        {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
-         "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
-         "moe_intermediate_size": 768, "intermediate_size": 6144, "norm_topk_prob": true, "decoder_sparse_step": 1,
-         "mlp_only_layers": [], "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "vocab_size": 151936,
-         "max_position_embeddings": 40960, "tie_word_embeddings": false, "attention_bias": false, "use_sliding_window": false,
-         "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151645}
-        """;
+    /// <summary>Qwen3-30B-A3B's config.json.</summary>
+    const string Qwen3_30B_A3B = MemoryPlanTests.Qwen3_30B_A3B;
 
     static readonly ModelConfig Config = ModelConfig.Parse(Qwen3_30B_A3B);
     const int Sms = 132;
