@@ -580,7 +580,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             finally { gate.Release(); }
         }
 
-        byte[] Chunk(Choice c, Action<Utf8JsonWriter>? delta, IReadOnlyList<TokenLogprob>? logprobs, string? finish, string text = "") => Json(w =>
+        // The fields every chunk of this stream opens with, up to its (opened) choices array.
+        void ChunkHeader(Utf8JsonWriter w)
         {
             w.WriteStartObject();
             w.WriteString("id", id);
@@ -588,6 +589,11 @@ public sealed class OpenAiServer : IAsyncDisposable
             w.WriteNumber("created", created);
             w.WriteString("model", _modelName);
             w.WriteStartArray("choices");
+        }
+
+        byte[] Chunk(Choice c, Action<Utf8JsonWriter>? delta, IReadOnlyList<TokenLogprob>? logprobs, string? finish, string text = "") => Json(w =>
+        {
+            ChunkHeader(w);
             w.WriteStartObject();
             w.WriteNumber("index", c.Index);
             if (chat)
@@ -681,12 +687,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (req.IncludeUsage)
             await Send(Json(w =>
             {
-                w.WriteStartObject();
-                w.WriteString("id", id);
-                w.WriteString("object", obj);
-                w.WriteNumber("created", created);
-                w.WriteString("model", _modelName);
-                w.WriteStartArray("choices");
+                ChunkHeader(w);
                 w.WriteEndArray();
                 WriteUsage(w, choices, PromptsOf(choices));
                 w.WriteEndObject();
