@@ -122,3 +122,30 @@ __device__ __forceinline__ float block_sum(float v, float* scratch)
     __syncthreads();  // scratch may be reused by the caller
     return v;
 }
+
+// Programmatic dependent launch (PDL, sm_90 and newer; docs/kernels.md "Programmatic dependent launch").
+// A kernel launched with LaunchConfig.ProgrammaticDependentLaunch may start while the kernel before it in the
+// stream or graph is still running. Before pdl_wait() it may only touch memory no earlier kernel of the step
+// writes (weights: e.g. prefetch_l2 of its weight slice); pdl_wait() returns once the previous kernel has
+// finished and its writes are visible. pdl_launch_dependents() lets the next kernel start its own prologue;
+// our kernels call it right after pdl_wait(), so at most one kernel runs ahead (the chain is one deep).
+// On older architectures both compile to nothing and the launch attribute is never set.
+__device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Asks the L2 to fetch the 128-byte line holding `p` (no register result, nothing to wait for).
+__device__ __forceinline__ void prefetch_l2(const void* p)
+{
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+}

@@ -23,7 +23,13 @@ public readonly record struct Dim3(uint X, uint Y = 1, uint Z = 1)
 }
 
 /// <summary>Grid, block and dynamic shared memory of one kernel launch.</summary>
-public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSharedBytes = 0);
+/// <summary>
+/// Grid, block and dynamic shared memory of a kernel launch. <paramref name="ProgrammaticDependentLaunch"/>: the kernel
+/// calls pdl_wait() (kernels/common.cuh) before it touches anything the previous kernel writes, so on sm_90 and newer
+/// it may be launched with programmatic stream serialization and start while that kernel runs (docs/kernels.md,
+/// "Programmatic dependent launch"); backends that cannot do this launch it normally.
+/// </summary>
+public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSharedBytes = 0, bool ProgrammaticDependentLaunch = false);
 
 /// <summary>Which implementation of <see cref="IDevice"/> (or the CPU reference) runs the model.</summary>
 public enum BackendKind

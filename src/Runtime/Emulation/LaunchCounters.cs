@@ -5,7 +5,7 @@ internal sealed class Counters
 {
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
-    public long GlobalAtomics, DistinctSectors, L2ResidentSectors;
+    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors;
     /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
     public long DramSectors => DistinctSectors - L2ResidentSectors;
     public long SharedLoadRequests, SharedStoreRequests, SharedWavefronts, SharedBankConflicts;
@@ -29,7 +29,7 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; PreWaitSectors += o.PreWaitSectors;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
@@ -101,6 +101,16 @@ public sealed record LaunchRecord
     public IReadOnlyList<string> ModuleOptions { get; init; } = [];
     /// <summary>The launch ran as a node of a graph launch (else it was launched on a stream by itself).</summary>
     public bool InGraph { get; init; }
+    /// <summary>
+    /// Launched with programmatic stream serialization (LaunchConfig.ProgrammaticDependentLaunch on a device of compute
+    /// capability 9.0 or newer): it may start while the previous kernel runs, and waits in griddepcontrol.wait.
+    /// </summary>
+    public bool ProgrammaticLaunch { get; init; }
+    /// <summary>
+    /// Of <see cref="DistinctSectors"/>, those first touched (by a load or a prefetch) before the warp's
+    /// griddepcontrol.wait: memory the launch may fetch while the previous kernel still runs (its weights).
+    /// </summary>
+    public long PreWaitSectors { get; init; }
     public double ElapsedMilliseconds { get; init; }
 
     /// <summary>
@@ -122,7 +132,7 @@ public sealed record LaunchRecord
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, PreWaitSectors = c.PreWaitSectors, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,
