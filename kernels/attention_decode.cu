@@ -337,10 +337,11 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
 //   holds the new key (len - 1) takes its K and V rows from shared memory, and no CTA loads that key from the cache,
 //   so the launch has no write-read race on it.
 //   Combine: with splits > 1 each CTA writes its partials, fences and takes a ticket for (row, KV head); the last one
-//   (it resets the ticket) merges the group's heads with attn_decode_combine's arithmetic: warp w plays that kernel's
-//   warps w and w + 4 (splits w, w + 8, ... in order), COMB_HEADS heads per pass (the partial sums staged in the tile
-//   buffers), the 8 sums added in the same fixed order, so the output is bitwise split + combine's. tickets[] are zero
-//   before the first launch (cleared once with the workspace) and left zero.
+//   (it resets the ticket) merges the group's heads with attn_decode_combine's sums in that kernel's order (see
+//   fused_combine), so the output is bitwise split + combine's. tickets[] are zero before the first launch (cleared
+//   once with the workspace) and left zero. With more than FUSED_MAX_COMBINE_SPLITS splits (a long context: one CTA
+//   would pull too many partials through one SM) tickets is null and the launcher runs attn_decode_combine after.
+//   All loads the prologue needs go out in one round trip, the context length's.
 // Bytes moved: attn_decode_split's + the qkv rows (splits x (group + 2) x D x 2 per (row, KV head), from L2) + the new K
 // and V (written once) + the partials read back by the last CTAs, one ticket per (row, KV head).
 // Compiled for the head sizes rope.cu supports (16, 32, 64, 128, 256).
@@ -378,10 +379,12 @@ struct AttnDecodeFusedParams {
 #if HEAD_DIM == 16 || HEAD_DIM == 32 || HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256
 #include "rope.cuh"
 
-#define COMB_HEADS 4                                                   // heads merged per pass of the last CTA
+#define FUSED_MAX_COMBINE_SPLITS 64                                    // more: the tickets are null, attn_decode_combine runs after
 #define FUSED_TILE_BYTES (DEC_TILE * DEC_KSTRIDE * 2 + DEC_TILE * HEAD_DIM * 2)
-#define FUSED_COMB_BYTES (COMB_HEADS * COMB_WARPS * (HEAD_DIM + 1) * 4)
+#define FUSED_COMB_BYTES (DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS * 4)
 #define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES ? FUSED_TILE_BYTES : FUSED_COMB_BYTES)
+#define COMB_VEC (HEAD_DIM / 16 < 4 ? HEAD_DIM / 16 : 4)                 // floats per load in the last CTA's combine
+#define COMB_CHUNKS (HEAD_DIM / (16 * COMB_VEC))                        // loads per split and thread
 
 __device__ __forceinline__ float ld_cg_f32(const float* p)
 {
@@ -397,79 +400,120 @@ __device__ __forceinline__ float2 ld_cg_f32x2(const float* p)
     return v;
 }
 
-// The last CTA of (seq, kvh): attn_decode_combine for the group's heads (see the header above). tiles_s is free.
-__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, unsigned char* tiles_s, float* mx_s)
+template <int V> struct CombVec;
+template <> struct CombVec<1> { static __device__ __forceinline__ void load(const float* p, float* v) { v[0] = ld_cg_f32(p); } };
+template <> struct CombVec<2> {
+    static __device__ __forceinline__ void load(const float* p, float* v) { const float2 t = ld_cg_f32x2(p); v[0] = t.x; v[1] = t.y; }
+};
+template <> struct CombVec<4> {
+    static __device__ __forceinline__ void load(const float* p, float* v)
+    {
+        asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "l"(p) : "memory");
+    }
+};
+
+// The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order. That kernel's warp vw sums
+// splits vw, vw + 8, ... (p_vw, from 0) and the output is (((0 + p_0) + p_1) + ... + p_7) / (the same of the weights).
+// Here thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the splits
+// in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in. A split
+// with lse -inf is empty (its partial is 0: skipping its product changes no bit). w_s (the tile buffers, free now): the
+// weights 2^(lse - max), -1 for a skipped split.
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, float* w_s, float* mx_s, float* den_s)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // first head's row in [seqs * nH]
-    for (int h = warp; h < group; h += DEC_THREADS / 32) {                    // the largest lse of each head
-        float mx = -QC_INF;
-        for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, ld_cg_f32(p.partial_lse + (head0 + h) * p.splits + s));
-        mx = warp_max(mx);
-        if (lane == 0) mx_s[h] = mx;
+    const int S = p.splits;
+    const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // the group's first row of [seqs * nH]
+    // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q
+    const int q = S / 8, r = S % 8;
+    auto split_at = [&](int i, bool& last) {
+        int vw, k, count;
+        if (i < r * (q + 1)) { vw = i / (q + 1); k = i % (q + 1); count = q + 1; }
+        else { const int j = i - r * (q + 1); vw = r + j / q; k = j % q; count = q; }
+        last = k == count - 1;
+        return vw + 8 * k;
+    };
+    const int h = tid >> 4, l = tid & 15;
+    const bool owner = h < group;
+    const float* base = p.partial_out + (head0 + (owner ? h : 0)) * S * HEAD_DIM + l * COMB_VEC;
+    float v[8][COMB_CHUNKS][COMB_VEC];
+    int s[8];
+    bool last[8];
+    // Loads the partials of splits i0 .. i0 + 7 (vw-major); every split wrote its partial (0 when empty), so the loads
+    // need no weight and the first batch goes out with the lse loads.
+    auto load_batch = [&](int i0) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            last[j] = false;
+            s[j] = 0;
+            if (!owner || i0 + j >= S) continue;
+            s[j] = split_at(i0 + j, last[j]);
+#pragma unroll
+            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(base + (size_t)s[j] * HEAD_DIM + c * 16 * COMB_VEC, v[j][c]);
+        }
+    };
+    load_batch(0);
+#pragma unroll
+    for (int k = 0; k < DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS / DEC_THREADS; k++) {
+        const int i = tid + k * DEC_THREADS;
+        if (i < group * S) w_s[i] = ld_cg_f32(p.partial_lse + head0 * S + i);
     }
     __syncthreads();
-    float* num_s = reinterpret_cast<float*>(tiles_s);                // [COMB_HEADS][COMB_WARPS][HEAD_DIM]
-    float* den_s = num_s + COMB_HEADS * COMB_WARPS * HEAD_DIM;       // [COMB_HEADS][COMB_WARPS]
-    for (int hp = 0; hp < group; hp += COMB_HEADS) {
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int vw = warp + half * (DEC_THREADS / 32);          // attn_decode_combine's warp
-            float num[COMB_HEADS][DEC_E], den[COMB_HEADS];
-#pragma unroll
-            for (int hh = 0; hh < COMB_HEADS; hh++) {
-                den[hh] = 0.f;
-#pragma unroll
-                for (int e = 0; e < DEC_E; e++) num[hh][e] = 0.f;
-            }
-#pragma unroll 2
-            for (int s = vw; s < p.splits; s += COMB_WARPS) {
-#pragma unroll
-                for (int hh = 0; hh < COMB_HEADS; hh++) {
-                    const int h = hp + hh;
-                    if (h >= group) continue;
-                    const float mx = mx_s[h];
-                    if (!(mx > -QC_INF)) continue;
-                    const size_t row = (head0 + h) * p.splits + s;
-                    const float lse = ld_cg_f32(p.partial_lse + row);
-                    const float* o = p.partial_out + row * HEAD_DIM + DEC_DIM0(lane);
-                    float v[DEC_E];
-#if DEC_E == 1
-                    v[0] = ld_cg_f32(o);
-#else
-#pragma unroll
-                    for (int e = 0; e < DEC_E; e += 2) {
-                        const float2 t = ld_cg_f32x2(o + e);
-                        v[e] = t.x;
-                        v[e + 1] = t.y;
-                    }
-#endif
-                    const float w = lse == -QC_INF ? 0.f : exp2f(lse - mx);   // an empty split's partial is 0
-                    den[hh] += w;
-#pragma unroll
-                    for (int e = 0; e < DEC_E; e++) num[hh][e] += w * v[e];
-                }
-            }
-#pragma unroll
-            for (int hh = 0; hh < COMB_HEADS; hh++) {
-                if (DEC_STORES(lane)) {
-#pragma unroll
-                    for (int e = 0; e < DEC_E; e++) num_s[(hh * COMB_WARPS + vw) * HEAD_DIM + DEC_DIM0(lane) + e] = num[hh][e];
-                }
-                if (lane == 0) den_s[hh * COMB_WARPS + vw] = den[hh];
-            }
-        }
-        __syncthreads();
-        const int heads = min(COMB_HEADS, group - hp);
-        for (int i = tid; i < heads * HEAD_DIM; i += DEC_THREADS) {
-            const int hh = i / HEAD_DIM, d = i % HEAD_DIM;
-            float n = 0.f, z = 0.f;
-#pragma unroll
-            for (int w = 0; w < COMB_WARPS; w++) { n += num_s[(hh * COMB_WARPS + w) * HEAD_DIM + d]; z += den_s[hh * COMB_WARPS + w]; }
-            p.out[(size_t)seq * p.out_stride + (size_t)(kvh * group + hp + hh) * HEAD_DIM + d] = f32_to_bf16(z > 0.f ? n / z : 0.f);
-        }
-        __syncthreads();   // num_s is overwritten by the next pass
+    for (int hh = warp; hh < group; hh += DEC_THREADS / 32) {               // the largest lse of each head
+        float mx = -QC_INF;
+        for (int t = lane; t < S; t += 32) mx = fmaxf(mx, w_s[hh * S + t]);
+        mx = warp_max(mx);
+        if (lane == 0) mx_s[hh] = mx;
     }
+    __syncthreads();
+    for (int i = tid; i < group * S; i += DEC_THREADS) {                    // weights; -1: an empty split, skipped
+        const float mx = mx_s[i / S], lse = w_s[i];
+        w_s[i] = mx > -QC_INF && lse != -QC_INF ? exp2f(lse - mx) : -1.f;
+    }
+    __syncthreads();
+    if (tid < group) {                                                       // the denominators, in the same order
+        float z = 0.f, zz = 0.f;
+        for (int i = 0; i < S; i++) {
+            bool end;
+            const float w = w_s[tid * S + split_at(i, end)];
+            if (w >= 0.f) zz += w;
+            if (end) { z += zz; zz = 0.f; }
+        }
+        den_s[tid] = z;
+    }
+    __syncthreads();
+    if (!owner) return;
+    const float* w_h = w_s + h * S;
+    float n[COMB_CHUNKS][COMB_VEC], pp[COMB_CHUNKS][COMB_VEC];
+#pragma unroll
+    for (int c = 0; c < COMB_CHUNKS; c++)
+#pragma unroll
+        for (int e = 0; e < COMB_VEC; e++) { n[c][e] = 0.f; pp[c][e] = 0.f; }
+    for (int i0 = 0; i0 < S; i0 += 8) {
+        if (i0 > 0) load_batch(i0);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            if (i0 + j >= S) break;
+            const float w = w_h[s[j]];
+            if (w >= 0.f) {
+#pragma unroll
+                for (int c = 0; c < COMB_CHUNKS; c++)
+#pragma unroll
+                    for (int e = 0; e < COMB_VEC; e++) pp[c][e] += w * v[j][c][e];
+            }
+            if (last[j]) {
+#pragma unroll
+                for (int c = 0; c < COMB_CHUNKS; c++)
+#pragma unroll
+                    for (int e = 0; e < COMB_VEC; e++) { n[c][e] += pp[c][e]; pp[c][e] = 0.f; }
+            }
+        }
+    }
+    const float z = den_s[h];
+    bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
+#pragma unroll
+    for (int c = 0; c < COMB_CHUNKS; c++)
+#pragma unroll
+        for (int e = 0; e < COMB_VEC; e++) o[c * 16 * COMB_VEC + e] = f32_to_bf16(z > 0.f ? n[c][e] / z : 0.f);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(AttnDecodeFusedParams p)
@@ -479,12 +523,37 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ __align__(16) bf16 knew_s[HEAD_DIM];
     __shared__ __align__(16) bf16 vnew_s[HEAD_DIM];
     __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
-    __shared__ float mx_s[DEC_MAX_GROUP];
+    __shared__ float mx_s[DEC_MAX_GROUP], den_s[DEC_MAX_GROUP];
     __shared__ int is_last;
 
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = p.num_q_heads / p.num_kv_heads;
+
+    // Prologue loads, all in one round trip with the context length: rows w, w + 4, w + 8 of (q heads of the group | k |
+    // v) for warp w, both norm weights, the position, slot and inv_freq.
+    const int tasks = group + 2;
+    const bf16* qkv = p.qkv + (size_t)seq * p.qkv_stride;
+    float x[3][ROPE_E];
+#pragma unroll
+    for (int r = 0; r < 3; r++) {
+        const int task = warp + 4 * r;
+#pragma unroll
+        for (int e = 0; e < ROPE_E; e++) x[r][e] = 0.f;
+        if (task >= tasks || !ROPE_ACTIVE(lane)) continue;
+        const int col = task < group ? (kvh * group + task) * HEAD_DIM
+                      : task == group ? (p.num_q_heads + kvh) * HEAD_DIM : (p.num_q_heads + p.num_kv_heads + kvh) * HEAD_DIM;
+        load_row(qkv + col + lane * ROPE_E, x[r]);
+    }
+    float wq[ROPE_E], wk[ROPE_E];
+    load_norm_weight(p.q_norm_weight, wq, lane);
+    load_norm_weight(p.k_norm_weight, wk, lane);
+    const float pos = (float)p.positions[seq];
+    const int slot = p.slot_mapping[seq];
+    const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)seq * (HEAD_DIM / 2) : 0);
+    static_assert(HEAD_DIM / 2 <= DEC_THREADS, "one frequency per thread");
+    if (tid < HEAD_DIM / 2) rope_cos_sin(pos, __ldg(&inv_freq[tid]), p.attention_scaling, cos_s[tid], sin_s[tid]);
+    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
 
     const int len = p.context_lens[seq];
     const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
@@ -494,27 +563,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     const bool writer = split == 0;                       // writes the new K / V (and q_out)
     const bool holds_new = begin <= new_key && new_key < end;
     const bool need_kv = writer || holds_new;
-
-    // Prologue loads: rows w, w + 4, w + 8 of (q heads of the group | k | v) for warp w, all issued first.
-    const int tasks = group + 2;
-    const bf16* qkv = p.qkv + (size_t)seq * p.qkv_stride;
-    float x[3][ROPE_E];
-#pragma unroll
-    for (int r = 0; r < 3; r++) {
-        const int task = warp + 4 * r;
-#pragma unroll
-        for (int e = 0; e < ROPE_E; e++) x[r][e] = 0.f;
-        const bool needed = task < group ? begin < end : task < tasks && need_kv;
-        if (!needed || !ROPE_ACTIVE(lane)) continue;
-        const int col = task < group ? (kvh * group + task) * HEAD_DIM
-                      : task == group ? (p.num_q_heads + kvh) * HEAD_DIM : (p.num_q_heads + p.num_kv_heads + kvh) * HEAD_DIM;
-        load_row(qkv + col + lane * ROPE_E, x[r]);
-    }
-    const float pos = (float)p.positions[seq];
-    const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)seq * (HEAD_DIM / 2) : 0);
-    for (int j = tid; j < HEAD_DIM / 2; j += DEC_THREADS) rope_cos_sin(pos, __ldg(&inv_freq[j]), p.attention_scaling, cos_s[j], sin_s[j]);
-    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
-    const int slot = p.slot_mapping[seq];
     __syncthreads();
 
     const bool first_half = lane < ROPE_HALF;
@@ -529,7 +577,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
             if (writer && slot >= 0) STORE_KV(p.v_cache, ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x[r]);
             continue;
         }
-        rope_rmsnorm_row(x[r], is_q ? p.q_norm_weight : p.k_norm_weight, p.eps, lane);
+        rope_rmsnorm_row(x[r], is_q ? wq : wk, p.eps);
         float y[ROPE_E];
 #pragma unroll
         for (int e = 0; e < ROPE_E; e++) {
@@ -555,7 +603,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     attn_split_range<true>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
                            p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, q_s, k_s, v_s,
                            holds_new ? new_key : -1, knew_s, vnew_s);
-    if (p.splits == 1) return;
+    if (p.splits == 1 || !p.tickets) return;
 
     // Ticket: the last CTA of (seq, kvh) combines.
     int* ticket = p.tickets + (size_t)seq * p.num_kv_heads + kvh;
@@ -565,7 +613,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    fused_combine(p, seq, kvh, group, tiles_s, mx_s);
     if (tid == 0) *ticket = 0;
+    fused_combine(p, seq, kvh, group, reinterpret_cast<float*>(tiles_s), mx_s, den_s);
 }
 #endif

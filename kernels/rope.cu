@@ -87,7 +87,9 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
     }
 
     // per-head RMSNorm
-    rope_rmsnorm_row(x, is_q ? p.q_norm_weight : p.k_norm_weight, p.eps, lane);
+    float w[ROPE_E];
+    load_norm_weight(is_q ? p.q_norm_weight : p.k_norm_weight, w, lane);
+    rope_rmsnorm_row(x, w, p.eps);
 
     // rotate-half RoPE: partner element i +- D/2 is in lane ^ ROPE_HALF
     const float pos = (float)p.positions[t];

@@ -80,20 +80,24 @@ __device__ __forceinline__ void store_kv_readback(bf16* dst, const float (&x)[RO
 __device__ __forceinline__ void store_kv_readback(bf16* dst, const float (&x)[ROPE_E]) { store_row(dst, x); }
 #endif
 
-// Per-head RMSNorm of the warp's row in place: fp32 statistics, x = bf16(w * bf16(x * rsqrt(mean(x^2) + eps))).
-// Every lane of the warp must call it (one shuffle reduction).
-__device__ __forceinline__ void rope_rmsnorm_row(float (&x)[ROPE_E], const bf16* weight, float eps, int lane)
+// The lane's elements of a norm weight row (zeros on the idle lanes of D 16).
+__device__ __forceinline__ void load_norm_weight(const bf16* weight, float (&w)[ROPE_E], int lane)
+{
+#if HEAD_DIM == 16
+    w[0] = 0.f;
+#endif
+    if (ROPE_ACTIVE(lane)) load_row(weight + lane * ROPE_E, w);
+}
+
+// Per-head RMSNorm of the warp's row in place, w the lane's weights (load_norm_weight): fp32 statistics,
+// x = bf16(w * bf16(x * rsqrt(mean(x^2) + eps))). Every lane of the warp must call it (one shuffle reduction).
+__device__ __forceinline__ void rope_rmsnorm_row(float (&x)[ROPE_E], const float (&w)[ROPE_E], float eps)
 {
     float ss = 0.f;
 #pragma unroll
     for (int e = 0; e < ROPE_E; e++) ss += x[e] * x[e];
     ss = warp_sum(ss);
     const float inv_rms = rsqrtf(ss / (float)HEAD_DIM + eps);
-    float w[ROPE_E];
-#if HEAD_DIM == 16
-    w[0] = 0.f;
-#endif
-    if (ROPE_ACTIVE(lane)) load_row(weight + lane * ROPE_E, w);
 #pragma unroll
     for (int e = 0; e < ROPE_E; e++) x[e] = round_bf16(w[e] * round_bf16(x[e] * inv_rms));
 }

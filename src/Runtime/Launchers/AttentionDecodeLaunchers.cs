@@ -164,7 +164,8 @@ public sealed class AttentionDecodeLaunchers
     /// (attn_decode_fused; docs/kernels.md, "Fusions"). Every row must be its
     /// sequence's only new token in the step: its keys 0..len-2 are in the cache already and key len-1 (position
     /// positions[row], written at slot_mapping[row]) is its own. <c>a.Q</c> is ignored (q comes from
-    /// <c>rope.Qkv</c>); <c>a.KCache</c> / <c>a.VCache</c> are written. Returns the split count used.
+    /// <c>rope.Qkv</c>); <c>a.KCache</c> / <c>a.VCache</c> are written. One launch, or two with more than
+    /// <see cref="FusedMaxCombineSplits"/> splits. Returns the split count used.
     /// </summary>
     public int DecodeFused(DeviceStream stream, in DecodeAttentionArgs a, in DecodeRopeArgs rope)
     {
@@ -179,13 +180,14 @@ public sealed class AttentionDecodeLaunchers
             throw new ArgumentException("attn_decode_fused: a required pointer is null", nameof(rope));
         int splits = Check(a);
         if (splits == 0) return 0;
-        if (splits > 1 && rope.Tickets.IsNull) throw new ArgumentException("attn_decode_fused: split decoding needs the ticket array", nameof(rope));
+        bool combineInKernel = splits <= FusedMaxCombineSplits;
+        if (splits > 1 && combineInKernel && rope.Tickets.IsNull) throw new ArgumentException("attn_decode_fused: split decoding needs the ticket array", nameof(rope));
         var p = new AttnDecodeFusedParams
         {
             Qkv = rope.Qkv, QOut = rope.QOut, KCache = a.KCache, VCache = a.VCache, QNormWeight = rope.QNormWeight,
             KNormWeight = rope.KNormWeight, InvFreq = rope.InvFreq, Positions = rope.Positions, SlotMapping = rope.SlotMapping,
             BlockTable = a.BlockTable, ContextLens = a.ContextLens, PartialOut = a.PartialOut, PartialLse = a.PartialLse,
-            Tickets = rope.Tickets, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads, NumKvHeads = a.NumKvHeads,
+            Tickets = combineInKernel ? rope.Tickets : DevicePtr.Null, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads, NumKvHeads = a.NumKvHeads,
             PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits, QkvStride = rope.QkvStride,
             QOutStride = rope.QOutStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2, Eps = rope.Eps,
             AttentionScaling = rope.AttentionScaling, InvFreqPerToken = rope.InvFreqPerRow ? 1 : 0,
@@ -193,8 +195,25 @@ public sealed class AttentionDecodeLaunchers
         var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
         args.Add(p);
         _device.Launch(_fused, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
+        if (!combineInKernel)
+        {
+            var c = new AttnDecodeParams
+            {
+                PartialOut = a.PartialOut, PartialLse = a.PartialLse, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads,
+                NumKvHeads = a.NumKvHeads, PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits, OutStride = a.OutStride,
+            };
+            var cargs = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
+            cargs.Add(c);
+            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, cargs);
+        }
         return splits;
     }
+
+    /// <summary>
+    /// Most splits <see cref="DecodeFused"/> combines in its last CTA per (row, KV head) (attention_decode.cu's
+    /// FUSED_MAX_COMBINE_SPLITS); a longer context (more than 64 x 8 tiles at batch 1) runs attn_decode_combine after it.
+    /// </summary>
+    public const int FusedMaxCombineSplits = 64;
 
     private float ScaleLog2 => (float)(1.0 / Math.Sqrt(HeadDim) * 1.4426950408889634);
 
