@@ -289,6 +289,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_reduce_bf16(
     __shared__ int last_s;
     __shared__ float found_m;
     const int c = blockIdx.x, row = blockIdx.y, tid = threadIdx.x;
+    pdl_wait();                      // the logits are the lm_head's (docs/kernels.md, "Programmatic dependent launch")
+    pdl_launch_dependents();
     const SampleRowSettings s = row_settings(p, row);
     const bool greedy = row_greedy(p, s), hist = row_uses_hist(p, s);
     const float it = s.inv_temperature;
@@ -427,6 +429,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_draw_bf16(Sa
     __shared__ int last_s;
     __shared__ int pick_s;
     const int c = blockIdx.x, row = blockIdx.y, tid = threadIdx.x;
+    pdl_wait();                      // the row state is sample_reduce_bf16's
+    pdl_launch_dependents();
     const SampleRowState st = p.state[row];
     if (p.argmax_only || st.mode == 0) return;
     const SampleRowSettings s = row_settings(p, row);
