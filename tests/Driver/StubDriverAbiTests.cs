@@ -63,12 +63,13 @@ public class StubDriverAbiTests
     {
         ulong a = ulong.Parse(Get("alloc.a")[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         string ptr = Convert.ToHexStringLower(BitConverter.GetBytes(a));
-        Assert.That(Get("launch.count"), Is.EqualTo("3"), "one direct launch + a captured graph replayed twice");
+        Assert.That(Get("launch.count"), Is.EqualTo("4"), "one direct launch + a captured graph replayed twice + a programmatic launch");
         Assert.That(Get("launch0.grid"), Is.EqualTo("3,2,1"));
         Assert.That(Get("launch0.block"), Is.EqualTo("128,1,1"));
         Assert.That(Get("launch0.smem"), Is.EqualTo("4096"));
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 4; i++)
         {
+            Assert.That(Get($"launch{i}.programmatic"), Is.EqualTo(i == 3 ? "1" : "0"), "only the flagged launch goes through cuLaunchKernelEx with the attribute");
             Assert.That(Get($"launch{i}.kernel"), Is.EqualTo("probe_kernel"));
             Assert.That(Get($"launch{i}.param0"), Is.EqualTo(ptr), "device pointer, 8 bytes little-endian");
             Assert.That(Get($"launch{i}.param1"), Is.EqualTo("04030201"), "int 0x01020304");
@@ -81,10 +82,24 @@ public class StubDriverAbiTests
             Assert.That(Get($"launch{i}.param4"), Is.EqualTo("ab"), "byte");
             Assert.That(Get($"launch{i}.param5"), Is.EqualTo("0000000000000840"), "double 3.0");
         }
+        Assert.That(Get("launch3.grid"), Is.EqualTo("7,1,1"));
+        Assert.That(Get("launch3.block"), Is.EqualTo("32,1,1"));
+        Assert.That(Get("launch3.smem"), Is.EqualTo("64"));
         Assert.That(Get("launch1.grid"), Is.EqualTo("5,1,1"));
         Assert.That(Get("launch1.block"), Is.EqualTo("64,1,1"));
         Assert.That(Get("graph.kernels"), Is.EqualTo("1"));
         Assert.That(Get("event.ms"), Is.EqualTo("1.5"));
+    }
+
+    /// <summary>
+    /// The programmatic-dependent-launch probe at device open (sm_90 stub): a captured graph of two cuLaunchKernelEx
+    /// launches of the probe kernel, instantiated and run once; it passes, so PDL is on.
+    /// </summary>
+    [Test]
+    public void ProgrammaticLaunchProbePasses_OnTheSm90Stub()
+    {
+        Assert.That(Get("pdl.status"), Is.EqualTo("on"));
+        Assert.That(Get("pdl.probe_runs"), Is.EqualTo("2"));
     }
 
     [Test]
