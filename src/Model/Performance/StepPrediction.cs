@@ -167,10 +167,11 @@ public static class StepPredictor
         if (pdl)
         {
             var chained = p.Launches.Where(l => l.Overlap is not null).Select(l => l.Overlap!).ToList();
-            string Count(OverlapLimit limit) => chained.Count(o => o.Limit == limit).ToString(inv);
+            var prefetching = chained.Where(o => o.PreWaitBytes > 0).ToList();
+            string Count(OverlapLimit limit) => prefetching.Count(o => o.Limit == limit).ToString(inv);
             sb.Append(inv, $"  programmatic dependent launch: {ByteSize.Format(p.OverlapBytes)} of {ByteSize.Format(chained.Sum(o => o.PreWaitBytes))} pre-wait bytes fetched while the kernel before ran, ");
-            sb.Append(inv, $"saving {p.Launches.Sum(l => l.IsolatedMicroseconds - l.Microseconds):F1} us of kernel time; nodes with all their pre-wait bytes overlapped {Count(OverlapLimit.PreWaitBytes)}, limited by residency {Count(OverlapLimit.Residency)}, ");
-            sb.Append(inv, $"by the predecessor's DRAM {Count(OverlapLimit.PredecessorDram)}, by L2 {Count(OverlapLimit.L2Capacity)}, after a non-programmatic kernel {Count(OverlapLimit.NoEarlyTrigger)}\n");
+            sb.Append(inv, $"saving {p.Launches.Sum(l => l.IsolatedMicroseconds - l.Microseconds):F1} us of kernel time; of the {prefetching.Count} programmatic node(s) with pre-wait bytes, {Count(OverlapLimit.PreWaitBytes)} overlapped fully, ");
+            sb.Append(inv, $"{Count(OverlapLimit.Residency)} limited by residency, {Count(OverlapLimit.PredecessorDram)} by the predecessor's DRAM, {Count(OverlapLimit.L2Capacity)} by L2, {Count(OverlapLimit.NoEarlyTrigger)} after a non-programmatic kernel\n");
         }
         if (minimumBytes is long min)
         {
