@@ -84,6 +84,7 @@ public class PdlTimingModelTests
         Near(gemv.IsolatedMicroseconds, 2.4, "on its own");
         Assert.That(gemv.Bound, Is.EqualTo(TimeBound.Latency));
         Assert.That((p.GraphNodes, p.ProgrammaticNodes), Is.EqualTo((2, 1)));
+        Assert.That(p.DramBytes, Is.EqualTo(320 + 500_000), "the step's DRAM traffic is the same, only earlier");
         Near(p.GapUs, 1 + 0.5, "one plain node, one programmatic");
         Near(p.TotalUs, 5.1 + 1.220352 + 1.5, "step");
     }

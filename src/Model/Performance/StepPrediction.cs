@@ -39,7 +39,8 @@ public sealed record StepPrediction
     public double SyncUs => Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost) ? Gpu.SyncWakeUs : 0;
     public double TotalUs => KernelUs + GapUs + CopyUs + SyncUs;
     public double TokensPerSecond => Tokens / TotalUs * 1e6;
-    public long DramBytes => Launches.Sum(l => l.DramBytes);
+    /// <summary>All the step's DRAM bytes: the kernels' own and those the programmatic nodes prefetched in their predecessors' shadow.</summary>
+    public long DramBytes => Launches.Sum(l => l.DramBytes + (l.Overlap?.Bytes ?? 0));
 }
 
 /// <summary>Predicts steps from the emulator's launch records (docs/timing-model.md).</summary>
