@@ -19,8 +19,8 @@ public class PdlTimingModelTests
 
     /// <summary>
     /// A graph launch: <paramref name="dramBytes"/> distinct bytes, <paramref name="reuseBytes"/> re-read (loaded sectors
-    /// beyond the distinct ones: what the emulator counts for the post-wait loads of prefetched lines), trips and
-    /// instructions per warp, the pre-wait bytes.
+    /// beyond the distinct ones), trips and instructions per warp, the pre-wait bytes (a prefetch touches its sectors as
+    /// distinct ones without a load request: the loads after the wait add no re-read bytes).
     /// </summary>
     static LaunchRecord Launch(string kernel, uint grid, uint block, long dramBytes, long warpDramTrips, long maxWarpInstructions = 0,
         long reuseBytes = 0, long warpL2Trips = 0, long preWaitBytes = 0, bool programmatic = true)
@@ -41,12 +41,13 @@ public class PdlTimingModelTests
     static LaunchRecord Chase(bool programmatic = true) => Launch("chase", 1, 32, 320, 10, 50, programmatic: programmatic);
 
     /// <summary>
-    /// A GEMV of 20 CTAs of 4 warps: 480 KiB of weights prefetched before griddepcontrol.wait (re-read after it: L2 bytes),
-    /// 8480 bytes of activations; 4 DRAM trips and 1 L2 trip per warp, 100 instructions per warp. On its own: DRAM 0.5 +
-    /// 500000 / 800 ns = 1.125 us, Little 4 x 0.5 = 2 us, latency 4 x 0.5 + 1 x 0.2 + 100 / 0.5 ns = 2.4 us: latency-bound.
+    /// A GEMV of 20 CTAs of 4 warps: 480 KiB of weights fetched before griddepcontrol.wait, 8480 bytes of activations; 4
+    /// DRAM trips and 1 L2 trip per warp, 100 instructions per warp. On its own: DRAM 0.5 + 500000 / 800 ns = 1.125 us,
+    /// Little 4 x 0.5 = 2 us, SM fill 2 CTAs x 25000 / 100 ns = 0.5 us, latency 4 x 0.5 + 1 x 0.2 + 100 / 0.5 ns = 2.4 us:
+    /// latency-bound.
     /// </summary>
     static LaunchRecord Gemv(string kernel = "gemv", uint grid = 20, long weights = 491_520, long activations = 8_480) =>
-        Launch(kernel, grid, 128, weights + activations, 4, 100, reuseBytes: weights, warpL2Trips: 1, preWaitBytes: weights);
+        Launch(kernel, grid, 128, weights + activations, 4, 100, warpL2Trips: 1, preWaitBytes: weights);
 
     static StepPrediction Step(params LaunchRecord[] launches) => Step([], launches);
 
@@ -58,9 +59,10 @@ public class PdlTimingModelTests
     /// <summary>
     /// After the 5.1 us pointer chase the DRAM is idle: spare (5100 - 500) ns x 800 GB/s - 320 = 3679680 bytes; every CTA
     /// of the GEMV fits beside the chase's one CTA; 491520 bytes under the 524288-byte L2 cap: all of them overlap. The
-    /// GEMV keeps 8480 DRAM bytes (kept share 0.01696): DRAM 0.5 + 8480 / 800 ns = 0.5106 us, Little 4 x 0.01696 x 0.5
-    /// = 0.03392 us, SM fill 2 CTAs x (424 + 24576) / 100 ns = 0.5 us, latency 4 x 0.01696 x 0.5 + (1 + 4 x 0.98304) x 0.2
-    /// + 0.2 = 1.220352 us: still latency-bound, 1.179648 us faster. Step: 5.1 + 1.220352 us + 1 graph node x 1 us + 1
+    /// GEMV keeps 8480 DRAM bytes (kept share 0.01696) and has 491520 L2 bytes: DRAM 0.5 + 8480 / 800 ns = 0.5106 us,
+    /// Little 4 x 0.01696 x 0.5 = 0.03392 us, L2 491520 / 1000 B/ns = 0.49152 us, SM fill 2 CTAs x (424 + 24576) / 100 ns
+    /// = 0.5 us (unchanged), latency 4 x 0.01696 x 0.5 + (1 + 4 x 0.98304) x 0.2 + 0.2 = 1.220352 us: still latency-bound,
+    /// 1.179648 us faster. Step: 5.1 + 1.220352 us + 1 graph node x 1 us + 1
     /// programmatic x 0.5 us.
     /// </summary>
     [Test]
@@ -76,9 +78,10 @@ public class PdlTimingModelTests
         Assert.That(o.L2CapBytes, Is.EqualTo(524_288));
         Assert.That((o.Bytes, o.Limit), Is.EqualTo((491_520L, OverlapLimit.PreWaitBytes)));
         Assert.That(gemv.DramBytes, Is.EqualTo(8_480));
-        Assert.That(gemv.L2Bytes, Is.EqualTo(491_520), "the post-wait re-reads of the prefetched lines stay L2 bytes");
+        Assert.That(gemv.L2Bytes, Is.EqualTo(491_520), "the overlapped bytes come from L2");
         Near(gemv.DramUs, 0.5106, "DRAM term of the bytes left");
-        Near(gemv.SmFillUs, 0.5, "SM fill without the overlapped bytes");
+        Near(gemv.L2Us, 0.49152, "L2 term of the overlapped bytes");
+        Near(gemv.SmFillUs, 0.5, "SM fill: the same bytes reach the SM");
         Near(gemv.LatencyUs, 1.220352, "the critical warp: the overlapped share of its DRAM trips became L2 trips");
         Near(gemv.Microseconds, 1.220352, "time");
         Near(gemv.IsolatedMicroseconds, 2.4, "on its own");
@@ -157,7 +160,7 @@ public class PdlTimingModelTests
 
     /// <summary>
     /// The chain breaks: a memset node between two kernels (plain gaps, no overlap); a predecessor launched without the
-    /// attribute (taken not to trigger its dependents early: programmatic gap, no overlap); launches on a stream.
+    /// attribute (taken not to trigger its dependents early: the full gap, no overlap); launches on a stream.
     /// </summary>
     [Test]
     public void MemsetsNonProgrammaticPredecessorsAndStreams_BreakTheOverlap()
@@ -171,7 +174,11 @@ public class PdlTimingModelTests
 
         var q = Step(Chase(programmatic: false), Gemv());
         Assert.That((q.Launches[1].Overlap!.Bytes, q.Launches[1].Overlap!.Limit), Is.EqualTo((0L, OverlapLimit.NoEarlyTrigger)));
-        Near(q.GapUs, 1.5, "the node itself is still programmatic");
+        Assert.That(q.ProgrammaticNodes, Is.EqualTo(0));
+        Near(q.GapUs, 2, "launched when the predecessor's CTAs exit: the full gap");
+        Near(q.Launches[1].Microseconds, 2.4, "on its own");
+        Assert.That(StepPredictor.Table(q, "context 9", null), Does.Contain("+ 2 graph node(s): 2 x 1 us, 0 programmatic x 0.5 us")
+            .And.Contain("1 programmatic launch(es) after a kernel that does not trigger early (full gap, no overlap)"));
 
         var s = Step(Chase() with { InGraph = false }, Gemv() with { InGraph = false });
         Assert.That(s.Launches.All(l => l.Overlap is null) && s.ProgrammaticNodes == 0, "stream launches are not modelled as programmatic");
@@ -213,8 +220,8 @@ public class PdlTimingModelTests
 
     /// <summary>
     /// Scaling a 2-layer step [embed | a, memset, b | a, memset, b | head] to 3 layers: the launches are predicted again in
-    /// their new order. The first layer's `a` follows the embedding (launched without the attribute: no overlap), the
-    /// others follow the previous layer's `b`; each `b` follows a memset (a plain node); `head` follows the last `b`.
+    /// their new order. The first layer's `a` follows the embedding (launched without the attribute: no overlap, full gap),
+    /// the others follow the previous layer's `b`; each `b` follows a memset (a plain node); `head` follows the last `b`.
     /// </summary>
     [Test]
     public void ScaleLayers_RecomputesTheChainInTheNewOrder()
@@ -225,14 +232,14 @@ public class PdlTimingModelTests
         var head = Gemv("head", grid: 40);
         var ops = new List<DeviceOperation> { new(DeviceOperationKind.Memset, 8, true, 2), new(DeviceOperationKind.Memset, 8, true, 4) };
         var p = StepPredictor.Predict(Toy, "decode", 1, 2, [embed, A(), B(), A(), B(), head], ops, r => r.Kernel is "a" or "head" ? Regs32 : Regs16);
-        Assert.That(p.ProgrammaticNodes, Is.EqualTo(3), "a, a, head");
+        Assert.That(p.ProgrammaticNodes, Is.EqualTo(2), "the second a, head");
         var s = StepPredictor.ScaleLayers(p, 3);
         Assert.That(s.Launches.Select(l => l.Kernel), Is.EqualTo(new[] { "embed", "a", "b", "a", "b", "a", "b", "head" }));
         Assert.That(s.Operations.Select(o => o.LaunchesBefore), Is.EqualTo(new[] { 2, 4, 6 }), "each memset stays before its layer's b");
         Assert.That(s.Launches.Select(l => l.Overlap?.Limit), Is.EqualTo(new OverlapLimit?[]
             { null, OverlapLimit.NoEarlyTrigger, null, OverlapLimit.PreWaitBytes, null, OverlapLimit.PreWaitBytes, null, OverlapLimit.PreWaitBytes }));
-        Assert.That((s.GraphNodes, s.ProgrammaticNodes), Is.EqualTo((11, 4)));
-        Near(s.GapUs, 7 * 1 + 4 * 0.5, "seven plain nodes (embed, three b, three memsets), four programmatic");
+        Assert.That((s.GraphNodes, s.ProgrammaticNodes), Is.EqualTo((11, 3)));
+        Near(s.GapUs, 8 * 1 + 3 * 0.5, "eight plain nodes (embed, the first a, three b, three memsets), three programmatic");
         Assert.That(s.OverlapBytes, Is.EqualTo(3 * 491_520L), "two later a's and the head");
         Near(s.KernelUs, p.Launches[0].Microseconds + 3 * p.Launches[2].Microseconds + p.Launches[1].Microseconds + 2 * p.Launches[3].Microseconds + p.Launches[5].Microseconds,
             "embed, three b, the first a on its own, two overlapped a, the head");

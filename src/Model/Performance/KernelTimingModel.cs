@@ -69,7 +69,10 @@ public enum OverlapLimit
     PredecessorDram,
     /// <summary>The L2 share data may occupy before it is evicted.</summary>
     L2Capacity,
-    /// <summary>The predecessor was not launched programmatically, so it is taken not to call griddepcontrol.launch_dependents: the kernel starts only as it exits.</summary>
+    /// <summary>
+    /// The predecessor was not launched programmatically, so it is taken not to call griddepcontrol.launch_dependents: the
+    /// kernel is launched only as the predecessor's CTAs exit, so nothing overlaps and the node keeps the full graph-node gap.
+    /// </summary>
     NoEarlyTrigger,
 }
 
@@ -192,8 +195,8 @@ public static class KernelTimingModel
 
     /// <summary>
     /// Predicts one launch on <paramref name="g"/>. <paramref name="overlappedBytes"/> of its DRAM bytes were fetched into
-    /// L2 while the kernel before it ran (programmatic dependent launch): they leave its DRAM term, and the same share of
-    /// its DRAM round trips becomes L2 round trips (each trip is taken to carry the same bytes).
+    /// L2 while the kernel before it ran (programmatic dependent launch): they count as L2 bytes instead of DRAM bytes, and
+    /// the same share of its DRAM round trips becomes L2 round trips (each trip is taken to carry the same bytes).
     /// </summary>
     public static KernelPrediction Predict(LaunchRecord r, KernelResources res, GpuSpec g, long overlappedBytes = 0)
     {
@@ -212,6 +215,7 @@ public static class KernelTimingModel
         long overlapped = Math.Clamp(overlappedBytes, 0, dram);
         double kept = dram > 0 ? (double)(dram - overlapped) / dram : 1;
         dram -= overlapped;
+        l2 += overlapped;   // in L2 when the kernel loads them after the wait (a prefetch is no load request: no re-read counted)
 
         long warps = Math.Max(1, r.Warps > 0 ? r.Warps : ctas * occ.WarpsPerBlock);
         double dramPerCta = (double)dram / ctas, l2PerCta = (double)l2 / ctas;

@@ -27,8 +27,11 @@ public sealed record StepPrediction
     public int StreamNodes => Launches.Count(l => !l.Launch.InGraph) + Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.Memset or DeviceOperationKind.CopyDeviceToDevice);
     /// <summary>Host-device copies outside graphs (the step's inputs and its result).</summary>
     public int HostCopies => Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost);
-    /// <summary>Graph nodes launched with programmatic dependent launch right after a kernel of the same graph: the shorter gap.</summary>
-    public int ProgrammaticNodes => Launches.Count(l => l.Overlap is not null);
+    /// <summary>
+    /// Graph nodes launched with programmatic dependent launch right after a kernel of the same graph that triggers its
+    /// dependents early: the shorter gap. (One after a kernel that does not trigger keeps the full gap.)
+    /// </summary>
+    public int ProgrammaticNodes => Launches.Count(l => l.Overlap is { Limit: not OverlapLimit.NoEarlyTrigger });
     /// <summary>Pre-wait bytes of the programmatic nodes fetched while the kernel before each ran.</summary>
     public long OverlapBytes => Launches.Sum(l => l.Overlap?.Bytes ?? 0);
     public double KernelUs => Launches.Sum(l => l.Microseconds);
@@ -59,9 +62,10 @@ public static class StepPredictor
 
     /// <summary>
     /// The launches predicted in order. A launch is a programmatic graph node when it was launched programmatically, it and
-    /// the launch before it ran in a graph, and no other operation (memset, copy) came between them; such a node gets
-    /// <see cref="GpuSpec.PdlNodeGapUs"/> and its pre-wait bytes may stream in the shadow of the launch before it, as that
-    /// one was predicted (its own overlap included): <see cref="KernelTimingModel.PrefetchOverlap"/>.
+    /// the launch before it ran in a graph, and no other operation (memset, copy) came between them; if that launch
+    /// triggers early (it was itself launched programmatically), the node gets <see cref="GpuSpec.PdlNodeGapUs"/> and its
+    /// pre-wait bytes may stream in the shadow of the launch before it, as that one was predicted (its own overlap
+    /// included): <see cref="KernelTimingModel.PrefetchOverlap"/>.
     /// </summary>
     public static IReadOnlyList<KernelPrediction> PredictLaunches(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches,
         IReadOnlyList<DeviceOperation> operations)
@@ -145,7 +149,7 @@ public static class StepPredictor
         var sb = new StringBuilder();
         var g = p.Gpu;
         sb.Append(inv, $"{p.Name} ({p.Tokens} token(s), {context}, {p.Layers} layer(s)) on {g.Name}: PREDICTED by the timing model (docs/timing-model.md), not measured\n");
-        bool pdl = p.ProgrammaticNodes > 0;   // the overlap column only for steps with programmatic nodes
+        bool pdl = p.Launches.Any(l => l.Overlap is not null);   // the overlap column only for steps with programmatic launches
         sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"block",7}{"regs",6}{"blk/SM",7}{"waves",7}{"DRAM",11}{"L2",10}{(pdl ? $"{"overlap",10}" : "")}{"trips",7}{"inflight/SM",12}{"bound",9}{"pred us",10}{"pred %",8}\n");
         double total = p.TotalUs;
         foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes)))
@@ -172,7 +176,7 @@ public static class StepPredictor
             string Count(OverlapLimit limit) => prefetching.Count(o => o.Limit == limit).ToString(inv);
             sb.Append(inv, $"  programmatic dependent launch: {ByteSize.Format(p.OverlapBytes)} of {ByteSize.Format(chained.Sum(o => o.PreWaitBytes))} pre-wait bytes fetched while the kernel before ran, ");
             sb.Append(inv, $"saving {p.Launches.Sum(l => l.IsolatedMicroseconds - l.Microseconds):F1} us of kernel time; of the {prefetching.Count} programmatic node(s) with pre-wait bytes, {Count(OverlapLimit.PreWaitBytes)} overlapped fully, ");
-            sb.Append(inv, $"{Count(OverlapLimit.Residency)} limited by residency, {Count(OverlapLimit.PredecessorDram)} by the predecessor's DRAM, {Count(OverlapLimit.L2Capacity)} by L2, {Count(OverlapLimit.NoEarlyTrigger)} after a non-programmatic kernel\n");
+            sb.Append(inv, $"{Count(OverlapLimit.Residency)} limited by residency, {Count(OverlapLimit.PredecessorDram)} by the predecessor's DRAM, {Count(OverlapLimit.L2Capacity)} by L2; {chained.Count(o => o.Limit == OverlapLimit.NoEarlyTrigger)} programmatic launch(es) after a kernel that does not trigger early (full gap, no overlap)\n");
         }
         if (minimumBytes is long min)
         {
