@@ -214,6 +214,7 @@ public class PdlTimingModelTests
         string gemvRow = table.Split('\n').Single(l => l.TrimStart().StartsWith("gemv", StringComparison.Ordinal));
         Assert.That(System.Text.RegularExpressions.Regex.Matches(gemvRow, "480.0 KiB").Count, Is.EqualTo(2), "the GEMV's L2 bytes and its overlapped bytes");
         Assert.That(gemvRow, Does.Contain("8.3 KiB"), "its DRAM bytes left");
+        Assert.That(gemvRow, Does.Contain(" prefetch "), "no Little's-law bytes in flight for a kernel with pre-wait bytes");
         Assert.That(table, Does.Contain("programmatic dependent launch: 480.0 KiB of 480.0 KiB pre-wait bytes fetched while the kernel before ran, saving 1.2 us"));
         Assert.That(table, Does.Contain("of the 1 programmatic node(s) with pre-wait bytes, 1 overlapped fully, 0 limited by residency, 0 by the predecessor's DRAM"));
     }

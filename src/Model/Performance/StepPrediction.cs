@@ -160,8 +160,11 @@ public static class StepPredictor
             string waves = f.TailCtas > 0 ? $"{f.FullWaves}+t" : $"{f.FullWaves}";
             double trips = (double)grp.Sum(x => x.Launch.MaxWarpDramRoundTrips + x.Launch.MaxWarpL2RoundTrips) / count;
             sb.Append(inv, $"  {Trim(f.Kernel, 25),-26}{count,9}{f.Launch.Grid.ToString(),8}{f.Launch.Block.ToString(),7}{f.Resources.RegistersPerThread,6}{f.Occupancy.BlocksPerSm,7}{waves,7}");
+            // a kernel that prefetches its weights before griddepcontrol.wait has almost no DRAM round trips left: its bytes per
+            // trip, so its Little's-law bytes in flight, say nothing (the prefetches keep its bytes in flight)
+            string inflight = f.Launch.PreWaitSectors > 0 ? "prefetch" : ByteSize.Format((long)f.InFlightBytesPerSm);
             string overlap = pdl ? $"{ByteSize.Format(grp.Sum(x => x.Overlap?.Bytes ?? 0)),10}" : "";
-            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{overlap}{trips,7:F0}{ByteSize.Format((long)f.InFlightBytesPerSm),12}{f.Bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
+            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{overlap}{trips,7:F0}{inflight,12}{f.Bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
         }
         string nodes = pdl
             ? $"{p.GraphNodes} graph node(s): {p.GraphNodes - p.ProgrammaticNodes} x {g.GraphNodeGapUs} us, {p.ProgrammaticNodes} programmatic x {g.PdlNodeGapUs} us"
