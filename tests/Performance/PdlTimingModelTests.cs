@@ -134,6 +134,27 @@ public class PdlTimingModelTests
         Assert.That(p.Launches[1].DramBytes, Is.EqualTo(1_000_000 - 491_520));
     }
 
+    /// <summary>
+    /// A predecessor of two waves: 100 latency-bound CTAs of 8 warps (8 per SM: a full wave of 80, a tail of 20; 10 trips
+    /// per warp, 5.1 us a wave, 8000 bytes a CTA). The dependent starts only when the last CTAs have started, so it
+    /// shares the SMs with the tail (2 CTAs per SM leave room for 12 GEMV CTAs, not 0 as beside the full wave) and the
+    /// tail's time: spare (5100 - 500) ns x 800 GB/s - 20 x 8000 = 3520000 bytes; the GEMV's 480 KiB overlap whole.
+    /// </summary>
+    [Test]
+    public void AMultiWavePredecessor_TheLastWaveIsTheWindow()
+    {
+        var p = Step(Launch("waves", 100, 256, 800_000, 10, 50), Gemv());
+        var pred = p.Launches[0];
+        Assert.That((pred.FullWaves, pred.TailCtas, pred.LastWaveCtas), Is.EqualTo((1L, 20L, 20L)));
+        Near(pred.LastWaveUs, 5.1, "the tail wave");
+        Near(pred.Microseconds, 10.2, "two waves");
+        Assert.That(KernelTimingModel.BlocksBeside(Toy, p.Launches[1], pred, 8), Is.EqualTo(0), "beside the full wave");
+        Assert.That(KernelTimingModel.BlocksBeside(Toy, p.Launches[1], pred, 2), Is.EqualTo(12), "beside the tail");
+        var o = p.Launches[1].Overlap!;
+        Assert.That(o.SpareDramBytes, Is.EqualTo(3_520_000).Within(1));
+        Assert.That((o.ResidentCtas, o.Bytes, o.Limit), Is.EqualTo((20L, 491_520L, OverlapLimit.PreWaitBytes)));
+    }
+
     /// <summary>960 KiB of pre-wait bytes after the idle pointer chase: only the L2 cap, 524288 bytes, overlaps.</summary>
     [Test]
     public void TheL2Cap_LimitsTheOverlap()
