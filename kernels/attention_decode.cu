@@ -23,7 +23,9 @@
 // attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
 //   warp w sums splits w, w + 8, ... (8 splits' loads per round trip), the 8 warp sums added in a fixed order.
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
-// Variants: this one only; the CPU reference in tests/Kernels is its oracle.
+// attn_decode_fused (below): the decode step's single attention node, rope.cu's prologue before the split loop and the
+//   combine in the last CTA; the pair above (with qk_norm_rope_kv_write) is its bitwise oracle and the multi-row-run path.
+// Variants: these; the CPU reference in src/Model/Selftest is their oracle.
 #include "common.cuh"
 // KV_FP8=1: the cache holds FP8 E4M3 codes (one byte per element, per-layer scale 1; docs/formats.md), decoded
 // exactly to bf16 as they are loaded; everything after the load is the bf16 kernel. KV bytes read are halved.
@@ -84,25 +86,18 @@ __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
     return r;
 }
 
-extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(AttnDecodeParams p)
+// One split's online softmax (attn_decode_split and attn_decode_fused): keys [begin, end) of row `seq` for the query heads
+// of KV head kvh, whose pre-scaled q is in q_s [DEC_MAX_GROUP][HEAD_DIM]; k_s / v_s are the caller's tile buffers. Key
+// new_key (NEW_KEY and >= 0: attn_decode_fused's own token) is taken from knew_s / vnew_s and never loaded from the cache.
+// Writes bf16 `out` (splits == 1) or the split's normalised fp32 partial output and log2-sum-exp.
+template <bool NEW_KEY>
+__device__ __forceinline__ void attn_split_range(
+    const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
+    int num_q_heads, int num_kv_heads, int splits, float* partial_out, float* partial_lse, bf16* out, int out_stride,
+    int seq, int kvh, int split, int group, int begin, int end, const float* q_s, bf16* k_s, bf16* v_s,
+    int new_key, const bf16* knew_s, const bf16* vnew_s)
 {
-    __shared__ __align__(16) bf16 k_s[DEC_TILE * DEC_KSTRIDE];
-    __shared__ __align__(16) bf16 v_s[DEC_TILE * HEAD_DIM];
-    __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
-
-    const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int group = p.num_q_heads / p.num_kv_heads;
-    const int len = p.context_lens[seq];
-    const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
-    const int begin = split * chunk;
-    const int end = min(len, begin + chunk);
-
-    // q of the whole group, pre-scaled into the log2 domain
-    const bf16* q = p.q + (size_t)seq * p.q_stride + (size_t)kvh * group * HEAD_DIM;
-    for (int i = tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS)
-        q_s[i] = i < group * HEAD_DIM ? bf16_to_f32(q[i]) * p.scale_log2 : 0.f;
-
     const int h0 = warp * 2;                 // this warp's two group heads (h0 + 1 may be >= group)
     float m[2] = {-QC_INF, -QC_INF}, l[2] = {0.f, 0.f};
     float acc[2][DEC_E];
@@ -111,14 +106,14 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
 #pragma unroll
         for (int e = 0; e < DEC_E; e++) acc[h][e] = 0.f;
 
-    const int* table = p.block_table + (size_t)seq * p.max_pages_per_seq;
+    const int* table = block_table + (size_t)seq * max_pages_per_seq;
     uint4 k_reg[DEC_LOADS], v_reg[DEC_LOADS];
     int page[DEC_LOADS];                     // block-table entries of this thread's rows in the next tile to load
     auto load_pages = [&](int t0) {
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
             const int row = (tid + r * DEC_THREADS) / DEC_ROW_CHUNKS, key = t0 + row;
-            page[r] = DEC_ROW_OK(row) && key < end ? table[key / p.page_size] : 0;
+            page[r] = DEC_ROW_OK(row) && key < end ? table[key / page_size] : 0;
         }
     };
     // Loads tile t0 (its pages are in page[]) and the pages of the tile after it, in the same round trip: the
@@ -128,15 +123,15 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         for (int r = 0; r < DEC_LOADS; r++) {
             const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
             const int key = t0 + row;
-            if (DEC_ROW_OK(row) && key < end) {
-                const int slot = page[r] * p.page_size + key % p.page_size;
-                const size_t off = ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + col * 8;
+            if (DEC_ROW_OK(row) && key < end && !(NEW_KEY && key == new_key)) {
+                const int slot = page[r] * page_size + key % page_size;
+                const size_t off = ((size_t)slot * num_kv_heads + kvh) * HEAD_DIM + col * 8;
 #if KV_FP8
-                k_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.k_cache) + off)));
-                v_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(p.v_cache) + off)));
+                k_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(k_cache) + off)));
+                v_reg[r] = e4m3x8_to_bf16(__ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(v_cache) + off)));
 #else
-                k_reg[r] = ldg_nc_v4(p.k_cache + off);
-                v_reg[r] = ldg_nc_v4(p.v_cache + off);
+                k_reg[r] = ldg_nc_v4(k_cache + off);
+                v_reg[r] = ldg_nc_v4(v_cache + off);
 #endif
             } else {
                 k_reg[r] = make_uint4(0, 0, 0, 0);
@@ -155,8 +150,13 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         for (int r = 0; r < DEC_LOADS; r++) {
             const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
             if (!DEC_ROW_OK(row)) continue;
-            *reinterpret_cast<uint4*>(&k_s[row * DEC_KSTRIDE + col * 8]) = k_reg[r];
-            *reinterpret_cast<uint4*>(&v_s[row * HEAD_DIM + col * 8]) = v_reg[r];
+            uint4 kq = k_reg[r], vq = v_reg[r];
+            if (NEW_KEY && t0 + row == new_key) {   // the step's own token: from the prologue, never from the cache
+                kq = *reinterpret_cast<const uint4*>(&knew_s[col * 8]);
+                vq = *reinterpret_cast<const uint4*>(&vnew_s[col * 8]);
+            }
+            *reinterpret_cast<uint4*>(&k_s[row * DEC_KSTRIDE + col * 8]) = kq;
+            *reinterpret_cast<uint4*>(&v_s[row * HEAD_DIM + col * 8]) = vq;
         }
         __syncthreads();
         if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE);   // next tile in flight during the math
@@ -217,8 +217,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
         const int head = kvh * group + gh;
         if (!DEC_STORES(lane)) continue;
         const float inv_l = l[h] > 0.f ? 1.f / l[h] : 0.f;
-        if (p.splits == 1) {
-            bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + DEC_DIM0(lane);
+        if (splits == 1) {
+            bf16* o = out + (size_t)seq * out_stride + (size_t)head * HEAD_DIM + DEC_DIM0(lane);
 #if DEC_E == 1
             o[0] = f32_to_bf16(acc[h][0] * inv_l);
 #else
@@ -227,8 +227,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
                 *reinterpret_cast<bf16x2*>(o + e) = pack_bf16x2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
 #endif
         } else {
-            const size_t row = ((size_t)seq * p.num_q_heads + head) * p.splits + split;
-            float* o = p.partial_out + row * HEAD_DIM + DEC_DIM0(lane);
+            const size_t row = ((size_t)seq * num_q_heads + head) * splits + split;
+            float* o = partial_out + row * HEAD_DIM + DEC_DIM0(lane);
 #if DEC_E == 1
             o[0] = acc[h][0] * inv_l;
 #else
@@ -236,9 +236,34 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
             for (int e = 0; e < DEC_E; e += 2)
                 *reinterpret_cast<float2*>(o + e) = make_float2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
 #endif
-            if (lane == 0) p.partial_lse[row] = l[h] > 0.f ? m[h] + __log2f(l[h]) : -QC_INF;
+            if (lane == 0) partial_lse[row] = l[h] > 0.f ? m[h] + __log2f(l[h]) : -QC_INF;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(AttnDecodeParams p)
+{
+    __shared__ __align__(16) bf16 k_s[DEC_TILE * DEC_KSTRIDE];
+    __shared__ __align__(16) bf16 v_s[DEC_TILE * HEAD_DIM];
+    __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
+
+    const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    const int tid = threadIdx.x;
+    const int group = p.num_q_heads / p.num_kv_heads;
+    const int len = p.context_lens[seq];
+    const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+    const int begin = split * chunk;
+    const int end = min(len, begin + chunk);
+
+    // q of the whole group, pre-scaled into the log2 domain
+    const bf16* q = p.q + (size_t)seq * p.q_stride + (size_t)kvh * group * HEAD_DIM;
+    for (int i = tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS)
+        q_s[i] = i < group * HEAD_DIM ? bf16_to_f32(q[i]) * p.scale_log2 : 0.f;
+
+    __syncthreads();
+    attn_split_range<false>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
+                            p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, q_s, k_s, v_s,
+                            -1, nullptr, nullptr);
 }
 
 // Combine: grid (seqs, nH), 256 threads. All threads find the largest lse over the splits; warp w then sums splits
@@ -300,3 +325,247 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
         p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(z > 0.f ? n / z : 0.f);
     }
 }
+
+// attn_decode_fused: one node per layer for decode rows whose earlier keys all come from earlier steps (one row per
+// sequence: the captured decode graph). Grid (splits, nKV, seqs), 128 threads, the split loop of attn_decode_split;
+// around it:
+//   Prologue: the CTA normalises and rotates its row's q heads of the group and the k head, and takes the v head, from
+//   the qkv GEMV's output with rope.cu's arithmetic (rope.cuh; cos / sin of the D/2 frequencies computed once per CTA
+//   into shared memory), so q, K and V are bitwise qk_norm_rope_kv_write's. Warp w takes the rows w, w + 4, w + 8 of
+//   (q heads of the group | k | v), all loads issued before any arithmetic. Split 0 writes the new K and V into the
+//   paged cache at slot_mapping[seq] (slot < 0: padding, nothing) and q to q_out when it is given; the CTA whose range
+//   holds the new key (len - 1) takes its K and V rows from shared memory, and no CTA loads that key from the cache,
+//   so the launch has no write-read race on it.
+//   Combine: with splits > 1 each CTA writes its partials, fences and takes a ticket for (row, KV head); the last one
+//   (it resets the ticket) merges the group's heads with attn_decode_combine's arithmetic: warp w plays that kernel's
+//   warps w and w + 4 (splits w, w + 8, ... in order), COMB_HEADS heads per pass (the partial sums staged in the tile
+//   buffers), the 8 sums added in the same fixed order, so the output is bitwise split + combine's. tickets[] are zero
+//   before the first launch (cleared once with the workspace) and left zero.
+// Bytes moved: attn_decode_split's + the qkv rows (splits x (group + 2) x D x 2 per (row, KV head), from L2) + the new K
+// and V (written once) + the partials read back by the last CTAs, one ticket per (row, KV head).
+// Compiled for the head sizes rope.cu supports (16, 32, 64, 128, 256).
+struct AttnDecodeFusedParams {
+    const bf16* qkv;           // [seqs, qkv_stride] bf16: q heads | k heads | v heads (the qkv projection)
+    bf16* q_out;               // [seqs, q_out_stride] bf16 normalised + rotated q, or null (not written)
+    bf16* k_cache;             // [pages, page_size, nKV, D] bf16 (or E4M3 codes, KV_FP8): read, and the new key written
+    bf16* v_cache;             // [pages, page_size, nKV, D]
+    const bf16* q_norm_weight; // [D]
+    const bf16* k_norm_weight; // [D]
+    const float* inv_freq;     // [D / 2] fp32, or [seqs, D / 2] when inv_freq_per_token
+    const int* positions;      // [seqs] the new token's position (= context_lens - 1)
+    const int* slot_mapping;   // [seqs] cache slot of the new token; < 0: not written
+    const int* block_table;    // [seqs, max_pages_per_seq] int32
+    const int* context_lens;   // [seqs] keys 0 .. len-1, the new token (key len-1) included
+    float* partial_out;        // [seqs, nH, splits, D] fp32 (splits > 1)
+    float* partial_lse;        // [seqs, nH, splits] fp32, log2 domain (splits > 1)
+    int* tickets;              // [seqs, nKV] (splits > 1) zero on entry, left zero
+    bf16* out;                 // [seqs, out_stride] bf16
+    int seqs;
+    int num_q_heads;
+    int num_kv_heads;
+    int page_size;
+    int max_pages_per_seq;
+    int splits;
+    int qkv_stride;            // elements
+    int q_out_stride;          // elements
+    int out_stride;            // elements
+    float scale_log2;          // D^-0.5 * log2(e)
+    float eps;                 // q / k RMSNorm epsilon
+    float attention_scaling;   // RoPE cos / sin factor (YaRN; 1 otherwise)
+    int inv_freq_per_token;    // 0: one shared table; 1: row seq of inv_freq (dynamic NTK)
+};
+
+#if HEAD_DIM == 16 || HEAD_DIM == 32 || HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256
+#include "rope.cuh"
+
+#define COMB_HEADS 4                                                   // heads merged per pass of the last CTA
+#define FUSED_TILE_BYTES (DEC_TILE * DEC_KSTRIDE * 2 + DEC_TILE * HEAD_DIM * 2)
+#define FUSED_COMB_BYTES (COMB_HEADS * COMB_WARPS * (HEAD_DIM + 1) * 4)
+#define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES ? FUSED_TILE_BYTES : FUSED_COMB_BYTES)
+
+__device__ __forceinline__ float ld_cg_f32(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ float2 ld_cg_f32x2(const float* p)
+{
+    float2 v;
+    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p) : "memory");
+    return v;
+}
+
+// The last CTA of (seq, kvh): attn_decode_combine for the group's heads (see the header above). tiles_s is free.
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, unsigned char* tiles_s, float* mx_s)
+{
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // first head's row in [seqs * nH]
+    for (int h = warp; h < group; h += DEC_THREADS / 32) {                    // the largest lse of each head
+        float mx = -QC_INF;
+        for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, ld_cg_f32(p.partial_lse + (head0 + h) * p.splits + s));
+        mx = warp_max(mx);
+        if (lane == 0) mx_s[h] = mx;
+    }
+    __syncthreads();
+    float* num_s = reinterpret_cast<float*>(tiles_s);                // [COMB_HEADS][COMB_WARPS][HEAD_DIM]
+    float* den_s = num_s + COMB_HEADS * COMB_WARPS * HEAD_DIM;       // [COMB_HEADS][COMB_WARPS]
+    for (int hp = 0; hp < group; hp += COMB_HEADS) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int vw = warp + half * (DEC_THREADS / 32);          // attn_decode_combine's warp
+            float num[COMB_HEADS][DEC_E], den[COMB_HEADS];
+#pragma unroll
+            for (int hh = 0; hh < COMB_HEADS; hh++) {
+                den[hh] = 0.f;
+#pragma unroll
+                for (int e = 0; e < DEC_E; e++) num[hh][e] = 0.f;
+            }
+#pragma unroll 2
+            for (int s = vw; s < p.splits; s += COMB_WARPS) {
+#pragma unroll
+                for (int hh = 0; hh < COMB_HEADS; hh++) {
+                    const int h = hp + hh;
+                    if (h >= group) continue;
+                    const float mx = mx_s[h];
+                    if (!(mx > -QC_INF)) continue;
+                    const size_t row = (head0 + h) * p.splits + s;
+                    const float lse = ld_cg_f32(p.partial_lse + row);
+                    const float* o = p.partial_out + row * HEAD_DIM + DEC_DIM0(lane);
+                    float v[DEC_E];
+#if DEC_E == 1
+                    v[0] = ld_cg_f32(o);
+#else
+#pragma unroll
+                    for (int e = 0; e < DEC_E; e += 2) {
+                        const float2 t = ld_cg_f32x2(o + e);
+                        v[e] = t.x;
+                        v[e + 1] = t.y;
+                    }
+#endif
+                    const float w = lse == -QC_INF ? 0.f : exp2f(lse - mx);   // an empty split's partial is 0
+                    den[hh] += w;
+#pragma unroll
+                    for (int e = 0; e < DEC_E; e++) num[hh][e] += w * v[e];
+                }
+            }
+#pragma unroll
+            for (int hh = 0; hh < COMB_HEADS; hh++) {
+                if (DEC_STORES(lane)) {
+#pragma unroll
+                    for (int e = 0; e < DEC_E; e++) num_s[(hh * COMB_WARPS + vw) * HEAD_DIM + DEC_DIM0(lane) + e] = num[hh][e];
+                }
+                if (lane == 0) den_s[hh * COMB_WARPS + vw] = den[hh];
+            }
+        }
+        __syncthreads();
+        const int heads = min(COMB_HEADS, group - hp);
+        for (int i = tid; i < heads * HEAD_DIM; i += DEC_THREADS) {
+            const int hh = i / HEAD_DIM, d = i % HEAD_DIM;
+            float n = 0.f, z = 0.f;
+#pragma unroll
+            for (int w = 0; w < COMB_WARPS; w++) { n += num_s[(hh * COMB_WARPS + w) * HEAD_DIM + d]; z += den_s[hh * COMB_WARPS + w]; }
+            p.out[(size_t)seq * p.out_stride + (size_t)(kvh * group + hp + hh) * HEAD_DIM + d] = f32_to_bf16(z > 0.f ? n / z : 0.f);
+        }
+        __syncthreads();   // num_s is overwritten by the next pass
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(AttnDecodeFusedParams p)
+{
+    __shared__ __align__(16) unsigned char tiles_s[FUSED_SMEM_BYTES];   // K / V tiles; the last CTA's combine sums
+    __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
+    __shared__ __align__(16) bf16 knew_s[HEAD_DIM];
+    __shared__ __align__(16) bf16 vnew_s[HEAD_DIM];
+    __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
+    __shared__ float mx_s[DEC_MAX_GROUP];
+    __shared__ int is_last;
+
+    const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int group = p.num_q_heads / p.num_kv_heads;
+
+    const int len = p.context_lens[seq];
+    const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+    const int begin = split * chunk;
+    const int end = min(len, begin + chunk);
+    const int new_key = len - 1;
+    const bool writer = split == 0;                       // writes the new K / V (and q_out)
+    const bool holds_new = begin <= new_key && new_key < end;
+    const bool need_kv = writer || holds_new;
+
+    // Prologue loads: rows w, w + 4, w + 8 of (q heads of the group | k | v) for warp w, all issued first.
+    const int tasks = group + 2;
+    const bf16* qkv = p.qkv + (size_t)seq * p.qkv_stride;
+    float x[3][ROPE_E];
+#pragma unroll
+    for (int r = 0; r < 3; r++) {
+        const int task = warp + 4 * r;
+#pragma unroll
+        for (int e = 0; e < ROPE_E; e++) x[r][e] = 0.f;
+        const bool needed = task < group ? begin < end : task < tasks && need_kv;
+        if (!needed || !ROPE_ACTIVE(lane)) continue;
+        const int col = task < group ? (kvh * group + task) * HEAD_DIM
+                      : task == group ? (p.num_q_heads + kvh) * HEAD_DIM : (p.num_q_heads + p.num_kv_heads + kvh) * HEAD_DIM;
+        load_row(qkv + col + lane * ROPE_E, x[r]);
+    }
+    const float pos = (float)p.positions[seq];
+    const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)seq * (HEAD_DIM / 2) : 0);
+    for (int j = tid; j < HEAD_DIM / 2; j += DEC_THREADS) rope_cos_sin(pos, __ldg(&inv_freq[j]), p.attention_scaling, cos_s[j], sin_s[j]);
+    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
+    const int slot = p.slot_mapping[seq];
+    __syncthreads();
+
+    const bool first_half = lane < ROPE_HALF;
+#pragma unroll
+    for (int r = 0; r < 3; r++) {
+        const int task = warp + 4 * r;                    // warp-uniform
+        const bool is_q = task < group, is_k = task == group;
+        if (task >= tasks || (is_q ? begin >= end : !need_kv)) continue;
+        if (!is_q && !is_k) {                             // v: as loaded
+            if (!ROPE_ACTIVE(lane)) continue;
+            store_kv_readback(vnew_s + lane * ROPE_E, x[r]);
+            if (writer && slot >= 0) STORE_KV(p.v_cache, ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x[r]);
+            continue;
+        }
+        rope_rmsnorm_row(x[r], is_q ? p.q_norm_weight : p.k_norm_weight, p.eps, lane);
+        float y[ROPE_E];
+#pragma unroll
+        for (int e = 0; e < ROPE_E; e++) {
+            const int j = (lane & (ROPE_HALF - 1)) * ROPE_E + e;
+            const float partner = __shfl_xor_sync(0xffffffffu, x[r][e], ROPE_HALF);
+            y[e] = rope_rotate(x[r][e], partner, first_half, cos_s[j], sin_s[j]);
+        }
+        if (!ROPE_ACTIVE(lane)) continue;
+        if (is_q) {
+#pragma unroll
+            for (int e = 0; e < ROPE_E; e++) q_s[task * HEAD_DIM + lane * ROPE_E + e] = y[e] * p.scale_log2;
+            if (writer && p.q_out)
+                store_row(p.q_out + (size_t)seq * p.q_out_stride + (size_t)(kvh * group + task) * HEAD_DIM + lane * ROPE_E, y);
+        } else {
+            store_kv_readback(knew_s + lane * ROPE_E, y);
+            if (writer && slot >= 0) STORE_KV(p.k_cache, ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, y);
+        }
+    }
+    __syncthreads();
+
+    bf16* k_s = reinterpret_cast<bf16*>(tiles_s);
+    bf16* v_s = k_s + DEC_TILE * DEC_KSTRIDE;
+    attn_split_range<true>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
+                           p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, q_s, k_s, v_s,
+                           holds_new ? new_key : -1, knew_s, vnew_s);
+    if (p.splits == 1) return;
+
+    // Ticket: the last CTA of (seq, kvh) combines.
+    int* ticket = p.tickets + (size_t)seq * p.num_kv_heads + kvh;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(ticket, 1) == p.splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    fused_combine(p, seq, kvh, group, tiles_s, mx_s);
+    if (tid == 0) *ticket = 0;
+}
+#endif

@@ -33,16 +33,13 @@
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
 #endif
-#if HEAD_DIM == 16
-#define ROPE_LANES 16                // lanes holding the row; the rest hold zeros
-#define ROPE_ACTIVE(lane) ((lane) < 16)
-#else
-#define ROPE_LANES 32
-#define ROPE_ACTIVE(lane) true
+#ifndef KV_FP8
+#define KV_FP8 0
 #endif
-#define ROPE_E (HEAD_DIM / ROPE_LANES)
-#define ROPE_HALF (ROPE_LANES / 2)   // the rotate-half partner is in lane ^ ROPE_HALF
-static_assert(HEAD_DIM == 16 || HEAD_DIM == 32 || HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM must be 16, 32, 64, 128 or 256");
+#if KV_FP8
+#include "quant.cuh"
+#endif
+#include "rope.cuh"   // load_row / store_row / STORE_KV and the norm / rotate arithmetic (shared with attention_decode.cu)
 
 struct QkNormRopeParams {
     const bf16* qkv;            // [tokens, qkv_stride] bf16: q heads | k heads | v heads
@@ -63,65 +60,6 @@ struct QkNormRopeParams {
     float attention_scaling;
     int inv_freq_per_token;     // 0: one shared table [D/2]; 1: one row per token [tokens, D/2]
 };
-
-template <int E> struct RowVec;
-template <> struct RowVec<2> { typedef unsigned int T; };
-template <> struct RowVec<4> { typedef uint2 T; };
-template <> struct RowVec<8> { typedef uint4 T; };
-
-__device__ __forceinline__ void load_row(const bf16* src, float (&x)[ROPE_E])
-{
-#if ROPE_E == 1
-    x[0] = bf16_to_f32(*src);
-#else
-    const unsigned int* s = reinterpret_cast<const unsigned int*>(src);
-    unsigned int w[ROPE_E / 2];
-    typedef typename RowVec<ROPE_E>::T V;
-    *reinterpret_cast<V*>(w) = *reinterpret_cast<const V*>(s);
-#pragma unroll
-    for (int i = 0; i < ROPE_E / 2; i++) { x[2 * i] = bf16x2_lo(w[i]); x[2 * i + 1] = bf16x2_hi(w[i]); }
-#endif
-}
-
-#ifndef KV_FP8
-#define KV_FP8 0
-#endif
-#if KV_FP8
-#include "quant.cuh"
-// The FP8 KV variant of store_row for the cache: the bf16 rounding the bf16 cache stores, then the E4M3 code.
-__device__ __forceinline__ void store_kv_row(bf16* cache, size_t element, const float (&x)[ROPE_E])
-{
-    unsigned char* dst = reinterpret_cast<unsigned char*>(cache) + element;
-    unsigned int w[2] = {0u, 0u};
-#pragma unroll
-    for (int i = 0; i < ROPE_E; i++) w[i / 4] |= f32_to_e4m3(bf16_to_f32(f32_to_bf16(x[i]))) << (8 * (i % 4));
-#if ROPE_E == 1
-    *dst = (unsigned char)w[0];
-#elif ROPE_E == 2
-    *reinterpret_cast<unsigned short*>(dst) = (unsigned short)w[0];
-#elif ROPE_E == 4
-    *reinterpret_cast<unsigned int*>(dst) = w[0];
-#else
-    *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
-#endif
-}
-#define STORE_KV(cache, element, x) store_kv_row(cache, element, x)
-#else
-#define STORE_KV(cache, element, x) store_row((cache) + (element), x)
-#endif
-
-__device__ __forceinline__ void store_row(bf16* dst, const float (&x)[ROPE_E])
-{
-#if ROPE_E == 1
-    *dst = f32_to_bf16(x[0]);
-#else
-    unsigned int w[ROPE_E / 2];
-#pragma unroll
-    for (int i = 0; i < ROPE_E / 2; i++) w[i] = pack_bf16x2(x[2 * i], x[2 * i + 1]);
-    typedef typename RowVec<ROPE_E>::T V;
-    *reinterpret_cast<V*>(dst) = *reinterpret_cast<const V*>(w);
-#endif
-}
 
 extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRopeParams p)
 {
@@ -149,18 +87,7 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
     }
 
     // per-head RMSNorm
-    float ss = 0.f;
-#pragma unroll
-    for (int e = 0; e < ROPE_E; e++) ss += x[e] * x[e];
-    ss = warp_sum(ss);
-    const float inv_rms = rsqrtf(ss / (float)HEAD_DIM + p.eps);
-    float w[ROPE_E];
-#if HEAD_DIM == 16
-    w[0] = 0.f;
-#endif
-    if (ROPE_ACTIVE(lane)) load_row((is_q ? p.q_norm_weight : p.k_norm_weight) + lane * ROPE_E, w);
-#pragma unroll
-    for (int e = 0; e < ROPE_E; e++) x[e] = round_bf16(w[e] * round_bf16(x[e] * inv_rms));
+    rope_rmsnorm_row(x, is_q ? p.q_norm_weight : p.k_norm_weight, p.eps, lane);
 
     // rotate-half RoPE: partner element i +- D/2 is in lane ^ ROPE_HALF
     const float pos = (float)p.positions[t];
@@ -171,12 +98,9 @@ extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_kv_write(QkNormRo
     for (int e = 0; e < ROPE_E; e++) {
         const int j = (lane & (ROPE_HALF - 1)) * ROPE_E + e;
         float s, c;
-        sincosf(pos * __ldg(&inv_freq[j]), &s, &c);
-        c = round_bf16(c * p.attention_scaling);
-        s = round_bf16(s * p.attention_scaling);
+        rope_cos_sin(pos, __ldg(&inv_freq[j]), p.attention_scaling, c, s);
         const float partner = __shfl_xor_sync(0xffffffffu, x[e], ROPE_HALF);
-        const float rot = first_half ? -partner : partner;
-        y[e] = round_bf16(round_bf16(x[e] * c) + round_bf16(rot * s));
+        y[e] = rope_rotate(x[e], partner, first_half, c, s);
     }
 
     if (!ROPE_ACTIVE(lane)) return;

@@ -37,6 +37,35 @@ public class DenseModelDeviceTests
         Assert.That(launches.Count(k => k == "swiglu_bf16"), Is.EqualTo(dm.Config.NumHiddenLayers));
     }
 
+    /// <summary>
+    /// docs/timing-model.md, "Graph nodes of a decode step": a decode step of one row per sequence is 6 kernels per MoE layer
+    /// (qkv GEMV, attn_decode_fused, o_proj GEMV, router, gate|up, down) + 3 (embedding, lm_head, argmax), here on the tiny
+    /// MoE checkpoint, eagerly (the graph holds the same launches); a run of 2 rows of one sequence keeps the separate KV
+    /// write and split + combine (its rows attend to each other's new keys).
+    /// </summary>
+    [Test]
+    public void DecodeStep_IsSixKernelsPerMoeLayer()
+    {
+        using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(),
+            new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false });
+        Assume.That(Enumerable.Range(0, dm.Config.NumHiddenLayers).All(dm.Config.IsMoeLayer), "the tiny checkpoint is all MoE");
+        int token = dm.ForwardGreedy(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);   // 10 rows: a flash prefill segment
+        device.ClearLaunches();
+        dm.ForwardGreedy(0, [token]);
+        var launches = device.Launches.Select(r => r.Kernel).ToList();
+        int layers = dm.Config.NumHiddenLayers;
+        Assert.That(launches, Has.Count.EqualTo(6 * layers + 3), string.Join(", ", launches));
+        Assert.That(launches.Skip(1).Take(6), Is.EqualTo(new[] { "gemv_bf16_t1", "attn_decode_fused", "gemv_bf16_t1", "moe_router_norm_topk", "moe_gate_up_gemv", "moe_down_gemv" }));
+
+        device.ClearLaunches();
+        dm.ForwardGreedy(0, [token, 5]);   // a 2-row run of one sequence: decode attention rows, not singles
+        launches = device.Launches.Select(r => r.Kernel).ToList();
+        Assert.That(launches.Count(k => k == "qk_norm_rope_kv_write"), Is.EqualTo(layers));
+        Assert.That(launches.Count(k => k == "attn_decode_split"), Is.EqualTo(layers));
+        Assert.That(launches, Has.None.EqualTo("attn_decode_fused"));
+    }
+
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>
     [Test]
     public void Qwen3_06B_Plan_CountsTheTiedEmbeddingOnce()

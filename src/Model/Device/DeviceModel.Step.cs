@@ -21,7 +21,10 @@ public sealed partial class DeviceModel
     /// <param name="Gather">the output rows are gathered by the output_rows input (else they are rows 0..Outputs-1)</param>
     /// <param name="Sample">run the sampling kernel over the output rows with their settings (else the argmax: greedy rows, logits rows)</param>
     /// <param name="Penalties">run the penalties kernel over the output rows' logits first (penalties.cu)</param>
-    private readonly record struct StepShape(int Rows, int DecodeRows, int FlashSegments, int MaxFlashRows, int Outputs, bool Gather, bool Sample, bool Penalties = false);
+    /// <param name="DecodeRuns">a decode-attention run has several rows of one sequence, which attend to each other's new keys:
+    /// the step writes the KV cache first (qk_norm_rope_kv_write) and then runs split + combine. Otherwise every decode row
+    /// is its sequence's only row, and one attn_decode_fused launch does rope, the KV write, attention and the combine.</param>
+    private readonly record struct StepShape(int Rows, int DecodeRows, int FlashSegments, int MaxFlashRows, int Outputs, bool Gather, bool Sample, bool Penalties = false, bool DecodeRuns = false);
 
     // ---------------- the step contract ----------------
 
@@ -60,11 +63,12 @@ public sealed partial class DeviceModel
         var segments = batch.Segments;
         bool flashOn = Plan.Options.FlashPrefillAttention;
         int decodeRows = 0, flashSegments = 0, maxFlash = 0;
+        bool decodeRuns = false;
         for (int k = 0; k < segments.Count; k++)   // indexed: foreach over the IReadOnlyList would box its enumerator every step
         {
             var g = segments[k];
             if (flashOn && g.Rows > MaxDecodeAttentionRows) { flashSegments++; maxFlash = Math.Max(maxFlash, g.Rows); }
-            else decodeRows += g.Rows;
+            else { decodeRows += g.Rows; decodeRuns |= g.Rows > 1; }
         }
         int rows = batch.Count, outputs = batch.OutputCount;
         bool decodeOnly = decodeRows == rows && segments.Count == rows && outputs == rows;
@@ -181,7 +185,7 @@ public sealed partial class DeviceModel
             Copy(inputs, w.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
             Copy(inputs, w.PenaltyEntries, batch.PenaltyEntries * 8L);
         }
-        return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample, penalties);
+        return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample, penalties, decodeRuns);
     }
 
     /// <summary>
@@ -326,23 +330,35 @@ public sealed partial class DeviceModel
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
         // the residual adds are fused into o_proj and the MoE down GEMV / combine)
         Project(Ws(w.Qkv), qkvDim, Ws(w.X), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H, W(L.InputNorm));
-        // QkNormRopeKvWrite: q -> q buffer; k, v -> the layer's KV pages at slot[t]
-        _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
-        {
-            Qkv = Ws(w.Qkv), QOut = Ws(w.Q), KCache = _kv.K(layer), VCache = _kv.V(layer),
-            QNormWeight = W(L.QNorm), KNormWeight = W(L.KNorm), InvFreq = w.PerRowRope ? Ws(w.RopeInvFreq) : W(Plan.Weights.InvFreq),
-            InvFreqPerToken = w.PerRowRope ? 1 : 0, Positions = Ws(w.Positions), SlotMapping = Ws(w.Slots), Tokens = rows,
-            NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, QkvStride = qkvDim, QOutStride = qDim,
-            Eps = eps, AttentionScaling = _attentionScaling,
-        });
+        // QkNormRopeKvWrite: q -> q buffer; k, v -> the layer's KV pages at slot[t]. Decode rows that are their sequence's
+        // only row do this inside attn_decode_fused; the other rows (flash segments, or every row when a decode run has
+        // several rows) here, first.
+        int ropeFirst = s.DecodeRuns ? 0 : s.DecodeRows;
+        long invFreqRow = w.PerRowRope ? (long)ropeFirst * (c.HeadDim / 2) * sizeof(float) : 0;
+        DevicePtr invFreq = w.PerRowRope ? Ws(w.RopeInvFreq) : W(Plan.Weights.InvFreq);
+        if (rows > ropeFirst)
+            _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
+            {
+                Qkv = Ws(w.Qkv) + (long)ropeFirst * qkvDim * sizeof(ushort), QOut = Ws(w.Q) + (long)ropeFirst * qDim * sizeof(ushort),
+                KCache = _kv.K(layer), VCache = _kv.V(layer), QNormWeight = W(L.QNorm), KNormWeight = W(L.KNorm),
+                InvFreq = invFreq + invFreqRow, InvFreqPerToken = w.PerRowRope ? 1 : 0, Positions = Ws(w.Positions) + ropeFirst * sizeof(int),
+                SlotMapping = Ws(w.Slots) + ropeFirst * sizeof(int), Tokens = rows - ropeFirst,
+                NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, QkvStride = qkvDim, QOutStride = qDim,
+                Eps = eps, AttentionScaling = _attentionScaling,
+            });
         // Attention: decode rows by flash decoding (split-K + combine), one query row per attention row with its own
         // table and context length (a short run of one sequence is causal through lengths p+1); then the flash prefill
         // segments (causal flash attention of each run over its sequence's pages).
         if (s.DecodeRows > 0)
-            _attn.Decode(_stream, new DecodeAttentionArgs(
+        {
+            var args = new DecodeAttentionArgs(
                 Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
                 Ws(w.ContextLens), s.DecodeRows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
-                Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / s.DecodeRows)));
+                Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / s.DecodeRows));
+            if (s.DecodeRuns) _attn.Decode(_stream, args);
+            else _attn.DecodeFused(_stream, args, new DecodeRopeArgs(Ws(w.Qkv), qkvDim, DevicePtr.Null, qDim, W(L.QNorm), W(L.KNorm),
+                invFreq, w.PerRowRope, Ws(w.Positions), Ws(w.Slots), eps, _attentionScaling, Ws(w.AttnTickets)));
+        }
         if (s.FlashSegments > 0)
         {
             long skip = (long)s.DecodeRows;

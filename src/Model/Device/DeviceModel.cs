@@ -135,6 +135,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
             _kv.ZeroScratchPage(_stream);
             _gemv.ClearTickets(_stream, _workspace.Base + Plan.Workspace.GemvPartial, Plan.Workspace.GemvPartialCapacity);   // split-K tickets, likewise
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.AttnTickets, 0, Plan.Workspace.AttnTicketBytes, _stream);   // attn_decode_fused's, likewise
             foreach (var shape in moeShapes.Distinct())   // the MoE tickets start at zero and every kernel leaves them so: no memset in a step
                 _moe!.ClearTickets(_stream, _workspace.Base + Plan.Workspace.Moe, MoeWorkspace.Compute(Plan.Workspace.Rows, shape));
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);

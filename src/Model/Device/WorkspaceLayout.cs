@@ -25,6 +25,7 @@ namespace Qwen3Cuda.Model.Device;
 /// q, attn         bf16 [Rows, nH D]
 /// gemv_partial    fp32 split-K partials of the decode GEMV
 /// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
+/// attn_tickets    int32 [Rows, nKV]       attn_decode_fused's combine tickets (zeroed once at load, left zero)
 /// moe             MoeWorkspace(Rows) of the MoE layers' shape (empty for a dense model)
 /// mlp_gate_up     bf16 [Rows, 2 I]        dense layers: gate|up projection (I = intermediate_size; empty without dense layers)
 /// mlp_act         bf16 [Rows, I]          dense layers: bf16(silu(gate)) * up
@@ -78,6 +79,9 @@ public sealed record WorkspaceLayout
     public long GemvPartialCapacity { get; init; }
     public long AttnPartialOut { get; init; }
     public long AttnPartialLse { get; init; }
+    /// <summary>int32 [Rows, nKV]: attn_decode_fused's tickets, zero (cleared once at load; the kernel leaves them zero).</summary>
+    public long AttnTickets { get; init; }
+    public long AttnTicketBytes { get; init; }
     /// <summary>Attention (row x split) pairs the partial buffers hold.</summary>
     public int AttnSplitRows { get; init; }
     public long Moe { get; init; }
@@ -138,6 +142,8 @@ public sealed record WorkspaceLayout
             splitRows = Math.Max(splitRows, t * AttentionDecodeLaunchers.PlanSplits(multiprocessors, t, c.NumKeyValueHeads, contextLength));
         long lse = (long)splitRows * c.NumAttentionHeads * sizeof(float);
         long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
+        long attnTicketBytes = AttentionDecodeLaunchers.TicketBytes(rows, c.NumKeyValueHeads);
+        long attnTickets = a.Take("attn_tickets", attnTicketBytes);
 
         long moeBytes = 0;
         for (int l = 0; l < c.NumHiddenLayers; l++)
@@ -160,6 +166,7 @@ public sealed record WorkspaceLayout
             RopeInvFreq = ropeInvFreq, PerRowRope = perRowRope, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
+            AttnTickets = attnTickets, AttnTicketBytes = attnTicketBytes,
             Moe = moe, MoeBytes = moeBytes, MlpGateUp = mlpGateUp, MlpAct = mlpAct, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }

@@ -36,6 +36,25 @@ public static class AttentionCases
         yield return DecodeCase([2, 66], 4, 2, 4, 64, 14, 16, fp8: true);
     }
 
+    /// <summary>
+    /// attn_decode_fused (q/k norm + RoPE + KV write + attention + combine in one launch) against the separate kernels it
+    /// replaces (qk_norm_rope_kv_write, then attn_decode_split + attn_decode_combine) bit for bit, and against ReferenceOps.
+    /// </summary>
+    public static IEnumerable<KernelCase> Fused()
+    {
+        yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 21, 128, real: true);            // real heads, batch 3: the new key alone, on a new page, mid-page
+        yield return FusedCase([33], 32, 4, 16, 1, 22, 128, real: true);                     // batch 1, one split: direct bf16 output, no ticket
+        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 32 one-tile splits, the ticket combine
+        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head; a padding row (slot -1)
+        yield return FusedCase([70, 5], 6, 2, 16, 64, 25, 64, perRow: true, scaling: 1.25f); // group of 3, D 64, dynamic RoPE (a table per row), YaRN-like scaling
+        yield return FusedCase([20000, 3], 4, 2, 512, 512, 26, 32, perRow: true);            // long context: 79 splits (a 3-key row with empty splits), D 32
+        yield return FusedCase([2, 66, 1], 4, 2, 4, 64, 27, 16, padding: true);              // D 16 (half warps), page size 4, padding row
+        // --kv-cache-dtype fp8: the new key and value as E4M3 codes in the cache, and decoded the same way from registers
+        yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 28, 128, real: true, fp8: true);
+        yield return FusedCase([1000, 1], 32, 4, 16, 64, 29, 128, real: true, fp8: true, padding: true, scaling: 0.9f);
+        yield return FusedCase([2, 66], 4, 2, 4, 64, 30, 16, fp8: true);
+    }
+
     public static IEnumerable<KernelCase> Prefill()
     {
         yield return PrefillCase([5], [5], 4, 1, 1, 128);                  // one short prompt, group of 4
@@ -54,7 +73,7 @@ public static class AttentionCases
         yield return new KernelCase("attention_prefill", "rope + prefill + decode attention at D 16 vs ReferenceOps (70 tokens, 4-token pages)", false, ctx => Pipeline(ctx, 16));
     }
 
-    public static IEnumerable<KernelCase> All() => Decode().Concat(Prefill()).Concat(SmallHeadDimPipeline());
+    public static IEnumerable<KernelCase> All() => Decode().Concat(Fused()).Concat(Prefill()).Concat(SmallHeadDimPipeline());
 
     static float[] Reference(PagedKvFixture kv, ushort[] q, int nH, int d)
     {
@@ -100,6 +119,116 @@ public static class AttentionCases
                 c.AtMost(l.DistinctSectors * 32.0 / minBytes, 1.05, "emulator: distinct DRAM bytes / minimum (K/V read once)");
                 c.AtLeast(l.CoalescingEfficiency, 0.95, "emulator: coalescing");
             }
+            return c.Result();
+        });
+
+    /// <param name="lens">keys per row, the row's new token (position len - 1) included</param>
+    /// <param name="padding">the last row is a graph bucket's padding row: slot -1 (nothing written); its output is not compared</param>
+    /// <param name="perRow">dynamic RoPE: each row its own inv_freq table</param>
+    static KernelCase FusedCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false,
+        bool fp8 = false, bool padding = false, bool perRow = false, float scaling = 1f) =>
+        new("attention_decode", $"attn_decode_fused ctx {string.Join("/", lens)} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}" +
+            $"{(fp8 ? " fp8 KV" : "")}{(padding ? " padding row" : "")}{(perRow ? " inv_freq per row" : "")}{(scaling != 1f ? $" scaling {scaling}" : "")}", real, ctx =>
+        {
+            const float Eps = 1e-6f;
+            var rng = new Random(seed);
+            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize, fp8: fp8);
+            string variant = $"{d}{(fp8 ? "-fp8" : "")}";
+            var attn = ctx.Cached($"attn_decode{variant}", () => new AttentionDecodeLaunchers(ctx.Loader, d, fp8));
+            var rope = ctx.Cached($"rope{variant}", () => new RopeLaunchers(ctx.Loader, d, fp8));
+            int seqs = lens.Length, heads = nH + 2 * nKV, stride = heads * d, qDim = nH * d;
+            var qkv = new ushort[seqs * stride];   // q and k columns in [-3, 3), v in [-1, 1) (the attention bounds below)
+            for (int t = 0; t < seqs; t++)
+            {
+                KernelData.Random(rng, (nH + nKV) * d, 3f).CopyTo(qkv, t * stride);
+                KernelData.Random(rng, nKV * d, 1f).CopyTo(qkv, t * stride + (nH + nKV) * d);
+            }
+            ushort[] qw = KernelData.Random(rng, d, 1.5f), kw = KernelData.Random(rng, d, 1.5f);
+            float[][] invFreqRows = Enumerable.Range(0, perRow ? seqs : 1).Select(t => KernelReference.InvFreq(d, 1e6 * (1 + 2.5 * t))).ToArray();
+            int[] positions = lens.Select(l => l - 1).ToArray();
+            int[] slots = Enumerable.Range(0, seqs).Select(s => kv.BlockTable[s * kv.MaxPagesPerSeq + positions[s] / pageSize] * pageSize + positions[s] % pageSize).ToArray();
+            if (padding) slots[^1] = -1;
+            long cacheBytes = (long)kv.Pages * pageSize * nKV * d * (fp8 ? 1 : 2);
+
+            DevicePtr dQkv = ctx.Upload(qkv), dQw = ctx.Upload(qw), dKw = ctx.Upload(kw), dInvFreq = ctx.Upload(invFreqRows.SelectMany(r => r).ToArray());
+            DevicePtr dPos = ctx.Upload(positions), dSlots = ctx.Upload(slots), dTable = ctx.Upload(kv.BlockTable), dLens = ctx.Upload(lens);
+            long wsBytes = attn.WorkspaceBytes(seqs, nH, workspaceSplits, out long lseBytes);
+            DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.Alloc<byte>(lseBytes);
+            DecodeAttentionArgs Args(DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o) => new(q, qDim, k, v, dTable, kv.MaxPagesPerSeq, pageSize,
+                dLens, seqs, lens.Max(), nH, nKV, o, qDim, dPartial, dLse, workspaceSplits);
+
+            // The separate kernels: rope + KV write, then split + combine.
+            DevicePtr dKA = kv.UploadK(ctx), dVA = kv.UploadV(ctx), dQA = ctx.AllocFilled<ushort>(seqs * qDim), dOutA = ctx.AllocFilled<ushort>(seqs * qDim);
+            rope.QkNormRopeKvWrite(ctx.Stream, new QkNormRopeParams
+            {
+                Qkv = dQkv, QOut = dQA, KCache = dKA, VCache = dVA, QNormWeight = dQw, KNormWeight = dKw, InvFreq = dInvFreq,
+                Positions = dPos, SlotMapping = dSlots, Tokens = seqs, NumQHeads = nH, NumKvHeads = nKV, QkvStride = stride,
+                QOutStride = qDim, Eps = Eps, AttentionScaling = scaling, InvFreqPerToken = perRow ? 1 : 0,
+            });
+            int splitsA = attn.Decode(ctx.Stream, Args(dQA, dKA, dVA, dOutA));
+
+            // The fused kernel, twice (the second run checks that the tickets were left zero), into fresh outputs.
+            DevicePtr dKB = kv.UploadK(ctx), dVB = kv.UploadV(ctx), dQB = ctx.AllocFilled<ushort>(seqs * qDim);
+            DevicePtr dOutB = ctx.AllocFilled<ushort>(seqs * qDim), dOutB2 = ctx.AllocFilled<ushort>(seqs * qDim);
+            DevicePtr dTickets = ctx.AllocFilled<int>(seqs * nKV, 0);
+            var ropeArgs = new DecodeRopeArgs(dQkv, stride, dQB, qDim, dQw, dKw, dInvFreq, perRow, dPos, dSlots, Eps, scaling, dTickets);
+            int splitsB = 0;
+            var launches = ctx.RecordLaunches(() => splitsB = attn.DecodeFused(ctx.Stream, Args(DevicePtr.Null, dKB, dVB, dOutB), ropeArgs));
+            attn.DecodeFused(ctx.Stream, Args(DevicePtr.Null, dKB, dVB, dOutB2), ropeArgs with { QOut = DevicePtr.Null });
+
+            var c = new Checker();
+            c.True(splitsA == splitsB && (workspaceSplits == 1 ? splitsB == 1 : splitsB > 1), "split count", $"{splitsB} (separate: {splitsA})");
+            if (launches.Count > 0) c.True(launches.Count == 1, "one launch", $"{launches.Count}");
+            int compared = padding ? seqs - 1 : seqs;
+            ushort[] qB = ctx.Download<ushort>(dQB, seqs * qDim), outB = ctx.Download<ushort>(dOutB, seqs * qDim);
+            byte[] kB = ctx.Download<byte>(dKB, cacheBytes), vB = ctx.Download<byte>(dVB, cacheBytes);
+            c.Exact<ushort>(qB, ctx.Download<ushort>(dQA, seqs * qDim), "q = qk_norm_rope_kv_write's (bitwise)");
+            c.Exact<byte>(kB, ctx.Download<byte>(dKA, cacheBytes), "K cache = qk_norm_rope_kv_write's (bitwise; the padding row writes nothing)");
+            c.Exact<byte>(vB, ctx.Download<byte>(dVA, cacheBytes), "V cache = qk_norm_rope_kv_write's (bitwise)");
+            c.Exact<ushort>(outB.AsSpan(0, compared * qDim), ctx.Download<ushort>(dOutA, compared * qDim), "output = split + combine's (bitwise)");
+            c.Exact<ushort>(ctx.Download<ushort>(dOutB2, compared * qDim), outB.AsSpan(0, compared * qDim), "second launch: the same output (tickets left zero)");
+            c.Exact<int>(ctx.Download<int>(dTickets, seqs * nKV), new int[seqs * nKV], "tickets zero after the launches");
+
+            // ReferenceOps: q and the new K (rope cases' tolerance: 0.04 absolute + 2^-6 relative; E4M3 keeps 3 mantissa bits, so
+            // an fp8 key within that of the reference may sit one code away: 2^-3 relative), V copied exactly (bf16) or as E4M3.
+            float Cache(byte[] cache, long element) => fp8 ? Checkpoint.Fp8E4M3.ToFloat(cache[element]) : Bf16.ToFloat(BitConverter.ToUInt16(cache, (int)(element * 2)));
+            var cos = new float[d];
+            var sin = new float[d];
+            var expQ = new float[compared * qDim];
+            var expK = new float[compared * nKV * d];
+            var gotK = new float[compared * nKV * d];
+            var expV = new float[compared * nKV * d];
+            var gotV = new float[compared * nKV * d];
+            for (int t = 0; t < compared; t++)
+            {
+                float[] row = KernelData.ToFloats(qkv.AsSpan(t * stride, stride));
+                ReferenceOps.RmsNorm(row.AsSpan(0, qDim), qw, Eps, expQ.AsSpan(t * qDim, qDim), d);
+                ReferenceOps.RmsNorm(row.AsSpan(qDim, nKV * d), kw, Eps, expK.AsSpan(t * nKV * d, nKV * d), d);
+                ReferenceOps.RopeCosSin(invFreqRows[perRow ? t : 0], scaling, positions[t], cos, sin);
+                ReferenceOps.ApplyRope(expQ.AsSpan(t * qDim, qDim), nH, d, cos, sin);
+                ReferenceOps.ApplyRope(expK.AsSpan(t * nKV * d, nKV * d), nKV, d, cos, sin);
+                for (int i = 0; i < nKV * d; i++)
+                {
+                    long e = (long)slots[t] * nKV * d + i;
+                    gotK[t * nKV * d + i] = Cache(kB, e);
+                    gotV[t * nKV * d + i] = Cache(vB, e);
+                    float v = row[qDim + nKV * d + i];
+                    expV[t * nKV * d + i] = fp8 ? Checkpoint.Fp8E4M3.ToFloat(Checkpoint.Fp8E4M3.FromFloat(v)) : v;
+                }
+            }
+            c.Close(KernelData.ToFloats(qB.AsSpan(0, compared * qDim)), expQ, 0.04, 1.0 / 64, "q vs ReferenceOps norm + rope");
+            c.Close(gotK, expK, 0.04, fp8 ? 1.0 / 8 : 1.0 / 64, "new K in the cache vs ReferenceOps norm + rope");
+            c.Close(gotV, expV, 0, 0, "new V in the cache (copied)");
+            // Attention of the kernel's own q over the cache it leaves (old keys and the new one): the decode cases' tolerance.
+            var exp = new float[compared * qDim];
+            int group = nH / nKV;
+            Parallel.For(0, compared * nH, sh =>
+            {
+                int s = sh / nH, h = sh % nH, kvh = h / group;
+                KernelReference.AttendOne(KernelData.ToFloats(qB.AsSpan((s * nH + h) * d, d)), (j, i) => Cache(kB, kv.Offset(s, j, kvh) + i),
+                    (j, i) => Cache(vB, kv.Offset(s, j, kvh) + i), lens[s], d, exp.AsSpan((s * nH + h) * d, d));
+            });
+            c.CloseBf16(outB.AsSpan(0, compared * qDim), exp, Atol, Rtol, "fused decode attention output vs fp64 attention");
             return c.Result();
         });
 

@@ -26,6 +26,49 @@ public struct AttnDecodeParams
     public float ScaleLog2;
 }
 
+/// <summary>Mirror of <c>AttnDecodeFusedParams</c> in kernels/attention_decode.cu (layout checked by a test).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct AttnDecodeFusedParams
+{
+    public DevicePtr Qkv;            // [seqs, QkvStride] bf16: q heads | k heads | v heads
+    public DevicePtr QOut;           // [seqs, QOutStride] bf16, or null
+    public DevicePtr KCache;         // [pages, PageSize, NumKvHeads, D]
+    public DevicePtr VCache;         // [pages, PageSize, NumKvHeads, D]
+    public DevicePtr QNormWeight;    // [D] bf16
+    public DevicePtr KNormWeight;    // [D] bf16
+    public DevicePtr InvFreq;        // [D/2] fp32, or [seqs, D/2] when InvFreqPerToken
+    public DevicePtr Positions;      // [seqs] int32
+    public DevicePtr SlotMapping;    // [seqs] int32, < 0: no cache write
+    public DevicePtr BlockTable;     // [seqs, MaxPagesPerSeq] int32
+    public DevicePtr ContextLens;    // [seqs] int32
+    public DevicePtr PartialOut;     // [seqs, nH, Splits, D] fp32
+    public DevicePtr PartialLse;     // [seqs, nH, Splits] fp32
+    public DevicePtr Tickets;        // [seqs, NumKvHeads] int32, zero
+    public DevicePtr Out;            // [seqs, OutStride] bf16
+    public int Seqs;
+    public int NumQHeads;
+    public int NumKvHeads;
+    public int PageSize;
+    public int MaxPagesPerSeq;
+    public int Splits;
+    public int QkvStride;
+    public int QOutStride;
+    public int OutStride;
+    public float ScaleLog2;
+    public float Eps;
+    public float AttentionScaling;
+    public int InvFreqPerToken;
+}
+
+/// <summary>
+/// The attention prologue that <see cref="AttentionDecodeLaunchers.DecodeFused"/> runs itself (what
+/// <c>RopeLaunchers.QkNormRopeKvWrite</c> does for the same rows): the qkv projection rows, where q goes (null: nowhere),
+/// the norm weights, RoPE tables and the new tokens' positions and cache slots; and the combine's tickets.
+/// </summary>
+public readonly record struct DecodeRopeArgs(
+    DevicePtr Qkv, int QkvStride, DevicePtr QOut, int QOutStride, DevicePtr QNormWeight, DevicePtr KNormWeight, DevicePtr InvFreq,
+    bool InvFreqPerRow, DevicePtr Positions, DevicePtr SlotMapping, float Eps, float AttentionScaling, DevicePtr Tickets);
+
 /// <summary>Everything the decode attention needs besides the split choice, which the launcher makes.</summary>
 public readonly record struct DecodeAttentionArgs(
     DevicePtr Q, int QStride, DevicePtr KCache, DevicePtr VCache, DevicePtr BlockTable, int MaxPagesPerSeq, int PageSize,
@@ -43,7 +86,10 @@ public sealed class AttentionDecodeLaunchers
     public const string File = "attention_decode.cu";
     public const int TileKeys = 32;
     public const int MaxGroup = 8;
+    /// <summary>Head sizes of <see cref="DecodeFused"/> (rope.cu's).</summary>
+    public static readonly int[] FusedHeadDims = [16, 32, 64, 128, 256];
     private readonly DeviceKernel _split, _combine;
+    private readonly DeviceKernel? _fused;
     private readonly IDevice _device;
 
     /// <summary><paramref name="kvFp8"/>: the KV cache holds FP8 E4M3 codes (attention_decode.cu's KV_FP8 variant).</summary>
@@ -56,6 +102,7 @@ public sealed class AttentionDecodeLaunchers
         var defines = new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture), ["KV_FP8"] = kvFp8 ? "1" : "0" };
         _split = loader.Get(File, "attn_decode_split", defines);
         _combine = loader.Get(File, "attn_decode_combine", defines);
+        if (FusedHeadDims.Contains(headDim)) _fused = loader.Get(File, "attn_decode_fused", defines);
     }
 
     public int HeadDim { get; }
@@ -89,8 +136,70 @@ public sealed class AttentionDecodeLaunchers
     public int ChooseSplits(int seqs, int numKvHeads, int maxContextLen, int workspaceSplits) =>
         Math.Max(1, Math.Min(PlanSplits(_device.Info.MultiprocessorCount, seqs, numKvHeads, maxContextLen), Math.Max(1, workspaceSplits)));
 
+    /// <summary>Bytes of the ticket array <see cref="DecodeFused"/> needs for <paramref name="seqs"/> rows (zero it once).</summary>
+    public static long TicketBytes(int seqs, int numKvHeads) => (long)seqs * numKvHeads * sizeof(int);
+
     /// <summary>Runs attention for one query token per sequence; returns the split count used.</summary>
     public int Decode(DeviceStream stream, in DecodeAttentionArgs a)
+    {
+        int splits = Check(a);
+        if (splits == 0) return 0;
+        var p = new AttnDecodeParams
+        {
+            Q = a.Q, KCache = a.KCache, VCache = a.VCache, BlockTable = a.BlockTable, ContextLens = a.ContextLens,
+            PartialOut = a.PartialOut, PartialLse = a.PartialLse, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads,
+            NumKvHeads = a.NumKvHeads, PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits,
+            QStride = a.QStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2,
+        };
+        var args = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
+        args.Add(p);
+        _device.Launch(_split, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
+        if (splits > 1)
+            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, args);
+        return splits;
+    }
+
+    /// <summary>
+    /// q/k norm + RoPE + the KV write of each row's new token, the attention and the split combine in one launch
+    /// (attn_decode_fused; docs/kernels.md, "Fusions"). Every row must be its
+    /// sequence's only new token in the step: its keys 0..len-2 are in the cache already and key len-1 (position
+    /// positions[row], written at slot_mapping[row]) is its own. <c>a.Q</c> is ignored (q comes from
+    /// <c>rope.Qkv</c>); <c>a.KCache</c> / <c>a.VCache</c> are written. Returns the split count used.
+    /// </summary>
+    public int DecodeFused(DeviceStream stream, in DecodeAttentionArgs a, in DecodeRopeArgs rope)
+    {
+        if (_fused is null)
+            throw new NotSupportedException($"attn_decode_fused: head_dim {HeadDim} is not supported (supported: {string.Join(", ", FusedHeadDims)})");
+        if (rope.QkvStride < (a.NumQHeads + 2 * a.NumKvHeads) * HeadDim || rope.QkvStride % 8 != 0)
+            throw new ArgumentException($"attn_decode_fused: qkv stride {rope.QkvStride} must be a multiple of 8 and at least {a.NumQHeads + 2 * a.NumKvHeads} heads * {HeadDim}", nameof(rope));
+        if (!rope.QOut.IsNull && (rope.QOutStride < a.NumQHeads * HeadDim || rope.QOutStride % 8 != 0))
+            throw new ArgumentException($"attn_decode_fused: q_out stride {rope.QOutStride} must be a multiple of 8 and at least {a.NumQHeads} heads * {HeadDim}", nameof(rope));
+        if (rope.Qkv.IsNull || a.KCache.IsNull || a.VCache.IsNull || rope.QNormWeight.IsNull || rope.KNormWeight.IsNull
+            || rope.InvFreq.IsNull || rope.Positions.IsNull || rope.SlotMapping.IsNull)
+            throw new ArgumentException("attn_decode_fused: a required pointer is null", nameof(rope));
+        int splits = Check(a);
+        if (splits == 0) return 0;
+        if (splits > 1 && rope.Tickets.IsNull) throw new ArgumentException("attn_decode_fused: split decoding needs the ticket array", nameof(rope));
+        var p = new AttnDecodeFusedParams
+        {
+            Qkv = rope.Qkv, QOut = rope.QOut, KCache = a.KCache, VCache = a.VCache, QNormWeight = rope.QNormWeight,
+            KNormWeight = rope.KNormWeight, InvFreq = rope.InvFreq, Positions = rope.Positions, SlotMapping = rope.SlotMapping,
+            BlockTable = a.BlockTable, ContextLens = a.ContextLens, PartialOut = a.PartialOut, PartialLse = a.PartialLse,
+            Tickets = rope.Tickets, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads, NumKvHeads = a.NumKvHeads,
+            PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits, QkvStride = rope.QkvStride,
+            QOutStride = rope.QOutStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2, Eps = rope.Eps,
+            AttentionScaling = rope.AttentionScaling, InvFreqPerToken = rope.InvFreqPerRow ? 1 : 0,
+        };
+        var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
+        args.Add(p);
+        _device.Launch(_fused, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
+        return splits;
+    }
+
+    private float ScaleLog2 => (float)(1.0 / Math.Sqrt(HeadDim) * 1.4426950408889634);
+
+    /// <summary>Checks the arguments both entry points share; returns the split count (0: no rows).</summary>
+    private int Check(in DecodeAttentionArgs a)
     {
         if (a.Seqs < 0) throw new ArgumentOutOfRangeException(nameof(a), $"attn_decode: seqs {a.Seqs} is negative");
         if (a.NumKvHeads <= 0 || a.NumQHeads % a.NumKvHeads != 0 || a.NumQHeads / a.NumKvHeads > MaxGroup)
@@ -104,18 +213,6 @@ public sealed class AttentionDecodeLaunchers
         int splits = ChooseSplits(a.Seqs, a.NumKvHeads, a.MaxContextLen, a.WorkspaceSplits);
         if (splits > 1 && (a.PartialOut.IsNull || a.PartialLse.IsNull))
             throw new ArgumentException("attn_decode: split decoding needs the partial-output workspace", nameof(a));
-        var p = new AttnDecodeParams
-        {
-            Q = a.Q, KCache = a.KCache, VCache = a.VCache, BlockTable = a.BlockTable, ContextLens = a.ContextLens,
-            PartialOut = a.PartialOut, PartialLse = a.PartialLse, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads,
-            NumKvHeads = a.NumKvHeads, PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits,
-            QStride = a.QStride, OutStride = a.OutStride, ScaleLog2 = (float)(1.0 / Math.Sqrt(HeadDim) * 1.4426950408889634),
-        };
-        var args = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
-        args.Add(p);
-        _device.Launch(_split, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
-        if (splits > 1)
-            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, args);
         return splits;
     }
 }
