@@ -12,7 +12,7 @@ namespace Qwen3Cuda.Tests.Driver;
 [TestFixture]
 public class StubDriverAbiTests
 {
-    private static Dictionary<string, string> _out = null!;
+    private static Dictionary<string, string> _out = null!, _outPdlOff = null!;
 
     [OneTimeSetUp]
     public void BuildStubAndRunProbe()
@@ -24,13 +24,18 @@ public class StubDriverAbiTests
             Path.Combine(RepoPaths.Root, "tests", "stubcuda", "stubcuda.c")]);
         Assert.That(gcc.ExitCode, Is.Zero, "gcc failed to build the stub driver:\n" + gcc.Stderr);
 
-        var probe = ChildProcess.Run(ChildProcess.DotnetHost,
-            [Path.Combine(AppContext.BaseDirectory, "Qwen3Cuda.Tests.dll"), "cuda-abi-probe"],
-            new Dictionary<string, string> { ["QWEN3CUDA_LIBCUDA"] = lib });
-        Assert.That(probe.ExitCode, Is.Zero, "probe failed:\n" + probe.Stdout + probe.Stderr);
-        _out = probe.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries)
-            .Select(l => l.Split('=', 2)).ToDictionary(p => p[0], p => p[1].TrimEnd('\r'));
+        _out = RunProbe(new Dictionary<string, string> { ["QWEN3CUDA_LIBCUDA"] = lib });
+        _outPdlOff = RunProbe(new Dictionary<string, string> { ["QWEN3CUDA_LIBCUDA"] = lib, ["QWEN3CUDA_PDL"] = "0" });
         Directory.Delete(dir, recursive: true);
+    }
+
+    private static Dictionary<string, string> RunProbe(Dictionary<string, string> environment)
+    {
+        var probe = ChildProcess.Run(ChildProcess.DotnetHost,
+            [Path.Combine(AppContext.BaseDirectory, "Qwen3Cuda.Tests.dll"), "cuda-abi-probe"], environment);
+        Assert.That(probe.ExitCode, Is.Zero, "probe failed:\n" + probe.Stdout + probe.Stderr);
+        return probe.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => l.Split('=', 2)).ToDictionary(p => p[0], p => p[1].TrimEnd('\r'));
     }
 
     private static string Get(string key) => _out.TryGetValue(key, out string? v) ? v : throw new AssertionException($"probe printed no '{key}'");
@@ -100,6 +105,17 @@ public class StubDriverAbiTests
     {
         Assert.That(Get("pdl.status"), Is.EqualTo("on"));
         Assert.That(Get("pdl.probe_runs"), Is.EqualTo("2"));
+    }
+
+    /// <summary>QWEN3CUDA_PDL=0: no probe, and the flagged launch goes through cuLaunchKernel like any other.</summary>
+    [Test]
+    public void Qwen3CudaPdl0_TurnsProgrammaticLaunchOff()
+    {
+        Assert.That(_outPdlOff["pdl.status"], Is.EqualTo("off (QWEN3CUDA_PDL=0)"));
+        Assert.That(_outPdlOff["pdl.probe_runs"], Is.EqualTo("0"));
+        Assert.That(_outPdlOff["launch.count"], Is.EqualTo("4"));
+        Assert.That(_outPdlOff["launch3.grid"], Is.EqualTo("7,1,1"));
+        Assert.That(_outPdlOff["launch3.programmatic"], Is.EqualTo("0"));
     }
 
     [Test]

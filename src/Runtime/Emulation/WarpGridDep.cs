@@ -40,7 +40,7 @@ internal sealed unsafe partial class Warp
     private void CheckPreWait(Instr ins, uint exec, Operand addrOp, Space space, int bytes, string what)
     {
         var L = Cta.Launch;
-        if (!L.PdlChecks) return;
+        if (!L.PdlChecks || space is not (Space.Global or Space.Generic)) return;   // kernel parameters, shared, local: no other kernel's data
         bool writes = what is "store to" or "atomic on";
         for (uint e = exec & _preWait; e != 0; e &= e - 1)
         {
