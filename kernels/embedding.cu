@@ -20,6 +20,8 @@ struct EmbeddingParams {
 extern "C" __global__ void __launch_bounds__(256) embedding_gather_bf16(EmbeddingParams p)
 {
     const int t = blockIdx.x;
+    pdl_wait();                     // ids may come from the previous step's sampler (docs/kernels.md, "Programmatic dependent launch")
+    pdl_launch_dependents();
     const int id = p.ids[t];
     const bool ok = id >= 0 && id < p.vocab;
     if (!ok && threadIdx.x == 0 && p.error_flag) *p.error_flag = 1;

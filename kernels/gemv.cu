@@ -139,6 +139,27 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc)
     return acc;
 }
 
+// Programmatic dependent launch (docs/kernels.md): before pdl_wait() the CTA only prefetches its weight slice (rows
+// [row_base, row_base + rows_here), bytes [k0, k0 + klen) x bytes per weight of each row) and, for quantized formats, the
+// scales those weights use into L2; x, the residual, the partials and the tickets are the previous kernels' and are read
+// after it. Then it lets the next kernel start its own prologue.
+template <int QF>
+__device__ __forceinline__ void gemv_prologue(const GemvParams& p, int row_base, int k0, int klen)
+{
+    const int rows_here = min(GEMV_WARPS * p.rows_per_warp, p.n - row_base);
+    if constexpr (QF == 0) {
+        prefetch_l2_rows(p.w, row_base, row_base + rows_here, (size_t)p.k * 2, (size_t)k0 * 2, (size_t)klen * 2);
+    } else {
+        constexpr int WPB = QF_WPB(QF);
+        prefetch_l2_rows(p.w, row_base, row_base + rows_here, (size_t)p.k / WPB, (size_t)k0 / WPB, (size_t)klen / WPB);
+        const size_t ssz = QF == QF_INT4 ? 2 : 4, c0 = (size_t)(k0 >> p.ws.k_shift), c1 = (size_t)((k0 + klen - 1) >> p.ws.k_shift);
+        prefetch_l2_rows(p.ws.scales, row_base >> p.ws.row_shift, ((row_base + rows_here - 1) >> p.ws.row_shift) + 1,
+                         (size_t)p.ws.cols * ssz, c0 * ssz, (c1 - c0 + 1) * ssz);
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
 template <int T>
 __device__ __forceinline__ void gemv_body(const GemvParams& p)
 {
@@ -149,10 +170,10 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     const int k0 = blockIdx.y * p.k_split;
     const int klen = min(p.k_split, p.k - k0);
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
-    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
-
     const int rows_cta = GEMV_WARPS * p.rows_per_warp;
     const int row_base = blockIdx.x * rows_cta;
+    gemv_prologue<0>(p, row_base, k0, klen);
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
     for (int r = 0; r < p.rows_per_warp; r++) {
         const int local = warp * p.rows_per_warp + r;
         const int row = row_base + local;
@@ -212,13 +233,14 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     const int k0 = blockIdx.y * p.k_split;
     const int klen = min(p.k_split, p.k - k0);
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
+    const int rows_cta = GEMV_WARPS * p.rows_per_warp;
+    const int row_base = blockIdx.x * rows_cta;
+    gemv_prologue<QF>(p, row_base, k0, klen);
     gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
 
     constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;         // weights per byte, per 16-byte load
     const int qchunks = klen / WPL;                         // 16-byte chunks of this slice
     const int row_bytes = p.k / WPB;
-    const int rows_cta = GEMV_WARPS * p.rows_per_warp;
-    const int row_base = blockIdx.x * rows_cta;
     const unsigned char* wq = reinterpret_cast<const unsigned char*>(p.w);
     for (int r = 0; r < p.rows_per_warp; r++) {
         const int local = warp * p.rows_per_warp + r;

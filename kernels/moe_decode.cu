@@ -110,6 +110,8 @@ __device__ __forceinline__ float swiglu_bf16(float gate, float up)
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeGateUpGemvParams p)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
     const int s = blockIdx.y;
     const int t = s / p.top_k;
     const int e = p.topk_ids[s];
@@ -146,6 +148,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDownGemvParams p)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
     const int s = blockIdx.y;
     const int e = p.topk_ids[s];
     const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
@@ -177,6 +181,8 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
 {
     extern __shared__ uint4 x_s[];                         // [H / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
     const int s = blockIdx.y;
     const int t = s / p.top_k;
     const int e = p.topk_ids[s];
@@ -226,6 +232,8 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
 {
     extern __shared__ uint4 x_s[];                         // [I / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
     const int s = blockIdx.y;
     const int e = p.topk_ids[s];
     const int H = p.hidden_size, I = p.inter_size;

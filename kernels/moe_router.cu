@@ -171,8 +171,13 @@ extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_nor
     const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
     const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
     const uint4 zero = make_uint4(0, 0, 0, 0);
+    // Before pdl_wait() only weights (docs/kernels.md, "Programmatic dependent launch"): the expert's router row into L2,
+    // and the first chunk of it and of the norm weight into registers; x, the logits and the ticket come after.
+    prefetch_l2_rows(p.w_gate, e, e + 1, (size_t)p.hidden_size * 2, 0, (size_t)p.hidden_size * 2);
     const uint4 w0 = tid < chunks ? __ldg(&wrow[tid]) : zero;     // issued first: overlaps the norm below
     const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
+    pdl_wait();
+    pdl_launch_dependents();
 
     // Inverse RMS of each token's row in add_rmsnorm_bf16's layout (bitwise its h).
     rms_inv_rows<ROUTER_TOKENS, ROUTER_NORM_WARPS>(p.hidden, (size_t)p.hidden_size, nt, p.hidden_size, p.eps, red_s, inv_s);

@@ -289,6 +289,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_reduce_bf16(
     __shared__ int last_s;
     __shared__ float found_m;
     const int c = blockIdx.x, row = blockIdx.y, tid = threadIdx.x;
+    pdl_wait();                      // the logits are the lm_head's (docs/kernels.md, "Programmatic dependent launch")
     const SampleRowSettings s = row_settings(p, row);
     const bool greedy = row_greedy(p, s), hist = row_uses_hist(p, s);
     const float it = s.inv_temperature;
@@ -298,6 +299,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_reduce_bf16(
     unsigned int bits[SAMPLE_PER_THREAD];
     int first;
     const int n = load_tokens(logits, p.vocab, row_vec(p), c, bits, &first);
+    pdl_launch_dependents();         // after the slice load, not right after the wait: there NVRTC 11.8's ptxas capped
+                                     // this kernel at 32 registers and spilled 76 bytes at sm_90
     float best = -QC_INF;
     int best_i = SAMPLE_NONE, lo = SAMPLE_NONE;
 #pragma unroll
@@ -427,6 +430,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_draw_bf16(Sa
     __shared__ int last_s;
     __shared__ int pick_s;
     const int c = blockIdx.x, row = blockIdx.y, tid = threadIdx.x;
+    pdl_wait();                      // the row state is sample_reduce_bf16's
+    pdl_launch_dependents();
     const SampleRowState st = p.state[row];
     if (p.argmax_only || st.mode == 0) return;
     const SampleRowSettings s = row_settings(p, row);

@@ -57,6 +57,89 @@ public class CudaDeviceTests
         foreach (var p in new[] { dH, dD, dW, dO }) _device.Free(p);
     }
 
+    /// <summary>
+    /// Two kernels chained with programmatic dependent launch (docs/kernels.md): the second prefetches its weights, waits
+    /// for the first and reads its output. Run directly on a stream and as a captured graph (how the decode step runs),
+    /// 20 times each, so that a consumer reading before its producer finished would show. On a GPU below sm_90 or with
+    /// PDL off the flags fall back to ordinary launches and the same results must come out. Exact: integers in fp32.
+    /// </summary>
+    [Test]
+    public void TwoDependentProgrammaticLaunches_GiveTheProducersResult()
+    {
+        TestContext.Out.WriteLine($"{_device.Info.Name} ({_device.Info.Arch}): programmatic dependent launch {_device.ProgrammaticLaunchStatus}");
+        const string source = """
+            __device__ __forceinline__ void pdl_wait() {
+            #if __CUDA_ARCH__ >= 900
+                asm volatile("griddepcontrol.wait;" ::: "memory");
+            #endif
+            }
+            __device__ __forceinline__ void pdl_launch_dependents() {
+            #if __CUDA_ARCH__ >= 900
+                asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            #endif
+            }
+            extern "C" __global__ void pdl_produce(const float* in, float* mid, int n, int round)
+            {
+                pdl_wait();
+                pdl_launch_dependents();
+                int i = blockIdx.x * blockDim.x + threadIdx.x;
+                float v = in[i];
+                if (i < n) mid[i] = v * 2.f + (float)round;
+            }
+            extern "C" __global__ void pdl_consume(const float* mid, const float* w, float* out, int n)
+            {
+                int i = blockIdx.x * blockDim.x + threadIdx.x;
+            #if __CUDA_ARCH__ >= 900
+                if (i < n) asm volatile("prefetch.global.L2 [%0];" :: "l"(w + i));
+            #endif
+                pdl_wait();
+                pdl_launch_dependents();
+                if (i < n) out[i] = mid[i] + w[i];
+            }
+            """;
+        var compiler = new KernelCompiler(Path.Combine(Path.GetTempPath(), "qwen3cuda-gpu-tests"));
+        var compiled = compiler.CompileSource("pdl_gpu_test.cu", source, new KernelBuild("pdl_gpu_test.cu", _device.Info.Arch, CompileTarget.Ptx));
+        using var module = _device.LoadModule(compiled);
+        var produce = _device.GetKernel(module, "pdl_produce");
+        var consume = _device.GetKernel(module, "pdl_consume");
+        const int n = 1 << 20;
+        var input = Enumerable.Range(0, n).Select(i => (float)(i % 1000)).ToArray();
+        var weight = Enumerable.Range(0, n).Select(i => (float)(i % 7)).ToArray();
+        DevicePtr dIn = UploadF(input), dW = UploadF(weight), dMid = _device.Allocate(n * 4L), dOut = _device.Allocate(n * 4L);
+        using var stream = _device.CreateStream();
+        void Step(int round)
+        {
+            var a = new KernelArgs(stackalloc byte[64], stackalloc nint[8]);
+            a.Add(dIn); a.Add(dMid); a.Add(n); a.Add(round);
+            _device.Launch(produce, new LaunchConfig(n / 256, 256, 0, ProgrammaticDependentLaunch: true), stream, a);
+            var b = new KernelArgs(stackalloc byte[64], stackalloc nint[8]);
+            b.Add(dMid); b.Add(dW); b.Add(dOut); b.Add(n);
+            _device.Launch(consume, new LaunchConfig(n / 256, 256, 0, ProgrammaticDependentLaunch: true), stream, b);
+        }
+        void Check(int round, string how)
+        {
+            var got = new float[n];
+            _device.CopyToHost(System.Runtime.InteropServices.MemoryMarshal.AsBytes(got.AsSpan()), dOut);
+            for (int i = 0; i < n; i++)
+                if (got[i] != input[i] * 2f + round + weight[i]) Assert.Fail($"{how}, round {round}: out[{i}] = {got[i]}, expected {input[i] * 2f + round + weight[i]}");
+        }
+        // mid is cleared before every round, so a consumer that read it before its producer finished would see zeros
+        for (int r = 1; r <= 20; r++) { _device.MemsetAsync(dMid, 0, n * 4L, stream); Step(r); _device.Synchronize(stream); Check(r, "stream"); }
+        _device.BeginCapture(stream);
+        Step(100);
+        using var graph = _device.EndCapture(stream);
+        using var exec = _device.Instantiate(graph);
+        for (int r = 0; r < 20; r++) { _device.MemsetAsync(dMid, 0, n * 4L, stream); _device.Launch(exec, stream); _device.Synchronize(stream); Check(100, "graph"); }
+        foreach (var p in new[] { dIn, dW, dMid, dOut }) _device.Free(p);
+    }
+
+    private DevicePtr UploadF(float[] data)
+    {
+        DevicePtr p = _device.Allocate(data.Length * 4L);
+        _device.CopyToDevice(p, System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));
+        return p;
+    }
+
     private DevicePtr Upload(ushort[] data)
     {
         DevicePtr p = _device.Allocate(data.Length * 2L);

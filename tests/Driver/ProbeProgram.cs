@@ -36,6 +36,7 @@ public static class ProbeProgram
         public int ParamCount;
         public fixed int ParamSize[16];
         public fixed byte ParamBytes[16 * 256];
+        public int Programmatic;
     }
 
     public static int Main(string[] args)
@@ -54,6 +55,7 @@ public static class ProbeProgram
         var getLaunch = (delegate* unmanaged<int, StubLaunch*, int>)NativeLibrary.GetExport(lib, "stub_get_launch");
         var recordSize = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "stub_launch_record_size");
         var lastAttr = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "stub_last_func_attribute");
+        var pdlProbeRuns = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "stub_pdl_probe_runs");
         if (recordSize() != sizeof(StubLaunch)) throw new InvalidOperationException($"stub_launch is {recordSize()} bytes, mirror is {sizeof(StubLaunch)}");
 
         var status = CudaDriver.Probe();
@@ -65,6 +67,8 @@ public static class ProbeProgram
         Print("device.sms", dev.Info.MultiprocessorCount);
         Print("device.smem_optin", dev.Info.SharedMemoryPerBlockOptin);
         Print("device.peak_bandwidth", dev.Info.PeakMemoryBandwidthBytesPerSecond ?? -1);
+        Print("pdl.status", dev.ProgrammaticLaunchStatus);
+        Print("pdl.probe_runs", pdlProbeRuns());
 
         // memory: allocate, copy in, memset part, copy device-to-device, copy out
         DevicePtr a = dev.Allocate(256), b = dev.Allocate(256);
@@ -111,6 +115,8 @@ public static class ProbeProgram
         using var exec = dev.Instantiate(graph);
         dev.Launch(exec, stream);
         dev.Launch(exec, stream);
+        // programmatic dependent launch: cuLaunchKernelEx with the attribute (the probe passed on the sm_90 stub)
+        dev.Launch(kernel, new LaunchConfig(new Dim3(7), new Dim3(32), 64, ProgrammaticDependentLaunch: true), stream, args);
 
         using var e0 = dev.CreateEvent();
         using var e1 = dev.CreateEvent();
@@ -129,6 +135,7 @@ public static class ProbeProgram
             Print($"launch{i}.grid", $"{rec.Grid[0]},{rec.Grid[1]},{rec.Grid[2]}");
             Print($"launch{i}.block", $"{rec.Block[0]},{rec.Block[1]},{rec.Block[2]}");
             Print($"launch{i}.smem", rec.SharedBytes);
+            Print($"launch{i}.programmatic", rec.Programmatic);
             for (int p = 0; p < rec.ParamCount; p++)
                 Print($"launch{i}.param{p}", Convert.ToHexStringLower(new ReadOnlySpan<byte>(rec.ParamBytes + p * 256, rec.ParamSize[p])));
         }

@@ -12,7 +12,7 @@ namespace Qwen3Cuda.Tests.Driver;
 [TestFixture]
 public class StubDriverAbiTests
 {
-    private static Dictionary<string, string> _out = null!;
+    private static Dictionary<string, string> _out = null!, _outPdlOff = null!;
 
     [OneTimeSetUp]
     public void BuildStubAndRunProbe()
@@ -24,13 +24,18 @@ public class StubDriverAbiTests
             Path.Combine(RepoPaths.Root, "tests", "stubcuda", "stubcuda.c")]);
         Assert.That(gcc.ExitCode, Is.Zero, "gcc failed to build the stub driver:\n" + gcc.Stderr);
 
-        var probe = ChildProcess.Run(ChildProcess.DotnetHost,
-            [Path.Combine(AppContext.BaseDirectory, "Qwen3Cuda.Tests.dll"), "cuda-abi-probe"],
-            new Dictionary<string, string> { ["QWEN3CUDA_LIBCUDA"] = lib });
-        Assert.That(probe.ExitCode, Is.Zero, "probe failed:\n" + probe.Stdout + probe.Stderr);
-        _out = probe.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries)
-            .Select(l => l.Split('=', 2)).ToDictionary(p => p[0], p => p[1].TrimEnd('\r'));
+        _out = RunProbe(new Dictionary<string, string> { ["QWEN3CUDA_LIBCUDA"] = lib });
+        _outPdlOff = RunProbe(new Dictionary<string, string> { ["QWEN3CUDA_LIBCUDA"] = lib, ["QWEN3CUDA_PDL"] = "0" });
         Directory.Delete(dir, recursive: true);
+    }
+
+    private static Dictionary<string, string> RunProbe(Dictionary<string, string> environment)
+    {
+        var probe = ChildProcess.Run(ChildProcess.DotnetHost,
+            [Path.Combine(AppContext.BaseDirectory, "Qwen3Cuda.Tests.dll"), "cuda-abi-probe"], environment);
+        Assert.That(probe.ExitCode, Is.Zero, "probe failed:\n" + probe.Stdout + probe.Stderr);
+        return probe.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => l.Split('=', 2)).ToDictionary(p => p[0], p => p[1].TrimEnd('\r'));
     }
 
     private static string Get(string key) => _out.TryGetValue(key, out string? v) ? v : throw new AssertionException($"probe printed no '{key}'");
@@ -63,12 +68,13 @@ public class StubDriverAbiTests
     {
         ulong a = ulong.Parse(Get("alloc.a")[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         string ptr = Convert.ToHexStringLower(BitConverter.GetBytes(a));
-        Assert.That(Get("launch.count"), Is.EqualTo("3"), "one direct launch + a captured graph replayed twice");
+        Assert.That(Get("launch.count"), Is.EqualTo("4"), "one direct launch + a captured graph replayed twice + a programmatic launch");
         Assert.That(Get("launch0.grid"), Is.EqualTo("3,2,1"));
         Assert.That(Get("launch0.block"), Is.EqualTo("128,1,1"));
         Assert.That(Get("launch0.smem"), Is.EqualTo("4096"));
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 4; i++)
         {
+            Assert.That(Get($"launch{i}.programmatic"), Is.EqualTo(i == 3 ? "1" : "0"), "only the flagged launch goes through cuLaunchKernelEx with the attribute");
             Assert.That(Get($"launch{i}.kernel"), Is.EqualTo("probe_kernel"));
             Assert.That(Get($"launch{i}.param0"), Is.EqualTo(ptr), "device pointer, 8 bytes little-endian");
             Assert.That(Get($"launch{i}.param1"), Is.EqualTo("04030201"), "int 0x01020304");
@@ -81,10 +87,35 @@ public class StubDriverAbiTests
             Assert.That(Get($"launch{i}.param4"), Is.EqualTo("ab"), "byte");
             Assert.That(Get($"launch{i}.param5"), Is.EqualTo("0000000000000840"), "double 3.0");
         }
+        Assert.That(Get("launch3.grid"), Is.EqualTo("7,1,1"));
+        Assert.That(Get("launch3.block"), Is.EqualTo("32,1,1"));
+        Assert.That(Get("launch3.smem"), Is.EqualTo("64"));
         Assert.That(Get("launch1.grid"), Is.EqualTo("5,1,1"));
         Assert.That(Get("launch1.block"), Is.EqualTo("64,1,1"));
         Assert.That(Get("graph.kernels"), Is.EqualTo("1"));
         Assert.That(Get("event.ms"), Is.EqualTo("1.5"));
+    }
+
+    /// <summary>
+    /// The programmatic-dependent-launch probe at device open (sm_90 stub): a captured graph of two cuLaunchKernelEx
+    /// launches of the probe kernel, instantiated and run once; it passes, so PDL is on.
+    /// </summary>
+    [Test]
+    public void ProgrammaticLaunchProbePasses_OnTheSm90Stub()
+    {
+        Assert.That(Get("pdl.status"), Is.EqualTo("on"));
+        Assert.That(Get("pdl.probe_runs"), Is.EqualTo("2"));
+    }
+
+    /// <summary>QWEN3CUDA_PDL=0: no probe, and the flagged launch goes through cuLaunchKernel like any other.</summary>
+    [Test]
+    public void Qwen3CudaPdl0_TurnsProgrammaticLaunchOff()
+    {
+        Assert.That(_outPdlOff["pdl.status"], Is.EqualTo("off (QWEN3CUDA_PDL=0)"));
+        Assert.That(_outPdlOff["pdl.probe_runs"], Is.EqualTo("0"));
+        Assert.That(_outPdlOff["launch.count"], Is.EqualTo("4"));
+        Assert.That(_outPdlOff["launch3.grid"], Is.EqualTo("7,1,1"));
+        Assert.That(_outPdlOff["launch3.programmatic"], Is.EqualTo("0"));
     }
 
     [Test]

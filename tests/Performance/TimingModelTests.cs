@@ -20,7 +20,7 @@ public class TimingModelTests
         RegistersPerSm = 65536, RegisterAllocationUnit = 256, MaxRegistersPerThread = 255, SharedPerSmBytes = 102400,
         SharedPerBlockOptinBytes = 101376, SharedAllocationUnit = 128, SharedReservedPerBlockBytes = 1024,
         IssuePerSmPerClock = 4, SingleWarpIpc = 0.5, SfuLanesPerSm = 16, LsuRequestsPerSmPerClock = 1, MmaFlopsPerClockPerSm = 1024,
-        GraphNodeGapUs = 1, StreamLaunchGapUs = 2, SmallCopyUs = 2, HostCopyGBps = 10, SyncWakeUs = 1,
+        GraphNodeGapUs = 1, PdlNodeGapUs = 0.5, StreamLaunchGapUs = 2, SmallCopyUs = 2, HostCopyGBps = 10, SyncWakeUs = 1,
     };
 
     static LaunchRecord Launch(uint grid, uint block, long dramBytes, long warpDramTrips, long maxWarpInstructions = 0, long l2ReuseBytes = 0,

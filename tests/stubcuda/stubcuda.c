@@ -8,6 +8,10 @@
  *     is rejected with CUDA_ERROR_INVALID_IMAGE and a message in the JIT error log buffer;
  *   - cuLaunchKernel copies each parameter's bytes into a launch record; during stream capture the
  *     record goes into the graph instead, and cuGraphLaunch replays the graph's records into the log;
+ *   - cuLaunchKernelEx reads its CUlaunchConfig / CUlaunchAttribute, declared below exactly as cuda.h (12.x) declares
+ *     them, and records whether the launch asked for programmatic stream serialization;
+ *   - the programmatic-dependent-launch probe's PTX (".entry qwen3cuda_pdl_probe") loads as a kernel without
+ *     parameters; its graph replays are counted (stub_pdl_probe_runs), not logged;
  *   - stub_launch_count / stub_get_launch / stub_last_func_attribute read the records back.
  * Build: gcc -shared -fPIC -o libcuda.so.1 stubcuda.c
  */
@@ -32,7 +36,29 @@ typedef struct {
     int32_t param_count;
     int32_t param_size[MAX_PARAMS];
     uint8_t param_bytes[MAX_PARAMS][MAX_PARAM_BYTES];
+    int32_t programmatic;            /* cuLaunchKernelEx with PROGRAMMATIC_STREAM_SERIALIZATION = 1 */
 } stub_launch;
+
+/* cuda.h (CUDA 12.x), the parts cuLaunchKernelEx reads */
+typedef enum { CU_LAUNCH_ATTRIBUTE_IGNORE = 0, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 } CUlaunchAttributeID;
+typedef union {
+    char pad[64];
+    struct { void *base_ptr; size_t num_bytes; float hitRatio; int hitProp, missProp; } accessPolicyWindow;
+    int programmaticStreamSerializationAllowed;
+} CUlaunchAttributeValue;
+typedef struct {
+    CUlaunchAttributeID id;
+    char pad[8 - sizeof(CUlaunchAttributeID)];
+    CUlaunchAttributeValue value;
+} CUlaunchAttribute;
+typedef struct {
+    unsigned int gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
+    void *hStream;
+    CUlaunchAttribute *attrs;
+    unsigned int numAttrs;
+} CUlaunchConfig;
+_Static_assert(sizeof(CUlaunchAttribute) == 72, "CUlaunchAttribute is 72 bytes on LP64");
+_Static_assert(sizeof(CUlaunchConfig) == 56, "CUlaunchConfig is 56 bytes on LP64");
 
 typedef struct { char name[64]; int nparams; int sizes[MAX_PARAMS]; int max_dynamic_smem; } stub_kernel;
 typedef struct { stub_kernel kernels[MAX_KERNELS]; int count; } stub_module;
@@ -44,12 +70,14 @@ static int launch_count;
 static uint64_t capturing_stream;
 static stub_graph *capture_graph;
 static int last_attr_value = -1;
+static int pdl_probe_runs;
 
 /* ---- inspection API for the test ---- */
 int stub_launch_count(void) { return launch_count; }
 int stub_get_launch(int i, stub_launch *out) { if (i < 0 || i >= launch_count) return 1; *out = launches[i]; return 0; }
 int stub_last_func_attribute(void) { return last_attr_value; }
 int stub_launch_record_size(void) { return (int)sizeof(stub_launch); }
+int stub_pdl_probe_runs(void) { return pdl_probe_runs; }
 
 /* ---- init, errors, devices ---- */
 CUresult cuInit(unsigned int flags) { if (flags != 0) return INVALID_VALUE; initialised = 1; return OK; }
@@ -130,6 +158,13 @@ CUresult cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void *s) { (vo
 CUresult cuModuleLoadDataEx(stub_module **mod, const void *image, unsigned n, int *options, void **values)
 {
     const char *text = (const char *)image;
+    if (strncmp(text, ".version", 8) == 0 && strstr(text, ".entry qwen3cuda_pdl_probe(")) {
+        stub_module *m = calloc(1, sizeof *m);
+        snprintf(m->kernels[0].name, sizeof m->kernels[0].name, "qwen3cuda_pdl_probe");
+        m->count = 1;
+        *mod = m;
+        return OK;
+    }
     if (strncmp(text, "STUBMODULE\n", 11) != 0) {
         for (unsigned i = 0; i + 1 < n; i++)
             if (options[i] == 5 && options[i + 1] == 6)      /* error log buffer + its size */
@@ -186,10 +221,9 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, stub_kernel *k
     *blocks = block_size > 0 ? 2048 / block_size : 0;
     return OK;
 }
-CUresult cuLaunchKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned smem, void *stream, void **params, void **extra)
+static CUresult record_launch(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                              unsigned smem, void *stream, void **params, int programmatic)
 {
-    if (extra) return INVALID_VALUE;
     stub_launch *rec;
     if (capture_graph && (uint64_t)(uintptr_t)stream == capturing_stream) {
         if (capture_graph->count >= MAX_LAUNCHES) return INVALID_VALUE;
@@ -209,7 +243,26 @@ CUresult cuLaunchKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, u
         rec->param_size[i] = k->sizes[i];
         memcpy(rec->param_bytes[i], params[i], (size_t)k->sizes[i] < MAX_PARAM_BYTES ? (size_t)k->sizes[i] : MAX_PARAM_BYTES);
     }
+    rec->programmatic = programmatic;
     return OK;
+}
+CUresult cuLaunchKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned smem, void *stream, void **params, void **extra)
+{
+    if (extra) return INVALID_VALUE;
+    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0);
+}
+CUresult cuLaunchKernelEx(const CUlaunchConfig *c, stub_kernel *k, void **params, void **extra)
+{
+    if (extra || !c || (c->numAttrs && !c->attrs)) return INVALID_VALUE;
+    int programmatic = 0;
+    for (unsigned i = 0; i < c->numAttrs; i++) {
+        if (c->attrs[i].id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+            programmatic = c->attrs[i].value.programmaticStreamSerializationAllowed;
+        else if (c->attrs[i].id != CU_LAUNCH_ATTRIBUTE_IGNORE) return INVALID_VALUE;
+    }
+    return record_launch(k, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ,
+                         c->sharedMemBytes, c->hStream, params, programmatic);
 }
 
 /* ---- streams, events ---- */
@@ -267,7 +320,10 @@ CUresult cuGraphExecUpdate(stub_exec *e, stub_graph *g, void **err_node, int *re
 CUresult cuGraphLaunch(stub_exec *e, void *s)
 {
     (void)s;
-    for (int i = 0; i < e->graph.count && launch_count < MAX_LAUNCHES; i++) launches[launch_count++] = e->graph.launches[i];
+    for (int i = 0; i < e->graph.count && launch_count < MAX_LAUNCHES; i++) {
+        if (strcmp(e->graph.launches[i].kernel, "qwen3cuda_pdl_probe") == 0) pdl_probe_runs++;
+        else launches[launch_count++] = e->graph.launches[i];
+    }
     return OK;
 }
 CUresult cuGraphExecDestroy(stub_exec *e) { free(e); return OK; }

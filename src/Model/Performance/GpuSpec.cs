@@ -51,6 +51,11 @@ public sealed record GpuSpec
     /// <summary>Dense BF16 FLOP per clock per SM through mma.sync with FP32 accumulation.</summary>
     public required double MmaFlopsPerClockPerSm { get; init; }
     public required double GraphNodeGapUs { get; init; }
+    /// <summary>
+    /// The gap before a graph node launched with programmatic dependent launch after a kernel of the same graph (sm_90 and
+    /// newer): its launch overlaps that kernel, only the drain and the release from griddepcontrol.wait remain.
+    /// </summary>
+    public required double PdlNodeGapUs { get; init; }
     public required double StreamLaunchGapUs { get; init; }
     public required double SmallCopyUs { get; init; }
     public required double HostCopyGBps { get; init; }

@@ -46,6 +46,55 @@ public sealed record KernelPrediction
     public required double LatencyUs { get; init; }
     public required double Microseconds { get; init; }
     public required TimeBound Bound { get; init; }
+    /// <summary>CTAs of the launch's last wave (the tail, or a full wave) and that wave's time: the window in which the next kernel, if it is launched programmatically, can prefetch.</summary>
+    public required long LastWaveCtas { get; init; }
+    public required double LastWaveUs { get; init; }
+    /// <summary>
+    /// Set when the launch is a programmatic graph node chained to the kernel before it (<see cref="StepPredictor"/>): the
+    /// pre-wait bytes it fetched while that kernel ran. <see cref="DramBytes"/> and the times are then those left after the overlap.
+    /// </summary>
+    public PrefetchOverlap? Overlap { get; init; }
+    /// <summary>The launch's time on its own, without the overlap (what a kernel-by-kernel measurement sees).</summary>
+    public double IsolatedMicroseconds => Overlap?.IsolatedMicroseconds ?? Microseconds;
+}
+
+/// <summary>What bounded the bytes a programmatic launch fetched while its predecessor ran (docs/timing-model.md, section 3).</summary>
+public enum OverlapLimit
+{
+    /// <summary>All its pre-wait bytes were fetched in the predecessor's shadow (or it had none).</summary>
+    PreWaitBytes,
+    /// <summary>Only some of its CTAs fit on the SMs beside the predecessor's last wave.</summary>
+    Residency,
+    /// <summary>The predecessor left too little DRAM bandwidth unused.</summary>
+    PredecessorDram,
+    /// <summary>The L2 share data may occupy before it is evicted.</summary>
+    L2Capacity,
+    /// <summary>
+    /// The predecessor was not launched programmatically, so it is taken not to call griddepcontrol.launch_dependents: the
+    /// kernel is launched only as the predecessor's CTAs exit, so nothing overlaps and the node keeps the full graph-node gap.
+    /// </summary>
+    NoEarlyTrigger,
+}
+
+/// <summary>
+/// The prefetch overlap of a programmatic launch with the kernel before it: of its <see cref="PreWaitBytes"/>, the share
+/// of its CTAs resident beside the predecessor's last wave, limited by the predecessor's spare DRAM bytes and the L2
+/// share (docs/timing-model.md, "Programmatic dependent launch").
+/// </summary>
+public sealed record PrefetchOverlap
+{
+    /// <summary>Its sectors first touched before griddepcontrol.wait, × 32, at most its DRAM bytes.</summary>
+    public required long PreWaitBytes { get; init; }
+    /// <summary>Its CTAs that fit on the SMs beside the predecessor's last-wave CTAs.</summary>
+    public required long ResidentCtas { get; init; }
+    public required double ResidentFraction { get; init; }
+    /// <summary>DRAM bytes the predecessor's last wave leaves unused: (its time − one DRAM latency) × achievable bandwidth − its own DRAM bytes.</summary>
+    public required long SpareDramBytes { get; init; }
+    public required long L2CapBytes { get; init; }
+    /// <summary>The bytes fetched in the predecessor's shadow: min(pre-wait × resident fraction, spare, L2 cap).</summary>
+    public required long Bytes { get; init; }
+    public required OverlapLimit Limit { get; init; }
+    public required double IsolatedMicroseconds { get; init; }
 }
 
 /// <summary>
@@ -91,8 +140,65 @@ public static class KernelTimingModel
         return new Occupancy(blocks, warps, limit);
     }
 
-    /// <summary>Predicts one launch on <paramref name="g"/>.</summary>
-    public static KernelPrediction Predict(LaunchRecord r, KernelResources res, GpuSpec g)
+    /// <summary>
+    /// CTAs of kernel <paramref name="k"/> that fit on one SM beside <paramref name="residentCtas"/> CTAs of kernel
+    /// <paramref name="resident"/> (the occupancy rules on what those leave of the warps, registers, shared memory and block
+    /// slots; with none resident it is <see cref="Occupancy"/>'s blocks per SM).
+    /// </summary>
+    public static int BlocksBeside(GpuSpec g, KernelPrediction k, KernelPrediction resident, int residentCtas)
+    {
+        var (w1, r1, s1) = Footprint(g, k);
+        var (w0, r0, s0) = Footprint(g, resident);
+        long n = residentCtas;
+        long blocks = g.MaxBlocksPerSm - n;
+        long byWarps = (g.MaxWarpsPerSm - n * w0) / w1;
+        long byRegisters = (g.RegistersPerSm - n * w0 * r0) / r1 / w1;
+        long byShared = (g.SharedPerSmBytes - n * s0) / s1;
+        return (int)Math.Max(0, Math.Min(Math.Min(blocks, byWarps), Math.Min(byRegisters, byShared)));
+    }
+
+    /// <summary>Warps per block, registers per warp (allocation units) and shared bytes per block (with the reserved kilobyte).</summary>
+    private static (int Warps, int RegistersPerWarp, int SharedPerBlock) Footprint(GpuSpec g, KernelPrediction k) =>
+        (((int)k.Launch.Block.Count + 31) / 32, RoundUp(Math.Max(k.Resources.RegistersPerThread, 1) * 32, g.RegisterAllocationUnit),
+         RoundUp(k.Resources.StaticSharedBytes + k.Launch.DynamicSharedBytes, g.SharedAllocationUnit) + g.SharedReservedPerBlockBytes);
+
+    /// <summary>
+    /// The overlap of programmatic launch <paramref name="k"/> (predicted on its own) with the kernel before it,
+    /// <paramref name="predecessor"/> (as predicted in the step, its own overlap included): the pre-wait bytes of the share
+    /// of its CTAs that fit beside the predecessor's last wave, at most the DRAM bytes that wave leaves unused and the L2
+    /// share. A predecessor not launched programmatically is taken not to trigger its dependents early: no overlap.
+    /// </summary>
+    public static PrefetchOverlap PrefetchOverlap(GpuSpec g, KernelPrediction k, KernelPrediction predecessor)
+    {
+        long preWait = Math.Min(k.Launch.PreWaitSectors * 32, k.DramBytes);
+        long l2Cap = (long)(g.L2Bytes * g.L2ResidencyFraction);
+        // the predecessor's last wave: c CTAs over the SMs, q or q + 1 per SM
+        long c = predecessor.LastWaveCtas, q = c / g.Sms, more = c % g.Sms;
+        long resident = more * BlocksBeside(g, k, predecessor, (int)q + 1) + (g.Sms - more) * BlocksBeside(g, k, predecessor, (int)q);
+        double fraction = Math.Min(1.0, (double)resident / k.Ctas);
+        // the DRAM bytes that wave moves for itself, and what it leaves unused after the first latency (bytes = ns × GB/s)
+        double ownBytes = (double)predecessor.DramBytes * c / predecessor.Ctas;
+        long spare = (long)Math.Max(0, (predecessor.LastWaveUs * 1000 - g.DramLatencyNs) * g.DramAchievableGBps - ownBytes);
+        long byResidency = (long)(preWait * fraction);
+        bool triggers = predecessor.Launch.ProgrammaticLaunch;
+        long bytes = triggers ? Math.Min(Math.Min(byResidency, spare), l2Cap) : 0;
+        var limit = !triggers ? OverlapLimit.NoEarlyTrigger
+            : bytes == preWait ? OverlapLimit.PreWaitBytes
+            : bytes == byResidency ? OverlapLimit.Residency
+            : bytes == spare ? OverlapLimit.PredecessorDram : OverlapLimit.L2Capacity;
+        return new PrefetchOverlap
+        {
+            PreWaitBytes = preWait, ResidentCtas = Math.Min(resident, k.Ctas), ResidentFraction = fraction, SpareDramBytes = spare,
+            L2CapBytes = l2Cap, Bytes = bytes, Limit = limit, IsolatedMicroseconds = k.Microseconds,
+        };
+    }
+
+    /// <summary>
+    /// Predicts one launch on <paramref name="g"/>. <paramref name="overlappedBytes"/> of its DRAM bytes were fetched into
+    /// L2 while the kernel before it ran (programmatic dependent launch): they count as L2 bytes instead of DRAM bytes, and
+    /// the same share of its DRAM round trips becomes L2 round trips (each trip is taken to carry the same bytes).
+    /// </summary>
+    public static KernelPrediction Predict(LaunchRecord r, KernelResources res, GpuSpec g, long overlappedBytes = 0)
     {
         long ctas = (long)r.Grid.Count;
         var occ = Occupancy(g, (int)r.Block.Count, res.RegistersPerThread, res.StaticSharedBytes + r.DynamicSharedBytes);
@@ -104,15 +210,21 @@ public static class KernelTimingModel
         long distinct = r.DistinctSectors * 32, resident = r.L2ResidentSectors * 32, reuse = r.CacheReuseBytes;
         double missFraction = distinct > g.L2Bytes ? 1.0 - (double)g.L2Bytes / distinct : 0;
         long dram = distinct - resident + (long)(reuse * missFraction), l2 = resident + reuse - (long)(reuse * missFraction);
+        // bytes per DRAM trip as measured; the overlapped bytes (already in L2) take their share of the trips with them
+        double bytesPerWarpTrip = r.DramRoundTrips > 0 ? (double)dram / r.DramRoundTrips : 0;
+        long overlapped = Math.Clamp(overlappedBytes, 0, dram);
+        double kept = dram > 0 ? (double)(dram - overlapped) / dram : 1;
+        dram -= overlapped;
+        l2 += overlapped;   // in L2 when the kernel loads them after the wait (a prefetch is no load request: no re-read counted)
 
         long warps = Math.Max(1, r.Warps > 0 ? r.Warps : ctas * occ.WarpsPerBlock);
         double dramPerCta = (double)dram / ctas, l2PerCta = (double)l2 / ctas;
-        double tripsPerWarp = (double)r.DramRoundTrips / warps;
+        double tripsPerWarp = (double)r.DramRoundTrips / warps * kept;
         double instrPerCta = (double)r.WarpInstructions / ctas;
         double sfuCyclesPerCta = r.SpecialFunctionInstructions * (32.0 / g.SfuLanesPerSm) / ctas;
         double lsuCyclesPerCta = (r.GlobalLoadRequests + r.GlobalStoreRequests + r.SharedWavefronts + r.Shuffles) / g.LsuRequestsPerSmPerClock / ctas;
         double mmaCyclesPerCta = r.MmaCount * FlopsPerMma / g.MmaFlopsPerClockPerSm / ctas;
-        double latencyUs = (r.MaxWarpDramRoundTrips * g.DramLatencyNs + r.MaxWarpL2RoundTrips * g.L2LatencyNs) / 1000.0
+        double latencyUs = (r.MaxWarpDramRoundTrips * kept * g.DramLatencyNs + (r.MaxWarpL2RoundTrips + r.MaxWarpDramRoundTrips * (1 - kept)) * g.L2LatencyNs) / 1000.0
             + r.MaxWarpInstructions / g.SingleWarpIpc / g.ClockHz * 1e6;
 
         Wave Run(long c)
@@ -135,10 +247,10 @@ public static class KernelTimingModel
         if (tail > 0) waves.Add((Run(tail), 1));
         double total = waves.Sum(w => w.W.Max * w.Count);
         var longest = waves.MaxBy(w => w.W.Max * w.Count).W;
+        long lastWaveCtas = tail > 0 ? tail : perWave;
 
         long firstWave = fullWaves > 0 ? perWave : tail;
         long activeSms = Math.Min(firstWave, g.Sms);
-        double bytesPerWarpTrip = r.DramRoundTrips > 0 ? (double)dram / r.DramRoundTrips : 0;
         double inFlightPerSm = (double)firstWave * occ.WarpsPerBlock * bytesPerWarpTrip / activeSms;
         return new KernelPrediction
         {
@@ -148,6 +260,7 @@ public static class KernelTimingModel
             DramUs = waves.Sum(w => w.W.Dram * w.Count), L2Us = waves.Sum(w => w.W.L2 * w.Count),
             SmFillUs = waves.Sum(w => w.W.Fill * w.Count), IssueUs = waves.Sum(w => w.W.Issue * w.Count),
             LatencyUs = waves.Sum(w => w.W.Latency * w.Count), Microseconds = total, Bound = longest.Bound,
+            LastWaveCtas = lastWaveCtas, LastWaveUs = waves[^1].W.Max,
         };
     }
 

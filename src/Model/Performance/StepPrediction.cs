@@ -8,7 +8,8 @@ namespace Qwen3Cuda.Model.Performance;
 
 /// <summary>
 /// The predicted time of one step (a prefill chunk or a decode step) on a GPU: its kernels one after another (each waits
-/// for the last), a gap per graph node or per stream launch, the small host copies outside the graph and the host's
+/// for the last), a gap per graph node or per stream launch (a shorter one per programmatic graph node, whose pre-wait
+/// bytes may also stream while the kernel before it runs), the small host copies outside the graph and the host's
 /// wake-up after the result copy. <see cref="Layers"/> is the layer count it stands for (see <see cref="StepPredictor.ScaleLayers"/>).
 /// </summary>
 public sealed record StepPrediction
@@ -26,15 +27,23 @@ public sealed record StepPrediction
     public int StreamNodes => Launches.Count(l => !l.Launch.InGraph) + Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.Memset or DeviceOperationKind.CopyDeviceToDevice);
     /// <summary>Host-device copies outside graphs (the step's inputs and its result).</summary>
     public int HostCopies => Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost);
+    /// <summary>
+    /// Graph nodes launched with programmatic dependent launch right after a kernel of the same graph that triggers its
+    /// dependents early: the shorter gap. (One after a kernel that does not trigger keeps the full gap.)
+    /// </summary>
+    public int ProgrammaticNodes => Launches.Count(l => l.Overlap is { Limit: not OverlapLimit.NoEarlyTrigger });
+    /// <summary>Pre-wait bytes of the programmatic nodes fetched while the kernel before each ran.</summary>
+    public long OverlapBytes => Launches.Sum(l => l.Overlap?.Bytes ?? 0);
     public double KernelUs => Launches.Sum(l => l.Microseconds);
-    public double GapUs => GraphNodes * Gpu.GraphNodeGapUs + StreamNodes * Gpu.StreamLaunchGapUs;
+    public double GapUs => (GraphNodes - ProgrammaticNodes) * Gpu.GraphNodeGapUs + ProgrammaticNodes * Gpu.PdlNodeGapUs + StreamNodes * Gpu.StreamLaunchGapUs;
     /// <summary>Each host copy outside a graph: its fixed cost plus its bytes at the host link's bandwidth.</summary>
     public double CopyUs => Operations.Where(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost)
         .Sum(o => Gpu.SmallCopyUs + o.Bytes / Gpu.HostCopyGBps / 1000.0);
     public double SyncUs => Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost) ? Gpu.SyncWakeUs : 0;
     public double TotalUs => KernelUs + GapUs + CopyUs + SyncUs;
     public double TokensPerSecond => Tokens / TotalUs * 1e6;
-    public long DramBytes => Launches.Sum(l => l.DramBytes);
+    /// <summary>All the step's DRAM bytes: the kernels' own and those the programmatic nodes prefetched in their predecessors' shadow.</summary>
+    public long DramBytes => Launches.Sum(l => l.DramBytes + (l.Overlap?.Bytes ?? 0));
 }
 
 /// <summary>Predicts steps from the emulator's launch records (docs/timing-model.md).</summary>
@@ -48,8 +57,33 @@ public static class StepPredictor
         IReadOnlyList<DeviceOperation> operations, Func<LaunchRecord, KernelResources> resources) => new()
     {
         Gpu = gpu, Name = name, Tokens = tokens, Layers = layers, Operations = operations,
-        Launches = launches.Select(r => KernelTimingModel.Predict(r, resources(r), gpu)).ToList(),
+        Launches = PredictLaunches(gpu, launches.Select(r => (r, resources(r))).ToList(), operations),
     };
+
+    /// <summary>
+    /// The launches predicted in order. A launch is a programmatic graph node when it was launched programmatically, it and
+    /// the launch before it ran in a graph, and no other operation (memset, copy) came between them; if that launch
+    /// triggers early (it was itself launched programmatically), the node gets <see cref="GpuSpec.PdlNodeGapUs"/> and its
+    /// pre-wait bytes may stream in the shadow of the launch before it, as that one was predicted (its own overlap
+    /// included): <see cref="KernelTimingModel.PrefetchOverlap"/>.
+    /// </summary>
+    public static IReadOnlyList<KernelPrediction> PredictLaunches(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches,
+        IReadOnlyList<DeviceOperation> operations)
+    {
+        var between = operations.Select(o => o.LaunchesBefore).ToHashSet();   // an operation between launch i - 1 and launch i
+        var result = new List<KernelPrediction>(launches.Count);
+        for (int i = 0; i < launches.Count; i++)
+        {
+            var (r, res) = launches[i];
+            var alone = KernelTimingModel.Predict(r, res, gpu);
+            bool chained = i > 0 && r.ProgrammaticLaunch && r.InGraph && launches[i - 1].Record.InGraph && !between.Contains(i);
+            if (!chained) { result.Add(alone); continue; }
+            var overlap = KernelTimingModel.PrefetchOverlap(gpu, alone, result[i - 1]);
+            var p = overlap.Bytes > 0 ? KernelTimingModel.Predict(r, res, gpu, overlap.Bytes) : alone;
+            result.Add(p with { Overlap = overlap });
+        }
+        return result;
+    }
 
     /// <summary>
     /// Finds the layers in a step's launches: the smallest prefix p and the largest n such that <paramref name="layers"/>
@@ -76,6 +110,8 @@ public static class StepPredictor
     /// The step with <paramref name="layers"/> decoder layers instead of the <see cref="StepPrediction.Layers"/> it ran:
     /// the launches before and after the layers are kept, the layers' launches (and the memsets and copies among them)
     /// repeated in turn. For a slice of a model (its layers have the same shapes) profiled at the same context length.
+    /// The launches are predicted again in their new order, so a programmatic launch overlaps the launch now before it
+    /// (the first layer's first kernel the prefix's last, every other layer's the previous layer's last).
     /// </summary>
     public static StepPrediction ScaleLayers(StepPrediction p, int layers)
     {
@@ -87,17 +123,19 @@ public static class StepPredictor
         (int prefix, int n) = split;
         int end = prefix + p.Layers * n;
         int Segment(int launchesBefore) => launchesBefore < prefix ? -1 : launchesBefore >= end ? p.Layers : (launchesBefore - prefix) / n;
+        // operations keep their place among the launches: LaunchesBefore moves with their segment
         var launches = new List<KernelPrediction>(p.Launches.Take(prefix));
         var ops = new List<DeviceOperation>(p.Operations.Where(o => Segment(o.LaunchesBefore) < 0));
         for (int l = 0; l < layers; l++)
         {
             int src = l % p.Layers;
             launches.AddRange(p.Launches.Skip(prefix + src * n).Take(n));
-            ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == src));
+            ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == src).Select(o => o with { LaunchesBefore = o.LaunchesBefore + (l - src) * n }));
         }
         launches.AddRange(p.Launches.Skip(end));
-        ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == p.Layers));
-        return p with { Layers = layers, Launches = launches, Operations = ops };
+        ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == p.Layers).Select(o => o with { LaunchesBefore = o.LaunchesBefore + (layers - p.Layers) * n }));
+        var predicted = PredictLaunches(p.Gpu, launches.Select(k => (k.Launch, k.Resources)).ToList(), ops);
+        return p with { Layers = layers, Launches = predicted, Operations = ops };
     }
 
     /// <summary>
@@ -111,7 +149,8 @@ public static class StepPredictor
         var sb = new StringBuilder();
         var g = p.Gpu;
         sb.Append(inv, $"{p.Name} ({p.Tokens} token(s), {context}, {p.Layers} layer(s)) on {g.Name}: PREDICTED by the timing model (docs/timing-model.md), not measured\n");
-        sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"block",7}{"regs",6}{"blk/SM",7}{"waves",7}{"DRAM",11}{"L2",10}{"trips",7}{"inflight/SM",12}{"bound",9}{"pred us",10}{"pred %",8}\n");
+        bool pdl = p.Launches.Any(l => l.Overlap is not null);   // the overlap column only for steps with programmatic launches
+        sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"block",7}{"regs",6}{"blk/SM",7}{"waves",7}{"DRAM",11}{"L2",10}{(pdl ? $"{"overlap",10}" : "")}{"trips",7}{"inflight/SM",12}{"bound",9}{"pred us",10}{"pred %",8}\n");
         double total = p.TotalUs;
         foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes)))
         {
@@ -121,11 +160,27 @@ public static class StepPredictor
             string waves = f.TailCtas > 0 ? $"{f.FullWaves}+t" : $"{f.FullWaves}";
             double trips = (double)grp.Sum(x => x.Launch.MaxWarpDramRoundTrips + x.Launch.MaxWarpL2RoundTrips) / count;
             sb.Append(inv, $"  {Trim(f.Kernel, 25),-26}{count,9}{f.Launch.Grid.ToString(),8}{f.Launch.Block.ToString(),7}{f.Resources.RegistersPerThread,6}{f.Occupancy.BlocksPerSm,7}{waves,7}");
-            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{trips,7:F0}{ByteSize.Format((long)f.InFlightBytesPerSm),12}{f.Bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
+            // a kernel that prefetches its weights before griddepcontrol.wait has almost no DRAM round trips left: its bytes per
+            // trip, so its Little's-law bytes in flight, say nothing (the prefetches keep its bytes in flight)
+            string inflight = f.Launch.PreWaitSectors > 0 ? "prefetch" : ByteSize.Format((long)f.InFlightBytesPerSm);
+            string overlap = pdl ? $"{ByteSize.Format(grp.Sum(x => x.Overlap?.Bytes ?? 0)),10}" : "";
+            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{overlap}{trips,7:F0}{inflight,12}{f.Bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
         }
-        sb.Append(inv, $"  predicted {p.Name} step: kernels {p.KernelUs:F1} us + {p.GraphNodes} graph node(s) x {g.GraphNodeGapUs} us + {p.StreamNodes} stream launch(es) x {g.StreamLaunchGapUs} us");
+        string nodes = pdl
+            ? $"{p.GraphNodes} graph node(s): {p.GraphNodes - p.ProgrammaticNodes} x {g.GraphNodeGapUs} us, {p.ProgrammaticNodes} programmatic x {g.PdlNodeGapUs} us"
+            : $"{p.GraphNodes} graph node(s) x {g.GraphNodeGapUs} us";
+        sb.Append(inv, $"  predicted {p.Name} step: kernels {p.KernelUs:F1} us + {nodes} + {p.StreamNodes} stream launch(es) x {g.StreamLaunchGapUs} us");
         sb.Append(inv, $" + {p.HostCopies} host copies {p.CopyUs:F1} us + sync {p.SyncUs} us = {total:F1} us: {p.TokensPerSecond:F0} tok/s predicted\n");
         sb.Append(inv, $"  predicted time by part: kernels {100 * p.KernelUs / total:F1}%, launch gaps {100 * p.GapUs / total:F1}%, host copies and sync {100 * (p.CopyUs + p.SyncUs) / total:F1}%; {p.Launches.Count} kernel launches, DRAM {ByteSize.Format(p.DramBytes)}\n");
+        if (pdl)
+        {
+            var chained = p.Launches.Where(l => l.Overlap is not null).Select(l => l.Overlap!).ToList();
+            var prefetching = chained.Where(o => o.PreWaitBytes > 0).ToList();
+            string Count(OverlapLimit limit) => prefetching.Count(o => o.Limit == limit).ToString(inv);
+            sb.Append(inv, $"  programmatic dependent launch: {ByteSize.Format(p.OverlapBytes)} of {ByteSize.Format(chained.Sum(o => o.PreWaitBytes))} pre-wait bytes fetched while the kernel before ran, ");
+            sb.Append(inv, $"saving {p.Launches.Sum(l => l.IsolatedMicroseconds - l.Microseconds):F1} us of kernel time; of the {prefetching.Count} programmatic node(s) with pre-wait bytes, {Count(OverlapLimit.PreWaitBytes)} overlapped fully, ");
+            sb.Append(inv, $"{Count(OverlapLimit.Residency)} limited by residency, {Count(OverlapLimit.PredecessorDram)} by the predecessor's DRAM, {Count(OverlapLimit.L2Capacity)} by L2; {chained.Count(o => o.Limit == OverlapLimit.NoEarlyTrigger)} programmatic launch(es) after a kernel that does not trigger early (full gap, no overlap)\n");
+        }
         if (minimumBytes is long min)
         {
             double roofUs = min / g.DramPeakGBps / 1000.0;

@@ -103,6 +103,13 @@ public sealed unsafe partial class CudaDevice
         var k = DeviceHandle.Own<CudaKernel>(kernel, this, nameof(kernel));
         MakeCurrent();
         var (g, b) = (config.Grid, config.Block);
+        if (config.ProgrammaticDependentLaunch && ProgrammaticLaunchEnabled)
+        {
+            fixed (nint* p = args.Pointers)
+                CudaCheck.Check(LaunchProgrammatic(k.Handle, g, b, (uint)config.DynamicSharedBytes, S(stream), (void**)p),
+                    $"cuLaunchKernelEx({k.Name}, grid {g}, block {b}, smem {config.DynamicSharedBytes}, programmatic stream serialization)");
+            return;
+        }
         fixed (nint* p = args.Pointers)
             CudaCheck.Check(CudaApi.cuLaunchKernel(k.Handle, g.X, g.Y, g.Z, b.X, b.Y, b.Z, (uint)config.DynamicSharedBytes, S(stream), (void**)p, null),
                 $"cuLaunchKernel({k.Name}, grid {g}, block {b}, smem {config.DynamicSharedBytes})");

@@ -29,6 +29,7 @@ public sealed unsafe partial class CudaDevice : IDevice
         MakeCurrent();
         Info = QueryInfo(_device);
         DefaultStream = new CudaStream(this, 0, owned: false);
+        (ProgrammaticLaunchEnabled, ProgrammaticLaunchStatus) = ProbeProgrammaticLaunch();
     }
 
     /// <summary>Opens CUDA device <paramref name="ordinal"/> (0 = the first).</summary>

@@ -21,6 +21,12 @@ internal sealed unsafe class Allocation
     /// read it; weights, written only by copies, are not tracked (see <see cref="LaunchState.FirstTouchIsResident"/>).
     /// </summary>
     public uint[]? LastTouch { get; set; }
+    /// <summary>
+    /// Per 32-byte sector: the id (low 32 bits) of the last kernel launch that stored or did an atomic there (0: none).
+    /// Allocated at the first kernel write; the programmatic-dependent-launch check (<see cref="LaunchState.PdlEpochStart"/>)
+    /// reads it.
+    /// </summary>
+    public uint[]? LastWriter { get; set; }
     public ulong End => Start + (ulong)Size;
     public override string ToString() => $"{(Freed ? "freed " : "")}allocation {Label}[0x{Start:x}, 0x{End:x}) of {Size} bytes";
 }

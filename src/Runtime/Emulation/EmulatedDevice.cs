@@ -249,8 +249,10 @@ public sealed unsafe class EmulatedDevice : IDevice
         }
         bool hasCalls = ptx.Functions.Values.Any(f => f.Code.Any(i => i.Op == Op.Call && i.Callee?.Name != "vprintf"));
         int funcFrames = ptx.Functions.Values.Where(f => !f.IsEntry).Select(f => f.FrameBytes + 16).DefaultIfEmpty(0).Sum();
+        bool funcWaits = ptx.Functions.Values.Any(f => !f.IsEntry && f.Code.Any(i => i.Op == Op.GridDepWait));
         foreach (var f in ptx.Entries)
         {
+            f.HasGridDepWait = funcWaits || f.Code.Any(i => i.Op == Op.GridDepWait);
             long off = prefix;
             foreach (var s in f.SharedVars)
             {
@@ -334,6 +336,8 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (g.Y > 65535 || g.Z > 65535 || g.X > int.MaxValue) throw new DeviceException($"{what}: grid too large");
         if (c.DynamicSharedBytes < 0 || c.DynamicSharedBytes > k.MaxDynamicShared)
             throw new DeviceException($"{what}: {c.DynamicSharedBytes} bytes of dynamic shared memory exceeds the kernel's limit of {k.MaxDynamicShared} (use SetMaxDynamicSharedMemory to opt in, up to {_opt.SharedMemoryPerBlockOptin - k.StaticShared})");
+        if (c.ProgrammaticDependentLaunch && Info.ComputeMajor >= 9 && !k.Function.HasGridDepWait)
+            throw new DeviceException($"{what}: programmatic dependent launch of a kernel whose PTX has no griddepcontrol.wait (pdl_wait()): it could read its predecessor's output before that kernel finished (docs/kernels.md, \"Programmatic dependent launch\"; PTX {k.Module.Ptx.Target})");
         var ps = k.Function.Params;
         if (args.Length != ps.Count) throw new DeviceException($"{what}: {args.Length} arguments given, the kernel takes {ps.Count}");
         for (int i = 0; i < ps.Count; i++)
@@ -344,6 +348,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private void Run(EmuKernel k, LaunchConfig c, byte[][] args)
     {
         var f = k.Function;
+        bool programmatic = c.ProgrammaticDependentLaunch && Info.ComputeMajor >= 9;
         var param = new byte[Math.Max(f.ParamBytes, 1)];
         for (int i = 0; i < args.Length; i++) args[i].CopyTo(param, (int)f.Params[i].Offset);
         var L = new LaunchState
@@ -355,14 +360,32 @@ public sealed unsafe class EmulatedDevice : IDevice
             Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
             TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
+            ProgrammaticLaunch = programmatic, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
         };
+        _stepKernels[L.LaunchId] = k.Name;
         var sw = Stopwatch.StartNew();
         var counters = L.Run();
         _trafficClock += (uint)counters.DramSectors;
         if (_trafficClock == 0) _trafficClock = 1;
-        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying };
+        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic };
         LastLaunch = rec;
         _launches.Add(rec);
+    }
+
+    // ---------------- programmatic dependent launch: the step ----------------
+
+    /// <summary>First launch id of the current step (launches since the last host synchronisation or graph launch start).</summary>
+    private long _pdlEpochStart = 1;
+    /// <summary>Kernel names of the current step's launches, by launch id (for the PDL check's messages).</summary>
+    private readonly Dictionary<long, string> _stepKernels = [];
+    private Func<long, string>? _launchNameFunc;
+    private Func<long, string> _launchName => _launchNameFunc ??= id => _stepKernels.TryGetValue(id, out var n) ? n : "?";
+
+    /// <summary>A new step begins for the PDL check (docs/emulator.md): earlier launches' writes may be read before a wait.</summary>
+    private void BeginPdlStep()
+    {
+        _pdlEpochStart = _launchId + 1;
+        _stepKernels.Clear();
     }
 
     // ---------------- streams, events, graphs ----------------
@@ -382,9 +405,10 @@ public sealed unsafe class EmulatedDevice : IDevice
     /// Strict streams reject it during a capture, as CUDA's thread-local capture mode does.</summary>
     private void HostWait(string what)
     {
-        if (_queues is null) return;
+        if (_queues is null) { BeginPdlStep(); return; }
         CheckNotCapturing(what);
         _queues.DrainAll();
+        BeginPdlStep();
     }
 
     private void CheckNotCapturing(string what)
@@ -398,10 +422,11 @@ public sealed unsafe class EmulatedDevice : IDevice
     public void Synchronize(DeviceStream stream)
     {
         var s = Stream(stream);
-        if (_queues is null) return;
+        if (_queues is null) { BeginPdlStep(); return; }
         if (s.Capture is not null) throw new DeviceException("Synchronize: the stream is capturing a graph (CUDA does not allow synchronising a capturing stream)");
         CheckNotCapturing("Synchronize(stream)");
         _queues.Drain(s);
+        BeginPdlStep();
     }
 
     public void Synchronize() => HostWait("Synchronize()");
@@ -439,9 +464,10 @@ public sealed unsafe class EmulatedDevice : IDevice
     public void Synchronize(DeviceEvent evt)
     {
         var e = DeviceHandle.Own<EmuEvent>(evt, this, nameof(evt));
-        if (_queues is null || e.Last is null) return;
+        if (_queues is null || e.Last is null) { BeginPdlStep(); return; }
         CheckNotCapturing("Synchronize(event)");
         _queues.RunUntil(e.Last);
+        BeginPdlStep();
     }
 
     public float ElapsedMilliseconds(DeviceEvent start, DeviceEvent end)
@@ -510,6 +536,7 @@ public sealed unsafe class EmulatedDevice : IDevice
         }
         Submit(s, $"graph of {commands.Count} nodes", () =>
         {
+            BeginPdlStep();
             _replaying = true;
             try
             {

@@ -22,6 +22,7 @@ internal static class InstrDecoder
         ["nanosleep"] = Op.Nanosleep, ["trap"] = Op.Trap, ["copysign"] = Op.Copysign, ["testp"] = Op.Testp,
         ["mul24"] = Op.Mul24, ["mad24"] = Op.Mad24, ["sad"] = Op.Sad, ["slct"] = Op.Slct, ["prefetch"] = Op.Prefetch,
         ["prefetchu"] = Op.Prefetch, ["isspacep"] = Op.Isspacep, ["brkpt"] = Op.Brkpt, ["pmevent"] = Op.Nop,
+        ["griddepcontrol"] = Op.GridDepWait,
     };
 
     private static readonly HashSet<string> Cmps = ["eq", "ne", "lt", "le", "gt", "ge", "lo", "ls", "hi", "hs", "equ", "neu", "ltu", "leu", "gtu", "geu", "num", "nan"];
@@ -89,6 +90,8 @@ internal static class InstrDecoder
                 case "commit_group": ins.Op = Op.CpAsyncCommit; continue;
                 case "wait_group": ins.Op = Op.CpAsyncWait; continue;
                 case "wait_all": ins.Op = Op.CpAsyncWaitAll; continue;
+                case "wait": if (op == Op.GridDepWait) continue; break;
+                case "launch_dependents": if (op == Op.GridDepWait) { ins.Op = Op.GridDepLaunch; continue; } break;
                 case "warp": if (op == Op.Bar) { ins.Op = Op.BarWarp; continue; } break;
                 case "arrive": if (op == Op.Bar) { ins.Op = Op.BarArrive; continue; } break;
                 case "red": if (op == Op.Bar) { ins.Op = Op.BarRed; continue; } break;
@@ -113,6 +116,7 @@ internal static class InstrDecoder
             if (op == Op.Membar || Ignored.Contains(m) || m.StartsWith("L2::", StringComparison.Ordinal) || m.StartsWith("L1::", StringComparison.Ordinal)) continue;
             throw err($"unsupported modifier '.{m}' in '{opcode}'");
         }
+        if (op == Op.GridDepWait && parts.Length != 2) throw err($"'{opcode}': griddepcontrol takes exactly one of .wait and .launch_dependents");
         if (types.Count > 0) ins.T = types[0];
         if (types.Count > 1) ins.T2 = types[1];
         if (types.Count > 2) ins.T3 = types[^1];
@@ -145,7 +149,8 @@ internal static class InstrDecoder
             Op.Setp => (3, 4),
             Op.Bfi => (5, 5),
             Op.Lop3 => (5, 5),
-            Op.Bra or Op.Ret or Op.Exit or Op.Trap or Op.Membar or Op.CpAsyncCommit or Op.CpAsyncWaitAll or Op.Brkpt or Op.Nop => (0, 0),
+            Op.Bra or Op.Ret or Op.Exit or Op.Trap or Op.Membar or Op.CpAsyncCommit or Op.CpAsyncWaitAll or Op.Brkpt or Op.Nop
+                or Op.GridDepWait or Op.GridDepLaunch => (0, 0),
             Op.Call => (1, 3),
             Op.Bar or Op.BarArrive => (1, 2),
             Op.BarRed => (3, 4),
@@ -164,7 +169,7 @@ internal static class InstrDecoder
         if (n < want.Min || n > want.Max) throw err($"'{opcode}' takes {want.Min}{(want.Max != want.Min ? "-" + want.Max : "")} operands, found {n}");
         bool needsType = ins.Op is not (Op.Bra or Op.Ret or Op.Exit or Op.Call or Op.Bar or Op.BarArrive or Op.BarRed or Op.BarWarp
             or Op.Membar or Op.Trap or Op.CpAsync or Op.CpAsyncCommit or Op.CpAsyncWait or Op.CpAsyncWaitAll or Op.Nanosleep
-            or Op.Prefetch or Op.Brkpt or Op.Nop or Op.Isspacep or Op.Activemask);
+            or Op.Prefetch or Op.Brkpt or Op.Nop or Op.Isspacep or Op.Activemask or Op.GridDepWait or Op.GridDepLaunch);
         if (needsType && ins.T == PtxType.None && ins.Op != Op.Vote) throw err($"'{opcode}' has no type");
         if (ins.Op == Op.Cvt && ins.T2 == PtxType.None) throw err($"'{opcode}' needs a destination and a source type");
         if (ins.Op == Op.Mma && ins.Shape == 0) throw err($"'{opcode}': only m16n8k16 and m16n8k8 are supported");

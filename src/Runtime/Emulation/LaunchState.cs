@@ -42,6 +42,50 @@ internal sealed unsafe class LaunchState
     /// <summary>Sectors of DRAM traffic after which data an earlier launch touched counts as evicted from L2.</summary>
     public uint ResidentWindowSectors { get; init; }
 
+    /// <summary>Launched with programmatic stream serialization (LaunchConfig.ProgrammaticDependentLaunch on cc 9.0+).</summary>
+    public bool ProgrammaticLaunch { get; init; }
+    /// <summary>
+    /// Check the programmatic-dependent-launch contract before griddepcontrol.wait (docs/emulator.md): on for a programmatic
+    /// launch and whenever the race checker is on.
+    /// </summary>
+    public bool PdlChecks { get; init; }
+    /// <summary>
+    /// The first launch id of the current step as the PDL check sees it: launches since the last host synchronisation or
+    /// the start of the current graph launch. A pre-wait read of a sector that a launch with an id at or after this wrote
+    /// is an error.
+    /// </summary>
+    public long PdlEpochStart { get; init; } = long.MaxValue;
+    /// <summary>The kernel name of an earlier launch id of the step (for error messages).</summary>
+    public Func<long, string>? LaunchName { get; init; }
+
+    /// <summary>Stamps the sectors of a kernel write of <paramref name="bytes"/> at <paramref name="addr"/> with this launch's id.</summary>
+    public void NoteWrite(Allocation a, ulong addr, int bytes)
+    {
+        var lw = a.LastWriter;
+        if (lw == null) lock (a) lw = a.LastWriter ??= new uint[a.Size / 32 + 2];
+        uint id = (uint)LaunchId;
+        ulong first = (addr - a.Start) >> 5, last = (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5;
+        for (ulong s = first; s <= last && s < (ulong)lw.Length; s++) lw[s] = id;
+    }
+
+    /// <summary>The id of the launch of this step that last wrote a sector of [addr, addr + bytes) in <paramref name="a"/>, or 0.</summary>
+    public long StepWriter(Allocation a, ulong addr, int bytes)
+    {
+        var lw = a.LastWriter;
+        if (lw == null) return 0;
+        ulong first = (addr - a.Start) >> 5, last = (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5;
+        for (ulong s = first; s <= last && s < (ulong)lw.Length; s++)
+        {
+            uint w = lw[s];
+            if (w == 0) continue;
+            // ids are stamped as their low 32 bits; rebuild the full id nearest below this launch
+            long id = (LaunchId & ~0xFFFFFFFFL) | w;
+            if (id > LaunchId) id -= 1L << 32;
+            if (id >= PdlEpochStart && id < LaunchId) return id;
+        }
+        return 0;
+    }
+
     /// <summary>Tracks the last touch of each sector of <paramref name="a"/> from now on (a kernel writes there).</summary>
     public static void Track(Allocation a)
     {

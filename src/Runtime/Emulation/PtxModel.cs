@@ -98,7 +98,7 @@ internal enum Op : byte
     Shl, Shr, Shf, Bra, Ret, Exit, Call, Bar, BarArrive, BarRed, BarWarp, Membar, Shfl, Vote, Match, Redux, Activemask,
     Atom, Red, Popc, Clz, Brev, Bfe, Bfi, Bfind, Prmt, Lop3, Dp4a, Dp2a, Rcp, Sqrt, Rsqrt, Ex2, Lg2, Sin, Cos, Tanh,
     Mma, Ldmatrix, CpAsync, CpAsyncCommit, CpAsyncWait, CpAsyncWaitAll, Nanosleep, Trap, Copysign, Testp, Mul24, Mad24,
-    Sad, Slct, Prefetch, Isspacep, Brkpt, Mul64Hi,
+    Sad, Slct, Prefetch, Isspacep, Brkpt, Mul64Hi, GridDepWait, GridDepLaunch,
 }
 
 /// <summary>Rounding modifier.</summary>
@@ -167,6 +167,8 @@ internal sealed class PtxFunction
     public int DeclaredRegisters { get; set; }
     public int StaticSharedBytes { get; set; }
     public int DynamicSharedAlign { get; set; } = 16;
+    /// <summary>Entry only: the kernel (or a function of its module) executes griddepcontrol.wait (programmatic dependent launch).</summary>
+    public bool HasGridDepWait { get; set; }
     public int PtxLine { get; init; }
     public override string ToString() => Name;
 }

@@ -40,6 +40,8 @@ internal sealed partial class Warp
     // sector first touched in this launch (then it went to DRAM, else it hit in L2)
     public long DramTrips, L2Trips, Instructions;
     private bool _tripOpen, _tripFresh;
+    // programmatic dependent launch: lanes that have not yet executed griddepcontrol.wait (0 in a kernel without one)
+    private uint _preWait;
 
     // interleaved scheduling (EmulatorModes.Scheduling): lane groups of a diverged warp take turns at random
     private bool _its;
@@ -93,6 +95,7 @@ internal sealed partial class Warp
         if (_pairSync != null) Array.Clear(_pairSync);
         DramTrips = L2Trips = Instructions = 0;
         _tripOpen = _tripFresh = false;
+        _preWait = fn.HasGridDepWait ? Existing : 0;
     }
 
     /// <summary>Lane-level racecheck: true when an access by lane <paramref name="a"/> at <paramref name="time"/> is ordered
@@ -217,7 +220,10 @@ internal sealed partial class Warp
                     case Op.CpAsyncWait: WaitGroup(ins, exec, (int)ins.Ops[0].Imm); break;
                     case Op.CpAsyncWaitAll: CommitGroup(exec); WaitGroup(ins, exec, 0); break;
                     case Op.Activemask: Fill(D, Active); Store(ins.Ops[0], D, exec, PtxType.B32); break;
-                    case Op.Membar: case Op.Nanosleep: case Op.Prefetch: case Op.Nop: case Op.Brkpt:
+                    case Op.Prefetch: Prefetch(ins, exec); break;
+                    case Op.GridDepWait: GridDepWait(ins, exec); break;
+                    case Op.GridDepLaunch: GridDepLaunch(ins, exec); break;
+                    case Op.Membar: case Op.Nanosleep: case Op.Nop: case Op.Brkpt:
                         if (ins.Op == Op.Membar && !Cta.Launch.Sequential) Interlocked.MemoryBarrier();
                         break;
                     case Op.Trap: throw Fault("trap instruction executed", ins, BitOperations.TrailingZeroCount(exec));

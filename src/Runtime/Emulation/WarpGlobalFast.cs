@@ -53,7 +53,12 @@ internal sealed unsafe partial class Warp
             else CopyLanes(host + i * size, _addr, exec, size, regs, row, write);
             if (!direct && !write) Store(el, regs, exec, ins.T);
         }
-        if (write) LaunchState.Track(al);
+        if (write)
+        {
+            LaunchState.Track(al);
+            if (uniform && stride >= 0 && stride <= 32) Cta.Launch.NoteWrite(al, a0, (int)(31 * stride) + total);
+            else for (uint e = exec; e != 0; e &= e - 1) Cta.Launch.NoteWrite(al, _addr[BitOperations.TrailingZeroCount(e)], total);
+        }
         if (uniform && stride >= 0 && stride <= 32) CountSectorRange(al, a0 >> 5, (a0 + 31 * (ulong)stride) >> 5, write, total);
         else CountSectorsPerLane(al, exec, write, total);
         return true;

@@ -113,6 +113,15 @@ internal sealed unsafe partial class Warp
     [MethodImpl(MethodImplOptions.NoInlining)] // keeps the run loop's frame small
     private void Access(Instr ins, uint exec, bool write)
     {
+        if ((exec & _preWait) == 0) { AccessCore(ins, exec, write); return; }
+        CheckPreWait(ins, exec, ins.Ops[write ? 0 : 1], SpaceOf(ins, ins.Ops[write ? 0 : 1]), PtxTypes.Size(ins.T) * ins.Vec, write ? "store to" : "load from");
+        long d0 = Cta.Counters.DistinctSectors;
+        AccessCore(ins, exec, write);
+        Cta.Counters.PreWaitSectors += Cta.Counters.DistinctSectors - d0;
+    }
+
+    private void AccessCore(Instr ins, uint exec, bool write)
+    {
         var addrOp = ins.Ops[write ? 0 : 1];
         var dataOp = ins.Ops[write ? 1 : 0];
         int size = PtxTypes.Size(ins.T);
@@ -167,7 +176,7 @@ internal sealed unsafe partial class Warp
             if (sp == Space.Global)
             {
                 for (ulong s = addr >> 5; s <= (addr + (ulong)total - 1) >> 5; s++) if (nsec < _sectors.Length) _sectors[nsec++] = s;
-                if (write) LaunchState.Track(_lastAlloc!);
+                if (write) { LaunchState.Track(_lastAlloc!); Cta.Launch.NoteWrite(_lastAlloc!, addr, total); }
                 Cta.Launch.TouchSector(_lastAlloc!, addr, total, Cta.Counters);
             }
             else if (sp == Space.Shared) _bankWords[lanes - 1] = (uint)addr;
@@ -262,6 +271,7 @@ internal sealed unsafe partial class Warp
         Load(o[isRed ? 1 : 2], B, ins.T);
         if (!isRed && o.Length > 3) Load(o[3], C, ins.T);
         bool parallel = !Cta.Launch.Sequential;
+        if ((exec & _preWait) != 0) CheckPreWait(ins, exec, addrOp, ins.Space, size, "atomic on");
         for (uint e = exec; e != 0; e &= e - 1)
         {
             int l = BitOperations.TrailingZeroCount(e);
@@ -269,6 +279,7 @@ internal sealed unsafe partial class Warp
             Space sp = Route(ins.Space, ref addr);
             if (sp is not (Space.Global or Space.Shared)) throw Fault($"atomic on {sp} memory", ins, l);
             byte* p = Translate(sp, addr, size, true, ins, l);
+            if (sp == Space.Global) Cta.Launch.NoteWrite(_lastAlloc!, addr, size);
             bool ftzAdd = sp == Space.Global && ins.T == PtxType.F32;
             ulong old;
             if (size == 4)

@@ -33,6 +33,6 @@ public sealed class EmbeddingLaunchers(KernelLoader loader)
         var p = new EmbeddingParams { Out = output, Table = table, Ids = ids, ErrorFlag = errorFlag, Tokens = tokens, Vocab = vocab, Width = width };
         var args = new KernelArgs(stackalloc byte[64], stackalloc nint[1]);
         args.Add(p);
-        _device.Launch(_gather, new LaunchConfig(tokens, Math.Clamp((width / 8 + 31) / 32 * 32, 32, 256)), stream, args);
+        _device.Launch(_gather, new LaunchConfig(tokens, Math.Clamp((width / 8 + 31) / 32 * 32, 32, 256), ProgrammaticDependentLaunch: true), stream, args);
     }
 }

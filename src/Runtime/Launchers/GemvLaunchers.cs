@@ -137,7 +137,7 @@ public sealed class GemvLaunchers
         var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
         args.Add(p);
         int smem = tokens * plan.KSplit * 2;
-        _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem), stream, args);
+        _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
         return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
     }
 

@@ -154,7 +154,7 @@ public sealed class MoeLaunchers
             HOut = hOut, NormWeight = normWeight, Tokens = tokens, HiddenSize = s.Hidden, Experts = s.Experts, TopK = s.TopK,
             NormTopkProb = s.NormTopkProb ? 1 : 0, Eps = eps,
         };
-        Launch(_routerNorm, new LaunchConfig(s.Experts, 256), stream, p);
+        Launch(_routerNorm, new LaunchConfig(s.Experts, 256, ProgrammaticDependentLaunch: true), stream, p);
     }
 
     /// <summary>
@@ -193,7 +193,7 @@ public sealed class MoeLaunchers
         if (slots <= 0) return;
         var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales };
         int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : s.Hidden * sizeof(ushort);   // quantized: the hidden row staged in shared memory
-        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128, smem), stream, p);
+        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
     }
 
     /// <summary>
@@ -222,7 +222,7 @@ public sealed class MoeLaunchers
             Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, TopK = s.TopK, Ws = down.KernelScales,
         };
         int smem = down.Format == WeightFormat.Bf16 ? 0 : s.Inter * sizeof(ushort);
-        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem), stream, p);
+        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
     }
 
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>

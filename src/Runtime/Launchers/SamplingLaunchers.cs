@@ -142,7 +142,7 @@ public sealed class SamplingLaunchers(KernelLoader loader)
     {
         var args = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
         args.Add(p);
-        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)p.Ctas, (uint)p.Rows), 512), stream, args);
+        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)p.Ctas, (uint)p.Rows), 512, ProgrammaticDependentLaunch: true), stream, args);
     }
 
     public static void Validate(in SamplingSettings s)

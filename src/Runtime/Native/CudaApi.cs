@@ -54,6 +54,8 @@ internal static unsafe partial class CudaApi
     [LibraryImport(Lib)] public static partial CuResult cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, nint function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(Lib)] public static partial CuResult cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ,
         uint blockX, uint blockY, uint blockZ, uint sharedBytes, nint stream, void** kernelParams, void** extra);
+    /// <summary>CUDA 12.0+ drivers; older ones lack the export (EntryPointNotFoundException at the first call).</summary>
+    [LibraryImport(Lib)] public static partial CuResult cuLaunchKernelEx(CuLaunchConfig* config, nint function, void** kernelParams, void** extra);
 
     // streams and events
     [LibraryImport(Lib)] public static partial CuResult cuStreamCreate(out nint stream, uint flags);
@@ -104,6 +106,36 @@ internal enum CuFunctionAttribute
 internal enum CuJitOption { InfoLogBuffer = 3, InfoLogBufferSizeBytes = 4, ErrorLogBuffer = 5, ErrorLogBufferSizeBytes = 6 }
 
 internal enum CuStreamCaptureMode { Global = 0, ThreadLocal = 1, Relaxed = 2 }
+
+// cuLaunchKernelEx's arguments, as cuda.h (CUDA 12.x) declares them:
+//   typedef enum CUlaunchAttributeID_enum { ..., CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6, ... };
+//   typedef union CUlaunchAttributeValue_union { char pad[64]; ...; int programmaticStreamSerializationAllowed; ... };
+//   typedef struct CUlaunchAttribute_st { CUlaunchAttributeID id; char pad[8 - sizeof(CUlaunchAttributeID)];
+//                                         CUlaunchAttributeValue value; } CUlaunchAttribute;
+//   typedef struct CUlaunchConfig_st { unsigned int gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ,
+//                                      sharedMemBytes; CUstream hStream; CUlaunchAttribute* attrs; unsigned int numAttrs; } CUlaunchConfig;
+// (checked against cuda.h as vendored by public projects and NVIDIA's CUDA Driver API reference, "enum CUlaunchAttributeID").
+// The union holds pointers (CUevent, CUaccessPolicyWindow.base_ptr), so it is 8-byte aligned: an attribute is 72 bytes
+// with the value at offset 8; the config is 56 bytes (hStream at 32 after 4 bytes of padding, attrs at 40, numAttrs at 48).
+
+internal enum CuLaunchAttributeId { Ignore = 0, ProgrammaticStreamSerialization = 6 }
+
+[StructLayout(LayoutKind.Explicit, Size = 72)]
+internal struct CuLaunchAttribute
+{
+    [FieldOffset(0)] public CuLaunchAttributeId Id;
+    /// <summary>The first int of the value union: programmaticStreamSerializationAllowed for <see cref="CuLaunchAttributeId.ProgrammaticStreamSerialization"/>.</summary>
+    [FieldOffset(8)] public int Value;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct CuLaunchConfig
+{
+    public uint GridDimX, GridDimY, GridDimZ, BlockDimX, BlockDimY, BlockDimZ, SharedMemBytes;
+    public nint HStream;
+    public CuLaunchAttribute* Attrs;
+    public uint NumAttrs;
+}
 
 /// <summary>A failed CUDA driver call: the call, the CUDA error name and its text.</summary>
 public sealed class CudaException(string call, CuResult result, string name, string text)

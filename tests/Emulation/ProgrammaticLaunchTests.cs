@@ -1,0 +1,251 @@
+using System.Runtime.InteropServices;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Tests.Emulation;
+
+/// <summary>
+/// Programmatic dependent launch on the emulator (docs/emulator.md, "Programmatic dependent launch"): griddepcontrol.wait
+/// and launch_dependents at sm_90, the launch record's ProgrammaticLaunch and PreWaitSectors, prefetch.global.L2 as a
+/// touch of its 128-byte line, and the contract checks: before its wait a kernel may not store, may not read what a
+/// kernel of the step wrote, may not call launch_dependents; a programmatic launch needs a kernel with a wait.
+/// </summary>
+public sealed class ProgrammaticLaunchTests
+{
+    private const string Source = """
+        __device__ __forceinline__ void wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+        __device__ __forceinline__ void go() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+        __device__ __forceinline__ void pf(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
+
+        extern "C" __global__ void produce(float* out, int n)
+        {
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i < n) out[i] = (float)i;
+        }
+        // the contract kept: prefetch of the weights (one line per thread), wait, launch_dependents, then the producer's output
+        extern "C" __global__ void consume(const float* in, const float* w, float* out, int n)
+        {
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i * 32 < n) pf(w + i * 32);
+            wait();
+            go();
+            if (i < n) out[i] = in[i] * 2.f + w[i];
+        }
+        extern "C" __global__ void load_before_wait(const float* in, float* out)
+        {
+            float v = in[threadIdx.x];
+            wait();
+            go();
+            out[threadIdx.x] = v;
+        }
+        extern "C" __global__ void prefetch_before_wait(const float* in, float* out)
+        {
+            pf(in + threadIdx.x);
+            wait();
+            go();
+            out[threadIdx.x] = in[threadIdx.x];
+        }
+        extern "C" __global__ void store_before_wait(float* out)
+        {
+            out[threadIdx.x] = 1.f;
+            wait();
+            go();
+        }
+        extern "C" __global__ void launch_before_wait(float* out)
+        {
+            go();
+            wait();
+            out[threadIdx.x] = 1.f;
+        }
+        extern "C" __global__ void no_wait(float* out) { out[threadIdx.x] = 1.f; }
+        extern "C" __global__ void prefetch_at(const char* p, long long offset) { pf(p + offset); }
+        """;
+
+    private static readonly KernelCompiler Compiler = new(Path.Combine(Path.GetTempPath(), "qwen3cuda-emu-tests"));
+
+    private sealed class Kit : IDisposable
+    {
+        public EmulatedDevice Dev { get; }
+        private readonly DeviceModule _module;
+
+        public Kit(int computeMajor = 9)
+        {
+            var compiled = Compiler.CompileSource("pdl_test.cu", Source, new KernelBuild("pdl_test.cu", $"sm_{computeMajor}0", CompileTarget.Ptx));
+            Dev = new EmulatedDevice(new EmulatorOptions { ComputeMajor = computeMajor, Sequential = true, PrintfOutput = TextWriter.Null, Modes = EmulatorModes.Ambient with { StrictStreams = true } });
+            _module = Dev.LoadModule(compiled);
+        }
+
+        public DevicePtr Upload(float[] data)
+        {
+            var p = Dev.Allocate(data.Length * sizeof(float));
+            Dev.CopyToDevice(p, MemoryMarshal.AsBytes(data.AsSpan()));
+            return p;
+        }
+
+        public float[] Download(DevicePtr p, int n)
+        {
+            var r = new float[n];
+            Dev.CopyToHost(MemoryMarshal.AsBytes(r.AsSpan()), p);
+            return r;
+        }
+
+        /// <summary>Queues a launch (strict streams: it runs at the next synchronisation).</summary>
+        public void Launch(string kernel, uint grid, uint block, bool programmatic, params object[] args)
+        {
+            var a = new KernelArgs(new byte[KernelArgs.DefaultBufferBytes], new nint[KernelArgs.MaxArgs]);
+            foreach (var x in args)
+            {
+                switch (x)
+                {
+                    case DevicePtr p: a.Add(p.Address); break;
+                    case int i: a.Add(i); break;
+                    case long l: a.Add(l); break;
+                    default: throw new ArgumentException($"unsupported argument type {x.GetType()}");
+                }
+            }
+            Dev.Launch(Dev.GetKernel(_module, kernel), new LaunchConfig(grid, block, 0, programmatic), Dev.DefaultStream, a);
+        }
+
+        public void Sync() => Dev.Synchronize(Dev.DefaultStream);
+
+        public void Dispose()
+        {
+            _module.Dispose();
+            Dev.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A producer then a programmatic consumer that keeps the contract: the consumer reads the producer's output after
+    /// its wait (the result proves it), the record says programmatic, and PreWaitSectors is exactly the weight's sectors:
+    /// 4096 floats = 16 KiB = 128 lines, each prefetched by one thread before the wait (512 sectors of 32 bytes); the
+    /// input and output are first touched after the wait.
+    /// </summary>
+    [Test]
+    public void ProgrammaticConsumer_ReadsTheProducersOutput_AndCountsItsPrefetchedWeightsAsPreWaitSectors()
+    {
+        using var k = new Kit();
+        const int n = 4096;
+        var w = Enumerable.Range(0, n).Select(i => 0.25f * (i % 7)).ToArray();
+        var dIn = k.Dev.Allocate(n * sizeof(float));
+        var dW = k.Upload(w);
+        var dOut = k.Dev.Allocate(n * sizeof(float));
+        k.Launch("produce", n / 256, 256, false, dIn, n);
+        k.Launch("consume", n / 256, 256, true, dIn, dW, dOut, n);
+        k.Sync();
+        var launches = k.Dev.Launches.TakeLast(2).ToArray();
+        Assert.That(launches[0].ProgrammaticLaunch, Is.False);
+        Assert.That(launches[0].PreWaitSectors, Is.Zero, "a kernel without griddepcontrol.wait has no pre-wait sectors");
+        Assert.That(launches[1].ProgrammaticLaunch, Is.True);
+        Assert.That(launches[1].PreWaitSectors, Is.EqualTo(n * sizeof(float) / 32));
+        Assert.That(launches[1].DistinctSectors, Is.EqualTo(3L * n * sizeof(float) / 32), "in, w and out, each once: the loads of w hit the prefetched sectors");
+        Assert.That(launches[1].GlobalLoadRequests, Is.EqualTo(2L * n / 32), "a prefetch is not a load request: two loads per warp");
+        var got = k.Download(dOut, n);
+        for (int i = 0; i < n; i++) Assert.That(got[i], Is.EqualTo(i * 2f + w[i]), $"out[{i}]");
+    }
+
+    [Test]
+    public void WithoutTheFlag_OrOnSm80_TheLaunchIsNotProgrammatic()
+    {
+        using var k = new Kit();
+        var dIn = k.Upload(new float[256]);
+        var dW = k.Upload(new float[256]);
+        var dOut = k.Dev.Allocate(256 * sizeof(float));
+        k.Launch("consume", 1, 256, false, dIn, dW, dOut, 256);
+        k.Sync();
+        Assert.That(k.Dev.LastLaunch!.ProgrammaticLaunch, Is.False);
+        Assert.That(k.Dev.LastLaunch!.PreWaitSectors, Is.EqualTo(256 * 4 / 32), "the kernel still waits: its prefetches are pre-wait sectors");
+
+        using var k80 = new Kit(8);
+        var e = Assert.Throws<EmulatorFaultException>(() =>
+        {
+            k80.Launch("consume", 1, 256, true, k80.Upload(new float[256]), k80.Upload(new float[256]), k80.Dev.Allocate(1024), 256);
+            k80.Sync();
+        })!;
+        Assert.That(e.Message, Does.Contain("needs sm_90 or newer").And.Contain("sm_80"));
+    }
+
+    [Test]
+    public void LoadBeforeTheWait_OfWhatTheStepsPreviousKernelWrote_IsAnErrorNamingTheWriter()
+    {
+        using var k = new Kit();
+        var dIn = k.Dev.Allocate(256 * sizeof(float));
+        var dOut = k.Dev.Allocate(256 * sizeof(float));
+        k.Launch("produce", 1, 256, false, dIn, 256);
+        k.Launch("load_before_wait", 1, 256, true, dIn, dOut);
+        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        Assert.That(e.Message, Does.Contain("pdl check: load from global memory").And.Contain("before griddepcontrol.wait")
+            .And.Contain("kernel produce").And.Contain("kernel load_before_wait").And.Contain("allocation"));
+    }
+
+    [Test]
+    public void PrefetchBeforeTheWait_OfWhatTheStepWrote_IsAnError_ButNotAfterAHostSynchronisation()
+    {
+        using var k = new Kit();
+        var dIn = k.Dev.Allocate(256 * sizeof(float));
+        var dOut = k.Dev.Allocate(256 * sizeof(float));
+        k.Launch("produce", 1, 256, false, dIn, 256);
+        k.Launch("prefetch_before_wait", 1, 256, true, dIn, dOut);
+        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        Assert.That(e.Message, Does.Contain("pdl check: prefetch of global memory").And.Contain("kernel produce"));
+
+        using var k2 = new Kit();
+        var dIn2 = k2.Dev.Allocate(256 * sizeof(float));
+        var dOut2 = k2.Dev.Allocate(256 * sizeof(float));
+        k2.Launch("produce", 1, 256, false, dIn2, 256);
+        k2.Sync();   // a new step: the producer finished before the host went on
+        k2.Launch("prefetch_before_wait", 1, 256, true, dIn2, dOut2);
+        k2.Sync();
+        Assert.That(k2.Download(dOut2, 256), Is.EqualTo(Enumerable.Range(0, 256).Select(i => (float)i).ToArray()));
+    }
+
+    [Test]
+    public void StoreBeforeTheWait_IsAnError()
+    {
+        using var k = new Kit();
+        var dOut = k.Dev.Allocate(256 * sizeof(float));
+        k.Launch("store_before_wait", 1, 256, true, dOut);
+        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        Assert.That(e.Message, Does.Contain("pdl check: store to global memory").And.Contain("before griddepcontrol.wait").And.Contain("kernel store_before_wait"));
+    }
+
+    [Test]
+    public void LaunchDependentsBeforeTheWait_IsAnError()
+    {
+        using var k = new Kit();
+        var dOut = k.Dev.Allocate(256 * sizeof(float));
+        k.Launch("launch_before_wait", 1, 256, true, dOut);
+        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        Assert.That(e.Message, Does.Contain("griddepcontrol.launch_dependents before griddepcontrol.wait").And.Contain("kernel launch_before_wait"));
+    }
+
+    [Test]
+    public void ProgrammaticLaunch_OfAKernelWithoutAWait_IsRejectedAtLaunch()
+    {
+        using var k = new Kit();
+        var dOut = k.Dev.Allocate(256 * sizeof(float));
+        var e = Assert.Throws<DeviceException>(() => k.Launch("no_wait", 1, 256, true, dOut))!;
+        Assert.That(e.Message, Does.Contain("launch of no_wait").And.Contain("no griddepcontrol.wait"));
+        k.Launch("no_wait", 1, 256, false, dOut);   // without the flag it is an ordinary kernel
+        k.Sync();
+    }
+
+    /// <summary>A prefetch touches the sectors of its 128-byte line inside the allocation; one outside any allocation is an error.</summary>
+    [Test]
+    public void Prefetch_TouchesItsLine_AndOutOfBoundsIsAnError()
+    {
+        using var k = new Kit();
+        var buf = k.Upload(new float[100]);   // 400 bytes: lines [0, 128), ..., [384, 400) clipped to the allocation
+        k.Launch("prefetch_at", 1, 1, false, buf, 130L);
+        k.Sync();
+        Assert.That(k.Dev.LastLaunch!.DistinctSectors, Is.EqualTo(4));
+        Assert.That(k.Dev.LastLaunch!.GlobalLoadRequests, Is.Zero);
+        Assert.That(k.Dev.LastLaunch!.PreWaitSectors, Is.Zero, "the kernel has no griddepcontrol.wait");
+        k.Launch("prefetch_at", 1, 1, false, buf, 390L);
+        k.Sync();
+        Assert.That(k.Dev.LastLaunch!.DistinctSectors, Is.EqualTo(1), "bytes 384..399: one sector of the last line lies in the allocation");
+        k.Launch("prefetch_at", 1, 1, false, buf, 400L);
+        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        Assert.That(e.Message, Does.Contain("memcheck: out-of-bounds prefetch"));
+    }
+}
