@@ -342,6 +342,7 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
 //   once with the workspace) and left zero. With more than FUSED_MAX_COMBINE_SPLITS splits (a long context: one CTA
 //   would pull too many partials through one SM) tickets is null and the launcher runs attn_decode_combine after.
 //   All loads the prologue needs go out in one round trip, the context length's.
+// PDL: before pdl_wait() only an L2 prefetch of the two norm weights (everything else may come from the kernel before).
 // Bytes moved: attn_decode_split's + the qkv rows (splits x (group + 2) x D x 2 per (row, KV head), from L2) + the new K
 // and V (written once) + the partials read back by the last CTAs, one ticket per (row, KV head).
 // Compiled for the head sizes rope.cu supports (16, 32, 64, 128, 256).
@@ -529,6 +530,11 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = p.num_q_heads / p.num_kv_heads;
+
+    // PDL (docs/kernels.md, "Programmatic dependent launch"): before the wait only the norm weights, into L2.
+    if (tid < 2 * ((HEAD_DIM * 2 + 127) / 128)) prefetch_l2((tid & 1 ? p.k_norm_weight : p.q_norm_weight) + (tid >> 1) * 64);
+    pdl_wait();
+    pdl_launch_dependents();
 
     // Prologue loads, all in one round trip with the context length: rows w, w + 4, w + 8 of (q heads of the group | k |
     // v) for warp w, both norm weights, the position, slot and inv_freq.

@@ -44,11 +44,11 @@ public static class AttentionCases
     {
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 21, 128, real: true);            // real heads, batch 3: the new key alone, on a new page, mid-page
         yield return FusedCase([33], 32, 4, 16, 1, 22, 128, real: true);                     // batch 1, one split: direct bf16 output, no ticket
-        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 32 one-tile splits, the ticket combine
-        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head; a padding row (slot -1)
+        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 16 two-tile splits, the ticket combine
+        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 10 splits (2 + 2 + 1 x 6); a padding row (slot -1)
         yield return FusedCase([70, 5], 6, 2, 16, 64, 25, 64, perRow: true, scaling: 1.25f); // group of 3, D 64, dynamic RoPE (a table per row), YaRN-like scaling
         yield return FusedCase([20000, 3], 4, 2, 512, 512, 26, 32, perRow: true);            // long context: 79 splits (a 3-key row with empty splits), D 32, combine kernel after
-        yield return FusedCase([8000, 3], 4, 2, 64, 512, 31, 32);                            // 63 splits, the last CTA's combine (7 x 8 + 7 in vw-major order)
+        yield return FusedCase([16000, 3], 4, 2, 64, 512, 31, 32);                           // 63 splits of 8 tiles, the last CTA's combine (7 warps' 8 + 7)
         yield return FusedCase([2, 66, 1], 4, 2, 4, 64, 27, 16, padding: true);              // D 16 (half warps), page size 4, padding row
         // --kv-cache-dtype fp8: the new key and value as E4M3 codes in the cache, and decoded the same way from registers
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 28, 128, real: true, fp8: true);
@@ -166,7 +166,9 @@ public static class AttentionCases
                 Positions = dPos, SlotMapping = dSlots, Tokens = seqs, NumQHeads = nH, NumKvHeads = nKV, QkvStride = stride,
                 QOutStride = qDim, Eps = Eps, AttentionScaling = scaling, InvFreqPerToken = perRow ? 1 : 0,
             });
-            int splitsA = attn.Decode(ctx.Stream, Args(dQA, dKA, dVA, dOutA));
+            // the fused launch's split count, so that the combines sum the same partials
+            int fusedSplits = attn.ChooseFusedSplits(seqs, nKV, lens.Max(), workspaceSplits);
+            int splitsA = attn.Decode(ctx.Stream, Args(dQA, dKA, dVA, dOutA) with { WorkspaceSplits = fusedSplits });
 
             // The fused kernel, twice (the second run checks that the tickets were left zero), into fresh outputs.
             DevicePtr dKB = kv.UploadK(ctx), dVB = kv.UploadV(ctx), dQB = ctx.AllocFilled<ushort>(seqs * qDim);
@@ -178,9 +180,11 @@ public static class AttentionCases
             attn.DecodeFused(ctx.Stream, Args(DevicePtr.Null, dKB, dVB, dOutB2), ropeArgs with { QOut = DevicePtr.Null });
 
             var c = new Checker();
-            c.True(splitsA == splitsB && (workspaceSplits == 1 ? splitsB == 1 : splitsB > 1), "split count", $"{splitsB} (separate: {splitsA})");
+            c.True(splitsA == splitsB && splitsB == fusedSplits && (workspaceSplits == 1 ? splitsB == 1 : splitsB > 1), "split count", $"{splitsB} (separate: {splitsA})");
             int expectLaunches = splitsB > AttentionDecodeLaunchers.FusedMaxCombineSplits ? 2 : 1;   // beyond it attn_decode_combine runs after
             if (launches.Count > 0) c.True(launches.Count == expectLaunches, $"{expectLaunches} launch(es)", $"{launches.Count}");
+            if (launches.Count > 0 && ctx.Device.Info.ComputeMajor >= 9)
+                c.True(launches[0].ProgrammaticLaunch, "sm_90: a programmatic dependent launch (pdl_wait before anything an earlier kernel writes)");
             int compared = padding ? seqs - 1 : seqs;
             ushort[] qB = ctx.Download<ushort>(dQB, seqs * qDim), outB = ctx.Download<ushort>(dOutB, seqs * qDim);
             byte[] kB = ctx.Download<byte>(dKB, cacheBytes), vB = ctx.Download<byte>(dVB, cacheBytes);
