@@ -44,7 +44,7 @@ public static class AttentionCases
     {
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 21, 128, real: true);            // real heads, batch 3: the new key alone, on a new page, mid-page
         yield return FusedCase([33], 32, 4, 16, 1, 22, 128, real: true);                     // batch 1, one split: direct bf16 output, no ticket
-        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 16 two-tile splits, the ticket combine
+        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 32 one-tile splits, the ticket combine
         yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 10 splits (2 + 2 + 1 x 6); a padding row (slot -1)
         yield return FusedCase([70, 5], 6, 2, 16, 64, 25, 64, perRow: true, scaling: 1.25f); // group of 3, D 64, dynamic RoPE (a table per row), YaRN-like scaling
         yield return FusedCase([20000, 3], 4, 2, 512, 512, 26, 32, perRow: true);            // long context: 79 splits (a 3-key row with empty splits), D 32, combine kernel after
@@ -166,9 +166,8 @@ public static class AttentionCases
                 Positions = dPos, SlotMapping = dSlots, Tokens = seqs, NumQHeads = nH, NumKvHeads = nKV, QkvStride = stride,
                 QOutStride = qDim, Eps = Eps, AttentionScaling = scaling, InvFreqPerToken = perRow ? 1 : 0,
             });
-            // the fused launch's split count, so that the combines sum the same partials
-            int fusedSplits = attn.ChooseFusedSplits(seqs, nKV, lens.Max(), workspaceSplits);
-            int splitsA = attn.Decode(ctx.Stream, Args(dQA, dKA, dVA, dOutA) with { WorkspaceSplits = fusedSplits });
+            int fusedSplits = attn.ChooseSplits(seqs, nKV, lens.Max(), workspaceSplits);   // both launches' split count
+            int splitsA = attn.Decode(ctx.Stream, Args(dQA, dKA, dVA, dOutA));
 
             // The fused kernel, twice (the second run checks that the tickets were left zero), into fresh outputs.
             DevicePtr dKB = kv.UploadK(ctx), dVB = kv.UploadV(ctx), dQB = ctx.AllocFilled<ushort>(seqs * qDim);

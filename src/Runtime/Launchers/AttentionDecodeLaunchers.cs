@@ -136,22 +136,6 @@ public sealed class AttentionDecodeLaunchers
     public int ChooseSplits(int seqs, int numKvHeads, int maxContextLen, int workspaceSplits) =>
         Math.Max(1, Math.Min(PlanSplits(_device.Info.MultiprocessorCount, seqs, numKvHeads, maxContextLen), Math.Max(1, workspaceSplits)));
 
-    /// <summary>
-    /// Splits of <see cref="DecodeFused"/>: <see cref="ChooseSplits"/>, but filling the GPU with at most
-    /// <see cref="FusedFillSplits"/> splits per (row, KV head) where the context is short enough not to need more (the
-    /// last CTA's combine costs a round trip per 8 splits; a split of 2 tiles instead of 1 costs one): a long context
-    /// still gets at most <see cref="MaxTilesPerSplit"/> tiles per split.
-    /// </summary>
-    public int ChooseFusedSplits(int seqs, int numKvHeads, int maxContextLen, int workspaceSplits)
-    {
-        int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
-        int forLength = (tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit;
-        return Math.Min(ChooseSplits(seqs, numKvHeads, maxContextLen, workspaceSplits), Math.Max(FusedFillSplits, forLength));
-    }
-
-    /// <summary>See <see cref="ChooseFusedSplits"/>: two batches of the last CTA's combine.</summary>
-    public const int FusedFillSplits = 16;
-
     /// <summary>Bytes of the ticket array <see cref="DecodeFused"/> needs for <paramref name="seqs"/> rows (zero it once).</summary>
     public static long TicketBytes(int seqs, int numKvHeads) => (long)seqs * numKvHeads * sizeof(int);
 
@@ -194,8 +178,8 @@ public sealed class AttentionDecodeLaunchers
         if (rope.Qkv.IsNull || a.KCache.IsNull || a.VCache.IsNull || rope.QNormWeight.IsNull || rope.KNormWeight.IsNull
             || rope.InvFreq.IsNull || rope.Positions.IsNull || rope.SlotMapping.IsNull)
             throw new ArgumentException("attn_decode_fused: a required pointer is null", nameof(rope));
-        if (Check(a) == 0) return 0;
-        int splits = ChooseFusedSplits(a.Seqs, a.NumKvHeads, a.MaxContextLen, a.WorkspaceSplits);
+        int splits = Check(a);
+        if (splits == 0) return 0;
         bool combineInKernel = splits <= FusedMaxCombineSplits;
         if (splits > 1 && combineInKernel && rope.Tickets.IsNull) throw new ArgumentException("attn_decode_fused: split decoding needs the ticket array", nameof(rope));
         var p = new AttnDecodeFusedParams
