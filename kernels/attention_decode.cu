@@ -22,6 +22,7 @@
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
 // attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
 //   warp w sums splits w, w + 8, ... (8 splits' loads per round trip), the 8 warp sums added in a fixed order.
+//   Launched with programmatic dependent launch: pdl_wait() first, nothing before it.
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
 // attn_decode_fused (below): the decode step's single attention node, rope.cu's prologue before the split loop and the
 //   combine in the last CTA; the pair above (with qk_norm_rope_kv_write) is its bitwise oracle and the multi-row-run path.
@@ -277,6 +278,8 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
     __shared__ float num_s[COMB_WARPS][HEAD_DIM];
     __shared__ float den_s[COMB_WARPS];
     const int seq = blockIdx.x, head = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    pdl_wait();                              // everything it reads is the split kernel's (docs/kernels.md, PDL)
+    pdl_launch_dependents();
     const size_t row0 = ((size_t)seq * p.num_q_heads + head) * p.splits;
     float mx = -QC_INF;
     for (int s = tid; s < p.splits; s += COMB_THREADS) mx = fmaxf(mx, p.partial_lse[row0 + s]);

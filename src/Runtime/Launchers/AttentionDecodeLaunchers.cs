@@ -155,7 +155,7 @@ public sealed class AttentionDecodeLaunchers
         args.Add(p);
         _device.Launch(_split, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128), stream, args);
         if (splits > 1)
-            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, args);
+            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256, ProgrammaticDependentLaunch: true), stream, args);
         return splits;
     }
 
@@ -204,7 +204,7 @@ public sealed class AttentionDecodeLaunchers
             };
             var cargs = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
             cargs.Add(c);
-            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256), stream, cargs);
+            _device.Launch(_combine, new LaunchConfig(new Dim3((uint)a.Seqs, (uint)a.NumQHeads), 256, ProgrammaticDependentLaunch: true), stream, cargs);
         }
         return splits;
     }
