@@ -147,7 +147,7 @@ __device__ __forceinline__ void pdl_launch_dependents()
 // Asks the L2 to fetch the 128-byte line holding `p` (no register result, nothing to wait for).
 __device__ __forceinline__ void prefetch_l2(const void* p)
 {
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(p) : "memory");
 }
 
 // Prefetches into L2 (sm_90 and newer only: it serves programmatic dependent launch, where it runs before pdl_wait()
