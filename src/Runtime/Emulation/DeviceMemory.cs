@@ -15,6 +15,9 @@ internal sealed unsafe class Allocation
     /// <summary>One bit per 32-byte sector touched in the current launch (distinct-sector counter).</summary>
     public ulong[]? Sectors { get; set; }
     public long SectorEpoch { get; set; } = -1;
+    /// <summary>Per-launch bitmap of the sectors an access before griddepcontrol.wait touched (LaunchState.TouchPreWait).</summary>
+    public ulong[]? PreWaitSectors { get; set; }
+    public long PreWaitEpoch { get; set; } = -1;
     /// <summary>
     /// Per 32-byte sector: the device's DRAM-traffic clock when a kernel last touched it (0: never). Allocated when a
     /// kernel first writes here: data kernels produce (activations, KV, partials) may still be in L2 when the next kernels

@@ -107,8 +107,9 @@ public sealed record LaunchRecord
     /// </summary>
     public bool ProgrammaticLaunch { get; init; }
     /// <summary>
-    /// Of <see cref="DistinctSectors"/>, those first touched (by a load or a prefetch) before the warp's
-    /// griddepcontrol.wait: memory the launch may fetch while the previous kernel still runs (its weights).
+    /// Of <see cref="DistinctSectors"/>, those touched (by a load, a prefetch or a cp.async source) by a lane before its
+    /// griddepcontrol.wait, each once and whatever the CTAs' order: memory the launch may fetch while the previous
+    /// kernel still runs (its weights).
     /// </summary>
     public long PreWaitSectors { get; init; }
     public double ElapsedMilliseconds { get; init; }

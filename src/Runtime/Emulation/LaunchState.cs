@@ -156,6 +156,34 @@ internal sealed unsafe class LaunchState
         }
     }
 
+    /// <summary>
+    /// Marks the sectors of an access made before griddepcontrol.wait in the allocation's per-launch pre-wait bitmap and
+    /// counts the new ones in <see cref="Counters.PreWaitSectors"/>: every sector some pre-wait access touches counts once,
+    /// whatever the order in which the CTAs run (a sector another warp loaded after its wait first still counts).
+    /// </summary>
+    public void TouchPreWait(Allocation a, ulong addr, int bytes, Counters c)
+    {
+        if (a.PreWaitEpoch != LaunchId)
+        {
+            lock (a)
+            {
+                if (a.PreWaitEpoch != LaunchId)
+                {
+                    a.PreWaitSectors = new ulong[(a.Size / 32 + 64) / 64 + 1];
+                    a.PreWaitEpoch = LaunchId;
+                }
+            }
+        }
+        var bits = a.PreWaitSectors!;
+        for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5; s++)
+        {
+            ulong m = 1UL << (int)(s & 63);
+            ref ulong w = ref bits[s >> 6];
+            if ((Volatile.Read(ref w) & m) != 0) continue;
+            if ((Interlocked.Or(ref w, m) & m) == 0) c.PreWaitSectors++;
+        }
+    }
+
     /// <summary>Runs every CTA of the grid (in parallel unless <see cref="Sequential"/>) and returns the merged counters.</summary>
     public Counters Run()
     {

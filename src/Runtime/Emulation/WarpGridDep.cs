@@ -71,7 +71,6 @@ internal sealed unsafe partial class Warp
         var op = ins.Ops[0];
         bool preWait = (exec & _preWait) != 0;
         if (preWait) CheckPreWait(ins, exec, op, ins.Space, 1, "prefetch of");
-        long d0 = cnt.DistinctSectors;
         for (uint e = exec; e != 0; e &= e - 1)
         {
             int l = BitOperations.TrailingZeroCount(e);
@@ -89,7 +88,26 @@ internal sealed unsafe partial class Warp
             ulong line = addr & ~127UL;
             ulong from = Math.Max(line, a.Start), to = Math.Min(line + 128, a.End);
             L.TouchSector(a, from, (int)(to - from), cnt);
+            if (((_preWait >> l) & 1) != 0) L.TouchPreWait(a, from, (int)(to - from), cnt);
         }
-        if (preWait) cnt.PreWaitSectors += cnt.DistinctSectors - d0;
+    }
+
+    /// <summary>
+    /// Counts the global sectors that lanes before their griddepcontrol.wait access (<see cref="Counters.PreWaitSectors"/>),
+    /// order-independently (LaunchState.TouchPreWait). Addresses outside any allocation are left to memcheck.
+    /// </summary>
+    private void NotePreWaitSectors(uint exec, Operand addrOp, Space space, int bytes)
+    {
+        if (space is not (Space.Global or Space.Generic)) return;
+        var L = Cta.Launch;
+        for (uint e = exec & _preWait; e != 0; e &= e - 1)
+        {
+            int l = BitOperations.TrailingZeroCount(e);
+            ulong addr = LaneAddress(addrOp, l);
+            if (Route(space, ref addr) != Space.Global) continue;
+            var a = L.Memory.Find(addr);
+            if (a == null || a.Freed || addr >= a.End) continue;
+            L.TouchPreWait(a, addr, (int)Math.Min((ulong)bytes, a.End - addr), Cta.Counters);
+        }
     }
 }

@@ -115,9 +115,8 @@ internal sealed unsafe partial class Warp
     {
         if ((exec & _preWait) == 0) { AccessCore(ins, exec, write); return; }
         CheckPreWait(ins, exec, ins.Ops[write ? 0 : 1], SpaceOf(ins, ins.Ops[write ? 0 : 1]), PtxTypes.Size(ins.T) * ins.Vec, write ? "store to" : "load from");
-        long d0 = Cta.Counters.DistinctSectors;
         AccessCore(ins, exec, write);
-        Cta.Counters.PreWaitSectors += Cta.Counters.DistinctSectors - d0;
+        NotePreWaitSectors(exec, ins.Ops[write ? 0 : 1], SpaceOf(ins, ins.Ops[write ? 0 : 1]), PtxTypes.Size(ins.T) * ins.Vec);
     }
 
     private void AccessCore(Instr ins, uint exec, bool write)

@@ -232,7 +232,7 @@ internal sealed unsafe partial class Warp
         int cpSize = (int)o[2].Imm;
         if (o[2].Kind != OpKind.Imm || cpSize is not (4 or 8 or 16)) throw Fault("cp.async cp-size must be 4, 8 or 16", ins, 0);
         bool hasSrcSize = o.Length == 4 && o[3].Kind != OpKind.Pred;
-        long dram0 = Cta.Counters.DramSectors, distinct0 = Cta.Counters.DistinctSectors;
+        long dram0 = Cta.Counters.DramSectors;
         bool preWait = (exec & _preWait) != 0;
         if (preWait) CheckPreWait(ins, exec, o[1], Space.Global, cpSize, "cp.async from");
         if (hasSrcSize) Load(o[3], C, PtxType.U32);
@@ -257,7 +257,7 @@ internal sealed unsafe partial class Warp
             Cta.Race?.MarkPending((uint)dst, cpSize, Index, true);
             Cta.Counters.CpAsyncBytes += cpSize;
         }
-        if (preWait) Cta.Counters.PreWaitSectors += Cta.Counters.DistinctSectors - distinct0;
+        if (preWait) NotePreWaitSectors(exec, o[1], Space.Global, cpSize);
         if (exec != 0) NoteGlobalRead(ins, Cta.Counters.DramSectors != dram0);
     }
 
