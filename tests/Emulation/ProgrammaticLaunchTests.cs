@@ -15,7 +15,7 @@ public sealed class ProgrammaticLaunchTests
     private const string Source = """
         __device__ __forceinline__ void wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
         __device__ __forceinline__ void go() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-        __device__ __forceinline__ void pf(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
+        __device__ __forceinline__ void pf(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p) : "memory"); }
 
         extern "C" __global__ void produce(float* out, int n)
         {
