@@ -165,15 +165,21 @@ public sealed class ProgrammaticLaunchTests
         Assert.That(e.Message, Does.Contain("needs sm_90 or newer").And.Contain("sm_80"));
     }
 
-    [Test]
-    public void LoadBeforeTheWait_OfWhatTheStepsPreviousKernelWrote_IsAnErrorNamingTheWriter()
+    /// <summary>`produce` writes 256 floats, then <paramref name="consumer"/> is launched programmatically on them in the same step; returns the emulator's fault.</summary>
+    private static EmulatorFaultException ConsumerOfTheProducersOutput_Throws(string consumer)
     {
         using var k = new Kit();
         var dIn = k.Dev.Allocate(256 * sizeof(float));
         var dOut = k.Dev.Allocate(256 * sizeof(float));
         k.Launch("produce", 1, 256, false, dIn, 256);
-        k.Launch("load_before_wait", 1, 256, true, dIn, dOut);
-        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        k.Launch(consumer, 1, 256, true, dIn, dOut);
+        return Assert.Throws<EmulatorFaultException>(k.Sync)!;
+    }
+
+    [Test]
+    public void LoadBeforeTheWait_OfWhatTheStepsPreviousKernelWrote_IsAnErrorNamingTheWriter()
+    {
+        var e = ConsumerOfTheProducersOutput_Throws("load_before_wait");
         Assert.That(e.Message, Does.Contain("pdl check: load from global memory").And.Contain("before griddepcontrol.wait")
             .And.Contain("kernel produce").And.Contain("kernel load_before_wait").And.Contain("allocation"));
     }
@@ -181,12 +187,7 @@ public sealed class ProgrammaticLaunchTests
     [Test]
     public void PrefetchBeforeTheWait_OfWhatTheStepWrote_IsAnError_ButNotAfterAHostSynchronisation()
     {
-        using var k = new Kit();
-        var dIn = k.Dev.Allocate(256 * sizeof(float));
-        var dOut = k.Dev.Allocate(256 * sizeof(float));
-        k.Launch("produce", 1, 256, false, dIn, 256);
-        k.Launch("prefetch_before_wait", 1, 256, true, dIn, dOut);
-        var e = Assert.Throws<EmulatorFaultException>(k.Sync)!;
+        var e = ConsumerOfTheProducersOutput_Throws("prefetch_before_wait");
         Assert.That(e.Message, Does.Contain("pdl check: prefetch of global memory").And.Contain("kernel produce"));
 
         using var k2 = new Kit();
