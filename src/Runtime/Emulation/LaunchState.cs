@@ -145,14 +145,9 @@ internal sealed unsafe class LaunchState
         var bits = a.Sectors!;
         for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)bytes - 1) >> 5; s++)
         {
-            ulong m = 1UL << (int)(s & 63);
-            ref ulong w = ref bits[s >> 6];
-            if ((Volatile.Read(ref w) & m) != 0) continue;
-            if ((Interlocked.Or(ref w, m) & m) == 0)
-            {
-                c.DistinctSectors++;
-                if (FirstTouchIsResident(a, s)) c.L2ResidentSectors++;
-            }
+            if (!MarkNew(bits, s)) continue;
+            c.DistinctSectors++;
+            if (FirstTouchIsResident(a, s)) c.L2ResidentSectors++;
         }
     }
 
@@ -176,12 +171,16 @@ internal sealed unsafe class LaunchState
         }
         var bits = a.PreWaitSectors!;
         for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5; s++)
-        {
-            ulong m = 1UL << (int)(s & 63);
-            ref ulong w = ref bits[s >> 6];
-            if ((Volatile.Read(ref w) & m) != 0) continue;
-            if ((Interlocked.Or(ref w, m) & m) == 0) c.PreWaitSectors++;
-        }
+            if (MarkNew(bits, s)) c.PreWaitSectors++;
+    }
+
+    /// <summary>Sets bit <paramref name="s"/> of a sector bitmap shared by the CTAs' threads; true if this call set it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool MarkNew(ulong[] bits, ulong s)
+    {
+        ulong m = 1UL << (int)(s & 63);
+        ref ulong w = ref bits[s >> 6];
+        return (Volatile.Read(ref w) & m) == 0 && (Interlocked.Or(ref w, m) & m) == 0;
     }
 
     /// <summary>Runs every CTA of the grid (in parallel unless <see cref="Sequential"/>) and returns the merged counters.</summary>

@@ -34,13 +34,16 @@ internal sealed unsafe partial class Warp
     }
 
     /// <summary>
-    /// The contract checks for an access by lanes that have not passed griddepcontrol.wait (<paramref name="what"/>:
-    /// "load from", "store to", "atomic on", "prefetch of", "cp.async from"). Out-of-bounds addresses are left to memcheck.
+    /// An access by lanes that have not passed griddepcontrol.wait (<paramref name="what"/>: "load from", "store to",
+    /// "atomic on", "prefetch of", "cp.async from"): the contract checks (when on), and with <paramref name="count"/> its
+    /// sectors in <see cref="Counters.PreWaitSectors"/>, order-independently (LaunchState.TouchPreWait). Addresses outside
+    /// any allocation are left to memcheck.
     /// </summary>
-    private void CheckPreWait(Instr ins, uint exec, Operand addrOp, Space space, int bytes, string what)
+    private void PreWaitAccess(Instr ins, uint exec, Operand addrOp, Space space, int bytes, string what, bool count)
     {
         var L = Cta.Launch;
-        if (!L.PdlChecks || space is not (Space.Global or Space.Generic)) return;   // kernel parameters, shared, local: no other kernel's data
+        bool check = L.PdlChecks;
+        if (!(check || count) || space is not (Space.Global or Space.Generic)) return;   // kernel parameters, shared, local: no other kernel's data
         bool writes = what is "store to" or "atomic on";
         for (uint e = exec & _preWait; e != 0; e &= e - 1)
         {
@@ -49,12 +52,16 @@ internal sealed unsafe partial class Warp
             if (Route(space, ref addr) != Space.Global) continue;
             var a = L.Memory.Find(addr);
             if (a == null || a.Freed || addr >= a.End) continue;
-            string where = $"0x{addr:x} ({a}, offset {(long)(addr - a.Start)})";
-            if (writes)
-                throw Fault($"pdl check: {what} global memory at {where} before griddepcontrol.wait: {PdlRule}", ins, l);
-            long w = L.StepWriter(a, addr, bytes);
-            if (w != 0)
-                throw Fault($"pdl check: {what} global memory at {where} before griddepcontrol.wait, but kernel {L.LaunchName?.Invoke(w) ?? "?"} (launch {w}) of this step wrote it: {PdlRule}", ins, l);
+            if (check)
+            {
+                string where = $"0x{addr:x} ({a}, offset {(long)(addr - a.Start)})";
+                if (writes)
+                    throw Fault($"pdl check: {what} global memory at {where} before griddepcontrol.wait: {PdlRule}", ins, l);
+                long w = L.StepWriter(a, addr, bytes);
+                if (w != 0)
+                    throw Fault($"pdl check: {what} global memory at {where} before griddepcontrol.wait, but kernel {L.LaunchName?.Invoke(w) ?? "?"} (launch {w}) of this step wrote it: {PdlRule}", ins, l);
+            }
+            if (count) L.TouchPreWait(a, addr, (int)Math.Min((ulong)bytes, a.End - addr), Cta.Counters);
         }
     }
 
@@ -70,7 +77,7 @@ internal sealed unsafe partial class Warp
         var cnt = Cta.Counters;
         var op = ins.Ops[0];
         bool preWait = (exec & _preWait) != 0;
-        if (preWait) CheckPreWait(ins, exec, op, ins.Space, 1, "prefetch of");
+        if (preWait) PreWaitAccess(ins, exec, op, ins.Space, 1, "prefetch of", count: false);   // counts its clipped line below
         for (uint e = exec; e != 0; e &= e - 1)
         {
             int l = BitOperations.TrailingZeroCount(e);
@@ -89,25 +96,6 @@ internal sealed unsafe partial class Warp
             ulong from = Math.Max(line, a.Start), to = Math.Min(line + 128, a.End);
             L.TouchSector(a, from, (int)(to - from), cnt);
             if (((_preWait >> l) & 1) != 0) L.TouchPreWait(a, from, (int)(to - from), cnt);
-        }
-    }
-
-    /// <summary>
-    /// Counts the global sectors that lanes before their griddepcontrol.wait access (<see cref="Counters.PreWaitSectors"/>),
-    /// order-independently (LaunchState.TouchPreWait). Addresses outside any allocation are left to memcheck.
-    /// </summary>
-    private void NotePreWaitSectors(uint exec, Operand addrOp, Space space, int bytes)
-    {
-        if (space is not (Space.Global or Space.Generic)) return;
-        var L = Cta.Launch;
-        for (uint e = exec & _preWait; e != 0; e &= e - 1)
-        {
-            int l = BitOperations.TrailingZeroCount(e);
-            ulong addr = LaneAddress(addrOp, l);
-            if (Route(space, ref addr) != Space.Global) continue;
-            var a = L.Memory.Find(addr);
-            if (a == null || a.Freed || addr >= a.End) continue;
-            L.TouchPreWait(a, addr, (int)Math.Min((ulong)bytes, a.End - addr), Cta.Counters);
         }
     }
 }

@@ -114,9 +114,8 @@ internal sealed unsafe partial class Warp
     private void Access(Instr ins, uint exec, bool write)
     {
         if ((exec & _preWait) == 0) { AccessCore(ins, exec, write); return; }
-        CheckPreWait(ins, exec, ins.Ops[write ? 0 : 1], SpaceOf(ins, ins.Ops[write ? 0 : 1]), PtxTypes.Size(ins.T) * ins.Vec, write ? "store to" : "load from");
+        PreWaitAccess(ins, exec, ins.Ops[write ? 0 : 1], SpaceOf(ins, ins.Ops[write ? 0 : 1]), PtxTypes.Size(ins.T) * ins.Vec, write ? "store to" : "load from", count: true);
         AccessCore(ins, exec, write);
-        NotePreWaitSectors(exec, ins.Ops[write ? 0 : 1], SpaceOf(ins, ins.Ops[write ? 0 : 1]), PtxTypes.Size(ins.T) * ins.Vec);
     }
 
     private void AccessCore(Instr ins, uint exec, bool write)
@@ -270,7 +269,7 @@ internal sealed unsafe partial class Warp
         Load(o[isRed ? 1 : 2], B, ins.T);
         if (!isRed && o.Length > 3) Load(o[3], C, ins.T);
         bool parallel = !Cta.Launch.Sequential;
-        if ((exec & _preWait) != 0) CheckPreWait(ins, exec, addrOp, ins.Space, size, "atomic on");
+        if ((exec & _preWait) != 0) PreWaitAccess(ins, exec, addrOp, ins.Space, size, "atomic on", count: false);
         for (uint e = exec; e != 0; e &= e - 1)
         {
             int l = BitOperations.TrailingZeroCount(e);

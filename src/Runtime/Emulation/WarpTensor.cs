@@ -234,7 +234,7 @@ internal sealed unsafe partial class Warp
         bool hasSrcSize = o.Length == 4 && o[3].Kind != OpKind.Pred;
         long dram0 = Cta.Counters.DramSectors;
         bool preWait = (exec & _preWait) != 0;
-        if (preWait) CheckPreWait(ins, exec, o[1], Space.Global, cpSize, "cp.async from");
+        if (preWait) PreWaitAccess(ins, exec, o[1], Space.Global, cpSize, "cp.async from", count: true);
         if (hasSrcSize) Load(o[3], C, PtxType.U32);
         uint ignore = o.Length == 4 && o[3].Kind == OpKind.Pred ? PredValue(o[3]) : 0;
         for (uint e = exec; e != 0; e &= e - 1)
@@ -257,7 +257,6 @@ internal sealed unsafe partial class Warp
             Cta.Race?.MarkPending((uint)dst, cpSize, Index, true);
             Cta.Counters.CpAsyncBytes += cpSize;
         }
-        if (preWait) NotePreWaitSectors(exec, o[1], Space.Global, cpSize);
         if (exec != 0) NoteGlobalRead(ins, Cta.Counters.DramSectors != dram0);
     }
 
