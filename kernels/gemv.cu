@@ -4,9 +4,9 @@
 //   y = bf16(residual + bf16(acc))              (residual != null: o_proj / down_proj + residual add)
 //
 // acc in fp32. Weights are streamed exactly once with 16-byte ld.global.nc (8 bf16 per lane, 512
-// contiguous bytes per warp instruction, eight loads in flight per lane for T <= 4, four above); the K-slice of x is
-// staged in shared memory (bf16, T * k_split * 2 bytes <= 32 KiB; four chunks per thread in flight, with the residual
-// of the thread's first output) and read back as conflict-free 16-byte rows. A lane adds its chunks c = lane, lane + 32,
+// contiguous bytes per warp instruction, four loads in flight per lane); the K-slice of x is
+// staged in shared memory (bf16, T * k_split * 2 bytes <= 32 KiB; at T = 1 four chunks per thread in flight, with the
+// residual of the thread's first output) and read back as conflict-free 16-byte rows. A lane adds its chunks c = lane, lane + 32,
 // ... of a row in ascending order whatever the loads in flight (the sum's order, docs/kernels.md).
 // Thread mapping: 256 threads = 8 warps; a CTA owns 8 * rows_per_warp consecutive rows of W (warp w:
 // rows base + w * rows_per_warp ...), and one K-slice (blockIdx.y) of k_split elements. Each warp
@@ -92,9 +92,10 @@ __device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_ba
 
 // Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
 // past the end of K; ends with a barrier.
-// Without the norm, a thread's chunks i = tid, tid + 256, ... are loaded GEMV_STAGE_BATCH at a time, all in flight
-// together (one dependent round trip per batch, docs/timing-model.md section 1); `res0` gets, in the same round trip, the
-// residual of the thread's first output (t, local) = (tid / rows_here, tid % rows_here) when it has one (else 0).
+// Without the norm at T = 1, a thread's chunks c = tid, tid + 256, ... are loaded GEMV_STAGE_BATCH at a time, all in flight
+// together (one dependent round trip per batch, docs/timing-model.md section 1), and `res0` gets, in the same round trip,
+// the residual of the thread's first output (row_base + tid) when it has one (else 0: T > 1 and the norm prologue read
+// the residual in the epilogue, where the batch's registers would cost occupancy).
 #define GEMV_STAGE_BATCH 4
 template <int T>
 __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, int k0, int kchunks, int slice_chunks,
@@ -102,24 +103,27 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, in
 {
     const int tid = threadIdx.x;
     res0 = 0.f;
-    if (!p.norm_weight) {
-        const int total = T * slice_chunks;
-        for (int b = 0; b < total; b += GEMV_STAGE_BATCH * GEMV_THREADS) {
+    if (!p.norm_weight && T > 1) {
+        for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
+            const int t = i / slice_chunks, c = i - t * slice_chunks;
+            x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+        }
+        __syncthreads();
+        return;
+    }
+    if (!p.norm_weight) {                                   // T = 1: x_s is [slice_chunks]
+        for (int b = 0; b < slice_chunks; b += GEMV_STAGE_BATCH * GEMV_THREADS) {
             uint4 v[GEMV_STAGE_BATCH];
 #pragma unroll
             for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
-                const int i = b + u * GEMV_THREADS + tid;
-                const int t = i / slice_chunks, c = i - t * slice_chunks;
-                v[u] = i < total && c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+                const int c = b + u * GEMV_THREADS + tid;
+                v[u] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + k0 + c * 8) : make_uint4(0, 0, 0, 0);
             }
-            if (b == 0 && p.residual && p.split_k == 1 && tid < T * rows_here) {
-                const int t = tid / rows_here, local = tid - t * rows_here;
-                res0 = bf16_to_f32(p.residual[(size_t)t * p.ldy + row_base + local]);
-            }
+            if (b == 0 && p.residual && p.split_k == 1 && tid < rows_here) res0 = bf16_to_f32(p.residual[row_base + tid]);
 #pragma unroll
             for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
-                const int i = b + u * GEMV_THREADS + tid;
-                if (i < total) x_s[i] = v[u];
+                const int c = b + u * GEMV_THREADS + tid;
+                if (c < slice_chunks) x_s[c] = v[u];
             }
         }
         __syncthreads();
@@ -199,9 +203,6 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     gemv_prologue<0>(p, row_base, k0, klen);
     float res0;
     gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks, row_base, rows_here, res0);
-    // LIF 16-byte loads in flight per lane (one round trip each LIF x 32 chunks of the row); whole blocks run unguarded, a
-    // ragged last block guarded. Either way a lane adds its chunks c = lane, lane + 32, ... in ascending order.
-    constexpr int LIF = T <= 4 ? 8 : 4;
     for (int r = 0; r < p.rows_per_warp; r++) {
         const int local = warp * p.rows_per_warp + r;
         const int row = row_base + local;
@@ -210,27 +211,15 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
         float acc[T];
 #pragma unroll
         for (int t = 0; t < T; t++) acc[t] = 0.f;
-        int c0 = 0;
-        for (; c0 + 32 * LIF <= kchunks; c0 += 32 * LIF) {
-            uint4 wv[LIF];
+        for (int c0 = 0; c0 < kchunks; c0 += 128) {
+            uint4 wv[4];
 #pragma unroll
-            for (int u = 0; u < LIF; u++) wv[u] = ldg_stream_v4(wrow + (c0 + u * 32 + lane) * 8);
-#pragma unroll
-            for (int u = 0; u < LIF; u++) {
-#pragma unroll
-                for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s[t * slice_chunks + c0 + u * 32 + lane], acc[t]);
-            }
-        }
-        if (c0 < kchunks) {
-            uint4 wv[LIF];
-#pragma unroll
-            for (int u = 0; u < LIF; u++) {
+            for (int u = 0; u < 4; u++) {
                 const int c = c0 + u * 32 + lane;
                 wv[u] = c < kchunks ? ldg_stream_v4(wrow + c * 8) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int u = 0; u < LIF; u++) {
-                if (c0 + u * 32 >= kchunks) break;         // the whole warp is past the end
+            for (int u = 0; u < 4; u++) {
                 const int c = c0 + u * 32 + lane;
                 if (c < kchunks) {
 #pragma unroll
@@ -254,7 +243,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
             p.partial[((size_t)blockIdx.y * T + t) * p.n + row] = v;
         } else {
             float out = round_bf16(v);
-            if (p.residual) out = (i == tid && !p.norm_weight ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + row])) + out;
+            if (p.residual) out = (T == 1 && i == tid && !p.norm_weight ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + row])) + out;
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
@@ -338,7 +327,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
             p.partial[((size_t)blockIdx.y * T + t) * p.n + row] = v;
         } else {
             float out = round_bf16(v);
-            if (p.residual) out = (i == tid && !p.norm_weight ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + row])) + out;
+            if (p.residual) out = (T == 1 && i == tid && !p.norm_weight ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + row])) + out;
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
