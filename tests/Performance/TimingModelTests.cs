@@ -154,6 +154,21 @@ public class TimingModelTests
     }
 
     [Test]
+    public void TermsTable_ShowsEachTermAndTheCriticalWarp()
+    {
+        // one warp: 10 DRAM trips x 500 ns + 3 L2 trips x 200 ns + 50 instructions / 0.5 IPC / 1 GHz = 5.6 + 0.1 = 5.7 us of
+        // latency; DRAM: Little's law 10 trips x 500 ns = 5.0 us (above 500 ns + 320 B / 800 GB/s); issue: 50 / min(4, 0.5)
+        // clocks = 0.1 us; L2 and fill ~0
+        var k = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50, warpL2Trips: 3, kernel: "chain") with { InGraph = true };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, [k, k], [], _ => new KernelResources(16, 0));
+        string table = StepPredictor.TermsTable(p);
+        Assert.That(table, Does.Contain("PREDICTED"));
+        string row = table.Split('\n').Single(l => l.TrimStart().StartsWith("chain", StringComparison.Ordinal));
+        Assert.That(row.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            Is.EqualTo(new[] { "chain", "2", "1", "5.0", "0.0", "0.0", "0.1", "5.7", "10", "3", "50", "0.1" }), row);
+    }
+
+    [Test]
     public void ScaleLayers_RepeatsTheLayerLaunchesAndTheirOperations()
     {
         LaunchRecord L(string k, uint grid = 1) => Launch(grid, 32, 320, 1, kernel: k) with { InGraph = true };
