@@ -68,13 +68,14 @@ public class StubDriverAbiTests
     {
         ulong a = ulong.Parse(Get("alloc.a")[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         string ptr = Convert.ToHexStringLower(BitConverter.GetBytes(a));
-        Assert.That(Get("launch.count"), Is.EqualTo("4"), "one direct launch + a captured graph replayed twice + a programmatic launch");
+        Assert.That(Get("launch.count"), Is.EqualTo("5"), "one direct launch + a captured graph replayed twice + a programmatic launch + a cooperative one");
         Assert.That(Get("launch0.grid"), Is.EqualTo("3,2,1"));
         Assert.That(Get("launch0.block"), Is.EqualTo("128,1,1"));
         Assert.That(Get("launch0.smem"), Is.EqualTo("4096"));
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
         {
             Assert.That(Get($"launch{i}.programmatic"), Is.EqualTo(i == 3 ? "1" : "0"), "only the flagged launch goes through cuLaunchKernelEx with the attribute");
+            Assert.That(Get($"launch{i}.cooperative"), Is.EqualTo(i == 4 ? "1" : "0"), "only the cooperative launch goes through cuLaunchCooperativeKernel");
             Assert.That(Get($"launch{i}.kernel"), Is.EqualTo("probe_kernel"));
             Assert.That(Get($"launch{i}.param0"), Is.EqualTo(ptr), "device pointer, 8 bytes little-endian");
             Assert.That(Get($"launch{i}.param1"), Is.EqualTo("04030201"), "int 0x01020304");
@@ -90,6 +91,8 @@ public class StubDriverAbiTests
         Assert.That(Get("launch3.grid"), Is.EqualTo("7,1,1"));
         Assert.That(Get("launch3.block"), Is.EqualTo("32,1,1"));
         Assert.That(Get("launch3.smem"), Is.EqualTo("64"));
+        Assert.That(Get("launch4.grid"), Is.EqualTo("9,1,1"));
+        Assert.That(Get("launch4.block"), Is.EqualTo("96,1,1"));
         Assert.That(Get("launch1.grid"), Is.EqualTo("5,1,1"));
         Assert.That(Get("launch1.block"), Is.EqualTo("64,1,1"));
         Assert.That(Get("graph.kernels"), Is.EqualTo("1"));
@@ -113,7 +116,7 @@ public class StubDriverAbiTests
     {
         Assert.That(_outPdlOff["pdl.status"], Is.EqualTo("off (QWEN3CUDA_PDL=0)"));
         Assert.That(_outPdlOff["pdl.probe_runs"], Is.EqualTo("0"));
-        Assert.That(_outPdlOff["launch.count"], Is.EqualTo("4"));
+        Assert.That(_outPdlOff["launch.count"], Is.EqualTo("5"));
         Assert.That(_outPdlOff["launch3.grid"], Is.EqualTo("7,1,1"));
         Assert.That(_outPdlOff["launch3.programmatic"], Is.EqualTo("0"));
     }

@@ -10,6 +10,7 @@
  *     record goes into the graph instead, and cuGraphLaunch replays the graph's records into the log;
  *   - cuLaunchKernelEx reads its CUlaunchConfig / CUlaunchAttribute, declared below exactly as cuda.h (12.x) declares
  *     them, and records whether the launch asked for programmatic stream serialization;
+ *   - cuLaunchCooperativeKernel records its launch with the cooperative flag;
  *   - the programmatic-dependent-launch probe's PTX (".entry qwen3cuda_pdl_probe") loads as a kernel without
  *     parameters; its graph replays are counted (stub_pdl_probe_runs), not logged;
  *   - stub_launch_count / stub_get_launch / stub_last_func_attribute read the records back.
@@ -37,6 +38,7 @@ typedef struct {
     int32_t param_size[MAX_PARAMS];
     uint8_t param_bytes[MAX_PARAMS][MAX_PARAM_BYTES];
     int32_t programmatic;            /* cuLaunchKernelEx with PROGRAMMATIC_STREAM_SERIALIZATION = 1 */
+    int32_t cooperative;             /* cuLaunchCooperativeKernel */
 } stub_launch;
 
 /* cuda.h (CUDA 12.x), the parts cuLaunchKernelEx reads */
@@ -222,7 +224,7 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, stub_kernel *k
     return OK;
 }
 static CUresult record_launch(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                              unsigned smem, void *stream, void **params, int programmatic)
+                              unsigned smem, void *stream, void **params, int programmatic, int cooperative)
 {
     stub_launch *rec;
     if (capture_graph && (uint64_t)(uintptr_t)stream == capturing_stream) {
@@ -244,13 +246,19 @@ static CUresult record_launch(stub_kernel *k, unsigned gx, unsigned gy, unsigned
         memcpy(rec->param_bytes[i], params[i], (size_t)k->sizes[i] < MAX_PARAM_BYTES ? (size_t)k->sizes[i] : MAX_PARAM_BYTES);
     }
     rec->programmatic = programmatic;
+    rec->cooperative = cooperative;
     return OK;
 }
 CUresult cuLaunchKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned smem, void *stream, void **params, void **extra)
 {
     if (extra) return INVALID_VALUE;
-    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0);
+    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0, 0);
+}
+CUresult cuLaunchCooperativeKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                                   unsigned smem, void *stream, void **params)
+{
+    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0, 1);
 }
 CUresult cuLaunchKernelEx(const CUlaunchConfig *c, stub_kernel *k, void **params, void **extra)
 {
@@ -262,7 +270,7 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig *c, stub_kernel *k, void **params
         else if (c->attrs[i].id != CU_LAUNCH_ATTRIBUTE_IGNORE) return INVALID_VALUE;
     }
     return record_launch(k, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ,
-                         c->sharedMemBytes, c->hStream, params, programmatic);
+                         c->sharedMemBytes, c->hStream, params, programmatic, 0);
 }
 
 /* ---- streams, events ---- */

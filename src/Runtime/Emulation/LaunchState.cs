@@ -42,6 +42,11 @@ internal sealed unsafe class LaunchState
     /// <summary>Sectors of DRAM traffic after which data an earlier launch touched counts as evicted from L2.</summary>
     public uint ResidentWindowSectors { get; init; }
 
+    /// <summary>
+    /// A cooperative launch (LaunchConfig.Cooperative): every CTA is resident from the start and they take turns, so a
+    /// CTA may wait for another through global memory (a grid barrier) and still make progress (docs/emulator.md).
+    /// </summary>
+    public bool CoResident { get; init; }
     /// <summary>Launched with programmatic stream serialization (LaunchConfig.ProgrammaticDependentLaunch on cc 9.0+).</summary>
     public bool ProgrammaticLaunch { get; init; }
     /// <summary>
@@ -193,6 +198,7 @@ internal sealed unsafe class LaunchState
             DeadlineTimestamp = Watchdog is { } w ? System.Diagnostics.Stopwatch.GetTimestamp() + (long)(w.TotalSeconds * System.Diagnostics.Stopwatch.Frequency) : 0;
             long total = (long)Grid.Count;
             var merged = new Counters();
+            if (CoResident) return RunCoResident(total, merged);
             if (Sequential || total == 1 || Environment.ProcessorCount == 1)
             {
                 var cta = Rent();
@@ -218,6 +224,47 @@ internal sealed unsafe class LaunchState
             return merged;
         }
         finally { pin.Free(); }
+    }
+
+    /// <summary>
+    /// A co-resident launch: every CTA begins, then the live ones take turns (one <see cref="Cta.Step"/> each per round: its
+    /// warps run until they block or spend their quantum) until all have exited. Rounds run the CTAs in parallel unless
+    /// <see cref="Sequential"/>; under interleaved scheduling each round visits them in a seeded random order.
+    /// </summary>
+    private Counters RunCoResident(long total, Counters merged)
+    {
+        var ctas = new Cta[total];
+        for (long i = 0; i < total; i++)
+        {
+            ctas[i] = Rent();
+            ctas[i].Begin(i);
+        }
+        var live = new List<Cta>(ctas);
+        var rng = new Random(unchecked((int)(ScheduleSeed * 7919L ^ LaunchId)));
+        try
+        {
+            while (live.Count > 0)
+            {
+                if (Interleaved) for (int i = live.Count - 1; i > 0; i--) { int j = rng.Next(i + 1); (live[i], live[j]) = (live[j], live[i]); }
+                var done = new bool[live.Count];
+                if (Sequential || live.Count == 1 || Environment.ProcessorCount == 1)
+                    for (int i = 0; i < live.Count; i++) done[i] = live[i].Step();
+                else
+                {
+                    try { Parallel.For(0, live.Count, i => done[i] = live[i].Step()); }
+                    catch (AggregateException e) { ExceptionDispatchInfoThrow(e.InnerExceptions[0]); }
+                }
+                int n = 0;
+                for (int i = 0; i < live.Count; i++) if (!done[i]) live[n++] = live[i];
+                live.RemoveRange(n, live.Count - n);
+            }
+            foreach (var c in ctas) merged.Add(c.Counters);
+            return merged;
+        }
+        finally
+        {
+            foreach (var c in ctas) CtaPool.Add(c);
+        }
     }
 
     private Cta Rent()

@@ -54,6 +54,9 @@ internal static unsafe partial class CudaApi
     [LibraryImport(Lib)] public static partial CuResult cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, nint function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(Lib)] public static partial CuResult cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ,
         uint blockX, uint blockY, uint blockZ, uint sharedBytes, nint stream, void** kernelParams, void** extra);
+    /// <summary>A cooperative launch (every block resident at once; CUDA 9.0+): fails with CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE when the grid does not fit.</summary>
+    [LibraryImport(Lib)] public static partial CuResult cuLaunchCooperativeKernel(nint function, uint gridX, uint gridY, uint gridZ,
+        uint blockX, uint blockY, uint blockZ, uint sharedBytes, nint stream, void** kernelParams);
     /// <summary>CUDA 12.0+ drivers; older ones lack the export (EntryPointNotFoundException at the first call).</summary>
     [LibraryImport(Lib)] public static partial CuResult cuLaunchKernelEx(CuLaunchConfig* config, nint function, void** kernelParams, void** extra);
 
