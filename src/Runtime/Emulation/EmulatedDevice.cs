@@ -20,6 +20,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private readonly EmuStream _default;
     private readonly List<LaunchRecord> _launches = [];
     private long _launchId;
+    private uint _persistClock = 1;   // sectors prefetched with L2::evict_last so far (wraps; 0 is skipped): the persisting clock
     private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
     private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
     private readonly StreamScheduler? _queues;   // strict streams only
@@ -371,6 +372,7 @@ public sealed unsafe class EmulatedDevice : IDevice
             Watchdog = _opt.Watchdog, HardwareMath = _opt.Modes.HardwareMath, MathSeed = _opt.Modes.MathSeed,
             Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
             TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
+            PersistStamp = _persistClock, PersistWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2PersistingBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
             CoResident = c.Cooperative, ProgrammaticLaunch = programmatic, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
         };
@@ -379,6 +381,8 @@ public sealed unsafe class EmulatedDevice : IDevice
         var counters = L.Run();
         _trafficClock += (uint)counters.DramSectors;
         if (_trafficClock == 0) _trafficClock = 1;
+        _persistClock += (uint)counters.PersistingSectors;
+        if (_persistClock == 0) _persistClock = 1;
         var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic };
         LastLaunch = rec;
         _launches.Add(rec);

@@ -41,6 +41,10 @@ internal sealed unsafe class LaunchState
     public uint TrafficStamp { get; init; } = 1;
     /// <summary>Sectors of DRAM traffic after which data an earlier launch touched counts as evicted from L2.</summary>
     public uint ResidentWindowSectors { get; init; }
+    /// <summary>The device's persisting clock (sectors prefetched with L2::evict_last so far, never 0) when this launch started.</summary>
+    public uint PersistStamp { get; init; } = 1;
+    /// <summary>Sectors of later evict_last prefetches after which an evict_last sector counts as evicted (0: not modelled).</summary>
+    public uint PersistWindowSectors { get; init; }
 
     /// <summary>
     /// A cooperative launch (LaunchConfig.Cooperative): every CTA is resident from the start and they take turns, so a
@@ -106,11 +110,35 @@ internal sealed unsafe class LaunchState
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool FirstTouchIsResident(Allocation a, ulong index)
     {
+        bool resident = false;
         var lt = a.LastTouch;
-        if (lt == null) return false;
-        uint prior = lt[index];
-        lt[index] = TrafficStamp;
-        return prior != 0 && TrafficStamp - prior <= ResidentWindowSectors;
+        if (lt != null)
+        {
+            uint prior = lt[index];
+            lt[index] = TrafficStamp;
+            resident = prior != 0 && TrafficStamp - prior <= ResidentWindowSectors;
+        }
+        // prefetched with L2::evict_last by an earlier launch, and fewer than the window of such sectors since
+        var pt = a.PersistTouch;
+        if (!resident && pt != null)
+        {
+            uint p = pt[index];
+            resident = p != 0 && p != PersistStamp && PersistStamp - p <= PersistWindowSectors;
+        }
+        return resident;
+    }
+
+    /// <summary>
+    /// A prefetch with L2::evict_last of [addr, addr + bytes): stamps its sectors with this launch's persisting clock and
+    /// counts each once in <see cref="Counters.PersistingSectors"/> (the clock advances by that count after the launch).
+    /// </summary>
+    public void TouchPersisting(Allocation a, ulong addr, int bytes, Counters c)
+    {
+        if (PersistWindowSectors == 0) return;
+        if (a.PersistTouch == null) lock (a) a.PersistTouch ??= new uint[a.Size / 32 + 2];
+        var pt = a.PersistTouch;
+        for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5; s++)
+            if (Interlocked.Exchange(ref pt[s], PersistStamp) != PersistStamp) c.PersistingSectors++;
     }
     public byte* ParamPtr;
 
