@@ -70,6 +70,9 @@ public static class ProbeProgram
         Print("device.peak_bandwidth", dev.Info.PeakMemoryBandwidthBytesPerSecond ?? -1);
         Print("pdl.status", dev.ProgrammaticLaunchStatus);
         Print("pdl.probe_runs", pdlProbeRuns());
+        Print("l2persist.status", dev.PersistingL2Status);
+        Print("l2persist.limit", ((delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "stub_last_limit"))());
+        Print("l2persist.value", ((delegate* unmanaged<nuint>)NativeLibrary.GetExport(lib, "stub_last_limit_value"))());
 
         // memory: allocate, copy in, memset part, copy device-to-device, copy out
         DevicePtr a = dev.Allocate(256), b = dev.Allocate(256);

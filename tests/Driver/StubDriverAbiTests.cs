@@ -110,6 +110,15 @@ public class StubDriverAbiTests
         Assert.That(Get("pdl.probe_runs"), Is.EqualTo("2"));
     }
 
+    /// <summary>Opening the device sets 16 MiB of L2 aside for persisting lines (limit 0x06), within the stub's 37.5 MiB maximum.</summary>
+    [Test]
+    public void PersistingL2_IsSetAsideAtOpen()
+    {
+        Assert.That(Get("l2persist.status"), Is.EqualTo("16 MiB set aside"));
+        Assert.That(Get("l2persist.limit"), Is.EqualTo("6"));
+        Assert.That(Get("l2persist.value"), Is.EqualTo((16 << 20).ToString(CultureInfo.InvariantCulture)));
+    }
+
     /// <summary>QWEN3CUDA_PDL=0: no probe, and the flagged launch goes through cuLaunchKernel like any other.</summary>
     [Test]
     public void Qwen3CudaPdl0_TurnsProgrammaticLaunchOff()

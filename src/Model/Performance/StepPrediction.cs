@@ -108,8 +108,8 @@ public static class StepPredictor
 
     /// <summary>
     /// The step with <paramref name="layers"/> decoder layers instead of the <see cref="StepPrediction.Layers"/> it ran:
-    /// the launches before and after the layers are kept, the layers' launches (and the memsets and copies among them)
-    /// repeated in turn. For a slice of a model (its layers have the same shapes) profiled at the same context length.
+    /// the launches before and after the layers are kept, the slice's layers (with the memsets and copies among them) kept as
+    /// they ran and its last layer repeated for the rest (the first layer follows the prefix, every later one a layer). For a slice of a model (its layers have the same shapes) profiled at the same context length.
     /// The launches are predicted again in their new order, so a programmatic launch overlaps the launch now before it
     /// (the first layer's first kernel the prefix's last, every other layer's the previous layer's last).
     /// </summary>
@@ -128,7 +128,9 @@ public static class StepPredictor
         var ops = new List<DeviceOperation>(p.Operations.Where(o => Segment(o.LaunchesBefore) < 0));
         for (int l = 0; l < layers; l++)
         {
-            int src = l % p.Layers;
+            // the slice's layers as they ran, then its last layer repeated: the first layer is special (it follows the
+            // prefix, e.g. nothing fetched ahead for it), every later layer follows a layer like the last one does
+            int src = Math.Min(l, p.Layers - 1);
             launches.AddRange(p.Launches.Skip(prefix + src * n).Take(n));
             ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == src).Select(o => o with { LaunchesBefore = o.LaunchesBefore + (l - src) * n }));
         }

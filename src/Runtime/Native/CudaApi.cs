@@ -30,6 +30,7 @@ internal static unsafe partial class CudaApi
     [LibraryImport(Lib)] public static partial CuResult cuDevicePrimaryCtxRelease_v2(int device);
     [LibraryImport(Lib)] public static partial CuResult cuCtxSetCurrent(nint context);
     [LibraryImport(Lib)] public static partial CuResult cuCtxSynchronize();
+    [LibraryImport(Lib)] public static partial CuResult cuCtxSetLimit(CuLimit limit, nuint value);
 
     // memory
     [LibraryImport(Lib)] public static partial CuResult cuMemAlloc_v2(out ulong dptr, nuint bytes);
@@ -97,8 +98,11 @@ internal enum CuDeviceAttribute
     MaxThreadsPerBlock = 1, MaxSharedMemoryPerBlock = 8, WarpSize = 10, MultiprocessorCount = 16,
     MemoryClockRate = 36, GlobalMemoryBusWidth = 37,
     ComputeCapabilityMajor = 75, ComputeCapabilityMinor = 76, MaxSharedMemoryPerMultiprocessor = 81,
-    MaxSharedMemoryPerBlockOptin = 97,
+    MaxSharedMemoryPerBlockOptin = 97, MaxPersistingL2CacheSize = 108,
 }
+
+/// <summary>CUlimit values (cuda.h).</summary>
+internal enum CuLimit { PersistingL2CacheSize = 0x06 }
 
 internal enum CuFunctionAttribute
 {
