@@ -84,7 +84,10 @@ public readonly record struct DecodeAttentionArgs(
 public sealed class AttentionDecodeLaunchers
 {
     public const string File = "attention_decode.cu";
-    public const int TileKeys = 32;
+    /// <summary>Keys per tile of the tensor-core split (attention_decode.cu's DEC_TILE: 4 warps x 16 keys).</summary>
+    public const int TileKeys = 64;
+    /// <summary>A split's key range is a multiple of this (DEC_ALIGN: one warp's 16 keys of a tile).</summary>
+    public const int SplitAlignKeys = 16;
     public const int MaxGroup = 8;
     /// <summary>Head sizes of <see cref="DecodeFused"/> (rope.cu's).</summary>
     public static readonly int[] FusedHeadDims = [16, 32, 64, 128, 256];
@@ -114,22 +117,24 @@ public sealed class AttentionDecodeLaunchers
         return lseBytes * HeadDim;
     }
 
-    /// <summary>Longest split in 32-key tiles before the context is cut into more splits (see <see cref="PlanSplits"/>).</summary>
+    /// <summary>Longest split in 64-key tiles before the context is cut into more splits (see <see cref="PlanSplits"/>).</summary>
     public const int MaxTilesPerSplit = 8;
 
     /// <summary>
     /// The split count for a GPU of <paramref name="multiprocessors"/> SMs, unbounded by any workspace: at least one CTA
     /// per multiprocessor, and at most <see cref="MaxTilesPerSplit"/> tiles per split so that a long context runs
     /// several CTAs per SM, each with few dependent tile loads (bytes in flight grow with the context; docs/kernels.md
-    /// "attention_decode"); at most one split per tile.
+    /// "Decode attention"); at most one split per <see cref="SplitAlignKeys"/> keys. At 32k context and 4 KV heads that is
+    /// 64 splits of 512 keys, so the fused kernel's last CTA still combines (<see cref="FusedMaxCombineSplits"/>).
     /// </summary>
     public static int PlanSplits(int multiprocessors, int seqs, int numKvHeads, int maxContextLen)
     {
         int ctas = Math.Max(1, seqs * numKvHeads);
         int target = (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
         int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
+        int units = Math.Max(1, (maxContextLen + SplitAlignKeys - 1) / SplitAlignKeys);
         int forLength = (tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit;
-        return Math.Max(1, Math.Min(tiles, Math.Max(target, forLength)));
+        return Math.Max(1, Math.Min(units, Math.Max(target, forLength)));
     }
 
     /// <summary>The split count the launcher will use: <see cref="PlanSplits"/> for this device's SM count, at most <paramref name="workspaceSplits"/>.</summary>
