@@ -26,7 +26,7 @@ public static class AttentionCases
         yield return DecodeCase([300, 31], 8, 1, 8, 64, 4, 128);                    // group of 8 over one KV head, page size 8
         yield return DecodeCase([1, 40, 75], 8, 2, 4, 64, 5, 32);                   // D 32 (one dim per lane; the small preset), split path, page size 4
         yield return DecodeCase([45, 3], 4, 2, 8, 1, 6, 32);                        // D 32, one split: scalar bf16 output
-        yield return DecodeCase([50], 4, 2, 16, 64, 7, 64);                         // D 64
+        yield return DecodeCase([150], 4, 2, 16, 64, 7, 64);                        // D 64 (3 one-tile splits)
         yield return DecodeCase([2, 66], 4, 2, 4, 64, 8, 16);                       // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
         yield return DecodeCase([4096], 32, 4, 16, 128, 11, 128, real: true, counters: true);   // real heads, 4096 keys: K/V read once
         yield return DecodeCase([20000, 3], 4, 2, 4, 512, 15, 32);                  // long context: 40 splits of <= 8 tiles, 5000 pages; a 3-key row with empty splits
@@ -50,8 +50,8 @@ public static class AttentionCases
     {
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 21, 128, real: true);            // real heads, batch 3: the new key alone, on a new page, mid-page
         yield return FusedCase([33], 32, 4, 16, 1, 22, 128, real: true);                     // batch 1, one split: direct bf16 output, no ticket
-        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 33 splits of 32 keys (two warps of a tile), the ticket combine
-        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 19 splits of 16 keys; a padding row (slot -1)
+        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 16 one-tile splits, the ticket combine
+        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 5 splits of 64 keys; a padding row (slot -1)
         yield return FusedCase([70, 5], 6, 2, 16, 64, 25, 64, perRow: true, scaling: 1.25f); // group of 3, D 64, dynamic RoPE (a table per row), YaRN-like scaling
         yield return FusedCase([33000, 3], 4, 2, 512, 512, 26, 32, perRow: true);            // long context: 65 splits (a 3-key row with empty splits), D 32, combine kernel after
         yield return FusedCase([32000, 3], 4, 2, 64, 512, 31, 32);                           // 63 splits of 8 tiles, the last CTA's combine (7 warps' 8 + 7)

@@ -124,7 +124,7 @@ public sealed class AttentionDecodeLaunchers
     /// The split count for a GPU of <paramref name="multiprocessors"/> SMs, unbounded by any workspace: at least one CTA
     /// per multiprocessor, and at most <see cref="MaxTilesPerSplit"/> tiles per split so that a long context runs
     /// several CTAs per SM, each with few dependent tile loads (bytes in flight grow with the context; docs/kernels.md
-    /// "Decode attention"); at most one split per <see cref="SplitAlignKeys"/> keys. At 32k context and 4 KV heads that is
+    /// "Decode attention"); at most one split per tile (a shorter split buys no round trip and costs the combine a split). At 32k context and 4 KV heads that is
     /// 64 splits of 512 keys, so the fused kernel's last CTA still combines (<see cref="FusedMaxCombineSplits"/>).
     /// </summary>
     public static int PlanSplits(int multiprocessors, int seqs, int numKvHeads, int maxContextLen)
@@ -132,9 +132,8 @@ public sealed class AttentionDecodeLaunchers
         int ctas = Math.Max(1, seqs * numKvHeads);
         int target = (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
         int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
-        int units = Math.Max(1, (maxContextLen + SplitAlignKeys - 1) / SplitAlignKeys);
         int forLength = (tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit;
-        return Math.Max(1, Math.Min(units, Math.Max(target, forLength)));
+        return Math.Max(1, Math.Min(tiles, Math.Max(target, forLength)));
     }
 
     /// <summary>The split count the launcher will use: <see cref="PlanSplits"/> for this device's SM count, at most <paramref name="workspaceSplits"/>.</summary>
