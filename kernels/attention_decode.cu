@@ -6,18 +6,24 @@
 // block_table[s * max_pages_per_seq + j / page_size] * page_size + j % page_size.
 //
 // attn_decode_split: grid (splits, nKV, seqs), 128 threads = 4 warps. One CTA serves ALL query heads of
-//   one KV head (the GQA group, up to 8: warp w owns group heads 2w and 2w+1), so each K/V tile is read
-//   from global memory once per group. The context of sequence s is cut into `splits` ranges of
-//   ceil(len / splits) keys rounded up to the 32-key tile; each CTA runs an online softmax (fp32, log2
-//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with
-//   the context (at most 8 tiles per split, at least one CTA per SM), so a long context runs several
-//   CTAs per SM, each a short chain of tile loads (docs/kernels.md "Decode attention").
-//   Per tile: the 128 threads load K and V rows (16-byte ld.global.nc, 16 threads per 256-byte row:
-//   fully used sectors) into registers one tile ahead, with the block-table entries of the tile after
-//   that (no page lookup between a tile's loads and the previous tile's arrival), then store them to shared memory (K rows padded
-//   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
-//   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
-//   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
+//   one KV head (the GQA group, up to 8), so each K/V tile is read from global memory once per group. The
+//   context of sequence s is cut into `splits` ranges of ceil(len / splits) keys rounded up to 16 keys
+//   (DEC_ALIGN); each CTA runs an online softmax (fp32, log2 domain: the fp32 scores are scaled by
+//   D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with the context (at most 8 tiles
+//   per split, at least one CTA per SM, at most one split per tile; docs/kernels.md "Decode attention").
+//   Tensor cores (HEAD_DIM <= 128, attn_split_range under DEC_TC): per 64-key tile the 128 threads gather
+//   the K and V rows through the block table with cp.async (16 bytes, 16 threads per 256-byte row: fully
+//   used sectors; keys past the range zero-filled) into [key][D + 8] shared tiles, with the block-table
+//   entries of the next tile in the same round trip (KV_FP8: the E4M3 codes into registers, decoded
+//   exactly to bf16, st.shared). Warp w owns keys 16w .. 16w + 15 of each tile and its own online-softmax
+//   state: S = Q K^T by mma.sync m16n8k16 with the group as M (rows 0..7; q fragments from shared memory,
+//   kept in registers), K fragments by ldmatrix; O += P V with S's two 8-key accumulator tiles reused as
+//   the A fragment of one 16-key k-step, P as bf16 hi in rows 0..7 and bf16 lo (p - hi) in rows 8..15
+//   (the fp32 weight to ~2^-17 in one mma), V fragments by ldmatrix.trans. At the end the 4 warps'
+//   (max, sum, O) are merged through shared memory in a fixed order (the tile buffer reused).
+//   HEAD_DIM 256 keeps the scalar split at compile time (its O fragments, 128 fp32 per thread, and a
+//   64-key tile, 67 KB, fit neither the registers nor static shared memory): 32-key tiles loaded into
+//   registers one tile ahead; scores lane = key (warp w: heads 2w, 2w+1); P.V lane owns D/32 dims.
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
 // attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
