@@ -117,6 +117,25 @@ __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
 // the two 8-key n-tiles of S are the A fragment of one 16-key k-step (FlashAttention-2), with rows 0..7 = bf16(p) and rows
 // 8..15 = bf16(p - bf16(p)), so one mma per n-tile accumulates P_hi V in c0/c1 and P_lo V in c2/c3 (p to ~2^-17 relative);
 // V by ldmatrix.trans. The 4 warps' (max, sum, O) are merged through shared memory in a fixed order at the end.
+static_assert(DEC_THREADS % DEC_ROW_CHUNKS == 0 && DEC_KSTRIDE == DEC_VSTRIDE, "a thread's chunks share one column");
+#define DEC_ROW_STEP (DEC_THREADS / DEC_ROW_CHUNKS)   // rows between a thread's chunks of a tile
+
+// The shared-memory forms of cp.async and ldmatrix on 32-bit shared addresses (computed once per thread, plus constants).
+__device__ __forceinline__ void cp_async_16_at(unsigned int dst, const void* src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_at(unsigned int (&r)[4], unsigned int addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans_at(unsigned int (&r)[4], unsigned int addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+
 template <bool NEW_KEY>
 __device__ __forceinline__ void attn_split_range(
     const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
@@ -127,6 +146,17 @@ __device__ __forceinline__ void attn_split_range(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t2 = (lane & 3) * 2;   // fragment row (group head g; g + 8 the lo half) and column pair
     const int* table = block_table + (size_t)seq * max_pages_per_seq;
+    // This thread's chunks of a tile: rows row0 + r * DEC_ROW_STEP, column col (16 bytes); their cache offset is
+    // slot * row_elems + col_off elements, their shared offset tile_off + r * DEC_ROW_STEP rows.
+    const int row0 = tid / DEC_ROW_CHUNKS, col = tid % DEC_ROW_CHUNKS;
+    const unsigned int row_elems = (unsigned int)num_kv_heads * HEAD_DIM;
+    const size_t col_off = (size_t)kvh * HEAD_DIM + col * 8;
+    const unsigned int tile_off = (unsigned int)(row0 * DEC_KSTRIDE + col * 8) * 2;
+    const unsigned int k_base = smem_addr(k_s), v_base = smem_addr(v_s);
+    // ldmatrix row addresses of this lane (K: keys 16w + (lane & 7) + 8 (lane >> 4), dims 8 ((lane >> 3) & 1); V: keys
+    // 16w + (lane & 7) + 8 ((lane >> 3) & 1), dims 8 (lane >> 4)), stepped by 32 bytes per k-step / 16 per n-tile pair
+    const unsigned int k_lm = k_base + ((warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * DEC_KSTRIDE + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned int v_lm = v_base + ((warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * DEC_VSTRIDE + (lane >> 4) * 8) * 2;
 
     // q as A fragments (a1 / a3, rows 8..15, are zero): q_s holds bf16 values, so the bf16 packing is exact. Held in
     // registers; KV_FP8 re-reads them per tile instead (its decode needs the registers: no spills at 168).
@@ -152,7 +182,7 @@ __device__ __forceinline__ void attn_split_range(
     auto load_pages = [&](int t0) {
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
-            const int key = t0 + (tid + r * DEC_THREADS) / DEC_ROW_CHUNKS;
+            const int key = t0 + row0 + r * DEC_ROW_STEP;
             page[r] = key < end ? table[key / page_size] : 0;
         }
     };
@@ -164,23 +194,21 @@ __device__ __forceinline__ void attn_split_range(
 #endif
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
-            const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
-            const int key = t0 + row;
+            const int key = t0 + row0 + r * DEC_ROW_STEP;
             const bool mine = NEW_KEY && key == new_key;
             const bool ok = key < end && !mine;
-            const size_t off = ok ? ((size_t)(page[r] * page_size + key % page_size) * num_kv_heads + kvh) * HEAD_DIM + col * 8 : 0;
+            const size_t off = ok ? (size_t)(unsigned int)(page[r] * page_size + key % page_size) * row_elems + col_off : 0;
 #if KV_FP8
             kc[r] = ok ? __ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(k_cache) + off)) : make_uint2(0, 0);
             vc[r] = ok ? __ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(v_cache) + off)) : make_uint2(0, 0);
 #else
-            bf16* kd = &k_s[row * DEC_KSTRIDE + col * 8];
-            bf16* vd = &v_s[row * DEC_VSTRIDE + col * 8];
+            const unsigned int dst = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2;
             if (mine) {
-                *reinterpret_cast<uint4*>(kd) = *reinterpret_cast<const uint4*>(&knew_s[col * 8]);
-                *reinterpret_cast<uint4*>(vd) = *reinterpret_cast<const uint4*>(&vnew_s[col * 8]);
+                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + dst) = *reinterpret_cast<const uint4*>(&knew_s[col * 8]);
+                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + dst) = *reinterpret_cast<const uint4*>(&vnew_s[col * 8]);
             } else {
-                cp_async_16(kd, k_cache + off, ok);
-                cp_async_16(vd, v_cache + off, ok);
+                cp_async_16_at(k_base + dst, k_cache + off, ok);
+                cp_async_16_at(v_base + dst, v_cache + off, ok);
             }
 #endif
         }
@@ -188,10 +216,10 @@ __device__ __forceinline__ void attn_split_range(
 #if KV_FP8
 #pragma unroll
         for (int r = 0; r < DEC_LOADS; r++) {
-            const int i = tid + r * DEC_THREADS, row = i / DEC_ROW_CHUNKS, col = i % DEC_ROW_CHUNKS;
-            const bool mine = NEW_KEY && t0 + row == new_key;
-            *reinterpret_cast<uint4*>(&k_s[row * DEC_KSTRIDE + col * 8]) = mine ? *reinterpret_cast<const uint4*>(&knew_s[col * 8]) : e4m3x8_to_bf16(kc[r]);
-            *reinterpret_cast<uint4*>(&v_s[row * DEC_VSTRIDE + col * 8]) = mine ? *reinterpret_cast<const uint4*>(&vnew_s[col * 8]) : e4m3x8_to_bf16(vc[r]);
+            const bool mine = NEW_KEY && t0 + row0 + r * DEC_ROW_STEP == new_key;
+            const unsigned int dst = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2;
+            *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + dst) = mine ? *reinterpret_cast<const uint4*>(&knew_s[col * 8]) : e4m3x8_to_bf16(kc[r]);
+            *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + dst) = mine ? *reinterpret_cast<const uint4*>(&vnew_s[col * 8]) : e4m3x8_to_bf16(vc[r]);
         }
 #else
         cp_async_commit();
@@ -217,7 +245,7 @@ __device__ __forceinline__ void attn_split_range(
 #pragma unroll
             for (int kk = 0; kk < DEC_DK; kk++) {
                 unsigned int b[4];
-                ldmatrix_x4(b, &k_s[(warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * DEC_KSTRIDE + kk * 16 + ((lane >> 3) & 1) * 8]);
+                ldmatrix_x4_at(b, k_lm + kk * 32);
 #if KV_FP8
                 unsigned int qk[2];
                 q_frag(kk, qk);
@@ -245,10 +273,12 @@ __device__ __forceinline__ void attn_split_range(
 #pragma unroll
             for (int j = 0; j < 4; j++) pr[j] = exp2f(sv[j] - m_new);
             l = l * alpha + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
+            if (__any_sync(0xffffffffu, alpha != 1.f)) {   // x 1 changes no bit: skipped while no lane's max moved
 #pragma unroll
-            for (int n = 0; n < DEC_DN; n++)
+                for (int n = 0; n < DEC_DN; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) o[n][e] *= alpha;
+                    for (int e = 0; e < 4; e++) o[n][e] *= alpha;
+            }
             // P as the A fragment of one 16-key k-step: rows 0..7 bf16(p), rows 8..15 bf16(p - bf16(p))
             unsigned int pa[4];
             pa[0] = pack_bf16x2(pr[0], pr[1]);
@@ -258,7 +288,7 @@ __device__ __forceinline__ void attn_split_range(
 #pragma unroll
             for (int n = 0; n < DEC_DN; n += 2) {
                 unsigned int b[4];
-                ldmatrix_x4_trans(b, &v_s[(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * DEC_VSTRIDE + (n + (lane >> 4)) * 8]);
+                ldmatrix_x4_trans_at(b, v_lm + n * 16);
                 mma_bf16_16816(o[n], pa, b[0], b[1]);
                 mma_bf16_16816(o[n + 1], pa, b[2], b[3]);
             }

@@ -122,17 +122,19 @@ public sealed class AttentionDecodeLaunchers
 
     /// <summary>
     /// The split count for a GPU of <paramref name="multiprocessors"/> SMs, unbounded by any workspace: at least one CTA
-    /// per multiprocessor, and at most <see cref="MaxTilesPerSplit"/> tiles per split so that a long context runs
-    /// several CTAs per SM, each with few dependent tile loads (bytes in flight grow with the context; docs/kernels.md
-    /// "Decode attention"); at most one split per tile (a shorter split buys no round trip and costs the combine a split). At 32k context and 4 KV heads that is
-    /// 64 splits of 512 keys, so the fused kernel's last CTA still combines (<see cref="FusedMaxCombineSplits"/>).
+    /// per multiprocessor; at most <see cref="MaxTilesPerSplit"/> tiles per split, so that a long context runs several
+    /// CTAs per SM, each with few dependent tile loads, until <see cref="FusedMaxCombineSplits"/> splits (the most the
+    /// fused kernel's last CTA combines), beyond which the splits grow longer instead: at 4 KV heads those 256 CTAs are
+    /// DRAM-bound (a tile costs a CTA about 1.3 us of round trip and issue against 2.9 us of its share of the DRAM time
+    /// on an H100), so more splits would only add the separate combine node (docs/kernels.md "Decode attention"); at
+    /// most one split per tile (a shorter split saves no round trip and adds a split to the combine).
     /// </summary>
     public static int PlanSplits(int multiprocessors, int seqs, int numKvHeads, int maxContextLen)
     {
         int ctas = Math.Max(1, seqs * numKvHeads);
         int target = (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
         int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
-        int forLength = (tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit;
+        int forLength = Math.Min((tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit, FusedMaxCombineSplits);
         return Math.Max(1, Math.Min(tiles, Math.Max(target, forLength)));
     }
 
@@ -215,7 +217,8 @@ public sealed class AttentionDecodeLaunchers
 
     /// <summary>
     /// Most splits <see cref="DecodeFused"/> combines in its last CTA per (row, KV head) (attention_decode.cu's
-    /// FUSED_MAX_COMBINE_SPLITS); a longer context (more than 64 x 8 tiles at batch 1) runs attn_decode_combine after it.
+    /// FUSED_MAX_COMBINE_SPLITS); more splits (<see cref="PlanSplits"/> asks for them only to give every SM a CTA, when
+    /// rows x KV heads is below SMs / 64) run attn_decode_combine after it.
     /// </summary>
     public const int FusedMaxCombineSplits = 64;
 
