@@ -9,8 +9,8 @@
 //   one KV head (the GQA group, up to 8), so each K/V tile is read from global memory once per group. The
 //   context of sequence s is cut into `splits` ranges of ceil(len / splits) keys rounded up to 16 keys
 //   (DEC_ALIGN); each CTA runs an online softmax (fp32, log2 domain: the fp32 scores are scaled by
-//   D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with the context (at most 8 tiles
-//   per split, at least one CTA per SM, at most one split per tile; docs/kernels.md "Decode attention").
+//   D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with the context (at least one CTA
+//   per SM, at most 8 tiles per split up to 64 splits, at most one split per tile; docs/kernels.md "Decode attention").
 //   Tensor cores (HEAD_DIM <= 128, attn_split_range under DEC_TC): per 64-key tile the 128 threads gather
 //   the K and V rows through the block table with cp.async (16 bytes, 16 threads per 256-byte row: fully
 //   used sectors; keys past the range zero-filled) into [key][D + 8] shared tiles, with the block-table
