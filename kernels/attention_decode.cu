@@ -648,7 +648,8 @@ struct AttnDecodeFusedParams {
 #define FUSED_MAX_COMBINE_SPLITS 64                                    // more: the tickets are null, attn_decode_combine runs after
 #define FUSED_TILE_BYTES (DEC_TILE * DEC_KSTRIDE * 2 + DEC_TILE * DEC_VSTRIDE * 2)
 #define FUSED_COMB_BYTES (DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS * 4)
-#define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES ? FUSED_TILE_BYTES : FUSED_COMB_BYTES)
+#define FUSED_COMB_BYTES_ALL (FUSED_COMB_BYTES + DEC_MAX_GROUP * 8 * 4)   // + the denominators' per-warp sums
+#define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES_ALL ? FUSED_TILE_BYTES : FUSED_COMB_BYTES_ALL)
 #define COMB_VEC (HEAD_DIM / 16 < 4 ? HEAD_DIM / 16 : 4)                 // floats per load in the last CTA's combine
 #define COMB_CHUNKS (HEAD_DIM / (16 * COMB_VEC))                        // loads per split and thread
 
@@ -736,14 +737,21 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
         w_s[i] = mx > -QC_INF && lse != -QC_INF ? exp2f(lse - mx) : -1.f;
     }
     __syncthreads();
-    if (tid < group) {                                                       // the denominators, in the same order
-        float z = 0.f, zz = 0.f;
-        for (int i = 0; i < S; i++) {
-            bool end;
-            const float w = w_s[tid * S + split_at(i, end)];
+    float* zz_s = w_s + DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS;           // [group][8]: warp vw's sum of the weights
+    if (tid < group * 8) {                                                   // the denominators, in the same order:
+        const int hh = tid >> 3, vw = tid & 7;                               // (head, attn_decode_combine's warp) in parallel
+        float zz = 0.f;
+        for (int t = vw; t < S; t += 8) {
+            const float w = w_s[hh * S + t];
             if (w >= 0.f) zz += w;
-            if (end) { z += zz; zz = 0.f; }
         }
+        zz_s[tid] = zz;
+    }
+    __syncthreads();
+    if (tid < group) {
+        float z = 0.f;
+#pragma unroll
+        for (int vw = 0; vw < 8; vw++) z += zz_s[tid * 8 + vw];
         den_s[tid] = z;
     }
     __syncthreads();
