@@ -117,8 +117,14 @@ __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
 // the two 8-key n-tiles of S are the A fragment of one 16-key k-step (FlashAttention-2), with rows 0..7 = bf16(p) and rows
 // 8..15 = bf16(p - bf16(p)), so one mma per n-tile accumulates P_hi V in c0/c1 and P_lo V in c2/c3 (p to ~2^-17 relative);
 // V by ldmatrix.trans. The 4 warps' (max, sum, O) are merged through shared memory in a fixed order at the end.
-static_assert(DEC_THREADS % DEC_ROW_CHUNKS == 0 && DEC_KSTRIDE == DEC_VSTRIDE, "a thread's chunks share one column");
-#define DEC_ROW_STEP (DEC_THREADS / DEC_ROW_CHUNKS)   // rows between a thread's chunks of a tile
+// A thread loads DEC_PAIR chunks of each of its rows (one slot lookup for both): columns col and col + DEC_ROW_UNITS, so
+// the lanes of one instruction still cover whole 128-byte runs of consecutive rows.
+#define DEC_PAIR (DEC_LOADS >= 2 ? 2 : 1)
+#define DEC_ROW_UNITS (DEC_ROW_CHUNKS / DEC_PAIR)          // threads per row
+#define DEC_ROWS (DEC_LOADS / DEC_PAIR)                    // rows per thread and tile
+#define DEC_ROW_STEP (DEC_THREADS / DEC_ROW_UNITS)         // rows between a thread's rows of a tile
+static_assert(DEC_THREADS % DEC_ROW_UNITS == 0 && DEC_ROWS * DEC_ROW_STEP == DEC_TILE && DEC_KSTRIDE == DEC_VSTRIDE,
+              "a thread's chunks: DEC_ROWS rows of DEC_PAIR chunks, the same columns in every row");
 
 // The shared-memory forms of cp.async and ldmatrix on 32-bit shared addresses (computed once per thread, plus constants).
 __device__ __forceinline__ void cp_async_16_at(unsigned int dst, const void* src, bool valid)
@@ -146,9 +152,10 @@ __device__ __forceinline__ void attn_split_range(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t2 = (lane & 3) * 2;   // fragment row (group head g; g + 8 the lo half) and column pair
     const int* table = block_table + (size_t)seq * max_pages_per_seq;
-    // This thread's chunks of a tile: rows row0 + r * DEC_ROW_STEP, column col (16 bytes); their cache offset is
-    // slot * row_elems + col_off elements, their shared offset tile_off + r * DEC_ROW_STEP rows.
-    const int row0 = tid / DEC_ROW_CHUNKS, col = tid % DEC_ROW_CHUNKS;
+    // This thread's chunks of a tile: rows row0 + r * DEC_ROW_STEP, columns col + c * DEC_ROW_UNITS (16 bytes each); their
+    // cache offset is slot * row_elems + col_off + c * DEC_ROW_UNITS * 8 elements, their shared offset tile_off + r *
+    // DEC_ROW_STEP rows + c * DEC_ROW_UNITS * 16 bytes.
+    const int row0 = tid / DEC_ROW_UNITS, col = tid % DEC_ROW_UNITS;
     const unsigned int row_elems = (unsigned int)num_kv_heads * HEAD_DIM;
     const size_t col_off = (size_t)kvh * HEAD_DIM + col * 8;
     const unsigned int tile_off = (unsigned int)(row0 * DEC_KSTRIDE + col * 8) * 2;
@@ -178,10 +185,10 @@ __device__ __forceinline__ void attn_split_range(
 #pragma unroll
         for (int e = 0; e < 4; e++) o[n][e] = 0.f;
 
-    int page[DEC_LOADS];                            // block-table entries of this thread's rows in the next tile to load
+    int page[DEC_ROWS];                             // block-table entries of this thread's rows in the next tile to load
     auto load_pages = [&](int t0) {
 #pragma unroll
-        for (int r = 0; r < DEC_LOADS; r++) {
+        for (int r = 0; r < DEC_ROWS; r++) {
             const int key = t0 + row0 + r * DEC_ROW_STEP;
             page[r] = key < end ? table[key / page_size] : 0;
         }
@@ -190,36 +197,48 @@ __device__ __forceinline__ void attn_split_range(
     // (keys past the range zero-filled); KV_FP8: registers, decoded, st.shared. The new key comes from knew_s / vnew_s.
     auto load_tile = [&](int t0) {
 #if KV_FP8
-        uint2 kc[DEC_LOADS], vc[DEC_LOADS];         // the codes of all chunks in flight, then decoded (code 0 is +0)
+        uint2 kc[DEC_ROWS][DEC_PAIR], vc[DEC_ROWS][DEC_PAIR];   // the codes of all chunks in flight, then decoded (code 0 is +0)
 #endif
 #pragma unroll
-        for (int r = 0; r < DEC_LOADS; r++) {
+        for (int r = 0; r < DEC_ROWS; r++) {
             const int key = t0 + row0 + r * DEC_ROW_STEP;
             const bool mine = NEW_KEY && key == new_key;
             const bool ok = key < end && !mine;
             const size_t off = ok ? (size_t)(unsigned int)(page[r] * page_size + key % page_size) * row_elems + col_off : 0;
 #if KV_FP8
-            kc[r] = ok ? __ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(k_cache) + off)) : make_uint2(0, 0);
-            vc[r] = ok ? __ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(v_cache) + off)) : make_uint2(0, 0);
+            const unsigned char* kp = reinterpret_cast<const unsigned char*>(k_cache) + off;
+            const unsigned char* vp = reinterpret_cast<const unsigned char*>(v_cache) + off;
+#pragma unroll
+            for (int c = 0; c < DEC_PAIR; c++) {
+                kc[r][c] = ok ? __ldg(reinterpret_cast<const uint2*>(kp + c * DEC_ROW_UNITS * 8)) : make_uint2(0, 0);
+                vc[r][c] = ok ? __ldg(reinterpret_cast<const uint2*>(vp + c * DEC_ROW_UNITS * 8)) : make_uint2(0, 0);
+            }
 #else
             const unsigned int dst = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2;
-            if (mine) {
-                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + dst) = *reinterpret_cast<const uint4*>(&knew_s[col * 8]);
-                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + dst) = *reinterpret_cast<const uint4*>(&vnew_s[col * 8]);
-            } else {
-                cp_async_16_at(k_base + dst, k_cache + off, ok);
-                cp_async_16_at(v_base + dst, v_cache + off, ok);
+#pragma unroll
+            for (int c = 0; c < DEC_PAIR; c++) {
+                const unsigned int d = dst + c * DEC_ROW_UNITS * 16;
+                if (mine) {
+                    *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + d) = *reinterpret_cast<const uint4*>(&knew_s[(col + c * DEC_ROW_UNITS) * 8]);
+                    *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + d) = *reinterpret_cast<const uint4*>(&vnew_s[(col + c * DEC_ROW_UNITS) * 8]);
+                } else {
+                    cp_async_16_at(k_base + d, k_cache + off + c * DEC_ROW_UNITS * 8, ok);
+                    cp_async_16_at(v_base + d, v_cache + off + c * DEC_ROW_UNITS * 8, ok);
+                }
             }
 #endif
         }
         load_pages(t0 + DEC_TILE);
 #if KV_FP8
 #pragma unroll
-        for (int r = 0; r < DEC_LOADS; r++) {
+        for (int r = 0; r < DEC_ROWS; r++) {
             const bool mine = NEW_KEY && t0 + row0 + r * DEC_ROW_STEP == new_key;
-            const unsigned int dst = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2;
-            *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + dst) = mine ? *reinterpret_cast<const uint4*>(&knew_s[col * 8]) : e4m3x8_to_bf16(kc[r]);
-            *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + dst) = mine ? *reinterpret_cast<const uint4*>(&vnew_s[col * 8]) : e4m3x8_to_bf16(vc[r]);
+#pragma unroll
+            for (int c = 0; c < DEC_PAIR; c++) {
+                const unsigned int d = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2 + c * DEC_ROW_UNITS * 16;
+                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + d) = mine ? *reinterpret_cast<const uint4*>(&knew_s[(col + c * DEC_ROW_UNITS) * 8]) : e4m3x8_to_bf16(kc[r][c]);
+                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + d) = mine ? *reinterpret_cast<const uint4*>(&vnew_s[(col + c * DEC_ROW_UNITS) * 8]) : e4m3x8_to_bf16(vc[r][c]);
+            }
         }
 #else
         cp_async_commit();
