@@ -6,18 +6,24 @@
 // block_table[s * max_pages_per_seq + j / page_size] * page_size + j % page_size.
 //
 // attn_decode_split: grid (splits, nKV, seqs), 128 threads = 4 warps. One CTA serves ALL query heads of
-//   one KV head (the GQA group, up to 8: warp w owns group heads 2w and 2w+1), so each K/V tile is read
-//   from global memory once per group. The context of sequence s is cut into `splits` ranges of
-//   ceil(len / splits) keys rounded up to the 32-key tile; each CTA runs an online softmax (fp32, log2
-//   domain: q is pre-scaled by D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with
-//   the context (at most 8 tiles per split, at least one CTA per SM), so a long context runs several
-//   CTAs per SM, each a short chain of tile loads (docs/kernels.md "Decode attention").
-//   Per tile: the 128 threads load K and V rows (16-byte ld.global.nc, 16 threads per 256-byte row:
-//   fully used sectors) into registers one tile ahead, with the block-table entries of the tile after
-//   that (no page lookup between a tile's loads and the previous tile's arrival), then store them to shared memory (K rows padded
-//   by 16 bytes: conflict-free 16-byte reads by lane-per-key). Scores: lane j = key j, dot over D for
-//   the warp's 2 heads against q in shared memory (broadcast). P.V: lane owns D/32 output dims,
-//   p_j comes from lane j by shuffle (D = 32: one dim per lane, scalar loads/stores chosen at compile time).
+//   one KV head (the GQA group, up to 8), so each K/V tile is read from global memory once per group. The
+//   context of sequence s is cut into `splits` ranges of ceil(len / splits) keys rounded up to 16 keys
+//   (DEC_ALIGN); each CTA runs an online softmax (fp32, log2 domain: the fp32 scores are scaled by
+//   D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with the context (at least one CTA
+//   per SM, at most 8 tiles per split up to 64 splits, at most one split per tile; docs/kernels.md "Decode attention").
+//   Tensor cores (HEAD_DIM <= 128, attn_split_range under DEC_TC): per 64-key tile the 128 threads gather
+//   the K and V rows through the block table with cp.async (16 bytes, 16 threads per 256-byte row: fully
+//   used sectors; keys past the range zero-filled) into [key][D + 8] shared tiles, with the block-table
+//   entries of the next tile in the same round trip (KV_FP8: the E4M3 codes into registers, decoded
+//   exactly to bf16, st.shared). Warp w owns keys 16w .. 16w + 15 of each tile and its own online-softmax
+//   state: S = Q K^T by mma.sync m16n8k16 with the group as M (rows 0..7; q fragments from shared memory,
+//   kept in registers), K fragments by ldmatrix; O += P V with S's two 8-key accumulator tiles reused as
+//   the A fragment of one 16-key k-step, P as bf16 hi in rows 0..7 and bf16 lo (p - hi) in rows 8..15
+//   (the fp32 weight to ~2^-17 in one mma), V fragments by ldmatrix.trans. At the end the 4 warps'
+//   (max, sum, O) are merged through shared memory in a fixed order (the tile buffer reused).
+//   HEAD_DIM 256 keeps the scalar split at compile time (its O fragments, 128 fp32 per thread, and a
+//   64-key tile, 67 KB, fit neither the registers nor static shared memory): 32-key tiles loaded into
+//   registers one tile ahead; scores lane = key (warp w: heads 2w, 2w+1); P.V lane owns D/32 dims.
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
 // attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
@@ -27,7 +33,7 @@
 // attn_decode_fused (below): the decode step's single attention node, rope.cu's prologue before the split loop and the
 //   combine in the last CTA; the pair above (with qk_norm_rope_kv_write) is its bitwise oracle and the multi-row-run path.
 // Variants: these; the CPU reference in src/Model/Selftest is their oracle.
-#include "common.cuh"
+#include "mma.cuh"
 // KV_FP8=1: the cache holds FP8 E4M3 codes (one byte per element, per-layer scale 1; docs/formats.md), decoded
 // exactly to bf16 as they are loaded; everything after the load is the bf16 kernel. KV bytes read are halved.
 #ifndef KV_FP8
@@ -42,11 +48,24 @@
 #endif
 static_assert((HEAD_DIM % 32 == 0 || HEAD_DIM == 16) && HEAD_DIM <= 256, "HEAD_DIM must be 16 or a multiple of 32, at most 256");
 
-#define DEC_TILE 32                          // keys per tile
+#define DEC_TC (HEAD_DIM <= 128)              // tensor-core split; HEAD_DIM 256 keeps the scalar one (see below)
 #define DEC_THREADS 128
 #define DEC_MAX_GROUP 8                      // query heads per KV head
 #define DEC_ROW_CHUNKS (HEAD_DIM / 8)        // 16-byte chunks per K/V row
+#if DEC_TC
+#define DEC_TILE 64                          // keys per tile: warp w owns keys 16w .. 16w + 15
+#define DEC_ALIGN 16                         // a split's range: a multiple of 16 keys (one warp's share of a tile)
+#define DEC_KSTRIDE (HEAD_DIM + 8)           // padded K / V rows in shared memory (bf16 elements): conflict-free ldmatrix
+#define DEC_VSTRIDE (HEAD_DIM + 8)
+#define DEC_DK (HEAD_DIM / 16)               // k-steps over D for S = Q K^T
+#define DEC_DN (HEAD_DIM / 8)                // n8 tiles over D for O
+static_assert(DEC_TILE * DEC_KSTRIDE * 2 >= (4 * DEC_MAX_GROUP * HEAD_DIM + 10 * DEC_MAX_GROUP) * 4, "the warps' merge fits in the K tile");
+#else
+#define DEC_TILE 32                          // keys per tile
+#define DEC_ALIGN 32
 #define DEC_KSTRIDE (HEAD_DIM + 8)           // padded K row in shared memory (bf16 elements)
+#define DEC_VSTRIDE HEAD_DIM
+#endif
 #define DEC_LOADS ((DEC_TILE * DEC_ROW_CHUNKS + DEC_THREADS - 1) / DEC_THREADS)   // chunks per thread per tile and tensor
 #if HEAD_DIM == 16                           // D 16: half the threads load a tile; lane & 15 owns one dim (lanes 16..31
 #define DEC_E 1                              // duplicate lanes 0..15 and do not store); selected at compile time
@@ -91,11 +110,272 @@ __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
 // of KV head kvh, whose pre-scaled q is in q_s [DEC_MAX_GROUP][HEAD_DIM]; k_s / v_s are the caller's tile buffers. Key
 // new_key (NEW_KEY and >= 0: attn_decode_fused's own token) is taken from knew_s / vnew_s and never loaded from the cache.
 // Writes bf16 `out` (splits == 1) or the split's normalised fp32 partial output and log2-sum-exp.
+#if DEC_TC
+// Tensor-core split (HEAD_DIM <= 128). Warp w owns keys 16w .. 16w + 15 of every 64-key tile with its own online
+// softmax state; the GQA group is the M side of mma.sync m16n8k16. S = Q K^T: A = q (rows 0..7 the group's heads, bf16
+// exactly; rows 8..15 zero), B = K by ldmatrix from the [key][dim] tile; the fp32 scores are scaled by scale_log2. O += P V:
+// the two 8-key n-tiles of S are the A fragment of one 16-key k-step (FlashAttention-2), with rows 0..7 = bf16(p) and rows
+// 8..15 = bf16(p - bf16(p)), so one mma per n-tile accumulates P_hi V in c0/c1 and P_lo V in c2/c3 (p to ~2^-17 relative);
+// V by ldmatrix.trans. The 4 warps' (max, sum, O) are merged through shared memory in a fixed order at the end.
+// A thread loads DEC_PAIR chunks of each of its rows (one slot lookup for both): columns col and col + DEC_ROW_UNITS, so
+// the lanes of one instruction still cover whole 128-byte runs of consecutive rows.
+#define DEC_PAIR (DEC_LOADS >= 2 ? 2 : 1)
+#define DEC_ROW_UNITS (DEC_ROW_CHUNKS / DEC_PAIR)          // threads per row
+#define DEC_ROWS (DEC_LOADS / DEC_PAIR)                    // rows per thread and tile
+#define DEC_ROW_STEP (DEC_THREADS / DEC_ROW_UNITS)         // rows between a thread's rows of a tile
+static_assert(DEC_THREADS % DEC_ROW_UNITS == 0 && DEC_ROWS * DEC_ROW_STEP == DEC_TILE && DEC_KSTRIDE == DEC_VSTRIDE,
+              "a thread's chunks: DEC_ROWS rows of DEC_PAIR chunks, the same columns in every row");
+
+// The shared-memory forms of cp.async and ldmatrix on 32-bit shared addresses (computed once per thread, plus constants).
+__device__ __forceinline__ void cp_async_16_at(unsigned int dst, const void* src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_at(unsigned int (&r)[4], unsigned int addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans_at(unsigned int (&r)[4], unsigned int addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+
 template <bool NEW_KEY>
 __device__ __forceinline__ void attn_split_range(
     const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
     int num_q_heads, int num_kv_heads, int splits, float* partial_out, float* partial_lse, bf16* out, int out_stride,
-    int seq, int kvh, int split, int group, int begin, int end, const float* q_s, bf16* k_s, bf16* v_s,
+    int seq, int kvh, int split, int group, int begin, int end, float scale_log2, const float* q_s, bf16* k_s, bf16* v_s,
+    int new_key, const bf16* knew_s, const bf16* vnew_s)
+{
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t2 = (lane & 3) * 2;   // fragment row (group head g; g + 8 the lo half) and column pair
+    const int* table = block_table + (size_t)seq * max_pages_per_seq;
+    // This thread's chunks of a tile: rows row0 + r * DEC_ROW_STEP, columns col + c * DEC_ROW_UNITS (16 bytes each); their
+    // cache offset is slot * row_elems + col_off + c * DEC_ROW_UNITS * 8 elements, their shared offset tile_off + r *
+    // DEC_ROW_STEP rows + c * DEC_ROW_UNITS * 16 bytes.
+    const int row0 = tid / DEC_ROW_UNITS, col = tid % DEC_ROW_UNITS;
+    const unsigned int row_elems = (unsigned int)num_kv_heads * HEAD_DIM;
+    const size_t col_off = (size_t)kvh * HEAD_DIM + col * 8;
+    const unsigned int tile_off = (unsigned int)(row0 * DEC_KSTRIDE + col * 8) * 2;
+    const unsigned int k_base = smem_addr(k_s), v_base = smem_addr(v_s);
+    // ldmatrix row addresses of this lane (K: keys 16w + (lane & 7) + 8 (lane >> 4), dims 8 ((lane >> 3) & 1); V: keys
+    // 16w + (lane & 7) + 8 ((lane >> 3) & 1), dims 8 (lane >> 4)), stepped by 32 bytes per k-step / 16 per n-tile pair
+    const unsigned int k_lm = k_base + ((warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * DEC_KSTRIDE + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned int v_lm = v_base + ((warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * DEC_VSTRIDE + (lane >> 4) * 8) * 2;
+
+    // q as A fragments (a1 / a3, rows 8..15, are zero): q_s holds bf16 values, so the bf16 packing is exact. Held in
+    // registers; KV_FP8 re-reads them per tile instead (its decode needs the registers: no spills at 168).
+    auto q_frag = [&](int kk, unsigned int (&f)[2]) {
+        const float2 lo = *reinterpret_cast<const float2*>(&q_s[g * HEAD_DIM + kk * 16 + t2]);
+        const float2 hi = *reinterpret_cast<const float2*>(&q_s[g * HEAD_DIM + kk * 16 + 8 + t2]);
+        f[0] = pack_bf16x2(lo.x, lo.y);
+        f[1] = pack_bf16x2(hi.x, hi.y);
+    };
+#if !KV_FP8
+    unsigned int qf[DEC_DK][2];
+#pragma unroll
+    for (int kk = 0; kk < DEC_DK; kk++) q_frag(kk, qf[kk]);
+#endif
+    float m = -QC_INF, l = 0.f;                     // head g: running max (log2 domain), this thread's share of the sum
+    float o[DEC_DN][4];                             // dims n*8 + t2, +1: c0/c1 from P_hi, c2/c3 from P_lo
+#pragma unroll
+    for (int n = 0; n < DEC_DN; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
+
+    int page[DEC_ROWS];                             // block-table entries of this thread's rows in the next tile to load
+    auto load_pages = [&](int t0) {
+#pragma unroll
+        for (int r = 0; r < DEC_ROWS; r++) {
+            const int key = t0 + row0 + r * DEC_ROW_STEP;
+            page[r] = key < end ? table[key / page_size] : 0;
+        }
+    };
+    // Tile t0 (pages in page[]) into shared memory, and the pages of the tile after it in the same round trip. bf16: cp.async
+    // (keys past the range zero-filled); KV_FP8: registers, decoded, st.shared. The new key comes from knew_s / vnew_s.
+    auto load_tile = [&](int t0) {
+#if KV_FP8
+        uint2 kc[DEC_ROWS][DEC_PAIR], vc[DEC_ROWS][DEC_PAIR];   // the codes of all chunks in flight, then decoded (code 0 is +0)
+#endif
+#pragma unroll
+        for (int r = 0; r < DEC_ROWS; r++) {
+            const int key = t0 + row0 + r * DEC_ROW_STEP;
+            const bool mine = NEW_KEY && key == new_key;
+            const bool ok = key < end && !mine;
+            const size_t off = ok ? (size_t)(unsigned int)(page[r] * page_size + key % page_size) * row_elems + col_off : 0;
+#if KV_FP8
+            const unsigned char* kp = reinterpret_cast<const unsigned char*>(k_cache) + off;
+            const unsigned char* vp = reinterpret_cast<const unsigned char*>(v_cache) + off;
+#pragma unroll
+            for (int c = 0; c < DEC_PAIR; c++) {
+                kc[r][c] = ok ? __ldg(reinterpret_cast<const uint2*>(kp + c * DEC_ROW_UNITS * 8)) : make_uint2(0, 0);
+                vc[r][c] = ok ? __ldg(reinterpret_cast<const uint2*>(vp + c * DEC_ROW_UNITS * 8)) : make_uint2(0, 0);
+            }
+#else
+            const unsigned int dst = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2;
+#pragma unroll
+            for (int c = 0; c < DEC_PAIR; c++) {
+                const unsigned int d = dst + c * DEC_ROW_UNITS * 16;
+                if (mine) {
+                    *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + d) = *reinterpret_cast<const uint4*>(&knew_s[(col + c * DEC_ROW_UNITS) * 8]);
+                    *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + d) = *reinterpret_cast<const uint4*>(&vnew_s[(col + c * DEC_ROW_UNITS) * 8]);
+                } else {
+                    cp_async_16_at(k_base + d, k_cache + off + c * DEC_ROW_UNITS * 8, ok);
+                    cp_async_16_at(v_base + d, v_cache + off + c * DEC_ROW_UNITS * 8, ok);
+                }
+            }
+#endif
+        }
+        load_pages(t0 + DEC_TILE);
+#if KV_FP8
+#pragma unroll
+        for (int r = 0; r < DEC_ROWS; r++) {
+            const bool mine = NEW_KEY && t0 + row0 + r * DEC_ROW_STEP == new_key;
+#pragma unroll
+            for (int c = 0; c < DEC_PAIR; c++) {
+                const unsigned int d = tile_off + r * DEC_ROW_STEP * DEC_KSTRIDE * 2 + c * DEC_ROW_UNITS * 16;
+                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + d) = mine ? *reinterpret_cast<const uint4*>(&knew_s[(col + c * DEC_ROW_UNITS) * 8]) : e4m3x8_to_bf16(kc[r][c]);
+                *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + d) = mine ? *reinterpret_cast<const uint4*>(&vnew_s[(col + c * DEC_ROW_UNITS) * 8]) : e4m3x8_to_bf16(vc[r][c]);
+            }
+        }
+#else
+        cp_async_commit();
+#endif
+    };
+
+    if (begin < end) {
+        load_pages(begin);
+        load_tile(begin);
+    }
+    for (int t0 = begin; t0 < end; t0 += DEC_TILE) {
+#if !KV_FP8
+        cp_async_wait<0>();
+#endif
+        __syncthreads();
+        const int kb = t0 + warp * 16;              // this warp's first key; warp-uniform
+        if (kb < end) {
+            float s[2][4];
+#pragma unroll
+            for (int n = 0; n < 2; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < DEC_DK; kk++) {
+                unsigned int b[4];
+                ldmatrix_x4_at(b, k_lm + kk * 32);
+#if KV_FP8
+                unsigned int qk[2];
+                q_frag(kk, qk);
+                const unsigned int a[4] = {qk[0], 0u, qk[1], 0u};
+#else
+                const unsigned int a[4] = {qf[kk][0], 0u, qf[kk][1], 0u};
+#endif
+                mma_bf16_16816(s[0], a, b[0], b[1]);
+                mma_bf16_16816(s[1], a, b[2], b[3]);
+            }
+            // online softmax of head g over keys kb + 8n + t2 + e (row statistics over the quad)
+            float sv[4], mx = -QC_INF;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int n = j >> 1, e = j & 1;
+                sv[j] = kb + n * 8 + t2 + e < end ? s[n][e] * scale_log2 : -QC_INF;
+                mx = fmaxf(mx, sv[j]);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m, mx);        // finite: key kb is in the range
+            const float alpha = exp2f(m - m_new);    // 0 on the warp's first tile (m = -inf)
+            m = m_new;
+            float pr[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) pr[j] = exp2f(sv[j] - m_new);
+            l = l * alpha + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
+            if (__any_sync(0xffffffffu, alpha != 1.f)) {   // x 1 changes no bit: skipped while no lane's max moved
+#pragma unroll
+                for (int n = 0; n < DEC_DN; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) o[n][e] *= alpha;
+            }
+            // P as the A fragment of one 16-key k-step: rows 0..7 bf16(p), rows 8..15 bf16(p - bf16(p))
+            unsigned int pa[4];
+            pa[0] = pack_bf16x2(pr[0], pr[1]);
+            pa[1] = pack_bf16x2(pr[0] - round_bf16(pr[0]), pr[1] - round_bf16(pr[1]));
+            pa[2] = pack_bf16x2(pr[2], pr[3]);
+            pa[3] = pack_bf16x2(pr[2] - round_bf16(pr[2]), pr[3] - round_bf16(pr[3]));
+#pragma unroll
+            for (int n = 0; n < DEC_DN; n += 2) {
+                unsigned int b[4];
+                ldmatrix_x4_trans_at(b, v_lm + n * 16);
+                mma_bf16_16816(o[n], pa, b[0], b[1]);
+                mma_bf16_16816(o[n + 1], pa, b[2], b[3]);
+            }
+        }
+        __syncthreads();                            // the tile buffers are refilled next
+        if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE);
+    }
+
+    // Merge the 4 warps (the tile buffers are free: the loop ended with a barrier, or never touched them):
+    // M = max_w m_w, weight_w = 2^(m_w - M) (0 for a warp without keys), L = sum_w weight_w l_w, O = sum_w weight_w O_w.
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    float* o_s = reinterpret_cast<float*>(k_s);                 // [4 warps][8 heads][HEAD_DIM]
+    float* m_s = o_s + 4 * DEC_MAX_GROUP * HEAD_DIM;             // [4][8]
+    float* l_s = m_s + 4 * DEC_MAX_GROUP;                        // [4][8] sums, then the weights
+    float* inv_s = l_s + 4 * DEC_MAX_GROUP;                      // [8] 1 / L
+    float* lse_s = inv_s + DEC_MAX_GROUP;                        // [8] log2-sum-exp
+    if ((lane & 3) == 0) {
+        m_s[warp * DEC_MAX_GROUP + g] = m;
+        l_s[warp * DEC_MAX_GROUP + g] = l;
+    }
+#pragma unroll
+    for (int n = 0; n < DEC_DN; n++)
+        *reinterpret_cast<float2*>(&o_s[(warp * DEC_MAX_GROUP + g) * HEAD_DIM + n * 8 + t2]) = make_float2(o[n][0] + o[n][2], o[n][1] + o[n][3]);
+    __syncthreads();
+    if (tid < DEC_MAX_GROUP) {
+        float mx = m_s[tid];
+#pragma unroll
+        for (int w = 1; w < 4; w++) mx = fmaxf(mx, m_s[w * DEC_MAX_GROUP + tid]);
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const float mw = m_s[w * DEC_MAX_GROUP + tid];
+            const float wt = mw == -QC_INF ? 0.f : exp2f(mw - mx);
+            sum += wt * l_s[w * DEC_MAX_GROUP + tid];
+            l_s[w * DEC_MAX_GROUP + tid] = wt;
+        }
+        inv_s[tid] = sum > 0.f ? 1.f / sum : 0.f;
+        lse_s[tid] = sum > 0.f ? mx + __log2f(sum) : -QC_INF;
+    }
+    __syncthreads();
+    for (int i = tid * 2; i < group * HEAD_DIM; i += DEC_THREADS * 2) {
+        const int h = i / HEAD_DIM, d = i % HEAD_DIM;
+        float2 num = make_float2(0.f, 0.f);
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const float wt = l_s[w * DEC_MAX_GROUP + h];
+            const float2 v = *reinterpret_cast<const float2*>(&o_s[(w * DEC_MAX_GROUP + h) * HEAD_DIM + d]);
+            num.x += wt * v.x;
+            num.y += wt * v.y;
+        }
+        const float inv_l = inv_s[h];
+        const int head = kvh * group + h;
+        if (splits == 1) {
+            *reinterpret_cast<bf16x2*>(out + (size_t)seq * out_stride + (size_t)head * HEAD_DIM + d) = pack_bf16x2(num.x * inv_l, num.y * inv_l);
+        } else {
+            const size_t row = ((size_t)seq * num_q_heads + head) * splits + split;
+            *reinterpret_cast<float2*>(partial_out + row * HEAD_DIM + d) = make_float2(num.x * inv_l, num.y * inv_l);
+            if (d == 0) partial_lse[row] = lse_s[h];
+        }
+    }
+}
+#else
+template <bool NEW_KEY>
+__device__ __forceinline__ void attn_split_range(
+    const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
+    int num_q_heads, int num_kv_heads, int splits, float* partial_out, float* partial_lse, bf16* out, int out_stride,
+    int seq, int kvh, int split, int group, int begin, int end, float scale_log2, const float* q_s, bf16* k_s, bf16* v_s,
     int new_key, const bf16* knew_s, const bf16* vnew_s)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -157,7 +437,7 @@ __device__ __forceinline__ void attn_split_range(
                 vq = *reinterpret_cast<const uint4*>(&vnew_s[col * 8]);
             }
             *reinterpret_cast<uint4*>(&k_s[row * DEC_KSTRIDE + col * 8]) = kq;
-            *reinterpret_cast<uint4*>(&v_s[row * HEAD_DIM + col * 8]) = vq;
+            *reinterpret_cast<uint4*>(&v_s[row * DEC_VSTRIDE + col * 8]) = vq;
         }
         __syncthreads();
         if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE);   // next tile in flight during the math
@@ -180,7 +460,7 @@ __device__ __forceinline__ void attn_split_range(
         float pr[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const float sv = valid ? s[h] : -QC_INF;
+            const float sv = valid ? s[h] * scale_log2 : -QC_INF;
             const float m_new = fmaxf(m[h], warp_max(sv));      // finite: every tile has a valid key
             const float alpha = exp2f(m[h] - m_new);            // 0 on the first tile (m = -inf)
             pr[h] = valid ? exp2f(sv - m_new) : 0.f;
@@ -241,29 +521,30 @@ __device__ __forceinline__ void attn_split_range(
         }
     }
 }
+#endif
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(AttnDecodeParams p)
 {
     __shared__ __align__(16) bf16 k_s[DEC_TILE * DEC_KSTRIDE];
-    __shared__ __align__(16) bf16 v_s[DEC_TILE * HEAD_DIM];
+    __shared__ __align__(16) bf16 v_s[DEC_TILE * DEC_VSTRIDE];
     __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
 
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     const int tid = threadIdx.x;
     const int group = p.num_q_heads / p.num_kv_heads;
     const int len = p.context_lens[seq];
-    const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+    const int chunk = ((len + p.splits - 1) / p.splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
     const int begin = split * chunk;
     const int end = min(len, begin + chunk);
 
-    // q of the whole group, pre-scaled into the log2 domain
+    // q of the whole group (bf16 values; the scores are scaled into the log2 domain)
     const bf16* q = p.q + (size_t)seq * p.q_stride + (size_t)kvh * group * HEAD_DIM;
     for (int i = tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS)
-        q_s[i] = i < group * HEAD_DIM ? bf16_to_f32(q[i]) * p.scale_log2 : 0.f;
+        q_s[i] = i < group * HEAD_DIM ? bf16_to_f32(q[i]) : 0.f;
 
     __syncthreads();
     attn_split_range<false>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
-                            p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, q_s, k_s, v_s,
+                            p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, q_s, k_s, v_s,
                             -1, nullptr, nullptr);
 }
 
@@ -384,7 +665,7 @@ struct AttnDecodeFusedParams {
 #include "rope.cuh"
 
 #define FUSED_MAX_COMBINE_SPLITS 64                                    // more: the tickets are null, attn_decode_combine runs after
-#define FUSED_TILE_BYTES (DEC_TILE * DEC_KSTRIDE * 2 + DEC_TILE * HEAD_DIM * 2)
+#define FUSED_TILE_BYTES (DEC_TILE * DEC_KSTRIDE * 2 + DEC_TILE * DEC_VSTRIDE * 2)
 #define FUSED_COMB_BYTES (DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS * 4)
 #define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES ? FUSED_TILE_BYTES : FUSED_COMB_BYTES)
 #define COMB_VEC (HEAD_DIM / 16 < 4 ? HEAD_DIM / 16 : 4)                 // floats per load in the last CTA's combine
@@ -419,40 +700,43 @@ template <> struct CombVec<4> {
 // The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order. That kernel's warp vw sums
 // splits vw, vw + 8, ... (p_vw, from 0) and the output is (((0 + p_0) + p_1) + ... + p_7) / (the same of the weights).
 // Here thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the splits
-// in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in. A split
-// with lse -inf is empty (its partial is 0: skipping its product changes no bit). w_s (the tile buffers, free now): the
-// weights 2^(lse - max), -1 for a skipped split.
-__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, float* w_s, float* mx_s, float* den_s)
+// in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in; it sums
+// the weights the same way, so each owner has its head's denominator without another pass. The order is a table in
+// shared memory (order_s[i]: the split at position i, COMB_LAST set on the last split of its vw), one division per
+// thread to build it instead of two per split and thread. A split with lse -inf is empty (its partial is 0: skipping
+// its product changes no bit). w_s (the tile buffers, free now): the weights 2^(lse - max), -1 for a skipped split.
+#define COMB_LAST 0x10000
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, float* w_s, float* mx_s, int* order_s)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int S = p.splits;
     const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // the group's first row of [seqs * nH]
     // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q
-    const int q = S / 8, r = S % 8;
-    auto split_at = [&](int i, bool& last) {
+    static_assert(FUSED_MAX_COMBINE_SPLITS <= DEC_THREADS, "one order entry per thread");
+    if (tid < S) {
+        const int q = S / 8, r = S % 8;
         int vw, k, count;
-        if (i < r * (q + 1)) { vw = i / (q + 1); k = i % (q + 1); count = q + 1; }
-        else { const int j = i - r * (q + 1); vw = r + j / q; k = j % q; count = q; }
-        last = k == count - 1;
-        return vw + 8 * k;
-    };
+        if (tid < r * (q + 1)) { vw = tid / (q + 1); k = tid % (q + 1); count = q + 1; }
+        else { const int j = tid - r * (q + 1); vw = r + j / q; k = j % q; count = q; }
+        order_s[tid] = (vw + 8 * k) | (k == count - 1 ? COMB_LAST : 0);
+    }
+    __syncthreads();
     const int h = tid >> 4, l = tid & 15;
     const bool owner = h < group;
     const float* base = p.partial_out + (head0 + (owner ? h : 0)) * S * HEAD_DIM + l * COMB_VEC;
     float v[8][COMB_CHUNKS][COMB_VEC];
-    int s[8];
-    bool last[8];
+    int o[8];
     // Loads the partials of splits i0 .. i0 + 7 (vw-major); every split wrote its partial (0 when empty), so the loads
     // need no weight and the first batch goes out with the lse loads.
     auto load_batch = [&](int i0) {
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            last[j] = false;
-            s[j] = 0;
+            o[j] = 0;
             if (!owner || i0 + j >= S) continue;
-            s[j] = split_at(i0 + j, last[j]);
+            o[j] = order_s[i0 + j];
+            const float* src = base + (size_t)(o[j] & (COMB_LAST - 1)) * HEAD_DIM;
 #pragma unroll
-            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(base + (size_t)s[j] * HEAD_DIM + c * 16 * COMB_VEC, v[j][c]);
+            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(src + c * 16 * COMB_VEC, v[j][c]);
         }
     };
     load_batch(0);
@@ -474,20 +758,9 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
         w_s[i] = mx > -QC_INF && lse != -QC_INF ? exp2f(lse - mx) : -1.f;
     }
     __syncthreads();
-    if (tid < group) {                                                       // the denominators, in the same order
-        float z = 0.f, zz = 0.f;
-        for (int i = 0; i < S; i++) {
-            bool end;
-            const float w = w_s[tid * S + split_at(i, end)];
-            if (w >= 0.f) zz += w;
-            if (end) { z += zz; zz = 0.f; }
-        }
-        den_s[tid] = z;
-    }
-    __syncthreads();
     if (!owner) return;
     const float* w_h = w_s + h * S;
-    float n[COMB_CHUNKS][COMB_VEC], pp[COMB_CHUNKS][COMB_VEC];
+    float n[COMB_CHUNKS][COMB_VEC], pp[COMB_CHUNKS][COMB_VEC], z = 0.f, zz = 0.f;
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
@@ -497,14 +770,17 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             if (i0 + j >= S) break;
-            const float w = w_h[s[j]];
+            const float w = w_h[o[j] & (COMB_LAST - 1)];
             if (w >= 0.f) {
+                zz += w;
 #pragma unroll
                 for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
                     for (int e = 0; e < COMB_VEC; e++) pp[c][e] += w * v[j][c][e];
             }
-            if (last[j]) {
+            if (o[j] & COMB_LAST) {
+                z += zz;
+                zz = 0.f;
 #pragma unroll
                 for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
@@ -512,12 +788,11 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
             }
         }
     }
-    const float z = den_s[h];
-    bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
+    bf16* out = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
-        for (int e = 0; e < COMB_VEC; e++) o[c * 16 * COMB_VEC + e] = f32_to_bf16(z > 0.f ? n[c][e] / z : 0.f);
+        for (int e = 0; e < COMB_VEC; e++) out[c * 16 * COMB_VEC + e] = f32_to_bf16(z > 0.f ? n[c][e] / z : 0.f);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(AttnDecodeFusedParams p)
@@ -527,7 +802,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ __align__(16) bf16 knew_s[HEAD_DIM];
     __shared__ __align__(16) bf16 vnew_s[HEAD_DIM];
     __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
-    __shared__ float mx_s[DEC_MAX_GROUP], den_s[DEC_MAX_GROUP];
+    __shared__ float mx_s[DEC_MAX_GROUP];
+    __shared__ int order_s[FUSED_MAX_COMBINE_SPLITS];
     __shared__ int is_last;
 
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
@@ -565,7 +841,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
 
     const int len = p.context_lens[seq];
-    const int chunk = ((len + p.splits - 1) / p.splits + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+    const int chunk = ((len + p.splits - 1) / p.splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
     const int begin = split * chunk;
     const int end = min(len, begin + chunk);
     const int new_key = len - 1;
@@ -597,7 +873,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
         if (!ROPE_ACTIVE(lane)) continue;
         if (is_q) {
 #pragma unroll
-            for (int e = 0; e < ROPE_E; e++) q_s[task * HEAD_DIM + lane * ROPE_E + e] = y[e] * p.scale_log2;
+            for (int e = 0; e < ROPE_E; e++) q_s[task * HEAD_DIM + lane * ROPE_E + e] = y[e];
             if (writer && p.q_out)
                 store_row(p.q_out + (size_t)seq * p.q_out_stride + (size_t)(kvh * group + task) * HEAD_DIM + lane * ROPE_E, y);
         } else {
@@ -610,7 +886,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     bf16* k_s = reinterpret_cast<bf16*>(tiles_s);
     bf16* v_s = k_s + DEC_TILE * DEC_KSTRIDE;
     attn_split_range<true>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
-                           p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, q_s, k_s, v_s,
+                           p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, q_s, k_s, v_s,
                            holds_new ? new_key : -1, knew_s, vnew_s);
     if (p.splits == 1 || !p.tickets) return;
 
@@ -623,6 +899,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     if (!is_last) return;
     __threadfence();
     if (tid == 0) *ticket = 0;
-    fused_combine(p, seq, kvh, group, reinterpret_cast<float*>(tiles_s), mx_s, den_s);
+    fused_combine(p, seq, kvh, group, reinterpret_cast<float*>(tiles_s), mx_s, order_s);
 }
 #endif

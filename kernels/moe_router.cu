@@ -31,7 +31,9 @@
 //   once (every row in one round trip) and kept in registers. Logits reduce per CTA by a fixed tree (warp shuffles, then a
 //   shuffle tree over the 8 warp sums), then the ticket on counters[0] elects the last CTA, whose warp t runs the
 //   softmax + top-k of token t (64-bit keys, a sorted head per lane, two redux.sync a round: router_topk_token) and resets
-//   the ticket. Bytes: E*H*2 (router weight, once) + E*T*H*2 (x,
+//   the ticket. After its wait it also prefetches fetch_ahead_bytes of fetch_ahead (the next layer's qkv weight) into L2
+//   with evict_last, spread over the grid (docs/timing-model.md, "Weights fetched ahead"). Bytes: E*H*2 (router weight,
+//   once) + E*T*H*2 (x,
 //   from L2) + E*H*2 (norm weight, from L2) + T*H*2 (h) + T*E*4 + T*k*8.
 #include "common.cuh"
 
@@ -48,6 +50,8 @@ struct MoeRouterParams {
     float* topk_weights;     // [T, k] routing weights (fp32)
     bf16* h_out;             // [T, H] moe_router_norm_topk: the normalised rows, for the experts
     const bf16* norm_weight; // [H] moe_router_norm_topk: the post-attention RMSNorm weight
+    const void* fetch_ahead; // moe_router_norm_topk: weights of a later kernel (the next layer's qkv GEMV) fetched into L2
+    long long fetch_ahead_bytes; //   with evict_last while this latency-bound kernel leaves the DRAM idle; null / 0: none
     int tokens;              // T
     int hidden_size;         // H, multiple of 8
     int experts;             // E <= 256
@@ -297,6 +301,7 @@ extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_nor
     const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
     pdl_wait();
     pdl_launch_dependents();
+    prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);   // docs/timing-model.md, "Weights fetched ahead"
     switch (p.tokens) {                                        // 1 <= T <= ROUTER_TOKENS (the launcher checks)
     case 1: router_norm_topk_body<1>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
     case 2: router_norm_topk_body<2>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;

@@ -26,10 +26,16 @@ public static class AttentionCases
         yield return DecodeCase([300, 31], 8, 1, 8, 64, 4, 128);                    // group of 8 over one KV head, page size 8
         yield return DecodeCase([1, 40, 75], 8, 2, 4, 64, 5, 32);                   // D 32 (one dim per lane; the small preset), split path, page size 4
         yield return DecodeCase([45, 3], 4, 2, 8, 1, 6, 32);                        // D 32, one split: scalar bf16 output
-        yield return DecodeCase([50], 4, 2, 16, 64, 7, 64);                         // D 64
+        yield return DecodeCase([150], 4, 2, 16, 64, 7, 64);                        // D 64 (3 one-tile splits)
         yield return DecodeCase([2, 66], 4, 2, 4, 64, 8, 16);                       // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
         yield return DecodeCase([4096], 32, 4, 16, 128, 11, 128, real: true, counters: true);   // real heads, 4096 keys: K/V read once
-        yield return DecodeCase([20000, 3], 4, 2, 4, 512, 15, 32);                  // long context: 79 splits of <= 8 tiles (more than one per SM), 5000 pages; a 3-key row with empty splits
+        yield return DecodeCase([20000, 3], 4, 2, 4, 512, 15, 32);                  // long context: 40 splits of <= 8 tiles, 5000 pages; a 3-key row with empty splits
+        // the tensor-core split: several 64-key tiles per CTA with ranges that are not a multiple of the tile (2 splits of 352 /
+        // 348 keys: idle warps in the last tile, a partial warp share), group of 1, and one 260-key split (5 tiles, direct output)
+        yield return DecodeCase([700, 9], 8, 1, 16, 2, 16, 128);
+        yield return DecodeCase([611], 2, 2, 8, 2, 17, 64);
+        yield return DecodeCase([260, 70], 16, 2, 16, 1, 18, 128, fp8: true);
+        yield return DecodeCase([130, 37], 8, 2, 16, 64, 19, 256);                  // D 256: the scalar split (no tensor cores) kept at compile time
         // --kv-cache-dtype fp8 (KV_FP8): E4M3 codes decoded exactly, so the same reference and tolerance; K/V bytes halved
         yield return DecodeCase([1, 17, 100], 32, 4, 16, 64, 12, 128, real: true, fp8: true);
         yield return DecodeCase([4096], 32, 4, 16, 128, 13, 128, real: true, counters: true, fp8: true);
@@ -44,11 +50,13 @@ public static class AttentionCases
     {
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 21, 128, real: true);            // real heads, batch 3: the new key alone, on a new page, mid-page
         yield return FusedCase([33], 32, 4, 16, 1, 22, 128, real: true);                     // batch 1, one split: direct bf16 output, no ticket
-        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 32 one-tile splits, the ticket combine
-        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 10 splits (2 + 2 + 1 x 6); a padding row (slot -1)
+        yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 16 one-tile splits, the ticket combine
+        yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 5 splits of 64 keys; a padding row (slot -1)
         yield return FusedCase([70, 5], 6, 2, 16, 64, 25, 64, perRow: true, scaling: 1.25f); // group of 3, D 64, dynamic RoPE (a table per row), YaRN-like scaling
-        yield return FusedCase([20000, 3], 4, 2, 512, 512, 26, 32, perRow: true);            // long context: 79 splits (a 3-key row with empty splits), D 32, combine kernel after
-        yield return FusedCase([16000, 3], 4, 2, 64, 512, 31, 32);                           // 63 splits of 8 tiles, the last CTA's combine (7 warps' 8 + 7)
+        yield return FusedCase([9000], 4, 1, 512, 512, 26, 32, perRow: true);                // one row of one KV head: a split per SM (> 64), D 32, combine kernel after
+        yield return FusedCase([32000, 3], 4, 2, 64, 512, 31, 32);                           // 63 splits of 8 tiles, the last CTA's combine (7 warps' 8 + 7)
+        yield return FusedCase([700, 2], 8, 1, 16, 3, 32, 128);                              // 3 splits of 240 / 240 / 220 keys: several tiles per CTA, the new key in a partial tile
+        yield return FusedCase([90, 40], 8, 2, 16, 64, 33, 256);                             // D 256: the scalar split
         yield return FusedCase([2, 66, 1], 4, 2, 4, 64, 27, 16, padding: true);              // D 16 (half warps), page size 4, padding row
         // --kv-cache-dtype fp8: the new key and value as E4M3 codes in the cache, and decoded the same way from registers
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 28, 128, real: true, fp8: true);
@@ -107,9 +115,10 @@ public static class AttentionCases
             var c = new Checker();
             c.True(workspaceSplits == 1 ? splits == 1 : splits > 1, "split count", $"{splits} splits for a workspace of {workspaceSplits}");
             int tiles = (lens.Max() + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys;
-            c.True(splits == workspaceSplits || (tiles + splits - 1) / splits <= AttentionDecodeLaunchers.MaxTilesPerSplit,
-                $"at most {AttentionDecodeLaunchers.MaxTilesPerSplit} tiles per split unless the workspace limits the splits", $"{splits} splits over {tiles} tiles");
+            c.True(splits == workspaceSplits || splits >= AttentionDecodeLaunchers.FusedMaxCombineSplits || (tiles + splits - 1) / splits <= AttentionDecodeLaunchers.MaxTilesPerSplit,
+                $"at most {AttentionDecodeLaunchers.MaxTilesPerSplit} tiles per split unless the workspace or the {AttentionDecodeLaunchers.FusedMaxCombineSplits}-split cap limits the splits", $"{splits} splits over {tiles} tiles");
             c.CloseBf16(ctx.Download<ushort>(dOut, seqs * nH * d), Reference(kv, q, nH, d), Atol, Rtol, "decode attention output");
+            if (launches.Count > 0 && d <= 128) c.AtLeast(launches[0].MmaCount, 1, "emulator: tensor-core split (mma count)");
             if (counters && launches.Count > 0)
             {
                 var l = launches[0];

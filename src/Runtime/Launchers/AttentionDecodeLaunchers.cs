@@ -84,7 +84,10 @@ public readonly record struct DecodeAttentionArgs(
 public sealed class AttentionDecodeLaunchers
 {
     public const string File = "attention_decode.cu";
-    public const int TileKeys = 32;
+    /// <summary>Keys per tile of the tensor-core split (attention_decode.cu's DEC_TILE: 4 warps x 16 keys).</summary>
+    public const int TileKeys = 64;
+    /// <summary>A split's key range is a multiple of this (DEC_ALIGN: one warp's 16 keys of a tile).</summary>
+    public const int SplitAlignKeys = 16;
     public const int MaxGroup = 8;
     /// <summary>Head sizes of <see cref="DecodeFused"/> (rope.cu's).</summary>
     public static readonly int[] FusedHeadDims = [16, 32, 64, 128, 256];
@@ -114,21 +117,24 @@ public sealed class AttentionDecodeLaunchers
         return lseBytes * HeadDim;
     }
 
-    /// <summary>Longest split in 32-key tiles before the context is cut into more splits (see <see cref="PlanSplits"/>).</summary>
+    /// <summary>Longest split in 64-key tiles before the context is cut into more splits (see <see cref="PlanSplits"/>).</summary>
     public const int MaxTilesPerSplit = 8;
 
     /// <summary>
     /// The split count for a GPU of <paramref name="multiprocessors"/> SMs, unbounded by any workspace: at least one CTA
-    /// per multiprocessor, and at most <see cref="MaxTilesPerSplit"/> tiles per split so that a long context runs
-    /// several CTAs per SM, each with few dependent tile loads (bytes in flight grow with the context; docs/kernels.md
-    /// "attention_decode"); at most one split per tile.
+    /// per multiprocessor; at most <see cref="MaxTilesPerSplit"/> tiles per split, so that a long context runs several
+    /// CTAs per SM, each with few dependent tile loads, until <see cref="FusedMaxCombineSplits"/> splits (the most the
+    /// fused kernel's last CTA combines), beyond which the splits grow longer instead: at 4 KV heads those 256 CTAs are
+    /// DRAM-bound (a tile costs a CTA about 1.3 us of round trip and issue against 2.9 us of its share of the DRAM time
+    /// on an H100), so more splits would only add the separate combine node (docs/kernels.md "Decode attention"); at
+    /// most one split per tile (a shorter split saves no round trip and adds a split to the combine).
     /// </summary>
     public static int PlanSplits(int multiprocessors, int seqs, int numKvHeads, int maxContextLen)
     {
         int ctas = Math.Max(1, seqs * numKvHeads);
         int target = (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
         int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
-        int forLength = (tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit;
+        int forLength = Math.Min((tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit, FusedMaxCombineSplits);
         return Math.Max(1, Math.Min(tiles, Math.Max(target, forLength)));
     }
 
@@ -211,7 +217,8 @@ public sealed class AttentionDecodeLaunchers
 
     /// <summary>
     /// Most splits <see cref="DecodeFused"/> combines in its last CTA per (row, KV head) (attention_decode.cu's
-    /// FUSED_MAX_COMBINE_SPLITS); a longer context (more than 64 x 8 tiles at batch 1) runs attn_decode_combine after it.
+    /// FUSED_MAX_COMBINE_SPLITS); more splits (<see cref="PlanSplits"/> asks for them only to give every SM a CTA, when
+    /// rows x KV heads is below SMs / 64) run attn_decode_combine after it.
     /// </summary>
     public const int FusedMaxCombineSplits = 64;
 
