@@ -211,7 +211,22 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
         float acc[T];
 #pragma unroll
         for (int t = 0; t < T; t++) acc[t] = 0.f;
-        for (int c0 = 0; c0 < kchunks; c0 += 128) {
+        // At T <= 2 whole blocks of 128 chunks run unguarded (fewer instructions; above, the extra registers would cost
+        // occupancy), the rest guarded; either way a lane adds its chunks c = lane, lane + 32, ... in ascending order.
+        int c0 = 0;
+        if constexpr (T <= 2) {
+            for (; c0 + 128 <= kchunks; c0 += 128) {
+                uint4 wv[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) wv[u] = ldg_stream_v4(wrow + (c0 + u * 32 + lane) * 8);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+#pragma unroll
+                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s[t * slice_chunks + c0 + u * 32 + lane], acc[t]);
+                }
+            }
+        }
+        for (; c0 < kchunks; c0 += 128) {
             uint4 wv[4];
 #pragma unroll
             for (int u = 0; u < 4; u++) {

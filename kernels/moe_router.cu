@@ -77,6 +77,19 @@ __device__ __forceinline__ unsigned redux_max_u32(unsigned v)
     return r;
 }
 
+// A 64-bit key from its halves, and back (one mov each).
+__device__ __forceinline__ u64 router_key(unsigned lo, unsigned hi)
+{
+    u64 r;
+    asm("mov.b64 %0, {%1, %2};" : "=l"(r) : "r"(lo), "r"(hi));
+    return r;
+}
+
+__device__ __forceinline__ void router_key_halves(u64 k, unsigned& lo, unsigned& hi)
+{
+    asm("mov.b64 {%0, %1}, %2;" : "=r"(lo), "=r"(hi) : "l"(k));
+}
+
 // Orders a and b descending (a = the larger).
 __device__ __forceinline__ void router_cmpx(u64& a, u64& b)
 {
@@ -118,7 +131,7 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
         const int e = lane + 32 * i;
         const float pr = v[i] / sum;
         const unsigned bits = __float_as_uint(pr > 0.f ? pr : 0.f);   // NaN probability: 0 (still a candidate)
-        key[i] = e < p.experts ? ((u64)(bits + 1) << 32) | (unsigned)~e : 0ull;
+        key[i] = e < p.experts ? router_key((unsigned)~e, bits + 1) : 0ull;
     }
     router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
     router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
@@ -132,7 +145,8 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
     int my_e = 0;
     float wsum = 0.f;
     for (int j = 0; j < p.top_k; j++) {
-        const unsigned hv = (unsigned)(key[0] >> 32), lo = (unsigned)key[0];
+        unsigned lo, hv;
+        router_key_halves(key[0], lo, hv);
         const unsigned m = redux_max_u32(hv);                     // >= 1: k <= E leaves a candidate every round
         const unsigned m2 = redux_max_u32(hv == m ? lo : 0u);     // ~(the lowest expert holding that value)
         const float bv = __uint_as_float(m - 1);
