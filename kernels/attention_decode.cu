@@ -667,8 +667,7 @@ struct AttnDecodeFusedParams {
 #define FUSED_MAX_COMBINE_SPLITS 64                                    // more: the tickets are null, attn_decode_combine runs after
 #define FUSED_TILE_BYTES (DEC_TILE * DEC_KSTRIDE * 2 + DEC_TILE * DEC_VSTRIDE * 2)
 #define FUSED_COMB_BYTES (DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS * 4)
-#define FUSED_COMB_BYTES_ALL (FUSED_COMB_BYTES + DEC_MAX_GROUP * 8 * 4)   // + the denominators' per-warp sums
-#define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES_ALL ? FUSED_TILE_BYTES : FUSED_COMB_BYTES_ALL)
+#define FUSED_SMEM_BYTES (FUSED_TILE_BYTES > FUSED_COMB_BYTES ? FUSED_TILE_BYTES : FUSED_COMB_BYTES)
 #define COMB_VEC (HEAD_DIM / 16 < 4 ? HEAD_DIM / 16 : 4)                 // floats per load in the last CTA's combine
 #define COMB_CHUNKS (HEAD_DIM / (16 * COMB_VEC))                        // loads per split and thread
 
@@ -701,40 +700,43 @@ template <> struct CombVec<4> {
 // The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order. That kernel's warp vw sums
 // splits vw, vw + 8, ... (p_vw, from 0) and the output is (((0 + p_0) + p_1) + ... + p_7) / (the same of the weights).
 // Here thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the splits
-// in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in. A split
-// with lse -inf is empty (its partial is 0: skipping its product changes no bit). w_s (the tile buffers, free now): the
-// weights 2^(lse - max), -1 for a skipped split.
-__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, float* w_s, float* mx_s, float* den_s)
+// in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in; it sums
+// the weights the same way, so each owner has its head's denominator without another pass. The order is a table in
+// shared memory (order_s[i]: the split at position i, COMB_LAST set on the last split of its vw), one division per
+// thread to build it instead of two per split and thread. A split with lse -inf is empty (its partial is 0: skipping
+// its product changes no bit). w_s (the tile buffers, free now): the weights 2^(lse - max), -1 for a skipped split.
+#define COMB_LAST 0x10000
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, float* w_s, float* mx_s, int* order_s)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int S = p.splits;
     const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // the group's first row of [seqs * nH]
     // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q
-    const int q = S / 8, r = S % 8;
-    auto split_at = [&](int i, bool& last) {
+    static_assert(FUSED_MAX_COMBINE_SPLITS <= DEC_THREADS, "one order entry per thread");
+    if (tid < S) {
+        const int q = S / 8, r = S % 8;
         int vw, k, count;
-        if (i < r * (q + 1)) { vw = i / (q + 1); k = i % (q + 1); count = q + 1; }
-        else { const int j = i - r * (q + 1); vw = r + j / q; k = j % q; count = q; }
-        last = k == count - 1;
-        return vw + 8 * k;
-    };
+        if (tid < r * (q + 1)) { vw = tid / (q + 1); k = tid % (q + 1); count = q + 1; }
+        else { const int j = tid - r * (q + 1); vw = r + j / q; k = j % q; count = q; }
+        order_s[tid] = (vw + 8 * k) | (k == count - 1 ? COMB_LAST : 0);
+    }
+    __syncthreads();
     const int h = tid >> 4, l = tid & 15;
     const bool owner = h < group;
     const float* base = p.partial_out + (head0 + (owner ? h : 0)) * S * HEAD_DIM + l * COMB_VEC;
     float v[8][COMB_CHUNKS][COMB_VEC];
-    int s[8];
-    bool last[8];
+    int o[8];
     // Loads the partials of splits i0 .. i0 + 7 (vw-major); every split wrote its partial (0 when empty), so the loads
     // need no weight and the first batch goes out with the lse loads.
     auto load_batch = [&](int i0) {
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            last[j] = false;
-            s[j] = 0;
+            o[j] = 0;
             if (!owner || i0 + j >= S) continue;
-            s[j] = split_at(i0 + j, last[j]);
+            o[j] = order_s[i0 + j];
+            const float* src = base + (size_t)(o[j] & (COMB_LAST - 1)) * HEAD_DIM;
 #pragma unroll
-            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(base + (size_t)s[j] * HEAD_DIM + c * 16 * COMB_VEC, v[j][c]);
+            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(src + c * 16 * COMB_VEC, v[j][c]);
         }
     };
     load_batch(0);
@@ -756,27 +758,9 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
         w_s[i] = mx > -QC_INF && lse != -QC_INF ? exp2f(lse - mx) : -1.f;
     }
     __syncthreads();
-    float* zz_s = w_s + DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS;           // [group][8]: warp vw's sum of the weights
-    if (tid < group * 8) {                                                   // the denominators, in the same order:
-        const int hh = tid >> 3, vw = tid & 7;                               // (head, attn_decode_combine's warp) in parallel
-        float zz = 0.f;
-        for (int t = vw; t < S; t += 8) {
-            const float w = w_s[hh * S + t];
-            if (w >= 0.f) zz += w;
-        }
-        zz_s[tid] = zz;
-    }
-    __syncthreads();
-    if (tid < group) {
-        float z = 0.f;
-#pragma unroll
-        for (int vw = 0; vw < 8; vw++) z += zz_s[tid * 8 + vw];
-        den_s[tid] = z;
-    }
-    __syncthreads();
     if (!owner) return;
     const float* w_h = w_s + h * S;
-    float n[COMB_CHUNKS][COMB_VEC], pp[COMB_CHUNKS][COMB_VEC];
+    float n[COMB_CHUNKS][COMB_VEC], pp[COMB_CHUNKS][COMB_VEC], z = 0.f, zz = 0.f;
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
@@ -786,14 +770,17 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             if (i0 + j >= S) break;
-            const float w = w_h[s[j]];
+            const float w = w_h[o[j] & (COMB_LAST - 1)];
             if (w >= 0.f) {
+                zz += w;
 #pragma unroll
                 for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
                     for (int e = 0; e < COMB_VEC; e++) pp[c][e] += w * v[j][c][e];
             }
-            if (last[j]) {
+            if (o[j] & COMB_LAST) {
+                z += zz;
+                zz = 0.f;
 #pragma unroll
                 for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
@@ -801,12 +788,11 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
             }
         }
     }
-    const float z = den_s[h];
-    bf16* o = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
+    bf16* out = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
-        for (int e = 0; e < COMB_VEC; e++) o[c * 16 * COMB_VEC + e] = f32_to_bf16(z > 0.f ? n[c][e] / z : 0.f);
+        for (int e = 0; e < COMB_VEC; e++) out[c * 16 * COMB_VEC + e] = f32_to_bf16(z > 0.f ? n[c][e] / z : 0.f);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(AttnDecodeFusedParams p)
@@ -816,7 +802,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ __align__(16) bf16 knew_s[HEAD_DIM];
     __shared__ __align__(16) bf16 vnew_s[HEAD_DIM];
     __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
-    __shared__ float mx_s[DEC_MAX_GROUP], den_s[DEC_MAX_GROUP];
+    __shared__ float mx_s[DEC_MAX_GROUP];
+    __shared__ int order_s[FUSED_MAX_COMBINE_SPLITS];
     __shared__ int is_last;
 
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
@@ -912,6 +899,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     if (!is_last) return;
     __threadfence();
     if (tid == 0) *ticket = 0;
-    fused_combine(p, seq, kvh, group, reinterpret_cast<float*>(tiles_s), mx_s, den_s);
+    fused_combine(p, seq, kvh, group, reinterpret_cast<float*>(tiles_s), mx_s, order_s);
 }
 #endif

@@ -150,6 +150,24 @@ __device__ __forceinline__ void prefetch_l2(const void* p)
     asm volatile("prefetch.global.L2 [%0];" :: "l"(p) : "memory");
 }
 
+// Weights of a LATER kernel (not the next one) into L2 with the evict_last priority, [base, base + bytes) spread over the
+// grid's threads, one 128-byte line per thread per turn (docs/timing-model.md, "Weights fetched ahead"): a latency-bound
+// kernel leaves the DRAM idle, and lines fetched with evict_last outlive the streaming traffic in between (the runtime
+// sets L2 aside for persisting lines). Issue it after pdl_wait(): it is not the kernel's own pre-wait prefetch. A null
+// base or no bytes: nothing. sm_80 and newer (PTX ISA 7.4); nothing before.
+__device__ __forceinline__ void prefetch_l2_evict_last_range(const void* base, long long bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (base == nullptr || bytes <= 0) return;
+    const long long lines = (bytes + 127) >> 7;
+    const long long threads = (long long)gridDim.x * gridDim.y * gridDim.z * blockDim.x * blockDim.y * blockDim.z;
+    const long long block = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const long long thread = ((long long)threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    for (long long i = block * blockDim.x * blockDim.y * blockDim.z + thread; i < lines; i += threads)
+        asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(reinterpret_cast<const char*>(base) + (i << 7)) : "memory");
+#endif
+}
+
 // Prefetches into L2 (sm_90 and newer only: it serves programmatic dependent launch, where it runs before pdl_wait()
 // while the previous kernel still runs) the 128-byte lines holding bytes [r * stride + off, r * stride + off + len) of
 // `base` for rows r in [r0, r1): the lines a CTA's weight slice lies in, one line per thread per iteration. Rows that

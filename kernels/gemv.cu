@@ -4,8 +4,10 @@
 //   y = bf16(residual + bf16(acc))              (residual != null: o_proj / down_proj + residual add)
 //
 // acc in fp32. Weights are streamed exactly once with 16-byte ld.global.nc (8 bf16 per lane, 512
-// contiguous bytes per warp instruction, four loads in flight per lane); the K-slice of x is staged
-// in shared memory (bf16, T * k_split * 2 bytes <= 32 KiB) and read back as conflict-free 16-byte rows.
+// contiguous bytes per warp instruction, four loads in flight per lane); the K-slice of x is
+// staged in shared memory (bf16, T * k_split * 2 bytes <= 32 KiB; at T = 1 four chunks per thread in flight, with the
+// residual of the thread's first output) and read back as conflict-free 16-byte rows. A lane adds its chunks c = lane, lane + 32,
+// ... of a row in ascending order whatever the loads in flight (the sum's order, docs/kernels.md).
 // Thread mapping: 256 threads = 8 warps; a CTA owns 8 * rows_per_warp consecutive rows of W (warp w:
 // rows base + w * rows_per_warp ...), and one K-slice (blockIdx.y) of k_split elements. Each warp
 // reduces a row with shuffles; the CTA's results are staged in shared memory and written row-
@@ -90,14 +92,39 @@ __device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_ba
 
 // Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
 // past the end of K; ends with a barrier.
+// Without the norm at T = 1, a thread's chunks c = tid, tid + 256, ... are loaded GEMV_STAGE_BATCH at a time, all in flight
+// together (one dependent round trip per batch, docs/timing-model.md section 1), and `res0` gets, in the same round trip,
+// the residual of the thread's first output (row_base + tid) when it has one (else 0: T > 1 and the norm prologue read
+// the residual in the epilogue, where the batch's registers would cost occupancy).
+#define GEMV_STAGE_BATCH 4
 template <int T>
-__device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, int k0, int kchunks, int slice_chunks)
+__device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, int k0, int kchunks, int slice_chunks,
+                                             int row_base, int rows_here, float& res0)
 {
     const int tid = threadIdx.x;
-    if (!p.norm_weight) {
+    res0 = 0.f;
+    if (!p.norm_weight && T > 1) {
         for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
             const int t = i / slice_chunks, c = i - t * slice_chunks;
             x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+        }
+        __syncthreads();
+        return;
+    }
+    if (!p.norm_weight) {                                   // T = 1: x_s is [slice_chunks]
+        for (int b = 0; b < slice_chunks; b += GEMV_STAGE_BATCH * GEMV_THREADS) {
+            uint4 v[GEMV_STAGE_BATCH];
+#pragma unroll
+            for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
+                const int c = b + u * GEMV_THREADS + tid;
+                v[u] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+            }
+            if (b == 0 && p.residual && p.split_k == 1 && tid < rows_here) res0 = bf16_to_f32(p.residual[row_base + tid]);
+#pragma unroll
+            for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
+                const int c = b + u * GEMV_THREADS + tid;
+                if (c < slice_chunks) x_s[c] = v[u];
+            }
         }
         __syncthreads();
         return;
@@ -172,8 +199,10 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
     const int rows_cta = GEMV_WARPS * p.rows_per_warp;
     const int row_base = blockIdx.x * rows_cta;
+    const int rows_here = min(rows_cta, p.n - row_base);
     gemv_prologue<0>(p, row_base, k0, klen);
-    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
+    float res0;
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks, row_base, rows_here, res0);
     for (int r = 0; r < p.rows_per_warp; r++) {
         const int local = warp * p.rows_per_warp + r;
         const int row = row_base + local;
@@ -206,8 +235,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
     }
     __syncthreads();
 
-    // row-contiguous writes of the CTA's results
-    const int rows_here = min(rows_cta, p.n - row_base);
+    // row-contiguous writes of the CTA's results (the first pass's residual came with x)
     for (int i = tid; i < T * rows_here; i += GEMV_THREADS) {
         const int t = i / rows_here, local = i - t * rows_here, row = row_base + local;
         const float v = y_s[t][local];
@@ -215,7 +243,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
             p.partial[((size_t)blockIdx.y * T + t) * p.n + row] = v;
         } else {
             float out = round_bf16(v);
-            if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+            if (p.residual) out = (T == 1 && i == tid && !p.norm_weight ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + row])) + out;
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }
@@ -235,8 +263,10 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     const int kchunks = klen >> 3, slice_chunks = p.k_split >> 3;
     const int rows_cta = GEMV_WARPS * p.rows_per_warp;
     const int row_base = blockIdx.x * rows_cta;
+    const int rows_here = min(rows_cta, p.n - row_base);
     gemv_prologue<QF>(p, row_base, k0, klen);
-    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks);
+    float res0;
+    gemv_stage_x<T>(p, x_s, k0, kchunks, slice_chunks, row_base, rows_here, res0);
 
     constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;         // weights per byte, per 16-byte load
     const int qchunks = klen / WPL;                         // 16-byte chunks of this slice
@@ -290,7 +320,6 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
     }
     __syncthreads();
 
-    const int rows_here = min(rows_cta, p.n - row_base);
     for (int i = tid; i < T * rows_here; i += GEMV_THREADS) {
         const int t = i / rows_here, local = i - t * rows_here, row = row_base + local;
         const float v = y_s[t][local];
@@ -298,7 +327,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
             p.partial[((size_t)blockIdx.y * T + t) * p.n + row] = v;
         } else {
             float out = round_bf16(v);
-            if (p.residual) out = bf16_to_f32(p.residual[(size_t)t * p.ldy + row]) + out;
+            if (p.residual) out = (T == 1 && i == tid && !p.norm_weight ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + row])) + out;
             p.y[(size_t)t * p.ldy + row] = f32_to_bf16(out);
         }
     }

@@ -26,9 +26,14 @@
 //   residual stream x; every CTA normalises the T rows itself, h = bf16(norm_weight * bf16(x * rsqrt(mean(x^2) + eps))),
 //   summing the squares in add_rmsnorm_bf16's thread layout and tree (so h is bitwise that kernel's output); CTA 0 also
 //   writes h for the experts. Each thread owns 16-byte chunks tid, tid + 256, ... of the expert's router row; the first
-//   one is loaded before the norm, so the router weight's DRAM trip overlaps the x reads (L2). Logits reduce per CTA by a
-//   fixed tree (warp shuffles, then the 8 warp sums in order), then the ticket on counters[0] elects the last CTA, whose
-//   warp t runs the softmax + top-k of token t and resets the ticket. Bytes: E*H*2 (router weight, once) + E*T*H*2 (x,
+//   one is loaded before the norm, so the router weight's DRAM trip overlaps the x reads (L2). The kernel branches once on
+//   T to a body compiled for that many tokens; with H <= 2048 a thread's norm chunk is its logit chunk, so x is loaded
+//   once (every row in one round trip) and kept in registers. Logits reduce per CTA by a fixed tree (warp shuffles, then a
+//   shuffle tree over the 8 warp sums), then the ticket on counters[0] elects the last CTA, whose warp t runs the
+//   softmax + top-k of token t (64-bit keys, a sorted head per lane, two redux.sync a round: router_topk_token) and resets
+//   the ticket. After its wait it also prefetches fetch_ahead_bytes of fetch_ahead (the next layer's qkv weight) into L2
+//   with evict_last, spread over the grid (docs/timing-model.md, "Weights fetched ahead"). Bytes: E*H*2 (router weight,
+//   once) + E*T*H*2 (x,
 //   from L2) + E*H*2 (norm weight, from L2) + T*H*2 (h) + T*E*4 + T*k*8.
 #include "common.cuh"
 
@@ -45,6 +50,8 @@ struct MoeRouterParams {
     float* topk_weights;     // [T, k] routing weights (fp32)
     bf16* h_out;             // [T, H] moe_router_norm_topk: the normalised rows, for the experts
     const bf16* norm_weight; // [H] moe_router_norm_topk: the post-attention RMSNorm weight
+    const void* fetch_ahead; // moe_router_norm_topk: weights of a later kernel (the next layer's qkv GEMV) fetched into L2
+    long long fetch_ahead_bytes; //   with evict_last while this latency-bound kernel leaves the DRAM idle; null / 0: none
     int tokens;              // T
     int hidden_size;         // H, multiple of 8
     int experts;             // E <= 256
@@ -63,7 +70,27 @@ __device__ __forceinline__ float ld_cg_f32(const float* p)
     return v;
 }
 
+__device__ __forceinline__ unsigned redux_max_u32(unsigned v)
+{
+    unsigned r;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    return r;
+}
+
+// Orders a and b descending (a = the larger).
+__device__ __forceinline__ void router_cmpx(u64& a, u64& b)
+{
+    const u64 hi = max(a, b), lo = min(a, b);
+    a = hi;
+    b = lo;
+}
+
 // Softmax + top-k of one token, run by one warp. Lane l holds experts l, l+32, ..., (< E).
+// The top-k works on 64-bit keys (probability bits + 1) << 32 | ~expert, 0 for no expert: with every probability >= +0,
+// unsigned key order is the order (value descending, index ascending on exact ties), so the arg-max of a round is the
+// largest key. Each lane sorts its 8 keys once (a 19-comparator network); a round takes the warp maximum of the lanes'
+// heads in two redux.sync steps (the value bits, then among the lanes holding that value the largest ~expert, i.e. the
+// lowest expert) and the winning lane shifts its keys up. Keys are distinct, so every round picks exactly one expert.
 __device__ void router_topk_token(const MoeRouterParams& p, int t)
 {
     const int lane = threadIdx.x & 31;
@@ -85,38 +112,41 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
         sum += v[i];
     }
     sum = warp_sum(sum);
+    u64 key[ROUTER_MAX_E_PER_LANE];
 #pragma unroll
     for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+        const int e = lane + 32 * i;
         const float pr = v[i] / sum;
-        v[i] = lane + 32 * i < p.experts ? (pr >= 0.f ? pr : 0.f) : -1.f;   // NaN probability: 0, still above -1 (taken / no expert)
+        const unsigned bits = __float_as_uint(pr > 0.f ? pr : 0.f);   // NaN probability: 0 (still a candidate)
+        key[i] = e < p.experts ? ((u64)(bits + 1) << 32) | (unsigned)~e : 0ull;
     }
+    router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
+    router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
+    router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]); router_cmpx(key[4], key[5]); router_cmpx(key[6], key[7]);
+    router_cmpx(key[2], key[4]); router_cmpx(key[3], key[5]);
+    router_cmpx(key[1], key[4]); router_cmpx(key[3], key[6]);
+    router_cmpx(key[1], key[2]); router_cmpx(key[3], key[4]); router_cmpx(key[5], key[6]);
 
     // Lane j keeps the rank-j choice (no local-memory arrays); wsum adds the weights in rank order.
     float my_w = 0.f;
     int my_e = 0;
     float wsum = 0.f;
     for (int j = 0; j < p.top_k; j++) {
-        // Lane-local best (lowest index wins ties since i ascends), then a warp arg-max on (value, -index).
-        float bv = -2.f;
-        int be = 0x7fffffff;
-#pragma unroll
-        for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++)
-            if (v[i] > bv) { bv = v[i]; be = lane + 32 * i; }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-            const int oe = __shfl_xor_sync(0xffffffffu, be, off);
-            if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
-        }
-        if (lane == j) { my_w = bv; my_e = be; }
+        const unsigned hv = (unsigned)(key[0] >> 32), lo = (unsigned)key[0];
+        const unsigned m = redux_max_u32(hv);                     // >= 1: k <= E leaves a candidate every round
+        const unsigned m2 = redux_max_u32(hv == m ? lo : 0u);     // ~(the lowest expert holding that value)
+        const float bv = __uint_as_float(m - 1);
+        if (lane == j) { my_w = bv; my_e = (int)~m2; }
         wsum += bv;
+        if (lo == m2) {                                           // this lane's head won: the next key moves up
 #pragma unroll
-        for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++)
-            if (lane + 32 * i == be) v[i] = -1.f;   // taken
+            for (int i = 0; i < ROUTER_MAX_E_PER_LANE - 1; i++) key[i] = key[i + 1];
+            key[ROUTER_MAX_E_PER_LANE - 1] = 0ull;
+        }
     }
     if (lane < p.top_k) {
-        // Every candidate now holds a probability >= 0 > -1, so be < E always; the clamp keeps even a future
-        // mistake from indexing past the stacked expert weights.
+        // Every candidate holds a probability >= 0, so my_e < E always; the clamp keeps even a future mistake from
+        // indexing past the stacked expert weights.
         p.topk_ids[(size_t)t * p.top_k + lane] = min(max(my_e, 0), p.experts - 1);
         p.topk_weights[(size_t)t * p.top_k + lane] = p.norm_topk_prob ? my_w / wsum : my_w;
     }
@@ -160,38 +190,63 @@ extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(
     if (threadIdx.x == 0) p.counters[blockIdx.y] = 0;
 }
 
-extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_norm_topk(MoeRouterParams p)
+// The body of moe_router_norm_topk for NT tokens (a compile-time count: no guarded loops over absent tokens).
+// The shared arrays are the kernel's (one set for all instantiations).
+template <int NT>
+__device__ __forceinline__ void router_norm_topk_body(const MoeRouterParams& p, uint4 w0, uint4 n0, float (*red_s)[32],
+                                                      float (*logit_s)[ROUTER_NORM_WARPS], float* inv_s, int& is_last)
 {
-    __shared__ float red_s[ROUTER_TOKENS][32];
-    __shared__ float inv_s[ROUTER_TOKENS];
-    __shared__ int is_last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int e = blockIdx.x, nt = p.tokens;                 // nt <= ROUTER_TOKENS (the launcher checks)
+    const int e = blockIdx.x;
     const int chunks = p.hidden_size >> 3;
-    const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
-    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    // Before pdl_wait() only weights (docs/kernels.md, "Programmatic dependent launch"): the expert's router row into L2,
-    // and the first chunk of it and of the norm weight into registers; x, the logits and the ticket come after.
-    prefetch_l2_rows(p.w_gate, e, e + 1, (size_t)p.hidden_size * 2, 0, (size_t)p.hidden_size * 2);
-    const uint4 w0 = tid < chunks ? __ldg(&wrow[tid]) : zero;     // issued first: overlaps the norm below
-    const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
-    pdl_wait();
-    pdl_launch_dependents();
-
-    // Inverse RMS of each token's row in add_rmsnorm_bf16's layout (bitwise its h).
-    rms_inv_rows<ROUTER_TOKENS, ROUTER_NORM_WARPS>(p.hidden, (size_t)p.hidden_size, nt, p.hidden_size, p.eps, red_s, inv_s);
-
-    // Logits: h chunk by chunk (CTA 0 stores it), dotted with the expert's row.
-    float acc[ROUTER_TOKENS];
+    float acc[NT];
+    if (chunks <= ROUTER_NORM_THREADS) {
+        // One chunk per thread (H <= 2048): add_rmsnorm_bf16's virtual thread tid sums exactly chunk tid, the same chunk this
+        // thread dots with the router row, so x is loaded once (all NT rows in one round trip) and kept in registers.
+        // A thread's sum is then its chunk's squares (0 + s == s: sums of squares are never -0), bitwise that kernel's.
+        const int rwarps = (chunks + 31) >> 5;
+        uint4 xv[NT];
 #pragma unroll
-    for (int t = 0; t < ROUTER_TOKENS; t++) acc[t] = 0.f;
-    for (int c = tid; c < chunks; c += ROUTER_NORM_THREADS) {
-        const uint4 wc = c == tid ? w0 : __ldg(&wrow[c]);
-        const uint4 nc = c == tid ? n0 : __ldg(&nw[c]);
+        for (int t = 0; t < NT; t++) xv[t] = tid < chunks ? reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size)[tid] : zero;
 #pragma unroll
-        for (int t = 0; t < ROUTER_TOKENS; t++) {
-            if (t < nt) {
+        for (int t = 0; t < NT; t++) {
+            const float sq = warp_sum(sumsq_bf16x2(xv[t].x) + sumsq_bf16x2(xv[t].y) + sumsq_bf16x2(xv[t].z) + sumsq_bf16x2(xv[t].w));
+            if (lane == 0 && warp < rwarps) red_s[t][warp] = sq;
+        }
+        __syncthreads();
+        if (warp < NT) {
+            float v = lane < rwarps ? red_s[warp][lane] : 0.f;
+            v = warp_sum(v);
+            if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.hidden_size + p.eps);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            acc[t] = 0.f;
+            if (tid < chunks) {
+                const float inv = inv_s[t];
+                uint4 h;
+                h.x = norm_bf16x2(xv[t].x, n0.x, inv);
+                h.y = norm_bf16x2(xv[t].y, n0.y, inv);
+                h.z = norm_bf16x2(xv[t].z, n0.z, inv);
+                h.w = norm_bf16x2(xv[t].w, n0.w, inv);
+                if (e == 0) reinterpret_cast<uint4*>(p.h_out + (size_t)t * p.hidden_size)[tid] = h;
+                acc[t] += dot_bf16x8(w0, h);
+            }
+        }
+    } else {
+        // Inverse RMS of each token's row in add_rmsnorm_bf16's layout (bitwise its h), then h chunk by chunk.
+        rms_inv_rows<NT, ROUTER_NORM_WARPS>(p.hidden, (size_t)p.hidden_size, NT, p.hidden_size, p.eps, red_s, inv_s);
+        const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
+        const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[t] = 0.f;
+        for (int c = tid; c < chunks; c += ROUTER_NORM_THREADS) {
+            const uint4 wc = c == tid ? w0 : __ldg(&wrow[c]);
+            const uint4 nc = c == tid ? n0 : __ldg(&nw[c]);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
                 const uint4 x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size)[c];
                 const float inv = inv_s[t];
                 uint4 h;
@@ -204,15 +259,14 @@ extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_nor
             }
         }
     }
-    __syncthreads();                                          // red_s is reused
 #pragma unroll
-    for (int t = 0; t < ROUTER_TOKENS; t++) {
+    for (int t = 0; t < NT; t++) {
         const float v = warp_sum(acc[t]);
-        if (lane == 0 && t < nt) red_s[t][warp] = v;
+        if (lane == 0) logit_s[t][warp] = v;
     }
     __syncthreads();
-    if (warp < nt) {
-        float v = lane < ROUTER_NORM_WARPS ? red_s[warp][lane] : 0.f;
+    if (warp < NT) {
+        float v = lane < ROUTER_NORM_WARPS ? logit_s[warp][lane] : 0.f;
         v = warp_sum(v);
         if (lane == 0) p.logits[(size_t)warp * p.experts + e] = round_bf16(v);
     }
@@ -224,6 +278,38 @@ extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_nor
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    if (warp < nt) router_topk_token(p, warp);
+    if (warp < NT) router_topk_token(p, warp);
     if (tid == 0) p.counters[0] = 0;
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_norm_topk(MoeRouterParams p)
+{
+    const int tid = threadIdx.x;
+    const int e = blockIdx.x;
+    const int chunks = p.hidden_size >> 3;
+    const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
+    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    __shared__ float red_s[ROUTER_TOKENS][32];
+    __shared__ float logit_s[ROUTER_TOKENS][ROUTER_NORM_WARPS];
+    __shared__ float inv_s[ROUTER_TOKENS];
+    __shared__ int is_last;
+    // Before pdl_wait() only weights (docs/kernels.md, "Programmatic dependent launch"): the expert's router row into L2,
+    // and the first chunk of it and of the norm weight into registers; x, the logits and the ticket come after.
+    prefetch_l2_rows(p.w_gate, e, e + 1, (size_t)p.hidden_size * 2, 0, (size_t)p.hidden_size * 2);
+    const uint4 w0 = tid < chunks ? __ldg(&wrow[tid]) : zero;     // issued first: overlaps the norm below
+    const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
+    pdl_wait();
+    pdl_launch_dependents();
+    prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);   // docs/timing-model.md, "Weights fetched ahead"
+    switch (p.tokens) {                                        // 1 <= T <= ROUTER_TOKENS (the launcher checks)
+    case 1: router_norm_topk_body<1>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    case 2: router_norm_topk_body<2>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    case 3: router_norm_topk_body<3>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    case 4: router_norm_topk_body<4>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    case 5: router_norm_topk_body<5>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    case 6: router_norm_topk_body<6>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    case 7: router_norm_topk_body<7>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    default: router_norm_topk_body<8>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+    }
 }

@@ -42,7 +42,7 @@ public class ProfilePredictTests
     [Test]
     public void Cli_ProfilePredict_PrintsPredictedTables()
     {
-        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4");
+        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4", "--detail");
         Assert.That(exit, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("decode (1 token(s), context 20, greedy, 2 layer(s)) on NVIDIA A100-SXM4-80GB: PREDICTED"));
         Assert.That(stdout, Does.Contain("sampled decode (1 token(s), context 20, sampled"));
@@ -50,6 +50,7 @@ public class ProfilePredictTests
         Assert.That(stdout, Does.Contain("tok/s predicted").And.Contain("roofline:").And.Contain("of the roofline"));
         Assert.That(stdout, Does.Contain("scaled from 2 to 4 layers").And.Contain("4 layer(s)) on NVIDIA A100"));
         Assert.That(stdout, Does.Contain("predicted sampled decode / greedy decode"));
+        Assert.That(stdout, Does.Contain("decode: the model's terms per launch (PREDICTED us").And.Contain("warp instr"), "--detail: the terms tables");
         // every table line that carries a time is under a heading that says predicted
         foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))
             Assert.That(heading, Does.Contain("PREDICTED"));
@@ -68,10 +69,13 @@ public class ProfilePredictTests
         var ctx = Cli("profile", "--model", tiny, "-p", "8", "-c", "8");
         Assert.That(ctx.Exit, Is.EqualTo(2));
         Assert.That(ctx.Err, Does.Contain("--ctx-size 8: must be at least --n-prompt + 1 = 9"));
+        var detail = Cli("profile", "--model", tiny, "--detail");
+        Assert.That(detail.Exit, Is.EqualTo(2));
+        Assert.That(detail.Err, Does.Contain("--detail").And.Contain("--predict"));
         var layers = Cli("profile", "--model", tiny, "--predict", "h100", "--scale-layers", "0");
         Assert.That(layers.Exit, Is.EqualTo(2));
         Assert.That(layers.Err, Does.Contain("--scale-layers: 0 is out of range"));
-        foreach (var r in new[] { bad, noPredict, ctx, layers })
+        foreach (var r in new[] { bad, noPredict, detail, ctx, layers })
             Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 

@@ -133,6 +133,35 @@ public class CudaDeviceTests
         foreach (var p in new[] { dIn, dW, dMid, dOut }) _device.Free(p);
     }
 
+    /// <summary>
+    /// A cooperative launch on the GPU: the emulator's co-resident grid-barrier kernel (Emulation/CoResidentLaunchTests)
+    /// with one block per SM, rounds of reading another block's element between two grid barriers; exact (integers in
+    /// fp32). A wrong barrier or a grid that was not resident would hang (the driver refuses a grid that cannot be) or
+    /// read stale values.
+    /// </summary>
+    [Test]
+    public void CooperativeGridBarrier_EveryBlockSeesTheOthersWrites()
+    {
+        var compiler = new KernelCompiler(Path.Combine(Path.GetTempPath(), "qwen3cuda-gpu-tests"));
+        var compiled = compiler.CompileSource("coresident_gpu_test.cu", Emulation.CoResidentLaunchTests.Source,
+            new KernelBuild("coresident_gpu_test.cu", _device.Info.Arch, CompileTarget.Ptx));
+        using var module = _device.LoadModule(compiled);
+        var rotate = _device.GetKernel(module, "rotate");
+        int blocks = _device.Info.MultiprocessorCount, threads = 256, rounds = 50;
+        DevicePtr a = _device.Allocate((long)blocks * threads * 4), count = _device.Allocate(4), generation = _device.Allocate(4);
+        using var stream = _device.CreateStream();
+        _device.MemsetAsync(count, 0, 4, stream);
+        _device.MemsetAsync(generation, 0, 4, stream);
+        var args = new KernelArgs(stackalloc byte[64], stackalloc nint[8]);
+        args.Add(a); args.Add(count); args.Add(generation); args.Add(rounds);
+        _device.Launch(rotate, new LaunchConfig(blocks, threads, Cooperative: true), stream, args);
+        _device.Synchronize(stream);
+        var got = new float[blocks * threads];
+        _device.CopyToHost(System.Runtime.InteropServices.MemoryMarshal.AsBytes(got.AsSpan()), a);
+        Assert.That(got, Is.EqualTo(Emulation.CoResidentLaunchTests.Expected(blocks, threads, rounds)));
+        foreach (var p in new[] { a, count, generation }) _device.Free(p);
+    }
+
     private DevicePtr UploadF(float[] data)
     {
         DevicePtr p = _device.Allocate(data.Length * 4L);

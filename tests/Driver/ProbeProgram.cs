@@ -37,6 +37,7 @@ public static class ProbeProgram
         public fixed int ParamSize[16];
         public fixed byte ParamBytes[16 * 256];
         public int Programmatic;
+        public int Cooperative;
     }
 
     public static int Main(string[] args)
@@ -69,6 +70,9 @@ public static class ProbeProgram
         Print("device.peak_bandwidth", dev.Info.PeakMemoryBandwidthBytesPerSecond ?? -1);
         Print("pdl.status", dev.ProgrammaticLaunchStatus);
         Print("pdl.probe_runs", pdlProbeRuns());
+        Print("l2persist.status", dev.PersistingL2Status);
+        Print("l2persist.limit", ((delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "stub_last_limit"))());
+        Print("l2persist.value", ((delegate* unmanaged<nuint>)NativeLibrary.GetExport(lib, "stub_last_limit_value"))());
 
         // memory: allocate, copy in, memset part, copy device-to-device, copy out
         DevicePtr a = dev.Allocate(256), b = dev.Allocate(256);
@@ -117,6 +121,8 @@ public static class ProbeProgram
         dev.Launch(exec, stream);
         // programmatic dependent launch: cuLaunchKernelEx with the attribute (the probe passed on the sm_90 stub)
         dev.Launch(kernel, new LaunchConfig(new Dim3(7), new Dim3(32), 64, ProgrammaticDependentLaunch: true), stream, args);
+        // a cooperative launch: cuLaunchCooperativeKernel (never programmatic, even when both are asked)
+        dev.Launch(kernel, new LaunchConfig(new Dim3(9), new Dim3(96), 0, ProgrammaticDependentLaunch: true, Cooperative: true), stream, args);
 
         using var e0 = dev.CreateEvent();
         using var e1 = dev.CreateEvent();
@@ -136,6 +142,7 @@ public static class ProbeProgram
             Print($"launch{i}.block", $"{rec.Block[0]},{rec.Block[1]},{rec.Block[2]}");
             Print($"launch{i}.smem", rec.SharedBytes);
             Print($"launch{i}.programmatic", rec.Programmatic);
+            Print($"launch{i}.cooperative", rec.Cooperative);
             for (int p = 0; p < rec.ParamCount; p++)
                 Print($"launch{i}.param{p}", Convert.ToHexStringLower(new ReadOnlySpan<byte>(rec.ParamBytes + p * 256, rec.ParamSize[p])));
         }

@@ -68,13 +68,14 @@ public class StubDriverAbiTests
     {
         ulong a = ulong.Parse(Get("alloc.a")[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         string ptr = Convert.ToHexStringLower(BitConverter.GetBytes(a));
-        Assert.That(Get("launch.count"), Is.EqualTo("4"), "one direct launch + a captured graph replayed twice + a programmatic launch");
+        Assert.That(Get("launch.count"), Is.EqualTo("5"), "one direct launch + a captured graph replayed twice + a programmatic launch + a cooperative one");
         Assert.That(Get("launch0.grid"), Is.EqualTo("3,2,1"));
         Assert.That(Get("launch0.block"), Is.EqualTo("128,1,1"));
         Assert.That(Get("launch0.smem"), Is.EqualTo("4096"));
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
         {
             Assert.That(Get($"launch{i}.programmatic"), Is.EqualTo(i == 3 ? "1" : "0"), "only the flagged launch goes through cuLaunchKernelEx with the attribute");
+            Assert.That(Get($"launch{i}.cooperative"), Is.EqualTo(i == 4 ? "1" : "0"), "only the cooperative launch goes through cuLaunchCooperativeKernel");
             Assert.That(Get($"launch{i}.kernel"), Is.EqualTo("probe_kernel"));
             Assert.That(Get($"launch{i}.param0"), Is.EqualTo(ptr), "device pointer, 8 bytes little-endian");
             Assert.That(Get($"launch{i}.param1"), Is.EqualTo("04030201"), "int 0x01020304");
@@ -90,6 +91,8 @@ public class StubDriverAbiTests
         Assert.That(Get("launch3.grid"), Is.EqualTo("7,1,1"));
         Assert.That(Get("launch3.block"), Is.EqualTo("32,1,1"));
         Assert.That(Get("launch3.smem"), Is.EqualTo("64"));
+        Assert.That(Get("launch4.grid"), Is.EqualTo("9,1,1"));
+        Assert.That(Get("launch4.block"), Is.EqualTo("96,1,1"));
         Assert.That(Get("launch1.grid"), Is.EqualTo("5,1,1"));
         Assert.That(Get("launch1.block"), Is.EqualTo("64,1,1"));
         Assert.That(Get("graph.kernels"), Is.EqualTo("1"));
@@ -107,13 +110,22 @@ public class StubDriverAbiTests
         Assert.That(Get("pdl.probe_runs"), Is.EqualTo("2"));
     }
 
+    /// <summary>Opening the device sets 16 MiB of L2 aside for persisting lines (limit 0x06), within the stub's 37.5 MiB maximum.</summary>
+    [Test]
+    public void PersistingL2_IsSetAsideAtOpen()
+    {
+        Assert.That(Get("l2persist.status"), Is.EqualTo("16 MiB set aside"));
+        Assert.That(Get("l2persist.limit"), Is.EqualTo("6"));
+        Assert.That(Get("l2persist.value"), Is.EqualTo((16 << 20).ToString(CultureInfo.InvariantCulture)));
+    }
+
     /// <summary>QWEN3CUDA_PDL=0: no probe, and the flagged launch goes through cuLaunchKernel like any other.</summary>
     [Test]
     public void Qwen3CudaPdl0_TurnsProgrammaticLaunchOff()
     {
         Assert.That(_outPdlOff["pdl.status"], Is.EqualTo("off (QWEN3CUDA_PDL=0)"));
         Assert.That(_outPdlOff["pdl.probe_runs"], Is.EqualTo("0"));
-        Assert.That(_outPdlOff["launch.count"], Is.EqualTo("4"));
+        Assert.That(_outPdlOff["launch.count"], Is.EqualTo("5"));
         Assert.That(_outPdlOff["launch3.grid"], Is.EqualTo("7,1,1"));
         Assert.That(_outPdlOff["launch3.programmatic"], Is.EqualTo("0"));
     }

@@ -39,7 +39,11 @@ internal sealed class EmuKit : IDisposable
     }
 
     /// <summary>Launches and waits for the kernel, with arguments given as DevicePtr, int, uint, float, long, ulong or an unmanaged struct via <see cref="Raw"/>.</summary>
-    public LaunchRecord Launch(string kernel, Dim3 grid, Dim3 block, int sharedBytes, params object[] args)
+    public LaunchRecord Launch(string kernel, Dim3 grid, Dim3 block, int sharedBytes, params object[] args) =>
+        Launch(kernel, new LaunchConfig(grid, block, sharedBytes), args);
+
+    /// <summary>As above with the whole launch configuration (cooperative, programmatic).</summary>
+    public LaunchRecord Launch(string kernel, LaunchConfig config, params object[] args)
     {
         var k = Dev.GetKernel(Module, kernel);
         var a = new KernelArgs(new byte[KernelArgs.DefaultBufferBytes], new nint[KernelArgs.MaxArgs]);
@@ -57,7 +61,7 @@ internal sealed class EmuKit : IDisposable
                 default: throw new ArgumentException($"unsupported argument type {x.GetType()}");
             }
         }
-        Dev.Launch(k, new LaunchConfig(grid, block, sharedBytes), Dev.DefaultStream, a);
+        Dev.Launch(k, config, Dev.DefaultStream, a);
         Dev.Synchronize(Dev.DefaultStream);   // strict streams: the launch runs (and faults) here
         return Dev.LastLaunch!;
     }

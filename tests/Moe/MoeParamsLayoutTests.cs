@@ -42,7 +42,7 @@ public class MoeParamsLayoutTests
         Assert.That(Marshal.SizeOf(mirror), Is.EqualTo(int.Parse(m.Groups[1].Value)));
     }
 
-    [Test] public void Router() => Expect<MoeRouterParams>(8, 6);
+    [Test] public void Router() => Expect<MoeRouterParams>(10, 6);   // 8 pointers, the fetch-ahead pointer and its 8-byte length
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);

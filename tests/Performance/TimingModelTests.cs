@@ -154,10 +154,26 @@ public class TimingModelTests
     }
 
     [Test]
+    public void TermsTable_ShowsEachTermAndTheCriticalWarp()
+    {
+        // one warp: 10 DRAM trips x 500 ns + 3 L2 trips x 200 ns + 50 instructions / 0.5 IPC / 1 GHz = 5.6 + 0.1 = 5.7 us of
+        // latency; DRAM: Little's law 10 trips x 500 ns = 5.0 us (above 500 ns + 320 B / 800 GB/s); issue: 50 / min(4, 0.5)
+        // clocks = 0.1 us; L2 and fill ~0
+        var k = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50, warpL2Trips: 3, kernel: "chain") with { InGraph = true };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, [k, k], [], _ => new KernelResources(16, 0));
+        string table = StepPredictor.TermsTable(p);
+        Assert.That(table, Does.Contain("PREDICTED"));
+        string row = table.Split('\n').Single(l => l.TrimStart().StartsWith("chain", StringComparison.Ordinal));
+        Assert.That(row.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            Is.EqualTo(new[] { "chain", "2", "1", "5.0", "0.0", "0.0", "0.1", "5.7", "10", "3", "50", "0.1" }), row);
+    }
+
+    [Test]
     public void ScaleLayers_RepeatsTheLayerLaunchesAndTheirOperations()
     {
-        LaunchRecord L(string k, uint grid = 1) => Launch(grid, 32, 320, 1, kernel: k) with { InGraph = true };
-        var launches = new[] { L("embed"), L("a"), L("b", 2), L("c"), L("a"), L("b", 2), L("c"), L("norm"), L("head", 4) };
+        LaunchRecord L(string k, uint grid = 1, long dram = 320) => Launch(grid, 32, dram, 1, kernel: k) with { InGraph = true };
+        // the second layer's "a" moves less (as when the first layer's kernel had nothing fetched ahead for it)
+        var launches = new[] { L("embed"), L("a"), L("b", 2), L("c"), L("a", dram: 64), L("b", 2), L("c"), L("norm"), L("head", 4) };
         Assert.That(StepPredictor.FindLayers(launches, 2), Is.EqualTo(((int, int)?)(1, 3)));
         Assert.That(StepPredictor.FindLayers(launches.Select((l, i) => i == 5 ? l with { Grid = new Dim3(3) } : l).ToList(), 2), Is.Null, "layers of different shapes");
         var ops = new List<DeviceOperation> { new(DeviceOperationKind.CopyToDevice, 4, false, 0), new(DeviceOperationKind.Memset, 8, true, 2), new(DeviceOperationKind.Memset, 8, true, 5) };
@@ -167,7 +183,10 @@ public class TimingModelTests
         Assert.That(s.Launches.Select(l => l.Kernel), Is.EqualTo(new[] { "embed" }.Concat(Enumerable.Repeat(new[] { "a", "b", "c" }, 5).SelectMany(x => x)).Concat(["norm", "head"])));
         Assert.That(s.Operations.Count(o => o.Kind == DeviceOperationKind.Memset), Is.EqualTo(5), "one memset per layer");
         Assert.That(s.GraphNodes, Is.EqualTo(18 + 5));
-        Near(s.KernelUs, p.KernelUs / 9 * 18, "every launch here predicts the same time");
+        Assert.That(s.Launches.Where(l => l.Kernel == "a").Select(l => l.DramBytes), Is.EqualTo(new long[] { 320, 64, 64, 64, 64 }),
+            "the first layer as it ran, then the slice's last layer repeated");
+        double Us(int from, int count) => p.Launches.Skip(from).Take(count).Sum(l => l.Microseconds);
+        Near(s.KernelUs, Us(0, 4) + 4 * Us(4, 3) + Us(7, 2), "embed, layer 0, 4 x layer 1, the suffix (no programmatic overlap here)");
         Assert.That(() => StepPredictor.ScaleLayers(p with { Launches = p.Launches.Take(6).ToList() }, 4), Throws.ArgumentException.With.Message.Contains("--scale-layers"));
     }
 

@@ -10,6 +10,9 @@
  *     record goes into the graph instead, and cuGraphLaunch replays the graph's records into the log;
  *   - cuLaunchKernelEx reads its CUlaunchConfig / CUlaunchAttribute, declared below exactly as cuda.h (12.x) declares
  *     them, and records whether the launch asked for programmatic stream serialization;
+ *   - cuLaunchCooperativeKernel records its launch with the cooperative flag;
+ *   - cuCtxSetLimit accepts CU_LIMIT_PERSISTING_L2_CACHE_SIZE up to the maximum it reports (attribute 108), read back by
+ *     stub_last_limit / stub_last_limit_value;
  *   - the programmatic-dependent-launch probe's PTX (".entry qwen3cuda_pdl_probe") loads as a kernel without
  *     parameters; its graph replays are counted (stub_pdl_probe_runs), not logged;
  *   - stub_launch_count / stub_get_launch / stub_last_func_attribute read the records back.
@@ -37,6 +40,7 @@ typedef struct {
     int32_t param_size[MAX_PARAMS];
     uint8_t param_bytes[MAX_PARAMS][MAX_PARAM_BYTES];
     int32_t programmatic;            /* cuLaunchKernelEx with PROGRAMMATIC_STREAM_SERIALIZATION = 1 */
+    int32_t cooperative;             /* cuLaunchCooperativeKernel */
 } stub_launch;
 
 /* cuda.h (CUDA 12.x), the parts cuLaunchKernelEx reads */
@@ -78,6 +82,17 @@ int stub_get_launch(int i, stub_launch *out) { if (i < 0 || i >= launch_count) r
 int stub_last_func_attribute(void) { return last_attr_value; }
 int stub_launch_record_size(void) { return (int)sizeof(stub_launch); }
 int stub_pdl_probe_runs(void) { return pdl_probe_runs; }
+static int last_limit = -1;
+static size_t last_limit_value;
+int stub_last_limit(void) { return last_limit; }
+size_t stub_last_limit_value(void) { return last_limit_value; }
+CUresult cuCtxSetLimit(int limit, size_t value)
+{
+    if (limit != 0x06 || value > 0x2580000) return INVALID_VALUE;   /* only the persisting-L2 limit, at most the maximum */
+    last_limit = limit;
+    last_limit_value = value;
+    return OK;
+}
 
 /* ---- init, errors, devices ---- */
 CUresult cuInit(unsigned int flags) { if (flags != 0) return INVALID_VALUE; initialised = 1; return OK; }
@@ -100,6 +115,7 @@ CUresult cuDeviceGetAttribute(int *v, int attr, int d)
     case 76: *v = 0; return OK;              /* minor */
     case 81: *v = 228 * 1024; return OK;     /* shared per SM */
     case 97: *v = 227 * 1024; return OK;     /* shared per block opt-in */
+    case 108: *v = 0x2580000; return OK;     /* max persisting L2, 37.5 MiB (an H100's 50 MB L2 x 3/4) */
     default: return INVALID_VALUE;
     }
 }
@@ -222,7 +238,7 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, stub_kernel *k
     return OK;
 }
 static CUresult record_launch(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                              unsigned smem, void *stream, void **params, int programmatic)
+                              unsigned smem, void *stream, void **params, int programmatic, int cooperative)
 {
     stub_launch *rec;
     if (capture_graph && (uint64_t)(uintptr_t)stream == capturing_stream) {
@@ -244,13 +260,19 @@ static CUresult record_launch(stub_kernel *k, unsigned gx, unsigned gy, unsigned
         memcpy(rec->param_bytes[i], params[i], (size_t)k->sizes[i] < MAX_PARAM_BYTES ? (size_t)k->sizes[i] : MAX_PARAM_BYTES);
     }
     rec->programmatic = programmatic;
+    rec->cooperative = cooperative;
     return OK;
 }
 CUresult cuLaunchKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned smem, void *stream, void **params, void **extra)
 {
     if (extra) return INVALID_VALUE;
-    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0);
+    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0, 0);
+}
+CUresult cuLaunchCooperativeKernel(stub_kernel *k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                                   unsigned smem, void *stream, void **params)
+{
+    return record_launch(k, gx, gy, gz, bx, by, bz, smem, stream, params, 0, 1);
 }
 CUresult cuLaunchKernelEx(const CUlaunchConfig *c, stub_kernel *k, void **params, void **extra)
 {
@@ -262,7 +284,7 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig *c, stub_kernel *k, void **params
         else if (c->attrs[i].id != CU_LAUNCH_ATTRIBUTE_IGNORE) return INVALID_VALUE;
     }
     return record_launch(k, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ,
-                         c->sharedMemBytes, c->hStream, params, programmatic);
+                         c->sharedMemBytes, c->hStream, params, programmatic, 0);
 }
 
 /* ---- streams, events ---- */

@@ -38,9 +38,13 @@ public static class ProfileCommand
         var scale = CliOptions.NullableInt("--scale-layers", [], "Also predict the steps with this many decoder layers (a slice of a model whose layers are alike, e.g. 48 for Qwen3-30B-A3B); needs a prediction", 1, 4096, "L");
         var util = CliOptions.GpuMemoryUtilization();
         var chunk = CliOptions.PrefillChunk();
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk };
+        var detail = new Option<bool>("--detail")
+        {
+            Description = "With a prediction: also print each kernel's model terms (DRAM, L2, SM fill, issue, latency) and its critical warp's round trips and instructions (docs/timing-model.md)",
+        };
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
-            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
@@ -146,7 +150,7 @@ public static class ProfileCommand
         return new Predictions(One(r.Prefill), One(r.Decode), One(r.SampledDecode), minimum);
     }
 
-    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : GpuCatalog.Get(predictKey);
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
@@ -154,6 +158,7 @@ public static class ProfileCommand
         if (backend == BackendKind.Emulator)
         {
             if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
+            if (detail && gpu is null) throw new UsageException("--detail prints the timing model's terms: give --predict GPU too");
             if (scaleLayers is not null && chunk < tokens) throw new UsageException(ScaleChunksMessage(tokens, chunk.Value));
             var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk);
             stdout.WriteLine(WeightsLine(r.Plan));
@@ -162,7 +167,7 @@ public static class ProfileCommand
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
-            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, stdout);
+            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, stdout);
             return 0;
         }
         var measured = Measure(modelDir, backend, tokens, stderr, utilization, context, prefillChunk: chunk);
@@ -187,17 +192,22 @@ public static class ProfileCommand
         stdout.Write(Comparison(measured.Prefill, predicted.Prefill));
         stdout.Write(Comparison(measured.Decode, predicted.Decode));
         stdout.Write(Comparison(measured.SampledDecode, predicted.SampledDecode));
-        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, stdout);
+        if (detail)
+            foreach (var step in new[] { predicted.Prefill, predicted.Decode, predicted.SampledDecode }) stdout.Write(StepPredictor.TermsTable(step));
+        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, stdout);
         return 0;
     }
 
-    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, TextWriter stdout)
+    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, bool detail, TextWriter stdout)
     {
         void Write(Predictions p)
         {
             stdout.Write(StepPredictor.Table(p.Prefill, $"positions {r.Context - 1 - r.Prefill.Tokens}..{r.Context - 2}", null));
+            if (detail) stdout.Write(StepPredictor.TermsTable(p.Prefill));
             stdout.Write(StepPredictor.Table(p.Decode, $"context {r.Context}, greedy", p.MinimumDecodeBytes));
+            if (detail) stdout.Write(StepPredictor.TermsTable(p.Decode));
             stdout.Write(StepPredictor.Table(p.SampledDecode, $"context {r.Context}, {Describe(ProfileSampling)}", p.MinimumDecodeBytes));
+            if (detail) stdout.Write(StepPredictor.TermsTable(p.SampledDecode));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"predicted sampled decode / greedy decode: {p.SampledDecode.TotalUs / p.Decode.TotalUs:F3}x the time ({p.SampledDecode.Layers} layers)"));
         }

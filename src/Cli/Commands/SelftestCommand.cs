@@ -49,7 +49,11 @@ public static class SelftestCommand
             var d = device.Info;
             string peak = d.PeakMemoryBandwidthBytesPerSecond is double p ? Invariant($", peak memory bandwidth {p / 1e9:F0} GB/s") : "";
             stdout.WriteLine(Invariant($"Device: {d.Name} ({d.Backend.ToString().ToLowerInvariant()}), {d.Arch}, {d.MultiprocessorCount} SMs, {d.TotalMemoryBytes / (double)(1L << 30):F1} GiB, {d.SharedMemoryPerBlockOptin / 1024} KiB shared memory per block (opt-in){peak}"));
-            if (device is CudaDevice cuda) stdout.WriteLine($"Programmatic dependent launch: {cuda.ProgrammaticLaunchStatus}");
+            if (device is CudaDevice cuda)
+            {
+                stdout.WriteLine($"Programmatic dependent launch: {cuda.ProgrammaticLaunchStatus}");
+                stdout.WriteLine($"L2 for persisting lines (weights fetched ahead): {cuda.PersistingL2Status}");
+            }
             if (d.Backend == BackendKind.Emulator && !allCases) stdout.WriteLine("(the emulator skips the heavy real-shape cases; --all-cases runs them)");
             stdout.WriteLine();
             var rows = new List<SelftestRow>();

@@ -379,8 +379,11 @@ public sealed partial class DeviceModel
             // Decode: the router kernel computes the norm and writes h for the experts; prefill: the norm kernel first.
             if (rows <= MoeLaunchers.DecodeMaxTokens)
             {
+                // the router is latency-bound: it also fetches the first bytes of the next weight stream (the next layer's qkv,
+                // or the lm_head after the last layer) into L2 with evict_last (docs/timing-model.md, "Weights fetched ahead")
+                var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H));
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next), Math.Min(next.Bytes, Plan.Options.FetchAheadBytes));
                 return;
             }
             _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);

@@ -39,6 +39,13 @@ public sealed record DeviceModelOptions
     public double? GpuMemoryUtilization { get; init; }
     /// <summary>Capture decode steps as CUDA graphs (one per batch bucket) and replay them.</summary>
     public bool UseGraphs { get; init; } = true;
+    /// <summary>
+    /// Bytes of the next weight stream (the next layer's qkv projection, or the lm_head after the last layer) that the decode
+    /// step's router kernel prefetches into L2 with evict_last while it leaves the DRAM idle (docs/timing-model.md,
+    /// "Weights fetched ahead"). The default, 6 MiB, is about what H100 and H200 move during the router's predicted time; 0
+    /// turns it off. Results do not depend on it.
+    /// </summary>
+    public long FetchAheadBytes { get; init; } = 6L << 20;
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
@@ -75,6 +82,7 @@ public sealed record DeviceModelOptions
     {
         if (MaxSequences < 1 || MaxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(MaxSequences), $"max sequences {MaxSequences} must be in [1, 4096]");
         if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
+        if (FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(FetchAheadBytes), $"bytes fetched ahead {FetchAheadBytes} must not be negative (0 turns it off)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");
         if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))

@@ -28,6 +28,12 @@ public sealed record GpuSpec
     public required long L2Bytes { get; init; }
     /// <summary>Data a kernel touched counts as still in L2 for the next kernels until this fraction of <see cref="L2Bytes"/> of other DRAM traffic has passed.</summary>
     public required double L2ResidencyFraction { get; init; }
+    /// <summary>
+    /// The L2 set aside for persisting lines: data prefetched with L2::evict_last stays in L2 for a later kernel, whatever
+    /// the other traffic, while no more than this much other such data was prefetched since (docs/timing-model.md,
+    /// "Weights fetched ahead").
+    /// </summary>
+    public long L2PersistingBytes { get; init; } = 16L << 20;
     public required double L2BytesPerClock { get; init; }
     /// <summary>Bytes one SM can receive from L2 per clock.</summary>
     public required double SmFillBytesPerClock { get; init; }
@@ -76,6 +82,7 @@ public sealed record GpuSpec
         Name = $"PTX emulator as {Name} ({Arch})", ComputeMajor = ComputeMajor, ComputeMinor = ComputeMinor,
         MultiprocessorCount = Sms, SharedMemoryPerMultiprocessor = SharedPerSmBytes, SharedMemoryPerBlockOptin = SharedPerBlockOptinBytes,
         ReportedMemoryBytes = MemoryBytes, HeapLimitBytes = heapLimitBytes, L2ResidentBytes = (long)(L2Bytes * L2ResidencyFraction),
+        L2PersistingBytes = L2PersistingBytes,
     };
 }
 

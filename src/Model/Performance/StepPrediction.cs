@@ -108,8 +108,8 @@ public static class StepPredictor
 
     /// <summary>
     /// The step with <paramref name="layers"/> decoder layers instead of the <see cref="StepPrediction.Layers"/> it ran:
-    /// the launches before and after the layers are kept, the layers' launches (and the memsets and copies among them)
-    /// repeated in turn. For a slice of a model (its layers have the same shapes) profiled at the same context length.
+    /// the launches before and after the layers are kept, the slice's layers (with the memsets and copies among them) kept as
+    /// they ran and its last layer repeated for the rest (the first layer follows the prefix, every later one a layer). For a slice of a model (its layers have the same shapes) profiled at the same context length.
     /// The launches are predicted again in their new order, so a programmatic launch overlaps the launch now before it
     /// (the first layer's first kernel the prefix's last, every other layer's the previous layer's last).
     /// </summary>
@@ -128,7 +128,9 @@ public static class StepPredictor
         var ops = new List<DeviceOperation>(p.Operations.Where(o => Segment(o.LaunchesBefore) < 0));
         for (int l = 0; l < layers; l++)
         {
-            int src = l % p.Layers;
+            // the slice's layers as they ran, then its last layer repeated: the first layer is special (it follows the
+            // prefix, e.g. nothing fetched ahead for it), every later layer follows a layer like the last one does
+            int src = Math.Min(l, p.Layers - 1);
             launches.AddRange(p.Launches.Skip(prefix + src * n).Take(n));
             ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == src).Select(o => o with { LaunchesBefore = o.LaunchesBefore + (l - src) * n }));
         }
@@ -186,6 +188,32 @@ public static class StepPredictor
             double roofUs = min / g.DramPeakGBps / 1000.0;
             double roofTokS = p.Tokens / roofUs * 1e6;
             sb.Append(inv, $"  roofline: {ByteSize.Format(min)} a step must move / {g.DramPeakGBps:F0} GB/s peak = {roofUs:F1} us: {roofTokS:F0} tok/s; predicted {100 * p.TokensPerSecond / roofTokS:F1}% of the roofline\n");
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>
+    /// `profile --detail`: per launch shape (as in <see cref="Table"/>) the model's terms averaged per launch (each summed
+    /// over the launch's waves; the kernel's time is the largest term of each wave) and the critical warp behind the
+    /// latency term: its DRAM and L2 round trips and its instructions, with the share of the latency its own issue takes.
+    /// Shows which term to attack (docs/timing-model.md, section 2).
+    /// </summary>
+    public static string TermsTable(StepPrediction p)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var g = p.Gpu;
+        var sb = new StringBuilder();
+        sb.Append(inv, $"  {p.Name}: the model's terms per launch (PREDICTED us, averaged over the launches) and the critical warp (the maxima over warps)\n");
+        sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"DRAM",8}{"L2",8}{"fill",8}{"issue",8}{"latency",9}{"DRAM trips",12}{"L2 trips",10}{"warp instr",12}{"instr us",10}\n");
+        foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes)))
+        {
+            var f = grp.First();
+            int n = grp.Count();
+            double Avg(Func<KernelPrediction, double> sel) => grp.Sum(sel) / n;
+            double instr = Avg(l => l.Launch.MaxWarpInstructions);
+            double instrUs = instr / g.SingleWarpIpc / g.ClockHz * 1e6;
+            sb.Append(inv, $"  {Trim(f.Kernel, 25),-26}{n,9}{f.Launch.Grid.ToString(),8}{Avg(l => l.DramUs),8:F1}{Avg(l => l.L2Us),8:F1}{Avg(l => l.SmFillUs),8:F1}{Avg(l => l.IssueUs),8:F1}{Avg(l => l.LatencyUs),9:F1}");
+            sb.Append(inv, $"{Avg(l => l.Launch.MaxWarpDramRoundTrips),12:F0}{Avg(l => l.Launch.MaxWarpL2RoundTrips),10:F0}{instr,12:F0}{instrUs,10:F1}\n");
         }
         return sb.ToString();
     }

@@ -26,6 +26,10 @@ public static class MoeCases
         yield return RouterNormCase(new MoeShape(60, 4, 264, 64, false), 3, 23, "60 experts, top-4, H 264 (33 chunks: a ragged norm warp)");
         yield return RouterNormCase(new MoeShape(256, 16, 512, 64, true), 5, 24, "256 experts, top-16");
         yield return RouterNormCase(new MoeShape(8, 2, 4104, 64, true), 2, 25, "H 4104 (513 chunks: 544 norm threads, two chunks per thread)");
+        // The kernel's body is compiled per token count (1..8): the remaining counts.
+        yield return RouterNormCase(MoeCase.Real, 6, 26, "real shape, 6 tokens");
+        yield return RouterNormCase(new MoeShape(60, 4, 264, 64, false), 4, 27, "60 experts, top-4, 4 tokens");
+        yield return RouterNormCase(new MoeShape(256, 16, 512, 64, true), 7, 28, "256 experts, top-16, 7 tokens");
     }
 
     /// <summary>
@@ -66,6 +70,14 @@ public static class MoeCases
             }
             c.Exact<int>(ctx.Download<int>(c2, 1), [0], "ticket reset for the next launch");
             if (launches.Count > 0) c.True(launches.Count == 1 && launches[0].GridBlocks == E, "emulator: one launch of E CTAs", string.Join(",", launches.Select(l => $"{l.Kernel}x{l.GridBlocks}")));
+            if (real && tokens == 1 && launches.Count == 1)
+            {
+                // The decode router is latency-bound: its time is the critical warp's chain (docs/timing-model.md, section 2),
+                // the last CTA's warp 0 (norm, logit, ticket, softmax + top-k of 128 experts, k 8). 1038 instructions with the
+                // sorted-key top-k and the one-token body; 1955 with the shuffle arg-max over 8 guarded tokens.
+                c.AtMost(launches[0].MaxWarpInstructions, 1200, "emulator: the critical warp's instructions");
+                c.AtMost(launches[0].MaxWarpDramRoundTrips + launches[0].MaxWarpL2RoundTrips, 6, "emulator: the critical warp's dependent round trips (weights, x, ticket, logits, ...)");
+            }
             return c.Result();
         });
 

@@ -71,6 +71,11 @@ public static class ProjectionCases
                 c.AtMost(l.DistinctSectors * 32.0 / minBytes, 1.05, "emulator: distinct DRAM bytes / minimum");
                 c.AtLeast(l.CoalescingEfficiency, 0.95, "emulator: coalescing");
                 c.AtLeast(l.GridBlocks, 132, "emulator: CTAs");
+                // o_proj at one token runs from L2 (its weights prefetched during the attention), so its time is the critical
+                // warp's chain (docs/timing-model.md, section 2): x with the residual in one round trip, then 16 chunks per
+                // lane 4 at a time, 4 more. The DRAM and L2 maxima may come from different warps (whoever touched a sector
+                // first), so their sum is 6 here; it was 8 with x in two round trips and the residual read after the product.
+                if (realName == "o_proj") c.AtMost(l.MaxWarpDramRoundTrips + l.MaxWarpL2RoundTrips, 6, "emulator: a warp's dependent round trips (max DRAM + max L2)");
             }
             return c.Result();
         }, heavy);

@@ -103,6 +103,13 @@ public sealed unsafe partial class CudaDevice
         var k = DeviceHandle.Own<CudaKernel>(kernel, this, nameof(kernel));
         MakeCurrent();
         var (g, b) = (config.Grid, config.Block);
+        if (config.Cooperative)
+        {
+            fixed (nint* p = args.Pointers)
+                CudaCheck.Check(CudaApi.cuLaunchCooperativeKernel(k.Handle, g.X, g.Y, g.Z, b.X, b.Y, b.Z, (uint)config.DynamicSharedBytes, S(stream), (void**)p),
+                    $"cuLaunchCooperativeKernel({k.Name}, grid {g}, block {b}, smem {config.DynamicSharedBytes}; every block must be resident at once)");
+            return;
+        }
         if (config.ProgrammaticDependentLaunch && ProgrammaticLaunchEnabled)
         {
             fixed (nint* p = args.Pointers)

@@ -30,6 +30,33 @@ public sealed unsafe partial class CudaDevice : IDevice
         Info = QueryInfo(_device);
         DefaultStream = new CudaStream(this, 0, owned: false);
         (ProgrammaticLaunchEnabled, ProgrammaticLaunchStatus) = ProbeProgrammaticLaunch();
+        PersistingL2Status = SetAsidePersistingL2();
+    }
+
+    /// <summary>The environment variable that keeps the L2 set-aside for persisting lines at the driver's default (<c>QWEN3CUDA_L2_PERSIST=0</c>).</summary>
+    public const string PersistingL2EnvironmentVariable = "QWEN3CUDA_L2_PERSIST";
+
+    /// <summary>L2 bytes the device sets aside for persisting lines at open (at most the device's maximum).</summary>
+    public const long PersistingL2Request = 16L << 20;
+
+    /// <summary>"16 MiB set aside", or "off (why)": for `selftest`.</summary>
+    public string PersistingL2Status { get; }
+
+    /// <summary>
+    /// Sets <see cref="PersistingL2Request"/> bytes of L2 aside for persisting lines (cuCtxSetLimit
+    /// CU_LIMIT_PERSISTING_L2_CACHE_SIZE, at most the device's maximum), so that the weights the decode step's router
+    /// prefetches with evict_last for the next layer survive the expert streams in between (docs/timing-model.md, "Weights
+    /// fetched ahead"). A hint: when it cannot be set the prefetches are ordinary ones and results are the same.
+    /// </summary>
+    private string SetAsidePersistingL2()
+    {
+        if (Environment.GetEnvironmentVariable(PersistingL2EnvironmentVariable) == "0") return $"off ({PersistingL2EnvironmentVariable}=0)";
+        if (Info.ComputeMajor < 8) return "off (needs sm_80 or newer)";
+        if (CudaApi.cuDeviceGetAttribute(out int max, CuDeviceAttribute.MaxPersistingL2CacheSize, _device) != CuResult.Success || max <= 0)
+            return "off (the device reports no persisting L2)";
+        long bytes = Math.Min(PersistingL2Request, max);
+        var r = CudaApi.cuCtxSetLimit(CuLimit.PersistingL2CacheSize, (nuint)bytes);
+        return r == CuResult.Success ? $"{bytes >> 20} MiB set aside" : $"off (cuCtxSetLimit: {r})";
     }
 
     /// <summary>Opens CUDA device <paramref name="ordinal"/> (0 = the first).</summary>

@@ -27,9 +27,12 @@ public readonly record struct Dim3(uint X, uint Y = 1, uint Z = 1)
 /// Grid, block and dynamic shared memory of a kernel launch. <paramref name="ProgrammaticDependentLaunch"/>: the kernel
 /// calls pdl_wait() (kernels/common.cuh) before it touches anything the previous kernel writes, so on sm_90 and newer
 /// it may be launched with programmatic stream serialization and start while that kernel runs (docs/kernels.md,
-/// "Programmatic dependent launch"); backends that cannot do this launch it normally.
+/// "Programmatic dependent launch"); backends that cannot do this launch it normally. <paramref name="Cooperative"/>: every
+/// block of the grid is resident at once (a cooperative launch: the grid must fit on the device, or the launch fails), so
+/// blocks may wait for each other through global memory, e.g. at a grid barrier (docs/kernels.md, "Co-resident
+/// launches"); the emulator then runs the blocks in turns. A cooperative launch is never programmatic.
 /// </summary>
-public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSharedBytes = 0, bool ProgrammaticDependentLaunch = false);
+public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSharedBytes = 0, bool ProgrammaticDependentLaunch = false, bool Cooperative = false);
 
 /// <summary>Which implementation of <see cref="IDevice"/> (or the CPU reference) runs the model.</summary>
 public enum BackendKind

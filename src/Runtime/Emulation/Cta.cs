@@ -66,7 +66,15 @@ internal sealed unsafe class Cta
 
     public string BlockText => $"({CtaId.X},{CtaId.Y},{CtaId.Z})";
 
+    /// <summary>Runs CTA <paramref name="linear"/> of the launch to its end.</summary>
     public void Run(long linear)
+    {
+        Begin(linear);
+        while (!Step()) { }
+    }
+
+    /// <summary>Sets this context up as CTA <paramref name="linear"/> of the launch: poisoned shared and local memory, warps at the entry.</summary>
+    public void Begin(long linear)
     {
         var L = Launch;
         Linear = linear;
@@ -77,15 +85,25 @@ internal sealed unsafe class Cta
         Race?.Reset();
         int threads = (int)L.Block.Count;
         for (int i = 0; i < Warps.Length; i++) Warps[i].Reset(L.Function, Math.Min(32, threads - 32 * i));
-        var status = _status;
-        Array.Clear(status);
-        bool its = L.Interleaved;
-        if (its)
+        Array.Clear(_status);
+        if (L.Interleaved)
         {
             _rng = Mix((ulong)L.ScheduleSeed * 0x9E3779B97F4A7C15UL ^ (ulong)L.LaunchId << 20 ^ (ulong)linear) | 1;
             if (_order.Length != Warps.Length) _order = new int[Warps.Length];
             for (int i = 0; i < _order.Length; i++) _order[i] = i;
         }
+    }
+
+    /// <summary>
+    /// One turn of the block: every warp that is not done or waiting at a barrier runs until it blocks (or for its quantum:
+    /// a spinning warp gives the others, and in a co-resident launch the other blocks, their turn), then the barriers that
+    /// can be released are. Returns true when every warp has exited (its counters are then added).
+    /// </summary>
+    public bool Step()
+    {
+        var L = Launch;
+        var status = _status;
+        bool its = L.Interleaved;
         while (true)
         {
             bool anyLive = false;
@@ -108,11 +126,12 @@ internal sealed unsafe class Cta
                     wp.CloseTrip();
                     Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips);
                 }
-                return;
+                return true;
             }
             if (TryReleaseBarriers(status)) continue;
             if (!anyLive || AllBlocked(status)) throw Deadlock(status);
             if (L.DeadlineTimestamp != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > L.DeadlineTimestamp) throw WatchdogFault(status);
+            if (L.CoResident) return false;
         }
     }
 
@@ -188,7 +207,9 @@ internal sealed unsafe class Cta
     {
         var sb = new System.Text.StringBuilder();
         sb.Append($"watchdog: kernel {Launch.KernelName} ran longer than {Launch.Watchdog!.Value.TotalSeconds:G4} s (EmulatorOptions.Watchdog), block {BlockText} still running. ");
-        sb.Append("A spin-wait on another block (the emulator may run it later, or never while this one runs) or on another lane of the same warp?");
+        sb.Append(Launch.CoResident
+            ? "Every block of this co-resident launch took its turns: a spin-wait on a flag no block sets, or on another lane of the same warp?"
+            : "A spin-wait on another block (the emulator may run it later, or never while this one runs: a grid barrier needs LaunchConfig.Cooperative, whose blocks run co-resident) or on another lane of the same warp?");
         for (int w = 0; w < Warps.Length; w++)
         {
             var wp = Warps[w];

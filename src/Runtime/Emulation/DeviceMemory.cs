@@ -25,6 +25,12 @@ internal sealed unsafe class Allocation
     /// </summary>
     public uint[]? LastTouch { get; set; }
     /// <summary>
+    /// Per 32-byte sector: the device's persisting clock when a prefetch with L2::evict_last last touched it (0: never).
+    /// Allocated at the first such prefetch (weights a kernel fetches ahead for a later one; see
+    /// <see cref="LaunchState.FirstTouchIsResident"/>).
+    /// </summary>
+    public uint[]? PersistTouch { get; set; }
+    /// <summary>
     /// Per 32-byte sector: the id (low 32 bits) of the last kernel launch that stored or did an atomic there (0: none).
     /// Allocated at the first kernel write; the programmatic-dependent-launch check (<see cref="LaunchState.PdlEpochStart"/>)
     /// reads it.

@@ -20,6 +20,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private readonly EmuStream _default;
     private readonly List<LaunchRecord> _launches = [];
     private long _launchId;
+    private uint _persistClock = 1;   // sectors prefetched with L2::evict_last so far (wraps; 0 is skipped): the persisting clock
     private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
     private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
     private readonly StreamScheduler? _queues;   // strict streams only
@@ -336,8 +337,20 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (g.Y > 65535 || g.Z > 65535 || g.X > int.MaxValue) throw new DeviceException($"{what}: grid too large");
         if (c.DynamicSharedBytes < 0 || c.DynamicSharedBytes > k.MaxDynamicShared)
             throw new DeviceException($"{what}: {c.DynamicSharedBytes} bytes of dynamic shared memory exceeds the kernel's limit of {k.MaxDynamicShared} (use SetMaxDynamicSharedMemory to opt in, up to {_opt.SharedMemoryPerBlockOptin - k.StaticShared})");
-        if (c.ProgrammaticDependentLaunch && Info.ComputeMajor >= 9 && !k.Function.HasGridDepWait)
+        if (c.ProgrammaticDependentLaunch && !c.Cooperative && Info.ComputeMajor >= 9 && !k.Function.HasGridDepWait)
             throw new DeviceException($"{what}: programmatic dependent launch of a kernel whose PTX has no griddepcontrol.wait (pdl_wait()): it could read its predecessor's output before that kernel finished (docs/kernels.md, \"Programmatic dependent launch\"; PTX {k.Module.Ptx.Target})");
+        if (c.Cooperative)
+        {
+            // the occupancy rules on threads, shared memory (1 KiB reserved per block) and 32 blocks per SM; registers are
+            // not known to the emulator (the CUDA driver counts them too)
+            int threads = (int)b.Count, shared = k.StaticShared + c.DynamicSharedBytes;
+            int maxThreadsPerSm = Info.ComputeMajor == 8 && Info.ComputeMinor > 0 ? 1536 : 2048;
+            int perSm = Math.Min(32, maxThreadsPerSm / threads);
+            if (shared > 0) perSm = Math.Min(perSm, _opt.SharedMemoryPerMultiprocessor / (shared + 1024));
+            long fit = (long)perSm * Info.MultiprocessorCount;
+            if ((long)g.Count > fit)
+                throw new DeviceException($"{what}: a cooperative launch needs every block resident at once, and at most {fit} fit ({Info.MultiprocessorCount} SMs x {perSm} blocks of {threads} threads and {shared} bytes of shared memory)");
+        }
         var ps = k.Function.Params;
         if (args.Length != ps.Count) throw new DeviceException($"{what}: {args.Length} arguments given, the kernel takes {ps.Count}");
         for (int i = 0; i < ps.Count; i++)
@@ -348,7 +361,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private void Run(EmuKernel k, LaunchConfig c, byte[][] args)
     {
         var f = k.Function;
-        bool programmatic = c.ProgrammaticDependentLaunch && Info.ComputeMajor >= 9;
+        bool programmatic = c.ProgrammaticDependentLaunch && !c.Cooperative && Info.ComputeMajor >= 9;
         var param = new byte[Math.Max(f.ParamBytes, 1)];
         for (int i = 0; i < args.Length; i++) args[i].CopyTo(param, (int)f.Params[i].Offset);
         var L = new LaunchState
@@ -359,14 +372,17 @@ public sealed unsafe class EmulatedDevice : IDevice
             Watchdog = _opt.Watchdog, HardwareMath = _opt.Modes.HardwareMath, MathSeed = _opt.Modes.MathSeed,
             Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
             TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
+            PersistStamp = _persistClock, PersistWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2PersistingBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
-            ProgrammaticLaunch = programmatic, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
+            CoResident = c.Cooperative, ProgrammaticLaunch = programmatic, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
         };
         _stepKernels[L.LaunchId] = k.Name;
         var sw = Stopwatch.StartNew();
         var counters = L.Run();
         _trafficClock += (uint)counters.DramSectors;
         if (_trafficClock == 0) _trafficClock = 1;
+        _persistClock += (uint)counters.PersistingSectors;
+        if (_persistClock == 0) _persistClock = 1;
         var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic };
         LastLaunch = rec;
         _launches.Add(rec);

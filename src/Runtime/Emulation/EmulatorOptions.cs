@@ -38,6 +38,13 @@ public sealed record EmulatorOptions
     /// (default: half of an H100's 50 MB L2; a timing-model run sets its GPU's figure).
     /// </summary>
     public long L2ResidentBytes { get; init; } = 25L << 20;
+    /// <summary>
+    /// For the counters only: sectors prefetched with <c>prefetch.global.L2::evict_last</c> count as still in L2 for a later
+    /// launch, whatever the other traffic, while less than this much other evict_last data was prefetched since (the L2
+    /// set-aside for persisting lines; default 16 MiB, a timing-model run sets its GPU's figure). 0: such a prefetch is an
+    /// ordinary one.
+    /// </summary>
+    public long L2PersistingBytes { get; init; } = 16L << 20;
     /// <summary>Where device printf output goes (null: Console.Out).</summary>
     public TextWriter? PrintfOutput { get; init; }
 

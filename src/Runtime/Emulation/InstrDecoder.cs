@@ -113,6 +113,7 @@ internal static class InstrDecoder
             if (op == Op.Setp && m is "and" or "or" or "xor") { ins.Mode2 = m; continue; }
             if (op is Op.Atom or Op.Red or Op.Redux or Op.BarRed && AtomOps.Contains(m)) { ins.Mode = m; continue; }
             if (ins.Op == Op.BarRed && m is "and" or "or") { ins.Mode = m; continue; }
+            if (op == Op.Prefetch && m == "L2::evict_last") { ins.Mode = m; continue; }
             if (op == Op.Membar || Ignored.Contains(m) || m.StartsWith("L2::", StringComparison.Ordinal) || m.StartsWith("L1::", StringComparison.Ordinal)) continue;
             throw err($"unsupported modifier '.{m}' in '{opcode}'");
         }

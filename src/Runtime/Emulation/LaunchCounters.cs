@@ -5,7 +5,7 @@ internal sealed class Counters
 {
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
-    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors;
+    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors, PersistingSectors;
     /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
     public long DramSectors => DistinctSectors - L2ResidentSectors;
     public long SharedLoadRequests, SharedStoreRequests, SharedWavefronts, SharedBankConflicts;
@@ -29,7 +29,7 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; PreWaitSectors += o.PreWaitSectors;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; PreWaitSectors += o.PreWaitSectors; PersistingSectors += o.PersistingSectors;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
@@ -112,6 +112,12 @@ public sealed record LaunchRecord
     /// kernel still runs (its weights).
     /// </summary>
     public long PreWaitSectors { get; init; }
+    /// <summary>
+    /// Sectors this launch prefetched with <c>prefetch.global.L2::evict_last</c> (each once): data fetched into L2 for a later
+    /// kernel, which finds them L2-resident while less than <see cref="EmulatorOptions.L2PersistingBytes"/> of other such
+    /// prefetches followed (docs/timing-model.md, "Weights fetched ahead").
+    /// </summary>
+    public long PersistingSectors { get; init; }
     public double ElapsedMilliseconds { get; init; }
 
     /// <summary>
@@ -133,7 +139,7 @@ public sealed record LaunchRecord
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, PreWaitSectors = c.PreWaitSectors, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, PreWaitSectors = c.PreWaitSectors, PersistingSectors = c.PersistingSectors, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,

@@ -41,7 +41,16 @@ internal sealed unsafe class LaunchState
     public uint TrafficStamp { get; init; } = 1;
     /// <summary>Sectors of DRAM traffic after which data an earlier launch touched counts as evicted from L2.</summary>
     public uint ResidentWindowSectors { get; init; }
+    /// <summary>The device's persisting clock (sectors prefetched with L2::evict_last so far, never 0) when this launch started.</summary>
+    public uint PersistStamp { get; init; } = 1;
+    /// <summary>Sectors of later evict_last prefetches after which an evict_last sector counts as evicted (0: not modelled).</summary>
+    public uint PersistWindowSectors { get; init; }
 
+    /// <summary>
+    /// A cooperative launch (LaunchConfig.Cooperative): every CTA is resident from the start and they take turns, so a
+    /// CTA may wait for another through global memory (a grid barrier) and still make progress (docs/emulator.md).
+    /// </summary>
+    public bool CoResident { get; init; }
     /// <summary>Launched with programmatic stream serialization (LaunchConfig.ProgrammaticDependentLaunch on cc 9.0+).</summary>
     public bool ProgrammaticLaunch { get; init; }
     /// <summary>
@@ -101,11 +110,35 @@ internal sealed unsafe class LaunchState
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool FirstTouchIsResident(Allocation a, ulong index)
     {
+        bool resident = false;
         var lt = a.LastTouch;
-        if (lt == null) return false;
-        uint prior = lt[index];
-        lt[index] = TrafficStamp;
-        return prior != 0 && TrafficStamp - prior <= ResidentWindowSectors;
+        if (lt != null)
+        {
+            uint prior = lt[index];
+            lt[index] = TrafficStamp;
+            resident = prior != 0 && TrafficStamp - prior <= ResidentWindowSectors;
+        }
+        // prefetched with L2::evict_last by an earlier launch, and fewer than the window of such sectors since
+        var pt = a.PersistTouch;
+        if (!resident && pt != null)
+        {
+            uint p = pt[index];
+            resident = p != 0 && p != PersistStamp && PersistStamp - p <= PersistWindowSectors;
+        }
+        return resident;
+    }
+
+    /// <summary>
+    /// A prefetch with L2::evict_last of [addr, addr + bytes): stamps its sectors with this launch's persisting clock and
+    /// counts each once in <see cref="Counters.PersistingSectors"/> (the clock advances by that count after the launch).
+    /// </summary>
+    public void TouchPersisting(Allocation a, ulong addr, int bytes, Counters c)
+    {
+        if (PersistWindowSectors == 0) return;
+        if (a.PersistTouch == null) lock (a) a.PersistTouch ??= new uint[a.Size / 32 + 2];
+        var pt = a.PersistTouch;
+        for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5; s++)
+            if (Interlocked.Exchange(ref pt[s], PersistStamp) != PersistStamp) c.PersistingSectors++;
     }
     public byte* ParamPtr;
 
@@ -193,6 +226,7 @@ internal sealed unsafe class LaunchState
             DeadlineTimestamp = Watchdog is { } w ? System.Diagnostics.Stopwatch.GetTimestamp() + (long)(w.TotalSeconds * System.Diagnostics.Stopwatch.Frequency) : 0;
             long total = (long)Grid.Count;
             var merged = new Counters();
+            if (CoResident) return RunCoResident(total, merged);
             if (Sequential || total == 1 || Environment.ProcessorCount == 1)
             {
                 var cta = Rent();
@@ -218,6 +252,47 @@ internal sealed unsafe class LaunchState
             return merged;
         }
         finally { pin.Free(); }
+    }
+
+    /// <summary>
+    /// A co-resident launch: every CTA begins, then the live ones take turns (one <see cref="Cta.Step"/> each per round: its
+    /// warps run until they block or spend their quantum) until all have exited. Rounds run the CTAs in parallel unless
+    /// <see cref="Sequential"/>; under interleaved scheduling each round visits them in a seeded random order.
+    /// </summary>
+    private Counters RunCoResident(long total, Counters merged)
+    {
+        var ctas = new Cta[total];
+        for (long i = 0; i < total; i++)
+        {
+            ctas[i] = Rent();
+            ctas[i].Begin(i);
+        }
+        var live = new List<Cta>(ctas);
+        var rng = new Random(unchecked((int)(ScheduleSeed * 7919L ^ LaunchId)));
+        try
+        {
+            while (live.Count > 0)
+            {
+                if (Interleaved) for (int i = live.Count - 1; i > 0; i--) { int j = rng.Next(i + 1); (live[i], live[j]) = (live[j], live[i]); }
+                var done = new bool[live.Count];
+                if (Sequential || live.Count == 1 || Environment.ProcessorCount == 1)
+                    for (int i = 0; i < live.Count; i++) done[i] = live[i].Step();
+                else
+                {
+                    try { Parallel.For(0, live.Count, i => done[i] = live[i].Step()); }
+                    catch (AggregateException e) { ExceptionDispatchInfoThrow(e.InnerExceptions[0]); }
+                }
+                int n = 0;
+                for (int i = 0; i < live.Count; i++) if (!done[i]) live[n++] = live[i];
+                live.RemoveRange(n, live.Count - n);
+            }
+            foreach (var c in ctas) merged.Add(c.Counters);
+            return merged;
+        }
+        finally
+        {
+            foreach (var c in ctas) CtaPool.Add(c);
+        }
     }
 
     private Cta Rent()

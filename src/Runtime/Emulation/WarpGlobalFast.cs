@@ -283,7 +283,7 @@ internal sealed unsafe partial class Warp
             if (atomic) old = Interlocked.Or(ref cell, m);
             else cell = old | m;
             fresh += BitOperations.PopCount(m & ~old);
-            if (al.LastTouch != null)
+            if (al.LastTouch != null || al.PersistTouch != null)
                 for (ulong f = m & ~old; f != 0; f &= f - 1)
                     if (Cta.Launch.FirstTouchIsResident(al, (w << 6) + (ulong)BitOperations.TrailingZeroCount(f))) cnt.L2ResidentSectors++;
         }

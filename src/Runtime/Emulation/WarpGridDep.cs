@@ -69,7 +69,9 @@ internal sealed unsafe partial class Warp
     /// prefetch / prefetchu: a global (or generic, routed to global) prefetch touches the 32-byte sectors of the 128-byte
     /// line holding the address (clipped to its allocation) as distinct sectors of the launch, so that a later load of
     /// them counts as an L2 hit; it is not a load request and moves no bytes to registers. The address must lie in a live
-    /// allocation (hardware ignores a bad prefetch; here it is a bug). Prefetches of local memory do nothing.
+    /// allocation (hardware ignores a bad prefetch; here it is a bug). Prefetches of local memory do nothing. With
+    /// <c>.L2::evict_last</c> the sectors are also stamped as persisting (<see cref="LaunchState.TouchPersisting"/>): a later
+    /// launch finds them in L2 whatever the traffic between, within the persisting window.
     /// </summary>
     private void Prefetch(Instr ins, uint exec)
     {
@@ -77,6 +79,7 @@ internal sealed unsafe partial class Warp
         var cnt = Cta.Counters;
         var op = ins.Ops[0];
         bool preWait = (exec & _preWait) != 0;
+        bool evictLast = ins.Mode == "L2::evict_last";
         if (preWait) PreWaitAccess(ins, exec, op, ins.Space, 1, "prefetch of", count: false);   // counts its clipped line below
         for (uint e = exec; e != 0; e &= e - 1)
         {
@@ -96,6 +99,7 @@ internal sealed unsafe partial class Warp
             ulong from = Math.Max(line, a.Start), to = Math.Min(line + 128, a.End);
             L.TouchSector(a, from, (int)(to - from), cnt);
             if (((_preWait >> l) & 1) != 0) L.TouchPreWait(a, from, (int)(to - from), cnt);
+            if (evictLast) L.TouchPersisting(a, from, (int)(to - from), cnt);
         }
     }
 }

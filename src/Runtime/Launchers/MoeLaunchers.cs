@@ -77,11 +77,12 @@ public sealed class MoeLaunchers
     /// The MoE block with the stacked expert weights in any loaded format (the variant from <see cref="Variants"/>). With a
     /// <paramref name="normWeight"/> (decode only, T &lt;= <see cref="DecodeMaxTokens"/>) <paramref name="hidden"/> is the
     /// residual stream x and the block runs on h = RMSNorm(x) * normWeight, which the router computes
-    /// (<see cref="RouterNorm"/>) and writes to <paramref name="normOut"/> for the experts.
+    /// (<see cref="RouterNorm"/>) and writes to <paramref name="normOut"/> for the experts; the router then also fetches
+    /// <paramref name="fetchAheadBytes"/> of <paramref name="fetchAhead"/> (a later kernel's weights) into L2.
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
-        DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default)
+        DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
     {
         CheckShape(shape, decodeOnly: false);
         if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
@@ -95,7 +96,8 @@ public sealed class MoeLaunchers
 
         if (!normWeight.IsNull)
         {
-            RouterNorm(stream, shape, tokens, hidden, normWeight, normEps, routerWeight, normOut, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
+            RouterNorm(stream, shape, tokens, hidden, normWeight, normEps, routerWeight, normOut, workspace + ws.Logits, workspace + ws.Counters, ids, weights,
+                fetchAhead, fetchAheadBytes);
             hidden = normOut;
         }
         else Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
@@ -139,11 +141,14 @@ public sealed class MoeLaunchers
     /// Decode (T &lt;= <see cref="DecodeMaxTokens"/>): the post-attention RMSNorm, the router and the top-k in one kernel
     /// (<c>moe_router_norm_topk</c>) over E CTAs: <paramref name="hOut"/> = RMSNorm(<paramref name="x"/>) *
     /// <paramref name="normWeight"/> (bitwise <c>add_rmsnorm_bf16</c>'s output), then what <see cref="Router"/> computes from
-    /// it. <paramref name="counters"/>: one int, zero on entry and left zero.
+    /// it. <paramref name="counters"/>: one int, zero on entry and left zero. <paramref name="fetchAhead"/>: the first
+    /// <paramref name="fetchAheadBytes"/> of a later kernel's weights (the next layer's qkv), prefetched into L2 with
+    /// evict_last while this latency-bound kernel leaves the DRAM idle (docs/timing-model.md, "Weights fetched ahead").
     /// </summary>
     public void RouterNorm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr x, DevicePtr normWeight, float eps, DevicePtr routerWeight,
-        DevicePtr hOut, DevicePtr logits, DevicePtr counters, DevicePtr topkIds, DevicePtr topkWeights)
+        DevicePtr hOut, DevicePtr logits, DevicePtr counters, DevicePtr topkIds, DevicePtr topkWeights, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
     {
+        if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "moe_router_norm_topk: bytes to fetch ahead must not be negative");
         CheckShape(s, decodeOnly: true);
         if (tokens <= 0) return;
         if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_router_norm_topk: {tokens} tokens; it takes at most {DecodeMaxTokens} (decode)");
@@ -152,7 +157,7 @@ public sealed class MoeLaunchers
         {
             Hidden = x, WGate = routerWeight, Logits = logits, Counters = counters, TopkIds = topkIds, TopkWeights = topkWeights,
             HOut = hOut, NormWeight = normWeight, Tokens = tokens, HiddenSize = s.Hidden, Experts = s.Experts, TopK = s.TopK,
-            NormTopkProb = s.NormTopkProb ? 1 : 0, Eps = eps,
+            NormTopkProb = s.NormTopkProb ? 1 : 0, Eps = eps, FetchAhead = fetchAhead, FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
         };
         Launch(_routerNorm, new LaunchConfig(s.Experts, 256, ProgrammaticDependentLaunch: true), stream, p);
     }

@@ -16,6 +16,8 @@ public struct MoeRouterParams
     public DevicePtr TopkWeights;   // [T, k] fp32
     public DevicePtr HOut;          // [T, H] bf16 (moe_router_norm_topk)
     public DevicePtr NormWeight;    // [H] bf16 (moe_router_norm_topk)
+    public DevicePtr FetchAhead;    // moe_router_norm_topk: a later kernel's weights, prefetched into L2 with evict_last
+    public long FetchAheadBytes;
     public int Tokens;
     public int HiddenSize;
     public int Experts;

@@ -30,6 +30,7 @@ internal static unsafe partial class CudaApi
     [LibraryImport(Lib)] public static partial CuResult cuDevicePrimaryCtxRelease_v2(int device);
     [LibraryImport(Lib)] public static partial CuResult cuCtxSetCurrent(nint context);
     [LibraryImport(Lib)] public static partial CuResult cuCtxSynchronize();
+    [LibraryImport(Lib)] public static partial CuResult cuCtxSetLimit(CuLimit limit, nuint value);
 
     // memory
     [LibraryImport(Lib)] public static partial CuResult cuMemAlloc_v2(out ulong dptr, nuint bytes);
@@ -54,6 +55,9 @@ internal static unsafe partial class CudaApi
     [LibraryImport(Lib)] public static partial CuResult cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, nint function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(Lib)] public static partial CuResult cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ,
         uint blockX, uint blockY, uint blockZ, uint sharedBytes, nint stream, void** kernelParams, void** extra);
+    /// <summary>A cooperative launch (every block resident at once; CUDA 9.0+): fails with CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE when the grid does not fit.</summary>
+    [LibraryImport(Lib)] public static partial CuResult cuLaunchCooperativeKernel(nint function, uint gridX, uint gridY, uint gridZ,
+        uint blockX, uint blockY, uint blockZ, uint sharedBytes, nint stream, void** kernelParams);
     /// <summary>CUDA 12.0+ drivers; older ones lack the export (EntryPointNotFoundException at the first call).</summary>
     [LibraryImport(Lib)] public static partial CuResult cuLaunchKernelEx(CuLaunchConfig* config, nint function, void** kernelParams, void** extra);
 
@@ -94,8 +98,11 @@ internal enum CuDeviceAttribute
     MaxThreadsPerBlock = 1, MaxSharedMemoryPerBlock = 8, WarpSize = 10, MultiprocessorCount = 16,
     MemoryClockRate = 36, GlobalMemoryBusWidth = 37,
     ComputeCapabilityMajor = 75, ComputeCapabilityMinor = 76, MaxSharedMemoryPerMultiprocessor = 81,
-    MaxSharedMemoryPerBlockOptin = 97,
+    MaxSharedMemoryPerBlockOptin = 97, MaxPersistingL2CacheSize = 108,
 }
+
+/// <summary>CUlimit values (cuda.h).</summary>
+internal enum CuLimit { PersistingL2CacheSize = 0x06 }
 
 internal enum CuFunctionAttribute
 {
