@@ -12,10 +12,10 @@
 //   D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with the context (at least one CTA
 //   per SM, at most 8 tiles per split up to 64 splits, at most one split per tile; docs/kernels.md "Decode attention").
 //   Tensor cores (HEAD_DIM <= 128, attn_split_range under DEC_TC): per 64-key tile the 128 threads gather
-//   the K and V rows through the block table with cp.async (16 bytes, 16 threads per 256-byte row: fully
-//   used sectors; keys past the range zero-filled) into [key][D + 8] shared tiles, with the block-table
-//   entries of the next tile in the same round trip (KV_FP8: the E4M3 codes into registers, decoded
-//   exactly to bf16, st.shared). Warp w owns keys 16w .. 16w + 15 of each tile and its own online-softmax
+//   the K and V rows through the block table with cp.async (16 bytes; a thread takes two chunks of a row, one
+//   slot lookup, D / 16 threads per row: fully used sectors; keys past the range zero-filled) into [key][D + 8]
+//   shared tiles, with the block-table entries of the next tile in the same round trip (KV_FP8: the E4M3
+//   codes into registers, decoded exactly to bf16, st.shared). Warp w owns keys 16w .. 16w + 15 of each tile and its own online-softmax
 //   state: S = Q K^T by mma.sync m16n8k16 with the group as M (rows 0..7; q fragments from shared memory,
 //   kept in registers), K fragments by ldmatrix; O += P V with S's two 8-key accumulator tiles reused as
 //   the A fragment of one 16-key k-step, P as bf16 hi in rows 0..7 and bf16 lo (p - hi) in rows 8..15
