@@ -42,10 +42,10 @@ public sealed record DeviceModelOptions
     /// <summary>
     /// Bytes of the next weight stream (the next layer's qkv projection, or the lm_head after the last layer) that the decode
     /// step's router kernel prefetches into L2 with evict_last while it leaves the DRAM idle (docs/timing-model.md,
-    /// "Weights fetched ahead"). The default, 6 MiB, is about what H100 and H200 move during the router's predicted time; 0
+    /// "Weights fetched ahead"). The default, 8 MiB, is about what H200 moves during the router's predicted time (a little more than H100 does); 0
     /// turns it off. Results do not depend on it.
     /// </summary>
-    public long FetchAheadBytes { get; init; } = 6L << 20;
+    public long FetchAheadBytes { get; init; } = 8L << 20;
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
