@@ -25,11 +25,12 @@ internal sealed unsafe class Allocation
     /// </summary>
     public uint[]? LastTouch { get; set; }
     /// <summary>
-    /// Per 32-byte sector: the device's persisting clock when a prefetch with L2::evict_last last touched it (0: never).
-    /// Allocated at the first such prefetch (weights a kernel fetches ahead for a later one; see
-    /// <see cref="LaunchState.FirstTouchIsResident"/>).
+    /// Per 32-byte sector: the device's persisting clock when a prefetch with L2::evict_last last touched it (0: never),
+    /// in pages of <see cref="PersistPageSectors"/> sectors allocated when a prefetch first stamps one (a few MiB fetched
+    /// ahead in a weight arena of GiBs; see <see cref="LaunchState.FirstTouchIsResident"/>). Null until the first.
     /// </summary>
-    public uint[]? PersistTouch { get; set; }
+    public uint[]?[]? PersistTouch { get; set; }
+    public const int PersistPageShift = 16, PersistPageSectors = 1 << PersistPageShift;
     /// <summary>
     /// Per 32-byte sector: the id (low 32 bits) of the last kernel launch that stored or did an atomic there (0: none).
     /// Allocated at the first kernel write; the programmatic-dependent-launch check (<see cref="LaunchState.PdlEpochStart"/>)
@@ -96,6 +97,10 @@ internal sealed unsafe class DeviceMemory : IDisposable
             a.Host = null;
             a.Written = null;
             a.Sectors = null;
+            a.PreWaitSectors = null;
+            a.LastTouch = null;
+            a.LastWriter = null;
+            a.PersistTouch = null;
             LiveBytes -= a.Size;
         }
     }
@@ -178,7 +183,11 @@ internal sealed unsafe class DeviceMemory : IDisposable
         lock (_lock)
         {
             foreach (var a in _table)
+            {
                 if (!a.Freed && a.Host != null) { NativeMemory.AlignedFree(a.Host); a.Host = null; a.Freed = true; }
+                // the per-sector bookkeeping (up to a quarter of the allocation's size) goes with it
+                a.Written = null; a.Sectors = null; a.PreWaitSectors = null; a.LastTouch = null; a.LastWriter = null; a.PersistTouch = null;
+            }
             LiveBytes = 0;
         }
     }

@@ -120,9 +120,9 @@ internal sealed unsafe class LaunchState
         }
         // prefetched with L2::evict_last by an earlier launch, and fewer than the window of such sectors since
         var pt = a.PersistTouch;
-        if (!resident && pt != null)
+        if (!resident && pt != null && pt[index >> Allocation.PersistPageShift] is { } page)
         {
-            uint p = pt[index];
+            uint p = page[index & (Allocation.PersistPageSectors - 1)];
             resident = p != 0 && p != PersistStamp && PersistStamp - p <= PersistWindowSectors;
         }
         return resident;
@@ -135,10 +135,14 @@ internal sealed unsafe class LaunchState
     public void TouchPersisting(Allocation a, ulong addr, int bytes, Counters c)
     {
         if (PersistWindowSectors == 0) return;
-        if (a.PersistTouch == null) lock (a) a.PersistTouch ??= new uint[a.Size / 32 + 2];
+        if (a.PersistTouch == null) lock (a) a.PersistTouch ??= new uint[]?[(a.Size / 32 + 2 + Allocation.PersistPageSectors - 1) >> Allocation.PersistPageShift];
         var pt = a.PersistTouch;
         for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5; s++)
-            if (Interlocked.Exchange(ref pt[s], PersistStamp) != PersistStamp) c.PersistingSectors++;
+        {
+            ref var page = ref pt[s >> Allocation.PersistPageShift];
+            if (page == null) lock (pt) page ??= new uint[Allocation.PersistPageSectors];
+            if (Interlocked.Exchange(ref page[s & (Allocation.PersistPageSectors - 1)], PersistStamp) != PersistStamp) c.PersistingSectors++;
+        }
     }
     public byte* ParamPtr;
 
