@@ -80,6 +80,9 @@ internal sealed unsafe class DeviceMemory : IDisposable
             _next += ((ulong)Math.Max(bytes, 1) + 255 + 4096) & ~255UL; // a gap between allocations: OOB never lands in a neighbour
             _table.Add(a);
             LiveBytes += bytes;
+            // the GC does not see native memory: tell it, so that garbage (an undisposed device's bookkeeping) is
+            // collected before a large emulated heap and the managed one together exhaust the machine
+            GC.AddMemoryPressure(Math.Max(bytes, 1));
             return a;
         }
     }
@@ -94,6 +97,7 @@ internal sealed unsafe class DeviceMemory : IDisposable
             if (a.Freed) throw new DeviceException($"double free of 0x{address:x} ({a})");
             a.Freed = true;
             NativeMemory.AlignedFree(a.Host);
+            GC.RemoveMemoryPressure(Math.Max(a.Size, 1));
             a.Host = null;
             a.Written = null;
             a.Sectors = null;
@@ -184,7 +188,7 @@ internal sealed unsafe class DeviceMemory : IDisposable
         {
             foreach (var a in _table)
             {
-                if (!a.Freed && a.Host != null) { NativeMemory.AlignedFree(a.Host); a.Host = null; a.Freed = true; }
+                if (!a.Freed && a.Host != null) { NativeMemory.AlignedFree(a.Host); GC.RemoveMemoryPressure(Math.Max(a.Size, 1)); a.Host = null; a.Freed = true; }
                 // the per-sector bookkeeping (up to a quarter of the allocation's size) goes with it
                 a.Written = null; a.Sectors = null; a.PreWaitSectors = null; a.LastTouch = null; a.LastWriter = null; a.PersistTouch = null;
             }
