@@ -168,18 +168,7 @@ internal sealed unsafe class LaunchState
     /// <summary>Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones.</summary>
     public void TouchSector(Allocation a, ulong addr, int bytes, Counters c)
     {
-        if (a.SectorEpoch != LaunchId)
-        {
-            lock (a)
-            {
-                if (a.SectorEpoch != LaunchId)
-                {
-                    a.Sectors = new ulong[(a.Size / 32 + 64) / 64 + 1];
-                    a.SectorEpoch = LaunchId;
-                }
-            }
-        }
-        var bits = a.Sectors!;
+        var bits = SectorBits(a);
         for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)bytes - 1) >> 5; s++)
         {
             if (!MarkNew(bits, s)) continue;
