@@ -95,18 +95,30 @@ internal sealed unsafe class DeviceMemory : IDisposable
             if (a == null || a.Start != address)
                 throw new DeviceException($"free of 0x{address:x}, which is not the start of an allocation{Describe(address)}");
             if (a.Freed) throw new DeviceException($"double free of 0x{address:x} ({a})");
-            a.Freed = true;
-            NativeMemory.AlignedFree(a.Host);
-            GC.RemoveMemoryPressure(Math.Max(a.Size, 1));
-            a.Host = null;
-            a.Written = null;
-            a.Sectors = null;
-            a.PreWaitSectors = null;
-            a.LastTouch = null;
-            a.LastWriter = null;
-            a.PersistTouch = null;
+            Release(a);
             LiveBytes -= a.Size;
         }
+    }
+
+    /// <summary>
+    /// Frees an allocation's native memory (and its share of the GC's memory pressure) and drops its per-sector
+    /// bookkeeping, up to a quarter of its size in arrays; the quarantined allocation keeps only its range.
+    /// </summary>
+    private static void Release(Allocation a)
+    {
+        if (!a.Freed && a.Host != null)
+        {
+            NativeMemory.AlignedFree(a.Host);
+            GC.RemoveMemoryPressure(Math.Max(a.Size, 1));
+        }
+        a.Freed = true;
+        a.Host = null;
+        a.Written = null;
+        a.Sectors = null;
+        a.PreWaitSectors = null;
+        a.LastTouch = null;
+        a.LastWriter = null;
+        a.PersistTouch = null;
     }
 
     /// <summary>The allocation whose range (or, for 0-byte ones, start) contains <paramref name="address"/>, live or freed.</summary>
@@ -186,12 +198,7 @@ internal sealed unsafe class DeviceMemory : IDisposable
     {
         lock (_lock)
         {
-            foreach (var a in _table)
-            {
-                if (!a.Freed && a.Host != null) { NativeMemory.AlignedFree(a.Host); GC.RemoveMemoryPressure(Math.Max(a.Size, 1)); a.Host = null; a.Freed = true; }
-                // the per-sector bookkeeping (up to a quarter of the allocation's size) goes with it
-                a.Written = null; a.Sectors = null; a.PreWaitSectors = null; a.LastTouch = null; a.LastWriter = null; a.PersistTouch = null;
-            }
+            foreach (var a in _table) Release(a);
             LiveBytes = 0;
         }
     }

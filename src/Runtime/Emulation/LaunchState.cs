@@ -261,13 +261,13 @@ internal sealed unsafe class LaunchState
             ctas[i].Begin(i);
         }
         var live = new List<Cta>(ctas);
+        var done = new bool[total];   // per round: which of the live CTAs exited
         var rng = new Random(unchecked((int)(ScheduleSeed * 7919L ^ LaunchId)));
         try
         {
             while (live.Count > 0)
             {
                 if (Interleaved) for (int i = live.Count - 1; i > 0; i--) { int j = rng.Next(i + 1); (live[i], live[j]) = (live[j], live[i]); }
-                var done = new bool[live.Count];
                 if (Sequential || live.Count == 1 || Environment.ProcessorCount == 1)
                     for (int i = 0; i < live.Count; i++) done[i] = live[i].Step();
                 else
