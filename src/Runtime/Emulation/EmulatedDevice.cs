@@ -22,7 +22,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private long _launchId;
     private uint _persistClock = 1;   // sectors prefetched with L2::evict_last so far (wraps; 0 is skipped): the persisting clock
     private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
-    private readonly System.Collections.Concurrent.ConcurrentBag<Cta> _ctaPool = [];
+    private readonly CtaPool _ctaPool = new();
     private readonly StreamScheduler? _queues;   // strict streams only
     private readonly List<EmuStream> _capturing = [];
     private bool _disposed;

@@ -35,7 +35,7 @@ internal sealed unsafe class LaunchState
     public required DeviceInfo Device { get; init; }
     public TextWriter? PrintOut { get; init; }
     /// <summary>Reusable CTA contexts of the device (shared across launches).</summary>
-    public required System.Collections.Concurrent.ConcurrentBag<Cta> CtaPool { get; init; }
+    public required CtaPool CtaPool { get; init; }
     public int SharedBytes => DynamicBase + DynamicShared;
     /// <summary>The device's DRAM-traffic clock (32-byte sectors, never 0) when this launch started.</summary>
     public uint TrafficStamp { get; init; } = 1;
@@ -190,7 +190,10 @@ internal sealed unsafe class LaunchState
             {
                 if (a.PreWaitEpoch != LaunchId)
                 {
-                    a.PreWaitSectors = new ulong[(a.Size / 32 + 64) / 64 + 1];
+                    // reused from launch to launch, as SectorBits: a new array per launch was megabytes of garbage a launch
+                    long words = (a.Size / 32 + 64) / 64 + 1;
+                    if (a.PreWaitSectors?.Length == words) Array.Clear(a.PreWaitSectors);
+                    else a.PreWaitSectors = new ulong[words];
                     a.PreWaitEpoch = LaunchId;
                 }
             }
@@ -225,7 +228,7 @@ internal sealed unsafe class LaunchState
                 var cta = Rent();
                 for (long i = 0; i < total; i++) cta.Run(i);
                 merged.Add(cta.Counters);
-                CtaPool.Add(cta);
+                CtaPool.Return(cta);
                 return merged;
             }
             Exception? first = null;
@@ -240,7 +243,7 @@ internal sealed unsafe class LaunchState
                     state.Stop();
                 }
                 return cta;
-            }, cta => { lock (gate) merged.Add(cta.Counters); CtaPool.Add(cta); });
+            }, cta => { lock (gate) merged.Add(cta.Counters); CtaPool.Return(cta); });
             if (first != null) ExceptionDispatchInfoThrow(first);
             return merged;
         }
@@ -284,16 +287,11 @@ internal sealed unsafe class LaunchState
         }
         finally
         {
-            foreach (var c in ctas) CtaPool.Add(c);
+            foreach (var c in ctas) CtaPool.Return(c);
         }
     }
 
-    private Cta Rent()
-    {
-        if (!CtaPool.TryTake(out var cta)) return new Cta(this);
-        cta.Bind(this);
-        return cta;
-    }
+    private Cta Rent() => CtaPool.Rent(this);
 
     [StackTraceHidden]
     private static void ExceptionDispatchInfoThrow(Exception e) => System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e).Throw();
