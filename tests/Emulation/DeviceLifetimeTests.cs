@@ -12,13 +12,6 @@ namespace Qwen3Cuda.Tests.Emulation;
 /// </summary>
 public class DeviceLifetimeTests
 {
-    private const string Source = """
-        extern "C" __global__ void add_scalar(float* y, float v, int n) {
-          int i = blockIdx.x * blockDim.x + threadIdx.x;
-          if (i < n) y[i] += v;
-        }
-        """;
-
     [Test]
     public void ADroppedDevice_IsCollected_AfterParallelLaunches()
     {
@@ -43,7 +36,7 @@ public class DeviceLifetimeTests
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static WeakReference UseAndDropADevice()
     {
-        using var kit = new EmuKit(Source, new EmulatorOptions { Sequential = false, PrintfOutput = TextWriter.Null });
+        using var kit = new EmuKit(EmulatedDeviceTests.Source, new EmulatorOptions { Sequential = false, PrintfOutput = TextWriter.Null });
         var y = kit.Zeros<float>(64 * 32);
         for (int i = 0; i < 3; i++) kit.Launch("add_scalar", new Dim3(64), new Dim3(32), 0, y, 1f, 64 * 32);
         Assert.That(kit.Download<float>(y, 64 * 32), Is.All.EqualTo(3f));

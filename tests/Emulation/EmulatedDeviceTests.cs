@@ -7,7 +7,7 @@ namespace Qwen3Cuda.Tests.Emulation;
 /// <summary>IDevice behaviour of the emulator: graphs, memory rules, module loading errors, attributes.</summary>
 public class EmulatedDeviceTests
 {
-    private const string Source = """
+    internal const string Source = """
         extern "C" __global__ void add_scalar(float* y, float v, int n) {
           int i = blockIdx.x * blockDim.x + threadIdx.x;
           if (i < n) y[i] += v;
