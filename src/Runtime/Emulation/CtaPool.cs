@@ -15,8 +15,7 @@ internal sealed class CtaPool
     public Cta Rent(LaunchState launch)
     {
         Cta? cta;
-        lock (_free)
-            if (!_free.TryPop(out cta)) cta = null;
+        lock (_free) _free.TryPop(out cta);
         if (cta == null) return new Cta(launch);
         cta.Bind(launch);
         return cta;

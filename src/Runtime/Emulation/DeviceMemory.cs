@@ -2,6 +2,21 @@ using System.Runtime.InteropServices;
 
 namespace Qwen3Cuda.Runtime.Emulation;
 
+/// <summary>
+/// A per-launch bitmap of an allocation's 32-byte sectors (bit i: sector i from its start). It is kept from launch to
+/// launch and cleared when a launch first uses it (LaunchState.ForThisLaunch); a new array per launch was megabytes of
+/// garbage a launch.
+/// </summary>
+internal sealed class SectorBitmap
+{
+    public ulong[] Bits = [];
+    /// <summary>The launch the bits belong to (-1: none yet).</summary>
+    public long Epoch = -1;
+
+    /// <summary>Frees the bits (the allocation was freed or its device disposed).</summary>
+    public void Drop() { Bits = []; Epoch = -1; }
+}
+
 /// <summary>One device allocation: a device address range backed by native memory.</summary>
 internal sealed unsafe class Allocation
 {
@@ -12,12 +27,10 @@ internal sealed unsafe class Allocation
     public string Label { get; init; } = "";
     /// <summary>Strict mode: one bit per byte, set once the byte is written.</summary>
     public ulong[]? Written { get; set; }
-    /// <summary>One bit per 32-byte sector touched in the current launch (distinct-sector counter).</summary>
-    public ulong[]? Sectors { get; set; }
-    public long SectorEpoch { get; set; } = -1;
-    /// <summary>Per-launch bitmap of the sectors an access before griddepcontrol.wait touched (LaunchState.TouchPreWait).</summary>
-    public ulong[]? PreWaitSectors { get; set; }
-    public long PreWaitEpoch { get; set; } = -1;
+    /// <summary>The sectors touched in the current launch (distinct-sector counter, LaunchState.SectorBits).</summary>
+    public SectorBitmap Touched { get; } = new();
+    /// <summary>The sectors an access before griddepcontrol.wait touched in the current launch (LaunchState.TouchPreWait).</summary>
+    public SectorBitmap PreWait { get; } = new();
     /// <summary>
     /// Per 32-byte sector: the device's DRAM-traffic clock when a kernel last touched it (0: never). Allocated when a
     /// kernel first writes here: data kernels produce (activations, KV, partials) may still be in L2 when the next kernels
@@ -114,8 +127,8 @@ internal sealed unsafe class DeviceMemory : IDisposable
         a.Freed = true;
         a.Host = null;
         a.Written = null;
-        a.Sectors = null;
-        a.PreWaitSectors = null;
+        a.Touched.Drop();
+        a.PreWait.Drop();
         a.LastTouch = null;
         a.LastWriter = null;
         a.PersistTouch = null;

@@ -147,22 +147,25 @@ internal sealed unsafe class LaunchState
     public byte* ParamPtr;
 
     /// <summary>The allocation's per-launch bitmap of touched 32-byte sectors (bit i: sector i from its start), cleared on first use in a launch.</summary>
-    public ulong[] SectorBits(Allocation a)
+    public ulong[] SectorBits(Allocation a) => ForThisLaunch(a, a.Touched);
+
+    /// <summary>The bits of one of the allocation's per-launch bitmaps, cleared (or sized) when this launch first asks.</summary>
+    private ulong[] ForThisLaunch(Allocation a, SectorBitmap map)
     {
-        if (a.SectorEpoch != LaunchId)
+        if (Volatile.Read(ref map.Epoch) != LaunchId)
         {
             lock (a)
             {
-                if (a.SectorEpoch != LaunchId)
+                if (map.Epoch != LaunchId)
                 {
                     long words = (a.Size / 32 + 64) / 64 + 1;
-                    if (a.Sectors?.Length == words) Array.Clear(a.Sectors);
-                    else a.Sectors = new ulong[words];
-                    a.SectorEpoch = LaunchId;
+                    if (map.Bits.Length == words) Array.Clear(map.Bits);
+                    else map.Bits = new ulong[words];
+                    Volatile.Write(ref map.Epoch, LaunchId);
                 }
             }
         }
-        return a.Sectors!;
+        return map.Bits;
     }
 
     /// <summary>Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones.</summary>
@@ -184,21 +187,7 @@ internal sealed unsafe class LaunchState
     /// </summary>
     public void TouchPreWait(Allocation a, ulong addr, int bytes, Counters c)
     {
-        if (a.PreWaitEpoch != LaunchId)
-        {
-            lock (a)
-            {
-                if (a.PreWaitEpoch != LaunchId)
-                {
-                    // reused from launch to launch, as SectorBits: a new array per launch was megabytes of garbage a launch
-                    long words = (a.Size / 32 + 64) / 64 + 1;
-                    if (a.PreWaitSectors?.Length == words) Array.Clear(a.PreWaitSectors);
-                    else a.PreWaitSectors = new ulong[words];
-                    a.PreWaitEpoch = LaunchId;
-                }
-            }
-        }
-        var bits = a.PreWaitSectors!;
+        var bits = ForThisLaunch(a, a.PreWait);
         for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5; s++)
             if (MarkNew(bits, s)) c.PreWaitSectors++;
     }
