@@ -5,8 +5,9 @@
 //
 // acc in fp32. Weights are streamed exactly once with 16-byte ld.global.nc (8 bf16 per lane, 512
 // contiguous bytes per warp instruction, four loads in flight per lane); the K-slice of x is
-// staged in shared memory (bf16, T * k_split * 2 bytes <= 32 KiB; at T = 1 four chunks per thread in flight, with the
-// residual of the thread's first output) and read back as conflict-free 16-byte rows. A lane adds its chunks c = lane, lane + 32,
+// staged in shared memory as fp32 (stage_chunk: T * k_split * 4 bytes <= 44 KiB; at T = 1 four chunks per thread in flight,
+// with the residual of the thread's first output) and read back as conflict-free 16-byte rows, so the inner product
+// converts only the weights. A lane adds its chunks c = lane, lane + 32,
 // ... of a row in ascending order whatever the loads in flight (the sum's order, docs/kernels.md).
 // Thread mapping: 256 threads = 8 warps; a CTA owns 8 * rows_per_warp consecutive rows of W (warp w:
 // rows base + w * rows_per_warp ...), and one K-slice (blockIdx.y) of k_split elements. Each warp
@@ -44,6 +45,8 @@ struct GemvParams {
     float* partial;           // [split_k, T, N] fp32 (split_k > 1)
     const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
     int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
+    const void* fetch_ahead;  // weights of a later kernel fetched into L2 with evict_last after the wait, or null
+    long long fetch_ahead_bytes; //   (the decode step's o_proj: the next layer's qkv; docs/timing-model.md, "Weights fetched ahead")
     int tokens;               // T, must equal the kernel's template T
     int n;
     int k;                    // multiple of 8
@@ -90,6 +93,28 @@ __device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_ba
     if (threadIdx.x == 0) p.tickets[blockIdx.x] = 0;
 }
 
+// x is staged in shared memory as fp32 (the bf16 values, exact): chunk c of token t (8 values) is two float4, values 0..3 at
+// xs[t][0][c] and 4..7 at xs[t][1][c] ([T][2][slice_chunks] float4), so a warp's reads of 32 consecutive chunks are two
+// conflict-free 16-byte rows and the product converts only the weights (the sum and its order are unchanged).
+__device__ __forceinline__ void stage_chunk(float4* xs, int t, int c, int slice_chunks, uint4 v)
+{
+    float4* row = xs + (size_t)t * 2 * slice_chunks;
+    row[c] = make_float4(bf16x2_lo(v.x), bf16x2_hi(v.x), bf16x2_lo(v.y), bf16x2_hi(v.y));
+    row[slice_chunks + c] = make_float4(bf16x2_lo(v.z), bf16x2_hi(v.z), bf16x2_lo(v.w), bf16x2_hi(v.w));
+}
+
+// acc + the dot product of 8 bf16 weights with staged chunk c of token t, pairwise in the weights' order.
+__device__ __forceinline__ float dot8(uint4 a, const float4* xs, int t, int c, int slice_chunks, float acc)
+{
+    const float4* row = xs + (size_t)t * 2 * slice_chunks;
+    const float4 lo = row[c], hi = row[slice_chunks + c];
+    acc += bf16x2_lo(a.x) * lo.x + bf16x2_hi(a.x) * lo.y;
+    acc += bf16x2_lo(a.y) * lo.z + bf16x2_hi(a.y) * lo.w;
+    acc += bf16x2_lo(a.z) * hi.x + bf16x2_hi(a.z) * hi.y;
+    acc += bf16x2_lo(a.w) * hi.z + bf16x2_hi(a.w) * hi.w;
+    return acc;
+}
+
 // Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
 // past the end of K; ends with a barrier.
 // Without the norm at T = 1, a thread's chunks c = tid, tid + 256, ... are loaded GEMV_STAGE_BATCH at a time, all in flight
@@ -98,7 +123,7 @@ __device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_ba
 // the residual in the epilogue, where the batch's registers would cost occupancy).
 #define GEMV_STAGE_BATCH 4
 template <int T>
-__device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, int k0, int kchunks, int slice_chunks,
+__device__ __forceinline__ void gemv_stage_x(const GemvParams& p, float4* x_s, int k0, int kchunks, int slice_chunks,
                                              int row_base, int rows_here, float& res0)
 {
     const int tid = threadIdx.x;
@@ -106,7 +131,7 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, in
     if (!p.norm_weight && T > 1) {
         for (int i = tid; i < T * slice_chunks; i += GEMV_THREADS) {
             const int t = i / slice_chunks, c = i - t * slice_chunks;
-            x_s[i] = c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0);
+            stage_chunk(x_s, t, c, slice_chunks, c < kchunks ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8) : make_uint4(0, 0, 0, 0));
         }
         __syncthreads();
         return;
@@ -123,7 +148,7 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, in
 #pragma unroll
             for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
                 const int c = b + u * GEMV_THREADS + tid;
-                if (c < slice_chunks) x_s[c] = v[u];
+                if (c < slice_chunks) stage_chunk(x_s, 0, c, slice_chunks, v[u]);
             }
         }
         __syncthreads();
@@ -145,7 +170,7 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, uint4* x_s, in
             o.z = norm_bf16x2(h.z, w.z, inv);
             o.w = norm_bf16x2(h.w, w.w, inv);
         }
-        x_s[i] = o;
+        stage_chunk(x_s, t, c, slice_chunks, o);
     }
     __syncthreads();
 }
@@ -157,14 +182,6 @@ __device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
     return r;
 }
 
-__device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc)
-{
-    acc += bf16x2_lo(a.x) * bf16x2_lo(b.x) + bf16x2_hi(a.x) * bf16x2_hi(b.x);
-    acc += bf16x2_lo(a.y) * bf16x2_lo(b.y) + bf16x2_hi(a.y) * bf16x2_hi(b.y);
-    acc += bf16x2_lo(a.z) * bf16x2_lo(b.z) + bf16x2_hi(a.z) * bf16x2_hi(b.z);
-    acc += bf16x2_lo(a.w) * bf16x2_lo(b.w) + bf16x2_hi(a.w) * bf16x2_hi(b.w);
-    return acc;
-}
 
 // Programmatic dependent launch (docs/kernels.md): before pdl_wait() the CTA only prefetches its weight slice (rows
 // [row_base, row_base + rows_here), bytes [k0, k0 + klen) x bytes per weight of each row) and, for quantized formats, the
@@ -185,12 +202,13 @@ __device__ __forceinline__ void gemv_prologue(const GemvParams& p, int row_base,
     }
     pdl_wait();
     pdl_launch_dependents();
+    prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);   // docs/timing-model.md, "Weights fetched ahead"
 }
 
 template <int T>
 __device__ __forceinline__ void gemv_body(const GemvParams& p)
 {
-    extern __shared__ uint4 x_s[];                          // [T][k_split / 8] chunks
+    extern __shared__ float4 x_s[];                         // [T][2][k_split / 8] (stage_chunk)
     __shared__ float y_s[T][GEMV_WARPS * GEMV_MAX_RPW];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -222,7 +240,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
 #pragma unroll
-                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s[t * slice_chunks + c0 + u * 32 + lane], acc[t]);
+                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s, t, c0 + u * 32 + lane, slice_chunks, acc[t]);
                 }
             }
         }
@@ -238,7 +256,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
                 const int c = c0 + u * 32 + lane;
                 if (c < kchunks) {
 #pragma unroll
-                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s[t * slice_chunks + c], acc[t]);
+                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s, t, c, slice_chunks, acc[t]);
                 }
             }
         }
@@ -269,7 +287,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
 template <int T, int QF>
 __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 {
-    extern __shared__ uint4 x_s[];                          // [T][k_split / 8] chunks
+    extern __shared__ float4 x_s[];                         // [T][2][k_split / 8] (stage_chunk)
     __shared__ float y_s[T][GEMV_WARPS * GEMV_MAX_RPW];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -313,15 +331,15 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
                         for (int h = 0; h < 2 * WPB; h++) {
                             const uint4 w8 = dequant_part<QF>(wv[u], sc, h);
 #pragma unroll
-                            for (int t = 0; t < T; t++) acc[t] = dot8(w8, x_s[t * slice_chunks + 2 * WPB * c + h], acc[t]);
+                            for (int t = 0; t < T; t++) acc[t] = dot8(w8, x_s, t, 2 * WPB * c + h, slice_chunks, acc[t]);
                         }
                     } else {
                         uint4 a, b;
                         dequant_x16<QF>(wv[u], sc, a, b);
 #pragma unroll
                         for (int t = 0; t < T; t++) {
-                            acc[t] = dot8(a, x_s[t * slice_chunks + 2 * c], acc[t]);
-                            acc[t] = dot8(b, x_s[t * slice_chunks + 2 * c + 1], acc[t]);
+                            acc[t] = dot8(a, x_s, t, 2 * c, slice_chunks, acc[t]);
+                            acc[t] = dot8(b, x_s, t, 2 * c + 1, slice_chunks, acc[t]);
                         }
                     }
                 }

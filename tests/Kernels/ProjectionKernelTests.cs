@@ -36,10 +36,16 @@ public sealed class ProjectionLauncherTests
         {
             GemvPlan plan = gemv.Plan(t, n, k);
             Assert.That(plan.Ctas, Is.GreaterThanOrEqualTo(n >= 2048 ? 132 : 128), $"CTAs for T {t} N {n} K {k}: {plan}");
-            Assert.That(t * plan.KSplit * 2, Is.LessThanOrEqualTo(32 * 1024), $"x slice fits in 32 KiB: {plan}");
+            Assert.That(t * plan.KSplit * 4, Is.LessThanOrEqualTo(44 * 1024), $"x slice (fp32) fits in 44 KiB: {plan}");
             Assert.That(plan.SplitK * plan.KSplit, Is.GreaterThanOrEqualTo(k), $"the splits cover K: {plan}");
+            // the norm prologue: about half the CTAs, never fewer than 2 per SM or 1 row per warp, the same workspace
+            GemvPlan norm = gemv.Plan(t, n, k, WeightFormat.Bf16, normPrologue: true);
+            Assert.That(norm.RowsPerWarp == 1 || norm.GridX >= 2 * 132, $"norm plan {norm} covers the SMs twice");
+            Assert.That(norm.PartialBytes(t, n), Is.EqualTo(plan.PartialBytes(t, n)), $"norm plan {norm} vs {plan}: the same workspace");
         }
         Assert.That(gemv.Plan(1, 151936, 2048).RowsPerWarp, Is.EqualTo(8), "lm_head: 8 rows per warp");
+        Assert.That((gemv.Plan(1, 5120, 2048).RowsPerWarp, gemv.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).RowsPerWarp), Is.EqualTo((1, 2)),
+            "qkv: 640 CTAs of one row per warp, 320 of two with the norm prologue");
     }
 
     [Test]

@@ -13,6 +13,8 @@ public struct GemvParams
     public DevicePtr Partial;    // [SplitK, T, N] fp32 when SplitK > 1
     public DevicePtr NormWeight; // [K] bf16 RMSNorm weight of the prologue, or null
     public DevicePtr Tickets;    // [GridX] int split-K tickets, zero
+    public DevicePtr FetchAhead; // a later kernel's weights, prefetched into L2 with evict_last after the wait, or null
+    public long FetchAheadBytes;
     public int Tokens;
     public int N;
     public int K;
@@ -39,14 +41,14 @@ public readonly record struct GemvPlan(int RowsPerWarp, int SplitK, int KSplit, 
 /// <summary>
 /// Launchers for kernels/gemv.cu: y[T, N] = x[T, K] W[N, K]^T for decode (T = 1..8), optionally + residual.
 /// The launcher picks rows per warp and split-K so the grid covers the multiprocessors several times and the staged
-/// x slice fits in 32 KiB of shared memory. The kernel variant comes from <see cref="Variants"/>, keyed by the weight format.
+/// x slice (fp32) fits in 44 KiB of shared memory. The kernel variant comes from <see cref="Variants"/>, keyed by the weight format.
 /// Nothing here allocates or synchronises.
 /// </summary>
 public sealed class GemvLaunchers
 {
     public const string File = "gemv.cu";
     public const int MaxTokens = 8;
-    private const int Warps = 8, MaxRowsPerWarp = 8, MaxSliceBytes = 32 * 1024;
+    private const int Warps = 8, MaxRowsPerWarp = 8, MaxSliceBytes = 44 * 1024;   // x as fp32; with the kernel's static arrays under the 48 KiB a launch gets without opting in
     /// <summary>
     /// The split-K tickets at the start of a GEMV workspace: one int per row block (grid x) of a split GEMV, zero between
     /// launches (the last CTA of a row block resets its ticket), so they are cleared once (<see cref="ClearTickets"/>).
@@ -77,20 +79,26 @@ public sealed class GemvLaunchers
         }
     }
 
-    /// <summary>Rows per warp so that the grid is at least ~4 waves, then split-K when rows alone cannot fill the SMs
+    /// <summary>Rows per warp so that the grid is at least ~4 waves (2 with the norm prologue), then split-K when rows alone cannot fill the SMs
     /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
     public GemvPlan Plan(int tokens, int n, int k) => Plan(_device.Info.MultiprocessorCount, tokens, n, k);
 
     /// <summary>The plan for a weight of <paramref name="format"/>: quantized variants load 16 weights per lane, so their K-slices are multiples of 16.</summary>
-    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format) => Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 });
+    /// <param name="normPrologue">The launch computes RMSNorm(x) first (every CTA sums the squares of the whole row): fewer,
+    /// larger CTAs pay for it less often.</param>
+    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format, bool normPrologue = false) =>
+        Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 }, normPrologue);
 
     /// <summary>The same rule for a device of <paramref name="sms"/> multiprocessors, for planning workspace before any launch
-    /// (the device model's workspace plan sizes its split-K partials with it).</summary>
-    public static GemvPlan Plan(int sms, int tokens, int n, int k, int sliceAlign = 8)
+    /// (the device model's workspace plan sizes its split-K partials with it). The grid covers the SMs about 4 times, 2 with
+    /// the norm prologue (its per-CTA row statistics and staging would otherwise cost more issue slots than the weight
+    /// stream; docs/kernels.md, "GEMV"); a grid of 2 waves or more never splits K for occupancy, so the partial workspace
+    /// does not depend on <paramref name="normPrologue"/>.</summary>
+    public static GemvPlan Plan(int sms, int tokens, int n, int k, int sliceAlign = 8, bool normPrologue = false)
     {
-        int rpw = Math.Clamp(n / (Warps * sms * 4), 1, MaxRowsPerWarp);
+        int rpw = Math.Clamp(n / (Warps * sms * (normPrologue ? 2 : 4)), 1, MaxRowsPerWarp);
         int gridX = (n + Warps * rpw - 1) / (Warps * rpw);
-        int maxSlice = MaxSliceBytes / (2 * tokens) / 256 * 256;        // elements, whole warp passes
+        int maxSlice = MaxSliceBytes / (4 * tokens) / 256 * 256;        // elements, whole warp passes
         int split = Math.Max((k + maxSlice - 1) / maxSlice, 1);
         if (gridX * split < sms) split = Math.Max(split, Math.Min((sms + gridX - 1) / gridX, Math.Max(1, k / 256)));
         int kSplit = ((k + split - 1) / split + sliceAlign - 1) / sliceAlign * sliceAlign;
@@ -111,18 +119,22 @@ public sealed class GemvLaunchers
     /// y = x W^T (+ residual) with W in any loaded format (the variant from <see cref="Variants"/>). <paramref name="partial"/>
     /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns. With a
     /// <paramref name="normWeight"/> ([K] bf16) the product takes RMSNorm(x) * normWeight instead of x (the prologue of
-    /// gemv.cu, bitwise <c>add_rmsnorm_bf16</c>'s output; docs/kernels.md, "Fusions").
+    /// gemv.cu, bitwise <c>add_rmsnorm_bf16</c>'s output; docs/kernels.md, "Fusions"). <paramref name="fetchAhead"/>: the
+    /// first <paramref name="fetchAheadBytes"/> of a later kernel's weights, prefetched into L2 with evict_last after the
+    /// kernel's wait (docs/timing-model.md, "Weights fetched ahead"); results do not depend on it.
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
-        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f)
+        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f,
+        DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
     {
+        if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "gemv: bytes to fetch ahead must not be negative");
         var kernels = Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
         if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
         if (ldx < k || ldx % 8 != 0) throw new ArgumentException($"gemv: ldx {ldx} must be >= K {k} and a multiple of 8", nameof(ldx));
         if (ldy < n) throw new ArgumentException($"gemv: ldy {ldy} must be >= N {n}", nameof(ldy));
         WeightFormats.CheckQuantized(w, k, "gemv");
-        GemvPlan plan = Plan(tokens, n, k, w.Format);
+        GemvPlan plan = Plan(tokens, n, k, w.Format, !normWeight.IsNull);
         long need = plan.PartialBytes(tokens, n);
         if (need > 0 && (partial.IsNull || partialBytes < need))
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K {plan.SplitK} ways and needs {need} bytes of fp32 workspace, got {partialBytes}", nameof(partial));
@@ -133,10 +145,11 @@ public sealed class GemvLaunchers
             Y = y, X = x, W = w.Data, Residual = residual, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
             NormWeight = normWeight, Eps = normEps, Tickets = partial, Partial = need > 0 ? partial + TicketBytes : DevicePtr.Null,
+            FetchAhead = fetchAhead, FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
         };
-        var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
+        var args = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
         args.Add(p);
-        int smem = tokens * plan.KSplit * 2;
+        int smem = tokens * plan.KSplit * 4;   // x slice as fp32 (gemv.cu, stage_chunk)
         _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
         return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
     }
