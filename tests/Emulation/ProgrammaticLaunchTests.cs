@@ -58,6 +58,15 @@ public sealed class ProgrammaticLaunchTests
             out[threadIdx.x] = 1.f;
         }
         extern "C" __global__ void no_wait(float* out) { out[threadIdx.x] = 1.f; }
+        // two dependent round trips before the wait (b's index comes from a), one after it (in does not depend on them)
+        extern "C" __global__ void trips_around_wait(const float* a, const float* b, const float* in, float* out)
+        {
+            float x = a[threadIdx.x];
+            float y = b[(int)x + threadIdx.x];
+            wait();
+            go();
+            out[threadIdx.x] = x + y + in[threadIdx.x];
+        }
         extern "C" __global__ void prefetch_at(const char* p, long long offset) { pf(p + offset); }
         """;
 
@@ -142,6 +151,32 @@ public sealed class ProgrammaticLaunchTests
         Assert.That(launches[1].GlobalLoadRequests, Is.EqualTo(2L * n / 32), "a prefetch is not a load request: two loads per warp");
         var got = k.Download(dOut, n);
         for (int i = 0; i < n; i++) Assert.That(got[i], Is.EqualTo(i * 2f + w[i]), $"out[{i}]");
+    }
+
+    /// <summary>
+    /// The critical warp's figures split at its first griddepcontrol.wait (docs/timing-model.md, "Programmatic dependent
+    /// launch"): one warp with two dependent DRAM round trips before the wait (a, then b at an index read from a; the second
+    /// still in flight at the wait) and one after it (in, independent of both: the wait ends the open trip, so it is a trip
+    /// of its own). The parts add up to the warp's totals.
+    /// </summary>
+    [Test]
+    public void RoundTripsAndInstructions_AreSplitAtTheWait()
+    {
+        using var k = new Kit();
+        var dA = k.Upload(new float[32]);
+        var dB = k.Upload(Enumerable.Range(0, 32).Select(i => (float)i).ToArray());
+        var dIn = k.Upload(Enumerable.Repeat(0.5f, 32).ToArray());
+        var dOut = k.Dev.Allocate(32 * sizeof(float));
+        k.Launch("trips_around_wait", 1, 32, true, dA, dB, dIn, dOut);
+        k.Sync();
+        var r = k.Dev.Launches[^1];
+        Assert.That(k.Download(dOut, 32), Is.EqualTo(Enumerable.Range(0, 32).Select(i => i + 0.5f).ToArray()));
+        Assert.That((r.MaxWarpPreWaitDramRoundTrips, r.MaxWarpPreWaitL2RoundTrips), Is.EqualTo((2L, 0L)), "a, then b, before the wait");
+        Assert.That((r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPostWaitL2RoundTrips), Is.EqualTo((1L, 0L)), "in, after it");
+        Assert.That(r.MaxWarpDramRoundTrips, Is.EqualTo(3));
+        Assert.That(r.MaxWarpPreWaitInstructions, Is.GreaterThan(0));
+        Assert.That(r.MaxWarpPostWaitInstructions, Is.GreaterThan(0));
+        Assert.That(r.MaxWarpPreWaitInstructions + r.MaxWarpPostWaitInstructions, Is.EqualTo(r.MaxWarpInstructions), "one warp: the parts add up");
     }
 
     [Test]

@@ -37,6 +37,57 @@ public class PdlTimingModelTests
         };
     }
 
+    /// <summary>
+    /// A split-attention-like launch: 4 CTAs of 4 warps, 4096 DRAM bytes of which 2048 are loaded before the wait; its
+    /// critical warp: 3 DRAM trips, 4 L2 trips and 300 instructions, of which 2 DRAM trips and 100 instructions come before
+    /// its griddepcontrol.wait. On its own its latency is 3 x 0.5 + 4 x 0.2 + 300 x 0.002 = 2.9 us (the rest is smaller:
+    /// DRAM 0.5 + 4096 / 800 ns, Little 3 x 0.5 = 1.5 us, issue 1200 / 2 ns = 0.6 us).
+    /// </summary>
+    static LaunchRecord Split(bool programmatic = true)
+    {
+        var r = Launch("split", 4, 128, 4096, 3, 300, warpL2Trips: 4, preWaitBytes: 2048, programmatic: programmatic);
+        return r with
+        {
+            MaxWarpPreWaitDramRoundTrips = 2, MaxWarpPreWaitL2RoundTrips = 0, MaxWarpPreWaitInstructions = 100,
+            MaxWarpPostWaitDramRoundTrips = 1, MaxWarpPostWaitL2RoundTrips = 4, MaxWarpPostWaitInstructions = 200,
+        };
+    }
+
+    /// <summary>
+    /// After the 5.1 us chase every CTA of <see cref="Split"/> is resident and its 2048 pre-wait bytes overlap (kept share
+    /// 0.5). The whole chain with that share: 3 x 0.5 x 0.5 + (4 + 1.5) x 0.2 + 0.6 = 2.45 us. Its part before the wait,
+    /// 2 x 0.5 + 100 x 0.002 = 1.2 us, runs in the chase's 5.1 us shadow; the part after it: 1 x 0.5 x 0.5 + (4 + 0.5) x
+    /// 0.2 + 200 x 0.002 = 1.55 us, the latency (and the time: Little 3 x 0.5 x 0.5 = 0.75 us, issue 0.6 us).
+    /// </summary>
+    [Test]
+    public void ThePartBeforeTheWait_RunsInThePredecessorsShadow()
+    {
+        Near(KernelTimingModel.Predict(Split(), Regs32, Toy).LatencyUs, 2.9, "on its own");
+        var p = Step(Chase(), Split());
+        var split = p.Launches[1];
+        Assert.That((split.Overlap!.ResidentFraction, split.Overlap.Bytes), Is.EqualTo((1.0, 2048L)));
+        Near(split.LatencyUs, 1.55, "only the part after the wait");
+        Near(split.Microseconds, 1.55, "latency-bound");
+        Near(split.IsolatedMicroseconds, 2.9, "measured alone, nothing overlaps");
+    }
+
+    /// <summary>
+    /// A shorter predecessor: one warp, 1 DRAM trip and 50 instructions (latency 0.5 + 0.1 = 0.6 us; spare (600 - 500) x
+    /// 800 - 320 = 79680 bytes, so the 2048 pre-wait bytes still overlap). Of the 1.2 us before the wait 0.6 us stay
+    /// exposed: 1.55 + 0.6 = 2.15 us. After a predecessor that does not trigger early, nothing is hidden: 2.9 us.
+    /// </summary>
+    [Test]
+    public void ThePartBeforeTheWait_BeyondTheShadowOrWithoutATrigger_StaysOnThePath()
+    {
+        var shortOne = Launch("chase", 1, 32, 320, 1, 50);
+        var p = Step(shortOne, Split());
+        Near(p.Launches[0].Microseconds, 0.6, "the short predecessor");
+        Near(p.Launches[1].LatencyUs, 2.15, "0.6 us of the part before the wait exposed");
+        var q = Step(Chase(programmatic: false), Split());
+        Assert.That(q.Launches[1].Overlap!.Limit, Is.EqualTo(OverlapLimit.NoEarlyTrigger));
+        Near(q.Launches[1].LatencyUs, 2.9, "no early trigger: the whole chain");
+    }
+
     /// <summary>One warp chasing 10 pointers: 5.1 us, latency-bound (TimingModelTests.LatencyBoundOneCtaKernel).</summary>
     static LaunchRecord Chase(bool programmatic = true) => Launch("chase", 1, 32, 320, 10, 50, programmatic: programmatic);
 

@@ -197,8 +197,12 @@ public static class KernelTimingModel
     /// Predicts one launch on <paramref name="g"/>. <paramref name="overlappedBytes"/> of its DRAM bytes were fetched into
     /// L2 while the kernel before it ran (programmatic dependent launch): they count as L2 bytes instead of DRAM bytes, and
     /// the same share of its DRAM round trips becomes L2 round trips (each trip is taken to carry the same bytes).
+    /// <paramref name="preWaitShadowUs"/>: how long every CTA of the launch runs beside the kernel before it before that one
+    /// ends (0: they do not all fit, or it does not trigger early); the critical warp's chain before its wait (round trips and
+    /// instructions) runs in that shadow and only what exceeds it stays on the latency term (docs/timing-model.md,
+    /// "Programmatic dependent launch").
     /// </summary>
-    public static KernelPrediction Predict(LaunchRecord r, KernelResources res, GpuSpec g, long overlappedBytes = 0)
+    public static KernelPrediction Predict(LaunchRecord r, KernelResources res, GpuSpec g, long overlappedBytes = 0, double preWaitShadowUs = 0)
     {
         long ctas = (long)r.Grid.Count;
         var occ = Occupancy(g, (int)r.Block.Count, res.RegistersPerThread, res.StaticSharedBytes + r.DynamicSharedBytes);
@@ -224,8 +228,18 @@ public static class KernelTimingModel
         double sfuCyclesPerCta = r.SpecialFunctionInstructions * (32.0 / g.SfuLanesPerSm) / ctas;
         double lsuCyclesPerCta = (r.GlobalLoadRequests + r.GlobalStoreRequests + r.SharedWavefronts + r.Shuffles) / g.LsuRequestsPerSmPerClock / ctas;
         double mmaCyclesPerCta = r.MmaCount * FlopsPerMma / g.MmaFlopsPerClockPerSm / ctas;
-        double latencyUs = (r.MaxWarpDramRoundTrips * kept * g.DramLatencyNs + (r.MaxWarpL2RoundTrips + r.MaxWarpDramRoundTrips * (1 - kept)) * g.L2LatencyNs) / 1000.0
-            + r.MaxWarpInstructions / g.SingleWarpIpc / g.ClockHz * 1e6;
+        // a dependent chain of DRAM and L2 round trips (the overlapped share of the DRAM ones found in L2) and instructions
+        double Chain(long dramTrips, long l2Trips, long instructions, double keptShare) =>
+            (dramTrips * keptShare * g.DramLatencyNs + (l2Trips + dramTrips * (1 - keptShare)) * g.L2LatencyNs) / 1000.0
+            + instructions / g.SingleWarpIpc / g.ClockHz * 1e6;
+        double latencyUs = Chain(r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips, r.MaxWarpInstructions, kept);
+        if (preWaitShadowUs > 0 && r.MaxWarpPreWaitInstructions > 0)
+        {
+            // the part before the wait ran beside the kernel before; the part after it, as the loads left it
+            double before = Chain(r.MaxWarpPreWaitDramRoundTrips, r.MaxWarpPreWaitL2RoundTrips, r.MaxWarpPreWaitInstructions, 1);
+            double after = Chain(r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPostWaitL2RoundTrips, r.MaxWarpPostWaitInstructions, kept);
+            latencyUs = Math.Min(latencyUs, after + Math.Max(0, before - preWaitShadowUs));
+        }
 
         Wave Run(long c)
         {

@@ -79,7 +79,10 @@ public static class StepPredictor
             bool chained = i > 0 && r.ProgrammaticLaunch && r.InGraph && launches[i - 1].Record.InGraph && !between.Contains(i);
             if (!chained) { result.Add(alone); continue; }
             var overlap = KernelTimingModel.PrefetchOverlap(gpu, alone, result[i - 1]);
-            var p = overlap.Bytes > 0 ? KernelTimingModel.Predict(r, res, gpu, overlap.Bytes) : alone;
+            // every CTA resident beside the predecessor's last wave, which triggered early: their part before the wait runs
+            // in that wave's shadow
+            double shadow = overlap.Limit != OverlapLimit.NoEarlyTrigger && overlap.ResidentFraction >= 1 ? result[i - 1].LastWaveUs : 0;
+            var p = overlap.Bytes > 0 || shadow > 0 ? KernelTimingModel.Predict(r, res, gpu, overlap.Bytes, shadow) : alone;
             result.Add(p with { Overlap = overlap });
         }
         return result;

@@ -124,7 +124,7 @@ internal sealed unsafe class Cta
                 foreach (var wp in Warps)
                 {
                     wp.CloseTrip();
-                    Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips);
+                    Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips, wp.PreWaitInstructions, wp.PreWaitDramTrips, wp.PreWaitL2Trips);
                 }
                 return true;
             }

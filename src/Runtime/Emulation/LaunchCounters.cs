@@ -12,15 +12,26 @@ internal sealed class Counters
     public long LocalBytes, Barriers, MmaCount, CpAsyncBytes, DivergentBranches;
     public long SpecialFunctionInstructions, Shuffles, Warps, DramRoundTrips, L2RoundTrips;
     public long MaxWarpInstructions, MaxWarpDramRoundTrips, MaxWarpL2RoundTrips;   // maxima over warps, not sums
+    public long MaxWarpPreWaitInstructions, MaxWarpPreWaitDramRoundTrips, MaxWarpPreWaitL2RoundTrips;      // before the warp's first wait
+    public long MaxWarpPostWaitInstructions, MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips;   // from it on
 
-    /// <summary>Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed).</summary>
-    public void AddWarp(long instructions, long dramTrips, long l2Trips)
+    /// <summary>
+    /// Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed), in all and split at
+    /// its first griddepcontrol.wait (the <c>preWait*</c> part before it; all zero without one).
+    /// </summary>
+    public void AddWarp(long instructions, long dramTrips, long l2Trips, long preWaitInstructions = 0, long preWaitDramTrips = 0, long preWaitL2Trips = 0)
     {
         Warps++;
         DramRoundTrips += dramTrips; L2RoundTrips += l2Trips;
         MaxWarpInstructions = Math.Max(MaxWarpInstructions, instructions);
         MaxWarpDramRoundTrips = Math.Max(MaxWarpDramRoundTrips, dramTrips);
         MaxWarpL2RoundTrips = Math.Max(MaxWarpL2RoundTrips, l2Trips);
+        MaxWarpPreWaitInstructions = Math.Max(MaxWarpPreWaitInstructions, preWaitInstructions);
+        MaxWarpPreWaitDramRoundTrips = Math.Max(MaxWarpPreWaitDramRoundTrips, preWaitDramTrips);
+        MaxWarpPreWaitL2RoundTrips = Math.Max(MaxWarpPreWaitL2RoundTrips, preWaitL2Trips);
+        MaxWarpPostWaitInstructions = Math.Max(MaxWarpPostWaitInstructions, instructions - preWaitInstructions);
+        MaxWarpPostWaitDramRoundTrips = Math.Max(MaxWarpPostWaitDramRoundTrips, dramTrips - preWaitDramTrips);
+        MaxWarpPostWaitL2RoundTrips = Math.Max(MaxWarpPostWaitL2RoundTrips, l2Trips - preWaitL2Trips);
     }
 
     public void Add(Counters o)
@@ -39,6 +50,12 @@ internal sealed class Counters
         MaxWarpInstructions = Math.Max(MaxWarpInstructions, o.MaxWarpInstructions);
         MaxWarpDramRoundTrips = Math.Max(MaxWarpDramRoundTrips, o.MaxWarpDramRoundTrips);
         MaxWarpL2RoundTrips = Math.Max(MaxWarpL2RoundTrips, o.MaxWarpL2RoundTrips);
+        MaxWarpPreWaitInstructions = Math.Max(MaxWarpPreWaitInstructions, o.MaxWarpPreWaitInstructions);
+        MaxWarpPreWaitDramRoundTrips = Math.Max(MaxWarpPreWaitDramRoundTrips, o.MaxWarpPreWaitDramRoundTrips);
+        MaxWarpPreWaitL2RoundTrips = Math.Max(MaxWarpPreWaitL2RoundTrips, o.MaxWarpPreWaitL2RoundTrips);
+        MaxWarpPostWaitInstructions = Math.Max(MaxWarpPostWaitInstructions, o.MaxWarpPostWaitInstructions);
+        MaxWarpPostWaitDramRoundTrips = Math.Max(MaxWarpPostWaitDramRoundTrips, o.MaxWarpPostWaitDramRoundTrips);
+        MaxWarpPostWaitL2RoundTrips = Math.Max(MaxWarpPostWaitL2RoundTrips, o.MaxWarpPostWaitL2RoundTrips);
     }
 
 }
@@ -96,6 +113,17 @@ public sealed record LaunchRecord
     public long MaxWarpInstructions { get; init; }
     public long MaxWarpDramRoundTrips { get; init; }
     public long MaxWarpL2RoundTrips { get; init; }
+    /// <summary>
+    /// The same maxima over the warps' parts before their first griddepcontrol.wait (the part a programmatic launch may run
+    /// while the kernel before it still runs; 0 in a kernel without a wait) and from the wait on. The round trip in flight
+    /// at the wait belongs to the part before it.
+    /// </summary>
+    public long MaxWarpPreWaitInstructions { get; init; }
+    public long MaxWarpPreWaitDramRoundTrips { get; init; }
+    public long MaxWarpPreWaitL2RoundTrips { get; init; }
+    public long MaxWarpPostWaitInstructions { get; init; }
+    public long MaxWarpPostWaitDramRoundTrips { get; init; }
+    public long MaxWarpPostWaitL2RoundTrips { get; init; }
     /// <summary>The module the kernel came from: its file name (e.g. "gemv.cu") and NVRTC options (-D defines), so it can be rebuilt for another architecture.</summary>
     public string ModuleName { get; init; } = "";
     public IReadOnlyList<string> ModuleOptions { get; init; } = [];
@@ -147,6 +175,9 @@ public sealed record LaunchRecord
         SpecialFunctionInstructions = c.SpecialFunctionInstructions, Shuffles = c.Shuffles, Warps = c.Warps,
         DramRoundTrips = c.DramRoundTrips, L2RoundTrips = c.L2RoundTrips, MaxWarpInstructions = c.MaxWarpInstructions,
         MaxWarpDramRoundTrips = c.MaxWarpDramRoundTrips, MaxWarpL2RoundTrips = c.MaxWarpL2RoundTrips,
+        MaxWarpPreWaitInstructions = c.MaxWarpPreWaitInstructions, MaxWarpPreWaitDramRoundTrips = c.MaxWarpPreWaitDramRoundTrips,
+        MaxWarpPreWaitL2RoundTrips = c.MaxWarpPreWaitL2RoundTrips, MaxWarpPostWaitInstructions = c.MaxWarpPostWaitInstructions,
+        MaxWarpPostWaitDramRoundTrips = c.MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips = c.MaxWarpPostWaitL2RoundTrips,
     };
 }
 

@@ -40,6 +40,11 @@ internal sealed partial class Warp
     // sector first touched in this launch (then it went to DRAM, else it hit in L2)
     public long DramTrips, L2Trips, Instructions;
     private bool _tripOpen, _tripFresh;
+    // the same figures before the warp's first griddepcontrol.wait (its part that may run while the previous kernel does),
+    // and the warp's instruction count when its current Run began (Instructions is added to per Run)
+    public long PreWaitDramTrips, PreWaitL2Trips, PreWaitInstructions;
+    private bool _waited;
+    private long _runStart;
     // programmatic dependent launch: lanes that have not yet executed griddepcontrol.wait (0 in a kernel without one)
     private uint _preWait;
 
@@ -95,6 +100,8 @@ internal sealed partial class Warp
         if (_pairSync != null) Array.Clear(_pairSync);
         DramTrips = L2Trips = Instructions = 0;
         _tripOpen = _tripFresh = false;
+        PreWaitDramTrips = PreWaitL2Trips = PreWaitInstructions = 0;
+        _waited = false;
         _preWait = fn.HasGridDepWait ? Existing : 0;
     }
 
@@ -140,6 +147,7 @@ internal sealed partial class Warp
     public WarpStatus Run(int quantum)
     {
         var cnt = Cta.Counters;
+        _runStart = cnt.WarpInstructions;
         bool wide = Cta.Launch.Wide512;
         long fastCount = 0; // unguarded full-warp fast-path instructions not yet added to the counters (flushed before anything else runs)
         try

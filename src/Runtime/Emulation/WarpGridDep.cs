@@ -15,6 +15,15 @@ internal sealed unsafe partial class Warp
     private void GridDepWait(Instr ins, uint exec)
     {
         RequireSm90(ins, exec);
+        if (!_waited)
+        {
+            // the warp's part before its first wait: the trip in flight is one of it (the loads after the wait start anew)
+            _waited = true;
+            CloseTrip();
+            PreWaitDramTrips = DramTrips;
+            PreWaitL2Trips = L2Trips;
+            PreWaitInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
+        }
         _preWait &= ~exec;
     }
 
