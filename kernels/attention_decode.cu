@@ -626,7 +626,9 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
 //   once with the workspace) and left zero. With more than FUSED_MAX_COMBINE_SPLITS splits (a long context: one CTA
 //   would pull too many partials through one SM) tickets is null and the launcher runs attn_decode_combine after.
 //   All loads the prologue needs go out in one round trip, the context length's.
-// PDL: before pdl_wait() only an L2 prefetch of the two norm weights (everything else may come from the kernel before).
+// PDL: before pdl_wait() only what no kernel of the step writes: an L2 prefetch of the two norm weights, the row's inputs
+// (context length, position, slot, inv_freq: RoPE's cos / sin), the first K / V tile's block-table entries and an L2
+// prefetch of its rows; the qkv rows (the GEMV before) after it.
 // Bytes moved: attn_decode_split's + the qkv rows (splits x (group + 2) x D x 2 per (row, KV head), from L2) + the new K
 // and V (written once) + the partials read back by the last CTAs, one ticket per (row, KV head).
 // Compiled for the head sizes rope.cu supports (16, 32, 64, 128, 256).
@@ -810,13 +812,42 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = p.num_q_heads / p.num_kv_heads;
 
-    // PDL (docs/kernels.md, "Programmatic dependent launch"): before the wait only the norm weights, into L2.
+    // PDL (docs/kernels.md, "Programmatic dependent launch"): before the wait only what no kernel of the step writes, in two
+    // round trips that may run while the qkv GEMV does: the norm weights into L2; the row's context length, position, slot
+    // and inv_freq (inputs copied before the step) into registers, with RoPE's cos / sin into shared memory; then the
+    // block-table entries of the split's first K / V tile and an L2 prefetch of its rows (keys of earlier steps; the new
+    // key's row is this step's and is never read from the cache).
     if (tid < 2 * ((HEAD_DIM * 2 + 127) / 128)) prefetch_l2((tid & 1 ? p.k_norm_weight : p.q_norm_weight) + (tid >> 1) * 64);
+    const int len = p.context_lens[seq];
+    const float pos = (float)p.positions[seq];
+    const int slot = p.slot_mapping[seq];
+    const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)seq * (HEAD_DIM / 2) : 0);
+    static_assert(HEAD_DIM / 2 <= DEC_THREADS, "one frequency per thread");
+    if (tid < HEAD_DIM / 2) rope_cos_sin(pos, __ldg(&inv_freq[tid]), p.attention_scaling, cos_s[tid], sin_s[tid]);
+    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
+    const int chunk = ((len + p.splits - 1) / p.splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
+    const int begin = split * chunk;
+    const int end = min(len, begin + chunk);
+    const int new_key = len - 1;
+    {
+        // line l of key row r of the first tile for thread (r = tid / lines, l = tid % lines), rows past the tile's end or
+        // the new key skipped; the cache row of (slot, kvh) is HEAD_DIM elements, contiguous
+        constexpr int row_bytes = HEAD_DIM * (KV_FP8 ? 1 : 2), lines = (row_bytes + 127) / 128;
+        const int* table = p.block_table + (size_t)seq * p.max_pages_per_seq;
+        for (int i = tid; i < DEC_TILE * lines; i += DEC_THREADS) {
+            const int key = begin + i / lines;
+            if (key >= end || key == new_key) continue;
+            const size_t row = (size_t)(unsigned int)(table[key / p.page_size] * p.page_size + key % p.page_size) * p.num_kv_heads + kvh;
+            const size_t byte = row * row_bytes + (size_t)(i % lines) * 128;
+            prefetch_l2(reinterpret_cast<const unsigned char*>(p.k_cache) + byte);
+            prefetch_l2(reinterpret_cast<const unsigned char*>(p.v_cache) + byte);
+        }
+    }
     pdl_wait();
     pdl_launch_dependents();
 
-    // Prologue loads, all in one round trip with the context length: rows w, w + 4, w + 8 of (q heads of the group | k |
-    // v) for warp w, both norm weights, the position, slot and inv_freq.
+    // Prologue loads after the wait, all in one round trip: rows w, w + 4, w + 8 of (q heads of the group | k | v) for
+    // warp w and both norm weights.
     const int tasks = group + 2;
     const bf16* qkv = p.qkv + (size_t)seq * p.qkv_stride;
     float x[3][ROPE_E];
@@ -833,18 +864,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     float wq[ROPE_E], wk[ROPE_E];
     load_norm_weight(p.q_norm_weight, wq, lane);
     load_norm_weight(p.k_norm_weight, wk, lane);
-    const float pos = (float)p.positions[seq];
-    const int slot = p.slot_mapping[seq];
-    const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)seq * (HEAD_DIM / 2) : 0);
-    static_assert(HEAD_DIM / 2 <= DEC_THREADS, "one frequency per thread");
-    if (tid < HEAD_DIM / 2) rope_cos_sin(pos, __ldg(&inv_freq[tid]), p.attention_scaling, cos_s[tid], sin_s[tid]);
-    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
 
-    const int len = p.context_lens[seq];
-    const int chunk = ((len + p.splits - 1) / p.splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
-    const int begin = split * chunk;
-    const int end = min(len, begin + chunk);
-    const int new_key = len - 1;
     const bool writer = split == 0;                       // writes the new K / V (and q_out)
     const bool holds_new = begin <= new_key && new_key < end;
     const bool need_kv = writer || holds_new;
