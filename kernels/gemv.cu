@@ -45,8 +45,6 @@ struct GemvParams {
     float* partial;           // [split_k, T, N] fp32 (split_k > 1)
     const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
     int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
-    const void* fetch_ahead;  // weights of a later kernel fetched into L2 with evict_last after the wait, or null
-    long long fetch_ahead_bytes; //   (the decode step's o_proj: the next layer's qkv; docs/timing-model.md, "Weights fetched ahead")
     int tokens;               // T, must equal the kernel's template T
     int n;
     int k;                    // multiple of 8
@@ -202,7 +200,6 @@ __device__ __forceinline__ void gemv_prologue(const GemvParams& p, int row_base,
     }
     pdl_wait();
     pdl_launch_dependents();
-    prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);   // docs/timing-model.md, "Weights fetched ahead"
 }
 
 template <int T>

@@ -67,49 +67,38 @@ public class DenseModelDeviceTests
     }
 
     /// <summary>
-    /// The decode step's router and o_proj GEMV fetch the first bytes of the next weight stream ahead (docs/timing-model.md,
-    /// "Weights fetched ahead"): each layer's moe_router_norm_topk prefetches min(FetchAheadBytes, the tensor) of the next
-    /// layer's qkv weight (the lm_head after the last layer) with evict_last, the o_proj GEMV before it the
-    /// OProjFetchAheadBytes after those, and the next GEMV then finds both L2-resident; 0 turns either off. The tiny model's
-    /// tensors are small, so budgets of 1 KiB and 512 bytes show the bounds. The logits do not change.
+    /// The decode step's router fetches the first bytes of the next weight stream ahead (docs/timing-model.md, "Weights
+    /// fetched ahead"): each layer's moe_router_norm_topk prefetches min(FetchAheadBytes, the tensor) of the next layer's
+    /// qkv weight (the lm_head after the last layer) with evict_last, and that GEMV then finds them L2-resident; 0 turns it
+    /// off. The tiny model's tensors are small, so a 1 KiB budget shows the bound. The logits do not change.
     /// </summary>
     [Test]
-    public void DecodeRouterAndOProj_FetchTheNextWeightsAhead()
+    public void DecodeRouter_FetchesTheNextWeightsAhead()
     {
-        int[] Step(long router, long oProj, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> launches)
+        int[] Step(long fetchAhead, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> launches)
         {
             using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
             using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(),
-                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false, FetchAheadBytes = router, OProjFetchAheadBytes = oProj });
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false, FetchAheadBytes = fetchAhead });
             int token = dm.ForwardGreedy(0, [1, 2, 3, 4, 5]);
             device.ClearLaunches();
             int next = dm.ForwardGreedy(0, [token]);
             launches = [.. device.Launches];
             return [token, next];
         }
-        var both = Step(1024, 512, out var withBoth);
-        var routerOnly = Step(1024, 0, out var withRouter);
-        var off = Step(0, 0, out var without);
-        Assert.That(both, Is.EqualTo(off), "a cache hint: the tokens do not depend on it");
-        Assert.That(routerOnly, Is.EqualTo(off));
+        var on = Step(1024, out var withFetch);
+        var off = Step(0, out var without);
+        Assert.That(on, Is.EqualTo(off), "a cache hint: the tokens do not depend on it");
+        var routers = withFetch.Where(r => r.Kernel == "moe_router_norm_topk").ToList();
+        Assert.That(routers, Is.Not.Empty);
+        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "1 KiB of each next tensor, each sector once");
         Assert.That(without.Select(r => r.PersistingSectors), Is.All.Zero);
-        static List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> Before(List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> l, string kernel) =>
-            l.Where((r, i) => i + 1 < l.Count && l[i + 1].Kernel == kernel).ToList();
-        foreach (var (launches, oProj) in new[] { (withBoth, 512), (withRouter, 0) })
-        {
-            var routers = launches.Where(r => r.Kernel == "moe_router_norm_topk").ToList();
-            Assert.That(routers, Is.Not.Empty);
-            Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "1 KiB of each next tensor, each sector once");
-            var oProjs = Before(launches, "moe_router_norm_topk");
-            Assert.That(oProjs.Select(r => r.Kernel), Is.All.StartWith("gemv"), "the o_proj GEMV runs right before each router");
-            Assert.That(oProjs.Select(r => r.PersistingSectors), Is.All.EqualTo(oProj / 32), $"o_proj fetches {oProj} bytes after the router's");
-            // the qkv GEMVs after the first layer's and the lm_head: what the o_proj and router before them fetched is resident
-            var gemvs = launches.Where((r, i) => i > 0 && launches[i - 1].Kernel == "moe_down_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
-            var gemvsWithout = without.Where((r, i) => i > 0 && without[i - 1].Kernel == "moe_down_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
-            Assert.That(gemvs, Has.Count.EqualTo(routers.Count), "every layer after the first, and the lm_head");
-            for (int i = 0; i < gemvs.Count; i++)
-                Assert.That(gemvs[i].L2ResidentSectors - gemvsWithout[i].L2ResidentSectors, Is.EqualTo((1024 + oProj) / 32), $"GEMV after layer {i}'s experts");
-        }
+        // the qkv GEMVs after the first layer's: what the router before them fetched is resident
+        var qkvWith = withFetch.Where((r, i) => i > 0 && withFetch[i - 1].Kernel == "moe_down_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
+        var qkvWithout = without.Where((r, i) => i > 0 && without[i - 1].Kernel == "moe_down_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
+        Assert.That(qkvWith, Has.Count.EqualTo(routers.Count), "every layer after the first, and the lm_head");
+        for (int i = 0; i < qkvWith.Count; i++)
+            Assert.That(qkvWith[i].L2ResidentSectors - qkvWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"GEMV after layer {i}'s experts");
     }
 
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>

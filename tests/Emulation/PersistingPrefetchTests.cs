@@ -56,6 +56,26 @@ public sealed class PersistingPrefetchTests
         Assert.That(consume.DramRoundTrips, Is.Zero, "its loads are L2 round trips");
     }
 
+    /// <summary>
+    /// EvictL2 (what the profiler calls before each step) forgets both kinds of residency: an evict_last prefetch and data
+    /// the launch just before touched are found in L2 without it and not after it.
+    /// </summary>
+    [Test]
+    public void EvictL2_ForgetsPersistingAndOrdinaryResidency()
+    {
+        var (kit, w, outp, _, _) = Setup(persistingBytes: 16L << 20);
+        using var _ = kit;
+        kit.Launch("fetch_ahead", new Dim3(1), new Dim3(64), 0, w, WeightFloats, 1);
+        var warm = kit.Launch("copy", new Dim3(WeightFloats / 256), new Dim3(256), 0, w, outp, WeightFloats);
+        Assert.That(warm.L2ResidentSectors, Is.EqualTo(WeightFloats * 4 / 32), "without the eviction: resident");
+        kit.Launch("fetch_ahead", new Dim3(1), new Dim3(64), 0, w, WeightFloats, 1);
+        kit.Dev.EvictL2();
+        var cold = kit.Launch("copy", new Dim3(WeightFloats / 256), new Dim3(256), 0, w, outp, WeightFloats);
+        Assert.That(cold.L2ResidentSectors, Is.Zero, "after it: every sector from DRAM");
+        var again = kit.Launch("copy", new Dim3(WeightFloats / 256), new Dim3(256), 0, outp, w, WeightFloats);
+        Assert.That(again.L2ResidentSectors, Is.EqualTo(WeightFloats * 4 / 32), "the launch after the eviction left its data in L2 as usual");
+    }
+
     [Test]
     public void OrdinaryPrefetch_IsNotKeptAcrossStreamingTraffic()
     {

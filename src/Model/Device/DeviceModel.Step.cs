@@ -371,23 +371,19 @@ public sealed partial class DeviceModel
                 MaxPagesPerSeq = w.MaxPagesPerSeq, QStride = qDim, OutStride = qDim,
             }, s.MaxFlashRows);
         }
-        // OProj (+residual): x = x + attn Wo^T. In a decode MoE layer the o_proj GEMV and the router are latency-bound: they
-        // fetch the first bytes of the next weight stream (the next layer's qkv, or the lm_head after the last layer) into L2
-        // with evict_last, the router the first FetchAheadBytes, the o_proj the OProjFetchAheadBytes after them
-        // (docs/timing-model.md, "Weights fetched ahead").
-        var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
-        long routerAhead = Math.Min(next.Bytes, Plan.Options.FetchAheadBytes);
-        bool fetchAhead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens && rows <= GemvLaunchers.MaxTokens;
-        Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim, default,
-            fetchAhead ? W(next) + routerAhead : DevicePtr.Null, fetchAhead ? Math.Min(next.Bytes - routerAhead, Plan.Options.OProjFetchAheadBytes) : 0);
+        // OProj (+residual): x = x + attn Wo^T
+        Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
         if (L.IsMoe)
         {
             // PostNorm -> Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(RMSNorm(x) * w_post).
             // Decode: the router kernel computes the norm and writes h for the experts; prefill: the norm kernel first.
             if (rows <= MoeLaunchers.DecodeMaxTokens)
             {
+                // the router is latency-bound: it also fetches the first bytes of the next weight stream (the next layer's qkv,
+                // or the lm_head after the last layer) into L2 with evict_last (docs/timing-model.md, "Weights fetched ahead")
+                var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next), routerAhead);
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next), Math.Min(next.Bytes, Plan.Options.FetchAheadBytes));
                 return;
             }
             _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
@@ -408,7 +404,7 @@ public sealed partial class DeviceModel
     /// or, for the GEMM, by the norm kernel into h first (in place when x is h: the gathered output rows).
     /// </summary>
     private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k,
-        DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
+        DevicePtr norm = default)
     {
         var w = Plan.Workspace;
         var weight = Operand(matrix);
@@ -424,6 +420,6 @@ public sealed partial class DeviceModel
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
             return;
         }
-        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps, fetchAhead, fetchAheadBytes);
+        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps);
     }
 }

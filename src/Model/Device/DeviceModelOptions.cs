@@ -46,14 +46,6 @@ public sealed record DeviceModelOptions
     /// turns it off. Results do not depend on it.
     /// </summary>
     public long FetchAheadBytes { get; init; } = 8L << 20;
-    /// <summary>
-    /// Bytes of the same stream, after the router's <see cref="FetchAheadBytes"/>, that the decode step's o_proj GEMV prefetches
-    /// into L2 with evict_last: it is latency-bound too (its weights came into L2 while the attention ran), so the DRAM is
-    /// idle under it (docs/timing-model.md, "Weights fetched ahead"). The default, 4 MiB, is what H100 moves in the o_proj's
-    /// predicted time; with the router's 8 MiB it stays within the 16 MiB of L2 the CUDA backend sets aside for persisting
-    /// lines. 0 turns it off. Results do not depend on it.
-    /// </summary>
-    public long OProjFetchAheadBytes { get; init; } = 4L << 20;
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
@@ -91,7 +83,6 @@ public sealed record DeviceModelOptions
         if (MaxSequences < 1 || MaxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(MaxSequences), $"max sequences {MaxSequences} must be in [1, 4096]");
         if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
         if (FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(FetchAheadBytes), $"bytes fetched ahead {FetchAheadBytes} must not be negative (0 turns it off)");
-        if (OProjFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjFetchAheadBytes), $"bytes fetched ahead by the o_proj GEMV {OProjFetchAheadBytes} must not be negative (0 turns it off)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");
         if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))

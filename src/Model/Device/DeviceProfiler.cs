@@ -57,6 +57,7 @@ public static class DeviceProfiler
         using (var end = device.CreateEvent())
         {
             device.Synchronize();
+            emu?.EvictL2();   // a cold L2, as after a full step of the real model (a slice's previous step would still be in it)
             device.Record(start, model.Stream);
             step();
             device.Record(end, model.Stream);

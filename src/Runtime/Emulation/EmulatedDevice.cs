@@ -58,6 +58,20 @@ public sealed unsafe class EmulatedDevice : IDevice
         _operations.Clear();
     }
 
+    /// <summary>
+    /// Forgets what the emulated L2 holds: no launch after this finds a sector L2-resident because a launch before it
+    /// touched or prefetched it (both clocks pass their windows; docs/timing-model.md, section 4). The profiler calls it
+    /// before each step it profiles, as the model it predicts (48 layers, gigabytes of traffic per step) leaves nothing of
+    /// one step's data in L2 for the next; a short slice would. Call it when nothing is queued (after a synchronisation).
+    /// </summary>
+    public void EvictL2()
+    {
+        _trafficClock += (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32) + 1;
+        if (_trafficClock == 0) _trafficClock = 1;
+        _persistClock += (uint)Math.Min(uint.MaxValue / 2, _opt.L2PersistingBytes / 32) + 1;
+        if (_persistClock == 0) _persistClock = 1;
+    }
+
     private readonly List<DeviceOperation> _operations = [];
     private bool _replaying;
     private void Note(DeviceOperationKind kind, long bytes) => _operations.Add(new DeviceOperation(kind, bytes, _replaying, _launches.Count));
