@@ -180,7 +180,6 @@ __device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
     return r;
 }
 
-
 // Programmatic dependent launch (docs/kernels.md): before pdl_wait() the CTA only prefetches its weight slice (rows
 // [row_base, row_base + rows_here), bytes [k0, k0 + klen) x bytes per weight of each row) and, for quantized formats, the
 // scales those weights use into L2; x, the residual, the partials and the tickets are the previous kernels' and are read
