@@ -625,7 +625,7 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
 //   fused_combine), so the output is bitwise split + combine's. tickets[] are zero before the first launch (cleared
 //   once with the workspace) and left zero. With more than FUSED_MAX_COMBINE_SPLITS splits (a long context: one CTA
 //   would pull too many partials through one SM) tickets is null and the launcher runs attn_decode_combine after.
-//   All loads the prologue needs go out in one round trip, the context length's.
+//   The prologue's loads after the wait (the qkv rows, the norm weights) go out in one round trip.
 // PDL: before pdl_wait() only what no kernel of the step writes: an L2 prefetch of the two norm weights, the row's inputs
 // (context length, position, slot, inv_freq: RoPE's cos / sin), the first K / V tile's block-table entries and an L2
 // prefetch of its rows; the qkv rows (the GEMV before) after it.
