@@ -18,17 +18,23 @@ public class DeviceLifetimeTests
         const int devices = 4;
         var memories = new WeakReference[devices];
         for (int d = 0; d < devices; d++) memories[d] = UseAndDropADevice();
+        // Polls for up to 20 s: a finished parallel loop may leave replica tasks queued on the thread pool, and each
+        // references its launch until a worker runs it. On a busy 2-core machine (the suite's earlier tests leave the pool
+        // saturated for a while) that took longer than the 0.25 s this test once waited. Before the fix every device stayed
+        // forever, so the wait does not weaken the test; it returns as soon as the devices are gone.
         int alive = devices;
-        for (int attempt = 0; attempt < 5 && alive > 0; attempt++)
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)
         {
-            Thread.Sleep(50);   // lets the pool's threads run what a finished parallel loop left queued
             GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true);
             GC.WaitForPendingFinalizers();
             GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true);
             alive = memories.Count(w => w.IsAlive);
+            if (alive <= 1 || DateTime.UtcNow > deadline) break;
+            Thread.Sleep(100);   // lets the pool's threads run what a finished parallel loop left queued
         }
         // At most one: a worker thread may still hold the last loop's queued (finished) task, which references its launch
-        // until the thread runs it. Before the fix every device stayed.
+        // until the thread runs it.
         Assert.That(alive, Is.LessThanOrEqualTo(1), $"{alive} of {devices} dropped devices' memory is still reachable");
     }
 

@@ -25,7 +25,9 @@ public class EngineTests
 
     static async Task WaitUntil(Func<bool> condition, string what)
     {
-        for (int i = 0; i < 2000 && !condition(); i++) await Task.Delay(5);
+        // A deadline, not a count of delays: on a loaded 2-core machine a short delay can take far longer than it says.
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!condition() && DateTime.UtcNow < deadline) await Task.Delay(5);
         Assert.That(condition(), Is.True, what);
     }
 
