@@ -882,7 +882,10 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
             if (writer && slot >= 0) STORE_KV(p.v_cache, ((size_t)slot * p.num_kv_heads + kvh) * HEAD_DIM + lane * ROPE_E, x[r]);
             continue;
         }
-        rope_rmsnorm_row(x[r], is_q ? wq : wk, p.eps);
+        float w[ROPE_E];                                  // selected value by value: a pointer chosen at run time
+#pragma unroll                                            // would put both arrays in local memory
+        for (int e = 0; e < ROPE_E; e++) w[e] = is_q ? wq[e] : wk[e];
+        rope_rmsnorm_row(x[r], w, p.eps);
         float y[ROPE_E];
 #pragma unroll
         for (int e = 0; e < ROPE_E; e++) {
