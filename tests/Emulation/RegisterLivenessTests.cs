@@ -76,4 +76,80 @@ public class RegisterLivenessTests
         for (int t = 0; t < 32; t++)
             Assert.That(got[t], Is.EqualTo(t == 0 ? 1007u : 1000u), $"thread {t}: uninitialised registers must read as zero");
     }
+
+    // "wide" leaves 2^32 (low 32 bits zero) in 16 64-bit rows. In "divides" lanes 16..31 branch away, and lanes 0..15 write
+    // %r2 and divide by it: %r2 is written before it is read, so it is not cleared at the entry, and the lanes that branched
+    // away still hold "wide"'s value in its row. The ALU computes them too (their results are dropped), so their divisors
+    // are zero at 32 bits but not at 64.
+    private const string DividePtx = """
+        .version 7.8
+        .target sm_80
+        .address_size 64
+        .visible .entry wide(.param .u64 wide_p0)
+        {
+          .reg .b64 %rd<16>;
+          mov.b64 %rd0, 4294967296;
+          mov.b64 %rd1, 4294967296;
+          mov.b64 %rd2, 4294967296;
+          mov.b64 %rd3, 4294967296;
+          mov.b64 %rd4, 4294967296;
+          mov.b64 %rd5, 4294967296;
+          mov.b64 %rd6, 4294967296;
+          mov.b64 %rd7, 4294967296;
+          mov.b64 %rd8, 4294967296;
+          mov.b64 %rd9, 4294967296;
+          mov.b64 %rd10, 4294967296;
+          mov.b64 %rd11, 4294967296;
+          mov.b64 %rd12, 4294967296;
+          mov.b64 %rd13, 4294967296;
+          mov.b64 %rd14, 4294967296;
+          mov.b64 %rd15, 4294967296;
+          ret;
+        }
+        .visible .entry divides(.param .u64 divides_p0)
+        {
+          .reg .pred %p<2>;
+          .reg .b32 %r<8>;
+          .reg .b64 %rd<3>;
+          ld.param.u64 %rd1, [divides_p0];
+          mov.u32 %r1, %tid.x;
+          setp.ge.u32 %p1, %r1, 16;
+          @%p1 bra DONE;
+          mov.u32 %r2, 7;
+          mov.u32 %r4, 100;
+          div.s32 %r3, %r4, %r2;
+          rem.s32 %r5, %r4, %r2;
+          div.u32 %r6, %r4, %r2;
+          mad.lo.s32 %r3, %r5, 1000, %r3;
+          mad.lo.s32 %r3, %r6, 100000, %r3;
+          mul.wide.u32 %rd2, %r1, 4;
+          add.s64 %rd2, %rd1, %rd2;
+          st.global.u32 [%rd2], %r3;
+        DONE:
+          ret;
+        }
+        """;
+
+    /// <summary>
+    /// Integer division in lanes that do not execute it never throws, whatever their registers hold: a pooled context's
+    /// 64-bit value with zero low bits once made a 32-bit div.s32 throw DivideByZeroException mid-launch (a CI failure,
+    /// in a strictness pass, depending on which context a launch got).
+    /// </summary>
+    [Test]
+    public void DivisionInLanesThatBranchedAway_NeverThrows_WhateverTheirStaleRegistersHold()
+    {
+        using var dev = new EmulatedDevice(new EmulatorOptions { Sequential = true });
+        using var module = dev.LoadModule(new CompiledModule { Name = "divide.ptx", PtxArch = "compute_80", Ptx = DividePtx });
+        var buf = dev.Allocate(32 * 8);
+        foreach (var name in new[] { "wide", "divides" })
+        {
+            var args = new KernelArgs(new byte[16], new nint[2]);
+            args.Add(buf.Address);
+            dev.Launch(dev.GetKernel(module, name), new LaunchConfig(1, 32), dev.DefaultStream, args);
+        }
+        var got = new uint[32];
+        dev.CopyToHost(MemoryMarshal.AsBytes(got.AsSpan()), buf);
+        for (int t = 0; t < 16; t++)
+            Assert.That(got[t], Is.EqualTo(14u + 2 * 1000 + 14 * 100000), $"thread {t}: 100 / 7, 100 % 7 and 100 / 7 unsigned");
+    }
 }

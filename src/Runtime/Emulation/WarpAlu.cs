@@ -101,30 +101,44 @@ internal sealed partial class Warp
                 break;
             case Op.Sad:
                 for (int l = 0; l < 32; l++)
-                    d[l] = ((s ? (ulong)Math.Abs(SExt(a[l], bits) - SExt(b[l], bits)) : (a[l] > b[l] ? a[l] - b[l] : b[l] - a[l])) + c[l]) & m;
+                {
+                    // unchecked magnitude: Math.Abs would throw on a 64-bit difference of long.MinValue
+                    long diff = unchecked(SExt(a[l], bits) - SExt(b[l], bits));
+                    d[l] = ((s ? (diff < 0 ? unchecked((ulong)-diff) : (ulong)diff) : (a[l] > b[l] ? a[l] - b[l] : b[l] - a[l])) + c[l]) & m;
+                }
                 break;
+            // Division by zero gives an unspecified value in PTX, never a trap: here all ones (div) and the dividend (rem). The
+            // zero test is on the operand at the instruction's width. The ALU computes inactive lanes too, and a register an
+            // inactive lane never wrote may hold a pooled context's value from an earlier launch: for a 32-bit divide, a
+            // 64-bit address whose low 32 bits are zero (it once threw DivideByZeroException in CI).
             case Op.Div:
                 for (int l = 0; l < 32; l++)
                 {
-                    if (b[l] == 0) { d[l] = m; continue; }
                     if (s)
                     {
                         long x = SExt(a[l], bits), y = SExt(b[l], bits);
-                        d[l] = (y == -1 ? (ulong)(-x) : (ulong)(x / y)) & m;
+                        d[l] = y == 0 ? m : (y == -1 ? unchecked((ulong)-x) : (ulong)(x / y)) & m;
                     }
-                    else d[l] = a[l] / b[l];
+                    else
+                    {
+                        ulong x = a[l] & m, y = b[l] & m;
+                        d[l] = y == 0 ? m : x / y;
+                    }
                 }
                 break;
             case Op.Rem:
                 for (int l = 0; l < 32; l++)
                 {
-                    if (b[l] == 0) { d[l] = a[l]; continue; }
                     if (s)
                     {
                         long x = SExt(a[l], bits), y = SExt(b[l], bits);
-                        d[l] = (y == -1 ? 0 : (ulong)(x % y)) & m;
+                        d[l] = (y == 0 ? (ulong)x : y == -1 ? 0 : (ulong)(x % y)) & m;
                     }
-                    else d[l] = a[l] % b[l];
+                    else
+                    {
+                        ulong x = a[l] & m, y = b[l] & m;
+                        d[l] = y == 0 ? x : x % y;
+                    }
                 }
                 break;
             case Op.Abs: for (int l = 0; l < 32; l++) d[l] = (ulong)Math.Abs(SExtSat(a[l], bits)) & m; break;
