@@ -62,17 +62,7 @@ public class RegisterLivenessTests
     [Test]
     public void DirtyRegisterFileIsInvisibleToTheNextLaunch()
     {
-        using var dev = new EmulatedDevice(new EmulatorOptions { Sequential = true });
-        using var module = dev.LoadModule(new CompiledModule { Name = "liveness.ptx", PtxArch = "compute_80", Ptx = Ptx });
-        var buf = dev.Allocate(32 * 4);
-        foreach (var name in new[] { "dirty", "reads" })
-        {
-            var args = new KernelArgs(new byte[16], new nint[2]);
-            args.Add(buf.Address);
-            dev.Launch(dev.GetKernel(module, name), new LaunchConfig(1, 32), dev.DefaultStream, args);
-        }
-        var got = new uint[32];
-        dev.CopyToHost(MemoryMarshal.AsBytes(got.AsSpan()), buf);
+        var got = RunOneWarpEach(Ptx, "dirty", "reads");
         for (int t = 0; t < 32; t++)
             Assert.That(got[t], Is.EqualTo(t == 0 ? 1007u : 1000u), $"thread {t}: uninitialised registers must read as zero");
     }
@@ -138,10 +128,22 @@ public class RegisterLivenessTests
     [Test]
     public void DivisionInLanesThatBranchedAway_NeverThrows_WhateverTheirStaleRegistersHold()
     {
+        var got = RunOneWarpEach(DividePtx, "wide", "divides");
+        for (int t = 0; t < 16; t++)
+            Assert.That(got[t], Is.EqualTo(14u + 2 * 1000 + 14 * 100000), $"thread {t}: 100 / 7, 100 % 7 and 100 / 7 unsigned");
+    }
+
+    /// <summary>
+    /// Launches <paramref name="kernels"/> of <paramref name="ptx"/> one after another, one warp each, on one sequential
+    /// device (so each launch reuses the same pooled block context), each given the same zeroed 32-word buffer; returns it.
+    /// </summary>
+    private static uint[] RunOneWarpEach(string ptx, params string[] kernels)
+    {
         using var dev = new EmulatedDevice(new EmulatorOptions { Sequential = true });
-        using var module = dev.LoadModule(new CompiledModule { Name = "divide.ptx", PtxArch = "compute_80", Ptx = DividePtx });
-        var buf = dev.Allocate(32 * 8);
-        foreach (var name in new[] { "wide", "divides" })
+        using var module = dev.LoadModule(new CompiledModule { Name = "liveness.ptx", PtxArch = "compute_80", Ptx = ptx });
+        var buf = dev.Allocate(32 * 4);
+        dev.MemsetAsync(buf, 0, 32 * 4, dev.DefaultStream);
+        foreach (var name in kernels)
         {
             var args = new KernelArgs(new byte[16], new nint[2]);
             args.Add(buf.Address);
@@ -149,7 +151,6 @@ public class RegisterLivenessTests
         }
         var got = new uint[32];
         dev.CopyToHost(MemoryMarshal.AsBytes(got.AsSpan()), buf);
-        for (int t = 0; t < 16; t++)
-            Assert.That(got[t], Is.EqualTo(14u + 2 * 1000 + 14 * 100000), $"thread {t}: 100 / 7, 100 % 7 and 100 / 7 unsigned");
+        return got;
     }
 }
