@@ -19,9 +19,9 @@ public class DeviceLifetimeTests
         var memories = new WeakReference[devices];
         for (int d = 0; d < devices; d++) memories[d] = UseAndDropADevice();
         // Polls for up to 20 s: a finished parallel loop may leave replica tasks queued on the thread pool, and each
-        // references its launch until a worker runs it. On a busy 2-core machine (the suite's earlier tests leave the pool
-        // saturated for a while) that took longer than the 0.25 s this test once waited. Before the fix every device stayed
-        // forever, so the wait does not weaken the test; it returns as soon as the devices are gone.
+        // references its launch until a worker runs it. On a busy 2-core machine that can take longer than the 0.25 s this
+        // test once waited. Before the fix every device stayed forever, so the wait does not weaken the test; it returns as
+        // soon as the devices are gone.
         int alive = devices;
         var deadline = DateTime.UtcNow.AddSeconds(20);
         while (true)
