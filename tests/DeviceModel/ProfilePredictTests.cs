@@ -42,8 +42,10 @@ public class ProfilePredictTests
     [Test]
     public void Cli_ProfilePredict_PrintsPredictedTables()
     {
-        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4", "--detail");
+        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4", "--detail",
+            "--assume", "graphNodeGapUs=1.0");
         Assert.That(exit, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("PREDICTED by the timing model (docs/timing-model.md), not measured; assumed: graphNodeGapUs 1 (gpus.json: 1.3)"), "--assume: named on each heading");
         Assert.That(stdout, Does.Contain("decode (1 token(s), context 20, greedy, 2 layer(s)) on NVIDIA A100-SXM4-80GB: PREDICTED"));
         Assert.That(stdout, Does.Contain("sampled decode (1 token(s), context 20, sampled"));
         Assert.That(stdout, Does.Contain("prefill (3 token(s), positions 16..18"));
@@ -51,9 +53,9 @@ public class ProfilePredictTests
         Assert.That(stdout, Does.Contain("scaled from 2 to 4 layers").And.Contain("4 layer(s)) on NVIDIA A100"));
         Assert.That(stdout, Does.Contain("predicted sampled decode / greedy decode"));
         Assert.That(stdout, Does.Contain("decode: the model's terms per launch (PREDICTED us").And.Contain("warp instr"), "--detail: the terms tables");
-        // every table line that carries a time is under a heading that says predicted
+        // every table line that carries a time is under a heading that says predicted (and names the assumption)
         foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))
-            Assert.That(heading, Does.Contain("PREDICTED"));
+            Assert.That(heading, Does.Contain("PREDICTED").And.Contain("assumed: graphNodeGapUs 1 "));
     }
 
     [Test]
@@ -75,7 +77,16 @@ public class ProfilePredictTests
         var layers = Cli("profile", "--model", tiny, "--predict", "h100", "--scale-layers", "0");
         Assert.That(layers.Exit, Is.EqualTo(2));
         Assert.That(layers.Err, Does.Contain("--scale-layers: 0 is out of range"));
-        foreach (var r in new[] { bad, noPredict, detail, ctx, layers })
+        var assumeNoPredict = Cli("profile", "--model", tiny, "--assume", "pdlNodeGapUs=0.3");
+        Assert.That(assumeNoPredict.Exit, Is.EqualTo(2));
+        Assert.That(assumeNoPredict.Err, Does.Contain("--assume changes the GPU description of a prediction: give --predict GPU too"));
+        var assumeShape = Cli("profile", "--model", tiny, "--predict", "h100", "--assume", "pdlNodeGapUs");
+        Assert.That(assumeShape.Exit, Is.EqualTo(2));
+        Assert.That(assumeShape.Err, Does.Contain("--assume 'pdlNodeGapUs': expected NAME=VALUE"));
+        var assumeName = Cli("profile", "--model", tiny, "--predict", "h100", "--assume", "gap=1");
+        Assert.That(assumeName.Exit, Is.EqualTo(2));
+        Assert.That(assumeName.Err, Does.Contain("--assume gap: not a number of the GPU description; known: "));
+        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName })
             Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 

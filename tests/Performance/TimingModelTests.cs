@@ -207,6 +207,46 @@ public class TimingModelTests
         Assert.That(() => GpuCatalog.Get("v100"), Throws.ArgumentException.With.Message.Contains("known: a100, h100, h200, rtx4090, l40s"));
     }
 
+    /// <summary>
+    /// `profile --assume NAME=VALUE`: the named numbers change (and only they), the prediction follows the changed gap, the
+    /// table names each change with its shipped value, and bad names or values get a clear error.
+    /// </summary>
+    [Test]
+    public void Assumptions_ReplaceTheNamedNumbers_AndThePredictionSaysSo()
+    {
+        var h100 = GpuCatalog.Get("h100");
+        var a = GpuCatalog.WithAssumptions(h100, [("pdlNodeGapUs", "0.3"), ("dramLatencyNs", "450"), ("sms", "100"), ("pdlNodeGapUs", "0.25")]);
+        Assert.That((a.PdlNodeGapUs, a.DramLatencyNs, a.Sms), Is.EqualTo((0.25, 450.0, 100)), "the last of a repeated name wins");
+        Assert.That(a.Assumed, Is.EqualTo(new[] { "dramLatencyNs 450 (gpus.json: 600)", "sms 100 (gpus.json: 132)", "pdlNodeGapUs 0.25 (gpus.json: 0.5)" }));
+        Assert.That(a with { PdlNodeGapUs = h100.PdlNodeGapUs, DramLatencyNs = h100.DramLatencyNs, Sms = h100.Sms, Assumed = [] }, Is.EqualTo(h100).Using<GpuSpec>(SameNumbers),
+            "every other number as shipped");
+        Assert.That(GpuCatalog.WithAssumptions(h100, []), Is.SameAs(h100));
+        Assert.That(GpuCatalog.WithAssumptions(h100, [("graphNodeGapUs", "0")]).GraphNodeGapUs, Is.EqualTo(0.0), "a gap may be 0");
+
+        // two chained graph nodes: the second's gap follows the assumption (1 us on Toy, assumed 0.25)
+        var k = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50) with { InGraph = true };
+        var toy = GpuCatalog.WithAssumptions(Toy, [("graphNodeGapUs", "0.25")]);
+        var p = StepPredictor.Predict(toy, "decode", 1, 1, [k, k], [], _ => new KernelResources(16, 0));
+        Near(p.GapUs, 0.5, "two graph nodes at the assumed 0.25 us");
+        Assert.That(StepPredictor.Table(p, "context 9", null), Does.Contain("not measured; assumed: graphNodeGapUs 0.25 (gpus.json: 1)"));
+
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("pdlGap", "1")]), Throws.ArgumentException.With.Message.Contains("--assume pdlGap: not a number of the GPU description; known: clockGHz, "));
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("pdlNodeGapUs", "fast")]), Throws.ArgumentException.With.Message.Contains("--assume pdlNodeGapUs=fast: not a finite number"));
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("pdlNodeGapUs", "NaN")]), Throws.ArgumentException.With.Message.Contains("not a finite number"));
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("pdlNodeGapUs", "-1")]), Throws.ArgumentException.With.Message.Contains("must be at least 0"));
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("dramAchievableGBps", "0")]), Throws.ArgumentException.With.Message.Contains("must be positive"));
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("sms", "13.5")]), Throws.ArgumentException.With.Message.Contains("a whole number is needed"));
+        Assert.That(() => GpuCatalog.WithAssumptions(h100, [("sms", "1e12")]), Throws.ArgumentException.With.Message.Contains("too large"));
+    }
+
+    /// <summary>Two descriptions with the same numbers (a record's own equality compares the collections by reference).</summary>
+    static bool SameNumbers(GpuSpec x, GpuSpec y) =>
+        GpuCatalog.NumericFields().All(f =>
+        {
+            var prop = typeof(GpuSpec).GetProperty(char.ToUpperInvariant(f[0]) + f[1..])!;
+            return Equals(prop.GetValue(x), prop.GetValue(y));
+        }) && x.Key == y.Key && x.Name == y.Name && x.Arch == y.Arch;
+
     /// <summary>docs/timing-model.md lists every number of gpus.json as the file has it (regenerate section 5 when it changes).</summary>
     [Test]
     public void Docs_ListEveryNumberOfTheCatalog()

@@ -42,11 +42,36 @@ public static class ProfileCommand
         {
             Description = "With a prediction: also print each kernel's model terms (DRAM, L2, SM fill, issue, latency) and its critical warp's round trips and instructions (docs/timing-model.md)",
         };
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail };
+        var assume = AssumeOption();
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
-            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.GetValue(assume) ?? [],
+            parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
+
+    /// <summary>
+    /// --assume NAME=VALUE (repeatable): a number of the GPU description replaced for this run's predictions (the
+    /// calibration knobs; <see cref="GpuCatalog.WithAssumptions"/> checks the names and values).
+    /// </summary>
+    private static Option<(string Name, string Value)[]> AssumeOption() => new("--assume")
+    {
+        Description = "With a prediction: replace a number of the GPU description (gpus.json's camelCase name), e.g. --assume pdlNodeGapUs=0.3; repeatable; the predictions name every change (docs/timing-model.md, \"Calibrating on a GPU\")",
+        HelpName = "NAME=VALUE",
+        Arity = ArgumentArity.OneOrMore,
+        AllowMultipleArgumentsPerToken = false,
+        CustomParser = r =>
+        {
+            var result = new List<(string, string)>();
+            foreach (var t in r.Tokens)
+            {
+                int eq = t.Value.IndexOf('=', StringComparison.Ordinal);
+                if (eq <= 0 || eq == t.Value.Length - 1) { r.AddError($"--assume '{t.Value}': expected NAME=VALUE, e.g. pdlNodeGapUs=0.3"); return []; }
+                result.Add((t.Value[..eq], t.Value[(eq + 1)..]));
+            }
+            return [.. result];
+        },
+    };
 
     /// <summary>--predict KEY: one of the GPUs gpus.json describes (checked while parsing).</summary>
     private static Option<string?> PredictOption()
@@ -150,15 +175,18 @@ public static class ProfileCommand
         return new Predictions(One(r.Prefill), One(r.Decode), One(r.SampledDecode), minimum);
     }
 
-    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail, TextWriter stdout, TextWriter stderr)
+    private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail,
+        (string Name, string Value)[] assume, TextWriter stdout, TextWriter stderr)
     {
-        GpuSpec? gpu = predictKey is null ? null : GpuCatalog.Get(predictKey);
+        GpuSpec? gpu = predictKey is null ? null : Assume(GpuCatalog.Get(predictKey), assume);
+        if (assume.Length > 0 && gpu is not null) stderr.WriteLine($"--assume: predictions for {gpu.Name} with {string.Join(", ", gpu.Assumed)}");
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
         var backend = ModelOpener.ChooseBackend(deviceText, stderr, autoFallback: BackendKind.Emulator);
         if (backend == BackendKind.Emulator)
         {
             if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
             if (detail && gpu is null) throw new UsageException("--detail prints the timing model's terms: give --predict GPU too");
+            if (assume.Length > 0 && gpu is null) throw new UsageException("--assume changes the GPU description of a prediction: give --predict GPU too");
             if (scaleLayers is not null && chunk < tokens) throw new UsageException(ScaleChunksMessage(tokens, chunk.Value));
             var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk);
             stdout.WriteLine(WeightsLine(r.Plan));
@@ -175,7 +203,7 @@ public static class ProfileCommand
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
         stdout.Write(DeviceProfiler.Table(measured.SampledDecode, false));
-        gpu ??= GpuCatalog.ForDeviceName(measured.DeviceName);
+        if (gpu is null && GpuCatalog.ForDeviceName(measured.DeviceName) is GpuSpec present) gpu = Assume(present, assume);
         if (gpu is null)
         {
             stdout.WriteLine($"predicted: none (no description of '{measured.DeviceName}' in gpus.json; pass --predict {string.Join("|", GpuCatalog.All.Select(g => g.Key))})");
@@ -196,6 +224,13 @@ public static class ProfileCommand
             foreach (var step in new[] { predicted.Prefill, predicted.Decode, predicted.SampledDecode }) stdout.Write(StepPredictor.TermsTable(step));
         if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, stdout);
         return 0;
+    }
+
+    /// <summary>--assume's changes to a description; a bad name or value is a usage error (exit 2), as a bad option is.</summary>
+    private static GpuSpec Assume(GpuSpec gpu, (string Name, string Value)[] assume)
+    {
+        try { return GpuCatalog.WithAssumptions(gpu, assume); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
     }
 
     private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, bool detail, TextWriter stdout)
@@ -231,7 +266,7 @@ public static class ProfileCommand
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
-        sb.Append(inv, $"{measured.Name}: measured on the GPU vs PREDICTED for {predicted.Gpu.Name} (timing model, docs/timing-model.md)\n");
+        sb.Append(inv, $"{measured.Name}: measured on the GPU vs PREDICTED for {predicted.Gpu.Name} (timing model, docs/timing-model.md){StepPredictor.AssumedText(predicted.Gpu)}\n");
         sb.Append(inv, $"  {"kernel",-28}{"launches",9}{"measured us",13}{"predicted us",14}{"pred/meas",11}\n");
         // per kernel its time on its own: the measurement runs the step kernel by kernel, so a programmatic launch has no overlap there
         var pred = predicted.Launches.GroupBy(l => l.Kernel).ToDictionary(g => g.Key, g => (Count: g.Count(), Us: g.Sum(x => x.IsolatedMicroseconds)));

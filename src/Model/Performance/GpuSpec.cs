@@ -68,6 +68,11 @@ public sealed record GpuSpec
     public required double SyncWakeUs { get; init; }
     /// <summary>Where each number comes from, by camelCase property name.</summary>
     public IReadOnlyDictionary<string, string> Sources { get; init; } = new Dictionary<string, string>();
+    /// <summary>
+    /// The numbers changed from gpus.json by `profile --assume NAME=VALUE` (<see cref="GpuCatalog.WithAssumptions"/>), as
+    /// "name value (gpus.json: old)"; empty for a description as shipped. Printed with every prediction made with them.
+    /// </summary>
+    public IReadOnlyList<string> Assumed { get; init; } = [];
 
     public int ComputeMajor => Arch[3] - '0';
     public int ComputeMinor => Arch[4] - '0';
@@ -130,6 +135,56 @@ public static class GpuCatalog
             catch (JsonException e) { throw new InvalidDataException($"gpus.json: GPU '{node["key"]}': {e.Message}", e); }
         }
         return result;
+    }
+
+    /// <summary>
+    /// Fields that may be set to 0 by <see cref="WithAssumptions"/>: gaps, copy and wake-up costs, latencies, the residency
+    /// share and the persisting L2, the reserved shared memory. Every other number is a size, a rate or a count the model
+    /// divides by or allocates in, and must be positive.
+    /// </summary>
+    private static readonly HashSet<string> ZeroAllowed =
+    [
+        "graphNodeGapUs", "pdlNodeGapUs", "streamLaunchGapUs", "smallCopyUs", "syncWakeUs", "dramLatencyNs", "l2LatencyNs",
+        "l2ResidencyFraction", "l2PersistingBytes", "sharedReservedPerBlockBytes",
+    ];
+
+    /// <summary>
+    /// <paramref name="gpu"/> with some of its numbers replaced (`profile --assume NAME=VALUE`: the calibration knobs, e.g.
+    /// pdlNodeGapUs or dramLatencyNs after `profile --device cuda` measured the step; docs/timing-model.md, "Calibrating on
+    /// a GPU"). Names are gpus.json's camelCase field names. A clear error names an unknown field (with the known ones), a
+    /// value that is not a finite number, a fraction for a whole-number field, a negative value, or zero where the model
+    /// needs a positive one. The changes are listed in <see cref="GpuSpec.Assumed"/>.
+    /// </summary>
+    public static GpuSpec WithAssumptions(GpuSpec gpu, IReadOnlyList<(string Name, string Value)> assumptions)
+    {
+        if (assumptions.Count == 0) return gpu;
+        var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+        var node = JsonSerializer.SerializeToNode(gpu with { Assumed = [] }, options)!.AsObject();
+        node.Remove("assumed");
+        var shipped = node.DeepClone().AsObject();
+        var props = typeof(GpuSpec).GetProperties(BindingFlags.Public | BindingFlags.Instance)
+            .ToDictionary(p => JsonNamingPolicy.CamelCase.ConvertName(p.Name), p => p.PropertyType);
+        var numeric = NumericFields().ToHashSet();
+        var changes = new List<string>();
+        foreach (var (rawName, rawValue) in assumptions)
+        {
+            string name = rawName.Trim();
+            if (!numeric.Contains(name))
+                throw new ArgumentException($"--assume {rawName}: not a number of the GPU description; known: {string.Join(", ", numeric.Order(StringComparer.Ordinal))}");
+            if (!double.TryParse(rawValue.Trim(), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) || !double.IsFinite(v))
+                throw new ArgumentException($"--assume {name}={rawValue}: not a finite number");
+            if (v < 0 || (v == 0 && !ZeroAllowed.Contains(name)))
+                throw new ArgumentException($"--assume {name}={rawValue}: must be {(ZeroAllowed.Contains(name) ? "at least 0" : "positive")}");
+            var type = props[name];
+            if (type != typeof(double) && v != Math.Floor(v))
+                throw new ArgumentException($"--assume {name}={rawValue}: a whole number is needed");
+            if (type == typeof(int) && v > int.MaxValue) throw new ArgumentException($"--assume {name}={rawValue}: too large");
+            string old = shipped[name]!.ToJsonString();
+            node[name] = type == typeof(double) ? JsonValue.Create(v) : type == typeof(int) ? JsonValue.Create((int)v) : JsonValue.Create((long)v);
+            changes.RemoveAll(c => c.StartsWith(name + " ", StringComparison.Ordinal));
+            changes.Add(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{name} {v} (gpus.json: {old})"));
+        }
+        return node.Deserialize<GpuSpec>(options)! with { Assumed = changes };
     }
 
     /// <summary>The camelCase names of the numeric fields of <see cref="GpuSpec"/> (each must have a source).</summary>

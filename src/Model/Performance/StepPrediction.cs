@@ -153,7 +153,7 @@ public static class StepPredictor
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         var g = p.Gpu;
-        sb.Append(inv, $"{p.Name} ({p.Tokens} token(s), {context}, {p.Layers} layer(s)) on {g.Name}: PREDICTED by the timing model (docs/timing-model.md), not measured\n");
+        sb.Append(inv, $"{p.Name} ({p.Tokens} token(s), {context}, {p.Layers} layer(s)) on {g.Name}: PREDICTED by the timing model (docs/timing-model.md), not measured{AssumedText(g)}\n");
         bool pdl = p.Launches.Any(l => l.Overlap is not null);   // the overlap column only for steps with programmatic launches
         sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"block",7}{"regs",6}{"blk/SM",7}{"waves",7}{"DRAM",11}{"L2",10}{(pdl ? $"{"overlap",10}" : "")}{"trips",7}{"inflight/SM",12}{"bound",9}{"pred us",10}{"pred %",8}\n");
         double total = p.TotalUs;
@@ -220,6 +220,9 @@ public static class StepPredictor
         }
         return sb.ToString();
     }
+
+    /// <summary>"; assumed: ..." when the description was changed by `profile --assume`, else nothing.</summary>
+    public static string AssumedText(GpuSpec g) => g.Assumed.Count == 0 ? "" : $"; assumed: {string.Join(", ", g.Assumed)}";
 
     private static string Trim(string s, int n) => s.Length <= n ? s : s[..(n - 1)] + "~";
 }
