@@ -134,6 +134,7 @@ public class KernelTimingTests
 
     /// <summary>GPU only: `profile --device cuda` measures every kernel of both steps and prints the time column.</summary>
     [Test]
+    [Category(Kernels.KernelBackends.GpuCategory)]
     public void Profile_OnCuda_HasPerKernelGpuTimes()
     {
         var status = CudaDriver.Probe();

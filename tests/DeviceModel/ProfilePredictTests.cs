@@ -92,6 +92,7 @@ public class ProfilePredictTests
 
     /// <summary>On a GPU: measured next to predicted per kernel (the GPU's description matched by name). Skipped without one.</summary>
     [Test]
+    [Category(Kernels.KernelBackends.GpuCategory)]
     public void Cli_ProfileCuda_PrintsMeasuredNextToPredicted()
     {
         if (!Runtime.Cuda.CudaDriver.IsDeviceAvailable()) Assert.Ignore("no CUDA device: measured-vs-predicted needs a GPU");

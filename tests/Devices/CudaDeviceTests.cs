@@ -7,6 +7,7 @@ namespace Qwen3Cuda.Tests.Devices;
 
 /// <summary>Tests that need a real GPU: skipped (with the reason) on machines without one, as in CI.</summary>
 [TestFixture]
+[Category(Kernels.KernelBackends.GpuCategory)]
 public class CudaDeviceTests
 {
     private CudaDevice _device = null!;

@@ -48,6 +48,7 @@ public class DeviceFactoryTests
     }
 
     [Test]
+    [Category(Kernels.KernelBackends.GpuCategory)]
     public void AutoIsCudaExactlyWhenADeviceIsPresent()
     {
         var expected = CudaDriver.IsDeviceAvailable() ? BackendKind.Cuda : BackendKind.Emulator;

@@ -77,10 +77,14 @@ public sealed class ProgrammaticLaunchTests
         public EmulatedDevice Dev { get; }
         private readonly DeviceModule _module;
 
-        public Kit(int computeMajor = 9)
+        public Kit(int computeMajor = 9, bool programmaticLaunch = true)
         {
             var compiled = Compiler.CompileSource("pdl_test.cu", Source, new KernelBuild("pdl_test.cu", $"sm_{computeMajor}0", CompileTarget.Ptx));
-            Dev = new EmulatedDevice(new EmulatorOptions { ComputeMajor = computeMajor, Sequential = true, PrintfOutput = TextWriter.Null, Modes = EmulatorModes.Ambient with { StrictStreams = true } });
+            Dev = new EmulatedDevice(new EmulatorOptions
+            {
+                ComputeMajor = computeMajor, Sequential = true, PrintfOutput = TextWriter.Null, Modes = EmulatorModes.Ambient with { StrictStreams = true },
+                ProgrammaticLaunch = programmaticLaunch,
+            });
             _module = Dev.LoadModule(compiled);
         }
 
@@ -198,6 +202,28 @@ public sealed class ProgrammaticLaunchTests
             k80.Sync();
         })!;
         Assert.That(e.Message, Does.Contain("needs sm_90 or newer").And.Contain("sm_80"));
+    }
+
+    /// <summary>
+    /// EmulatorOptions.ProgrammaticLaunch false (what QWEN3CUDA_PDL=0 sets, as it turns the CUDA backend's programmatic
+    /// launches off): a launch flagged programmatic runs as an ordinary one and is recorded so, with the same result.
+    /// </summary>
+    [Test]
+    public void ProgrammaticLaunchOff_TheFlaggedLaunchRunsAsAnOrdinaryOne()
+    {
+        using var k = new Kit(programmaticLaunch: false);
+        const int n = 256;
+        var w = Enumerable.Range(0, n).Select(i => 0.5f * i).ToArray();
+        var dIn = k.Dev.Allocate(n * sizeof(float));
+        var dW = k.Upload(w);
+        var dOut = k.Dev.Allocate(n * sizeof(float));
+        k.Launch("produce", 1, n, false, dIn, n);
+        k.Launch("consume", 1, n, true, dIn, dW, dOut, n);
+        k.Sync();
+        Assert.That(k.Dev.LastLaunch!.ProgrammaticLaunch, Is.False);
+        var got = k.Download(dOut, n);
+        for (int i = 0; i < n; i++) Assert.That(got[i], Is.EqualTo(i * 2f + w[i]), $"out[{i}]");
+        Assert.That(new EmulatorOptions().ProgrammaticLaunch, Is.EqualTo(Environment.GetEnvironmentVariable("QWEN3CUDA_PDL") != "0"), "the default follows QWEN3CUDA_PDL");
     }
 
     /// <summary>`produce` writes 256 floats, then <paramref name="consumer"/> is launched programmatically on them in the same step; returns the emulator's fault.</summary>

@@ -12,10 +12,18 @@ public static class KernelBackends
 {
     public const string Emulator = "emulator", Cuda = "cuda";
 
+    /// <summary>
+    /// The category of every test that needs a GPU to run (it is skipped without one): `--filter TestCategory=gpu` selects
+    /// them on a GPU machine (tools/gpu-check/run, step tests).
+    /// </summary>
+    public const string GpuCategory = "gpu";
+
     public static IEnumerable<TestFixtureData> All()
     {
         yield return new TestFixtureData(Emulator);
-        yield return new TestFixtureData(Cuda);
+        var cuda = new TestFixtureData(Cuda);
+        cuda.Properties.Add(NUnit.Framework.Internal.PropertyNames.Category, GpuCategory);
+        yield return cuda;
     }
 
     /// <summary>A check context on <paramref name="backend"/>, or Assert.Ignore when it is CUDA and no GPU opens.</summary>

@@ -375,7 +375,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     private void Run(EmuKernel k, LaunchConfig c, byte[][] args)
     {
         var f = k.Function;
-        bool programmatic = c.ProgrammaticDependentLaunch && !c.Cooperative && Info.ComputeMajor >= 9;
+        bool programmatic = c.ProgrammaticDependentLaunch && !c.Cooperative && Info.ComputeMajor >= 9 && _opt.ProgrammaticLaunch;
         var param = new byte[Math.Max(f.ParamBytes, 1)];
         for (int i = 0; i < args.Length; i++) args[i].CopyTo(param, (int)f.Params[i].Offset);
         var L = new LaunchState

@@ -47,6 +47,12 @@ public sealed record EmulatorOptions
     public long L2PersistingBytes { get; init; } = 16L << 20;
     /// <summary>Where device printf output goes (null: Console.Out).</summary>
     public TextWriter? PrintfOutput { get; init; }
+    /// <summary>
+    /// Launches flagged for programmatic dependent launch run as such (on a device of sm_90 or newer); false: as ordinary
+    /// launches, what the CUDA backend does with <c>QWEN3CUDA_PDL=0</c>, so `profile --predict` models the step without it.
+    /// The default follows that variable.
+    /// </summary>
+    public bool ProgrammaticLaunch { get; init; } = Environment.GetEnvironmentVariable("QWEN3CUDA_PDL") != "0";
 
     /// <summary>An sm_80 (A100-like) configuration.</summary>
     public static EmulatorOptions Sm80 => new()
