@@ -5,7 +5,7 @@ using Qwen3Cuda.Tests.Support;
 namespace Qwen3Cuda.Tests.Cli;
 
 /// <summary>
-/// tools/gpu-check (the prepared device check, docs/timing-model.md "Calibrating on a GPU"): its scripts parse, and the run
+/// tools/gpu-check (the prepared device check, docs/timing-model.md "Calibrating"): its scripts parse, and the run
 /// script selects the tests by the category the GPU tests carry. (Its dry run, DRY_RUN=1 on the emulator, needs a
 /// prepared bundle: minutes of publishing, so it is run by hand, not here.)
 /// </summary>

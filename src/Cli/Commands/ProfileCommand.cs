@@ -56,7 +56,7 @@ public static class ProfileCommand
     /// </summary>
     private static Option<(string Name, string Value)[]> AssumeOption() => new("--assume")
     {
-        Description = "With a prediction: replace a number of the GPU description (gpus.json's camelCase name), e.g. --assume pdlNodeGapUs=0.3; repeatable; the predictions name every change (docs/timing-model.md, \"Calibrating on a GPU\")",
+        Description = "With a prediction: replace a number of the GPU description (gpus.json's camelCase name), e.g. --assume pdlNodeGapUs=0.3; repeatable; the predictions name every change (docs/timing-model.md, \"Calibrating\")",
         HelpName = "NAME=VALUE",
         Arity = ArgumentArity.OneOrMore,
         AllowMultipleArgumentsPerToken = false,
