@@ -9,8 +9,10 @@
 //   one KV head (the GQA group, up to 8), so each K/V tile is read from global memory once per group. The
 //   context of sequence s is cut into `splits` ranges of ceil(len / splits) keys rounded up to 16 keys
 //   (DEC_ALIGN); each CTA runs an online softmax (fp32, log2 domain: the fp32 scores are scaled by
-//   D^-0.5 * log2(e), exp2f) over its range. The launcher grows `splits` with the context (at least one CTA
-//   per SM, at most 8 tiles per split up to 64 splits, at most one split per tile; docs/kernels.md "Decode attention").
+//   D^-0.5 * log2(e), exp2f) over its range. The launcher sizes the grid's `splits` for the longest context the graph may
+//   run (at least one CTA per SM, at most 8 tiles per split up to 64 splits, at most one split per tile; docs/kernels.md
+//   "Decode attention"); each row then uses the same plan for its own length (row_splits: `min_splits`, the one-CTA-per-SM
+//   share, is the launcher's), and the CTAs past it exit at once. The partials keep the grid's split stride.
 //   Tensor cores (HEAD_DIM <= 128, attn_split_range under DEC_TC): per 64-key tile the 128 threads gather
 //   the K and V rows through the block table with cp.async (16 bytes; a thread takes two chunks of a row, one
 //   slot lookup, D / 16 threads per row: fully used sectors; keys past the range zero-filled) into [key][D + 8]
@@ -93,11 +95,26 @@ struct AttnDecodeParams {
     int num_kv_heads;
     int page_size;
     int max_pages_per_seq;
-    int splits;
+    int splits;                // the grid's splits: the partials' stride (a row uses row_splits of them)
     int q_stride;              // elements
     int out_stride;            // elements
     float scale_log2;          // D^-0.5 * log2(e)
+    int min_splits;            // the launcher's one-CTA-per-SM share of splits (row_splits)
 };
+
+// The splits a row of `len` keys uses out of the grid's `grid_splits`: the launcher's plan
+// (AttentionDecodeLaunchers.PlanSplits) for this length rather than for the longest context the graph was captured for:
+// at least `min_splits` (one CTA per SM over the rows and KV heads), at most 8 tiles of 64 keys per split up to 64 splits,
+// at most one split per tile, at most the grid's.
+#define ROW_SPLIT_TILE_KEYS 64
+#define ROW_SPLIT_MAX_TILES 8
+#define ROW_SPLIT_MAX_SPLITS 64
+__device__ __forceinline__ int row_splits(int len, int grid_splits, int min_splits)
+{
+    const int tiles = max(1, (len + ROW_SPLIT_TILE_KEYS - 1) / ROW_SPLIT_TILE_KEYS);
+    const int for_length = min((tiles + ROW_SPLIT_MAX_TILES - 1) / ROW_SPLIT_MAX_TILES, ROW_SPLIT_MAX_SPLITS);
+    return max(1, min(grid_splits, min(tiles, max(min_splits, for_length))));
+}
 
 __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
 {
@@ -145,7 +162,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans_at(unsigned int (&r)[4], unsig
 template <bool NEW_KEY>
 __device__ __forceinline__ void attn_split_range(
     const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
-    int num_q_heads, int num_kv_heads, int splits, float* partial_out, float* partial_lse, bf16* out, int out_stride,
+    int num_q_heads, int num_kv_heads, int splits, int split_stride, float* partial_out, float* partial_lse, bf16* out, int out_stride,
     int seq, int kvh, int split, int group, int begin, int end, float scale_log2, const float* q_s, bf16* k_s, bf16* v_s,
     int new_key, const bf16* knew_s, const bf16* vnew_s)
 {
@@ -364,7 +381,7 @@ __device__ __forceinline__ void attn_split_range(
         if (splits == 1) {
             *reinterpret_cast<bf16x2*>(out + (size_t)seq * out_stride + (size_t)head * HEAD_DIM + d) = pack_bf16x2(num.x * inv_l, num.y * inv_l);
         } else {
-            const size_t row = ((size_t)seq * num_q_heads + head) * splits + split;
+            const size_t row = ((size_t)seq * num_q_heads + head) * split_stride + split;
             *reinterpret_cast<float2*>(partial_out + row * HEAD_DIM + d) = make_float2(num.x * inv_l, num.y * inv_l);
             if (d == 0) partial_lse[row] = lse_s[h];
         }
@@ -374,7 +391,7 @@ __device__ __forceinline__ void attn_split_range(
 template <bool NEW_KEY>
 __device__ __forceinline__ void attn_split_range(
     const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
-    int num_q_heads, int num_kv_heads, int splits, float* partial_out, float* partial_lse, bf16* out, int out_stride,
+    int num_q_heads, int num_kv_heads, int splits, int split_stride, float* partial_out, float* partial_lse, bf16* out, int out_stride,
     int seq, int kvh, int split, int group, int begin, int end, float scale_log2, const float* q_s, bf16* k_s, bf16* v_s,
     int new_key, const bf16* knew_s, const bf16* vnew_s)
 {
@@ -508,7 +525,7 @@ __device__ __forceinline__ void attn_split_range(
                 *reinterpret_cast<bf16x2*>(o + e) = pack_bf16x2(acc[h][e] * inv_l, acc[h][e + 1] * inv_l);
 #endif
         } else {
-            const size_t row = ((size_t)seq * num_q_heads + head) * splits + split;
+            const size_t row = ((size_t)seq * num_q_heads + head) * split_stride + split;
             float* o = partial_out + row * HEAD_DIM + DEC_DIM0(lane);
 #if DEC_E == 1
             o[0] = acc[h][0] * inv_l;
@@ -533,7 +550,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
     const int tid = threadIdx.x;
     const int group = p.num_q_heads / p.num_kv_heads;
     const int len = p.context_lens[seq];
-    const int chunk = ((len + p.splits - 1) / p.splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
+    const int splits = row_splits(len, p.splits, p.min_splits);
+    if (split >= splits) return;                           // past this row's plan: nothing to do, no partial
+    const int chunk = ((len + splits - 1) / splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
     const int begin = split * chunk;
     const int end = min(len, begin + chunk);
 
@@ -544,7 +563,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
 
     __syncthreads();
     attn_split_range<false>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
-                            p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, q_s, k_s, v_s,
+                            splits, p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, q_s, k_s, v_s,
                             -1, nullptr, nullptr);
 }
 
@@ -561,9 +580,11 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
     const int seq = blockIdx.x, head = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     pdl_wait();                              // everything it reads is the split kernel's (docs/kernels.md, PDL)
     pdl_launch_dependents();
+    const int splits = row_splits(p.context_lens[seq], p.splits, p.min_splits);
+    if (splits == 1) return;                 // the row's one split wrote out itself
     const size_t row0 = ((size_t)seq * p.num_q_heads + head) * p.splits;
     float mx = -QC_INF;
-    for (int s = tid; s < p.splits; s += COMB_THREADS) mx = fmaxf(mx, p.partial_lse[row0 + s]);
+    for (int s = tid; s < splits; s += COMB_THREADS) mx = fmaxf(mx, p.partial_lse[row0 + s]);
     mx = warp_max(mx);
     if (lane == 0) red_s[warp] = mx;
     __syncthreads();
@@ -576,7 +597,7 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
     for (int e = 0; e < DEC_E; e++) num[e] = 0.f;
     if (mx > -QC_INF) {
 #pragma unroll 8
-        for (int s = warp; s < p.splits; s += COMB_WARPS) {
+        for (int s = warp; s < splits; s += COMB_WARPS) {
             const float lse = p.partial_lse[row0 + s];
             const float* o = p.partial_out + (row0 + s) * HEAD_DIM + DEC_DIM0(lane);
             float v[DEC_E];
@@ -653,7 +674,7 @@ struct AttnDecodeFusedParams {
     int num_kv_heads;
     int page_size;
     int max_pages_per_seq;
-    int splits;
+    int splits;                // the grid's splits: the partials' stride (a row uses row_splits of them)
     int qkv_stride;            // elements
     int q_out_stride;          // elements
     int out_stride;            // elements
@@ -661,6 +682,7 @@ struct AttnDecodeFusedParams {
     float eps;                 // q / k RMSNorm epsilon
     float attention_scaling;   // RoPE cos / sin factor (YaRN; 1 otherwise)
     int inv_freq_per_token;    // 0: one shared table; 1: row seq of inv_freq (dynamic NTK)
+    int min_splits;            // the launcher's one-CTA-per-SM share of splits (row_splits)
 };
 
 #if HEAD_DIM == 16 || HEAD_DIM == 32 || HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256
@@ -708,10 +730,10 @@ template <> struct CombVec<4> {
 // thread to build it instead of two per split and thread. A split with lse -inf is empty (its partial is 0: skipping
 // its product changes no bit). w_s (the tile buffers, free now): the weights 2^(lse - max), -1 for a skipped split.
 #define COMB_LAST 0x10000
-__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, float* w_s, float* mx_s, int* order_s)
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, int S, float* w_s, float* mx_s, int* order_s)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int S = p.splits;
+    const int stride = p.splits;                     // S of the row's splits, at the grid's stride
     const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // the group's first row of [seqs * nH]
     // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q
     static_assert(FUSED_MAX_COMBINE_SPLITS <= DEC_THREADS, "one order entry per thread");
@@ -725,7 +747,7 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
     __syncthreads();
     const int h = tid >> 4, l = tid & 15;
     const bool owner = h < group;
-    const float* base = p.partial_out + (head0 + (owner ? h : 0)) * S * HEAD_DIM + l * COMB_VEC;
+    const float* base = p.partial_out + (head0 + (owner ? h : 0)) * stride * HEAD_DIM + l * COMB_VEC;
     float v[8][COMB_CHUNKS][COMB_VEC];
     int o[8];
     // Loads the partials of splits i0 .. i0 + 7 (vw-major); every split wrote its partial (0 when empty), so the loads
@@ -745,7 +767,7 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
 #pragma unroll
     for (int k = 0; k < DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS / DEC_THREADS; k++) {
         const int i = tid + k * DEC_THREADS;
-        if (i < group * S) w_s[i] = ld_cg_f32(p.partial_lse + head0 * S + i);
+        if (i < group * S) w_s[i] = ld_cg_f32(p.partial_lse + (head0 + i / S) * stride + i % S);
     }
     __syncthreads();
     for (int hh = warp; hh < group; hh += DEC_THREADS / 32) {               // the largest lse of each head
@@ -825,7 +847,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     static_assert(HEAD_DIM / 2 <= DEC_THREADS, "one frequency per thread");
     if (tid < HEAD_DIM / 2) rope_cos_sin(pos, __ldg(&inv_freq[tid]), p.attention_scaling, cos_s[tid], sin_s[tid]);
     for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
-    const int chunk = ((len + p.splits - 1) / p.splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
+    const int splits = row_splits(len, p.splits, p.min_splits);
+    if (split >= splits) return;                          // past this row's plan: no work, no partial, no ticket
+    const int chunk = ((len + splits - 1) / splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
     const int begin = split * chunk;
     const int end = min(len, begin + chunk);
     const int new_key = len - 1;
@@ -909,19 +933,19 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     bf16* k_s = reinterpret_cast<bf16*>(tiles_s);
     bf16* v_s = k_s + DEC_TILE * DEC_KSTRIDE;
     attn_split_range<true>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
-                           p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, q_s, k_s, v_s,
+                           splits, p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, q_s, k_s, v_s,
                            holds_new ? new_key : -1, knew_s, vnew_s);
-    if (p.splits == 1 || !p.tickets) return;
+    if (splits == 1 || !p.tickets) return;
 
     // Ticket: the last CTA of (seq, kvh) combines.
     int* ticket = p.tickets + (size_t)seq * p.num_kv_heads + kvh;
     __threadfence();
     __syncthreads();
-    if (tid == 0) is_last = atomicAdd(ticket, 1) == p.splits - 1;
+    if (tid == 0) is_last = atomicAdd(ticket, 1) == splits - 1;
     __syncthreads();
     if (!is_last) return;
     __threadfence();
     if (tid == 0) *ticket = 0;
-    fused_combine(p, seq, kvh, group, reinterpret_cast<float*>(tiles_s), mx_s, order_s);
+    fused_combine(p, seq, kvh, group, splits, reinterpret_cast<float*>(tiles_s), mx_s, order_s);
 }
 #endif

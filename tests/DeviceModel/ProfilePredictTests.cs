@@ -86,7 +86,10 @@ public class ProfilePredictTests
         var assumeName = Cli("profile", "--model", tiny, "--predict", "h100", "--assume", "gap=1");
         Assert.That(assumeName.Exit, Is.EqualTo(2));
         Assert.That(assumeName.Err, Does.Contain("--assume gap: not a number of the GPU description; known: "));
-        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName })
+        var maxLen = Cli("profile", "--model", tiny, "-p", "3", "-c", "20", "--max-model-len", "19");
+        Assert.That(maxLen.Exit, Is.EqualTo(2));
+        Assert.That(maxLen.Err, Does.Contain("--max-model-len 19: must be at least the decode context --ctx-size 20"));
+        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen })
             Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 

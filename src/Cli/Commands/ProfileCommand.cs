@@ -43,9 +43,11 @@ public static class ProfileCommand
             Description = "With a prediction: also print each kernel's model terms (DRAM, L2, SM fill, issue, latency) and its critical warp's round trips and instructions (docs/timing-model.md)",
         };
         var assume = AssumeOption();
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume };
+        var maxLen = CliOptions.NullableInt("--max-model-len", [],
+            "Context the model is set up for, as a server's --ctx-size: what the decode graphs are captured for, and the decode attention's grid (default: the decode context + 16); at least --ctx-size", 2, CliOptions.MaxContextTokens);
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
-            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.GetValue(assume) ?? [],
+            parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.GetValue(assume) ?? [], parse.GetValue(maxLen),
             parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
@@ -109,19 +111,22 @@ public static class ProfileCommand
     /// <param name="prefillChunk">--max-num-batched-tokens: token rows per prefill chunk; null: the prompt, at most
     /// <see cref="PrefillChunkSizing.DefaultMaxChunkTokens"/>, smaller when the memory does not allow it (<see cref="PrefillChunkSizing"/>).</param>
     public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
-        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null)
+        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null, int? maxModelLen = null)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
         if (prefillChunk is < 1 or > PrefillChunkSizing.MaxChunkTokens)
             throw new UsageException($"--max-num-batched-tokens {prefillChunk}: the prefill chunk must be 1 to {PrefillChunkSizing.MaxChunkTokens} token rows");
         int ctx = context ?? tokens + 1;
         if (ctx < tokens + 1) throw new UsageException($"--ctx-size {ctx}: must be at least --n-prompt + 1 = {tokens + 1} (the prompt and the decoded token)");
+        if (maxModelLen < ctx) throw new UsageException($"--max-model-len {maxModelLen}: must be at least the decode context --ctx-size {ctx}");
         if (!Directory.Exists(modelDir)) throw new ModelNotFoundException($"--model: folder '{modelDir}' does not exist");
         var config = ModelConfig.Load(modelDir);
         if (ctx > config.MaxPositionEmbeddings)
             throw new UsageException(context is null
                 ? $"--n-prompt {tokens}: the prefill and one decode step need {tokens + 1} positions, the model's context is {config.MaxPositionEmbeddings} (max_position_embeddings)"
                 : $"--ctx-size {ctx}: more than the model's context of {config.MaxPositionEmbeddings} (max_position_embeddings)");
+        if (maxModelLen > config.MaxPositionEmbeddings)
+            throw new UsageException($"--max-model-len {maxModelLen}: more than the model's context of {config.MaxPositionEmbeddings} (max_position_embeddings)");
         backend = DeviceFactory.Resolve(backend);
         if (backend == BackendKind.Emulator && tokens > EmulatorMaxTokens)
             throw new UsageException($"--n-prompt {tokens}: the emulator profiles at most {EmulatorMaxTokens} prompt tokens (it checks every memory access; a longer prefill takes hours); use --device cuda for longer prompts");
@@ -134,7 +139,7 @@ public static class ProfileCommand
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
         var options = new DeviceModelOptions
         {
-            ContextLength = ctx + 16, MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
+            ContextLength = maxModelLen ?? ctx + 16, MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
             PrefillChunkTokens = prefillChunk ?? Math.Min(tokens, PrefillChunkSizing.DefaultMaxChunkTokens), AutoPrefillChunk = prefillChunk is null,
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
@@ -176,7 +181,7 @@ public static class ProfileCommand
     }
 
     private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail,
-        (string Name, string Value)[] assume, TextWriter stdout, TextWriter stderr)
+        (string Name, string Value)[] assume, int? maxModelLen, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : Assume(GpuCatalog.Get(predictKey), assume);
         if (assume.Length > 0 && gpu is not null) stderr.WriteLine($"--assume: predictions for {gpu.Name} with {string.Join(", ", gpu.Assumed)}");
@@ -188,7 +193,7 @@ public static class ProfileCommand
             if (detail && gpu is null) throw new UsageException("--detail prints the timing model's terms: give --predict GPU too");
             if (assume.Length > 0 && gpu is null) throw new UsageException("--assume changes the GPU description of a prediction: give --predict GPU too");
             if (scaleLayers is not null && chunk < tokens) throw new UsageException(ScaleChunksMessage(tokens, chunk.Value));
-            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk);
+            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk, maxModelLen);
             stdout.WriteLine(WeightsLine(r.Plan));
             stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
@@ -198,7 +203,7 @@ public static class ProfileCommand
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, stdout);
             return 0;
         }
-        var measured = Measure(modelDir, backend, tokens, stderr, utilization, context, prefillChunk: chunk);
+        var measured = Measure(modelDir, backend, tokens, stderr, utilization, context, prefillChunk: chunk, maxModelLen: maxModelLen);
         stdout.WriteLine(WeightsLine(measured.Plan));
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
@@ -210,7 +215,7 @@ public static class ProfileCommand
             return 0;
         }
         Result emulated;
-        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, stderr, null, context, gpu, chunk); }
+        try { emulated = Measure(modelDir, BackendKind.Emulator, tokens, stderr, null, context, gpu, chunk, maxModelLen); }
         catch (Qwen3CudaException e) when (e.Kind == ErrorKind.OutOfMemory)
         {
             stdout.WriteLine($"predicted: skipped ({CliErrors.Message(e)}; the prediction runs the model on the emulator: profile a slice, e.g. qwen3cuda-convert synth --preset real-shape-slice)");

@@ -30,6 +30,7 @@ public static class AttentionCases
         yield return DecodeCase([2, 66], 4, 2, 4, 64, 8, 16);                       // D 16 (the tiny preset; half the threads load, lanes 16..31 do not store)
         yield return DecodeCase([4096], 32, 4, 16, 128, 11, 128, real: true, counters: true);   // real heads, 4096 keys: K/V read once
         yield return DecodeCase([20000, 3], 4, 2, 4, 512, 15, 32);                  // long context: 40 splits of <= 8 tiles, 5000 pages; a 3-key row with empty splits
+        yield return DecodeCase([1025, 130], 32, 4, 16, 64, 20, 128, real: true, maxContext: 40960);   // planned for 40k keys: each row on its own plan (17 and 3 splits)
         // the tensor-core split: several 64-key tiles per CTA with ranges that are not a multiple of the tile (2 splits of 352 /
         // 348 keys: idle warps in the last tile, a partial warp share), group of 1, and one 260-key split (5 tiles, direct output)
         yield return DecodeCase([700, 9], 8, 1, 16, 2, 16, 128);
@@ -51,6 +52,7 @@ public static class AttentionCases
         yield return FusedCase([1, 17, 100], 32, 4, 16, 64, 21, 128, real: true);            // real heads, batch 3: the new key alone, on a new page, mid-page
         yield return FusedCase([33], 32, 4, 16, 1, 22, 128, real: true);                     // batch 1, one split: direct bf16 output, no ticket
         yield return FusedCase([1000], 32, 4, 16, 64, 23, 128, real: true);                  // batch 1 at ~1k context: 16 one-tile splits, the ticket combine
+        yield return FusedCase([1025], 32, 4, 16, 64, 34, 128, real: true, maxContext: 40960); // a graph for 40k keys at 1k: 17 of its 64 splits work, the others exit
         yield return FusedCase([300, 31, 1], 8, 1, 8, 64, 24, 128, padding: true);           // group of 8 over one KV head, 5 splits of 64 keys; a padding row (slot -1)
         yield return FusedCase([70, 5], 6, 2, 16, 64, 25, 64, perRow: true, scaling: 1.25f); // group of 3, D 64, dynamic RoPE (a table per row), YaRN-like scaling
         yield return FusedCase([9000], 4, 1, 512, 512, 26, 32, perRow: true);                // one row of one KV head: a split per SM (> 64), D 32, combine kernel after
@@ -97,27 +99,38 @@ public static class AttentionCases
         return exp;
     }
 
-    static KernelCase DecodeCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false, bool counters = false, bool fp8 = false) =>
-        new("attention_decode", $"attn_decode ctx {string.Join("/", lens)} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}{(fp8 ? " fp8 KV" : "")}", real, ctx =>
+    /// <param name="maxContext">the longest context the launch is planned for (its grid), when more than the rows' (0: theirs)</param>
+    static KernelCase DecodeCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false, bool counters = false, bool fp8 = false,
+        int maxContext = 0) =>
+        new("attention_decode", $"attn_decode ctx {string.Join("/", lens)}{(maxContext > 0 ? $" of {maxContext}" : "")} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}{(fp8 ? " fp8 KV" : "")}", real, ctx =>
         {
             var rng = new Random(seed);
-            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize, fp8: fp8);
+            int planned = Math.Max(maxContext, lens.Max());
+            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize, fp8: fp8, maxContextLen: planned);
             var launchers = ctx.Cached($"attn_decode{d}{(fp8 ? "-fp8" : "")}", () => new AttentionDecodeLaunchers(ctx.Loader, d, fp8));
             int seqs = lens.Length;
             ushort[] q = KernelData.Random(rng, seqs * nH * d, 2f);
             long wsBytes = launchers.WorkspaceBytes(seqs, nH, workspaceSplits, out long lseBytes);
             DevicePtr dOut = ctx.AllocFilled<ushort>(seqs * nH * d);
             var a = new DecodeAttentionArgs(ctx.Upload(q), nH * d, kv.UploadK(ctx), kv.UploadV(ctx), ctx.Upload(kv.BlockTable),
-                kv.MaxPagesPerSeq, pageSize, ctx.Upload(lens), seqs, lens.Max(), nH, nKV, dOut, nH * d,
+                kv.MaxPagesPerSeq, pageSize, ctx.Upload(lens), seqs, planned, nH, nKV, dOut, nH * d,
                 ctx.Alloc<byte>(wsBytes), ctx.Alloc<byte>(lseBytes), workspaceSplits);
             int splits = 0;
             var launches = ctx.RecordLaunches(() => splits = launchers.Decode(ctx.Stream, a));
             var c = new Checker();
             c.True(workspaceSplits == 1 ? splits == 1 : splits > 1, "split count", $"{splits} splits for a workspace of {workspaceSplits}");
-            int tiles = (lens.Max() + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys;
+            int tiles = (planned + AttentionDecodeLaunchers.TileKeys - 1) / AttentionDecodeLaunchers.TileKeys;
             c.True(splits == workspaceSplits || splits >= AttentionDecodeLaunchers.FusedMaxCombineSplits || (tiles + splits - 1) / splits <= AttentionDecodeLaunchers.MaxTilesPerSplit,
                 $"at most {AttentionDecodeLaunchers.MaxTilesPerSplit} tiles per split unless the workspace or the {AttentionDecodeLaunchers.FusedMaxCombineSplits}-split cap limits the splits", $"{splits} splits over {tiles} tiles");
-            c.CloseBf16(ctx.Download<ushort>(dOut, seqs * nH * d), Reference(kv, q, nH, d), Atol, Rtol, "decode attention output");
+            ushort[] got = ctx.Download<ushort>(dOut, seqs * nH * d);
+            c.CloseBf16(got, Reference(kv, q, nH, d), Atol, Rtol, "decode attention output");
+            if (maxContext > 0)
+            {
+                // each row plans its splits for its own length: the launch planned for the rows' longest gives the same bits
+                DevicePtr dOutShort = ctx.AllocFilled<ushort>(seqs * nH * d);
+                launchers.Decode(ctx.Stream, a with { MaxContextLen = lens.Max(), Out = dOutShort });
+                c.Exact<ushort>(got, ctx.Download<ushort>(dOutShort, seqs * nH * d), $"planned for {maxContext} keys = planned for {lens.Max()} (bitwise)");
+            }
             if (launches.Count > 0 && d <= 128) c.AtLeast(launches[0].MmaCount, 1, "emulator: tensor-core split (mma count)");
             if (counters && launches.Count > 0)
             {
@@ -135,14 +148,16 @@ public static class AttentionCases
     /// <param name="lens">keys per row, the row's new token (position len - 1) included</param>
     /// <param name="padding">the last row is a graph bucket's padding row: slot -1 (nothing written); its output is not compared</param>
     /// <param name="perRow">dynamic RoPE: each row its own inv_freq table</param>
+    /// <param name="maxContext">the longest context the launch is planned for (its grid), when more than the rows' (0: theirs)</param>
     static KernelCase FusedCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false,
-        bool fp8 = false, bool padding = false, bool perRow = false, float scaling = 1f) =>
-        new("attention_decode", $"attn_decode_fused ctx {string.Join("/", lens)} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}" +
+        bool fp8 = false, bool padding = false, bool perRow = false, float scaling = 1f, int maxContext = 0) =>
+        new("attention_decode", $"attn_decode_fused ctx {string.Join("/", lens)}{(maxContext > 0 ? $" of {maxContext}" : "")} heads {nH}/{nKV} D {d} page {pageSize} splits <= {workspaceSplits}" +
             $"{(fp8 ? " fp8 KV" : "")}{(padding ? " padding row" : "")}{(perRow ? " inv_freq per row" : "")}{(scaling != 1f ? $" scaling {scaling}" : "")}", real, ctx =>
         {
             const float Eps = 1e-6f;
             var rng = new Random(seed);
-            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize, fp8: fp8);
+            int planned = Math.Max(maxContext, lens.Max());
+            var kv = new PagedKvFixture(rng, lens, nKV, d, pageSize, fp8: fp8, maxContextLen: planned);
             string variant = $"{d}{(fp8 ? "-fp8" : "")}";
             var attn = ctx.Cached($"attn_decode{variant}", () => new AttentionDecodeLaunchers(ctx.Loader, d, fp8));
             var rope = ctx.Cached($"rope{variant}", () => new RopeLaunchers(ctx.Loader, d, fp8));
@@ -165,7 +180,7 @@ public static class AttentionCases
             long wsBytes = attn.WorkspaceBytes(seqs, nH, workspaceSplits, out long lseBytes);
             DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.Alloc<byte>(lseBytes);
             DecodeAttentionArgs Args(DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o) => new(q, qDim, k, v, dTable, kv.MaxPagesPerSeq, pageSize,
-                dLens, seqs, lens.Max(), nH, nKV, o, qDim, dPartial, dLse, workspaceSplits);
+                dLens, seqs, planned, nH, nKV, o, qDim, dPartial, dLse, workspaceSplits);
 
             // The separate kernels: rope + KV write, then split + combine.
             DevicePtr dKA = kv.UploadK(ctx), dVA = kv.UploadV(ctx), dQA = ctx.AllocFilled<ushort>(seqs * qDim), dOutA = ctx.AllocFilled<ushort>(seqs * qDim);
@@ -175,7 +190,7 @@ public static class AttentionCases
                 Positions = dPos, SlotMapping = dSlots, Tokens = seqs, NumQHeads = nH, NumKvHeads = nKV, QkvStride = stride,
                 QOutStride = qDim, Eps = Eps, AttentionScaling = scaling, InvFreqPerToken = perRow ? 1 : 0,
             });
-            int fusedSplits = attn.ChooseSplits(seqs, nKV, lens.Max(), workspaceSplits);   // both launches' split count
+            int fusedSplits = attn.ChooseSplits(seqs, nKV, planned, workspaceSplits);   // both launches' grid
             int splitsA = attn.Decode(ctx.Stream, Args(dQA, dKA, dVA, dOutA));
 
             // The fused kernel, twice (the second run checks that the tickets were left zero), into fresh outputs.
@@ -202,6 +217,14 @@ public static class AttentionCases
             c.Exact<ushort>(outB.AsSpan(0, compared * qDim), ctx.Download<ushort>(dOutA, compared * qDim), "output = split + combine's (bitwise)");
             c.Exact<ushort>(ctx.Download<ushort>(dOutB2, compared * qDim), outB.AsSpan(0, compared * qDim), "second launch: the same output (tickets left zero)");
             c.Exact<int>(ctx.Download<int>(dTickets, seqs * nKV), new int[seqs * nKV], "tickets zero after the launches");
+            if (maxContext > 0)
+            {
+                // each row plans its splits for its own length: the launch planned for the rows' longest gives the same bits
+                // (a third run over the same cache: the new keys it writes again are the same values)
+                DevicePtr dOutShort = ctx.AllocFilled<ushort>(seqs * qDim);
+                attn.DecodeFused(ctx.Stream, Args(DevicePtr.Null, dKB, dVB, dOutShort) with { MaxContextLen = lens.Max() }, ropeArgs with { QOut = DevicePtr.Null });
+                c.Exact<ushort>(ctx.Download<ushort>(dOutShort, compared * qDim), outB.AsSpan(0, compared * qDim), $"planned for {maxContext} keys = planned for {lens.Max()} (bitwise)");
+            }
 
             // ReferenceOps: q and the new K (rope cases' tolerance: 0.04 absolute + 2^-6 relative; E4M3 keeps 3 mantissa bits, so
             // an fp8 key within that of the reference may sit one code away: 2^-3 relative), V copied exactly (bf16) or as E4M3.

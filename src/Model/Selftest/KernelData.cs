@@ -123,13 +123,15 @@ public sealed class PagedKvFixture
 {
     /// <param name="fp8">Also hold the cache as FP8 E4M3 codes (<see cref="K8"/>, <see cref="V8"/>; --kv-cache-dtype fp8): the bf16
     /// values are first rounded to E4M3 values, which bf16 holds exactly, so the bf16 reference applies to both.</param>
-    public PagedKvFixture(Random rng, int[] contextLens, int nKV, int d, int pageSize, float valueScale = 1f, bool fp8 = false)
+    /// <param name="maxContextLen">the block table's width in keys when larger than the rows need (a graph captured for a
+    /// longer context than it runs); the entries past a row's pages hold an invalid page either way</param>
+    public PagedKvFixture(Random rng, int[] contextLens, int nKV, int d, int pageSize, float valueScale = 1f, bool fp8 = false, int maxContextLen = 0)
     {
         ContextLens = contextLens;
         NumKvHeads = nKV;
         HeadDim = d;
         PageSize = pageSize;
-        MaxPagesPerSeq = Math.Max(1, contextLens.Max(l => (l + pageSize - 1) / pageSize) + 1);
+        MaxPagesPerSeq = Math.Max(Math.Max(1, contextLens.Max(l => (l + pageSize - 1) / pageSize) + 1), (maxContextLen + pageSize - 1) / pageSize);
         int used = contextLens.Sum(l => (l + pageSize - 1) / pageSize);
         Pages = used + 3;
         var order = Enumerable.Range(0, Pages).OrderBy(_ => rng.Next()).ToArray();

@@ -20,10 +20,11 @@ public struct AttnDecodeParams
     public int NumKvHeads;
     public int PageSize;
     public int MaxPagesPerSeq;
-    public int Splits;
+    public int Splits;               // the grid's: the partials' stride (each row uses row_splits of them)
     public int QStride;
     public int OutStride;
     public float ScaleLog2;
+    public int MinSplits;            // AttentionDecodeLaunchers.MinSplits: the one-CTA-per-SM share
 }
 
 /// <summary>Mirror of <c>AttnDecodeFusedParams</c> in kernels/attention_decode.cu (layout checked by a test).</summary>
@@ -58,6 +59,7 @@ public struct AttnDecodeFusedParams
     public float Eps;
     public float AttentionScaling;
     public int InvFreqPerToken;
+    public int MinSplits;            // AttentionDecodeLaunchers.MinSplits: the one-CTA-per-SM share
 }
 
 /// <summary>
@@ -131,12 +133,26 @@ public sealed class AttentionDecodeLaunchers
     /// </summary>
     public static int PlanSplits(int multiprocessors, int seqs, int numKvHeads, int maxContextLen)
     {
-        int ctas = Math.Max(1, seqs * numKvHeads);
-        int target = (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
+        int target = MinSplits(multiprocessors, seqs, numKvHeads);
         int tiles = Math.Max(1, (maxContextLen + TileKeys - 1) / TileKeys);
         int forLength = Math.Min((tiles + MaxTilesPerSplit - 1) / MaxTilesPerSplit, FusedMaxCombineSplits);
         return Math.Max(1, Math.Min(tiles, Math.Max(target, forLength)));
     }
+
+    /// <summary>
+    /// Splits that give every multiprocessor a CTA over <paramref name="seqs"/> rows and <paramref name="numKvHeads"/> KV
+    /// heads: the floor of <see cref="PlanSplits"/>. The kernels take it as <c>min_splits</c> and plan each row's splits
+    /// for its own length the same way (attention_decode.cu's row_splits), within the grid planned for the longest context:
+    /// a graph captured for a 40k context then runs a 1k row on the splits a 1k context needs, the other CTAs exiting at
+    /// once, and the combine reads only those splits' partials.
+    /// </summary>
+    public static int MinSplits(int multiprocessors, int seqs, int numKvHeads)
+    {
+        int ctas = Math.Max(1, seqs * numKvHeads);
+        return (Math.Max(1, multiprocessors) + ctas - 1) / ctas;
+    }
+
+    private int MinSplitsHere(int seqs, int numKvHeads) => MinSplits(_device.Info.MultiprocessorCount, seqs, numKvHeads);
 
     /// <summary>The split count the launcher will use: <see cref="PlanSplits"/> for this device's SM count, at most <paramref name="workspaceSplits"/>.</summary>
     public int ChooseSplits(int seqs, int numKvHeads, int maxContextLen, int workspaceSplits) =>
@@ -155,7 +171,7 @@ public sealed class AttentionDecodeLaunchers
             Q = a.Q, KCache = a.KCache, VCache = a.VCache, BlockTable = a.BlockTable, ContextLens = a.ContextLens,
             PartialOut = a.PartialOut, PartialLse = a.PartialLse, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads,
             NumKvHeads = a.NumKvHeads, PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits,
-            QStride = a.QStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2,
+            QStride = a.QStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2, MinSplits = MinSplitsHere(a.Seqs, a.NumKvHeads),
         };
         var args = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
         args.Add(p);
@@ -196,7 +212,7 @@ public sealed class AttentionDecodeLaunchers
             Tickets = combineInKernel ? rope.Tickets : DevicePtr.Null, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads, NumKvHeads = a.NumKvHeads,
             PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits, QkvStride = rope.QkvStride,
             QOutStride = rope.QOutStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2, Eps = rope.Eps,
-            AttentionScaling = rope.AttentionScaling, InvFreqPerToken = rope.InvFreqPerRow ? 1 : 0,
+            AttentionScaling = rope.AttentionScaling, InvFreqPerToken = rope.InvFreqPerRow ? 1 : 0, MinSplits = MinSplitsHere(a.Seqs, a.NumKvHeads),
         };
         var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
         args.Add(p);
@@ -205,8 +221,9 @@ public sealed class AttentionDecodeLaunchers
         {
             var c = new AttnDecodeParams
             {
-                PartialOut = a.PartialOut, PartialLse = a.PartialLse, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads,
+                ContextLens = a.ContextLens, PartialOut = a.PartialOut, PartialLse = a.PartialLse, Out = a.Out, Seqs = a.Seqs, NumQHeads = a.NumQHeads,
                 NumKvHeads = a.NumKvHeads, PageSize = a.PageSize, MaxPagesPerSeq = a.MaxPagesPerSeq, Splits = splits, OutStride = a.OutStride,
+                MinSplits = MinSplitsHere(a.Seqs, a.NumKvHeads),
             };
             var cargs = new KernelArgs(stackalloc byte[160], stackalloc nint[1]);
             cargs.Add(c);
