@@ -845,10 +845,11 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     const int slot = p.slot_mapping[seq];
     const float* inv_freq = p.inv_freq + (p.inv_freq_per_token ? (size_t)seq * (HEAD_DIM / 2) : 0);
     static_assert(HEAD_DIM / 2 <= DEC_THREADS, "one frequency per thread");
-    if (tid < HEAD_DIM / 2) rope_cos_sin(pos, __ldg(&inv_freq[tid]), p.attention_scaling, cos_s[tid], sin_s[tid]);
-    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
+    const float freq = tid < HEAD_DIM / 2 ? __ldg(&inv_freq[tid]) : 0.f;   // in the same round trip as len
     const int splits = row_splits(len, p.splits, p.min_splits);
-    if (split >= splits) return;                          // past this row's plan: no work, no partial, no ticket
+    if (split >= splits) return;                          // past this row's plan: no work, no partial, no ticket, no sincos
+    if (tid < HEAD_DIM / 2) rope_cos_sin(pos, freq, p.attention_scaling, cos_s[tid], sin_s[tid]);
+    for (int i = group * HEAD_DIM + tid; i < DEC_MAX_GROUP * HEAD_DIM; i += DEC_THREADS) q_s[i] = 0.f;
     const int chunk = ((len + splits - 1) / splits + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
     const int begin = split * chunk;
     const int end = min(len, begin + chunk);
