@@ -5,7 +5,8 @@
 // KV cache layout (see rope.cu): [pages, page_size, nKV, D] bf16; key j of sequence s lives in slot
 // block_table[s * max_pages_per_seq + j / page_size] * page_size + j % page_size.
 //
-// attn_decode_split: grid (splits, nKV, seqs), 128 threads = 4 warps. One CTA serves ALL query heads of
+// attn_decode_split: grid (splits, nKV, seqs), 128 threads = 4 warps (CTA x + splits * y is split (x + splits * y) / nKV
+//   of KV head (x + splits * y) % nKV: the KV head varies fastest). One CTA serves ALL query heads of
 //   one KV head (the GQA group, up to 8), so each K/V tile is read from global memory once per group. The
 //   context of sequence s is cut into `splits` ranges of ceil(len / splits) keys rounded up to 16 keys
 //   (DEC_ALIGN); each CTA runs an online softmax (fp32, log2 domain: the fp32 scores are scaled by
@@ -546,7 +547,10 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
     __shared__ __align__(16) bf16 v_s[DEC_TILE * DEC_VSTRIDE];
     __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
 
-    const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    // KV head fastest in the CTAs' order: the splits a short row uses (the first ones) are dispatched before the CTAs past
+    // its plan, which exit at once (row_splits)
+    const int cta = blockIdx.x + gridDim.x * blockIdx.y;   // grid (splits, nKV, seqs)
+    const int split = cta / p.num_kv_heads, kvh = cta % p.num_kv_heads, seq = blockIdx.z;
     const int tid = threadIdx.x;
     const int group = p.num_q_heads / p.num_kv_heads;
     const int len = p.context_lens[seq];
@@ -632,7 +636,7 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
 }
 
 // attn_decode_fused: one node per layer for decode rows whose earlier keys all come from earlier steps (one row per
-// sequence: the captured decode graph). Grid (splits, nKV, seqs), 128 threads, the split loop of attn_decode_split;
+// sequence: the captured decode graph). Grid (splits, nKV, seqs), 128 threads, CTAs numbered as attn_decode_split's, its split loop;
 // around it:
 //   Prologue: the CTA normalises and rotates its row's q heads of the group and the k head, and takes the v head, from
 //   the qkv GEMV's output with rope.cu's arithmetic (rope.cuh; cos / sin of the D/2 frequencies computed once per CTA
@@ -830,7 +834,10 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ int order_s[FUSED_MAX_COMBINE_SPLITS];
     __shared__ int is_last;
 
-    const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    // KV head fastest in the CTAs' order: the splits a short row uses (the first ones) are dispatched before the CTAs past
+    // its plan, which exit at once (row_splits)
+    const int cta = blockIdx.x + gridDim.x * blockIdx.y;   // grid (splits, nKV, seqs)
+    const int split = cta / p.num_kv_heads, kvh = cta % p.num_kv_heads, seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = p.num_q_heads / p.num_kv_heads;
 

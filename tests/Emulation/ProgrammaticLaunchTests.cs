@@ -68,6 +68,14 @@ public sealed class ProgrammaticLaunchTests
             out[threadIdx.x] = x + y + in[threadIdx.x];
         }
         extern "C" __global__ void prefetch_at(const char* p, long long offset) { pf(p + offset); }
+        // CTAs from `first_idle` on exit before their wait (a decode attention CTA past its row's split plan)
+        extern "C" __global__ void some_exit_early(const float* in, float* out, int first_idle)
+        {
+            if ((int)blockIdx.x >= first_idle) return;
+            wait();
+            go();
+            out[blockIdx.x * blockDim.x + threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x] + 1.f;
+        }
         """;
 
     private static readonly KernelCompiler Compiler = new(Path.Combine(Path.GetTempPath(), "qwen3cuda-emu-tests"));
@@ -224,6 +232,26 @@ public sealed class ProgrammaticLaunchTests
         var got = k.Download(dOut, n);
         for (int i = 0; i < n; i++) Assert.That(got[i], Is.EqualTo(i * 2f + w[i]), $"out[{i}]");
         Assert.That(new EmulatorOptions().ProgrammaticLaunch, Is.EqualTo(Environment.GetEnvironmentVariable("QWEN3CUDA_PDL") != "0"), "the default follows QWEN3CUDA_PDL");
+    }
+
+    /// <summary>
+    /// LaunchRecord.WaitingCtas counts the CTAs that reached griddepcontrol.wait: of 8, the 3 below first_idle (the timing
+    /// model counts residency over them); a kernel without a wait has none.
+    /// </summary>
+    [Test]
+    public void WaitingCtas_AreThoseThatReachedTheWait()
+    {
+        using var k = new Kit();
+        var dIn = k.Upload(Enumerable.Range(0, 8 * 32).Select(i => (float)i).ToArray());
+        var dOut = k.Dev.Allocate(8 * 32 * sizeof(float));
+        k.Launch("some_exit_early", 8, 32, true, dIn, dOut, 3);
+        k.Sync();
+        var r = k.Dev.LastLaunch!;
+        Assert.That((r.ProgrammaticLaunch, r.WaitingCtas, r.GridBlocks), Is.EqualTo((true, 3L, 8L)));
+        Assert.That(k.Download(dOut, 3 * 32), Is.EqualTo(Enumerable.Range(0, 3 * 32).Select(i => i + 1f).ToArray()));
+        k.Launch("produce", 8, 32, false, dOut, 8 * 32);
+        k.Sync();
+        Assert.That(k.Dev.LastLaunch!.WaitingCtas, Is.Zero);
     }
 
     /// <summary>`produce` writes 256 floats, then <paramref name="consumer"/> is launched programmatically on them in the same step; returns the emulator's fault.</summary>

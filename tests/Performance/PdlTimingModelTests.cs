@@ -186,6 +186,22 @@ public class PdlTimingModelTests
     }
 
     /// <summary>
+    /// The same pair, but 20 of the GEMV's 40 CTAs exit before their wait (LaunchRecord.WaitingCtas): residency counts over
+    /// the 20 that wait, which all fit beside the predecessor (2 per SM x 10 SMs), so the overlap is no longer residency-
+    /// limited but L2-limited (the cap of 524288 bytes, under the spare 3608320).
+    /// </summary>
+    [Test]
+    public void CtasThatExitBeforeTheirWait_TakeNoResidency()
+    {
+        var wide = Launch("wide", 70, 256, 71_680, 10, 50);
+        var gemv = Gemv(grid: 40, weights: 983_040, activations: 16_960) with { WaitingCtas = 20 };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, [wide, gemv], [], _ => Regs32);
+        var o = p.Launches[1].Overlap!;
+        Assert.That((o.ResidentCtas, o.ResidentFraction), Is.EqualTo((20L, 1.0)));
+        Assert.That((o.Bytes, o.Limit), Is.EqualTo((524_288L, OverlapLimit.L2Capacity)));
+    }
+
+    /// <summary>
     /// A predecessor of two waves: 100 latency-bound CTAs of 8 warps (8 per SM: a full wave of 80, a tail of 20; 10 trips
     /// per warp, 5.1 us a wave, 8000 bytes a CTA). The dependent starts only when the last CTAs have started, so it
     /// shares the SMs with the tail (2 CTAs per SM leave room for 12 GEMV CTAs, not 0 as beside the full wave) and the

@@ -175,7 +175,10 @@ public static class KernelTimingModel
         // the predecessor's last wave: c CTAs over the SMs, q or q + 1 per SM
         long c = predecessor.LastWaveCtas, q = c / g.Sms, more = c % g.Sms;
         long resident = more * BlocksBeside(g, k, predecessor, (int)q + 1) + (g.Sms - more) * BlocksBeside(g, k, predecessor, (int)q);
-        double fraction = Math.Min(1.0, (double)resident / k.Ctas);
+        // over the CTAs that wait: those that exit before their wait (numbered after the others, as our kernels do) hold a
+        // slot only for their first round trip and have no part to run in the shadow
+        long waiting = k.Launch.WaitingCtas > 0 ? Math.Min(k.Launch.WaitingCtas, k.Ctas) : k.Ctas;
+        double fraction = Math.Min(1.0, (double)resident / waiting);
         // the DRAM bytes that wave moves for itself, and what it leaves unused after the first latency (bytes = ns × GB/s)
         double ownBytes = (double)predecessor.DramBytes * c / predecessor.Ctas;
         long spare = (long)Math.Max(0, (predecessor.LastWaveUs * 1000 - g.DramLatencyNs) * g.DramAchievableGBps - ownBytes);
@@ -188,7 +191,7 @@ public static class KernelTimingModel
             : bytes == spare ? OverlapLimit.PredecessorDram : OverlapLimit.L2Capacity;
         return new PrefetchOverlap
         {
-            PreWaitBytes = preWait, ResidentCtas = Math.Min(resident, k.Ctas), ResidentFraction = fraction, SpareDramBytes = spare,
+            PreWaitBytes = preWait, ResidentCtas = Math.Min(resident, waiting), ResidentFraction = fraction, SpareDramBytes = spare,
             L2CapBytes = l2Cap, Bytes = bytes, Limit = limit, IsolatedMicroseconds = k.Microseconds,
         };
     }

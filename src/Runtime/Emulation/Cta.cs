@@ -121,11 +121,14 @@ internal sealed unsafe class Cta
             for (int w = 0; w < Warps.Length; w++) if (status[w] != WarpStatus.Done) allDone = false;
             if (allDone)
             {
+                bool waited = false;
                 foreach (var wp in Warps)
                 {
                     wp.CloseTrip();
                     Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips, wp.PreWaitInstructions, wp.PreWaitDramTrips, wp.PreWaitL2Trips);
+                    waited |= wp.Waited;
                 }
+                if (waited) Counters.WaitingCtas++;
                 return true;
             }
             if (TryReleaseBarriers(status)) continue;

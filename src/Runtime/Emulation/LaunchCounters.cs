@@ -6,6 +6,7 @@ internal sealed class Counters
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
     public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors, PersistingSectors;
+    public long WaitingCtas;   // CTAs of which a warp executed griddepcontrol.wait
     /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
     public long DramSectors => DistinctSectors - L2ResidentSectors;
     public long SharedLoadRequests, SharedStoreRequests, SharedWavefronts, SharedBankConflicts;
@@ -40,7 +41,7 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; PreWaitSectors += o.PreWaitSectors; PersistingSectors += o.PersistingSectors;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; PreWaitSectors += o.PreWaitSectors; PersistingSectors += o.PersistingSectors; WaitingCtas += o.WaitingCtas;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
@@ -141,6 +142,11 @@ public sealed record LaunchRecord
     /// </summary>
     public long PreWaitSectors { get; init; }
     /// <summary>
+    /// CTAs of which a warp executed griddepcontrol.wait; the others exited before it (e.g. a decode attention CTA past
+    /// its row's split plan). The timing model counts residency beside the predecessor over these.
+    /// </summary>
+    public long WaitingCtas { get; init; }
+    /// <summary>
     /// Sectors this launch prefetched with <c>prefetch.global.L2::evict_last</c> (each once): data fetched into L2 for a later
     /// kernel, which finds them L2-resident while less than <see cref="EmulatorOptions.L2PersistingBytes"/> of other such
     /// prefetches followed (docs/timing-model.md, "Weights fetched ahead").
@@ -167,7 +173,7 @@ public sealed record LaunchRecord
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, PreWaitSectors = c.PreWaitSectors, PersistingSectors = c.PersistingSectors, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, PreWaitSectors = c.PreWaitSectors, PersistingSectors = c.PersistingSectors, WaitingCtas = c.WaitingCtas, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,

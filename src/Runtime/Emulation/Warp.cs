@@ -44,6 +44,8 @@ internal sealed partial class Warp
     // and the warp's instruction count when its current Run began (Instructions is added to per Run)
     public long PreWaitDramTrips, PreWaitL2Trips, PreWaitInstructions;
     private bool _waited;
+    /// <summary>The warp executed griddepcontrol.wait (its CTA counts in <see cref="Counters.WaitingCtas"/>).</summary>
+    public bool Waited => _waited;
     private long _runStart;
     // programmatic dependent launch: lanes that have not yet executed griddepcontrol.wait (0 in a kernel without one)
     private uint _preWait;
