@@ -99,6 +99,33 @@ public static class AttentionCases
         return exp;
     }
 
+    /// <summary>A row's splits under a grid of <paramref name="gridSplits"/>: attention_decode.cu's row_splits.</summary>
+    static int RowSplits(KernelCheckContext ctx, int seqs, int nKV, int len, int gridSplits) =>
+        Math.Min(gridSplits, AttentionDecodeLaunchers.PlanSplits(ctx.Device.Info.MultiprocessorCount, seqs, nKV, len));
+
+    /// <summary>
+    /// Exactly each row's own splits wrote a log2-sum-exp (a row of one split writes none: its output directly). The lse
+    /// workspace was filled with 0xff bytes, a NaN no split writes, so a split past its row's plan must leave it.
+    /// </summary>
+    static void RowPlanWritten(Checker c, KernelCheckContext ctx, DevicePtr dLse, int[] lens, int nH, int nKV, int gridSplits)
+    {
+        float[] lse = ctx.Download<float>(dLse, (long)lens.Length * nH * gridSplits);
+        int bad = 0;
+        string first = "";
+        for (int s = 0; s < lens.Length; s++)
+        {
+            int own = RowSplits(ctx, lens.Length, nKV, lens[s], gridSplits);
+            for (int h = 0; h < nH; h++)
+                for (int j = 0; j < gridSplits; j++)
+                {
+                    bool written = BitConverter.SingleToInt32Bits(lse[((long)s * nH + h) * gridSplits + j]) != -1;
+                    if (written == (own > 1 && j < own)) continue;
+                    if (bad++ == 0) first = $"row {s} ({lens[s]} keys, {own} of {gridSplits} splits) head {h} split {j}: {(written ? "written" : "not written")}";
+                }
+        }
+        c.True(bad == 0, "exactly each row's own splits wrote partials (the rest exit)", bad == 0 ? "" : $"{bad} wrong; first: {first}");
+    }
+
     /// <param name="maxContext">the longest context the launch is planned for (its grid), when more than the rows' (0: theirs)</param>
     static KernelCase DecodeCase(int[] lens, int nH, int nKV, int pageSize, int workspaceSplits, int seed, int d, bool real = false, bool counters = false, bool fp8 = false,
         int maxContext = 0) =>
@@ -114,7 +141,7 @@ public static class AttentionCases
             DevicePtr dOut = ctx.AllocFilled<ushort>(seqs * nH * d);
             var a = new DecodeAttentionArgs(ctx.Upload(q), nH * d, kv.UploadK(ctx), kv.UploadV(ctx), ctx.Upload(kv.BlockTable),
                 kv.MaxPagesPerSeq, pageSize, ctx.Upload(lens), seqs, planned, nH, nKV, dOut, nH * d,
-                ctx.Alloc<byte>(wsBytes), ctx.Alloc<byte>(lseBytes), workspaceSplits);
+                ctx.Alloc<byte>(wsBytes), ctx.AllocFilled<float>(lseBytes / sizeof(float)), workspaceSplits);
             int splits = 0;
             var launches = ctx.RecordLaunches(() => splits = launchers.Decode(ctx.Stream, a));
             var c = new Checker();
@@ -126,6 +153,7 @@ public static class AttentionCases
             c.CloseBf16(got, Reference(kv, q, nH, d), Atol, Rtol, "decode attention output");
             if (maxContext > 0)
             {
+                RowPlanWritten(c, ctx, a.PartialLse, lens, nH, nKV, splits);
                 // each row plans its splits for its own length: the launch planned for the rows' longest gives the same bits
                 DevicePtr dOutShort = ctx.AllocFilled<ushort>(seqs * nH * d);
                 launchers.Decode(ctx.Stream, a with { MaxContextLen = lens.Max(), Out = dOutShort });
@@ -178,7 +206,7 @@ public static class AttentionCases
             DevicePtr dQkv = ctx.Upload(qkv), dQw = ctx.Upload(qw), dKw = ctx.Upload(kw), dInvFreq = ctx.Upload(invFreqRows.SelectMany(r => r).ToArray());
             DevicePtr dPos = ctx.Upload(positions), dSlots = ctx.Upload(slots), dTable = ctx.Upload(kv.BlockTable), dLens = ctx.Upload(lens);
             long wsBytes = attn.WorkspaceBytes(seqs, nH, workspaceSplits, out long lseBytes);
-            DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.Alloc<byte>(lseBytes);
+            DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.AllocFilled<float>(lseBytes / sizeof(float));
             DecodeAttentionArgs Args(DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o) => new(q, qDim, k, v, dTable, kv.MaxPagesPerSeq, pageSize,
                 dLens, seqs, planned, nH, nKV, o, qDim, dPartial, dLse, workspaceSplits);
 
@@ -219,6 +247,12 @@ public static class AttentionCases
             c.Exact<int>(ctx.Download<int>(dTickets, seqs * nKV), new int[seqs * nKV], "tickets zero after the launches");
             if (maxContext > 0)
             {
+                RowPlanWritten(c, ctx, dLse, lens, nH, nKV, splitsB);
+                if (launches.Count > 0 && ctx.Device.Info.ComputeMajor >= 9)
+                {
+                    long working = lens.Sum(l => (long)RowSplits(ctx, seqs, nKV, l, splitsB)) * nKV;
+                    c.True(launches[0].WaitingCtas == working, $"emulator: {working} CTAs reach their wait, the others exit", $"{launches[0].WaitingCtas} of {launches[0].GridBlocks}");
+                }
                 // each row plans its splits for its own length: the launch planned for the rows' longest gives the same bits
                 // (a third run over the same cache: the new keys it writes again are the same values)
                 DevicePtr dOutShort = ctx.AllocFilled<ushort>(seqs * qDim);
