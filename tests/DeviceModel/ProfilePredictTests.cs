@@ -89,7 +89,10 @@ public class ProfilePredictTests
         var maxLen = Cli("profile", "--model", tiny, "-p", "3", "-c", "20", "--max-model-len", "19");
         Assert.That(maxLen.Exit, Is.EqualTo(2));
         Assert.That(maxLen.Err, Does.Contain("--max-model-len 19: must be at least the decode context --ctx-size 20"));
-        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen })
+        var maxLenTooLong = Cli("profile", "--model", tiny, "-p", "3", "--max-model-len", "16000000");
+        Assert.That(maxLenTooLong.Exit, Is.EqualTo(2));
+        Assert.That(maxLenTooLong.Err, Does.Contain("--max-model-len 16000000: more than the model's context of").And.Contain("(max_position_embeddings)"));
+        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen, maxLenTooLong })
             Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 
