@@ -117,6 +117,16 @@ __device__ __forceinline__ int row_splits(int len, int grid_splits, int min_spli
     return max(1, min(grid_splits, min(tiles, max(min_splits, for_length))));
 }
 
+// The (split, KV head) of this CTA of a grid (splits, nKV, seqs), the KV head varying fastest in the CTAs' order: the
+// splits a short row uses (the first ones) are dispatched before the CTAs past its plan, which exit at once. The split
+// and fused kernels number their CTAs alike.
+__device__ __forceinline__ void decode_cta(int num_kv_heads, int& split, int& kvh)
+{
+    const int cta = blockIdx.x + gridDim.x * blockIdx.y;
+    split = cta / num_kv_heads;
+    kvh = cta % num_kv_heads;
+}
+
 __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
 {
     uint4 r;
@@ -547,10 +557,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
     __shared__ __align__(16) bf16 v_s[DEC_TILE * DEC_VSTRIDE];
     __shared__ __align__(16) float q_s[DEC_MAX_GROUP * HEAD_DIM];
 
-    // KV head fastest in the CTAs' order: the splits a short row uses (the first ones) are dispatched before the CTAs past
-    // its plan, which exit at once (row_splits)
-    const int cta = blockIdx.x + gridDim.x * blockIdx.y;   // grid (splits, nKV, seqs)
-    const int split = cta / p.num_kv_heads, kvh = cta % p.num_kv_heads, seq = blockIdx.z;
+    int split, kvh;
+    decode_cta(p.num_kv_heads, split, kvh);
+    const int seq = blockIdx.z;
     const int tid = threadIdx.x;
     const int group = p.num_q_heads / p.num_kv_heads;
     const int len = p.context_lens[seq];
@@ -834,10 +843,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ int order_s[FUSED_MAX_COMBINE_SPLITS];
     __shared__ int is_last;
 
-    // KV head fastest in the CTAs' order: the splits a short row uses (the first ones) are dispatched before the CTAs past
-    // its plan, which exit at once (row_splits)
-    const int cta = blockIdx.x + gridDim.x * blockIdx.y;   // grid (splits, nKV, seqs)
-    const int split = cta / p.num_kv_heads, kvh = cta % p.num_kv_heads, seq = blockIdx.z;
+    int split, kvh;
+    decode_cta(p.num_kv_heads, split, kvh);
+    const int seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = p.num_q_heads / p.num_kv_heads;
 
