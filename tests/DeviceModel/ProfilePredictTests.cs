@@ -43,7 +43,7 @@ public class ProfilePredictTests
     public void Cli_ProfilePredict_PrintsPredictedTables()
     {
         var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4", "--detail",
-            "--assume", "graphNodeGapUs=1.0");
+            "--assume", "graphNodeGapUs=1.0", "--what-if", "persistent");
         Assert.That(exit, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("PREDICTED by the timing model (docs/timing-model.md), not measured; assumed: graphNodeGapUs 1 (gpus.json: 1.3)"), "--assume: named on each heading");
         Assert.That(stdout, Does.Contain("decode (1 token(s), context 20, greedy, 2 layer(s)) on NVIDIA A100-SXM4-80GB: PREDICTED"));
@@ -53,6 +53,11 @@ public class ProfilePredictTests
         Assert.That(stdout, Does.Contain("scaled from 2 to 4 layers").And.Contain("4 layer(s)) on NVIDIA A100"));
         Assert.That(stdout, Does.Contain("predicted sampled decode / greedy decode"));
         Assert.That(stdout, Does.Contain("decode: the model's terms per launch (PREDICTED us").And.Contain("warp instr"), "--detail: the terms tables");
+        // --what-if persistent: the greedy decode step composed as one launch, labelled as not built, for 2 and for 4 layers
+        var whatIf = stdout.Split('\n').Where(l => l.StartsWith("WHAT-IF, NOT BUILT, PREDICTED by the timing model: the decode step's ", StringComparison.Ordinal)).ToList();
+        Assert.That(whatIf, Has.Count.EqualTo(2), "one what-if per greedy decode prediction (the slice's and the scaled one)");
+        Assert.That(whatIf, Has.All.Contain("as the stages of one persistent launch on NVIDIA A100-SXM4-80GB").And.Contain("lookahead 16.0 MiB (l2PersistingBytes)"));
+        Assert.That(stdout, Does.Contain("what-if step: launch ").And.Contain("of the roofline (the multi-kernel step as predicted: "));
         // every table line that carries a time is under a heading that says predicted (and names the assumption)
         foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))
             Assert.That(heading, Does.Contain("PREDICTED").And.Contain("assumed: graphNodeGapUs 1 "));
@@ -92,7 +97,13 @@ public class ProfilePredictTests
         var maxLenTooLong = Cli("profile", "--model", tiny, "-p", "3", "--max-model-len", "16000000");
         Assert.That(maxLenTooLong.Exit, Is.EqualTo(2));
         Assert.That(maxLenTooLong.Err, Does.Contain("--max-model-len 16000000: more than the model's context of").And.Contain("(max_position_embeddings)"));
-        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen, maxLenTooLong })
+        var whatIfNoPredict = Cli("profile", "--model", tiny, "--what-if", "persistent");
+        Assert.That(whatIfNoPredict.Exit, Is.EqualTo(2));
+        Assert.That(whatIfNoPredict.Err, Does.Contain("--what-if composes a predicted step: give --predict GPU too"));
+        var whatIfName = Cli("profile", "--model", tiny, "--predict", "h100", "--what-if", "megakernel");
+        Assert.That(whatIfName.Exit, Is.EqualTo(2));
+        Assert.That(whatIfName.Err, Does.Contain("--what-if: 'megakernel' is not a what-if; known: persistent"));
+        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen, maxLenTooLong, whatIfNoPredict, whatIfName })
             Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 

@@ -12,7 +12,7 @@ using Qwen3Cuda.Runtime.Memory;
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda profile --model DIR [--device emulator|cuda|auto] [--tokens N] [--context N] [--predict GPU] [--scale-layers N]`:
+/// `qwen3cuda profile --model DIR [--device emulator|cuda|auto] [--tokens N] [--context N] [--predict GPU] [--scale-layers N] [--what-if persistent]`:
 /// one prefill of N tokens and one decode step at context length --context (the positions before the prefill are
 /// skipped, not computed: <see cref="DeviceModel.SkipTokens"/>). On the emulator: a per-kernel table (launches, warp
 /// instructions, global bytes, distinct DRAM sectors, coalescing) and the decode step's DRAM bytes against the minimum
@@ -45,10 +45,11 @@ public static class ProfileCommand
         var assume = AssumeOption();
         var maxLen = CliOptions.NullableInt("--max-model-len", [],
             "Context the model is set up for, as a server's --ctx-size: what the decode graphs are captured for, and the decode attention's grid (default: the decode context + 16); at least --ctx-size", 2, CliOptions.MaxContextTokens);
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen };
+        var whatIf = WhatIfOption();
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen, whatIf };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
             parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.GetValue(assume) ?? [], parse.GetValue(maxLen),
-            parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(whatIf) is not null, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
@@ -76,6 +77,23 @@ public static class ProfileCommand
     };
 
     /// <summary>--predict KEY: one of the GPUs gpus.json describes (checked while parsing).</summary>
+    /// <summary>--what-if persistent: the greedy decode step composed as one persistent launch (<see cref="PersistentWhatIf"/>; not built).</summary>
+    private static Option<string?> WhatIfOption()
+    {
+        var o = new Option<string?>("--what-if")
+        {
+            Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7)",
+            HelpName = "persistent",
+            CustomParser = r =>
+            {
+                string v = CliOptions.Token(r).Trim().ToLowerInvariant();
+                if (v != "persistent") r.AddError($"{CliOptions.Name(r)}: '{CliOptions.Token(r)}' is not a what-if; known: persistent");
+                return v;
+            },
+        };
+        return o;
+    }
+
     private static Option<string?> PredictOption()
     {
         string[] keys = [.. GpuCatalog.All.Select(g => g.Key)];
@@ -181,7 +199,7 @@ public static class ProfileCommand
     }
 
     private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail,
-        (string Name, string Value)[] assume, int? maxModelLen, TextWriter stdout, TextWriter stderr)
+        (string Name, string Value)[] assume, int? maxModelLen, bool whatIf, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : Assume(GpuCatalog.Get(predictKey), assume);
         if (assume.Length > 0 && gpu is not null) stderr.WriteLine($"--assume: predictions for {gpu.Name} with {string.Join(", ", gpu.Assumed)}");
@@ -192,6 +210,7 @@ public static class ProfileCommand
             if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
             if (detail && gpu is null) throw new UsageException("--detail prints the timing model's terms: give --predict GPU too");
             if (assume.Length > 0 && gpu is null) throw new UsageException("--assume changes the GPU description of a prediction: give --predict GPU too");
+            if (whatIf && gpu is null) throw new UsageException("--what-if composes a predicted step: give --predict GPU too");
             if (scaleLayers is not null && chunk < tokens) throw new UsageException(ScaleChunksMessage(tokens, chunk.Value));
             var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk, maxModelLen);
             stdout.WriteLine(WeightsLine(r.Plan));
@@ -200,7 +219,7 @@ public static class ProfileCommand
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
-            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, stdout);
+            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf, stdout);
             return 0;
         }
         var measured = Measure(modelDir, backend, tokens, stderr, utilization, context, prefillChunk: chunk, maxModelLen: maxModelLen);
@@ -227,7 +246,8 @@ public static class ProfileCommand
         stdout.Write(Comparison(measured.SampledDecode, predicted.SampledDecode));
         if (detail)
             foreach (var step in new[] { predicted.Prefill, predicted.Decode, predicted.SampledDecode }) stdout.Write(StepPredictor.TermsTable(step));
-        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, stdout);
+        if (whatIf) stdout.Write(PersistentWhatIf.Report(predicted.Decode, predicted.MinimumDecodeBytes));
+        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, whatIf, stdout);
         return 0;
     }
 
@@ -238,7 +258,7 @@ public static class ProfileCommand
         catch (ArgumentException e) { throw new UsageException(e.Message); }
     }
 
-    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, bool detail, TextWriter stdout)
+    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, bool detail, bool whatIf, TextWriter stdout)
     {
         void Write(Predictions p)
         {
@@ -246,6 +266,7 @@ public static class ProfileCommand
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Prefill));
             stdout.Write(StepPredictor.Table(p.Decode, $"context {r.Context}, greedy", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Decode));
+            if (whatIf) stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes));
             stdout.Write(StepPredictor.Table(p.SampledDecode, $"context {r.Context}, {Describe(ProfileSampling)}", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.SampledDecode));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -1,0 +1,237 @@
+using System.Globalization;
+using System.Text;
+using Qwen3Cuda.Runtime.Memory;
+
+namespace Qwen3Cuda.Model.Performance;
+
+/// <summary>
+/// One stage of a persistent launch in <see cref="PersistentWhatIf"/>: the tiles of one of today's kernels. Its DRAM bytes,
+/// the share of them it may fetch before its inputs are ready (weights, the KV cache of earlier steps), and the terms of
+/// the work it does once they are (docs/timing-model.md, section 7).
+/// </summary>
+public sealed record PersistentStage
+{
+    public required string Kernel { get; init; }
+    /// <summary>Today's grid of the kernel (it tells the launches of one kernel apart, e.g. the qkv GEMV from the o_proj).</summary>
+    public string Grid { get; init; } = "";
+    /// <summary>DRAM bytes the stage moves.</summary>
+    public required long DramBytes { get; init; }
+    /// <summary>Of <see cref="DramBytes"/>, those that may be fetched before the stage's inputs are ready.</summary>
+    public required long AheadBytes { get; init; }
+    /// <summary>The stage that must be done before <see cref="AheadBytes"/> may be fetched (its index), or -1: from the step's start.</summary>
+    public int AheadAfter { get; init; } = -1;
+    /// <summary>The critical warp's chain after its inputs are ready, less its DRAM round trips: L2 round trips and its own instructions.</summary>
+    public required double ChainFixedUs { get; init; }
+    /// <summary>That chain's DRAM round trips: at the DRAM latency for the share of the bytes not fetched ahead, at the L2's for the rest.</summary>
+    public required long ChainDramTrips { get; init; }
+    /// <summary>Its DRAM bytes at the Little's-law bandwidth of its own loads (none fetched ahead).</summary>
+    public required double LittleUs { get; init; }
+    /// <summary>The largest of its issue, SM fill and L2 terms (every byte through the L2).</summary>
+    public required double ThroughputUs { get; init; }
+
+    /// <summary>The work after the inputs are ready when <paramref name="keptShare"/> of the DRAM bytes were not fetched ahead.</summary>
+    public double WorkUs(GpuSpec g, double keptShare) => Math.Max(
+        Math.Max(ChainFixedUs + ChainDramTrips * (keptShare * g.DramLatencyNs + (1 - keptShare) * g.L2LatencyNs) / 1000.0, LittleUs * keptShare),
+        ThroughputUs);
+}
+
+/// <summary>One stage as composed: when its inputs were ready, when it was done, what it fetched ahead, and the DRAM time left idle while the step waited for it.</summary>
+public sealed record PersistentStageTiming(PersistentStage Stage, double ReadyUs, double DoneUs, long FetchedAheadBytes, double IdleUs, double IdleBudgetFullUs);
+
+/// <summary>A step composed as one persistent launch (<see cref="PersistentWhatIf.Compose"/>).</summary>
+public sealed record PersistentComposition
+{
+    public required GpuSpec Gpu { get; init; }
+    public required long LookaheadBytes { get; init; }
+    public required double ReleaseUs { get; init; }
+    public required IReadOnlyList<PersistentStageTiming> Stages { get; init; }
+    /// <summary>From the launch's start to the last stage done.</summary>
+    public double LaunchUs => Stages.Count == 0 ? 0 : Stages[^1].DoneUs;
+    public long DramBytes => Stages.Sum(s => s.Stage.DramBytes);
+    /// <summary>DRAM time with nothing to issue (the same bytes at the achievable bandwidth leave the rest busy).</summary>
+    public double IdleUs => Stages.Sum(s => s.IdleUs);
+    public double IdleBudgetFullUs => Stages.Sum(s => s.IdleBudgetFullUs);
+}
+
+/// <summary>
+/// What if today's decode step ran as one persistent launch (docs/timing-model.md, section 7; NOT BUILT): each kernel
+/// becomes a stage of tiles, stages run in order, each starting a counter release after the one before is done, and one
+/// DRAM stream serves them all. The stream issues bytes at the achievable bandwidth, each arriving one DRAM latency
+/// later: first the running stage's, then, in stage order, bytes later stages may fetch ahead: the next stage to run up
+/// to the L2's share for data kept between kernels (as a programmatic launch's prefetch), the stages beyond it while the
+/// bytes fetched ahead for them fit in a lookahead budget (the persisting L2). A stage is done when its last byte has
+/// arrived and its work after its inputs were ready (<see cref="PersistentStage.WorkUs"/>) has run. The composition
+/// advances in steps of one nanosecond.
+/// </summary>
+public static class PersistentWhatIf
+{
+    /// <summary>The step's kernels as stages: see docs/timing-model.md, section 7, for the rules and their assumptions.</summary>
+    public static IReadOnlyList<PersistentStage> StagesOf(StepPrediction p)
+    {
+        var g = p.Gpu;
+        var alone = p.Launches.Select(l => KernelTimingModel.Predict(l.Launch, l.Resources, g)).ToList();
+        var dram = alone.Select(a => a.DramBytes).ToArray();
+        var ahead = new long[dram.Length];
+        // bytes a kernel fetched ahead for a later one (prefetch.global.L2::evict_last) belong to the kernel that used them:
+        // the lookahead fetches them for it; the first later kernel that found that many bytes resident in L2 used them
+        var moved = new long[dram.Length];
+        for (int i = 0; i < alone.Count; i++)
+        {
+            long persisting = Math.Min(p.Launches[i].Launch.PersistingSectors * 32, dram[i]);
+            if (persisting == 0) continue;
+            for (int j = i + 1; j < alone.Count; j++)
+                if (p.Launches[j].Launch.L2ResidentSectors * 32 >= persisting * 9 / 10)
+                {
+                    dram[i] -= persisting;
+                    moved[j] += persisting;
+                    break;
+                }
+        }
+        var stages = new List<PersistentStage>(alone.Count);
+        int router = -1;
+        for (int i = 0; i < alone.Count; i++)
+        {
+            var a = alone[i];
+            var r = a.Launch;
+            long bytes = dram[i] + moved[i];
+            // expert weights are known once the layer's router is done; other kernels' pre-wait bytes (weights, the KV of
+            // earlier steps) from the step's start
+            bool experts = r.Kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || r.Kernel.StartsWith("moe_down", StringComparison.Ordinal);
+            if (r.Kernel.StartsWith("moe_router", StringComparison.Ordinal)) router = i;
+            ahead[i] = experts && router >= 0 ? bytes : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
+            long warps = Math.Max(1, r.Warps);
+            long waves = a.FullWaves + (a.TailCtas > 0 ? 1 : 0);
+            stages.Add(new PersistentStage
+            {
+                Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = bytes, AheadBytes = Math.Min(ahead[i], bytes), AheadAfter = experts ? router : -1,
+                ChainFixedUs = r.MaxWarpPostWaitL2RoundTrips * g.L2LatencyNs / 1000.0 + r.MaxWarpPostWaitInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
+                ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
+                LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
+                ThroughputUs = Math.Max(Math.Max(a.IssueUs, a.SmFillUs), (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
+            });
+        }
+        return stages;
+    }
+
+    /// <summary>Composes <paramref name="stages"/> as one persistent launch on <paramref name="g"/> (see the class).</summary>
+    public static PersistentComposition Compose(GpuSpec g, IReadOnlyList<PersistentStage> stages, long lookaheadBytes, double releaseUs)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(lookaheadBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(releaseUs);
+        for (int s = 0; s < stages.Count; s++)
+            if (stages[s].AheadAfter >= s)
+                throw new ArgumentException($"stage {s} ({stages[s].Kernel}) may fetch ahead only after an earlier stage, not stage {stages[s].AheadAfter}");
+        int n = stages.Count;
+        double perNs = g.DramAchievableGBps;   // GB/s = bytes per ns
+        var left = stages.Select(s => (double)s.DramBytes).ToArray();                            // not yet issued
+        var aheadLeft = stages.Select(s => (double)Math.Min(s.AheadBytes, s.DramBytes)).ToArray();
+        var held = new double[n];                     // issued before the stage's inputs were ready, held in L2 until it is done
+        var fetchedAhead = new double[n];
+        var lastIssueNs = Enumerable.Repeat(double.NaN, n).ToArray();
+        var ready = new double[n];
+        var done = Enumerable.Repeat(double.PositiveInfinity, n).ToArray();
+        var idle = new double[n];
+        var idleFull = new double[n];
+        var readySeen = new bool[n];
+        double heldTotal = 0, releaseNs = releaseUs * 1000, nextCap = g.L2Bytes * g.L2ResidencyFraction;
+        int cur = 0, released = 0, firstAhead = 1;
+        for (long t = 0; cur < n; t++)
+        {
+            while (released < cur && done[released] <= t) heldTotal -= held[released++];
+            bool running = t >= ready[cur];
+            if (running && !readySeen[cur]) { readySeen[cur] = true; fetchedAhead[cur] = stages[cur].DramBytes - left[cur]; }
+            double budget = perNs;
+            if (running && left[cur] > 0)
+            {
+                double x = Math.Min(budget, left[cur]);
+                left[cur] -= x; aheadLeft[cur] = Math.Min(aheadLeft[cur], left[cur]); budget -= x; lastIssueNs[cur] = t + 1;
+            }
+            // the next stage to run may hold up to the L2's share for data kept between kernels (as a programmatic launch's
+            // prefetch may: normal lines, used within microseconds); the stages beyond it share the lookahead (evict_last lines)
+            int next = running ? cur + 1 : cur;
+            double farHeld = heldTotal;
+            for (int s = released; s <= next && s < n; s++) farHeld -= held[s];
+            bool full = false;
+            while (firstAhead < n && aheadLeft[firstAhead] <= 0) firstAhead++;
+            for (int s = Math.Max(next, running ? firstAhead : cur); s < n && budget > 0; s++)
+            {
+                if (aheadLeft[s] <= 0) continue;
+                int after = stages[s].AheadAfter;
+                if (after >= 0 && !(done[after] <= t)) continue;
+                double room = s == next ? nextCap - held[s] : lookaheadBytes - farHeld;
+                if (room <= 0) { full = true; if (s == next) continue; break; }
+                double x = Math.Min(Math.Min(budget, aheadLeft[s]), room);
+                aheadLeft[s] -= x; left[s] -= x; held[s] += x; heldTotal += x; budget -= x; lastIssueNs[s] = t + 1;
+                if (s != next) farHeld += x;
+            }
+            if (budget > 0)
+            {
+                // the DRAM waits on the stage that runs, or on the one before it while that finishes and releases
+                int on = running || cur == 0 ? cur : cur - 1;
+                idle[on] += budget / perNs;
+                if (full) idleFull[on] += budget / perNs;
+            }
+            while (cur < n && t + 1 >= ready[cur] && left[cur] <= 0)
+            {
+                if (!readySeen[cur]) { readySeen[cur] = true; fetchedAhead[cur] = stages[cur].DramBytes - left[cur]; }
+                var st = stages[cur];
+                double kept = st.DramBytes > 0 ? 1 - fetchedAhead[cur] / st.DramBytes : 1;
+                double arrived = double.IsNaN(lastIssueNs[cur]) ? 0 : lastIssueNs[cur] + g.DramLatencyNs;
+                done[cur] = Math.Max(ready[cur] + st.WorkUs(g, kept) * 1000, arrived);
+                if (cur + 1 < n) ready[cur + 1] = done[cur] + releaseNs;
+                cur++;
+            }
+        }
+        return new PersistentComposition
+        {
+            Gpu = g, LookaheadBytes = lookaheadBytes, ReleaseUs = releaseUs,
+            Stages = Enumerable.Range(0, n).Select(s => new PersistentStageTiming(stages[s], ready[s] / 1000, done[s] / 1000,
+                (long)Math.Round(fetchedAhead[s]), idle[s] / 1000, idleFull[s] / 1000)).ToList(),
+        };
+    }
+
+    /// <summary>
+    /// `profile --what-if persistent`: the decode step <paramref name="p"/> composed as one persistent launch with the
+    /// GPU's persisting L2 as the lookahead and two L2 round trips per counter release; per kernel the stages' time from
+    /// ready to done, the share of their bytes fetched ahead and the DRAM time left idle, then the step against the
+    /// multi-kernel prediction and the roofline. Labelled what-if: no such kernel is built.
+    /// </summary>
+    public static string Report(StepPrediction p, long minimumBytes)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var g = p.Gpu;
+        double release = 2 * g.L2LatencyNs / 1000;
+        var stages = StagesOf(p);
+        var c = Compose(g, stages, g.L2PersistingBytes, release);
+        // the step around the launch: one graph node, the host copies and the wake-up, as for the multi-kernel step
+        double stepUs = c.LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
+        double tokS = p.Tokens / stepUs * 1e6;
+        double roofTokS = p.Tokens / (minimumBytes / g.DramPeakGBps / 1000.0) * 1e6;
+        var sb = new StringBuilder();
+        sb.Append(inv, $"WHAT-IF, NOT BUILT, PREDICTED by the timing model: the {p.Name} step's {p.Launches.Count} kernels as the stages of one persistent launch on {g.Name} (docs/timing-model.md, section 7): ");
+        sb.Append(inv, $"lookahead {ByteSize.Format(c.LookaheadBytes)} (l2PersistingBytes), counter release {release:F2} us (two L2 round trips){StepPredictor.AssumedText(g)}\n");
+        sb.Append(inv, $"  {"kernel",-26}{"grid",8}{"stages",8}{"ready->done us",16}{"DRAM",11}{"ahead",8}{"DRAM idle us",14}{"budget full",13}\n");
+        foreach (var grp in c.Stages.GroupBy(s => (s.Stage.Kernel, s.Stage.Grid)))
+        {
+            int count = grp.Count();
+            long bytes = grp.Sum(s => s.Stage.DramBytes);
+            double aheadShare = bytes > 0 ? (double)grp.Sum(s => s.FetchedAheadBytes) / bytes : 0;
+            sb.Append(inv, $"  {grp.Key.Kernel,-26}{grp.Key.Grid,8}{count,8}{grp.Sum(s => s.DoneUs - s.ReadyUs),16:F1}{ByteSize.Format(bytes),11}{100 * aheadShare,7:F0}%{grp.Sum(s => s.IdleUs),14:F1}{grp.Sum(s => s.IdleBudgetFullUs),13:F1}\n");
+        }
+        double streamUs = c.DramBytes / g.DramAchievableGBps / 1000;
+        sb.Append(inv, $"  launch {c.LaunchUs:F1} us: its {ByteSize.Format(c.DramBytes)} at the achievable {g.DramAchievableGBps:F0} GB/s take {streamUs:F1} us, the DRAM idles {c.IdleUs:F1} us ");
+        sb.Append(inv, $"({c.IdleBudgetFullUs:F1} us of it with the lookahead full: the last line says whether a larger one helps); {c.Stages.Count - 1} releases x {release:F2} us on the stages' chain\n");
+        sb.Append(inv, $"  what-if step: launch {c.LaunchUs:F1} us + 1 graph node {g.GraphNodeGapUs} us + host copies {p.CopyUs:F1} us + sync {p.SyncUs} us = {stepUs:F1} us: {tokS:F0} tok/s, ");
+        sb.Append(inv, $"{100 * tokS / roofTokS:F1}% of the roofline (the multi-kernel step as predicted: {p.TokensPerSecond:F0} tok/s, {100 * p.TokensPerSecond / roofTokS:F1}%)\n");
+        // how much the lookahead matters: the same stages with none (only the next stage fetches ahead, as a programmatic
+        // launch may: close to the multi-kernel step), half, twice and four times the budget
+        sb.Append(inv, $"  what-if by lookahead:");
+        foreach (long bytes in new[] { 0, g.L2PersistingBytes / 2, g.L2PersistingBytes, g.L2PersistingBytes * 2, g.L2PersistingBytes * 4 })
+        {
+            double us = Compose(g, stages, bytes, release).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
+            sb.Append(inv, $" {ByteSize.Format(bytes)} {100 * p.Tokens / us * 1e6 / roofTokS:F1}%");
+        }
+        sb.Append(" of the roofline\n");
+        return sb.ToString();
+    }
+}

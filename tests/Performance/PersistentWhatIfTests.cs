@@ -1,0 +1,173 @@
+using Qwen3Cuda.Model.Performance;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Tests.Performance;
+
+/// <summary>
+/// The persistent-launch what-if (docs/timing-model.md, section 7) on hand-computed cases, on
+/// <see cref="TimingModelTests.Toy"/>: 800 GB/s achievable (800 bytes issued per nanosecond), DRAM latency 500 ns, L2
+/// latency 200 ns. Byte counts are multiples of 800, so the one-nanosecond steps of the composition land exactly on
+/// every event: times are compared within 1e-9 us (double arithmetic on whole nanoseconds).
+/// </summary>
+public class PersistentWhatIfTests
+{
+    static GpuSpec Toy => TimingModelTests.Toy;
+    const double Tol = 1e-9;
+
+    static PersistentStage Stage(long dramBytes, long aheadBytes = 0, int aheadAfter = -1, double workUs = 0, string kernel = "k") => new()
+    {
+        Kernel = kernel, DramBytes = dramBytes, AheadBytes = aheadBytes, AheadAfter = aheadAfter,
+        ChainFixedUs = workUs, ChainDramTrips = 0, LittleUs = 0, ThroughputUs = 0,
+    };
+
+    /// <summary>
+    /// Nothing fetched ahead, release 0.2 us: stage 0 issues 80,000 bytes in 100 ns, its last arrives at 600 ns; stage 1
+    /// is ready at 800 ns, issues 160,000 bytes in 200 ns, done at 1,000 + 500 = 1,500 ns. The DRAM has nothing to
+    /// issue from 100 to 800 ns: 0.7 us idle, on stage 0 (its last bytes in flight, then the release).
+    /// </summary>
+    [Test]
+    public void NothingAhead_StagesRunOneAfterAnother_EachPayingTheLatencyAndTheRelease()
+    {
+        var c = PersistentWhatIf.Compose(Toy, [Stage(80_000), Stage(160_000)], lookaheadBytes: 1 << 20, releaseUs: 0.2);
+        Assert.That(c.Stages[0].DoneUs, Is.EqualTo(0.6).Within(Tol));
+        Assert.That(c.Stages[1].ReadyUs, Is.EqualTo(0.8).Within(Tol));
+        Assert.That(c.LaunchUs, Is.EqualTo(1.5).Within(Tol));
+        Assert.That((c.Stages[0].IdleUs, c.Stages[1].IdleUs, c.IdleBudgetFullUs), Is.EqualTo((0.7, 0.0, 0.0)).Within(Tol));
+        Assert.That(c.Stages[1].FetchedAheadBytes, Is.Zero);
+    }
+
+    /// <summary>
+    /// Stage 1's bytes may all come ahead: they stream right after stage 0's (100 to 300 ns) and have arrived by 800 ns,
+    /// when it is ready; with no work of its own it is done then: 0.8 us instead of 1.5.
+    /// </summary>
+    [Test]
+    public void BytesAhead_StreamBehindTheStageBefore()
+    {
+        var c = PersistentWhatIf.Compose(Toy, [Stage(80_000), Stage(160_000, aheadBytes: 160_000)], lookaheadBytes: 1 << 20, releaseUs: 0.2);
+        Assert.That(c.Stages[1].FetchedAheadBytes, Is.EqualTo(160_000));
+        Assert.That(c.LaunchUs, Is.EqualTo(0.8).Within(Tol));
+        Assert.That(c.IdleUs, Is.EqualTo(0.5).Within(Tol), "300 to 800 ns: everything issued, stage 1 not ready");
+    }
+
+    /// <summary>
+    /// The lookahead caps the bytes held for stages beyond the next one. Stage 0 issues 80,000 bytes (done at 600 ns);
+    /// stage 1 has no bytes and 0.1 us of work (ready at 600, done at 700 ns); stage 2's 160,000 bytes may all come
+    /// ahead. With a 40,000-byte lookahead, 50 ns of them go while stage 2 is two stages on (100 to 150 ns), then the
+    /// budget is full until stage 1 runs at 600 ns (450 ns idle, on stage 0); stage 2 is then the next stage, held
+    /// to the L2's share (524,288 bytes) instead: its other 120,000 bytes take 600 to 750 ns (80,000 of them before it is
+    /// ready at 700 ns) and arrive at 1,250 ns. With a lookahead of 1 MiB they stream at once (100 to 300 ns): done at
+    /// 800 ns.
+    /// </summary>
+    [Test]
+    public void TheLookahead_CapsTheBytesHeldForStagesBeyondTheNext()
+    {
+        PersistentComposition Run(long lookahead) => PersistentWhatIf.Compose(Toy,
+            [Stage(80_000), Stage(0, workUs: 0.1), Stage(160_000, aheadBytes: 160_000)], lookahead, releaseUs: 0);
+        var small = Run(40_000);
+        Assert.That(small.Stages[2].ReadyUs, Is.EqualTo(0.7).Within(Tol));
+        Assert.That(small.Stages[2].FetchedAheadBytes, Is.EqualTo(120_000));
+        Assert.That(small.LaunchUs, Is.EqualTo(1.25).Within(Tol));
+        Assert.That((small.Stages[0].IdleUs, small.IdleUs, small.IdleBudgetFullUs), Is.EqualTo((0.45, 0.45, 0.45)).Within(Tol));
+        var large = Run(1 << 20);
+        Assert.That(large.Stages[2].FetchedAheadBytes, Is.EqualTo(160_000));
+        Assert.That(large.LaunchUs, Is.EqualTo(0.8).Within(Tol));
+    }
+
+    /// <summary>
+    /// The next stage's bytes ahead are held to the L2's share for data kept between kernels, whatever the lookahead: on
+    /// a toy GPU with 1,280,000 bytes of L2 that is 640,000 bytes. Stage 0 is done at 600 ns; stage 1 (800,000 bytes, all
+    /// ahead) is ready after a 1 us release, at 1,600 ns. With no lookahead at all it still fetches 640,000 bytes ahead
+    /// (100 to 900 ns), waits with the share full (900 to 1,600 ns), then issues the other 160,000 (1,600 to 1,800 ns):
+    /// done at 2,300 ns.
+    /// </summary>
+    [Test]
+    public void TheNextStage_FetchesAheadUpToTheL2Share()
+    {
+        var g = Toy with { L2Bytes = 1_280_000 };
+        var c = PersistentWhatIf.Compose(g, [Stage(80_000), Stage(800_000, aheadBytes: 800_000)], lookaheadBytes: 0, releaseUs: 1.0);
+        Assert.That(c.Stages[1].FetchedAheadBytes, Is.EqualTo(640_000));
+        Assert.That(c.LaunchUs, Is.EqualTo(2.3).Within(Tol));
+        Assert.That((c.IdleUs, c.IdleBudgetFullUs), Is.EqualTo((0.7, 0.7)).Within(Tol));
+    }
+
+    /// <summary>
+    /// Bytes known only once an earlier stage is done (expert weights after the router): stage 0 done at 600 ns, stage 1
+    /// has no bytes and 1 us of work (ready at 600 ns with no release, done at 1,600 ns), stage 2's 80,000 bytes may come
+    /// ahead after stage 0 (600 to 700 ns, done at 1,600 ns, when it is ready) or only after stage 1 (at 1,600 ns, when
+    /// it runs anyway: done at 1,700 + 500 = 2,200 ns).
+    /// </summary>
+    [Test]
+    public void BytesAheadAfterAStage_WaitForThatStage()
+    {
+        PersistentComposition Run(int after) => PersistentWhatIf.Compose(Toy,
+            [Stage(80_000), Stage(0, workUs: 1.0), Stage(80_000, aheadBytes: 80_000, aheadAfter: after)], lookaheadBytes: 1 << 20, releaseUs: 0);
+        var afterFirst = Run(0);
+        Assert.That(afterFirst.Stages[1].DoneUs, Is.EqualTo(1.6).Within(Tol));
+        Assert.That(afterFirst.Stages[2].FetchedAheadBytes, Is.EqualTo(80_000));
+        Assert.That(afterFirst.LaunchUs, Is.EqualTo(1.6).Within(Tol));
+        var afterSecond = Run(1);
+        Assert.That(afterSecond.Stages[2].FetchedAheadBytes, Is.Zero);
+        Assert.That(afterSecond.LaunchUs, Is.EqualTo(2.2).Within(Tol));
+        var fromStart = Run(-1);
+        Assert.That(fromStart.Stages[2].FetchedAheadBytes, Is.EqualTo(80_000), "from the start: 100 to 200 ns");
+        Assert.That(fromStart.LaunchUs, Is.EqualTo(1.6).Within(Tol));
+    }
+
+    /// <summary>
+    /// A stage's work: its chain (0.1 us + 2 DRAM trips at 0.5 us for the bytes not fetched ahead, at the L2's 0.2 us for the
+    /// rest), its Little's-law time (3 us, scaled by the share not fetched ahead) and its throughput terms (0.5 us).
+    /// </summary>
+    [Test]
+    public void WorkAfterReady_TakesTheLargestTerm_AtTheShareNotFetchedAhead()
+    {
+        var s = Stage(1000) with { ChainFixedUs = 0.1, ChainDramTrips = 2, LittleUs = 3.0, ThroughputUs = 0.5 };
+        Assert.That(s.WorkUs(Toy, 1), Is.EqualTo(3.0).Within(Tol), "nothing ahead: Little's law");
+        Assert.That(s.WorkUs(Toy, 0.5), Is.EqualTo(1.5).Within(Tol), "half ahead: 1.5 against a chain of 0.1 + 2 x 0.35 = 0.8");
+        Assert.That(s.WorkUs(Toy, 0), Is.EqualTo(0.5).Within(Tol), "all ahead: the chain 0.1 + 2 x 0.2 = 0.5, as the throughput");
+    }
+
+    [Test]
+    public void BadArguments_Throw()
+    {
+        Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800, aheadBytes: 800, aheadAfter: 0)], 1000, 0),
+            Throws.ArgumentException.With.Message.Contains("may fetch ahead only after an earlier stage"));
+        Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800)], -1, 0), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800)], 0, -0.1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    /// <summary>
+    /// The stages of a predicted step: a router that fetched 64 KiB ahead for a GEMV two kernels on (which found them in
+    /// L2), the expert GEMVs after it, and that GEMV. The fetched-ahead bytes move from the router to the GEMV that used
+    /// them, where the lookahead may fetch them; the expert weights may come ahead once the router is done; the GEMV's
+    /// pre-wait bytes from the start.
+    /// </summary>
+    [Test]
+    public void StagesOf_MovesFetchedAheadBytesToTheirUser_AndWaitsForTheRouterForExpertWeights()
+    {
+        static LaunchRecord Rec(string kernel, long distinct, long preWait = 0, long persisting = 0, long resident = 0) => new()
+        {
+            Kernel = kernel, Grid = new Dim3(4), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
+            Warps = 16, DramRoundTrips = 16, MaxWarpDramRoundTrips = 1, PreWaitSectors = preWait / 32, PersistingSectors = persisting / 32,
+            L2ResidentSectors = resident / 32, InGraph = true, ProgrammaticLaunch = true,
+        };
+        var records = new[]
+        {
+            Rec("moe_router_norm_topk", 4096 + 65536, preWait: 4096, persisting: 65536),
+            Rec("moe_gate_up_gemv", 32768),
+            Rec("moe_down_gemv", 16384),
+            Rec("gemv_bf16_t1", 65536 + 8192, preWait: 65536 + 8192, resident: 65536),
+        };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, records, [], _ => new KernelResources(32, 0));
+        var stages = PersistentWhatIf.StagesOf(p);
+        Assert.That(stages.Select(s => (s.Kernel, s.DramBytes, s.AheadBytes, s.AheadAfter)), Is.EqualTo(new[]
+        {
+            ("moe_router_norm_topk", 4096L, 4096L, -1),
+            ("moe_gate_up_gemv", 32768L, 32768L, 0),
+            ("moe_down_gemv", 16384L, 16384L, 0),
+            ("gemv_bf16_t1", 73728L, 73728L, -1),
+        }));
+        Assert.That(stages.Sum(s => s.DramBytes), Is.EqualTo(p.Launches.Sum(l => KernelTimingModel.Predict(l.Launch, l.Resources, Toy).DramBytes)),
+            "the step's DRAM bytes are kept, only moved");
+    }
+}
