@@ -32,6 +32,7 @@
 // staged h is bitwise that kernel's output; then it stages its normalised K-slice. Extra bytes: T*K*2 (x, from L2) per
 // CTA + the slice of the norm weight; the separate norm kernel and its h round trip are gone.
 #include "quant.cuh"
+#include "gemv.cuh"
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS 8
@@ -89,28 +90,6 @@ __device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_ba
         gemv_combine_one(p, t, row_base + local);
     }
     if (threadIdx.x == 0) p.tickets[blockIdx.x] = 0;
-}
-
-// x is staged in shared memory as fp32 (the bf16 values, exact): chunk c of token t (8 values) is two float4, values 0..3 at
-// xs[t][0][c] and 4..7 at xs[t][1][c] ([T][2][slice_chunks] float4), so a warp's reads of 32 consecutive chunks are two
-// conflict-free 16-byte rows and the product converts only the weights (the sum and its order are unchanged).
-__device__ __forceinline__ void stage_chunk(float4* xs, int t, int c, int slice_chunks, uint4 v)
-{
-    float4* row = xs + (size_t)t * 2 * slice_chunks;
-    row[c] = make_float4(bf16x2_lo(v.x), bf16x2_hi(v.x), bf16x2_lo(v.y), bf16x2_hi(v.y));
-    row[slice_chunks + c] = make_float4(bf16x2_lo(v.z), bf16x2_hi(v.z), bf16x2_lo(v.w), bf16x2_hi(v.w));
-}
-
-// acc + the dot product of 8 bf16 weights with staged chunk c of token t, pairwise in the weights' order.
-__device__ __forceinline__ float dot8(uint4 a, const float4* xs, int t, int c, int slice_chunks, float acc)
-{
-    const float4* row = xs + (size_t)t * 2 * slice_chunks;
-    const float4 lo = row[c], hi = row[slice_chunks + c];
-    acc += bf16x2_lo(a.x) * lo.x + bf16x2_hi(a.x) * lo.y;
-    acc += bf16x2_lo(a.y) * lo.z + bf16x2_hi(a.y) * lo.w;
-    acc += bf16x2_lo(a.z) * hi.x + bf16x2_hi(a.z) * hi.y;
-    acc += bf16x2_lo(a.w) * hi.z + bf16x2_hi(a.w) * hi.w;
-    return acc;
 }
 
 // Stages the CTA's K-slice of x (or of RMSNorm(x), see the header) into x_s as [T][slice_chunks] 16-byte chunks, zero
@@ -173,13 +152,6 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, float4* x_s, i
     __syncthreads();
 }
 
-__device__ __forceinline__ uint4 ldg_stream_v4(const void* p)
-{
-    uint4 r;
-    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p) : "memory");
-    return r;
-}
-
 // Programmatic dependent launch (docs/kernels.md): before pdl_wait() the CTA only prefetches its weight slice (rows
 // [row_base, row_base + rows_here), bytes [k0, k0 + klen) x bytes per weight of each row) and, for quantized formats, the
 // scales those weights use into L2; x, the residual, the partials and the tickets are the previous kernels' and are read
@@ -223,39 +195,7 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p)
         if (row >= p.n) break;
         const bf16* wrow = p.w + (size_t)row * p.k + k0;
         float acc[T];
-#pragma unroll
-        for (int t = 0; t < T; t++) acc[t] = 0.f;
-        // At T <= 2 whole blocks of 128 chunks run unguarded (fewer instructions; above, the extra registers would cost
-        // occupancy), the rest guarded; either way a lane adds its chunks c = lane, lane + 32, ... in ascending order.
-        int c0 = 0;
-        if constexpr (T <= 2) {
-            for (; c0 + 128 <= kchunks; c0 += 128) {
-                uint4 wv[4];
-#pragma unroll
-                for (int u = 0; u < 4; u++) wv[u] = ldg_stream_v4(wrow + (c0 + u * 32 + lane) * 8);
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-#pragma unroll
-                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s, t, c0 + u * 32 + lane, slice_chunks, acc[t]);
-                }
-            }
-        }
-        for (; c0 < kchunks; c0 += 128) {
-            uint4 wv[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int c = c0 + u * 32 + lane;
-                wv[u] = c < kchunks ? ldg_stream_v4(wrow + c * 8) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int c = c0 + u * 32 + lane;
-                if (c < kchunks) {
-#pragma unroll
-                    for (int t = 0; t < T; t++) acc[t] = dot8(wv[u], x_s, t, c, slice_chunks, acc[t]);
-                }
-            }
-        }
+        gemv_row_dot<T>(wrow, x_s, kchunks, slice_chunks, lane, acc);
 #pragma unroll
         for (int t = 0; t < T; t++) {
             const float v = warp_sum(acc[t]);
