@@ -43,7 +43,7 @@ public class ProfilePredictTests
     public void Cli_ProfilePredict_PrintsPredictedTables()
     {
         var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "--predict", "a100", "-p", "3", "-c", "20", "--scale-layers", "4", "--detail",
-            "--assume", "graphNodeGapUs=1.0", "--what-if", "persistent");
+            "--assume", "graphNodeGapUs=1.0", "--what-if", "persistent", "--lines", "gemv_bf16_t1");
         Assert.That(exit, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("PREDICTED by the timing model (docs/timing-model.md), not measured; assumed: graphNodeGapUs 1 (gpus.json: 1.3)"), "--assume: named on each heading");
         Assert.That(stdout, Does.Contain("decode (1 token(s), context 20, greedy, 2 layer(s)) on NVIDIA A100-SXM4-80GB: PREDICTED"));
@@ -53,6 +53,9 @@ public class ProfilePredictTests
         Assert.That(stdout, Does.Contain("scaled from 2 to 4 layers").And.Contain("4 layer(s)) on NVIDIA A100"));
         Assert.That(stdout, Does.Contain("predicted sampled decode / greedy decode"));
         Assert.That(stdout, Does.Contain("decode: the model's terms per launch (PREDICTED us").And.Contain("warp instr"), "--detail: the terms tables");
+        // --lines: the critical warp of the decode step's first GEMV, by source line (its loop is in gemv.cuh)
+        Assert.That(stdout, Does.Contain("decode: gemv_bf16_t1 (grid ").And.Contain("its critical warp: ").And.Contain("by CUDA source line"));
+        Assert.That(stdout, Does.Match(@"\n +\d+ +\d+\.\d% +gemv\.cuh:\d+\n"), "a line of the GEMV's inner product");
         // --what-if persistent: the greedy decode step composed as one launch, labelled as not built, for 2 and for 4 layers
         var whatIf = stdout.Split('\n').Where(l => l.StartsWith("WHAT-IF, NOT BUILT, PREDICTED by the timing model: the decode step's ", StringComparison.Ordinal)).ToList();
         Assert.That(whatIf, Has.Count.EqualTo(2), "one what-if per greedy decode prediction (the slice's and the scaled one)");
@@ -103,7 +106,10 @@ public class ProfilePredictTests
         var whatIfName = Cli("profile", "--model", tiny, "--predict", "h100", "--what-if", "megakernel");
         Assert.That(whatIfName.Exit, Is.EqualTo(2));
         Assert.That(whatIfName.Err, Does.Contain("--what-if: 'megakernel' is not a what-if; known: persistent"));
-        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen, maxLenTooLong, whatIfNoPredict, whatIfName })
+        var linesName = Cli("profile", "--model", tiny, "-p", "2", "--lines", "nosuch_kernel");
+        Assert.That(linesName.Exit, Is.EqualTo(2));
+        Assert.That(linesName.Err, Does.Contain("--lines nosuch_kernel: the decode step launches no such kernel; it launches ").And.Contain("gemv_bf16_t1"));
+        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen, maxLenTooLong, whatIfNoPredict, whatIfName, linesName })
             Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
     }
 

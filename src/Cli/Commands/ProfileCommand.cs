@@ -46,10 +46,15 @@ public static class ProfileCommand
         var maxLen = CliOptions.NullableInt("--max-model-len", [],
             "Context the model is set up for, as a server's --ctx-size: what the decode graphs are captured for, and the decode attention's grid (default: the decode context + 16); at least --ctx-size", 2, CliOptions.MaxContextTokens);
         var whatIf = WhatIfOption();
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen, whatIf };
+        var lines = new Option<string?>("--lines")
+        {
+            Description = "On the emulator: where the critical warp (the one that executes the most instructions) of KERNEL's first launch in the greedy decode step spends them, per CUDA source line",
+            HelpName = "KERNEL",
+        };
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen, whatIf, lines };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
             parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.GetValue(assume) ?? [], parse.GetValue(maxLen),
-            parse.GetValue(whatIf) is not null, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(whatIf) is not null, parse.GetValue(lines), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
@@ -129,7 +134,7 @@ public static class ProfileCommand
     /// <param name="prefillChunk">--max-num-batched-tokens: token rows per prefill chunk; null: the prompt, at most
     /// <see cref="PrefillChunkSizing.DefaultMaxChunkTokens"/>, smaller when the memory does not allow it (<see cref="PrefillChunkSizing"/>).</param>
     public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
-        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null, int? maxModelLen = null)
+        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null, int? maxModelLen = null, bool criticalWarpLines = false)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
         if (prefillChunk is < 1 or > PrefillChunkSizing.MaxChunkTokens)
@@ -152,8 +157,9 @@ public static class ProfileCommand
             log?.WriteLine($"profile: a prefill of {tokens} tokens on the PTX emulator checks every memory access of every thread and can take minutes " +
                 "(what profile measures, the traffic per token, shows at -p 8)");
         if (backend == BackendKind.Cpu) throw new ArgumentException("--device cpu has no kernels to profile (use emulator or cuda)");
-        using var device = emulateAs is not null && backend == BackendKind.Emulator
-            ? new EmulatedDevice(emulateAs.EmulatorOptions(PredictHeapBytes)) : DeviceFactory.Open(backend);
+        using var device = (emulateAs is not null || criticalWarpLines) && backend == BackendKind.Emulator
+            ? new EmulatedDevice((emulateAs?.EmulatorOptions(PredictHeapBytes) ?? new EmulatorOptions()) with { CriticalWarpLines = criticalWarpLines })
+            : DeviceFactory.Open(backend);
         using var timing = new KernelTimingDevice(device);   // per-kernel events on CUDA; forwards everything
         var options = new DeviceModelOptions
         {
@@ -199,7 +205,7 @@ public static class ProfileCommand
     }
 
     private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail,
-        (string Name, string Value)[] assume, int? maxModelLen, bool whatIf, TextWriter stdout, TextWriter stderr)
+        (string Name, string Value)[] assume, int? maxModelLen, bool whatIf, string? linesKernel, TextWriter stdout, TextWriter stderr)
     {
         GpuSpec? gpu = predictKey is null ? null : Assume(GpuCatalog.Get(predictKey), assume);
         if (assume.Length > 0 && gpu is not null) stderr.WriteLine($"--assume: predictions for {gpu.Name} with {string.Join(", ", gpu.Assumed)}");
@@ -212,16 +218,18 @@ public static class ProfileCommand
             if (assume.Length > 0 && gpu is null) throw new UsageException("--assume changes the GPU description of a prediction: give --predict GPU too");
             if (whatIf && gpu is null) throw new UsageException("--what-if composes a predicted step: give --predict GPU too");
             if (scaleLayers is not null && chunk < tokens) throw new UsageException(ScaleChunksMessage(tokens, chunk.Value));
-            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk, maxModelLen);
+            var r = Measure(modelDir, backend, tokens, stderr, utilization, context, gpu, chunk, maxModelLen, criticalWarpLines: linesKernel is not null);
             stdout.WriteLine(WeightsLine(r.Plan));
             stdout.Write(DeviceProfiler.Table(r.Prefill, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.Decode, r.Emulator));
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
+            if (linesKernel is not null) stdout.Write(CriticalWarpTable(r.Decode, linesKernel));
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf, stdout);
             return 0;
         }
+        if (linesKernel is not null) throw new UsageException("--lines counts instructions on the emulator: give --device emulator");
         var measured = Measure(modelDir, backend, tokens, stderr, utilization, context, prefillChunk: chunk, maxModelLen: maxModelLen);
         stdout.WriteLine(WeightsLine(measured.Plan));
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
@@ -249,6 +257,28 @@ public static class ProfileCommand
         if (whatIf) stdout.Write(PersistentWhatIf.Report(predicted.Decode, predicted.MinimumDecodeBytes));
         if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, whatIf, stdout);
         return 0;
+    }
+
+    /// <summary>
+    /// `profile --lines KERNEL`: the critical warp of <paramref name="kernel"/>'s first launch in <paramref name="step"/>,
+    /// its instructions per CUDA source line (emulator counts of PTX instructions; the top 20). A kernel the step does not
+    /// launch is a usage error naming those it does.
+    /// </summary>
+    public static string CriticalWarpTable(StepProfile step, string kernel, int top = 20)
+    {
+        var r = step.Records.FirstOrDefault(x => x.Kernel == kernel)
+            ?? throw new UsageException($"--lines {kernel}: the {step.Name} step launches no such kernel; it launches {string.Join(", ", step.Records.Select(x => x.Kernel).Distinct())}");
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        long total = r.CriticalWarpLines.Sum(l => l.Instructions);
+        sb.Append(inv, $"{step.Name}: {kernel} (grid {r.Grid}, block {r.Block}), its critical warp: {r.MaxWarpInstructions} instructions ({r.MaxWarpPreWaitInstructions} before its griddepcontrol.wait), ");
+        sb.Append(inv, $"{r.MaxWarpDramRoundTrips} DRAM and {r.MaxWarpL2RoundTrips} L2 round trips; its instructions by CUDA source line (emulator counts of PTX instructions, the top {top}):\n");
+        sb.Append(inv, $"  {"instructions",12}{"share",8}  line\n");
+        foreach (var l in r.CriticalWarpLines.Take(top))
+            sb.Append(inv, $"  {l.Instructions,12}{100.0 * l.Instructions / Math.Max(1, total),7:F1}%  {l.Where}\n");
+        if (r.CriticalWarpLines.Count > top)
+            sb.Append(inv, $"  {r.CriticalWarpLines.Skip(top).Sum(l => l.Instructions),12}{100.0 * r.CriticalWarpLines.Skip(top).Sum(l => l.Instructions) / Math.Max(1, total),7:F1}%  {r.CriticalWarpLines.Count - top} more line(s)\n");
+        return sb.ToString();
     }
 
     /// <summary>--assume's changes to a description; a bad name or value is a usage error (exit 2), as a bad option is.</summary>

@@ -126,6 +126,7 @@ internal sealed unsafe class Cta
                 {
                     wp.CloseTrip();
                     Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips, wp.PreWaitInstructions, wp.PreWaitDramTrips, wp.PreWaitL2Trips);
+                    if (wp.PcCounts is { } counts) L.OfferCriticalWarp(wp.Instructions, Linear * Warps.Length + wp.Index, counts);
                     waited |= wp.Waited;
                 }
                 if (waited) Counters.WaitingCtas++;

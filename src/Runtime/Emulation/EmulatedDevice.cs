@@ -388,7 +388,7 @@ public sealed unsafe class EmulatedDevice : IDevice
             TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             PersistStamp = _persistClock, PersistWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2PersistingBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
-            CoResident = c.Cooperative, ProgrammaticLaunch = programmatic, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
+            CoResident = c.Cooperative, ProgrammaticLaunch = programmatic, CriticalWarpLines = _opt.CriticalWarpLines, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
         };
         _stepKernels[L.LaunchId] = k.Name;
         var sw = Stopwatch.StartNew();
@@ -397,7 +397,7 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (_trafficClock == 0) _trafficClock = 1;
         _persistClock += (uint)counters.PersistingSectors;
         if (_persistClock == 0) _persistClock = 1;
-        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic };
+        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic, CriticalWarpLines = L.CriticalWarpLineCounts() };
         LastLaunch = rec;
         _launches.Add(rec);
     }

@@ -53,6 +53,12 @@ public sealed record EmulatorOptions
     /// The default follows that variable.
     /// </summary>
     public bool ProgrammaticLaunch { get; init; } = Environment.GetEnvironmentVariable("QWEN3CUDA_PDL") != "0";
+    /// <summary>
+    /// Each launch also records where its critical warp (the one that executed the most instructions) spent them, per
+    /// CUDA source line (<see cref="LaunchRecord.CriticalWarpLines"/>; `profile --lines KERNEL`). Off by default: it costs
+    /// a counter per executed instruction.
+    /// </summary>
+    public bool CriticalWarpLines { get; init; }
 
     /// <summary>An sm_80 (A100-like) configuration.</summary>
     public static EmulatorOptions Sm80 => new()

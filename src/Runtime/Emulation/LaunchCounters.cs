@@ -152,6 +152,11 @@ public sealed record LaunchRecord
     /// prefetches followed (docs/timing-model.md, "Weights fetched ahead").
     /// </summary>
     public long PersistingSectors { get; init; }
+    /// <summary>
+    /// With <see cref="EmulatorOptions.CriticalWarpLines"/>: the instructions of the warp that executed the most, summed per
+    /// CUDA source line, most first (empty otherwise). Instructions inside .func calls are not attributed.
+    /// </summary>
+    public IReadOnlyList<InstructionLine> CriticalWarpLines { get; init; } = [];
     public double ElapsedMilliseconds { get; init; }
 
     /// <summary>
@@ -186,6 +191,9 @@ public sealed record LaunchRecord
         MaxWarpPostWaitDramRoundTrips = c.MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips = c.MaxWarpPostWaitL2RoundTrips,
     };
 }
+
+/// <summary>A CUDA source line ("gemv.cuh:42", or "PTX line N" without line info), its first PTX line and the instructions a warp executed there.</summary>
+public readonly record struct InstructionLine(string Where, int FirstPtxLine, long Instructions);
 
 /// <summary>What a non-kernel stream operation did.</summary>
 public enum DeviceOperationKind { CopyToDevice, CopyToHost, CopyDeviceToDevice, Memset }

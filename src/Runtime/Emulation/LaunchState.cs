@@ -64,6 +64,43 @@ internal sealed unsafe class LaunchState
     /// is an error.
     /// </summary>
     public long PdlEpochStart { get; init; } = long.MaxValue;
+    /// <summary>Record the critical warp's instructions per PTX instruction (<see cref="EmulatorOptions.CriticalWarpLines"/>).</summary>
+    public bool CriticalWarpLines { get; init; }
+    private readonly object _criticalLock = new();
+    private long _criticalInstructions = -1, _criticalWarp = long.MaxValue;
+    private int[]? _criticalCounts;
+
+    /// <summary>
+    /// A finished warp's instructions per PC of the kernel's entry code: kept when it executed more instructions than every
+    /// warp offered before (on a tie, the lower CTA and warp, so parallel runs pick the same warp).
+    /// </summary>
+    public void OfferCriticalWarp(long instructions, long warpId, int[] counts)
+    {
+        lock (_criticalLock)
+        {
+            if (instructions < _criticalInstructions || (instructions == _criticalInstructions && warpId > _criticalWarp)) return;
+            _criticalInstructions = instructions;
+            _criticalWarp = warpId;
+            _criticalCounts ??= new int[Function.Code.Length];
+            Array.Copy(counts, _criticalCounts, _criticalCounts.Length);
+        }
+    }
+
+    /// <summary>The critical warp's instructions summed per CUDA source line (per PTX line where the PTX has no line info), most first.</summary>
+    public IReadOnlyList<InstructionLine> CriticalWarpLineCounts()
+    {
+        if (_criticalCounts is not { } counts) return [];
+        var code = Function.Code;
+        var lines = new Dictionary<string, (int FirstPtxLine, long Count)>();
+        for (int pc = 0; pc < counts.Length; pc++)
+        {
+            if (counts[pc] == 0) continue;
+            var ins = code[pc];
+            string where = ins.SrcLine > 0 && Module.Files.TryGetValue(ins.SrcFile, out var file) ? $"{Path.GetFileName(file)}:{ins.SrcLine}" : $"PTX line {ins.PtxLine}";
+            lines[where] = lines.TryGetValue(where, out var v) ? (Math.Min(v.FirstPtxLine, ins.PtxLine), v.Count + counts[pc]) : (ins.PtxLine, counts[pc]);
+        }
+        return [.. lines.Select(kv => new InstructionLine(kv.Key, kv.Value.FirstPtxLine, kv.Value.Count)).OrderByDescending(l => l.Instructions).ThenBy(l => l.FirstPtxLine)];
+    }
     /// <summary>The kernel name of an earlier launch id of the step (for error messages).</summary>
     public Func<long, string>? LaunchName { get; init; }
 

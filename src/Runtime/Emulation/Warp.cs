@@ -22,6 +22,8 @@ internal sealed partial class Warp
 
     // control state
     private Instr[] _code = [];
+    /// <summary>With <see cref="LaunchState.CriticalWarpLines"/>: the instructions this warp executed at each PC of the entry code.</summary>
+    public int[]? PcCounts;
     private PtxFunction _fn = null!;
     public int Pc;
     public uint Active;      // the running group
@@ -98,6 +100,12 @@ internal sealed partial class Warp
         ResetAsync();
         _its = Cta.Launch.Interleaved;
         _itsLeft = 0;
+        if (Cta.Launch.CriticalWarpLines && fn.IsEntry)
+        {
+            if (PcCounts is null || PcCounts.Length != fn.Code.Length) PcCounts = new int[fn.Code.Length];
+            else Array.Clear(PcCounts);
+        }
+        else PcCounts = null;
         RaceTime = LastFullSync = 0;
         if (_pairSync != null) Array.Clear(_pairSync);
         DramTrips = L2Trips = Instructions = 0;
@@ -167,17 +175,21 @@ internal sealed partial class Warp
                 var code = _code;
                 var ins = code[Pc];
                 uint exec = Active;
+                // the line profile counts the entry code only (not a .func's)
+                int[]? pcc = PcCounts is { } pcCounts && pcCounts.Length == code.Length && ReferenceEquals(code, Cta.Launch.Function.Code) ? pcCounts : null;
                 if (ins.FastGo && exec == 0xFFFFFFFF)
                 {
                     // converged, unguarded, classified: the common case runs straight through its handlers until an
                     // instruction needs the general path (a full warp has no parked lanes, so no merge point lies ahead)
                     int pc = Pc, limit = Math.Min(_nextMin, code.Length);
                     if (wide) ExecFast512(ins); else ExecFast(ins);
+                    if (pcc != null) pcc[pc]++;
                     pc++;
                     fastCount++;
                     while (pc < limit && quantum > 0 && (ins = code[pc]).FastGo)
                     {
                         if (wide) ExecFast512(ins); else ExecFast(ins);
+                        if (pcc != null) pcc[pc]++;
                         pc++;
                         fastCount++;
                         quantum--;
@@ -188,6 +200,7 @@ internal sealed partial class Warp
                 if (ins.GuardPred >= 0) exec &= ins.GuardNeg ? ~P[ins.GuardPred] : P[ins.GuardPred];
                 if (fastCount != 0) { cnt.WarpInstructions += fastCount; cnt.ThreadInstructions += 32 * fastCount; fastCount = 0; }
                 cnt.WarpInstructions++;
+                if (pcc != null) pcc[Pc]++;
                 cnt.ThreadInstructions += BitOperations.PopCount(exec);
                 if (exec == 0 && !ins.IsCollective && ins.Op is not (Op.Bra or Op.BarArrive)) { Pc++; continue; }
                 if (ins.Fast != FastKind.None && exec == 0xFFFFFFFF) { if (wide) ExecFast512(ins); else ExecFast(ins); Pc++; continue; }
