@@ -3,7 +3,7 @@
 //
 //   act[s + 1] = bf16(W[s] . act[s])      s = 0 .. stages - 1, every W[s] [dim, dim] bf16, act[s] [dim] bf16
 //
-// Tiles: stage s, row block b (GEMV_ROWS_PER_TILE rows) is tile s * tiles_per_stage + b. A CTA takes the next tile index
+// Tiles: stage s, row block b (8 * rows_per_warp rows) is tile s * tiles_per_stage + b. A CTA takes the next tile index
 // with an atomic on counters[0], prefetches the tile's weight rows into L2 (their bytes need nothing earlier), then waits
 // until counters[2 + s - 1] says every tile of stage s - 1 is done, stages act[s] in shared memory as fp32 and computes
 // its rows exactly as gemv_bf16_t1 does (gemv.cuh: the same products in the same order, so the chain equals that

@@ -12,7 +12,7 @@ using Qwen3Cuda.Runtime.Memory;
 namespace Qwen3Cuda.Cli.Commands;
 
 /// <summary>
-/// `qwen3cuda profile --model DIR [--device emulator|cuda|auto] [--tokens N] [--context N] [--predict GPU] [--scale-layers N] [--what-if persistent]`:
+/// `qwen3cuda profile --model DIR [--device emulator|cuda|auto] [--tokens N] [--context N] [--predict GPU] [--scale-layers N] [--what-if persistent] [--lines KERNEL]`:
 /// one prefill of N tokens and one decode step at context length --context (the positions before the prefill are
 /// skipped, not computed: <see cref="DeviceModel.SkipTokens"/>). On the emulator: a per-kernel table (launches, warp
 /// instructions, global bytes, distinct DRAM sectors, coalescing) and the decode step's DRAM bytes against the minimum
@@ -81,24 +81,20 @@ public static class ProfileCommand
         },
     };
 
-    /// <summary>--predict KEY: one of the GPUs gpus.json describes (checked while parsing).</summary>
     /// <summary>--what-if persistent: the greedy decode step composed as one persistent launch (<see cref="PersistentWhatIf"/>; not built).</summary>
-    private static Option<string?> WhatIfOption()
+    private static Option<string?> WhatIfOption() => new("--what-if")
     {
-        var o = new Option<string?>("--what-if")
+        Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7)",
+        HelpName = "persistent",
+        CustomParser = r =>
         {
-            Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7)",
-            HelpName = "persistent",
-            CustomParser = r =>
-            {
-                string v = CliOptions.Token(r).Trim().ToLowerInvariant();
-                if (v != "persistent") r.AddError($"{CliOptions.Name(r)}: '{CliOptions.Token(r)}' is not a what-if; known: persistent");
-                return v;
-            },
-        };
-        return o;
-    }
+            string v = CliOptions.Token(r).Trim().ToLowerInvariant();
+            if (v != "persistent") r.AddError($"{CliOptions.Name(r)}: '{CliOptions.Token(r)}' is not a what-if; known: persistent");
+            return v;
+        },
+    };
 
+    /// <summary>--predict KEY: one of the GPUs gpus.json describes (checked while parsing).</summary>
     private static Option<string?> PredictOption()
     {
         string[] keys = [.. GpuCatalog.All.Select(g => g.Key)];

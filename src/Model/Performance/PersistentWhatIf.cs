@@ -71,7 +71,6 @@ public static class PersistentWhatIf
         var g = p.Gpu;
         var alone = p.Launches.Select(l => KernelTimingModel.Predict(l.Launch, l.Resources, g)).ToList();
         var dram = alone.Select(a => a.DramBytes).ToArray();
-        var ahead = new long[dram.Length];
         // bytes a kernel fetched ahead for a later one (prefetch.global.L2::evict_last) belong to the kernel that used them:
         // the lookahead fetches them for it; the first later kernel that found that many bytes resident in L2 used them
         var moved = new long[dram.Length];
@@ -98,12 +97,12 @@ public static class PersistentWhatIf
             // earlier steps) from the step's start
             bool experts = r.Kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || r.Kernel.StartsWith("moe_down", StringComparison.Ordinal);
             if (r.Kernel.StartsWith("moe_router", StringComparison.Ordinal)) router = i;
-            ahead[i] = experts && router >= 0 ? bytes : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
+            long ahead = experts && router >= 0 ? bytes : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
             long warps = Math.Max(1, r.Warps);
             long waves = a.FullWaves + (a.TailCtas > 0 ? 1 : 0);
             stages.Add(new PersistentStage
             {
-                Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = bytes, AheadBytes = Math.Min(ahead[i], bytes), AheadAfter = experts ? router : -1,
+                Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = bytes, AheadBytes = Math.Min(ahead, bytes), AheadAfter = experts ? router : -1,
                 ChainFixedUs = r.MaxWarpPostWaitL2RoundTrips * g.L2LatencyNs / 1000.0 + r.MaxWarpPostWaitInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
                 ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
                 LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
