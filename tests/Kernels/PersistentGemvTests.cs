@@ -12,7 +12,8 @@ namespace Qwen3Cuda.Tests.Kernels;
 /// (docs/kernels.md, "Persistent launches"). Its rows are computed by the same code as gemv_bf16_t1 (gemv.cuh), so the
 /// chain must equal that kernel launched once per stage bit for bit (exact: no tolerance), whatever the grid and however
 /// the emulator schedules the CTAs: one after another, in parallel, or co-resident and interleaved. The shape (dim
-/// 1280) is one the GEMV launcher does not split over K, so both add the same products in the same order.
+/// 1280) is one the GEMV launcher does not split over K, so both add the same products in the same order. The oracle's
+/// rows are also checked against an fp64 reference (<see cref="AssertNearReference"/>, its tolerance stated there).
 /// </summary>
 [TestFixture]
 public class PersistentGemvTests
@@ -77,6 +78,7 @@ public class PersistentGemvTests
         var w = ctx.Upload(wHost);
         var pointers = ctx.Upload(Enumerable.Range(0, Stages).Select(s => (w + (long)s * Dim * Dim * 2).Address).ToArray());
         var expected = Oracle(ctx, w, x);
+        AssertNearReference(wHost, expected, what);
         var launcher = new PersistentGemvLaunchers(ctx.Loader);
         var counters = ctx.Upload(new int[2 + Stages]);
         foreach (var (rowsPerWarp, ctas) in shapes)
@@ -88,6 +90,30 @@ public class PersistentGemvTests
             Assert.That(ctx.Download<ushort>(act, (Stages + 1) * Dim), Is.EqualTo(expected), $"{what}: {ctas} CTAs, {rowsPerWarp} rows per warp");
             Assert.That(ctx.Download<int>(counters, 2 + Stages), Is.All.Zero, $"{what}: the last CTA out resets the counters for the next launch");
         }
+    }
+
+    /// <summary>
+    /// The oracle's chain (so the persistent one, which equals it bitwise) against an fp64 reference, stage by stage from
+    /// the device's own input to that stage (errors do not compound): each output within one bf16 rounding of the exact
+    /// sum (2^-8 of its magnitude) plus the fp32 accumulation's error, bounded by Dim x 2^-24 x sum |w x|.
+    /// </summary>
+    static void AssertNearReference(ushort[] w, ushort[] act, string what)
+    {
+        for (int s = 0; s < Stages; s++)
+            for (int row = 0; row < Dim; row++)
+            {
+                double exact = 0, magnitude = 0;
+                for (int k = 0; k < Dim; k++)
+                {
+                    double p = (double)Bf16.ToFloat(w[((long)s * Dim + row) * Dim + k]) * Bf16.ToFloat(act[s * Dim + k]);
+                    exact += p;
+                    magnitude += Math.Abs(p);
+                }
+                double got = Bf16.ToFloat(act[(s + 1) * Dim + row]);
+                double tolerance = Math.Abs(exact) * Math.Pow(2, -8) + Dim * Math.Pow(2, -24) * magnitude;
+                if (Math.Abs(got - exact) > tolerance)
+                    Assert.Fail($"{what}: stage {s} row {row}: {got} against the fp64 sum {exact} (tolerance {tolerance:G3})");
+            }
     }
 
     /// <summary>
