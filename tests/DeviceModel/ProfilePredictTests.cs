@@ -66,51 +66,34 @@ public class ProfilePredictTests
             Assert.That(heading, Does.Contain("PREDICTED").And.Contain("assumed: graphNodeGapUs 1 "));
     }
 
+    /// <summary>Runs `qwen3cuda profile ARGS`: a usage error (exit 2) whose message is one line containing every fragment.</summary>
+    static string UsageError(string[] args, params string[] fragments)
+    {
+        var (exit, _, err) = Cli(["profile", .. args]);
+        Assert.That(exit, Is.EqualTo(2), $"a usage error: {string.Join(" ", args)}");
+        foreach (string f in fragments) Assert.That(err, Does.Contain(f));
+        Assert.That(err.Trim().Split('\n'), Has.Length.EqualTo(1), err);
+        return err;
+    }
+
     [Test]
     public void Cli_ProfilePredict_BadInput_OneLineErrors()
     {
         string tiny = DeviceCheckpoints.Tiny();
-        var bad = Cli("profile", "--model", tiny, "--predict", "v100");
-        Assert.That(bad.Exit, Is.EqualTo(2), "a usage error");
-        Assert.That(bad.Err.Trim(), Does.StartWith("error: --predict: 'v100' is not a described GPU").And.Contain("a100, h100, h200, rtx4090, l40s"));
-        var noPredict = Cli("profile", "--model", tiny, "--scale-layers", "48");
-        Assert.That(noPredict.Exit, Is.EqualTo(2));
-        Assert.That(noPredict.Err, Does.Contain("--scale-layers").And.Contain("--predict"));
-        var ctx = Cli("profile", "--model", tiny, "-p", "8", "-c", "8");
-        Assert.That(ctx.Exit, Is.EqualTo(2));
-        Assert.That(ctx.Err, Does.Contain("--ctx-size 8: must be at least --n-prompt + 1 = 9"));
-        var detail = Cli("profile", "--model", tiny, "--detail");
-        Assert.That(detail.Exit, Is.EqualTo(2));
-        Assert.That(detail.Err, Does.Contain("--detail").And.Contain("--predict"));
-        var layers = Cli("profile", "--model", tiny, "--predict", "h100", "--scale-layers", "0");
-        Assert.That(layers.Exit, Is.EqualTo(2));
-        Assert.That(layers.Err, Does.Contain("--scale-layers: 0 is out of range"));
-        var assumeNoPredict = Cli("profile", "--model", tiny, "--assume", "pdlNodeGapUs=0.3");
-        Assert.That(assumeNoPredict.Exit, Is.EqualTo(2));
-        Assert.That(assumeNoPredict.Err, Does.Contain("--assume changes the GPU description of a prediction: give --predict GPU too"));
-        var assumeShape = Cli("profile", "--model", tiny, "--predict", "h100", "--assume", "pdlNodeGapUs");
-        Assert.That(assumeShape.Exit, Is.EqualTo(2));
-        Assert.That(assumeShape.Err, Does.Contain("--assume 'pdlNodeGapUs': expected NAME=VALUE"));
-        var assumeName = Cli("profile", "--model", tiny, "--predict", "h100", "--assume", "gap=1");
-        Assert.That(assumeName.Exit, Is.EqualTo(2));
-        Assert.That(assumeName.Err, Does.Contain("--assume gap: not a number of the GPU description; known: "));
-        var maxLen = Cli("profile", "--model", tiny, "-p", "3", "-c", "20", "--max-model-len", "19");
-        Assert.That(maxLen.Exit, Is.EqualTo(2));
-        Assert.That(maxLen.Err, Does.Contain("--max-model-len 19: must be at least the decode context --ctx-size 20"));
-        var maxLenTooLong = Cli("profile", "--model", tiny, "-p", "3", "--max-model-len", "16000000");
-        Assert.That(maxLenTooLong.Exit, Is.EqualTo(2));
-        Assert.That(maxLenTooLong.Err, Does.Contain("--max-model-len 16000000: more than the model's context of").And.Contain("(max_position_embeddings)"));
-        var whatIfNoPredict = Cli("profile", "--model", tiny, "--what-if", "persistent");
-        Assert.That(whatIfNoPredict.Exit, Is.EqualTo(2));
-        Assert.That(whatIfNoPredict.Err, Does.Contain("--what-if composes a predicted step: give --predict GPU too"));
-        var whatIfName = Cli("profile", "--model", tiny, "--predict", "h100", "--what-if", "megakernel");
-        Assert.That(whatIfName.Exit, Is.EqualTo(2));
-        Assert.That(whatIfName.Err, Does.Contain("--what-if: 'megakernel' is not a what-if; known: persistent"));
-        var linesName = Cli("profile", "--model", tiny, "-p", "2", "--lines", "nosuch_kernel");
-        Assert.That(linesName.Exit, Is.EqualTo(2));
-        Assert.That(linesName.Err, Does.Contain("--lines nosuch_kernel: the decode step launches no such kernel; it launches ").And.Contain("gemv_bf16_t1"));
-        foreach (var r in new[] { bad, noPredict, detail, ctx, layers, assumeNoPredict, assumeShape, assumeName, maxLen, maxLenTooLong, whatIfNoPredict, whatIfName, linesName })
-            Assert.That(r.Err.Trim().Split('\n'), Has.Length.EqualTo(1), r.Err);
+        string bad = UsageError(["--model", tiny, "--predict", "v100"], "a100, h100, h200, rtx4090, l40s");
+        Assert.That(bad.Trim(), Does.StartWith("error: --predict: 'v100' is not a described GPU"));
+        UsageError(["--model", tiny, "--scale-layers", "48"], "--scale-layers", "--predict");
+        UsageError(["--model", tiny, "-p", "8", "-c", "8"], "--ctx-size 8: must be at least --n-prompt + 1 = 9");
+        UsageError(["--model", tiny, "--detail"], "--detail", "--predict");
+        UsageError(["--model", tiny, "--predict", "h100", "--scale-layers", "0"], "--scale-layers: 0 is out of range");
+        UsageError(["--model", tiny, "--assume", "pdlNodeGapUs=0.3"], "--assume changes the GPU description of a prediction: give --predict GPU too");
+        UsageError(["--model", tiny, "--predict", "h100", "--assume", "pdlNodeGapUs"], "--assume 'pdlNodeGapUs': expected NAME=VALUE");
+        UsageError(["--model", tiny, "--predict", "h100", "--assume", "gap=1"], "--assume gap: not a number of the GPU description; known: ");
+        UsageError(["--model", tiny, "-p", "3", "-c", "20", "--max-model-len", "19"], "--max-model-len 19: must be at least the decode context --ctx-size 20");
+        UsageError(["--model", tiny, "-p", "3", "--max-model-len", "16000000"], "--max-model-len 16000000: more than the model's context of", "(max_position_embeddings)");
+        UsageError(["--model", tiny, "--what-if", "persistent"], "--what-if composes a predicted step: give --predict GPU too");
+        UsageError(["--model", tiny, "--predict", "h100", "--what-if", "megakernel"], "--what-if: 'megakernel' is not a what-if; known: persistent");
+        UsageError(["--model", tiny, "-p", "2", "--lines", "nosuch_kernel"], "--lines nosuch_kernel: the decode step launches no such kernel; it launches ", "gemv_bf16_t1");
     }
 
     /// <summary>On a GPU: measured next to predicted per kernel (the GPU's description matched by name). Skipped without one.</summary>
