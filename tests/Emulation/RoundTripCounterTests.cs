@@ -19,6 +19,23 @@ public class RoundTripCounterTests
             for (int k = 0; k < hops; k++) i = next[i];
             out[threadIdx.x] = i;
         }
+        // every line of x prefetched into L2, then x loaded once, then (twice > 0) loaded again
+        extern "C" __global__ void prefetch_then_load(const float* x, int twice, float* out)
+        {
+            int t = threadIdx.x;
+            if ((t & 31) == 0) asm volatile("prefetch.global.L2 [%0];" :: "l"(x + t) : "memory");
+            __syncthreads();
+            float v = x[t];
+            if (twice) v += x[t ^ 1];
+            out[t] = v;
+        }
+        // each thread sums its share of x: a launch that moves much and writes little, at its end
+        extern "C" __global__ void sum_all(const float* x, int n, float* out)
+        {
+            float s = 0.f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+            out[threadIdx.x] = s;
+        }
         // four independent loads, then one use: one round trip
         extern "C" __global__ void independent(const float* a, const float* b, const float* c, const float* d, float* out)
         {
@@ -93,6 +110,7 @@ public class RoundTripCounterTests
         // the same array four times: 4 x 128 floats requested, 128 x 4 bytes distinct; the rest is cache reuse (+ the stores are distinct)
         Assert.That(r.DistinctSectors * 32, Is.EqualTo(2 * n * 4));
         Assert.That(r.CacheReuseBytes, Is.EqualTo(3 * n * 4));
+        Assert.That(r.RereadSectors * 32, Is.EqualTo(n * 4), "the re-read set: the array, each sector once (not the stores)");
     }
 
     [Test]
@@ -105,6 +123,26 @@ public class RoundTripCounterTests
         Assert.That(kit.Download<int>(dout, 32), Is.EqualTo(Enumerable.Range(0, 32).ToArray()));
         Assert.That((r.DramRoundTrips, r.L2RoundTrips), Is.EqualTo((1L, 1L)));
         Assert.That((r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips), Is.EqualTo((1L, 1L)));
+    }
+
+    /// <summary>
+    /// The re-read set counts sectors a load touches after an earlier load, not after a prefetch: x prefetched then loaded
+    /// once has none; loaded again, all of its 16 sectors (and the stores of out, touched once, none).
+    /// </summary>
+    [Test]
+    public void RereadSet_CountsLoadsAfterLoads_NotLoadsAfterAPrefetch()
+    {
+        using var kit = new EmuKit(Source);
+        var x = kit.Upload(Enumerable.Range(0, 128).Select(i => (float)i).ToArray());
+        var dout = kit.Zeros<float>(128);
+        var once = kit.Launch("prefetch_then_load", 1, 128, 0, x, 0, dout);
+        Assert.That(once.DistinctSectors, Is.EqualTo(32), "x and out: 16 sectors each");
+        Assert.That(once.RereadSectors, Is.Zero, "a load after a prefetch is no re-read");
+        Assert.That(once.CacheReuseBytes, Is.Zero);
+        var twice = kit.Launch("prefetch_then_load", 1, 128, 0, x, 1, dout);
+        Assert.That(kit.Download<float>(dout, 2), Is.EqualTo(new[] { 0f + 1f, 1f + 0f }));
+        Assert.That(twice.RereadSectors, Is.EqualTo(16), "x, each sector once");
+        Assert.That(twice.CacheReuseBytes, Is.EqualTo(128 * 4));
     }
 
     [Test]
@@ -152,6 +190,30 @@ public class RoundTripCounterTests
         Assert.That(late.L2ResidentSectors, Is.EqualTo(0));
         Assert.That((late.DramRoundTrips, late.L2RoundTrips), Is.EqualTo((1L, 0L)));
         Assert.That(kit.Download<float>(b, 32)[5], Is.EqualTo(6f));
+    }
+
+    /// <summary>
+    /// A launch's writes are taken to happen at its end: a kernel that streams 8 KiB, twice the 4 KiB window, and then writes
+    /// 128 bytes leaves them resident for the next launch (its own traffic came before them); 16 KiB of another launch's
+    /// traffic after it still evicts them.
+    /// </summary>
+    [Test]
+    public void AKernelsOutput_IsNotEvictedByItsOwnTraffic()
+    {
+        using var kit = new EmuKit(Source, new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null, L2ResidentBytes = 4096 });
+        var x = kit.Upload(Enumerable.Repeat(1f, 2048).ToArray());
+        var sums = kit.Zeros<float>(32);
+        var b = kit.Zeros<float>(32);
+        var big = kit.Zeros<float>(4096);
+        var big2 = kit.Zeros<float>(4096);
+        var producer = kit.Launch("sum_all", 1, 32, 0, x, 2048, sums);
+        Assert.That(producer.DistinctSectors * 32, Is.EqualTo(8192 + 128), "x streamed, the sums written");
+        var next = kit.Launch("copy_plus_one", 1, 32, 0, sums, b);
+        Assert.That(next.L2ResidentSectors, Is.EqualTo(4), "the sums: written at the producer's end, after its 8 KiB");
+        Assert.That(kit.Download<float>(b, 32), Is.All.EqualTo(65f));
+        kit.Launch("copy_plus_one", 128, 32, 0, big, big2);   // 32 KiB of traffic, then the sums again
+        var later = kit.Launch("copy_plus_one", 1, 32, 0, sums, b);
+        Assert.That(later.L2ResidentSectors, Is.Zero, "evicted by the traffic of the launches after");
     }
 
     [Test]

@@ -120,6 +120,29 @@ public class TimingModelTests
     /// Wave quantisation: 80 CTAs (one full wave of 8 per SM) take 10.5 us (500 ns + 8 MB / 800 GB/s); one more CTA adds a
     /// whole tail wave of 1 us (its 100 KB at one SM's 100 B/ns); 160 CTAs are exactly two waves.
     /// </summary>
+    /// <summary>
+    /// Re-reads within a launch whose 4 MiB footprint exceeds the toy's 1 MiB L2 (section 2): 1 MiB of re-reads of a 4 KiB
+    /// set come back every 32 x 128 x 4 MiB / 1 MiB = 16 KiB of traffic and hit; the same re-reads of a 1 MiB set come back
+    /// every 4 MiB, more than the L2, and miss in proportion 1 - 1 MiB / 4 MiB = 0.75; without the set (a hand-built
+    /// record) the footprint rule alone applies, as before the set was counted.
+    /// </summary>
+    [Test]
+    public void RereadsInALaunchLargerThanL2_MissOnlyWhenTheirSetComesBackTooRarely()
+    {
+        const long MiB = 1 << 20;
+        var r = Launch(64, 128, 4 * MiB, 1, l2ReuseBytes: MiB);
+        var res = new KernelResources(32, 0);
+        var hot = r with { RereadSectors = 4096 / 32 };
+        var cold = r with { RereadSectors = MiB / 32 };
+        Near(KernelTimingModel.RereadSpacingBytes(hot), 16 * 1024, "hot set: spacing");
+        Near(KernelTimingModel.RereadSpacingBytes(cold), 4 * MiB, "large set: spacing");
+        Assert.That(KernelTimingModel.Predict(hot, res, Toy).DramBytes, Is.EqualTo(4 * MiB), "hot set: the re-reads hit L2");
+        Assert.That(KernelTimingModel.Predict(cold, res, Toy).DramBytes, Is.EqualTo(4 * MiB + 3 * MiB / 4), "large set: 3/4 of the re-reads miss");
+        Assert.That(KernelTimingModel.Predict(r, res, Toy).DramBytes, Is.EqualTo(4 * MiB + 3 * MiB / 4), "no set counted: the footprint rule");
+        Assert.That(KernelTimingModel.Predict(hot with { DistinctSectors = MiB / 2 / 32, GlobalLoadSectors = (MiB / 2 + MiB) / 32 }, res, Toy).DramBytes,
+            Is.EqualTo(MiB / 2), "a footprint within the L2: every re-read hits, whatever the set");
+    }
+
     [Test]
     public void TailEffect_OneCtaMoreAddsAWave()
     {

@@ -197,6 +197,21 @@ public static class KernelTimingModel
     }
 
     /// <summary>
+    /// The launch's traffic between two touches of one re-read sector, taking the re-reads (<see
+    /// cref="LaunchRecord.CacheReuseBytes"/>, U) spread evenly over the launch's distinct bytes D and its re-read set (<see
+    /// cref="LaunchRecord.RereadSectors"/>, R sectors): each comes back every 32 R D / U bytes. An LRU L2 keeps a line
+    /// that comes back within its size, so the re-reads miss only when this exceeds the L2 (and the footprint does): a small
+    /// hot set (an activation row every CTA reads) hits, a large one (weight tiles read once per row tile) misses as the
+    /// footprint rule says. Infinite (that rule alone) for a record without the re-read set (hand-built ones).
+    /// </summary>
+    public static double RereadSpacingBytes(LaunchRecord r)
+    {
+        long reuse = r.CacheReuseBytes;
+        if (reuse <= 0) return 0;
+        return r.RereadSectors > 0 ? 32.0 * r.RereadSectors * r.DistinctSectors * 32 / reuse : double.PositiveInfinity;
+    }
+
+    /// <summary>
     /// Predicts one launch on <paramref name="g"/>. <paramref name="overlappedBytes"/> of its DRAM bytes were fetched into
     /// L2 while the kernel before it ran (programmatic dependent launch): they count as L2 bytes instead of DRAM bytes, and
     /// the same share of its DRAM round trips becomes L2 round trips (each trip is taken to carry the same bytes).
@@ -213,9 +228,9 @@ public static class KernelTimingModel
         long fullWaves = ctas / perWave, tail = ctas % perWave;
 
         // bytes: distinct sectors come from DRAM unless an earlier kernel left them in L2; re-reads within the launch hit L2
-        // while its footprint fits in it
+        // while its footprint fits in it, or while the set they re-read comes back often enough to stay (RereadSpacingBytes)
         long distinct = r.DistinctSectors * 32, resident = r.L2ResidentSectors * 32, reuse = r.CacheReuseBytes;
-        double missFraction = distinct > g.L2Bytes ? 1.0 - (double)g.L2Bytes / distinct : 0;
+        double missFraction = distinct > g.L2Bytes && RereadSpacingBytes(r) > g.L2Bytes ? 1.0 - (double)g.L2Bytes / distinct : 0;
         long dram = distinct - resident + (long)(reuse * missFraction), l2 = resident + reuse - (long)(reuse * missFraction);
         // bytes per DRAM trip as measured; the overlapped bytes (already in L2) take their share of the trips with them
         double bytesPerWarpTrip = r.DramRoundTrips > 0 ? (double)dram / r.DramRoundTrips : 0;

@@ -31,6 +31,10 @@ internal sealed unsafe class Allocation
     public SectorBitmap Touched { get; } = new();
     /// <summary>The sectors an access before griddepcontrol.wait touched in the current launch (LaunchState.TouchPreWait).</summary>
     public SectorBitmap PreWait { get; } = new();
+    /// <summary>The sectors a load, store or cp.async touched in the current launch (prefetches not: LaunchState.CountRereads).</summary>
+    public SectorBitmap Accessed { get; } = new();
+    /// <summary>The sectors such an access touched again in the current launch (each counted once in RereadSectors).</summary>
+    public SectorBitmap Reread { get; } = new();
     /// <summary>
     /// Per 32-byte sector: the device's DRAM-traffic clock when a kernel last touched it (0: never). Allocated when a
     /// kernel first writes here: data kernels produce (activations, KV, partials) may still be in L2 when the next kernels
@@ -129,6 +133,8 @@ internal sealed unsafe class DeviceMemory : IDisposable
         a.Written = null;
         a.Touched.Drop();
         a.PreWait.Drop();
+        a.Accessed.Drop();
+        a.Reread.Drop();
         a.LastTouch = null;
         a.LastWriter = null;
         a.PersistTouch = null;

@@ -22,6 +22,10 @@ public sealed unsafe class EmulatedDevice : IDevice
     private long _launchId;
     private uint _persistClock = 1;   // sectors prefetched with L2::evict_last so far (wraps; 0 is skipped): the persisting clock
     private uint _trafficClock = 1;   // DRAM sectors moved by kernels so far (wraps; 0 is skipped): the L2-residency clock
+    // the traffic clock at the end of each recent launch (by launch id): a launch's writes are taken to happen at its end
+    private readonly Dictionary<long, uint> _launchEndClock = [];
+    private readonly Queue<long> _launchEndOrder = new();
+    private const int LaunchEndClocksKept = 1 << 16;
     private readonly CtaPool _ctaPool = new();
     private readonly StreamScheduler? _queues;   // strict streams only
     private readonly List<EmuStream> _capturing = [];
@@ -385,7 +389,7 @@ public sealed unsafe class EmulatedDevice : IDevice
             LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
             Watchdog = _opt.Watchdog, HardwareMath = _opt.Modes.HardwareMath, MathSeed = _opt.Modes.MathSeed,
             Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
-            TrafficStamp = _trafficClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
+            TrafficStamp = _trafficClock, LaunchEndClock = _launchEndClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),
             PersistStamp = _persistClock, PersistWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2PersistingBytes / 32),
             RaceCheck = _opt.RaceCheck, Wide512 = _opt.UseAvx512 && Warp.Avx512Available, LaunchId = ++_launchId, CtaPool = _ctaPool, Device = Info, PrintOut = _opt.PrintfOutput ?? Console.Out,
             CoResident = c.Cooperative, ProgrammaticLaunch = programmatic, CriticalWarpLines = _opt.CriticalWarpLines, PdlChecks = programmatic || _opt.RaceCheck, PdlEpochStart = _pdlEpochStart, LaunchName = _launchName,
@@ -395,6 +399,9 @@ public sealed unsafe class EmulatedDevice : IDevice
         var counters = L.Run();
         _trafficClock += (uint)counters.DramSectors;
         if (_trafficClock == 0) _trafficClock = 1;
+        _launchEndClock[L.LaunchId] = _trafficClock;
+        _launchEndOrder.Enqueue(L.LaunchId);
+        if (_launchEndOrder.Count > LaunchEndClocksKept) _launchEndClock.Remove(_launchEndOrder.Dequeue());
         _persistClock += (uint)counters.PersistingSectors;
         if (_persistClock == 0) _persistClock = 1;
         var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic, CriticalWarpLines = L.CriticalWarpLineCounts() };

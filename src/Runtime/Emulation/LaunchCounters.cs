@@ -5,7 +5,7 @@ internal sealed class Counters
 {
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
-    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors, PersistingSectors;
+    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors, PersistingSectors, RereadSectors;
     public long WaitingCtas;   // CTAs of which a warp executed griddepcontrol.wait
     /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
     public long DramSectors => DistinctSectors - L2ResidentSectors;
@@ -41,7 +41,7 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; PreWaitSectors += o.PreWaitSectors; PersistingSectors += o.PersistingSectors; WaitingCtas += o.WaitingCtas;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; RereadSectors += o.RereadSectors; PreWaitSectors += o.PreWaitSectors; PersistingSectors += o.PersistingSectors; WaitingCtas += o.WaitingCtas;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
@@ -84,7 +84,8 @@ public sealed record LaunchRecord
     public long DistinctSectors { get; init; }
     /// <summary>
     /// Of <see cref="DistinctSectors"/>, those an earlier launch touched (in memory a kernel has written) within the last
-    /// <see cref="EmulatorOptions.L2ResidentBytes"/> of DRAM traffic: taken to be still in L2.
+    /// <see cref="EmulatorOptions.L2ResidentBytes"/> of DRAM traffic (the writes of a launch counted at its end): taken to be
+    /// still in L2.
     /// </summary>
     public long L2ResidentSectors { get; init; }
     public long GlobalAtomics { get; init; }
@@ -163,6 +164,12 @@ public sealed record LaunchRecord
     /// Bytes served by the cache hierarchy rather than DRAM: sectors requested (loads, stores, cp.async) beyond the
     /// distinct ones, × 32.
     /// </summary>
+    /// <summary>
+    /// Of <see cref="DistinctSectors"/>, those a load, store or cp.async touched again after an earlier one in the launch
+    /// (a prefetch does not count as the earlier one): the set <see cref="CacheReuseBytes"/> re-reads, each sector once. The
+    /// timing model takes the re-reads of a small set, spread over the launch, to stay in L2 (docs/timing-model.md).
+    /// </summary>
+    public long RereadSectors { get; init; }
     public long CacheReuseBytes => Math.Max(0, (GlobalLoadSectors + GlobalStoreSectors) * 32 + CpAsyncBytes - DistinctSectors * 32);
 
     public long GridBlocks => (long)Grid.Count;
@@ -178,7 +185,7 @@ public sealed record LaunchRecord
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, PreWaitSectors = c.PreWaitSectors, PersistingSectors = c.PersistingSectors, WaitingCtas = c.WaitingCtas, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, RereadSectors = c.RereadSectors, PreWaitSectors = c.PreWaitSectors, PersistingSectors = c.PersistingSectors, WaitingCtas = c.WaitingCtas, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 
 namespace Qwen3Cuda.Runtime.Emulation;
@@ -103,6 +104,8 @@ internal sealed unsafe class LaunchState
     }
     /// <summary>The kernel name of an earlier launch id of the step (for error messages).</summary>
     public Func<long, string>? LaunchName { get; init; }
+    /// <summary>The traffic clock at the end of each recent earlier launch, by launch id (read-only during a launch).</summary>
+    public IReadOnlyDictionary<long, uint>? LaunchEndClock { get; init; }
 
     /// <summary>Stamps the sectors of a kernel write of <paramref name="bytes"/> at <paramref name="addr"/> with this launch's id.</summary>
     public void NoteWrite(Allocation a, ulong addr, int bytes)
@@ -142,7 +145,9 @@ internal sealed unsafe class LaunchState
     /// <summary>
     /// Sector <paramref name="index"/> of <paramref name="a"/> is touched for the first time in this launch: stamps it and
     /// returns true when an earlier launch touched it within the last <see cref="ResidentWindowSectors"/> of DRAM traffic
-    /// (so it is taken to come from L2, not DRAM).
+    /// (so it is taken to come from L2, not DRAM). A touch is stamped with its launch's start, except that the write of the
+    /// launch that last wrote the sector is taken to happen at that launch's end (a kernel writes its outputs last: its own
+    /// traffic does not evict them).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool FirstTouchIsResident(Allocation a, ulong index)
@@ -152,6 +157,12 @@ internal sealed unsafe class LaunchState
         if (lt != null)
         {
             uint prior = lt[index];
+            if (prior != 0 && a.LastWriter is { } lw && lw[index] is var w && w != 0 && LaunchEndClock is { } ends)
+            {
+                long id = (LaunchId & ~0xFFFFFFFFL) | w;   // ids are stamped as their low 32 bits: the full id nearest below
+                if (id >= LaunchId) id -= 1L << 32;
+                if (ends.TryGetValue(id, out uint end) && (int)(end - prior) > 0) prior = end;   // the later of the two (the clock wraps)
+            }
             lt[index] = TrafficStamp;
             resident = prior != 0 && TrafficStamp - prior <= ResidentWindowSectors;
         }
@@ -205,9 +216,47 @@ internal sealed unsafe class LaunchState
         return map.Bits;
     }
 
-    /// <summary>Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones.</summary>
-    public void TouchSector(Allocation a, ulong addr, int bytes, Counters c)
+    /// <summary>
+    /// Marks sectors <paramref name="first"/> .. <paramref name="last"/> (from the allocation's start) as touched by a load,
+    /// store or cp.async in this launch, and counts in <see cref="Counters.RereadSectors"/> those such an access had touched
+    /// before, each once per launch (word at a time).
+    /// </summary>
+    public void CountRereads(Allocation a, ulong first, ulong last, Counters c)
     {
+        var accessed = ForThisLaunch(a, a.Accessed);
+        ulong[]? reread = null;
+        bool atomic = !Sequential;
+        for (ulong w = first >> 6; w <= last >> 6; w++)
+        {
+            int from = w == first >> 6 ? (int)(first & 63) : 0;
+            int to = w == last >> 6 ? (int)(last & 63) : 63;
+            ulong m = (to == 63 ? ulong.MaxValue : (1UL << (to + 1)) - 1) & ~((1UL << from) - 1);
+            ref ulong cell = ref accessed[w];
+            ulong old = Volatile.Read(ref cell);
+            if ((old & m) != m)
+            {
+                if (atomic) old = Interlocked.Or(ref cell, m);
+                else cell = old | m;
+            }
+            ulong again = old & m;
+            if (again == 0) continue;
+            reread ??= ForThisLaunch(a, a.Reread);
+            ref ulong rcell = ref reread[w];
+            ulong rold = Volatile.Read(ref rcell);
+            if ((rold & again) == again) continue;
+            if (atomic) rold = Interlocked.Or(ref rcell, again);
+            else rcell = rold | again;
+            c.RereadSectors += BitOperations.PopCount(again & ~rold);
+        }
+    }
+
+    /// <summary>
+    /// Marks the 32-byte sectors of an access in the allocation's per-launch bitmap; counts the new ones. <paramref
+    /// name="access"/>: a load, store or cp.async (false: a prefetch), which also counts re-reads (<see cref="CountRereads"/>).
+    /// </summary>
+    public void TouchSector(Allocation a, ulong addr, int bytes, Counters c, bool access = true)
+    {
+        if (access) CountRereads(a, (addr - a.Start) >> 5, (addr - a.Start + (ulong)Math.Max(bytes, 1) - 1) >> 5, c);
         var bits = SectorBits(a);
         for (ulong s = (addr - a.Start) >> 5; s <= (addr - a.Start + (ulong)bytes - 1) >> 5; s++)
         {

@@ -271,6 +271,7 @@ internal sealed unsafe partial class Warp
         bool atomic = !Cta.Launch.Sequential;
         ulong baseSec = al.Start >> 5;
         ulong first = firstSector - baseSec, last = lastSector - baseSec;
+        Cta.Launch.CountRereads(al, first, last, cnt);
         int fresh = 0;
         for (ulong w = first >> 6; w <= last >> 6; w++)
         {
@@ -312,6 +313,7 @@ internal sealed unsafe partial class Warp
             distinct++;
             lastSec = s;
             ulong idx = s - baseSec;
+            Cta.Launch.CountRereads(al, idx, idx, cnt);
             ulong m = 1UL << (int)(idx & 63);
             ref ulong w = ref bits[idx >> 6];
             if ((Volatile.Read(ref w) & m) != 0) continue;

@@ -106,7 +106,7 @@ internal sealed unsafe partial class Warp
             }
             ulong line = addr & ~127UL;
             ulong from = Math.Max(line, a.Start), to = Math.Min(line + 128, a.End);
-            L.TouchSector(a, from, (int)(to - from), cnt);
+            L.TouchSector(a, from, (int)(to - from), cnt, access: false);
             if (((_preWait >> l) & 1) != 0) L.TouchPreWait(a, from, (int)(to - from), cnt);
             if (evictLast) L.TouchPersisting(a, from, (int)(to - from), cnt);
         }
