@@ -18,7 +18,8 @@
 //   L2), combines them and resets the ticket to 0. The ticket decides only which CTA combines, never the order, so the
 //   output is deterministic and bitwise the separate kernel's. tickets[] are zero before the first launch (cleared once
 //   with the workspace). Extra bytes: T*k*4 (weights) + T*H*2 (out) [+ T*H*2 residual] + T*ceil(H/16)*4 (tickets).
-// Variants: these GEMVs (decode); kernels/moe_gemm.cu is the tensor-core path for many tokens.
+// Variants: these GEMVs (decode), and moe_experts_gemv (below): both in one launch, the decode step's; kernels/moe_gemm.cu is
+// the tensor-core path for many tokens.
 // Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemv_fp8 / _int8 and moe_down_gemv_fp8 / _int8 read one
 // byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
 // reference's bf16 weights and accumulate like the bf16 kernels. The scale row of a weight row is that of the stacked
@@ -70,19 +71,20 @@ __device__ __forceinline__ float ld_cg_bf16(const bf16* p)
     return bf16_to_f32(v);
 }
 
-// The fused combine, run by every CTA after it wrote its rows of y (all threads reach it: no early return before).
-__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s)
+// The fused combine, run by every CTA after it wrote its rows of y (all threads reach it: no early return before), for
+// row block bx (16 rows) of slot s; a token's tickets are ceil(H / 16) ints.
+__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s, int bx)
 {
     __shared__ int is_last;
     const int t = s / p.top_k, k = p.top_k;
-    int* ticket = p.tickets + (size_t)t * gridDim.x + blockIdx.x;
+    int* ticket = p.tickets + (size_t)t * ((p.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA) + bx;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(ticket, 1) == k - 1;
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    const int h = blockIdx.x * DOWN_ROWS_PER_CTA + threadIdx.x;
+    const int h = bx * DOWN_ROWS_PER_CTA + threadIdx.x;
     if (threadIdx.x < DOWN_ROWS_PER_CTA && h < p.hidden_size) {
         float v[DOWN_MAX_TOPK], w[DOWN_MAX_TOPK];
 #pragma unroll
@@ -107,15 +109,14 @@ __device__ __forceinline__ float swiglu_bf16(float gate, float up)
     return round_bf16(s * up);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeGateUpGemvParams p)
+// One CTA's work of moe_gate_up_gemv: slot s, block bx of 8 intermediate columns (moe_gate_up_gemv: (blockIdx.y,
+// blockIdx.x); moe_experts_gemv: a tile). Reads only what earlier kernels wrote.
+__device__ __forceinline__ void gate_up_tile(const MoeGateUpGemvParams& p, int s, int bx)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
-    pdl_launch_dependents();
-    const int s = blockIdx.y;
     const int t = s / p.top_k;
     const int e = p.topk_ids[s];
-    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
+    const int i0 = (bx * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
     if (i0 >= p.inter_size) return;
     const bool two = i0 + 1 < p.inter_size;
     const int chunks = p.hidden_size >> 3;
@@ -145,14 +146,22 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDownGemvParams p)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeGateUpGemvParams p)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    const int s = blockIdx.y;
+    gate_up_tile(p, blockIdx.y, blockIdx.x);
+}
+
+// One CTA's work of moe_down_gemv, its combine included: slot s, block bx of 16 rows. INTER_L2: inter was written by
+// other CTAs of this launch (moe_experts_gemv), so it is read from L2 (ld.global.cg), never through L1; the values, and
+// so the rows, are the same.
+template <bool INTER_L2>
+__device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int bx)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = p.topk_ids[s];
-    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
+    const int h0 = (bx * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
     if (h0 < p.hidden_size) {
         const int chunks = p.inter_size >> 3;
         const uint4* x = reinterpret_cast<const uint4*>(p.inter + (size_t)s * p.inter_size);
@@ -161,7 +170,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
 #pragma unroll
         for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
         for (int c = lane; c < chunks; c += 32) {
-            const uint4 xc = x[c];
+            const uint4 xc = INTER_L2 ? __ldcg(&x[c]) : x[c];
 #pragma unroll
             for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
                 if (h0 + r < p.hidden_size) acc[r] += dot_bf16x8(__ldg(&w[(size_t)r * chunks + c]), xc);
@@ -172,25 +181,29 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
             if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
         }
     }
-    down_combine_tail(p, s);
+    down_combine_tail(p, s, bx);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDownGemvParams p)
+{
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
+    down_tile<false>(p, blockIdx.y, blockIdx.x);
 }
 
 // Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
 template <int QF>
-__device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams& p)
+__device__ __forceinline__ void gate_up_tile_quant(const MoeGateUpGemvParams& p, int s, int bx)
 {
     extern __shared__ uint4 x_s[];                         // [H / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
-    pdl_launch_dependents();
-    const int s = blockIdx.y;
     const int t = s / p.top_k;
     const int e = p.topk_ids[s];
     const int H = p.hidden_size, I = p.inter_size;
     const uint4* xg = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * H);
     for (int i = threadIdx.x; i < (H >> 3); i += GEMV_THREADS) x_s[i] = __ldg(&xg[i]);
     __syncthreads();
-    const int i0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
+    const int i0 = (bx * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
     if (i0 >= I) return;
     const bool two = i0 + 1 < I;
     constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;        // weights per byte, per 16-byte load
@@ -226,21 +239,26 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
     }
 }
 
-// Quantized down: the mapping of moe_down_gemv with 16-weight chunks.
 template <int QF>
-__device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
+__device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams& p)
+{
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
+    gate_up_tile_quant<QF>(p, blockIdx.y, blockIdx.x);
+}
+
+// Quantized down: the mapping of moe_down_gemv with 16-weight chunks (INTER_L2 as down_tile).
+template <int QF, bool INTER_L2>
+__device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int s, int bx)
 {
     extern __shared__ uint4 x_s[];                         // [I / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
-    pdl_launch_dependents();
-    const int s = blockIdx.y;
     const int e = p.topk_ids[s];
     const int H = p.hidden_size, I = p.inter_size;
     const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
-    for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = xg[i];
+    for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = INTER_L2 ? __ldcg(&xg[i]) : xg[i];
     __syncthreads();
-    const int h0 = (blockIdx.x * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
+    const int h0 = (bx * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
     if (h0 < H) {
         constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
         const int qchunks = I / WPL, row_bytes = I / WPB;
@@ -267,8 +285,89 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
             if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
         }
     }
-    down_combine_tail(p, s);
+    down_combine_tail(p, s, bx);
 }
+
+template <int QF>
+__device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
+{
+    pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
+    pdl_launch_dependents();
+    down_tile_quant<QF, false>(p, blockIdx.y, blockIdx.x);
+}
+
+// moe_experts_gemv: moe_gate_up_gemv and moe_down_gemv (its combine included) in ONE launch, the decode step's single
+// expert node (docs/kernels.md, "Persistent launches"). Tiles, in the order CTAs take them with an atomic on sync[0]:
+// first every gate_up tile (slot-major: tile s * gu_blocks + bx is moe_gate_up_gemv's CTA (bx, s)), then every down
+// tile (slot-major: moe_down_gemv's CTA (bx, s)); one tile per CTA, grid = all tiles. A gate_up tile runs gate_up_tile,
+// then releases (barrier, fence, sync[2 + s] += 1). A down tile prefetches its 16 weight rows into L2 (the expert is
+// known: the router ran before), waits until sync[2 + s] says its slot's gu_blocks gate_up tiles are done (one thread
+// polls, backing off, then fences; the barrier hands that on), and runs down_tile reading inter from L2. So slot 0's down
+// tiles run while later slots' gate_up tiles still stream, and the down weights' DRAM stream needs no kernel boundary.
+// Progress needs no co-residency: a down tile waits only on tiles taken before it, by CTAs that are running them (gate_up
+// tiles wait on nothing). The last CTA out (ticket sync[1]) resets sync[] to zero for the next launch: zero before the
+// first. Every row is computed by the code of the two kernels, so the output is theirs bit for bit.
+// Memory traffic: the two kernels' (each weight once) + one atomic per tile, one per gate_up release, polling by one
+// thread per waiting down tile.
+struct MoeExpertsGemvParams {
+    MoeGateUpGemvParams gate_up;
+    MoeDownGemvParams down;
+    int* sync;               // [2 + slots]: next tile, exit ticket, gate_up tiles done per slot; zero on entry, left zero
+};
+
+template <int QF>   // 0: bf16; QF_FP8 / QF_INT8 / QF_INT4: the quantized tiles
+__device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams& p)
+{
+    __shared__ int tile_s;
+    const int tid = threadIdx.x;
+    pdl_wait();                                            // the expert ids and x are the previous kernels'
+    pdl_launch_dependents();
+    const int slots = p.gate_up.slots;
+    const int gu_blocks = (p.gate_up.inter_size + 7) / 8;                                  // moe_gate_up_gemv's grid x
+    const int dn_blocks = (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA;   // moe_down_gemv's grid x
+    const int gu_tiles = gu_blocks * slots;
+    if (tid == 0) tile_s = atomicAdd(&p.sync[0], 1);
+    __syncthreads();
+    const int tile = tile_s;
+    if (tile < gu_tiles) {
+        const int s = tile / gu_blocks;
+        if constexpr (QF == 0) gate_up_tile(p.gate_up, s, tile - s * gu_blocks);
+        else gate_up_tile_quant<QF>(p.gate_up, s, tile - s * gu_blocks);
+        __syncthreads();                                   // every column of the tile written
+        if (tid == 0) {
+            __threadfence();
+            atomicAdd(&p.sync[2 + s], 1);
+        }
+    } else if (tile < gu_tiles + dn_blocks * slots) {
+        const int d = tile - gu_tiles, s = d / dn_blocks, bx = d - s * dn_blocks;
+        const int H = p.down.hidden_size, I = p.down.inter_size;
+        const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
+        const int h0 = bx * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
+        const size_t e = (size_t)p.down.topk_ids[s];
+        prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
+        if (tid == 0) {
+            while (*(volatile const int*)&p.sync[2 + s] < gu_blocks) __nanosleep(32);
+            __threadfence();
+        }
+        __syncthreads();
+        if constexpr (QF == 0) down_tile<true>(p.down, s, bx);
+        else down_tile_quant<QF, true>(p.down, s, bx);
+    }
+    if (tid == 0) {
+        __threadfence();
+        if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tile and left
+            p.sync[0] = 0;
+            for (int s = 0; s < slots; s++) p.sync[2 + s] = 0;
+            __threadfence();
+            p.sync[1] = 0;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv(MoeExpertsGemvParams p) { moe_experts_gemv_body<0>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv_fp8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv_int8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv_int4(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT4>(p); }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_FP8>(p); }
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT8>(p); }

@@ -55,8 +55,8 @@ public class DenseModelDeviceTests
         dm.ForwardGreedy(0, [token]);
         var launches = device.Launches.Select(r => r.Kernel).ToList();
         int layers = dm.Config.NumHiddenLayers;
-        Assert.That(launches, Has.Count.EqualTo(6 * layers + 3), string.Join(", ", launches));
-        Assert.That(launches.Skip(1).Take(6), Is.EqualTo(new[] { "gemv_bf16_t1", "attn_decode_fused", "gemv_bf16_t1", "moe_router_norm_topk", "moe_gate_up_gemv", "moe_down_gemv" }));
+        Assert.That(launches, Has.Count.EqualTo(5 * layers + 3), string.Join(", ", launches));
+        Assert.That(launches.Skip(1).Take(5), Is.EqualTo(new[] { "gemv_bf16_t1", "attn_decode_fused", "gemv_bf16_t1", "moe_router_norm_topk", "moe_experts_gemv" }));
 
         device.ClearLaunches();
         dm.ForwardGreedy(0, [token, 5]);   // a 2-row run of one sequence: decode attention rows, not singles
@@ -94,8 +94,8 @@ public class DenseModelDeviceTests
         Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "1 KiB of each next tensor, each sector once");
         Assert.That(without.Select(r => r.PersistingSectors), Is.All.Zero);
         // the qkv GEMVs after the first layer's: what the router before them fetched is resident
-        var qkvWith = withFetch.Where((r, i) => i > 0 && withFetch[i - 1].Kernel == "moe_down_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
-        var qkvWithout = without.Where((r, i) => i > 0 && without[i - 1].Kernel == "moe_down_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
+        var qkvWith = withFetch.Where((r, i) => i > 0 && withFetch[i - 1].Kernel == "moe_experts_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
+        var qkvWithout = without.Where((r, i) => i > 0 && without[i - 1].Kernel == "moe_experts_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();
         Assert.That(qkvWith, Has.Count.EqualTo(routers.Count), "every layer after the first, and the lm_head");
         for (int i = 0; i < qkvWith.Count; i++)
             Assert.That(qkvWith[i].L2ResidentSectors - qkvWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"GEMV after layer {i}'s experts");

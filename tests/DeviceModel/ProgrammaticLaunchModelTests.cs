@@ -99,7 +99,7 @@ public sealed class ProgrammaticLaunchModelTests
 
     /// <summary>
     /// A tiny model (each weight format): prefill, greedy decode steps and sampled decode steps (graphs: embedding, the
-    /// GEMVs with their fused norm/residual/split-K paths, moe_router_norm_topk, moe_gate_up_gemv*/moe_down_gemv*, the two
+    /// GEMVs with their fused norm/residual/split-K paths, moe_router_norm_topk, moe_experts_gemv*, the two
     /// sampling kernels) give bitwise the same logits and tokens on sm_90 as on sm_80; on sm_90 those kernels' launches are
     /// programmatic and the GEMVs' and the router's prefetch their weights before the wait.
     /// </summary>
@@ -114,7 +114,7 @@ public sealed class ProgrammaticLaunchModelTests
         for (int i = 0; i < logits80.Count; i++)
             Assert.That(logits90[i], Is.EqualTo(logits80[i]), $"logits of step {i} (0: prefill)");
         Assert.That(launches80.Any(l => l.ProgrammaticLaunch), Is.False, "sm_80 has no programmatic dependent launch");
-        string[] expected = ["embedding_gather_bf16", "gemv_", "moe_router_norm_topk", "moe_gate_up_gemv", "moe_down_gemv", "sample_reduce_bf16", "sample_draw_bf16"];
+        string[] expected = ["embedding_gather_bf16", "gemv_", "moe_router_norm_topk", "moe_experts_gemv", "sample_reduce_bf16", "sample_draw_bf16"];
         foreach (var name in expected)
         {
             var mine = launches90.Where(l => l.Kernel.StartsWith(name, StringComparison.Ordinal)).ToList();

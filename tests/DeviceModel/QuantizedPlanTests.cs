@@ -129,7 +129,7 @@ public class QuantizedPlanTests
             TestContext.Out.WriteLine($"real-shape slice {format.Name()} decode DRAM {r.Decode.DramBytes} B, minimum {r.MinimumDecodeBytes} B, ratio {ratio:F4}");
             Assert.That(r.Plan.Weights.Format.LinearFormat, Is.EqualTo(format));
             string f = format.Name();
-            Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Is.SupersetOf(new[] { $"gemv_{f}_t1", $"moe_gate_up_gemv_{f}", $"moe_down_gemv_{f}", "gemv_bf16_t1" }));
+            Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Is.SupersetOf(new[] { $"gemv_{f}_t1", $"moe_experts_gemv_{f}", "gemv_bf16_t1" }));
             Assert.That(r.Decode.DramBytes, Is.GreaterThanOrEqualTo(r.MinimumDecodeBytes), "the minimum is a lower bound");
             Assert.That(ratio, Is.LessThanOrEqualTo(1.05));
         }
@@ -146,9 +146,9 @@ public class QuantizedPlanTests
         string dir = QuantizedModelTests.TinyIn(WeightFormat.Int8Channel);
         var (exit, stdout, err) = Support.CliRunner.Run("profile", "--model", dir, "--device", "emulator");
         Assert.That(exit, Is.EqualTo(0), err);
-        Assert.That(stdout, Does.StartWith("weights: int8 per-channel (W8A16), ").And.Contain("moe_gate_up_gemv_int8").And.Contain("gemv_int8_t1"));
+        Assert.That(stdout, Does.StartWith("weights: int8 per-channel (W8A16), ").And.Contain("moe_experts_gemv_int8").And.Contain("gemv_int8_t1"));
         (exit, stdout, err) = Support.CliRunner.Run("bench", "--model", QuantizedModelTests.TinyIn(WeightFormat.Int4Gptq), "--device", "emulator", "-p", "4", "-n", "2");
         Assert.That(exit, Is.EqualTo(0), err);
-        Assert.That(stdout, Does.Contain("weights: gptq int4 group 32, ").And.Contain("moe_down_gemv_int4"));
+        Assert.That(stdout, Does.Contain("weights: gptq int4 group 32, ").And.Contain("moe_experts_gemv_int4"));
     }
 }

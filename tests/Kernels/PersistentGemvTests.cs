@@ -23,7 +23,7 @@ public class PersistentGemvTests
     private static readonly object[] Modes =
     [
         new object[] { "sequential", new EmulatorOptions { Sequential = true }, false },
-        new object[] { "parallel", new EmulatorOptions(), false },
+        new object[] { "parallel", new EmulatorOptions { ConcurrentTilesInOrder = true }, false },
         new object[] { "co-resident, interleaved", new EmulatorOptions { Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 3 } }, true },
     ];
 

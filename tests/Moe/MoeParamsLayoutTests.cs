@@ -29,6 +29,8 @@ public class MoeParamsLayoutTests
     [TestCase("moe_decode.cu", "moe_gate_up_gemv_fp8", typeof(MoeGateUpGemvParams))]
     [TestCase("moe_decode.cu", "moe_down_gemv_int8", typeof(MoeDownGemvParams))]
     [TestCase("moe_decode.cu", "moe_down_gemv", typeof(MoeDownGemvParams))]
+    [TestCase("moe_decode.cu", "moe_experts_gemv", typeof(MoeExpertsGemvParams))]
+    [TestCase("moe_decode.cu", "moe_experts_gemv_int4", typeof(MoeExpertsGemvParams))]
     [TestCase("moe_router.cu", "moe_router_norm_topk", typeof(MoeRouterParams))]
     [TestCase("moe_gemm.cu", "moe_gate_up_gemm_fp8", typeof(MoeGateUpGemmParams))]
     [TestCase("moe_gemm.cu", "moe_down_gemm", typeof(MoeDownGemmParams))]
@@ -46,6 +48,16 @@ public class MoeParamsLayoutTests
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);
+    /// <summary>The two GEMVs' structs back to back (each a multiple of 8 bytes), then the counters' pointer.</summary>
+    [Test]
+    public void ExpertsGemv()
+    {
+        int gateUp = Marshal.SizeOf<MoeGateUpGemvParams>(), down = Marshal.SizeOf<MoeDownGemvParams>();
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Down)), Is.EqualTo(gateUp));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Sync)), Is.EqualTo(gateUp + down));
+        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(gateUp + down + 8));
+    }
+
     [Test] public void GateUpGemm() => Expect<MoeGateUpGemmParams>(6, 3, scales: true);
     [Test] public void DownGemm() => Expect<MoeDownGemmParams>(6, 2, scales: true);
     [Test] public void Combine() => Expect<MoeCombineParams>(4, 3);

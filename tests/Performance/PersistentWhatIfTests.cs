@@ -137,8 +137,8 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
-    /// The stages of a predicted step: a router that fetched 64 KiB ahead for a GEMV two kernels on (which found them in
-    /// L2), the expert GEMVs after it, and that GEMV. The fetched-ahead bytes move from the router to the GEMV that used
+    /// The stages of a predicted step: a router that fetched 64 KiB ahead for a later GEMV (which found them in
+    /// L2), the expert GEMVs after it (as two kernels and as one launch), and that GEMV. The fetched-ahead bytes move from the router to the GEMV that used
     /// them, where the lookahead may fetch them; the expert weights may come ahead once the router is done; the GEMV's
     /// pre-wait bytes from the start.
     /// </summary>
@@ -156,6 +156,7 @@ public class PersistentWhatIfTests
             Rec("moe_router_norm_topk", 4096 + 65536, preWait: 4096, persisting: 65536),
             Rec("moe_gate_up_gemv", 32768),
             Rec("moe_down_gemv", 16384),
+            Rec("moe_experts_gemv", 8192),
             Rec("gemv_bf16_t1", 65536 + 8192, preWait: 65536 + 8192, resident: 65536),
         };
         var p = StepPredictor.Predict(Toy, "decode", 1, 1, records, [], _ => new KernelResources(32, 0));
@@ -165,6 +166,7 @@ public class PersistentWhatIfTests
             ("moe_router_norm_topk", 4096L, 4096L, -1),
             ("moe_gate_up_gemv", 32768L, 32768L, 0),
             ("moe_down_gemv", 16384L, 16384L, 0),
+            ("moe_experts_gemv", 8192L, 8192L, 0),   // the experts in one launch: the same rule
             ("gemv_bf16_t1", 73728L, 73728L, -1),
         }));
         Assert.That(stages.Sum(s => s.DramBytes), Is.EqualTo(p.Launches.Sum(l => KernelTimingModel.Predict(l.Launch, l.Resources, Toy).DramBytes)),

@@ -95,7 +95,8 @@ public static class PersistentWhatIf
             long bytes = dram[i] + moved[i];
             // expert weights are known once the layer's router is done; other kernels' pre-wait bytes (weights, the KV of
             // earlier steps) from the step's start
-            bool experts = r.Kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || r.Kernel.StartsWith("moe_down", StringComparison.Ordinal);
+            bool experts = r.Kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || r.Kernel.StartsWith("moe_down", StringComparison.Ordinal)
+                || r.Kernel.StartsWith("moe_experts", StringComparison.Ordinal);
             if (r.Kernel.StartsWith("moe_router", StringComparison.Ordinal)) router = i;
             long ahead = experts && router >= 0 ? bytes : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
             long warps = Math.Max(1, r.Warps);

@@ -32,7 +32,16 @@ public readonly record struct Dim3(uint X, uint Y = 1, uint Z = 1)
 /// blocks may wait for each other through global memory, e.g. at a grid barrier (docs/kernels.md, "Co-resident
 /// launches"); the emulator then runs the blocks in turns. A cooperative launch is never programmatic.
 /// </summary>
-public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSharedBytes = 0, bool ProgrammaticDependentLaunch = false, bool Cooperative = false);
+public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSharedBytes = 0, bool ProgrammaticDependentLaunch = false, bool Cooperative = false)
+{
+    /// <summary>
+    /// The kernel's CTAs take their tiles in order with an atomic and a tile waits only on tiles taken before it (a
+    /// persistent launch, docs/kernels.md "Persistent launches"): it finishes under any schedule. The CUDA backend launches
+    /// it as any other; the emulator runs its CTAs one after another unless told otherwise
+    /// (<c>EmulatorOptions.ConcurrentTilesInOrder</c>), so its counters are those of the schedule in which nothing waits.
+    /// </summary>
+    public bool TilesInOrder { get; init; }
+}
 
 /// <summary>Which implementation of <see cref="IDevice"/> (or the CPU reference) runs the model.</summary>
 public enum BackendKind

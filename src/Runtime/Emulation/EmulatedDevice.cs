@@ -386,7 +386,8 @@ public sealed unsafe class EmulatedDevice : IDevice
         {
             KernelName = k.Name, Module = k.Module.Ptx, Function = f, Grid = c.Grid, Block = c.Block,
             StaticShared = k.StaticShared, DynamicShared = c.DynamicSharedBytes, DynamicBase = k.DynamicBase,
-            LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem, Sequential = _opt.Sequential,
+            LocalPerThread = Math.Max(k.LocalPerThread, 16), ParamBytes = param, Memory = _mem,
+            Sequential = _opt.Sequential || (c.TilesInOrder && !c.Cooperative && !_opt.ConcurrentTilesInOrder),
             Watchdog = _opt.Watchdog, HardwareMath = _opt.Modes.HardwareMath, MathSeed = _opt.Modes.MathSeed,
             Interleaved = _opt.Modes.Interleaved, ScheduleSeed = _opt.Modes.ScheduleSeed,
             TrafficStamp = _trafficClock, LaunchEndClock = _launchEndClock, ResidentWindowSectors = (uint)Math.Min(uint.MaxValue / 2, _opt.L2ResidentBytes / 32),

@@ -19,6 +19,14 @@ public sealed record EmulatorOptions
     public bool Strict { get; init; }
     /// <summary>Run CTAs one after another (bit-reproducible float atomics) instead of in parallel.</summary>
     public bool Sequential { get; init; }
+    /// <summary>
+    /// Run the CTAs of a launch whose tiles are taken in order (<see cref="LaunchConfig.TilesInOrder"/>) in parallel, as
+    /// other launches: a CTA may then wait on a tile another CTA is running. Off (the default), such a launch runs its CTAs
+    /// one after another, the schedule in which no tile ever waits, so its counters hold no polling and do not depend on
+    /// how the host's threads raced (the timing model takes them as that schedule's). Its tests turn this on, and run it
+    /// co-resident and interleaved (a cooperative launch), to check the waiting.
+    /// </summary>
+    public bool ConcurrentTilesInOrder { get; init; }
     /// <summary>Shared-memory race detection (warp granularity).</summary>
     public bool RaceCheck { get; init; } = true;
     /// <summary>

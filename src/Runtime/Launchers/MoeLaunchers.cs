@@ -15,19 +15,19 @@ public sealed class MoeLaunchers
     public const int GemmKStep = 32, GateUpBlockN = 64, DownBlockN = 128;
 
     /// <summary>The expert kernels of one weight format: decode GEMVs (moe_decode.cu) and grouped GEMMs (moe_gemm.cu).</summary>
-    public readonly record struct ExpertVariant(string GateUpGemv, string DownGemv, string GateUpGemm, string DownGemm);
+    public readonly record struct ExpertVariant(string GateUpGemv, string DownGemv, string GateUpGemm, string DownGemm, string ExpertsGemv);
 
     /// <summary>The supported expert weight formats and their kernels (the router always reads a bf16 [E, H] weight).</summary>
     public static readonly IReadOnlyDictionary<WeightFormat, ExpertVariant> Variants = new Dictionary<WeightFormat, ExpertVariant>
     {
-        [WeightFormat.Bf16] = new("moe_gate_up_gemv", "moe_down_gemv", "moe_gate_up_gemm", "moe_down_gemm"),
-        [WeightFormat.Fp8Block] = new("moe_gate_up_gemv_fp8", "moe_down_gemv_fp8", "moe_gate_up_gemm_fp8", "moe_down_gemm_fp8"),
-        [WeightFormat.Int8Channel] = new("moe_gate_up_gemv_int8", "moe_down_gemv_int8", "moe_gate_up_gemm_int8", "moe_down_gemm_int8"),
-        [WeightFormat.Int4Gptq] = new("moe_gate_up_gemv_int4", "moe_down_gemv_int4", "moe_gate_up_gemm_int4", "moe_down_gemm_int4"),
+        [WeightFormat.Bf16] = new("moe_gate_up_gemv", "moe_down_gemv", "moe_gate_up_gemm", "moe_down_gemm", "moe_experts_gemv"),
+        [WeightFormat.Fp8Block] = new("moe_gate_up_gemv_fp8", "moe_down_gemv_fp8", "moe_gate_up_gemm_fp8", "moe_down_gemm_fp8", "moe_experts_gemv_fp8"),
+        [WeightFormat.Int8Channel] = new("moe_gate_up_gemv_int8", "moe_down_gemv_int8", "moe_gate_up_gemm_int8", "moe_down_gemm_int8", "moe_experts_gemv_int8"),
+        [WeightFormat.Int4Gptq] = new("moe_gate_up_gemv_int4", "moe_down_gemv_int4", "moe_gate_up_gemm_int4", "moe_down_gemm_int4", "moe_experts_gemv_int4"),
     };
 
-    private sealed record ExpertKernels(DeviceKernel GateUpGemv, DeviceKernel DownGemv, DeviceKernel GateUpGemm, DeviceKernel DownGemm,
-        DeviceKernel? GateUpGemmGuarded, DeviceKernel? DownGemmGuarded);
+    private sealed record ExpertKernels(DeviceKernel GateUpGemv, DeviceKernel DownGemv, DeviceKernel ExpertsGemv, DeviceKernel GateUpGemm,
+        DeviceKernel DownGemm, DeviceKernel? GateUpGemmGuarded, DeviceKernel? DownGemmGuarded);
 
     private readonly IDevice _device;
     private readonly DeviceKernel _router, _routerNorm, _alignCount, _alignScatter, _combine;
@@ -52,7 +52,7 @@ public sealed class MoeLaunchers
         {
             var v = WeightFormats.Select(Variants, f, "MoE experts");
             _experts[f] = new ExpertKernels(
-                loader.Get("moe_decode.cu", v.GateUpGemv), loader.Get("moe_decode.cu", v.DownGemv),
+                loader.Get("moe_decode.cu", v.GateUpGemv), loader.Get("moe_decode.cu", v.DownGemv), loader.Get("moe_decode.cu", v.ExpertsGemv),
                 loader.Get("moe_gemm.cu", v.GateUpGemm), loader.Get("moe_gemm.cu", v.DownGemm),
                 guarded ? loader.Get("moe_gemm.cu", v.GateUpGemm, guard) : null,
                 guarded ? loader.Get("moe_gemm.cu", v.DownGemm, guard) : null);
@@ -61,7 +61,8 @@ public sealed class MoeLaunchers
     }
 
     /// <summary>
-    /// The whole MoE block of <paramref name="tokens"/> tokens: router -> (token grouping) -> experts -> combine.
+    /// The whole MoE block of <paramref name="tokens"/> tokens: router -> (token grouping) -> experts -> combine; decode
+    /// runs the experts and the combine as one launch (<see cref="ExpertsGemv"/>).
     /// <c>output[t] = bf16(sum_j w[t,j] * Expert_{idx[t,j]}(hidden[t]))</c>, or <c>bf16(residual[t] + that)</c> when
     /// <paramref name="residual"/> is not null (residual may equal output). T &lt;= <see cref="DecodeMaxTokens"/>: GEMVs
     /// over the selected experts; otherwise grouped GEMMs. <paramref name="workspace"/> must hold
@@ -103,9 +104,9 @@ public sealed class MoeLaunchers
         else Router(stream, shape, tokens, hidden, routerWeight, workspace + ws.Logits, workspace + ws.Counters, ids, weights);
         if (tokens <= DecodeMaxTokens)
         {
-            GateUpGemv(stream, shape, tokens, hidden, gateUp, ids, inter);
-            DownGemv(stream, shape, tokens, inter, down, ids, slotOut, weights, residual, output, workspace + ws.DownTickets);
-            return;   // the combine ran in the down GEMV's last CTAs
+            ExpertsGemv(stream, shape, tokens, hidden, gateUp, down, ids, inter, slotOut, weights, residual, output,
+                workspace + ws.DownTickets, workspace + ws.ExpertsSync);
+            return;   // the combine ran in the down tiles' last CTAs
         }
         else
         {
@@ -230,6 +231,50 @@ public sealed class MoeLaunchers
         Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
     }
 
+    /// <summary>
+    /// Decode: <c>GateUpGemv</c> then <c>DownGemv</c> (its combine included) in ONE launch,
+    /// <c>moe_experts_gemv</c>: its CTAs take the gate_up tiles, then the down tiles, in order, and a down tile waits on a
+    /// counter until its slot's gate_up tiles are done (docs/kernels.md, "Persistent launches"); the output is the two
+    /// kernels' bit for bit. <paramref name="tickets"/> as <c>DownGemv</c>'s; <paramref name="sync"/>:
+    /// <see cref="MoeWorkspace.ExpertsSyncInts"/> ints, zero on entry, left zero. <paramref name="cooperative"/> asks for a
+    /// co-resident launch (tests: the emulator then runs the CTAs in turns).
+    /// </summary>
+    public void ExpertsGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, in WeightOperand down,
+        DevicePtr topkIds, DevicePtr inter, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output, DevicePtr tickets,
+        DevicePtr sync, bool cooperative = false)
+    {
+        if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_experts_gemv: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its tickets and counters are sized for that)");
+        if (tickets.IsNull || sync.IsNull || output.IsNull || topkWeights.IsNull)
+            throw new ArgumentException("moe_experts_gemv: needs tickets, counters (sync), routing weights and an output");
+        if (gateUp.Format != down.Format)
+            throw new ArgumentException($"moe_experts_gemv: gate_up is {gateUp.Format.Name()} but down is {down.Format.Name()}; one launch takes one format");
+        var kernels = Experts(gateUp.Format);
+        CheckShape(s, decodeOnly: true);
+        WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
+        WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
+        int slots = tokens * s.TopK;
+        if (slots <= 0) return;
+        var p = new MoeExpertsGemvParams
+        {
+            GateUp = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales },
+            Down = new MoeDownGemvParams
+            {
+                Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, TopkWeights = topkWeights, Residual = residual, Out = output, Tickets = tickets,
+                Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, TopK = s.TopK, Ws = down.KernelScales,
+            },
+            Sync = sync,
+        };
+        int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : Math.Max(s.Hidden, s.Inter) * sizeof(ushort);   // quantized: the staged row
+        var config = new LaunchConfig(new Dim3((uint)ExpertsGemvTiles(s, tokens)), 128, smem, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative)
+        {
+            TilesInOrder = true,
+        };
+        Launch(kernels.ExpertsGemv, config, stream, p);
+    }
+
+    /// <summary>moe_experts_gemv's tiles (its grid): ceil(I / 8) gate_up tiles and ceil(H / 16) down tiles per slot.</summary>
+    public static int ExpertsGemvTiles(in MoeShape s, int tokens) => tokens * s.TopK * ((s.Inter + 7) / 8 + (s.Hidden + 15) / 16);
+
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
     public void GateUpGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr sortedSlots,
         DevicePtr tileExpert, DevicePtr numTiles, DevicePtr inter) =>
@@ -313,7 +358,7 @@ public sealed class MoeLaunchers
 
     private void Launch<T>(DeviceKernel kernel, in LaunchConfig config, DeviceStream stream, T p) where T : unmanaged
     {
-        var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
+        var args = new KernelArgs(stackalloc byte[256], stackalloc nint[1]);   // moe_experts_gemv's params: 200 bytes
         args.Add(p);
         _device.Launch(kernel, config, stream, args);
     }

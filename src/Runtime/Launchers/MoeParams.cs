@@ -75,6 +75,15 @@ public struct MoeDownGemvParams
     public WeightScales Ws;         // quantized variants only
 }
 
+/// <summary>Mirror of <c>MoeExpertsGemvParams</c> (kernels/moe_decode.cu): both GEMVs' params and the tile counters.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct MoeExpertsGemvParams
+{
+    public MoeGateUpGemvParams GateUp;
+    public MoeDownGemvParams Down;
+    public DevicePtr Sync;          // [2 + T*k] int: next tile, exit ticket, gate_up tiles done per slot; zero, left zero
+}
+
 /// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct MoeGateUpGemmParams

@@ -49,6 +49,6 @@ public sealed class PersistentGemvLaunchers(KernelLoader loader)
         var p = new PersistentGemvParams { W = weights, Act = act, Counters = counters, Stages = stages, Dim = dim, RowsPerWarp = rowsPerWarp };
         var args = new KernelArgs(stackalloc byte[64], stackalloc nint[1]);
         args.Add(p);
-        _device.Launch(_kernel, new LaunchConfig(new Dim3((uint)ctas), Threads, dim * sizeof(float), Cooperative: cooperative), stream, args);
+        _device.Launch(_kernel, new LaunchConfig(new Dim3((uint)ctas), Threads, dim * sizeof(float), Cooperative: cooperative) { TilesInOrder = true }, stream, args);
     }
 }
