@@ -24,6 +24,21 @@ namespace Qwen3Cuda.Tests.DeviceModel;
 [NonParallelizable]
 public class DeviceModelTests
 {
+    /// <summary>
+    /// The step's input arrays go to the device in as few copies as their layout allows: neighbours at most the gap apart
+    /// merge (the bytes between included), a farther one starts a new copy, and a lone array stays as it is.
+    /// </summary>
+    [Test]
+    public void InputCopies_MergeNeighbours_NotFarArrays()
+    {
+        (long, long)[] arrays = [(0, 16), (256, 16), (512, 100), (512 + 100 + 4096, 8), (100_000, 40), (200_000, 4)];
+        var merged = new (long Offset, long Bytes)[arrays.Length];
+        int n = Qwen3Cuda.Model.Device.DeviceModel.MergeInputCopies(arrays, merged, gapBytes: 4096);
+        Assert.That(merged.Take(n), Is.EqualTo(new (long, long)[] { (0, 512 + 100 + 4096 + 8), (100_000, 40), (200_000, 4) }));
+        Assert.That(Qwen3Cuda.Model.Device.DeviceModel.MergeInputCopies(arrays, merged, gapBytes: 0), Is.EqualTo(arrays.Length), "no gap allowed: every array its own copy");
+        Assert.That(Qwen3Cuda.Model.Device.DeviceModel.MergeInputCopies([], merged, 4096), Is.Zero);
+    }
+
     const double RelTol = 0.03, NmseTol = 2e-4;
 
     static int ArgMax(ReadOnlySpan<float> v)
@@ -295,7 +310,7 @@ public class DeviceModelTests
             Assert.That(device.Synchronizations, Is.EqualTo(1), $"{what}: host synchronisations");
             Assert.That(device.AsyncCopiesToHost + device.SyncCopiesToHost, Is.EqualTo(1), $"{what}: copies to the host");
             Assert.That(device.SyncCopiesToDevice, Is.EqualTo(0), $"{what}: synchronous uploads");
-            Assert.That(device.AsyncCopiesToDevice, Is.EqualTo(5), $"{what}: input copies (ids, positions, slots, lengths, tables)");
+            Assert.That(device.AsyncCopiesToDevice, Is.EqualTo(1), $"{what}: input copies (ids, positions, slots, lengths, tables: neighbours in the workspace, one copy)");
         }
     }
 

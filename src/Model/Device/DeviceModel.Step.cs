@@ -11,6 +11,7 @@ public sealed partial class DeviceModel
     public const int MaxDecodeAttentionRows = GemvLaunchers.MaxTokens;
 
     private readonly int[] _deviceRow;   // batch row -> row in the step's device order
+    private readonly (long Offset, long Bytes)[] _inputCopies = new (long, long)[11];   // WriteInputs' arrays (no allocation per step)
 
     /// <summary>How a step's rows map onto the kernels (host-known sizes; device inputs carry the rest).</summary>
     /// <param name="Rows">token rows (a graph step: the padded bucket)</param>
@@ -171,20 +172,22 @@ public sealed partial class DeviceModel
             }
         }
 
-        Copy(inputs, w.Tokens, padded * 4L);
-        Copy(inputs, w.Positions, padded * 4L);
-        Copy(inputs, w.Slots, padded * 4L);
-        Copy(inputs, w.ContextLens, attnRows * 4L);
-        Copy(inputs, w.BlockTables, (long)attnRows * stride * 4);
-        if (flashSegments > 0) Copy(inputs, w.QStart, (flashSegments + 1) * 4L);
-        if (gather) Copy(inputs, w.OutputRows, outputs * 4L);
-        if (sample) Copy(inputs, w.SampleSettings, SettingsBytes(outputRowsTotal));
-        if (w.PerRowRope) Copy(inputs, w.RopeInvFreq, (long)padded * half * sizeof(float));
-        if (penalties)
-        {
-            Copy(inputs, w.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
-            Copy(inputs, w.PenaltyEntries, batch.PenaltyEntries * 8L);
-        }
+        // Every array in layout order; adjacent ones go to the device as one copy (CopyInputs).
+        int n = 0;
+        var copies = _inputCopies;
+        void Add(long offset, long bytes) { if (bytes > 0) copies[n++] = (offset, bytes); }
+        Add(w.Tokens, padded * 4L);
+        Add(w.Positions, padded * 4L);
+        Add(w.Slots, padded * 4L);
+        Add(w.ContextLens, attnRows * 4L);
+        Add(w.BlockTables, (long)attnRows * stride * 4);
+        if (flashSegments > 0) Add(w.QStart, (flashSegments + 1) * 4L);
+        if (gather) Add(w.OutputRows, outputs * 4L);
+        if (sample) Add(w.SampleSettings, SettingsBytes(outputRowsTotal));
+        if (penalties) Add(w.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
+        if (penalties) Add(w.PenaltyEntries, batch.PenaltyEntries * 8L);
+        if (w.PerRowRope) Add(w.RopeInvFreq, (long)padded * half * sizeof(float));
+        CopyInputs(inputs, copies.AsSpan(0, n));
         return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample, penalties, decodeRuns);
     }
 
@@ -262,9 +265,43 @@ public sealed partial class DeviceModel
         System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(
             slot.AsSpan<byte>().Slice((int)(offset - Plan.Workspace.InputsBegin), count * System.Runtime.CompilerServices.Unsafe.SizeOf<T>()));
 
-    private void Copy(PinnedBuffer slot, long offset, long bytes)
+    /// <summary>
+    /// Two input arrays at most this many bytes apart go to the device as one copy, the bytes between them included: a
+    /// copy's fixed cost (a few microseconds: a driver call and a DMA setup, docs/timing-model.md's smallCopyUs) is worth
+    /// tens of kilobytes of PCIe transfer. The bytes between are the staging slot's unused capacity of the arrays before,
+    /// which no kernel reads (the inputs region holds only host-written arrays, each read up to its used length).
+    /// </summary>
+    internal const long InputCopyMergeGapBytes = 16 * 1024;
+
+    /// <summary>
+    /// Copies the step's input arrays (offset, bytes), in increasing offset order, from the staging slot to the workspace,
+    /// merging neighbours fewer than <see cref="InputCopyMergeGapBytes"/> apart: a decode step's tokens, positions, slots,
+    /// context lengths and block tables are one copy instead of five.
+    /// </summary>
+    private void CopyInputs(PinnedBuffer slot, ReadOnlySpan<(long Offset, long Bytes)> arrays)
     {
-        if (bytes > 0) _device.CopyToDeviceAsync(_workspace.Base + offset, slot, offset - Plan.Workspace.InputsBegin, bytes, _stream);
+        Span<(long Offset, long Bytes)> merged = stackalloc (long, long)[arrays.Length];
+        int n = MergeInputCopies(arrays, merged, InputCopyMergeGapBytes);
+        for (int i = 0; i < n; i++)
+            _device.CopyToDeviceAsync(_workspace.Base + merged[i].Offset, slot, merged[i].Offset - Plan.Workspace.InputsBegin, merged[i].Bytes, _stream);
+    }
+
+    /// <summary>
+    /// The copies for <paramref name="arrays"/> (offset, bytes; increasing, not overlapping): each run of arrays whose
+    /// neighbours are at most <paramref name="gapBytes"/> apart becomes one copy from the first's start to the last's end.
+    /// Returns how many it wrote to <paramref name="merged"/>.
+    /// </summary>
+    internal static int MergeInputCopies(ReadOnlySpan<(long Offset, long Bytes)> arrays, Span<(long Offset, long Bytes)> merged, long gapBytes)
+    {
+        int n = 0, i = 0;
+        while (i < arrays.Length)
+        {
+            long begin = arrays[i].Offset, end = begin + arrays[i].Bytes;
+            for (i++; i < arrays.Length && arrays[i].Offset >= end && arrays[i].Offset - end <= gapBytes; i++)
+                end = arrays[i].Offset + arrays[i].Bytes;
+            merged[n++] = (begin, end - begin);
+        }
+        return n;
     }
 
     // ---------------- graphs ----------------
