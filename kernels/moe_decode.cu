@@ -315,59 +315,64 @@ struct MoeExpertsGemvParams {
     int* sync;               // [2 + slots]: next tile, exit ticket, gate_up tiles done per slot; zero on entry, left zero
 };
 
+// The counts of moe_experts_gemv's tiles: gate_up tiles per slot (moe_gate_up_gemv's grid x) and down tiles per slot
+// (moe_down_gemv's).
+__device__ __forceinline__ int experts_gu_blocks(const MoeExpertsGemvParams& p) { return (p.gate_up.inter_size + 7) / 8; }
+__device__ __forceinline__ int experts_dn_blocks(const MoeExpertsGemvParams& p) { return (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA; }
+
 template <int QF>   // 0: bf16; QF_FP8 / QF_INT8 / QF_INT4: the quantized tiles
 __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams& p)
 {
     __shared__ int tile_s;
-    const int tid = threadIdx.x;
     pdl_wait();                                            // the expert ids and x are the previous kernels'
     pdl_launch_dependents();
-    const int slots = p.gate_up.slots;
-    const int gu_blocks = (p.gate_up.inter_size + 7) / 8;                                  // moe_gate_up_gemv's grid x
-    const int dn_blocks = (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA;   // moe_down_gemv's grid x
-    const int gu_tiles = gu_blocks * slots;
-    if (tid == 0) tile_s = atomicAdd(&p.sync[0], 1);
+    if (threadIdx.x == 0) tile_s = atomicAdd(&p.sync[0], 1);
     __syncthreads();
-    const int tile = tile_s;
-    if (tile < gu_tiles) {
-        const int s = tile / gu_blocks;
-        if constexpr (QF == 0) gate_up_tile(p.gate_up, s, tile - s * gu_blocks);
-        else gate_up_tile_quant<QF>(p.gate_up, s, tile - s * gu_blocks);
+    const int gu_tiles = experts_gu_blocks(p) * p.gate_up.slots;
+    if (tile_s < gu_tiles) {
+        const int s = tile_s / experts_gu_blocks(p);
+        if constexpr (QF == 0) gate_up_tile(p.gate_up, s, tile_s - s * experts_gu_blocks(p));
+        else gate_up_tile_quant<QF>(p.gate_up, s, tile_s - s * experts_gu_blocks(p));
         __syncthreads();                                   // every column of the tile written
-        if (tid == 0) {
+        if (threadIdx.x == 0) {
             __threadfence();
             atomicAdd(&p.sync[2 + s], 1);
         }
-    } else if (tile < gu_tiles + dn_blocks * slots) {
-        const int d = tile - gu_tiles, s = d / dn_blocks, bx = d - s * dn_blocks;
-        const int H = p.down.hidden_size, I = p.down.inter_size;
-        const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
-        const int h0 = bx * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
-        const size_t e = (size_t)p.down.topk_ids[s];
-        prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
-        if (tid == 0) {
-            while (*(volatile const int*)&p.sync[2 + s] < gu_blocks) __nanosleep(32);
+    } else if (tile_s < gu_tiles + experts_dn_blocks(p) * p.gate_up.slots) {
+        const int d = tile_s - gu_tiles, s = d / experts_dn_blocks(p), bx = d - s * experts_dn_blocks(p);
+        {
+            const int H = p.down.hidden_size, I = p.down.inter_size;
+            const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
+            const int h0 = bx * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
+            const size_t e = (size_t)p.down.topk_ids[s];
+            prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
+        }
+        if (threadIdx.x == 0) {
+            while (*(volatile const int*)&p.sync[2 + s] < experts_gu_blocks(p)) __nanosleep(32);
             __threadfence();
         }
         __syncthreads();
         if constexpr (QF == 0) down_tile<true>(p.down, s, bx);
         else down_tile_quant<QF, true>(p.down, s, bx);
     }
-    if (tid == 0) {
+    if (threadIdx.x == 0) {
         __threadfence();
         if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tile and left
             p.sync[0] = 0;
-            for (int s = 0; s < slots; s++) p.sync[2 + s] = 0;
+            for (int s = 0; s < p.gate_up.slots; s++) p.sync[2 + s] = 0;
             __threadfence();
             p.sync[1] = 0;
         }
     }
 }
 
+// The quantized variants ask for at least 5 CTAs per SM (at most 102 registers): without a minimum, ptxas kept them near
+// the separate kernels' 64-80 registers and spilled a few bytes (sm_80 int4, sm_90 int8); 5 CTAs of 4 warps per SM
+// still keep far more bytes in flight than the DRAM's latency needs.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv(MoeExpertsGemvParams p) { moe_experts_gemv_body<0>(p); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv_fp8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_FP8>(p); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv_int8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT8>(p); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv_int4(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT4>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5) moe_experts_gemv_fp8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5) moe_experts_gemv_int8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5) moe_experts_gemv_int4(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT4>(p); }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_FP8>(p); }
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT8>(p); }
