@@ -17,7 +17,9 @@
 // [split_k, T, N]; the last CTA of each row block (an integer ticket on tickets[blockIdx.x] after a fence; it resets the
 // ticket to 0) sums them in split order and applies the epilogue, the same sum in the same order as the
 // separate combine kernel it replaces; tickets[] are zero before the first launch (docs/kernels.md, "Fusions").
-// Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials].
+// Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials]
+//   [+ fetch_ahead_bytes of a later kernel's weights into L2 with evict_last, after the wait (the decode step's o_proj:
+//   the next layer's qkv; docs/timing-model.md, "Weights fetched ahead")].
 // Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane).
 // Quantized weights (quant.cuh, docs/formats.md): gemv_fp8_t1..8 (E4M3, block scales) and gemv_int8_t1..8 (per-channel
 // scales) stream one byte per weight, 16 bytes per lane per load (16 weights, one scale, since 16 divides the 128-wide
@@ -46,6 +48,8 @@ struct GemvParams {
     float* partial;           // [split_k, T, N] fp32 (split_k > 1)
     const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
     int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
+    const void* fetch_ahead;  // weights of a later kernel fetched into L2 with evict_last after the wait, or null
+    long long fetch_ahead_bytes;
     int tokens;               // T, must equal the kernel's template T
     int n;
     int k;                    // multiple of 8
@@ -155,7 +159,7 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, float4* x_s, i
 // Programmatic dependent launch (docs/kernels.md): before pdl_wait() the CTA only prefetches its weight slice (rows
 // [row_base, row_base + rows_here), bytes [k0, k0 + klen) x bytes per weight of each row) and, for quantized formats, the
 // scales those weights use into L2; x, the residual, the partials and the tickets are the previous kernels' and are read
-// after it. Then it lets the next kernel start its own prologue.
+// after it. Then it lets the next kernel start its own prologue, and issues its share of the fetch-ahead (if any).
 template <int QF>
 __device__ __forceinline__ void gemv_prologue(const GemvParams& p, int row_base, int k0, int klen)
 {
@@ -171,6 +175,7 @@ __device__ __forceinline__ void gemv_prologue(const GemvParams& p, int row_base,
     }
     pdl_wait();
     pdl_launch_dependents();
+    prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);   // docs/timing-model.md, "Weights fetched ahead"
 }
 
 template <int T>

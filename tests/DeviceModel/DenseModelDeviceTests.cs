@@ -67,19 +67,20 @@ public class DenseModelDeviceTests
     }
 
     /// <summary>
-    /// The decode step's router fetches the first bytes of the next weight stream ahead (docs/timing-model.md, "Weights
-    /// fetched ahead"): each layer's moe_router_norm_topk prefetches min(FetchAheadBytes, the tensor) of the next layer's
-    /// qkv weight (the lm_head after the last layer) with evict_last, and that GEMV then finds them L2-resident; 0 turns it
-    /// off. The tiny model's tensors are small, so a 1 KiB budget shows the bound. The logits do not change.
+    /// The decode step's o_proj GEMV and router fetch the first bytes of the next weight stream ahead (docs/timing-model.md,
+    /// "Weights fetched ahead"): of min(FetchAheadBytes, the tensor) of the next layer's qkv weight (the lm_head after the
+    /// last layer), each layer's o_proj prefetches the first OProjFetchAheadBytes and its moe_router_norm_topk the rest,
+    /// with evict_last, and that GEMV then finds them all L2-resident; 0 turns it off. The tiny model's tensors are small,
+    /// so a 1 KiB budget (384 bytes of it o_proj's) shows the bounds. The logits do not change.
     /// </summary>
     [Test]
-    public void DecodeRouter_FetchesTheNextWeightsAhead()
+    public void DecodeOProjAndRouter_FetchTheNextWeightsAhead()
     {
         int[] Step(long fetchAhead, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> launches)
         {
             using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
             using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(),
-                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false, FetchAheadBytes = fetchAhead });
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384 });
             int token = dm.ForwardGreedy(0, [1, 2, 3, 4, 5]);
             device.ClearLaunches();
             int next = dm.ForwardGreedy(0, [token]);
@@ -91,7 +92,10 @@ public class DenseModelDeviceTests
         Assert.That(on, Is.EqualTo(off), "a cache hint: the tokens do not depend on it");
         var routers = withFetch.Where(r => r.Kernel == "moe_router_norm_topk").ToList();
         Assert.That(routers, Is.Not.Empty);
-        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "1 KiB of each next tensor, each sector once");
+        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 384) / 32), "the rest of 1 KiB of each next tensor, each sector once");
+        var oProjs = withFetch.Where((r, i) => i > 0 && withFetch[i - 1].Kernel == "attn_decode_fused").ToList();
+        Assert.That(oProjs, Has.Count.EqualTo(routers.Count), "one o_proj GEMV per layer");
+        Assert.That(oProjs.Select(r => r.PersistingSectors), Is.All.EqualTo(384 / 32), "o_proj: the first 384 bytes");
         Assert.That(without.Select(r => r.PersistingSectors), Is.All.Zero);
         // the qkv GEMVs after the first layer's: what the router before them fetched is resident
         var qkvWith = withFetch.Where((r, i) => i > 0 && withFetch[i - 1].Kernel == "moe_experts_gemv" && r.Kernel.StartsWith("gemv", StringComparison.Ordinal)).ToList();

@@ -408,19 +408,21 @@ public sealed partial class DeviceModel
                 MaxPagesPerSeq = w.MaxPagesPerSeq, QStride = qDim, OutStride = qDim,
             }, s.MaxFlashRows);
         }
-        // OProj (+residual): x = x + attn Wo^T
-        Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim);
+        // OProj (+residual): x = x + attn Wo^T. On a MoE decode step o_proj and the router are latency-bound: they also fetch
+        // the first bytes of the next weight stream (the next layer's qkv, or the lm_head after the last layer) into L2 with
+        // evict_last, o_proj the first OProjFetchAheadBytes, the router the rest (docs/timing-model.md, "Weights fetched ahead")
+        var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
+        long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytes) : 0;
+        long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytes);
+        Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim, fetchAhead: oProjAhead > 0 ? W(next) : default, fetchAheadBytes: oProjAhead);
         if (L.IsMoe)
         {
             // PostNorm -> Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(RMSNorm(x) * w_post).
             // Decode: the router kernel computes the norm and writes h for the experts; prefill: the norm kernel first.
             if (rows <= MoeLaunchers.DecodeMaxTokens)
             {
-                // the router is latency-bound: it also fetches the first bytes of the next weight stream (the next layer's qkv,
-                // or the lm_head after the last layer) into L2 with evict_last (docs/timing-model.md, "Weights fetched ahead")
-                var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next), Math.Min(next.Bytes, Plan.Options.FetchAheadBytes));
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next) + oProjAhead, ahead - oProjAhead);
                 return;
             }
             _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);
@@ -441,7 +443,7 @@ public sealed partial class DeviceModel
     /// or, for the GEMM, by the norm kernel into h first (in place when x is h: the gathered output rows).
     /// </summary>
     private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k,
-        DevicePtr norm = default)
+        DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
     {
         var w = Plan.Workspace;
         var weight = Operand(matrix);
@@ -457,6 +459,6 @@ public sealed partial class DeviceModel
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
             return;
         }
-        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps);
+        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps, fetchAhead, fetchAheadBytes);
     }
 }

@@ -41,11 +41,14 @@ public sealed record DeviceModelOptions
     public bool UseGraphs { get; init; } = true;
     /// <summary>
     /// Bytes of the next weight stream (the next layer's qkv projection, or the lm_head after the last layer) that the decode
-    /// step's router kernel prefetches into L2 with evict_last while it leaves the DRAM idle (docs/timing-model.md,
-    /// "Weights fetched ahead"). The default, 8 MiB, is about what H200 moves during the router's predicted time (a little more than H100 does); 0
-    /// turns it off. Results do not depend on it.
+    /// step's latency-bound kernels prefetch into L2 with evict_last while they leave the DRAM idle (docs/timing-model.md,
+    /// "Weights fetched ahead"): the o_proj GEMV the first <see cref="OProjFetchAheadBytes"/> of them, the router the rest.
+    /// The default, 8 MiB, is about what H200 moves during the two kernels' predicted idle DRAM time (a little more than
+    /// H100 does); 0 turns it off. Results do not depend on it.
     /// </summary>
     public long FetchAheadBytes { get; init; } = 8L << 20;
+    /// <summary>The o_proj GEMV's share of <see cref="FetchAheadBytes"/> (the first bytes; at most all of them): 4 MiB.</summary>
+    public long OProjFetchAheadBytes { get; init; } = 4L << 20;
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
@@ -83,6 +86,7 @@ public sealed record DeviceModelOptions
         if (MaxSequences < 1 || MaxSequences > 4096) throw new ArgumentOutOfRangeException(nameof(MaxSequences), $"max sequences {MaxSequences} must be in [1, 4096]");
         if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
         if (FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(FetchAheadBytes), $"bytes fetched ahead {FetchAheadBytes} must not be negative (0 turns it off)");
+        if (OProjFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjFetchAheadBytes), $"o_proj's share of the bytes fetched ahead {OProjFetchAheadBytes} must not be negative (0: the router fetches them all)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");
         if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))

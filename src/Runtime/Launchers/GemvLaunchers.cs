@@ -13,6 +13,8 @@ public struct GemvParams
     public DevicePtr Partial;    // [SplitK, T, N] fp32 when SplitK > 1
     public DevicePtr NormWeight; // [K] bf16 RMSNorm weight of the prologue, or null
     public DevicePtr Tickets;    // [GridX] int split-K tickets, zero
+    public DevicePtr FetchAhead; // a later kernel's weights, prefetched into L2 with evict_last after the wait, or null
+    public long FetchAheadBytes;
     public int Tokens;
     public int N;
     public int K;
@@ -117,11 +119,15 @@ public sealed class GemvLaunchers
     /// y = x W^T (+ residual) with W in any loaded format (the variant from <see cref="Variants"/>). <paramref name="partial"/>
     /// is fp32 workspace of <see cref="GemvPlan.PartialBytes"/> bytes for the plan <c>Plan</c> returns. With a
     /// <paramref name="normWeight"/> ([K] bf16) the product takes RMSNorm(x) * normWeight instead of x (the prologue of
-    /// gemv.cu, bitwise <c>add_rmsnorm_bf16</c>'s output; docs/kernels.md, "Fusions").
+    /// gemv.cu, bitwise <c>add_rmsnorm_bf16</c>'s output; docs/kernels.md, "Fusions"). With a <paramref name="fetchAhead"/>
+    /// its CTAs also prefetch <paramref name="fetchAheadBytes"/> of it (a later kernel's weights) into L2 with evict_last
+    /// after their wait (docs/timing-model.md, "Weights fetched ahead"); the results do not depend on it.
     /// </summary>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
-        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f)
+        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f,
+        DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
     {
+        if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "gemv: bytes to fetch ahead must not be negative");
         var kernels = Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
         if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
@@ -139,8 +145,9 @@ public sealed class GemvLaunchers
             Y = y, X = x, W = w.Data, Residual = residual, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
             NormWeight = normWeight, Eps = normEps, Tickets = partial, Partial = need > 0 ? partial + TicketBytes : DevicePtr.Null,
+            FetchAhead = fetchAhead, FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
         };
-        var args = new KernelArgs(stackalloc byte[128], stackalloc nint[1]);
+        var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
         args.Add(p);
         int smem = tokens * plan.KSplit * 4;   // x slice as fp32 (gemv.cu, stage_chunk)
         _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
