@@ -216,6 +216,15 @@ internal sealed unsafe class LaunchState
         return map.Bits;
     }
 
+    /// <summary>The bits of bitmap word <paramref name="w"/> that sectors <paramref name="first"/> .. <paramref name="last"/> cover.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong WordMask(ulong w, ulong first, ulong last)
+    {
+        int from = w == first >> 6 ? (int)(first & 63) : 0;
+        int to = w == last >> 6 ? (int)(last & 63) : 63;
+        return (to == 63 ? ulong.MaxValue : (1UL << (to + 1)) - 1) & ~((1UL << from) - 1);
+    }
+
     /// <summary>
     /// Marks sectors <paramref name="first"/> .. <paramref name="last"/> (from the allocation's start) as touched by a load,
     /// store or cp.async in this launch, and counts in <see cref="Counters.RereadSectors"/> those such an access had touched
@@ -228,9 +237,7 @@ internal sealed unsafe class LaunchState
         bool atomic = !Sequential;
         for (ulong w = first >> 6; w <= last >> 6; w++)
         {
-            int from = w == first >> 6 ? (int)(first & 63) : 0;
-            int to = w == last >> 6 ? (int)(last & 63) : 63;
-            ulong m = (to == 63 ? ulong.MaxValue : (1UL << (to + 1)) - 1) & ~((1UL << from) - 1);
+            ulong m = WordMask(w, first, last);
             ref ulong cell = ref accessed[w];
             ulong old = Volatile.Read(ref cell);
             if ((old & m) != m)

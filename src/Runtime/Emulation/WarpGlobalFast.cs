@@ -275,9 +275,7 @@ internal sealed unsafe partial class Warp
         int fresh = 0;
         for (ulong w = first >> 6; w <= last >> 6; w++)
         {
-            int from = w == first >> 6 ? (int)(first & 63) : 0;
-            int to = w == last >> 6 ? (int)(last & 63) : 63;
-            ulong m = (to == 63 ? ulong.MaxValue : (1UL << (to + 1)) - 1) & ~((1UL << from) - 1);
+            ulong m = LaunchState.WordMask(w, first, last);
             ref ulong cell = ref bits[w];
             ulong old = Volatile.Read(ref cell);
             if ((old & m) == m) continue;
