@@ -197,10 +197,23 @@ public sealed class MoeLaunchers
         WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales };
+        var p = GateUpGemvParams(s, slots, hidden, gateUp, topkIds, inter);
         int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : s.Hidden * sizeof(ushort);   // quantized: the hidden row staged in shared memory
-        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)((s.Inter + 7) / 8), (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
+        Launch(kernels.GateUpGemv, new LaunchConfig(new Dim3((uint)GateUpGemvBlocks(s), (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
     }
+
+    /// <summary>The gate+up GEMV's CTAs per slot (8 intermediate columns each): its grid's x, its tiles in moe_experts_gemv.</summary>
+    private static int GateUpGemvBlocks(in MoeShape s) => (s.Inter + 7) / 8;
+
+    private static MoeGateUpGemvParams GateUpGemvParams(in MoeShape s, int slots, DevicePtr hidden, in WeightOperand gateUp, DevicePtr topkIds, DevicePtr inter) =>
+        new() { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales };
+
+    private static MoeDownGemvParams DownGemvParams(in MoeShape s, int slots, DevicePtr inter, in WeightOperand down, DevicePtr topkIds, DevicePtr slotOut,
+        DevicePtr topkWeights, DevicePtr residual, DevicePtr output, DevicePtr tickets) => new()
+    {
+        Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, TopkWeights = topkWeights, Residual = residual, Out = output, Tickets = tickets,
+        Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, TopK = s.TopK, Ws = down.KernelScales,
+    };
 
     /// <summary>
     /// Decode: <c>y[s] = bf16(down_e inter[s])</c> for every slot, then the combine of <see cref="Combine"/> in the last CTA of
@@ -222,13 +235,10 @@ public sealed class MoeLaunchers
         WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        var p = new MoeDownGemvParams
-        {
-            Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, TopkWeights = topkWeights, Residual = residual, Out = output, Tickets = tickets,
-            Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, TopK = s.TopK, Ws = down.KernelScales,
-        };
+        var p = DownGemvParams(s, slots, inter, down, topkIds, slotOut, topkWeights, residual, output, tickets);
         int smem = down.Format == WeightFormat.Bf16 ? 0 : s.Inter * sizeof(ushort);
-        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)((s.Hidden + 15) / 16), (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
+        int blocks = MoeWorkspace.DownTicketsPerToken(s.Hidden);   // 16 rows per CTA: one ticket per block
+        Launch(kernels.DownGemv, new LaunchConfig(new Dim3((uint)blocks, (uint)slots), 128, smem, ProgrammaticDependentLaunch: true), stream, p);
     }
 
     /// <summary>
@@ -256,12 +266,8 @@ public sealed class MoeLaunchers
         if (slots <= 0) return;
         var p = new MoeExpertsGemvParams
         {
-            GateUp = new MoeGateUpGemvParams { Hidden = hidden, GateUp = gateUp.Data, TopkIds = topkIds, Inter = inter, Slots = slots, TopK = s.TopK, HiddenSize = s.Hidden, InterSize = s.Inter, Ws = gateUp.KernelScales },
-            Down = new MoeDownGemvParams
-            {
-                Inter = inter, Down = down.Data, TopkIds = topkIds, Y = slotOut, TopkWeights = topkWeights, Residual = residual, Out = output, Tickets = tickets,
-                Slots = slots, HiddenSize = s.Hidden, InterSize = s.Inter, TopK = s.TopK, Ws = down.KernelScales,
-            },
+            GateUp = GateUpGemvParams(s, slots, hidden, gateUp, topkIds, inter),
+            Down = DownGemvParams(s, slots, inter, down, topkIds, slotOut, topkWeights, residual, output, tickets),
             Sync = sync,
         };
         int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : Math.Max(s.Hidden, s.Inter) * sizeof(ushort);   // quantized: the staged row
@@ -273,7 +279,7 @@ public sealed class MoeLaunchers
     }
 
     /// <summary>moe_experts_gemv's tiles (its grid): ceil(I / 8) gate_up tiles and ceil(H / 16) down tiles per slot.</summary>
-    public static int ExpertsGemvTiles(in MoeShape s, int tokens) => tokens * s.TopK * ((s.Inter + 7) / 8 + (s.Hidden + 15) / 16);
+    public static int ExpertsGemvTiles(in MoeShape s, int tokens) => tokens * s.TopK * (GateUpGemvBlocks(s) + MoeWorkspace.DownTicketsPerToken(s.Hidden));
 
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
     public void GateUpGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr sortedSlots,
