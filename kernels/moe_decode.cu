@@ -299,65 +299,103 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
 // moe_experts_gemv: moe_gate_up_gemv and moe_down_gemv (its combine included) in ONE launch, the decode step's single
 // expert node (docs/kernels.md, "Persistent launches"). Tiles, in the order CTAs take them with an atomic on sync[0]:
 // first every gate_up tile (slot-major: tile s * gu_blocks + bx is moe_gate_up_gemv's CTA (bx, s)), then every down
-// tile (slot-major: moe_down_gemv's CTA (bx, s)); one tile per CTA, grid = all tiles. A gate_up tile runs gate_up_tile,
-// then releases (barrier, fence, sync[2 + s] += 1). A down tile prefetches its 16 weight rows into L2 (the expert is
-// known: the router ran before), waits until sync[2 + s] says its slot's gu_blocks gate_up tiles are done (one thread
-// polls, backing off, then fences; the barrier hands that on), and runs down_tile reading inter from L2. So slot 0's down
-// tiles run while later slots' gate_up tiles still stream, and the down weights' DRAM stream needs no kernel boundary.
-// Progress needs no co-residency: a down tile waits only on tiles taken before it, by CTAs that are running them (gate_up
-// tiles wait on nothing). The last CTA out (ticket sync[1]) resets sync[] to zero for the next launch: zero before the
-// first. Every row is computed by the code of the two kernels, so the output is theirs bit for bit.
-// Memory traffic: the two kernels' (each weight once) + one atomic per tile, one per gate_up release, polling by one
-// thread per waiting down tile.
+// tile (slot-major: moe_down_gemv's CTA (bx, s)). Each CTA takes tiles_per_cta tickets, one tile ahead: it takes the
+// next ticket before it runs the current tile and prefetches that tile's weight rows into L2 (the expert is known: the
+// router ran before), so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one wave
+// (at most EXPERTS_MIN_CTAS_PER_SM CTAs per SM, which __launch_bounds__ makes fit; docs/kernels.md): a second wave
+// would start every CTA's first loads one DRAM latency after the first wave's end. A gate_up tile runs gate_up_tile,
+// then releases (barrier, fence, sync[2 + s] += 1). A down tile (its 16 weight rows prefetched, by the tile before or
+// first thing) waits until sync[2 + s] says its slot's gu_blocks gate_up tiles are done (one thread polls, backing off,
+// then fences; the barrier hands that on), and runs down_tile reading inter from L2. So slot 0's down tiles run while
+// later slots' gate_up tiles still stream, and the down weights' DRAM stream needs no kernel boundary.
+// Progress needs no co-residency: a tile waits only on tiles of lower tickets, all taken by CTAs that are running (the
+// lowest unfinished tile is a CTA's current one, since the CTA's earlier tickets are lower, and its inputs are done);
+// gate_up tiles wait on nothing. The last CTA out (ticket sync[1]) resets sync[] to zero for the next launch: zero
+// before the first. Every row is computed by the code of the two kernels, so the output is theirs bit for bit.
+// Memory traffic: the two kernels' (each weight once; the prefetch of a tile's rows is the same sectors) + one atomic per
+// ticket, one per gate_up release, polling by one thread per waiting down tile.
 struct MoeExpertsGemvParams {
     MoeGateUpGemvParams gate_up;
     MoeDownGemvParams down;
     int* sync;               // [2 + slots]: next tile, exit ticket, gate_up tiles done per slot; zero on entry, left zero
+    int tiles_per_cta;       // tickets each CTA takes (grid * tiles_per_cta >= the tiles; tickets past them are no work)
 };
+
+// The CTAs per SM the launches are sized for (the launcher's grid is at most this many per SM, so the launch is one wave
+// on an idle GPU); __launch_bounds__ makes ptxas fit them.
+#define EXPERTS_MIN_CTAS_PER_SM 8
+#define EXPERTS_QUANT_MIN_CTAS_PER_SM 5
 
 // The counts of moe_experts_gemv's tiles: gate_up tiles per slot (moe_gate_up_gemv's grid x) and down tiles per slot
 // (moe_down_gemv's).
 __device__ __forceinline__ int experts_gu_blocks(const MoeExpertsGemvParams& p) { return (p.gate_up.inter_size + 7) / 8; }
 __device__ __forceinline__ int experts_dn_blocks(const MoeExpertsGemvParams& p) { return (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA; }
 
+// L2 prefetch of tile `tile`'s weight rows (its expert is known: the router ran before): a gate_up tile's 8 gate and 8 up
+// rows, a down tile's 16 rows. Scales are left to the loads (a few bytes per row).
+template <int QF>
+__device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, int tile)
+{
+    const int gu_blocks = experts_gu_blocks(p), gu_tiles = gu_blocks * p.gate_up.slots;
+    if (tile < gu_tiles) {
+        const int s = tile / gu_blocks, bx = tile - s * gu_blocks;
+        const int H = p.gate_up.hidden_size, I = p.gate_up.inter_size;
+        const size_t row_bytes = QF == 0 ? (size_t)H * 2 : (size_t)H / QF_WPB(QF);
+        const size_t r0 = (size_t)p.gate_up.topk_ids[s] * 2 * I + (size_t)bx * 8, n = (size_t)min(8, I - bx * 8);
+        prefetch_l2_rows(p.gate_up.gate_up, r0, r0 + n, row_bytes, 0, row_bytes);
+        prefetch_l2_rows(p.gate_up.gate_up, r0 + I, r0 + I + n, row_bytes, 0, row_bytes);
+    } else if (tile < gu_tiles + experts_dn_blocks(p) * p.gate_up.slots) {
+        const int d = tile - gu_tiles, s = d / experts_dn_blocks(p), bx = d - s * experts_dn_blocks(p);
+        const int H = p.down.hidden_size, I = p.down.inter_size;
+        const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
+        const int h0 = bx * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
+        const size_t e = (size_t)p.down.topk_ids[s];
+        prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
+    }
+}
+
 template <int QF>   // 0: bf16; QF_FP8 / QF_INT8 / QF_INT4: the quantized tiles
 __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams& p)
 {
-    __shared__ int tile_s;
+    __shared__ int tiles_s[2];                             // this tile and the next, taken in turn
     pdl_wait();                                            // the expert ids and x are the previous kernels'
     pdl_launch_dependents();
-    if (threadIdx.x == 0) tile_s = atomicAdd(&p.sync[0], 1);
-    __syncthreads();
     const int gu_tiles = experts_gu_blocks(p) * p.gate_up.slots;
-    if (tile_s < gu_tiles) {
-        const int s = tile_s / experts_gu_blocks(p);
-        if constexpr (QF == 0) gate_up_tile(p.gate_up, s, tile_s - s * experts_gu_blocks(p));
-        else gate_up_tile_quant<QF>(p.gate_up, s, tile_s - s * experts_gu_blocks(p));
-        __syncthreads();                                   // every column of the tile written
-        if (threadIdx.x == 0) {
-            __threadfence();
-            atomicAdd(&p.sync[2 + s], 1);
-        }
-    } else if (tile_s < gu_tiles + experts_dn_blocks(p) * p.gate_up.slots) {
-        const int d = tile_s - gu_tiles, s = d / experts_dn_blocks(p), bx = d - s * experts_dn_blocks(p);
-        {
-            const int H = p.down.hidden_size, I = p.down.inter_size;
-            const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
-            const int h0 = bx * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
-            const size_t e = (size_t)p.down.topk_ids[s];
-            prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
-        }
-        if (threadIdx.x == 0) {
-            while (*(volatile const int*)&p.sync[2 + s] < experts_gu_blocks(p)) __nanosleep(32);
-            __threadfence();
-        }
+    const int all_tiles = gu_tiles + experts_dn_blocks(p) * p.gate_up.slots;
+    if (threadIdx.x == 0) tiles_s[0] = atomicAdd(&p.sync[0], 1);
+    __syncthreads();
+    for (int k = 0; k < p.tiles_per_cta; k++) {
+        const int tile = tiles_s[k & 1];
+        // take the next tile now and start its weights towards L2, so the DRAM stream does not wait for this tile's end
+        if (k + 1 < p.tiles_per_cta && threadIdx.x == 0) tiles_s[(k + 1) & 1] = atomicAdd(&p.sync[0], 1);
         __syncthreads();
-        if constexpr (QF == 0) down_tile<true>(p.down, s, bx);
-        else down_tile_quant<QF, true>(p.down, s, bx);
+        const int next = k + 1 < p.tiles_per_cta ? tiles_s[(k + 1) & 1] : all_tiles;
+        if (k == 0 && tile >= gu_tiles) experts_prefetch_tile<QF>(p, tile);   // a later tile's came with the tile before
+        if (next < all_tiles) experts_prefetch_tile<QF>(p, next);
+        if (tile < gu_tiles) {
+            const int s = tile / experts_gu_blocks(p);
+            if constexpr (QF == 0) gate_up_tile(p.gate_up, s, tile - s * experts_gu_blocks(p));
+            else gate_up_tile_quant<QF>(p.gate_up, s, tile - s * experts_gu_blocks(p));
+            __syncthreads();                               // every column of the tile written
+            if (threadIdx.x == 0) {
+                __threadfence();
+                atomicAdd(&p.sync[2 + s], 1);
+            }
+        } else if (tile < all_tiles) {
+            const int d = tile - gu_tiles, s = d / experts_dn_blocks(p), bx = d - s * experts_dn_blocks(p);
+            if (threadIdx.x == 0) {
+                while (*(volatile const int*)&p.sync[2 + s] < experts_gu_blocks(p)) __nanosleep(32);
+                __threadfence();
+            }
+            __syncthreads();
+            if constexpr (QF == 0) down_tile<true>(p.down, s, bx);
+            else down_tile_quant<QF, true>(p.down, s, bx);
+        }
+        __syncthreads();                                   // the tile's shared memory (staged row, ticket flag) is free
     }
     if (threadIdx.x == 0) {
         __threadfence();
-        if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tile and left
+        if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tiles and left
             p.sync[0] = 0;
             for (int s = 0; s < p.gate_up.slots; s++) p.sync[2 + s] = 0;
             __threadfence();
@@ -366,13 +404,15 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     }
 }
 
-// The quantized variants ask for at least 5 CTAs per SM (at most 102 registers): without a minimum, ptxas kept them near
-// the separate kernels' 64-80 registers and spilled a few bytes (sm_80 int4, sm_90 int8); 5 CTAs of 4 warps per SM
-// still keep far more bytes in flight than the DRAM's latency needs.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_experts_gemv(MoeExpertsGemvParams p) { moe_experts_gemv_body<0>(p); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5) moe_experts_gemv_fp8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_FP8>(p); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5) moe_experts_gemv_int8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT8>(p); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5) moe_experts_gemv_int4(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT4>(p); }
+// The launch bounds' minimum CTAs per SM is what the launcher sizes the one-wave grid by (MoeLaunchers.ExpertsGemvGrid).
+// bf16: 8 (at most 64 registers; ptxas takes 56 on sm_90 either way). The quantized variants: 5 (at most 102 registers):
+// without a minimum, ptxas kept them near the separate kernels' 64-80 registers and spilled a few bytes (sm_80 int4,
+// sm_90 int8); 5 CTAs of 4 warps per SM, each with its next tile's rows prefetched, still keep far more bytes in flight
+// than the DRAM's latency needs.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, EXPERTS_MIN_CTAS_PER_SM) moe_experts_gemv(MoeExpertsGemvParams p) { moe_experts_gemv_body<0>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, EXPERTS_QUANT_MIN_CTAS_PER_SM) moe_experts_gemv_fp8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_FP8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, EXPERTS_QUANT_MIN_CTAS_PER_SM) moe_experts_gemv_int8(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, EXPERTS_QUANT_MIN_CTAS_PER_SM) moe_experts_gemv_int4(MoeExpertsGemvParams p) { moe_experts_gemv_body<QF_INT4>(p); }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_fp8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_FP8>(p); }
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv_int8(MoeGateUpGemvParams p) { moe_gate_up_gemv_quant<QF_INT8>(p); }

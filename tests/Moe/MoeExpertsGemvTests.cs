@@ -23,6 +23,10 @@ public class MoeExpertsGemvTests
         new object[] { "sequential (the default for a launch of ordered tiles)", new EmulatorOptions(), false },
         new object[] { "parallel", new EmulatorOptions { ConcurrentTilesInOrder = true }, false },
         new object[] { "co-resident, interleaved", new EmulatorOptions { Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 } }, true },
+        // 5 SMs: a one-wave grid of 40 CTAs, so each CTA takes several tiles (7 at 1 token: 259 tickets for 256 tiles)
+        new object[] { "5 SMs, several tiles per CTA, sequential", new EmulatorOptions { MultiprocessorCount = 5 }, false },
+        new object[] { "5 SMs, several tiles per CTA, parallel", new EmulatorOptions { MultiprocessorCount = 5, ConcurrentTilesInOrder = true }, false },
+        new object[] { "5 SMs, several tiles per CTA, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 5, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 7 } }, true },
     ];
 
     private static readonly WeightFormat[] Quantized = [WeightFormat.Fp8Block, WeightFormat.Int8Channel, WeightFormat.Int4Gptq];
@@ -138,10 +142,42 @@ public class MoeExpertsGemvTests
         }
         var byDefault = Run(new EmulatorOptions());
         var sequential = Run(new EmulatorOptions { Sequential = true });
-        Assert.That(byDefault.GridBlocks, Is.EqualTo(MoeLaunchers.ExpertsGemvTiles(s, 1)));
         Assert.That(MoeLaunchers.ExpertsGemvTiles(s, 1), Is.EqualTo(8 * (128 / 8 + 256 / 16)), "k x (I / 8 gate_up tiles + H / 16 down tiles)");
+        Assert.That(byDefault.GridBlocks, Is.EqualTo(MoeLaunchers.ExpertsGemvTiles(s, 1)), "132 SMs: one tile per CTA");
         Assert.That(byDefault.WarpInstructions, Is.EqualTo(sequential.WarpInstructions), "instructions: no poll beyond the first read of a complete counter");
         Assert.That(byDefault.MaxWarpInstructions, Is.EqualTo(sequential.MaxWarpInstructions), "the critical warp");
+    }
+
+    /// <summary>
+    /// The grid is one wave of at most the launch bounds' CTAs per SM, with the fewest tickets per CTA that cover the tiles:
+    /// Qwen3-30B-A3B's 8 x (96 + 128) = 1792 tiles on 132 SMs (H100, H200) take 2 tickets each on 896 CTAs in bf16
+    /// (1056 fit at 8 per SM), 3 each on 598 CTAs quantized (660 fit at 5 per SM); A100's 108 SMs, 864 fit: 3 each, 598.
+    /// </summary>
+    [Test]
+    public void Grid_IsOneWave_WithEqualShares()
+    {
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 132, WeightFormat.Bf16), Is.EqualTo((896, 2)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 132, WeightFormat.Int4Gptq), Is.EqualTo((598, 3)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 108, WeightFormat.Bf16), Is.EqualTo((598, 3)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(256, 132, WeightFormat.Bf16), Is.EqualTo((256, 1)), "fewer tiles than fit: one each");
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(256, 5, WeightFormat.Bf16), Is.EqualTo((37, 7)), "40 fit: 7 each on 37 CTAs, 3 tickets past the tiles");
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1056, 132, WeightFormat.Bf16), Is.EqualTo((1056, 1)), "exactly one wave");
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1057, 132, WeightFormat.Bf16), Is.EqualTo((529, 2)));
+        Assert.That(() => MoeLaunchers.ExpertsGemvGrid(0, 132, WeightFormat.Bf16), Throws.TypeOf<ArgumentOutOfRangeException>().With.Message.Contains("0 tiles"));
+    }
+
+    /// <summary>The launcher's CTAs per SM are the kernels' <c>__launch_bounds__</c> minimum, which is what makes them fit.</summary>
+    [Test]
+    public void CtasPerSm_AreTheKernelsLaunchBounds()
+    {
+        string src = KernelSources.Read("moe_decode.cu");
+        int Define(string name) => int.Parse(System.Text.RegularExpressions.Regex.Match(src, $@"#define {name} (\d+)").Groups[1].Value);
+        Assert.That(MoeLaunchers.ExpertsGemvCtasPerSm(WeightFormat.Bf16), Is.EqualTo(Define("EXPERTS_MIN_CTAS_PER_SM")));
+        foreach (var f in Quantized)
+            Assert.That(MoeLaunchers.ExpertsGemvCtasPerSm(f), Is.EqualTo(Define("EXPERTS_QUANT_MIN_CTAS_PER_SM")), f.Name());
+        Assert.That(src, Does.Contain("__launch_bounds__(GEMV_THREADS, EXPERTS_MIN_CTAS_PER_SM) moe_experts_gemv("));
+        foreach (var v in new[] { "fp8", "int8", "int4" })
+            Assert.That(src, Does.Contain($"__launch_bounds__(GEMV_THREADS, EXPERTS_QUANT_MIN_CTAS_PER_SM) moe_experts_gemv_{v}("));
     }
 
     [Test]

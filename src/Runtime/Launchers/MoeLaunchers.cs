@@ -264,22 +264,42 @@ public sealed class MoeLaunchers
         WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
+        (int grid, int tilesPerCta) = ExpertsGemvGrid(ExpertsGemvTiles(s, tokens), _device.Info.MultiprocessorCount, gateUp.Format);
         var p = new MoeExpertsGemvParams
         {
             GateUp = GateUpGemvParams(s, slots, hidden, gateUp, topkIds, inter),
             Down = DownGemvParams(s, slots, inter, down, topkIds, slotOut, topkWeights, residual, output, tickets),
             Sync = sync,
+            TilesPerCta = tilesPerCta,
         };
         int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : Math.Max(s.Hidden, s.Inter) * sizeof(ushort);   // quantized: the staged row
-        var config = new LaunchConfig(new Dim3((uint)ExpertsGemvTiles(s, tokens)), 128, smem, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative)
+        var config = new LaunchConfig(new Dim3((uint)grid), 128, smem, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative)
         {
             TilesInOrder = true,
         };
         Launch(kernels.ExpertsGemv, config, stream, p);
     }
 
-    /// <summary>moe_experts_gemv's tiles (its grid): ceil(I / 8) gate_up tiles and ceil(H / 16) down tiles per slot.</summary>
+    /// <summary>moe_experts_gemv's tiles: ceil(I / 8) gate_up tiles and ceil(H / 16) down tiles per slot.</summary>
     public static int ExpertsGemvTiles(in MoeShape s, int tokens) => tokens * s.TopK * (GateUpGemvBlocks(s) + MoeWorkspace.DownTicketsPerToken(s.Hidden));
+
+    /// <summary>The CTAs per SM moe_experts_gemv's grid is sized for: its <c>__launch_bounds__</c> minimum
+    /// (<c>EXPERTS_MIN_CTAS_PER_SM</c>, <c>EXPERTS_QUANT_MIN_CTAS_PER_SM</c> in kernels/moe_decode.cu), so that many fit.</summary>
+    public static int ExpertsGemvCtasPerSm(WeightFormat format) => format == WeightFormat.Bf16 ? 8 : 5;
+
+    /// <summary>
+    /// moe_experts_gemv's grid and tickets per CTA for <paramref name="tiles"/> tiles on <paramref name="sms"/> SMs: one wave
+    /// (at most <see cref="ExpertsGemvCtasPerSm"/> CTAs per SM), the fewest tickets per CTA that covers the tiles, and
+    /// the grid shrunk to what that many tickets per CTA needs (so CTAs have equal shares; tickets past the tiles are no work).
+    /// </summary>
+    public static (int Grid, int TilesPerCta) ExpertsGemvGrid(int tiles, int sms, WeightFormat format)
+    {
+        if (tiles <= 0) throw new ArgumentOutOfRangeException(nameof(tiles), $"moe_experts_gemv: {tiles} tiles");
+        if (sms <= 0) throw new ArgumentOutOfRangeException(nameof(sms), $"moe_experts_gemv: {sms} SMs");
+        long resident = (long)sms * ExpertsGemvCtasPerSm(format);
+        int perCta = (int)((tiles + resident - 1) / resident);
+        return ((tiles + perCta - 1) / perCta, perCta);
+    }
 
     /// <summary>Prefill: grouped gate+up GEMM with the SwiGLU epilogue over the sorted, padded rows (grid sized for the worst case).</summary>
     public void GateUpGemm(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, DevicePtr gateUp, DevicePtr sortedSlots,

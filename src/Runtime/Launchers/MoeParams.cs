@@ -82,6 +82,7 @@ public struct MoeExpertsGemvParams
     public MoeGateUpGemvParams GateUp;
     public MoeDownGemvParams Down;
     public DevicePtr Sync;          // [2 + T*k] int: next tile, exit ticket, gate_up tiles done per slot; zero, left zero
+    public int TilesPerCta;         // tickets each CTA takes (grid * TilesPerCta >= the tiles)
 }
 
 /// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>
