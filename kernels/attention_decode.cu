@@ -739,23 +739,23 @@ template <> struct CombVec<4> {
 // Here thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the splits
 // in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in; it sums
 // the weights the same way, so each owner has its head's denominator without another pass. The order is a table in
-// shared memory (order_s[i]: the split at position i, COMB_LAST set on the last split of its vw), one division per
-// thread to build it instead of two per split and thread. A split with lse -inf is empty (its partial is 0: skipping
-// its product changes no bit). w_s (the tile buffers, free now): the weights 2^(lse - max), -1 for a skipped split.
+// shared memory (order_s[i]: the split at position i, COMB_LAST set on the last split of its vw), built by 8 threads
+// without a division. A split with lse -inf is empty (its partial is 0: skipping its product changes no bit). w_s (the
+// tile buffers, free now): the weights 2^(lse - max), -1 for a skipped split, computed where the lse were loaded (each
+// head's max by shuffles within its 16 threads: no integer division, no shared-memory pass, one barrier).
 #define COMB_LAST 0x10000
-__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, int S, float* w_s, float* mx_s, int* order_s)
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, int S, float* w_s, int* order_s)
 {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int stride = p.splits;                     // S of the row's splits, at the grid's stride
     const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // the group's first row of [seqs * nH]
-    // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q
-    static_assert(FUSED_MAX_COMBINE_SPLITS <= DEC_THREADS, "one order entry per thread");
-    if (tid < S) {
-        const int q = S / 8, r = S % 8;
-        int vw, k, count;
-        if (tid < r * (q + 1)) { vw = tid / (q + 1); k = tid % (q + 1); count = q + 1; }
-        else { const int j = tid - r * (q + 1); vw = r + j / q; k = j % q; count = q; }
-        order_s[tid] = (vw + 8 * k) | (k == count - 1 ? COMB_LAST : 0);
+    // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q; thread vw < 8 writes
+    // its warp's entries (no division: S / 8 and S % 8 are shifts)
+    static_assert(FUSED_MAX_COMBINE_SPLITS <= 8 * 8, "at most 8 splits per vw: one short loop per thread");
+    if (tid < 8) {
+        const int q = S >> 3, r = S & 7, vw = tid;
+        const int count = q + (vw < r ? 1 : 0), start = vw * q + min(vw, r);
+        for (int k = 0; k < count; k++) order_s[start + k] = (vw + 8 * k) | (k == count - 1 ? COMB_LAST : 0);
     }
     __syncthreads();
     const int h = tid >> 4, l = tid & 15;
@@ -777,22 +777,24 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
         }
     };
     load_batch(0);
+    // The weights 2^(lse - max) of head h: its 16 threads hold the lse of splits l, l + 16, ... in registers, take the
+    // head's largest over the 16 lanes (xor shuffles below 16 stay in the half warp) and write w_s[h * S + split]
+    // (-1: an empty split, skipped). The max is exact in any order, so the weights are the same bits as a serial pass.
+    static_assert(FUSED_MAX_COMBINE_SPLITS <= 64 && DEC_THREADS / 16 >= DEC_MAX_GROUP, "16 threads per head, 4 splits each");
+    float lse[4], mx = -QC_INF;
 #pragma unroll
-    for (int k = 0; k < DEC_MAX_GROUP * FUSED_MAX_COMBINE_SPLITS / DEC_THREADS; k++) {
-        const int i = tid + k * DEC_THREADS;
-        if (i < group * S) w_s[i] = ld_cg_f32(p.partial_lse + (head0 + i / S) * stride + i % S);
+    for (int m = 0; m < 4; m++) {                    // all four loads first: the same round trip as the first batch
+        const int j = l + 16 * m;
+        lse[m] = owner && j < S ? ld_cg_f32(p.partial_lse + (head0 + h) * stride + j) : -QC_INF;
     }
-    __syncthreads();
-    for (int hh = warp; hh < group; hh += DEC_THREADS / 32) {               // the largest lse of each head
-        float mx = -QC_INF;
-        for (int t = lane; t < S; t += 32) mx = fmaxf(mx, w_s[hh * S + t]);
-        mx = warp_max(mx);
-        if (lane == 0) mx_s[hh] = mx;
-    }
-    __syncthreads();
-    for (int i = tid; i < group * S; i += DEC_THREADS) {                    // weights; -1: an empty split, skipped
-        const float mx = mx_s[i / S], lse = w_s[i];
-        w_s[i] = mx > -QC_INF && lse != -QC_INF ? exp2f(lse - mx) : -1.f;
+#pragma unroll
+    for (int m = 0; m < 4; m++) mx = fmaxf(mx, lse[m]);
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        const int j = l + 16 * m;
+        if (owner && j < S) w_s[h * S + j] = mx > -QC_INF && lse[m] != -QC_INF ? exp2f(lse[m] - mx) : -1.f;
     }
     __syncthreads();
     if (!owner) return;
@@ -839,7 +841,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ __align__(16) bf16 knew_s[HEAD_DIM];
     __shared__ __align__(16) bf16 vnew_s[HEAD_DIM];
     __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
-    __shared__ float mx_s[DEC_MAX_GROUP];
     __shared__ int order_s[FUSED_MAX_COMBINE_SPLITS];
     __shared__ int is_last;
 
@@ -962,6 +963,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     if (!is_last) return;
     __threadfence();
     if (tid == 0) *ticket = 0;
-    fused_combine(p, seq, kvh, group, splits, reinterpret_cast<float*>(tiles_s), mx_s, order_s);
+    fused_combine(p, seq, kvh, group, splits, reinterpret_cast<float*>(tiles_s), order_s);
 }
 #endif
