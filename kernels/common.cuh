@@ -171,17 +171,27 @@ __device__ __forceinline__ void prefetch_l2_evict_last_range(const void* base, l
 // Prefetches into L2 (sm_90 and newer only: it serves programmatic dependent launch, where it runs before pdl_wait()
 // while the previous kernel still runs) the 128-byte lines holding bytes [r * stride + off, r * stride + off + len) of
 // `base` for rows r in [r0, r1): the lines a CTA's weight slice lies in, one line per thread per iteration. Rows that
-// are contiguous (stride == len, or one row) are one range. Every address passed lies inside the slice.
+// are contiguous (stride == len, or one row) are one range, walked without a division (the decode step's slices all
+// are: whole weight rows); other slices take one 32-bit division per line (a CTA's slice is far below 2^32 lines).
+// Every address passed lies inside the slice.
 __device__ __forceinline__ void prefetch_l2_rows(const void* base, size_t r0, size_t r1, size_t stride, size_t off, size_t len)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (r1 <= r0 || len == 0) return;
-    if (stride == len || r1 - r0 == 1) { off += r0 * stride; len *= r1 - r0; r0 = 0; r1 = 1; }
-    const size_t lines_per_row = ((len + 127) >> 7) + 1;   // a row's bytes span at most this many lines
-    const size_t total = (r1 - r0) * lines_per_row;
-    for (size_t i = threadIdx.x; i < total; i += blockDim.x) {
-        const size_t r = r0 + i / lines_per_row, j = i % lines_per_row;
-        const size_t start = reinterpret_cast<size_t>(base) + r * stride + off, end = start + len;
+    if (stride == len || r1 - r0 == 1) {
+        const size_t start = reinterpret_cast<size_t>(base) + r0 * stride + off, end = start + len * (r1 - r0);
+        const size_t first = start >> 7, lines = ((end - 1) >> 7) - first + 1;
+        for (size_t i = threadIdx.x; i < lines; i += blockDim.x) {
+            const size_t line = (first + i) << 7;
+            prefetch_l2(reinterpret_cast<const void*>(line > start ? line : start));
+        }
+        return;
+    }
+    const unsigned lines_per_row = (unsigned)((len + 127) >> 7) + 1;   // a row's bytes span at most this many lines
+    const unsigned total = (unsigned)(r1 - r0) * lines_per_row;
+    for (unsigned i = threadIdx.x; i < total; i += blockDim.x) {
+        const unsigned r = i / lines_per_row, j = i - r * lines_per_row;
+        const size_t start = reinterpret_cast<size_t>(base) + (r0 + r) * stride + off, end = start + len;
         const size_t line = ((start >> 7) + j) << 7;
         if (line < end) prefetch_l2(reinterpret_cast<const void*>(line > start ? line : start));
     }
