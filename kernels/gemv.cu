@@ -20,7 +20,8 @@
 // Bytes moved: N*K*2 (W, once) + T*K*2 (x) + T*N*2 (y) [+ T*N*2 residual] [+ 2 * split_k*T*N*4 partials]
 //   [+ fetch_ahead_bytes of a later kernel's weights into L2 with evict_last, after the wait (the decode step's o_proj:
 //   the next layer's qkv; docs/timing-model.md, "Weights fetched ahead")].
-// Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane).
+// Variants: gemv_bf16_t1 .. gemv_bf16_t8 (T is a template parameter: T accumulators per lane); gemv_bf16_mma (below: tensor
+// cores, T = 1..8 at run time, no split-K), which the launcher picks for bf16 weights where the shape allows it.
 // Quantized weights (quant.cuh, docs/formats.md): gemv_fp8_t1..8 (E4M3, block scales) and gemv_int8_t1..8 (per-channel
 // scales) stream one byte per weight, 16 bytes per lane per load (16 weights, one scale, since 16 divides the 128-wide
 // scale blocks), dequantize in registers to the bf16 the reference uses and then accumulate as the bf16 variant does.
@@ -35,6 +36,7 @@
 // CTA + the slice of the norm weight; the separate norm kernel and its h round trip are gone.
 #include "quant.cuh"
 #include "gemv.cuh"
+#include "mma.cuh"
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS 8
@@ -306,6 +308,110 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
         }
     }
     if (p.split_k > 1) gemv_splitk_tail(p, row_base, rows_here, T);
+}
+
+// gemv_bf16_mma: the bf16 product on tensor cores for T = 1..8 tokens in one kernel (tokens at run time), one K-slice
+// (split_k 1), optional RMSNorm prologue and residual epilogue as gemv_bf16_t*, PDL prologue as theirs. mma.sync
+// m16n8k16 with A = x (rows: the tokens; rows T..15 are zero) and B = W^T (columns: 8 weight rows), fp32 accumulators.
+// A CTA (256 threads, 8 warps) owns 8 * groups rows (groups = rows_per_warp: 1, 2, 4 or 8; the launcher's plan); the
+// 8 / groups warps of row group gi split K into equal slices of whole 32-wide steps. Per step lane (g = lane / 4,
+// t = lane % 4) loads W[row g of the group][k + 8t .. k + 8t + 7] (16 bytes, ld.global.nc) and x[token g][the same k]
+// (16 bytes from x_s) and issues two mma: the 8 values are the lane's four k slots of two k16 steps (k 8t, 8t+1 in slots
+// 2t, 2t+1 and 8t+2, 8t+3 in 2t+8, 2t+9 of the first; 8t+4 .. 8t+7 of the second), a permutation of k that A and B share,
+// so each mma sums 16 matching products. The two mma of a step feed two accumulator sets (shorter dependent chains),
+// added at the end. Lane (g, t) then holds token g's partial sums for rows 2t and 2t+1; the group's warps add theirs
+// through shared memory in warp order and thread (group, token, row) applies the epilogue: deterministic, and within
+// fp32 reduction-order differences of gemv_bf16_t* (docs/kernels.md, "Decode GEMV on tensor cores").
+// x_s: [T][K + 32] bf16 (the staged x, or h = RMSNorm(x) * norm_weight, bitwise add_rmsnorm_bf16's output); the 64-byte
+// pad per token row makes a quarter warp's eight 16-byte reads (two tokens, four chunks each) hit distinct banks.
+// Bytes: N*K*2 (W, once) + T*K*2 (x, from L2, per CTA) + T*N*2 (y) [+ T*N*2 residual].
+#define GEMV_MMA_PAD 32
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_mma(GemvParams p)
+{
+    extern __shared__ uint4 xm_s[];                        // [T][(K + GEMV_MMA_PAD) / 8]
+    __shared__ float red_s[GEMV_WARPS][8][8];              // [warp][token][row of its group]: the warps' partial sums
+    __shared__ float nred_s[GEMV_MAX_RPW][32];
+    __shared__ float inv_s[GEMV_MAX_RPW];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int T = p.tokens, K = p.k;
+    const int groups = p.rows_per_warp, wpg = GEMV_WARPS / groups;
+    const int row_base = blockIdx.x * GEMV_WARPS * groups;
+    gemv_prologue<0>(p, row_base, 0, K);
+
+    // stage x (or the normalised h) as bf16 rows of K + GEMV_MMA_PAD, GEMV_STAGE_BATCH chunks per thread per round trip;
+    // the first batch also brings the residual of the thread's first output (the epilogue's i = tid)
+    const int kchunks = K >> 3, xstride = (K + GEMV_MMA_PAD) >> 3, total = T * kchunks, outputs = groups * T * 8;
+    if (p.norm_weight) rms_inv_rows<GEMV_MAX_RPW, GEMV_WARPS>(p.x, (size_t)p.ldx, T, K, p.eps, nred_s, inv_s);
+    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+    float res0 = 0.f;
+    for (int b = 0; b < total; b += GEMV_STAGE_BATCH * GEMV_THREADS) {
+        uint4 v[GEMV_STAGE_BATCH];
+#pragma unroll
+        for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
+            const int i = b + u * GEMV_THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+            v[u] = i < total ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + c * 8) : make_uint4(0, 0, 0, 0);
+        }
+        if (b == 0 && p.residual && tid < outputs) {
+            const int grp = tid / (T * 8), rest = tid - grp * T * 8, out_row = row_base + grp * 8 + (rest & 7);
+            if (out_row < p.n) res0 = bf16_to_f32(p.residual[(size_t)(rest >> 3) * p.ldy + out_row]);
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
+            const int i = b + u * GEMV_THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+            if (i >= total) continue;
+            uint4 h = v[u];
+            if (p.norm_weight) {
+                const uint4 w = __ldg(&nw[c]);
+                const float inv = inv_s[t];
+                h.x = norm_bf16x2(h.x, w.x, inv);
+                h.y = norm_bf16x2(h.y, w.y, inv);
+                h.z = norm_bf16x2(h.z, w.z, inv);
+                h.w = norm_bf16x2(h.w, w.w, inv);
+            }
+            xm_s[t * xstride + c] = h;
+        }
+    }
+    __syncthreads();
+
+    const int g = lane >> 2, t4 = lane & 3;
+    const int gi = warp / wpg, wi = warp - gi * wpg;
+    const int kslice = K / wpg, kbeg = wi * kslice;
+    const int row = row_base + gi * 8 + g;
+    const bool row_ok = row < p.n, tok_ok = g < T;
+    const bf16* wrow = p.w + (size_t)(row_ok ? row : 0) * K + kbeg + 8 * t4;
+    const uint4* xrow = xm_s + (tok_ok ? g : 0) * xstride + (kbeg >> 3) + t4;
+    float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+    constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
+    for (int s0 = 0; s0 < kslice; s0 += 32 * U) {
+        uint4 wv[U], xv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const bool in = s0 + 32 * u < kslice;
+            wv[u] = in && row_ok ? ldg_stream_v4(wrow + s0 + 32 * u) : make_uint4(0, 0, 0, 0);
+            xv[u] = in && tok_ok ? xrow[(s0 >> 3) + 4 * u] : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const unsigned int a0[4] = {xv[u].x, 0u, xv[u].y, 0u}, a1[4] = {xv[u].z, 0u, xv[u].w, 0u};
+            mma_bf16_16816(acc0, a0, wv[u].x, wv[u].y);
+            mma_bf16_16816(acc1, a1, wv[u].z, wv[u].w);
+        }
+    }
+    // red_s[warp][token g][2t4 + j]: this warp's partial of token g, row 2t4 + j of its group
+    red_s[warp][g][2 * t4] = acc0[0] + acc1[0];
+    red_s[warp][g][2 * t4 + 1] = acc0[1] + acc1[1];
+    __syncthreads();
+    for (int i = tid; i < outputs; i += GEMV_THREADS) {
+        const int grp = i / (T * 8), rest = i - grp * T * 8, t = rest >> 3, r = rest & 7;
+        const int out_row = row_base + grp * 8 + r;
+        if (out_row >= p.n) continue;
+        float v = 0.f;
+        for (int w = 0; w < wpg; w++) v += red_s[grp * wpg + w][t][r];
+        float out = round_bf16(v);
+        if (p.residual) out = (i == tid ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + out_row])) + out;
+        p.y[(size_t)t * p.ldy + out_row] = f32_to_bf16(out);
+    }
 }
 
 // No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2

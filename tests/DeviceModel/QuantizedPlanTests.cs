@@ -129,7 +129,7 @@ public class QuantizedPlanTests
             TestContext.Out.WriteLine($"real-shape slice {format.Name()} decode DRAM {r.Decode.DramBytes} B, minimum {r.MinimumDecodeBytes} B, ratio {ratio:F4}");
             Assert.That(r.Plan.Weights.Format.LinearFormat, Is.EqualTo(format));
             string f = format.Name();
-            Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Is.SupersetOf(new[] { $"gemv_{f}_t1", $"moe_experts_gemv_{f}", "gemv_bf16_t1" }));
+            Assert.That(r.Decode.Kernels.Select(k => k.Kernel), Is.SupersetOf(new[] { $"gemv_{f}_t1", $"moe_experts_gemv_{f}", "gemv_bf16_mma" }));
             Assert.That(r.Decode.DramBytes, Is.GreaterThanOrEqualTo(r.MinimumDecodeBytes), "the minimum is a lower bound");
             Assert.That(ratio, Is.LessThanOrEqualTo(1.05));
         }

@@ -36,7 +36,7 @@ public sealed class ProjectionLauncherTests
         {
             GemvPlan plan = gemv.Plan(t, n, k);
             Assert.That(plan.Ctas, Is.GreaterThanOrEqualTo(n >= 2048 ? 132 : 128), $"CTAs for T {t} N {n} K {k}: {plan}");
-            Assert.That(t * plan.KSplit * 4, Is.LessThanOrEqualTo(44 * 1024), $"x slice (fp32) fits in 44 KiB: {plan}");
+            Assert.That(plan.TensorCores ? t * (plan.KSplit + 32) * 2 : t * plan.KSplit * 4, Is.LessThanOrEqualTo(44 * 1024), $"x slice (bf16 rows on tensor cores, else fp32) fits in 44 KiB: {plan}");
             Assert.That(plan.SplitK * plan.KSplit, Is.GreaterThanOrEqualTo(k), $"the splits cover K: {plan}");
             // the norm prologue: about half the CTAs, never fewer than 2 per SM or 1 row per warp, the same workspace
             GemvPlan norm = gemv.Plan(t, n, k, WeightFormat.Bf16, normPrologue: true);
@@ -46,6 +46,38 @@ public sealed class ProjectionLauncherTests
         Assert.That(gemv.Plan(1, 151936, 2048).RowsPerWarp, Is.EqualTo(8), "lm_head: 8 rows per warp");
         Assert.That((gemv.Plan(1, 5120, 2048).RowsPerWarp, gemv.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).RowsPerWarp), Is.EqualTo((1, 2)),
             "qkv: 640 CTAs of one row per warp, 320 of two with the norm prologue");
+    }
+
+    /// <summary>
+    /// gemv_bf16_mma takes the decode shapes of Qwen3-30B-A3B on 132 SMs with the CUDA-core plan's rows per CTA and no split:
+    /// qkv with its norm prologue 320 CTAs of 2 row groups, o_proj 256 of 1, the lm_head 2374 of 8, and 8 tokens of the
+    /// lm_head too (33 KB of bf16 x, where the fp32 slice splits K). It leaves the CUDA-core kernel what it cannot take:
+    /// quantized weights, 8 tokens of o_proj (66 KB of x), grids under one CTA per SM (split K to fill them), a K that the
+    /// warps of a group cannot share in 32-wide steps.
+    /// </summary>
+    [Test]
+    public void TensorCorePlan_TakesTheDecodeShapes_AndLeavesTheRest()
+    {
+        Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 5120, 2048, WeightFormat.Bf16, normPrologue: true), Is.EqualTo(new GemvPlan(2, 1, 2048, 320, true)));
+        Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 2048, 4096, WeightFormat.Bf16), Is.EqualTo(new GemvPlan(1, 1, 4096, 256, true)));
+        Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 151936, 2048, WeightFormat.Bf16, normPrologue: true), Is.EqualTo(new GemvPlan(8, 1, 2048, 2374, true)));
+        Assert.That(GemvLaunchers.TensorCorePlan(132, 8, 151936, 2048, WeightFormat.Bf16, normPrologue: true), Is.EqualTo(new GemvPlan(8, 1, 2048, 2374, true)));
+        Assert.That(GemvLaunchers.Plan(132, 8, 151936, 2048, normPrologue: true).SplitK, Is.EqualTo(2), "the fp32 slice of 8 tokens splits K 2048");
+        foreach (var (t, n, k, f, why) in new[]
+        {
+            (1, 5120, 2048, WeightFormat.Int8Channel, "quantized"),
+            (8, 2048, 4096, WeightFormat.Bf16, "8 x (4096 + 32) bf16 = 66 KB of x"),
+            (1, 1024, 2048, WeightFormat.Bf16, "128 CTAs: split K to fill 132 SMs"),
+            (1, 4096, 2056, WeightFormat.Bf16, "K 2056: 8 warps cannot share it in 32-wide steps"),
+        })
+        {
+            GemvPlan core = GemvLaunchers.Plan(132, t, n, k, f == WeightFormat.Bf16 ? 8 : 16);
+            Assert.That(GemvLaunchers.TensorCorePlan(132, t, n, k, f), Is.EqualTo(core), why);
+            Assert.That(core.TensorCores, Is.False, why);
+        }
+        var emu = new GemvLaunchers(_emu.Loader);
+        Assert.That(emu.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).TensorCores, Is.True, "the launchers plan what they launch");
+        Assert.That(new GemvLaunchers(_emu.Loader, tensorCores: false).Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).TensorCores, Is.False, "unless told not to");
     }
 
     [Test]

@@ -48,14 +48,16 @@ public class MoeParamsLayoutTests
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);
-    /// <summary>The two GEMVs' structs back to back (each a multiple of 8 bytes), then the counters' pointer.</summary>
+    /// <summary>The two GEMVs' structs back to back (each a multiple of 8 bytes), then the counters' pointer and the tickets
+    /// per CTA (an int, padded to the struct's 8-byte alignment).</summary>
     [Test]
     public void ExpertsGemv()
     {
         int gateUp = Marshal.SizeOf<MoeGateUpGemvParams>(), down = Marshal.SizeOf<MoeDownGemvParams>();
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Down)), Is.EqualTo(gateUp));
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Sync)), Is.EqualTo(gateUp + down));
-        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(gateUp + down + 8));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.TilesPerCta)), Is.EqualTo(gateUp + down + 8));
+        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(gateUp + down + 16));
     }
 
     [Test] public void GateUpGemm() => Expect<MoeGateUpGemmParams>(6, 3, scales: true);

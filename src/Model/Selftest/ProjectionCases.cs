@@ -21,12 +21,21 @@ public static class ProjectionCases
         yield return GemvCase(1, 5120, 2048, false, "qkv");            // real decode shapes: weights read once, coalesced, >= 132 CTAs
         yield return GemvCase(1, 2048, 4096, false, "o_proj");
         yield return GemvCase(1, 151936, 2048, false, "lm_head", heavy: true);   // 311 MB of weights: ~40 s on the emulator
+        // gemv_bf16_mma (tensor cores; the real shapes above run it too, and the lm_head with 8 row groups of one warp): 4
+        // tokens + residual, 8 tokens with the last CTA's rows past N, 2 tokens with K 256 (one 32-wide step per warp);
+        // 4 tokens at N 1024 fill only 128 CTAs, so they keep the CUDA-core kernel that splits K
+        yield return GemvCase(4, 2048, 2048, true);
+        yield return GemvCase(8, 1100, 512, false);
+        yield return GemvCase(2, 4096, 256, true);
+        yield return GemvCase(4, 1024, 2048, true);
         foreach (var q in QuantizedCases.Gemv()) yield return q;               // fp8 / int8 weights (docs/formats.md)
         // RMSNorm prologue (the input norm -> qkv, the final norm -> lm_head, a dense layer's post norm -> gate_up)
         yield return GemvNormCase(1, 5120, 2048, "qkv + input norm");           // real decode shape, one row of x per CTA's norm
         yield return GemvNormCase(3, 1000, 136);                               // 17 chunks: ragged last warp of the norm
         yield return GemvNormCase(8, 512, 4104);                               // 513 chunks (544 norm threads on 8 warps), split-K 3
         yield return GemvNormCase(5, 37, 24);                                  // 3 chunks: one partial warp
+        yield return GemvNormCase(3, 1200, 1024);                              // tensor cores, 3 tokens, norm prologue
+        yield return GemvNormCase(8, 2048, 2048);                              // tensor cores, 8 tokens: 33 KB of staged h (the fp32 slice split K)
     }
 
     public static IEnumerable<KernelCase> Gemm()
@@ -55,7 +64,8 @@ public static class ProjectionCases
             var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY, n, dX, k, dW, dR, tokens, n, k, dPartial, ws));
             var (exp, tol) = KernelReference.ProjectBf16(x, w, residual ? r : null, n, tokens, n, k);
             var c = new Checker();
-            c.Within(KernelData.ToFloats(ctx.Download<ushort>(dY, tokens * n)), exp, tol, KernelReference.ProjectToleranceText, $"y (split-K {plan.SplitK})");
+            ExpectKernel(c, launches, plan, tokens);
+            c.Within(KernelData.ToFloats(ctx.Download<ushort>(dY, tokens * n)), exp, tol, KernelReference.ProjectToleranceText, $"y (split-K {plan.SplitK}{(plan.TensorCores ? ", tensor cores" : "")})");
             if (plan.SplitK > 1)
             {
                 // The last CTA of each row block combined the partials and reset its ticket: one launch, tickets zero again.
@@ -105,6 +115,7 @@ public static class ProjectionCases
             var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dY2, n, dX, k, WeightOperand.Bf16(dW), DevicePtr.Null, tokens, n, k, dPartial, ws, dNw, eps));
             ushort[] h = ctx.Download<ushort>(dH, tokens * k), y1 = ctx.Download<ushort>(dY1, tokens * n), y2 = ctx.Download<ushort>(dY2, tokens * n);
             var c = new Checker();
+            ExpectKernel(c, launches, gemv.Plan(tokens, n, k, WeightFormat.Bf16, normPrologue: true), tokens);
             c.Exact<ushort>(y2, y1, $"fused y == add_rmsnorm_bf16 + gemv y, bitwise (split-K {plan.SplitK})");
             if (launches.Count > 0) c.True(launches.Count == 1, "emulator: one launch (no norm kernel, no split-K combine)", string.Join(",", launches.Select(l => l.Kernel)));
             float[] xf = KernelData.ToFloats(x), nwf = KernelData.ToFloats(nw), hRef = new float[tokens * k];
@@ -114,6 +125,16 @@ public static class ProjectionCases
             c.Within(KernelData.ToFloats(y1), exp, tol, KernelReference.ProjectToleranceText, "y of that h");
             return c.Result();
         });
+
+    /// <summary>The launch ran the kernel its plan names: gemv_bf16_mma (with mma instructions on the emulator) when the
+    /// plan is on tensor cores (<see cref="GemvLaunchers.TensorCorePlan"/>), gemv_bf16_t{T} otherwise.</summary>
+    static void ExpectKernel(Checker c, IReadOnlyList<LaunchRecord> launches, GemvPlan plan, int tokens)
+    {
+        if (launches.Count == 0) return;   // a GPU run records no launches
+        string want = plan.TensorCores ? GemvLaunchers.TensorCoreKernel : $"gemv_bf16_t{tokens}";
+        c.True(launches[0].Kernel == want, $"the kernel: {want}", launches[0].Kernel);
+        if (plan.TensorCores) c.AtLeast(launches[0].MmaCount, 1, "emulator: mma instructions");
+    }
 
     static KernelCase GemmCase(int m, int n, int k, bool withResidual, GemmTile? tile, bool real = false) =>
         new("gemm", $"gemm M {m} N {n} K {k}{(withResidual ? " + residual" : "")} tile {tile?.ToString() ?? "auto"}", real, ctx =>

@@ -27,8 +27,11 @@ public struct GemvParams
     public WeightScales Ws;      // quantized variants only
 }
 
-/// <summary>The launch shape the GEMV launcher picked (exposed for tests and benchmarks).</summary>
-public readonly record struct GemvPlan(int RowsPerWarp, int SplitK, int KSplit, int GridX)
+/// <summary>
+/// The launch shape the GEMV launcher picked (exposed for tests and benchmarks). <see cref="TensorCores"/>: the launch is
+/// <c>gemv_bf16_mma</c> (<see cref="RowsPerWarp"/> is then its row groups of 8 rows per CTA, the same CTA rows).
+/// </summary>
+public readonly record struct GemvPlan(int RowsPerWarp, int SplitK, int KSplit, int GridX, bool TensorCores = false)
 {
     public int Ctas => GridX * SplitK;
     /// <summary>
@@ -63,11 +66,20 @@ public sealed class GemvLaunchers
         [WeightFormat.Int4Gptq] = "gemv_int4_t",
     };
 
+    /// <summary>The tensor-core bf16 kernel (<see cref="TensorCorePlan"/>): 1..8 tokens in one kernel.</summary>
+    public const string TensorCoreKernel = "gemv_bf16_mma";
+    private const int MmaPadElements = 32;   // gemv.cu GEMV_MMA_PAD: x_s rows of K + 32 bf16
+
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
+    private readonly DeviceKernel? _mma;
     private readonly IDevice _device;
 
-    /// <summary>Loads the kernels of <paramref name="formats"/> (default: bf16 only).</summary>
-    public GemvLaunchers(KernelLoader loader, IEnumerable<WeightFormat>? formats = null)
+    /// <summary>
+    /// Loads the kernels of <paramref name="formats"/> (default: bf16 only). <paramref name="tensorCores"/> (default on):
+    /// bf16 products whose shape allows it run <c>gemv_bf16_mma</c> (<see cref="TensorCorePlan"/>); off, every product
+    /// runs <c>gemv_bf16_t*</c> (the oracle of <c>persistent_gemv</c>, which shares that kernel's sums).
+    /// </summary>
+    public GemvLaunchers(KernelLoader loader, IEnumerable<WeightFormat>? formats = null, bool tensorCores = true)
     {
         _device = loader.Device;
         foreach (var f in (formats ?? [WeightFormat.Bf16]).Distinct())
@@ -77,17 +89,38 @@ public sealed class GemvLaunchers
             for (int t = 1; t <= MaxTokens; t++) byTokens[t] = loader.Get(File, prefix + t);
             _kernels[f] = byTokens;
         }
+        if (tensorCores && _kernels.ContainsKey(WeightFormat.Bf16)) _mma = loader.Get(File, TensorCoreKernel);
+    }
+
+    /// <summary>
+    /// The plan for a device of <paramref name="sms"/> SMs when the tensor-core kernel is loaded: <c>gemv_bf16_mma</c> where
+    /// the shape allows it, else <see cref="Plan(int, int, int, int, int, bool)"/>'s. It takes the rows per CTA of that plan
+    /// (rows per warp = its row groups of 8 rows: 1, 2, 4 or 8) and never splits K: bf16 weights, a grid of at least one
+    /// CTA per SM (fewer rows keep the CUDA-core kernel, which splits K to fill the SMs), each group's 8 / groups warps
+    /// taking equal K slices of whole 32-wide steps, and the staged x ([T][K + 32] bf16) within the same 44 KiB as the
+    /// fp32 slice (so 8 tokens at K 2048 run here, where the fp32 slice had to split K; docs/kernels.md, "Decode GEMV on
+    /// tensor cores").
+    /// </summary>
+    public static GemvPlan TensorCorePlan(int sms, int tokens, int n, int k, WeightFormat format, bool normPrologue = false)
+    {
+        var plan = Plan(sms, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 }, normPrologue);
+        int groups = plan.RowsPerWarp;
+        bool fits = format == WeightFormat.Bf16 && plan.GridX >= sms && groups is 1 or 2 or 4 or 8
+            && k % (32 * (Warps / groups)) == 0 && (long)tokens * (k + MmaPadElements) * 2 <= MaxSliceBytes;
+        return fits ? new GemvPlan(groups, 1, k, plan.GridX, TensorCores: true) : plan;
     }
 
     /// <summary>Rows per warp so that the grid is at least ~4 waves (2 with the norm prologue), then split-K when rows alone cannot fill the SMs
     /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
-    public GemvPlan Plan(int tokens, int n, int k) => Plan(_device.Info.MultiprocessorCount, tokens, n, k);
+    public GemvPlan Plan(int tokens, int n, int k) => Plan(tokens, n, k, WeightFormat.Bf16);
 
     /// <summary>The plan for a weight of <paramref name="format"/>: quantized variants load 16 weights per lane, so their K-slices are multiples of 16.</summary>
     /// <param name="normPrologue">The launch computes RMSNorm(x) first (every CTA sums the squares of the whole row): fewer,
     /// larger CTAs pay for it less often.</param>
-    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format, bool normPrologue = false) =>
-        Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 }, normPrologue);
+    /// <remarks>With the tensor-core kernel loaded this is <see cref="TensorCorePlan"/>'s plan: the one <c>Gemv</c> launches.</remarks>
+    public GemvPlan Plan(int tokens, int n, int k, WeightFormat format, bool normPrologue = false) => _mma is not null
+        ? TensorCorePlan(_device.Info.MultiprocessorCount, tokens, n, k, format, normPrologue)
+        : Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 }, normPrologue);
 
     /// <summary>The same rule for a device of <paramref name="sms"/> multiprocessors, for planning workspace before any launch
     /// (the device model's workspace plan sizes its split-K partials with it). The grid covers the SMs about 4 times, 2 with
@@ -149,8 +182,10 @@ public sealed class GemvLaunchers
         };
         var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
         args.Add(p);
-        int smem = tokens * plan.KSplit * 4;   // x slice as fp32 (gemv.cu, stage_chunk)
-        _device.Launch(kernels[tokens], new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
+        int smem = plan.TensorCores ? tokens * (k + MmaPadElements) * 2   // x as bf16 rows (gemv.cu, gemv_bf16_mma)
+            : tokens * plan.KSplit * 4;                                        // x slice as fp32 (gemv.cu, stage_chunk)
+        var kernel = plan.TensorCores ? _mma! : kernels[tokens];
+        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
         return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
     }
 
