@@ -319,7 +319,8 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // (16 bytes from x_s) and issues two mma: the 8 values are the lane's four k slots of two k16 steps (k 8t, 8t+1 in slots
 // 2t, 2t+1 and 8t+2, 8t+3 in 2t+8, 2t+9 of the first; 8t+4 .. 8t+7 of the second), a permutation of k that A and B share,
 // so each mma sums 16 matching products. The two mma of a step feed two accumulator sets (shorter dependent chains),
-// added at the end. Lane (g, t) then holds token g's partial sums for rows 2t and 2t+1; the group's warps add theirs
+// added at the end. Steps go 8 at a time (8 weight loads in flight per lane, no guards), the rest of a short slice one
+// at a time; a row past N reads row 0 and a token past T token 0 (sums never stored), so no load needs a guard. Lane (g, t) then holds token g's partial sums for rows 2t and 2t+1; the group's warps add theirs
 // through shared memory in warp order and thread (group, token, row) applies the epilogue: deterministic, and within
 // fp32 reduction-order differences of gemv_bf16_t* (docs/kernels.md, "Decode GEMV on tensor cores").
 // x_s: [T][K + 32] bf16 (the staged x, or h = RMSNorm(x) * norm_weight, bitwise add_rmsnorm_bf16's output); the 64-byte
@@ -378,26 +379,28 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_mma(GemvPar
     const int gi = warp / wpg, wi = warp - gi * wpg;
     const int kslice = K / wpg, kbeg = wi * kslice;
     const int row = row_base + gi * 8 + g;
-    const bool row_ok = row < p.n, tok_ok = g < T;
-    const bf16* wrow = p.w + (size_t)(row_ok ? row : 0) * K + kbeg + 8 * t4;
-    const uint4* xrow = xm_s + (tok_ok ? g : 0) * xstride + (kbeg >> 3) + t4;
+    // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
+    const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
+    const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
     float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+    auto step = [&](uint4 wv, uint4 xv) {
+        const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+        mma_bf16_16816(acc0, a0, wv.x, wv.y);
+        mma_bf16_16816(acc1, a1, wv.z, wv.w);
+    };
     constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
-    for (int s0 = 0; s0 < kslice; s0 += 32 * U) {
+    int s0 = 0;
+    for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
         uint4 wv[U], xv[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const bool in = s0 + 32 * u < kslice;
-            wv[u] = in && row_ok ? ldg_stream_v4(wrow + s0 + 32 * u) : make_uint4(0, 0, 0, 0);
-            xv[u] = in && tok_ok ? xrow[(s0 >> 3) + 4 * u] : make_uint4(0, 0, 0, 0);
+            wv[u] = ldg_stream_v4(wrow + s0 + 32 * u);
+            xv[u] = xrow[(s0 >> 3) + 4 * u];
         }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const unsigned int a0[4] = {xv[u].x, 0u, xv[u].y, 0u}, a1[4] = {xv[u].z, 0u, xv[u].w, 0u};
-            mma_bf16_16816(acc0, a0, wv[u].x, wv[u].y);
-            mma_bf16_16816(acc1, a1, wv[u].z, wv[u].w);
-        }
+        for (int u = 0; u < U; u++) step(wv[u], xv[u]);
     }
+    for (; s0 < kslice; s0 += 32) step(ldg_stream_v4(wrow + s0), xrow[s0 >> 3]);   // the last steps of a short slice
     // red_s[warp][token g][2t4 + j]: this warp's partial of token g, row 2t4 + j of its group
     red_s[warp][g][2 * t4] = acc0[0] + acc1[0];
     red_s[warp][g][2 * t4 + 1] = acc0[1] + acc1[1];
