@@ -46,6 +46,13 @@ __device__ __forceinline__ bf16x2 norm_bf16x2(bf16x2 v, bf16x2 w, float inv_rms)
     return pack_bf16x2(lo, hi);
 }
 
+// norm_bf16x2 over a 16-byte chunk: 8 values of x with their 8 norm weights.
+__device__ __forceinline__ uint4 norm_bf16x8(uint4 v, uint4 w, float inv_rms)
+{
+    return make_uint4(norm_bf16x2(v.x, w.x, inv_rms), norm_bf16x2(v.y, w.y, inv_rms), norm_bf16x2(v.z, w.z, inv_rms),
+                      norm_bf16x2(v.w, w.w, inv_rms));
+}
+
 // Dot product of 8 bf16 pairs (two 16-byte chunks) in fp32, in element order: a product then 7 fmas.
 __device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b)
 {

@@ -147,11 +147,7 @@ __device__ __forceinline__ void gemv_stage_x(const GemvParams& p, float4* x_s, i
         if (c < kchunks) {
             const uint4 h = *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + k0 + c * 8);
             const uint4 w = __ldg(&nw[c]);
-            const float inv = inv_s[t];
-            o.x = norm_bf16x2(h.x, w.x, inv);
-            o.y = norm_bf16x2(h.y, w.y, inv);
-            o.z = norm_bf16x2(h.z, w.z, inv);
-            o.w = norm_bf16x2(h.w, w.w, inv);
+            o = norm_bf16x8(h, w, inv_s[t]);
         }
         stage_chunk(x_s, t, c, slice_chunks, o);
     }
@@ -362,14 +358,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_mma(GemvPar
             const int i = b + u * GEMV_THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
             if (i >= total) continue;
             uint4 h = v[u];
-            if (p.norm_weight) {
-                const uint4 w = __ldg(&nw[c]);
-                const float inv = inv_s[t];
-                h.x = norm_bf16x2(h.x, w.x, inv);
-                h.y = norm_bf16x2(h.y, w.y, inv);
-                h.z = norm_bf16x2(h.z, w.z, inv);
-                h.w = norm_bf16x2(h.w, w.w, inv);
-            }
+            if (p.norm_weight) h = norm_bf16x8(h, __ldg(&nw[c]), inv_s[t]);
             xm_s[t * xstride + c] = h;
         }
     }

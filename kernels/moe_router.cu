@@ -239,12 +239,7 @@ __device__ __forceinline__ void router_norm_topk_body(const MoeRouterParams& p, 
         for (int t = 0; t < NT; t++) {
             acc[t] = 0.f;
             if (tid < chunks) {
-                const float inv = inv_s[t];
-                uint4 h;
-                h.x = norm_bf16x2(xv[t].x, n0.x, inv);
-                h.y = norm_bf16x2(xv[t].y, n0.y, inv);
-                h.z = norm_bf16x2(xv[t].z, n0.z, inv);
-                h.w = norm_bf16x2(xv[t].w, n0.w, inv);
+                const uint4 h = norm_bf16x8(xv[t], n0, inv_s[t]);
                 if (e == 0) reinterpret_cast<uint4*>(p.h_out + (size_t)t * p.hidden_size)[tid] = h;
                 acc[t] += dot_bf16x8(w0, h);
             }
@@ -262,12 +257,7 @@ __device__ __forceinline__ void router_norm_topk_body(const MoeRouterParams& p, 
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 const uint4 x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size)[c];
-                const float inv = inv_s[t];
-                uint4 h;
-                h.x = norm_bf16x2(x.x, nc.x, inv);
-                h.y = norm_bf16x2(x.y, nc.y, inv);
-                h.z = norm_bf16x2(x.z, nc.z, inv);
-                h.w = norm_bf16x2(x.w, nc.w, inv);
+                const uint4 h = norm_bf16x8(x, nc, inv_s[t]);
                 if (e == 0) reinterpret_cast<uint4*>(p.h_out + (size_t)t * p.hidden_size)[c] = h;
                 acc[t] += dot_bf16x8(wc, h);
             }

@@ -69,12 +69,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_bf16(AddRmsNormPa
     for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
         const uint4 h = row_cache[i];
         const uint4 w = __ldg(&weight[i]);
-        uint4 o;
-        o.x = norm_bf16x2(h.x, w.x, inv_rms);
-        o.y = norm_bf16x2(h.y, w.y, inv_rms);
-        o.z = norm_bf16x2(h.z, w.z, inv_rms);
-        o.w = norm_bf16x2(h.w, w.w, inv_rms);
-        out[i] = o;
+        out[i] = norm_bf16x8(h, w, inv_rms);
     }
 }
 
