@@ -44,12 +44,16 @@ public sealed class ProjectionLauncherTests
             Assert.That(norm.PartialBytes(t, n), Is.EqualTo(plan.PartialBytes(t, n)), $"norm plan {norm} vs {plan}: the same workspace");
         }
         Assert.That(gemv.Plan(1, 151936, 2048).RowsPerWarp, Is.EqualTo(8), "lm_head: 8 rows per warp");
-        Assert.That((gemv.Plan(1, 5120, 2048).RowsPerWarp, gemv.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).RowsPerWarp), Is.EqualTo((1, 2)),
-            "qkv: 640 CTAs of one row per warp, 320 of two with the norm prologue");
+        var core = new GemvLaunchers(_emu.Loader, tensorCores: false);
+        Assert.That((core.Plan(1, 5120, 2048).RowsPerWarp, core.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).RowsPerWarp), Is.EqualTo((1, 2)),
+            "qkv on CUDA cores: 640 CTAs of one row per warp, 320 of two with the norm prologue");
+        Assert.That((gemv.Plan(1, 5120, 2048).RowsPerWarp, gemv.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).RowsPerWarp), Is.EqualTo((2, 2)),
+            "qkv on tensor cores: 320 CTAs of two row groups either way");
     }
 
     /// <summary>
-    /// gemv_bf16_mma takes the decode shapes of Qwen3-30B-A3B on 132 SMs with the CUDA-core plan's rows per CTA and no split:
+    /// gemv_bf16_mma takes the decode shapes of Qwen3-30B-A3B on 132 SMs with the rows per CTA of the CUDA-core plan with
+    /// the norm prologue, and no split:
     /// qkv with its norm prologue 320 CTAs of 2 row groups, o_proj 256 of 1, the lm_head 2374 of 8, and 8 tokens of the
     /// lm_head too (33 KB of bf16 x, where the fp32 slice splits K). It leaves the CUDA-core kernel what it cannot take:
     /// quantized weights, 8 tokens of o_proj (66 KB of x), grids under one CTA per SM (split K to fill them), a K that the
@@ -59,6 +63,8 @@ public sealed class ProjectionLauncherTests
     public void TensorCorePlan_TakesTheDecodeShapes_AndLeavesTheRest()
     {
         Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 5120, 2048, WeightFormat.Bf16, normPrologue: true), Is.EqualTo(new GemvPlan(2, 1, 2048, 320, true)));
+        Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 5120, 2048, WeightFormat.Bf16), Is.EqualTo(new GemvPlan(2, 1, 2048, 320, true)),
+            "without the prologue the same row groups (the CUDA-core plan would take 640 CTAs of 1), so the unfused pair sums in the same order");
         Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 2048, 4096, WeightFormat.Bf16), Is.EqualTo(new GemvPlan(1, 1, 4096, 256, true)));
         Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 151936, 2048, WeightFormat.Bf16, normPrologue: true), Is.EqualTo(new GemvPlan(8, 1, 2048, 2374, true)));
         Assert.That(GemvLaunchers.TensorCorePlan(132, 8, 151936, 2048, WeightFormat.Bf16, normPrologue: true), Is.EqualTo(new GemvPlan(8, 1, 2048, 2374, true)));

@@ -94,20 +94,23 @@ public sealed class GemvLaunchers
 
     /// <summary>
     /// The plan for a device of <paramref name="sms"/> SMs when the tensor-core kernel is loaded: <c>gemv_bf16_mma</c> where
-    /// the shape allows it, else <see cref="Plan(int, int, int, int, int, bool)"/>'s. It takes the rows per CTA of that plan
-    /// (rows per warp = its row groups of 8 rows: 1, 2, 4 or 8) and never splits K: bf16 weights, a grid of at least one
-    /// CTA per SM (fewer rows keep the CUDA-core kernel, which splits K to fill the SMs), each group's 8 / groups warps
-    /// taking equal K slices of whole 32-wide steps, and the staged x ([T][K + 32] bf16) within the same 44 KiB as the
-    /// fp32 slice (so 8 tokens at K 2048 run here, where the fp32 slice had to split K; docs/kernels.md, "Decode GEMV on
-    /// tensor cores").
+    /// the shape allows it, else <see cref="Plan(int, int, int, int, int, bool)"/>'s. It takes the rows per CTA of the
+    /// CUDA-core plan with the norm prologue (rows per warp = its row groups of 8 rows: 1, 2, 4 or 8), with or without the
+    /// prologue: the row groups decide how a row's K is split over warps, so a launch with the prologue adds its products
+    /// in the order of the unfused norm + GEMV pair (bitwise, as the tests check). It never splits K: bf16 weights, a grid
+    /// of at least one CTA per SM (fewer rows keep the CUDA-core kernel, which splits K to fill the SMs), each group's
+    /// 8 / groups warps taking equal K slices of whole 32-wide steps, and the staged x ([T][K + 32] bf16) within the same
+    /// 44 KiB as the fp32 slice (so 8 tokens at K 2048 run here, where the fp32 slice had to split K; docs/kernels.md,
+    /// "Decode GEMV on tensor cores").
     /// </summary>
     public static GemvPlan TensorCorePlan(int sms, int tokens, int n, int k, WeightFormat format, bool normPrologue = false)
     {
-        var plan = Plan(sms, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 }, normPrologue);
-        int groups = plan.RowsPerWarp;
-        bool fits = format == WeightFormat.Bf16 && plan.GridX >= sms && groups is 1 or 2 or 4 or 8
+        var core = Plan(sms, tokens, n, k, SliceAlign(format), normPrologue);
+        var rows = normPrologue ? core : Plan(sms, tokens, n, k, SliceAlign(format), normPrologue: true);
+        int groups = rows.RowsPerWarp;
+        bool fits = format == WeightFormat.Bf16 && rows.GridX >= sms && groups is 1 or 2 or 4 or 8
             && k % (32 * (Warps / groups)) == 0 && (long)tokens * (k + MmaPadElements) * 2 <= MaxSliceBytes;
-        return fits ? new GemvPlan(groups, 1, k, plan.GridX, TensorCores: true) : plan;
+        return fits ? new GemvPlan(groups, 1, k, rows.GridX, TensorCores: true) : core;
     }
 
     /// <summary>Rows per warp so that the grid is at least ~4 waves (2 with the norm prologue), then split-K when rows alone cannot fill the SMs
@@ -120,7 +123,10 @@ public sealed class GemvLaunchers
     /// <remarks>With the tensor-core kernel loaded this is <see cref="TensorCorePlan"/>'s plan: the one <c>Gemv</c> launches.</remarks>
     public GemvPlan Plan(int tokens, int n, int k, WeightFormat format, bool normPrologue = false) => _mma is not null
         ? TensorCorePlan(_device.Info.MultiprocessorCount, tokens, n, k, format, normPrologue)
-        : Plan(_device.Info.MultiprocessorCount, tokens, n, k, format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 }, normPrologue);
+        : Plan(_device.Info.MultiprocessorCount, tokens, n, k, SliceAlign(format), normPrologue);
+
+    /// <summary>A K-slice's alignment in elements: a lane's 16-byte load holds 8 bf16, 16 fp8 / int8 or 32 int4 weights.</summary>
+    private static int SliceAlign(WeightFormat format) => format switch { WeightFormat.Bf16 => 8, WeightFormat.Int4Gptq => 32, _ => 16 };
 
     /// <summary>The same rule for a device of <paramref name="sms"/> multiprocessors, for planning workspace before any launch
     /// (the device model's workspace plan sizes its split-K partials with it). The grid covers the SMs about 4 times, 2 with
