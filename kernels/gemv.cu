@@ -316,9 +316,11 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // 2t, 2t+1 and 8t+2, 8t+3 in 2t+8, 2t+9 of the first; 8t+4 .. 8t+7 of the second), a permutation of k that A and B share,
 // so each mma sums 16 matching products. The two mma of a step feed two accumulator sets (shorter dependent chains),
 // added at the end. Steps go 8 at a time (8 weight loads in flight per lane, no guards), the rest of a short slice one
-// at a time; a row past N reads row 0 and a token past T token 0 (sums never stored), so no load needs a guard. Lane (g, t) then holds token g's partial sums for rows 2t and 2t+1; the group's warps add theirs
-// through shared memory in warp order and thread (group, token, row) applies the epilogue: deterministic, and within
-// fp32 reduction-order differences of gemv_bf16_t* (docs/kernels.md, "Decode GEMV on tensor cores").
+// at a time; a row past N reads row 0 and a token past T token 0 (sums never stored), so no load needs a guard. Lane
+// (g, t) then holds token g's partial sums for rows 2t and 2t+1; the group's warps add theirs through shared memory in
+// warp order and thread (group, token, row) applies the epilogue: deterministic, and within fp32 reduction-order
+// differences of gemv_bf16_t* (docs/kernels.md, "Decode GEMV on tensor cores"). The row groups set how K is split, so
+// the order of the sums: the launcher gives a launch the same groups with or without the norm prologue.
 // x_s: [T][K + 32] bf16 (the staged x, or h = RMSNorm(x) * norm_weight, bitwise add_rmsnorm_bf16's output); the 64-byte
 // pad per token row makes a quarter warp's eight 16-byte reads (two tokens, four chunks each) hit distinct banks.
 // Bytes: N*K*2 (W, once) + T*K*2 (x, from L2, per CTA) + T*N*2 (y) [+ T*N*2 residual].
