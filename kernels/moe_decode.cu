@@ -331,25 +331,49 @@ struct MoeExpertsGemvParams {
 __device__ __forceinline__ int experts_gu_blocks(const MoeExpertsGemvParams& p) { return (p.gate_up.inter_size + 7) / 8; }
 __device__ __forceinline__ int experts_dn_blocks(const MoeExpertsGemvParams& p) { return (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA; }
 
-// L2 prefetch of tile `tile`'s weight rows (its expert is known: the router ran before): a gate_up tile's 8 gate and 8 up
+// Ticket `tile` of moe_experts_gemv decoded once: a gate_up tile (slot, block of 8 intermediate columns), a down tile
+// (slot, block of DOWN_ROWS_PER_CTA rows) or a ticket past the last tile (no work).
+enum ExpertsTileKind { EXPERTS_GATE_UP, EXPERTS_DOWN, EXPERTS_NONE };
+struct ExpertsTile {
+    int kind;                // ExpertsTileKind
+    int slot, block;
+};
+__device__ __forceinline__ ExpertsTile experts_tile(const MoeExpertsGemvParams& p, int tile)
+{
+    const int gu_blocks = experts_gu_blocks(p), dn_blocks = experts_dn_blocks(p), gu_tiles = gu_blocks * p.gate_up.slots;
+    ExpertsTile t;
+    if (tile < gu_tiles) {
+        t.kind = EXPERTS_GATE_UP;
+        t.slot = tile / gu_blocks;
+        t.block = tile - t.slot * gu_blocks;
+    } else if (tile < gu_tiles + dn_blocks * p.gate_up.slots) {
+        const int d = tile - gu_tiles;
+        t.kind = EXPERTS_DOWN;
+        t.slot = d / dn_blocks;
+        t.block = d - t.slot * dn_blocks;
+    } else {
+        t.kind = EXPERTS_NONE;
+        t.slot = t.block = 0;
+    }
+    return t;
+}
+
+// L2 prefetch of a tile's weight rows (its expert is known: the router ran before): a gate_up tile's 8 gate and 8 up
 // rows, a down tile's 16 rows. Scales are left to the loads (a few bytes per row).
 template <int QF>
-__device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, int tile)
+__device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, ExpertsTile t)
 {
-    const int gu_blocks = experts_gu_blocks(p), gu_tiles = gu_blocks * p.gate_up.slots;
-    if (tile < gu_tiles) {
-        const int s = tile / gu_blocks, bx = tile - s * gu_blocks;
+    if (t.kind == EXPERTS_GATE_UP) {
         const int H = p.gate_up.hidden_size, I = p.gate_up.inter_size;
         const size_t row_bytes = QF == 0 ? (size_t)H * 2 : (size_t)H / QF_WPB(QF);
-        const size_t r0 = (size_t)p.gate_up.topk_ids[s] * 2 * I + (size_t)bx * 8, n = (size_t)min(8, I - bx * 8);
+        const size_t r0 = (size_t)p.gate_up.topk_ids[t.slot] * 2 * I + (size_t)t.block * 8, n = (size_t)min(8, I - t.block * 8);
         prefetch_l2_rows(p.gate_up.gate_up, r0, r0 + n, row_bytes, 0, row_bytes);
         prefetch_l2_rows(p.gate_up.gate_up, r0 + I, r0 + I + n, row_bytes, 0, row_bytes);
-    } else if (tile < gu_tiles + experts_dn_blocks(p) * p.gate_up.slots) {
-        const int d = tile - gu_tiles, s = d / experts_dn_blocks(p), bx = d - s * experts_dn_blocks(p);
+    } else if (t.kind == EXPERTS_DOWN) {
         const int H = p.down.hidden_size, I = p.down.inter_size;
         const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
-        const int h0 = bx * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
-        const size_t e = (size_t)p.down.topk_ids[s];
+        const int h0 = t.block * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
+        const size_t e = (size_t)p.down.topk_ids[t.slot];
         prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
     }
 }
@@ -360,38 +384,37 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     __shared__ int tiles_s[2];                             // this tile and the next, taken in turn
     pdl_wait();                                            // the expert ids and x are the previous kernels'
     pdl_launch_dependents();
-    const int gu_tiles = experts_gu_blocks(p) * p.gate_up.slots;
-    const int all_tiles = gu_tiles + experts_dn_blocks(p) * p.gate_up.slots;
     if (threadIdx.x == 0) tiles_s[0] = atomicAdd(&p.sync[0], 1);
     __syncthreads();
+    ExpertsTile cur = experts_tile(p, tiles_s[0]);
     for (int k = 0; k < p.tiles_per_cta; k++) {
-        const int tile = tiles_s[k & 1];
         // take the next tile now and start its weights towards L2, so the DRAM stream does not wait for this tile's end
         if (k + 1 < p.tiles_per_cta && threadIdx.x == 0) tiles_s[(k + 1) & 1] = atomicAdd(&p.sync[0], 1);
         __syncthreads();
-        const int next = k + 1 < p.tiles_per_cta ? tiles_s[(k + 1) & 1] : all_tiles;
-        if (k == 0 && tile >= gu_tiles) experts_prefetch_tile<QF>(p, tile);   // a later tile's came with the tile before
-        if (next < all_tiles) experts_prefetch_tile<QF>(p, next);
-        if (tile < gu_tiles) {
-            const int s = tile / experts_gu_blocks(p);
-            if constexpr (QF == 0) gate_up_tile(p.gate_up, s, tile - s * experts_gu_blocks(p));
-            else gate_up_tile_quant<QF>(p.gate_up, s, tile - s * experts_gu_blocks(p));
+        ExpertsTile next;
+        next.kind = EXPERTS_NONE;
+        if (k + 1 < p.tiles_per_cta) next = experts_tile(p, tiles_s[(k + 1) & 1]);
+        if (k == 0 && cur.kind == EXPERTS_DOWN) experts_prefetch_tile<QF>(p, cur);   // a later tile's came with the tile before
+        experts_prefetch_tile<QF>(p, next);
+        if (cur.kind == EXPERTS_GATE_UP) {
+            if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.slot, cur.block);
+            else gate_up_tile_quant<QF>(p.gate_up, cur.slot, cur.block);
             __syncthreads();                               // every column of the tile written
             if (threadIdx.x == 0) {
                 __threadfence();
-                atomicAdd(&p.sync[2 + s], 1);
+                atomicAdd(&p.sync[2 + cur.slot], 1);
             }
-        } else if (tile < all_tiles) {
-            const int d = tile - gu_tiles, s = d / experts_dn_blocks(p), bx = d - s * experts_dn_blocks(p);
+        } else if (cur.kind == EXPERTS_DOWN) {
             if (threadIdx.x == 0) {
-                while (*(volatile const int*)&p.sync[2 + s] < experts_gu_blocks(p)) __nanosleep(32);
+                while (*(volatile const int*)&p.sync[2 + cur.slot] < experts_gu_blocks(p)) __nanosleep(32);
                 __threadfence();
             }
             __syncthreads();
-            if constexpr (QF == 0) down_tile<true>(p.down, s, bx);
-            else down_tile_quant<QF, true>(p.down, s, bx);
+            if constexpr (QF == 0) down_tile<true>(p.down, cur.slot, cur.block);
+            else down_tile_quant<QF, true>(p.down, cur.slot, cur.block);
         }
         __syncthreads();                                   // the tile's shared memory (staged row, ticket flag) is free
+        cur = next;
     }
     if (threadIdx.x == 0) {
         __threadfence();
