@@ -78,8 +78,9 @@ __device__ __forceinline__ float warp_sum(float v)
 // add_rmsnorm_bf16's layout and tree (ceil32(width / 8) virtual threads, clamped to 32..1024, mapped onto the block's
 // WARPS warps; one warp per row finishes), so a kernel that fuses the norm in its prologue stages bitwise that kernel's
 // h: inv_s[t] = rsqrt(sum_t / width + eps). red_s [MAX_ROWS][32] and inv_s [MAX_ROWS] are the caller's shared arrays;
-// needs WARPS >= rows; ends with a barrier (docs/kernels.md, "Fusions").
-template <int MAX_ROWS, int WARPS>
+// needs WARPS >= rows; ends with a barrier (docs/kernels.md, "Fusions"). X_L2: x was written by other CTAs of the same
+// launch, so it is read through L2 (ld.global.cg).
+template <int MAX_ROWS, int WARPS, bool X_L2 = false>
 __device__ __forceinline__ void rms_inv_rows(const bf16* x, size_t ld, int rows, int width, float eps,
                                              float (*red_s)[32], float* inv_s)
 {
@@ -93,7 +94,7 @@ __device__ __forceinline__ void rms_inv_rows(const bf16* x, size_t ld, int rows,
         for (int vw = warp; vw < rwarps; vw += WARPS) {
             float sumsq = 0.f;
             for (int i = vw * 32 + lane; i < chunks; i += rthreads) {
-                const uint4 h = xr[i];
+                const uint4 h = X_L2 ? __ldcg(xr + i) : xr[i];
                 sumsq += sumsq_bf16x2(h.x) + sumsq_bf16x2(h.y) + sumsq_bf16x2(h.z) + sumsq_bf16x2(h.w);
             }
             sumsq = warp_sum(sumsq);

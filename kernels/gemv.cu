@@ -34,35 +34,12 @@
 // of add_rmsnorm_bf16 (virtual threads: ceil32(K / 8) of them, clamped to 32..1024, mapped onto the 8 warps), so the
 // staged h is bitwise that kernel's output; then it stages its normalised K-slice. Extra bytes: T*K*2 (x, from L2) per
 // CTA + the slice of the norm weight; the separate norm kernel and its h round trip are gone.
-#include "quant.cuh"
-#include "gemv.cuh"
-#include "mma.cuh"
+#include "gemv_mma.cuh"                // GemvParams, gemv_mma_tile (and gemv.cuh, quant.cuh, mma.cuh)
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS 8
 #define GEMV_MAX_RPW 8
 
-struct GemvParams {
-    bf16* y;                  // [T, ldy] bf16
-    const bf16* x;            // [T, ldx] bf16
-    const bf16* w;            // [N, K] bf16, rows contiguous
-    const bf16* residual;     // [T, ldy] bf16 or null
-    float* partial;           // [split_k, T, N] fp32 (split_k > 1)
-    const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
-    int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
-    const void* fetch_ahead;  // weights of a later kernel fetched into L2 with evict_last after the wait, or null
-    long long fetch_ahead_bytes;
-    int tokens;               // T, must equal the kernel's template T
-    int n;
-    int k;                    // multiple of 8
-    int ldx;                  // elements, multiple of 8
-    int ldy;                  // elements
-    int rows_per_warp;        // 1 .. 8
-    int k_split;              // elements per K-slice, multiple of 8
-    int split_k;
-    float eps;                // RMSNorm epsilon (norm_weight != null)
-    WeightScales ws;          // quantized variants only (docs/formats.md)
-};
 
 __device__ __forceinline__ float ld_cg_partial(const float* p)
 {
@@ -323,89 +300,18 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // the order of the sums: the launcher gives a launch the same groups with or without the norm prologue.
 // x_s: [T][K + 32] bf16 (the staged x, or h = RMSNorm(x) * norm_weight, bitwise add_rmsnorm_bf16's output); the 64-byte
 // pad per token row makes a quarter warp's eight 16-byte reads (two tokens, four chunks each) hit distinct banks.
-// Bytes: N*K*2 (W, once) + T*K*2 (x, from L2, per CTA) + T*N*2 (y) [+ T*N*2 residual].
-#define GEMV_MMA_PAD 32
+// Bytes: N*K*2 (W, once) + T*K*2 (x, from L2, per CTA) + T*N*2 (y) [+ T*N*2 residual]. The tile's code is gemv_mma_tile
+// (gemv_mma.cuh), which moe_experts_gemv's follow-on GEMV tiles run too (on 4 warps, one row group: bitwise this kernel's
+// 2-group launch).
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_mma(GemvParams p)
 {
     extern __shared__ uint4 xm_s[];                        // [T][(K + GEMV_MMA_PAD) / 8]
     __shared__ float red_s[GEMV_WARPS][8][8];              // [warp][token][row of its group]: the warps' partial sums
     __shared__ float nred_s[GEMV_MAX_RPW][32];
     __shared__ float inv_s[GEMV_MAX_RPW];
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int T = p.tokens, K = p.k;
-    const int groups = p.rows_per_warp, wpg = GEMV_WARPS / groups;
-    const int row_base = blockIdx.x * GEMV_WARPS * groups;
-    gemv_prologue<0>(p, row_base, 0, K);
-
-    // stage x (or the normalised h) as bf16 rows of K + GEMV_MMA_PAD, GEMV_STAGE_BATCH chunks per thread per round trip;
-    // the first batch also brings the residual of the thread's first output (the epilogue's i = tid)
-    const int kchunks = K >> 3, xstride = (K + GEMV_MMA_PAD) >> 3, total = T * kchunks, outputs = groups * T * 8;
-    if (p.norm_weight) rms_inv_rows<GEMV_MAX_RPW, GEMV_WARPS>(p.x, (size_t)p.ldx, T, K, p.eps, nred_s, inv_s);
-    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
-    float res0 = 0.f;
-    for (int b = 0; b < total; b += GEMV_STAGE_BATCH * GEMV_THREADS) {
-        uint4 v[GEMV_STAGE_BATCH];
-#pragma unroll
-        for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
-            const int i = b + u * GEMV_THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
-            v[u] = i < total ? *reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + c * 8) : make_uint4(0, 0, 0, 0);
-        }
-        if (b == 0 && p.residual && tid < outputs) {
-            const int grp = tid / (T * 8), rest = tid - grp * T * 8, out_row = row_base + grp * 8 + (rest & 7);
-            if (out_row < p.n) res0 = bf16_to_f32(p.residual[(size_t)(rest >> 3) * p.ldy + out_row]);
-        }
-#pragma unroll
-        for (int u = 0; u < GEMV_STAGE_BATCH; u++) {
-            const int i = b + u * GEMV_THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
-            if (i >= total) continue;
-            uint4 h = v[u];
-            if (p.norm_weight) h = norm_bf16x8(h, __ldg(&nw[c]), inv_s[t]);
-            xm_s[t * xstride + c] = h;
-        }
-    }
-    __syncthreads();
-
-    const int g = lane >> 2, t4 = lane & 3;
-    const int gi = warp / wpg, wi = warp - gi * wpg;
-    const int kslice = K / wpg, kbeg = wi * kslice;
-    const int row = row_base + gi * 8 + g;
-    // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
-    const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
-    const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
-    float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
-    auto step = [&](uint4 wv, uint4 xv) {
-        const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
-        mma_bf16_16816(acc0, a0, wv.x, wv.y);
-        mma_bf16_16816(acc1, a1, wv.z, wv.w);
-    };
-    constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
-    int s0 = 0;
-    for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
-        uint4 wv[U], xv[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            wv[u] = ldg_stream_v4(wrow + s0 + 32 * u);
-            xv[u] = xrow[(s0 >> 3) + 4 * u];
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) step(wv[u], xv[u]);
-    }
-    for (; s0 < kslice; s0 += 32) step(ldg_stream_v4(wrow + s0), xrow[s0 >> 3]);   // the last steps of a short slice
-    // red_s[warp][token g][2t4 + j]: this warp's partial of token g, row 2t4 + j of its group
-    red_s[warp][g][2 * t4] = acc0[0] + acc1[0];
-    red_s[warp][g][2 * t4 + 1] = acc0[1] + acc1[1];
-    __syncthreads();
-    for (int i = tid; i < outputs; i += GEMV_THREADS) {
-        const int grp = i / (T * 8), rest = i - grp * T * 8, t = rest >> 3, r = rest & 7;
-        const int out_row = row_base + grp * 8 + r;
-        if (out_row >= p.n) continue;
-        float v = 0.f;
-        for (int w = 0; w < wpg; w++) v += red_s[grp * wpg + w][t][r];
-        float out = round_bf16(v);
-        if (p.residual) out = (i == tid ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + out_row])) + out;
-        p.y[(size_t)t * p.ldy + out_row] = f32_to_bf16(out);
-    }
+    const int row_base = blockIdx.x * GEMV_WARPS * p.rows_per_warp;
+    gemv_prologue<0>(p, row_base, 0, p.k);
+    gemv_mma_tile<GEMV_WARPS, false>(p, row_base, p.rows_per_warp, xm_s, red_s, nred_s, inv_s);
 }
 
 // No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2

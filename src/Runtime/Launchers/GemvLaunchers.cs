@@ -68,7 +68,8 @@ public sealed class GemvLaunchers
 
     /// <summary>The tensor-core bf16 kernel (<see cref="TensorCorePlan"/>): 1..8 tokens in one kernel.</summary>
     public const string TensorCoreKernel = "gemv_bf16_mma";
-    private const int MmaPadElements = 32;   // gemv.cu GEMV_MMA_PAD: x_s rows of K + 32 bf16
+    /// <summary>gemv_mma.cuh's GEMV_MMA_PAD: the staged x rows are K + 32 bf16.</summary>
+    public const int MmaPadElements = 32;
 
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
     private readonly DeviceKernel? _mma;

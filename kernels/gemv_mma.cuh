@@ -1,0 +1,121 @@
+// gemv_mma.cuh: the tensor-core decode GEMV's tile (gemv_bf16_mma in gemv.cu: its header comment has the operand layout
+// and the order of the sums), shared with moe_experts_gemv's follow-on GEMV tiles (moe_decode.cu) so both compute the same
+// rows bit for bit. GemvParams is the parameter block of every gemv.cu entry (mirrored in C#: GemvParams).
+#pragma once
+#include "quant.cuh"
+#include "gemv.cuh"
+#include "mma.cuh"
+
+struct GemvParams {
+    bf16* y;                  // [T, ldy] bf16
+    const bf16* x;            // [T, ldx] bf16
+    const bf16* w;            // [N, K] bf16, rows contiguous
+    const bf16* residual;     // [T, ldy] bf16 or null
+    float* partial;           // [split_k, T, N] fp32 (split_k > 1)
+    const bf16* norm_weight;  // [K] RMSNorm weight, or null (no prologue)
+    int* tickets;             // [gridDim.x] split-K tickets (split_k > 1), zero on entry, left zero
+    const void* fetch_ahead;  // weights of a later kernel fetched into L2 with evict_last after the wait, or null
+    long long fetch_ahead_bytes;
+    int tokens;               // T, must equal the kernel's template T
+    int n;
+    int k;                    // multiple of 8
+    int ldx;                  // elements, multiple of 8
+    int ldy;                  // elements
+    int rows_per_warp;        // 1 .. 8
+    int k_split;              // elements per K-slice, multiple of 8
+    int split_k;
+    float eps;                // RMSNorm epsilon (norm_weight != null)
+    WeightScales ws;          // quantized variants only (docs/formats.md)
+};
+
+#define GEMV_MMA_PAD 32           // bf16 elements of padding per staged token row (bank-conflict-free 16-byte reads)
+#define GEMV_MMA_MAX_TOKENS 8
+#define GEMV_MMA_STAGE_BATCH 4    // 16-byte chunks of x per thread per round trip while staging
+
+// Rows row_base .. row_base + 8 * groups - 1 of y = W x (x, or h = RMSNorm(x) * norm_weight when p.norm_weight is set) for
+// p.tokens tokens, on WARPS warps (the CTA's threads 0 .. 32 * WARPS - 1): row group gi (8 rows) is summed by WARPS / groups
+// warps, each over an equal K-slice of whole 32-wide steps, and their partials are added in warp order. So a tile gives
+// the same bits as any other launch whose row groups have the same warps per group (WARPS / groups): 8 warps with 2
+// groups equal 4 warps with 1. X_L2: x was written by other CTAs of the same launch (after a counter said so), so it is
+// read through L2 (ld.global.cg) rather than a path that may hold older lines. Needs tokens <= WARPS with the norm (one
+// warp finishes each row's sum). Shared memory: xm_s [T][K + GEMV_MMA_PAD] bf16 (dynamic), red_s [WARPS][8][8],
+// nred_s [8][32], inv_s [8]. Starts by staging x (the caller's barrier before it, if its shared memory was in use) and
+// ends after the epilogue's stores, without a barrier.
+template <int WARPS, bool X_L2>
+__device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, uint4* xm_s, float (*red_s)[8][8],
+                                              float (*nred_s)[32], float* inv_s)
+{
+    constexpr int THREADS = WARPS * 32;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int T = p.tokens, K = p.k;
+    const int wpg = WARPS / groups;
+
+    // stage x (or the normalised h) as bf16 rows of K + GEMV_MMA_PAD, GEMV_MMA_STAGE_BATCH chunks per thread per round trip;
+    // the first batch also brings the residual of the thread's first output (the epilogue's i = tid)
+    const int kchunks = K >> 3, xstride = (K + GEMV_MMA_PAD) >> 3, total = T * kchunks, outputs = groups * T * 8;
+    if (p.norm_weight) rms_inv_rows<GEMV_MMA_MAX_TOKENS, WARPS, X_L2>(p.x, (size_t)p.ldx, T, K, p.eps, nred_s, inv_s);
+    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+    float res0 = 0.f;
+    for (int b = 0; b < total; b += GEMV_MMA_STAGE_BATCH * THREADS) {
+        uint4 v[GEMV_MMA_STAGE_BATCH];
+#pragma unroll
+        for (int u = 0; u < GEMV_MMA_STAGE_BATCH; u++) {
+            const int i = b + u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+            const uint4* src = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + c * 8);
+            v[u] = i >= total ? make_uint4(0, 0, 0, 0) : X_L2 ? __ldcg(src) : *src;
+        }
+        if (b == 0 && p.residual && tid < outputs) {
+            const int grp = tid / (T * 8), rest = tid - grp * T * 8, out_row = row_base + grp * 8 + (rest & 7);
+            if (out_row < p.n) res0 = bf16_to_f32(p.residual[(size_t)(rest >> 3) * p.ldy + out_row]);
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_MMA_STAGE_BATCH; u++) {
+            const int i = b + u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+            if (i >= total) continue;
+            uint4 h = v[u];
+            if (p.norm_weight) h = norm_bf16x8(h, __ldg(&nw[c]), inv_s[t]);
+            xm_s[t * xstride + c] = h;
+        }
+    }
+    __syncthreads();
+    const int g = lane >> 2, t4 = lane & 3;
+    const int gi = warp / wpg, wi = warp - gi * wpg;
+    const int kslice = K / wpg, kbeg = wi * kslice;
+    const int row = row_base + gi * 8 + g;
+    // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
+    const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
+    const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
+    float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+    auto step = [&](uint4 wv, uint4 xv) {
+        const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+        mma_bf16_16816(acc0, a0, wv.x, wv.y);
+        mma_bf16_16816(acc1, a1, wv.z, wv.w);
+    };
+    constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
+    int s0 = 0;
+    for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
+        uint4 wv[U], xv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            wv[u] = ldg_stream_v4(wrow + s0 + 32 * u);
+            xv[u] = xrow[(s0 >> 3) + 4 * u];
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) step(wv[u], xv[u]);
+    }
+    for (; s0 < kslice; s0 += 32) step(ldg_stream_v4(wrow + s0), xrow[s0 >> 3]);   // the last steps of a short slice
+    // red_s[warp][token g][2t4 + j]: this warp's partial of token g, row 2t4 + j of its group
+    red_s[warp][g][2 * t4] = acc0[0] + acc1[0];
+    red_s[warp][g][2 * t4 + 1] = acc0[1] + acc1[1];
+    __syncthreads();
+    for (int i = tid; i < outputs; i += THREADS) {
+        const int grp = i / (T * 8), rest = i - grp * T * 8, t = rest >> 3, r = rest & 7;
+        const int out_row = row_base + grp * 8 + r;
+        if (out_row >= p.n) continue;
+        float v = 0.f;
+        for (int w = 0; w < wpg; w++) v += red_s[grp * wpg + w][t][r];
+        float out = round_bf16(v);
+        if (p.residual) out = (i == tid ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + out_row])) + out;
+        p.y[(size_t)t * p.ldy + out_row] = f32_to_bf16(out);
+    }
+}
