@@ -28,6 +28,7 @@
 // The slot's activation row (H or I bf16) is staged in dynamic shared memory first (coalesced 16-byte loads), since a
 // lane's 16 weights need 32 bytes of it.
 #include "quant.cuh"
+#include "gemv_mma.cuh"   // the follow-on GEMV tiles of moe_experts_gemv (gemv_bf16_mma's tile)
 
 #define GEMV_THREADS 128
 #define GATE_UP_I_PER_WARP 2
@@ -312,13 +313,24 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
 // lowest unfinished tile is a CTA's current one, since the CTA's earlier tickets are lower, and its inputs are done);
 // gate_up tiles wait on nothing. The last CTA out (ticket sync[1]) resets sync[] to zero for the next launch: zero
 // before the first. Every row is computed by the code of the two kernels, so the output is theirs bit for bit.
+// Follow-on GEMV (bf16 only; next_tiles > 0): the GEMV that consumes the block's output, the next layer's qkv projection
+// with its RMSNorm prologue, as tiles after the down tiles, so its weight stream starts while the experts' last tiles run
+// (each such tile's 8 weight rows are prefetched when a CTA takes its ticket, as the experts' are) and the step has one
+// kernel boundary less. Next tile j computes rows 8j .. 8j + 7 of next.y with gemv_bf16_mma's tile on the CTA's 4 warps
+// (one row group of 8 rows, K in 4 slices: bitwise gemv_bf16_mma with 2 row groups of 4 warps each). It waits until
+// sync[2 + slots] counts every down tile done (each down tile releases it when next_tiles > 0: its combine, the last
+// slot's, wrote the output rows x is read from, through L2). Its tickets are the last, so progress holds as above.
 // Memory traffic: the two kernels' (each weight once; the prefetch of a tile's rows is the same sectors) + one atomic per
-// ticket, one per gate_up release, polling by one thread per waiting down tile.
+// ticket, one per gate_up release (and per down tile with a follow-on GEMV), polling by one thread per waiting tile;
+// a follow-on tile reads x (T * K * 2 bytes) from L2.
 struct MoeExpertsGemvParams {
     MoeGateUpGemvParams gate_up;
     MoeDownGemvParams down;
-    int* sync;               // [2 + slots]: next tile, exit ticket, gate_up tiles done per slot; zero on entry, left zero
+    int* sync;               // [3 + slots]: next tile, exit ticket, gate_up tiles done per slot, down tiles done; zero on
+                             // entry, left zero
     int tiles_per_cta;       // tickets each CTA takes (grid * tiles_per_cta >= the tiles; tickets past them are no work)
+    int next_tiles;          // follow-on GEMV tiles (8 rows each), 0 for none; bf16 only, tokens <= 4
+    GemvParams next;         // the follow-on GEMV (split_k 1; its norm_weight set for the prologue); unused when next_tiles is 0
 };
 
 // The CTAs per SM the launches are sized for (the launcher's grid is at most this many per SM, so the launch is one wave
@@ -332,8 +344,8 @@ __device__ __forceinline__ int experts_gu_blocks(const MoeExpertsGemvParams& p) 
 __device__ __forceinline__ int experts_dn_blocks(const MoeExpertsGemvParams& p) { return (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA; }
 
 // Ticket `tile` of moe_experts_gemv decoded once: a gate_up tile (slot, block of 8 intermediate columns), a down tile
-// (slot, block of DOWN_ROWS_PER_CTA rows) or a ticket past the last tile (no work).
-enum ExpertsTileKind { EXPERTS_GATE_UP, EXPERTS_DOWN, EXPERTS_NONE };
+// (slot, block of DOWN_ROWS_PER_CTA rows), a follow-on GEMV tile (block of 8 rows) or a ticket past the last tile.
+enum ExpertsTileKind { EXPERTS_GATE_UP, EXPERTS_DOWN, EXPERTS_NEXT, EXPERTS_NONE };
 struct ExpertsTile {
     int kind;                // ExpertsTileKind
     int slot, block;
@@ -351,6 +363,10 @@ __device__ __forceinline__ ExpertsTile experts_tile(const MoeExpertsGemvParams& 
         t.kind = EXPERTS_DOWN;
         t.slot = d / dn_blocks;
         t.block = d - t.slot * dn_blocks;
+    } else if (tile < gu_tiles + dn_blocks * p.gate_up.slots + p.next_tiles) {
+        t.kind = EXPERTS_NEXT;
+        t.slot = 0;
+        t.block = tile - gu_tiles - dn_blocks * p.gate_up.slots;
     } else {
         t.kind = EXPERTS_NONE;
         t.slot = t.block = 0;
@@ -359,7 +375,7 @@ __device__ __forceinline__ ExpertsTile experts_tile(const MoeExpertsGemvParams& 
 }
 
 // L2 prefetch of a tile's weight rows (its expert is known: the router ran before): a gate_up tile's 8 gate and 8 up
-// rows, a down tile's 16 rows. Scales are left to the loads (a few bytes per row).
+// rows, a down tile's 16 rows, a follow-on tile's 8 rows. Scales are left to the loads (a few bytes per row).
 template <int QF>
 __device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, ExpertsTile t)
 {
@@ -375,6 +391,9 @@ __device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams
         const int h0 = t.block * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
         const size_t e = (size_t)p.down.topk_ids[t.slot];
         prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
+    } else if (QF == 0 && t.kind == EXPERTS_NEXT) {
+        const size_t row_bytes = (size_t)p.next.k * 2, r0 = (size_t)t.block * 8;
+        prefetch_l2_rows(p.next.w, r0, min(r0 + 8, (size_t)p.next.n), row_bytes, 0, row_bytes);
     }
 }
 
@@ -412,6 +431,25 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
             __syncthreads();
             if constexpr (QF == 0) down_tile<true>(p.down, cur.slot, cur.block);
             else down_tile_quant<QF, true>(p.down, cur.slot, cur.block);
+            if (p.next_tiles > 0) {                        // release for the follow-on tiles: every row of the tile (and
+                __syncthreads();                           // of its combine, if this was the block's last) written
+                if (threadIdx.x == 0) {
+                    __threadfence();
+                    atomicAdd(&p.sync[2 + p.gate_up.slots], 1);
+                }
+            }
+        } else if (cur.kind == EXPERTS_NEXT) {
+            if constexpr (QF == 0) {
+                extern __shared__ uint4 next_x_s[];        // [T][K + GEMV_MMA_PAD] bf16: the staged, normalised x
+                __shared__ float next_red_s[4][8][8], next_nred_s[GEMV_MMA_MAX_TOKENS][32], next_inv_s[GEMV_MMA_MAX_TOKENS];
+                if (threadIdx.x == 0) {
+                    const int down_tiles = experts_dn_blocks(p) * p.gate_up.slots;
+                    while (*(volatile const int*)&p.sync[2 + p.gate_up.slots] < down_tiles) __nanosleep(32);
+                    __threadfence();
+                }
+                __syncthreads();
+                gemv_mma_tile<GEMV_THREADS / 32, true>(p.next, cur.block * 8, 1, next_x_s, next_red_s, next_nred_s, next_inv_s);
+            }
         }
         __syncthreads();                                   // the tile's shared memory (staged row, ticket flag) is free
         cur = next;
@@ -420,7 +458,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
         __threadfence();
         if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tiles and left
             p.sync[0] = 0;
-            for (int s = 0; s < p.gate_up.slots; s++) p.sync[2 + s] = 0;
+            for (int s = 0; s <= p.gate_up.slots; s++) p.sync[2 + s] = 0;   // the slots' counters and the down tiles'
             __threadfence();
             p.sync[1] = 0;
         }

@@ -1,5 +1,7 @@
+using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Checkpoint;
 using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Tests.DeviceModel;
 
@@ -103,6 +105,56 @@ public class DenseModelDeviceTests
         Assert.That(qkvWith, Has.Count.EqualTo(routers.Count), "every layer after the first, and the lm_head");
         for (int i = 0; i < qkvWith.Count; i++)
             Assert.That(qkvWith[i].L2ResidentSectors - qkvWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"GEMV after layer {i}'s experts");
+    }
+
+    /// <summary>
+    /// ExpertsFollowOnQkv (docs/kernels.md, "Persistent launches"): on a MoE decode step each layer's experts launch also
+    /// runs the next layer's qkv projection, so that layer has no qkv launch of its own. The small checkpoint on 10 SMs
+    /// qualifies (qkv 384 x 256: 2 row groups of 4 warps in the standalone plan, MoeLaunchers.CanFollowOn). The decode
+    /// steps' logits, for one row and for a run of 3 rows, are the same bits with the follow-on on and off, and it is on
+    /// by default; the same with the decode steps replayed as captured graphs. Graphs off elsewhere, so the launches are
+    /// recorded as run.
+    /// </summary>
+    [Test]
+    public void ExpertsFollowOnQkv_RemovesALaunchPerLayer_SameLogits()
+    {
+        float[][] Run(bool followOn, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false)
+        {
+            using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
+            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = graphs, ExpertsFollowOnQkv = followOn });
+            int V = dm.VocabSize;
+            var prompt = new float[V];
+            dm.Forward(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], prompt);
+            int token = Array.IndexOf(prompt, prompt.Max());
+            device.ClearLaunches();
+            var one = new float[V];
+            dm.Forward(0, [token], one);
+            decodeLaunches = [.. device.Launches];
+            var three = new float[V];
+            dm.Forward(0, [token, 7, 9], three);
+            return [prompt, one, three];
+        }
+        var on = Run(true, out var fused);
+        var off = Run(false, out var separate);
+        var replayed = Run(true, out _, graphs: true);
+        Assert.That(new DeviceModelOptions().ExpertsFollowOnQkv, Is.True, "on by default");
+        for (int i = 0; i < on.Length; i++)
+        {
+            string what = new[] { "the prompt", "one decode row", "a run of 3 rows" }[i];
+            Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
+            Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
+        }
+        var config = Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint.BuildConfig(DeviceCheckpoints.SmallOptions);
+        int layers = config.NumHiddenLayers;
+        Assert.That(Enumerable.Range(0, layers).All(config.IsMoeLayer), Is.True, "the small checkpoint is all MoE");
+        Assert.That(MoeLaunchers.CanFollowOn(10, 1, (config.NumAttentionHeads + 2 * config.NumKeyValueHeads) * config.HeadDim, config.HiddenSize), Is.True);
+        Assert.That(separate.Count - fused.Count, Is.EqualTo(layers - 1), "one qkv launch less per layer after the first");
+        var qkv = fused.Where((r, i) => i > 0 && fused[i - 1].Kernel == "embedding_gather_bf16").Single();
+        Assert.That(qkv.Kernel, Is.EqualTo(GemvLaunchers.TensorCoreKernel), "the first layer's qkv is its own launch");
+        Assert.That(fused.Where((r, i) => i > 0 && fused[i - 1].Kernel == "moe_experts_gemv").Select(r => r.Kernel),
+            Is.All.EqualTo("attn_decode_fused").Or.EqualTo(GemvLaunchers.TensorCoreKernel), "after an experts launch: the next layer's attention (or the lm_head)");
+        Assert.That(fused.Count(r => r.Kernel == "attn_decode_fused"), Is.EqualTo(layers));
     }
 
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>

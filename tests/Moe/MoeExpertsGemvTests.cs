@@ -48,6 +48,35 @@ public class MoeExpertsGemvTests
             EqualsThePair(ctx, f, MoeCase.Small, tokens: 2, residual: true, cooperative, $"{mode}, {f.Name()}");
     }
 
+    /// <summary>
+    /// With a follow-on GEMV (the next layer's qkv projection with its RMSNorm prologue, ExpertsFollowOn) the launch also
+    /// equals the pair followed by that GEMV's own launch, gemv_bf16_mma with the norm prologue, bit for bit: the follow-on
+    /// tiles wait for every down tile (so read the combined output) and repeat the 2-row-group plan's sums on 4 warps. N is
+    /// 40 rows per SM, so the standalone plan has 2 row groups (CanFollowOn) on 132 and on 5 SMs. The GEMV's own launch is
+    /// held to the fp64 reference in ProjectionCases; here the expected bits are that launch's.
+    /// </summary>
+    [TestCaseSource(nameof(Modes))]
+    public void FollowOn_EqualsTheTwoKernelsThenTheGemv_Bitwise(string mode, EmulatorOptions options, bool cooperative)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        foreach (int tokens in new[] { 1, 3 })
+            EqualsThePair(ctx, WeightFormat.Bf16, MoeCase.Small, tokens, residual: true, cooperative, $"{mode}, {tokens} token(s), follow-on GEMV",
+                followOnRows: 40 * ctx.Device.Info.MultiprocessorCount);
+    }
+
+    /// <summary>CanFollowOn: the standalone tensor-core plan with the norm prologue must take 2 row groups (4 warps each), at
+    /// most 4 tokens; Qwen3-30B-A3B's qkv (5120 x 2048) qualifies on 132 SMs, not on 80 (4 groups) or 200 (1 group).</summary>
+    [Test]
+    public void CanFollowOn_IsTheTwoGroupPlan()
+    {
+        foreach (int t in new[] { 1, 2, 3, 4 }) Assert.That(MoeLaunchers.CanFollowOn(132, t, 5120, 2048), Is.True, $"{t} token(s)");
+        Assert.That(MoeLaunchers.CanFollowOn(132, 5, 5120, 2048), Is.False, "5 tokens: the 4 warps finish one norm row each");
+        Assert.That(MoeLaunchers.CanFollowOn(80, 1, 5120, 2048), Is.False, "80 SMs: 4 row groups");
+        Assert.That(MoeLaunchers.CanFollowOn(200, 1, 5120, 2048), Is.False, "200 SMs: 1 row group");
+        Assert.That(MoeLaunchers.CanFollowOn(132, 1, 5120, 2000), Is.False, "K not in 128-wide steps of 4 warps");
+        Assert.That(GemvLaunchers.TensorCorePlan(132, 1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).RowsPerWarp, Is.EqualTo(2));
+    }
+
     /// <summary>On a GPU (skipped without one): the same equality there, as an ordinary and as a cooperative launch.</summary>
     [Test, Category(Kernels.KernelBackends.GpuCategory)]
     public void OnCuda_EqualsTheTwoKernels_Bitwise()
@@ -56,12 +85,17 @@ public class MoeExpertsGemvTests
         foreach (bool cooperative in new[] { false, true })
         {
             EqualsThePair(ctx, WeightFormat.Bf16, MoeCase.Real, tokens: 1, residual: true, cooperative, $"cuda, real shape, cooperative {cooperative}");
+            int sms = ctx.Device.Info.MultiprocessorCount;
+            if (MoeLaunchers.CanFollowOn(sms, 1, 40 * sms, MoeCase.Real.Hidden))
+                EqualsThePair(ctx, WeightFormat.Bf16, MoeCase.Real, tokens: 1, residual: true, cooperative, $"cuda, real shape, follow-on GEMV, cooperative {cooperative}",
+                    followOnRows: 40 * sms);
             foreach (var f in Quantized)
                 EqualsThePair(ctx, f, MoeCase.Small, tokens: 4, residual: true, cooperative, $"cuda, {f.Name()}, cooperative {cooperative}");
         }
     }
 
-    static void EqualsThePair(KernelCheckContext ctx, WeightFormat format, MoeShape s, int tokens, bool residual, bool cooperative, string what)
+    static void EqualsThePair(KernelCheckContext ctx, WeightFormat format, MoeShape s, int tokens, bool residual, bool cooperative, string what,
+        int followOnRows = 0)
     {
         var mc = MoeCase.Create(s, tokens, seed: 31 + tokens);
         int H = s.Hidden, I = s.Inter, k = s.TopK, slots = tokens * k;
@@ -100,15 +134,44 @@ public class MoeExpertsGemvTests
         MoeCase.Compare(c, mc.Reference(resHost), expected.Out, "the pair against the CPU reference");
         Assert.That(c.Result().Passed, Is.True, $"{what}: {c.Result()}");
 
+        // the follow-on GEMV on its own: gemv_bf16_mma with the norm prologue over the pair's output
+        int N = followOnRows;
+        ExpertsFollowOn? followOn = null;
+        ushort[]? expectedNext = null;
+        DevicePtr next2 = DevicePtr.Null;
+        if (N > 0)
+        {
+            Assert.That(MoeLaunchers.CanFollowOn(ctx.Device.Info.MultiprocessorCount, tokens, N, H), Is.True, $"{what}: the case qualifies");
+            var wHost = new ushort[(long)N * H];
+            var normHost = new ushort[H];
+            MoeCase.Fill(wHost, 91);
+            MoeCase.Fill(normHost, 92);
+            var (wNext, norm) = (ctx.Upload(wHost), ctx.Upload(normHost));
+            var next1 = ctx.Alloc<ushort>((long)tokens * N);
+            var gemv = new GemvLaunchers(ctx.Loader);
+            var plan = gemv.Gemv(ctx.Stream, next1, N, out1, H, WeightOperand.Bf16(wNext), DevicePtr.Null, tokens, N, H, DevicePtr.Null, 0, norm, 1e-6f);
+            Assert.That(plan, Is.EqualTo(new GemvPlan(2, 1, H, (N + 15) / 16, TensorCores: true)), $"{what}: the standalone launch is gemv_bf16_mma with 2 row groups");
+            ctx.Synchronize();
+            expectedNext = ctx.Download<ushort>(next1, tokens * N);
+            followOn = new ExpertsFollowOn(DevicePtr.Null, N, DevicePtr.Null, H, wNext, norm, 1e-6f, N, H);
+        }
+
         // one launch, twice: the counters it leaves must serve the next launch
         var (inter2, y2, out2) = (ctx.Alloc<ushort>((long)slots * I), ctx.Alloc<ushort>((long)slots * H), ctx.Alloc<ushort>((long)tokens * H));
         var tickets2 = ctx.Upload(new int[ticketInts]);
         var sync = ctx.Upload(new int[MoeWorkspace.ExpertsSyncInts]);
+        if (followOn is { } f) followOn = f with { X = out2 };
         for (int run = 0; run < 2; run++)
         {
-            moe.ExpertsGemv(ctx.Stream, s, tokens, hidden, gateUp, down, ids, inter2, y2, weights, res, out2, tickets2, sync, cooperative);
+            if (followOn is { } fo)
+            {
+                next2 = ctx.AllocFilled<ushort>((long)tokens * N);   // 0xffff (NaN) where a row is not written
+                followOn = fo with { Y = next2 };
+            }
+            moe.ExpertsGemv(ctx.Stream, s, tokens, hidden, gateUp, down, ids, inter2, y2, weights, res, out2, tickets2, sync, cooperative, followOn);
             ctx.Synchronize();
             string which = $"{what}, launch {run + 1}";
+            if (N > 0) Assert.That(ctx.Download<ushort>(next2, tokens * N), Is.EqualTo(expectedNext), $"{which}: the follow-on GEMV's output");
             Assert.That(ctx.Download<ushort>(inter2, slots * I), Is.EqualTo(expected.Inter), $"{which}: inter (the SwiGLU activations)");
             Assert.That(ctx.Download<ushort>(y2, slots * H), Is.EqualTo(expected.Y), $"{which}: y (each slot's expert output)");
             Assert.That(ctx.Download<ushort>(out2, tokens * H), Is.EqualTo(expected.Out), $"{which}: the combined output");
@@ -164,6 +227,12 @@ public class MoeExpertsGemvTests
         Assert.That(MoeLaunchers.ExpertsGemvGrid(1056, 132, WeightFormat.Bf16), Is.EqualTo((1056, 1)), "exactly one wave");
         Assert.That(MoeLaunchers.ExpertsGemvGrid(1057, 132, WeightFormat.Bf16), Is.EqualTo((529, 2)));
         Assert.That(() => MoeLaunchers.ExpertsGemvGrid(0, 132, WeightFormat.Bf16), Throws.TypeOf<ArgumentOutOfRangeException>().With.Message.Contains("0 tiles"));
+        // with the follow-on qkv (640 tiles of 8 rows): 5 CTAs per SM, 660 fit, 4 tickets each on 608 CTAs
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792 + 640, 132, WeightFormat.Bf16, followOn: true), Is.EqualTo((608, 4)));
+        // 5 CTAs of 128 threads x 64 registers (the launch bound) leave an SM's 64 K registers room for one attention CTA
+        // (attn_decode_fused: 128 threads, 168 registers on sm_90)
+        Assert.That(MoeLaunchers.FollowOnCtasPerSm * 128 * 64 + 128 * 168, Is.LessThanOrEqualTo(65536));
+        Assert.That((MoeLaunchers.FollowOnCtasPerSm + 1) * 128 * 64 + 128 * 168, Is.GreaterThan(65536), "and 6 would not");
     }
 
     /// <summary>The launcher's CTAs per SM are the kernels' <c>__launch_bounds__</c> minimum, which is what makes them fit.</summary>

@@ -48,8 +48,8 @@ public class MoeParamsLayoutTests
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);
-    /// <summary>The two GEMVs' structs back to back (each a multiple of 8 bytes), then the counters' pointer and the tickets
-    /// per CTA (an int, padded to the struct's 8-byte alignment).</summary>
+    /// <summary>The two GEMVs' structs back to back (each a multiple of 8 bytes), then the counters' pointer, the tickets
+    /// per CTA and the follow-on tiles (two ints), and the follow-on GEMV's GemvParams (8-byte aligned).</summary>
     [Test]
     public void ExpertsGemv()
     {
@@ -57,7 +57,9 @@ public class MoeParamsLayoutTests
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Down)), Is.EqualTo(gateUp));
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Sync)), Is.EqualTo(gateUp + down));
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.TilesPerCta)), Is.EqualTo(gateUp + down + 8));
-        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(gateUp + down + 16));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.NextTiles)), Is.EqualTo(gateUp + down + 12));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Next)), Is.EqualTo(gateUp + down + 16));
+        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(gateUp + down + 16 + Marshal.SizeOf<GemvParams>()));
     }
 
     [Test] public void GateUpGemm() => Expect<MoeGateUpGemmParams>(6, 3, scales: true);

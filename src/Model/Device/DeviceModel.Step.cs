@@ -352,12 +352,16 @@ public sealed partial class DeviceModel
     private void CheckFinite(int stage, StepShape s) =>
         _checkFinite?.CheckFinite(_stream, Ws(Plan.Workspace.X), Config.HiddenSize, Ws(Plan.Workspace.Positions), s.Rows, Config.HiddenSize, stage, Ws(Plan.Workspace.NonFinite));
 
+    /// <summary>Set by a layer whose experts launch ran the next layer's qkv projection (its follow-on tiles); that layer skips it.</summary>
+    private bool _qkvRanAhead;
+
     /// <summary>
     /// One decoder layer for the step's rows (prefill runs and decode rows of several sequences): x += Attn(RMSNorm(x));
     /// x += MLP(RMSNorm(x)).
     /// </summary>
     private void LayerStep(int layer, StepShape s)
     {
+        if (layer == 0) _qkvRanAhead = false;
         var c = Config;
         var w = Plan.Workspace;
         var L = Plan.Weights.Layers[layer];
@@ -365,8 +369,10 @@ public sealed partial class DeviceModel
         float eps = (float)c.RmsNormEps;
 
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
-        // the residual adds are fused into o_proj and the MoE down GEMV / combine)
-        Project(Ws(w.Qkv), qkvDim, Ws(w.X), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H, W(L.InputNorm));
+        // the residual adds are fused into o_proj and the MoE down GEMV / combine). Skipped when the previous layer's
+        // experts launch ran it as its follow-on tiles (ExpertsFollowOnQkv).
+        if (!_qkvRanAhead) Project(Ws(w.Qkv), qkvDim, Ws(w.X), H, L.Qkv, DevicePtr.Null, rows, qkvDim, H, W(L.InputNorm));
+        _qkvRanAhead = false;
         // QkNormRopeKvWrite: q -> q buffer; k, v -> the layer's KV pages at slot[t]. Decode rows that are their sequence's
         // only row do this inside attn_decode_fused; the other rows (flash segments, or every row when a decode run has
         // several rows) here, first.
@@ -421,8 +427,16 @@ public sealed partial class DeviceModel
             // Decode: the router kernel computes the norm and writes h for the experts; prefill: the norm kernel first.
             if (rows <= MoeLaunchers.DecodeMaxTokens)
             {
+                ExpertsFollowOn? followOn = null;
+                if (Plan.Options.ExpertsFollowOnQkv && layer + 1 < c.NumHiddenLayers && Operand(L.GateUp).Format == WeightFormat.Bf16)
+                {
+                    var nextLayer = Plan.Weights.Layers[layer + 1];
+                    if (Operand(nextLayer.Qkv).Format == WeightFormat.Bf16 && MoeLaunchers.CanFollowOn(_device.Info.MultiprocessorCount, rows, qkvDim, H))
+                        followOn = new ExpertsFollowOn(Ws(w.Qkv), qkvDim, Ws(w.X), H, W(nextLayer.Qkv), W(nextLayer.InputNorm), eps, qkvDim, H);
+                }
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next) + oProjAhead, ahead - oProjAhead);
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next) + oProjAhead, ahead - oProjAhead, followOn);
+                _qkvRanAhead = followOn is not null;
                 return;
             }
             _rms.AddRmsNorm(_stream, Ws(w.H), Ws(w.X), DevicePtr.Null, W(L.PostNorm), rows, H, eps);

@@ -49,6 +49,13 @@ public sealed record DeviceModelOptions
     public long FetchAheadBytes { get; init; } = 8L << 20;
     /// <summary>The o_proj GEMV's share of <see cref="FetchAheadBytes"/> (the first bytes; at most all of them): 4 MiB.</summary>
     public long OProjFetchAheadBytes { get; init; } = 4L << 20;
+    /// <summary>
+    /// On a MoE decode step of at most 4 rows, the decode experts launch also runs the next layer's qkv projection (with its
+    /// input RMSNorm) as its last tiles, when that GEMV's weights are bf16 and its shape qualifies
+    /// (<c>MoeLaunchers.CanFollowOn</c>): one launch less per layer, and the qkv weights start streaming while the experts'
+    /// last tiles run (docs/kernels.md, "Persistent launches"). Results are the same bits either way. On by default.
+    /// </summary>
+    public bool ExpertsFollowOnQkv { get; init; } = true;
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),

@@ -83,9 +83,12 @@ public sealed class MoeLaunchers
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
-        DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
+        DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0,
+        ExpertsFollowOn? followOn = null)
     {
         CheckShape(shape, decodeOnly: false);
+        if (followOn is not null && tokens > DecodeMaxTokens)
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: a follow-on GEMV runs in the decode experts launch (at most {DecodeMaxTokens} tokens), got {tokens}");
         if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
         if (!normWeight.IsNull && tokens > DecodeMaxTokens)
             throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: the fused RMSNorm takes at most {DecodeMaxTokens} tokens (decode), got {tokens}; run the norm kernel first");
@@ -105,7 +108,7 @@ public sealed class MoeLaunchers
         if (tokens <= DecodeMaxTokens)
         {
             ExpertsGemv(stream, shape, tokens, hidden, gateUp, down, ids, inter, slotOut, weights, residual, output,
-                workspace + ws.DownTickets, workspace + ws.ExpertsSync);
+                workspace + ws.DownTickets, workspace + ws.ExpertsSync, followOn: followOn);
             return;   // the combine ran in the down tiles' last CTAs
         }
         else
@@ -247,11 +250,12 @@ public sealed class MoeLaunchers
     /// counter until its slot's gate_up tiles are done (docs/kernels.md, "Persistent launches"); the output is the two
     /// kernels' bit for bit. <paramref name="tickets"/> as <c>DownGemv</c>'s; <paramref name="sync"/>:
     /// <see cref="MoeWorkspace.ExpertsSyncInts"/> ints, zero on entry, left zero. <paramref name="cooperative"/> asks for a
-    /// co-resident launch (tests: the emulator then runs the CTAs in turns).
+    /// co-resident launch (tests: the emulator then runs the CTAs in turns). <paramref name="followOn"/>: a GEMV on the
+    /// block's output run as the launch's last tiles (<see cref="ExpertsFollowOn"/>; <see cref="CanFollowOn"/> must hold).
     /// </summary>
     public void ExpertsGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, in WeightOperand down,
         DevicePtr topkIds, DevicePtr inter, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output, DevicePtr tickets,
-        DevicePtr sync, bool cooperative = false)
+        DevicePtr sync, bool cooperative = false, ExpertsFollowOn? followOn = null)
     {
         if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_experts_gemv: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its tickets and counters are sized for that)");
         if (tickets.IsNull || sync.IsNull || output.IsNull || topkWeights.IsNull)
@@ -264,20 +268,66 @@ public sealed class MoeLaunchers
         WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
-        (int grid, int tilesPerCta) = ExpertsGemvGrid(ExpertsGemvTiles(s, tokens), _device.Info.MultiprocessorCount, gateUp.Format);
+        int sms = _device.Info.MultiprocessorCount, nextTiles = 0;
+        var next = default(GemvParams);
+        if (followOn is { } f)
+        {
+            if (gateUp.Format != WeightFormat.Bf16)
+                throw new ArgumentException($"moe_experts_gemv: a follow-on GEMV runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(followOn));
+            if (f.Y.IsNull || f.X.IsNull || f.W.IsNull || f.NormWeight.IsNull)
+                throw new ArgumentException("moe_experts_gemv: the follow-on GEMV needs y, x, its weight and its norm weight", nameof(followOn));
+            if (f.Ldx < f.K || f.Ldy < f.N || f.Ldx % 8 != 0)
+                throw new ArgumentException($"moe_experts_gemv: follow-on strides ldx {f.Ldx} (a multiple of 8, at least K {f.K}) and ldy {f.Ldy} (at least N {f.N})", nameof(followOn));
+            if (!CanFollowOn(sms, tokens, f.N, f.K))
+                throw new ArgumentException($"moe_experts_gemv: a follow-on GEMV of [{f.N}, {f.K}] for {tokens} token(s) on {sms} SMs does not qualify (CanFollowOn)", nameof(followOn));
+            nextTiles = (f.N + 7) / 8;
+            next = new GemvParams
+            {
+                Y = f.Y, X = f.X, W = f.W, NormWeight = f.NormWeight, Tokens = tokens, N = f.N, K = f.K, Ldx = f.Ldx, Ldy = f.Ldy,
+                RowsPerWarp = 1, KSplit = f.K, SplitK = 1, Eps = f.Eps,
+            };
+        }
+        (int grid, int tilesPerCta) = ExpertsGemvGrid(ExpertsGemvTiles(s, tokens) + nextTiles, sms, gateUp.Format, followOn: nextTiles > 0);
         var p = new MoeExpertsGemvParams
         {
             GateUp = GateUpGemvParams(s, slots, hidden, gateUp, topkIds, inter),
             Down = DownGemvParams(s, slots, inter, down, topkIds, slotOut, topkWeights, residual, output, tickets),
             Sync = sync,
             TilesPerCta = tilesPerCta,
+            NextTiles = nextTiles,
+            Next = next,
         };
-        int smem = gateUp.Format == WeightFormat.Bf16 ? 0 : Math.Max(s.Hidden, s.Inter) * sizeof(ushort);   // quantized: the staged row
+        int smem = gateUp.Format != WeightFormat.Bf16 ? Math.Max(s.Hidden, s.Inter) * sizeof(ushort)   // quantized: the staged row
+            : nextTiles > 0 ? tokens * (followOn!.Value.K + GemvLaunchers.MmaPadElements) * sizeof(ushort) : 0;   // the follow-on's staged x
         var config = new LaunchConfig(new Dim3((uint)grid), 128, smem, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative)
         {
             TilesInOrder = true,
         };
         Launch(kernels.ExpertsGemv, config, stream, p);
+    }
+
+    /// <summary>
+    /// CTAs per SM of a moe_experts_gemv launch with a follow-on GEMV: 5 (bf16's launch bound is 8). Its CTAs take 64
+    /// registers x 128 threads each, so 5 leave 24 K of an SM's 64 K registers: room for one CTA of the attention that
+    /// follows (128 threads x 168 registers) to run the part before its wait beside the launch's last CTAs.
+    /// </summary>
+    public const int FollowOnCtasPerSm = 5;
+
+    /// <summary>Tokens a follow-on GEMV of moe_experts_gemv takes at most: its 4 warps finish one norm row each.</summary>
+    public const int FollowOnMaxTokens = 4;
+
+    /// <summary>
+    /// Whether moe_experts_gemv can run a follow-on GEMV of <paramref name="n"/> x <paramref name="k"/> bf16 weights with its
+    /// RMSNorm prologue for <paramref name="tokens"/> tokens on <paramref name="sms"/> SMs: at most
+    /// <see cref="FollowOnMaxTokens"/> tokens, and the standalone launch of that GEMV (<see cref="GemvLaunchers.TensorCorePlan"/>
+    /// with the norm prologue) is <c>gemv_bf16_mma</c> with 2 row groups per CTA, so 4 warps per group: the follow-on tile's
+    /// split of K (one group on the CTA's 4 warps), hence its sums bit for bit. That plan also bounds the staged x (44 KiB).
+    /// </summary>
+    public static bool CanFollowOn(int sms, int tokens, int n, int k)
+    {
+        if (tokens < 1 || tokens > FollowOnMaxTokens || n < 1 || k < 1) return false;
+        var plan = GemvLaunchers.TensorCorePlan(sms, tokens, n, k, WeightFormat.Bf16, normPrologue: true);
+        return plan.TensorCores && plan.RowsPerWarp == 2;
     }
 
     /// <summary>moe_experts_gemv's tiles: ceil(I / 8) gate_up tiles and ceil(H / 16) down tiles per slot.</summary>
@@ -292,11 +342,11 @@ public sealed class MoeLaunchers
     /// (at most <see cref="ExpertsGemvCtasPerSm"/> CTAs per SM), the fewest tickets per CTA that covers the tiles, and
     /// the grid shrunk to what that many tickets per CTA needs (so CTAs have equal shares; tickets past the tiles are no work).
     /// </summary>
-    public static (int Grid, int TilesPerCta) ExpertsGemvGrid(int tiles, int sms, WeightFormat format)
+    public static (int Grid, int TilesPerCta) ExpertsGemvGrid(int tiles, int sms, WeightFormat format, bool followOn = false)
     {
         if (tiles <= 0) throw new ArgumentOutOfRangeException(nameof(tiles), $"moe_experts_gemv: {tiles} tiles");
         if (sms <= 0) throw new ArgumentOutOfRangeException(nameof(sms), $"moe_experts_gemv: {sms} SMs");
-        long resident = (long)sms * ExpertsGemvCtasPerSm(format);
+        long resident = (long)sms * (followOn ? FollowOnCtasPerSm : ExpertsGemvCtasPerSm(format));
         int perCta = (int)((tiles + resident - 1) / resident);
         return ((tiles + perCta - 1) / perCta, perCta);
     }
@@ -384,8 +434,16 @@ public sealed class MoeLaunchers
 
     private void Launch<T>(DeviceKernel kernel, in LaunchConfig config, DeviceStream stream, T p) where T : unmanaged
     {
-        var args = new KernelArgs(stackalloc byte[256], stackalloc nint[1]);   // moe_experts_gemv's params: 200 bytes
+        var args = new KernelArgs(stackalloc byte[512], stackalloc nint[1]);   // moe_experts_gemv's params: 328 bytes (4 KiB allowed)
         args.Add(p);
         _device.Launch(kernel, config, stream, args);
     }
 }
+
+/// <summary>
+/// The GEMV that <c>moe_experts_gemv</c> runs after a decode MoE block's experts, in the same launch (kernels/moe_decode.cu,
+/// docs/kernels.md "Persistent launches"): <c>Y[T, N]</c> (row stride <see cref="Ldy"/>) = <c>W[N, K]</c> applied to
+/// <c>RMSNorm(X) * NormWeight</c>, where <c>X[T, K]</c> (row stride <see cref="Ldx"/>) is the block's output: the next
+/// layer's qkv projection with its input norm.
+/// </summary>
+public readonly record struct ExpertsFollowOn(DevicePtr Y, int Ldy, DevicePtr X, int Ldx, DevicePtr W, DevicePtr NormWeight, float Eps, int N, int K);

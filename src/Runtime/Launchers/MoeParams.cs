@@ -81,8 +81,10 @@ public struct MoeExpertsGemvParams
 {
     public MoeGateUpGemvParams GateUp;
     public MoeDownGemvParams Down;
-    public DevicePtr Sync;          // [2 + T*k] int: next tile, exit ticket, gate_up tiles done per slot; zero, left zero
+    public DevicePtr Sync;          // [3 + T*k] int: next tile, exit ticket, gate_up tiles done per slot, down tiles done; zero, left zero
     public int TilesPerCta;         // tickets each CTA takes (grid * TilesPerCta >= the tiles)
+    public int NextTiles;           // follow-on GEMV tiles (8 rows each), 0 for none
+    public GemvParams Next;         // the follow-on GEMV (gemv_bf16_mma's parameters), unused when NextTiles is 0
 }
 
 /// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>

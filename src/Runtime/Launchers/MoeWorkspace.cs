@@ -26,7 +26,7 @@ public readonly record struct MoeWorkspace
     public int Tokens { get; init; }
     public int MaxTiles { get; init; }
     public long DownTickets { get; init; }
-    /// <summary>moe_experts_gemv's counters: next tile, exit ticket, gate_up tiles done per slot (<see cref="ExpertsSyncInts"/>).</summary>
+    /// <summary>moe_experts_gemv's counters: next tile, exit ticket, gate_up tiles done per slot, down tiles done (<see cref="ExpertsSyncInts"/>).</summary>
     public long ExpertsSync { get; init; }
     public long Counters { get; init; }
     /// <summary>End of the tickets at the start of the workspace: zeroed once (<c>MoeLaunchers.ClearTickets</c>), every kernel that takes one leaves it zero.</summary>
@@ -49,8 +49,9 @@ public readonly record struct MoeWorkspace
         return (int)Math.Min(slots, (slots + Math.Min(experts, slots) * (TileRows - 1)) / TileRows);
     }
 
-    /// <summary>Ints of moe_experts_gemv's counters: 2 + one per decode slot, for the most slots a decode step has.</summary>
-    public const int ExpertsSyncInts = 2 + MoeLaunchers.DecodeMaxTokens * MoeLaunchers.MaxTopK;
+    /// <summary>Ints of moe_experts_gemv's counters: next tile, exit ticket, one per decode slot (for the most slots a decode
+    /// step has) and the down tiles done (for a follow-on GEMV).</summary>
+    public const int ExpertsSyncInts = 3 + MoeLaunchers.DecodeMaxTokens * MoeLaunchers.MaxTopK;
 
     /// <summary>Combine tickets of one token in the decode down GEMV: one per block of 16 output rows (its grid's x).</summary>
     public static int DownTicketsPerToken(int hidden) => (hidden + 15) / 16;
