@@ -213,6 +213,31 @@ public class TimingModelTests
         Assert.That(() => StepPredictor.ScaleLayers(p with { Launches = p.Launches.Take(6).ToList() }, 4), Throws.ArgumentException.With.Message.Contains("--scale-layers"));
     }
 
+    /// <summary>
+    /// A step whose last layer alone has other launch shapes (the experts launch "c" of every other layer also runs the next
+    /// layer's qkv projection: a larger grid; the first layer's qkv "q" is a launch of its own, in the prefix): the strict
+    /// split fails, the split with the last layer apart finds it, and scaling repeats the layer before the last and keeps
+    /// the last one last.
+    /// </summary>
+    [Test]
+    public void ScaleLayers_WithTheLastLayerApart_RepeatsTheLayerBeforeIt()
+    {
+        LaunchRecord L(string k, uint grid = 1, long dram = 320) => Launch(grid, 32, dram, 1, kernel: k) with { InGraph = true };
+        var launches = new[] { L("embed"), L("q", 2), L("a"), L("b", 2), L("c", 6, dram: 640), L("a"), L("b", 2), L("c", 4), L("head", 4) };
+        Assert.That(StepPredictor.FindLayers(launches, 2), Is.Null, "the layers' shapes differ");
+        Assert.That(StepPredictor.FindLayers(launches, 2, lastLayerApart: true), Is.EqualTo(((int, int)?)(2, 3)));
+        Assert.That(StepPredictor.FindLayers(launches.Select((l, i) => i == 6 ? l with { Kernel = "x" } : l).ToList(), 2, lastLayerApart: true), Is.Null,
+            "the last layer must still run the same kernels");
+        Assert.That(StepPredictor.FindLayers(launches, 1, lastLayerApart: true), Is.Null, "one layer has nothing apart");
+        var p = StepPredictor.Predict(Toy, "decode", 1, 2, launches, [], _ => new KernelResources(16, 0));
+        var s = StepPredictor.ScaleLayers(p, 4);
+        Assert.That(s.Launches.Select(l => l.Kernel), Is.EqualTo(new[] { "embed", "q" }.Concat(Enumerable.Repeat(new[] { "a", "b", "c" }, 4).SelectMany(x => x)).Concat(["head"])));
+        Assert.That(s.Launches.Where(l => l.Kernel == "c").Select(l => l.Launch.Grid.X), Is.EqualTo(new uint[] { 6, 6, 6, 4 }),
+            "the first layer repeated for all but the last, the last layer as it ran");
+        double Us(int from, int count) => p.Launches.Skip(from).Take(count).Sum(l => l.Microseconds);
+        Near(s.KernelUs, Us(0, 2) + 3 * Us(2, 3) + Us(5, 4), "embed and q, 3 x layer 0, layer 1 and the head");
+    }
+
     /// <summary>The shipped descriptions parse, have the five GPUs, and every number of each has a stated source.</summary>
     [Test]
     public void Catalog_EveryNumberHasASource()

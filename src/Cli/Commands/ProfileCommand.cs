@@ -84,7 +84,7 @@ public static class ProfileCommand
     /// <summary>--what-if persistent: the greedy decode step composed as one persistent launch (<see cref="PersistentWhatIf"/>; not built).</summary>
     private static Option<string?> WhatIfOption() => new("--what-if")
     {
-        Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7)",
+        Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7); that step is measured once more, without the experts' follow-on qkv, so that each kernel is a stage",
         HelpName = "persistent",
         CustomParser = r =>
         {
@@ -130,7 +130,8 @@ public static class ProfileCommand
     /// <param name="prefillChunk">--max-num-batched-tokens: token rows per prefill chunk; null: the prompt, at most
     /// <see cref="PrefillChunkSizing.DefaultMaxChunkTokens"/>, smaller when the memory does not allow it (<see cref="PrefillChunkSizing"/>).</param>
     public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
-        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null, int? maxModelLen = null, bool criticalWarpLines = false)
+        int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null, int? maxModelLen = null, bool criticalWarpLines = false,
+        bool expertsFollowOn = true)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
         if (prefillChunk is < 1 or > PrefillChunkSizing.MaxChunkTokens)
@@ -161,6 +162,7 @@ public static class ProfileCommand
         {
             ContextLength = maxModelLen ?? ctx + 16, MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
             PrefillChunkTokens = prefillChunk ?? Math.Min(tokens, PrefillChunkSizing.DefaultMaxChunkTokens), AutoPrefillChunk = prefillChunk is null,
+            ExpertsFollowOnQkv = expertsFollowOn,
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
@@ -222,7 +224,7 @@ public static class ProfileCommand
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
             if (linesKernel is not null) stdout.Write(CriticalWarpTable(r.Decode, linesKernel));
-            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf, stdout);
+            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf ? WhatIfStages(modelDir, tokens, stderr, utilization, context, gpu, chunk, maxModelLen) : null, stdout);
             return 0;
         }
         if (linesKernel is not null) throw new UsageException("--lines counts instructions on the emulator: give --device emulator");
@@ -250,9 +252,24 @@ public static class ProfileCommand
         stdout.Write(Comparison(measured.SampledDecode, predicted.SampledDecode));
         if (detail)
             foreach (var step in new[] { predicted.Prefill, predicted.Decode, predicted.SampledDecode }) stdout.Write(StepPredictor.TermsTable(step));
-        if (whatIf) stdout.Write(PersistentWhatIf.Report(predicted.Decode, predicted.MinimumDecodeBytes));
-        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, whatIf, stdout);
+        var stages = whatIf ? WhatIfStages(modelDir, tokens, stderr, null, context, gpu, chunk, maxModelLen) : null;
+        if (stages is not null) WriteWhatIf(Predict(stages, gpu), stdout);
+        if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, stages, stdout);
         return 0;
+    }
+
+    /// <summary>
+    /// --what-if persistent composes the decode step's kernels as the stages of one launch. Its stages are the separate
+    /// kernels, the qkv projection one of them, so it is measured again (emulator) without the experts' follow-on qkv
+    /// (DeviceModelOptions.ExpertsFollowOnQkv): inside the experts' launch the qkv weights could not be fetched ahead.
+    /// </summary>
+    private static Result WhatIfStages(string modelDir, int tokens, TextWriter stderr, double? utilization, int? context, GpuSpec gpu, int? chunk, int? maxModelLen) =>
+        Measure(modelDir, BackendKind.Emulator, tokens, stderr, utilization, context, gpu, chunk, maxModelLen, expertsFollowOn: false);
+
+    private static void WriteWhatIf(Predictions p, TextWriter stdout)
+    {
+        stdout.WriteLine("what-if stages: the decode step measured again without the experts' follow-on qkv (each kernel a stage; docs/timing-model.md, section 7)");
+        stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes));
     }
 
     /// <summary>
@@ -284,25 +301,25 @@ public static class ProfileCommand
         catch (ArgumentException e) { throw new UsageException(e.Message); }
     }
 
-    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, bool detail, bool whatIf, TextWriter stdout)
+    private static void WritePredictions(Result r, GpuSpec gpu, int? scaleLayers, bool detail, Result? whatIfStages, TextWriter stdout)
     {
-        void Write(Predictions p)
+        void Write(Predictions p, Predictions? stages)
         {
             stdout.Write(StepPredictor.Table(p.Prefill, $"positions {r.Context - 1 - r.Prefill.Tokens}..{r.Context - 2}", null));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Prefill));
             stdout.Write(StepPredictor.Table(p.Decode, $"context {r.Context}, greedy", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Decode));
-            if (whatIf) stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes));
+            if (stages is not null) WriteWhatIf(stages, stdout);
             stdout.Write(StepPredictor.Table(p.SampledDecode, $"context {r.Context}, {Describe(ProfileSampling)}", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.SampledDecode));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"predicted sampled decode / greedy decode: {p.SampledDecode.TotalUs / p.Decode.TotalUs:F3}x the time ({p.SampledDecode.Layers} layers)"));
         }
-        Write(Predict(r, gpu));
+        Write(Predict(r, gpu), whatIfStages is null ? null : Predict(whatIfStages, gpu));
         if (scaleLayers is int n && n != r.Plan.Config.NumHiddenLayers)
         {
             stdout.WriteLine($"scaled from {r.Plan.Config.NumHiddenLayers} to {n} layers (the layers' launches repeated; predicted):");
-            Write(Predict(r, gpu, n));
+            Write(Predict(r, gpu, n), whatIfStages is null ? null : Predict(whatIfStages, gpu, n));
         }
     }
 

@@ -91,19 +91,23 @@ public static class StepPredictor
     /// <summary>
     /// Finds the layers in a step's launches: the smallest prefix p and the largest n such that <paramref name="layers"/>
     /// consecutive runs of n launches starting at p have the same kernels, grids, blocks and shared memory. Null when there
-    /// is no such split (layers of different shapes).
+    /// is no such split (layers of different shapes). <paramref name="lastLayerApart"/>: the last run need only have the same
+    /// kernels and blocks as the others (its grids and shared memory may differ: a decode step whose experts launch runs the
+    /// next layer's qkv projection, which the last layer has not; docs/timing-model.md, "One step").
     /// </summary>
-    public static (int Prefix, int PerLayer)? FindLayers(IReadOnlyList<LaunchRecord> launches, int layers)
+    public static (int Prefix, int PerLayer)? FindLayers(IReadOnlyList<LaunchRecord> launches, int layers, bool lastLayerApart = false)
     {
-        if (layers < 1) return null;
+        if (layers < 1 || (lastLayerApart && layers < 2)) return null;
         static bool Same(LaunchRecord a, LaunchRecord b) =>
             a.Kernel == b.Kernel && a.Grid == b.Grid && a.Block == b.Block && a.DynamicSharedBytes == b.DynamicSharedBytes;
+        static bool SameKernel(LaunchRecord a, LaunchRecord b) => a.Kernel == b.Kernel && a.Block == b.Block;
         for (int p = 0; p < launches.Count; p++)
             for (int n = (launches.Count - p) / layers; n >= 1; n--)
             {
                 bool ok = true;
                 for (int l = 1; l < layers && ok; l++)
-                    for (int i = 0; i < n && ok; i++) ok = Same(launches[p + i], launches[p + l * n + i]);
+                    for (int i = 0; i < n && ok; i++)
+                        ok = lastLayerApart && l == layers - 1 ? SameKernel(launches[p + i], launches[p + l * n + i]) : Same(launches[p + i], launches[p + l * n + i]);
                 if (ok) return (p, n);
             }
         return null;
@@ -113,6 +117,9 @@ public static class StepPredictor
     /// The step with <paramref name="layers"/> decoder layers instead of the <see cref="StepPrediction.Layers"/> it ran:
     /// the launches before and after the layers are kept, the slice's layers (with the memsets and copies among them) kept as
     /// they ran and its last layer repeated for the rest (the first layer follows the prefix, every later one a layer). For a slice of a model (its layers have the same shapes) profiled at the same context length.
+    /// When only the slice's last layer has other launch shapes (<see cref="FindLayers"/> with the last layer apart: the
+    /// experts launch of every other layer also runs the next layer's qkv projection), the layer before it is repeated and
+    /// the last layer stays last.
     /// The launches are predicted again in their new order, so a programmatic launch overlaps the launch now before it
     /// (the first layer's first kernel the prefix's last, every other layer's the previous layer's last).
     /// </summary>
@@ -121,9 +128,11 @@ public static class StepPredictor
         if (layers < 1) throw new ArgumentException($"--scale-layers must be at least 1, got {layers}");
         if (layers == p.Layers) return p;
         var records = p.Launches.Select(l => l.Launch).ToList();
-        var split = FindLayers(records, p.Layers)
-            ?? throw new ArgumentException($"{p.Name}: cannot split the step's {records.Count} launches into {p.Layers} layers of the same kernels and shapes; --scale-layers needs a model whose layers are alike");
-        (int prefix, int n) = split;
+        var split = FindLayers(records, p.Layers);
+        bool lastApart = split is null && (split = FindLayers(records, p.Layers, lastLayerApart: true)) is not null;
+        if (split is null)
+            throw new ArgumentException($"{p.Name}: cannot split the step's {records.Count} launches into {p.Layers} layers of the same kernels and shapes; --scale-layers needs a model whose layers are alike");
+        (int prefix, int n) = split.Value;
         int end = prefix + p.Layers * n;
         int Segment(int launchesBefore) => launchesBefore < prefix ? -1 : launchesBefore >= end ? p.Layers : (launchesBefore - prefix) / n;
         // operations keep their place among the launches: LaunchesBefore moves with their segment
@@ -133,7 +142,8 @@ public static class StepPredictor
         {
             // the slice's layers as they ran, then its last layer repeated: the first layer is special (it follows the
             // prefix, e.g. nothing fetched ahead for it), every later layer follows a layer like the last one does
-            int src = Math.Min(l, p.Layers - 1);
+            // (with the last layer apart: the one before it repeated, the slice's last layer as the last)
+            int src = !lastApart ? Math.Min(l, p.Layers - 1) : l == layers - 1 ? p.Layers - 1 : Math.Min(l, p.Layers - 2);
             launches.AddRange(p.Launches.Skip(prefix + src * n).Take(n));
             ops.AddRange(p.Operations.Where(o => Segment(o.LaunchesBefore) == src).Select(o => o with { LaunchesBefore = o.LaunchesBefore + (l - src) * n }));
         }
