@@ -60,8 +60,7 @@ public class ProfilePredictTests
         var whatIf = stdout.Split('\n').Where(l => l.StartsWith("WHAT-IF, NOT BUILT, PREDICTED by the timing model: the decode step's ", StringComparison.Ordinal)).ToList();
         Assert.That(whatIf, Has.Count.EqualTo(2), "one what-if per greedy decode prediction (the slice's and the scaled one)");
         Assert.That(whatIf, Has.All.Contain("as the stages of one persistent launch on NVIDIA A100-SXM4-80GB").And.Contain("lookahead 16.0 MiB (l2PersistingBytes)"));
-        Assert.That(stdout.Split('\n').Count(l => l.StartsWith("what-if stages: the decode step measured again without the experts' follow-on qkv", StringComparison.Ordinal)), Is.EqualTo(2),
-            "each what-if says which step it composes");
+        Assert.That(stdout, Does.Not.Contain("what-if stages:"), "the tiny model has no follow-on qkv: the step measured is the one composed");
         Assert.That(stdout, Does.Contain("what-if step: launch ").And.Contain("of the roofline (the multi-kernel step as predicted: "));
         // every table line that carries a time is under a heading that says predicted (and names the assumption)
         foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))

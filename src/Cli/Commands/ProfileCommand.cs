@@ -84,7 +84,7 @@ public static class ProfileCommand
     /// <summary>--what-if persistent: the greedy decode step composed as one persistent launch (<see cref="PersistentWhatIf"/>; not built).</summary>
     private static Option<string?> WhatIfOption() => new("--what-if")
     {
-        Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7); that step is measured once more, without the experts' follow-on qkv, so that each kernel is a stage",
+        Description = "With a prediction: 'persistent' also predicts the greedy decode step's kernels as the stages of one persistent launch (not built: docs/timing-model.md, section 7); with the experts' follow-on qkv on (QWEN3CUDA_EXPERTS_FOLLOW_ON=1), that step is measured once more without it, so that each kernel is a stage",
         HelpName = "persistent",
         CustomParser = r =>
         {
@@ -112,7 +112,11 @@ public static class ProfileCommand
     }
 
     /// <summary>The result of <see cref="Measure"/>: both steps, the decode minimum and where they ran.</summary>
-    public sealed record Result(StepProfile Prefill, StepProfile Decode, StepProfile SampledDecode, long MinimumDecodeBytes, bool Emulator, int Context, MemoryPlan Plan, string DeviceName);
+    public sealed record Result(StepProfile Prefill, StepProfile Decode, StepProfile SampledDecode, long MinimumDecodeBytes, bool Emulator, int Context, MemoryPlan Plan, string DeviceName)
+    {
+        /// <summary>Measured again for --what-if persistent, without the experts' follow-on qkv (<see cref="WhatIfStages"/>).</summary>
+        public bool WhatIfRemeasured { get; init; }
+    }
 
     /// <summary>The sampled decode step's settings: Qwen3's recommended thinking-mode sampling (temperature 0.6, top-k 20, top-p 0.95).</summary>
     public static readonly Runtime.Launchers.SamplingSettings ProfileSampling = new(Temperature: 0.6f, TopK: 20, TopP: 0.95f, MinP: 0f, Seed: 1);
@@ -131,7 +135,7 @@ public static class ProfileCommand
     /// <see cref="PrefillChunkSizing.DefaultMaxChunkTokens"/>, smaller when the memory does not allow it (<see cref="PrefillChunkSizing"/>).</param>
     public static Result Measure(string modelDir, BackendKind backend, int tokens, TextWriter? log = null, double? utilization = null,
         int? context = null, GpuSpec? emulateAs = null, int? prefillChunk = null, int? maxModelLen = null, bool criticalWarpLines = false,
-        bool expertsFollowOn = true)
+        bool? expertsFollowOn = null)
     {
         if (tokens < 1) throw new UsageException($"--n-prompt must be at least 1, got {tokens}");
         if (prefillChunk is < 1 or > PrefillChunkSizing.MaxChunkTokens)
@@ -162,7 +166,7 @@ public static class ProfileCommand
         {
             ContextLength = maxModelLen ?? ctx + 16, MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
             PrefillChunkTokens = prefillChunk ?? Math.Min(tokens, PrefillChunkSizing.DefaultMaxChunkTokens), AutoPrefillChunk = prefillChunk is null,
-            ExpertsFollowOnQkv = expertsFollowOn,
+            ExpertsFollowOnQkv = expertsFollowOn ?? DeviceModelOptions.ExpertsFollowOnFromEnvironment(),
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;
@@ -224,7 +228,7 @@ public static class ProfileCommand
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
             if (linesKernel is not null) stdout.Write(CriticalWarpTable(r.Decode, linesKernel));
-            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf ? WhatIfStages(modelDir, tokens, stderr, utilization, context, gpu, chunk, maxModelLen) : null, stdout);
+            if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf ? WhatIfStages(r, modelDir, tokens, stderr, utilization, context, gpu, chunk, maxModelLen) : null, stdout);
             return 0;
         }
         if (linesKernel is not null) throw new UsageException("--lines counts instructions on the emulator: give --device emulator");
@@ -252,23 +256,27 @@ public static class ProfileCommand
         stdout.Write(Comparison(measured.SampledDecode, predicted.SampledDecode));
         if (detail)
             foreach (var step in new[] { predicted.Prefill, predicted.Decode, predicted.SampledDecode }) stdout.Write(StepPredictor.TermsTable(step));
-        var stages = whatIf ? WhatIfStages(modelDir, tokens, stderr, null, context, gpu, chunk, maxModelLen) : null;
-        if (stages is not null) WriteWhatIf(Predict(stages, gpu), stdout);
+        var stages = whatIf ? WhatIfStages(emulated, modelDir, tokens, stderr, null, context, gpu, chunk, maxModelLen) : null;
+        if (stages is not null) WriteWhatIf(stages, Predict(stages, gpu), stdout);
         if (scaleLayers is not null) WritePredictions(emulated, gpu, scaleLayers, detail, stages, stdout);
         return 0;
     }
 
     /// <summary>
     /// --what-if persistent composes the decode step's kernels as the stages of one launch. Its stages are the separate
-    /// kernels, the qkv projection one of them, so it is measured again (emulator) without the experts' follow-on qkv
-    /// (DeviceModelOptions.ExpertsFollowOnQkv): inside the experts' launch the qkv weights could not be fetched ahead.
+    /// kernels, the qkv projection one of them: a step measured with the experts' follow-on qkv
+    /// (DeviceModelOptions.ExpertsFollowOnQkv) is measured again (emulator) without it, since inside the experts' launch the
+    /// qkv weights could not be fetched ahead. Otherwise the step measured is the one composed.
     /// </summary>
-    private static Result WhatIfStages(string modelDir, int tokens, TextWriter stderr, double? utilization, int? context, GpuSpec gpu, int? chunk, int? maxModelLen) =>
-        Measure(modelDir, BackendKind.Emulator, tokens, stderr, utilization, context, gpu, chunk, maxModelLen, expertsFollowOn: false);
+    private static Result WhatIfStages(Result measured, string modelDir, int tokens, TextWriter stderr, double? utilization, int? context, GpuSpec gpu, int? chunk, int? maxModelLen) =>
+        measured.Plan.Options.ExpertsFollowOnQkv
+            ? Measure(modelDir, BackendKind.Emulator, tokens, stderr, utilization, context, gpu, chunk, maxModelLen, expertsFollowOn: false) with { WhatIfRemeasured = true }
+            : measured;
 
-    private static void WriteWhatIf(Predictions p, TextWriter stdout)
+    private static void WriteWhatIf(Result stages, Predictions p, TextWriter stdout)
     {
-        stdout.WriteLine("what-if stages: the decode step measured again without the experts' follow-on qkv (each kernel a stage; docs/timing-model.md, section 7)");
+        if (stages.WhatIfRemeasured)
+            stdout.WriteLine("what-if stages: the decode step measured again without the experts' follow-on qkv (each kernel a stage; docs/timing-model.md, section 7)");
         stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes));
     }
 
@@ -305,11 +313,12 @@ public static class ProfileCommand
     {
         void Write(Predictions p, Predictions? stages)
         {
+            var stagesRun = whatIfStages;
             stdout.Write(StepPredictor.Table(p.Prefill, $"positions {r.Context - 1 - r.Prefill.Tokens}..{r.Context - 2}", null));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Prefill));
             stdout.Write(StepPredictor.Table(p.Decode, $"context {r.Context}, greedy", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Decode));
-            if (stages is not null) WriteWhatIf(stages, stdout);
+            if (stages is not null && stagesRun is not null) WriteWhatIf(stagesRun, stages, stdout);
             stdout.Write(StepPredictor.Table(p.SampledDecode, $"context {r.Context}, {Describe(ProfileSampling)}", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.SampledDecode));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -52,10 +52,19 @@ public sealed record DeviceModelOptions
     /// <summary>
     /// On a MoE decode step of at most 4 rows, the decode experts launch also runs the next layer's qkv projection (with its
     /// input RMSNorm) as its last tiles, when that GEMV's weights are bf16 and its shape qualifies
-    /// (<c>MoeLaunchers.CanFollowOn</c>): one launch less per layer, and the qkv weights start streaming while the experts'
-    /// last tiles run (docs/kernels.md, "Persistent launches"). Results are the same bits either way. On by default.
+    /// (<c>MoeLaunchers.CanFollowOn</c>): one launch less per layer, and the qkv weights stream while the experts' last tiles
+    /// run (docs/kernels.md, "Persistent launches"). Results are the same bits either way. Off by default: the qkv tiles
+    /// can start their arithmetic only after every down tile, so their norm and product run after the weight stream
+    /// instead of under it, which by the timing model's own constants costs more than the launch gap and DRAM latency it
+    /// saves (docs/timing-model.md, section 7, "An in-launch boundary"); a GPU measurement decides. On when
+    /// <see cref="ExpertsFollowOnEnvironmentVariable"/> is "1" or "true".
     /// </summary>
-    public bool ExpertsFollowOnQkv { get; init; } = true;
+    public bool ExpertsFollowOnQkv { get; init; } = ExpertsFollowOnFromEnvironment();
+    public const string ExpertsFollowOnEnvironmentVariable = "QWEN3CUDA_EXPERTS_FOLLOW_ON";
+
+    /// <summary>QWEN3CUDA_EXPERTS_FOLLOW_ON is "1" or "true" (any case).</summary>
+    public static bool ExpertsFollowOnFromEnvironment() =>
+        Environment.GetEnvironmentVariable(ExpertsFollowOnEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),
