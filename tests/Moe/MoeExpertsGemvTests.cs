@@ -263,5 +263,19 @@ public class MoeExpertsGemvTests
             Throws.ArgumentException.With.Message.Contains("counters (sync)"));
         Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16 with { Format = WeightFormat.Int8Channel }, p, p, p, p, DevicePtr.Null, p, p, p),
             Throws.ArgumentException.With.Message.Contains("one launch takes one format"));
+        // the follow-on GEMV: bf16 experts only, reading the block's output, of a shape CanFollowOn admits
+        var q = p + (1 << 19);   // another buffer: the output below
+        var fo = new ExpertsFollowOn(p, 40 * 132, q, s.Hidden, p, p, 1e-6f, 40 * 132, s.Hidden);
+        var int8 = bf16 with { Format = WeightFormat.Int8Channel };
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, int8, int8, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo),
+            Throws.ArgumentException.With.Message.Contains("follow-on GEMV runs only with bf16 experts"));
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, p, p, followOn: fo),
+            Throws.ArgumentException.With.Message.Contains("reads the block's output"));
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo with { NormWeight = DevicePtr.Null }),
+            Throws.ArgumentException.With.Message.Contains("needs y, x, its weight and its norm weight"));
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo with { N = 64, Ldy = 64 }),
+            Throws.ArgumentException.With.Message.Contains("does not qualify (CanFollowOn)"));
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 5, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo),
+            Throws.ArgumentException.With.Message.Contains("5 token(s)"));
     }
 }

@@ -262,6 +262,8 @@ public sealed class MoeLaunchers
             throw new ArgumentException("moe_experts_gemv: needs tickets, counters (sync), routing weights and an output");
         if (gateUp.Format != down.Format)
             throw new ArgumentException($"moe_experts_gemv: gate_up is {gateUp.Format.Name()} but down is {down.Format.Name()}; one launch takes one format");
+        if (followOn is not null && gateUp.Format != WeightFormat.Bf16)
+            throw new ArgumentException($"moe_experts_gemv: a follow-on GEMV runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(followOn));
         var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: true);
         WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
@@ -272,10 +274,10 @@ public sealed class MoeLaunchers
         var next = default(GemvParams);
         if (followOn is { } f)
         {
-            if (gateUp.Format != WeightFormat.Bf16)
-                throw new ArgumentException($"moe_experts_gemv: a follow-on GEMV runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(followOn));
             if (f.Y.IsNull || f.X.IsNull || f.W.IsNull || f.NormWeight.IsNull)
                 throw new ArgumentException("moe_experts_gemv: the follow-on GEMV needs y, x, its weight and its norm weight", nameof(followOn));
+            if (f.X != output || f.K != s.Hidden)
+                throw new ArgumentException($"moe_experts_gemv: the follow-on GEMV reads the block's output (x must be the output pointer, K {f.K} the hidden size {s.Hidden})", nameof(followOn));
             if (f.Ldx < f.K || f.Ldy < f.N || f.Ldx % 8 != 0)
                 throw new ArgumentException($"moe_experts_gemv: follow-on strides ldx {f.Ldx} (a multiple of 8, at least K {f.K}) and ldy {f.Ldy} (at least N {f.N})", nameof(followOn));
             if (!CanFollowOn(sms, tokens, f.N, f.K))
