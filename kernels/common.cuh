@@ -152,6 +152,28 @@ __device__ __forceinline__ void pdl_launch_dependents()
 #endif
 }
 
+// Dependency counters between the tiles of one launch (docs/kernels.md, "Persistent launches"). counter_release: after
+// the CTA's writes (the barrier), thread 0 fences and adds 1. counter_wait: thread 0 polls until *counter reaches target
+// (a volatile load, backing off), then fences, so the CTA's later reads come after what the releasing CTAs wrote before
+// their fence; the barrier hands that to the whole CTA. Every thread of the CTA calls either.
+__device__ __forceinline__ void counter_release(int* counter)
+{
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1);
+    }
+}
+
+__device__ __forceinline__ void counter_wait(const int* counter, int target)
+{
+    if (threadIdx.x == 0) {
+        while (*(volatile const int*)counter < target) __nanosleep(32);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
 // Asks the L2 to fetch the 128-byte line holding `p` (no register result, nothing to wait for).
 __device__ __forceinline__ void prefetch_l2(const void* p)
 {

@@ -418,36 +418,18 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
         if (cur.kind == EXPERTS_GATE_UP) {
             if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.slot, cur.block);
             else gate_up_tile_quant<QF>(p.gate_up, cur.slot, cur.block);
-            __syncthreads();                               // every column of the tile written
-            if (threadIdx.x == 0) {
-                __threadfence();
-                atomicAdd(&p.sync[2 + cur.slot], 1);
-            }
+            counter_release(&p.sync[2 + cur.slot]);        // its barrier: every column of the tile written
         } else if (cur.kind == EXPERTS_DOWN) {
-            if (threadIdx.x == 0) {
-                while (*(volatile const int*)&p.sync[2 + cur.slot] < experts_gu_blocks(p)) __nanosleep(32);
-                __threadfence();
-            }
-            __syncthreads();
+            counter_wait(&p.sync[2 + cur.slot], experts_gu_blocks(p));
             if constexpr (QF == 0) down_tile<true>(p.down, cur.slot, cur.block);
             else down_tile_quant<QF, true>(p.down, cur.slot, cur.block);
-            if (p.next_tiles > 0) {                        // release for the follow-on tiles: every row of the tile (and
-                __syncthreads();                           // of its combine, if this was the block's last) written
-                if (threadIdx.x == 0) {
-                    __threadfence();
-                    atomicAdd(&p.sync[2 + p.gate_up.slots], 1);
-                }
-            }
+            // release for the follow-on tiles: every row of the tile (and of its combine, if it was the block's last) written
+            if (p.next_tiles > 0) counter_release(&p.sync[2 + p.gate_up.slots]);
         } else if (cur.kind == EXPERTS_NEXT) {
             if constexpr (QF == 0) {
                 extern __shared__ uint4 next_x_s[];        // [T][K + GEMV_MMA_PAD] bf16: the staged, normalised x
                 __shared__ float next_red_s[4][8][8], next_nred_s[GEMV_MMA_MAX_TOKENS][32], next_inv_s[GEMV_MMA_MAX_TOKENS];
-                if (threadIdx.x == 0) {
-                    const int down_tiles = experts_dn_blocks(p) * p.gate_up.slots;
-                    while (*(volatile const int*)&p.sync[2 + p.gate_up.slots] < down_tiles) __nanosleep(32);
-                    __threadfence();
-                }
-                __syncthreads();
+                counter_wait(&p.sync[2 + p.gate_up.slots], experts_dn_blocks(p) * p.gate_up.slots);
                 gemv_mma_tile<GEMV_THREADS / 32, true>(p.next, cur.block * 8, 1, next_x_s, next_red_s, next_nred_s, next_inv_s);
             }
         }

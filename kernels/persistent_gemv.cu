@@ -30,17 +30,6 @@ struct PersistentGemvParams {
     int rows_per_warp;        // 1 .. 8: a tile is 8 * rows_per_warp rows
 };
 
-// Thread 0 waits until *counter reaches target (a volatile poll, backing off), then the fence orders the tile's later
-// reads after what the releasing CTAs wrote before their fence; the barrier hands that to the whole CTA.
-__device__ __forceinline__ void pgemv_wait(const int* counter, int target)
-{
-    if (threadIdx.x == 0) {
-        while (*(volatile const int*)counter < target) __nanosleep(32);
-        __threadfence();
-    }
-    __syncthreads();
-}
-
 extern "C" __global__ void __launch_bounds__(PGEMV_THREADS) persistent_gemv_chain(PersistentGemvParams p)
 {
     extern __shared__ float4 x_s[];                        // [2][dim / 8] (stage_chunk)
@@ -59,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(PGEMV_THREADS) persistent_gemv_chai
         const int row_base = (tile - s * tiles_per_stage) * rows_tile, rows_here = min(rows_tile, p.dim - row_base);
         const bf16* w = p.w[s];
         prefetch_l2_rows(w, row_base, row_base + rows_here, (size_t)p.dim * 2, 0, (size_t)p.dim * 2);
-        if (s > 0) pgemv_wait(&p.counters[2 + s - 1], tiles_per_stage);
+        if (s > 0) counter_wait(&p.counters[2 + s - 1], tiles_per_stage);
         const bf16* x = p.act + (size_t)s * p.dim;
         for (int c = tid; c < chunks; c += PGEMV_THREADS)
             stage_chunk(x_s, 0, c, chunks, __ldcg(reinterpret_cast<const uint4*>(x) + c));   // another CTA wrote it: L2, not L1
@@ -75,11 +64,7 @@ extern "C" __global__ void __launch_bounds__(PGEMV_THREADS) persistent_gemv_chai
         __syncthreads();
         bf16* y = p.act + (size_t)(s + 1) * p.dim;
         for (int i = tid; i < rows_here; i += PGEMV_THREADS) y[row_base + i] = f32_to_bf16(round_bf16(y_s[i]));
-        __syncthreads();                                    // every row written (and tile_s, x_s, y_s free for the next tile)
-        if (tid == 0) {
-            __threadfence();
-            atomicAdd(&p.counters[2 + s], 1);
-        }
+        counter_release(&p.counters[2 + s]);                // its barrier: every row written (and tile_s, x_s, y_s free)
     }
     if (tid == 0) {
         __threadfence();

@@ -313,12 +313,11 @@ public static class ProfileCommand
     {
         void Write(Predictions p, Predictions? stages)
         {
-            var stagesRun = whatIfStages;
             stdout.Write(StepPredictor.Table(p.Prefill, $"positions {r.Context - 1 - r.Prefill.Tokens}..{r.Context - 2}", null));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Prefill));
             stdout.Write(StepPredictor.Table(p.Decode, $"context {r.Context}, greedy", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.Decode));
-            if (stages is not null && stagesRun is not null) WriteWhatIf(stagesRun, stages, stdout);
+            if (stages is not null) WriteWhatIf(whatIfStages!, stages, stdout);
             stdout.Write(StepPredictor.Table(p.SampledDecode, $"context {r.Context}, {Describe(ProfileSampling)}", p.MinimumDecodeBytes));
             if (detail) stdout.Write(StepPredictor.TermsTable(p.SampledDecode));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
