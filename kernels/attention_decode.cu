@@ -30,7 +30,7 @@
 //   Output: splits == 1 writes bf16 `out` directly; otherwise the normalised fp32 partial output
 //   [seqs, nH, splits, D] and its log2-sum-exp [seqs, nH, splits] (-inf for an empty range).
 // attn_decode_combine: grid (seqs, nH), 256 threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16;
-//   warp w sums splits w, w + 8, ... (8 splits' loads per round trip), the 8 warp sums added in a fixed order.
+//   thread d sums output dim d over the splits in split order (8 splits' loads per round trip).
 //   Launched with programmatic dependent launch: pdl_wait() first, nothing before it.
 // Bytes moved: len * nKV * D * 2 * 2 (K and V, read once) + q + out + partials (splits * nH * (D+1) * 4 * 2).
 // attn_decode_fused (below): the decode step's single attention node, rope.cu's prologue before the split loop and the
@@ -580,16 +580,15 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
                             -1, nullptr, nullptr);
 }
 
-// Combine: grid (seqs, nH), 256 threads. All threads find the largest lse over the splits; warp w then sums splits
-// w, w + 8, ... (lane owns dims DEC_DIM0(lane) .. + DEC_E, unrolled so several splits' loads share a round trip),
-// and the 8 warps' sums are added in a fixed order: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16.
+// Combine: grid (seqs, nH), 256 threads. All threads find the largest lse over the splits (exact in any order); thread
+// d then owns output dim d and sums the splits in split order, out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16,
+// an empty split (lse -inf, partial 0) skipped: the serial order attn_decode_fused's last CTA uses too (fused_combine), so
+// the two are bitwise equal. The loop is unrolled so several splits' loads share a round trip.
 #define COMB_THREADS 256
 #define COMB_WARPS (COMB_THREADS / 32)
 extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(AttnDecodeParams p)
 {
     __shared__ float red_s[COMB_WARPS];
-    __shared__ float num_s[COMB_WARPS][HEAD_DIM];
-    __shared__ float den_s[COMB_WARPS];
     const int seq = blockIdx.x, head = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     pdl_wait();                              // everything it reads is the split kernel's (docs/kernels.md, PDL)
     pdl_launch_dependents();
@@ -604,42 +603,19 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
     mx = red_s[0];
 #pragma unroll
     for (int w = 1; w < COMB_WARPS; w++) mx = fmaxf(mx, red_s[w]);
-
-    float num[DEC_E], den = 0.f;
-#pragma unroll
-    for (int e = 0; e < DEC_E; e++) num[e] = 0.f;
-    if (mx > -QC_INF) {
-#pragma unroll 8
-        for (int s = warp; s < splits; s += COMB_WARPS) {
-            const float lse = p.partial_lse[row0 + s];
-            const float* o = p.partial_out + (row0 + s) * HEAD_DIM + DEC_DIM0(lane);
-            float v[DEC_E];
-#if DEC_E == 1
-            v[0] = o[0];
-#else
-#pragma unroll
-            for (int e = 0; e < DEC_E; e += 2) {
-                const float2 t = *reinterpret_cast<const float2*>(o + e);
-                v[e] = t.x;
-                v[e + 1] = t.y;
-            }
-#endif
-            const float w = lse == -QC_INF ? 0.f : exp2f(lse - mx);   // an empty split's partial is 0
-            den += w;
-#pragma unroll
-            for (int e = 0; e < DEC_E; e++) num[e] += w * v[e];
-        }
-    }
-    if (DEC_STORES(lane)) {
-#pragma unroll
-        for (int e = 0; e < DEC_E; e++) num_s[warp][DEC_DIM0(lane) + e] = num[e];
-    }
-    if (lane == 0) den_s[warp] = den;
-    __syncthreads();
     for (int d = tid; d < HEAD_DIM; d += COMB_THREADS) {
         float n = 0.f, z = 0.f;
-#pragma unroll
-        for (int w = 0; w < COMB_WARPS; w++) { n += num_s[w][d]; z += den_s[w]; }
+        if (mx > -QC_INF) {
+#pragma unroll 8
+            for (int s = 0; s < splits; s++) {
+                const float lse = p.partial_lse[row0 + s];
+                const float v = p.partial_out[(row0 + s) * HEAD_DIM + d];
+                if (lse == -QC_INF) continue;             // an empty split: no weight, its partial is 0
+                const float w = exp2f(lse - mx);
+                z += w;
+                n = fmaf(w, v, n);
+            }
+        }
         p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(z > 0.f ? n / z : 0.f);
     }
 }
@@ -734,52 +710,36 @@ template <> struct CombVec<4> {
     }
 };
 
-// The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order. That kernel's warp vw sums
-// splits vw, vw + 8, ... (p_vw, from 0) and the output is (((0 + p_0) + p_1) + ... + p_7) / (the same of the weights).
-// Here thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the splits
-// in that vw-major order, 8 splits' loads per round trip, adding p_vw to its total when vw's last split is in; it sums
-// the weights the same way, so each owner has its head's denominator without another pass. The order is a table in
-// shared memory (order_s[i]: the split at position i, COMB_LAST set on the last split of its vw), built by 8 threads
-// without a division. A split with lse -inf is empty (its partial is 0: skipping its product changes no bit). w_s (the
-// tile buffers, free now): the weights 2^(lse - max), -1 for a skipped split, computed where the lse were loaded (each
-// head's max by shuffles within its 16 threads: no integer division, no shared-memory pass, one barrier).
-#define COMB_LAST 0x10000
-__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, int S, float* w_s, int* order_s)
+// The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order (split order, empty splits
+// skipped). Thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the
+// splits in order, 8 splits' loads per round trip, summing the weights alongside so each owner has its head's
+// denominator without another pass. w_s (the tile buffers, free now): the weights 2^(lse - max), -1 for an empty split,
+// computed where the lse were loaded (each head's max by shuffles within its 16 threads: no shared-memory pass, one
+// barrier).
+__device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, int S, float* w_s)
 {
     const int tid = threadIdx.x;
     const int stride = p.splits;                     // S of the row's splits, at the grid's stride
     const size_t head0 = (size_t)seq * p.num_q_heads + (size_t)kvh * group;    // the group's first row of [seqs * nH]
-    // vw-major order: the first S % 8 of attn_decode_combine's warps have q + 1 splits, the others q; thread vw < 8 writes
-    // its warp's entries (no division: S / 8 and S % 8 are shifts)
-    static_assert(FUSED_MAX_COMBINE_SPLITS <= 8 * 8, "at most 8 splits per vw: one short loop per thread");
-    if (tid < 8) {
-        const int q = S >> 3, r = S & 7, vw = tid;
-        const int count = q + (vw < r ? 1 : 0), start = vw * q + min(vw, r);
-        for (int k = 0; k < count; k++) order_s[start + k] = (vw + 8 * k) | (k == count - 1 ? COMB_LAST : 0);
-    }
-    __syncthreads();
     const int h = tid >> 4, l = tid & 15;
     const bool owner = h < group;
     const float* base = p.partial_out + (head0 + (owner ? h : 0)) * stride * HEAD_DIM + l * COMB_VEC;
     float v[8][COMB_CHUNKS][COMB_VEC];
-    int o[8];
-    // Loads the partials of splits i0 .. i0 + 7 (vw-major); every split wrote its partial (0 when empty), so the loads
-    // need no weight and the first batch goes out with the lse loads.
-    auto load_batch = [&](int i0) {
+    // Loads the partials of splits s0 .. s0 + 7; every split wrote its partial (0 when empty), so the loads need no
+    // weight and the first batch goes out with the lse loads.
+    auto load_batch = [&](int s0) {
+        const float* src = base + (size_t)s0 * HEAD_DIM;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            o[j] = 0;
-            if (!owner || i0 + j >= S) continue;
-            o[j] = order_s[i0 + j];
-            const float* src = base + (size_t)(o[j] & (COMB_LAST - 1)) * HEAD_DIM;
+            if (!owner || s0 + j >= S) continue;
 #pragma unroll
-            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(src + c * 16 * COMB_VEC, v[j][c]);
+            for (int c = 0; c < COMB_CHUNKS; c++) CombVec<COMB_VEC>::load(src + j * HEAD_DIM + c * 16 * COMB_VEC, v[j][c]);
         }
     };
     load_batch(0);
     // The weights 2^(lse - max) of head h: its 16 threads hold the lse of splits l, l + 16, ... in registers, take the
     // head's largest over the 16 lanes (xor shuffles below 16 stay in the half warp) and write w_s[h * S + split]
-    // (-1: an empty split, skipped). The max is exact in any order, so the weights are the same bits as a serial pass.
+    // (-1: an empty split, skipped). The max is exact in any order, so the weights are attn_decode_combine's bits.
     static_assert(FUSED_MAX_COMBINE_SPLITS <= 64 && DEC_THREADS / 16 >= DEC_MAX_GROUP, "16 threads per head, 4 splits each");
     float lse[4], mx = -QC_INF;
 #pragma unroll
@@ -799,32 +759,23 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
     __syncthreads();
     if (!owner) return;
     const float* w_h = w_s + h * S;
-    float n[COMB_CHUNKS][COMB_VEC], pp[COMB_CHUNKS][COMB_VEC], z = 0.f, zz = 0.f;
+    float n[COMB_CHUNKS][COMB_VEC], z = 0.f;
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
-        for (int e = 0; e < COMB_VEC; e++) { n[c][e] = 0.f; pp[c][e] = 0.f; }
-    for (int i0 = 0; i0 < S; i0 += 8) {
-        if (i0 > 0) load_batch(i0);
+        for (int e = 0; e < COMB_VEC; e++) n[c][e] = 0.f;
+    for (int s0 = 0; s0 < S; s0 += 8) {
+        if (s0 > 0) load_batch(s0);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            if (i0 + j >= S) break;
-            const float w = w_h[o[j] & (COMB_LAST - 1)];
-            if (w >= 0.f) {
-                zz += w;
+            if (s0 + j >= S) break;
+            const float w = w_h[s0 + j];
+            if (w < 0.f) continue;                   // empty
+            z += w;
 #pragma unroll
-                for (int c = 0; c < COMB_CHUNKS; c++)
+            for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
-                    for (int e = 0; e < COMB_VEC; e++) pp[c][e] += w * v[j][c][e];
-            }
-            if (o[j] & COMB_LAST) {
-                z += zz;
-                zz = 0.f;
-#pragma unroll
-                for (int c = 0; c < COMB_CHUNKS; c++)
-#pragma unroll
-                    for (int e = 0; e < COMB_VEC; e++) { n[c][e] += pp[c][e]; pp[c][e] = 0.f; }
-            }
+                for (int e = 0; e < COMB_VEC; e++) n[c][e] = fmaf(w, v[j][c][e], n[c][e]);
         }
     }
     bf16* out = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
@@ -841,7 +792,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     __shared__ __align__(16) bf16 knew_s[HEAD_DIM];
     __shared__ __align__(16) bf16 vnew_s[HEAD_DIM];
     __shared__ float cos_s[HEAD_DIM / 2], sin_s[HEAD_DIM / 2];
-    __shared__ int order_s[FUSED_MAX_COMBINE_SPLITS];
     __shared__ int is_last;
 
     int split, kvh;
@@ -963,6 +913,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_fused(Attn
     if (!is_last) return;
     __threadfence();
     if (tid == 0) *ticket = 0;
-    fused_combine(p, seq, kvh, group, splits, reinterpret_cast<float*>(tiles_s), order_s);
+    fused_combine(p, seq, kvh, group, splits, reinterpret_cast<float*>(tiles_s));
 }
 #endif
