@@ -127,6 +127,44 @@ public class PersistentWhatIfTests
         Assert.That(s.WorkUs(Toy, 0), Is.EqualTo(0.5).Within(Tol), "all ahead: the chain 0.1 + 2 x 0.2 = 0.5, as the throughput");
     }
 
+    /// <summary>
+    /// A stage whose kernel runs 1,000 warps at once today, in a launch that holds 400: its tiles take ceil(1000 / 400) = 3
+    /// rounds, so its chain (0.3 us fixed, 2 DRAM round trips) counts three times; its own loads keep 400 warps' bytes in
+    /// flight instead of 1,000, so the Little's-law term grows by 2.5; the issue, SM fill and L2 terms are totals and
+    /// stay. A launch that holds all its warps (or a stage whose warps are unknown) leaves it as it is.
+    /// </summary>
+    [Test]
+    public void AtResidentWarps_RunsTheTilesInRounds_WhenTheLaunchHoldsFewerWarps()
+    {
+        var s = Stage(1000) with { ChainFixedUs = 0.3, ChainDramTrips = 2, LittleUs = 1.0, ThroughputUs = 0.5, WarpsAtOnce = 1000 };
+        var r = s.AtResidentWarps(400);
+        Assert.That((r.ChainFixedUs, r.ChainDramTrips, r.LittleUs, r.ThroughputUs), Is.EqualTo((0.9, 6L, 2.5, 0.5)).Within(Tol));
+        Assert.That(r.WorkUs(Toy, 1), Is.EqualTo(0.9 + 6 * 0.5).Within(Tol), "nothing ahead: the chain, 0.9 + 6 DRAM latencies, over Little's 2.5");
+        Assert.That(s.AtResidentWarps(1000), Is.SameAs(s));
+        Assert.That((s with { WarpsAtOnce = 0 }).AtResidentWarps(1), Is.EqualTo(s with { WarpsAtOnce = 0 }));
+        Assert.That(() => s.AtResidentWarps(0), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    /// <summary>
+    /// One kernel for every stage: 128-thread CTAs with the largest shared memory of the stages (40 KiB) fit 2 per SM on
+    /// the toy GPU (100 KiB: 102,400 / (40,960 + 1,024)), whatever the registers; with 4 KiB the registers decide: 128
+    /// per thread leave 4 CTAs (65,536 / 4,096 per warp / 4 warps), 64 leave 8. A stage of 400 warps with 1 us of chain
+    /// then runs in 400 / (8 x 10) = 5 rounds at 2 CTAs per SM: the launch takes 5 us.
+    /// </summary>
+    [Test]
+    public void KernelOccupancy_TakesTheLargestSharedMemory_AndTheStagesRunAtIt()
+    {
+        var small = Stage(0, workUs: 1.0) with { WarpsAtOnce = 400, SharedBytesPerCta = 4096, RegistersPerThread = 40 };
+        var large = Stage(0) with { WarpsAtOnce = 8, SharedBytesPerCta = 40960, RegistersPerThread = 168 };
+        var two = PersistentWhatIf.KernelOccupancy(Toy, [small, large], 64);
+        Assert.That((two.BlocksPerSm, two.WarpsPerSm, two.Limit), Is.EqualTo((2, 8, OccupancyLimit.SharedMemory)));
+        Assert.That(PersistentWhatIf.KernelOccupancy(Toy, [small], 128).BlocksPerSm, Is.EqualTo(4));
+        Assert.That(PersistentWhatIf.KernelOccupancy(Toy, [small], 64).BlocksPerSm, Is.EqualTo(8));
+        var c = PersistentWhatIf.Compose(Toy, PersistentWhatIf.AtOccupancy(Toy, [small, large], two), lookaheadBytes: 0, releaseUs: 0);
+        Assert.That(c.Stages[0].DoneUs, Is.EqualTo(5.0).Within(Tol));
+        Assert.That(PersistentWhatIf.Compose(Toy, [small], 0, 0).LaunchUs, Is.EqualTo(1.0).Within(Tol), "at today's occupancy: one round");
+    }
+
     [Test]
     public void BadArguments_Throw()
     {
@@ -171,5 +209,7 @@ public class PersistentWhatIfTests
         }));
         Assert.That(stages.Sum(s => s.DramBytes), Is.EqualTo(p.Launches.Sum(l => KernelTimingModel.Predict(l.Launch, l.Resources, Toy).DramBytes)),
             "the step's DRAM bytes are kept, only moved");
+        Assert.That(stages.Select(s => (s.WarpsAtOnce, s.RegistersPerThread, s.ThreadsPerCta, s.SharedBytesPerCta)).Distinct(), Is.EqualTo(new[] { (16L, 32, 128, 0) }),
+            "today's kernels' occupancy: 4 CTAs of 4 warps, all in one wave");
     }
 }

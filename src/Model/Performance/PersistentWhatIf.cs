@@ -28,6 +28,30 @@ public sealed record PersistentStage
     public required double LittleUs { get; init; }
     /// <summary>The largest of its issue, SM fill and L2 terms (every byte through the L2).</summary>
     public required double ThroughputUs { get; init; }
+    /// <summary>Warps today's kernel runs at once (the CTAs of its first wave × warps per CTA); 0: unknown, never rescaled.</summary>
+    public long WarpsAtOnce { get; init; }
+    /// <summary>Today's kernel's registers per thread, threads and shared memory (static + dynamic) per CTA.</summary>
+    public int RegistersPerThread { get; init; }
+    public int ThreadsPerCta { get; init; }
+    public int SharedBytesPerCta { get; init; }
+
+    /// <summary>
+    /// The stage run by a persistent launch that holds <paramref name="residentWarps"/> warps on the whole GPU: when today's
+    /// kernel runs more warps at once, the launch runs its tiles in ceil(warps / resident) rounds, each taking today's
+    /// critical chain, and its own loads keep the fewer warps' bytes in flight (the Little's-law term scaled by the
+    /// ratio); the issue, SM fill and L2 terms are totals and do not change (docs/timing-model.md, section 7).
+    /// </summary>
+    public PersistentStage AtResidentWarps(long residentWarps)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(residentWarps, 1);
+        if (WarpsAtOnce <= residentWarps) return this;
+        long rounds = (WarpsAtOnce + residentWarps - 1) / residentWarps;
+        return this with
+        {
+            ChainFixedUs = ChainFixedUs * rounds, ChainDramTrips = ChainDramTrips * rounds,
+            LittleUs = LittleUs * WarpsAtOnce / residentWarps,
+        };
+    }
 
     /// <summary>The work after the inputs are ready when <paramref name="keptShare"/> of the DRAM bytes were not fetched ahead.</summary>
     public double WorkUs(GpuSpec g, double keptShare) => Math.Max(
@@ -108,10 +132,36 @@ public static class PersistentWhatIf
                 ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
                 LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
                 ThroughputUs = Math.Max(Math.Max(a.IssueUs, a.SmFillUs), (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
+                WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
+                RegistersPerThread = a.Resources.RegistersPerThread, ThreadsPerCta = (int)r.Block.Count,
+                SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
             });
         }
         return stages;
     }
+
+    /// <summary>
+    /// The occupancy of one persistent kernel that runs every stage: CTAs of <paramref name="threadsPerCta"/> threads with
+    /// <paramref name="registersPerThread"/> registers and the largest shared memory per CTA of today's kernels (a CTA
+    /// must hold any stage's tiles), by the occupancy rules of section 2.
+    /// </summary>
+    public static Occupancy KernelOccupancy(GpuSpec g, IReadOnlyList<PersistentStage> stages, int registersPerThread, int threadsPerCta = 128)
+    {
+        int shared = stages.Count == 0 ? 0 : stages.Max(s => s.SharedBytesPerCta);
+        return KernelTimingModel.Occupancy(g, threadsPerCta, registersPerThread, shared);
+    }
+
+    static string LimitName(OccupancyLimit l) => l switch
+    {
+        OccupancyLimit.Warps => "warps",
+        OccupancyLimit.Blocks => "blocks",
+        OccupancyLimit.Registers => "registers",
+        _ => "shared memory",
+    };
+
+    /// <summary>The stages as one kernel of that occupancy runs them (<see cref="PersistentStage.AtResidentWarps"/>).</summary>
+    public static IReadOnlyList<PersistentStage> AtOccupancy(GpuSpec g, IReadOnlyList<PersistentStage> stages, Occupancy occupancy) =>
+        stages.Select(s => s.AtResidentWarps((long)occupancy.WarpsPerSm * g.Sms)).ToList();
 
     /// <summary>Composes <paramref name="stages"/> as one persistent launch on <paramref name="g"/> (see the class).</summary>
     public static PersistentComposition Compose(GpuSpec g, IReadOnlyList<PersistentStage> stages, long lookaheadBytes, double releaseUs)
@@ -232,6 +282,27 @@ public static class PersistentWhatIf
             sb.Append(inv, $" {ByteSize.Format(bytes)} {100 * p.Tokens / us * 1e6 / roofTokS:F1}%");
         }
         sb.Append(" of the roofline\n");
+        // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
+        // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
+        if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))
+        {
+            var widest = stages.MaxBy(s => s.RegistersPerThread)!;
+            long shared = stages.Max(s => s.SharedBytesPerCta);
+            sb.Append(inv, $"  what-if as one kernel: every stage at one block size and register count, with {ByteSize.Format(shared)} of shared memory per CTA (the most any kernel uses); ");
+            sb.Append(inv, $"a stage that runs more warps today than the kernel holds takes its tiles in rounds, each at today's chain (lookahead {ByteSize.Format(g.L2PersistingBytes)})\n");
+            sb.Append(inv, $"  {"threads",9}{"regs",6}{"CTAs/SM",9}{"warps/SM",10}  {"limit",-14}{"% of roofline",14}  stages that use more registers today\n");
+            var budgets = new[] { 64, 96, 128, widest.RegistersPerThread }.Where(r => r <= g.MaxRegistersPerThread).Distinct().Order();
+            foreach (int threads in new[] { 128, 256 })
+                foreach (int regs in budgets)
+                {
+                    Occupancy occ;
+                    try { occ = KernelOccupancy(g, stages, regs, threads); }
+                    catch (ArgumentException) { sb.Append(inv, $"  {threads,9}{regs,6}  does not fit on an SM\n"); continue; }
+                    double us = Compose(g, AtOccupancy(g, stages, occ), g.L2PersistingBytes, release).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
+                    var over = stages.Where(s => s.RegistersPerThread > regs).Select(s => s.Kernel).Distinct();
+                    sb.Append(inv, $"  {threads,9}{regs,6}{occ.BlocksPerSm,9}{occ.WarpsPerSm,10}  {LimitName(occ.Limit),-14}{100 * p.Tokens / us * 1e6 / roofTokS,13:F1}%  {string.Join(", ", over)}\n");
+                }
+        }
         return sb.ToString();
     }
 }
