@@ -18,12 +18,12 @@
 //   the K and V rows through the block table with cp.async (16 bytes; a thread takes two chunks of a row, one
 //   slot lookup, D / 16 threads per row: fully used sectors; keys past the range zero-filled) into [key][D + 8]
 //   shared tiles, with the block-table entries of the next tile in the same round trip (KV_FP8: the E4M3
-//   codes into registers, decoded exactly to bf16, st.shared). Warp w owns keys 16w .. 16w + 15 of each tile and its own online-softmax
-//   state: S = Q K^T by mma.sync m16n8k16 with the group as M (rows 0..7; q fragments from shared memory,
-//   kept in registers), K fragments by ldmatrix; O += P V with S's two 8-key accumulator tiles reused as
-//   the A fragment of one 16-key k-step, P as bf16 hi in rows 0..7 and bf16 lo (p - hi) in rows 8..15
-//   (the fp32 weight to ~2^-17 in one mma), V fragments by ldmatrix.trans. At the end the 4 warps'
-//   (max, sum, O) are merged through shared memory in a fixed order (the tile buffer reused).
+//   codes into registers, decoded exactly to bf16, st.shared). Warp w scores keys 16w .. 16w + 15 of each tile
+//   (S = Q K^T by mma.sync m16n8k16 with the group as M: rows 0..7; q fragments from shared memory, kept in
+//   registers; K fragments by ldmatrix) and owns a quarter of O's dims: the tile's max per head over the warps
+//   and the warps' P fragments (S's two 8-key accumulator tiles reused as the A fragment of one 16-key k-step,
+//   P as bf16 hi in rows 0..7 and bf16 lo (p - hi) in rows 8..15: the fp32 weight to ~2^-17 in one mma) go
+//   through shared memory, and each warp runs O += P V for all the tile's keys on its dims (V by ldmatrix.trans).
 //   HEAD_DIM 256 keeps the scalar split at compile time (its O fragments, 128 fp32 per thread, and a
 //   64-key tile, 67 KB, fit neither the registers nor static shared memory): 32-key tiles loaded into
 //   registers one tile ahead; scores lane = key (warp w: heads 2w, 2w+1); P.V lane owns D/32 dims.
@@ -62,7 +62,7 @@ static_assert((HEAD_DIM % 32 == 0 || HEAD_DIM == 16) && HEAD_DIM <= 256, "HEAD_D
 #define DEC_VSTRIDE (HEAD_DIM + 8)
 #define DEC_DK (HEAD_DIM / 16)               // k-steps over D for S = Q K^T
 #define DEC_DN (HEAD_DIM / 8)                // n8 tiles over D for O
-static_assert(DEC_TILE * DEC_KSTRIDE * 2 >= (4 * DEC_MAX_GROUP * HEAD_DIM + 10 * DEC_MAX_GROUP) * 4, "the warps' merge fits in the K tile");
+#define DEC_WPAIRS ((DEC_DN / 2 + 3) / 4)    // n-tile pairs of O per warp: warp w owns pairs w, w + 4, ...
 #else
 #define DEC_TILE 32                          // keys per tile
 #define DEC_ALIGN 32
@@ -139,12 +139,16 @@ __device__ __forceinline__ uint4 ldg_nc_v4(const void* p)
 // new_key (NEW_KEY and >= 0: attn_decode_fused's own token) is taken from knew_s / vnew_s and never loaded from the cache.
 // Writes bf16 `out` (splits == 1) or the split's normalised fp32 partial output and log2-sum-exp.
 #if DEC_TC
-// Tensor-core split (HEAD_DIM <= 128). Warp w owns keys 16w .. 16w + 15 of every 64-key tile with its own online
-// softmax state; the GQA group is the M side of mma.sync m16n8k16. S = Q K^T: A = q (rows 0..7 the group's heads, bf16
-// exactly; rows 8..15 zero), B = K by ldmatrix from the [key][dim] tile; the fp32 scores are scaled by scale_log2. O += P V:
-// the two 8-key n-tiles of S are the A fragment of one 16-key k-step (FlashAttention-2), with rows 0..7 = bf16(p) and rows
-// 8..15 = bf16(p - bf16(p)), so one mma per n-tile accumulates P_hi V in c0/c1 and P_lo V in c2/c3 (p to ~2^-17 relative);
-// V by ldmatrix.trans. The 4 warps' (max, sum, O) are merged through shared memory in a fixed order at the end.
+// Tensor-core split (HEAD_DIM <= 128). Warp w scores keys 16w .. 16w + 15 of every 64-key tile and owns the n-tile pairs
+// w, w + 4, ... of O (32 of the 128 dims at D 128), so O takes 16 registers per thread instead of 64 and no merge of the
+// warps' O is needed at the end; the GQA group is the M side of mma.sync m16n8k16. S = Q K^T: A = q (rows 0..7 the
+// group's heads, bf16 exactly; rows 8..15 zero), B = K by ldmatrix from the [key][dim] tile; the fp32 scores are scaled by
+// scale_log2. The online softmax keeps one running max per head for the CTA: each tile's max over the 4 warps goes
+// through shared memory (one barrier), each warp keeps its own keys' share of the sum (all scaled to that max; added in
+// warp order at the end). O += P V: a warp's two 8-key n-tiles of S are the A fragment of one 16-key k-step
+// (FlashAttention-2), with rows 0..7 = bf16(p) and rows 8..15 = bf16(p - bf16(p)), so one mma per n-tile accumulates
+// P_hi V in c0/c1 and P_lo V in c2/c3 (p to ~2^-17 relative); the 4 warps' fragments go through shared memory (a second
+// barrier) and every warp runs the tile's 4 k-steps on its own dims, V by ldmatrix.trans.
 // A thread loads DEC_PAIR chunks of each of its rows (one slot lookup for both): columns col and col + DEC_ROW_UNITS, so
 // the lanes of one instruction still cover whole 128-byte runs of consecutive rows.
 #define DEC_PAIR (DEC_LOADS >= 2 ? 2 : 1)
@@ -188,13 +192,14 @@ __device__ __forceinline__ void attn_split_range(
     const size_t col_off = (size_t)kvh * HEAD_DIM + col * 8;
     const unsigned int tile_off = (unsigned int)(row0 * DEC_KSTRIDE + col * 8) * 2;
     const unsigned int k_base = smem_addr(k_s), v_base = smem_addr(v_s);
-    // ldmatrix row addresses of this lane (K: keys 16w + (lane & 7) + 8 (lane >> 4), dims 8 ((lane >> 3) & 1); V: keys
-    // 16w + (lane & 7) + 8 ((lane >> 3) & 1), dims 8 (lane >> 4)), stepped by 32 bytes per k-step / 16 per n-tile pair
+    // ldmatrix row addresses of this lane (K: keys 16w + (lane & 7) + 8 (lane >> 4), dims 8 ((lane >> 3) & 1), stepped by
+    // 32 bytes per k-step; V: keys (lane & 7) + 8 ((lane >> 3) & 1) of a 16-key step, dims 8 (lane >> 4) of an n-tile
+    // pair, stepped by 16 rows per k-step and 32 bytes per pair)
     const unsigned int k_lm = k_base + ((warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * DEC_KSTRIDE + ((lane >> 3) & 1) * 8) * 2;
-    const unsigned int v_lm = v_base + ((warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * DEC_VSTRIDE + (lane >> 4) * 8) * 2;
+    const unsigned int v_lm = v_base + (((lane & 7) + ((lane >> 3) & 1) * 8) * DEC_VSTRIDE + (lane >> 4) * 8) * 2;
 
     // q as A fragments (a1 / a3, rows 8..15, are zero): q_s holds bf16 values, so the bf16 packing is exact. Held in
-    // registers; KV_FP8 re-reads them per tile instead (its decode needs the registers: no spills at 168).
+    // registers; KV_FP8 re-reads them per tile instead (its decode needs the registers).
     auto q_frag = [&](int kk, unsigned int (&f)[2]) {
         const float2 lo = *reinterpret_cast<const float2*>(&q_s[g * HEAD_DIM + kk * 16 + t2]);
         const float2 hi = *reinterpret_cast<const float2*>(&q_s[g * HEAD_DIM + kk * 16 + 8 + t2]);
@@ -206,12 +211,18 @@ __device__ __forceinline__ void attn_split_range(
 #pragma unroll
     for (int kk = 0; kk < DEC_DK; kk++) q_frag(kk, qf[kk]);
 #endif
-    float m = -QC_INF, l = 0.f;                     // head g: running max (log2 domain), this thread's share of the sum
-    float o[DEC_DN][4];                             // dims n*8 + t2, +1: c0/c1 from P_hi, c2/c3 from P_lo
+    // head g: the CTA's running max (log2 domain, the same in every warp) and this thread's share of the sum over the
+    // warp's own keys; O of the warp's n-tile pairs (dims (2 (warp + 4 i) + j) * 8 + t2, +1: c0/c1 from P_hi, c2/c3 from P_lo)
+    float m = -QC_INF, l = 0.f;
+    float o[DEC_WPAIRS][2][4];
 #pragma unroll
-    for (int n = 0; n < DEC_DN; n++)
+    for (int i = 0; i < DEC_WPAIRS; i++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[i][j][e] = 0.f;
+    __shared__ float tmax_s[4][DEC_MAX_GROUP];      // each warp's tile max per head, then its sum per head
+    __shared__ uint4 p_s[4][32];                    // each warp's P fragment (its 16 keys of the tile) per lane
 
     int page[DEC_ROWS];                             // block-table entries of this thread's rows in the next tile to load
     auto load_pages = [&](int t0) {
@@ -283,12 +294,12 @@ __device__ __forceinline__ void attn_split_range(
 #endif
         __syncthreads();
         const int kb = t0 + warp * 16;              // this warp's first key; warp-uniform
+        float s[2][4];
+#pragma unroll
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = 0.f;
         if (kb < end) {
-            float s[2][4];
-#pragma unroll
-            for (int n = 0; n < 2; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < DEC_DK; kk++) {
                 unsigned int b[4];
@@ -303,100 +314,81 @@ __device__ __forceinline__ void attn_split_range(
                 mma_bf16_16816(s[0], a, b[0], b[1]);
                 mma_bf16_16816(s[1], a, b[2], b[3]);
             }
-            // online softmax of head g over keys kb + 8n + t2 + e (row statistics over the quad)
-            float sv[4], mx = -QC_INF;
+        }
+        // head g's scores of keys kb + 8n + t2 + e, the warp's max over the quad, the CTA's over the 4 warps (warp order)
+        float sv[4], mx = -QC_INF;
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int n = j >> 1, e = j & 1;
-                sv[j] = kb + n * 8 + t2 + e < end ? s[n][e] * scale_log2 : -QC_INF;
-                mx = fmaxf(mx, sv[j]);
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m, mx);        // finite: key kb is in the range
-            const float alpha = exp2f(m - m_new);    // 0 on the warp's first tile (m = -inf)
-            m = m_new;
-            float pr[4];
+        for (int j = 0; j < 4; j++) {
+            const int n = j >> 1, e = j & 1;
+            sv[j] = kb + n * 8 + t2 + e < end ? s[n][e] * scale_log2 : -QC_INF;
+            mx = fmaxf(mx, sv[j]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        if ((lane & 3) == 0) tmax_s[warp][g] = mx;
+        __syncthreads();
+        const float m_new = fmaxf(m, fmaxf(fmaxf(tmax_s[0][g], tmax_s[1][g]), fmaxf(tmax_s[2][g], tmax_s[3][g])));   // finite: key t0 is in range
+        const float alpha = exp2f(m - m_new);        // 0 on the first tile (m = -inf)
+        m = m_new;
+        float pr[4];
 #pragma unroll
-            for (int j = 0; j < 4; j++) pr[j] = exp2f(sv[j] - m_new);
-            l = l * alpha + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
-            if (__any_sync(0xffffffffu, alpha != 1.f)) {   // x 1 changes no bit: skipped while no lane's max moved
+        for (int j = 0; j < 4; j++) pr[j] = exp2f(sv[j] - m_new);
+        l = l * alpha + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
+        // P as the A fragment of the 16-key k-step of this warp's keys: rows 0..7 bf16(p), rows 8..15 bf16(p - bf16(p));
+        // every warp multiplies all 4 warps' fragments with the V columns of its own n-tiles
+        p_s[warp][lane] = make_uint4(pack_bf16x2(pr[0], pr[1]), pack_bf16x2(pr[0] - round_bf16(pr[0]), pr[1] - round_bf16(pr[1])),
+                                     pack_bf16x2(pr[2], pr[3]), pack_bf16x2(pr[2] - round_bf16(pr[2]), pr[3] - round_bf16(pr[3])));
+        __syncthreads();
+        if (alpha != 1.f) {                          // x 1 changes no bit; alpha is the same for the whole warp's head row
 #pragma unroll
-                for (int n = 0; n < DEC_DN; n++)
+            for (int i = 0; i < DEC_WPAIRS; i++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) o[n][e] *= alpha;
-            }
-            // P as the A fragment of one 16-key k-step: rows 0..7 bf16(p), rows 8..15 bf16(p - bf16(p))
-            unsigned int pa[4];
-            pa[0] = pack_bf16x2(pr[0], pr[1]);
-            pa[1] = pack_bf16x2(pr[0] - round_bf16(pr[0]), pr[1] - round_bf16(pr[1]));
-            pa[2] = pack_bf16x2(pr[2], pr[3]);
-            pa[3] = pack_bf16x2(pr[2] - round_bf16(pr[2]), pr[3] - round_bf16(pr[3]));
+                for (int j = 0; j < 2; j++)
 #pragma unroll
-            for (int n = 0; n < DEC_DN; n += 2) {
+                    for (int e = 0; e < 4; e++) o[i][j][e] *= alpha;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            if (t0 + kk * 16 >= end) break;          // keys past the range: P is 0
+            const uint4 pv = p_s[kk][lane];
+            const unsigned int pa[4] = {pv.x, pv.y, pv.z, pv.w};
+#pragma unroll
+            for (int i = 0; i < DEC_WPAIRS; i++) {
+                const int pair = warp + 4 * i;
+                if (pair >= DEC_DN / 2) break;
                 unsigned int b[4];
-                ldmatrix_x4_trans_at(b, v_lm + n * 16);
-                mma_bf16_16816(o[n], pa, b[0], b[1]);
-                mma_bf16_16816(o[n + 1], pa, b[2], b[3]);
+                ldmatrix_x4_trans_at(b, v_lm + kk * 16 * DEC_VSTRIDE * 2 + pair * 32);
+                mma_bf16_16816(o[i][0], pa, b[0], b[1]);
+                mma_bf16_16816(o[i][1], pa, b[2], b[3]);
             }
         }
-        __syncthreads();                            // the tile buffers are refilled next
+        __syncthreads();                            // the tile buffers and p_s are refilled next
         if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE);
     }
 
-    // Merge the 4 warps (the tile buffers are free: the loop ended with a barrier, or never touched them):
-    // M = max_w m_w, weight_w = 2^(m_w - M) (0 for a warp without keys), L = sum_w weight_w l_w, O = sum_w weight_w O_w.
+    // The CTA's sum per head: the quad's shares, then the 4 warps' in warp order (all were scaled to the same max).
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    float* o_s = reinterpret_cast<float*>(k_s);                 // [4 warps][8 heads][HEAD_DIM]
-    float* m_s = o_s + 4 * DEC_MAX_GROUP * HEAD_DIM;             // [4][8]
-    float* l_s = m_s + 4 * DEC_MAX_GROUP;                        // [4][8] sums, then the weights
-    float* inv_s = l_s + 4 * DEC_MAX_GROUP;                      // [8] 1 / L
-    float* lse_s = inv_s + DEC_MAX_GROUP;                        // [8] log2-sum-exp
-    if ((lane & 3) == 0) {
-        m_s[warp * DEC_MAX_GROUP + g] = m;
-        l_s[warp * DEC_MAX_GROUP + g] = l;
-    }
-#pragma unroll
-    for (int n = 0; n < DEC_DN; n++)
-        *reinterpret_cast<float2*>(&o_s[(warp * DEC_MAX_GROUP + g) * HEAD_DIM + n * 8 + t2]) = make_float2(o[n][0] + o[n][2], o[n][1] + o[n][3]);
+    if ((lane & 3) == 0) tmax_s[warp][g] = l;
     __syncthreads();
-    if (tid < DEC_MAX_GROUP) {
-        float mx = m_s[tid];
+    const float sum = ((tmax_s[0][g] + tmax_s[1][g]) + tmax_s[2][g]) + tmax_s[3][g];
+    const float inv_l = sum > 0.f ? 1.f / sum : 0.f;
+    if (g >= group) return;                          // rows past the group: zero q, nothing to write
+    const int head = kvh * group + g;
+    const size_t row = ((size_t)seq * num_q_heads + head) * split_stride + split;
 #pragma unroll
-        for (int w = 1; w < 4; w++) mx = fmaxf(mx, m_s[w * DEC_MAX_GROUP + tid]);
-        float sum = 0.f;
+    for (int i = 0; i < DEC_WPAIRS; i++) {
+        const int pair = warp + 4 * i;
+        if (pair >= DEC_DN / 2) break;
 #pragma unroll
-        for (int w = 0; w < 4; w++) {
-            const float mw = m_s[w * DEC_MAX_GROUP + tid];
-            const float wt = mw == -QC_INF ? 0.f : exp2f(mw - mx);
-            sum += wt * l_s[w * DEC_MAX_GROUP + tid];
-            l_s[w * DEC_MAX_GROUP + tid] = wt;
-        }
-        inv_s[tid] = sum > 0.f ? 1.f / sum : 0.f;
-        lse_s[tid] = sum > 0.f ? mx + __log2f(sum) : -QC_INF;
-    }
-    __syncthreads();
-    for (int i = tid * 2; i < group * HEAD_DIM; i += DEC_THREADS * 2) {
-        const int h = i / HEAD_DIM, d = i % HEAD_DIM;
-        float2 num = make_float2(0.f, 0.f);
-#pragma unroll
-        for (int w = 0; w < 4; w++) {
-            const float wt = l_s[w * DEC_MAX_GROUP + h];
-            const float2 v = *reinterpret_cast<const float2*>(&o_s[(w * DEC_MAX_GROUP + h) * HEAD_DIM + d]);
-            num.x += wt * v.x;
-            num.y += wt * v.y;
-        }
-        const float inv_l = inv_s[h];
-        const int head = kvh * group + h;
-        if (splits == 1) {
-            *reinterpret_cast<bf16x2*>(out + (size_t)seq * out_stride + (size_t)head * HEAD_DIM + d) = pack_bf16x2(num.x * inv_l, num.y * inv_l);
-        } else {
-            const size_t row = ((size_t)seq * num_q_heads + head) * split_stride + split;
-            *reinterpret_cast<float2*>(partial_out + row * HEAD_DIM + d) = make_float2(num.x * inv_l, num.y * inv_l);
-            if (d == 0) partial_lse[row] = lse_s[h];
+        for (int j = 0; j < 2; j++) {
+            const int d = (2 * pair + j) * 8 + t2;
+            const float x = (o[i][j][0] + o[i][j][2]) * inv_l, y = (o[i][j][1] + o[i][j][3]) * inv_l;
+            if (splits == 1) *reinterpret_cast<bf16x2*>(out + (size_t)seq * out_stride + (size_t)head * HEAD_DIM + d) = pack_bf16x2(x, y);
+            else *reinterpret_cast<float2*>(partial_out + row * HEAD_DIM + d) = make_float2(x, y);
         }
     }
+    if (splits > 1 && warp == 0 && (lane & 3) == 0) partial_lse[row] = sum > 0.f ? m + __log2f(sum) : -QC_INF;
 }
 #else
 template <bool NEW_KEY>
