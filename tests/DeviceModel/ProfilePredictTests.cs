@@ -63,6 +63,7 @@ public class ProfilePredictTests
         Assert.That(stdout, Does.Not.Contain("what-if stages:"), "the tiny model has no follow-on qkv: the step measured is the one composed");
         Assert.That(stdout, Does.Contain("what-if step: launch ").And.Contain("of the roofline (the multi-kernel step as predicted: "));
         Assert.That(stdout, Does.Contain("what-if as one kernel: every stage at one block size and register count"), "the composition at one kernel's occupancy");
+        Assert.That(stdout, Does.Match(@"what-if with each stage's bytes fetched ahead staged in shared memory \(up to [0-9.]+ MiB: half of every SM's\) before it is ready: \d+\.\d% of the roofline"));
         Assert.That(stdout, Does.Match(@"\n +128 +64 +\d+ +\d+  [a-z ]+ +\d+\.\d%"), "a row of it: 128 threads, 64 registers");
         // every table line that carries a time is under a heading that says predicted (and names the assumption)
         foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))

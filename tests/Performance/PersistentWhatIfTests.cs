@@ -18,7 +18,7 @@ public class PersistentWhatIfTests
     static PersistentStage Stage(long dramBytes, long aheadBytes = 0, int aheadAfter = -1, double workUs = 0, string kernel = "k") => new()
     {
         Kernel = kernel, DramBytes = dramBytes, AheadBytes = aheadBytes, AheadAfter = aheadAfter,
-        ChainFixedUs = workUs, ChainDramTrips = 0, LittleUs = 0, ThroughputUs = 0,
+        ChainFixedUs = workUs, ChainDramTrips = 0, LittleUs = 0,
     };
 
     /// <summary>
@@ -121,7 +121,7 @@ public class PersistentWhatIfTests
     [Test]
     public void WorkAfterReady_TakesTheLargestTerm_AtTheShareNotFetchedAhead()
     {
-        var s = Stage(1000) with { ChainFixedUs = 0.1, ChainDramTrips = 2, LittleUs = 3.0, ThroughputUs = 0.5 };
+        var s = Stage(1000) with { ChainFixedUs = 0.1, ChainDramTrips = 2, LittleUs = 3.0, TransferUs = 0.5 };
         Assert.That(s.WorkUs(Toy, 1), Is.EqualTo(3.0).Within(Tol), "nothing ahead: Little's law");
         Assert.That(s.WorkUs(Toy, 0.5), Is.EqualTo(1.5).Within(Tol), "half ahead: 1.5 against a chain of 0.1 + 2 x 0.35 = 0.8");
         Assert.That(s.WorkUs(Toy, 0), Is.EqualTo(0.5).Within(Tol), "all ahead: the chain 0.1 + 2 x 0.2 = 0.5, as the throughput");
@@ -136,7 +136,7 @@ public class PersistentWhatIfTests
     [Test]
     public void AtResidentWarps_RunsTheTilesInRounds_WhenTheLaunchHoldsFewerWarps()
     {
-        var s = Stage(1000) with { ChainFixedUs = 0.3, ChainDramTrips = 2, LittleUs = 1.0, ThroughputUs = 0.5, WarpsAtOnce = 1000 };
+        var s = Stage(1000) with { ChainFixedUs = 0.3, ChainDramTrips = 2, LittleUs = 1.0, TransferUs = 0.5, WarpsAtOnce = 1000 };
         var r = s.AtResidentWarps(400);
         Assert.That((r.ChainFixedUs, r.ChainDramTrips, r.LittleUs, r.ThroughputUs), Is.EqualTo((0.9, 6L, 2.5, 0.5)).Within(Tol));
         Assert.That(r.WorkUs(Toy, 1), Is.EqualTo(0.9 + 6 * 0.5).Within(Tol), "nothing ahead: the chain, 0.9 + 6 DRAM latencies, over Little's 2.5");
@@ -165,6 +165,22 @@ public class PersistentWhatIfTests
         Assert.That(PersistentWhatIf.Compose(Toy, [small], 0, 0).LaunchUs, Is.EqualTo(1.0).Within(Tol), "at today's occupancy: one round");
     }
 
+    /// <summary>
+    /// Bytes fetched ahead staged in shared memory: their share of the stage's L2-to-SM transfer is done before it is
+    /// ready. Stage 1 (160,000 bytes, all ahead, 1 us of transfer, 0.2 us of issue) is ready at 0.8 us with its bytes
+    /// arrived: done at 1.8 us with nothing staged, 1.3 with half of its bytes staged (0.5 us of transfer left), 1.0 with
+    /// all of them (the issue term, 0.2 us, is left).
+    /// </summary>
+    [Test]
+    public void BytesStagedInShared_TakeTheirTransferOffTheWorkAfterReady()
+    {
+        var s = Stage(160_000, aheadBytes: 160_000) with { IssueUs = 0.2, TransferUs = 1.0, TransferBytes = 160_000 };
+        Assert.That((s.WorkUs(Toy, 0), s.WorkUs(Toy, 0, 0.5), s.WorkUs(Toy, 0, 1)), Is.EqualTo((1.0, 0.5, 0.2)).Within(Tol));
+        double Done(long staging) => PersistentWhatIf.Compose(Toy, [Stage(80_000), s], lookaheadBytes: 1 << 20, releaseUs: 0.2, staging).LaunchUs;
+        Assert.That((Done(0), Done(80_000), Done(160_000), Done(1 << 20)), Is.EqualTo((1.8, 1.3, 1.0, 1.0)).Within(Tol));
+        Assert.That(PersistentWhatIf.StagingBytes(Toy), Is.EqualTo(10 * 51_200), "half of each of the toy's 10 SMs' 100 KiB");
+    }
+
     [Test]
     public void BadArguments_Throw()
     {
@@ -172,6 +188,7 @@ public class PersistentWhatIfTests
             Throws.ArgumentException.With.Message.Contains("may fetch ahead only after an earlier stage"));
         Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800)], -1, 0), Throws.InstanceOf<ArgumentOutOfRangeException>());
         Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800)], 0, -0.1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800)], 0, 0, sharedStagingBytes: -1), Throws.InstanceOf<ArgumentOutOfRangeException>());
     }
 
     /// <summary>

@@ -26,8 +26,14 @@ public sealed record PersistentStage
     public required long ChainDramTrips { get; init; }
     /// <summary>Its DRAM bytes at the Little's-law bandwidth of its own loads (none fetched ahead).</summary>
     public required double LittleUs { get; init; }
+    /// <summary>Its issue term: the warp instructions at the SMs' issue rate.</summary>
+    public double IssueUs { get; init; }
+    /// <summary>The larger of its SM fill and L2 terms: <see cref="TransferBytes"/> from the L2 into the SMs.</summary>
+    public double TransferUs { get; init; }
+    /// <summary>The bytes its loads move from the L2 into the SMs (DRAM and L2 bytes).</summary>
+    public long TransferBytes { get; init; }
     /// <summary>The largest of its issue, SM fill and L2 terms (every byte through the L2).</summary>
-    public required double ThroughputUs { get; init; }
+    public double ThroughputUs => Math.Max(IssueUs, TransferUs);
     /// <summary>Warps today's kernel runs at once (the CTAs of its first wave × warps per CTA); 0: unknown, never rescaled.</summary>
     public long WarpsAtOnce { get; init; }
     /// <summary>Today's kernel's registers per thread, threads and shared memory (static + dynamic) per CTA.</summary>
@@ -53,10 +59,14 @@ public sealed record PersistentStage
         };
     }
 
-    /// <summary>The work after the inputs are ready when <paramref name="keptShare"/> of the DRAM bytes were not fetched ahead.</summary>
-    public double WorkUs(GpuSpec g, double keptShare) => Math.Max(
+    /// <summary>
+    /// The work after the inputs are ready when <paramref name="keptShare"/> of the DRAM bytes were not fetched ahead, and
+    /// <paramref name="stagedShare"/> of <see cref="TransferBytes"/> were moved into the SMs' shared memory before (their
+    /// transfer then takes no time after ready).
+    /// </summary>
+    public double WorkUs(GpuSpec g, double keptShare, double stagedShare = 0) => Math.Max(
         Math.Max(ChainFixedUs + ChainDramTrips * (keptShare * g.DramLatencyNs + (1 - keptShare) * g.L2LatencyNs) / 1000.0, LittleUs * keptShare),
-        ThroughputUs);
+        Math.Max(IssueUs, TransferUs * (1 - Math.Clamp(stagedShare, 0, 1))));
 }
 
 /// <summary>One stage as composed: when its inputs were ready, when it was done, what it fetched ahead, and the DRAM time left idle while the step waited for it.</summary>
@@ -131,7 +141,8 @@ public static class PersistentWhatIf
                 ChainFixedUs = r.MaxWarpPostWaitL2RoundTrips * g.L2LatencyNs / 1000.0 + r.MaxWarpPostWaitInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
                 ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
                 LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
-                ThroughputUs = Math.Max(Math.Max(a.IssueUs, a.SmFillUs), (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
+                IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
+                TransferBytes = a.L2Bytes + a.DramBytes,
                 WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
                 RegistersPerThread = a.Resources.RegistersPerThread, ThreadsPerCta = (int)r.Block.Count,
                 SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
@@ -151,6 +162,9 @@ public static class PersistentWhatIf
         return KernelTimingModel.Occupancy(g, threadsPerCta, registersPerThread, shared);
     }
 
+    /// <summary>The shared memory <c>--what-if persistent</c> takes for staging a stage's bytes fetched ahead: half of every SM's.</summary>
+    public static long StagingBytes(GpuSpec g) => (long)g.SharedPerSmBytes / 2 * g.Sms;
+
     static string LimitName(OccupancyLimit l) => l switch
     {
         OccupancyLimit.Warps => "warps",
@@ -164,9 +178,16 @@ public static class PersistentWhatIf
         stages.Select(s => s.AtResidentWarps((long)occupancy.WarpsPerSm * g.Sms)).ToList();
 
     /// <summary>Composes <paramref name="stages"/> as one persistent launch on <paramref name="g"/> (see the class).</summary>
-    public static PersistentComposition Compose(GpuSpec g, IReadOnlyList<PersistentStage> stages, long lookaheadBytes, double releaseUs)
+    /// <remarks>
+    /// <paramref name="sharedStagingBytes"/>: of the bytes fetched ahead for a stage, up to that many are taken to be
+    /// staged in the SMs' shared memory before the stage is ready (cp.async into the CTAs that will run its tiles), so
+    /// that share of its L2-to-SM transfer is off its work after ready (<see cref="PersistentStage.WorkUs"/>); 0: none.
+    /// </remarks>
+    public static PersistentComposition Compose(GpuSpec g, IReadOnlyList<PersistentStage> stages, long lookaheadBytes, double releaseUs,
+        long sharedStagingBytes = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(lookaheadBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(sharedStagingBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(releaseUs);
         for (int s = 0; s < stages.Count; s++)
             if (stages[s].AheadAfter >= s)
@@ -227,7 +248,8 @@ public static class PersistentWhatIf
                 var st = stages[cur];
                 double kept = st.DramBytes > 0 ? 1 - fetchedAhead[cur] / st.DramBytes : 1;
                 double arrived = double.IsNaN(lastIssueNs[cur]) ? 0 : lastIssueNs[cur] + g.DramLatencyNs;
-                done[cur] = Math.Max(ready[cur] + st.WorkUs(g, kept) * 1000, arrived);
+                double staged = st.TransferBytes > 0 ? Math.Min(fetchedAhead[cur], sharedStagingBytes) / st.TransferBytes : 0;
+                done[cur] = Math.Max(ready[cur] + st.WorkUs(g, kept, staged) * 1000, arrived);
                 if (cur + 1 < n) ready[cur + 1] = done[cur] + releaseNs;
                 cur++;
             }
@@ -282,6 +304,12 @@ public static class PersistentWhatIf
             sb.Append(inv, $" {ByteSize.Format(bytes)} {100 * p.Tokens / us * 1e6 / roofTokS:F1}%");
         }
         sb.Append(" of the roofline\n");
+        // the weights fetched ahead for a stage staged in shared memory (half of every SM's, the other half for the tiles
+        // that run), so their L2-to-SM transfer happens before the stage is ready
+        long staging = StagingBytes(g);
+        double stagedUs = Compose(g, stages, g.L2PersistingBytes, release, staging).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
+        sb.Append(inv, $"  what-if with each stage's bytes fetched ahead staged in shared memory (up to {ByteSize.Format(staging)}: half of every SM's) before it is ready: ");
+        sb.Append(inv, $"{100 * p.Tokens / stagedUs * 1e6 / roofTokS:F1}% of the roofline\n");
         // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
         // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
         if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))
