@@ -160,6 +160,10 @@ public class PersistentWhatIfTests
         Assert.That((two.BlocksPerSm, two.WarpsPerSm, two.Limit), Is.EqualTo((2, 8, OccupancyLimit.SharedMemory)));
         Assert.That(PersistentWhatIf.KernelOccupancy(Toy, [small], 128).BlocksPerSm, Is.EqualTo(4));
         Assert.That(PersistentWhatIf.KernelOccupancy(Toy, [small], 64).BlocksPerSm, Is.EqualTo(8));
+        Assert.That(PersistentWhatIf.FreeSharedBytes(Toy, [small, large], two), Is.EqualTo(10L * (102_400 - 2 * (40_960 + 1_024))),
+            "what 2 CTAs of 40 KiB (and the reserved KiB each) leave of every SM's 100 KiB");
+        Assert.That(PersistentWhatIf.FreeSharedBytes(Toy, [small], PersistentWhatIf.KernelOccupancy(Toy, [small], 32)), Is.EqualTo(10L * (102_400 - 16 * (4_096 + 1_024))),
+            "16 CTAs of 4 KiB at 32 registers (the warps' limit: 64 / 4)");
         var c = PersistentWhatIf.Compose(Toy, PersistentWhatIf.AtOccupancy(Toy, [small, large], two), lookaheadBytes: 0, releaseUs: 0);
         Assert.That(c.Stages[0].DoneUs, Is.EqualTo(5.0).Within(Tol));
         Assert.That(PersistentWhatIf.Compose(Toy, [small], 0, 0).LaunchUs, Is.EqualTo(1.0).Within(Tol), "at today's occupancy: one round");

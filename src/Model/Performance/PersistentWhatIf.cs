@@ -162,6 +162,17 @@ public static class PersistentWhatIf
         return KernelTimingModel.Occupancy(g, threadsPerCta, registersPerThread, shared);
     }
 
+    /// <summary>
+    /// The shared memory a kernel of <paramref name="occupancy"/> leaves free on the whole GPU: per SM, what its CTAs of the
+    /// largest shared memory per CTA of the stages (allocation unit and reserved kilobyte included) do not take.
+    /// </summary>
+    public static long FreeSharedBytes(GpuSpec g, IReadOnlyList<PersistentStage> stages, Occupancy occupancy)
+    {
+        int shared = stages.Count == 0 ? 0 : stages.Max(s => s.SharedBytesPerCta);
+        long perCta = (shared + g.SharedAllocationUnit - 1) / g.SharedAllocationUnit * g.SharedAllocationUnit + g.SharedReservedPerBlockBytes;
+        return Math.Max(0, g.SharedPerSmBytes - occupancy.BlocksPerSm * perCta) * g.Sms;
+    }
+
     /// <summary>The shared memory <c>--what-if persistent</c> takes for staging a stage's bytes fetched ahead: half of every SM's.</summary>
     public static long StagingBytes(GpuSpec g) => (long)g.SharedPerSmBytes / 2 * g.Sms;
 
@@ -318,7 +329,8 @@ public static class PersistentWhatIf
             long shared = stages.Max(s => s.SharedBytesPerCta);
             sb.Append(inv, $"  what-if as one kernel: every stage at one block size and register count, with {ByteSize.Format(shared)} of shared memory per CTA (the most any kernel uses); ");
             sb.Append(inv, $"a stage that runs more warps today than the kernel holds takes its tiles in rounds, each at today's chain (lookahead {ByteSize.Format(g.L2PersistingBytes)})\n");
-            sb.Append(inv, $"  {"threads",9}{"regs",6}{"CTAs/SM",9}{"warps/SM",10}  {"limit",-14}{"% of roofline",14}  stages that use more registers today\n");
+            sb.Append(inv, $"  (staged: with each stage's bytes fetched ahead staged in the shared memory its CTAs leave free, up to the size given)\n");
+            sb.Append(inv, $"  {"threads",9}{"regs",6}{"CTAs/SM",9}{"warps/SM",10}  {"limit",-14}{"% of roofline",14}{"staged",18}  stages that use more registers today\n");
             var budgets = new[] { 64, 96, 128, widest.RegistersPerThread }.Where(r => r <= g.MaxRegistersPerThread).Distinct().Order();
             foreach (int threads in new[] { 128, 256 })
                 foreach (int regs in budgets)
@@ -326,9 +338,13 @@ public static class PersistentWhatIf
                     Occupancy occ;
                     try { occ = KernelOccupancy(g, stages, regs, threads); }
                     catch (ArgumentException) { sb.Append(inv, $"  {threads,9}{regs,6}  does not fit on an SM\n"); continue; }
-                    double us = Compose(g, AtOccupancy(g, stages, occ), g.L2PersistingBytes, release).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
+                    var at = AtOccupancy(g, stages, occ);
+                    double us = Compose(g, at, g.L2PersistingBytes, release).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
+                    long free = FreeSharedBytes(g, stages, occ);
+                    double usStaged = Compose(g, at, g.L2PersistingBytes, release, free).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
                     var over = stages.Where(s => s.RegistersPerThread > regs).Select(s => s.Kernel).Distinct();
-                    sb.Append(inv, $"  {threads,9}{regs,6}{occ.BlocksPerSm,9}{occ.WarpsPerSm,10}  {LimitName(occ.Limit),-14}{100 * p.Tokens / us * 1e6 / roofTokS,13:F1}%  {string.Join(", ", over)}\n");
+                    string staged = string.Create(inv, $"{100 * p.Tokens / usStaged * 1e6 / roofTokS:F1}% ({ByteSize.Format(free)})");
+                    sb.Append(inv, $"  {threads,9}{regs,6}{occ.BlocksPerSm,9}{occ.WarpsPerSm,10}  {LimitName(occ.Limit),-14}{100 * p.Tokens / us * 1e6 / roofTokS,13:F1}%{staged,18}  {string.Join(", ", over)}\n");
                 }
         }
         return sb.ToString();
