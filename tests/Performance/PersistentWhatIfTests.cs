@@ -230,7 +230,7 @@ public class PersistentWhatIfTests
         }));
         Assert.That(stages.Sum(s => s.DramBytes), Is.EqualTo(p.Launches.Sum(l => KernelTimingModel.Predict(l.Launch, l.Resources, Toy).DramBytes)),
             "the step's DRAM bytes are kept, only moved");
-        Assert.That(stages.Select(s => (s.WarpsAtOnce, s.RegistersPerThread, s.ThreadsPerCta, s.SharedBytesPerCta)).Distinct(), Is.EqualTo(new[] { (16L, 32, 128, 0) }),
+        Assert.That(stages.Select(s => (s.WarpsAtOnce, s.RegistersPerThread, s.SharedBytesPerCta)).Distinct(), Is.EqualTo(new[] { (16L, 32, 0) }),
             "today's kernels' occupancy: 4 CTAs of 4 warps, all in one wave");
     }
 }

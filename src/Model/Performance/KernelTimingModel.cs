@@ -129,7 +129,7 @@ public static class KernelTimingModel
         int byWarps = g.MaxWarpsPerSm / warps;
         int regsPerWarp = RoundUp(Math.Max(registersPerThread, 1) * 32, g.RegisterAllocationUnit);
         int byRegisters = g.RegistersPerSm / regsPerWarp / warps;
-        int sharedPerBlock = RoundUp(sharedBytesPerBlock, g.SharedAllocationUnit) + g.SharedReservedPerBlockBytes;
+        int sharedPerBlock = SharedFootprintBytes(g, sharedBytesPerBlock);
         int byShared = sharedBytesPerBlock > g.SharedPerBlockOptinBytes ? 0 : g.SharedPerSmBytes / sharedPerBlock;
         (int blocks, OccupancyLimit limit) = (g.MaxBlocksPerSm, OccupancyLimit.Blocks);
         if (byWarps < blocks) (blocks, limit) = (byWarps, OccupancyLimit.Warps);
@@ -157,10 +157,14 @@ public static class KernelTimingModel
         return (int)Math.Max(0, Math.Min(Math.Min(blocks, byWarps), Math.Min(byRegisters, byShared)));
     }
 
+    /// <summary>The shared memory a block of <paramref name="sharedBytesPerBlock"/> takes on an SM: rounded up to the allocation unit, plus the reserved kilobyte.</summary>
+    public static int SharedFootprintBytes(GpuSpec g, int sharedBytesPerBlock) =>
+        RoundUp(sharedBytesPerBlock, g.SharedAllocationUnit) + g.SharedReservedPerBlockBytes;
+
     /// <summary>Warps per block, registers per warp (allocation units) and shared bytes per block (with the reserved kilobyte).</summary>
     private static (int Warps, int RegistersPerWarp, int SharedPerBlock) Footprint(GpuSpec g, KernelPrediction k) =>
         (((int)k.Launch.Block.Count + 31) / 32, RoundUp(Math.Max(k.Resources.RegistersPerThread, 1) * 32, g.RegisterAllocationUnit),
-         RoundUp(k.Resources.StaticSharedBytes + k.Launch.DynamicSharedBytes, g.SharedAllocationUnit) + g.SharedReservedPerBlockBytes);
+         SharedFootprintBytes(g, k.Resources.StaticSharedBytes + k.Launch.DynamicSharedBytes));
 
     /// <summary>
     /// The overlap of programmatic launch <paramref name="k"/> (predicted on its own) with the kernel before it,

@@ -36,9 +36,8 @@ public sealed record PersistentStage
     public double ThroughputUs => Math.Max(IssueUs, TransferUs);
     /// <summary>Warps today's kernel runs at once (the CTAs of its first wave × warps per CTA); 0: unknown, never rescaled.</summary>
     public long WarpsAtOnce { get; init; }
-    /// <summary>Today's kernel's registers per thread, threads and shared memory (static + dynamic) per CTA.</summary>
+    /// <summary>Today's kernel's registers per thread and shared memory (static + dynamic) per CTA.</summary>
     public int RegistersPerThread { get; init; }
-    public int ThreadsPerCta { get; init; }
     public int SharedBytesPerCta { get; init; }
 
     /// <summary>
@@ -144,8 +143,7 @@ public static class PersistentWhatIf
                 IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
                 TransferBytes = a.L2Bytes + a.DramBytes,
                 WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
-                RegistersPerThread = a.Resources.RegistersPerThread, ThreadsPerCta = (int)r.Block.Count,
-                SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
+                RegistersPerThread = a.Resources.RegistersPerThread, SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
             });
         }
         return stages;
@@ -156,22 +154,18 @@ public static class PersistentWhatIf
     /// <paramref name="registersPerThread"/> registers and the largest shared memory per CTA of today's kernels (a CTA
     /// must hold any stage's tiles), by the occupancy rules of section 2.
     /// </summary>
-    public static Occupancy KernelOccupancy(GpuSpec g, IReadOnlyList<PersistentStage> stages, int registersPerThread, int threadsPerCta = 128)
-    {
-        int shared = stages.Count == 0 ? 0 : stages.Max(s => s.SharedBytesPerCta);
-        return KernelTimingModel.Occupancy(g, threadsPerCta, registersPerThread, shared);
-    }
+    public static Occupancy KernelOccupancy(GpuSpec g, IReadOnlyList<PersistentStage> stages, int registersPerThread, int threadsPerCta = 128) =>
+        KernelTimingModel.Occupancy(g, threadsPerCta, registersPerThread, LargestSharedBytes(stages));
+
+    /// <summary>The most shared memory per CTA any stage's kernel uses today: what one kernel's CTA must hold.</summary>
+    public static int LargestSharedBytes(IReadOnlyList<PersistentStage> stages) => stages.Count == 0 ? 0 : stages.Max(s => s.SharedBytesPerCta);
 
     /// <summary>
     /// The shared memory a kernel of <paramref name="occupancy"/> leaves free on the whole GPU: per SM, what its CTAs of the
     /// largest shared memory per CTA of the stages (allocation unit and reserved kilobyte included) do not take.
     /// </summary>
-    public static long FreeSharedBytes(GpuSpec g, IReadOnlyList<PersistentStage> stages, Occupancy occupancy)
-    {
-        int shared = stages.Count == 0 ? 0 : stages.Max(s => s.SharedBytesPerCta);
-        long perCta = (shared + g.SharedAllocationUnit - 1) / g.SharedAllocationUnit * g.SharedAllocationUnit + g.SharedReservedPerBlockBytes;
-        return Math.Max(0, g.SharedPerSmBytes - occupancy.BlocksPerSm * perCta) * g.Sms;
-    }
+    public static long FreeSharedBytes(GpuSpec g, IReadOnlyList<PersistentStage> stages, Occupancy occupancy) =>
+        Math.Max(0, g.SharedPerSmBytes - (long)occupancy.BlocksPerSm * KernelTimingModel.SharedFootprintBytes(g, LargestSharedBytes(stages))) * g.Sms;
 
     /// <summary>The shared memory <c>--what-if persistent</c> takes for staging a stage's bytes fetched ahead: half of every SM's.</summary>
     public static long StagingBytes(GpuSpec g) => (long)g.SharedPerSmBytes / 2 * g.Sms;
@@ -290,6 +284,9 @@ public static class PersistentWhatIf
         double stepUs = c.LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
         double tokS = p.Tokens / stepUs * 1e6;
         double roofTokS = p.Tokens / (minimumBytes / g.DramPeakGBps / 1000.0) * 1e6;
+        // a composition's step (the launch, one graph node, the host copies, the wake-up) as a share of the roofline
+        double Percent(IReadOnlyList<PersistentStage> st, long lookahead, long staging = 0) =>
+            100 * p.Tokens / (Compose(g, st, lookahead, release, staging).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs) * 1e6 / roofTokS;
         var sb = new StringBuilder();
         sb.Append(inv, $"WHAT-IF, NOT BUILT, PREDICTED by the timing model: the {p.Name} step's {p.Launches.Count} kernels as the stages of one persistent launch on {g.Name} (docs/timing-model.md, section 7): ");
         sb.Append(inv, $"lookahead {ByteSize.Format(c.LookaheadBytes)} (l2PersistingBytes), counter release {release:F2} us (two L2 round trips){StepPredictor.AssumedText(g)}\n");
@@ -310,24 +307,19 @@ public static class PersistentWhatIf
         // launch may: close to the multi-kernel step), half, twice and four times the budget
         sb.Append(inv, $"  what-if by lookahead:");
         foreach (long bytes in new[] { 0, g.L2PersistingBytes / 2, g.L2PersistingBytes, g.L2PersistingBytes * 2, g.L2PersistingBytes * 4 })
-        {
-            double us = Compose(g, stages, bytes, release).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
-            sb.Append(inv, $" {ByteSize.Format(bytes)} {100 * p.Tokens / us * 1e6 / roofTokS:F1}%");
-        }
+            sb.Append(inv, $" {ByteSize.Format(bytes)} {Percent(stages, bytes):F1}%");
         sb.Append(" of the roofline\n");
         // the weights fetched ahead for a stage staged in shared memory (half of every SM's, the other half for the tiles
         // that run), so their L2-to-SM transfer happens before the stage is ready
         long staging = StagingBytes(g);
-        double stagedUs = Compose(g, stages, g.L2PersistingBytes, release, staging).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
         sb.Append(inv, $"  what-if with each stage's bytes fetched ahead staged in shared memory (up to {ByteSize.Format(staging)}: half of every SM's) before it is ready: ");
-        sb.Append(inv, $"{100 * p.Tokens / stagedUs * 1e6 / roofTokS:F1}% of the roofline\n");
+        sb.Append(inv, $"{Percent(stages, g.L2PersistingBytes, staging):F1}% of the roofline\n");
         // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
         // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
         if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))
         {
             var widest = stages.MaxBy(s => s.RegistersPerThread)!;
-            long shared = stages.Max(s => s.SharedBytesPerCta);
-            sb.Append(inv, $"  what-if as one kernel: every stage at one block size and register count, with {ByteSize.Format(shared)} of shared memory per CTA (the most any kernel uses); ");
+            sb.Append(inv, $"  what-if as one kernel: every stage at one block size and register count, with {ByteSize.Format(LargestSharedBytes(stages))} of shared memory per CTA (the most any kernel uses); ");
             sb.Append(inv, $"a stage that runs more warps today than the kernel holds takes its tiles in rounds, each at today's chain (lookahead {ByteSize.Format(g.L2PersistingBytes)})\n");
             sb.Append(inv, $"  (staged: with each stage's bytes fetched ahead staged in the shared memory its CTAs leave free, up to the size given)\n");
             sb.Append(inv, $"  {"threads",9}{"regs",6}{"CTAs/SM",9}{"warps/SM",10}  {"limit",-14}{"% of roofline",14}{"staged",18}  stages that use more registers today\n");
@@ -339,12 +331,10 @@ public static class PersistentWhatIf
                     try { occ = KernelOccupancy(g, stages, regs, threads); }
                     catch (ArgumentException) { sb.Append(inv, $"  {threads,9}{regs,6}  does not fit on an SM\n"); continue; }
                     var at = AtOccupancy(g, stages, occ);
-                    double us = Compose(g, at, g.L2PersistingBytes, release).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
                     long free = FreeSharedBytes(g, stages, occ);
-                    double usStaged = Compose(g, at, g.L2PersistingBytes, release, free).LaunchUs + g.GraphNodeGapUs + p.CopyUs + p.SyncUs;
                     var over = stages.Where(s => s.RegistersPerThread > regs).Select(s => s.Kernel).Distinct();
-                    string staged = string.Create(inv, $"{100 * p.Tokens / usStaged * 1e6 / roofTokS:F1}% ({ByteSize.Format(free)})");
-                    sb.Append(inv, $"  {threads,9}{regs,6}{occ.BlocksPerSm,9}{occ.WarpsPerSm,10}  {LimitName(occ.Limit),-14}{100 * p.Tokens / us * 1e6 / roofTokS,13:F1}%{staged,18}  {string.Join(", ", over)}\n");
+                    string staged = string.Create(inv, $"{Percent(at, g.L2PersistingBytes, free):F1}% ({ByteSize.Format(free)})");
+                    sb.Append(inv, $"  {threads,9}{regs,6}{occ.BlocksPerSm,9}{occ.WarpsPerSm,10}  {LimitName(occ.Limit),-14}{Percent(at, g.L2PersistingBytes),13:F1}%{staged,18}  {string.Join(", ", over)}\n");
                 }
         }
         return sb.ToString();
