@@ -339,7 +339,7 @@ __device__ __forceinline__ void attn_split_range(
         p_s[warp][lane] = make_uint4(pack_bf16x2(pr[0], pr[1]), pack_bf16x2(pr[0] - round_bf16(pr[0]), pr[1] - round_bf16(pr[1])),
                                      pack_bf16x2(pr[2], pr[3]), pack_bf16x2(pr[2] - round_bf16(pr[2]), pr[3] - round_bf16(pr[3])));
         __syncthreads();
-        if (alpha != 1.f) {                          // x 1 changes no bit; alpha is the same for the whole warp's head row
+        if (alpha != 1.f) {                          // x 1 changes no bit; alpha is per head (lane >> 2), the same in every warp
 #pragma unroll
             for (int i = 0; i < DEC_WPAIRS; i++)
 #pragma unroll
