@@ -311,7 +311,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_mma(GemvPar
     __shared__ float inv_s[GEMV_MAX_RPW];
     const int row_base = blockIdx.x * GEMV_WARPS * p.rows_per_warp;
     gemv_prologue<0>(p, row_base, 0, p.k);
-    gemv_mma_tile<GEMV_WARPS, false>(p, row_base, p.rows_per_warp, xm_s, red_s, nred_s, inv_s);
+    gemv_mma_tile<GEMV_WARPS, false>(p, row_base, p.rows_per_warp, GEMV_WARPS / p.rows_per_warp, xm_s, red_s, nred_s, inv_s);
 }
 
 // No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2

@@ -33,22 +33,22 @@ struct GemvParams {
 #define GEMV_MMA_STAGE_BATCH 4    // 16-byte chunks of x per thread per round trip while staging
 
 // Rows row_base .. row_base + 8 * groups - 1 of y = W x (x, or h = RMSNorm(x) * norm_weight when p.norm_weight is set) for
-// p.tokens tokens, on WARPS warps (the CTA's threads 0 .. 32 * WARPS - 1): row group gi (8 rows) is summed by WARPS / groups
-// warps, each over an equal K-slice of whole 32-wide steps, and their partials are added in warp order. So a tile gives
-// the same bits as any other launch whose row groups have the same warps per group (WARPS / groups): 8 warps with 2
-// groups equal 4 warps with 1. X_L2: x was written by other CTAs of the same launch (after a counter said so), so it is
-// read through L2 (ld.global.cg) rather than a path that may hold older lines. Needs tokens <= WARPS with the norm (one
-// warp finishes each row's sum). Shared memory: xm_s [T][K + GEMV_MMA_PAD] bf16 (dynamic), red_s [WARPS][8][8],
-// nred_s [8][32], inv_s [8]. Starts by staging x (the caller's barrier before it, if its shared memory was in use) and
-// ends after the epilogue's stores, without a barrier.
-template <int WARPS, bool X_L2>
-__device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, uint4* xm_s, float (*red_s)[8][8],
+// p.tokens tokens: row group gi (8 rows) is summed over wpg equal K-slices of whole 32-wide steps, and the slices'
+// partials are added in slice order. Slice v = gi * wpg + wi (groups * wpg <= 8, at most SLICES * WARPS) runs on warp
+// v % WARPS of the CTA's threads 0 .. 32 * WARPS - 1: with SLICES 2 a warp may run two slices one after the other. The
+// bits depend only on wpg: gemv_bf16_mma's 8 warps with 2 groups (wpg 4) equal 4 warps with 1 group and wpg 4; its 8
+// warps with 1 group (wpg 8) equal 4 warps running two slices each. X_L2: x was written by other CTAs of the same
+// launch (after a counter said so), so it is read through L2 (ld.global.cg) rather than a path that may hold older
+// lines. Needs tokens <= WARPS with the norm (one warp finishes each row's sum). Shared memory: xm_s [T][K +
+// GEMV_MMA_PAD] bf16 (dynamic), red_s [groups * wpg][8][8], nred_s [8][32], inv_s [8]. Starts by staging x (the
+// caller's barrier before it, if its shared memory was in use) and ends after the epilogue's stores, without a barrier.
+template <int WARPS, bool X_L2, int SLICES = 1>
+__device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
                                               float (*nred_s)[32], float* inv_s)
 {
     constexpr int THREADS = WARPS * 32;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int T = p.tokens, K = p.k;
-    const int wpg = WARPS / groups;
 
     // stage x (or the normalised h) as bf16 rows of K + GEMV_MMA_PAD, GEMV_MMA_STAGE_BATCH chunks per thread per round trip;
     // the first batch also brings the residual of the thread's first output (the epilogue's i = tid)
@@ -79,34 +79,39 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
     }
     __syncthreads();
     const int g = lane >> 2, t4 = lane & 3;
-    const int gi = warp / wpg, wi = warp - gi * wpg;
-    const int kslice = K / wpg, kbeg = wi * kslice;
-    const int row = row_base + gi * 8 + g;
-    // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
-    const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
-    const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
-    float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
-    auto step = [&](uint4 wv, uint4 xv) {
-        const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
-        mma_bf16_16816(acc0, a0, wv.x, wv.y);
-        mma_bf16_16816(acc1, a1, wv.z, wv.w);
-    };
-    constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
-    int s0 = 0;
-    for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
-        uint4 wv[U], xv[U];
+#pragma unroll 1
+    for (int j = 0; j < SLICES; j++) {                     // slices warp, warp + WARPS, ...: SLICES of them at most
+        const int v = warp + j * WARPS;
+        if (v >= groups * wpg) break;
+        const int gi = v / wpg, wi = v - gi * wpg;
+        const int kslice = K / wpg, kbeg = wi * kslice;
+        const int row = row_base + gi * 8 + g;
+        // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
+        const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
+        const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
+        float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+        auto step = [&](uint4 wv, uint4 xv) {
+            const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+            mma_bf16_16816(acc0, a0, wv.x, wv.y);
+            mma_bf16_16816(acc1, a1, wv.z, wv.w);
+        };
+        constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
+        int s0 = 0;
+        for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
+            uint4 wv[U], xv[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            wv[u] = ldg_stream_v4(wrow + s0 + 32 * u);
-            xv[u] = xrow[(s0 >> 3) + 4 * u];
+            for (int u = 0; u < U; u++) {
+                wv[u] = ldg_stream_v4(wrow + s0 + 32 * u);
+                xv[u] = xrow[(s0 >> 3) + 4 * u];
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) step(wv[u], xv[u]);
         }
-#pragma unroll
-        for (int u = 0; u < U; u++) step(wv[u], xv[u]);
+        for (; s0 < kslice; s0 += 32) step(ldg_stream_v4(wrow + s0), xrow[s0 >> 3]);   // the last steps of a short slice
+        // red_s[v][token g][2t4 + j]: slice v's partial of token g, row 2t4 + j of its group
+        red_s[v][g][2 * t4] = acc0[0] + acc1[0];
+        red_s[v][g][2 * t4 + 1] = acc0[1] + acc1[1];
     }
-    for (; s0 < kslice; s0 += 32) step(ldg_stream_v4(wrow + s0), xrow[s0 >> 3]);   // the last steps of a short slice
-    // red_s[warp][token g][2t4 + j]: this warp's partial of token g, row 2t4 + j of its group
-    red_s[warp][g][2 * t4] = acc0[0] + acc1[0];
-    red_s[warp][g][2 * t4 + 1] = acc0[1] + acc1[1];
     __syncthreads();
     for (int i = tid; i < outputs; i += THREADS) {
         const int grp = i / (T * 8), rest = i - grp * T * 8, t = rest >> 3, r = rest & 7;

@@ -430,7 +430,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
                 extern __shared__ uint4 next_x_s[];        // [T][K + GEMV_MMA_PAD] bf16: the staged, normalised x
                 __shared__ float next_red_s[4][8][8], next_nred_s[GEMV_MMA_MAX_TOKENS][32], next_inv_s[GEMV_MMA_MAX_TOKENS];
                 counter_wait(&p.sync[2 + p.gate_up.slots], experts_dn_blocks(p) * p.gate_up.slots);
-                gemv_mma_tile<GEMV_THREADS / 32, true>(p.next, cur.block * 8, 1, next_x_s, next_red_s, next_nred_s, next_inv_s);
+                gemv_mma_tile<GEMV_THREADS / 32, true>(p.next, cur.block * 8, 1, GEMV_THREADS / 32, next_x_s, next_red_s, next_nred_s, next_inv_s);
             }
         }
         __syncthreads();                                   // the tile's shared memory (staged row, ticket flag) is free

@@ -20,15 +20,18 @@ template <> struct RowVec<2> { typedef unsigned int T; };
 template <> struct RowVec<4> { typedef uint2 T; };
 template <> struct RowVec<8> { typedef uint4 T; };
 
+// L2: the row was written by another CTA of the same launch (a persistent launch, docs/kernels.md "Persistent
+// launches"): loaded with ld.global.cg, so no older line in the SM's L1 can answer.
+template <bool L2 = false>
 __device__ __forceinline__ void load_row(const bf16* src, float (&x)[ROPE_E])
 {
 #if ROPE_E == 1
-    x[0] = bf16_to_f32(*src);
+    x[0] = bf16_to_f32(L2 ? __ldcg(src) : *src);
 #else
     const unsigned int* s = reinterpret_cast<const unsigned int*>(src);
     unsigned int w[ROPE_E / 2];
     typedef typename RowVec<ROPE_E>::T V;
-    *reinterpret_cast<V*>(w) = *reinterpret_cast<const V*>(s);
+    *reinterpret_cast<V*>(w) = L2 ? __ldcg(reinterpret_cast<const V*>(s)) : *reinterpret_cast<const V*>(s);
 #pragma unroll
     for (int i = 0; i < ROPE_E / 2; i++) { x[2 * i] = bf16x2_lo(w[i]); x[2 * i + 1] = bf16x2_hi(w[i]); }
 #endif

@@ -157,6 +157,53 @@ public class DenseModelDeviceTests
         Assert.That(fused.Count(r => r.Kernel == "attn_decode_fused"), Is.EqualTo(layers));
     }
 
+    /// <summary>
+    /// PersistentAttentionBlock (docs/kernels.md, "Persistent launches"): on a decode step of one row per sequence each
+    /// layer's qkv projection, attention and o_proj run as one launch (persistent_attn_block). The small checkpoint on 10
+    /// SMs qualifies (qkv 384 x 256 and o_proj 256 x 256 take the tensor-core plan: PersistentDecodeLaunchers.CanRun). The
+    /// logits of the prompt, of one decode row and of a run of 3 rows (which keeps the separate launches) are the same bits
+    /// with it on and off (off by default), also with the decode steps replayed as captured graphs; the one-row step has
+    /// two launches fewer per layer.
+    /// </summary>
+    [Test]
+    public void PersistentAttentionBlock_RemovesTwoLaunchesPerLayer_SameLogits()
+    {
+        float[][] Run(bool persistent, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false)
+        {
+            using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
+            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = graphs, PersistentAttentionBlock = persistent });
+            int V = dm.VocabSize;
+            var prompt = new float[V];
+            dm.Forward(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], prompt);
+            int token = Array.IndexOf(prompt, prompt.Max());
+            device.ClearLaunches();
+            var one = new float[V];
+            dm.Forward(0, [token], one);
+            decodeLaunches = [.. device.Launches];
+            var second = new float[V];
+            dm.Forward(0, [Array.IndexOf(one, one.Max())], second);
+            var three = new float[V];
+            dm.Forward(0, [token, 7, 9], three);
+            return [prompt, one, second, three];
+        }
+        var on = Run(true, out var fused);
+        var off = Run(false, out var separate);
+        var replayed = Run(true, out _, graphs: true);
+        Assert.That(new DeviceModelOptions().PersistentAttentionBlock, Is.EqualTo(DeviceModelOptions.PersistentAttentionFromEnvironment()), "off unless QWEN3CUDA_PERSISTENT_ATTN says on");
+        for (int i = 0; i < on.Length; i++)
+        {
+            string what = new[] { "the prompt", "one decode row", "the next decode row", "a run of 3 rows" }[i];
+            Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
+            Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
+        }
+        var config = Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint.BuildConfig(DeviceCheckpoints.SmallOptions);
+        int layers = config.NumHiddenLayers;
+        Assert.That(separate.Count - fused.Count, Is.EqualTo(2 * layers), "two launches fewer per layer");
+        Assert.That(fused.Count(r => r.Kernel == "persistent_attn_block"), Is.EqualTo(layers), "one attention block launch per layer");
+        Assert.That(fused.Any(r => r.Kernel == "attn_decode_fused"), Is.False, "no separate attention launch");
+    }
+
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>
     [Test]
     public void Qwen3_06B_Plan_CountsTheTiedEmbeddingOnce()

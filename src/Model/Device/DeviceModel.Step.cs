@@ -368,6 +368,19 @@ public sealed partial class DeviceModel
         int rows = s.Rows, H = c.HiddenSize, qDim = c.QueryDim, qkvDim = qDim + 2 * c.KeyValueDim;
         float eps = (float)c.RmsNormEps;
 
+        var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
+        long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytes) : 0;
+        // The attention block as one launch (PersistentAttentionBlock): qkv -> attention -> o_proj (+residual), the same
+        // bits as the launches below. The router then fetches all of the next weights' first bytes (o_proj does not).
+        if (AttentionBlockAsOneLaunch(layer, s))
+        {
+            _qkvRanAhead = false;
+            var args = DecodeArgs(layer, s);
+            _persistentAttn!.AttentionBlock(_stream, _attn, new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj)),
+                args, DecodeRope(layer), Ws(w.PersistentCounters));
+            MlpStep(layer, s, next, ahead, oProjAhead: 0);
+            return;
+        }
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
         // the residual adds are fused into o_proj and the MoE down GEMV / combine). Skipped when the previous layer's
         // experts launch ran it as its follow-on tiles (ExpertsFollowOnQkv).
@@ -394,13 +407,9 @@ public sealed partial class DeviceModel
         // segments (causal flash attention of each run over its sequence's pages).
         if (s.DecodeRows > 0)
         {
-            var args = new DecodeAttentionArgs(
-                Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
-                Ws(w.ContextLens), s.DecodeRows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
-                Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / s.DecodeRows));
+            var args = DecodeArgs(layer, s);
             if (s.DecodeRuns) _attn.Decode(_stream, args);
-            else _attn.DecodeFused(_stream, args, new DecodeRopeArgs(Ws(w.Qkv), qkvDim, DevicePtr.Null, qDim, W(L.QNorm), W(L.KNorm),
-                invFreq, w.PerRowRope, Ws(w.Positions), Ws(w.Slots), eps, _attentionScaling, Ws(w.AttnTickets)));
+            else _attn.DecodeFused(_stream, args, DecodeRope(layer));
         }
         if (s.FlashSegments > 0)
         {
@@ -417,10 +426,22 @@ public sealed partial class DeviceModel
         // OProj (+residual): x = x + attn Wo^T. On a MoE decode step o_proj and the router are latency-bound: they also fetch
         // the first bytes of the next weight stream (the next layer's qkv, or the lm_head after the last layer) into L2 with
         // evict_last, o_proj the first OProjFetchAheadBytes, the router the rest (docs/timing-model.md, "Weights fetched ahead")
-        var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
-        long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytes) : 0;
         long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytes);
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim, fetchAhead: oProjAhead > 0 ? W(next) : default, fetchAheadBytes: oProjAhead);
+        MlpStep(layer, s, next, ahead, oProjAhead);
+    }
+
+    /// <summary>
+    /// The MLP half of a layer: x += MLP(RMSNorm(x)). On a MoE decode step the router fetches the next weights' bytes
+    /// from <paramref name="oProjAhead"/> to <paramref name="ahead"/> into L2 (o_proj fetched those before).
+    /// </summary>
+    private void MlpStep(int layer, StepShape s, DeviceTensor next, long ahead, long oProjAhead)
+    {
+        var c = Config;
+        var w = Plan.Workspace;
+        var L = Plan.Weights.Layers[layer];
+        int rows = s.Rows, H = c.HiddenSize, qkvDim = c.QueryDim + 2 * c.KeyValueDim;
+        float eps = (float)c.RmsNormEps;
         if (L.IsMoe)
         {
             // PostNorm -> Router -> GroupTokens -> ExpertsGateUp -> ExpertsDown (+combine, +residual): x = x + MoE(RMSNorm(x) * w_post).
@@ -449,6 +470,45 @@ public sealed partial class DeviceModel
         Project(Ws(w.MlpGateUp), 2 * I, Ws(w.X), H, L.GateUp, DevicePtr.Null, rows, 2 * I, H, W(L.PostNorm));
         _swiglu!.SwiGlu(_stream, Ws(w.MlpAct), I, Ws(w.MlpGateUp), 2 * I, rows, I);
         Project(Ws(w.X), H, Ws(w.MlpAct), I, L.Down, Ws(w.X), rows, H, I);
+    }
+
+    /// <summary>The decode attention's arguments for the step's decode rows (rows 0 .. DecodeRows - 1) at layer <paramref name="layer"/>.</summary>
+    private DecodeAttentionArgs DecodeArgs(int layer, StepShape s)
+    {
+        var c = Config;
+        var w = Plan.Workspace;
+        int qDim = c.QueryDim;
+        return new DecodeAttentionArgs(
+            Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
+            Ws(w.ContextLens), s.DecodeRows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
+            Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / Math.Max(1, s.DecodeRows)));
+    }
+
+    /// <summary>attn_decode_fused's prologue arguments at layer <paramref name="layer"/>: q/k norm, RoPE, the KV write from the qkv rows.</summary>
+    private DecodeRopeArgs DecodeRope(int layer)
+    {
+        var c = Config;
+        var w = Plan.Workspace;
+        var L = Plan.Weights.Layers[layer];
+        DevicePtr invFreq = w.PerRowRope ? Ws(w.RopeInvFreq) : W(Plan.Weights.InvFreq);
+        return new DecodeRopeArgs(Ws(w.Qkv), c.QueryDim + 2 * c.KeyValueDim, DevicePtr.Null, c.QueryDim, W(L.QNorm), W(L.KNorm),
+            invFreq, w.PerRowRope, Ws(w.Positions), Ws(w.Slots), (float)c.RmsNormEps, _attentionScaling, Ws(w.AttnTickets));
+    }
+
+    /// <summary>
+    /// Whether layer <paramref name="layer"/>'s attention block runs as one launch (persistent_attn_block): the option is
+    /// on, every row of the step is a decode row that is its sequence's only new token, its qkv projection has not run
+    /// ahead, both projections are bf16 and the shapes qualify (<see cref="PersistentDecodeLaunchers.CanRun"/>).
+    /// </summary>
+    private bool AttentionBlockAsOneLaunch(int layer, StepShape s)
+    {
+        if (_persistentAttn is null || _qkvRanAhead || s.DecodeRuns || s.FlashSegments > 0 || s.DecodeRows != s.Rows || s.Rows == 0) return false;
+        var c = Config;
+        var L = Plan.Weights.Layers[layer];
+        if (Operand(L.Qkv).Format != WeightFormat.Bf16 || Operand(L.OProj).Format != WeightFormat.Bf16) return false;
+        int splits = _attn.ChooseSplits(s.Rows, c.NumKeyValueHeads, ContextLength, Math.Max(1, Plan.Workspace.AttnSplitRows / s.Rows));
+        return PersistentDecodeLaunchers.CanRun(_device.Info.MultiprocessorCount, c.HeadDim, s.Rows, c.HiddenSize,
+            c.QueryDim + 2 * c.KeyValueDim, c.QueryDim, splits);
     }
 
     /// <summary>

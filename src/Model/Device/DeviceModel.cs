@@ -33,6 +33,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly GemmLaunchers _gemm;
     private readonly RopeLaunchers _rope;
     private readonly AttentionDecodeLaunchers _attn;
+    /// <summary>persistent_decode.cu, when <see cref="DeviceModelOptions.PersistentAttentionBlock"/> is on and the head size allows it.</summary>
+    private readonly PersistentDecodeLaunchers? _persistentAttn;
     private readonly AttentionPrefillLaunchers _attnPrefill;
     private readonly MoeLaunchers? _moe;       // null: no MoE layer
     private readonly SwiGluLaunchers? _swiglu; // null: no dense layer
@@ -100,6 +102,8 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             bool kvFp8 = options.KvCacheDtype == KvCacheDtype.Fp8;
             _rope = new RopeLaunchers(_loader, c.HeadDim, kvFp8);
             _attn = new AttentionDecodeLaunchers(_loader, c.HeadDim, kvFp8);
+            _persistentAttn = options.PersistentAttentionBlock && PersistentDecodeLaunchers.SupportsHeadDim(c.HeadDim)
+                ? new PersistentDecodeLaunchers(_loader, c.HeadDim, kvFp8) : null;
             _attnPrefill = new AttentionPrefillLaunchers(_loader, c.HeadDim, kvFp8);
             _embedding = new EmbeddingLaunchers(_loader);
             _sampling = new SamplingLaunchers(_loader);
@@ -135,7 +139,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
             _kv.ZeroScratchPage(_stream);
             _gemv.ClearTickets(_stream, _workspace.Base + Plan.Workspace.GemvPartial, Plan.Workspace.GemvPartialCapacity);   // split-K tickets, likewise
-            device.MemsetAsync(_workspace.Base + Plan.Workspace.AttnTickets, 0, Plan.Workspace.AttnTicketBytes, _stream);   // attn_decode_fused's, likewise
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.AttnTickets, 0, Plan.Workspace.AttnTicketBytes, _stream);   // attn_decode_fused's tickets and persistent_attn_block's counters, likewise
             foreach (var shape in moeShapes.Distinct())   // the MoE tickets start at zero and every kernel leaves them so: no memset in a step
                 _moe!.ClearTickets(_stream, _workspace.Base + Plan.Workspace.Moe, MoeWorkspace.Compute(Plan.Workspace.Rows, shape));
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);

@@ -65,6 +65,22 @@ public sealed record DeviceModelOptions
     /// <summary>QWEN3CUDA_EXPERTS_FOLLOW_ON is "1" or "true" (any case).</summary>
     public static bool ExpertsFollowOnFromEnvironment() =>
         Environment.GetEnvironmentVariable(ExpertsFollowOnEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
+    /// <summary>
+    /// On a decode step of at most 4 rows (one per sequence, each its sequence's only new token), each layer's attention
+    /// block (the qkv projection with its input norm, the fused attention, o_proj with the residual) runs as one launch
+    /// whose tiles wait on counters instead of kernel boundaries (persistent_decode.cu; docs/kernels.md, "Persistent
+    /// launches"), when both projections are bf16 and the shapes qualify (<c>PersistentDecodeLaunchers.CanRun</c>): two
+    /// launches fewer per layer. Results are the same bits either way. Off by default: the timing model predicts a launch
+    /// from its counters as one kernel and does not see the waits between its stages, so it cannot yet say what this
+    /// saves (docs/timing-model.md, section 7); a GPU measurement decides. On when
+    /// <see cref="PersistentAttentionEnvironmentVariable"/> is "1" or "true".
+    /// </summary>
+    public bool PersistentAttentionBlock { get; init; } = PersistentAttentionFromEnvironment();
+    public const string PersistentAttentionEnvironmentVariable = "QWEN3CUDA_PERSISTENT_ATTN";
+
+    /// <summary>QWEN3CUDA_PERSISTENT_ATTN is "1" or "true" (any case).</summary>
+    public static bool PersistentAttentionFromEnvironment() =>
+        Environment.GetEnvironmentVariable(PersistentAttentionEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),

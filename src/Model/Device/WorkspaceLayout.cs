@@ -79,9 +79,14 @@ public sealed record WorkspaceLayout
     public long GemvPartialCapacity { get; init; }
     public long AttnPartialOut { get; init; }
     public long AttnPartialLse { get; init; }
-    /// <summary>int32 [Rows, nKV]: attn_decode_fused's tickets, zero (cleared once at load; the kernel leaves them zero).</summary>
+    /// <summary>
+    /// int32 [Rows, nKV]: attn_decode_fused's tickets, then the persistent attention block's counters
+    /// (<see cref="PersistentCounters"/>); zero (cleared once at load; the kernels leave them zero). Bytes: both.
+    /// </summary>
     public long AttnTickets { get; init; }
     public long AttnTicketBytes { get; init; }
+    /// <summary>int32 [PersistentDecodeLaunchers.CounterInts]: persistent_attn_block's counters, right after the tickets.</summary>
+    public long PersistentCounters { get; init; }
     /// <summary>Attention (row x split) pairs the partial buffers hold.</summary>
     public int AttnSplitRows { get; init; }
     public long Moe { get; init; }
@@ -142,7 +147,7 @@ public sealed record WorkspaceLayout
             splitRows = Math.Max(splitRows, t * AttentionDecodeLaunchers.PlanSplits(multiprocessors, t, c.NumKeyValueHeads, contextLength));
         long lse = (long)splitRows * c.NumAttentionHeads * sizeof(float);
         long partialOut = a.Take("attn_partial_out", lse * c.HeadDim), partialLse = a.Take("attn_partial_lse", lse);
-        long attnTicketBytes = AttentionDecodeLaunchers.TicketBytes(rows, c.NumKeyValueHeads);
+        long attnTicketBytes = AttentionDecodeLaunchers.TicketBytes(rows, c.NumKeyValueHeads) + PersistentDecodeLaunchers.CounterBytes;
         long attnTickets = a.Take("attn_tickets", attnTicketBytes);
 
         long moeBytes = 0;
@@ -167,6 +172,7 @@ public sealed record WorkspaceLayout
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             AttnTickets = attnTickets, AttnTicketBytes = attnTicketBytes,
+            PersistentCounters = attnTickets + AttentionDecodeLaunchers.TicketBytes(rows, c.NumKeyValueHeads),
             Moe = moe, MoeBytes = moeBytes, MlpGateUp = mlpGateUp, MlpAct = mlpAct, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }

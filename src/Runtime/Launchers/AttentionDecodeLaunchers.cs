@@ -182,14 +182,12 @@ public sealed class AttentionDecodeLaunchers
     }
 
     /// <summary>
-    /// q/k norm + RoPE + the KV write of each row's new token, the attention and the split combine in one launch
-    /// (attn_decode_fused; docs/kernels.md, "Fusions"), with programmatic dependent launch. Every row must be its
-    /// sequence's only new token in the step: its keys 0..len-2 are in the cache already and key len-1 (position
-    /// positions[row], written at slot_mapping[row]) is its own. <c>a.Q</c> is ignored (q comes from
-    /// <c>rope.Qkv</c>); <c>a.KCache</c> / <c>a.VCache</c> are written. One launch, or two with more than
-    /// <see cref="FusedMaxCombineSplits"/> splits. Returns the split count used.
+    /// The checked parameter block of <see cref="DecodeFused"/>'s launch (shared with the persistent attention block,
+    /// <see cref="PersistentDecodeLaunchers"/>, whose attention tiles are that kernel's CTAs): its <c>Splits</c> is the grid's
+    /// split count. <paramref name="combineInKernel"/>: the last CTA of each (row, KV head) combines (at most
+    /// <see cref="FusedMaxCombineSplits"/> splits); otherwise the tickets are null and attn_decode_combine must run after.
     /// </summary>
-    public int DecodeFused(DeviceStream stream, in DecodeAttentionArgs a, in DecodeRopeArgs rope)
+    public AttnDecodeFusedParams FusedParams(in DecodeAttentionArgs a, in DecodeRopeArgs rope, out bool combineInKernel)
     {
         if (_fused is null)
             throw new NotSupportedException($"attn_decode_fused: head_dim {HeadDim} is not supported (supported: {string.Join(", ", FusedHeadDims)})");
@@ -200,9 +198,8 @@ public sealed class AttentionDecodeLaunchers
         if (rope.Qkv.IsNull || a.KCache.IsNull || a.VCache.IsNull || rope.QNormWeight.IsNull || rope.KNormWeight.IsNull
             || rope.InvFreq.IsNull || rope.Positions.IsNull || rope.SlotMapping.IsNull)
             throw new ArgumentException("attn_decode_fused: a required pointer is null", nameof(rope));
-        int splits = Check(a);
-        if (splits == 0) return 0;
-        bool combineInKernel = splits <= FusedMaxCombineSplits;
+        int splits = Math.Max(1, Check(a));
+        combineInKernel = splits <= FusedMaxCombineSplits;
         if (splits > 1 && combineInKernel && rope.Tickets.IsNull) throw new ArgumentException("attn_decode_fused: split decoding needs the ticket array", nameof(rope));
         var p = new AttnDecodeFusedParams
         {
@@ -214,9 +211,25 @@ public sealed class AttentionDecodeLaunchers
             QOutStride = rope.QOutStride, OutStride = a.OutStride, ScaleLog2 = ScaleLog2, Eps = rope.Eps,
             AttentionScaling = rope.AttentionScaling, InvFreqPerToken = rope.InvFreqPerRow ? 1 : 0, MinSplits = MinSplitsHere(a.Seqs, a.NumKvHeads),
         };
+        return p;
+    }
+
+    /// <summary>
+    /// q/k norm + RoPE + the KV write of each row's new token, the attention and the split combine in one launch
+    /// (attn_decode_fused; docs/kernels.md, "Fusions"), with programmatic dependent launch. Every row must be its
+    /// sequence's only new token in the step: its keys 0..len-2 are in the cache already and key len-1 (position
+    /// positions[row], written at slot_mapping[row]) is its own. <c>a.Q</c> is ignored (q comes from
+    /// <c>rope.Qkv</c>); <c>a.KCache</c> / <c>a.VCache</c> are written. One launch, or two with more than
+    /// <see cref="FusedMaxCombineSplits"/> splits. Returns the split count used.
+    /// </summary>
+    public int DecodeFused(DeviceStream stream, in DecodeAttentionArgs a, in DecodeRopeArgs rope)
+    {
+        var p = FusedParams(a, rope, out bool combineInKernel);
+        int splits = p.Splits;
+        if (a.Seqs == 0) return 0;
         var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
         args.Add(p);
-        _device.Launch(_fused, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128, ProgrammaticDependentLaunch: true), stream, args);
+        _device.Launch(_fused!, new LaunchConfig(new Dim3((uint)splits, (uint)a.NumKvHeads, (uint)a.Seqs), 128, ProgrammaticDependentLaunch: true), stream, args);
         if (!combineInKernel)
         {
             var c = new AttnDecodeParams

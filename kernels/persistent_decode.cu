@@ -1,0 +1,109 @@
+// persistent_decode.cu: a decoder layer's attention block for decode rows as ONE launch whose tiles wait on counters
+// instead of kernel boundaries (docs/kernels.md, "Persistent launches"; the plan in docs/timing-model.md, section 7):
+//
+//   qkv = W_qkv (RMSNorm(x) * w_in)                              gemv_bf16_mma's tile, its norm prologue
+//   attn = attention(q/k norm, RoPE, KV write, splits, combine)  attn_decode_fused's CTA
+//   x = x + W_o attn                                             gemv_bf16_mma's tile, the residual
+//
+// In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
+// ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the
+// numbering of attn_decode_fused's grid), then every o_proj row tile. The grid is one CTA per tile; a CTA takes its
+// tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
+// dispatches the CTAs in. A GEMV tile first prefetches its weight rows into L2 (they depend on nothing), an attention
+// tile its first K / V tile (keys of earlier steps), then it waits for the stage before (counters[2]: qkv tiles done,
+// counters[3]: attention tiles done; o_proj tiles count into counters[4]): the next stage's weights stream during the
+// current stage's dependency chain without a kernel boundary. Progress needs no co-residency: a tile waits only on
+// tiles of lower tickets, held by CTAs already running. The last CTA out (counters[1]) resets the counters for the
+// next launch: they are zero before the first.
+// Why not resident CTAs looping over tickets: in a loop, NVRTC hoists the tiles' parameter loads and per-thread
+// addresses out of it and keeps them in registers across the whole loop: 168 to 227 registers, against this kernel's
+// 106 (sm_80) / 121 (sm_90), attn_decode_fused's own (docs/kernels.md, "Persistent launches").
+// Oracle: the tiles are the three kernels' own code (gemv_mma_tile, attn_fused_tile), so the launch equals the three
+// launches bit for bit: a GEMV tile sums each row group over the standalone plan's K-slices (wpg), its 4 warps running
+// 8 slices two each when the plan has 8 (tests/Kernels/PersistentDecodeTests).
+// PDL: launched as a programmatic dependent of the previous kernel (which wrote x). Before pdl_wait() a CTA only
+// prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step writes,
+// comes after the wait); a CTA lets the next kernel start once its tile is done.
+// Thread mapping: 128 threads = 4 warps (the attention's CTA); a GEMV tile is 8 * groups rows, groups * wpg K-slices
+// on the 4 warps. Memory traffic: each weight once, the KV cache once (as attn_decode_fused), x and attn once per GEMV
+// tile from L2, the partials once; counters: one ticket and one release per tile, one polling thread per waiting CTA.
+// Shared memory: the attention's (AttnFusedSmem, about 40 KiB at D 128); its K / V tile buffer also holds a GEMV
+// tile's staged rows (T x (K + 32) bf16: the launcher checks they fit).
+#include "gemv_mma.cuh"
+#include "attention_decode.cuh"
+
+#if DEC_TC
+#define PDEC_THREADS DEC_THREADS
+#define PDEC_WARPS (PDEC_THREADS / 32)
+#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention's tile fits (119 today)
+static_assert(PDEC_WARPS == 4, "the attention tile's 4 warps");
+
+struct PersistentAttnParams {
+    GemvParams qkv;                        // x: the layer input, norm_weight: its input RMSNorm, y: qkv rows
+    AttnDecodeFusedParams attn;            // qkv: qkv.y; out: o_proj.x
+    GemvParams o_proj;                     // x: the attention output, y = residual = the layer's x
+    int* counters;                         // [5]: next ticket, exit ticket, qkv / attention / o_proj tiles done
+    int qkv_groups, qkv_wpg;               // a qkv tile: qkv_groups row groups of 8 rows, each summed over qkv_wpg K-slices
+    int o_groups, o_wpg;
+};
+
+// The weight rows of GEMV tile `tile` into L2 (sm_90; they depend on nothing the step writes).
+__device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile, int groups)
+{
+    const int row_base = tile * 8 * groups;
+    prefetch_l2_rows(g.w, row_base, min(g.n, row_base + 8 * groups), (size_t)g.k * 2, 0, (size_t)g.k * 2);
+}
+
+// A GEMV tile: its weight rows into L2, wait() (every thread calls it: the inputs are ready after it), the tile, the
+// release of counter `done`.
+template <bool X_L2, class Wait>
+__device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, int groups, int wpg, unsigned char* staging,
+                                                float (*red_s)[8][8], float (*nred_s)[32], float* inv_s, Wait wait, int* done)
+{
+    prefetch_gemv_rows(g, tile, groups);
+    wait();
+    gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, tile * 8 * groups, groups, wpg, reinterpret_cast<uint4*>(staging), red_s, nred_s, inv_s);
+    counter_release(done);                 // its barrier: every row written, the shared memory free
+}
+
+extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM) persistent_attn_block(PersistentAttnParams p)
+{
+    __shared__ AttnFusedSmem s;
+    __shared__ float red_s[8][8][8];
+    __shared__ float nred_s[8][32];
+    __shared__ float inv_s[8];
+    __shared__ int ticket_s;
+    const int qkv_tiles = (p.qkv.n + 8 * p.qkv_groups - 1) / (8 * p.qkv_groups);
+    const int attn_per_row = p.attn.splits * p.attn.num_kv_heads, attn_tiles = attn_per_row * p.attn.seqs;
+    const int o_tiles = (p.o_proj.n + 8 * p.o_groups - 1) / (8 * p.o_groups);
+    // Before pdl_wait() nothing the step writes, the counters included: the weight rows of tile blockIdx.x (a GEMV
+    // tile) into L2, a guess at the ticket this CTA will take (CTAs start roughly in index order); a wrong guess only
+    // fetches another CTA's rows early.
+    if ((int)blockIdx.x < qkv_tiles) prefetch_gemv_rows(p.qkv, blockIdx.x, p.qkv_groups);
+    else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
+    pdl_wait();
+    if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
+    __syncthreads();
+    const int tile = ticket_s;
+    if (tile < qkv_tiles) {
+        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, s.tiles_s, red_s, nred_s, inv_s, [] {}, &p.counters[2]);
+    } else if (tile < qkv_tiles + attn_tiles) {
+        const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
+        attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { counter_wait(&p.counters[2], qkv_tiles); });
+        counter_release(&p.counters[3]);
+    } else if (tile < qkv_tiles + attn_tiles + o_tiles) {
+        gemv_stage_tile<true>(p.o_proj, tile - qkv_tiles - attn_tiles, p.o_groups, p.o_wpg, s.tiles_s, red_s, nred_s, inv_s,
+                              [&] { counter_wait(&p.counters[3], attn_tiles); }, &p.counters[4]);
+    }
+    pdl_launch_dependents();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        if (atomicAdd(&p.counters[1], 1) == (int)(gridDim.x - 1)) {   // every other CTA has finished its tile and left
+            for (int c = 2; c < 5; c++) p.counters[c] = 0;
+            p.counters[0] = 0;
+            __threadfence();
+            p.counters[1] = 0;
+        }
+    }
+}
+#endif

@@ -1,0 +1,141 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace Qwen3Cuda.Runtime.Launchers;
+
+/// <summary>Mirror of <c>PersistentAttnParams</c> in kernels/persistent_decode.cu (layout checked by a test).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct PersistentAttnParams
+{
+    public GemvParams Qkv;
+    public AttnDecodeFusedParams Attn;
+    public GemvParams OProj;
+    public DevicePtr Counters;   // [5] int, zero on entry, left zero
+    public int QkvGroups;
+    public int QkvWpg;
+    public int OGroups;
+    public int OWpg;
+}
+
+/// <summary>
+/// The bf16 weights and activations of one layer's attention block for <see cref="PersistentDecodeLaunchers.AttentionBlock"/>:
+/// x ([rows, <paramref name="Ldx"/>] bf16, <paramref name="Hidden"/> wide) is read by the qkv projection through its input
+/// RMSNorm (<paramref name="InputNorm"/>, <paramref name="Eps"/>) and gets o_proj's output added in place;
+/// <paramref name="Wqkv"/> is [qkv dim, hidden], <paramref name="Wo"/> [hidden, q dim], rows contiguous.
+/// </summary>
+public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hidden, DevicePtr InputNorm, float Eps, DevicePtr Wqkv, DevicePtr Wo);
+
+/// <summary>
+/// Launcher for kernels/persistent_decode.cu: a layer's attention block for decode rows, qkv projection (with its input
+/// norm) -> attn_decode_fused's attention -> o_proj (+ residual), as one persistent launch whose CTAs pull the three
+/// stages' tiles in order and wait on counters in global memory (docs/kernels.md, "Persistent launches"). Bitwise the
+/// same as <see cref="GemvLaunchers.Gemv(DeviceStream, DevicePtr, int, DevicePtr, int, in WeightOperand, DevicePtr, int, int, int, DevicePtr, long, DevicePtr, float, DevicePtr, long)"/>
+/// (tensor-core plan) -> <see cref="AttentionDecodeLaunchers.DecodeFused"/> -> the GEMV again, which are its oracle and
+/// its fallback: <see cref="CanRun"/> says when the shapes allow it. Nothing here allocates or synchronises.
+/// </summary>
+public sealed class PersistentDecodeLaunchers
+{
+    public const string File = "persistent_decode.cu";
+    /// <summary>The attention tile's 128 threads; <c>PDEC_MIN_CTAS_PER_SM</c>: the launch bounds' CTAs per SM.</summary>
+    public const int Threads = 128, MinCtasPerSm = 4;
+    /// <summary>Ints of the counter array: next ticket, exit ticket, tiles done per stage.</summary>
+    public const int CounterInts = 5;
+    /// <summary>Rows the qkv tiles' norm prologue can finish: one per warp of the 4.</summary>
+    public const int MaxRows = 4;
+    private readonly DeviceKernel _kernel;
+    private readonly IDevice _device;
+
+    /// <summary>The variant for <paramref name="headDim"/> (tensor-core attention: at most 128) and a bf16 or FP8 KV cache.</summary>
+    public PersistentDecodeLaunchers(KernelLoader loader, int headDim = 128, bool kvFp8 = false)
+    {
+        if (!SupportsHeadDim(headDim))
+            throw new ArgumentException($"{File}: head_dim {headDim} must be 16, 32, 64 or 128 (the tensor-core attention tile)", nameof(headDim));
+        HeadDim = headDim;
+        _device = loader.Device;
+        var defines = new Dictionary<string, string> { ["HEAD_DIM"] = headDim.ToString(CultureInfo.InvariantCulture), ["KV_FP8"] = kvFp8 ? "1" : "0" };
+        _kernel = loader.Get(File, "persistent_attn_block", defines);
+    }
+
+    public int HeadDim { get; }
+
+    public static bool SupportsHeadDim(int headDim) => headDim is 16 or 32 or 64 or 128;
+
+    /// <summary>Bytes of the counter array: zeroed once, each launch leaves it zero.</summary>
+    public static long CounterBytes => CounterInts * sizeof(int);
+
+    /// <summary>
+    /// Bytes of the attention tile's K / V buffer (attention_decode.cuh's FUSED_SMEM_BYTES for the tensor-core split: two
+    /// 64-key tiles of D + 8 bf16 per row), which also holds a GEMV tile's staged rows.
+    /// </summary>
+    public static int StagingBytes(int headDim) => Math.Max(2 * 64 * (headDim + 8) * 2, 8 * 64 * 4);
+
+    /// <summary>
+    /// Whether the block can run as one launch on a device of <paramref name="sms"/> SMs: both GEMVs take the tensor-core
+    /// plan (whose K-slices the tiles reproduce), at most <see cref="MaxRows"/> rows, their staged rows fit the attention's
+    /// tile buffer, and the attention combines in its last CTAs. Otherwise run the three launches.
+    /// </summary>
+    public static bool CanRun(int sms, int headDim, int rows, int hidden, int qkvDim, int qDim, int splits) =>
+        SupportsHeadDim(headDim) && rows >= 1 && rows <= MaxRows && splits <= AttentionDecodeLaunchers.FusedMaxCombineSplits
+        && GemvLaunchers.TensorCorePlan(sms, rows, qkvDim, hidden, WeightFormat.Bf16, normPrologue: true).TensorCores
+        && GemvLaunchers.TensorCorePlan(sms, rows, hidden, qDim, WeightFormat.Bf16).TensorCores
+        && (long)rows * (Math.Max(hidden, qDim) + GemvLaunchers.MmaPadElements) * 2 <= StagingBytes(headDim);
+
+    /// <summary>
+    /// The tile of a GEMV whose standalone plan has <paramref name="planGroups"/> row groups of 8 warps: that plan's
+    /// K-slices per row group (wpg), and as many row groups as 4 warps run with one slice each (at least one: a plan with
+    /// 8 slices runs them two per warp).
+    /// </summary>
+    public static (int Groups, int Wpg) GemvTile(int planGroups)
+    {
+        int wpg = 8 / planGroups;
+        return (Math.Max(1, 4 / wpg), wpg);
+    }
+
+    /// <summary>
+    /// Runs the block for <c>a.Seqs</c> decode rows: qkv = W_qkv RMSNorm(x) into <c>rope.Qkv</c>, the fused attention
+    /// (<see cref="AttentionDecodeLaunchers.FusedParams"/>: q/k norm, RoPE, the KV write, splits, combine) into
+    /// <c>a.Out</c>, then x += W_o <c>a.Out</c>. <paramref name="counters"/> has <see cref="CounterBytes"/> bytes, zero.
+    /// The grid is one CTA per tile. <paramref name="cooperative"/> asks for a co-resident launch (the emulator's
+    /// interleaved tests; on a GPU only where every tile's CTA fits at once). Returns the attention's split count.
+    /// </summary>
+    public int AttentionBlock(DeviceStream stream, AttentionDecodeLaunchers attention, in AttentionBlockWeights w,
+        in DecodeAttentionArgs a, in DecodeRopeArgs rope, DevicePtr counters, bool cooperative = false)
+    {
+        if (attention.HeadDim != HeadDim) throw new ArgumentException($"{File}: the attention launchers are for head_dim {attention.HeadDim}, these for {HeadDim}", nameof(attention));
+        if (counters.IsNull) throw new ArgumentException($"{File}: the counters must be a device buffer of {CounterBytes} bytes", nameof(counters));
+        if (w.X.IsNull || w.InputNorm.IsNull || w.Wqkv.IsNull || w.Wo.IsNull) throw new ArgumentException($"{File}: x, the input norm and both weights must be device buffers", nameof(w));
+        var attn = attention.FusedParams(a, rope, out bool combineInKernel);
+        if (a.Seqs == 0) return 0;
+        int rows = a.Seqs, sms = _device.Info.MultiprocessorCount, qDim = a.NumQHeads * HeadDim, qkvDim = (a.NumQHeads + 2 * a.NumKvHeads) * HeadDim;
+        if (w.Hidden <= 0 || w.Hidden % 8 != 0 || w.Ldx < w.Hidden || w.Ldx % 8 != 0)
+            throw new ArgumentException($"{File}: hidden {w.Hidden} must be a positive multiple of 8 and ldx {w.Ldx} a multiple of 8 at least that", nameof(w));
+        if (a.OutStride < qDim || a.OutStride % 8 != 0)
+            throw new ArgumentException($"{File}: the attention output stride {a.OutStride} is o_proj's input: a multiple of 8, at least {qDim}", nameof(a));
+        if (!combineInKernel || !CanRun(sms, HeadDim, rows, w.Hidden, qkvDim, qDim, attn.Splits))
+            throw new NotSupportedException($"{File}: {rows} rows, hidden {w.Hidden}, qkv {qkvDim}, q {qDim}, {attn.Splits} splits on {sms} SMs do not fit one launch (CanRun); run the three launches");
+        var qkvPlan = GemvLaunchers.TensorCorePlan(sms, rows, qkvDim, w.Hidden, WeightFormat.Bf16, normPrologue: true);
+        var oPlan = GemvLaunchers.TensorCorePlan(sms, rows, w.Hidden, qDim, WeightFormat.Bf16);
+        var (qkvGroups, qkvWpg) = GemvTile(qkvPlan.RowsPerWarp);
+        var (oGroups, oWpg) = GemvTile(oPlan.RowsPerWarp);
+        var p = new PersistentAttnParams
+        {
+            Qkv = new GemvParams
+            {
+                Y = rope.Qkv, X = w.X, W = w.Wqkv, NormWeight = w.InputNorm, Eps = w.Eps, Tokens = rows, N = qkvDim, K = w.Hidden,
+                Ldx = w.Ldx, Ldy = rope.QkvStride, RowsPerWarp = qkvPlan.RowsPerWarp, KSplit = w.Hidden, SplitK = 1,
+            },
+            Attn = attn,
+            OProj = new GemvParams
+            {
+                Y = w.X, X = a.Out, W = w.Wo, Residual = w.X, Tokens = rows, N = w.Hidden, K = qDim, Ldx = a.OutStride, Ldy = w.Ldx,
+                RowsPerWarp = oPlan.RowsPerWarp, KSplit = qDim, SplitK = 1,
+            },
+            Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg,
+        };
+        int tiles = (qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups) + attn.Splits * a.NumKvHeads * rows + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups);
+        var args = new KernelArgs(stackalloc byte[1024], stackalloc nint[1]);
+        args.Add(p);
+        _device.Launch(_kernel, new LaunchConfig(new Dim3((uint)tiles), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true }, stream, args);
+        return attn.Splits;
+    }
+}
