@@ -45,6 +45,7 @@ struct PersistentAttnParams {
     int* counters;                         // [5]: next ticket, exit ticket, qkv / attention / o_proj tiles done
     int qkv_groups, qkv_wpg;               // a qkv tile: qkv_groups row groups of 8 rows, each summed over qkv_wpg K-slices
     int o_groups, o_wpg;
+    int stage_only;                        // -1: the whole block; 0, 1, 2: that stage's tiles alone (below)
 };
 
 // The weight rows of GEMV tile `tile` into L2 (sm_90; they depend on nothing the step writes).
@@ -54,16 +55,15 @@ __device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile
     prefetch_l2_rows(g.w, row_base, min(g.n, row_base + 8 * groups), (size_t)g.k * 2, 0, (size_t)g.k * 2);
 }
 
-// A GEMV tile: its weight rows into L2, wait() (every thread calls it: the inputs are ready after it), the tile, the
-// release of counter `done`.
+// A GEMV tile: its weight rows into L2, wait() (every thread calls it: the inputs are ready after it), the tile. Ends
+// without a barrier.
 template <bool X_L2, class Wait>
 __device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, int groups, int wpg, unsigned char* staging,
-                                                float (*red_s)[8][8], float (*nred_s)[32], float* inv_s, Wait wait, int* done)
+                                                float (*red_s)[8][8], float (*nred_s)[32], float* inv_s, Wait wait)
 {
     prefetch_gemv_rows(g, tile, groups);
     wait();
     gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, tile * 8 * groups, groups, wpg, reinterpret_cast<uint4*>(staging), red_s, nred_s, inv_s);
-    counter_release(done);                 // its barrier: every row written, the shared memory free
 }
 
 extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM) persistent_attn_block(PersistentAttnParams p)
@@ -76,27 +76,47 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     const int qkv_tiles = (p.qkv.n + 8 * p.qkv_groups - 1) / (8 * p.qkv_groups);
     const int attn_per_row = p.attn.splits * p.attn.num_kv_heads, attn_tiles = attn_per_row * p.attn.seqs;
     const int o_tiles = (p.o_proj.n + 8 * p.o_groups - 1) / (8 * p.o_groups);
-    // Before pdl_wait() nothing the step writes, the counters included: the weight rows of tile blockIdx.x (a GEMV
-    // tile) into L2, a guess at the ticket this CTA will take (CTAs start roughly in index order); a wrong guess only
-    // fetches another CTA's rows early.
-    if ((int)blockIdx.x < qkv_tiles) prefetch_gemv_rows(p.qkv, blockIdx.x, p.qkv_groups);
-    else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
-    pdl_wait();
-    if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
-    __syncthreads();
-    const int tile = ticket_s;
+    // stage_only >= 0 (the timing model's measurement, docs/timing-model.md section 7): a launch of one stage's tiles, one
+    // per CTA in index order, after a launch of the stage before; a tile then calls pdl_wait() where it would wait on the
+    // counter, so the emulator's split at the wait is the stage's split between what it fetches ahead and its work.
+    const bool whole = p.stage_only < 0;
+    int tile;
+    if (whole) {
+        // Before pdl_wait() nothing the step writes, the counters included: the weight rows of tile blockIdx.x (a GEMV
+        // tile) into L2, a guess at the ticket this CTA will take (CTAs start roughly in index order); a wrong guess only
+        // fetches another CTA's rows early.
+        if ((int)blockIdx.x < qkv_tiles) prefetch_gemv_rows(p.qkv, blockIdx.x, p.qkv_groups);
+        else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
+        pdl_wait();
+        if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
+        __syncthreads();
+        tile = ticket_s;
+    } else {
+        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : qkv_tiles + attn_tiles) + blockIdx.x;
+    }
+    // the wait for the stage before: its counter, or (a stage alone) the launch before
+    auto wait_for = [&](const int* counter, int target) {
+        if (whole) counter_wait(counter, target);
+        else pdl_wait();
+    };
+    auto release = [&](int* counter) {
+        if (whole) counter_release(counter);   // its barrier: every output written, the shared memory free
+    };
     if (tile < qkv_tiles) {
-        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, s.tiles_s, red_s, nred_s, inv_s, [] {}, &p.counters[2]);
+        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, s.tiles_s, red_s, nred_s, inv_s, [&] { if (!whole) pdl_wait(); });
+        release(&p.counters[2]);
     } else if (tile < qkv_tiles + attn_tiles) {
         const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
-        attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { counter_wait(&p.counters[2], qkv_tiles); });
-        counter_release(&p.counters[3]);
+        attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
+        release(&p.counters[3]);
     } else if (tile < qkv_tiles + attn_tiles + o_tiles) {
         gemv_stage_tile<true>(p.o_proj, tile - qkv_tiles - attn_tiles, p.o_groups, p.o_wpg, s.tiles_s, red_s, nred_s, inv_s,
-                              [&] { counter_wait(&p.counters[3], attn_tiles); }, &p.counters[4]);
+                              [&] { wait_for(&p.counters[3], attn_tiles); });
+        release(&p.counters[4]);
     }
+    if (!whole) pdl_wait();                // (a stage alone: an attention CTA past its row's plan returned before its wait)
     pdl_launch_dependents();
-    if (threadIdx.x == 0) {
+    if (whole && threadIdx.x == 0) {
         __threadfence();
         if (atomicAdd(&p.counters[1], 1) == (int)(gridDim.x - 1)) {   // every other CTA has finished its tile and left
             for (int c = 2; c < 5; c++) p.counters[c] = 0;

@@ -168,11 +168,11 @@ public class DenseModelDeviceTests
     [Test]
     public void PersistentAttentionBlock_RemovesTwoLaunchesPerLayer_SameLogits()
     {
-        float[][] Run(bool persistent, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false)
+        float[][] Run(bool persistent, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false)
         {
             using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
             using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
-                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = graphs, PersistentAttentionBlock = persistent });
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = graphs, PersistentAttentionBlock = persistent, PersistentStagesApart = apart });
             int V = dm.VocabSize;
             var prompt = new float[V];
             dm.Forward(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], prompt);
@@ -190,16 +190,19 @@ public class DenseModelDeviceTests
         var on = Run(true, out var fused);
         var off = Run(false, out var separate);
         var replayed = Run(true, out _, graphs: true);
+        var apart = Run(true, out var stageLaunches, apart: true);
         Assert.That(new DeviceModelOptions().PersistentAttentionBlock, Is.EqualTo(DeviceModelOptions.PersistentAttentionFromEnvironment()), "off unless QWEN3CUDA_PERSISTENT_ATTN says on");
         for (int i = 0; i < on.Length; i++)
         {
             string what = new[] { "the prompt", "one decode row", "the next decode row", "a run of 3 rows" }[i];
             Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
             Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
+            Assert.That(apart[i], Is.EqualTo(off[i]), $"{what}, the block's stages as launches apart (the timing model's measurement): the same bits");
         }
         var config = Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint.BuildConfig(DeviceCheckpoints.SmallOptions);
         int layers = config.NumHiddenLayers;
         Assert.That(separate.Count - fused.Count, Is.EqualTo(2 * layers), "two launches fewer per layer");
+        Assert.That(stageLaunches.Count(r => r.Stage is not null), Is.EqualTo(3 * layers), "stages apart: three launches per block, each marked with its stage");
         Assert.That(fused.Count(r => r.Kernel == "persistent_attn_block"), Is.EqualTo(layers), "one attention block launch per layer");
         Assert.That(fused.Any(r => r.Kernel == "attn_decode_fused"), Is.False, "no separate attention launch");
     }

@@ -233,4 +233,46 @@ public class PersistentWhatIfTests
         Assert.That(stages.Select(s => (s.WarpsAtOnce, s.RegistersPerThread, s.SharedBytesPerCta)).Distinct(), Is.EqualTo(new[] { (16L, 32, 0) }),
             "today's kernels' occupancy: 4 CTAs of 4 warps, all in one wave");
     }
+
+    /// <summary>
+    /// A stage-ordered launch measured apart (LaunchConfig.Stage: one launch per stage, docs/timing-model.md section 7):
+    /// three stage launches of 4-warp CTAs at 32 registers, 16 CTAs per SM on the toy's 10 SMs (160 at once), of 100, 40
+    /// and 50 CTAs. Stage 1 and every stage before it fit at once (140 CTAs): it fetches ahead from the start; stage 2
+    /// does not (190) but fits beside stage 1 (90): it fetches ahead once stage 0 is done. The step predicts them as one
+    /// launch: their times add up to the composition's, one graph node (the same records without stages: three).
+    /// </summary>
+    [Test]
+    public void StagesMeasuredApart_AreComposedBackIntoOneLaunch()
+    {
+        static LaunchRecord Rec(uint grid, long distinct, long preWait, LaunchStage? stage) => new()
+        {
+            Kernel = "block", Grid = new Dim3(grid), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
+            Warps = grid * 4, DramRoundTrips = grid * 4, MaxWarpDramRoundTrips = 1, MaxWarpPostWaitDramRoundTrips = 1,
+            MaxWarpPostWaitL2RoundTrips = 2, MaxWarpPostWaitInstructions = 100, PreWaitSectors = preWait / 32,
+            InGraph = true, ProgrammaticLaunch = true, Stage = stage,
+        };
+        LaunchRecord[] Records(bool staged) =>
+        [
+            Rec(100, 80_000, 80_000, staged ? new(0, 3) : null),
+            Rec(40, 8_000, 800, staged ? new(1, 3) : null),
+            Rec(50, 40_000, 40_000, staged ? new(2, 3) : null),
+        ];
+        var res = new KernelResources(32, 0);
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, Records(true), [], _ => res);
+        var apart = StepPredictor.Predict(Toy, "decode", 1, 1, Records(false), [], _ => res);
+        var alone = Records(true).Select(r => KernelTimingModel.Predict(r, res, Toy)).ToList();
+        Assert.That(alone[0].Occupancy.BlocksPerSm, Is.EqualTo(16), "the toy holds 16 CTAs of 4 warps per SM");
+        var c = PersistentWhatIf.ComposeStages(Toy, alone);
+        Assert.That(c.Stages.Select(s => s.Stage.AheadAfter), Is.EqualTo(new[] { -1, -1, 0 }));
+        Assert.That(c.Stages.Select(s => s.Stage.AheadBytes), Is.EqualTo(new[] { 80_000L, 800L, 40_000L }), "the pre-wait bytes");
+        Assert.That(p.Launches.Sum(l => l.Microseconds), Is.EqualTo(c.LaunchUs).Within(1e-9), "the stages' times add up to the composed launch");
+        Assert.That(p.Launches.Select(l => l.ContinuesLaunch), Is.EqualTo(new[] { false, true, true }));
+        Assert.That((p.GraphNodes, apart.GraphNodes), Is.EqualTo((1, 3)), "one graph node for the launch");
+        Assert.That(p.DramBytes, Is.EqualTo(apart.DramBytes), "the same bytes");
+        // the composition by its rules: stage 0 issues its 80,000 bytes in 100 ns; its work after ready is its chain:
+        // 0.2 x 2 + 100 instructions at 0.5 IPC and 1 GHz (0.2 us) + 1 DRAM trip at the latency (0.5): 1.1 us, so done at
+        // 1.1 us; stage 1 ready 0.4 us later (two L2 round trips)
+        Assert.That(c.Stages[0].DoneUs, Is.EqualTo(1.1).Within(Tol));
+        Assert.That(c.Stages[1].ReadyUs, Is.EqualTo(1.5).Within(Tol));
+    }
 }

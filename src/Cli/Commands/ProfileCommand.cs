@@ -167,6 +167,9 @@ public static class ProfileCommand
             ContextLength = maxModelLen ?? ctx + 16, MaxBatch = 1, PageSize = 16, GpuMemoryUtilization = utilization,
             PrefillChunkTokens = prefillChunk ?? Math.Min(tokens, PrefillChunkSizing.DefaultMaxChunkTokens), AutoPrefillChunk = prefillChunk is null,
             ExpertsFollowOnQkv = expertsFollowOn ?? DeviceModelOptions.ExpertsFollowOnFromEnvironment(),
+            // the persistent attention block's stages as launches apart on the emulator, which the predictor composes back
+            // into one launch (docs/timing-model.md, section 7); on a GPU the launch as it runs
+            PersistentStagesApart = backend == BackendKind.Emulator,
         };
         using var dm = DeviceModel.Load(timing, modelDir, options);
         int V = dm.VocabSize;

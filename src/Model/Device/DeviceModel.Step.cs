@@ -377,7 +377,7 @@ public sealed partial class DeviceModel
             _qkvRanAhead = false;
             var args = DecodeArgs(layer, s);
             _persistentAttn!.AttentionBlock(_stream, _attn, new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj)),
-                args, DecodeRope(layer), Ws(w.PersistentCounters));
+                args, DecodeRope(layer), Ws(w.PersistentCounters), stagesApart: Plan.Options.PersistentStagesApart);
             MlpStep(layer, s, next, ahead, oProjAhead: 0);
             return;
         }

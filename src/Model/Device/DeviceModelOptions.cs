@@ -78,6 +78,14 @@ public sealed record DeviceModelOptions
     public bool PersistentAttentionBlock { get; init; } = PersistentAttentionFromEnvironment();
     public const string PersistentAttentionEnvironmentVariable = "QWEN3CUDA_PERSISTENT_ATTN";
 
+    /// <summary>
+    /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's three
+    /// stages run as three launches of the same kernel, one per stage (<c>LaunchConfig.Stage</c>), so the emulator counts
+    /// each stage alone; the predictor composes them back into one launch (docs/timing-model.md, section 7). The same
+    /// results either way.
+    /// </summary>
+    public bool PersistentStagesApart { get; init; }
+
     /// <summary>QWEN3CUDA_PERSISTENT_ATTN is "1" or "true" (any case).</summary>
     public static bool PersistentAttentionFromEnvironment() =>
         Environment.GetEnvironmentVariable(PersistentAttentionEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";

@@ -54,6 +54,12 @@ public sealed record KernelPrediction
     /// pre-wait bytes it fetched while that kernel ran. <see cref="DramBytes"/> and the times are then those left after the overlap.
     /// </summary>
     public PrefetchOverlap? Overlap { get; init; }
+    /// <summary>
+    /// A stage after the first of a stage-ordered launch measured apart (<see cref="LaunchRecord.Stage"/>): part of the
+    /// launch before it, no graph node or launch gap of its own; its <see cref="Microseconds"/> are its share of the composed
+    /// launch (<see cref="StepPredictor"/>).
+    /// </summary>
+    public bool ContinuesLaunch { get; init; }
     /// <summary>The launch's time on its own, without the overlap (what a kernel-by-kernel measurement sees).</summary>
     public double IsolatedMicroseconds => Overlap?.IsolatedMicroseconds ?? Microseconds;
 }

@@ -132,21 +132,64 @@ public static class PersistentWhatIf
                 || r.Kernel.StartsWith("moe_experts", StringComparison.Ordinal);
             if (r.Kernel.StartsWith("moe_router", StringComparison.Ordinal)) router = i;
             long ahead = experts && router >= 0 ? bytes : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
-            long warps = Math.Max(1, r.Warps);
-            long waves = a.FullWaves + (a.TailCtas > 0 ? 1 : 0);
-            stages.Add(new PersistentStage
-            {
-                Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = bytes, AheadBytes = Math.Min(ahead, bytes), AheadAfter = experts ? router : -1,
-                ChainFixedUs = r.MaxWarpPostWaitL2RoundTrips * g.L2LatencyNs / 1000.0 + r.MaxWarpPostWaitInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
-                ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
-                LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
-                IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
-                TransferBytes = a.L2Bytes + a.DramBytes,
-                WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
-                RegistersPerThread = a.Resources.RegistersPerThread, SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
-            });
+            stages.Add(Stage(g, a, bytes, Math.Min(ahead, bytes), experts ? router : -1));
         }
         return stages;
+    }
+
+    /// <summary>
+    /// One launch <paramref name="a"/> (predicted alone) as a stage: <paramref name="dramBytes"/> of DRAM, of which
+    /// <paramref name="aheadBytes"/> may be fetched before its inputs are ready, from the launch's start or once stage
+    /// <paramref name="aheadAfter"/> is done; its work after ready from the critical warp's chain after its wait and the
+    /// kernel's Little's-law, issue, SM fill and L2 terms (docs/timing-model.md, section 7).
+    /// </summary>
+    public static PersistentStage Stage(GpuSpec g, KernelPrediction a, long dramBytes, long aheadBytes, int aheadAfter)
+    {
+        var r = a.Launch;
+        long warps = Math.Max(1, r.Warps);
+        long waves = a.FullWaves + (a.TailCtas > 0 ? 1 : 0);
+        return new PersistentStage
+        {
+            Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = dramBytes, AheadBytes = Math.Min(aheadBytes, dramBytes), AheadAfter = aheadAfter,
+            ChainFixedUs = r.MaxWarpPostWaitL2RoundTrips * g.L2LatencyNs / 1000.0 + r.MaxWarpPostWaitInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
+            ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
+            LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
+            IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
+            TransferBytes = a.L2Bytes + a.DramBytes,
+            WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
+            RegistersPerThread = a.Resources.RegistersPerThread, SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
+        };
+    }
+
+    /// <summary>
+    /// The launches of one stage-ordered launch measured apart (<c>LaunchConfig.Stage</c>: one launch per stage, each
+    /// predicted alone in <paramref name="alone"/>), composed back into the one launch they stand for: its stages in
+    /// order, a counter release (two L2 round trips) between them, one DRAM stream (<see cref="Compose"/>, the persisting
+    /// L2 as the lookahead). A stage's pre-wait bytes (its weights, the KV of earlier steps) may stream ahead once its
+    /// CTAs can be resident: from the launch's start when it and every stage before it fit in one wave of the kernel's
+    /// CTAs, otherwise once the last earlier stage whose tiles would not leave it room is done (one CTA per tile: a
+    /// stage's CTAs start as earlier ones exit). <paramref name="overlapBytes"/>: of the first stage's pre-wait bytes,
+    /// those fetched in the shadow of the kernel before the launch (programmatic launch), not streamed again.
+    /// </summary>
+    public static PersistentComposition ComposeStages(GpuSpec g, IReadOnlyList<KernelPrediction> alone, long overlapBytes = 0)
+    {
+        long capacity = alone.Count == 0 ? 0 : (long)alone[0].Occupancy.BlocksPerSm * g.Sms;
+        var stages = new List<PersistentStage>(alone.Count);
+        for (int k = 0; k < alone.Count; k++)
+        {
+            var a = alone[k];
+            long bytes = a.DramBytes - (k == 0 ? Math.Min(overlapBytes, a.DramBytes) : 0);
+            long ahead = Math.Min(a.Launch.PreWaitSectors * 32, a.DramBytes) - (k == 0 ? Math.Min(overlapBytes, a.DramBytes) : 0);
+            int after = -1;
+            long tiles = 0;
+            for (int j = k; j >= 0; j--)
+            {
+                tiles += alone[j].Ctas;
+                if (tiles > capacity) { after = j < k ? j : k - 1; break; }
+            }
+            stages.Add(Stage(g, a, bytes, Math.Max(0, ahead), after));
+        }
+        return Compose(g, stages, g.L2PersistingBytes, 2 * g.L2LatencyNs / 1000);
     }
 
     /// <summary>

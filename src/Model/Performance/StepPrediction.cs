@@ -22,9 +22,9 @@ public sealed record StepPrediction
     public required IReadOnlyList<DeviceOperation> Operations { get; init; }
 
     /// <summary>Kernels and memsets/device copies that ran as nodes of a graph launch.</summary>
-    public int GraphNodes => Launches.Count(l => l.Launch.InGraph) + Operations.Count(o => o.InGraph);
+    public int GraphNodes => Launches.Count(l => l.Launch.InGraph && !l.ContinuesLaunch) + Operations.Count(o => o.InGraph);
     /// <summary>Kernels, memsets and device-to-device copies issued on a stream by themselves.</summary>
-    public int StreamNodes => Launches.Count(l => !l.Launch.InGraph) + Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.Memset or DeviceOperationKind.CopyDeviceToDevice);
+    public int StreamNodes => Launches.Count(l => !l.Launch.InGraph && !l.ContinuesLaunch) + Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.Memset or DeviceOperationKind.CopyDeviceToDevice);
     /// <summary>Host-device copies outside graphs (the step's inputs and its result).</summary>
     public int HostCopies => Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost);
     /// <summary>
@@ -77,6 +77,12 @@ public static class StepPredictor
             var (r, res) = launches[i];
             var alone = KernelTimingModel.Predict(r, res, gpu);
             bool chained = i > 0 && r.ProgrammaticLaunch && r.InGraph && launches[i - 1].Record.InGraph && !between.Contains(i);
+            if (StagesAt(launches, i) is int stageCount)
+            {
+                result.AddRange(PredictStages(gpu, launches.Skip(i).Take(stageCount).ToList(), chained ? result[i - 1] : null));
+                i += stageCount - 1;
+                continue;
+            }
             if (!chained) { result.Add(alone); continue; }
             var overlap = KernelTimingModel.PrefetchOverlap(gpu, alone, result[i - 1]);
             // every CTA resident beside the predecessor's last wave, which triggered early: their part before the wait runs
@@ -86,6 +92,44 @@ public static class StepPredictor
             result.Add(p with { Overlap = overlap });
         }
         return result;
+    }
+
+    /// <summary>
+    /// The stage count when launch <paramref name="i"/> is the first of the complete stages of one stage-ordered launch
+    /// run apart (<see cref="LaunchRecord.Stage"/> 0 .. n - 1 in a row, no operation between them), else null.
+    /// </summary>
+    static int? StagesAt(IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches, int i)
+    {
+        if (launches[i].Record.Stage is not { Index: 0, Count: > 0 } first || i + first.Count > launches.Count) return null;
+        for (int k = 0; k < first.Count; k++)
+            if (launches[i + k].Record.Stage != new Runtime.LaunchStage(k, first.Count) || launches[i + k].Record.Kernel != launches[i].Record.Kernel)
+                return null;
+        return first.Count;
+    }
+
+    /// <summary>
+    /// The stages of one stage-ordered launch run apart, predicted as the one launch they stand for
+    /// (<see cref="PersistentWhatIf.ComposeStages"/>; docs/timing-model.md, section 7): stage k takes the composed launch's
+    /// time from stage k - 1 done to stage k done (the first from the launch's start), so the stages' times add up to the
+    /// launch's, and the stages after the first are no graph nodes of their own (<see cref="KernelPrediction.ContinuesLaunch"/>).
+    /// When the launch is a programmatic node after <paramref name="before"/>, its first stage's pre-wait bytes stream in
+    /// that kernel's shadow as any programmatic launch's (<see cref="KernelTimingModel.PrefetchOverlap"/>).
+    /// </summary>
+    static IEnumerable<KernelPrediction> PredictStages(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> stages, KernelPrediction? before)
+    {
+        var alone = stages.Select(x => KernelTimingModel.Predict(x.Record, x.Resources, gpu)).ToList();
+        var overlap = before is null ? null : KernelTimingModel.PrefetchOverlap(gpu, alone[0], before);
+        var c = PersistentWhatIf.ComposeStages(gpu, alone, overlap?.Bytes ?? 0);
+        for (int k = 0; k < alone.Count; k++)
+        {
+            double from = k == 0 ? 0 : c.Stages[k - 1].DoneUs;
+            yield return alone[k] with
+            {
+                Microseconds = c.Stages[k].DoneUs - from, DramBytes = c.Stages[k].Stage.DramBytes,
+                // the composition took the overlap's bytes off the first stage: its time without them is not this stage's
+                Overlap = k == 0 && overlap is not null ? overlap with { IsolatedMicroseconds = c.Stages[0].DoneUs } : null, ContinuesLaunch = k > 0,
+            };
+        }
     }
 
     /// <summary>
@@ -174,19 +218,22 @@ public static class StepPredictor
             double us = grp.Sum(x => x.Microseconds);
             string waves = f.TailCtas > 0 ? $"{f.FullWaves}+t" : $"{f.FullWaves}";
             double trips = (double)grp.Sum(x => x.Launch.MaxWarpDramRoundTrips + x.Launch.MaxWarpL2RoundTrips) / count;
-            sb.Append(inv, $"  {Trim(f.Kernel, 25),-26}{count,9}{f.Launch.Grid.ToString(),8}{f.Launch.Block.ToString(),7}{f.Resources.RegistersPerThread,6}{f.Occupancy.BlocksPerSm,7}{waves,7}");
+            // a stage of a launch measured apart: its share of the composed launch, not a bound of its own
+            string name = f.Launch.Stage is { } st ? $"{Trim(f.Kernel, 20)} s{st.Index}/{st.Count}" : Trim(f.Kernel, 25);
+            string bound = f.Launch.Stage is not null ? "stage" : f.Bound.ToString();
+            sb.Append(inv, $"  {name,-26}{count,9}{f.Launch.Grid.ToString(),8}{f.Launch.Block.ToString(),7}{f.Resources.RegistersPerThread,6}{f.Occupancy.BlocksPerSm,7}{waves,7}");
             // a kernel that prefetches its weights before griddepcontrol.wait has almost no DRAM round trips left: its bytes per
             // trip, so its Little's-law bytes in flight, say nothing (the prefetches keep its bytes in flight)
             string inflight = f.Launch.PreWaitSectors > 0 ? "prefetch" : ByteSize.Format((long)f.InFlightBytesPerSm);
             string overlap = pdl ? $"{ByteSize.Format(grp.Sum(x => x.Overlap?.Bytes ?? 0)),10}" : "";
-            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{overlap}{trips,7:F0}{inflight,12}{f.Bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
+            sb.Append(inv, $"{ByteSize.Format(grp.Sum(x => x.DramBytes)),11}{ByteSize.Format(grp.Sum(x => x.L2Bytes)),10}{overlap}{trips,7:F0}{inflight,12}{bound,9}{us,10:F1}{100 * us / total,7:F1}%\n");
         }
         string nodes = pdl
             ? $"{p.GraphNodes} graph node(s): {p.GraphNodes - p.ProgrammaticNodes} x {g.GraphNodeGapUs} us, {p.ProgrammaticNodes} programmatic x {g.PdlNodeGapUs} us"
             : $"{p.GraphNodes} graph node(s) x {g.GraphNodeGapUs} us";
         sb.Append(inv, $"  predicted {p.Name} step: kernels {p.KernelUs:F1} us + {nodes} + {p.StreamNodes} stream launch(es) x {g.StreamLaunchGapUs} us");
         sb.Append(inv, $" + {p.HostCopies} host copies {p.CopyUs:F1} us + sync {p.SyncUs} us = {total:F1} us: {p.TokensPerSecond:F0} tok/s predicted\n");
-        sb.Append(inv, $"  predicted time by part: kernels {100 * p.KernelUs / total:F1}%, launch gaps {100 * p.GapUs / total:F1}%, host copies and sync {100 * (p.CopyUs + p.SyncUs) / total:F1}%; {p.Launches.Count} kernel launches, DRAM {ByteSize.Format(p.DramBytes)}\n");
+        sb.Append(inv, $"  predicted time by part: kernels {100 * p.KernelUs / total:F1}%, launch gaps {100 * p.GapUs / total:F1}%, host copies and sync {100 * (p.CopyUs + p.SyncUs) / total:F1}%; {p.Launches.Count(l => !l.ContinuesLaunch)} kernel launches, DRAM {ByteSize.Format(p.DramBytes)}\n");
         if (pdl)
         {
             var chained = p.Launches.Where(l => l.Overlap is not null).Select(l => l.Overlap!).ToList();

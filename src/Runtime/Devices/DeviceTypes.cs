@@ -41,7 +41,17 @@ public readonly record struct LaunchConfig(Dim3 Grid, Dim3 Block, int DynamicSha
     /// (<c>EmulatorOptions.ConcurrentTilesInOrder</c>), so its counters are those of the schedule in which nothing waits.
     /// </summary>
     public bool TilesInOrder { get; init; }
+
+    /// <summary>
+    /// Set when this launch is one stage of a stage-ordered launch run apart, one launch per stage (the same tiles; each
+    /// stage waits on the launch before instead of a counter): the timing model composes such launches back into one
+    /// (docs/timing-model.md, section 7). Null for any other launch. Backends run it as any launch.
+    /// </summary>
+    public LaunchStage? Stage { get; init; }
 }
+
+/// <summary>Stage <paramref name="Index"/> of <paramref name="Count"/> of one stage-ordered launch run apart (<see cref="LaunchConfig.Stage"/>).</summary>
+public readonly record struct LaunchStage(int Index, int Count);
 
 /// <summary>Which implementation of <see cref="IDevice"/> (or the CPU reference) runs the model.</summary>
 public enum BackendKind

@@ -131,6 +131,8 @@ public sealed record LaunchRecord
     public IReadOnlyList<string> ModuleOptions { get; init; } = [];
     /// <summary>The launch ran as a node of a graph launch (else it was launched on a stream by itself).</summary>
     public bool InGraph { get; init; }
+    /// <summary>The launch's <see cref="LaunchConfig.Stage"/>: a stage of one stage-ordered launch run apart, or null.</summary>
+    public LaunchStage? Stage { get; init; }
     /// <summary>
     /// Launched with programmatic stream serialization (LaunchConfig.ProgrammaticDependentLaunch on a device of compute
     /// capability 9.0 or newer): it may start while the previous kernel runs, and waits in griddepcontrol.wait.
@@ -180,7 +182,7 @@ public sealed record LaunchRecord
 
     internal static LaunchRecord From(string kernel, in LaunchConfig cfg, Counters c, double ms, string moduleName = "", IReadOnlyList<string>? moduleOptions = null) => new()
     {
-        Kernel = kernel, ModuleName = moduleName, ModuleOptions = moduleOptions ?? [], Grid = cfg.Grid, Block = cfg.Block, DynamicSharedBytes = cfg.DynamicSharedBytes,
+        Kernel = kernel, ModuleName = moduleName, ModuleOptions = moduleOptions ?? [], Grid = cfg.Grid, Block = cfg.Block, DynamicSharedBytes = cfg.DynamicSharedBytes, Stage = cfg.Stage,
         WarpInstructions = c.WarpInstructions, ThreadInstructions = c.ThreadInstructions,
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,

@@ -15,6 +15,7 @@ public struct PersistentAttnParams
     public int QkvWpg;
     public int OGroups;
     public int OWpg;
+    public int StageOnly;        // -1: the whole block; 0, 1, 2: that stage's tiles alone
 }
 
 /// <summary>
@@ -96,10 +97,13 @@ public sealed class PersistentDecodeLaunchers
     /// (<see cref="AttentionDecodeLaunchers.FusedParams"/>: q/k norm, RoPE, the KV write, splits, combine) into
     /// <c>a.Out</c>, then x += W_o <c>a.Out</c>. <paramref name="counters"/> has <see cref="CounterBytes"/> bytes, zero.
     /// The grid is one CTA per tile. <paramref name="cooperative"/> asks for a co-resident launch (the emulator's
-    /// interleaved tests; on a GPU only where every tile's CTA fits at once). Returns the attention's split count.
+    /// interleaved tests; on a GPU only where every tile's CTA fits at once). <paramref name="stagesApart"/>: the same
+    /// tiles as three launches, one per stage (<see cref="LaunchConfig.Stage"/>), each waiting on the launch before
+    /// instead of a counter: the same results, and the emulator's counters of each stage for the timing model
+    /// (docs/timing-model.md, section 7). Returns the attention's split count.
     /// </summary>
     public int AttentionBlock(DeviceStream stream, AttentionDecodeLaunchers attention, in AttentionBlockWeights w,
-        in DecodeAttentionArgs a, in DecodeRopeArgs rope, DevicePtr counters, bool cooperative = false)
+        in DecodeAttentionArgs a, in DecodeRopeArgs rope, DevicePtr counters, bool cooperative = false, bool stagesApart = false)
     {
         if (attention.HeadDim != HeadDim) throw new ArgumentException($"{File}: the attention launchers are for head_dim {attention.HeadDim}, these for {HeadDim}", nameof(attention));
         if (counters.IsNull) throw new ArgumentException($"{File}: the counters must be a device buffer of {CounterBytes} bytes", nameof(counters));
@@ -130,12 +134,24 @@ public sealed class PersistentDecodeLaunchers
                 Y = w.X, X = a.Out, W = w.Wo, Residual = w.X, Tokens = rows, N = w.Hidden, K = qDim, Ldx = a.OutStride, Ldy = w.Ldx,
                 RowsPerWarp = oPlan.RowsPerWarp, KSplit = qDim, SplitK = 1,
             },
-            Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg,
+            Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg, StageOnly = -1,
         };
-        int tiles = (qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups) + attn.Splits * a.NumKvHeads * rows + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups);
+        int[] stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, (w.Hidden + 8 * oGroups - 1) / (8 * oGroups)];
+        if (!stagesApart)
+        {
+            Launch(stream, p, new LaunchConfig(new Dim3((uint)stageTiles.Sum()), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true });
+            return attn.Splits;
+        }
+        for (int stage = 0; stage < stageTiles.Length; stage++)
+            Launch(stream, p with { StageOnly = stage }, new LaunchConfig(new Dim3((uint)stageTiles[stage]), Threads, 0, ProgrammaticDependentLaunch: true)
+                { Stage = new LaunchStage(stage, stageTiles.Length) });
+        return attn.Splits;
+    }
+
+    private void Launch(DeviceStream stream, in PersistentAttnParams p, in LaunchConfig config)
+    {
         var args = new KernelArgs(stackalloc byte[1024], stackalloc nint[1]);
         args.Add(p);
-        _device.Launch(_kernel, new LaunchConfig(new Dim3((uint)tiles), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true }, stream, args);
-        return attn.Splits;
+        _device.Launch(_kernel, config, stream, args);
     }
 }
