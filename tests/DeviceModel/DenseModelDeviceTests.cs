@@ -108,40 +108,51 @@ public class DenseModelDeviceTests
     }
 
     /// <summary>
+    /// The small checkpoint on 10 SMs with <paramref name="options"/> (graphs off unless they say so): the logits of a
+    /// 10-token prompt, of one decode row (its launches recorded), of the next decode row and of a run of 3 rows.
+    /// </summary>
+    static float[][] SmallDecodeLogits(Func<DeviceModelOptions, DeviceModelOptions> options, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches)
+    {
+        using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
+            options(new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = false }));
+        int V = dm.VocabSize;
+        var prompt = new float[V];
+        dm.Forward(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], prompt);
+        int token = Array.IndexOf(prompt, prompt.Max());
+        device.ClearLaunches();
+        var one = new float[V];
+        dm.Forward(0, [token], one);
+        decodeLaunches = [.. device.Launches];
+        var second = new float[V];
+        dm.Forward(0, [Array.IndexOf(one, one.Max())], second);
+        var three = new float[V];
+        dm.Forward(0, [token, 7, 9], three);
+        return [prompt, one, second, three];
+    }
+
+    static readonly string[] SmallDecodeSteps = ["the prompt", "one decode row", "the next decode row", "a run of 3 rows"];
+
+    /// <summary>
     /// ExpertsFollowOnQkv (docs/kernels.md, "Persistent launches"): on a MoE decode step each layer's experts launch also
     /// runs the next layer's qkv projection, so that layer has no qkv launch of its own. The small checkpoint on 10 SMs
     /// qualifies (qkv 384 x 256: 2 row groups of 4 warps in the standalone plan, MoeLaunchers.CanFollowOn). The decode
-    /// steps' logits, for one row and for a run of 3 rows, are the same bits with the follow-on on and off (off by default:
+    /// steps' logits, for two single rows and for a run of 3 rows, are the same bits with the follow-on on and off (off by default:
     /// docs/timing-model.md, section 7); the same with the decode steps replayed as captured graphs. Graphs off elsewhere, so the launches are
     /// recorded as run.
     /// </summary>
     [Test]
     public void ExpertsFollowOnQkv_RemovesALaunchPerLayer_SameLogits()
     {
-        float[][] Run(bool followOn, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false)
-        {
-            using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
-            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
-                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = graphs, ExpertsFollowOnQkv = followOn });
-            int V = dm.VocabSize;
-            var prompt = new float[V];
-            dm.Forward(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], prompt);
-            int token = Array.IndexOf(prompt, prompt.Max());
-            device.ClearLaunches();
-            var one = new float[V];
-            dm.Forward(0, [token], one);
-            decodeLaunches = [.. device.Launches];
-            var three = new float[V];
-            dm.Forward(0, [token, 7, 9], three);
-            return [prompt, one, three];
-        }
+        float[][] Run(bool followOn, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false) =>
+            SmallDecodeLogits(o => o with { UseGraphs = graphs, ExpertsFollowOnQkv = followOn, PersistentAttentionBlock = false }, out decodeLaunches);
         var on = Run(true, out var fused);
         var off = Run(false, out var separate);
         var replayed = Run(true, out _, graphs: true);
         Assert.That(new DeviceModelOptions().ExpertsFollowOnQkv, Is.EqualTo(DeviceModelOptions.ExpertsFollowOnFromEnvironment()), "off unless QWEN3CUDA_EXPERTS_FOLLOW_ON says on");
         for (int i = 0; i < on.Length; i++)
         {
-            string what = new[] { "the prompt", "one decode row", "a run of 3 rows" }[i];
+            string what = SmallDecodeSteps[i];
             Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
             Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
         }
@@ -161,40 +172,23 @@ public class DenseModelDeviceTests
     /// PersistentAttentionBlock (docs/kernels.md, "Persistent launches"): on a decode step of one row per sequence each
     /// layer's qkv projection, attention and o_proj run as one launch (persistent_attn_block). The small checkpoint on 10
     /// SMs qualifies (qkv 384 x 256 and o_proj 256 x 256 take the tensor-core plan: PersistentDecodeLaunchers.CanRun). The
-    /// logits of the prompt, of one decode row and of a run of 3 rows (which keeps the separate launches) are the same bits
-    /// with it on and off (off by default), also with the decode steps replayed as captured graphs; the one-row step has
-    /// two launches fewer per layer.
+    /// logits of the prompt, of two decode rows and of a run of 3 rows (which keeps the separate launches) are the same
+    /// bits with it on (the default) and off, also with the decode steps replayed as captured graphs and with its stages as
+    /// launches apart; the one-row step has two launches fewer per layer.
     /// </summary>
     [Test]
     public void PersistentAttentionBlock_RemovesTwoLaunchesPerLayer_SameLogits()
     {
-        float[][] Run(bool persistent, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false)
-        {
-            using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
-            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
-                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 4, UseGraphs = graphs, PersistentAttentionBlock = persistent, PersistentStagesApart = apart });
-            int V = dm.VocabSize;
-            var prompt = new float[V];
-            dm.Forward(0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], prompt);
-            int token = Array.IndexOf(prompt, prompt.Max());
-            device.ClearLaunches();
-            var one = new float[V];
-            dm.Forward(0, [token], one);
-            decodeLaunches = [.. device.Launches];
-            var second = new float[V];
-            dm.Forward(0, [Array.IndexOf(one, one.Max())], second);
-            var three = new float[V];
-            dm.Forward(0, [token, 7, 9], three);
-            return [prompt, one, second, three];
-        }
+        float[][] Run(bool persistent, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false) =>
+            SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = persistent, PersistentStagesApart = apart, ExpertsFollowOnQkv = false }, out decodeLaunches);
         var on = Run(true, out var fused);
         var off = Run(false, out var separate);
         var replayed = Run(true, out _, graphs: true);
         var apart = Run(true, out var stageLaunches, apart: true);
-        Assert.That(new DeviceModelOptions().PersistentAttentionBlock, Is.EqualTo(DeviceModelOptions.PersistentAttentionFromEnvironment()), "off unless QWEN3CUDA_PERSISTENT_ATTN says on");
+        Assert.That(new DeviceModelOptions().PersistentAttentionBlock, Is.EqualTo(DeviceModelOptions.PersistentAttentionFromEnvironment()), "on unless QWEN3CUDA_PERSISTENT_ATTN says off");
         for (int i = 0; i < on.Length; i++)
         {
-            string what = new[] { "the prompt", "one decode row", "the next decode row", "a run of 3 rows" }[i];
+            string what = SmallDecodeSteps[i];
             Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
             Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
             Assert.That(apart[i], Is.EqualTo(off[i]), $"{what}, the block's stages as launches apart (the timing model's measurement): the same bits");

@@ -70,13 +70,17 @@ public sealed record DeviceModelOptions
     /// block (the qkv projection with its input norm, the fused attention, o_proj with the residual) runs as one launch
     /// whose tiles wait on counters instead of kernel boundaries (persistent_decode.cu; docs/kernels.md, "Persistent
     /// launches"), when both projections are bf16 and the shapes qualify (<c>PersistentDecodeLaunchers.CanRun</c>): two
-    /// launches fewer per layer. Results are the same bits either way. Off by default: the timing model predicts a launch
-    /// from its counters as one kernel and does not see the waits between its stages, so it cannot yet say what this
-    /// saves (docs/timing-model.md, section 7); a GPU measurement decides. On when
-    /// <see cref="PersistentAttentionEnvironmentVariable"/> is "1" or "true".
+    /// launches fewer per layer. Results are the same bits either way. On by default: the timing model, which composes the
+    /// launch from its stages (docs/timing-model.md, section 7), predicts it faster than the three launches or as fast
+    /// (README, "Performance"); no GPU has measured it yet. Off when <see cref="PersistentAttentionEnvironmentVariable"/>
+    /// is "0" or "false".
     /// </summary>
     public bool PersistentAttentionBlock { get; init; } = PersistentAttentionFromEnvironment();
     public const string PersistentAttentionEnvironmentVariable = "QWEN3CUDA_PERSISTENT_ATTN";
+
+    /// <summary>QWEN3CUDA_PERSISTENT_ATTN is not "0" or "false" (any case): on unless turned off.</summary>
+    public static bool PersistentAttentionFromEnvironment() =>
+        Environment.GetEnvironmentVariable(PersistentAttentionEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
 
     /// <summary>
     /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's three
@@ -85,10 +89,6 @@ public sealed record DeviceModelOptions
     /// results either way.
     /// </summary>
     public bool PersistentStagesApart { get; init; }
-
-    /// <summary>QWEN3CUDA_PERSISTENT_ATTN is "1" or "true" (any case).</summary>
-    public static bool PersistentAttentionFromEnvironment() =>
-        Environment.GetEnvironmentVariable(PersistentAttentionEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
     /// <summary>Prefill chunks of more than 8 tokens use the tensor-core flash attention (attention_prefill.cu, on by
     /// default). It keeps the fp32 softmax weights to ~2^-17 by splitting P into two bf16 mma operands (hi + lo);
     /// off: the decode kernel with one query row per attention row (context lengths p0+1..p0+T make it causal),

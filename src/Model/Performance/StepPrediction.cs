@@ -211,7 +211,7 @@ public static class StepPredictor
         bool pdl = p.Launches.Any(l => l.Overlap is not null);   // the overlap column only for steps with programmatic launches
         sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"block",7}{"regs",6}{"blk/SM",7}{"waves",7}{"DRAM",11}{"L2",10}{(pdl ? $"{"overlap",10}" : "")}{"trips",7}{"inflight/SM",12}{"bound",9}{"pred us",10}{"pred %",8}\n");
         double total = p.TotalUs;
-        foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes)))
+        foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes, l.Launch.Stage)))
         {
             var f = grp.First();
             int count = grp.Count();
@@ -219,7 +219,7 @@ public static class StepPredictor
             string waves = f.TailCtas > 0 ? $"{f.FullWaves}+t" : $"{f.FullWaves}";
             double trips = (double)grp.Sum(x => x.Launch.MaxWarpDramRoundTrips + x.Launch.MaxWarpL2RoundTrips) / count;
             // a stage of a launch measured apart: its share of the composed launch, not a bound of its own
-            string name = f.Launch.Stage is { } st ? $"{Trim(f.Kernel, 20)} s{st.Index}/{st.Count}" : Trim(f.Kernel, 25);
+            string name = LaunchName(f.Launch);
             string bound = f.Launch.Stage is not null ? "stage" : f.Bound.ToString();
             sb.Append(inv, $"  {name,-26}{count,9}{f.Launch.Grid.ToString(),8}{f.Launch.Block.ToString(),7}{f.Resources.RegistersPerThread,6}{f.Occupancy.BlocksPerSm,7}{waves,7}");
             // a kernel that prefetches its weights before griddepcontrol.wait has almost no DRAM round trips left: its bytes per
@@ -265,14 +265,14 @@ public static class StepPredictor
         var sb = new StringBuilder();
         sb.Append(inv, $"  {p.Name}: the model's terms per launch (PREDICTED us, averaged over the launches) and the critical warp (the maxima over warps)\n");
         sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"DRAM",8}{"L2",8}{"fill",8}{"issue",8}{"latency",9}{"DRAM trips",12}{"L2 trips",10}{"warp instr",12}{"instr us",10}\n");
-        foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes)))
+        foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes, l.Launch.Stage)))
         {
             var f = grp.First();
             int n = grp.Count();
             double Avg(Func<KernelPrediction, double> sel) => grp.Sum(sel) / n;
             double instr = Avg(l => l.Launch.MaxWarpInstructions);
             double instrUs = instr / g.SingleWarpIpc / g.ClockHz * 1e6;
-            sb.Append(inv, $"  {Trim(f.Kernel, 25),-26}{n,9}{f.Launch.Grid.ToString(),8}{Avg(l => l.DramUs),8:F1}{Avg(l => l.L2Us),8:F1}{Avg(l => l.SmFillUs),8:F1}{Avg(l => l.IssueUs),8:F1}{Avg(l => l.LatencyUs),9:F1}");
+            sb.Append(inv, $"  {LaunchName(f.Launch),-26}{n,9}{f.Launch.Grid.ToString(),8}{Avg(l => l.DramUs),8:F1}{Avg(l => l.L2Us),8:F1}{Avg(l => l.SmFillUs),8:F1}{Avg(l => l.IssueUs),8:F1}{Avg(l => l.LatencyUs),9:F1}");
             sb.Append(inv, $"{Avg(l => l.Launch.MaxWarpDramRoundTrips),12:F0}{Avg(l => l.Launch.MaxWarpL2RoundTrips),10:F0}{instr,12:F0}{instrUs,10:F1}\n");
         }
         return sb.ToString();
@@ -282,6 +282,9 @@ public static class StepPredictor
     public static string AssumedText(GpuSpec g) => g.Assumed.Count == 0 ? "" : $"; assumed: {string.Join(", ", g.Assumed)}";
 
     private static string Trim(string s, int n) => s.Length <= n ? s : s[..(n - 1)] + "~";
+
+    /// <summary>A table's kernel column: the kernel, and for a stage of a launch measured apart its stage ("s1/3").</summary>
+    private static string LaunchName(LaunchRecord r) => r.Stage is { } st ? $"{Trim(r.Kernel, 20)} s{st.Index}/{st.Count}" : Trim(r.Kernel, 25);
 }
 
 /// <summary>
