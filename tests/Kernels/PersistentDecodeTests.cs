@@ -19,8 +19,7 @@ namespace Qwen3Cuda.Tests.Kernels;
 [TestFixture]
 public class PersistentDecodeTests
 {
-    const int Hidden = 256, QHeads = 4, KvHeads = 2, HeadDim = 128, PageSize = 16;
-    const float Eps = 1e-6f;
+    const int Hidden = 256, QHeads = 4, KvHeads = 2;
     /// <summary>
     /// The co-resident cases' shared memory per SM: a cooperative launch must fit every CTA at once, and the grid is one
     /// CTA per tile (about 80 of 46 KiB here), more than 8 SMs of 228 KiB hold; the interleaved schedule needs them all.
@@ -70,92 +69,26 @@ public class PersistentDecodeTests
         StructLayoutCheck.AssertMatches(typeof(PersistentAttnParams), "persistent_decode.cu", "PersistentAttnParams");
 
     /// <summary>
-    /// On a GPU (skipped without one): Qwen3-30B-A3B's shape (hidden 2048, 32 / 4 heads of 128) at 1 and 4 rows against
-    /// the three launches there, on the device's own SM count.
+    /// On a GPU (skipped without one): the selftest's cases, Qwen3-30B-A3B's shape (hidden 2048, 32 / 4 heads of 128) at 1
+    /// and 4 rows against the three launches there, on the device's own SM count.
     /// </summary>
     [Test, Category(KernelBackends.GpuCategory)]
     public void OnCuda_AttentionBlock_EqualsTheThreeLaunches_Bitwise()
     {
         using var ctx = KernelBackends.Open(KernelBackends.Cuda);
-        EqualsTheThreeLaunches(ctx, "cuda, real shape, 1 row", [1000], 2048, 32, 4, cooperative: false, seed: 5);
-        EqualsTheThreeLaunches(ctx, "cuda, real shape, 4 rows", [1000, 37, 4000, 300], 2048, 32, 4, cooperative: false, seed: 6);
+        foreach (var c in PersistentDecodeCases.All())
+        {
+            var r = c.Check(ctx);
+            TestContext.Out.WriteLine($"{c.Name}:\n{r}");
+            Assert.That(r.Passed, Is.True, $"{c.Name}:\n{r}");
+        }
     }
 
+    /// <summary>The comparison (src/Model/Selftest/PersistentDecodeCases, also `qwen3cuda selftest`'s on a GPU) must pass.</summary>
     static void EqualsTheThreeLaunches(KernelCheckContext ctx, string what, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed)
     {
-        const int d = HeadDim;
-        var rng = new Random(seed);
-        int rows = lens.Length, qDim = nH * d, qkvDim = (nH + 2 * nKV) * d, workspaceSplits = 64;
-        var kv = new PagedKvFixture(rng, lens, nKV, d, PageSize);
-        var attn = ctx.Cached("attn128", () => new AttentionDecodeLaunchers(ctx.Loader, d));
-        var gemv = ctx.Cached("gemv", () => new GemvLaunchers(ctx.Loader));
-        var block = ctx.Cached("block128", () => new PersistentDecodeLaunchers(ctx.Loader, d));
-        int sms = ctx.Device.Info.MultiprocessorCount;
-        int splits = attn.ChooseSplits(rows, nKV, lens.Max(), workspaceSplits);
-        Assert.That(PersistentDecodeLaunchers.CanRun(sms, d, rows, hidden, qkvDim, qDim, splits), Is.True, $"{what}: the shape runs as one launch");
-
-        // x ~ U(-2, 2); weights ~ U(-1, 1) / sqrt(K) (activations of order 1); the norm weights around 1
-        ushort[] x0 = KernelData.Random(rng, rows * hidden, 2f);
-        ushort[] wqkv = KernelData.Random(rng, qkvDim * hidden, 1f / MathF.Sqrt(hidden)), wo = KernelData.Random(rng, hidden * qDim, 1f / MathF.Sqrt(qDim));
-        ushort[] inNorm = Enumerable.Range(0, hidden).Select(_ => Bf16.FromFloat(0.5f + (float)rng.NextDouble())).ToArray();
-        ushort[] qw = KernelData.Random(rng, d, 1.5f), kw = KernelData.Random(rng, d, 1.5f);
-        int[] positions = lens.Select(l => l - 1).ToArray();
-        int[] slots = Enumerable.Range(0, rows).Select(s => kv.BlockTable[s * kv.MaxPagesPerSeq + positions[s] / PageSize] * PageSize + positions[s] % PageSize).ToArray();
-        long cacheBytes = (long)kv.Pages * PageSize * nKV * d * 2;
-        DevicePtr dWqkv = ctx.Upload(wqkv), dWo = ctx.Upload(wo), dNorm = ctx.Upload(inNorm), dQw = ctx.Upload(qw), dKw = ctx.Upload(kw);
-        DevicePtr dInvFreq = ctx.Upload(KernelReference.InvFreq(d, 1e6)), dPos = ctx.Upload(positions), dSlots = ctx.Upload(slots);
-        DevicePtr dTable = ctx.Upload(kv.BlockTable), dLens = ctx.Upload(lens);
-        long wsBytes = attn.WorkspaceBytes(rows, nH, workspaceSplits, out long lseBytes);
-
-        // One run of either path on fresh x, qkv, caches and attention buffers; returns what it wrote.
-        (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, int Launches, LaunchStage?[] Stages) Run(bool persistent, DevicePtr counters, DevicePtr tickets, bool apart = false)
-        {
-            DevicePtr dx = ctx.Upload(x0), dQkv = ctx.AllocFilled<ushort>(rows * qkvDim), dAttn = ctx.AllocFilled<ushort>(rows * qDim);
-            DevicePtr dK = kv.UploadK(ctx), dV = kv.UploadV(ctx);
-            DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.AllocFilled<float>(lseBytes / sizeof(float));
-            var a = new DecodeAttentionArgs(DevicePtr.Null, qDim, dK, dV, dTable, kv.MaxPagesPerSeq, PageSize, dLens, rows, lens.Max(),
-                nH, nKV, dAttn, qDim, dPartial, dLse, workspaceSplits);
-            var rope = new DecodeRopeArgs(dQkv, qkvDim, DevicePtr.Null, qDim, dQw, dKw, dInvFreq, false, dPos, dSlots, Eps, 1f, tickets);
-            var launches = ctx.RecordLaunches(() =>
-            {
-                if (persistent)
-                    block.AttentionBlock(ctx.Stream, attn, new AttentionBlockWeights(dx, hidden, hidden, dNorm, Eps, dWqkv, dWo), a, rope, counters, cooperative && !apart, apart);
-                else
-                {
-                    gemv.Gemv(ctx.Stream, dQkv, qkvDim, dx, hidden, WeightOperand.Bf16(dWqkv), DevicePtr.Null, rows, qkvDim, hidden, DevicePtr.Null, 0, dNorm, Eps);
-                    attn.DecodeFused(ctx.Stream, a, rope);
-                    gemv.Gemv(ctx.Stream, dx, hidden, dAttn, qDim, WeightOperand.Bf16(dWo), dx, rows, hidden, qDim, DevicePtr.Null, 0);
-                }
-            });
-            ctx.Synchronize();
-            return (ctx.Download<ushort>(dQkv, rows * qkvDim), ctx.Download<byte>(dK, cacheBytes), ctx.Download<byte>(dV, cacheBytes),
-                ctx.Download<ushort>(dAttn, rows * qDim), ctx.Download<ushort>(dx, rows * hidden), launches.Count,
-                launches.Select(l => l.Stage).ToArray());
-        }
-
-        Assert.That(gemv.Plan(rows, qkvDim, hidden, WeightFormat.Bf16, normPrologue: true).TensorCores && gemv.Plan(rows, hidden, qDim, WeightFormat.Bf16).TensorCores,
-            Is.True, $"{what}: the oracle's GEMVs take the tensor-core plan");
-        DevicePtr oracleTickets = ctx.AllocFilled<int>(rows * nKV, 0), tickets = ctx.AllocFilled<int>(rows * nKV, 0);
-        DevicePtr counters = ctx.AllocFilled<int>(PersistentDecodeLaunchers.CounterInts, 0);
-        var expected = Run(persistent: false, DevicePtr.Null, oracleTickets);
-        Assert.That(expected.X, Is.Not.EqualTo(x0), $"{what}: the oracle's o_proj added to x");
-        for (int run = 1; run <= 3; run++)   // the second launch checks that the first left its counters and tickets zero
-        {
-            bool apart = run == 3;            // the stages as three launches (the timing model's measurement)
-            var got = Run(persistent: true, counters, tickets, apart);
-            string r = $"{what}, launch {run}{(apart ? ", stages apart" : "")}";
-            if (ctx.Emulator is not null)   // (the emulator records launches; a GPU does not)
-            {
-                Assert.That(got.Launches, Is.EqualTo(apart ? 3 : 1), $"{r}: launches");
-                Assert.That(got.Stages, Is.EqualTo(apart ? new LaunchStage?[] { new(0, 3), new(1, 3), new(2, 3) } : new LaunchStage?[] { null }), $"{r}: the launches' stages");
-            }
-            Assert.That(got.Qkv, Is.EqualTo(expected.Qkv), $"{r}: qkv rows = gemv_bf16_mma's with the norm prologue (bitwise)");
-            Assert.That(got.K, Is.EqualTo(expected.K), $"{r}: K cache = attn_decode_fused's (bitwise)");
-            Assert.That(got.V, Is.EqualTo(expected.V), $"{r}: V cache = attn_decode_fused's (bitwise)");
-            Assert.That(got.Attn, Is.EqualTo(expected.Attn), $"{r}: attention output = attn_decode_fused's (bitwise)");
-            Assert.That(got.X, Is.EqualTo(expected.X), $"{r}: x = gemv_bf16_mma's with the residual (bitwise)");
-            Assert.That(ctx.Download<int>(counters, PersistentDecodeLaunchers.CounterInts), Is.EqualTo(new int[PersistentDecodeLaunchers.CounterInts]), $"{r}: counters zero after the launch");
-            Assert.That(ctx.Download<int>(tickets, rows * nKV), Is.EqualTo(new int[rows * nKV]), $"{r}: combine tickets zero after the launch");
-        }
+        var r = PersistentDecodeCases.Compare(ctx, lens, hidden, nH, nKV, cooperative, seed);
+        TestContext.Out.WriteLine($"{what}:\n{r}");
+        Assert.That(r.Passed, Is.True, $"{what}:\n{r}");
     }
 }

@@ -1,0 +1,115 @@
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Launchers;
+
+namespace Qwen3Cuda.Model.Selftest;
+
+/// <summary>
+/// kernels/persistent_decode.cu (docs/kernels.md, "Persistent launches"): a layer's attention block as one launch must
+/// equal gemv_bf16_mma (norm prologue) -> attn_decode_fused -> gemv_bf16_mma (residual) bit for bit: the qkv rows, the
+/// K / V caches, the attention output and x. Exact, no tolerance: the tiles are those kernels' own code, and each of
+/// them is held to an fp64 reference in its own cases (ProjectionCases, AttentionCases).
+/// </summary>
+public static class PersistentDecodeCases
+{
+    public const int HeadDim = 128, PageSize = 16;
+    const float Eps = 1e-6f;
+
+    /// <summary>
+    /// The selftest's cases: a block of hidden 1280 with 8 / 2 heads of 128 (the smallest of this head layout whose
+    /// GEMVs take the tensor-core plan on 108 to 160 SMs: qkv 1536 and o_proj 1280 rows of 8), one row; then
+    /// Qwen3-30B-A3B's (hidden 2048, 32 / 4 heads) at 1 and 4 rows, heavy on the emulator
+    /// (tests/Kernels/PersistentDecodeTests run small shapes there in every scheduling mode).
+    /// </summary>
+    public static IEnumerable<KernelCase> All()
+    {
+        yield return new KernelCase("persistent_decode", "persistent_attn_block hidden 1280, heads 8/2, 1 row, context 150", false,
+            ctx => Compare(ctx, [150], 1280, 8, 2, cooperative: false, seed: 4));
+        yield return new KernelCase("persistent_decode", "persistent_attn_block real shape, 1 row, context 1000", true,
+            ctx => Compare(ctx, [1000], 2048, 32, 4, cooperative: false, seed: 5), Heavy: true);
+        yield return new KernelCase("persistent_decode", "persistent_attn_block real shape, 4 rows, contexts 1000/37/4000/300", true,
+            ctx => Compare(ctx, [1000, 37, 4000, 300], 2048, 32, 4, cooperative: false, seed: 6), Heavy: true);
+    }
+
+    /// <summary>
+    /// The block for rows of context <paramref name="lens"/> (each row's new token is key len - 1) against the three
+    /// launches: launched twice (the second finds the counters and tickets the first left, which must be zero), then
+    /// with its stages as three launches (the timing model's measurement). <paramref name="cooperative"/>: the first two
+    /// as co-resident launches (the emulator's interleaved schedule).
+    /// </summary>
+    public static CheckResult Compare(KernelCheckContext ctx, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed)
+    {
+        const int d = HeadDim;
+        var c = new Checker();
+        var rng = new Random(seed);
+        int rows = lens.Length, qDim = nH * d, qkvDim = (nH + 2 * nKV) * d, workspaceSplits = 64;
+        var kv = new PagedKvFixture(rng, lens, nKV, d, PageSize);
+        var attn = ctx.Cached("attn_decode128", () => new AttentionDecodeLaunchers(ctx.Loader, d));
+        var gemv = ctx.Cached("gemv_mma", () => new GemvLaunchers(ctx.Loader));
+        var block = ctx.Cached("persistent_decode128", () => new PersistentDecodeLaunchers(ctx.Loader, d));
+        int sms = ctx.Device.Info.MultiprocessorCount;
+        int splits = attn.ChooseSplits(rows, nKV, lens.Max(), workspaceSplits);
+        c.True(PersistentDecodeLaunchers.CanRun(sms, d, rows, hidden, qkvDim, qDim, splits), $"the shape runs as one launch on {sms} SMs (CanRun)", $"{splits} splits");
+        c.True(gemv.Plan(rows, qkvDim, hidden, WeightFormat.Bf16, normPrologue: true).TensorCores && gemv.Plan(rows, hidden, qDim, WeightFormat.Bf16).TensorCores,
+            "the oracle's GEMVs take the tensor-core plan", "");
+        if (!c.Result().Passed) return c.Result();
+
+        // x ~ U(-2, 2); weights ~ U(-1, 1) / sqrt(K) (activations of order 1); the norm weights in [0.5, 1.5)
+        ushort[] x0 = KernelData.Random(rng, rows * hidden, 2f);
+        ushort[] wqkv = KernelData.Random(rng, qkvDim * hidden, 1f / MathF.Sqrt(hidden)), wo = KernelData.Random(rng, hidden * qDim, 1f / MathF.Sqrt(qDim));
+        ushort[] inNorm = Enumerable.Range(0, hidden).Select(_ => Bf16.FromFloat(0.5f + (float)rng.NextDouble())).ToArray();
+        ushort[] qw = KernelData.Random(rng, d, 1.5f), kw = KernelData.Random(rng, d, 1.5f);
+        int[] positions = lens.Select(l => l - 1).ToArray();
+        int[] slots = Enumerable.Range(0, rows).Select(s => kv.BlockTable[s * kv.MaxPagesPerSeq + positions[s] / PageSize] * PageSize + positions[s] % PageSize).ToArray();
+        long cacheBytes = (long)kv.Pages * PageSize * nKV * d * 2;
+        DevicePtr dWqkv = ctx.Upload(wqkv), dWo = ctx.Upload(wo), dNorm = ctx.Upload(inNorm), dQw = ctx.Upload(qw), dKw = ctx.Upload(kw);
+        DevicePtr dInvFreq = ctx.Upload(KernelReference.InvFreq(d, 1e6)), dPos = ctx.Upload(positions), dSlots = ctx.Upload(slots);
+        DevicePtr dTable = ctx.Upload(kv.BlockTable), dLens = ctx.Upload(lens);
+        long wsBytes = attn.WorkspaceBytes(rows, nH, workspaceSplits, out long lseBytes);
+
+        // One run of either path on fresh x, qkv, caches and attention buffers; what it wrote and the launches' stages.
+        (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, LaunchStage?[] Stages) Run(bool persistent, DevicePtr counters, DevicePtr tickets, bool apart)
+        {
+            DevicePtr dx = ctx.Upload(x0), dQkv = ctx.AllocFilled<ushort>(rows * qkvDim), dAttn = ctx.AllocFilled<ushort>(rows * qDim);
+            DevicePtr dK = kv.UploadK(ctx), dV = kv.UploadV(ctx);
+            DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.AllocFilled<float>(lseBytes / sizeof(float));
+            var a = new DecodeAttentionArgs(DevicePtr.Null, qDim, dK, dV, dTable, kv.MaxPagesPerSeq, PageSize, dLens, rows, lens.Max(),
+                nH, nKV, dAttn, qDim, dPartial, dLse, workspaceSplits);
+            var rope = new DecodeRopeArgs(dQkv, qkvDim, DevicePtr.Null, qDim, dQw, dKw, dInvFreq, false, dPos, dSlots, Eps, 1f, tickets);
+            var launches = ctx.RecordLaunches(() =>
+            {
+                if (persistent)
+                    block.AttentionBlock(ctx.Stream, attn, new AttentionBlockWeights(dx, hidden, hidden, dNorm, Eps, dWqkv, dWo), a, rope, counters, cooperative && !apart, apart);
+                else
+                {
+                    gemv.Gemv(ctx.Stream, dQkv, qkvDim, dx, hidden, WeightOperand.Bf16(dWqkv), DevicePtr.Null, rows, qkvDim, hidden, DevicePtr.Null, 0, dNorm, Eps);
+                    attn.DecodeFused(ctx.Stream, a, rope);
+                    gemv.Gemv(ctx.Stream, dx, hidden, dAttn, qDim, WeightOperand.Bf16(dWo), dx, rows, hidden, qDim, DevicePtr.Null, 0);
+                }
+            });
+            return (ctx.Download<ushort>(dQkv, rows * qkvDim), ctx.Download<byte>(dK, cacheBytes), ctx.Download<byte>(dV, cacheBytes),
+                ctx.Download<ushort>(dAttn, rows * qDim), ctx.Download<ushort>(dx, rows * hidden), launches.Select(l => l.Stage).ToArray());
+        }
+
+        DevicePtr oracleTickets = ctx.AllocFilled<int>(rows * nKV, 0), tickets = ctx.AllocFilled<int>(rows * nKV, 0);
+        DevicePtr counters = ctx.AllocFilled<int>(PersistentDecodeLaunchers.CounterInts, 0);
+        var expected = Run(persistent: false, DevicePtr.Null, oracleTickets, apart: false);
+        c.True(!expected.X.AsSpan().SequenceEqual(x0), "the oracle's o_proj added to x", "");
+        for (int run = 1; run <= 3; run++)
+        {
+            bool apart = run == 3;
+            var got = Run(persistent: true, counters, tickets, apart);
+            string r = $"launch {run}{(apart ? ", stages apart" : "")}";
+            if (ctx.Emulator is not null)   // (the emulator records launches; a GPU does not)
+                c.True(got.Stages.SequenceEqual(apart ? [new LaunchStage(0, 3), new LaunchStage(1, 3), new LaunchStage(2, 3)] : new LaunchStage?[] { null }),
+                    $"{r}: {(apart ? "three launches, one per stage" : "one launch")}", string.Join(", ", got.Stages.Select(s => s?.ToString() ?? "whole")));
+            c.Exact<ushort>(got.Qkv, expected.Qkv, $"{r}: qkv rows = gemv_bf16_mma's with the norm prologue (bitwise)");
+            c.Exact<byte>(got.K, expected.K, $"{r}: K cache = attn_decode_fused's (bitwise)");
+            c.Exact<byte>(got.V, expected.V, $"{r}: V cache = attn_decode_fused's (bitwise)");
+            c.Exact<ushort>(got.Attn, expected.Attn, $"{r}: attention output = attn_decode_fused's (bitwise)");
+            c.Exact<ushort>(got.X, expected.X, $"{r}: x = gemv_bf16_mma's with the residual (bitwise)");
+            c.Exact<int>(ctx.Download<int>(counters, PersistentDecodeLaunchers.CounterInts), new int[PersistentDecodeLaunchers.CounterInts], $"{r}: counters zero after the launch");
+            c.Exact<int>(ctx.Download<int>(tickets, rows * nKV), new int[rows * nKV], $"{r}: combine tickets zero after the launch");
+        }
+        return c.Result();
+    }
+}
