@@ -24,6 +24,7 @@
 // PDL: launched as a programmatic dependent of the previous kernel (which wrote x). Before pdl_wait() a CTA only
 // prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step writes,
 // comes after the wait); a CTA lets the next kernel start once its tile is done.
+// stage_only 0, 1 or 2 runs that stage's tiles alone, for the timing model (below; docs/timing-model.md, section 7).
 // Thread mapping: 128 threads = 4 warps (the attention's CTA); a GEMV tile is 8 * groups rows, groups * wpg K-slices
 // on the 4 warps. Memory traffic: each weight once, the KV cache once (as attn_decode_fused), x and attn once per GEMV
 // tile from L2, the partials once; counters: one ticket and one release per tile, one polling thread per waiting CTA.
@@ -35,7 +36,7 @@
 #if DEC_TC
 #define PDEC_THREADS DEC_THREADS
 #define PDEC_WARPS (PDEC_THREADS / 32)
-#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention's tile fits (119 today)
+#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention tile fits (106 on sm_80, 121 on sm_90 today)
 static_assert(PDEC_WARPS == 4, "the attention tile's 4 warps");
 
 struct PersistentAttnParams {
