@@ -17,7 +17,7 @@
 // next launch: they are zero before the first.
 // Why not resident CTAs looping over tickets: in a loop, NVRTC hoists the tiles' parameter loads and per-thread
 // addresses out of it and keeps them in registers across the whole loop: 168 to 227 registers, against this kernel's
-// 106 (sm_80) / 121 (sm_90), attn_decode_fused's own (docs/kernels.md, "Persistent launches").
+// 104 (sm_80) / 121 (sm_90), about attn_decode_fused's own (docs/kernels.md, "Persistent launches").
 // Oracle: the tiles are the three kernels' own code (gemv_mma_tile, attn_fused_tile), so the launch equals the three
 // launches bit for bit: a GEMV tile sums each row group over the standalone plan's K-slices (wpg), its 4 warps running
 // 8 slices two each when the plan has 8 (tests/Kernels/PersistentDecodeTests).
@@ -36,7 +36,7 @@
 #if DEC_TC
 #define PDEC_THREADS DEC_THREADS
 #define PDEC_WARPS (PDEC_THREADS / 32)
-#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention tile fits (106 on sm_80, 121 on sm_90 today)
+#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention tile fits (104 on sm_80, 121 on sm_90 today)
 static_assert(PDEC_WARPS == 4, "the attention tile's 4 warps");
 
 struct PersistentAttnParams {
@@ -56,13 +56,13 @@ __device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile
     prefetch_l2_rows(g.w, row_base, min(g.n, row_base + 8 * groups), (size_t)g.k * 2, 0, (size_t)g.k * 2);
 }
 
-// A GEMV tile: its weight rows into L2, wait() (every thread calls it: the inputs are ready after it), the tile. Ends
-// without a barrier.
+// A GEMV tile: its weight rows into L2 (unless they were, `prefetched`), wait() (every thread calls it: the inputs are
+// ready after it), the tile. Ends without a barrier.
 template <bool X_L2, class Wait>
-__device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, int groups, int wpg, unsigned char* staging,
+__device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, int groups, int wpg, bool prefetched, unsigned char* staging,
                                                 float (*red_s)[8][8], float (*nred_s)[32], float* inv_s, Wait wait)
 {
-    prefetch_gemv_rows(g, tile, groups);
+    if (!prefetched) prefetch_gemv_rows(g, tile, groups);
     wait();
     gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, tile * 8 * groups, groups, wpg, reinterpret_cast<uint4*>(staging), red_s, nred_s, inv_s);
 }
@@ -95,6 +95,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     } else {
         tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : qkv_tiles + attn_tiles) + blockIdx.x;
     }
+    const bool guessed = whole && tile == (int)blockIdx.x;   // its rows are in L2 already (a GEMV tile)
     // the wait for the stage before: its counter, or (a stage alone) the launch before
     auto wait_for = [&](const int* counter, int target) {
         if (whole) counter_wait(counter, target);
@@ -104,14 +105,14 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         if (whole) counter_release(counter);   // its barrier: every output written, the shared memory free
     };
     if (tile < qkv_tiles) {
-        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, s.tiles_s, red_s, nred_s, inv_s, [&] { if (!whole) pdl_wait(); });
+        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, guessed, s.tiles_s, red_s, nred_s, inv_s, [&] { if (!whole) pdl_wait(); });
         release(&p.counters[2]);
     } else if (tile < qkv_tiles + attn_tiles) {
         const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
         attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
         release(&p.counters[3]);
     } else if (tile < qkv_tiles + attn_tiles + o_tiles) {
-        gemv_stage_tile<true>(p.o_proj, tile - qkv_tiles - attn_tiles, p.o_groups, p.o_wpg, s.tiles_s, red_s, nred_s, inv_s,
+        gemv_stage_tile<true>(p.o_proj, tile - qkv_tiles - attn_tiles, p.o_groups, p.o_wpg, guessed, s.tiles_s, red_s, nred_s, inv_s,
                               [&] { wait_for(&p.counters[3], attn_tiles); });
         release(&p.counters[4]);
     }

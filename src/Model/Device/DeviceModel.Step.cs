@@ -372,9 +372,8 @@ public sealed partial class DeviceModel
         long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytes) : 0;
         // The attention block as one launch (PersistentAttentionBlock): qkv -> attention -> o_proj (+residual), the same
         // bits as the launches below. The router then fetches all of the next weights' first bytes (o_proj does not).
-        if (AttentionBlockAsOneLaunch(layer, s))
+        if (AttentionBlockAsOneLaunch(layer, s))   // (only when the qkv projection did not run ahead)
         {
-            _qkvRanAhead = false;
             var args = DecodeArgs(layer, s);
             _persistentAttn!.AttentionBlock(_stream, _attn, new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj)),
                 args, DecodeRope(layer), Ws(w.PersistentCounters), stagesApart: Plan.Options.PersistentStagesApart);

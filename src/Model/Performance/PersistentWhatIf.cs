@@ -178,8 +178,9 @@ public static class PersistentWhatIf
         for (int k = 0; k < alone.Count; k++)
         {
             var a = alone[k];
-            long bytes = a.DramBytes - (k == 0 ? Math.Min(overlapBytes, a.DramBytes) : 0);
-            long ahead = Math.Min(a.Launch.PreWaitSectors * 32, a.DramBytes) - (k == 0 ? Math.Min(overlapBytes, a.DramBytes) : 0);
+            long overlapped = k == 0 ? Math.Min(overlapBytes, a.DramBytes) : 0;
+            long bytes = a.DramBytes - overlapped;
+            long ahead = Math.Min(a.Launch.PreWaitSectors * 32, a.DramBytes) - overlapped;
             int after = -1;
             long tiles = 0;
             for (int j = k; j >= 0; j--)
@@ -189,8 +190,11 @@ public static class PersistentWhatIf
             }
             stages.Add(Stage(g, a, bytes, Math.Max(0, ahead), after));
         }
-        return Compose(g, stages, g.L2PersistingBytes, 2 * g.L2LatencyNs / 1000);
+        return Compose(g, stages, g.L2PersistingBytes, ReleaseUs(g));
     }
+
+    /// <summary>A counter release between stages: two L2 round trips (the producer's release, the consumer's poll).</summary>
+    public static double ReleaseUs(GpuSpec g) => 2 * g.L2LatencyNs / 1000;
 
     /// <summary>
     /// The occupancy of one persistent kernel that runs every stage: CTAs of <paramref name="threadsPerCta"/> threads with
@@ -320,7 +324,7 @@ public static class PersistentWhatIf
     {
         var inv = CultureInfo.InvariantCulture;
         var g = p.Gpu;
-        double release = 2 * g.L2LatencyNs / 1000;
+        double release = ReleaseUs(g);
         var stages = StagesOf(p);
         var c = Compose(g, stages, g.L2PersistingBytes, release);
         // the step around the launch: one graph node, the host copies and the wake-up, as for the multi-kernel step

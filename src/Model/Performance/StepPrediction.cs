@@ -75,14 +75,14 @@ public static class StepPredictor
         for (int i = 0; i < launches.Count; i++)
         {
             var (r, res) = launches[i];
-            var alone = KernelTimingModel.Predict(r, res, gpu);
             bool chained = i > 0 && r.ProgrammaticLaunch && r.InGraph && launches[i - 1].Record.InGraph && !between.Contains(i);
-            if (StagesAt(launches, i) is int stageCount)
+            if (StagesAt(launches, i, between) is int stageCount)
             {
                 result.AddRange(PredictStages(gpu, launches.Skip(i).Take(stageCount).ToList(), chained ? result[i - 1] : null));
                 i += stageCount - 1;
                 continue;
             }
+            var alone = KernelTimingModel.Predict(r, res, gpu);
             if (!chained) { result.Add(alone); continue; }
             var overlap = KernelTimingModel.PrefetchOverlap(gpu, alone, result[i - 1]);
             // every CTA resident beside the predecessor's last wave, which triggered early: their part before the wait runs
@@ -98,11 +98,12 @@ public static class StepPredictor
     /// The stage count when launch <paramref name="i"/> is the first of the complete stages of one stage-ordered launch
     /// run apart (<see cref="LaunchRecord.Stage"/> 0 .. n - 1 in a row, no operation between them), else null.
     /// </summary>
-    static int? StagesAt(IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches, int i)
+    static int? StagesAt(IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches, int i, HashSet<int> between)
     {
         if (launches[i].Record.Stage is not { Index: 0, Count: > 0 } first || i + first.Count > launches.Count) return null;
         for (int k = 0; k < first.Count; k++)
-            if (launches[i + k].Record.Stage != new Runtime.LaunchStage(k, first.Count) || launches[i + k].Record.Kernel != launches[i].Record.Kernel)
+            if (launches[i + k].Record.Stage != new Runtime.LaunchStage(k, first.Count) || launches[i + k].Record.Kernel != launches[i].Record.Kernel
+                || (k > 0 && between.Contains(i + k)))
                 return null;
         return first.Count;
     }

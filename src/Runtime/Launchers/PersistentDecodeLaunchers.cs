@@ -136,10 +136,10 @@ public sealed class PersistentDecodeLaunchers
             },
             Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg, StageOnly = -1,
         };
-        int[] stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, (w.Hidden + 8 * oGroups - 1) / (8 * oGroups)];
+        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, (w.Hidden + 8 * oGroups - 1) / (8 * oGroups)];
         if (!stagesApart)
         {
-            Launch(stream, p, new LaunchConfig(new Dim3((uint)stageTiles.Sum()), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true });
+            Launch(stream, p, new LaunchConfig(new Dim3((uint)(stageTiles[0] + stageTiles[1] + stageTiles[2])), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true });
             return attn.Splits;
         }
         for (int stage = 0; stage < stageTiles.Length; stage++)
