@@ -31,6 +31,15 @@ public sealed class ProgrammaticLaunchTests
             go();
             if (i < n) out[i] = in[i] * 2.f + w[i];
         }
+        // the weights loaded into registers before the wait (a persistent GEMV tile's held steps), the input after it
+        extern "C" __global__ void consume_loaded(const float* in, const float* w, float* out, int n)
+        {
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            float wv = i < n ? w[i] : 0.f;
+            wait();
+            go();
+            if (i < n) out[i] = in[i] * 2.f + wv;
+        }
         extern "C" __global__ void load_before_wait(const float* in, float* out)
         {
             float v = in[threadIdx.x];
@@ -161,6 +170,30 @@ public sealed class ProgrammaticLaunchTests
         Assert.That(launches[1].PreWaitSectors, Is.EqualTo(n * sizeof(float) / 32));
         Assert.That(launches[1].DistinctSectors, Is.EqualTo(3L * n * sizeof(float) / 32), "in, w and out, each once: the loads of w hit the prefetched sectors");
         Assert.That(launches[1].GlobalLoadRequests, Is.EqualTo(2L * n / 32), "a prefetch is not a load request: two loads per warp");
+        Assert.That(launches[1].PreWaitLoadBytes, Is.Zero, "a prefetch loads nothing into the SM");
+        var got = k.Download(dOut, n);
+        for (int i = 0; i < n; i++) Assert.That(got[i], Is.EqualTo(i * 2f + w[i]), $"out[{i}]");
+    }
+
+    /// <summary>
+    /// A programmatic consumer that loads its weights into registers before its wait: PreWaitLoadBytes is their 16 KiB
+    /// (4096 floats, each lane's 4 bytes), PreWaitSectors their 512 sectors; the input, read after the wait, is in neither.
+    /// </summary>
+    [Test]
+    public void WeightsLoadedBeforeTheWait_CountAsPreWaitLoadBytes()
+    {
+        using var k = new Kit();
+        const int n = 4096;
+        var w = Enumerable.Range(0, n).Select(i => 0.5f * (i % 5)).ToArray();
+        var dIn = k.Dev.Allocate(n * sizeof(float));
+        var dW = k.Upload(w);
+        var dOut = k.Dev.Allocate(n * sizeof(float));
+        k.Launch("produce", n / 256, 256, false, dIn, n);
+        k.Launch("consume_loaded", n / 256, 256, true, dIn, dW, dOut, n);
+        k.Sync();
+        var consumer = k.Dev.Launches.Last();
+        Assert.That(consumer.PreWaitLoadBytes, Is.EqualTo(n * sizeof(float)));
+        Assert.That(consumer.PreWaitSectors, Is.EqualTo(n * sizeof(float) / 32));
         var got = k.Download(dOut, n);
         for (int i = 0; i < n; i++) Assert.That(got[i], Is.EqualTo(i * 2f + w[i]), $"out[{i}]");
     }

@@ -32,6 +32,14 @@ public sealed record PersistentStage
     public double TransferUs { get; init; }
     /// <summary>The bytes its loads move from the L2 into the SMs (DRAM and L2 bytes).</summary>
     public long TransferBytes { get; init; }
+    /// <summary>
+    /// Of <see cref="AheadBytes"/>, those its tiles load into the SMs (registers, or shared memory by cp.async) before their
+    /// inputs are ready (the emulator's <c>PreWaitLoadBytes</c>): once fetched ahead they are on the SMs at ready, and
+    /// their share of <see cref="TransferBytes"/> takes no time after it (<see cref="WorkUs"/>'s staged share).
+    /// </summary>
+    public long LoadedAheadBytes { get; init; }
+    /// <summary>Bytes of the stage fetched in the shadow of the kernel before the launch (a programmatic launch's first stage), not in <see cref="DramBytes"/>.</summary>
+    public long ShadowBytes { get; init; }
     /// <summary>The largest of its issue, SM fill and L2 terms (every byte through the L2).</summary>
     public double ThroughputUs => Math.Max(IssueUs, TransferUs);
     /// <summary>Warps today's kernel runs at once (the CTAs of its first wave × warps per CTA); 0: unknown, never rescaled.</summary>
@@ -140,10 +148,12 @@ public static class PersistentWhatIf
     /// <summary>
     /// One launch <paramref name="a"/> (predicted alone) as a stage: <paramref name="dramBytes"/> of DRAM, of which
     /// <paramref name="aheadBytes"/> may be fetched before its inputs are ready, from the launch's start or once stage
-    /// <paramref name="aheadAfter"/> is done; its work after ready from the critical warp's chain after its wait and the
-    /// kernel's Little's-law, issue, SM fill and L2 terms (docs/timing-model.md, section 7).
+    /// <paramref name="aheadAfter"/> is done (<paramref name="shadowBytes"/> more were fetched in the shadow of the kernel
+    /// before); its work after ready from the critical warp's chain after its wait and the kernel's Little's-law, issue, SM
+    /// fill and L2 terms; of the bytes fetched ahead, those its loads took into the SMs before the wait
+    /// (<see cref="PersistentStage.LoadedAheadBytes"/>) need no transfer after ready (docs/timing-model.md, section 7).
     /// </summary>
-    public static PersistentStage Stage(GpuSpec g, KernelPrediction a, long dramBytes, long aheadBytes, int aheadAfter)
+    public static PersistentStage Stage(GpuSpec g, KernelPrediction a, long dramBytes, long aheadBytes, int aheadAfter, long shadowBytes = 0)
     {
         var r = a.Launch;
         long warps = Math.Max(1, r.Warps);
@@ -156,6 +166,7 @@ public static class PersistentWhatIf
             LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
             IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
             TransferBytes = a.L2Bytes + a.DramBytes,
+            LoadedAheadBytes = Math.Min(r.PreWaitLoadBytes, Math.Min(aheadBytes, dramBytes) + shadowBytes), ShadowBytes = shadowBytes,
             WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
             RegistersPerThread = a.Resources.RegistersPerThread, SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
         };
@@ -188,7 +199,7 @@ public static class PersistentWhatIf
                 tiles += alone[j].Ctas;
                 if (tiles > capacity) { after = j < k ? j : k - 1; break; }
             }
-            stages.Add(Stage(g, a, bytes, Math.Max(0, ahead), after));
+            stages.Add(Stage(g, a, bytes, Math.Max(0, ahead), after, overlapped));
         }
         return Compose(g, stages, g.L2PersistingBytes, ReleaseUs(g));
     }
@@ -233,7 +244,9 @@ public static class PersistentWhatIf
     /// <remarks>
     /// <paramref name="sharedStagingBytes"/>: of the bytes fetched ahead for a stage, up to that many are taken to be
     /// staged in the SMs' shared memory before the stage is ready (cp.async into the CTAs that will run its tiles), so
-    /// that share of its L2-to-SM transfer is off its work after ready (<see cref="PersistentStage.WorkUs"/>); 0: none.
+    /// that share of its L2-to-SM transfer is off its work after ready (<see cref="PersistentStage.WorkUs"/>); 0: none. The
+    /// bytes a stage's own loads took into the SMs before its wait (<see cref="PersistentStage.LoadedAheadBytes"/>) count
+    /// so whatever the budget.
     /// </remarks>
     public static PersistentComposition Compose(GpuSpec g, IReadOnlyList<PersistentStage> stages, long lookaheadBytes, double releaseUs,
         long sharedStagingBytes = 0)
@@ -300,7 +313,10 @@ public static class PersistentWhatIf
                 var st = stages[cur];
                 double kept = st.DramBytes > 0 ? 1 - fetchedAhead[cur] / st.DramBytes : 1;
                 double arrived = double.IsNaN(lastIssueNs[cur]) ? 0 : lastIssueNs[cur] + g.DramLatencyNs;
-                double staged = st.TransferBytes > 0 ? Math.Min(fetchedAhead[cur], sharedStagingBytes) / st.TransferBytes : 0;
+                // on the SMs at ready: of the bytes fetched ahead (here or in the kernel before's shadow), those the tiles loaded
+                // before their wait, and up to the staging budget more
+                double staged = st.TransferBytes > 0
+                    ? Math.Min(fetchedAhead[cur] + st.ShadowBytes, (double)st.LoadedAheadBytes + sharedStagingBytes) / st.TransferBytes : 0;
                 done[cur] = Math.Max(ready[cur] + st.WorkUs(g, kept, staged) * 1000, arrived);
                 if (cur + 1 < n) ready[cur + 1] = done[cur] + releaseNs;
                 cur++;

@@ -5,7 +5,7 @@ internal sealed class Counters
 {
     public long WarpInstructions, ThreadInstructions;
     public long GlobalLoadRequests, GlobalStoreRequests, GlobalLoadBytes, GlobalStoreBytes, GlobalLoadSectors, GlobalStoreSectors;
-    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors, PersistingSectors, RereadSectors;
+    public long GlobalAtomics, DistinctSectors, L2ResidentSectors, PreWaitSectors, PreWaitLoadBytes, PersistingSectors, RereadSectors;
     public long WaitingCtas;   // CTAs of which a warp executed griddepcontrol.wait
     /// <summary>Distinct sectors that were not left in L2 by an earlier launch.</summary>
     public long DramSectors => DistinctSectors - L2ResidentSectors;
@@ -41,7 +41,7 @@ internal sealed class Counters
         GlobalLoadRequests += o.GlobalLoadRequests; GlobalStoreRequests += o.GlobalStoreRequests;
         GlobalLoadBytes += o.GlobalLoadBytes; GlobalStoreBytes += o.GlobalStoreBytes;
         GlobalLoadSectors += o.GlobalLoadSectors; GlobalStoreSectors += o.GlobalStoreSectors;
-        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; RereadSectors += o.RereadSectors; PreWaitSectors += o.PreWaitSectors; PersistingSectors += o.PersistingSectors; WaitingCtas += o.WaitingCtas;
+        GlobalAtomics += o.GlobalAtomics; DistinctSectors += o.DistinctSectors; L2ResidentSectors += o.L2ResidentSectors; RereadSectors += o.RereadSectors; PreWaitSectors += o.PreWaitSectors; PreWaitLoadBytes += o.PreWaitLoadBytes; PersistingSectors += o.PersistingSectors; WaitingCtas += o.WaitingCtas;
         SharedLoadRequests += o.SharedLoadRequests; SharedStoreRequests += o.SharedStoreRequests;
         SharedWavefronts += o.SharedWavefronts; SharedBankConflicts += o.SharedBankConflicts;
         LocalBytes += o.LocalBytes; Barriers += o.Barriers; MmaCount += o.MmaCount; CpAsyncBytes += o.CpAsyncBytes;
@@ -145,6 +145,13 @@ public sealed record LaunchRecord
     /// </summary>
     public long PreWaitSectors { get; init; }
     /// <summary>
+    /// Bytes the lanes loaded into the SM (a load into registers or a cp.async into shared memory) before their
+    /// griddepcontrol.wait, each lane's access counted: data already on the SMs when the launch's inputs are ready, which
+    /// needs no transfer from the L2 after that (docs/timing-model.md, section 7). Prefetches are not loads: they are in
+    /// <see cref="PreWaitSectors"/> only.
+    /// </summary>
+    public long PreWaitLoadBytes { get; init; }
+    /// <summary>
     /// CTAs of which a warp executed griddepcontrol.wait; the others exited before it (e.g. a decode attention CTA past
     /// its row's split plan). The timing model counts residency beside the predecessor over these.
     /// </summary>
@@ -187,7 +194,7 @@ public sealed record LaunchRecord
         GlobalLoadRequests = c.GlobalLoadRequests, GlobalStoreRequests = c.GlobalStoreRequests,
         GlobalLoadBytes = c.GlobalLoadBytes, GlobalStoreBytes = c.GlobalStoreBytes,
         GlobalLoadSectors = c.GlobalLoadSectors, GlobalStoreSectors = c.GlobalStoreSectors,
-        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, RereadSectors = c.RereadSectors, PreWaitSectors = c.PreWaitSectors, PersistingSectors = c.PersistingSectors, WaitingCtas = c.WaitingCtas, GlobalAtomics = c.GlobalAtomics,
+        DistinctSectors = c.DistinctSectors, L2ResidentSectors = c.L2ResidentSectors, RereadSectors = c.RereadSectors, PreWaitSectors = c.PreWaitSectors, PreWaitLoadBytes = c.PreWaitLoadBytes, PersistingSectors = c.PersistingSectors, WaitingCtas = c.WaitingCtas, GlobalAtomics = c.GlobalAtomics,
         SharedLoadRequests = c.SharedLoadRequests, SharedStoreRequests = c.SharedStoreRequests,
         SharedWavefronts = c.SharedWavefronts, SharedBankConflicts = c.SharedBankConflicts,
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,

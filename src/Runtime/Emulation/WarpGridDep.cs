@@ -45,7 +45,8 @@ internal sealed unsafe partial class Warp
     /// <summary>
     /// An access by lanes that have not passed griddepcontrol.wait (<paramref name="what"/>: "load from", "store to",
     /// "atomic on", "prefetch of", "cp.async from"): the contract checks (when on), and with <paramref name="count"/> its
-    /// sectors in <see cref="Counters.PreWaitSectors"/>, order-independently (LaunchState.TouchPreWait). Addresses outside
+    /// sectors in <see cref="Counters.PreWaitSectors"/>, order-independently (LaunchState.TouchPreWait), and a load's or
+    /// cp.async's bytes in <see cref="Counters.PreWaitLoadBytes"/>. Addresses outside
     /// any allocation are left to memcheck.
     /// </summary>
     private void PreWaitAccess(Instr ins, uint exec, Operand addrOp, Space space, int bytes, string what, bool count)
@@ -71,6 +72,7 @@ internal sealed unsafe partial class Warp
                     throw Fault($"pdl check: {what} global memory at {where} before griddepcontrol.wait, but kernel {L.LaunchName?.Invoke(w) ?? "?"} (launch {w}) of this step wrote it: {PdlRule}", ins, l);
             }
             if (count) L.TouchPreWait(a, addr, (int)Math.Min((ulong)bytes, a.End - addr), Cta.Counters);
+            if (count && what is "load from" or "cp.async from") Cta.Counters.PreWaitLoadBytes += (long)Math.Min((ulong)bytes, a.End - addr);
         }
     }
 
