@@ -184,18 +184,25 @@ __device__ __forceinline__ void prefetch_l2(const void* p)
 // grid's threads, one 128-byte line per thread per turn (docs/timing-model.md, "Weights fetched ahead"): a latency-bound
 // kernel leaves the DRAM idle, and lines fetched with evict_last outlive the streaming traffic in between (the runtime
 // sets L2 aside for persisting lines). Issue it after pdl_wait(): it is not the kernel's own pre-wait prefetch. A null
-// base or no bytes: nothing. sm_80 and newer (PTX ISA 7.4); nothing before.
-__device__ __forceinline__ void prefetch_l2_evict_last_range(const void* base, long long bytes)
+// base or no bytes: nothing. sm_80 and newer (PTX ISA 7.4); nothing before. This is part `part` of `parts` equal shares
+// of the lines (a CTA's share when `parts` CTAs fetch them: a persistent launch's tiles of one stage).
+__device__ __forceinline__ void prefetch_l2_evict_last_share(const void* base, long long bytes, long long part, long long parts)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if (base == nullptr || bytes <= 0) return;
     const long long lines = (bytes + 127) >> 7;
-    const long long threads = (long long)gridDim.x * gridDim.y * gridDim.z * blockDim.x * blockDim.y * blockDim.z;
-    const long long block = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const long long per_part = (long long)blockDim.x * blockDim.y * blockDim.z;
     const long long thread = ((long long)threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
-    for (long long i = block * blockDim.x * blockDim.y * blockDim.z + thread; i < lines; i += threads)
+    for (long long i = part * per_part + thread; i < lines; i += parts * per_part)
         asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(reinterpret_cast<const char*>(base) + (i << 7)) : "memory");
 #endif
+}
+
+// The whole grid's share: every CTA one part.
+__device__ __forceinline__ void prefetch_l2_evict_last_range(const void* base, long long bytes)
+{
+    const long long block = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    prefetch_l2_evict_last_share(base, bytes, block, (long long)gridDim.x * gridDim.y * gridDim.z);
 }
 
 // Prefetches into L2 (sm_90 and newer only: it serves programmatic dependent launch, where it runs before pdl_wait()

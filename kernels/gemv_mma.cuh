@@ -32,6 +32,31 @@ struct GemvParams {
 #define GEMV_MMA_MAX_TOKENS 8
 #define GEMV_MMA_STAGE_BATCH 4    // 16-byte chunks of x per thread per round trip while staging
 
+// Weight steps a GEMV tile loaded into registers before its inputs were ready (gemv_mma_hold): HS * HN 16-byte chunks
+// per lane, the first HN steps of the lane's slices j = 0 .. HS - 1 (slice v = warp + j * WARPS), held.w[j * HN + s].
+template <int HS, int HN> struct GemvHeld { uint4 w[HS * HN]; };
+template <> struct GemvHeld<0, 0> {};
+
+// The loads gemv_mma_tile<WARPS, X_L2, SLICES, HS, HN> would make first for the tile at row_base, made now: they depend
+// on nothing the step writes, so a tile issues them before it waits for its inputs and they arrive during the wait
+// (docs/kernels.md, "Persistent launches"). Needs HN <= the slice's steps (K / wpg / 32). Every index is a compile-time
+// one: `held` stays in registers.
+template <int WARPS, int HS, int HN>
+__device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base, int groups, int wpg, GemvHeld<HS, HN>& held)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int K = p.k, kslice = K / wpg;
+#pragma unroll
+    for (int j = 0; j < HS; j++) {
+        const int v = warp + j * WARPS;
+        const bool active = v < groups * wpg;
+        const int gi = v / wpg, wi = v - gi * wpg, row = row_base + gi * 8 + g;
+        const bf16* wrow = p.w + (size_t)(active && row < p.n ? row : 0) * K + wi * kslice + 8 * t4;
+#pragma unroll
+        for (int s = 0; s < HN; s++) held.w[j * HN + s] = active ? ldg_stream_v4(wrow + 32 * s) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
 // Rows row_base .. row_base + 8 * groups - 1 of y = W x (x, or h = RMSNorm(x) * norm_weight when p.norm_weight is set) for
 // p.tokens tokens: row group gi (8 rows) is summed over wpg equal K-slices of whole 32-wide steps, and the slices'
 // partials are added in slice order. Slice v = gi * wpg + wi (groups * wpg <= 8, at most SLICES * WARPS) runs on warp
@@ -42,10 +67,13 @@ struct GemvParams {
 // lines. Needs tokens <= WARPS with the norm (one warp finishes each row's sum). Shared memory: xm_s [T][K +
 // GEMV_MMA_PAD] bf16 (dynamic), red_s [groups * wpg][8][8], nred_s [8][32], inv_s [8]. Starts by staging x (the
 // caller's barrier before it, if its shared memory was in use) and ends after the epilogue's stores, without a barrier.
-template <int WARPS, bool X_L2, int SLICES = 1>
+// HS > 0: the first HN weight steps of the lane's first HS slices were loaded before (gemv_mma_hold, into `held`); the sums
+// are the same bits, step for step.
+template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0>
 __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
-                                              float (*nred_s)[32], float* inv_s)
+                                              float (*nred_s)[32], float* inv_s, const GemvHeld<HS, HN>& held = GemvHeld<HS, HN>{})
 {
+    static_assert(HS <= SLICES, "held slices are slices the warp runs");
     constexpr int THREADS = WARPS * 32;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int T = p.tokens, K = p.k;
@@ -79,24 +107,29 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
     }
     __syncthreads();
     const int g = lane >> 2, t4 = lane & 3;
-#pragma unroll 1
-    for (int j = 0; j < SLICES; j++) {                     // slices warp, warp + WARPS, ...: SLICES of them at most
-        const int v = warp + j * WARPS;
-        if (v >= groups * wpg) break;
+    const int kslice = K / wpg;
+    float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+    auto step = [&](uint4 wv, uint4 xv) {
+        const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+        mma_bf16_16816(acc0, a0, wv.x, wv.y);
+        mma_bf16_16816(acc1, a1, wv.z, wv.w);
+    };
+    // red_s[v][token g][2t4 + j]: slice v's partial of token g, row 2t4 + j of its group
+    auto finish_slice = [&](int v) {
+        red_s[v][g][2 * t4] = acc0[0] + acc1[0];
+        red_s[v][g][2 * t4 + 1] = acc0[1] + acc1[1];
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc0[e] = acc1[e] = 0.f;
+    };
+    constexpr int U = 8;                                       // steps per batch: 8 weight loads in flight per lane
+    // steps s0 .. of slice v from memory, then the slice's partial
+    auto stream_slice = [&](int v, int s0) {
         const int gi = v / wpg, wi = v - gi * wpg;
-        const int kslice = K / wpg, kbeg = wi * kslice;
+        const int kbeg = wi * kslice;
         const int row = row_base + gi * 8 + g;
         // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
         const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
         const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
-        float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
-        auto step = [&](uint4 wv, uint4 xv) {
-            const unsigned int a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
-            mma_bf16_16816(acc0, a0, wv.x, wv.y);
-            mma_bf16_16816(acc1, a1, wv.z, wv.w);
-        };
-        constexpr int U = 8;                                   // steps per batch: 8 weight loads in flight per lane
-        int s0 = 0;
         for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
             uint4 wv[U], xv[U];
 #pragma unroll
@@ -108,9 +141,27 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
             for (int u = 0; u < U; u++) step(wv[u], xv[u]);
         }
         for (; s0 < kslice; s0 += 32) step(ldg_stream_v4(wrow + s0), xrow[s0 >> 3]);   // the last steps of a short slice
-        // red_s[v][token g][2t4 + j]: slice v's partial of token g, row 2t4 + j of its group
-        red_s[v][g][2 * t4] = acc0[0] + acc1[0];
-        red_s[v][g][2 * t4 + 1] = acc0[1] + acc1[1];
+        finish_slice(v);
+    };
+    // the held slices: their first HN steps from registers, the rest from memory
+    if constexpr (HS > 0) {
+#pragma unroll
+        for (int j = 0; j < HS; j++) {
+            const int v = warp + j * WARPS;
+            if (v < groups * wpg) {
+                const int wi = v - (v / wpg) * wpg;
+                const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + ((wi * kslice) >> 3) + t4;
+#pragma unroll
+                for (int s = 0; s < HN; s++) step(held.w[j * HN + s], xrow[4 * s]);
+                stream_slice(v, 32 * HN);
+            }
+        }
+    }
+#pragma unroll 1
+    for (int j = HS; j < SLICES; j++) {                        // slices warp, warp + WARPS, ...: SLICES of them at most
+        const int v = warp + j * WARPS;
+        if (v >= groups * wpg) break;
+        stream_slice(v, 0);
     }
     __syncthreads();
     for (int i = tid; i < outputs; i += THREADS) {

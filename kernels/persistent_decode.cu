@@ -4,25 +4,28 @@
 //   qkv = W_qkv (RMSNorm(x) * w_in)                              gemv_bf16_mma's tile, its norm prologue
 //   attn = attention(q/k norm, RoPE, KV write, splits, combine)  attn_decode_fused's CTA
 //   x = x + W_o attn                                             gemv_bf16_mma's tile, the residual
+//   [+ o_proj.fetch_ahead_bytes of the next weights into L2 with evict_last, shared by the o_proj tiles after their wait]
 //
 // In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
 // ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the
 // numbering of attn_decode_fused's grid), then every o_proj row tile. The grid is one CTA per tile; a CTA takes its
 // tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
-// dispatches the CTAs in. A GEMV tile first prefetches its weight rows into L2 (they depend on nothing), an attention
-// tile its first K / V tile (keys of earlier steps), then it waits for the stage before (counters[2]: qkv tiles done,
+// dispatches the CTAs in. A GEMV tile first loads up to 16 weight steps of each lane into registers and
+// prefetches the rest of its rows into L2 (they depend on nothing), an attention tile prefetches its first K / V tile
+// (keys of earlier steps), then it waits for the stage before (counters[2]: qkv tiles done,
 // counters[3]: attention tiles done; o_proj tiles count into counters[4]): the next stage's weights stream during the
-// current stage's dependency chain without a kernel boundary. Progress needs no co-residency: a tile waits only on
+// current stage's dependency chain without a kernel boundary, and the held steps need no transfer from L2 once the
+// tile's inputs are ready. Progress needs no co-residency: a tile waits only on
 // tiles of lower tickets, held by CTAs already running. The last CTA out (counters[1]) resets the counters for the
 // next launch: they are zero before the first.
 // Why not resident CTAs looping over tickets: in a loop, NVRTC hoists the tiles' parameter loads and per-thread
 // addresses out of it and keeps them in registers across the whole loop: 168 to 227 registers, against this kernel's
-// 104 (sm_80) / 121 (sm_90), about attn_decode_fused's own (docs/kernels.md, "Persistent launches").
+// 116 (sm_80) / 127 (sm_90), about attn_decode_fused's own (103 / 121) with the GEMV tiles' 64 held registers (docs/kernels.md, "Persistent launches").
 // Oracle: the tiles are the three kernels' own code (gemv_mma_tile, attn_fused_tile), so the launch equals the three
 // launches bit for bit: a GEMV tile sums each row group over the standalone plan's K-slices (wpg), its 4 warps running
 // 8 slices two each when the plan has 8 (tests/Kernels/PersistentDecodeTests).
 // PDL: launched as a programmatic dependent of the previous kernel (which wrote x). Before pdl_wait() a CTA only
-// prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step writes,
+// loads and prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step writes,
 // comes after the wait); a CTA lets the next kernel start once its tile is done.
 // stage_only 0, 1 or 2 runs that stage's tiles alone, for the timing model (below; docs/timing-model.md, section 7).
 // Thread mapping: 128 threads = 4 warps (the attention's CTA); a GEMV tile is 8 * groups rows, groups * wpg K-slices
@@ -36,7 +39,7 @@
 #if DEC_TC
 #define PDEC_THREADS DEC_THREADS
 #define PDEC_WARPS (PDEC_THREADS / 32)
-#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention tile fits (104 on sm_80, 121 on sm_90 today)
+#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention tile fits (116 on sm_80, 127 on sm_90 today)
 static_assert(PDEC_WARPS == 4, "the attention tile's 4 warps");
 
 struct PersistentAttnParams {
@@ -56,15 +59,44 @@ __device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile
     prefetch_l2_rows(g.w, row_base, min(g.n, row_base + 8 * groups), (size_t)g.k * 2, 0, (size_t)g.k * 2);
 }
 
-// A GEMV tile: its weight rows into L2 (unless they were, `prefetched`), wait() (every thread calls it: the inputs are
-// ready after it), the tile. Ends without a barrier.
-template <bool X_L2, class Wait>
-__device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, int groups, int wpg, bool prefetched, unsigned char* staging,
-                                                float (*red_s)[8][8], float (*nred_s)[32], float* inv_s, Wait wait)
+// A GEMV tile loads 16 weight steps per lane (64 registers) into registers before its wait (gemv_mma_hold): the first 8
+// steps of each of its warp's two slices when a slice has 8 to 15 (Qwen3-30B-A3B's qkv tile, 8 rows x 2048: all of it),
+// the first 16 of its first slice when a slice has 16 or more (its o_proj tile, 8 rows x 4096: half; the other half
+// streams after the wait, its rows prefetched into L2), none when a slice is shorter. The held shape depends only on the
+// GEMV's K and wpg, so the load before the wait and the tile after it agree on it.
+typedef GemvHeld<2, 8> PdecHeld;
+static_assert(sizeof(GemvHeld<1, 16>) == sizeof(PdecHeld), "both held shapes fill the same registers");
+
+__device__ __forceinline__ int held_slices(const GemvParams& g, int wpg)
 {
-    if (!prefetched) prefetch_gemv_rows(g, tile, groups);
+    const int nsteps = (g.k / wpg) >> 5;
+    return nsteps >= 16 ? 1 : nsteps >= 8 ? 2 : 0;
+}
+
+// A GEMV tile's loads that need nothing of the step, for the tile at `tile`: its held steps into `held`, and, unless
+// they are all of the tile or the rows were prefetched already, its weight rows into L2.
+__device__ __forceinline__ void gemv_stage_hold(const GemvParams& g, int tile, int groups, int wpg, bool prefetched, PdecHeld& held)
+{
+    const int hs = held_slices(g, wpg), nsteps = (g.k / wpg) >> 5, per_warp = (groups * wpg + PDEC_WARPS - 1) / PDEC_WARPS;
+    const bool all = hs > 0 && per_warp <= hs && nsteps <= 16 / hs;   // every step of the tile held
+    if (!prefetched && !all) prefetch_gemv_rows(g, tile, groups);
+    if (hs == 2) gemv_mma_hold<PDEC_WARPS, 2, 8>(g, tile * 8 * groups, groups, wpg, held);
+    else if (hs == 1) gemv_mma_hold<PDEC_WARPS, 1, 16>(g, tile * 8 * groups, groups, wpg, reinterpret_cast<GemvHeld<1, 16>&>(held));
+}
+
+// A GEMV tile: its loads that need nothing of the step (gemv_stage_hold, unless `held` has them already), wait() (every
+// thread calls it: the inputs are ready after it), the tile. Ends without a barrier.
+template <bool X_L2, class Wait>
+__device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, int groups, int wpg, bool prefetched, bool loaded, PdecHeld& held,
+                                                unsigned char* staging, float (*red_s)[8][8], float (*nred_s)[32], float* inv_s, Wait wait)
+{
+    if (!loaded) gemv_stage_hold(g, tile, groups, wpg, prefetched, held);
     wait();
-    gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, tile * 8 * groups, groups, wpg, reinterpret_cast<uint4*>(staging), red_s, nred_s, inv_s);
+    uint4* xm_s = reinterpret_cast<uint4*>(staging);
+    const int row_base = tile * 8 * groups, hs = held_slices(g, wpg);
+    if (hs == 2) gemv_mma_tile<PDEC_WARPS, X_L2, 2, 2, 8>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s, held);
+    else if (hs == 1) gemv_mma_tile<PDEC_WARPS, X_L2, 2, 1, 16>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s, reinterpret_cast<GemvHeld<1, 16>&>(held));
+    else gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s);
 }
 
 extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM) persistent_attn_block(PersistentAttnParams p)
@@ -81,12 +113,15 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     // per CTA in index order, after a launch of the stage before; a tile then calls pdl_wait() where it would wait on the
     // counter, so the emulator's split at the wait is the stage's split between what it fetches ahead and its work.
     const bool whole = p.stage_only < 0;
+    PdecHeld held;
     int tile;
     if (whole) {
         // Before pdl_wait() nothing the step writes, the counters included: the weight rows of tile blockIdx.x (a GEMV
-        // tile) into L2, a guess at the ticket this CTA will take (CTAs start roughly in index order); a wrong guess only
-        // fetches another CTA's rows early.
-        if ((int)blockIdx.x < qkv_tiles) prefetch_gemv_rows(p.qkv, blockIdx.x, p.qkv_groups);
+        // tile), a guess at the ticket this CTA will take (CTAs start roughly in index order): a qkv tile's held steps
+        // into registers (the tile has nothing else to wait for), an o_proj tile's rows into L2 (its CTA starts after the
+        // wait has long passed: it holds its steps once it has its ticket); a wrong guess only fetches another CTA's rows
+        // early.
+        if ((int)blockIdx.x < qkv_tiles) gemv_stage_hold(p.qkv, blockIdx.x, p.qkv_groups, p.qkv_wpg, false, held);
         else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
         pdl_wait();
         if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
@@ -95,7 +130,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     } else {
         tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : qkv_tiles + attn_tiles) + blockIdx.x;
     }
-    const bool guessed = whole && tile == (int)blockIdx.x;   // its rows are in L2 already (a GEMV tile)
+    const bool guessed = whole && tile == (int)blockIdx.x;   // a qkv tile: its loads made; an o_proj tile: its rows in L2
     // the wait for the stage before: its counter, or (a stage alone) the launch before
     auto wait_for = [&](const int* counter, int target) {
         if (whole) counter_wait(counter, target);
@@ -105,15 +140,20 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         if (whole) counter_release(counter);   // its barrier: every output written, the shared memory free
     };
     if (tile < qkv_tiles) {
-        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, guessed, s.tiles_s, red_s, nred_s, inv_s, [&] { if (!whole) pdl_wait(); });
+        gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, false, guessed, held, s.tiles_s, red_s, nred_s, inv_s, [&] { if (!whole) pdl_wait(); });
         release(&p.counters[2]);
     } else if (tile < qkv_tiles + attn_tiles) {
         const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
         attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
         release(&p.counters[3]);
     } else if (tile < qkv_tiles + attn_tiles + o_tiles) {
-        gemv_stage_tile<true>(p.o_proj, tile - qkv_tiles - attn_tiles, p.o_groups, p.o_wpg, guessed, s.tiles_s, red_s, nred_s, inv_s,
-                              [&] { wait_for(&p.counters[3], attn_tiles); });
+        // after its wait, each o_proj tile also fetches its share of the next weights' first bytes (o_proj.fetch_ahead) into L2:
+        // its own weights came during the attention, so the DRAM has nothing else to do (docs/timing-model.md, "Weights fetched ahead")
+        const int o = tile - qkv_tiles - attn_tiles;
+        gemv_stage_tile<true>(p.o_proj, o, p.o_groups, p.o_wpg, guessed, false, held, s.tiles_s, red_s, nred_s, inv_s, [&] {
+            wait_for(&p.counters[3], attn_tiles);
+            prefetch_l2_evict_last_share(p.o_proj.fetch_ahead, p.o_proj.fetch_ahead_bytes, o, o_tiles);
+        });
         release(&p.counters[4]);
     }
     if (!whole) pdl_wait();                // (a stage alone: an attention CTA past its row's plan returned before its wait)

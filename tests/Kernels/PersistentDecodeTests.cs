@@ -43,6 +43,30 @@ public class PersistentDecodeTests
         EqualsTheThreeLaunches(ctx, $"{mode}, 3 rows", [150, 17, 300], Hidden, QHeads, KvHeads, cooperative, seed: 4);
     }
 
+    /// <summary>
+    /// The GEMV tiles' weight steps held in registers before their wait (persistent_decode.cu: 16 per lane, as two slices'
+    /// first 8 steps or one slice's first 16, the rest streamed) in every shape the kernel picks, against the three
+    /// launches bit for bit. Hidden 128 with 16 / 2 heads: o_proj holds 8 of 8 steps in both of each warp's slices; 32 / 4
+    /// heads: o_proj holds the first of each warp's two 16-step slices, Qwen3-30B-A3B's o_proj tile on 132 SMs; hidden 1024
+    /// with 4 / 2 heads on 8 SMs: qkv holds 16 of 32 steps, o_proj all 16; on 16 SMs: qkv all 16 of one slice, o_proj 8 of
+    /// 8. (The cases above hold 8 of 8 in one slice for qkv on 8 SMs, and nothing elsewhere: slices under 8 steps.)
+    /// </summary>
+    [TestCase(8, 128, 16, 2, false)]
+    [TestCase(8, 128, 32, 4, false)]
+    [TestCase(16, 128, 32, 4, true)]
+    [TestCase(8, 1024, 4, 2, false)]
+    [TestCase(16, 1024, 4, 2, false)]
+    [TestCase(16, 1024, 4, 2, true)]
+    public void AttentionBlock_WithWeightStepsHeld_EqualsTheThreeLaunches_Bitwise(int sms, int hidden, int nH, int nKV, bool interleaved)
+    {
+        var options = interleaved
+            ? new EmulatorOptions { MultiprocessorCount = sms, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 7 } }
+            : new EmulatorOptions { MultiprocessorCount = sms, ConcurrentTilesInOrder = true };
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden {hidden}, {nH} / {nKV} heads, 1 row", [90], hidden, nH, nKV, interleaved, seed: 11);
+        EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden {hidden}, {nH} / {nKV} heads, 2 rows", [90, 40], hidden, nH, nKV, interleaved, seed: 12);
+    }
+
     [Test]
     public void GemvTile_TakesThePlansSlicesPerRowGroup_OnFourWarps()
     {
