@@ -201,6 +201,36 @@ public class DenseModelDeviceTests
         Assert.That(fused.Any(r => r.Kernel == "attn_decode_fused"), Is.False, "no separate attention launch");
     }
 
+    /// <summary>
+    /// With the attention block as one launch, its o_proj tiles take o_proj's share of the bytes fetched ahead (docs/timing-model.md,
+    /// "Weights fetched ahead"): on the small checkpoint with a 1 KiB budget, 384 bytes of it o_proj's, each block launch
+    /// prefetches the first 384 bytes of the next weights with evict_last, the router the rest, and the next layer's block
+    /// (or the lm_head GEMV) finds all 1 KiB L2-resident. The logits do not change.
+    /// </summary>
+    [Test]
+    public void PersistentAttentionBlock_OProjTiles_FetchTheNextWeightsAhead()
+    {
+        float[][] Run(long fetchAhead, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches) =>
+            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384 }, out decodeLaunches);
+        var on = Run(1024, out var with);
+        var off = Run(0, out var without);
+        for (int i = 0; i < on.Length; i++) Assert.That(on[i], Is.EqualTo(off[i]), $"{SmallDecodeSteps[i]}: a cache hint, the same bits");
+        var blocks = with.Where(r => r.Kernel == "persistent_attn_block").ToList();
+        var routers = with.Where(r => r.Kernel == "moe_router_norm_topk").ToList();
+        Assert.That(blocks, Has.Count.EqualTo(routers.Count).And.Count.GreaterThan(1));
+        Assert.That(blocks.Select(r => r.PersistingSectors), Is.All.EqualTo(384 / 32), "the o_proj tiles: the first 384 bytes, each sector once");
+        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 384) / 32), "the router: the rest");
+        Assert.That(without.Select(r => r.PersistingSectors), Is.All.Zero);
+        // the launch after each layer's experts (the next block, or the lm_head GEMV) finds the 1 KiB resident
+        List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> AfterExperts(List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> l) =>
+            l.Where((r, i) => i > 0 && l[i - 1].Kernel == "moe_experts_gemv").ToList();
+        var nextWith = AfterExperts(with);
+        var nextWithout = AfterExperts(without);
+        Assert.That(nextWith, Has.Count.EqualTo(blocks.Count));
+        for (int i = 0; i < nextWith.Count; i++)
+            Assert.That(nextWith[i].L2ResidentSectors - nextWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"{nextWith[i].Kernel} after layer {i}'s experts");
+    }
+
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>
     [Test]
     public void Qwen3_06B_Plan_CountsTheTiedEmbeddingOnce()

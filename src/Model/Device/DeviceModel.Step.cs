@@ -370,14 +370,17 @@ public sealed partial class DeviceModel
 
         var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
         long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytes) : 0;
+        // o_proj fetches the first OProjFetchAheadBytes of the next weights, the router the rest (docs/timing-model.md,
+        // "Weights fetched ahead")
+        long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytes);
         // The attention block as one launch (PersistentAttentionBlock): qkv -> attention -> o_proj (+residual), the same
-        // bits as the launches below. The router then fetches all of the next weights' first bytes (o_proj does not).
+        // bits as the launches below; its o_proj tiles fetch o_proj's share of the next weights.
         if (AttentionBlockAsOneLaunch(layer, s))   // (only when the qkv projection did not run ahead)
         {
             var args = DecodeArgs(layer, s);
-            _persistentAttn!.AttentionBlock(_stream, _attn, new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj)),
-                args, DecodeRope(layer), Ws(w.PersistentCounters), stagesApart: Plan.Options.PersistentStagesApart);
-            MlpStep(layer, s, next, ahead, oProjAhead: 0);
+            var weights = new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj), oProjAhead > 0 ? W(next) : default, oProjAhead);
+            _persistentAttn!.AttentionBlock(_stream, _attn, weights, args, DecodeRope(layer), Ws(w.PersistentCounters), stagesApart: Plan.Options.PersistentStagesApart);
+            MlpStep(layer, s, next, ahead, oProjAhead);
             return;
         }
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
@@ -425,7 +428,6 @@ public sealed partial class DeviceModel
         // OProj (+residual): x = x + attn Wo^T. On a MoE decode step o_proj and the router are latency-bound: they also fetch
         // the first bytes of the next weight stream (the next layer's qkv, or the lm_head after the last layer) into L2 with
         // evict_last, o_proj the first OProjFetchAheadBytes, the router the rest (docs/timing-model.md, "Weights fetched ahead")
-        long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytes);
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim, fetchAhead: oProjAhead > 0 ? W(next) : default, fetchAheadBytes: oProjAhead);
         MlpStep(layer, s, next, ahead, oProjAhead);
     }

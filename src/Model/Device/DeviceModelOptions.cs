@@ -42,7 +42,7 @@ public sealed record DeviceModelOptions
     /// <summary>
     /// Bytes of the next weight stream (the next layer's qkv projection, or the lm_head after the last layer) that the decode
     /// step's latency-bound kernels prefetch into L2 with evict_last while they leave the DRAM idle (docs/timing-model.md,
-    /// "Weights fetched ahead"): the o_proj GEMV the first <see cref="OProjFetchAheadBytes"/> of them, the router the rest.
+    /// "Weights fetched ahead"): the o_proj GEMV (or the attention block's o_proj tiles) the first <see cref="OProjFetchAheadBytes"/> of them, the router the rest.
     /// The default, 8 MiB, is about what H200 moves during the two kernels' predicted idle DRAM time (a little more than
     /// H100 does); 0 turns it off. Results do not depend on it.
     /// </summary>

@@ -22,9 +22,13 @@ public struct PersistentAttnParams
 /// The bf16 weights and activations of one layer's attention block for <see cref="PersistentDecodeLaunchers.AttentionBlock"/>:
 /// x ([rows, <paramref name="Ldx"/>] bf16, <paramref name="Hidden"/> wide) is read by the qkv projection through its input
 /// RMSNorm (<paramref name="InputNorm"/>, <paramref name="Eps"/>) and gets o_proj's output added in place;
-/// <paramref name="Wqkv"/> is [qkv dim, hidden], <paramref name="Wo"/> [hidden, q dim], rows contiguous.
+/// <paramref name="Wqkv"/> is [qkv dim, hidden], <paramref name="Wo"/> [hidden, q dim], rows contiguous. The o_proj tiles
+/// also fetch the first <paramref name="FetchAheadBytes"/> of <paramref name="FetchAhead"/> (a later kernel's weights:
+/// the next layer's qkv) into L2 with evict_last after their wait, as the o_proj GEMV does (docs/timing-model.md,
+/// "Weights fetched ahead"); null / 0: none.
 /// </summary>
-public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hidden, DevicePtr InputNorm, float Eps, DevicePtr Wqkv, DevicePtr Wo);
+public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hidden, DevicePtr InputNorm, float Eps, DevicePtr Wqkv, DevicePtr Wo,
+    DevicePtr FetchAhead = default, long FetchAheadBytes = 0);
 
 /// <summary>
 /// Launcher for kernels/persistent_decode.cu: a layer's attention block for decode rows, qkv projection (with its input
@@ -108,6 +112,7 @@ public sealed class PersistentDecodeLaunchers
         if (attention.HeadDim != HeadDim) throw new ArgumentException($"{File}: the attention launchers are for head_dim {attention.HeadDim}, these for {HeadDim}", nameof(attention));
         if (counters.IsNull) throw new ArgumentException($"{File}: the counters must be a device buffer of {CounterBytes} bytes", nameof(counters));
         if (w.X.IsNull || w.InputNorm.IsNull || w.Wqkv.IsNull || w.Wo.IsNull) throw new ArgumentException($"{File}: x, the input norm and both weights must be device buffers", nameof(w));
+        if (w.FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(w), w.FetchAheadBytes, $"{File}: bytes to fetch ahead must not be negative");
         var attn = attention.FusedParams(a, rope, out bool combineInKernel);
         if (a.Seqs == 0) return 0;
         int rows = a.Seqs, sms = _device.Info.MultiprocessorCount, qDim = a.NumQHeads * HeadDim, qkvDim = (a.NumQHeads + 2 * a.NumKvHeads) * HeadDim;
@@ -133,6 +138,7 @@ public sealed class PersistentDecodeLaunchers
             {
                 Y = w.X, X = a.Out, W = w.Wo, Residual = w.X, Tokens = rows, N = w.Hidden, K = qDim, Ldx = a.OutStride, Ldy = w.Ldx,
                 RowsPerWarp = oPlan.RowsPerWarp, KSplit = qDim, SplitK = 1,
+                FetchAhead = w.FetchAhead, FetchAheadBytes = w.FetchAhead.IsNull ? 0 : w.FetchAheadBytes,
             },
             Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg, StageOnly = -1,
         };
