@@ -32,17 +32,18 @@ struct GemvParams {
 #define GEMV_MMA_MAX_TOKENS 8
 #define GEMV_MMA_STAGE_BATCH 4    // 16-byte chunks of x per thread per round trip while staging
 
-// Weight steps a GEMV tile loaded into registers before its inputs were ready (gemv_mma_hold): HS * HN 16-byte chunks
-// per lane, the first HN steps of the lane's slices j = 0 .. HS - 1 (slice v = warp + j * WARPS), held.w[j * HN + s].
-template <int HS, int HN> struct GemvHeld { uint4 w[HS * HN]; };
-template <> struct GemvHeld<0, 0> {};
+// Weight steps a GEMV tile loaded into registers before its inputs were ready (gemv_mma_hold<WARPS, HS, HN>): N = HS *
+// HN 16-byte chunks per lane, the first HN steps of the lane's slices j = 0 .. HS - 1 (slice v = warp + j * WARPS) in
+// held.w[j * HN + s]. One N serves several shapes (2 x 8, 1 x 16).
+template <int N> struct GemvHeld { uint4 w[N]; };
+template <> struct GemvHeld<0> {};
 
 // The loads gemv_mma_tile<WARPS, X_L2, SLICES, HS, HN> would make first for the tile at row_base, made now: they depend
 // on nothing the step writes, so a tile issues them before it waits for its inputs and they arrive during the wait
 // (docs/kernels.md, "Persistent launches"). Needs HN <= the slice's steps (K / wpg / 32). Every index is a compile-time
 // one: `held` stays in registers.
 template <int WARPS, int HS, int HN>
-__device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base, int groups, int wpg, GemvHeld<HS, HN>& held)
+__device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base, int groups, int wpg, GemvHeld<HS * HN>& held)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
     const int K = p.k, kslice = K / wpg;
@@ -71,7 +72,7 @@ __device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base,
 // are the same bits, step for step.
 template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0>
 __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
-                                              float (*nred_s)[32], float* inv_s, const GemvHeld<HS, HN>& held = GemvHeld<HS, HN>{})
+                                              float (*nred_s)[32], float* inv_s, const GemvHeld<HS * HN>& held = GemvHeld<HS * HN>{})
 {
     static_assert(HS <= SLICES, "held slices are slices the warp runs");
     constexpr int THREADS = WARPS * 32;

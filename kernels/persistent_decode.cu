@@ -10,23 +10,23 @@
 // ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the
 // numbering of attn_decode_fused's grid), then every o_proj row tile. The grid is one CTA per tile; a CTA takes its
 // tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
-// dispatches the CTAs in. A GEMV tile first loads up to 16 weight steps of each lane into registers and
-// prefetches the rest of its rows into L2 (they depend on nothing), an attention tile prefetches its first K / V tile
-// (keys of earlier steps), then it waits for the stage before (counters[2]: qkv tiles done,
-// counters[3]: attention tiles done; o_proj tiles count into counters[4]): the next stage's weights stream during the
-// current stage's dependency chain without a kernel boundary, and the held steps need no transfer from L2 once the
-// tile's inputs are ready. Progress needs no co-residency: a tile waits only on
-// tiles of lower tickets, held by CTAs already running. The last CTA out (counters[1]) resets the counters for the
-// next launch: they are zero before the first.
+// dispatches the CTAs in. A GEMV tile first loads up to 16 weight steps of each lane into registers and prefetches the
+// rest of its rows into L2 (they depend on nothing), an attention tile prefetches its first K / V tile (keys of earlier
+// steps), then it waits for the stage before (counters[2]: qkv tiles done, counters[3]: attention tiles done; o_proj
+// tiles count into counters[4]): the next stage's weights stream during the current stage's dependency chain without a
+// kernel boundary, and the held steps need no transfer from L2 once the tile's inputs are ready. Progress needs no
+// co-residency: a tile waits only on tiles of lower tickets, held by CTAs already running. The last CTA out (counters[1])
+// resets the counters for the next launch: they are zero before the first.
 // Why not resident CTAs looping over tickets: in a loop, NVRTC hoists the tiles' parameter loads and per-thread
 // addresses out of it and keeps them in registers across the whole loop: 168 to 227 registers, against this kernel's
-// 116 (sm_80) / 127 (sm_90), about attn_decode_fused's own (103 / 121) with the GEMV tiles' 64 held registers (docs/kernels.md, "Persistent launches").
+// 128 (sm_80 and sm_90: attn_decode_fused's own 103 / 121, and the GEMV tiles' 64 held registers; docs/kernels.md,
+// "Persistent launches").
 // Oracle: the tiles are the three kernels' own code (gemv_mma_tile, attn_fused_tile), so the launch equals the three
 // launches bit for bit: a GEMV tile sums each row group over the standalone plan's K-slices (wpg), its 4 warps running
 // 8 slices two each when the plan has 8 (tests/Kernels/PersistentDecodeTests).
 // PDL: launched as a programmatic dependent of the previous kernel (which wrote x). Before pdl_wait() a CTA only
-// loads and prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step writes,
-// comes after the wait); a CTA lets the next kernel start once its tile is done.
+// loads and prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step
+// writes, comes after the wait); a CTA lets the next kernel start once its tile is done.
 // stage_only 0, 1 or 2 runs that stage's tiles alone, for the timing model (below; docs/timing-model.md, section 7).
 // Thread mapping: 128 threads = 4 warps (the attention's CTA); a GEMV tile is 8 * groups rows, groups * wpg K-slices
 // on the 4 warps. Memory traffic: each weight once, the KV cache once (as attn_decode_fused), x and attn once per GEMV
@@ -39,7 +39,7 @@
 #if DEC_TC
 #define PDEC_THREADS DEC_THREADS
 #define PDEC_WARPS (PDEC_THREADS / 32)
-#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: the attention tile fits (116 on sm_80, 127 on sm_90 today)
+#define PDEC_MIN_CTAS_PER_SM 4            // 4 x 128 threads x 128 registers: all 128 taken on sm_80 and sm_90 today, no spill
 static_assert(PDEC_WARPS == 4, "the attention tile's 4 warps");
 
 struct PersistentAttnParams {
@@ -64,8 +64,7 @@ __device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile
 // the first 16 of its first slice when a slice has 16 or more (its o_proj tile, 8 rows x 4096: half; the other half
 // streams after the wait, its rows prefetched into L2), none when a slice is shorter. The held shape depends only on the
 // GEMV's K and wpg, so the load before the wait and the tile after it agree on it.
-typedef GemvHeld<2, 8> PdecHeld;
-static_assert(sizeof(GemvHeld<1, 16>) == sizeof(PdecHeld), "both held shapes fill the same registers");
+typedef GemvHeld<16> PdecHeld;                 // both shapes: 2 x 8 and 1 x 16 steps
 
 __device__ __forceinline__ int held_slices(const GemvParams& g, int wpg)
 {
@@ -81,7 +80,7 @@ __device__ __forceinline__ void gemv_stage_hold(const GemvParams& g, int tile, i
     const bool all = hs > 0 && per_warp <= hs && nsteps <= 16 / hs;   // every step of the tile held
     if (!prefetched && !all) prefetch_gemv_rows(g, tile, groups);
     if (hs == 2) gemv_mma_hold<PDEC_WARPS, 2, 8>(g, tile * 8 * groups, groups, wpg, held);
-    else if (hs == 1) gemv_mma_hold<PDEC_WARPS, 1, 16>(g, tile * 8 * groups, groups, wpg, reinterpret_cast<GemvHeld<1, 16>&>(held));
+    else if (hs == 1) gemv_mma_hold<PDEC_WARPS, 1, 16>(g, tile * 8 * groups, groups, wpg, held);
 }
 
 // A GEMV tile: its loads that need nothing of the step (gemv_stage_hold, unless `held` has them already), wait() (every
@@ -95,7 +94,7 @@ __device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, i
     uint4* xm_s = reinterpret_cast<uint4*>(staging);
     const int row_base = tile * 8 * groups, hs = held_slices(g, wpg);
     if (hs == 2) gemv_mma_tile<PDEC_WARPS, X_L2, 2, 2, 8>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s, held);
-    else if (hs == 1) gemv_mma_tile<PDEC_WARPS, X_L2, 2, 1, 16>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s, reinterpret_cast<GemvHeld<1, 16>&>(held));
+    else if (hs == 1) gemv_mma_tile<PDEC_WARPS, X_L2, 2, 1, 16>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s, held);
     else gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s);
 }
 
@@ -147,8 +146,9 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
         release(&p.counters[3]);
     } else if (tile < qkv_tiles + attn_tiles + o_tiles) {
-        // after its wait, each o_proj tile also fetches its share of the next weights' first bytes (o_proj.fetch_ahead) into L2:
-        // its own weights came during the attention, so the DRAM has nothing else to do (docs/timing-model.md, "Weights fetched ahead")
+        // after its wait, each o_proj tile also fetches its share of the next weights' first bytes (o_proj.fetch_ahead) into
+        // L2: its own weights came during the attention, so the DRAM has nothing else to do (docs/timing-model.md,
+        // "Weights fetched ahead")
         const int o = tile - qkv_tiles - attn_tiles;
         gemv_stage_tile<true>(p.o_proj, o, p.o_groups, p.o_wpg, guessed, false, held, s.tiles_s, red_s, nred_s, inv_s, [&] {
             wait_for(&p.counters[3], attn_tiles);
