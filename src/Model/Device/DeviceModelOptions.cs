@@ -42,12 +42,18 @@ public sealed record DeviceModelOptions
     /// <summary>
     /// Bytes of the next weight stream (the next layer's qkv projection, or the lm_head after the last layer) that the decode
     /// step's latency-bound kernels prefetch into L2 with evict_last while they leave the DRAM idle (docs/timing-model.md,
-    /// "Weights fetched ahead"): the o_proj GEMV (or the attention block's o_proj tiles) the first <see cref="OProjFetchAheadBytes"/> of them, the router the rest.
+    /// "Weights fetched ahead"): the o_proj GEMV (or the attention block's o_proj tiles) the first
+    /// <see cref="OProjFetchAheadBytes"/> of them, the router the rest.
     /// The default, 8 MiB, is about what H200 moves during the two kernels' predicted idle DRAM time (a little more than
-    /// H100 does); 0 turns it off. Results do not depend on it.
+    /// H100 does); 0 turns it off. With the attention block as one launch, 16 MiB (8 of them o_proj's) predicts worse on
+    /// H200 at 1k (74.9% of the roofline against 77.9%): o_proj and the router then stream longer than they save the qkv.
+    /// Results do not depend on it.
     /// </summary>
     public long FetchAheadBytes { get; init; } = 8L << 20;
-    /// <summary>The o_proj GEMV's share of <see cref="FetchAheadBytes"/> (the first bytes; at most all of them): 4 MiB.</summary>
+    /// <summary>
+    /// The o_proj GEMV's (or the attention block's o_proj tiles') share of <see cref="FetchAheadBytes"/> (the first bytes;
+    /// at most all of them): 4 MiB.
+    /// </summary>
     public long OProjFetchAheadBytes { get; init; } = 4L << 20;
     /// <summary>
     /// On a MoE decode step of at most 4 rows, the decode experts launch also runs the next layer's qkv projection (with its
