@@ -88,6 +88,27 @@ public class PersistentDecodeTests
         Assert.That(PersistentDecodeLaunchers.CanRun(132, 256, 1, 2048, 10240, 8192, splits: 33), Is.False, "head_dim 256: the scalar attention");
     }
 
+    /// <summary>Bad arguments are refused before any launch, with a message that names the kernel file and what is wrong.</summary>
+    [Test]
+    public void AttentionBlock_RefusesBadArguments_BeforeAnyLaunch()
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(new EmulatorOptions { MultiprocessorCount = 8 }));
+        var attn = new AttentionDecodeLaunchers(ctx.Loader, 128);
+        var block = new PersistentDecodeLaunchers(ctx.Loader, 128);
+        DevicePtr buf = ctx.Alloc<byte>(4096);
+        var w = new AttentionBlockWeights(buf, Hidden, Hidden, buf, 1e-6f, buf, buf, buf, FetchAheadBytes: -1);
+        DecodeAttentionArgs a = default;
+        DecodeRopeArgs rope = default;
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w, a, rope, buf),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("persistent_decode.cu").And.Message.Contains("fetch ahead must not be negative"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w with { FetchAheadBytes = 0 }, a, rope, DevicePtr.Null),
+            Throws.ArgumentException.With.Message.Contains("counters"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w with { FetchAheadBytes = 0, Wo = DevicePtr.Null }, a, rope, buf),
+            Throws.ArgumentException.With.Message.Contains("both weights"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, new AttentionDecodeLaunchers(ctx.Loader, 64), w with { FetchAheadBytes = 0 }, a, rope, buf),
+            Throws.ArgumentException.With.Message.Contains("head_dim 64"));
+    }
+
     [Test]
     public void ParamsMirrorMatchesCuda() =>
         StructLayoutCheck.AssertMatches(typeof(PersistentAttnParams), "persistent_decode.cu", "PersistentAttnParams");
