@@ -42,17 +42,24 @@ template <> struct GemvHeld<0> {};
 // on nothing the step writes, so a tile issues them before it waits for its inputs and they arrive during the wait
 // (docs/kernels.md, "Persistent launches"). Needs HN <= the slice's steps (K / wpg / 32). Every index is a compile-time
 // one: `held` stays in registers.
+// Lane (g, t4)'s first weight element of K-slice wi (kslice elements each) of row group gi in the tile at row_base: a row
+// past N reads row 0 (its sums are never stored). Shared by the loads before a wait and the tile's own.
+__device__ __forceinline__ const bf16* gemv_mma_slice_w(const GemvParams& p, int row_base, int gi, int wi, int kslice, int g, int t4)
+{
+    const int row = row_base + gi * 8 + g;
+    return p.w + (size_t)(row < p.n ? row : 0) * p.k + wi * kslice + 8 * t4;
+}
+
 template <int WARPS, int HS, int HN>
 __device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base, int groups, int wpg, GemvHeld<HS * HN>& held)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-    const int K = p.k, kslice = K / wpg;
 #pragma unroll
     for (int j = 0; j < HS; j++) {
         const int v = warp + j * WARPS;
         const bool active = v < groups * wpg;
-        const int gi = v / wpg, wi = v - gi * wpg, row = row_base + gi * 8 + g;
-        const bf16* wrow = p.w + (size_t)(active && row < p.n ? row : 0) * K + wi * kslice + 8 * t4;
+        const int gi = active ? v / wpg : 0, wi = active ? v - gi * wpg : 0;
+        const bf16* wrow = gemv_mma_slice_w(p, row_base, gi, wi, p.k / wpg, g, t4);
 #pragma unroll
         for (int s = 0; s < HN; s++) held.w[j * HN + s] = active ? ldg_stream_v4(wrow + 32 * s) : make_uint4(0u, 0u, 0u, 0u);
     }
@@ -123,14 +130,14 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
         for (int e = 0; e < 4; e++) acc0[e] = acc1[e] = 0.f;
     };
     constexpr int U = 8;                                       // steps per batch: 8 weight loads in flight per lane
+    // lane (g, t4)'s first x chunk of K-slice wi: a token past T reads token 0 (its sums are never stored; A's rows 8..15
+    // are zero)
+    auto slice_x = [&](int wi) { return xm_s + (g < T ? g : 0) * xstride + ((wi * kslice) >> 3) + t4; };
     // steps s0 .. of slice v from memory, then the slice's partial
     auto stream_slice = [&](int v, int s0) {
         const int gi = v / wpg, wi = v - gi * wpg;
-        const int kbeg = wi * kslice;
-        const int row = row_base + gi * 8 + g;
-        // a row past N reads row 0 and a token past T reads token 0: their sums are never stored (A's rows 8..15 are zero)
-        const bf16* wrow = p.w + (size_t)(row < p.n ? row : 0) * K + kbeg + 8 * t4;
-        const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + (kbeg >> 3) + t4;
+        const bf16* wrow = gemv_mma_slice_w(p, row_base, gi, wi, kslice, g, t4);
+        const uint4* xrow = slice_x(wi);
         for (; s0 + 32 * U <= kslice; s0 += 32 * U) {
             uint4 wv[U], xv[U];
 #pragma unroll
@@ -150,8 +157,7 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
         for (int j = 0; j < HS; j++) {
             const int v = warp + j * WARPS;
             if (v < groups * wpg) {
-                const int wi = v - (v / wpg) * wpg;
-                const uint4* xrow = xm_s + (g < T ? g : 0) * xstride + ((wi * kslice) >> 3) + t4;
+                const uint4* xrow = slice_x(v - (v / wpg) * wpg);
 #pragma unroll
                 for (int s = 0; s < HN; s++) step(held.w[j * HN + s], xrow[4 * s]);
                 stream_slice(v, 32 * HN);
