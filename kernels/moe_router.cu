@@ -98,19 +98,23 @@ __device__ __forceinline__ void router_cmpx(u64& a, u64& b)
     b = lo;
 }
 
-// Softmax + top-k of one token, run by one warp. Lane l holds experts l, l+32, ..., (< E).
+// Softmax + top-k of one token, run by one warp. Lane l holds experts l, l+32, ..., (< E): PL of them, 4 when E <= 128
+// (Qwen3-30B-A3B: half the loads, exps and keys of 8, on the router's critical warp), else 8. The keys a lane would hold
+// past E are 0, which sort last and never win a round, so both widths give the same bits for E <= 128.
 // The top-k works on 64-bit keys (probability bits + 1) << 32 | ~expert, 0 for no expert: with every probability >= +0,
 // unsigned key order is the order (value descending, index ascending on exact ties), so the arg-max of a round is the
-// largest key. Each lane sorts its 8 keys once (a 19-comparator network); a round takes the warp maximum of the lanes'
+// largest key. Each lane sorts its PL keys once (a 5- or 19-comparator network); a round takes the warp maximum of the lanes'
 // heads in two redux.sync steps (the value bits, then among the lanes holding that value the largest ~expert, i.e. the
 // lowest expert) and the winning lane shifts its keys up. Keys are distinct, so every round picks exactly one expert.
-__device__ void router_topk_token(const MoeRouterParams& p, int t)
+template <int PL>
+__device__ void router_topk_token_n(const MoeRouterParams& p, int t)
 {
+    static_assert(PL == 4 || PL == ROUTER_MAX_E_PER_LANE, "4 or 8 experts per lane");
     const int lane = threadIdx.x & 31;
-    float v[ROUTER_MAX_E_PER_LANE];
+    float v[PL];
     float mx = -QC_INF;
 #pragma unroll
-    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+    for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
         const float x = e < p.experts ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : -QC_INF;
         v[i] = x == x ? x : -QC_INF;   // NaN: -inf
@@ -119,26 +123,32 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
     mx = warp_max(mx);
     float sum = 0.f;
 #pragma unroll
-    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+    for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
         v[i] = e < p.experts ? expf(v[i] - mx) : 0.f;
         sum += v[i];
     }
     sum = warp_sum(sum);
-    u64 key[ROUTER_MAX_E_PER_LANE];
+    u64 key[PL];
 #pragma unroll
-    for (int i = 0; i < ROUTER_MAX_E_PER_LANE; i++) {
+    for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
         const float pr = v[i] / sum;
         const unsigned bits = __float_as_uint(pr > 0.f ? pr : 0.f);   // NaN probability: 0 (still a candidate)
         key[i] = e < p.experts ? router_key((unsigned)~e, bits + 1) : 0ull;
     }
-    router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
-    router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
-    router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]); router_cmpx(key[4], key[5]); router_cmpx(key[6], key[7]);
-    router_cmpx(key[2], key[4]); router_cmpx(key[3], key[5]);
-    router_cmpx(key[1], key[4]); router_cmpx(key[3], key[6]);
-    router_cmpx(key[1], key[2]); router_cmpx(key[3], key[4]); router_cmpx(key[5], key[6]);
+    if constexpr (PL == 4) {
+        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]);
+        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]);
+        router_cmpx(key[1], key[2]);
+    } else {
+        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
+        router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
+        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]); router_cmpx(key[4], key[5]); router_cmpx(key[6], key[7]);
+        router_cmpx(key[2], key[4]); router_cmpx(key[3], key[5]);
+        router_cmpx(key[1], key[4]); router_cmpx(key[3], key[6]);
+        router_cmpx(key[1], key[2]); router_cmpx(key[3], key[4]); router_cmpx(key[5], key[6]);
+    }
 
     // Lane j keeps the rank-j choice (no local-memory arrays); wsum adds the weights in rank order.
     float my_w = 0.f;
@@ -154,8 +164,8 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
         wsum += bv;
         if (lo == m2) {                                           // this lane's head won: the next key moves up
 #pragma unroll
-            for (int i = 0; i < ROUTER_MAX_E_PER_LANE - 1; i++) key[i] = key[i + 1];
-            key[ROUTER_MAX_E_PER_LANE - 1] = 0ull;
+            for (int i = 0; i < PL - 1; i++) key[i] = key[i + 1];
+            key[PL - 1] = 0ull;
         }
     }
     if (lane < p.top_k) {
@@ -164,6 +174,13 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
         p.topk_ids[(size_t)t * p.top_k + lane] = min(max(my_e, 0), p.experts - 1);
         p.topk_weights[(size_t)t * p.top_k + lane] = p.norm_topk_prob ? my_w / wsum : my_w;
     }
+}
+
+// One token's softmax + top-k at the narrowest width E allows (warp-uniform: E is the launch's).
+__device__ void router_topk_token(const MoeRouterParams& p, int t)
+{
+    if (p.experts <= 4 * 32) router_topk_token_n<4>(p, t);
+    else router_topk_token_n<ROUTER_MAX_E_PER_LANE>(p, t);
 }
 
 extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(MoeRouterParams p)
