@@ -574,13 +574,6 @@ struct AttnDecodeFusedParams {
 #define COMB_VEC (HEAD_DIM / 16 < 4 ? HEAD_DIM / 16 : 4)                 // floats per load in the last CTA's combine
 #define COMB_CHUNKS (HEAD_DIM / (16 * COMB_VEC))                        // loads per split and thread
 
-__device__ __forceinline__ float ld_cg_f32(const float* p)
-{
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
-    return v;
-}
-
 __device__ __forceinline__ float2 ld_cg_f32x2(const float* p)
 {
     float2 v;

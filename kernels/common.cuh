@@ -67,6 +67,14 @@ __device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b)
     return s;
 }
 
+// A 32-bit float through L2 (ld.global.cg): data other CTAs of the launch wrote.
+__device__ __forceinline__ float ld_cg_f32(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

@@ -35,153 +35,7 @@
 //   with evict_last, spread over the grid (docs/timing-model.md, "Weights fetched ahead"). Bytes: E*H*2 (router weight,
 //   once) + E*T*H*2 (x,
 //   from L2) + E*H*2 (norm weight, from L2) + T*H*2 (h) + T*E*4 + T*k*8.
-#include "common.cuh"
-
-#define ROUTER_WARPS 4
-#define ROUTER_TOKENS 8
-#define ROUTER_MAX_E_PER_LANE 8
-
-struct MoeRouterParams {
-    const bf16* hidden;      // [T, H]
-    const bf16* w_gate;      // [E, H] (mlp.gate.weight)
-    float* logits;           // [T, E] workspace: bf16-rounded logits as fp32
-    int* counters;           // [ceil(T / 8)] workspace tickets, zero on entry, left zero on exit
-    int* topk_ids;           // [T, k] expert ids, rank order (descending weight)
-    float* topk_weights;     // [T, k] routing weights (fp32)
-    bf16* h_out;             // [T, H] moe_router_norm_topk: the normalised rows, for the experts
-    const bf16* norm_weight; // [H] moe_router_norm_topk: the post-attention RMSNorm weight
-    const void* fetch_ahead; // moe_router_norm_topk: weights of a later kernel (the next layer's qkv GEMV) fetched into L2
-    long long fetch_ahead_bytes; //   with evict_last while this latency-bound kernel leaves the DRAM idle; null / 0: none
-    int tokens;              // T
-    int hidden_size;         // H, multiple of 8
-    int experts;             // E <= 256
-    int top_k;               // k <= 16
-    int norm_topk_prob;      // 1: renormalise the k weights to sum 1
-    float eps;               // moe_router_norm_topk: RMSNorm epsilon
-};
-
-#define ROUTER_NORM_THREADS 256
-#define ROUTER_NORM_WARPS (ROUTER_NORM_THREADS / 32)
-
-__device__ __forceinline__ float ld_cg_f32(const float* p)
-{
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ unsigned redux_max_u32(unsigned v)
-{
-    unsigned r;
-    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
-    return r;
-}
-
-// A 64-bit key from its halves, and back (one mov each).
-__device__ __forceinline__ u64 router_key(unsigned lo, unsigned hi)
-{
-    u64 r;
-    asm("mov.b64 %0, {%1, %2};" : "=l"(r) : "r"(lo), "r"(hi));
-    return r;
-}
-
-__device__ __forceinline__ void router_key_halves(u64 k, unsigned& lo, unsigned& hi)
-{
-    asm("mov.b64 {%0, %1}, %2;" : "=r"(lo), "=r"(hi) : "l"(k));
-}
-
-// Orders a and b descending (a = the larger).
-__device__ __forceinline__ void router_cmpx(u64& a, u64& b)
-{
-    const u64 hi = max(a, b), lo = min(a, b);
-    a = hi;
-    b = lo;
-}
-
-// Softmax + top-k of one token, run by one warp. Lane l holds experts l, l+32, ..., (< E): PL of them, 4 when E <= 128
-// (Qwen3-30B-A3B: half the loads, exps and keys of 8, on the router's critical warp), else 8. The keys a lane would hold
-// past E are 0, which sort last and never win a round, so both widths give the same bits for E <= 128.
-// The top-k works on 64-bit keys (probability bits + 1) << 32 | ~expert, 0 for no expert: with every probability >= +0,
-// unsigned key order is the order (value descending, index ascending on exact ties), so the arg-max of a round is the
-// largest key. Each lane sorts its PL keys once (a 5- or 19-comparator network); a round takes the warp maximum of the lanes'
-// heads in two redux.sync steps (the value bits, then among the lanes holding that value the largest ~expert, i.e. the
-// lowest expert) and the winning lane shifts its keys up. Keys are distinct, so every round picks exactly one expert.
-template <int PL>
-__device__ void router_topk_token_n(const MoeRouterParams& p, int t)
-{
-    static_assert(PL == 4 || PL == ROUTER_MAX_E_PER_LANE, "4 or 8 experts per lane");
-    const int lane = threadIdx.x & 31;
-    float v[PL];
-    float mx = -QC_INF;
-#pragma unroll
-    for (int i = 0; i < PL; i++) {
-        const int e = lane + 32 * i;
-        const float x = e < p.experts ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : -QC_INF;
-        v[i] = x == x ? x : -QC_INF;   // NaN: -inf
-        mx = fmaxf(mx, v[i]);
-    }
-    mx = warp_max(mx);
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < PL; i++) {
-        const int e = lane + 32 * i;
-        v[i] = e < p.experts ? expf(v[i] - mx) : 0.f;
-        sum += v[i];
-    }
-    sum = warp_sum(sum);
-    u64 key[PL];
-#pragma unroll
-    for (int i = 0; i < PL; i++) {
-        const int e = lane + 32 * i;
-        const float pr = v[i] / sum;
-        const unsigned bits = __float_as_uint(pr > 0.f ? pr : 0.f);   // NaN probability: 0 (still a candidate)
-        key[i] = e < p.experts ? router_key((unsigned)~e, bits + 1) : 0ull;
-    }
-    if constexpr (PL == 4) {
-        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]);
-        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]);
-        router_cmpx(key[1], key[2]);
-    } else {
-        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
-        router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
-        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]); router_cmpx(key[4], key[5]); router_cmpx(key[6], key[7]);
-        router_cmpx(key[2], key[4]); router_cmpx(key[3], key[5]);
-        router_cmpx(key[1], key[4]); router_cmpx(key[3], key[6]);
-        router_cmpx(key[1], key[2]); router_cmpx(key[3], key[4]); router_cmpx(key[5], key[6]);
-    }
-
-    // Lane j keeps the rank-j choice (no local-memory arrays); wsum adds the weights in rank order.
-    float my_w = 0.f;
-    int my_e = 0;
-    float wsum = 0.f;
-    for (int j = 0; j < p.top_k; j++) {
-        unsigned lo, hv;
-        router_key_halves(key[0], lo, hv);
-        const unsigned m = redux_max_u32(hv);                     // >= 1: k <= E leaves a candidate every round
-        const unsigned m2 = redux_max_u32(hv == m ? lo : 0u);     // ~(the lowest expert holding that value)
-        const float bv = __uint_as_float(m - 1);
-        if (lane == j) { my_w = bv; my_e = (int)~m2; }
-        wsum += bv;
-        if (lo == m2) {                                           // this lane's head won: the next key moves up
-#pragma unroll
-            for (int i = 0; i < PL - 1; i++) key[i] = key[i + 1];
-            key[PL - 1] = 0ull;
-        }
-    }
-    if (lane < p.top_k) {
-        // Every candidate holds a probability >= 0, so my_e < E always; the clamp keeps even a future mistake from
-        // indexing past the stacked expert weights.
-        p.topk_ids[(size_t)t * p.top_k + lane] = min(max(my_e, 0), p.experts - 1);
-        p.topk_weights[(size_t)t * p.top_k + lane] = p.norm_topk_prob ? my_w / wsum : my_w;
-    }
-}
-
-// One token's softmax + top-k at the narrowest width E allows (warp-uniform: E is the launch's).
-__device__ void router_topk_token(const MoeRouterParams& p, int t)
-{
-    if (p.experts <= 4 * 32) router_topk_token_n<4>(p, t);
-    else router_topk_token_n<ROUTER_MAX_E_PER_LANE>(p, t);
-}
+#include "moe_router.cuh"
 
 extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(MoeRouterParams p)
 {
@@ -221,96 +75,9 @@ extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(
     if (threadIdx.x == 0) p.counters[blockIdx.y] = 0;
 }
 
-// The body of moe_router_norm_topk for NT tokens (a compile-time count: no guarded loops over absent tokens).
-// The shared arrays are the kernel's (one set for all instantiations).
-template <int NT>
-__device__ __forceinline__ void router_norm_topk_body(const MoeRouterParams& p, uint4 w0, uint4 n0, float (*red_s)[32],
-                                                      float (*logit_s)[ROUTER_NORM_WARPS], float* inv_s, int& is_last)
-{
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int e = blockIdx.x;
-    const int chunks = p.hidden_size >> 3;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    float acc[NT];
-    if (chunks <= ROUTER_NORM_THREADS) {
-        // One chunk per thread (H <= 2048): add_rmsnorm_bf16's virtual thread tid sums exactly chunk tid, the same chunk this
-        // thread dots with the router row, so x is loaded once (all NT rows in one round trip) and kept in registers.
-        // A thread's sum is then its chunk's squares (0 + s == s: sums of squares are never -0), bitwise that kernel's.
-        const int rwarps = (chunks + 31) >> 5;
-        uint4 xv[NT];
-#pragma unroll
-        for (int t = 0; t < NT; t++) xv[t] = tid < chunks ? reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size)[tid] : zero;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            const float sq = warp_sum(sumsq_bf16x2(xv[t].x) + sumsq_bf16x2(xv[t].y) + sumsq_bf16x2(xv[t].z) + sumsq_bf16x2(xv[t].w));
-            if (lane == 0 && warp < rwarps) red_s[t][warp] = sq;
-        }
-        __syncthreads();
-        if (warp < NT) {
-            float v = lane < rwarps ? red_s[warp][lane] : 0.f;
-            v = warp_sum(v);
-            if (lane == 0) inv_s[warp] = rsqrtf(v / (float)p.hidden_size + p.eps);
-        }
-        __syncthreads();
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            acc[t] = 0.f;
-            if (tid < chunks) {
-                const uint4 h = norm_bf16x8(xv[t], n0, inv_s[t]);
-                if (e == 0) reinterpret_cast<uint4*>(p.h_out + (size_t)t * p.hidden_size)[tid] = h;
-                acc[t] += dot_bf16x8(w0, h);
-            }
-        }
-    } else {
-        // Inverse RMS of each token's row in add_rmsnorm_bf16's layout (bitwise its h), then h chunk by chunk.
-        rms_inv_rows<NT, ROUTER_NORM_WARPS>(p.hidden, (size_t)p.hidden_size, NT, p.hidden_size, p.eps, red_s, inv_s);
-        const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
-        const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[t] = 0.f;
-        for (int c = tid; c < chunks; c += ROUTER_NORM_THREADS) {
-            const uint4 wc = c == tid ? w0 : __ldg(&wrow[c]);
-            const uint4 nc = c == tid ? n0 : __ldg(&nw[c]);
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                const uint4 x = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * p.hidden_size)[c];
-                const uint4 h = norm_bf16x8(x, nc, inv_s[t]);
-                if (e == 0) reinterpret_cast<uint4*>(p.h_out + (size_t)t * p.hidden_size)[c] = h;
-                acc[t] += dot_bf16x8(wc, h);
-            }
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        const float v = warp_sum(acc[t]);
-        if (lane == 0) logit_s[t][warp] = v;
-    }
-    __syncthreads();
-    if (warp < NT) {
-        float v = lane < ROUTER_NORM_WARPS ? logit_s[warp][lane] : 0.f;
-        v = warp_sum(v);
-        if (lane == 0) p.logits[(size_t)warp * p.experts + e] = round_bf16(v);
-    }
-
-    // Ticket: the last CTA does the softmax + top-k of every token.
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) is_last = atomicAdd(&p.counters[0], 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (warp < NT) router_topk_token(p, warp);
-    if (tid == 0) p.counters[0] = 0;
-}
-
 extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_norm_topk(MoeRouterParams p)
 {
-    const int tid = threadIdx.x;
     const int e = blockIdx.x;
-    const int chunks = p.hidden_size >> 3;
-    const uint4* wrow = reinterpret_cast<const uint4*>(p.w_gate + (size_t)e * p.hidden_size);
-    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     __shared__ float red_s[ROUTER_TOKENS][32];
     __shared__ float logit_s[ROUTER_TOKENS][ROUTER_NORM_WARPS];
     __shared__ float inv_s[ROUTER_TOKENS];
@@ -318,19 +85,21 @@ extern "C" __global__ void __launch_bounds__(ROUTER_NORM_THREADS) moe_router_nor
     // Before pdl_wait() only weights (docs/kernels.md, "Programmatic dependent launch"): the expert's router row into L2,
     // and the first chunk of it and of the norm weight into registers; x, the logits and the ticket come after.
     prefetch_l2_rows(p.w_gate, e, e + 1, (size_t)p.hidden_size * 2, 0, (size_t)p.hidden_size * 2);
-    const uint4 w0 = tid < chunks ? __ldg(&wrow[tid]) : zero;     // issued first: overlaps the norm below
-    const uint4 n0 = tid < chunks ? __ldg(&nw[tid]) : zero;
+    uint4 w0[1], n0[1];
+    router_norm_hold<ROUTER_NORM_THREADS>(p, e, w0, n0);
     pdl_wait();
     pdl_launch_dependents();
     prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);   // docs/timing-model.md, "Weights fetched ahead"
     switch (p.tokens) {                                        // 1 <= T <= ROUTER_TOKENS (the launcher checks)
-    case 1: router_norm_topk_body<1>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    case 2: router_norm_topk_body<2>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    case 3: router_norm_topk_body<3>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    case 4: router_norm_topk_body<4>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    case 5: router_norm_topk_body<5>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    case 6: router_norm_topk_body<6>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    case 7: router_norm_topk_body<7>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
-    default: router_norm_topk_body<8>(p, w0, n0, red_s, logit_s, inv_s, is_last); break;
+#define ROUTER_CASE(n) router_norm_tile<n, ROUTER_NORM_THREADS, false>(p, e, w0, n0, red_s, logit_s, inv_s, is_last, p.counters, gridDim.x)
+    case 1: ROUTER_CASE(1); break;
+    case 2: ROUTER_CASE(2); break;
+    case 3: ROUTER_CASE(3); break;
+    case 4: ROUTER_CASE(4); break;
+    case 5: ROUTER_CASE(5); break;
+    case 6: ROUTER_CASE(6); break;
+    case 7: ROUTER_CASE(7); break;
+    default: ROUTER_CASE(8); break;
+#undef ROUTER_CASE
     }
 }

@@ -116,12 +116,6 @@ __device__ __forceinline__ int load_tokens(const bf16* row, int vocab, bool vec,
 }
 
 // Loads of what other CTAs of this launch wrote (after the ticket): from L2, never from a stale L1 line.
-__device__ __forceinline__ float ld_cg_f32(const float* p)
-{
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
-    return v;
-}
 __device__ __forceinline__ int ld_cg_s32(const int* p)
 {
     int v;
