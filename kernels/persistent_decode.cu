@@ -5,15 +5,20 @@
 //   attn = attention(q/k norm, RoPE, KV write, splits, combine)  attn_decode_fused's CTA
 //   x = x + W_o attn                                             gemv_bf16_mma's tile, the residual
 //   [+ o_proj.fetch_ahead_bytes of the next weights into L2 with evict_last, shared by the o_proj tiles after their wait]
+//   [router_tiles > 0, a MoE layer: h = RMSNorm(x) * w_post, the router logits, softmax + top-k: moe_router_norm_topk's
+//    work, one router row per tile (moe_router.cuh); + router.fetch_ahead_bytes of the next weights, shared by the router
+//    tiles before their wait]
 //
 // In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
 // ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the
-// numbering of attn_decode_fused's grid), then every o_proj row tile. The grid is one CTA per tile; a CTA takes its
+// numbering of attn_decode_fused's grid), then every o_proj row tile, then (a MoE layer) every router row. The grid is
+// one CTA per tile; a CTA takes its
 // tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
 // dispatches the CTAs in. A GEMV tile first loads up to 16 weight steps of each lane into registers and prefetches the
 // rest of its rows into L2 (they depend on nothing), an attention tile prefetches its first K / V tile (keys of earlier
-// steps), then it waits for the stage before (counters[2]: qkv tiles done, counters[3]: attention tiles done; o_proj
-// tiles count into counters[4]): the next stage's weights stream during the current stage's dependency chain without a
+// steps), a router tile its router row and norm weight chunks, then it waits for the stage before (counters[2]: qkv tiles
+// done, counters[3]: attention tiles done, counters[4]: o_proj tiles done; the router tiles elect their last with
+// counters[5], which resets it): the next stage's weights stream during the current stage's dependency chain without a
 // kernel boundary, and the held steps need no transfer from L2 once the tile's inputs are ready. Progress needs no
 // co-residency: a tile waits only on tiles of lower tickets, held by CTAs already running. The last CTA out (counters[1])
 // resets the counters for the next launch: they are zero before the first.
@@ -21,20 +26,22 @@
 // addresses out of it and keeps them in registers across the whole loop: 168 to 227 registers, against this kernel's
 // 128 (sm_80 and sm_90: attn_decode_fused's own 103 / 121, and the GEMV tiles' 64 held registers; docs/kernels.md,
 // "Persistent launches").
-// Oracle: the tiles are the three kernels' own code (gemv_mma_tile, attn_fused_tile), so the launch equals the three
-// launches bit for bit: a GEMV tile sums each row group over the standalone plan's K-slices (wpg), its 4 warps running
+// Oracle: the tiles are the kernels' own code (gemv_mma_tile, attn_fused_tile, router_norm_tile), so the launch equals the
+// three launches (and moe_router_norm_topk) bit for bit: a GEMV tile sums each row group over the standalone plan's K-slices (wpg), its 4 warps running
 // 8 slices two each when the plan has 8 (tests/Kernels/PersistentDecodeTests).
 // PDL: launched as a programmatic dependent of the previous kernel (which wrote x). Before pdl_wait() a CTA only
-// loads and prefetches the weight rows of the GEMV tile its index names (the ticket, an atomic on a counter the step
+// loads and prefetches the weight rows of the GEMV tile (or the router row) its index names (the ticket, an atomic on a counter the step
 // writes, comes after the wait); a CTA lets the next kernel start once its tile is done.
-// stage_only 0, 1 or 2 runs that stage's tiles alone, for the timing model (below; docs/timing-model.md, section 7).
+// stage_only 0 .. 3 runs that stage's tiles alone, for the timing model (below; docs/timing-model.md, section 7).
 // Thread mapping: 128 threads = 4 warps (the attention's CTA); a GEMV tile is 8 * groups rows, groups * wpg K-slices
 // on the 4 warps. Memory traffic: each weight once, the KV cache once (as attn_decode_fused), x and attn once per GEMV
-// tile from L2, the partials once; counters: one ticket and one release per tile, one polling thread per waiting CTA.
+// tile from L2, the partials once, x once per router tile from L2 and the logits once; counters: one ticket and one
+// release per tile, one polling thread per waiting CTA.
 // Shared memory: the attention's (AttnFusedSmem, about 40 KiB at D 128); its K / V tile buffer also holds a GEMV
-// tile's staged rows (T x (K + 32) bf16: the launcher checks they fit).
+// tile's staged rows (T x (K + 32) bf16: the launcher checks they fit); a router tile's sums use the GEMV tiles' arrays.
 #include "gemv_mma.cuh"
 #include "attention_decode.cuh"
+#include "moe_router.cuh"
 
 #if DEC_TC
 #define PDEC_THREADS DEC_THREADS
@@ -46,10 +53,12 @@ struct PersistentAttnParams {
     GemvParams qkv;                        // x: the layer input, norm_weight: its input RMSNorm, y: qkv rows
     AttnDecodeFusedParams attn;            // qkv: qkv.y; out: o_proj.x
     GemvParams o_proj;                     // x: the attention output, y = residual = the layer's x
-    int* counters;                         // [5]: next ticket, exit ticket, qkv / attention / o_proj tiles done
+    MoeRouterParams router;                // hidden: o_proj.y (row stride hidden_size); counters unused (counters[5])
+    int* counters;                         // [6]: next ticket, exit ticket, qkv / attention / o_proj tiles done, router ticket
     int qkv_groups, qkv_wpg;               // a qkv tile: qkv_groups row groups of 8 rows, each summed over qkv_wpg K-slices
     int o_groups, o_wpg;
-    int stage_only;                        // -1: the whole block; 0, 1, 2: that stage's tiles alone (below)
+    int router_tiles;                      // 0: no router stage; E: one tile per router row
+    int stage_only;                        // -1: the whole block; 0 .. 3: that stage's tiles alone (below)
 };
 
 // The weight rows of GEMV tile `tile` into L2 (sm_90; they depend on nothing the step writes).
@@ -108,6 +117,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     const int qkv_tiles = (p.qkv.n + 8 * p.qkv_groups - 1) / (8 * p.qkv_groups);
     const int attn_per_row = p.attn.splits * p.attn.num_kv_heads, attn_tiles = attn_per_row * p.attn.seqs;
     const int o_tiles = (p.o_proj.n + 8 * p.o_groups - 1) / (8 * p.o_groups);
+    const int gemv_attn_tiles = qkv_tiles + attn_tiles + o_tiles;   // the router tiles after them
     // stage_only >= 0 (the timing model's measurement, docs/timing-model.md section 7): a launch of one stage's tiles, one
     // per CTA in index order, after a launch of the stage before; a tile then calls pdl_wait() where it would wait on the
     // counter, so the emulator's split at the wait is the stage's split between what it fetches ahead and its work.
@@ -121,13 +131,16 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         // wait has long passed: it holds its steps once it has its ticket); a wrong guess only fetches another CTA's rows
         // early.
         if ((int)blockIdx.x < qkv_tiles) gemv_stage_hold(p.qkv, blockIdx.x, p.qkv_groups, p.qkv_wpg, false, held);
-        else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
+        else if ((int)blockIdx.x >= gemv_attn_tiles) {
+            const int e = blockIdx.x - gemv_attn_tiles;
+            prefetch_l2_rows(p.router.w_gate, e, e + 1, (size_t)p.router.hidden_size * 2, 0, (size_t)p.router.hidden_size * 2);
+        } else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
         pdl_wait();
         if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
         __syncthreads();
         tile = ticket_s;
     } else {
-        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : qkv_tiles + attn_tiles) + blockIdx.x;
+        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : p.stage_only == 2 ? qkv_tiles + attn_tiles : gemv_attn_tiles) + blockIdx.x;
     }
     const bool guessed = whole && tile == (int)blockIdx.x;   // a qkv tile: its loads made; an o_proj tile: its rows in L2
     // the wait for the stage before: its counter, or (a stage alone) the launch before
@@ -155,13 +168,31 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
             prefetch_l2_evict_last_share(p.o_proj.fetch_ahead, p.o_proj.fetch_ahead_bytes, o, o_tiles);
         });
         release(&p.counters[4]);
+    } else if (tile < gemv_attn_tiles + p.router_tiles) {
+        // Router row e: its row and the norm weight (one chunk per virtual thread: the whole row at H <= 2048) into
+        // registers and its share of the next weights (router.fetch_ahead) into L2 before the wait, as neither depends on
+        // the step; then moe_router_norm_topk's work on x through L2 (the o_proj tiles wrote it), T <= 4 rows.
+        const int e = tile - gemv_attn_tiles;
+        uint4 w0[ROUTER_VT(PDEC_THREADS)], n0[ROUTER_VT(PDEC_THREADS)];
+        router_norm_hold<PDEC_THREADS>(p.router, e, w0, n0);
+        prefetch_l2_evict_last_share(p.router.fetch_ahead, p.router.fetch_ahead_bytes, e, p.router_tiles);
+        wait_for(&p.counters[4], o_tiles);
+        float (*logit_s)[ROUTER_NORM_WARPS] = red_s[0];
+        switch (p.router.tokens) {                       // 1 <= T <= 4 (the launcher checks)
+#define PDEC_ROUTER(n) router_norm_tile<n, PDEC_THREADS, true>(p.router, e, w0, n0, nred_s, logit_s, inv_s, s.is_last, &p.counters[5], p.router_tiles)
+        case 1: PDEC_ROUTER(1); break;
+        case 2: PDEC_ROUTER(2); break;
+        case 3: PDEC_ROUTER(3); break;
+        default: PDEC_ROUTER(4); break;
+#undef PDEC_ROUTER
+        }
     }
     if (!whole) pdl_wait();                // (a stage alone: an attention CTA past its row's plan returned before its wait)
     pdl_launch_dependents();
     if (whole && threadIdx.x == 0) {
         __threadfence();
         if (atomicAdd(&p.counters[1], 1) == (int)(gridDim.x - 1)) {   // every other CTA has finished its tile and left
-            for (int c = 2; c < 5; c++) p.counters[c] = 0;
+            for (int c = 2; c < 6; c++) p.counters[c] = 0;
             p.counters[0] = 0;
             __threadfence();
             p.counters[1] = 0;

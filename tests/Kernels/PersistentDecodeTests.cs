@@ -67,6 +67,39 @@ public class PersistentDecodeTests
         EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden {hidden}, {nH} / {nKV} heads, 2 rows", [90, 40], hidden, nH, nKV, interleaved, seed: 12);
     }
 
+    /// <summary>
+    /// A MoE layer's router as the block's fourth stage (one tile per router row, moe_router.cuh's tile on 128 threads)
+    /// against the three launches and moe_router_norm_topk bit for bit, in every scheduling mode: 40 experts, top-4, not
+    /// renormalised (4 keys per lane in the top-k, a ragged last lane) at 1 row, and top-16 of 256 experts (8 keys per
+    /// lane; in the co-resident modes, where every tile's CTA must fit at once, 136 on 16 SMs and on 8 SMs 48, which takes
+    /// 4 keys per lane) renormalised at 3 rows.
+    /// </summary>
+    [TestCaseSource(nameof(Modes))]
+    public void AttentionBlock_WithTheRouterStage_EqualsTheLaunchesAndTheRouter_Bitwise(string mode, EmulatorOptions options, bool cooperative)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        int experts = !cooperative ? 256 : options.MultiprocessorCount >= 16 ? 136 : 48;
+        EqualsTheThreeLaunches(ctx, $"{mode}, 1 row, 40 experts top-4", [150], Hidden, QHeads, KvHeads, cooperative, seed: 13, new MoeShape(40, 4, Hidden, 64, false));
+        EqualsTheThreeLaunches(ctx, $"{mode}, 3 rows, {experts} experts top-16", [150, 17, 300], Hidden, QHeads, KvHeads, cooperative, seed: 14, new MoeShape(experts, 16, Hidden, 64, true));
+    }
+
+    /// <summary>
+    /// The router stage at hidden 1280 (160 chunks: a router tile's 128 threads take virtual threads 128 .. 159 as their
+    /// second chunk, which hidden 256 never reaches) with Qwen3-30B-A3B's 128 experts, top-8, renormalised, 8 / 2 heads of
+    /// 128 (the selftest's small block, whose GEMVs take the tensor-core plan on an H100's 132 SMs), against the three
+    /// launches and moe_router_norm_topk bit for bit.
+    /// </summary>
+    [TestCase(132, false)]
+    [TestCase(132, true)]
+    public void AttentionBlock_WithTheRouterStage_TwoChunksPerThread_EqualsTheLaunchesAndTheRouter_Bitwise(int sms, bool interleaved)
+    {
+        var options = interleaved
+            ? new EmulatorOptions { MultiprocessorCount = sms, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 3 } }
+            : new EmulatorOptions { MultiprocessorCount = sms, ConcurrentTilesInOrder = true };
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden 1280, 8 / 2 heads, 1 row, 128 experts top-8", [90], 1280, 8, 2, interleaved, seed: 15, new MoeShape(128, 8, 1280, 64, true));
+    }
+
     [Test]
     public void GemvTile_TakesThePlansSlicesPerRowGroup_OnFourWarps()
     {
@@ -107,6 +140,20 @@ public class PersistentDecodeTests
             Throws.ArgumentException.With.Message.Contains("both weights"));
         Assert.That(() => block.AttentionBlock(ctx.Stream, new AttentionDecodeLaunchers(ctx.Loader, 64), w with { FetchAheadBytes = 0 }, a, rope, buf),
             Throws.ArgumentException.With.Message.Contains("head_dim 64"));
+        var router = new AttentionBlockRouter(new MoeShape(64, 4, Hidden, 64, true), buf, 1e-6f, buf, buf, buf, buf, buf);
+        var ok = w with { FetchAheadBytes = 0 };
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, ok, a, rope, buf, router: router with { Shape = new MoeShape(64, 4, 128, 64, true) }),
+            Throws.ArgumentException.With.Message.Contains("router stage reads x at its hidden size 128"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, ok with { Ldx = 2 * Hidden }, a, rope, buf, router: router),
+            Throws.ArgumentException.With.Message.Contains("row stride 512"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, ok, a, rope, buf, router: router with { TopkIds = DevicePtr.Null }),
+            Throws.ArgumentException.With.Message.Contains("top-k ids"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, ok, a, rope, buf, router: router with { FetchAheadBytes = -1 }),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("router stage's bytes to fetch ahead"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, ok, a, rope, buf, router: router with { Shape = new MoeShape(64, 65, Hidden, 64, true) }),
+            Throws.ArgumentException.With.Message.Contains("top-k 65"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, ok with { Hidden = 4096, Ldx = 4096 }, a, rope, buf, router: router with { Shape = new MoeShape(64, 4, 4096, 64, true) }),
+            Throws.InstanceOf<NotSupportedException>().With.Message.Contains("at most 2048"));
     }
 
     [Test]
@@ -130,9 +177,9 @@ public class PersistentDecodeTests
     }
 
     /// <summary>The comparison (src/Model/Selftest/PersistentDecodeCases, also `qwen3cuda selftest`'s on a GPU) must pass.</summary>
-    static void EqualsTheThreeLaunches(KernelCheckContext ctx, string what, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed)
+    static void EqualsTheThreeLaunches(KernelCheckContext ctx, string what, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed, MoeShape? router = null)
     {
-        var r = PersistentDecodeCases.Compare(ctx, lens, hidden, nH, nKV, cooperative, seed);
+        var r = PersistentDecodeCases.Compare(ctx, lens, hidden, nH, nKV, cooperative, seed, router);
         TestContext.Out.WriteLine($"{what}:\n{r}");
         Assert.That(r.Passed, Is.True, $"{what}:\n{r}");
     }

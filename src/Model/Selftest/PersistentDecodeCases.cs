@@ -7,7 +7,9 @@ namespace Qwen3Cuda.Model.Selftest;
 /// kernels/persistent_decode.cu (docs/kernels.md, "Persistent launches"): a layer's attention block as one launch must
 /// equal gemv_bf16_mma (norm prologue) -> attn_decode_fused -> gemv_bf16_mma (residual) bit for bit: the qkv rows, the
 /// K / V caches, the attention output and x. Exact, no tolerance: the tiles are those kernels' own code, and each of
-/// them is held to an fp64 reference in its own cases (ProjectionCases, AttentionCases).
+/// them is held to an fp64 reference in its own cases (ProjectionCases, AttentionCases). With a MoE router stage, the block
+/// must also equal moe_router_norm_topk after them: h, the logits, the top-k ids and weights (MoeCases holds that kernel
+/// to its references).
 /// </summary>
 public static class PersistentDecodeCases
 {
@@ -28,15 +30,22 @@ public static class PersistentDecodeCases
             ctx => Compare(ctx, [1000], 2048, 32, 4, cooperative: false, seed: 5), Heavy: true);
         yield return new KernelCase("persistent_decode", "persistent_attn_block real shape, 4 rows, contexts 1000/37/4000/300", true,
             ctx => Compare(ctx, [1000, 37, 4000, 300], 2048, 32, 4, cooperative: false, seed: 6), Heavy: true);
+        yield return new KernelCase("persistent_decode", "persistent_attn_block real shape + router (128 experts, top-8), 1 row, context 1000", true,
+            ctx => Compare(ctx, [1000], 2048, 32, 4, cooperative: false, seed: 7, router: RealRouter), Heavy: true);
     }
+
+    /// <summary>Qwen3-30B-A3B's router: 128 experts, top-8, renormalised (the expert size is not the router's).</summary>
+    public static readonly MoeShape RealRouter = new(128, 8, 2048, 768, true);
 
     /// <summary>
     /// The block for rows of context <paramref name="lens"/> (each row's new token is key len - 1) against the three
     /// launches: launched twice (the second finds the counters and tickets the first left, which must be zero), then
     /// with its stages as three launches (the timing model's measurement). <paramref name="cooperative"/>: the first two
-    /// as co-resident launches (the emulator's interleaved schedule).
+    /// as co-resident launches (the emulator's interleaved schedule). <paramref name="router"/> (its hidden size
+    /// <paramref name="hidden"/>): the block runs the router as its fourth stage, also fetching ahead 3 KiB of the qkv
+    /// weight, and the oracle runs moe_router_norm_topk after the three launches.
     /// </summary>
-    public static CheckResult Compare(KernelCheckContext ctx, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed)
+    public static CheckResult Compare(KernelCheckContext ctx, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed, MoeShape? router = null)
     {
         const int d = HeadDim;
         var c = new Checker();
@@ -65,11 +74,22 @@ public static class PersistentDecodeCases
         DevicePtr dInvFreq = ctx.Upload(KernelReference.InvFreq(d, 1e6)), dPos = ctx.Upload(positions), dSlots = ctx.Upload(slots);
         DevicePtr dTable = ctx.Upload(kv.BlockTable), dLens = ctx.Upload(lens);
         long wsBytes = attn.WorkspaceBytes(rows, nH, workspaceSplits, out long lseBytes);
+        var rs = router ?? default;
+        int E = rs.Experts, k = rs.TopK;
+        var moe = router is null ? null : ctx.Cached("moe", () => new MoeLaunchers(ctx.Loader));
+        DevicePtr dPost = router is null ? DevicePtr.Null : ctx.Upload(Enumerable.Range(0, hidden).Select(_ => Bf16.FromFloat(0.5f + (float)rng.NextDouble())).ToArray());
+        DevicePtr dRouter = router is null ? DevicePtr.Null : ctx.Upload(KernelData.Random(rng, E * hidden, 1f / MathF.Sqrt(hidden)));
+        DevicePtr routerTicket = ctx.AllocFilled<int>(1, 0);
 
         // One run of either path on fresh x, qkv, caches and attention buffers; what it wrote and the launches' stages.
-        (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, LaunchStage?[] Stages) Run(bool persistent, DevicePtr counters, DevicePtr tickets, bool apart)
+        (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, LaunchStage?[] Stages, ushort[] H, float[] Logits, int[] Ids, float[] Weights) Run(
+            bool persistent, DevicePtr counters, DevicePtr tickets, bool apart)
         {
             DevicePtr dx = ctx.Upload(x0), dQkv = ctx.AllocFilled<ushort>(rows * qkvDim), dAttn = ctx.AllocFilled<ushort>(rows * qDim);
+            DevicePtr dH = ctx.AllocFilled<ushort>(rows * hidden), dLogits = ctx.AllocFilled<float>(Math.Max(1, rows * E)),
+                dIds = ctx.AllocFilled<int>(Math.Max(1, rows * k)), dW = ctx.AllocFilled<float>(Math.Max(1, rows * k));
+            AttentionBlockRouter? stage = router is null ? null
+                : new AttentionBlockRouter(rs, dPost, Eps, dRouter, dH, dLogits, dIds, dW, dWqkv, Math.Min(3072, (long)qkvDim * hidden * 2));
             DevicePtr dK = kv.UploadK(ctx), dV = kv.UploadV(ctx);
             DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.AllocFilled<float>(lseBytes / sizeof(float));
             var a = new DecodeAttentionArgs(DevicePtr.Null, qDim, dK, dV, dTable, kv.MaxPagesPerSeq, PageSize, dLens, rows, lens.Max(),
@@ -78,30 +98,41 @@ public static class PersistentDecodeCases
             var launches = ctx.RecordLaunches(() =>
             {
                 if (persistent)
-                    block.AttentionBlock(ctx.Stream, attn, new AttentionBlockWeights(dx, hidden, hidden, dNorm, Eps, dWqkv, dWo), a, rope, counters, cooperative && !apart, apart);
+                    block.AttentionBlock(ctx.Stream, attn, new AttentionBlockWeights(dx, hidden, hidden, dNorm, Eps, dWqkv, dWo), a, rope, counters, cooperative && !apart, apart, stage);
                 else
                 {
                     gemv.Gemv(ctx.Stream, dQkv, qkvDim, dx, hidden, WeightOperand.Bf16(dWqkv), DevicePtr.Null, rows, qkvDim, hidden, DevicePtr.Null, 0, dNorm, Eps);
                     attn.DecodeFused(ctx.Stream, a, rope);
                     gemv.Gemv(ctx.Stream, dx, hidden, dAttn, qDim, WeightOperand.Bf16(dWo), dx, rows, hidden, qDim, DevicePtr.Null, 0);
+                    moe?.RouterNorm(ctx.Stream, rs, rows, dx, dPost, Eps, dRouter, dH, dLogits, routerTicket, dIds, dW);
                 }
             });
             return (ctx.Download<ushort>(dQkv, rows * qkvDim), ctx.Download<byte>(dK, cacheBytes), ctx.Download<byte>(dV, cacheBytes),
-                ctx.Download<ushort>(dAttn, rows * qDim), ctx.Download<ushort>(dx, rows * hidden), launches.Select(l => l.Stage).ToArray());
+                ctx.Download<ushort>(dAttn, rows * qDim), ctx.Download<ushort>(dx, rows * hidden), launches.Select(l => l.Stage).ToArray(),
+                ctx.Download<ushort>(dH, rows * hidden), ctx.Download<float>(dLogits, rows * E), ctx.Download<int>(dIds, rows * k), ctx.Download<float>(dW, rows * k));
         }
 
         DevicePtr oracleTickets = ctx.AllocFilled<int>(rows * nKV, 0), tickets = ctx.AllocFilled<int>(rows * nKV, 0);
         DevicePtr counters = ctx.AllocFilled<int>(PersistentDecodeLaunchers.CounterInts, 0);
         var expected = Run(persistent: false, DevicePtr.Null, oracleTickets, apart: false);
         c.True(!expected.X.AsSpan().SequenceEqual(x0), "the oracle's o_proj added to x", "");
+        if (router is not null) c.True(expected.Ids.Distinct().Count() > 1 && expected.Weights.All(w => w > 0), "the oracle's router chose experts", string.Join(",", expected.Ids));
+        int stageCount = router is null ? 3 : 4;
         for (int run = 1; run <= 3; run++)
         {
             bool apart = run == 3;
             var got = Run(persistent: true, counters, tickets, apart);
             string r = $"launch {run}{(apart ? ", stages apart" : "")}";
             if (ctx.Emulator is not null)   // (the emulator records launches; a GPU does not)
-                c.True(got.Stages.SequenceEqual(apart ? [new LaunchStage(0, 3), new LaunchStage(1, 3), new LaunchStage(2, 3)] : new LaunchStage?[] { null }),
-                    $"{r}: {(apart ? "three launches, one per stage" : "one launch")}", string.Join(", ", got.Stages.Select(s => s?.ToString() ?? "whole")));
+                c.True(got.Stages.SequenceEqual(apart ? Enumerable.Range(0, stageCount).Select(i => (LaunchStage?)new LaunchStage(i, stageCount)) : new LaunchStage?[] { null }),
+                    $"{r}: {(apart ? $"{stageCount} launches, one per stage" : "one launch")}", string.Join(", ", got.Stages.Select(s => s?.ToString() ?? "whole")));
+            if (router is not null)
+            {
+                c.Exact<ushort>(got.H, expected.H, $"{r}: h = moe_router_norm_topk's (bitwise)");
+                c.Exact<float>(got.Logits, expected.Logits, $"{r}: router logits = moe_router_norm_topk's (bitwise)");
+                c.Exact<int>(got.Ids, expected.Ids, $"{r}: top-k ids = moe_router_norm_topk's");
+                c.Exact<float>(got.Weights, expected.Weights, $"{r}: top-k weights = moe_router_norm_topk's (bitwise)");
+            }
             c.Exact<ushort>(got.Qkv, expected.Qkv, $"{r}: qkv rows = gemv_bf16_mma's with the norm prologue (bitwise)");
             c.Exact<byte>(got.K, expected.K, $"{r}: K cache = attn_decode_fused's (bitwise)");
             c.Exact<byte>(got.V, expected.V, $"{r}: V cache = attn_decode_fused's (bitwise)");

@@ -80,11 +80,14 @@ public sealed class MoeLaunchers
     /// residual stream x and the block runs on h = RMSNorm(x) * normWeight, which the router computes
     /// (<see cref="RouterNorm"/>) and writes to <paramref name="normOut"/> for the experts; the router then also fetches
     /// <paramref name="fetchAheadBytes"/> of <paramref name="fetchAhead"/> (a later kernel's weights) into L2.
+    /// <paramref name="routed"/> (decode): an earlier launch ran that router (the attention block's router stage,
+    /// <see cref="AttentionBlockRouter"/>): h is in <paramref name="normOut"/> and the top-k ids and weights in the
+    /// workspace's places, so only the experts run.
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
         DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0,
-        ExpertsFollowOn? followOn = null)
+        ExpertsFollowOn? followOn = null, bool routed = false)
     {
         CheckShape(shape, decodeOnly: false);
         if (followOn is not null && tokens > DecodeMaxTokens)
@@ -92,13 +95,16 @@ public sealed class MoeLaunchers
         if (tokens < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: token count {tokens} is negative");
         if (!normWeight.IsNull && tokens > DecodeMaxTokens)
             throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: the fused RMSNorm takes at most {DecodeMaxTokens} tokens (decode), got {tokens}; run the norm kernel first");
+        if (routed && (tokens > DecodeMaxTokens || normOut.IsNull))
+            throw new ArgumentException($"MoeBlock: a block routed ahead is a decode step (at most {DecodeMaxTokens} tokens, got {tokens}) with h in normOut", nameof(routed));
         if (tokens == 0) return;
         var ws = MoeWorkspace.Compute(tokens, shape);
         if (workspaceBytes < ws.TotalBytes)
             throw new ArgumentException($"MoeBlock: workspace of {workspaceBytes} bytes is smaller than the {ws.TotalBytes} bytes needed for {tokens} tokens", nameof(workspaceBytes));
         DevicePtr ids = workspace + ws.TopkIds, weights = workspace + ws.TopkWeights, slotOut = workspace + ws.SlotOut, inter = workspace + ws.Inter;
 
-        if (!normWeight.IsNull)
+        if (routed) hidden = normOut;
+        else if (!normWeight.IsNull)
         {
             RouterNorm(stream, shape, tokens, hidden, normWeight, normEps, routerWeight, normOut, workspace + ws.Logits, workspace + ws.Counters, ids, weights,
                 fetchAhead, fetchAheadBytes);

@@ -10,12 +10,14 @@ public struct PersistentAttnParams
     public GemvParams Qkv;
     public AttnDecodeFusedParams Attn;
     public GemvParams OProj;
-    public DevicePtr Counters;   // [5] int, zero on entry, left zero
+    public MoeRouterParams Router;
+    public DevicePtr Counters;   // [6] int, zero on entry, left zero
     public int QkvGroups;
     public int QkvWpg;
     public int OGroups;
     public int OWpg;
-    public int StageOnly;        // -1: the whole block; 0, 1, 2: that stage's tiles alone
+    public int RouterTiles;      // 0: no router stage; E
+    public int StageOnly;        // -1: the whole block; 0 .. 3: that stage's tiles alone
 }
 
 /// <summary>
@@ -31,8 +33,20 @@ public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hi
     DevicePtr FetchAhead = default, long FetchAheadBytes = 0);
 
 /// <summary>
+/// A MoE layer's router as the attention block's fourth stage (<see cref="PersistentDecodeLaunchers.AttentionBlock"/>):
+/// what <see cref="MoeLaunchers.RouterNorm"/> computes from the block's x once o_proj has added to it, the same bits:
+/// <paramref name="HOut"/> [rows, hidden] bf16 = RMSNorm(x) * <paramref name="PostNorm"/> (<paramref name="Eps"/>), the
+/// logits [rows, E] fp32 in <paramref name="Logits"/>, the top-k ids (int) and weights (fp32) [rows, k]. One tile per
+/// router row; the router tiles also fetch the first <paramref name="FetchAheadBytes"/> of <paramref name="FetchAhead"/>
+/// (the next layer's qkv weight after o_proj's share) into L2 with evict_last before their wait (docs/timing-model.md,
+/// "Weights fetched ahead"); null / 0: none.
+/// </summary>
+public readonly record struct AttentionBlockRouter(MoeShape Shape, DevicePtr PostNorm, float Eps, DevicePtr RouterWeight, DevicePtr HOut,
+    DevicePtr Logits, DevicePtr TopkIds, DevicePtr TopkWeights, DevicePtr FetchAhead = default, long FetchAheadBytes = 0);
+
+/// <summary>
 /// Launcher for kernels/persistent_decode.cu: a layer's attention block for decode rows, qkv projection (with its input
-/// norm) -> attn_decode_fused's attention -> o_proj (+ residual), as one persistent launch whose CTAs pull the three
+/// norm) -> attn_decode_fused's attention -> o_proj (+ residual) [-> a MoE layer's router], as one persistent launch whose CTAs pull the three
 /// stages' tiles in order and wait on counters in global memory (docs/kernels.md, "Persistent launches"). Bitwise the
 /// same as <see cref="GemvLaunchers.Gemv(DeviceStream, DevicePtr, int, DevicePtr, int, in WeightOperand, DevicePtr, int, int, int, DevicePtr, long, DevicePtr, float, DevicePtr, long)"/>
 /// (tensor-core plan) -> <see cref="AttentionDecodeLaunchers.DecodeFused"/> -> the GEMV again, which are its oracle and
@@ -43,8 +57,10 @@ public sealed class PersistentDecodeLaunchers
     public const string File = "persistent_decode.cu";
     /// <summary>The attention tile's 128 threads; <c>PDEC_MIN_CTAS_PER_SM</c>: the launch bounds' CTAs per SM.</summary>
     public const int Threads = 128, MinCtasPerSm = 4;
-    /// <summary>Ints of the counter array: next ticket, exit ticket, tiles done per stage.</summary>
-    public const int CounterInts = 5;
+    /// <summary>Ints of the counter array: next ticket, exit ticket, tiles done per GEMV / attention stage, the router's ticket.</summary>
+    public const int CounterInts = 6;
+    /// <summary>The router stage's largest hidden size: one 8-element chunk per virtual thread of moe_router_norm_topk's 256.</summary>
+    public const int MaxRouterHidden = 2048;
     /// <summary>Rows the qkv tiles' norm prologue can finish: one per warp of the 4.</summary>
     public const int MaxRows = 4;
     private readonly DeviceKernel _kernel;
@@ -104,15 +120,29 @@ public sealed class PersistentDecodeLaunchers
     /// interleaved tests; on a GPU only where every tile's CTA fits at once). <paramref name="stagesApart"/>: the same
     /// tiles as three launches, one per stage (<see cref="LaunchConfig.Stage"/>), each waiting on the launch before
     /// instead of a counter: the same results, and the emulator's counters of each stage for the timing model
-    /// (docs/timing-model.md, section 7). Returns the attention's split count.
+    /// (docs/timing-model.md, section 7). With <paramref name="router"/> (a MoE layer; x's row stride must be the hidden
+    /// size) the router runs as a fourth stage after o_proj: one tile per router row (<see cref="AttentionBlockRouter"/>).
+    /// Returns the attention's split count.
     /// </summary>
     public int AttentionBlock(DeviceStream stream, AttentionDecodeLaunchers attention, in AttentionBlockWeights w,
-        in DecodeAttentionArgs a, in DecodeRopeArgs rope, DevicePtr counters, bool cooperative = false, bool stagesApart = false)
+        in DecodeAttentionArgs a, in DecodeRopeArgs rope, DevicePtr counters, bool cooperative = false, bool stagesApart = false,
+        AttentionBlockRouter? router = null)
     {
         if (attention.HeadDim != HeadDim) throw new ArgumentException($"{File}: the attention launchers are for head_dim {attention.HeadDim}, these for {HeadDim}", nameof(attention));
         if (counters.IsNull) throw new ArgumentException($"{File}: the counters must be a device buffer of {CounterBytes} bytes", nameof(counters));
         if (w.X.IsNull || w.InputNorm.IsNull || w.Wqkv.IsNull || w.Wo.IsNull) throw new ArgumentException($"{File}: x, the input norm and both weights must be device buffers", nameof(w));
         if (w.FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(w), w.FetchAheadBytes, $"{File}: bytes to fetch ahead must not be negative");
+        if (router is { } r0)
+        {
+            MoeLaunchers.CheckShape(r0.Shape, decodeOnly: true);
+            if (r0.Shape.Hidden > MaxRouterHidden)
+                throw new NotSupportedException($"{File}: the router stage takes a hidden size of at most {MaxRouterHidden} (one 8-element chunk per virtual thread), got {r0.Shape.Hidden}; run moe_router_norm_topk");
+            if (r0.Shape.Hidden != w.Hidden || w.Ldx != w.Hidden)
+                throw new ArgumentException($"{File}: the router stage reads x at its hidden size {r0.Shape.Hidden}: x must be {w.Hidden} wide with row stride {w.Ldx} equal to it", nameof(router));
+            if (r0.PostNorm.IsNull || r0.RouterWeight.IsNull || r0.HOut.IsNull || r0.Logits.IsNull || r0.TopkIds.IsNull || r0.TopkWeights.IsNull)
+                throw new ArgumentException($"{File}: the router stage needs the post-attention norm, the router weight, and the h, logits, top-k ids and weights buffers", nameof(router));
+            if (r0.FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(router), r0.FetchAheadBytes, $"{File}: the router stage's bytes to fetch ahead must not be negative");
+        }
         var attn = attention.FusedParams(a, rope, out bool combineInKernel);
         if (a.Seqs == 0) return 0;
         int rows = a.Seqs, sms = _device.Info.MultiprocessorCount, qDim = a.NumQHeads * HeadDim, qkvDim = (a.NumQHeads + 2 * a.NumKvHeads) * HeadDim;
@@ -142,10 +172,23 @@ public sealed class PersistentDecodeLaunchers
             },
             Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg, StageOnly = -1,
         };
-        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, (w.Hidden + 8 * oGroups - 1) / (8 * oGroups)];
+        if (router is { } r)
+        {
+            p.Router = new MoeRouterParams
+            {
+                Hidden = w.X, WGate = r.RouterWeight, Logits = r.Logits, TopkIds = r.TopkIds, TopkWeights = r.TopkWeights, HOut = r.HOut,
+                NormWeight = r.PostNorm, FetchAhead = r.FetchAhead, FetchAheadBytes = r.FetchAhead.IsNull ? 0 : r.FetchAheadBytes,
+                Tokens = rows, HiddenSize = r.Shape.Hidden, Experts = r.Shape.Experts, TopK = r.Shape.TopK, NormTopkProb = r.Shape.NormTopkProb ? 1 : 0, Eps = r.Eps,
+            };
+            p.RouterTiles = r.Shape.Experts;
+        }
+        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
+        if (p.RouterTiles == 0) stageTiles = stageTiles[..3];
         if (!stagesApart)
         {
-            Launch(stream, p, new LaunchConfig(new Dim3((uint)(stageTiles[0] + stageTiles[1] + stageTiles[2])), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true });
+            int tiles = 0;
+            foreach (int t in stageTiles) tiles += t;
+            Launch(stream, p, new LaunchConfig(new Dim3((uint)tiles), Threads, 0, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative) { TilesInOrder = true });
             return attn.Splits;
         }
         for (int stage = 0; stage < stageTiles.Length; stage++)
