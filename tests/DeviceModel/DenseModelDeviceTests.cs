@@ -174,13 +174,14 @@ public class DenseModelDeviceTests
     /// SMs qualifies (qkv 384 x 256 and o_proj 256 x 256 take the tensor-core plan: PersistentDecodeLaunchers.CanRun). The
     /// logits of the prompt, of two decode rows and of a run of 3 rows (which keeps the separate launches) are the same
     /// bits with it on (the default) and off, also with the decode steps replayed as captured graphs and with its stages as
-    /// launches apart; the one-row step has two launches fewer per layer.
+    /// launches apart; the one-row step has two launches fewer per layer (the router in its own launch here: the next test
+    /// takes it into the block).
     /// </summary>
     [Test]
     public void PersistentAttentionBlock_RemovesTwoLaunchesPerLayer_SameLogits()
     {
         float[][] Run(bool persistent, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false) =>
-            SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = persistent, PersistentStagesApart = apart, ExpertsFollowOnQkv = false }, out decodeLaunches);
+            SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = persistent, PersistentStagesApart = apart, ExpertsFollowOnQkv = false, PersistentRouter = false }, out decodeLaunches);
         var on = Run(true, out var fused);
         var off = Run(false, out var separate);
         var replayed = Run(true, out _, graphs: true);
@@ -211,7 +212,7 @@ public class DenseModelDeviceTests
     public void PersistentAttentionBlock_OProjTiles_FetchTheNextWeightsAhead()
     {
         float[][] Run(long fetchAhead, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches) =>
-            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384 }, out decodeLaunches);
+            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, PersistentRouter = false }, out decodeLaunches);
         var on = Run(1024, out var with);
         var off = Run(0, out var without);
         for (int i = 0; i < on.Length; i++) Assert.That(on[i], Is.EqualTo(off[i]), $"{SmallDecodeSteps[i]}: a cache hint, the same bits");
@@ -229,6 +230,68 @@ public class DenseModelDeviceTests
         Assert.That(nextWith, Has.Count.EqualTo(blocks.Count));
         for (int i = 0; i < nextWith.Count; i++)
             Assert.That(nextWith[i].L2ResidentSectors - nextWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"{nextWith[i].Kernel} after layer {i}'s experts");
+    }
+
+    /// <summary>
+    /// PersistentRouter (docs/kernels.md, "Persistent launches"): with the attention block as one launch, each MoE layer's
+    /// router runs as its fourth stage. The logits of the prompt, of two decode rows and of a run of 3 rows (which keeps the
+    /// separate launches) are the same bits with it on (the default) and off, also as captured graphs and with the stages
+    /// as launches apart (four per block); the recorded one-row step has one launch fewer per layer, no router launch. With a 1 KiB
+    /// fetch-ahead, 384 bytes of it o_proj's, each block launch now prefetches all of it (the router tiles the rest, before
+    /// their wait), and the next layer's block (or the lm_head GEMV) finds it L2-resident.
+    /// </summary>
+    [Test]
+    public void PersistentRouter_RunsTheRouterInTheAttentionBlock_SameLogits()
+    {
+        float[][] Run(bool router, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false, long fetchAhead = 1024) =>
+            SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = true, PersistentRouter = router, PersistentStagesApart = apart,
+                ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384 }, out decodeLaunches);
+        var on = Run(true, out var fused);
+        var off = Run(false, out var separate);
+        var replayed = Run(true, out _, graphs: true);
+        var apart = Run(true, out var stageLaunches, apart: true);
+        var noAhead = Run(true, out var without, fetchAhead: 0);
+        Assert.That(new DeviceModelOptions().PersistentRouter, Is.EqualTo(DeviceModelOptions.PersistentRouterFromEnvironment()), "on unless QWEN3CUDA_PERSISTENT_ROUTER says off");
+        for (int i = 0; i < on.Length; i++)
+        {
+            string what = SmallDecodeSteps[i];
+            Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
+            Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
+            Assert.That(apart[i], Is.EqualTo(off[i]), $"{what}, the block's stages as launches apart: the same bits");
+            Assert.That(noAhead[i], Is.EqualTo(off[i]), $"{what}, no fetch-ahead: the same bits");
+        }
+        var config = Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint.BuildConfig(DeviceCheckpoints.SmallOptions);
+        int layers = config.NumHiddenLayers;
+        var blocks = fused.Where(r => r.Kernel == "persistent_attn_block").ToList();
+        Assert.That(blocks, Has.Count.EqualTo(layers), "the recorded one-row decode step: one block per layer");
+        Assert.That(separate.Count - fused.Count, Is.EqualTo(layers), "one launch fewer per layer: its router");
+        Assert.That(fused.Any(r => r.Kernel == "moe_router_norm_topk"), Is.False, "no router launch");
+        Assert.That(stageLaunches.Count(r => r.Stage is { Count: 4 }), Is.EqualTo(4 * blocks.Count), "stages apart: four launches per block");
+        Assert.That(blocks.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "the o_proj tiles' 384 bytes and the router tiles' rest, each sector once");
+        var afterExperts = fused.Where((r, i) => i > 0 && fused[i - 1].Kernel == "moe_experts_gemv").ToList();
+        var afterExpertsWithout = without.Where((r, i) => i > 0 && without[i - 1].Kernel == "moe_experts_gemv").ToList();
+        Assert.That(afterExperts, Has.Count.EqualTo(afterExpertsWithout.Count).And.Count.EqualTo(blocks.Count), "the next layers' blocks and the lm_head GEMV");
+        for (int i = 0; i < blocks.Count; i++)
+            Assert.That(afterExperts[i].L2ResidentSectors - afterExpertsWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"{afterExperts[i].Kernel} after experts launch {i}");
+    }
+
+    /// <summary>
+    /// The fetch-ahead budget's defaults follow the router's path (docs/timing-model.md, "Weights fetched ahead"): 12 MiB,
+    /// 2 of them o_proj's, when the router runs in the attention block (its tiles fetch before their wait); 8 MiB, 4 of them
+    /// o_proj's, when it is its own launch. A value set is used on both paths; a negative one is refused, named.
+    /// </summary>
+    [Test]
+    public void FetchAhead_DefaultsFollowTheRoutersPath_AndNegativeBytesAreRefused()
+    {
+        var d = new DeviceModelOptions();
+        Assert.That((d.FetchAheadBytesFor(true), d.OProjFetchAheadBytesFor(true)), Is.EqualTo((12L << 20, 2L << 20)), "router in the block");
+        Assert.That((d.FetchAheadBytesFor(false), d.OProjFetchAheadBytesFor(false)), Is.EqualTo((8L << 20, 4L << 20)), "router as its own launch");
+        var set = new DeviceModelOptions { FetchAheadBytes = 1024, OProjFetchAheadBytes = 0 };
+        Assert.That((set.FetchAheadBytesFor(true), set.OProjFetchAheadBytesFor(false)), Is.EqualTo((1024L, 0L)));
+        Assert.That(() => new DeviceModelOptions { FetchAheadBytes = -1 }.Validate(),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("FetchAheadBytes").And.Message.Contains("must not be negative"));
+        Assert.That(() => new DeviceModelOptions { OProjFetchAheadBytes = -1 }.Validate(),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("OProjFetchAheadBytes").And.Message.Contains("must not be negative"));
     }
 
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>

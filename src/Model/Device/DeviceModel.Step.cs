@@ -369,18 +369,29 @@ public sealed partial class DeviceModel
         float eps = (float)c.RmsNormEps;
 
         var next = layer + 1 < c.NumHiddenLayers ? Plan.Weights.Layers[layer + 1].Qkv : Plan.Weights.LmHead;
-        long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytes) : 0;
+        bool block = AttentionBlockAsOneLaunch(layer, s);   // (only when the qkv projection did not run ahead)
+        bool routerInBlock = block && RouterInAttentionBlock(layer, s);
+        long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytesFor(routerInBlock)) : 0;
         // o_proj fetches the first OProjFetchAheadBytes of the next weights, the router the rest (docs/timing-model.md,
         // "Weights fetched ahead")
-        long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytes);
+        long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytesFor(routerInBlock));
         // The attention block as one launch (PersistentAttentionBlock): qkv -> attention -> o_proj (+residual), the same
         // bits as the launches below; its o_proj tiles fetch o_proj's share of the next weights.
-        if (AttentionBlockAsOneLaunch(layer, s))   // (only when the qkv projection did not run ahead)
+        if (block)
         {
             var args = DecodeArgs(layer, s);
             var weights = new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj), oProjAhead > 0 ? W(next) : default, oProjAhead);
-            _persistentAttn!.AttentionBlock(_stream, _attn, weights, args, DecodeRope(layer), Ws(w.PersistentCounters), stagesApart: Plan.Options.PersistentStagesApart);
-            MlpStep(layer, s, next, ahead, oProjAhead);
+            // a MoE layer's router as the block's fourth stage (PersistentRouter), with the router's share of the fetch-ahead
+            AttentionBlockRouter? router = null;
+            if (routerInBlock)
+            {
+                var mws = MoeWorkspace.Compute(rows, _mlpShapes[layer]);
+                router = new AttentionBlockRouter(_mlpShapes[layer], W(L.PostNorm), eps, W(L.Router!), Ws(w.H), Ws(w.Moe) + mws.Logits,
+                    Ws(w.Moe) + mws.TopkIds, Ws(w.Moe) + mws.TopkWeights, W(next) + oProjAhead, ahead - oProjAhead);
+            }
+            _persistentAttn!.AttentionBlock(_stream, _attn, weights, args, DecodeRope(layer), Ws(w.PersistentCounters),
+                stagesApart: Plan.Options.PersistentStagesApart, router: router);
+            MlpStep(layer, s, next, ahead, oProjAhead, routed: router is not null);
             return;
         }
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
@@ -435,8 +446,9 @@ public sealed partial class DeviceModel
     /// <summary>
     /// The MLP half of a layer: x += MLP(RMSNorm(x)). On a MoE decode step the router fetches the next weights' bytes
     /// from <paramref name="oProjAhead"/> to <paramref name="ahead"/> into L2 (o_proj fetched those before).
+    /// <paramref name="routed"/>: the attention block ran the router (h, the top-k ids and weights are in the workspace).
     /// </summary>
-    private void MlpStep(int layer, StepShape s, DeviceTensor next, long ahead, long oProjAhead)
+    private void MlpStep(int layer, StepShape s, DeviceTensor next, long ahead, long oProjAhead, bool routed = false)
     {
         var c = Config;
         var w = Plan.Workspace;
@@ -457,7 +469,7 @@ public sealed partial class DeviceModel
                         followOn = new ExpertsFollowOn(Ws(w.Qkv), qkvDim, Ws(w.X), H, W(nextLayer.Qkv), W(nextLayer.InputNorm), eps, qkvDim, H);
                 }
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next) + oProjAhead, ahead - oProjAhead, followOn);
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next) + oProjAhead, ahead - oProjAhead, followOn, routed);
                 _qkvRanAhead = followOn is not null;
                 return;
             }
@@ -511,6 +523,15 @@ public sealed partial class DeviceModel
         return PersistentDecodeLaunchers.CanRun(_device.Info.MultiprocessorCount, c.HeadDim, s.Rows, c.HiddenSize,
             c.QueryDim + 2 * c.KeyValueDim, c.QueryDim, splits);
     }
+
+    /// <summary>
+    /// Whether layer <paramref name="layer"/>'s attention block, running as one launch, also runs its router
+    /// (<see cref="DeviceModelOptions.PersistentRouter"/>): a MoE layer on the decode path whose hidden size the router
+    /// stage takes (<see cref="PersistentDecodeLaunchers.MaxRouterHidden"/>).
+    /// </summary>
+    private bool RouterInAttentionBlock(int layer, StepShape s) =>
+        Plan.Options.PersistentRouter && Plan.Weights.Layers[layer].IsMoe && s.Rows <= MoeLaunchers.DecodeMaxTokens
+        && Config.HiddenSize <= PersistentDecodeLaunchers.MaxRouterHidden;
 
     /// <summary>
     /// y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows. With a

@@ -43,18 +43,24 @@ public sealed record DeviceModelOptions
     /// Bytes of the next weight stream (the next layer's qkv projection, or the lm_head after the last layer) that the decode
     /// step's latency-bound kernels prefetch into L2 with evict_last while they leave the DRAM idle (docs/timing-model.md,
     /// "Weights fetched ahead"): the o_proj GEMV (or the attention block's o_proj tiles) the first
-    /// <see cref="OProjFetchAheadBytes"/> of them, the router the rest.
-    /// The default, 8 MiB, is about what H200 moves during the two kernels' predicted idle DRAM time (a little more than
-    /// H100 does); 0 turns it off. With the attention block as one launch, 16 MiB (8 of them o_proj's) predicts worse on
-    /// H200 at 1k (74.9% of the roofline against 77.9%): o_proj and the router then stream longer than they save the qkv.
-    /// Results do not depend on it.
+    /// <see cref="OProjFetchAheadBytes"/> of them, the router (or the block's router tiles) the rest. 0 turns it off; null
+    /// (the default) takes <see cref="FetchAheadBytesFor"/>: 12 MiB when the router runs in the attention block
+    /// (<see cref="PersistentRouter"/>), whose tiles fetch their share before they wait, while the block's earlier stages
+    /// leave DRAM time; else 8 MiB, about what the standalone kernels' idle DRAM time carries on H200 (16 MiB predicted
+    /// worse there: o_proj and the router then stream longer than they save the qkv). Results do not depend on it.
     /// </summary>
-    public long FetchAheadBytes { get; init; } = 8L << 20;
+    public long? FetchAheadBytes { get; init; }
     /// <summary>
     /// The o_proj GEMV's (or the attention block's o_proj tiles') share of <see cref="FetchAheadBytes"/> (the first bytes;
-    /// at most all of them): 4 MiB.
+    /// at most all of them); null (the default): <see cref="OProjFetchAheadBytesFor"/>, 2 MiB with the router in the block
+    /// (its tiles fetch before their wait, so more of the bytes go there), else 4 MiB.
     /// </summary>
-    public long OProjFetchAheadBytes { get; init; } = 4L << 20;
+    public long? OProjFetchAheadBytes { get; init; }
+
+    /// <summary>The bytes fetched ahead per MoE layer: <see cref="FetchAheadBytes"/>, or its default for the path (the router as the block's stage or not).</summary>
+    public long FetchAheadBytesFor(bool routerInBlock) => FetchAheadBytes ?? (routerInBlock ? 12L << 20 : 8L << 20);
+    /// <summary>o_proj's share of them: <see cref="OProjFetchAheadBytes"/>, or its default for the path.</summary>
+    public long OProjFetchAheadBytesFor(bool routerInBlock) => OProjFetchAheadBytes ?? (routerInBlock ? 2L << 20 : 4L << 20);
     /// <summary>
     /// On a MoE decode step of at most 4 rows, the decode experts launch also runs the next layer's qkv projection (with its
     /// input RMSNorm) as its last tiles, when that GEMV's weights are bf16 and its shape qualifies
@@ -89,8 +95,24 @@ public sealed record DeviceModelOptions
         Environment.GetEnvironmentVariable(PersistentAttentionEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
 
     /// <summary>
-    /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's three
-    /// stages run as three launches of the same kernel, one per stage (<c>LaunchConfig.Stage</c>), so the emulator counts
+    /// With <see cref="PersistentAttentionBlock"/>, on a MoE layer the router (its post-attention RMSNorm, logits and top-k:
+    /// moe_router_norm_topk's work) runs as the block's fourth stage, one tile per router row, when the hidden size is at
+    /// most <c>PersistentDecodeLaunchers.MaxRouterHidden</c>: one launch less per layer, and the router's weights and its
+    /// share of the fetch-ahead stream while the block's earlier stages run (docs/kernels.md, "Persistent launches").
+    /// Results are the same bits either way. On by default: with its 12 MiB fetch-ahead (<see cref="FetchAheadBytesFor"/>)
+    /// the timing model predicts it 2 points of the roofline faster on H100 and H200 at 1k (docs/timing-model.md, section
+    /// 7, "Stop 34"); no GPU has measured it yet. Off when <see cref="PersistentRouterEnvironmentVariable"/> is "0" or "false".
+    /// </summary>
+    public bool PersistentRouter { get; init; } = PersistentRouterFromEnvironment();
+    public const string PersistentRouterEnvironmentVariable = "QWEN3CUDA_PERSISTENT_ROUTER";
+
+    /// <summary>QWEN3CUDA_PERSISTENT_ROUTER is not "0" or "false" (any case): on unless turned off.</summary>
+    public static bool PersistentRouterFromEnvironment() =>
+        Environment.GetEnvironmentVariable(PersistentRouterEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
+
+    /// <summary>
+    /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's stages
+    /// (three, or four with <see cref="PersistentRouter"/>) run as launches of the same kernel, one per stage (<c>LaunchConfig.Stage</c>), so the emulator counts
     /// each stage alone; the predictor composes them back into one launch (docs/timing-model.md, section 7). The same
     /// results either way.
     /// </summary>
