@@ -98,6 +98,8 @@ public class ProfilePredictTests
         UsageError(["--model", tiny, "--what-if", "persistent"], "--what-if composes a predicted step: give --predict GPU too");
         UsageError(["--model", tiny, "--predict", "h100", "--what-if", "megakernel"], "--what-if: 'megakernel' is not a what-if; known: persistent");
         UsageError(["--model", tiny, "-p", "2", "--lines", "nosuch_kernel"], "--lines nosuch_kernel: the decode step launches no such kernel; it launches ", "gemv_bf16_t1");
+        UsageError(["--model", tiny, "-p", "2", "--lines", "gemv_bf16_t1:x"], "--lines gemv_bf16_t1:x: the stage after ':' must be a number");
+        UsageError(["--model", tiny, "-p", "2", "--lines", "gemv_bf16_t1:2"], "--lines gemv_bf16_t1:2: gemv_bf16_t1 has no stage 2 in the decode step; its stages: whole");
     }
 
     /// <summary>On a GPU: measured next to predicted per kernel (the GPU's description matched by name). Skipped without one.</summary>

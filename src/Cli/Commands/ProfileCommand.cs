@@ -48,8 +48,8 @@ public static class ProfileCommand
         var whatIf = WhatIfOption();
         var lines = new Option<string?>("--lines")
         {
-            Description = "On the emulator: where the critical warp (the one that executes the most instructions) of KERNEL's first launch in the greedy decode step spends them, per CUDA source line",
-            HelpName = "KERNEL",
+            Description = "On the emulator: where the critical warp (the one that executes the most instructions) of KERNEL's first launch in the greedy decode step spends them, per CUDA source line; KERNEL:N takes stage N of a stage-ordered launch measured apart (persistent_attn_block:3, its router)",
+            HelpName = "KERNEL[:STAGE]",
         };
         var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen, whatIf, lines };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
@@ -290,8 +290,18 @@ public static class ProfileCommand
     /// </summary>
     public static string CriticalWarpTable(StepProfile step, string kernel, int top = 20)
     {
-        var r = step.Records.FirstOrDefault(x => x.Kernel == kernel)
-            ?? throw new UsageException($"--lines {kernel}: the {step.Name} step launches no such kernel; it launches {string.Join(", ", step.Records.Select(x => x.Kernel).Distinct())}");
+        int? stage = null;
+        if (kernel.LastIndexOf(':') is int colon and > 0)
+        {
+            if (!int.TryParse(kernel.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out int n))
+                throw new UsageException($"--lines {kernel}: the stage after ':' must be a number (persistent_attn_block:3)");
+            (kernel, stage) = (kernel[..colon], n);
+        }
+        var r = step.Records.FirstOrDefault(x => x.Kernel == kernel && (stage is null || x.Stage?.Index == stage))
+            ?? throw new UsageException(stage is null || !step.Records.Any(x => x.Kernel == kernel)
+                ? $"--lines {kernel}: the {step.Name} step launches no such kernel; it launches {string.Join(", ", step.Records.Select(x => x.Kernel).Distinct())}"
+                : $"--lines {kernel}:{stage}: {kernel} has no stage {stage} in the {step.Name} step; its stages: {string.Join(", ", step.Records.Where(x => x.Kernel == kernel).Select(x => x.Stage?.Index.ToString(CultureInfo.InvariantCulture) ?? "whole").Distinct())}");
+        if (stage is not null) kernel = $"{kernel}:{stage}";
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         long total = r.CriticalWarpLines.Sum(l => l.Instructions);
