@@ -103,7 +103,8 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
                 n = fmaf(w, v, n);
             }
         }
-        p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(z > 0.f ? n / z : 0.f);
+        const float inv_z = z > 0.f ? 1.f / z : 0.f;     // n * (1 / z), as attn_fused_tile's combine: one division per owner there
+        p.out[(size_t)seq * p.out_stride + (size_t)head * HEAD_DIM + d] = f32_to_bf16(n * inv_z);
     }
 }
 

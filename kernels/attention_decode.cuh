@@ -36,6 +36,9 @@ static_assert((HEAD_DIM % 32 == 0 || HEAD_DIM == 16) && HEAD_DIM <= 256, "HEAD_D
 #define DEC_VSTRIDE HEAD_DIM
 #endif
 #define DEC_LOADS ((DEC_TILE * DEC_ROW_CHUNKS + DEC_THREADS - 1) / DEC_THREADS)   // chunks per thread per tile and tensor
+// attn_fused_tile issues its split's first K / V tile into shared memory before its inputs are ready (the tensor-core
+// split, bf16 cache: cp.async); otherwise it prefetches the tile's rows into L2 and the split loads them after.
+#define DEC_PRELOAD (DEC_TC && !KV_FP8)
 #if HEAD_DIM == 16                           // D 16: half the threads load a tile; lane & 15 owns one dim (lanes 16..31
 #define DEC_E 1                              // duplicate lanes 0..15 and do not store); selected at compile time
 #define DEC_DIM0(lane) ((lane) & 15)
@@ -140,13 +143,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans_at(unsigned int (&r)[4], unsig
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
 }
 
-template <bool NEW_KEY>
+template <bool NEW_KEY, int PART = 0>
 __device__ __forceinline__ void attn_split_range(
     const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
     int num_q_heads, int num_kv_heads, int splits, int split_stride, float* partial_out, float* partial_lse, bf16* out, int out_stride,
     int seq, int kvh, int split, int group, int begin, int end, float scale_log2, const float* q_s, bf16* k_s, bf16* v_s,
     int new_key, const bf16* knew_s, const bf16* vnew_s)
 {
+    static_assert(PART == 0 || (NEW_KEY && DEC_PRELOAD), "the first tile issued apart: attn_fused_tile's bf16 cache only");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t2 = (lane & 3) * 2;   // fragment row (group head g; g + 8 the lo half) and column pair
     const int* table = block_table + (size_t)seq * max_pages_per_seq;
@@ -172,11 +176,6 @@ __device__ __forceinline__ void attn_split_range(
         f[0] = pack_bf16x2(lo.x, lo.y);
         f[1] = pack_bf16x2(hi.x, hi.y);
     };
-#if !KV_FP8
-    unsigned int qf[DEC_DK][2];
-#pragma unroll
-    for (int kk = 0; kk < DEC_DK; kk++) q_frag(kk, qf[kk]);
-#endif
     // head g: the CTA's running max (log2 domain, the same in every warp) and this thread's share of the sum over the
     // warp's own keys; O of the warp's n-tile pairs (dims (2 (warp + 4 i) + j) * 8 + t2, +1: c0/c1 from P_hi, c2/c3 from P_lo)
     float m = -QC_INF, l = 0.f;
@@ -200,7 +199,8 @@ __device__ __forceinline__ void attn_split_range(
     };
     // Tile t0 (pages in page[]) into shared memory, and the pages of the tile after it in the same round trip. bf16: cp.async
     // (keys past the range zero-filled); KV_FP8: registers, decoded, st.shared. The new key comes from knew_s / vnew_s.
-    auto load_tile = [&](int t0) {
+    // rows: 0 all of them; 1 (PART 1) only the cached rows, by cp.async, and no pages after; 2 (PART 2) only the new key's.
+    auto load_tile = [&](int t0, int rows) {
 #if KV_FP8
         uint2 kc[DEC_ROWS][DEC_PAIR], vc[DEC_ROWS][DEC_PAIR];   // the codes of all chunks in flight, then decoded (code 0 is +0)
 #endif
@@ -209,7 +209,7 @@ __device__ __forceinline__ void attn_split_range(
             const int key = t0 + row0 + r * DEC_ROW_STEP;
             const bool mine = NEW_KEY && key == new_key;
             const bool ok = key < end && !mine;
-            const size_t off = ok ? (size_t)(unsigned int)(page[r] * page_size + key % page_size) * row_elems + col_off : 0;
+            const size_t off = ok && rows != 2 ? (size_t)(unsigned int)(page[r] * page_size + key % page_size) * row_elems + col_off : 0;
 #if KV_FP8
             const unsigned char* kp = reinterpret_cast<const unsigned char*>(k_cache) + off;
             const unsigned char* vp = reinterpret_cast<const unsigned char*>(v_cache) + off;
@@ -224,16 +224,17 @@ __device__ __forceinline__ void attn_split_range(
             for (int c = 0; c < DEC_PAIR; c++) {
                 const unsigned int d = dst + c * DEC_ROW_UNITS * 16;
                 if (mine) {
+                    if (rows == 1) continue;
                     *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(k_s) + d) = *reinterpret_cast<const uint4*>(&knew_s[(col + c * DEC_ROW_UNITS) * 8]);
                     *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(v_s) + d) = *reinterpret_cast<const uint4*>(&vnew_s[(col + c * DEC_ROW_UNITS) * 8]);
-                } else {
+                } else if (rows != 2) {
                     cp_async_16_at(k_base + d, k_cache + off + c * DEC_ROW_UNITS * 8, ok);
                     cp_async_16_at(v_base + d, v_cache + off + c * DEC_ROW_UNITS * 8, ok);
                 }
             }
 #endif
         }
-        load_pages(t0 + DEC_TILE);
+        if (rows != 1) load_pages(t0 + DEC_TILE);
 #if KV_FP8
 #pragma unroll
         for (int r = 0; r < DEC_ROWS; r++) {
@@ -250,10 +251,22 @@ __device__ __forceinline__ void attn_split_range(
 #endif
     };
 
+    // PART 1 issues the first tile's cached rows (keys of earlier steps, depending on nothing of this step) and returns;
+    // PART 2, called with the same arguments once the inputs are ready, adds the new key's row and runs the rest (the
+    // cp.async group of PART 1 is the first the loop waits for).
     if (begin < end) {
-        load_pages(begin);
-        load_tile(begin);
+        if (PART == 2) load_tile(begin, 2);
+        else {
+            load_pages(begin);
+            load_tile(begin, PART);
+        }
     }
+    if (PART == 1) return;
+#if !KV_FP8
+    unsigned int qf[DEC_DK][2];
+#pragma unroll
+    for (int kk = 0; kk < DEC_DK; kk++) q_frag(kk, qf[kk]);
+#endif
     for (int t0 = begin; t0 < end; t0 += DEC_TILE) {
 #if !KV_FP8
         cp_async_wait<0>();
@@ -329,7 +342,7 @@ __device__ __forceinline__ void attn_split_range(
             }
         }
         __syncthreads();                            // the tile buffers and p_s are refilled next
-        if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE);
+        if (t0 + DEC_TILE < end) load_tile(t0 + DEC_TILE, 0);
     }
 
     // The CTA's sum per head: the quad's shares, then the 4 warps' in warp order (all were scaled to the same max).
@@ -357,13 +370,14 @@ __device__ __forceinline__ void attn_split_range(
     if (splits > 1 && warp == 0 && (lane & 3) == 0) partial_lse[row] = sum > 0.f ? m + __log2f(sum) : -QC_INF;
 }
 #else
-template <bool NEW_KEY>
+template <bool NEW_KEY, int PART = 0>
 __device__ __forceinline__ void attn_split_range(
     const bf16* k_cache, const bf16* v_cache, const int* block_table, int max_pages_per_seq, int page_size,
     int num_q_heads, int num_kv_heads, int splits, int split_stride, float* partial_out, float* partial_lse, bf16* out, int out_stride,
     int seq, int kvh, int split, int group, int begin, int end, float scale_log2, const float* q_s, bf16* k_s, bf16* v_s,
     int new_key, const bf16* knew_s, const bf16* vnew_s)
 {
+    static_assert(PART == 0, "the scalar split loads its tiles itself");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int h0 = warp * 2;                 // this warp's two group heads (h0 + 1 may be >= group)
     float m[2] = {-QC_INF, -QC_INF}, l[2] = {0.f, 0.f};
@@ -528,7 +542,8 @@ __device__ __forceinline__ void attn_split_range(
 //   The prologue's loads after the wait (the qkv rows, the norm weights) go out in one round trip.
 // PDL: before pdl_wait() only what no kernel of the step writes: an L2 prefetch of the two norm weights, the row's inputs
 // (context length, position, slot, inv_freq: RoPE's cos / sin), the first K / V tile's block-table entries and an L2
-// prefetch of its rows; the qkv rows (the GEMV before) after it.
+// prefetch of its rows (with the bf16 cache and tensor-core split, cp.async of those rows into shared memory); the qkv rows
+// (the GEMV before) after it.
 // Bytes moved: attn_decode_split's + the qkv rows (splits x (group + 2) x D x 2 per (row, KV head), from L2) + the new K
 // and V (written once) + the partials read back by the last CTAs, one ticket per (row, KV head).
 // Compiled for the head sizes rope.cu supports (16, 32, 64, 128, 256).
@@ -662,10 +677,11 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
         }
     }
     bf16* out = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;
+    const float inv_z = z > 0.f ? 1.f / z : 0.f;     // one division, not one per dim (attn_decode_combine's n * (1 / z))
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
-        for (int e = 0; e < COMB_VEC; e++) out[c * 16 * COMB_VEC + e] = f32_to_bf16(z > 0.f ? n[c][e] / z : 0.f);
+        for (int e = 0; e < COMB_VEC; e++) out[c * 16 * COMB_VEC + e] = f32_to_bf16(n[c][e] * inv_z);
 }
 
 
@@ -694,8 +710,9 @@ __device__ __forceinline__ void attn_fused_tile(const AttnDecodeFusedParams& p, 
     // Before wait() only what no earlier kernel or tile of the step writes, in two round trips that may run while the qkv
     // GEMV does (PDL, docs/kernels.md "Programmatic dependent launch", or a persistent launch's counter): the norm weights into L2; the row's context length, position, slot
     // and inv_freq (inputs copied before the step) into registers, with RoPE's cos / sin into shared memory; then the
-    // block-table entries of the split's first K / V tile and an L2 prefetch of its rows (keys of earlier steps; the new
-    // key's row is this step's and is never read from the cache).
+    // block-table entries of the split's first K / V tile and its rows (keys of earlier steps; the new key's row is this
+    // step's and is never read from the cache): by cp.async into the tile buffers (DEC_PRELOAD: after the wait the split
+    // finds them on the SM, two round trips fewer on its chain), else an L2 prefetch.
     if (tid < 2 * ((HEAD_DIM * 2 + 127) / 128)) prefetch_l2((tid & 1 ? p.k_norm_weight : p.q_norm_weight) + (tid >> 1) * 64);
     const int len = p.context_lens[seq];
     const float pos = (float)p.positions[seq];
@@ -711,6 +728,15 @@ __device__ __forceinline__ void attn_fused_tile(const AttnDecodeFusedParams& p, 
     const int begin = split * chunk;
     const int end = min(len, begin + chunk);
     const int new_key = len - 1;
+    bf16* k_s = reinterpret_cast<bf16*>(s.tiles_s);
+    bf16* v_s = k_s + DEC_TILE * DEC_KSTRIDE;
+#if DEC_PRELOAD
+    // the split's first K / V tile but the new key's row, by cp.async into the tile buffers (nothing reads them before the
+    // split loop waits for the group)
+    attn_split_range<true, 1>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
+                              splits, p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, s.q_s, k_s, v_s,
+                              new_key, s.knew_s, s.vnew_s);
+#else
     {
         // line l of key row r of the first tile for thread (r = tid / lines, l = tid % lines), rows past the tile's end or
         // the new key skipped; the cache row of (slot, kvh) is HEAD_DIM elements, contiguous
@@ -725,6 +751,7 @@ __device__ __forceinline__ void attn_fused_tile(const AttnDecodeFusedParams& p, 
             prefetch_l2(reinterpret_cast<const unsigned char*>(p.v_cache) + byte);
         }
     }
+#endif
     wait();
 
     // Prologue loads after the wait, all in one round trip: rows w, w + 4, w + 8 of (q heads of the group | k | v) for
@@ -787,9 +814,7 @@ __device__ __forceinline__ void attn_fused_tile(const AttnDecodeFusedParams& p, 
     }
     __syncthreads();
 
-    bf16* k_s = reinterpret_cast<bf16*>(s.tiles_s);
-    bf16* v_s = k_s + DEC_TILE * DEC_KSTRIDE;
-    attn_split_range<true>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
+    attn_split_range<true, DEC_PRELOAD ? 2 : 0>(p.k_cache, p.v_cache, p.block_table, p.max_pages_per_seq, p.page_size, p.num_q_heads, p.num_kv_heads,
                            splits, p.splits, p.partial_out, p.partial_lse, p.out, p.out_stride, seq, kvh, split, group, begin, end, p.scale_log2, s.q_s, k_s, v_s,
                            holds_new ? new_key : -1, s.knew_s, s.vnew_s);
     if (splits == 1 || !p.tickets) return;

@@ -15,8 +15,8 @@
 // one CTA per tile; a CTA takes its
 // tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
 // dispatches the CTAs in. A GEMV tile first loads up to 16 weight steps of each lane into registers and prefetches the
-// rest of its rows into L2 (they depend on nothing), an attention tile prefetches its first K / V tile (keys of earlier
-// steps), a router tile its router row and norm weight chunks, then it waits for the stage before (counters[2]: qkv tiles
+// rest of its rows into L2 (they depend on nothing), an attention tile loads its first K / V tile (keys of earlier
+// steps) into shared memory, a router tile its router row and norm weight chunks, then it waits for the stage before (counters[2]: qkv tiles
 // done, counters[3]: attention tiles done, counters[4]: o_proj tiles done; the router tiles elect their last with
 // counters[5], which resets it): the next stage's weights stream during the current stage's dependency chain without a
 // kernel boundary, and the held steps need no transfer from L2 once the tile's inputs are ready. Progress needs no
