@@ -59,6 +59,7 @@ struct PersistentAttnParams {
     int o_groups, o_wpg;
     int router_tiles;                      // 0: no router stage; E: one tile per router row
     int stage_only;                        // -1: the whole block; 0 .. 3: that stage's tiles alone (below)
+    long long o_ahead_bytes;               // the first bytes of o_proj.w the qkv tiles prefetch (evict_last) before their wait
 };
 
 // The weight rows of GEMV tile `tile` into L2 (sm_90; they depend on nothing the step writes).
@@ -69,9 +70,9 @@ __device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile
 }
 
 // A GEMV tile loads 16 weight steps per lane (64 registers) into registers before its wait (gemv_mma_hold): the first 8
-// steps of each of its warp's two slices when a slice has 8 to 15 (Qwen3-30B-A3B's qkv tile, 8 rows x 2048: all of it),
-// the first 16 of its first slice when a slice has 16 or more (its o_proj tile, 8 rows x 4096: half; the other half
-// streams after the wait, its rows prefetched into L2), none when a slice is shorter. The held shape depends only on the
+// steps of each of its warp's two slices when a slice has 8 to 15, the first 16 of its first slice when a slice has 16
+// or more (Qwen3-30B-A3B's qkv tile, 16 rows x 2048 in two 16-step slices per warp, and its o_proj tile, 8 rows x 4096:
+// half; the other half streams after the wait, its rows prefetched into L2), none when a slice is shorter. The held shape depends only on the
 // GEMV's K and wpg, so the load before the wait and the tile after it agree on it.
 typedef GemvHeld<16> PdecHeld;                 // both shapes: 2 x 8 and 1 x 16 steps
 
@@ -122,6 +123,12 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     // per CTA in index order, after a launch of the stage before; a tile then calls pdl_wait() where it would wait on the
     // counter, so the emulator's split at the wait is the stage's split between what it fetches ahead and its work.
     const bool whole = p.stage_only < 0;
+    // The qkv tiles, resident from the launch's start, prefetch the first o_ahead_bytes of o_proj's weight into L2 with
+    // evict_last before their wait, one share per qkv CTA: the o_proj tiles' CTAs start only once earlier tiles' CTAs exit,
+    // so their own prefetches come after the qkv stage, and the DRAM would idle at its end (docs/timing-model.md, "A
+    // stage-ordered launch"). By CTA index, as the held loads below: a wrong guess of the ticket only moves the share.
+    if ((int)blockIdx.x < qkv_tiles && (whole || p.stage_only == 0))
+        prefetch_l2_evict_last_share(p.o_proj.w, p.o_ahead_bytes, blockIdx.x, qkv_tiles);
     PdecHeld held;
     int tile;
     if (whole) {

@@ -212,7 +212,7 @@ public class DenseModelDeviceTests
     public void PersistentAttentionBlock_OProjTiles_FetchTheNextWeightsAhead()
     {
         float[][] Run(long fetchAhead, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches) =>
-            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, PersistentRouter = false }, out decodeLaunches);
+            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, PersistentRouter = false, OProjEarlyFetchBytes = 0 }, out decodeLaunches);
         var on = Run(1024, out var with);
         var off = Run(0, out var without);
         for (int i = 0; i < on.Length; i++) Assert.That(on[i], Is.EqualTo(off[i]), $"{SmallDecodeSteps[i]}: a cache hint, the same bits");
@@ -245,7 +245,7 @@ public class DenseModelDeviceTests
     {
         float[][] Run(bool router, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false, long fetchAhead = 1024) =>
             SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = true, PersistentRouter = router, PersistentStagesApart = apart,
-                ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384 }, out decodeLaunches);
+                ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, OProjEarlyFetchBytes = 0 }, out decodeLaunches);
         var on = Run(true, out var fused);
         var off = Run(false, out var separate);
         var replayed = Run(true, out _, graphs: true);
@@ -292,6 +292,44 @@ public class DenseModelDeviceTests
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("FetchAheadBytes").And.Message.Contains("must not be negative"));
         Assert.That(() => new DeviceModelOptions { OProjFetchAheadBytes = -1 }.Validate(),
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("OProjFetchAheadBytes").And.Message.Contains("must not be negative"));
+        Assert.That(d.OProjEarlyFetchBytes, Is.EqualTo(4L << 20), "o_proj's first bytes from the block's qkv tiles");
+        Assert.That(() => new DeviceModelOptions { OProjEarlyFetchBytes = -1 }.Validate(),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("OProjEarlyFetchBytes").And.Message.Contains("must not be negative"));
+    }
+
+    /// <summary>
+    /// The attention block's qkv tiles prefetch the first <see cref="DeviceModelOptions.OProjEarlyFetchBytes"/> of the
+    /// layer's o_proj weight (evict_last, before their wait; docs/kernels.md, "Persistent launches"): the same bits with and
+    /// without, as one launch and as stages apart; apart, the qkv stage's launch prefetches those sectors and the o_proj
+    /// stage's finds them L2-resident, which is what the timing model hands to the o_proj stage (docs/timing-model.md,
+    /// "A stage-ordered launch").
+    /// </summary>
+    [Test]
+    public void PersistentBlock_QkvTilesPrefetchTheFirstBytesOfOProj_SameLogits()
+    {
+        float[][] Run(long early, bool apart, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches) =>
+            SmallDecodeLogits(o => o with { UseGraphs = false, PersistentAttentionBlock = true, PersistentRouter = true, PersistentStagesApart = apart,
+                ExpertsFollowOnQkv = false, FetchAheadBytes = 0, OProjEarlyFetchBytes = early }, out decodeLaunches);
+        var with = Run(1024, apart: true, out var withLaunches);
+        var without = Run(0, apart: true, out var withoutLaunches);
+        var whole = Run(1024, apart: false, out var wholeLaunches);
+        for (int i = 0; i < with.Length; i++)
+        {
+            Assert.That(with[i], Is.EqualTo(without[i]), $"{SmallDecodeSteps[i]}: the same bits");
+            Assert.That(whole[i], Is.EqualTo(without[i]), $"{SmallDecodeSteps[i]}, as one launch: the same bits");
+        }
+        List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> Stage(List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> l, int k) =>
+            l.Where(r => r.Kernel == "persistent_attn_block" && r.Stage?.Index == k).ToList();
+        var qkvWith = Stage(withLaunches, 0);
+        Assert.That(qkvWith, Is.Not.Empty);
+        Assert.That(qkvWith.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "the qkv stage prefetches 1024 bytes, each sector once");
+        Assert.That(Stage(withoutLaunches, 0).Select(r => r.PersistingSectors), Is.All.Zero);
+        var oWith = Stage(withLaunches, 2);
+        var oWithout = Stage(withoutLaunches, 2);
+        Assert.That(oWith, Has.Count.EqualTo(oWithout.Count).And.Count.EqualTo(qkvWith.Count));
+        for (int i = 0; i < oWith.Count; i++)
+            Assert.That(oWith[i].L2ResidentSectors - oWithout[i].L2ResidentSectors, Is.EqualTo(1024 / 32), $"o_proj stage {i}: found them in L2");
+        Assert.That(wholeLaunches.Where(r => r.Kernel == "persistent_attn_block").Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "one launch: the same prefetch");
     }
 
     /// <summary>Qwen3-0.6B's plan: the tied lm_head is the embedding tensor (counted once), every layer's MLP is a dense [2I, H] + [H, I] pair.</summary>

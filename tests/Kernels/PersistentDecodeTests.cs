@@ -108,6 +108,11 @@ public class PersistentDecodeTests
         Assert.That(PersistentDecodeLaunchers.GemvTile(2), Is.EqualTo((1, 4)));
         Assert.That(PersistentDecodeLaunchers.GemvTile(4), Is.EqualTo((2, 2)));
         Assert.That(PersistentDecodeLaunchers.GemvTile(8), Is.EqualTo((4, 1)));
+        // the qkv tile: two slices per warp, so twice the rows where GemvTile gives each warp one
+        Assert.That(PersistentDecodeLaunchers.QkvTile(1), Is.EqualTo((1, 8)));
+        Assert.That(PersistentDecodeLaunchers.QkvTile(2), Is.EqualTo((2, 4)));
+        Assert.That(PersistentDecodeLaunchers.QkvTile(4), Is.EqualTo((4, 2)));
+        Assert.That(PersistentDecodeLaunchers.QkvTile(8), Is.EqualTo((8, 1)));
     }
 
     [Test]
@@ -134,6 +139,8 @@ public class PersistentDecodeTests
         DecodeRopeArgs rope = default;
         Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w, a, rope, buf),
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("persistent_decode.cu").And.Message.Contains("fetch ahead must not be negative"));
+        Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w with { FetchAheadBytes = 0, OProjAheadBytes = -1 }, a, rope, buf),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("persistent_decode.cu").And.Message.Contains("qkv tiles prefetch must not be negative"));
         Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w with { FetchAheadBytes = 0 }, a, rope, DevicePtr.Null),
             Throws.ArgumentException.With.Message.Contains("counters"));
         Assert.That(() => block.AttentionBlock(ctx.Stream, attn, w with { FetchAheadBytes = 0, Wo = DevicePtr.Null }, a, rope, buf),

@@ -115,6 +115,31 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
+    /// Bytes an earlier stage prefetched for a later one (<see cref="PersistentStage.EarlyAheadBytes"/>) stream from the
+    /// issuing stage's start, behind its own, and only the stage they are for waits for them: the same three stages as
+    /// above, stage 2's 80,000 bytes prefetched for it from the start (100 to 200 ns: done when ready at 1,600 ns), or only
+    /// once stage 1 is done (at 1,600 ns: done at 1,700 + 500 = 2,200 ns). Stage 0 is done at 600 ns either way.
+    /// </summary>
+    [Test]
+    public void BytesAnEarlierStagePrefetched_StreamFromItsStart_AndOnlyTheirStageWaitsForThem()
+    {
+        PersistentComposition Run(int after) => PersistentWhatIf.Compose(Toy,
+            [Stage(80_000), Stage(0, workUs: 1.0), Stage(80_000) with { EarlyAheadBytes = 80_000, EarlyAheadAfter = after }], lookaheadBytes: 1 << 20, releaseUs: 0);
+        var fromStart = Run(-1);
+        Assert.That(fromStart.Stages[0].DoneUs, Is.EqualTo(0.6).Within(Tol));
+        Assert.That(fromStart.Stages[2].FetchedAheadBytes, Is.EqualTo(80_000));
+        Assert.That(fromStart.LaunchUs, Is.EqualTo(1.6).Within(Tol));
+        var afterSecond = Run(1);
+        Assert.That(afterSecond.Stages[0].DoneUs, Is.EqualTo(0.6).Within(Tol));
+        Assert.That(afterSecond.Stages[2].FetchedAheadBytes, Is.Zero);
+        Assert.That(afterSecond.LaunchUs, Is.EqualTo(2.2).Within(Tol));
+        Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800) with { EarlyAheadBytes = 1_600 }], 1000, 0), Throws.ArgumentException,
+            "more prefetched for a stage than its DRAM bytes");
+        Assert.That(() => PersistentWhatIf.Compose(Toy, [Stage(800) with { EarlyAheadBytes = 800, EarlyAheadAfter = 0 }], 1000, 0), Throws.ArgumentException,
+            "after itself");
+    }
+
+    /// <summary>
     /// A stage's work: its chain (0.1 us + 2 DRAM trips at 0.5 us for the bytes not fetched ahead, at the L2's 0.2 us for the
     /// rest), its Little's-law time (3 us, scaled by the share not fetched ahead) and its throughput terms (0.5 us).
     /// </summary>
@@ -293,5 +318,35 @@ public class PersistentWhatIfTests
         // 1.1 us; stage 1 ready 0.4 us later (two L2 round trips)
         Assert.That(c.Stages[0].DoneUs, Is.EqualTo(1.1).Within(Tol));
         Assert.That(c.Stages[1].ReadyUs, Is.EqualTo(1.5).Within(Tol));
+    }
+    /// <summary>
+    /// A stage that prefetches with evict_last before its wait for a later stage of the launch (stage 0: 80,000 bytes of its
+    /// own and 40,000 prefetched, all before the wait) hands those bytes to the first later stage that found them
+    /// L2-resident (stage 2: 40,000 bytes of its own, 40,000 resident), as bytes prefetched for it from the issuing stage's
+    /// start: stage 0 keeps 80,000 DRAM bytes and does not wait for the others, stage 2 streams 80,000 of which 40,000 early.
+    /// Stage 1 found nothing resident and keeps its bytes.
+    /// </summary>
+    [Test]
+    public void StagesMeasuredApart_HandBytesPrefetchedForALaterStageToIt()
+    {
+        static LaunchRecord Rec(uint grid, long distinct, long preWait, long persisting, long resident, int stage) => new()
+        {
+            Kernel = "block", Grid = new Dim3(grid), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
+            Warps = grid * 4, DramRoundTrips = grid * 4, MaxWarpDramRoundTrips = 1, MaxWarpPostWaitDramRoundTrips = 1,
+            MaxWarpPostWaitL2RoundTrips = 2, MaxWarpPostWaitInstructions = 100, PreWaitSectors = preWait / 32,
+            PersistingSectors = persisting / 32, L2ResidentSectors = resident / 32,
+            InGraph = true, ProgrammaticLaunch = true, Stage = new LaunchStage(stage, 3),
+        };
+        var res = new KernelResources(32, 0);
+        var alone = new[] { Rec(10, 120_000, 120_000, 40_000, 0, 0), Rec(10, 8_000, 800, 0, 0, 1), Rec(10, 80_000, 0, 0, 40_000, 2) }
+            .Select(r => KernelTimingModel.Predict(r, res, Toy)).ToList();
+        Assert.That(alone.Select(a => a.DramBytes), Is.EqualTo(new[] { 120_000L, 8_000L, 40_000L }), "measured apart: stage 2's prefetched bytes are L2 bytes");
+        var c = PersistentWhatIf.ComposeStages(Toy, alone);
+        Assert.That(c.Stages.Select(s => s.Stage.DramBytes), Is.EqualTo(new[] { 80_000L, 8_000L, 80_000L }));
+        Assert.That(c.Stages.Select(s => s.Stage.AheadBytes), Is.EqualTo(new[] { 80_000L, 800L, 0L }));
+        Assert.That(c.Stages.Select(s => s.Stage.EarlyAheadBytes), Is.EqualTo(new[] { 0L, 0L, 40_000L }));
+        Assert.That(c.Stages[2].Stage.EarlyAheadAfter, Is.EqualTo(-1), "from the launch's start, as stage 0's own bytes");
+        Assert.That(c.Stages[2].FetchedAheadBytes, Is.EqualTo(40_000), "streamed behind stage 0's own before stage 2 was ready");
+        Assert.That(c.DramBytes, Is.EqualTo(alone.Sum(a => a.DramBytes)), "the same bytes, moved");
     }
 }

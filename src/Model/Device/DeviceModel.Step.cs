@@ -380,7 +380,8 @@ public sealed partial class DeviceModel
         if (block)
         {
             var args = DecodeArgs(layer, s);
-            var weights = new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj), oProjAhead > 0 ? W(next) : default, oProjAhead);
+            var weights = new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj), oProjAhead > 0 ? W(next) : default, oProjAhead,
+                Plan.Options.OProjEarlyFetchBytes);
             // a MoE layer's router as the block's fourth stage (PersistentRouter), with the router's share of the fetch-ahead
             AttentionBlockRouter? router = null;
             if (routerInBlock)

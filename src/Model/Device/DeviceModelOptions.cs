@@ -57,6 +57,16 @@ public sealed record DeviceModelOptions
     /// </summary>
     public long? OProjFetchAheadBytes { get; init; }
 
+    /// <summary>
+    /// The first bytes of a layer's o_proj weight that the attention block's qkv tiles (<see cref="PersistentAttentionBlock"/>)
+    /// prefetch into L2 with evict_last before their wait, a share per tile (at most all of the weight; 0: none). Those tiles
+    /// are resident from the launch's start, while the o_proj tiles' CTAs start only once earlier tiles have left: the
+    /// DRAM would otherwise idle between the qkv stage's last bytes and the stages after it (docs/timing-model.md, "A
+    /// stage-ordered launch"). With the next layer's qkv bytes still held from the fetch-ahead (12 MiB), 4 MiB keeps the
+    /// evict_last lines within the 16 MiB the CUDA backend sets aside. Results do not depend on it.
+    /// </summary>
+    public long OProjEarlyFetchBytes { get; init; } = 4L << 20;
+
     /// <summary>The bytes fetched ahead per MoE layer: <see cref="FetchAheadBytes"/>, or its default for the path (the router as the block's stage or not).</summary>
     public long FetchAheadBytesFor(bool routerInBlock) => FetchAheadBytes ?? (routerInBlock ? 12L << 20 : 8L << 20);
     /// <summary>o_proj's share of them: <see cref="OProjFetchAheadBytes"/>, or its default for the path.</summary>
@@ -155,6 +165,7 @@ public sealed record DeviceModelOptions
         if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
         if (FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(FetchAheadBytes), $"bytes fetched ahead {FetchAheadBytes} must not be negative (0 turns it off)");
         if (OProjFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjFetchAheadBytes), $"o_proj's share of the bytes fetched ahead {OProjFetchAheadBytes} must not be negative (0: the router fetches them all)");
+        if (OProjEarlyFetchBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjEarlyFetchBytes), $"o_proj's bytes the qkv tiles prefetch {OProjEarlyFetchBytes} must not be negative (0 turns it off)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");
         if (MaxOutputRows < MaxBatch || MaxOutputRows > Math.Max(PrefillChunkTokens, MaxBatch))

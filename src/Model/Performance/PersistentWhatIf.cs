@@ -20,6 +20,14 @@ public sealed record PersistentStage
     public required long AheadBytes { get; init; }
     /// <summary>The stage that must be done before <see cref="AheadBytes"/> may be fetched (its index), or -1: from the step's start.</summary>
     public int AheadAfter { get; init; } = -1;
+    /// <summary>
+    /// Of <see cref="DramBytes"/>, besides <see cref="AheadBytes"/>, those an earlier stage of the launch prefetched for this
+    /// one (<c>prefetch.global.L2::evict_last</c> before its wait, found L2-resident here): they may stream once
+    /// <see cref="EarlyAheadAfter"/> is done (the issuing stage's own rule), and the issuing stage does not wait for them.
+    /// </summary>
+    public long EarlyAheadBytes { get; init; }
+    /// <summary>The stage that must be done before <see cref="EarlyAheadBytes"/> may be fetched, or -1: from the launch's start.</summary>
+    public int EarlyAheadAfter { get; init; } = -1;
     /// <summary>The critical warp's chain after its inputs are ready, less its DRAM round trips: L2 round trips and its own instructions.</summary>
     public required double ChainFixedUs { get; init; }
     /// <summary>That chain's DRAM round trips: at the DRAM latency for the share of the bytes not fetched ahead, at the L2's for the rest.</summary>
@@ -201,6 +209,21 @@ public static class PersistentWhatIf
             }
             stages.Add(Stage(g, a, bytes, Math.Max(0, ahead), after, overlapped));
         }
+        // bytes a stage prefetched with evict_last before its wait for a later stage of the launch (found L2-resident there)
+        // are that stage's, fetched from when the issuing stage may fetch ahead: the issuing tiles do not wait for them
+        for (int k = 0; k < stages.Count; k++)
+        {
+            long persisting = Math.Min(alone[k].Launch.PersistingSectors * 32, stages[k].AheadBytes);
+            if (persisting == 0) continue;
+            for (int j = k + 1; j < stages.Count; j++)
+                if (alone[j].Launch.L2ResidentSectors * 32 >= persisting * 9 / 10)
+                {
+                    stages[k] = stages[k] with { DramBytes = stages[k].DramBytes - persisting, AheadBytes = stages[k].AheadBytes - persisting };
+                    stages[j] = stages[j] with { DramBytes = stages[j].DramBytes + persisting, EarlyAheadBytes = stages[j].EarlyAheadBytes + persisting,
+                                                 EarlyAheadAfter = stages[k].AheadAfter };
+                    break;
+                }
+        }
         return Compose(g, stages, g.L2PersistingBytes, ReleaseUs(g));
     }
 
@@ -255,12 +278,17 @@ public static class PersistentWhatIf
         ArgumentOutOfRangeException.ThrowIfNegative(sharedStagingBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(releaseUs);
         for (int s = 0; s < stages.Count; s++)
-            if (stages[s].AheadAfter >= s)
-                throw new ArgumentException($"stage {s} ({stages[s].Kernel}) may fetch ahead only after an earlier stage, not stage {stages[s].AheadAfter}");
+        {
+            if (stages[s].AheadAfter >= s || stages[s].EarlyAheadAfter >= s)
+                throw new ArgumentException($"stage {s} ({stages[s].Kernel}) may fetch ahead only after an earlier stage, not stage {Math.Max(stages[s].AheadAfter, stages[s].EarlyAheadAfter)}");
+            if (stages[s].EarlyAheadBytes < 0 || stages[s].EarlyAheadBytes + Math.Min(stages[s].AheadBytes, stages[s].DramBytes) > stages[s].DramBytes)
+                throw new ArgumentException($"stage {s} ({stages[s].Kernel}): the bytes prefetched for it by an earlier stage ({stages[s].EarlyAheadBytes}) and its own fetched ahead must be within its {stages[s].DramBytes} DRAM bytes");
+        }
         int n = stages.Count;
         double perNs = g.DramAchievableGBps;   // GB/s = bytes per ns
         var left = stages.Select(s => (double)s.DramBytes).ToArray();                            // not yet issued
         var aheadLeft = stages.Select(s => (double)Math.Min(s.AheadBytes, s.DramBytes)).ToArray();
+        var earlyLeft = stages.Select(s => (double)s.EarlyAheadBytes).ToArray();           // prefetched for it by an earlier stage
         var held = new double[n];                     // issued before the stage's inputs were ready, held in L2 until it is done
         var fetchedAhead = new double[n];
         var lastIssueNs = Enumerable.Repeat(double.NaN, n).ToArray();
@@ -280,7 +308,8 @@ public static class PersistentWhatIf
             if (running && left[cur] > 0)
             {
                 double x = Math.Min(budget, left[cur]);
-                left[cur] -= x; aheadLeft[cur] = Math.Min(aheadLeft[cur], left[cur]); budget -= x; lastIssueNs[cur] = t + 1;
+                left[cur] -= x; aheadLeft[cur] = Math.Min(aheadLeft[cur], left[cur]); earlyLeft[cur] = Math.Min(earlyLeft[cur], left[cur]);
+                budget -= x; lastIssueNs[cur] = t + 1;
             }
             // the next stage to run may hold up to the L2's share for data kept between kernels (as a programmatic launch's
             // prefetch may: normal lines, used within microseconds); the stages beyond it share the lookahead (evict_last lines)
@@ -288,16 +317,19 @@ public static class PersistentWhatIf
             double farHeld = heldTotal;
             for (int s = released; s <= next && s < n; s++) farHeld -= held[s];
             bool full = false;
-            while (firstAhead < n && aheadLeft[firstAhead] <= 0) firstAhead++;
+            while (firstAhead < n && aheadLeft[firstAhead] <= 0 && earlyLeft[firstAhead] <= 0) firstAhead++;
             for (int s = Math.Max(next, running ? firstAhead : cur); s < n && budget > 0; s++)
             {
-                if (aheadLeft[s] <= 0) continue;
-                int after = stages[s].AheadAfter;
-                if (after >= 0 && !(done[after] <= t)) continue;
+                int after = stages[s].AheadAfter, earlyAfter = stages[s].EarlyAheadAfter;
+                double early = earlyLeft[s] > 0 && (earlyAfter < 0 || done[earlyAfter] <= t) ? earlyLeft[s] : 0;
+                double own = aheadLeft[s] > 0 && (after < 0 || done[after] <= t) ? aheadLeft[s] : 0;
+                if (early + own <= 0) continue;
                 double room = s == next ? nextCap - held[s] : lookaheadBytes - farHeld;
                 if (room <= 0) { full = true; if (s == next) continue; break; }
-                double x = Math.Min(Math.Min(budget, aheadLeft[s]), room);
-                aheadLeft[s] -= x; left[s] -= x; held[s] += x; heldTotal += x; budget -= x; lastIssueNs[s] = t + 1;
+                double x = Math.Min(Math.Min(budget, early + own), room);
+                double fromEarly = Math.Min(x, early);
+                earlyLeft[s] -= fromEarly; aheadLeft[s] -= x - fromEarly;
+                left[s] -= x; held[s] += x; heldTotal += x; budget -= x; lastIssueNs[s] = t + 1;
                 if (s != next) farHeld += x;
             }
             if (budget > 0)

@@ -18,6 +18,7 @@ public struct PersistentAttnParams
     public int OWpg;
     public int RouterTiles;      // 0: no router stage; E
     public int StageOnly;        // -1: the whole block; 0 .. 3: that stage's tiles alone
+    public long OAheadBytes;     // the first bytes of o_proj's weight the qkv tiles prefetch (evict_last) before their wait
 }
 
 /// <summary>
@@ -27,10 +28,12 @@ public struct PersistentAttnParams
 /// <paramref name="Wqkv"/> is [qkv dim, hidden], <paramref name="Wo"/> [hidden, q dim], rows contiguous. The o_proj tiles
 /// also fetch the first <paramref name="FetchAheadBytes"/> of <paramref name="FetchAhead"/> (a later kernel's weights:
 /// the next layer's qkv) into L2 with evict_last after their wait, as the o_proj GEMV does (docs/timing-model.md,
-/// "Weights fetched ahead"); null / 0: none.
+/// "Weights fetched ahead"); null / 0: none. The qkv tiles prefetch the first <paramref name="OProjAheadBytes"/> of
+/// <paramref name="Wo"/> (at most all of it) into L2 with evict_last before their wait: they are resident from the launch's
+/// start, the o_proj tiles only once earlier tiles have left (docs/timing-model.md, "A stage-ordered launch"); 0: none.
 /// </summary>
 public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hidden, DevicePtr InputNorm, float Eps, DevicePtr Wqkv, DevicePtr Wo,
-    DevicePtr FetchAhead = default, long FetchAheadBytes = 0);
+    DevicePtr FetchAhead = default, long FetchAheadBytes = 0, long OProjAheadBytes = 0);
 
 /// <summary>
 /// A MoE layer's router as the attention block's fourth stage (<see cref="PersistentDecodeLaunchers.AttentionBlock"/>):
@@ -113,6 +116,19 @@ public sealed class PersistentDecodeLaunchers
     }
 
     /// <summary>
+    /// The qkv projection's tile: the plan's K-slices per row group, and as many row groups as 4 warps run with two slices
+    /// each (8 slices: twice <see cref="GemvTile"/>'s rows when a slice is a quarter of K or less). Every tile runs the
+    /// input RMSNorm of x before its product, so fewer, larger tiles issue fewer instructions: Qwen3-30B-A3B's qkv at 1 row
+    /// is 320 tiles of 16 rows, not 640 of 8 (about two thirds of the stage's instructions, which bound it on an H200 once
+    /// its weights are fetched ahead; docs/timing-model.md, section 7). The bits depend only on the K-slices (wpg).
+    /// </summary>
+    public static (int Groups, int Wpg) QkvTile(int planGroups)
+    {
+        int wpg = 8 / planGroups;
+        return (Math.Max(1, 8 / wpg), wpg);
+    }
+
+    /// <summary>
     /// Runs the block for <c>a.Seqs</c> decode rows: qkv = W_qkv RMSNorm(x) into <c>rope.Qkv</c>, the fused attention
     /// (<see cref="AttentionDecodeLaunchers.FusedParams"/>: q/k norm, RoPE, the KV write, splits, combine) into
     /// <c>a.Out</c>, then x += W_o <c>a.Out</c>. <paramref name="counters"/> has <see cref="CounterBytes"/> bytes, zero.
@@ -132,6 +148,7 @@ public sealed class PersistentDecodeLaunchers
         if (counters.IsNull) throw new ArgumentException($"{File}: the counters must be a device buffer of {CounterBytes} bytes", nameof(counters));
         if (w.X.IsNull || w.InputNorm.IsNull || w.Wqkv.IsNull || w.Wo.IsNull) throw new ArgumentException($"{File}: x, the input norm and both weights must be device buffers", nameof(w));
         if (w.FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(w), w.FetchAheadBytes, $"{File}: bytes to fetch ahead must not be negative");
+        if (w.OProjAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(w), w.OProjAheadBytes, $"{File}: o_proj's bytes the qkv tiles prefetch must not be negative");
         if (router is { } r0)
         {
             MoeLaunchers.CheckShape(r0.Shape, decodeOnly: true);
@@ -154,7 +171,7 @@ public sealed class PersistentDecodeLaunchers
             throw new NotSupportedException($"{File}: {rows} rows, hidden {w.Hidden}, qkv {qkvDim}, q {qDim}, {attn.Splits} splits on {sms} SMs do not fit one launch (CanRun); run the three launches");
         var qkvPlan = GemvLaunchers.TensorCorePlan(sms, rows, qkvDim, w.Hidden, WeightFormat.Bf16, normPrologue: true);
         var oPlan = GemvLaunchers.TensorCorePlan(sms, rows, w.Hidden, qDim, WeightFormat.Bf16);
-        var (qkvGroups, qkvWpg) = GemvTile(qkvPlan.RowsPerWarp);
+        var (qkvGroups, qkvWpg) = QkvTile(qkvPlan.RowsPerWarp);
         var (oGroups, oWpg) = GemvTile(oPlan.RowsPerWarp);
         var p = new PersistentAttnParams
         {
@@ -171,6 +188,7 @@ public sealed class PersistentDecodeLaunchers
                 FetchAhead = w.FetchAhead, FetchAheadBytes = w.FetchAhead.IsNull ? 0 : w.FetchAheadBytes,
             },
             Counters = counters, QkvGroups = qkvGroups, QkvWpg = qkvWpg, OGroups = oGroups, OWpg = oWpg, StageOnly = -1,
+            OAheadBytes = Math.Min(w.OProjAheadBytes, (long)w.Hidden * qDim * 2),
         };
         if (router is { } r)
         {
