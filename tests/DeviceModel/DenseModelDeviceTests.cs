@@ -292,7 +292,9 @@ public class DenseModelDeviceTests
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("FetchAheadBytes").And.Message.Contains("must not be negative"));
         Assert.That(() => new DeviceModelOptions { OProjFetchAheadBytes = -1 }.Validate(),
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("OProjFetchAheadBytes").And.Message.Contains("must not be negative"));
-        Assert.That(d.OProjEarlyFetchBytes, Is.EqualTo(4L << 20), "o_proj's first bytes from the block's qkv tiles");
+        Assert.That(d.OProjEarlyFetchBytes, Is.EqualTo(DeviceModelOptions.OProjEarlyFetchFromEnvironment()), "o_proj's first bytes from the block's qkv tiles");
+        if (Environment.GetEnvironmentVariable(DeviceModelOptions.OProjEarlyFetchEnvironmentVariable) is null)
+            Assert.That(d.OProjEarlyFetchBytes, Is.EqualTo(4L << 20), "4 MiB unless QWEN3CUDA_OPROJ_EARLY_FETCH says otherwise");
         Assert.That(() => new DeviceModelOptions { OProjEarlyFetchBytes = -1 }.Validate(),
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("OProjEarlyFetchBytes").And.Message.Contains("must not be negative"));
     }

@@ -64,8 +64,15 @@ public sealed record DeviceModelOptions
     /// DRAM would otherwise idle between the qkv stage's last bytes and the stages after it (docs/timing-model.md, "A
     /// stage-ordered launch"). With the next layer's qkv bytes still held from the fetch-ahead (12 MiB), 4 MiB keeps the
     /// evict_last lines within the 16 MiB the CUDA backend sets aside. Results do not depend on it.
+    /// <see cref="OProjEarlyFetchEnvironmentVariable"/> sets the default in bytes (0 turns it off: the GPU check measures both).
     /// </summary>
-    public long OProjEarlyFetchBytes { get; init; } = 4L << 20;
+    public long OProjEarlyFetchBytes { get; init; } = OProjEarlyFetchFromEnvironment();
+    public const string OProjEarlyFetchEnvironmentVariable = "QWEN3CUDA_OPROJ_EARLY_FETCH";
+
+    /// <summary>QWEN3CUDA_OPROJ_EARLY_FETCH as a byte count when it is one (a negative one is refused by <see cref="Validate"/>), else 4 MiB.</summary>
+    public static long OProjEarlyFetchFromEnvironment() =>
+        long.TryParse(Environment.GetEnvironmentVariable(OProjEarlyFetchEnvironmentVariable)?.Trim(), System.Globalization.NumberStyles.AllowLeadingSign,
+            System.Globalization.CultureInfo.InvariantCulture, out long bytes) ? bytes : 4L << 20;
 
     /// <summary>The bytes fetched ahead per MoE layer: <see cref="FetchAheadBytes"/>, or its default for the path (the router as the block's stage or not).</summary>
     public long FetchAheadBytesFor(bool routerInBlock) => FetchAheadBytes ?? (routerInBlock ? 12L << 20 : 8L << 20);
