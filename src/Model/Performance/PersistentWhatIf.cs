@@ -126,14 +126,9 @@ public static class PersistentWhatIf
         for (int i = 0; i < alone.Count; i++)
         {
             long persisting = Math.Min(p.Launches[i].Launch.PersistingSectors * 32, dram[i]);
-            if (persisting == 0) continue;
-            for (int j = i + 1; j < alone.Count; j++)
-                if (p.Launches[j].Launch.L2ResidentSectors * 32 >= persisting * 9 / 10)
-                {
-                    dram[i] -= persisting;
-                    moved[j] += persisting;
-                    break;
-                }
+            if (persisting == 0 || UserOf(alone, i, persisting) is not int j) continue;
+            dram[i] -= persisting;
+            moved[j] += persisting;
         }
         var stages = new List<PersistentStage>(alone.Count);
         int router = -1;
@@ -214,17 +209,23 @@ public static class PersistentWhatIf
         for (int k = 0; k < stages.Count; k++)
         {
             long persisting = Math.Min(alone[k].Launch.PersistingSectors * 32, stages[k].AheadBytes);
-            if (persisting == 0) continue;
-            for (int j = k + 1; j < stages.Count; j++)
-                if (alone[j].Launch.L2ResidentSectors * 32 >= persisting * 9 / 10)
-                {
-                    stages[k] = stages[k] with { DramBytes = stages[k].DramBytes - persisting, AheadBytes = stages[k].AheadBytes - persisting };
-                    stages[j] = stages[j] with { DramBytes = stages[j].DramBytes + persisting, EarlyAheadBytes = stages[j].EarlyAheadBytes + persisting,
-                                                 EarlyAheadAfter = stages[k].AheadAfter };
-                    break;
-                }
+            if (persisting == 0 || UserOf(alone, k, persisting) is not int j) continue;
+            stages[k] = stages[k] with { DramBytes = stages[k].DramBytes - persisting, AheadBytes = stages[k].AheadBytes - persisting };
+            stages[j] = stages[j] with { DramBytes = stages[j].DramBytes + persisting, EarlyAheadBytes = stages[j].EarlyAheadBytes + persisting,
+                                         EarlyAheadAfter = stages[k].AheadAfter };
         }
         return Compose(g, stages, g.L2PersistingBytes, ReleaseUs(g));
+    }
+
+    /// <summary>
+    /// The launch that used the <paramref name="persistingBytes"/> launch <paramref name="issuer"/> fetched ahead with
+    /// evict_last: the first later one that found at least 90% of that many bytes L2-resident; null: none did.
+    /// </summary>
+    static int? UserOf(IReadOnlyList<KernelPrediction> launches, int issuer, long persistingBytes)
+    {
+        for (int j = issuer + 1; j < launches.Count; j++)
+            if (launches[j].Launch.L2ResidentSectors * 32 >= persistingBytes * 9 / 10) return j;
+        return null;
     }
 
     /// <summary>A counter release between stages: two L2 round trips (the producer's release, the consumer's poll).</summary>
