@@ -297,6 +297,10 @@ public class DenseModelDeviceTests
             Assert.That(d.OProjEarlyFetchBytes, Is.EqualTo(4L << 20), "4 MiB unless QWEN3CUDA_OPROJ_EARLY_FETCH says otherwise");
         Assert.That(() => new DeviceModelOptions { OProjEarlyFetchBytes = -1 }.Validate(),
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("OProjEarlyFetchBytes").And.Message.Contains("must not be negative"));
+        Assert.That((DeviceModelOptions.ParseOProjEarlyFetch(null), DeviceModelOptions.ParseOProjEarlyFetch(" "), DeviceModelOptions.ParseOProjEarlyFetch("0"),
+            DeviceModelOptions.ParseOProjEarlyFetch(" 1048576 ")), Is.EqualTo((4L << 20, 4L << 20, 0L, 1L << 20)));
+        Assert.That(() => DeviceModelOptions.ParseOProjEarlyFetch("4MiB"),
+            Throws.ArgumentException.With.Message.Contains("QWEN3CUDA_OPROJ_EARLY_FETCH=4MiB").And.Message.Contains("not a byte count"));
     }
 
     /// <summary>

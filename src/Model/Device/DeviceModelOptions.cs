@@ -69,10 +69,20 @@ public sealed record DeviceModelOptions
     public long OProjEarlyFetchBytes { get; init; } = OProjEarlyFetchFromEnvironment();
     public const string OProjEarlyFetchEnvironmentVariable = "QWEN3CUDA_OPROJ_EARLY_FETCH";
 
-    /// <summary>QWEN3CUDA_OPROJ_EARLY_FETCH as a byte count when it is one (a negative one is refused by <see cref="Validate"/>), else 4 MiB.</summary>
-    public static long OProjEarlyFetchFromEnvironment() =>
-        long.TryParse(Environment.GetEnvironmentVariable(OProjEarlyFetchEnvironmentVariable)?.Trim(), System.Globalization.NumberStyles.AllowLeadingSign,
-            System.Globalization.CultureInfo.InvariantCulture, out long bytes) ? bytes : 4L << 20;
+    /// <summary>QWEN3CUDA_OPROJ_EARLY_FETCH's bytes (<see cref="ParseOProjEarlyFetch"/>).</summary>
+    public static long OProjEarlyFetchFromEnvironment() => ParseOProjEarlyFetch(Environment.GetEnvironmentVariable(OProjEarlyFetchEnvironmentVariable));
+
+    /// <summary>
+    /// The value of QWEN3CUDA_OPROJ_EARLY_FETCH: unset or empty, 4 MiB; else a whole number of bytes (a negative one is
+    /// refused by <see cref="Validate"/>); anything else is refused here, naming the variable.
+    /// </summary>
+    public static long ParseOProjEarlyFetch(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text)) return 4L << 20;
+        if (long.TryParse(text.Trim(), System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out long bytes))
+            return bytes;
+        throw new ArgumentException($"{OProjEarlyFetchEnvironmentVariable}={text}: not a byte count (a whole number; 0 turns the prefetch off)");
+    }
 
     /// <summary>The bytes fetched ahead per MoE layer: <see cref="FetchAheadBytes"/>, or its default for the path (the router as the block's stage or not).</summary>
     public long FetchAheadBytesFor(bool routerInBlock) => FetchAheadBytes ?? (routerInBlock ? 12L << 20 : 8L << 20);
