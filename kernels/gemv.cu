@@ -303,15 +303,29 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // Bytes: N*K*2 (W, once) + T*K*2 (x, from L2, per CTA) + T*N*2 (y) [+ T*N*2 residual]. The tile's code is gemv_mma_tile
 // (gemv_mma.cuh), which moe_experts_gemv's follow-on GEMV tiles run too (on 4 warps, one row group: bitwise this kernel's
 // 2-group launch).
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_mma(GemvParams p)
+// One wave: the grid may be smaller than the row tiles (ceil(N / (8 * groups))): CTA b then runs tiles b, b + grid, ...
+// one after the other, staging x (and its norm) once, for the first (GemvLaunchers sizes the grid to the CTAs that fit
+// on the GPU at once when the tiles are more: the lm_head's 2374 tiles on 528 CTAs of an H100). Each tile's sums are
+// those of a CTA of its own, so the rows are the same bits whatever the grid. Why: a launch of several waves starts every
+// wave's first loads one DRAM latency after the CTAs of the wave before retire (docs/timing-model.md, section 2); a CTA
+// that goes on to its next tile keeps its warps' loads coming. Only the first tile's rows are prefetched (before the
+// wait): the later tiles' loads are the stream, 4 CTAs per SM with 8 loads in flight per lane.
+#define GEMV_MMA_MIN_CTAS_PER_SM 4                         // GemvLaunchers.MmaCtasPerSm: at most 64 registers (48 today)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma(GemvParams p)
 {
     extern __shared__ uint4 xm_s[];                        // [T][(K + GEMV_MMA_PAD) / 8]
     __shared__ float red_s[GEMV_WARPS][8][8];              // [warp][token][row of its group]: the warps' partial sums
     __shared__ float nred_s[GEMV_MAX_RPW][32];
     __shared__ float inv_s[GEMV_MAX_RPW];
-    const int row_base = blockIdx.x * GEMV_WARPS * p.rows_per_warp;
-    gemv_prologue<0>(p, row_base, 0, p.k);
-    gemv_mma_tile<GEMV_WARPS, false>(p, row_base, p.rows_per_warp, GEMV_WARPS / p.rows_per_warp, xm_s, red_s, nred_s, inv_s);
+    const int rows_cta = GEMV_WARPS * p.rows_per_warp, tiles = (p.n + rows_cta - 1) / rows_cta;
+    const int groups = p.rows_per_warp, wpg = GEMV_WARPS / groups;
+    gemv_prologue<0>(p, blockIdx.x * rows_cta, 0, p.k);
+    gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s);   // stages x
+#pragma unroll 1
+    for (int tile = blockIdx.x + gridDim.x; tile < tiles; tile += gridDim.x) {
+        __syncthreads();                                   // the tile before has read red_s
+        gemv_mma_tile<GEMV_WARPS, false>(p, tile * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, false);
+    }
 }
 
 // No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2

@@ -76,10 +76,12 @@ __device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base,
 // GEMV_MMA_PAD] bf16 (dynamic), red_s [groups * wpg][8][8], nred_s [8][32], inv_s [8]. Starts by staging x (the
 // caller's barrier before it, if its shared memory was in use) and ends after the epilogue's stores, without a barrier.
 // HS > 0: the first HN weight steps of the lane's first HS slices were loaded before (gemv_mma_hold, into `held`); the sums
-// are the same bits, step for step.
+// are the same bits, step for step. stage_x false: xm_s holds x (or h) already, staged by an earlier tile of the same CTA
+// (gemv_bf16_mma's tiles after its first): the tile starts at its weights, and the caller's barrier comes before it (red_s).
 template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0>
 __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
-                                              float (*nred_s)[32], float* inv_s, const GemvHeld<HS * HN>& held = GemvHeld<HS * HN>{})
+                                              float (*nred_s)[32], float* inv_s, const GemvHeld<HS * HN>& held = GemvHeld<HS * HN>{},
+                                              bool stage_x = true)
 {
     static_assert(HS <= SLICES, "held slices are slices the warp runs");
     constexpr int THREADS = WARPS * 32;
@@ -89,31 +91,33 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
     // stage x (or the normalised h) as bf16 rows of K + GEMV_MMA_PAD, GEMV_MMA_STAGE_BATCH chunks per thread per round trip;
     // the first batch also brings the residual of the thread's first output (the epilogue's i = tid)
     const int kchunks = K >> 3, xstride = (K + GEMV_MMA_PAD) >> 3, total = T * kchunks, outputs = groups * T * 8;
-    if (p.norm_weight) rms_inv_rows<GEMV_MMA_MAX_TOKENS, WARPS, X_L2>(p.x, (size_t)p.ldx, T, K, p.eps, nred_s, inv_s);
-    const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
     float res0 = 0.f;
-    for (int b = 0; b < total; b += GEMV_MMA_STAGE_BATCH * THREADS) {
-        uint4 v[GEMV_MMA_STAGE_BATCH];
+    if (stage_x) {
+        if (p.norm_weight) rms_inv_rows<GEMV_MMA_MAX_TOKENS, WARPS, X_L2>(p.x, (size_t)p.ldx, T, K, p.eps, nred_s, inv_s);
+        const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+        for (int b = 0; b < total; b += GEMV_MMA_STAGE_BATCH * THREADS) {
+            uint4 v[GEMV_MMA_STAGE_BATCH];
 #pragma unroll
-        for (int u = 0; u < GEMV_MMA_STAGE_BATCH; u++) {
-            const int i = b + u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
-            const uint4* src = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + c * 8);
-            v[u] = i >= total ? make_uint4(0, 0, 0, 0) : X_L2 ? __ldcg(src) : *src;
-        }
-        if (b == 0 && p.residual && tid < outputs) {
-            const int grp = tid / (T * 8), rest = tid - grp * T * 8, out_row = row_base + grp * 8 + (rest & 7);
-            if (out_row < p.n) res0 = bf16_to_f32(p.residual[(size_t)(rest >> 3) * p.ldy + out_row]);
-        }
+            for (int u = 0; u < GEMV_MMA_STAGE_BATCH; u++) {
+                const int i = b + u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+                const uint4* src = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + c * 8);
+                v[u] = i >= total ? make_uint4(0, 0, 0, 0) : X_L2 ? __ldcg(src) : *src;
+            }
+            if (b == 0 && p.residual && tid < outputs) {
+                const int grp = tid / (T * 8), rest = tid - grp * T * 8, out_row = row_base + grp * 8 + (rest & 7);
+                if (out_row < p.n) res0 = bf16_to_f32(p.residual[(size_t)(rest >> 3) * p.ldy + out_row]);
+            }
 #pragma unroll
-        for (int u = 0; u < GEMV_MMA_STAGE_BATCH; u++) {
-            const int i = b + u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
-            if (i >= total) continue;
-            uint4 h = v[u];
-            if (p.norm_weight) h = norm_bf16x8(h, __ldg(&nw[c]), inv_s[t]);
-            xm_s[t * xstride + c] = h;
+            for (int u = 0; u < GEMV_MMA_STAGE_BATCH; u++) {
+                const int i = b + u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+                if (i >= total) continue;
+                uint4 h = v[u];
+                if (p.norm_weight) h = norm_bf16x8(h, __ldg(&nw[c]), inv_s[t]);
+                xm_s[t * xstride + c] = h;
+            }
         }
+        __syncthreads();
     }
-    __syncthreads();
     const int g = lane >> 2, t4 = lane & 3;
     const int kslice = K / wpg;
     float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
@@ -178,7 +182,7 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
         float v = 0.f;
         for (int w = 0; w < wpg; w++) v += red_s[grp * wpg + w][t][r];
         float out = round_bf16(v);
-        if (p.residual) out = (i == tid ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + out_row])) + out;
+        if (p.residual) out = (i == tid && stage_x ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + out_row])) + out;
         p.y[(size_t)t * p.ldy + out_row] = f32_to_bf16(out);
     }
 }

@@ -1,4 +1,6 @@
 using Qwen3Cuda.Model.Selftest;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Launchers;
 
 namespace Qwen3Cuda.Tests.Kernels;
@@ -84,6 +86,75 @@ public sealed class ProjectionLauncherTests
         var emu = new GemvLaunchers(_emu.Loader);
         Assert.That(emu.Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).TensorCores, Is.True, "the launchers plan what they launch");
         Assert.That(new GemvLaunchers(_emu.Loader, tensorCores: false).Plan(1, 5120, 2048, WeightFormat.Bf16, normPrologue: true).TensorCores, Is.False, "unless told not to");
+    }
+
+    /// <summary>
+    /// MmaGridX: one CTA per row tile while the tiles fit on the GPU at once, else one wave of 4 CTAs per SM (fewer when the
+    /// staged x leaves less shared memory): the lm_head's 2374 tiles on 528 CTAs of an H100 (132 SMs), 8 tokens too (33 KiB
+    /// of x: 4 x 37 KiB fit in 228 KiB), and on an RTX 4090's 100 KiB per SM only 2 CTAs per SM at 8 tokens.
+    /// </summary>
+    [Test]
+    public void MmaGridX_IsOneWaveWhenTheTilesAreMore()
+    {
+        Assert.That(GemvLaunchers.MmaGridX(320, 132, 228 * 1024, 2 * (2048 + 32)), Is.EqualTo(320), "qkv: 320 tiles, a CTA each");
+        Assert.That(GemvLaunchers.MmaGridX(2374, 132, 228 * 1024, 2 * (2048 + 32)), Is.EqualTo(528), "lm_head, 1 token");
+        Assert.That(GemvLaunchers.MmaGridX(2374, 132, 228 * 1024, 8 * 2 * (2048 + 32)), Is.EqualTo(528), "lm_head, 8 tokens");
+        Assert.That(GemvLaunchers.MmaGridX(2374, 128, 100 * 1024, 8 * 2 * (2048 + 32)), Is.EqualTo(256), "8 tokens on 100 KiB per SM: 2 CTAs per SM");
+        Assert.That(GemvLaunchers.MmaGridX(2374, 128, 16 * 1024, 8 * 2 * (2048 + 32)), Is.EqualTo(128), "never fewer than one CTA per SM");
+        Assert.Throws<ArgumentOutOfRangeException>(() => GemvLaunchers.MmaGridX(0, 132, 228 * 1024, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => GemvLaunchers.MmaGridX(10, 0, 228 * 1024, 0));
+    }
+
+    /// <summary>
+    /// gemv_bf16_mma with more row tiles than one wave of CTAs: on 4 emulated SMs the launcher's grid is 16 CTAs for 47 tiles
+    /// (3 tokens, N 3000 in tiles of 64 rows, the last one ragged), so each CTA runs 2 or 3 tiles and stages x (with its norm)
+    /// once. Each tile's sums are a CTA's own, so y must equal the same kernel launched with one CTA per tile bit for bit
+    /// (no tolerance), with the residual and with the norm prologue; and that launch is held to the fp64 reference at the
+    /// stated tolerance, so the equality is not between two wrong answers.
+    /// </summary>
+    [Test]
+    public void TensorCoreGemv_MoreTilesThanOneWave_EqualsOneCtaPerTile_Bitwise()
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(new EmulatorOptions { MultiprocessorCount = 4 }));
+        var gemv = new GemvLaunchers(ctx.Loader);
+        const int tokens = 3, n = 3000, k = 512;
+        const float eps = 1e-6f;
+        GemvPlan plan = gemv.Plan(tokens, n, k, WeightFormat.Bf16, normPrologue: true);
+        Assert.That((plan.TensorCores, plan.RowsPerWarp, plan.GridX), Is.EqualTo((true, 8, 47)), $"plan {plan}");
+        int smem = tokens * (k + GemvLaunchers.MmaPadElements) * 2;
+        Assert.That(GemvLaunchers.MmaGridX(plan.GridX, 4, ctx.Device.Info.SharedMemoryPerMultiprocessor, smem), Is.EqualTo(16));
+        var rng = new Random(3000);
+        ushort[] x = KernelData.Random(rng, tokens * k, 4f), w = KernelData.Random(rng, n * k), r = KernelData.Random(rng, tokens * n, 4f);
+        ushort[] nw = KernelData.Random(rng, k, 1.5f);
+        DevicePtr dX = ctx.Upload(x), dW = ctx.Upload(w), dR = ctx.Upload(r), dNw = ctx.Upload(nw);
+        foreach (bool norm in new[] { false, true })
+        {
+            DevicePtr dWave = ctx.AllocFilled<ushort>(tokens * n), dOne = ctx.AllocFilled<ushort>(tokens * n);
+            var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dWave, n, dX, k, WeightOperand.Bf16(dW), dR, tokens, n, k, DevicePtr.Null, 0,
+                normWeight: norm ? dNw : default, normEps: eps));
+            Assert.That((launches[0].Kernel, launches[0].GridBlocks), Is.EqualTo((GemvLaunchers.TensorCoreKernel, 16L)), "one wave of 16 CTAs");
+            LaunchOneCtaPerTile(ctx, new GemvParams
+            {
+                Y = dOne, X = dX, W = dW, Residual = dR, Tokens = tokens, N = n, K = k, Ldx = k, Ldy = n, RowsPerWarp = plan.RowsPerWarp,
+                KSplit = k, SplitK = 1, NormWeight = norm ? dNw : DevicePtr.Null, Eps = eps,
+            }, plan.GridX, smem);
+            ushort[] wave = ctx.Download<ushort>(dWave, tokens * n), one = ctx.Download<ushort>(dOne, tokens * n);
+            Assert.That(wave, Is.EqualTo(one), $"norm {norm}: 16 CTAs running 47 tiles vs 47 CTAs, bit for bit");
+            if (!norm)
+            {
+                var (exp, tol) = KernelReference.ProjectBf16(x, w, r, n, tokens, n, k);
+                var c = new Checker();
+                c.Within(KernelData.ToFloats(one), exp, tol, KernelReference.ProjectToleranceText, "y, one CTA per tile");
+                Assert.That(c.Result().Passed, Is.True, c.Result().ToString());
+            }
+        }
+    }
+
+    private static void LaunchOneCtaPerTile(KernelCheckContext ctx, GemvParams p, int tiles, int smem)
+    {
+        var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
+        args.Add(p);
+        ctx.Device.Launch(ctx.Loader.Get(GemvLaunchers.File, GemvLaunchers.TensorCoreKernel), new LaunchConfig(new Dim3((uint)tiles), 256, smem), ctx.Stream, args);
     }
 
     [Test]

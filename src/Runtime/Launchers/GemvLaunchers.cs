@@ -114,6 +114,26 @@ public sealed class GemvLaunchers
         return fits ? new GemvPlan(groups, 1, k, rows.GridX, TensorCores: true) : core;
     }
 
+    /// <summary>CTAs per SM a <c>gemv_bf16_mma</c> launch is sized for when its row tiles are more (its __launch_bounds__ minimum: at most 64 registers).</summary>
+    public const int MmaCtasPerSm = 4;
+    /// <summary><c>gemv_bf16_mma</c>'s static shared memory and the 1 KiB the hardware reserves per block, for <see cref="MmaGridX"/> (its red_s, nred_s and inv_s: 3.1 KiB).</summary>
+    private const int MmaStaticAndReservedBytes = 4 * 1024;
+
+    /// <summary>
+    /// The grid of a <c>gemv_bf16_mma</c> launch of <paramref name="tiles"/> row tiles (<see cref="GemvPlan.GridX"/>): one CTA
+    /// per tile while they fit on the GPU at once, else one wave of the CTAs that do (<see cref="MmaCtasPerSm"/> per SM, fewer
+    /// when the staged x leaves less shared memory), each running its tiles one after the other (gemv.cu; the lm_head's 2374
+    /// tiles on 528 CTAs of an H100). The grid does not change the rows: each tile's sums are a CTA's own.
+    /// </summary>
+    public static int MmaGridX(int tiles, int sms, int sharedPerSm, int dynamicSharedBytes)
+    {
+        if (tiles <= 0) throw new ArgumentOutOfRangeException(nameof(tiles), tiles, "gemv_bf16_mma: the row tiles must be positive");
+        if (sms <= 0) throw new ArgumentOutOfRangeException(nameof(sms), sms, "gemv_bf16_mma: the SMs must be positive");
+        int bySmem = sharedPerSm / (dynamicSharedBytes + MmaStaticAndReservedBytes);
+        long resident = (long)sms * Math.Clamp(bySmem, 1, MmaCtasPerSm);
+        return (int)Math.Min(tiles, resident);
+    }
+
     /// <summary>Rows per warp so that the grid is at least ~4 waves (2 with the norm prologue), then split-K when rows alone cannot fill the SMs
     /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
     public GemvPlan Plan(int tokens, int n, int k) => Plan(tokens, n, k, WeightFormat.Bf16);
@@ -192,7 +212,8 @@ public sealed class GemvLaunchers
         int smem = plan.TensorCores ? tokens * (k + MmaPadElements) * 2   // x as bf16 rows (gemv.cu, gemv_bf16_mma)
             : tokens * plan.KSplit * 4;                                        // x slice as fp32 (gemv.cu, stage_chunk)
         var kernel = plan.TensorCores ? _mma! : kernels[tokens];
-        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)plan.GridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
+        int gridX = plan.TensorCores ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem) : plan.GridX;
+        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)gridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
         return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
     }
 
