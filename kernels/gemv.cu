@@ -311,22 +311,52 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // that goes on to its next tile keeps its warps' loads coming. Only the first tile's rows are prefetched (before the
 // wait): the later tiles' loads are the stream, 4 CTAs per SM with 8 loads in flight per lane.
 #define GEMV_MMA_MIN_CTAS_PER_SM 4                         // GemvLaunchers.MmaCtasPerSm: at most 64 registers (48 today)
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma(GemvParams p)
+// gemv_bf16_mma_argmax: the same, and each token's argmax over its N outputs as stored (bf16): the greedy decode step's
+// lm_head and its token in one launch (docs/kernels.md, "Fusions"). Each output's argmax_key goes into the CTA's best key
+// per token (a shared atomicMax in the epilogue); after its last tile the CTA folds those into argmax_keys (a global
+// atomicMax per token), fences and takes a ticket, and the last CTA takes the keys (resetting them) and writes the ids.
+// The largest key is sample_reduce_bf16's argmax: the largest logit, ties to the lowest index, NaN and -inf never
+// chosen, 0 when nothing is. Extra traffic: T global atomics and a ticket per CTA, T ids.
+template <bool ARGMAX>
+__device__ __forceinline__ void gemv_mma_body(const GemvParams& p)
 {
     extern __shared__ uint4 xm_s[];                        // [T][(K + GEMV_MMA_PAD) / 8]
     __shared__ float red_s[GEMV_WARPS][8][8];              // [warp][token][row of its group]: the warps' partial sums
     __shared__ float nred_s[GEMV_MAX_RPW][32];
     __shared__ float inv_s[GEMV_MAX_RPW];
+    __shared__ unsigned long long best_s[GEMV_MMA_MAX_TOKENS];   // the fused argmax: the CTA's best key per token
+    __shared__ int last_s;
     const int rows_cta = GEMV_WARPS * p.rows_per_warp, tiles = (p.n + rows_cta - 1) / rows_cta;
     const int groups = p.rows_per_warp, wpg = GEMV_WARPS / groups;
+    unsigned long long* best = ARGMAX ? best_s : nullptr;
+    if (ARGMAX && threadIdx.x < GEMV_MMA_MAX_TOKENS) best_s[threadIdx.x] = 0ull;   // before the first tile's barriers
     gemv_prologue<0>(p, blockIdx.x * rows_cta, 0, p.k);
-    gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s);   // stages x
+    gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, true, best);   // stages x
 #pragma unroll 1
     for (int tile = blockIdx.x + gridDim.x; tile < tiles; tile += gridDim.x) {
         __syncthreads();                                   // the tile before has read red_s
-        gemv_mma_tile<GEMV_WARPS, false>(p, tile * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, false);
+        gemv_mma_tile<GEMV_WARPS, false>(p, tile * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, false, best);
+    }
+    if constexpr (ARGMAX) {
+        __syncthreads();                                   // every output folded into best_s
+        if (threadIdx.x < p.tokens && best_s[threadIdx.x] != 0ull) atomicMax(&p.argmax_keys[threadIdx.x], best_s[threadIdx.x]);
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last_s = atomicAdd(p.argmax_ticket, 1) == (int)gridDim.x - 1;
+        __syncthreads();
+        if (!last_s) return;
+        __threadfence();
+        if (threadIdx.x < p.tokens) {
+            const unsigned long long k = atomicExch(&p.argmax_keys[threadIdx.x], 0ull);   // every CTA's fold is in; left zero
+            p.argmax_ids[threadIdx.x] = k == 0ull ? 0 : (int)(0xffffffffu - (unsigned int)(k & 0xffffffffull));
+        }
+        if (threadIdx.x == 0) *p.argmax_ticket = 0;
     }
 }
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma(GemvParams p) { gemv_mma_body<false>(p); }
+// gemv_bf16_mma with the fused argmax (argmax_ids set): the greedy decode step's lm_head and its token in one launch.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma_argmax(GemvParams p) { gemv_mma_body<true>(p); }
 
 // No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2
 // at sm_80, int4 t8 and bf16 t6 at sm_90) at 48-64 registers; without it none spills and the register counts stay

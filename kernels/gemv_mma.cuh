@@ -26,11 +26,25 @@ struct GemvParams {
     int split_k;
     float eps;                // RMSNorm epsilon (norm_weight != null)
     WeightScales ws;          // quantized variants only (docs/formats.md)
+    int* argmax_ids;          // [T] each token's argmax over its N outputs (the greedy token): gemv_bf16_mma_argmax only
+    unsigned long long* argmax_keys;    // [T] the best key (argmax_key) of the CTAs so far, zero on entry, left zero
+    int* argmax_ticket;       // one int, zero on entry, left zero
 };
 
 #define GEMV_MMA_PAD 32           // bf16 elements of padding per staged token row (bank-conflict-free 16-byte reads)
 #define GEMV_MMA_MAX_TOKENS 8
 #define GEMV_MMA_STAGE_BATCH 4    // 16-byte chunks of x per thread per round trip while staging
+
+// The fused argmax's order (gemv_bf16_mma_argmax): a key per output, larger for a larger value and, between equal
+// values, for the lower index, so that the largest key is sample_reduce_bf16's greedy choice (the largest logit, ties to
+// the lowest index); NaN and -inf get 0, which never wins (nothing chosen: id 0, as there).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i)
+{
+    if (!(v > -QC_INF)) return 0ull;                       // NaN and -inf never win
+    unsigned int b = __float_as_uint(v == 0.f ? 0.f : v);  // -0 as +0: equal values tie to the lower index
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);        // the float order as an unsigned one
+    return ((unsigned long long)b << 32) | (0xffffffffu - (unsigned int)i);
+}
 
 // Weight steps a GEMV tile loaded into registers before its inputs were ready (gemv_mma_hold<WARPS, HS, HN>): N = HS *
 // HN 16-byte chunks per lane, the first HN steps of the lane's slices j = 0 .. HS - 1 (slice v = warp + j * WARPS) in
@@ -78,10 +92,12 @@ __device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base,
 // HS > 0: the first HN weight steps of the lane's first HS slices were loaded before (gemv_mma_hold, into `held`); the sums
 // are the same bits, step for step. stage_x false: xm_s holds x (or h) already, staged by an earlier tile of the same CTA
 // (gemv_bf16_mma's tiles after its first): the tile starts at its weights, and the caller's barrier comes before it (red_s).
+// best_s (or null): the epilogue also folds each output as stored (bf16) into best_s[token] with a shared atomicMax of its
+// argmax_key (gemv_bf16_mma_argmax; best_s zero, or a key, before the tile's first barrier).
 template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0>
 __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
                                               float (*nred_s)[32], float* inv_s, const GemvHeld<HS * HN>& held = GemvHeld<HS * HN>{},
-                                              bool stage_x = true)
+                                              bool stage_x = true, unsigned long long* best_s = nullptr)
 {
     static_assert(HS <= SLICES, "held slices are slices the warp runs");
     constexpr int THREADS = WARPS * 32;
@@ -183,6 +199,11 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
         for (int w = 0; w < wpg; w++) v += red_s[grp * wpg + w][t][r];
         float out = round_bf16(v);
         if (p.residual) out = (i == tid && stage_x ? res0 : bf16_to_f32(p.residual[(size_t)t * p.ldy + out_row])) + out;
-        p.y[(size_t)t * p.ldy + out_row] = f32_to_bf16(out);
+        const bf16 stored = f32_to_bf16(out);
+        p.y[(size_t)t * p.ldy + out_row] = stored;
+        if (best_s) {
+            const unsigned long long key = argmax_key(bf16_to_f32(stored), out_row);
+            if (key != 0ull) atomicMax(&best_s[t], key);
+        }
     }
 }

@@ -134,6 +134,49 @@ public class DenseModelDeviceTests
     static readonly string[] SmallDecodeSteps = ["the prompt", "one decode row", "the next decode row", "a run of 3 rows"];
 
     /// <summary>
+    /// FusedArgmax (docs/kernels.md, "Fusions"): a greedy decode step's lm_head takes each row's argmax in its own launch
+    /// (gemv_bf16_mma_argmax) and no sampling kernel runs after it. The small checkpoint on 10 SMs decodes two sequences
+    /// greedily for 6 steps: the same tokens with the fusion on and off, each with graphs on and off (the argmax of the
+    /// same bf16 logits, ties to the lowest index either way, so exact equality holds even at a near-tie); with it on the
+    /// step has one launch less. A sampled step keeps sample_reduce_bf16.
+    /// </summary>
+    [Test]
+    public void FusedArgmax_GreedyDecode_SameTokens_OneLaunchLess()
+    {
+        int[][] Run(bool fused, bool graphs, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> stepLaunches)
+        {
+            using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
+            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, MaxSequences = 2, UseGraphs = graphs, FusedArgmax = fused });
+            var logits = new float[dm.VocabSize];
+            dm.Forward(0, [1, 2, 3, 4, 5], logits);
+            dm.Forward(1, [9, 8, 7], logits);
+            int[] next = [3, 4];
+            var steps = new List<int[]>();
+            stepLaunches = [];
+            for (int step = 0; step < 6; step++)
+            {
+                device.ClearLaunches();
+                var ids = new int[2];
+                dm.DecodeBatchGreedy([0, 1], next, ids);
+                if (step == 0) stepLaunches = [.. device.Launches];
+                steps.Add(ids);
+                next = ids;
+            }
+            return [.. steps];
+        }
+        var on = Run(fused: true, graphs: false, out var onLaunches);
+        var off = Run(fused: false, graphs: false, out var offLaunches);
+        Assert.That(on, Is.EqualTo(off), "the same tokens, step by step");
+        Assert.That(Run(fused: true, graphs: true, out _), Is.EqualTo(off), "with the decode steps replayed as captured graphs");
+        Assert.That(Run(fused: false, graphs: true, out _), Is.EqualTo(off), "and without the fusion");
+        Assert.That(onLaunches.Select(l => l.Kernel), Does.Contain(GemvLaunchers.TensorCoreArgmaxKernel).And.Not.Contain("sample_reduce_bf16"), "on: the lm_head takes the argmax");
+        Assert.That(offLaunches.Select(l => l.Kernel), Does.Contain("sample_reduce_bf16").And.Not.Contain(GemvLaunchers.TensorCoreArgmaxKernel), "off: the sampling kernel does");
+        Assert.That(offLaunches.Count - onLaunches.Count, Is.EqualTo(1), "one launch less");
+        Assert.That(new DeviceModelOptions().FusedArgmax, Is.EqualTo(DeviceModelOptions.FusedArgmaxFromEnvironment()), "on unless QWEN3CUDA_FUSED_ARGMAX says off");
+    }
+
+    /// <summary>
     /// ExpertsFollowOnQkv (docs/kernels.md, "Persistent launches"): on a MoE decode step each layer's experts launch also
     /// runs the next layer's qkv projection, so that layer has no qkv launch of its own. The small checkpoint on 10 SMs
     /// qualifies (qkv 384 x 256: 2 row groups of 4 warps in the standalone plan, MoeLaunchers.CanFollowOn). The decode
@@ -164,7 +207,8 @@ public class DenseModelDeviceTests
         var qkv = fused.Where((r, i) => i > 0 && fused[i - 1].Kernel == "embedding_gather_bf16").Single();
         Assert.That(qkv.Kernel, Is.EqualTo(GemvLaunchers.TensorCoreKernel), "the first layer's qkv is its own launch");
         Assert.That(fused.Where((r, i) => i > 0 && fused[i - 1].Kernel == "moe_experts_gemv").Select(r => r.Kernel),
-            Is.All.EqualTo("attn_decode_fused").Or.EqualTo(GemvLaunchers.TensorCoreKernel), "after an experts launch: the next layer's attention (or the lm_head)");
+            Is.All.EqualTo("attn_decode_fused").Or.EqualTo(GemvLaunchers.TensorCoreKernel).Or.EqualTo(GemvLaunchers.TensorCoreArgmaxKernel),
+            "after an experts launch: the next layer's attention (or the lm_head, with the greedy argmax)");
         Assert.That(fused.Count(r => r.Kernel == "attn_decode_fused"), Is.EqualTo(layers));
     }
 

@@ -1,3 +1,4 @@
+using Qwen3Cuda.Model;
 using Qwen3Cuda.Model.Selftest;
 using Qwen3Cuda.Runtime;
 using Qwen3Cuda.Runtime.Emulation;
@@ -148,6 +149,83 @@ public sealed class ProjectionLauncherTests
                 Assert.That(c.Result().Passed, Is.True, c.Result().ToString());
             }
         }
+    }
+
+    /// <summary>
+    /// gemv_bf16_mma_argmax (the greedy decode step's lm_head with its argmax in the same launch) against the pair it
+    /// replaces, gemv_bf16_mma and then sample_reduce_bf16's argmax: the logits bit for bit and the same token per row,
+    /// exact (no tolerance: both pick the largest bf16 logit, ties to the lowest index). Cases: random weights (3 tokens on
+    /// 4 emulated SMs, so each CTA runs several tiles, and 8 tokens on 132); rows 7, 1500 and 2999 equal to the largest row,
+    /// so three logits tie for the maximum (the lowest index, 7, wins); rows of NaN, +inf and -inf weights (x is
+    /// positive, so their logits are NaN, +inf and -inf: +inf wins, NaN and -inf never do); and every row NaN or -inf
+    /// (nothing is chosen: token 0). A second launch gives the same ids: the launch leaves its ticket and keys zero.
+    /// </summary>
+    [TestCase(4, 3, "random")]
+    [TestCase(132, 8, "random")]
+    [TestCase(4, 3, "ties")]
+    [TestCase(4, 2, "nan-inf")]
+    [TestCase(4, 2, "none")]
+    public void FusedArgmax_EqualsTheGemvThenSampleReduce(int sms, int tokens, string weights)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(new EmulatorOptions { MultiprocessorCount = sms }));
+        var gemv = new GemvLaunchers(ctx.Loader);
+        var sampling = new SamplingLaunchers(ctx.Loader);
+        const int k = 256;
+        int n = weights == "none" ? 40 : 3000;
+        const float eps = 1e-6f;
+        var rng = new Random(n + tokens + weights.Length);
+        ushort[] x = new ushort[tokens * k], nw = new ushort[k];
+        for (int i = 0; i < x.Length; i++) x[i] = Bf16.FromFloat(0.25f + (float)rng.NextDouble());   // positive: a row of +inf weights sums to +inf
+        for (int i = 0; i < k; i++) nw[i] = Bf16.FromFloat(0.5f + (float)rng.NextDouble());
+        ushort[] w = KernelData.Random(rng, n * k);
+        void Row(int row, Func<int, float> value) { for (int j = 0; j < k; j++) w[row * k + j] = Bf16.FromFloat(value(j)); }
+        switch (weights)
+        {
+            case "ties":
+                Row(100, j => 1f);                              // the largest row: every product positive
+                foreach (int r in new[] { 7, 1500, 2999 }) Array.Copy(w, 100 * k, w, r * k, k);
+                break;
+            case "nan-inf":
+                Row(11, j => float.NaN);
+                Row(12, j => float.NegativeInfinity);
+                Row(2500, j => j == 3 ? float.PositiveInfinity : 0f);
+                Row(2600, j => j == 5 ? float.PositiveInfinity : 0f);   // a second +inf: the lower index, 2500, wins
+                break;
+            case "none":
+                for (int r = 0; r < n; r++) Row(r, j => r % 2 == 0 ? float.NaN : float.NegativeInfinity);
+                break;
+        }
+        DevicePtr dX = ctx.Upload(x), dW = ctx.Upload(w), dNw = ctx.Upload(nw);
+        GemvPlan plan = gemv.Plan(tokens, n, k, WeightFormat.Bf16, normPrologue: true);
+        Assert.That(GemvLaunchers.CanFuseArgmax(plan), Is.True, $"plan {plan}");
+        // the pair: the GEMV, then sample_reduce_bf16's argmax
+        DevicePtr dLogits = ctx.AllocFilled<ushort>(tokens * n), dIds = ctx.AllocFilled<int>(tokens);
+        var scratch = new SamplingScratch(ctx.AllocFilled<byte>(SamplingScratch.Bytes(tokens, n), 0), tokens, n);
+        gemv.Gemv(ctx.Stream, dLogits, n, dX, k, WeightOperand.Bf16(dW), DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, dNw, eps);
+        sampling.Argmax(ctx.Stream, dLogits, n, tokens, n, dIds, scratch);
+        // the fused launch, twice
+        long argmaxBytes = GemvLaunchers.ArgmaxScratchBytes(tokens);
+        DevicePtr dFused = ctx.AllocFilled<ushort>(tokens * n), dFusedIds = ctx.AllocFilled<int>(tokens), dArgmax = ctx.AllocFilled<byte>(argmaxBytes, 0);
+        for (int launch = 0; launch < 2; launch++)
+        {
+            var launches = ctx.RecordLaunches(() => gemv.Gemv(ctx.Stream, dFused, n, dX, k, WeightOperand.Bf16(dW), DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, dNw, eps,
+                argmaxIds: dFusedIds, argmaxScratch: dArgmax, argmaxScratchBytes: argmaxBytes));
+            Assert.That(launches.Select(l => l.Kernel), Is.EqualTo(new[] { GemvLaunchers.TensorCoreArgmaxKernel }), "one launch");
+            Assert.That(ctx.Download<ushort>(dFused, tokens * n), Is.EqualTo(ctx.Download<ushort>(dLogits, tokens * n)), "the logits, bit for bit");
+            int[] want = ctx.Download<int>(dIds, tokens), got = ctx.Download<int>(dFusedIds, tokens);
+            Assert.That(got, Is.EqualTo(want), $"launch {launch + 1}: the argmax of each row (sample_reduce_bf16's)");
+            Assert.That(ctx.Download<byte>(dArgmax, argmaxBytes), Is.All.EqualTo((byte)0), "the ticket and keys left zero");
+            int[] expect = weights switch
+            {
+                "ties" => Enumerable.Repeat(7, tokens).ToArray(),
+                "nan-inf" => Enumerable.Repeat(2500, tokens).ToArray(),
+                "none" => new int[tokens],
+                _ => want,
+            };
+            Assert.That(got, Is.EqualTo(expect), $"{weights}: the expected token");
+        }
+        Assert.Throws<ArgumentException>(() => gemv.Gemv(ctx.Stream, dFused, n, dX, k, WeightOperand.Bf16(dW), DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, dNw, eps,
+            argmaxIds: dFusedIds, argmaxScratch: dArgmax, argmaxScratchBytes: argmaxBytes - 1), "too little scratch is refused");
     }
 
     private static void LaunchOneCtaPerTile(KernelCheckContext ctx, GemvParams p, int tiles, int smem)

@@ -340,12 +340,18 @@ public sealed partial class DeviceModel
         // The output rows' hidden states: rows 0..Outputs-1 of x, or gathered into h (the gather kernel is the embedding's, over x).
         DevicePtr x = Ws(w.X);
         if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
-        // Final norm -> lm_head (the norm in the GEMV's prologue on the decode path)
-        Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm));
+        // Final norm -> lm_head (the norm in the GEMV's prologue on the decode path). A greedy step without penalties whose
+        // lm_head runs gemv_bf16_mma takes each row's argmax in the same launch (docs/kernels.md, "Fusions"): no sampling node.
+        bool fusedArgmax = !s.Sample && !s.Penalties && LmHeadCanFuseArgmax(s.Outputs);
+        if (fusedArgmax)
+            _gemv.Gemv(_stream, Ws(w.Logits), c.VocabSize, x, H, Operand(Plan.Weights.LmHead), DevicePtr.Null, s.Outputs, c.VocabSize, H,
+                Ws(w.GemvPartial), w.GemvPartialCapacity, W(Plan.Weights.FinalNorm), (float)c.RmsNormEps,
+                argmaxIds: Ws(w.Sampled), argmaxScratch: Ws(w.ArgmaxScratch), argmaxScratchBytes: w.ArgmaxScratchBytes);
+        else Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm));
         if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
         var scratch = new SamplingScratch(Ws(w.SampleScratch), w.MaxOutputs, c.VocabSize);
         if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
-        else _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled), scratch);
+        else if (!fusedArgmax) _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled), scratch);
     }
 
     /// <summary>Debug only (<see cref="DeviceModelOptions.CheckFinite"/>): folds the first NaN / inf of x into the sticky record.</summary>
@@ -533,6 +539,15 @@ public sealed partial class DeviceModel
     private bool RouterInAttentionBlock(int layer, StepShape s) =>
         Plan.Options.PersistentRouter && Plan.Weights.Layers[layer].IsMoe && s.Rows <= MoeLaunchers.DecodeMaxTokens
         && Config.HiddenSize <= PersistentDecodeLaunchers.MaxRouterHidden;
+
+    /// <summary>
+    /// The lm_head of <paramref name="rows"/> output rows can take their argmax in its own launch: the fused argmax is on
+    /// (<see cref="DeviceModelOptions.FusedArgmax"/>) and the GEMV of those rows runs <c>gemv_bf16_mma</c> with the final norm
+    /// in its prologue (bf16 lm_head, at most 8 rows; <c>GemvLaunchers.CanFuseArgmax</c>).
+    /// </summary>
+    private bool LmHeadCanFuseArgmax(int rows) =>
+        Plan.Options.FusedArgmax && rows <= GemvLaunchers.MaxTokens && Operand(Plan.Weights.LmHead).Format == WeightFormat.Bf16
+        && GemvLaunchers.CanFuseArgmax(_gemv.Plan(rows, Config.VocabSize, Config.HiddenSize, WeightFormat.Bf16, normPrologue: true));
 
     /// <summary>
     /// y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows. With a

@@ -137,6 +137,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
             device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
             device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
+            device.MemsetAsync(_workspace.Base + Plan.Workspace.ArgmaxScratch, 0, Plan.Workspace.ArgmaxScratchBytes, _stream);   // the lm_head's fused argmax, likewise
             _kv.ZeroScratchPage(_stream);
             _gemv.ClearTickets(_stream, _workspace.Base + Plan.Workspace.GemvPartial, Plan.Workspace.GemvPartialCapacity);   // split-K tickets, likewise
             device.MemsetAsync(_workspace.Base + Plan.Workspace.AttnTickets, 0, Plan.Workspace.AttnTicketBytes, _stream);   // attn_decode_fused's tickets and persistent_attn_block's counters, likewise

@@ -138,6 +138,20 @@ public sealed record DeviceModelOptions
         Environment.GetEnvironmentVariable(PersistentRouterEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
 
     /// <summary>
+    /// A greedy step (no sampling, no penalties) takes each output row's argmax in the lm_head's own launch
+    /// (<c>gemv_bf16_mma_argmax</c>: bf16 lm_head, at most 8 rows) instead of a sampling launch after it: one graph node less
+    /// per greedy decode step (docs/kernels.md, "Fusions"). The same token either way: the largest logit, ties to the lowest
+    /// index. On by default; off when <see cref="FusedArgmaxEnvironmentVariable"/> is "0" or "false" (the GPU check
+    /// measures both).
+    /// </summary>
+    public bool FusedArgmax { get; init; } = FusedArgmaxFromEnvironment();
+    public const string FusedArgmaxEnvironmentVariable = "QWEN3CUDA_FUSED_ARGMAX";
+
+    /// <summary>QWEN3CUDA_FUSED_ARGMAX is not "0" or "false" (any case): on unless turned off.</summary>
+    public static bool FusedArgmaxFromEnvironment() =>
+        Environment.GetEnvironmentVariable(FusedArgmaxEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
+
+    /// <summary>
     /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's stages
     /// (three, or four with <see cref="PersistentRouter"/>) run as launches of the same kernel, one per stage (<c>LaunchConfig.Stage</c>), so the emulator counts
     /// each stage alone; the predictor composes them back into one launch (docs/timing-model.md, section 7). The same

@@ -59,6 +59,9 @@ public sealed record WorkspaceLayout
     /// <summary>sampling.cu's scratch for <see cref="MaxOutputs"/> rows (not a step input; zeroed once at load).</summary>
     public long SampleScratch { get; init; }
     public long SampleScratchBytes { get; init; }
+    /// <summary>The lm_head's fused argmax (gemv_bf16_mma_argmax, the greedy decode step): its ticket and a key per row, zero between launches.</summary>
+    public long ArgmaxScratch { get; init; }
+    public long ArgmaxScratchBytes { get; init; }
     /// <summary>PenaltyRow [MaxOutputs]: per-output-row penalties (a step input).</summary>
     public long PenaltyRows { get; init; }
     /// <summary>int32 [PenaltyCapacity, 2]: the rows' (token, count) entries (a step input).</summary>
@@ -127,6 +130,8 @@ public sealed record WorkspaceLayout
         long inputsEnd = a.TotalBytes;
         long sampleScratchBytes = SamplingScratch.Bytes(maxOutputs, c.VocabSize);
         long sampleScratch = a.Take("sample_scratch", sampleScratchBytes);
+        long argmaxScratchBytes = GemvLaunchers.ArgmaxScratchBytes(Math.Min(maxOutputs, GemvLaunchers.MaxTokens));
+        long argmaxScratch = a.Take("argmax_scratch", argmaxScratchBytes);
         long x = a.Take("x", (long)rows * c.HiddenSize * bf), h = a.Take("h", (long)rows * c.HiddenSize * bf);
         long qkv = a.Take("qkv", (long)rows * qkvDim * bf), q = a.Take("q", (long)rows * c.QueryDim * bf), attn = a.Take("attn", (long)rows * c.QueryDim * bf);
 
@@ -167,7 +172,7 @@ public sealed record WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
             Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
-            SampleSettings = sampleSettings, SampleScratch = sampleScratch, SampleScratchBytes = sampleScratchBytes, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity,
+            SampleSettings = sampleSettings, SampleScratch = sampleScratch, SampleScratchBytes = sampleScratchBytes, ArgmaxScratch = argmaxScratch, ArgmaxScratchBytes = argmaxScratchBytes, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity,
             RopeInvFreq = ropeInvFreq, PerRowRope = perRowRope, InputsEnd = inputsEnd,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,

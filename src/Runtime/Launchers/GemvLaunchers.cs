@@ -25,6 +25,9 @@ public struct GemvParams
     public int SplitK;
     public float Eps;            // RMSNorm epsilon (NormWeight not null)
     public WeightScales Ws;      // quantized variants only
+    public DevicePtr ArgmaxIds;  // [T] int: each token's argmax over its N outputs (gemv_bf16_mma_argmax only)
+    public DevicePtr ArgmaxKeys; // [T] u64: the best key so far, zero on entry, left zero
+    public DevicePtr ArgmaxTicket;  // int, zero on entry, left zero
 }
 
 /// <summary>
@@ -68,11 +71,13 @@ public sealed class GemvLaunchers
 
     /// <summary>The tensor-core bf16 kernel (<see cref="TensorCorePlan"/>): 1..8 tokens in one kernel.</summary>
     public const string TensorCoreKernel = "gemv_bf16_mma";
+    /// <summary>The same with the fused argmax (<c>Gemv</c>'s argmaxIds: the greedy decode step's lm_head).</summary>
+    public const string TensorCoreArgmaxKernel = "gemv_bf16_mma_argmax";
     /// <summary>gemv_mma.cuh's GEMV_MMA_PAD: the staged x rows are K + 32 bf16.</summary>
     public const int MmaPadElements = 32;
 
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
-    private readonly DeviceKernel? _mma;
+    private readonly DeviceKernel? _mma, _mmaArgmax;
     private readonly IDevice _device;
 
     /// <summary>
@@ -90,7 +95,11 @@ public sealed class GemvLaunchers
             for (int t = 1; t <= MaxTokens; t++) byTokens[t] = loader.Get(File, prefix + t);
             _kernels[f] = byTokens;
         }
-        if (tensorCores && _kernels.ContainsKey(WeightFormat.Bf16)) _mma = loader.Get(File, TensorCoreKernel);
+        if (tensorCores && _kernels.ContainsKey(WeightFormat.Bf16))
+        {
+            _mma = loader.Get(File, TensorCoreKernel);
+            _mmaArgmax = loader.Get(File, TensorCoreArgmaxKernel);
+        }
     }
 
     /// <summary>
@@ -116,8 +125,8 @@ public sealed class GemvLaunchers
 
     /// <summary>CTAs per SM a <c>gemv_bf16_mma</c> launch is sized for when its row tiles are more (its __launch_bounds__ minimum: at most 64 registers).</summary>
     public const int MmaCtasPerSm = 4;
-    /// <summary><c>gemv_bf16_mma</c>'s static shared memory and the 1 KiB the hardware reserves per block, for <see cref="MmaGridX"/> (its red_s, nred_s and inv_s: 3.1 KiB).</summary>
-    private const int MmaStaticAndReservedBytes = 4 * 1024;
+    /// <summary><c>gemv_bf16_mma</c>'s static shared memory and the 1 KiB the hardware reserves per block, for <see cref="MmaGridX"/> (its red_s, nred_s and inv_s, and the fused argmax's keys: 3.2 KiB).</summary>
+    private const int MmaStaticAndReservedBytes = 5 * 1024;
 
     /// <summary>
     /// The grid of a <c>gemv_bf16_mma</c> launch of <paramref name="tiles"/> row tiles (<see cref="GemvPlan.GridX"/>): one CTA
@@ -133,6 +142,12 @@ public sealed class GemvLaunchers
         long resident = (long)sms * Math.Clamp(bySmem, 1, MmaCtasPerSm);
         return (int)Math.Min(tiles, resident);
     }
+
+    /// <summary>
+    /// Workspace of the fused argmax (<c>Gemv</c>'s argmaxIds) for up to <paramref name="tokens"/> tokens: its ticket (8
+    /// bytes) and a key per token (8 bytes each), zero before the first launch (each launch leaves them zero).
+    /// </summary>
+    public static long ArgmaxScratchBytes(int tokens) => 8 + 8L * tokens;
 
     /// <summary>Rows per warp so that the grid is at least ~4 waves (2 with the norm prologue), then split-K when rows alone cannot fill the SMs
     /// (e.g. the router, N = 128) or when the x slice would not fit in shared memory.</summary>
@@ -183,9 +198,13 @@ public sealed class GemvLaunchers
     /// its CTAs also prefetch <paramref name="fetchAheadBytes"/> of it (a later kernel's weights) into L2 with evict_last
     /// after their wait (docs/timing-model.md, "Weights fetched ahead"); the results do not depend on it.
     /// </summary>
+    /// <remarks>With <paramref name="argmaxIds"/> ([T] int) the launch also writes each token's argmax over its N outputs as
+    /// stored (bf16): <c>sample_reduce_bf16</c>'s greedy choice, the largest value, ties to the lowest index, NaN and -inf
+    /// never chosen, 0 when nothing is (gemv.cu, the fused argmax). Only on <c>gemv_bf16_mma</c> (<see cref="CanFuseArgmax"/>);
+    /// <paramref name="argmaxScratch"/> holds <see cref="ArgmaxScratchBytes"/>, its ticket zeroed once.</remarks>
     public GemvPlan Gemv(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
         int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f,
-        DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
+        DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default, DevicePtr argmaxScratch = default, long argmaxScratchBytes = 0)
     {
         if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "gemv: bytes to fetch ahead must not be negative");
         var kernels = Kernels(w.Format);
@@ -200,22 +219,33 @@ public sealed class GemvLaunchers
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K {plan.SplitK} ways and needs {need} bytes of fp32 workspace, got {partialBytes}", nameof(partial));
         if (need > 0 && plan.GridX > TicketBytes / sizeof(int))
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K over {plan.GridX} row blocks; the split-K tickets cover {TicketBytes / sizeof(int)}");
+        int smem = plan.TensorCores ? tokens * (k + MmaPadElements) * 2   // x as bf16 rows (gemv.cu, gemv_bf16_mma)
+            : tokens * plan.KSplit * 4;                                        // x slice as fp32 (gemv.cu, stage_chunk)
+        int gridX = plan.TensorCores ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem) : plan.GridX;
+        if (!argmaxIds.IsNull)
+        {
+            if (!CanFuseArgmax(plan)) throw new ArgumentException($"gemv: N {n} K {k} T {tokens} runs {(plan.TensorCores ? "split" : "on CUDA cores")}; the fused argmax runs only on gemv_bf16_mma (CanFuseArgmax)", nameof(argmaxIds));
+            long needArgmax = ArgmaxScratchBytes(tokens);
+            if (argmaxScratch.IsNull || argmaxScratchBytes < needArgmax)
+                throw new ArgumentException($"gemv: the fused argmax of {tokens} token(s) needs {needArgmax} bytes of scratch, got {argmaxScratchBytes}", nameof(argmaxScratch));
+        }
         var p = new GemvParams
         {
             Y = y, X = x, W = w.Data, Residual = residual, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
             NormWeight = normWeight, Eps = normEps, Tickets = partial, Partial = need > 0 ? partial + TicketBytes : DevicePtr.Null,
             FetchAhead = fetchAhead, FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
+            ArgmaxIds = argmaxIds, ArgmaxTicket = argmaxIds.IsNull ? DevicePtr.Null : argmaxScratch, ArgmaxKeys = argmaxIds.IsNull ? DevicePtr.Null : argmaxScratch + 8,
         };
-        var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
+        var args = new KernelArgs(stackalloc byte[224], stackalloc nint[1]);
         args.Add(p);
-        int smem = plan.TensorCores ? tokens * (k + MmaPadElements) * 2   // x as bf16 rows (gemv.cu, gemv_bf16_mma)
-            : tokens * plan.KSplit * 4;                                        // x slice as fp32 (gemv.cu, stage_chunk)
-        var kernel = plan.TensorCores ? _mma! : kernels[tokens];
-        int gridX = plan.TensorCores ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem) : plan.GridX;
+        var kernel = !argmaxIds.IsNull ? _mmaArgmax! : plan.TensorCores ? _mma! : kernels[tokens];
         _device.Launch(kernel, new LaunchConfig(new Dim3((uint)gridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
         return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
     }
+
+    /// <summary>Whether a launch of <paramref name="plan"/> can fuse the argmax: it runs <c>gemv_bf16_mma</c> (tensor cores, no split).</summary>
+    public static bool CanFuseArgmax(in GemvPlan plan) => plan.TensorCores && plan.SplitK == 1;
 
     /// <summary>Zeroes the split-K tickets at the start of a GEMV workspace: once after allocating it, outside any graph.</summary>
     public void ClearTickets(DeviceStream stream, DevicePtr partial, long partialBytes)

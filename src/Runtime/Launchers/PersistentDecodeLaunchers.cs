@@ -51,7 +51,7 @@ public readonly record struct AttentionBlockRouter(MoeShape Shape, DevicePtr Pos
 /// Launcher for kernels/persistent_decode.cu: a layer's attention block for decode rows, qkv projection (with its input
 /// norm) -> attn_decode_fused's attention -> o_proj (+ residual) [-> a MoE layer's router], as one persistent launch whose CTAs pull the three
 /// stages' tiles in order and wait on counters in global memory (docs/kernels.md, "Persistent launches"). Bitwise the
-/// same as <see cref="GemvLaunchers.Gemv(DeviceStream, DevicePtr, int, DevicePtr, int, in WeightOperand, DevicePtr, int, int, int, DevicePtr, long, DevicePtr, float, DevicePtr, long)"/>
+/// same as <see cref="GemvLaunchers.Gemv(DeviceStream, DevicePtr, int, DevicePtr, int, in WeightOperand, DevicePtr, int, int, int, DevicePtr, long, DevicePtr, float, DevicePtr, long, DevicePtr, DevicePtr, long)"/>
 /// (tensor-core plan) -> <see cref="AttentionDecodeLaunchers.DecodeFused"/> -> the GEMV again, which are its oracle and
 /// its fallback: <see cref="CanRun"/> says when the shapes allow it. Nothing here allocates or synchronises.
 /// </summary>
