@@ -96,6 +96,9 @@ public class ProfilePredictTests
         UsageError(["--model", tiny, "-p", "3", "-c", "20", "--max-model-len", "19"], "--max-model-len 19: must be at least the decode context --ctx-size 20");
         UsageError(["--model", tiny, "-p", "3", "--max-model-len", "16000000"], "--max-model-len 16000000: more than the model's context of", "(max_position_embeddings)");
         UsageError(["--model", tiny, "--what-if", "persistent"], "--what-if composes a predicted step: give --predict GPU too");
+        UsageError(["--model", tiny, "--measure-only"], "--measure-only measures a GPU: give --device cuda");
+        UsageError(["--model", tiny, "--measure-only", "--predict", "h100"], "--measure-only prints no prediction: leave out --predict");
+        UsageError(["--model", tiny, "--measure-only", "--detail"], "--measure-only prints no prediction");
         UsageError(["--model", tiny, "--predict", "h100", "--what-if", "megakernel"], "--what-if: 'megakernel' is not a what-if; known: persistent");
         UsageError(["--model", tiny, "-p", "2", "--lines", "nosuch_kernel"], "--lines nosuch_kernel: the decode step launches no such kernel; it launches ", "gemv_bf16_t1");
         UsageError(["--model", tiny, "-p", "2", "--lines", "gemv_bf16_t1:x"], "--lines gemv_bf16_t1:x: the stage after ':' must be a number");
@@ -111,5 +114,16 @@ public class ProfilePredictTests
         var (exit, stdout, stderr) = Cli("profile", "--model", DeviceCheckpoints.Tiny(), "--device", "cuda", "--tokens", "3", "--predict", "h100");
         Assert.That(exit, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("measured on the GPU vs PREDICTED").And.Contain("pred/meas"));
+    }
+
+    /// <summary>On a GPU, --measure-only: the measured tables and no prediction (the device check's variants; skipped without a GPU).</summary>
+    [Test]
+    [Category(Kernels.KernelBackends.GpuCategory)]
+    public void Cli_ProfileCuda_MeasureOnly_PrintsNoPrediction()
+    {
+        if (!Runtime.Cuda.CudaDriver.IsDeviceAvailable()) Assert.Ignore("no CUDA device: --measure-only measures a GPU");
+        var (exit, stdout, stderr) = Cli("profile", "--model", DeviceCheckpoints.Tiny(), "--device", "cuda", "--tokens", "3", "--measure-only");
+        Assert.That(exit, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("predicted: skipped (--measure-only)").And.Not.Contain("PREDICTED"));
     }
 }

@@ -51,10 +51,14 @@ public static class ProfileCommand
             Description = "On the emulator: where the critical warp (the one that executes the most instructions) of KERNEL's first launch in the greedy decode step spends them, per CUDA source line; KERNEL:N takes stage N of a stage-ordered launch measured apart (persistent_attn_block:3, its router)",
             HelpName = "KERNEL[:STAGE]",
         };
-        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen, whatIf, lines };
+        var measureOnly = new Option<bool>("--measure-only")
+        {
+            Description = "On a GPU: print the measured times alone, without the prediction next to them (it runs the model again on the emulator: minutes for a real-shape slice); predict the same step elsewhere with --device emulator --predict GPU",
+        };
+        var cmd = new Command("profile", "Per-kernel profile of one prefill and one decode step; with --predict, predicted GPU times") { model, device, tokens, context, predict, scale, util, chunk, detail, assume, maxLen, whatIf, lines, measureOnly };
         cmd.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(device)!, parse.GetValue(tokens), parse.GetValue(context), parse.GetValue(predict),
             parse.GetValue(scale), parse.GetValue(util), parse.GetValue(chunk), parse.GetValue(detail), parse.GetValue(assume) ?? [], parse.GetValue(maxLen),
-            parse.GetValue(whatIf) is not null, parse.GetValue(lines), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+            parse.GetValue(whatIf) is not null, parse.GetValue(lines), parse.GetValue(measureOnly), parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
         return cmd;
     }
 
@@ -210,14 +214,17 @@ public static class ProfileCommand
     }
 
     private static int Run(string modelSpec, string deviceText, int tokens, int? context, string? predictKey, int? scaleLayers, double? utilization, int? chunk, bool detail,
-        (string Name, string Value)[] assume, int? maxModelLen, bool whatIf, string? linesKernel, TextWriter stdout, TextWriter stderr)
+        (string Name, string Value)[] assume, int? maxModelLen, bool whatIf, string? linesKernel, bool measureOnly, TextWriter stdout, TextWriter stderr)
     {
+        if (measureOnly && (predictKey is not null || scaleLayers is not null || detail || assume.Length > 0 || whatIf))
+            throw new UsageException("--measure-only prints no prediction: leave out --predict, --scale-layers, --detail, --assume and --what-if");
         GpuSpec? gpu = predictKey is null ? null : Assume(GpuCatalog.Get(predictKey), assume);
         if (assume.Length > 0 && gpu is not null) stderr.WriteLine($"--assume: predictions for {gpu.Name} with {string.Join(", ", gpu.Assumed)}");
         string modelDir = ModelOpener.Resolve(modelSpec, stderr);
         var backend = ModelOpener.ChooseBackend(deviceText, stderr, autoFallback: BackendKind.Emulator);
         if (backend == BackendKind.Emulator)
         {
+            if (measureOnly) throw new UsageException("--measure-only measures a GPU: give --device cuda (the emulator measures no times)");
             if (scaleLayers is not null && gpu is null) throw new UsageException("--scale-layers scales the predicted steps: give --predict GPU too");
             if (detail && gpu is null) throw new UsageException("--detail prints the timing model's terms: give --predict GPU too");
             if (assume.Length > 0 && gpu is null) throw new UsageException("--assume changes the GPU description of a prediction: give --predict GPU too");
@@ -240,6 +247,11 @@ public static class ProfileCommand
         stdout.Write(DeviceProfiler.Table(measured.Prefill, false));
         stdout.Write(DeviceProfiler.Table(measured.Decode, false));
         stdout.Write(DeviceProfiler.Table(measured.SampledDecode, false));
+        if (measureOnly)
+        {
+            stdout.WriteLine("predicted: skipped (--measure-only)");
+            return 0;
+        }
         if (gpu is null && GpuCatalog.ForDeviceName(measured.DeviceName) is GpuSpec present) gpu = Assume(present, assume);
         if (gpu is null)
         {
