@@ -106,13 +106,13 @@ public sealed class PersistentDecodeLaunchers
 
     /// <summary>
     /// The tile of a GEMV whose standalone plan has <paramref name="planGroups"/> row groups of 8 warps: that plan's
-    /// K-slices per row group (wpg), and as many row groups as 4 warps run with one slice each (at least one: a plan with
-    /// 8 slices runs them two per warp).
+    /// K-slices per row group (wpg), and as many row groups as 4 warps run with <paramref name="slicesPerWarp"/> slices each
+    /// (at least one: a plan with 8 slices runs them two per warp).
     /// </summary>
-    public static (int Groups, int Wpg) GemvTile(int planGroups)
+    public static (int Groups, int Wpg) GemvTile(int planGroups, int slicesPerWarp = 1)
     {
         int wpg = 8 / planGroups;
-        return (Math.Max(1, 4 / wpg), wpg);
+        return (Math.Max(1, 4 * slicesPerWarp / wpg), wpg);
     }
 
     /// <summary>
@@ -122,11 +122,7 @@ public sealed class PersistentDecodeLaunchers
     /// is 320 tiles of 16 rows, not 640 of 8 (about two thirds of the stage's instructions, which bound it on an H200 once
     /// its weights are fetched ahead; docs/timing-model.md, section 7). The bits depend only on the K-slices (wpg).
     /// </summary>
-    public static (int Groups, int Wpg) QkvTile(int planGroups)
-    {
-        int wpg = 8 / planGroups;
-        return (Math.Max(1, 8 / wpg), wpg);
-    }
+    public static (int Groups, int Wpg) QkvTile(int planGroups) => GemvTile(planGroups, slicesPerWarp: 2);
 
     /// <summary>
     /// Runs the block for <c>a.Seqs</c> decode rows: qkv = W_qkv RMSNorm(x) into <c>rope.Qkv</c>, the fused attention
