@@ -343,11 +343,8 @@ public sealed partial class DeviceModel
         // Final norm -> lm_head (the norm in the GEMV's prologue on the decode path). A greedy step without penalties whose
         // lm_head runs gemv_bf16_mma takes each row's argmax in the same launch (docs/kernels.md, "Fusions"): no sampling node.
         bool fusedArgmax = !s.Sample && !s.Penalties && LmHeadCanFuseArgmax(s.Outputs);
-        if (fusedArgmax)
-            _gemv.Gemv(_stream, Ws(w.Logits), c.VocabSize, x, H, Operand(Plan.Weights.LmHead), DevicePtr.Null, s.Outputs, c.VocabSize, H,
-                Ws(w.GemvPartial), w.GemvPartialCapacity, W(Plan.Weights.FinalNorm), (float)c.RmsNormEps,
-                argmaxIds: Ws(w.Sampled), argmaxScratch: Ws(w.ArgmaxScratch), argmaxScratchBytes: w.ArgmaxScratchBytes);
-        else Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm));
+        Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm),
+            argmaxIds: fusedArgmax ? Ws(w.Sampled) : default);
         if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
         var scratch = new SamplingScratch(Ws(w.SampleScratch), w.MaxOutputs, c.VocabSize);
         if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
@@ -552,10 +549,11 @@ public sealed partial class DeviceModel
     /// <summary>
     /// y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows. With a
     /// <paramref name="norm"/> weight the product takes RMSNorm(x) * norm: in the GEMV's prologue (no separate norm launch),
-    /// or, for the GEMM, by the norm kernel into h first (in place when x is h: the gathered output rows).
+    /// or, for the GEMM, by the norm kernel into h first (in place when x is h: the gathered output rows). With
+    /// <paramref name="argmaxIds"/> (only where <see cref="LmHeadCanFuseArgmax"/> said so) the GEMV also writes each row's argmax there.
     /// </summary>
     private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k,
-        DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
+        DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default)
     {
         var w = Plan.Workspace;
         var weight = Operand(matrix);
@@ -571,6 +569,7 @@ public sealed partial class DeviceModel
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
             return;
         }
-        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps, fetchAhead, fetchAheadBytes);
+        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps, fetchAhead, fetchAheadBytes,
+            argmaxIds, Ws(w.ArgmaxScratch), w.ArgmaxScratchBytes);
     }
 }
