@@ -310,7 +310,7 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // wave's first loads one DRAM latency after the CTAs of the wave before retire (docs/timing-model.md, section 2); a CTA
 // that goes on to its next tile keeps its warps' loads coming. Only the first tile's rows are prefetched (before the
 // wait): the later tiles' loads are the stream, 4 CTAs per SM with 8 loads in flight per lane.
-#define GEMV_MMA_MIN_CTAS_PER_SM 4                         // GemvLaunchers.MmaCtasPerSm: at most 64 registers (48 today)
+#define GEMV_MMA_MIN_CTAS_PER_SM 4                         // GemvLaunchers.MmaCtasPerSm: at most 64 registers (64 today, no spill)
 // gemv_bf16_mma_argmax: the same, and each token's argmax over its N outputs as stored (bf16): the greedy decode step's
 // lm_head and its token in one launch (docs/kernels.md, "Fusions"). Each output's argmax_key goes into the CTA's best key
 // per token (a shared atomicMax in the epilogue); after its last tile the CTA folds those into argmax_keys (a global
