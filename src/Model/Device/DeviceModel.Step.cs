@@ -543,8 +543,8 @@ public sealed partial class DeviceModel
     /// in its prologue (bf16 lm_head, at most 8 rows; <c>GemvLaunchers.CanFuseArgmax</c>).
     /// </summary>
     private bool LmHeadCanFuseArgmax(int rows) =>
-        Plan.Options.FusedArgmax && rows <= GemvLaunchers.MaxTokens && Operand(Plan.Weights.LmHead).Format == WeightFormat.Bf16
-        && GemvLaunchers.CanFuseArgmax(_gemv.Plan(rows, Config.VocabSize, Config.HiddenSize, WeightFormat.Bf16, normPrologue: true));
+        Plan.Options.FusedArgmax && rows <= GemvLaunchers.MaxTokens
+        && GemvLaunchers.CanFuseArgmax(_gemv.Plan(rows, Config.VocabSize, Config.HiddenSize, Operand(Plan.Weights.LmHead).Format, normPrologue: true));
 
     /// <summary>
     /// y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows. With a

@@ -103,7 +103,7 @@ public sealed record DeviceModelOptions
 
     /// <summary>QWEN3CUDA_EXPERTS_FOLLOW_ON is "1" or "true" (any case).</summary>
     public static bool ExpertsFollowOnFromEnvironment() =>
-        Environment.GetEnvironmentVariable(ExpertsFollowOnEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
+        EnvironmentSaysOn(ExpertsFollowOnEnvironmentVariable);
     /// <summary>
     /// On a decode step of at most 4 rows (one per sequence, each its sequence's only new token), each layer's attention
     /// block (the qkv projection with its input norm, the fused attention, o_proj with the residual) runs as one launch
@@ -119,7 +119,7 @@ public sealed record DeviceModelOptions
 
     /// <summary>QWEN3CUDA_PERSISTENT_ATTN is not "0" or "false" (any case): on unless turned off.</summary>
     public static bool PersistentAttentionFromEnvironment() =>
-        Environment.GetEnvironmentVariable(PersistentAttentionEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
+        !EnvironmentSaysOff(PersistentAttentionEnvironmentVariable);
 
     /// <summary>
     /// With <see cref="PersistentAttentionBlock"/>, on a MoE layer the router (its post-attention RMSNorm, logits and top-k:
@@ -135,7 +135,7 @@ public sealed record DeviceModelOptions
 
     /// <summary>QWEN3CUDA_PERSISTENT_ROUTER is not "0" or "false" (any case): on unless turned off.</summary>
     public static bool PersistentRouterFromEnvironment() =>
-        Environment.GetEnvironmentVariable(PersistentRouterEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
+        !EnvironmentSaysOff(PersistentRouterEnvironmentVariable);
 
     /// <summary>
     /// A greedy step (no sampling, no penalties) takes each output row's argmax in the lm_head's own launch
@@ -149,7 +149,7 @@ public sealed record DeviceModelOptions
 
     /// <summary>QWEN3CUDA_FUSED_ARGMAX is not "0" or "false" (any case): on unless turned off.</summary>
     public static bool FusedArgmaxFromEnvironment() =>
-        Environment.GetEnvironmentVariable(FusedArgmaxEnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false");
+        !EnvironmentSaysOff(FusedArgmaxEnvironmentVariable);
 
     /// <summary>
     /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's stages
@@ -174,7 +174,7 @@ public sealed record DeviceModelOptions
 
     /// <summary>QWEN3CUDA_DEBUG_FINITE is "1" or "true" (any case).</summary>
     public static bool CheckFiniteFromEnvironment() =>
-        Environment.GetEnvironmentVariable(CheckFiniteEnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true";
+        EnvironmentSaysOn(CheckFiniteEnvironmentVariable);
     /// <summary>Progress of the weight upload (bytes done, total, tensor).</summary>
     public Action<Runtime.Memory.UploadProgress>? LoadProgress { get; init; }
 
@@ -189,6 +189,12 @@ public sealed record DeviceModelOptions
         list.Add(MaxBatch);
         return list;
     }
+
+    /// <summary>The environment variable <paramref name="name"/> is "1" or "true" (any case, trimmed): a switch that is off unless set.</summary>
+    private static bool EnvironmentSaysOn(string name) => Environment.GetEnvironmentVariable(name)?.Trim().ToLowerInvariant() is "1" or "true";
+
+    /// <summary>The environment variable <paramref name="name"/> is "0" or "false" (any case, trimmed): a switch that is on unless set so.</summary>
+    private static bool EnvironmentSaysOff(string name) => Environment.GetEnvironmentVariable(name)?.Trim().ToLowerInvariant() is "0" or "false";
 
     public void Validate()
     {
