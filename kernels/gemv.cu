@@ -35,6 +35,7 @@
 // staged h is bitwise that kernel's output; then it stages its normalised K-slice. Extra bytes: T*K*2 (x, from L2) per
 // CTA + the slice of the norm weight; the separate norm kernel and its h round trip are gone.
 #include "gemv_mma.cuh"                // GemvParams, gemv_mma_tile (and gemv.cuh, quant.cuh, mma.cuh)
+#include "sampling.cuh"               // the fused reduce of gemv_bf16_mma_sample: SampleRowsParams, sample_finish_row
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS 8
@@ -317,46 +318,164 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 // atomicMax per token), fences and takes a ticket, and the last CTA takes the keys (resetting them) and writes the ids.
 // The largest key is sample_reduce_bf16's argmax: the largest logit, ties to the lowest index, NaN and -inf never
 // chosen, 0 when nothing is. Extra traffic: T global atomics and a ticket per CTA, T ids.
-template <bool ARGMAX>
-__device__ __forceinline__ void gemv_mma_body(const GemvParams& p)
+// gemv_bf16_mma_sample: the same GEMV, and sample_reduce_bf16's work for its T rows (sampling.cu: argmax, histogram,
+// thresholds; the sampled decode step's lm_head and its reduce in one launch, sample_draw_bf16 after it; docs/kernels.md,
+// "Fusions"). The epilogue keeps each output as stored in out_s; then warp t folds token t's outputs of the tile into the
+// CTA's running partial of row t (sample_tile_fold: its largest logit and lowest index, its sum of exp(x - max) rescaled to
+// a new maximum as it grows, its smallest bf16 key, and the row's histogram atomics). After its last tile the CTA stores
+// the partials (s.parts[t][blockIdx.x]), fences and takes the ticket (argmax_ticket), and the last CTA runs
+// sample_finish_row (sampling.cuh) for each row in turn: the merge of the gridDim.x partials and the histogram's threshold
+// scan, as sample_reduce_bf16's last CTA does for its slices. The row state (and a greedy row's token) is then what
+// sample_reduce_bf16 writes: the same maximum, argmax, key range and buckets; the masses are the same sums in another
+// order (fp32, per tile then per CTA instead of per 4096-token slice), so a top-p threshold could differ only where the
+// mass reaches top_p within that rounding. Extra traffic: one histogram atomic per non-NaN output (sampled rows with
+// top-k or top-p), a 16-byte partial per row per CTA, a ticket per CTA, and the last CTA's tail: the partials (one pass
+// from L2) and the histogram buckets it scans.
+#define GEMV_MMA_PLAIN 0
+#define GEMV_MMA_ARGMAX 1
+#define GEMV_MMA_SAMPLE 2
+// 3 CTAs per SM, not 4 (GemvLaunchers.MmaSampleCtasPerSm): at 64 registers NVRTC 11.8's ptxas spilled in the last CTA's
+// merge at sm_90; at 3 it takes 79 and none spills. 24 warps per SM still keep 96 KiB of weight loads in flight.
+#define GEMV_MMA_SAMPLE_MIN_CTAS_PER_SM 3
+#define GEMV_SAMPLE_PARTS_HELD 3  // partials per thread of the last CTA's merge pass: one pass up to 768 CTAs (396 on an H100)
+
+struct GemvSampleParams {
+    GemvParams g;             // the GEMV: argmax_ticket is the launch's ticket
+    SampleRowsParams s;       // the rows' sampling (sampling.cuh): parts holds [T][gridDim.x] partials here
+};
+
+// What the fold needs of a row's settings (set once per CTA): 1 / temperature, and whether the row is greedy or uses the
+// histogram (sampling.cuh, row_greedy / row_uses_hist).
+struct SampleFoldRow {
+    float inv_temperature;
+    int greedy;
+    int hist;
+};
+
+// Warp t's fold of row t's outputs of one tile (outs: rows_here bf16 values, rows row_base ..) into the CTA's running
+// partial run (shared; lane 0 updates it). Within the warp: each lane's two outputs in index order, then shuffles (ties to
+// the lower index, the sum in xor-butterfly order): the same bits every run.
+__device__ __forceinline__ void sample_tile_fold(const SampleRowsParams& sp, int t, const SampleFoldRow& f, const bf16* outs, int row_base,
+                                                 int rows_here, SamplePart* run)
 {
+    const int lane = threadIdx.x & 31;
+    const bool greedy = f.greedy, hist = f.hist;
+    const float it = f.inv_temperature;
+    unsigned int* h = sp.hist + (size_t)t * SAMPLE_BUCKETS;
+    unsigned int bits[2];
+    float best = -QC_INF;
+    int best_i = SAMPLE_NONE, lo = SAMPLE_NONE;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int local = lane + 32 * j;
+        bits[j] = local < rows_here ? (unsigned int)outs[local] : 0u;
+        if (local >= rows_here) continue;
+        const float v = bits_value(bits[j]);
+        if (v > best) { best = v; best_i = row_base + local; }
+        if (v == v) {
+            const unsigned int k = key16(bits[j]);
+            lo = min(lo, (int)k);
+            if (hist) atomicAdd(&h[k], 1u);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ov > best || (ov == best && oi < best_i)) { best = ov; best_i = oi; }
+        lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+    }
+    float z = 0.f;
+    if (!greedy && best > -QC_INF) {
+        const float m = best * it;
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            if (lane + 32 * j < rows_here) z += exp2f((bits_value(bits[j]) * it - m) * SAMPLE_LOG2E);
+    }
+    z = warp_sum(z);
+    if (lane != 0) return;
+    SamplePart r = *run;
+    if (!greedy && best > -QC_INF) {   // both sums relative to the larger maximum
+        const float nb = best > r.best ? best : r.best;
+        r.z = (r.best > -QC_INF ? r.z * exp2f((r.best * it - nb * it) * SAMPLE_LOG2E) : 0.f) + z * exp2f((best * it - nb * it) * SAMPLE_LOG2E);
+    }
+    if (best > r.best || (best == r.best && best_i < r.best_i)) { r.best = best; r.best_i = best_i; }
+    r.lo = min(r.lo, lo);
+    *run = r;
+}
+
+template <int MODE>
+__device__ __forceinline__ void gemv_mma_body(const GemvParams& p, const SampleRowsParams& sp)
+{
+    constexpr bool ARGMAX = MODE == GEMV_MMA_ARGMAX, SAMPLE = MODE == GEMV_MMA_SAMPLE;
     extern __shared__ uint4 xm_s[];                        // [T][(K + GEMV_MMA_PAD) / 8]
     __shared__ float red_s[GEMV_WARPS][8][8];              // [warp][token][row of its group]: the warps' partial sums
     __shared__ float nred_s[GEMV_MAX_RPW][32];
     __shared__ float inv_s[GEMV_MAX_RPW];
     __shared__ unsigned long long best_s[GEMV_MMA_MAX_TOKENS];   // the fused argmax: the CTA's best key per token
+    __shared__ SamplePart run_s[SAMPLE ? GEMV_MMA_MAX_TOKENS : 1];          // the fused reduce: the CTA's partial per row
+    __shared__ SampleFoldRow set_s[SAMPLE ? GEMV_MMA_MAX_TOKENS : 1];       // and what it needs of the rows' settings
+    __shared__ float fin_f[SAMPLE ? 32 : 1];               // the last CTA's sample_finish_row scratch
+    __shared__ int fin_i[SAMPLE ? 32 : 1], fin_claim[SAMPLE ? 4 : 1];
+    __shared__ float fin_found;
     __shared__ int last_s;
+    static_assert(sizeof(nred_s) >= GEMV_MMA_MAX_TOKENS * 64 * sizeof(bf16), "out_s fits in nred_s");
+    const int tid = threadIdx.x, warp = tid >> 5;
     const int rows_cta = GEMV_WARPS * p.rows_per_warp, tiles = (p.n + rows_cta - 1) / rows_cta;
     const int groups = p.rows_per_warp, wpg = GEMV_WARPS / groups;
     unsigned long long* best = ARGMAX ? best_s : nullptr;
-    if (ARGMAX && threadIdx.x < GEMV_MMA_MAX_TOKENS) best_s[threadIdx.x] = 0ull;   // before the first tile's barriers
+    // the fused reduce's outputs of a tile, [T][64]: in nred_s, which only the first tile's norm uses (before its barrier)
+    bf16* out_s = SAMPLE ? reinterpret_cast<bf16*>(&nred_s[0][0]) : nullptr;
+    if (ARGMAX && tid < GEMV_MMA_MAX_TOKENS) best_s[tid] = 0ull;   // before the first tile's barriers
+    if (SAMPLE && tid < p.tokens) run_s[tid] = SamplePart{-QC_INF, SAMPLE_NONE, 0.f, SAMPLE_NONE};
     gemv_prologue<0>(p, blockIdx.x * rows_cta, 0, p.k);
-    gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, true, best);   // stages x
+    if (SAMPLE && tid < p.tokens) {                        // after the wait; seen after the staging barrier
+        const SampleRowSettings s = row_settings(sp, tid);
+        set_s[tid] = SampleFoldRow{s.inv_temperature, row_greedy(sp, s), row_uses_hist(sp, s)};
+    }
+    gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, true, best, out_s);   // stages x
+    if constexpr (SAMPLE) {                                // warp t folds row t's outputs of the tile (out_s complete after the barrier)
+        __syncthreads();
+        if (warp < p.tokens) sample_tile_fold(sp, warp, set_s[warp], out_s + warp * 64, blockIdx.x * rows_cta, min(rows_cta, p.n - (int)blockIdx.x * rows_cta), &run_s[warp]);
+    }
 #pragma unroll 1
     for (int tile = blockIdx.x + gridDim.x; tile < tiles; tile += gridDim.x) {
-        __syncthreads();                                   // the tile before has read red_s
-        gemv_mma_tile<GEMV_WARPS, false>(p, tile * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, false, best);
+        __syncthreads();                                   // the tile before has read red_s (and the fold out_s)
+        gemv_mma_tile<GEMV_WARPS, false>(p, tile * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, false, best, out_s);
+        if constexpr (SAMPLE) {
+            __syncthreads();
+            if (warp < p.tokens) sample_tile_fold(sp, warp, set_s[warp], out_s + warp * 64, tile * rows_cta, min(rows_cta, p.n - tile * rows_cta), &run_s[warp]);
+        }
     }
-    if constexpr (ARGMAX) {
-        __syncthreads();                                   // every output folded into best_s
-        if (threadIdx.x < p.tokens && best_s[threadIdx.x] != 0ull) atomicMax(&p.argmax_keys[threadIdx.x], best_s[threadIdx.x]);
+    if constexpr (ARGMAX || SAMPLE) {
+        __syncthreads();                                   // every output folded into best_s / run_s
+        if (ARGMAX && tid < p.tokens && best_s[tid] != 0ull) atomicMax(&p.argmax_keys[tid], best_s[tid]);
+        if (SAMPLE && tid < p.tokens) sp.parts[(size_t)tid * gridDim.x + blockIdx.x] = run_s[tid];
         __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0) last_s = atomicAdd(p.argmax_ticket, 1) == (int)gridDim.x - 1;
+        if (tid == 0) last_s = atomicAdd(p.argmax_ticket, 1) == (int)gridDim.x - 1;
         __syncthreads();
         if (!last_s) return;
         __threadfence();
-        if (threadIdx.x < p.tokens) {
-            const unsigned long long k = atomicExch(&p.argmax_keys[threadIdx.x], 0ull);   // every CTA's fold is in; left zero
-            p.argmax_ids[threadIdx.x] = k == 0ull ? 0 : (int)(0xffffffffu - (unsigned int)(k & 0xffffffffull));
+        if constexpr (ARGMAX) {
+            if (tid < p.tokens) {
+                const unsigned long long k = atomicExch(&p.argmax_keys[tid], 0ull);   // every CTA's fold is in; left zero
+                p.argmax_ids[tid] = k == 0ull ? 0 : (int)(0xffffffffu - (unsigned int)(k & 0xffffffffull));
+            }
+        } else {
+#pragma unroll 1
+            for (int row = 0; row < p.tokens; row++)
+                sample_finish_row<GEMV_THREADS, GEMV_SAMPLE_PARTS_HELD>(sp, row, sp.parts + (size_t)row * gridDim.x, gridDim.x, fin_f, fin_i, fin_claim, &fin_found);
         }
-        if (threadIdx.x == 0) *p.argmax_ticket = 0;
+        if (tid == 0) *p.argmax_ticket = 0;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma(GemvParams p) { gemv_mma_body<false>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma(GemvParams p) { gemv_mma_body<GEMV_MMA_PLAIN>(p, SampleRowsParams{}); }
 // gemv_bf16_mma with the fused argmax (argmax_ids set): the greedy decode step's lm_head and its token in one launch.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma_argmax(GemvParams p) { gemv_mma_body<true>(p); }
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_MIN_CTAS_PER_SM) gemv_bf16_mma_argmax(GemvParams p) { gemv_mma_body<GEMV_MMA_ARGMAX>(p, SampleRowsParams{}); }
+// gemv_bf16_mma with sample_reduce_bf16's work in the launch: the sampled decode step's lm_head and its reduce.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MMA_SAMPLE_MIN_CTAS_PER_SM) gemv_bf16_mma_sample(GemvSampleParams p) { gemv_mma_body<GEMV_MMA_SAMPLE>(p.g, p.s); }
 
 // No __launch_bounds__ on the GEMV entries: with it, NVRTC 11.8's ptxas spilled 8-16 bytes in four of them (int8 t1/t2
 // at sm_80, int4 t8 and bf16 t6 at sm_90) at 48-64 registers; without it none spills and the register counts stay

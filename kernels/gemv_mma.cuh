@@ -93,11 +93,13 @@ __device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base,
 // are the same bits, step for step. stage_x false: xm_s holds x (or h) already, staged by an earlier tile of the same CTA
 // (gemv_bf16_mma's tiles after its first): the tile starts at its weights, and the caller's barrier comes before it (red_s).
 // best_s (or null): the epilogue also folds each output as stored (bf16) into best_s[token] with a shared atomicMax of its
-// argmax_key (gemv_bf16_mma_argmax; best_s zero, or a key, before the tile's first barrier).
+// argmax_key (gemv_bf16_mma_argmax; best_s zero, or a key, before the tile's first barrier). out_s (or null): the epilogue
+// also keeps each output as stored in out_s[token * 64 + its row in the tile] (gemv_bf16_mma_sample; rows past N are not
+// written).
 template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0>
 __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
                                               float (*nred_s)[32], float* inv_s, const GemvHeld<HS * HN>& held = GemvHeld<HS * HN>{},
-                                              bool stage_x = true, unsigned long long* best_s = nullptr)
+                                              bool stage_x = true, unsigned long long* best_s = nullptr, bf16* out_s = nullptr)
 {
     static_assert(HS <= SLICES, "held slices are slices the warp runs");
     constexpr int THREADS = WARPS * 32;
@@ -205,5 +207,6 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
             const unsigned long long key = argmax_key(bf16_to_f32(stored), out_row);
             if (key != 0ull) atomicMax(&best_s[t], key);
         }
+        if (out_s) out_s[t * 64 + grp * 8 + r] = stored;
     }
 }

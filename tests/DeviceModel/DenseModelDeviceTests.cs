@@ -177,6 +177,55 @@ public class DenseModelDeviceTests
     }
 
     /// <summary>
+    /// FusedSample (docs/kernels.md, "Fusions"): a sampled decode step of one row runs sample_reduce_bf16's work in the
+    /// lm_head's launch (gemv_bf16_mma_sample), then sample_draw_bf16. The small checkpoint on 10 SMs decodes one sequence
+    /// for 6 steps at temperature 0.8, top-k 20, top-p 0.9 (seed 11): the same tokens with the fusion on and off, each with
+    /// graphs on and off. The row state is the same but for the fp32 order of the masses, which could move the top-p bucket
+    /// only where the mass reaches top_p within that rounding (the kernel test compares the states exactly); with it on
+    /// the step has one launch less. Two rows keep sample_reduce_bf16 (the fusion takes one row).
+    /// </summary>
+    [Test]
+    public void FusedSample_SampledDecode_SameTokens_OneLaunchLess()
+    {
+        var settings = new SamplingSettings(0.8f, 20, 0.9f, 0f, Seed: 11);
+        int[] Run(bool fused, bool graphs, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> stepLaunches, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> twoRowLaunches)
+        {
+            using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice(new Qwen3Cuda.Runtime.Emulation.EmulatorOptions { MultiprocessorCount = 10 });
+            using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(),
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, MaxSequences = 2, UseGraphs = graphs, FusedSample = fused });
+            int token = dm.ForwardSampled(0, [1, 2, 3, 4, 5], settings);
+            var tokens = new List<int> { token };
+            stepLaunches = [];
+            var next = new int[1];
+            for (int step = 0; step < 6; step++)
+            {
+                device.ClearLaunches();
+                dm.DecodeBatchSampled([0], [token], settings, next);
+                if (step == 0) stepLaunches = [.. device.Launches];
+                token = next[0];
+                tokens.Add(token);
+            }
+            dm.ForwardSampled(1, [9, 8, 7], settings);
+            device.ClearLaunches();
+            dm.DecodeBatchSampled([0, 1], [token, 3], [settings, settings with { Seed = 12 }], new int[2]);
+            twoRowLaunches = [.. device.Launches];
+            return [.. tokens];
+        }
+        var on = Run(fused: true, graphs: false, out var onLaunches, out var onTwo);
+        var off = Run(fused: false, graphs: false, out var offLaunches, out _);
+        Assert.That(on, Is.EqualTo(off), "the same tokens, step by step");
+        Assert.That(Run(fused: true, graphs: true, out _, out _), Is.EqualTo(off), "with the decode steps replayed as captured graphs");
+        Assert.That(Run(fused: false, graphs: true, out _, out _), Is.EqualTo(off), "and without the fusion");
+        Assert.That(onLaunches.Select(l => l.Kernel), Does.Contain(GemvLaunchers.TensorCoreSampleKernel).And.Contain("sample_draw_bf16").And.Not.Contain("sample_reduce_bf16"),
+            "on: the lm_head runs the reduce");
+        Assert.That(offLaunches.Select(l => l.Kernel), Does.Contain("sample_reduce_bf16").And.Not.Contain(GemvLaunchers.TensorCoreSampleKernel), "off: the sampling kernel does");
+        Assert.That(offLaunches.Count - onLaunches.Count, Is.EqualTo(1), "one launch less");
+        Assert.That(onTwo.Select(l => l.Kernel), Does.Contain("sample_reduce_bf16").And.Not.Contain(GemvLaunchers.TensorCoreSampleKernel), "two rows: the sampling kernels");
+        Assert.That(on.Distinct().Count(), Is.GreaterThan(1), "the draws are not all one token");
+        Assert.That(new DeviceModelOptions().FusedSample, Is.EqualTo(DeviceModelOptions.FusedSampleFromEnvironment()), "on unless QWEN3CUDA_FUSED_SAMPLE says off");
+    }
+
+    /// <summary>
     /// ExpertsFollowOnQkv (docs/kernels.md, "Persistent launches"): on a MoE decode step each layer's experts launch also
     /// runs the next layer's qkv projection, so that layer has no qkv launch of its own. The small checkpoint on 10 SMs
     /// qualifies (qkv 384 x 256: 2 row groups of 4 warps in the standalone plan, MoeLaunchers.CanFollowOn). The decode

@@ -228,6 +228,119 @@ public sealed class ProjectionLauncherTests
             argmaxIds: dFusedIds, argmaxScratch: dArgmax, argmaxScratchBytes: argmaxBytes - 1), "too little scratch is refused");
     }
 
+    /// <summary>
+    /// gemv_bf16_mma_sample (the sampled decode step's lm_head with sample_reduce_bf16's work in the same launch) and then
+    /// sample_draw_bf16, against the three launches it replaces (gemv_bf16_mma, sample_reduce_bf16, sample_draw_bf16) with
+    /// the same per-row settings in device memory: the logits bit for bit; each row's state exactly (the maximum, the argmax,
+    /// the key range, the mode, and the threshold: the top-k bucket is found by integer counts, and the top-p bucket by
+    /// masses that are the same sums in another fp32 order, which on these rows land in the same bucket); the drawn token of
+    /// each row for three counters. Then the workspace is as it was: histogram and tickets zero. Cases: one row at top-k 20
+    /// and top-p 0.9 on 4 emulated SMs (each CTA runs several tiles) and on 132; min-p with temperature only (no histogram);
+    /// top-p alone (its threshold from the row's total mass) on logits that rise with the row, so each CTA's sum is rescaled
+    /// to a new maximum at almost every tile;
+    /// three rows (greedy, top-k + top-p, top-p + min-p: the last CTA merges each in turn); NaN / +inf / -inf logits (a +inf
+    /// logit takes all the mass); every logit NaN or -inf (nothing has mass: the argmax fallback, token 0).
+    /// </summary>
+    [TestCase(4, "topk-topp")]
+    [TestCase(132, "topk-topp")]
+    [TestCase(4, "minp")]
+    [TestCase(4, "topp-trend")]
+    [TestCase(4, "rows")]
+    [TestCase(4, "nan-inf")]
+    [TestCase(4, "none")]
+    public void FusedSample_EqualsTheGemvThenSampleReduce(int sms, string shape)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(new EmulatorOptions { MultiprocessorCount = sms }));
+        var gemv = new GemvLaunchers(ctx.Loader);
+        var sampling = new SamplingLaunchers(ctx.Loader);
+        const int k = 256;
+        int tokens = shape == "rows" ? 3 : 1, n = shape == "none" ? 40 : 3000;
+        const float eps = 1e-6f;
+        var rng = new Random(n + tokens + shape.Length);
+        ushort[] x = new ushort[tokens * k], nw = new ushort[k];
+        for (int i = 0; i < x.Length; i++) x[i] = Bf16.FromFloat(0.25f + (float)rng.NextDouble());   // positive: a row of +inf weights sums to +inf
+        for (int i = 0; i < k; i++) nw[i] = Bf16.FromFloat(0.5f + (float)rng.NextDouble());
+        ushort[] w = KernelData.Random(rng, n * k);
+        void Row(int row, Func<int, float> value) { for (int j = 0; j < k; j++) w[row * k + j] = Bf16.FromFloat(value(j)); }
+        SamplingSettings[] rows = shape switch
+        {
+            "minp" => [new(0.9f, 0, 1f, 0.05f, Seed: 5)],
+            "topp-trend" => [new(0.5f, 0, 0.7f, 0f, Seed: 6)],
+            "rows" => [new(0f, Seed: 1), new(0.7f, 20, 0.9f, 0f, Seed: 2), new(1.1f, 0, 0.8f, 0.02f, Seed: 3)],
+            _ => [new(0.7f, 20, 0.9f, 0f, Seed: 9)],
+        };
+        switch (shape)
+        {
+            case "nan-inf":
+                Row(11, j => float.NaN);
+                Row(12, j => float.NegativeInfinity);
+                Row(2500, j => j == 3 ? float.PositiveInfinity : 0f);
+                break;
+            case "none":
+                for (int r = 0; r < n; r++) Row(r, j => r % 2 == 0 ? float.NaN : float.NegativeInfinity);
+                break;
+            case "topp-trend":   // logits rising with the row (about 0.004 per row): each CTA's maximum grows tile by tile
+                for (int r = 0; r < n; r++) { int row = r; Row(r, j => Bf16.ToFloat(w[row * k + j]) + 0.05f * row / n); }
+                break;
+        }
+        DevicePtr dX = ctx.Upload(x), dW = ctx.Upload(w), dNw = ctx.Upload(nw);
+        GemvPlan plan = gemv.Plan(tokens, n, k, WeightFormat.Bf16, normPrologue: true);
+        int gridX = gemv.SampleGridX(tokens, n, k, normPrologue: true);
+        Assert.That(GemvLaunchers.CanFuseSample(plan, gridX), Is.True, $"plan {plan} on {gridX} CTAs");
+        if (sms == 4 && shape != "none") Assert.That(gridX, Is.LessThan(plan.GridX), "fewer CTAs than tiles: each CTA folds several tiles");
+        long scratchBytes = SamplingScratch.Bytes(tokens, n), ticketBytes = GemvLaunchers.ArgmaxScratchBytes(tokens);
+        for (int counter = 0; counter < 3; counter++)
+        {
+            var settings = rows.Select(r => SampleRowSettings.From(r, 100 + (ulong)counter)).ToArray();
+            DevicePtr dSettings = ctx.Upload(settings);
+            // the three launches
+            DevicePtr dLogits = ctx.AllocFilled<ushort>(tokens * n), dIds = ctx.AllocFilled<int>(tokens);
+            var scratch = new SamplingScratch(ctx.AllocFilled<byte>(scratchBytes, 0), tokens, n);
+            gemv.Gemv(ctx.Stream, dLogits, n, dX, k, WeightOperand.Bf16(dW), DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, dNw, eps);
+            sampling.SampleRows(ctx.Stream, dLogits, n, tokens, n, dSettings, dIds, scratch);
+            // the fused launch, then the draw
+            DevicePtr dFused = ctx.AllocFilled<ushort>(tokens * n), dFusedIds = ctx.AllocFilled<int>(tokens), dTicket = ctx.AllocFilled<byte>(ticketBytes, 0);
+            var fusedScratch = new SamplingScratch(ctx.AllocFilled<byte>(scratchBytes, 0), tokens, n);
+            var sample = SamplingLaunchers.RowsParams(dFused, n, tokens, n, dSettings, dFusedIds, fusedScratch);
+            var launches = ctx.RecordLaunches(() =>
+            {
+                gemv.GemvSample(ctx.Stream, dFused, n, dX, k, WeightOperand.Bf16(dW), tokens, n, k, dNw, eps, sample, dTicket, ticketBytes);
+                sampling.Draw(ctx.Stream, sample);
+            });
+            Assert.That(launches.Select(l => l.Kernel), Is.EqualTo(new[] { GemvLaunchers.TensorCoreSampleKernel, "sample_draw_bf16" }), "two launches");
+            Assert.That(ctx.Download<ushort>(dFused, tokens * n), Is.EqualTo(ctx.Download<ushort>(dLogits, tokens * n)), "the logits, bit for bit");
+            byte[] wantState = ctx.Download<byte>(scratch.State, tokens * 32L), gotState = ctx.Download<byte>(fusedScratch.State, tokens * 32L);
+            for (int r = 0; r < tokens; r++)
+            {
+                var (want, got) = (StateText(wantState, r), StateText(gotState, r));
+                Assert.That(got, Is.EqualTo(want), $"counter {counter} row {r}: the row state (xmax, thr, argmax, lo, hi, mode)");
+            }
+            int[] wantIds = ctx.Download<int>(dIds, tokens), gotIds = ctx.Download<int>(dFusedIds, tokens);
+            Assert.That(gotIds, Is.EqualTo(wantIds), $"counter {counter}: the drawn tokens");
+            if (shape == "nan-inf") Assert.That(gotIds, Is.All.EqualTo(2500), "the +inf logit takes all the mass");
+            if (shape == "none") Assert.That(gotIds, Is.All.EqualTo(0), "nothing has mass: token 0");
+            Assert.That(ctx.Download<uint>(fusedScratch.Hist, tokens * (long)SamplingScratch.Buckets), Is.All.EqualTo(0u), "the histogram left zero");
+            Assert.That(ctx.Download<byte>(fusedScratch.Tickets, tokens * 8L), Is.All.EqualTo((byte)0), "the sampler's tickets left zero");
+            Assert.That(ctx.Download<byte>(dTicket, ticketBytes), Is.All.EqualTo((byte)0), "the launch's ticket left zero");
+        }
+        var bad = SamplingLaunchers.RowsParams(dX, n, tokens, n, ctx.Upload(new SampleRowSettings[tokens]), ctx.AllocFilled<int>(tokens), new SamplingScratch(ctx.AllocFilled<byte>(scratchBytes, 0), tokens, n));
+        DevicePtr dY = ctx.AllocFilled<ushort>(tokens * n);
+        Assert.Throws<ArgumentException>(() => gemv.GemvSample(ctx.Stream, dY, n, dX, k, WeightOperand.Bf16(dW), tokens, n, k, dNw, eps, bad, ctx.AllocFilled<byte>(ticketBytes, 0), ticketBytes),
+            "sampling rows of other logits are refused");
+        var good = bad with { Logits = dY };
+        Assert.Throws<ArgumentException>(() => gemv.GemvSample(ctx.Stream, dY, n, dX, k, WeightOperand.Bf16(dW), tokens, n, k, dNw, eps, good, ctx.AllocFilled<byte>(ticketBytes, 0), ticketBytes - 1),
+            "too little ticket scratch is refused");
+    }
+
+    /// <summary>Row r of SampleRowState[] (32 bytes: xmax, thr, best_i, lo, hi, mode) as text, floats by their bits.</summary>
+    private static string StateText(byte[] state, int r)
+    {
+        var s = state.AsSpan(r * 32, 32);
+        float xmax = BitConverter.ToSingle(s[..4]), thr = BitConverter.ToSingle(s[4..8]);
+        int bestI = BitConverter.ToInt32(s[8..12]), lo = BitConverter.ToInt32(s[12..16]), hi = BitConverter.ToInt32(s[16..20]), mode = BitConverter.ToInt32(s[20..24]);
+        return $"xmax {xmax:R} ({BitConverter.SingleToInt32Bits(xmax):x8}), thr {thr:R} ({BitConverter.SingleToInt32Bits(thr):x8}), argmax {bestI}, lo {lo}, hi {hi}, mode {mode}";
+    }
+
     private static void LaunchOneCtaPerTile(KernelCheckContext ctx, GemvParams p, int tiles, int smem)
     {
         var args = new KernelArgs(stackalloc byte[192], stackalloc nint[1]);
@@ -247,6 +360,7 @@ public sealed class ProjectionLauncherTests
     public void ParamsMirrorsMatchCuda()
     {
         StructLayoutCheck.AssertMatches(typeof(GemvParams), "gemv.cu", "GemvParams");
+        StructLayoutCheck.AssertMatches(typeof(GemvSampleParams), "gemv.cu", "GemvSampleParams");
         StructLayoutCheck.AssertMatches(typeof(GemmParams), "gemm.cu", "GemmParams");
     }
 

@@ -342,12 +342,17 @@ public sealed partial class DeviceModel
         if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
         // Final norm -> lm_head (the norm in the GEMV's prologue on the decode path). A greedy step without penalties whose
         // lm_head runs gemv_bf16_mma takes each row's argmax in the same launch (docs/kernels.md, "Fusions"): no sampling node.
+        // A sampled step of one row without penalties runs the sampler's reduce in the lm_head's launch, then the draw.
         bool fusedArgmax = !s.Sample && !s.Penalties && LmHeadCanFuseArgmax(s.Outputs);
-        Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm),
-            argmaxIds: fusedArgmax ? Ws(w.Sampled) : default);
-        if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
+        bool fusedSample = s.Sample && !s.Penalties && LmHeadCanFuseSample(s.Outputs);
         var scratch = new SamplingScratch(Ws(w.SampleScratch), w.MaxOutputs, c.VocabSize);
-        if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
+        SampleRowsParams? sampleRows = fusedSample
+            ? SamplingLaunchers.RowsParams(Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch) : null;
+        Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm),
+            argmaxIds: fusedArgmax ? Ws(w.Sampled) : default, sampleRows: sampleRows);
+        if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
+        if (sampleRows is { } rowsParams) _sampling.Draw(_stream, rowsParams);
+        else if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
         else if (!fusedArgmax) _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled), scratch);
     }
 
@@ -547,13 +552,25 @@ public sealed partial class DeviceModel
         && GemvLaunchers.CanFuseArgmax(_gemv.Plan(rows, Config.VocabSize, Config.HiddenSize, Operand(Plan.Weights.LmHead).Format, normPrologue: true));
 
     /// <summary>
+    /// The lm_head of <paramref name="rows"/> output rows can run the sampler's reduce in its own launch: the fused reduce is
+    /// on (<see cref="DeviceModelOptions.FusedSample"/>), one row, and the GEMV runs <c>gemv_bf16_mma</c> with the final norm
+    /// in its prologue on few enough CTAs (<c>GemvLaunchers.CanFuseSample</c>).
+    /// </summary>
+    private bool LmHeadCanFuseSample(int rows) =>
+        Plan.Options.FusedSample && rows == 1 && Operand(Plan.Weights.LmHead).Format == WeightFormat.Bf16
+        && GemvLaunchers.CanFuseSample(_gemv.Plan(rows, Config.VocabSize, Config.HiddenSize, WeightFormat.Bf16, normPrologue: true),
+            _gemv.SampleGridX(rows, Config.VocabSize, Config.HiddenSize, normPrologue: true));
+
+    /// <summary>
     /// y[T, N] = x[T, K] W^T (+ residual): the decode GEMV for T &lt;= 8, the tensor-core GEMM for more rows. With a
     /// <paramref name="norm"/> weight the product takes RMSNorm(x) * norm: in the GEMV's prologue (no separate norm launch),
     /// or, for the GEMM, by the norm kernel into h first (in place when x is h: the gathered output rows). With
-    /// <paramref name="argmaxIds"/> (only where <see cref="LmHeadCanFuseArgmax"/> said so) the GEMV also writes each row's argmax there.
+    /// <paramref name="argmaxIds"/> (only where <see cref="LmHeadCanFuseArgmax"/> said so) the GEMV also writes each row's argmax there;
+    /// with <paramref name="sampleRows"/> (only where <see cref="LmHeadCanFuseSample"/> said so) it also leaves the rows'
+    /// sampling state for <c>SamplingLaunchers.Draw</c>.
     /// </summary>
     private void Project(DevicePtr y, int ldy, DevicePtr x, int ldx, DeviceTensor matrix, DevicePtr residual, int rows, int n, int k,
-        DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default)
+        DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default, SampleRowsParams? sampleRows = null)
     {
         var w = Plan.Workspace;
         var weight = Operand(matrix);
@@ -569,7 +586,10 @@ public sealed partial class DeviceModel
             _gemm.Gemm(_stream, y, ldy, x, ldx, weight, k, residual, rows, n, k);
             return;
         }
-        _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps, fetchAhead, fetchAheadBytes,
-            argmaxIds, Ws(w.ArgmaxScratch), w.ArgmaxScratchBytes);
+        if (sampleRows is { } sample)
+            _gemv.GemvSample(_stream, y, ldy, x, ldx, weight, rows, n, k, norm, eps, sample, Ws(w.ArgmaxScratch), w.ArgmaxScratchBytes);
+        else
+            _gemv.Gemv(_stream, y, ldy, x, ldx, weight, residual, rows, n, k, Ws(w.GemvPartial), w.GemvPartialCapacity, norm, eps, fetchAhead, fetchAheadBytes,
+                argmaxIds, Ws(w.ArgmaxScratch), w.ArgmaxScratchBytes);
     }
 }

@@ -152,6 +152,21 @@ public sealed record DeviceModelOptions
         !EnvironmentSaysOff(FusedArgmaxEnvironmentVariable);
 
     /// <summary>
+    /// A sampled decode step of one output row without penalties runs <c>sample_reduce_bf16</c>'s work (the argmax, the
+    /// histogram, the thresholds) in the lm_head's own launch (<c>gemv_bf16_mma_sample</c>: bf16 lm_head), then
+    /// <c>sample_draw_bf16</c>: one graph node less per sampled step (docs/kernels.md, "Fusions"). The same row state but for
+    /// fp32 rounding in the masses (a top-p threshold could move only where the mass reaches top_p within it). One row only:
+    /// the last CTA merges each row in turn, where <c>sample_reduce_bf16</c> runs the rows side by side. On by default; off
+    /// when <see cref="FusedSampleEnvironmentVariable"/> is "0" or "false" (the GPU check measures both).
+    /// </summary>
+    public bool FusedSample { get; init; } = FusedSampleFromEnvironment();
+    public const string FusedSampleEnvironmentVariable = "QWEN3CUDA_FUSED_SAMPLE";
+
+    /// <summary>QWEN3CUDA_FUSED_SAMPLE is not "0" or "false" (any case): on unless turned off.</summary>
+    public static bool FusedSampleFromEnvironment() =>
+        !EnvironmentSaysOff(FusedSampleEnvironmentVariable);
+
+    /// <summary>
     /// For the timing model (`profile` on the emulator): with <see cref="PersistentAttentionBlock"/>, each block's stages
     /// (three, or four with <see cref="PersistentRouter"/>) run as launches of the same kernel, one per stage (<c>LaunchConfig.Stage</c>), so the emulator counts
     /// each stage alone; the predictor composes them back into one launch (docs/timing-model.md, section 7). The same

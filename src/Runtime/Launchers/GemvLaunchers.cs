@@ -30,6 +30,14 @@ public struct GemvParams
     public DevicePtr ArgmaxTicket;  // int, zero on entry, left zero
 }
 
+/// <summary>Mirror of <c>GemvSampleParams</c> in kernels/gemv.cu: <c>gemv_bf16_mma_sample</c>'s GEMV and its rows' sampling.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct GemvSampleParams
+{
+    public GemvParams G;         // ArgmaxTicket is the launch's ticket
+    public SampleRowsParams S;   // Parts holds [T, GridX] per-CTA partials here
+}
+
 /// <summary>
 /// The launch shape the GEMV launcher picked (exposed for tests and benchmarks). <see cref="TensorCores"/>: the launch is
 /// <c>gemv_bf16_mma</c> (<see cref="RowsPerWarp"/> is then its row groups of 8 rows per CTA, the same CTA rows).
@@ -73,11 +81,13 @@ public sealed class GemvLaunchers
     public const string TensorCoreKernel = "gemv_bf16_mma";
     /// <summary>The same with the fused argmax (<c>Gemv</c>'s argmaxIds: the greedy decode step's lm_head).</summary>
     public const string TensorCoreArgmaxKernel = "gemv_bf16_mma_argmax";
+    /// <summary>The same with <c>sample_reduce_bf16</c>'s work in its launch (<see cref="GemvSample"/>: the sampled decode step's lm_head).</summary>
+    public const string TensorCoreSampleKernel = "gemv_bf16_mma_sample";
     /// <summary>gemv_mma.cuh's GEMV_MMA_PAD: the staged x rows are K + 32 bf16.</summary>
     public const int MmaPadElements = 32;
 
     private readonly Dictionary<WeightFormat, DeviceKernel[]> _kernels = [];
-    private readonly DeviceKernel? _mma, _mmaArgmax;
+    private readonly DeviceKernel? _mma, _mmaArgmax, _mmaSample;
     private readonly IDevice _device;
 
     /// <summary>
@@ -99,6 +109,7 @@ public sealed class GemvLaunchers
         {
             _mma = loader.Get(File, TensorCoreKernel);
             _mmaArgmax = loader.Get(File, TensorCoreArgmaxKernel);
+            _mmaSample = loader.Get(File, TensorCoreSampleKernel);
         }
     }
 
@@ -125,6 +136,8 @@ public sealed class GemvLaunchers
 
     /// <summary>CTAs per SM a <c>gemv_bf16_mma</c> launch is sized for when its row tiles are more (its __launch_bounds__ minimum: at most 64 registers).</summary>
     public const int MmaCtasPerSm = 4;
+    /// <summary>The same for <c>gemv_bf16_mma_sample</c> (at most 80 registers: at 64 its last CTA's merge spilled at sm_90).</summary>
+    public const int MmaSampleCtasPerSm = 3;
     /// <summary><c>gemv_bf16_mma</c>'s static shared memory and the 1 KiB the hardware reserves per block, for <see cref="MmaGridX"/> (its red_s, nred_s and inv_s, and the fused argmax's keys: 3.2 KiB).</summary>
     private const int MmaStaticAndReservedBytes = 5 * 1024;
 
@@ -134,12 +147,12 @@ public sealed class GemvLaunchers
     /// when the staged x leaves less shared memory), each running its tiles one after the other (gemv.cu; the lm_head's 2374
     /// tiles on 528 CTAs of an H100). The grid does not change the rows: each tile's sums are a CTA's own.
     /// </summary>
-    public static int MmaGridX(int tiles, int sms, int sharedPerSm, int dynamicSharedBytes)
+    public static int MmaGridX(int tiles, int sms, int sharedPerSm, int dynamicSharedBytes, int ctasPerSm = MmaCtasPerSm)
     {
         if (tiles <= 0) throw new ArgumentOutOfRangeException(nameof(tiles), tiles, "gemv_bf16_mma: the row tiles must be positive");
         if (sms <= 0) throw new ArgumentOutOfRangeException(nameof(sms), sms, "gemv_bf16_mma: the SMs must be positive");
         int bySmem = sharedPerSm / (dynamicSharedBytes + MmaStaticAndReservedBytes);
-        long resident = (long)sms * Math.Clamp(bySmem, 1, MmaCtasPerSm);
+        long resident = (long)sms * Math.Clamp(bySmem, 1, ctasPerSm);
         return (int)Math.Min(tiles, resident);
     }
 
@@ -206,8 +219,55 @@ public sealed class GemvLaunchers
         int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f,
         DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default, DevicePtr argmaxScratch = default, long argmaxScratchBytes = 0)
     {
+        var (plan, p, gridX, smem) = Prepare(y, ldy, x, ldx, w, residual, tokens, n, k, partial, partialBytes, normWeight, normEps, fetchAhead, fetchAheadBytes);
+        if (!argmaxIds.IsNull)
+        {
+            if (!CanFuseArgmax(plan)) throw new ArgumentException($"gemv: N {n} K {k} T {tokens} runs {(plan.TensorCores ? "split" : "on CUDA cores")}; the fused argmax runs only on gemv_bf16_mma (CanFuseArgmax)", nameof(argmaxIds));
+            CheckArgmaxScratch(tokens, argmaxScratch, argmaxScratchBytes, "fused argmax");
+            p.ArgmaxIds = argmaxIds;
+            p.ArgmaxTicket = argmaxScratch;
+            p.ArgmaxKeys = argmaxScratch + 8;
+        }
+        var args = new KernelArgs(stackalloc byte[224], stackalloc nint[1]);
+        args.Add(p);
+        var kernel = !argmaxIds.IsNull ? _mmaArgmax! : plan.TensorCores ? _mma! : Kernels(w.Format)[tokens];
+        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)gridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
+        return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
+    }
+
+    /// <summary>
+    /// The sampled decode step's lm_head with <c>sample_reduce_bf16</c>'s work in the same launch (<c>gemv_bf16_mma_sample</c>,
+    /// gemv.cu): logits = RMSNorm(x) * normWeight W^T as <c>Gemv</c> computes them (the same bits), and for each of the
+    /// <paramref name="tokens"/> rows the state <c>sample_reduce_bf16</c> leaves (the argmax, the histogram, the top-k / top-p /
+    /// min-p threshold; a greedy row's token), so that <see cref="SamplingLaunchers.Draw"/> comes next. <paramref name="sample"/>
+    /// comes from <see cref="SamplingLaunchers.RowsParams"/> for the logits <paramref name="y"/> ([tokens, ldy], vocabulary
+    /// <paramref name="n"/>); its scratch holds a partial per CTA and row. <paramref name="ticketScratch"/> holds
+    /// <see cref="ArgmaxScratchBytes"/> (the launch's ticket: zero before the first launch, left zero). Only where
+    /// <see cref="CanFuseSample"/> holds.
+    /// </summary>
+    public GemvPlan GemvSample(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, int tokens, int n, int k,
+        DevicePtr normWeight, float normEps, in SampleRowsParams sample, DevicePtr ticketScratch, long ticketScratchBytes)
+    {
+        var (plan, p, _, smem) = Prepare(y, ldy, x, ldx, w, DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, normWeight, normEps, DevicePtr.Null, 0);
+        int gridX = plan.TensorCores ? SampleGridX(plan, smem) : 0;
+        if (!CanFuseSample(plan, gridX))
+            throw new ArgumentException($"gemv: N {n} K {k} T {tokens} runs {(plan.TensorCores ? $"on {gridX} CTAs" : "on CUDA cores")}; the fused reduce runs only on gemv_bf16_mma with at most {SamplingScratch.FusedPartsPerRow} CTAs (CanFuseSample)");
+        CheckArgmaxScratch(tokens, ticketScratch, ticketScratchBytes, "fused reduce");
+        if (sample.Logits != y || sample.Ld != ldy || sample.Rows != tokens || sample.Vocab != n || sample.ArgmaxOnly != 0)
+            throw new ArgumentException($"gemv: the sampling rows (logits {sample.Logits}, ld {sample.Ld}, rows {sample.Rows}, vocab {sample.Vocab}) are not this product's (y {y}, ldy {ldy}, {tokens} x {n})", nameof(sample));
+        p.ArgmaxTicket = ticketScratch;
+        var args = new KernelArgs(stackalloc byte[384], stackalloc nint[1]);
+        args.Add(new GemvSampleParams { G = p, S = sample });
+        _device.Launch(_mmaSample!, new LaunchConfig(new Dim3((uint)gridX), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
+        return plan;
+    }
+
+    /// <summary>Checks the arguments, plans the launch and fills the GEMV's parameters (no argmax or sampling fields).</summary>
+    private (GemvPlan Plan, GemvParams Params, int GridX, int Smem) Prepare(DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
+        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight, float normEps, DevicePtr fetchAhead, long fetchAheadBytes)
+    {
         if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "gemv: bytes to fetch ahead must not be negative");
-        var kernels = Kernels(w.Format);
+        Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
         if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
         if (ldx < k || ldx % 8 != 0) throw new ArgumentException($"gemv: ldx {ldx} must be >= K {k} and a multiple of 8", nameof(ldx));
@@ -222,30 +282,42 @@ public sealed class GemvLaunchers
         int smem = plan.TensorCores ? tokens * (k + MmaPadElements) * 2   // x as bf16 rows (gemv.cu, gemv_bf16_mma)
             : tokens * plan.KSplit * 4;                                        // x slice as fp32 (gemv.cu, stage_chunk)
         int gridX = plan.TensorCores ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem) : plan.GridX;
-        if (!argmaxIds.IsNull)
-        {
-            if (!CanFuseArgmax(plan)) throw new ArgumentException($"gemv: N {n} K {k} T {tokens} runs {(plan.TensorCores ? "split" : "on CUDA cores")}; the fused argmax runs only on gemv_bf16_mma (CanFuseArgmax)", nameof(argmaxIds));
-            long needArgmax = ArgmaxScratchBytes(tokens);
-            if (argmaxScratch.IsNull || argmaxScratchBytes < needArgmax)
-                throw new ArgumentException($"gemv: the fused argmax of {tokens} token(s) needs {needArgmax} bytes of scratch, got {argmaxScratchBytes}", nameof(argmaxScratch));
-        }
         var p = new GemvParams
         {
             Y = y, X = x, W = w.Data, Residual = residual, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
             RowsPerWarp = plan.RowsPerWarp, KSplit = plan.KSplit, SplitK = plan.SplitK, Ws = w.KernelScales,
             NormWeight = normWeight, Eps = normEps, Tickets = partial, Partial = need > 0 ? partial + TicketBytes : DevicePtr.Null,
             FetchAhead = fetchAhead, FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
-            ArgmaxIds = argmaxIds, ArgmaxTicket = argmaxIds.IsNull ? DevicePtr.Null : argmaxScratch, ArgmaxKeys = argmaxIds.IsNull ? DevicePtr.Null : argmaxScratch + 8,
         };
-        var args = new KernelArgs(stackalloc byte[224], stackalloc nint[1]);
-        args.Add(p);
-        var kernel = !argmaxIds.IsNull ? _mmaArgmax! : plan.TensorCores ? _mma! : kernels[tokens];
-        _device.Launch(kernel, new LaunchConfig(new Dim3((uint)gridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
-        return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
+        return (plan, p, gridX, smem);
+    }
+
+    private static void CheckArgmaxScratch(int tokens, DevicePtr scratch, long scratchBytes, string what)
+    {
+        long need = ArgmaxScratchBytes(tokens);
+        if (scratch.IsNull || scratchBytes < need)
+            throw new ArgumentException($"gemv: the {what} of {tokens} token(s) needs {need} bytes of scratch, got {scratchBytes}", nameof(scratch));
     }
 
     /// <summary>Whether a launch of <paramref name="plan"/> can fuse the argmax: it runs <c>gemv_bf16_mma</c> (tensor cores, no split).</summary>
     public static bool CanFuseArgmax(in GemvPlan plan) => plan.TensorCores && plan.SplitK == 1;
+
+    /// <summary>
+    /// Whether a launch of <paramref name="plan"/> on <paramref name="gridX"/> CTAs (<see cref="MmaGridX"/>) can fuse the
+    /// sampled step's reduce: it runs <c>gemv_bf16_mma</c>, and its CTAs' partials fit the last CTA's one pass
+    /// (<see cref="SamplingScratch.FusedPartsPerRow"/>: 768, against 396 on an H100: <see cref="SampleGridX(int, int, int, bool)"/>).
+    /// </summary>
+    public static bool CanFuseSample(in GemvPlan plan, int gridX) => CanFuseArgmax(plan) && gridX <= SamplingScratch.FusedPartsPerRow;
+
+    /// <summary>The grid a <see cref="GemvSample"/> launch of <paramref name="tokens"/> x <paramref name="n"/> x <paramref name="k"/> takes on this device (<see cref="MmaGridX"/> at <see cref="MmaSampleCtasPerSm"/>; 0 when the plan is not <c>gemv_bf16_mma</c>).</summary>
+    public int SampleGridX(int tokens, int n, int k, bool normPrologue)
+    {
+        GemvPlan plan = Plan(tokens, n, k, WeightFormat.Bf16, normPrologue);
+        return plan.TensorCores ? SampleGridX(plan, tokens * (k + MmaPadElements) * 2) : 0;
+    }
+
+    private int SampleGridX(in GemvPlan plan, int smem) =>
+        MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem, MmaSampleCtasPerSm);
 
     /// <summary>Zeroes the split-K tickets at the start of a GEMV workspace: once after allocating it, outside any graph.</summary>
     public void ClearTickets(DeviceStream stream, DevicePtr partial, long partialBytes)

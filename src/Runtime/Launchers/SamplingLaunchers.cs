@@ -47,25 +47,30 @@ public struct SampleRowsParams
 /// <summary>
 /// Device memory the sampling kernels need between their two launches, for up to <see cref="Rows"/> rows of up to
 /// <see cref="Vocab"/> logits: the per-row histogram of bf16 values and tickets (both must be zero before the first
-/// launch, e.g. from <see cref="IDevice.MemsetAsync"/>; the kernels leave them zero), the CTAs' partials and the row
-/// state. Size: <see cref="Bytes"/> (about 256 KiB per row).
+/// launch, e.g. from <see cref="IDevice.MemsetAsync"/>; the kernels leave them zero), the CTAs' partials (room for
+/// <see cref="FusedPartsPerRow"/> per row, the lm_head's fused reduce, or the slices', whichever is more) and the row
+/// state. Size: <see cref="Bytes"/> (about 270 KiB per row).
 /// </summary>
 public readonly record struct SamplingScratch(DevicePtr Base, int Rows, int Vocab)
 {
     public const int Buckets = 65536;
+    /// <summary>Partials per row that <c>gemv_bf16_mma_sample</c> may store (one per CTA): its last CTA merges them in one pass
+    /// of 3 per thread (gemv.cu's GEMV_SAMPLE_PARTS_HELD x 256 threads).</summary>
+    public const int FusedPartsPerRow = 768;
 
     public static long Bytes(int rows, int vocab)
     {
         long ctas = SamplingLaunchers.CtasFor(vocab);
-        return HistBytes(rows) + TicketBytes(rows) + rows * ctas * 20L + rows * 32L;
+        return HistBytes(rows) + TicketBytes(rows) + rows * PartsPerRow(vocab) * 16L + rows * ctas * 4L + rows * 32L;
     }
 
+    private static long PartsPerRow(int vocab) => Math.Max(SamplingLaunchers.CtasFor(vocab), FusedPartsPerRow);
     private static long HistBytes(int rows) => rows * (long)Buckets * sizeof(uint);
     private static long TicketBytes(int rows) => (rows * 8L + 255) / 256 * 256;
     internal DevicePtr Hist => Base;
     internal DevicePtr Tickets => Base + HistBytes(Rows);
     internal DevicePtr Parts => Tickets + TicketBytes(Rows);
-    internal DevicePtr SliceMass => Parts + Rows * (long)SamplingLaunchers.CtasFor(Vocab) * 16;
+    internal DevicePtr SliceMass => Parts + Rows * PartsPerRow(Vocab) * 16;
     internal DevicePtr State => SliceMass + Rows * (long)SamplingLaunchers.CtasFor(Vocab) * 4;
 }
 
@@ -128,6 +133,26 @@ public sealed class SamplingLaunchers(KernelLoader loader)
         var p = Params(logits, ld, rows, vocab, outIds, settings, default, scratch, argmaxOnly: false);
         Launch(_reduce, stream, p);
         Launch(_draw, stream, p);
+    }
+
+    /// <summary>
+    /// The rows of <see cref="SampleRows"/> for a launch that does <c>sample_reduce_bf16</c>'s work itself (the lm_head's
+    /// <see cref="GemvLaunchers.GemvSample"/>), to pass to it and then to <see cref="Draw"/>: row r takes <c>settings[r]</c>.
+    /// </summary>
+    public static SampleRowsParams RowsParams(DevicePtr logits, int ld, int rows, int vocab, DevicePtr settings, DevicePtr outIds, in SamplingScratch scratch)
+    {
+        Validate(ld, rows, vocab, scratch);
+        if (settings.IsNull) throw new ArgumentException("sampling: the rows need the settings array", nameof(settings));
+        if (rows == 0) throw new ArgumentException("sampling: no rows to sample", nameof(rows));
+        return Params(logits, ld, rows, vocab, outIds, settings, default, scratch, argmaxOnly: false);
+    }
+
+    /// <summary><c>sample_draw_bf16</c> alone, after a launch that left the rows' state (<see cref="GemvLaunchers.GemvSample"/>), with the same <paramref name="rows"/>.</summary>
+    public void Draw(DeviceStream stream, in SampleRowsParams rows)
+    {
+        if (rows.Rows <= 0 || rows.Settings.IsNull || rows.ArgmaxOnly != 0 || rows.Ctas != CtasFor(rows.Vocab))
+            throw new ArgumentException($"sampling: Draw takes the rows of RowsParams (rows {rows.Rows}, vocab {rows.Vocab}, CTAs {rows.Ctas})", nameof(rows));
+        Launch(_draw, stream, rows);
     }
 
     private static SampleRowsParams Params(DevicePtr logits, int ld, int rows, int vocab, DevicePtr outIds, DevicePtr settings,
