@@ -821,6 +821,7 @@ __device__ __forceinline__ void attn_fused_tile(const AttnDecodeFusedParams& p, 
 
     // Ticket: the last CTA of (seq, kvh) combines.
     int* ticket = p.tickets + (size_t)seq * p.num_kv_heads + kvh;
+    tail_begin();
     __threadfence();
     __syncthreads();
     if (tid == 0) s.is_last = atomicAdd(ticket, 1) == splits - 1;

@@ -139,6 +139,13 @@ __device__ __forceinline__ float block_sum(float v, float* scratch)
     return v;
 }
 
+// Where a launch's tail begins: the work a CTA does after its share of the launch's stream (the ticket, and the last CTA's
+// merge), which on a GPU runs after the DRAM stream ends. `pmevent 7` triggers a performance-monitor event and nothing
+// else; the emulator counts each warp's chain from its first mark on apart, and the timing model adds the longest such
+// chain after the launch's waves (docs/timing-model.md, section 2). Every kernel that elects a last CTA with a ticket calls
+// it right before the ticket's fence.
+__device__ __forceinline__ void tail_begin() { asm volatile("pmevent 7;" ::: "memory"); }
+
 // Programmatic dependent launch (PDL, sm_90 and newer; docs/kernels.md "Programmatic dependent launch").
 // A kernel launched with LaunchConfig.ProgrammaticDependentLaunch may start while the kernel before it in the
 // stream or graph is still running. Before pdl_wait() it may only touch memory no earlier kernel of the step

@@ -63,6 +63,7 @@ __device__ __forceinline__ void gemv_combine_one(const GemvParams& p, int t, int
 __device__ __forceinline__ void gemv_splitk_tail(const GemvParams& p, int row_base, int rows_here, int T)
 {
     __shared__ int is_last;
+    tail_begin();
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(&p.tickets[blockIdx.x], 1) == p.split_k - 1;
@@ -448,6 +449,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvParams& p, const SampleR
         }
     }
     if constexpr (ARGMAX || SAMPLE) {
+        tail_begin();                                      // the CTA's stream is done: the fold into global memory and the ticket
         __syncthreads();                                   // every output folded into best_s / run_s
         if (ARGMAX && tid < p.tokens && best_s[tid] != 0ull) atomicMax(&p.argmax_keys[tid], best_s[tid]);
         if (SAMPLE && tid < p.tokens) sp.parts[(size_t)tid * gridDim.x + blockIdx.x] = run_s[tid];

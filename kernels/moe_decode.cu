@@ -73,12 +73,15 @@ __device__ __forceinline__ float ld_cg_bf16(const bf16* p)
 }
 
 // The fused combine, run by every CTA after it wrote its rows of y (all threads reach it: no early return before), for
-// row block bx (16 rows) of slot s; a token's tickets are ceil(H / 16) ints.
-__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s, int bx)
+// row block bx (16 rows) of slot s; a token's tickets are ceil(H / 16) ints. last_tile: the CTA streams nothing after this
+// tile, so the ticket and the combine are the launch's tail (tail_begin; a moe_experts_gemv CTA with more tiles to run
+// goes on streaming after it).
+__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s, int bx, bool last_tile)
 {
     __shared__ int is_last;
     const int t = s / p.top_k, k = p.top_k;
     int* ticket = p.tickets + (size_t)t * ((p.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA) + bx;
+    if (last_tile) tail_begin();
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(ticket, 1) == k - 1;
@@ -158,7 +161,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
 // other CTAs of this launch (moe_experts_gemv), so it is read from L2 (ld.global.cg), never through L1; the values, and
 // so the rows, are the same.
 template <bool INTER_L2>
-__device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int bx)
+__device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int bx, bool last_tile = true)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = p.topk_ids[s];
@@ -182,7 +185,7 @@ __device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int
             if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
         }
     }
-    down_combine_tail(p, s, bx);
+    down_combine_tail(p, s, bx, last_tile);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDownGemvParams p)
@@ -250,7 +253,7 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
 
 // Quantized down: the mapping of moe_down_gemv with 16-weight chunks (INTER_L2 as down_tile).
 template <int QF, bool INTER_L2>
-__device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int s, int bx)
+__device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int s, int bx, bool last_tile = true)
 {
     extern __shared__ uint4 x_s[];                         // [I / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -286,7 +289,7 @@ __device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int 
             if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
         }
     }
-    down_combine_tail(p, s, bx);
+    down_combine_tail(p, s, bx, last_tile);
 }
 
 template <int QF>
@@ -421,8 +424,8 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
             counter_release(&p.sync[2 + cur.slot]);        // its barrier: every column of the tile written
         } else if (cur.kind == EXPERTS_DOWN) {
             counter_wait(&p.sync[2 + cur.slot], experts_gu_blocks(p));
-            if constexpr (QF == 0) down_tile<true>(p.down, cur.slot, cur.block);
-            else down_tile_quant<QF, true>(p.down, cur.slot, cur.block);
+            if constexpr (QF == 0) down_tile<true>(p.down, cur.slot, cur.block, next.kind == EXPERTS_NONE);
+            else down_tile_quant<QF, true>(p.down, cur.slot, cur.block, next.kind == EXPERTS_NONE);
             // release for the follow-on tiles: every row of the tile (and of its combine, if it was the block's last) written
             if (p.next_tiles > 0) counter_release(&p.sync[2 + p.gate_up.slots]);
         } else if (cur.kind == EXPERTS_NEXT) {
@@ -437,6 +440,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
         cur = next;
     }
     if (threadIdx.x == 0) {
+        tail_begin();                                      // (a CTA whose last tile was a down tile marked it at its combine)
         __threadfence();
         if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tiles and left
             p.sync[0] = 0;

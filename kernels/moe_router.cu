@@ -65,6 +65,7 @@ extern "C" __global__ void __launch_bounds__(ROUTER_WARPS * 32) moe_router_topk(
     }
 
     // Ticket: the last block of this token block does the softmax + top-k.
+    tail_begin();
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(&p.counters[blockIdx.y], 1) == (int)gridDim.x - 1;

@@ -267,6 +267,7 @@ __device__ __forceinline__ void router_norm_tile(const MoeRouterParams& p, int e
     }
 
     // Ticket: the last CTA does the softmax + top-k of every token.
+    tail_begin();
     __threadfence();
     __syncthreads();
     if (tid == 0) is_last = atomicAdd(counter, 1) == tiles - 1;

@@ -85,6 +85,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_reduce_bf16(
     if (tid == 0) p.parts[(size_t)row * p.ctas + c] = SamplePart{best, best_i, z, lo};
 
     // Ticket: the last CTA of the row merges the partials and finds the thresholds.
+    tail_begin();
     __threadfence();
     __syncthreads();
     if (tid == 0) last_s = atomicAdd(&p.tickets[row * 2], 1u) == (unsigned int)p.ctas - 1;
@@ -132,6 +133,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_draw_bf16(Sa
     const float slice = block_total(mine, sf);
     if (tid == 0) p.slice_mass[(size_t)row * p.ctas + c] = slice;
 
+    tail_begin();                    // the ticket: the last CTA picks the slice and redraws in it
     __threadfence();
     __syncthreads();
     if (tid == 0) last_s = atomicAdd(&p.tickets[row * 2 + 1], 1u) == (unsigned int)p.ctas - 1;

@@ -143,6 +143,40 @@ public class TimingModelTests
             Is.EqualTo(MiB / 2), "a footprint within the L2: every re-read hits, whatever the set");
     }
 
+    /// <summary>
+    /// A launch's tail (the chain from a warp's tail mark on: the ticket and the last CTA's merge) comes after its waves.
+    /// PureBandwidthKernel_TwoWaves with a tail of 3 L2 round trips and 50 instructions: 3 x 200 ns + 50 / 0.5 ns = 0.7 us,
+    /// so 101.7 us, and the last wave (20.5 us) ends 0.7 us later, which the next kernel's prefetch may use. The one-warp
+    /// pointer chase of LatencyBoundOneCtaKernel with its last 4 trips and 20 instructions marked as its tail: the latency
+    /// term is the chain before the mark (6 x 500 ns + 30 / 0.5 ns = 3.06 us) and the tail the rest (4 x 500 ns + 20 / 0.5 ns
+    /// = 2.04 us): 5.1 us as without the mark, not counted twice (the DRAM term's Little's law leaves the tail's 4 trips to
+    /// it: 6 x 500 ns = 3 us).
+    /// </summary>
+    [Test]
+    public void Tail_ComesAfterTheWaves_AndTheLatencyTermIsTheChainBeforeIt()
+    {
+        var stream = Launch(100, 256, dramBytes: 100 * 800_000L, warpDramTrips: 4, maxWarpInstructions: 100) with
+        {
+            MaxWarpTailL2RoundTrips = 3, MaxWarpTailInstructions = 50, MaxWarpPreTailDramRoundTrips = 4, MaxWarpPreTailInstructions = 100,
+        };
+        var p = KernelTimingModel.Predict(stream, new KernelResources(32, 0), Toy);
+        Near(p.TailUs, 0.7, "tail: 3 L2 trips and 50 instructions");
+        Near(p.Microseconds, 101.7, "the two waves, then the tail");
+        Near(p.LastWaveUs, 21.2, "the last wave's window includes the tail");
+        Assert.That(p.Bound, Is.EqualTo(TimeBound.Dram));
+
+        var chase = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50) with
+        {
+            MaxWarpTailDramRoundTrips = 4, TailDramRoundTrips = 4, MaxWarpTailInstructions = 20, MaxWarpPreTailDramRoundTrips = 6, MaxWarpPreTailInstructions = 30,
+        };
+        var q = KernelTimingModel.Predict(chase, new KernelResources(16, 0), Toy);
+        Near(q.LatencyUs, 3.06, "latency: the chain before the mark");
+        Near(q.TailUs, 2.04, "tail: the chain from it on");
+        Near(q.Microseconds, 5.1, "the whole chain once");
+        var unmarked = KernelTimingModel.Predict(Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50), new KernelResources(16, 0), Toy);
+        Assert.That(unmarked.TailUs, Is.Zero, "no mark: no tail");
+    }
+
     [Test]
     public void TailEffect_OneCtaMoreAddsAWave()
     {
@@ -188,7 +222,7 @@ public class TimingModelTests
         Assert.That(table, Does.Contain("PREDICTED"));
         string row = table.Split('\n').Single(l => l.TrimStart().StartsWith("chain", StringComparison.Ordinal));
         Assert.That(row.Split(' ', StringSplitOptions.RemoveEmptyEntries),
-            Is.EqualTo(new[] { "chain", "2", "1", "5.0", "0.0", "0.0", "0.1", "5.7", "10", "3", "50", "0.1" }), row);
+            Is.EqualTo(new[] { "chain", "2", "1", "5.0", "0.0", "0.0", "0.1", "5.7", "0.0", "10", "3", "50", "0.1" }), row);
     }
 
     [Test]

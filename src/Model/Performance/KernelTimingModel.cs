@@ -44,6 +44,12 @@ public sealed record KernelPrediction
     public required double SmFillUs { get; init; }
     public required double IssueUs { get; init; }
     public required double LatencyUs { get; init; }
+    /// <summary>
+    /// The launch's tail (0 without one): the longest chain of a warp from its tail mark on (<c>tail_begin()</c> in
+    /// kernels/common.cuh: the ticket and the last CTA's merge), which starts when the waves are done. Part of
+    /// <see cref="Microseconds"/> and <see cref="LastWaveUs"/>.
+    /// </summary>
+    public double TailUs { get; init; }
     public required double Microseconds { get; init; }
     public required TimeBound Bound { get; init; }
     /// <summary>CTAs of the launch's last wave (the tail, or a full wave) and that wave's time: the window in which the next kernel, if it is launched programmatically, can prefetch.</summary>
@@ -118,6 +124,9 @@ public sealed record PrefetchOverlap
 /// <item>latency: the critical warp's dependent chain: its DRAM and L2 round trips at their latencies plus its own
 /// instructions at one warp's issue rate.</item>
 /// </list>
+/// A launch whose warps mark a tail (the work a CTA does after its share of the stream: the ticket, and the last CTA's
+/// merge) takes the longest warp's chain from the mark on after its last wave; the latency term is then the chain before
+/// the mark.
 /// Inputs are the emulator's counters of the launch (<see cref="LaunchRecord"/>), averaged per CTA and per warp.
 /// </summary>
 public static class KernelTimingModel
@@ -251,7 +260,7 @@ public static class KernelTimingModel
 
         long warps = Math.Max(1, r.Warps > 0 ? r.Warps : ctas * occ.WarpsPerBlock);
         double dramPerCta = (double)dram / ctas, l2PerCta = (double)l2 / ctas;
-        double tripsPerWarp = (double)r.DramRoundTrips / warps * kept;
+        double tripsPerWarp = (double)(r.DramRoundTrips - r.TailDramRoundTrips) / warps * kept;   // the tails' trips come after the waves
         double instrPerCta = (double)r.WarpInstructions / ctas;
         double sfuCyclesPerCta = r.SpecialFunctionInstructions * (32.0 / g.SfuLanesPerSm) / ctas;
         double lsuCyclesPerCta = (r.GlobalLoadRequests + r.GlobalStoreRequests + r.SharedWavefronts + r.Shuffles) / g.LsuRequestsPerSmPerClock / ctas;
@@ -260,12 +269,17 @@ public static class KernelTimingModel
         double Chain(long dramTrips, long l2Trips, long instructions, double keptShare) =>
             (dramTrips * keptShare * g.DramLatencyNs + (l2Trips + dramTrips * (1 - keptShare)) * g.L2LatencyNs) / 1000.0
             + instructions / g.SingleWarpIpc / g.ClockHz * 1e6;
-        double latencyUs = Chain(r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips, r.MaxWarpInstructions, kept);
+        // the tail: the longest chain from a warp's tail mark on, after the waves (its trips as measured); the latency term
+        // is then the chain before the mark
+        bool tailed = r.MaxWarpTailInstructions > 0;
+        double tailUs = tailed ? Chain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions, 1) : 0;
+        double latencyUs = tailed ? Chain(r.MaxWarpPreTailDramRoundTrips, r.MaxWarpPreTailL2RoundTrips, r.MaxWarpPreTailInstructions, kept)
+            : Chain(r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips, r.MaxWarpInstructions, kept);
         if (preWaitShadowUs > 0 && r.MaxWarpPreWaitInstructions > 0)
         {
-            // the part before the wait ran beside the kernel before; the part after it, as the loads left it
+            // the part before the wait ran beside the kernel before; the part after it (less the tail), as the loads left it
             double before = Chain(r.MaxWarpPreWaitDramRoundTrips, r.MaxWarpPreWaitL2RoundTrips, r.MaxWarpPreWaitInstructions, 1);
-            double after = Chain(r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPostWaitL2RoundTrips, r.MaxWarpPostWaitInstructions, kept);
+            double after = Math.Max(0, Chain(r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPostWaitL2RoundTrips, r.MaxWarpPostWaitInstructions, kept) - tailUs);
             latencyUs = Math.Min(latencyUs, after + Math.Max(0, before - preWaitShadowUs));
         }
 
@@ -287,7 +301,7 @@ public static class KernelTimingModel
         var waves = new List<(Wave W, long Count)>();
         if (fullWaves > 0) waves.Add((Run(perWave), fullWaves));
         if (tail > 0) waves.Add((Run(tail), 1));
-        double total = waves.Sum(w => w.W.Max * w.Count);
+        double total = waves.Sum(w => w.W.Max * w.Count) + tailUs;
         var longest = waves.MaxBy(w => w.W.Max * w.Count).W;
         long lastWaveCtas = tail > 0 ? tail : perWave;
 
@@ -301,8 +315,8 @@ public static class KernelTimingModel
             LittleGBps = inFlightPerSm * activeSms / g.DramLatencyNs,   // bytes per ns = GB/s
             DramUs = waves.Sum(w => w.W.Dram * w.Count), L2Us = waves.Sum(w => w.W.L2 * w.Count),
             SmFillUs = waves.Sum(w => w.W.Fill * w.Count), IssueUs = waves.Sum(w => w.W.Issue * w.Count),
-            LatencyUs = waves.Sum(w => w.W.Latency * w.Count), Microseconds = total, Bound = longest.Bound,
-            LastWaveCtas = lastWaveCtas, LastWaveUs = waves[^1].W.Max,
+            LatencyUs = waves.Sum(w => w.W.Latency * w.Count), TailUs = tailUs, Microseconds = total, Bound = longest.Bound,
+            LastWaveCtas = lastWaveCtas, LastWaveUs = waves[^1].W.Max + tailUs,
         };
     }
 

@@ -256,7 +256,8 @@ public static class StepPredictor
     /// <summary>
     /// `profile --detail`: per launch shape (as in <see cref="Table"/>) the model's terms averaged per launch (each summed
     /// over the launch's waves; the kernel's time is the largest term of each wave) and the critical warp behind the
-    /// latency term: its DRAM and L2 round trips and its instructions, with the share of the latency its own issue takes.
+    /// latency term: its DRAM and L2 round trips and its instructions, with the share of the latency its own issue takes; the
+    /// tail is the longest chain after a warp's tail mark, which comes after the waves (docs/timing-model.md, section 2).
     /// Shows which term to attack (docs/timing-model.md, section 2).
     /// </summary>
     public static string TermsTable(StepPrediction p)
@@ -265,7 +266,7 @@ public static class StepPredictor
         var g = p.Gpu;
         var sb = new StringBuilder();
         sb.Append(inv, $"  {p.Name}: the model's terms per launch (PREDICTED us, averaged over the launches) and the critical warp (the maxima over warps)\n");
-        sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"DRAM",8}{"L2",8}{"fill",8}{"issue",8}{"latency",9}{"DRAM trips",12}{"L2 trips",10}{"warp instr",12}{"instr us",10}\n");
+        sb.Append(inv, $"  {"kernel",-26}{"launches",9}{"grid",8}{"DRAM",8}{"L2",8}{"fill",8}{"issue",8}{"latency",9}{"tail",8}{"DRAM trips",12}{"L2 trips",10}{"warp instr",12}{"instr us",10}\n");
         foreach (var grp in p.Launches.GroupBy(l => (l.Kernel, l.Launch.Grid, l.Launch.Block, l.Launch.DynamicSharedBytes, l.Launch.Stage)))
         {
             var f = grp.First();
@@ -273,7 +274,7 @@ public static class StepPredictor
             double Avg(Func<KernelPrediction, double> sel) => grp.Sum(sel) / n;
             double instr = Avg(l => l.Launch.MaxWarpInstructions);
             double instrUs = instr / g.SingleWarpIpc / g.ClockHz * 1e6;
-            sb.Append(inv, $"  {LaunchName(f.Launch),-26}{n,9}{f.Launch.Grid.ToString(),8}{Avg(l => l.DramUs),8:F1}{Avg(l => l.L2Us),8:F1}{Avg(l => l.SmFillUs),8:F1}{Avg(l => l.IssueUs),8:F1}{Avg(l => l.LatencyUs),9:F1}");
+            sb.Append(inv, $"  {LaunchName(f.Launch),-26}{n,9}{f.Launch.Grid.ToString(),8}{Avg(l => l.DramUs),8:F1}{Avg(l => l.L2Us),8:F1}{Avg(l => l.SmFillUs),8:F1}{Avg(l => l.IssueUs),8:F1}{Avg(l => l.LatencyUs),9:F1}{Avg(l => l.TailUs),8:F1}");
             sb.Append(inv, $"{Avg(l => l.Launch.MaxWarpDramRoundTrips),12:F0}{Avg(l => l.Launch.MaxWarpL2RoundTrips),10:F0}{instr,12:F0}{instrUs,10:F1}\n");
         }
         return sb.ToString();

@@ -125,7 +125,9 @@ internal sealed unsafe class Cta
                 foreach (var wp in Warps)
                 {
                     wp.CloseTrip();
-                    Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips, wp.PreWaitInstructions, wp.PreWaitDramTrips, wp.PreWaitL2Trips);
+                    var tail = wp.Tail;
+                    Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips, wp.PreWaitInstructions, wp.PreWaitDramTrips, wp.PreWaitL2Trips,
+                        tail.Instructions, tail.DramTrips, tail.L2Trips);
                     if (wp.PcCounts is { } counts) L.OfferCriticalWarp(wp.Instructions, Linear * Warps.Length + wp.Index, counts);
                     waited |= wp.Waited;
                 }

@@ -21,7 +21,7 @@ internal static class InstrDecoder
         ["cos"] = Op.Cos, ["tanh"] = Op.Tanh, ["mma"] = Op.Mma, ["ldmatrix"] = Op.Ldmatrix, ["cp"] = Op.CpAsync,
         ["nanosleep"] = Op.Nanosleep, ["trap"] = Op.Trap, ["copysign"] = Op.Copysign, ["testp"] = Op.Testp,
         ["mul24"] = Op.Mul24, ["mad24"] = Op.Mad24, ["sad"] = Op.Sad, ["slct"] = Op.Slct, ["prefetch"] = Op.Prefetch,
-        ["prefetchu"] = Op.Prefetch, ["isspacep"] = Op.Isspacep, ["brkpt"] = Op.Brkpt, ["pmevent"] = Op.Nop,
+        ["prefetchu"] = Op.Prefetch, ["isspacep"] = Op.Isspacep, ["brkpt"] = Op.Brkpt, ["pmevent"] = Op.PmEvent,
         ["griddepcontrol"] = Op.GridDepWait,
     };
 
@@ -118,6 +118,8 @@ internal static class InstrDecoder
             throw err($"unsupported modifier '.{m}' in '{opcode}'");
         }
         if (op == Op.GridDepWait && parts.Length != 2) throw err($"'{opcode}': griddepcontrol takes exactly one of .wait and .launch_dependents");
+        if (op == Op.PmEvent && (parts.Length != 1 || ops.Count != 1 || ops[0].Kind != OpKind.Imm || ops[0].Imm is < 0 or > 15))
+            throw err($"'{opcode}': only 'pmevent N;' with N an immediate 0..15 is supported (pmevent {Warp.TailEvent} marks a launch's tail: docs/emulator.md)");
         if (types.Count > 0) ins.T = types[0];
         if (types.Count > 1) ins.T2 = types[1];
         if (types.Count > 2) ins.T3 = types[^1];
@@ -163,14 +165,14 @@ internal static class InstrDecoder
             Op.Mma => (4, 4),
             Op.Ldmatrix => (2, 2),
             Op.CpAsync => (3, 4),
-            Op.Prefetch => (1, 1),
+            Op.Prefetch or Op.PmEvent => (1, 1),
             Op.Isspacep => (2, 2),
             _ => (0, 8),
         };
         if (n < want.Min || n > want.Max) throw err($"'{opcode}' takes {want.Min}{(want.Max != want.Min ? "-" + want.Max : "")} operands, found {n}");
         bool needsType = ins.Op is not (Op.Bra or Op.Ret or Op.Exit or Op.Call or Op.Bar or Op.BarArrive or Op.BarRed or Op.BarWarp
             or Op.Membar or Op.Trap or Op.CpAsync or Op.CpAsyncCommit or Op.CpAsyncWait or Op.CpAsyncWaitAll or Op.Nanosleep
-            or Op.Prefetch or Op.Brkpt or Op.Nop or Op.Isspacep or Op.Activemask or Op.GridDepWait or Op.GridDepLaunch);
+            or Op.Prefetch or Op.Brkpt or Op.Nop or Op.Isspacep or Op.Activemask or Op.GridDepWait or Op.GridDepLaunch or Op.PmEvent);
         if (needsType && ins.T == PtxType.None && ins.Op != Op.Vote) throw err($"'{opcode}' has no type");
         if (ins.Op == Op.Cvt && ins.T2 == PtxType.None) throw err($"'{opcode}' needs a destination and a source type");
         if (ins.Op == Op.Mma && ins.Shape == 0) throw err($"'{opcode}': only m16n8k16 and m16n8k8 are supported");

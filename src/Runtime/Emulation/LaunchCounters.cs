@@ -15,13 +15,25 @@ internal sealed class Counters
     public long MaxWarpInstructions, MaxWarpDramRoundTrips, MaxWarpL2RoundTrips;   // maxima over warps, not sums
     public long MaxWarpPreWaitInstructions, MaxWarpPreWaitDramRoundTrips, MaxWarpPreWaitL2RoundTrips;      // before the warp's first wait
     public long MaxWarpPostWaitInstructions, MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips;   // from it on
+    public long MaxWarpTailInstructions, MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips;   // from the warp's tail mark on
+    public long TailDramRoundTrips;   // summed over the warps, as DramRoundTrips
+    public long MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips;   // before it (all of a warp without one)
 
     /// <summary>
     /// Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed), in all and split at
-    /// its first griddepcontrol.wait (the <c>preWait*</c> part before it; all zero without one).
+    /// its first griddepcontrol.wait (the <c>preWait*</c> part before it; all zero without one), and at its tail mark (the
+    /// <c>tail*</c> part from it on; all zero without one).
     /// </summary>
-    public void AddWarp(long instructions, long dramTrips, long l2Trips, long preWaitInstructions = 0, long preWaitDramTrips = 0, long preWaitL2Trips = 0)
+    public void AddWarp(long instructions, long dramTrips, long l2Trips, long preWaitInstructions = 0, long preWaitDramTrips = 0, long preWaitL2Trips = 0,
+        long tailInstructions = 0, long tailDramTrips = 0, long tailL2Trips = 0)
     {
+        TailDramRoundTrips += tailDramTrips;
+        MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, tailInstructions);
+        MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, tailDramTrips);
+        MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, tailL2Trips);
+        MaxWarpPreTailInstructions = Math.Max(MaxWarpPreTailInstructions, instructions - tailInstructions);
+        MaxWarpPreTailDramRoundTrips = Math.Max(MaxWarpPreTailDramRoundTrips, dramTrips - tailDramTrips);
+        MaxWarpPreTailL2RoundTrips = Math.Max(MaxWarpPreTailL2RoundTrips, l2Trips - tailL2Trips);
         Warps++;
         DramRoundTrips += dramTrips; L2RoundTrips += l2Trips;
         MaxWarpInstructions = Math.Max(MaxWarpInstructions, instructions);
@@ -57,6 +69,13 @@ internal sealed class Counters
         MaxWarpPostWaitInstructions = Math.Max(MaxWarpPostWaitInstructions, o.MaxWarpPostWaitInstructions);
         MaxWarpPostWaitDramRoundTrips = Math.Max(MaxWarpPostWaitDramRoundTrips, o.MaxWarpPostWaitDramRoundTrips);
         MaxWarpPostWaitL2RoundTrips = Math.Max(MaxWarpPostWaitL2RoundTrips, o.MaxWarpPostWaitL2RoundTrips);
+        TailDramRoundTrips += o.TailDramRoundTrips;
+        MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, o.MaxWarpTailInstructions);
+        MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, o.MaxWarpTailDramRoundTrips);
+        MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, o.MaxWarpTailL2RoundTrips);
+        MaxWarpPreTailInstructions = Math.Max(MaxWarpPreTailInstructions, o.MaxWarpPreTailInstructions);
+        MaxWarpPreTailDramRoundTrips = Math.Max(MaxWarpPreTailDramRoundTrips, o.MaxWarpPreTailDramRoundTrips);
+        MaxWarpPreTailL2RoundTrips = Math.Max(MaxWarpPreTailL2RoundTrips, o.MaxWarpPreTailL2RoundTrips);
     }
 
 }
@@ -126,6 +145,20 @@ public sealed record LaunchRecord
     public long MaxWarpPostWaitInstructions { get; init; }
     public long MaxWarpPostWaitDramRoundTrips { get; init; }
     public long MaxWarpPostWaitL2RoundTrips { get; init; }
+    /// <summary>
+    /// The same maxima over the warps' parts from their tail mark on (<c>tail_begin()</c>, kernels/common.cuh: a CTA's work
+    /// after its share of the launch's stream, e.g. the ticket and the last CTA's merge; 0 in a kernel without one) and
+    /// before it (a warp without a mark: all of it). The timing model adds the longest tail after the launch's waves
+    /// (docs/timing-model.md, section 2).
+    /// </summary>
+    public long MaxWarpTailInstructions { get; init; }
+    public long MaxWarpTailDramRoundTrips { get; init; }
+    public long MaxWarpTailL2RoundTrips { get; init; }
+    public long MaxWarpPreTailInstructions { get; init; }
+    public long MaxWarpPreTailDramRoundTrips { get; init; }
+    public long MaxWarpPreTailL2RoundTrips { get; init; }
+    /// <summary>Of <see cref="DramRoundTrips"/>, those of the warps' tails (the Little's-law term leaves them to the tail).</summary>
+    public long TailDramRoundTrips { get; init; }
     /// <summary>The module the kernel came from: its file name (e.g. "gemv.cu") and NVRTC options (-D defines), so it can be rebuilt for another architecture.</summary>
     public string ModuleName { get; init; } = "";
     public IReadOnlyList<string> ModuleOptions { get; init; } = [];
@@ -205,6 +238,8 @@ public sealed record LaunchRecord
         MaxWarpPreWaitInstructions = c.MaxWarpPreWaitInstructions, MaxWarpPreWaitDramRoundTrips = c.MaxWarpPreWaitDramRoundTrips,
         MaxWarpPreWaitL2RoundTrips = c.MaxWarpPreWaitL2RoundTrips, MaxWarpPostWaitInstructions = c.MaxWarpPostWaitInstructions,
         MaxWarpPostWaitDramRoundTrips = c.MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips = c.MaxWarpPostWaitL2RoundTrips,
+        TailDramRoundTrips = c.TailDramRoundTrips, MaxWarpTailInstructions = c.MaxWarpTailInstructions, MaxWarpTailDramRoundTrips = c.MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips = c.MaxWarpTailL2RoundTrips,
+        MaxWarpPreTailInstructions = c.MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips = c.MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips = c.MaxWarpPreTailL2RoundTrips,
     };
 }
 

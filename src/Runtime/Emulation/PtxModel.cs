@@ -98,7 +98,7 @@ internal enum Op : byte
     Shl, Shr, Shf, Bra, Ret, Exit, Call, Bar, BarArrive, BarRed, BarWarp, Membar, Shfl, Vote, Match, Redux, Activemask,
     Atom, Red, Popc, Clz, Brev, Bfe, Bfi, Bfind, Prmt, Lop3, Dp4a, Dp2a, Rcp, Sqrt, Rsqrt, Ex2, Lg2, Sin, Cos, Tanh,
     Mma, Ldmatrix, CpAsync, CpAsyncCommit, CpAsyncWait, CpAsyncWaitAll, Nanosleep, Trap, Copysign, Testp, Mul24, Mad24,
-    Sad, Slct, Prefetch, Isspacep, Brkpt, Mul64Hi, GridDepWait, GridDepLaunch,
+    Sad, Slct, Prefetch, Isspacep, Brkpt, Mul64Hi, GridDepWait, GridDepLaunch, PmEvent,
 }
 
 /// <summary>Rounding modifier.</summary>

@@ -46,6 +46,13 @@ internal sealed partial class Warp
     // and the warp's instruction count when its current Run began (Instructions is added to per Run)
     public long PreWaitDramTrips, PreWaitL2Trips, PreWaitInstructions;
     private bool _waited;
+    // the same figures at the warp's first tail mark (pmevent TailEvent: kernels/common.cuh, tail_begin()), or -1 without one
+    private long _tailStartDram = -1, _tailStartL2, _tailStartInstructions;
+    /// <summary>The warp's chain from its first tail mark on (its round trips and instructions), all zero without one.</summary>
+    public (long Instructions, long DramTrips, long L2Trips) Tail =>
+        _tailStartDram < 0 ? (0, 0, 0) : (Instructions - _tailStartInstructions, DramTrips - _tailStartDram, L2Trips - _tailStartL2);
+    /// <summary>The pmevent number our kernels use to mark where a launch's tail begins (tail_begin() in kernels/common.cuh).</summary>
+    public const int TailEvent = 7;
     /// <summary>The warp executed griddepcontrol.wait (its CTA counts in <see cref="Counters.WaitingCtas"/>).</summary>
     public bool Waited => _waited;
     private long _runStart;
@@ -112,6 +119,8 @@ internal sealed partial class Warp
         _tripOpen = _tripFresh = false;
         PreWaitDramTrips = PreWaitL2Trips = PreWaitInstructions = 0;
         _waited = false;
+        _tailStartDram = -1;
+        _tailStartL2 = _tailStartInstructions = 0;
         _preWait = fn.HasGridDepWait ? Existing : 0;
     }
 
@@ -246,6 +255,7 @@ internal sealed partial class Warp
                     case Op.Prefetch: Prefetch(ins, exec); break;
                     case Op.GridDepWait: GridDepWait(ins, exec); break;
                     case Op.GridDepLaunch: GridDepLaunch(ins, exec); break;
+                    case Op.PmEvent: PmEvent(ins); break;
                     case Op.Membar: case Op.Nanosleep: case Op.Nop: case Op.Brkpt:
                         if (ins.Op == Op.Membar && !Cta.Launch.Sequential) Interlocked.MemoryBarrier();
                         break;

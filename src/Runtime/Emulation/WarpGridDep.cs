@@ -27,6 +27,19 @@ internal sealed unsafe partial class Warp
         _preWait &= ~exec;
     }
 
+    /// <summary>
+    /// pmevent: a performance-monitor event on a GPU, nothing else. Event <see cref="TailEvent"/> marks where the warp's part
+    /// of the launch's tail begins (the first mark counts; the trip in flight belongs to the part before it).
+    /// </summary>
+    private void PmEvent(Instr ins)
+    {
+        if (ins.Ops[0].Imm != TailEvent || _tailStartDram >= 0) return;
+        CloseTrip();
+        _tailStartDram = DramTrips;
+        _tailStartL2 = L2Trips;
+        _tailStartInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
+    }
+
     private void GridDepLaunch(Instr ins, uint exec)
     {
         RequireSm90(ins, exec);

@@ -1,0 +1,63 @@
+using System.Runtime.InteropServices;
+using Qwen3Cuda.Runtime;
+using Qwen3Cuda.Runtime.Emulation;
+
+namespace Qwen3Cuda.Tests.Emulation;
+
+/// <summary>
+/// The tail mark (tail_begin() in kernels/common.cuh: `pmevent 7`): the emulator splits each warp's round trips and
+/// instructions at its first mark, and the launch record keeps the largest parts before and from it
+/// (docs/emulator.md, "Counters"; the timing model adds the longest tail after the waves, docs/timing-model.md section 2).
+/// </summary>
+public sealed class TailMarkTests
+{
+    private static readonly KernelCompiler Compiler = new(Path.Combine(Path.GetTempPath(), "qwen3cuda-emu-tests"));
+    private const string Source = """
+        __device__ __forceinline__ void tail_mark() { asm volatile("pmevent 7;" ::: "memory"); }
+        __device__ __forceinline__ void other_event() { asm volatile("pmevent 3;" ::: "memory"); }
+
+        // one DRAM round trip before the mark (a), one after it (b, at an index read from a); warp 1 marks twice (the first counts)
+        extern "C" __global__ void trips_around_tail(const float* a, const float* b, float* out)
+        {
+            float x = a[threadIdx.x];
+            other_event();
+            tail_mark();
+            float y = b[(int)x + threadIdx.x];
+            tail_mark();
+            out[threadIdx.x] = x + y;
+        }
+        extern "C" __global__ void no_tail(const float* a, float* out) { out[threadIdx.x] = a[threadIdx.x] * 2.f; }
+        """;
+
+    [Test]
+    public void RoundTripsAndInstructions_AreSplitAtTheFirstTailMark()
+    {
+        var compiled = Compiler.CompileSource("tail_test.cu", Source, new KernelBuild("tail_test.cu", "sm_90", CompileTarget.Ptx));
+        using var dev = new EmulatedDevice(new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null });
+        using var module = dev.LoadModule(compiled);
+        DevicePtr Upload(float[] v)
+        {
+            var p = dev.Allocate(v.Length * sizeof(float));
+            dev.CopyToDevice(p, MemoryMarshal.AsBytes(v.AsSpan()));
+            return p;
+        }
+        var dA = Upload(new float[64]);
+        var dB = Upload(Enumerable.Range(0, 64).Select(i => (float)i).ToArray());
+        var dOut = dev.Allocate(64 * sizeof(float));
+        var args = new KernelArgs(new byte[KernelArgs.DefaultBufferBytes], new nint[KernelArgs.MaxArgs]);
+        args.Add(dA.Address); args.Add(dB.Address); args.Add(dOut.Address);
+        dev.Launch(dev.GetKernel(module, "trips_around_tail"), new LaunchConfig(1, 64, 0), dev.DefaultStream, args);
+        var plain = new KernelArgs(new byte[KernelArgs.DefaultBufferBytes], new nint[KernelArgs.MaxArgs]);
+        plain.Add(dA.Address); plain.Add(dOut.Address);
+        dev.Launch(dev.GetKernel(module, "no_tail"), new LaunchConfig(1, 64, 0), dev.DefaultStream, plain);
+        dev.Synchronize(dev.DefaultStream);
+        var r = dev.Launches[^2];
+        Assert.That((r.MaxWarpPreTailDramRoundTrips, r.MaxWarpPreTailL2RoundTrips), Is.EqualTo((1L, 0L)), "a, before the mark");
+        Assert.That((r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips), Is.EqualTo((1L, 0L)), "b, after it (the mark ends the open trip)");
+        Assert.That(r.MaxWarpTailInstructions, Is.GreaterThan(0));
+        Assert.That(r.MaxWarpPreTailInstructions + r.MaxWarpTailInstructions, Is.EqualTo(r.MaxWarpInstructions), "the warps run the same code: the parts add up");
+        var none = dev.Launches[^1];
+        Assert.That((none.MaxWarpTailInstructions, none.MaxWarpTailDramRoundTrips, none.MaxWarpTailL2RoundTrips), Is.EqualTo((0L, 0L, 0L)), "no mark, no tail");
+        Assert.That(none.MaxWarpPreTailInstructions, Is.EqualTo(none.MaxWarpInstructions), "without a mark the whole warp is before it");
+    }
+}
