@@ -379,13 +379,8 @@ __device__ __forceinline__ void sample_tile_fold(const SampleRowsParams& sp, int
             if (hist) atomicAdd(&h[k], 1u);
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-        if (ov > best || (ov == best && oi < best_i)) { best = ov; best_i = oi; }
-        lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-    }
+    warp_argmax(best, best_i);
+    lo = warp_min_int(lo);
     float z = 0.f;
     if (!greedy && best > -QC_INF) {
         const float m = best * it;
@@ -400,8 +395,7 @@ __device__ __forceinline__ void sample_tile_fold(const SampleRowsParams& sp, int
         const float nb = best > r.best ? best : r.best;
         r.z = (r.best > -QC_INF ? r.z * exp2f((r.best * it - nb * it) * SAMPLE_LOG2E) : 0.f) + z * exp2f((best * it - nb * it) * SAMPLE_LOG2E);
     }
-    if (best > r.best || (best == r.best && best_i < r.best_i)) { r.best = best; r.best_i = best_i; }
-    r.lo = min(r.lo, lo);
+    fold_part(SamplePart{best, best_i, z, lo}, r.best, r.best_i, r.lo);
     *run = r;
 }
 
@@ -434,19 +428,20 @@ __device__ __forceinline__ void gemv_mma_body(const GemvParams& p, const SampleR
         const SampleRowSettings s = row_settings(sp, tid);
         set_s[tid] = SampleFoldRow{s.inv_temperature, row_greedy(sp, s), row_uses_hist(sp, s)};
     }
+    // the fused reduce: warp t folds row t's outputs of the tile at row_base (out_s complete after the barrier)
+    auto fold = [&](int row_base) {
+        if constexpr (SAMPLE) {
+            __syncthreads();
+            if (warp < p.tokens) sample_tile_fold(sp, warp, set_s[warp], out_s + warp * 64, row_base, min(rows_cta, p.n - row_base), &run_s[warp]);
+        }
+    };
     gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, true, best, out_s);   // stages x
-    if constexpr (SAMPLE) {                                // warp t folds row t's outputs of the tile (out_s complete after the barrier)
-        __syncthreads();
-        if (warp < p.tokens) sample_tile_fold(sp, warp, set_s[warp], out_s + warp * 64, blockIdx.x * rows_cta, min(rows_cta, p.n - (int)blockIdx.x * rows_cta), &run_s[warp]);
-    }
+    fold(blockIdx.x * rows_cta);
 #pragma unroll 1
     for (int tile = blockIdx.x + gridDim.x; tile < tiles; tile += gridDim.x) {
         __syncthreads();                                   // the tile before has read red_s (and the fold out_s)
         gemv_mma_tile<GEMV_WARPS, false>(p, tile * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, false, best, out_s);
-        if constexpr (SAMPLE) {
-            __syncthreads();
-            if (warp < p.tokens) sample_tile_fold(sp, warp, set_s[warp], out_s + warp * 64, tile * rows_cta, min(rows_cta, p.n - tile * rows_cta), &run_s[warp]);
-        }
+        fold(tile * rows_cta);
     }
     if constexpr (ARGMAX || SAMPLE) {
         tail_begin();                                      // the CTA's stream is done: the fold into global memory and the ticket

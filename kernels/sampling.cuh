@@ -6,7 +6,6 @@
 #include "common.cuh"
 
 #define SAMPLE_THREADS 512
-#define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 #define SAMPLE_PER_THREAD 8
 #define SAMPLE_SLICE (SAMPLE_THREADS * SAMPLE_PER_THREAD)
 #define SAMPLE_BUCKETS 65536
@@ -98,28 +97,37 @@ __device__ __forceinline__ unsigned int ld_cg_u32(const unsigned int* p)
 
 __device__ __forceinline__ float bits_value(unsigned int b) { return __uint_as_float(b << 16); }
 
+// Warp argmax of (v, i): larger v wins, ties to the smaller i (NaN never wins). Every lane gets the result.
+__device__ __forceinline__ void warp_argmax(float& v, int& i)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+    }
+}
+
+// Warp minimum of v. Every lane gets the result.
+__device__ __forceinline__ int warp_min_int(int v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // Block argmax of (v, i): larger v wins, ties to the smaller i. Every thread gets the result.
 template <int THREADS = SAMPLE_THREADS>
 __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* si)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
-    }
+    warp_argmax(v, i);
     __syncthreads();
     if (lane == 0) { sv[warp] = v; si[warp] = i; }
     __syncthreads();
     v = lane < (THREADS / 32) ? sv[lane] : -QC_INF;
     i = lane < (THREADS / 32) ? si[lane] : SAMPLE_NONE;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
-    }
+    warp_argmax(v, i);
 }
 
 // Block sum in a fixed order (deterministic). Every thread gets the result.
@@ -139,15 +147,12 @@ template <int THREADS = SAMPLE_THREADS>
 __device__ __forceinline__ int block_min_int(int v, int* si)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    v = warp_min_int(v);
     __syncthreads();
     if (lane == 0) si[warp] = v;
     __syncthreads();
     v = lane < (THREADS / 32) ? si[lane] : SAMPLE_NONE;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+    return warp_min_int(v);
 }
 
 // Inclusive block scan of (count, mass) in thread order; *total_c / *total_m get the block totals.

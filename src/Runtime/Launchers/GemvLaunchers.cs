@@ -219,7 +219,7 @@ public sealed class GemvLaunchers
         int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight = default, float normEps = 0f,
         DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default, DevicePtr argmaxScratch = default, long argmaxScratchBytes = 0)
     {
-        var (plan, p, gridX, smem) = Prepare(y, ldy, x, ldx, w, residual, tokens, n, k, partial, partialBytes, normWeight, normEps, fetchAhead, fetchAheadBytes);
+        var (plan, p, gridX, smem, kernels) = Prepare(y, ldy, x, ldx, w, residual, tokens, n, k, partial, partialBytes, normWeight, normEps, fetchAhead, fetchAheadBytes);
         if (!argmaxIds.IsNull)
         {
             if (!CanFuseArgmax(plan)) throw new ArgumentException($"gemv: N {n} K {k} T {tokens} runs {(plan.TensorCores ? "split" : "on CUDA cores")}; the fused argmax runs only on gemv_bf16_mma (CanFuseArgmax)", nameof(argmaxIds));
@@ -230,7 +230,7 @@ public sealed class GemvLaunchers
         }
         var args = new KernelArgs(stackalloc byte[224], stackalloc nint[1]);
         args.Add(p);
-        var kernel = !argmaxIds.IsNull ? _mmaArgmax! : plan.TensorCores ? _mma! : Kernels(w.Format)[tokens];
+        var kernel = !argmaxIds.IsNull ? _mmaArgmax! : plan.TensorCores ? _mma! : kernels[tokens];
         _device.Launch(kernel, new LaunchConfig(new Dim3((uint)gridX, (uint)plan.SplitK), 256, smem, ProgrammaticDependentLaunch: true), stream, args);
         return plan;   // split-K: the last CTA of each row block combined the partials (no second launch)
     }
@@ -248,8 +248,8 @@ public sealed class GemvLaunchers
     public GemvPlan GemvSample(DeviceStream stream, DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, int tokens, int n, int k,
         DevicePtr normWeight, float normEps, in SampleRowsParams sample, DevicePtr ticketScratch, long ticketScratchBytes)
     {
-        var (plan, p, _, smem) = Prepare(y, ldy, x, ldx, w, DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, normWeight, normEps, DevicePtr.Null, 0);
-        int gridX = plan.TensorCores ? SampleGridX(plan, smem) : 0;
+        var (plan, p, gridX, smem, _) = Prepare(y, ldy, x, ldx, w, DevicePtr.Null, tokens, n, k, DevicePtr.Null, 0, normWeight, normEps, DevicePtr.Null, 0,
+            MmaSampleCtasPerSm);
         if (!CanFuseSample(plan, gridX))
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} runs {(plan.TensorCores ? $"on {gridX} CTAs" : "on CUDA cores")}; the fused reduce runs only on gemv_bf16_mma with at most {SamplingScratch.FusedPartsPerRow} CTAs (CanFuseSample)");
         CheckArgmaxScratch(tokens, ticketScratch, ticketScratchBytes, "fused reduce");
@@ -262,12 +262,17 @@ public sealed class GemvLaunchers
         return plan;
     }
 
-    /// <summary>Checks the arguments, plans the launch and fills the GEMV's parameters (no argmax or sampling fields).</summary>
-    private (GemvPlan Plan, GemvParams Params, int GridX, int Smem) Prepare(DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w, DevicePtr residual,
-        int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight, float normEps, DevicePtr fetchAhead, long fetchAheadBytes)
+    /// <summary>
+    /// Checks the arguments, plans the launch and fills the GEMV's parameters (no argmax or sampling fields); the grid of a
+    /// <c>gemv_bf16_mma</c> launch is one wave at <paramref name="ctasPerSm"/> (<see cref="MmaGridX"/>). Also returns the
+    /// CUDA-core kernels of the weight's format, by tokens.
+    /// </summary>
+    private (GemvPlan Plan, GemvParams Params, int GridX, int Smem, DeviceKernel[] Kernels) Prepare(DevicePtr y, int ldy, DevicePtr x, int ldx, in WeightOperand w,
+        DevicePtr residual, int tokens, int n, int k, DevicePtr partial, long partialBytes, DevicePtr normWeight, float normEps, DevicePtr fetchAhead,
+        long fetchAheadBytes, int ctasPerSm = MmaCtasPerSm)
     {
         if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "gemv: bytes to fetch ahead must not be negative");
-        Kernels(w.Format);
+        var kernels = Kernels(w.Format);
         if (tokens < 1 || tokens > MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"gemv: {tokens} tokens; the decode GEMV takes 1..{MaxTokens} (use the GEMM for more)");
         if (n <= 0 || k <= 0 || k % 8 != 0) throw new ArgumentException($"gemv: N {n} must be positive and K {k} a positive multiple of 8");
         if (ldx < k || ldx % 8 != 0) throw new ArgumentException($"gemv: ldx {ldx} must be >= K {k} and a multiple of 8", nameof(ldx));
@@ -281,7 +286,7 @@ public sealed class GemvLaunchers
             throw new ArgumentException($"gemv: N {n} K {k} T {tokens} splits K over {plan.GridX} row blocks; the split-K tickets cover {TicketBytes / sizeof(int)}");
         int smem = plan.TensorCores ? tokens * (k + MmaPadElements) * 2   // x as bf16 rows (gemv.cu, gemv_bf16_mma)
             : tokens * plan.KSplit * 4;                                        // x slice as fp32 (gemv.cu, stage_chunk)
-        int gridX = plan.TensorCores ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem) : plan.GridX;
+        int gridX = plan.TensorCores ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem, ctasPerSm) : plan.GridX;
         var p = new GemvParams
         {
             Y = y, X = x, W = w.Data, Residual = residual, Tokens = tokens, N = n, K = k, Ldx = ldx, Ldy = ldy,
@@ -289,7 +294,7 @@ public sealed class GemvLaunchers
             NormWeight = normWeight, Eps = normEps, Tickets = partial, Partial = need > 0 ? partial + TicketBytes : DevicePtr.Null,
             FetchAhead = fetchAhead, FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
         };
-        return (plan, p, gridX, smem);
+        return (plan, p, gridX, smem, kernels);
     }
 
     private static void CheckArgmaxScratch(int tokens, DevicePtr scratch, long scratchBytes, string what)
@@ -313,11 +318,10 @@ public sealed class GemvLaunchers
     public int SampleGridX(int tokens, int n, int k, bool normPrologue)
     {
         GemvPlan plan = Plan(tokens, n, k, WeightFormat.Bf16, normPrologue);
-        return plan.TensorCores ? SampleGridX(plan, tokens * (k + MmaPadElements) * 2) : 0;
+        return plan.TensorCores
+            ? MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, tokens * (k + MmaPadElements) * 2, MmaSampleCtasPerSm)
+            : 0;
     }
-
-    private int SampleGridX(in GemvPlan plan, int smem) =>
-        MmaGridX(plan.GridX, _device.Info.MultiprocessorCount, _device.Info.SharedMemoryPerMultiprocessor, smem, MmaSampleCtasPerSm);
 
     /// <summary>Zeroes the split-K tickets at the start of a GEMV workspace: once after allocating it, outside any graph.</summary>
     public void ClearTickets(DeviceStream stream, DevicePtr partial, long partialBytes)
