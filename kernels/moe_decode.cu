@@ -18,7 +18,8 @@
 //   L2), combines them and resets the ticket to 0. The ticket decides only which CTA combines, never the order, so the
 //   output is deterministic and bitwise the separate kernel's. tickets[] are zero before the first launch (cleared once
 //   with the workspace). Extra bytes: T*k*4 (weights) + T*H*2 (out) [+ T*H*2 residual] + T*ceil(H/16)*4 (tickets).
-// Variants: these GEMVs (decode), and moe_experts_gemv (below): both in one launch, the decode step's; kernels/moe_gemm.cu is
+// Variants: these GEMVs (decode), and moe_experts_gemv (below): both in one launch, the decode step's, whose down tiles
+// take a few rows of all k slots of a token and combine them without a ticket; kernels/moe_gemm.cu is
 // the tensor-core path for many tokens.
 // Quantized experts (quant.cuh, docs/formats.md): moe_gate_up_gemv_fp8 / _int8 and moe_down_gemv_fp8 / _int8 read one
 // byte per weight, 16 per lane per load (one scale: 16 divides the 128-wide blocks), dequantize in registers to the
@@ -72,16 +73,15 @@ __device__ __forceinline__ float ld_cg_bf16(const bf16* p)
     return bf16_to_f32(v);
 }
 
-// The fused combine, run by every CTA after it wrote its rows of y (all threads reach it: no early return before), for
-// row block bx (16 rows) of slot s; a token's tickets are ceil(H / 16) ints. last_tile: the CTA streams nothing after this
-// tile, so the ticket and the combine are the launch's tail (tail_begin; a moe_experts_gemv CTA with more tiles to run
-// goes on streaming after it).
-__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s, int bx, bool last_tile)
+// The fused combine of moe_down_gemv, run by every CTA after it wrote its rows of y (all threads reach it: no early return
+// before), for row block bx (16 rows) of slot s; a token's tickets are ceil(H / 16) ints. The ticket and the combine are
+// the launch's tail (tail_begin).
+__device__ __forceinline__ void down_combine_tail(const MoeDownGemvParams& p, int s, int bx)
 {
     __shared__ int is_last;
     const int t = s / p.top_k, k = p.top_k;
     int* ticket = p.tickets + (size_t)t * ((p.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA) + bx;
-    if (last_tile) tail_begin();
+    tail_begin();
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(ticket, 1) == k - 1;
@@ -157,11 +157,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
     gate_up_tile(p, blockIdx.y, blockIdx.x);
 }
 
-// One CTA's work of moe_down_gemv, its combine included: slot s, block bx of 16 rows. INTER_L2: inter was written by
-// other CTAs of this launch (moe_experts_gemv), so it is read from L2 (ld.global.cg), never through L1; the values, and
-// so the rows, are the same.
-template <bool INTER_L2>
-__device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int bx, bool last_tile = true)
+// One CTA's work of moe_down_gemv, its combine included: slot s, block bx of 16 rows.
+__device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int bx)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = p.topk_ids[s];
@@ -174,7 +171,7 @@ __device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int
 #pragma unroll
         for (int r = 0; r < DOWN_ROWS_PER_WARP; r++) acc[r] = 0.f;
         for (int c = lane; c < chunks; c += 32) {
-            const uint4 xc = INTER_L2 ? __ldcg(&x[c]) : x[c];
+            const uint4 xc = x[c];
 #pragma unroll
             for (int r = 0; r < DOWN_ROWS_PER_WARP; r++)
                 if (h0 + r < p.hidden_size) acc[r] += dot_bf16x8(__ldg(&w[(size_t)r * chunks + c]), xc);
@@ -185,14 +182,14 @@ __device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int
             if (lane == r && h0 + r < p.hidden_size) p.y[(size_t)s * p.hidden_size + h0 + r] = f32_to_bf16(v);
         }
     }
-    down_combine_tail(p, s, bx, last_tile);
+    down_combine_tail(p, s, bx);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDownGemvParams p)
 {
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    down_tile<false>(p, blockIdx.y, blockIdx.x);
+    down_tile(p, blockIdx.y, blockIdx.x);
 }
 
 // Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
@@ -251,16 +248,16 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
     gate_up_tile_quant<QF>(p, blockIdx.y, blockIdx.x);
 }
 
-// Quantized down: the mapping of moe_down_gemv with 16-weight chunks (INTER_L2 as down_tile).
-template <int QF, bool INTER_L2>
-__device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int s, int bx, bool last_tile = true)
+// Quantized down: the mapping of moe_down_gemv with 16-weight chunks.
+template <int QF>
+__device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int s, int bx)
 {
     extern __shared__ uint4 x_s[];                         // [I / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = p.topk_ids[s];
     const int H = p.hidden_size, I = p.inter_size;
     const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
-    for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = INTER_L2 ? __ldcg(&xg[i]) : xg[i];
+    for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = xg[i];
     __syncthreads();
     const int h0 = (bx * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
     if (h0 < H) {
@@ -289,7 +286,7 @@ __device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int 
             if (lane == r && h0 + r < H) p.y[(size_t)s * H + h0 + r] = f32_to_bf16(v);
         }
     }
-    down_combine_tail(p, s, bx, last_tile);
+    down_combine_tail(p, s, bx);
 }
 
 template <int QF>
@@ -297,40 +294,179 @@ __device__ __forceinline__ void moe_down_gemv_quant(const MoeDownGemvParams& p)
 {
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    down_tile_quant<QF, false>(p, blockIdx.y, blockIdx.x);
+    down_tile_quant<QF>(p, blockIdx.y, blockIdx.x);
 }
 
-// moe_experts_gemv: moe_gate_up_gemv and moe_down_gemv (its combine included) in ONE launch, the decode step's single
+// moe_experts_gemv's down tile: R = experts_down_rows(k) output rows h0 .. h0 + R - 1 of ALL k slots of token t (k * R <= 16
+// row dot products, as many as a moe_down_gemv CTA's 16), so the tile combines its own rows: no ticket, no read-back of
+// the other slots' rows from L2, no fence between the stream and the combine. Row dot d = j * R + r (slot j, row r) is
+// warp d / 4's dot d % 4, each computed as down_tile's (a lane's chunks in order, the same shuffle tree), so y is the
+// separate kernel's bit for bit; the combine sums the k slots in rank order, as down_combine_tail does. The routing
+// weights and the residual rows are loaded first, into shared memory, so the combine after the dot products needs no
+// global load.
+__device__ __forceinline__ int experts_down_rows(int top_k) { return max(1, DOWN_ROWS_PER_CTA / top_k); }
+
+struct DownTokenSmem {
+    float y[DOWN_ROWS_PER_CTA];          // [k][R] the tile's y values (bf16 values)
+    float w[DOWN_MAX_TOPK];              // token t's routing weights
+    float res[DOWN_ROWS_PER_CTA];        // residual rows h0 .. h0 + R - 1
+};
+
+__device__ __forceinline__ void down_token_operands(const MoeDownGemvParams& p, int t, int h0, int R, DownTokenSmem& sm)
+{
+    const int k = p.top_k, H = p.hidden_size;
+    if (threadIdx.x < k) sm.w[threadIdx.x] = p.topk_weights[(size_t)t * k + threadIdx.x];
+    const int r = threadIdx.x - 32;      // another warp loads the residual
+    if (p.residual && r >= 0 && r < R && h0 + r < H) sm.res[r] = bf16_to_f32(p.residual[(size_t)t * H + h0 + r]);
+}
+
+// After the barrier that follows the dot products: thread r < R combines row h0 + r.
+__device__ __forceinline__ void down_token_combine(const MoeDownGemvParams& p, int t, int h0, int R, const DownTokenSmem& sm)
+{
+    const int r = threadIdx.x, H = p.hidden_size;
+    if (r >= R || h0 + r >= H) return;
+    float acc = 0.f;
+    for (int j = 0; j < p.top_k; j++) acc = __fadd_rn(acc, __fmul_rn(sm.w[j], sm.y[j * R + r]));
+    if (p.residual) acc = round_bf16(acc) + sm.res[r];
+    p.out[(size_t)t * H + h0 + r] = f32_to_bf16(acc);
+}
+
+__device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int t, int bx, bool last_tile)
+{
+    __shared__ DownTokenSmem sm;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k = p.top_k, H = p.hidden_size, R = experts_down_rows(k), h0 = bx * R;
+    down_token_operands(p, t, h0, R, sm);
+    const int chunks = p.inter_size >> 3;
+    const uint4* down = reinterpret_cast<const uint4*>(p.down);
+    const uint4* inter = reinterpret_cast<const uint4*>(p.inter + (size_t)t * k * p.inter_size);   // the token's k rows
+    unsigned woff[DOWN_ROWS_PER_WARP], xoff[DOWN_ROWS_PER_WARP];   // in 16-byte chunks: fewer registers than pointers
+    bool ok[DOWN_ROWS_PER_WARP], same[DOWN_ROWS_PER_WARP];
+    float acc[DOWN_ROWS_PER_WARP];
+#pragma unroll
+    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
+        const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
+        ok[i] = j < k && h0 + r < H;
+        same[i] = i > 0 && (d - 1) / R == j;                // the row dot before reads the same slot's inter row
+        const unsigned e = ok[i] ? p.topk_ids[t * k + j] : 0;
+        woff[i] = (e * H + h0 + r) * (unsigned)chunks;
+        xoff[i] = (unsigned)(j * chunks);
+        acc[i] = 0.f;
+    }
+    for (int c = lane; c < chunks; c += 32) {
+        uint4 xc = make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int i = 0; i < DOWN_ROWS_PER_WARP; i++)
+            if (ok[i]) {
+                if (!same[i]) xc = __ldcg(&inter[xoff[i] + c]);   // inter: other CTAs' writes of this launch, from L2
+                acc[i] += dot_bf16x8(__ldg(&down[woff[i] + c]), xc);
+            }
+    }
+    if (last_tile) tail_begin();                           // the CTA's share of the stream is done: the sums and the combine follow
+#pragma unroll
+    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
+        const float v = warp_sum(acc[i]);
+        const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
+        if (lane == i && ok[i]) {
+            const bf16 b = f32_to_bf16(v);
+            p.y[((size_t)t * k + j) * H + h0 + r] = b;
+            sm.y[d] = bf16_to_f32(b);
+        }
+    }
+    __syncthreads();
+    down_token_combine(p, t, h0, R, sm);
+}
+
+// The quantized down tile of moe_experts_gemv: down_tile_token's rows with down_tile_quant's 16-weight chunks; the k slots'
+// inter rows are staged in shared memory first ([k][I / 8], read from L2).
+template <int QF>
+__device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p, int t, int bx, bool last_tile)
+{
+    extern __shared__ uint4 x_s[];                         // [k][I / 8]
+    __shared__ DownTokenSmem sm;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k = p.top_k, H = p.hidden_size, I = p.inter_size, R = experts_down_rows(k), h0 = bx * R;
+    down_token_operands(p, t, h0, R, sm);
+    const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)t * k * I);
+    for (int i = threadIdx.x; i < k * (I >> 3); i += GEMV_THREADS) x_s[i] = __ldcg(&xg[i]);
+    __syncthreads();
+    constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
+    const int qchunks = I / WPL, row_bytes = I / WPB;
+    int grow[DOWN_ROWS_PER_WARP], xrow[DOWN_ROWS_PER_WARP];
+    bool ok[DOWN_ROWS_PER_WARP];
+    float acc[DOWN_ROWS_PER_WARP];
+#pragma unroll
+    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
+        const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
+        ok[i] = j < k && h0 + r < H;
+        grow[i] = ok[i] ? p.topk_ids[t * k + j] * H + h0 + r : 0;
+        xrow[i] = ok[i] ? j * (I >> 3) : 0;
+        acc[i] = 0.f;
+    }
+    const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down);
+    for (int c = lane; c < qchunks; c += 32) {
+#pragma unroll
+        for (int i = 0; i < DOWN_ROWS_PER_WARP; i++)
+            if (ok[i]) {
+                uint4 w8[2 * WPB];
+                dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)grow[i] * row_bytes + c * 16)), weight_scale_q<QF>(p.ws, grow[i], c * WPL), w8);
+                float dd = 0.f;
+#pragma unroll
+                for (int h = 0; h < 2 * WPB; h++) dd += dot_bf16x8(w8[h], x_s[xrow[i] + 2 * WPB * c + h]);
+                acc[i] += dd;
+            }
+    }
+    if (last_tile) tail_begin();
+#pragma unroll
+    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
+        const float v = warp_sum(acc[i]);
+        const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
+        if (lane == i && ok[i]) {
+            const bf16 b = f32_to_bf16(v);
+            p.y[((size_t)t * k + j) * H + h0 + r] = b;
+            sm.y[d] = bf16_to_f32(b);
+        }
+    }
+    __syncthreads();
+    down_token_combine(p, t, h0, R, sm);
+}
+
+// moe_experts_gemv: moe_gate_up_gemv and moe_down_gemv (the combine included) in ONE launch, the decode step's single
 // expert node (docs/kernels.md, "Persistent launches"). Tiles, in the order CTAs take them with an atomic on sync[0]:
 // first every gate_up tile (slot-major: tile s * gu_blocks + bx is moe_gate_up_gemv's CTA (bx, s)), then every down
-// tile (slot-major: moe_down_gemv's CTA (bx, s)). Each CTA takes tiles_per_cta tickets, one tile ahead: it takes the
-// next ticket before it runs the current tile and prefetches that tile's weight rows into L2 (the expert is known: the
-// router ran before), so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one wave
-// (at most EXPERTS_MIN_CTAS_PER_SM CTAs per SM, which __launch_bounds__ makes fit; docs/kernels.md): a second wave
-// would start every CTA's first loads one DRAM latency after the first wave's end. A gate_up tile runs gate_up_tile,
-// then releases (barrier, fence, sync[2 + s] += 1). A down tile (its 16 weight rows prefetched, by the tile before or
-// first thing) waits until sync[2 + s] says its slot's gu_blocks gate_up tiles are done (one thread polls, backing off,
-// then fences; the barrier hands that on), and runs down_tile reading inter from L2. So slot 0's down tiles run while
-// later slots' gate_up tiles still stream, and the down weights' DRAM stream needs no kernel boundary.
+// tile (token-major: down_tile_token's R = experts_down_rows(k) rows of the token's k slots, block bx). Each CTA takes
+// tiles_per_cta tickets, one tile ahead: it takes the next ticket before it runs the current tile and prefetches that
+// tile's weight rows into L2 (the experts are known: the router ran before), so its DRAM stream does not stop at a
+// tile's end. The launcher sizes the grid to one wave (at most EXPERTS_MIN_CTAS_PER_SM CTAs per SM, which
+// __launch_bounds__ makes fit; docs/kernels.md): a second wave would start every CTA's first loads one DRAM latency after
+// the first wave's end. A gate_up tile runs gate_up_tile, then releases (barrier, fence, sync[2 + t] += 1, t its
+// token). A down tile (its k x R weight rows prefetched, by the tile before or first thing) waits until sync[2 + t] says
+// the token's k * gu_blocks gate_up tiles are done (one thread polls, backing off, then fences; the barrier hands that
+// on), then runs its row dots reading inter from L2 and combines its own rows: the combine needs no ticket, no fence and
+// no read-back of y after the stream (moe_down_gemv's last-CTA combine did). The down weights' DRAM stream needs no
+// kernel boundary.
 // Progress needs no co-residency: a tile waits only on tiles of lower tickets, all taken by CTAs that are running (the
 // lowest unfinished tile is a CTA's current one, since the CTA's earlier tickets are lower, and its inputs are done);
-// gate_up tiles wait on nothing. The last CTA out (ticket sync[1]) resets sync[] to zero for the next launch: zero
-// before the first. Every row is computed by the code of the two kernels, so the output is theirs bit for bit.
+// gate_up tiles wait on nothing. Exit: each CTA takes a ticket on sync[1] after its last counter access (a CTA whose last
+// tile is a down tile, with no follow-on tiles: right after that tile's wait, so the ticket's round trip overlaps the
+// tile), and the CTA with the last one resets sync[] to zero for the next launch: zero before the first. Every row is
+// computed by the two kernels' code (the same lanes' chunks, the same trees, the combine in rank order), so the output is
+// theirs bit for bit.
 // Follow-on GEMV (bf16 only; next_tiles > 0): the GEMV that consumes the block's output, the next layer's qkv projection
 // with its RMSNorm prologue, as tiles after the down tiles, so its weight stream starts while the experts' last tiles run
 // (each such tile's 8 weight rows are prefetched when a CTA takes its ticket, as the experts' are) and the step has one
 // kernel boundary less. Next tile j computes rows 8j .. 8j + 7 of next.y with gemv_bf16_mma's tile on the CTA's 4 warps
 // (one row group of 8 rows, K in 4 slices: bitwise gemv_bf16_mma with 2 row groups of 4 warps each). It waits until
-// sync[2 + slots] counts every down tile done (each down tile releases it when next_tiles > 0: its combine, the last
-// slot's, wrote the output rows x is read from, through L2). Its tickets are the last, so progress holds as above.
-// Memory traffic: the two kernels' (each weight once; the prefetch of a tile's rows is the same sectors) + one atomic per
-// ticket, one per gate_up release (and per down tile with a follow-on GEMV), polling by one thread per waiting tile;
-// a follow-on tile reads x (T * K * 2 bytes) from L2.
+// sync[2 + slots] counts every down tile done (each down tile releases it when next_tiles > 0, after its combine wrote
+// its output rows, which x is read from, through L2). Its tickets are the last, so progress holds as above.
+// Memory traffic: the two kernels' (each weight once; the prefetch of a tile's rows is the same sectors; a down tile
+// reads its token's k inter rows from L2) + one atomic per ticket, one per gate_up release (and per down tile with a
+// follow-on GEMV), polling by one thread per waiting tile; a follow-on tile reads x (T * K * 2 bytes) from L2.
 struct MoeExpertsGemvParams {
     MoeGateUpGemvParams gate_up;
     MoeDownGemvParams down;
-    int* sync;               // [3 + slots]: next tile, exit ticket, gate_up tiles done per slot, down tiles done; zero on
-                             // entry, left zero
+    int* sync;               // [3 + slots]: next tile, exit ticket, gate_up tiles done per token ([2 + t]), down tiles done
+                             // ([2 + slots]); zero on entry, left zero
     int tiles_per_cta;       // tickets each CTA takes (grid * tiles_per_cta >= the tiles; tickets past them are no work)
     int next_tiles;          // follow-on GEMV tiles (8 rows each), 0 for none; bf16 only, tokens <= 4
     GemvParams next;         // the follow-on GEMV (split_k 1; its norm_weight set for the prologue); unused when next_tiles is 0
@@ -344,60 +480,89 @@ struct MoeExpertsGemvParams {
 // The counts of moe_experts_gemv's tiles: gate_up tiles per slot (moe_gate_up_gemv's grid x) and down tiles per slot
 // (moe_down_gemv's).
 __device__ __forceinline__ int experts_gu_blocks(const MoeExpertsGemvParams& p) { return (p.gate_up.inter_size + 7) / 8; }
-__device__ __forceinline__ int experts_dn_blocks(const MoeExpertsGemvParams& p) { return (p.down.hidden_size + DOWN_ROWS_PER_CTA - 1) / DOWN_ROWS_PER_CTA; }
+__device__ __forceinline__ int experts_dn_blocks(const MoeExpertsGemvParams& p)
+{
+    const int R = experts_down_rows(p.down.top_k);
+    return (p.down.hidden_size + R - 1) / R;
+}
+__device__ __forceinline__ int experts_tokens(const MoeExpertsGemvParams& p) { return p.gate_up.slots / p.gate_up.top_k; }
 
 // Ticket `tile` of moe_experts_gemv decoded once: a gate_up tile (slot, block of 8 intermediate columns), a down tile
-// (slot, block of DOWN_ROWS_PER_CTA rows), a follow-on GEMV tile (block of 8 rows) or a ticket past the last tile.
+// (token, block of experts_down_rows(k) rows of its k slots), a follow-on GEMV tile (block of 8 rows) or a ticket past the
+// last tile.
 enum ExpertsTileKind { EXPERTS_GATE_UP, EXPERTS_DOWN, EXPERTS_NEXT, EXPERTS_NONE };
 struct ExpertsTile {
     int kind;                // ExpertsTileKind
-    int slot, block;
+    int unit;                // the slot of a gate_up tile, the token of a down tile
+    int block;
 };
 __device__ __forceinline__ ExpertsTile experts_tile(const MoeExpertsGemvParams& p, int tile)
 {
     const int gu_blocks = experts_gu_blocks(p), dn_blocks = experts_dn_blocks(p), gu_tiles = gu_blocks * p.gate_up.slots;
+    const int dn_tiles = dn_blocks * experts_tokens(p);
     ExpertsTile t;
     if (tile < gu_tiles) {
         t.kind = EXPERTS_GATE_UP;
-        t.slot = tile / gu_blocks;
-        t.block = tile - t.slot * gu_blocks;
-    } else if (tile < gu_tiles + dn_blocks * p.gate_up.slots) {
+        t.unit = tile / gu_blocks;
+        t.block = tile - t.unit * gu_blocks;
+    } else if (tile < gu_tiles + dn_tiles) {
         const int d = tile - gu_tiles;
         t.kind = EXPERTS_DOWN;
-        t.slot = d / dn_blocks;
-        t.block = d - t.slot * dn_blocks;
-    } else if (tile < gu_tiles + dn_blocks * p.gate_up.slots + p.next_tiles) {
+        t.unit = d / dn_blocks;
+        t.block = d - t.unit * dn_blocks;
+    } else if (tile < gu_tiles + dn_tiles + p.next_tiles) {
         t.kind = EXPERTS_NEXT;
-        t.slot = 0;
-        t.block = tile - gu_tiles - dn_blocks * p.gate_up.slots;
+        t.unit = 0;
+        t.block = tile - gu_tiles - dn_tiles;
     } else {
         t.kind = EXPERTS_NONE;
-        t.slot = t.block = 0;
+        t.unit = t.block = 0;
     }
     return t;
 }
 
 // L2 prefetch of a tile's weight rows (its expert is known: the router ran before): a gate_up tile's 8 gate and 8 up
-// rows, a down tile's 16 rows, a follow-on tile's 8 rows. Scales are left to the loads (a few bytes per row).
+// rows, a down tile's experts_down_rows(k) rows of each of its token's k experts, a follow-on tile's 8 rows. Scales are left to the loads (a few bytes per row).
 template <int QF>
 __device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, ExpertsTile t)
 {
     if (t.kind == EXPERTS_GATE_UP) {
         const int H = p.gate_up.hidden_size, I = p.gate_up.inter_size;
         const size_t row_bytes = QF == 0 ? (size_t)H * 2 : (size_t)H / QF_WPB(QF);
-        const size_t r0 = (size_t)p.gate_up.topk_ids[t.slot] * 2 * I + (size_t)t.block * 8, n = (size_t)min(8, I - t.block * 8);
+        const size_t r0 = (size_t)p.gate_up.topk_ids[t.unit] * 2 * I + (size_t)t.block * 8, n = (size_t)min(8, I - t.block * 8);
         prefetch_l2_rows(p.gate_up.gate_up, r0, r0 + n, row_bytes, 0, row_bytes);
         prefetch_l2_rows(p.gate_up.gate_up, r0 + I, r0 + I + n, row_bytes, 0, row_bytes);
     } else if (t.kind == EXPERTS_DOWN) {
-        const int H = p.down.hidden_size, I = p.down.inter_size;
+        const int H = p.down.hidden_size, I = p.down.inter_size, k = p.down.top_k, R = experts_down_rows(k);
         const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
-        const int h0 = t.block * DOWN_ROWS_PER_CTA, h1 = min(H, h0 + DOWN_ROWS_PER_CTA);
-        const size_t e = (size_t)p.down.topk_ids[t.slot];
-        prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
+        const int h0 = t.block * R, h1 = min(H, h0 + R);
+        for (int j = 0; j < k; j++) {
+            const size_t e = (size_t)p.down.topk_ids[t.unit * k + j];
+            prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
+        }
     } else if (QF == 0 && t.kind == EXPERTS_NEXT) {
         const size_t row_bytes = (size_t)p.next.k * 2, r0 = (size_t)t.block * 8;
         prefetch_l2_rows(p.next.w, r0, min(r0 + 8, (size_t)p.next.n), row_bytes, 0, row_bytes);
     }
+}
+
+// The exit ticket (thread 0, after the CTA's last access to a counter; nothing waits for the result until
+// experts_exit_reset). The CTA that takes the last one resets the counters for the next launch: every other CTA has then
+// taken its tiles and done its last wait and release.
+__device__ __forceinline__ int experts_exit_ticket(const MoeExpertsGemvParams& p)
+{
+    __threadfence();
+    return atomicAdd(&p.sync[1], 1);
+}
+
+__device__ __forceinline__ void experts_exit_reset(const MoeExpertsGemvParams& p, int ticket)
+{
+    if (ticket != (int)gridDim.x - 1) return;
+    p.sync[0] = 0;
+    for (int t = 0; t < experts_tokens(p); t++) p.sync[2 + t] = 0;   // the tokens' gate_up counters
+    p.sync[2 + p.gate_up.slots] = 0;                               // the down tiles' (a follow-on GEMV's wait)
+    __threadfence();
+    p.sync[1] = 0;
 }
 
 template <int QF>   // 0: bf16; QF_FP8 / QF_INT8 / QF_INT4: the quantized tiles
@@ -409,30 +574,42 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     if (threadIdx.x == 0) tiles_s[0] = atomicAdd(&p.sync[0], 1);
     __syncthreads();
     ExpertsTile cur = experts_tile(p, tiles_s[0]);
+    bool exited = false;                                   // the exit ticket taken (exit_ticket: thread 0's)
+    int exit_ticket = -1;
     for (int k = 0; k < p.tiles_per_cta; k++) {
-        // take the next tile now and start its weights towards L2, so the DRAM stream does not wait for this tile's end
-        if (k + 1 < p.tiles_per_cta && threadIdx.x == 0) tiles_s[(k + 1) & 1] = atomicAdd(&p.sync[0], 1);
+        // take the next tile now and start its weights towards L2, so the DRAM stream does not wait for this tile's end; a
+        // CTA past the last tile takes no more tickets (its later ones would be past it too), so a CTA whose next tile is
+        // none has made its last access to sync[0]
+        const bool more = k + 1 < p.tiles_per_cta && cur.kind != EXPERTS_NONE;
+        if (more && threadIdx.x == 0) tiles_s[(k + 1) & 1] = atomicAdd(&p.sync[0], 1);
         __syncthreads();
         ExpertsTile next;
         next.kind = EXPERTS_NONE;
-        if (k + 1 < p.tiles_per_cta) next = experts_tile(p, tiles_s[(k + 1) & 1]);
+        if (more) next = experts_tile(p, tiles_s[(k + 1) & 1]);
         if (k == 0 && cur.kind == EXPERTS_DOWN) experts_prefetch_tile<QF>(p, cur);   // a later tile's came with the tile before
         experts_prefetch_tile<QF>(p, next);
         if (cur.kind == EXPERTS_GATE_UP) {
-            if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.slot, cur.block);
-            else gate_up_tile_quant<QF>(p.gate_up, cur.slot, cur.block);
-            counter_release(&p.sync[2 + cur.slot]);        // its barrier: every column of the tile written
+            if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.unit, cur.block);
+            else gate_up_tile_quant<QF>(p.gate_up, cur.unit, cur.block);
+            counter_release(&p.sync[2 + cur.unit / p.gate_up.top_k]);   // its barrier: every column of the tile written
         } else if (cur.kind == EXPERTS_DOWN) {
-            counter_wait(&p.sync[2 + cur.slot], experts_gu_blocks(p));
-            if constexpr (QF == 0) down_tile<true>(p.down, cur.slot, cur.block, next.kind == EXPERTS_NONE);
-            else down_tile_quant<QF, true>(p.down, cur.slot, cur.block, next.kind == EXPERTS_NONE);
-            // release for the follow-on tiles: every row of the tile (and of its combine, if it was the block's last) written
+            counter_wait(&p.sync[2 + cur.unit], experts_gu_blocks(p) * p.gate_up.top_k);   // the token's k slots' gate_up tiles
+            // The CTA's last tile, and no follow-on tiles to release for: that wait was its last counter access, so it takes
+            // its exit ticket now and the ticket's round trip runs beside the tile's stream instead of after it.
+            const bool last = next.kind == EXPERTS_NONE;
+            if (last && p.next_tiles == 0) {
+                if (threadIdx.x == 0) exit_ticket = experts_exit_ticket(p);
+                exited = true;
+            }
+            if constexpr (QF == 0) down_tile_token(p.down, cur.unit, cur.block, last);
+            else down_tile_token_quant<QF>(p.down, cur.unit, cur.block, last);
+            // release for the follow-on tiles: every row of the tile, its combine included, written
             if (p.next_tiles > 0) counter_release(&p.sync[2 + p.gate_up.slots]);
         } else if (cur.kind == EXPERTS_NEXT) {
             if constexpr (QF == 0) {
                 extern __shared__ uint4 next_x_s[];        // [T][K + GEMV_MMA_PAD] bf16: the staged, normalised x
                 __shared__ float next_red_s[4][8][8], next_nred_s[GEMV_MMA_MAX_TOKENS][32], next_inv_s[GEMV_MMA_MAX_TOKENS];
-                counter_wait(&p.sync[2 + p.gate_up.slots], experts_dn_blocks(p) * p.gate_up.slots);
+                counter_wait(&p.sync[2 + p.gate_up.slots], experts_dn_blocks(p) * experts_tokens(p));
                 gemv_mma_tile<GEMV_THREADS / 32, true>(p.next, cur.block * 8, 1, GEMV_THREADS / 32, next_x_s, next_red_s, next_nred_s, next_inv_s);
             }
         }
@@ -440,14 +617,11 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
         cur = next;
     }
     if (threadIdx.x == 0) {
-        tail_begin();                                      // (a CTA whose last tile was a down tile marked it at its combine)
-        __threadfence();
-        if (atomicAdd(&p.sync[1], 1) == (int)gridDim.x - 1) {   // every other CTA has taken its tiles and left
-            p.sync[0] = 0;
-            for (int s = 0; s <= p.gate_up.slots; s++) p.sync[2 + s] = 0;   // the slots' counters and the down tiles'
-            __threadfence();
-            p.sync[1] = 0;
+        if (!exited) {
+            tail_begin();                                  // the CTA's share of the stream is done
+            exit_ticket = experts_exit_ticket(p);
         }
+        experts_exit_reset(p, exit_ticket);
     }
 }
 

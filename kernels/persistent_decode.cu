@@ -20,8 +20,9 @@
 // done, counters[3]: attention tiles done, counters[4]: o_proj tiles done; the router tiles elect their last with
 // counters[5], which resets it): the next stage's weights stream during the current stage's dependency chain without a
 // kernel boundary, and the held steps need no transfer from L2 once the tile's inputs are ready. Progress needs no
-// co-residency: a tile waits only on tiles of lower tickets, held by CTAs already running. The last CTA out (counters[1])
-// resets the counters for the next launch: they are zero before the first.
+// co-residency: a tile waits only on tiles of lower tickets, held by CTAs already running. Each CTA takes an exit ticket
+// (counters[1]) after its last access to counters[0 .. 4] (a router tile: right after its wait, so the round trip runs
+// beside its work), and the CTA with the last one resets them for the next launch: they are zero before the first.
 // Why not resident CTAs looping over tickets: in a loop, NVRTC hoists the tiles' parameter loads and per-thread
 // addresses out of it and keeps them in registers across the whole loop: 168 to 227 registers, against this kernel's
 // 128 (sm_80 and sm_90: attn_decode_fused's own 103 / 121, and the GEMV tiles' 64 held registers; docs/kernels.md,
@@ -108,6 +109,14 @@ __device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, i
     else gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s);
 }
 
+// The exit ticket (thread 0, after the CTA's last access to counters[0 .. 4]; nothing waits for the result until the
+// reset at the kernel's end): the CTA that takes the last one resets those counters for the next launch.
+__device__ __forceinline__ int pdec_exit_ticket(const PersistentAttnParams& p)
+{
+    __threadfence();
+    return atomicAdd(&p.counters[1], 1);
+}
+
 extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM) persistent_attn_block(PersistentAttnParams p)
 {
     __shared__ AttnFusedSmem s;
@@ -150,6 +159,8 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : p.stage_only == 2 ? qkv_tiles + attn_tiles : gemv_attn_tiles) + blockIdx.x;
     }
     const bool guessed = whole && tile == (int)blockIdx.x;   // a qkv tile: its loads made; an o_proj tile: its rows in L2
+    bool exit_early = false;                       // a router tile takes its exit ticket after its wait (thread 0's)
+    int exit_ticket = -1;
     // the wait for the stage before: its counter, or (a stage alone) the launch before
     auto wait_for = [&](const int* counter, int target) {
         if (whole) counter_wait(counter, target);
@@ -176,6 +187,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         });
         release(&p.counters[4]);
     } else if (tile < gemv_attn_tiles + p.router_tiles) {
+        exit_early = whole;
         // Router row e: its row and the norm weight (one chunk per virtual thread: the whole row at H <= 2048) into
         // registers and its share of the next weights (router.fetch_ahead) into L2 before the wait, as neither depends on
         // the step; then moe_router_norm_topk's work on x through L2 (the o_proj tiles wrote it), T <= 4 rows.
@@ -184,6 +196,9 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         router_norm_hold<PDEC_THREADS>(p.router, e, w0, n0);
         prefetch_l2_evict_last_share(p.router.fetch_ahead, p.router.fetch_ahead_bytes, e, p.router_tiles);
         wait_for(&p.counters[4], o_tiles);
+        // that wait was the tile's last access to counters[0 .. 4] (its own ticket, counters[5], resets itself): the exit
+        // ticket now, so its round trip runs beside the router's work instead of after its softmax + top-k
+        if (exit_early && threadIdx.x == 0) exit_ticket = pdec_exit_ticket(p);
         float (*logit_s)[ROUTER_NORM_WARPS] = red_s[0];
         switch (p.router.tokens) {                       // 1 <= T <= 4 (the launcher checks)
 #define PDEC_ROUTER(n) router_norm_tile<n, PDEC_THREADS, true>(p.router, e, w0, n0, nred_s, logit_s, inv_s, s.is_last, &p.counters[5], p.router_tiles)
@@ -197,9 +212,9 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     if (!whole) pdl_wait();                // (a stage alone: an attention CTA past its row's plan returned before its wait)
     pdl_launch_dependents();
     if (whole && threadIdx.x == 0) {
-        __threadfence();
-        if (atomicAdd(&p.counters[1], 1) == (int)(gridDim.x - 1)) {   // every other CTA has finished its tile and left
-            for (int c = 2; c < 6; c++) p.counters[c] = 0;
+        if (!exit_early) exit_ticket = pdec_exit_ticket(p);
+        if (exit_ticket == (int)(gridDim.x - 1)) {       // every other CTA has done its last counter access
+            for (int c = 2; c < 5; c++) p.counters[c] = 0;
             p.counters[0] = 0;
             __threadfence();
             p.counters[1] = 0;

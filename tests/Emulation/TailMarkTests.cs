@@ -27,6 +27,16 @@ public sealed class TailMarkTests
             out[threadIdx.x] = x + y;
         }
         extern "C" __global__ void no_tail(const float* a, float* out) { out[threadIdx.x] = a[threadIdx.x] * 2.f; }
+
+        // two warps, two tails: warp 0's has a round trip, warp 1's more instructions and none
+        extern "C" __global__ void two_tails(const float* a, float* out, int n)
+        {
+            float x = 0.f;
+            tail_mark();
+            if (threadIdx.x < 32) x = a[threadIdx.x];
+            else for (int i = 0; i < n; i++) x = x * 1.5f + 1.f;
+            out[threadIdx.x] = x;
+        }
         """;
 
     [Test]
@@ -59,5 +69,30 @@ public sealed class TailMarkTests
         var none = dev.Launches[^1];
         Assert.That((none.MaxWarpTailInstructions, none.MaxWarpTailDramRoundTrips, none.MaxWarpTailL2RoundTrips), Is.EqualTo((0L, 0L, 0L)), "no mark, no tail");
         Assert.That(none.MaxWarpPreTailInstructions, Is.EqualTo(none.MaxWarpInstructions), "without a mark the whole warp is before it");
+        Assert.That(none.TailChains, Is.Empty, "no mark, no tail chains");
+        Assert.That(r.TailChains, Is.EqualTo(new[] { new WarpChain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions) }),
+            "two warps with the same tail: one chain, the maxima");
+    }
+
+    /// <summary>The record keeps each warp's tail as its own chain (the ones no other covers): the maxima mix two warps.</summary>
+    [Test]
+    public void TailChains_AreTheWarpsOwn()
+    {
+        var compiled = Compiler.CompileSource("tail_test.cu", Source, new KernelBuild("tail_test.cu", "sm_90", CompileTarget.Ptx));
+        using var dev = new EmulatedDevice(new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null });
+        using var module = dev.LoadModule(compiled);
+        var dA = dev.Allocate(64 * sizeof(float));
+        dev.CopyToDevice(dA, new byte[64 * sizeof(float)]);
+        var dOut = dev.Allocate(64 * sizeof(float));
+        var args = new KernelArgs(new byte[KernelArgs.DefaultBufferBytes], new nint[KernelArgs.MaxArgs]);
+        args.Add(dA.Address); args.Add(dOut.Address); args.Add(40);
+        dev.Launch(dev.GetKernel(module, "two_tails"), new LaunchConfig(1, 64, 0), dev.DefaultStream, args);
+        dev.Synchronize(dev.DefaultStream);
+        var r = dev.Launches[^1];
+        Assert.That(r.TailChains, Has.Count.EqualTo(2), string.Join(", ", r.TailChains));
+        var load = r.TailChains.Single(c => c.DramRoundTrips == 1);
+        var loop = r.TailChains.Single(c => c.DramRoundTrips == 0);
+        Assert.That(loop.Instructions, Is.GreaterThan(load.Instructions), "the loop's tail is the longer in instructions");
+        Assert.That((r.MaxWarpTailDramRoundTrips, r.MaxWarpTailInstructions), Is.EqualTo((1L, loop.Instructions)), "the maxima: one from each warp");
     }
 }

@@ -49,6 +49,22 @@ public class MoeExpertsGemvTests
     }
 
     /// <summary>
+    /// A down tile runs max(1, 16 / k) rows of each of a token's k slots (ExpertsDownRowsPerTile): top-3 gives 5 rows, so a
+    /// warp's 4 row dots span two slots and H 264 (or 256) leaves a last tile of 4 (or 1) rows; top-16 gives one row of 16
+    /// slots. Each still equals the two kernels (whose CTAs run 16 rows of one slot and combine through tickets) bit for bit.
+    /// </summary>
+    [TestCaseSource(nameof(Modes))]
+    public void OtherTopK_RaggedDownTiles_EqualTheTwoKernels_Bitwise(string mode, EmulatorOptions options, bool cooperative)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        Assert.That(new[] { 3, 8, 16 }.Select(MoeLaunchers.ExpertsDownRowsPerTile), Is.EqualTo(new[] { 5, 2, 1 }));
+        EqualsThePair(ctx, WeightFormat.Bf16, new MoeShape(16, 3, 264, 64, false), tokens: 2, residual: true, cooperative, $"{mode}, top-3, H 264");
+        EqualsThePair(ctx, WeightFormat.Bf16, new MoeShape(32, 16, 64, 32, true), tokens: 1, residual: false, cooperative, $"{mode}, top-16");
+        foreach (var f in Quantized)
+            EqualsThePair(ctx, f, new MoeShape(16, 3, 256, 128, true), tokens: 2, residual: true, cooperative, $"{mode}, {f.Name()}, top-3");
+    }
+
+    /// <summary>
     /// With a follow-on GEMV (the next layer's qkv projection with its RMSNorm prologue, ExpertsFollowOn) the launch also
     /// equals the pair followed by that GEMV's own launch, gemv_bf16_mma with the norm prologue, bit for bit: the follow-on
     /// tiles wait for every down tile (so read the combined output) and repeat the 2-row-group plan's sums on 4 warps. N is
@@ -158,7 +174,6 @@ public class MoeExpertsGemvTests
 
         // one launch, twice: the counters it leaves must serve the next launch
         var (inter2, y2, out2) = (ctx.Alloc<ushort>((long)slots * I), ctx.Alloc<ushort>((long)slots * H), ctx.Alloc<ushort>((long)tokens * H));
-        var tickets2 = ctx.Upload(new int[ticketInts]);
         var sync = ctx.Upload(new int[MoeWorkspace.ExpertsSyncInts]);
         if (followOn is { } f) followOn = f with { X = out2 };
         for (int run = 0; run < 2; run++)
@@ -168,7 +183,7 @@ public class MoeExpertsGemvTests
                 next2 = ctx.AllocFilled<ushort>((long)tokens * N);   // 0xffff (NaN) where a row is not written
                 followOn = fo with { Y = next2 };
             }
-            moe.ExpertsGemv(ctx.Stream, s, tokens, hidden, gateUp, down, ids, inter2, y2, weights, res, out2, tickets2, sync, cooperative, followOn);
+            moe.ExpertsGemv(ctx.Stream, s, tokens, hidden, gateUp, down, ids, inter2, y2, weights, res, out2, sync, cooperative, followOn);
             ctx.Synchronize();
             string which = $"{what}, launch {run + 1}";
             if (N > 0) Assert.That(ctx.Download<ushort>(next2, tokens * N), Is.EqualTo(expectedNext), $"{which}: the follow-on GEMV's output");
@@ -176,7 +191,6 @@ public class MoeExpertsGemvTests
             Assert.That(ctx.Download<ushort>(y2, slots * H), Is.EqualTo(expected.Y), $"{which}: y (each slot's expert output)");
             Assert.That(ctx.Download<ushort>(out2, tokens * H), Is.EqualTo(expected.Out), $"{which}: the combined output");
             Assert.That(ctx.Download<int>(sync, MoeWorkspace.ExpertsSyncInts), Is.All.Zero, $"{which}: the last CTA out resets the tile counters");
-            Assert.That(ctx.Download<int>(tickets2, ticketInts), Is.All.Zero, $"{which}: the combine's tickets are left zero");
         }
     }
 
@@ -197,15 +211,15 @@ public class MoeExpertsGemvTests
             var moe = new MoeLaunchers(ctx.Loader, [s]);
             var (hidden, ids, weights) = (ctx.Upload(mc.Hidden), ctx.Upload(mc.RefIds), ctx.Upload(mc.RefWeights));
             var (inter, y, output) = (ctx.Alloc<ushort>(s.TopK * s.Inter), ctx.Alloc<ushort>(s.TopK * s.Hidden), ctx.Alloc<ushort>(s.Hidden));
-            var (tickets, sync) = (ctx.Upload(new int[MoeWorkspace.DownTicketsPerToken(s.Hidden)]), ctx.Upload(new int[MoeWorkspace.ExpertsSyncInts]));
+            var sync = ctx.Upload(new int[MoeWorkspace.ExpertsSyncInts]);
             var launches = ctx.RecordLaunches(() => moe.ExpertsGemv(ctx.Stream, s, 1, hidden, WeightOperand.Bf16(w.GateUp), WeightOperand.Bf16(w.Down),
-                ids, inter, y, weights, DevicePtr.Null, output, tickets, sync));
+                ids, inter, y, weights, DevicePtr.Null, output, sync));
             Assert.That(launches.Select(l => l.Kernel), Is.EqualTo(new[] { "moe_experts_gemv" }));
             return launches[0];
         }
         var byDefault = Run(new EmulatorOptions());
         var sequential = Run(new EmulatorOptions { Sequential = true });
-        Assert.That(MoeLaunchers.ExpertsGemvTiles(s, 1), Is.EqualTo(8 * (128 / 8 + 256 / 16)), "k x (I / 8 gate_up tiles + H / 16 down tiles)");
+        Assert.That(MoeLaunchers.ExpertsGemvTiles(s, 1), Is.EqualTo(8 * 128 / 8 + 256 / 2), "k x I / 8 gate_up tiles + H / 2 down tiles (2 rows of the 8 slots each)");
         Assert.That(byDefault.GridBlocks, Is.EqualTo(MoeLaunchers.ExpertsGemvTiles(s, 1)), "132 SMs: one tile per CTA");
         Assert.That(byDefault.WarpInstructions, Is.EqualTo(sequential.WarpInstructions), "instructions: no poll beyond the first read of a complete counter");
         Assert.That(byDefault.MaxWarpInstructions, Is.EqualTo(sequential.MaxWarpInstructions), "the critical warp");
@@ -257,25 +271,25 @@ public class MoeExpertsGemvTests
         var moe = new MoeLaunchers(ctx.Loader, [s]);
         var p = ctx.Alloc<byte>(1 << 20);
         var bf16 = WeightOperand.Bf16(p);
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 9, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, p, p),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 9, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, p),
             Throws.TypeOf<ArgumentOutOfRangeException>().With.Message.Contains("moe_experts_gemv: 9 tokens"));
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, p, DevicePtr.Null),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, DevicePtr.Null),
             Throws.ArgumentException.With.Message.Contains("counters (sync)"));
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16 with { Format = WeightFormat.Int8Channel }, p, p, p, p, DevicePtr.Null, p, p, p),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16 with { Format = WeightFormat.Int8Channel }, p, p, p, p, DevicePtr.Null, p, p),
             Throws.ArgumentException.With.Message.Contains("one launch takes one format"));
         // the follow-on GEMV: bf16 experts only, reading the block's output, of a shape CanFollowOn admits
         var q = p + (1 << 19);   // another buffer: the output below
         var fo = new ExpertsFollowOn(p, 40 * 132, q, s.Hidden, p, p, 1e-6f, 40 * 132, s.Hidden);
         var int8 = bf16 with { Format = WeightFormat.Int8Channel };
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, int8, int8, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, int8, int8, p, p, p, p, DevicePtr.Null, q, p, followOn: fo),
             Throws.ArgumentException.With.Message.Contains("follow-on GEMV runs only with bf16 experts"));
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, p, p, followOn: fo),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, p, p, followOn: fo),
             Throws.ArgumentException.With.Message.Contains("reads the block's output"));
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo with { NormWeight = DevicePtr.Null }),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, followOn: fo with { NormWeight = DevicePtr.Null }),
             Throws.ArgumentException.With.Message.Contains("needs y, x, its weight and its norm weight"));
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo with { N = 64, Ldy = 64 }),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, followOn: fo with { N = 64, Ldy = 64 }),
             Throws.ArgumentException.With.Message.Contains("does not qualify (CanFollowOn)"));
-        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 5, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, p, followOn: fo),
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 5, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, followOn: fo),
             Throws.ArgumentException.With.Message.Contains("5 token(s)"));
     }
 }

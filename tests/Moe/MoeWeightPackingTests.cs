@@ -45,7 +45,7 @@ public class MoeWeightPackingTests
     public void Workspace_Layout()
     {
         var w = MoeWorkspace.Compute(4096, 128, 8, 768, 2048);
-        long[] offs = [w.DownTickets, w.Counters, w.TicketBytes, w.Logits, w.TopkIds, w.TopkWeights, w.Counts, w.Offsets, w.SortedSlots, w.TileExpert, w.NumTiles, w.Inter, w.SlotOut, w.TotalBytes];
+        long[] offs = [w.ExpertsSync, w.Counters, w.TicketBytes, w.Logits, w.TopkIds, w.TopkWeights, w.Counts, w.Offsets, w.SortedSlots, w.TileExpert, w.NumTiles, w.Inter, w.SlotOut, w.TotalBytes];
         Assert.That(offs, Is.Ordered.Ascending);
         Assert.That(offs.All(o => o % 256 == 0), Is.True);
         Assert.That(w.TotalBytes / (1 << 20), Is.InRange(180, 200));

@@ -177,6 +177,42 @@ public class TimingModelTests
         Assert.That(unmarked.TailUs, Is.Zero, "no mark: no tail");
     }
 
+    /// <summary>
+    /// With the warps' own tails recorded (LaunchRecord.TailChains), the tail is the longest of them, not a chain of the
+    /// maxima: one warp's 3 L2 trips and 10 instructions (0.6 + 0.02 us) and another's 1 trip and 200 instructions
+    /// (0.2 + 0.4 us) give 0.62 us, where the maxima (3 trips, 200 instructions) would give 1.0.
+    /// </summary>
+    [Test]
+    public void Tail_IsTheLongestWarpsOwnChain_NotTheMaximaOfDifferentWarps()
+    {
+        var stream = Launch(100, 256, dramBytes: 100 * 800_000L, warpDramTrips: 4, maxWarpInstructions: 250) with
+        {
+            MaxWarpTailL2RoundTrips = 3, MaxWarpTailInstructions = 200, MaxWarpPreTailDramRoundTrips = 4, MaxWarpPreTailInstructions = 100,
+        };
+        Near(KernelTimingModel.Predict(stream, new KernelResources(32, 0), Toy).TailUs, 1.0, "maxima alone (a record built by hand)");
+        var chains = stream with { TailChains = [new WarpChain(0, 3, 10), new WarpChain(0, 1, 200)] };
+        Near(KernelTimingModel.Predict(chains, new KernelResources(32, 0), Toy).TailUs, 0.62, "the longer of the two warps' tails");
+    }
+
+    /// <summary>The frontier keeps the chains no other covers, and past its cap one chain of the maxima, which covers all.</summary>
+    [Test]
+    public void WarpChainFrontier_KeepsTheUncoveredChains()
+    {
+        var f = new WarpChainFrontier();
+        f.Add(new WarpChain(1, 0, 20));
+        f.Add(new WarpChain(0, 0, 250));
+        f.Add(new WarpChain(0, 0, 100));   // covered by (0, 0, 250)
+        f.Add(new WarpChain(1, 0, 30));    // covers (1, 0, 20)
+        Assert.That(f.ToArray(), Is.EquivalentTo(new[] { new WarpChain(0, 0, 250), new WarpChain(1, 0, 30) }));
+        var other = new WarpChainFrontier();
+        other.Add(new WarpChain(0, 2, 5));
+        f.Add(other);
+        Assert.That(f.Count, Is.EqualTo(3), "merged: nothing covers (0, 2, 5)");
+        var many = new WarpChainFrontier();
+        for (int i = 0; i <= WarpChainFrontier.MaxChains; i++) many.Add(new WarpChain(i, 0, 100 - i));   // none covers another
+        Assert.That(many.ToArray(), Is.EqualTo(new[] { new WarpChain(WarpChainFrontier.MaxChains, 0, 100) }), "past the cap: the maxima");
+    }
+
     [Test]
     public void TailEffect_OneCtaMoreAddsAWave()
     {

@@ -269,10 +269,13 @@ public static class KernelTimingModel
         double Chain(long dramTrips, long l2Trips, long instructions, double keptShare) =>
             (dramTrips * keptShare * g.DramLatencyNs + (l2Trips + dramTrips * (1 - keptShare)) * g.L2LatencyNs) / 1000.0
             + instructions / g.SingleWarpIpc / g.ClockHz * 1e6;
-        // the tail: the longest chain from a warp's tail mark on, after the waves (its trips as measured); the latency term
-        // is then the chain before the mark
+        // the tail: the longest chain from a warp's tail mark on, after the waves (its trips as measured): the longest of the
+        // warps' own tails (a record built by hand has only the maxima, which may come from different warps); the latency
+        // term is then the chain before the mark
         bool tailed = r.MaxWarpTailInstructions > 0;
-        double tailUs = tailed ? Chain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions, 1) : 0;
+        double tailUs = !tailed ? 0
+            : r.TailChains.Count > 0 ? r.TailChains.Max(c => Chain(c.DramRoundTrips, c.L2RoundTrips, c.Instructions, 1))
+            : Chain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions, 1);
         double latencyUs = tailed ? Chain(r.MaxWarpPreTailDramRoundTrips, r.MaxWarpPreTailL2RoundTrips, r.MaxWarpPreTailInstructions, kept)
             : Chain(r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips, r.MaxWarpInstructions, kept);
         if (preWaitShadowUs > 0 && r.MaxWarpPreWaitInstructions > 0)

@@ -312,10 +312,10 @@ public static class MoeCases
         var minBytes = new Dictionary<string, long>
         {
             ["moe_router_topk"] = Sec((long)E * H * 2) + hidden + Sec(T * E * 4L) + 32 /* ticket */ + ids + wts,
-            // gate_up and down weights, hidden, ids, inter (written, read back from L2), y, and the fused combine's routing
-            // weights, output rows and tickets (y is read back from L2), and the tile counters
+            // gate_up and down weights, hidden, ids, inter (written, read back from L2), y, the combine's routing weights and
+            // output rows (each down tile combines its own rows), and the tile counters
             ["moe_experts_gemv"] = experts * (2 * I * H * 2 + H * I * 2L) + hidden + ids + inter + y + wts + Sec(T * H * 2L)
-                + Sec(T * MoeWorkspace.DownTicketsPerToken(H) * 4L) + Sec((2 + T * k) * 4L),
+                + Sec((2 + T) * 4L),
         };
         c.Exact<string>(launches.Select(l => l.Kernel).ToArray(), ["moe_router_topk", "moe_experts_gemv"], "emulator: decode launches (the experts and the combine in one)");
         foreach (LaunchRecord l in launches)

@@ -191,9 +191,9 @@ public static class QuantizedCases
                 long hidden = Sec(tokens * H * 2L), idBytes = Sec(tokens * s.TopK * 4L), inter = Sec(tokens * s.TopK * I * 2L), y = Sec(tokens * s.TopK * H * 2L);
                 var min = new Dictionary<string, long>
                 {
-                    // both GEMVs in one launch: + the fused combine's weights, output, tickets, and the tile counters
+                    // both GEMVs in one launch: + the combine's routing weights and output, and the tile counters
                     [$"moe_experts_gemv_{f.Name()}"] = used * (gateUp.ExpertBytes + down.ExpertBytes) + hidden + idBytes + inter + y
-                        + Sec(tokens * s.TopK * 4L) + Sec(tokens * H * 2L) + Sec(tokens * MoeWorkspace.DownTicketsPerToken(H) * 4L) + Sec((2 + tokens * s.TopK) * 4L),
+                        + Sec(tokens * s.TopK * 4L) + Sec(tokens * H * 2L) + Sec((2 + tokens) * 4L),
                 };
                 foreach (var l in launches)
                 {

@@ -18,6 +18,7 @@ internal sealed class Counters
     public long MaxWarpTailInstructions, MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips;   // from the warp's tail mark on
     public long TailDramRoundTrips;   // summed over the warps, as DramRoundTrips
     public long MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips;   // before it (all of a warp without one)
+    public readonly WarpChainFrontier TailChains = new();   // the warps' tails themselves, the ones no other warp's covers
 
     /// <summary>
     /// Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed), in all and split at
@@ -28,6 +29,7 @@ internal sealed class Counters
         long tailInstructions = 0, long tailDramTrips = 0, long tailL2Trips = 0)
     {
         TailDramRoundTrips += tailDramTrips;
+        if (tailInstructions > 0) TailChains.Add(new WarpChain(tailDramTrips, tailL2Trips, tailInstructions));
         MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, tailInstructions);
         MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, tailDramTrips);
         MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, tailL2Trips);
@@ -70,6 +72,7 @@ internal sealed class Counters
         MaxWarpPostWaitDramRoundTrips = Math.Max(MaxWarpPostWaitDramRoundTrips, o.MaxWarpPostWaitDramRoundTrips);
         MaxWarpPostWaitL2RoundTrips = Math.Max(MaxWarpPostWaitL2RoundTrips, o.MaxWarpPostWaitL2RoundTrips);
         TailDramRoundTrips += o.TailDramRoundTrips;
+        TailChains.Add(o.TailChains);
         MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, o.MaxWarpTailInstructions);
         MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, o.MaxWarpTailDramRoundTrips);
         MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, o.MaxWarpTailL2RoundTrips);
@@ -154,6 +157,13 @@ public sealed record LaunchRecord
     public long MaxWarpTailInstructions { get; init; }
     public long MaxWarpTailDramRoundTrips { get; init; }
     public long MaxWarpTailL2RoundTrips { get; init; }
+    /// <summary>
+    /// The warps' tails as chains of their own (round trips and instructions of one warp), those that no other warp's tail
+    /// covers in all three (<see cref="WarpChainFrontier"/>): the longest tail on any GPU is one of them, whereas the maxima
+    /// above may come from different warps (a warp with the tail's round trip, another with its instructions). Empty
+    /// without a mark, and in records built by hand (the timing model then takes the maxima).
+    /// </summary>
+    public IReadOnlyList<WarpChain> TailChains { get; init; } = [];
     public long MaxWarpPreTailInstructions { get; init; }
     public long MaxWarpPreTailDramRoundTrips { get; init; }
     public long MaxWarpPreTailL2RoundTrips { get; init; }
@@ -240,6 +250,7 @@ public sealed record LaunchRecord
         MaxWarpPostWaitDramRoundTrips = c.MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips = c.MaxWarpPostWaitL2RoundTrips,
         TailDramRoundTrips = c.TailDramRoundTrips, MaxWarpTailInstructions = c.MaxWarpTailInstructions, MaxWarpTailDramRoundTrips = c.MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips = c.MaxWarpTailL2RoundTrips,
         MaxWarpPreTailInstructions = c.MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips = c.MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips = c.MaxWarpPreTailL2RoundTrips,
+        TailChains = c.TailChains.ToArray(),
     };
 }
 

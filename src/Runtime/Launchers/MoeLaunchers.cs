@@ -114,8 +114,8 @@ public sealed class MoeLaunchers
         if (tokens <= DecodeMaxTokens)
         {
             ExpertsGemv(stream, shape, tokens, hidden, gateUp, down, ids, inter, slotOut, weights, residual, output,
-                workspace + ws.DownTickets, workspace + ws.ExpertsSync, followOn: followOn);
-            return;   // the combine ran in the down tiles' last CTAs
+                workspace + ws.ExpertsSync, followOn: followOn);
+            return;   // the combine ran in the down tiles
         }
         else
         {
@@ -252,20 +252,20 @@ public sealed class MoeLaunchers
 
     /// <summary>
     /// Decode: <c>GateUpGemv</c> then <c>DownGemv</c> (its combine included) in ONE launch,
-    /// <c>moe_experts_gemv</c>: its CTAs take the gate_up tiles, then the down tiles, in order, and a down tile waits on a
-    /// counter until its slot's gate_up tiles are done (docs/kernels.md, "Persistent launches"); the output is the two
-    /// kernels' bit for bit. <paramref name="tickets"/> as <c>DownGemv</c>'s; <paramref name="sync"/>:
-    /// <see cref="MoeWorkspace.ExpertsSyncInts"/> ints, zero on entry, left zero. <paramref name="cooperative"/> asks for a
+    /// <c>moe_experts_gemv</c>: its CTAs take the gate_up tiles, then the down tiles, in order, and a down tile (a few output
+    /// rows of all k slots of one token, combined in the tile: <see cref="ExpertsDownRowsPerTile"/>) waits on a counter until
+    /// its token's gate_up tiles are done (docs/kernels.md, "Persistent launches"); the output is the two kernels' bit for
+    /// bit. <paramref name="sync"/>: <see cref="MoeWorkspace.ExpertsSyncInts"/> ints, zero on entry, left zero. <paramref name="cooperative"/> asks for a
     /// co-resident launch (tests: the emulator then runs the CTAs in turns). <paramref name="followOn"/>: a GEMV on the
     /// block's output run as the launch's last tiles (<see cref="ExpertsFollowOn"/>; <see cref="CanFollowOn"/> must hold).
     /// </summary>
     public void ExpertsGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, in WeightOperand down,
-        DevicePtr topkIds, DevicePtr inter, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output, DevicePtr tickets,
+        DevicePtr topkIds, DevicePtr inter, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output,
         DevicePtr sync, bool cooperative = false, ExpertsFollowOn? followOn = null)
     {
-        if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_experts_gemv: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its tickets and counters are sized for that)");
-        if (tickets.IsNull || sync.IsNull || output.IsNull || topkWeights.IsNull)
-            throw new ArgumentException("moe_experts_gemv: needs tickets, counters (sync), routing weights and an output");
+        if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_experts_gemv: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its counters are sized for that)");
+        if (sync.IsNull || output.IsNull || topkWeights.IsNull || slotOut.IsNull || inter.IsNull)
+            throw new ArgumentException("moe_experts_gemv: needs counters (sync), routing weights, inter, y and an output");
         if (gateUp.Format != down.Format)
             throw new ArgumentException($"moe_experts_gemv: gate_up is {gateUp.Format.Name()} but down is {down.Format.Name()}; one launch takes one format");
         if (followOn is not null && gateUp.Format != WeightFormat.Bf16)
@@ -274,6 +274,8 @@ public sealed class MoeLaunchers
         CheckShape(s, decodeOnly: true);
         WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
         WeightFormats.CheckQuantized(down, s.Inter, "MoE down GEMV");
+        if ((long)s.Experts * s.Hidden * s.Inter / 8 > uint.MaxValue)
+            throw new ArgumentException($"moe_experts_gemv: the stacked down weight [{s.Experts}, {s.Hidden}, {s.Inter}] has more 16-byte chunks than its down tiles' 32-bit offsets reach");
         int slots = tokens * s.TopK;
         if (slots <= 0) return;
         int sms = _device.Info.MultiprocessorCount, nextTiles = 0;
@@ -299,13 +301,13 @@ public sealed class MoeLaunchers
         var p = new MoeExpertsGemvParams
         {
             GateUp = GateUpGemvParams(s, slots, hidden, gateUp, topkIds, inter),
-            Down = DownGemvParams(s, slots, inter, down, topkIds, slotOut, topkWeights, residual, output, tickets),
+            Down = DownGemvParams(s, slots, inter, down, topkIds, slotOut, topkWeights, residual, output, DevicePtr.Null),   // no tickets: each down tile combines its own rows
             Sync = sync,
             TilesPerCta = tilesPerCta,
             NextTiles = nextTiles,
             Next = next,
         };
-        int smem = gateUp.Format != WeightFormat.Bf16 ? Math.Max(s.Hidden, s.Inter) * sizeof(ushort)   // quantized: the staged row
+        int smem = gateUp.Format != WeightFormat.Bf16 ? Math.Max(s.Hidden, s.TopK * s.Inter) * sizeof(ushort)   // quantized: the staged x row, or a token's k inter rows
             : nextTiles > 0 ? tokens * (followOn!.Value.K + GemvLaunchers.MmaPadElements) * sizeof(ushort) : 0;   // the follow-on's staged x
         var config = new LaunchConfig(new Dim3((uint)grid), 128, smem, ProgrammaticDependentLaunch: !cooperative, Cooperative: cooperative)
         {
@@ -338,8 +340,21 @@ public sealed class MoeLaunchers
         return plan.TensorCores && plan.RowsPerWarp == 2;
     }
 
-    /// <summary>moe_experts_gemv's tiles: ceil(I / 8) gate_up tiles and ceil(H / 16) down tiles per slot.</summary>
-    public static int ExpertsGemvTiles(in MoeShape s, int tokens) => tokens * s.TopK * (GateUpGemvBlocks(s) + MoeWorkspace.DownTicketsPerToken(s.Hidden));
+    /// <summary>moe_experts_gemv's tiles: ceil(I / 8) gate_up tiles per slot and ceil(H / <see cref="ExpertsDownRowsPerTile"/>)
+    /// down tiles per token.</summary>
+    public static int ExpertsGemvTiles(in MoeShape s, int tokens)
+    {
+        int rows = ExpertsDownRowsPerTile(s.TopK);
+        return tokens * (s.TopK * GateUpGemvBlocks(s) + (s.Hidden + rows - 1) / rows);
+    }
+
+    /// <summary>
+    /// The output rows of a moe_experts_gemv down tile: max(1, 16 / k) rows of each of the token's k slots (experts_down_rows
+    /// in kernels/moe_decode.cu), so a tile runs k x rows &lt;= 16 row dot products, as a moe_down_gemv CTA does, and combines
+    /// its rows itself; Qwen3-30B-A3B (k 8): 2 rows of 8 experts.
+    /// </summary>
+    public static int ExpertsDownRowsPerTile(int topK) =>
+        topK is >= 1 and <= MaxTopK ? Math.Max(1, 16 / topK) : throw new ArgumentOutOfRangeException(nameof(topK), $"moe_experts_gemv: top-k {topK}; supported 1..{MaxTopK}");
 
     /// <summary>The CTAs per SM moe_experts_gemv's grid is sized for: its <c>__launch_bounds__</c> minimum
     /// (<c>EXPERTS_MIN_CTAS_PER_SM</c>, <c>EXPERTS_QUANT_MIN_CTAS_PER_SM</c> in kernels/moe_decode.cu), so that many fit.</summary>

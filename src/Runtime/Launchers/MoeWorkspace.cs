@@ -7,8 +7,8 @@ public readonly record struct MoeShape(int Experts, int TopK, int Hidden, int In
 /// Byte offsets of every buffer <c>MoeLaunchers.MoeBlock</c> carves out of the caller's workspace for T tokens
 /// (each 256-byte aligned). Sizes (T tokens, E experts, k, I, H; BM = 64 the GEMM tile height):
 /// <code>
-/// down_tickets  int  [8, ceil(H / 16)]      the decode down GEMV's combine tickets (first: the same place for every T)
-/// experts_sync  int  [2 + 8 * 16]          moe_experts_gemv's tile counters (sized for the most decode slots: the same place)
+/// experts_sync  int  [3 + 8 * 16]          moe_experts_gemv's tile counters (sized for the most decode slots; first: the
+///                                          same place for every T)
 /// counters      int  [ceil(T / 8)]         router tickets (the same place for every T; both zero between launches)
 /// logits        fp32 [T, E]                router logits (bf16 values)
 /// topk_ids      int  [T*k],  topk_weights fp32 [T*k]
@@ -25,8 +25,7 @@ public readonly record struct MoeWorkspace
     public const int TileRows = 64;
     public int Tokens { get; init; }
     public int MaxTiles { get; init; }
-    public long DownTickets { get; init; }
-    /// <summary>moe_experts_gemv's counters: next tile, exit ticket, gate_up tiles done per slot, down tiles done (<see cref="ExpertsSyncInts"/>).</summary>
+    /// <summary>moe_experts_gemv's counters: next tile, exit ticket, gate_up tiles done per token, down tiles done (<see cref="ExpertsSyncInts"/>).</summary>
     public long ExpertsSync { get; init; }
     public long Counters { get; init; }
     /// <summary>End of the tickets at the start of the workspace: zeroed once (<c>MoeLaunchers.ClearTickets</c>), every kernel that takes one leaves it zero.</summary>
@@ -49,8 +48,9 @@ public readonly record struct MoeWorkspace
         return (int)Math.Min(slots, (slots + Math.Min(experts, slots) * (TileRows - 1)) / TileRows);
     }
 
-    /// <summary>Ints of moe_experts_gemv's counters: next tile, exit ticket, one per decode slot (for the most slots a decode
-    /// step has) and the down tiles done (for a follow-on GEMV).</summary>
+    /// <summary>Ints of moe_experts_gemv's counters: next tile, exit ticket, the gate_up tiles done of each decode token (at
+    /// index 2 + token), the down tiles done (for a follow-on GEMV, at index 2 + the step's slots); sized for the most slots
+    /// a decode step has.</summary>
     public const int ExpertsSyncInts = 3 + MoeLaunchers.DecodeMaxTokens * MoeLaunchers.MaxTopK;
 
     /// <summary>Combine tickets of one token in the decode down GEMV: one per block of 16 output rows (its grid's x).</summary>
@@ -71,7 +71,6 @@ public readonly record struct MoeWorkspace
         {
             Tokens = tokens,
             MaxTiles = maxTiles,
-            DownTickets = Take(DownTicketsPerToken(hidden) * 4L * MoeLaunchers.DecodeMaxTokens),
             ExpertsSync = Take(ExpertsSyncInts * 4L),
             Counters = Take((tokens + 7) / 8 * 4L),
             TicketBytes = at,
