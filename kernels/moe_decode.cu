@@ -114,8 +114,9 @@ __device__ __forceinline__ float swiglu_bf16(float gate, float up)
 }
 
 // One CTA's work of moe_gate_up_gemv: slot s, block bx of 8 intermediate columns (moe_gate_up_gemv: (blockIdx.y,
-// blockIdx.x); moe_experts_gemv: a tile). Reads only what earlier kernels wrote.
-__device__ __forceinline__ void gate_up_tile(const MoeGateUpGemvParams& p, int s, int bx)
+// blockIdx.x); moe_experts_gemv: a tile). Reads only what earlier kernels wrote. last_tile: the CTA streams nothing after
+// it, so what follows the dot products is its tail (tail_begin).
+__device__ __forceinline__ void gate_up_tile(const MoeGateUpGemvParams& p, int s, int bx, bool last_tile = false)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int t = s / p.top_k;
@@ -139,6 +140,7 @@ __device__ __forceinline__ void gate_up_tile(const MoeGateUpGemvParams& p, int s
             u1 += dot_bf16x8(__ldg(&wu[row_chunks + c]), xc);
         }
     }
+    if (last_tile) tail_begin();
     g0 = round_bf16(warp_sum(g0));
     u0 = round_bf16(warp_sum(u0));
     g1 = round_bf16(warp_sum(g1));
@@ -194,7 +196,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
 
 // Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
 template <int QF>
-__device__ __forceinline__ void gate_up_tile_quant(const MoeGateUpGemvParams& p, int s, int bx)
+__device__ __forceinline__ void gate_up_tile_quant(const MoeGateUpGemvParams& p, int s, int bx, bool last_tile = false)
 {
     extern __shared__ uint4 x_s[];                         // [H / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -229,6 +231,7 @@ __device__ __forceinline__ void gate_up_tile_quant(const MoeGateUpGemvParams& p,
             u1 += dot(wu + row_bytes, grow + I + 1, c);
         }
     }
+    if (last_tile) tail_begin();
     g0 = round_bf16(warp_sum(g0));
     u0 = round_bf16(warp_sum(u0));
     g1 = round_bf16(warp_sum(g1));
@@ -325,8 +328,10 @@ __device__ __forceinline__ void down_token_combine(const MoeDownGemvParams& p, i
 {
     const int r = threadIdx.x, H = p.hidden_size;
     if (r >= R || h0 + r >= H) return;
+    const float* y = sm.y + r;
     float acc = 0.f;
-    for (int j = 0; j < p.top_k; j++) acc = __fadd_rn(acc, __fmul_rn(sm.w[j], sm.y[j * R + r]));
+#pragma unroll 8
+    for (int j = 0; j < p.top_k; j++) acc = __fadd_rn(acc, __fmul_rn(sm.w[j], y[j * R]));
     if (p.residual) acc = round_bf16(acc) + sm.res[r];
     p.out[(size_t)t * H + h0 + r] = f32_to_bf16(acc);
 }
@@ -340,36 +345,38 @@ __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int 
     const int chunks = p.inter_size >> 3;
     const uint4* down = reinterpret_cast<const uint4*>(p.down);
     const uint4* inter = reinterpret_cast<const uint4*>(p.inter + (size_t)t * k * p.inter_size);   // the token's k rows
-    unsigned woff[DOWN_ROWS_PER_WARP], xoff[DOWN_ROWS_PER_WARP];   // in 16-byte chunks: fewer registers than pointers
-    bool ok[DOWN_ROWS_PER_WARP], same[DOWN_ROWS_PER_WARP];
+    unsigned woff[DOWN_ROWS_PER_WARP];                      // in 16-byte chunks: fewer registers than pointers
+    int slot[DOWN_ROWS_PER_WARP];                          // j of row dot i, -1 for none (past k or past H)
+    bool same[DOWN_ROWS_PER_WARP];
     float acc[DOWN_ROWS_PER_WARP];
 #pragma unroll
     for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
         const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
-        ok[i] = j < k && h0 + r < H;
+        const bool ok = j < k && h0 + r < H;
+        slot[i] = ok ? j : -1;
         same[i] = i > 0 && (d - 1) / R == j;                // the row dot before reads the same slot's inter row
-        const unsigned e = ok[i] ? p.topk_ids[t * k + j] : 0;
+        const unsigned e = ok ? p.topk_ids[t * k + j] : 0;
         woff[i] = (e * H + h0 + r) * (unsigned)chunks;
-        xoff[i] = (unsigned)(j * chunks);
         acc[i] = 0.f;
     }
     for (int c = lane; c < chunks; c += 32) {
         uint4 xc = make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int i = 0; i < DOWN_ROWS_PER_WARP; i++)
-            if (ok[i]) {
-                if (!same[i]) xc = __ldcg(&inter[xoff[i] + c]);   // inter: other CTAs' writes of this launch, from L2
+            if (slot[i] >= 0) {
+                if (!same[i]) xc = __ldcg(&inter[slot[i] * chunks + c]);   // inter: other CTAs' writes of this launch, from L2
                 acc[i] += dot_bf16x8(__ldg(&down[woff[i] + c]), xc);
             }
     }
     if (last_tile) tail_begin();                           // the CTA's share of the stream is done: the sums and the combine follow
+    bf16* y = p.y + (size_t)t * k * H + h0;                // the token's k rows of y, at row h0
 #pragma unroll
     for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
         const float v = warp_sum(acc[i]);
-        const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
-        if (lane == i && ok[i]) {
+        if (lane == i && slot[i] >= 0) {
+            const int d = warp * DOWN_ROWS_PER_WARP + i, r = d - slot[i] * R;
             const bf16 b = f32_to_bf16(v);
-            p.y[((size_t)t * k + j) * H + h0 + r] = b;
+            y[(unsigned)(slot[i] * H + r)] = b;
             sm.y[d] = bf16_to_f32(b);
         }
     }
@@ -449,7 +456,9 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
 // lowest unfinished tile is a CTA's current one, since the CTA's earlier tickets are lower, and its inputs are done);
 // gate_up tiles wait on nothing. Exit: each CTA takes a ticket on sync[1] after its last counter access (a CTA whose last
 // tile is a down tile, with no follow-on tiles: right after that tile's wait, so the ticket's round trip overlaps the
-// tile), and the CTA with the last one resets sync[] to zero for the next launch: zero before the first. Every row is
+// tile), and the CTA with the last one resets sync[] to zero for the next launch: zero before the first. A CTA whose last
+// tile is a gate_up tile takes its ticket just before that tile's release instead: the down tiles of its token wait for
+// the release and take theirs after it, so that ticket is never the last, and nothing waits for its result. Every row is
 // computed by the two kernels' code (the same lanes' chunks, the same trees, the combine in rank order), so the output is
 // theirs bit for bit.
 // Follow-on GEMV (bf16 only; next_tiles > 0): the GEMV that consumes the block's output, the next layer's qkv projection
@@ -589,9 +598,22 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
         if (k == 0 && cur.kind == EXPERTS_DOWN) experts_prefetch_tile<QF>(p, cur);   // a later tile's came with the tile before
         experts_prefetch_tile<QF>(p, next);
         if (cur.kind == EXPERTS_GATE_UP) {
-            if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.unit, cur.block);
-            else gate_up_tile_quant<QF>(p.gate_up, cur.unit, cur.block);
-            counter_release(&p.sync[2 + cur.unit / p.gate_up.top_k]);   // its barrier: every column of the tile written
+            const bool last = next.kind == EXPERTS_NONE;
+            if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.unit, cur.block, last);
+            else gate_up_tile_quant<QF>(p.gate_up, cur.unit, cur.block, last);
+            // The release (counter_release's barrier, fence and add), after the exit ticket when this is the CTA's last
+            // tile: a down tile of this token waits for the release and takes its own exit ticket after that, so this
+            // one is never the last and nothing waits for its result.
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                __threadfence();
+                if (last) {
+                    atomicAdd(&p.sync[1], 1);
+                    __threadfence();
+                }
+                atomicAdd(&p.sync[2 + cur.unit / p.gate_up.top_k], 1);   // every column of the tile written
+            }
+            exited |= last;                                // (exit_ticket stays -1: not the last)
         } else if (cur.kind == EXPERTS_DOWN) {
             counter_wait(&p.sync[2 + cur.unit], experts_gu_blocks(p) * p.gate_up.top_k);   // the token's k slots' gate_up tiles
             // The CTA's last tile, and no follow-on tiles to release for: that wait was its last counter access, so it takes

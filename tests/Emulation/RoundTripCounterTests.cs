@@ -66,6 +66,12 @@ public class RoundTripCounterTests
         }
         extern "C" __global__ void fill(float* y) { int t = blockIdx.x * blockDim.x + threadIdx.x; y[t] = (float)t; }
         extern "C" __global__ void copy_plus_one(const float* x, float* y) { int t = blockIdx.x * blockDim.x + threadIdx.x; y[t] = x[t] + 1.f; }
+        // an atomicAdd whose result is unused (ptxas: a red) and one whose result is read
+        extern "C" __global__ void atomics(int* counter, int use, int* out)
+        {
+            atomicAdd(counter, 1);
+            if (use) out[threadIdx.x] = atomicAdd(counter + 1, 1);
+        }
         // one ex2 (SFU) and five shuffles per warp
         extern "C" __global__ void sfu_shuffle(const float* x, float* out)
         {
@@ -94,6 +100,20 @@ public class RoundTripCounterTests
         Assert.That(r.MaxWarpDramRoundTrips, Is.EqualTo(hops));
         Assert.That(r.ModuleName, Is.EqualTo("test.cu"));
         Assert.That(r.InGraph, Is.False);
+    }
+
+    /// <summary>An atom whose result nothing reads (ptxas issues a red) starts no round trip; one whose result is read does.</summary>
+    [Test]
+    public void AnAtomicWhoseResultIsUnused_IsNoRoundTrip()
+    {
+        using var kit = new EmuKit(Source);
+        var counter = kit.Zeros<int>(2);
+        var dout = kit.Zeros<int>(32);
+        var unused = kit.Launch("atomics", 1, 32, 0, counter, 0, dout);
+        Assert.That(unused.DramRoundTrips + unused.L2RoundTrips, Is.Zero, "the unused result: no trip");
+        var used = kit.Launch("atomics", 1, 32, 0, counter, 1, dout);
+        Assert.That(used.DramRoundTrips + used.L2RoundTrips, Is.EqualTo(1), "the returned value is stored: one trip");
+        Assert.That(kit.Download<int>(counter, 2), Is.EqualTo(new[] { 64, 32 }));
     }
 
     [Test]

@@ -134,6 +134,9 @@ internal sealed class Instr
     public int Shape; // mma: k (8/16); ldmatrix: number of matrices
     /// <summary>A global load that starts a new dependent memory round trip (<see cref="RoundTripAnalysis"/>).</summary>
     public bool RoundTripStart;
+    /// <summary>An <c>atom</c> whose result register no instruction of its function reads: ptxas issues it as a <c>red</c>,
+    /// which nothing waits for, so it starts no round trip (<see cref="RoundTripAnalysis"/>).</summary>
+    public bool ResultUnused;
     /// <summary>Runs on the special-function unit (MUFU: rcp, sqrt, rsqrt, ex2, lg2, sin, cos, tanh).</summary>
     public bool IsSpecialFunction => Op is Op.Rcp or Op.Sqrt or Op.Rsqrt or Op.Ex2 or Op.Lg2 or Op.Sin or Op.Cos or Op.Tanh;
     public int PtxLine;

@@ -54,6 +54,19 @@ internal static class RoundTripAnalysis
         int region = 0, fenceEpoch = 0, orderEpoch = 0, maxEpoch = 0, maxLoadEpoch = 0;
         var reads = new List<int>(8);
         var writes = new List<int>(4);
+        // an atom whose result no instruction reads is a red to ptxas: it returns nothing to wait for
+        var read = new bool[asyncSlot + 1];
+        foreach (var ins in code)
+        {
+            Registers(ins, asyncSlot, reads, writes);
+            foreach (int r in reads) read[r] = true;
+        }
+        foreach (var ins in code)
+        {
+            if (ins.Op != Op.Atom) continue;
+            Registers(ins, asyncSlot, reads, writes);
+            ins.ResultUnused = writes.TrueForAll(w => !read[w]);
+        }
         for (int i = 0; i < n; i++)
         {
             if (leader[i])
@@ -95,7 +108,7 @@ internal static class RoundTripAnalysis
     internal static bool IsGlobalLoad(Instr ins) => ins.Op switch
     {
         Op.Ld => ins.Space is Space.Global or Space.Generic,
-        Op.Atom => ins.Space is Space.Global or Space.Generic,
+        Op.Atom => ins.Space is Space.Global or Space.Generic && !ins.ResultUnused,
         Op.CpAsync => true,
         _ => false,
     };

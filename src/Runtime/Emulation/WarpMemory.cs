@@ -306,7 +306,7 @@ internal sealed unsafe partial class Warp
             if (sp == Space.Global) Cta.Counters.GlobalAtomics++;
         }
         if (!isRed) Store(o[0], D, exec, ins.T);
-        if (!isRed && exec != 0) NoteGlobalRead(ins, fresh: false);   // a returning atomic waits for the L2 (shared-memory ones: noted too, rare)
+        if (!isRed && !ins.ResultUnused && exec != 0) NoteGlobalRead(ins, fresh: false);   // a returning atomic waits for the L2 (shared-memory ones: noted too, rare); one whose result is never read is a red
     }
 
     private static ulong AtomCompute(Instr ins, ulong cur, ulong b, ulong c, bool ftz)
