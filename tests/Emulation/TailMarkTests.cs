@@ -70,7 +70,7 @@ public sealed class TailMarkTests
         Assert.That((none.MaxWarpTailInstructions, none.MaxWarpTailDramRoundTrips, none.MaxWarpTailL2RoundTrips), Is.EqualTo((0L, 0L, 0L)), "no mark, no tail");
         Assert.That(none.MaxWarpPreTailInstructions, Is.EqualTo(none.MaxWarpInstructions), "without a mark the whole warp is before it");
         Assert.That(none.TailChains, Is.Empty, "no mark, no tail chains");
-        Assert.That(r.TailChains, Is.EqualTo(new[] { new WarpChain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions) }),
+        Assert.That(r.TailChains, Is.EqualTo(new[] { new TailChain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions) }),
             "two warps with the same tail: one chain, the maxima");
     }
 

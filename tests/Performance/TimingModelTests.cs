@@ -190,27 +190,27 @@ public class TimingModelTests
             MaxWarpTailL2RoundTrips = 3, MaxWarpTailInstructions = 200, MaxWarpPreTailDramRoundTrips = 4, MaxWarpPreTailInstructions = 100,
         };
         Near(KernelTimingModel.Predict(stream, new KernelResources(32, 0), Toy).TailUs, 1.0, "maxima alone (a record built by hand)");
-        var chains = stream with { TailChains = [new WarpChain(0, 3, 10), new WarpChain(0, 1, 200)] };
+        var chains = stream with { TailChains = [new TailChain(0, 3, 10), new TailChain(0, 1, 200)] };
         Near(KernelTimingModel.Predict(chains, new KernelResources(32, 0), Toy).TailUs, 0.62, "the longer of the two warps' tails");
     }
 
     /// <summary>The frontier keeps the chains no other covers, and past its cap one chain of the maxima, which covers all.</summary>
     [Test]
-    public void WarpChainFrontier_KeepsTheUncoveredChains()
+    public void TailChainFrontier_KeepsTheUncoveredChains()
     {
-        var f = new WarpChainFrontier();
-        f.Add(new WarpChain(1, 0, 20));
-        f.Add(new WarpChain(0, 0, 250));
-        f.Add(new WarpChain(0, 0, 100));   // covered by (0, 0, 250)
-        f.Add(new WarpChain(1, 0, 30));    // covers (1, 0, 20)
-        Assert.That(f.ToArray(), Is.EquivalentTo(new[] { new WarpChain(0, 0, 250), new WarpChain(1, 0, 30) }));
-        var other = new WarpChainFrontier();
-        other.Add(new WarpChain(0, 2, 5));
+        var f = new TailChainFrontier();
+        f.Add(new TailChain(1, 0, 20));
+        f.Add(new TailChain(0, 0, 250));
+        f.Add(new TailChain(0, 0, 100));   // covered by (0, 0, 250)
+        f.Add(new TailChain(1, 0, 30));    // covers (1, 0, 20)
+        Assert.That(f.ToArray(), Is.EquivalentTo(new[] { new TailChain(0, 0, 250), new TailChain(1, 0, 30) }));
+        var other = new TailChainFrontier();
+        other.Add(new TailChain(0, 2, 5));
         f.Add(other);
         Assert.That(f.Count, Is.EqualTo(3), "merged: nothing covers (0, 2, 5)");
-        var many = new WarpChainFrontier();
-        for (int i = 0; i <= WarpChainFrontier.MaxChains; i++) many.Add(new WarpChain(i, 0, 100 - i));   // none covers another
-        Assert.That(many.ToArray(), Is.EqualTo(new[] { new WarpChain(WarpChainFrontier.MaxChains, 0, 100) }), "past the cap: the maxima");
+        var many = new TailChainFrontier();
+        for (int i = 0; i <= TailChainFrontier.MaxChains; i++) many.Add(new TailChain(i, 0, 100 - i));   // none covers another
+        Assert.That(many.ToArray(), Is.EqualTo(new[] { new TailChain(TailChainFrontier.MaxChains, 0, 100) }), "past the cap: the maxima");
     }
 
     [Test]

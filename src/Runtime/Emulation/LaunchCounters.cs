@@ -18,7 +18,7 @@ internal sealed class Counters
     public long MaxWarpTailInstructions, MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips;   // from the warp's tail mark on
     public long TailDramRoundTrips;   // summed over the warps, as DramRoundTrips
     public long MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips;   // before it (all of a warp without one)
-    public readonly WarpChainFrontier TailChains = new();   // the warps' tails themselves, the ones no other warp's covers
+    public readonly TailChainFrontier TailChains = new();   // the warps' tails themselves, the ones no other warp's covers
 
     /// <summary>
     /// Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed), in all and split at
@@ -29,7 +29,7 @@ internal sealed class Counters
         long tailInstructions = 0, long tailDramTrips = 0, long tailL2Trips = 0)
     {
         TailDramRoundTrips += tailDramTrips;
-        if (tailInstructions > 0) TailChains.Add(new WarpChain(tailDramTrips, tailL2Trips, tailInstructions));
+        if (tailInstructions > 0) TailChains.Add(new TailChain(tailDramTrips, tailL2Trips, tailInstructions));
         MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, tailInstructions);
         MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, tailDramTrips);
         MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, tailL2Trips);
@@ -159,11 +159,11 @@ public sealed record LaunchRecord
     public long MaxWarpTailL2RoundTrips { get; init; }
     /// <summary>
     /// The warps' tails as chains of their own (round trips and instructions of one warp), those that no other warp's tail
-    /// covers in all three (<see cref="WarpChainFrontier"/>): the longest tail on any GPU is one of them, whereas the maxima
+    /// covers in all three (<see cref="TailChainFrontier"/>): the longest tail on any GPU is one of them, whereas the maxima
     /// above may come from different warps (a warp with the tail's round trip, another with its instructions). Empty
     /// without a mark, and in records built by hand (the timing model then takes the maxima).
     /// </summary>
-    public IReadOnlyList<WarpChain> TailChains { get; init; } = [];
+    public IReadOnlyList<TailChain> TailChains { get; init; } = [];
     public long MaxWarpPreTailInstructions { get; init; }
     public long MaxWarpPreTailDramRoundTrips { get; init; }
     public long MaxWarpPreTailL2RoundTrips { get; init; }

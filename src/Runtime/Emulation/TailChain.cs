@@ -1,10 +1,10 @@
 namespace Qwen3Cuda.Runtime.Emulation;
 
-/// <summary>One warp's dependent chain over part of its run: DRAM and L2 round trips and instructions.</summary>
-public readonly record struct WarpChain(long DramRoundTrips, long L2RoundTrips, long Instructions)
+/// <summary>One warp's dependent chain from its tail mark on (LaunchRecord.TailChains): DRAM and L2 round trips and instructions.</summary>
+public readonly record struct TailChain(long DramRoundTrips, long L2RoundTrips, long Instructions)
 {
     /// <summary>Whether this chain is at least <paramref name="o"/> in all three, so at least as long on any GPU.</summary>
-    public bool Covers(WarpChain o) => DramRoundTrips >= o.DramRoundTrips && L2RoundTrips >= o.L2RoundTrips && Instructions >= o.Instructions;
+    public bool Covers(TailChain o) => DramRoundTrips >= o.DramRoundTrips && L2RoundTrips >= o.L2RoundTrips && Instructions >= o.Instructions;
 }
 
 /// <summary>
@@ -13,29 +13,29 @@ public readonly record struct WarpChain(long DramRoundTrips, long L2RoundTrips, 
 /// Warps of a kernel run a few shapes of code, so the frontier stays small; past <see cref="MaxChains"/> it is replaced
 /// by one chain of the three maxima, which covers them all (the longest time can then only come out longer).
 /// </summary>
-public sealed class WarpChainFrontier
+internal sealed class TailChainFrontier
 {
     public const int MaxChains = 16;
-    private readonly List<WarpChain> _chains = [];
+    private readonly List<TailChain> _chains = [];
 
     public int Count => _chains.Count;
 
-    public void Add(WarpChain c)
+    public void Add(TailChain c)
     {
         foreach (var x in _chains)
             if (x.Covers(c)) return;
         _chains.RemoveAll(c.Covers);
         _chains.Add(c);
         if (_chains.Count <= MaxChains) return;
-        var max = new WarpChain(_chains.Max(x => x.DramRoundTrips), _chains.Max(x => x.L2RoundTrips), _chains.Max(x => x.Instructions));
+        var max = new TailChain(_chains.Max(x => x.DramRoundTrips), _chains.Max(x => x.L2RoundTrips), _chains.Max(x => x.Instructions));
         _chains.Clear();
         _chains.Add(max);
     }
 
-    public void Add(WarpChainFrontier o)
+    public void Add(TailChainFrontier o)
     {
         foreach (var c in o._chains) Add(c);
     }
 
-    public WarpChain[] ToArray() => [.. _chains];
+    public TailChain[] ToArray() => [.. _chains];
 }
