@@ -336,6 +336,31 @@ __device__ __forceinline__ void down_token_combine(const MoeDownGemvParams& p, i
     p.out[(size_t)t * H + h0 + r] = f32_to_bf16(acc);
 }
 
+// Row dot d = j * R + r of a down tile: its slot j, or -1 when it has none (j past k, or row h0 + r past H).
+__device__ __forceinline__ int down_token_slot(int d, int R, int k, int h0, int H)
+{
+    const int j = d / R;
+    return j < k && h0 + d - j * R < H ? j : -1;
+}
+
+// After a warp's row dots: lane i writes row dot i's sum to y (bf16) and its value to sm.y, for the combine.
+__device__ __forceinline__ void down_token_sums(const MoeDownGemvParams& p, int t, int h0, int R, const float (&acc)[DOWN_ROWS_PER_WARP],
+                                                const int (&slot)[DOWN_ROWS_PER_WARP], DownTokenSmem& sm)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, H = p.hidden_size;
+    bf16* y = p.y + (size_t)t * p.top_k * H + h0;          // the token's k rows of y, at row h0
+#pragma unroll
+    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
+        const float v = warp_sum(acc[i]);
+        if (lane == i && slot[i] >= 0) {
+            const int d = warp * DOWN_ROWS_PER_WARP + i, r = d - slot[i] * R;
+            const bf16 b = f32_to_bf16(v);
+            y[(unsigned)(slot[i] * H + r)] = b;
+            sm.y[d] = bf16_to_f32(b);
+        }
+    }
+}
+
 __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int t, int bx, bool last_tile)
 {
     __shared__ DownTokenSmem sm;
@@ -352,10 +377,9 @@ __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int 
 #pragma unroll
     for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
         const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
-        const bool ok = j < k && h0 + r < H;
-        slot[i] = ok ? j : -1;
+        slot[i] = down_token_slot(d, R, k, h0, H);
         same[i] = i > 0 && (d - 1) / R == j;                // the row dot before reads the same slot's inter row
-        const unsigned e = ok ? p.topk_ids[t * k + j] : 0;
+        const unsigned e = slot[i] >= 0 ? p.topk_ids[t * k + j] : 0;
         woff[i] = (e * H + h0 + r) * (unsigned)chunks;
         acc[i] = 0.f;
     }
@@ -369,17 +393,7 @@ __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int 
             }
     }
     if (last_tile) tail_begin();                           // the CTA's share of the stream is done: the sums and the combine follow
-    bf16* y = p.y + (size_t)t * k * H + h0;                // the token's k rows of y, at row h0
-#pragma unroll
-    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
-        const float v = warp_sum(acc[i]);
-        if (lane == i && slot[i] >= 0) {
-            const int d = warp * DOWN_ROWS_PER_WARP + i, r = d - slot[i] * R;
-            const bf16 b = f32_to_bf16(v);
-            y[(unsigned)(slot[i] * H + r)] = b;
-            sm.y[d] = bf16_to_f32(b);
-        }
-    }
+    down_token_sums(p, t, h0, R, acc, slot, sm);
     __syncthreads();
     down_token_combine(p, t, h0, R, sm);
 }
@@ -399,41 +413,30 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
     __syncthreads();
     constexpr int WPB = QF_WPB(QF), WPL = 16 * WPB;
     const int qchunks = I / WPL, row_bytes = I / WPB;
-    int grow[DOWN_ROWS_PER_WARP], xrow[DOWN_ROWS_PER_WARP];
-    bool ok[DOWN_ROWS_PER_WARP];
+    int grow[DOWN_ROWS_PER_WARP], slot[DOWN_ROWS_PER_WARP];
     float acc[DOWN_ROWS_PER_WARP];
 #pragma unroll
     for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
         const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
-        ok[i] = j < k && h0 + r < H;
-        grow[i] = ok[i] ? p.topk_ids[t * k + j] * H + h0 + r : 0;
-        xrow[i] = ok[i] ? j * (I >> 3) : 0;
+        slot[i] = down_token_slot(d, R, k, h0, H);
+        grow[i] = slot[i] >= 0 ? p.topk_ids[t * k + j] * H + h0 + r : 0;
         acc[i] = 0.f;
     }
     const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down);
     for (int c = lane; c < qchunks; c += 32) {
 #pragma unroll
         for (int i = 0; i < DOWN_ROWS_PER_WARP; i++)
-            if (ok[i]) {
+            if (slot[i] >= 0) {
                 uint4 w8[2 * WPB];
                 dequant_load16<QF>(__ldg(reinterpret_cast<const uint4*>(w + (size_t)grow[i] * row_bytes + c * 16)), weight_scale_q<QF>(p.ws, grow[i], c * WPL), w8);
                 float dd = 0.f;
 #pragma unroll
-                for (int h = 0; h < 2 * WPB; h++) dd += dot_bf16x8(w8[h], x_s[xrow[i] + 2 * WPB * c + h]);
+                for (int h = 0; h < 2 * WPB; h++) dd += dot_bf16x8(w8[h], x_s[slot[i] * (I >> 3) + 2 * WPB * c + h]);
                 acc[i] += dd;
             }
     }
     if (last_tile) tail_begin();
-#pragma unroll
-    for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
-        const float v = warp_sum(acc[i]);
-        const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
-        if (lane == i && ok[i]) {
-            const bf16 b = f32_to_bf16(v);
-            p.y[((size_t)t * k + j) * H + h0 + r] = b;
-            sm.y[d] = bf16_to_f32(b);
-        }
-    }
+    down_token_sums(p, t, h0, R, acc, slot, sm);
     __syncthreads();
     down_token_combine(p, t, h0, R, sm);
 }
@@ -601,19 +604,12 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
             const bool last = next.kind == EXPERTS_NONE;
             if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.unit, cur.block, last);
             else gate_up_tile_quant<QF>(p.gate_up, cur.unit, cur.block, last);
-            // The release (counter_release's barrier, fence and add), after the exit ticket when this is the CTA's last
-            // tile: a down tile of this token waits for the release and takes its own exit ticket after that, so this
-            // one is never the last and nothing waits for its result.
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                __threadfence();
-                if (last) {
-                    atomicAdd(&p.sync[1], 1);
-                    __threadfence();
-                }
-                atomicAdd(&p.sync[2 + cur.unit / p.gate_up.top_k], 1);   // every column of the tile written
-            }
-            exited |= last;                                // (exit_ticket stays -1: not the last)
+            // The CTA's last tile: its exit ticket before the release (whose fence orders the two). A down tile of this
+            // token waits for the release and takes its own exit ticket after that, so this one is never the last and
+            // nothing waits for its result (exit_ticket stays -1).
+            if (last && threadIdx.x == 0) atomicAdd(&p.sync[1], 1);
+            exited |= last;
+            counter_release(&p.sync[2 + cur.unit / p.gate_up.top_k]);   // its barrier: every column of the tile written
         } else if (cur.kind == EXPERTS_DOWN) {
             counter_wait(&p.sync[2 + cur.unit], experts_gu_blocks(p) * p.gate_up.top_k);   // the token's k slots' gate_up tiles
             // The CTA's last tile, and no follow-on tiles to release for: that wait was its last counter access, so it takes
