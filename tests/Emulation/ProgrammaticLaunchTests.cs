@@ -76,6 +76,16 @@ public sealed class ProgrammaticLaunchTests
             go();
             out[threadIdx.x] = x + y + in[threadIdx.x];
         }
+        // one round trip before the wait (a), one after it (in), and one after the tail mark (c, at an index read from in)
+        extern "C" __global__ void trips_around_wait_and_tail(const float* a, const float* in, const float* c, float* out)
+        {
+            float x = a[threadIdx.x];
+            wait();
+            go();
+            float y = in[threadIdx.x];
+            asm volatile("pmevent 7;" ::: "memory");
+            out[threadIdx.x] = x + c[(int)y + threadIdx.x];
+        }
         extern "C" __global__ void prefetch_at(const char* p, long long offset) { pf(p + offset); }
         // CTAs from `first_idle` on exit before their wait (a decode attention CTA past its row's split plan)
         extern "C" __global__ void some_exit_early(const float* in, float* out, int first_idle)
@@ -222,6 +232,32 @@ public sealed class ProgrammaticLaunchTests
         Assert.That(r.MaxWarpPreWaitInstructions, Is.GreaterThan(0));
         Assert.That(r.MaxWarpPostWaitInstructions, Is.GreaterThan(0));
         Assert.That(r.MaxWarpPreWaitInstructions + r.MaxWarpPostWaitInstructions, Is.EqualTo(r.MaxWarpInstructions), "one warp: the parts add up");
+    }
+
+    /// <summary>
+    /// The part between the wait and the tail mark (tail_begin(), kernels/common.cuh) has maxima of its own
+    /// (LaunchRecord.MaxWarpPostWaitPreTail*: a stage's chain is that part plus the longest tail, docs/timing-model.md
+    /// section 7): one DRAM round trip in each of the three parts, and the three parts add up to the warp's totals.
+    /// </summary>
+    [Test]
+    public void RoundTripsAndInstructions_BetweenTheWaitAndTheTailMark_AreAPartOfTheirOwn()
+    {
+        using var k = new Kit();
+        var dA = k.Upload(Enumerable.Repeat(1f, 32).ToArray());
+        var dIn = k.Upload(new float[32]);
+        var dC = k.Upload(Enumerable.Range(0, 32).Select(i => (float)i).ToArray());
+        var dOut = k.Dev.Allocate(32 * sizeof(float));
+        k.Launch("trips_around_wait_and_tail", 1, 32, true, dA, dIn, dC, dOut);
+        k.Sync();
+        var r = k.Dev.Launches[^1];
+        Assert.That(k.Download(dOut, 32), Is.EqualTo(Enumerable.Range(0, 32).Select(i => i + 1f).ToArray()));
+        Assert.That((r.MaxWarpPreWaitDramRoundTrips, r.MaxWarpPostWaitPreTailDramRoundTrips, r.MaxWarpTailDramRoundTrips), Is.EqualTo((1L, 1L, 1L)),
+            "a before the wait, in between, c after the mark");
+        Assert.That((r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPreTailDramRoundTrips), Is.EqualTo((2L, 2L)));
+        Assert.That(r.MaxWarpPostWaitPreTailL2RoundTrips, Is.Zero);
+        Assert.That(r.MaxWarpPostWaitPreTailInstructions, Is.GreaterThan(0));
+        Assert.That(r.MaxWarpPreWaitInstructions + r.MaxWarpPostWaitPreTailInstructions + r.MaxWarpTailInstructions, Is.EqualTo(r.MaxWarpInstructions),
+            "one warp: the three parts add up");
     }
 
     [Test]

@@ -320,6 +320,37 @@ public class PersistentWhatIfTests
         Assert.That(c.Stages[1].ReadyUs, Is.EqualTo(1.5).Within(Tol));
     }
     /// <summary>
+    /// A stage whose last CTA merges after a ticket (a tail mark): its chain after the wait is the largest part of a warp
+    /// between its wait and its mark plus the longest tail, whichever warp took the last ticket in the emulator's schedule.
+    /// Here that warp had a short part before its mark (post-wait maxima: 1 DRAM, 2 L2 trips, 300 instructions, all of one
+    /// short warp), another warp the longest such part (1 DRAM, 1 L2, 400 instructions), and the tails are the merge (0
+    /// DRAM, 2 L2, 150 instructions: 0.4 + 0.3 us on the toy) and a CTA's ticket with a DRAM trip (1, 0, 10: 0.5 + 0.02
+    /// us). The chain: 1 DRAM trip and 3 L2 trips, 550 instructions: fixed part 3 x 0.2 + 550 / 0.5 / 1 GHz = 1.7 us.
+    /// Without a mark the post-wait maxima stay.
+    /// </summary>
+    [Test]
+    public void AStagesChainAfterItsWait_IsTheLongestPartBeforeTheMarkPlusTheLongestTail()
+    {
+        static LaunchRecord Rec(bool tailed) => new()
+        {
+            Kernel = "block", Grid = new Dim3(10), Block = new Dim3(128), DistinctSectors = 100, GlobalLoadSectors = 100,
+            Warps = 40, DramRoundTrips = 40, MaxWarpDramRoundTrips = 1,
+            MaxWarpPostWaitDramRoundTrips = 1, MaxWarpPostWaitL2RoundTrips = 2, MaxWarpPostWaitInstructions = 300,
+            MaxWarpPostWaitPreTailDramRoundTrips = 1, MaxWarpPostWaitPreTailL2RoundTrips = 1, MaxWarpPostWaitPreTailInstructions = 400,
+            MaxWarpTailInstructions = tailed ? 150 : 0, MaxWarpTailDramRoundTrips = tailed ? 1 : 0, MaxWarpTailL2RoundTrips = tailed ? 2 : 0,
+            TailChains = tailed ? [new TailChain(0, 2, 150), new TailChain(1, 0, 10)] : [],
+        };
+        Assert.That(PersistentWhatIf.ChainAfterWait(Toy, Rec(true)), Is.EqualTo((1L, 3L, 550L)));
+        Assert.That(PersistentWhatIf.ChainAfterWait(Toy, Rec(false)), Is.EqualTo((1L, 2L, 300L)), "no mark: the post-wait maxima");
+        var a = KernelTimingModel.Predict(Rec(true), new KernelResources(32, 0), Toy);
+        var stage = PersistentWhatIf.Stage(Toy, a, a.DramBytes, 0, -1);
+        Assert.That(stage.ChainFixedUs, Is.EqualTo(1.7).Within(Tol));
+        Assert.That(stage.ChainDramTrips, Is.EqualTo(1));
+        var byMaxima = Rec(true) with { TailChains = [] };
+        Assert.That(PersistentWhatIf.ChainAfterWait(Toy, byMaxima), Is.EqualTo((2L, 3L, 550L)), "a record built without chains: the tail maxima");
+    }
+
+    /// <summary>
     /// A stage that prefetches with evict_last before its wait for a later stage of the launch (stage 0: 80,000 bytes of its
     /// own and 40,000 prefetched, all before the wait) hands those bytes to the first later stage that found them
     /// L2-resident (stage 2: 40,000 bytes of its own, 40,000 resident), as bytes prefetched for it from the issuing stage's

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Memory;
 
 namespace Qwen3Cuda.Model.Performance;
@@ -161,11 +162,12 @@ public static class PersistentWhatIf
         var r = a.Launch;
         long warps = Math.Max(1, r.Warps);
         long waves = a.FullWaves + (a.TailCtas > 0 ? 1 : 0);
+        var (chainDram, chainL2, chainInstructions) = ChainAfterWait(g, r);
         return new PersistentStage
         {
             Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = dramBytes, AheadBytes = Math.Min(aheadBytes, dramBytes), AheadAfter = aheadAfter,
-            ChainFixedUs = r.MaxWarpPostWaitL2RoundTrips * g.L2LatencyNs / 1000.0 + r.MaxWarpPostWaitInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
-            ChainDramTrips = r.MaxWarpPostWaitDramRoundTrips,
+            ChainFixedUs = chainL2 * g.L2LatencyNs / 1000.0 + chainInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
+            ChainDramTrips = chainDram,
             LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
             IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
             TransferBytes = a.L2Bytes + a.DramBytes,
@@ -173,6 +175,24 @@ public static class PersistentWhatIf
             WarpsAtOnce = Math.Min(a.Ctas, (long)a.Occupancy.BlocksPerSm * g.Sms) * a.Occupancy.WarpsPerBlock,
             RegistersPerThread = a.Resources.RegistersPerThread, SharedBytesPerCta = a.Resources.StaticSharedBytes + r.DynamicSharedBytes,
         };
+    }
+
+    /// <summary>
+    /// The critical chain of launch <paramref name="r"/> after its wait: DRAM and L2 round trips and instructions. Without a
+    /// tail mark, the largest of the warps' parts after their wait. With one (a ticket whose last CTA merges), the tail
+    /// starts only once every warp has done its part before its mark, so the chain is the largest such part plus the
+    /// longest tail (its own warp's chain, <see cref="LaunchRecord.TailChains"/>, or the maxima in a record built by hand):
+    /// not the one warp that happened to take the last ticket in the emulator's schedule, which depends on the order the
+    /// CTAs ran in (docs/timing-model.md, section 7).
+    /// </summary>
+    public static (long DramTrips, long L2Trips, long Instructions) ChainAfterWait(GpuSpec g, LaunchRecord r)
+    {
+        if (r.MaxWarpTailInstructions <= 0) return (r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPostWaitL2RoundTrips, r.MaxWarpPostWaitInstructions);
+        double Us(TailChain c) => (c.DramRoundTrips * g.DramLatencyNs + c.L2RoundTrips * g.L2LatencyNs) / 1000.0 + c.Instructions / g.SingleWarpIpc / g.ClockHz * 1e6;
+        var tail = r.TailChains.Count > 0 ? r.TailChains.MaxBy(Us)
+            : new TailChain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions);
+        return (r.MaxWarpPostWaitPreTailDramRoundTrips + tail.DramRoundTrips, r.MaxWarpPostWaitPreTailL2RoundTrips + tail.L2RoundTrips,
+            r.MaxWarpPostWaitPreTailInstructions + tail.Instructions);
     }
 
     /// <summary>

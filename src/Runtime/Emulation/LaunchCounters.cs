@@ -12,12 +12,10 @@ internal sealed class Counters
     public long SharedLoadRequests, SharedStoreRequests, SharedWavefronts, SharedBankConflicts;
     public long LocalBytes, Barriers, MmaCount, CpAsyncBytes, DivergentBranches;
     public long SpecialFunctionInstructions, Shuffles, Warps, DramRoundTrips, L2RoundTrips;
-    public long MaxWarpInstructions, MaxWarpDramRoundTrips, MaxWarpL2RoundTrips;   // maxima over warps, not sums
-    public long MaxWarpPreWaitInstructions, MaxWarpPreWaitDramRoundTrips, MaxWarpPreWaitL2RoundTrips;      // before the warp's first wait
-    public long MaxWarpPostWaitInstructions, MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips;   // from it on
-    public long MaxWarpTailInstructions, MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips;   // from the warp's tail mark on
+    // maxima over warps, not sums: of the whole warp, its parts before and from its first griddepcontrol.wait, from its tail
+    // mark on and before it (a warp without a mark: all of it), and from its wait to its mark
+    public ChainMaxima Whole, PreWait, PostWait, Tail, PreTail, PostWaitPreTail;
     public long TailDramRoundTrips;   // summed over the warps, as DramRoundTrips
-    public long MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips;   // before it (all of a warp without one)
     public readonly TailChainFrontier TailChains = new();   // the warps' tails themselves, the ones no other warp's covers
 
     /// <summary>
@@ -30,23 +28,16 @@ internal sealed class Counters
     {
         TailDramRoundTrips += tailDramTrips;
         if (tailInstructions > 0) TailChains.Add(new TailChain(tailDramTrips, tailL2Trips, tailInstructions));
-        MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, tailInstructions);
-        MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, tailDramTrips);
-        MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, tailL2Trips);
-        MaxWarpPreTailInstructions = Math.Max(MaxWarpPreTailInstructions, instructions - tailInstructions);
-        MaxWarpPreTailDramRoundTrips = Math.Max(MaxWarpPreTailDramRoundTrips, dramTrips - tailDramTrips);
-        MaxWarpPreTailL2RoundTrips = Math.Max(MaxWarpPreTailL2RoundTrips, l2Trips - tailL2Trips);
         Warps++;
         DramRoundTrips += dramTrips; L2RoundTrips += l2Trips;
-        MaxWarpInstructions = Math.Max(MaxWarpInstructions, instructions);
-        MaxWarpDramRoundTrips = Math.Max(MaxWarpDramRoundTrips, dramTrips);
-        MaxWarpL2RoundTrips = Math.Max(MaxWarpL2RoundTrips, l2Trips);
-        MaxWarpPreWaitInstructions = Math.Max(MaxWarpPreWaitInstructions, preWaitInstructions);
-        MaxWarpPreWaitDramRoundTrips = Math.Max(MaxWarpPreWaitDramRoundTrips, preWaitDramTrips);
-        MaxWarpPreWaitL2RoundTrips = Math.Max(MaxWarpPreWaitL2RoundTrips, preWaitL2Trips);
-        MaxWarpPostWaitInstructions = Math.Max(MaxWarpPostWaitInstructions, instructions - preWaitInstructions);
-        MaxWarpPostWaitDramRoundTrips = Math.Max(MaxWarpPostWaitDramRoundTrips, dramTrips - preWaitDramTrips);
-        MaxWarpPostWaitL2RoundTrips = Math.Max(MaxWarpPostWaitL2RoundTrips, l2Trips - preWaitL2Trips);
+        Whole.Max(instructions, dramTrips, l2Trips);
+        PreWait.Max(preWaitInstructions, preWaitDramTrips, preWaitL2Trips);
+        PostWait.Max(instructions - preWaitInstructions, dramTrips - preWaitDramTrips, l2Trips - preWaitL2Trips);
+        Tail.Max(tailInstructions, tailDramTrips, tailL2Trips);
+        PreTail.Max(instructions - tailInstructions, dramTrips - tailDramTrips, l2Trips - tailL2Trips);
+        // our kernels mark their tail after their wait; a mark before it leaves nothing between the two
+        PostWaitPreTail.Max(Math.Max(0, instructions - preWaitInstructions - tailInstructions), Math.Max(0, dramTrips - preWaitDramTrips - tailDramTrips),
+            Math.Max(0, l2Trips - preWaitL2Trips - tailL2Trips));
     }
 
     public void Add(Counters o)
@@ -62,25 +53,26 @@ internal sealed class Counters
         DivergentBranches += o.DivergentBranches;
         SpecialFunctionInstructions += o.SpecialFunctionInstructions; Shuffles += o.Shuffles; Warps += o.Warps;
         DramRoundTrips += o.DramRoundTrips; L2RoundTrips += o.L2RoundTrips;
-        MaxWarpInstructions = Math.Max(MaxWarpInstructions, o.MaxWarpInstructions);
-        MaxWarpDramRoundTrips = Math.Max(MaxWarpDramRoundTrips, o.MaxWarpDramRoundTrips);
-        MaxWarpL2RoundTrips = Math.Max(MaxWarpL2RoundTrips, o.MaxWarpL2RoundTrips);
-        MaxWarpPreWaitInstructions = Math.Max(MaxWarpPreWaitInstructions, o.MaxWarpPreWaitInstructions);
-        MaxWarpPreWaitDramRoundTrips = Math.Max(MaxWarpPreWaitDramRoundTrips, o.MaxWarpPreWaitDramRoundTrips);
-        MaxWarpPreWaitL2RoundTrips = Math.Max(MaxWarpPreWaitL2RoundTrips, o.MaxWarpPreWaitL2RoundTrips);
-        MaxWarpPostWaitInstructions = Math.Max(MaxWarpPostWaitInstructions, o.MaxWarpPostWaitInstructions);
-        MaxWarpPostWaitDramRoundTrips = Math.Max(MaxWarpPostWaitDramRoundTrips, o.MaxWarpPostWaitDramRoundTrips);
-        MaxWarpPostWaitL2RoundTrips = Math.Max(MaxWarpPostWaitL2RoundTrips, o.MaxWarpPostWaitL2RoundTrips);
+        Whole.Max(o.Whole); PreWait.Max(o.PreWait); PostWait.Max(o.PostWait); Tail.Max(o.Tail); PreTail.Max(o.PreTail);
+        PostWaitPreTail.Max(o.PostWaitPreTail);
         TailDramRoundTrips += o.TailDramRoundTrips;
         TailChains.Add(o.TailChains);
-        MaxWarpTailInstructions = Math.Max(MaxWarpTailInstructions, o.MaxWarpTailInstructions);
-        MaxWarpTailDramRoundTrips = Math.Max(MaxWarpTailDramRoundTrips, o.MaxWarpTailDramRoundTrips);
-        MaxWarpTailL2RoundTrips = Math.Max(MaxWarpTailL2RoundTrips, o.MaxWarpTailL2RoundTrips);
-        MaxWarpPreTailInstructions = Math.Max(MaxWarpPreTailInstructions, o.MaxWarpPreTailInstructions);
-        MaxWarpPreTailDramRoundTrips = Math.Max(MaxWarpPreTailDramRoundTrips, o.MaxWarpPreTailDramRoundTrips);
-        MaxWarpPreTailL2RoundTrips = Math.Max(MaxWarpPreTailL2RoundTrips, o.MaxWarpPreTailL2RoundTrips);
+    }
+}
+
+/// <summary>The largest instructions, DRAM and L2 round trips over warps (possibly of different warps) of one part of them.</summary>
+internal struct ChainMaxima
+{
+    public long Instructions, DramRoundTrips, L2RoundTrips;
+
+    public void Max(long instructions, long dramTrips, long l2Trips)
+    {
+        Instructions = Math.Max(Instructions, instructions);
+        DramRoundTrips = Math.Max(DramRoundTrips, dramTrips);
+        L2RoundTrips = Math.Max(L2RoundTrips, l2Trips);
     }
 
+    public void Max(in ChainMaxima o) => Max(o.Instructions, o.DramRoundTrips, o.L2RoundTrips);
 }
 
 /// <summary>
@@ -167,6 +159,15 @@ public sealed record LaunchRecord
     public long MaxWarpPreTailInstructions { get; init; }
     public long MaxWarpPreTailDramRoundTrips { get; init; }
     public long MaxWarpPreTailL2RoundTrips { get; init; }
+    /// <summary>
+    /// The same maxima over the warps' parts from their first griddepcontrol.wait to their tail mark (a warp without a mark:
+    /// from the wait on): in a launch whose last CTA runs a tail (a ticket's merge), the tail starts only after every
+    /// warp's part before its mark, so a stage's chain after its wait is this part plus the longest tail
+    /// (docs/timing-model.md, section 7).
+    /// </summary>
+    public long MaxWarpPostWaitPreTailInstructions { get; init; }
+    public long MaxWarpPostWaitPreTailDramRoundTrips { get; init; }
+    public long MaxWarpPostWaitPreTailL2RoundTrips { get; init; }
     /// <summary>Of <see cref="DramRoundTrips"/>, those of the warps' tails (the Little's-law term leaves them to the tail).</summary>
     public long TailDramRoundTrips { get; init; }
     /// <summary>The module the kernel came from: its file name (e.g. "gemv.cu") and NVRTC options (-D defines), so it can be rebuilt for another architecture.</summary>
@@ -243,13 +244,15 @@ public sealed record LaunchRecord
         LocalBytes = c.LocalBytes, Barriers = c.Barriers, MmaCount = c.MmaCount, CpAsyncBytes = c.CpAsyncBytes,
         DivergentBranches = c.DivergentBranches, ElapsedMilliseconds = ms,
         SpecialFunctionInstructions = c.SpecialFunctionInstructions, Shuffles = c.Shuffles, Warps = c.Warps,
-        DramRoundTrips = c.DramRoundTrips, L2RoundTrips = c.L2RoundTrips, MaxWarpInstructions = c.MaxWarpInstructions,
-        MaxWarpDramRoundTrips = c.MaxWarpDramRoundTrips, MaxWarpL2RoundTrips = c.MaxWarpL2RoundTrips,
-        MaxWarpPreWaitInstructions = c.MaxWarpPreWaitInstructions, MaxWarpPreWaitDramRoundTrips = c.MaxWarpPreWaitDramRoundTrips,
-        MaxWarpPreWaitL2RoundTrips = c.MaxWarpPreWaitL2RoundTrips, MaxWarpPostWaitInstructions = c.MaxWarpPostWaitInstructions,
-        MaxWarpPostWaitDramRoundTrips = c.MaxWarpPostWaitDramRoundTrips, MaxWarpPostWaitL2RoundTrips = c.MaxWarpPostWaitL2RoundTrips,
-        TailDramRoundTrips = c.TailDramRoundTrips, MaxWarpTailInstructions = c.MaxWarpTailInstructions, MaxWarpTailDramRoundTrips = c.MaxWarpTailDramRoundTrips, MaxWarpTailL2RoundTrips = c.MaxWarpTailL2RoundTrips,
-        MaxWarpPreTailInstructions = c.MaxWarpPreTailInstructions, MaxWarpPreTailDramRoundTrips = c.MaxWarpPreTailDramRoundTrips, MaxWarpPreTailL2RoundTrips = c.MaxWarpPreTailL2RoundTrips,
+        DramRoundTrips = c.DramRoundTrips, L2RoundTrips = c.L2RoundTrips,
+        MaxWarpInstructions = c.Whole.Instructions, MaxWarpDramRoundTrips = c.Whole.DramRoundTrips, MaxWarpL2RoundTrips = c.Whole.L2RoundTrips,
+        MaxWarpPreWaitInstructions = c.PreWait.Instructions, MaxWarpPreWaitDramRoundTrips = c.PreWait.DramRoundTrips, MaxWarpPreWaitL2RoundTrips = c.PreWait.L2RoundTrips,
+        MaxWarpPostWaitInstructions = c.PostWait.Instructions, MaxWarpPostWaitDramRoundTrips = c.PostWait.DramRoundTrips, MaxWarpPostWaitL2RoundTrips = c.PostWait.L2RoundTrips,
+        TailDramRoundTrips = c.TailDramRoundTrips,
+        MaxWarpTailInstructions = c.Tail.Instructions, MaxWarpTailDramRoundTrips = c.Tail.DramRoundTrips, MaxWarpTailL2RoundTrips = c.Tail.L2RoundTrips,
+        MaxWarpPreTailInstructions = c.PreTail.Instructions, MaxWarpPreTailDramRoundTrips = c.PreTail.DramRoundTrips, MaxWarpPreTailL2RoundTrips = c.PreTail.L2RoundTrips,
+        MaxWarpPostWaitPreTailInstructions = c.PostWaitPreTail.Instructions, MaxWarpPostWaitPreTailDramRoundTrips = c.PostWaitPreTail.DramRoundTrips,
+        MaxWarpPostWaitPreTailL2RoundTrips = c.PostWaitPreTail.L2RoundTrips,
         TailChains = c.TailChains.ToArray(),
     };
 }
