@@ -180,6 +180,15 @@ __device__ __forceinline__ void counter_release(int* counter)
     }
 }
 
+// A persistent launch's exit ticket: thread 0 of a CTA, after the CTA's last access to the launch's counters, fences and
+// takes a ticket on *exit_counter. Nothing waits for the result until the CTA's end, where the one that took the last
+// ticket (gridDim.x - 1) resets the counters for the next launch: every other CTA has then done its last wait and release.
+__device__ __forceinline__ int take_exit_ticket(int* exit_counter)
+{
+    __threadfence();
+    return atomicAdd(exit_counter, 1);
+}
+
 __device__ __forceinline__ void counter_wait(const int* counter, int target)
 {
     if (threadIdx.x == 0) {

@@ -558,15 +558,7 @@ __device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams
     }
 }
 
-// The exit ticket (thread 0, after the CTA's last access to a counter; nothing waits for the result until
-// experts_exit_reset). The CTA that takes the last one resets the counters for the next launch: every other CTA has then
-// taken its tiles and done its last wait and release.
-__device__ __forceinline__ int experts_exit_ticket(const MoeExpertsGemvParams& p)
-{
-    __threadfence();
-    return atomicAdd(&p.sync[1], 1);
-}
-
+// The exit ticket is take_exit_ticket(&p.sync[1]) (common.cuh); the CTA that takes the last one has also taken its tiles.
 __device__ __forceinline__ void experts_exit_reset(const MoeExpertsGemvParams& p, int ticket)
 {
     if (ticket != (int)gridDim.x - 1) return;
@@ -586,7 +578,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     if (threadIdx.x == 0) tiles_s[0] = atomicAdd(&p.sync[0], 1);
     __syncthreads();
     ExpertsTile cur = experts_tile(p, tiles_s[0]);
-    bool exited = false;                                   // the exit ticket taken (exit_ticket: thread 0's)
+    bool exited = false;                                   // the exit ticket taken (take_exit_ticket: thread 0's)
     int exit_ticket = -1;
     for (int k = 0; k < p.tiles_per_cta; k++) {
         // take the next tile now and start its weights towards L2, so the DRAM stream does not wait for this tile's end; a
@@ -616,7 +608,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
             // its exit ticket now and the ticket's round trip runs beside the tile's stream instead of after it.
             const bool last = next.kind == EXPERTS_NONE;
             if (last && p.next_tiles == 0) {
-                if (threadIdx.x == 0) exit_ticket = experts_exit_ticket(p);
+                if (threadIdx.x == 0) exit_ticket = take_exit_ticket(&p.sync[1]);
                 exited = true;
             }
             if constexpr (QF == 0) down_tile_token(p.down, cur.unit, cur.block, last);
@@ -637,7 +629,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     if (threadIdx.x == 0) {
         if (!exited) {
             tail_begin();                                  // the CTA's share of the stream is done
-            exit_ticket = experts_exit_ticket(p);
+            exit_ticket = take_exit_ticket(&p.sync[1]);
         }
         experts_exit_reset(p, exit_ticket);
     }

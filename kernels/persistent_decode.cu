@@ -109,14 +109,8 @@ __device__ __forceinline__ void gemv_stage_tile(const GemvParams& g, int tile, i
     else gemv_mma_tile<PDEC_WARPS, X_L2, 2>(g, row_base, groups, wpg, xm_s, red_s, nred_s, inv_s);
 }
 
-// The exit ticket (thread 0, after the CTA's last access to counters[0 .. 4]; nothing waits for the result until the
-// reset at the kernel's end): the CTA that takes the last one resets those counters for the next launch.
-__device__ __forceinline__ int pdec_exit_ticket(const PersistentAttnParams& p)
-{
-    __threadfence();
-    return atomicAdd(&p.counters[1], 1);
-}
-
+// The exit ticket is take_exit_ticket(&p.counters[1]) (common.cuh), after the CTA's last access to counters[0 .. 4]; the
+// CTA that takes the last one resets those counters at the kernel's end.
 extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM) persistent_attn_block(PersistentAttnParams p)
 {
     __shared__ AttnFusedSmem s;
@@ -198,7 +192,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         wait_for(&p.counters[4], o_tiles);
         // that wait was the tile's last access to counters[0 .. 4] (its own ticket, counters[5], resets itself): the exit
         // ticket now, so its round trip runs beside the router's work instead of after its softmax + top-k
-        if (exit_early && threadIdx.x == 0) exit_ticket = pdec_exit_ticket(p);
+        if (exit_early && threadIdx.x == 0) exit_ticket = take_exit_ticket(&p.counters[1]);
         float (*logit_s)[ROUTER_NORM_WARPS] = red_s[0];
         switch (p.router.tokens) {                       // 1 <= T <= 4 (the launcher checks)
 #define PDEC_ROUTER(n) router_norm_tile<n, PDEC_THREADS, true>(p.router, e, w0, n0, nred_s, logit_s, inv_s, s.is_last, &p.counters[5], p.router_tiles)
@@ -212,7 +206,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     if (!whole) pdl_wait();                // (a stage alone: an attention CTA past its row's plan returned before its wait)
     pdl_launch_dependents();
     if (whole && threadIdx.x == 0) {
-        if (!exit_early) exit_ticket = pdec_exit_ticket(p);
+        if (!exit_early) exit_ticket = take_exit_ticket(&p.counters[1]);
         if (exit_ticket == (int)(gridDim.x - 1)) {       // every other CTA has done its last counter access
             for (int c = 2; c < 5; c++) p.counters[c] = 0;
             p.counters[0] = 0;
