@@ -146,6 +146,12 @@ __device__ __forceinline__ float block_sum(float v, float* scratch)
 // it right before the ticket's fence.
 __device__ __forceinline__ void tail_begin() { asm volatile("pmevent 7;" ::: "memory"); }
 
+// stream_begin(): marks where a CTA's weight stream can begin in a kernel whose weights' addresses depend on what it read
+// after its wait (moe_experts_gemv: the expert ids). A performance-monitor event on a GPU; the emulator counts each warp's
+// chain from its wait to its first such mark apart (its head), and the timing model starts the DRAM stream after the
+// longest head (docs/timing-model.md, section 2).
+__device__ __forceinline__ void stream_begin() { asm volatile("pmevent 6;" ::: "memory"); }
+
 // Programmatic dependent launch (PDL, sm_90 and newer; docs/kernels.md "Programmatic dependent launch").
 // A kernel launched with LaunchConfig.ProgrammaticDependentLaunch may start while the kernel before it in the
 // stream or graph is still running. Before pdl_wait() it may only touch memory no earlier kernel of the step

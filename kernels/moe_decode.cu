@@ -116,11 +116,10 @@ __device__ __forceinline__ float swiglu_bf16(float gate, float up)
 // One CTA's work of moe_gate_up_gemv: slot s, block bx of 8 intermediate columns (moe_gate_up_gemv: (blockIdx.y,
 // blockIdx.x); moe_experts_gemv: a tile). Reads only what earlier kernels wrote. last_tile: the CTA streams nothing after
 // it, so what follows the dot products is its tail (tail_begin).
-__device__ __forceinline__ void gate_up_tile(const MoeGateUpGemvParams& p, int s, int bx, bool last_tile = false)
+__device__ __forceinline__ void gate_up_tile(const MoeGateUpGemvParams& p, int e, int s, int bx, bool last_tile = false)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int t = s / p.top_k;
-    const int e = p.topk_ids[s];
     const int i0 = (bx * (GEMV_THREADS / 32) + warp) * GATE_UP_I_PER_WARP;
     if (i0 >= p.inter_size) return;
     const bool two = i0 + 1 < p.inter_size;
@@ -156,7 +155,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
 {
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    gate_up_tile(p, blockIdx.y, blockIdx.x);
+    gate_up_tile(p, p.topk_ids[blockIdx.y], blockIdx.y, blockIdx.x);
 }
 
 // One CTA's work of moe_down_gemv, its combine included: slot s, block bx of 16 rows.
@@ -196,12 +195,11 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_down_gemv(MoeDown
 
 // Quantized gate+up: the mapping of moe_gate_up_gemv with 16-weight chunks (two 8-element chunks of hidden).
 template <int QF>
-__device__ __forceinline__ void gate_up_tile_quant(const MoeGateUpGemvParams& p, int s, int bx, bool last_tile = false)
+__device__ __forceinline__ void gate_up_tile_quant(const MoeGateUpGemvParams& p, int e, int s, int bx, bool last_tile = false)
 {
     extern __shared__ uint4 x_s[];                         // [H / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int t = s / p.top_k;
-    const int e = p.topk_ids[s];
     const int H = p.hidden_size, I = p.inter_size;
     const uint4* xg = reinterpret_cast<const uint4*>(p.hidden + (size_t)t * H);
     for (int i = threadIdx.x; i < (H >> 3); i += GEMV_THREADS) x_s[i] = __ldg(&xg[i]);
@@ -248,7 +246,7 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
 {
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    gate_up_tile_quant<QF>(p, blockIdx.y, blockIdx.x);
+    gate_up_tile_quant<QF>(p, p.topk_ids[blockIdx.y], blockIdx.y, blockIdx.x);
 }
 
 // Quantized down: the mapping of moe_down_gemv with 16-weight chunks.
@@ -361,7 +359,7 @@ __device__ __forceinline__ void down_token_sums(const MoeDownGemvParams& p, int 
     }
 }
 
-__device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int t, int bx, bool last_tile)
+__device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, const int* ids, int t, int bx, bool last_tile)
 {
     __shared__ DownTokenSmem sm;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -379,7 +377,7 @@ __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int 
         const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
         slot[i] = down_token_slot(d, R, k, h0, H);
         same[i] = i > 0 && (d - 1) / R == j;                // the row dot before reads the same slot's inter row
-        const unsigned e = slot[i] >= 0 ? p.topk_ids[t * k + j] : 0;
+        const unsigned e = slot[i] >= 0 ? ids[t * k + j] : 0;
         woff[i] = (e * H + h0 + r) * (unsigned)chunks;
         acc[i] = 0.f;
     }
@@ -401,7 +399,7 @@ __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, int 
 // The quantized down tile of moe_experts_gemv: down_tile_token's rows with down_tile_quant's 16-weight chunks; the k slots'
 // inter rows are staged in shared memory first ([k][I / 8], read from L2).
 template <int QF>
-__device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p, int t, int bx, bool last_tile)
+__device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p, const int* ids, int t, int bx, bool last_tile)
 {
     extern __shared__ uint4 x_s[];                         // [k][I / 8]
     __shared__ DownTokenSmem sm;
@@ -419,7 +417,7 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
     for (int i = 0; i < DOWN_ROWS_PER_WARP; i++) {
         const int d = warp * DOWN_ROWS_PER_WARP + i, j = d / R, r = d - j * R;
         slot[i] = down_token_slot(d, R, k, h0, H);
-        grow[i] = slot[i] >= 0 ? p.topk_ids[t * k + j] * H + h0 + r : 0;
+        grow[i] = slot[i] >= 0 ? ids[t * k + j] * H + h0 + r : 0;
         acc[i] = 0.f;
     }
     const unsigned char* w = reinterpret_cast<const unsigned char*>(p.down);
@@ -445,9 +443,9 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
 // expert node (docs/kernels.md, "Persistent launches"). Tiles, in the order CTAs take them with an atomic on sync[0]:
 // first every gate_up tile (slot-major: tile s * gu_blocks + bx is moe_gate_up_gemv's CTA (bx, s)), then every down
 // tile (token-major: down_tile_token's R = experts_down_rows(k) rows of the token's k slots, block bx). Each CTA takes
-// tiles_per_cta tickets, one tile ahead: it takes the next ticket before it runs the current tile and prefetches that
-// tile's weight rows into L2 (the experts are known: the router ran before), so its DRAM stream does not stop at a
-// tile's end. The launcher sizes the grid to one wave (at most EXPERTS_MIN_CTAS_PER_SM CTAs per SM, which
+// tiles_per_cta consecutive tickets with one atomic, in the round trip that also brings the slots' expert ids into
+// shared memory (stream_begin() marks where its weight stream can begin), and before it runs a tile it prefetches the
+// next one's weight rows into L2, so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one wave (at most EXPERTS_MIN_CTAS_PER_SM CTAs per SM, which
 // __launch_bounds__ makes fit; docs/kernels.md): a second wave would start every CTA's first loads one DRAM latency after
 // the first wave's end. A gate_up tile runs gate_up_tile, then releases (barrier, fence, sync[2 + t] += 1, t its
 // token). A down tile (its k x R weight rows prefetched, by the tile before or first thing) waits until sync[2 + t] says
@@ -479,7 +477,7 @@ struct MoeExpertsGemvParams {
     MoeDownGemvParams down;
     int* sync;               // [3 + slots]: next tile, exit ticket, gate_up tiles done per token ([2 + t]), down tiles done
                              // ([2 + slots]); zero on entry, left zero
-    int tiles_per_cta;       // tickets each CTA takes (grid * tiles_per_cta >= the tiles; tickets past them are no work)
+    int tiles_per_cta;       // consecutive tickets each CTA takes (grid * tiles_per_cta >= the tiles; past them: no work)
     int next_tiles;          // follow-on GEMV tiles (8 rows each), 0 for none; bf16 only, tokens <= 4
     GemvParams next;         // the follow-on GEMV (split_k 1; its norm_weight set for the prologue); unused when next_tiles is 0
 };
@@ -488,6 +486,9 @@ struct MoeExpertsGemvParams {
 // on an idle GPU); __launch_bounds__ makes ptxas fit them.
 #define EXPERTS_MIN_CTAS_PER_SM 8
 #define EXPERTS_QUANT_MIN_CTAS_PER_SM 5
+// The most slots (tokens x k) a launch takes: the launcher's 8 tokens of top-16, one id per thread.
+#define EXPERTS_MAX_SLOTS 128
+static_assert(EXPERTS_MAX_SLOTS <= GEMV_THREADS, "one slot's id per thread");
 
 // The counts of moe_experts_gemv's tiles: gate_up tiles per slot (moe_gate_up_gemv's grid x) and down tiles per slot
 // (moe_down_gemv's).
@@ -533,15 +534,16 @@ __device__ __forceinline__ ExpertsTile experts_tile(const MoeExpertsGemvParams& 
     return t;
 }
 
-// L2 prefetch of a tile's weight rows (its expert is known: the router ran before): a gate_up tile's 8 gate and 8 up
-// rows, a down tile's experts_down_rows(k) rows of each of its token's k experts, a follow-on tile's 8 rows. Scales are left to the loads (a few bytes per row).
+// L2 prefetch of a tile's weight rows (its expert is known: the router ran before; ids: the slots' expert ids, staged in
+// shared memory): a gate_up tile's 8 gate and 8 up rows, a down tile's experts_down_rows(k) rows of each of its token's
+// k experts, a follow-on tile's 8 rows. Scales are left to the loads (a few bytes per row).
 template <int QF>
-__device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, ExpertsTile t)
+__device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams& p, const int* ids, ExpertsTile t)
 {
     if (t.kind == EXPERTS_GATE_UP) {
         const int H = p.gate_up.hidden_size, I = p.gate_up.inter_size;
         const size_t row_bytes = QF == 0 ? (size_t)H * 2 : (size_t)H / QF_WPB(QF);
-        const size_t r0 = (size_t)p.gate_up.topk_ids[t.unit] * 2 * I + (size_t)t.block * 8, n = (size_t)min(8, I - t.block * 8);
+        const size_t r0 = (size_t)ids[t.unit] * 2 * I + (size_t)t.block * 8, n = (size_t)min(8, I - t.block * 8);
         prefetch_l2_rows(p.gate_up.gate_up, r0, r0 + n, row_bytes, 0, row_bytes);
         prefetch_l2_rows(p.gate_up.gate_up, r0 + I, r0 + I + n, row_bytes, 0, row_bytes);
     } else if (t.kind == EXPERTS_DOWN) {
@@ -549,7 +551,7 @@ __device__ __forceinline__ void experts_prefetch_tile(const MoeExpertsGemvParams
         const size_t row_bytes = QF == 0 ? (size_t)I * 2 : (size_t)I / QF_WPB(QF);
         const int h0 = t.block * R, h1 = min(H, h0 + R);
         for (int j = 0; j < k; j++) {
-            const size_t e = (size_t)p.down.topk_ids[t.unit * k + j];
+            const size_t e = (size_t)ids[t.unit * k + j];
             prefetch_l2_rows(p.down.down, e * H + h0, e * H + h1, row_bytes, 0, row_bytes);
         }
     } else if (QF == 0 && t.kind == EXPERTS_NEXT) {
@@ -572,30 +574,33 @@ __device__ __forceinline__ void experts_exit_reset(const MoeExpertsGemvParams& p
 template <int QF>   // 0: bf16; QF_FP8 / QF_INT8 / QF_INT4: the quantized tiles
 __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams& p)
 {
-    __shared__ int tiles_s[2];                             // this tile and the next, taken in turn
+    __shared__ int first_tile_s;
+    __shared__ int ids_s[EXPERTS_MAX_SLOTS];                // the slots' expert ids, read once
     pdl_wait();                                            // the expert ids and x are the previous kernels'
     pdl_launch_dependents();
-    if (threadIdx.x == 0) tiles_s[0] = atomicAdd(&p.sync[0], 1);
+    // The CTA's tiles and the expert ids in one round trip: one atomic takes tiles_per_cta consecutive tickets (a tile
+    // waits only on lower ones, so taking them together keeps the order progress needs), and the ids' loads are issued
+    // before it, their results stored after it.
+    const int id = threadIdx.x < p.gate_up.slots ? p.gate_up.topk_ids[threadIdx.x] : 0;
+    if (threadIdx.x == 0) first_tile_s = atomicAdd(&p.sync[0], p.tiles_per_cta);
+    if (threadIdx.x < p.gate_up.slots) ids_s[threadIdx.x] = id;
     __syncthreads();
-    ExpertsTile cur = experts_tile(p, tiles_s[0]);
+    stream_begin();                                        // the weights' addresses are known from here on
+    ExpertsTile cur = experts_tile(p, first_tile_s);
     bool exited = false;                                   // the exit ticket taken (take_exit_ticket: thread 0's)
     int exit_ticket = -1;
     for (int k = 0; k < p.tiles_per_cta; k++) {
-        // take the next tile now and start its weights towards L2, so the DRAM stream does not wait for this tile's end; a
-        // CTA past the last tile takes no more tickets (its later ones would be past it too), so a CTA whose next tile is
-        // none has made its last access to sync[0]
-        const bool more = k + 1 < p.tiles_per_cta && cur.kind != EXPERTS_NONE;
-        if (more && threadIdx.x == 0) tiles_s[(k + 1) & 1] = atomicAdd(&p.sync[0], 1);
-        __syncthreads();
+        // the next tile's weights go towards L2 now, so the DRAM stream does not wait for this tile's end (a CTA past the
+        // last tile has none; its ticket is read again from shared memory, so no register holds it across the tiles)
         ExpertsTile next;
         next.kind = EXPERTS_NONE;
-        if (more) next = experts_tile(p, tiles_s[(k + 1) & 1]);
-        if (k == 0 && cur.kind == EXPERTS_DOWN) experts_prefetch_tile<QF>(p, cur);   // a later tile's came with the tile before
-        experts_prefetch_tile<QF>(p, next);
+        if (k + 1 < p.tiles_per_cta && cur.kind != EXPERTS_NONE) next = experts_tile(p, first_tile_s + k + 1);
+        if (k == 0 && cur.kind == EXPERTS_DOWN) experts_prefetch_tile<QF>(p, ids_s, cur);   // a later tile's came with the tile before
+        experts_prefetch_tile<QF>(p, ids_s, next);
         if (cur.kind == EXPERTS_GATE_UP) {
             const bool last = next.kind == EXPERTS_NONE;
-            if constexpr (QF == 0) gate_up_tile(p.gate_up, cur.unit, cur.block, last);
-            else gate_up_tile_quant<QF>(p.gate_up, cur.unit, cur.block, last);
+            if constexpr (QF == 0) gate_up_tile(p.gate_up, ids_s[cur.unit], cur.unit, cur.block, last);
+            else gate_up_tile_quant<QF>(p.gate_up, ids_s[cur.unit], cur.unit, cur.block, last);
             // The CTA's last tile: its exit ticket before the release (whose fence orders the two). A down tile of this
             // token waits for the release and takes its own exit ticket after that, so this one is never the last and
             // nothing waits for its result (exit_ticket stays -1).
@@ -611,8 +616,8 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
                 if (threadIdx.x == 0) exit_ticket = take_exit_ticket(&p.sync[1]);
                 exited = true;
             }
-            if constexpr (QF == 0) down_tile_token(p.down, cur.unit, cur.block, last);
-            else down_tile_token_quant<QF>(p.down, cur.unit, cur.block, last);
+            if constexpr (QF == 0) down_tile_token(p.down, ids_s, cur.unit, cur.block, last);
+            else down_tile_token_quant<QF>(p.down, ids_s, cur.unit, cur.block, last);
             // release for the follow-on tiles: every row of the tile, its combine included, written
             if (p.next_tiles > 0) counter_release(&p.sync[2 + p.gate_up.slots]);
         } else if (cur.kind == EXPERTS_NEXT) {
@@ -623,7 +628,7 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
                 gemv_mma_tile<GEMV_THREADS / 32, true>(p.next, cur.block * 8, 1, GEMV_THREADS / 32, next_x_s, next_red_s, next_nred_s, next_inv_s);
             }
         }
-        __syncthreads();                                   // the tile's shared memory (staged row, ticket flag) is free
+        __syncthreads();                                   // the tile's shared memory (staged row) is free
         cur = next;
     }
     if (threadIdx.x == 0) {

@@ -86,6 +86,25 @@ public sealed class ProgrammaticLaunchTests
             asm volatile("pmevent 7;" ::: "memory");
             out[threadIdx.x] = x + c[(int)y + threadIdx.x];
         }
+        // a weight stream whose addresses depend on what the warp read after its wait: one round trip before the wait (a),
+        // one after it (ids), the stream mark, then the "weights" at an index read from ids; stream_first marks before its wait
+        extern "C" __global__ void stream_after_ids(const float* a, const int* ids, const float* w, float* out)
+        {
+            float x = a[threadIdx.x];
+            wait();
+            go();
+            int e = ids[threadIdx.x];
+            asm volatile("pmevent 6;" ::: "memory");
+            out[threadIdx.x] = x + w[e + threadIdx.x];
+        }
+        extern "C" __global__ void stream_first(const float* w, float* out)
+        {
+            asm volatile("pmevent 6;" ::: "memory");
+            float x = w[threadIdx.x];
+            wait();
+            go();
+            out[threadIdx.x] = x;
+        }
         extern "C" __global__ void prefetch_at(const char* p, long long offset) { pf(p + offset); }
         // CTAs from `first_idle` on exit before their wait (a decode attention CTA past its row's split plan)
         extern "C" __global__ void some_exit_early(const float* in, float* out, int first_idle)
@@ -258,6 +277,39 @@ public sealed class ProgrammaticLaunchTests
         Assert.That(r.MaxWarpPostWaitPreTailInstructions, Is.GreaterThan(0));
         Assert.That(r.MaxWarpPreWaitInstructions + r.MaxWarpPostWaitPreTailInstructions + r.MaxWarpTailInstructions, Is.EqualTo(r.MaxWarpInstructions),
             "one warp: the three parts add up");
+    }
+
+    /// <summary>
+    /// The stream mark (stream_begin(), kernels/common.cuh: pmevent 6) splits off a warp's head, from its wait to the mark
+    /// (LaunchRecord.MaxWarpHead*, which the timing model puts before the DRAM stream, docs/timing-model.md section 2): the
+    /// ids' round trip and the instructions up to the mark; a's trip before the wait is not in it, nor the weights' after
+    /// it. A mark before the wait leaves no head.
+    /// </summary>
+    [Test]
+    public void TheStreamMark_SplitsOffTheHeadFromTheWait()
+    {
+        using var k = new Kit();
+        var dA = k.Upload(Enumerable.Repeat(1f, 32).ToArray());
+        var dIds = k.Dev.Allocate(32 * sizeof(int));
+        k.Dev.CopyToDevice(dIds, System.Runtime.InteropServices.MemoryMarshal.AsBytes(new int[32].AsSpan()));
+        var dW = k.Upload(Enumerable.Range(0, 32).Select(i => (float)i).ToArray());
+        var dOut = k.Dev.Allocate(32 * sizeof(float));
+        k.Launch("stream_after_ids", 1, 32, true, dA, dIds, dW, dOut);
+        k.Sync();
+        var r = k.Dev.Launches[^1];
+        Assert.That(k.Download(dOut, 32), Is.EqualTo(Enumerable.Range(0, 32).Select(i => i + 1f).ToArray()));
+        Assert.That((r.MaxWarpHeadDramRoundTrips, r.MaxWarpHeadL2RoundTrips), Is.EqualTo((1L, 0L)), "the ids' trip");
+        Assert.That(r.MaxWarpHeadInstructions, Is.GreaterThan(0).And.LessThan(r.MaxWarpPostWaitInstructions), "from the wait to the mark");
+        Assert.That(r.MaxWarpPostWaitDramRoundTrips, Is.EqualTo(2), "the ids, then the weights");
+
+        k.Launch("stream_first", 1, 32, true, dW, dOut);
+        k.Sync();
+        var first = k.Dev.Launches[^1];
+        Assert.That((first.MaxWarpHeadInstructions, first.MaxWarpHeadDramRoundTrips, first.MaxWarpHeadL2RoundTrips), Is.EqualTo((0L, 0L, 0L)),
+            "a mark before the wait: no head");
+        k.Launch("no_wait", 1, 32, false, dOut);
+        k.Sync();
+        Assert.That(k.Dev.Launches[^1].MaxWarpHeadInstructions, Is.Zero, "no mark: no head");
     }
 
     [Test]

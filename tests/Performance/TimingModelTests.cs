@@ -178,6 +178,28 @@ public class TimingModelTests
     }
 
     /// <summary>
+    /// A head (the chain before a CTA's stream mark, stream_begin(): the experts' ids and tile ticket) delays each wave's
+    /// DRAM stream: the stream of the tail test above (two waves, 80.5 and 20.5 us) with a head of 2 L2 trips and 100
+    /// instructions (0.4 + 0.2 us) takes 81.1 + 21.1 = 102.2 us, all of it DRAM term. A kernel that moves no DRAM bytes
+    /// keeps its prediction: the head is in its chain already.
+    /// </summary>
+    [Test]
+    public void Head_DelaysEachWavesDramStream()
+    {
+        var stream = Launch(100, 256, dramBytes: 100 * 800_000L, warpDramTrips: 4, maxWarpInstructions: 100);
+        var headed = stream with { MaxWarpHeadL2RoundTrips = 2, MaxWarpHeadInstructions = 100 };
+        var p = KernelTimingModel.Predict(stream, new KernelResources(32, 0), Toy);
+        var q = KernelTimingModel.Predict(headed, new KernelResources(32, 0), Toy);
+        Near(p.Microseconds, 101.0, "without a head: 80.5 + 20.5 us");
+        Near(q.Microseconds, 102.2, "each wave's stream after its 0.6 us head");
+        Near(q.DramUs, 102.2, "in the DRAM term");
+        Assert.That(q.Bound, Is.EqualTo(TimeBound.Dram));
+        var l2Only = Launch(10, 32, dramBytes: 0, warpDramTrips: 0, maxWarpInstructions: 50, warpL2Trips: 3);
+        Near(KernelTimingModel.Predict(l2Only with { MaxWarpHeadL2RoundTrips = 2, MaxWarpHeadInstructions = 20 }, new KernelResources(16, 0), Toy).Microseconds,
+            KernelTimingModel.Predict(l2Only, new KernelResources(16, 0), Toy).Microseconds, "no DRAM bytes: no stream to delay");
+    }
+
+    /// <summary>
     /// With the warps' own tails recorded (LaunchRecord.TailChains), the tail is the longest of them, not a chain of the
     /// maxima: one warp's 3 L2 trips and 10 instructions (0.6 + 0.02 us) and another's 1 trip and 200 instructions
     /// (0.2 + 0.4 us) give 0.62 us, where the maxima (3 trips, 200 instructions) would give 1.0.

@@ -286,12 +286,16 @@ public static class KernelTimingModel
             latencyUs = Math.Min(latencyUs, after + Math.Max(0, before - preWaitShadowUs));
         }
 
+        // the head: a CTA whose weights' addresses depend on what it reads after its wait (the experts' ids) issues its
+        // first weight request only after that chain (its stream mark): the longest warp's, its trips as measured
+        double headUs = Chain(r.MaxWarpHeadDramRoundTrips, r.MaxWarpHeadL2RoundTrips, r.MaxWarpHeadInstructions, 1);
+
         Wave Run(long c)
         {
             long k = (c + g.Sms - 1) / g.Sms;                       // CTAs on the busiest SM
             double bytes = c * dramPerCta;
-            // the first bytes arrive one latency after the wave starts, then they stream at the achievable bandwidth
-            double atPeak = bytes > 0 ? (g.DramLatencyNs + bytes / g.DramAchievableGBps) / 1000.0 : 0;   // bytes / (GB/s) = ns
+            // the first bytes arrive one latency after the wave's head, then they stream at the achievable bandwidth
+            double atPeak = bytes > 0 ? headUs + (g.DramLatencyNs + bytes / g.DramAchievableGBps) / 1000.0 : 0;   // bytes / (GB/s) = ns
             double little = tripsPerWarp * g.DramLatencyNs / 1000.0; // = bytes / (bytes in flight / latency)
             double l2Us = c * l2PerCta / (g.L2BytesPerClock * g.ClockHz) * 1e6;
             double fill = k * (dramPerCta + l2PerCta) / (g.SmFillBytesPerClock * g.ClockHz) * 1e6;

@@ -119,7 +119,7 @@ internal static class InstrDecoder
         }
         if (op == Op.GridDepWait && parts.Length != 2) throw err($"'{opcode}': griddepcontrol takes exactly one of .wait and .launch_dependents");
         if (op == Op.PmEvent && (parts.Length != 1 || ops.Count != 1 || ops[0].Kind != OpKind.Imm || ops[0].Imm is < 0 or > 15))
-            throw err($"'{opcode}': only 'pmevent N;' with N an immediate 0..15 is supported (pmevent {Warp.TailEvent} marks a launch's tail: docs/emulator.md)");
+            throw err($"'{opcode}': only 'pmevent N;' with N an immediate 0..15 is supported (pmevent {Warp.TailEvent} marks a launch's tail, {Warp.StreamEvent} where a CTA's weight stream begins: docs/emulator.md)");
         if (types.Count > 0) ins.T = types[0];
         if (types.Count > 1) ins.T2 = types[1];
         if (types.Count > 2) ins.T3 = types[^1];

@@ -13,8 +13,9 @@ internal sealed class Counters
     public long LocalBytes, Barriers, MmaCount, CpAsyncBytes, DivergentBranches;
     public long SpecialFunctionInstructions, Shuffles, Warps, DramRoundTrips, L2RoundTrips;
     // maxima over warps, not sums: of the whole warp, its parts before and from its first griddepcontrol.wait, from its tail
-    // mark on and before it (a warp without a mark: all of it), and from its wait to its mark
-    public ChainMaxima Whole, PreWait, PostWait, Tail, PreTail, PostWaitPreTail;
+    // mark on and before it (a warp without a mark: all of it), and from its wait to its mark; Head: from its wait (or its
+    // start) to its stream mark (Warp.Head), added by the CTA
+    public ChainMaxima Whole, PreWait, PostWait, Tail, PreTail, PostWaitPreTail, Head;
     public long TailDramRoundTrips;   // summed over the warps, as DramRoundTrips
     public readonly TailChainFrontier TailChains = new();   // the warps' tails themselves, the ones no other warp's covers
 
@@ -54,7 +55,7 @@ internal sealed class Counters
         SpecialFunctionInstructions += o.SpecialFunctionInstructions; Shuffles += o.Shuffles; Warps += o.Warps;
         DramRoundTrips += o.DramRoundTrips; L2RoundTrips += o.L2RoundTrips;
         Whole.Max(o.Whole); PreWait.Max(o.PreWait); PostWait.Max(o.PostWait); Tail.Max(o.Tail); PreTail.Max(o.PreTail);
-        PostWaitPreTail.Max(o.PostWaitPreTail);
+        PostWaitPreTail.Max(o.PostWaitPreTail); Head.Max(o.Head);
         TailDramRoundTrips += o.TailDramRoundTrips;
         TailChains.Add(o.TailChains);
     }
@@ -168,6 +169,15 @@ public sealed record LaunchRecord
     public long MaxWarpPostWaitPreTailInstructions { get; init; }
     public long MaxWarpPostWaitPreTailDramRoundTrips { get; init; }
     public long MaxWarpPostWaitPreTailL2RoundTrips { get; init; }
+    /// <summary>
+    /// The same maxima over the warps' heads: from their first griddepcontrol.wait (or their start) to their stream mark
+    /// (<c>stream_begin()</c>, kernels/common.cuh: where a CTA whose weights' addresses depend on what it read after its
+    /// wait, the experts' ids, issues its first weight request); 0 in a kernel without one. The timing model starts the
+    /// DRAM term's stream after the head (docs/timing-model.md, section 2).
+    /// </summary>
+    public long MaxWarpHeadInstructions { get; init; }
+    public long MaxWarpHeadDramRoundTrips { get; init; }
+    public long MaxWarpHeadL2RoundTrips { get; init; }
     /// <summary>Of <see cref="DramRoundTrips"/>, those of the warps' tails (the Little's-law term leaves them to the tail).</summary>
     public long TailDramRoundTrips { get; init; }
     /// <summary>The module the kernel came from: its file name (e.g. "gemv.cu") and NVRTC options (-D defines), so it can be rebuilt for another architecture.</summary>
@@ -253,6 +263,7 @@ public sealed record LaunchRecord
         MaxWarpPreTailInstructions = c.PreTail.Instructions, MaxWarpPreTailDramRoundTrips = c.PreTail.DramRoundTrips, MaxWarpPreTailL2RoundTrips = c.PreTail.L2RoundTrips,
         MaxWarpPostWaitPreTailInstructions = c.PostWaitPreTail.Instructions, MaxWarpPostWaitPreTailDramRoundTrips = c.PostWaitPreTail.DramRoundTrips,
         MaxWarpPostWaitPreTailL2RoundTrips = c.PostWaitPreTail.L2RoundTrips,
+        MaxWarpHeadInstructions = c.Head.Instructions, MaxWarpHeadDramRoundTrips = c.Head.DramRoundTrips, MaxWarpHeadL2RoundTrips = c.Head.L2RoundTrips,
         TailChains = c.TailChains.ToArray(),
     };
 }

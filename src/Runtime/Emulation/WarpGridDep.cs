@@ -29,15 +29,26 @@ internal sealed unsafe partial class Warp
 
     /// <summary>
     /// pmevent: a performance-monitor event on a GPU, nothing else. Event <see cref="TailEvent"/> marks where the warp's part
-    /// of the launch's tail begins (the first mark counts; the trip in flight belongs to the part before it).
+    /// of the launch's tail begins, event <see cref="StreamEvent"/> where its weight stream begins (the first mark of each
+    /// counts; the trip in flight belongs to the part before it).
     /// </summary>
     private void PmEvent(Instr ins)
     {
-        if (ins.Ops[0].Imm != TailEvent || _tailStartDram >= 0) return;
-        CloseTrip();
-        _tailStartDram = DramTrips;
-        _tailStartL2 = L2Trips;
-        _tailStartInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
+        var ev = ins.Ops[0].Imm;
+        if (ev == TailEvent && _tailStartDram < 0)
+        {
+            CloseTrip();
+            _tailStartDram = DramTrips;
+            _tailStartL2 = L2Trips;
+            _tailStartInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
+        }
+        else if (ev == StreamEvent && _streamStartDram < 0)
+        {
+            CloseTrip();
+            _streamStartDram = DramTrips;
+            _streamStartL2 = L2Trips;
+            _streamStartInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
+        }
     }
 
     private void GridDepLaunch(Instr ins, uint exec)
