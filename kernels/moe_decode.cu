@@ -155,7 +155,9 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) moe_gate_up_gemv(MoeG
 {
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    gate_up_tile(p, p.topk_ids[blockIdx.y], blockIdx.y, blockIdx.x);
+    const int e = p.topk_ids[blockIdx.y];
+    stream_begin();                                        // the weights' addresses are known from here on
+    gate_up_tile(p, e, blockIdx.y, blockIdx.x);
 }
 
 // One CTA's work of moe_down_gemv, its combine included: slot s, block bx of 16 rows.
@@ -163,6 +165,7 @@ __device__ __forceinline__ void down_tile(const MoeDownGemvParams& p, int s, int
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = p.topk_ids[s];
+    stream_begin();                                        // the weights' addresses are known from here on
     const int h0 = (bx * (GEMV_THREADS / 32) + warp) * DOWN_ROWS_PER_WARP;
     if (h0 < p.hidden_size) {
         const int chunks = p.inter_size >> 3;
@@ -246,7 +249,9 @@ __device__ __forceinline__ void moe_gate_up_gemv_quant(const MoeGateUpGemvParams
 {
     pdl_wait();                                            // the expert ids and x are the previous kernels' (no prefetch: ids unknown)
     pdl_launch_dependents();
-    gate_up_tile_quant<QF>(p, p.topk_ids[blockIdx.y], blockIdx.y, blockIdx.x);
+    const int e = p.topk_ids[blockIdx.y];
+    stream_begin();                                        // the weights' addresses are known from here on
+    gate_up_tile_quant<QF>(p, e, blockIdx.y, blockIdx.x);
 }
 
 // Quantized down: the mapping of moe_down_gemv with 16-weight chunks.
@@ -256,6 +261,7 @@ __device__ __forceinline__ void down_tile_quant(const MoeDownGemvParams& p, int 
     extern __shared__ uint4 x_s[];                         // [I / 8]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = p.topk_ids[s];
+    stream_begin();                                        // the weights' addresses are known from here on
     const int H = p.hidden_size, I = p.inter_size;
     const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)s * I);
     for (int i = threadIdx.x; i < (I >> 3); i += GEMV_THREADS) x_s[i] = xg[i];
