@@ -38,6 +38,22 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
+    /// A head (the experts' ids, read after ready) delays a stage's own stream: the test above with a 0.3 us head on stage
+    /// 1 issues its 160,000 bytes from 1,100 ns, done at 1,300 + 500 = 1,800 ns; the DRAM idles 0.3 us more, on stage 1.
+    /// Bytes fetched ahead need no head.
+    /// </summary>
+    [Test]
+    public void AHead_DelaysTheStagesOwnStream()
+    {
+        var c = PersistentWhatIf.Compose(Toy, [Stage(80_000), Stage(160_000) with { HeadUs = 0.3 }], lookaheadBytes: 1 << 20, releaseUs: 0.2);
+        Assert.That(c.Stages[1].ReadyUs, Is.EqualTo(0.8).Within(Tol));
+        Assert.That(c.LaunchUs, Is.EqualTo(1.8).Within(Tol));
+        Assert.That((c.Stages[0].IdleUs, c.Stages[1].IdleUs), Is.EqualTo((0.7, 0.3)).Within(Tol));
+        var ahead = PersistentWhatIf.Compose(Toy, [Stage(80_000), Stage(160_000, aheadBytes: 160_000) with { HeadUs = 0.3 }], lookaheadBytes: 1 << 20, releaseUs: 0.2);
+        Assert.That(ahead.LaunchUs, Is.EqualTo(0.8).Within(Tol), "all of it fetched ahead: the head delays nothing");
+    }
+
+    /// <summary>
     /// Stage 1's bytes may all come ahead: they stream right after stage 0's (100 to 300 ns) and have arrived by 800 ns,
     /// when it is ready; with no work of its own it is done then: 0.8 us instead of 1.5.
     /// </summary>

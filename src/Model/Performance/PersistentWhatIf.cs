@@ -33,6 +33,12 @@ public sealed record PersistentStage
     public required double ChainFixedUs { get; init; }
     /// <summary>That chain's DRAM round trips: at the DRAM latency for the share of the bytes not fetched ahead, at the L2's for the rest.</summary>
     public required long ChainDramTrips { get; init; }
+    /// <summary>
+    /// The stage's head: its chain after ready before it can issue the first of its bytes not fetched ahead (a stream
+    /// whose addresses depend on its inputs: the experts' ids; <c>LaunchRecord.MaxWarpHead*</c>, docs/timing-model.md
+    /// section 2); 0 for a stage whose weights do not depend on its inputs.
+    /// </summary>
+    public double HeadUs { get; init; }
     /// <summary>Its DRAM bytes at the Little's-law bandwidth of its own loads (none fetched ahead).</summary>
     public required double LittleUs { get; init; }
     /// <summary>Its issue term: the warp instructions at the SMs' issue rate.</summary>
@@ -168,6 +174,8 @@ public static class PersistentWhatIf
             Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = dramBytes, AheadBytes = Math.Min(aheadBytes, dramBytes), AheadAfter = aheadAfter,
             ChainFixedUs = chainL2 * g.L2LatencyNs / 1000.0 + chainInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
             ChainDramTrips = chainDram,
+            HeadUs = (r.MaxWarpHeadDramRoundTrips * g.DramLatencyNs + r.MaxWarpHeadL2RoundTrips * g.L2LatencyNs) / 1000.0
+                     + r.MaxWarpHeadInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
             LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
             IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
             TransferBytes = a.L2Bytes + a.DramBytes,
@@ -326,7 +334,7 @@ public static class PersistentWhatIf
             bool running = t >= ready[cur];
             if (running && !readySeen[cur]) { readySeen[cur] = true; fetchedAhead[cur] = stages[cur].DramBytes - left[cur]; }
             double budget = perNs;
-            if (running && left[cur] > 0)
+            if (running && left[cur] > 0 && t >= ready[cur] + stages[cur].HeadUs * 1000)   // its own bytes after its head
             {
                 double x = Math.Min(budget, left[cur]);
                 left[cur] -= x; aheadLeft[cur] = Math.Min(aheadLeft[cur], left[cur]); earlyLeft[cur] = Math.Min(earlyLeft[cur], left[cur]);
