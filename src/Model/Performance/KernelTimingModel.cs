@@ -273,9 +273,7 @@ public static class KernelTimingModel
         // warps' own tails (a record built by hand has only the maxima, which may come from different warps); the latency
         // term is then the chain before the mark
         bool tailed = r.MaxWarpTailInstructions > 0;
-        double tailUs = !tailed ? 0
-            : r.TailChains.Count > 0 ? r.TailChains.Max(c => Chain(c.DramRoundTrips, c.L2RoundTrips, c.Instructions, 1))
-            : Chain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions, 1);
+        double tailUs = tailed ? ChainUs(g, LongestTail(g, r)) : 0;
         double latencyUs = tailed ? Chain(r.MaxWarpPreTailDramRoundTrips, r.MaxWarpPreTailL2RoundTrips, r.MaxWarpPreTailInstructions, kept)
             : Chain(r.MaxWarpDramRoundTrips, r.MaxWarpL2RoundTrips, r.MaxWarpInstructions, kept);
         if (preWaitShadowUs > 0 && r.MaxWarpPreWaitInstructions > 0)
@@ -288,7 +286,7 @@ public static class KernelTimingModel
 
         // the head: a CTA whose weights' addresses depend on what it reads after its wait (the experts' ids) issues its
         // first weight request only after that chain (its stream mark): the longest warp's, its trips as measured
-        double headUs = Chain(r.MaxWarpHeadDramRoundTrips, r.MaxWarpHeadL2RoundTrips, r.MaxWarpHeadInstructions, 1);
+        double headUs = ChainUs(g, r.MaxWarpHeadDramRoundTrips, r.MaxWarpHeadL2RoundTrips, r.MaxWarpHeadInstructions);
 
         Wave Run(long c)
         {
@@ -333,6 +331,24 @@ public static class KernelTimingModel
         public TimeBound Bound =>
             Max == Latency ? TimeBound.Latency : Max == Dram ? TimeBound.Dram : Max == Issue ? TimeBound.Issue : Max == Fill ? TimeBound.SmFill : TimeBound.L2;
     }
+
+    /// <summary>
+    /// One warp's dependent chain on <paramref name="g"/>: its DRAM and L2 round trips at their latencies, its instructions
+    /// at one warp's issue rate (docs/timing-model.md, section 2).
+    /// </summary>
+    public static double ChainUs(GpuSpec g, long dramTrips, long l2Trips, long instructions) =>
+        (dramTrips * g.DramLatencyNs + l2Trips * g.L2LatencyNs) / 1000.0 + instructions / g.SingleWarpIpc / g.ClockHz * 1e6;
+
+    /// <summary><see cref="ChainUs(GpuSpec, long, long, long)"/> of one warp's tail.</summary>
+    public static double ChainUs(GpuSpec g, TailChain c) => ChainUs(g, c.DramRoundTrips, c.L2RoundTrips, c.Instructions);
+
+    /// <summary>
+    /// The longest tail of launch <paramref name="r"/> on <paramref name="g"/>: the longest of the warps' own tails
+    /// (<see cref="LaunchRecord.TailChains"/>), or in a record built by hand without them the chain of the tail maxima.
+    /// </summary>
+    public static TailChain LongestTail(GpuSpec g, LaunchRecord r) =>
+        r.TailChains.Count > 0 ? r.TailChains.MaxBy(c => ChainUs(g, c))
+        : new TailChain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions);
 
     private static int RoundUp(int v, int unit) => (v + unit - 1) / unit * unit;
 }

@@ -172,10 +172,9 @@ public static class PersistentWhatIf
         return new PersistentStage
         {
             Kernel = r.Kernel, Grid = r.Grid.ToString(), DramBytes = dramBytes, AheadBytes = Math.Min(aheadBytes, dramBytes), AheadAfter = aheadAfter,
-            ChainFixedUs = chainL2 * g.L2LatencyNs / 1000.0 + chainInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
+            ChainFixedUs = KernelTimingModel.ChainUs(g, 0, chainL2, chainInstructions),
             ChainDramTrips = chainDram,
-            HeadUs = (r.MaxWarpHeadDramRoundTrips * g.DramLatencyNs + r.MaxWarpHeadL2RoundTrips * g.L2LatencyNs) / 1000.0
-                     + r.MaxWarpHeadInstructions / g.SingleWarpIpc / g.ClockHz * 1e6,
+            HeadUs = KernelTimingModel.ChainUs(g, r.MaxWarpHeadDramRoundTrips, r.MaxWarpHeadL2RoundTrips, r.MaxWarpHeadInstructions),
             LittleUs = (double)r.DramRoundTrips / warps * g.DramLatencyNs / 1000.0 * waves,
             IssueUs = a.IssueUs, TransferUs = Math.Max(a.SmFillUs, (a.L2Bytes + a.DramBytes) / (g.L2BytesPerClock * g.ClockHz) * 1e6),
             TransferBytes = a.L2Bytes + a.DramBytes,
@@ -196,9 +195,7 @@ public static class PersistentWhatIf
     public static (long DramTrips, long L2Trips, long Instructions) ChainAfterWait(GpuSpec g, LaunchRecord r)
     {
         if (r.MaxWarpTailInstructions <= 0) return (r.MaxWarpPostWaitDramRoundTrips, r.MaxWarpPostWaitL2RoundTrips, r.MaxWarpPostWaitInstructions);
-        double Us(TailChain c) => (c.DramRoundTrips * g.DramLatencyNs + c.L2RoundTrips * g.L2LatencyNs) / 1000.0 + c.Instructions / g.SingleWarpIpc / g.ClockHz * 1e6;
-        var tail = r.TailChains.Count > 0 ? r.TailChains.MaxBy(Us)
-            : new TailChain(r.MaxWarpTailDramRoundTrips, r.MaxWarpTailL2RoundTrips, r.MaxWarpTailInstructions);
+        var tail = KernelTimingModel.LongestTail(g, r);
         return (r.MaxWarpPostWaitPreTailDramRoundTrips + tail.DramRoundTrips, r.MaxWarpPostWaitPreTailL2RoundTrips + tail.L2RoundTrips,
             r.MaxWarpPostWaitPreTailInstructions + tail.Instructions);
     }

@@ -128,8 +128,7 @@ internal sealed unsafe class Cta
                     var tail = wp.Tail;
                     var head = wp.Head;
                     Counters.AddWarp(wp.Instructions, wp.DramTrips, wp.L2Trips, wp.PreWaitInstructions, wp.PreWaitDramTrips, wp.PreWaitL2Trips,
-                        tail.Instructions, tail.DramTrips, tail.L2Trips);
-                    Counters.Head.Max(head.Instructions, head.DramTrips, head.L2Trips);
+                        tail.Instructions, tail.DramTrips, tail.L2Trips, head.Instructions, head.DramTrips, head.L2Trips);
                     if (wp.PcCounts is { } counts) L.OfferCriticalWarp(wp.Instructions, Linear * Warps.Length + wp.Index, counts);
                     waited |= wp.Waited;
                 }

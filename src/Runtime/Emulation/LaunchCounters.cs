@@ -13,19 +13,19 @@ internal sealed class Counters
     public long LocalBytes, Barriers, MmaCount, CpAsyncBytes, DivergentBranches;
     public long SpecialFunctionInstructions, Shuffles, Warps, DramRoundTrips, L2RoundTrips;
     // maxima over warps, not sums: of the whole warp, its parts before and from its first griddepcontrol.wait, from its tail
-    // mark on and before it (a warp without a mark: all of it), and from its wait to its mark; Head: from its wait (or its
-    // start) to its stream mark (Warp.Head), added by the CTA
+    // mark on and before it (a warp without a mark: all of it), from its wait to its mark, and from its wait (or its start)
+    // to its stream mark (Warp.Head)
     public ChainMaxima Whole, PreWait, PostWait, Tail, PreTail, PostWaitPreTail, Head;
     public long TailDramRoundTrips;   // summed over the warps, as DramRoundTrips
     public readonly TailChainFrontier TailChains = new();   // the warps' tails themselves, the ones no other warp's covers
 
     /// <summary>
     /// Adds one finished warp's own figures: its round trips (summed and maxed) and instructions (maxed), in all and split at
-    /// its first griddepcontrol.wait (the <c>preWait*</c> part before it; all zero without one), and at its tail mark (the
-    /// <c>tail*</c> part from it on; all zero without one).
+    /// its first griddepcontrol.wait (the <c>preWait*</c> part before it; all zero without one), at its tail mark (the
+    /// <c>tail*</c> part from it on; all zero without one), and its head (<c>head*</c>: from its wait to its stream mark).
     /// </summary>
     public void AddWarp(long instructions, long dramTrips, long l2Trips, long preWaitInstructions = 0, long preWaitDramTrips = 0, long preWaitL2Trips = 0,
-        long tailInstructions = 0, long tailDramTrips = 0, long tailL2Trips = 0)
+        long tailInstructions = 0, long tailDramTrips = 0, long tailL2Trips = 0, long headInstructions = 0, long headDramTrips = 0, long headL2Trips = 0)
     {
         TailDramRoundTrips += tailDramTrips;
         if (tailInstructions > 0) TailChains.Add(new TailChain(tailDramTrips, tailL2Trips, tailInstructions));
@@ -39,6 +39,7 @@ internal sealed class Counters
         // our kernels mark their tail after their wait; a mark before it leaves nothing between the two
         PostWaitPreTail.Max(Math.Max(0, instructions - preWaitInstructions - tailInstructions), Math.Max(0, dramTrips - preWaitDramTrips - tailDramTrips),
             Math.Max(0, l2Trips - preWaitL2Trips - tailL2Trips));
+        Head.Max(headInstructions, headDramTrips, headL2Trips);
     }
 
     public void Add(Counters o)

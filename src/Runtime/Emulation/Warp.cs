@@ -46,23 +46,23 @@ internal sealed partial class Warp
     // and the warp's instruction count when its current Run began (Instructions is added to per Run)
     public long PreWaitDramTrips, PreWaitL2Trips, PreWaitInstructions;
     private bool _waited;
-    // the same figures at the warp's first tail mark (pmevent TailEvent: kernels/common.cuh, tail_begin()), or -1 without one
-    private long _tailStartDram = -1, _tailStartL2, _tailStartInstructions;
+    // the same figures at the warp's first tail mark (pmevent TailEvent: kernels/common.cuh, tail_begin()) and at its first
+    // stream mark (pmevent StreamEvent: stream_begin()), null without one
+    private (long Instructions, long DramTrips, long L2Trips)? _tailStart, _streamStart;
     /// <summary>The warp's chain from its first tail mark on (its round trips and instructions), all zero without one.</summary>
     public (long Instructions, long DramTrips, long L2Trips) Tail =>
-        _tailStartDram < 0 ? (0, 0, 0) : (Instructions - _tailStartInstructions, DramTrips - _tailStartDram, L2Trips - _tailStartL2);
+        _tailStart is { } m ? (Instructions - m.Instructions, DramTrips - m.DramTrips, L2Trips - m.L2Trips) : (0, 0, 0);
     /// <summary>The pmevent number our kernels use to mark where a launch's tail begins (tail_begin() in kernels/common.cuh).</summary>
     public const int TailEvent = 7;
-    // the same figures at the warp's first stream mark (pmevent StreamEvent: kernels/common.cuh, stream_begin()), or -1
-    private long _streamStartDram = -1, _streamStartL2, _streamStartInstructions;
     /// <summary>
     /// The warp's chain from its first griddepcontrol.wait (or its start, without one) to its first stream mark: the
     /// round trips and instructions before its first weight request when the weights' addresses depend on what it read
     /// after the wait; all zero without a mark, or with one before the wait (the wait's figures are then past the mark's).
     /// </summary>
     public (long Instructions, long DramTrips, long L2Trips) Head =>
-        _streamStartDram < 0 ? (0, 0, 0)
-        : (Math.Max(0, _streamStartInstructions - PreWaitInstructions), Math.Max(0, _streamStartDram - PreWaitDramTrips), Math.Max(0, _streamStartL2 - PreWaitL2Trips));
+        _streamStart is { } m
+            ? (Math.Max(0, m.Instructions - PreWaitInstructions), Math.Max(0, m.DramTrips - PreWaitDramTrips), Math.Max(0, m.L2Trips - PreWaitL2Trips))
+            : (0, 0, 0);
     /// <summary>The pmevent number our kernels use to mark where a CTA's weight stream begins (stream_begin() in kernels/common.cuh).</summary>
     public const int StreamEvent = 6;
     /// <summary>The warp executed griddepcontrol.wait (its CTA counts in <see cref="Counters.WaitingCtas"/>).</summary>
@@ -131,9 +131,7 @@ internal sealed partial class Warp
         _tripOpen = _tripFresh = false;
         PreWaitDramTrips = PreWaitL2Trips = PreWaitInstructions = 0;
         _waited = false;
-        _tailStartDram = -1;
-        _streamStartDram = -1;
-        _tailStartL2 = _tailStartInstructions = 0;
+        _tailStart = _streamStart = null;
         _preWait = fn.HasGridDepWait ? Existing : 0;
     }
 

@@ -19,10 +19,7 @@ internal sealed unsafe partial class Warp
         {
             // the warp's part before its first wait: the trip in flight is one of it (the loads after the wait start anew)
             _waited = true;
-            CloseTrip();
-            PreWaitDramTrips = DramTrips;
-            PreWaitL2Trips = L2Trips;
-            PreWaitInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
+            (PreWaitInstructions, PreWaitDramTrips, PreWaitL2Trips) = MarkCounts();
         }
         _preWait &= ~exec;
     }
@@ -35,20 +32,15 @@ internal sealed unsafe partial class Warp
     private void PmEvent(Instr ins)
     {
         var ev = ins.Ops[0].Imm;
-        if (ev == TailEvent && _tailStartDram < 0)
-        {
-            CloseTrip();
-            _tailStartDram = DramTrips;
-            _tailStartL2 = L2Trips;
-            _tailStartInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
-        }
-        else if (ev == StreamEvent && _streamStartDram < 0)
-        {
-            CloseTrip();
-            _streamStartDram = DramTrips;
-            _streamStartL2 = L2Trips;
-            _streamStartInstructions = Instructions + (Cta.Counters.WarpInstructions - _runStart);
-        }
+        if (ev == TailEvent && _tailStart is null) _tailStart = MarkCounts();
+        else if (ev == StreamEvent && _streamStart is null) _streamStart = MarkCounts();
+    }
+
+    // the warp's figures at a mark or its first wait: the trip in flight closed, the instructions of the current Run included
+    private (long Instructions, long DramTrips, long L2Trips) MarkCounts()
+    {
+        CloseTrip();
+        return (Instructions + (Cta.Counters.WarpInstructions - _runStart), DramTrips, L2Trips);
     }
 
     private void GridDepLaunch(Instr ins, uint exec)
