@@ -163,6 +163,25 @@ public class PdlTimingModelTests
     }
 
     /// <summary>
+    /// A stage of a stage-ordered launch measured apart is predicted alone, but it runs in the composed launch's window:
+    /// the spare DRAM after it is the DRAM time the composition left idle in that window, less one latency, not what its
+    /// time alone leaves. The DRAM-bound stream above as such a stage with 1.0 us of idle DRAM: (1000 - 500) ns x 800 GB/s
+    /// = 400000 bytes of the GEMV's 491520 pre-wait bytes; with 10.5 us idle, all of them (the L2 cap, 524288, is above).
+    /// </summary>
+    [Test]
+    public void AfterAComposedStage_TheSpareIsTheIdleDramOfItsWindow()
+    {
+        var stream = KernelTimingModel.Predict(Launch("stream", 40, 256, 8_000_000, 1), Regs32, Toy);
+        var gemv = KernelTimingModel.Predict(Gemv(), Regs32, Toy);
+        Assert.That(KernelTimingModel.PrefetchOverlap(Toy, gemv, stream).SpareDramBytes, Is.Zero, "alone: DRAM-bound, nothing spare");
+        var o = KernelTimingModel.PrefetchOverlap(Toy, gemv, stream with { ComposedDramIdleUs = 1.0 });
+        Assert.That(o.SpareDramBytes, Is.EqualTo(400_000).Within(1));
+        Assert.That((o.Bytes, o.Limit), Is.EqualTo((o.SpareDramBytes, OverlapLimit.PredecessorDram)));
+        var idle = KernelTimingModel.PrefetchOverlap(Toy, gemv, stream with { ComposedDramIdleUs = 10.5 });
+        Assert.That((idle.Bytes, idle.Limit), Is.EqualTo((491_520L, OverlapLimit.PreWaitBytes)));
+    }
+
+    /// <summary>
     /// Residency: the predecessor is 70 latency-bound CTAs of 8 warps (5.1 us, 70 KiB), 7 per SM: 56 of 64 warps and
     /// 57344 of 65536 registers taken, room for 2 GEMV CTAs of 4 warps per SM, 20 of its 40 CTAs: half of its 960 KiB of
     /// pre-wait bytes, 491520, overlap (spare (5100 - 500) x 800 - 71680 = 3608320 bytes; L2 cap 524288).

@@ -24,7 +24,9 @@ public class PersistentWhatIfTests
     /// <summary>
     /// Nothing fetched ahead, release 0.2 us: stage 0 issues 80,000 bytes in 100 ns, its last arrives at 600 ns; stage 1
     /// is ready at 800 ns, issues 160,000 bytes in 200 ns, done at 1,000 + 500 = 1,500 ns. The DRAM has nothing to
-    /// issue from 100 to 800 ns: 0.7 us idle, on stage 0 (its last bytes in flight, then the release).
+    /// issue from 100 to 800 ns: 0.7 us idle, on stage 0 (its last bytes in flight, then the release). After stage 1's
+    /// last byte is issued (1,000 ns) the DRAM has nothing to issue until it is done: 0.5 us at the launch's end (0.7 when its work,
+    /// 0.9 us from ready, ends at 1,700 ns), in which a kernel after the launch may prefetch.
     /// </summary>
     [Test]
     public void NothingAhead_StagesRunOneAfterAnother_EachPayingTheLatencyAndTheRelease()
@@ -35,6 +37,9 @@ public class PersistentWhatIfTests
         Assert.That(c.LaunchUs, Is.EqualTo(1.5).Within(Tol));
         Assert.That((c.Stages[0].IdleUs, c.Stages[1].IdleUs, c.IdleBudgetFullUs), Is.EqualTo((0.7, 0.0, 0.0)).Within(Tol));
         Assert.That(c.Stages[1].FetchedAheadBytes, Is.Zero);
+        Assert.That(c.EndIdleUs, Is.EqualTo(0.5).Within(Tol), "the last bytes' latency");
+        var work = PersistentWhatIf.Compose(Toy, [Stage(80_000), Stage(160_000, workUs: 0.9)], lookaheadBytes: 1 << 20, releaseUs: 0.2);
+        Assert.That((work.LaunchUs, work.EndIdleUs), Is.EqualTo((1.7, 0.7)).Within(Tol), "ready at 0.8, 0.9 us of work: done at 1.7 us, 0.7 after the last issue");
     }
 
     /// <summary>

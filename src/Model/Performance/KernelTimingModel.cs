@@ -66,6 +66,13 @@ public sealed record KernelPrediction
     /// launch (<see cref="StepPredictor"/>).
     /// </summary>
     public bool ContinuesLaunch { get; init; }
+    /// <summary>
+    /// The last stage of a stage-ordered launch measured apart: the DRAM time its window in the composed launch leaves idle
+    /// (<see cref="PersistentStageTiming.IdleUs"/> and <see cref="PersistentComposition.EndIdleUs"/>), which bounds what
+    /// the next kernel prefetches in its shadow instead of <see cref="LastWaveUs"/> (the stage's time alone, not its time
+    /// in the launch); null otherwise.
+    /// </summary>
+    public double? ComposedDramIdleUs { get; init; }
     /// <summary>The launch's time on its own, without the overlap (what a kernel-by-kernel measurement sees).</summary>
     public double IsolatedMicroseconds => Overlap?.IsolatedMicroseconds ?? Microseconds;
 }
@@ -199,8 +206,11 @@ public static class KernelTimingModel
         long waiting = k.Launch.WaitingCtas > 0 ? Math.Min(k.Launch.WaitingCtas, k.Ctas) : k.Ctas;
         double fraction = Math.Min(1.0, (double)resident / waiting);
         // the DRAM bytes that wave moves for itself, and what it leaves unused after the first latency (bytes = ns × GB/s)
+        // (a stage of a composed launch: the DRAM time its window there leaves idle, less the first latency)
         double ownBytes = (double)predecessor.DramBytes * c / predecessor.Ctas;
-        long spare = (long)Math.Max(0, (predecessor.LastWaveUs * 1000 - g.DramLatencyNs) * g.DramAchievableGBps - ownBytes);
+        long spare = predecessor.ComposedDramIdleUs is double idleUs
+            ? (long)Math.Max(0, (idleUs * 1000 - g.DramLatencyNs) * g.DramAchievableGBps)
+            : (long)Math.Max(0, (predecessor.LastWaveUs * 1000 - g.DramLatencyNs) * g.DramAchievableGBps - ownBytes);
         long byResidency = (long)(preWait * fraction);
         bool triggers = predecessor.Launch.ProgrammaticLaunch;
         long bytes = triggers ? Math.Min(Math.Min(byResidency, spare), l2Cap) : 0;

@@ -101,6 +101,11 @@ public sealed record PersistentComposition
     public required long LookaheadBytes { get; init; }
     public required double ReleaseUs { get; init; }
     public required IReadOnlyList<PersistentStageTiming> Stages { get; init; }
+    /// <summary>
+    /// The DRAM time from the last stage's last byte issued to that stage done (its last latency and the chain after
+    /// it), in no stage's <see cref="PersistentStageTiming.IdleUs"/>: what the kernel after the launch may prefetch in.
+    /// </summary>
+    public double EndIdleUs { get; init; }
     /// <summary>From the launch's start to the last stage done.</summary>
     public double LaunchUs => Stages.Count == 0 ? 0 : Stages[^1].DoneUs;
     public long DramBytes => Stages.Sum(s => s.Stage.DramBytes);
@@ -325,7 +330,8 @@ public static class PersistentWhatIf
         var readySeen = new bool[n];
         double heldTotal = 0, releaseNs = releaseUs * 1000, nextCap = g.L2Bytes * g.L2ResidencyFraction;
         int cur = 0, released = 0, firstAhead = 1;
-        for (long t = 0; cur < n; t++)
+        long t = 0;
+        for (; cur < n; t++)
         {
             while (released < cur && done[released] <= t) heldTotal -= held[released++];
             bool running = t >= ready[cur];
@@ -383,6 +389,8 @@ public static class PersistentWhatIf
         return new PersistentComposition
         {
             Gpu = g, LookaheadBytes = lookaheadBytes, ReleaseUs = releaseUs,
+            // the last stage's bytes are all issued at t: the DRAM has nothing left to issue until it is done
+            EndIdleUs = n > 0 ? Math.Max(0, done[n - 1] - t) / 1000 : 0,
             Stages = Enumerable.Range(0, n).Select(s => new PersistentStageTiming(stages[s], ready[s] / 1000, done[s] / 1000,
                 (long)Math.Round(fetchedAhead[s]), idle[s] / 1000, idleFull[s] / 1000)).ToList(),
         };

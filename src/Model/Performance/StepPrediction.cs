@@ -129,6 +129,7 @@ public static class StepPredictor
                 Microseconds = c.Stages[k].DoneUs - from, DramBytes = c.Stages[k].Stage.DramBytes,
                 // the composition took the overlap's bytes off the first stage: its time without them is not this stage's
                 Overlap = k == 0 && overlap is not null ? overlap with { IsolatedMicroseconds = c.Stages[0].DoneUs } : null, ContinuesLaunch = k > 0,
+                ComposedDramIdleUs = k == alone.Count - 1 ? c.Stages[k].IdleUs + c.EndIdleUs : null,
             };
         }
     }
