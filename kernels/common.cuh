@@ -213,7 +213,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p)
 // Weights of a LATER kernel (not the next one) into L2 with the evict_last priority, [base, base + bytes) spread over the
 // grid's threads, one 128-byte line per thread per turn (docs/timing-model.md, "Weights fetched ahead"): a latency-bound
 // kernel leaves the DRAM idle, and lines fetched with evict_last outlive the streaming traffic in between (the runtime
-// sets L2 aside for persisting lines). Issue it after pdl_wait(): it is not the kernel's own pre-wait prefetch. A null
+// sets L2 aside for persisting lines). A GEMV issues it after pdl_wait(), behind its own pre-wait prefetch; a kernel whose
+// own stream cannot begin before its inputs (moe_experts_gemv) issues it before, so it fills that wait. A null
 // base or no bytes: nothing. sm_80 and newer (PTX ISA 7.4); nothing before. This is part `part` of `parts` equal shares
 // of the lines (a CTA's share when `parts` CTAs fetch them: a persistent launch's tiles of one stage).
 __device__ __forceinline__ void prefetch_l2_evict_last_share(const void* base, long long bytes, long long part, long long parts)

@@ -71,9 +71,10 @@ public class DenseModelDeviceTests
     /// <summary>
     /// The decode step's o_proj GEMV and router fetch the first bytes of the next weight stream ahead (docs/timing-model.md,
     /// "Weights fetched ahead"): of min(FetchAheadBytes, the tensor) of the next layer's qkv weight (the lm_head after the
-    /// last layer), each layer's o_proj prefetches the first OProjFetchAheadBytes and its moe_router_norm_topk the rest,
-    /// with evict_last, and that GEMV then finds them all L2-resident; 0 turns it off. The tiny model's tensors are small,
-    /// so a 1 KiB budget (384 bytes of it o_proj's) shows the bounds. The logits do not change.
+    /// last layer), each layer's o_proj prefetches the first OProjFetchAheadBytes, its moe_experts_gemv the last
+    /// ExpertsFetchAheadBytes (before its wait) and its moe_router_norm_topk the rest, with evict_last, and that GEMV then
+    /// finds them all L2-resident; 0 turns it off. The tiny model's tensors are small, so a 1 KiB budget (384 bytes of it
+    /// o_proj's, 256 the experts') shows the bounds. The logits do not change.
     /// </summary>
     [Test]
     public void DecodeOProjAndRouter_FetchTheNextWeightsAhead()
@@ -82,7 +83,8 @@ public class DenseModelDeviceTests
         {
             using var device = new Qwen3Cuda.Runtime.Emulation.EmulatedDevice();
             using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(),
-                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384 });
+                new DeviceModelOptions { ContextLength = 64, PageSize = 4, PrefillChunkTokens = 16, MaxBatch = 2, UseGraphs = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384,
+                    ExpertsFetchAheadBytes = 256 });
             int token = dm.ForwardGreedy(0, [1, 2, 3, 4, 5]);
             device.ClearLaunches();
             int next = dm.ForwardGreedy(0, [token]);
@@ -94,7 +96,11 @@ public class DenseModelDeviceTests
         Assert.That(on, Is.EqualTo(off), "a cache hint: the tokens do not depend on it");
         var routers = withFetch.Where(r => r.Kernel == "moe_router_norm_topk").ToList();
         Assert.That(routers, Is.Not.Empty);
-        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 384) / 32), "the rest of 1 KiB of each next tensor, each sector once");
+        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 384 - 256) / 32), "the rest of 1 KiB of each next tensor, each sector once");
+        var experts = withFetch.Where(r => r.Kernel == "moe_experts_gemv").ToList();
+        Assert.That(experts, Has.Count.EqualTo(routers.Count));
+        Assert.That(experts.Select(r => r.PersistingSectors), Is.All.EqualTo(256 / 32), "the experts: the last 256 bytes");
+        Assert.That(experts.Select(r => r.PreWaitSectors), Is.All.EqualTo(256 / 32), "before their wait, and nothing else before it");
         var oProjs = withFetch.Where((r, i) => i > 0 && withFetch[i - 1].Kernel == "attn_decode_fused").ToList();
         Assert.That(oProjs, Has.Count.EqualTo(routers.Count), "one o_proj GEMV per layer");
         Assert.That(oProjs.Select(r => r.PersistingSectors), Is.All.EqualTo(384 / 32), "o_proj: the first 384 bytes");
@@ -297,15 +303,16 @@ public class DenseModelDeviceTests
 
     /// <summary>
     /// With the attention block as one launch, its o_proj tiles take o_proj's share of the bytes fetched ahead (docs/timing-model.md,
-    /// "Weights fetched ahead"): on the small checkpoint with a 1 KiB budget, 384 bytes of it o_proj's, each block launch
-    /// prefetches the first 384 bytes of the next weights with evict_last, the router the rest, and the next layer's block
-    /// (or the lm_head GEMV) finds all 1 KiB L2-resident. The logits do not change.
+    /// "Weights fetched ahead"): on the small checkpoint with a 1 KiB budget, 384 bytes of it o_proj's and 256 the
+    /// experts', each block launch prefetches the first 384 bytes of the next weights with evict_last, the experts launch
+    /// the last 256, the router the rest, and the next layer's block (or the lm_head GEMV) finds all 1 KiB L2-resident.
+    /// The logits do not change.
     /// </summary>
     [Test]
     public void PersistentAttentionBlock_OProjTiles_FetchTheNextWeightsAhead()
     {
         float[][] Run(long fetchAhead, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches) =>
-            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, PersistentRouter = false, OProjEarlyFetchBytes = 0 }, out decodeLaunches);
+            SmallDecodeLogits(o => o with { PersistentAttentionBlock = true, ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, ExpertsFetchAheadBytes = 256, PersistentRouter = false, OProjEarlyFetchBytes = 0 }, out decodeLaunches);
         var on = Run(1024, out var with);
         var off = Run(0, out var without);
         for (int i = 0; i < on.Length; i++) Assert.That(on[i], Is.EqualTo(off[i]), $"{SmallDecodeSteps[i]}: a cache hint, the same bits");
@@ -313,7 +320,8 @@ public class DenseModelDeviceTests
         var routers = with.Where(r => r.Kernel == "moe_router_norm_topk").ToList();
         Assert.That(blocks, Has.Count.EqualTo(routers.Count).And.Count.GreaterThan(1));
         Assert.That(blocks.Select(r => r.PersistingSectors), Is.All.EqualTo(384 / 32), "the o_proj tiles: the first 384 bytes, each sector once");
-        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 384) / 32), "the router: the rest");
+        Assert.That(routers.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 384 - 256) / 32), "the router: the rest");
+        Assert.That(with.Where(r => r.Kernel == "moe_experts_gemv").Select(r => r.PersistingSectors), Is.All.EqualTo(256 / 32), "the experts: the last 256 bytes");
         Assert.That(without.Select(r => r.PersistingSectors), Is.All.Zero);
         // the launch after each layer's experts (the next block, or the lm_head GEMV) finds the 1 KiB resident
         List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> AfterExperts(List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> l) =>
@@ -330,15 +338,17 @@ public class DenseModelDeviceTests
     /// router runs as its fourth stage. The logits of the prompt, of two decode rows and of a run of 3 rows (which keeps the
     /// separate launches) are the same bits with it on (the default) and off, also as captured graphs and with the stages
     /// as launches apart (four per block); the recorded one-row step has one launch fewer per layer, no router launch. With a 1 KiB
-    /// fetch-ahead, 384 bytes of it o_proj's, each block launch now prefetches all of it (the router tiles the rest, before
-    /// their wait), and the next layer's block (or the lm_head GEMV) finds it L2-resident.
+    /// fetch-ahead, 384 bytes of it o_proj's and 256 the experts', each block launch now prefetches all but the experts'
+    /// share (the router tiles the rest, before their wait), and the next layer's block (or the lm_head GEMV) finds all of
+    /// it L2-resident.
     /// </summary>
     [Test]
     public void PersistentRouter_RunsTheRouterInTheAttentionBlock_SameLogits()
     {
         float[][] Run(bool router, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false, long fetchAhead = 1024) =>
             SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = true, PersistentRouter = router, PersistentStagesApart = apart,
-                ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, OProjEarlyFetchBytes = 0 }, out decodeLaunches);
+                ExpertsFollowOnQkv = false, FetchAheadBytes = fetchAhead, OProjFetchAheadBytes = 384, ExpertsFetchAheadBytes = 256, OProjEarlyFetchBytes = 0 },
+                out decodeLaunches);
         var on = Run(true, out var fused);
         var off = Run(false, out var separate);
         var replayed = Run(true, out _, graphs: true);
@@ -360,7 +370,8 @@ public class DenseModelDeviceTests
         Assert.That(separate.Count - fused.Count, Is.EqualTo(layers), "one launch fewer per layer: its router");
         Assert.That(fused.Any(r => r.Kernel == "moe_router_norm_topk"), Is.False, "no router launch");
         Assert.That(stageLaunches.Count(r => r.Stage is { Count: 4 }), Is.EqualTo(4 * blocks.Count), "stages apart: four launches per block");
-        Assert.That(blocks.Select(r => r.PersistingSectors), Is.All.EqualTo(1024 / 32), "the o_proj tiles' 384 bytes and the router tiles' rest, each sector once");
+        Assert.That(blocks.Select(r => r.PersistingSectors), Is.All.EqualTo((1024 - 256) / 32), "the o_proj tiles' 384 bytes and the router tiles' rest, each sector once");
+        Assert.That(fused.Where(r => r.Kernel == "moe_experts_gemv").Select(r => r.PersistingSectors), Is.All.EqualTo(256 / 32), "the experts: the last 256 bytes");
         var afterExperts = fused.Where((r, i) => i > 0 && fused[i - 1].Kernel == "moe_experts_gemv").ToList();
         var afterExpertsWithout = without.Where((r, i) => i > 0 && without[i - 1].Kernel == "moe_experts_gemv").ToList();
         Assert.That(afterExperts, Has.Count.EqualTo(afterExpertsWithout.Count).And.Count.EqualTo(blocks.Count), "the next layers' blocks and the lm_head GEMV");
@@ -371,7 +382,8 @@ public class DenseModelDeviceTests
     /// <summary>
     /// The fetch-ahead budget's defaults follow the router's path (docs/timing-model.md, "Weights fetched ahead"): 12 MiB,
     /// 2 of them o_proj's, when the router runs in the attention block (its tiles fetch before their wait); 8 MiB, 4 of them
-    /// o_proj's, when it is its own launch. A value set is used on both paths; a negative one is refused, named.
+    /// o_proj's, when it is its own launch; the experts' share, the last 2 MiB, on both. A value set is used on both paths; a
+    /// negative one is refused, named.
     /// </summary>
     [Test]
     public void FetchAhead_DefaultsFollowTheRoutersPath_AndNegativeBytesAreRefused()
@@ -379,8 +391,11 @@ public class DenseModelDeviceTests
         var d = new DeviceModelOptions();
         Assert.That((d.FetchAheadBytesFor(true), d.OProjFetchAheadBytesFor(true)), Is.EqualTo((12L << 20, 2L << 20)), "router in the block");
         Assert.That((d.FetchAheadBytesFor(false), d.OProjFetchAheadBytesFor(false)), Is.EqualTo((8L << 20, 4L << 20)), "router as its own launch");
-        var set = new DeviceModelOptions { FetchAheadBytes = 1024, OProjFetchAheadBytes = 0 };
-        Assert.That((set.FetchAheadBytesFor(true), set.OProjFetchAheadBytesFor(false)), Is.EqualTo((1024L, 0L)));
+        Assert.That(d.ExpertsFetchAheadBytesOrDefault, Is.EqualTo(2L << 20), "the experts' share");
+        var set = new DeviceModelOptions { FetchAheadBytes = 1024, OProjFetchAheadBytes = 0, ExpertsFetchAheadBytes = 0 };
+        Assert.That((set.FetchAheadBytesFor(true), set.OProjFetchAheadBytesFor(false), set.ExpertsFetchAheadBytesOrDefault), Is.EqualTo((1024L, 0L, 0L)));
+        Assert.That(() => new DeviceModelOptions { ExpertsFetchAheadBytes = -1 }.Validate(),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("ExpertsFetchAheadBytes").And.Message.Contains("must not be negative"));
         Assert.That(() => new DeviceModelOptions { FetchAheadBytes = -1 }.Validate(),
             Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("FetchAheadBytes").And.Message.Contains("must not be negative"));
         Assert.That(() => new DeviceModelOptions { OProjFetchAheadBytes = -1 }.Validate(),

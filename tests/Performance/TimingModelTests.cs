@@ -200,6 +200,30 @@ public class TimingModelTests
     }
 
     /// <summary>
+    /// Bytes a headed kernel requests before its wait (a later kernel's weights fetched ahead: moe_experts_gemv) stream during
+    /// its head. The headed stream above (two waves, 0.6 us heads) with 4,000 pre-wait bytes per CTA: the first wave's 80
+    /// CTAs request 320 KB, 0.4 us at 800 GB/s, so 0.2 us of its head leaves the DRAM idle; the tail wave's 20 CTAs 80 KB,
+    /// 0.1 us, so 0.5 us: 80.5 + 0.2 + 20.5 + 0.5 = 101.7 us. At 40,000 bytes per CTA both heads are full: 101.0 us, the
+    /// stream with no head. A kernel without a head gains nothing from its pre-wait bytes (they are its DRAM bytes).
+    /// </summary>
+    [Test]
+    public void PreWaitBytes_FillTheHead()
+    {
+        var stream = Launch(100, 256, dramBytes: 100 * 800_000L, warpDramTrips: 4, maxWarpInstructions: 100);
+        var headed = stream with { MaxWarpHeadL2RoundTrips = 2, MaxWarpHeadInstructions = 100 };
+        var res = new KernelResources(32, 0);
+        Near(KernelTimingModel.Predict(headed with { PreWaitSectors = 100 * 4_000 / 32 }, res, Toy).Microseconds, 101.7, "heads partly filled");
+        Near(KernelTimingModel.Predict(headed with { PreWaitSectors = 100 * 40_000 / 32 }, res, Toy).Microseconds, 101.0, "heads full: no idle DRAM");
+        Near(KernelTimingModel.Predict(stream with { PreWaitSectors = 100 * 40_000 / 32 }, res, Toy).Microseconds, 101.0, "no head: as before");
+        // pre-wait bytes fetched in the kernel before's shadow are in L2 already: they fill nothing (all 400 KB of them
+        // overlapped: 79.6 + 0.5 + 0.6 and 19.9 + 0.5 + 0.6)
+        Near(KernelTimingModel.Predict(headed with { PreWaitSectors = 100 * 4_000 / 32 }, res, Toy, overlappedBytes: 400_000).Microseconds, 101.7,
+            "overlapped: the full heads, on fewer bytes");
+        Near(KernelTimingModel.Predict(headed with { PreWaitSectors = 100 * 40_000 / 32 }, res, Toy, overlappedBytes: 2_000_000).Microseconds, 101.0 - 2.5 + 0.1,
+            "2 MB of 4 MB overlapped: 2 MB fewer bytes (2.5 us); the first wave's 1.6 MB (2 us) fills its head, the tail's 0.4 MB (0.5 us) its 0.6 us but 0.1");
+    }
+
+    /// <summary>
     /// With the warps' own tails recorded (LaunchRecord.TailChains), the tail is the longest of them, not a chain of the
     /// maxima: one warp's 3 L2 trips and 10 instructions (0.6 + 0.02 us) and another's 1 trip and 200 instructions
     /// (0.2 + 0.4 us) give 0.62 us, where the maxima (3 trips, 200 instructions) would give 1.0.

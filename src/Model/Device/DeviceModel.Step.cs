@@ -380,9 +380,12 @@ public sealed partial class DeviceModel
         bool block = AttentionBlockAsOneLaunch(layer, s);   // (only when the qkv projection did not run ahead)
         bool routerInBlock = block && RouterInAttentionBlock(layer, s);
         long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytesFor(routerInBlock)) : 0;
-        // o_proj fetches the first OProjFetchAheadBytes of the next weights, the router the rest (docs/timing-model.md,
-        // "Weights fetched ahead")
+        // o_proj fetches the first OProjFetchAheadBytes of the next weights, the experts launch the last
+        // ExpertsFetchAheadBytes (before its wait: docs/timing-model.md, "The head"), the router the rest between them
+        // (docs/timing-model.md, "Weights fetched ahead")
         long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytesFor(routerInBlock));
+        long expertsAhead = Math.Min(ahead - oProjAhead, Plan.Options.ExpertsFetchAheadBytesOrDefault);
+        var fetch = new FetchAheadShares(W(next), ahead, oProjAhead, expertsAhead);
         // The attention block as one launch (PersistentAttentionBlock): qkv -> attention -> o_proj (+residual), the same
         // bits as the launches below; its o_proj tiles fetch o_proj's share of the next weights.
         if (block)
@@ -396,11 +399,11 @@ public sealed partial class DeviceModel
             {
                 var mws = MoeWorkspace.Compute(rows, _mlpShapes[layer]);
                 router = new AttentionBlockRouter(_mlpShapes[layer], W(L.PostNorm), eps, W(L.Router!), Ws(w.H), Ws(w.Moe) + mws.Logits,
-                    Ws(w.Moe) + mws.TopkIds, Ws(w.Moe) + mws.TopkWeights, W(next) + oProjAhead, ahead - oProjAhead);
+                    Ws(w.Moe) + mws.TopkIds, Ws(w.Moe) + mws.TopkWeights, fetch.Router, fetch.RouterBytes);
             }
             _persistentAttn!.AttentionBlock(_stream, _attn, weights, args, DecodeRope(layer), Ws(w.PersistentCounters),
                 stagesApart: Plan.Options.PersistentStagesApart, router: router);
-            MlpStep(layer, s, next, ahead, oProjAhead, routed: router is not null);
+            MlpStep(layer, s, fetch, routed: router is not null);
             return;
         }
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
@@ -449,15 +452,27 @@ public sealed partial class DeviceModel
         // the first bytes of the next weight stream (the next layer's qkv, or the lm_head after the last layer) into L2 with
         // evict_last, o_proj the first OProjFetchAheadBytes, the router the rest (docs/timing-model.md, "Weights fetched ahead")
         Project(Ws(w.X), H, Ws(w.Attn), qDim, L.OProj, Ws(w.X), rows, H, qDim, fetchAhead: oProjAhead > 0 ? W(next) : default, fetchAheadBytes: oProjAhead);
-        MlpStep(layer, s, next, ahead, oProjAhead);
+        MlpStep(layer, s, fetch);
     }
 
     /// <summary>
-    /// The MLP half of a layer: x += MLP(RMSNorm(x)). On a MoE decode step the router fetches the next weights' bytes
-    /// from <paramref name="oProjAhead"/> to <paramref name="ahead"/> into L2 (o_proj fetched those before).
+    /// How a MoE decode layer's fetch-ahead of <paramref name="Next"/> (the next weight stream) is shared: o_proj the first
+    /// <paramref name="OProjBytes"/>, the experts launch the last <paramref name="ExpertsBytes"/> of the
+    /// <paramref name="Bytes"/>, the router what lies between (docs/timing-model.md, "Weights fetched ahead").
+    /// </summary>
+    private readonly record struct FetchAheadShares(DevicePtr Next, long Bytes, long OProjBytes, long ExpertsBytes)
+    {
+        public DevicePtr Router => Next + OProjBytes;
+        public long RouterBytes => Bytes - OProjBytes - ExpertsBytes;
+        public DevicePtr Experts => Next + (Bytes - ExpertsBytes);
+    }
+
+    /// <summary>
+    /// The MLP half of a layer: x += MLP(RMSNorm(x)). On a MoE decode step the router and the experts launch fetch their
+    /// shares of the next weights into L2 (<paramref name="fetch"/>; o_proj fetched its share before).
     /// <paramref name="routed"/>: the attention block ran the router (h, the top-k ids and weights are in the workspace).
     /// </summary>
-    private void MlpStep(int layer, StepShape s, DeviceTensor next, long ahead, long oProjAhead, bool routed = false)
+    private void MlpStep(int layer, StepShape s, FetchAheadShares fetch, bool routed = false)
     {
         var c = Config;
         var w = Plan.Workspace;
@@ -478,7 +493,8 @@ public sealed partial class DeviceModel
                         followOn = new ExpertsFollowOn(Ws(w.Qkv), qkvDim, Ws(w.X), H, W(nextLayer.Qkv), W(nextLayer.InputNorm), eps, qkvDim, H);
                 }
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), W(next) + oProjAhead, ahead - oProjAhead, followOn, routed);
+                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), fetch.Router, fetch.RouterBytes, followOn, routed,
+                    fetch.Experts, fetch.ExpertsBytes);
                 _qkvRanAhead = followOn is not null;
                 return;
             }

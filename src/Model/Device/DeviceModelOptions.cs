@@ -56,6 +56,14 @@ public sealed record DeviceModelOptions
     /// (its tiles fetch before their wait, so more of the bytes go there), else 4 MiB.
     /// </summary>
     public long? OProjFetchAheadBytes { get; init; }
+    /// <summary>
+    /// The decode experts launch's share of <see cref="FetchAheadBytes"/> (the last bytes; at most what o_proj leaves), fetched
+    /// before its wait: those bytes stream while its CTAs read their tickets and the expert ids, before the experts'
+    /// own weight addresses are known, where the DRAM would otherwise idle (docs/timing-model.md, "The head"). The router
+    /// fetches what o_proj and the experts leave. Null (the default): 2 MiB, about that head at 3-5 TB/s with room to
+    /// spare. 0 turns it off. Results do not depend on it.
+    /// </summary>
+    public long? ExpertsFetchAheadBytes { get; init; }
 
     /// <summary>
     /// The first bytes of a layer's o_proj weight that the attention block's qkv tiles (<see cref="PersistentAttentionBlock"/>)
@@ -88,6 +96,8 @@ public sealed record DeviceModelOptions
     public long FetchAheadBytesFor(bool routerInBlock) => FetchAheadBytes ?? (routerInBlock ? 12L << 20 : 8L << 20);
     /// <summary>o_proj's share of them: <see cref="OProjFetchAheadBytes"/>, or its default for the path.</summary>
     public long OProjFetchAheadBytesFor(bool routerInBlock) => OProjFetchAheadBytes ?? (routerInBlock ? 2L << 20 : 4L << 20);
+    /// <summary>The experts' share of them: <see cref="ExpertsFetchAheadBytes"/>, or its default.</summary>
+    public long ExpertsFetchAheadBytesOrDefault => ExpertsFetchAheadBytes ?? 2L << 20;
     /// <summary>
     /// On a MoE decode step of at most 4 rows, the decode experts launch also runs the next layer's qkv projection (with its
     /// input RMSNorm) as its last tiles, when that GEMV's weights are bf16 and its shape qualifies
@@ -217,6 +227,7 @@ public sealed record DeviceModelOptions
         if (MaxBatch < 1 || MaxBatch > MaxBatchLimit) throw new ArgumentOutOfRangeException(nameof(MaxBatch), $"max batch {MaxBatch} must be in [1, {MaxBatchLimit}]");
         if (FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(FetchAheadBytes), $"bytes fetched ahead {FetchAheadBytes} must not be negative (0 turns it off)");
         if (OProjFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjFetchAheadBytes), $"o_proj's share of the bytes fetched ahead {OProjFetchAheadBytes} must not be negative (0: the router fetches them all)");
+        if (ExpertsFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(ExpertsFetchAheadBytes), $"the experts' share of the bytes fetched ahead {ExpertsFetchAheadBytes} must not be negative (0: none)");
         if (OProjEarlyFetchBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjEarlyFetchBytes), $"o_proj's bytes the qkv tiles prefetch {OProjEarlyFetchBytes} must not be negative (0 turns it off)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");

@@ -265,6 +265,8 @@ public static class KernelTimingModel
         double bytesPerWarpTrip = r.DramRoundTrips > 0 ? (double)dram / r.DramRoundTrips : 0;
         long overlapped = Math.Clamp(overlappedBytes, 0, dram);
         double kept = dram > 0 ? (double)(dram - overlapped) / dram : 1;
+        // pre-wait bytes not fetched in the kernel before's shadow: requested before the wait, so in flight during the head
+        long preWaitLeft = Math.Max(0, Math.Min(r.PreWaitSectors * 32, dram) - overlapped);
         dram -= overlapped;
         l2 += overlapped;   // in L2 when the kernel loads them after the wait (a prefetch is no load request: no re-read counted)
 
@@ -295,15 +297,19 @@ public static class KernelTimingModel
         }
 
         // the head: a CTA whose weights' addresses depend on what it reads after its wait (the experts' ids) issues its
-        // first weight request only after that chain (its stream mark): the longest warp's, its trips as measured
+        // first weight request only after that chain (its stream mark): the longest warp's, its trips as measured. Its
+        // pre-wait bytes (a later kernel's weights fetched ahead) were requested before it and stream during it.
         double headUs = ChainUs(g, r.MaxWarpHeadDramRoundTrips, r.MaxWarpHeadL2RoundTrips, r.MaxWarpHeadInstructions);
+        double preWaitLeftPerCta = (double)preWaitLeft / ctas;
 
         Wave Run(long c)
         {
             long k = (c + g.Sms - 1) / g.Sms;                       // CTAs on the busiest SM
             double bytes = c * dramPerCta;
-            // the first bytes arrive one latency after the wave's head, then they stream at the achievable bandwidth
-            double atPeak = bytes > 0 ? headUs + (g.DramLatencyNs + bytes / g.DramAchievableGBps) / 1000.0 : 0;   // bytes / (GB/s) = ns
+            // the first bytes arrive one latency after the wave's head (less what its pre-wait bytes kept the DRAM busy
+            // with meanwhile), then they stream at the achievable bandwidth
+            double idleHeadNs = Math.Max(0, headUs * 1000 - c * preWaitLeftPerCta / g.DramAchievableGBps);
+            double atPeak = bytes > 0 ? (idleHeadNs + g.DramLatencyNs + bytes / g.DramAchievableGBps) / 1000.0 : 0;   // bytes / (GB/s) = ns
             double little = tripsPerWarp * g.DramLatencyNs / 1000.0; // = bytes / (bytes in flight / latency)
             double l2Us = c * l2PerCta / (g.L2BytesPerClock * g.ClockHz) * 1e6;
             double fill = k * (dramPerCta + l2PerCta) / (g.SmFillBytesPerClock * g.ClockHz) * 1e6;

@@ -82,12 +82,13 @@ public sealed class MoeLaunchers
     /// <paramref name="fetchAheadBytes"/> of <paramref name="fetchAhead"/> (a later kernel's weights) into L2.
     /// <paramref name="routed"/> (decode): an earlier launch ran that router (the attention block's router stage,
     /// <see cref="AttentionBlockRouter"/>): h is in <paramref name="normOut"/> and the top-k ids and weights in the
-    /// workspace's places, so only the experts run.
+    /// workspace's places, so only the experts run. The decode experts launch fetches <paramref name="expertsFetchAheadBytes"/>
+    /// of <paramref name="expertsFetchAhead"/> into L2 before its wait (<see cref="ExpertsGemv"/>).
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
         DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0,
-        ExpertsFollowOn? followOn = null, bool routed = false)
+        ExpertsFollowOn? followOn = null, bool routed = false, DevicePtr expertsFetchAhead = default, long expertsFetchAheadBytes = 0)
     {
         CheckShape(shape, decodeOnly: false);
         if (followOn is not null && tokens > DecodeMaxTokens)
@@ -114,7 +115,7 @@ public sealed class MoeLaunchers
         if (tokens <= DecodeMaxTokens)
         {
             ExpertsGemv(stream, shape, tokens, hidden, gateUp, down, ids, inter, slotOut, weights, residual, output,
-                workspace + ws.ExpertsSync, followOn: followOn);
+                workspace + ws.ExpertsSync, followOn: followOn, fetchAhead: expertsFetchAhead, fetchAheadBytes: expertsFetchAheadBytes);
             return;   // the combine ran in the down tiles
         }
         else
@@ -258,11 +259,16 @@ public sealed class MoeLaunchers
     /// bit. <paramref name="sync"/>: <see cref="MoeWorkspace.ExpertsSyncInts"/> ints, zero on entry, left zero. <paramref name="cooperative"/> asks for a
     /// co-resident launch (tests: the emulator then runs the CTAs in turns). <paramref name="followOn"/>: a GEMV on the
     /// block's output run as the launch's last tiles (<see cref="ExpertsFollowOn"/>; <see cref="CanFollowOn"/> must hold).
+    /// <paramref name="fetchAhead"/>: a later kernel's weights (the next layer's qkv), of which the first
+    /// <paramref name="fetchAheadBytes"/> go into L2 with evict_last before the CTAs' wait, a share per CTA: they stream
+    /// while the CTAs read their tickets and the expert ids, before their own weights' addresses are known
+    /// (docs/timing-model.md, "The head").
     /// </summary>
     public void ExpertsGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, in WeightOperand down,
         DevicePtr topkIds, DevicePtr inter, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output,
-        DevicePtr sync, bool cooperative = false, ExpertsFollowOn? followOn = null)
+        DevicePtr sync, bool cooperative = false, ExpertsFollowOn? followOn = null, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
     {
+        if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "moe_experts_gemv: bytes to fetch ahead must not be negative");
         if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_experts_gemv: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its counters are sized for that)");
         if (sync.IsNull || output.IsNull || topkWeights.IsNull || slotOut.IsNull || inter.IsNull)
             throw new ArgumentException("moe_experts_gemv: needs counters (sync), routing weights, inter, y and an output");
@@ -306,6 +312,8 @@ public sealed class MoeLaunchers
             TilesPerCta = tilesPerCta,
             NextTiles = nextTiles,
             Next = next,
+            FetchAhead = fetchAhead,
+            FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
         };
         int smem = gateUp.Format != WeightFormat.Bf16 ? Math.Max(s.Hidden, s.TopK * s.Inter) * sizeof(ushort)   // quantized: the staged x row, or a token's k inter rows
             : nextTiles > 0 ? tokens * (followOn!.Value.K + GemvLaunchers.MmaPadElements) * sizeof(ushort) : 0;   // the follow-on's staged x

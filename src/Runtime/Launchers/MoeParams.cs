@@ -85,6 +85,8 @@ public struct MoeExpertsGemvParams
     public int TilesPerCta;         // tickets each CTA takes (grid * TilesPerCta >= the tiles)
     public int NextTiles;           // follow-on GEMV tiles (8 rows each), 0 for none
     public GemvParams Next;         // the follow-on GEMV (gemv_bf16_mma's parameters), unused when NextTiles is 0
+    public DevicePtr FetchAhead;    // a later kernel's weights, prefetched into L2 with evict_last before the wait, or null
+    public long FetchAheadBytes;
 }
 
 /// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>
