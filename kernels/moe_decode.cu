@@ -477,7 +477,9 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
 // its output rows, which x is read from, through L2). Its tickets are the last, so progress holds as above.
 // Memory traffic: the two kernels' (each weight once; the prefetch of a tile's rows is the same sectors; a down tile
 // reads its token's k inter rows from L2) + one atomic per ticket, one per gate_up release (and per down tile with a
-// follow-on GEMV), polling by one thread per waiting tile; a follow-on tile reads x (T * K * 2 bytes) from L2.
+// follow-on GEMV), polling by one thread per waiting tile; a follow-on tile reads x (T * K * 2 bytes) from L2; before its
+// wait each CTA prefetches its share of fetch_ahead_bytes of a later kernel's weights (evict_last), which stream during
+// the head (docs/timing-model.md, "The head").
 struct MoeExpertsGemvParams {
     MoeGateUpGemvParams gate_up;
     MoeDownGemvParams down;
