@@ -300,6 +300,33 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
+    /// The experts' launch after a router that is no launch of its own (the attention block's stage): its pre-wait bytes
+    /// are the next GEMV's weights fetched ahead (4 KiB, which that GEMV found in L2), so they move to the GEMV, and none of
+    /// the experts' own 8 KiB may come ahead (their addresses come from the router).
+    /// </summary>
+    [Test]
+    public void StagesOf_TheExpertsPreWaitBytesAreALaterKernels_NotTheirOwn()
+    {
+        static LaunchRecord Rec(string kernel, long distinct, long preWait = 0, long persisting = 0, long resident = 0) => new()
+        {
+            Kernel = kernel, Grid = new Dim3(4), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
+            Warps = 16, DramRoundTrips = 16, MaxWarpDramRoundTrips = 1, PreWaitSectors = preWait / 32, PersistingSectors = persisting / 32,
+            L2ResidentSectors = resident / 32, InGraph = true, ProgrammaticLaunch = true,
+        };
+        var records = new[]
+        {
+            Rec("moe_experts_gemv", 8192 + 4096, preWait: 4096, persisting: 4096),
+            Rec("gemv_bf16_t1", 4096 + 8192, preWait: 4096 + 8192, resident: 4096),
+        };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, records, [], _ => new KernelResources(32, 0));
+        Assert.That(PersistentWhatIf.StagesOf(p).Select(s => (s.Kernel, s.DramBytes, s.AheadBytes, s.AheadAfter)), Is.EqualTo(new[]
+        {
+            ("moe_experts_gemv", 8192L, 0L, -1),
+            ("gemv_bf16_t1", 12288L, 12288L, -1),
+        }));
+    }
+
+    /// <summary>
     /// A stage-ordered launch measured apart (LaunchConfig.Stage: one launch per stage, docs/timing-model.md section 7):
     /// three stage launches of 4-warp CTAs at 32 registers, 16 CTAs per SM on the toy's 10 SMs (160 at once), of 100, 40
     /// and 50 CTAs. Stage 1 and every stage before it fit at once (140 CTAs): it fetches ahead from the start; stage 2

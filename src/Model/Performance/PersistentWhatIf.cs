@@ -150,11 +150,13 @@ public static class PersistentWhatIf
             var r = a.Launch;
             long bytes = dram[i] + moved[i];
             // expert weights are known once the layer's router is done; other kernels' pre-wait bytes (weights, the KV of
-            // earlier steps) from the step's start
+            // earlier steps) from the step's start. The experts' own pre-wait bytes are never their weights (those depend on
+            // the router), only a later kernel's fetched ahead, which moved to it above: with no router launch before them
+            // (the router is the attention block's stage) only what was fetched for them may come ahead
             bool experts = r.Kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || r.Kernel.StartsWith("moe_down", StringComparison.Ordinal)
                 || r.Kernel.StartsWith("moe_experts", StringComparison.Ordinal);
             if (r.Kernel.StartsWith("moe_router", StringComparison.Ordinal)) router = i;
-            long ahead = experts && router >= 0 ? bytes : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
+            long ahead = experts ? (router >= 0 ? bytes : moved[i]) : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
             stages.Add(Stage(g, a, bytes, Math.Min(ahead, bytes), experts ? router : -1));
         }
         return stages;
