@@ -488,8 +488,8 @@ struct MoeExpertsGemvParams {
     int tiles_per_cta;       // consecutive tickets each CTA takes (grid * tiles_per_cta >= the tiles; past them: no work)
     int next_tiles;          // follow-on GEMV tiles (8 rows each), 0 for none; bf16 only, tokens <= 4
     GemvParams next;         // the follow-on GEMV (split_k 1; its norm_weight set for the prologue); unused when next_tiles is 0
-    const void* fetch_ahead; // weights of a later kernel (the next layer's qkv) fetched into L2 with evict_last before the
-    long long fetch_ahead_bytes; //   wait, so the DRAM streams them during the head; null / 0: none
+    const void* fetch_ahead; // bf16 only: weights of a later kernel (the next layer's qkv) fetched into L2 with evict_last
+    long long fetch_ahead_bytes; //   before the wait, so the DRAM streams them during the head; null / 0: none
 };
 
 // The CTAs per SM the launches are sized for (the launcher's grid is at most this many per SM, so the launch is one wave
@@ -588,8 +588,9 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     __shared__ int ids_s[EXPERTS_MAX_SLOTS];                // the slots' expert ids, read once
     // A later kernel's weights (its addresses known before the router ran), the grid's share each: in flight while the
     // CTA waits and takes its tickets and ids, the head in which its own stream cannot begin (docs/timing-model.md, "The
-    // head"). Weights only: nothing of the step writes them.
-    prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);
+    // head"). Weights only: nothing of the step writes them. bf16 only: the loop's registers made the int4 variant spill
+    // at sm_90 (the launcher refuses a fetch-ahead for the quantized ones).
+    if constexpr (QF == 0) prefetch_l2_evict_last_range(p.fetch_ahead, p.fetch_ahead_bytes);
     pdl_wait();                                            // the expert ids and x are the previous kernels'
     pdl_launch_dependents();
     // The CTA's tiles and the expert ids in one round trip: one atomic takes tiles_per_cta consecutive tickets (a tile

@@ -291,5 +291,10 @@ public class MoeExpertsGemvTests
             Throws.ArgumentException.With.Message.Contains("does not qualify (CanFollowOn)"));
         Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 5, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, followOn: fo),
             Throws.ArgumentException.With.Message.Contains("5 token(s)"));
+        // the fetch-ahead: bf16 experts only, never negative
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, int8, int8, p, p, p, p, DevicePtr.Null, q, p, fetchAhead: p, fetchAheadBytes: 1024),
+            Throws.ArgumentException.With.Message.Contains("fetch-ahead runs only with bf16 experts").And.Message.Contains("fetchAheadBytes"));
+        Assert.That(() => moe.ExpertsGemv(ctx.Stream, s, 1, p, bf16, bf16, p, p, p, p, DevicePtr.Null, q, p, fetchAhead: p, fetchAheadBytes: -1),
+            Throws.TypeOf<ArgumentOutOfRangeException>().With.Message.Contains("must not be negative"));
     }
 }

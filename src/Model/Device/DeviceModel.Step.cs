@@ -380,11 +380,12 @@ public sealed partial class DeviceModel
         bool block = AttentionBlockAsOneLaunch(layer, s);   // (only when the qkv projection did not run ahead)
         bool routerInBlock = block && RouterInAttentionBlock(layer, s);
         long ahead = L.IsMoe && rows <= MoeLaunchers.DecodeMaxTokens ? Math.Min(next.Bytes, Plan.Options.FetchAheadBytesFor(routerInBlock)) : 0;
-        // o_proj fetches the first OProjFetchAheadBytes of the next weights, the experts launch the last
+        // o_proj fetches the first OProjFetchAheadBytes of the next weights, a bf16 experts launch the last
         // ExpertsFetchAheadBytes (before its wait: docs/timing-model.md, "The head"), the router the rest between them
         // (docs/timing-model.md, "Weights fetched ahead")
         long oProjAhead = Math.Min(ahead, Plan.Options.OProjFetchAheadBytesFor(routerInBlock));
-        long expertsAhead = Math.Min(ahead - oProjAhead, Plan.Options.ExpertsFetchAheadBytesOrDefault);
+        bool bf16Experts = L.IsMoe && Operand(L.GateUp).Format == WeightFormat.Bf16;
+        long expertsAhead = bf16Experts ? Math.Min(ahead - oProjAhead, Plan.Options.ExpertsFetchAheadBytesOrDefault) : 0;
         var fetch = new FetchAheadShares(W(next), ahead, oProjAhead, expertsAhead);
         // The attention block as one launch (PersistentAttentionBlock): qkv -> attention -> o_proj (+residual), the same
         // bits as the launches below; its o_proj tiles fetch o_proj's share of the next weights.

@@ -61,7 +61,8 @@ public sealed record DeviceModelOptions
     /// before its wait: those bytes stream while its CTAs read their tickets and the expert ids, before the experts'
     /// own weight addresses are known, where the DRAM would otherwise idle (docs/timing-model.md, "The head"). The router
     /// fetches what o_proj and the experts leave. Null (the default): 2 MiB, about that head at 3-5 TB/s with room to
-    /// spare. 0 turns it off. Results do not depend on it.
+    /// spare. 0 turns it off. Bf16 experts only: with quantized experts the router keeps these bytes. Results do not
+    /// depend on it.
     /// </summary>
     public long? ExpertsFetchAheadBytes { get; init; }
 

@@ -259,7 +259,7 @@ public sealed class MoeLaunchers
     /// bit. <paramref name="sync"/>: <see cref="MoeWorkspace.ExpertsSyncInts"/> ints, zero on entry, left zero. <paramref name="cooperative"/> asks for a
     /// co-resident launch (tests: the emulator then runs the CTAs in turns). <paramref name="followOn"/>: a GEMV on the
     /// block's output run as the launch's last tiles (<see cref="ExpertsFollowOn"/>; <see cref="CanFollowOn"/> must hold).
-    /// <paramref name="fetchAhead"/>: a later kernel's weights (the next layer's qkv), of which the first
+    /// <paramref name="fetchAhead"/> (bf16 experts only): a later kernel's weights (the next layer's qkv), of which the first
     /// <paramref name="fetchAheadBytes"/> go into L2 with evict_last before the CTAs' wait, a share per CTA: they stream
     /// while the CTAs read their tickets and the expert ids, before their own weights' addresses are known
     /// (docs/timing-model.md, "The head").
@@ -276,6 +276,8 @@ public sealed class MoeLaunchers
             throw new ArgumentException($"moe_experts_gemv: gate_up is {gateUp.Format.Name()} but down is {down.Format.Name()}; one launch takes one format");
         if (followOn is not null && gateUp.Format != WeightFormat.Bf16)
             throw new ArgumentException($"moe_experts_gemv: a follow-on GEMV runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(followOn));
+        if (!fetchAhead.IsNull && fetchAheadBytes > 0 && gateUp.Format != WeightFormat.Bf16)
+            throw new ArgumentException($"moe_experts_gemv: a fetch-ahead runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(fetchAheadBytes));
         var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: true);
         WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
