@@ -49,7 +49,8 @@ public class MoeParamsLayoutTests
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);
     /// <summary>The two GEMVs' structs back to back (each a multiple of 8 bytes), then the counters' pointer, the tickets
-    /// per CTA and the follow-on tiles (two ints), and the follow-on GEMV's GemvParams (8-byte aligned).</summary>
+    /// per CTA and the follow-on tiles (two ints), the follow-on GEMV's GemvParams (8-byte aligned), then the fetch-ahead's
+    /// pointer and byte count (8 bytes each).</summary>
     [Test]
     public void ExpertsGemv()
     {
@@ -59,7 +60,10 @@ public class MoeParamsLayoutTests
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.TilesPerCta)), Is.EqualTo(gateUp + down + 8));
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.NextTiles)), Is.EqualTo(gateUp + down + 12));
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.Next)), Is.EqualTo(gateUp + down + 16));
-        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(gateUp + down + 16 + Marshal.SizeOf<GemvParams>()));
+        int next = gateUp + down + 16 + Marshal.SizeOf<GemvParams>();
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.FetchAhead)), Is.EqualTo(next));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.FetchAheadBytes)), Is.EqualTo(next + 8));
+        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(next + 16));
     }
 
     [Test] public void GateUpGemm() => Expect<MoeGateUpGemmParams>(6, 3, scales: true);
