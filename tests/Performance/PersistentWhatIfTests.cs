@@ -261,6 +261,17 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
+    /// A programmatic graph launch of 4 CTAs of 4 warps, one DRAM round trip per warp, for <see cref="PersistentWhatIf.StagesOf"/>:
+    /// its distinct, pre-wait, evict_last-prefetched and L2-resident bytes.
+    /// </summary>
+    static LaunchRecord Rec(string kernel, long distinct, long preWait = 0, long persisting = 0, long resident = 0) => new()
+    {
+        Kernel = kernel, Grid = new Dim3(4), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
+        Warps = 16, DramRoundTrips = 16, MaxWarpDramRoundTrips = 1, PreWaitSectors = preWait / 32, PersistingSectors = persisting / 32,
+        L2ResidentSectors = resident / 32, InGraph = true, ProgrammaticLaunch = true,
+    };
+
+    /// <summary>
     /// The stages of a predicted step: a router that fetched 64 KiB ahead for a later GEMV (which found them in
     /// L2), the expert GEMVs after it (as two kernels and as one launch), and that GEMV. The fetched-ahead bytes move from the router to the GEMV that used
     /// them, where the lookahead may fetch them; the expert weights may come ahead once the router is done; the GEMV's
@@ -269,12 +280,6 @@ public class PersistentWhatIfTests
     [Test]
     public void StagesOf_MovesFetchedAheadBytesToTheirUser_AndWaitsForTheRouterForExpertWeights()
     {
-        static LaunchRecord Rec(string kernel, long distinct, long preWait = 0, long persisting = 0, long resident = 0) => new()
-        {
-            Kernel = kernel, Grid = new Dim3(4), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
-            Warps = 16, DramRoundTrips = 16, MaxWarpDramRoundTrips = 1, PreWaitSectors = preWait / 32, PersistingSectors = persisting / 32,
-            L2ResidentSectors = resident / 32, InGraph = true, ProgrammaticLaunch = true,
-        };
         var records = new[]
         {
             Rec("moe_router_norm_topk", 4096 + 65536, preWait: 4096, persisting: 65536),
@@ -307,12 +312,6 @@ public class PersistentWhatIfTests
     [Test]
     public void StagesOf_TheExpertsPreWaitBytesAreALaterKernels_NotTheirOwn()
     {
-        static LaunchRecord Rec(string kernel, long distinct, long preWait = 0, long persisting = 0, long resident = 0) => new()
-        {
-            Kernel = kernel, Grid = new Dim3(4), Block = new Dim3(128), DistinctSectors = distinct / 32, GlobalLoadSectors = distinct / 32,
-            Warps = 16, DramRoundTrips = 16, MaxWarpDramRoundTrips = 1, PreWaitSectors = preWait / 32, PersistingSectors = persisting / 32,
-            L2ResidentSectors = resident / 32, InGraph = true, ProgrammaticLaunch = true,
-        };
         var records = new[]
         {
             Rec("moe_experts_gemv", 8192 + 4096, preWait: 4096, persisting: 4096),
