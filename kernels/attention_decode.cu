@@ -69,8 +69,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split(Attn
 
 // Combine: grid (seqs, nH), 256 threads. All threads find the largest lse over the splits (exact in any order); thread
 // d then owns output dim d and sums the splits in split order, out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), bf16,
-// an empty split (lse -inf, partial 0) skipped: the serial order attn_decode_fused's last CTA uses too (fused_combine), so
-// the two are bitwise equal. The loop is unrolled so several splits' loads share a round trip.
+// an empty split (lse -inf, partial +0) with weight 2^-inf = 0: the serial order and the terms attn_decode_fused's last CTA
+// uses too (fused_combine, which needs no per-split test that way), so the two are bitwise equal. The loop is unrolled so several splits' loads share a round trip.
 #define COMB_THREADS 256
 #define COMB_WARPS (COMB_THREADS / 32)
 extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(AttnDecodeParams p)
@@ -97,8 +97,8 @@ extern "C" __global__ void __launch_bounds__(COMB_THREADS) attn_decode_combine(A
             for (int s = 0; s < splits; s++) {
                 const float lse = p.partial_lse[row0 + s];
                 const float v = p.partial_out[(row0 + s) * HEAD_DIM + d];
-                if (lse == -QC_INF) continue;             // an empty split: no weight, its partial is 0
-                const float w = exp2f(lse - mx);
+                const float w = exp2f(lse - mx);          // an empty split (lse -inf): weight 0, its partial +0, so it
+                                                          // leaves n (never -0) and z as they are
                 z += w;
                 n = fmaf(w, v, n);
             }

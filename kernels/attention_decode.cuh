@@ -608,12 +608,13 @@ template <> struct CombVec<4> {
     }
 };
 
-// The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order (split order, empty splits
-// skipped). Thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and walks the
-// splits in order, 8 splits' loads per round trip, summing the weights alongside so each owner has its head's
-// denominator without another pass. w_s (the tile buffers, free now): the weights 2^(lse - max), -1 for an empty split,
-// computed where the lse were loaded (each head's max by shuffles within its 16 threads: no shared-memory pass, one
-// barrier).
+// The last CTA of (seq, kvh): attn_decode_combine's sums for the group's heads, in its order (split order, an empty
+// split with weight 0). Thread (h = tid / 16, l = tid % 16) owns dims c * 16 * COMB_VEC + l * COMB_VEC .. of head h and
+// walks the splits in order, 8 splits' loads per round trip, summing the weights alongside so each owner has its head's
+// denominator without another pass. w_s (the tile buffers, free now): the weights 2^(lse - max) at a row stride of S
+// rounded up to 4 (a batch's 8 weights in two 16-byte shared loads), computed where the lse were loaded (each head's max
+// by shuffles within its 16 threads: no shared-memory pass, one barrier). A full batch runs without a per-split test: no
+// bound, and no skip (an empty split's weight is 0, so it adds +0 to z and, since n is never -0, leaves n as it is).
 __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, int seq, int kvh, int group, int S, float* w_s)
 {
     const int tid = threadIdx.x;
@@ -636,8 +637,10 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
     };
     load_batch(0);
     // The weights 2^(lse - max) of head h: its 16 threads hold the lse of splits l, l + 16, ... in registers, take the
-    // head's largest over the 16 lanes (xor shuffles below 16 stay in the half warp) and write w_s[h * S + split]
-    // (-1: an empty split, skipped). The max is exact in any order, so the weights are attn_decode_combine's bits.
+    // head's largest over the 16 lanes (xor shuffles below 16 stay in the half warp) and write w_s[h * WS + split] (0 for
+    // an empty split: exp2(-inf); 0 for every split when all are empty). The max is exact in any order, so the weights
+    // are attn_decode_combine's bits.
+    const int WS = (S + 3) & ~3;
     static_assert(FUSED_MAX_COMBINE_SPLITS <= 64 && DEC_THREADS / 16 >= DEC_MAX_GROUP, "16 threads per head, 4 splits each");
     float lse[4], mx = -QC_INF;
 #pragma unroll
@@ -652,28 +655,35 @@ __device__ __forceinline__ void fused_combine(const AttnDecodeFusedParams& p, in
 #pragma unroll
     for (int m = 0; m < 4; m++) {
         const int j = l + 16 * m;
-        if (owner && j < S) w_s[h * S + j] = mx > -QC_INF && lse[m] != -QC_INF ? exp2f(lse[m] - mx) : -1.f;
+        if (owner && j < S) w_s[h * WS + j] = mx > -QC_INF ? exp2f(lse[m] - mx) : 0.f;
     }
     __syncthreads();
     if (!owner) return;
-    const float* w_h = w_s + h * S;
+    const float* w_h = w_s + h * WS;
     float n[COMB_CHUNKS][COMB_VEC], z = 0.f;
 #pragma unroll
     for (int c = 0; c < COMB_CHUNKS; c++)
 #pragma unroll
         for (int e = 0; e < COMB_VEC; e++) n[c][e] = 0.f;
+    auto add = [&](float w, int j) {
+        z += w;
+#pragma unroll
+        for (int c = 0; c < COMB_CHUNKS; c++)
+#pragma unroll
+            for (int e = 0; e < COMB_VEC; e++) n[c][e] = fmaf(w, v[j][c][e], n[c][e]);
+    };
     for (int s0 = 0; s0 < S; s0 += 8) {
         if (s0 > 0) load_batch(s0);
+        if (s0 + 8 <= S) {                           // a full batch: its weights in two loads, no per-split test
+            const float4 wa = *reinterpret_cast<const float4*>(w_h + s0), wb = *reinterpret_cast<const float4*>(w_h + s0 + 4);
+            add(wa.x, 0); add(wa.y, 1); add(wa.z, 2); add(wa.w, 3);
+            add(wb.x, 4); add(wb.y, 5); add(wb.z, 6); add(wb.w, 7);
+        } else {
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            if (s0 + j >= S) break;
-            const float w = w_h[s0 + j];
-            if (w < 0.f) continue;                   // empty
-            z += w;
-#pragma unroll
-            for (int c = 0; c < COMB_CHUNKS; c++)
-#pragma unroll
-                for (int e = 0; e < COMB_VEC; e++) n[c][e] = fmaf(w, v[j][c][e], n[c][e]);
+            for (int j = 0; j < 8; j++) {
+                if (s0 + j >= S) break;
+                add(w_h[s0 + j], j);
+            }
         }
     }
     bf16* out = p.out + (size_t)seq * p.out_stride + (size_t)(kvh * group + h) * HEAD_DIM + l * COMB_VEC;

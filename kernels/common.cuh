@@ -82,6 +82,20 @@ __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
+// rms_inv_rows' last steps, once red_s[t][0 .. rwarps - 1] hold row t's virtual-warp sums (after a barrier): warp t
+// adds them (one warp per row: needs the block's warps >= rows) and writes inv_s[t] = rsqrt(sum / width + eps); ends with
+// a barrier. A kernel that sums the squares in that layout itself (gemv_mma_tile's one-round-trip staging) finishes here.
+__device__ __forceinline__ void rms_inv_finish(int rows, int rwarps, int width, float eps, float (*red_s)[32], float* inv_s)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (warp < rows) {
+        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)width + eps);
+    }
+    __syncthreads();
+}
+
 // The inverse RMS of `rows` (<= MAX_ROWS) rows of bf16 x (row stride `ld` elements, `width` a multiple of 8) summed in
 // add_rmsnorm_bf16's layout and tree (ceil32(width / 8) virtual threads, clamped to 32..1024, mapped onto the block's
 // WARPS warps; one warp per row finishes), so a kernel that fuses the norm in its prologue stages bitwise that kernel's
@@ -110,12 +124,7 @@ __device__ __forceinline__ void rms_inv_rows(const bf16* x, size_t ld, int rows,
         }
     }
     __syncthreads();
-    if (warp < rows) {
-        float v = lane < rwarps ? red_s[warp][lane] : 0.f;
-        v = warp_sum(v);
-        if (lane == 0) inv_s[warp] = rsqrtf(v / (float)width + eps);
-    }
-    __syncthreads();
+    rms_inv_finish(rows, rwarps, width, eps, red_s, inv_s);
 }
 
 __device__ __forceinline__ float warp_max(float v)

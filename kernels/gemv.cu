@@ -435,7 +435,9 @@ __device__ __forceinline__ void gemv_mma_body(const GemvParams& p, const SampleR
             if (warp < p.tokens) sample_tile_fold(sp, warp, set_s[warp], out_s + warp * 64, row_base, min(rows_cta, p.n - row_base), &run_s[warp]);
         }
     };
-    gemv_mma_tile<GEMV_WARPS, false>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, true, best, out_s);   // stages x
+    // stages x: in one round trip with the norm (gemv_mma_tile) but in the plain kernel, where the held batch spills at
+    // sm_80 under its 64-register bound
+    gemv_mma_tile<GEMV_WARPS, false, 1, 0, 0, MODE != GEMV_MMA_PLAIN>(p, blockIdx.x * rows_cta, groups, wpg, xm_s, red_s, nred_s, inv_s, GemvHeld<0>{}, true, best, out_s);
     fold(blockIdx.x * rows_cta);
 #pragma unroll 1
     for (int tile = blockIdx.x + gridDim.x; tile < tiles; tile += gridDim.x) {

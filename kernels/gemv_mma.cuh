@@ -96,7 +96,7 @@ __device__ __forceinline__ void gemv_mma_hold(const GemvParams& p, int row_base,
 // argmax_key (gemv_bf16_mma_argmax; best_s zero, or a key, before the tile's first barrier). out_s (or null): the epilogue
 // also keeps each output as stored in out_s[token * 64 + its row in the tile] (gemv_bf16_mma_sample; rows past N are not
 // written).
-template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0>
+template <int WARPS, bool X_L2, int SLICES = 1, int HS = 0, int HN = 0, bool ONE_TRIP = true>
 __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base, int groups, int wpg, uint4* xm_s, float (*red_s)[8][8],
                                               float (*nred_s)[32], float* inv_s, const GemvHeld<HS * HN>& held = GemvHeld<HS * HN>{},
                                               bool stage_x = true, unsigned long long* best_s = nullptr, bf16* out_s = nullptr)
@@ -110,7 +110,49 @@ __device__ __forceinline__ void gemv_mma_tile(const GemvParams& p, int row_base,
     // the first batch also brings the residual of the thread's first output (the epilogue's i = tid)
     const int kchunks = K >> 3, xstride = (K + GEMV_MMA_PAD) >> 3, total = T * kchunks, outputs = groups * T * 8;
     float res0 = 0.f;
-    if (stage_x) {
+    // With the norm, x in one batch of two chunks per thread and whole 32-chunk warps per row (K a multiple of 256,
+    // T * K / 8 <= 2 * THREADS: the decode qkv tile at K 2048, T 1 on 4 warps, T <= 2 on 8): one round trip for x. Thread tid's chunks are i = u * THREADS + tid,
+    // so a warp's 32 lanes hold chunks 32 vw .. 32 vw + 31 of one row: exactly rms_inv_rows' virtual warp vw, whose
+    // virtual threads own one chunk each (K / 8 <= its 32 .. 1024 virtual threads). The squares are summed from the staged
+    // registers in that layout and the same expression, so inv_s and h are rms_inv_rows' bits; the norm then applies to the
+    // same registers (docs/kernels.md, "Fusions"). ONE_TRIP false: always the batched staging (the same bits; for a kernel
+    // whose register budget the held batch would overflow).
+    constexpr int OB = 2;                                      // chunks of x per thread in that one batch
+    const bool one_trip = ONE_TRIP && p.norm_weight && total <= OB * THREADS && (kchunks & 31) == 0 && kchunks <= 1024 && T <= WARPS;
+    if (stage_x && one_trip) {
+        const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
+        uint4 v[OB], nv[OB];   // x and its norm weights, in one round trip
+#pragma unroll
+        for (int u = 0; u < OB; u++) {
+            const int i = u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+            const uint4* src = reinterpret_cast<const uint4*>(p.x + (size_t)t * p.ldx + c * 8);
+            v[u] = i >= total ? make_uint4(0, 0, 0, 0) : X_L2 ? __ldcg(src) : *src;
+            nv[u] = i >= total ? make_uint4(0, 0, 0, 0) : __ldg(&nw[c]);
+        }
+        if (p.residual && tid < outputs) {
+            const int grp = tid / (T * 8), rest = tid - grp * T * 8, out_row = row_base + grp * 8 + (rest & 7);
+            if (out_row < p.n) res0 = bf16_to_f32(p.residual[(size_t)(rest >> 3) * p.ldy + out_row]);
+        }
+#pragma unroll
+        for (int u = 0; u < OB; u++) {
+            const int i0 = u * THREADS + warp * 32;                // warp-uniform: the warp's whole row segment exists or not
+            if (i0 >= total) continue;
+            float sumsq = 0.f;
+            sumsq += sumsq_bf16x2(v[u].x) + sumsq_bf16x2(v[u].y) + sumsq_bf16x2(v[u].z) + sumsq_bf16x2(v[u].w);
+            sumsq = warp_sum(sumsq);
+            const int t = T == 1 ? 0 : i0 / kchunks;
+            if (lane == 0) nred_s[t][(i0 - t * kchunks) >> 5] = sumsq;
+        }
+        __syncthreads();
+        rms_inv_finish(T, kchunks >> 5, K, p.eps, nred_s, inv_s);
+#pragma unroll
+        for (int u = 0; u < OB; u++) {
+            const int i = u * THREADS + tid, t = T == 1 ? 0 : i / kchunks, c = i - t * kchunks;
+            if (i >= total) continue;
+            xm_s[t * xstride + c] = norm_bf16x8(v[u], nv[u], inv_s[t]);
+        }
+        __syncthreads();
+    } else if (stage_x) {
         if (p.norm_weight) rms_inv_rows<GEMV_MMA_MAX_TOKENS, WARPS, X_L2>(p.x, (size_t)p.ldx, T, K, p.eps, nred_s, inv_s);
         const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
         for (int b = 0; b < total; b += GEMV_MMA_STAGE_BATCH * THREADS) {
