@@ -224,6 +224,28 @@ public class TimingModelTests
     }
 
     /// <summary>
+    /// Bytes a launch prefetched with evict_last for a later kernel (PersistingSectors) are DRAM bytes of the launch but no
+    /// load of it moves them into its SMs: 10 CTAs (one per SM) of 100 KB each, 40 KB of it such a prefetch, fill their
+    /// SMs with 60 KB at 100 B/ns (0.6 us, not 1.0) and take 0.6 MB through the L2 at 1000 B/ns as a stage; the DRAM term
+    /// still carries all 1 MB (0.5 + 1.25 us).
+    /// </summary>
+    [Test]
+    public void PrefetchOnlyBytes_CountInTheDram_NotInTheSmFillOrTheTransfer()
+    {
+        var r = Launch(10, 32, dramBytes: 1_000_000, warpDramTrips: 1) with { PersistingSectors = 400_000 / 32 };
+        var res = new KernelResources(32, 0);
+        var p = KernelTimingModel.Predict(r, res, Toy);
+        Assert.That(p.PrefetchOnlyBytes, Is.EqualTo(400_000));
+        Assert.That(p.LoadedBytes, Is.EqualTo(600_000));
+        Near(p.SmFillUs, 0.6, "SM fill: the 60 KB each CTA loads");
+        Near(p.DramUs, 1.75, "DRAM: every byte, prefetched or loaded");
+        Near(KernelTimingModel.Predict(r with { PersistingSectors = 0 }, res, Toy).SmFillUs, 1.0, "without the prefetch: all 100 KB loaded");
+        var stage = PersistentWhatIf.Stage(Toy, p, p.DramBytes, 0, -1);
+        Assert.That(stage.TransferBytes, Is.EqualTo(600_000));
+        Near(stage.TransferUs, 0.6, "the stage's L2-to-SM transfer: 0.6 MB at 1000 B/ns (and the fill, 0.6)");
+    }
+
+    /// <summary>
     /// With the warps' own tails recorded (LaunchRecord.TailChains), the tail is the longest of them, not a chain of the
     /// maxima: one warp's 3 L2 trips and 10 instructions (0.6 + 0.02 us) and another's 1 trip and 200 instructions
     /// (0.2 + 0.4 us) give 0.62 us, where the maxima (3 trips, 200 instructions) would give 1.0.

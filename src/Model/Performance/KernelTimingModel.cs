@@ -35,6 +35,14 @@ public sealed record KernelPrediction
     /// <summary>Bytes from DRAM (distinct sectors; plus re-reads that miss a too-small L2) and from L2 (the rest of the re-reads).</summary>
     public required long DramBytes { get; init; }
     public required long L2Bytes { get; init; }
+    /// <summary>
+    /// Of <see cref="DramBytes"/> + <see cref="L2Bytes"/>, those the launch only prefetched into L2 for a later kernel
+    /// (<c>prefetch.global.L2::evict_last</c>, <see cref="LaunchRecord.PersistingSectors"/>): no load of this launch moves
+    /// them into its SMs, so they count in the DRAM terms and not in the SM fill or the L2-to-SM transfer (stop 41).
+    /// </summary>
+    public long PrefetchOnlyBytes { get; init; }
+    /// <summary>The bytes its loads move from the L2 into its SMs: <see cref="DramBytes"/> + <see cref="L2Bytes"/> less <see cref="PrefetchOnlyBytes"/>.</summary>
+    public long LoadedBytes => DramBytes + L2Bytes - PrefetchOnlyBytes;
     /// <summary>DRAM bytes in flight per active SM in the first wave: resident warps × bytes per warp per round trip.</summary>
     public required double InFlightBytesPerSm { get; init; }
     /// <summary>Bandwidth those bytes in flight sustain over the DRAM latency (Little's law), GB/s, over the first wave's SMs.</summary>
@@ -270,8 +278,11 @@ public static class KernelTimingModel
         dram -= overlapped;
         l2 += overlapped;   // in L2 when the kernel loads them after the wait (a prefetch is no load request: no re-read counted)
 
+        // evict_last prefetches are for later kernels (the kernels' convention, docs/timing-model.md section 3): this launch
+        // loads none of those bytes into its SMs
+        long prefetchOnly = Math.Min(r.PersistingSectors * 32, dram + l2);
         long warps = Math.Max(1, r.Warps > 0 ? r.Warps : ctas * occ.WarpsPerBlock);
-        double dramPerCta = (double)dram / ctas, l2PerCta = (double)l2 / ctas;
+        double dramPerCta = (double)dram / ctas, l2PerCta = (double)l2 / ctas, loadedPerCta = (double)(dram + l2 - prefetchOnly) / ctas;
         double tripsPerWarp = (double)(r.DramRoundTrips - r.TailDramRoundTrips) / warps * kept;   // the tails' trips come after the waves
         double instrPerCta = (double)r.WarpInstructions / ctas;
         double sfuCyclesPerCta = r.SpecialFunctionInstructions * (32.0 / g.SfuLanesPerSm) / ctas;
@@ -312,7 +323,7 @@ public static class KernelTimingModel
             double atPeak = bytes > 0 ? (idleHeadNs + g.DramLatencyNs + bytes / g.DramAchievableGBps) / 1000.0 : 0;   // bytes / (GB/s) = ns
             double little = tripsPerWarp * g.DramLatencyNs / 1000.0; // = bytes / (bytes in flight / latency)
             double l2Us = c * l2PerCta / (g.L2BytesPerClock * g.ClockHz) * 1e6;
-            double fill = k * (dramPerCta + l2PerCta) / (g.SmFillBytesPerClock * g.ClockHz) * 1e6;
+            double fill = k * loadedPerCta / (g.SmFillBytesPerClock * g.ClockHz) * 1e6;
             double ipc = Math.Min(g.IssuePerSmPerClock, k * occ.WarpsPerBlock * g.SingleWarpIpc);
             double cycles = k * Math.Max(Math.Max(instrPerCta / ipc, sfuCyclesPerCta), Math.Max(lsuCyclesPerCta, mmaCyclesPerCta));
             double issue = cycles / g.ClockHz * 1e6;
@@ -332,7 +343,7 @@ public static class KernelTimingModel
         return new KernelPrediction
         {
             Launch = r, Resources = res, Occupancy = occ, FullWaves = fullWaves, TailCtas = tail,
-            DramBytes = dram, L2Bytes = l2, InFlightBytesPerSm = inFlightPerSm,
+            DramBytes = dram, L2Bytes = l2, PrefetchOnlyBytes = prefetchOnly, InFlightBytesPerSm = inFlightPerSm,
             LittleGBps = inFlightPerSm * activeSms / g.DramLatencyNs,   // bytes per ns = GB/s
             DramUs = waves.Sum(w => w.W.Dram * w.Count), L2Us = waves.Sum(w => w.W.L2 * w.Count),
             SmFillUs = waves.Sum(w => w.W.Fill * w.Count), IssueUs = waves.Sum(w => w.W.Issue * w.Count),
