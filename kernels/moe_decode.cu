@@ -30,6 +30,7 @@
 // lane's 16 weights need 32 bytes of it.
 #include "quant.cuh"
 #include "gemv_mma.cuh"   // the follow-on GEMV tiles of moe_experts_gemv (gemv_bf16_mma's tile)
+#include "moe_router.cuh" // router_topk_select: moe_experts_gemv's own top-k when the router left it to the experts
 
 #define GEMV_THREADS 128
 #define GATE_UP_I_PER_WARP 2
@@ -319,10 +320,11 @@ struct DownTokenSmem {
     float res[DOWN_ROWS_PER_CTA];        // residual rows h0 .. h0 + R - 1
 };
 
-__device__ __forceinline__ void down_token_operands(const MoeDownGemvParams& p, int t, int h0, int R, DownTokenSmem& sm)
+// weights: token t's routing weights at weights[t * k ..]: p.topk_weights, or the CTA's own top-k in shared memory
+__device__ __forceinline__ void down_token_operands(const MoeDownGemvParams& p, const float* weights, int t, int h0, int R, DownTokenSmem& sm)
 {
     const int k = p.top_k, H = p.hidden_size;
-    if (threadIdx.x < k) sm.w[threadIdx.x] = p.topk_weights[(size_t)t * k + threadIdx.x];
+    if (threadIdx.x < k) sm.w[threadIdx.x] = weights[(size_t)t * k + threadIdx.x];
     const int r = threadIdx.x - 32;      // another warp loads the residual
     if (p.residual && r >= 0 && r < R && h0 + r < H) sm.res[r] = bf16_to_f32(p.residual[(size_t)t * H + h0 + r]);
 }
@@ -365,12 +367,12 @@ __device__ __forceinline__ void down_token_sums(const MoeDownGemvParams& p, int 
     }
 }
 
-__device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, const int* ids, int t, int bx, bool last_tile)
+__device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, const int* ids, const float* weights, int t, int bx, bool last_tile)
 {
     __shared__ DownTokenSmem sm;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int k = p.top_k, H = p.hidden_size, R = experts_down_rows(k), h0 = bx * R;
-    down_token_operands(p, t, h0, R, sm);
+    down_token_operands(p, weights, t, h0, R, sm);
     const int chunks = p.inter_size >> 3;
     const uint4* down = reinterpret_cast<const uint4*>(p.down);
     const uint4* inter = reinterpret_cast<const uint4*>(p.inter + (size_t)t * k * p.inter_size);   // the token's k rows
@@ -405,13 +407,13 @@ __device__ __forceinline__ void down_tile_token(const MoeDownGemvParams& p, cons
 // The quantized down tile of moe_experts_gemv: down_tile_token's rows with down_tile_quant's 16-weight chunks; the k slots'
 // inter rows are staged in shared memory first ([k][I / 8], read from L2).
 template <int QF>
-__device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p, const int* ids, int t, int bx, bool last_tile)
+__device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p, const int* ids, const float* weights, int t, int bx, bool last_tile)
 {
     extern __shared__ uint4 x_s[];                         // [k][I / 8]
     __shared__ DownTokenSmem sm;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int k = p.top_k, H = p.hidden_size, I = p.inter_size, R = experts_down_rows(k), h0 = bx * R;
-    down_token_operands(p, t, h0, R, sm);
+    down_token_operands(p, weights, t, h0, R, sm);
     const uint4* xg = reinterpret_cast<const uint4*>(p.inter + (size_t)t * k * I);
     for (int i = threadIdx.x; i < k * (I >> 3); i += GEMV_THREADS) x_s[i] = __ldcg(&xg[i]);
     __syncthreads();
@@ -475,6 +477,12 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
 // (one row group of 8 rows, K in 4 slices: bitwise gemv_bf16_mma with 2 row groups of 4 warps each). It waits until
 // sync[2 + slots] counts every down tile done (each down tile releases it when next_tiles > 0, after its combine wrote
 // its output rows, which x is read from, through L2). Its tickets are the last, so progress holds as above.
+// Routing in the launch (router_logits set; bf16, E <= 128): the router before it wrote only its logits (the attention
+// block's router tiles, topk_by_consumer), and every CTA runs the router's softmax + top-k itself (router_topk_select,
+// the router's code: the same ids and weights) after its wait, one warp per token, in the round trip of its tile ticket;
+// CTA 0 also stores the ids and weights where the router would have. That work is the CTA's head, before stream_begin();
+// it takes the router's ticket, its last CTA's loads of the logits and its softmax + top-k off the attention block's
+// chain (docs/kernels.md, "Persistent launches").
 // Memory traffic: the two kernels' (each weight once; the prefetch of a tile's rows is the same sectors; a down tile
 // reads its token's k inter rows from L2) + one atomic per ticket, one per gate_up release (and per down tile with a
 // follow-on GEMV), polling by one thread per waiting tile; a follow-on tile reads x (T * K * 2 bytes) from L2; before its
@@ -490,6 +498,12 @@ struct MoeExpertsGemvParams {
     GemvParams next;         // the follow-on GEMV (split_k 1; its norm_weight set for the prologue); unused when next_tiles is 0
     const void* fetch_ahead; // bf16 only: weights of a later kernel (the next layer's qkv) fetched into L2 with evict_last
     long long fetch_ahead_bytes; //   before the wait, so the DRAM streams them during the head; null / 0: none
+    const float* router_logits;  // [T, router_experts] or null: the router wrote only its logits (the attention block's
+                             //   router tiles, topk_by_consumer); each CTA runs the softmax + top-k itself
+                             //   (router_topk_select), and CTA 0 also stores the ids and weights in gate_up.topk_ids /
+                             //   down.topk_weights as the router would have
+    int router_experts;      // E
+    int router_norm_topk_prob;
 };
 
 // The CTAs per SM the launches are sized for (the launcher's grid is at most this many per SM, so the launch is one wave
@@ -581,11 +595,34 @@ __device__ __forceinline__ void experts_exit_reset(const MoeExpertsGemvParams& p
     p.sync[1] = 0;
 }
 
+// The router's softmax + top-k of every token from its logits (p.router_logits), warp w taking tokens w, w + 4, ...:
+// ids_s / w_s get the slots' expert ids and weights; CTA 0 also stores them in the workspace's places.
+// E <= 128 (four experts per lane): the eight-per-lane sort's 64-bit keys spilled 12 bytes at sm_90 under the launch's
+// 64-register bound, so the launcher refuses more.
+__device__ __forceinline__ void experts_route(const MoeExpertsGemvParams& p, int* ids_s, float* w_s)
+{
+    const int lane = threadIdx.x & 31, k = p.gate_up.top_k, E = p.router_experts;
+    for (int t = threadIdx.x >> 5; t < experts_tokens(p); t += GEMV_THREADS / 32) {
+        int e;
+        float w;
+        router_topk_select<4>(p.router_logits + (size_t)t * E, E, k, p.router_norm_topk_prob, e, w);   // E <= 128 (the launcher's check)
+        if (lane < k) {
+            ids_s[t * k + lane] = e;
+            w_s[t * k + lane] = w;
+            if (blockIdx.x == 0) {                         // the workspace's ids and weights, as the router would store them
+                const_cast<int*>(p.gate_up.topk_ids)[t * k + lane] = e;
+                const_cast<float*>(p.down.topk_weights)[t * k + lane] = w;
+            }
+        }
+    }
+}
+
 template <int QF>   // 0: bf16; QF_FP8 / QF_INT8 / QF_INT4: the quantized tiles
 __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams& p)
 {
     __shared__ int first_tile_s;
     __shared__ int ids_s[EXPERTS_MAX_SLOTS];                // the slots' expert ids, read once
+    __shared__ float w_s[EXPERTS_MAX_SLOTS];                // their routing weights (the down tiles' combine), read once
     // A later kernel's weights (its addresses known before the router ran), the grid's share each: in flight while the
     // CTA waits and takes its tickets and ids, the head in which its own stream cannot begin (docs/timing-model.md, "The
     // head"). Weights only: nothing of the step writes them. bf16 only: the loop's registers made the int4 variant spill
@@ -596,9 +633,24 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
     // The CTA's tiles and the expert ids in one round trip: one atomic takes tiles_per_cta consecutive tickets (a tile
     // waits only on lower ones, so taking them together keeps the order progress needs), and the ids' loads are issued
     // before it, their results stored after it.
-    const int id = threadIdx.x < p.gate_up.slots ? p.gate_up.topk_ids[threadIdx.x] : 0;
-    if (threadIdx.x == 0) first_tile_s = atomicAdd(&p.sync[0], p.tiles_per_cta);
-    if (threadIdx.x < p.gate_up.slots) ids_s[threadIdx.x] = id;
+    // bf16 only (the launcher refuses router_logits otherwise): inlined into the int4 variant, the top-k spilled 8 bytes
+    // at sm_90
+    if (QF == 0 && p.router_logits) {
+        // The router left the softmax + top-k to the experts (the attention block's router tiles): warp w runs tokens w,
+        // w + 4, ... from their logits, in the round trip of the ticket's atomic; router_topk_select is the router's own
+        // code, so the ids and weights are its bits. This is the CTA's head (before stream_begin()).
+        if (threadIdx.x == 0) first_tile_s = atomicAdd(&p.sync[0], p.tiles_per_cta);
+        experts_route(p, ids_s, w_s);
+    } else {
+        const bool slot = threadIdx.x < p.gate_up.slots;
+        const int id = slot ? p.gate_up.topk_ids[threadIdx.x] : 0;
+        const float w = slot ? p.down.topk_weights[threadIdx.x] : 0.f;
+        if (threadIdx.x == 0) first_tile_s = atomicAdd(&p.sync[0], p.tiles_per_cta);
+        if (slot) {
+            ids_s[threadIdx.x] = id;
+            w_s[threadIdx.x] = w;
+        }
+    }
     __syncthreads();
     stream_begin();                                        // the weights' addresses are known from here on
     ExpertsTile cur = experts_tile(p, first_tile_s);
@@ -631,8 +683,8 @@ __device__ __forceinline__ void moe_experts_gemv_body(const MoeExpertsGemvParams
                 if (threadIdx.x == 0) exit_ticket = take_exit_ticket(&p.sync[1]);
                 exited = true;
             }
-            if constexpr (QF == 0) down_tile_token(p.down, ids_s, cur.unit, cur.block, last);
-            else down_tile_token_quant<QF>(p.down, ids_s, cur.unit, cur.block, last);
+            if constexpr (QF == 0) down_tile_token(p.down, ids_s, w_s, cur.unit, cur.block, last);
+            else down_tile_token_quant<QF>(p.down, ids_s, w_s, cur.unit, cur.block, last);
             // release for the follow-on tiles: every row of the tile, its combine included, written
             if (p.next_tiles > 0) counter_release(&p.sync[2 + p.gate_up.slots]);
         } else if (cur.kind == EXPERTS_NEXT) {

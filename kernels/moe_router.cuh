@@ -24,6 +24,8 @@ struct MoeRouterParams {
     int top_k;               // k <= 16
     int norm_topk_prob;      // 1: renormalise the k weights to sum 1
     float eps;               // moe_router_norm_topk: RMSNorm epsilon
+    int topk_by_consumer;    // persistent_attn_block's router tiles: 1 = write the logits only (no ticket, no softmax +
+                             //   top-k): the experts' launch after the block runs router_topk_select itself
 };
 
 #define ROUTER_NORM_THREADS 256
@@ -65,8 +67,12 @@ __device__ __forceinline__ void router_cmpx(u64& a, u64& b)
 // largest key. Each lane sorts its PL keys once (a 5- or 19-comparator network); a round takes the warp maximum of the lanes'
 // heads in two redux.sync steps (the value bits, then among the lanes holding that value the largest ~expert, i.e. the
 // lowest expert) and the winning lane shifts its keys up. Keys are distinct, so every round picks exactly one expert.
+// router_topk_select: that work on one token's logits row (experts fp32 values, read through L2) for any caller: lane j <
+// top_k ends with the rank-j expert in my_e (clamped to 0 .. experts - 1) and its weight in my_w (renormalised when
+// norm_topk_prob). moe_router's last CTA stores them (router_topk_token_n); moe_experts_gemv's CTAs, when the router left
+// the top-k to them, keep them in shared memory.
 template <int PL>
-__device__ void router_topk_token_n(const MoeRouterParams& p, int t)
+__device__ void router_topk_select(const float* logits, int experts, int top_k, int norm_topk_prob, int& my_e_out, float& my_w_out)
 {
     static_assert(PL == 4 || PL == ROUTER_MAX_E_PER_LANE, "4 or 8 experts per lane");
     const int lane = threadIdx.x & 31;
@@ -75,7 +81,7 @@ __device__ void router_topk_token_n(const MoeRouterParams& p, int t)
 #pragma unroll
     for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
-        const float x = e < p.experts ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : -QC_INF;
+        const float x = e < experts ? ld_cg_f32(logits + e) : -QC_INF;
         v[i] = x == x ? x : -QC_INF;   // NaN: -inf
         mx = fmaxf(mx, v[i]);
     }
@@ -84,7 +90,7 @@ __device__ void router_topk_token_n(const MoeRouterParams& p, int t)
 #pragma unroll
     for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
-        v[i] = e < p.experts ? expf(v[i] - mx) : 0.f;
+        v[i] = e < experts ? expf(v[i] - mx) : 0.f;
         sum += v[i];
     }
     sum = warp_sum(sum);
@@ -94,7 +100,7 @@ __device__ void router_topk_token_n(const MoeRouterParams& p, int t)
         const int e = lane + 32 * i;
         const float pr = v[i] / sum;
         const unsigned bits = __float_as_uint(pr > 0.f ? pr : 0.f);   // NaN probability: 0 (still a candidate)
-        key[i] = e < p.experts ? router_key((unsigned)~e, bits + 1) : 0ull;
+        key[i] = e < experts ? router_key((unsigned)~e, bits + 1) : 0ull;
     }
     if constexpr (PL == 4) {
         router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]);
@@ -113,7 +119,7 @@ __device__ void router_topk_token_n(const MoeRouterParams& p, int t)
     float my_w = 0.f;
     int my_e = 0;
     float wsum = 0.f;
-    for (int j = 0; j < p.top_k; j++) {
+    for (int j = 0; j < top_k; j++) {
         unsigned lo, hv;
         router_key_halves(key[0], lo, hv);
         const unsigned m = redux_max_u32(hv);                     // >= 1: k <= E leaves a candidate every round
@@ -127,11 +133,22 @@ __device__ void router_topk_token_n(const MoeRouterParams& p, int t)
             key[PL - 1] = 0ull;
         }
     }
+    // Every candidate holds a probability >= 0, so my_e < E always; the clamp keeps even a future mistake from indexing
+    // past the stacked expert weights.
+    my_e_out = min(max(my_e, 0), experts - 1);
+    my_w_out = norm_topk_prob ? my_w / wsum : my_w;
+}
+
+template <int PL>
+__device__ void router_topk_token_n(const MoeRouterParams& p, int t)
+{
+    int e;
+    float w;
+    router_topk_select<PL>(p.logits + (size_t)t * p.experts, p.experts, p.top_k, p.norm_topk_prob, e, w);
+    const int lane = threadIdx.x & 31;
     if (lane < p.top_k) {
-        // Every candidate holds a probability >= 0, so my_e < E always; the clamp keeps even a future mistake from
-        // indexing past the stacked expert weights.
-        p.topk_ids[(size_t)t * p.top_k + lane] = min(max(my_e, 0), p.experts - 1);
-        p.topk_weights[(size_t)t * p.top_k + lane] = p.norm_topk_prob ? my_w / wsum : my_w;
+        p.topk_ids[(size_t)t * p.top_k + lane] = e;
+        p.topk_weights[(size_t)t * p.top_k + lane] = w;
     }
 }
 
@@ -140,6 +157,13 @@ __device__ void router_topk_token(const MoeRouterParams& p, int t)
 {
     if (p.experts <= 4 * 32) router_topk_token_n<4>(p, t);
     else router_topk_token_n<ROUTER_MAX_E_PER_LANE>(p, t);
+}
+
+// router_topk_select at the narrowest width `experts` allows (warp-uniform).
+__device__ __forceinline__ void router_topk_select_any(const float* logits, int experts, int top_k, int norm_topk_prob, int& e, float& w)
+{
+    if (experts <= 4 * 32) router_topk_select<4>(logits, experts, top_k, norm_topk_prob, e, w);
+    else router_topk_select<ROUTER_MAX_E_PER_LANE>(logits, experts, top_k, norm_topk_prob, e, w);
 }
 
 // A CTA of THREADS threads (256 or 128) runs moe_router_norm_topk's work for router row e as that kernel's 256 threads
@@ -265,6 +289,8 @@ __device__ __forceinline__ void router_norm_tile(const MoeRouterParams& p, int e
         v = warp_sum(v);
         if (lane == 0) p.logits[(size_t)t * p.experts + e] = round_bf16(v);
     }
+
+    if (p.topk_by_consumer) return;      // the experts' launch runs the softmax + top-k from these logits
 
     // Ticket: the last CTA does the softmax + top-k of every token.
     tail_begin();

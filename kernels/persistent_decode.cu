@@ -7,7 +7,8 @@
 //   [+ o_proj.fetch_ahead_bytes of the next weights into L2 with evict_last, shared by the o_proj tiles after their wait]
 //   [router_tiles > 0, a MoE layer: h = RMSNorm(x) * w_post, the router logits, softmax + top-k: moe_router_norm_topk's
 //    work, one router row per tile (moe_router.cuh); + router.fetch_ahead_bytes of the next weights, shared by the router
-//    tiles before their wait]
+//    tiles before their wait; router.topk_by_consumer: the logits only, no ticket and no softmax + top-k, which the
+//    experts' launch after the block runs in each of its CTAs (moe_experts_gemv's router_logits)]
 //
 // In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
 // ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the

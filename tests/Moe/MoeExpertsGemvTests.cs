@@ -80,6 +80,71 @@ public class MoeExpertsGemvTests
                 followOnRows: 40 * ctx.Device.Info.MultiprocessorCount);
     }
 
+    /// <summary>
+    /// With the router's logits (routerLogits: the attention block's router tiles write only those, TopkByExperts) every
+    /// CTA runs the router's own softmax + top-k (router_topk_select): the launch must equal the launch given the router
+    /// kernel's ids and weights bit for bit, and CTA 0 must leave exactly those ids and weights in the workspace's places
+    /// (poisoned before). 1 and 3 tokens, every scheduling mode; a tied router (hot experts with equal logits) checks that
+    /// ties go to the lower expert as in the router. Quantized experts and more than 128 experts are refused (CanRunTopK).
+    /// </summary>
+    [TestCaseSource(nameof(Modes))]
+    public void RouterLogits_TheExpertsOwnTopK_EqualsTheRoutersIds_Bitwise(string mode, EmulatorOptions options, bool cooperative)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        var s = MoeCase.Small;
+        var moe = new MoeLaunchers(ctx.Loader, [s]);
+        foreach (int tokens in new[] { 1, 3 })
+            foreach (bool tied in new[] { false, true })
+            {
+                string what = $"{mode}, {tokens} token(s){(tied ? ", tied router" : "")}";
+                var mc = MoeCase.Create(s, tokens, seed: 41 + tokens, hotExperts: tied ? 3 : 0, tiedRouter: tied);
+                var w = MoeWeightsOnDevice.For(ctx, s, mc);
+                int k = s.TopK, slots = tokens * k, H = s.Hidden, I = s.Inter;
+                var (hidden, router) = (ctx.Upload(mc.Hidden), ctx.Upload(mc.Router));
+                var (logits, counters) = (ctx.AllocFilled<float>(tokens * s.Experts), ctx.AllocFilled<int>(1, 0));
+                var (ids, weights) = (ctx.AllocFilled<int>(slots), ctx.AllocFilled<float>(slots));
+                moe.Router(ctx.Stream, s, tokens, hidden, router, logits, counters, ids, weights);
+                ctx.Synchronize();
+                var (routerIds, routerWeights) = (ctx.Download<int>(ids, slots), ctx.Download<float>(weights, slots));
+                Assert.That(routerIds.Distinct().Count(), Is.GreaterThan(1), $"{what}: the router chose several experts");
+
+                (ushort[] Inter, ushort[] Y, ushort[] Out) Run(DevicePtr idsIn, DevicePtr weightsIn, DevicePtr routerLogits)
+                {
+                    var (inter, y, output) = (ctx.Alloc<ushort>((long)slots * I), ctx.Alloc<ushort>((long)slots * H), ctx.Alloc<ushort>((long)tokens * H));
+                    var sync = ctx.Upload(new int[MoeWorkspace.ExpertsSyncInts]);
+                    moe.ExpertsGemv(ctx.Stream, s, tokens, hidden, WeightOperand.Bf16(w.GateUp), WeightOperand.Bf16(w.Down), idsIn, inter, y, weightsIn,
+                        DevicePtr.Null, output, sync, cooperative, routerLogits: routerLogits);
+                    ctx.Synchronize();
+                    Assert.That(ctx.Download<int>(sync, MoeWorkspace.ExpertsSyncInts), Is.All.Zero, $"{what}: counters zero after the launch");
+                    return (ctx.Download<ushort>(inter, slots * I), ctx.Download<ushort>(y, slots * H), ctx.Download<ushort>(output, tokens * H));
+                }
+                var expected = Run(ids, weights, DevicePtr.Null);
+                var (poisonIds, poisonWeights) = (ctx.AllocFilled<int>(slots), ctx.AllocFilled<float>(slots));   // 0xff bytes: -1 and NaN
+                var got = Run(poisonIds, poisonWeights, logits);
+                Assert.That(got.Inter, Is.EqualTo(expected.Inter), $"{what}: inter");
+                Assert.That(got.Y, Is.EqualTo(expected.Y), $"{what}: y");
+                Assert.That(got.Out, Is.EqualTo(expected.Out), $"{what}: the combined output");
+                Assert.That(ctx.Download<int>(poisonIds, slots), Is.EqualTo(routerIds), $"{what}: CTA 0 stored the router's ids");
+                Assert.That(ctx.Download<float>(poisonWeights, slots).Select(BitConverter.SingleToInt32Bits), Is.EqualTo(routerWeights.Select(BitConverter.SingleToInt32Bits)),
+                    $"{what}: CTA 0 stored the router's weights (bitwise)");
+            }
+    }
+
+    [Test]
+    public void RouterLogits_AreRefused_ForQuantizedExpertsAndMoreThan128Experts()
+    {
+        Assert.That(MoeLaunchers.CanRunTopK(MoeCase.Real, WeightFormat.Bf16), Is.True);
+        Assert.That(MoeLaunchers.CanRunTopK(MoeCase.Real, WeightFormat.Int4Gptq), Is.False);
+        Assert.That(MoeLaunchers.CanRunTopK(new MoeShape(256, 8, 256, 128, true), WeightFormat.Bf16), Is.False);
+        using var ctx = new KernelCheckContext(new EmulatedDevice(new EmulatorOptions()));
+        var s = new MoeShape(256, 8, 256, 128, true);
+        var moe = new MoeLaunchers(ctx.Loader, [s]);
+        var buf = ctx.Alloc<byte>(1 << 20);
+        var ex = Assert.Throws<ArgumentException>(() => moe.ExpertsGemv(ctx.Stream, s, 1, buf, WeightOperand.Bf16(buf), WeightOperand.Bf16(buf), buf, buf, buf, buf,
+            DevicePtr.Null, buf, buf, routerLogits: buf));
+        Assert.That(ex!.Message, Does.Contain("at most 128 experts").And.Contain("256 experts"));
+    }
+
     /// <summary>CanFollowOn: the standalone tensor-core plan with the norm prologue must take 2 row groups (4 warps each), at
     /// most 4 tokens; Qwen3-30B-A3B's qkv (5120 x 2048) qualifies on 132 SMs, not on 80 (4 groups) or 200 (1 group).</summary>
     [Test]

@@ -44,7 +44,7 @@ public class MoeParamsLayoutTests
         Assert.That(Marshal.SizeOf(mirror), Is.EqualTo(int.Parse(m.Groups[1].Value)));
     }
 
-    [Test] public void Router() => Expect<MoeRouterParams>(10, 6);   // 8 pointers, the fetch-ahead pointer and its 8-byte length
+    [Test] public void Router() => Expect<MoeRouterParams>(10, 7);   // 8 pointers, the fetch-ahead pointer and its 8-byte length; 7 ints (topk_by_consumer last)
     [Test] public void Align() => Expect<MoeAlignParams>(6, 3);
     [Test] public void GateUpGemv() => Expect<MoeGateUpGemvParams>(4, 4, scales: true);
     [Test] public void DownGemv() => Expect<MoeDownGemvParams>(8, 4, scales: true);
@@ -63,7 +63,10 @@ public class MoeParamsLayoutTests
         int next = gateUp + down + 16 + Marshal.SizeOf<GemvParams>();
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.FetchAhead)), Is.EqualTo(next));
         Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.FetchAheadBytes)), Is.EqualTo(next + 8));
-        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(next + 16));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.RouterLogits)), Is.EqualTo(next + 16));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.RouterExperts)), Is.EqualTo(next + 24));
+        Assert.That((int)Marshal.OffsetOf<MoeExpertsGemvParams>(nameof(MoeExpertsGemvParams.RouterNormTopkProb)), Is.EqualTo(next + 28));
+        Assert.That(Marshal.SizeOf<MoeExpertsGemvParams>(), Is.EqualTo(next + 32));
     }
 
     [Test] public void GateUpGemm() => Expect<MoeGateUpGemmParams>(6, 3, scales: true);

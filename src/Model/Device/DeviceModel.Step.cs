@@ -400,7 +400,8 @@ public sealed partial class DeviceModel
             {
                 var mws = MoeWorkspace.Compute(rows, _mlpShapes[layer]);
                 router = new AttentionBlockRouter(_mlpShapes[layer], W(L.PostNorm), eps, W(L.Router!), Ws(w.H), Ws(w.Moe) + mws.Logits,
-                    Ws(w.Moe) + mws.TopkIds, Ws(w.Moe) + mws.TopkWeights, fetch.Router, fetch.RouterBytes);
+                    Ws(w.Moe) + mws.TopkIds, Ws(w.Moe) + mws.TopkWeights, fetch.Router, fetch.RouterBytes,
+                    TopkByExperts: MoeLaunchers.CanRunTopK(_mlpShapes[layer], Operand(L.GateUp).Format));
             }
             _persistentAttn!.AttentionBlock(_stream, _attn, weights, args, DecodeRope(layer), Ws(w.PersistentCounters),
                 stagesApart: Plan.Options.PersistentStagesApart, router: router);
@@ -495,7 +496,7 @@ public sealed partial class DeviceModel
                 }
                 _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
                     Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), fetch.Router, fetch.RouterBytes, followOn, routed,
-                    fetch.Experts, fetch.ExpertsBytes);
+                    fetch.Experts, fetch.ExpertsBytes, topkByExperts: routed && MoeLaunchers.CanRunTopK(_mlpShapes[layer], Operand(L.GateUp).Format));
                 _qkvRanAhead = followOn is not null;
                 return;
             }

@@ -9,7 +9,7 @@ namespace Qwen3Cuda.Model.Selftest;
 /// K / V caches, the attention output and x. Exact, no tolerance: the tiles are those kernels' own code, and each of
 /// them is held to an fp64 reference in its own cases (ProjectionCases, AttentionCases). With a MoE router stage, the block
 /// must also equal moe_router_norm_topk after them: h, the logits, the top-k ids and weights (MoeCases holds that kernel
-/// to its references).
+/// to its references); with TopkByExperts, h and the logits, and no ids or weights written.
 /// </summary>
 public static class PersistentDecodeCases
 {
@@ -83,13 +83,13 @@ public static class PersistentDecodeCases
 
         // One run of either path on fresh x, qkv, caches and attention buffers; what it wrote and the launches' stages.
         (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, LaunchStage?[] Stages, ushort[] H, float[] Logits, int[] Ids, float[] Weights) Run(
-            bool persistent, DevicePtr counters, DevicePtr tickets, bool apart)
+            bool persistent, DevicePtr counters, DevicePtr tickets, bool apart, bool topkByExperts = false)
         {
             DevicePtr dx = ctx.Upload(x0), dQkv = ctx.AllocFilled<ushort>(rows * qkvDim), dAttn = ctx.AllocFilled<ushort>(rows * qDim);
             DevicePtr dH = ctx.AllocFilled<ushort>(rows * hidden), dLogits = ctx.AllocFilled<float>(Math.Max(1, rows * E)),
                 dIds = ctx.AllocFilled<int>(Math.Max(1, rows * k)), dW = ctx.AllocFilled<float>(Math.Max(1, rows * k));
             AttentionBlockRouter? stage = router is null ? null
-                : new AttentionBlockRouter(rs, dPost, Eps, dRouter, dH, dLogits, dIds, dW, dWqkv, Math.Min(3072, (long)qkvDim * hidden * 2));
+                : new AttentionBlockRouter(rs, dPost, Eps, dRouter, dH, dLogits, dIds, dW, dWqkv, Math.Min(3072, (long)qkvDim * hidden * 2), topkByExperts);
             DevicePtr dK = kv.UploadK(ctx), dV = kv.UploadV(ctx);
             DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.AllocFilled<float>(lseBytes / sizeof(float));
             var a = new DecodeAttentionArgs(DevicePtr.Null, qDim, dK, dV, dTable, kv.MaxPagesPerSeq, PageSize, dLens, rows, lens.Max(),
@@ -140,6 +140,18 @@ public static class PersistentDecodeCases
             c.Exact<ushort>(got.X, expected.X, $"{r}: x = gemv_bf16_mma's with the residual (bitwise)");
             c.Exact<int>(ctx.Download<int>(counters, PersistentDecodeLaunchers.CounterInts), new int[PersistentDecodeLaunchers.CounterInts], $"{r}: counters zero after the launch");
             c.Exact<int>(ctx.Download<int>(tickets, rows * nKV), new int[rows * nKV], $"{r}: combine tickets zero after the launch");
+        }
+        if (router is not null)
+        {
+            // TopkByExperts: the router tiles write h and the logits only; the ids and weights stay as they were (0xff bytes)
+            // for the experts' launch to compute (MoeExpertsGemvTests holds that to the router's top-k)
+            var got = Run(persistent: true, counters, tickets, apart: false, topkByExperts: true);
+            c.Exact<ushort>(got.H, expected.H, "top-k by the experts: h = moe_router_norm_topk's (bitwise)");
+            c.Exact<float>(got.Logits, expected.Logits, "top-k by the experts: router logits = moe_router_norm_topk's (bitwise)");
+            c.Exact<int>(got.Ids, Enumerable.Repeat(-1, rows * k).ToArray(), "top-k by the experts: the router tiles wrote no ids");
+            c.True(got.Weights.All(float.IsNaN), "top-k by the experts: the router tiles wrote no weights", "");
+            c.Exact<ushort>(got.X, expected.X, "top-k by the experts: x (bitwise)");
+            c.Exact<int>(ctx.Download<int>(counters, PersistentDecodeLaunchers.CounterInts), new int[PersistentDecodeLaunchers.CounterInts], "top-k by the experts: counters zero after the launch");
         }
         return c.Result();
     }

@@ -82,13 +82,15 @@ public sealed class MoeLaunchers
     /// <paramref name="fetchAheadBytes"/> of <paramref name="fetchAhead"/> (a later kernel's weights) into L2.
     /// <paramref name="routed"/> (decode): an earlier launch ran that router (the attention block's router stage,
     /// <see cref="AttentionBlockRouter"/>): h is in <paramref name="normOut"/> and the top-k ids and weights in the
-    /// workspace's places, so only the experts run. The decode experts launch fetches <paramref name="expertsFetchAheadBytes"/>
+    /// workspace's places, so only the experts run; with <paramref name="topkByExperts"/> it wrote only the logits
+    /// (<see cref="AttentionBlockRouter.TopkByExperts"/>) and the experts' CTAs run the top-k from them. The decode experts launch fetches <paramref name="expertsFetchAheadBytes"/>
     /// of <paramref name="expertsFetchAhead"/> into L2 before its wait (<see cref="ExpertsGemv"/>).
     /// </summary>
     public void MoeBlock(DeviceStream stream, in MoeShape shape, int tokens, DevicePtr hidden, DevicePtr routerWeight,
         in WeightOperand gateUp, in WeightOperand down, DevicePtr residual, DevicePtr output, DevicePtr workspace, long workspaceBytes,
         DevicePtr normWeight = default, float normEps = 0f, DevicePtr normOut = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0,
-        ExpertsFollowOn? followOn = null, bool routed = false, DevicePtr expertsFetchAhead = default, long expertsFetchAheadBytes = 0)
+        ExpertsFollowOn? followOn = null, bool routed = false, DevicePtr expertsFetchAhead = default, long expertsFetchAheadBytes = 0,
+        bool topkByExperts = false)
     {
         CheckShape(shape, decodeOnly: false);
         if (followOn is not null && tokens > DecodeMaxTokens)
@@ -98,6 +100,8 @@ public sealed class MoeLaunchers
             throw new ArgumentOutOfRangeException(nameof(tokens), $"MoeBlock: the fused RMSNorm takes at most {DecodeMaxTokens} tokens (decode), got {tokens}; run the norm kernel first");
         if (routed && (tokens > DecodeMaxTokens || normOut.IsNull))
             throw new ArgumentException($"MoeBlock: a block routed ahead is a decode step (at most {DecodeMaxTokens} tokens, got {tokens}) with h in normOut", nameof(routed));
+        if (topkByExperts && !routed)
+            throw new ArgumentException("MoeBlock: the experts run the top-k only after a router that wrote its logits alone (routed ahead)", nameof(topkByExperts));
         if (tokens == 0) return;
         var ws = MoeWorkspace.Compute(tokens, shape);
         if (workspaceBytes < ws.TotalBytes)
@@ -115,7 +119,8 @@ public sealed class MoeLaunchers
         if (tokens <= DecodeMaxTokens)
         {
             ExpertsGemv(stream, shape, tokens, hidden, gateUp, down, ids, inter, slotOut, weights, residual, output,
-                workspace + ws.ExpertsSync, followOn: followOn, fetchAhead: expertsFetchAhead, fetchAheadBytes: expertsFetchAheadBytes);
+                workspace + ws.ExpertsSync, followOn: followOn, fetchAhead: expertsFetchAhead, fetchAheadBytes: expertsFetchAheadBytes,
+                routerLogits: topkByExperts ? workspace + ws.Logits : default);
             return;   // the combine ran in the down tiles
         }
         else
@@ -262,11 +267,15 @@ public sealed class MoeLaunchers
     /// <paramref name="fetchAhead"/> (bf16 experts only): a later kernel's weights (the next layer's qkv), of which the first
     /// <paramref name="fetchAheadBytes"/> go into L2 with evict_last before the CTAs' wait, a share per CTA: they stream
     /// while the CTAs read their tickets and the expert ids, before their own weights' addresses are known
-    /// (docs/timing-model.md, "The head").
+    /// (docs/timing-model.md, "The head"). <paramref name="routerLogits"/> ([T, E] fp32, or null): the router wrote only its
+    /// logits (<see cref="AttentionBlockRouter.TopkByExperts"/>); every CTA then runs the router's softmax + top-k from them
+    /// (the router's code: the same ids and weights), and CTA 0 stores the ids and weights in <paramref name="topkIds"/> /
+    /// <paramref name="topkWeights"/> as the router would have.
     /// </summary>
     public void ExpertsGemv(DeviceStream stream, in MoeShape s, int tokens, DevicePtr hidden, in WeightOperand gateUp, in WeightOperand down,
         DevicePtr topkIds, DevicePtr inter, DevicePtr slotOut, DevicePtr topkWeights, DevicePtr residual, DevicePtr output,
-        DevicePtr sync, bool cooperative = false, ExpertsFollowOn? followOn = null, DevicePtr fetchAhead = default, long fetchAheadBytes = 0)
+        DevicePtr sync, bool cooperative = false, ExpertsFollowOn? followOn = null, DevicePtr fetchAhead = default, long fetchAheadBytes = 0,
+        DevicePtr routerLogits = default)
     {
         if (fetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(fetchAheadBytes), fetchAheadBytes, "moe_experts_gemv: bytes to fetch ahead must not be negative");
         if (tokens > DecodeMaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"moe_experts_gemv: {tokens} tokens; the decode path takes at most {DecodeMaxTokens} (its counters are sized for that)");
@@ -278,6 +287,8 @@ public sealed class MoeLaunchers
             throw new ArgumentException($"moe_experts_gemv: a follow-on GEMV runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(followOn));
         if (!fetchAhead.IsNull && fetchAheadBytes > 0 && gateUp.Format != WeightFormat.Bf16)
             throw new ArgumentException($"moe_experts_gemv: a fetch-ahead runs only with bf16 experts, these are {gateUp.Format.Name()}", nameof(fetchAheadBytes));
+        if (!routerLogits.IsNull && !CanRunTopK(s, gateUp.Format))
+            throw new ArgumentException($"moe_experts_gemv: the experts run the router's top-k only with bf16 experts and at most {ExpertsTopKMaxExperts} experts; these are {gateUp.Format.Name()}, {s.Experts} experts", nameof(routerLogits));
         var kernels = Experts(gateUp.Format);
         CheckShape(s, decodeOnly: true);
         WeightFormats.CheckQuantized(gateUp, s.Hidden, "MoE gate_up GEMV");
@@ -316,6 +327,9 @@ public sealed class MoeLaunchers
             Next = next,
             FetchAhead = fetchAhead,
             FetchAheadBytes = fetchAhead.IsNull ? 0 : fetchAheadBytes,
+            RouterLogits = routerLogits,
+            RouterExperts = s.Experts,
+            RouterNormTopkProb = s.NormTopkProb ? 1 : 0,
         };
         int smem = gateUp.Format != WeightFormat.Bf16 ? Math.Max(s.Hidden, s.TopK * s.Inter) * sizeof(ushort)   // quantized: the staged x row, or a token's k inter rows
             : nextTiles > 0 ? tokens * (followOn!.Value.K + GemvLaunchers.MmaPadElements) * sizeof(ushort) : 0;   // the follow-on's staged x
@@ -325,6 +339,15 @@ public sealed class MoeLaunchers
         };
         Launch(kernels.ExpertsGemv, config, stream, p);
     }
+
+    /// <summary>The most experts whose top-k <c>moe_experts_gemv</c> runs itself (four per lane of one warp: kernels/moe_decode.cu, experts_route).</summary>
+    public const int ExpertsTopKMaxExperts = 128;
+
+    /// <summary>
+    /// Whether <c>moe_experts_gemv</c> can run the router's softmax + top-k itself (<see cref="ExpertsGemv"/>'s routerLogits):
+    /// bf16 experts (the quantized variants' registers: int4 spilled) and at most <see cref="ExpertsTopKMaxExperts"/> experts.
+    /// </summary>
+    public static bool CanRunTopK(in MoeShape s, WeightFormat format) => format == WeightFormat.Bf16 && s.Experts <= ExpertsTopKMaxExperts;
 
     /// <summary>
     /// CTAs per SM of a moe_experts_gemv launch with a follow-on GEMV: 5 (bf16's launch bound is 8). Its CTAs take 64

@@ -24,6 +24,7 @@ public struct MoeRouterParams
     public int TopK;
     public int NormTopkProb;
     public float Eps;               // moe_router_norm_topk
+    public int TopkByConsumer;      // persistent_attn_block's router tiles: 1 = logits only, the experts' launch runs the top-k
 }
 
 /// <summary>Mirror of <c>MoeAlignParams</c> (kernels/moe_align.cu).</summary>
@@ -87,6 +88,9 @@ public struct MoeExpertsGemvParams
     public GemvParams Next;         // the follow-on GEMV (gemv_bf16_mma's parameters), unused when NextTiles is 0
     public DevicePtr FetchAhead;    // a later kernel's weights, prefetched into L2 with evict_last before the wait, or null
     public long FetchAheadBytes;
+    public DevicePtr RouterLogits;  // [T, E] fp32 or null: each CTA runs the router's softmax + top-k from these logits
+    public int RouterExperts;       // E
+    public int RouterNormTopkProb;
 }
 
 /// <summary>Mirror of <c>MoeGateUpGemmParams</c> (kernels/moe_gemm.cu).</summary>

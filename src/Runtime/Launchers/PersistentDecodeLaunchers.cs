@@ -42,10 +42,12 @@ public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hi
 /// logits [rows, E] fp32 in <paramref name="Logits"/>, the top-k ids (int) and weights (fp32) [rows, k]. One tile per
 /// router row; the router tiles also fetch the first <paramref name="FetchAheadBytes"/> of <paramref name="FetchAhead"/>
 /// (the next layer's qkv weight after o_proj's share) into L2 with evict_last before their wait (docs/timing-model.md,
-/// "Weights fetched ahead"); null / 0: none.
+/// "Weights fetched ahead"); null / 0: none. <paramref name="TopkByExperts"/>: the tiles write the logits only, with no
+/// ticket and no softmax + top-k, which the experts' launch after the block runs itself (<see cref="MoeLaunchers.ExpertsGemv"/>'s
+/// routerLogits): the router stage's chain ends at its logits (docs/kernels.md, "Persistent launches").
 /// </summary>
 public readonly record struct AttentionBlockRouter(MoeShape Shape, DevicePtr PostNorm, float Eps, DevicePtr RouterWeight, DevicePtr HOut,
-    DevicePtr Logits, DevicePtr TopkIds, DevicePtr TopkWeights, DevicePtr FetchAhead = default, long FetchAheadBytes = 0);
+    DevicePtr Logits, DevicePtr TopkIds, DevicePtr TopkWeights, DevicePtr FetchAhead = default, long FetchAheadBytes = 0, bool TopkByExperts = false);
 
 /// <summary>
 /// Launcher for kernels/persistent_decode.cu: a layer's attention block for decode rows, qkv projection (with its input
@@ -193,6 +195,7 @@ public sealed class PersistentDecodeLaunchers
                 Hidden = w.X, WGate = r.RouterWeight, Logits = r.Logits, TopkIds = r.TopkIds, TopkWeights = r.TopkWeights, HOut = r.HOut,
                 NormWeight = r.PostNorm, FetchAhead = r.FetchAhead, FetchAheadBytes = r.FetchAhead.IsNull ? 0 : r.FetchAheadBytes,
                 Tokens = rows, HiddenSize = r.Shape.Hidden, Experts = r.Shape.Experts, TopK = r.Shape.TopK, NormTopkProb = r.Shape.NormTopkProb ? 1 : 0, Eps = r.Eps,
+                TopkByConsumer = r.TopkByExperts ? 1 : 0,
             };
             p.RouterTiles = r.Shape.Experts;
         }
