@@ -391,7 +391,7 @@ public class DenseModelDeviceTests
         var d = new DeviceModelOptions();
         Assert.That((d.FetchAheadBytesFor(true), d.OProjFetchAheadBytesFor(true)), Is.EqualTo((12L << 20, 2L << 20)), "router in the block");
         Assert.That((d.FetchAheadBytesFor(false), d.OProjFetchAheadBytesFor(false)), Is.EqualTo((8L << 20, 4L << 20)), "router as its own launch");
-        Assert.That(d.ExpertsFetchAheadBytesOrDefault, Is.EqualTo(2L << 20), "the experts' share");
+        Assert.That(d.ExpertsFetchAheadBytesOrDefault, Is.EqualTo(4L << 20), "the experts' share");
         var set = new DeviceModelOptions { FetchAheadBytes = 1024, OProjFetchAheadBytes = 0, ExpertsFetchAheadBytes = 0 };
         Assert.That((set.FetchAheadBytesFor(true), set.OProjFetchAheadBytesFor(false), set.ExpertsFetchAheadBytesOrDefault), Is.EqualTo((1024L, 0L, 0L)));
         Assert.That(() => new DeviceModelOptions { ExpertsFetchAheadBytes = -1 }.Validate(),

@@ -58,10 +58,11 @@ public sealed record DeviceModelOptions
     public long? OProjFetchAheadBytes { get; init; }
     /// <summary>
     /// The decode experts launch's share of <see cref="FetchAheadBytes"/> (the last bytes; at most what o_proj leaves), fetched
-    /// before its wait: those bytes stream while its CTAs read their tickets and the expert ids, before the experts'
-    /// own weight addresses are known, where the DRAM would otherwise idle (docs/timing-model.md, "The head"). The router
-    /// fetches what o_proj and the experts leave. Null (the default): 2 MiB, about that head at 3-5 TB/s with room to
-    /// spare. 0 turns it off. Bf16 experts only: with quantized experts the router keeps these bytes. Results do not
+    /// before its wait: those bytes stream while its CTAs read their tickets and the expert ids (and, with the router in
+    /// the block, run the router's top-k), before the experts' own weight addresses are known, where the DRAM would
+    /// otherwise idle (docs/timing-model.md, "The head"). The router fetches what o_proj and the experts leave. Null (the
+    /// default): 4 MiB, about that head (0.7 us with the top-k) at 4.3 TB/s (since stop 41; 2 MiB before, when the head
+    /// was one round trip; 3 MiB left H200's head partly idle, 6 MiB lengthened its experts). 0 turns it off. Bf16 experts only: with quantized experts the router keeps these bytes. Results do not
     /// depend on it.
     /// </summary>
     public long? ExpertsFetchAheadBytes { get; init; }
@@ -98,7 +99,7 @@ public sealed record DeviceModelOptions
     /// <summary>o_proj's share of them: <see cref="OProjFetchAheadBytes"/>, or its default for the path.</summary>
     public long OProjFetchAheadBytesFor(bool routerInBlock) => OProjFetchAheadBytes ?? (routerInBlock ? 2L << 20 : 4L << 20);
     /// <summary>The experts' share of them: <see cref="ExpertsFetchAheadBytes"/>, or its default.</summary>
-    public long ExpertsFetchAheadBytesOrDefault => ExpertsFetchAheadBytes ?? 2L << 20;
+    public long ExpertsFetchAheadBytesOrDefault => ExpertsFetchAheadBytes ?? 4L << 20;
     /// <summary>
     /// On a MoE decode step of at most 4 rows, the decode experts launch also runs the next layer's qkv projection (with its
     /// input RMSNorm) as its last tiles, when that GEMV's weights are bf16 and its shape qualifies
