@@ -320,7 +320,8 @@ struct DownTokenSmem {
     float res[DOWN_ROWS_PER_CTA];        // residual rows h0 .. h0 + R - 1
 };
 
-// weights: token t's routing weights at weights[t * k ..]: p.topk_weights, or the CTA's own top-k in shared memory
+// weights: token t's routing weights at weights[t * k ..]: moe_experts_gemv's copy in shared memory (read from
+// p.topk_weights with the ids, or its own top-k's)
 __device__ __forceinline__ void down_token_operands(const MoeDownGemvParams& p, const float* weights, int t, int h0, int R, DownTokenSmem& sm)
 {
     const int k = p.top_k, H = p.hidden_size;
