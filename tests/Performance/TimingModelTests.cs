@@ -352,6 +352,26 @@ public class TimingModelTests
     }
 
     /// <summary>
+    /// The stages of a stage-ordered launch measured apart are one launch: a layer never starts or ends between them. A
+    /// 2-layer step whose second layer runs other kernels (the experts' follow-on qkv beside the attention block, which
+    /// then runs unfused in the next layer) has no layers to scale; before, stage 0 and stage 1 of the block (the same
+    /// kernel and block) passed for two one-launch layers, and the scaled step repeated stage 0 47 times.
+    /// </summary>
+    [Test]
+    public void FindLayers_NeverSplitsAStageOrderedLaunch()
+    {
+        LaunchRecord L(string k, uint grid = 1) => Launch(grid, 32, 320, 1, kernel: k) with { InGraph = true };
+        LaunchRecord S(int index) => L("blk", 4) with { Stage = new LaunchStage(index, 3) };
+        var alike = new[] { L("embed"), S(0), S(1), S(2), L("e", 8), S(0), S(1), S(2), L("e", 8), L("head", 4) };
+        Assert.That(StepPredictor.FindLayers(alike, 2), Is.EqualTo(((int, int)?)(1, 4)));
+        var unlike = new[] { L("embed"), S(0), S(1), S(2), L("e", 6), L("attn", 2), L("gemv", 2), L("router", 2), L("e", 8), L("head", 4) };
+        Assert.That(StepPredictor.FindLayers(unlike, 2), Is.Null, "stage 0 and stage 1 are not two layers");
+        Assert.That(StepPredictor.FindLayers(unlike, 2, lastLayerApart: true), Is.Null, "nor with the last layer apart");
+        var p = StepPredictor.Predict(Toy, "decode", 1, 2, unlike, [], _ => new KernelResources(16, 0));
+        Assert.That(() => StepPredictor.ScaleLayers(p, 48), Throws.ArgumentException.With.Message.Contains("--scale-layers"));
+    }
+
+    /// <summary>
     /// A step whose last layer alone has other launch shapes (the experts launch "c" of every other layer also runs the next
     /// layer's qkv projection: a larger grid; the first layer's qkv "q" is a launch of its own, in the prefix): the strict
     /// split fails, the split with the last layer apart finds it, and scaling repeats the layer before the last and keeps

@@ -139,7 +139,8 @@ public static class StepPredictor
     /// consecutive runs of n launches starting at p have the same kernels, grids, blocks and shared memory. Null when there
     /// is no such split (layers of different shapes). <paramref name="lastLayerApart"/>: the last run need only have the same
     /// kernels and blocks as the others (its grids and shared memory may differ: a decode step whose experts launch runs the
-    /// next layer's qkv projection, which the last layer has not; docs/timing-model.md, "One step").
+    /// next layer's qkv projection, which the last layer has not; docs/timing-model.md, "One step"). A layer never starts or
+    /// ends inside a stage-ordered launch measured apart (<see cref="LaunchRecord.Stage"/>): its stages are one launch.
     /// </summary>
     public static (int Prefix, int PerLayer)? FindLayers(IReadOnlyList<LaunchRecord> launches, int layers, bool lastLayerApart = false)
     {
@@ -147,10 +148,13 @@ public static class StepPredictor
         static bool Same(LaunchRecord a, LaunchRecord b) =>
             a.Kernel == b.Kernel && a.Grid == b.Grid && a.Block == b.Block && a.DynamicSharedBytes == b.DynamicSharedBytes;
         static bool SameKernel(LaunchRecord a, LaunchRecord b) => a.Kernel == b.Kernel && a.Block == b.Block;
+        // a layer starts and ends between launches, never between the stages of one stage-ordered launch measured apart
+        bool Boundary(int i) => i >= launches.Count || launches[i].Stage is not { Index: > 0 };
         for (int p = 0; p < launches.Count; p++)
             for (int n = (launches.Count - p) / layers; n >= 1; n--)
             {
                 bool ok = true;
+                for (int l = 0; l <= layers && ok; l++) ok = Boundary(p + l * n);
                 for (int l = 1; l < layers && ok; l++)
                     for (int i = 0; i < n && ok; i++)
                         ok = lastLayerApart && l == layers - 1 ? SameKernel(launches[p + i], launches[p + l * n + i]) : Same(launches[p + i], launches[p + l * n + i]);
