@@ -65,6 +65,8 @@ public class ProfilePredictTests
         Assert.That(stdout, Does.Contain("what-if as one kernel: every stage at one block size and register count"), "the composition at one kernel's occupancy");
         Assert.That(stdout, Does.Match(@"what-if with each stage's bytes fetched ahead staged in shared memory \(up to [0-9.]+ MiB: half of every SM's\) before it is ready: \d+\.\d% of the roofline"));
         Assert.That(stdout, Does.Match(@"\n +128 +64 +\d+ +\d+  [a-z ]+ +\d+\.\d%"), "a row of it: 128 threads, 64 registers");
+        // early routing: the tiny model's folded router is 8 experts x 64 query dims x 2 bytes
+        Assert.That(stdout, Does.Match(@"what-if with early routing \(the experts' ids from the attention's output through the router folded with the norm weight and o_proj, 1\.0 KiB more per MoE layer; their weights fetched ahead from o_proj's done\), by lookahead: 0 B \d+\.\d%"));
         // every table line that carries a time is under a heading that says predicted (and names the assumption)
         foreach (string heading in stdout.Split('\n').Where(l => l.Contains(" on NVIDIA ")))
             Assert.That(heading, Does.Contain("PREDICTED").And.Contain("assumed: graphNodeGapUs 1 "));

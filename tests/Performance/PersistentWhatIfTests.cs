@@ -305,6 +305,67 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
+    /// Early routing (<see cref="PersistentWhatIf.WithEarlyRouting"/>), on two layers of the attention block (its 4 stages
+    /// measured apart, the router its last) and the experts' launch, and a third experts launch after a router launch with no
+    /// attention before it, and a layer of separate kernels (attention, o_proj, router, gate_up, down): each experts stage
+    /// after an attention may fetch all its bytes ahead once its layer's o_proj stage (the block's stage 2, the launch after
+    /// the attention) is done, and that stage moves the folded router's bytes once per layer (fetched ahead like its
+    /// weights); every other stage is as <see cref="PersistentWhatIf.StagesOf"/> gives it (the separate experts kernels
+    /// there wait for the router launch, stage 15).
+    /// </summary>
+    [Test]
+    public void WithEarlyRouting_FetchesTheExpertsAheadFromOProjsDone_AndOProjMovesTheFoldedRouter()
+    {
+        LaunchRecord S(int index, long distinct, long preWait) => Rec("persistent_attn_block", distinct, preWait) with { Stage = new LaunchStage(index, 4) };
+        var layer = new[] { S(0, 8192, 8192), S(1, 2048, 2048), S(2, 4096, 4096), S(3, 1024, 1024), Rec("moe_experts_gemv", 16384) };
+        var records = layer.Concat(layer).Concat([Rec("moe_router_norm_topk", 1024, 1024), Rec("moe_experts_gemv", 16384),
+            Rec("attn_decode_fused", 2048, 2048), Rec("gemv_bf16_t1", 4096, 4096), Rec("moe_router_norm_topk", 1024, 1024), Rec("moe_gate_up_gemv", 8192), Rec("moe_down_gemv", 4096)]).ToArray();
+        var p = StepPredictor.Predict(Toy, "decode", 1, 2, records, [], _ => new KernelResources(32, 0));
+        var stages = PersistentWhatIf.StagesOf(p);
+        var early = PersistentWhatIf.WithEarlyRouting(p, stages, 512);
+        Assert.That(early.Select(s => (s.DramBytes, s.AheadBytes, s.AheadAfter)), Is.EqualTo(new[]
+        {
+            (8192L, 8192L, -1), (2048L, 2048L, -1), (4096L + 512, 4096L + 512, -1), (1024L, 1024L, -1), (16384L, 16384L, 2),
+            (8192L, 8192L, -1), (2048L, 2048L, -1), (4096L + 512, 4096L + 512, -1), (1024L, 1024L, -1), (16384L, 16384L, 7),
+            (1024L, 1024L, -1), (16384L, 16384L, 10),
+            (2048L, 2048L, -1), (4096L + 512, 4096L + 512, -1), (1024L, 1024L, -1), (8192L, 8192L, 13), (4096L, 4096L, 13),
+        }));
+        Assert.That(stages[4].AheadBytes, Is.EqualTo(0), "without early routing the block's experts fetch nothing ahead");
+        Assert.That(early[11], Is.EqualTo(stages[11]), "the experts after a router launch with no attention before them: unchanged");
+        Assert.That(early[2].TransferBytes, Is.EqualTo(stages[2].TransferBytes + 512));
+        Assert.That(early[2].TransferUs, Is.EqualTo(stages[2].TransferUs * (stages[2].TransferBytes + 512) / stages[2].TransferBytes).Within(1e-12));
+        Assert.That(() => PersistentWhatIf.WithEarlyRouting(p, stages.Take(3).ToList(), 512), Throws.ArgumentException.With.Message.Contains("StagesOf"));
+        Assert.That(() => PersistentWhatIf.WithEarlyRouting(p, stages, -1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    /// <summary>
+    /// One launch per MoE layer (<see cref="PersistentWhatIf.AsLayerLaunches"/>): each attention block (its 4 stages measured
+    /// apart) and the experts launch right after it become one launch of 5 stages, so the step has one graph node less per
+    /// layer; an experts launch with a memset node before it stays a launch of its own. With the folded router, each merged
+    /// layer moves its bytes once more (in its o_proj stage), and nothing else changes in the step's bytes.
+    /// </summary>
+    [Test]
+    public void AsLayerLaunches_MakesTheBlockAndTheExpertsOneLaunch_PerLayer()
+    {
+        LaunchRecord S(int index) => Rec("persistent_attn_block", 4096, 4096) with { Stage = new LaunchStage(index, 4) };
+        var layer = new[] { S(0), S(1), S(2), S(3), Rec("moe_experts_gemv", 16384, 1024) };
+        var records = new[] { Rec("embedding_gather_bf16", 1024) }.Concat(layer).Concat(layer).Concat(layer).Concat([Rec("gemv_bf16_t1", 8192, 8192)]).ToArray();
+        // a memset node before the third layer's experts: that layer keeps two launches
+        var ops = new List<DeviceOperation> { new(DeviceOperationKind.Memset, 8, true, 15) };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 3, records, ops, _ => new KernelResources(32, 0));
+        var layers = PersistentWhatIf.AsLayerLaunches(p);
+        Assert.That(layers.Launches, Has.Count.EqualTo(p.Launches.Count));
+        Assert.That(layers.GraphNodes, Is.EqualTo(p.GraphNodes - 2), "two layers merged, the third kept apart by the memset");
+        Assert.That(layers.Launches.Select(l => l.ContinuesLaunch).ToArray()[5], Is.True, "the first layer's experts continue its block's launch");
+        Assert.That(layers.Launches.Select(l => l.Launch.Stage?.Count).Take(11), Is.EqualTo(new int?[] { null, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5 }));
+        Assert.That(layers.Launches[15].Launch.Stage, Is.Null, "the third layer's experts: a launch of their own");
+        Assert.That(layers.DramBytes, Is.EqualTo(p.DramBytes).Within(1024 * 4), "the same bytes, as one launch (within the programmatic shadow's accounting)");
+        var early = PersistentWhatIf.AsLayerLaunches(p, 512);
+        Assert.That(early.DramBytes - layers.DramBytes, Is.EqualTo(2 * 512), "the folded router once per merged layer");
+        Assert.That(() => PersistentWhatIf.AsLayerLaunches(p, -1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    /// <summary>
     /// The experts' launch after a router that is no launch of its own (the attention block's stage): its pre-wait bytes
     /// are the next GEMV's weights fetched ahead (4 KiB, which that GEMV found in L2), so they move to the GEMV, and none of
     /// the experts' own 8 KiB may come ahead (their addresses come from the router).

@@ -292,7 +292,8 @@ public static class ProfileCommand
     {
         if (stages.WhatIfRemeasured)
             stdout.WriteLine("what-if stages: the decode step measured again without the experts' follow-on qkv (each kernel a stage; docs/timing-model.md, section 7)");
-        stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes));
+        var c = stages.Plan.Config;
+        stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes, c.NumExperts > 0 ? (long)c.NumExperts * c.QueryDim * 2 : 0));
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Qwen3Cuda.Runtime;
 using Qwen3Cuda.Runtime.Emulation;
 using Qwen3Cuda.Runtime.Memory;
 
@@ -153,8 +154,7 @@ public static class PersistentWhatIf
             // earlier steps) from the step's start. The experts' own pre-wait bytes are never their weights (those depend on
             // the router), only a later kernel's fetched ahead, which moved to it above: with no router launch before them
             // (the router is the attention block's stage) only what was fetched for them may come ahead
-            bool experts = r.Kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || r.Kernel.StartsWith("moe_down", StringComparison.Ordinal)
-                || r.Kernel.StartsWith("moe_experts", StringComparison.Ordinal);
+            bool experts = IsExperts(r.Kernel);
             if (r.Kernel.StartsWith("moe_router", StringComparison.Ordinal)) router = i;
             long ahead = experts ? (router >= 0 ? bytes : moved[i]) : Math.Min(r.PreWaitSectors * 32, dram[i]) + moved[i];
             stages.Add(Stage(g, a, bytes, Math.Min(ahead, bytes), experts ? router : -1));
@@ -216,8 +216,10 @@ public static class PersistentWhatIf
     /// CTAs, otherwise once the last earlier stage whose tiles would not leave it room is done (one CTA per tile: a
     /// stage's CTAs start as earlier ones exit). <paramref name="overlapBytes"/>: of the first stage's pre-wait bytes,
     /// those fetched in the shadow of the kernel before the launch (programmatic launch), not streamed again.
+    /// <paramref name="stageRule"/> (a what-if's, e.g. <see cref="AsLayerLaunches"/>): changes the stages before they are composed.
     /// </summary>
-    public static PersistentComposition ComposeStages(GpuSpec g, IReadOnlyList<KernelPrediction> alone, long overlapBytes = 0)
+    public static PersistentComposition ComposeStages(GpuSpec g, IReadOnlyList<KernelPrediction> alone, long overlapBytes = 0,
+        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? stageRule = null)
     {
         long capacity = alone.Count == 0 ? 0 : (long)alone[0].Occupancy.BlocksPerSm * g.Sms;
         var stages = new List<PersistentStage>(alone.Count);
@@ -246,7 +248,7 @@ public static class PersistentWhatIf
             stages[j] = stages[j] with { DramBytes = stages[j].DramBytes + persisting, EarlyAheadBytes = stages[j].EarlyAheadBytes + persisting,
                                          EarlyAheadAfter = stages[k].AheadAfter };
         }
-        return Compose(g, stages, g.L2PersistingBytes, ReleaseUs(g));
+        return Compose(g, stageRule is null ? stages : stageRule(alone, stages), g.L2PersistingBytes, ReleaseUs(g));
     }
 
     /// <summary>
@@ -398,13 +400,113 @@ public static class PersistentWhatIf
         };
     }
 
+    /// <summary>A launch of expert weights (gate_up, down, or both in one launch): their addresses come from the router.</summary>
+    static bool IsExperts(string kernel) => kernel.StartsWith("moe_gate_up", StringComparison.Ordinal) || kernel.StartsWith("moe_down", StringComparison.Ordinal)
+        || kernel.StartsWith("moe_experts", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A what-if on <paramref name="stages"/> (<see cref="StagesOf"/> of <paramref name="p"/>, one stage per launch): early
+    /// routing, not built. The router's logits are linear in the attention's output up to one positive factor per token:
+    /// <c>W_r (g * h) / rms(h)</c> with <c>h = x + W_o a</c> is <c>(W_r (g * x) + (W_r diag(g) W_o) a) / rms(h)</c>, and the
+    /// top-k does not depend on that factor. So a tile set beside o_proj could take the experts' ids from the attention's
+    /// output <c>a</c> through the folded matrix <c>W_r diag(g) W_o</c> (<paramref name="foldedRouterBytes"/> more per MoE layer,
+    /// fetched ahead like any weight) and prefetch the experts' weights into L2 before the router is done: a prefetch hint only,
+    /// whose ids may differ from the router's at a near tie (then those bytes are wasted, the results unchanged). Taken here
+    /// as: every experts stage's bytes may be fetched ahead once the o_proj stage after the layer's attention is done
+    /// (the folded GEMV and its top-k as long as o_proj), and that o_proj stage moves the folded matrix too. The attention
+    /// is the layer's last <c>attn_decode*</c> launch or stage 1 of <c>persistent_attn_block</c>, the experts its
+    /// <c>moe_gate_up*</c>, <c>moe_down*</c> or <c>moe_experts*</c> launches after the stage after it; a layer without both is
+    /// left as it is.
+    /// </summary>
+    public static IReadOnlyList<PersistentStage> WithEarlyRouting(StepPrediction p, IReadOnlyList<PersistentStage> stages, long foldedRouterBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(foldedRouterBytes);
+        if (stages.Count != p.Launches.Count) throw new ArgumentException($"{stages.Count} stages for {p.Launches.Count} launches: give StagesOf(p)");
+        var list = stages.ToList();
+        int attention = -1, folded = -1;
+        bool afterExperts = false;
+        for (int i = 0; i < list.Count; i++)
+        {
+            var r = p.Launches[i].Launch;
+            bool experts = IsExperts(r.Kernel);
+            // the layer's attention ends with its experts: what follows them belongs to the next layer
+            if (afterExperts && !experts) attention = -1;
+            afterExperts = experts;
+            if (r.Kernel.StartsWith("attn_decode", StringComparison.Ordinal) || (r.Kernel == "persistent_attn_block" && r.Stage is { Index: 1 }))
+                attention = i;
+            else if (experts && attention >= 0 && attention + 1 < i)
+            {
+                int oProj = attention + 1;
+                list[i] = AheadFrom(list[i], oProj);
+                if (folded == oProj) continue;   // the layer's second experts kernel (gate_up, then down): one folded router
+                folded = oProj;
+                list[oProj] = WithFoldedRouter(list[oProj], foldedRouterBytes);
+            }
+        }
+        return list;
+    }
+
+    /// <summary>Early routing's experts stage: all its bytes may be fetched ahead once stage <paramref name="after"/> is done.</summary>
+    static PersistentStage AheadFrom(PersistentStage experts, int after) =>
+        experts with { AheadBytes = experts.DramBytes - experts.EarlyAheadBytes, AheadAfter = after };
+
+    /// <summary>Early routing's o_proj stage: it also moves the folded router (fetched ahead like its weights, through the L2 into the SMs).</summary>
+    static PersistentStage WithFoldedRouter(PersistentStage oProj, long foldedRouterBytes)
+    {
+        double transferUs = oProj.TransferBytes > 0 ? oProj.TransferUs * (oProj.TransferBytes + foldedRouterBytes) / oProj.TransferBytes : oProj.TransferUs;
+        return oProj with
+        {
+            DramBytes = oProj.DramBytes + foldedRouterBytes, AheadBytes = oProj.AheadBytes + foldedRouterBytes,
+            TransferBytes = oProj.TransferBytes + foldedRouterBytes, TransferUs = transferUs,
+        };
+    }
+
+    /// <summary>The attention block's stages (qkv, attention, o_proj, router) and the experts after them as one launch.</summary>
+    const string BlockKernel = "persistent_attn_block";
+
+    /// <summary>
+    /// A what-if on the decode step <paramref name="p"/>, not built: one launch per MoE layer. Each attention block launch
+    /// with the router as its fourth stage (<c>persistent_attn_block</c>, stages measured apart) and the experts launch right
+    /// after it (<c>moe_experts*</c>) become one stage-ordered launch of five stages, predicted as the block is today
+    /// (<see cref="ComposeStages"/>: a counter release between stages, the persisting L2 as the lookahead, each stage at its
+    /// own kernel's occupancy), with programmatic launches between the layers as today. With
+    /// <paramref name="foldedRouterBytes"/> &gt; 0, early routing too (<see cref="WithEarlyRouting"/>): the experts stage's
+    /// bytes may be fetched ahead once the o_proj stage is done, which moves the folded router. Other launches are kept.
+    /// </summary>
+    public static StepPrediction AsLayerLaunches(StepPrediction p, long foldedRouterBytes = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(foldedRouterBytes);
+        var launches = p.Launches.Select(l => (l.Launch, l.Resources)).ToList();
+        var between = p.Operations.Select(o => o.LaunchesBefore).ToHashSet();
+        for (int i = 0; i + 4 < launches.Count; i++)
+        {
+            bool block = Enumerable.Range(0, 4).All(k => launches[i + k].Launch.Kernel == BlockKernel && launches[i + k].Launch.Stage == new LaunchStage(k, 4));
+            if (!block || !launches[i + 4].Launch.Kernel.StartsWith("moe_experts", StringComparison.Ordinal) || between.Contains(i + 4)) continue;
+            for (int k = 0; k < 4; k++) launches[i + k] = (launches[i + k].Launch with { Stage = new LaunchStage(k, 5) }, launches[i + k].Resources);
+            // the stage records of one launch share its kernel's name (StepPredictor checks it); the model does not use names
+            launches[i + 4] = (launches[i + 4].Launch with { Kernel = BlockKernel, Stage = new LaunchStage(4, 5) }, launches[i + 4].Resources);
+            i += 4;
+        }
+        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? rule = null;
+        if (foldedRouterBytes > 0)
+            rule = (alone, stages) =>
+            {
+                if (stages.Count != 5 || alone[0].Kernel != BlockKernel) return stages;
+                var list = stages.ToList();
+                list[4] = AheadFrom(list[4], 2);
+                list[2] = WithFoldedRouter(list[2], foldedRouterBytes);
+                return list;
+            };
+        return p with { Launches = StepPredictor.PredictLaunches(p.Gpu, launches, p.Operations, rule) };
+    }
+
     /// <summary>
     /// `profile --what-if persistent`: the decode step <paramref name="p"/> composed as one persistent launch with the
     /// GPU's persisting L2 as the lookahead and two L2 round trips per counter release; per kernel the stages' time from
     /// ready to done, the share of their bytes fetched ahead and the DRAM time left idle, then the step against the
     /// multi-kernel prediction and the roofline. Labelled what-if: no such kernel is built.
     /// </summary>
-    public static string Report(StepPrediction p, long minimumBytes)
+    public static string Report(StepPrediction p, long minimumBytes, long foldedRouterBytes = 0)
     {
         var inv = CultureInfo.InvariantCulture;
         var g = p.Gpu;
@@ -445,6 +547,32 @@ public static class PersistentWhatIf
         long staging = StagingBytes(g);
         sb.Append(inv, $"  what-if with each stage's bytes fetched ahead staged in shared memory (up to {ByteSize.Format(staging)}: half of every SM's) before it is ready: ");
         sb.Append(inv, $"{Percent(stages, g.L2PersistingBytes, staging):F1}% of the roofline\n");
+        // early routing (WithEarlyRouting): the experts' weights fetched ahead from o_proj's done, by the ids a folded router
+        // takes from the attention's output
+        if (foldedRouterBytes > 0)
+        {
+            var early = WithEarlyRouting(p, stages, foldedRouterBytes);
+            sb.Append(inv, $"  what-if with early routing (the experts' ids from the attention's output through the router folded with the norm weight and o_proj, {ByteSize.Format(foldedRouterBytes)} more per MoE layer; ");
+            sb.Append(inv, $"their weights fetched ahead from o_proj's done), by lookahead:");
+            foreach (long bytes in new[] { 0, g.L2PersistingBytes / 2, g.L2PersistingBytes, g.L2PersistingBytes * 2 })
+                sb.Append(inv, $" {ByteSize.Format(bytes)} {Percent(early, bytes):F1}%");
+            sb.Append(" of the roofline\n");
+        }
+        // one launch per MoE layer (AsLayerLaunches): the block and the experts as one stage-ordered launch, the step's other
+        // boundaries as today
+        var layer = AsLayerLaunches(p);
+        if (layer.GraphNodes < p.GraphNodes)
+        {
+            double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
+            sb.Append(inv, $"  what-if with one launch per MoE layer (the experts as the attention block's fifth stage, at today's tiles and occupancy; programmatic launches between the layers): ");
+            sb.Append(inv, $"{layer.GraphNodes} graph nodes, step {layer.TotalUs:F1} us, {Roof(layer):F1}% of the roofline");
+            if (foldedRouterBytes > 0)
+            {
+                var early = AsLayerLaunches(p, foldedRouterBytes);
+                sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
+            }
+            sb.Append('\n');
+        }
         // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
         // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
         if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))

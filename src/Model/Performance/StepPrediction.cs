@@ -68,7 +68,8 @@ public static class StepPredictor
     /// included): <see cref="KernelTimingModel.PrefetchOverlap"/>.
     /// </summary>
     public static IReadOnlyList<KernelPrediction> PredictLaunches(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches,
-        IReadOnlyList<DeviceOperation> operations)
+        IReadOnlyList<DeviceOperation> operations,
+        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? stageRule = null)
     {
         var between = operations.Select(o => o.LaunchesBefore).ToHashSet();   // an operation between launch i - 1 and launch i
         var result = new List<KernelPrediction>(launches.Count);
@@ -78,7 +79,7 @@ public static class StepPredictor
             bool chained = i > 0 && r.ProgrammaticLaunch && r.InGraph && launches[i - 1].Record.InGraph && !between.Contains(i);
             if (StagesAt(launches, i, between) is int stageCount)
             {
-                result.AddRange(PredictStages(gpu, launches.Skip(i).Take(stageCount).ToList(), chained ? result[i - 1] : null));
+                result.AddRange(PredictStages(gpu, launches.Skip(i).Take(stageCount).ToList(), chained ? result[i - 1] : null, stageRule));
                 i += stageCount - 1;
                 continue;
             }
@@ -116,11 +117,12 @@ public static class StepPredictor
     /// When the launch is a programmatic node after <paramref name="before"/>, its first stage's pre-wait bytes stream in
     /// that kernel's shadow as any programmatic launch's (<see cref="KernelTimingModel.PrefetchOverlap"/>).
     /// </summary>
-    static IEnumerable<KernelPrediction> PredictStages(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> stages, KernelPrediction? before)
+    static IEnumerable<KernelPrediction> PredictStages(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> stages, KernelPrediction? before,
+        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? stageRule)
     {
         var alone = stages.Select(x => KernelTimingModel.Predict(x.Record, x.Resources, gpu)).ToList();
         var overlap = before is null ? null : KernelTimingModel.PrefetchOverlap(gpu, alone[0], before);
-        var c = PersistentWhatIf.ComposeStages(gpu, alone, overlap?.Bytes ?? 0);
+        var c = PersistentWhatIf.ComposeStages(gpu, alone, overlap?.Bytes ?? 0, stageRule);
         for (int k = 0; k < alone.Count; k++)
         {
             double from = k == 0 ? 0 : c.Stages[k - 1].DoneUs;
