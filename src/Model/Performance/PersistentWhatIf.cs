@@ -92,6 +92,12 @@ public sealed record PersistentStage
         Math.Max(IssueUs, TransferUs * (1 - Math.Clamp(stagedShare, 0, 1))));
 }
 
+/// <summary>
+/// A what-if's change to the stages of one stage-ordered launch before they are composed (<see cref="PersistentWhatIf.ComposeStages"/>):
+/// given each stage's kernel predicted alone and the stages as built, the stages to compose.
+/// </summary>
+public delegate IReadOnlyList<PersistentStage> StageRule(IReadOnlyList<KernelPrediction> alone, IReadOnlyList<PersistentStage> stages);
+
 /// <summary>One stage as composed: when its inputs were ready, when it was done, what it fetched ahead, and the DRAM time left idle while the step waited for it.</summary>
 public sealed record PersistentStageTiming(PersistentStage Stage, double ReadyUs, double DoneUs, long FetchedAheadBytes, double IdleUs, double IdleBudgetFullUs);
 
@@ -219,7 +225,7 @@ public static class PersistentWhatIf
     /// <paramref name="stageRule"/> (a what-if's, e.g. <see cref="AsLayerLaunches"/>): changes the stages before they are composed.
     /// </summary>
     public static PersistentComposition ComposeStages(GpuSpec g, IReadOnlyList<KernelPrediction> alone, long overlapBytes = 0,
-        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? stageRule = null)
+        StageRule? stageRule = null)
     {
         long capacity = alone.Count == 0 ? 0 : (long)alone[0].Occupancy.BlocksPerSm * g.Sms;
         var stages = new List<PersistentStage>(alone.Count);
@@ -487,7 +493,7 @@ public static class PersistentWhatIf
             launches[i + 4] = (launches[i + 4].Launch with { Kernel = BlockKernel, Stage = new LaunchStage(4, 5) }, launches[i + 4].Resources);
             i += 4;
         }
-        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? rule = null;
+        StageRule? rule = null;
         if (foldedRouterBytes > 0)
             rule = (alone, stages) =>
             {

@@ -69,7 +69,7 @@ public static class StepPredictor
     /// </summary>
     public static IReadOnlyList<KernelPrediction> PredictLaunches(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> launches,
         IReadOnlyList<DeviceOperation> operations,
-        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? stageRule = null)
+        StageRule? stageRule = null)
     {
         var between = operations.Select(o => o.LaunchesBefore).ToHashSet();   // an operation between launch i - 1 and launch i
         var result = new List<KernelPrediction>(launches.Count);
@@ -118,7 +118,7 @@ public static class StepPredictor
     /// that kernel's shadow as any programmatic launch's (<see cref="KernelTimingModel.PrefetchOverlap"/>).
     /// </summary>
     static IEnumerable<KernelPrediction> PredictStages(GpuSpec gpu, IReadOnlyList<(LaunchRecord Record, KernelResources Resources)> stages, KernelPrediction? before,
-        Func<IReadOnlyList<KernelPrediction>, IReadOnlyList<PersistentStage>, IReadOnlyList<PersistentStage>>? stageRule)
+        StageRule? stageRule)
     {
         var alone = stages.Select(x => KernelTimingModel.Predict(x.Record, x.Resources, gpu)).ToList();
         var overlap = before is null ? null : KernelTimingModel.PrefetchOverlap(gpu, alone[0], before);
