@@ -366,6 +366,35 @@ public class PersistentWhatIfTests
     }
 
     /// <summary>
+    /// The MoE layers as one launch (<see cref="PersistentWhatIf.AsStepLaunch"/>): the layers that
+    /// <see cref="PersistentWhatIf.AsLayerLaunches"/> merges, back to back, become one launch of 5 stages per layer, the
+    /// stage indices running on across the layers; a layer kept apart by a memset node (before its experts) stays as it is,
+    /// its block one launch of 4 stages, its experts one of their own. With the folded router, each merged layer moves
+    /// its bytes once more.
+    /// </summary>
+    [Test]
+    public void AsStepLaunch_MakesTheLayersBackToBackOneLaunch()
+    {
+        LaunchRecord S(int index) => Rec("persistent_attn_block", 4096, 4096) with { Stage = new LaunchStage(index, 4) };
+        var layer = new[] { S(0), S(1), S(2), S(3), Rec("moe_experts_gemv", 16384, 1024) };
+        var records = new[] { Rec("embedding_gather_bf16", 1024) }.Concat(layer).Concat(layer).Concat(layer).Concat([Rec("gemv_bf16_t1", 8192, 8192)]).ToArray();
+        var ops = new List<DeviceOperation> { new(DeviceOperationKind.Memset, 8, true, 15) };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 3, records, ops, _ => new KernelResources(32, 0));
+        var whole = PersistentWhatIf.AsStepLaunch(p);
+        Assert.That(whole.Launches, Has.Count.EqualTo(p.Launches.Count));
+        Assert.That((p.GraphNodes, whole.GraphNodes), Is.EqualTo((9, 6)), "embedding, the two layers as one launch, the third layer's block, the memset and its experts, the GEMV");
+        Assert.That(whole.Launches.Select(l => l.Launch.Stage?.Index).Take(11), Is.EqualTo(new int?[] { null, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 }));
+        Assert.That(whole.Launches.Skip(1).Take(10).Select(l => l.Launch.Stage?.Count).Distinct(), Is.EqualTo(new int?[] { 10 }));
+        Assert.That(whole.Launches.Skip(11).Take(4).Select(l => l.Launch.Stage), Is.EqualTo(Enumerable.Range(0, 4).Select(k => (LaunchStage?)new LaunchStage(k, 4))),
+            "the third layer's block as it ran");
+        Assert.That(whole.Launches[15].Launch.Stage, Is.Null, "the third layer's experts: a launch of their own");
+        Assert.That(whole.DramBytes, Is.EqualTo(p.DramBytes).Within(1024 * 4), "the same bytes, as one launch (within the programmatic shadow's accounting)");
+        var early = PersistentWhatIf.AsStepLaunch(p, 512);
+        Assert.That(early.DramBytes - whole.DramBytes, Is.EqualTo(2 * 512), "the folded router once per merged layer");
+        Assert.That(() => PersistentWhatIf.AsStepLaunch(p, -1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    /// <summary>
     /// The experts' launch after a router that is no launch of its own (the attention block's stage): its pre-wait bytes
     /// are the next GEMV's weights fetched ahead (4 KiB, which that GEMV found in L2), so they move to the GEMV, and none of
     /// the experts' own 8 KiB may come ahead (their addresses come from the router).

@@ -479,28 +479,64 @@ public static class PersistentWhatIf
     /// <paramref name="foldedRouterBytes"/> &gt; 0, early routing too (<see cref="WithEarlyRouting"/>): the experts stage's
     /// bytes may be fetched ahead once the o_proj stage is done, which moves the folded router. Other launches are kept.
     /// </summary>
-    public static StepPrediction AsLayerLaunches(StepPrediction p, long foldedRouterBytes = 0)
+    public static StepPrediction AsLayerLaunches(StepPrediction p, long foldedRouterBytes = 0) => MergeLayers(p, foldedRouterBytes, acrossLayers: false);
+
+    /// <summary>
+    /// A what-if on the decode step <paramref name="p"/>, not built: the MoE layers as ONE stage-ordered launch, the
+    /// layers of <see cref="AsLayerLaunches"/> run back to back in it (5 stages per layer: the block's 4 and the experts),
+    /// one CTA per tile taking tiles in ticket order as the built block does, so no resident CTA loops over tiles (the
+    /// register cost of such a loop, docs/kernels.md "Persistent launches", does not arise). Predicted as the block is
+    /// (<see cref="ComposeStages"/>): a counter release between stages, a stage's tiles resident (and fetching ahead) once
+    /// the earlier tiles that fill the GPU are done, the persisting L2 as the lookahead. The launches before and after the
+    /// layers (embedding, final norm, lm_head, sampling) and any layer kept apart by an operation between its launches
+    /// stay as they are. With <paramref name="foldedRouterBytes"/> &gt; 0, early routing in every layer.
+    /// </summary>
+    public static StepPrediction AsStepLaunch(StepPrediction p, long foldedRouterBytes = 0) => MergeLayers(p, foldedRouterBytes, acrossLayers: true);
+
+    static StepPrediction MergeLayers(StepPrediction p, long foldedRouterBytes, bool acrossLayers)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(foldedRouterBytes);
         var launches = p.Launches.Select(l => (l.Launch, l.Resources)).ToList();
         var between = p.Operations.Select(o => o.LaunchesBefore).ToHashSet();
+        // the layers that may merge: the block's 4 stages with the experts launch right after them, no operation between
+        var layerStarts = new List<int>();
         for (int i = 0; i + 4 < launches.Count; i++)
         {
             bool block = Enumerable.Range(0, 4).All(k => launches[i + k].Launch.Kernel == BlockKernel && launches[i + k].Launch.Stage == new LaunchStage(k, 4));
             if (!block || !launches[i + 4].Launch.Kernel.StartsWith("moe_experts", StringComparison.Ordinal) || between.Contains(i + 4)) continue;
-            for (int k = 0; k < 4; k++) launches[i + k] = (launches[i + k].Launch with { Stage = new LaunchStage(k, 5) }, launches[i + k].Resources);
-            // the stage records of one launch share its kernel's name (StepPredictor checks it); the model does not use names
-            launches[i + 4] = (launches[i + 4].Launch with { Kernel = BlockKernel, Stage = new LaunchStage(4, 5) }, launches[i + 4].Resources);
+            layerStarts.Add(i);
             i += 4;
+        }
+        // runs of layers that become one launch: each layer alone, or (across layers) layers back to back with no operation
+        // between the experts of one and the block of the next
+        var runs = new List<List<int>>();
+        foreach (int start in layerStarts)
+        {
+            if (acrossLayers && runs.Count > 0 && runs[^1][^1] + 5 == start && !between.Contains(start)) runs[^1].Add(start);
+            else runs.Add([start]);
+        }
+        foreach (var run in runs)
+        {
+            int count = 5 * run.Count;
+            for (int l = 0; l < run.Count; l++)
+                for (int k = 0; k < 5; k++)
+                {
+                    var (r, res) = launches[run[l] + k];
+                    // the stage records of one launch share its kernel's name (StepPredictor checks it); the model does not use names
+                    launches[run[l] + k] = (r with { Kernel = BlockKernel, Stage = new LaunchStage(5 * l + k, count) }, res);
+                }
         }
         StageRule? rule = null;
         if (foldedRouterBytes > 0)
             rule = (alone, stages) =>
             {
-                if (stages.Count != 5 || alone[0].Kernel != BlockKernel) return stages;
+                if (stages.Count % 5 != 0 || alone[0].Kernel != BlockKernel) return stages;
                 var list = stages.ToList();
-                list[4] = AheadFrom(list[4], 2);
-                list[2] = WithFoldedRouter(list[2], foldedRouterBytes);
+                for (int l = 0; l < list.Count; l += 5)
+                {
+                    list[l + 4] = AheadFrom(list[l + 4], l + 2);
+                    list[l + 2] = WithFoldedRouter(list[l + 2], foldedRouterBytes);
+                }
                 return list;
             };
         return p with { Launches = StepPredictor.PredictLaunches(p.Gpu, launches, p.Operations, rule) };
@@ -575,6 +611,20 @@ public static class PersistentWhatIf
             if (foldedRouterBytes > 0)
             {
                 var early = AsLayerLaunches(p, foldedRouterBytes);
+                sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
+            }
+            sb.Append('\n');
+        }
+        // the MoE layers as one stage-ordered launch (AsStepLaunch): one CTA per tile, as the built block, for the whole step
+        var whole = AsStepLaunch(p);
+        if (whole.GraphNodes < layer.GraphNodes)
+        {
+            double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
+            sb.Append(inv, $"  what-if with the MoE layers as one stage-ordered launch (one CTA per tile in ticket order, as the built block; 5 stages per layer): ");
+            sb.Append(inv, $"{whole.GraphNodes} graph nodes, step {whole.TotalUs:F1} us, {Roof(whole):F1}% of the roofline");
+            if (foldedRouterBytes > 0)
+            {
+                var early = AsStepLaunch(p, foldedRouterBytes);
                 sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
             }
             sb.Append('\n');
