@@ -16,10 +16,12 @@
 //   FOLD_CHUNK values of i at a time). Bytes: W_o once per row block (ceil(E / FOLD_ROWS) x H x Q x 2, from L2 after the
 //   first), W_r and g once per column block, M once. A load-time kernel: plain and exact to read, not tuned.
 // moe_early_route (decode, 1 <= T <= 4 tokens): u[t, e] for every expert, then each token's top-k ids.
-//   Grid ceil(E / 8), 128 threads = 4 warps: warp w owns rows e = bx * 8 + 2w and + 1. For each row the lane streams its
-//   16-byte chunks lane, lane + 32, ... of W_r's row with the same chunks of g and of x[t] (sum of (W_r * g) * x: the
-//   product W_r * g exact in fp32), then of M's row with a[t]; a fixed shuffle tree sums the lanes, so u is
-//   bit-reproducible. Lane 0 stores u (fp32) in logits[t, e]. Then the ticket of moe_router_topk: the CTA fences, thread
+//   Grid ceil(E / 4), 128 threads = 4 warps: warp w owns row e = bx * 4 + w. Its lanes first copy their 16-byte chunks
+//   lane, lane + 32, ... of M's row into shared memory (each lane reads back only its own: no barrier; the first 512
+//   chunks of a row, all of Q <= 4096) and sum their chunks of W_r's row with the same chunks of g and of x[t] (sum of
+//   (W_r * g) * x: the product W_r * g exact in fp32); then for each token they load a[t]'s chunks through L2 (8 in
+//   flight) and add M's products; a fixed shuffle tree sums the lanes, so u is bit-reproducible. In persistent_attn_block the first part runs
+//   before the tile's wait for the attention, so only one round trip for a and the ticket are on the step's chain. Lane 0 stores u (fp32) in logits[t, e]. Then the ticket of moe_router_topk: the CTA fences, thread
 //   0 adds 1 to *counter, and the CTA that takes the last ticket runs the top-k (warp t: token t) and resets the counter
 //   to 0 (zero before the first launch, left zero). The top-k is on u's values (no softmax: u is the logit times rms(x'),
 //   so exp would underflow where the router's does not): 64-bit keys (orderable value bits) << 32 | ~e, a NaN counted
@@ -27,7 +29,7 @@
 //   arg-max (two redux.sync, as router_topk_select), the winner's key cleared. Bytes: W_r, g and M once (E x (H + Q) x 2
 //   + H x 2), x and a once per CTA from L2, u once (T x E x 4), the ids (T x k x 4).
 // Limits (the launcher checks them): H and Q multiples of 8, E <= 256, 1 <= k <= min(16, E), 1 <= T <= 4.
-#include "moe_router.cuh"   // redux_max_u32
+#include "early_route.cuh"
 
 #define FOLD_THREADS 128
 #define FOLD_ROWS 8
@@ -74,116 +76,13 @@ extern "C" __global__ void __launch_bounds__(FOLD_THREADS) moe_router_fold(MoeRo
             if (e0 + r < p.experts) p.folded[(size_t)(e0 + r) * p.q_dim + j] = f32_to_bf16(acc[r]);
 }
 
-#define EARLY_THREADS 128
-#define EARLY_WARPS (EARLY_THREADS / 32)
-#define EARLY_ROWS_PER_WARP 2
-#define EARLY_MAX_TOKENS 4
-#define EARLY_MAX_E_PER_LANE 8
-
-struct MoeEarlyRouteParams {
-    const bf16* x;           // [T, H] the layer's input (the residual stream before the attention)
-    const bf16* attn;        // [T, Q] the attention's output (o_proj's input)
-    const bf16* w_router;    // [E, H]
-    const bf16* norm_weight; // [H] the post-attention norm weight g
-    const bf16* folded;      // [E, Q] M (moe_router_fold)
-    float* logits;           // [T, E] out: u
-    int* topk_ids;           // [T, k] out: each token's k experts by u, descending (ties: the lower expert)
-    int* counter;            // [1] ticket, zero on entry, left zero
-    int tokens;              // T
-    int hidden_size;         // H
-    int q_dim;               // Q
-    int experts;             // E
-    int top_k;               // k
-};
-
-// sum over the 8 elements of (w * g) * x, in element order (w * g exact in fp32)
-__device__ __forceinline__ float dot_scaled_bf16x8(uint4 w, uint4 g, uint4 x, float s)
-{
-    const unsigned wv[4] = {w.x, w.y, w.z, w.w}, gv[4] = {g.x, g.y, g.z, g.w}, xv[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        s = fmaf(bf16x2_lo(wv[q]) * bf16x2_lo(gv[q]), bf16x2_lo(xv[q]), s);
-        s = fmaf(bf16x2_hi(wv[q]) * bf16x2_hi(gv[q]), bf16x2_hi(xv[q]), s);
-    }
-    return s;
-}
-
-// The orderable bits of a float (unsigned order = value order); NaN as -inf.
-__device__ __forceinline__ unsigned early_order_bits(float v)
-{
-    const unsigned b = __float_as_uint(v == v ? v : -QC_INF);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-// Token t's top-k by u, run by one warp: lane j < k ends with the rank-j expert, which lane 0 stores.
-__device__ void early_topk_token(const MoeEarlyRouteParams& p, int t)
-{
-    const int lane = threadIdx.x & 31;
-    unsigned hi[EARLY_MAX_E_PER_LANE], lo[EARLY_MAX_E_PER_LANE];   // key = hi << 32 | lo; 0 = no expert
-#pragma unroll
-    for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++) {
-        const int e = lane + 32 * i;
-        const bool real = e < p.experts;
-        hi[i] = real ? early_order_bits(ld_cg_f32(p.logits + (size_t)t * p.experts + e)) : 0u;   // >= 0x007fffff when real
-        lo[i] = real ? ~(unsigned)e : 0u;
-    }
-    for (int j = 0; j < p.top_k; j++) {
-        // this lane's largest key
-        unsigned bh = 0, bl = 0;
-#pragma unroll
-        for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++)
-            if (hi[i] > bh || (hi[i] == bh && lo[i] > bl)) { bh = hi[i]; bl = lo[i]; }
-        const unsigned m = redux_max_u32(bh);                  // >= 1: k <= E leaves a candidate every round
-        const unsigned m2 = redux_max_u32(bh == m ? bl : 0u);  // ~(the lowest expert holding that value)
-        if (lane == 0) p.topk_ids[(size_t)t * p.top_k + j] = min((int)~m2, p.experts - 1);
-#pragma unroll
-        for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++)
-            if (lo[i] == m2 && hi[i] == m) { hi[i] = 0u; lo[i] = 0u; }   // keys are distinct: one lane clears one
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(EARLY_THREADS) moe_early_route(MoeEarlyRouteParams p)
 {
     __shared__ int is_last;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int hc = p.hidden_size >> 3, qc = p.q_dim >> 3;   // 16-byte chunks per row
-#pragma unroll 1
-    for (int r = 0; r < EARLY_ROWS_PER_WARP; r++) {
-        const int e = blockIdx.x * (EARLY_WARPS * EARLY_ROWS_PER_WARP) + warp * EARLY_ROWS_PER_WARP + r;
-        if (e >= p.experts) break;                          // warp-uniform
-        float acc[EARLY_MAX_TOKENS] = {0.f, 0.f, 0.f, 0.f};
-        const uint4* wr = reinterpret_cast<const uint4*>(p.w_router + (size_t)e * p.hidden_size);
-        const uint4* g = reinterpret_cast<const uint4*>(p.norm_weight);
-        for (int c = lane; c < hc; c += 32) {
-            const uint4 w = wr[c], gw = g[c];
-#pragma unroll
-            for (int t = 0; t < EARLY_MAX_TOKENS; t++)
-                if (t < p.tokens)
-                    acc[t] = dot_scaled_bf16x8(w, gw, reinterpret_cast<const uint4*>(p.x + (size_t)t * p.hidden_size)[c], acc[t]);
-        }
-        const uint4* m = reinterpret_cast<const uint4*>(p.folded + (size_t)e * p.q_dim);
-        for (int c = lane; c < qc; c += 32) {
-            const uint4 w = m[c];
-#pragma unroll
-            for (int t = 0; t < EARLY_MAX_TOKENS; t++)
-                if (t < p.tokens) acc[t] += dot_bf16x8(w, reinterpret_cast<const uint4*>(p.attn + (size_t)t * p.q_dim)[c]);
-        }
-#pragma unroll
-        for (int t = 0; t < EARLY_MAX_TOKENS; t++)
-            if (t < p.tokens) {
-                const float u = warp_sum(acc[t]);
-                if (lane == 0) p.logits[(size_t)t * p.experts + e] = u;
-            }
-    }
-    // the ticket: the CTA that takes the last one sees every CTA's u (each fenced before its ticket)
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        is_last = atomicAdd(p.counter, 1) == (int)gridDim.x - 1;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (warp < p.tokens) early_topk_token(p, warp);
-    if (threadIdx.x == 0) *p.counter = 0;
+    __shared__ uint4 m_s[EARLY_ROWS_PER_CTA * EARLY_HELD_CHUNKS];   // 32 KiB: the CTA's folded rows
+    float acc[EARLY_MAX_TOKENS];
+    early_route_hold(p, blockIdx.x, m_s, EARLY_HELD_CHUNKS);
+    early_route_xpart(p, blockIdx.x, acc);
+    early_route_rows(p, blockIdx.x, m_s, EARLY_HELD_CHUNKS, acc);
+    early_route_finish(p, gridDim.x, is_last);
 }

@@ -9,6 +9,13 @@
 //    work, one router row per tile (moe_router.cuh); + router.fetch_ahead_bytes of the next weights, shared by the router
 //    tiles before their wait; router.topk_by_consumer: the logits only, no ticket and no softmax + top-k, which the
 //    experts' launch after the block runs in each of its CTAs (moe_experts_gemv's router_logits)]
+//   [early_tiles > 0, with the router stage: early routing (early_route.cuh, docs/kernels.md "Early routing"): tiles first in
+//    the o_proj stage (one expert row per warp, its folded row copied into the K / V tile buffer and its x part summed
+//    before their wait) take the
+//    experts' ids from x and the attention's output through the folded router, and the router
+//    tiles prefetch the first early_prefetch_bytes of each chosen expert's gate_up weight into L2 (evict_last) after their
+//    wait, for the experts' launch: a hint that never changes a result. x must then stay the layer's input: o_proj.y is
+//    another buffer (o_proj.residual is x)]
 //
 // In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
 // ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the
@@ -44,6 +51,7 @@
 #include "gemv_mma.cuh"
 #include "attention_decode.cuh"
 #include "moe_router.cuh"
+#include "early_route.cuh"
 
 #if DEC_TC
 #define PDEC_THREADS DEC_THREADS
@@ -56,13 +64,41 @@ struct PersistentAttnParams {
     AttnDecodeFusedParams attn;            // qkv: qkv.y; out: o_proj.x
     GemvParams o_proj;                     // x: the attention output, y = residual = the layer's x
     MoeRouterParams router;                // hidden: o_proj.y (row stride hidden_size); counters unused (counters[5])
-    int* counters;                         // [6]: next ticket, exit ticket, qkv / attention / o_proj tiles done, router ticket
+    int* counters;                         // [7]: next ticket, exit ticket, qkv / attention / o_proj (+ early) tiles done,
+                                           //      router ticket, early-routing ticket
     int qkv_groups, qkv_wpg;               // a qkv tile: qkv_groups row groups of 8 rows, each summed over qkv_wpg K-slices
     int o_groups, o_wpg;
     int router_tiles;                      // 0: no router stage; E: one tile per router row
     int stage_only;                        // -1: the whole block; 0 .. 3: that stage's tiles alone (below)
     long long o_ahead_bytes;               // the first bytes of o_proj.w the qkv tiles prefetch (evict_last) before their wait
+    // Early routing (early_tiles > 0, a MoE layer with the router stage; kernels/early_route.cu): early.x is the layer's
+    // input, which the block must not overwrite (o_proj.y is another buffer), early.attn the attention's output,
+    // early.counter &counters[6]. The early tiles come first in stage 2; the router tiles, after their wait, prefetch the
+    // first early_prefetch_bytes of each chosen expert's gate_up block (early_experts + id * early_expert_stride) into
+    // L2 with evict_last, for the experts' launch after the block.
+    MoeEarlyRouteParams early;
+    const void* early_experts;             // the stacked gate_up weight [E, 2I, H]
+    long long early_expert_stride;         // its bytes per expert
+    long long early_prefetch_bytes;        // per chosen expert (a token's rank-j choice)
+    int early_tiles;                       // 0: none; ceil(E / 4)
 };
+
+// The router tiles' prefetch of the early-routed experts (part `part` of router_tiles equal shares of the lines): the
+// first early_prefetch_bytes of expert ids[s]'s gate_up block for every slot s = t * k + j, read from the ids the early
+// tiles wrote (through L2: another CTA's stores, released before the router's wait).
+__device__ __forceinline__ void early_prefetch_experts(const PersistentAttnParams& p, int part)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const long long per_slot = (p.early_prefetch_bytes + 127) >> 7, total = (long long)p.early.tokens * p.early.top_k * per_slot;
+    for (long long i = (long long)part * PDEC_THREADS + threadIdx.x; i < total; i += (long long)p.router_tiles * PDEC_THREADS) {
+        const int slot = (int)(i / per_slot);
+        const long long line = i - slot * per_slot;
+        const int e = min(max(ld_cg_s32(p.early.topk_ids + slot), 0), p.early.experts - 1);
+        asm volatile("prefetch.global.L2::evict_last [%0];"
+                     :: "l"(reinterpret_cast<const char*>(p.early_experts) + e * p.early_expert_stride + (line << 7)) : "memory");
+    }
+#endif
+}
 
 // The weight rows of GEMV tile `tile` into L2 (sm_90; they depend on nothing the step writes).
 __device__ __forceinline__ void prefetch_gemv_rows(const GemvParams& g, int tile, int groups)
@@ -119,10 +155,12 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     __shared__ float nred_s[8][32];
     __shared__ float inv_s[8];
     __shared__ int ticket_s;
+    __shared__ int early_last_s;
     const int qkv_tiles = (p.qkv.n + 8 * p.qkv_groups - 1) / (8 * p.qkv_groups);
     const int attn_per_row = p.attn.splits * p.attn.num_kv_heads, attn_tiles = attn_per_row * p.attn.seqs;
     const int o_tiles = (p.o_proj.n + 8 * p.o_groups - 1) / (8 * p.o_groups);
-    const int gemv_attn_tiles = qkv_tiles + attn_tiles + o_tiles;   // the router tiles after them
+    const int early_begin = qkv_tiles + attn_tiles, o_begin = early_begin + p.early_tiles;   // stage 2: early tiles, then o_proj
+    const int gemv_attn_tiles = o_begin + o_tiles;   // the router tiles after them
     // stage_only >= 0 (the timing model's measurement, docs/timing-model.md section 7): a launch of one stage's tiles, one
     // per CTA in index order, after a launch of the stage before; a tile then calls pdl_wait() where it would wait on the
     // counter, so the emulator's split at the wait is the stage's split between what it fetches ahead and its work.
@@ -145,13 +183,17 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         else if ((int)blockIdx.x >= gemv_attn_tiles) {
             const int e = blockIdx.x - gemv_attn_tiles;
             prefetch_l2_rows(p.router.w_gate, e, e + 1, (size_t)p.router.hidden_size * 2, 0, (size_t)p.router.hidden_size * 2);
-        } else if ((int)blockIdx.x >= qkv_tiles + attn_tiles) prefetch_gemv_rows(p.o_proj, blockIdx.x - qkv_tiles - attn_tiles, p.o_groups);
+        } else if ((int)blockIdx.x >= o_begin) prefetch_gemv_rows(p.o_proj, blockIdx.x - o_begin, p.o_groups);
+        else if ((int)blockIdx.x >= early_begin) {     // an early tile's 8 rows of the folded router
+            const size_t row = (size_t)p.early.q_dim * 2, r0 = (size_t)(blockIdx.x - early_begin) * EARLY_ROWS_PER_CTA;
+            prefetch_l2_rows(p.early.folded, r0, min((size_t)p.early.experts, r0 + EARLY_ROWS_PER_CTA), row, 0, row);
+        }
         pdl_wait();
         if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
         __syncthreads();
         tile = ticket_s;
     } else {
-        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : p.stage_only == 2 ? qkv_tiles + attn_tiles : gemv_attn_tiles) + blockIdx.x;
+        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : p.stage_only == 2 ? early_begin : gemv_attn_tiles) + blockIdx.x;
     }
     const bool guessed = whole && tile == (int)blockIdx.x;   // a qkv tile: its loads made; an o_proj tile: its rows in L2
     bool exit_early = false;                       // a router tile takes its exit ticket after its wait (thread 0's)
@@ -171,11 +213,29 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
         attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
         release(&p.counters[3]);
-    } else if (tile < qkv_tiles + attn_tiles + o_tiles) {
+    } else if (tile < o_begin) {
+        // Early routing: u of 8 experts from x (the layer's input, which o_proj does not overwrite here) and the attention's
+        // output, the ticket on counters[6], whose last tile runs the top-k; every early tile counts as a stage-2 tile for
+        // the router's wait, so the ids are written before any router tile reads them.
+        const int rb = tile - early_begin;
+        uint4* m_s = reinterpret_cast<uint4*>(s.tiles_s);   // the tile's folded rows: the attention's K / V tile buffer
+        constexpr int held = (int)(sizeof(s.tiles_s) / (16 * EARLY_ROWS_PER_CTA)) < EARLY_HELD_CHUNKS
+            ? (int)(sizeof(s.tiles_s) / (16 * EARLY_ROWS_PER_CTA)) : EARLY_HELD_CHUNKS;
+        float eacc[EARLY_MAX_TOKENS];
+        // the folded rows into shared memory and the x part, both before the attention is done; a stage alone (the timing
+        // model's measurement) reads x only after its pdl_wait (a kernel of the step wrote x)
+        early_route_hold(p.early, rb, m_s, held);
+        if (!whole) pdl_wait();
+        early_route_xpart(p.early, rb, eacc);
+        wait_for(&p.counters[3], attn_tiles);
+        early_route_rows(p.early, rb, m_s, held, eacc);
+        early_route_finish(p.early, p.early_tiles, early_last_s);
+        release(&p.counters[4]);
+    } else if (tile < gemv_attn_tiles) {
         // after its wait, each o_proj tile also fetches its share of the next weights' first bytes (o_proj.fetch_ahead) into
         // L2: its own weights came during the attention, so the DRAM has nothing else to do (docs/timing-model.md,
         // "Weights fetched ahead")
-        const int o = tile - qkv_tiles - attn_tiles;
+        const int o = tile - o_begin;
         gemv_stage_tile<true>(p.o_proj, o, p.o_groups, p.o_wpg, guessed, false, held, s.tiles_s, red_s, nred_s, inv_s, [&] {
             wait_for(&p.counters[3], attn_tiles);
             prefetch_l2_evict_last_share(p.o_proj.fetch_ahead, p.o_proj.fetch_ahead_bytes, o, o_tiles);
@@ -190,10 +250,12 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         uint4 w0[ROUTER_VT(PDEC_THREADS)], n0[ROUTER_VT(PDEC_THREADS)];
         router_norm_hold<PDEC_THREADS>(p.router, e, w0, n0);
         prefetch_l2_evict_last_share(p.router.fetch_ahead, p.router.fetch_ahead_bytes, e, p.router_tiles);
-        wait_for(&p.counters[4], o_tiles);
+        wait_for(&p.counters[4], o_tiles + p.early_tiles);
         // that wait was the tile's last access to counters[0 .. 4] (its own ticket, counters[5], resets itself): the exit
         // ticket now, so its round trip runs beside the router's work instead of after its softmax + top-k
         if (exit_early && threadIdx.x == 0) exit_ticket = take_exit_ticket(&p.counters[1]);
+        // the early-routed experts' first bytes, before the router's own work: the experts' launch finds them in L2
+        if (p.early_tiles > 0 && p.early_prefetch_bytes > 0) early_prefetch_experts(p, e);
         float (*logit_s)[ROUTER_NORM_WARPS] = red_s[0];
         switch (p.router.tokens) {                       // 1 <= T <= 4 (the launcher checks)
 #define PDEC_ROUTER(n) router_norm_tile<n, PDEC_THREADS, true>(p.router, e, w0, n0, nred_s, logit_s, inv_s, s.is_last, &p.counters[5], p.router_tiles)

@@ -81,13 +81,8 @@ __device__ __forceinline__ int load_tokens(const bf16* row, int vocab, bool vec,
     return n;
 }
 
-// Loads of what other CTAs of this launch wrote (after the ticket): from L2, never from a stale L1 line.
-__device__ __forceinline__ int ld_cg_s32(const int* p)
-{
-    int v;
-    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
+// Loads of what other CTAs of this launch wrote (after the ticket): from L2, never from a stale L1 line (ld_cg_s32 in
+// common.cuh).
 __device__ __forceinline__ unsigned int ld_cg_u32(const unsigned int* p)
 {
     unsigned int v;

@@ -334,6 +334,42 @@ public class DenseModelDeviceTests
     }
 
     /// <summary>
+    /// EarlyRouting (docs/kernels.md, "Early routing"): the folded routers made at load, the block's early tiles and the
+    /// router tiles' prefetch of the chosen experts' first 1 KiB (with evict_last). A hint: the logits of the prompt, of two
+    /// decode rows and of a run of 3 rows (which keeps the separate launches) are the same bits with it on and off, also as
+    /// captured graphs and with the stages apart. In the recorded one-row step each block launch prefetches k KiB more
+    /// (k distinct experts). (Whether the experts' launch finds them is not compared across the two runs here: the folded
+    /// routers move the weight arena's addresses, and with them the emulator's whole L2 history of this small model.)
+    /// </summary>
+    [Test]
+    public void EarlyRouting_PrefetchesTheChosenExperts_SameLogits()
+    {
+        float[][] Run(bool early, out List<Qwen3Cuda.Runtime.Emulation.LaunchRecord> decodeLaunches, bool graphs = false, bool apart = false) =>
+            SmallDecodeLogits(o => o with { UseGraphs = graphs, PersistentAttentionBlock = true, PersistentRouter = true, PersistentStagesApart = apart,
+                ExpertsFollowOnQkv = false, EarlyRouting = early, EarlyRoutingPrefetchBytes = 1024 }, out decodeLaunches);
+        var on = Run(true, out var with);
+        var off = Run(false, out var without);
+        var replayed = Run(true, out _, graphs: true);
+        var apart = Run(true, out _, apart: true);
+        Assert.That(new DeviceModelOptions().EarlyRouting, Is.EqualTo(Environment.GetEnvironmentVariable(DeviceModelOptions.EarlyRoutingEnvironmentVariable) is "1" or "true"),
+            "off unless QWEN3CUDA_EARLY_ROUTING says on");
+        for (int i = 0; i < on.Length; i++)
+        {
+            string what = SmallDecodeSteps[i];
+            Assert.That(on[i], Is.EqualTo(off[i]), $"{what}: the same bits");
+            Assert.That(replayed[i], Is.EqualTo(off[i]), $"{what}, decode steps as captured graphs: the same bits");
+            Assert.That(apart[i], Is.EqualTo(off[i]), $"{what}, the block's stages as launches apart: the same bits");
+        }
+        var config = Qwen3Cuda.Model.Checkpoint.SyntheticCheckpoint.BuildConfig(DeviceCheckpoints.SmallOptions);
+        int k = config.NumExpertsPerTok;
+        var blocksWith = with.Where(r => r.Kernel == "persistent_attn_block").ToList();
+        var blocksWithout = without.Where(r => r.Kernel == "persistent_attn_block").ToList();
+        Assert.That(blocksWith, Has.Count.EqualTo(config.NumHiddenLayers).And.Count.EqualTo(blocksWithout.Count));
+        for (int l = 0; l < blocksWith.Count; l++)
+            Assert.That(blocksWith[l].PersistingSectors - blocksWithout[l].PersistingSectors, Is.EqualTo(k * 1024 / 32), $"layer {l}: the block prefetches k chosen experts' first KiB");
+    }
+
+    /// <summary>
     /// PersistentRouter (docs/kernels.md, "Persistent launches"): with the attention block as one launch, each MoE layer's
     /// router runs as its fourth stage. The logits of the prompt, of two decode rows and of a run of 3 rows (which keeps the
     /// separate launches) are the same bits with it on (the default) and off, also as captured graphs and with the stages

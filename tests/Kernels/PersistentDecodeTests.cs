@@ -100,6 +100,22 @@ public class PersistentDecodeTests
         EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden 1280, 8 / 2 heads, 1 row, 128 experts top-8", [90], 1280, 8, 2, interleaved, seed: 15, new MoeShape(128, 8, 1280, 64, true));
     }
 
+    /// <summary>
+    /// Early routing in the block (kernels/early_route.cuh's tiles first in the o_proj stage, the router tiles prefetching
+    /// the chosen experts' first bytes), in every scheduling mode: o_proj's output, h, the router's logits, ids and weights
+    /// the same bits as without it (a hint changes no result), x unchanged, the early logits and ids those of
+    /// moe_early_route on the same inputs, the prefetch made: 40 experts top-4 at 1 row, 64 experts top-8 at 3 rows (48 co-resident
+    /// on 8 SMs, where every tile's CTA must fit at once).
+    /// </summary>
+    [TestCaseSource(nameof(Modes))]
+    public void AttentionBlock_WithEarlyRouting_ChangesNoResult_AndPrefetchesTheChosenExperts(string mode, EmulatorOptions options, bool cooperative)
+    {
+        using var ctx = new KernelCheckContext(new EmulatedDevice(options));
+        EqualsTheThreeLaunches(ctx, $"{mode}, 1 row, 40 experts top-4, early routing", [150], Hidden, QHeads, KvHeads, cooperative, seed: 16, new MoeShape(40, 4, Hidden, 64, false), early: true);
+        int experts = cooperative && options.MultiprocessorCount < 16 ? 48 : 64;   // co-resident on 8 SMs: every tile's CTA at once
+        EqualsTheThreeLaunches(ctx, $"{mode}, 3 rows, {experts} experts top-8, early routing", [150, 17, 300], Hidden, QHeads, KvHeads, cooperative, seed: 17, new MoeShape(experts, 8, Hidden, 64, true), early: true);
+    }
+
     [Test]
     public void GemvTile_TakesThePlansSlicesPerRowGroup_OnFourWarps()
     {
@@ -184,9 +200,10 @@ public class PersistentDecodeTests
     }
 
     /// <summary>The comparison (src/Model/Selftest/PersistentDecodeCases, also `qwen3cuda selftest`'s on a GPU) must pass.</summary>
-    static void EqualsTheThreeLaunches(KernelCheckContext ctx, string what, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed, MoeShape? router = null)
+    static void EqualsTheThreeLaunches(KernelCheckContext ctx, string what, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed, MoeShape? router = null,
+        bool early = false)
     {
-        var r = PersistentDecodeCases.Compare(ctx, lens, hidden, nH, nKV, cooperative, seed, router);
+        var r = PersistentDecodeCases.Compare(ctx, lens, hidden, nH, nKV, cooperative, seed, router, early);
         TestContext.Out.WriteLine($"{what}:\n{r}");
         Assert.That(r.Passed, Is.True, $"{what}:\n{r}");
     }

@@ -392,20 +392,28 @@ public sealed partial class DeviceModel
         if (block)
         {
             var args = DecodeArgs(layer, s);
+            // early routing (a MoE layer with its folded router, the router in the block): o_proj writes x_attn, so the early
+            // tiles read the layer's input x unchanged; the experts then add to x_attn and write x
+            bool early = routerInBlock && L.FoldedRouter is not null && rows <= PersistentDecodeLaunchers.MaxRows;
             var weights = new AttentionBlockWeights(Ws(w.X), H, H, W(L.InputNorm), eps, W(L.Qkv), W(L.OProj), oProjAhead > 0 ? W(next) : default, oProjAhead,
-                Plan.Options.OProjEarlyFetchBytes);
+                Plan.Options.OProjEarlyFetchBytes, XOut: early ? Ws(w.XAttn) : default);
             // a MoE layer's router as the block's fourth stage (PersistentRouter), with the router's share of the fetch-ahead
             AttentionBlockRouter? router = null;
             if (routerInBlock)
             {
                 var mws = MoeWorkspace.Compute(rows, _mlpShapes[layer]);
+                long expertStride = L.GateUp.Bytes / L.Experts;
+                var earlyRouting = early
+                    ? new AttentionBlockEarlyRouting(W(L.FoldedRouter!), Ws(w.EarlyLogits), Ws(w.EarlyIds), W(L.GateUp), expertStride,
+                        Math.Min(expertStride, Plan.Options.EarlyRoutingPrefetchBytesOrDefault))
+                    : (AttentionBlockEarlyRouting?)null;
                 router = new AttentionBlockRouter(_mlpShapes[layer], W(L.PostNorm), eps, W(L.Router!), Ws(w.H), Ws(w.Moe) + mws.Logits,
                     Ws(w.Moe) + mws.TopkIds, Ws(w.Moe) + mws.TopkWeights, fetch.Router, fetch.RouterBytes,
-                    TopkByExperts: MoeLaunchers.CanRunTopK(_mlpShapes[layer], Operand(L.GateUp).Format));
+                    TopkByExperts: MoeLaunchers.CanRunTopK(_mlpShapes[layer], Operand(L.GateUp).Format), Early: earlyRouting);
             }
             _persistentAttn!.AttentionBlock(_stream, _attn, weights, args, DecodeRope(layer), Ws(w.PersistentCounters),
                 stagesApart: Plan.Options.PersistentStagesApart, router: router);
-            MlpStep(layer, s, fetch, routed: router is not null);
+            MlpStep(layer, s, fetch, routed: router is not null, residual: early ? Ws(w.XAttn) : default);
             return;
         }
         // InputNorm -> QkvProj: qkv = (RMSNorm(x) * w_in) [q|k|v]^T   (the norm in the GEMV's prologue on the decode path;
@@ -474,7 +482,8 @@ public sealed partial class DeviceModel
     /// shares of the next weights into L2 (<paramref name="fetch"/>; o_proj fetched its share before).
     /// <paramref name="routed"/>: the attention block ran the router (h, the top-k ids and weights are in the workspace).
     /// </summary>
-    private void MlpStep(int layer, StepShape s, FetchAheadShares fetch, bool routed = false)
+    /// <remarks><paramref name="residual"/>: where x after the attention is (early routing's x_attn); default: x itself.</remarks>
+    private void MlpStep(int layer, StepShape s, FetchAheadShares fetch, bool routed = false, DevicePtr residual = default)
     {
         var c = Config;
         var w = Plan.Workspace;
@@ -494,8 +503,9 @@ public sealed partial class DeviceModel
                     if (Operand(nextLayer.Qkv).Format == WeightFormat.Bf16 && MoeLaunchers.CanFollowOn(_device.Info.MultiprocessorCount, rows, qkvDim, H))
                         followOn = new ExpertsFollowOn(Ws(w.Qkv), qkvDim, Ws(w.X), H, W(nextLayer.Qkv), W(nextLayer.InputNorm), eps, qkvDim, H);
                 }
-                _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, Ws(w.X), W(L.Router!), Operand(L.GateUp), Operand(L.Down),
-                    Ws(w.X), Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), fetch.Router, fetch.RouterBytes, followOn, routed,
+                DevicePtr xIn = residual.IsNull ? Ws(w.X) : residual;
+                _moe!.MoeBlock(_stream, _mlpShapes[layer], rows, xIn, W(L.Router!), Operand(L.GateUp), Operand(L.Down),
+                    xIn, Ws(w.X), Ws(w.Moe), w.MoeBytes, W(L.PostNorm), eps, Ws(w.H), fetch.Router, fetch.RouterBytes, followOn, routed,
                     fetch.Experts, fetch.ExpertsBytes, topkByExperts: routed && MoeLaunchers.CanRunTopK(_mlpShapes[layer], Operand(L.GateUp).Format));
                 _qkvRanAhead = followOn is not null;
                 return;

@@ -42,6 +42,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly SamplingLaunchers _sampling;
     private readonly PenaltiesLaunchers _penalties;
     private readonly CheckFiniteLaunchers? _checkFinite;   // debug: DeviceModelOptions.CheckFinite
+    private readonly EarlyRoutingLaunchers? _earlyRouting; // early_route.cu: DeviceModelOptions.EarlyRouting
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
@@ -95,7 +96,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             // Fixed allocations first (kernel modules, the stream), then the plan from the memory they leave (issue 12); the
             // kernel variants depend only on the weight layout, which config.json alone gives.
-            var layout = new WeightLayout(c, hasLmHead);
+            var layout = new WeightLayout(c, hasLmHead, foldedRouters: options.EarlyRouting);
             _rms = new RmsNormLaunchers(_loader);
             _gemv = new GemvLaunchers(_loader, layout.DenseFormats);
             _gemm = new GemmLaunchers(_loader, layout.DenseFormats);
@@ -109,6 +110,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _sampling = new SamplingLaunchers(_loader);
             _penalties = new PenaltiesLaunchers(_loader);
             _checkFinite = options.CheckFinite ? new CheckFiniteLaunchers(_loader) : null;
+            _earlyRouting = layout.Layers.Any(l => l.FoldedRouter is not null) ? new EarlyRoutingLaunchers(_loader) : null;
             _mlpShapes = new MoeShape[c.NumHiddenLayers];
             for (int l = 0; l < _mlpShapes.Length; l++)
             {
@@ -146,6 +148,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             (float[] invFreq, _attentionScaling) = ReferenceOps.RopeParameters(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
             _defaultInvFreq = invFreq;
             UploadWeights(weights, invFreq, options.LoadProgress);
+            FoldRouters();
             _buckets = [.. options.BatchBuckets()];
             if (options.UseGraphs) CaptureDecodeGraphs();
         }
@@ -224,6 +227,20 @@ public sealed partial class DeviceModel : ICausalLanguageModel
         {
             fixed (float* p = invFreq) { up.Upload(W(Plan.Weights.InvFreq), (nint)p, invFreq.Length * sizeof(float), "rope.inv_freq"); up.Finish(); }
         }
+    }
+
+    /// <summary>
+    /// Early routing's folded routers, <c>W_r diag(post_norm) W_o</c> per MoE layer (moe_router_fold, on the step's stream
+    /// after the upload: the weights it reads are on the device; docs/kernels.md, "Early routing").
+    /// </summary>
+    private void FoldRouters()
+    {
+        if (_earlyRouting is null) return;
+        var c = Config;
+        foreach (var L in Plan.Weights.Layers)
+            if (L.FoldedRouter is { } folded)
+                _earlyRouting.Fold(_stream, L.Experts, c.HiddenSize, c.QueryDim, W(L.Router!), W(L.PostNorm), W(L.OProj), W(folded));
+        _device.Synchronize(_stream);
     }
 
     /// <summary>An fp16 checkpoint tensor uploaded as bf16 (rounded to nearest even), converted a chunk at a time on the host.</summary>

@@ -150,6 +150,34 @@ public sealed record DeviceModelOptions
         !EnvironmentSaysOff(PersistentRouterEnvironmentVariable);
 
     /// <summary>
+    /// Early routing (docs/kernels.md, "Early routing"): with the router in the attention block
+    /// (<see cref="PersistentRouter"/>), tiles beside o_proj take each MoE layer's experts' ids from the attention's output
+    /// through a folded router made at load (1 MiB per layer for Qwen3-30B-A3B, in the weight arena), and the router tiles
+    /// prefetch the first <see cref="EarlyRoutingPrefetchBytes"/> of each chosen expert's gate_up weight into L2 for the
+    /// experts' launch. A hint: the results are the same bits either way. Off by default (docs/timing-model.md, section 7,
+    /// "Stop 43" has what the timing model predicts of it); on when <see cref="EarlyRoutingEnvironmentVariable"/> is "1" or "true".
+    /// </summary>
+    public bool EarlyRouting { get; init; } = EnvironmentSaysOn(EarlyRoutingEnvironmentVariable);
+    public const string EarlyRoutingEnvironmentVariable = "QWEN3CUDA_EARLY_ROUTING";
+
+    /// <summary>
+    /// With <see cref="EarlyRouting"/>, the bytes of each chosen expert's gate_up weight (from its start) the router tiles
+    /// prefetch; null: <see cref="EarlyRoutingPrefetchBytesOrDefault"/>. QWEN3CUDA_EARLY_PREFETCH sets it (a whole number of bytes).
+    /// </summary>
+    public long? EarlyRoutingPrefetchBytes { get; init; } = ParseEarlyPrefetch(Environment.GetEnvironmentVariable(EarlyPrefetchEnvironmentVariable));
+    public const string EarlyPrefetchEnvironmentVariable = "QWEN3CUDA_EARLY_PREFETCH";
+    /// <summary>The default: 768 KiB per chosen expert, 6 MiB for a token's 8 (the router tiles' share of the fetch-ahead today).</summary>
+    public long EarlyRoutingPrefetchBytesOrDefault => EarlyRoutingPrefetchBytes ?? 768L << 10;
+
+    /// <summary>QWEN3CUDA_EARLY_PREFETCH's value: unset or empty, null (the default); else a whole number of bytes, not negative.</summary>
+    public static long? ParseEarlyPrefetch(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text)) return null;
+        if (long.TryParse(text.Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long bytes)) return bytes;
+        throw new ArgumentException($"{EarlyPrefetchEnvironmentVariable}={text}: not a byte count (a whole number, 0 or more)");
+    }
+
+    /// <summary>
     /// A greedy step (no sampling, no penalties) takes each output row's argmax in the lm_head's own launch
     /// (<c>gemv_bf16_mma_argmax</c>: bf16 lm_head, at most 8 rows) instead of a sampling launch after it: one graph node less
     /// per greedy decode step (docs/kernels.md, "Fusions"). The same token either way: the largest logit, ties to the lowest
@@ -230,6 +258,7 @@ public sealed record DeviceModelOptions
         if (FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(FetchAheadBytes), $"bytes fetched ahead {FetchAheadBytes} must not be negative (0 turns it off)");
         if (OProjFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjFetchAheadBytes), $"o_proj's share of the bytes fetched ahead {OProjFetchAheadBytes} must not be negative (0: the router fetches them all)");
         if (ExpertsFetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(ExpertsFetchAheadBytes), $"the experts' share of the bytes fetched ahead {ExpertsFetchAheadBytes} must not be negative (0: none)");
+        if (EarlyRoutingPrefetchBytes < 0) throw new ArgumentOutOfRangeException(nameof(EarlyRoutingPrefetchBytes), $"early routing's bytes prefetched per chosen expert {EarlyRoutingPrefetchBytes} must not be negative (0: none)");
         if (OProjEarlyFetchBytes < 0) throw new ArgumentOutOfRangeException(nameof(OProjEarlyFetchBytes), $"o_proj's bytes the qkv tiles prefetch {OProjEarlyFetchBytes} must not be negative (0 turns it off)");
         if (PrefillChunkTokens < 1 || PrefillChunkTokens > PrefillChunkSizing.MaxChunkTokens)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunkTokens), $"prefill chunk (--max-num-batched-tokens) {PrefillChunkTokens} must be in [1, {PrefillChunkSizing.MaxChunkTokens}]");

@@ -109,7 +109,7 @@ public sealed class MemoryPlan
     {
         o.Validate();
         long budget = o.GpuMemoryBytes ?? budgetBytes;
-        var weights = new WeightLayout(c, checkpointHasLmHead);
+        var weights = new WeightLayout(c, checkpointHasLmHead, foldedRouters: o.EarlyRouting);
         int rows = Math.Max(o.PrefillChunkTokens, o.MaxBatch);
         int ctx = o.ContextLength ?? c.MaxPositionEmbeddings;
         var ws = WorkspaceLayout.Compute(c, rows, o.MaxBatch, o.OutputRows, ctx, o.PageSize, multiprocessors);

@@ -54,7 +54,15 @@ public sealed record DeviceLayer(
     DeviceTensor Down,        // [E, H, I]
     int Experts,              // E (1 for a dense layer: its MLP, run by the dense path, not as an expert)
     int TopK,                 // k (1 for a dense layer)
-    int Inter);               // I (intermediate_size for a dense layer)
+    int Inter)                // I (intermediate_size for a dense layer)
+{
+    /// <summary>
+    /// [E, nH * D] bf16: the folded router <c>W_r diag(post_norm) W_o</c> of early routing (docs/kernels.md, "Early
+    /// routing"), computed on the device at load (moe_router_fold); null unless the layout was made with early routing and
+    /// the layer is a MoE layer whose o_proj is bf16.
+    /// </summary>
+    public DeviceTensor? FoldedRouter { get; init; }
+}
 
 /// <summary>
 /// The device weight layout of a checkpoint, computed from config.json alone (no weight is read): every
@@ -80,7 +88,11 @@ public sealed class WeightLayout
     public DeviceTensor InvFreq { get; }       // [D/2] fp32, computed on the host (plain or YaRN)
     public long TotalBytes => _arena.TotalBytes;
 
-    public WeightLayout(ModelConfig c, bool checkpointHasLmHead = false)
+    /// <param name="c">config.json.</param>
+    /// <param name="checkpointHasLmHead">The checkpoint has lm_head.weight even when the embeddings are tied.</param>
+    /// <param name="foldedRouters">Early routing (DeviceModelOptions.EarlyRouting): a folded router per MoE layer whose
+    /// o_proj is bf16 (<see cref="DeviceLayer.FoldedRouter"/>), computed at load.</param>
+    public WeightLayout(ModelConfig c, bool checkpointHasLmHead = false, bool foldedRouters = false)
     {
         Config = c;
         Format = CheckpointFormat.FromConfig(c);
@@ -116,7 +128,12 @@ public sealed class WeightLayout
                 gateUp = Matrix(n + "gate_up", [1, 2L * I, H], [t.Mlp!.Gate, t.Mlp.Up]);
                 down = Matrix(n + "down", [1, H, I], [t.Mlp.Down]);
             }
-            layers[l] = new DeviceLayer(l, t.IsMoe, inNorm, qkv, qn, kn, o, post, router, gateUp, down, E, K, I);
+            layers[l] = new DeviceLayer(l, t.IsMoe, inNorm, qkv, qn, kn, o, post, router, gateUp, down, E, K, I)
+            {
+                FoldedRouter = foldedRouters && t.IsMoe && o.Format == WeightFormat.Bf16
+                    ? Add(new DeviceTensor(n + "folded_router", SafetensorsDType.BF16, [E, c.QueryDim], 0, (long)E * c.QueryDim * 2, []) { Note = "computed at load (moe_router_fold)" })
+                    : null,
+            };
         }
         Layers = layers;
         FinalNorm = Vector("final_norm", names.FinalNorm);

@@ -27,6 +27,9 @@ namespace Qwen3Cuda.Model.Device;
 /// attn_partial    fp32 [AttnSplitRows, nH, D] + lse [AttnSplitRows, nH] (flash-decoding splits)
 /// attn_tickets    int32 [Rows, nKV]       attn_decode_fused's combine tickets (zeroed once at load, left zero)
 /// moe             MoeWorkspace(Rows) of the MoE layers' shape (empty for a dense model)
+/// x_attn          bf16 [min(Rows, 4), H]  early routing: x after the attention (o_proj's output, x the layer's input)
+/// early_logits    fp32 [min(Rows, 4), E]  early routing's unscaled logits; early_ids int32 [min(Rows, 4), k] its ids
+///                                         (the three empty for a dense model)
 /// mlp_gate_up     bf16 [Rows, 2 I]        dense layers: gate|up projection (I = intermediate_size; empty without dense layers)
 /// mlp_act         bf16 [Rows, I]          dense layers: bf16(silu(gate)) * up
 /// result:  one contiguous region, so that the host reads the error flag with the result in ONE copy
@@ -94,6 +97,11 @@ public sealed record WorkspaceLayout
     public int AttnSplitRows { get; init; }
     public long Moe { get; init; }
     public long MoeBytes { get; init; }
+    /// <summary>bf16 [min(Rows, 4), H]: early routing's residual stream after the attention (docs/kernels.md, "Early routing").</summary>
+    public long XAttn { get; init; }
+    /// <summary>fp32 [min(Rows, 4), E] and int32 [min(Rows, 4), k]: early routing's unscaled logits and ids.</summary>
+    public long EarlyLogits { get; init; }
+    public long EarlyIds { get; init; }
     /// <summary>bf16 [Rows, 2 I]: a dense layer's gate|up projection.</summary>
     public long MlpGateUp { get; init; }
     /// <summary>bf16 [Rows, I]: a dense layer's activation, input of its down projection.</summary>
@@ -162,6 +170,9 @@ public sealed record WorkspaceLayout
             moeBytes = Math.Max(moeBytes, MoeWorkspace.Compute(rows, MlpShape(c, l)).TotalBytes);
         }
         long moe = a.Take("moe", moeBytes);
+        long earlyRows = moeBytes > 0 ? Math.Min(rows, PersistentDecodeLaunchers.MaxRows) : 0;
+        long xAttn = a.Take("x_attn", earlyRows * c.HiddenSize * bf);
+        long earlyLogits = a.Take("early_logits", earlyRows * c.NumExperts * 4L), earlyIds = a.Take("early_ids", earlyRows * c.NumExpertsPerTok * 4L);
         long I = anyDense ? c.IntermediateSize : 0;
         long mlpGateUp = a.Take("mlp_gate_up", rows * 2 * I * bf), mlpAct = a.Take("mlp_act", rows * I * bf);
         const long flagBytes = 16;
@@ -178,7 +189,7 @@ public sealed record WorkspaceLayout
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             AttnTickets = attnTickets, AttnTicketBytes = attnTicketBytes,
             PersistentCounters = attnTickets + AttentionDecodeLaunchers.TicketBytes(rows, c.NumKeyValueHeads),
-            Moe = moe, MoeBytes = moeBytes, MlpGateUp = mlpGateUp, MlpAct = mlpAct, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
+            Moe = moe, MoeBytes = moeBytes, XAttn = xAttn, EarlyLogits = earlyLogits, EarlyIds = earlyIds, MlpGateUp = mlpGateUp, MlpAct = mlpAct, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }
 

@@ -45,7 +45,14 @@ public static class PersistentDecodeCases
     /// <paramref name="hidden"/>): the block runs the router as its fourth stage, also fetching ahead 3 KiB of the qkv
     /// weight, and the oracle runs moe_router_norm_topk after the three launches.
     /// </summary>
-    public static CheckResult Compare(KernelCheckContext ctx, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed, MoeShape? router = null)
+    /// <remarks>
+    /// <paramref name="early"/> (with a router): the block is also run with early routing, whole and with its stages apart:
+    /// o_proj's output (in another buffer) and the router's outputs must be the same bits, x unchanged, the early tiles'
+    /// logits and ids moe_early_route's on the same inputs (bitwise), and the router tiles must prefetch the chosen
+    /// experts' first bytes with evict_last (the emulator's persisting sectors).
+    /// </remarks>
+    public static CheckResult Compare(KernelCheckContext ctx, int[] lens, int hidden, int nH, int nKV, bool cooperative, int seed, MoeShape? router = null,
+        bool early = false)
     {
         const int d = HeadDim;
         var c = new Checker();
@@ -82,14 +89,32 @@ public static class PersistentDecodeCases
         DevicePtr routerTicket = ctx.AllocFilled<int>(1, 0);
 
         // One run of either path on fresh x, qkv, caches and attention buffers; what it wrote and the launches' stages.
-        (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, LaunchStage?[] Stages, ushort[] H, float[] Logits, int[] Ids, float[] Weights) Run(
-            bool persistent, DevicePtr counters, DevicePtr tickets, bool apart, bool topkByExperts = false)
+        // early routing: the folded router of this layer (moe_router_fold, held to its fp64 reference in EarlyRoutingCases),
+        // the experts' gate_up weight the router tiles prefetch from (4 KiB per expert, 1 KiB of it prefetched per choice)
+        const long expertStride = 4096, earlyPrefetch = 1024;
+        var earlyLaunchers = early && router is not null ? ctx.Cached("early_route", () => new EarlyRoutingLaunchers(ctx.Loader)) : null;
+        DevicePtr dFolded = DevicePtr.Null, dGateUp = DevicePtr.Null;
+        if (earlyLaunchers is not null)
         {
-            DevicePtr dx = ctx.Upload(x0), dQkv = ctx.AllocFilled<ushort>(rows * qkvDim), dAttn = ctx.AllocFilled<ushort>(rows * qDim);
+            dFolded = ctx.Alloc<ushort>(E * qDim);
+            earlyLaunchers.Fold(ctx.Stream, E, hidden, qDim, dRouter, dPost, dWo, dFolded);
+            dGateUp = ctx.AllocFilled<byte>(E * expertStride, 0);
+        }
+
+        // One run of either path on fresh x, qkv, caches and attention buffers; what it wrote and the launches' stages.
+        // With early routing, o_proj writes xOut (x stays the layer's input) and the early tiles the unscaled logits and ids.
+        (ushort[] Qkv, byte[] K, byte[] V, ushort[] Attn, ushort[] X, LaunchStage?[] Stages, ushort[] H, float[] Logits, int[] Ids, float[] Weights,
+            ushort[] XIn, float[] EarlyU, int[] EarlyIds, long PersistingSectors) Run(
+            bool persistent, DevicePtr counters, DevicePtr tickets, bool apart, bool topkByExperts = false, bool earlyRouting = false)
+        {
+            DevicePtr dx = ctx.Upload(x0), dXOut = earlyRouting ? ctx.AllocFilled<ushort>(rows * hidden) : DevicePtr.Null;
+            DevicePtr dU = earlyRouting ? ctx.AllocFilled<float>(rows * E) : DevicePtr.Null, dEarlyIds = earlyRouting ? ctx.AllocFilled<int>(rows * k) : DevicePtr.Null;
+            DevicePtr dQkv = ctx.AllocFilled<ushort>(rows * qkvDim), dAttn = ctx.AllocFilled<ushort>(rows * qDim);
             DevicePtr dH = ctx.AllocFilled<ushort>(rows * hidden), dLogits = ctx.AllocFilled<float>(Math.Max(1, rows * E)),
                 dIds = ctx.AllocFilled<int>(Math.Max(1, rows * k)), dW = ctx.AllocFilled<float>(Math.Max(1, rows * k));
             AttentionBlockRouter? stage = router is null ? null
-                : new AttentionBlockRouter(rs, dPost, Eps, dRouter, dH, dLogits, dIds, dW, dWqkv, Math.Min(3072, (long)qkvDim * hidden * 2), topkByExperts);
+                : new AttentionBlockRouter(rs, dPost, Eps, dRouter, dH, dLogits, dIds, dW, dWqkv, Math.Min(3072, (long)qkvDim * hidden * 2), topkByExperts,
+                    earlyRouting ? new AttentionBlockEarlyRouting(dFolded, dU, dEarlyIds, dGateUp, expertStride, earlyPrefetch) : null);
             DevicePtr dK = kv.UploadK(ctx), dV = kv.UploadV(ctx);
             DevicePtr dPartial = ctx.Alloc<byte>(wsBytes), dLse = ctx.AllocFilled<float>(lseBytes / sizeof(float));
             var a = new DecodeAttentionArgs(DevicePtr.Null, qDim, dK, dV, dTable, kv.MaxPagesPerSeq, PageSize, dLens, rows, lens.Max(),
@@ -98,7 +123,7 @@ public static class PersistentDecodeCases
             var launches = ctx.RecordLaunches(() =>
             {
                 if (persistent)
-                    block.AttentionBlock(ctx.Stream, attn, new AttentionBlockWeights(dx, hidden, hidden, dNorm, Eps, dWqkv, dWo), a, rope, counters, cooperative && !apart, apart, stage);
+                    block.AttentionBlock(ctx.Stream, attn, new AttentionBlockWeights(dx, hidden, hidden, dNorm, Eps, dWqkv, dWo, XOut: dXOut), a, rope, counters, cooperative && !apart, apart, stage);
                 else
                 {
                     gemv.Gemv(ctx.Stream, dQkv, qkvDim, dx, hidden, WeightOperand.Bf16(dWqkv), DevicePtr.Null, rows, qkvDim, hidden, DevicePtr.Null, 0, dNorm, Eps);
@@ -108,8 +133,10 @@ public static class PersistentDecodeCases
                 }
             });
             return (ctx.Download<ushort>(dQkv, rows * qkvDim), ctx.Download<byte>(dK, cacheBytes), ctx.Download<byte>(dV, cacheBytes),
-                ctx.Download<ushort>(dAttn, rows * qDim), ctx.Download<ushort>(dx, rows * hidden), launches.Select(l => l.Stage).ToArray(),
-                ctx.Download<ushort>(dH, rows * hidden), ctx.Download<float>(dLogits, rows * E), ctx.Download<int>(dIds, rows * k), ctx.Download<float>(dW, rows * k));
+                ctx.Download<ushort>(dAttn, rows * qDim), ctx.Download<ushort>(earlyRouting ? dXOut : dx, rows * hidden), launches.Select(l => l.Stage).ToArray(),
+                ctx.Download<ushort>(dH, rows * hidden), ctx.Download<float>(dLogits, rows * E), ctx.Download<int>(dIds, rows * k), ctx.Download<float>(dW, rows * k),
+                ctx.Download<ushort>(dx, rows * hidden), earlyRouting ? ctx.Download<float>(dU, rows * E) : [], earlyRouting ? ctx.Download<int>(dEarlyIds, rows * k) : [],
+                launches.Sum(l => l.PersistingSectors));
         }
 
         DevicePtr oracleTickets = ctx.AllocFilled<int>(rows * nKV, 0), tickets = ctx.AllocFilled<int>(rows * nKV, 0);
@@ -152,6 +179,38 @@ public static class PersistentDecodeCases
             c.True(got.Weights.All(float.IsNaN), "top-k by the experts: the router tiles wrote no weights", "");
             c.Exact<ushort>(got.X, expected.X, "top-k by the experts: x (bitwise)");
             c.Exact<int>(ctx.Download<int>(counters, PersistentDecodeLaunchers.CounterInts), new int[PersistentDecodeLaunchers.CounterInts], "top-k by the experts: counters zero after the launch");
+        }
+        if (earlyLaunchers is not null)
+        {
+            // the oracle of early routing: moe_early_route on the layer's input and the oracle's attention output
+            DevicePtr dX0 = ctx.Upload(x0), dA = ctx.Upload(expected.Attn), dU = ctx.AllocFilled<float>(rows * E), dI = ctx.AllocFilled<int>(rows * k);
+            earlyLaunchers.Route(ctx.Stream, rows, E, k, hidden, qDim, dX0, dA, dRouter, dPost, dFolded, dU, dI, ctx.AllocFilled<int>(1, 0));
+            float[] u = ctx.Download<float>(dU, rows * E);
+            int[] ids = ctx.Download<int>(dI, rows * k);
+            var plain = Run(persistent: true, counters, tickets, apart: false);
+            foreach (bool apart in new[] { false, true })
+            {
+                var got = Run(persistent: true, counters, tickets, apart, earlyRouting: true);
+                string r = $"early routing{(apart ? ", stages apart" : "")}";
+                c.Exact<ushort>(got.X, expected.X, $"{r}: o_proj's output (in xOut) = gemv_bf16_mma's with the residual (bitwise)");
+                c.Exact<ushort>(got.XIn, x0, $"{r}: x, the layer's input, unchanged");
+                c.Exact<ushort>(got.H, expected.H, $"{r}: h = moe_router_norm_topk's (bitwise)");
+                c.Exact<float>(got.Logits, expected.Logits, $"{r}: router logits = moe_router_norm_topk's (bitwise)");
+                c.Exact<int>(got.Ids, expected.Ids, $"{r}: top-k ids = moe_router_norm_topk's (the hint changes no result)");
+                c.Exact<float>(got.Weights, expected.Weights, $"{r}: top-k weights = moe_router_norm_topk's (bitwise)");
+                c.Exact<ushort>(got.Attn, expected.Attn, $"{r}: attention output = attn_decode_fused's (bitwise)");
+                c.Exact<float>(got.EarlyU, u, $"{r}: unscaled logits = moe_early_route's (bitwise)");
+                c.Exact<int>(got.EarlyIds, ids, $"{r}: early ids = moe_early_route's");
+                c.Exact<int>(ctx.Download<int>(counters, PersistentDecodeLaunchers.CounterInts), new int[PersistentDecodeLaunchers.CounterInts], $"{r}: counters zero after the launch");
+                if (ctx.Emulator is not null && !apart)
+                {
+                    // the router tiles' prefetch: 1 KiB (32 sectors) of each chosen expert's block, with evict_last, beside the
+                    // 3 KiB fetch-ahead both runs make; a row's k choices are distinct experts, rows may share some
+                    long extra = got.PersistingSectors - plain.PersistingSectors, perChoice = earlyPrefetch / 32;
+                    c.True(extra >= k * perChoice && extra <= (long)rows * k * perChoice, $"{r}: the early-routed experts' bytes prefetched with evict_last",
+                        $"{extra} more persisting sectors, expected {k * perChoice} to {rows * k * perChoice}");
+                }
+            }
         }
         return c.Result();
     }

@@ -45,7 +45,7 @@ public sealed class EarlyRoutingLaunchers(KernelLoader loader)
     public const string File = "early_route.cu";
     /// <summary>The kernels' limits: tokens per launch, experts, top-k (kernels/early_route.cu).</summary>
     public const int MaxTokens = 4, MaxExperts = 256, MaxTopK = 16;
-    const int FoldThreads = 128, FoldRows = 8, RouteThreads = 128, RouteRowsPerCta = 8;
+    const int FoldThreads = 128, FoldRows = 8, RouteThreads = 128, RouteRowsPerCta = 4;
     private readonly DeviceKernel _fold = loader.Get(File, "moe_router_fold");
     private readonly DeviceKernel _route = loader.Get(File, "moe_early_route");
     private readonly IDevice _device = loader.Device;

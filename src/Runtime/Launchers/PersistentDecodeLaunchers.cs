@@ -11,7 +11,7 @@ public struct PersistentAttnParams
     public AttnDecodeFusedParams Attn;
     public GemvParams OProj;
     public MoeRouterParams Router;
-    public DevicePtr Counters;   // [6] int, zero on entry, left zero
+    public DevicePtr Counters;   // [7] int, zero on entry, left zero
     public int QkvGroups;
     public int QkvWpg;
     public int OGroups;
@@ -19,6 +19,11 @@ public struct PersistentAttnParams
     public int RouterTiles;      // 0: no router stage; E
     public int StageOnly;        // -1: the whole block; 0 .. 3: that stage's tiles alone
     public long OAheadBytes;     // the first bytes of o_proj's weight the qkv tiles prefetch (evict_last) before their wait
+    public MoeEarlyRouteParams Early;   // early routing (EarlyTiles > 0)
+    public DevicePtr EarlyExperts;      // the stacked gate_up weight [E, 2I, H]
+    public long EarlyExpertStride;      // its bytes per expert
+    public long EarlyPrefetchBytes;     // per chosen expert, the first bytes of its gate_up block the router tiles prefetch
+    public int EarlyTiles;              // 0: none; ceil(E / 4)
 }
 
 /// <summary>
@@ -33,7 +38,20 @@ public struct PersistentAttnParams
 /// start, the o_proj tiles only once earlier tiles have left (docs/timing-model.md, "A stage-ordered launch"); 0: none.
 /// </summary>
 public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hidden, DevicePtr InputNorm, float Eps, DevicePtr Wqkv, DevicePtr Wo,
-    DevicePtr FetchAhead = default, long FetchAheadBytes = 0, long OProjAheadBytes = 0);
+    DevicePtr FetchAhead = default, long FetchAheadBytes = 0, long OProjAheadBytes = 0, DevicePtr XOut = default)
+{
+    /// <summary>Where o_proj writes <c>x + W_o attn</c>: <see cref="XOut"/> when set (early routing reads x unchanged), else x in place.</summary>
+    public DevicePtr OProjOut => XOut.IsNull ? X : XOut;
+}
+
+/// <summary>
+/// Early routing in the attention block (kernels/early_route.cu, docs/kernels.md "Early routing"): the folded router
+/// <paramref name="Folded"/> [E, Q] bf16 of this layer, the buffers for the unscaled logits [T, E] fp32 and the ids [T, k],
+/// and the experts' stacked gate_up weight <paramref name="GateUp"/> ([E, 2I, H], <paramref name="ExpertStrideBytes"/>
+/// per expert), of which the router tiles prefetch the first <paramref name="PrefetchBytes"/> of each chosen expert.
+/// </summary>
+public readonly record struct AttentionBlockEarlyRouting(DevicePtr Folded, DevicePtr Logits, DevicePtr TopkIds, DevicePtr GateUp,
+    long ExpertStrideBytes, long PrefetchBytes);
 
 /// <summary>
 /// A MoE layer's router as the attention block's fourth stage (<see cref="PersistentDecodeLaunchers.AttentionBlock"/>):
@@ -47,7 +65,8 @@ public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hi
 /// routerLogits): the router stage's chain ends at its logits (docs/kernels.md, "Persistent launches").
 /// </summary>
 public readonly record struct AttentionBlockRouter(MoeShape Shape, DevicePtr PostNorm, float Eps, DevicePtr RouterWeight, DevicePtr HOut,
-    DevicePtr Logits, DevicePtr TopkIds, DevicePtr TopkWeights, DevicePtr FetchAhead = default, long FetchAheadBytes = 0, bool TopkByExperts = false);
+    DevicePtr Logits, DevicePtr TopkIds, DevicePtr TopkWeights, DevicePtr FetchAhead = default, long FetchAheadBytes = 0, bool TopkByExperts = false,
+    AttentionBlockEarlyRouting? Early = null);
 
 /// <summary>
 /// Launcher for kernels/persistent_decode.cu: a layer's attention block for decode rows, qkv projection (with its input
@@ -63,7 +82,7 @@ public sealed class PersistentDecodeLaunchers
     /// <summary>The attention tile's 128 threads; <c>PDEC_MIN_CTAS_PER_SM</c>: the launch bounds' CTAs per SM.</summary>
     public const int Threads = 128, MinCtasPerSm = 4;
     /// <summary>Ints of the counter array: next ticket, exit ticket, tiles done per GEMV / attention stage, the router's ticket.</summary>
-    public const int CounterInts = 6;
+    public const int CounterInts = 7;
     /// <summary>The router stage's largest hidden size: one 8-element chunk per virtual thread of moe_router_norm_topk's 256.</summary>
     public const int MaxRouterHidden = 2048;
     /// <summary>Rows the qkv tiles' norm prologue can finish: one per warp of the 4.</summary>
@@ -157,6 +176,15 @@ public sealed class PersistentDecodeLaunchers
             if (r0.PostNorm.IsNull || r0.RouterWeight.IsNull || r0.HOut.IsNull || r0.Logits.IsNull || r0.TopkIds.IsNull || r0.TopkWeights.IsNull)
                 throw new ArgumentException($"{File}: the router stage needs the post-attention norm, the router weight, and the h, logits, top-k ids and weights buffers", nameof(router));
             if (r0.FetchAheadBytes < 0) throw new ArgumentOutOfRangeException(nameof(router), r0.FetchAheadBytes, $"{File}: the router stage's bytes to fetch ahead must not be negative");
+            if (r0.Early is { } e0)
+            {
+                if (e0.Folded.IsNull || e0.Logits.IsNull || e0.TopkIds.IsNull || e0.GateUp.IsNull)
+                    throw new ArgumentException($"{File}: early routing needs the folded router, the logits and ids buffers and the experts' gate_up weight", nameof(router));
+                if (e0.ExpertStrideBytes <= 0 || e0.PrefetchBytes < 0 || e0.PrefetchBytes > e0.ExpertStrideBytes)
+                    throw new ArgumentOutOfRangeException(nameof(router), e0.PrefetchBytes, $"{File}: early routing prefetches 0 to {e0.ExpertStrideBytes} bytes (one expert's gate_up block) per chosen expert, got {e0.PrefetchBytes}");
+                if (w.XOut.IsNull || w.XOut == w.X)
+                    throw new ArgumentException($"{File}: early routing reads the layer's input x while o_proj runs: o_proj's output (XOut) must be another buffer", nameof(w));
+            }
         }
         var attn = attention.FusedParams(a, rope, out bool combineInKernel);
         if (a.Seqs == 0) return 0;
@@ -181,7 +209,7 @@ public sealed class PersistentDecodeLaunchers
             Attn = attn,
             OProj = new GemvParams
             {
-                Y = w.X, X = a.Out, W = w.Wo, Residual = w.X, Tokens = rows, N = w.Hidden, K = qDim, Ldx = a.OutStride, Ldy = w.Ldx,
+                Y = w.OProjOut, X = a.Out, W = w.Wo, Residual = w.X, Tokens = rows, N = w.Hidden, K = qDim, Ldx = a.OutStride, Ldy = w.Ldx,
                 RowsPerWarp = oPlan.RowsPerWarp, KSplit = qDim, SplitK = 1,
                 FetchAhead = w.FetchAhead, FetchAheadBytes = w.FetchAhead.IsNull ? 0 : w.FetchAheadBytes,
             },
@@ -192,14 +220,28 @@ public sealed class PersistentDecodeLaunchers
         {
             p.Router = new MoeRouterParams
             {
-                Hidden = w.X, WGate = r.RouterWeight, Logits = r.Logits, TopkIds = r.TopkIds, TopkWeights = r.TopkWeights, HOut = r.HOut,
+                Hidden = w.OProjOut, WGate = r.RouterWeight, Logits = r.Logits, TopkIds = r.TopkIds, TopkWeights = r.TopkWeights, HOut = r.HOut,
                 NormWeight = r.PostNorm, FetchAhead = r.FetchAhead, FetchAheadBytes = r.FetchAhead.IsNull ? 0 : r.FetchAheadBytes,
                 Tokens = rows, HiddenSize = r.Shape.Hidden, Experts = r.Shape.Experts, TopK = r.Shape.TopK, NormTopkProb = r.Shape.NormTopkProb ? 1 : 0, Eps = r.Eps,
                 TopkByConsumer = r.TopkByExperts ? 1 : 0,
             };
             p.RouterTiles = r.Shape.Experts;
+            if (r.Early is { } e)
+            {
+                if (a.OutStride != qDim)
+                    throw new ArgumentException($"{File}: early routing reads the attention output at row stride {qDim}, got {a.OutStride}", nameof(a));
+                p.Early = new MoeEarlyRouteParams
+                {
+                    X = w.X, Attn = a.Out, WRouter = r.RouterWeight, NormWeight = r.PostNorm, Folded = e.Folded, Logits = e.Logits, TopkIds = e.TopkIds,
+                    Counter = counters + 6 * sizeof(int), Tokens = rows, HiddenSize = w.Hidden, QDim = qDim, Experts = r.Shape.Experts, TopK = r.Shape.TopK,
+                };
+                p.EarlyExperts = e.GateUp;
+                p.EarlyExpertStride = e.ExpertStrideBytes;
+                p.EarlyPrefetchBytes = e.PrefetchBytes;
+                p.EarlyTiles = (r.Shape.Experts + 3) / 4;
+            }
         }
-        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
+        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, p.EarlyTiles + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
         if (p.RouterTiles == 0) stageTiles = stageTiles[..3];
         if (!stagesApart)
         {

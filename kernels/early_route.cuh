@@ -1,0 +1,154 @@
+// early_route.cuh: early routing's device code (early_route.cu has the math, the thread mapping and the traffic), shared
+// by early_route.cu's moe_early_route and persistent_attn_block's early-routing tiles (persistent_decode.cu), so both
+// compute the same bits.
+#pragma once
+#include "moe_router.cuh"   // redux_max_u32
+
+#define EARLY_THREADS 128
+#define EARLY_WARPS (EARLY_THREADS / 32)
+#define EARLY_MAX_TOKENS 4
+#define EARLY_MAX_E_PER_LANE 8
+
+struct MoeEarlyRouteParams {
+    const bf16* x;           // [T, H] the layer's input (the residual stream before the attention)
+    const bf16* attn;        // [T, Q] the attention's output (o_proj's input)
+    const bf16* w_router;    // [E, H]
+    const bf16* norm_weight; // [H] the post-attention norm weight g
+    const bf16* folded;      // [E, Q] M (moe_router_fold)
+    float* logits;           // [T, E] out: u
+    int* topk_ids;           // [T, k] out: each token's k experts by u, descending (ties: the lower expert)
+    int* counter;            // [1] ticket, zero on entry, left zero
+    int tokens;              // T
+    int hidden_size;         // H
+    int q_dim;               // Q
+    int experts;             // E
+    int top_k;               // k
+};
+
+// sum over the 8 elements of (w * g) * x, in element order (w * g exact in fp32)
+__device__ __forceinline__ float dot_scaled_bf16x8(uint4 w, uint4 g, uint4 x, float s)
+{
+    const unsigned wv[4] = {w.x, w.y, w.z, w.w}, gv[4] = {g.x, g.y, g.z, g.w}, xv[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        s = fmaf(bf16x2_lo(wv[q]) * bf16x2_lo(gv[q]), bf16x2_lo(xv[q]), s);
+        s = fmaf(bf16x2_hi(wv[q]) * bf16x2_hi(gv[q]), bf16x2_hi(xv[q]), s);
+    }
+    return s;
+}
+
+// The orderable bits of a float (unsigned order = value order); NaN as -inf.
+__device__ __forceinline__ unsigned early_order_bits(float v)
+{
+    const unsigned b = __float_as_uint(v == v ? v : -QC_INF);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Token t's top-k by u, run by one warp: lane j < k ends with the rank-j expert, which lane 0 stores.
+__device__ void early_topk_token(const MoeEarlyRouteParams& p, int t)
+{
+    const int lane = threadIdx.x & 31;
+    unsigned hi[EARLY_MAX_E_PER_LANE], lo[EARLY_MAX_E_PER_LANE];   // key = hi << 32 | lo; 0 = no expert
+#pragma unroll
+    for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++) {
+        const int e = lane + 32 * i;
+        const bool real = e < p.experts;
+        hi[i] = real ? early_order_bits(ld_cg_f32(p.logits + (size_t)t * p.experts + e)) : 0u;   // >= 0x007fffff when real
+        lo[i] = real ? ~(unsigned)e : 0u;
+    }
+    for (int j = 0; j < p.top_k; j++) {
+        // this lane's largest key
+        unsigned bh = 0, bl = 0;
+#pragma unroll
+        for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++)
+            if (hi[i] > bh || (hi[i] == bh && lo[i] > bl)) { bh = hi[i]; bl = lo[i]; }
+        const unsigned m = redux_max_u32(bh);                  // >= 1: k <= E leaves a candidate every round
+        const unsigned m2 = redux_max_u32(bh == m ? bl : 0u);  // ~(the lowest expert holding that value)
+        if (lane == 0) p.topk_ids[(size_t)t * p.top_k + j] = min((int)~m2, p.experts - 1);
+#pragma unroll
+        for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++)
+            if (lo[i] == m2 && hi[i] == m) { hi[i] = 0u; lo[i] = 0u; }   // keys are distinct: one lane clears one
+    }
+}
+
+// One row per warp: row block rb is rows rb * 4 .. + 3, warp w's row rb * 4 + w. Before the attention is done each warp
+// copies the first `held` 16-byte chunks of its folded row into shared memory (m_s, `held` chunks per warp: 512, all of
+// Qwen3-30B-A3B's Q = 4096, in moe_early_route; as many as the attention's tile buffer holds in persistent_attn_block),
+// so that after the wait only the attention output's loads are round trips; chunks past `held` come from L2 then.
+#define EARLY_ROWS_PER_CTA EARLY_WARPS
+#define EARLY_HELD_CHUNKS 512
+#define EARLY_UNROLL 8     // chunks of a lane's loads in flight at once
+
+// Warp w's folded row, its first `held` chunks, into m_s[w * held ..]: lane l stores chunks l, l + 32, ... and later reads
+// back only those, so no barrier is needed. Weights: they depend on nothing the step writes.
+__device__ __forceinline__ void early_route_hold(const MoeEarlyRouteParams& p, int rb, uint4* m_s, int held)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = rb * EARLY_ROWS_PER_CTA + warp;
+    if (e >= p.experts) return;                            // warp-uniform
+    const int n = min(p.q_dim >> 3, held);
+    const uint4* m = reinterpret_cast<const uint4*>(p.folded + (size_t)e * p.q_dim);
+    uint4* dst = m_s + (size_t)warp * held;
+#pragma unroll EARLY_UNROLL
+    for (int c = lane; c < n; c += 32) dst[c] = m[c];
+}
+
+// The x part of u, W_r (g * x), into acc[t]: x is the layer's input, so in persistent_attn_block this runs before the
+// tile's wait for the attention and its round trips are off the step's chain.
+__device__ __forceinline__ void early_route_xpart(const MoeEarlyRouteParams& p, int rb, float (&acc)[EARLY_MAX_TOKENS])
+{
+    const int lane = threadIdx.x & 31, e = rb * EARLY_ROWS_PER_CTA + (threadIdx.x >> 5);
+#pragma unroll
+    for (int t = 0; t < EARLY_MAX_TOKENS; t++) acc[t] = 0.f;
+    if (e >= p.experts) return;                            // warp-uniform
+    const int hc = p.hidden_size >> 3;
+    const uint4* wr = reinterpret_cast<const uint4*>(p.w_router + (size_t)e * p.hidden_size);
+    const uint4* g = reinterpret_cast<const uint4*>(p.norm_weight);
+#pragma unroll 4
+    for (int c = lane; c < hc; c += 32) {
+        const uint4 w = wr[c], gw = g[c];
+#pragma unroll
+        for (int t = 0; t < EARLY_MAX_TOKENS; t++)
+            if (t < p.tokens)
+                acc[t] = dot_scaled_bf16x8(w, gw, reinterpret_cast<const uint4*>(p.x + (size_t)t * p.hidden_size)[c], acc[t]);
+    }
+}
+
+// Once the attention's output is ready: for each token its M a part (the held chunks from shared memory, any past them
+// from L2), the lanes' sums by a fixed shuffle tree; lane 0 stores u. The attention's output comes through L2 (other CTAs
+// of the launch wrote it).
+__device__ __forceinline__ void early_route_rows(const MoeEarlyRouteParams& p, int rb, const uint4* m_s, int held, const float (&acc)[EARLY_MAX_TOKENS])
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = rb * EARLY_ROWS_PER_CTA + warp;
+    if (e >= p.experts) return;                            // warp-uniform
+    const int qc = p.q_dim >> 3;
+    const uint4* m = reinterpret_cast<const uint4*>(p.folded + (size_t)e * p.q_dim);
+    const uint4* mrow_s = m_s + (size_t)warp * held;
+#pragma unroll
+    for (int t = 0; t < EARLY_MAX_TOKENS; t++) {          // unrolled, so acc stays in registers
+        if (t >= p.tokens) break;
+        const uint4* a = reinterpret_cast<const uint4*>(p.attn + (size_t)t * p.q_dim);
+        float s = acc[t];
+#pragma unroll EARLY_UNROLL
+        for (int c = lane; c < qc; c += 32) s += dot_bf16x8(c < held ? mrow_s[c] : m[c], __ldcg(a + c));
+        const float u = warp_sum(s);
+        if (lane == 0) p.logits[(size_t)t * p.experts + e] = u;
+    }
+}
+
+// After a CTA's rows (every thread calls it): the ticket on *p.counter over `ctas` row blocks; the CTA that takes the last
+// one runs each token's top-k (warp t: token t) and resets the counter. Ends with the top-k's stores made (no barrier
+// after them).
+__device__ __forceinline__ void early_route_finish(const MoeEarlyRouteParams& p, int ctas, int& is_last_s)
+{
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        is_last_s = atomicAdd(p.counter, 1) == ctas - 1;
+    }
+    __syncthreads();
+    if (!is_last_s) return;
+    __threadfence();
+    const int warp = threadIdx.x >> 5;
+    if (warp < p.tokens) early_topk_token(p, warp);
+    if (threadIdx.x == 0) *p.counter = 0;
+}
