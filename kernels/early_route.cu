@@ -19,8 +19,10 @@
 //   Grid ceil(E / 4), 128 threads = 4 warps: warp w owns row e = bx * 4 + w. Its lanes first copy their 16-byte chunks
 //   lane, lane + 32, ... of M's row into shared memory (each lane reads back only its own: no barrier; the first 512
 //   chunks of a row, all of Q <= 4096) and sum their chunks of W_r's row with the same chunks of g and of x[t] (sum of
-//   (W_r * g) * x: the product W_r * g exact in fp32); then for each token they load a[t]'s chunks through L2 (8 in
-//   flight) and add M's products; a fixed shuffle tree sums the lanes, so u is bit-reproducible. In persistent_attn_block the first part runs
+//   (W_r * g) * x: the product W_r * g exact in fp32), summed over the lanes by a fixed shuffle tree (v); then for each
+//   token they load a[t]'s chunks through L2 (8 in flight), sum M's products the same way and add v: u is
+//   bit-reproducible. In persistent_attn_block x tiles beside the attention compute v and store it in logits[t, e],
+//   and the early tiles after it add M a (the same bits). In persistent_attn_block the first part runs
 //   before the tile's wait for the attention, so only one round trip for a and the ticket are on the step's chain. Lane 0 stores u (fp32) in logits[t, e]. Then the ticket of moe_router_topk: the CTA fences, thread
 //   0 adds 1 to *counter, and the CTA that takes the last ticket runs the top-k (warp t: token t) and resets the counter
 //   to 0 (zero before the first launch, left zero). The top-k is on u's values (no softmax: u is the logit times rms(x'),
@@ -80,9 +82,10 @@ extern "C" __global__ void __launch_bounds__(EARLY_THREADS) moe_early_route(MoeE
 {
     __shared__ int is_last;
     __shared__ uint4 m_s[EARLY_ROWS_PER_CTA * EARLY_HELD_CHUNKS];   // 32 KiB: the CTA's folded rows
-    float acc[EARLY_MAX_TOKENS];
+    float acc[EARLY_MAX_TOKENS], v[EARLY_MAX_TOKENS];
     early_route_hold(p, blockIdx.x, m_s, EARLY_HELD_CHUNKS);
     early_route_xpart(p, blockIdx.x, acc);
-    early_route_rows(p, blockIdx.x, m_s, EARLY_HELD_CHUNKS, acc);
+    early_route_sum_x(acc, v);
+    early_route_rows(p, blockIdx.x, m_s, EARLY_HELD_CHUNKS, v);
     early_route_finish(p, gridDim.x, is_last);
 }

@@ -113,10 +113,38 @@ __device__ __forceinline__ void early_route_xpart(const MoeEarlyRouteParams& p, 
     }
 }
 
+// The x part summed over the warp's lanes (a fixed shuffle tree): v[t] in every lane.
+__device__ __forceinline__ void early_route_sum_x(const float (&acc)[EARLY_MAX_TOKENS], float (&v)[EARLY_MAX_TOKENS])
+{
+#pragma unroll
+    for (int t = 0; t < EARLY_MAX_TOKENS; t++) v[t] = warp_sum(acc[t]);
+}
+
+// persistent_attn_block's x tile: the summed x part of warp w's row into logits[t, e], where its early tile reads it back.
+__device__ __forceinline__ void early_route_store_x(const MoeEarlyRouteParams& p, int rb, const float (&acc)[EARLY_MAX_TOKENS])
+{
+    const int lane = threadIdx.x & 31, e = rb * EARLY_ROWS_PER_CTA + (threadIdx.x >> 5);
+    if (e >= p.experts) return;                            // warp-uniform
+    float v[EARLY_MAX_TOKENS];
+    early_route_sum_x(acc, v);
+#pragma unroll
+    for (int t = 0; t < EARLY_MAX_TOKENS; t++)
+        if (t < p.tokens && lane == 0) p.logits[(size_t)t * p.experts + e] = v[t];
+}
+
+// persistent_attn_block's early tile, after its wait: the x part its x tile stored (through L2: another CTA wrote it).
+__device__ __forceinline__ void early_route_load_x(const MoeEarlyRouteParams& p, int rb, float (&v)[EARLY_MAX_TOKENS])
+{
+    const int e = rb * EARLY_ROWS_PER_CTA + (threadIdx.x >> 5);
+#pragma unroll
+    for (int t = 0; t < EARLY_MAX_TOKENS; t++)
+        v[t] = e < p.experts && t < p.tokens ? ld_cg_f32(p.logits + (size_t)t * p.experts + e) : 0.f;
+}
+
 // Once the attention's output is ready: for each token its M a part (the held chunks from shared memory, any past them
-// from L2), the lanes' sums by a fixed shuffle tree; lane 0 stores u. The attention's output comes through L2 (other CTAs
-// of the launch wrote it).
-__device__ __forceinline__ void early_route_rows(const MoeEarlyRouteParams& p, int rb, const uint4* m_s, int held, const float (&acc)[EARLY_MAX_TOKENS])
+// from L2) summed over the lanes by a fixed shuffle tree, plus the summed x part v[t]; lane 0 stores u. The attention's
+// output comes through L2 (other CTAs of the launch wrote it).
+__device__ __forceinline__ void early_route_rows(const MoeEarlyRouteParams& p, int rb, const uint4* m_s, int held, const float (&v)[EARLY_MAX_TOKENS])
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = rb * EARLY_ROWS_PER_CTA + warp;
     if (e >= p.experts) return;                            // warp-uniform
@@ -127,10 +155,10 @@ __device__ __forceinline__ void early_route_rows(const MoeEarlyRouteParams& p, i
     for (int t = 0; t < EARLY_MAX_TOKENS; t++) {          // unrolled, so acc stays in registers
         if (t >= p.tokens) break;
         const uint4* a = reinterpret_cast<const uint4*>(p.attn + (size_t)t * p.q_dim);
-        float s = acc[t];
+        float s = 0.f;
 #pragma unroll EARLY_UNROLL
         for (int c = lane; c < qc; c += 32) s += dot_bf16x8(c < held ? mrow_s[c] : m[c], __ldcg(a + c));
-        const float u = warp_sum(s);
+        const float u = v[t] + warp_sum(s);
         if (lane == 0) p.logits[(size_t)t * p.experts + e] = u;
     }
 }

@@ -10,8 +10,8 @@
 //    tiles before their wait; router.topk_by_consumer: the logits only, no ticket and no softmax + top-k, which the
 //    experts' launch after the block runs in each of its CTAs (moe_experts_gemv's router_logits)]
 //   [early_tiles > 0, with the router stage: early routing (early_route.cuh, docs/kernels.md "Early routing"): tiles first in
-//    the o_proj stage (one expert row per warp, its folded row copied into the K / V tile buffer and its x part summed
-//    before their wait) take the
+//    the o_proj stage (one expert row per warp, its folded row copied into the K / V tile buffer before their wait), with
+//    the x part of their logits from x tiles after the attention's in stage 1 (which count as attention tiles), take the
 //    experts' ids from x and the attention's output through the folded router, and the router
 //    tiles prefetch the first early_prefetch_bytes of each chosen expert's gate_up weight into L2 (evict_last) after their
 //    wait, for the experts' launch: a hint that never changes a result. x must then stay the layer's input: o_proj.y is
@@ -159,7 +159,9 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     const int qkv_tiles = (p.qkv.n + 8 * p.qkv_groups - 1) / (8 * p.qkv_groups);
     const int attn_per_row = p.attn.splits * p.attn.num_kv_heads, attn_tiles = attn_per_row * p.attn.seqs;
     const int o_tiles = (p.o_proj.n + 8 * p.o_groups - 1) / (8 * p.o_groups);
-    const int early_begin = qkv_tiles + attn_tiles, o_begin = early_begin + p.early_tiles;   // stage 2: early tiles, then o_proj
+    // stage 1: the attention tiles, then early routing's x tiles; stage 2: its early tiles, then o_proj's
+    const int x_begin = qkv_tiles + attn_tiles, early_begin = x_begin + p.early_tiles, o_begin = early_begin + p.early_tiles;
+    const int attn_done = attn_tiles + p.early_tiles;   // counters[3]'s target: the attention and x tiles
     const int gemv_attn_tiles = o_begin + o_tiles;   // the router tiles after them
     // stage_only >= 0 (the timing model's measurement, docs/timing-model.md section 7): a launch of one stage's tiles, one
     // per CTA in index order, after a launch of the stage before; a tile then calls pdl_wait() where it would wait on the
@@ -213,22 +215,27 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
         attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
         release(&p.counters[3]);
+    } else if (tile < early_begin) {
+        // Early routing's x tile: the x part of u, W_r (g * x), for 4 experts (x: the layer's input, which o_proj does not
+        // overwrite here), into the logits buffer, beside the attention; it counts as an attention tile (counters[3]).
+        if (!whole) pdl_wait();                       // (a stage alone: a kernel of the step wrote x)
+        float xacc[EARLY_MAX_TOKENS];
+        early_route_xpart(p.early, tile - x_begin, xacc);
+        early_route_store_x(p.early, tile - x_begin, xacc);
+        release(&p.counters[3]);
     } else if (tile < o_begin) {
-        // Early routing: u of 8 experts from x (the layer's input, which o_proj does not overwrite here) and the attention's
-        // output, the ticket on counters[6], whose last tile runs the top-k; every early tile counts as a stage-2 tile for
-        // the router's wait, so the ids are written before any router tile reads them.
+        // Early routing: u of 4 experts, the x part (the x tiles') plus M a, the ticket on counters[6], whose last tile
+        // runs the top-k; every early tile counts as a stage-2 tile for the router's wait, so the ids are written before
+        // any router tile reads them.
         const int rb = tile - early_begin;
         uint4* m_s = reinterpret_cast<uint4*>(s.tiles_s);   // the tile's folded rows: the attention's K / V tile buffer
         constexpr int held = (int)(sizeof(s.tiles_s) / (16 * EARLY_ROWS_PER_CTA)) < EARLY_HELD_CHUNKS
             ? (int)(sizeof(s.tiles_s) / (16 * EARLY_ROWS_PER_CTA)) : EARLY_HELD_CHUNKS;
-        float eacc[EARLY_MAX_TOKENS];
-        // the folded rows into shared memory and the x part, both before the attention is done; a stage alone (the timing
-        // model's measurement) reads x only after its pdl_wait (a kernel of the step wrote x)
-        early_route_hold(p.early, rb, m_s, held);
-        if (!whole) pdl_wait();
-        early_route_xpart(p.early, rb, eacc);
-        wait_for(&p.counters[3], attn_tiles);
-        early_route_rows(p.early, rb, m_s, held, eacc);
+        early_route_hold(p.early, rb, m_s, held);      // the folded rows into shared memory, before the attention is done
+        wait_for(&p.counters[3], attn_done);
+        float v[EARLY_MAX_TOKENS];
+        early_route_load_x(p.early, rb, v);
+        early_route_rows(p.early, rb, m_s, held, v);
         early_route_finish(p.early, p.early_tiles, early_last_s);
         release(&p.counters[4]);
     } else if (tile < gemv_attn_tiles) {
@@ -237,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         // "Weights fetched ahead")
         const int o = tile - o_begin;
         gemv_stage_tile<true>(p.o_proj, o, p.o_groups, p.o_wpg, guessed, false, held, s.tiles_s, red_s, nred_s, inv_s, [&] {
-            wait_for(&p.counters[3], attn_tiles);
+            wait_for(&p.counters[3], attn_done);
             prefetch_l2_evict_last_share(p.o_proj.fetch_ahead, p.o_proj.fetch_ahead_bytes, o, o_tiles);
         });
         release(&p.counters[4]);

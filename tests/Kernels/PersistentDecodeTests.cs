@@ -104,7 +104,7 @@ public class PersistentDecodeTests
     /// Early routing in the block (kernels/early_route.cuh's tiles first in the o_proj stage, the router tiles prefetching
     /// the chosen experts' first bytes), in every scheduling mode: o_proj's output, h, the router's logits, ids and weights
     /// the same bits as without it (a hint changes no result), x unchanged, the early logits and ids those of
-    /// moe_early_route on the same inputs, the prefetch made: 40 experts top-4 at 1 row, 64 experts top-8 at 3 rows (48 co-resident
+    /// moe_early_route on the same inputs, the prefetch made: 40 experts top-4 at 1 row, 64 experts top-8 at 3 rows (40 co-resident
     /// on 8 SMs, where every tile's CTA must fit at once).
     /// </summary>
     [TestCaseSource(nameof(Modes))]
@@ -112,7 +112,7 @@ public class PersistentDecodeTests
     {
         using var ctx = new KernelCheckContext(new EmulatedDevice(options));
         EqualsTheThreeLaunches(ctx, $"{mode}, 1 row, 40 experts top-4, early routing", [150], Hidden, QHeads, KvHeads, cooperative, seed: 16, new MoeShape(40, 4, Hidden, 64, false), early: true);
-        int experts = cooperative && options.MultiprocessorCount < 16 ? 48 : 64;   // co-resident on 8 SMs: every tile's CTA at once
+        int experts = cooperative && options.MultiprocessorCount < 16 ? 40 : 64;   // co-resident on 8 SMs: every tile's CTA at once
         EqualsTheThreeLaunches(ctx, $"{mode}, 3 rows, {experts} experts top-8, early routing", [150, 17, 300], Hidden, QHeads, KvHeads, cooperative, seed: 17, new MoeShape(experts, 8, Hidden, 64, true), early: true);
     }
 

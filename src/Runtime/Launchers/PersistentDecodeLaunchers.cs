@@ -241,7 +241,7 @@ public sealed class PersistentDecodeLaunchers
                 p.EarlyTiles = (r.Shape.Experts + 3) / 4;
             }
         }
-        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows, p.EarlyTiles + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
+        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows + p.EarlyTiles, p.EarlyTiles + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
         if (p.RouterTiles == 0) stageTiles = stageTiles[..3];
         if (!stagesApart)
         {
