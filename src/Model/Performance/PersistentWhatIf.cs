@@ -600,35 +600,29 @@ public static class PersistentWhatIf
                 sb.Append(inv, $" {ByteSize.Format(bytes)} {Percent(early, bytes):F1}%");
             sb.Append(" of the roofline\n");
         }
+        // a merged step's line when it has fewer graph nodes than `than`: its nodes, time and share of the roofline, and the
+        // same with early routing
+        StepPrediction MergedLine(string what, Func<long, StepPrediction> merge, int than)
+        {
+            var merged = merge(0);
+            if (merged.GraphNodes >= than) return merged;
+            double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
+            sb.Append(inv, $"  what-if with {what}: {merged.GraphNodes} graph nodes, step {merged.TotalUs:F1} us, {Roof(merged):F1}% of the roofline");
+            if (foldedRouterBytes > 0)
+            {
+                var early = merge(foldedRouterBytes);
+                sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
+            }
+            sb.Append('\n');
+            return merged;
+        }
         // one launch per MoE layer (AsLayerLaunches): the block and the experts as one stage-ordered launch, the step's other
-        // boundaries as today
-        var layer = AsLayerLaunches(p);
-        if (layer.GraphNodes < p.GraphNodes)
-        {
-            double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
-            sb.Append(inv, $"  what-if with one launch per MoE layer (the experts as the attention block's fifth stage, at today's tiles and occupancy; programmatic launches between the layers): ");
-            sb.Append(inv, $"{layer.GraphNodes} graph nodes, step {layer.TotalUs:F1} us, {Roof(layer):F1}% of the roofline");
-            if (foldedRouterBytes > 0)
-            {
-                var early = AsLayerLaunches(p, foldedRouterBytes);
-                sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
-            }
-            sb.Append('\n');
-        }
-        // the MoE layers as one stage-ordered launch (AsStepLaunch): one CTA per tile, as the built block, for the whole step
-        var whole = AsStepLaunch(p);
-        if (whole.GraphNodes < layer.GraphNodes)
-        {
-            double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
-            sb.Append(inv, $"  what-if with the MoE layers as one stage-ordered launch (one CTA per tile in ticket order, as the built block; 5 stages per layer): ");
-            sb.Append(inv, $"{whole.GraphNodes} graph nodes, step {whole.TotalUs:F1} us, {Roof(whole):F1}% of the roofline");
-            if (foldedRouterBytes > 0)
-            {
-                var early = AsStepLaunch(p, foldedRouterBytes);
-                sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
-            }
-            sb.Append('\n');
-        }
+        // boundaries as today; then the MoE layers as one stage-ordered launch (AsStepLaunch): one CTA per tile, as the
+        // built block, for the whole step
+        var layer = MergedLine("one launch per MoE layer (the experts as the attention block's fifth stage, at today's tiles and occupancy; programmatic launches between the layers)",
+            b => AsLayerLaunches(p, b), p.GraphNodes);
+        MergedLine("the MoE layers as one stage-ordered launch (one CTA per tile in ticket order, as the built block; 5 stages per layer)",
+            b => AsStepLaunch(p, b), layer.GraphNodes);
         // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
         // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
         if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))

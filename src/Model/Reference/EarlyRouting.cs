@@ -1,8 +1,8 @@
 namespace Qwen3Cuda.Model.Reference;
 
 /// <summary>
-/// Early routing, the host reference of a what-if that is not built yet (docs/timing-model.md, section 7, "Two more
-/// lines"). A MoE layer's router logits are <c>W_r h</c> with <c>h = RMSNorm(x') * g</c> and <c>x' = x + W_o a</c> (x: the
+/// Early routing, the host reference of kernels/early_route.cu (docs/kernels.md, "Early routing"; the timing model's
+/// what-ifs of it: docs/timing-model.md, section 7, "Two more lines" and "Stop 43"). A MoE layer's router logits are <c>W_r h</c> with <c>h = RMSNorm(x') * g</c> and <c>x' = x + W_o a</c> (x: the
 /// layer's input, a: the attention's output before o_proj, g: the post-attention norm weight). Up to the positive factor
 /// <c>1 / rms(x')</c> of each token, that is <c>W_r (g * x) + M a</c> with the folded router <c>M = W_r diag(g) W_o</c>
 /// ([E, qDim]), and the top-k does not depend on that factor. So the experts' ids are known from <c>a</c>, before o_proj and
