@@ -445,6 +445,14 @@ public class DenseModelDeviceTests
             DeviceModelOptions.ParseOProjEarlyFetch(" 1048576 ")), Is.EqualTo((4L << 20, 4L << 20, 0L, 1L << 20)));
         Assert.That(() => DeviceModelOptions.ParseOProjEarlyFetch("4MiB"),
             Throws.ArgumentException.With.Message.Contains("QWEN3CUDA_OPROJ_EARLY_FETCH=4MiB").And.Message.Contains("not a byte count"));
+        // early routing's prefetch per chosen expert: QWEN3CUDA_EARLY_PREFETCH, 768 KiB unless set
+        Assert.That((DeviceModelOptions.ParseEarlyPrefetch(null), DeviceModelOptions.ParseEarlyPrefetch(" "), DeviceModelOptions.ParseEarlyPrefetch(" 4096 ")),
+            Is.EqualTo(((long?)null, (long?)null, (long?)4096)));
+        Assert.That(new DeviceModelOptions { EarlyRoutingPrefetchBytes = null }.EarlyRoutingPrefetchBytesOrDefault, Is.EqualTo(768L << 10));
+        Assert.That(() => DeviceModelOptions.ParseEarlyPrefetch("1MiB"),
+            Throws.ArgumentException.With.Message.Contains("QWEN3CUDA_EARLY_PREFETCH=1MiB").And.Message.Contains("not a byte count"));
+        Assert.That(() => new DeviceModelOptions { EarlyRoutingPrefetchBytes = -1 }.Validate(),
+            Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains("EarlyRoutingPrefetchBytes").And.Message.Contains("must not be negative"));
     }
 
     /// <summary>
