@@ -22,14 +22,15 @@
 //   (W_r * g) * x: the product W_r * g exact in fp32), summed over the lanes by a fixed shuffle tree (v); then for each
 //   token they load a[t]'s chunks through L2 (8 in flight), sum M's products the same way and add v: u is
 //   bit-reproducible. In persistent_attn_block x tiles beside the attention compute v and store it in logits[t, e],
-//   and the early tiles after it add M a (the same bits). In persistent_attn_block the first part runs
-//   before the tile's wait for the attention, so only one round trip for a and the ticket are on the step's chain. Lane 0 stores u (fp32) in logits[t, e]. Then the ticket of moe_router_topk: the CTA fences, thread
-//   0 adds 1 to *counter, and the CTA that takes the last ticket runs the top-k (warp t: token t) and resets the counter
-//   to 0 (zero before the first launch, left zero). The top-k is on u's values (no softmax: u is the logit times rms(x'),
-//   so exp would underflow where the router's does not): 64-bit keys (orderable value bits) << 32 | ~e, a NaN counted
-//   as -inf, so ties go to the lower expert, as the router's; lane l holds experts l, l + 32, ..., k rounds of a warp
-//   arg-max (two redux.sync, as router_topk_select), the winner's key cleared. Bytes: W_r, g and M once (E x (H + Q) x 2
-//   + H x 2), x and a once per CTA from L2, u once (T x E x 4), the ids (T x k x 4).
+//   and the early tiles after it add M a (the same bits), so only the attention output's loads and the ticket are on
+//   the step's chain. Lane 0 stores u (fp32) in logits[t, e]. Then the ticket of moe_router_topk: the CTA fences,
+//   thread 0 adds 1 to *counter, and the CTA that takes the last ticket runs the top-k (warp t: token t) and resets the
+//   counter to 0 (zero before the first launch, left zero). The top-k is on u's values (no softmax: u is the logit times
+//   rms(x'), so exp would underflow where the router's does not): keys of two halves, the value's orderable bits and
+//   ~e, compared as one 64-bit key, a NaN counted as -inf, so ties go to the lower expert, as the router's; lane l holds
+//   experts l, l + 32, ..., and each of k rounds takes the warp's largest key (two redux.sync, as router_topk_select),
+//   stores its expert and clears that key. Bytes: W_r, g and M once (E x (H + Q) x 2 + H x 2), x and a once per CTA
+//   from L2, u once (T x E x 4), the ids (T x k x 4).
 // Limits (the launcher checks them): H and Q multiples of 8, E <= 256, 1 <= k <= min(16, E), 1 <= T <= 4.
 #include "early_route.cuh"
 

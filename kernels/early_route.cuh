@@ -44,7 +44,7 @@ __device__ __forceinline__ unsigned early_order_bits(float v)
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Token t's top-k by u, run by one warp: lane j < k ends with the rank-j expert, which lane 0 stores.
+// Token t's top-k by u, run by one warp: each round's winner (the rank-j expert) is stored by lane 0.
 __device__ void early_topk_token(const MoeEarlyRouteParams& p, int t)
 {
     const int lane = threadIdx.x & 31;

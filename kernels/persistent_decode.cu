@@ -186,7 +186,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
             const int e = blockIdx.x - gemv_attn_tiles;
             prefetch_l2_rows(p.router.w_gate, e, e + 1, (size_t)p.router.hidden_size * 2, 0, (size_t)p.router.hidden_size * 2);
         } else if ((int)blockIdx.x >= o_begin) prefetch_gemv_rows(p.o_proj, blockIdx.x - o_begin, p.o_groups);
-        else if ((int)blockIdx.x >= early_begin) {     // an early tile's 8 rows of the folded router
+        else if ((int)blockIdx.x >= early_begin) {     // an early tile's rows of the folded router (one per warp)
             const size_t row = (size_t)p.early.q_dim * 2, r0 = (size_t)(blockIdx.x - early_begin) * EARLY_ROWS_PER_CTA;
             prefetch_l2_rows(p.early.folded, r0, min((size_t)p.early.experts, r0 + EARLY_ROWS_PER_CTA), row, 0, row);
         }
