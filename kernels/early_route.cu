@@ -28,8 +28,9 @@
 //   counter to 0 (zero before the first launch, left zero). The top-k is on u's values (no softmax: u is the logit times
 //   rms(x'), so exp would underflow where the router's does not): keys of two halves, the value's orderable bits and
 //   ~e, compared as one 64-bit key, a NaN counted as -inf, so ties go to the lower expert, as the router's; lane l holds
-//   experts l, l + 32, ..., and each of k rounds takes the warp's largest key (two redux.sync, as router_topk_select),
-//   stores its expert and clears that key. Bytes: W_r, g and M once (E x (H + Q) x 2 + H x 2), x and a once per CTA
+//   experts l, l + 32, ... (4 keys at E <= 128, else 8), sorts them once, and each of k rounds takes the warp's largest
+//   head (two redux.sync) and shifts the winning lane's keys up: the router's own selection (keys_topk, moe_router.cuh);
+//   lane j stores the rank-j expert. Bytes: W_r, g and M once (E x (H + Q) x 2 + H x 2), x and a once per CTA
 //   from L2, u once (T x E x 4), the ids (T x k x 4).
 // Limits (the launcher checks them): H and Q multiples of 8, E <= 256, 1 <= k <= min(16, E), 1 <= T <= 4.
 #include "early_route.cuh"

@@ -8,6 +8,7 @@
 #define EARLY_WARPS (EARLY_THREADS / 32)
 #define EARLY_MAX_TOKENS 4
 #define EARLY_MAX_E_PER_LANE 8
+#define EARLY_MAX_TOPK 16
 
 struct MoeEarlyRouteParams {
     const bf16* x;           // [T, H] the layer's input (the residual stream before the attention)
@@ -44,31 +45,37 @@ __device__ __forceinline__ unsigned early_order_bits(float v)
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Token t's top-k by u, run by one warp: each round's winner (the rank-j expert) is stored by lane 0.
-__device__ void early_topk_token(const MoeEarlyRouteParams& p, int t)
+// Token t's top-k by u, run by one warp with the router's selection (keys_topk, moe_router.cuh): lane l holds experts l,
+// l + 32, ... (PL of them: 4 when E <= 128, else 8), each as the 64-bit key (u's orderable bits) << 32 | ~expert, 0 for
+// no expert; u's bits of a real expert are >= 0x007fffff (-inf), so its key is never 0, and on exact ties the lower expert
+// (the larger ~expert) wins. Lane j < k returns the rank-j expert (clamped to 0 .. E - 1).
+template <int PL>
+__device__ __forceinline__ int early_topk_select_n(const MoeEarlyRouteParams& p, int t)
 {
     const int lane = threadIdx.x & 31;
-    unsigned hi[EARLY_MAX_E_PER_LANE], lo[EARLY_MAX_E_PER_LANE];   // key = hi << 32 | lo; 0 = no expert
+    u64 key[PL];
 #pragma unroll
-    for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++) {
+    for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
-        const bool real = e < p.experts;
-        hi[i] = real ? early_order_bits(ld_cg_f32(p.logits + (size_t)t * p.experts + e)) : 0u;   // >= 0x007fffff when real
-        lo[i] = real ? ~(unsigned)e : 0u;
+        key[i] = e < p.experts ? router_key((unsigned)~e, early_order_bits(ld_cg_f32(p.logits + (size_t)t * p.experts + e))) : 0ull;
     }
-    for (int j = 0; j < p.top_k; j++) {
-        // this lane's largest key
-        unsigned bh = 0, bl = 0;
-#pragma unroll
-        for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++)
-            if (hi[i] > bh || (hi[i] == bh && lo[i] > bl)) { bh = hi[i]; bl = lo[i]; }
-        const unsigned m = redux_max_u32(bh);                  // >= 1: k <= E leaves a candidate every round
-        const unsigned m2 = redux_max_u32(bh == m ? bl : 0u);  // ~(the lowest expert holding that value)
-        if (lane == 0) p.topk_ids[(size_t)t * p.top_k + j] = min((int)~m2, p.experts - 1);
-#pragma unroll
-        for (int i = 0; i < EARLY_MAX_E_PER_LANE; i++)
-            if (lo[i] == m2 && hi[i] == m) { hi[i] = 0u; lo[i] = 0u; }   // keys are distinct: one lane clears one
-    }
+    int my_e = 0;
+    keys_topk<PL>(key, p.top_k, [&](int j, unsigned, unsigned m2) { if (lane == j) my_e = (int)~m2; });
+    return min(max(my_e, 0), p.experts - 1);
+}
+
+// Lane j < k of the calling warp gets token t's rank-j expert by u (u read through L2: other CTAs wrote it).
+__device__ __forceinline__ int early_topk_select(const MoeEarlyRouteParams& p, int t)
+{
+    return p.experts <= 128 ? early_topk_select_n<4>(p, t)     // warp-uniform: E is the launch's
+                            : early_topk_select_n<EARLY_MAX_E_PER_LANE>(p, t);
+}
+
+// Token t's top-k into topk_ids, by one warp.
+__device__ __forceinline__ void early_topk_token(const MoeEarlyRouteParams& p, int t)
+{
+    const int e = early_topk_select(p, t), lane = threadIdx.x & 31;
+    if (lane < p.top_k) p.topk_ids[(size_t)t * p.top_k + lane] = e;
 }
 
 // One row per warp: row block rb is rows rb * 4 .. + 3, warp w's row rb * 4 + w. Before the attention is done each warp
@@ -90,6 +97,14 @@ __device__ __forceinline__ void early_route_hold(const MoeEarlyRouteParams& p, i
     uint4* dst = m_s + (size_t)warp * held;
 #pragma unroll EARLY_UNROLL
     for (int c = lane; c < n; c += 32) dst[c] = m[c];
+}
+
+// An x tile's router rows (row block rb: rows rb * 4 .. + 3) into L2 before its wait (sm_90; weights: nothing the step
+// writes), so that after it only x's loads reach past L2.
+__device__ __forceinline__ void early_route_prefetch_x(const MoeEarlyRouteParams& p, int rb)
+{
+    const size_t row = (size_t)p.hidden_size * 2, r0 = (size_t)rb * EARLY_ROWS_PER_CTA;
+    prefetch_l2_rows(p.w_router, r0, min((size_t)p.experts, r0 + EARLY_ROWS_PER_CTA), row, 0, row);
 }
 
 // The x part of u, W_r (g * x), into acc[t]: x is the layer's input, so in persistent_attn_block this runs before the

@@ -59,14 +59,49 @@ __device__ __forceinline__ void router_cmpx(u64& a, u64& b)
     b = lo;
 }
 
+// The top-k of one warp's 64-bit keys, lane l holding PL of them (experts l, l+32, ...; 0 for no expert, which sorts last
+// and never wins a round while k <= the experts). Unsigned key order is the selection order, so the arg-max of a round is
+// the largest key. Each lane sorts its PL keys once (a 5- or 19-comparator network); a round takes the warp maximum of the
+// lanes' heads in two redux.sync steps (the high halves, then among the lanes holding that high half the largest low half)
+// and the winning lane shifts its keys up. Keys are distinct (the low half holds ~expert), so every round picks exactly one
+// key. round(j, m, m2) is called in every lane with round j's winner: m its high half, m2 its low half. Shared by the
+// router (router_topk_select) and early routing (early_route.cuh), so both select by the same steps.
+template <int PL, class Round>
+__device__ __forceinline__ void keys_topk(u64 (&key)[PL], int top_k, Round round)
+{
+    static_assert(PL == 4 || PL == 8, "4 or 8 keys per lane");
+    if constexpr (PL == 4) {
+        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]);
+        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]);
+        router_cmpx(key[1], key[2]);
+    } else {
+        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
+        router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
+        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]); router_cmpx(key[4], key[5]); router_cmpx(key[6], key[7]);
+        router_cmpx(key[2], key[4]); router_cmpx(key[3], key[5]);
+        router_cmpx(key[1], key[4]); router_cmpx(key[3], key[6]);
+        router_cmpx(key[1], key[2]); router_cmpx(key[3], key[4]); router_cmpx(key[5], key[6]);
+    }
+    for (int j = 0; j < top_k; j++) {
+        unsigned lo, hv;
+        router_key_halves(key[0], lo, hv);
+        const unsigned m = redux_max_u32(hv);                     // >= 1: k <= E leaves a candidate every round
+        const unsigned m2 = redux_max_u32(hv == m ? lo : 0u);     // the winner's low half
+        round(j, m, m2);
+        if (lo == m2) {                                           // this lane's head won: the next key moves up
+#pragma unroll
+            for (int i = 0; i < PL - 1; i++) key[i] = key[i + 1];
+            key[PL - 1] = 0ull;
+        }
+    }
+}
+
 // Softmax + top-k of one token, run by one warp. Lane l holds experts l, l+32, ..., (< E): PL of them, 4 when E <= 128
 // (Qwen3-30B-A3B: half the loads, exps and keys of 8, on the router's critical warp), else 8. The keys a lane would hold
 // past E are 0, which sort last and never win a round, so both widths give the same bits for E <= 128.
-// The top-k works on 64-bit keys (probability bits + 1) << 32 | ~expert, 0 for no expert: with every probability >= +0,
-// unsigned key order is the order (value descending, index ascending on exact ties), so the arg-max of a round is the
-// largest key. Each lane sorts its PL keys once (a 5- or 19-comparator network); a round takes the warp maximum of the lanes'
-// heads in two redux.sync steps (the value bits, then among the lanes holding that value the largest ~expert, i.e. the
-// lowest expert) and the winning lane shifts its keys up. Keys are distinct, so every round picks exactly one expert.
+// The top-k (keys_topk) works on 64-bit keys (probability bits + 1) << 32 | ~expert, 0 for no expert: with every
+// probability >= +0, unsigned key order is the order (value descending, index ascending on exact ties), so a round's
+// low half is ~(the lowest expert holding the round's value).
 // router_topk_select: that work on one token's logits row (experts fp32 values, read through L2) for any caller: lane j <
 // top_k ends with the rank-j expert in my_e (clamped to 0 .. experts - 1) and its weight in my_w (renormalised when
 // norm_topk_prob). moe_router's last CTA stores them (router_topk_token_n); moe_experts_gemv's CTAs, when the router left
@@ -102,37 +137,15 @@ __device__ void router_topk_select(const float* logits, int experts, int top_k, 
         const unsigned bits = __float_as_uint(pr > 0.f ? pr : 0.f);   // NaN probability: 0 (still a candidate)
         key[i] = e < experts ? router_key((unsigned)~e, bits + 1) : 0ull;
     }
-    if constexpr (PL == 4) {
-        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]);
-        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]);
-        router_cmpx(key[1], key[2]);
-    } else {
-        router_cmpx(key[0], key[2]); router_cmpx(key[1], key[3]); router_cmpx(key[4], key[6]); router_cmpx(key[5], key[7]);
-        router_cmpx(key[0], key[4]); router_cmpx(key[1], key[5]); router_cmpx(key[2], key[6]); router_cmpx(key[3], key[7]);
-        router_cmpx(key[0], key[1]); router_cmpx(key[2], key[3]); router_cmpx(key[4], key[5]); router_cmpx(key[6], key[7]);
-        router_cmpx(key[2], key[4]); router_cmpx(key[3], key[5]);
-        router_cmpx(key[1], key[4]); router_cmpx(key[3], key[6]);
-        router_cmpx(key[1], key[2]); router_cmpx(key[3], key[4]); router_cmpx(key[5], key[6]);
-    }
-
     // Lane j keeps the rank-j choice (no local-memory arrays); wsum adds the weights in rank order.
     float my_w = 0.f;
     int my_e = 0;
     float wsum = 0.f;
-    for (int j = 0; j < top_k; j++) {
-        unsigned lo, hv;
-        router_key_halves(key[0], lo, hv);
-        const unsigned m = redux_max_u32(hv);                     // >= 1: k <= E leaves a candidate every round
-        const unsigned m2 = redux_max_u32(hv == m ? lo : 0u);     // ~(the lowest expert holding that value)
+    keys_topk<PL>(key, top_k, [&](int j, unsigned m, unsigned m2) {
         const float bv = __uint_as_float(m - 1);
         if (lane == j) { my_w = bv; my_e = (int)~m2; }
         wsum += bv;
-        if (lo == m2) {                                           // this lane's head won: the next key moves up
-#pragma unroll
-            for (int i = 0; i < PL - 1; i++) key[i] = key[i + 1];
-            key[PL - 1] = 0ull;
-        }
-    }
+    });
     // Every candidate holds a probability >= 0, so my_e < E always; the clamp keeps even a future mistake from indexing
     // past the stacked expert weights.
     my_e_out = min(max(my_e, 0), experts - 1);

@@ -9,16 +9,17 @@
 //    work, one router row per tile (moe_router.cuh); + router.fetch_ahead_bytes of the next weights, shared by the router
 //    tiles before their wait; router.topk_by_consumer: the logits only, no ticket and no softmax + top-k, which the
 //    experts' launch after the block runs in each of its CTAs (moe_experts_gemv's router_logits)]
-//   [early_tiles > 0, with the router stage: early routing (early_route.cuh, docs/kernels.md "Early routing"): tiles first in
-//    the o_proj stage (one expert row per warp, its folded row copied into the K / V tile buffer before their wait), with
-//    the x part of their logits from x tiles after the attention's in stage 1 (which count as attention tiles), take the
-//    experts' ids from x and the attention's output through the folded router, and the router
-//    tiles prefetch the first early_prefetch_bytes of each chosen expert's gate_up weight into L2 (evict_last) after their
-//    wait, for the experts' launch: a hint that never changes a result. x must then stay the layer's input: o_proj.y is
-//    another buffer (o_proj.residual is x)]
+//   [early_tiles > 0, with the router stage: early routing (early_route.cuh, docs/kernels.md "Early routing"): x tiles after
+//    the qkv tiles in stage 0 (they need only x, as the qkv tiles; they count as attention tiles) sum the x part of the
+//    unscaled logits u; early tiles first in the o_proj stage (one expert row per warp, its folded row copied into the K / V
+//    tile buffer before their wait) add the attention output's part through the folded router; after their wait the router
+//    tiles, when early_prefetch_bytes > 0, each take every token's top-k of u (one warp per token; router tile 0 also
+//    stores the ids) and prefetch their share of the first early_prefetch_bytes of each chosen expert's gate_up weight into
+//    L2 (evict_last), for the experts' launch: a hint that never changes a result. x must then stay the layer's input:
+//    o_proj.y is another buffer (o_proj.residual is x)]
 //
 // In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
-// ordered list of tiles: every qkv row tile, then every attention CTA (row-major, then split, the KV head fastest: the
+// ordered list of tiles: every qkv row tile (then early routing's x tiles), then every attention CTA (row-major, then split, the KV head fastest: the
 // numbering of attn_decode_fused's grid), then every o_proj row tile, then (a MoE layer) every router row. The grid is
 // one CTA per tile; a CTA takes its
 // tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
@@ -64,18 +65,19 @@ struct PersistentAttnParams {
     AttnDecodeFusedParams attn;            // qkv: qkv.y; out: o_proj.x
     GemvParams o_proj;                     // x: the attention output, y = residual = the layer's x
     MoeRouterParams router;                // hidden: o_proj.y (row stride hidden_size); counters unused (counters[5])
-    int* counters;                         // [7]: next ticket, exit ticket, qkv / attention / o_proj (+ early) tiles done,
-                                           //      router ticket, early-routing ticket
+    int* counters;                         // [6]: next ticket, exit ticket, qkv / attention (+ x) / o_proj (+ early) tiles
+                                           //      done, router ticket
     int qkv_groups, qkv_wpg;               // a qkv tile: qkv_groups row groups of 8 rows, each summed over qkv_wpg K-slices
     int o_groups, o_wpg;
     int router_tiles;                      // 0: no router stage; E: one tile per router row
     int stage_only;                        // -1: the whole block; 0 .. 3: that stage's tiles alone (below)
     long long o_ahead_bytes;               // the first bytes of o_proj.w the qkv tiles prefetch (evict_last) before their wait
     // Early routing (early_tiles > 0, a MoE layer with the router stage; kernels/early_route.cu): early.x is the layer's
-    // input, which the block must not overwrite (o_proj.y is another buffer), early.attn the attention's output,
-    // early.counter &counters[6]. The early tiles come first in stage 2; the router tiles, after their wait, prefetch the
-    // first early_prefetch_bytes of each chosen expert's gate_up block (early_experts + id * early_expert_stride) into
-    // L2 with evict_last, for the experts' launch after the block.
+    // input, which the block must not overwrite (o_proj.y is another buffer), early.attn the attention's output;
+    // early.counter is unused (no ticket: the router tiles take the top-k). The x tiles come after the qkv tiles in
+    // stage 0, the early tiles first in stage 2; the router tiles, after their wait, take the top-k and prefetch the first
+    // early_prefetch_bytes of each chosen expert's gate_up block (early_experts + id * early_expert_stride) into L2 with
+    // evict_last, for the experts' launch after the block.
     MoeEarlyRouteParams early;
     const void* early_experts;             // the stacked gate_up weight [E, 2I, H]
     long long early_expert_stride;         // its bytes per expert
@@ -83,17 +85,27 @@ struct PersistentAttnParams {
     int early_tiles;                       // 0: none; ceil(E / 4)
 };
 
-// The router tiles' prefetch of the early-routed experts (part `part` of router_tiles equal shares of the lines): the
-// first early_prefetch_bytes of expert ids[s]'s gate_up block for every slot s = t * k + j, read from the ids the early
-// tiles wrote (through L2: another CTA's stores, released before the router's wait).
-__device__ __forceinline__ void early_prefetch_experts(const PersistentAttnParams& p, int part)
+// The router tiles' prefetch of the early-routed experts (part `part` of router_tiles equal shares of the lines): every
+// token's top-k of u (warp t: token t; u's rows through L2, the early tiles' stores released before the router's wait)
+// into ids_s, router tile 0 also storing them in early.topk_ids; then the first early_prefetch_bytes of expert
+// ids_s[s]'s gate_up block for every slot s = t * k + j. Every thread calls it (a barrier between the two).
+__device__ __forceinline__ void early_prefetch_experts(const PersistentAttnParams& p, int part, int* ids_s)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp < p.early.tokens) {
+        const int e = early_topk_select(p.early, warp);
+        if (lane < p.early.top_k) {
+            ids_s[warp * p.early.top_k + lane] = e;
+            if (part == 0) p.early.topk_ids[warp * p.early.top_k + lane] = e;
+        }
+    }
+    __syncthreads();
     const long long per_slot = (p.early_prefetch_bytes + 127) >> 7, total = (long long)p.early.tokens * p.early.top_k * per_slot;
     for (long long i = (long long)part * PDEC_THREADS + threadIdx.x; i < total; i += (long long)p.router_tiles * PDEC_THREADS) {
         const int slot = (int)(i / per_slot);
         const long long line = i - slot * per_slot;
-        const int e = min(max(ld_cg_s32(p.early.topk_ids + slot), 0), p.early.experts - 1);
+        const int e = ids_s[slot];
         asm volatile("prefetch.global.L2::evict_last [%0];"
                      :: "l"(reinterpret_cast<const char*>(p.early_experts) + e * p.early_expert_stride + (line << 7)) : "memory");
     }
@@ -155,12 +167,13 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     __shared__ float nred_s[8][32];
     __shared__ float inv_s[8];
     __shared__ int ticket_s;
-    __shared__ int early_last_s;
+    __shared__ int early_ids_s[EARLY_MAX_TOKENS * EARLY_MAX_TOPK];
     const int qkv_tiles = (p.qkv.n + 8 * p.qkv_groups - 1) / (8 * p.qkv_groups);
     const int attn_per_row = p.attn.splits * p.attn.num_kv_heads, attn_tiles = attn_per_row * p.attn.seqs;
     const int o_tiles = (p.o_proj.n + 8 * p.o_groups - 1) / (8 * p.o_groups);
-    // stage 1: the attention tiles, then early routing's x tiles; stage 2: its early tiles, then o_proj's
-    const int x_begin = qkv_tiles + attn_tiles, early_begin = x_begin + p.early_tiles, o_begin = early_begin + p.early_tiles;
+    // stage 0: the qkv tiles, then early routing's x tiles; stage 1: the attention tiles; stage 2: the early tiles, then
+    // o_proj's
+    const int x_begin = qkv_tiles, attn_begin = x_begin + p.early_tiles, early_begin = attn_begin + attn_tiles, o_begin = early_begin + p.early_tiles;
     const int attn_done = attn_tiles + p.early_tiles;   // counters[3]'s target: the attention and x tiles
     const int gemv_attn_tiles = o_begin + o_tiles;   // the router tiles after them
     // stage_only >= 0 (the timing model's measurement, docs/timing-model.md section 7): a launch of one stage's tiles, one
@@ -189,13 +202,14 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         else if ((int)blockIdx.x >= early_begin) {     // an early tile's rows of the folded router (one per warp)
             const size_t row = (size_t)p.early.q_dim * 2, r0 = (size_t)(blockIdx.x - early_begin) * EARLY_ROWS_PER_CTA;
             prefetch_l2_rows(p.early.folded, r0, min((size_t)p.early.experts, r0 + EARLY_ROWS_PER_CTA), row, 0, row);
-        }
+        } else if ((int)blockIdx.x >= x_begin && (int)blockIdx.x < attn_begin)
+            early_route_prefetch_x(p.early, blockIdx.x - x_begin);   // an x tile's router rows
         pdl_wait();
         if (threadIdx.x == 0) ticket_s = atomicAdd(&p.counters[0], 1);
         __syncthreads();
         tile = ticket_s;
     } else {
-        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? qkv_tiles : p.stage_only == 2 ? early_begin : gemv_attn_tiles) + blockIdx.x;
+        tile = (p.stage_only == 0 ? 0 : p.stage_only == 1 ? attn_begin : p.stage_only == 2 ? early_begin : gemv_attn_tiles) + blockIdx.x;
     }
     const bool guessed = whole && tile == (int)blockIdx.x;   // a qkv tile: its loads made; an o_proj tile: its rows in L2
     bool exit_early = false;                       // a router tile takes its exit ticket after its wait (thread 0's)
@@ -211,22 +225,25 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
     if (tile < qkv_tiles) {
         gemv_stage_tile<false>(p.qkv, tile, p.qkv_groups, p.qkv_wpg, false, guessed, held, s.tiles_s, red_s, nred_s, inv_s, [&] { if (!whole) pdl_wait(); });
         release(&p.counters[2]);
-    } else if (tile < qkv_tiles + attn_tiles) {
-        const int a = tile - qkv_tiles, seq = a / attn_per_row, cta = a - seq * attn_per_row;
-        attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
-        release(&p.counters[3]);
-    } else if (tile < early_begin) {
+    } else if (tile < attn_begin) {
         // Early routing's x tile: the x part of u, W_r (g * x), for 4 experts (x: the layer's input, which o_proj does not
-        // overwrite here), into the logits buffer, beside the attention; it counts as an attention tile (counters[3]).
-        if (!whole) pdl_wait();                       // (a stage alone: a kernel of the step wrote x)
+        // overwrite here), into the logits buffer. Like a qkv tile it needs only x, so it runs beside the qkv tiles (its
+        // router rows prefetched before the wait); it counts as an attention tile (counters[3]), which the early tiles wait for.
+        if (!whole) {                                 // (a stage alone: a kernel of the step wrote x)
+            early_route_prefetch_x(p.early, tile - x_begin);
+            pdl_wait();
+        }
         float xacc[EARLY_MAX_TOKENS];
         early_route_xpart(p.early, tile - x_begin, xacc);
         early_route_store_x(p.early, tile - x_begin, xacc);
         release(&p.counters[3]);
+    } else if (tile < early_begin) {
+        const int a = tile - attn_begin, seq = a / attn_per_row, cta = a - seq * attn_per_row;
+        attn_fused_tile<true>(p.attn, seq, cta / p.attn.num_kv_heads, cta % p.attn.num_kv_heads, s, [&] { wait_for(&p.counters[2], qkv_tiles); });
+        release(&p.counters[3]);
     } else if (tile < o_begin) {
-        // Early routing: u of 4 experts, the x part (the x tiles') plus M a, the ticket on counters[6], whose last tile
-        // runs the top-k; every early tile counts as a stage-2 tile for the router's wait, so the ids are written before
-        // any router tile reads them.
+        // Early routing: u of 4 experts, the x part (the x tiles') plus M a; every early tile counts as a stage-2 tile
+        // for the router's wait, so u is written before any router tile takes its top-k.
         const int rb = tile - early_begin;
         uint4* m_s = reinterpret_cast<uint4*>(s.tiles_s);   // the tile's folded rows: the attention's K / V tile buffer
         constexpr int held = (int)(sizeof(s.tiles_s) / (16 * EARLY_ROWS_PER_CTA)) < EARLY_HELD_CHUNKS
@@ -236,7 +253,6 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         float v[EARLY_MAX_TOKENS];
         early_route_load_x(p.early, rb, v);
         early_route_rows(p.early, rb, m_s, held, v);
-        early_route_finish(p.early, p.early_tiles, early_last_s);
         release(&p.counters[4]);
     } else if (tile < gemv_attn_tiles) {
         // after its wait, each o_proj tile also fetches its share of the next weights' first bytes (o_proj.fetch_ahead) into
@@ -262,7 +278,7 @@ extern "C" __global__ void __launch_bounds__(PDEC_THREADS, PDEC_MIN_CTAS_PER_SM)
         // ticket now, so its round trip runs beside the router's work instead of after its softmax + top-k
         if (exit_early && threadIdx.x == 0) exit_ticket = take_exit_ticket(&p.counters[1]);
         // the early-routed experts' first bytes, before the router's own work: the experts' launch finds them in L2
-        if (p.early_tiles > 0 && p.early_prefetch_bytes > 0) early_prefetch_experts(p, e);
+        if (p.early_tiles > 0 && p.early_prefetch_bytes > 0) early_prefetch_experts(p, e, early_ids_s);
         float (*logit_s)[ROUTER_NORM_WARPS] = red_s[0];
         switch (p.router.tokens) {                       // 1 <= T <= 4 (the launcher checks)
 #define PDEC_ROUTER(n) router_norm_tile<n, PDEC_THREADS, true>(p.router, e, w0, n0, nred_s, logit_s, inv_s, s.is_last, &p.counters[5], p.router_tiles)

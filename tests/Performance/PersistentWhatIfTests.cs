@@ -392,6 +392,12 @@ public class PersistentWhatIfTests
         var early = PersistentWhatIf.AsStepLaunch(p, 512);
         Assert.That(early.DramBytes - whole.DramBytes, Is.EqualTo(2 * 512), "the folded router once per merged layer");
         Assert.That(() => PersistentWhatIf.AsStepLaunch(p, -1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        // early routing measured in the step (its tiles and folded router already in the block's stages): no bytes added,
+        // the experts' bytes fetched ahead from o_proj's done all the same, and no folded bytes on top of the measured ones
+        var measured = PersistentWhatIf.AsStepLaunch(p, 0, earlyRoutingMeasured: true);
+        Assert.That(measured.DramBytes, Is.EqualTo(whole.DramBytes), "nothing added to what was measured");
+        Assert.That(measured.TotalUs, Is.LessThan(whole.TotalUs), "the experts' weights fetched ahead from o_proj's done");
+        Assert.That(() => PersistentWhatIf.AsStepLaunch(p, 512, earlyRoutingMeasured: true), Throws.ArgumentException.With.Message.Contains("already moves the folded router"));
     }
 
     /// <summary>

@@ -293,7 +293,13 @@ public static class ProfileCommand
         if (stages.WhatIfRemeasured)
             stdout.WriteLine("what-if stages: the decode step measured again without the experts' follow-on qkv (each kernel a stage; docs/timing-model.md, section 7)");
         var c = stages.Plan.Config;
-        stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes, c.NumExperts > 0 ? (long)c.NumExperts * c.QueryDim * 2 : 0));
+        // early routing built (QWEN3CUDA_EARLY_ROUTING=1): its tiles and the folded router are in the block's measured
+        // stages, so the early-routing lines add nothing to them (with QWEN3CUDA_EARLY_PREFETCH=0 the router tiles prefetch
+        // none of the experts' bytes either, and all of them are the what-if's to fetch ahead from o_proj's done)
+        bool earlyBuilt = c.NumExperts > 0 && stages.Plan.Options.EarlyRouting;
+        if (earlyBuilt)
+            stdout.WriteLine($"what-if stages: early routing built and measured (its router tiles prefetching {ByteSize.Format(stages.Plan.Options.EarlyRoutingPrefetchBytesOrDefault)} per chosen expert): the early-routing lines take its cost as measured");
+        stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes, earlyBuilt ? 0 : c.NumExperts > 0 ? (long)c.NumExperts * c.QueryDim * 2 : 0, earlyBuilt));
     }
 
     /// <summary>

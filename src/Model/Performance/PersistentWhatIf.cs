@@ -489,13 +489,19 @@ public static class PersistentWhatIf
     /// (<see cref="ComposeStages"/>): a counter release between stages, a stage's tiles resident (and fetching ahead) once
     /// the earlier tiles that fill the GPU are done, the persisting L2 as the lookahead. The launches before and after the
     /// layers (embedding, final norm, lm_head, sampling) and any layer kept apart by an operation between its launches
-    /// stay as they are. With <paramref name="foldedRouterBytes"/> &gt; 0, early routing in every layer.
+    /// stay as they are. With <paramref name="foldedRouterBytes"/> &gt; 0, early routing in every layer. With
+    /// <paramref name="earlyRoutingMeasured"/>, the step was measured with early routing built (its x and early tiles and the
+    /// folded router already in the block's stages, the router tiles prefetching nothing): early routing in every layer at
+    /// that measured cost, no bytes added.
     /// </summary>
-    public static StepPrediction AsStepLaunch(StepPrediction p, long foldedRouterBytes = 0) => MergeLayers(p, foldedRouterBytes, acrossLayers: true);
+    public static StepPrediction AsStepLaunch(StepPrediction p, long foldedRouterBytes = 0, bool earlyRoutingMeasured = false) =>
+        MergeLayers(p, foldedRouterBytes, acrossLayers: true, earlyRoutingMeasured);
 
-    static StepPrediction MergeLayers(StepPrediction p, long foldedRouterBytes, bool acrossLayers)
+    static StepPrediction MergeLayers(StepPrediction p, long foldedRouterBytes, bool acrossLayers, bool earlyRoutingMeasured = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(foldedRouterBytes);
+        if (earlyRoutingMeasured && foldedRouterBytes > 0)
+            throw new ArgumentException("early routing measured in the step already moves the folded router: give no foldedRouterBytes too", nameof(foldedRouterBytes));
         var launches = p.Launches.Select(l => (l.Launch, l.Resources)).ToList();
         var between = p.Operations.Select(o => o.LaunchesBefore).ToHashSet();
         // the layers that may merge: the block's 4 stages with the experts launch right after them, no operation between
@@ -527,7 +533,7 @@ public static class PersistentWhatIf
                 }
         }
         StageRule? rule = null;
-        if (foldedRouterBytes > 0)
+        if (foldedRouterBytes > 0 || earlyRoutingMeasured)
             rule = (alone, stages) =>
             {
                 if (stages.Count % 5 != 0 || alone[0].Kernel != BlockKernel) return stages;
@@ -548,8 +554,12 @@ public static class PersistentWhatIf
     /// ready to done, the share of their bytes fetched ahead and the DRAM time left idle, then the step against the
     /// multi-kernel prediction and the roofline. Labelled what-if: no such kernel is built.
     /// </summary>
-    public static string Report(StepPrediction p, long minimumBytes, long foldedRouterBytes = 0)
+    /// With <paramref name="earlyRoutingMeasured"/> (the step measured with early routing built, its router tiles prefetching
+    /// nothing), the early-routing lines take the stages as measured and add no folded router bytes.
+    public static string Report(StepPrediction p, long minimumBytes, long foldedRouterBytes = 0, bool earlyRoutingMeasured = false)
     {
+        bool earlyLines = foldedRouterBytes > 0 || earlyRoutingMeasured;
+        long addedBytes = earlyRoutingMeasured ? 0 : foldedRouterBytes;
         var inv = CultureInfo.InvariantCulture;
         var g = p.Gpu;
         double release = ReleaseUs(g);
@@ -591,10 +601,11 @@ public static class PersistentWhatIf
         sb.Append(inv, $"{Percent(stages, g.L2PersistingBytes, staging):F1}% of the roofline\n");
         // early routing (WithEarlyRouting): the experts' weights fetched ahead from o_proj's done, by the ids a folded router
         // takes from the attention's output
-        if (foldedRouterBytes > 0)
+        if (earlyLines)
         {
-            var early = WithEarlyRouting(p, stages, foldedRouterBytes);
-            sb.Append(inv, $"  what-if with early routing (the experts' ids from the attention's output through the router folded with the norm weight and o_proj, {ByteSize.Format(foldedRouterBytes)} more per MoE layer; ");
+            var early = WithEarlyRouting(p, stages, addedBytes);
+            if (earlyRoutingMeasured) sb.Append("  what-if with early routing as built and measured in the block's stages (its tiles and the folded router's bytes there; ");
+            else sb.Append(inv, $"  what-if with early routing (the experts' ids from the attention's output through the router folded with the norm weight and o_proj, {ByteSize.Format(foldedRouterBytes)} more per MoE layer; ");
             sb.Append(inv, $"their weights fetched ahead from o_proj's done), by lookahead:");
             foreach (long bytes in new[] { 0, g.L2PersistingBytes / 2, g.L2PersistingBytes, g.L2PersistingBytes * 2 })
                 sb.Append(inv, $" {ByteSize.Format(bytes)} {Percent(early, bytes):F1}%");
@@ -608,9 +619,9 @@ public static class PersistentWhatIf
             if (merged.GraphNodes >= than) return merged;
             double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
             sb.Append(inv, $"  what-if with {what}: {merged.GraphNodes} graph nodes, step {merged.TotalUs:F1} us, {Roof(merged):F1}% of the roofline");
-            if (foldedRouterBytes > 0)
+            if (earlyLines)
             {
-                var early = merge(foldedRouterBytes);
+                var early = merge(-1);
                 sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
             }
             sb.Append('\n');
@@ -619,10 +630,11 @@ public static class PersistentWhatIf
         // one launch per MoE layer (AsLayerLaunches): the block and the experts as one stage-ordered launch, the step's other
         // boundaries as today; then the MoE layers as one stage-ordered launch (AsStepLaunch): one CTA per tile, as the
         // built block, for the whole step
+        // merge(b): b = 0 without early routing, -1 with it (the folded router's bytes added unless measured)
         var layer = MergedLine("one launch per MoE layer (the experts as the attention block's fifth stage, at today's tiles and occupancy; programmatic launches between the layers)",
-            b => AsLayerLaunches(p, b), p.GraphNodes);
+            b => MergeLayers(p, b < 0 ? addedBytes : 0, acrossLayers: false, b < 0 && earlyRoutingMeasured), p.GraphNodes);
         MergedLine("the MoE layers as one stage-ordered launch (one CTA per tile in ticket order, as the built block; 5 stages per layer)",
-            b => AsStepLaunch(p, b), layer.GraphNodes);
+            b => MergeLayers(p, b < 0 ? addedBytes : 0, acrossLayers: true, b < 0 && earlyRoutingMeasured), layer.GraphNodes);
         // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
         // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
         if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))

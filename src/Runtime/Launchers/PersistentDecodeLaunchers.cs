@@ -48,7 +48,9 @@ public readonly record struct AttentionBlockWeights(DevicePtr X, int Ldx, int Hi
 /// Early routing in the attention block (kernels/early_route.cu, docs/kernels.md "Early routing"): the folded router
 /// <paramref name="Folded"/> [E, Q] bf16 of this layer, the buffers for the unscaled logits [T, E] fp32 and the ids [T, k],
 /// and the experts' stacked gate_up weight <paramref name="GateUp"/> ([E, 2I, H], <paramref name="ExpertStrideBytes"/>
-/// per expert), of which the router tiles prefetch the first <paramref name="PrefetchBytes"/> of each chosen expert.
+/// per expert), of which the router tiles prefetch the first <paramref name="PrefetchBytes"/> of each chosen expert. The
+/// router tiles take the ids from the logits for that prefetch (the first tile also stores them in
+/// <paramref name="TopkIds"/>): with <paramref name="PrefetchBytes"/> 0 no tile takes them and the ids are not written.
 /// </summary>
 public readonly record struct AttentionBlockEarlyRouting(DevicePtr Folded, DevicePtr Logits, DevicePtr TopkIds, DevicePtr GateUp,
     long ExpertStrideBytes, long PrefetchBytes);
@@ -82,7 +84,7 @@ public sealed class PersistentDecodeLaunchers
     /// <summary>The attention tile's 128 threads; <c>PDEC_MIN_CTAS_PER_SM</c>: the launch bounds' CTAs per SM.</summary>
     public const int Threads = 128, MinCtasPerSm = 4;
     /// <summary>Ints of the counter array: next ticket, exit ticket, tiles done per GEMV / attention stage, the router's ticket.</summary>
-    public const int CounterInts = 7;
+    public const int CounterInts = 6;
     /// <summary>The router stage's largest hidden size: one 8-element chunk per virtual thread of moe_router_norm_topk's 256.</summary>
     public const int MaxRouterHidden = 2048;
     /// <summary>Rows the qkv tiles' norm prologue can finish: one per warp of the 4.</summary>
@@ -233,7 +235,7 @@ public sealed class PersistentDecodeLaunchers
                 p.Early = new MoeEarlyRouteParams
                 {
                     X = w.X, Attn = a.Out, WRouter = r.RouterWeight, NormWeight = r.PostNorm, Folded = e.Folded, Logits = e.Logits, TopkIds = e.TopkIds,
-                    Counter = counters + 6 * sizeof(int), Tokens = rows, HiddenSize = w.Hidden, QDim = qDim, Experts = r.Shape.Experts, TopK = r.Shape.TopK,
+                    Counter = DevicePtr.Null, Tokens = rows, HiddenSize = w.Hidden, QDim = qDim, Experts = r.Shape.Experts, TopK = r.Shape.TopK,
                 };
                 p.EarlyExperts = e.GateUp;
                 p.EarlyExpertStride = e.ExpertStrideBytes;
@@ -241,7 +243,7 @@ public sealed class PersistentDecodeLaunchers
                 p.EarlyTiles = (r.Shape.Experts + 3) / 4;
             }
         }
-        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups), attn.Splits * a.NumKvHeads * rows + p.EarlyTiles, p.EarlyTiles + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
+        Span<int> stageTiles = [(qkvDim + 8 * qkvGroups - 1) / (8 * qkvGroups) + p.EarlyTiles, attn.Splits * a.NumKvHeads * rows, p.EarlyTiles + (w.Hidden + 8 * oGroups - 1) / (8 * oGroups), p.RouterTiles];
         if (p.RouterTiles == 0) stageTiles = stageTiles[..3];
         if (!stagesApart)
         {
