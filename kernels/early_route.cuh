@@ -107,8 +107,8 @@ __device__ __forceinline__ void early_route_prefetch_x(const MoeEarlyRouteParams
     prefetch_l2_rows(p.w_router, r0, min((size_t)p.experts, r0 + EARLY_ROWS_PER_CTA), row, 0, row);
 }
 
-// The x part of u, W_r (g * x), into acc[t]: x is the layer's input, so in persistent_attn_block this runs before the
-// tile's wait for the attention and its round trips are off the step's chain.
+// The x part of u, W_r (g * x), into acc[t]: x is the layer's input, so in persistent_attn_block this runs in x tiles
+// beside the qkv tiles and its round trips are off the step's chain.
 __device__ __forceinline__ void early_route_xpart(const MoeEarlyRouteParams& p, int rb, float (&acc)[EARLY_MAX_TOKENS])
 {
     const int lane = threadIdx.x & 31, e = rb * EARLY_ROWS_PER_CTA + (threadIdx.x >> 5);
