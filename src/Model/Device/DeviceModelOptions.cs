@@ -151,18 +151,21 @@ public sealed record DeviceModelOptions
 
     /// <summary>
     /// Early routing (docs/kernels.md, "Early routing"): with the router in the attention block
-    /// (<see cref="PersistentRouter"/>), tiles beside o_proj take each MoE layer's experts' ids from the attention's output
-    /// through a folded router made at load (1 MiB per layer for Qwen3-30B-A3B, in the weight arena), and the router tiles
-    /// prefetch the first <see cref="EarlyRoutingPrefetchBytes"/> of each chosen expert's gate_up weight into L2 for the
-    /// experts' launch. A hint: the results are the same bits either way. Off by default (docs/timing-model.md, section 7,
-    /// "Stop 43" has what the timing model predicts of it); on when <see cref="EarlyRoutingEnvironmentVariable"/> is "1" or "true".
+    /// (<see cref="PersistentRouter"/>), tiles beside the qkv tiles and o_proj take each MoE layer's unscaled router
+    /// logits from its input and the attention's output through a folded router made at load (1 MiB per layer for
+    /// Qwen3-30B-A3B, in the weight arena), and the router tiles take their top-k and prefetch the first
+    /// <see cref="EarlyRoutingPrefetchBytes"/> of each chosen expert's gate_up weight into L2 for the experts' launch. A
+    /// hint: the results are the same bits either way. Off by default (docs/timing-model.md, section 7, "Stop 43" and
+    /// "Stop 44" have what the timing model predicts of it); on when <see cref="EarlyRoutingEnvironmentVariable"/> is "1" or "true".
     /// </summary>
     public bool EarlyRouting { get; init; } = EnvironmentSaysOn(EarlyRoutingEnvironmentVariable);
     public const string EarlyRoutingEnvironmentVariable = "QWEN3CUDA_EARLY_ROUTING";
 
     /// <summary>
     /// With <see cref="EarlyRouting"/>, the bytes of each chosen expert's gate_up weight (from its start) the router tiles
-    /// prefetch; null: <see cref="EarlyRoutingPrefetchBytesOrDefault"/>. QWEN3CUDA_EARLY_PREFETCH sets it (a whole number of bytes).
+    /// prefetch; null: <see cref="EarlyRoutingPrefetchBytesOrDefault"/>; 0: none, and no tile takes the early top-k (what
+    /// `profile --what-if persistent` wants of a step with early routing). QWEN3CUDA_EARLY_PREFETCH sets it (a whole
+    /// number of bytes).
     /// </summary>
     public long? EarlyRoutingPrefetchBytes { get; init; } = ParseEarlyPrefetch(Environment.GetEnvironmentVariable(EarlyPrefetchEnvironmentVariable));
     public const string EarlyPrefetchEnvironmentVariable = "QWEN3CUDA_EARLY_PREFETCH";

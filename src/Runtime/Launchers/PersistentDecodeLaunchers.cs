@@ -11,7 +11,7 @@ public struct PersistentAttnParams
     public AttnDecodeFusedParams Attn;
     public GemvParams OProj;
     public MoeRouterParams Router;
-    public DevicePtr Counters;   // [7] int, zero on entry, left zero
+    public DevicePtr Counters;   // [6] int, zero on entry, left zero
     public int QkvGroups;
     public int QkvWpg;
     public int OGroups;
