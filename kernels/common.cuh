@@ -75,14 +75,6 @@ __device__ __forceinline__ float ld_cg_f32(const float* p)
     return v;
 }
 
-// A 32-bit int through L2 (ld.global.cg): data other CTAs of the launch wrote.
-__device__ __forceinline__ int ld_cg_s32(const int* p)
-{
-    int v;
-    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

@@ -23,8 +23,8 @@
 //   token they load a[t]'s chunks through L2 (8 in flight), sum M's products the same way and add v: u is
 //   bit-reproducible. In persistent_attn_block x tiles beside the qkv tiles compute v and store it in logits[t, e],
 //   and the early tiles after the attention add M a (the same bits), so only the attention output's loads are on the
-//   step's chain; the router tiles take the top-k (persistent_decode.cu). Lane 0 stores u (fp32) in logits[t, e]. Then the ticket of moe_router_topk: the CTA fences,
-//   thread 0 adds 1 to *counter, and the CTA that takes the last ticket runs the top-k (warp t: token t) and resets the
+//   step's chain; the router tiles take the top-k (persistent_decode.cu). Lane 0 stores u (fp32) in logits[t, e].
+//   Then the ticket of moe_router_topk: the CTA fences, thread 0 adds 1 to *counter, and the CTA that takes the last ticket runs the top-k (warp t: token t) and resets the
 //   counter to 0 (zero before the first launch, left zero). The top-k is on u's values (no softmax: u is the logit times
 //   rms(x'), so exp would underflow where the router's does not): keys of two halves, the value's orderable bits and
 //   ~e, compared as one 64-bit key, a NaN counted as -inf, so ties go to the lower expert, as the router's; lane l holds

@@ -19,10 +19,10 @@
 //    o_proj.y is another buffer (o_proj.residual is x)]
 //
 // In the multi-kernel step these are three launches (three graph nodes per layer). Here they are the stages of one
-// ordered list of tiles: every qkv row tile (then early routing's x tiles), then every attention CTA (row-major, then split, the KV head fastest: the
-// numbering of attn_decode_fused's grid), then every o_proj row tile, then (a MoE layer) every router row. The grid is
-// one CTA per tile; a CTA takes its
-// tile with an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
+// ordered list of tiles: every qkv row tile (then early routing's x tiles), then every attention CTA (row-major, then
+// split, the KV head fastest: the numbering of attn_decode_fused's grid), then every o_proj row tile (after early
+// routing's early tiles), then (a MoE layer) every router row. The grid is one CTA per tile; a CTA takes its tile with
+// an atomic ticket (counters[0]) once it runs, so tiles start in list order whatever order the hardware
 // dispatches the CTAs in. A GEMV tile first loads up to 16 weight steps of each lane into registers and prefetches the
 // rest of its rows into L2 (they depend on nothing), an attention tile loads its first K / V tile (keys of earlier
 // steps) into shared memory, a router tile its router row and norm weight chunks, then it waits for the stage before (counters[2]: qkv tiles

@@ -81,7 +81,7 @@ __device__ __forceinline__ int load_tokens(const bf16* row, int vocab, bool vec,
     return n;
 }
 
-// Loads of what other CTAs of this launch wrote (after the ticket): from L2, never from a stale L1 line (ld_cg_s32 in
+// Loads of what other CTAs of this launch wrote (after the ticket): from L2, never from a stale L1 line (as ld_cg_f32 in
 // common.cuh).
 __device__ __forceinline__ unsigned int ld_cg_u32(const unsigned int* p)
 {
