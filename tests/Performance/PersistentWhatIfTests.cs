@@ -398,6 +398,11 @@ public class PersistentWhatIfTests
         Assert.That(measured.DramBytes, Is.EqualTo(whole.DramBytes), "nothing added to what was measured");
         Assert.That(measured.TotalUs, Is.LessThan(whole.TotalUs), "the experts' weights fetched ahead from o_proj's done");
         Assert.That(() => PersistentWhatIf.AsStepLaunch(p, 512, earlyRoutingMeasured: true), Throws.ArgumentException.With.Message.Contains("already moves the folded router"));
+        // the report's lines on such a step: early routing as measured, and the one-launch line's step with it
+        string report = PersistentWhatIf.Report(p, p.DramBytes, 0, earlyRoutingMeasured: true);
+        Assert.That(report, Does.Contain("what-if with early routing as built and measured in the block's stages"));
+        Assert.That(report, Does.Contain(FormattableString.Invariant($"with early routing too: {measured.TotalUs:F1} us")));
+        Assert.That(PersistentWhatIf.Report(p, p.DramBytes), Does.Not.Contain("early routing"), "no folded router and nothing measured: no early-routing lines");
     }
 
     /// <summary>

@@ -613,28 +613,30 @@ public static class PersistentWhatIf
         }
         // a merged step's line when it has fewer graph nodes than `than`: its nodes, time and share of the roofline, and the
         // same with early routing
-        StepPrediction MergedLine(string what, Func<long, StepPrediction> merge, int than)
+        StepPrediction MergedLine(string what, Func<bool, StepPrediction> merge, int than)
         {
-            var merged = merge(0);
+            var merged = merge(false);
             if (merged.GraphNodes >= than) return merged;
             double Roof(StepPrediction q) => 100 * q.TokensPerSecond / roofTokS;
             sb.Append(inv, $"  what-if with {what}: {merged.GraphNodes} graph nodes, step {merged.TotalUs:F1} us, {Roof(merged):F1}% of the roofline");
             if (earlyLines)
             {
-                var early = merge(-1);
+                var early = merge(true);
                 sb.Append(inv, $"; with early routing too: {early.TotalUs:F1} us, {Roof(early):F1}%");
             }
             sb.Append('\n');
             return merged;
         }
+        // the merged step with early routing in every merged layer or not (the folded router's bytes added unless measured)
+        StepPrediction Merge(bool early, bool acrossLayers) =>
+            MergeLayers(p, early ? addedBytes : 0, acrossLayers, early && earlyRoutingMeasured);
         // one launch per MoE layer (AsLayerLaunches): the block and the experts as one stage-ordered launch, the step's other
         // boundaries as today; then the MoE layers as one stage-ordered launch (AsStepLaunch): one CTA per tile, as the
         // built block, for the whole step
-        // merge(b): b = 0 without early routing, -1 with it (the folded router's bytes added unless measured)
         var layer = MergedLine("one launch per MoE layer (the experts as the attention block's fifth stage, at today's tiles and occupancy; programmatic launches between the layers)",
-            b => MergeLayers(p, b < 0 ? addedBytes : 0, acrossLayers: false, b < 0 && earlyRoutingMeasured), p.GraphNodes);
+            early => Merge(early, acrossLayers: false), p.GraphNodes);
         MergedLine("the MoE layers as one stage-ordered launch (one CTA per tile in ticket order, as the built block; 5 stages per layer)",
-            b => MergeLayers(p, b < 0 ? addedBytes : 0, acrossLayers: true, b < 0 && earlyRoutingMeasured), layer.GraphNodes);
+            early => Merge(early, acrossLayers: true), layer.GraphNodes);
         // the lines above give every stage today's kernel's occupancy; one kernel has one block size, one register count and
         // one shared memory size for all of them: the same composition with the stages rescaled to what such a kernel holds
         if (stages.Count > 0 && stages.All(s => s.WarpsAtOnce > 0))
