@@ -134,6 +134,29 @@ public class RegisterLivenessTests
     }
 
     /// <summary>
+    /// The block-level solution (<see cref="RegisterLiveness.LiveIn"/>) equals the per-instruction fixed point on
+    /// every entry of every kernel file as NVRTC compiles it for sm_80 and sm_90: loops, guarded branches, early
+    /// exits, unrolled pipelines and all. Exact equality: both are the least solution of the same equations.
+    /// </summary>
+    [TestCase("sm_80")]
+    [TestCase("sm_90")]
+    public void BlockLevelLiveness_EqualsThePerInstructionFixedPoint_OnEveryKernel(string arch)
+    {
+        var compiler = new KernelCompiler();
+        int entries = 0;
+        foreach (var file in KernelSources.KernelFiles)
+        {
+            var module = PtxParser.Parse(compiler.Compile(new KernelBuild(file, arch, CompileTarget.Ptx)).Ptx);
+            foreach (var fn in module.Entries)
+            {
+                Assert.That(RegisterLiveness.LiveIn(fn), Is.EqualTo(RegisterLiveness.LiveInByInstruction(fn)), $"{file}:{fn.Name} at {arch}");
+                entries++;
+            }
+        }
+        Assert.That(entries, Is.GreaterThan(KernelSources.KernelFiles.Count), "every file has at least one entry");
+    }
+
+    /// <summary>
     /// Launches <paramref name="kernels"/> of <paramref name="ptx"/> one after another, one warp each, on one sequential
     /// device (so each launch reuses the same pooled block context), each given the same zeroed 32-word buffer; returns it.
     /// </summary>

@@ -237,7 +237,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     {
         ThrowIfDisposed();
         PtxModule ptx;
-        try { ptx = PtxParser.Parse(module.Ptx); }
+        try { ptx = PtxParser.ParseShared(module.Ptx); }
         catch (PtxLoadException e) { throw new PtxLoadException($"{module.Name}: {e.Message}"); }
         var globals = new List<Allocation>();
         foreach (var g in ptx.Globals)

@@ -26,6 +26,36 @@ internal sealed partial class PtxParser
 
     private PtxParser(string ptx) => _t = PtxLexer.Tokenize(ptx);
 
+    // Parsed modules by PTX text, shared between loads (ParseShared). A test run loads the same few dozen modules
+    // into a new device again and again; the parse and its analyses (register liveness above all) were a quarter of
+    // the CPU time of a device-model test.
+    private static readonly Dictionary<string, PtxModule> SharedModules = new(StringComparer.Ordinal);
+    private static long _sharedChars;
+    private const long SharedCharsLimit = 32L << 20;
+
+    /// <summary>
+    /// <see cref="Parse"/>, shared between loads of the same PTX text when the module can be: a parsed module is a
+    /// pure function of its text and nothing mutates it while kernels run, except the addresses of its device-scope
+    /// globals, which each load allocates. So a module with globals is parsed afresh on every load. The load's
+    /// shared-memory offsets and flags (EmulatedDevice.LoadModule) are recomputed to the same values each time.
+    /// Parse errors are not cached. Bounded: past 32 Mi characters of PTX the cache starts over.
+    /// </summary>
+    public static PtxModule ParseShared(string ptx)
+    {
+        lock (SharedModules)
+            if (SharedModules.TryGetValue(ptx, out var hit)) return hit;
+        var m = Parse(ptx);
+        if (m.Globals.Count > 0) return m;
+        lock (SharedModules)
+        {
+            if (SharedModules.TryGetValue(ptx, out var raced)) return raced;
+            if (_sharedChars + ptx.Length > SharedCharsLimit) { SharedModules.Clear(); _sharedChars = 0; }
+            SharedModules[ptx] = m;
+            _sharedChars += ptx.Length;
+        }
+        return m;
+    }
+
     public static PtxModule Parse(string ptx)
     {
         var p = new PtxParser(ptx);
