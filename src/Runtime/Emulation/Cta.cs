@@ -19,6 +19,7 @@ internal sealed unsafe class Cta
     public byte* SharedPtr { get; private set; }
     public byte* LocalPtr { get; private set; }
     public RaceChecker? Race { get; private set; }
+    private RaceChecker? _raceKept;   // the last checker, kept while a launch runs without one
     public (uint X, uint Y, uint Z) CtaId;
     public long Linear;
     private readonly int[] _arrived = new int[16];
@@ -60,8 +61,17 @@ internal sealed unsafe class Cta
             _local = GC.AllocateUninitializedArray<byte>(localNeed, pinned: true);
             LocalPtr = (byte*)Unsafe.AsPointer(ref _local[0]);
         }
+        // The checker is kept across launches (the emulated decode step alternates a dozen kernels of different shared
+        // sizes: a new checker per launch was most of the emulator's allocation) and grows only for a larger launch.
         if (!launch.RaceCheck || launch.SharedBytes == 0) Race = null;
-        else if (Race == null || Race.Words != (launch.SharedBytes + 3) / 4 || Race.LaneLevel != launch.Interleaved) Race = new RaceChecker(launch.SharedBytes, launch.Interleaved);
+        else
+        {
+            var kept = _raceKept;
+            if (kept == null || kept.LaneLevel != launch.Interleaved || kept.Capacity < (launch.SharedBytes + 3) / 4)
+                _raceKept = kept = new RaceChecker(launch.SharedBytes, launch.Interleaved);
+            kept.Use(launch.SharedBytes);
+            Race = kept;
+        }
     }
 
     public string BlockText => $"({CtaId.X},{CtaId.Y},{CtaId.Z})";

@@ -56,14 +56,23 @@ internal sealed partial class PtxParser
         return m;
     }
 
-    public static PtxModule Parse(string ptx)
+    /// <param name="ptx">The module's PTX text.</param>
+    /// <param name="compactRegisters">Share register slots between registers whose live ranges never overlap
+    /// (<see cref="RegisterCompaction"/>); off only to compare the two in tests.</param>
+    public static PtxModule Parse(string ptx, bool compactRegisters = true)
     {
         var p = new PtxParser(ptx);
         p.ParseModule();
         ResolveCalls(p._m, p);
         RebaseRegisters(p._m);
-        foreach (var f in p._m.Entries) f.LiveInRows = RegisterLiveness.LiveIn(f);
+        // the round-trip analysis reads registers as declared; it only marks instructions
         foreach (var f in p._m.Functions.Values) RoundTripAnalysis.Mark(f, p._m.TotalRegs);
+        if (compactRegisters && !p._m.HasFunctions)
+        {
+            var renamed = new HashSet<Operand>(ReferenceEqualityComparer.Instance);
+            p._m.TotalRegs = p._m.Entries.Select(f => RegisterCompaction.Compact(f, renamed)).DefaultIfEmpty(0).Max();
+        }
+        foreach (var f in p._m.Entries) f.LiveInRows = RegisterLiveness.LiveIn(f);
         return p._m;
     }
 

@@ -25,13 +25,18 @@ internal sealed class RaceChecker
     private readonly byte[] _lwLane = [];
     private readonly uint[] _lrLanes = [];
     private int _epoch = 1;
+    private int _words;
 
-    public int Words => _writeEpoch.Length;
+    /// <summary>The current launch's shared-memory words (<see cref="Use"/>); at most <see cref="Capacity"/>.</summary>
+    public int Words => _words;
+    /// <summary>The words the shadow arrays hold: a pooled CTA context keeps its checker across launches of other kernels.</summary>
+    public int Capacity => _writeEpoch.Length;
     public bool LaneLevel { get; }
 
     public RaceChecker(int sharedBytes, bool laneLevel)
     {
         int words = (sharedBytes + 3) / 4;
+        _words = words;
         _writeEpoch = new int[words]; _readEpoch = new int[words]; _writerLine = new int[words];
         _writer = new short[words]; _readers = new ulong[words]; _pending = new short[words];
         LaneLevel = laneLevel;
@@ -43,10 +48,19 @@ internal sealed class RaceChecker
         }
     }
 
+    /// <summary>Checks a launch of <paramref name="sharedBytes"/> of shared memory from now on (at most <see cref="Capacity"/> words).</summary>
+    public void Use(int sharedBytes)
+    {
+        int words = (sharedBytes + 3) / 4;
+        if (words > Capacity) throw new ArgumentOutOfRangeException(nameof(sharedBytes), $"{words} words, more than the checker's {Capacity}");
+        _words = words;
+    }
+
+    /// <summary>Forgets every access (a new CTA): only the current launch's words (see <see cref="Use"/>).</summary>
     public void Reset()
     {
-        Array.Clear(_writeEpoch); Array.Clear(_readEpoch); Array.Clear(_pending);
-        if (LaneLevel) { Array.Clear(_lwEpoch); Array.Clear(_lrEpoch); }
+        Array.Clear(_writeEpoch, 0, _words); Array.Clear(_readEpoch, 0, _words); Array.Clear(_pending, 0, _words);
+        if (LaneLevel) { Array.Clear(_lwEpoch, 0, _words * 4); Array.Clear(_lrEpoch, 0, _words * 4); }
         _epoch = 1;
     }
 
@@ -55,7 +69,7 @@ internal sealed class RaceChecker
     /// <summary>Marks (or clears) the destination words of an in-flight cp.async.</summary>
     public void MarkPending(uint offset, int bytes, int warp, bool pending)
     {
-        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _pending.Length; i++) _pending[i] = pending ? (short)(warp + 1) : (short)0;
+        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _words; i++) _pending[i] = pending ? (short)(warp + 1) : (short)0;
     }
 
     /// <summary>
@@ -66,7 +80,7 @@ internal sealed class RaceChecker
     {
         int e = _epoch;
         ulong bit = 1UL << (warp & 63);
-        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _writeEpoch.Length; i++)
+        for (uint i = offset >> 2; i <= (offset + (uint)bytes - 1) >> 2 && i < _words; i++)
         {
             if (_pending[i] != 0)
                 throw w.Fault($"racecheck: shared memory offset {i * 4} is the destination of a cp.async by warp {_pending[i] - 1} that has not completed: " +
@@ -90,7 +104,7 @@ internal sealed class RaceChecker
             }
         }
         if (!LaneLevel) return;
-        for (uint b = offset; b < offset + (uint)bytes && b < _lwEpoch.Length; b++)
+        for (uint b = offset; b < offset + (uint)bytes && b < _words * 4; b++)
         {
             if (write) LaneWrite(b, e, warp, w, ins, lane, sameValue);
             else LaneRead(b, e, warp, w, ins, lane);

@@ -20,9 +20,37 @@ internal static class RegisterLiveness
     /// </remarks>
     public static int[] LiveIn(PtxFunction fn)
     {
+        var b = Solve(fn);
+        if (b.Blocks == 0) return [];
+        var rows = new List<int>();
+        for (int r = 0; r < fn.NumRegs; r++)
+            if ((b.Live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
+        return [.. rows];
+    }
+
+    /// <summary>
+    /// A function's basic blocks and the registers live at their entries: block b is instructions
+    /// <c>Starts[b] .. Starts[b + 1] - 1</c>, <c>Live[b * Words ..]</c> its live-in bits (block <c>Blocks</c>, the exit, empty).
+    /// </summary>
+    internal readonly record struct BlockLiveness(int Blocks, int Words, int[] Starts, int[] BlockOf, ulong[] Live)
+    {
+        /// <summary>The blocks control may go to from block <paramref name="b"/>'s last instruction (-1: none).</summary>
+        public (int FallThrough, int Target) Successors(PtxFunction fn, int b)
+        {
+            var last = fn.Code[Starts[b + 1] - 1];
+            bool uncond = last.GuardPred < 0;
+            bool fallsThrough = !(uncond && (last.Op is Op.Bra or Op.Ret or Op.Exit or Op.Trap));
+            int target = last.Op == Op.Bra && last.Target >= 0 && last.Target < fn.Code.Length ? BlockOf[last.Target] : -1;
+            return (fallsThrough ? b + 1 : -1, target);
+        }
+    }
+
+    /// <summary>Solves liveness over the basic blocks of <paramref name="fn"/> (see <see cref="LiveIn"/>).</summary>
+    internal static BlockLiveness Solve(PtxFunction fn)
+    {
         var code = fn.Code;
         int n = code.Length, words = (fn.NumRegs + 63) / 64;
-        if (n == 0 || words == 0) return [];
+        if (n == 0 || words == 0) return new BlockLiveness(0, words, [0], [0], new ulong[Math.Max(words, 1)]);
         // block leaders: the entry, every branch target, the instruction after a branch or an unconditional ret/exit/trap
         var leader = new bool[n + 1];
         leader[0] = leader[n] = true;
@@ -49,12 +77,7 @@ internal static class RegisterLiveness
             int at = b * words;
             for (int i = starts[b + 1] - 1; i >= starts[b]; i--)
             {
-                var ins = code[i];
-                var o = ins.Ops;
-                bool firstIsDef = WritesFirstOperand(ins.Op) && ins.GuardPred < 0;
-                defs.Clear();
-                uses.Clear();
-                for (int k = 0; k < o.Length; k++) Collect(o[k], k == 0 && firstIsDef ? defs : uses, uses, fn.NumRegs);
+                Operands(code[i], fn.NumRegs, defs, uses);
                 foreach (int r in defs)
                 {
                     gen[at + (r >> 6)] &= ~(1UL << (r & 63));
@@ -63,34 +86,36 @@ internal static class RegisterLiveness
                 foreach (int r in uses) gen[at + (r >> 6)] |= 1UL << (r & 63);
             }
         }
-        // successors of a block: its last instruction's fall-through (unless it ends the thread or branches always) and
-        // its branch target
-        var live = new ulong[(blocks + 1) * words];   // live-in per block; block `blocks` (the exit) stays empty
+        var result = new BlockLiveness(blocks, words, [.. starts], blockOf, new ulong[(blocks + 1) * words]);
+        var live = result.Live;   // block `blocks` (the exit) stays empty
         bool changed = true;
         while (changed)
         {
             changed = false;
             for (int b = blocks - 1; b >= 0; b--)
             {
-                var last = code[starts[b + 1] - 1];
-                bool uncond = last.GuardPred < 0;
-                bool fallsThrough = !(uncond && (last.Op is Op.Bra or Op.Ret or Op.Exit or Op.Trap));
-                int next = b + 1;
-                int target = last.Op == Op.Bra && last.Target >= 0 && last.Target < n ? blockOf[last.Target] : -1;
+                var (next, target) = result.Successors(fn, b);
                 for (int w = 0; w < words; w++)
                 {
                     ulong outw = 0;
-                    if (fallsThrough) outw |= live[next * words + w];
+                    if (next >= 0) outw |= live[next * words + w];
                     if (target >= 0) outw |= live[target * words + w];
                     ulong inw = gen[b * words + w] | (outw & ~kill[b * words + w]);
                     if (inw != live[b * words + w]) { live[b * words + w] = inw; changed = true; }
                 }
             }
         }
-        var rows = new List<int>();
-        for (int r = 0; r < fn.NumRegs; r++)
-            if ((live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
-        return [.. rows];
+        return result;
+    }
+
+    /// <summary>The registers <paramref name="ins"/> writes in full for every executing thread, and those it reads (or may leave as they were).</summary>
+    internal static void Operands(Instr ins, int numRegs, List<int> defs, List<int> uses)
+    {
+        var o = ins.Ops;
+        bool firstIsDef = WritesFirstOperand(ins.Op) && ins.GuardPred < 0;
+        defs.Clear();
+        uses.Clear();
+        for (int k = 0; k < o.Length; k++) Collect(o[k], k == 0 && firstIsDef ? defs : uses, uses, numRegs);
     }
 
     /// <summary>True when control may leave <paramref name="ins"/> other than to the next instruction.</summary>
@@ -121,8 +146,20 @@ internal static class RegisterLiveness
     /// </summary>
     internal static int[] LiveInByInstruction(PtxFunction fn)
     {
+        var live = LiveByInstruction(fn, out _);
+        if (live.Length == 0) return [];
+        var rows = new List<int>();
+        for (int r = 0; r < fn.NumRegs; r++)
+            if ((live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
+        return [.. rows];
+    }
+
+    /// <summary>The per-instruction fixed point: <c>live[i * words ..]</c> the registers live before instruction i.</summary>
+    internal static ulong[] LiveByInstruction(PtxFunction fn, out int words)
+    {
         var code = fn.Code;
-        int n = code.Length, words = (fn.NumRegs + 63) / 64;
+        int n = code.Length;
+        words = (fn.NumRegs + 63) / 64;
         if (n == 0 || words == 0) return [];
         var use = new ulong[n * words];
         var def = new ulong[n * words];
@@ -157,10 +194,7 @@ internal static class RegisterLiveness
                 }
             }
         }
-        var rows = new List<int>();
-        for (int r = 0; r < fn.NumRegs; r++)
-            if ((live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
-        return [.. rows];
+        return live;
     }
 
     /// <summary>Adds the registers of <paramref name="o"/> to <paramref name="set"/> (an address's base register always to <paramref name="use"/>).</summary>
