@@ -10,6 +10,7 @@ namespace Qwen3Cuda.Tests.Emulation;
 /// persistent kernels' register files shrink by an order of magnitude. Every kernel test runs compacted modules too
 /// (the parser compacts by default), against the CPU reference or the multi-kernel path.
 /// </summary>
+[Category("ParseOnly")]   // no kernel runs: .ci/run's emulator-mode passes skip them
 public class RegisterCompactionTests
 {
     [Test]

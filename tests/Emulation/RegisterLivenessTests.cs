@@ -140,6 +140,7 @@ public class RegisterLivenessTests
     /// </summary>
     [TestCase("sm_80")]
     [TestCase("sm_90")]
+    [Category("ParseOnly")]   // no kernel runs: .ci/run's emulator-mode passes skip it
     public void BlockLevelLiveness_EqualsThePerInstructionFixedPoint_OnEveryKernel(string arch)
     {
         var compiler = new KernelCompiler();

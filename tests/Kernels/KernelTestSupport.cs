@@ -92,7 +92,9 @@ public static class StructLayoutCheck
         for (int i = 0; i < fields.Length; i++)
             sb.AppendLine($"  o[{i}] = (long long)((char*)&s.{SnakeCase(fields[i].Name)} - (char*)&s);");
         sb.AppendLine($"  o[{fields.Length}] = (long long)sizeof({cStruct}); }}");
-        var compiler = new KernelCompiler(useCache: false);
+        // the kernel cache keys on the source, so the probe (the whole kernel file plus a few lines) compiles once per
+        // machine rather than on every run of every pass: gemv.cu alone took NVRTC about 8 s
+        var compiler = new KernelCompiler();
         var build = new KernelBuild("layout_probe.cu", "sm_90", CompileTarget.Ptx) { LineInfo = false, Defines = defines ?? new Dictionary<string, string>() };
         CompiledModule module = compiler.CompileSource("layout_probe.cu", sb.ToString(), build);
         using var device = new EmulatedDevice();
