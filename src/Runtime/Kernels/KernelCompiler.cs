@@ -129,17 +129,35 @@ public sealed class KernelCompiler
     private static string CacheKey(string name, string source, IReadOnlyList<string> options, string nvrtcVersion)
     {
         var sb = new StringBuilder();
-        sb.Append("v1\0").Append(name).Append('\0').Append(source).Append('\0').Append(nvrtcVersion).Append('\0');
+        sb.Append("v2\0").Append(name).Append('\0').Append(source).Append('\0').Append(nvrtcVersion).Append('\0');
         foreach (string o in options) sb.Append(o).Append('\0');
-        foreach (var (h, text) in KernelSources.Headers) sb.Append(h).Append('\0').Append(text).Append('\0');
+        sb.Append(HeadersDigest.Value);
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..32];
     }
+
+    // The embedded headers never change in a process: their digest once, instead of every header's text in every key.
+    private static readonly Lazy<string> HeadersDigest = new(() =>
+    {
+        var sb = new StringBuilder();
+        foreach (var (h, text) in KernelSources.Headers.OrderBy(kv => kv.Key, StringComparer.Ordinal)) sb.Append(h).Append('\0').Append(text).Append('\0');
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())));
+    });
+
+    // Modules read from the disk cache, by directory and key: a test run or a model load asks for the same modules again
+    // and again, and the large ones are megabytes of PTX to read and decode each time (a cache entry's content never
+    // changes for its key). Bounded: past 64 Mi characters of PTX it starts over.
+    private static readonly Dictionary<string, CompiledModule> Loaded = new(StringComparer.Ordinal);
+    private static long _loadedChars;
+    private const long LoadedCharsLimit = 64L << 20;
 
     private sealed record CacheMeta(string Name, string PtxArch, string? CubinArch, string Log);
 
     private CompiledModule? TryLoad(string key, string name, IReadOnlyList<string> options)
     {
         if (CacheDirectory == null) return null;
+        string memo = CacheDirectory + "\0" + key;
+        lock (Loaded)
+            if (Loaded.TryGetValue(memo, out var known)) return known;
         try
         {
             string meta = Path.Combine(CacheDirectory, key + ".json");
@@ -148,11 +166,17 @@ public sealed class KernelCompiler
             if (m == null || m.Name != name) return null;
             string ptx = File.ReadAllText(Path.Combine(CacheDirectory, key + ".ptx"));
             byte[]? bin = m.CubinArch != null ? File.ReadAllBytes(Path.Combine(CacheDirectory, key + ".cubin")) : null;
-            return new CompiledModule
+            var module = new CompiledModule
             {
                 Name = name, PtxArch = m.PtxArch, Ptx = ptx, CubinArch = m.CubinArch, Cubin = bin, Log = m.Log,
                 PtxasInfo = PtxasReport.Parse(m.Log), Options = options, FromCache = true,
             };
+            lock (Loaded)
+            {
+                if (_loadedChars + ptx.Length > LoadedCharsLimit) { Loaded.Clear(); _loadedChars = 0; }
+                if (Loaded.TryAdd(memo, module)) _loadedChars += ptx.Length;
+            }
+            return module;
         }
         catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException)
         {
