@@ -123,7 +123,7 @@ internal static class RegisterLiveness
         ins.Op == Op.Bra || (ins.GuardPred < 0 && ins.Op is Op.Ret or Op.Exit or Op.Trap);
 
     /// <summary>Adds the registers of <paramref name="o"/> to <paramref name="set"/> (an address's base register always to <paramref name="use"/>).</summary>
-    private static void Collect(Operand o, List<int> set, List<int> use, int numRegs)
+    internal static void Collect(Operand o, List<int> set, List<int> use, int numRegs)
     {
         switch (o.Kind)
         {

@@ -132,25 +132,8 @@ internal static class RoundTripAnalysis
         reads.Clear();
         writes.Clear();
         bool firstIsDef = RegisterLiveness.WritesFirstOperand(ins.Op);
-        for (int k = 0; k < ins.Ops.Length; k++) Collect(ins.Ops[k], k == 0 && firstIsDef ? writes : reads, reads, asyncSlot);
+        for (int k = 0; k < ins.Ops.Length; k++) RegisterLiveness.Collect(ins.Ops[k], k == 0 && firstIsDef ? writes : reads, reads, asyncSlot);
         if (ins.Op == Op.CpAsync) writes.Add(asyncSlot);
         if (ins.Op is Op.CpAsyncWait or Op.CpAsyncWaitAll) reads.Add(asyncSlot);
-    }
-
-    private static void Collect(Operand o, List<int> set, List<int> reads, int limit)
-    {
-        switch (o.Kind)
-        {
-            case OpKind.Reg:
-                if (o.Reg >= 0 && o.Reg < limit) set.Add(o.Reg);
-                break;
-            case OpKind.Addr:
-                if (o.Reg >= 0 && o.Reg < limit) reads.Add(o.Reg);
-                break;
-            case OpKind.Vec:
-            case OpKind.List:
-                foreach (var e in o.Elems) Collect(e, set, reads, limit);
-                break;
-        }
     }
 }
