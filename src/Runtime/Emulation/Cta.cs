@@ -62,7 +62,7 @@ internal sealed unsafe class Cta
             LocalPtr = (byte*)Unsafe.AsPointer(ref _local[0]);
         }
         // The checker is kept across launches (the emulated decode step alternates a dozen kernels of different shared
-        // sizes: a new checker per launch was most of the emulator's allocation) and grows only for a larger launch.
+        // sizes, and each change of size used to allocate every shadow array again) and grows only for a larger launch.
         if (!launch.RaceCheck || launch.SharedBytes == 0) Race = null;
         else
         {
