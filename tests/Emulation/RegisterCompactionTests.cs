@@ -85,7 +85,7 @@ public class RegisterCompactionTests
         {
             var (next, target) = live.Successors(fn, b);
             for (int w = 0; w < words; w++)
-                now[w] = (next >= 0 ? live.Live[next * words + w] : 0) | (target >= 0 ? live.Live[target * words + w] : 0);
+                now[w] = live.LiveOut(next, target, w);
             for (int i = live.Starts[b + 1] - 1; i >= live.Starts[b]; i--)
             {
                 RegisterLiveness.Operands(fn.Code[i], fn.NumRegs, defs, uses);

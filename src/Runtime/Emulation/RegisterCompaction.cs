@@ -41,8 +41,7 @@ internal static class RegisterCompaction
             {
                 for (ulong bits = live.Live[b * words + w]; bits != 0; bits &= bits - 1)
                     Extend(first, last, w * 64 + BitOperations.TrailingZeroCount(bits), start);
-                ulong liveOut = (next >= 0 ? live.Live[next * words + w] : 0) | (target >= 0 ? live.Live[target * words + w] : 0);
-                for (ulong bits = liveOut; bits != 0; bits &= bits - 1)
+                for (ulong bits = live.LiveOut(next, target, w); bits != 0; bits &= bits - 1)
                     Extend(first, last, w * 64 + BitOperations.TrailingZeroCount(bits), end);
             }
         }

@@ -22,9 +22,15 @@ internal static class RegisterLiveness
     {
         var b = Solve(fn);
         if (b.Blocks == 0) return [];
+        return Rows(b.Live, fn.NumRegs);
+    }
+
+    /// <summary>The registers below <paramref name="numRegs"/> whose bits are set in the first words of <paramref name="live"/>, ascending.</summary>
+    private static int[] Rows(ulong[] live, int numRegs)
+    {
         var rows = new List<int>();
-        for (int r = 0; r < fn.NumRegs; r++)
-            if ((b.Live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
+        for (int r = 0; r < numRegs; r++)
+            if ((live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
         return [.. rows];
     }
 
@@ -43,6 +49,10 @@ internal static class RegisterLiveness
             int target = last.Op == Op.Bra && last.Target >= 0 && last.Target < fn.Code.Length ? BlockOf[last.Target] : -1;
             return (fallsThrough ? b + 1 : -1, target);
         }
+
+        /// <summary>Word <paramref name="w"/> of the registers live at the end of a block whose successors are <paramref name="next"/> and <paramref name="target"/>.</summary>
+        public ulong LiveOut(int next, int target, int w) =>
+            (next >= 0 ? Live[next * Words + w] : 0) | (target >= 0 ? Live[target * Words + w] : 0);
     }
 
     /// <summary>Solves liveness over the basic blocks of <paramref name="fn"/> (see <see cref="LiveIn"/>).</summary>
@@ -97,10 +107,7 @@ internal static class RegisterLiveness
                 var (next, target) = result.Successors(fn, b);
                 for (int w = 0; w < words; w++)
                 {
-                    ulong outw = 0;
-                    if (next >= 0) outw |= live[next * words + w];
-                    if (target >= 0) outw |= live[target * words + w];
-                    ulong inw = gen[b * words + w] | (outw & ~kill[b * words + w]);
+                    ulong inw = gen[b * words + w] | (result.LiveOut(next, target, w) & ~kill[b * words + w]);
                     if (inw != live[b * words + w]) { live[b * words + w] = inw; changed = true; }
                 }
             }
@@ -148,10 +155,7 @@ internal static class RegisterLiveness
     {
         var live = LiveByInstruction(fn, out _);
         if (live.Length == 0) return [];
-        var rows = new List<int>();
-        for (int r = 0; r < fn.NumRegs; r++)
-            if ((live[r >> 6] & (1UL << (r & 63))) != 0) rows.Add(r);
-        return [.. rows];
+        return Rows(live, fn.NumRegs);
     }
 
     /// <summary>The per-instruction fixed point: <c>live[i * words ..]</c> the registers live before instruction i.</summary>
@@ -163,15 +167,13 @@ internal static class RegisterLiveness
         if (n == 0 || words == 0) return [];
         var use = new ulong[n * words];
         var def = new ulong[n * words];
+        var defs = new List<int>();
+        var uses = new List<int>();
         for (int i = 0; i < n; i++)
         {
-            var ins = code[i];
-            var o = ins.Ops;
-            bool firstIsDef = WritesFirstOperand(ins.Op) && ins.GuardPred < 0;
-            for (int k = 0; k < o.Length; k++)
-            {
-                Mark(o[k], k == 0 && firstIsDef ? def : use, use, i * words, fn.NumRegs);
-            }
+            Operands(code[i], fn.NumRegs, defs, uses);
+            foreach (int r in defs) def[i * words + (r >> 6)] |= 1UL << (r & 63);
+            foreach (int r in uses) use[i * words + (r >> 6)] |= 1UL << (r & 63);
         }
         var live = new ulong[(n + 1) * words];
         bool changed = true;
@@ -195,25 +197,6 @@ internal static class RegisterLiveness
             }
         }
         return live;
-    }
-
-    /// <summary>Adds the registers of <paramref name="o"/> to <paramref name="set"/> (an address's base register always to <paramref name="use"/>).</summary>
-    private static void Mark(Operand o, ulong[] set, ulong[] use, int at, int numRegs)
-    {
-        switch (o.Kind)
-        {
-            case OpKind.Reg:
-                if (o.Reg >= 0 && o.Reg < numRegs) set[at + (o.Reg >> 6)] |= 1UL << (o.Reg & 63);
-                break;
-            case OpKind.Addr:
-                // an address operand's base register is always read, even in a destination position
-                if (o.Reg >= 0 && o.Reg < numRegs) use[at + (o.Reg >> 6)] |= 1UL << (o.Reg & 63);
-                break;
-            case OpKind.Vec:
-            case OpKind.List:
-                foreach (var e in o.Elems) Mark(e, set, use, at, numRegs);
-                break;
-        }
     }
 
     /// <summary>Instructions whose first operand is a destination that every executing thread writes in full.</summary>
