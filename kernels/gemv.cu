@@ -335,10 +335,11 @@ __device__ __forceinline__ void gemv_quant_body(const GemvParams& p)
 #define GEMV_MMA_PLAIN 0
 #define GEMV_MMA_ARGMAX 1
 #define GEMV_MMA_SAMPLE 2
-// 3 CTAs per SM, not 4 (GemvLaunchers.MmaSampleCtasPerSm): at 64 registers NVRTC 11.8's ptxas spilled in the last CTA's
-// merge at sm_90; at 3 it takes 79 and none spills. 24 warps per SM still keep 96 KiB of weight loads in flight.
-#define GEMV_MMA_SAMPLE_MIN_CTAS_PER_SM 3
-#define GEMV_SAMPLE_PARTS_HELD 3  // partials per thread of the last CTA's merge pass: one pass up to 768 CTAs (396 on an H100)
+// 4 CTAs per SM, as gemv_bf16_mma (GemvLaunchers.MmaSampleCtasPerSm): 64 registers, none spilled at sm_80 and sm_90
+// with NVRTC 11.8. (It ran 3 at 80 registers until sample_finish_row found the top-p bucket on the top-k step's registers:
+// with a second pass over the buckets ptxas spilled in the last CTA's merge at 64.)
+#define GEMV_MMA_SAMPLE_MIN_CTAS_PER_SM 4
+#define GEMV_SAMPLE_PARTS_HELD 3  // partials per thread of the last CTA's merge pass: one pass up to 768 CTAs (528 on an H100)
 
 struct GemvSampleParams {
     GemvParams g;             // the GEMV: argmax_ticket is the launch's ticket

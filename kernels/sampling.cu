@@ -108,21 +108,23 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_draw_bf16(Sa
     const int c = blockIdx.x, row = blockIdx.y, tid = threadIdx.x;
     pdl_wait();                      // the row state is sample_reduce_bf16's
     pdl_launch_dependents();
-    const SampleRowState st = p.state[row];
-    if (p.argmax_only || st.mode == 0) return;
-    const SampleRowSettings s = row_settings(p, row);
-    const float it = s.inv_temperature, xmax = st.xmax, thr = st.thr;
+    if (p.argmax_only) return;
+    // the slice's logits, the row state and settings in one round trip: none of the loads depends on another
     const bf16* logits = p.logits + (size_t)row * p.ld;
     const bool vec = row_vec(p);
+    unsigned int bits[SAMPLE_PER_THREAD];
+    int first;
+    int n = load_tokens(logits, p.vocab, vec, c, bits, &first);
+    const SampleRowState st = p.state[row];
+    const SampleRowSettings s = row_settings(p, row);
+    if (st.mode == 0) return;
+    const float it = s.inv_temperature, xmax = st.xmax, thr = st.thr;
 
     if (st.mode == 1) {   // leave the histogram zero for the next launch: CTA c zeroes its share of [lo, hi]
         unsigned int* h = p.hist + (size_t)row * SAMPLE_BUCKETS;
         for (int k = st.lo + c * SAMPLE_THREADS + tid; k <= st.hi; k += p.ctas * SAMPLE_THREADS) h[k] = 0u;
     }
 
-    unsigned int bits[SAMPLE_PER_THREAD];
-    int first;
-    int n = load_tokens(logits, p.vocab, vec, c, bits, &first);
     float mine = 0.f;
 #pragma unroll
     for (int e = 0; e < SAMPLE_PER_THREAD; e++) {

@@ -269,8 +269,9 @@ __device__ __forceinline__ void fold_part(const SamplePart& q, float& best, int&
 // THREADS (the caller's bound), are read through L2 in one pass, HELD per thread in flight together, and kept in registers
 // for the second sum; greedy rows end at the argmax (out_ids[row], state mode 0). Then the histogram scan from the
 // maximum's bucket down, THREADS buckets per step: the top-k bucket is the first where the count reaches k, the top-p
-// bucket the first where the mass reaches top_p * (mass of the top-k survivors). Writes state[row]. sf, si: 32 floats /
-// ints of shared memory; claim: 4 ints; found_m: one float. Every thread of the CTA calls it.
+// bucket the first where the mass reaches top_p * (mass of the top-k survivors); when the top-k bucket is in the first
+// step, so is the top-p bucket, found on the same registers (one pass over the buckets, not two). Writes state[row].
+// sf, si: 32 floats / ints of shared memory; claim: 4 ints; found_m: one float. Every thread of the CTA calls it.
 template <int THREADS, int HELD>
 __device__ __forceinline__ void sample_finish_row(const SampleRowsParams& p, int row, const SamplePart* parts, int nparts,
                                                   float* sf, int* si, int* claim, float* found_m)
@@ -318,6 +319,7 @@ __device__ __forceinline__ void sample_finish_row(const SampleRowsParams& p, int
     if (hist) {
         int thr_key = lo;          // keep everything
         float kept = zt;           // mass of the top-k survivors
+        bool top_p_done = false;   // the top-p bucket found in the top-k scan's first step
         if (s.top_k > 0 && s.top_k < p.vocab) {
             int carry_c = 0;
             float carry_m = 0.f;
@@ -335,13 +337,22 @@ __device__ __forceinline__ void sample_finish_row(const SampleRowsParams& p, int
                     __syncthreads();
                     thr_key = top - f;
                     kept = *found_m;
+                    if (s.top_p < 1.f && top == hi) {
+                        // Found in the first step: the top-p bucket is in this step too, at or above thr_key (thread f's
+                        // running mass is `kept`, which reaches top_p * kept), and the top-p scan's first step would
+                        // compute the same prefixes for threads 0..f (a thread's inclusive prefix depends on the threads
+                        // before it only). So its search runs on these registers: no second pass over the buckets.
+                        const float need = s.top_p * kept;
+                        thr_key = top - block_first_reaching<THREADS>(cnt > 0 && carry_m + im >= need, claim);
+                        top_p_done = true;
+                    }
                     break;
                 }
                 carry_c += tc;
                 carry_m += tm;
             }
         }
-        if (s.top_p < 1.f) {
+        if (s.top_p < 1.f && !top_p_done) {
             const float need = s.top_p * kept;
             float carry_m = 0.f;
             for (int top = hi; top >= thr_key; top -= THREADS) {

@@ -48,7 +48,7 @@ public static class ProfileCommand
         var whatIf = WhatIfOption();
         var lines = new Option<string?>("--lines")
         {
-            Description = "On the emulator: where the critical warp (the one that executes the most instructions) of KERNEL's first launch in the greedy decode step spends them, per CUDA source line; KERNEL:N takes stage N of a stage-ordered launch measured apart (persistent_attn_block:3, its router)",
+            Description = "On the emulator: where the critical warp (the one that executes the most instructions) of KERNEL's first launch in the greedy decode step (the sampled step for a kernel only it launches: its lm_head and sampler) spends them, per CUDA source line; KERNEL:N takes stage N of a stage-ordered launch measured apart (persistent_attn_block:3, its router)",
             HelpName = "KERNEL[:STAGE]",
         };
         var measureOnly = new Option<bool>("--measure-only")
@@ -237,7 +237,7 @@ public static class ProfileCommand
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
-            if (linesKernel is not null) stdout.Write(CriticalWarpTable(r.Decode, linesKernel));
+            if (linesKernel is not null) stdout.Write(CriticalWarpTable(LinesStep(r.Decode, r.SampledDecode, linesKernel), linesKernel));
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf ? WhatIfStages(r, modelDir, tokens, stderr, utilization, context, gpu, chunk, maxModelLen) : null, stdout);
             return 0;
         }
@@ -300,6 +300,16 @@ public static class ProfileCommand
         if (earlyBuilt)
             stdout.WriteLine($"what-if stages: early routing built and measured (its router tiles prefetching {ByteSize.Format(stages.Plan.Options.EarlyRoutingPrefetchBytesOrDefault)} per chosen expert): the early-routing lines take its cost as measured");
         stdout.Write(PersistentWhatIf.Report(p.Decode, p.MinimumDecodeBytes, earlyBuilt ? 0 : c.NumExperts > 0 ? (long)c.NumExperts * c.QueryDim * 2 : 0, earlyBuilt));
+    }
+
+    /// <summary>
+    /// The decode step `--lines KERNEL` reads: the greedy one, or the sampled one for a kernel only it launches (its lm_head
+    /// and sampler: gemv_bf16_mma_sample, sample_draw_bf16).
+    /// </summary>
+    public static StepProfile LinesStep(StepProfile greedy, StepProfile sampled, string kernel)
+    {
+        string name = kernel.LastIndexOf(':') is int colon and > 0 ? kernel[..colon] : kernel;
+        return !greedy.Records.Any(x => x.Kernel == name) && sampled.Records.Any(x => x.Kernel == name) ? sampled : greedy;
     }
 
     /// <summary>

@@ -136,8 +136,9 @@ public sealed class GemvLaunchers
 
     /// <summary>CTAs per SM a <c>gemv_bf16_mma</c> launch is sized for when its row tiles are more (its __launch_bounds__ minimum: at most 64 registers).</summary>
     public const int MmaCtasPerSm = 4;
-    /// <summary>The same for <c>gemv_bf16_mma_sample</c> (at most 80 registers: at 64 its last CTA's merge spilled at sm_90).</summary>
-    public const int MmaSampleCtasPerSm = 3;
+    /// <summary>The same for <c>gemv_bf16_mma_sample</c> (at most 64 registers too: 3 until its last CTA's top-p search
+    /// reused the top-k step's registers, before which it spilled at 64 at sm_90).</summary>
+    public const int MmaSampleCtasPerSm = 4;
     /// <summary><c>gemv_bf16_mma</c>'s static shared memory and the 1 KiB the hardware reserves per block, for <see cref="MmaGridX"/> (its red_s, nred_s and inv_s, and the fused argmax's keys: 3.2 KiB).</summary>
     private const int MmaStaticAndReservedBytes = 5 * 1024;
 
@@ -310,7 +311,7 @@ public sealed class GemvLaunchers
     /// <summary>
     /// Whether a launch of <paramref name="plan"/> on <paramref name="gridX"/> CTAs (<see cref="MmaGridX"/>) can fuse the
     /// sampled step's reduce: it runs <c>gemv_bf16_mma</c>, and its CTAs' partials fit the last CTA's one pass
-    /// (<see cref="SamplingScratch.FusedPartsPerRow"/>: 768, against 396 on an H100: <see cref="SampleGridX(int, int, int, bool)"/>).
+    /// (<see cref="SamplingScratch.FusedPartsPerRow"/>: 768, against 528 on an H100: <see cref="SampleGridX(int, int, int, bool)"/>).
     /// </summary>
     public static bool CanFuseSample(in GemvPlan plan, int gridX) => CanFuseArgmax(plan) && gridX <= SamplingScratch.FusedPartsPerRow;
 
