@@ -454,9 +454,9 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
 // tile (token-major: down_tile_token's R = experts_down_rows(k) rows of the token's k slots, block bx). Each CTA takes
 // tiles_per_cta consecutive tickets with one atomic, in the round trip that also brings the slots' expert ids into
 // shared memory (stream_begin() marks where its weight stream can begin), and before it runs a tile it prefetches the
-// next one's weight rows into L2, so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one wave (at most EXPERTS_MIN_CTAS_PER_SM CTAs per SM, which
-// __launch_bounds__ makes fit; docs/kernels.md): a second wave would start every CTA's first loads one DRAM latency after
-// the first wave's end. A gate_up tile runs gate_up_tile, then releases (barrier, fence, sync[2 + t] += 1, t its
+// next one's weight rows into L2, so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one wave
+// (at most 5 CTAs per SM, which __launch_bounds__ makes fit, leaving bf16 launches room for an attention block CTA beside
+// them; docs/kernels.md): a second wave would start every CTA's first loads one DRAM latency after the first wave's end. A gate_up tile runs gate_up_tile, then releases (barrier, fence, sync[2 + t] += 1, t its
 // token). A down tile (its k x R weight rows prefetched, by the tile before or first thing) waits until sync[2 + t] says
 // the token's k * gu_blocks gate_up tiles are done (one thread polls, backing off, then fences; the barrier hands that
 // on), then runs its row dots reading inter from L2 and combines its own rows: the combine needs no ticket, no fence and
@@ -507,8 +507,8 @@ struct MoeExpertsGemvParams {
     int router_norm_topk_prob;
 };
 
-// The CTAs per SM the launches are sized for (the launcher's grid is at most this many per SM, so the launch is one wave
-// on an idle GPU); __launch_bounds__ makes ptxas fit them.
+// The CTAs per SM __launch_bounds__ makes ptxas fit (bf16: at most 64 registers). The launcher's grid is one wave of at most
+// 5 per SM (MoeLaunchers.ExpertsGemvGridCtasPerSm): bf16's 64 registers then leave room for the next block's CTA.
 #define EXPERTS_MIN_CTAS_PER_SM 8
 #define EXPERTS_QUANT_MIN_CTAS_PER_SM 5
 // The most slots (tokens x k) a launch takes: the launcher's 8 tokens of top-16, one id per thread.

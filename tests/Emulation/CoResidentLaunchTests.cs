@@ -57,7 +57,7 @@ public sealed class CoResidentLaunchTests
     [
         new object[] { "sequential", new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null } },
         new object[] { "parallel", new EmulatorOptions { PrintfOutput = TextWriter.Null } },
-        new object[] { "interleaved", new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 } } },
+        new object[] { "interleaved", new EmulatorOptions { Sequential = true, PrintfOutput = TextWriter.Null, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 + EmulatorModes.Ambient.ScheduleSeed } } },
     ];
 
     [TestCaseSource(nameof(Modes))]

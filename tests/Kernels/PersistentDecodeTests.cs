@@ -30,9 +30,9 @@ public class PersistentDecodeTests
     [
         new object[] { "8 SMs, sequential", new EmulatorOptions { MultiprocessorCount = 8, Sequential = true }, false },
         new object[] { "8 SMs, parallel", new EmulatorOptions { MultiprocessorCount = 8, ConcurrentTilesInOrder = true }, false },
-        new object[] { "8 SMs, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 8, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 } }, true },
+        new object[] { "8 SMs, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 8, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 + EmulatorModes.Ambient.ScheduleSeed } }, true },
         new object[] { "16 SMs, parallel", new EmulatorOptions { MultiprocessorCount = 16, ConcurrentTilesInOrder = true }, false },
-        new object[] { "16 SMs, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 16, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 9 } }, true },
+        new object[] { "16 SMs, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 16, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 9 + EmulatorModes.Ambient.ScheduleSeed } }, true },
     ];
 
     /// <summary>
@@ -66,7 +66,7 @@ public class PersistentDecodeTests
     public void AttentionBlock_WithWeightStepsHeld_EqualsTheThreeLaunches_Bitwise(int sms, int hidden, int nH, int nKV, bool interleaved)
     {
         var options = interleaved
-            ? new EmulatorOptions { MultiprocessorCount = sms, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 7 } }
+            ? new EmulatorOptions { MultiprocessorCount = sms, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 7 + EmulatorModes.Ambient.ScheduleSeed } }
             : new EmulatorOptions { MultiprocessorCount = sms, ConcurrentTilesInOrder = true };
         using var ctx = new KernelCheckContext(new EmulatedDevice(options));
         EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden {hidden}, {nH} / {nKV} heads, 1 row", [90], hidden, nH, nKV, interleaved, seed: 11);
@@ -100,7 +100,7 @@ public class PersistentDecodeTests
     public void AttentionBlock_WithTheRouterStage_TwoChunksPerThread_EqualsTheLaunchesAndTheRouter_Bitwise(int sms, bool interleaved)
     {
         var options = interleaved
-            ? new EmulatorOptions { MultiprocessorCount = sms, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 3 } }
+            ? new EmulatorOptions { MultiprocessorCount = sms, SharedMemoryPerMultiprocessor = CoResidentSharedBytes, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 3 + EmulatorModes.Ambient.ScheduleSeed } }
             : new EmulatorOptions { MultiprocessorCount = sms, ConcurrentTilesInOrder = true };
         using var ctx = new KernelCheckContext(new EmulatedDevice(options));
         EqualsTheThreeLaunches(ctx, $"{sms} SMs, hidden 1280, 8 / 2 heads, 1 row, 128 experts top-8", [90], 1280, 8, 2, interleaved, seed: 15, new MoeShape(128, 8, 1280, 64, true));

@@ -22,11 +22,11 @@ public class MoeExpertsGemvTests
     [
         new object[] { "sequential (the default for a launch of ordered tiles)", new EmulatorOptions(), false },
         new object[] { "parallel", new EmulatorOptions { ConcurrentTilesInOrder = true }, false },
-        new object[] { "co-resident, interleaved", new EmulatorOptions { Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 } }, true },
+        new object[] { "co-resident, interleaved", new EmulatorOptions { Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 5 + EmulatorModes.Ambient.ScheduleSeed } }, true },
         // 5 SMs: a one-wave grid of 40 CTAs, so each CTA takes several tiles (7 at 1 token: 259 tickets for 256 tiles)
         new object[] { "5 SMs, several tiles per CTA, sequential", new EmulatorOptions { MultiprocessorCount = 5 }, false },
         new object[] { "5 SMs, several tiles per CTA, parallel", new EmulatorOptions { MultiprocessorCount = 5, ConcurrentTilesInOrder = true }, false },
-        new object[] { "5 SMs, several tiles per CTA, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 5, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 7 } }, true },
+        new object[] { "5 SMs, several tiles per CTA, co-resident, interleaved", new EmulatorOptions { MultiprocessorCount = 5, Sequential = true, Modes = EmulatorModes.Ambient with { Scheduling = ThreadScheduling.Interleaved, ScheduleSeed = 7 + EmulatorModes.Ambient.ScheduleSeed } }, true },
     ];
 
     private static readonly WeightFormat[] Quantized = [WeightFormat.Fp8Block, WeightFormat.Int8Channel, WeightFormat.Int4Gptq];
@@ -291,27 +291,30 @@ public class MoeExpertsGemvTests
     }
 
     /// <summary>
-    /// The grid is one wave of at most the launch bounds' CTAs per SM, with the fewest tickets per CTA that cover the tiles:
-    /// Qwen3-30B-A3B's 8 x (96 + 128) = 1792 tiles on 132 SMs (H100, H200) take 2 tickets each on 896 CTAs in bf16
-    /// (1056 fit at 8 per SM), 3 each on 598 CTAs quantized (660 fit at 5 per SM); A100's 108 SMs, 864 fit: 3 each, 598.
+    /// The grid is one wave of at most 5 CTAs per SM (bf16: room for an attention block CTA beside them; quantized: their
+    /// launch bound), with the fewest tickets per CTA that cover the tiles: Qwen3-30B-A3B's 8 x (96 + 128) = 1792 tiles on
+    /// 132 SMs (H100, H200) take 3 tickets each on 598 CTAs (660 fit at 5 per SM), bf16 or quantized; A100's 108 SMs, 540
+    /// fit: 4 each, 448.
     /// </summary>
     [Test]
     public void Grid_IsOneWave_WithEqualShares()
     {
-        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 132, WeightFormat.Bf16), Is.EqualTo((896, 2)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 132, WeightFormat.Bf16), Is.EqualTo((598, 3)));
         Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 132, WeightFormat.Int4Gptq), Is.EqualTo((598, 3)));
-        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 108, WeightFormat.Bf16), Is.EqualTo((598, 3)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792, 108, WeightFormat.Bf16), Is.EqualTo((448, 4)));
         Assert.That(MoeLaunchers.ExpertsGemvGrid(256, 132, WeightFormat.Bf16), Is.EqualTo((256, 1)), "fewer tiles than fit: one each");
-        Assert.That(MoeLaunchers.ExpertsGemvGrid(256, 5, WeightFormat.Bf16), Is.EqualTo((37, 7)), "40 fit: 7 each on 37 CTAs, 3 tickets past the tiles");
-        Assert.That(MoeLaunchers.ExpertsGemvGrid(1056, 132, WeightFormat.Bf16), Is.EqualTo((1056, 1)), "exactly one wave");
-        Assert.That(MoeLaunchers.ExpertsGemvGrid(1057, 132, WeightFormat.Bf16), Is.EqualTo((529, 2)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(256, 5, WeightFormat.Bf16), Is.EqualTo((24, 11)), "25 fit: 11 each on 24 CTAs, 8 tickets past the tiles");
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(660, 132, WeightFormat.Bf16), Is.EqualTo((660, 1)), "exactly one wave");
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(661, 132, WeightFormat.Bf16), Is.EqualTo((331, 2)));
         Assert.That(() => MoeLaunchers.ExpertsGemvGrid(0, 132, WeightFormat.Bf16), Throws.TypeOf<ArgumentOutOfRangeException>().With.Message.Contains("0 tiles"));
         // with the follow-on qkv (640 tiles of 8 rows): 5 CTAs per SM, 660 fit, 4 tickets each on 608 CTAs
         Assert.That(MoeLaunchers.ExpertsGemvGrid(1792 + 640, 132, WeightFormat.Bf16, followOn: true), Is.EqualTo((608, 4)));
         // 5 CTAs of 128 threads x 64 registers (the launch bound) leave an SM's 64 K registers room for one attention CTA
-        // (attn_decode_fused: 128 threads, 168 registers on sm_90)
+        // (attn_decode_fused: 128 threads, 168 registers on sm_90; persistent_attn_block: 128 registers)
         Assert.That(MoeLaunchers.FollowOnCtasPerSm * 128 * 64 + 128 * 168, Is.LessThanOrEqualTo(65536));
         Assert.That((MoeLaunchers.FollowOnCtasPerSm + 1) * 128 * 64 + 128 * 168, Is.GreaterThan(65536), "and 6 would not");
+        Assert.That(MoeLaunchers.ExpertsGemvGridCtasPerSm(WeightFormat.Bf16) * 128 * 64 + 128 * 128, Is.LessThanOrEqualTo(65536),
+            "the bf16 grid leaves room for one persistent_attn_block CTA");
     }
 
     /// <summary>The launcher's CTAs per SM are the kernels' <c>__launch_bounds__</c> minimum, which is what makes them fit.</summary>

@@ -394,15 +394,26 @@ public sealed class MoeLaunchers
     public static int ExpertsGemvCtasPerSm(WeightFormat format) => format == WeightFormat.Bf16 ? 8 : 5;
 
     /// <summary>
+    /// The CTAs per SM moe_experts_gemv's grid is sized for (<see cref="ExpertsGemvGrid"/>): the quantized variants their
+    /// launch bound, bf16 <see cref="FollowOnCtasPerSm"/> (5), below its launch bound of 8. At 64 registers x 128 threads its
+    /// CTAs then leave an SM 24 K of its 64 K registers: room for one CTA of the attention block that follows
+    /// (persistent_attn_block: 128 threads x 128 registers), which becomes resident while the experts still stream and
+    /// fetches its tile's weights before its wait. At 8 per SM that block's CTAs waited for the experts' CTAs to retire; the
+    /// timing model predicts the change at -7.4 us per step on H200 (the qkv stage's fetch-ahead in the experts' shadow)
+    /// and no change on H100, whose DRAM is already busy there (docs/timing-model.md, section 7, "Stop 46").
+    /// </summary>
+    public static int ExpertsGemvGridCtasPerSm(WeightFormat format) => format == WeightFormat.Bf16 ? FollowOnCtasPerSm : ExpertsGemvCtasPerSm(format);
+
+    /// <summary>
     /// moe_experts_gemv's grid and tickets per CTA for <paramref name="tiles"/> tiles on <paramref name="sms"/> SMs: one wave
-    /// (at most <see cref="ExpertsGemvCtasPerSm"/> CTAs per SM), the fewest tickets per CTA that covers the tiles, and
+    /// (at most <see cref="ExpertsGemvGridCtasPerSm"/> CTAs per SM), the fewest tickets per CTA that covers the tiles, and
     /// the grid shrunk to what that many tickets per CTA needs (so CTAs have equal shares; tickets past the tiles are no work).
     /// </summary>
     public static (int Grid, int TilesPerCta) ExpertsGemvGrid(int tiles, int sms, WeightFormat format, bool followOn = false)
     {
         if (tiles <= 0) throw new ArgumentOutOfRangeException(nameof(tiles), $"moe_experts_gemv: {tiles} tiles");
         if (sms <= 0) throw new ArgumentOutOfRangeException(nameof(sms), $"moe_experts_gemv: {sms} SMs");
-        long resident = (long)sms * (followOn ? FollowOnCtasPerSm : ExpertsGemvCtasPerSm(format));
+        long resident = (long)sms * (followOn ? FollowOnCtasPerSm : ExpertsGemvGridCtasPerSm(format));
         int perCta = (int)((tiles + resident - 1) / resident);
         return ((tiles + perCta - 1) / perCta, perCta);
     }
