@@ -454,14 +454,14 @@ __device__ __forceinline__ void down_tile_token_quant(const MoeDownGemvParams& p
 // tile (token-major: down_tile_token's R = experts_down_rows(k) rows of the token's k slots, block bx). Each CTA takes
 // tiles_per_cta consecutive tickets with one atomic, in the round trip that also brings the slots' expert ids into
 // shared memory (stream_begin() marks where its weight stream can begin), and before it runs a tile it prefetches the
-// next one's weight rows into L2, so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one wave
-// (at most 5 CTAs per SM, which __launch_bounds__ makes fit, leaving bf16 launches room for an attention block CTA beside
-// them; docs/kernels.md): a second wave would start every CTA's first loads one DRAM latency after the first wave's end. A gate_up tile runs gate_up_tile, then releases (barrier, fence, sync[2 + t] += 1, t its
-// token). A down tile (its k x R weight rows prefetched, by the tile before or first thing) waits until sync[2 + t] says
-// the token's k * gu_blocks gate_up tiles are done (one thread polls, backing off, then fences; the barrier hands that
-// on), then runs its row dots reading inter from L2 and combines its own rows: the combine needs no ticket, no fence and
-// no read-back of y after the stream (moe_down_gemv's last-CTA combine did). The down weights' DRAM stream needs no
-// kernel boundary.
+// next one's weight rows into L2, so its DRAM stream does not stop at a tile's end. The launcher sizes the grid to one
+// wave (at most 5 CTAs per SM, which __launch_bounds__ makes fit, leaving bf16 launches room for an attention block CTA
+// beside them; docs/kernels.md): a second wave would start every CTA's first loads one DRAM latency after the first
+// wave's end. A gate_up tile runs gate_up_tile, then releases (barrier, fence, sync[2 + t] += 1, t its token). A down
+// tile (its k x R weight rows prefetched, by the tile before or first thing) waits until sync[2 + t] says the token's
+// k * gu_blocks gate_up tiles are done (one thread polls, backing off, then fences; the barrier hands that on), then runs
+// its row dots reading inter from L2 and combines its own rows: the combine needs no ticket, no fence and no read-back of
+// y after the stream (moe_down_gemv's last-CTA combine did). The down weights' DRAM stream needs no kernel boundary.
 // Progress needs no co-residency: a tile waits only on tiles of lower tickets, all taken by CTAs that are running (the
 // lowest unfinished tile is a CTA's current one, since the CTA's earlier tickets are lower, and its inputs are done);
 // gate_up tiles wait on nothing. Exit: each CTA takes a ticket on sync[1] after its last counter access (a CTA whose last
