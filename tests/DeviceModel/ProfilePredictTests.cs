@@ -72,6 +72,16 @@ public class ProfilePredictTests
             Assert.That(heading, Does.Contain("PREDICTED").And.Contain("assumed: graphNodeGapUs 1 "));
     }
 
+    /// <summary>`--lines` of a kernel only the sampled step launches (its draw) reads the sampled step, not a usage error.</summary>
+    [Test]
+    public void Cli_ProfileLines_OfTheSampler_ReadsTheSampledStep()
+    {
+        var (exit, stdout, stderr) = Cli("profile", "-m", DeviceCheckpoints.Tiny(), "-p", "2", "--lines", "sample_draw_bf16");
+        Assert.That(exit, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("sampled decode: sample_draw_bf16 (grid ").And.Contain("its critical warp: "));
+        Assert.That(stdout, Does.Match(@"\n +\d+ +\d+\.\d% +sampling\.cuh?:\d+\n"), "a line of the sampler's source");
+    }
+
     /// <summary>Runs `qwen3cuda profile ARGS`: a usage error (exit 2) whose message is one line containing every fragment.</summary>
     static string UsageError(string[] args, params string[] fragments)
     {
