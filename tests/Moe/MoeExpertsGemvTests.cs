@@ -308,7 +308,7 @@ public class MoeExpertsGemvTests
         Assert.That(MoeLaunchers.ExpertsGemvGrid(661, 132, WeightFormat.Bf16), Is.EqualTo((331, 2)));
         Assert.That(() => MoeLaunchers.ExpertsGemvGrid(0, 132, WeightFormat.Bf16), Throws.TypeOf<ArgumentOutOfRangeException>().With.Message.Contains("0 tiles"));
         // with the follow-on qkv (640 tiles of 8 rows): 5 CTAs per SM, 660 fit, 4 tickets each on 608 CTAs
-        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792 + 640, 132, WeightFormat.Bf16, followOn: true), Is.EqualTo((608, 4)));
+        Assert.That(MoeLaunchers.ExpertsGemvGrid(1792 + 640, 132, WeightFormat.Bf16), Is.EqualTo((608, 4)));
         // 5 CTAs of 128 threads x 64 registers (the launch bound) leave an SM's 64 K registers room for one attention CTA
         // (attn_decode_fused: 128 threads, 168 registers on sm_90; persistent_attn_block: 128 registers)
         Assert.That(MoeLaunchers.FollowOnCtasPerSm * 128 * 64 + 128 * 168, Is.LessThanOrEqualTo(65536));

@@ -316,7 +316,7 @@ public sealed class MoeLaunchers
                 RowsPerWarp = 1, KSplit = f.K, SplitK = 1, Eps = f.Eps,
             };
         }
-        (int grid, int tilesPerCta) = ExpertsGemvGrid(ExpertsGemvTiles(s, tokens) + nextTiles, sms, gateUp.Format, followOn: nextTiles > 0);
+        (int grid, int tilesPerCta) = ExpertsGemvGrid(ExpertsGemvTiles(s, tokens) + nextTiles, sms, gateUp.Format);
         var p = new MoeExpertsGemvParams
         {
             GateUp = GateUpGemvParams(s, slots, hidden, gateUp, topkIds, inter),
@@ -350,9 +350,10 @@ public sealed class MoeLaunchers
     public static bool CanRunTopK(in MoeShape s, WeightFormat format) => format == WeightFormat.Bf16 && s.Experts <= ExpertsTopKMaxExperts;
 
     /// <summary>
-    /// CTAs per SM of a moe_experts_gemv launch with a follow-on GEMV: 5 (bf16's launch bound is 8). Its CTAs take 64
-    /// registers x 128 threads each, so 5 leave 24 K of an SM's 64 K registers: room for one CTA of the attention that
-    /// follows (128 threads x 168 registers) to run the part before its wait beside the launch's last CTAs.
+    /// CTAs per SM of a bf16 moe_experts_gemv launch, with a follow-on GEMV or without (<see cref="ExpertsGemvGridCtasPerSm"/>):
+    /// 5 (its launch bound is 8). Its CTAs take 64 registers x 128 threads each, so 5 leave 24 K of an SM's 64 K registers:
+    /// room for one CTA of the attention that follows (attn_decode_fused: 128 threads x 168 registers; persistent_attn_block:
+    /// 128) to run the part before its wait beside the launch's last CTAs.
     /// </summary>
     public const int FollowOnCtasPerSm = 5;
 
@@ -405,15 +406,16 @@ public sealed class MoeLaunchers
     public static int ExpertsGemvGridCtasPerSm(WeightFormat format) => format == WeightFormat.Bf16 ? FollowOnCtasPerSm : ExpertsGemvCtasPerSm(format);
 
     /// <summary>
-    /// moe_experts_gemv's grid and tickets per CTA for <paramref name="tiles"/> tiles on <paramref name="sms"/> SMs: one wave
-    /// (at most <see cref="ExpertsGemvGridCtasPerSm"/> CTAs per SM), the fewest tickets per CTA that covers the tiles, and
-    /// the grid shrunk to what that many tickets per CTA needs (so CTAs have equal shares; tickets past the tiles are no work).
+    /// moe_experts_gemv's grid and tickets per CTA for <paramref name="tiles"/> tiles on <paramref name="sms"/> SMs (its
+    /// follow-on GEMV's tiles included: a launch with one is bf16, sized as every bf16 launch): one wave (at most
+    /// <see cref="ExpertsGemvGridCtasPerSm"/> CTAs per SM), the fewest tickets per CTA that covers the tiles, and the grid
+    /// shrunk to what that many tickets per CTA needs (so CTAs have equal shares; tickets past the tiles are no work).
     /// </summary>
-    public static (int Grid, int TilesPerCta) ExpertsGemvGrid(int tiles, int sms, WeightFormat format, bool followOn = false)
+    public static (int Grid, int TilesPerCta) ExpertsGemvGrid(int tiles, int sms, WeightFormat format)
     {
         if (tiles <= 0) throw new ArgumentOutOfRangeException(nameof(tiles), $"moe_experts_gemv: {tiles} tiles");
         if (sms <= 0) throw new ArgumentOutOfRangeException(nameof(sms), $"moe_experts_gemv: {sms} SMs");
-        long resident = (long)sms * (followOn ? FollowOnCtasPerSm : ExpertsGemvGridCtasPerSm(format));
+        long resident = (long)sms * ExpertsGemvGridCtasPerSm(format);
         int perCta = (int)((tiles + resident - 1) / resident);
         return ((tiles + perCta - 1) / perCta, perCta);
     }
