@@ -237,7 +237,7 @@ public static class ProfileCommand
             stdout.Write(DeviceProfiler.Table(r.SampledDecode, r.Emulator));
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"decode step DRAM: {ByteSize.Format(r.Decode.DramBytes)} vs minimum {ByteSize.Format(r.MinimumDecodeBytes)} (active weights + lm_head + embedding row + KV): {(double)r.Decode.DramBytes / r.MinimumDecodeBytes:F3}x"));
-            if (linesKernel is not null) stdout.Write(CriticalWarpTable(LinesStep(r.Decode, r.SampledDecode, linesKernel), linesKernel));
+            if (linesKernel is not null) stdout.Write(CriticalWarpTable(r.Decode, r.SampledDecode, linesKernel));
             if (gpu is not null) WritePredictions(r, gpu, scaleLayers, detail, whatIf ? WhatIfStages(r, modelDir, tokens, stderr, utilization, context, gpu, chunk, maxModelLen) : null, stdout);
             return 0;
         }
@@ -303,21 +303,13 @@ public static class ProfileCommand
     }
 
     /// <summary>
-    /// The decode step `--lines KERNEL` reads: the greedy one, or the sampled one for a kernel only it launches (its lm_head
-    /// and sampler: gemv_bf16_mma_sample, sample_draw_bf16).
+    /// `profile --lines KERNEL`: the critical warp of <paramref name="kernel"/>'s first launch in the greedy decode step
+    /// (<paramref name="greedy"/>), or in the sampled one (<paramref name="sampled"/>) for a kernel only that one launches
+    /// (its lm_head and sampler: gemv_bf16_mma_sample, sample_draw_bf16), its instructions per CUDA source line (emulator
+    /// counts of PTX instructions; the top 20). A kernel neither step launches is a usage error naming those the greedy
+    /// step launches.
     /// </summary>
-    public static StepProfile LinesStep(StepProfile greedy, StepProfile sampled, string kernel)
-    {
-        string name = kernel.LastIndexOf(':') is int colon and > 0 ? kernel[..colon] : kernel;
-        return !greedy.Records.Any(x => x.Kernel == name) && sampled.Records.Any(x => x.Kernel == name) ? sampled : greedy;
-    }
-
-    /// <summary>
-    /// `profile --lines KERNEL`: the critical warp of <paramref name="kernel"/>'s first launch in <paramref name="step"/>,
-    /// its instructions per CUDA source line (emulator counts of PTX instructions; the top 20). A kernel the step does not
-    /// launch is a usage error naming those it does.
-    /// </summary>
-    public static string CriticalWarpTable(StepProfile step, string kernel, int top = 20)
+    public static string CriticalWarpTable(StepProfile greedy, StepProfile sampled, string kernel, int top = 20)
     {
         int? stage = null;
         if (kernel.LastIndexOf(':') is int colon and > 0)
@@ -326,6 +318,7 @@ public static class ProfileCommand
                 throw new UsageException($"--lines {kernel}: the stage after ':' must be a number (persistent_attn_block:3)");
             (kernel, stage) = (kernel[..colon], n);
         }
+        var step = !greedy.Records.Any(x => x.Kernel == kernel) && sampled.Records.Any(x => x.Kernel == kernel) ? sampled : greedy;
         var r = step.Records.FirstOrDefault(x => x.Kernel == kernel && (stage is null || x.Stage?.Index == stage))
             ?? throw new UsageException(stage is null || !step.Records.Any(x => x.Kernel == kernel)
                 ? $"--lines {kernel}: the {step.Name} step launches no such kernel; it launches {string.Join(", ", step.Records.Select(x => x.Kernel).Distinct())}"
