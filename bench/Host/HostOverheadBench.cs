@@ -17,22 +17,26 @@ namespace Qwen3Cuda.Bench.Host;
 /// sampling settings) in a staging-ring slot, their copies, the graph launch call, the result copy, the wait and reading
 /// the result. The emulator's copies are memcpy; on CUDA each is a driver call instead (CudaCheck formats nothing on success).
 /// Paths: greedy (the id comes back), sampled (settings copied too) and logits (V bf16 logits copied back and widened
-/// into the batch: scales with the vocabulary, 2048 in the default model).
+/// into the batch: scales with the vocabulary, 2048 in the default model); and greedy and sampled as Generate runs them,
+/// pipelined (DeviceModel.Enqueue of the next step with a fed token, then Complete of the one before: the same work on
+/// the input and result streams, and a wait on the result copy's event).
 /// The model: $QWEN3CUDA_BENCH_MODEL, else the small synthetic preset written to a temp folder; context 1000..4000.
 /// Run: dotnet run -c Release --project bench -- --filter '*HostOverheadBench*' --job short
 /// </summary>
 [MemoryDiagnoser]
 public class HostOverheadBench
 {
-    public enum StepKind { Greedy, Sampled, Logits }
+    public enum StepKind { Greedy, Sampled, Logits, GreedyPipelined, SampledPipelined }
 
-    [Params(StepKind.Greedy, StepKind.Sampled, StepKind.Logits)]
+    [Params(StepKind.Greedy, StepKind.Sampled, StepKind.Logits, StepKind.GreedyPipelined, StepKind.SampledPipelined)]
     public StepKind Step { get; set; }
 
     EmulatedDevice _emu = null!;
     HostOnlyDevice _device = null!;
     DeviceModel _model = null!;
     readonly StepBatch _batch = new(1);
+    readonly StepBatch[] _ring = [new(1), new(1)];   // pipelined: the step queued and the one before it
+    int _queued;
     static readonly SamplingSettings Greedy = new(Temperature: 0f);
     static readonly SamplingSettings Sampling = new(Temperature: 0.6f, TopK: 20, TopP: 0.95f, Seed: 1);
 
@@ -57,12 +61,31 @@ public class HostOverheadBench
     [Benchmark]
     public void DecodeStepHostTime()
     {
+        if (Step is StepKind.GreedyPipelined or StepKind.SampledPipelined) { PipelinedStep(); return; }
         if (_model.SequenceLength(0) >= 4000) _model.TruncateSequence(0, 1000);
         // as the generator runs a decode step: one reused StepBatch, one row with an output
         _batch.Clear();
         _batch.Add(0, 100, _model.Kv.Length(0), Step == StepKind.Logits ? StepOutput.Logits : StepOutput.Sample, Step == StepKind.Sampled ? Sampling : Greedy);
         _model.Step(_batch);
         _emu.ClearLaunches();   // the emulator's log of copies is bookkeeping outside the model: keep it from growing
+    }
+
+    /// <summary>One token of Generate's loop: queue the next step (its token fed from the step before), complete the one before it.</summary>
+    void PipelinedStep()
+    {
+        var settings = Step == StepKind.SampledPipelined ? Sampling : Greedy;
+        if (_model.SequenceLength(0) >= 4000)
+        {
+            while (_model.PendingSteps > 0) _model.Complete(_ring[(_queued - _model.PendingSteps) & 1]);
+            _model.TruncateSequence(0, 1000);
+        }
+        var b = _ring[_queued & 1];
+        b.Clear();
+        b.Add(0, _queued == 0 ? 100 : StepBatch.FedToken(0), _model.Kv.Length(0), StepOutput.Sample, settings);
+        _model.Enqueue(b);
+        _queued++;
+        if (_model.PendingSteps == 2) _model.Complete(_ring[_queued & 1]);
+        _emu.ClearLaunches();
     }
 
     [GlobalCleanup]

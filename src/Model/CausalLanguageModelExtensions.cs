@@ -97,6 +97,72 @@ public static class CausalLanguageModelExtensions
         for (int i = 0; i < sequences.Length; i++) nextTokens[i] = batch.SampledToken(i);
     }
 
+    /// <summary>
+    /// Appends <paramref name="prompt"/> to a sequence and generates up to <c>generated.Length</c> tokens after it, each
+    /// sampled with <paramref name="settings"/> from the logits after the one before; stops early after a token for
+    /// which <paramref name="stop"/> says true (that token included). Returns how many tokens it wrote. The sequence then
+    /// holds the prompt and every generated token but the last, which the next call may pass as its prompt. On a
+    /// pipelined model (<see cref="IPipelinedModel"/>) each decode step is queued before the host reads the token of the
+    /// step before it (a fed token), so the GPU does not wait for the host between tokens; the step queued past a stop is
+    /// discarded and the sequence truncated. The tokens are those of one <see cref="ForwardSampled"/> call per token: a
+    /// row's draw depends on its seed and position only.
+    /// </summary>
+    public static int Generate(this ICausalLanguageModel model, int sequence, ReadOnlySpan<int> prompt, in SamplingSettings settings, Span<int> generated,
+        Func<int, bool>? stop = null)
+    {
+        if (generated.IsEmpty) throw new ArgumentException("no room for a generated token", nameof(generated));
+        long end = (long)model.Kv.Length(sequence) + prompt.Length + generated.Length - 1;
+        if (end > model.ContextLength)
+            throw new ArgumentException($"sequence {sequence} would hold {end} tokens after the prompt and {generated.Length} generated tokens, more than the context length {model.ContextLength}", nameof(generated));
+        int token = model.ForwardSampled(sequence, prompt, settings);
+        generated[0] = token;
+        int count = 1;
+        if (stop?.Invoke(token) == true || generated.Length == 1) return count;
+        if (model is not IPipelinedModel pipe)
+        {
+            while (count < generated.Length)
+            {
+                token = model.ForwardSampled(sequence, [token], settings);
+                generated[count++] = token;
+                if (stop?.Invoke(token) == true) break;
+            }
+            return count;
+        }
+        // Step k takes token k - 1 and samples token k. Steps k and k + 1 are queued before token k is read; two batches
+        // alternate (step k + 1 reuses step k - 1's, completed by then), so the loop allocates nothing per token.
+        StepBatch[] ring = [new StepBatch(1), new StepBatch(1)];
+        var queued = new Queue<StepBatch>(2);
+        int start = model.Kv.Length(sequence);   // the prompt; the steps append token 0, 1, ...
+        try
+        {
+            Enqueue(pipe, ring[1], queued, sequence, token, settings);
+            for (int k = 1; k < generated.Length; k++)
+            {
+                if (k + 1 < generated.Length) Enqueue(pipe, ring[(k + 1) & 1], queued, sequence, StepBatch.FedToken(0), settings);
+                var b = queued.Dequeue();
+                pipe.Complete(b);
+                token = b.SampledToken(0);
+                generated[count++] = token;
+                if (stop?.Invoke(token) == true) break;
+            }
+        }
+        finally
+        {
+            // a step queued past the stop (or past an error) still runs: wait for it, then forget its position
+            while (pipe.PendingSteps > 0 && queued.Count > 0) pipe.Complete(queued.Dequeue());
+            if (model.Kv.Length(sequence) > start + count - 1) model.Kv.Truncate(sequence, start + count - 1);
+        }
+        return count;
+    }
+
+    static void Enqueue(IPipelinedModel model, StepBatch batch, Queue<StepBatch> queued, int sequence, int token, in SamplingSettings settings)
+    {
+        batch.Clear();
+        batch.Add(sequence, token, model.Kv.Length(sequence), StepOutput.Sample, settings);
+        model.Enqueue(batch);
+        queued.Enqueue(batch);
+    }
+
     /// <summary>One row per sequence at its next position; row i takes settings[i] (or settings[0] for all).</summary>
     private static StepBatch DecodeRows(ICausalLanguageModel model, ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokens, StepOutput output, ReadOnlySpan<SamplingSettings> settings)
     {

@@ -34,3 +34,19 @@ public interface ICausalLanguageModel : IDisposable
     /// </summary>
     void Step(StepBatch batch);
 }
+
+/// <summary>
+/// A model that can queue decode steps ahead of the host (docs/architecture.md, "Pipelined decode"):
+/// <see cref="Enqueue"/> returns before the step ran, <see cref="Complete"/> waits for the oldest queued step. A queued
+/// row's token may be <see cref="StepBatch.FedToken"/>: the id the step before sampled, taken on the device.
+/// <see cref="CausalLanguageModelExtensions.Generate"/> uses it where the model has it.
+/// </summary>
+public interface IPipelinedModel : ICausalLanguageModel
+{
+    /// <summary>Queues a decode step (one row per sequence, every row sampled, no penalties); at most two are queued.</summary>
+    void Enqueue(StepBatch batch);
+    /// <summary>Waits for the oldest queued step and fills its batch (the one given to <see cref="Enqueue"/>).</summary>
+    void Complete(StepBatch batch);
+    /// <summary>Steps queued and not yet completed.</summary>
+    int PendingSteps { get; }
+}

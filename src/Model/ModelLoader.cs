@@ -214,7 +214,7 @@ public static class ModelLoader
     }
 
     /// <summary>A model that also disposes its kernel modules and device.</summary>
-    private sealed class OwningModel(DeviceModel model, KernelLoader loader, IDevice device) : ICausalLanguageModel
+    private sealed class OwningModel(DeviceModel model, KernelLoader loader, IDevice device) : IPipelinedModel
     {
         public int VocabSize => model.VocabSize;
         public int ContextLength => model.ContextLength;
@@ -224,6 +224,9 @@ public static class ModelLoader
         public int MaxPenaltyEntries => model.MaxPenaltyEntries;
         public KvPageTable Kv => model.Kv;
         public void Step(StepBatch batch) => model.Step(batch);
+        public void Enqueue(StepBatch batch) => model.Enqueue(batch);
+        public void Complete(StepBatch batch) => model.Complete(batch);
+        public int PendingSteps => model.PendingSteps;
         public void Dispose() { model.Dispose(); loader.Dispose(); device.Dispose(); }
     }
 }

@@ -145,6 +145,12 @@ public sealed class StepBatch
 
     // ---------------- results ----------------
 
+    /// <summary>
+    /// A row token that stands for the id the previous step sampled for its output row <paramref name="outputRow"/>: a
+    /// pipelined step (DeviceModel.Enqueue) is queued before the host has read that id, and the device takes it itself.
+    /// </summary>
+    public static int FedToken(int outputRow) => outputRow >= 0 ? -1 - outputRow : throw new ArgumentOutOfRangeException(nameof(outputRow), outputRow, "an output row is >= 0");
+
     /// <summary>The token sampled for a <see cref="StepOutput.Sample"/> row (after the step).</summary>
     public int SampledToken(int row)
     {
@@ -174,7 +180,11 @@ public sealed class StepBatch
     /// step past the context, more rows or outputs than the model takes, invalid sampling settings, or too few free KV
     /// pages (<see cref="KvCacheFullException"/>).
     /// </summary>
-    public void Prepare(int vocabSize, int contextLength, int maxRows, int maxOutputRows, KvPageTable kv, int maxPenaltyEntries = int.MaxValue)
+    /// <remarks>
+    /// <paramref name="fedOutputs"/>: a pipelined step (DeviceModel.Enqueue) may take fed tokens (<see cref="FedToken"/>)
+    /// of the previous step's first <paramref name="fedOutputs"/> output rows; other steps take none.
+    /// </remarks>
+    public void Prepare(int vocabSize, int contextLength, int maxRows, int maxOutputRows, KvPageTable kv, int maxPenaltyEntries = int.MaxValue, int fedOutputs = 0)
     {
         if (Count == 0) throw new ArgumentException("the step has no rows");
         if (PenaltyEntries > maxPenaltyEntries) throw new ArgumentException($"the step has {PenaltyEntries} penalty entries; the model takes at most {maxPenaltyEntries} per step");
@@ -188,7 +198,12 @@ public sealed class StepBatch
         {
             int s = _sequences[r];
             if ((uint)s >= (uint)kv.MaxSequences) throw new ArgumentOutOfRangeException(nameof(Sequences), s, $"row {r}: sequence id must be in [0, {kv.MaxSequences})");
-            if ((uint)_tokens[r] >= (uint)vocabSize) throw new ArgumentException($"row {r}: token id {_tokens[r]} is outside the vocabulary [0, {vocabSize})");
+            if (_tokens[r] < 0 && -1 - _tokens[r] < fedOutputs) { }   // a fed token: the device takes the previous step's id
+            else if (_tokens[r] < 0 && fedOutputs > 0)
+                throw new ArgumentException($"row {r}: fed token of output row {-1 - _tokens[r]}, but the previous step sampled {fedOutputs} output row(s)");
+            else if ((uint)_tokens[r] >= (uint)vocabSize)
+                throw new ArgumentException($"row {r}: token id {_tokens[r]} is outside the vocabulary [0, {vocabSize})" +
+                    (_tokens[r] < 0 ? " (a fed token, StepBatch.FedToken, is taken only by a pipelined step after a step with sampled outputs)" : ""));
             if (_outputs[r] == StepOutput.Sample)
             {
                 try { SamplingLaunchers.Validate(_sampling[r]); if (_penaltyLength[r] > 0) _penalties[r].Validate(); }

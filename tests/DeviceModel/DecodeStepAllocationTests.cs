@@ -76,4 +76,35 @@ public class DecodeStepAllocationTests
         Assert.That(device.GraphLaunches, Is.EqualTo(25), "every step replayed the captured batch-4 graph");
         Assert.That(allocated, Is.Zero, $"{allocated / 20.0:F0} bytes per step");
     }
+
+    /// <summary>
+    /// Generate's pipelined loop (DeviceModel.Enqueue / Complete with two batches that alternate) allocates nothing per
+    /// token: a call for 45 tokens allocates what one for 5 does (the call's own ring and queue), on the tiny model with
+    /// the device's work dropped (every step after the first is a graph launch on the second I/O slot or the first).
+    /// </summary>
+    [TestCase(0f, TestName = "PipelinedGenerate_AllocatesNothingPerToken(greedy)")]
+    [TestCase(0.6f, TestName = "PipelinedGenerate_AllocatesNothingPerToken(sampled)")]
+    public void PipelinedGenerate_AllocatesNothingPerToken(float temperature)
+    {
+        using var emu = new EmulatedDevice(new EmulatorOptions { Modes = EmulatorModes.Fast });
+        var device = new HostOnlyDevice(emu);
+        using var model = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Tiny(), new DeviceModelOptions { ContextLength = 256, MaxBatch = 1 });
+        var settings = new SamplingSettings(Temperature: temperature, TopK: 20, TopP: 0.95f, Seed: 1);
+        var generated = new int[45];
+        long Run(int tokens)
+        {
+            model.ResetSequence(0);
+            emu.ClearLaunches();
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            int n = model.Generate(0, [7], settings, generated.AsSpan(0, tokens));
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.That(n, Is.EqualTo(tokens));
+            return allocated;
+        }
+        Run(45);   // first-use allocations, and the emulator's log of copies at its largest
+        long launches = device.GraphLaunches;
+        long few = Run(5), many = Run(45);
+        Assert.That(device.GraphLaunches - launches, Is.EqualTo(50), "every step replayed a captured graph");
+        Assert.That(many - few, Is.Zero, $"{(many - few) / 40.0:F0} bytes per token");
+    }
 }

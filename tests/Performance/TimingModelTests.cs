@@ -314,6 +314,33 @@ public class TimingModelTests
         Assert.That(table, Does.Contain("1.0 us: 1000000 tok/s"));
     }
 
+    /// <summary>
+    /// A pipelined step (docs/architecture.md, "Pipelined decode"): its host copies ran on streams other than its kernels'
+    /// (stream 3), so they and the host's wake-up are off its timeline; the synchronous figure still counts them.
+    /// </summary>
+    [Test]
+    public void Step_CopiesOnOtherStreams_AreOffTheTimeline()
+    {
+        var k = Launch(1, 32, dramBytes: 320, warpDramTrips: 10, maxWarpInstructions: 50) with { InGraph = true, Stream = 3 };   // 5.1 us each
+        var ops = new List<DeviceOperation>
+        {
+            new(DeviceOperationKind.CopyToDevice, 40_000, false, 0, Stream: 1),   // the input stream: 6 us beside the kernels
+            new(DeviceOperationKind.CopyToHost, 10_000, false, 2, Stream: 2),     // the result stream: 3 us beside them
+        };
+        var p = StepPredictor.Predict(Toy, "decode", 1, 1, [k, k], ops, _ => new KernelResources(16, 0));
+        Assert.That((p.KernelStream, p.HostCopies, p.OverlappedHostCopies), Is.EqualTo((3, 0, 2)));
+        Near(p.CopyUs, 0, "no copy on the step's stream");
+        Near(p.SyncUs, 0, "the host wakes while the next step runs");
+        Near(p.TotalUs, 10.2 + 2, "the kernels and their two graph nodes");
+        Near(p.SynchronousUs, 10.2 + 2 + 9 + 1, "as one synchronous step: the copies and the wake-up");
+        string table = StepPredictor.Table(p, "context 9", minimumBytes: 1_000_000);
+        Assert.That(table, Does.Contain("0 host copies 0.0 us (2 more on the input and result streams, beside the kernels)").And.Contain("as one synchronous step"));
+        // the same copies on the kernels' stream: on the timeline, as Step_SumsKernelsGapsCopiesAndSync
+        var onStream = StepPredictor.Predict(Toy, "decode", 1, 1, [k, k], [.. ops.Select(o => o with { Stream = 3 })], _ => new KernelResources(16, 0));
+        Near(onStream.TotalUs, p.SynchronousUs, "on the kernels' stream");
+        Assert.That(StepPredictor.Table(onStream, "context 9", minimumBytes: 1_000_000), Does.Not.Contain("as one synchronous step"));
+    }
+
     [Test]
     public void TermsTable_ShowsEachTermAndTheCriticalWarp()
     {

@@ -119,9 +119,11 @@ public static class BenchCommand
         });
         var prompt = Prompt(pp, dm.VocabSize);
         var logits = new float[dm.VocabSize];
+        var generated = new int[tg];
         var (ppRates, tgRates) = Repeat(reps, pp, tg,
             () => { dm.ResetSequence(0); dm.Forward(0, prompt, logits); },
-            () => { int next = dm.ForwardGreedy(0, [1]); for (int i = 1; i < tg; i++) next = dm.ForwardGreedy(0, [next]); });
+            // tg steps as generation runs them: pipelined (each step queued before the host reads the token before it)
+            () => dm.Generate(0, [1], new SamplingSettings(Temperature: 0f), generated));
         string name = $"{dm.Config.ModelType} {dm.Config.NumHiddenLayers}L {dm.Plan.Weights.Format.LinearFormat.Name()}";
         return [Make(name, dm.Plan.Weights.TotalBytes, dm.Plan.Weights.ParameterCount, "CUDA", $"pp{pp}", pp, ppRates),
                 Make(name, dm.Plan.Weights.TotalBytes, dm.Plan.Weights.ParameterCount, "CUDA", $"tg{tg}", tg, tgRates)];

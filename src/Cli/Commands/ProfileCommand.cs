@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Text;
 using Qwen3Cuda.Model.Config;
 using Qwen3Cuda.Model.Device;
+using Qwen3Cuda.Runtime.Launchers;
 using Qwen3Cuda.Model.Performance;
 using Qwen3Cuda.Runtime;
 using Qwen3Cuda.Runtime.Emulation;
@@ -182,11 +183,21 @@ public static class ProfileCommand
         var prompt = Enumerable.Range(0, tokens).Select(i => (i * 7919 + 11) % V).ToArray();
         var logits = new float[V];
         var prefill = DeviceProfiler.Profile(dm, "prefill", tokens, () => dm.Forward(0, prompt, logits), undo: () => dm.TruncateSequence(0, skipped));
-        int[] next = [Array.IndexOf(logits, logits.Max())], ids = new int[1];
-        // the decode steps as generation runs them: the captured graph, only the token id comes back
-        var decode = DeviceProfiler.Profile(dm, "decode", 1, () => dm.DecodeBatchGreedy([0], next, ids), undo: () => dm.TruncateSequence(0, ctx - 1));
+        int next = Array.IndexOf(logits, logits.Max());
+        // the decode steps as generation runs them (Generate): a pipelined step, the captured graph on its I/O slot with its
+        // inputs and its token on the input and result streams, only the token id coming back (docs/architecture.md,
+        // "Pipelined decode")
+        var batch = new StepBatch(1);
+        void Pipelined(in SamplingSettings s)
+        {
+            batch.Clear();
+            batch.Add(0, next, dm.SequenceLength(0), StepOutput.Sample, s);
+            dm.Enqueue(batch);
+            dm.Complete(batch);
+        }
+        var decode = DeviceProfiler.Profile(dm, "decode", 1, () => Pipelined(new SamplingSettings(Temperature: 0f)), undo: () => dm.TruncateSequence(0, ctx - 1));
         dm.TruncateSequence(0, ctx - 1);
-        var sampled = DeviceProfiler.Profile(dm, "sampled decode", 1, () => dm.DecodeBatchSampled([0], next, ProfileSampling, ids), undo: () => dm.TruncateSequence(0, ctx - 1));
+        var sampled = DeviceProfiler.Profile(dm, "sampled decode", 1, () => Pipelined(ProfileSampling), undo: () => dm.TruncateSequence(0, ctx - 1));
         return new Result(prefill, decode, sampled, DeviceProfiler.MinimumDecodeBytes(dm.Plan, ctx), backend == BackendKind.Emulator, ctx, dm.Plan, device.Info.Name);
     }
 

@@ -37,19 +37,23 @@ public sealed partial class DeviceModel
     /// </summary>
     public void Step(StepBatch batch)
     {
+        if (_pending.Count > 0)
+            throw new InvalidOperationException($"{_pending.Count} pipelined step(s) are still queued: Complete them before a Step");
         var table = _kv.Table;
         batch.Prepare(VocabSize, ContextLength, MaxStepRows, MaxOutputRows, table, MaxPenaltyEntries);
         batch.ReservePages(table);
         _kv.ApplyPendingCopies(_stream);
         var inputs = _staging.Acquire();
         StepShape shape;
-        try { shape = WriteInputs(batch, inputs); }
+        try { shape = WriteInputs(batch, inputs, _stream); }
         catch { _staging.Abandon(); throw; }
         _staging.Release(_stream);
         bool graph = shape.DecodeRows == shape.Rows && !shape.Gather && shape.Rows <= MaxBatch && !shape.Penalties;   // the graphs have no penalties kernel
         if (graph && ReplayGraphs && (shape.Sample ? _sampleGraphs : _graphs).TryGetValue(shape.Rows, out var exec)) _device.Launch(exec, _stream);
         else RunStep(shape);
         batch.AdvanceSequences(table);
+        _lastSlot = 0;
+        _lastSampledOutputs = batch.LogitsCount == 0 ? batch.OutputCount : 0;   // a fed token takes a sampled id of this step
         if (batch.OutputCount > 0) ReadResults(batch);
     }
 
@@ -58,9 +62,10 @@ public sealed partial class DeviceModel
     /// segments), queues their copies into the workspace, and returns the step's shape. A batch that fits a graph
     /// bucket is padded to it: padding rows read key 0 of the scratch page 0, write nothing (slot -1), and are ignored.
     /// </summary>
-    private StepShape WriteInputs(StepBatch batch, PinnedBuffer inputs)
+    private StepShape WriteInputs(StepBatch batch, PinnedBuffer inputs, DeviceStream copyStream)
     {
         var w = Plan.Workspace;
+        var io = _io;
         var segments = batch.Segments;
         bool flashOn = Plan.Options.FlashPrefillAttention;
         int decodeRows = 0, flashSegments = 0, maxFlash = 0;
@@ -75,16 +80,16 @@ public sealed partial class DeviceModel
         bool decodeOnly = decodeRows == rows && segments.Count == rows && outputs == rows;
         int padded = decodeOnly && rows <= MaxBatch ? BucketFor(rows) : rows;   // graphs on or off: the same launches
 
-        var ids = Input<int>(inputs, w.Tokens, padded);
-        var positions = Input<int>(inputs, w.Positions, padded);
-        var slots = Input<int>(inputs, w.Slots, padded);
+        var ids = Input<int>(inputs, io.Tokens, padded);
+        var positions = Input<int>(inputs, io.Positions, padded);
+        var slots = Input<int>(inputs, io.Slots, padded);
         int attnRows = decodeRows + flashSegments + (padded - rows);
-        var lens = Input<int>(inputs, w.ContextLens, attnRows);
+        var lens = Input<int>(inputs, io.ContextLens, attnRows);
         int stride = w.MaxPagesPerSeq;
-        var tables = Input<int>(inputs, w.BlockTables, attnRows * stride);
-        var qStart = Input<int>(inputs, w.QStart, flashSegments + 1);
+        var tables = Input<int>(inputs, io.BlockTables, attnRows * stride);
+        var qStart = Input<int>(inputs, io.QStart, flashSegments + 1);
         int half = Config.HeadDim / 2;
-        var ropeRows = w.PerRowRope ? Input<float>(inputs, w.RopeInvFreq, padded * half) : default;
+        var ropeRows = w.PerRowRope ? Input<float>(inputs, io.RopeInvFreq, padded * half) : default;
         var table = _kv.Table;
 
         // Decode-attention rows first (in batch order), then each flash segment's rows.
@@ -129,7 +134,7 @@ public sealed partial class DeviceModel
 
         // Output rows (batch order) and their sampling settings.
         // Without a gather the output rows are rows 0..rows-1 in order (a decode batch: its padding rows compute too).
-        var outputRows = Input<int>(inputs, w.OutputRows, outputs);
+        var outputRows = Input<int>(inputs, io.OutputRows, outputs);
         var batchOutputs = batch.OutputRows;
         bool gather = outputs != rows;
         for (int o = 0; o < outputs; o++)
@@ -142,7 +147,7 @@ public sealed partial class DeviceModel
         int outputRowsTotal = gather ? outputs : padded;
         if (sample)
         {
-            var settings = Input<SampleRowSettings>(inputs, w.SampleSettings, outputRowsTotal);
+            var settings = Input<SampleRowSettings>(inputs, io.SampleSettings, outputRowsTotal);
             for (int o = 0; o < outputRowsTotal; o++)
             {
                 if (o >= outputs) { settings[o] = default; continue; }   // padding rows: greedy (cheapest), ignored
@@ -156,8 +161,8 @@ public sealed partial class DeviceModel
         bool penalties = batch.PenaltyRows > 0;
         if (penalties)
         {
-            var penaltyRows = Input<PenaltyRow>(inputs, w.PenaltyRows, outputRowsTotal);
-            var entries = Input<int>(inputs, w.PenaltyEntries, 2 * batch.PenaltyEntries);
+            var penaltyRows = Input<PenaltyRow>(inputs, io.PenaltyRows, outputRowsTotal);
+            var entries = Input<int>(inputs, io.PenaltyEntries, 2 * batch.PenaltyEntries);
             for (int o = 0; o < outputRowsTotal; o++)
             {
                 if (o >= outputs) { penaltyRows[o] = default; continue; }   // padding rows: none
@@ -176,18 +181,18 @@ public sealed partial class DeviceModel
         int n = 0;
         var copies = _inputCopies;
         void Add(long offset, long bytes) { if (bytes > 0) copies[n++] = (offset, bytes); }
-        Add(w.Tokens, padded * 4L);
-        Add(w.Positions, padded * 4L);
-        Add(w.Slots, padded * 4L);
-        Add(w.ContextLens, attnRows * 4L);
-        Add(w.BlockTables, (long)attnRows * stride * 4);
-        if (flashSegments > 0) Add(w.QStart, (flashSegments + 1) * 4L);
-        if (gather) Add(w.OutputRows, outputs * 4L);
-        if (sample) Add(w.SampleSettings, SettingsBytes(outputRowsTotal));
-        if (penalties) Add(w.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
-        if (penalties) Add(w.PenaltyEntries, batch.PenaltyEntries * 8L);
-        if (w.PerRowRope) Add(w.RopeInvFreq, (long)padded * half * sizeof(float));
-        CopyInputs(inputs, copies.AsSpan(0, n));
+        Add(io.Tokens, padded * 4L);
+        Add(io.Positions, padded * 4L);
+        Add(io.Slots, padded * 4L);
+        Add(io.ContextLens, attnRows * 4L);
+        Add(io.BlockTables, (long)attnRows * stride * 4);
+        if (flashSegments > 0) Add(io.QStart, (flashSegments + 1) * 4L);
+        if (gather) Add(io.OutputRows, outputs * 4L);
+        if (sample) Add(io.SampleSettings, SettingsBytes(outputRowsTotal));
+        if (penalties) Add(io.PenaltyRows, outputRowsTotal * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
+        if (penalties) Add(io.PenaltyEntries, batch.PenaltyEntries * 8L);
+        if (w.PerRowRope) Add(io.RopeInvFreq, (long)padded * half * sizeof(float));
+        CopyInputs(inputs, copies.AsSpan(0, n), copyStream);
         return new StepShape(padded, decodeRows + (padded - rows), flashSegments, maxFlash, outputRowsTotal, gather, sample, penalties, decodeRuns);
     }
 
@@ -207,14 +212,15 @@ public sealed partial class DeviceModel
     private void ReadResults(StepBatch batch)
     {
         var w = Plan.Workspace;
+        var io = _io;
         int outputs = batch.OutputCount;
-        long bytes = batch.LogitsCount > 0 ? w.ResultBytes(outputs, VocabSize) : w.Sampled - w.EmbedError + outputs * sizeof(int);
-        _device.CopyToHostAsync(_result, 0, _workspace.Base + w.EmbedError, bytes, _stream);
+        long bytes = batch.LogitsCount > 0 ? w.ResultBytes(outputs, VocabSize) : io.Sampled - io.EmbedError + outputs * sizeof(int);
+        _device.CopyToHostAsync(_result, 0, _workspace.Base + io.EmbedError, bytes, _stream);
         _device.Synchronize(_stream);
         _staging.StreamSynchronized();
-        CheckEmbedError();
-        var sampled = _result.AsSpan<int>().Slice((int)((w.Sampled - w.EmbedError) / sizeof(int)), outputs);
-        var logits = batch.LogitsCount > 0 ? _result.AsSpan<ushort>().Slice((int)((w.Logits - w.EmbedError) / sizeof(ushort)), outputs * VocabSize) : default;
+        CheckEmbedError(_result, io);
+        var sampled = _result.AsSpan<int>().Slice((int)((io.Sampled - io.EmbedError) / sizeof(int)), outputs);
+        var logits = batch.LogitsCount > 0 ? _result.AsSpan<ushort>().Slice((int)((w.Logits - io.EmbedError) / sizeof(ushort)), outputs * VocabSize) : default;
         var rows = batch.OutputRows;
         for (int o = 0; o < outputs; o++)
         {
@@ -229,11 +235,11 @@ public sealed partial class DeviceModel
     /// outside [0, V) (it wrote a zero row instead of reading out of bounds). The flag is sticky: it covers every step
     /// since the last read.
     /// </summary>
-    private void CheckEmbedError()
+    private void CheckEmbedError(PinnedBuffer result, StepIoLayout io)
     {
-        CheckNonFinite();
-        if (_result.AsSpan<int>()[0] == 0) return;
-        _device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
+        CheckNonFinite(result, io);
+        if (result.AsSpan<int>()[0] == 0) return;
+        _device.MemsetAsync(_workspace.Base + io.EmbedError, 0, sizeof(int), _stream);
         throw new InvalidOperationException($"the embedding kernel saw a token id outside the vocabulary [0, {VocabSize}) since the last result; its output row was zeroed, the results are invalid");
     }
 
@@ -241,12 +247,11 @@ public sealed partial class DeviceModel
     /// The debug check (<see cref="DeviceModelOptions.CheckFinite"/>): the first stage (embedding, layer), token row and
     /// column whose activation went NaN / inf in any step since the last read. The record is sticky; it is reset here.
     /// </summary>
-    private void CheckNonFinite()
+    private void CheckNonFinite(PinnedBuffer result, StepIoLayout io)
     {
-        var w = Plan.Workspace;
-        ulong key = _result.AsSpan<ulong>()[(int)((w.NonFinite - w.EmbedError) / sizeof(ulong))];
+        ulong key = result.AsSpan<ulong>()[(int)((io.NonFinite - io.EmbedError) / sizeof(ulong))];
         if (NonFiniteRecord.Decode(key) is not { } r) return;
-        _device.MemsetAsync(_workspace.Base + w.NonFinite, 0xff, sizeof(ulong), _stream);
+        _device.MemsetAsync(_workspace.Base + io.NonFinite, 0xff, sizeof(ulong), _stream);
         throw new InvalidOperationException($"non-finite hidden state (NaN or inf) {r.Where}: token row {r.Row} of the step (position " +
             $"{(r.Position == 0xfffff ? ">= 1048575" : r.Position)}), column {r.Column}; the results are invalid " +
             $"({DeviceModelOptions.CheckFiniteEnvironmentVariable} check; earlier stages were finite)");
@@ -263,7 +268,7 @@ public sealed partial class DeviceModel
     /// <summary>The step-input array at workspace offset <paramref name="offset"/> inside a staging slot (same layout).</summary>
     private Span<T> Input<T>(PinnedBuffer slot, long offset, int count) where T : unmanaged =>   // by bytes: an array need not start at a multiple of sizeof(T)
         System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(
-            slot.AsSpan<byte>().Slice((int)(offset - Plan.Workspace.InputsBegin), count * System.Runtime.CompilerServices.Unsafe.SizeOf<T>()));
+            slot.AsSpan<byte>().Slice((int)(offset - _io.InputsBegin), count * System.Runtime.CompilerServices.Unsafe.SizeOf<T>()));
 
     /// <summary>
     /// Two input arrays at most this many bytes apart go to the device as one copy, the bytes between them included: a
@@ -278,12 +283,12 @@ public sealed partial class DeviceModel
     /// merging neighbours fewer than <see cref="InputCopyMergeGapBytes"/> apart: a decode step's tokens, positions, slots,
     /// context lengths and block tables are one copy instead of five.
     /// </summary>
-    private void CopyInputs(PinnedBuffer slot, ReadOnlySpan<(long Offset, long Bytes)> arrays)
+    private void CopyInputs(PinnedBuffer slot, ReadOnlySpan<(long Offset, long Bytes)> arrays, DeviceStream stream)
     {
         Span<(long Offset, long Bytes)> merged = stackalloc (long, long)[arrays.Length];
         int n = MergeInputCopies(arrays, merged, InputCopyMergeGapBytes);
         for (int i = 0; i < n; i++)
-            _device.CopyToDeviceAsync(_workspace.Base + merged[i].Offset, slot, merged[i].Offset - Plan.Workspace.InputsBegin, merged[i].Bytes, _stream);
+            _device.CopyToDeviceAsync(_workspace.Base + merged[i].Offset, slot, merged[i].Offset - _io.InputsBegin, merged[i].Bytes, stream);
     }
 
     /// <summary>
@@ -316,6 +321,14 @@ public sealed partial class DeviceModel
                 // A failed launch keeps its own exception (EndCapture of an invalidated capture fails too on CUDA).
                 using var graph = _device.Capture(_stream, () => RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)));
                 (sample ? _sampleGraphs : _graphs)[b] = _device.Instantiate(graph);
+                // the same step on the second I/O slot, for the pipelined steps that alternate with slot 0's
+                _io = Plan.Workspace.PipelineIo;
+                try
+                {
+                    using var pipe = _device.Capture(_stream, () => RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)));
+                    _pipelineGraphs[(b, sample)] = _device.Instantiate(pipe);
+                }
+                finally { _io = Plan.Workspace.Io; }
             }
         }
     }
@@ -332,14 +345,18 @@ public sealed partial class DeviceModel
     {
         var c = Config;
         var w = Plan.Workspace;
+        var io = _io;
         int H = c.HiddenSize;
-        _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(w.Tokens), Ws(w.EmbedError), s.Rows, c.VocabSize, H);
+        // a fed token (pipelined decode) takes the sampled id of the step before, in the other I/O slot
+        var other = ReferenceEquals(io, w.Io) ? w.PipelineIo : w.Io;
+        _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(io.Tokens), Ws(io.EmbedError), s.Rows, c.VocabSize, H,
+            Ws(other.Sampled), ReferenceEquals(other, w.Io) ? w.MaxOutputs : MaxBatch);
         CheckFinite(0, s);
         for (int l = 0; l < c.NumHiddenLayers; l++) { LayerStep(l, s); CheckFinite(l + 1, s); }
         if (s.Outputs == 0) return;
         // The output rows' hidden states: rows 0..Outputs-1 of x, or gathered into h (the gather kernel is the embedding's, over x).
         DevicePtr x = Ws(w.X);
-        if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(w.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
+        if (s.Gather) { _embedding.Gather(_stream, Ws(w.H), Ws(w.X), Ws(io.OutputRows), DevicePtr.Null, s.Outputs, s.Rows, H); x = Ws(w.H); }
         // Final norm -> lm_head (the norm in the GEMV's prologue on the decode path). A greedy step without penalties whose
         // lm_head runs gemv_bf16_mma takes each row's argmax in the same launch (docs/kernels.md, "Fusions"): no sampling node.
         // A sampled step of one row without penalties runs the sampler's reduce in the lm_head's launch, then the draw.
@@ -347,18 +364,18 @@ public sealed partial class DeviceModel
         bool fusedSample = s.Sample && !s.Penalties && LmHeadCanFuseSample(s.Outputs);
         var scratch = new SamplingScratch(Ws(w.SampleScratch), w.MaxOutputs, c.VocabSize);
         SampleRowsParams? sampleRows = fusedSample
-            ? SamplingLaunchers.RowsParams(Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch) : null;
+            ? SamplingLaunchers.RowsParams(Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(io.SampleSettings), Ws(io.Sampled), scratch) : null;
         Project(Ws(w.Logits), c.VocabSize, x, H, Plan.Weights.LmHead, DevicePtr.Null, s.Outputs, c.VocabSize, H, W(Plan.Weights.FinalNorm),
-            argmaxIds: fusedArgmax ? Ws(w.Sampled) : default, sampleRows: sampleRows);
-        if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.PenaltyRows), Ws(w.PenaltyEntries));
+            argmaxIds: fusedArgmax ? Ws(io.Sampled) : default, sampleRows: sampleRows);
+        if (s.Penalties) _penalties.ApplyPenalties(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(io.PenaltyRows), Ws(io.PenaltyEntries));
         if (sampleRows is { } rowsParams) _sampling.Draw(_stream, rowsParams);
-        else if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.SampleSettings), Ws(w.Sampled), scratch);
-        else if (!fusedArgmax) _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(w.Sampled), scratch);
+        else if (s.Sample) _sampling.SampleRows(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(io.SampleSettings), Ws(io.Sampled), scratch);
+        else if (!fusedArgmax) _sampling.Argmax(_stream, Ws(w.Logits), c.VocabSize, s.Outputs, c.VocabSize, Ws(io.Sampled), scratch);
     }
 
     /// <summary>Debug only (<see cref="DeviceModelOptions.CheckFinite"/>): folds the first NaN / inf of x into the sticky record.</summary>
     private void CheckFinite(int stage, StepShape s) =>
-        _checkFinite?.CheckFinite(_stream, Ws(Plan.Workspace.X), Config.HiddenSize, Ws(Plan.Workspace.Positions), s.Rows, Config.HiddenSize, stage, Ws(Plan.Workspace.NonFinite));
+        _checkFinite?.CheckFinite(_stream, Ws(Plan.Workspace.X), Config.HiddenSize, Ws(_io.Positions), s.Rows, Config.HiddenSize, stage, Ws(_io.NonFinite));
 
     /// <summary>Set by a layer whose experts launch ran the next layer's qkv projection (its follow-on tiles); that layer skips it.</summary>
     private bool _qkvRanAhead;
@@ -372,6 +389,7 @@ public sealed partial class DeviceModel
         if (layer == 0) _qkvRanAhead = false;
         var c = Config;
         var w = Plan.Workspace;
+        var io = _io;
         var L = Plan.Weights.Layers[layer];
         int rows = s.Rows, H = c.HiddenSize, qDim = c.QueryDim, qkvDim = qDim + 2 * c.KeyValueDim;
         float eps = (float)c.RmsNormEps;
@@ -426,14 +444,14 @@ public sealed partial class DeviceModel
         // several rows) here, first.
         int ropeFirst = s.DecodeRuns ? 0 : s.DecodeRows;
         long invFreqRow = w.PerRowRope ? (long)ropeFirst * (c.HeadDim / 2) * sizeof(float) : 0;
-        DevicePtr invFreq = w.PerRowRope ? Ws(w.RopeInvFreq) : W(Plan.Weights.InvFreq);
+        DevicePtr invFreq = w.PerRowRope ? Ws(io.RopeInvFreq) : W(Plan.Weights.InvFreq);
         if (rows > ropeFirst)
             _rope.QkNormRopeKvWrite(_stream, new QkNormRopeParams
             {
                 Qkv = Ws(w.Qkv) + (long)ropeFirst * qkvDim * sizeof(ushort), QOut = Ws(w.Q) + (long)ropeFirst * qDim * sizeof(ushort),
                 KCache = _kv.K(layer), VCache = _kv.V(layer), QNormWeight = W(L.QNorm), KNormWeight = W(L.KNorm),
-                InvFreq = invFreq + invFreqRow, InvFreqPerToken = w.PerRowRope ? 1 : 0, Positions = Ws(w.Positions) + ropeFirst * sizeof(int),
-                SlotMapping = Ws(w.Slots) + ropeFirst * sizeof(int), Tokens = rows - ropeFirst,
+                InvFreq = invFreq + invFreqRow, InvFreqPerToken = w.PerRowRope ? 1 : 0, Positions = Ws(io.Positions) + ropeFirst * sizeof(int),
+                SlotMapping = Ws(io.Slots) + ropeFirst * sizeof(int), Tokens = rows - ropeFirst,
                 NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, QkvStride = qkvDim, QOutStride = qDim,
                 Eps = eps, AttentionScaling = _attentionScaling,
             });
@@ -452,8 +470,8 @@ public sealed partial class DeviceModel
             _attnPrefill.Prefill(_stream, new AttnPrefillParams
             {
                 Q = Ws(w.Q) + skip * qDim * sizeof(ushort), KCache = _kv.K(layer), VCache = _kv.V(layer),
-                BlockTable = Ws(w.BlockTables) + skip * w.MaxPagesPerSeq * sizeof(int), ContextLens = Ws(w.ContextLens) + skip * sizeof(int),
-                QStart = Ws(w.QStart), Out = Ws(w.Attn) + skip * qDim * sizeof(ushort), Seqs = s.FlashSegments,
+                BlockTable = Ws(io.BlockTables) + skip * w.MaxPagesPerSeq * sizeof(int), ContextLens = Ws(io.ContextLens) + skip * sizeof(int),
+                QStart = Ws(io.QStart), Out = Ws(w.Attn) + skip * qDim * sizeof(ushort), Seqs = s.FlashSegments,
                 NumQHeads = c.NumAttentionHeads, NumKvHeads = c.NumKeyValueHeads, PageSize = _kv.PageSize,
                 MaxPagesPerSeq = w.MaxPagesPerSeq, QStride = qDim, OutStride = qDim,
             }, s.MaxFlashRows);
@@ -487,6 +505,7 @@ public sealed partial class DeviceModel
     {
         var c = Config;
         var w = Plan.Workspace;
+        var io = _io;
         var L = Plan.Weights.Layers[layer];
         int rows = s.Rows, H = c.HiddenSize, qkvDim = c.QueryDim + 2 * c.KeyValueDim;
         float eps = (float)c.RmsNormEps;
@@ -527,10 +546,11 @@ public sealed partial class DeviceModel
     {
         var c = Config;
         var w = Plan.Workspace;
+        var io = _io;
         int qDim = c.QueryDim;
         return new DecodeAttentionArgs(
-            Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(w.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
-            Ws(w.ContextLens), s.DecodeRows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
+            Ws(w.Q), qDim, _kv.K(layer), _kv.V(layer), Ws(io.BlockTables), w.MaxPagesPerSeq, _kv.PageSize,
+            Ws(io.ContextLens), s.DecodeRows, ContextLength, c.NumAttentionHeads, c.NumKeyValueHeads, Ws(w.Attn), qDim,
             Ws(w.AttnPartialOut), Ws(w.AttnPartialLse), Math.Max(1, w.AttnSplitRows / Math.Max(1, s.DecodeRows)));
     }
 
@@ -539,10 +559,11 @@ public sealed partial class DeviceModel
     {
         var c = Config;
         var w = Plan.Workspace;
+        var io = _io;
         var L = Plan.Weights.Layers[layer];
-        DevicePtr invFreq = w.PerRowRope ? Ws(w.RopeInvFreq) : W(Plan.Weights.InvFreq);
+        DevicePtr invFreq = w.PerRowRope ? Ws(io.RopeInvFreq) : W(Plan.Weights.InvFreq);
         return new DecodeRopeArgs(Ws(w.Qkv), c.QueryDim + 2 * c.KeyValueDim, DevicePtr.Null, c.QueryDim, W(L.QNorm), W(L.KNorm),
-            invFreq, w.PerRowRope, Ws(w.Positions), Ws(w.Slots), (float)c.RmsNormEps, _attentionScaling, Ws(w.AttnTickets));
+            invFreq, w.PerRowRope, Ws(io.Positions), Ws(io.Slots), (float)c.RmsNormEps, _attentionScaling, Ws(w.AttnTickets));
     }
 
     /// <summary>
@@ -601,6 +622,7 @@ public sealed partial class DeviceModel
         DevicePtr norm = default, DevicePtr fetchAhead = default, long fetchAheadBytes = 0, DevicePtr argmaxIds = default, SampleRowsParams? sampleRows = null)
     {
         var w = Plan.Workspace;
+        var io = _io;
         var weight = Operand(matrix);
         float eps = (float)Config.RmsNormEps;
         if (rows > GemvLaunchers.MaxTokens)

@@ -18,7 +18,7 @@ namespace Qwen3Cuda.Model.Device;
 /// inside a step; the only host synchronisation is the wait for the result copy of a step that has outputs.
 /// Not thread-safe: one call at a time.
 /// </summary>
-public sealed partial class DeviceModel : ICausalLanguageModel
+public sealed partial class DeviceModel : IPipelinedModel
 {
     private readonly IDevice _device;
     private readonly KernelLoader _loader;
@@ -48,6 +48,9 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
     private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
     private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sampling (sample_reduce_bf16 + sample_draw_bf16)
+    private readonly Dictionary<(int Rows, bool Sample), DeviceGraphExec> _pipelineGraphs = [];   // the same steps on the second I/O slot
+    /// <summary>The I/O slot of the step being written or captured: <see cref="WorkspaceLayout.Io"/> but while a pipelined step runs on the second.</summary>
+    private StepIoLayout _io = null!;
     private readonly int[] _buckets;
 
     public ModelConfig Config { get; }
@@ -136,8 +139,13 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             _staging = new StagingRing(device, Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_staging);
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
             _deviceRow = new int[Plan.Workspace.Rows];
-            device.MemsetAsync(_workspace.Base + Plan.Workspace.EmbedError, 0, sizeof(int), _stream);
-            device.MemsetAsync(_workspace.Base + Plan.Workspace.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
+            _io = Plan.Workspace.Io;
+            _pipeline = new PipelineResources(device, Plan.Workspace.PipelineIo, Plan.Options.MaxBatch); disposables.Add(_pipeline);
+            foreach (var io in (StepIoLayout[])[Plan.Workspace.Io, Plan.Workspace.PipelineIo])
+            {
+                device.MemsetAsync(_workspace.Base + io.EmbedError, 0, sizeof(int), _stream);
+                device.MemsetAsync(_workspace.Base + io.NonFinite, 0xff, sizeof(ulong), _stream);   // NonFiniteRecord.None
+            }
             device.MemsetAsync(_workspace.Base + Plan.Workspace.SampleScratch, 0, Plan.Workspace.SampleScratchBytes, _stream);   // sampling.cu's histograms and tickets
             device.MemsetAsync(_workspace.Base + Plan.Workspace.ArgmaxScratch, 0, Plan.Workspace.ArgmaxScratchBytes, _stream);   // the lm_head's fused argmax, likewise
             _kv.ZeroScratchPage(_stream);
@@ -157,6 +165,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
             // Cleanup after a device error may fail too (CUDA errors are sticky): keep the exception that says what went wrong.
             foreach (var g in _graphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
             foreach (var g in _sampleGraphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
+            foreach (var g in _pipelineGraphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
             for (int i = disposables.Count - 1; i >= 0; i--) DeviceCapture.CleanupKeeping(original, "dispose", disposables[i].Dispose);
             if (_ownsLoader) DeviceCapture.CleanupKeeping(original, "kernel loader dispose", _loader.Dispose);
             throw;
@@ -287,6 +296,7 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     /// </summary>
     public void SkipTokens(int sequence, int count)
     {
+        if (_pending.Count > 0) throw new InvalidOperationException($"{_pending.Count} pipelined step(s) are still queued: Complete them before SkipTokens");
         var table = _kv.Table;
         if (count < 0) throw new ArgumentOutOfRangeException(nameof(count), count, "cannot skip a negative number of tokens");
         int p0 = table.Length(sequence);
@@ -316,10 +326,16 @@ public sealed partial class DeviceModel : ICausalLanguageModel
     public void Dispose()
     {
         if (!_stream.IsDisposed) _device.Synchronize(_stream);
+        if (!_pipeline.ResultStream.IsDisposed) _device.Synchronize(_pipeline.ResultStream);
+        if (!_pipeline.InputStream.IsDisposed) _device.Synchronize(_pipeline.InputStream);
+        _pending.Clear();
         foreach (var g in _graphs.Values) g.Dispose();
         foreach (var g in _sampleGraphs.Values) g.Dispose();
+        foreach (var g in _pipelineGraphs.Values) g.Dispose();
         _graphs.Clear();
         _sampleGraphs.Clear();
+        _pipelineGraphs.Clear();
+        _pipeline.Dispose();
         _result.Dispose();
         _staging.Dispose();
         _kv.Dispose();

@@ -46,19 +46,26 @@ public sealed record WorkspaceLayout
     /// <summary>Rows with an output (logits or a sampled token) one step can have.</summary>
     public int MaxOutputs { get; init; }
     public int MaxPagesPerSeq { get; init; }
-    public long Tokens { get; init; }
-    public long Positions { get; init; }
-    public long Slots { get; init; }
-    public long ContextLens { get; init; }
-    public long BlockTables { get; init; }
+    /// <summary>The step inputs and result head of every step but a pipelined one of the second slot (docs/architecture.md, "Pipelined decode").</summary>
+    public required StepIoLayout Io { get; init; }
+    /// <summary>
+    /// The second I/O slot: inputs and result head of a pipelined decode step of at most <see cref="MaxBatch"/> rows, so
+    /// that the host copies the next step's inputs, and reads the last step's token, while the step between runs.
+    /// </summary>
+    public required StepIoLayout PipelineIo { get; init; }
+    public long Tokens => Io.Tokens;
+    public long Positions => Io.Positions;
+    public long Slots => Io.Slots;
+    public long ContextLens => Io.ContextLens;
+    public long BlockTables => Io.BlockTables;
     /// <summary>int32 [Rows, MaxPagesPerSeq]: grows with the context and the step's rows (20 MiB for 2048 rows at 40960 tokens in pages of 16).</summary>
     public long BlockTableBytes => (long)Rows * MaxPagesPerSeq * sizeof(int);
     /// <summary>int32 [Rows + 1]: query row offsets of the flash-prefill segments (relative to the first of their rows).</summary>
-    public long QStart { get; init; }
+    public long QStart => Io.QStart;
     /// <summary>int32 [MaxOutputs]: the rows whose hidden states go through the final norm and lm_head, in output order.</summary>
-    public long OutputRows { get; init; }
+    public long OutputRows => Io.OutputRows;
     /// <summary>SampleRowSettings [MaxOutputs]: per-output-row sampling settings (a step input).</summary>
-    public long SampleSettings { get; init; }
+    public long SampleSettings => Io.SampleSettings;
     /// <summary>sampling.cu's scratch for <see cref="MaxOutputs"/> rows (not a step input; zeroed once at load).</summary>
     public long SampleScratch { get; init; }
     public long SampleScratchBytes { get; init; }
@@ -66,15 +73,15 @@ public sealed record WorkspaceLayout
     public long ArgmaxScratch { get; init; }
     public long ArgmaxScratchBytes { get; init; }
     /// <summary>PenaltyRow [MaxOutputs]: per-output-row penalties (a step input).</summary>
-    public long PenaltyRows { get; init; }
+    public long PenaltyRows => Io.PenaltyRows;
     /// <summary>int32 [PenaltyCapacity, 2]: the rows' (token, count) entries (a step input).</summary>
-    public long PenaltyEntries { get; init; }
+    public long PenaltyEntries => Io.PenaltyEntries;
     /// <summary>Penalty entries one step can carry: MaxOutputs x the context, at most <see cref="MaxPenaltyCapacity"/>.</summary>
     public int PenaltyCapacity { get; init; }
     /// <summary>Cap of <see cref="PenaltyCapacity"/> (2 MiB of entries); rows past it sample on the host.</summary>
     public const int MaxPenaltyCapacity = 1 << 18;
     /// <summary>fp32 [Rows, D/2]: per-row RoPE inv_freq (dynamic NTK rope_scaling; empty otherwise). A step input.</summary>
-    public long RopeInvFreq { get; init; }
+    public long RopeInvFreq => Io.RopeInvFreq;
     public bool PerRowRope { get; init; }
     public long X { get; init; }
     public long H { get; init; }
@@ -107,17 +114,17 @@ public sealed record WorkspaceLayout
     /// <summary>bf16 [Rows, I]: a dense layer's activation, input of its down projection.</summary>
     public long MlpAct { get; init; }
     /// <summary>Start of the result region: the embedding error flag, then <see cref="Sampled"/>, then <see cref="Logits"/>.</summary>
-    public long EmbedError { get; init; }
-    public long Sampled { get; init; }
+    public long EmbedError => Io.EmbedError;
+    public long Sampled => Io.Sampled;
     /// <summary>uint64 record of the debug check for non-finite activations (check_finite.cu), inside the flag header.</summary>
-    public long NonFinite => EmbedError + 8;
+    public long NonFinite => Io.NonFinite;
     public long Logits { get; init; }
     /// <summary>Bytes from <see cref="EmbedError"/> to the end of the logits row <paramref name="rows"/> - 1.</summary>
     public long ResultBytes(int rows, int vocab) => Logits - EmbedError + (long)rows * vocab * sizeof(ushort);
     public long TotalBytes { get; init; }
     /// <summary>Offset of the first step-input array and the end of the last (their pinned mirror has the same layout).</summary>
-    public long InputsBegin => Tokens;
-    public long InputsEnd { get; init; }
+    public long InputsBegin => Io.InputsBegin;
+    public long InputsEnd => Io.InputsEnd;
 
     public static WorkspaceLayout Compute(ModelConfig c, int rows, int maxBatch, int maxOutputs, int contextLength, int pageSize, int multiprocessors)
     {
@@ -125,17 +132,12 @@ public sealed record WorkspaceLayout
         int qkvDim = c.QueryDim + 2 * c.KeyValueDim;
         var a = new ArenaLayout();
         long bf = sizeof(ushort);
-        long tokens = a.Take("tokens", rows * 4L), positions = a.Take("positions", rows * 4L), slots = a.Take("slots", rows * 4L);
-        long ctx = a.Take("ctx_lens", rows * 4L), tables = a.Take("block_tables", (long)rows * maxPages * 4);
-        long qstart = a.Take("q_start", (rows + 1) * 4L);
-        long outputRows = a.Take("output_rows", maxOutputs * 4L);
-        long sampleSettings = a.Take("sample_settings", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
-        long penaltyRows = a.Take("penalty_rows", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>());
         int penaltyCapacity = (int)Math.Min((long)maxOutputs * contextLength, MaxPenaltyCapacity);
-        long penaltyEntries = a.Take("penalty_entries", penaltyCapacity * 8L);
         bool perRowRope = c.RopeScaling is { IsDynamic: true };
-        long ropeInvFreq = a.Take("rope_inv_freq", perRowRope ? (long)rows * (c.HeadDim / 2) * sizeof(float) : 0);
-        long inputsEnd = a.TotalBytes;
+        int ropeHalf = perRowRope ? c.HeadDim / 2 : 0;
+        var io = StepIoLayout.TakeInputs(a, "", rows, maxOutputs, maxPages, penaltyCapacity, ropeHalf);
+        // the second I/O slot (pipelined decode steps: graph buckets only, no penalties)
+        var pipeIo = StepIoLayout.TakeInputs(a, "pipeline ", maxBatch, maxBatch, maxPages, 0, ropeHalf);
         long sampleScratchBytes = SamplingScratch.Bytes(maxOutputs, c.VocabSize);
         long sampleScratch = a.Take("sample_scratch", sampleScratchBytes);
         long argmaxScratchBytes = GemvLaunchers.ArgmaxScratchBytes(Math.Min(maxOutputs, GemvLaunchers.MaxTokens));
@@ -178,18 +180,21 @@ public sealed record WorkspaceLayout
         const long flagBytes = 16;
         long head = ByteSize.AlignUp(flagBytes + maxOutputs * 4L, DeviceArena.Alignment);   // logits keep the arena alignment
         long embedError = a.Take("result (embed_error | sampled | logits)", head + (long)maxOutputs * c.VocabSize * bf);
-        long sampled = embedError + flagBytes, logits = embedError + head;
+        long logits = embedError + head;
+        io = io with { EmbedError = embedError, Sampled = embedError + flagBytes };
+        long pipeHead = a.Take("pipeline result (embed_error | sampled)", flagBytes + maxBatch * 4L);
+        pipeIo = pipeIo with { EmbedError = pipeHead, Sampled = pipeHead + flagBytes };
         return new WorkspaceLayout
         {
             Rows = rows, MaxBatch = maxBatch, MaxOutputs = maxOutputs, MaxPagesPerSeq = maxPages,
-            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
-            SampleSettings = sampleSettings, SampleScratch = sampleScratch, SampleScratchBytes = sampleScratchBytes, ArgmaxScratch = argmaxScratch, ArgmaxScratchBytes = argmaxScratchBytes, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, PenaltyCapacity = penaltyCapacity,
-            RopeInvFreq = ropeInvFreq, PerRowRope = perRowRope, InputsEnd = inputsEnd,
+            Io = io, PipelineIo = pipeIo,
+            SampleScratch = sampleScratch, SampleScratchBytes = sampleScratchBytes, ArgmaxScratch = argmaxScratch, ArgmaxScratchBytes = argmaxScratchBytes, PenaltyCapacity = penaltyCapacity,
+            PerRowRope = perRowRope,
             X = x, H = h, Qkv = qkv, Q = q, Attn = attn, GemvPartial = gemvPartial, GemvPartialCapacity = gemv,
             AttnPartialOut = partialOut, AttnPartialLse = partialLse, AttnSplitRows = splitRows,
             AttnTickets = attnTickets, AttnTicketBytes = attnTicketBytes,
             PersistentCounters = attnTickets + AttentionDecodeLaunchers.TicketBytes(rows, c.NumKeyValueHeads),
-            Moe = moe, MoeBytes = moeBytes, XAttn = xAttn, EarlyLogits = earlyLogits, EarlyIds = earlyIds, MlpGateUp = mlpGateUp, MlpAct = mlpAct, EmbedError = embedError, Sampled = sampled, Logits = logits, TotalBytes = a.TotalBytes,
+            Moe = moe, MoeBytes = moeBytes, XAttn = xAttn, EarlyLogits = earlyLogits, EarlyIds = earlyIds, MlpGateUp = mlpGateUp, MlpAct = mlpAct, Logits = logits, TotalBytes = a.TotalBytes,
         };
     }
 
@@ -197,4 +202,49 @@ public sealed record WorkspaceLayout
     public static MoeShape MlpShape(ModelConfig c, int layer) => c.IsMoeLayer(layer)
         ? new MoeShape(c.NumExperts, c.NumExpertsPerTok, c.HiddenSize, c.MoeIntermediateSize, c.NormTopkProb)
         : new MoeShape(1, 1, c.HiddenSize, c.IntermediateSize, false);
+}
+
+/// <summary>
+/// One I/O slot of the workspace: the step-input arrays (int32 unless noted; their pinned mirror has the same layout from
+/// <see cref="InputsBegin"/>) and the result head (the error flags and the sampled ids). Slot 0 (<see cref="WorkspaceLayout.Io"/>)
+/// takes any step; slot 1 (<see cref="WorkspaceLayout.PipelineIo"/>) the pipelined decode steps that alternate with it.
+/// </summary>
+public sealed record StepIoLayout
+{
+    public long Tokens { get; init; }
+    public long Positions { get; init; }
+    public long Slots { get; init; }
+    public long ContextLens { get; init; }
+    public long BlockTables { get; init; }
+    public long QStart { get; init; }
+    public long OutputRows { get; init; }
+    public long SampleSettings { get; init; }
+    public long PenaltyRows { get; init; }
+    public long PenaltyEntries { get; init; }
+    public long RopeInvFreq { get; init; }
+    public long InputsEnd { get; init; }
+    public long InputsBegin => Tokens;
+    /// <summary>The result head: the embedding's sticky error flag (int32), at +8 the non-finite record (uint64), then <see cref="Sampled"/>.</summary>
+    public long EmbedError { get; init; }
+    public long NonFinite => EmbedError + 8;
+    /// <summary>int32 [outputs]: the sampled ids.</summary>
+    public long Sampled { get; init; }
+
+    /// <summary>Takes the input arrays of a slot for <paramref name="rows"/> token rows in the order of the layout's table.</summary>
+    internal static StepIoLayout TakeInputs(ArenaLayout a, string prefix, int rows, int maxOutputs, int maxPages, int penaltyCapacity, int ropeHalf)
+    {
+        long tokens = a.Take(prefix + "tokens", rows * 4L), positions = a.Take(prefix + "positions", rows * 4L), slots = a.Take(prefix + "slots", rows * 4L);
+        long ctx = a.Take(prefix + "ctx_lens", rows * 4L), tables = a.Take(prefix + "block_tables", (long)rows * maxPages * 4);
+        long qstart = a.Take(prefix + "q_start", (rows + 1) * 4L);
+        long outputRows = a.Take(prefix + "output_rows", maxOutputs * 4L);
+        long sampleSettings = a.Take(prefix + "sample_settings", maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<SampleRowSettings>());
+        long penaltyRows = a.Take(prefix + "penalty_rows", penaltyCapacity > 0 ? maxOutputs * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<PenaltyRow>() : 0);
+        long penaltyEntries = a.Take(prefix + "penalty_entries", penaltyCapacity * 8L);
+        long ropeInvFreq = a.Take(prefix + "rope_inv_freq", (long)rows * ropeHalf * sizeof(float));
+        return new StepIoLayout
+        {
+            Tokens = tokens, Positions = positions, Slots = slots, ContextLens = ctx, BlockTables = tables, QStart = qstart, OutputRows = outputRows,
+            SampleSettings = sampleSettings, PenaltyRows = penaltyRows, PenaltyEntries = penaltyEntries, RopeInvFreq = ropeInvFreq, InputsEnd = a.TotalBytes,
+        };
+    }
 }

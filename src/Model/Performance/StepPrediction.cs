@@ -25,8 +25,16 @@ public sealed record StepPrediction
     public int GraphNodes => Launches.Count(l => l.Launch.InGraph && !l.ContinuesLaunch) + Operations.Count(o => o.InGraph);
     /// <summary>Kernels, memsets and device-to-device copies issued on a stream by themselves.</summary>
     public int StreamNodes => Launches.Count(l => !l.Launch.InGraph && !l.ContinuesLaunch) + Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.Memset or DeviceOperationKind.CopyDeviceToDevice);
-    /// <summary>Host-device copies outside graphs (the step's inputs and its result).</summary>
-    public int HostCopies => Operations.Count(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost);
+    /// <summary>
+    /// The stream the step's kernels ran on (the first launch's). A host copy on another stream (a pipelined step's input
+    /// and result streams, docs/architecture.md "Pipelined decode") runs beside the kernels of the steps around it.
+    /// </summary>
+    public int KernelStream => Launches.Count > 0 ? Launches[0].Launch.Stream : 0;
+    private bool IsHostCopy(DeviceOperation o) => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost;
+    /// <summary>Host-device copies outside graphs on the kernels' stream (the step's inputs and its result): on the step's timeline.</summary>
+    public int HostCopies => Operations.Count(o => IsHostCopy(o) && o.Stream == KernelStream);
+    /// <summary>Host-device copies on other streams: they overlap the kernels of the steps before and after, off the timeline.</summary>
+    public int OverlappedHostCopies => Operations.Count(o => IsHostCopy(o) && o.Stream != KernelStream);
     /// <summary>
     /// Graph nodes launched with programmatic dependent launch right after a kernel of the same graph that triggers its
     /// dependents early: the shorter gap. (One after a kernel that does not trigger keeps the full gap.)
@@ -36,11 +44,21 @@ public sealed record StepPrediction
     public long OverlapBytes => Launches.Sum(l => l.Overlap?.Bytes ?? 0);
     public double KernelUs => Launches.Sum(l => l.Microseconds);
     public double GapUs => (GraphNodes - ProgrammaticNodes) * Gpu.GraphNodeGapUs + ProgrammaticNodes * Gpu.PdlNodeGapUs + StreamNodes * Gpu.StreamLaunchGapUs;
-    /// <summary>Each host copy outside a graph: its fixed cost plus its bytes at the host link's bandwidth.</summary>
-    public double CopyUs => Operations.Where(o => !o.InGraph && o.Kind is DeviceOperationKind.CopyToDevice or DeviceOperationKind.CopyToHost)
-        .Sum(o => Gpu.SmallCopyUs + o.Bytes / Gpu.HostCopyGBps / 1000.0);
-    public double SyncUs => Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost) ? Gpu.SyncWakeUs : 0;
+    /// <summary>Each host copy outside a graph on the kernels' stream: its fixed cost plus its bytes at the host link's bandwidth.</summary>
+    public double CopyUs => Operations.Where(o => IsHostCopy(o) && o.Stream == KernelStream).Sum(CopyCostUs);
+    private double CopyCostUs(DeviceOperation o) => Gpu.SmallCopyUs + o.Bytes / Gpu.HostCopyGBps / 1000.0;
+    /// <summary>
+    /// The host's wake-up after a result copy on the kernels' stream: the next step waits for it. After a result copy on
+    /// another stream the next step is queued already and runs while the host wakes.
+    /// </summary>
+    public double SyncUs => Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost && (o.InGraph || o.Stream == KernelStream)) ? Gpu.SyncWakeUs : 0;
     public double TotalUs => KernelUs + GapUs + CopyUs + SyncUs;
+    /// <summary>
+    /// The same launches as one synchronous step (<c>DeviceModel.Step</c>: the serving engine, speculative decoding): every
+    /// host copy on the step's timeline, and the host's wake-up after its result copy.
+    /// </summary>
+    public double SynchronousUs => KernelUs + GapUs + Operations.Where(IsHostCopy).Sum(CopyCostUs)
+        + (Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost) ? Gpu.SyncWakeUs : 0);
     public double TokensPerSecond => Tokens / TotalUs * 1e6;
     /// <summary>All the step's DRAM bytes: the kernels' own and those the programmatic nodes prefetched in their predecessors' shadow.</summary>
     public long DramBytes => Launches.Sum(l => l.DramBytes + (l.Overlap?.Bytes ?? 0));
@@ -240,7 +258,8 @@ public static class StepPredictor
             ? $"{p.GraphNodes} graph node(s): {p.GraphNodes - p.ProgrammaticNodes} x {g.GraphNodeGapUs} us, {p.ProgrammaticNodes} programmatic x {g.PdlNodeGapUs} us"
             : $"{p.GraphNodes} graph node(s) x {g.GraphNodeGapUs} us";
         sb.Append(inv, $"  predicted {p.Name} step: kernels {p.KernelUs:F1} us + {nodes} + {p.StreamNodes} stream launch(es) x {g.StreamLaunchGapUs} us");
-        sb.Append(inv, $" + {p.HostCopies} host copies {p.CopyUs:F1} us + sync {p.SyncUs} us = {total:F1} us: {p.TokensPerSecond:F0} tok/s predicted\n");
+        string overlapped = p.OverlappedHostCopies > 0 ? $" ({p.OverlappedHostCopies} more on the input and result streams, beside the kernels)" : "";
+        sb.Append(inv, $" + {p.HostCopies} host copies {p.CopyUs:F1} us{overlapped} + sync {p.SyncUs} us = {total:F1} us: {p.TokensPerSecond:F0} tok/s predicted\n");
         sb.Append(inv, $"  predicted time by part: kernels {100 * p.KernelUs / total:F1}%, launch gaps {100 * p.GapUs / total:F1}%, host copies and sync {100 * (p.CopyUs + p.SyncUs) / total:F1}%; {p.Launches.Count(l => !l.ContinuesLaunch)} kernel launches, DRAM {ByteSize.Format(p.DramBytes)}\n");
         if (pdl)
         {
@@ -256,6 +275,8 @@ public static class StepPredictor
             double roofUs = min / g.DramPeakGBps / 1000.0;
             double roofTokS = p.Tokens / roofUs * 1e6;
             sb.Append(inv, $"  roofline: {ByteSize.Format(min)} a step must move / {g.DramPeakGBps:F0} GB/s peak = {roofUs:F1} us: {roofTokS:F0} tok/s; predicted {100 * p.TokensPerSecond / roofTokS:F1}% of the roofline\n");
+            if (p.OverlappedHostCopies > 0)
+                sb.Append(inv, $"  as one synchronous step (Step: the serving engine; every host copy and the host's wake-up between steps): {p.SynchronousUs:F1} us: {p.Tokens / p.SynchronousUs * 1e6:F0} tok/s, {100 * roofUs / p.SynchronousUs:F1}% of the roofline\n");
         }
         return sb.ToString();
     }

@@ -9,6 +9,7 @@ public static class SamplingCases
     public static IEnumerable<KernelCase> All()
     {
         yield return new KernelCase("embedding", "embedding_gather width 2048, ids 3, 49, 0, 50, -1, 3 (out of range: zero row + flag)", true, Embedding);
+        yield return new KernelCase("embedding", "embedding_gather fed ids (pipelined decode): -1 - j takes feed[j]; a fed id past the feed or out of range flags", true, EmbeddingFed);
         yield return Argmax(151936, real: true);   // real vocabulary
         yield return Argmax(37);                   // odd vocabulary (no 16-byte path)
         yield return Sample(0.7f, 5, 1f, 0f);      // temperature + top-k
@@ -80,6 +81,32 @@ public static class SamplingCases
         ctx.Device.CopyToDevice(flag, new byte[4]);
         launcher.Gather(ctx.Stream, dOut, ctx.Upload(table), ctx.Upload(new[] { 1, 2 }), flag, 2, vocab, width);
         c.Exact<int>(ctx.Download<int>(flag, 1), [0], "no flag for valid ids");
+        return c.Result();
+    }
+
+    static CheckResult EmbeddingFed(KernelCheckContext ctx)
+    {
+        var launcher = ctx.Cached("embedding", () => new EmbeddingLaunchers(ctx.Loader));
+        const int vocab = 50, width = 256;
+        var rng = new Random(2);
+        ushort[] table = KernelData.Random(rng, vocab * width);
+        int[] feed = [7, 42, 19];
+        // rows: fed from output rows 1, 0, 2; a host id; then one past the feed (-4 with 3 fed ids)
+        int[] ids = [-2, -1, -3, 5, -4];
+        int[] resolved = [42, 7, 19, 5, -1];
+        DevicePtr dOut = ctx.AllocFilled<ushort>(ids.Length * width), flag = ctx.Upload(new[] { 0 }), dTable = ctx.Upload(table);
+        launcher.Gather(ctx.Stream, dOut, dTable, ctx.Upload(ids), flag, ids.Length, vocab, width, ctx.Upload(feed), feed.Length);
+        var expected = new ushort[ids.Length * width];
+        for (int t = 0; t < ids.Length; t++)
+            if (resolved[t] >= 0) table.AsSpan(resolved[t] * width, width).CopyTo(expected.AsSpan(t * width));
+        var c = new Checker();
+        c.Exact<ushort>(ctx.Download<ushort>(dOut, ids.Length * width), expected, "rows of the fed ids, the host id, and zeros past the feed");
+        c.Exact<int>(ctx.Download<int>(flag, 1), [1], "error flag set by the id past the feed");
+        // a fed id whose fed value is outside the vocabulary is caught as well
+        ctx.Device.CopyToDevice(flag, new byte[4]);
+        launcher.Gather(ctx.Stream, dOut, dTable, ctx.Upload(new[] { -1, -2 }), flag, 2, vocab, width, ctx.Upload(new[] { 3, vocab }), 2);
+        c.Exact<int>(ctx.Download<int>(flag, 1), [1], "error flag set by a fed value of vocab");
+        c.Exact<ushort>(ctx.Download<ushort>(dOut, width), table.AsSpan(3 * width, width).ToArray(), "the valid fed row beside it");
         return c.Result();
     }
 

@@ -35,7 +35,7 @@ public sealed unsafe class EmulatedDevice : IDevice
     {
         _opt = options ?? new EmulatorOptions();
         _mem = new DeviceMemory(_opt.HeapLimitBytes, _opt.Strict, _opt.Modes.Poison);
-        _default = new EmuStream(this);
+        _default = new EmuStream(this, 0);
         if (_opt.Modes.StrictStreams) _queues = new StreamScheduler(_opt.Modes.ScheduleSeed);
         Info = new DeviceInfo
         {
@@ -78,7 +78,7 @@ public sealed unsafe class EmulatedDevice : IDevice
 
     private readonly List<DeviceOperation> _operations = [];
     private bool _replaying;
-    private void Note(DeviceOperationKind kind, long bytes) => _operations.Add(new DeviceOperation(kind, bytes, _replaying, _launches.Count));
+    private void Note(DeviceOperationKind kind, long bytes) => _operations.Add(new DeviceOperation(kind, bytes, _replaying, _launches.Count, _runningStream));
 
     // ---------------- memory ----------------
 
@@ -128,7 +128,7 @@ public sealed unsafe class EmulatedDevice : IDevice
         var s = Stream(stream);
         if (s.Capture is { } cap) { cap.Add(new CopyToDeviceCommand(dst, src, srcOffset, bytes)); return; }
         _mem.HostRange(dst.Address, bytes, "CopyToDeviceAsync destination");
-        if (_queues is null) { ExecCopyToDevice(dst, src, srcOffset, bytes, null); return; }
+        if (_queues is null) { _runningStream = s.Id; ExecCopyToDevice(dst, src, srcOffset, bytes, null); return; }
         QueueCopyToDevice(s, dst, src, srcOffset, bytes);
     }
 
@@ -148,7 +148,7 @@ public sealed unsafe class EmulatedDevice : IDevice
         var s = Stream(stream);
         if (s.Capture is { } cap) { cap.Add(new CopyToHostCommand(dst, dstOffset, src, bytes)); return; }
         _mem.HostRange(src.Address, bytes, "CopyToHostAsync source");
-        if (_queues is null) { ExecCopyToHost(dst, dstOffset, src, bytes); return; }
+        if (_queues is null) { _runningStream = s.Id; ExecCopyToHost(dst, dstOffset, src, bytes); return; }
         QueueCopyToHost(s, dst, dstOffset, src, bytes);
     }
 
@@ -405,7 +405,7 @@ public sealed unsafe class EmulatedDevice : IDevice
         if (_launchEndOrder.Count > LaunchEndClocksKept) _launchEndClock.Remove(_launchEndOrder.Dequeue());
         _persistClock += (uint)counters.PersistingSectors;
         if (_persistClock == 0) _persistClock = 1;
-        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic, CriticalWarpLines = L.CriticalWarpLineCounts() };
+        var rec = LaunchRecord.From(k.Name, c, counters, sw.Elapsed.TotalMilliseconds, k.Module.SourceName, k.Module.Options) with { InGraph = _replaying, ProgrammaticLaunch = programmatic, CriticalWarpLines = L.CriticalWarpLineCounts(), Stream = _runningStream };
         LastLaunch = rec;
         _launches.Add(rec);
     }
@@ -433,11 +433,12 @@ public sealed unsafe class EmulatedDevice : IDevice
     /// <summary>Runs work now (eager streams) or queues it on the stream (strict streams).</summary>
     private void Submit(EmuStream s, string what, Action work)
     {
-        if (_queues is null) work();
+        if (_queues is null) { _runningStream = s.Id; work(); }
         else Enqueue(s, what, work);
     }
 
-    private void Enqueue(EmuStream s, string what, Action work) => _queues!.Enqueue(s, new RunWork { What = what, Run = work });
+    private void Enqueue(EmuStream s, string what, Action work) =>
+        _queues!.Enqueue(s, new RunWork { What = what, Run = () => { _runningStream = s.Id; work(); } });
 
     /// <summary>A host call that waits for the whole device (synchronous copies, Free, device sync): runs every queue.
     /// Strict streams reject it during a capture, as CUDA's thread-local capture mode does.</summary>
@@ -455,7 +456,10 @@ public sealed unsafe class EmulatedDevice : IDevice
             throw new DeviceException($"{what} while a stream is capturing a graph: CUDA does not allow a call that waits for the device during stream capture (thread-local capture mode)");
     }
 
-    public DeviceStream CreateStream() => new EmuStream(this);
+    public DeviceStream CreateStream() => new EmuStream(this, ++_streamIds);
+    private int _streamIds;
+    /// <summary>The stream whose work runs now (operations and launches record it).</summary>
+    private int _runningStream;
 
     public void Synchronize(DeviceStream stream)
     {

@@ -22,8 +22,10 @@ internal sealed class EmuKernel(IDevice owner, EmuModule module, PtxFunction fn)
     public int MaxDynamicShared { get; set; }
 }
 
-internal sealed class EmuStream(IDevice owner) : DeviceStream(owner)
+internal sealed class EmuStream(IDevice owner, int id) : DeviceStream(owner)
 {
+    /// <summary>The stream's number in its device (the default stream is 0): <see cref="DeviceOperation.Stream"/>, <see cref="LaunchRecord.Stream"/>.</summary>
+    public int Id { get; } = id;
     public List<GraphCommand>? Capture { get; set; }
     /// <summary>Strict streams: work issued and not yet run (a disposed stream's work still runs, as on CUDA).</summary>
     public Queue<StreamWork> Pending { get; } = new();

@@ -186,6 +186,8 @@ public sealed record LaunchRecord
     public IReadOnlyList<string> ModuleOptions { get; init; } = [];
     /// <summary>The launch ran as a node of a graph launch (else it was launched on a stream by itself).</summary>
     public bool InGraph { get; init; }
+    /// <summary>The emulated stream it ran on (0: the default stream; streams are numbered as created).</summary>
+    public int Stream { get; init; }
     /// <summary>The launch's <see cref="LaunchConfig.Stage"/>: a stage of one stage-ordered launch run apart, or null.</summary>
     public LaunchStage? Stage { get; init; }
     /// <summary>
@@ -279,7 +281,8 @@ public enum DeviceOperationKind { CopyToDevice, CopyToHost, CopyDeviceToDevice, 
 /// One asynchronous copy or memset on the emulator: its size, whether it ran as a node of a graph launch, and how many
 /// kernel launches came before it (its place among <see cref="EmulatedDevice.Launches"/>).
 /// </summary>
-public readonly record struct DeviceOperation(DeviceOperationKind Kind, long Bytes, bool InGraph, int LaunchesBefore);
+/// <param name="Stream">the emulated stream it ran on (0: the default stream; <see cref="LaunchRecord.Stream"/>)</param>
+public readonly record struct DeviceOperation(DeviceOperationKind Kind, long Bytes, bool InGraph, int LaunchesBefore, int Stream = 0);
 
 /// <summary>A memory-check, race-check or sync-check violation found while running a kernel.</summary>
 public sealed class EmulatorFaultException(string message) : DeviceException(message);
