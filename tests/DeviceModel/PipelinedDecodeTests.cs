@@ -62,6 +62,30 @@ public class PipelinedDecodeTests
         if (temperature > 0) Assert.That(tokens.Distinct().Count(), Is.GreaterThan(1), "the draws are not all one token");
     }
 
+    /// <summary>
+    /// GPU only: the same comparison on CUDA, where the three streams really run at once (greedy and sampled, graphs on):
+    /// the pipelined tokens are the synchronous steps' tokens, and the next logits after them the same bits.
+    /// </summary>
+    [Test]
+    [Category(Kernels.KernelBackends.GpuCategory)]
+    public void Generate_Pipelined_OnCuda_GivesTheStepByStepTokens([Values(0f, 0.8f)] float temperature)
+    {
+        var status = Qwen3Cuda.Runtime.Cuda.CudaDriver.Probe();
+        if (status.Devices.Count == 0) Assert.Ignore("needs a CUDA GPU: " + (status.Problem ?? "none present"));
+        var s = new SamplingSettings(temperature, 20, 0.9f, 0f, Seed: 11);
+        const int count = 33;
+        using var device = Qwen3Cuda.Runtime.DeviceFactory.Open(Qwen3Cuda.Runtime.BackendKind.Cuda);
+        using var dm = Qwen3Cuda.Model.Device.DeviceModel.Load(device, DeviceCheckpoints.Small(), Options);
+        var expected = StepByStep(dm, s, count, out var expectedLogits);
+        dm.ResetSequence(0);
+        var tokens = new int[count];
+        Assert.That(dm.Generate(0, Prompt, s, tokens), Is.EqualTo(count));
+        Assert.That(tokens, Is.EqualTo(expected));
+        var logits = new float[dm.VocabSize];
+        dm.Forward(0, [tokens[^1]], logits);
+        Assert.That(logits, Is.EqualTo(expectedLogits));
+    }
+
     /// <summary>A stop after the third token: the step queued past it is discarded and the sequence truncated to the tokens before it.</summary>
     [Test]
     public void Generate_StopsEarly_AndForgetsTheStepQueuedPastTheStop()
