@@ -108,6 +108,32 @@ public class PipelinedDecodeTests
     }
 
     /// <summary>
+    /// Generate on a model that does not pipeline (the CPU reference): one ForwardSampled per token, the same stop and
+    /// sequence-length rules, and a clear error past the context.
+    /// </summary>
+    [Test]
+    public void Generate_OnTheReference_IsOneForwardSampledPerToken()
+    {
+        var s = new SamplingSettings(0.8f, 20, 0.9f, 0f, Seed: 3);
+        using var m = Qwen3Cuda.Model.Reference.ReferenceModel.Load(DeviceCheckpoints.Tiny(), maxSequences: 1, contextLength: 16);
+        var expected = new int[6];
+        expected[0] = m.ForwardSampled(0, Prompt, s);
+        for (int i = 1; i < expected.Length; i++) expected[i] = m.ForwardSampled(0, [expected[i - 1]], s);
+        m.ResetSequence(0);
+        var tokens = new int[6];
+        Assert.That(m.Generate(0, Prompt, s, tokens), Is.EqualTo(6));
+        Assert.That(tokens, Is.EqualTo(expected));
+        Assert.That(m.SequenceLength(0), Is.EqualTo(Prompt.Length + 5));
+        m.ResetSequence(0);
+        int seen = 0;
+        Assert.That(m.Generate(0, Prompt, s, tokens, stop: _ => ++seen == 2), Is.EqualTo(2));
+        Assert.That(m.SequenceLength(0), Is.EqualTo(Prompt.Length + 1));
+        m.ResetSequence(0);
+        Assert.That(() => m.Generate(0, Prompt, s, new int[13]), Throws.ArgumentException.With.Message.Contains("more than the context length 16"));
+        Assert.That(m.SequenceLength(0), Is.Zero, "refused before anything ran");
+    }
+
+    /// <summary>
     /// Two sequences queued together, the second step's rows in the other order: each row's fed token names the output
     /// row of the step before that sampled its sequence's token (FedToken(1), FedToken(0)), and the rows are the same
     /// tokens as two synchronous steps of the rows as given.
@@ -130,20 +156,19 @@ public class PipelinedDecodeTests
         dm.DecodeBatchSampled([0, 1], [b[1], b[0]], [s0, s1], c);
 
         Assert.That(Prefill(), Is.EqualTo(first));
-        var q1 = new StepBatch(2);
-        q1.Add(0, first[0], dm.SequenceLength(0), StepOutput.Sample, s0);
-        q1.Add(1, first[1], dm.SequenceLength(1), StepOutput.Sample, s1);
-        dm.Enqueue(q1);
-        var q2 = new StepBatch(2);
-        q2.Add(1, StepBatch.FedToken(1), dm.SequenceLength(1), StepOutput.Sample, s1);
-        q2.Add(0, StepBatch.FedToken(0), dm.SequenceLength(0), StepOutput.Sample, s0);
-        dm.Enqueue(q2);
+        // rows (sequence, token) of a queued step, each sequence with its own settings
+        StepBatch Queue(params (int Sequence, int Token)[] rows)
+        {
+            var q = new StepBatch(2);
+            foreach (var (seq, token) in rows) q.Add(seq, token, dm.SequenceLength(seq), StepOutput.Sample, seq == 0 ? s0 : s1);
+            dm.Enqueue(q);
+            return q;
+        }
+        var q1 = Queue((0, first[0]), (1, first[1]));
+        var q2 = Queue((1, StepBatch.FedToken(1)), (0, StepBatch.FedToken(0)));
         dm.Complete(q1);
         Assert.That(new[] { q1.SampledToken(0), q1.SampledToken(1) }, Is.EqualTo(a));
-        var q3 = new StepBatch(2);
-        q3.Add(0, StepBatch.FedToken(1), dm.SequenceLength(0), StepOutput.Sample, s0);
-        q3.Add(1, StepBatch.FedToken(0), dm.SequenceLength(1), StepOutput.Sample, s1);
-        dm.Enqueue(q3);
+        var q3 = Queue((0, StepBatch.FedToken(1)), (1, StepBatch.FedToken(0)));
         dm.Complete(q2);
         Assert.That(new[] { q2.SampledToken(0), q2.SampledToken(1) }, Is.EqualTo(b));
         dm.Complete(q3);
