@@ -49,4 +49,6 @@ public interface IPipelinedModel : ICausalLanguageModel
     void Complete(StepBatch batch);
     /// <summary>Steps queued and not yet completed.</summary>
     int PendingSteps { get; }
+    /// <summary>Rows a queued step takes at most (the device model's MaxBatch).</summary>
+    int MaxPipelinedRows { get; }
 }

@@ -227,6 +227,7 @@ public static class ModelLoader
         public void Enqueue(StepBatch batch) => model.Enqueue(batch);
         public void Complete(StepBatch batch) => model.Complete(batch);
         public int PendingSteps => model.PendingSteps;
+        public int MaxPipelinedRows => model.MaxPipelinedRows;
         public void Dispose() { model.Dispose(); loader.Dispose(); device.Dispose(); }
     }
 }

@@ -54,7 +54,7 @@ public class EngineDeviceTests
         }
         dm.Kv.ClearPrefixCache();
         // Three sequences for five requests and 8-row steps: waiting, chunked prefill next to decode rows, prefix hits.
-        await using var engine = new Engine(new Borrowed(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 3, MaxNumBatchedTokens = 8 });
+        await using var engine = new Engine(Borrow(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 3, MaxNumBatchedTokens = 8 });
         var requests = Enumerable.Range(0, 5).Select(i => engine.Submit(prompts[i], new RequestOptions { Sampling = sampling[i], MaxNewTokens = budgets[i] })).ToList();
         // The same first request again with host sampling (logprobs ask for the logits): the same greedy tokens.
         var host = engine.Submit(prompts[0], new RequestOptions { Sampling = sampling[0], MaxNewTokens = budgets[0], TopLogprobs = 0 });
@@ -63,6 +63,44 @@ public class EngineDeviceTests
         Assert.That((await host.Result).Tokens, Is.EqualTo(expected[0]), "host argmax of the device's logits");
         Assert.That(engine.Metrics.PrefixCacheHits, Is.GreaterThan(0), "requests 0 and 1 share two pages");
         Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
+    }
+
+    /// <summary>
+    /// Pipelined decode in the engine (docs/architecture.md, "Pipelined decode"): two requests decoding side by side,
+    /// one greedy, one sampled that ends at a stop token (so the step queued after its last one still runs, and its
+    /// row's token is discarded). Each yields what it yields alone, every page is free at the end, and the engine did
+    /// queue steps ahead; with the option off it queued none and yields the same.
+    /// </summary>
+    [TestCase(true)]
+    [TestCase(false)]
+    public async Task PipelinedDecode_YieldsWhatEachYieldsAlone(bool pipeline)
+    {
+        using var device = new EmulatedDevice();
+        using var dm = Load(device, 2);
+        int[][] prompts = [Prompt(5, 71), Prompt(7, 72)];
+        SamplingOptions[] sampling = [SamplingOptions.Greedy, new() { Temperature = 1f, TopK = 20, TopP = 0.9f, Seed = 7 }];
+        int[] budgets = [12, 12];
+        var expected = new int[2][];
+        for (int i = 0; i < 2; i++)
+        {
+            var o = sampling[i];
+            expected[i] = Alone(dm, 0, prompts[i], new SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP, o.Seed ?? 0), budgets[i]);
+        }
+        int stop = expected[1][4];
+        int cut = Array.IndexOf(expected[1], stop) + 1;   // the request ends at the stop token's first occurrence
+        dm.Kv.ClearPrefixCache();
+        var model = (BorrowedPipelined)Borrow(dm);
+        await using var engine = new Engine(model, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 2, MaxNumBatchedTokens = 8, PipelineDecode = pipeline });
+        var first = engine.Submit(prompts[0], new RequestOptions { Sampling = sampling[0], MaxNewTokens = budgets[0] });
+        var second = engine.Submit(prompts[1], new RequestOptions { Sampling = sampling[1], MaxNewTokens = budgets[1], StopTokenIds = [stop] });
+        Assert.That((await first.Result).Tokens, Is.EqualTo(expected[0]));
+        var stopped = await second.Result;
+        Assert.That(stopped.Tokens, Is.EqualTo(expected[1][..cut]));
+        Assert.That(stopped.FinishReason, Is.EqualTo(FinishReason.Stop));
+        Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
+        Assert.That(dm.PendingSteps, Is.Zero);
+        if (pipeline) Assert.That(model.QueuedAhead, Is.GreaterThan(4), "decode steps queued while the step before ran");
+        else Assert.That(model.Enqueued, Is.Zero);
     }
 
     /// <summary>
@@ -90,7 +128,7 @@ public class EngineDeviceTests
         var expected = new int[4][];
         for (int i = 0; i < 4; i++) expected[i] = Alone(dm, 0, prompts[i], new SamplingSettings(Temperature: 0f), budgets[i]);
         dm.Kv.ClearPrefixCache();
-        await using var engine = new Engine(new Borrowed(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 4, MaxNumBatchedTokens = 8, EnablePrefixCaching = false });
+        await using var engine = new Engine(Borrow(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 4, MaxNumBatchedTokens = 8, EnablePrefixCaching = false });
         var requests = Enumerable.Range(0, 4).Select(i => engine.Submit(prompts[i], new RequestOptions { Sampling = SamplingOptions.Greedy, MaxNewTokens = budgets[i], IgnoreEos = true })).ToList();
         for (int i = 0; i < 4; i++)
             Assert.That((await requests[i].Result).Tokens, Is.EqualTo(expected[i]), $"request {i}");
@@ -109,7 +147,7 @@ public class EngineDeviceTests
         int[][] expected = [.. prompts.Select(p => EngineTests.AlonePenalised(dm, 0, p, 6, penalties))];
         var plain = Alone(dm, 0, prompts[1], new SamplingSettings(Temperature: 0f), 6);
         dm.Kv.ClearPrefixCache();
-        await using var engine = new Engine(new Borrowed(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 3, MaxNumBatchedTokens = 8 });
+        await using var engine = new Engine(Borrow(dm), Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 3, MaxNumBatchedTokens = 8 });
         var options = new RequestOptions { Sampling = SamplingOptions.Greedy, MaxNewTokens = 6, PresencePenalty = 1.5f, FrequencyPenalty = 0.75f, RepetitionPenalty = 1.8f };
         var onDevice = prompts.Select(p => engine.Submit(p, options)).ToList();
         var onHost = engine.Submit(prompts[1], options with { TopLogprobs = 0 });

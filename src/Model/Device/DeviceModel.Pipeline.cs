@@ -67,6 +67,8 @@ public sealed partial class DeviceModel
 
     /// <summary>Steps queued by <see cref="Enqueue"/> and not yet completed (at most 2).</summary>
     public int PendingSteps => _pending.Count;
+    /// <summary>Rows a queued step takes at most: <see cref="MaxBatch"/>.</summary>
+    public int MaxPipelinedRows => MaxBatch;
 
     /// <summary>
     /// Queues a decode step without waiting for it: one row per sequence, each at its sequence's next position, every row
@@ -74,7 +76,9 @@ public sealed partial class DeviceModel
     /// <see cref="StepBatch.FedToken"/>(j): the id the previous step sampled for its output row j. The host's view of the
     /// sequences advances now; the results arrive with <see cref="Complete"/>, which must be called for every queued step in
     /// order, with the same batch (keep it untouched until then). At most two steps are queued at once. Complete every
-    /// queued step before a <see cref="Step"/>, or before resetting, truncating or sharing a sequence's KV pages.
+    /// queued step before a <see cref="Step"/> or <see cref="SkipTokens"/>, and before truncating or sharing pages a queued
+    /// step reads. Releasing a sequence's pages (a reset) while a queued step writes its last position is safe: every later
+    /// step runs after it on the model's stream.
     /// </summary>
     public void Enqueue(StepBatch batch)
     {

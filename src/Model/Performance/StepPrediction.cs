@@ -54,8 +54,8 @@ public sealed record StepPrediction
     public double SyncUs => Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost && (o.InGraph || o.Stream == KernelStream)) ? Gpu.SyncWakeUs : 0;
     public double TotalUs => KernelUs + GapUs + CopyUs + SyncUs;
     /// <summary>
-    /// The same launches as one synchronous step (<c>DeviceModel.Step</c>: the serving engine, speculative decoding): every
-    /// host copy on the step's timeline, and the host's wake-up after its result copy.
+    /// The same launches as one synchronous step (<c>DeviceModel.Step</c>: a step the engine cannot pipeline, speculative
+    /// decoding): every host copy on the step's timeline, and the host's wake-up after its result copy.
     /// </summary>
     public double SynchronousUs => KernelUs + GapUs + Operations.Where(IsHostCopy).Sum(CopyCostUs)
         + (Operations.Any(o => o.Kind == DeviceOperationKind.CopyToHost) ? Gpu.SyncWakeUs : 0);
@@ -276,7 +276,7 @@ public static class StepPredictor
             double roofTokS = p.Tokens / roofUs * 1e6;
             sb.Append(inv, $"  roofline: {ByteSize.Format(min)} a step must move / {g.DramPeakGBps:F0} GB/s peak = {roofUs:F1} us: {roofTokS:F0} tok/s; predicted {100 * p.TokensPerSecond / roofTokS:F1}% of the roofline\n");
             if (p.OverlappedHostCopies > 0)
-                sb.Append(inv, $"  as one synchronous step (Step: the serving engine; every host copy and the host's wake-up between steps): {p.SynchronousUs:F1} us: {p.Tokens / p.SynchronousUs * 1e6:F0} tok/s, {100 * roofUs / p.SynchronousUs:F1}% of the roofline\n");
+                sb.Append(inv, $"  as one synchronous step (Step: every host copy and the host's wake-up between steps): {p.SynchronousUs:F1} us: {p.Tokens / p.SynchronousUs * 1e6:F0} tok/s, {100 * roofUs / p.SynchronousUs:F1}% of the roofline\n");
         }
         return sb.ToString();
     }

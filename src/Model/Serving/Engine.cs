@@ -49,8 +49,12 @@ public sealed class Engine : IAsyncDisposable
     private readonly List<RequestState> _running = [];           // by admission order (oldest first)
     private readonly LinkedList<RequestState> _waiting = new();  // first come, first served; preempted ones go first
     private readonly Stack<int> _freeSequences = new();
-    private readonly StepBatch _batch;
-    private readonly List<(RequestState Request, int Rows, int Row)> _scheduled = [];
+    private StepBatch _batch;
+    private List<(RequestState Request, int Rows, int Row)> _scheduled = [];
+    /// <summary>Pipelined decode: the model (when it pipelines and the option is on), and the step queued after <see cref="_batch"/>.</summary>
+    private readonly IPipelinedModel? _pipe;
+    private StepBatch _ahead;
+    private List<(RequestState Request, int Rows, int Row)> _aheadScheduled = [];
     private readonly CounterSampler _sampler = new();
     private readonly List<int> _emitted = [];
     private readonly float[] _logits;
@@ -91,6 +95,8 @@ public sealed class Engine : IAsyncDisposable
         for (int s = model.MaxSequences - 1; s >= 0; s--) _freeSequences.Push(s);
         model.Kv.PrefixCaching = options.EnablePrefixCaching;
         _batch = new StepBatch(Math.Min(_stepTokens, 4096));
+        _pipe = options.PipelineDecode ? model as IPipelinedModel : null;
+        _ahead = new StepBatch(_pipe is null ? 1 : Math.Min(_seqCap, _pipe.MaxPipelinedRows));
         _logits = new float[model.VocabSize];
         _kvPagesUsed = model.Kv.UsedPages;
         _worker = new Thread(Run) { IsBackground = true, Name = "qwen3cuda engine" };
@@ -237,6 +243,7 @@ public sealed class Engine : IAsyncDisposable
                     continue;
                 }
                 if (!scheduled) { _wake.Wait(TimeSpan.FromMilliseconds(1)); _wake.Reset(); continue; }
+                if (_pipe is not null && PlainDecode()) { RunPipelined(); continue; }
                 _model.Step(_batch);
                 lock (_stats)
                 {
@@ -430,6 +437,76 @@ public sealed class Engine : IAsyncDisposable
         return pages;
     }
 
+    // ---------------- pipelined decode (docs/architecture.md, "Pipelined decode") ----------------
+
+    /// <summary>
+    /// The scheduled step is one the model can queue: one decode row per request, each sampled on the device (no
+    /// penalties, logits or speculative rounds), at most <see cref="IPipelinedModel.MaxPipelinedRows"/> rows.
+    /// </summary>
+    private bool PlainDecode()
+    {
+        if (_batch.Count > _pipe!.MaxPipelinedRows || _batch.PenaltyRows > 0 || _batch.Count != _scheduled.Count) return false;
+        foreach (var (r, rows, row) in _scheduled)
+            if (row == SpeculativeRound || rows != 1 || _batch.Output(row) != StepOutput.Sample) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// Runs the scheduled plain decode step as a queued step and, while nothing else needs scheduling, queues each next
+    /// step (every request's row again, its token fed from this step's id) before reading this one's tokens. A request
+    /// that finishes meanwhile leaves its row in the step queued after it: that row's token is discarded (its K/V goes
+    /// to the positions past its end, in pages it releases; the steps after it run after it on the model's stream).
+    /// </summary>
+    private void RunPipelined()
+    {
+        _pipe!.Enqueue(_batch);
+        while (true)
+        {
+            bool ahead = CanQueueAhead() && QueueAhead();
+            _pipe.Complete(_batch);
+            lock (_stats)
+            {
+                _stats.Steps++;
+                Collect();
+                Publish();
+            }
+            if (!ahead) return;
+            (_batch, _ahead) = (_ahead, _batch);
+            (_scheduled, _aheadScheduled) = (_aheadScheduled, _scheduled);
+        }
+    }
+
+    /// <summary>
+    /// Whether the step after the queued one is every request's next decode row: nothing waits or arrives, no request is
+    /// cancelled, finished, about to reach its token budget or the context, or speculating.
+    /// </summary>
+    private bool CanQueueAhead()
+    {
+        if (!_incoming.IsEmpty || _waiting.Count > 0 || _cancelAll) return false;
+        foreach (var (r, _, _) in _scheduled)
+        {
+            if (r.Sequence < 0 || r.CancelRequested || r.Speculates) return false;
+            if (r.Options.MaxNewTokens is int max && r.Generated + 1 >= max) return false;   // the queued step's token is its last
+            if (r.Tokens.Count + 2 > ContextLength) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Queues every request's next row, its token the one the queued step samples for it; false when the pages are short.</summary>
+    private bool QueueAhead()
+    {
+        _ahead.Clear();
+        _aheadScheduled.Clear();
+        foreach (var (r, _, row) in _scheduled)
+        {
+            _aheadScheduled.Add((r, 1, _ahead.Count));
+            _ahead.Add(r.Sequence, StepBatch.FedToken(_batch.OutputIndex(row)), r.Computed + 1, StepOutput.Sample, r.Settings);
+        }
+        try { _pipe!.Enqueue(_ahead); }
+        catch (KvCacheFullException) { return false; }   // the next step schedules it, preempting if need be
+        return true;
+    }
+
     /// <summary>Frees a running request's pages; it waits (first in line) to be recomputed.</summary>
     private void Preempt(RequestState r)
     {
@@ -456,6 +533,7 @@ public sealed class Engine : IAsyncDisposable
         long now = Stopwatch.GetTimestamp();
         foreach (var (r, rows, row) in _scheduled)
         {
+            if (r.Sequence < 0) continue;   // finished while the step queued after its last one ran: that row's token is discarded
             if (row == SpeculativeRound) { CollectSpeculative(r, now); continue; }
             r.Computed += rows;
             kv.Commit(r.Sequence, r.TokenSpan);

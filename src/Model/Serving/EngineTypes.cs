@@ -16,6 +16,12 @@ public sealed record EngineOptions
     public int MaxWaitingRequests { get; init; } = 1024;
     /// <summary>Keep full KV pages keyed by their tokens so that later prompts sharing a prefix prefill only the rest.</summary>
     public bool EnablePrefixCaching { get; init; } = true;
+    /// <summary>
+    /// Queue the next decode step before reading this one's tokens while every running request only decodes and nothing
+    /// else waits (docs/architecture.md, "Pipelined decode"), on a model that pipelines (<see cref="IPipelinedModel"/>).
+    /// The tokens are the same either way. Default: on unless QWEN3CUDA_PIPELINE=0.
+    /// </summary>
+    public bool PipelineDecode { get; init; } = Environment.GetEnvironmentVariable("QWEN3CUDA_PIPELINE") != "0";
     /// <summary>Tokens per sequence (--ctx-size); null: the model's default (the memory plan's).</summary>
     public int? ContextLength { get; init; }
     /// <summary>cpu | emulator | cuda | auto (auto: cuda when a GPU opens, else the CPU reference).</summary>
