@@ -66,10 +66,11 @@ public class EngineDeviceTests
     }
 
     /// <summary>
-    /// Pipelined decode in the engine (docs/architecture.md, "Pipelined decode"): two requests decoding side by side,
-    /// one greedy, one sampled that ends at a stop token (so the step queued after its last one still runs, and its
-    /// row's token is discarded). Each yields what it yields alone, every page is free at the end, and the engine did
-    /// queue steps ahead; with the option off it queued none and yields the same.
+    /// Pipelined decode in the engine (docs/architecture.md, "Pipelined decode"), two requests decoding side by side at a
+    /// time. First a greedy one whose budget ends while a sampled one goes on (its queued token is its last: it gets no
+    /// row in the step after), then a sampled one that ends at a stop token beside a greedy one (the step queued after
+    /// its last still runs, and its row's token is discarded). Each yields what it yields alone, every page is free at
+    /// the end, and the engine queued steps ahead; with the option off it queued none and yields the same.
     /// </summary>
     [TestCase(true)]
     [TestCase(false)]
@@ -77,29 +78,42 @@ public class EngineDeviceTests
     {
         using var device = new EmulatedDevice();
         using var dm = Load(device, 2);
-        int[][] prompts = [Prompt(5, 71), Prompt(7, 72)];
-        SamplingOptions[] sampling = [SamplingOptions.Greedy, new() { Temperature = 1f, TopK = 20, TopP = 0.9f, Seed = 7 }];
-        int[] budgets = [12, 12];
-        var expected = new int[2][];
-        for (int i = 0; i < 2; i++)
+        int[][] prompts = [Prompt(5, 71), Prompt(7, 72), Prompt(6, 73), Prompt(4, 74)];
+        SamplingOptions[] sampling =
+        [
+            SamplingOptions.Greedy, new() { Temperature = 1f, TopK = 20, TopP = 0.9f, Seed = 7 },
+            new() { Temperature = 0.9f, TopK = 0, TopP = 0.95f, Seed = 8 }, SamplingOptions.Greedy,
+        ];
+        int[] budgets = [5, 12, 12, 9];
+        var expected = new int[4][];
+        for (int i = 0; i < 4; i++)
         {
             var o = sampling[i];
             expected[i] = Alone(dm, 0, prompts[i], new SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP, o.Seed ?? 0), budgets[i]);
         }
-        int stop = expected[1][4];
-        int cut = Array.IndexOf(expected[1], stop) + 1;   // the request ends at the stop token's first occurrence
+        int stop = expected[2][4];
+        int cut = Array.IndexOf(expected[2], stop) + 1;   // request 2 ends at the stop token's first occurrence
         dm.Kv.ClearPrefixCache();
         var model = (BorrowedPipelined)Borrow(dm);
         await using var engine = new Engine(model, Tokenizer, Template, [], new EngineOptions { MaxNumSeqs = 2, MaxNumBatchedTokens = 8, PipelineDecode = pipeline });
-        var first = engine.Submit(prompts[0], new RequestOptions { Sampling = sampling[0], MaxNewTokens = budgets[0] });
-        var second = engine.Submit(prompts[1], new RequestOptions { Sampling = sampling[1], MaxNewTokens = budgets[1], StopTokenIds = [stop] });
-        Assert.That((await first.Result).Tokens, Is.EqualTo(expected[0]));
-        var stopped = await second.Result;
-        Assert.That(stopped.Tokens, Is.EqualTo(expected[1][..cut]));
+        EngineRequest Submit(int i) => engine.Submit(prompts[i], new RequestOptions { Sampling = sampling[i], MaxNewTokens = budgets[i], StopTokenIds = i == 2 ? [stop] : [] });
+
+        var (a, b) = (Submit(0), Submit(1));
+        Assert.That((await a.Result).Tokens, Is.EqualTo(expected[0]));
+        Assert.That((await b.Result).Tokens, Is.EqualTo(expected[1]));
+        int ahead = model.QueuedAhead;
+        var (c, d) = (Submit(2), Submit(3));
+        var stopped = await c.Result;
+        Assert.That(stopped.Tokens, Is.EqualTo(expected[2][..cut]));
         Assert.That(stopped.FinishReason, Is.EqualTo(FinishReason.Stop));
+        Assert.That((await d.Result).Tokens, Is.EqualTo(expected[3]));
         Assert.That(engine.Metrics.KvPagesUsed, Is.Zero);
         Assert.That(dm.PendingSteps, Is.Zero);
-        if (pipeline) Assert.That(model.QueuedAhead, Is.GreaterThan(4), "decode steps queued while the step before ran");
+        if (pipeline)
+        {
+            Assert.That(ahead, Is.GreaterThan(4), "the first pair: decode steps queued while the step before ran");
+            Assert.That(model.QueuedAhead - ahead, Is.GreaterThan(4), "the second pair");
+        }
         else Assert.That(model.Enqueued, Is.Zero);
     }
 

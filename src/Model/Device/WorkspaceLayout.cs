@@ -19,6 +19,7 @@ namespace Qwen3Cuda.Model.Device;
 /// sample_scratch  SamplingScratch(MaxOutputs, V): sampling.cu's histograms, tickets (zeroed once at load), partials
 /// penalty_entries int32 [PenaltyCapacity, 2]  token id, occurrences in the answer
 /// rope_inv_freq   fp32 [Rows, D/2]        dynamic NTK only (else empty): each row's RoPE table, that of its sequence's length
+/// pipeline ...   the same arrays for MaxBatch rows (no penalties): the second I/O slot (StepIoLayout; pipelined decode)
 /// x               bf16 [Rows, H]          residual stream
 /// h               bf16 [Rows, H]          normed activations
 /// qkv             bf16 [Rows, (nH + 2 nKV) D]
@@ -37,6 +38,7 @@ namespace Qwen3Cuda.Model.Device;
 ///                                         uint64 record of the debug non-finite check (check_finite.cu; ~0: none)
 ///   sampled       int32 [MaxOutputs] (the three padded so that logits stay 256-byte aligned)  sampled token ids
 ///   logits        bf16 [MaxOutputs, V]    lm_head output of the step's output rows
+/// pipeline result: embed_error (16 bytes) | sampled int32 [MaxBatch]: the second I/O slot's result head
 /// </code>
 /// </summary>
 public sealed record WorkspaceLayout

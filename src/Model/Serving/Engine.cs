@@ -477,28 +477,36 @@ public sealed class Engine : IAsyncDisposable
     }
 
     /// <summary>
-    /// Whether the step after the queued one is every request's next decode row: nothing waits or arrives, no request is
-    /// cancelled, finished, about to reach its token budget or the context, or speculating.
+    /// Whether the step after the queued one is the step <see cref="Schedule"/> would build after it: every running
+    /// request's next decode row. So nothing waits or arrives, no request is cancelled, speculating or two tokens from the
+    /// context, and every running request is in the queued step (one the token budget or the output rows cut short is
+    /// followed by a scheduled step). A request whose queued token is its last gets no row.
     /// </summary>
     private bool CanQueueAhead()
     {
         if (!_incoming.IsEmpty || _waiting.Count > 0 || _cancelAll) return false;
+        int live = 0, next = 0;
         foreach (var (r, _, _) in _scheduled)
         {
-            if (r.Sequence < 0 || r.CancelRequested || r.Speculates) return false;
-            if (r.Options.MaxNewTokens is int max && r.Generated + 1 >= max) return false;   // the queued step's token is its last
-            if (r.Tokens.Count + 2 > ContextLength) return false;
+            if (r.Sequence < 0) continue;   // finished: its row in the queued step is discarded
+            if (r.CancelRequested || r.Speculates || r.Tokens.Count + 2 > ContextLength) return false;
+            live++;
+            if (!EndsWithQueuedToken(r)) next++;
         }
-        return true;
+        return live == _running.Count && next > 0;
     }
 
-    /// <summary>Queues every request's next row, its token the one the queued step samples for it; false when the pages are short.</summary>
+    /// <summary>The token the queued step samples for <paramref name="r"/> is the last its budget allows.</summary>
+    private static bool EndsWithQueuedToken(RequestState r) => r.Options.MaxNewTokens is int max && r.Generated + 1 >= max;
+
+    /// <summary>Queues every running request's next row, its token the one the queued step samples for it; false when the pages are short.</summary>
     private bool QueueAhead()
     {
         _ahead.Clear();
         _aheadScheduled.Clear();
         foreach (var (r, _, row) in _scheduled)
         {
+            if (r.Sequence < 0 || EndsWithQueuedToken(r)) continue;
             _aheadScheduled.Add((r, 1, _ahead.Count));
             _ahead.Add(r.Sequence, StepBatch.FedToken(_batch.OutputIndex(row)), r.Computed + 1, StepOutput.Sample, r.Settings);
         }
