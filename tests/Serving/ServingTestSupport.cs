@@ -32,8 +32,8 @@ static class ServingTestSupport
 
     public static RequestOptions Greedy(int maxNewTokens) => new() { Sampling = Qwen3Cuda.Model.Sampling.SamplingOptions.Greedy, MaxNewTokens = maxNewTokens };
 
-    /// <summary>A model the test keeps (an engine disposing it does not dispose the model).</summary>
-    public sealed class Borrowed(ICausalLanguageModel inner) : ICausalLanguageModel
+    /// <summary>A model the test keeps (an engine disposing it does not dispose the model): forwards everything but Dispose.</summary>
+    public class Borrowed(ICausalLanguageModel inner) : ICausalLanguageModel
     {
         public int VocabSize => inner.VocabSize;
         public int ContextLength => inner.ContextLength;
@@ -47,23 +47,14 @@ static class ServingTestSupport
     }
 
     /// <summary>A borrowed model that pipelines (<see cref="IPipelinedModel"/>): the engine queues its decode steps; counts them.</summary>
-    public sealed class BorrowedPipelined(IPipelinedModel inner) : IPipelinedModel
+    public sealed class BorrowedPipelined(IPipelinedModel inner) : Borrowed(inner), IPipelinedModel
     {
-        public int VocabSize => inner.VocabSize;
-        public int ContextLength => inner.ContextLength;
-        public int MaxSequences => inner.MaxSequences;
-        public int MaxStepRows => inner.MaxStepRows;
-        public int MaxOutputRows => inner.MaxOutputRows;
-        public int MaxPenaltyEntries => inner.MaxPenaltyEntries;
-        public Qwen3Cuda.Runtime.Memory.KvPageTable Kv => inner.Kv;
-        public void Step(StepBatch batch) => inner.Step(batch);
         public void Enqueue(StepBatch batch) { inner.Enqueue(batch); Enqueued++; if (inner.PendingSteps == 2) QueuedAhead++; }
         public void Complete(StepBatch batch) => inner.Complete(batch);
         public int PendingSteps => inner.PendingSteps;
         public int MaxPipelinedRows => inner.MaxPipelinedRows;
         /// <summary>Steps queued; of them, those queued while the step before was still queued.</summary>
         public int Enqueued, QueuedAhead;
-        public void Dispose() { }
     }
 
     /// <summary>The model without ownership, pipelining when it does.</summary>
