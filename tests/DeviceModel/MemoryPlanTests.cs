@@ -116,7 +116,7 @@ public class MemoryPlanTests
         var c = ModelConfig.Parse(Qwen3_30B_A3B);
         var plan = MemoryPlan.Compute(c, new DeviceModelOptions { MaxSequences = 64, MaxBatch = 64, PrefillChunkTokens = 2048, GpuMemoryBytes = 80L << 30 }, 0);
         Assert.That(plan.Workspace.BlockTableBytes, Is.EqualTo(2048L * 2560 * 4));
-        Assert.That(plan.Workspace.QStart - plan.Workspace.BlockTables, Is.GreaterThanOrEqualTo(plan.Workspace.BlockTableBytes), "the arena holds them");
+        Assert.That(plan.Workspace.Io.QStart - plan.Workspace.Io.BlockTables, Is.GreaterThanOrEqualTo(plan.Workspace.BlockTableBytes), "the arena holds them");
         Assert.That(plan.Workspace.TotalBytes, Is.LessThan(2L << 30));
     }
 

@@ -90,7 +90,7 @@ public sealed partial class DeviceModel
         if (batch.Segments.Count != batch.Count || batch.OutputCount != batch.Count || batch.LogitsCount > 0 || batch.PenaltyRows > 0)
             throw new ArgumentException("a pipelined step has one row per sequence, each with a sampled output (no logits, no penalties); use Step for others", nameof(batch));
         int slot = 1 - _lastSlot;
-        var io = slot == 0 ? Plan.Workspace.Io : Plan.Workspace.PipelineIo;
+        var io = SlotIo(slot);
         var p = _pipeline;
         batch.ReservePages(table);
         _kv.ApplyPendingCopies(_stream);
@@ -107,16 +107,13 @@ public sealed partial class DeviceModel
         if (p.Ran[slot]) _device.Wait(_stream, p.ResultCopied[slot]);   // this step rewrites the head that copy read
         try
         {
-            var graphs = slot == 0 ? (shape.Sample ? _sampleGraphs : _graphs) : null;
-            DeviceGraphExec? exec = null;
-            bool replay = ReplayGraphs && (slot == 0 ? graphs!.TryGetValue(shape.Rows, out exec) : _pipelineGraphs.TryGetValue((shape.Rows, shape.Sample), out exec));
-            if (replay) _device.Launch(exec!, _stream);
+            if (TryGraph(slot, shape, out var exec)) _device.Launch(exec, _stream);
             else RunStep(shape);
         }
         finally { _io = Plan.Workspace.Io; }
         _device.Record(p.StepDone[slot], _stream);
         _device.Wait(p.ResultStream, p.StepDone[slot]);
-        _device.CopyToHostAsync(slot == 0 ? _result : p.SecondResult, 0, _workspace.Base + io.EmbedError, io.Sampled - io.EmbedError + batch.OutputCount * sizeof(int), p.ResultStream);
+        _device.CopyToHostAsync(SlotResult(slot), 0, _workspace.Base + io.EmbedError, io.Sampled - io.EmbedError + batch.OutputCount * sizeof(int), p.ResultStream);
         _device.Record(p.ResultCopied[slot], p.ResultStream);
         p.Ran[slot] = true;
         batch.AdvanceSequences(table);
@@ -135,11 +132,14 @@ public sealed partial class DeviceModel
         if (!ReferenceEquals(oldest.Batch, batch)) throw new ArgumentException("Complete takes the batch of the oldest queued step", nameof(batch));
         _pending.Dequeue();
         int slot = oldest.Slot;
-        var io = slot == 0 ? Plan.Workspace.Io : Plan.Workspace.PipelineIo;
-        var result = slot == 0 ? _result : _pipeline.SecondResult;
+        var io = SlotIo(slot);
+        var result = SlotResult(slot);
         _device.Synchronize(_pipeline.ResultCopied[slot]);
         CheckEmbedError(result, io);
         var sampled = result.AsSpan<int>().Slice((int)((io.Sampled - io.EmbedError) / sizeof(int)), batch.OutputCount);
         for (int o = 0; o < batch.OutputCount; o++) batch.SetSampled(o, sampled[o]);
     }
+
+    /// <summary>The pinned buffer I/O slot <paramref name="slot"/>'s result head comes back to.</summary>
+    private PinnedBuffer SlotResult(int slot) => slot == 0 ? _result : _pipeline.SecondResult;
 }

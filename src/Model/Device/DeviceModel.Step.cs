@@ -49,7 +49,7 @@ public sealed partial class DeviceModel
         catch { _staging.Abandon(); throw; }
         _staging.Release(_stream);
         bool graph = shape.DecodeRows == shape.Rows && !shape.Gather && shape.Rows <= MaxBatch && !shape.Penalties;   // the graphs have no penalties kernel
-        if (graph && ReplayGraphs && (shape.Sample ? _sampleGraphs : _graphs).TryGetValue(shape.Rows, out var exec)) _device.Launch(exec, _stream);
+        if (graph && TryGraph(0, shape, out var exec)) _device.Launch(exec, _stream);
         else RunStep(shape);
         batch.AdvanceSequences(table);
         _lastSlot = 0;
@@ -311,27 +311,34 @@ public sealed partial class DeviceModel
 
     // ---------------- graphs ----------------
 
-    /// <summary>Captures one decode step per batch bucket (1, 2, 4, 8), ending in the argmax or in sampling: the launches read their inputs from the fixed buffers.</summary>
+    /// <summary>
+    /// Captures one decode step per batch bucket (1, 2, 4, 8), ending in the argmax or in sampling, on each I/O slot (the
+    /// second for the pipelined steps that alternate with the first's): the launches read their inputs from the slot's
+    /// fixed buffers.
+    /// </summary>
     private void CaptureDecodeGraphs()
     {
-        foreach (int b in _buckets)
-        {
-            foreach (bool sample in (bool[])[false, true])
-            {
-                // A failed launch keeps its own exception (EndCapture of an invalidated capture fails too on CUDA).
-                using var graph = _device.Capture(_stream, () => RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)));
-                (sample ? _sampleGraphs : _graphs)[b] = _device.Instantiate(graph);
-                // the same step on the second I/O slot, for the pipelined steps that alternate with slot 0's
-                _io = Plan.Workspace.PipelineIo;
-                try
+        foreach (int slot in (int[])[0, 1])
+            foreach (int b in _buckets)
+                foreach (bool sample in (bool[])[false, true])
                 {
-                    using var pipe = _device.Capture(_stream, () => RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)));
-                    _pipelineGraphs[(b, sample)] = _device.Instantiate(pipe);
+                    _io = SlotIo(slot);
+                    try
+                    {
+                        // A failed launch keeps its own exception (EndCapture of an invalidated capture fails too on CUDA).
+                        using var graph = _device.Capture(_stream, () => RunStep(new StepShape(b, b, 0, 0, b, Gather: false, sample)));
+                        _graphs[(slot, b, sample)] = _device.Instantiate(graph);
+                    }
+                    finally { _io = Plan.Workspace.Io; }
                 }
-                finally { _io = Plan.Workspace.Io; }
-            }
-        }
     }
+
+    /// <summary>The captured graph of a decode step of <paramref name="shape"/> on I/O slot <paramref name="slot"/>, when graphs replay and one was captured.</summary>
+    private bool TryGraph(int slot, StepShape shape, out DeviceGraphExec exec) =>
+        _graphs.TryGetValue((slot, shape.Rows, shape.Sample), out exec!) && ReplayGraphs;
+
+    /// <summary>I/O slot <paramref name="slot"/>'s layout: 0, every synchronous step's; 1, the pipeline's second.</summary>
+    private StepIoLayout SlotIo(int slot) => slot == 0 ? Plan.Workspace.Io : Plan.Workspace.PipelineIo;
 
     // ---------------- the forward pass ----------------
 
@@ -348,9 +355,9 @@ public sealed partial class DeviceModel
         var io = _io;
         int H = c.HiddenSize;
         // a fed token (pipelined decode) takes the sampled id of the step before, in the other I/O slot
-        var other = ReferenceEquals(io, w.Io) ? w.PipelineIo : w.Io;
+        bool second = ReferenceEquals(io, w.PipelineIo);
         _embedding.Gather(_stream, Ws(w.X), W(Plan.Weights.Embedding), Ws(io.Tokens), Ws(io.EmbedError), s.Rows, c.VocabSize, H,
-            Ws(other.Sampled), ReferenceEquals(other, w.Io) ? w.MaxOutputs : MaxBatch);
+            Ws(SlotIo(second ? 0 : 1).Sampled), second ? w.MaxOutputs : MaxBatch);
         CheckFinite(0, s);
         for (int l = 0; l < c.NumHiddenLayers; l++) { LayerStep(l, s); CheckFinite(l + 1, s); }
         if (s.Outputs == 0) return;

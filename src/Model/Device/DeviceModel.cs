@@ -46,9 +46,11 @@ public sealed partial class DeviceModel : IPipelinedModel
     private readonly MoeShape[] _mlpShapes;
     private readonly float _attentionScaling;
     private readonly float[] _defaultInvFreq = [];   // the RoPE table below max_position_embeddings (padding rows of a dynamic-NTK step)
-    private readonly Dictionary<int, DeviceGraphExec> _graphs = [];
-    private readonly Dictionary<int, DeviceGraphExec> _sampleGraphs = [];   // same steps ending in sampling (sample_reduce_bf16 + sample_draw_bf16)
-    private readonly Dictionary<(int Rows, bool Sample), DeviceGraphExec> _pipelineGraphs = [];   // the same steps on the second I/O slot
+    /// <summary>
+    /// The captured decode steps: per I/O slot (0, or the pipeline's 1), batch bucket, and whether they end in sampling
+    /// (sample_reduce_bf16 + sample_draw_bf16, or their fusions) or in the argmax.
+    /// </summary>
+    private readonly Dictionary<(int Slot, int Rows, bool Sample), DeviceGraphExec> _graphs = [];
     /// <summary>The I/O slot of the step being written or captured: <see cref="WorkspaceLayout.Io"/> but while a pipelined step runs on the second.</summary>
     private StepIoLayout _io = null!;
     private readonly int[] _buckets;
@@ -68,7 +70,7 @@ public sealed partial class DeviceModel : IPipelinedModel
     /// <summary>Penalty entries one step carries (the workspace's penalty_entries).</summary>
     public int MaxPenaltyEntries => Plan.Workspace.PenaltyCapacity;
     /// <summary>Batch sizes with a captured decode graph (empty when graphs are off).</summary>
-    public IReadOnlyCollection<int> GraphBuckets => _graphs.Keys;
+    public IReadOnlyCollection<int> GraphBuckets => [.. _graphs.Keys.Where(k => k.Slot == 0 && !k.Sample).Select(k => k.Rows)];
 
     /// <summary>
     /// When false, decode steps launch their kernels one by one instead of replaying the bucket's captured graph: the
@@ -136,7 +138,7 @@ public sealed partial class DeviceModel : IPipelinedModel
             _workspace = new DeviceArena(device, Plan.Workspace.TotalBytes, "workspace arena"); disposables.Add(_workspace);
             _kv = new PagedKvCache(device, c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, options.PageSize, Plan.KvPages,
                 options.MaxSequences, Plan.Workspace.MaxPagesPerSeq, options.KvCacheDtype); disposables.Add(_kv);
-            _staging = new StagingRing(device, Plan.Workspace.InputsEnd - Plan.Workspace.InputsBegin); disposables.Add(_staging);
+            _staging = new StagingRing(device, Plan.Workspace.Io.InputsEnd - Plan.Workspace.Io.InputsBegin); disposables.Add(_staging);
             _result = device.AllocatePinned(Plan.Workspace.ResultBytes(Plan.Workspace.MaxOutputs, c.VocabSize)); disposables.Add(_result);
             _deviceRow = new int[Plan.Workspace.Rows];
             _io = Plan.Workspace.Io;
@@ -164,8 +166,6 @@ public sealed partial class DeviceModel : IPipelinedModel
         {
             // Cleanup after a device error may fail too (CUDA errors are sticky): keep the exception that says what went wrong.
             foreach (var g in _graphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
-            foreach (var g in _sampleGraphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
-            foreach (var g in _pipelineGraphs.Values) DeviceCapture.CleanupKeeping(original, "graph dispose", g.Dispose);
             for (int i = disposables.Count - 1; i >= 0; i--) DeviceCapture.CleanupKeeping(original, "dispose", disposables[i].Dispose);
             if (_ownsLoader) DeviceCapture.CleanupKeeping(original, "kernel loader dispose", _loader.Dispose);
             throw;
@@ -330,11 +330,7 @@ public sealed partial class DeviceModel : IPipelinedModel
         if (!_pipeline.InputStream.IsDisposed) _device.Synchronize(_pipeline.InputStream);
         _pending.Clear();
         foreach (var g in _graphs.Values) g.Dispose();
-        foreach (var g in _sampleGraphs.Values) g.Dispose();
-        foreach (var g in _pipelineGraphs.Values) g.Dispose();
         _graphs.Clear();
-        _sampleGraphs.Clear();
-        _pipelineGraphs.Clear();
         _pipeline.Dispose();
         _result.Dispose();
         _staging.Dispose();

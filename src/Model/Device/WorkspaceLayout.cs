@@ -55,35 +55,18 @@ public sealed record WorkspaceLayout
     /// that the host copies the next step's inputs, and reads the last step's token, while the step between runs.
     /// </summary>
     public required StepIoLayout PipelineIo { get; init; }
-    public long Tokens => Io.Tokens;
-    public long Positions => Io.Positions;
-    public long Slots => Io.Slots;
-    public long ContextLens => Io.ContextLens;
-    public long BlockTables => Io.BlockTables;
     /// <summary>int32 [Rows, MaxPagesPerSeq]: grows with the context and the step's rows (20 MiB for 2048 rows at 40960 tokens in pages of 16).</summary>
     public long BlockTableBytes => (long)Rows * MaxPagesPerSeq * sizeof(int);
-    /// <summary>int32 [Rows + 1]: query row offsets of the flash-prefill segments (relative to the first of their rows).</summary>
-    public long QStart => Io.QStart;
-    /// <summary>int32 [MaxOutputs]: the rows whose hidden states go through the final norm and lm_head, in output order.</summary>
-    public long OutputRows => Io.OutputRows;
-    /// <summary>SampleRowSettings [MaxOutputs]: per-output-row sampling settings (a step input).</summary>
-    public long SampleSettings => Io.SampleSettings;
     /// <summary>sampling.cu's scratch for <see cref="MaxOutputs"/> rows (not a step input; zeroed once at load).</summary>
     public long SampleScratch { get; init; }
     public long SampleScratchBytes { get; init; }
     /// <summary>The lm_head's fused argmax (gemv_bf16_mma_argmax, the greedy decode step): its ticket and a key per row, zero between launches.</summary>
     public long ArgmaxScratch { get; init; }
     public long ArgmaxScratchBytes { get; init; }
-    /// <summary>PenaltyRow [MaxOutputs]: per-output-row penalties (a step input).</summary>
-    public long PenaltyRows => Io.PenaltyRows;
-    /// <summary>int32 [PenaltyCapacity, 2]: the rows' (token, count) entries (a step input).</summary>
-    public long PenaltyEntries => Io.PenaltyEntries;
     /// <summary>Penalty entries one step can carry: MaxOutputs x the context, at most <see cref="MaxPenaltyCapacity"/>.</summary>
     public int PenaltyCapacity { get; init; }
     /// <summary>Cap of <see cref="PenaltyCapacity"/> (2 MiB of entries); rows past it sample on the host.</summary>
     public const int MaxPenaltyCapacity = 1 << 18;
-    /// <summary>fp32 [Rows, D/2]: per-row RoPE inv_freq (dynamic NTK rope_scaling; empty otherwise). A step input.</summary>
-    public long RopeInvFreq => Io.RopeInvFreq;
     public bool PerRowRope { get; init; }
     public long X { get; init; }
     public long H { get; init; }
@@ -115,18 +98,11 @@ public sealed record WorkspaceLayout
     public long MlpGateUp { get; init; }
     /// <summary>bf16 [Rows, I]: a dense layer's activation, input of its down projection.</summary>
     public long MlpAct { get; init; }
-    /// <summary>Start of the result region: the embedding error flag, then <see cref="Sampled"/>, then <see cref="Logits"/>.</summary>
-    public long EmbedError => Io.EmbedError;
-    public long Sampled => Io.Sampled;
-    /// <summary>uint64 record of the debug check for non-finite activations (check_finite.cu), inside the flag header.</summary>
-    public long NonFinite => Io.NonFinite;
+    /// <summary>bf16 [MaxOutputs, V]: the logits, after slot 0's result head (<see cref="StepIoLayout.EmbedError"/>, sampled ids) in one region.</summary>
     public long Logits { get; init; }
-    /// <summary>Bytes from <see cref="EmbedError"/> to the end of the logits row <paramref name="rows"/> - 1.</summary>
-    public long ResultBytes(int rows, int vocab) => Logits - EmbedError + (long)rows * vocab * sizeof(ushort);
+    /// <summary>Bytes from slot 0's <see cref="StepIoLayout.EmbedError"/> to the end of the logits row <paramref name="rows"/> - 1.</summary>
+    public long ResultBytes(int rows, int vocab) => Logits - Io.EmbedError + (long)rows * vocab * sizeof(ushort);
     public long TotalBytes { get; init; }
-    /// <summary>Offset of the first step-input array and the end of the last (their pinned mirror has the same layout).</summary>
-    public long InputsBegin => Io.InputsBegin;
-    public long InputsEnd => Io.InputsEnd;
 
     public static WorkspaceLayout Compute(ModelConfig c, int rows, int maxBatch, int maxOutputs, int contextLength, int pageSize, int multiprocessors)
     {
@@ -218,12 +194,18 @@ public sealed record StepIoLayout
     public long Slots { get; init; }
     public long ContextLens { get; init; }
     public long BlockTables { get; init; }
+    /// <summary>int32 [rows + 1]: query row offsets of the flash-prefill segments (relative to the first of their rows).</summary>
     public long QStart { get; init; }
+    /// <summary>int32 [outputs]: the rows whose hidden states go through the final norm and lm_head, in output order.</summary>
     public long OutputRows { get; init; }
+    /// <summary>SampleRowSettings [outputs]: per-output-row sampling settings.</summary>
     public long SampleSettings { get; init; }
+    /// <summary>PenaltyRow [outputs] and int32 [penalty capacity, 2] (token, count) entries (slot 0 only).</summary>
     public long PenaltyRows { get; init; }
     public long PenaltyEntries { get; init; }
+    /// <summary>fp32 [rows, D/2]: per-row RoPE inv_freq (dynamic NTK rope_scaling; empty otherwise).</summary>
     public long RopeInvFreq { get; init; }
+    /// <summary>Offset of the first step-input array and the end of the last (their pinned mirror has the same layout).</summary>
     public long InputsEnd { get; init; }
     public long InputsBegin => Tokens;
     /// <summary>The result head: the embedding's sticky error flag (int32), at +8 the non-finite record (uint64), then <see cref="Sampled"/>.</summary>
